@@ -1,0 +1,28 @@
+//! Kilonova's storage layer.
+//!
+//! * [`SegmentStore`]: entries of many segments (ledgers) appended to one shared,
+//!   preallocated, append-only journal with group commit — a completion resolves
+//!   only after the `fdatasync` that covers it. Per-file indexes, CRC32C on every
+//!   record, recovery that replays only what follows the last checkpoint, GC that
+//!   removes or compacts dead journal files.
+//! * [`ManagedLog`]: a topic's storage — an ordered list of segments with roll-over,
+//!   a dense message index, durable and non-durable cursors, retention and TTL.
+//! * [`EntryCache`]: bounded memory of recent entries so tailing readers skip the disk.
+//!
+//! This crate never knows topic names or protocols: logs are keyed by opaque ids
+//! given by the broker, and entries are opaque bytes plus a small header.
+
+mod checkpoint;
+mod error;
+mod index;
+mod journal;
+mod position;
+pub mod range_set;
+pub mod record;
+mod recovery;
+mod store;
+
+pub use error::{Result, StorageError};
+pub use position::{EntryId, Position, SegmentId};
+pub use range_set::RangeSet;
+pub use store::{Completion, GcReport, SegmentInfo, SegmentStore, StoreConfig, StoreStats};

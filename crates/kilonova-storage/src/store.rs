@@ -1,0 +1,568 @@
+//! The segment store: many segments' entries in one shared, group-committed journal.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checkpoint;
+use crate::error::{Result, StorageError};
+use crate::index::{Index, MAX_FILE_BYTES};
+use crate::journal::{Op, Request, Writer};
+use crate::position::{EntryId, SegmentId};
+use crate::record::{self, RecordKind, HEADER_LEN};
+use crate::recovery;
+
+/// Settings of a segment store. Units are in the names.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Directory holding the journal files, their indexes and the checkpoint.
+    pub dir: PathBuf,
+    /// Size each journal file is preallocated to.
+    pub log_file_bytes: u64,
+    /// Largest entry accepted.
+    pub max_entry_bytes: usize,
+    /// A group closes once it holds this many payload bytes.
+    pub group_commit_max_bytes: usize,
+    /// How long a group may wait for more appends before it is written (0: write at once;
+    /// appends that arrive during an fdatasync still share the next one).
+    pub group_commit_max_delay_us: u64,
+    /// Requests the journal queue holds before appenders wait.
+    pub queue_depth: usize,
+    /// GC compacts a sealed file when its live entries fall below this fraction.
+    pub compaction_live_ratio: f64,
+}
+
+impl StoreConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            dir: dir.into(),
+            log_file_bytes: 128 << 20,
+            max_entry_bytes: 8 << 20,
+            group_commit_max_bytes: 4 << 20,
+            group_commit_max_delay_us: 0,
+            queue_depth: 16_384,
+            compaction_live_ratio: 0.5,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let max_rec = record::encoded_len(self.max_entry_bytes) as u64;
+        if self.log_file_bytes < max_rec || self.log_file_bytes >= MAX_FILE_BYTES {
+            return Err(StorageError::Log(format!(
+                "log_file_bytes ({}) must hold one maximal entry ({} bytes) and stay below {}",
+                self.log_file_bytes, max_rec, MAX_FILE_BYTES
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn max_record_bytes(&self) -> usize {
+        record::encoded_len(self.max_entry_bytes)
+    }
+}
+
+/// Counters of the store's activity (monotonic).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub fsyncs: AtomicU64,
+    pub groups: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub entries_appended: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+/// A snapshot of the store's counters and sizes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub fsyncs: u64,
+    pub groups: u64,
+    pub bytes_written: u64,
+    pub entries_appended: u64,
+    pub write_errors: u64,
+    pub segments: u64,
+    pub journal_files: u64,
+    pub disk_usage_bytes: u64,
+}
+
+/// State shared by the journal thread and readers.
+pub(crate) struct Shared {
+    pub config: StoreConfig,
+    pub index: RwLock<Index>,
+    pub stats: Stats,
+    pub active_file: AtomicU32,
+}
+
+/// What a segment looks like now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub id: SegmentId,
+    /// Durable entries: ids `0..entries`.
+    pub entries: u64,
+    pub sealed: bool,
+    /// Payload bytes of its entries.
+    pub bytes: u64,
+}
+
+/// What one GC pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub files_removed: u64,
+    pub bytes_freed: u64,
+    pub entries_moved: u64,
+}
+
+/// Resolves once the journal has made the operation durable (or failed it).
+pub struct Completion<T> {
+    rx: oneshot::Receiver<Result<u64>>,
+    map: fn(u64) -> T,
+}
+
+impl<T> Completion<T> {
+    /// Blocks the calling (non-async) thread until the operation is durable.
+    pub fn wait(self) -> Result<T> {
+        let map = self.map;
+        self.rx
+            .blocking_recv()
+            .map_err(|_| StorageError::Closed)?
+            .map(map)
+    }
+}
+
+impl<T> Future for Completion<T> {
+    type Output = Result<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let map = self.map;
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.map_err(|_| StorageError::Closed).and_then(|v| v.map(map)))
+    }
+}
+
+/// A durable store of segments. Cheap to share (`Arc` inside); all methods take `&self`.
+///
+/// Appends are enqueued in call order per segment and complete only after the
+/// fdatasync that covers them. Reads see only durable entries.
+#[derive(Clone)]
+pub struct SegmentStore {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Request>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl SegmentStore {
+    /// Opens (creating or recovering) the store in `config.dir`.
+    pub fn open(config: StoreConfig) -> Result<Self> {
+        config.validate()?;
+        fs::create_dir_all(&config.dir)
+            .map_err(|e| StorageError::io("creating the store directory", e))?;
+        let recovered = recovery::recover(&config)?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            index: RwLock::new(recovered.index),
+            stats: Stats::default(),
+            active_file: AtomicU32::new(u32::MAX),
+        });
+        // Cover everything recovery replayed with a checkpoint, so the next start
+        // replays only what is written from now on.
+        crate::journal::write_checkpoint(
+            &shared,
+            recovered.next_file_no,
+            recovered.next_segment_id,
+            recovered.next_lsn,
+        )?;
+        if let Ok(mut index) = shared.index.write() {
+            for f in index.files.values_mut() {
+                f.checkpointed = true;
+            }
+        }
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let writer = Writer::new(
+            shared.clone(),
+            rx,
+            recovered.next_file_no,
+            recovered.next_lsn,
+            recovered.next_segment_id,
+        );
+        let thread = std::thread::Builder::new()
+            .name("kilonova-journal".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StorageError::io("starting the journal thread", e))?;
+        tracing::info!(
+            dir = %config.dir.display(),
+            segments = shared.index.read().map(|i| i.segments.len()).unwrap_or(0),
+            "segment store open"
+        );
+        Ok(SegmentStore {
+            shared,
+            tx,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared.config
+    }
+
+    async fn submit(&self, op: Op) -> Result<oneshot::Receiver<Result<u64>>> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Request { op, done })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        Ok(rx)
+    }
+
+    fn submit_blocking(&self, op: Op) -> Result<oneshot::Receiver<Result<u64>>> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Request { op, done })
+            .map_err(|_| StorageError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Enqueues an append. Awaiting this waits only for queue space (the order of
+    /// appends is fixed when it returns); the completion resolves once durable,
+    /// with the entry's id.
+    pub async fn append(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
+        let rx = self.submit(Op::Append { segment, data }).await?;
+        Ok(Completion { rx, map: id })
+    }
+
+    /// [`SegmentStore::append`] for threads outside an async runtime.
+    pub fn append_blocking(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
+        let rx = self.submit_blocking(Op::Append { segment, data })?;
+        Ok(Completion { rx, map: id })
+    }
+
+    /// Creates a segment (durably) and returns its id.
+    pub async fn create_segment(&self) -> Result<SegmentId> {
+        let rx = self.submit(Op::Create).await?;
+        Completion { rx, map: id }.await
+    }
+
+    /// [`SegmentStore::create_segment`] for threads outside an async runtime.
+    pub fn create_segment_blocking(&self) -> Result<SegmentId> {
+        Completion {
+            rx: self.submit_blocking(Op::Create)?,
+            map: id,
+        }
+        .wait()
+    }
+
+    /// Seals a segment: no more appends; returns its entry count. Idempotent.
+    pub async fn seal(&self, segment: SegmentId) -> Result<u64> {
+        let rx = self.submit(Op::Seal { segment }).await?;
+        Completion { rx, map: id }.await
+    }
+
+    /// Deletes a segment; its space returns at the next GC.
+    pub async fn delete_segment(&self, segment: SegmentId) -> Result<()> {
+        let rx = self.submit(Op::Delete { segment }).await?;
+        Completion { rx, map: |_| () }.await
+    }
+
+    /// [`SegmentStore::delete_segment`] for threads outside an async runtime.
+    pub fn delete_segment_blocking(&self, segment: SegmentId) -> Result<()> {
+        Completion {
+            rx: self.submit_blocking(Op::Delete { segment })?,
+            map: |_| (),
+        }
+        .wait()
+    }
+
+    /// The segment's current state, if it exists.
+    pub fn segment(&self, segment: SegmentId) -> Option<SegmentInfo> {
+        let index = self.shared.index.read().ok()?;
+        index.segments.get(&segment).map(|s| SegmentInfo {
+            id: segment,
+            entries: s.locs.len() as u64,
+            sealed: s.sealed,
+            bytes: s.bytes,
+        })
+    }
+
+    /// Ids of every live segment, ascending.
+    pub fn segments(&self) -> Vec<SegmentId> {
+        let Ok(index) = self.shared.index.read() else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = index.segments.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Reads one durable entry, verifying its checksum.
+    pub fn read(&self, segment: SegmentId, entry: EntryId) -> Result<Bytes> {
+        let (loc, handle) = {
+            let index = self
+                .shared
+                .index
+                .read()
+                .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
+            let seg = index
+                .segments
+                .get(&segment)
+                .ok_or(StorageError::NoSuchSegment(segment))?;
+            let loc = *usize::try_from(entry)
+                .ok()
+                .and_then(|i| seg.locs.get(i))
+                .ok_or(StorageError::NoSuchEntry { segment, entry })?;
+            if loc.is_missing() {
+                return Err(StorageError::Corrupt {
+                    segment,
+                    entry,
+                    detail: "its record was lost to damage found at recovery".into(),
+                });
+            }
+            let handle = index
+                .files
+                .get(&loc.file())
+                .map(|f| f.handle.clone())
+                .ok_or_else(|| StorageError::Corrupt {
+                    segment,
+                    entry,
+                    detail: format!("journal file {} is gone", loc.file()),
+                })?;
+            (loc, handle)
+        };
+        read_record(
+            &handle,
+            loc.offset(),
+            segment,
+            entry,
+            self.shared.config.max_record_bytes(),
+        )
+    }
+
+    /// Reads entries `first..=last` of a segment.
+    pub fn read_range(
+        &self,
+        segment: SegmentId,
+        first: EntryId,
+        last: EntryId,
+    ) -> Result<Vec<Bytes>> {
+        (first..=last).map(|e| self.read(segment, e)).collect()
+    }
+
+    /// Bytes the store occupies on disk (journal files as allocated, plus indexes).
+    pub fn disk_usage_bytes(&self) -> u64 {
+        self.shared
+            .index
+            .read()
+            .map(|i| i.files.values().map(|f| f.disk_bytes).sum())
+            .unwrap_or(0)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let s = &self.shared.stats;
+        let (segments, journal_files) = self
+            .shared
+            .index
+            .read()
+            .map(|i| (i.segments.len() as u64, i.files.len() as u64))
+            .unwrap_or_default();
+        StoreStats {
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            groups: s.groups.load(Ordering::Relaxed),
+            bytes_written: s.bytes_written.load(Ordering::Relaxed),
+            entries_appended: s.entries_appended.load(Ordering::Relaxed),
+            write_errors: s.write_errors.load(Ordering::Relaxed),
+            segments,
+            journal_files,
+            disk_usage_bytes: self.disk_usage_bytes(),
+        }
+    }
+
+    /// Gives disk space back: removes sealed journal files that hold no live entry,
+    /// and compacts sealed files whose live fraction is below
+    /// `compaction_live_ratio` by moving their live entries to the active file.
+    /// Blocking (file I/O); call it from a blocking thread.
+    pub fn gc(&self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let ratio = self.shared.config.compaction_live_ratio;
+        let active = self.shared.active_file.load(Ordering::Acquire);
+        let to_compact: Vec<u32> = {
+            let index = self
+                .shared
+                .index
+                .read()
+                .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
+            index
+                .files
+                .iter()
+                .filter(|(no, f)| {
+                    **no != active
+                        && f.checkpointed
+                        && f.live_entries > 0
+                        && (f.live_entries as f64) < ratio * f.written_entries as f64
+                })
+                .map(|(no, _)| *no)
+                .collect()
+        };
+        for no in to_compact {
+            report.entries_moved += self.compact_file(no)?;
+        }
+        let dead: Vec<(u32, u64)> = {
+            let mut index = self
+                .shared
+                .index
+                .write()
+                .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
+            let dead: Vec<(u32, u64)> = index
+                .files
+                .iter()
+                .filter(|(no, f)| **no != active && f.checkpointed && f.live_entries == 0)
+                .map(|(no, f)| (*no, f.disk_bytes))
+                .collect();
+            for (no, _) in &dead {
+                index.files.remove(no);
+            }
+            dead
+        };
+        let dir = &self.shared.config.dir;
+        for (no, bytes) in dead {
+            // A crash between these two leaves an index without its log: recovery ignores it.
+            for path in [checkpoint::log_path(dir, no), checkpoint::idx_path(dir, no)] {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io("removing a journal file", e)),
+                }
+            }
+            report.files_removed += 1;
+            report.bytes_freed += bytes;
+            tracing::debug!(file = no, bytes, "removed dead journal file");
+        }
+        Ok(report)
+    }
+
+    /// Moves every live entry of journal file `no` to the active file.
+    fn compact_file(&self, no: u32) -> Result<u64> {
+        let Some(records) = checkpoint::read_idx(&self.shared.config.dir, no)? else {
+            return Ok(0);
+        };
+        let mut completions = Vec::new();
+        for r in records {
+            let live_here = self
+                .shared
+                .index
+                .read()
+                .ok()
+                .and_then(|i| {
+                    i.segments
+                        .get(&r.segment)
+                        .and_then(|s| s.locs.get(r.entry as usize).copied())
+                })
+                .is_some_and(|l| !l.is_missing() && l.file() == no && l.offset() == r.offset);
+            if !live_here {
+                continue;
+            }
+            let data = match self.read(r.segment, r.entry) {
+                Ok(d) => d,
+                Err(StorageError::NoSuchSegment(_)) | Err(StorageError::NoSuchEntry { .. }) => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            let rx = self.submit_blocking(Op::Move {
+                segment: r.segment,
+                entry: r.entry,
+                from_file: no,
+                data,
+            })?;
+            completions.push(Completion { rx, map: id });
+        }
+        let moved = completions.len() as u64;
+        for c in completions {
+            c.wait()?;
+        }
+        Ok(moved)
+    }
+
+    /// Stops the journal after everything already enqueued is durable, and writes a
+    /// checkpoint so the next open replays nothing. Later calls fail with `Closed`.
+    pub fn close(&self) -> Result<()> {
+        let (done, rx) = oneshot::channel();
+        if self
+            .tx
+            .blocking_send(Request {
+                op: Op::Shutdown,
+                done,
+            })
+            .is_ok()
+        {
+            let _ = rx.blocking_recv();
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            h.join()
+                .map_err(|_| StorageError::Log("journal thread panicked".into()))?;
+        }
+        Ok(())
+    }
+}
+
+fn id(v: u64) -> u64 {
+    v
+}
+
+/// Reads and verifies the record of `(segment, entry)` at `offset`.
+fn read_record(
+    file: &File,
+    offset: u64,
+    segment: SegmentId,
+    entry: EntryId,
+    max: usize,
+) -> Result<Bytes> {
+    let corrupt = |detail: String| StorageError::Corrupt {
+        segment,
+        entry,
+        detail,
+    };
+    let mut head = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut head, offset)
+        .map_err(|e| StorageError::io("reading the journal", e))?;
+    let total = record::peek_len(&head, max).map_err(|e| corrupt(e.to_string()))?;
+    let mut buf = vec![0u8; total];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| StorageError::io("reading the journal", e))?;
+    let buf = Bytes::from(buf);
+    let (h, payload) = record::decode_bytes(&buf, max).map_err(|e| corrupt(e.to_string()))?;
+    if !matches!(h.kind, RecordKind::Entry | RecordKind::Moved)
+        || h.segment != segment
+        || h.entry != entry
+    {
+        return Err(corrupt(format!(
+            "index points at record {:?} {}:{}",
+            h.kind, h.segment, h.entry
+        )));
+    }
+    Ok(payload)
+}
+
+/// Journal file numbers present in `dir`, ascending.
+pub(crate) fn list_log_files(dir: &std::path::Path) -> Result<BTreeMap<u32, PathBuf>> {
+    let mut out = BTreeMap::new();
+    let rd = fs::read_dir(dir).map_err(|e| StorageError::io("listing the store directory", e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| StorageError::io("listing the store directory", e))?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(num) = name.strip_suffix(".log") {
+            if let Ok(no) = num.parse::<u32>() {
+                out.insert(no, ent.path());
+            }
+        }
+    }
+    Ok(out)
+}

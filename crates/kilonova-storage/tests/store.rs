@@ -1,0 +1,335 @@
+//! Segment store behaviour through its public API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use bytes::Bytes;
+use kilonova_storage::{SegmentStore, StorageError, StoreConfig};
+
+fn config(dir: &Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir);
+    c.log_file_bytes = 1 << 20;
+    c.max_entry_bytes = 64 << 10;
+    c
+}
+
+fn payload(seg: u64, entry: u64, len: usize) -> Bytes {
+    let mut v = format!("{seg}:{entry}:").into_bytes();
+    v.resize(len.max(v.len()), (seg * 31 + entry) as u8);
+    Bytes::from(v)
+}
+
+/// Appends `n` entries to `seg`, waiting for each group to be durable.
+fn fill(store: &SegmentStore, seg: u64, n: u64, len: usize) {
+    let cs: Vec<_> = (0..n)
+        .map(|e| store.append_blocking(seg, payload(seg, e, len)).unwrap())
+        .collect();
+    for (e, c) in cs.into_iter().enumerate() {
+        assert_eq!(c.wait().unwrap(), e as u64);
+    }
+}
+
+#[test]
+fn entries_survive_a_clean_reopen_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b);
+    {
+        let store = SegmentStore::open(config(dir.path())).unwrap();
+        a = store.create_segment_blocking().unwrap();
+        b = store.create_segment_blocking().unwrap();
+        // Interleave two segments across several journal files.
+        for e in 0..400 {
+            store
+                .append_blocking(a, payload(a, e, 3000))
+                .unwrap()
+                .wait()
+                .unwrap();
+            store
+                .append_blocking(b, payload(b, e, 100))
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        assert!(store.stats().journal_files > 1);
+        store.close().unwrap();
+    }
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    assert_eq!(store.segment(a).unwrap().entries, 400);
+    for e in 0..400 {
+        assert_eq!(store.read(a, e).unwrap(), payload(a, e, 3000));
+        assert_eq!(store.read(b, e).unwrap(), payload(b, e, 100));
+    }
+    assert!(matches!(
+        store.read(a, 400),
+        Err(StorageError::NoSuchEntry { .. })
+    ));
+    // New segment ids never reuse old ones.
+    let c = store.create_segment_blocking().unwrap();
+    assert!(c > b);
+    store.close().unwrap();
+}
+
+#[test]
+fn group_commit_covers_many_appends_with_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    let seg = store.create_segment_blocking().unwrap();
+    let before = store.stats().fsyncs;
+    // Enqueue 2000 appends before waiting on any: they must share fsyncs.
+    let cs: Vec<_> = (0..2000)
+        .map(|e| store.append_blocking(seg, payload(seg, e, 100)).unwrap())
+        .collect();
+    for c in cs {
+        c.wait().unwrap();
+    }
+    let fsyncs = store.stats().fsyncs - before;
+    assert!(fsyncs < 1000, "2000 queued appends took {fsyncs} fsyncs");
+    store.close().unwrap();
+}
+
+#[test]
+fn sealed_segments_refuse_appends_and_report_their_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = SegmentStore::open(config(dir.path())).unwrap();
+        let seg = store.create_segment().await.unwrap();
+        store
+            .append(seg, Bytes::from_static(b"x"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(store.seal(seg).await.unwrap(), 1);
+        assert_eq!(
+            store.seal(seg).await.unwrap(),
+            1,
+            "sealing twice is idempotent"
+        );
+        let err = store
+            .append(seg, Bytes::from_static(b"y"))
+            .await
+            .unwrap()
+            .await;
+        assert!(matches!(err, Err(StorageError::SegmentSealed(s)) if s == seg));
+        let err = store
+            .append(seg + 100, Bytes::from_static(b"y"))
+            .await
+            .unwrap()
+            .await;
+        assert!(matches!(err, Err(StorageError::NoSuchSegment(_))));
+        let big = Bytes::from(vec![0u8; (64 << 10) + 1]);
+        let seg2 = store.create_segment().await.unwrap();
+        let err = store.append(seg2, big).await.unwrap().await;
+        assert!(matches!(err, Err(StorageError::EntryTooLarge { .. })));
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    assert!(store.segments().len() == 2);
+    let info = store
+        .segments()
+        .into_iter()
+        .map(|s| store.segment(s).unwrap())
+        .find(|i| i.sealed)
+        .unwrap();
+    assert_eq!(info.entries, 1);
+    store.close().unwrap();
+}
+
+#[test]
+fn deleting_segments_gives_disk_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    let old = store.create_segment_blocking().unwrap();
+    fill(&store, old, 2000, 2000); // ~4 MB: several 1 MiB files
+    let keep = store.create_segment_blocking().unwrap();
+    fill(&store, keep, 10, 100);
+    let used = store.disk_usage_bytes();
+    store.delete_segment_blocking(old).unwrap();
+    let report = store.gc().unwrap();
+    assert!(report.files_removed >= 3, "{report:?}");
+    assert!(store.disk_usage_bytes() < used / 2);
+    for e in 0..10 {
+        assert_eq!(store.read(keep, e).unwrap(), payload(keep, e, 100));
+    }
+    assert!(matches!(
+        store.read(old, 0),
+        Err(StorageError::NoSuchSegment(_))
+    ));
+    store.close().unwrap();
+    // The removal is durable and consistent after a reopen.
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    assert_eq!(store.segments(), vec![keep]);
+    assert_eq!(store.read(keep, 9).unwrap(), payload(keep, 9, 100));
+    store.close().unwrap();
+}
+
+#[test]
+fn compaction_moves_live_entries_out_of_mostly_dead_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    let dead = store.create_segment_blocking().unwrap();
+    let live = store.create_segment_blocking().unwrap();
+    // Interleave: every file holds ~10% live entries.
+    for e in 0..1500 {
+        for i in 0..9 {
+            store
+                .append_blocking(dead, payload(dead, e * 9 + i, 200))
+                .unwrap();
+        }
+        store
+            .append_blocking(live, payload(live, e, 200))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    store.delete_segment_blocking(dead).unwrap();
+    let used = store.disk_usage_bytes();
+    let first = store.gc().unwrap();
+    assert!(first.entries_moved > 0, "{first:?}");
+    let second = store.gc().unwrap();
+    assert!(
+        first.files_removed + second.files_removed >= 2,
+        "{first:?} {second:?}"
+    );
+    assert!(store.disk_usage_bytes() < used, "disk usage did not fall");
+    for e in 0..1500 {
+        assert_eq!(store.read(live, e).unwrap(), payload(live, e, 200));
+    }
+    store.close().unwrap();
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    for e in 0..1500 {
+        assert_eq!(store.read(live, e).unwrap(), payload(live, e, 200));
+    }
+    store.close().unwrap();
+}
+
+/// The newest journal file (the one a crash would leave unsealed).
+fn newest_log(dir: &Path) -> std::path::PathBuf {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().unwrap()
+}
+
+/// Writes entries and leaves without a clean close (as a crash would: no final checkpoint).
+fn write_and_abandon(dir: &Path, seg_entries: u64, len: usize) -> u64 {
+    let store = SegmentStore::open(config(dir)).unwrap();
+    let seg = store.create_segment_blocking().unwrap();
+    fill(&store, seg, seg_entries, len);
+    std::mem::forget(store); // no close: the journal's tail stays un-checkpointed
+    seg
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_everything_before_it_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = write_and_abandon(dir.path(), 20, 500);
+    let log = newest_log(dir.path());
+    // Tear the last record: overwrite its second half with garbage.
+    let rec = kilonova_storage::record::encoded_len(500) as u64;
+    let f = OpenOptions::new().write(true).open(&log).unwrap();
+    let last_start = 19 * rec + kilonova_storage::record::encoded_len(0) as u64; // after the Create record
+    f.write_all_at(&[0xAB; 300], last_start + 200).unwrap();
+    drop(f);
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    let info = store.segment(seg).unwrap();
+    assert_eq!(info.entries, 19, "the torn entry is dropped, the rest kept");
+    for e in 0..19 {
+        assert_eq!(store.read(seg, e).unwrap(), payload(seg, e, 500));
+    }
+    // The store keeps working after the truncation.
+    assert_eq!(
+        store
+            .append_blocking(seg, payload(seg, 19, 500))
+            .unwrap()
+            .wait()
+            .unwrap(),
+        19
+    );
+    store.close().unwrap();
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    assert_eq!(store.read(seg, 19).unwrap(), payload(seg, 19, 500));
+    store.close().unwrap();
+}
+
+#[test]
+fn mid_file_corruption_is_reported_for_that_range_and_the_rest_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b);
+    {
+        let store = SegmentStore::open(config(dir.path())).unwrap();
+        a = store.create_segment_blocking().unwrap();
+        b = store.create_segment_blocking().unwrap();
+        for e in 0..10 {
+            // One group per pair, so later records prove earlier ones durable.
+            store
+                .append_blocking(a, payload(a, e, 400))
+                .unwrap()
+                .wait()
+                .unwrap();
+            store
+                .append_blocking(b, payload(b, e, 400))
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        std::mem::forget(store);
+    }
+    let log = newest_log(dir.path());
+    let rec = kilonova_storage::record::encoded_len(400) as u64;
+    let start = 2 * kilonova_storage::record::encoded_len(0) as u64; // two Create records
+                                                                     // Flip bytes inside the payload of a's entry 3 (record index 6).
+    let f = OpenOptions::new().write(true).open(&log).unwrap();
+    f.write_all_at(b"CORRUPTION", start + 6 * rec + 100)
+        .unwrap();
+    drop(f);
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    match store.read(a, 3) {
+        Err(StorageError::Corrupt { segment, entry, .. }) => assert_eq!((segment, entry), (a, 3)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    for e in (0..10).filter(|e| *e != 3) {
+        assert_eq!(store.read(a, e).unwrap(), payload(a, e, 400));
+    }
+    for e in 0..10 {
+        assert_eq!(store.read(b, e).unwrap(), payload(b, e, 400));
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn corruption_after_a_checkpoint_is_caught_by_the_read_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg;
+    {
+        let store = SegmentStore::open(config(dir.path())).unwrap();
+        seg = store.create_segment_blocking().unwrap();
+        fill(&store, seg, 5, 400);
+        store.close().unwrap();
+    }
+    let log = newest_log(dir.path());
+    let rec = kilonova_storage::record::encoded_len(400) as u64;
+    let start = kilonova_storage::record::encoded_len(0) as u64;
+    let f = OpenOptions::new().write(true).open(&log).unwrap();
+    f.write_all_at(b"X", start + 2 * rec + 60).unwrap();
+    drop(f);
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    assert!(matches!(
+        store.read(seg, 2),
+        Err(StorageError::Corrupt { .. })
+    ));
+    assert_eq!(store.read(seg, 1).unwrap(), payload(seg, 1, 400));
+    assert_eq!(store.read(seg, 3).unwrap(), payload(seg, 3, 400));
+    store.close().unwrap();
+}
