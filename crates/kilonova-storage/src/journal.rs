@@ -83,6 +83,9 @@ struct Pending {
     from_file: u32,
 }
 
+/// Tail bytes of each journal file that only control records may use.
+pub(crate) const CONTROL_RESERVE_BYTES: u64 = 64 << 10;
+
 /// What to do with one request.
 enum Decision {
     Write {
@@ -217,10 +220,16 @@ impl Writer {
                 continue;
             }
             let size = record::encoded_len(data.len()) as u64;
+            // Entries may not use the file's reserve: it keeps room for deletes
+            // (which free space) when no new file can be created.
+            let reserve = match kind {
+                RecordKind::Entry | RecordKind::Moved => CONTROL_RESERVE_BYTES,
+                _ => 0,
+            };
             let fits = self
                 .active
                 .as_ref()
-                .is_some_and(|f| f.pos + buf.len() as u64 + size <= f.len);
+                .is_some_and(|f| f.pos + buf.len() as u64 + size + reserve <= f.len);
             if !fits {
                 if !buf.is_empty() {
                     self.commit(&mut buf, &mut pending);
@@ -492,9 +501,21 @@ impl Writer {
         buf.clear();
     }
 
-    /// Seals the active file (index + checkpoint) and opens the next one.
+    /// Opens the next journal file, then seals the active one (index + checkpoint).
+    /// If no new file can be created the active one stays, so control records can
+    /// still use its reserve.
     fn roll(&mut self) -> Result<()> {
-        self.seal_active()?;
+        let next = self.create_file()?;
+        if let Err(e) = self.seal_active() {
+            // The old file keeps no index: recovery scans it instead. Nothing is lost.
+            tracing::warn!(error = %e, "could not checkpoint a full journal file");
+        }
+        self.shared.active_file.store(next.no, Ordering::Release);
+        self.active = Some(next);
+        Ok(())
+    }
+
+    fn create_file(&mut self) -> Result<ActiveFile> {
         let no = self.next_file_no;
         if no > MAX_FILE_NO {
             return Err(StorageError::Log("journal file numbers exhausted".into()));
@@ -534,16 +555,14 @@ impl Writer {
                 },
             );
         }
-        self.shared.active_file.store(no, Ordering::Release);
         tracing::debug!(file = no, bytes = len, "opened journal file");
-        self.active = Some(ActiveFile {
+        Ok(ActiveFile {
             no,
             handle,
             pos: 0,
             len,
             records: Vec::new(),
-        });
-        Ok(())
+        })
     }
 
     /// Writes the active file's index and a checkpoint that starts replay after it.

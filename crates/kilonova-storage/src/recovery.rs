@@ -161,9 +161,14 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
             f.written_entries += written;
         }
         // From now on this file is immutable: give it its index so no later start scans it.
-        let idx_bytes = checkpoint::write_idx(dir, *no, &records)?;
-        if let Some(f) = index.files.get_mut(no) {
-            f.disk_bytes += idx_bytes;
+        match checkpoint::write_idx(dir, *no, &records) {
+            Ok(idx_bytes) => {
+                if let Some(f) = index.files.get_mut(no) {
+                    f.disk_bytes += idx_bytes;
+                }
+            }
+            // Best effort (the disk may be full): without it the file is scanned again.
+            Err(e) => tracing::warn!(file = *no, error = %e, "could not write a journal index"),
         }
         tracing::info!(file = *no, entries = records.len(), "replayed journal file");
     }

@@ -56,11 +56,12 @@ impl StoreConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let max_rec = record::encoded_len(self.max_entry_bytes) as u64;
-        if self.log_file_bytes < max_rec || self.log_file_bytes >= MAX_FILE_BYTES {
+        let need = record::encoded_len(self.max_entry_bytes) as u64
+            + crate::journal::CONTROL_RESERVE_BYTES;
+        if self.log_file_bytes < need || self.log_file_bytes >= MAX_FILE_BYTES {
             return Err(StorageError::Log(format!(
-                "log_file_bytes ({}) must hold one maximal entry ({} bytes) and stay below {}",
-                self.log_file_bytes, max_rec, MAX_FILE_BYTES
+                "log_file_bytes ({}) must hold one maximal entry plus the control reserve ({} bytes) and stay below {}",
+                self.log_file_bytes, need, MAX_FILE_BYTES
             )));
         }
         Ok(())
@@ -173,17 +174,22 @@ impl SegmentStore {
             active_file: AtomicU32::new(u32::MAX),
         });
         // Cover everything recovery replayed with a checkpoint, so the next start
-        // replays only what is written from now on.
-        crate::journal::write_checkpoint(
+        // replays only what is written from now on. On a full disk this may fail:
+        // then the next start replays the same files again, and GC leaves them alone.
+        match crate::journal::write_checkpoint(
             &shared,
             recovered.next_file_no,
             recovered.next_segment_id,
             recovered.next_lsn,
-        )?;
-        if let Ok(mut index) = shared.index.write() {
-            for f in index.files.values_mut() {
-                f.checkpointed = true;
+        ) {
+            Ok(()) => {
+                if let Ok(mut index) = shared.index.write() {
+                    for f in index.files.values_mut() {
+                        f.checkpointed = true;
+                    }
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "could not checkpoint after recovery"),
         }
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer = Writer::new(
@@ -389,6 +395,8 @@ impl SegmentStore {
     /// Blocking (file I/O); call it from a blocking thread.
     pub fn gc(&self) -> Result<GcReport> {
         let mut report = GcReport::default();
+        // Free what is already dead first: on a full disk compaction cannot write.
+        self.remove_dead_files(&mut report)?;
         let ratio = self.shared.config.compaction_live_ratio;
         let active = self.shared.active_file.load(Ordering::Acquire);
         let to_compact: Vec<u32> = {
@@ -410,8 +418,22 @@ impl SegmentStore {
                 .collect()
         };
         for no in to_compact {
-            report.entries_moved += self.compact_file(no)?;
+            match self.compact_file(no) {
+                Ok(moved) => report.entries_moved += moved,
+                Err(e) => {
+                    // Compaction is an optimisation: the file stays, nothing is lost.
+                    tracing::warn!(file = no, error = %e, "journal compaction stopped");
+                    break;
+                }
+            }
         }
+        self.remove_dead_files(&mut report)?;
+        Ok(report)
+    }
+
+    /// Removes sealed journal files that hold no live entry.
+    fn remove_dead_files(&self, report: &mut GcReport) -> Result<()> {
+        let active = self.shared.active_file.load(Ordering::Acquire);
         let dead: Vec<(u32, u64)> = {
             let mut index = self
                 .shared
@@ -443,7 +465,7 @@ impl SegmentStore {
             report.bytes_freed += bytes;
             tracing::debug!(file = no, bytes, "removed dead journal file");
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Moves every live entry of journal file `no` to the active file.
