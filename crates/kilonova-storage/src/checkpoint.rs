@@ -92,7 +92,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Reads a file written by [`write_atomic`], verifying its CRC; returns the body.
-fn read_verified(path: &Path) -> Result<Option<bytes::Bytes>> {
+pub(crate) fn read_verified(path: &Path) -> Result<Option<bytes::Bytes>> {
     let data = match fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -43,6 +43,8 @@ impl Loc {
 pub(crate) struct SegmentState {
     pub locs: Vec<Loc>,
     pub sealed: bool,
+    /// An append failed: it takes no more appends, so entry ids stay dense.
+    pub fenced: bool,
     /// Payload bytes of its entries.
     pub bytes: u64,
 }

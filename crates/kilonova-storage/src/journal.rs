@@ -28,8 +28,10 @@ use crate::store::Shared;
 /// What a caller asks the journal to do.
 pub(crate) enum Op {
     Create,
+    /// `prefix` and `data` are stored as one entry (the prefix is the managed log's header).
     Append {
         segment: SegmentId,
+        prefix: Bytes,
         data: Bytes,
     },
     Seal {
@@ -56,7 +58,8 @@ pub(crate) struct Request {
 impl Request {
     fn payload_len(&self) -> usize {
         match &self.op {
-            Op::Append { data, .. } | Op::Move { data, .. } => data.len(),
+            Op::Append { prefix, data, .. } => prefix.len() + data.len(),
+            Op::Move { data, .. } => data.len(),
             _ => 0,
         }
     }
@@ -115,8 +118,6 @@ pub(crate) struct Writer {
     pub durable_lsn: u64,
     pub next_segment_id: u64,
     active: Option<ActiveFile>,
-    /// Segments whose append failed: they take no more appends (ids stay dense).
-    fenced: HashMap<SegmentId, ()>,
 }
 
 impl Writer {
@@ -135,7 +136,6 @@ impl Writer {
             durable_lsn: next_lsn.saturating_sub(1),
             next_segment_id,
             active: None,
-            fenced: HashMap::new(),
         }
     }
 
@@ -208,18 +208,20 @@ impl Writer {
                     continue;
                 }
             };
-            let data: &[u8] = match &req.op {
-                Op::Append { data, .. } | Op::Move { data, .. } => data,
-                _ => &[],
+            let (prefix, data): (&[u8], &[u8]) = match &req.op {
+                Op::Append { prefix, data, .. } => (prefix, data),
+                Op::Move { data, .. } => (&[], data),
+                _ => (&[], &[]),
             };
-            if data.len() > max_entry {
+            let payload_len = prefix.len() + data.len();
+            if payload_len > max_entry {
                 let _ = req.done.send(Err(StorageError::EntryTooLarge {
-                    size: data.len(),
+                    size: payload_len,
                     max: max_entry,
                 }));
                 continue;
             }
-            let size = record::encoded_len(data.len()) as u64;
+            let size = record::encoded_len(payload_len) as u64;
             // Entries may not use the file's reserve: it keeps room for deletes
             // (which free space) when no new file can be created.
             let reserve = match kind {
@@ -266,14 +268,14 @@ impl Writer {
                 entry,
             };
             self.next_lsn += 1;
-            record::encode(&header, data, &mut buf);
+            record::encode_parts(&header, prefix, data, &mut buf);
             pending.push(Pending {
                 done: req.done,
                 kind,
                 segment,
                 entry,
                 offset,
-                payload_len: data.len() as u64,
+                payload_len: payload_len as u64,
                 from_file,
             });
         }
@@ -312,7 +314,7 @@ impl Writer {
                 if !exists(s, overlay) {
                     return Err(StorageError::NoSuchSegment(s));
                 }
-                if self.fenced.contains_key(&s) {
+                if index.segments.get(&s).is_some_and(|x| x.fenced) {
                     return Err(StorageError::SegmentFenced(s));
                 }
                 let sealed = overlay.sealed.contains_key(&s)
@@ -487,8 +489,12 @@ impl Writer {
             Err(e) => {
                 tracing::warn!(error = %e, file = active.no, "journal write failed; rolling to a new file");
                 stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {
-                    self.fenced.insert(p.segment, ());
+                if let Ok(mut index) = self.shared.index.write() {
+                    for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {
+                        if let Some(seg) = index.segments.get_mut(&p.segment) {
+                            seg.fenced = true;
+                        }
+                    }
                 }
                 fail_all(pending, &e);
                 // After a failed write or fsync the file's tail is unknown: never write

@@ -13,16 +13,26 @@
 //! given by the broker, and entries are opaque bytes plus a small header.
 
 mod checkpoint;
+mod entry;
+pub mod entry_cache;
 mod error;
 mod index;
 mod journal;
+pub mod managed_log;
 mod position;
 pub mod range_set;
 pub mod record;
 mod recovery;
+pub mod state_store;
 mod store;
 
+pub use entry::{Entry, ENTRY_HEADER_LEN};
+pub use entry_cache::{CacheStats, EntryCache, EvictionStrategy};
 pub use error::{Result, StorageError};
+pub use managed_log::{
+    CursorInfo, InitialPosition, ManagedLog, ManagedLogConfig, Retention, SegmentMeta,
+};
 pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;
+pub use state_store::{DirStateStore, StateStore};
 pub use store::{Completion, GcReport, SegmentInfo, SegmentStore, StoreConfig, StoreStats};

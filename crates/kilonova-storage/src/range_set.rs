@@ -95,6 +95,19 @@ impl RangeSet {
         self.ranges.get(&p).map(|e| (p, *e))
     }
 
+    /// The range holding `p`, if any.
+    pub fn range_containing(&self, p: Position) -> Option<(Position, Position)> {
+        self.ranges
+            .range(..=p)
+            .next_back()
+            .filter(|(s, e)| s.segment == p.segment && p.entry <= e.entry)
+            .map(|(s, e)| (*s, *e))
+    }
+
+    pub fn clear(&mut self) {
+        self.ranges.clear();
+    }
+
     /// The first range, if any.
     pub fn first(&self) -> Option<(Position, Position)> {
         self.ranges.iter().next().map(|(s, e)| (*s, *e))

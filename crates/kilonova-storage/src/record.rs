@@ -86,8 +86,13 @@ pub fn encoded_len(payload_len: usize) -> usize {
 
 /// Appends one record to `dst`.
 pub fn encode(header: &RecordHeader, payload: &[u8], dst: &mut BytesMut) {
-    let len = HEADER_LEN + payload.len();
-    let total = encoded_len(payload.len());
+    encode_parts(header, &[], payload, dst)
+}
+
+/// Appends one record whose payload is `prefix` followed by `payload`.
+pub fn encode_parts(header: &RecordHeader, prefix: &[u8], payload: &[u8], dst: &mut BytesMut) {
+    let len = HEADER_LEN + prefix.len() + payload.len();
+    let total = encoded_len(prefix.len() + payload.len());
     let start = dst.len();
     dst.reserve(total);
     dst.put_u32_le(MAGIC);
@@ -99,6 +104,7 @@ pub fn encode(header: &RecordHeader, payload: &[u8], dst: &mut BytesMut) {
     dst.put_u64_le(header.durable_lsn);
     dst.put_u64_le(header.segment);
     dst.put_u64_le(header.entry);
+    dst.put_slice(prefix);
     dst.put_slice(payload);
     dst.put_bytes(0, total - len);
     let rec = &dst[start..start + len];

@@ -40,6 +40,7 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
             SegmentState {
                 locs: Vec::with_capacity(usize::try_from(row.entries).unwrap_or(0)),
                 sealed: row.sealed,
+                fenced: false,
                 bytes: 0,
             },
         );

@@ -110,6 +110,8 @@ pub struct SegmentInfo {
     /// Durable entries: ids `0..entries`.
     pub entries: u64,
     pub sealed: bool,
+    /// An append failed: the segment takes no more appends (seal it, continue in a new one).
+    pub fenced: bool,
     /// Payload bytes of its entries.
     pub bytes: u64,
 }
@@ -125,27 +127,39 @@ pub struct GcReport {
 /// Resolves once the journal has made the operation durable (or failed it).
 pub struct Completion<T> {
     rx: oneshot::Receiver<Result<u64>>,
-    map: fn(u64) -> T,
+    /// Context for `map` (the segment id of an append), so no closure is boxed.
+    tag: u64,
+    map: fn(u64, u64) -> T,
 }
 
 impl<T> Completion<T> {
+    fn new(rx: oneshot::Receiver<Result<u64>>, tag: u64, map: fn(u64, u64) -> T) -> Self {
+        Completion { rx, tag, map }
+    }
+
+    /// The same completion mapped to another value type.
+    pub(crate) fn remap<U>(self, map: fn(u64, u64) -> U) -> Completion<U> {
+        Completion::new(self.rx, self.tag, map)
+    }
+
     /// Blocks the calling (non-async) thread until the operation is durable.
     pub fn wait(self) -> Result<T> {
-        let map = self.map;
+        let (map, tag) = (self.map, self.tag);
         self.rx
             .blocking_recv()
             .map_err(|_| StorageError::Closed)?
-            .map(map)
+            .map(|v| map(v, tag))
     }
 }
 
 impl<T> Future for Completion<T> {
     type Output = Result<T>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let map = self.map;
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.map_err(|_| StorageError::Closed).and_then(|v| v.map(map)))
+        let (map, tag) = (self.map, self.tag);
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            r.map_err(|_| StorageError::Closed)
+                .and_then(|v| v.map(|v| map(v, tag)))
+        })
     }
 }
 
@@ -240,50 +254,62 @@ impl SegmentStore {
     /// appends is fixed when it returns); the completion resolves once durable,
     /// with the entry's id.
     pub async fn append(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
-        let rx = self.submit(Op::Append { segment, data }).await?;
-        Ok(Completion { rx, map: id })
+        self.append_parts(segment, Bytes::new(), data).await
+    }
+
+    /// Appends `prefix` followed by `data` as one entry (copied once, into the journal's buffer).
+    pub async fn append_parts(
+        &self,
+        segment: SegmentId,
+        prefix: Bytes,
+        data: Bytes,
+    ) -> Result<Completion<EntryId>> {
+        let rx = self
+            .submit(Op::Append {
+                segment,
+                prefix,
+                data,
+            })
+            .await?;
+        Ok(Completion::new(rx, segment, id))
     }
 
     /// [`SegmentStore::append`] for threads outside an async runtime.
     pub fn append_blocking(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
-        let rx = self.submit_blocking(Op::Append { segment, data })?;
-        Ok(Completion { rx, map: id })
+        let rx = self.submit_blocking(Op::Append {
+            segment,
+            prefix: Bytes::new(),
+            data,
+        })?;
+        Ok(Completion::new(rx, segment, id))
     }
 
     /// Creates a segment (durably) and returns its id.
     pub async fn create_segment(&self) -> Result<SegmentId> {
         let rx = self.submit(Op::Create).await?;
-        Completion { rx, map: id }.await
+        Completion::new(rx, 0, id).await
     }
 
     /// [`SegmentStore::create_segment`] for threads outside an async runtime.
     pub fn create_segment_blocking(&self) -> Result<SegmentId> {
-        Completion {
-            rx: self.submit_blocking(Op::Create)?,
-            map: id,
-        }
-        .wait()
+        Completion::new(self.submit_blocking(Op::Create)?, 0, id).wait()
     }
 
     /// Seals a segment: no more appends; returns its entry count. Idempotent.
     pub async fn seal(&self, segment: SegmentId) -> Result<u64> {
         let rx = self.submit(Op::Seal { segment }).await?;
-        Completion { rx, map: id }.await
+        Completion::new(rx, 0, id).await
     }
 
     /// Deletes a segment; its space returns at the next GC.
     pub async fn delete_segment(&self, segment: SegmentId) -> Result<()> {
         let rx = self.submit(Op::Delete { segment }).await?;
-        Completion { rx, map: |_| () }.await
+        Completion::new(rx, 0, |_, _| ()).await
     }
 
     /// [`SegmentStore::delete_segment`] for threads outside an async runtime.
     pub fn delete_segment_blocking(&self, segment: SegmentId) -> Result<()> {
-        Completion {
-            rx: self.submit_blocking(Op::Delete { segment })?,
-            map: |_| (),
-        }
-        .wait()
+        Completion::new(self.submit_blocking(Op::Delete { segment })?, 0, |_, _| ()).wait()
     }
 
     /// The segment's current state, if it exists.
@@ -293,6 +319,7 @@ impl SegmentStore {
             id: segment,
             entries: s.locs.len() as u64,
             sealed: s.sealed,
+            fenced: s.fenced,
             bytes: s.bytes,
         })
     }
@@ -502,7 +529,7 @@ impl SegmentStore {
                 from_file: no,
                 data,
             })?;
-            completions.push(Completion { rx, map: id });
+            completions.push(Completion::new(rx, 0, id));
         }
         let moved = completions.len() as u64;
         for c in completions {
@@ -534,7 +561,7 @@ impl SegmentStore {
     }
 }
 
-fn id(v: u64) -> u64 {
+fn id(v: u64, _tag: u64) -> u64 {
     v
 }
 

@@ -1,0 +1,892 @@
+//! A topic's storage: an ordered list of segments, a dense message index, and cursors.
+//!
+//! One task owns a `ManagedLog` (`&mut self` methods); the segment store underneath
+//! is shared. Time comes in as arguments (`now_ms`, `publish_time_ms`): the log
+//! reads no clock, so tests drive it deterministically.
+//!
+//! Cursor state is an *ack floor* — every entry before it is acknowledged — plus
+//! the individually acknowledged entries at or after it as a [`RangeSet`].
+//! Pulsar's mark-delete position is the entry just before the floor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::entry::{self, Entry};
+use crate::entry_cache::{EntryCache, EvictionStrategy};
+use crate::error::{Result, StorageError};
+use crate::position::{Position, SegmentId};
+use crate::range_set::RangeSet;
+use crate::state_store::{key_component, StateStore};
+use crate::store::{Completion, SegmentStore};
+
+/// Settings of a managed log. Units are in the names.
+#[derive(Clone, Debug)]
+pub struct ManagedLogConfig {
+    /// Roll to a new segment after this many entries...
+    pub max_segment_entries: u64,
+    /// ...or this many bytes...
+    pub max_segment_bytes: u64,
+    /// ...or when the segment is this old (by publish time).
+    pub max_segment_age_ms: u64,
+    /// Which position cached entries are evicted before.
+    pub cache_eviction: EvictionStrategy,
+    /// Individually-acked ranges persisted per cursor (the rest may be redelivered after a crash).
+    pub max_persisted_ack_ranges: usize,
+}
+
+impl Default for ManagedLogConfig {
+    fn default() -> Self {
+        ManagedLogConfig {
+            max_segment_entries: 50_000,
+            max_segment_bytes: 256 << 20,
+            max_segment_age_ms: 4 * 3600 * 1000,
+            cache_eviction: EvictionStrategy::SlowestReader,
+            max_persisted_ack_ranges: 10_000,
+        }
+    }
+}
+
+/// Where a new cursor starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// The oldest entry still stored.
+    Earliest,
+    /// After the last durable entry.
+    Latest,
+    /// At this position (its entry is the first one read).
+    At(Position),
+}
+
+/// How long acknowledged data is kept. `None` means unlimited in that dimension.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub time_ms: Option<u64>,
+    pub size_bytes: Option<u64>,
+}
+
+/// One segment of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub id: SegmentId,
+    /// Message index of the segment's first message.
+    pub first_message_index: u64,
+    pub created_ms: u64,
+}
+
+/// A cursor's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Cursor {
+    durable: bool,
+    /// Every entry before this is acknowledged.
+    floor: Position,
+    /// Acknowledged entries at or after `floor`.
+    acked: RangeSet,
+    /// The next entry to read.
+    read: Position,
+    dirty: bool,
+}
+
+/// A read-only view of a cursor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorInfo {
+    pub name: String,
+    pub durable: bool,
+    /// Pulsar's mark-delete position: the last entry before which everything is acked.
+    pub mark_delete: Option<Position>,
+    pub read_position: Position,
+    pub ack_ranges: usize,
+    /// Entries not yet acknowledged.
+    pub backlog_entries: u64,
+}
+
+/// A topic's storage.
+pub struct ManagedLog {
+    id: u64,
+    store: SegmentStore,
+    state: Arc<dyn StateStore>,
+    cache: Arc<EntryCache>,
+    config: ManagedLogConfig,
+    segments: Vec<SegmentMeta>,
+    /// Entries and bytes enqueued to the current (last) segment, durable or not.
+    pending_entries: u64,
+    pending_bytes: u64,
+    next_message_index: u64,
+    last_publish_time_ms: u64,
+    cursors: BTreeMap<String, Cursor>,
+}
+
+const META_VERSION: u8 = 1;
+
+impl ManagedLog {
+    /// Opens log `id` (creating it if new). A log left open by a crash gets its last
+    /// segment sealed and continues in a new one.
+    pub async fn open(
+        id: u64,
+        store: SegmentStore,
+        state: Arc<dyn StateStore>,
+        cache: Arc<EntryCache>,
+        config: ManagedLogConfig,
+        now_ms: u64,
+    ) -> Result<Self> {
+        let (mut segments, cursor_names, floor_index) = match state.load(&meta_key(id))? {
+            Some(b) => decode_meta(b)?,
+            None => (Vec::new(), Vec::new(), 0),
+        };
+        segments.retain(|s| store.segment(s.id).is_some());
+        let mut log = ManagedLog {
+            id,
+            store,
+            state,
+            cache,
+            config,
+            segments,
+            pending_entries: 0,
+            pending_bytes: 0,
+            next_message_index: floor_index,
+            last_publish_time_ms: 0,
+            cursors: BTreeMap::new(),
+        };
+        if let Some(last) = log.segments.last().copied() {
+            log.store.seal(last.id).await?;
+        }
+        // Where the message index and publish time continue from.
+        log.next_message_index = log
+            .next_message_index
+            .max(log.segments.last().map_or(0, |s| s.first_message_index));
+        if let Some(p) = log.last_position() {
+            let e = log.read_entry(p)?;
+            log.next_message_index = e.message_index + u64::from(e.message_count);
+            log.last_publish_time_ms = e.publish_time_ms;
+        }
+        for name in cursor_names {
+            if let Some(b) = log.state.load(&cursor_key(id, &name))? {
+                let (floor, acked) = decode_cursor(&b)?;
+                let floor = log.normalize(floor);
+                log.cursors.insert(
+                    name,
+                    Cursor {
+                        durable: true,
+                        floor,
+                        acked,
+                        read: floor,
+                        dirty: false,
+                    },
+                );
+            }
+        }
+        log.start_segment(now_ms).await?;
+        Ok(log)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn segments(&self) -> &[SegmentMeta] {
+        &self.segments
+    }
+
+    /// Messages appended so far (the next message's index).
+    pub fn next_message_index(&self) -> u64 {
+        self.next_message_index
+    }
+
+    fn current(&self) -> Option<SegmentMeta> {
+        self.segments.last().copied()
+    }
+
+    /// Durable entries of a segment.
+    fn confirmed(&self, segment: SegmentId) -> u64 {
+        self.store.segment(segment).map_or(0, |s| s.entries)
+    }
+
+    /// Payload bytes stored for the log.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter_map(|s| self.store.segment(s.id))
+            .map(|s| s.bytes)
+            .sum()
+    }
+
+    /// Durable entries in the log.
+    pub fn entries(&self) -> u64 {
+        self.segments.iter().map(|s| self.confirmed(s.id)).sum()
+    }
+
+    // ---- appends ----
+
+    /// Enqueues an entry of `message_count` messages. The returned completion resolves
+    /// with its position once durable. Entries are durable in call order.
+    pub async fn append(
+        &mut self,
+        data: Bytes,
+        message_count: u32,
+        publish_time_ms: u64,
+    ) -> Result<Completion<Position>> {
+        if self.needs_roll(publish_time_ms) {
+            self.roll(publish_time_ms).await?;
+        }
+        let Some(current) = self.current() else {
+            return Err(StorageError::Log("managed log has no segment".into()));
+        };
+        let t = publish_time_ms.max(self.last_publish_time_ms);
+        let header = entry::encode_header(t, self.next_message_index, message_count);
+        let completion = self
+            .store
+            .append_parts(current.id, header, data.clone())
+            .await?;
+        let position = Position::new(current.id, self.pending_entries);
+        self.cache.insert(
+            self.id,
+            Entry {
+                position,
+                publish_time_ms: t,
+                message_index: self.next_message_index,
+                message_count,
+                data: data.clone(),
+            },
+        );
+        self.pending_entries += 1;
+        self.pending_bytes += data.len() as u64;
+        self.next_message_index += u64::from(message_count);
+        self.last_publish_time_ms = t;
+        Ok(completion.remap(|entry, segment| Position::new(segment, entry)))
+    }
+
+    fn needs_roll(&self, now_ms: u64) -> bool {
+        let Some(cur) = self.current() else {
+            return true;
+        };
+        self.pending_entries >= self.config.max_segment_entries
+            || self.pending_bytes >= self.config.max_segment_bytes
+            || (self.pending_entries > 0
+                && now_ms.saturating_sub(cur.created_ms) >= self.config.max_segment_age_ms)
+            || self
+                .store
+                .segment(cur.id)
+                .is_none_or(|s| s.fenced || s.sealed)
+    }
+
+    /// Seals the current segment and starts a new one.
+    async fn roll(&mut self, now_ms: u64) -> Result<()> {
+        if let Some(cur) = self.current() {
+            let fenced = self.store.segment(cur.id).is_some_and(|s| s.fenced);
+            self.store.seal(cur.id).await?;
+            if fenced {
+                // Appends after the failure never happened: continue from what is durable.
+                self.cache.evict_log(self.id);
+                self.next_message_index = cur.first_message_index;
+                if let Some(p) = self.last_position() {
+                    let e = self.read_entry(p)?;
+                    self.next_message_index = e.message_index + u64::from(e.message_count);
+                }
+            }
+        }
+        self.start_segment(now_ms).await
+    }
+
+    async fn start_segment(&mut self, now_ms: u64) -> Result<()> {
+        // An empty sealed segment holds nothing: drop it instead of keeping it listed.
+        if let Some(cur) = self.current() {
+            if self.confirmed(cur.id) == 0 && self.segments.len() > 1 {
+                self.store.delete_segment(cur.id).await?;
+                self.segments.pop();
+            }
+        }
+        let id = self.store.create_segment().await?;
+        self.segments.push(SegmentMeta {
+            id,
+            first_message_index: self.next_message_index,
+            created_ms: now_ms,
+        });
+        self.pending_entries = 0;
+        self.pending_bytes = 0;
+        self.save_meta()?;
+        tracing::debug!(log = self.id, segment = id, "started segment");
+        Ok(())
+    }
+
+    fn save_meta(&self) -> Result<()> {
+        let names: Vec<&String> = self
+            .cursors
+            .iter()
+            .filter(|(_, c)| c.durable)
+            .map(|(n, _)| n)
+            .collect();
+        let mut b = BytesMut::new();
+        b.put_u8(META_VERSION);
+        b.put_u64_le(self.next_message_index);
+        b.put_u32_le(self.segments.len() as u32);
+        for s in &self.segments {
+            b.put_u64_le(s.id);
+            b.put_u64_le(s.first_message_index);
+            b.put_u64_le(s.created_ms);
+        }
+        b.put_u32_le(names.len() as u32);
+        for n in names {
+            b.put_u32_le(n.len() as u32);
+            b.put_slice(n.as_bytes());
+        }
+        self.state.store(&meta_key(self.id), &b)
+    }
+
+    // ---- positions and reads ----
+
+    /// The last durable entry, if any.
+    pub fn last_position(&self) -> Option<Position> {
+        self.segments.iter().rev().find_map(|s| {
+            let n = self.confirmed(s.id);
+            (n > 0).then(|| Position::new(s.id, n - 1))
+        })
+    }
+
+    /// The first stored entry's position (or the end, if the log is empty).
+    pub fn first_position(&self) -> Position {
+        self.normalize(Position::new(self.segments.first().map_or(0, |s| s.id), 0))
+    }
+
+    /// The position after the last durable entry: where `Latest` starts.
+    pub fn end_position(&self) -> Position {
+        self.current().map_or_else(Position::default, |s| {
+            Position::new(s.id, self.confirmed(s.id))
+        })
+    }
+
+    /// Moves a position past segment ends and deleted segments to the entry it stands for.
+    fn normalize(&self, mut p: Position) -> Position {
+        let Some(first) = self.segments.first() else {
+            return p;
+        };
+        if p.segment < first.id {
+            p = Position::new(first.id, 0);
+        }
+        let start = self.segments.partition_point(|s| s.id < p.segment);
+        for (i, s) in self.segments.iter().enumerate().skip(start) {
+            if s.id != p.segment {
+                // A segment deleted or never in this log: the next one starts there.
+                p = Position::new(s.id, 0);
+            }
+            let is_last = i + 1 == self.segments.len();
+            if is_last || p.entry < self.confirmed(s.id) {
+                return p;
+            }
+            if let Some(next) = self.segments.get(i + 1) {
+                p = Position::new(next.id, 0);
+            }
+        }
+        p
+    }
+
+    fn next(&self, p: Position) -> Position {
+        self.normalize(Position::new(p.segment, p.entry + 1))
+    }
+
+    /// The entry before `p`, if any.
+    fn prev(&self, p: Position) -> Option<Position> {
+        if p.entry > 0 {
+            return Some(Position::new(p.segment, p.entry - 1));
+        }
+        self.segments
+            .iter()
+            .rev()
+            .filter(|s| s.id < p.segment)
+            .find_map(|s| {
+                let n = self.confirmed(s.id);
+                (n > 0).then(|| Position::new(s.id, n - 1))
+            })
+    }
+
+    fn is_readable(&self, p: Position) -> bool {
+        self.segments
+            .binary_search_by_key(&p.segment, |s| s.id)
+            .is_ok()
+            && p.entry < self.confirmed(p.segment)
+    }
+
+    /// Reads one durable entry (from the cache when it is there).
+    pub fn read_entry(&self, p: Position) -> Result<Entry> {
+        if !self.is_readable(p) {
+            return Err(StorageError::NoSuchEntry {
+                segment: p.segment,
+                entry: p.entry,
+            });
+        }
+        if let Some(e) = self.cache.get(self.id, p) {
+            return Ok(e);
+        }
+        let stored = self.store.read(p.segment, p.entry)?;
+        entry::decode(p, stored).ok_or(StorageError::Corrupt {
+            segment: p.segment,
+            entry: p.entry,
+            detail: "shorter than an entry header".into(),
+        })
+    }
+
+    /// Up to `max` durable entries from `from` on.
+    pub fn read_from(&self, from: Position, max: usize) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut p = self.normalize(from);
+        while out.len() < max && self.is_readable(p) {
+            out.push(self.read_entry(p)?);
+            p = self.next(p);
+        }
+        Ok(out)
+    }
+
+    /// The position of the entry holding message `index`, if stored.
+    pub fn position_of_message_index(&self, index: u64) -> Result<Option<Position>> {
+        let i = self
+            .segments
+            .partition_point(|s| s.first_message_index <= index);
+        let Some(seg) = i.checked_sub(1).and_then(|i| self.segments.get(i)) else {
+            return Ok(None);
+        };
+        let n = self.confirmed(seg.id);
+        // First entry whose range ends after `index`.
+        let e = self.search(seg.id, n, |e| {
+            e.message_index + u64::from(e.message_count) > index
+        })?;
+        Ok((e < n).then_some(Position::new(seg.id, e)))
+    }
+
+    /// The first entry published at or after `time_ms` (the end position if none).
+    pub fn position_of_publish_time(&self, time_ms: u64) -> Result<Position> {
+        for s in &self.segments {
+            let n = self.confirmed(s.id);
+            if n == 0 {
+                continue;
+            }
+            let last = self.read_entry(Position::new(s.id, n - 1))?;
+            if last.publish_time_ms < time_ms {
+                continue;
+            }
+            let e = self.search(s.id, n, |e| e.publish_time_ms >= time_ms)?;
+            return Ok(Position::new(s.id, e));
+        }
+        Ok(self.end_position())
+    }
+
+    /// Binary search in a segment of `n` entries for the first entry satisfying a
+    /// predicate that is false then true along the segment.
+    fn search(&self, seg: SegmentId, n: u64, pred: impl Fn(&Entry) -> bool) -> Result<u64> {
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(&self.read_entry(Position::new(seg, mid))?) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+
+    // ---- cursors ----
+
+    /// Opens a cursor. A durable cursor that exists keeps its position; a new one
+    /// starts at `initial` and is persisted at once.
+    pub fn open_cursor(
+        &mut self,
+        name: &str,
+        initial: InitialPosition,
+        durable: bool,
+    ) -> Result<()> {
+        if let Some(c) = self.cursors.get_mut(name) {
+            c.read = c.floor;
+            return Ok(());
+        }
+        let start = match initial {
+            InitialPosition::Earliest => self.first_position(),
+            InitialPosition::Latest => self.end_position(),
+            InitialPosition::At(p) => self.normalize(p),
+        };
+        let cursor = Cursor {
+            durable,
+            floor: start,
+            acked: RangeSet::new(),
+            read: start,
+            dirty: durable,
+        };
+        self.cursors.insert(name.to_string(), cursor);
+        if durable {
+            self.persist_cursor(name)?;
+            self.save_meta()?;
+        }
+        Ok(())
+    }
+
+    pub fn has_cursor(&self, name: &str) -> bool {
+        self.cursors.contains_key(name)
+    }
+
+    pub fn cursor_names(&self) -> Vec<String> {
+        self.cursors.keys().cloned().collect()
+    }
+
+    fn cursor_mut(&mut self, name: &str) -> Result<&mut Cursor> {
+        self.cursors
+            .get_mut(name)
+            .ok_or_else(|| StorageError::Log(format!("no cursor named {name:?}")))
+    }
+
+    fn cursor(&self, name: &str) -> Result<&Cursor> {
+        self.cursors
+            .get(name)
+            .ok_or_else(|| StorageError::Log(format!("no cursor named {name:?}")))
+    }
+
+    /// Removes a cursor and its persisted state.
+    pub fn delete_cursor(&mut self, name: &str) -> Result<()> {
+        if let Some(c) = self.cursors.remove(name) {
+            if c.durable {
+                self.state.remove(&cursor_key(self.id, name))?;
+                self.save_meta()?;
+            }
+        }
+        self.evict_cache();
+        Ok(())
+    }
+
+    /// Reads up to `max` entries after the cursor's read position, skipping acked ones,
+    /// and advances the read position past them.
+    pub fn read_next(&mut self, name: &str, max: usize) -> Result<Vec<Entry>> {
+        let c = self.cursor(name)?;
+        let (floor, mut p) = (c.floor, self.normalize(c.read.max(c.floor)));
+        let mut out = Vec::new();
+        while out.len() < max && self.is_readable(p) {
+            if p < floor {
+                p = self.normalize(floor);
+                continue;
+            }
+            if let Some((_, end)) = self.cursor(name)?.acked.range_containing(p) {
+                p = self.next(end);
+                continue;
+            }
+            out.push(self.read_entry(p)?);
+            p = self.next(p);
+        }
+        self.cursor_mut(name)?.read = p;
+        self.evict_cache();
+        Ok(out)
+    }
+
+    /// Whether the cursor has entries to read now.
+    pub fn has_entries_to_read(&self, name: &str) -> bool {
+        self.cursor(name)
+            .map(|c| self.is_readable(self.normalize(c.read.max(c.floor))))
+            .unwrap_or(false)
+    }
+
+    /// Acknowledges one entry.
+    pub fn ack(&mut self, name: &str, p: Position) -> Result<()> {
+        let c = self.cursor_mut(name)?;
+        if p >= c.floor {
+            c.acked.insert(p);
+            c.dirty = true;
+        }
+        self.advance_floor(name)
+    }
+
+    /// Acknowledges every entry up to and including `p`.
+    pub fn ack_cumulative(&mut self, name: &str, p: Position) -> Result<()> {
+        let next = self.next(p);
+        let c = self.cursor_mut(name)?;
+        if next > c.floor {
+            c.floor = next;
+            c.acked.remove_up_to(p);
+            c.dirty = true;
+        }
+        self.advance_floor(name)
+    }
+
+    fn advance_floor(&mut self, name: &str) -> Result<()> {
+        loop {
+            let c = self.cursor(name)?;
+            let floor = self.normalize(c.floor);
+            let step = c.acked.range_starting_at(floor).map(|(_, end)| end);
+            let next = step.map(|end| self.next(end));
+            let c = self.cursor_mut(name)?;
+            c.floor = floor;
+            match (step, next) {
+                (Some(end), Some(next)) => {
+                    c.acked.remove_up_to(end);
+                    c.floor = next;
+                }
+                _ => break,
+            }
+        }
+        let c = self.cursor_mut(name)?;
+        if c.read < c.floor {
+            c.read = c.floor;
+        }
+        self.evict_cache();
+        Ok(())
+    }
+
+    /// Sends the cursor's read position back to its first unacknowledged entry
+    /// (every unacked entry is read again).
+    pub fn rewind(&mut self, name: &str) -> Result<()> {
+        let c = self.cursor_mut(name)?;
+        c.read = c.floor;
+        Ok(())
+    }
+
+    /// Moves the cursor (acks and read position) to `p`: entries before it count as
+    /// acknowledged, entries from it on as not.
+    pub fn reset_cursor(&mut self, name: &str, p: Position) -> Result<()> {
+        let p = self.normalize(p);
+        let c = self.cursor_mut(name)?;
+        c.floor = p;
+        c.read = p;
+        c.acked.clear();
+        c.dirty = true;
+        self.evict_cache();
+        Ok(())
+    }
+
+    pub fn cursor_info(&self, name: &str) -> Result<CursorInfo> {
+        let c = self.cursor(name)?;
+        let floor = self.normalize(c.floor);
+        Ok(CursorInfo {
+            name: name.to_string(),
+            durable: c.durable,
+            mark_delete: self.prev(floor),
+            read_position: self.normalize(c.read.max(floor)),
+            ack_ranges: c.acked.range_count(),
+            backlog_entries: self.entries_from(floor).saturating_sub(c.acked.len()),
+        })
+    }
+
+    /// Durable entries at or after `p`.
+    fn entries_from(&self, p: Position) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.id >= p.segment)
+            .map(|s| {
+                let n = self.confirmed(s.id);
+                if s.id == p.segment {
+                    n.saturating_sub(p.entry)
+                } else {
+                    n
+                }
+            })
+            .sum()
+    }
+
+    /// Persists every durable cursor changed since its last persist.
+    pub fn persist_cursors(&mut self) -> Result<usize> {
+        let dirty: Vec<String> = self
+            .cursors
+            .iter()
+            .filter(|(_, c)| c.durable && c.dirty)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &dirty {
+            self.persist_cursor(name)?;
+        }
+        Ok(dirty.len())
+    }
+
+    fn persist_cursor(&mut self, name: &str) -> Result<()> {
+        let max = self.config.max_persisted_ack_ranges;
+        let key = cursor_key(self.id, name);
+        let c = self.cursor_mut(name)?;
+        let mut b = BytesMut::new();
+        b.put_u64_le(c.floor.segment);
+        b.put_u64_le(c.floor.entry);
+        let ranges: Vec<_> = c.acked.iter().take(max).collect();
+        b.put_u32_le(ranges.len() as u32);
+        for (s, e) in ranges {
+            b.put_u64_le(s.segment);
+            b.put_u64_le(s.entry);
+            b.put_u64_le(e.entry);
+        }
+        c.dirty = false;
+        self.state.store(&key, &b)
+    }
+
+    fn evict_cache(&self) {
+        let slowest = self
+            .cursors
+            .values()
+            .map(|c| match self.config.cache_eviction {
+                EvictionStrategy::SlowestReader => c.read.max(c.floor),
+                EvictionStrategy::SlowestMarkDelete => c.floor,
+            })
+            .min()
+            .unwrap_or_else(|| self.end_position());
+        self.cache.evict_before(self.id, slowest);
+    }
+
+    // ---- retention and TTL ----
+
+    /// Deletes segments that every durable cursor has consumed and that retention
+    /// no longer keeps. Never deletes the current segment. Returns the segments deleted.
+    pub async fn trim(&mut self, now_ms: u64, retention: Retention) -> Result<Vec<SegmentId>> {
+        let slowest = self
+            .cursors
+            .values()
+            .filter(|c| c.durable)
+            .map(|c| self.normalize(c.floor))
+            .min()
+            .unwrap_or_else(|| self.end_position());
+        let mut newer_bytes: u64 = self.size_bytes();
+        let mut doomed = Vec::new();
+        for s in self
+            .segments
+            .iter()
+            .take(self.segments.len().saturating_sub(1))
+        {
+            let info = self.store.segment(s.id);
+            let bytes = info.map_or(0, |i| i.bytes);
+            let n = info.map_or(0, |i| i.entries);
+            let consumed = slowest.segment > s.id;
+            if !consumed {
+                break;
+            }
+            let last_publish = if n > 0 {
+                self.read_entry(Position::new(s.id, n - 1))?.publish_time_ms
+            } else {
+                s.created_ms
+            };
+            let too_old = retention
+                .time_ms
+                .is_some_and(|t| last_publish.saturating_add(t) <= now_ms);
+            let too_big = retention.size_bytes.is_some_and(|max| newer_bytes > max);
+            if !(too_old || too_big) {
+                break;
+            }
+            newer_bytes -= bytes;
+            doomed.push(s.id);
+        }
+        for id in &doomed {
+            self.store.delete_segment(*id).await?;
+            self.segments.retain(|s| s.id != *id);
+            tracing::debug!(log = self.id, segment = id, "deleted segment (retention)");
+        }
+        if !doomed.is_empty() {
+            if let Some(first) = self.segments.first() {
+                self.cache.evict_before(self.id, Position::new(first.id, 0));
+            }
+            self.save_meta()?;
+        }
+        Ok(doomed)
+    }
+
+    /// Message TTL: acknowledges, on every durable cursor, entries published before
+    /// `now_ms - ttl_ms`. Returns how many cursors moved.
+    pub fn expire(&mut self, now_ms: u64, ttl_ms: u64) -> Result<usize> {
+        let cutoff = now_ms.saturating_sub(ttl_ms);
+        let target = self.position_of_publish_time(cutoff)?;
+        let Some(last_expired) = self.prev(target) else {
+            return Ok(0);
+        };
+        let names: Vec<String> = self
+            .cursors
+            .iter()
+            .filter(|(_, c)| c.durable && c.floor < target)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &names {
+            self.ack_cumulative(n, last_expired)?;
+        }
+        Ok(names.len())
+    }
+
+    /// Persists cursors; the log's segments stay as they are.
+    pub fn close(mut self) -> Result<()> {
+        self.persist_cursors()?;
+        self.cache.evict_log(self.id);
+        Ok(())
+    }
+
+    /// Deletes the whole log: segments, cursors and state.
+    pub async fn delete(mut self) -> Result<()> {
+        for s in std::mem::take(&mut self.segments) {
+            self.store.delete_segment(s.id).await?;
+        }
+        for name in self.cursor_names() {
+            self.state.remove(&cursor_key(self.id, &name))?;
+        }
+        self.cache.evict_log(self.id);
+        self.state.remove(&meta_key(self.id))
+    }
+}
+
+fn meta_key(id: u64) -> String {
+    format!("logs/{id}/meta")
+}
+
+fn cursor_key(id: u64, name: &str) -> String {
+    format!("logs/{id}/cursors/{}", key_component(name))
+}
+
+fn bad(what: &str) -> StorageError {
+    StorageError::InvalidFile {
+        path: what.into(),
+        detail: "truncated or malformed".into(),
+    }
+}
+
+type Meta = (Vec<SegmentMeta>, Vec<String>, u64);
+
+fn decode_meta(mut b: Bytes) -> Result<Meta> {
+    let err = || bad("managed log metadata");
+    if b.remaining() < 13 || b.get_u8() != META_VERSION {
+        return Err(err());
+    }
+    let next_index = b.get_u64_le();
+    let n = b.get_u32_le() as usize;
+    if b.remaining() < n.saturating_mul(24) {
+        return Err(err());
+    }
+    let segments = (0..n)
+        .map(|_| SegmentMeta {
+            id: b.get_u64_le(),
+            first_message_index: b.get_u64_le(),
+            created_ms: b.get_u64_le(),
+        })
+        .collect();
+    if b.remaining() < 4 {
+        return Err(err());
+    }
+    let m = b.get_u32_le() as usize;
+    let mut names = Vec::with_capacity(m.min(1024));
+    for _ in 0..m {
+        if b.remaining() < 4 {
+            return Err(err());
+        }
+        let len = b.get_u32_le() as usize;
+        if b.remaining() < len {
+            return Err(err());
+        }
+        let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|_| err())?;
+        names.push(name);
+    }
+    Ok((segments, names, next_index))
+}
+
+fn decode_cursor(b: &Bytes) -> Result<(Position, RangeSet)> {
+    let mut b = b.clone();
+    let err = || bad("cursor state");
+    if b.remaining() < 20 {
+        return Err(err());
+    }
+    let floor = Position::new(b.get_u64_le(), b.get_u64_le());
+    let n = b.get_u32_le() as usize;
+    if b.remaining() < n.saturating_mul(24) {
+        return Err(err());
+    }
+    let mut acked = RangeSet::new();
+    for _ in 0..n {
+        let seg = b.get_u64_le();
+        let (s, e) = (b.get_u64_le(), b.get_u64_le());
+        if s <= e {
+            acked.insert_range(Position::new(seg, s), Position::new(seg, e));
+        }
+    }
+    Ok((floor, acked))
+}

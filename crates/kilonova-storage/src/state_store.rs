@@ -1,0 +1,103 @@
+//! Where managed logs keep their small durable state (segment lists, cursors).
+//!
+//! A trait so the metadata store can host this state later (DESIGN.md:
+//! "cursor persistence ... ledger lists in the metadata store"); the directory
+//! backend is what standalone and tests use today.
+
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::checkpoint;
+use crate::error::{Result, StorageError};
+
+/// A durable key → value map for small values. `store` returns once the value is durable.
+pub trait StateStore: Send + Sync {
+    fn load(&self, key: &str) -> Result<Option<Bytes>>;
+    fn store(&self, key: &str, value: &[u8]) -> Result<()>;
+    fn remove(&self, key: &str) -> Result<()>;
+}
+
+/// One file per key under a directory, written atomically with a CRC.
+/// Keys are `/`-separated paths of `[A-Za-z0-9._-]` components.
+#[derive(Clone, Debug)]
+pub struct DirStateStore {
+    dir: PathBuf,
+}
+
+impl DirStateStore {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageError::io("creating the state directory", e))?;
+        Ok(DirStateStore { dir })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        let ok = !key.is_empty()
+            && key.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            });
+        if !ok {
+            return Err(StorageError::Log(format!("invalid state key {key:?}")));
+        }
+        Ok(self.dir.join(key))
+    }
+}
+
+impl StateStore for DirStateStore {
+    fn load(&self, key: &str) -> Result<Option<Bytes>> {
+        checkpoint::read_verified(&self.path(key)?)
+    }
+
+    fn store(&self, key: &str, value: &[u8]) -> Result<()> {
+        let path = self.path(key)?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StorageError::io("creating a state directory", e))?;
+        }
+        checkpoint::write_atomic(&path, BytesMut::from(value))
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("removing a state file", e)),
+        }
+    }
+}
+
+/// Hex form of arbitrary text, safe as a key component.
+pub fn key_component(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The directory a [`DirStateStore`] uses (for tests and tools).
+pub fn state_dir(store: &DirStateStore) -> &Path {
+    &store.dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_bad_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStateStore::open(dir.path()).unwrap();
+        s.store("log/1/cursor/ab", b"hello").unwrap();
+        assert_eq!(s.load("log/1/cursor/ab").unwrap().unwrap(), &b"hello"[..]);
+        s.remove("log/1/cursor/ab").unwrap();
+        assert_eq!(s.load("log/1/cursor/ab").unwrap(), None);
+        for bad in ["", "../x", "a//b", "a/../b", "a b"] {
+            assert!(s.store(bad, b"x").is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(key_component("a/b"), "612f62");
+    }
+}

@@ -1,0 +1,411 @@
+//! Managed log behaviour: roll-over, message index, cursors, retention, TTL, cache.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kilonova_storage::{
+    DirStateStore, EntryCache, InitialPosition, ManagedLog, ManagedLogConfig, Position, Retention,
+    SegmentStore, StateStore, StoreConfig,
+};
+
+struct Env {
+    store: SegmentStore,
+    state: Arc<dyn StateStore>,
+    cache: Arc<EntryCache>,
+}
+
+fn env(dir: &Path) -> Env {
+    let mut c = StoreConfig::new(dir.join("journal"));
+    c.log_file_bytes = 1 << 20;
+    c.max_entry_bytes = 64 << 10;
+    Env {
+        store: SegmentStore::open(c).unwrap(),
+        state: Arc::new(DirStateStore::open(dir.join("state")).unwrap()),
+        cache: Arc::new(EntryCache::new(1 << 20)),
+    }
+}
+
+fn small_segments() -> ManagedLogConfig {
+    ManagedLogConfig {
+        max_segment_entries: 10,
+        ..Default::default()
+    }
+}
+
+async fn open(e: &Env, id: u64, cfg: ManagedLogConfig, now: u64) -> ManagedLog {
+    ManagedLog::open(
+        id,
+        e.store.clone(),
+        e.state.clone(),
+        e.cache.clone(),
+        cfg,
+        now,
+    )
+    .await
+    .unwrap()
+}
+
+fn msg(i: u64) -> Bytes {
+    Bytes::from(format!("message-{i}"))
+}
+
+/// Appends `n` single-message entries published at t = start.., waiting for durability.
+async fn publish(log: &mut ManagedLog, from: u64, n: u64) -> Vec<Position> {
+    let mut cs = Vec::new();
+    for i in from..from + n {
+        cs.push(log.append(msg(i), 1, 1000 + i).await.unwrap());
+    }
+    let mut out = Vec::new();
+    for c in cs {
+        out.push(c.await.unwrap());
+    }
+    out
+}
+
+async fn close_store(e: Env) {
+    tokio::task::spawn_blocking(move || e.store.close())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn entries_roll_over_segments_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let positions = publish(&mut log, 0, 35).await;
+    assert!(log.segments().len() >= 4, "{:?}", log.segments());
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    let all = log.read_from(log.first_position(), 100).unwrap();
+    assert_eq!(all.len(), 35);
+    for (i, entry) in all.iter().enumerate() {
+        assert_eq!(entry.data, msg(i as u64));
+        assert_eq!(entry.message_index, i as u64);
+        assert_eq!(entry.position, positions[i]);
+    }
+    assert_eq!(log.last_position(), Some(positions[34]));
+}
+
+#[tokio::test]
+async fn segments_roll_by_bytes_and_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let cfg = ManagedLogConfig {
+        max_segment_bytes: 100,
+        max_segment_age_ms: 1_000_000,
+        ..Default::default()
+    };
+    let mut log = open(&e, 1, cfg, 0).await;
+    for i in 0..10 {
+        log.append(Bytes::from(vec![0u8; 40]), 1, i)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert!(log.segments().len() >= 4, "by bytes: {:?}", log.segments());
+    let cfg = ManagedLogConfig {
+        max_segment_age_ms: 50,
+        ..Default::default()
+    };
+    let mut log = open(&e, 2, cfg, 0).await;
+    log.append(msg(0), 1, 10).await.unwrap().await.unwrap();
+    log.append(msg(1), 1, 20).await.unwrap().await.unwrap();
+    assert_eq!(log.segments().len(), 1);
+    log.append(msg(2), 1, 60).await.unwrap().await.unwrap();
+    assert_eq!(log.segments().len(), 2, "by age");
+}
+
+#[tokio::test]
+async fn message_index_counts_batched_messages_and_maps_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    // 25 entries of 3 messages each: message indexes 0, 3, 6, ...
+    let mut ps = Vec::new();
+    for i in 0..25u64 {
+        ps.push(
+            log.append(msg(i), 3, 1000 + 10 * i)
+                .await
+                .unwrap()
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(log.next_message_index(), 75);
+    for (i, p) in ps.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(log.read_entry(*p).unwrap().message_index, 3 * i);
+        for m in 3 * i..3 * i + 3 {
+            assert_eq!(
+                log.position_of_message_index(m).unwrap(),
+                Some(*p),
+                "message {m}"
+            );
+        }
+        // Publish time t maps to the first entry at or after it.
+        assert_eq!(log.position_of_publish_time(1000 + 10 * i).unwrap(), *p);
+        assert_eq!(log.position_of_publish_time(1000 + 10 * i - 5).unwrap(), *p);
+    }
+    assert_eq!(log.position_of_message_index(75).unwrap(), None);
+    assert_eq!(
+        log.position_of_publish_time(99_999).unwrap(),
+        log.end_position()
+    );
+}
+
+#[tokio::test]
+async fn cursor_skips_acked_entries_and_mark_delete_follows_contiguous_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 25).await;
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    // Ack a scattered set first: they must be skipped on read.
+    for i in [1, 2, 11, 12, 20] {
+        log.ack("sub", ps[i]).unwrap();
+    }
+    let got: Vec<_> = log
+        .read_next("sub", 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.position)
+        .collect();
+    let expect: Vec<_> = (0..25)
+        .filter(|i| ![1, 2, 11, 12, 20].contains(i))
+        .map(|i| ps[i])
+        .collect();
+    assert_eq!(got, expect);
+    let info = log.cursor_info("sub").unwrap();
+    assert_eq!(info.mark_delete, None, "entry 0 is not acked");
+    assert_eq!(info.backlog_entries, 20);
+    // Acking 0 folds 0..=2 into the mark-delete position.
+    log.ack("sub", ps[0]).unwrap();
+    assert_eq!(log.cursor_info("sub").unwrap().mark_delete, Some(ps[2]));
+    // Cumulative ack across a segment boundary (ps[9] is the last of segment 1).
+    log.ack_cumulative("sub", ps[10]).unwrap();
+    let info = log.cursor_info("sub").unwrap();
+    assert_eq!(
+        info.mark_delete,
+        Some(ps[12]),
+        "11 and 12 were acked already"
+    );
+    assert_eq!(info.backlog_entries, 25 - 13 - 1);
+    // Rewind redelivers exactly the unacked entries.
+    log.rewind("sub").unwrap();
+    let again: Vec<_> = log
+        .read_next("sub", 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.position)
+        .collect();
+    let expect: Vec<_> = (13..25).filter(|i| *i != 20).map(|i| ps[i]).collect();
+    assert_eq!(again, expect);
+}
+
+#[tokio::test]
+async fn cursors_start_latest_earliest_or_at_a_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 12).await;
+    log.open_cursor("latest", InitialPosition::Latest, false)
+        .unwrap();
+    log.open_cursor("earliest", InitialPosition::Earliest, false)
+        .unwrap();
+    log.open_cursor("at", InitialPosition::At(ps[7]), false)
+        .unwrap();
+    assert!(log.read_next("latest", 10).unwrap().is_empty());
+    assert!(!log.has_entries_to_read("latest"));
+    let more = publish(&mut log, 12, 2).await;
+    assert!(log.has_entries_to_read("latest"));
+    let l: Vec<_> = log
+        .read_next("latest", 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(l, more);
+    assert_eq!(log.read_next("earliest", 100).unwrap().len(), 14);
+    assert_eq!(
+        log.read_next("at", 100).unwrap().first().unwrap().position,
+        ps[7]
+    );
+}
+
+#[tokio::test]
+async fn durable_cursors_and_entries_survive_reopen_non_durable_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps;
+    {
+        let e = env(dir.path());
+        let mut log = open(&e, 7, small_segments(), 0).await;
+        ps = publish(&mut log, 0, 30).await;
+        log.open_cursor("durable", InitialPosition::Earliest, true)
+            .unwrap();
+        log.open_cursor("reader", InitialPosition::Earliest, false)
+            .unwrap();
+        log.ack_cumulative("durable", ps[14]).unwrap();
+        log.ack("durable", ps[20]).unwrap();
+        log.close().unwrap();
+        close_store(e).await;
+    }
+    let e = env(dir.path());
+    let mut log = open(&e, 7, small_segments(), 0).await;
+    assert!(log.has_cursor("durable"));
+    assert!(!log.has_cursor("reader"));
+    let info = log.cursor_info("durable").unwrap();
+    assert_eq!(info.mark_delete, Some(ps[14]));
+    let got: Vec<_> = log
+        .read_next("durable", 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.position)
+        .collect();
+    let expect: Vec<_> = (15..30).filter(|i| *i != 20).map(|i| ps[i]).collect();
+    assert_eq!(got, expect);
+    // The message index continues after a reopen, in a new segment.
+    let next = publish(&mut log, 30, 1).await;
+    assert_eq!(log.read_entry(next[0]).unwrap().message_index, 30);
+    assert!(next[0].segment > ps[29].segment);
+}
+
+#[tokio::test]
+async fn acks_not_yet_persisted_are_redelivered_after_a_crash_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps;
+    {
+        let e = env(dir.path());
+        let mut log = open(&e, 3, small_segments(), 0).await;
+        ps = publish(&mut log, 0, 20).await;
+        log.open_cursor("sub", InitialPosition::Earliest, true)
+            .unwrap();
+        log.ack_cumulative("sub", ps[4]).unwrap();
+        log.persist_cursors().unwrap();
+        log.ack_cumulative("sub", ps[9]).unwrap(); // never persisted
+        std::mem::forget(log); // crash: no close
+        std::mem::forget(e);
+    }
+    let e = env(dir.path());
+    let mut log = open(&e, 3, small_segments(), 0).await;
+    let got = log.read_next("sub", 100).unwrap();
+    assert_eq!(
+        got.first().unwrap().position,
+        ps[5],
+        "resumes after the persisted mark-delete"
+    );
+    assert_eq!(got.len(), 15);
+}
+
+#[tokio::test]
+async fn retention_deletes_only_consumed_segments_beyond_its_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 50).await; // 5 segments, publish times 1000..1049
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    let unlimited = Retention {
+        time_ms: None,
+        size_bytes: None,
+    };
+    let none = Retention {
+        time_ms: Some(0),
+        size_bytes: Some(0),
+    };
+    // Nothing consumed: nothing deleted, whatever retention says.
+    assert!(log.trim(10_000, none).await.unwrap().is_empty());
+    log.ack_cumulative("sub", ps[29]).unwrap(); // segments 1-3 consumed
+    assert!(
+        log.trim(10_000, unlimited).await.unwrap().is_empty(),
+        "infinite retention keeps all"
+    );
+    // Time retention: only segments whose last entry is older than 1019 + 15 at now = 1035.
+    let time = Retention {
+        time_ms: Some(15),
+        size_bytes: None,
+    };
+    let deleted = log.trim(1035, time).await.unwrap();
+    assert_eq!(deleted, vec![ps[0].segment, ps[10].segment]);
+    // Zero retention: every consumed segment goes.
+    let deleted = log.trim(1035, none).await.unwrap();
+    assert_eq!(deleted, vec![ps[20].segment]);
+    assert_eq!(log.first_position(), ps[30]);
+    assert!(log.read_entry(ps[0]).is_err());
+    assert_eq!(log.read_next("sub", 100).unwrap().len(), 20);
+    // Space returns to the disk once the store collects.
+    let before = e.store.disk_usage_bytes();
+    let store = e.store.clone();
+    tokio::task::spawn_blocking(move || store.gc())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(e.store.disk_usage_bytes() <= before);
+}
+
+#[tokio::test]
+async fn size_retention_keeps_the_newest_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    for i in 0..40 {
+        log.append(Bytes::from(vec![1u8; 100]), 1, i)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    log.open_cursor("sub", InitialPosition::Latest, true)
+        .unwrap();
+    // 40 entries x 100 B in 4 segments; keep at most 2500 bytes.
+    let keep = Retention {
+        time_ms: None,
+        size_bytes: Some(2500),
+    };
+    let deleted = log.trim(0, keep).await.unwrap();
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    assert!(log.size_bytes() <= 2500);
+}
+
+#[tokio::test]
+async fn ttl_acknowledges_messages_older_than_the_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 30).await; // publish times 1000..1029
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    // At now = 1120 with a ttl of 100, messages published before 1020 expire.
+    assert_eq!(log.expire(1120, 100).unwrap(), 1);
+    let info = log.cursor_info("sub").unwrap();
+    assert_eq!(info.mark_delete, Some(ps[19]));
+    assert_eq!(info.backlog_entries, 10);
+    assert_eq!(log.expire(1120, 100).unwrap(), 0, "nothing more to expire");
+}
+
+#[tokio::test]
+async fn tailing_reads_are_served_from_the_cache_and_acked_entries_leave_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    log.open_cursor("tail", InitialPosition::Latest, true)
+        .unwrap();
+    let before = e.cache.stats();
+    let ps = publish(&mut log, 0, 8).await;
+    let got = log.read_next("tail", 100).unwrap();
+    assert_eq!(got.len(), 8);
+    let after = e.cache.stats();
+    assert_eq!(
+        after.hits - before.hits,
+        8,
+        "every tailing read hits the cache"
+    );
+    assert_eq!(after.misses, before.misses);
+    // With the default strategy, entries before the slowest reader leave the cache.
+    assert_eq!(after.entries, 0, "read entries are evicted: {after:?}");
+    let _ = ps;
+}
