@@ -171,7 +171,12 @@ impl Writer {
                     }
                 }
             }
+            let t = Instant::now();
             self.process(batch);
+            self.shared
+                .stats
+                .busy_ns
+                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             if shutdown {
                 break;
             }
@@ -403,6 +408,7 @@ impl Writer {
             return;
         };
         let stats = &self.shared.stats;
+        let t = Instant::now();
         let result = active
             .handle
             .write_all_at(buf, active.pos)
@@ -414,6 +420,9 @@ impl Writer {
                     .sync_data()
                     .map_err(|e| StorageError::io("fsyncing the journal", e))
             });
+        stats
+            .sync_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 active.pos += buf.len() as u64;
@@ -529,17 +538,38 @@ impl Writer {
         let dir = &self.shared.config.dir;
         let path = checkpoint::log_path(dir, no);
         let len = self.shared.config.log_file_bytes;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StorageError::io("creating a journal file", e))?;
-        // Preallocate so appends do not grow the file (and fdatasync has less metadata to write).
-        if let Err(e) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len) {
-            let _ = std::fs::remove_file(&path);
-            let err = std::io::Error::from_raw_os_error(e.raw_os_error());
-            return Err(StorageError::io("preallocating a journal file", err));
+        let spare = self.shared.spares.lock().ok().and_then(|mut s| s.pop());
+        let file = match spare {
+            // Reuse a recycled file: its blocks are allocated already.
+            Some((spare, _)) => {
+                std::fs::rename(&spare, &path)
+                    .map_err(|e| StorageError::io("reusing a recycled journal file", e))?;
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| StorageError::io("opening a recycled journal file", e))?
+            }
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| StorageError::io("creating a journal file", e))?,
+        };
+        // Preallocate so appends do not grow the file (a recycled file usually has its size).
+        let size = file
+            .metadata()
+            .map_err(|e| StorageError::io("reading a journal file's size", e))?
+            .len();
+        if size < len {
+            if let Err(e) =
+                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len)
+            {
+                let _ = std::fs::remove_file(&path);
+                let err = std::io::Error::from_raw_os_error(e.raw_os_error());
+                return Err(StorageError::io("preallocating a journal file", err));
+            }
         }
         checkpoint::sync_dir(dir)?;
         self.next_file_no += 1;

@@ -214,8 +214,8 @@ fn scan(no: u32, data: &[u8], last_lsn: &mut u64, mut apply: impl FnMut(&RecordH
             Ok(_) => return,
             Err(e) => e,
         };
-        match next_valid(data, pos + ALIGN, *last_lsn) {
-            Some((q, h)) if h.durable_lsn > *last_lsn => {
+        match resume_point(data, pos + ALIGN, *last_lsn) {
+            Some(q) => {
                 tracing::error!(
                     file = no,
                     offset = pos,
@@ -241,6 +241,21 @@ fn scan(no: u32, data: &[u8], last_lsn: &mut u64, mut apply: impl FnMut(&RecordH
     }
 }
 
+/// Where to resume after damage at `from`: the first later valid record, if some
+/// later valid record was written after the damaged one was durable
+/// (`durable_lsn > last_lsn`); `None` means the damage is a torn tail.
+fn resume_point(data: &[u8], from: usize, last_lsn: u64) -> Option<usize> {
+    let (first, _) = next_valid(data, from, last_lsn)?;
+    let mut q = first;
+    while let Some((at, h)) = next_valid(data, q, last_lsn) {
+        if h.durable_lsn > last_lsn {
+            return Some(first);
+        }
+        q = at + ALIGN;
+    }
+    None
+}
+
 /// The next offset at or after `from` (8-aligned) holding a valid record newer than `last_lsn`.
 fn next_valid(data: &[u8], from: usize, last_lsn: u64) -> Option<(usize, RecordHeader)> {
     let magic = record::MAGIC.to_le_bytes();
@@ -256,4 +271,58 @@ fn next_valid(data: &[u8], from: usize, last_lsn: u64) -> Option<(usize, RecordH
         q += ALIGN;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn rec(buf: &mut BytesMut, lsn: u64, durable_lsn: u64, entry: u64) {
+        let h = RecordHeader {
+            kind: RecordKind::Entry,
+            lsn,
+            durable_lsn,
+            segment: 1,
+            entry,
+        };
+        record::encode(&h, &[7u8; 100], buf);
+    }
+
+    fn scanned(data: &[u8], mut last: u64) -> Vec<u64> {
+        let mut seen = Vec::new();
+        scan(0, data, &mut last, |h, _, _| seen.push(h.lsn));
+        seen
+    }
+
+    #[test]
+    fn a_recycled_files_stale_records_end_the_scan() {
+        let mut b = BytesMut::new();
+        for (i, lsn) in [10, 11, 12].into_iter().enumerate() {
+            rec(&mut b, lsn, lsn - 1, i as u64);
+        }
+        // What the file held in its previous life: valid records with older lsns.
+        for (i, lsn) in [3, 4, 5].into_iter().enumerate() {
+            rec(&mut b, lsn, lsn - 1, 3 + i as u64);
+        }
+        assert_eq!(scanned(&b, 9), vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn damage_is_skipped_only_when_a_later_record_proves_it_durable() {
+        let mut b = BytesMut::new();
+        rec(&mut b, 10, 9, 0);
+        let damaged_at = b.len();
+        rec(&mut b, 11, 10, 1);
+        rec(&mut b, 12, 10, 2); // written before 11 was known durable
+        let mut torn = b.clone();
+        torn[damaged_at + 60] ^= 0xff;
+        // Nothing after the damage proves lsn 11 durable: a torn tail.
+        assert_eq!(scanned(&torn, 9), vec![10]);
+
+        rec(&mut b, 13, 12, 3); // written after 11 and 12 were fsync'd
+        let mut corrupt = b.clone();
+        corrupt[damaged_at + 60] ^= 0xff;
+        assert_eq!(scanned(&corrupt, 9), vec![10, 12, 13]);
+    }
 }

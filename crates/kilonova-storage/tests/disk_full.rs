@@ -91,7 +91,10 @@ fn appends_fail_cleanly_when_the_disk_is_full_and_resume_after_space_frees() {
     // Free space: deleting works on a full disk (the control reserve), then GC.
     store.delete_segment_blocking(filler).unwrap();
     let report = store.gc().unwrap();
-    assert!(report.bytes_freed > 0, "{report:?}");
+    assert!(
+        report.files_removed + report.files_recycled > 0,
+        "{report:?}"
+    );
     let (target, start) = (keep, nk);
     for e in start..start + 20 {
         assert_eq!(
