@@ -43,6 +43,14 @@ pub struct StorageArgs {
     /// Journal file size in MiB.
     #[arg(long, default_value_t = 128)]
     pub log_file_mib: u64,
+    /// Steady state as on a broker with retention: a segment is replaced by a new one
+    /// once it holds `--segment-mib`, and the oldest replaced segments are deleted
+    /// (then GC runs) while they hold more than this many MiB. 0: keep everything.
+    #[arg(long, default_value_t = 0)]
+    pub retain_mib: u64,
+    /// Segment size that triggers replacement when `--retain-mib` is set.
+    #[arg(long, default_value_t = 32)]
+    pub segment_mib: u64,
     /// `text` or `json` (one JSON object at the end).
     #[arg(long, default_value = "text")]
     pub output: String,
@@ -76,6 +84,53 @@ struct Summary {
     journal_busy_share: f64,
     /// Resident memory added by creating the open segments (before any append).
     segments_rss_bytes: u64,
+}
+
+/// Replaces full segments, deletes the oldest replaced ones beyond the retention
+/// budget and runs GC, until `stop`.
+async fn retention_loop(
+    store: SegmentStore,
+    slots: Arc<std::sync::RwLock<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    segment_bytes: u64,
+    retain_bytes: u64,
+) -> anyhow::Result<()> {
+    let mut retired: std::collections::VecDeque<u64> = Default::default();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let current: Vec<u64> = slots.read().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+        for (i, seg) in current.iter().enumerate() {
+            if store
+                .segment(*seg)
+                .is_some_and(|s| s.bytes >= segment_bytes)
+            {
+                let new = store.create_segment().await?;
+                if let Ok(mut s) = slots.write() {
+                    s[i] = new;
+                }
+                retired.push_back(*seg);
+            }
+        }
+        let held = |r: &std::collections::VecDeque<u64>| -> u64 {
+            r.iter()
+                .filter_map(|s| store.segment(*s))
+                .map(|s| s.bytes)
+                .sum()
+        };
+        let mut deleted = false;
+        while held(&retired) > retain_bytes {
+            let Some(old) = retired.pop_front() else {
+                break;
+            };
+            store.delete_segment(old).await?;
+            deleted = true;
+        }
+        if deleted {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.gc()).await??;
+        }
+    }
+    Ok(())
 }
 
 fn rss_bytes() -> u64 {
@@ -117,7 +172,7 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
         segments.push(store.create_segment().await?);
     }
     let segments_rss_bytes = rss_bytes().saturating_sub(rss_before);
-    let segments = Arc::new(segments);
+    let segments = Arc::new(std::sync::RwLock::new(segments));
 
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -159,7 +214,10 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
                     }
                     None => Instant::now(),
                 };
-                let seg = segments[i % segments.len()];
+                let seg = match segments.read() {
+                    Ok(s) => s[i % s.len()],
+                    Err(_) => break,
+                };
                 i += 1;
                 sent += 1;
                 match store.append(seg, payload.clone()).await {
@@ -201,6 +259,16 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
         }));
     }
 
+    let retention = (args.retain_mib > 0).then(|| {
+        tokio::spawn(retention_loop(
+            store.clone(),
+            segments.clone(),
+            stop.clone(),
+            args.segment_mib << 20,
+            args.retain_mib << 20,
+        ))
+    });
+
     tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
     let stats0 = store.stats();
     measuring.store(true, Ordering::Relaxed);
@@ -234,6 +302,9 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(r) = retention {
+        r.await??;
     }
     let h = hist
         .lock()
