@@ -1,18 +1,24 @@
-//! The journal writer: one thread that owns the active log file and group-commits.
+//! The journal: two threads that own the active log file and group-commit.
 //!
-//! Requests arrive on a bounded channel. The thread takes the first, drains every
-//! request already queued (bounded by `group_commit_max_bytes`, optionally
-//! waiting up to `group_commit_max_delay_us` for more), encodes them into one
-//! buffer, writes it with one `pwrite` and covers it with one `fdatasync`. Only
-//! then does it publish the new locations to the shared index and complete the
-//! callers: a completion means durable. Everything that arrives while one
-//! fdatasync runs is covered by the next one.
+//! * The **writer** takes the first queued request, drains every request already
+//!   queued (bounded by `group_commit_max_bytes`, optionally waiting up to
+//!   `group_commit_max_delay_us` for more), validates them against its own view
+//!   of the segments, encodes them into one buffer and writes it with one
+//!   `pwrite`. It then hands the written group to the syncer and goes on.
+//! * The **syncer** takes every group written so far and covers them all with
+//!   one `fdatasync`; only then does it publish their locations to the shared
+//!   index and complete the callers: a completion means durable.
+//!
+//! So encoding and writing the next group overlaps the fdatasync of the previous
+//! ones (as BookKeeper's journal and force-write threads do), and everything that
+//! arrives during one fdatasync is covered by the next.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +30,12 @@ use crate::index::{FileState, Loc, MAX_FILE_NO};
 use crate::position::SegmentId;
 use crate::record::{self, RecordHeader, RecordKind};
 use crate::store::Shared;
+
+/// Tail bytes of each journal file that only control records may use.
+pub(crate) const CONTROL_RESERVE_BYTES: u64 = 64 << 10;
+
+/// Written groups the syncer may have queued before the writer waits.
+const SYNC_QUEUE_GROUPS: usize = 8;
 
 /// What a caller asks the journal to do.
 pub(crate) enum Op {
@@ -71,11 +83,11 @@ struct ActiveFile {
     handle: Arc<File>,
     pos: u64,
     len: u64,
-    /// Entry records written so far: becomes the file's index at roll.
-    records: Vec<IdxRecord>,
+    /// A write to it failed: its tail is unknown, never write to it again.
+    broken: bool,
 }
 
-/// A request accepted into the current group, with what it will change.
+/// A request written to the journal, waiting for its fdatasync.
 struct Pending {
     done: oneshot::Sender<Result<u64>>,
     kind: RecordKind,
@@ -86,8 +98,37 @@ struct Pending {
     from_file: u32,
 }
 
-/// Tail bytes of each journal file that only control records may use.
-pub(crate) const CONTROL_RESERVE_BYTES: u64 = 64 << 10;
+/// One written group, handed from the writer to the syncer.
+struct Group {
+    file: u32,
+    handle: Arc<File>,
+    pending: Vec<Pending>,
+    last_lsn: u64,
+}
+
+enum SyncMsg {
+    Group(Group),
+    /// Answered once every group sent before it is published (or failed).
+    Barrier(std_mpsc::SyncSender<()>),
+}
+
+/// State the writer and the syncer share.
+#[derive(Default)]
+struct SyncState {
+    /// Highest lsn covered by a successful fdatasync.
+    durable_lsn: AtomicU64,
+    /// A file whose fdatasync failed (`u32::MAX`: none): the writer must leave it.
+    broken_file: AtomicU32,
+    /// Entry records published per file: each file's index when it is sealed.
+    records: Mutex<HashMap<u32, Vec<IdxRecord>>>,
+}
+
+/// The writer's view of a segment, ahead of the shared index by the groups in flight.
+#[derive(Clone, Copy)]
+struct SegView {
+    next_entry: u64,
+    sealed: bool,
+}
 
 /// What to do with one request.
 enum Decision {
@@ -101,23 +142,17 @@ enum Decision {
     Answer(u64),
 }
 
-/// Changes a group makes to segments before they are visible in the shared index.
-#[derive(Default)]
-struct Overlay {
-    next_entry: HashMap<SegmentId, u64>,
-    created: HashMap<SegmentId, ()>,
-    sealed: HashMap<SegmentId, ()>,
-    deleted: HashMap<SegmentId, ()>,
-}
-
 pub(crate) struct Writer {
-    pub shared: Arc<Shared>,
-    pub rx: mpsc::Receiver<Request>,
-    pub next_file_no: u32,
-    pub next_lsn: u64,
-    pub durable_lsn: u64,
-    pub next_segment_id: u64,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Request>,
+    next_file_no: u32,
+    next_lsn: u64,
+    next_segment_id: u64,
     active: Option<ActiveFile>,
+    segments: HashMap<SegmentId, SegView>,
+    sync: Arc<SyncState>,
+    sync_tx: Option<std_mpsc::SyncSender<SyncMsg>>,
+    syncer: Option<JoinHandle<()>>,
 }
 
 impl Writer {
@@ -127,27 +162,57 @@ impl Writer {
         next_file_no: u32,
         next_lsn: u64,
         next_segment_id: u64,
-    ) -> Self {
-        Writer {
+    ) -> Result<Self> {
+        let segments = shared
+            .index
+            .read()
+            .map_err(|_| StorageError::Log("index lock poisoned".into()))?
+            .segments
+            .iter()
+            .map(|(id, s)| {
+                let view = SegView {
+                    next_entry: s.locs.len() as u64,
+                    sealed: s.sealed,
+                };
+                (*id, view)
+            })
+            .collect();
+        let sync = Arc::new(SyncState {
+            durable_lsn: AtomicU64::new(next_lsn.saturating_sub(1)),
+            broken_file: AtomicU32::new(u32::MAX),
+            records: Mutex::default(),
+        });
+        let (sync_tx, sync_rx) = std_mpsc::sync_channel(SYNC_QUEUE_GROUPS);
+        let syncer = {
+            let (shared, sync) = (shared.clone(), sync.clone());
+            std::thread::Builder::new()
+                .name("kilonova-fsync".into())
+                .spawn(move || run_syncer(shared, sync, sync_rx))
+                .map_err(|e| StorageError::io("starting the journal sync thread", e))?
+        };
+        Ok(Writer {
             shared,
             rx,
             next_file_no,
             next_lsn,
-            durable_lsn: next_lsn.saturating_sub(1),
             next_segment_id,
             active: None,
-        }
+            segments,
+            sync,
+            sync_tx: Some(sync_tx),
+            syncer: Some(syncer),
+        })
     }
 
-    /// The thread's body: runs until `Shutdown` or until every sender is gone.
+    /// The writer thread's body: runs until `Shutdown` or until every sender is gone.
     pub fn run(mut self) {
         let max_bytes = self.shared.config.group_commit_max_bytes;
         let max_delay = Duration::from_micros(self.shared.config.group_commit_max_delay_us);
+        let mut shutdown_ack = None;
         while let Some(first) = self.rx.blocking_recv() {
             let started = Instant::now();
             let mut bytes = first.payload_len();
             let mut batch = vec![first];
-            let mut shutdown = false;
             while bytes < max_bytes {
                 match self.rx.try_recv() {
                     Ok(r) => {
@@ -163,11 +228,10 @@ impl Writer {
             if let Some(i) = batch.iter().position(|r| matches!(r.op, Op::Shutdown)) {
                 // Requests behind a shutdown are refused; the ones before it are served.
                 for r in batch.drain(i..) {
-                    if !matches!(r.op, Op::Shutdown) {
-                        let _ = r.done.send(Err(StorageError::Closed));
+                    if matches!(r.op, Op::Shutdown) {
+                        shutdown_ack.get_or_insert(r.done);
                     } else {
-                        shutdown = true;
-                        let _ = r.done.send(Ok(0));
+                        let _ = r.done.send(Err(StorageError::Closed));
                     }
                 }
             }
@@ -177,7 +241,7 @@ impl Writer {
                 .stats
                 .busy_ns
                 .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            if shutdown {
+            if shutdown_ack.is_some() {
                 break;
             }
         }
@@ -186,18 +250,62 @@ impl Writer {
             let _ = r.done.send(Err(StorageError::Closed));
         }
         // A clean stop leaves a checkpoint that covers everything: restart replays nothing.
+        self.barrier();
         if let Err(e) = self.seal_active() {
             tracing::warn!(error = %e, "could not checkpoint the journal at shutdown");
+        }
+        drop(self.sync_tx.take());
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+        if let Some(ack) = shutdown_ack {
+            let _ = ack.send(Ok(0));
         }
     }
 
     fn process(&mut self, batch: Vec<Request>) {
         let mut buf = BytesMut::new();
         let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
-        let mut overlay = Overlay::default();
         let max_entry = self.shared.config.max_entry_bytes;
         for req in batch {
-            let (kind, segment, entry, from_file) = match self.validate(&req.op, &mut overlay) {
+            let (prefix, data): (&[u8], &[u8]) = match &req.op {
+                Op::Append { prefix, data, .. } => (prefix, data),
+                Op::Move { data, .. } => (&[], data),
+                _ => (&[], &[]),
+            };
+            let payload_len = prefix.len() + data.len();
+            if payload_len > max_entry {
+                let _ = req.done.send(Err(StorageError::EntryTooLarge {
+                    size: payload_len,
+                    max: max_entry,
+                }));
+                continue;
+            }
+            // Make room before deciding anything, so a failed roll changes no state.
+            // Entries may not use the file's reserve: it keeps room for deletes
+            // (which free space) when no new file can be created.
+            let size = record::encoded_len(payload_len) as u64;
+            let reserve = match req.op {
+                Op::Append { .. } | Op::Move { .. } => CONTROL_RESERVE_BYTES,
+                _ => 0,
+            };
+            let broken = self
+                .active
+                .as_ref()
+                .is_none_or(|f| f.broken || self.sync.broken_file.load(Ordering::Acquire) == f.no);
+            let fits = !broken
+                && self
+                    .active
+                    .as_ref()
+                    .is_some_and(|f| f.pos + buf.len() as u64 + size + reserve <= f.len);
+            if !fits {
+                self.write_group(&mut buf, &mut pending);
+                if let Err(e) = self.roll() {
+                    let _ = req.done.send(Err(e));
+                    continue;
+                }
+            }
+            let (kind, segment, entry, from_file) = match self.validate(&req.op) {
                 Ok(Decision::Write {
                     kind,
                     segment,
@@ -213,53 +321,6 @@ impl Writer {
                     continue;
                 }
             };
-            let (prefix, data): (&[u8], &[u8]) = match &req.op {
-                Op::Append { prefix, data, .. } => (prefix, data),
-                Op::Move { data, .. } => (&[], data),
-                _ => (&[], &[]),
-            };
-            let payload_len = prefix.len() + data.len();
-            if payload_len > max_entry {
-                let _ = req.done.send(Err(StorageError::EntryTooLarge {
-                    size: payload_len,
-                    max: max_entry,
-                }));
-                continue;
-            }
-            let size = record::encoded_len(payload_len) as u64;
-            // Entries may not use the file's reserve: it keeps room for deletes
-            // (which free space) when no new file can be created.
-            let reserve = match kind {
-                RecordKind::Entry | RecordKind::Moved => CONTROL_RESERVE_BYTES,
-                _ => 0,
-            };
-            let fits = self
-                .active
-                .as_ref()
-                .is_some_and(|f| f.pos + buf.len() as u64 + size + reserve <= f.len);
-            if !fits {
-                if !buf.is_empty() {
-                    self.commit(&mut buf, &mut pending);
-                }
-                // The overlay must not outlive the records it describes.
-                overlay = Overlay::default();
-                if let Err(e) = self.roll() {
-                    let _ = req.done.send(Err(e));
-                    continue;
-                }
-                // Re-validate against the now-published state.
-                match self.validate(&req.op, &mut overlay) {
-                    Ok(Decision::Write { .. }) => {}
-                    Ok(Decision::Answer(v)) => {
-                        let _ = req.done.send(Ok(v));
-                        continue;
-                    }
-                    Err(e) => {
-                        let _ = req.done.send(Err(e));
-                        continue;
-                    }
-                }
-            }
             let Some(active) = self.active.as_ref() else {
                 let _ = req.done.send(Err(StorageError::Closed));
                 continue;
@@ -268,7 +329,7 @@ impl Writer {
             let header = RecordHeader {
                 kind,
                 lsn: self.next_lsn,
-                durable_lsn: self.durable_lsn,
+                durable_lsn: self.sync.durable_lsn.load(Ordering::Acquire),
                 segment,
                 entry,
             };
@@ -284,29 +345,30 @@ impl Writer {
                 from_file,
             });
         }
-        if !pending.is_empty() {
-            self.commit(&mut buf, &mut pending);
-        }
+        self.write_group(&mut buf, &mut pending);
     }
 
-    /// Checks a request against the index plus this group's overlay and decides
-    /// the record to write, or the answer when nothing needs writing.
-    fn validate(&mut self, op: &Op, overlay: &mut Overlay) -> Result<Decision> {
-        let index = self
-            .shared
-            .index
-            .read()
-            .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
-        let exists = |s: SegmentId, o: &Overlay| {
-            !o.deleted.contains_key(&s)
-                && (o.created.contains_key(&s) || index.segments.contains_key(&s))
+    /// Checks a request against the writer's view of the segments (which includes
+    /// groups not yet durable) and decides the record to write.
+    fn validate(&mut self, op: &Op) -> Result<Decision> {
+        let fenced = |s: SegmentId| {
+            self.shared
+                .index
+                .read()
+                .map(|i| i.segments.get(&s).is_some_and(|x| x.fenced))
+                .unwrap_or(true)
         };
         Ok(match op {
             Op::Create => {
                 let id = self.next_segment_id;
                 self.next_segment_id += 1;
-                overlay.created.insert(id, ());
-                overlay.next_entry.insert(id, 0);
+                self.segments.insert(
+                    id,
+                    SegView {
+                        next_entry: 0,
+                        sealed: false,
+                    },
+                );
                 Decision::Write {
                     kind: RecordKind::Create,
                     segment: id,
@@ -316,58 +378,46 @@ impl Writer {
             }
             Op::Append { segment, .. } => {
                 let s = *segment;
-                if !exists(s, overlay) {
+                let Some(view) = self.segments.get(&s).copied() else {
                     return Err(StorageError::NoSuchSegment(s));
-                }
-                if index.segments.get(&s).is_some_and(|x| x.fenced) {
-                    return Err(StorageError::SegmentFenced(s));
-                }
-                let sealed = overlay.sealed.contains_key(&s)
-                    || index.segments.get(&s).is_some_and(|x| x.sealed);
-                if sealed {
+                };
+                if view.sealed {
                     return Err(StorageError::SegmentSealed(s));
                 }
-                let next = overlay
-                    .next_entry
-                    .entry(s)
-                    .or_insert_with(|| index.segments.get(&s).map_or(0, |x| x.locs.len() as u64));
-                let e = *next;
-                *next += 1;
+                if fenced(s) {
+                    return Err(StorageError::SegmentFenced(s));
+                }
+                if let Some(v) = self.segments.get_mut(&s) {
+                    v.next_entry += 1;
+                }
                 Decision::Write {
                     kind: RecordKind::Entry,
                     segment: s,
-                    entry: e,
+                    entry: view.next_entry,
                     from_file: 0,
                 }
             }
             Op::Seal { segment } => {
                 let s = *segment;
-                if !exists(s, overlay) {
+                let Some(view) = self.segments.get_mut(&s) else {
                     return Err(StorageError::NoSuchSegment(s));
+                };
+                if view.sealed {
+                    return Ok(Decision::Answer(view.next_entry));
                 }
-                let count =
-                    overlay.next_entry.get(&s).copied().unwrap_or_else(|| {
-                        index.segments.get(&s).map_or(0, |x| x.locs.len() as u64)
-                    });
-                if overlay.sealed.contains_key(&s)
-                    || index.segments.get(&s).is_some_and(|x| x.sealed)
-                {
-                    return Ok(Decision::Answer(count));
-                }
-                overlay.sealed.insert(s, ());
+                view.sealed = true;
                 Decision::Write {
                     kind: RecordKind::Seal,
                     segment: s,
-                    entry: count,
+                    entry: view.next_entry,
                     from_file: 0,
                 }
             }
             Op::Delete { segment } => {
                 let s = *segment;
-                if !exists(s, overlay) {
+                if self.segments.remove(&s).is_none() {
                     return Err(StorageError::NoSuchSegment(s));
                 }
-                overlay.deleted.insert(s, ());
                 Decision::Write {
                     kind: RecordKind::Delete,
                     segment: s,
@@ -381,12 +431,14 @@ impl Writer {
                 from_file,
                 ..
             } => {
-                let still_there = index
-                    .segments
-                    .get(segment)
-                    .and_then(|x| x.locs.get(*entry as usize))
-                    .is_some_and(|l| !l.is_missing() && l.file() == *from_file);
-                if !still_there || overlay.deleted.contains_key(segment) {
+                let still_there = self.segments.contains_key(segment)
+                    && self.shared.index.read().is_ok_and(|i| {
+                        i.segments
+                            .get(segment)
+                            .and_then(|x| x.locs.get(*entry as usize))
+                            .is_some_and(|l| !l.is_missing() && l.file() == *from_file)
+                    });
+                if !still_there {
                     return Ok(Decision::Answer(*entry));
                 }
                 Decision::Write {
@@ -400,120 +452,59 @@ impl Writer {
         })
     }
 
-    /// Writes and fsyncs `buf`, then publishes and completes `pending`.
-    fn commit(&mut self, buf: &mut BytesMut, pending: &mut Vec<Pending>) {
+    /// Writes the encoded group and hands it to the syncer.
+    fn write_group(&mut self, buf: &mut BytesMut, pending: &mut Vec<Pending>) {
+        if pending.is_empty() {
+            buf.clear();
+            return;
+        }
         let Some(active) = self.active.as_mut() else {
             fail_all(pending, &StorageError::Closed);
             buf.clear();
             return;
         };
-        let stats = &self.shared.stats;
-        let t = Instant::now();
-        let result = active
-            .handle
-            .write_all_at(buf, active.pos)
-            .map_err(|e| StorageError::io("writing the journal", e))
-            .and_then(|()| {
-                stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                active
-                    .handle
-                    .sync_data()
-                    .map_err(|e| StorageError::io("fsyncing the journal", e))
-            });
-        stats
-            .sync_ns
-            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        match result {
+        match active.handle.write_all_at(buf, active.pos) {
             Ok(()) => {
                 active.pos += buf.len() as u64;
-                self.durable_lsn = self.next_lsn.saturating_sub(1);
-                stats
+                self.shared
+                    .stats
                     .bytes_written
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
-                stats.groups.fetch_add(1, Ordering::Relaxed);
-                let no = active.no;
-                {
-                    let Ok(mut index) = self.shared.index.write() else {
-                        fail_all(pending, &StorageError::Log("index lock poisoned".into()));
-                        buf.clear();
-                        return;
-                    };
-                    for p in pending.iter() {
-                        match p.kind {
-                            RecordKind::Entry | RecordKind::Moved => {
-                                if p.kind == RecordKind::Moved {
-                                    let still = index
-                                        .segments
-                                        .get(&p.segment)
-                                        .and_then(|x| x.locs.get(p.entry as usize))
-                                        .is_some_and(|l| l.file() == p.from_file);
-                                    if !still {
-                                        continue;
-                                    }
-                                }
-                                index.set_loc(
-                                    p.segment,
-                                    p.entry,
-                                    Loc::new(no, p.offset),
-                                    p.payload_len,
-                                );
-                                if let Some(f) = index.files.get_mut(&no) {
-                                    f.written_entries += 1;
-                                }
-                                active.records.push(IdxRecord {
-                                    segment: p.segment,
-                                    entry: p.entry,
-                                    offset: p.offset,
-                                    payload_len: p.payload_len,
-                                });
-                            }
-                            RecordKind::Create => {
-                                index.segments.insert(p.segment, Default::default());
-                            }
-                            RecordKind::Seal => {
-                                if let Some(s) = index.segments.get_mut(&p.segment) {
-                                    s.sealed = true;
-                                    s.locs.shrink_to_fit();
-                                }
-                            }
-                            RecordKind::Delete => index.remove_segment(p.segment),
-                        }
-                    }
-                }
-                stats.entries_appended.fetch_add(
-                    pending
-                        .iter()
-                        .filter(|p| p.kind == RecordKind::Entry)
-                        .count() as u64,
-                    Ordering::Relaxed,
-                );
-                for p in pending.drain(..) {
-                    let value = match p.kind {
-                        RecordKind::Entry | RecordKind::Moved | RecordKind::Seal => p.entry,
-                        _ => p.segment,
-                    };
-                    let _ = p.done.send(Ok(value));
+                let group = Group {
+                    file: active.no,
+                    handle: active.handle.clone(),
+                    pending: std::mem::take(pending),
+                    last_lsn: self.next_lsn.saturating_sub(1),
+                };
+                let sent = self
+                    .sync_tx
+                    .as_ref()
+                    .is_some_and(|tx| tx.send(SyncMsg::Group(group)).is_ok());
+                if !sent {
+                    tracing::error!("journal sync thread is gone");
                 }
             }
             Err(e) => {
+                let e = StorageError::io("writing the journal", e);
                 tracing::warn!(error = %e, file = active.no, "journal write failed; rolling to a new file");
-                stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut index) = self.shared.index.write() {
-                    for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {
-                        if let Some(seg) = index.segments.get_mut(&p.segment) {
-                            seg.fenced = true;
-                        }
-                    }
-                }
-                fail_all(pending, &e);
-                // After a failed write or fsync the file's tail is unknown: never write
-                // to it again. Its valid prefix is what the index says.
-                if let Err(e) = self.seal_active() {
-                    tracing::warn!(error = %e, "could not checkpoint the journal after a failed write");
-                }
+                // After a failed write the file's tail is unknown: never write to it again.
+                active.broken = true;
+                fence_and_fail(&self.shared, pending, &e);
             }
         }
         buf.clear();
+    }
+
+    /// Waits until the syncer has published or failed every group sent so far.
+    fn barrier(&mut self) {
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        let sent = self
+            .sync_tx
+            .as_ref()
+            .is_some_and(|s| s.send(SyncMsg::Barrier(tx)).is_ok());
+        if sent {
+            let _ = rx.recv();
+        }
     }
 
     /// Opens the next journal file, then seals the active one (index + checkpoint).
@@ -521,6 +512,7 @@ impl Writer {
     /// still use its reserve.
     fn roll(&mut self) -> Result<()> {
         let next = self.create_file()?;
+        self.barrier();
         if let Err(e) = self.seal_active() {
             // The old file keeps no index: recovery scans it instead. Nothing is lost.
             tracing::warn!(error = %e, "could not checkpoint a full journal file");
@@ -597,37 +589,227 @@ impl Writer {
             handle,
             pos: 0,
             len,
-            records: Vec::new(),
+            broken: false,
         })
     }
 
     /// Writes the active file's index and a checkpoint that starts replay after it.
+    /// Call after a barrier, so the index holds every group written to the file.
     fn seal_active(&mut self) -> Result<()> {
         let Some(active) = self.active.take() else {
             return Ok(());
         };
+        let records = self
+            .sync
+            .records
+            .lock()
+            .map_err(|_| StorageError::Log("journal records lock poisoned".into()))?
+            .remove(&active.no)
+            .unwrap_or_default();
         let dir = &self.shared.config.dir;
-        let idx_bytes = match checkpoint::write_idx(dir, active.no, &active.records) {
-            Ok(n) => n,
-            Err(e) => {
-                // Without its index the file stays in the replay range: recovery scans it.
-                return Err(e);
+        // Without its index the file stays in the replay range: recovery scans it.
+        let idx_bytes = checkpoint::write_idx(dir, active.no, &records)?;
+        if let Ok(mut index) = self.shared.index.write() {
+            if let Some(f) = index.files.get_mut(&active.no) {
+                f.disk_bytes += idx_bytes;
             }
-        };
+        }
         write_checkpoint(
             &self.shared,
             active.no + 1,
             self.next_segment_id,
             self.next_lsn,
         )?;
+        // Only a file a checkpoint covers may be removed by GC: before that, its
+        // control records (creates, deletes) are still needed by replay.
         if let Ok(mut index) = self.shared.index.write() {
-            if let Some(f) = index.files.get_mut(&active.no) {
+            for (_, f) in index.files.range_mut(..=active.no) {
                 f.checkpointed = true;
-                f.disk_bytes += idx_bytes;
             }
         }
         Ok(())
     }
+}
+
+/// The syncer thread's body: fdatasync, publish, complete — until the writer leaves.
+fn run_syncer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Receiver<SyncMsg>) {
+    while let Ok(first) = rx.recv() {
+        // Everything written so far is covered by the next fdatasync.
+        let mut msgs = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            msgs.push(m);
+        }
+        let mut groups = Vec::new();
+        for m in msgs {
+            match m {
+                SyncMsg::Group(g) => groups.push(g),
+                SyncMsg::Barrier(ack) => {
+                    sync_and_publish(&shared, &sync, std::mem::take(&mut groups));
+                    let _ = ack.send(());
+                }
+            }
+        }
+        sync_and_publish(&shared, &sync, groups);
+    }
+}
+
+fn sync_and_publish(shared: &Shared, sync: &SyncState, groups: Vec<Group>) {
+    // Groups are in write order; consecutive groups of one file share one fdatasync.
+    let mut groups = groups.into_iter().peekable();
+    while let Some(first) = groups.next() {
+        let file = first.file;
+        let mut run = vec![first];
+        while let Some(g) = groups.next_if(|g| g.file == file) {
+            run.push(g);
+        }
+        let result = if sync.broken_file.load(Ordering::Acquire) == file {
+            // After a failed fdatasync a later one may falsely succeed: trust nothing more here.
+            Err(StorageError::io(
+                "fsyncing the journal",
+                std::io::Error::other("an earlier fdatasync of this journal file failed"),
+            ))
+        } else {
+            let t = Instant::now();
+            shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            let r = run[0]
+                .handle
+                .sync_data()
+                .map_err(|e| StorageError::io("fsyncing the journal", e));
+            shared
+                .stats
+                .sync_ns
+                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            r
+        };
+        match result {
+            Ok(()) => {
+                if let Some(last) = run.last() {
+                    sync.durable_lsn.fetch_max(last.last_lsn, Ordering::AcqRel);
+                }
+                publish(shared, sync, run);
+            }
+            Err(e) => {
+                if sync.broken_file.swap(file, Ordering::AcqRel) != file {
+                    tracing::warn!(error = %e, file, "journal fdatasync failed; the writer rolls to a new file");
+                    shared.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                for mut g in run {
+                    fence_and_fail(shared, &mut g.pending, &e);
+                }
+            }
+        }
+    }
+}
+
+/// Makes durable groups visible in the shared index, then completes their callers.
+fn publish(shared: &Shared, sync: &SyncState, run: Vec<Group>) {
+    let mut appended = 0u64;
+    // Requests refused at publication: appends that would leave a gap in a segment
+    // whose earlier append failed (the writer validated them before the fence).
+    let mut refused: Vec<(usize, usize)> = Vec::new();
+    {
+        let Ok(mut index) = shared.index.write() else {
+            for mut g in run {
+                fail_all(
+                    &mut g.pending,
+                    &StorageError::Log("index lock poisoned".into()),
+                );
+            }
+            return;
+        };
+        let Ok(mut records) = sync.records.lock() else {
+            return;
+        };
+        for (gi, g) in run.iter().enumerate() {
+            let file_records = records.entry(g.file).or_default();
+            for (pi, p) in g.pending.iter().enumerate() {
+                match p.kind {
+                    RecordKind::Entry | RecordKind::Moved => {
+                        if p.kind == RecordKind::Entry {
+                            if let Some(seg) = index.segments.get_mut(&p.segment) {
+                                if seg.locs.len() as u64 != p.entry {
+                                    seg.fenced = true;
+                                    refused.push((gi, pi));
+                                    continue;
+                                }
+                            }
+                        }
+                        if p.kind == RecordKind::Moved {
+                            // Only if the entry still lives where compaction copied it from.
+                            let still = index
+                                .segments
+                                .get(&p.segment)
+                                .and_then(|x| x.locs.get(p.entry as usize))
+                                .is_some_and(|l| l.file() == p.from_file);
+                            if !still {
+                                continue;
+                            }
+                        } else {
+                            appended += 1;
+                        }
+                        index.set_loc(
+                            p.segment,
+                            p.entry,
+                            Loc::new(g.file, p.offset),
+                            p.payload_len,
+                        );
+                        if let Some(f) = index.files.get_mut(&g.file) {
+                            f.written_entries += 1;
+                        }
+                        file_records.push(IdxRecord {
+                            segment: p.segment,
+                            entry: p.entry,
+                            offset: p.offset,
+                            payload_len: p.payload_len,
+                        });
+                    }
+                    RecordKind::Create => {
+                        index.segments.insert(p.segment, Default::default());
+                    }
+                    RecordKind::Seal => {
+                        if let Some(s) = index.segments.get_mut(&p.segment) {
+                            s.sealed = true;
+                            s.locs.shrink_to_fit();
+                        }
+                    }
+                    RecordKind::Delete => index.remove_segment(p.segment),
+                }
+            }
+        }
+    }
+    shared
+        .stats
+        .groups
+        .fetch_add(run.len() as u64, Ordering::Relaxed);
+    shared
+        .stats
+        .entries_appended
+        .fetch_add(appended, Ordering::Relaxed);
+    for (gi, g) in run.into_iter().enumerate() {
+        for (pi, p) in g.pending.into_iter().enumerate() {
+            if refused.contains(&(gi, pi)) {
+                let _ = p.done.send(Err(StorageError::SegmentFenced(p.segment)));
+                continue;
+            }
+            let value = match p.kind {
+                RecordKind::Entry | RecordKind::Moved | RecordKind::Seal => p.entry,
+                _ => p.segment,
+            };
+            let _ = p.done.send(Ok(value));
+        }
+    }
+}
+
+/// Fails a group's requests; segments that lost an append take no more (ids stay dense).
+fn fence_and_fail(shared: &Shared, pending: &mut Vec<Pending>, e: &StorageError) {
+    if let Ok(mut index) = shared.index.write() {
+        for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {
+            if let Some(seg) = index.segments.get_mut(&p.segment) {
+                seg.fenced = true;
+            }
+        }
+    }
+    fail_all(pending, e);
 }
 
 /// Writes a checkpoint of the shared index's segment table.

@@ -230,7 +230,7 @@ impl SegmentStore {
             recovered.next_file_no,
             recovered.next_lsn,
             recovered.next_segment_id,
-        );
+        )?;
         let thread = std::thread::Builder::new()
             .name("kilonova-journal".into())
             .spawn(move || writer.run())

@@ -29,7 +29,7 @@ pub struct StorageArgs {
     #[arg(long, default_value_t = 64)]
     pub appenders: usize,
     /// Appends each appender keeps in flight.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     pub window: usize,
     /// Total appends per second (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
