@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,17 @@ struct Group {
 
 enum SyncMsg {
     Group(Group),
-    /// Answered once every group sent before it is published (or failed).
-    Barrier(std_mpsc::SyncSender<()>),
+    /// The writer left this file: once its groups are published, write its index
+    /// and a checkpoint that starts replay after it (in the background).
+    Seal(SealJob),
+}
+
+/// A sealed journal file to checkpoint.
+struct SealJob {
+    file: u32,
+    /// The writer's counters when it left the file: above everything the file holds.
+    next_segment_id: u64,
+    next_lsn: u64,
 }
 
 /// State the writer and the syncer share.
@@ -121,6 +130,25 @@ struct SyncState {
     broken_file: AtomicU32,
     /// Entry records published per file: each file's index when it is sealed.
     records: Mutex<HashMap<u32, Vec<IdxRecord>>>,
+    /// The next journal file, created ahead by the checkpointer so a roll does not wait.
+    ready: Mutex<ReadySlot>,
+    ready_changed: Condvar,
+}
+
+/// The hand-off of a journal file created ahead of need.
+#[derive(Default)]
+enum ReadySlot {
+    #[default]
+    Empty,
+    Preparing(u32),
+    Ready(ActiveFile),
+}
+
+/// Work for the checkpointer thread.
+enum CkptMsg {
+    Seal(SealJob),
+    /// Create journal file `no` ahead of need.
+    Prepare(u32),
 }
 
 /// The writer's view of a segment, ahead of the shared index by the groups in flight.
@@ -152,7 +180,9 @@ pub(crate) struct Writer {
     segments: HashMap<SegmentId, SegView>,
     sync: Arc<SyncState>,
     sync_tx: Option<std_mpsc::SyncSender<SyncMsg>>,
+    ckpt_tx: Option<std_mpsc::Sender<CkptMsg>>,
     syncer: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl Writer {
@@ -181,13 +211,23 @@ impl Writer {
             durable_lsn: AtomicU64::new(next_lsn.saturating_sub(1)),
             broken_file: AtomicU32::new(u32::MAX),
             records: Mutex::default(),
+            ready: Mutex::default(),
+            ready_changed: Condvar::new(),
         });
-        let (sync_tx, sync_rx) = std_mpsc::sync_channel(SYNC_QUEUE_GROUPS);
-        let syncer = {
+        let (ckpt_tx, ckpt_rx) = std_mpsc::channel();
+        let checkpointer = {
             let (shared, sync) = (shared.clone(), sync.clone());
             std::thread::Builder::new()
+                .name("kilonova-ckpt".into())
+                .spawn(move || run_checkpointer(shared, sync, ckpt_rx))
+                .map_err(|e| StorageError::io("starting the checkpoint thread", e))?
+        };
+        let (sync_tx, sync_rx) = std_mpsc::sync_channel(SYNC_QUEUE_GROUPS);
+        let syncer = {
+            let (shared, sync, ckpt) = (shared.clone(), sync.clone(), ckpt_tx.clone());
+            std::thread::Builder::new()
                 .name("kilonova-fsync".into())
-                .spawn(move || run_syncer(shared, sync, sync_rx))
+                .spawn(move || run_syncer(shared, sync, sync_rx, ckpt))
                 .map_err(|e| StorageError::io("starting the journal sync thread", e))?
         };
         Ok(Writer {
@@ -200,7 +240,9 @@ impl Writer {
             segments,
             sync,
             sync_tx: Some(sync_tx),
+            ckpt_tx: Some(ckpt_tx),
             syncer: Some(syncer),
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -250,12 +292,13 @@ impl Writer {
             let _ = r.done.send(Err(StorageError::Closed));
         }
         // A clean stop leaves a checkpoint that covers everything: restart replays nothing.
-        self.barrier();
-        if let Err(e) = self.seal_active() {
-            tracing::warn!(error = %e, "could not checkpoint the journal at shutdown");
-        }
+        self.seal_active();
         drop(self.sync_tx.take());
         if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+        drop(self.ckpt_tx.take());
+        if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
         if let Some(ack) = shutdown_ack {
@@ -495,42 +538,71 @@ impl Writer {
         buf.clear();
     }
 
-    /// Waits until the syncer has published or failed every group sent so far.
-    fn barrier(&mut self) {
-        let (tx, rx) = std_mpsc::sync_channel(1);
-        let sent = self
-            .sync_tx
-            .as_ref()
-            .is_some_and(|s| s.send(SyncMsg::Barrier(tx)).is_ok());
-        if sent {
-            let _ = rx.recv();
-        }
-    }
-
-    /// Opens the next journal file, then seals the active one (index + checkpoint).
-    /// If no new file can be created the active one stays, so control records can
-    /// still use its reserve.
+    /// Opens the next journal file, then hands the active one to be sealed in the
+    /// background. If no new file can be created the active one stays, so control
+    /// records can still use its reserve.
     fn roll(&mut self) -> Result<()> {
-        let next = self.create_file()?;
-        self.barrier();
-        if let Err(e) = self.seal_active() {
-            // The old file keeps no index: recovery scans it instead. Nothing is lost.
-            tracing::warn!(error = %e, "could not checkpoint a full journal file");
+        let want = self.next_file_no;
+        let prepared =
+            {
+                let mut slot =
+                    self.sync.ready.lock().map_err(|_| {
+                        StorageError::Log("journal ready-file lock poisoned".into())
+                    })?;
+                while matches!(*slot, ReadySlot::Preparing(n) if n == want) {
+                    slot = self.sync.ready_changed.wait(slot).map_err(|_| {
+                        StorageError::Log("journal ready-file lock poisoned".into())
+                    })?;
+                }
+                match std::mem::take(&mut *slot) {
+                    ReadySlot::Ready(f) if f.no == want => Some(f),
+                    _ => None,
+                }
+            };
+        let next = match prepared {
+            Some(f) => f,
+            // Not prepared (first roll, or preparing failed): create it here.
+            None => create_file(&self.shared, want)?,
+        };
+        self.next_file_no = want + 1;
+        if let (Some(tx), Ok(mut slot)) = (&self.ckpt_tx, self.sync.ready.lock()) {
+            *slot = ReadySlot::Preparing(self.next_file_no);
+            if tx.send(CkptMsg::Prepare(self.next_file_no)).is_err() {
+                *slot = ReadySlot::Empty;
+            }
         }
+        self.seal_active();
         self.shared.active_file.store(next.no, Ordering::Release);
         self.active = Some(next);
         Ok(())
     }
 
-    fn create_file(&mut self) -> Result<ActiveFile> {
-        let no = self.next_file_no;
+    /// Leaves the active file: the syncer seals it after its last group.
+    fn seal_active(&mut self) {
+        if let Some(active) = self.active.take() {
+            let job = SealJob {
+                file: active.no,
+                next_segment_id: self.next_segment_id,
+                next_lsn: self.next_lsn,
+            };
+            if let Some(tx) = &self.sync_tx {
+                let _ = tx.send(SyncMsg::Seal(job));
+            }
+        }
+    }
+}
+
+/// Creates (or takes from the recycled spares) journal file `no`, preallocated,
+/// its directory entry durable, registered in the index.
+fn create_file(shared: &Shared, no: u32) -> Result<ActiveFile> {
+    {
         if no > MAX_FILE_NO {
             return Err(StorageError::Log("journal file numbers exhausted".into()));
         }
-        let dir = &self.shared.config.dir;
+        let dir = &shared.config.dir;
         let path = checkpoint::log_path(dir, no);
-        let len = self.shared.config.log_file_bytes;
-        let spare = self.shared.spares.lock().ok().and_then(|mut s| s.pop());
+        let len = shared.config.log_file_bytes;
+        let spare = shared.spares.lock().ok().and_then(|mut s| s.pop());
         let file = match spare {
             // Reuse a recycled file: its blocks are allocated already.
             Some((spare, _)) => {
@@ -564,11 +636,9 @@ impl Writer {
             }
         }
         checkpoint::sync_dir(dir)?;
-        self.next_file_no += 1;
         let handle = Arc::new(file);
         {
-            let mut index = self
-                .shared
+            let mut index = shared
                 .index
                 .write()
                 .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
@@ -592,47 +662,17 @@ impl Writer {
             broken: false,
         })
     }
-
-    /// Writes the active file's index and a checkpoint that starts replay after it.
-    /// Call after a barrier, so the index holds every group written to the file.
-    fn seal_active(&mut self) -> Result<()> {
-        let Some(active) = self.active.take() else {
-            return Ok(());
-        };
-        let records = self
-            .sync
-            .records
-            .lock()
-            .map_err(|_| StorageError::Log("journal records lock poisoned".into()))?
-            .remove(&active.no)
-            .unwrap_or_default();
-        let dir = &self.shared.config.dir;
-        // Without its index the file stays in the replay range: recovery scans it.
-        let idx_bytes = checkpoint::write_idx(dir, active.no, &records)?;
-        if let Ok(mut index) = self.shared.index.write() {
-            if let Some(f) = index.files.get_mut(&active.no) {
-                f.disk_bytes += idx_bytes;
-            }
-        }
-        write_checkpoint(
-            &self.shared,
-            active.no + 1,
-            self.next_segment_id,
-            self.next_lsn,
-        )?;
-        // Only a file a checkpoint covers may be removed by GC: before that, its
-        // control records (creates, deletes) are still needed by replay.
-        if let Ok(mut index) = self.shared.index.write() {
-            for (_, f) in index.files.range_mut(..=active.no) {
-                f.checkpointed = true;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The syncer thread's body: fdatasync, publish, complete — until the writer leaves.
-fn run_syncer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Receiver<SyncMsg>) {
+/// Sealed files go on to a checkpointer thread, so their index and checkpoint
+/// fsyncs never delay a completion.
+fn run_syncer(
+    shared: Arc<Shared>,
+    sync: Arc<SyncState>,
+    rx: std_mpsc::Receiver<SyncMsg>,
+    ckpt: std_mpsc::Sender<CkptMsg>,
+) {
     while let Ok(first) = rx.recv() {
         // Everything written so far is covered by the next fdatasync.
         let mut msgs = vec![first];
@@ -643,14 +683,73 @@ fn run_syncer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Receiver<
         for m in msgs {
             match m {
                 SyncMsg::Group(g) => groups.push(g),
-                SyncMsg::Barrier(ack) => {
+                SyncMsg::Seal(job) => {
                     sync_and_publish(&shared, &sync, std::mem::take(&mut groups));
-                    let _ = ack.send(());
+                    let _ = ckpt.send(CkptMsg::Seal(job));
                 }
             }
         }
         sync_and_publish(&shared, &sync, groups);
     }
+}
+
+/// The checkpointer thread's body: seals files the writer left (index + checkpoint)
+/// and creates the next journal file ahead of need, off the write path.
+fn run_checkpointer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Receiver<CkptMsg>) {
+    for msg in rx {
+        match msg {
+            CkptMsg::Seal(job) => {
+                if let Err(e) = checkpoint_file(&shared, &sync, &job) {
+                    // The file keeps no index: recovery scans it instead. Nothing is lost.
+                    tracing::warn!(file = job.file, error = %e, "could not checkpoint a sealed journal file");
+                }
+            }
+            CkptMsg::Prepare(no) => {
+                let made = create_file(&shared, no);
+                if let Ok(mut slot) = sync.ready.lock() {
+                    *slot = match made {
+                        Ok(f) => ReadySlot::Ready(f),
+                        // The writer creates it itself when it needs it (and reports the error).
+                        Err(e) => {
+                            tracing::debug!(file = no, error = %e, "could not prepare a journal file");
+                            ReadySlot::Empty
+                        }
+                    };
+                }
+                sync.ready_changed.notify_all();
+            }
+        }
+    }
+    // A prepared file never used stays empty: recovery reads it as an empty log.
+}
+
+/// Writes a sealed file's index and a checkpoint that starts replay after it.
+///
+/// The segment table is read from the index now, so it may already include
+/// records of later files; replaying those again is idempotent (ADR 0001).
+fn checkpoint_file(shared: &Shared, sync: &SyncState, job: &SealJob) -> Result<()> {
+    let records = sync
+        .records
+        .lock()
+        .map_err(|_| StorageError::Log("journal records lock poisoned".into()))?
+        .remove(&job.file)
+        .unwrap_or_default();
+    let dir = &shared.config.dir;
+    let idx_bytes = checkpoint::write_idx(dir, job.file, &records)?;
+    if let Ok(mut index) = shared.index.write() {
+        if let Some(f) = index.files.get_mut(&job.file) {
+            f.disk_bytes += idx_bytes;
+        }
+    }
+    write_checkpoint(shared, job.file + 1, job.next_segment_id, job.next_lsn)?;
+    // Only a file a checkpoint covers may be removed by GC: before that, its
+    // control records (creates, deletes) are still needed by replay.
+    if let Ok(mut index) = shared.index.write() {
+        for (_, f) in index.files.range_mut(..=job.file) {
+            f.checkpointed = true;
+        }
+    }
+    Ok(())
 }
 
 fn sync_and_publish(shared: &Shared, sync: &SyncState, groups: Vec<Group>) {

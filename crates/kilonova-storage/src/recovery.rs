@@ -173,6 +173,16 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
         }
         tracing::info!(file = *no, entries = records.len(), "replayed journal file");
     }
+    for (id, seg) in &index.segments {
+        let missing = seg.locs.iter().filter(|l| l.is_missing()).count();
+        if missing > 0 {
+            tracing::error!(
+                segment = id,
+                missing,
+                "entries lost to journal damage read as corrupt"
+            );
+        }
+    }
     let next_file_no = logs
         .keys()
         .next_back()

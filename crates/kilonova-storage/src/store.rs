@@ -55,7 +55,7 @@ impl StoreConfig {
             group_commit_max_bytes: 4 << 20,
             group_commit_max_delay_us: 0,
             queue_depth: 16_384,
-            compaction_live_ratio: 0.5,
+            compaction_live_ratio: 0.2,
             recycle_files: 4,
         }
     }

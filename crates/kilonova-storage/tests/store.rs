@@ -215,12 +215,16 @@ fn compaction_moves_live_entries_out_of_mostly_dead_files() {
     store.close().unwrap();
 }
 
-/// The newest journal file (the one a crash would leave unsealed).
+/// The newest journal file holding records (the one a crash would leave unsealed;
+/// a file created ahead of need is still empty).
 fn newest_log(dir: &Path) -> std::path::PathBuf {
     let mut logs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "log")
+                && std::fs::read(p).unwrap().get(..4) == Some(&b"KNLG"[..])
+        })
         .collect();
     logs.sort();
     logs.pop().unwrap()

@@ -1,7 +1,9 @@
 //! `kilonova perf storage`: appenders over many open segments, every append fsync'd
-//! (group-committed) before it counts. Latency is enqueue → durable; in fixed-rate
-//! mode it is measured from each append's scheduled time, so a stall is not hidden
-//! (no coordinated omission).
+//! (group-committed) before it counts. Latency runs from the call to `append`
+//! (so it includes waiting for queue space: the store's backpressure) to durable.
+//! In fixed-rate mode the sender's lag behind its schedule is reported beside it:
+//! tokio's timer has millisecond resolution, so that lag is the load generator's,
+//! and a large value means the generator, not the store, fell behind.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,6 +81,8 @@ struct Summary {
     fsyncs_per_sec: f64,
     entries_per_fsync: f64,
     latency_us: Latency,
+    /// Fixed-rate mode: p99 of how late the sender was against its schedule.
+    schedule_lag_p99_us: u64,
     /// Share of wall time the journal thread spent in write + fdatasync, and busy at all.
     journal_sync_share: f64,
     journal_busy_share: f64,
@@ -184,6 +188,9 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
     let live = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    let lag = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let payload = Bytes::from(vec![0x5au8; args.entry_bytes]);
     let per_appender_interval =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.appenders as f64 / args.rate as f64));
@@ -197,11 +204,37 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
             done.clone(),
             errors.clone(),
         );
-        let (hist, live) = (hist.clone(), live.clone());
+        let send_errors = errors.clone();
+        let (hist, live, lag) = (hist.clone(), live.clone(), lag.clone());
         let window = args.window;
         tasks.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-            let mut inflight = std::collections::VecDeque::with_capacity(window);
+            // The sender paces (or not) and enqueues; the collector awaits completions
+            // in order. The bounded queue between them is the in-flight window.
+            let (tx, mut rx) = tokio::sync::mpsc::channel(window);
+            let sender_measuring = measuring.clone();
+            let collector = tokio::spawn(async move {
+                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+                while let Some((t0, c)) = rx.recv().await {
+                    let c: kilonova_storage::Completion<u64> = c;
+                    let t0: Instant = t0;
+                    let ok = c.await.is_ok();
+                    let us = t0.elapsed().as_micros() as u64;
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    } else if measuring.load(Ordering::Relaxed) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if let Some(h) = local.as_mut() {
+                            let _ = h.record(us.max(1));
+                        }
+                        if let Ok(mut l) = live.lock() {
+                            let _ = l.record(us.max(1));
+                        }
+                    }
+                }
+                if let (Some(h), Ok(mut all)) = (local, hist.lock()) {
+                    let _ = all.add(&h);
+                }
+            });
             let mut i = a;
             let start = Instant::now();
             let mut sent = 0u64;
@@ -220,42 +253,25 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
                 };
                 i += 1;
                 sent += 1;
+                let enqueued = Instant::now();
+                if per_appender_interval.is_some() && sender_measuring.load(Ordering::Relaxed) {
+                    if let Ok(mut l) = lag.lock() {
+                        let _ = l.record((enqueued - scheduled).as_micros().max(1) as u64);
+                    }
+                }
                 match store.append(seg, payload.clone()).await {
-                    Ok(c) => inflight.push_back((scheduled, c)),
+                    Ok(c) => {
+                        if tx.send((enqueued, c)).await.is_err() {
+                            break;
+                        }
+                    }
                     Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                while inflight.len() >= window
-                    || (per_appender_interval.is_some() && !inflight.is_empty())
-                {
-                    let Some((t0, c)) = inflight.pop_front() else {
-                        break;
-                    };
-                    let ok = c.await.is_ok();
-                    let us = t0.elapsed().as_micros() as u64;
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    } else if measuring.load(Ordering::Relaxed) {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        if let Some(h) = local.as_mut() {
-                            let _ = h.record(us.max(1));
-                        }
-                        if let Ok(mut l) = live.lock() {
-                            let _ = l.record(us.max(1));
-                        }
-                    }
-                    if per_appender_interval.is_some() {
-                        break;
+                        send_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            for (_, c) in inflight {
-                let _ = c.await;
-            }
-            if let (Some(h), Ok(mut all)) = (local, hist.lock()) {
-                let _ = all.add(&h);
-            }
+            drop(tx);
+            let _ = collector.await;
         }));
     }
 
@@ -337,6 +353,7 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
             p999: h.value_at_quantile(0.999),
             max: h.max(),
         },
+        schedule_lag_p99_us: lag.lock().map(|l| l.value_at_quantile(0.99)).unwrap_or(0),
         journal_sync_share: sync_share,
         journal_busy_share: busy_share,
         segments_rss_bytes,
@@ -345,7 +362,7 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!(
-            "{} B x {} segments: {:.0} appends/s, {:.1} MB/s, {:.1} appends/fsync, latency p50 {} us p99 {} us p99.9 {} us max {} us, errors {}, open-segment RSS {:.1} MB, journal busy {:.0}% (write+fsync {:.0}%)",
+            "{} B x {} segments: {:.0} appends/s, {:.1} MB/s, {:.1} appends/fsync, latency p50 {} us p99 {} us p99.9 {} us max {} us, errors {}, open-segment RSS {:.1} MB, journal busy {:.0}% (write+fsync {:.0}%), schedule lag p99 {} us",
             summary.entry_bytes,
             summary.segments,
             summary.msgs_per_sec,
@@ -358,7 +375,8 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
             summary.errors,
             summary.segments_rss_bytes as f64 / 1e6,
             summary.journal_busy_share * 100.0,
-            summary.journal_sync_share * 100.0
+            summary.journal_sync_share * 100.0,
+            summary.schedule_lag_p99_us
         );
     }
     Ok(())
