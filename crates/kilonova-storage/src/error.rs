@@ -41,10 +41,13 @@ pub enum StorageError {
     /// A file the store depends on is malformed beyond automatic repair.
     #[error("store file {path} is invalid: {detail}")]
     InvalidFile { path: String, detail: String },
+    /// The managed log has no cursor of that name.
+    #[error("no cursor named {0:?}")]
+    NoSuchCursor(String),
     /// The store (its journal thread) has shut down.
     #[error("the segment store is closed")]
     Closed,
-    /// A managed-log level error (unknown cursor, bad position...).
+    /// An internal failure (a poisoned lock, an invalid setting) with its description.
     #[error("{0}")]
     Log(String),
 }
@@ -98,6 +101,7 @@ impl StorageError {
                 path: path.clone(),
                 detail: detail.clone(),
             },
+            StorageError::NoSuchCursor(n) => StorageError::NoSuchCursor(n.clone()),
             StorageError::Closed => StorageError::Closed,
             StorageError::Log(s) => StorageError::Log(s.clone()),
         }

@@ -529,13 +529,13 @@ impl ManagedLog {
     fn cursor_mut(&mut self, name: &str) -> Result<&mut Cursor> {
         self.cursors
             .get_mut(name)
-            .ok_or_else(|| StorageError::Log(format!("no cursor named {name:?}")))
+            .ok_or_else(|| StorageError::NoSuchCursor(name.to_string()))
     }
 
     fn cursor(&self, name: &str) -> Result<&Cursor> {
         self.cursors
             .get(name)
-            .ok_or_else(|| StorageError::Log(format!("no cursor named {name:?}")))
+            .ok_or_else(|| StorageError::NoSuchCursor(name.to_string()))
     }
 
     /// Removes a cursor and its persisted state.

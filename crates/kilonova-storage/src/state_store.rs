@@ -4,7 +4,7 @@
 //! "cursor persistence ... ledger lists in the metadata store"); the directory
 //! backend is what standalone and tests use today.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
 
@@ -76,11 +76,6 @@ impl StateStore for DirStateStore {
 /// Hex form of arbitrary text, safe as a key component.
 pub fn key_component(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The directory a [`DirStateStore`] uses (for tests and tools).
-pub fn state_dir(store: &DirStateStore) -> &Path {
-    &store.dir
 }
 
 #[cfg(test)]
