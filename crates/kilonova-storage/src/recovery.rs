@@ -22,6 +22,9 @@ use crate::record::{self, RecordError, RecordHeader, RecordKind, ALIGN, HEADER_L
 use crate::store::{list_log_files, StoreConfig};
 
 pub(crate) struct Recovered {
+    /// Journal files scanned record by record, and their bytes (the rest came from indexes).
+    pub replayed_files: u64,
+    pub replayed_bytes: u64,
     pub index: Index,
     pub next_file_no: u32,
     pub next_lsn: u64,
@@ -121,8 +124,11 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
     // 3. Replay the tail.
     let mut last_lsn = cp.next_lsn.saturating_sub(1);
     let mut next_segment_id = cp.next_segment_id;
+    let (mut replayed_files, mut replayed_bytes) = (0u64, 0u64);
     for (no, path) in logs.range(cp.replay_from_file..) {
         let data = read_file(path)?;
+        replayed_files += 1;
+        replayed_bytes += data.len() as u64;
         let mut records = Vec::new();
         let mut written = 0u64;
         scan(
@@ -189,6 +195,8 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
         .map_or(0, |n| n + 1)
         .max(cp.replay_from_file);
     Ok(Recovered {
+        replayed_files,
+        replayed_bytes,
         index,
         next_file_no,
         next_lsn: last_lsn + 1,

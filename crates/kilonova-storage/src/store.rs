@@ -104,6 +104,10 @@ pub struct StoreStats {
     pub busy_ns: u64,
     pub segments: u64,
     pub journal_files: u64,
+    /// Journal files the last open scanned record by record (the others' indexes
+    /// were loaded), and their bytes: bounded by what followed the last checkpoint.
+    pub recovery_replayed_files: u64,
+    pub recovery_replayed_bytes: u64,
     pub disk_usage_bytes: u64,
 }
 
@@ -113,6 +117,8 @@ pub(crate) struct Shared {
     pub index: RwLock<Index>,
     pub stats: Stats,
     pub active_file: AtomicU32,
+    /// What the last open replayed: (journal files, bytes).
+    pub recovery: (u64, u64),
     /// Recycled journal files waiting for reuse: (path, bytes).
     pub spares: Mutex<Vec<(PathBuf, u64)>>,
 }
@@ -203,6 +209,7 @@ impl SegmentStore {
             index: RwLock::new(recovered.index),
             stats: Stats::default(),
             active_file: AtomicU32::new(u32::MAX),
+            recovery: (recovered.replayed_files, recovered.replayed_bytes),
             spares: Mutex::new(list_spares(&config.dir)?),
         });
         // Cover everything recovery replayed with a checkpoint, so the next start
@@ -440,6 +447,8 @@ impl SegmentStore {
             busy_ns: s.busy_ns.load(Ordering::Relaxed),
             segments,
             journal_files,
+            recovery_replayed_files: self.shared.recovery.0,
+            recovery_replayed_bytes: self.shared.recovery.1,
             disk_usage_bytes: self.disk_usage_bytes(),
         }
     }

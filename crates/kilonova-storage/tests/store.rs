@@ -389,3 +389,35 @@ fn recycled_journal_files_are_reused_and_their_stale_records_never_resurface() {
     }
     store.close().unwrap();
 }
+
+#[test]
+fn recovery_replays_only_what_follows_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg;
+    {
+        let store = SegmentStore::open(config(dir.path())).unwrap();
+        seg = store.create_segment_blocking().unwrap();
+        fill(&store, seg, 4000, 2000); // ~8 MB: eight 1 MiB journal files
+        assert!(store.stats().journal_files >= 8);
+        std::mem::forget(store); // crash: no final checkpoint
+    }
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    let stats = store.stats();
+    // The checkpointed files were loaded from their indexes; only the file being
+    // written (and possibly the one prepared after it) were scanned.
+    assert!(stats.recovery_replayed_files <= 2, "{stats:?}");
+    assert!(stats.recovery_replayed_bytes <= 2 << 20, "{stats:?}");
+    assert_eq!(store.segment(seg).unwrap().entries, 4000);
+    for e in (0..4000).step_by(97) {
+        assert_eq!(store.read(seg, e).unwrap(), payload(seg, e, 2000));
+    }
+    store.close().unwrap();
+    // After a clean close only the (empty) prepared file remains to scan.
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    assert!(
+        store.stats().recovery_replayed_files <= 1,
+        "{:?}",
+        store.stats()
+    );
+    store.close().unwrap();
+}
