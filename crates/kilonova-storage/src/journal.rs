@@ -158,6 +158,18 @@ struct SegView {
     sealed: bool,
 }
 
+impl Decision {
+    /// A record that does not come from another file (everything but `Moved`).
+    fn write(kind: RecordKind, segment: SegmentId, entry: u64) -> Self {
+        Decision::Write {
+            kind,
+            segment,
+            entry,
+            from_file: 0,
+        }
+    }
+}
+
 /// What to do with one request.
 enum Decision {
     Write {
@@ -412,12 +424,7 @@ impl Writer {
                         sealed: false,
                     },
                 );
-                Decision::Write {
-                    kind: RecordKind::Create,
-                    segment: id,
-                    entry: 0,
-                    from_file: 0,
-                }
+                Decision::write(RecordKind::Create, id, 0)
             }
             Op::Append { segment, .. } => {
                 let s = *segment;
@@ -433,12 +440,7 @@ impl Writer {
                 if let Some(v) = self.segments.get_mut(&s) {
                     v.next_entry += 1;
                 }
-                Decision::Write {
-                    kind: RecordKind::Entry,
-                    segment: s,
-                    entry: view.next_entry,
-                    from_file: 0,
-                }
+                Decision::write(RecordKind::Entry, s, view.next_entry)
             }
             Op::Seal { segment } => {
                 let s = *segment;
@@ -449,24 +451,14 @@ impl Writer {
                     return Ok(Decision::Answer(view.next_entry));
                 }
                 view.sealed = true;
-                Decision::Write {
-                    kind: RecordKind::Seal,
-                    segment: s,
-                    entry: view.next_entry,
-                    from_file: 0,
-                }
+                Decision::write(RecordKind::Seal, s, view.next_entry)
             }
             Op::Delete { segment } => {
                 let s = *segment;
                 if self.segments.remove(&s).is_none() {
                     return Err(StorageError::NoSuchSegment(s));
                 }
-                Decision::Write {
-                    kind: RecordKind::Delete,
-                    segment: s,
-                    entry: 0,
-                    from_file: 0,
-                }
+                Decision::write(RecordKind::Delete, s, 0)
             }
             Op::Move {
                 segment,
