@@ -403,10 +403,11 @@ fn recovery_replays_only_what_follows_the_last_checkpoint() {
     }
     let store = SegmentStore::open(config(dir.path())).unwrap();
     let stats = store.stats();
-    // The checkpointed files were loaded from their indexes; only the file being
-    // written (and possibly the one prepared after it) were scanned.
-    assert!(stats.recovery_replayed_files <= 2, "{stats:?}");
-    assert!(stats.recovery_replayed_bytes <= 2 << 20, "{stats:?}");
+    // The checkpointed files were loaded from their indexes. Scanned at most: the
+    // file the checkpointer was still sealing (it works in the background), the
+    // file being written, and the one prepared after it.
+    assert!(stats.recovery_replayed_files <= 3, "{stats:?}");
+    assert!(stats.recovery_replayed_bytes <= 3 << 20, "{stats:?}");
     assert_eq!(store.segment(seg).unwrap().entries, 4000);
     for e in (0..4000).step_by(97) {
         assert_eq!(store.read(seg, e).unwrap(), payload(seg, e, 2000));
