@@ -1,0 +1,257 @@
+//! Frames of the Pulsar binary protocol.
+//!
+//! ```text
+//! simple:  [u32 total_size][u32 command_size][BaseCommand]
+//! payload: [u32 total_size][u32 command_size][BaseCommand]
+//!          ([u16 0x0e02][u32 size][BrokerEntryMetadata])?       broker → client only
+//!          [u16 0x0e01][u32 crc32c][u32 metadata_size][MessageMetadata][payload]
+//! ```
+//! All integers big-endian; `total_size` counts everything after itself; the
+//! CRC32C covers everything after the checksum field. The span from `0x0e01` to
+//! the end is kept as one [`Bytes`] ([`Payload::raw`]): the broker stores it and
+//! sends it back in MESSAGE frames unchanged.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::proto::{BaseCommand, BrokerEntryMetadata, MessageMetadata, SingleMessageMetadata};
+
+pub const MAGIC_CRC32C: u16 = 0x0e01;
+pub const MAGIC_BROKER_ENTRY_METADATA: u16 = 0x0e02;
+/// The default largest message (5 MiB, Pulsar's default) plus room for headers.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = (5 << 20) + (10 << 10);
+
+/// Why bytes are not a valid frame. After any of these the connection's byte
+/// stream cannot be trusted: the caller answers with an error and closes.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { size: usize, max: usize },
+    #[error("frame size {0} is too small to hold a command")]
+    FrameTooSmall(usize),
+    #[error("command size {command} does not fit in a frame of {frame} bytes")]
+    CommandSize { command: usize, frame: usize },
+    #[error("invalid command: {0}")]
+    Command(prost::DecodeError),
+    #[error("payload is truncated: {0}")]
+    Truncated(&'static str),
+    #[error("invalid message metadata: {0}")]
+    Metadata(prost::DecodeError),
+    #[error("invalid broker entry metadata: {0}")]
+    BrokerEntryMetadata(prost::DecodeError),
+    #[error("invalid batch: {0}")]
+    Batch(&'static str),
+}
+
+/// A payload-carrying command's message part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Payload {
+    /// `[0x0e01][crc32c][metadata size][metadata][payload]` exactly as received
+    /// (for frames without a checksum: `[metadata size][metadata][payload]`).
+    pub raw: Bytes,
+    /// Whether the frame carried a checksum and it matched (true when absent).
+    pub checksum_ok: bool,
+    pub metadata: MessageMetadata,
+    /// The message bytes (a batch for batched messages), a slice of `raw`.
+    pub data: Bytes,
+    /// Present on frames a broker sent with broker entry metadata.
+    pub broker_entry_metadata: Option<BrokerEntryMetadata>,
+}
+
+impl Payload {
+    /// Messages in this entry: `num_messages_in_batch`, at least 1.
+    pub fn message_count(&self) -> u32 {
+        message_count(&self.metadata)
+    }
+}
+
+/// Messages an entry with this metadata holds (1 for a non-batched message).
+pub fn message_count(metadata: &MessageMetadata) -> u32 {
+    metadata
+        .num_messages_in_batch
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
+
+/// One decoded frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub command: BaseCommand,
+    pub payload: Option<Payload>,
+}
+
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at + 4)?;
+    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn be_u16(b: &[u8], at: usize) -> Option<u16> {
+    let s = b.get(at..at + 2)?;
+    Some(u16::from_be_bytes([s[0], s[1]]))
+}
+
+/// Decodes one frame from the front of `buf`. `Ok(None)`: more bytes are needed.
+/// A frame larger than `max_frame_bytes` is refused as soon as its size is read,
+/// before its body arrives or anything is allocated for it.
+pub fn decode(buf: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<Frame>, DecodeError> {
+    let Some(total) = be_u32(buf, 0) else {
+        return Ok(None);
+    };
+    let total = total as usize;
+    if total > max_frame_bytes {
+        return Err(DecodeError::FrameTooLarge {
+            size: total,
+            max: max_frame_bytes,
+        });
+    }
+    if total < 4 {
+        return Err(DecodeError::FrameTooSmall(total));
+    }
+    if buf.len() < 4 + total {
+        buf.reserve(4 + total - buf.len());
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(4 + total).freeze();
+    frame.advance(4);
+    decode_body(frame).map(Some)
+}
+
+/// Decodes a frame body (everything after `total_size`).
+fn decode_body(body: Bytes) -> Result<Frame, DecodeError> {
+    let frame_len = body.len();
+    let command_size = be_u32(&body, 0).ok_or(DecodeError::FrameTooSmall(frame_len))? as usize;
+    if command_size > frame_len - 4 {
+        return Err(DecodeError::CommandSize {
+            command: command_size,
+            frame: frame_len,
+        });
+    }
+    let command =
+        BaseCommand::decode(body.slice(4..4 + command_size)).map_err(DecodeError::Command)?;
+    let rest = body.slice(4 + command_size..);
+    let payload = if rest.is_empty() {
+        None
+    } else {
+        Some(decode_payload(rest)?)
+    };
+    Ok(Frame { command, payload })
+}
+
+/// Decodes the message part of a payload command.
+pub fn decode_payload(mut rest: Bytes) -> Result<Payload, DecodeError> {
+    let mut broker_entry_metadata = None;
+    if be_u16(&rest, 0) == Some(MAGIC_BROKER_ENTRY_METADATA) {
+        let size =
+            be_u32(&rest, 2).ok_or(DecodeError::Truncated("broker entry metadata size"))? as usize;
+        let end = 6usize
+            .checked_add(size)
+            .filter(|e| *e <= rest.len())
+            .ok_or(DecodeError::Truncated("broker entry metadata"))?;
+        broker_entry_metadata = Some(
+            BrokerEntryMetadata::decode(rest.slice(6..end))
+                .map_err(DecodeError::BrokerEntryMetadata)?,
+        );
+        rest = rest.slice(end..);
+    }
+    let raw = rest.clone();
+    let (checksum_ok, meta_at) = if be_u16(&rest, 0) == Some(MAGIC_CRC32C) {
+        let expected = be_u32(&rest, 2).ok_or(DecodeError::Truncated("checksum"))?;
+        let covered = rest.get(6..).ok_or(DecodeError::Truncated("checksum"))?;
+        (crc32c::crc32c(covered) == expected, 6)
+    } else {
+        (true, 0)
+    };
+    let meta_size = be_u32(&rest, meta_at).ok_or(DecodeError::Truncated("metadata size"))? as usize;
+    let meta_start = meta_at + 4;
+    let meta_end = meta_start
+        .checked_add(meta_size)
+        .filter(|e| *e <= rest.len())
+        .ok_or(DecodeError::Truncated("metadata"))?;
+    let metadata =
+        MessageMetadata::decode(rest.slice(meta_start..meta_end)).map_err(DecodeError::Metadata)?;
+    let data = rest.slice(meta_end..);
+    Ok(Payload {
+        raw,
+        checksum_ok,
+        metadata,
+        data,
+        broker_entry_metadata,
+    })
+}
+
+/// Appends a simple (payload-less) command frame.
+pub fn encode_command(command: &BaseCommand, dst: &mut BytesMut) {
+    encode_header(command, 0, dst);
+}
+
+/// Appends everything of a payload command frame except the `raw` payload span,
+/// so the caller can send `raw` (stored bytes) without copying it.
+pub fn encode_header(command: &BaseCommand, raw_len: usize, dst: &mut BytesMut) {
+    let command_size = command.encoded_len();
+    dst.reserve(8 + command_size);
+    dst.put_u32((4 + command_size + raw_len) as u32);
+    dst.put_u32(command_size as u32);
+    // Encoding into a BytesMut with reserved capacity cannot fail.
+    let _ = command.encode(dst);
+}
+
+/// Appends a whole payload command frame.
+pub fn encode_payload_command(command: &BaseCommand, raw: &[u8], dst: &mut BytesMut) {
+    encode_header(command, raw.len(), dst);
+    dst.put_slice(raw);
+}
+
+/// Builds `[0x0e01][crc32c][metadata size][metadata][data]`: a payload as a client sends it.
+pub fn build_payload(metadata: &MessageMetadata, data: &[u8]) -> Bytes {
+    let meta_len = metadata.encoded_len();
+    let mut b = BytesMut::with_capacity(14 + meta_len + data.len());
+    b.put_u16(MAGIC_CRC32C);
+    b.put_u32(0);
+    b.put_u32(meta_len as u32);
+    let _ = metadata.encode(&mut b);
+    b.put_slice(data);
+    let crc = crc32c::crc32c(&b[6..]);
+    b[2..6].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+/// Builds the `[0x0e02][size][BrokerEntryMetadata]` prefix a broker puts before a
+/// stored payload for clients that asked for it.
+pub fn broker_entry_metadata_prefix(meta: &BrokerEntryMetadata) -> Bytes {
+    let len = meta.encoded_len();
+    let mut b = BytesMut::with_capacity(6 + len);
+    b.put_u16(MAGIC_BROKER_ENTRY_METADATA);
+    b.put_u32(len as u32);
+    let _ = meta.encode(&mut b);
+    b.freeze()
+}
+
+/// Splits a batched payload (`num_messages_in_batch` messages, each
+/// `[u32 size][SingleMessageMetadata][payload]`) without copying the payloads.
+pub fn parse_batch(
+    data: &Bytes,
+    count: u32,
+) -> Result<Vec<(SingleMessageMetadata, Bytes)>, DecodeError> {
+    let mut out = Vec::with_capacity((count as usize).min(4096));
+    let mut at = 0usize;
+    for _ in 0..count {
+        let size = be_u32(data, at).ok_or(DecodeError::Batch("truncated metadata size"))? as usize;
+        let start = at + 4;
+        let end = start
+            .checked_add(size)
+            .filter(|e| *e <= data.len())
+            .ok_or(DecodeError::Batch("truncated message metadata"))?;
+        let meta = SingleMessageMetadata::decode(data.slice(start..end))
+            .map_err(|_| DecodeError::Batch("invalid message metadata"))?;
+        let len = usize::try_from(meta.payload_size)
+            .map_err(|_| DecodeError::Batch("negative payload size"))?;
+        let pend = end
+            .checked_add(len)
+            .filter(|e| *e <= data.len())
+            .ok_or(DecodeError::Batch("truncated payload"))?;
+        out.push((meta, data.slice(end..pend)));
+        at = pend;
+    }
+    Ok(out)
+}
