@@ -1,12 +1,29 @@
-//! Kilonova's broker: the stateless serving layer between the protocol edges and
-//! the storage layer (connections, topics, producers, subscriptions, dispatchers).
+//! Kilonova's serving layer: Pulsar-protocol connections, topics, producers,
+//! subscriptions and their dispatchers, over the storage layer's managed logs.
 //!
-//! Today it holds [`TopicName`], the validated form of every topic name a client
-//! sends; the serving layer itself is issue #11's work in progress.
+//! Main types: [`Broker`] (shared state: storage, catalog, loaded topics),
+//! [`accept_loop`] (serves the Pulsar protocol on a listener), [`BrokerConfig`],
+//! [`TopicName`]. One task per connection, one task per loaded topic owning its
+//! state; connections and topics talk through bounded queues.
 //!
-//! It never parses wire bytes (that is `kilonova-pulsar-protocol`) and never
-//! touches files (that is `kilonova-storage`).
+//! This crate never encodes frames by hand (the protocol crate does) and never
+//! writes storage files (the storage crate does).
 
+mod broker;
+pub mod catalog;
+mod commands;
+pub mod config;
+mod connection;
+mod error;
+pub mod key_shared;
+mod outbound;
+mod subscription;
+mod topic;
 pub mod topic_name;
 
+pub use broker::Broker;
+pub use catalog::Catalog;
+pub use config::{AutoTopicType, BrokerConfig};
+pub use connection::accept_loop;
+pub use error::BrokerError;
 pub use topic_name::{Domain, TopicName, TopicNameError};

@@ -1,9 +1,11 @@
-//! The `kilonova` binary: one program for every role. Today: `perf storage`
-//! (the storage engine's benchmark). The broker (`standalone`) comes with issue #11.
+//! The `kilonova` binary: one program for every role. Today: `standalone` (the
+//! broker with embedded storage and metadata) and `perf storage` (the storage
+//! engine's benchmark).
 
 use clap::{Parser, Subcommand};
 
 mod perf;
+mod standalone;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a broker with embedded storage and metadata on this machine.
+    Standalone(standalone::StandaloneArgs),
     /// Benchmarks.
     Perf {
         #[command(subcommand)]
@@ -26,15 +30,21 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
+    let default_level = match cli.command {
+        Command::Standalone(_) => "info",
+        Command::Perf { .. } => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
+        Command::Standalone(args) => standalone::run(args),
         Command::Perf { what } => perf::run(what),
     }
 }

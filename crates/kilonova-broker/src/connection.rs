@@ -1,0 +1,746 @@
+//! One client connection: reads frames, answers what the connection can answer
+//! itself (CONNECT, PING, LOOKUP, metadata, schemas) and routes the rest to topic
+//! tasks. A writer task sends everything queued for the connection, vectored.
+//!
+//! Bad input never takes more than this connection down: a frame over the limit,
+//! bytes that are not a frame, an unknown command or a command before CONNECT
+//! close the connection; bad requests inside valid frames get the protocol's error.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use kilonova_pulsar_protocol::frame::{self, Frame};
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, command_get_topics_of_namespace::Mode,
+    command_lookup_topic_response::LookupType, command_partitioned_topic_metadata_response,
+    CommandConnected, CommandGetOrCreateSchemaResponse, CommandGetSchemaResponse,
+    CommandGetTopicsOfNamespaceResponse, CommandHealthCheckResponse, CommandLookupTopicResponse,
+    CommandPartitionedTopicMetadataResponse, CommandPong, CommandTcClientConnectResponse, KeyValue,
+    Schema, ServerError,
+};
+
+use crate::broker::Broker;
+use crate::catalog::SchemaOutcome;
+use crate::commands;
+use crate::error::BrokerError;
+use crate::outbound::{Out, Outbound};
+use crate::subscription::ConsumerKey;
+use crate::topic::{self, ConnCtx, NewProducer, TopicCommand, TopicHandle};
+use crate::topic_name::{Domain, TopicName};
+
+/// The newest protocol version we speak (v19: the `.proto` we compile).
+const PROTOCOL_VERSION: i32 = 19;
+/// Read buffer kept by an idle connection; a larger one (after a big frame) is dropped.
+const IDLE_READ_BUFFER_BYTES: usize = 16 << 10;
+const READ_CHUNK_BYTES: usize = 8 << 10;
+/// The writer sends up to this much per vectored write.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+const MAX_IO_SLICES: usize = 64;
+
+/// Why the connection ends.
+enum End {
+    /// The peer went away or the broker is closing.
+    Done,
+    /// The peer broke the protocol.
+    Violation(String),
+}
+
+struct Connection {
+    broker: Broker,
+    id: u64,
+    peer: SocketAddr,
+    out: Outbound,
+    connected: bool,
+    wants_entry_metadata: bool,
+    producers: HashMap<u64, TopicHandle>,
+    consumers: HashMap<u64, TopicHandle>,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(
+    broker: Broker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let (out, out_rx, queued) = Outbound::new();
+    let mut writer = tokio::spawn(write_loop(writer, out_rx, queued));
+    let mut conn = Connection {
+        id: broker.next_connection_id(),
+        broker,
+        peer,
+        out,
+        connected: false,
+        wants_entry_metadata: false,
+        producers: HashMap::new(),
+        consumers: HashMap::new(),
+    };
+    tracing::debug!(conn = conn.id, %peer, "connection opened");
+    let keep_alive = Duration::from_secs(conn.broker.config().keep_alive_secs.max(1));
+    let max_frame = conn.broker.config().max_frame_bytes();
+    let mut ticker = tokio::time::interval(keep_alive);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let mut buf = BytesMut::new();
+    let end = loop {
+        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        tokio::select! {
+            read = reader.read_buf(&mut buf) => {
+                match read {
+                    Ok(0) | Err(_) => break End::Done,
+                    Ok(_) => last_seen = Instant::now(),
+                }
+                match conn.drain_frames(&mut buf, max_frame).await {
+                    Ok(()) => {}
+                    Err(end) => break end,
+                }
+                if buf.is_empty() && buf.capacity() > IDLE_READ_BUFFER_BYTES {
+                    buf = BytesMut::new();
+                }
+            }
+            _ = ticker.tick() => {
+                let silent = last_seen.elapsed();
+                if silent >= keep_alive * 2 {
+                    break End::Violation("keep-alive timed out".into());
+                }
+                if silent >= keep_alive {
+                    conn.out.command(commands::with_type(Type::Ping, |b| b.ping = Some(Default::default())));
+                }
+            }
+            _ = shutdown.changed() => break End::Done,
+            _ = &mut writer => break End::Done,
+        }
+    };
+    if let End::Violation(why) = &end {
+        tracing::info!(conn = conn.id, peer = %conn.peer, reason = %why, "closing connection");
+    }
+    conn.release().await;
+    conn.out.close();
+    // Let the writer flush what topics queued (close commands on shutdown).
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    tracing::debug!(conn = conn.id, "connection closed");
+}
+
+impl Connection {
+    async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<(), End> {
+        loop {
+            let frame = match frame::decode(buf, max_frame) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::Violation(format!("bad frame: {e}"))),
+            };
+            self.handle(frame).await?;
+        }
+    }
+
+    /// Detaches this connection's producers and consumers from their topics.
+    async fn release(&mut self) {
+        for (producer_id, h) in self.producers.drain() {
+            let _ = h
+                .send(TopicCommand::RemoveProducer {
+                    conn: self.id,
+                    producer_id,
+                    request_id: None,
+                })
+                .await;
+        }
+        for (id, h) in self.consumers.drain() {
+            let key = ConsumerKey { conn: self.id, id };
+            let _ = h
+                .send(TopicCommand::RemoveConsumer {
+                    key,
+                    request_id: None,
+                })
+                .await;
+        }
+    }
+
+    fn ctx(&self) -> ConnCtx {
+        ConnCtx {
+            id: self.id,
+            out: self.out.clone(),
+            wants_entry_metadata: self.wants_entry_metadata,
+        }
+    }
+
+    fn key(&self, consumer_id: u64) -> ConsumerKey {
+        ConsumerKey {
+            conn: self.id,
+            id: consumer_id,
+        }
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), End> {
+        let Frame { command, payload } = frame;
+        let Ok(t) = Type::try_from(command.r#type) else {
+            return Err(End::Violation(format!(
+                "unknown command type {}",
+                command.r#type
+            )));
+        };
+        if !self.connected && t != Type::Connect {
+            return Err(End::Violation(format!("{t:?} before CONNECT")));
+        }
+        let missing = || End::Violation(format!("{t:?} without its body"));
+        match t {
+            Type::Connect => {
+                let c = command.connect.ok_or_else(missing)?;
+                if self.connected {
+                    return Err(End::Violation("second CONNECT".into()));
+                }
+                self.connected = true;
+                self.wants_entry_metadata = c
+                    .feature_flags
+                    .and_then(|f| f.supports_broker_entry_metadata)
+                    .unwrap_or(false);
+                let version = c.protocol_version.unwrap_or(0).clamp(0, PROTOCOL_VERSION);
+                tracing::debug!(conn = self.id, client = %c.client_version, version, "connected");
+                self.out.command(commands::with_type(Type::Connected, |b| {
+                    b.connected = Some(CommandConnected {
+                        server_version: format!("Kilonova/{}", env!("CARGO_PKG_VERSION")),
+                        protocol_version: Some(version),
+                        max_message_size: i32::try_from(self.broker.config().max_message_bytes)
+                            .ok(),
+                    });
+                }));
+            }
+            Type::Ping => self.out.command(commands::with_type(Type::Pong, |b| {
+                b.pong = Some(CommandPong {})
+            })),
+            Type::Pong => {}
+            Type::Lookup => {
+                let l = command.lookup_topic.ok_or_else(missing)?;
+                let result = TopicName::parse(&l.topic)
+                    .map_err(BrokerError::from)
+                    .and_then(|n| {
+                        let ns = n.namespace_name();
+                        if self.broker.catalog().namespace_exists(&ns) {
+                            Ok(())
+                        } else {
+                            Err(BrokerError::NamespaceNotFound(ns))
+                        }
+                    });
+                let url = self.broker.service_url().to_string();
+                self.out
+                    .command(commands::with_type(Type::LookupResponse, |b| {
+                        b.lookup_topic_response = Some(match result {
+                            Ok(()) => CommandLookupTopicResponse {
+                                broker_service_url: Some(url),
+                                response: Some(LookupType::Connect as i32),
+                                request_id: l.request_id,
+                                authoritative: Some(true),
+                                ..Default::default()
+                            },
+                            Err(e) => CommandLookupTopicResponse {
+                                response: Some(LookupType::Failed as i32),
+                                request_id: l.request_id,
+                                error: Some(e.server_error() as i32),
+                                message: Some(e.to_string()),
+                                ..Default::default()
+                            },
+                        });
+                    }));
+            }
+            Type::PartitionedMetadata => {
+                let m = command.partition_metadata.ok_or_else(missing)?;
+                let result = TopicName::parse(&m.topic)
+                    .map_err(BrokerError::from)
+                    .and_then(|n| self.broker.partitions(&n));
+                use command_partitioned_topic_metadata_response::LookupType as L;
+                self.out.command(commands::with_type(
+                    Type::PartitionedMetadataResponse,
+                    |b| {
+                        b.partition_metadata_response = Some(match result {
+                            Ok(n) => CommandPartitionedTopicMetadataResponse {
+                                partitions: Some(n),
+                                request_id: m.request_id,
+                                response: Some(L::Success as i32),
+                                ..Default::default()
+                            },
+                            Err(e) => CommandPartitionedTopicMetadataResponse {
+                                request_id: m.request_id,
+                                response: Some(L::Failed as i32),
+                                error: Some(e.server_error() as i32),
+                                message: Some(e.to_string()),
+                                ..Default::default()
+                            },
+                        });
+                    },
+                ));
+            }
+            Type::Producer => {
+                let p = command.producer.ok_or_else(missing)?;
+                let topic = match self.open_topic(&p.topic) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.out.command(commands::broker_error(p.request_id, &e));
+                        return Ok(());
+                    }
+                };
+                self.producers.insert(p.producer_id, topic.clone());
+                let access_mode = p.producer_access_mode();
+                let cmd = TopicCommand::AddProducer(NewProducer {
+                    conn: self.ctx(),
+                    producer_id: p.producer_id,
+                    request_id: p.request_id,
+                    name: p.producer_name,
+                    access_mode,
+                    schema: p.schema,
+                });
+                self.to_topic(&topic, cmd, Some(p.request_id)).await;
+            }
+            Type::Send => {
+                let s = command.send.ok_or_else(missing)?;
+                let payload =
+                    payload.ok_or_else(|| End::Violation("SEND without a payload".into()))?;
+                let Some(topic) = self.producers.get(&s.producer_id).cloned() else {
+                    return Err(End::Violation(format!(
+                        "SEND for producer {} that this connection did not create",
+                        s.producer_id
+                    )));
+                };
+                let cmd = TopicCommand::Send {
+                    conn: self.id,
+                    producer_id: s.producer_id,
+                    sequence_id: s.sequence_id,
+                    highest_sequence_id: s.highest_sequence_id.unwrap_or(0).max(s.sequence_id),
+                    payload,
+                };
+                if topic.send(cmd).await.is_err() {
+                    self.out.command(commands::send_error(
+                        s.producer_id,
+                        s.sequence_id,
+                        ServerError::ServiceNotReady,
+                        "topic is not available",
+                    ));
+                }
+            }
+            Type::CloseProducer => {
+                let c = command.close_producer.ok_or_else(missing)?;
+                match self.producers.remove(&c.producer_id) {
+                    Some(h) => {
+                        let cmd = TopicCommand::RemoveProducer {
+                            conn: self.id,
+                            producer_id: c.producer_id,
+                            request_id: Some(c.request_id),
+                        };
+                        self.to_topic(&h, cmd, Some(c.request_id)).await;
+                    }
+                    None => self.out.command(commands::success(c.request_id)),
+                }
+            }
+            Type::Subscribe => {
+                let s = command.subscribe.ok_or_else(missing)?;
+                let topic = match self.open_topic(&s.topic) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.out.command(commands::broker_error(s.request_id, &e));
+                        return Ok(());
+                    }
+                };
+                self.consumers.insert(s.consumer_id, topic.clone());
+                let request_id = s.request_id;
+                let cmd = TopicCommand::Subscribe {
+                    conn: self.ctx(),
+                    command: Box::new(s),
+                };
+                self.to_topic(&topic, cmd, Some(request_id)).await;
+            }
+            Type::Flow => {
+                let f = command.flow.ok_or_else(missing)?;
+                let key = self.key(f.consumer_id);
+                self.to_consumer(
+                    f.consumer_id,
+                    TopicCommand::Flow {
+                        key,
+                        permits: f.message_permits,
+                    },
+                    None,
+                )
+                .await;
+            }
+            Type::Ack => {
+                let a = command.ack.ok_or_else(missing)?;
+                let key = self.key(a.consumer_id);
+                let (id, request_id) = (a.consumer_id, a.request_id);
+                self.to_consumer(id, TopicCommand::Ack { key, ack: a }, request_id)
+                    .await;
+            }
+            Type::RedeliverUnacknowledgedMessages => {
+                let r = command
+                    .redeliver_unacknowledged_messages
+                    .ok_or_else(missing)?;
+                let key = self.key(r.consumer_id);
+                self.to_consumer(
+                    r.consumer_id,
+                    TopicCommand::Redeliver {
+                        key,
+                        ids: r.message_ids,
+                    },
+                    None,
+                )
+                .await;
+            }
+            Type::Seek => {
+                let s = command.seek.ok_or_else(missing)?;
+                let key = self.key(s.consumer_id);
+                self.to_consumer(
+                    s.consumer_id,
+                    TopicCommand::Seek {
+                        key,
+                        request_id: s.request_id,
+                        message_id: s.message_id,
+                        publish_time_ms: s.message_publish_time,
+                    },
+                    Some(s.request_id),
+                )
+                .await;
+            }
+            Type::GetLastMessageId => {
+                let g = command.get_last_message_id.ok_or_else(missing)?;
+                let key = self.key(g.consumer_id);
+                self.to_consumer(
+                    g.consumer_id,
+                    TopicCommand::GetLastMessageId {
+                        key,
+                        request_id: g.request_id,
+                    },
+                    Some(g.request_id),
+                )
+                .await;
+            }
+            Type::Unsubscribe => {
+                let u = command.unsubscribe.ok_or_else(missing)?;
+                let key = self.key(u.consumer_id);
+                self.to_consumer(
+                    u.consumer_id,
+                    TopicCommand::Unsubscribe {
+                        key,
+                        request_id: u.request_id,
+                    },
+                    Some(u.request_id),
+                )
+                .await;
+            }
+            Type::CloseConsumer => {
+                let c = command.close_consumer.ok_or_else(missing)?;
+                match self.consumers.remove(&c.consumer_id) {
+                    Some(h) => {
+                        let key = self.key(c.consumer_id);
+                        let cmd = TopicCommand::RemoveConsumer {
+                            key,
+                            request_id: Some(c.request_id),
+                        };
+                        self.to_topic(&h, cmd, Some(c.request_id)).await;
+                    }
+                    None => self.out.command(commands::success(c.request_id)),
+                }
+            }
+            Type::GetTopicsOfNamespace => {
+                let g = command.get_topics_of_namespace.ok_or_else(missing)?;
+                self.topics_of_namespace(g);
+            }
+            Type::GetSchema => {
+                let g = command.get_schema.ok_or_else(missing)?;
+                let version = g
+                    .schema_version
+                    .as_ref()
+                    .filter(|v| v.len() == 8)
+                    .map(|v| v.clone().get_u64());
+                let found = TopicName::parse(&g.topic)
+                    .ok()
+                    .and_then(|t| self.broker.catalog().schema(&t, version));
+                self.out
+                    .command(commands::with_type(Type::GetSchemaResponse, |b| {
+                        b.get_schema_response = Some(match found {
+                            Some((v, s)) => CommandGetSchemaResponse {
+                                request_id: g.request_id,
+                                schema: Some(Schema {
+                                    name: s.name,
+                                    schema_data: Bytes::from(s.data),
+                                    r#type: s.kind,
+                                    properties: s
+                                        .properties
+                                        .into_iter()
+                                        .map(|(key, value)| KeyValue { key, value })
+                                        .collect(),
+                                }),
+                                schema_version: Some(topic::schema_version_bytes(v)),
+                                ..Default::default()
+                            },
+                            None => CommandGetSchemaResponse {
+                                request_id: g.request_id,
+                                error_code: Some(ServerError::TopicNotFound as i32),
+                                error_message: Some(format!(
+                                    "topic {} not found or has no schema",
+                                    g.topic
+                                )),
+                                ..Default::default()
+                            },
+                        });
+                    }));
+            }
+            Type::GetOrCreateSchema => {
+                let g = command.get_or_create_schema.ok_or_else(missing)?;
+                let result = TopicName::parse(&g.topic)
+                    .map_err(BrokerError::from)
+                    .and_then(|t| {
+                        self.broker
+                            .catalog()
+                            .get_or_create_schema(&t, topic::schema_record(&g.schema))
+                    });
+                self.out
+                    .command(commands::with_type(Type::GetOrCreateSchemaResponse, |b| {
+                        let mut r = CommandGetOrCreateSchemaResponse {
+                            request_id: g.request_id,
+                            ..Default::default()
+                        };
+                        match result {
+                            Ok(SchemaOutcome::Version(v)) => {
+                                r.schema_version = Some(topic::schema_version_bytes(v))
+                            }
+                            Ok(SchemaOutcome::Incompatible) => {
+                                r.error_code = Some(ServerError::IncompatibleSchema as i32);
+                                r.error_message = Some("incompatible schema".into());
+                            }
+                            Err(e) => {
+                                r.error_code = Some(e.server_error() as i32);
+                                r.error_message = Some(e.to_string());
+                            }
+                        }
+                        b.get_or_create_schema_response = Some(r);
+                    }));
+            }
+            Type::HealthCheck => {
+                let h = command.health_check.ok_or_else(missing)?;
+                self.out
+                    .command(commands::with_type(Type::HealthCheckResponse, |b| {
+                        b.health_check_response = Some(CommandHealthCheckResponse {
+                            request_id: h.request_id,
+                            ok: true,
+                            ..Default::default()
+                        });
+                    }));
+            }
+            Type::TcClientConnectRequest => {
+                let r = command.tc_client_connect_request.ok_or_else(missing)?;
+                self.out
+                    .command(commands::with_type(Type::TcClientConnectResponse, |b| {
+                        b.tc_client_connect_response = Some(CommandTcClientConnectResponse {
+                            request_id: r.request_id,
+                            error: Some(ServerError::TransactionCoordinatorNotFound as i32),
+                            message: Some("transactions are not supported".into()),
+                        });
+                    }));
+            }
+            Type::AuthResponse => {}
+            other => {
+                return Err(End::Violation(format!(
+                    "unexpected command {other:?} from a client"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn open_topic(&self, name: &str) -> Result<TopicHandle, BrokerError> {
+        let name = TopicName::parse(name)?;
+        self.broker.topic(&name)
+    }
+
+    /// Queues a command for a topic; if the topic is gone, answers the request.
+    async fn to_topic(&self, topic: &TopicHandle, cmd: TopicCommand, request_id: Option<u64>) {
+        if topic.send(cmd).await.is_err() {
+            if let Some(r) = request_id {
+                self.out.command(commands::error(
+                    r,
+                    ServerError::ServiceNotReady,
+                    "topic is not available; retry",
+                ));
+            }
+        }
+    }
+
+    async fn to_consumer(&self, consumer_id: u64, cmd: TopicCommand, request_id: Option<u64>) {
+        match self.consumers.get(&consumer_id) {
+            Some(h) => self.to_topic(h, cmd, request_id).await,
+            None => {
+                if let Some(r) = request_id {
+                    self.out.command(commands::error(
+                        r,
+                        ServerError::ConsumerNotFound,
+                        format!("consumer {consumer_id} not found"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn topics_of_namespace(&self, g: kilonova_pulsar_protocol::proto::CommandGetTopicsOfNamespace) {
+        let domain = match g.mode() {
+            Mode::Persistent => Some(Domain::Persistent),
+            Mode::NonPersistent => Some(Domain::NonPersistent),
+            Mode::All => None,
+        };
+        let result = self
+            .broker
+            .catalog()
+            .topics_of_namespace(&g.namespace, domain);
+        let reply = match result {
+            Err(e) => commands::broker_error(g.request_id, &e),
+            Ok(mut topics) => {
+                let mut filtered = false;
+                if let Some(p) = g.topics_pattern.as_deref() {
+                    if let Some(re) = compile_pattern(p) {
+                        topics.retain(|t| {
+                            let short = t.split_once("://").map_or(t.as_str(), |(_, r)| r);
+                            re.is_match(t) || re.is_match(short)
+                        });
+                        filtered = true;
+                    }
+                }
+                let hash = format!("{:08x}", crc32c::crc32c(topics.join(",").as_bytes()));
+                let unchanged = g.topics_hash.as_deref() == Some(hash.as_str());
+                commands::with_type(Type::GetTopicsOfNamespaceResponse, |b| {
+                    b.get_topics_of_namespace_response =
+                        Some(CommandGetTopicsOfNamespaceResponse {
+                            request_id: g.request_id,
+                            topics: if unchanged { Vec::new() } else { topics },
+                            filtered: Some(filtered),
+                            topics_hash: Some(hash),
+                            changed: Some(!unchanged),
+                        });
+                })
+            }
+        };
+        self.out.command(reply);
+    }
+}
+
+/// A client's topic pattern (a Java regex matched against whole names), if our
+/// regex engine accepts it within bounded size; clients filter again themselves.
+fn compile_pattern(p: &str) -> Option<regex::Regex> {
+    regex::RegexBuilder::new(&format!("^(?:{p})$"))
+        .size_limit(1 << 20)
+        .build()
+        .ok()
+}
+
+/// Writes what is queued for the connection, many frames per vectored write.
+async fn write_loop(
+    mut w: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut parts: VecDeque<Bytes> = VecDeque::new();
+    'outer: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut batch = 0usize;
+        let mut close = false;
+        while let Some(out) = next.take() {
+            batch += out.len();
+            match out {
+                Out::Frame(b) => parts.push_back(b),
+                Out::Message {
+                    header,
+                    prefix,
+                    payload,
+                } => {
+                    parts.push_back(header);
+                    parts.extend(prefix);
+                    parts.push_back(payload);
+                }
+                Out::Close => {
+                    close = true;
+                    break;
+                }
+            }
+            if batch < WRITE_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        while !parts.is_empty() {
+            let slices: Vec<IoSlice<'_>> = parts
+                .iter()
+                .take(MAX_IO_SLICES)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            let mut n = match w.write_vectored(&slices).await {
+                Ok(0) | Err(_) => break 'outer,
+                Ok(n) => n,
+            };
+            while n > 0 {
+                let Some(front) = parts.front_mut() else {
+                    break;
+                };
+                if n >= front.len() {
+                    n -= front.len();
+                    parts.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        queued.fetch_sub(batch, Ordering::Relaxed);
+        if close {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Serves the Pulsar protocol on `listener`: accepts until `stop_accepting` changes,
+/// closes every connection when `close_connections` changes (after the broker closed
+/// its producers and consumers), and returns once all connections are closed.
+pub async fn accept_loop(
+    broker: Broker,
+    listener: tokio::net::TcpListener,
+    mut stop_accepting: watch::Receiver<bool>,
+    close_connections: watch::Receiver<bool>,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                if open.load(Ordering::Relaxed) >= broker.config().max_connections {
+                    tracing::warn!(%peer, "refusing a connection: max_connections reached");
+                    drop(stream);
+                    continue;
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                let (b, o, s) = (broker.clone(), open.clone(), close_connections.clone());
+                tasks.spawn(async move {
+                    serve(b, stream, peer, s).await;
+                    o.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = stop_accepting.changed() => break,
+        }
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+}

@@ -1,0 +1,128 @@
+//! The broker's errors, and their one mapping to the protocol's `ServerError` codes.
+
+use kilonova_pulsar_protocol::proto::ServerError;
+use kilonova_storage::StorageError;
+
+use crate::topic_name::TopicNameError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    InvalidTopicName(#[from] TopicNameError),
+    #[error("namespace {0} does not exist")]
+    NamespaceNotFound(String),
+    #[error("topic {0} does not exist")]
+    TopicNotFound(String),
+    #[error("subscription {0} does not exist")]
+    SubscriptionNotFound(String),
+    #[error("{0}")]
+    ConsumerBusy(String),
+    #[error("{0}")]
+    ProducerBusy(String),
+    #[error("producer was fenced by an exclusive producer")]
+    ProducerFenced,
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("{0}")]
+    IncompatibleSchema(String),
+    #[error("{0}")]
+    ConsumerAssign(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("metadata: {0}")]
+    Metadata(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+impl BrokerError {
+    /// The code a client sees for this error.
+    pub fn server_error(&self) -> ServerError {
+        match self {
+            BrokerError::InvalidTopicName(_) => ServerError::InvalidTopicName,
+            BrokerError::NamespaceNotFound(_) | BrokerError::TopicNotFound(_) => {
+                ServerError::TopicNotFound
+            }
+            BrokerError::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
+            BrokerError::ConsumerBusy(_) => ServerError::ConsumerBusy,
+            BrokerError::ProducerBusy(_) => ServerError::ProducerBusy,
+            BrokerError::ProducerFenced => ServerError::ProducerFenced,
+            BrokerError::NotAllowed(_) | BrokerError::Conflict(_) | BrokerError::BadRequest(_) => {
+                ServerError::NotAllowedError
+            }
+            BrokerError::IncompatibleSchema(_) => ServerError::IncompatibleSchema,
+            BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
+            BrokerError::Metadata(_) => ServerError::MetadataError,
+            BrokerError::Storage(_) => ServerError::PersistenceError,
+            BrokerError::ShuttingDown => ServerError::ServiceNotReady,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_stable_server_error() {
+        let cases = [
+            (
+                BrokerError::InvalidTopicName(TopicNameError::Empty),
+                ServerError::InvalidTopicName,
+            ),
+            (
+                BrokerError::NamespaceNotFound("a/b".into()),
+                ServerError::TopicNotFound,
+            ),
+            (
+                BrokerError::TopicNotFound("t".into()),
+                ServerError::TopicNotFound,
+            ),
+            (
+                BrokerError::SubscriptionNotFound("s".into()),
+                ServerError::SubscriptionNotFound,
+            ),
+            (
+                BrokerError::ConsumerBusy("x".into()),
+                ServerError::ConsumerBusy,
+            ),
+            (
+                BrokerError::ProducerBusy("x".into()),
+                ServerError::ProducerBusy,
+            ),
+            (BrokerError::ProducerFenced, ServerError::ProducerFenced),
+            (
+                BrokerError::NotAllowed("x".into()),
+                ServerError::NotAllowedError,
+            ),
+            (
+                BrokerError::IncompatibleSchema("x".into()),
+                ServerError::IncompatibleSchema,
+            ),
+            (
+                BrokerError::ConsumerAssign("x".into()),
+                ServerError::ConsumerAssignError,
+            ),
+            (
+                BrokerError::Metadata("x".into()),
+                ServerError::MetadataError,
+            ),
+            (
+                BrokerError::Storage(StorageError::Closed),
+                ServerError::PersistenceError,
+            ),
+            (BrokerError::ShuttingDown, ServerError::ServiceNotReady),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.server_error(), code, "{e}");
+        }
+        // The wire values themselves are part of the protocol.
+        assert_eq!(ServerError::TopicNotFound as i32, 11);
+        assert_eq!(ServerError::ChecksumError as i32, 9);
+        assert_eq!(ServerError::NotAllowedError as i32, 22);
+    }
+}

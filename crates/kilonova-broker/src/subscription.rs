@@ -1,0 +1,533 @@
+//! A subscription: its consumers, which of them gets each entry, and what is
+//! waiting for an acknowledgement or a redelivery.
+//!
+//! * Exclusive / Failover: one active consumer reads the cursor in order. Failover
+//!   picks the active consumer by priority level, then name (for partition `i` of
+//!   a partitioned topic, the `i mod n`-th), and announces changes. When the
+//!   active consumer changes or asks for redelivery, the cursor rewinds to its
+//!   first unacknowledged entry.
+//! * Shared: round robin over consumers with permits, higher priority (lower level)
+//!   first. Redelivered entries go out before new ones.
+//! * Key_Shared: [`crate::key_shared::Selector`] owns keys. An entry whose owner has no
+//!   permits waits in the redelivery set (so later entries of its key cannot pass
+//!   it). A consumer that joins gets no entry at or after the read position it joined
+//!   at until everything before that position is acknowledged: entries of its keys
+//!   may still be in flight at the consumer that owned them before.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use kilonova_pulsar_protocol::frame;
+use kilonova_pulsar_protocol::proto::{base_command::Type, BrokerEntryMetadata, CommandMessage};
+use kilonova_storage::{Entry, ManagedLog, Position, StorageError};
+
+use crate::commands;
+use crate::error::BrokerError;
+use crate::key_shared::{self, Selector};
+use crate::outbound::Outbound;
+
+/// A consumer, unique in the broker: (connection id, the client's consumer id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ConsumerKey {
+    pub conn: u64,
+    pub id: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SubKind {
+    Exclusive,
+    Shared,
+    Failover,
+    KeyShared,
+}
+
+impl SubKind {
+    fn single_active(self) -> bool {
+        matches!(self, SubKind::Exclusive | SubKind::Failover)
+    }
+}
+
+pub(crate) struct Consumer {
+    pub key: ConsumerKey,
+    pub name: String,
+    pub priority: i32,
+    pub permits: i64,
+    pub out: Outbound,
+    pub epoch: Option<u64>,
+    /// Whether the client parses broker entry metadata (`0x0e02`) in front of payloads.
+    pub wants_entry_metadata: bool,
+    /// Key_Shared: entries at or after this wait until it is acknowledged up to it.
+    pub joined_at: Option<Position>,
+    pub sticky_ranges: Vec<(u32, u32)>,
+}
+
+/// What a subscription needs from the topic to dispatch.
+pub(crate) struct DispatchLimits {
+    pub batch_entries: usize,
+    pub max_redelivery_backlog: usize,
+}
+
+pub(crate) struct Subscription {
+    pub name: String,
+    pub kind: SubKind,
+    pub durable: bool,
+    pub consumers: Vec<Consumer>,
+    /// Partition index of the topic (failover spreads partitions over consumers).
+    partition: Option<u32>,
+    active: Option<ConsumerKey>,
+    /// Dispatched, not yet acknowledged: entry → consumer.
+    pending: BTreeMap<Position, ConsumerKey>,
+    /// Entries to send again (shared / key_shared), oldest first.
+    replay: BTreeSet<Position>,
+    redeliveries: BTreeMap<Position, u32>,
+    /// Batch entries partly acknowledged: the ack set of messages still unacknowledged.
+    partial_acks: BTreeMap<Position, Vec<i64>>,
+    selector: Selector<ConsumerKey>,
+    round_robin: usize,
+}
+
+impl Subscription {
+    pub(crate) fn new(name: String, kind: SubKind, durable: bool, partition: Option<u32>) -> Self {
+        Subscription {
+            name,
+            kind,
+            durable,
+            consumers: Vec::new(),
+            partition,
+            active: None,
+            pending: BTreeMap::new(),
+            replay: BTreeSet::new(),
+            redeliveries: BTreeMap::new(),
+            partial_acks: BTreeMap::new(),
+            selector: Selector::default(),
+            round_robin: 0,
+        }
+    }
+
+    /// Checks that `c` may join, then adds it. `read_position` is the cursor's read
+    /// position now (where a key_shared newcomer's restriction starts).
+    pub(crate) fn add_consumer(
+        &mut self,
+        kind: SubKind,
+        mut c: Consumer,
+        read_position: Option<Position>,
+    ) -> Result<(), BrokerError> {
+        if kind != self.kind && !self.consumers.is_empty() {
+            return Err(BrokerError::ConsumerBusy(format!(
+                "subscription {} is {:?}, not {kind:?}",
+                self.name, self.kind
+            )));
+        }
+        self.kind = kind;
+        if kind == SubKind::Exclusive && !self.consumers.is_empty() {
+            return Err(BrokerError::ConsumerBusy(format!(
+                "exclusive subscription {} already has a consumer",
+                self.name
+            )));
+        }
+        if self.consumers.iter().any(|x| x.key == c.key) {
+            return Err(BrokerError::ConsumerBusy(format!(
+                "consumer id {} is already subscribed",
+                c.key.id
+            )));
+        }
+        if kind == SubKind::KeyShared {
+            if c.sticky_ranges.is_empty() {
+                let seed = format!("{}/{}/{}", c.name, c.key.conn, c.key.id);
+                self.selector.add_auto(c.key, &seed);
+            } else {
+                self.selector
+                    .add_sticky(c.key, &c.sticky_ranges)
+                    .map_err(BrokerError::ConsumerAssign)?;
+            }
+            if !self.consumers.is_empty() {
+                c.joined_at = read_position;
+            }
+        }
+        self.consumers.push(c);
+        self.update_active();
+        Ok(())
+    }
+
+    /// Removes a consumer; what it had not acknowledged goes to the others.
+    pub(crate) fn remove_consumer(&mut self, key: ConsumerKey, log: Option<&mut ManagedLog>) {
+        let Some(i) = self.consumers.iter().position(|c| c.key == key) else {
+            return;
+        };
+        self.consumers.remove(i);
+        self.selector.remove(key);
+        if self.kind.single_active() {
+            if self.active == Some(key) {
+                self.rewind(log);
+            }
+        } else {
+            let mine: Vec<Position> = self
+                .pending
+                .iter()
+                .filter(|(_, c)| **c == key)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in mine {
+                self.pending.remove(&p);
+                self.replay.insert(p);
+                *self.redeliveries.entry(p).or_default() += 1;
+            }
+        }
+        self.update_active();
+    }
+
+    pub(crate) fn consumer_mut(&mut self, key: ConsumerKey) -> Option<&mut Consumer> {
+        self.consumers.iter_mut().find(|c| c.key == key)
+    }
+
+    /// Failover / exclusive: recomputes the active consumer and tells every consumer
+    /// whether it is active when that changes.
+    fn update_active(&mut self) {
+        if !self.kind.single_active() {
+            self.active = None;
+            return;
+        }
+        let mut order: Vec<&Consumer> = self.consumers.iter().collect();
+        order.sort_by(|a, b| (a.priority, &a.name, a.key).cmp(&(b.priority, &b.name, b.key)));
+        let new = if order.is_empty() {
+            None
+        } else {
+            let i = self.partition.map_or(0, |p| p as usize % order.len());
+            order.get(i).map(|c| c.key)
+        };
+        if new == self.active {
+            return;
+        }
+        self.active = new;
+        if self.kind == SubKind::Failover {
+            for c in &self.consumers {
+                c.out.command(commands::active_consumer_change(
+                    c.key.id,
+                    Some(c.key) == new,
+                ));
+            }
+        }
+    }
+
+    /// Tells a new failover consumer whether it is active (the others heard of changes).
+    pub(crate) fn announce_to(&self, key: ConsumerKey) {
+        if self.kind != SubKind::Failover {
+            return;
+        }
+        if let Some(c) = self.consumers.iter().find(|c| c.key == key) {
+            c.out.command(commands::active_consumer_change(
+                key.id,
+                self.active == Some(key),
+            ));
+        }
+    }
+
+    /// Everything unacknowledged is sent again from the first unacknowledged entry.
+    fn rewind(&mut self, log: Option<&mut ManagedLog>) {
+        for p in std::mem::take(&mut self.pending).into_keys() {
+            *self.redeliveries.entry(p).or_default() += 1;
+        }
+        self.replay.clear();
+        if let Some(log) = log {
+            if let Err(e) = log.rewind(&self.name) {
+                tracing::warn!(subscription = %self.name, error = %e, "rewind failed");
+            }
+        }
+    }
+
+    /// The client asks for its unacknowledged entries again (negative acks, ack
+    /// timeout): the listed ones, or all of this consumer's if none are listed.
+    pub(crate) fn redeliver(
+        &mut self,
+        key: ConsumerKey,
+        positions: &[Position],
+        log: Option<&mut ManagedLog>,
+    ) {
+        if self.kind.single_active() {
+            if self.active == Some(key) {
+                self.rewind(log);
+            }
+            return;
+        }
+        let chosen: Vec<Position> = if positions.is_empty() {
+            self.pending
+                .iter()
+                .filter(|(_, c)| **c == key)
+                .map(|(p, _)| *p)
+                .collect()
+        } else {
+            positions
+                .iter()
+                .copied()
+                .filter(|p| self.pending.get(p) == Some(&key))
+                .collect()
+        };
+        for p in chosen {
+            self.pending.remove(&p);
+            self.replay.insert(p);
+            *self.redeliveries.entry(p).or_default() += 1;
+        }
+    }
+
+    /// Individual acknowledgement of an entry, or of some messages of a batch entry
+    /// (`ack_set`: the messages still unacknowledged, as a bit set).
+    pub(crate) fn ack(
+        &mut self,
+        log: &mut ManagedLog,
+        p: Position,
+        ack_set: &[i64],
+    ) -> Result<(), StorageError> {
+        if !ack_set.is_empty() {
+            let remaining = self
+                .partial_acks
+                .entry(p)
+                .or_insert_with(|| ack_set.to_vec());
+            for (r, a) in remaining.iter_mut().zip(ack_set) {
+                *r &= *a;
+            }
+            if remaining.iter().any(|w| *w != 0) {
+                return Ok(());
+            }
+        }
+        self.forget(p);
+        log.ack(&self.name, p)
+    }
+
+    pub(crate) fn ack_cumulative(
+        &mut self,
+        log: &mut ManagedLog,
+        p: Position,
+    ) -> Result<(), StorageError> {
+        let after = Position::new(p.segment, p.entry.saturating_add(1));
+        self.pending = self.pending.split_off(&after);
+        self.redeliveries = self.redeliveries.split_off(&after);
+        self.partial_acks = self.partial_acks.split_off(&after);
+        self.replay = self.replay.split_off(&after);
+        log.ack_cumulative(&self.name, p)
+    }
+
+    fn forget(&mut self, p: Position) {
+        self.pending.remove(&p);
+        self.replay.remove(&p);
+        self.redeliveries.remove(&p);
+        self.partial_acks.remove(&p);
+    }
+
+    /// After the cursor was moved (seek): nothing in flight counts any more.
+    pub(crate) fn reset(&mut self) {
+        self.pending.clear();
+        self.replay.clear();
+        self.redeliveries.clear();
+        self.partial_acks.clear();
+    }
+
+    fn has_permits(&self) -> bool {
+        self.consumers.iter().any(|c| c.permits > 0)
+    }
+
+    /// Sends what the consumers have permits for. Returns how many entries went out.
+    pub(crate) fn dispatch(
+        &mut self,
+        log: &mut ManagedLog,
+        limits: &DispatchLimits,
+    ) -> Result<usize, StorageError> {
+        if self.consumers.is_empty() {
+            return Ok(0);
+        }
+        if self.kind.single_active() {
+            return self.dispatch_single(log, limits);
+        }
+        let mut sent = 0;
+        let floor = first_unacked(log, &self.name);
+        // Redeliveries first, oldest first.
+        let replay: Vec<Position> = self.replay.iter().copied().collect();
+        for p in replay {
+            if !self.has_permits() {
+                break;
+            }
+            let entry = match log.read_entry(p) {
+                Ok(e) => e,
+                Err(StorageError::NoSuchEntry { .. }) => {
+                    // Trimmed or acknowledged meanwhile.
+                    self.forget(p);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(i) = self.pick(&entry, floor) {
+                self.replay.remove(&p);
+                self.send(i, &entry);
+                sent += 1;
+            }
+        }
+        // Then new entries.
+        while self.has_permits() && self.replay.len() < limits.max_redelivery_backlog {
+            let want = self
+                .consumers
+                .iter()
+                .map(|c| c.permits.max(0) as usize)
+                .sum::<usize>()
+                .min(limits.batch_entries);
+            let entries = log.read_next(&self.name, want)?;
+            if entries.is_empty() {
+                break;
+            }
+            for entry in entries {
+                match self.pick(&entry, floor) {
+                    Some(i) => {
+                        self.send(i, &entry);
+                        sent += 1;
+                    }
+                    None => {
+                        self.replay.insert(entry.position);
+                    }
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    fn dispatch_single(
+        &mut self,
+        log: &mut ManagedLog,
+        limits: &DispatchLimits,
+    ) -> Result<usize, StorageError> {
+        let Some(i) = self
+            .active
+            .and_then(|k| self.consumers.iter().position(|c| c.key == k))
+        else {
+            return Ok(0);
+        };
+        let mut sent = 0;
+        while let Some(permits) = self.consumers.get(i).map(|c| c.permits).filter(|p| *p > 0) {
+            let entries =
+                log.read_next(&self.name, (permits as usize).min(limits.batch_entries))?;
+            if entries.is_empty() {
+                break;
+            }
+            for entry in &entries {
+                self.send(i, entry);
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Which consumer (index) gets `entry` now, if any.
+    /// `floor`: the first unacknowledged entry of the subscription.
+    fn pick(&mut self, entry: &Entry, floor: Position) -> Option<usize> {
+        match self.kind {
+            SubKind::KeyShared => {
+                let owner = self
+                    .selector
+                    .owner(key_shared::slot(&entry_key(&entry.data)))?;
+                let i = self.consumers.iter().position(|c| c.key == owner)?;
+                let c = self.consumers.get_mut(i)?;
+                if let Some(j) = c.joined_at {
+                    if floor >= j {
+                        c.joined_at = None;
+                    } else if entry.position >= j {
+                        return None;
+                    }
+                }
+                (c.permits > 0).then_some(i)
+            }
+            _ => {
+                // Highest priority (lowest level) with permits, round robin within it.
+                let best = self
+                    .consumers
+                    .iter()
+                    .filter(|c| c.permits > 0)
+                    .map(|c| c.priority)
+                    .min()?;
+                let n = self.consumers.len();
+                for k in 0..n {
+                    let i = (self.round_robin + k) % n;
+                    let c = self.consumers.get(i)?;
+                    if c.permits > 0 && c.priority == best {
+                        self.round_robin = (i + 1) % n;
+                        return Some(i);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Non-persistent topics: sends `entry` to the consumer that would get it now, or
+    /// drops it if that consumer has no permits. Nothing is kept for redelivery.
+    pub(crate) fn deliver_or_drop(&mut self, entry: &Entry) -> bool {
+        let target = if self.kind.single_active() {
+            self.active
+                .and_then(|k| self.consumers.iter().position(|c| c.key == k))
+                .filter(|i| self.consumers.get(*i).is_some_and(|c| c.permits > 0))
+        } else {
+            self.pick(entry, Position::new(u64::MAX, u64::MAX))
+        };
+        let Some(c) = target.and_then(|i| self.consumers.get_mut(i)) else {
+            return false;
+        };
+        c.permits -= i64::from(entry.message_count);
+        send_entry(c, entry, 0, Vec::new());
+        true
+    }
+
+    fn send(&mut self, i: usize, entry: &Entry) {
+        let redelivery_count = self.redeliveries.get(&entry.position).copied();
+        let ack_set = self
+            .partial_acks
+            .get(&entry.position)
+            .cloned()
+            .unwrap_or_default();
+        let Some(c) = self.consumers.get_mut(i) else {
+            return;
+        };
+        c.permits -= i64::from(entry.message_count);
+        self.pending.insert(entry.position, c.key);
+        send_entry(c, entry, redelivery_count.unwrap_or(0), ack_set);
+    }
+}
+
+/// The first entry the subscription has not acknowledged (entries before it all are).
+fn first_unacked(log: &ManagedLog, name: &str) -> Position {
+    log.cursor_info(name)
+        .ok()
+        .and_then(|i| i.mark_delete)
+        .map_or_else(
+            || Position::new(0, 0),
+            |m| Position::new(m.segment, m.entry + 1),
+        )
+}
+
+/// The key Key_Shared routes by: the ordering key, else the partition key.
+fn entry_key(payload: &Bytes) -> Bytes {
+    match frame::decode_payload(payload.clone()) {
+        Ok(p) => p
+            .metadata
+            .ordering_key
+            .or_else(|| p.metadata.partition_key.map(Bytes::from))
+            .unwrap_or_default(),
+        Err(_) => Bytes::new(),
+    }
+}
+
+/// Sends one entry to a consumer as a MESSAGE frame with the stored payload bytes.
+pub(crate) fn send_entry(c: &Consumer, entry: &Entry, redelivery_count: u32, ack_set: Vec<i64>) {
+    let command = commands::with_type(Type::Message, |b| {
+        b.message = Some(CommandMessage {
+            consumer_id: c.key.id,
+            message_id: commands::message_id(entry.position, None),
+            redelivery_count: Some(redelivery_count),
+            ack_set,
+            consumer_epoch: c.epoch,
+        });
+    });
+    let prefix = c.wants_entry_metadata.then(|| {
+        frame::broker_entry_metadata_prefix(&BrokerEntryMetadata {
+            broker_timestamp: Some(entry.publish_time_ms),
+            index: Some((entry.message_index + u64::from(entry.message_count)).saturating_sub(1)),
+        })
+    });
+    c.out.message(&command, prefix, entry.data.clone());
+}

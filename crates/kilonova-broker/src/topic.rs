@@ -1,0 +1,1094 @@
+//! A loaded topic: one task owns its managed log, producers and subscriptions;
+//! connections talk to it through a bounded queue (a full queue makes the
+//! connection stop reading its socket: backpressure, not buffering).
+//!
+//! Publish receipts go out only when the storage completion for the entry
+//! resolves, i.e. after the fdatasync that covers it; completions resolve in
+//! append order, so receipts do too. New entries are dispatched at the same point.
+//!
+//! A topic with no producers, consumers or appends in flight for
+//! `topic_unload_idle_secs` unloads: it persists its cursors and its task ends,
+//! so an idle topic costs no task and no memory beyond its catalog record.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use kilonova_pulsar_protocol::frame::{self, Payload};
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, command_ack::AckType, command_subscribe::InitialPosition as WireInitial,
+    command_subscribe::SubType, BaseCommand, CommandAck, CommandAckResponse,
+    CommandGetLastMessageIdResponse, CommandProducerSuccess, CommandSubscribe, KeySharedMode,
+    MessageIdData, ProducerAccessMode, Schema, ServerError,
+};
+use kilonova_storage::{
+    Completion, Entry, InitialPosition, ManagedLog, Position, Retention, StorageError,
+};
+
+use crate::broker::Broker;
+use crate::catalog::{SchemaOutcome, SchemaRecord, TopicRecord};
+use crate::commands;
+use crate::error::BrokerError;
+use crate::outbound::Outbound;
+use crate::subscription::{Consumer, ConsumerKey, DispatchLimits, SubKind, Subscription};
+use crate::topic_name::TopicName;
+
+/// The connection a producer or consumer lives on.
+#[derive(Clone)]
+pub(crate) struct ConnCtx {
+    pub id: u64,
+    pub out: Outbound,
+    pub wants_entry_metadata: bool,
+}
+
+pub(crate) struct NewProducer {
+    pub conn: ConnCtx,
+    pub producer_id: u64,
+    pub request_id: u64,
+    pub name: Option<String>,
+    pub access_mode: ProducerAccessMode,
+    pub schema: Option<Schema>,
+}
+
+// `Send` is the largest variant and the hot one: boxing it would cost an allocation
+// per message, so the size difference is accepted.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum TopicCommand {
+    AddProducer(NewProducer),
+    Send {
+        conn: u64,
+        producer_id: u64,
+        sequence_id: u64,
+        highest_sequence_id: u64,
+        payload: Payload,
+    },
+    /// CLOSE_PRODUCER (`request_id` set: answer SUCCESS) or the connection went away.
+    RemoveProducer {
+        conn: u64,
+        producer_id: u64,
+        request_id: Option<u64>,
+    },
+    Subscribe {
+        conn: ConnCtx,
+        command: Box<CommandSubscribe>,
+    },
+    Flow {
+        key: ConsumerKey,
+        permits: u32,
+    },
+    Ack {
+        key: ConsumerKey,
+        ack: CommandAck,
+    },
+    Redeliver {
+        key: ConsumerKey,
+        ids: Vec<MessageIdData>,
+    },
+    Seek {
+        key: ConsumerKey,
+        request_id: u64,
+        message_id: Option<MessageIdData>,
+        publish_time_ms: Option<u64>,
+    },
+    GetLastMessageId {
+        key: ConsumerKey,
+        request_id: u64,
+    },
+    Unsubscribe {
+        key: ConsumerKey,
+        request_id: u64,
+    },
+    /// CLOSE_CONSUMER (`request_id` set: answer SUCCESS) or the connection went away.
+    RemoveConsumer {
+        key: ConsumerKey,
+        request_id: Option<u64>,
+    },
+    /// Close every client with the protocol's close commands, persist, stop.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+pub(crate) type TopicHandle = mpsc::Sender<TopicCommand>;
+
+struct Producer {
+    name: String,
+    out: Outbound,
+    exclusive: bool,
+}
+
+/// An append waiting for durability, and where its receipt goes.
+struct PendingAppend {
+    completion: Completion<Position>,
+    out: Outbound,
+    producer_id: u64,
+    sequence_id: u64,
+    highest_sequence_id: u64,
+}
+
+impl Future for PendingAppend {
+    type Output = (Result<Position, StorageError>, Outbound, u64, u64, u64);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        Pin::new(&mut this.completion).poll(cx).map(|r| {
+            (
+                r,
+                this.out.clone(),
+                this.producer_id,
+                this.sequence_id,
+                this.highest_sequence_id,
+            )
+        })
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A schema version on the wire: 8 bytes, big-endian (as Pulsar's).
+pub(crate) fn schema_version_bytes(v: u64) -> Bytes {
+    Bytes::copy_from_slice(&v.to_be_bytes())
+}
+
+pub(crate) fn schema_record(s: &Schema) -> SchemaRecord {
+    SchemaRecord {
+        name: s.name.clone(),
+        kind: s.r#type,
+        data: s.schema_data.to_vec(),
+        properties: s
+            .properties
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect(),
+    }
+}
+
+/// Earliest / latest as clients encode them in a `MessageIdData`.
+fn special_position(id: &MessageIdData) -> Option<InitialPosition> {
+    if id.ledger_id == u64::MAX {
+        Some(InitialPosition::Earliest)
+    } else if id.ledger_id >= i64::MAX as u64 {
+        Some(InitialPosition::Latest)
+    } else {
+        None
+    }
+}
+
+pub(crate) struct Topic {
+    name: TopicName,
+    full_name: String,
+    broker: Broker,
+    /// `None` for a non-persistent topic.
+    log: Option<ManagedLog>,
+    producers: HashMap<(u64, u64), Producer>,
+    waiting_exclusive: VecDeque<NewProducer>,
+    topic_epoch: u64,
+    subscriptions: HashMap<String, Subscription>,
+    consumer_subs: HashMap<ConsumerKey, String>,
+    appends: FuturesOrdered<PendingAppend>,
+    /// Non-persistent topics: the next synthetic entry id.
+    next_transient_entry: u64,
+    idle_since: Option<Instant>,
+}
+
+impl Topic {
+    /// Loads the topic and serves it until it unloads or the broker shuts down.
+    pub(crate) async fn run(
+        broker: Broker,
+        name: TopicName,
+        record: TopicRecord,
+        mut rx: mpsc::Receiver<TopicCommand>,
+    ) {
+        let full_name = name.to_string();
+        let log = if name.is_persistent() {
+            match broker.open_log(record.id).await {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    tracing::error!(topic = %full_name, error = %e, "cannot load topic");
+                    rx.close();
+                    broker.forget_topic(&full_name);
+                    let e = BrokerError::Metadata(format!("cannot load topic: {e}"));
+                    while let Ok(cmd) = rx.try_recv() {
+                        refuse(cmd, &e);
+                    }
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        tracing::debug!(topic = %full_name, id = record.id, "topic loaded");
+        let mut topic = Topic {
+            name,
+            full_name,
+            broker,
+            log,
+            producers: HashMap::new(),
+            waiting_exclusive: VecDeque::new(),
+            topic_epoch: 0,
+            subscriptions: HashMap::new(),
+            consumer_subs: HashMap::new(),
+            appends: FuturesOrdered::new(),
+            next_transient_entry: 0,
+            idle_since: Some(Instant::now()),
+        };
+        topic.serve(rx).await;
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::Receiver<TopicCommand>) {
+        let config = self.broker.config().clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            config.cursor_persist_interval_ms.max(10),
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_limit = Duration::from_secs(config.topic_unload_idle_secs);
+        loop {
+            tokio::select! {
+                biased;
+                Some((result, out, producer_id, sequence_id, highest)) = self.appends.next(),
+                    if !self.appends.is_empty() =>
+                {
+                    self.complete_append(result, &out, producer_id, sequence_id, highest);
+                    // Drain every completion that is ready before dispatching once.
+                    while let Some(Some((r, o, p, s, h))) =
+                        futures_util::FutureExt::now_or_never(self.appends.next())
+                    {
+                        self.complete_append(r, &o, p, s, h);
+                    }
+                    self.dispatch_all();
+                }
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if let TopicCommand::Shutdown { done } = cmd {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    self.handle(cmd).await;
+                }
+                _ = tick.tick() => {
+                    self.housekeeping().await;
+                    if self.is_idle() {
+                        let since = *self.idle_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= idle_limit && self.unload(&mut rx).await {
+                            return;
+                        }
+                    } else {
+                        self.idle_since = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.producers.is_empty()
+            && self.consumer_subs.is_empty()
+            && self.waiting_exclusive.is_empty()
+            && self.appends.is_empty()
+    }
+
+    /// Unloads if no command is queued. Commands that race in after the decision are
+    /// forwarded to a fresh load of the topic.
+    async fn unload(&mut self, rx: &mut mpsc::Receiver<TopicCommand>) -> bool {
+        if !self.broker.unload_topic(&self.full_name, rx, &mut self.log) {
+            return false;
+        }
+        {
+            {
+                tracing::debug!(topic = %self.full_name, "topic unloaded (idle)");
+                rx.close();
+                while let Ok(cmd) = rx.try_recv() {
+                    self.broker.forward(&self.name, cmd).await;
+                }
+                true
+            }
+        }
+    }
+
+    async fn housekeeping(&mut self) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.persist_cursors() {
+            tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
+        }
+        // Pulsar's default retention: acknowledged data is not kept.
+        let retention = self.broker.retention();
+        if let Err(e) = log.trim(now_ms(), retention).await {
+            tracing::warn!(topic = %self.full_name, error = %e, "trimming failed");
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        for ((_, id), p) in self.producers.drain() {
+            p.out.command(commands::close_producer(id));
+        }
+        for p in self.waiting_exclusive.drain(..) {
+            p.conn.out.command(commands::close_producer(p.producer_id));
+        }
+        for sub in self.subscriptions.values() {
+            for c in &sub.consumers {
+                c.out.command(commands::close_consumer(c.key.id));
+            }
+        }
+        while let Some((r, o, p, s, h)) = self.appends.next().await {
+            self.complete_append(r, &o, p, s, h);
+        }
+        if let Some(log) = self.log.take() {
+            self.drop_transient_cursors_of(None);
+            if let Err(e) = log.close() {
+                tracing::warn!(topic = %self.full_name, error = %e, "closing the log failed");
+            }
+        }
+        tracing::debug!(topic = %self.full_name, "topic closed");
+    }
+
+    fn drop_transient_cursors_of(&mut self, only: Option<&str>) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        let doomed: Vec<String> = self
+            .subscriptions
+            .values()
+            .filter(|s| !s.durable && only.is_none_or(|n| n == s.name))
+            .map(|s| s.name.clone())
+            .collect();
+        for name in doomed {
+            self.subscriptions.remove(&name);
+            if let Err(e) = log.delete_cursor(&name) {
+                tracing::warn!(topic = %self.full_name, error = %e, "deleting a cursor failed");
+            }
+        }
+    }
+
+    fn complete_append(
+        &mut self,
+        result: Result<Position, StorageError>,
+        out: &Outbound,
+        producer_id: u64,
+        sequence_id: u64,
+        highest: u64,
+    ) {
+        match result {
+            Ok(p) => out.command(commands::send_receipt(
+                producer_id,
+                sequence_id,
+                highest,
+                commands::message_id(p, None),
+            )),
+            Err(e) => {
+                tracing::warn!(topic = %self.full_name, error = %e, "append failed");
+                out.command(commands::send_error(
+                    producer_id,
+                    sequence_id,
+                    ServerError::PersistenceError,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: TopicCommand) {
+        match cmd {
+            TopicCommand::AddProducer(p) => self.add_producer(p),
+            TopicCommand::Send {
+                conn,
+                producer_id,
+                sequence_id,
+                highest_sequence_id,
+                payload,
+            } => {
+                self.publish(conn, producer_id, sequence_id, highest_sequence_id, payload)
+                    .await
+            }
+            TopicCommand::RemoveProducer {
+                conn,
+                producer_id,
+                request_id,
+            } => self.remove_producer(conn, producer_id, request_id),
+            TopicCommand::Subscribe { conn, command } => self.subscribe(conn, *command),
+            TopicCommand::Flow { key, permits } => {
+                if let Some(sub) = self.sub_of_mut(key) {
+                    if let Some(c) = sub.consumer_mut(key) {
+                        c.permits = c.permits.saturating_add(i64::from(permits));
+                    }
+                }
+                self.dispatch_of(key);
+            }
+            TopicCommand::Ack { key, ack } => self.ack(key, ack),
+            TopicCommand::Redeliver { key, ids } => {
+                let positions: Vec<Position> = ids
+                    .iter()
+                    .map(|m| Position::new(m.ledger_id, m.entry_id))
+                    .collect();
+                if let Some(name) = self.consumer_subs.get(&key).cloned() {
+                    if let Some(sub) = self.subscriptions.get_mut(&name) {
+                        sub.redeliver(key, &positions, self.log.as_mut());
+                    }
+                }
+                self.dispatch_of(key);
+            }
+            TopicCommand::Seek {
+                key,
+                request_id,
+                message_id,
+                publish_time_ms,
+            } => self.seek(key, request_id, message_id, publish_time_ms),
+            TopicCommand::GetLastMessageId { key, request_id } => {
+                self.last_message_id(key, request_id)
+            }
+            TopicCommand::Unsubscribe { key, request_id } => self.unsubscribe(key, request_id),
+            TopicCommand::RemoveConsumer { key, request_id } => {
+                let out = self.consumer_out(key);
+                self.remove_consumer(key);
+                if let (Some(out), Some(r)) = (out, request_id) {
+                    out.command(commands::success(r));
+                }
+            }
+            TopicCommand::Shutdown { .. } => {}
+        }
+    }
+
+    // ---- producers ----
+
+    fn add_producer(&mut self, p: NewProducer) {
+        let key = (p.conn.id, p.producer_id);
+        if self.producers.contains_key(&key) {
+            // A client retrying a create it already got: answer again.
+            let name = self.producers.get(&key).map(|x| x.name.clone());
+            self.producer_ready(&p, name.unwrap_or_default());
+            return;
+        }
+        let name = p
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| self.broker.new_producer_name());
+        if self.producers.values().any(|x| x.name == name) {
+            let e = BrokerError::ProducerBusy(format!(
+                "producer with name '{name}' is already connected to topic {}",
+                self.full_name
+            ));
+            p.conn.out.command(commands::broker_error(p.request_id, &e));
+            return;
+        }
+        let exclusive_held = self.producers.values().any(|x| x.exclusive);
+        match p.access_mode {
+            ProducerAccessMode::Shared if exclusive_held => {
+                let e = BrokerError::ProducerBusy(format!(
+                    "topic {} has an exclusive producer",
+                    self.full_name
+                ));
+                p.conn.out.command(commands::broker_error(p.request_id, &e));
+                return;
+            }
+            ProducerAccessMode::Exclusive if !self.producers.is_empty() => {
+                let e = BrokerError::ProducerBusy(format!(
+                    "topic {} already has producers",
+                    self.full_name
+                ));
+                p.conn.out.command(commands::broker_error(p.request_id, &e));
+                return;
+            }
+            ProducerAccessMode::WaitForExclusive if !self.producers.is_empty() => {
+                // Tell the client it is queued, answer for real when the topic frees up.
+                p.conn
+                    .out
+                    .command(self.producer_success(&p, name.clone(), false, None));
+                let mut p = p;
+                p.name = Some(name);
+                self.waiting_exclusive.push_back(p);
+                return;
+            }
+            ProducerAccessMode::ExclusiveWithFencing => {
+                for ((_, id), old) in self.producers.drain() {
+                    old.out.command(commands::close_producer(id));
+                }
+            }
+            _ => {}
+        }
+        self.producer_ready(&p, name);
+    }
+
+    /// Registers the producer and answers PRODUCER_SUCCESS (or the schema's error).
+    fn producer_ready(&mut self, p: &NewProducer, name: String) {
+        let version = match self.check_schema(p.schema.as_ref(), true) {
+            Ok(v) => v,
+            Err(e) => {
+                p.conn.out.command(commands::broker_error(p.request_id, &e));
+                return;
+            }
+        };
+        let exclusive = p.access_mode != ProducerAccessMode::Shared;
+        if exclusive {
+            self.topic_epoch += 1;
+        }
+        self.producers.insert(
+            (p.conn.id, p.producer_id),
+            Producer {
+                name: name.clone(),
+                out: p.conn.out.clone(),
+                exclusive,
+            },
+        );
+        self.idle_since = None;
+        p.conn
+            .out
+            .command(self.producer_success(p, name, true, version));
+    }
+
+    fn producer_success(
+        &self,
+        p: &NewProducer,
+        name: String,
+        ready: bool,
+        schema_version: Option<u64>,
+    ) -> BaseCommand {
+        commands::with_type(Type::ProducerSuccess, |b| {
+            b.producer_success = Some(CommandProducerSuccess {
+                request_id: p.request_id,
+                producer_name: name,
+                last_sequence_id: Some(-1),
+                schema_version: schema_version.map(schema_version_bytes),
+                topic_epoch: Some(self.topic_epoch),
+                producer_ready: Some(ready),
+            });
+        })
+    }
+
+    /// The version of `schema` on this topic (registering it if new). `None`: no schema.
+    fn check_schema(
+        &self,
+        schema: Option<&Schema>,
+        register: bool,
+    ) -> Result<Option<u64>, BrokerError> {
+        let Some(s) = schema.filter(|s| s.r#type != 0) else {
+            return Ok(None);
+        };
+        if !register {
+            return Ok(None);
+        }
+        match self
+            .broker
+            .catalog()
+            .get_or_create_schema(&self.name, schema_record(s))?
+        {
+            SchemaOutcome::Version(v) => Ok(Some(v)),
+            SchemaOutcome::Incompatible => Err(BrokerError::IncompatibleSchema(format!(
+                "schema of type {} is incompatible with topic {}'s schema",
+                s.r#type, self.full_name
+            ))),
+        }
+    }
+
+    fn remove_producer(&mut self, conn: u64, producer_id: u64, request_id: Option<u64>) {
+        let removed = self.producers.remove(&(conn, producer_id));
+        let waiting = self
+            .waiting_exclusive
+            .iter()
+            .position(|p| p.conn.id == conn && p.producer_id == producer_id)
+            .and_then(|i| self.waiting_exclusive.remove(i));
+        let out = removed
+            .as_ref()
+            .map(|p| p.out.clone())
+            .or_else(|| waiting.as_ref().map(|p| p.conn.out.clone()));
+        if let (Some(out), Some(r)) = (out, request_id) {
+            out.command(commands::success(r));
+        }
+        if self.producers.is_empty() {
+            if let Some(next) = self.waiting_exclusive.pop_front() {
+                let name = next.name.clone().unwrap_or_default();
+                self.producer_ready(&next, name);
+            }
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        conn: u64,
+        producer_id: u64,
+        sequence_id: u64,
+        highest_sequence_id: u64,
+        payload: Payload,
+    ) {
+        let Some(out) = self
+            .producers
+            .get(&(conn, producer_id))
+            .map(|p| p.out.clone())
+        else {
+            tracing::debug!(topic = %self.full_name, producer_id, "send from an unknown producer");
+            return;
+        };
+        if !payload.checksum_ok {
+            out.command(commands::send_error(
+                producer_id,
+                sequence_id,
+                ServerError::ChecksumError,
+                "checksum failed on the broker",
+            ));
+            return;
+        }
+        let count = payload.message_count();
+        let publish_time = match payload.metadata.publish_time {
+            0 => now_ms(),
+            t => t,
+        };
+        match self.log.as_mut() {
+            Some(log) => match log.append(payload.raw, count, publish_time).await {
+                Ok(completion) => self.appends.push_back(PendingAppend {
+                    completion,
+                    out,
+                    producer_id,
+                    sequence_id,
+                    highest_sequence_id,
+                }),
+                Err(e) => out.command(commands::send_error(
+                    producer_id,
+                    sequence_id,
+                    ServerError::PersistenceError,
+                    e.to_string(),
+                )),
+            },
+            None => {
+                // Non-persistent: deliver now to consumers with permits, drop otherwise.
+                let position = Position::new(0, self.next_transient_entry);
+                self.next_transient_entry += 1;
+                let entry = Entry {
+                    position,
+                    publish_time_ms: publish_time,
+                    message_index: 0,
+                    message_count: count,
+                    data: payload.raw,
+                };
+                for sub in self.subscriptions.values_mut() {
+                    sub.deliver_or_drop(&entry);
+                }
+                out.command(commands::send_receipt(
+                    producer_id,
+                    sequence_id,
+                    highest_sequence_id,
+                    commands::message_id(position, None),
+                ));
+            }
+        }
+    }
+
+    // ---- consumers ----
+
+    fn sub_of_mut(&mut self, key: ConsumerKey) -> Option<&mut Subscription> {
+        let name = self.consumer_subs.get(&key)?;
+        self.subscriptions.get_mut(name)
+    }
+
+    fn consumer_out(&self, key: ConsumerKey) -> Option<Outbound> {
+        let name = self.consumer_subs.get(&key)?;
+        let sub = self.subscriptions.get(name)?;
+        sub.consumers
+            .iter()
+            .find(|c| c.key == key)
+            .map(|c| c.out.clone())
+    }
+
+    fn subscribe(&mut self, conn: ConnCtx, cmd: CommandSubscribe) {
+        let request_id = cmd.request_id;
+        let out = conn.out.clone();
+        match self.try_subscribe(conn, &cmd) {
+            Ok(key) => {
+                out.command(commands::success(request_id));
+                if let Some(sub) = self.subscriptions.get(&cmd.subscription) {
+                    sub.announce_to(key);
+                }
+                self.dispatch_of(key);
+            }
+            Err(e) => out.command(commands::broker_error(request_id, &e)),
+        }
+    }
+
+    fn try_subscribe(
+        &mut self,
+        conn: ConnCtx,
+        cmd: &CommandSubscribe,
+    ) -> Result<ConsumerKey, BrokerError> {
+        let key = ConsumerKey {
+            conn: conn.id,
+            id: cmd.consumer_id,
+        };
+        let kind = match cmd.sub_type() {
+            SubType::Exclusive => SubKind::Exclusive,
+            SubType::Shared => SubKind::Shared,
+            SubType::Failover => SubKind::Failover,
+            SubType::KeyShared => SubKind::KeyShared,
+        };
+        if cmd.subscription.is_empty() {
+            return Err(BrokerError::BadRequest("empty subscription name".into()));
+        }
+        if self.consumer_subs.contains_key(&key) {
+            return Err(BrokerError::ConsumerBusy(format!(
+                "consumer id {} is already subscribed on this connection",
+                cmd.consumer_id
+            )));
+        }
+        self.check_schema(cmd.schema.as_ref(), true)?;
+        let durable = cmd.durable.unwrap_or(true) && self.log.is_some();
+        if !self.subscriptions.contains_key(&cmd.subscription) {
+            if let Some(log) = self.log.as_mut() {
+                let initial = match cmd.start_message_id.as_ref().filter(|_| !durable) {
+                    Some(id) => special_position(id).unwrap_or({
+                        // A reader starts after the given message, except that a batch
+                        // entry is sent again so the client can skip to its index.
+                        let inclusive = id.batch_index.is_some_and(|b| b >= 0);
+                        let entry = if inclusive {
+                            id.entry_id
+                        } else {
+                            id.entry_id.saturating_add(1)
+                        };
+                        InitialPosition::At(Position::new(id.ledger_id, entry))
+                    }),
+                    None => match cmd.initial_position() {
+                        WireInitial::Earliest => InitialPosition::Earliest,
+                        WireInitial::Latest => InitialPosition::Latest,
+                    },
+                };
+                if !durable && log.has_cursor(&cmd.subscription) {
+                    return Err(BrokerError::ConsumerBusy(format!(
+                        "subscription {} exists as a durable subscription",
+                        cmd.subscription
+                    )));
+                }
+                log.open_cursor(&cmd.subscription, initial, durable)?;
+            }
+            self.subscriptions.insert(
+                cmd.subscription.clone(),
+                Subscription::new(
+                    cmd.subscription.clone(),
+                    kind,
+                    durable,
+                    self.name.partition(),
+                ),
+            );
+        }
+        let read_position = self
+            .log
+            .as_ref()
+            .and_then(|l| l.cursor_info(&cmd.subscription).ok())
+            .map(|i| i.read_position);
+        let sticky_ranges = cmd
+            .key_shared_meta
+            .as_ref()
+            .filter(|m| m.key_shared_mode() == KeySharedMode::Sticky)
+            .map(|m| {
+                m.hash_ranges
+                    .iter()
+                    .map(|r| (r.start.max(0) as u32, r.end.max(0) as u32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let consumer = Consumer {
+            key,
+            name: cmd.consumer_name.clone().unwrap_or_default(),
+            priority: cmd.priority_level.unwrap_or(0),
+            permits: 0,
+            out: conn.out,
+            epoch: cmd.consumer_epoch,
+            wants_entry_metadata: conn.wants_entry_metadata,
+            joined_at: None,
+            sticky_ranges,
+        };
+        let sub = self
+            .subscriptions
+            .get_mut(&cmd.subscription)
+            .ok_or_else(|| BrokerError::SubscriptionNotFound(cmd.subscription.clone()))?;
+        let result = sub.add_consumer(kind, consumer, read_position);
+        if result.is_err() && sub.consumers.is_empty() && !sub.durable {
+            self.drop_transient_cursors_of(Some(&cmd.subscription));
+        }
+        result?;
+        self.consumer_subs.insert(key, cmd.subscription.clone());
+        self.idle_since = None;
+        Ok(key)
+    }
+
+    fn remove_consumer(&mut self, key: ConsumerKey) {
+        let Some(name) = self.consumer_subs.remove(&key) else {
+            return;
+        };
+        let Some(sub) = self.subscriptions.get_mut(&name) else {
+            return;
+        };
+        sub.remove_consumer(key, self.log.as_mut());
+        if sub.consumers.is_empty() {
+            if sub.durable {
+                return;
+            }
+            if self.log.is_some() {
+                self.drop_transient_cursors_of(Some(&name));
+            } else {
+                self.subscriptions.remove(&name);
+            }
+            return;
+        }
+        self.dispatch_sub(&name);
+    }
+
+    fn ack(&mut self, key: ConsumerKey, ack: CommandAck) {
+        let result = self.try_ack(key, &ack);
+        if let Err(e) = &result {
+            tracing::debug!(topic = %self.full_name, error = %e, "ack refused");
+        }
+        if let Some(request_id) = ack.request_id {
+            if let Some(out) = self.consumer_out(key) {
+                let (error, message) = match &result {
+                    Ok(()) => (None, None),
+                    Err(e) => (Some(e.server_error() as i32), Some(e.to_string())),
+                };
+                out.command(commands::with_type(Type::AckResponse, |b| {
+                    b.ack_response = Some(CommandAckResponse {
+                        consumer_id: key.id,
+                        request_id: Some(request_id),
+                        error,
+                        message,
+                        ..Default::default()
+                    });
+                }));
+            }
+        }
+        self.dispatch_of(key);
+    }
+
+    fn try_ack(&mut self, key: ConsumerKey, ack: &CommandAck) -> Result<(), BrokerError> {
+        let name = self
+            .consumer_subs
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotAllowed("consumer is not subscribed".into()))?;
+        let (Some(sub), Some(log)) = (self.subscriptions.get_mut(&name), self.log.as_mut()) else {
+            return Ok(()); // non-persistent: nothing to acknowledge
+        };
+        let cumulative = ack.ack_type() == AckType::Cumulative;
+        if cumulative && matches!(sub.kind, SubKind::Shared | SubKind::KeyShared) {
+            return Err(BrokerError::NotAllowed(
+                "cumulative acknowledgement is not allowed on shared and key_shared subscriptions"
+                    .into(),
+            ));
+        }
+        for id in &ack.message_id {
+            let p = Position::new(id.ledger_id, id.entry_id);
+            let partial = id.ack_set.iter().any(|w| *w != 0);
+            if cumulative {
+                if partial {
+                    // Up to the batch before, and this batch's acknowledged messages.
+                    if let Some(prev) = p.entry.checked_sub(1) {
+                        sub.ack_cumulative(log, Position::new(p.segment, prev))?;
+                    }
+                    sub.ack(log, p, &id.ack_set)?;
+                } else {
+                    sub.ack_cumulative(log, p)?;
+                }
+            } else {
+                sub.ack(log, p, &id.ack_set)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seek(
+        &mut self,
+        key: ConsumerKey,
+        request_id: u64,
+        message_id: Option<MessageIdData>,
+        publish_time_ms: Option<u64>,
+    ) {
+        let Some(out) = self.consumer_out(key) else {
+            return;
+        };
+        let Some(name) = self.consumer_subs.get(&key).cloned() else {
+            return;
+        };
+        let result = (|| -> Result<(), BrokerError> {
+            let log = self.log.as_mut().ok_or_else(|| {
+                BrokerError::NotAllowed("seek is not supported on non-persistent topics".into())
+            })?;
+            let target = match (message_id, publish_time_ms) {
+                (Some(id), _) => match special_position(&id) {
+                    Some(InitialPosition::Earliest) => log.first_position(),
+                    Some(_) => log.end_position(),
+                    None => Position::new(id.ledger_id, id.entry_id),
+                },
+                (None, Some(t)) => log.position_of_publish_time(t)?,
+                (None, None) => {
+                    return Err(BrokerError::BadRequest(
+                        "seek needs a message id or a publish time".into(),
+                    ))
+                }
+            };
+            log.reset_cursor(&name, target)?;
+            Ok(())
+        })();
+        match result {
+            Err(e) => out.command(commands::broker_error(request_id, &e)),
+            Ok(()) => {
+                out.command(commands::success(request_id));
+                // As Pulsar does: consumers reconnect and read from the new position.
+                let mut keys = Vec::new();
+                if let Some(sub) = self.subscriptions.get_mut(&name) {
+                    sub.reset();
+                    for c in &sub.consumers {
+                        c.out.command(commands::close_consumer(c.key.id));
+                        keys.push(c.key);
+                    }
+                }
+                for k in keys {
+                    self.remove_consumer(k);
+                }
+            }
+        }
+    }
+
+    fn last_message_id(&mut self, key: ConsumerKey, request_id: u64) {
+        let Some(out) = self.consumer_out(key) else {
+            return;
+        };
+        let name = self.consumer_subs.get(&key).cloned().unwrap_or_default();
+        let (last, mark_delete) = match self.log.as_ref() {
+            Some(log) => {
+                let last = match log.last_position() {
+                    Some(p) => {
+                        let batch_index = log
+                            .read_entry(p)
+                            .ok()
+                            .and_then(|e| frame::decode_payload(e.data).ok())
+                            .and_then(|pl| {
+                                pl.metadata.num_messages_in_batch.map(|n| (n - 1).max(0))
+                            });
+                        commands::message_id(p, batch_index)
+                    }
+                    None => MessageIdData {
+                        ledger_id: log.end_position().segment,
+                        entry_id: u64::MAX, // -1: no entry yet
+                        ..Default::default()
+                    },
+                };
+                let md = log
+                    .cursor_info(&name)
+                    .ok()
+                    .and_then(|i| i.mark_delete)
+                    .map(|p| commands::message_id(p, None));
+                (last, md)
+            }
+            None => (
+                MessageIdData {
+                    ledger_id: 0,
+                    entry_id: self.next_transient_entry.wrapping_sub(1),
+                    ..Default::default()
+                },
+                None,
+            ),
+        };
+        out.command(commands::with_type(Type::GetLastMessageIdResponse, |b| {
+            b.get_last_message_id_response = Some(CommandGetLastMessageIdResponse {
+                last_message_id: last,
+                request_id,
+                consumer_mark_delete_position: mark_delete,
+            });
+        }));
+    }
+
+    fn unsubscribe(&mut self, key: ConsumerKey, request_id: u64) {
+        let Some(out) = self.consumer_out(key) else {
+            return;
+        };
+        let Some(name) = self.consumer_subs.get(&key).cloned() else {
+            return;
+        };
+        let others = self
+            .subscriptions
+            .get(&name)
+            .is_some_and(|s| s.consumers.iter().any(|c| c.key != key));
+        if others {
+            let e = BrokerError::NotAllowed(format!(
+                "subscription {name} has other consumers: cannot unsubscribe"
+            ));
+            out.command(commands::broker_error(request_id, &e));
+            return;
+        }
+        self.consumer_subs.remove(&key);
+        self.subscriptions.remove(&name);
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.delete_cursor(&name) {
+                out.command(commands::broker_error(request_id, &BrokerError::from(e)));
+                return;
+            }
+        }
+        out.command(commands::success(request_id));
+    }
+
+    // ---- dispatch ----
+
+    fn limits(&self) -> DispatchLimits {
+        let c = self.broker.config();
+        DispatchLimits {
+            batch_entries: c.dispatch_batch_entries,
+            max_redelivery_backlog: c.max_redelivery_backlog_entries,
+        }
+    }
+
+    fn dispatch_of(&mut self, key: ConsumerKey) {
+        if let Some(name) = self.consumer_subs.get(&key).cloned() {
+            self.dispatch_sub(&name);
+        }
+    }
+
+    fn dispatch_sub(&mut self, name: &str) {
+        let limits = self.limits();
+        let (Some(log), Some(sub)) = (self.log.as_mut(), self.subscriptions.get_mut(name)) else {
+            return;
+        };
+        if let Err(e) = sub.dispatch(log, &limits) {
+            tracing::warn!(topic = %self.full_name, subscription = name, error = %e, "dispatch failed");
+        }
+    }
+
+    fn dispatch_all(&mut self) {
+        let limits = self.limits();
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        for sub in self.subscriptions.values_mut() {
+            if let Err(e) = sub.dispatch(log, &limits) {
+                tracing::warn!(topic = %self.full_name, subscription = %sub.name, error = %e, "dispatch failed");
+            }
+        }
+    }
+}
+
+/// Answers a command that reached a topic that could not load.
+fn refuse(cmd: TopicCommand, e: &BrokerError) {
+    match cmd {
+        TopicCommand::AddProducer(p) => p.conn.out.command(commands::broker_error(p.request_id, e)),
+        TopicCommand::Subscribe { conn, command } => conn
+            .out
+            .command(commands::broker_error(command.request_id, e)),
+        TopicCommand::Shutdown { done } => {
+            let _ = done.send(());
+        }
+        _ => {}
+    }
+}
+
+/// Default retention when no policy says otherwise (Pulsar's: nothing acknowledged is kept).
+pub(crate) fn default_retention() -> Retention {
+    Retention {
+        time_ms: Some(0),
+        size_bytes: Some(0),
+    }
+}
