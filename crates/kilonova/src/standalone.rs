@@ -130,7 +130,9 @@ pub fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = open_store(&config.data_dir, &config.storage)?;
+    // An entry is a whole message plus its headers.
+    let max_entry_bytes = config.broker.max_frame_bytes();
+    let store = open_store(&config.data_dir, &config.storage, max_entry_bytes)?;
     let state = Arc::new(DirStateStore::open(config.data_dir.join("state"))?);
     let pulsar_addr = addr(&config.bind_address, config.pulsar_port)?;
     let http_addr = addr(&config.bind_address, config.http_port)?;
@@ -194,8 +196,13 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_store(data_dir: &Path, s: &StorageSettings) -> anyhow::Result<SegmentStore> {
+fn open_store(
+    data_dir: &Path,
+    s: &StorageSettings,
+    max_entry_bytes: usize,
+) -> anyhow::Result<SegmentStore> {
     let mut sc = StoreConfig::new(data_dir.join("storage"));
+    sc.max_entry_bytes = sc.max_entry_bytes.max(max_entry_bytes);
     sc.log_file_bytes = s.log_file_mib.max(1) << 20;
     sc.group_commit_max_delay_us = s.group_commit_max_delay_us;
     let started = std::time::Instant::now();
