@@ -85,6 +85,8 @@ pub(crate) struct Subscription {
     partial_acks: BTreeMap<Position, Vec<i64>>,
     selector: Selector<ConsumerKey>,
     round_robin: usize,
+    /// The active consumer changed: rewind the cursor before the next dispatch.
+    needs_rewind: bool,
 }
 
 impl Subscription {
@@ -102,6 +104,7 @@ impl Subscription {
             partial_acks: BTreeMap::new(),
             selector: Selector::default(),
             round_robin: 0,
+            needs_rewind: false,
         }
     }
 
@@ -146,22 +149,19 @@ impl Subscription {
             }
         }
         self.consumers.push(c);
-        self.update_active();
+        // Announced by the topic after it answered the subscribe (`announce_active`).
+        self.update_active(false);
         Ok(())
     }
 
     /// Removes a consumer; what it had not acknowledged goes to the others.
-    pub(crate) fn remove_consumer(&mut self, key: ConsumerKey, log: Option<&mut ManagedLog>) {
+    pub(crate) fn remove_consumer(&mut self, key: ConsumerKey) {
         let Some(i) = self.consumers.iter().position(|c| c.key == key) else {
             return;
         };
         self.consumers.remove(i);
         self.selector.remove(key);
-        if self.kind.single_active() {
-            if self.active == Some(key) {
-                self.rewind(log);
-            }
-        } else {
+        if !self.kind.single_active() {
             let mine: Vec<Position> = self
                 .pending
                 .iter()
@@ -174,16 +174,17 @@ impl Subscription {
                 *self.redeliveries.entry(p).or_default() += 1;
             }
         }
-        self.update_active();
+        self.update_active(true);
     }
 
     pub(crate) fn consumer_mut(&mut self, key: ConsumerKey) -> Option<&mut Consumer> {
         self.consumers.iter_mut().find(|c| c.key == key)
     }
 
-    /// Failover / exclusive: recomputes the active consumer and tells every consumer
-    /// whether it is active when that changes.
-    fn update_active(&mut self) {
+    /// Failover / exclusive: recomputes the active consumer; with `notify`, tells every
+    /// consumer whether it is active when that changed. A change rewinds the cursor
+    /// before the next dispatch, so the new active consumer gets what was in flight.
+    fn update_active(&mut self, notify: bool) {
         if !self.kind.single_active() {
             self.active = None;
             return;
@@ -199,36 +200,43 @@ impl Subscription {
         if new == self.active {
             return;
         }
-        self.active = new;
-        if self.kind == SubKind::Failover {
-            for c in &self.consumers {
-                c.out.command(commands::active_consumer_change(
-                    c.key.id,
-                    Some(c.key) == new,
-                ));
-            }
+        let previous = std::mem::replace(&mut self.active, new);
+        if previous.is_some() {
+            // The old active consumer may have had entries in flight: they go to the new one.
+            self.rewind_pending();
+        }
+        if notify {
+            self.announce_active();
         }
     }
 
-    /// Tells a new failover consumer whether it is active (the others heard of changes).
-    pub(crate) fn announce_to(&self, key: ConsumerKey) {
+    /// Failover: tells every consumer whether it is the active one.
+    pub(crate) fn announce_active(&self) {
         if self.kind != SubKind::Failover {
             return;
         }
-        if let Some(c) = self.consumers.iter().find(|c| c.key == key) {
+        for c in &self.consumers {
             c.out.command(commands::active_consumer_change(
-                key.id,
-                self.active == Some(key),
+                c.key.id,
+                Some(c.key) == self.active,
             ));
         }
     }
 
-    /// Everything unacknowledged is sent again from the first unacknowledged entry.
-    fn rewind(&mut self, log: Option<&mut ManagedLog>) {
+    /// Counts every pending entry as redelivered and forgets it; the cursor rewinds
+    /// before the next dispatch.
+    fn rewind_pending(&mut self) {
         for p in std::mem::take(&mut self.pending).into_keys() {
             *self.redeliveries.entry(p).or_default() += 1;
         }
         self.replay.clear();
+        self.needs_rewind = true;
+    }
+
+    /// Everything unacknowledged is sent again from the first unacknowledged entry.
+    fn rewind(&mut self, log: Option<&mut ManagedLog>) {
+        self.rewind_pending();
+        self.needs_rewind = false;
         if let Some(log) = log {
             if let Err(e) = log.rewind(&self.name) {
                 tracing::warn!(subscription = %self.name, error = %e, "rewind failed");
@@ -336,6 +344,9 @@ impl Subscription {
             return Ok(0);
         }
         if self.kind.single_active() {
+            if self.needs_rewind {
+                self.rewind(Some(&mut *log));
+            }
             return self.dispatch_single(log, limits);
         }
         let mut sent = 0;

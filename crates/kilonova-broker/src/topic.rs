@@ -706,7 +706,7 @@ impl Topic {
             Ok(key) => {
                 out.command(commands::success(request_id));
                 if let Some(sub) = self.subscriptions.get(&cmd.subscription) {
-                    sub.announce_to(key);
+                    sub.announce_active();
                 }
                 self.dispatch_of(key);
             }
@@ -825,7 +825,7 @@ impl Topic {
         let Some(sub) = self.subscriptions.get_mut(&name) else {
             return;
         };
-        sub.remove_consumer(key, self.log.as_mut());
+        sub.remove_consumer(key);
         if sub.consumers.is_empty() {
             if sub.durable {
                 return;

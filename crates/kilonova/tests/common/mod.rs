@@ -1,0 +1,303 @@
+//! Shared harness for the end-to-end tests that drive the real `kilonova`
+//! binary with third-party Pulsar clients.
+//!
+//! [`Broker::start`] runs `kilonova standalone` in a fresh temporary directory
+//! on free loopback ports, with its stderr captured to a file, and waits for
+//! the health endpoint. Dropping a [`Broker`] kills the process; if the
+//! current thread is panicking (a failed assertion) the tail of the broker's
+//! log is printed first, so a failure shows what the broker said.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::net::TcpListener as StdTcpListener;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// How long the broker may take to answer its health check after spawning.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the broker may take to exit after SIGTERM.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default bound for one client-side step (a receipt, a message, a subscribe).
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Lines of the broker's stderr printed when a test fails.
+const TAIL_LINES: usize = 60;
+
+/// A running (or stopped) `kilonova standalone` process and its data directory.
+pub struct Broker {
+    dir: tempfile::TempDir,
+    pub pulsar_port: u16,
+    pub http_port: u16,
+    child: Option<Child>,
+    log_path: PathBuf,
+    starts: u32,
+}
+
+/// A port that was free a moment ago (bind port 0, read it, drop the listener).
+fn free_port() -> u16 {
+    let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    l.local_addr().expect("local_addr of probe listener").port()
+}
+
+impl Broker {
+    /// Start a broker on a fresh data directory and wait until it is healthy.
+    pub async fn start() -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("kilonova-e2e-")
+            .tempdir()
+            .expect("create temp dir for the broker");
+        let log_path = dir.path().join("broker.stderr.log");
+        let mut broker = Broker {
+            dir,
+            pulsar_port: 0,
+            http_port: 0,
+            child: None,
+            log_path,
+            starts: 0,
+        };
+        // Free ports are only probably free: another test may grab one between
+        // the probe and the broker's bind. Retry with new ports in that case.
+        for attempt in 1..=3 {
+            broker.pulsar_port = free_port();
+            broker.http_port = free_port();
+            match broker.spawn_and_wait().await {
+                Ok(()) => return broker,
+                Err(e) if attempt < 3 && e.contains("port clash") => {
+                    eprintln!("broker start attempt {attempt} lost a port race, retrying: {e}");
+                }
+                Err(e) => panic!("{e}\n{}", broker.tail_report()),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `pulsar://127.0.0.1:P`
+    pub fn service_url(&self) -> String {
+        format!("pulsar://127.0.0.1:{}", self.pulsar_port)
+    }
+
+    /// Spawn the process on the current ports and data dir; wait for health.
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "broker already running");
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open broker stderr log");
+        writeln!(
+            log,
+            "===== test harness: start #{} (pulsar {}, http {}) =====",
+            self.starts, self.pulsar_port, self.http_port
+        )
+        .expect("write broker stderr log");
+        let stderr: File = log;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kilonova"))
+            .arg("standalone")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--bind-address", "127.0.0.1"])
+            .arg("--pulsar-port")
+            .arg(self.pulsar_port.to_string())
+            .arg("--http-port")
+            .arg(self.http_port.to_string())
+            .env_remove("KILONOVA_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", env!("CARGO_BIN_EXE_kilonova")))?;
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| format!("try_wait: {e}"))? {
+                let tail = self.stderr_tail(TAIL_LINES).to_lowercase();
+                let clash = if tail.contains("address already in use") {
+                    " (port clash: address already in use)"
+                } else {
+                    ""
+                };
+                return Err(format!("broker exited during startup with {status}{clash}"));
+            }
+            match http_request(self.http_port, "GET", "/admin/v2/brokers/health", "").await {
+                Ok((200, body)) if body.trim() == "ok" => break,
+                Ok(_) | Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(format!(
+                    "broker not healthy (GET /admin/v2/brokers/health -> 200 ok) within {STARTUP_TIMEOUT:?}"
+                ));
+            }
+            // Poll interval of the readiness probe (not a synchronisation sleep).
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Send SIGTERM and wait (bounded) for the process to exit; returns its status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("terminate: broker is not running");
+        let pid = child.id().expect("running child has a pid");
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid fits i32"))
+            .expect("non-zero pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .expect("send SIGTERM to the broker");
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait()).await {
+            Ok(status) => status.expect("wait for broker exit"),
+            Err(_) => {
+                let _ = child.start_kill();
+                panic!(
+                    "broker did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM\n{}",
+                    self.tail_report()
+                );
+            }
+        }
+    }
+
+    /// SIGTERM, require a clean exit (status 0), then start again on the same
+    /// data directory and ports and wait for health.
+    pub async fn restart(&mut self) {
+        let status = self.terminate().await;
+        assert!(
+            status.success(),
+            "broker must exit 0 on SIGTERM, got {status}\n{}",
+            self.tail_report()
+        );
+        if let Err(e) = self.spawn_and_wait().await {
+            panic!(
+                "broker did not come back after restart: {e}\n{}",
+                self.tail_report()
+            );
+        }
+    }
+
+    /// Create a partitioned topic in public/default through the admin API.
+    pub async fn create_partitioned_topic(&self, topic: &str, partitions: u32) {
+        let path = format!("/admin/v2/persistent/public/default/{topic}/partitions");
+        let (status, body) = http_request(self.http_port, "PUT", &path, &partitions.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        assert_eq!(
+            status, 204,
+            "PUT {path} with body {partitions} must answer 204, got {status}: {body}"
+        );
+    }
+
+    /// The last `n` lines of the broker's stderr (all starts).
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn tail_report(&self) -> String {
+        format!(
+            "----- last {TAIL_LINES} lines of broker stderr ({}) -----\n{}\n----- end of broker stderr -----",
+            self.log_path.display(),
+            self.stderr_tail(TAIL_LINES)
+        )
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.tail_report());
+        }
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 exchange over raw TCP: returns (status, body).
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("{method} {path}: no complete response within 5s"))?
+}
+
+fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed HTTP response: {text:?}"))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("no status line in {head:?}"))?;
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// Await `fut` for at most `limit`; on timeout panic naming what was awaited.
+pub async fn within<T>(limit: Duration, what: impl Debug, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what:?}"),
+    }
+}
+
+/// Payload of message `i` in a test's numbered sequence.
+pub fn numbered(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:04}")
+}
