@@ -186,6 +186,7 @@ impl Connection {
 
     async fn handle(&mut self, frame: Frame) -> Result<(), End> {
         let Frame { command, payload } = frame;
+        tracing::trace!(conn = self.id, command = ?command, "frame");
         let Ok(t) = Type::try_from(command.r#type) else {
             return Err(End::Violation(format!(
                 "unknown command type {}",

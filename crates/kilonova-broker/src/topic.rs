@@ -740,20 +740,17 @@ impl Topic {
         }
         self.check_schema(cmd.schema.as_ref(), true)?;
         let durable = cmd.durable.unwrap_or(true) && self.log.is_some();
+        tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, durable, start = ?cmd.start_message_id, "subscribe");
         if !self.subscriptions.contains_key(&cmd.subscription) {
             if let Some(log) = self.log.as_mut() {
                 let initial = match cmd.start_message_id.as_ref().filter(|_| !durable) {
-                    Some(id) => special_position(id).unwrap_or({
-                        // A reader starts after the given message, except that a batch
-                        // entry is sent again so the client can skip to its index.
-                        let inclusive = id.batch_index.is_some_and(|b| b >= 0);
-                        let entry = if inclusive {
-                            id.entry_id
-                        } else {
-                            id.entry_id.saturating_add(1)
-                        };
-                        InitialPosition::At(Position::new(id.ledger_id, entry))
-                    }),
+                    // A reader starts at the given entry; the client skips it unless
+                    // it asked for an inclusive start (and skips, within a batch, the
+                    // messages before the batch index), as Pulsar clients do.
+                    Some(id) => special_position(id).unwrap_or(InitialPosition::At(Position::new(
+                        id.ledger_id,
+                        id.entry_id,
+                    ))),
                     None => match cmd.initial_position() {
                         WireInitial::Earliest => InitialPosition::Earliest,
                         WireInitial::Latest => InitialPosition::Latest,
