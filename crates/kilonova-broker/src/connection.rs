@@ -23,10 +23,10 @@ use kilonova_pulsar_protocol::frame::{self, Frame};
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, command_get_topics_of_namespace::Mode,
     command_lookup_topic_response::LookupType, command_partitioned_topic_metadata_response,
-    CommandConnected, CommandGetOrCreateSchemaResponse, CommandGetSchemaResponse,
-    CommandGetTopicsOfNamespaceResponse, CommandHealthCheckResponse, CommandLookupTopicResponse,
-    CommandPartitionedTopicMetadataResponse, CommandPong, CommandTcClientConnectResponse, KeyValue,
-    Schema, ServerError,
+    CommandConnected, CommandConsumerStatsResponse, CommandGetOrCreateSchemaResponse,
+    CommandGetSchemaResponse, CommandGetTopicsOfNamespaceResponse, CommandHealthCheckResponse,
+    CommandLookupTopicResponse, CommandNewTxnResponse, CommandPartitionedTopicMetadataResponse,
+    CommandPong, CommandTcClientConnectResponse, KeyValue, Schema, ServerError,
 };
 
 use crate::broker::Broker;
@@ -545,6 +545,32 @@ impl Connection {
                             request_id: r.request_id,
                             error: Some(ServerError::TransactionCoordinatorNotFound as i32),
                             message: Some("transactions are not supported".into()),
+                        });
+                    }));
+            }
+            Type::NewTxn => {
+                let r = command.new_txn.ok_or_else(missing)?;
+                self.out
+                    .command(commands::with_type(Type::NewTxnResponse, |b| {
+                        b.new_txn_response = Some(CommandNewTxnResponse {
+                            request_id: r.request_id,
+                            error: Some(ServerError::TransactionCoordinatorNotFound as i32),
+                            message: Some("transactions are not supported".into()),
+                            ..Default::default()
+                        });
+                    }));
+            }
+            Type::ConsumerStats => {
+                let r = command.consumer_stats.ok_or_else(missing)?;
+                self.out
+                    .command(commands::with_type(Type::ConsumerStatsResponse, |b| {
+                        b.consumer_stats_response = Some(CommandConsumerStatsResponse {
+                            request_id: r.request_id,
+                            error_code: Some(ServerError::NotAllowedError as i32),
+                            error_message: Some(
+                                "consumer stats are served by the admin API".into(),
+                            ),
+                            ..Default::default()
                         });
                     }));
             }

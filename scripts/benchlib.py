@@ -1,0 +1,23 @@
+"""Helpers shared by the benchmark scripts: logging and fio reference runs."""
+import json
+import subprocess
+import sys
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fio(directory, name, bs, size, seconds):
+    """One fio job: sequential writes, an fdatasync after every write."""
+    cmd = ["fio", f"--name={name}", f"--directory={directory}", "--rw=write",
+           "--ioengine=sync", "--fdatasync=1", f"--bs={bs}", f"--size={size}",
+           f"--runtime={seconds}", "--time_based", "--unlink=1",
+           "--output-format=json"]
+    log("  $ " + " ".join(cmd))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    w = job["write"]
+    sync_p99 = job.get("sync", {}).get("lat_ns", {}).get("percentile", {}).get("99.000000", 0)
+    return {"cmd": " ".join(cmd), "bytes_per_sec": w["bw_bytes"], "iops": w["iops"],
+            "fdatasync_p99_us": sync_p99 / 1000.0}
