@@ -14,7 +14,7 @@
 //!   at until everything before that position is acknowledged: entries of its keys
 //!   may still be in flight at the consumer that owned them before.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
@@ -78,8 +78,10 @@ pub(crate) struct Subscription {
     active: Option<ConsumerKey>,
     /// Dispatched, not yet acknowledged: entry → consumer.
     pending: BTreeMap<Position, ConsumerKey>,
-    /// Entries to send again (shared / key_shared), oldest first.
-    replay: BTreeSet<Position>,
+    /// Entries to send again (shared / key_shared), oldest first, with their key's
+    /// slot once known (key_shared skips entries whose owner cannot take them
+    /// without reading them again).
+    replay: BTreeMap<Position, Option<u32>>,
     redeliveries: BTreeMap<Position, u32>,
     /// Batch entries partly acknowledged: the ack set of messages still unacknowledged.
     partial_acks: BTreeMap<Position, Vec<i64>>,
@@ -99,7 +101,7 @@ impl Subscription {
             partition,
             active: None,
             pending: BTreeMap::new(),
-            replay: BTreeSet::new(),
+            replay: BTreeMap::new(),
             redeliveries: BTreeMap::new(),
             partial_acks: BTreeMap::new(),
             selector: Selector::default(),
@@ -170,7 +172,7 @@ impl Subscription {
                 .collect();
             for p in mine {
                 self.pending.remove(&p);
-                self.replay.insert(p);
+                self.replay.insert(p, None);
                 *self.redeliveries.entry(p).or_default() += 1;
             }
         }
@@ -273,7 +275,7 @@ impl Subscription {
         };
         for p in chosen {
             self.pending.remove(&p);
-            self.replay.insert(p);
+            self.replay.insert(p, None);
             *self.redeliveries.entry(p).or_default() += 1;
         }
     }
@@ -352,10 +354,16 @@ impl Subscription {
         let mut sent = 0;
         let floor = first_unacked(log, &self.name);
         // Redeliveries first, oldest first.
-        let replay: Vec<Position> = self.replay.iter().copied().collect();
-        for p in replay {
+        let replay: Vec<(Position, Option<u32>)> =
+            self.replay.iter().map(|(p, s)| (*p, *s)).collect();
+        for (p, slot) in replay {
             if !self.has_permits() {
                 break;
+            }
+            if let Some(slot) = slot {
+                if self.key_shared_target(slot, p, floor).is_none() {
+                    continue;
+                }
             }
             let entry = match log.read_entry(p) {
                 Ok(e) => e,
@@ -391,7 +399,8 @@ impl Subscription {
                         sent += 1;
                     }
                     None => {
-                        self.replay.insert(entry.position);
+                        let slot = self.slot_of(&entry);
+                        self.replay.insert(entry.position, slot);
                     }
                 }
             }
@@ -430,19 +439,8 @@ impl Subscription {
     fn pick(&mut self, entry: &Entry, floor: Position) -> Option<usize> {
         match self.kind {
             SubKind::KeyShared => {
-                let owner = self
-                    .selector
-                    .owner(key_shared::slot(&entry_key(&entry.data)))?;
-                let i = self.consumers.iter().position(|c| c.key == owner)?;
-                let c = self.consumers.get_mut(i)?;
-                if let Some(j) = c.joined_at {
-                    if floor >= j {
-                        c.joined_at = None;
-                    } else if entry.position >= j {
-                        return None;
-                    }
-                }
-                (c.permits > 0).then_some(i)
+                let slot = key_shared::slot(&entry_key(&entry.data));
+                self.key_shared_target(slot, entry.position, floor)
             }
             _ => {
                 // Highest priority (lowest level) with permits, round robin within it.
@@ -464,6 +462,32 @@ impl Subscription {
                 None
             }
         }
+    }
+
+    /// Key_Shared: the consumer (index) owning `slot` if it may take the entry at
+    /// `position` now: it has permits, and it is not a newcomer waiting for the
+    /// entries before its joining position to be acknowledged.
+    fn key_shared_target(
+        &mut self,
+        slot: u32,
+        position: Position,
+        floor: Position,
+    ) -> Option<usize> {
+        let owner = self.selector.owner(slot)?;
+        let i = self.consumers.iter().position(|c| c.key == owner)?;
+        let c = self.consumers.get_mut(i)?;
+        if let Some(j) = c.joined_at {
+            if floor >= j {
+                c.joined_at = None;
+            } else if position >= j {
+                return None;
+            }
+        }
+        (c.permits > 0).then_some(i)
+    }
+
+    fn slot_of(&self, entry: &Entry) -> Option<u32> {
+        (self.kind == SubKind::KeyShared).then(|| key_shared::slot(&entry_key(&entry.data)))
     }
 
     /// Non-persistent topics: sends `entry` to the consumer that would get it now, or
