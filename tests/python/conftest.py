@@ -1,0 +1,368 @@
+"""End-to-end tests of Kilonova with the real Pulsar Python client.
+
+How to run (from the repository root)::
+
+    pip install pulsar-client==3.13.0 pytest
+    python -m pytest tests/python -q
+
+The session builds the binary with ``cargo build -p kilonova`` unless
+``KILONOVA_BIN`` points at one already built. Every test gets its own broker
+(``kilonova standalone``) on free ports with a fresh data directory under the
+test's tmp dir; the broker's stderr goes to ``kilonova.log`` there, and its tail
+is attached to the report of a failing test. A passing test's data dir is
+deleted (journal files are preallocated); a failing one's is kept.
+
+Raw-protocol helpers (hand-written protobuf, CRC32C, frames) are in wire.py.
+
+Environment:
+  KILONOVA_BIN        broker binary to use (skips the cargo build)
+  KILONOVA_KILL_SEED  seed of the kill -9 test's random kill moments
+
+Conventions: nothing sleeps to synchronise; every wait is on an event (a
+message, a port, an HTTP answer) with a timeout and a message saying what did
+not happen. Absence checks ("no more messages") wait a short fixed time, which
+is the only way to observe absence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pulsar
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+LOG_TAIL_LINES = 80
+
+# The C++ client logs at warn level to stdout; pytest captures it and shows it
+# only for failing tests.
+CLIENT_LOGGER = pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str) -> str:
+    """A topic/subscription name no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def topic_name(prefix: str) -> str:
+    return f"persistent://public/default/{unique(prefix)}"
+
+
+def wait_until(predicate, timeout: float, message: str, interval: float = 0.05):
+    """Polls `predicate` until it returns a truthy value; fails with `message`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s: {message}")
+        time.sleep(interval)
+
+
+def receive_n(consumer, n: int, timeout: float = 10.0, what: str = "messages") -> list:
+    """Receives exactly `n` messages (without acking) or fails."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            raise AssertionError(
+                f"received {len(out)} of {n} {what} within {timeout}s: "
+                f"{[m.data() for m in out][:20]}"
+            )
+        try:
+            out.append(consumer.receive(timeout_millis=remaining_ms))
+        except pulsar.Timeout:
+            pass
+    return out
+
+
+def collect_from(consumers, n, timeout=15.0):
+    """Receives from all `consumers` (round robin, short timeouts) until `n`
+    messages arrived in total. Returns {index: [messages]}."""
+    got = {i: [] for i in range(len(consumers))}
+    total = 0
+    deadline = time.monotonic() + timeout
+    while total < n:
+        if time.monotonic() > deadline:
+            counts = {i: len(v) for i, v in got.items()}
+            raise AssertionError(f"received {total} of {n} messages within {timeout}s: {counts}")
+        for i, c in enumerate(consumers):
+            try:
+                got[i].append(c.receive(timeout_millis=50))
+                total += 1
+            except pulsar.Timeout:
+                pass
+    return got
+
+
+def assert_no_more(consumer, wait_ms: int = 300, what: str = "consumer") -> None:
+    """Asserts nothing more arrives within `wait_ms`."""
+    try:
+        msg = consumer.receive(timeout_millis=wait_ms)
+    except pulsar.Timeout:
+        return
+    raise AssertionError(
+        f"{what} received an unexpected message {msg.data()!r} (id {msg_key(msg.message_id())}, "
+        f"redelivery_count {msg.redelivery_count()})"
+    )
+
+
+def read_n(reader, n: int, timeout: float = 10.0) -> list:
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            raise AssertionError(f"reader got {len(out)} of {n} messages within {timeout}s")
+        try:
+            out.append(reader.read_next(timeout_millis=remaining_ms))
+        except pulsar.Timeout:
+            pass
+    return out
+
+
+def msg_key(message_id) -> tuple:
+    """(partition, ledger, entry, batch index) of a message id, for comparisons."""
+    return (
+        message_id.partition(),
+        message_id.ledger_id(),
+        message_id.entry_id(),
+        message_id.batch_index(),
+    )
+
+
+def entry_key(message_id) -> tuple:
+    return (message_id.ledger_id(), message_id.entry_id())
+
+
+def payloads(messages) -> list[bytes]:
+    return [m.data() for m in messages]
+
+
+def http(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
+         timeout: float = 10.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method)
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+# ---------------------------------------------------------------- the broker
+
+
+class Broker:
+    """One `kilonova standalone` process on a data dir that outlives restarts."""
+
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path):
+        self.binary = binary
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.pulsar_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def service_url(self) -> str:
+        return f"pulsar://127.0.0.1:{self.pulsar_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> None:
+        assert not self.running, "broker already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [
+                    str(self.binary),
+                    "standalone",
+                    "--data-dir", str(self.data_dir),
+                    "--bind-address", "127.0.0.1",
+                    "--pulsar-port", str(self.pulsar_port),
+                    "--http-port", str(self.http_port),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"{self.http_url}/admin/v2/brokers/health"
+        last = None
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"broker exited with code {self.proc.returncode} before becoming ready\n"
+                    + self.log_tail()
+                )
+            try:
+                status, body = http("GET", url, timeout=1.0)
+                if status == 200 and body.strip() == b"ok":
+                    return
+                last = (status, body[:200])
+            except OSError as e:
+                last = e
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"broker not ready within {timeout}s (last health answer: {last!r})\n"
+                    + self.log_tail()
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM and wait; returns the exit code (fails if it does not exit)."""
+        assert self.proc is not None, "broker never started"
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(
+                    f"broker did not exit within {timeout}s of SIGTERM\n" + self.log_tail()
+                )
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def restart(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Starts again on the same data dir and ports (after stop() or kill())."""
+        assert not self.running, "stop() or kill() the broker before restart()"
+        self.start(timeout)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return f"(no broker log: {e})"
+        tail = text.splitlines()[-lines:]
+        return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
+
+    # Admin API.
+
+    def create_partitioned_topic(self, local_name: str, partitions: int) -> int:
+        status, _ = http(
+            "PUT",
+            f"{self.http_url}/admin/v2/persistent/public/default/{local_name}/partitions",
+            json.dumps(partitions).encode(),
+            "application/json",
+        )
+        return status
+
+    def get_partitions(self, local_name: str) -> tuple[int, object]:
+        status, body = http(
+            "GET", f"{self.http_url}/admin/v2/persistent/public/default/{local_name}/partitions"
+        )
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def kilonova_bin() -> Path:
+    env = os.environ.get("KILONOVA_BIN")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            pytest.fail(f"KILONOVA_BIN={env} is not a file")
+        return path
+    proc = subprocess.run(
+        ["cargo", "build", "-p", "kilonova"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.fail("cargo build -p kilonova failed:\n" + proc.stdout[-5000:])
+    return REPO / "target" / "debug" / "kilonova"
+
+
+@pytest.fixture
+def broker(kilonova_bin, tmp_path, request):
+    b = Broker(kilonova_bin, tmp_path / "data", tmp_path / "kilonova.log")
+    b.start()
+    yield b
+    if b.running:
+        try:
+            b.stop()
+        except AssertionError:
+            b.kill()
+            raise
+    # Journal files are preallocated (hundreds of MiB per data dir): keep them
+    # only when the test failed.
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.passed:
+        shutil.rmtree(b.data_dir, ignore_errors=True)
+
+
+def make_client(broker: Broker, **kwargs) -> pulsar.Client:
+    kwargs.setdefault("operation_timeout_seconds", 10)
+    kwargs.setdefault("logger", CLIENT_LOGGER)
+    return pulsar.Client(broker.service_url, **kwargs)
+
+
+@pytest.fixture
+def client(broker):
+    c = make_client(broker)
+    yield c
+    c.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+    if rep.failed:
+        b = getattr(item, "funcargs", {}).get("broker")
+        if isinstance(b, Broker):
+            rep.sections.append(("kilonova broker log", b.log_tail()))

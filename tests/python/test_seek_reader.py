@@ -1,0 +1,165 @@
+"""Seek (by message id and by publish time), readers, last message id.
+
+What the C++ client (4.2) does, which the broker has to fit:
+* seek(msg_id) sends SEEK with that id; a Pulsar broker resets the cursor so
+  that the message *at* the id is the next one delivered. The client then drops
+  every message of that ledger with entry id <= the sought one (< with
+  start_message_id_inclusive=True), so users see the sought message only with
+  start_message_id_inclusive=True.
+* A reader is a non-durable SUBSCRIBE with start_message_id; the broker must
+  start delivering *at* that id (Pulsar steps back one entry), and the client
+  drops the start message unless start_message_id_inclusive=True.
+* has_message_available() sends GET_LAST_MESSAGE_ID; for a reader started at
+  `latest` it compares the response's consumer_mark_delete_position with the
+  last message id, so the broker must send the mark-delete position.
+"""
+
+import time
+
+import pulsar
+
+from conftest import (
+    assert_no_more,
+    entry_key,
+    msg_key,
+    payloads,
+    read_n,
+    receive_n,
+    topic_name,
+    unique,
+    wait_until,
+)
+
+
+def publish(client, topic, n, prefix="m"):
+    producer = client.create_producer(topic, batching_enabled=False)
+    sent = [f"{prefix}-{i}".encode() for i in range(n)]
+    ids = [producer.send(p) for p in sent]
+    return producer, sent, ids
+
+
+def test_seek_by_message_id(client):
+    topic = topic_name("seek-id")
+    _, sent, ids = publish(client, topic, 10)
+
+    inclusive = client.subscribe(topic, unique("sub"), initial_position=pulsar.InitialPosition.Earliest,
+                                 start_message_id_inclusive=True)
+    # Nothing is acked before seeking: the client flushes grouped acks only after
+    # the seek succeeds, which would race with the redelivery.
+    assert payloads(receive_n(inclusive, 10)) == sent
+    inclusive.seek(ids[3])
+    again = receive_n(inclusive, 7, what="messages after seeking back to message 3")
+    assert payloads(again) == sent[3:]
+    assert [msg_key(m.message_id()) for m in again] == [msg_key(i) for i in ids[3:]]
+    assert_no_more(inclusive)
+
+    # Default consumer: the client filters the sought message out itself.
+    default = client.subscribe(topic, unique("sub"), initial_position=pulsar.InitialPosition.Earliest)
+    assert payloads(receive_n(default, 10)) == sent
+    default.seek(ids[3])
+    assert payloads(receive_n(default, 6)) == sent[4:]
+    assert_no_more(default)
+
+    # Seeking forward skips messages never received.
+    forward = client.subscribe(topic, unique("sub"), initial_position=pulsar.InitialPosition.Earliest,
+                               start_message_id_inclusive=True)
+    forward.seek(ids[8])
+    assert payloads(receive_n(forward, 2)) == sent[8:]
+    assert_no_more(forward)
+
+
+def test_seek_by_publish_time(client):
+    topic = topic_name("seek-time")
+    producer = client.create_producer(topic, batching_enabled=False)
+    consumer = client.subscribe(topic, unique("sub"), initial_position=pulsar.InitialPosition.Earliest)
+
+    early = [f"early-{i}".encode() for i in range(5)]
+    for p in early:
+        producer.send(p)
+    got = receive_n(consumer, 5)
+    last_early = max(m.publish_timestamp() for m in got)
+    first_early = min(m.publish_timestamp() for m in got)
+    # The client stamps publish_time at send: let its clock pass the early batch
+    # by 2 ms so a timestamp strictly between the batches exists.
+    wait_until(lambda: time.time() * 1000 > last_early + 2, 5, "the clock to advance")
+    late = [f"late-{i}".encode() for i in range(5)]
+    for p in late:
+        producer.send(p)
+    got += receive_n(consumer, 5)
+    assert payloads(got) == early + late
+    first_late = min(m.publish_timestamp() for m in got[5:])
+    assert first_late > last_early + 1
+
+    consumer.seek(last_early + 1)  # between the batches
+    assert payloads(receive_n(consumer, 5, what="messages after the seek time")) == late
+    assert_no_more(consumer)
+
+    consumer.seek(first_early - 1)  # before everything
+    assert payloads(receive_n(consumer, 10, what="all messages after seeking to the start")) == early + late
+    assert_no_more(consumer)
+
+
+def test_reader_from_earliest(client):
+    topic = topic_name("reader-earliest")
+    producer, sent, ids = publish(client, topic, 5)
+    reader = client.create_reader(topic, pulsar.MessageId.earliest)
+    assert reader.has_message_available()
+    got = read_n(reader, 5)
+    assert payloads(got) == sent
+    assert [msg_key(m.message_id()) for m in got] == [msg_key(i) for i in ids]
+    assert not reader.has_message_available()
+
+    producer.send(b"m-5")
+    assert reader.has_message_available()
+    assert payloads(read_n(reader, 1)) == [b"m-5"]
+    assert not reader.has_message_available()
+
+
+def test_reader_from_latest(client):
+    topic = topic_name("reader-latest")
+    producer, _, _ = publish(client, topic, 3)
+    reader = client.create_reader(topic, pulsar.MessageId.latest)
+    assert not reader.has_message_available()
+    try:
+        m = reader.read_next(timeout_millis=300)
+        raise AssertionError(f"reader at latest read an old message {m.data()!r}")
+    except pulsar.Timeout:
+        pass
+
+    producer.send(b"new-0")
+    producer.send(b"new-1")
+    assert reader.has_message_available()
+    assert payloads(read_n(reader, 2)) == [b"new-0", b"new-1"]
+    assert not reader.has_message_available()
+
+
+def test_reader_from_message_id(client):
+    topic = topic_name("reader-id")
+    _, sent, ids = publish(client, topic, 10)
+
+    exclusive_start = client.create_reader(topic, ids[4])
+    assert payloads(read_n(exclusive_start, 5)) == sent[5:]
+    assert not exclusive_start.has_message_available()
+
+    inclusive_start = client.create_reader(topic, ids[4], start_message_id_inclusive=True)
+    assert payloads(read_n(inclusive_start, 6)) == sent[4:]
+    assert not inclusive_start.has_message_available()
+
+    # A serialized id (as an application would store it) works the same.
+    restored = pulsar.MessageId.deserialize(ids[7].serialize())
+    from_restored = client.create_reader(topic, restored)
+    assert payloads(read_n(from_restored, 2)) == sent[8:]
+    try:
+        m = from_restored.read_next(timeout_millis=300)
+        raise AssertionError(f"reader read past the end: {m.data()!r}")
+    except pulsar.Timeout:
+        pass
+
+
+def test_get_last_message_id(client):
+    topic = topic_name("last-id")
+    producer, _, ids = publish(client, topic, 5)
+    consumer = client.subscribe(topic, unique("sub"))
+    assert entry_key(consumer.get_last_message_id()) == entry_key(ids[-1])
+    more = producer.send(b"one-more")
+    assert entry_key(consumer.get_last_message_id()) == entry_key(more)

@@ -1,0 +1,196 @@
+"""Topic kinds and names: partitioned, pattern subscriptions, non-persistent,
+invalid names and namespaces, schemas."""
+
+import re
+from collections import defaultdict
+
+import pulsar
+import pytest
+from pulsar.schema import Integer, JsonSchema, Record, String, StringSchema
+
+import wire
+from conftest import (
+    assert_no_more,
+    make_client,
+    payloads,
+    receive_n,
+    topic_name,
+    unique,
+)
+
+
+def test_partitioned_topic(broker, client):
+    local = unique("parted")
+    topic = f"persistent://public/default/{local}"
+    assert broker.create_partitioned_topic(local, 4) == 204
+    assert broker.get_partitions(local) == (200, {"partitions": 4})
+    assert client.get_topic_partitions(topic) == [f"{topic}-partition-{i}" for i in range(4)]
+
+    consumer = client.subscribe(topic, unique("sub"), consumer_type=pulsar.ConsumerType.Shared,
+                                initial_position=pulsar.InitialPosition.Earliest)
+    producer = client.create_producer(topic, batching_enabled=False)
+    keys = [f"k{i}" for i in range(40)]
+    sent = []
+    for round_no in range(2):
+        for key in keys:
+            data = f"{key}:{round_no}".encode()
+            producer.send(data, partition_key=key)
+            sent.append(data)
+
+    got = receive_n(consumer, len(sent))
+    assert sorted(payloads(got)) == sorted(sent)
+    partition_of_key = {}
+    order = defaultdict(list)
+    for m in got:
+        key, round_no = m.data().decode().split(":")
+        part = m.topic_name()
+        assert re.fullmatch(re.escape(topic) + r"-partition-[0-3]", part), part
+        assert partition_of_key.setdefault(key, part) == part, f"{key} routed to two partitions"
+        order[key].append(int(round_no))
+    assert len(set(partition_of_key.values())) == 4, (
+        f"keys reached only {sorted(set(partition_of_key.values()))}"
+    )
+    assert all(v == [0, 1] for v in order.values()), dict(order)
+    for m in got:
+        consumer.acknowledge(m)
+    assert_no_more(consumer)
+
+
+def test_pattern_consumer(client):
+    prefix = unique("pat")
+    base = "persistent://public/default/"
+    matching = [f"{base}{prefix}-{s}" for s in ("a", "b", "c")]
+    other = f"{base}other-{prefix}"
+    producers = {t: client.create_producer(t) for t in matching + [other]}
+    for t, p in producers.items():
+        for i in range(3):
+            p.send(f"{t}|{i}".encode())
+
+    consumer = client.subscribe(
+        re.compile(re.escape(base + prefix) + "-.*"), unique("sub"),
+        initial_position=pulsar.InitialPosition.Earliest,
+    )
+    got = receive_n(consumer, 9, what="messages of the 3 matching topics")
+    by_topic = defaultdict(list)
+    for m in got:
+        t, i = m.data().decode().split("|")
+        assert m.topic_name() == t
+        by_topic[t].append(int(i))
+    assert set(by_topic) == set(matching)
+    assert all(v == [0, 1, 2] for v in by_topic.values()), dict(by_topic)
+    for m in got:
+        consumer.acknowledge(m)
+
+    # Live messages on the matching topics arrive; the other topic's never do.
+    for t, p in producers.items():
+        p.send(f"{t}|live".encode())
+    live = receive_n(consumer, 3)
+    assert sorted(m.data().decode() for m in live) == sorted(f"{t}|live" for t in matching)
+    assert_no_more(consumer, 500, "pattern consumer")
+
+
+def test_non_persistent_topic(client):
+    topic = f"non-persistent://public/default/{unique('np')}"
+    producer = client.create_producer(topic)
+    # Nobody is subscribed: these are dropped, not stored.
+    producer.send(b"nobody-listens-1")
+    producer.send(b"nobody-listens-2")
+
+    consumer = client.subscribe(topic, unique("sub"), initial_position=pulsar.InitialPosition.Earliest)
+    sent = [f"live-{i}".encode() for i in range(5)]
+    for p in sent:
+        producer.send(p)
+    assert payloads(receive_n(consumer, 5)) == sent
+    assert_no_more(consumer, 500, "non-persistent consumer")
+
+    # A late subscriber (even from earliest) sees nothing of the past.
+    late = client.subscribe(topic, unique("sub"), initial_position=pulsar.InitialPosition.Earliest)
+    assert_no_more(late, 500, "late non-persistent subscriber")
+    producer.send(b"after-late")
+    assert payloads(receive_n(late, 1)) == [b"after-late"]
+    assert payloads(receive_n(consumer, 1)) == [b"after-late"]
+
+
+BAD_TOPICS = [
+    # The client passes these on; the broker must refuse them.
+    pytest.param("persistent://public/default/bad$name", id="invalid-name"),
+    pytest.param("persistent://public/default/a/b", id="too-many-parts"),
+    pytest.param("persistent://nosuch/ns/t", id="missing-namespace"),
+]
+
+
+def check_serving(client):
+    topic = topic_name("still-serving")
+    consumer = client.subscribe(topic, unique("sub"))
+    client.create_producer(topic).send(b"ok")
+    assert payloads(receive_n(consumer, 1, what="a message on a good topic")) == [b"ok"]
+    consumer.close()
+
+
+@pytest.mark.parametrize("bad_topic", BAD_TOPICS)
+def test_bad_topic_fails_and_broker_keeps_serving(broker, client, bad_topic):
+    # The C++ client retries every error outside its "fatal" list (TopicNotFound,
+    # NotAllowedError, ... are fatal; InvalidTopicName, MetadataError,
+    # ServiceNotReady are retried) until the operation timeout, then raises
+    # Timeout. A short operation timeout keeps either outcome quick; what the
+    # broker answers is checked on the wire below.
+    bad_client = make_client(broker, operation_timeout_seconds=2)
+    try:
+        with pytest.raises(pulsar.PulsarException):
+            bad_client.create_producer(bad_topic)
+        check_serving(client)
+        with pytest.raises(pulsar.PulsarException):
+            bad_client.subscribe(bad_topic, unique("sub"))
+        check_serving(client)
+    finally:
+        bad_client.close()
+
+
+@pytest.mark.parametrize("bad_topic", BAD_TOPICS)
+def test_bad_topic_is_answered_with_an_error(broker, client, bad_topic):
+    """On the wire: PARTITIONED_METADATA and PRODUCER for a bad topic get a
+    prompt error answer for their request id, and the connection stays usable."""
+    with wire.RawConnection("127.0.0.1", broker.pulsar_port) as conn:
+        conn.handshake()
+        conn.send(wire.partitioned_metadata_cmd(bad_topic, request_id=1))
+        f = conn.expect(wire.PARTITIONED_METADATA_RESPONSE)
+        assert wire.first(f.body, 2) == 1, f
+        assert wire.first(f.body, 3) == 1, f"expected response=Failed: {f!r}"
+        assert wire.first(f.body, 4) is not None, f"no error code: {f!r}"
+
+        conn.send(wire.producer_cmd(bad_topic, producer_id=1, request_id=2))
+        f = conn.expect(wire.ERROR)
+        assert wire.first(f.body, 1) == 2, f
+        print(f"{bad_topic}: PRODUCER refused with "
+              f"{wire.SERVER_ERRORS.get(wire.first(f.body, 2))}: {wire.first(f.body, 3)!r}")
+
+        good = topic_name("wire-good")
+        conn.send(wire.producer_cmd(good, producer_id=2, request_id=3))
+        f = conn.expect(wire.PRODUCER_SUCCESS)
+        assert wire.first(f.body, 1) == 3, f
+    check_serving(client)
+
+
+class Reading(Record):
+    sensor = String()
+    value = Integer()
+
+
+def test_schema_round_trip(client):
+    topic = topic_name("schema-str")
+    consumer = client.subscribe(topic, unique("sub"), schema=StringSchema())
+    producer = client.create_producer(topic, schema=StringSchema())
+    texts = ["plain", "héllo wörld", ""]
+    for t in texts:
+        producer.send(t)
+    assert [m.value() for m in receive_n(consumer, 3)] == texts
+
+    topic = topic_name("schema-json")
+    consumer = client.subscribe(topic, unique("sub"), schema=JsonSchema(Reading))
+    producer = client.create_producer(topic, schema=JsonSchema(Reading))
+    readings = [Reading(sensor=f"s{i}", value=i * 10) for i in range(3)]
+    for r in readings:
+        producer.send(r)
+    got = [m.value() for m in receive_n(consumer, 3)]
+    assert [(r.sensor, r.value) for r in got] == [(r.sensor, r.value) for r in readings]
+    assert all(isinstance(r, Reading) for r in got)
