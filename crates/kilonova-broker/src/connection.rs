@@ -353,6 +353,16 @@ impl Connection {
                         return Ok(());
                     }
                 };
+                if let Some(other) = self.consumers.get(&s.consumer_id) {
+                    if !other.same_channel(&topic) && !other.is_closed() {
+                        let e = BrokerError::ConsumerBusy(format!(
+                            "consumer id {} is in use on another topic of this connection",
+                            s.consumer_id
+                        ));
+                        self.out.command(commands::broker_error(s.request_id, &e));
+                        return Ok(());
+                    }
+                }
                 self.consumers.insert(s.consumer_id, topic.clone());
                 let request_id = s.request_id;
                 let cmd = TopicCommand::Subscribe {
@@ -391,6 +401,7 @@ impl Connection {
                     TopicCommand::Redeliver {
                         key,
                         ids: r.message_ids,
+                        epoch: r.consumer_epoch,
                     },
                     None,
                 )

@@ -10,7 +10,7 @@
 //! `topic_unload_idle_secs` unloads: it persists its cursors and its task ends,
 //! so an idle topic costs no task and no memory beyond its catalog record.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -89,6 +89,7 @@ pub(crate) enum TopicCommand {
     Redeliver {
         key: ConsumerKey,
         ids: Vec<MessageIdData>,
+        epoch: Option<u64>,
     },
     Seek {
         key: ConsumerKey,
@@ -148,6 +149,10 @@ impl Future for PendingAppend {
     }
 }
 
+/// The most commands a topic handles before it dispatches and looks at its
+/// other duties (append completions, housekeeping).
+const COMMAND_BURST: usize = 256;
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -194,6 +199,10 @@ pub(crate) struct Topic {
     topic_epoch: u64,
     subscriptions: HashMap<String, Subscription>,
     consumer_subs: HashMap<ConsumerKey, String>,
+    /// Subscriptions whose consumers may take more entries: dispatched once
+    /// after a burst of commands, so a FLOW followed at once by a REDELIVER
+    /// (or many ACKs) costs one dispatch pass, not one per command.
+    to_dispatch: HashSet<String>,
     appends: FuturesOrdered<PendingAppend>,
     /// Non-persistent topics: the next synthetic entry id.
     next_transient_entry: u64,
@@ -237,6 +246,7 @@ impl Topic {
             topic_epoch: 0,
             subscriptions: HashMap::new(),
             consumer_subs: HashMap::new(),
+            to_dispatch: HashSet::new(),
             appends: FuturesOrdered::new(),
             next_transient_entry: 0,
             idle_since: Some(Instant::now()),
@@ -267,13 +277,26 @@ impl Topic {
                     self.dispatch_all();
                 }
                 cmd = rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    if let TopicCommand::Shutdown { done } = cmd {
-                        self.shutdown().await;
-                        let _ = done.send(());
-                        return;
+                    let Some(mut cmd) = cmd else { break };
+                    // Handle the burst of commands already queued, then dispatch.
+                    let mut handled = 0;
+                    loop {
+                        if let TopicCommand::Shutdown { done } = cmd {
+                            self.shutdown().await;
+                            let _ = done.send(());
+                            return;
+                        }
+                        self.handle(cmd).await;
+                        handled += 1;
+                        if handled == COMMAND_BURST {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(next) => cmd = next,
+                            Err(_) => break,
+                        }
                     }
-                    self.handle(cmd).await;
+                    self.flush_dispatch();
                 }
                 _ = tick.tick() => {
                     self.housekeeping().await;
@@ -426,13 +449,18 @@ impl Topic {
                 self.dispatch_of(key);
             }
             TopicCommand::Ack { key, ack } => self.ack(key, ack),
-            TopicCommand::Redeliver { key, ids } => {
+            TopicCommand::Redeliver { key, ids, epoch } => {
                 let positions: Vec<Position> = ids
                     .iter()
                     .map(|m| Position::new(m.ledger_id, m.entry_id))
                     .collect();
                 if let Some(name) = self.consumer_subs.get(&key).cloned() {
                     if let Some(sub) = self.subscriptions.get_mut(&name) {
+                        // A client that counts epochs drops messages stamped with an
+                        // older one: what was in flight before this request.
+                        if let (Some(e), Some(c)) = (epoch, sub.consumer_mut(key)) {
+                            c.epoch = Some(c.epoch.map_or(e, |old| old.max(e)));
+                        }
                         sub.redeliver(key, &positions, self.log.as_mut());
                     }
                 }
@@ -732,9 +760,14 @@ impl Topic {
         if cmd.subscription.is_empty() {
             return Err(BrokerError::BadRequest("empty subscription name".into()));
         }
-        if self.consumer_subs.contains_key(&key) {
+        if let Some(existing) = self.consumer_subs.get(&key) {
+            // Pulsar answers a repeated SUBSCRIBE for a live consumer with success:
+            // clients re-send it when a reconnect and a seek race.
+            if *existing == cmd.subscription {
+                return Ok(key);
+            }
             return Err(BrokerError::ConsumerBusy(format!(
-                "consumer id {} is already subscribed on this connection",
+                "consumer id {} is already subscribed to '{existing}' on this connection",
                 cmd.consumer_id
             )));
         }
@@ -1046,16 +1079,32 @@ impl Topic {
     }
 
     fn dispatch_sub(&mut self, name: &str) {
+        if !self.to_dispatch.contains(name) {
+            self.to_dispatch.insert(name.to_owned());
+        }
+    }
+
+    fn flush_dispatch(&mut self) {
+        if self.to_dispatch.is_empty() {
+            return;
+        }
         let limits = self.limits();
-        let (Some(log), Some(sub)) = (self.log.as_mut(), self.subscriptions.get_mut(name)) else {
+        let Some(log) = self.log.as_mut() else {
+            self.to_dispatch.clear();
             return;
         };
-        if let Err(e) = sub.dispatch(log, &limits) {
-            tracing::warn!(topic = %self.full_name, subscription = name, error = %e, "dispatch failed");
+        for name in self.to_dispatch.drain() {
+            let Some(sub) = self.subscriptions.get_mut(&name) else {
+                continue;
+            };
+            if let Err(e) = sub.dispatch(log, &limits) {
+                tracing::warn!(topic = %self.full_name, subscription = %name, error = %e, "dispatch failed");
+            }
         }
     }
 
     fn dispatch_all(&mut self) {
+        self.to_dispatch.clear();
         let limits = self.limits();
         let Some(log) = self.log.as_mut() else {
             return;

@@ -211,6 +211,40 @@ async fn cumulative_ack_on_shared_subscription_is_refused() {
     assert_eq!(r.error, Some(ServerError::NotAllowedError as i32));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_get_every_receipt_in_order() {
+    // More sends than a topic handles in one burst, written without waiting.
+    const N: u64 = 2_000;
+    let server = start(BrokerConfig::default()).await;
+    let mut c = Raw::connect(server.addr).await;
+    c.producer("pipelined", 1).await;
+    let mut frames = BytesMut::new();
+    for seq in 0..N {
+        let send = cmd(Type::Send, |c| {
+            c.send = Some(CommandSend {
+                producer_id: 1,
+                sequence_id: seq,
+                num_messages: Some(1),
+                ..Default::default()
+            })
+        });
+        let meta = MessageMetadata {
+            producer_name: "raw".into(),
+            sequence_id: seq,
+            publish_time: 1,
+            ..Default::default()
+        };
+        let payload = frame::build_payload(&meta, &seq.to_be_bytes());
+        frame::encode_payload_command(&send, &payload, &mut frames);
+    }
+    c.s.write_all(&frames).await.unwrap();
+    for seq in 0..N {
+        let r = c.recv_type(Type::SendReceipt).await;
+        let r = r.command.send_receipt.unwrap();
+        assert_eq!(r.sequence_id, seq, "receipts come back in send order");
+    }
+}
+
 #[tokio::test]
 async fn idle_topic_unloads_its_task_and_keeps_its_messages() {
     let config = BrokerConfig {
