@@ -9,7 +9,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::fmt::Debug;
+use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -115,6 +115,7 @@ impl Broker {
             .arg("--http-port")
             .arg(self.http_port.to_string())
             .env_remove("KILONOVA_CONFIG")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
@@ -179,11 +180,23 @@ impl Broker {
             "broker must exit 0 on SIGTERM, got {status}\n{}",
             self.tail_report()
         );
-        if let Err(e) = self.spawn_and_wait().await {
-            panic!(
-                "broker did not come back after restart: {e}\n{}",
-                self.tail_report()
-            );
+        // The old ports are in the ephemeral range: in the moment between exit
+        // and restart a client socket (another test's, or a self-connect of a
+        // reconnecting one) may take one. Then restart on fresh ports; clients
+        // are expected to reconnect with `service_url()` after a restart.
+        for attempt in 1..=3 {
+            match self.spawn_and_wait().await {
+                Ok(()) => return,
+                Err(e) if attempt < 3 && e.contains("port clash") => {
+                    eprintln!("broker restart attempt {attempt} lost its port, retrying: {e}");
+                    self.pulsar_port = free_port();
+                    self.http_port = free_port();
+                }
+                Err(e) => panic!(
+                    "broker did not come back after restart: {e}\n{}",
+                    self.tail_report()
+                ),
+            }
         }
     }
 
@@ -290,10 +303,10 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
 }
 
 /// Await `fut` for at most `limit`; on timeout panic naming what was awaited.
-pub async fn within<T>(limit: Duration, what: impl Debug, fut: impl Future<Output = T>) -> T {
+pub async fn within<T>(limit: Duration, what: impl Display, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,
-        Err(_) => panic!("timed out after {limit:?} waiting for {what:?}"),
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
     }
 }
 
