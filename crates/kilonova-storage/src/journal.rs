@@ -578,7 +578,9 @@ impl Writer {
                 next_lsn: self.next_lsn,
             };
             if let Some(tx) = &self.sync_tx {
-                let _ = tx.send(SyncMsg::Seal(job));
+                if tx.send(SyncMsg::Seal(job)).is_ok() {
+                    self.shared.seals.sealed();
+                }
             }
         }
     }
@@ -695,6 +697,7 @@ fn run_checkpointer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Rec
                     // The file keeps no index: recovery scans it instead. Nothing is lost.
                     tracing::warn!(file = job.file, error = %e, "could not checkpoint a sealed journal file");
                 }
+                shared.seals.checkpointed();
             }
             CkptMsg::Prepare(no) => {
                 let made = create_file(&shared, no);

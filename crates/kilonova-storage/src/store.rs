@@ -7,9 +7,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -121,6 +122,43 @@ pub(crate) struct Shared {
     pub recovery: (u64, u64),
     /// Recycled journal files waiting for reuse: (path, bytes).
     pub spares: Mutex<Vec<(PathBuf, u64)>>,
+    pub seals: SealProgress,
+}
+
+/// Journal files sealed by the writer and checkpointed (in the background) so
+/// far: GC may only take checkpointed files, so it first lets the
+/// checkpointer catch up with what was sealed before it was called.
+#[derive(Default)]
+pub(crate) struct SealProgress {
+    /// (sealed, checkpointed or given up on)
+    counts: Mutex<(u64, u64)>,
+    changed: Condvar,
+}
+
+impl SealProgress {
+    pub fn sealed(&self) {
+        if let Ok(mut c) = self.counts.lock() {
+            c.0 += 1;
+        }
+    }
+
+    pub fn checkpointed(&self) {
+        if let Ok(mut c) = self.counts.lock() {
+            c.1 += 1;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits, at most `limit`, until every file sealed before the call is checkpointed.
+    pub fn wait_caught_up(&self, limit: Duration) {
+        let Ok(counts) = self.counts.lock() else {
+            return;
+        };
+        let target = counts.0;
+        let _ = self
+            .changed
+            .wait_timeout_while(counts, limit, |c| c.1 < target);
+    }
 }
 
 /// What a segment looks like now.
@@ -211,6 +249,7 @@ impl SegmentStore {
             active_file: AtomicU32::new(u32::MAX),
             recovery: (recovered.replayed_files, recovered.replayed_bytes),
             spares: Mutex::new(list_spares(&config.dir)?),
+            seals: SealProgress::default(),
         });
         // Cover everything recovery replayed with a checkpoint, so the next start
         // replays only what is written from now on. On a full disk this may fail:
@@ -459,6 +498,8 @@ impl SegmentStore {
     /// Blocking (file I/O); call it from a blocking thread.
     pub fn gc(&self) -> Result<GcReport> {
         let mut report = GcReport::default();
+        // Files sealed a moment ago become collectable once their checkpoint is written.
+        self.shared.seals.wait_caught_up(Duration::from_secs(5));
         // Free what is already dead first: on a full disk compaction cannot write.
         self.remove_dead_files(&mut report)?;
         let ratio = self.shared.config.compaction_live_ratio;
