@@ -202,6 +202,29 @@ pub fn encode_payload_command(command: &BaseCommand, raw: &[u8], dst: &mut Bytes
     dst.put_slice(raw);
 }
 
+/// Appends a whole SEND-style frame whose payload is built from `metadata` and
+/// `data` in place: `data` is copied once, into `dst`.
+pub fn encode_message(
+    command: &BaseCommand,
+    metadata: &MessageMetadata,
+    data: &[u8],
+    dst: &mut BytesMut,
+) {
+    let meta_len = metadata.encoded_len();
+    let raw_len = 10 + meta_len + data.len();
+    encode_header(command, raw_len, dst);
+    dst.reserve(raw_len);
+    dst.put_u16(MAGIC_CRC32C);
+    let crc_at = dst.len();
+    dst.put_u32(0);
+    let covered_from = dst.len();
+    dst.put_u32(meta_len as u32);
+    let _ = metadata.encode(dst);
+    dst.put_slice(data);
+    let crc = crc32c::crc32c(&dst[covered_from..]);
+    dst[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Builds `[0x0e01][crc32c][metadata size][metadata][data]`: a payload as a client sends it.
 pub fn build_payload(metadata: &MessageMetadata, data: &[u8]) -> Bytes {
     let meta_len = metadata.encoded_len();
@@ -225,6 +248,18 @@ pub fn broker_entry_metadata_prefix(meta: &BrokerEntryMetadata) -> Bytes {
     b.put_u32(len as u32);
     let _ = meta.encode(&mut b);
     b.freeze()
+}
+
+/// Appends one message to a batched payload: `[u32 size][SingleMessageMetadata][payload]`.
+/// `meta.payload_size` is set from `payload`.
+pub fn push_batch_message(dst: &mut BytesMut, meta: &SingleMessageMetadata, payload: &[u8]) {
+    let mut meta = meta.clone();
+    meta.payload_size = i32::try_from(payload.len()).unwrap_or(i32::MAX);
+    let len = meta.encoded_len();
+    dst.reserve(4 + len + payload.len());
+    dst.put_u32(len as u32);
+    let _ = meta.encode(dst);
+    dst.put_slice(payload);
 }
 
 /// Splits a batched payload (`num_messages_in_batch` messages, each

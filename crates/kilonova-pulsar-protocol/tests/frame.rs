@@ -174,6 +174,40 @@ proptest! {
     }
 
     #[test]
+    fn encode_message_equals_building_the_payload_first(
+        seq: u64,
+        data in proptest::collection::vec(any::<u8>(), 0..2000),
+    ) {
+        let cmd = send_command(3, seq);
+        let mut direct = BytesMut::new();
+        frame::encode_message(&cmd, &metadata(seq), &data, &mut direct);
+        let mut two_step = BytesMut::new();
+        frame::encode_payload_command(&cmd, &frame::build_payload(&metadata(seq), &data), &mut two_step);
+        prop_assert_eq!(&direct[..], &two_step[..]);
+    }
+
+    #[test]
+    fn batches_built_with_push_batch_message_parse_back(
+        msgs in proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), 0..300), proptest::option::of("[a-z]{0,8}")),
+            1..20,
+        ),
+    ) {
+        let mut data = BytesMut::new();
+        for (payload, key) in &msgs {
+            let meta = SingleMessageMetadata { partition_key: key.clone(), ..Default::default() };
+            frame::push_batch_message(&mut data, &meta, payload);
+        }
+        let parsed = frame::parse_batch(&data.freeze(), msgs.len() as u32).unwrap();
+        prop_assert_eq!(parsed.len(), msgs.len());
+        for ((meta, payload), (want, key)) in parsed.iter().zip(&msgs) {
+            prop_assert_eq!(&payload[..], &want[..]);
+            prop_assert_eq!(meta.payload_size as usize, want.len());
+            prop_assert_eq!(&meta.partition_key, key);
+        }
+    }
+
+    #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let mut buf = BytesMut::from(&bytes[..]);
         // Decode until the input is used up or refused; never a panic.

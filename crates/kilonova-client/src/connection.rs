@@ -1,0 +1,441 @@
+//! The connection: a writer task that flushes one shared output buffer, a
+//! reader task that decodes frames and routes them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use kilonova_pulsar_protocol::frame::{self, Frame, DEFAULT_MAX_FRAME_BYTES};
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, command_partitioned_topic_metadata_response::LookupType, BaseCommand,
+    CommandConnect, CommandMessage, CommandPartitionedTopicMetadata, CommandPong, MessageMetadata,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::consumer::{self, Consumer, ConsumerOptions};
+use crate::producer::{self, Producer, ProducerOptions};
+use crate::ClientError;
+
+/// The protocol version this client speaks.
+const PROTOCOL_VERSION: i32 = 19;
+const CLIENT_VERSION: &str = concat!("kilonova-client/", env!("CARGO_PKG_VERSION"));
+
+/// Builds a command of type `t`, filled in by `f`.
+pub(crate) fn command(t: Type, f: impl FnOnce(&mut BaseCommand)) -> BaseCommand {
+    let mut c = BaseCommand {
+        r#type: t as i32,
+        ..Default::default()
+    };
+    f(&mut c);
+    c
+}
+
+/// What the reader hands a consumer.
+pub(crate) enum ConsumerEvent {
+    Message(CommandMessage, Bytes),
+    Closed,
+}
+
+type Responder = oneshot::Sender<Result<BaseCommand, ClientError>>;
+
+pub(crate) struct Conn {
+    out: Mutex<BytesMut>,
+    wake_writer: Notify,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    requests: Mutex<HashMap<u64, Responder>>,
+    producers: Mutex<HashMap<u64, Arc<producer::Shared>>>,
+    consumers: Mutex<HashMap<u64, mpsc::UnboundedSender<ConsumerEvent>>>,
+}
+
+impl Conn {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Queues a command for the writer.
+    pub fn send(&self, cmd: &BaseCommand) {
+        self.with_output(|out| frame::encode_command(cmd, out));
+    }
+
+    /// Queues a payload command whose payload is built in place.
+    pub fn send_message(&self, cmd: &BaseCommand, metadata: &MessageMetadata, data: &[u8]) {
+        self.with_output(|out| frame::encode_message(cmd, metadata, data, out));
+    }
+
+    fn with_output(&self, f: impl FnOnce(&mut BytesMut)) {
+        if let Ok(mut out) = self.out.lock() {
+            let was_empty = out.is_empty();
+            f(&mut out);
+            if was_empty {
+                self.wake_writer.notify_one();
+            }
+        }
+    }
+
+    /// Sends a command that carries `request_id` and waits for its answer.
+    /// An ERROR answer (or a failed lookup-style answer) is an `Err`.
+    pub async fn request(
+        &self,
+        request_id: u64,
+        cmd: BaseCommand,
+    ) -> Result<BaseCommand, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut requests = self.requests.lock().map_err(|_| ClientError::Closed)?;
+            if self.is_closed() {
+                return Err(ClientError::Closed);
+            }
+            requests.insert(request_id, tx);
+        }
+        self.send(&cmd);
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    pub fn register_producer(&self, id: u64, p: Arc<producer::Shared>) {
+        if let Ok(mut m) = self.producers.lock() {
+            m.insert(id, p);
+        }
+    }
+
+    pub fn forget_producer(&self, id: u64) {
+        if let Ok(mut m) = self.producers.lock() {
+            m.remove(&id);
+        }
+    }
+
+    pub fn register_consumer(&self, id: u64, tx: mpsc::UnboundedSender<ConsumerEvent>) {
+        if let Ok(mut m) = self.consumers.lock() {
+            m.insert(id, tx);
+        }
+    }
+
+    pub fn forget_consumer(&self, id: u64) {
+        if let Ok(mut m) = self.consumers.lock() {
+            m.remove(&id);
+        }
+    }
+
+    fn respond(&self, request_id: u64, answer: Result<BaseCommand, ClientError>) {
+        let waiter = self
+            .requests
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(&request_id));
+        if let Some(tx) = waiter {
+            let _ = tx.send(answer);
+        }
+    }
+
+    fn producer(&self, id: u64) -> Option<Arc<producer::Shared>> {
+        self.producers.lock().ok()?.get(&id).cloned()
+    }
+
+    fn to_consumer(&self, id: u64, event: ConsumerEvent) {
+        if let Some(tx) = self.consumers.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Routes one frame from the broker.
+    fn dispatch(&self, f: Frame) {
+        let c = f.command;
+        match c.r#type() {
+            Type::Ping => self.send(&command(Type::Pong, |b| b.pong = Some(CommandPong {}))),
+            Type::Success => {
+                if let Some(s) = &c.success {
+                    self.respond(s.request_id, Ok(c.clone()));
+                }
+            }
+            Type::Error => {
+                if let Some(e) = &c.error {
+                    self.respond(e.request_id, Err(ClientError::broker(e.error, &e.message)));
+                }
+            }
+            Type::ProducerSuccess => {
+                if let Some(s) = &c.producer_success {
+                    self.respond(s.request_id, Ok(c.clone()));
+                }
+            }
+            Type::PartitionedMetadataResponse => {
+                if let Some(r) = &c.partition_metadata_response {
+                    let answer = if r.response() == LookupType::Failed {
+                        Err(ClientError::broker(
+                            r.error.unwrap_or_default(),
+                            r.message.clone().unwrap_or_default(),
+                        ))
+                    } else {
+                        Ok(c.clone())
+                    };
+                    self.respond(r.request_id, answer);
+                }
+            }
+            Type::GetLastMessageIdResponse => {
+                if let Some(r) = &c.get_last_message_id_response {
+                    self.respond(r.request_id, Ok(c.clone()));
+                }
+            }
+            Type::SendReceipt => {
+                if let Some(r) = c.send_receipt {
+                    if let Some(p) = self.producer(r.producer_id) {
+                        p.on_receipt(r.sequence_id, r.message_id.as_ref());
+                    }
+                }
+            }
+            Type::SendError => {
+                if let Some(e) = c.send_error {
+                    if let Some(p) = self.producer(e.producer_id) {
+                        p.on_send_error(e.sequence_id, ClientError::broker(e.error, e.message));
+                    }
+                }
+            }
+            Type::CloseProducer => {
+                if let Some(cp) = c.close_producer {
+                    if let Some(p) = self.producer(cp.producer_id) {
+                        p.fail(ClientError::Closed);
+                    }
+                }
+            }
+            Type::Message => {
+                if let (Some(m), Some(p)) = (c.message, f.payload) {
+                    let id = m.consumer_id;
+                    self.to_consumer(id, ConsumerEvent::Message(m, p.raw));
+                }
+            }
+            Type::CloseConsumer => {
+                if let Some(cc) = c.close_consumer {
+                    self.to_consumer(cc.consumer_id, ConsumerEvent::Closed);
+                }
+            }
+            other => tracing::trace!(?other, "ignored a frame from the broker"),
+        }
+    }
+
+    /// The connection is gone: every waiter learns it.
+    fn fail(&self, e: &ClientError) {
+        self.closed.store(true, Ordering::Release);
+        self.wake_writer.notify_one();
+        let requests: Vec<_> = self
+            .requests
+            .lock()
+            .map(|mut r| r.drain().collect())
+            .unwrap_or_default();
+        for (_, tx) in requests {
+            let _ = tx.send(Err(e.clone()));
+        }
+        let producers: Vec<_> = self
+            .producers
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default();
+        for (_, p) in producers {
+            p.fail(e.clone());
+        }
+        let consumers: Vec<_> = self
+            .consumers
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default();
+        for (_, tx) in consumers {
+            let _ = tx.send(ConsumerEvent::Closed);
+        }
+    }
+}
+
+async fn write_loop(conn: Arc<Conn>, mut w: OwnedWriteHalf) {
+    let mut spare = BytesMut::with_capacity(64 << 10);
+    loop {
+        if let Ok(mut out) = conn.out.lock() {
+            std::mem::swap(&mut *out, &mut spare);
+        }
+        if spare.is_empty() {
+            if conn.is_closed() {
+                break;
+            }
+            conn.wake_writer.notified().await;
+            continue;
+        }
+        if let Err(e) = w.write_all(&spare).await {
+            conn.fail(&ClientError::Connect {
+                addr: "broker".into(),
+                message: format!("write failed: {e}"),
+            });
+            break;
+        }
+        spare.clear();
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn read_loop(conn: Arc<Conn>, mut r: OwnedReadHalf, mut buf: BytesMut, max_frame: usize) {
+    let error = loop {
+        loop {
+            match frame::decode(&mut buf, max_frame) {
+                Ok(Some(f)) => conn.dispatch(f),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable frame from the broker");
+                    conn.fail(&ClientError::Protocol(e.to_string()));
+                    return;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 16 << 10 {
+            buf.reserve(64 << 10);
+        }
+        match r.read_buf(&mut buf).await {
+            Ok(0) => break ClientError::Closed,
+            Ok(_) => {}
+            Err(e) => {
+                break ClientError::Connect {
+                    addr: "broker".into(),
+                    message: format!("read failed: {e}"),
+                }
+            }
+        }
+    };
+    conn.fail(&error);
+}
+
+/// A connection to one broker, shared by the producers and consumers made from it.
+/// Dropping the client closes the connection: keep it while they are in use.
+pub struct Client {
+    conn: Arc<Conn>,
+}
+
+impl Client {
+    /// Connects to `pulsar://host:port` and completes the CONNECT handshake.
+    pub async fn connect(service_url: &str) -> Result<Client, ClientError> {
+        let addr = service_url
+            .strip_prefix("pulsar://")
+            .map(|a| a.trim_end_matches('/'))
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| ClientError::BadUrl(service_url.to_owned()))?;
+        let connect_err = |message: String| ClientError::Connect {
+            addr: addr.to_owned(),
+            message,
+        };
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let mut out = BytesMut::new();
+        frame::encode_command(
+            &command(Type::Connect, |b| {
+                b.connect = Some(CommandConnect {
+                    client_version: CLIENT_VERSION.into(),
+                    protocol_version: Some(PROTOCOL_VERSION),
+                    ..Default::default()
+                })
+            }),
+            &mut out,
+        );
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        let max_frame = loop {
+            match frame::decode(&mut buf, DEFAULT_MAX_FRAME_BYTES) {
+                Ok(Some(f)) => match (f.command.r#type(), f.command.connected, f.command.error) {
+                    (Type::Connected, Some(c), _) => {
+                        let max_message = c
+                            .max_message_size
+                            .and_then(|m| usize::try_from(m).ok())
+                            .unwrap_or(5 << 20);
+                        break max_message + (64 << 10);
+                    }
+                    (Type::Error, _, Some(e)) => {
+                        return Err(ClientError::broker(e.error, e.message))
+                    }
+                    (t, _, _) => {
+                        return Err(ClientError::Protocol(format!(
+                            "expected CONNECTED, got {t:?}"
+                        )))
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) => return Err(connect_err("closed during the handshake".into())),
+                Ok(_) => {}
+                Err(e) => return Err(connect_err(e.to_string())),
+            }
+        };
+        let (r, w) = stream.into_split();
+        let conn = Arc::new(Conn {
+            out: Mutex::new(BytesMut::with_capacity(64 << 10)),
+            wake_writer: Notify::new(),
+            closed: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            requests: Mutex::new(HashMap::new()),
+            producers: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(write_loop(conn.clone(), w));
+        tokio::spawn(read_loop(conn.clone(), r, buf, max_frame));
+        Ok(Client { conn })
+    }
+
+    /// The number of partitions of `topic` (0: not partitioned).
+    pub async fn partitions(&self, topic: &str) -> Result<u32, ClientError> {
+        let request_id = self.conn.next_id();
+        let answer = self
+            .conn
+            .request(
+                request_id,
+                command(Type::PartitionedMetadata, |b| {
+                    b.partition_metadata = Some(CommandPartitionedTopicMetadata {
+                        topic: topic.into(),
+                        request_id,
+                        ..Default::default()
+                    })
+                }),
+            )
+            .await?;
+        Ok(answer
+            .partition_metadata_response
+            .and_then(|r| r.partitions)
+            .unwrap_or(0))
+    }
+
+    /// Creates a producer on one topic (for a partitioned topic: on one partition,
+    /// `…-partition-N`).
+    pub async fn create_producer(
+        &self,
+        topic: &str,
+        options: ProducerOptions,
+    ) -> Result<Producer, ClientError> {
+        producer::create(self.conn.clone(), topic, options).await
+    }
+
+    /// Subscribes to one topic (or one partition).
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        subscription: &str,
+        options: ConsumerOptions,
+    ) -> Result<Consumer, ClientError> {
+        consumer::subscribe(self.conn.clone(), topic, subscription, options).await
+    }
+
+    /// Closes the connection; pending operations fail with [`ClientError::Closed`].
+    pub fn close(&self) {
+        self.conn.fail(&ClientError::Closed);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

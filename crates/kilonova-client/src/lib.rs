@@ -1,0 +1,36 @@
+//! A lean async Pulsar client over [`kilonova_pulsar_protocol`].
+//!
+//! One TCP connection per [`Client`], shared by its producers and consumers
+//! (Pulsar's default of one connection per broker). Frames from every producer
+//! go into one buffer that a writer task flushes with one write per wake-up, so
+//! many small sends cost few system calls; a reader task routes responses by
+//! request id, receipts by producer id and messages by consumer id.
+//!
+//! What it does: CONNECT, PARTITIONED_METADATA, producers with batching and an
+//! in-flight window ([`Producer`]), consumers with flow control and grouped
+//! individual acks ([`Consumer`]). What it leaves out, for now: LOOKUP
+//! redirects (it talks to the broker it connected to), reconnection,
+//! compression, chunking, schemas, authentication.
+//!
+//! It exists because `kilonova perf` must not be limited by its client, and the
+//! geo-replicator needs a client inside the broker.
+
+mod connection;
+mod consumer;
+mod error;
+mod producer;
+
+pub use connection::Client;
+pub use consumer::{Consumer, ConsumerOptions, InitialPosition, Message, SubscriptionType};
+pub use error::ClientError;
+pub use producer::{Batching, OutgoingMessage, Producer, ProducerOptions, Receipt};
+
+/// Where a message is stored: entry `entry_id` of segment (ledger) `ledger_id`,
+/// and its index within a batch (-1: not batched).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId {
+    pub ledger_id: u64,
+    pub entry_id: u64,
+    pub partition: i32,
+    pub batch_index: i32,
+}

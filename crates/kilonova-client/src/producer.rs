@@ -1,0 +1,421 @@
+//! Producers: per-message sequence ids, optional batching, an in-flight window,
+//! and receipts resolved in order.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use kilonova_pulsar_protocol::frame;
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, CommandCloseProducer, CommandProducer, CommandSend, MessageIdData,
+    MessageMetadata, SingleMessageMetadata,
+};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::connection::{command, Conn};
+use crate::{ClientError, MessageId};
+
+/// Client-side batching: a batch is sent when it holds `max_messages` or
+/// `max_bytes`, or every `max_delay` (a periodic timer, as the Java client's).
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub max_delay: Duration,
+}
+
+impl Default for Batching {
+    /// The Java client's defaults: 1,000 messages, 128 KiB, 1 ms.
+    fn default() -> Batching {
+        Batching {
+            max_messages: 1000,
+            max_bytes: 128 << 10,
+            max_delay: Duration::from_millis(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProducerOptions {
+    /// Producer name; the broker picks one when `None`.
+    pub name: Option<String>,
+    /// `None`: every message is its own entry.
+    pub batching: Option<Batching>,
+    /// Messages sent and not yet acknowledged by a receipt; `send` waits for room.
+    pub max_pending: usize,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> ProducerOptions {
+        ProducerOptions {
+            name: None,
+            batching: Some(Batching::default()),
+            max_pending: 1000,
+        }
+    }
+}
+
+/// A message to send.
+#[derive(Clone, Debug, Default)]
+pub struct OutgoingMessage {
+    pub payload: Bytes,
+    pub key: Option<String>,
+}
+
+impl From<Bytes> for OutgoingMessage {
+    fn from(payload: Bytes) -> OutgoingMessage {
+        OutgoingMessage { payload, key: None }
+    }
+}
+
+/// Resolves to the message's id once the broker's receipt arrives (for a
+/// Kilonova broker: once the message is durable).
+pub struct Receipt(oneshot::Receiver<Result<MessageId, ClientError>>);
+
+impl Future for Receipt {
+    type Output = Result<MessageId, ClientError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Result<MessageId, ClientError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// One SEND on the wire, waiting for its receipt.
+struct InFlight {
+    sequence_id: u64,
+    batched: bool,
+    waiters: Vec<Waiter>,
+}
+
+struct State {
+    next_sequence_id: u64,
+    batch: Vec<Waiter>,
+    batch_data: BytesMut,
+    batch_first_sequence_id: u64,
+    in_flight: VecDeque<InFlight>,
+    failed: Option<ClientError>,
+}
+
+pub(crate) struct Shared {
+    conn: Arc<Conn>,
+    id: u64,
+    name: String,
+    partition: i32,
+    batching: Option<Batching>,
+    state: Mutex<State>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    fn send_locked(&self, st: &mut State, msg: OutgoingMessage, waiter: Waiter) {
+        let sequence_id = st.next_sequence_id;
+        st.next_sequence_id += 1;
+        match self.batching {
+            None => {
+                let metadata = MessageMetadata {
+                    producer_name: self.name.clone(),
+                    sequence_id,
+                    publish_time: now_ms(),
+                    partition_key: msg.key,
+                    uncompressed_size: Some(msg.payload.len() as u32),
+                    ..Default::default()
+                };
+                let cmd = send_command(self.id, sequence_id, 1, None);
+                st.in_flight.push_back(InFlight {
+                    sequence_id,
+                    batched: false,
+                    waiters: vec![waiter],
+                });
+                self.conn.send_message(&cmd, &metadata, &msg.payload);
+            }
+            Some(b) => {
+                if st.batch.is_empty() {
+                    st.batch_first_sequence_id = sequence_id;
+                }
+                let single = SingleMessageMetadata {
+                    partition_key: msg.key,
+                    sequence_id: Some(sequence_id),
+                    ..Default::default()
+                };
+                frame::push_batch_message(&mut st.batch_data, &single, &msg.payload);
+                st.batch.push(waiter);
+                if st.batch.len() >= b.max_messages || st.batch_data.len() >= b.max_bytes {
+                    self.flush_locked(st);
+                }
+            }
+        }
+    }
+
+    fn flush_locked(&self, st: &mut State) {
+        if st.batch.is_empty() {
+            return;
+        }
+        let count = st.batch.len();
+        let first = st.batch_first_sequence_id;
+        let last = first + count as u64 - 1;
+        let metadata = MessageMetadata {
+            producer_name: self.name.clone(),
+            sequence_id: first,
+            publish_time: now_ms(),
+            num_messages_in_batch: Some(count as i32),
+            uncompressed_size: Some(st.batch_data.len() as u32),
+            highest_sequence_id: Some(last),
+            ..Default::default()
+        };
+        let cmd = send_command(self.id, first, count as i32, Some(last));
+        self.conn.send_message(&cmd, &metadata, &st.batch_data);
+        st.batch_data.clear();
+        let waiters = std::mem::take(&mut st.batch);
+        st.in_flight.push_back(InFlight {
+            sequence_id: first,
+            batched: true,
+            waiters,
+        });
+    }
+
+    fn flush(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            self.flush_locked(&mut st);
+        }
+    }
+
+    /// A receipt: the oldest SEND in flight must be the one it names.
+    pub(crate) fn on_receipt(&self, sequence_id: u64, id: Option<&MessageIdData>) {
+        let done = {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            match st.in_flight.front().map(|f| f.sequence_id) {
+                Some(s) if s == sequence_id => st.in_flight.pop_front(),
+                Some(s) if sequence_id < s => return, // a late duplicate
+                _ => {
+                    drop(st);
+                    self.fail(ClientError::Protocol(format!(
+                        "receipt for sequence id {sequence_id} out of order"
+                    )));
+                    return;
+                }
+            }
+        };
+        let (Some(done), Some(id)) = (done, id) else {
+            return;
+        };
+        for (i, w) in done.waiters.into_iter().enumerate() {
+            let _ = w.tx.send(Ok(MessageId {
+                ledger_id: id.ledger_id,
+                entry_id: id.entry_id,
+                partition: self.partition,
+                batch_index: if done.batched { i as i32 } else { -1 },
+            }));
+        }
+    }
+
+    pub(crate) fn on_send_error(&self, sequence_id: u64, e: ClientError) {
+        let done = {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            let at = st
+                .in_flight
+                .iter()
+                .position(|f| f.sequence_id == sequence_id);
+            at.and_then(|i| st.in_flight.remove(i))
+        };
+        for w in done.into_iter().flat_map(|d| d.waiters) {
+            let _ = w.tx.send(Err(e.clone()));
+        }
+    }
+
+    /// The producer can send no more: every waiting message fails.
+    pub(crate) fn fail(&self, e: ClientError) {
+        let waiters: Vec<Waiter> = {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            st.failed.get_or_insert(e.clone());
+            let mut all: Vec<Waiter> = st.in_flight.drain(..).flat_map(|f| f.waiters).collect();
+            all.append(&mut st.batch);
+            st.batch_data.clear();
+            all
+        };
+        for w in waiters {
+            let _ = w.tx.send(Err(e.clone()));
+        }
+    }
+}
+
+fn send_command(
+    producer_id: u64,
+    sequence_id: u64,
+    count: i32,
+    highest: Option<u64>,
+) -> kilonova_pulsar_protocol::proto::BaseCommand {
+    command(Type::Send, |b| {
+        b.send = Some(CommandSend {
+            producer_id,
+            sequence_id,
+            num_messages: Some(count),
+            highest_sequence_id: highest,
+            ..Default::default()
+        })
+    })
+}
+
+/// A producer on one topic or partition.
+pub struct Producer {
+    shared: Arc<Shared>,
+    window: Arc<Semaphore>,
+    max_pending: u32,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub(crate) async fn create(
+    conn: Arc<Conn>,
+    topic: &str,
+    options: ProducerOptions,
+) -> Result<Producer, ClientError> {
+    let id = conn.next_id();
+    let request_id = conn.next_id();
+    let answer = conn
+        .request(
+            request_id,
+            command(Type::Producer, |b| {
+                b.producer = Some(CommandProducer {
+                    topic: topic.into(),
+                    producer_id: id,
+                    request_id,
+                    producer_name: options.name.clone(),
+                    ..Default::default()
+                })
+            }),
+        )
+        .await?;
+    let success = answer.producer_success.ok_or_else(|| {
+        ClientError::Protocol("PRODUCER answered without PRODUCER_SUCCESS".into())
+    })?;
+    let partition = topic
+        .rsplit_once("-partition-")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(-1);
+    let next_sequence_id = u64::try_from(success.last_sequence_id.unwrap_or(-1) + 1).unwrap_or(0);
+    let shared = Arc::new(Shared {
+        conn: conn.clone(),
+        id,
+        name: success.producer_name,
+        partition,
+        batching: options.batching,
+        state: Mutex::new(State {
+            next_sequence_id,
+            batch: Vec::new(),
+            batch_data: BytesMut::new(),
+            batch_first_sequence_id: 0,
+            in_flight: VecDeque::new(),
+            failed: None,
+        }),
+    });
+    conn.register_producer(id, shared.clone());
+    let timer = options.batching.map(|b| {
+        let weak: Weak<Shared> = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(b.max_delay.max(Duration::from_micros(100)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(s) => s.flush(),
+                    None => break,
+                }
+            }
+        })
+    });
+    let max_pending = u32::try_from(options.max_pending.max(1)).unwrap_or(u32::MAX >> 4);
+    Ok(Producer {
+        shared,
+        window: Arc::new(Semaphore::new(max_pending as usize)),
+        max_pending,
+        timer,
+    })
+}
+
+impl Producer {
+    /// The name the broker knows this producer by.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Queues a message. Waits only for room in the in-flight window; the
+    /// returned [`Receipt`] resolves when the broker confirms it.
+    pub async fn send(&self, msg: impl Into<OutgoingMessage>) -> Result<Receipt, ClientError> {
+        let permit = self
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.shared.state.lock().map_err(|_| ClientError::Closed)?;
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        self.shared.send_locked(
+            &mut st,
+            msg.into(),
+            Waiter {
+                tx,
+                _permit: permit,
+            },
+        );
+        Ok(Receipt(rx))
+    }
+
+    /// Sends the current batch now.
+    pub fn flush(&self) {
+        self.shared.flush();
+    }
+
+    /// Flushes, waits for every receipt, and closes the producer on the broker.
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.flush();
+        // Every permit back: every receipt arrived (or failed).
+        let _all = self.window.acquire_many(self.max_pending).await;
+        let conn = &self.shared.conn;
+        let request_id = conn.next_id();
+        let result = conn
+            .request(
+                request_id,
+                command(Type::CloseProducer, |b| {
+                    b.close_producer = Some(CommandCloseProducer {
+                        producer_id: self.shared.id,
+                        request_id,
+                    })
+                }),
+            )
+            .await;
+        conn.forget_producer(self.shared.id);
+        result.map(|_| ())
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self.shared.conn.forget_producer(self.shared.id);
+    }
+}
