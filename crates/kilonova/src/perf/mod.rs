@@ -2,16 +2,27 @@
 
 use clap::Subcommand;
 
+pub mod pulsar;
+pub mod recorder;
 pub mod storage;
 
 #[derive(Subcommand)]
 pub enum PerfCommand {
     /// Durable appends straight into the segment store (no broker, no network).
     Storage(storage::StorageArgs),
+    /// Publish to a broker and report publish (receipt) latency.
+    Produce(pulsar::ProduceCmd),
+    /// Consume from a broker and report throughput and latency from publish time.
+    Consume(pulsar::ConsumeCmd),
+    /// Publish and consume at once; latency is publish → delivery.
+    E2e(pulsar::E2eCmd),
 }
 
 pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
     match cmd {
         PerfCommand::Storage(args) => storage::run(args),
+        PerfCommand::Produce(c) => pulsar::run(pulsar::Mode::Produce(c)),
+        PerfCommand::Consume(c) => pulsar::run(pulsar::Mode::Consume(c)),
+        PerfCommand::E2e(c) => pulsar::run(pulsar::Mode::E2e(c)),
     }
 }

@@ -1,0 +1,582 @@
+//! `kilonova perf produce | consume | e2e`: load against a Pulsar-protocol
+//! broker, as `pulsar-perf` does, with Kilonova's own lean client.
+//!
+//! Publish latency runs from handing the message to the client to its receipt
+//! (for Kilonova: durable). End-to-end latency runs from that same moment, which
+//! the producer writes into the first 8 bytes of the payload (microseconds since
+//! the epoch), to the consumer receiving it. `consume` alone measures from the
+//! message's publish time (millisecond resolution).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use kilonova_client::{
+    Batching, Client, ConsumerOptions, InitialPosition, Producer, ProducerOptions, Receipt,
+    SubscriptionType,
+};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::recorder::{ms, Recorder, Summary};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// The broker's Pulsar service URL.
+    #[arg(long, default_value = "pulsar://127.0.0.1:6650")]
+    pub service_url: String,
+    /// The broker's admin URL (used to create partitioned topics).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub admin_url: String,
+    /// Topic name; with `--topics N` > 1, topics are `<topic>-0` … `<topic>-(N-1)`.
+    #[arg(long, default_value = "persistent://public/default/perf")]
+    pub topic: String,
+    /// Number of topics.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Partitions per topic (0: not partitioned). Partitioned topics are
+    /// created through the admin API if they do not exist.
+    #[arg(long, default_value_t = 0)]
+    pub partitions: u32,
+    /// Client connections the topics are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Seconds measured, after the warm-up (0: until `--messages`).
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
+    /// `text` or `json` (one JSON object on stdout at the end).
+    #[arg(long, default_value = "text")]
+    pub output: String,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProduceArgs {
+    /// Producers per topic (per partition for partitioned topics).
+    #[arg(long, default_value_t = 1)]
+    pub producers_per_topic: usize,
+    /// Payload bytes per message (at least 8: the send timestamp).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Total messages per second over all producers (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Messages to send in all, warm-up included (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub messages: u64,
+    /// Turn client batching off: one entry (and one fsync share) per message.
+    #[arg(long)]
+    pub no_batching: bool,
+    /// Batching: longest a message waits for its batch, in microseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_max_delay_us: u64,
+    /// Batching: most messages per batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_max_messages: usize,
+    /// Batching: most bytes per batch.
+    #[arg(long, default_value_t = 128 << 10)]
+    pub batch_max_bytes: usize,
+    /// Messages each producer keeps in flight (sent, receipt not yet back).
+    #[arg(long, default_value_t = 1000)]
+    pub max_pending: usize,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsumeArgs {
+    /// Consumers per topic (per partition for partitioned topics).
+    #[arg(long, default_value_t = 1)]
+    pub consumers_per_topic: usize,
+    #[arg(long, default_value = "perf-sub")]
+    pub subscription: String,
+    /// exclusive, shared, failover or key_shared.
+    #[arg(long, default_value = "exclusive")]
+    pub subscription_type: String,
+    /// Where a new subscription starts: latest or earliest.
+    #[arg(long, default_value = "latest")]
+    pub initial_position: String,
+    /// Messages each consumer lets the broker send ahead.
+    #[arg(long, default_value_t = 1000)]
+    pub receiver_queue: u32,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProduceCmd {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub produce: ProduceArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsumeCmd {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub consume: ConsumeArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct E2eCmd {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub produce: ProduceArgs,
+    #[command(flatten)]
+    pub consume: ConsumeArgs,
+}
+
+pub enum Mode {
+    Produce(ProduceCmd),
+    Consume(ConsumeCmd),
+    E2e(E2eCmd),
+}
+
+/// The JSON summary: the headline figures are the mode's own (publish for
+/// `produce`, delivery for `consume` and `e2e`); `e2e` adds the publish side.
+#[derive(Serialize)]
+struct Report {
+    mode: &'static str,
+    #[serde(flatten)]
+    main: Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publish: Option<Summary>,
+}
+
+/// How long `e2e` waits at the end for consumers to receive what was published.
+const DRAIN: Duration = Duration::from_secs(10);
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub fn run(mode: Mode) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(mode))
+}
+
+/// Every topic (or partition) the run uses.
+async fn topic_names(common: &CommonArgs) -> anyhow::Result<Vec<String>> {
+    let bases: Vec<String> = if common.topics <= 1 {
+        vec![common.topic.clone()]
+    } else {
+        (0..common.topics)
+            .map(|i| format!("{}-{i}", common.topic))
+            .collect()
+    };
+    if common.partitions == 0 {
+        return Ok(bases);
+    }
+    let mut names = Vec::new();
+    for (i, base) in bases.iter().enumerate() {
+        create_partitioned(&common.admin_url, base, common.partitions).await?;
+        if common.topics > 100 && i % 1000 == 0 {
+            eprintln!("created {i} of {} partitioned topics", bases.len());
+        }
+        names.extend((0..common.partitions).map(|p| format!("{base}-partition-{p}")));
+    }
+    Ok(names)
+}
+
+/// `PUT /admin/v2/{domain}/{tenant}/{ns}/{topic}/partitions` with the count as
+/// the body; an existing topic (409) is fine.
+async fn create_partitioned(admin_url: &str, topic: &str, partitions: u32) -> anyhow::Result<()> {
+    let addr = admin_url
+        .strip_prefix("http://")
+        .map(|a| a.trim_end_matches('/'))
+        .with_context(|| format!("admin URL {admin_url} must be http://host:port"))?;
+    let (domain, rest) = topic
+        .split_once("://")
+        .with_context(|| format!("topic {topic} must be persistent://tenant/ns/name"))?;
+    let body = partitions.to_string();
+    let request = format!(
+        "PUT /admin/v2/{domain}/{rest}/partitions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the admin API at {addr}"))?;
+    s.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .unwrap_or(0);
+    anyhow::ensure!(
+        (200..300).contains(&status) || status == 409,
+        "creating partitioned topic {topic}: {}",
+        response.lines().next().unwrap_or("no answer")
+    );
+    Ok(())
+}
+
+async fn connect_all(common: &CommonArgs) -> anyhow::Result<Vec<Arc<Client>>> {
+    let mut clients = Vec::new();
+    for _ in 0..common.connections.max(1) {
+        clients.push(Arc::new(
+            Client::connect(&common.service_url)
+                .await
+                .with_context(|| format!("connecting to {}", common.service_url))?,
+        ));
+    }
+    Ok(clients)
+}
+
+struct Run {
+    measuring: Arc<AtomicBool>,
+    stop_producers: Arc<AtomicBool>,
+    stop_consumers: Arc<AtomicBool>,
+    /// Messages handed to producers so far, warm-up included (for `--messages`).
+    sent: Arc<AtomicU64>,
+    /// Receipts that came back, and messages received, warm-up included: at the
+    /// end of `e2e` the consumers drain until they have everything published.
+    published: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+}
+
+fn subscription_type(s: &str) -> anyhow::Result<SubscriptionType> {
+    Ok(match s.to_ascii_lowercase().replace('-', "_").as_str() {
+        "exclusive" => SubscriptionType::Exclusive,
+        "shared" => SubscriptionType::Shared,
+        "failover" => SubscriptionType::Failover,
+        "key_shared" | "keyshared" => SubscriptionType::KeyShared,
+        other => anyhow::bail!("unknown subscription type '{other}'"),
+    })
+}
+
+async fn start_consumers(
+    clients: &[Arc<Client>],
+    topics: &[String],
+    args: &ConsumeArgs,
+    run: &Run,
+    recorder: &Arc<Recorder>,
+    latency_from_payload: bool,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let options = ConsumerOptions {
+        subscription_type: subscription_type(&args.subscription_type)?,
+        initial_position: match args.initial_position.as_str() {
+            "earliest" => InitialPosition::Earliest,
+            "latest" => InitialPosition::Latest,
+            other => anyhow::bail!("unknown initial position '{other}'"),
+        },
+        receiver_queue: args.receiver_queue,
+        name: None,
+    };
+    let mut tasks = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        for k in 0..args.consumers_per_topic.max(1) {
+            let client = &clients[(i + k) % clients.len()];
+            let mut consumer = client
+                .subscribe(topic, &args.subscription, options.clone())
+                .await
+                .with_context(|| format!("subscribing to {topic}"))?;
+            let mut local = recorder.local();
+            let (stop, received) = (run.stop_consumers.clone(), run.received.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let m =
+                        match tokio::time::timeout(Duration::from_millis(200), consumer.receive())
+                            .await
+                        {
+                            Err(_) => continue, // nothing for a while: look at `stop`
+                            Ok(Ok(m)) => m,
+                            Ok(Err(_)) => {
+                                local.error();
+                                break;
+                            }
+                        };
+                    let sent_us = if latency_from_payload && m.payload.len() >= 8 {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&m.payload[..8]);
+                        u64::from_be_bytes(b)
+                    } else {
+                        m.publish_time_ms * 1000
+                    };
+                    let latency = Duration::from_micros(now_us().saturating_sub(sent_us));
+                    local.record(latency, m.payload.len());
+                    received.fetch_add(1, Ordering::Relaxed);
+                    consumer.ack(&m);
+                }
+                consumer.flush_acks();
+            }));
+        }
+    }
+    Ok(tasks)
+}
+
+async fn start_producers(
+    clients: &[Arc<Client>],
+    topics: &[String],
+    args: &ProduceArgs,
+    run: &Run,
+    recorder: &Arc<Recorder>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    anyhow::ensure!(args.size >= 8, "--size must be at least 8 (the timestamp)");
+    let options = ProducerOptions {
+        name: None,
+        batching: (!args.no_batching).then_some(Batching {
+            max_messages: args.batch_max_messages.max(1),
+            max_bytes: args.batch_max_bytes.max(1),
+            max_delay: Duration::from_micros(args.batch_max_delay_us.max(1)),
+        }),
+        max_pending: args.max_pending.max(1),
+    };
+    let count = topics.len() * args.producers_per_topic.max(1);
+    let interval =
+        (args.rate > 0).then(|| Duration::from_secs_f64(count as f64 / args.rate as f64));
+    let mut producers = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        for k in 0..args.producers_per_topic.max(1) {
+            let client = &clients[(i + k) % clients.len()];
+            let p = client
+                .create_producer(topic, options.clone())
+                .await
+                .with_context(|| format!("creating a producer on {topic}"))?;
+            producers.push(p);
+            if count > 1000 && producers.len() % 1000 == 0 {
+                eprintln!("created {} of {count} producers", producers.len());
+            }
+        }
+    }
+    let filler = Bytes::from(vec![0x4bu8; args.size - 8]);
+    let mut tasks = Vec::new();
+    for (n, producer) in producers.into_iter().enumerate() {
+        let counters = Counters {
+            stop: run.stop_producers.clone(),
+            sent: run.sent.clone(),
+            published: run.published.clone(),
+            limit: args.messages,
+        };
+        let filler = filler.clone();
+        let local = recorder.local();
+        let start = Instant::now();
+        // Spread the first sends of fixed-rate producers over one interval.
+        let offset = interval.map(|iv| iv.mul_f64(n as f64 / count as f64));
+        tasks.push(tokio::spawn(produce_loop(
+            producer, local, counters, filler, interval, start, offset,
+        )));
+    }
+    Ok(tasks)
+}
+
+struct Counters {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    published: Arc<AtomicU64>,
+    limit: u64,
+}
+
+async fn produce_loop(
+    producer: Producer,
+    mut local: super::recorder::LocalRecorder,
+    counters: Counters,
+    filler: Bytes,
+    interval: Option<Duration>,
+    start: Instant,
+    offset: Option<Duration>,
+) {
+    // The sender hands messages over; the collector awaits receipts, which
+    // arrive in order, and records their latency.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, usize, Receipt)>();
+    let errors = local.shared();
+    let Counters {
+        stop,
+        sent,
+        published,
+        limit,
+    } = counters;
+    let collector = tokio::spawn(async move {
+        while let Some((t0, len, receipt)) = rx.recv().await {
+            match receipt.await {
+                Ok(_) => {
+                    local.record(t0.elapsed(), len);
+                    published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => local.error(),
+            }
+        }
+    });
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        if let (Some(iv), Some(off)) = (interval, offset) {
+            tokio::time::sleep_until((start + off + iv.mul_f64(n as f64)).into()).await;
+        }
+        if limit > 0 && sent.fetch_add(1, Ordering::Relaxed) >= limit {
+            break;
+        }
+        n += 1;
+        let mut payload = BytesMut::with_capacity(8 + filler.len());
+        let t0 = Instant::now();
+        payload.put_u64(now_us());
+        payload.put_slice(&filler);
+        let len = payload.len();
+        match producer.send(payload.freeze()).await {
+            Ok(r) => {
+                if tx.send((t0, len, r)).is_err() {
+                    break;
+                }
+            }
+            Err(_) => {
+                errors.error();
+                break;
+            }
+        }
+    }
+    producer.flush();
+    drop(tx);
+    let _ = collector.await;
+}
+
+async fn run_async(mode: Mode) -> anyhow::Result<()> {
+    let (common, produce, consume, name) = match &mode {
+        Mode::Produce(c) => (&c.common, Some(&c.produce), None, "produce"),
+        Mode::Consume(c) => (&c.common, None, Some(&c.consume), "consume"),
+        Mode::E2e(c) => (&c.common, Some(&c.produce), Some(&c.consume), "e2e"),
+    };
+    let topics = topic_names(common).await?;
+    let clients = connect_all(common).await?;
+    let run = Run {
+        measuring: Arc::new(AtomicBool::new(false)),
+        stop_producers: Arc::new(AtomicBool::new(false)),
+        stop_consumers: Arc::new(AtomicBool::new(false)),
+        sent: Arc::new(AtomicU64::new(0)),
+        published: Arc::new(AtomicU64::new(0)),
+        received: Arc::new(AtomicU64::new(0)),
+    };
+    let publish = Recorder::new(run.measuring.clone());
+    let deliver = Recorder::new(run.measuring.clone());
+    let mut consumers = Vec::new();
+    if let Some(c) = consume {
+        consumers =
+            start_consumers(&clients, &topics, c, &run, &deliver, produce.is_some()).await?;
+    }
+    let mut producers = Vec::new();
+    if let Some(p) = produce {
+        producers = start_producers(&clients, &topics, p, &run, &publish).await?;
+    }
+    eprintln!(
+        "{name}: {} topic(s)/partition(s), warming up for {} s",
+        topics.len(),
+        common.warmup_secs
+    );
+    let limit = produce.map_or(0, |p| p.messages);
+    let finished = |run: &Run| limit > 0 && run.sent.load(Ordering::Relaxed) >= limit;
+    let warm_end = Instant::now() + Duration::from_secs(common.warmup_secs);
+    while Instant::now() < warm_end && !finished(&run) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut last = (0u64, 0u64, 0u64, 0u64);
+    let mut sec = 0u64;
+    loop {
+        sec += 1;
+        let tick = t0 + Duration::from_secs(sec);
+        while Instant::now() < tick && !finished(&run) {
+            tokio::time::sleep(Duration::from_millis(20).min(tick - Instant::now())).await;
+        }
+        let now = (
+            publish.messages(),
+            publish.bytes(),
+            deliver.messages(),
+            deliver.bytes(),
+        );
+        let mut line = format!("[{sec:>4}s]");
+        if produce.is_some() {
+            let l = publish.take_interval();
+            line += &format!(
+                " publish {:>8} msg/s {:>7.1} MB/s p50 {} p99 {} p99.9 {}",
+                now.0 - last.0,
+                (now.1 - last.1) as f64 / 1e6,
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.p999)
+            );
+        }
+        if consume.is_some() {
+            let l = deliver.take_interval();
+            line += &format!(
+                " | receive {:>8} msg/s {:>7.1} MB/s p50 {} p99 {} p99.9 {}",
+                now.2 - last.2,
+                (now.3 - last.3) as f64 / 1e6,
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.p999)
+            );
+        }
+        let errors = publish.errors() + deliver.errors();
+        if errors > 0 {
+            line += &format!(" errors {errors}");
+        }
+        eprintln!("{line}");
+        last = now;
+        let timed_out = common.duration_secs > 0 && sec >= common.duration_secs;
+        if timed_out || finished(&run) {
+            break;
+        }
+    }
+    // Producers stop and wait for their receipts; in `e2e` the consumers then
+    // drain what was published (for at most DRAIN), so every message is counted.
+    run.stop_producers.store(true, Ordering::Relaxed);
+    for t in producers {
+        let _ = t.await;
+    }
+    if produce.is_some() && consume.is_some() {
+        let deadline = Instant::now() + DRAIN;
+        while run.received.load(Ordering::Relaxed) < run.published.load(Ordering::Relaxed)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    run.measuring.store(false, Ordering::Relaxed);
+    run.stop_consumers.store(true, Ordering::Relaxed);
+    for t in consumers {
+        let _ = t.await;
+    }
+    let publish_summary = Summary::of(&publish, seconds);
+    let deliver_summary = Summary::of(&deliver, seconds);
+    let report = match mode {
+        Mode::Produce(_) => Report {
+            mode: name,
+            main: publish_summary,
+            publish: None,
+        },
+        Mode::Consume(_) => Report {
+            mode: name,
+            main: deliver_summary,
+            publish: None,
+        },
+        Mode::E2e(_) => Report {
+            mode: name,
+            main: deliver_summary,
+            publish: Some(publish_summary),
+        },
+    };
+    if common.output == "json" {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        if let Some(p) = &report.publish {
+            println!("{}", p.line("publish"));
+        }
+        let what = match name {
+            "produce" => "publish",
+            "consume" => "receive",
+            _ => "end-to-end",
+        };
+        println!("{}", report.main.line(what));
+    }
+    Ok(())
+}
