@@ -21,3 +21,28 @@ def fio(directory, name, bs, size, seconds):
     sync_p99 = job.get("sync", {}).get("lat_ns", {}).get("percentile", {}).get("99.000000", 0)
     return {"cmd": " ".join(cmd), "bytes_per_sec": w["bw_bytes"], "iops": w["iops"],
             "fdatasync_p99_us": sync_p99 / 1000.0}
+
+
+def free_port():
+    """A port that was free a moment ago."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far."""
+    import os
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

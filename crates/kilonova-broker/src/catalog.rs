@@ -1,9 +1,12 @@
 //! The broker's inventory: tenants, namespaces, topics with their internal ids,
 //! partition counts and schemas.
 //!
-//! Today one document kept in the [`StateStore`] (durable, atomic replace on every
-//! change). That is fine for standalone and thousands of topics; the metadata-store
-//! issue (#13) moves this behind the `MetadataStore` trait with per-key records.
+//! Kept in the [`StateStore`]: one key per topic (`catalog/v2/topics/<id>`),
+//! so creating a topic writes one small record, and one key for the rest
+//! (`catalog/v2/meta`: tenants, namespaces, schemas and the id allocator's
+//! limit). Topic ids are reserved in blocks, so creating a topic rarely
+//! rewrites the meta record. This is the standalone form; the metadata-store
+//! issue (#13) moves it behind the `MetadataStore` trait.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,12 @@ use kilonova_storage::StateStore;
 use crate::error::BrokerError;
 use crate::topic_name::{TopicName, DEFAULT_NAMESPACE, DEFAULT_TENANT};
 
-const CATALOG_KEY: &str = "catalog/v1";
+/// The first layout: everything in one document (read once, then migrated).
+const V1_KEY: &str = "catalog/v1";
+const META_KEY: &str = "catalog/v2/meta";
+const TOPICS_PREFIX: &str = "catalog/v2/topics";
+/// Topic ids reserved per meta write.
+const ID_BLOCK: u64 = 1024;
 
 /// A topic's record.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -37,21 +45,46 @@ pub struct SchemaRecord {
     pub properties: Vec<(String, String)>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Document {
+/// The stored topic record: the name travels with it (keys are hex).
+#[derive(Serialize, Deserialize)]
+struct StoredTopic {
+    name: String,
+    #[serde(flatten)]
+    record: TopicRecord,
+}
+
+/// Everything but the topics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    /// Ids below this may have been handed out; the next block starts here.
+    id_limit: u64,
+    tenants: BTreeSet<String>,
+    namespaces: BTreeSet<String>,
+    /// Per partitioned-topic base name: versions, oldest first (version = index).
+    schemas: BTreeMap<String, Vec<SchemaRecord>>,
+}
+
+/// The v1 document, for migration.
+#[derive(Deserialize)]
+struct DocumentV1 {
     next_id: u64,
     tenants: BTreeSet<String>,
     namespaces: BTreeSet<String>,
     topics: BTreeMap<String, TopicRecord>,
-    /// Per partitioned-topic base name: versions, oldest first (version = index).
     schemas: BTreeMap<String, Vec<SchemaRecord>>,
+}
+
+struct Inventory {
+    meta: Meta,
+    next_id: u64,
+    topics: BTreeMap<String, TopicRecord>,
 }
 
 /// The inventory. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
     state: Arc<dyn StateStore>,
-    doc: Arc<Mutex<Document>>,
+    inner: Arc<Mutex<Inventory>>,
 }
 
 /// What creating a schema version answered.
@@ -63,24 +96,49 @@ pub enum SchemaOutcome {
     Incompatible,
 }
 
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, BrokerError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| BrokerError::Metadata(format!("{what} is unreadable: {e}")))
+}
+
+fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, BrokerError> {
+    serde_json::to_vec(value).map_err(|e| BrokerError::Metadata(format!("encoding {what}: {e}")))
+}
+
 impl Catalog {
     /// Loads the inventory, creating `public` and `public/default` on first start.
     pub fn open(state: Arc<dyn StateStore>) -> Result<Self, BrokerError> {
-        let doc = match state.load(CATALOG_KEY)? {
-            Some(b) => serde_json::from_slice(&b)
-                .map_err(|e| BrokerError::Metadata(format!("catalog is unreadable: {e}")))?,
-            None => Document {
-                next_id: 1,
-                ..Document::default()
-            },
+        let (meta, topics) = match state.load(META_KEY)? {
+            Some(b) => {
+                let meta: Meta = decode("the catalog", &b)?;
+                let mut topics = BTreeMap::new();
+                for key in state.children(TOPICS_PREFIX)? {
+                    if let Some(b) = state.load(&format!("{TOPICS_PREFIX}/{key}"))? {
+                        let t: StoredTopic = decode("a topic record", &b)?;
+                        topics.insert(t.name, t.record);
+                    }
+                }
+                (meta, topics)
+            }
+            None => Self::migrate_v1(state.as_ref())?,
         };
+        let next_id = topics
+            .values()
+            .map(|t| t.id + 1)
+            .max()
+            .unwrap_or(1)
+            .max(meta.id_limit);
         let catalog = Catalog {
             state,
-            doc: Arc::new(Mutex::new(doc)),
+            inner: Arc::new(Mutex::new(Inventory {
+                meta,
+                next_id,
+                topics,
+            })),
         };
-        catalog.update(|d| {
-            let fresh = d.tenants.insert(DEFAULT_TENANT.to_string());
-            let ns = d
+        catalog.update_meta(|m| {
+            let fresh = m.tenants.insert(DEFAULT_TENANT.to_string());
+            let ns = m
                 .namespaces
                 .insert(format!("{DEFAULT_TENANT}/{DEFAULT_NAMESPACE}"));
             Ok((fresh || ns, ()))
@@ -88,38 +146,76 @@ impl Catalog {
         Ok(catalog)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Document> {
-        // A panic while holding the lock leaves a consistent document (every
-        // change is applied to a copy first), so a poisoned lock is still usable.
-        self.doc.lock().unwrap_or_else(|p| p.into_inner())
+    /// Moves a v1 document (if any) to the per-key layout: topics first, then
+    /// the meta record that makes the new layout current, then the old key goes.
+    fn migrate_v1(
+        state: &dyn StateStore,
+    ) -> Result<(Meta, BTreeMap<String, TopicRecord>), BrokerError> {
+        let Some(b) = state.load(V1_KEY)? else {
+            return Ok((
+                Meta {
+                    id_limit: 1,
+                    ..Meta::default()
+                },
+                BTreeMap::new(),
+            ));
+        };
+        let doc: DocumentV1 = decode("the catalog", &b)?;
+        for (name, record) in &doc.topics {
+            store_topic(state, name, record)?;
+        }
+        let meta = Meta {
+            id_limit: doc.next_id,
+            tenants: doc.tenants,
+            namespaces: doc.namespaces,
+            schemas: doc.schemas,
+        };
+        state.store(META_KEY, &encode("the catalog", &meta)?)?;
+        state.remove(V1_KEY)?;
+        tracing::info!(
+            topics = doc.topics.len(),
+            "catalog moved to one record per topic"
+        );
+        Ok((meta, doc.topics))
     }
 
-    /// Applies `f` to a copy of the document; if it reports a change, persists the
-    /// copy and only then makes it current.
-    fn update<T>(
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inventory> {
+        // Changes are persisted before they are applied in memory, so a panic
+        // while holding the lock leaves a consistent inventory.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to a copy of the meta record; if it reports a change, persists
+    /// the copy and only then makes it current.
+    fn update_meta<T>(
         &self,
-        f: impl FnOnce(&mut Document) -> Result<(bool, T), BrokerError>,
+        f: impl FnOnce(&mut Meta) -> Result<(bool, T), BrokerError>,
     ) -> Result<T, BrokerError> {
-        let mut doc = self.lock();
-        let mut copy = Document {
-            next_id: doc.next_id,
-            tenants: doc.tenants.clone(),
-            namespaces: doc.namespaces.clone(),
-            topics: doc.topics.clone(),
-            schemas: doc.schemas.clone(),
-        };
+        let mut inv = self.lock();
+        let mut copy = inv.meta.clone();
         let (changed, out) = f(&mut copy)?;
         if changed {
-            let bytes = serde_json::to_vec(&copy)
-                .map_err(|e| BrokerError::Metadata(format!("encoding the catalog: {e}")))?;
-            self.state.store(CATALOG_KEY, &bytes)?;
-            *doc = copy;
+            self.state.store(META_KEY, &encode("the catalog", &copy)?)?;
+            inv.meta = copy;
         }
         Ok(out)
     }
 
+    /// A new topic id; reserves the next block in the meta record when needed.
+    fn allocate_id(&self, inv: &mut Inventory) -> Result<u64, BrokerError> {
+        if inv.next_id >= inv.meta.id_limit {
+            let mut meta = inv.meta.clone();
+            meta.id_limit = inv.next_id + ID_BLOCK;
+            self.state.store(META_KEY, &encode("the catalog", &meta)?)?;
+            inv.meta = meta;
+        }
+        let id = inv.next_id;
+        inv.next_id += 1;
+        Ok(id)
+    }
+
     pub fn namespace_exists(&self, namespace: &str) -> bool {
-        self.lock().namespaces.contains(namespace)
+        self.lock().meta.namespaces.contains(namespace)
     }
 
     pub fn topic(&self, name: &TopicName) -> Option<TopicRecord> {
@@ -135,24 +231,23 @@ impl Catalog {
     ) -> Result<TopicRecord, BrokerError> {
         let key = name.to_string();
         let ns = name.namespace_name();
-        self.update(|d| {
-            if !d.namespaces.contains(&ns) {
-                return Err(BrokerError::NamespaceNotFound(ns));
-            }
-            if let Some(t) = d.topics.get(&key) {
-                return Ok((false, t.clone()));
-            }
-            if !create {
-                return Err(BrokerError::TopicNotFound(key.clone()));
-            }
-            let record = TopicRecord {
-                id: d.next_id,
-                partitions: 0,
-            };
-            d.next_id += 1;
-            d.topics.insert(key.clone(), record.clone());
-            Ok((true, record))
-        })
+        let mut inv = self.lock();
+        if !inv.meta.namespaces.contains(&ns) {
+            return Err(BrokerError::NamespaceNotFound(ns));
+        }
+        if let Some(t) = inv.topics.get(&key) {
+            return Ok(t.clone());
+        }
+        if !create {
+            return Err(BrokerError::TopicNotFound(key));
+        }
+        let record = TopicRecord {
+            id: self.allocate_id(&mut inv)?,
+            partitions: 0,
+        };
+        store_topic(self.state.as_ref(), &key, &record)?;
+        inv.topics.insert(key, record.clone());
+        Ok(record)
     }
 
     /// Creates partitioned topic `name` with `partitions` partitions (`create`), or
@@ -165,35 +260,38 @@ impl Catalog {
     ) -> Result<(), BrokerError> {
         let key = name.to_string();
         let ns = name.namespace_name();
-        self.update(|d| {
-            if !d.namespaces.contains(&ns) {
-                return Err(BrokerError::NamespaceNotFound(ns));
+        let mut inv = self.lock();
+        if !inv.meta.namespaces.contains(&ns) {
+            return Err(BrokerError::NamespaceNotFound(ns));
+        }
+        let record = match inv.topics.get(&key) {
+            Some(_) if create => {
+                return Err(BrokerError::Conflict(format!("{key} already exists")))
             }
-            match d.topics.get_mut(&key) {
-                Some(_) if create => {
-                    return Err(BrokerError::Conflict(format!("{key} already exists")))
-                }
-                Some(t) if t.partitions == 0 => {
-                    return Err(BrokerError::Conflict(format!(
-                        "{key} exists as a non-partitioned topic"
-                    )))
-                }
-                Some(t) if partitions < t.partitions => {
-                    return Err(BrokerError::BadRequest(format!(
-                        "partitions can only grow: {key} has {}",
-                        t.partitions
-                    )))
-                }
-                Some(t) => t.partitions = partitions,
-                None if !create => return Err(BrokerError::TopicNotFound(key.clone())),
-                None => {
-                    let id = d.next_id;
-                    d.next_id += 1;
-                    d.topics.insert(key.clone(), TopicRecord { id, partitions });
-                }
+            Some(t) if t.partitions == 0 => {
+                return Err(BrokerError::Conflict(format!(
+                    "{key} exists as a non-partitioned topic"
+                )))
             }
-            Ok((true, ()))
-        })
+            Some(t) if partitions < t.partitions => {
+                return Err(BrokerError::BadRequest(format!(
+                    "partitions can only grow: {key} has {}",
+                    t.partitions
+                )))
+            }
+            Some(t) => TopicRecord {
+                id: t.id,
+                partitions,
+            },
+            None if !create => return Err(BrokerError::TopicNotFound(key)),
+            None => TopicRecord {
+                id: self.allocate_id(&mut inv)?,
+                partitions,
+            },
+        };
+        store_topic(self.state.as_ref(), &key, &record)?;
+        inv.topics.insert(key, record);
+        Ok(())
     }
 
     /// Topics of a namespace (partitioned topics as their partitions' names), of one domain or all.
@@ -202,12 +300,12 @@ impl Catalog {
         namespace: &str,
         domain: Option<crate::Domain>,
     ) -> Result<Vec<String>, BrokerError> {
-        let doc = self.lock();
-        if !doc.namespaces.contains(namespace) {
+        let inv = self.lock();
+        if !inv.meta.namespaces.contains(namespace) {
             return Err(BrokerError::NamespaceNotFound(namespace.to_string()));
         }
         let mut out = BTreeSet::new();
-        for (name, record) in &doc.topics {
+        for (name, record) in &inv.topics {
             let Ok(t) = TopicName::parse(name) else {
                 continue;
             };
@@ -225,8 +323,11 @@ impl Catalog {
 
     /// The schema of `topic` at `version` (the latest if `None`).
     pub fn schema(&self, topic: &TopicName, version: Option<u64>) -> Option<(u64, SchemaRecord)> {
-        let doc = self.lock();
-        let versions = doc.schemas.get(&topic.partitioned_topic().to_string())?;
+        let inv = self.lock();
+        let versions = inv
+            .meta
+            .schemas
+            .get(&topic.partitioned_topic().to_string())?;
         let v = match version {
             Some(v) => v,
             None => versions.len().checked_sub(1)? as u64,
@@ -243,8 +344,8 @@ impl Catalog {
         schema: SchemaRecord,
     ) -> Result<SchemaOutcome, BrokerError> {
         let key = topic.partitioned_topic().to_string();
-        self.update(|d| {
-            let versions = d.schemas.entry(key).or_default();
+        self.update_meta(|m| {
+            let versions = m.schemas.entry(key).or_default();
             if let Some(v) = versions
                 .iter()
                 .position(|s| s.kind == schema.kind && s.data == schema.data)
@@ -258,6 +359,24 @@ impl Catalog {
             Ok((true, SchemaOutcome::Version(versions.len() as u64 - 1)))
         })
     }
+}
+
+/// Persists one topic record under its own key (its id: names can be longer
+/// than a file name may be).
+fn store_topic(
+    state: &dyn StateStore,
+    name: &str,
+    record: &TopicRecord,
+) -> Result<(), BrokerError> {
+    let stored = StoredTopic {
+        name: name.to_owned(),
+        record: record.clone(),
+    };
+    state.store(
+        &format!("{TOPICS_PREFIX}/{}", record.id),
+        &encode("a topic record", &stored)?,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -298,6 +417,58 @@ mod tests {
                 "persistent://public/default/p-partition-1",
                 "persistent://public/default/p-partition-2",
             ]
+        );
+    }
+
+    #[test]
+    fn ids_are_never_reused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path())
+            .get_or_create_topic(&TopicName::parse("a").unwrap(), true)
+            .unwrap();
+        let second = open(dir.path())
+            .get_or_create_topic(&TopicName::parse("b").unwrap(), true)
+            .unwrap();
+        assert!(second.id > first.id);
+        let c = open(dir.path());
+        let third = c
+            .get_or_create_topic(&TopicName::parse("c").unwrap(), true)
+            .unwrap();
+        assert!(third.id > second.id);
+        assert_eq!(
+            c.topic(&TopicName::parse("a").unwrap()),
+            Some(first),
+            "records survive"
+        );
+    }
+
+    #[test]
+    fn a_v1_document_moves_to_one_record_per_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(DirStateStore::open(dir.path()).unwrap());
+        let v1 = br#"{"next_id":8,"tenants":["public"],"namespaces":["public/default"],
+            "topics":{"persistent://public/default/old":{"id":7,"partitions":0},
+                      "persistent://public/default/p":{"id":3,"partitions":2}},
+            "schemas":{}}"#;
+        state.store(V1_KEY, v1).unwrap();
+        let c = Catalog::open(state.clone()).unwrap();
+        assert_eq!(c.topic(&TopicName::parse("old").unwrap()).unwrap().id, 7);
+        assert!(
+            state.load(V1_KEY).unwrap().is_none(),
+            "the v1 document is gone"
+        );
+        let fresh = c
+            .get_or_create_topic(&TopicName::parse("new").unwrap(), true)
+            .unwrap();
+        assert!(fresh.id >= 8, "ids continue after v1's");
+        drop(c);
+        let c = open(dir.path());
+        assert_eq!(
+            c.topic(&TopicName::parse("p").unwrap()),
+            Some(TopicRecord {
+                id: 3,
+                partitions: 2
+            })
         );
     }
 

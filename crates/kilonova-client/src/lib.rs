@@ -23,7 +23,7 @@ mod producer;
 pub use connection::Client;
 pub use consumer::{Consumer, ConsumerOptions, InitialPosition, Message, SubscriptionType};
 pub use error::ClientError;
-pub use producer::{Batching, OutgoingMessage, Producer, ProducerOptions, Receipt};
+pub use producer::{Batching, OutgoingMessage, Producer, ProducerOptions, Receipt, SendCallback};
 
 /// Where a message is stored: entry `entry_id` of segment (ledger) `ledger_id`,
 /// and its index within a batch (-1: not batched).

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use kilonova_pulsar_protocol::frame;
@@ -85,9 +85,30 @@ impl Future for Receipt {
     }
 }
 
+/// Called on the connection's reader task when a message's receipt (or error)
+/// arrives, with the time from queuing the message to that moment.
+pub type SendCallback = Box<dyn FnOnce(Result<MessageId, ClientError>, Duration) + Send>;
+
+enum Notify {
+    Receipt(oneshot::Sender<Result<MessageId, ClientError>>),
+    Callback(SendCallback),
+}
+
 struct Waiter {
-    tx: oneshot::Sender<Result<MessageId, ClientError>>,
+    notify: Notify,
+    queued: Instant,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Waiter {
+    fn done(self, result: Result<MessageId, ClientError>) {
+        match self.notify {
+            Notify::Receipt(tx) => {
+                let _ = tx.send(result);
+            }
+            Notify::Callback(f) => f(result, self.queued.elapsed()),
+        }
+    }
 }
 
 /// One SEND on the wire, waiting for its receipt.
@@ -216,7 +237,7 @@ impl Shared {
             return;
         };
         for (i, w) in done.waiters.into_iter().enumerate() {
-            let _ = w.tx.send(Ok(MessageId {
+            w.done(Ok(MessageId {
                 ledger_id: id.ledger_id,
                 entry_id: id.entry_id,
                 partition: self.partition,
@@ -237,7 +258,7 @@ impl Shared {
             at.and_then(|i| st.in_flight.remove(i))
         };
         for w in done.into_iter().flat_map(|d| d.waiters) {
-            let _ = w.tx.send(Err(e.clone()));
+            w.done(Err(e.clone()));
         }
     }
 
@@ -254,7 +275,7 @@ impl Shared {
             all
         };
         for w in waiters {
-            let _ = w.tx.send(Err(e.clone()));
+            w.done(Err(e.clone()));
         }
     }
 }
@@ -361,26 +382,40 @@ impl Producer {
     /// Queues a message. Waits only for room in the in-flight window; the
     /// returned [`Receipt`] resolves when the broker confirms it.
     pub async fn send(&self, msg: impl Into<OutgoingMessage>) -> Result<Receipt, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue(msg.into(), Notify::Receipt(tx)).await?;
+        Ok(Receipt(rx))
+    }
+
+    /// Like [`Producer::send`], but `callback` runs when the receipt arrives
+    /// (on the connection's reader task: keep it short), given the time since
+    /// the message was queued.
+    pub async fn send_with_callback(
+        &self,
+        msg: impl Into<OutgoingMessage>,
+        callback: SendCallback,
+    ) -> Result<(), ClientError> {
+        self.queue(msg.into(), Notify::Callback(callback)).await
+    }
+
+    async fn queue(&self, msg: OutgoingMessage, notify: Notify) -> Result<(), ClientError> {
         let permit = self
             .window
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| ClientError::Closed)?;
-        let (tx, rx) = oneshot::channel();
         let mut st = self.shared.state.lock().map_err(|_| ClientError::Closed)?;
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
-        self.shared.send_locked(
-            &mut st,
-            msg.into(),
-            Waiter {
-                tx,
-                _permit: permit,
-            },
-        );
-        Ok(Receipt(rx))
+        let waiter = Waiter {
+            notify,
+            queued: Instant::now(),
+            _permit: permit,
+        };
+        self.shared.send_locked(&mut st, msg, waiter);
+        Ok(())
     }
 
     /// Sends the current batch now.

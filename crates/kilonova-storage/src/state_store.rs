@@ -16,6 +16,8 @@ pub trait StateStore: Send + Sync {
     fn load(&self, key: &str) -> Result<Option<Bytes>>;
     fn store(&self, key: &str, value: &[u8]) -> Result<()>;
     fn remove(&self, key: &str) -> Result<()>;
+    /// The names of the keys directly under `prefix` (`prefix/<name>`), in no order.
+    fn children(&self, prefix: &str) -> Result<Vec<String>>;
 }
 
 /// One file per key under a directory, written atomically with a CRC.
@@ -71,6 +73,28 @@ impl StateStore for DirStateStore {
             Err(e) => Err(StorageError::io("removing a state file", e)),
         }
     }
+
+    fn children(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.path(prefix)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StorageError::io("listing a state directory", e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("listing a state directory", e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // `write_atomic` leaves `<key>.tmp` behind only if it crashed mid-write.
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if is_file && !name.ends_with(".tmp") {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Hex form of arbitrary text, safe as a key component.
@@ -88,6 +112,11 @@ mod tests {
         let s = DirStateStore::open(dir.path()).unwrap();
         s.store("log/1/cursor/ab", b"hello").unwrap();
         assert_eq!(s.load("log/1/cursor/ab").unwrap().unwrap(), &b"hello"[..]);
+        s.store("log/1/cursor/cd", b"x").unwrap();
+        let mut names = s.children("log/1/cursor").unwrap();
+        names.sort();
+        assert_eq!(names, ["ab", "cd"]);
+        assert!(s.children("log/2").unwrap().is_empty());
         s.remove("log/1/cursor/ab").unwrap();
         assert_eq!(s.load("log/1/cursor/ab").unwrap(), None);
         for bad in ["", "../x", "a//b", "a/../b", "a b"] {

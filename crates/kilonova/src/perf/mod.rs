@@ -2,6 +2,8 @@
 
 use clap::Subcommand;
 
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod pulsar;
 pub mod recorder;
 pub mod storage;
@@ -16,6 +18,9 @@ pub enum PerfCommand {
     Consume(pulsar::ConsumeCmd),
     /// Publish and consume at once; latency is publish → delivery.
     E2e(pulsar::E2eCmd),
+    /// The same publish load against NATS JetStream (the benchmark suite's peer).
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsArgs),
 }
 
 pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
@@ -24,5 +29,7 @@ pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
         PerfCommand::Produce(c) => pulsar::run(pulsar::Mode::Produce(c)),
         PerfCommand::Consume(c) => pulsar::run(pulsar::Mode::Consume(c)),
         PerfCommand::E2e(c) => pulsar::run(pulsar::Mode::E2e(c)),
+        #[cfg(feature = "nats")]
+        PerfCommand::Nats(args) => nats::run(args),
     }
 }

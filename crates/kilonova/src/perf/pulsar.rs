@@ -14,8 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use kilonova_client::{
-    Batching, Client, ConsumerOptions, InitialPosition, Producer, ProducerOptions, Receipt,
-    SubscriptionType,
+    Batching, Client, ConsumerOptions, InitialPosition, Producer, ProducerOptions, SubscriptionType,
 };
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -379,34 +378,23 @@ struct Counters {
 
 async fn produce_loop(
     producer: Producer,
-    mut local: super::recorder::LocalRecorder,
+    local: super::recorder::LocalRecorder,
     counters: Counters,
     filler: Bytes,
     interval: Option<Duration>,
     start: Instant,
     offset: Option<Duration>,
 ) {
-    // The sender hands messages over; the collector awaits receipts, which
-    // arrive in order, and records their latency.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, usize, Receipt)>();
+    // Receipts are recorded where they arrive (the connection's reader task),
+    // with the time from queuing the message to its receipt.
     let errors = local.shared();
+    let local = Arc::new(std::sync::Mutex::new(local));
     let Counters {
         stop,
         sent,
         published,
         limit,
     } = counters;
-    let collector = tokio::spawn(async move {
-        while let Some((t0, len, receipt)) = rx.recv().await {
-            match receipt.await {
-                Ok(_) => {
-                    local.record(t0.elapsed(), len);
-                    published.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => local.error(),
-            }
-        }
-    });
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         if let (Some(iv), Some(off)) = (interval, offset) {
@@ -417,25 +405,32 @@ async fn produce_loop(
         }
         n += 1;
         let mut payload = BytesMut::with_capacity(8 + filler.len());
-        let t0 = Instant::now();
         payload.put_u64(now_us());
         payload.put_slice(&filler);
         let len = payload.len();
-        match producer.send(payload.freeze()).await {
-            Ok(r) => {
-                if tx.send((t0, len, r)).is_err() {
-                    break;
+        let (local, published) = (local.clone(), published.clone());
+        let on_receipt = Box::new(move |result: Result<_, _>, latency| {
+            if let Ok(mut l) = local.lock() {
+                match result {
+                    Ok(_) => {
+                        l.record(latency, len);
+                        published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => l.error(),
                 }
             }
-            Err(_) => {
-                errors.error();
-                break;
-            }
+        });
+        if producer
+            .send_with_callback(payload.freeze(), on_receipt)
+            .await
+            .is_err()
+        {
+            errors.error();
+            break;
         }
     }
-    producer.flush();
-    drop(tx);
-    let _ = collector.await;
+    // Every receipt back (or failed) before the totals are read.
+    let _ = producer.close().await;
 }
 
 async fn run_async(mode: Mode) -> anyhow::Result<()> {

@@ -138,7 +138,7 @@ impl LocalRecorder {
         let _ = self.hist.record(us);
         self.messages += 1;
         self.bytes += bytes as u64;
-        if self.messages % 64 == 0 && self.since.elapsed() >= Duration::from_millis(100) {
+        if self.since.elapsed() >= Duration::from_millis(100) {
             self.merge();
         }
     }

@@ -1,0 +1,149 @@
+//! `kilonova perf nats` (built with `--features nats`): the same publish load
+//! against NATS JetStream, the benchmark suite's peer. One file-backed stream;
+//! a publish counts once JetStream's ack arrives (which, in nats-server's
+//! default mode, precedes the fsync).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::recorder::{ms, Recorder, Summary};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsArgs {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+    /// The stream (created with file storage if missing) and its subject.
+    #[arg(long, default_value = "perf")]
+    pub stream: String,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Publishes waiting for their ack at once (1: strictly sequential).
+    #[arg(long, default_value_t = 1000)]
+    pub in_flight: usize,
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text")]
+    pub output: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    mode: &'static str,
+    in_flight: usize,
+    #[serde(flatten)]
+    main: Summary,
+}
+
+pub fn run(args: NatsArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: NatsArgs) -> anyhow::Result<()> {
+    let client = async_nats::connect(&args.url)
+        .await
+        .with_context(|| format!("connecting to {}", args.url))?;
+    let js = jetstream::new(client);
+    let subject = format!("{}.data", args.stream);
+    js.get_or_create_stream(stream::Config {
+        name: args.stream.clone(),
+        subjects: vec![subject.clone()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("creating stream {}: {e}", args.stream))?;
+
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let recorder = Recorder::new(measuring.clone());
+    let window = Arc::new(Semaphore::new(args.in_flight.max(1)));
+    let payload = Bytes::from(vec![0x4eu8; args.size]);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut local = recorder.local();
+    let size = args.size;
+    let collector = tokio::spawn(async move {
+        while let Some((t0, permit, ack)) = rx.recv().await {
+            let t0: Instant = t0;
+            let ack: jetstream::context::PublishAckFuture = ack;
+            match ack.await {
+                Ok(_) => local.record(t0.elapsed(), size),
+                Err(_) => local.error(),
+            }
+            drop(permit);
+        }
+    });
+    let sender = {
+        let (stop, recorder) = (stop.clone(), recorder.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(permit) = window.clone().acquire_owned().await else {
+                    break;
+                };
+                let t0 = Instant::now();
+                match js.publish(subject.clone(), payload.clone()).await {
+                    Ok(ack) => {
+                        if tx.send((t0, permit, ack)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => recorder.error(),
+                }
+            }
+        })
+    };
+
+    eprintln!(
+        "nats: stream {}, {} B, {} in flight, warming up for {} s",
+        args.stream, args.size, args.in_flight, args.warmup_secs
+    );
+    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut last = 0;
+    for sec in 1..=args.duration_secs.max(1) {
+        tokio::time::sleep_until((t0 + Duration::from_secs(sec)).into()).await;
+        let now = recorder.messages();
+        let l = recorder.take_interval();
+        eprintln!(
+            "[{sec:>4}s] publish {:>8} msg/s {:>7.1} MB/s p50 {} p99 {} p99.9 {}",
+            now - last,
+            (now - last) as f64 * args.size as f64 / 1e6,
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.p999)
+        );
+        last = now;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    measuring.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+    let _ = collector.await;
+    let report = Report {
+        mode: "nats",
+        in_flight: args.in_flight,
+        main: Summary::of(&recorder, seconds),
+    };
+    if args.output == "json" {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.main.line("nats publish"));
+    }
+    Ok(())
+}
