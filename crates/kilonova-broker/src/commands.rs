@@ -28,21 +28,21 @@ pub(crate) fn message_id(p: Position, batch_index: Option<i32>) -> MessageIdData
 
 pub(crate) fn success(request_id: u64) -> BaseCommand {
     BaseCommand {
-        success: Some(CommandSuccess {
+        success: Some(Box::new(CommandSuccess {
             request_id,
             schema: None,
-        }),
+        })),
         ..base(Type::Success)
     }
 }
 
 pub(crate) fn error(request_id: u64, code: ServerError, message: impl Into<String>) -> BaseCommand {
     BaseCommand {
-        error: Some(CommandError {
+        error: Some(Box::new(CommandError {
             request_id,
             error: code as i32,
             message: message.into(),
-        }),
+        })),
         ..base(Type::Error)
     }
 }
@@ -58,12 +58,12 @@ pub(crate) fn send_receipt(
     id: MessageIdData,
 ) -> BaseCommand {
     BaseCommand {
-        send_receipt: Some(CommandSendReceipt {
+        send_receipt: Some(Box::new(CommandSendReceipt {
             producer_id,
             sequence_id,
             message_id: Some(id),
             highest_sequence_id: Some(highest_sequence_id),
-        }),
+        })),
         ..base(Type::SendReceipt)
     }
 }
@@ -75,12 +75,12 @@ pub(crate) fn send_error(
     message: impl Into<String>,
 ) -> BaseCommand {
     BaseCommand {
-        send_error: Some(CommandSendError {
+        send_error: Some(Box::new(CommandSendError {
             producer_id,
             sequence_id,
             error: code as i32,
             message: message.into(),
-        }),
+        })),
         ..base(Type::SendError)
     }
 }
@@ -88,10 +88,10 @@ pub(crate) fn send_error(
 /// The broker closes a producer; the client reconnects it.
 pub(crate) fn close_producer(producer_id: u64) -> BaseCommand {
     BaseCommand {
-        close_producer: Some(CommandCloseProducer {
+        close_producer: Some(Box::new(CommandCloseProducer {
             producer_id,
             request_id: 0,
-        }),
+        })),
         ..base(Type::CloseProducer)
     }
 }
@@ -99,20 +99,20 @@ pub(crate) fn close_producer(producer_id: u64) -> BaseCommand {
 /// The broker closes a consumer; the client reconnects it.
 pub(crate) fn close_consumer(consumer_id: u64) -> BaseCommand {
     BaseCommand {
-        close_consumer: Some(CommandCloseConsumer {
+        close_consumer: Some(Box::new(CommandCloseConsumer {
             consumer_id,
             request_id: 0,
-        }),
+        })),
         ..base(Type::CloseConsumer)
     }
 }
 
 pub(crate) fn active_consumer_change(consumer_id: u64, is_active: bool) -> BaseCommand {
     BaseCommand {
-        active_consumer_change: Some(CommandActiveConsumerChange {
+        active_consumer_change: Some(Box::new(CommandActiveConsumerChange {
             consumer_id,
             is_active: Some(is_active),
-        }),
+        })),
         ..base(Type::ActiveConsumerChange)
     }
 }

@@ -211,16 +211,16 @@ impl Connection {
                 let version = c.protocol_version.unwrap_or(0).clamp(0, PROTOCOL_VERSION);
                 tracing::debug!(conn = self.id, client = %c.client_version, version, "connected");
                 self.out.command(commands::with_type(Type::Connected, |b| {
-                    b.connected = Some(CommandConnected {
+                    b.connected = Some(Box::new(CommandConnected {
                         server_version: format!("Kilonova/{}", env!("CARGO_PKG_VERSION")),
                         protocol_version: Some(version),
                         max_message_size: i32::try_from(self.broker.config().max_message_bytes)
                             .ok(),
-                    });
+                    }));
                 }));
             }
             Type::Ping => self.out.command(commands::with_type(Type::Pong, |b| {
-                b.pong = Some(CommandPong {})
+                b.pong = Some(Box::new(CommandPong {}))
             })),
             Type::Pong => {}
             Type::Lookup => {
@@ -239,20 +239,20 @@ impl Connection {
                 self.out
                     .command(commands::with_type(Type::LookupResponse, |b| {
                         b.lookup_topic_response = Some(match result {
-                            Ok(()) => CommandLookupTopicResponse {
+                            Ok(()) => Box::new(CommandLookupTopicResponse {
                                 broker_service_url: Some(url),
                                 response: Some(LookupType::Connect as i32),
                                 request_id: l.request_id,
                                 authoritative: Some(true),
                                 ..Default::default()
-                            },
-                            Err(e) => CommandLookupTopicResponse {
+                            }),
+                            Err(e) => Box::new(CommandLookupTopicResponse {
                                 response: Some(LookupType::Failed as i32),
                                 request_id: l.request_id,
                                 error: Some(e.server_error() as i32),
                                 message: Some(e.to_string()),
                                 ..Default::default()
-                            },
+                            }),
                         });
                     }));
             }
@@ -266,19 +266,19 @@ impl Connection {
                     Type::PartitionedMetadataResponse,
                     |b| {
                         b.partition_metadata_response = Some(match result {
-                            Ok(n) => CommandPartitionedTopicMetadataResponse {
+                            Ok(n) => Box::new(CommandPartitionedTopicMetadataResponse {
                                 partitions: Some(n),
                                 request_id: m.request_id,
                                 response: Some(L::Success as i32),
                                 ..Default::default()
-                            },
-                            Err(e) => CommandPartitionedTopicMetadataResponse {
+                            }),
+                            Err(e) => Box::new(CommandPartitionedTopicMetadataResponse {
                                 request_id: m.request_id,
                                 response: Some(L::Failed as i32),
                                 error: Some(e.server_error() as i32),
                                 message: Some(e.to_string()),
                                 ..Default::default()
-                            },
+                            }),
                         });
                     },
                 ));
@@ -367,7 +367,7 @@ impl Connection {
                 let request_id = s.request_id;
                 let cmd = TopicCommand::Subscribe {
                     conn: self.ctx(),
-                    command: Box::new(s),
+                    command: s,
                 };
                 self.to_topic(&topic, cmd, Some(request_id)).await;
             }
@@ -388,7 +388,7 @@ impl Connection {
                 let a = command.ack.ok_or_else(missing)?;
                 let key = self.key(a.consumer_id);
                 let (id, request_id) = (a.consumer_id, a.request_id);
-                self.to_consumer(id, TopicCommand::Ack { key, ack: a }, request_id)
+                self.to_consumer(id, TopicCommand::Ack { key, ack: *a }, request_id)
                     .await;
             }
             Type::RedeliverUnacknowledgedMessages => {
@@ -464,7 +464,7 @@ impl Connection {
             }
             Type::GetTopicsOfNamespace => {
                 let g = command.get_topics_of_namespace.ok_or_else(missing)?;
-                self.topics_of_namespace(g);
+                self.topics_of_namespace(*g);
             }
             Type::GetSchema => {
                 let g = command.get_schema.ok_or_else(missing)?;
@@ -479,7 +479,7 @@ impl Connection {
                 self.out
                     .command(commands::with_type(Type::GetSchemaResponse, |b| {
                         b.get_schema_response = Some(match found {
-                            Some((v, s)) => CommandGetSchemaResponse {
+                            Some((v, s)) => Box::new(CommandGetSchemaResponse {
                                 request_id: g.request_id,
                                 schema: Some(Schema {
                                     name: s.name,
@@ -493,8 +493,8 @@ impl Connection {
                                 }),
                                 schema_version: Some(topic::schema_version_bytes(v)),
                                 ..Default::default()
-                            },
-                            None => CommandGetSchemaResponse {
+                            }),
+                            None => Box::new(CommandGetSchemaResponse {
                                 request_id: g.request_id,
                                 error_code: Some(ServerError::TopicNotFound as i32),
                                 error_message: Some(format!(
@@ -502,7 +502,7 @@ impl Connection {
                                     g.topic
                                 )),
                                 ..Default::default()
-                            },
+                            }),
                         });
                     }));
             }
@@ -534,55 +534,56 @@ impl Connection {
                                 r.error_message = Some(e.to_string());
                             }
                         }
-                        b.get_or_create_schema_response = Some(r);
+                        b.get_or_create_schema_response = Some(Box::new(r));
                     }));
             }
             Type::HealthCheck => {
                 let h = command.health_check.ok_or_else(missing)?;
                 self.out
                     .command(commands::with_type(Type::HealthCheckResponse, |b| {
-                        b.health_check_response = Some(CommandHealthCheckResponse {
+                        b.health_check_response = Some(Box::new(CommandHealthCheckResponse {
                             request_id: h.request_id,
                             ok: true,
                             ..Default::default()
-                        });
+                        }));
                     }));
             }
             Type::TcClientConnectRequest => {
                 let r = command.tc_client_connect_request.ok_or_else(missing)?;
                 self.out
                     .command(commands::with_type(Type::TcClientConnectResponse, |b| {
-                        b.tc_client_connect_response = Some(CommandTcClientConnectResponse {
-                            request_id: r.request_id,
-                            error: Some(ServerError::TransactionCoordinatorNotFound as i32),
-                            message: Some("transactions are not supported".into()),
-                        });
+                        b.tc_client_connect_response =
+                            Some(Box::new(CommandTcClientConnectResponse {
+                                request_id: r.request_id,
+                                error: Some(ServerError::TransactionCoordinatorNotFound as i32),
+                                message: Some("transactions are not supported".into()),
+                            }));
                     }));
             }
             Type::NewTxn => {
                 let r = command.new_txn.ok_or_else(missing)?;
                 self.out
                     .command(commands::with_type(Type::NewTxnResponse, |b| {
-                        b.new_txn_response = Some(CommandNewTxnResponse {
+                        b.new_txn_response = Some(Box::new(CommandNewTxnResponse {
                             request_id: r.request_id,
                             error: Some(ServerError::TransactionCoordinatorNotFound as i32),
                             message: Some("transactions are not supported".into()),
                             ..Default::default()
-                        });
+                        }));
                     }));
             }
             Type::ConsumerStats => {
                 let r = command.consumer_stats.ok_or_else(missing)?;
                 self.out
                     .command(commands::with_type(Type::ConsumerStatsResponse, |b| {
-                        b.consumer_stats_response = Some(CommandConsumerStatsResponse {
+                        b.consumer_stats_response = Some(Box::new(CommandConsumerStatsResponse {
                             request_id: r.request_id,
                             error_code: Some(ServerError::NotAllowedError as i32),
                             error_message: Some(
                                 "consumer stats are served by the admin API".into(),
                             ),
                             ..Default::default()
-                        });
+                        }));
                     }));
             }
             Type::AuthResponse => {}
@@ -655,13 +656,13 @@ impl Connection {
                 let unchanged = g.topics_hash.as_deref() == Some(hash.as_str());
                 commands::with_type(Type::GetTopicsOfNamespaceResponse, |b| {
                     b.get_topics_of_namespace_response =
-                        Some(CommandGetTopicsOfNamespaceResponse {
+                        Some(Box::new(CommandGetTopicsOfNamespaceResponse {
                             request_id: g.request_id,
                             topics: if unchanged { Vec::new() } else { topics },
                             filtered: Some(filtered),
                             topics_hash: Some(hash),
                             changed: Some(!unchanged),
-                        });
+                        }));
                 })
             }
         };

@@ -550,13 +550,13 @@ fn entry_key(payload: &Bytes) -> Bytes {
 /// Sends one entry to a consumer as a MESSAGE frame with the stored payload bytes.
 pub(crate) fn send_entry(c: &Consumer, entry: &Entry, redelivery_count: u32, ack_set: Vec<i64>) {
     let command = commands::with_type(Type::Message, |b| {
-        b.message = Some(CommandMessage {
+        b.message = Some(Box::new(CommandMessage {
             consumer_id: c.key.id,
             message_id: commands::message_id(entry.position, None),
             redelivery_count: Some(redelivery_count),
             ack_set,
             consumer_epoch: c.epoch,
-        });
+        }));
     });
     let prefix = c.wants_entry_metadata.then(|| {
         frame::broker_entry_metadata_prefix(&BrokerEntryMetadata {

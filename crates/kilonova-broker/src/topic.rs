@@ -583,14 +583,14 @@ impl Topic {
         schema_version: Option<u64>,
     ) -> BaseCommand {
         commands::with_type(Type::ProducerSuccess, |b| {
-            b.producer_success = Some(CommandProducerSuccess {
+            b.producer_success = Some(Box::new(CommandProducerSuccess {
                 request_id: p.request_id,
                 producer_name: name,
                 last_sequence_id: Some(-1),
                 schema_version: schema_version.map(schema_version_bytes),
                 topic_epoch: Some(self.topic_epoch),
                 producer_ready: Some(ready),
-            });
+            }));
         })
     }
 
@@ -882,13 +882,13 @@ impl Topic {
                     Err(e) => (Some(e.server_error() as i32), Some(e.to_string())),
                 };
                 out.command(commands::with_type(Type::AckResponse, |b| {
-                    b.ack_response = Some(CommandAckResponse {
+                    b.ack_response = Some(Box::new(CommandAckResponse {
                         consumer_id: key.id,
                         request_id: Some(request_id),
                         error,
                         message,
                         ..Default::default()
-                    });
+                    }));
                 }));
             }
         }
@@ -1025,11 +1025,11 @@ impl Topic {
             ),
         };
         out.command(commands::with_type(Type::GetLastMessageIdResponse, |b| {
-            b.get_last_message_id_response = Some(CommandGetLastMessageIdResponse {
+            b.get_last_message_id_response = Some(Box::new(CommandGetLastMessageIdResponse {
                 last_message_id: last,
                 request_id,
                 consumer_mark_delete_position: mark_delete,
-            });
+            }));
         }));
     }
 

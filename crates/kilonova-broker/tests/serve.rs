@@ -73,11 +73,11 @@ impl Raw {
             buf: BytesMut::new(),
         };
         r.send(cmd(Type::Connect, |c| {
-            c.connect = Some(CommandConnect {
+            c.connect = Some(Box::new(CommandConnect {
                 client_version: "raw-test".into(),
                 protocol_version: Some(19),
                 ..Default::default()
-            })
+            }))
         }))
         .await;
         let f = r.recv().await;
@@ -93,12 +93,12 @@ impl Raw {
 
     async fn send_message(&mut self, producer_id: u64, seq: u64, data: &[u8]) {
         let c = cmd(Type::Send, |c| {
-            c.send = Some(CommandSend {
+            c.send = Some(Box::new(CommandSend {
                 producer_id,
                 sequence_id: seq,
                 num_messages: Some(1),
                 ..Default::default()
-            })
+            }))
         });
         let payload = frame::build_payload(
             &MessageMetadata {
@@ -146,12 +146,12 @@ impl Raw {
 
     async fn producer(&mut self, topic: &str, producer_id: u64) {
         self.send(cmd(Type::Producer, |c| {
-            c.producer = Some(CommandProducer {
+            c.producer = Some(Box::new(CommandProducer {
                 topic: topic.into(),
                 producer_id,
                 request_id: 100 + producer_id,
                 ..Default::default()
-            })
+            }))
         }))
         .await;
         self.recv_type(Type::ProducerSuccess).await;
@@ -159,7 +159,7 @@ impl Raw {
 
     async fn subscribe(&mut self, topic: &str, sub: &str, t: SubType, consumer_id: u64) {
         self.send(cmd(Type::Subscribe, |c| {
-            c.subscribe = Some(CommandSubscribe {
+            c.subscribe = Some(Box::new(CommandSubscribe {
                 topic: topic.into(),
                 subscription: sub.into(),
                 sub_type: t as i32,
@@ -167,7 +167,7 @@ impl Raw {
                 request_id: 200 + consumer_id,
                 initial_position: Some(1), // earliest
                 ..Default::default()
-            })
+            }))
         }))
         .await;
         self.recv_type(Type::Success).await;
@@ -175,10 +175,10 @@ impl Raw {
 
     async fn flow(&mut self, consumer_id: u64, permits: u32) {
         self.send(cmd(Type::Flow, |c| {
-            c.flow = Some(CommandFlow {
+            c.flow = Some(Box::new(CommandFlow {
                 consumer_id,
                 message_permits: permits,
-            })
+            }))
         }))
         .await;
     }
@@ -196,13 +196,13 @@ async fn cumulative_ack_on_shared_subscription_is_refused() {
     let m = c.recv_type(Type::Message).await;
     let id = m.command.message.unwrap().message_id;
     c.send(cmd(Type::Ack, |a| {
-        a.ack = Some(CommandAck {
+        a.ack = Some(Box::new(CommandAck {
             consumer_id: 1,
             ack_type: AckType::Cumulative as i32,
             message_id: vec![MessageIdData { ..id }],
             request_id: Some(7),
             ..Default::default()
-        })
+        }))
     }))
     .await;
     let r = c.recv_type(Type::AckResponse).await;
@@ -221,12 +221,12 @@ async fn pipelined_sends_get_every_receipt_in_order() {
     let mut frames = BytesMut::new();
     for seq in 0..N {
         let send = cmd(Type::Send, |c| {
-            c.send = Some(CommandSend {
+            c.send = Some(Box::new(CommandSend {
                 producer_id: 1,
                 sequence_id: seq,
                 num_messages: Some(1),
                 ..Default::default()
-            })
+            }))
         });
         let meta = MessageMetadata {
             producer_name: "raw".into(),

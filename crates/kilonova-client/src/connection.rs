@@ -149,7 +149,9 @@ impl Conn {
     fn dispatch(&self, f: Frame) {
         let c = f.command;
         match c.r#type() {
-            Type::Ping => self.send(&command(Type::Pong, |b| b.pong = Some(CommandPong {}))),
+            Type::Ping => self.send(&command(Type::Pong, |b| {
+                b.pong = Some(Box::new(CommandPong {}))
+            })),
             Type::Success => {
                 if let Some(s) = &c.success {
                     self.respond(s.request_id, Ok(c.clone()));
@@ -207,7 +209,7 @@ impl Conn {
             Type::Message => {
                 if let (Some(m), Some(p)) = (c.message, f.payload) {
                     let id = m.consumer_id;
-                    self.to_consumer(id, ConsumerEvent::Message(m, p.raw));
+                    self.to_consumer(id, ConsumerEvent::Message(*m, p.raw));
                 }
             }
             Type::CloseConsumer => {
@@ -330,11 +332,11 @@ impl Client {
         let mut out = BytesMut::new();
         frame::encode_command(
             &command(Type::Connect, |b| {
-                b.connect = Some(CommandConnect {
+                b.connect = Some(Box::new(CommandConnect {
                     client_version: CLIENT_VERSION.into(),
                     protocol_version: Some(PROTOCOL_VERSION),
                     ..Default::default()
-                })
+                }))
             }),
             &mut out,
         );
@@ -394,11 +396,11 @@ impl Client {
             .request(
                 request_id,
                 command(Type::PartitionedMetadata, |b| {
-                    b.partition_metadata = Some(CommandPartitionedTopicMetadata {
+                    b.partition_metadata = Some(Box::new(CommandPartitionedTopicMetadata {
                         topic: topic.into(),
                         request_id,
                         ..Default::default()
-                    })
+                    }))
                 }),
             )
             .await?;

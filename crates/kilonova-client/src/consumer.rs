@@ -105,7 +105,7 @@ pub(crate) async fn subscribe(
         .request(
             request_id,
             command(Type::Subscribe, |b| {
-                b.subscribe = Some(CommandSubscribe {
+                b.subscribe = Some(Box::new(CommandSubscribe {
                     topic: topic.into(),
                     subscription: subscription.into(),
                     sub_type: sub_type as i32,
@@ -114,7 +114,7 @@ pub(crate) async fn subscribe(
                     consumer_name: options.name.clone(),
                     initial_position: Some(initial as i32),
                     ..Default::default()
-                })
+                }))
             }),
         )
         .await;
@@ -144,10 +144,10 @@ pub(crate) async fn subscribe(
 
 fn flow(consumer_id: u64, permits: u32) -> kilonova_pulsar_protocol::proto::BaseCommand {
     command(Type::Flow, |b| {
-        b.flow = Some(CommandFlow {
+        b.flow = Some(Box::new(CommandFlow {
             consumer_id,
             message_permits: permits,
-        })
+        }))
     })
 }
 
@@ -263,12 +263,12 @@ impl Consumer {
         }
         let ids = std::mem::take(&mut self.acks);
         self.conn.send(&command(Type::Ack, |b| {
-            b.ack = Some(CommandAck {
+            b.ack = Some(Box::new(CommandAck {
                 consumer_id: self.id,
                 ack_type: AckType::Individual as i32,
                 message_id: ids,
                 ..Default::default()
-            })
+            }))
         }));
     }
 
@@ -281,10 +281,10 @@ impl Consumer {
             .request(
                 request_id,
                 command(Type::CloseConsumer, |b| {
-                    b.close_consumer = Some(CommandCloseConsumer {
+                    b.close_consumer = Some(Box::new(CommandCloseConsumer {
                         consumer_id: self.id,
                         request_id,
-                    })
+                    }))
                 }),
             )
             .await;

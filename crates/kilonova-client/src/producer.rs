@@ -287,13 +287,13 @@ fn send_command(
     highest: Option<u64>,
 ) -> kilonova_pulsar_protocol::proto::BaseCommand {
     command(Type::Send, |b| {
-        b.send = Some(CommandSend {
+        b.send = Some(Box::new(CommandSend {
             producer_id,
             sequence_id,
             num_messages: Some(count),
             highest_sequence_id: highest,
             ..Default::default()
-        })
+        }))
     })
 }
 
@@ -316,13 +316,13 @@ pub(crate) async fn create(
         .request(
             request_id,
             command(Type::Producer, |b| {
-                b.producer = Some(CommandProducer {
+                b.producer = Some(Box::new(CommandProducer {
                     topic: topic.into(),
                     producer_id: id,
                     request_id,
                     producer_name: options.name.clone(),
                     ..Default::default()
-                })
+                }))
             }),
         )
         .await?;
@@ -434,10 +434,10 @@ impl Producer {
             .request(
                 request_id,
                 command(Type::CloseProducer, |b| {
-                    b.close_producer = Some(CommandCloseProducer {
+                    b.close_producer = Some(Box::new(CommandCloseProducer {
                         producer_id: self.shared.id,
                         request_id,
-                    })
+                    }))
                 }),
             )
             .await;

@@ -24,11 +24,11 @@ fn golden(name: &str) -> BytesMut {
 fn send_command(producer_id: u64, sequence_id: u64) -> BaseCommand {
     BaseCommand {
         r#type: Type::Send as i32,
-        send: Some(CommandSend {
+        send: Some(Box::new(CommandSend {
             producer_id,
             sequence_id,
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     }
 }
@@ -234,7 +234,7 @@ proptest! {
 fn a_ping_command_built_here_is_the_golden_ping() {
     let cmd = BaseCommand {
         r#type: Type::Ping as i32,
-        ping: Some(CommandPing {}),
+        ping: Some(Box::new(CommandPing {})),
         ..Default::default()
     };
     let mut out = BytesMut::new();
