@@ -1,0 +1,19 @@
+//! Kilonova's metadata layer: the [`MetadataStore`] trait (get, versioned put,
+//! delete, paged children, watches, ephemeral keys bound to sessions), its
+//! embedded backend ([`EmbeddedStore`], one `redb` file with group commit),
+//! the conformance suite every backend must pass, and typed resources on top
+//! (clusters, tenants, namespaces with policies, topics with ids).
+//!
+//! This crate knows nothing of storage files, sockets or protocols.
+
+pub mod conformance;
+mod embedded;
+mod error;
+mod store;
+
+pub use embedded::EmbeddedStore;
+pub use error::{MetadataError, Result};
+pub use store::{
+    check_key, under, Expect, MetadataStore, Page, SessionId, Stored, Watch, WatchEvent, Watched,
+    DEFAULT_SESSION_TTL,
+};
