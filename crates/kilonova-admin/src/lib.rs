@@ -50,7 +50,10 @@ fn reason(status: StatusCode, why: impl Into<String>) -> Response {
 fn error_response(e: &BrokerError) -> Response {
     let status = match e {
         BrokerError::InvalidTopicName(_) | BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        BrokerError::NamespaceNotFound(_) | BrokerError::TopicNotFound(_) => StatusCode::NOT_FOUND,
+        BrokerError::NamespaceNotFound(_)
+        | BrokerError::TopicNotFound(_)
+        | BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
+        BrokerError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
         BrokerError::Conflict(_) => StatusCode::CONFLICT,
         BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,7 +78,7 @@ async fn get_partitions(
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
-    match broker.partitions(&t) {
+    match broker.partitions(&t).await {
         Ok(partitions) => Json(PartitionedMetadata { partitions }).into_response(),
         Err(e) => error_response(&e),
     }
@@ -87,7 +90,7 @@ async fn create_partitioned(
     Path(path): Path<(String, String, String, String)>,
     body: String,
 ) -> Response {
-    partitions(broker, path, body, true)
+    partitions(broker, path, body, true).await
 }
 
 /// `POST …/partitions`: grow an existing partitioned topic.
@@ -96,10 +99,10 @@ async fn update_partitions(
     Path(path): Path<(String, String, String, String)>,
     body: String,
 ) -> Response {
-    partitions(broker, path, body, false)
+    partitions(broker, path, body, false).await
 }
 
-fn partitions(
+async fn partitions(
     broker: Broker,
     (domain, tenant, ns, topic): (String, String, String, String),
     body: String,
@@ -118,7 +121,12 @@ fn partitions(
             )
         }
     };
-    match broker.catalog().set_partitions(&t, n, create) {
+    let result = if create {
+        broker.resources().create_topic(&t, n).await.map(drop)
+    } else {
+        broker.resources().update_partitions(&t, n).await
+    };
+    match result.map_err(BrokerError::from) {
         Ok(()) => {
             tracing::info!(topic = %t, partitions = n, create, "partitioned topic set");
             StatusCode::NO_CONTENT.into_response()

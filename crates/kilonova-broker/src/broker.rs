@@ -1,5 +1,5 @@
-//! The broker: shared state behind every connection — storage, the catalog, and
-//! the map of loaded topics.
+//! The broker: shared state behind every connection — storage, the metadata
+//! resources, and the map of loaded topics.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +11,9 @@ use kilonova_storage::{
     EntryCache, ManagedLog, ManagedLogConfig, Retention, SegmentStore, StateStore, StorageError,
 };
 
-use crate::catalog::Catalog;
+use kilonova_metadata::{Resources, SchemaOutcome};
+use kilonova_pulsar_protocol::proto::Schema;
+
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::topic::{self, Topic, TopicCommand, TopicHandle};
@@ -22,7 +24,7 @@ struct Inner {
     store: SegmentStore,
     state: Arc<dyn StateStore>,
     cache: Arc<EntryCache>,
-    catalog: Catalog,
+    resources: Resources,
     topics: Mutex<HashMap<String, TopicHandle>>,
     /// `pulsar://host:port` clients are told to connect to (LOOKUP).
     service_url: String,
@@ -40,15 +42,16 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker over an open segment store and state store. `service_url` is what
-    /// LOOKUP answers (`pulsar://127.0.0.1:6650`).
+    /// A broker over an open segment store, state store (the logs' small state)
+    /// and metadata resources. `service_url` is what LOOKUP answers
+    /// (`pulsar://127.0.0.1:6650`).
     pub fn new(
         config: BrokerConfig,
         store: SegmentStore,
         state: Arc<dyn StateStore>,
+        resources: Resources,
         service_url: String,
     ) -> Result<Self, BrokerError> {
-        let catalog = Catalog::open(state.clone())?;
         let cache = Arc::new(EntryCache::new(config.entry_cache_bytes));
         Ok(Broker {
             inner: Arc::new(Inner {
@@ -56,7 +59,7 @@ impl Broker {
                 store,
                 state,
                 cache,
-                catalog,
+                resources,
                 topics: Mutex::new(HashMap::new()),
                 service_url,
                 shutting_down: AtomicBool::new(false),
@@ -71,8 +74,8 @@ impl Broker {
         &self.inner.config
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
+    pub fn resources(&self) -> &Resources {
+        &self.inner.resources
     }
 
     pub fn service_url(&self) -> &str {
@@ -123,28 +126,68 @@ impl Broker {
 
     /// Partitions of `name` (0: not partitioned). With partitioned auto-creation, an
     /// unknown topic is created partitioned here, where clients ask first.
-    pub fn partitions(&self, name: &TopicName) -> Result<u32, BrokerError> {
+    pub async fn partitions(&self, name: &TopicName) -> Result<u32, BrokerError> {
         let base = name.partitioned_topic();
-        if let Some(t) = self.catalog().topic(&base) {
+        let resources = self.resources();
+        if let Some(t) = resources.topic(&base).await? {
             return Ok(t.partitions);
         }
-        if !self.catalog().namespace_exists(&name.namespace_name()) {
-            return Err(BrokerError::NamespaceNotFound(name.namespace_name()));
-        }
-        let c = self.config();
-        if c.allow_auto_topic_creation
-            && c.auto_topic_creation_type == crate::config::AutoTopicType::Partitioned
+        let ns = name.namespace();
+        let Ok(policies) = resources.namespace(&ns).await else {
+            return Err(BrokerError::NamespaceNotFound(ns.to_string()));
+        };
+        let auto = self.auto_creation(&policies);
+        if auto.allow_auto_topic_creation
+            && auto.topic_type == kilonova_metadata::policies::TopicType::Partitioned
             && name.partition().is_none()
         {
-            let n = c.default_num_partitions.max(1);
-            self.catalog().set_partitions(name, n, true)?;
-            return Ok(n);
+            let n = auto.default_num_partitions.unwrap_or(1).max(1);
+            return match resources.create_topic(name, n).await {
+                Ok(_) => Ok(n),
+                // Created concurrently: answer what is stored.
+                Err(kilonova_metadata::MetadataError::AlreadyExists(_)) => {
+                    Ok(resources.topic(name).await?.map_or(0, |t| t.partitions))
+                }
+                Err(e) => Err(e.into()),
+            };
         }
         Ok(0)
     }
 
+    /// Topic auto-creation for a namespace: its override, else the broker's setting.
+    pub fn auto_creation(
+        &self,
+        ns: &kilonova_metadata::policies::Policies,
+    ) -> kilonova_metadata::policies::AutoTopicCreationOverride {
+        use kilonova_metadata::policies::{AutoTopicCreationOverride, TopicType};
+        ns.auto_topic_creation_override.unwrap_or_else(|| {
+            let c = self.config();
+            AutoTopicCreationOverride {
+                allow_auto_topic_creation: c.allow_auto_topic_creation,
+                topic_type: match c.auto_topic_creation_type {
+                    crate::config::AutoTopicType::Partitioned => TopicType::Partitioned,
+                    crate::config::AutoTopicType::NonPartitioned => TopicType::NonPartitioned,
+                },
+                default_num_partitions: Some(c.default_num_partitions),
+            }
+        })
+    }
+
     /// The topic's handle, loading it (and creating it, if auto-creation allows) first.
-    pub(crate) fn topic(&self, name: &TopicName) -> Result<TopicHandle, BrokerError> {
+    ///
+    /// Boxed with `Send` spelled out: a topic's task calls back into this (to
+    /// forward commands that raced an unload), which the compiler cannot prove
+    /// `Send` through two opaque futures.
+    pub(crate) fn topic<'a>(
+        &'a self,
+        name: &'a TopicName,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<TopicHandle, BrokerError>> + Send + 'a>,
+    > {
+        Box::pin(self.load_topic(name))
+    }
+
+    async fn load_topic(&self, name: &TopicName) -> Result<TopicHandle, BrokerError> {
         if self.is_shutting_down() {
             return Err(BrokerError::ShuttingDown);
         }
@@ -154,15 +197,27 @@ impl Broker {
                 return Ok(h.clone());
             }
         }
-        let base = name.partitioned_topic();
-        let parent = (base != *name)
-            .then(|| self.catalog().topic(&base))
-            .flatten()
-            .filter(|t| name.partition().is_some_and(|i| i < t.partitions));
-        let record = self.catalog().get_or_create_topic(
-            name,
-            self.config().allow_auto_topic_creation || parent.is_some(),
-        )?;
+        let record = match self.resources().topic(name).await? {
+            Some(r) => r,
+            None => {
+                let base = name.partitioned_topic();
+                let parent = match name.partition() {
+                    Some(i) => self
+                        .resources()
+                        .topic(&base)
+                        .await?
+                        .filter(|t| i < t.partitions),
+                    None => None,
+                };
+                let ns = name.namespace();
+                let Ok(policies) = self.resources().namespace(&ns).await else {
+                    return Err(BrokerError::NamespaceNotFound(ns.to_string()));
+                };
+                let create =
+                    parent.is_some() || self.auto_creation(&policies).allow_auto_topic_creation;
+                self.resources().get_or_create_topic(name, create).await?
+            }
+        };
         if record.partitions > 0 {
             return Err(BrokerError::NotAllowed(format!(
                 "{key} is a partitioned topic: use its partitions"
@@ -181,9 +236,31 @@ impl Broker {
         Ok(tx)
     }
 
+    /// The version of `schema` on topic `name` (registering it if new). `None`: no schema.
+    pub(crate) async fn register_schema(
+        &self,
+        name: &TopicName,
+        schema: Option<&Schema>,
+    ) -> Result<Option<u64>, BrokerError> {
+        let Some(s) = schema.filter(|s| s.r#type != 0) else {
+            return Ok(None);
+        };
+        match self
+            .resources()
+            .get_or_create_schema(name, topic::schema_record(s))
+            .await?
+        {
+            SchemaOutcome::Version(v) => Ok(Some(v)),
+            SchemaOutcome::Incompatible => Err(BrokerError::IncompatibleSchema(format!(
+                "schema of type {} is incompatible with topic {name}'s schema",
+                s.r#type
+            ))),
+        }
+    }
+
     /// Sends a command that reached a topic as it unloaded to a fresh load of it.
     pub(crate) async fn forward(&self, name: &TopicName, cmd: TopicCommand) {
-        match self.topic(name) {
+        match self.topic(name).await {
             Ok(h) => {
                 let _ = h.send(cmd).await;
             }

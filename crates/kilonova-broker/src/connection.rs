@@ -30,13 +30,13 @@ use kilonova_pulsar_protocol::proto::{
 };
 
 use crate::broker::Broker;
-use crate::catalog::SchemaOutcome;
 use crate::commands;
 use crate::error::BrokerError;
 use crate::outbound::{Out, Outbound};
 use crate::subscription::ConsumerKey;
 use crate::topic::{self, ConnCtx, NewProducer, TopicCommand, TopicHandle};
 use crate::topic_name::{Domain, TopicName};
+use kilonova_metadata::SchemaOutcome;
 
 /// The newest protocol version we speak (v19: the `.proto` we compile).
 const PROTOCOL_VERSION: i32 = 19;
@@ -225,16 +225,19 @@ impl Connection {
             Type::Pong => {}
             Type::Lookup => {
                 let l = command.lookup_topic.ok_or_else(missing)?;
-                let result = TopicName::parse(&l.topic)
-                    .map_err(BrokerError::from)
-                    .and_then(|n| {
-                        let ns = n.namespace_name();
-                        if self.broker.catalog().namespace_exists(&ns) {
-                            Ok(())
-                        } else {
-                            Err(BrokerError::NamespaceNotFound(ns))
-                        }
-                    });
+                let result = match TopicName::parse(&l.topic) {
+                    Ok(n) => match self
+                        .broker
+                        .resources()
+                        .namespace_exists(&n.namespace())
+                        .await
+                    {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(BrokerError::NamespaceNotFound(n.namespace_name())),
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(e) => Err(e.into()),
+                };
                 let url = self.broker.service_url().to_string();
                 self.out
                     .command(commands::with_type(Type::LookupResponse, |b| {
@@ -258,9 +261,10 @@ impl Connection {
             }
             Type::PartitionedMetadata => {
                 let m = command.partition_metadata.ok_or_else(missing)?;
-                let result = TopicName::parse(&m.topic)
-                    .map_err(BrokerError::from)
-                    .and_then(|n| self.broker.partitions(&n));
+                let result = match TopicName::parse(&m.topic) {
+                    Ok(n) => self.broker.partitions(&n).await,
+                    Err(e) => Err(e.into()),
+                };
                 use command_partitioned_topic_metadata_response::LookupType as L;
                 self.out.command(commands::with_type(
                     Type::PartitionedMetadataResponse,
@@ -285,13 +289,14 @@ impl Connection {
             }
             Type::Producer => {
                 let p = command.producer.ok_or_else(missing)?;
-                let topic = match self.open_topic(&p.topic) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        self.out.command(commands::broker_error(p.request_id, &e));
-                        return Ok(());
-                    }
-                };
+                let (topic, schema_version) =
+                    match self.open_topic(&p.topic, p.schema.as_ref()).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.out.command(commands::broker_error(p.request_id, &e));
+                            return Ok(());
+                        }
+                    };
                 self.producers.insert(p.producer_id, topic.clone());
                 let access_mode = p.producer_access_mode();
                 let cmd = TopicCommand::AddProducer(NewProducer {
@@ -300,7 +305,7 @@ impl Connection {
                     request_id: p.request_id,
                     name: p.producer_name,
                     access_mode,
-                    schema: p.schema,
+                    schema_version,
                 });
                 self.to_topic(&topic, cmd, Some(p.request_id)).await;
             }
@@ -346,8 +351,8 @@ impl Connection {
             }
             Type::Subscribe => {
                 let s = command.subscribe.ok_or_else(missing)?;
-                let topic = match self.open_topic(&s.topic) {
-                    Ok(t) => t,
+                let topic = match self.open_topic(&s.topic, s.schema.as_ref()).await {
+                    Ok((t, _)) => t,
                     Err(e) => {
                         self.out.command(commands::broker_error(s.request_id, &e));
                         return Ok(());
@@ -464,7 +469,7 @@ impl Connection {
             }
             Type::GetTopicsOfNamespace => {
                 let g = command.get_topics_of_namespace.ok_or_else(missing)?;
-                self.topics_of_namespace(*g);
+                self.topics_of_namespace(*g).await;
             }
             Type::GetSchema => {
                 let g = command.get_schema.ok_or_else(missing)?;
@@ -473,9 +478,16 @@ impl Connection {
                     .as_ref()
                     .filter(|v| v.len() == 8)
                     .map(|v| v.clone().get_u64());
-                let found = TopicName::parse(&g.topic)
-                    .ok()
-                    .and_then(|t| self.broker.catalog().schema(&t, version));
+                let found = match TopicName::parse(&g.topic) {
+                    Ok(t) => self
+                        .broker
+                        .resources()
+                        .schema(&t, version)
+                        .await
+                        .ok()
+                        .flatten(),
+                    Err(_) => None,
+                };
                 self.out
                     .command(commands::with_type(Type::GetSchemaResponse, |b| {
                         b.get_schema_response = Some(match found {
@@ -508,13 +520,15 @@ impl Connection {
             }
             Type::GetOrCreateSchema => {
                 let g = command.get_or_create_schema.ok_or_else(missing)?;
-                let result = TopicName::parse(&g.topic)
-                    .map_err(BrokerError::from)
-                    .and_then(|t| {
-                        self.broker
-                            .catalog()
-                            .get_or_create_schema(&t, topic::schema_record(&g.schema))
-                    });
+                let result = match TopicName::parse(&g.topic) {
+                    Ok(t) => self
+                        .broker
+                        .resources()
+                        .get_or_create_schema(&t, topic::schema_record(&g.schema))
+                        .await
+                        .map_err(BrokerError::from),
+                    Err(e) => Err(e.into()),
+                };
                 self.out
                     .command(commands::with_type(Type::GetOrCreateSchemaResponse, |b| {
                         let mut r = CommandGetOrCreateSchemaResponse {
@@ -596,9 +610,17 @@ impl Connection {
         Ok(())
     }
 
-    fn open_topic(&self, name: &str) -> Result<TopicHandle, BrokerError> {
+    /// Loads the topic and registers `schema` on it; returns the topic and
+    /// the schema's version.
+    async fn open_topic(
+        &self,
+        name: &str,
+        schema: Option<&Schema>,
+    ) -> Result<(TopicHandle, Option<u64>), BrokerError> {
         let name = TopicName::parse(name)?;
-        self.broker.topic(&name)
+        let topic = self.broker.topic(&name).await?;
+        let version = self.broker.register_schema(&name, schema).await?;
+        Ok((topic, version))
     }
 
     /// Queues a command for a topic; if the topic is gone, answers the request.
@@ -629,16 +651,29 @@ impl Connection {
         }
     }
 
-    fn topics_of_namespace(&self, g: kilonova_pulsar_protocol::proto::CommandGetTopicsOfNamespace) {
+    async fn topics_of_namespace(
+        &self,
+        g: kilonova_pulsar_protocol::proto::CommandGetTopicsOfNamespace,
+    ) {
         let domain = match g.mode() {
             Mode::Persistent => Some(Domain::Persistent),
             Mode::NonPersistent => Some(Domain::NonPersistent),
             Mode::All => None,
         };
-        let result = self
-            .broker
-            .catalog()
-            .topics_of_namespace(&g.namespace, domain);
+        let result = match kilonova_metadata::NamespaceName::parse(&g.namespace) {
+            Ok(ns) => self
+                .broker
+                .resources()
+                .topics_of_namespace(&ns, domain)
+                .await
+                .map_err(|e| match e {
+                    kilonova_metadata::MetadataError::NotFound(_) => {
+                        BrokerError::NamespaceNotFound(g.namespace.clone())
+                    }
+                    e => e.into(),
+                }),
+            Err(e) => Err(e.into()),
+        };
         let reply = match result {
             Err(e) => commands::broker_error(g.request_id, &e),
             Ok(mut topics) => {

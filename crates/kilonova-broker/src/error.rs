@@ -1,5 +1,6 @@
 //! The broker's errors, and their one mapping to the protocol's `ServerError` codes.
 
+use kilonova_metadata::MetadataError;
 use kilonova_pulsar_protocol::proto::ServerError;
 use kilonova_storage::StorageError;
 
@@ -31,6 +32,11 @@ pub enum BrokerError {
     Conflict(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The state forbids the change (HTTP 412).
+    #[error("{0}")]
+    Precondition(String),
     #[error("metadata: {0}")]
     Metadata(String),
     #[error("storage: {0}")]
@@ -44,21 +50,40 @@ impl BrokerError {
     pub fn server_error(&self) -> ServerError {
         match self {
             BrokerError::InvalidTopicName(_) => ServerError::InvalidTopicName,
-            BrokerError::NamespaceNotFound(_) | BrokerError::TopicNotFound(_) => {
-                ServerError::TopicNotFound
-            }
+            BrokerError::NamespaceNotFound(_)
+            | BrokerError::TopicNotFound(_)
+            | BrokerError::NotFound(_) => ServerError::TopicNotFound,
             BrokerError::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
             BrokerError::ConsumerBusy(_) => ServerError::ConsumerBusy,
             BrokerError::ProducerBusy(_) => ServerError::ProducerBusy,
             BrokerError::ProducerFenced => ServerError::ProducerFenced,
-            BrokerError::NotAllowed(_) | BrokerError::Conflict(_) | BrokerError::BadRequest(_) => {
-                ServerError::NotAllowedError
-            }
+            BrokerError::NotAllowed(_)
+            | BrokerError::Conflict(_)
+            | BrokerError::BadRequest(_)
+            | BrokerError::Precondition(_) => ServerError::NotAllowedError,
             BrokerError::IncompatibleSchema(_) => ServerError::IncompatibleSchema,
             BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
             BrokerError::Metadata(_) => ServerError::MetadataError,
             BrokerError::Storage(_) => ServerError::PersistenceError,
             BrokerError::ShuttingDown => ServerError::ServiceNotReady,
+        }
+    }
+}
+
+impl From<MetadataError> for BrokerError {
+    fn from(e: MetadataError) -> Self {
+        match e {
+            MetadataError::NotFound(what) => BrokerError::NotFound(what),
+            MetadataError::AlreadyExists(_) | MetadataError::BadVersion { .. } => {
+                BrokerError::Conflict(e.to_string())
+            }
+            MetadataError::Precondition(why) => BrokerError::Precondition(why),
+            MetadataError::Invalid(_) | MetadataError::InvalidKey(_) => {
+                BrokerError::BadRequest(e.to_string())
+            }
+            MetadataError::SessionExpired(_)
+            | MetadataError::Backend(_)
+            | MetadataError::Closed => BrokerError::Metadata(e.to_string()),
         }
     }
 }

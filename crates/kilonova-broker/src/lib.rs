@@ -1,7 +1,7 @@
 //! Kilonova's serving layer: Pulsar-protocol connections, topics, producers,
 //! subscriptions and their dispatchers, over the storage layer's managed logs.
 //!
-//! Main types: [`Broker`] (shared state: storage, catalog, loaded topics),
+//! Main types: [`Broker`] (shared state: storage, metadata resources, loaded topics),
 //! [`accept_loop`] (serves the Pulsar protocol on a listener), [`BrokerConfig`],
 //! [`TopicName`]. One task per connection, one task per loaded topic owning its
 //! state; connections and topics talk through bounded queues.
@@ -10,7 +10,7 @@
 //! writes storage files (the storage crate does).
 
 mod broker;
-pub mod catalog;
+mod catalog_import;
 mod commands;
 pub mod config;
 mod connection;
@@ -19,11 +19,11 @@ pub mod key_shared;
 mod outbound;
 mod subscription;
 mod topic;
-pub mod topic_name;
 
 pub use broker::Broker;
-pub use catalog::Catalog;
+pub use catalog_import::import_old_catalog;
 pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;
 pub use error::BrokerError;
+pub use kilonova_metadata::names as topic_name;
 pub use topic_name::{Domain, TopicName, TopicNameError};

@@ -32,12 +32,12 @@ use kilonova_storage::{
 };
 
 use crate::broker::Broker;
-use crate::catalog::{SchemaOutcome, SchemaRecord, TopicRecord};
 use crate::commands;
 use crate::error::BrokerError;
 use crate::outbound::Outbound;
 use crate::subscription::{Consumer, ConsumerKey, DispatchLimits, SubKind, Subscription};
 use crate::topic_name::TopicName;
+use kilonova_metadata::{SchemaRecord, TopicRecord};
 
 /// The connection a producer or consumer lives on.
 #[derive(Clone)]
@@ -53,7 +53,8 @@ pub(crate) struct NewProducer {
     pub request_id: u64,
     pub name: Option<String>,
     pub access_mode: ProducerAccessMode,
-    pub schema: Option<Schema>,
+    /// The version of the producer's schema (registered by the connection).
+    pub schema_version: Option<u64>,
 }
 
 // `Send` is the largest variant and the hot one: boxing it would cost an allocation
@@ -550,13 +551,7 @@ impl Topic {
 
     /// Registers the producer and answers PRODUCER_SUCCESS (or the schema's error).
     fn producer_ready(&mut self, p: &NewProducer, name: String) {
-        let version = match self.check_schema(p.schema.as_ref(), true) {
-            Ok(v) => v,
-            Err(e) => {
-                p.conn.out.command(commands::broker_error(p.request_id, &e));
-                return;
-            }
-        };
+        let version = p.schema_version;
         let exclusive = p.access_mode != ProducerAccessMode::Shared;
         if exclusive {
             self.topic_epoch += 1;
@@ -592,31 +587,6 @@ impl Topic {
                 producer_ready: Some(ready),
             }));
         })
-    }
-
-    /// The version of `schema` on this topic (registering it if new). `None`: no schema.
-    fn check_schema(
-        &self,
-        schema: Option<&Schema>,
-        register: bool,
-    ) -> Result<Option<u64>, BrokerError> {
-        let Some(s) = schema.filter(|s| s.r#type != 0) else {
-            return Ok(None);
-        };
-        if !register {
-            return Ok(None);
-        }
-        match self
-            .broker
-            .catalog()
-            .get_or_create_schema(&self.name, schema_record(s))?
-        {
-            SchemaOutcome::Version(v) => Ok(Some(v)),
-            SchemaOutcome::Incompatible => Err(BrokerError::IncompatibleSchema(format!(
-                "schema of type {} is incompatible with topic {}'s schema",
-                s.r#type, self.full_name
-            ))),
-        }
     }
 
     fn remove_producer(&mut self, conn: u64, producer_id: u64, request_id: Option<u64>) {
@@ -771,7 +741,6 @@ impl Topic {
                 cmd.consumer_id
             )));
         }
-        self.check_schema(cmd.schema.as_ref(), true)?;
         let durable = cmd.durable.unwrap_or(true) && self.log.is_some();
         tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, durable, start = ?cmd.start_message_id, "subscribe");
         if !self.subscriptions.contains_key(&cmd.subscription) {

@@ -38,7 +38,14 @@ async fn start(config: BrokerConfig) -> Server {
     let state = Arc::new(DirStateStore::open(dir.path().join("state")).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let broker = Broker::new(config, store, state, format!("pulsar://{addr}")).unwrap();
+    let metadata =
+        kilonova_metadata::EmbeddedStore::open(&dir.path().join("metadata.redb")).unwrap();
+    let resources = kilonova_metadata::Resources::new(Arc::new(metadata));
+    resources
+        .bootstrap(&config.cluster_name, &Default::default())
+        .await
+        .unwrap();
+    let broker = Broker::new(config, store, state, resources, format!("pulsar://{addr}")).unwrap();
     let (stop, stop_rx) = watch::channel(false);
     let (close, close_rx) = watch::channel(false);
     tokio::spawn(accept_loop(broker.clone(), listener, stop_rx, close_rx));

@@ -9,10 +9,15 @@
 pub mod conformance;
 mod embedded;
 mod error;
+pub mod names;
+pub mod policies;
+mod resources;
 mod store;
 
 pub use embedded::EmbeddedStore;
 pub use error::{MetadataError, Result};
+pub use names::{Domain, NamespaceName, TopicName, TopicNameError};
+pub use resources::{Resources, SchemaOutcome, SchemaRecord, TopicRecord};
 pub use store::{
     check_key, under, Expect, MetadataStore, Page, SessionId, Stored, Watch, WatchEvent, Watched,
     DEFAULT_SESSION_TTL,

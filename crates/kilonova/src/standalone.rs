@@ -9,7 +9,10 @@ use anyhow::Context;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use kilonova_broker::import_old_catalog;
 use kilonova_broker::{accept_loop, Broker, BrokerConfig};
+use kilonova_metadata::policies::ClusterData;
+use kilonova_metadata::{EmbeddedStore, Resources};
 use kilonova_storage::{DirStateStore, SegmentStore, StoreConfig};
 
 #[derive(clap::Args, Debug)]
@@ -148,7 +151,25 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.bind_address.clone());
     let pulsar_port = pulsar.local_addr()?.port();
     let service_url = format!("pulsar://{advertised}:{pulsar_port}");
-    let broker = Broker::new(config.broker, store.clone(), state, service_url.clone())?;
+    let http_port = http.local_addr()?.port();
+    let resources = open_metadata(
+        &config.data_dir,
+        &config.broker.cluster_name,
+        &ClusterData {
+            service_url: format!("http://{advertised}:{http_port}"),
+            broker_service_url: service_url.clone(),
+            ..ClusterData::default()
+        },
+    )
+    .await?;
+    import_old_catalog(state.as_ref(), &resources, &config.broker.cluster_name).await?;
+    let broker = Broker::new(
+        config.broker,
+        store.clone(),
+        state,
+        resources,
+        service_url.clone(),
+    )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
@@ -194,6 +215,24 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     let _ = gc.await;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Opens the embedded metadata store and creates what a fresh standalone has
+/// (this cluster, `public`, `public/default`).
+async fn open_metadata(
+    data_dir: &Path,
+    cluster: &str,
+    data: &ClusterData,
+) -> anyhow::Result<Resources> {
+    let path = data_dir.join("metadata").join("metadata.redb");
+    let store = EmbeddedStore::open(&path)
+        .with_context(|| format!("opening the metadata store {}", path.display()))?;
+    let resources = Resources::new(Arc::new(store));
+    resources
+        .bootstrap(cluster, data)
+        .await
+        .context("creating the standalone cluster, tenant and namespace")?;
+    Ok(resources)
 }
 
 fn open_store(

@@ -1,4 +1,5 @@
-//! Topic names as Pulsar clients send them, validated at the edge.
+//! Names of the Pulsar model (tenants, namespaces, topics) as clients and
+//! operators send them, validated at the edge.
 //!
 //! Accepted forms (Pulsar's):
 //! * `my-topic` → `persistent://public/default/my-topic`
@@ -42,8 +43,42 @@ pub enum TopicNameError {
     UnknownDomain(String),
     #[error("topic name {0:?} must be 'topic', 'tenant/namespace/topic' or 'domain://tenant/namespace/topic'")]
     Shape(String),
+    #[error("namespace {0:?} must be 'tenant/namespace'")]
+    NamespaceShape(String),
     #[error("invalid {part} {value:?}: only letters, digits and - _ = : . % are allowed")]
     Characters { part: &'static str, value: String },
+}
+
+/// A validated `tenant/namespace` name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamespaceName {
+    pub tenant: String,
+    pub namespace: String,
+}
+
+impl NamespaceName {
+    pub fn new(tenant: &str, namespace: &str) -> Result<Self, TopicNameError> {
+        check("tenant", tenant)?;
+        check("namespace", namespace)?;
+        Ok(NamespaceName {
+            tenant: tenant.to_owned(),
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    /// Parses `tenant/namespace`.
+    pub fn parse(name: &str) -> Result<Self, TopicNameError> {
+        match name.split_once('/') {
+            Some((t, ns)) if !ns.contains('/') => Self::new(t, ns),
+            _ => Err(TopicNameError::NamespaceShape(name.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for NamespaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.namespace)
+    }
 }
 
 /// A fully qualified, validated topic name.
@@ -56,7 +91,8 @@ pub struct TopicName {
     pub local: String,
 }
 
-fn check(part: &'static str, value: &str) -> Result<(), TopicNameError> {
+/// Checks one name component (tenant, namespace, topic, cluster).
+pub fn check(part: &'static str, value: &str) -> Result<(), TopicNameError> {
     let ok = !value.is_empty()
         && value
             .chars()
@@ -101,6 +137,13 @@ impl TopicName {
             namespace: namespace.to_string(),
             local: local.to_string(),
         })
+    }
+
+    pub fn namespace(&self) -> NamespaceName {
+        NamespaceName {
+            tenant: self.tenant.clone(),
+            namespace: self.namespace.clone(),
+        }
     }
 
     /// `tenant/namespace`.

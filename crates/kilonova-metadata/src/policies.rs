@@ -1,0 +1,422 @@
+//! Cluster, tenant and namespace records and the policies, in Pulsar's JSON
+//! shapes (field names as the Pulsar admin API sends them), with their checks.
+//!
+//! A policy left unset at topic level falls back to the namespace's, then to
+//! the broker's default: [`resolve`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MetadataError, Result};
+
+/// A cluster: where its brokers are reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClusterData {
+    pub service_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_url_tls: Option<String>,
+    pub broker_service_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_service_url_tls: Option<String>,
+}
+
+/// A tenant: who administers it and where its namespaces may live.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TenantInfo {
+    pub admin_roles: BTreeSet<String>,
+    pub allowed_clusters: BTreeSet<String>,
+}
+
+/// A namespace's bundles (hash ranges owned by brokers; stored, used for ownership later).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundlesData {
+    pub boundaries: Vec<String>,
+    pub num_bundles: u32,
+}
+
+/// The largest bundle count accepted.
+pub const MAX_BUNDLES: u32 = 1024;
+/// Bundles of a namespace created without a count.
+pub const DEFAULT_BUNDLES: u32 = 4;
+
+impl BundlesData {
+    /// `n` equal ranges of the 32-bit hash space.
+    pub fn even(n: u32) -> Result<Self> {
+        if n == 0 || n > MAX_BUNDLES {
+            return Err(MetadataError::Invalid(format!(
+                "bundles must be between 1 and {MAX_BUNDLES}, not {n}"
+            )));
+        }
+        let step = (1u64 << 32) / u64::from(n);
+        let boundaries = (0..=u64::from(n))
+            .map(|i| format!("0x{:08x}", (i * step).min(0xffff_ffff)))
+            .collect();
+        Ok(BundlesData {
+            boundaries,
+            num_bundles: n,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPolicies {
+    /// -1: forever; 0: none.
+    pub retention_time_in_minutes: i32,
+    /// -1: unlimited; 0: none.
+    #[serde(rename = "retentionSizeInMB")]
+    pub retention_size_in_mb: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BacklogQuotaPolicy {
+    ProducerRequestHold,
+    ProducerException,
+    ConsumerBacklogEviction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BacklogQuota {
+    /// Bytes; -1: unlimited.
+    #[serde(default = "minus_one")]
+    pub limit_size: i64,
+    /// Seconds; -1: unlimited.
+    #[serde(default = "minus_one_i32")]
+    pub limit_time: i32,
+    pub policy: BacklogQuotaPolicy,
+}
+
+/// The backlog quota types (the keys of `backlog_quota_map`).
+pub const BACKLOG_DESTINATION_STORAGE: &str = "destination_storage";
+pub const BACKLOG_MESSAGE_AGE: &str = "message_age";
+
+fn minus_one() -> i64 {
+    -1
+}
+
+fn minus_one_i32() -> i32 {
+    -1
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishRate {
+    /// Messages per second; -1 or 0: unlimited.
+    #[serde(default = "minus_one_i32")]
+    pub publish_throttling_rate_in_msg: i32,
+    /// Bytes per second; -1 or 0: unlimited.
+    #[serde(default = "minus_one")]
+    pub publish_throttling_rate_in_byte: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchRate {
+    #[serde(default = "minus_one_i32")]
+    pub dispatch_throttling_rate_in_msg: i32,
+    #[serde(default = "minus_one")]
+    pub dispatch_throttling_rate_in_byte: i64,
+    #[serde(default)]
+    pub relative_to_publish_rate: bool,
+    #[serde(default = "one")]
+    pub rate_period_in_second: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InactiveTopicDeleteMode {
+    DeleteWhenNoSubscriptions,
+    DeleteWhenSubscriptionsCaughtUp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InactiveTopicPolicies {
+    pub inactive_topic_delete_mode: InactiveTopicDeleteMode,
+    pub max_inactive_duration_seconds: i32,
+    pub delete_while_inactive: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopicType {
+    Partitioned,
+    NonPartitioned,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoTopicCreationOverride {
+    pub allow_auto_topic_creation: bool,
+    #[serde(default = "non_partitioned")]
+    pub topic_type: TopicType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_num_partitions: Option<u32>,
+}
+
+fn non_partitioned() -> TopicType {
+    TopicType::NonPartitioned
+}
+
+/// A namespace's record: its bundles and policies (Pulsar's `Policies`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policies {
+    pub bundles: BundlesData,
+    pub replication_clusters: BTreeSet<String>,
+    pub backlog_quota_map: BTreeMap<String, BacklogQuota>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_ttl_in_seconds: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_policies: Option<RetentionPolicies>,
+    /// Per cluster, as Pulsar keys it.
+    #[serde(rename = "publishMaxMessageRate")]
+    pub publish_max_message_rate: BTreeMap<String, PublishRate>,
+    #[serde(rename = "topicDispatchRate")]
+    pub topic_dispatch_rate: BTreeMap<String, DispatchRate>,
+    #[serde(rename = "subscriptionDispatchRate")]
+    pub subscription_dispatch_rate: BTreeMap<String, DispatchRate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inactive_topic_policies: Option<InactiveTopicPolicies>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_producers_per_topic: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_consumers_per_topic: Option<i32>,
+    #[serde(
+        rename = "deduplicationEnabled",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deduplication_enabled: Option<bool>,
+    #[serde(
+        rename = "autoTopicCreationOverride",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auto_topic_creation_override: Option<AutoTopicCreationOverride>,
+    /// Set while the namespace is being deleted.
+    pub deleted: bool,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies {
+            bundles: BundlesData {
+                boundaries: Vec::new(),
+                num_bundles: 0,
+            },
+            replication_clusters: BTreeSet::new(),
+            backlog_quota_map: BTreeMap::new(),
+            message_ttl_in_seconds: None,
+            retention_policies: None,
+            publish_max_message_rate: BTreeMap::new(),
+            topic_dispatch_rate: BTreeMap::new(),
+            subscription_dispatch_rate: BTreeMap::new(),
+            inactive_topic_policies: None,
+            max_producers_per_topic: None,
+            max_consumers_per_topic: None,
+            deduplication_enabled: None,
+            auto_topic_creation_override: None,
+            deleted: false,
+        }
+    }
+}
+
+/// Topic-level overrides: every field unset falls back to the namespace's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TopicPolicies {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_policies: Option<RetentionPolicies>,
+    #[serde(
+        rename = "messageTTLInSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub message_ttl_in_seconds: Option<i32>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub back_log_quota_map: BTreeMap<String, BacklogQuota>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<PublishRate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatch_rate: Option<DispatchRate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_dispatch_rate: Option<DispatchRate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inactive_topic_policies: Option<InactiveTopicPolicies>,
+    #[serde(
+        rename = "maxProducerPerTopic",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_producers_per_topic: Option<i32>,
+    #[serde(
+        rename = "maxConsumerPerTopic",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_consumers_per_topic: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deduplication_enabled: Option<bool>,
+}
+
+impl TopicPolicies {
+    pub fn is_empty(&self) -> bool {
+        *self == TopicPolicies::default()
+    }
+}
+
+/// Picks the topic's value, else the namespace's, else the broker default.
+pub fn resolve<T: Clone>(topic: Option<&T>, namespace: Option<&T>, broker: T) -> T {
+    topic.or(namespace).cloned().unwrap_or(broker)
+}
+
+fn invalid(what: &str, value: impl std::fmt::Display, rule: &str) -> MetadataError {
+    MetadataError::Invalid(format!("{what} {value} is out of range: {rule}"))
+}
+
+/// A count limit: 0 (unlimited) or more.
+pub fn check_limit(what: &str, v: i32) -> Result<()> {
+    if v < 0 {
+        return Err(invalid(what, v, "must be 0 (no limit) or more"));
+    }
+    Ok(())
+}
+
+pub fn check_ttl(seconds: i32) -> Result<()> {
+    check_limit("message TTL", seconds)
+}
+
+pub fn check_retention(r: &RetentionPolicies) -> Result<()> {
+    if r.retention_time_in_minutes < -1 {
+        return Err(invalid(
+            "retention time",
+            r.retention_time_in_minutes,
+            "-1 (forever) or more",
+        ));
+    }
+    if r.retention_size_in_mb < -1 {
+        return Err(invalid(
+            "retention size",
+            r.retention_size_in_mb,
+            "-1 (unlimited) or more",
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_backlog_quota(q: &BacklogQuota) -> Result<()> {
+    if q.limit_size < -1 || q.limit_time < -1 {
+        return Err(MetadataError::Invalid(format!(
+            "backlog quota limits must be -1 (unlimited) or more, not size {} / time {}",
+            q.limit_size, q.limit_time
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_publish_rate(r: &PublishRate) -> Result<()> {
+    if r.publish_throttling_rate_in_msg < -1 || r.publish_throttling_rate_in_byte < -1 {
+        return Err(MetadataError::Invalid(
+            "publish rates must be -1 (unlimited) or more".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_dispatch_rate(r: &DispatchRate) -> Result<()> {
+    if r.dispatch_throttling_rate_in_msg < -1
+        || r.dispatch_throttling_rate_in_byte < -1
+        || r.rate_period_in_second < 1
+    {
+        return Err(MetadataError::Invalid(
+            "dispatch rates must be -1 (unlimited) or more, over a period of 1 s or more".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_inactive_topic_policies(p: &InactiveTopicPolicies) -> Result<()> {
+    if p.max_inactive_duration_seconds < 0 {
+        return Err(invalid(
+            "max inactive duration",
+            p.max_inactive_duration_seconds,
+            "0 or more seconds",
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_auto_topic_creation(o: &AutoTopicCreationOverride) -> Result<()> {
+    match (o.topic_type, o.default_num_partitions) {
+        (TopicType::Partitioned, None | Some(0)) if o.allow_auto_topic_creation => {
+            Err(MetadataError::Invalid(
+                "partitioned auto-creation needs defaultNumPartitions > 0".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pulsar_shaped_json_round_trips() {
+        let p: Policies = serde_json::from_str(
+            r#"{"bundles":{"boundaries":["0x00000000","0xffffffff"],"numBundles":1},
+                "retention_policies":{"retentionTimeInMinutes":180,"retentionSizeInMB":10240},
+                "publishMaxMessageRate":{"standalone":{"publishThrottlingRateInMsg":30,"publishThrottlingRateInByte":-1}},
+                "autoTopicCreationOverride":{"allowAutoTopicCreation":true,"topicType":"partitioned","defaultNumPartitions":2},
+                "unknown_field_from_a_newer_pulsar":1}"#,
+        )
+        .unwrap();
+        assert_eq!(p.retention_policies.unwrap().retention_size_in_mb, 10240);
+        assert_eq!(
+            p.publish_max_message_rate["standalone"].publish_throttling_rate_in_msg,
+            30
+        );
+        let back: Policies = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        let q: BacklogQuota =
+            serde_json::from_str(r#"{"limitSize":10,"policy":"consumer_backlog_eviction"}"#)
+                .unwrap();
+        assert_eq!(
+            (q.limit_time, q.policy),
+            (-1, BacklogQuotaPolicy::ConsumerBacklogEviction)
+        );
+        assert!(
+            serde_json::from_str::<BacklogQuota>(r#"{"limitSize":1,"policy":"drop_it"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn bundles_split_the_hash_space_evenly() {
+        let b = BundlesData::even(4).unwrap();
+        assert_eq!(
+            b.boundaries,
+            [
+                "0x00000000",
+                "0x40000000",
+                "0x80000000",
+                "0xc0000000",
+                "0xffffffff"
+            ]
+        );
+        assert!(BundlesData::even(0).is_err());
+        assert!(BundlesData::even(MAX_BUNDLES + 1).is_err());
+    }
+
+    #[test]
+    fn topic_overrides_namespace_overrides_broker() {
+        assert_eq!(resolve(Some(&1), Some(&2), 3), 1);
+        assert_eq!(resolve(None, Some(&2), 3), 2);
+        assert_eq!(resolve::<i32>(None, None, 3), 3);
+    }
+}
