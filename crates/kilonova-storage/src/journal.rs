@@ -769,10 +769,16 @@ fn sync_and_publish(shared: &Shared, sync: &SyncState, groups: Vec<Group>) {
                 .handle
                 .sync_data()
                 .map_err(|e| StorageError::io("fsyncing the journal", e));
+            let took = t.elapsed();
             shared
                 .stats
                 .sync_ns
-                .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            shared.stats.fsync_us.observe(took.as_micros() as u64);
+            shared
+                .stats
+                .group_commit_entries
+                .observe(run.iter().map(|g| g.pending.len() as u64).sum());
             r
         };
         match result {

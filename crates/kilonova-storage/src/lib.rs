@@ -16,6 +16,7 @@ mod checkpoint;
 mod entry;
 pub mod entry_cache;
 mod error;
+pub mod histogram;
 mod index;
 mod journal;
 pub mod managed_log;
@@ -29,6 +30,7 @@ mod store;
 pub use entry::{Entry, ENTRY_HEADER_LEN};
 pub use entry_cache::{CacheStats, EntryCache, EvictionStrategy};
 pub use error::{Result, StorageError};
+pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
     CursorInfo, InitialPosition, ManagedLog, ManagedLogConfig, Retention, SegmentMeta,
 };

@@ -184,6 +184,11 @@ impl ManagedLog {
         self.id
     }
 
+    /// What the store knows of one of this log's segments (entries, bytes).
+    pub fn segment_info(&self, id: SegmentId) -> Option<crate::SegmentInfo> {
+        self.store.segment(id)
+    }
+
     pub fn segments(&self) -> &[SegmentMeta] {
         &self.segments
     }
@@ -573,6 +578,32 @@ impl ManagedLog {
         Ok(out)
     }
 
+    /// The first `n` entries the cursor has not acknowledged, in order (what
+    /// an admin peeks at or skips).
+    pub fn unacked(&self, name: &str, n: usize) -> Result<Vec<Position>> {
+        let c = self.cursor(name)?;
+        let mut p = self.normalize(c.floor);
+        let mut out = Vec::new();
+        while out.len() < n && self.is_readable(p) {
+            if let Some((_, end)) = c.acked.range_containing(p) {
+                p = self.next(end);
+                continue;
+            }
+            out.push(p);
+            p = self.next(p);
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges the first `n` unacknowledged entries; returns how many there were.
+    pub fn skip(&mut self, name: &str, n: usize) -> Result<usize> {
+        let doomed = self.unacked(name, n)?;
+        for p in &doomed {
+            self.ack(name, *p)?;
+        }
+        Ok(doomed.len())
+    }
+
     /// Whether the cursor has entries to read now.
     pub fn has_entries_to_read(&self, name: &str) -> bool {
         self.cursor(name)
@@ -779,6 +810,19 @@ impl ManagedLog {
     /// Message TTL: acknowledges, on every durable cursor, entries published before
     /// `now_ms - ttl_ms`. Returns how many cursors moved.
     pub fn expire(&mut self, now_ms: u64, ttl_ms: u64) -> Result<usize> {
+        self.expire_cursors(now_ms, ttl_ms, None)
+    }
+
+    /// [`ManagedLog::expire`] for every durable cursor, or only the one named.
+    pub fn expire_cursors(
+        &mut self,
+        now_ms: u64,
+        ttl_ms: u64,
+        only: Option<&str>,
+    ) -> Result<usize> {
+        if let Some(name) = only {
+            self.cursor(name)?;
+        }
         let cutoff = now_ms.saturating_sub(ttl_ms);
         let target = self.position_of_publish_time(cutoff)?;
         let Some(last_expired) = self.prev(target) else {
@@ -787,7 +831,7 @@ impl ManagedLog {
         let names: Vec<String> = self
             .cursors
             .iter()
-            .filter(|(_, c)| c.durable && c.floor < target)
+            .filter(|(n, c)| c.durable && c.floor < target && only.is_none_or(|o| o == *n))
             .map(|(n, _)| n.clone())
             .collect();
         for n in &names {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint;
 use crate::error::{Result, StorageError};
+use crate::histogram::{Histogram, HistogramSnapshot, COUNT_BOUNDS, MICROS_BOUNDS};
 use crate::index::{Index, MAX_FILE_BYTES};
 use crate::journal::{Op, Request, Writer};
 use crate::position::{EntryId, SegmentId};
@@ -79,7 +80,7 @@ impl StoreConfig {
 }
 
 /// Counters of the store's activity (monotonic).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Stats {
     pub fsyncs: AtomicU64,
     pub groups: AtomicU64,
@@ -89,6 +90,26 @@ pub(crate) struct Stats {
     /// Time the journal thread spent in write + fdatasync, and handling groups in all.
     pub sync_ns: AtomicU64,
     pub busy_ns: AtomicU64,
+    /// Duration of each journal fdatasync, µs.
+    pub fsync_us: Histogram,
+    /// Entries made durable by each fdatasync (a group commit).
+    pub group_commit_entries: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            fsyncs: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            entries_appended: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            sync_ns: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            fsync_us: Histogram::new(MICROS_BOUNDS),
+            group_commit_entries: Histogram::new(COUNT_BOUNDS),
+        }
+    }
 }
 
 /// A snapshot of the store's counters and sizes.
@@ -466,6 +487,12 @@ impl SegmentStore {
             .map(|s| s.iter().map(|(_, b)| *b).sum())
             .unwrap_or(0);
         files + spares
+    }
+
+    /// fdatasync durations (µs) and entries per group commit.
+    pub fn histograms(&self) -> (HistogramSnapshot, HistogramSnapshot) {
+        let s = &self.shared.stats;
+        (s.fsync_us.snapshot(), s.group_commit_entries.snapshot())
     }
 
     pub fn stats(&self) -> StoreStats {
