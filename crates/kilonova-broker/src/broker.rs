@@ -16,7 +16,9 @@ use kilonova_pulsar_protocol::proto::Schema;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::metrics::MetricsRegistry;
 use crate::topic::{self, Topic, TopicCommand, TopicHandle};
+use crate::topic::{AdminReply, AdminRequest};
 use crate::topic_name::TopicName;
 
 struct Inner {
@@ -25,6 +27,7 @@ struct Inner {
     state: Arc<dyn StateStore>,
     cache: Arc<EntryCache>,
     resources: Resources,
+    metrics: MetricsRegistry,
     topics: Mutex<HashMap<String, TopicHandle>>,
     /// `pulsar://host:port` clients are told to connect to (LOOKUP).
     service_url: String,
@@ -60,6 +63,7 @@ impl Broker {
                 state,
                 cache,
                 resources,
+                metrics: MetricsRegistry::default(),
                 topics: Mutex::new(HashMap::new()),
                 service_url,
                 shutting_down: AtomicBool::new(false),
@@ -76,6 +80,68 @@ impl Broker {
 
     pub fn resources(&self) -> &Resources {
         &self.inner.resources
+    }
+
+    pub fn metrics(&self) -> &MetricsRegistry {
+        &self.inner.metrics
+    }
+
+    /// Every metric, in Prometheus' text format.
+    pub fn render_metrics(&self) -> String {
+        crate::metrics::render(
+            &self.inner.config.cluster_name,
+            &self.inner.metrics,
+            &self.inner.store,
+            &self.inner.cache,
+        )
+    }
+
+    /// Whether a task serves the topic now.
+    pub fn is_loaded(&self, name: &TopicName) -> bool {
+        self.topics()
+            .get(&name.to_string())
+            .is_some_and(|h| !h.is_closed())
+    }
+
+    async fn is_partition_of_existing(&self, name: &TopicName) -> Result<bool, BrokerError> {
+        let Some(i) = name.partition() else {
+            return Ok(false);
+        };
+        Ok(self
+            .resources()
+            .topic(&name.partitioned_topic())
+            .await?
+            .is_some_and(|t| i < t.partitions))
+    }
+
+    /// Sends an admin request to a topic that exists (loading it if needed;
+    /// never creating it). `Unload` of a topic not loaded does nothing.
+    pub async fn topic_admin(
+        &self,
+        name: &TopicName,
+        request: AdminRequest,
+    ) -> Result<AdminReply, BrokerError> {
+        match self.resources().topic(name).await? {
+            // A partition not used yet exists if its partitioned topic does.
+            None if self.is_partition_of_existing(name).await? => {}
+            None => return Err(BrokerError::TopicNotFound(name.to_string())),
+            Some(t) if t.partitions > 0 => {
+                return Err(BrokerError::BadRequest(format!(
+                    "{name} is a partitioned topic: ask its partitions"
+                )))
+            }
+            Some(_) => {}
+        }
+        if matches!(request, AdminRequest::Unload) && !self.is_loaded(name) {
+            return Ok(AdminReply::Done);
+        }
+        let handle = self.topic(name).await?;
+        let (reply, answer) = oneshot::channel();
+        handle
+            .send(TopicCommand::Admin { request, reply })
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        answer.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
     pub fn service_url(&self) -> &str {
@@ -291,6 +357,11 @@ impl Broker {
         }
         topics.remove(name);
         true
+    }
+
+    /// Removes a topic's handle from the map (the topic is going away).
+    pub(crate) fn forget_handle(&self, name: &str) {
+        self.topics().remove(name);
     }
 
     /// Removes a topic that failed to load (its receiver is closed already).

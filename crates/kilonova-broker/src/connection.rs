@@ -154,18 +154,12 @@ impl Connection {
                 .send(TopicCommand::RemoveProducer {
                     conn: self.id,
                     producer_id,
-                    request_id: None,
                 })
                 .await;
         }
         for (id, h) in self.consumers.drain() {
             let key = ConsumerKey { conn: self.id, id };
-            let _ = h
-                .send(TopicCommand::RemoveConsumer {
-                    key,
-                    request_id: None,
-                })
-                .await;
+            let _ = h.send(TopicCommand::RemoveConsumer { key }).await;
         }
     }
 
@@ -337,17 +331,15 @@ impl Connection {
             }
             Type::CloseProducer => {
                 let c = command.close_producer.ok_or_else(missing)?;
-                match self.producers.remove(&c.producer_id) {
-                    Some(h) => {
-                        let cmd = TopicCommand::RemoveProducer {
-                            conn: self.id,
-                            producer_id: c.producer_id,
-                            request_id: Some(c.request_id),
-                        };
-                        self.to_topic(&h, cmd, Some(c.request_id)).await;
-                    }
-                    None => self.out.command(commands::success(c.request_id)),
+                // As for CLOSE_CONSUMER: queue the removal, then answer.
+                if let Some(h) = self.producers.remove(&c.producer_id) {
+                    let cmd = TopicCommand::RemoveProducer {
+                        conn: self.id,
+                        producer_id: c.producer_id,
+                    };
+                    let _ = h.send(cmd).await;
                 }
+                self.out.command(commands::success(c.request_id));
             }
             Type::Subscribe => {
                 let s = command.subscribe.ok_or_else(missing)?;
@@ -455,17 +447,16 @@ impl Connection {
             }
             Type::CloseConsumer => {
                 let c = command.close_consumer.ok_or_else(missing)?;
-                match self.consumers.remove(&c.consumer_id) {
-                    Some(h) => {
-                        let key = self.key(c.consumer_id);
-                        let cmd = TopicCommand::RemoveConsumer {
-                            key,
-                            request_id: Some(c.request_id),
-                        };
-                        self.to_topic(&h, cmd, Some(c.request_id)).await;
-                    }
-                    None => self.out.command(commands::success(c.request_id)),
+                // The removal is queued before the answer goes out, so this
+                // connection's later commands see the consumer gone. A topic that
+                // closed or already dropped the consumer (an unload, a forced
+                // delete) has nothing left to remove: closing still succeeds.
+                if let Some(h) = self.consumers.remove(&c.consumer_id) {
+                    let key = self.key(c.consumer_id);
+                    let cmd = TopicCommand::RemoveConsumer { key };
+                    let _ = h.send(cmd).await;
                 }
+                self.out.command(commands::success(c.request_id));
             }
             Type::GetTopicsOfNamespace => {
                 let g = command.get_topics_of_namespace.ok_or_else(missing)?;

@@ -15,6 +15,7 @@
 //!   may still be in flight at the consumer that owned them before.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -25,6 +26,7 @@ use kilonova_storage::{Entry, ManagedLog, Position, StorageError};
 use crate::commands;
 use crate::error::BrokerError;
 use crate::key_shared::{self, Selector};
+use crate::metrics::TopicMetrics;
 use crate::outbound::Outbound;
 
 /// A consumer, unique in the broker: (connection id, the client's consumer id).
@@ -46,6 +48,16 @@ impl SubKind {
     fn single_active(self) -> bool {
         matches!(self, SubKind::Exclusive | SubKind::Failover)
     }
+
+    /// As Pulsar's stats name it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SubKind::Exclusive => "Exclusive",
+            SubKind::Shared => "Shared",
+            SubKind::Failover => "Failover",
+            SubKind::KeyShared => "Key_Shared",
+        }
+    }
 }
 
 pub(crate) struct Consumer {
@@ -60,6 +72,9 @@ pub(crate) struct Consumer {
     /// Key_Shared: entries at or after this wait until it is acknowledged up to it.
     pub joined_at: Option<Position>,
     pub sticky_ranges: Vec<(u32, u32)>,
+    /// Messages and bytes dispatched to this consumer.
+    pub msg_out: u64,
+    pub bytes_out: u64,
 }
 
 /// What a subscription needs from the topic to dispatch.
@@ -89,10 +104,20 @@ pub(crate) struct Subscription {
     round_robin: usize,
     /// The active consumer changed: rewind the cursor before the next dispatch.
     needs_rewind: bool,
+    /// Messages and bytes dispatched (this load of the topic).
+    pub msg_out: u64,
+    pub bytes_out: u64,
+    metrics: Arc<TopicMetrics>,
 }
 
 impl Subscription {
-    pub(crate) fn new(name: String, kind: SubKind, durable: bool, partition: Option<u32>) -> Self {
+    pub(crate) fn new(
+        name: String,
+        kind: SubKind,
+        durable: bool,
+        partition: Option<u32>,
+        metrics: Arc<TopicMetrics>,
+    ) -> Self {
         Subscription {
             name,
             kind,
@@ -107,6 +132,9 @@ impl Subscription {
             selector: Selector::default(),
             round_robin: 0,
             needs_rewind: false,
+            msg_out: 0,
+            bytes_out: 0,
+            metrics,
         }
     }
 
@@ -505,7 +533,15 @@ impl Subscription {
         };
         c.permits -= i64::from(entry.message_count);
         send_entry(c, entry, 0, Vec::new());
+        self.count_out(entry);
         true
+    }
+
+    fn count_out(&mut self, entry: &Entry) {
+        let (n, b) = (u64::from(entry.message_count), entry.data.len() as u64);
+        self.msg_out += n;
+        self.bytes_out += b;
+        self.metrics.add_out(n, b);
     }
 
     fn send(&mut self, i: usize, entry: &Entry) {
@@ -521,6 +557,7 @@ impl Subscription {
         c.permits -= i64::from(entry.message_count);
         self.pending.insert(entry.position, c.key);
         send_entry(c, entry, redelivery_count.unwrap_or(0), ack_set);
+        self.count_out(entry);
     }
 }
 
@@ -548,7 +585,14 @@ fn entry_key(payload: &Bytes) -> Bytes {
 }
 
 /// Sends one entry to a consumer as a MESSAGE frame with the stored payload bytes.
-pub(crate) fn send_entry(c: &Consumer, entry: &Entry, redelivery_count: u32, ack_set: Vec<i64>) {
+pub(crate) fn send_entry(
+    c: &mut Consumer,
+    entry: &Entry,
+    redelivery_count: u32,
+    ack_set: Vec<i64>,
+) {
+    c.msg_out += u64::from(entry.message_count);
+    c.bytes_out += entry.data.len() as u64;
     let command = commands::with_type(Type::Message, |b| {
         b.message = Some(Box::new(CommandMessage {
             consumer_id: c.key.id,

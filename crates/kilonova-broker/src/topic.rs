@@ -13,6 +13,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,9 +33,14 @@ use kilonova_storage::{
     Completion, Entry, InitialPosition, ManagedLog, Position, Retention, StorageError,
 };
 
+pub mod admin;
+
+pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
+
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
+use crate::metrics::{Rates, TopicMetrics};
 use crate::outbound::Outbound;
 use crate::subscription::{Consumer, ConsumerKey, DispatchLimits, SubKind, Subscription};
 use crate::topic_name::TopicName;
@@ -69,11 +76,10 @@ pub(crate) enum TopicCommand {
         highest_sequence_id: u64,
         payload: Payload,
     },
-    /// CLOSE_PRODUCER (`request_id` set: answer SUCCESS) or the connection went away.
+    /// CLOSE_PRODUCER (the connection answers it) or the connection went away.
     RemoveProducer {
         conn: u64,
         producer_id: u64,
-        request_id: Option<u64>,
     },
     Subscribe {
         conn: ConnCtx,
@@ -106,14 +112,18 @@ pub(crate) enum TopicCommand {
         key: ConsumerKey,
         request_id: u64,
     },
-    /// CLOSE_CONSUMER (`request_id` set: answer SUCCESS) or the connection went away.
+    /// CLOSE_CONSUMER (the connection answers it) or the connection went away.
     RemoveConsumer {
         key: ConsumerKey,
-        request_id: Option<u64>,
     },
     /// Close every client with the protocol's close commands, persist, stop.
     Shutdown {
         done: oneshot::Sender<()>,
+    },
+    /// A request of the admin API.
+    Admin {
+        request: AdminRequest,
+        reply: oneshot::Sender<Result<AdminReply, BrokerError>>,
     },
 }
 
@@ -123,6 +133,8 @@ struct Producer {
     name: String,
     out: Outbound,
     exclusive: bool,
+    msg_in: u64,
+    bytes_in: u64,
 }
 
 /// An append waiting for durability, and where its receipt goes.
@@ -208,6 +220,9 @@ pub(crate) struct Topic {
     /// Non-persistent topics: the next synthetic entry id.
     next_transient_entry: u64,
     idle_since: Option<Instant>,
+    metrics: Arc<TopicMetrics>,
+    /// When rates were last computed, and the totals then.
+    rates_since: (Instant, (u64, u64, u64, u64)),
 }
 
 impl Topic {
@@ -237,6 +252,7 @@ impl Topic {
             None
         };
         tracing::debug!(topic = %full_name, id = record.id, "topic loaded");
+        let metrics = broker.metrics().register(&full_name);
         let mut topic = Topic {
             name,
             full_name,
@@ -251,8 +267,14 @@ impl Topic {
             appends: FuturesOrdered::new(),
             next_transient_entry: 0,
             idle_since: Some(Instant::now()),
+            metrics,
+            rates_since: (Instant::now(), (0, 0, 0, 0)),
         };
         topic.serve(rx).await;
+        topic
+            .broker
+            .metrics()
+            .unregister(&topic.full_name, &topic.metrics);
     }
 
     async fn serve(&mut self, mut rx: mpsc::Receiver<TopicCommand>) {
@@ -282,12 +304,19 @@ impl Topic {
                     // Handle the burst of commands already queued, then dispatch.
                     let mut handled = 0;
                     loop {
-                        if let TopicCommand::Shutdown { done } = cmd {
-                            self.shutdown().await;
-                            let _ = done.send(());
-                            return;
+                        match cmd {
+                            TopicCommand::Shutdown { done } => {
+                                self.shutdown().await;
+                                let _ = done.send(());
+                                return;
+                            }
+                            TopicCommand::Admin { request, reply } => {
+                                if self.admin_request(request, reply, &mut rx).await {
+                                    return;
+                                }
+                            }
+                            cmd => self.handle(cmd).await,
                         }
-                        self.handle(cmd).await;
                         handled += 1;
                         if handled == COMMAND_BURST {
                             break;
@@ -298,9 +327,12 @@ impl Topic {
                         }
                     }
                     self.flush_dispatch();
+                    self.update_gauges();
                 }
                 _ = tick.tick() => {
                     self.housekeeping().await;
+                    self.update_gauges();
+                    self.update_backlog_and_rates();
                     if self.is_idle() {
                         let since = *self.idle_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= idle_limit && self.unload(&mut rx).await {
@@ -354,6 +386,18 @@ impl Topic {
     }
 
     async fn shutdown(&mut self) {
+        self.shutdown_keeping_log().await;
+        if let Some(log) = self.log.take() {
+            if let Err(e) = log.close() {
+                tracing::warn!(topic = %self.full_name, error = %e, "closing the log failed");
+            }
+        }
+        tracing::debug!(topic = %self.full_name, "topic closed");
+    }
+
+    /// Closes every producer and consumer with the protocol's close commands,
+    /// waits for appends in flight, drops non-durable cursors.
+    async fn shutdown_keeping_log(&mut self) {
         for ((_, id), p) in self.producers.drain() {
             p.out.command(commands::close_producer(id));
         }
@@ -368,13 +412,9 @@ impl Topic {
         while let Some((r, o, p, s, h)) = self.appends.next().await {
             self.complete_append(r, &o, p, s, h);
         }
-        if let Some(log) = self.log.take() {
-            self.drop_transient_cursors_of(None);
-            if let Err(e) = log.close() {
-                tracing::warn!(topic = %self.full_name, error = %e, "closing the log failed");
-            }
-        }
-        tracing::debug!(topic = %self.full_name, "topic closed");
+        self.consumer_subs.clear();
+        self.drop_transient_cursors_of(None);
+        self.subscriptions.clear();
     }
 
     fn drop_transient_cursors_of(&mut self, only: Option<&str>) {
@@ -435,11 +475,9 @@ impl Topic {
                 self.publish(conn, producer_id, sequence_id, highest_sequence_id, payload)
                     .await
             }
-            TopicCommand::RemoveProducer {
-                conn,
-                producer_id,
-                request_id,
-            } => self.remove_producer(conn, producer_id, request_id),
+            TopicCommand::RemoveProducer { conn, producer_id } => {
+                self.remove_producer(conn, producer_id)
+            }
             TopicCommand::Subscribe { conn, command } => self.subscribe(conn, *command),
             TopicCommand::Flow { key, permits } => {
                 if let Some(sub) = self.sub_of_mut(key) {
@@ -477,15 +515,107 @@ impl Topic {
                 self.last_message_id(key, request_id)
             }
             TopicCommand::Unsubscribe { key, request_id } => self.unsubscribe(key, request_id),
-            TopicCommand::RemoveConsumer { key, request_id } => {
-                let out = self.consumer_out(key);
-                self.remove_consumer(key);
-                if let (Some(out), Some(r)) = (out, request_id) {
-                    out.command(commands::success(r));
-                }
-            }
-            TopicCommand::Shutdown { .. } => {}
+            TopicCommand::RemoveConsumer { key } => self.remove_consumer(key),
+            // Handled by the serving loop.
+            TopicCommand::Shutdown { .. } | TopicCommand::Admin { .. } => {}
         }
+    }
+
+    /// Answers an admin request; returns whether the topic's task must end
+    /// (it was unloaded or deleted).
+    async fn admin_request(
+        &mut self,
+        request: AdminRequest,
+        reply: oneshot::Sender<Result<AdminReply, BrokerError>>,
+        rx: &mut mpsc::Receiver<TopicCommand>,
+    ) -> bool {
+        let ends = match &request {
+            AdminRequest::Unload => Some(false),
+            AdminRequest::Delete { .. } => Some(true),
+            _ => None,
+        };
+        let answer = self.admin(request);
+        let Some(delete) = ends.filter(|_| answer.is_ok()) else {
+            let _ = reply.send(answer);
+            return false;
+        };
+        // Close every client (they reconnect, as after a Pulsar unload), and
+        // leave the broker's map before anything can load the topic again.
+        self.broker.forget_handle(&self.full_name);
+        rx.close();
+        self.shutdown_keeping_log().await;
+        let result = match (delete, self.log.take()) {
+            (false, Some(log)) => log.close().map_err(BrokerError::from),
+            (false, None) => Ok(()),
+            (true, log) => self.delete_everything(log).await,
+        };
+        // Commands that raced in go to a fresh load (for a deleted topic, a
+        // new topic if auto-creation allows, as in Pulsar).
+        while let Ok(cmd) = rx.try_recv() {
+            self.broker.forward(&self.name, cmd).await;
+        }
+        tracing::info!(topic = %self.full_name, deleted = delete, ok = result.is_ok(), "topic unloaded by the admin API");
+        let _ = reply.send(result.map(|()| AdminReply::Done));
+        true
+    }
+
+    /// Deletes the topic's data, then its record.
+    async fn delete_everything(&mut self, log: Option<ManagedLog>) -> Result<(), BrokerError> {
+        if let Some(log) = log {
+            log.delete().await?;
+        }
+        match self.broker.resources().delete_topic(&self.name).await {
+            Ok(()) | Err(kilonova_metadata::MetadataError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.producers
+            .store(self.producers.len() as u64, Ordering::Relaxed);
+        m.consumers
+            .store(self.consumer_subs.len() as u64, Ordering::Relaxed);
+        let subs = match &self.log {
+            Some(log) => {
+                let mut names: HashSet<&str> =
+                    self.subscriptions.keys().map(String::as_str).collect();
+                let cursors = log.cursor_names();
+                names.extend(cursors.iter().map(String::as_str));
+                names.len()
+            }
+            None => self.subscriptions.len(),
+        };
+        m.subscriptions.store(subs as u64, Ordering::Relaxed);
+    }
+
+    fn update_backlog_and_rates(&mut self) {
+        if let Some(log) = &self.log {
+            let backlog: u64 = log
+                .cursor_names()
+                .iter()
+                .filter_map(|n| log.cursor_info(n).ok())
+                .map(|i| i.backlog_entries)
+                .sum();
+            self.metrics.backlog.store(backlog, Ordering::Relaxed);
+            self.metrics
+                .storage_bytes
+                .store(log.size_bytes(), Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let totals = self.metrics.totals();
+        let (since, before) = self.rates_since;
+        let secs = now.duration_since(since).as_secs_f64();
+        if secs > 0.0 {
+            let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            self.metrics.set_rates(Rates {
+                msg_in: per_sec(totals.0, before.0),
+                bytes_in: per_sec(totals.1, before.1),
+                msg_out: per_sec(totals.2, before.2),
+                bytes_out: per_sec(totals.3, before.3),
+            });
+        }
+        self.rates_since = (now, totals);
     }
 
     // ---- producers ----
@@ -562,6 +692,8 @@ impl Topic {
                 name: name.clone(),
                 out: p.conn.out.clone(),
                 exclusive,
+                msg_in: 0,
+                bytes_in: 0,
             },
         );
         self.idle_since = None;
@@ -589,19 +721,14 @@ impl Topic {
         })
     }
 
-    fn remove_producer(&mut self, conn: u64, producer_id: u64, request_id: Option<u64>) {
-        let removed = self.producers.remove(&(conn, producer_id));
-        let waiting = self
+    fn remove_producer(&mut self, conn: u64, producer_id: u64) {
+        self.producers.remove(&(conn, producer_id));
+        if let Some(i) = self
             .waiting_exclusive
             .iter()
             .position(|p| p.conn.id == conn && p.producer_id == producer_id)
-            .and_then(|i| self.waiting_exclusive.remove(i));
-        let out = removed
-            .as_ref()
-            .map(|p| p.out.clone())
-            .or_else(|| waiting.as_ref().map(|p| p.conn.out.clone()));
-        if let (Some(out), Some(r)) = (out, request_id) {
-            out.command(commands::success(r));
+        {
+            self.waiting_exclusive.remove(i);
         }
         if self.producers.is_empty() {
             if let Some(next) = self.waiting_exclusive.pop_front() {
@@ -637,6 +764,12 @@ impl Topic {
             return;
         }
         let count = payload.message_count();
+        let bytes = payload.raw.len() as u64;
+        self.metrics.add_in(u64::from(count), bytes);
+        if let Some(p) = self.producers.get_mut(&(conn, producer_id)) {
+            p.msg_in += u64::from(count);
+            p.bytes_in += bytes;
+        }
         let publish_time = match payload.metadata.publish_time {
             0 => now_ms(),
             t => t,
@@ -773,6 +906,7 @@ impl Topic {
                     kind,
                     durable,
                     self.name.partition(),
+                    self.metrics.clone(),
                 ),
             );
         }
@@ -802,6 +936,8 @@ impl Topic {
             wants_entry_metadata: conn.wants_entry_metadata,
             joined_at: None,
             sticky_ranges,
+            msg_out: 0,
+            bytes_out: 0,
         };
         let sub = self
             .subscriptions
@@ -938,17 +1074,7 @@ impl Topic {
             Ok(()) => {
                 out.command(commands::success(request_id));
                 // As Pulsar does: consumers reconnect and read from the new position.
-                let mut keys = Vec::new();
-                if let Some(sub) = self.subscriptions.get_mut(&name) {
-                    sub.reset();
-                    for c in &sub.consumers {
-                        c.out.command(commands::close_consumer(c.key.id));
-                        keys.push(c.key);
-                    }
-                }
-                for k in keys {
-                    self.remove_consumer(k);
-                }
+                self.after_cursor_moved(&name, true);
             }
         }
     }

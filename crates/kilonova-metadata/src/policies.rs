@@ -31,8 +31,8 @@ pub struct TenantInfo {
 }
 
 /// A namespace's bundles (hash ranges owned by brokers; stored, used for ownership later).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct BundlesData {
     pub boundaries: Vec<String>,
     pub num_bundles: u32,
@@ -169,7 +169,7 @@ fn non_partitioned() -> TopicType {
 }
 
 /// A namespace's record: its bundles and policies (Pulsar's `Policies`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Policies {
     pub bundles: BundlesData,
@@ -204,30 +204,6 @@ pub struct Policies {
     pub auto_topic_creation_override: Option<AutoTopicCreationOverride>,
     /// Set while the namespace is being deleted.
     pub deleted: bool,
-}
-
-impl Default for Policies {
-    fn default() -> Self {
-        Policies {
-            bundles: BundlesData {
-                boundaries: Vec::new(),
-                num_bundles: 0,
-            },
-            replication_clusters: BTreeSet::new(),
-            backlog_quota_map: BTreeMap::new(),
-            message_ttl_in_seconds: None,
-            retention_policies: None,
-            publish_max_message_rate: BTreeMap::new(),
-            topic_dispatch_rate: BTreeMap::new(),
-            subscription_dispatch_rate: BTreeMap::new(),
-            inactive_topic_policies: None,
-            max_producers_per_topic: None,
-            max_consumers_per_topic: None,
-            deduplication_enabled: None,
-            auto_topic_creation_override: None,
-            deleted: false,
-        }
-    }
 }
 
 /// Topic-level overrides: every field unset falls back to the namespace's.

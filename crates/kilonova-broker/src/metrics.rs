@@ -1,0 +1,360 @@
+//! The broker's metrics: per-topic counters and gauges kept in atomics (the
+//! topic's task writes them, scrapes read them without asking the task), and
+//! the Prometheus text exposition (format 0.0.4) of everything, with Pulsar's
+//! metric names and labels where Pulsar has the metric.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kilonova_storage::{HistogramSnapshot, SegmentStore};
+
+/// One loaded topic's metrics.
+#[derive(Debug, Default)]
+pub struct TopicMetrics {
+    pub msg_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub msg_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub producers: AtomicU64,
+    pub consumers: AtomicU64,
+    pub subscriptions: AtomicU64,
+    /// Entries not yet acknowledged, summed over subscriptions.
+    pub backlog: AtomicU64,
+    pub storage_bytes: AtomicU64,
+    /// Rates over the last housekeeping period, as f64 bits.
+    rate_in: AtomicU64,
+    rate_out: AtomicU64,
+    throughput_in: AtomicU64,
+    throughput_out: AtomicU64,
+}
+
+/// Per-second rates measured by a topic.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    pub msg_in: f64,
+    pub msg_out: f64,
+    pub bytes_in: f64,
+    pub bytes_out: f64,
+}
+
+fn load_f64(a: &AtomicU64) -> f64 {
+    f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+impl TopicMetrics {
+    pub fn add_in(&self, messages: u64, bytes: u64) {
+        self.msg_in.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn add_out(&self, messages: u64, bytes: u64) {
+        self.msg_out.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn set_rates(&self, r: Rates) {
+        self.rate_in.store(r.msg_in.to_bits(), Ordering::Relaxed);
+        self.rate_out.store(r.msg_out.to_bits(), Ordering::Relaxed);
+        self.throughput_in
+            .store(r.bytes_in.to_bits(), Ordering::Relaxed);
+        self.throughput_out
+            .store(r.bytes_out.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn rates(&self) -> Rates {
+        Rates {
+            msg_in: load_f64(&self.rate_in),
+            msg_out: load_f64(&self.rate_out),
+            bytes_in: load_f64(&self.throughput_in),
+            bytes_out: load_f64(&self.throughput_out),
+        }
+    }
+
+    /// (messages in, bytes in, messages out, bytes out) so far.
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        (
+            self.msg_in.load(Ordering::Relaxed),
+            self.bytes_in.load(Ordering::Relaxed),
+            self.msg_out.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The loaded topics' metrics, by full topic name.
+#[derive(Default)]
+pub struct MetricsRegistry {
+    topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
+}
+
+impl MetricsRegistry {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TopicMetrics>>> {
+        // Entries are whole values: a panicking holder leaves the map consistent.
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh set of metrics for a topic that loads (Pulsar's counters, too,
+    /// start over when a topic loads).
+    pub fn register(&self, topic: &str) -> Arc<TopicMetrics> {
+        let m = Arc::new(TopicMetrics::default());
+        self.map().insert(topic.to_owned(), m.clone());
+        m
+    }
+
+    /// Drops a topic's metrics if they are still `m` (not a newer load's).
+    pub fn unregister(&self, topic: &str, m: &Arc<TopicMetrics>) {
+        let mut map = self.map();
+        if map.get(topic).is_some_and(|cur| Arc::ptr_eq(cur, m)) {
+            map.remove(topic);
+        }
+    }
+
+    /// A loaded topic's metrics.
+    pub fn get(&self, topic: &str) -> Option<Arc<TopicMetrics>> {
+        self.map().get(topic).cloned()
+    }
+
+    fn snapshot(&self) -> Vec<(String, Arc<TopicMetrics>)> {
+        let mut v: Vec<_> = self
+            .map()
+            .iter()
+            .map(|(k, m)| (k.clone(), m.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot, scale: f64) {
+    header(out, name, "histogram", help);
+    for (bound, count) in &h.buckets {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {count}",
+            *bound as f64 * scale
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", h.sum as f64 * scale);
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
+/// Everything the broker measures, in Prometheus' text format.
+pub fn render(
+    cluster: &str,
+    registry: &MetricsRegistry,
+    store: &SegmentStore,
+    cache: &kilonova_storage::EntryCache,
+) -> String {
+    let topics = registry.snapshot();
+    let labels: Vec<String> = topics
+        .iter()
+        .map(|(name, _)| {
+            let namespace = kilonova_metadata::TopicName::parse(name)
+                .map(|t| t.namespace_name())
+                .unwrap_or_default();
+            format!(
+                "cluster=\"{}\",namespace=\"{}\",topic=\"{}\"",
+                escape(cluster),
+                escape(&namespace),
+                escape(name)
+            )
+        })
+        .collect();
+    let mut out = String::with_capacity(4096 + topics.len() * 1024);
+    type Get = fn(&TopicMetrics) -> f64;
+    let per_topic: [(&str, &str, &str, Get); 13] = [
+        (
+            "pulsar_in_messages_total",
+            "counter",
+            "Messages published to the topic",
+            |m| m.msg_in.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pulsar_in_bytes_total",
+            "counter",
+            "Bytes published to the topic",
+            |m| m.bytes_in.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pulsar_out_messages_total",
+            "counter",
+            "Messages dispatched to the topic's consumers",
+            |m| m.msg_out.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pulsar_out_bytes_total",
+            "counter",
+            "Bytes dispatched to the topic's consumers",
+            |m| m.bytes_out.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pulsar_rate_in",
+            "gauge",
+            "Messages published per second",
+            |m| m.rates().msg_in,
+        ),
+        (
+            "pulsar_rate_out",
+            "gauge",
+            "Messages dispatched per second",
+            |m| m.rates().msg_out,
+        ),
+        (
+            "pulsar_throughput_in",
+            "gauge",
+            "Bytes published per second",
+            |m| m.rates().bytes_in,
+        ),
+        (
+            "pulsar_throughput_out",
+            "gauge",
+            "Bytes dispatched per second",
+            |m| m.rates().bytes_out,
+        ),
+        (
+            "pulsar_producers_count",
+            "gauge",
+            "Producers connected to the topic",
+            |m| m.producers.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pulsar_consumers_count",
+            "gauge",
+            "Consumers connected to the topic",
+            |m| m.consumers.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pulsar_subscriptions_count",
+            "gauge",
+            "Subscriptions of the topic",
+            |m| m.subscriptions.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pulsar_msg_backlog",
+            "gauge",
+            "Entries not yet acknowledged, summed over subscriptions",
+            |m| m.backlog.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "pulsar_storage_size",
+            "gauge",
+            "Bytes the topic stores",
+            |m| m.storage_bytes.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, kind, help, get) in per_topic {
+        header(&mut out, name, kind, help);
+        for ((_, m), l) in topics.iter().zip(&labels) {
+            let _ = writeln!(out, "{name}{{{l}}} {}", get(m));
+        }
+    }
+    header(
+        &mut out,
+        "pulsar_topics_count",
+        "gauge",
+        "Topics loaded on this broker",
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_topics_count{{cluster=\"{}\"}} {}",
+        escape(cluster),
+        topics.len()
+    );
+    let (fsync, group) = store.histograms();
+    histogram(
+        &mut out,
+        "kilonova_storage_fsync_seconds",
+        "Duration of each journal fdatasync",
+        &fsync,
+        1e-6,
+    );
+    histogram(
+        &mut out,
+        "kilonova_storage_group_commit_entries",
+        "Entries made durable by one fdatasync (a group commit)",
+        &group,
+        1.0,
+    );
+    let s = store.stats();
+    header(
+        &mut out,
+        "kilonova_storage_written_bytes_total",
+        "counter",
+        "Bytes written to the journal",
+    );
+    let _ = writeln!(
+        out,
+        "kilonova_storage_written_bytes_total {}",
+        s.bytes_written
+    );
+    header(
+        &mut out,
+        "kilonova_storage_disk_usage_bytes",
+        "gauge",
+        "Bytes the journal files take on disk",
+    );
+    let _ = writeln!(
+        out,
+        "kilonova_storage_disk_usage_bytes {}",
+        s.disk_usage_bytes
+    );
+    let c = cache.stats();
+    header(
+        &mut out,
+        "kilonova_entry_cache_hits_total",
+        "counter",
+        "Reads served by the entry cache",
+    );
+    let _ = writeln!(out, "kilonova_entry_cache_hits_total {}", c.hits);
+    header(
+        &mut out,
+        "kilonova_entry_cache_misses_total",
+        "counter",
+        "Reads the entry cache could not serve",
+    );
+    let _ = writeln!(out, "kilonova_entry_cache_misses_total {}", c.misses);
+    header(
+        &mut out,
+        "kilonova_entry_cache_bytes",
+        "gauge",
+        "Bytes held by the entry cache",
+    );
+    let _ = writeln!(out, "kilonova_entry_cache_bytes {}", c.bytes);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn a_newer_load_keeps_its_metrics_when_the_old_one_unregisters() {
+        let r = MetricsRegistry::default();
+        let old = r.register("t");
+        let new = r.register("t");
+        r.unregister("t", &old);
+        assert_eq!(r.snapshot().len(), 1);
+        r.unregister("t", &new);
+        assert!(r.snapshot().is_empty());
+    }
+}

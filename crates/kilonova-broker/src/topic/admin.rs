@@ -1,0 +1,527 @@
+//! What the admin API asks of a loaded topic — stats, internal stats,
+//! subscription management, peeking, unloading, deletion — answered by the
+//! topic's own task, in Pulsar's JSON shapes.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use kilonova_pulsar_protocol::frame;
+use kilonova_storage::{InitialPosition, Position};
+
+use super::{now_ms, Topic};
+use crate::commands;
+use crate::error::BrokerError;
+use crate::subscription::{SubKind, Subscription};
+
+/// A request to one topic.
+#[derive(Debug)]
+pub enum AdminRequest {
+    Stats,
+    InternalStats,
+    Subscriptions,
+    /// A durable subscription with no consumer yet, starting at `start`.
+    CreateSubscription {
+        name: String,
+        start: ResetTo,
+    },
+    DeleteSubscription {
+        name: String,
+        force: bool,
+    },
+    Skip {
+        subscription: String,
+        count: usize,
+    },
+    ResetCursor {
+        subscription: String,
+        to: ResetTo,
+    },
+    /// Acknowledges messages older than `seconds` on one subscription or all.
+    Expire {
+        subscription: Option<String>,
+        seconds: u64,
+    },
+    /// The `n`-th (from 1) unacknowledged entry of a subscription.
+    Peek {
+        subscription: String,
+        n: usize,
+    },
+    LastMessageId,
+    /// Closes every client (they reconnect) and unloads.
+    Unload,
+    /// Deletes the topic's data and record; refused with clients unless `force`.
+    Delete {
+        force: bool,
+    },
+}
+
+/// Where a cursor goes (or a new subscription starts).
+#[derive(Clone, Copy, Debug)]
+pub enum ResetTo {
+    PublishTime(u64),
+    Position(Position),
+    Earliest,
+    Latest,
+}
+
+/// What a topic answers.
+#[derive(Debug)]
+pub enum AdminReply {
+    Stats(Box<TopicStats>),
+    InternalStats(Box<InternalStats>),
+    Names(Vec<String>),
+    Peeked(Option<Peeked>),
+    LastMessageId(LastMessageId),
+    Done,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStats {
+    pub msg_rate_in: f64,
+    pub msg_throughput_in: f64,
+    pub msg_rate_out: f64,
+    pub msg_throughput_out: f64,
+    pub msg_in_counter: u64,
+    pub bytes_in_counter: u64,
+    pub msg_out_counter: u64,
+    pub bytes_out_counter: u64,
+    pub average_msg_size: f64,
+    pub storage_size: u64,
+    /// Entries not acknowledged by the slowest subscription.
+    pub backlog_size: u64,
+    pub publishers: Vec<PublisherStats>,
+    pub subscriptions: BTreeMap<String, SubscriptionStats>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublisherStats {
+    pub producer_id: u64,
+    pub producer_name: String,
+    pub access_mode: String,
+    pub msg_in_counter: u64,
+    pub bytes_in_counter: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionStats {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub is_durable: bool,
+    pub msg_backlog: u64,
+    pub msg_out_counter: u64,
+    pub bytes_out_counter: u64,
+    pub consumers: Vec<ConsumerStats>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStats {
+    pub consumer_name: String,
+    pub available_permits: i64,
+    pub msg_out_counter: u64,
+    pub bytes_out_counter: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InternalStats {
+    pub entries_added_counter: u64,
+    pub number_of_entries: u64,
+    pub total_size: u64,
+    pub current_ledger_entries: u64,
+    pub ledgers: Vec<LedgerInfo>,
+    pub cursors: BTreeMap<String, CursorStats>,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerInfo {
+    pub ledger_id: u64,
+    pub entries: u64,
+    pub size: u64,
+    pub first_message_index: u64,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CursorStats {
+    /// `ledger:entry` of the last entry before which everything is acknowledged.
+    pub mark_delete_position: String,
+    pub read_position: String,
+    pub individually_deleted_ranges: usize,
+    pub messages_consumed_counter: u64,
+    pub number_of_entries_since_first_not_acked_message: u64,
+    pub durable: bool,
+}
+
+/// A peeked entry.
+#[derive(Debug)]
+pub struct Peeked {
+    pub position: Position,
+    pub publish_time_ms: u64,
+    pub producer_name: String,
+    pub sequence_id: u64,
+    pub properties: Vec<(String, String)>,
+    /// Messages in the entry if it is a batch.
+    pub batch_size: Option<i32>,
+    /// The payload (a batch's payload for a batch), without the frame's headers.
+    pub data: Bytes,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastMessageId {
+    pub ledger_id: i64,
+    pub entry_id: i64,
+    pub partition_index: i32,
+}
+
+fn pos(p: Position) -> String {
+    format!("{}:{}", p.segment, p.entry)
+}
+
+impl Topic {
+    /// Answers an admin request. `Unload` and `Delete` are handled by the
+    /// serving loop (they end the task); here they only check.
+    pub(super) fn admin(&mut self, request: AdminRequest) -> Result<AdminReply, BrokerError> {
+        match request {
+            AdminRequest::Stats => Ok(AdminReply::Stats(Box::new(self.stats()))),
+            AdminRequest::InternalStats => {
+                Ok(AdminReply::InternalStats(Box::new(self.internal_stats())))
+            }
+            AdminRequest::Subscriptions => Ok(AdminReply::Names(self.subscription_names())),
+            AdminRequest::CreateSubscription { name, start } => {
+                if self.subscription_names().contains(&name) {
+                    return Err(BrokerError::Conflict(format!(
+                        "subscription {name} already exists on {}",
+                        self.full_name
+                    )));
+                }
+                let log = self.persistent_log("subscriptions without consumers")?;
+                let initial = match start {
+                    ResetTo::Earliest => InitialPosition::Earliest,
+                    ResetTo::Latest => InitialPosition::Latest,
+                    ResetTo::Position(p) => InitialPosition::At(p),
+                    ResetTo::PublishTime(ms) => {
+                        InitialPosition::At(log.position_of_publish_time(ms)?)
+                    }
+                };
+                log.open_cursor(&name, initial, true)?;
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::DeleteSubscription { name, force } => {
+                self.delete_subscription(&name, force)?;
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::Skip {
+                subscription,
+                count,
+            } => {
+                self.check_subscription(&subscription)?;
+                let log = self.persistent_log("skip")?;
+                log.skip(&subscription, count)?;
+                self.after_cursor_moved(&subscription, false);
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::ResetCursor { subscription, to } => {
+                self.check_subscription(&subscription)?;
+                let log = self.persistent_log("reset-cursor")?;
+                let target = match to {
+                    ResetTo::PublishTime(ms) => log.position_of_publish_time(ms)?,
+                    ResetTo::Position(p) => p,
+                    ResetTo::Earliest => log.first_position(),
+                    ResetTo::Latest => log.end_position(),
+                };
+                log.reset_cursor(&subscription, target)?;
+                self.after_cursor_moved(&subscription, true);
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::Expire {
+                subscription,
+                seconds,
+            } => {
+                if let Some(s) = &subscription {
+                    self.check_subscription(s)?;
+                }
+                let log = self.persistent_log("expiry")?;
+                log.expire_cursors(
+                    now_ms(),
+                    seconds.saturating_mul(1000),
+                    subscription.as_deref(),
+                )?;
+                let names = match subscription {
+                    Some(s) => vec![s],
+                    None => self.subscriptions.keys().cloned().collect(),
+                };
+                for n in names {
+                    self.after_cursor_moved(&n, false);
+                }
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::Peek { subscription, n } => {
+                self.check_subscription(&subscription)?;
+                let log = self.persistent_log("peek")?;
+                let Some(p) = log
+                    .unacked(&subscription, n)?
+                    .get(n.wrapping_sub(1))
+                    .copied()
+                else {
+                    return Ok(AdminReply::Peeked(None));
+                };
+                let entry = log.read_entry(p)?;
+                let payload = frame::decode_payload(entry.data).map_err(|e| {
+                    BrokerError::Metadata(format!("entry {} is unreadable: {e}", pos(p)))
+                })?;
+                let m = payload.metadata;
+                Ok(AdminReply::Peeked(Some(Peeked {
+                    position: p,
+                    publish_time_ms: entry.publish_time_ms,
+                    producer_name: m.producer_name,
+                    sequence_id: m.sequence_id,
+                    properties: m
+                        .properties
+                        .into_iter()
+                        .map(|kv| (kv.key, kv.value))
+                        .collect(),
+                    batch_size: m.num_messages_in_batch,
+                    data: payload.data,
+                })))
+            }
+            AdminRequest::LastMessageId => {
+                let (ledger_id, entry_id) = match self.log.as_ref() {
+                    Some(log) => match log.last_position() {
+                        Some(p) => (p.segment as i64, p.entry as i64),
+                        None => (log.end_position().segment as i64, -1),
+                    },
+                    None => (0, self.next_transient_entry as i64 - 1),
+                };
+                Ok(AdminReply::LastMessageId(LastMessageId {
+                    ledger_id,
+                    entry_id,
+                    partition_index: self.name.partition().map_or(-1, |p| p as i32),
+                }))
+            }
+            AdminRequest::Unload => Ok(AdminReply::Done),
+            AdminRequest::Delete { force } => {
+                if !force && !self.is_idle() {
+                    return Err(BrokerError::Precondition(format!(
+                        "topic {} has connected producers or consumers (use force)",
+                        self.full_name
+                    )));
+                }
+                Ok(AdminReply::Done)
+            }
+        }
+    }
+
+    fn persistent_log(
+        &mut self,
+        what: &str,
+    ) -> Result<&mut kilonova_storage::ManagedLog, BrokerError> {
+        self.log.as_mut().ok_or_else(|| {
+            BrokerError::NotAllowed(format!("{what} is not supported on non-persistent topics"))
+        })
+    }
+
+    /// Every subscription: with consumers now, or with a durable cursor.
+    fn subscription_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.subscriptions.keys().cloned().collect();
+        if let Some(log) = &self.log {
+            names.extend(log.cursor_names());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn check_subscription(&self, name: &str) -> Result<(), BrokerError> {
+        if self.subscription_names().iter().any(|n| n == name) {
+            Ok(())
+        } else {
+            Err(BrokerError::SubscriptionNotFound(format!(
+                "{name} on {}",
+                self.full_name
+            )))
+        }
+    }
+
+    fn delete_subscription(&mut self, name: &str, force: bool) -> Result<(), BrokerError> {
+        self.check_subscription(name)?;
+        let consumers: Vec<_> = self
+            .subscriptions
+            .get(name)
+            .map(|s| s.consumers.iter().map(|c| (c.key, c.out.clone())).collect())
+            .unwrap_or_default();
+        if !consumers.is_empty() && !force {
+            return Err(BrokerError::Precondition(format!(
+                "subscription {name} has connected consumers (use force)"
+            )));
+        }
+        for (key, out) in consumers {
+            out.command(commands::close_consumer(key.id));
+            self.consumer_subs.remove(&key);
+        }
+        self.subscriptions.remove(name);
+        if let Some(log) = self.log.as_mut() {
+            log.delete_cursor(name)?;
+        }
+        Ok(())
+    }
+
+    /// After an admin moved a cursor: forget what was dispatched and, for a
+    /// reset, disconnect the consumers so they read again from the cursor
+    /// (as Pulsar does); otherwise dispatch what they may now take.
+    pub(super) fn after_cursor_moved(&mut self, name: &str, disconnect: bool) {
+        let Some(sub) = self.subscriptions.get_mut(name) else {
+            return;
+        };
+        sub.reset();
+        if disconnect {
+            let keys: Vec<_> = sub
+                .consumers
+                .iter()
+                .map(|c| {
+                    c.out.command(commands::close_consumer(c.key.id));
+                    c.key
+                })
+                .collect();
+            for k in keys {
+                self.remove_consumer(k);
+            }
+        } else {
+            self.dispatch_sub(name);
+        }
+    }
+
+    fn stats(&mut self) -> TopicStats {
+        let (msg_in, bytes_in, msg_out, bytes_out) = self.metrics.totals();
+        let rates = self.metrics.rates();
+        let mut subscriptions = BTreeMap::new();
+        let mut backlog_size = 0;
+        for name in self.subscription_names() {
+            let backlog = self
+                .log
+                .as_ref()
+                .and_then(|l| l.cursor_info(&name).ok())
+                .map_or(0, |i| i.backlog_entries);
+            backlog_size = backlog_size.max(backlog);
+            let sub = self.subscriptions.get(&name);
+            subscriptions.insert(name, subscription_stats(sub, backlog));
+        }
+        let mut publishers: Vec<PublisherStats> = self
+            .producers
+            .iter()
+            .map(|((_, id), p)| PublisherStats {
+                producer_id: *id,
+                producer_name: p.name.clone(),
+                access_mode: if p.exclusive { "Exclusive" } else { "Shared" }.into(),
+                msg_in_counter: p.msg_in,
+                bytes_in_counter: p.bytes_in,
+            })
+            .collect();
+        publishers.sort_by_key(|p| p.producer_id);
+        TopicStats {
+            msg_rate_in: rates.msg_in,
+            msg_throughput_in: rates.bytes_in,
+            msg_rate_out: rates.msg_out,
+            msg_throughput_out: rates.bytes_out,
+            msg_in_counter: msg_in,
+            bytes_in_counter: bytes_in,
+            msg_out_counter: msg_out,
+            bytes_out_counter: bytes_out,
+            average_msg_size: if msg_in > 0 {
+                bytes_in as f64 / msg_in as f64
+            } else {
+                0.0
+            },
+            storage_size: self.log.as_ref().map_or(0, |l| l.size_bytes()),
+            backlog_size,
+            publishers,
+            subscriptions,
+        }
+    }
+
+    fn internal_stats(&self) -> InternalStats {
+        let Some(log) = self.log.as_ref() else {
+            return InternalStats::default();
+        };
+        let ledgers: Vec<LedgerInfo> = log
+            .segments()
+            .iter()
+            .map(|s| {
+                let info = log.segment_info(s.id);
+                LedgerInfo {
+                    ledger_id: s.id,
+                    entries: info.as_ref().map_or(0, |i| i.entries),
+                    size: info.as_ref().map_or(0, |i| i.bytes),
+                    first_message_index: s.first_message_index,
+                    created_ms: s.created_ms,
+                }
+            })
+            .collect();
+        let mut cursors = BTreeMap::new();
+        for name in log.cursor_names() {
+            if let Ok(c) = log.cursor_info(&name) {
+                let md = c
+                    .mark_delete
+                    .map_or_else(|| format!("{}:-1", log.first_position().segment), pos);
+                cursors.insert(
+                    name.clone(),
+                    CursorStats {
+                        mark_delete_position: md,
+                        read_position: pos(c.read_position),
+                        individually_deleted_ranges: c.ack_ranges,
+                        messages_consumed_counter: self
+                            .subscriptions
+                            .get(&name)
+                            .map_or(0, |s| s.msg_out),
+                        number_of_entries_since_first_not_acked_message: c.backlog_entries,
+                        durable: c.durable,
+                    },
+                );
+            }
+        }
+        InternalStats {
+            entries_added_counter: log.entries(),
+            number_of_entries: ledgers.iter().map(|l| l.entries).sum(),
+            total_size: log.size_bytes(),
+            current_ledger_entries: ledgers.last().map_or(0, |l| l.entries),
+            ledgers,
+            cursors,
+        }
+    }
+}
+
+fn subscription_stats(sub: Option<&Subscription>, backlog: u64) -> SubscriptionStats {
+    let Some(sub) = sub else {
+        return SubscriptionStats {
+            kind: SubKind::Exclusive.as_str().into(),
+            is_durable: true,
+            msg_backlog: backlog,
+            ..Default::default()
+        };
+    };
+    SubscriptionStats {
+        kind: sub.kind.as_str().into(),
+        is_durable: sub.durable,
+        msg_backlog: backlog,
+        msg_out_counter: sub.msg_out,
+        bytes_out_counter: sub.bytes_out,
+        consumers: sub
+            .consumers
+            .iter()
+            .map(|c| ConsumerStats {
+                consumer_name: c.name.clone(),
+                available_permits: c.permits,
+                msg_out_counter: c.msg_out,
+                bytes_out_counter: c.bytes_out,
+            })
+            .collect(),
+    }
+}
