@@ -1,136 +1,79 @@
-//! Kilonova's admin REST API on Pulsar's v2 paths.
+//! Kilonova's admin REST API on Pulsar's v2 paths (`/admin/v2/…`), its
+//! OpenAPI description (`/admin/v2/openapi.json`, kept in docs/openapi.json)
+//! and the Prometheus endpoint (`/metrics`).
 //!
-//! Today: the broker health check and partitioned-topic metadata (what clients and
-//! tests need to create partitioned topics). The rest of the admin API is issue #13.
-//! Errors are Pulsar-style: a 4xx status with `{"reason": "…"}`.
+//! Errors are Pulsar-style: a 4xx status with `{"reason": "…"}` (404 unknown,
+//! 409 exists, 412 precondition such as not empty, 400 bad name or value).
+//! Every route is declared through [`api::Api`] with its documentation.
 //!
 //! This crate never touches storage or sockets of its own beyond the HTTP router.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+pub mod api;
+mod brokers;
+mod clusters;
+mod error;
+mod namespaces;
+mod policies;
+mod tenants;
+mod topics;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use serde::Serialize;
+use axum::Json;
 
-use kilonova_broker::{Broker, BrokerError, Domain, TopicName};
+use kilonova_broker::Broker;
 
-/// The admin router over a broker.
-pub fn router(broker: Broker) -> Router {
-    Router::new()
-        .route("/admin/v2/brokers/health", get(health))
+pub use api::{openapi, Api, Operation};
+pub use error::ApiError;
+
+/// Every admin route, with its documentation.
+pub fn api() -> Api {
+    let api = Api::new();
+    let api = brokers::routes(api);
+    let api = clusters::routes(api);
+    let api = tenants::routes(api);
+    let api = namespaces::routes(api);
+    let api = policies::routes(api);
+    let api = topics::routes(api);
+    api.route(
+        "/metrics",
+        get(metrics),
+        &[("GET", "Prometheus metrics (text format 0.0.4)")],
+    )
+}
+
+/// The admin router over a broker, with the OpenAPI document and a JSON 404.
+pub fn router(broker: Broker) -> axum::Router {
+    let (router, operations) = api().into_parts();
+    let doc = openapi(&operations);
+    router
         .route(
-            "/admin/v2/{domain}/{tenant}/{namespace}/{topic}/partitions",
-            get(get_partitions)
-                .put(create_partitioned)
-                .post(update_partitions),
+            "/admin/v2/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
         )
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
         .with_state(broker)
 }
 
-async fn health(State(broker): State<Broker>) -> Response {
-    if broker.is_shutting_down() {
-        return reason(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the broker is shutting down",
-        );
-    }
-    (StatusCode::OK, "ok").into_response()
-}
-
-#[derive(Serialize)]
-struct PartitionedMetadata {
-    partitions: u32,
-}
-
-fn reason(status: StatusCode, why: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "reason": why.into() }))).into_response()
-}
-
-fn error_response(e: &BrokerError) -> Response {
-    let status = match e {
-        BrokerError::InvalidTopicName(_) | BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        BrokerError::NamespaceNotFound(_)
-        | BrokerError::TopicNotFound(_)
-        | BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
-        BrokerError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
-        BrokerError::Conflict(_) => StatusCode::CONFLICT,
-        BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    reason(status, e.to_string())
-}
-
-fn topic_name(domain: &str, tenant: &str, ns: &str, topic: &str) -> Result<TopicName, BrokerError> {
-    let t = TopicName::parse(&format!("{domain}://{tenant}/{ns}/{topic}"))?;
-    debug_assert!(matches!(
-        t.domain,
-        Domain::Persistent | Domain::NonPersistent
-    ));
-    Ok(t)
-}
-
-async fn get_partitions(
-    State(broker): State<Broker>,
-    Path((domain, tenant, ns, topic)): Path<(String, String, String, String)>,
-) -> Response {
-    let t = match topic_name(&domain, &tenant, &ns, &topic) {
-        Ok(t) => t,
-        Err(e) => return error_response(&e),
-    };
-    match broker.partitions(&t).await {
-        Ok(partitions) => Json(PartitionedMetadata { partitions }).into_response(),
-        Err(e) => error_response(&e),
-    }
-}
-
-/// `PUT …/partitions` with the partition count as the JSON body, as pulsar-admin sends.
-async fn create_partitioned(
-    State(broker): State<Broker>,
-    Path(path): Path<(String, String, String, String)>,
-    body: String,
-) -> Response {
-    partitions(broker, path, body, true).await
-}
-
-/// `POST …/partitions`: grow an existing partitioned topic.
-async fn update_partitions(
-    State(broker): State<Broker>,
-    Path(path): Path<(String, String, String, String)>,
-    body: String,
-) -> Response {
-    partitions(broker, path, body, false).await
-}
-
-async fn partitions(
-    broker: Broker,
-    (domain, tenant, ns, topic): (String, String, String, String),
-    body: String,
-    create: bool,
-) -> Response {
-    let t = match topic_name(&domain, &tenant, &ns, &topic) {
-        Ok(t) => t,
-        Err(e) => return error_response(&e),
-    };
-    let n: u32 = match body.trim().parse() {
-        Ok(n) if n > 0 => n,
-        _ => {
-            return reason(
-                StatusCode::BAD_REQUEST,
-                "body must be the number of partitions (a positive integer)",
-            )
-        }
-    };
-    let result = if create {
-        broker.resources().create_topic(&t, n).await.map(drop)
-    } else {
-        broker.resources().update_partitions(&t, n).await
-    };
-    match result.map_err(BrokerError::from) {
-        Ok(()) => {
-            tracing::info!(topic = %t, partitions = n, create, "partitioned topic set");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => error_response(&e),
-    }
+async fn metrics(State(broker): State<Broker>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        broker.render_metrics(),
+    )
+        .into_response()
 }

@@ -1,0 +1,86 @@
+//! Errors as the admin API answers them: Pulsar-style `{"reason": "…"}` with
+//! the status a Pulsar admin client expects.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use kilonova_broker::BrokerError;
+use kilonova_metadata::MetadataError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, reason)
+    }
+
+    pub fn not_found(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, reason)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = %self.status, reason = %self.reason, "admin request failed");
+        }
+        (
+            self.status,
+            Json(serde_json::json!({ "reason": self.reason })),
+        )
+            .into_response()
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let status = match &e {
+            BrokerError::InvalidTopicName(_) | BrokerError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            BrokerError::NamespaceNotFound(_)
+            | BrokerError::TopicNotFound(_)
+            | BrokerError::SubscriptionNotFound(_)
+            | BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
+            BrokerError::Conflict(_) => StatusCode::CONFLICT,
+            BrokerError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
+            BrokerError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<MetadataError> for ApiError {
+    fn from(e: MetadataError) -> Self {
+        BrokerError::from(e).into()
+    }
+}
+
+impl From<kilonova_metadata::TopicNameError> for ApiError {
+    fn from(e: kilonova_metadata::TopicNameError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+/// Parses a JSON body; malformed or mistyped JSON is a 400 saying why.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}

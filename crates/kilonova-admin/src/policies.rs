@@ -1,0 +1,290 @@
+//! Policy routes: GET / POST / DELETE of each policy, at namespace level
+//! (`/admin/v2/namespaces/{tenant}/{namespace}/{policy}`) and as a topic-level
+//! override (`/admin/v2/{domain}/{tenant}/{namespace}/{topic}/{policy}`).
+//! Each policy is described once ([`Field`]) and served at both levels.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use kilonova_broker::Broker;
+use kilonova_metadata::policies::{self as p, Policies, TopicPolicies};
+use kilonova_metadata::{MetadataError, NamespaceName};
+
+use crate::api::Api;
+use crate::error::{json_body, ApiResult};
+use crate::topics::{topic_name, TopicPath};
+
+/// One policy: its path segment, its check, and where it lives at each level.
+pub struct Field<T: 'static> {
+    pub path: &'static str,
+    pub what: &'static str,
+    check: fn(&T) -> kilonova_metadata::Result<()>,
+    /// The namespace's value (per-cluster policies: this cluster's).
+    ns_get: fn(&Policies, &str) -> Option<T>,
+    ns_put: fn(&mut Policies, &str, Option<T>),
+    /// The topic-level override, if the policy has one.
+    topic: Option<fn(&mut TopicPolicies) -> &mut Option<T>>,
+}
+
+fn no_check<T>(_: &T) -> kilonova_metadata::Result<()> {
+    Ok(())
+}
+
+fn check_count(v: &i32) -> kilonova_metadata::Result<()> {
+    p::check_limit("value", *v)
+}
+
+pub static RETENTION: Field<p::RetentionPolicies> = Field {
+    path: "retention",
+    what: "retention",
+    check: p::check_retention,
+    ns_get: |n, _| n.retention_policies,
+    ns_put: |n, _, v| n.retention_policies = v,
+    topic: Some(|t| &mut t.retention_policies),
+};
+
+pub static MESSAGE_TTL: Field<i32> = Field {
+    path: "messageTTL",
+    what: "message TTL",
+    check: |v| p::check_ttl(*v),
+    ns_get: |n, _| n.message_ttl_in_seconds,
+    ns_put: |n, _, v| n.message_ttl_in_seconds = v,
+    topic: Some(|t| &mut t.message_ttl_in_seconds),
+};
+
+pub static PUBLISH_RATE: Field<p::PublishRate> = Field {
+    path: "publishRate",
+    what: "publish rate",
+    check: p::check_publish_rate,
+    ns_get: |n, c| n.publish_max_message_rate.get(c).copied(),
+    ns_put: |n, c, v| put_cluster(&mut n.publish_max_message_rate, c, v),
+    topic: Some(|t| &mut t.publish_rate),
+};
+
+pub static DISPATCH_RATE: Field<p::DispatchRate> = Field {
+    path: "dispatchRate",
+    what: "dispatch rate",
+    check: p::check_dispatch_rate,
+    ns_get: |n, c| n.topic_dispatch_rate.get(c).copied(),
+    ns_put: |n, c, v| put_cluster(&mut n.topic_dispatch_rate, c, v),
+    topic: Some(|t| &mut t.dispatch_rate),
+};
+
+pub static SUBSCRIPTION_DISPATCH_RATE: Field<p::DispatchRate> = Field {
+    path: "subscriptionDispatchRate",
+    what: "subscription dispatch rate",
+    check: p::check_dispatch_rate,
+    ns_get: |n, c| n.subscription_dispatch_rate.get(c).copied(),
+    ns_put: |n, c, v| put_cluster(&mut n.subscription_dispatch_rate, c, v),
+    topic: Some(|t| &mut t.subscription_dispatch_rate),
+};
+
+pub static INACTIVE_TOPIC: Field<p::InactiveTopicPolicies> = Field {
+    path: "inactiveTopicPolicies",
+    what: "inactive topic policies",
+    check: p::check_inactive_topic_policies,
+    ns_get: |n, _| n.inactive_topic_policies,
+    ns_put: |n, _, v| n.inactive_topic_policies = v,
+    topic: Some(|t| &mut t.inactive_topic_policies),
+};
+
+pub static MAX_PRODUCERS: Field<i32> = Field {
+    path: "maxProducersPerTopic",
+    what: "max producers per topic",
+    check: check_count,
+    ns_get: |n, _| n.max_producers_per_topic,
+    ns_put: |n, _, v| n.max_producers_per_topic = v,
+    topic: Some(|t| &mut t.max_producers_per_topic),
+};
+
+pub static MAX_CONSUMERS: Field<i32> = Field {
+    path: "maxConsumersPerTopic",
+    what: "max consumers per topic",
+    check: check_count,
+    ns_get: |n, _| n.max_consumers_per_topic,
+    ns_put: |n, _, v| n.max_consumers_per_topic = v,
+    topic: Some(|t| &mut t.max_consumers_per_topic),
+};
+
+pub static DEDUPLICATION: Field<bool> = Field {
+    path: "deduplication",
+    what: "deduplication",
+    check: no_check,
+    ns_get: |n, _| n.deduplication_enabled,
+    ns_put: |n, _, v| n.deduplication_enabled = v,
+    topic: Some(|t| &mut t.deduplication_enabled),
+};
+
+/// Namespace level only (Pulsar has no topic-level override of it).
+pub static AUTO_TOPIC_CREATION: Field<p::AutoTopicCreationOverride> = Field {
+    path: "autoTopicCreation",
+    what: "auto topic creation",
+    check: p::check_auto_topic_creation,
+    ns_get: |n, _| n.auto_topic_creation_override,
+    ns_put: |n, _, v| n.auto_topic_creation_override = v,
+    topic: None,
+};
+
+fn put_cluster<T>(map: &mut std::collections::BTreeMap<String, T>, cluster: &str, v: Option<T>) {
+    match v {
+        Some(v) => {
+            map.insert(cluster.to_owned(), v);
+        }
+        None => {
+            map.remove(cluster);
+        }
+    }
+}
+
+/// A policy's value as a GET answers it: the value, or 204 when unset.
+pub fn answer<T: Serialize>(v: Option<T>) -> Response {
+    match v {
+        Some(v) => Json(v).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+fn namespace(tenant: &str, ns: &str) -> ApiResult<NamespaceName> {
+    Ok(NamespaceName::new(tenant, ns)?)
+}
+
+/// Adds the namespace-level routes of `field`.
+pub fn namespace_routes<T>(api: Api, field: &'static Field<T>) -> Api
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let path = format!(
+        "/admin/v2/namespaces/{{tenant}}/{{namespace}}/{}",
+        field.path
+    );
+    let get_doc = format!("Get the namespace's {}", field.what);
+    let set_doc = format!("Set the namespace's {}", field.what);
+    let del_doc = format!("Remove the namespace's {}", field.what);
+    api.route(
+        &path,
+        get(move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>| async move {
+            let ns = namespace(&t, &n)?;
+            let policies = b.resources().namespace(&ns).await?;
+            ApiResult::Ok(answer((field.ns_get)(&policies, &b.config().cluster_name)))
+        })
+        .post(
+            move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>, body: Bytes| async move {
+                let ns = namespace(&t, &n)?;
+                let value: T = json_body(&body)?;
+                (field.check)(&value)?;
+                let cluster = b.config().cluster_name.clone();
+                b.resources()
+                    .update_namespace(&ns, |p| {
+                        (field.ns_put)(p, &cluster, Some(value.clone()));
+                        Ok(())
+                    })
+                    .await?;
+                tracing::info!(namespace = %ns, policy = field.path, "namespace policy set");
+                ApiResult::Ok(StatusCode::NO_CONTENT)
+            },
+        )
+        .delete(move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>| async move {
+            let ns = namespace(&t, &n)?;
+            let cluster = b.config().cluster_name.clone();
+            b.resources()
+                .update_namespace(&ns, |p| {
+                    (field.ns_put)(p, &cluster, None);
+                    Ok(())
+                })
+                .await?;
+            ApiResult::Ok(StatusCode::NO_CONTENT)
+        }),
+        &[("GET", &get_doc), ("POST", &set_doc), ("DELETE", &del_doc)],
+    )
+}
+
+/// Adds the topic-level routes of `field` (overrides of the namespace's).
+pub fn topic_routes<T>(api: Api, field: &'static Field<T>) -> Api
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let Some(slot) = field.topic else {
+        return api;
+    };
+    let path = format!(
+        "/admin/v2/{{domain}}/{{tenant}}/{{namespace}}/{{topic}}/{}",
+        field.path
+    );
+    let get_doc = format!(
+        "Get the topic's own {} (unset: the namespace's applies)",
+        field.what
+    );
+    let set_doc = format!("Set the topic's {}, overriding the namespace's", field.what);
+    let del_doc = format!("Remove the topic's {} override", field.what);
+    api.route(
+        &path,
+        get(
+            move |State(b): State<Broker>, Path(tp): Path<TopicPath>| async move {
+                let name = topic_name(&tp)?;
+                let mut record = b
+                    .resources()
+                    .topic(&name)
+                    .await?
+                    .ok_or_else(|| MetadataError::NotFound(format!("topic {name}")))?;
+                ApiResult::Ok(answer(slot(&mut record.policies).clone()))
+            },
+        )
+        .post(
+            move |State(b): State<Broker>, Path(tp): Path<TopicPath>, body: Bytes| async move {
+                let name = topic_name(&tp)?;
+                let value: T = json_body(&body)?;
+                (field.check)(&value)?;
+                b.resources()
+                    .update_topic(&name, |t| {
+                        *slot(&mut t.policies) = Some(value.clone());
+                        Ok(())
+                    })
+                    .await?;
+                tracing::info!(topic = %name, policy = field.path, "topic policy set");
+                ApiResult::Ok(StatusCode::NO_CONTENT)
+            },
+        )
+        .delete(
+            move |State(b): State<Broker>, Path(tp): Path<TopicPath>| async move {
+                let name = topic_name(&tp)?;
+                b.resources()
+                    .update_topic(&name, |t| {
+                        *slot(&mut t.policies) = None;
+                        Ok(())
+                    })
+                    .await?;
+                ApiResult::Ok(StatusCode::NO_CONTENT)
+            },
+        ),
+        &[("GET", &get_doc), ("POST", &set_doc), ("DELETE", &del_doc)],
+    )
+}
+
+/// Every policy's routes at both levels.
+pub fn routes(api: Api) -> Api {
+    let api = namespace_routes(api, &RETENTION);
+    let api = namespace_routes(api, &MESSAGE_TTL);
+    let api = namespace_routes(api, &PUBLISH_RATE);
+    let api = namespace_routes(api, &DISPATCH_RATE);
+    let api = namespace_routes(api, &SUBSCRIPTION_DISPATCH_RATE);
+    let api = namespace_routes(api, &INACTIVE_TOPIC);
+    let api = namespace_routes(api, &MAX_PRODUCERS);
+    let api = namespace_routes(api, &MAX_CONSUMERS);
+    let api = namespace_routes(api, &DEDUPLICATION);
+    let api = namespace_routes(api, &AUTO_TOPIC_CREATION);
+    let api = topic_routes(api, &RETENTION);
+    let api = topic_routes(api, &MESSAGE_TTL);
+    let api = topic_routes(api, &PUBLISH_RATE);
+    let api = topic_routes(api, &DISPATCH_RATE);
+    let api = topic_routes(api, &SUBSCRIPTION_DISPATCH_RATE);
+    let api = topic_routes(api, &INACTIVE_TOPIC);
+    let api = topic_routes(api, &MAX_PRODUCERS);
+    let api = topic_routes(api, &MAX_CONSUMERS);
+    topic_routes(api, &DEDUPLICATION)
+}

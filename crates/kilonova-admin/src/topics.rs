@@ -1,0 +1,789 @@
+//! Topic routes (`/admin/v2/{persistent|non-persistent}/{tenant}/{namespace}…`):
+//! list, create, partitions, delete, stats, internal stats, unload,
+//! subscriptions (create, delete, skip, reset cursor, expire, peek) and the
+//! last message id. Operations on a partitioned topic apply to every partition.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use kilonova_broker::{AdminReply, AdminRequest, Broker, ResetTo};
+use kilonova_metadata::{Domain, NamespaceName, TopicName};
+use kilonova_storage::Position;
+
+use crate::api::Api;
+use crate::error::{json_body, ApiError, ApiResult};
+use crate::namespaces::Force;
+
+#[derive(Deserialize)]
+pub struct TopicPath {
+    domain: String,
+    tenant: String,
+    namespace: String,
+    topic: String,
+}
+
+#[derive(Deserialize)]
+struct NsPath {
+    domain: String,
+    tenant: String,
+    namespace: String,
+}
+
+#[derive(Deserialize)]
+struct SubPath {
+    domain: String,
+    tenant: String,
+    namespace: String,
+    topic: String,
+    subscription: String,
+}
+
+fn domain(d: &str) -> ApiResult<Domain> {
+    match d {
+        "persistent" => Ok(Domain::Persistent),
+        "non-persistent" => Ok(Domain::NonPersistent),
+        other => Err(ApiError::not_found(format!(
+            "no such route: unknown topic domain {other:?}"
+        ))),
+    }
+}
+
+pub fn topic_name(p: &TopicPath) -> ApiResult<TopicName> {
+    let d = domain(&p.domain)?;
+    Ok(TopicName::parse(&format!(
+        "{}://{}/{}/{}",
+        d.as_str(),
+        p.tenant,
+        p.namespace,
+        p.topic
+    ))?)
+}
+
+fn sub_topic(p: &SubPath) -> ApiResult<TopicName> {
+    topic_name(&TopicPath {
+        domain: p.domain.clone(),
+        tenant: p.tenant.clone(),
+        namespace: p.namespace.clone(),
+        topic: p.topic.clone(),
+    })
+}
+
+pub fn routes(api: Api) -> Api {
+    const T: &str = "/admin/v2/{domain}/{tenant}/{namespace}/{topic}";
+    const S: &str = "/admin/v2/{domain}/{tenant}/{namespace}/{topic}/subscription/{subscription}";
+    api.route(
+        "/admin/v2/{domain}/{tenant}/{namespace}",
+        get(list),
+        &[("GET", "List the namespace's topics (partitions of partitioned topics included); ?limit=N&after=NAME pages through them")],
+    )
+    .route(
+        "/admin/v2/{domain}/{tenant}/{namespace}/partitioned",
+        get(list_partitioned),
+        &[("GET", "List the namespace's partitioned topics")],
+    )
+    .route(
+        T,
+        put(create).delete(delete),
+        &[
+            ("PUT", "Create a non-partitioned topic (409 if it exists)"),
+            ("DELETE", "Delete a topic and its data (412 with connected clients unless ?force=true)"),
+        ],
+    )
+    .route(
+        &format!("{T}/partitions"),
+        get(get_partitions)
+            .put(create_partitioned)
+            .post(update_partitions)
+            .delete(delete_partitioned),
+        &[
+            ("GET", "Partitioned-topic metadata: {\"partitions\": N} (0: not partitioned)"),
+            ("PUT", "Create a partitioned topic; body: the partition count"),
+            ("POST", "Grow a partitioned topic; body: the new partition count"),
+            ("DELETE", "Delete a partitioned topic and all its partitions (?force=true)"),
+        ],
+    )
+    .route(&format!("{T}/stats"), get(stats), &[("GET", "Topic stats: rates, counters, storage, publishers, subscriptions")])
+    .route(
+        &format!("{T}/partitioned-stats"),
+        get(partitioned_stats),
+        &[("GET", "Stats of a partitioned topic, summed over its partitions, with each partition's")],
+    )
+    .route(&format!("{T}/internalStats"), get(internal_stats), &[("GET", "Storage view: ledgers (segments) and cursors")])
+    .route(&format!("{T}/unload"), put(unload), &[("PUT", "Unload the topic (clients reconnect)")])
+    .route(&format!("{T}/subscriptions"), get(subscriptions), &[("GET", "List the topic's subscriptions")])
+    .route(&format!("{T}/lastMessageId"), get(last_message_id), &[("GET", "The last message's id {ledgerId, entryId}")])
+    .route(
+        S,
+        put(create_subscription).delete(delete_subscription),
+        &[
+            ("PUT", "Create a durable subscription; body: optional MessageId to start at (default: the end)"),
+            ("DELETE", "Delete a subscription (412 with connected consumers unless ?force=true)"),
+        ],
+    )
+    .route(&format!("{S}/skip/{{count}}"), post(skip), &[("POST", "Acknowledge the subscription's next N messages")])
+    .route(
+        &format!("{S}/resetcursor/{{timestamp}}"),
+        post(reset_to_time),
+        &[("POST", "Move the subscription to the first message published at or after a time (ms)")],
+    )
+    .route(
+        &format!("{S}/resetcursor"),
+        post(reset_to_id),
+        &[("POST", "Move the subscription to a message id; body: {ledgerId, entryId}")],
+    )
+    .route(
+        &format!("{S}/expireMessages/{{seconds}}"),
+        post(expire),
+        &[("POST", "Acknowledge the subscription's messages older than N seconds")],
+    )
+    .route(
+        &format!("{T}/all_subscription/expireMessages/{{seconds}}"),
+        post(expire_all),
+        &[("POST", "Acknowledge every subscription's messages older than N seconds")],
+    )
+    .route(
+        &format!("{S}/position/{{n}}"),
+        get(peek),
+        &[("GET", "Peek at the subscription's N-th unacknowledged message (from 1): the payload, with X-Pulsar-* headers")],
+    )
+}
+
+/// The topics an operation on `name` reaches: its partitions if it is
+/// partitioned, else itself. 404 if it does not exist.
+async fn targets(b: &Broker, name: &TopicName) -> ApiResult<Vec<TopicName>> {
+    match b.resources().topic(name).await? {
+        None => Err(ApiError::not_found(format!("topic {name} not found"))),
+        Some(t) if t.partitions > 0 => {
+            Ok((0..t.partitions).map(|i| name.partition_name(i)).collect())
+        }
+        Some(_) => Ok(vec![name.clone()]),
+    }
+}
+
+async fn each(
+    b: &Broker,
+    name: &TopicName,
+    make: impl Fn() -> AdminRequest,
+) -> ApiResult<Vec<AdminReply>> {
+    let mut out = Vec::new();
+    for t in targets(b, name).await? {
+        out.push(b.topic_admin(&t, make()).await?);
+    }
+    Ok(out)
+}
+
+fn done(_: Vec<AdminReply>) -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct Paging {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list(
+    State(b): State<Broker>,
+    Path(p): Path<NsPath>,
+    Query(q): Query<Paging>,
+) -> ApiResult<Json<Vec<String>>> {
+    let d = domain(&p.domain)?;
+    let ns = NamespaceName::new(&p.tenant, &p.namespace)?;
+    let r = b.resources();
+    let Some(limit) = q.limit else {
+        return Ok(Json(r.topics_of_namespace(&ns, Some(d)).await?));
+    };
+    if !r.namespace_exists(&ns).await? {
+        return Err(ApiError::not_found(format!("namespace {ns} not found")));
+    }
+    // A page of topic records, partitioned ones expanded (a Kilonova extension).
+    // `after` may be a local name or a full one.
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| a.rsplit('/').next().unwrap_or(a));
+    if after.is_some_and(str::is_empty) {
+        return Err(ApiError::bad_request("after must name a topic"));
+    }
+    let page = r.topic_page(&ns, d, after, limit.clamp(1, 100_000)).await?;
+    let mut out = Vec::new();
+    for local in page.names {
+        let name = TopicName {
+            domain: d,
+            tenant: ns.tenant.clone(),
+            namespace: ns.namespace.clone(),
+            local,
+        };
+        match r.topic(&name).await? {
+            Some(t) if t.partitions > 0 => {
+                out.extend((0..t.partitions).map(|i| name.partition_name(i).to_string()))
+            }
+            Some(_)
+                if name.partition().is_some()
+                    && r.topic(&name.partitioned_topic())
+                        .await?
+                        .is_some_and(|t| t.partitions > 0) => {}
+            Some(_) => out.push(name.to_string()),
+            None => {}
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn list_partitioned(
+    State(b): State<Broker>,
+    Path(p): Path<NsPath>,
+) -> ApiResult<Json<Vec<String>>> {
+    let d = domain(&p.domain)?;
+    let ns = NamespaceName::new(&p.tenant, &p.namespace)?;
+    if !b.resources().namespace_exists(&ns).await? {
+        return Err(ApiError::not_found(format!("namespace {ns} not found")));
+    }
+    let names = b
+        .resources()
+        .topics(&ns, d)
+        .await?
+        .into_iter()
+        .filter(|(_, t)| t.partitions > 0)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    Ok(Json(names))
+}
+
+async fn create(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<StatusCode> {
+    let name = topic_name(&p)?;
+    if name.partition().is_some()
+        && b.resources()
+            .topic(&name.partitioned_topic())
+            .await?
+            .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{name} is a partition of an existing partitioned topic"),
+        ));
+    }
+    b.resources().create_topic(&name, 0).await?;
+    tracing::info!(topic = %name, "topic created");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a topic (every partition of a partitioned one), data and record.
+pub async fn delete_topic_everywhere(b: &Broker, name: &TopicName, force: bool) -> ApiResult<()> {
+    let record = b
+        .resources()
+        .topic(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("topic {name} not found")))?;
+    if record.partitions == 0 {
+        b.topic_admin(name, AdminRequest::Delete { force }).await?;
+        return Ok(());
+    }
+    let partitions: Vec<TopicName> = (0..record.partitions)
+        .map(|i| name.partition_name(i))
+        .collect();
+    if !force {
+        for p in &partitions {
+            let busy = b.metrics().get(&p.to_string()).is_some_and(|m| {
+                use std::sync::atomic::Ordering::Relaxed;
+                m.producers.load(Relaxed) + m.consumers.load(Relaxed) > 0
+            });
+            if busy {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!("partition {p} has connected producers or consumers (use force)"),
+                ));
+            }
+        }
+    }
+    for p in &partitions {
+        if b.resources().topic(p).await?.is_some() {
+            b.topic_admin(p, AdminRequest::Delete { force: true })
+                .await?;
+        }
+    }
+    b.resources().delete_topic(name).await?;
+    Ok(())
+}
+
+async fn delete(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+    Query(q): Query<Force>,
+) -> ApiResult<StatusCode> {
+    let name = topic_name(&p)?;
+    if b.resources()
+        .topic(&name)
+        .await?
+        .is_some_and(|t| t.partitions > 0)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{name} is a partitioned topic: delete it with DELETE …/partitions"),
+        ));
+    }
+    delete_topic_everywhere(&b, &name, q.force).await?;
+    tracing::info!(topic = %name, force = q.force, "topic deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_partitions(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+) -> ApiResult<Json<Value>> {
+    let name = topic_name(&p)?;
+    Ok(Json(json!({ "partitions": b.partitions(&name).await? })))
+}
+
+fn partition_count(body: &[u8]) -> ApiResult<u32> {
+    let n: i64 = json_body(body)?;
+    match u32::try_from(n) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "the partition count must be a positive integer, not {n}"
+        ))),
+    }
+}
+
+async fn create_partitioned(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let name = topic_name(&p)?;
+    let n = partition_count(&body)?;
+    b.resources().create_topic(&name, n).await?;
+    tracing::info!(topic = %name, partitions = n, "partitioned topic created");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn update_partitions(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let name = topic_name(&p)?;
+    let n = partition_count(&body)?;
+    b.resources().update_partitions(&name, n).await?;
+    tracing::info!(topic = %name, partitions = n, "partitioned topic grown");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_partitioned(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+    Query(q): Query<Force>,
+) -> ApiResult<StatusCode> {
+    let name = topic_name(&p)?;
+    match b.resources().topic(&name).await? {
+        Some(t) if t.partitions > 0 => {}
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("{name} is not a partitioned topic"),
+            ))
+        }
+        None => {
+            return Err(ApiError::not_found(format!(
+                "partitioned topic {name} not found"
+            )))
+        }
+    }
+    delete_topic_everywhere(&b, &name, q.force).await?;
+    tracing::info!(topic = %name, force = q.force, "partitioned topic deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn to_json(v: &impl serde::Serialize) -> ApiResult<Value> {
+    serde_json::to_value(v)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn stats(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<Json<Value>> {
+    let name = topic_name(&p)?;
+    match b.topic_admin(&name, AdminRequest::Stats).await? {
+        AdminReply::Stats(s) => Ok(Json(to_json(&s)?)),
+        _ => Err(unexpected()),
+    }
+}
+
+fn unexpected() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the topic answered another request",
+    )
+}
+
+/// Sums the counters of the partitions' stats; subscriptions are merged by name.
+async fn partitioned_stats(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+) -> ApiResult<Json<Value>> {
+    let name = topic_name(&p)?;
+    let targets = targets(&b, &name).await?;
+    let mut total = json!({"metadata": {"partitions": targets.len()}, "partitions": {}});
+    const SUMS: [&str; 10] = [
+        "msgRateIn",
+        "msgThroughputIn",
+        "msgRateOut",
+        "msgThroughputOut",
+        "msgInCounter",
+        "bytesInCounter",
+        "msgOutCounter",
+        "bytesOutCounter",
+        "storageSize",
+        "backlogSize",
+    ];
+    for t in &targets {
+        let AdminReply::Stats(s) = b.topic_admin(t, AdminRequest::Stats).await? else {
+            return Err(unexpected());
+        };
+        let v = to_json(&s)?;
+        for key in SUMS {
+            let add = v.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+            let cur = total.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+            total[key] = json!(cur + add);
+        }
+        for (sub, sv) in v
+            .get("subscriptions")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let backlog = sv.get("msgBacklog").and_then(Value::as_u64).unwrap_or(0);
+            let entry = &mut total["subscriptions"][sub];
+            let before = entry.get("msgBacklog").and_then(Value::as_u64).unwrap_or(0);
+            entry["msgBacklog"] = json!(before + backlog);
+        }
+        if let Some(pubs) = v.get("publishers").and_then(Value::as_array) {
+            let mut all = total
+                .get("publishers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            all.extend(pubs.iter().cloned());
+            total["publishers"] = Value::Array(all);
+        }
+        total["partitions"][t.to_string()] = v;
+    }
+    Ok(Json(total))
+}
+
+async fn internal_stats(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+) -> ApiResult<Json<Value>> {
+    let name = topic_name(&p)?;
+    match b.topic_admin(&name, AdminRequest::InternalStats).await? {
+        AdminReply::InternalStats(s) => Ok(Json(to_json(&s)?)),
+        _ => Err(unexpected()),
+    }
+}
+
+async fn unload(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<StatusCode> {
+    let name = topic_name(&p)?;
+    let replies = each(&b, &name, || AdminRequest::Unload).await?;
+    tracing::info!(topic = %name, "topic unloaded");
+    Ok(done(replies))
+}
+
+async fn subscriptions(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+) -> ApiResult<Json<Vec<String>>> {
+    let name = topic_name(&p)?;
+    let mut names = Vec::new();
+    for r in each(&b, &name, || AdminRequest::Subscriptions).await? {
+        if let AdminReply::Names(n) = r {
+            names.extend(n);
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok(Json(names))
+}
+
+async fn last_message_id(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+) -> ApiResult<Json<Value>> {
+    let name = topic_name(&p)?;
+    match b.topic_admin(&name, AdminRequest::LastMessageId).await? {
+        AdminReply::LastMessageId(id) => Ok(Json(to_json(&id)?)),
+        _ => Err(unexpected()),
+    }
+}
+
+/// A MessageId body: `{ledgerId, entryId[, partitionIndex]}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageIdBody {
+    ledger_id: i64,
+    entry_id: i64,
+    #[serde(default = "minus_one")]
+    partition_index: i32,
+}
+
+fn minus_one() -> i32 {
+    -1
+}
+
+impl MessageIdBody {
+    /// Pulsar's `MessageId.earliest` is (-1, -1), `latest` is (Long.MAX, Long.MAX).
+    fn target(&self) -> ResetTo {
+        match (self.ledger_id, self.entry_id) {
+            (l, _) if l < 0 => ResetTo::Earliest,
+            (i64::MAX, _) => ResetTo::Latest,
+            (l, e) => ResetTo::Position(Position::new(l as u64, e.max(0) as u64)),
+        }
+    }
+}
+
+async fn create_subscription(
+    State(b): State<Broker>,
+    Path(p): Path<SubPath>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let name = sub_topic(&p)?;
+    let start = if body.iter().all(u8::is_ascii_whitespace) {
+        ResetTo::Latest
+    } else {
+        json_body::<MessageIdBody>(&body)?.target()
+    };
+    let sub = p.subscription.clone();
+    let replies = each(&b, &name, || AdminRequest::CreateSubscription {
+        name: sub.clone(),
+        start,
+    })
+    .await?;
+    tracing::info!(topic = %name, subscription = %p.subscription, "subscription created");
+    Ok(done(replies))
+}
+
+async fn delete_subscription(
+    State(b): State<Broker>,
+    Path(p): Path<SubPath>,
+    Query(q): Query<Force>,
+) -> ApiResult<StatusCode> {
+    let name = sub_topic(&p)?;
+    let sub = p.subscription.clone();
+    let replies = each(&b, &name, || AdminRequest::DeleteSubscription {
+        name: sub.clone(),
+        force: q.force,
+    })
+    .await?;
+    tracing::info!(topic = %name, subscription = %p.subscription, "subscription deleted");
+    Ok(done(replies))
+}
+
+#[derive(Deserialize)]
+struct SkipPath {
+    domain: String,
+    tenant: String,
+    namespace: String,
+    topic: String,
+    subscription: String,
+    count: String,
+}
+
+fn number<T: std::str::FromStr>(what: &str, v: &str) -> ApiResult<T> {
+    v.parse().map_err(|_| {
+        ApiError::bad_request(format!("{what} must be a non-negative integer, not {v:?}"))
+    })
+}
+
+fn sub_path(
+    domain: String,
+    tenant: String,
+    namespace: String,
+    topic: String,
+    subscription: String,
+) -> SubPath {
+    SubPath {
+        domain,
+        tenant,
+        namespace,
+        topic,
+        subscription,
+    }
+}
+
+async fn skip(State(b): State<Broker>, Path(p): Path<SkipPath>) -> ApiResult<StatusCode> {
+    let count: usize = number("the count", &p.count)?;
+    let sp = sub_path(p.domain, p.tenant, p.namespace, p.topic, p.subscription);
+    let name = sub_topic(&sp)?;
+    let replies = each(&b, &name, || AdminRequest::Skip {
+        subscription: sp.subscription.clone(),
+        count,
+    })
+    .await?;
+    Ok(done(replies))
+}
+
+#[derive(Deserialize)]
+struct TimePath {
+    domain: String,
+    tenant: String,
+    namespace: String,
+    topic: String,
+    subscription: String,
+    timestamp: String,
+}
+
+async fn reset_to_time(State(b): State<Broker>, Path(p): Path<TimePath>) -> ApiResult<StatusCode> {
+    let ms: u64 = number("the timestamp", &p.timestamp)?;
+    let sp = sub_path(p.domain, p.tenant, p.namespace, p.topic, p.subscription);
+    let name = sub_topic(&sp)?;
+    let replies = each(&b, &name, || AdminRequest::ResetCursor {
+        subscription: sp.subscription.clone(),
+        to: ResetTo::PublishTime(ms),
+    })
+    .await?;
+    tracing::info!(topic = %name, subscription = %sp.subscription, ms, "cursor reset to a time");
+    Ok(done(replies))
+}
+
+async fn reset_to_id(
+    State(b): State<Broker>,
+    Path(p): Path<SubPath>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let name = sub_topic(&p)?;
+    let id: MessageIdBody = json_body(&body)?;
+    let to = id.target();
+    let target = match b.resources().topic(&name).await? {
+        Some(t) if t.partitions > 0 => match u32::try_from(id.partition_index) {
+            Ok(i) if i < t.partitions => name.partition_name(i),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "partitionIndex must name one of the topic's partitions",
+                ))
+            }
+        },
+        _ => name.clone(),
+    };
+    b.topic_admin(
+        &target,
+        AdminRequest::ResetCursor {
+            subscription: p.subscription.clone(),
+            to,
+        },
+    )
+    .await?;
+    tracing::info!(topic = %target, subscription = %p.subscription, "cursor reset to a message id");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ExpirePath {
+    domain: String,
+    tenant: String,
+    namespace: String,
+    topic: String,
+    subscription: String,
+    seconds: String,
+}
+
+async fn expire(State(b): State<Broker>, Path(p): Path<ExpirePath>) -> ApiResult<StatusCode> {
+    let seconds: u64 = number("the age in seconds", &p.seconds)?;
+    let sp = sub_path(p.domain, p.tenant, p.namespace, p.topic, p.subscription);
+    let name = sub_topic(&sp)?;
+    let replies = each(&b, &name, || AdminRequest::Expire {
+        subscription: Some(sp.subscription.clone()),
+        seconds,
+    })
+    .await?;
+    Ok(done(replies))
+}
+
+#[derive(Deserialize)]
+struct ExpireAllPath {
+    domain: String,
+    tenant: String,
+    namespace: String,
+    topic: String,
+    seconds: String,
+}
+
+async fn expire_all(
+    State(b): State<Broker>,
+    Path(p): Path<ExpireAllPath>,
+) -> ApiResult<StatusCode> {
+    let seconds: u64 = number("the age in seconds", &p.seconds)?;
+    let name = topic_name(&TopicPath {
+        domain: p.domain,
+        tenant: p.tenant,
+        namespace: p.namespace,
+        topic: p.topic,
+    })?;
+    let replies = each(&b, &name, || AdminRequest::Expire {
+        subscription: None,
+        seconds,
+    })
+    .await?;
+    Ok(done(replies))
+}
+
+#[derive(Deserialize)]
+struct PeekPath {
+    domain: String,
+    tenant: String,
+    namespace: String,
+    topic: String,
+    subscription: String,
+    n: String,
+}
+
+async fn peek(State(b): State<Broker>, Path(p): Path<PeekPath>) -> ApiResult<Response> {
+    let n: usize = number("the position", &p.n)?;
+    if n == 0 {
+        return Err(ApiError::bad_request("positions count from 1"));
+    }
+    let sp = sub_path(p.domain, p.tenant, p.namespace, p.topic, p.subscription);
+    let name = sub_topic(&sp)?;
+    let AdminReply::Peeked(found) = b
+        .topic_admin(
+            &name,
+            AdminRequest::Peek {
+                subscription: sp.subscription.clone(),
+                n,
+            },
+        )
+        .await?
+    else {
+        return Err(unexpected());
+    };
+    let m = found.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "subscription {} has fewer than {n} messages",
+            sp.subscription
+        ))
+    })?;
+    let mut headers = HeaderMap::new();
+    let mut put_header = |k: &str, v: String| {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            headers.insert(k, v);
+        }
+    };
+    put_header(
+        "X-Pulsar-Message-ID",
+        format!("{}:{}", m.position.segment, m.position.entry),
+    );
+    put_header("X-Pulsar-publish-time", m.publish_time_ms.to_string());
+    put_header("X-Pulsar-producer-name", m.producer_name.clone());
+    put_header("X-Pulsar-sequence-id", m.sequence_id.to_string());
+    put_header("Content-Type", "application/octet-stream".into());
+    if let Some(n) = m.batch_size {
+        put_header("X-Pulsar-num-batch-message", n.to_string());
+    }
+    for (k, v) in &m.properties {
+        put_header(&format!("X-Pulsar-PROPERTY-{k}"), v.clone());
+    }
+    Ok((StatusCode::OK, headers, m.data).into_response())
+}

@@ -1,0 +1,307 @@
+"""End-to-end tests of the Prometheus endpoint, GET {http_url}/metrics (issue #13).
+
+Traffic is made with the real Pulsar client; the document is parsed with
+prometheus_client's parser, which raises on malformed input.
+
+Per-topic metrics use Pulsar's names and labels (cluster, namespace, topic);
+the storage engine's own metrics are Kilonova's. Every metric name is a
+constant below, so a rename in the implementation is a one-line change here.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pulsar
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import payloads, receive_n, unique
+
+METRICS_PATH = "/metrics"
+CLUSTER = "standalone"
+
+# Pulsar's per-topic metrics (exposeTopicLevelMetricsInPrometheus).
+IN_MESSAGES = "pulsar_in_messages_total"  # counter: messages published
+OUT_MESSAGES = "pulsar_out_messages_total"  # counter: messages dispatched to consumers
+IN_BYTES = "pulsar_in_bytes_total"  # counter
+OUT_BYTES = "pulsar_out_bytes_total"  # counter
+PRODUCERS = "pulsar_producers_count"  # gauge
+CONSUMERS = "pulsar_consumers_count"  # gauge
+SUBSCRIPTIONS = "pulsar_subscriptions_count"  # gauge
+BACKLOG = "pulsar_msg_backlog"  # gauge: unacknowledged messages, summed over subscriptions
+STORAGE_SIZE = "pulsar_storage_size"  # gauge: bytes stored for the topic
+
+# Kilonova's storage engine and entry cache.
+FSYNC_SECONDS = "kilonova_storage_fsync_seconds"  # histogram: duration of each fsync/fdatasync
+GROUP_COMMIT_ENTRIES = "kilonova_storage_group_commit_entries"  # histogram: entries per group commit
+CACHE_HITS = "kilonova_entry_cache_hits_total"  # counter
+CACHE_MISSES = "kilonova_entry_cache_misses_total"  # counter
+
+WAIT_S = 10.0
+
+
+# ---------------------------------------------------------------- scraping
+
+
+class Scrape:
+    def __init__(self, text: str, content_type: str):
+        self.text = text
+        self.content_type = content_type
+        try:
+            self.families = list(text_string_to_metric_families(text))
+        except Exception as e:  # the parser raises ValueError and friends
+            raise AssertionError(f"/metrics is not valid Prometheus text ({e!r}):\n{text[:3000]}") from None
+
+    def samples(self, name: str, **labels) -> list:
+        return [s for f in self.families for s in f.samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+    def value(self, name: str, **labels):
+        """The one sample `name` whose labels include `labels`; None if absent."""
+        found = self.samples(name, **labels)
+        assert len(found) <= 1, f"{name}{labels} is ambiguous: {[(s.labels, s.value) for s in found]}"
+        return found[0].value if found else None
+
+    def family_with_sample(self, sample_name: str):
+        for f in self.families:
+            if any(s.name == sample_name for s in f.samples):
+                return f
+        return None
+
+
+def scrape(broker) -> Scrape:
+    url = broker.http_url + METRICS_PATH
+    with urllib.request.urlopen(url, timeout=15) as r:
+        assert r.status == 200, f"GET {url}: {r.status}"
+        return Scrape(r.read().decode("utf-8"), r.headers.get("Content-Type", ""))
+
+
+def topic_labels(topic: str) -> dict:
+    _, rest = topic.split("://", 1)
+    tenant, ns, _local = rest.split("/", 2)
+    return {"cluster": CLUSTER, "namespace": f"{tenant}/{ns}", "topic": topic}
+
+
+def topic_value(broker, name: str, topic: str):
+    return scrape(broker).value(name, **topic_labels(topic))
+
+
+def wait_for_metric(broker, name: str, topic: str, expected, timeout: float = WAIT_S):
+    """Polls until the topic's `name` equals `expected` (metrics may be computed
+    periodically); fails naming the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = topic_value(broker, name, topic)
+        if value == expected:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {name}{topic_labels(topic)} to be {expected!r}; "
+                f"last value {value!r}"
+            )
+        time.sleep(0.05)
+
+
+def histogram_count(s: Scrape, name: str) -> float:
+    value = s.value(f"{name}_count")
+    assert value is not None, f"histogram {name} has no {name}_count sample"
+    return value
+
+
+def histogram_sum(s: Scrape, name: str) -> float:
+    value = s.value(f"{name}_sum")
+    assert value is not None, f"histogram {name} has no {name}_sum sample"
+    return value
+
+
+def send_all(producer, items) -> None:
+    for p in items:
+        producer.send(p)
+
+
+# ---------------------------------------------------------------- the document
+
+
+def test_metrics_document_parses_and_every_family_has_help_and_type(broker, client):
+    topic = f"persistent://public/default/{unique('doc')}"
+    consumer = client.subscribe(topic, unique("sub"))
+    producer = client.create_producer(topic)
+    send_all(producer, [b"a", b"b"])
+    receive_n(consumer, 2)
+    wait_for_metric(broker, IN_MESSAGES, topic, 2)
+
+    s = scrape(broker)
+    assert s.content_type.startswith("text/plain"), (
+        f"Prometheus text format is served as text/plain, got {s.content_type!r}"
+    )
+    assert s.families, "the document has no metric families"
+    untyped = [f.name for f in s.families if f.type == "unknown"]
+    assert not untyped, f"these families have no (or an unknown) # TYPE: {untyped}"
+    undocumented = [f.name for f in s.families if not f.documentation.strip()]
+    assert not undocumented, f"these families have no # HELP: {undocumented}"
+    names = [f.name for f in s.families]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicated, f"these families are declared more than once: {duplicated}"
+
+
+# ---------------------------------------------------------------- per-topic metrics
+
+
+def test_topic_message_and_byte_counters(broker, client):
+    topic = f"persistent://public/default/{unique('counters')}"
+    consumer = client.subscribe(topic, unique("sub"))
+    producer = client.create_producer(topic)
+    sent = [f"counted-{i}".encode() * 4 for i in range(8)]
+    send_all(producer, sent)
+    got = receive_n(consumer, len(sent))
+    assert payloads(got) == sent
+    for m in got:
+        consumer.acknowledge(m)
+
+    wait_for_metric(broker, IN_MESSAGES, topic, len(sent))
+    wait_for_metric(broker, OUT_MESSAGES, topic, len(sent))
+    s = scrape(broker)
+    labels = topic_labels(topic)
+    payload_bytes = sum(map(len, sent))
+    in_bytes = s.value(IN_BYTES, **labels)
+    out_bytes = s.value(OUT_BYTES, **labels)
+    assert in_bytes is not None and in_bytes >= payload_bytes, (
+        f"{IN_BYTES}{labels} should be at least the {payload_bytes} payload bytes, got {in_bytes}"
+    )
+    assert out_bytes is not None and out_bytes >= payload_bytes, (
+        f"{OUT_BYTES}{labels} should be at least the {payload_bytes} payload bytes, got {out_bytes}"
+    )
+    for name in (IN_MESSAGES, OUT_MESSAGES, IN_BYTES, OUT_BYTES):
+        family = s.family_with_sample(name)
+        assert family is not None and family.type == "counter", (
+            f"{name} should be a counter, got {family.type if family else 'no family'}"
+        )
+
+
+def test_connection_gauges_follow_producers_consumers_and_subscriptions(broker, client):
+    topic = f"persistent://public/default/{unique('gauges')}"
+    sub_a, sub_b = unique("sub-a"), unique("sub-b")
+    producers = [client.create_producer(topic) for _ in range(2)]
+    consumers = [
+        client.subscribe(topic, sub_a, consumer_type=pulsar.ConsumerType.Shared),
+        client.subscribe(topic, sub_a, consumer_type=pulsar.ConsumerType.Shared),
+        client.subscribe(topic, sub_b),
+    ]
+    wait_for_metric(broker, PRODUCERS, topic, 2)
+    wait_for_metric(broker, CONSUMERS, topic, 3)
+    wait_for_metric(broker, SUBSCRIPTIONS, topic, 2)
+
+    producers[0].close()
+    consumers[0].close()
+    wait_for_metric(broker, PRODUCERS, topic, 1)
+    wait_for_metric(broker, CONSUMERS, topic, 2)
+    wait_for_metric(broker, SUBSCRIPTIONS, topic, 2)  # durable subscriptions stay
+
+    s = scrape(broker)
+    for name in (PRODUCERS, CONSUMERS, SUBSCRIPTIONS):
+        family = s.family_with_sample(name)
+        assert family is not None and family.type == "gauge", (
+            f"{name} should be a gauge, got {family.type if family else 'no family'}"
+        )
+
+
+def test_backlog_gauge_counts_unacknowledged_messages(broker, client):
+    topic = f"persistent://public/default/{unique('backlog')}"
+    acking = client.subscribe(topic, unique("acking"))
+    lagging = client.subscribe(topic, unique("lagging"))
+    producer = client.create_producer(topic)
+    sent = [f"b{i}".encode() for i in range(10)]
+    send_all(producer, sent)
+
+    for m in receive_n(acking, len(sent)):
+        acking.acknowledge(m)
+    got = receive_n(lagging, len(sent))
+    for m in got[:3]:
+        lagging.acknowledge(m)
+
+    # The first subscription acknowledged everything; the second 3 of 10.
+    wait_for_metric(broker, BACKLOG, topic, len(sent) - 3)
+
+
+def test_storage_size_gauge(broker, client):
+    topic = f"persistent://public/default/{unique('size')}"
+    keeper = client.subscribe(topic, unique("keeps-it"))  # acknowledges nothing: all is retained
+    producer = client.create_producer(topic)
+    send_all(producer, [b"x" * 1000 for _ in range(5)])
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        size = topic_value(broker, STORAGE_SIZE, topic)
+        if size is not None and size >= 5000:
+            break
+        assert time.monotonic() < deadline, (
+            f"{STORAGE_SIZE}{topic_labels(topic)} should reach the 5000 stored payload bytes, last {size}"
+        )
+        time.sleep(0.05)
+    keeper.close()
+
+
+# ---------------------------------------------------------------- storage and cache
+
+
+def test_storage_histograms_and_entry_cache_counters(broker, client):
+    before = scrape(broker)
+    for name, kind in ((FSYNC_SECONDS, "histogram"), (GROUP_COMMIT_ENTRIES, "histogram"),
+                       (CACHE_HITS, "counter"), (CACHE_MISSES, "counter")):
+        sample = f"{name}_count" if kind == "histogram" else name
+        family = before.family_with_sample(sample)
+        assert family is not None, f"no {kind} {name} in /metrics"
+        assert family.type == kind, f"{name} should be a {kind}, got {family.type}"
+    for name in (FSYNC_SECONDS, GROUP_COMMIT_ENTRIES):
+        inf = before.value(f"{name}_bucket", le="+Inf")
+        assert inf == histogram_count(before, name), (
+            f"{name}: the +Inf bucket ({inf}) must equal _count ({histogram_count(before, name)})"
+        )
+
+    topic = f"persistent://public/default/{unique('storage')}"
+    producer = client.create_producer(topic)
+    sent = [f"stored-{i}".encode() for i in range(20)]
+    send_all(producer, sent)  # each send returns once the entry is durable
+
+    # Reading the entries back goes through the entry cache (a hit or a miss).
+    reader = client.subscribe(topic, unique("replay"), initial_position=pulsar.InitialPosition.Earliest)
+    assert payloads(receive_n(reader, len(sent))) == sent
+
+    after = scrape(broker)
+    assert histogram_count(after, FSYNC_SECONDS) > histogram_count(before, FSYNC_SECONDS), (
+        f"durable publishes must fsync: {FSYNC_SECONDS}_count did not grow"
+    )
+    grown = histogram_sum(after, GROUP_COMMIT_ENTRIES) - histogram_sum(before, GROUP_COMMIT_ENTRIES)
+    assert grown >= len(sent), (
+        f"{GROUP_COMMIT_ENTRIES}_sum should grow by at least the {len(sent)} entries written, grew by {grown}"
+    )
+    lookups_before = before.value(CACHE_HITS) + before.value(CACHE_MISSES)
+    lookups_after = after.value(CACHE_HITS) + after.value(CACHE_MISSES)
+    assert lookups_after > lookups_before, (
+        f"replaying {len(sent)} entries should count cache hits or misses "
+        f"({CACHE_HITS} + {CACHE_MISSES}: {lookups_before} -> {lookups_after})"
+    )
+
+
+@pytest.mark.parametrize("name", [IN_MESSAGES, OUT_MESSAGES, PRODUCERS, CONSUMERS, SUBSCRIPTIONS,
+                                  BACKLOG, STORAGE_SIZE])
+def test_topic_metrics_carry_cluster_namespace_and_topic_labels(broker, client, name):
+    topic = f"persistent://public/default/{unique('labels')}"
+    consumer = client.subscribe(topic, unique("sub"))
+    producer = client.create_producer(topic)
+    producer.send(b"labelled")
+    receive_n(consumer, 1)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        found = scrape(broker).samples(name, topic=topic)
+        if found:
+            break
+        assert time.monotonic() < deadline, f"no {name} sample with topic={topic!r}"
+        time.sleep(0.05)
+    assert len(found) == 1, f"one {name} sample per topic, got {[(s.labels, s.value) for s in found]}"
+    producer.close()
+    labels = found[0].labels
+    assert labels.get("cluster") == CLUSTER and labels.get("namespace") == "public/default", (
+        f"{name} should be labelled cluster={CLUSTER!r}, namespace='public/default': {labels}"
+    )
