@@ -1,9 +1,10 @@
 //! The `kilonova` binary: one program for every role. Today: `standalone` (the
-//! broker with embedded storage and metadata) and `perf storage` (the storage
-//! engine's benchmark).
+//! broker with embedded storage and metadata), `admin` (pulsar-admin's verbs
+//! over the admin REST API) and `perf` (benchmarks).
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod perf;
 mod standalone;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run a broker with embedded storage and metadata on this machine.
     Standalone(standalone::StandaloneArgs),
+    /// Administer a cluster through the admin REST API (pulsar-admin's verbs).
+    Admin(admin::AdminArgs),
     /// Benchmarks.
     Perf {
         #[command(subcommand)]
@@ -30,11 +33,11 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(admin::pulsar_style_args(std::env::args_os()));
     // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
     let default_level = match cli.command {
         Command::Standalone(_) => "info",
-        Command::Perf { .. } => "warn",
+        Command::Admin(_) | Command::Perf { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Standalone(args) => standalone::run(args),
+        Command::Admin(args) => admin::run(args),
         Command::Perf { what } => perf::run(what),
     }
 }

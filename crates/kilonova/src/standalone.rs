@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use kilonova_broker::import_old_catalog;
 use kilonova_broker::{accept_loop, Broker, BrokerConfig};
 use kilonova_metadata::policies::ClusterData;
-use kilonova_metadata::{EmbeddedStore, Resources};
+use kilonova_metadata::{EmbeddedStore, Resources, SessionId, DEFAULT_SESSION_TTL};
 use kilonova_storage::{DirStateStore, SegmentStore, StoreConfig};
 
 #[derive(clap::Args, Debug)]
@@ -163,11 +163,21 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     )
     .await?;
     import_old_catalog(state.as_ref(), &resources, &config.broker.cluster_name).await?;
+    // This broker's liveness: an ephemeral key kept alive by a session.
+    let session = resources.store().open_session(DEFAULT_SESSION_TTL).await?;
+    resources
+        .register_broker(
+            &config.broker.cluster_name,
+            &format!("{advertised}:{http_port}"),
+            session,
+        )
+        .await?;
+    let keep_alive = tokio::spawn(keep_session_alive(resources.clone(), session));
     let broker = Broker::new(
         config.broker,
         store.clone(),
         state,
-        resources,
+        resources.clone(),
         service_url.clone(),
     )?;
 
@@ -213,8 +223,24 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     let _ = server.await;
     let _ = http_server.await;
     let _ = gc.await;
+    keep_alive.abort();
+    if let Err(e) = resources.store().close_session(session).await {
+        tracing::warn!(error = %e, "closing the metadata session failed");
+    }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Keeps the broker's metadata session (and so its registration) alive.
+async fn keep_session_alive(resources: Resources, session: SessionId) {
+    let mut every = tokio::time::interval(DEFAULT_SESSION_TTL / 3);
+    loop {
+        every.tick().await;
+        if let Err(e) = resources.store().keep_alive(session).await {
+            tracing::error!(error = %e, "the broker's metadata session expired");
+            return;
+        }
+    }
 }
 
 /// Opens the embedded metadata store and creates what a fresh standalone has

@@ -1,0 +1,22 @@
+//! `kilonova admin brokers …` → `/admin/v2/brokers`.
+
+use clap::Subcommand;
+
+use super::client::{AdminClient, AdminError, ApiPath};
+use super::Output;
+
+#[derive(Subcommand)]
+pub enum BrokersCmd {
+    /// List a cluster's active brokers (host:web-port).
+    List { cluster: String },
+    /// Check that the broker is healthy; prints `ok`.
+    Healthcheck,
+}
+
+pub async fn run(client: &AdminClient, cmd: BrokersCmd) -> Result<Output, AdminError> {
+    let path = match &cmd {
+        BrokersCmd::List { cluster } => ApiPath::new(["brokers", cluster]),
+        BrokersCmd::Healthcheck => ApiPath::new(["brokers", "health"]),
+    };
+    Ok(Output::Document(client.get(&path).await?))
+}
