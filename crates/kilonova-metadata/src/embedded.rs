@@ -28,6 +28,9 @@ use crate::store::{check_key, Expect, MetadataStore, Page, SessionId, Stored, Wa
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The ephemeral keys (stored form → session), so opening deletes them without
+/// scanning every key.
+const EPHEMERAL: TableDefinition<&str, u64> = TableDefinition::new("ephemeral");
 const REVISION: &str = "revision";
 /// Value header: version (u64 LE), session (u64 LE, 0 = not ephemeral).
 const HEADER: usize = 16;
@@ -35,6 +38,9 @@ const HEADER: usize = 16;
 const MAX_BATCH: usize = 4096;
 /// How often the writer looks for expired sessions when idle.
 const TICK: Duration = Duration::from_millis(50);
+/// Memory for cached B-tree pages (redb's default is 1 GiB): the store's
+/// resident size stays bounded however many keys it holds.
+const CACHE_BYTES: usize = 64 << 20;
 /// Watch events buffered per watcher before it lags.
 const WATCH_BUFFER: usize = 65_536;
 
@@ -170,7 +176,10 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        let db = Database::create(path).map_err(backend)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(backend)?;
         let dropped = Self::drop_stale_ephemerals(&db)?;
         if dropped > 0 {
             tracing::info!(
@@ -219,14 +228,14 @@ impl EmbeddedStore {
                 meta.insert(REVISION, 0).map_err(backend)?;
             }
             let mut kv = tx.open_table(KV).map_err(backend)?;
-            for item in kv.iter().map_err(backend)? {
-                let (k, v) = item.map_err(backend)?;
-                if decode(v.value())?.session.is_some() {
-                    stale.push(k.value().to_owned());
-                }
+            let mut eph = tx.open_table(EPHEMERAL).map_err(backend)?;
+            for item in eph.iter().map_err(backend)? {
+                let (k, _) = item.map_err(backend)?;
+                stale.push(k.value().to_owned());
             }
             for k in &stale {
                 kv.remove(k.as_str()).map_err(backend)?;
+                eph.remove(k.as_str()).map_err(backend)?;
             }
         }
         tx.commit().map_err(backend)?;
@@ -381,16 +390,70 @@ impl MetadataStore for EmbeddedStore {
     }
 }
 
+/// The tables a write transaction changes; keeps the ephemeral index in step.
+struct Tables<'a, 't> {
+    kv: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
+    eph: &'a mut redb::Table<'t, &'static str, u64>,
+}
+
+impl Tables<'_, '_> {
+    fn get(&self, key: &str) -> Result<Option<Stored>> {
+        match self.kv.get(internal(key).as_str()).map_err(backend)? {
+            Some(v) => decode(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put(
+        &mut self,
+        key: &str,
+        version: u64,
+        session: Option<SessionId>,
+        value: &[u8],
+    ) -> Result<Option<Stored>> {
+        let k = internal(key);
+        let old = match self
+            .kv
+            .insert(k.as_str(), encode(version, session, value).as_slice())
+            .map_err(backend)?
+        {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        };
+        match session {
+            Some(s) => {
+                self.eph.insert(k.as_str(), s.0).map_err(backend)?;
+            }
+            None if old.as_ref().is_some_and(|o| o.session.is_some()) => {
+                self.eph.remove(k.as_str()).map_err(backend)?;
+            }
+            None => {}
+        }
+        Ok(old)
+    }
+
+    fn take(&mut self, key: &str) -> Result<Option<Stored>> {
+        let k = internal(key);
+        let old = match self.kv.remove(k.as_str()).map_err(backend)? {
+            Some(v) => decode(v.value())?,
+            None => return Ok(None),
+        };
+        if old.session.is_some() {
+            self.eph.remove(k.as_str()).map_err(backend)?;
+        }
+        Ok(Some(old))
+    }
+}
+
 /// Deletes `key`, recording the change; returns what it held.
 fn remove(
-    kv: &mut redb::Table<&str, &[u8]>,
+    t: &mut Tables<'_, '_>,
     revision: &mut u64,
     key: &str,
     events: &mut Vec<WatchEvent>,
 ) -> Result<Option<Stored>> {
-    let old = match kv.remove(internal(key).as_str()).map_err(backend)? {
-        Some(v) => decode(v.value())?,
-        None => return Ok(None),
+    let Some(old) = t.take(key)? else {
+        return Ok(None);
     };
     *revision += 1;
     events.push(WatchEvent {
@@ -403,18 +466,14 @@ fn remove(
 
 /// Deletes `key` if `session` still owns it (it may have been rewritten since).
 fn remove_owned(
-    kv: &mut redb::Table<&str, &[u8]>,
+    t: &mut Tables<'_, '_>,
     revision: &mut u64,
     key: &str,
     session: SessionId,
     events: &mut Vec<WatchEvent>,
 ) -> Result<()> {
-    let owned = match kv.get(internal(key).as_str()).map_err(backend)? {
-        Some(v) => decode(v.value())?.session == Some(session),
-        None => false,
-    };
-    if owned {
-        remove(kv, revision, key, events)?;
+    if t.get(key)?.is_some_and(|s| s.session == Some(session)) {
+        remove(t, revision, key, events)?;
     }
     Ok(())
 }
@@ -509,6 +568,11 @@ impl Writer {
         let tx = self.db.begin_write().map_err(backend)?;
         {
             let mut kv = tx.open_table(KV).map_err(backend)?;
+            let mut eph = tx.open_table(EPHEMERAL).map_err(backend)?;
+            let t = &mut Tables {
+                kv: &mut kv,
+                eph: &mut eph,
+            };
             let mut meta = tx.open_table(META).map_err(backend)?;
             let mut revision = meta
                 .get(REVISION)
@@ -517,7 +581,7 @@ impl Writer {
             let start = revision;
             for (id, keys) in expired {
                 for key in keys {
-                    remove_owned(&mut kv, &mut revision, &key, SessionId(id), events)?;
+                    remove_owned(t, &mut revision, &key, SessionId(id), events)?;
                 }
                 tracing::info!(session = id, "metadata session expired");
             }
@@ -530,18 +594,13 @@ impl Writer {
                         session,
                         reply,
                     } => {
-                        let k = internal(&key);
-                        let old = match kv.get(k.as_str()).map_err(backend)? {
-                            Some(v) => Some(decode(v.value())?),
-                            None => None,
-                        };
+                        let old = t.get(&key)?;
                         let result = check(expect, &key, old.as_ref().map(|o| o.version))
                             .and_then(|()| self.session_is_live(session, changes));
                         let result = match result {
                             Ok(()) => {
                                 revision += 1;
-                                kv.insert(k.as_str(), encode(revision, session, &value).as_slice())
-                                    .map_err(backend)?;
+                                t.put(&key, revision, session, &value)?;
                                 if let Some(s) = old.and_then(|o| o.session) {
                                     changes.unbind.push((s.0, key.clone()));
                                 }
@@ -560,13 +619,10 @@ impl Writer {
                         replies.push(Reply::Put(reply, result));
                     }
                     Op::Delete { key, expect, reply } => {
-                        let found = match kv.get(internal(&key).as_str()).map_err(backend)? {
-                            Some(v) => Some(decode(v.value())?.version),
-                            None => None,
-                        };
+                        let found = t.get(&key)?.map(|s| s.version);
                         let result = match check(expect, &key, found) {
                             Ok(()) => {
-                                let old = remove(&mut kv, &mut revision, &key, events)?;
+                                let old = remove(t, &mut revision, &key, events)?;
                                 if let Some(s) = old.as_ref().and_then(|o| o.session) {
                                     changes.unbind.push((s.0, key));
                                 }
@@ -588,7 +644,7 @@ impl Writer {
                                     }
                                 }
                                 for key in keys {
-                                    remove_owned(&mut kv, &mut revision, &key, session, events)?;
+                                    remove_owned(t, &mut revision, &key, session, events)?;
                                 }
                                 changes.ended.push(session.0);
                                 Ok(())
