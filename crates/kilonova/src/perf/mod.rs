@@ -7,6 +7,7 @@ pub mod nats;
 pub mod pulsar;
 pub mod recorder;
 pub mod storage;
+pub mod topics;
 
 #[derive(Subcommand)]
 pub enum PerfCommand {
@@ -18,6 +19,8 @@ pub enum PerfCommand {
     Consume(pulsar::ConsumeCmd),
     /// Publish and consume at once; latency is publish → delivery.
     E2e(pulsar::E2eCmd),
+    /// Create many topics through the admin API (the metadata path), then list them page by page.
+    Topics(topics::TopicsArgs),
     /// The same publish load against NATS JetStream (the benchmark suite's peer).
     #[cfg(feature = "nats")]
     Nats(nats::NatsArgs),
@@ -29,6 +32,7 @@ pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
         PerfCommand::Produce(c) => pulsar::run(pulsar::Mode::Produce(c)),
         PerfCommand::Consume(c) => pulsar::run(pulsar::Mode::Consume(c)),
         PerfCommand::E2e(c) => pulsar::run(pulsar::Mode::E2e(c)),
+        PerfCommand::Topics(args) => topics::run(args),
         #[cfg(feature = "nats")]
         PerfCommand::Nats(args) => nats::run(args),
     }
