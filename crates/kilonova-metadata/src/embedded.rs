@@ -11,6 +11,8 @@
 //!
 //! Keys are stored with `/` replaced by NUL, so that every key below `/a` sorts
 //! before a sibling such as `/a-b`: a key's children are then contiguous ranges.
+//!
+//! Why redb and group commit: docs/adr/0002-embedded-metadata-store.md.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
