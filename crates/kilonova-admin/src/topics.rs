@@ -615,7 +615,7 @@ fn sub_path(
 }
 
 async fn skip(State(b): State<Broker>, Path(p): Path<SkipPath>) -> ApiResult<StatusCode> {
-    let count: usize = number("the count", &p.count)?;
+    let count: u64 = number("the count", &p.count)?;
     let sp = sub_path(p.domain, p.tenant, p.namespace, p.topic, p.subscription);
     let name = sub_topic(&sp)?;
     let replies = each(&b, &name, || AdminRequest::Skip {
@@ -741,7 +741,7 @@ struct PeekPath {
 }
 
 async fn peek(State(b): State<Broker>, Path(p): Path<PeekPath>) -> ApiResult<Response> {
-    let n: usize = number("the position", &p.n)?;
+    let n: u64 = number("the position", &p.n)?;
     if n == 0 {
         return Err(ApiError::bad_request("positions count from 1"));
     }

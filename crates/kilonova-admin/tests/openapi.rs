@@ -37,9 +37,18 @@ fn every_route_family_is_documented_with_its_methods() {
         ("/admin/v2/clusters/{cluster}", "PUT"),
         ("/admin/v2/tenants/{tenant}", "DELETE"),
         ("/admin/v2/namespaces/{tenant}/{namespace}", "PUT"),
-        ("/admin/v2/namespaces/{tenant}/{namespace}/retention", "POST"),
-        ("/admin/v2/{domain}/{tenant}/{namespace}/{topic}/partitions", "PUT"),
-        ("/admin/v2/{domain}/{tenant}/{namespace}/{topic}/stats", "GET"),
+        (
+            "/admin/v2/namespaces/{tenant}/{namespace}/retention",
+            "POST",
+        ),
+        (
+            "/admin/v2/{domain}/{tenant}/{namespace}/{topic}/partitions",
+            "PUT",
+        ),
+        (
+            "/admin/v2/{domain}/{tenant}/{namespace}/{topic}/stats",
+            "GET",
+        ),
         ("/admin/v2/brokers/health", "GET"),
         ("/metrics", "GET"),
     ] {

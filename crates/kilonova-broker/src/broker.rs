@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use kilonova_storage::{
     EntryCache, ManagedLog, ManagedLogConfig, Retention, SegmentStore, StateStore, StorageError,
 };
 
-use kilonova_metadata::{Resources, SchemaOutcome};
+use kilonova_metadata::{Resources, SchemaOutcome, TopicRecord};
 use kilonova_pulsar_protocol::proto::Schema;
 
 use crate::config::BrokerConfig;
@@ -28,7 +28,7 @@ struct Inner {
     cache: Arc<EntryCache>,
     resources: Resources,
     metrics: MetricsRegistry,
-    topics: Mutex<HashMap<String, TopicHandle>>,
+    topics: Mutex<TopicMap>,
     /// `pulsar://host:port` clients are told to connect to (LOOKUP).
     service_url: String,
     shutting_down: AtomicBool,
@@ -36,6 +36,43 @@ struct Inner {
     next_connection: AtomicU64,
     /// Distinguishes generated producer names across restarts.
     boot_id: String,
+}
+
+/// The loaded topics, and those an admin request is unloading or deleting.
+#[derive(Default)]
+struct TopicMap {
+    live: HashMap<String, TopicHandle>,
+    /// Loads of these wait until the sender side drops (the old task is done
+    /// with the log and, for a delete, the record).
+    closing: HashMap<String, watch::Receiver<()>>,
+    /// Bumped when a topic's record is deleted: a load that read a record
+    /// before the bump reads it again.
+    deletions: u64,
+}
+
+/// Held by a topic task while an admin request unloads or deletes it.
+pub(crate) struct Closing {
+    broker: Broker,
+    name: String,
+    _done: watch::Sender<()>,
+    deleted: bool,
+}
+
+impl Closing {
+    /// The topic's record was deleted (loads must not use a record read before).
+    pub(crate) fn deleted(&mut self) {
+        self.deleted = true;
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let mut topics = self.broker.topics();
+        if self.deleted {
+            topics.deletions += 1;
+        }
+        topics.closing.remove(&self.name);
+    }
 }
 
 /// The broker. Cheap to clone.
@@ -64,7 +101,7 @@ impl Broker {
                 cache,
                 resources,
                 metrics: MetricsRegistry::default(),
-                topics: Mutex::new(HashMap::new()),
+                topics: Mutex::new(TopicMap::default()),
                 service_url,
                 shutting_down: AtomicBool::new(false),
                 next_producer: AtomicU64::new(0),
@@ -99,6 +136,7 @@ impl Broker {
     /// Whether a task serves the topic now.
     pub fn is_loaded(&self, name: &TopicName) -> bool {
         self.topics()
+            .live
             .get(&name.to_string())
             .is_some_and(|h| !h.is_closed())
     }
@@ -170,10 +208,10 @@ impl Broker {
 
     /// Topics loaded now (each has a task).
     pub fn loaded_topics(&self) -> usize {
-        self.topics().len()
+        self.topics().live.len()
     }
 
-    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, TopicHandle>> {
+    fn topics(&self) -> std::sync::MutexGuard<'_, TopicMap> {
         // The map stays consistent even if a holder panicked: entries are whole values.
         self.inner.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -254,52 +292,66 @@ impl Broker {
     }
 
     async fn load_topic(&self, name: &TopicName) -> Result<TopicHandle, BrokerError> {
-        if self.is_shutting_down() {
-            return Err(BrokerError::ShuttingDown);
-        }
         let key = name.to_string();
-        if let Some(h) = self.topics().get(&key) {
-            if !h.is_closed() {
+        loop {
+            if self.is_shutting_down() {
+                return Err(BrokerError::ShuttingDown);
+            }
+            // A live task, or a close in progress to wait for.
+            let (generation, closing) = {
+                let topics = self.topics();
+                if let Some(h) = topics.live.get(&key).filter(|h| !h.is_closed()) {
+                    return Ok(h.clone());
+                }
+                (topics.deletions, topics.closing.get(&key).cloned())
+            };
+            if let Some(mut done) = closing {
+                // Err once the closing side is dropped: the close is over.
+                let _ = done.changed().await;
+                continue;
+            }
+            let record = self.read_or_create_record(name).await?;
+            if record.partitions > 0 {
+                return Err(BrokerError::NotAllowed(format!(
+                    "{key} is a partitioned topic: use its partitions"
+                )));
+            }
+            let mut topics = self.topics();
+            if let Some(h) = topics.live.get(&key).filter(|h| !h.is_closed()) {
                 return Ok(h.clone());
             }
-        }
-        let record = match self.resources().topic(name).await? {
-            Some(r) => r,
-            None => {
-                let base = name.partitioned_topic();
-                let parent = match name.partition() {
-                    Some(i) => self
-                        .resources()
-                        .topic(&base)
-                        .await?
-                        .filter(|t| i < t.partitions),
-                    None => None,
-                };
-                let ns = name.namespace();
-                let Ok(policies) = self.resources().namespace(&ns).await else {
-                    return Err(BrokerError::NamespaceNotFound(ns.to_string()));
-                };
-                let create =
-                    parent.is_some() || self.auto_creation(&policies).allow_auto_topic_creation;
-                self.resources().get_or_create_topic(name, create).await?
+            if topics.deletions != generation || topics.closing.contains_key(&key) {
+                // A record was deleted meanwhile (maybe this one): read again.
+                continue;
             }
+            let (tx, rx) = mpsc::channel(self.config().topic_queue_depth.max(1));
+            topics.live.insert(key, tx.clone());
+            drop(topics);
+            tokio::spawn(Topic::run(self.clone(), name.clone(), record, rx));
+            return Ok(tx);
+        }
+    }
+
+    /// The topic's record, created if auto-creation (or its partitioned topic) allows.
+    async fn read_or_create_record(&self, name: &TopicName) -> Result<TopicRecord, BrokerError> {
+        if let Some(r) = self.resources().topic(name).await? {
+            return Ok(r);
+        }
+        let base = name.partitioned_topic();
+        let parent = match name.partition() {
+            Some(i) => self
+                .resources()
+                .topic(&base)
+                .await?
+                .filter(|t| i < t.partitions),
+            None => None,
         };
-        if record.partitions > 0 {
-            return Err(BrokerError::NotAllowed(format!(
-                "{key} is a partitioned topic: use its partitions"
-            )));
-        }
-        let mut topics = self.topics();
-        if let Some(h) = topics.get(&key) {
-            if !h.is_closed() {
-                return Ok(h.clone());
-            }
-        }
-        let (tx, rx) = mpsc::channel(self.config().topic_queue_depth.max(1));
-        topics.insert(key, tx.clone());
-        drop(topics);
-        tokio::spawn(Topic::run(self.clone(), name.clone(), record, rx));
-        Ok(tx)
+        let ns = name.namespace();
+        let Ok(policies) = self.resources().namespace(&ns).await else {
+            return Err(BrokerError::NamespaceNotFound(ns.to_string()));
+        };
+        let create = parent.is_some() || self.auto_creation(&policies).allow_auto_topic_creation;
+        Ok(self.resources().get_or_create_topic(name, create).await?)
     }
 
     /// The version of `schema` on topic `name` (registering it if new). `None`: no schema.
@@ -331,7 +383,8 @@ impl Broker {
                 let _ = h.send(cmd).await;
             }
             Err(e) => {
-                tracing::warn!(topic = %name, error = %e, "dropping a command for an unloading topic")
+                tracing::debug!(topic = %name, error = %e, "refusing a command for a topic that went away");
+                topic::refuse(cmd, &e);
             }
         }
     }
@@ -355,20 +408,30 @@ impl Broker {
                 tracing::warn!(topic = name, error = %e, "closing an idle topic's log failed");
             }
         }
-        topics.remove(name);
+        topics.live.remove(name);
         true
     }
 
-    /// Removes a topic's handle from the map (the topic is going away).
-    pub(crate) fn forget_handle(&self, name: &str) {
-        self.topics().remove(name);
+    /// Takes a topic out of the map for an admin unload or delete: loads of it
+    /// wait until the returned guard drops (after the log is closed or deleted).
+    pub(crate) fn begin_closing(&self, name: &str) -> Closing {
+        let (done, waiting) = watch::channel(());
+        let mut topics = self.topics();
+        topics.live.remove(name);
+        topics.closing.insert(name.to_owned(), waiting);
+        Closing {
+            broker: self.clone(),
+            name: name.to_owned(),
+            _done: done,
+            deleted: false,
+        }
     }
 
     /// Removes a topic that failed to load (its receiver is closed already).
     pub(crate) fn forget_topic(&self, name: &str) {
         let mut topics = self.topics();
-        if topics.get(name).is_some_and(|h| h.is_closed()) {
-            topics.remove(name);
+        if topics.live.get(name).is_some_and(|h| h.is_closed()) {
+            topics.live.remove(name);
         }
     }
 
@@ -377,7 +440,15 @@ impl Broker {
     /// then closes the storage.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Release);
-        let handles: Vec<TopicHandle> = self.topics().drain().map(|(_, h)| h).collect();
+        let (handles, closing): (Vec<TopicHandle>, Vec<watch::Receiver<()>>) = {
+            let mut topics = self.topics();
+            let handles = topics.live.drain().map(|(_, h)| h).collect();
+            (handles, topics.closing.values().cloned().collect())
+        };
+        // Admin unloads and deletes in progress finish first.
+        for mut c in closing {
+            let _ = c.changed().await;
+        }
         let mut waits = Vec::new();
         for h in handles {
             let (done, wait) = oneshot::channel();

@@ -539,9 +539,10 @@ impl Topic {
             let _ = reply.send(answer);
             return false;
         };
-        // Close every client (they reconnect, as after a Pulsar unload), and
-        // leave the broker's map before anything can load the topic again.
-        self.broker.forget_handle(&self.full_name);
+        // Leave the broker's map; loads of this topic wait until the log is
+        // closed (or deleted with its record), then close every client (they
+        // reconnect, as after a Pulsar unload).
+        let mut closing = self.broker.begin_closing(&self.full_name);
         rx.close();
         self.shutdown_keeping_log().await;
         let result = match (delete, self.log.take()) {
@@ -549,6 +550,10 @@ impl Topic {
             (false, None) => Ok(()),
             (true, log) => self.delete_everything(log).await,
         };
+        if delete && result.is_ok() {
+            closing.deleted();
+        }
+        drop(closing);
         // Commands that raced in go to a fresh load (for a deleted topic, a
         // new topic if auto-creation allows, as in Pulsar).
         while let Ok(cmd) = rx.try_recv() {
@@ -576,14 +581,9 @@ impl Topic {
             .store(self.producers.len() as u64, Ordering::Relaxed);
         m.consumers
             .store(self.consumer_subs.len() as u64, Ordering::Relaxed);
+        // Every subscription of a persistent topic has a cursor (readers' too).
         let subs = match &self.log {
-            Some(log) => {
-                let mut names: HashSet<&str> =
-                    self.subscriptions.keys().map(String::as_str).collect();
-                let cursors = log.cursor_names();
-                names.extend(cursors.iter().map(String::as_str));
-                names.len()
-            }
+            Some(log) => log.cursor_count(),
             None => self.subscriptions.len(),
         };
         m.subscriptions.store(subs as u64, Ordering::Relaxed);
@@ -1212,9 +1212,14 @@ impl Topic {
     }
 }
 
-/// Answers a command that reached a topic that could not load.
-fn refuse(cmd: TopicCommand, e: &BrokerError) {
+/// Answers a command that reached a topic that could not load (or went away).
+pub(crate) fn refuse(cmd: TopicCommand, e: &BrokerError) {
     match cmd {
+        TopicCommand::Admin { reply, .. } => {
+            let _ = reply.send(Err(BrokerError::Metadata(format!(
+                "the topic is not available: {e}"
+            ))));
+        }
         TopicCommand::AddProducer(p) => p.conn.out.command(commands::broker_error(p.request_id, e)),
         TopicCommand::Subscribe { conn, command } => conn
             .out

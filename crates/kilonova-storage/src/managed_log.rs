@@ -527,6 +527,10 @@ impl ManagedLog {
         self.cursors.contains_key(name)
     }
 
+    pub fn cursor_count(&self) -> usize {
+        self.cursors.len()
+    }
+
     pub fn cursor_names(&self) -> Vec<String> {
         self.cursors.keys().cloned().collect()
     }
@@ -578,30 +582,34 @@ impl ManagedLog {
         Ok(out)
     }
 
-    /// The first `n` entries the cursor has not acknowledged, in order (what
-    /// an admin peeks at or skips).
-    pub fn unacked(&self, name: &str, n: usize) -> Result<Vec<Position>> {
+    /// The `n`-th (from 1) entry the cursor has not acknowledged, or the last
+    /// one if there are fewer, with how many were found (at most `n`). Walks
+    /// the acknowledged ranges without collecting anything.
+    pub fn nth_unacked(&self, name: &str, n: u64) -> Result<Option<(Position, u64)>> {
         let c = self.cursor(name)?;
         let mut p = self.normalize(c.floor);
-        let mut out = Vec::new();
-        while out.len() < n && self.is_readable(p) {
+        let mut found: Option<(Position, u64)> = None;
+        while found.map_or(0, |f| f.1) < n && self.is_readable(p) {
             if let Some((_, end)) = c.acked.range_containing(p) {
                 p = self.next(end);
                 continue;
             }
-            out.push(p);
+            found = Some((p, found.map_or(0, |f| f.1) + 1));
             p = self.next(p);
         }
-        Ok(out)
+        Ok(found)
     }
 
     /// Acknowledges the first `n` unacknowledged entries; returns how many there were.
-    pub fn skip(&mut self, name: &str, n: usize) -> Result<usize> {
-        let doomed = self.unacked(name, n)?;
-        for p in &doomed {
-            self.ack(name, *p)?;
+    pub fn skip(&mut self, name: &str, n: u64) -> Result<u64> {
+        match self.nth_unacked(name, n)? {
+            // Everything up to it is acknowledged or one of the skipped.
+            Some((p, count)) => {
+                self.ack_cumulative(name, p)?;
+                Ok(count)
+            }
+            None => Ok(0),
         }
-        Ok(doomed.len())
     }
 
     /// Whether the cursor has entries to read now.

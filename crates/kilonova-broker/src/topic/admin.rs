@@ -32,7 +32,7 @@ pub enum AdminRequest {
     },
     Skip {
         subscription: String,
-        count: usize,
+        count: u64,
     },
     ResetCursor {
         subscription: String,
@@ -46,7 +46,7 @@ pub enum AdminRequest {
     /// The `n`-th (from 1) unacknowledged entry of a subscription.
     Peek {
         subscription: String,
-        n: usize,
+        n: u64,
     },
     LastMessageId,
     /// Closes every client (they reconnect) and unloads.
@@ -182,6 +182,19 @@ pub struct LastMessageId {
     pub partition_index: i32,
 }
 
+/// A client-given position, refused if it lies past the log's end (a cursor
+/// there would skip every message still to come).
+fn within_log(log: &kilonova_storage::ManagedLog, p: Position) -> Result<Position, BrokerError> {
+    if p > log.end_position() {
+        return Err(BrokerError::Precondition(format!(
+            "position {} is past the end of the topic ({})",
+            pos(p),
+            pos(log.end_position())
+        )));
+    }
+    Ok(p)
+}
+
 fn pos(p: Position) -> String {
     format!("{}:{}", p.segment, p.entry)
 }
@@ -207,7 +220,7 @@ impl Topic {
                 let initial = match start {
                     ResetTo::Earliest => InitialPosition::Earliest,
                     ResetTo::Latest => InitialPosition::Latest,
-                    ResetTo::Position(p) => InitialPosition::At(p),
+                    ResetTo::Position(p) => InitialPosition::At(within_log(log, p)?),
                     ResetTo::PublishTime(ms) => {
                         InitialPosition::At(log.position_of_publish_time(ms)?)
                     }
@@ -234,7 +247,7 @@ impl Topic {
                 let log = self.persistent_log("reset-cursor")?;
                 let target = match to {
                     ResetTo::PublishTime(ms) => log.position_of_publish_time(ms)?,
-                    ResetTo::Position(p) => p,
+                    ResetTo::Position(p) => within_log(log, p)?,
                     ResetTo::Earliest => log.first_position(),
                     ResetTo::Latest => log.end_position(),
                 };
@@ -267,12 +280,9 @@ impl Topic {
             AdminRequest::Peek { subscription, n } => {
                 self.check_subscription(&subscription)?;
                 let log = self.persistent_log("peek")?;
-                let Some(p) = log
-                    .unacked(&subscription, n)?
-                    .get(n.wrapping_sub(1))
-                    .copied()
-                else {
-                    return Ok(AdminReply::Peeked(None));
+                let p = match log.nth_unacked(&subscription, n)? {
+                    Some((p, found)) if found == n => p,
+                    _ => return Ok(AdminReply::Peeked(None)),
                 };
                 let entry = log.read_entry(p)?;
                 let payload = frame::decode_payload(entry.data).map_err(|e| {
