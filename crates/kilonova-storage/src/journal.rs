@@ -59,7 +59,11 @@ pub(crate) enum Op {
         from_file: u32,
         data: Bytes,
     },
-    Shutdown,
+    /// Stop the writer; `checkpoint`: seal the active file first (a clean
+    /// close), or leave its tail for recovery to replay (a simulated crash).
+    Shutdown {
+        checkpoint: bool,
+    },
 }
 
 pub(crate) struct Request {
@@ -263,6 +267,7 @@ impl Writer {
         let max_bytes = self.shared.config.group_commit_max_bytes;
         let max_delay = Duration::from_micros(self.shared.config.group_commit_max_delay_us);
         let mut shutdown_ack = None;
+        let mut checkpoint = true;
         while let Some(first) = self.rx.blocking_recv() {
             let started = Instant::now();
             let mut bytes = first.payload_len();
@@ -279,10 +284,16 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Some(i) = batch.iter().position(|r| matches!(r.op, Op::Shutdown)) {
+            if let Some(i) = batch
+                .iter()
+                .position(|r| matches!(r.op, Op::Shutdown { .. }))
+            {
                 // Requests behind a shutdown are refused; the ones before it are served.
                 for r in batch.drain(i..) {
-                    if matches!(r.op, Op::Shutdown) {
+                    if let Op::Shutdown { checkpoint: c } = r.op {
+                        if shutdown_ack.is_none() {
+                            checkpoint = c;
+                        }
                         shutdown_ack.get_or_insert(r.done);
                     } else {
                         let _ = r.done.send(Err(StorageError::Closed));
@@ -304,7 +315,9 @@ impl Writer {
             let _ = r.done.send(Err(StorageError::Closed));
         }
         // A clean stop leaves a checkpoint that covers everything: restart replays nothing.
-        self.seal_active();
+        if checkpoint {
+            self.seal_active();
+        }
         drop(self.sync_tx.take());
         if let Some(t) = self.syncer.take() {
             let _ = t.join();
@@ -483,7 +496,7 @@ impl Writer {
                     from_file: *from_file,
                 }
             }
-            Op::Shutdown => Decision::Answer(0),
+            Op::Shutdown { .. } => Decision::Answer(0),
         })
     }
 

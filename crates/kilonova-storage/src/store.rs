@@ -519,6 +519,13 @@ impl SegmentStore {
         }
     }
 
+    /// Waits, at most `limit`, until every journal file sealed so far has its
+    /// checkpoint (its index is written): a reopen then loads those files'
+    /// indexes instead of replaying them.
+    pub fn wait_checkpointed(&self, limit: Duration) {
+        self.shared.seals.wait_caught_up(limit);
+    }
+
     /// Gives disk space back: removes sealed journal files that hold no live entry,
     /// and compacts sealed files whose live fraction is below
     /// `compaction_live_ratio` by moving their live entries to the active file.
@@ -668,11 +675,23 @@ impl SegmentStore {
     /// Stops the journal after everything already enqueued is durable, and writes a
     /// checkpoint so the next open replays nothing. Later calls fail with `Closed`.
     pub fn close(&self) -> Result<()> {
+        self.stop(true)
+    }
+
+    /// Stops the store the way a crash leaves it (no final checkpoint: the
+    /// active file's tail is replayed at the next open) but with every thread
+    /// joined, so nothing touches the directory afterwards. For tests that
+    /// crash a store in-process; a real crash is the child-process kill test.
+    pub fn abandon(&self) -> Result<()> {
+        self.stop(false)
+    }
+
+    fn stop(&self, checkpoint: bool) -> Result<()> {
         let (done, rx) = oneshot::channel();
         if self
             .tx
             .blocking_send(Request {
-                op: Op::Shutdown,
+                op: Op::Shutdown { checkpoint },
                 done,
             })
             .is_ok()

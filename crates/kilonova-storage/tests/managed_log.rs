@@ -288,7 +288,11 @@ async fn acks_not_yet_persisted_are_redelivered_after_a_crash_never_lost() {
         log.persist_cursors().unwrap();
         log.ack_cumulative("sub", ps[9]).unwrap(); // never persisted
         std::mem::forget(log); // crash: no close
-        std::mem::forget(e);
+        let store = e.store.clone();
+        tokio::task::spawn_blocking(move || store.abandon())
+            .await
+            .unwrap()
+            .unwrap();
     }
     let e = env(dir.path());
     let mut log = open(&e, 3, small_segments(), 0).await;

@@ -4,6 +4,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kilonova_storage::{SegmentStore, StorageError, StoreConfig};
@@ -235,7 +236,7 @@ fn write_and_abandon(dir: &Path, seg_entries: u64, len: usize) -> u64 {
     let store = SegmentStore::open(config(dir)).unwrap();
     let seg = store.create_segment_blocking().unwrap();
     fill(&store, seg, seg_entries, len);
-    std::mem::forget(store); // no close: the journal's tail stays un-checkpointed
+    store.abandon().unwrap(); // no close: the journal's tail stays un-checkpointed
     seg
 }
 
@@ -292,7 +293,7 @@ fn mid_file_corruption_is_reported_for_that_range_and_the_rest_stays_readable() 
                 .wait()
                 .unwrap();
         }
-        std::mem::forget(store);
+        store.abandon().unwrap();
     }
     let log = newest_log(dir.path());
     let rec = kilonova_storage::record::encoded_len(400) as u64;
@@ -344,6 +345,7 @@ fn corruption_after_a_checkpoint_is_caught_by_the_read_checksum() {
 
 #[test]
 fn recycled_journal_files_are_reused_and_their_stale_records_never_resurface() {
+    const FRESH: u64 = 2100;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.recycle_files = 8;
@@ -371,11 +373,13 @@ fn recycled_journal_files_are_reused_and_their_stale_records_never_resurface() {
         };
         let before = spares();
         assert_eq!(before as u64, report.files_recycled);
-        // New appends reuse the spares (full of the old segment's valid-looking records).
+        // New appends reuse the spares (full of the old segment's valid-looking
+        // records). ~3 MB: at least two rolls, so the writer has moved into a
+        // file prepared after the GC even if the one prepared before it was new.
         fresh = store.create_segment_blocking().unwrap();
-        fill(&store, fresh, 700, 1500);
+        fill(&store, fresh, FRESH, 1500);
         assert!(spares() < before, "no spare was reused");
-        std::mem::forget(store); // crash: the reused file's tail is replayed at open
+        store.abandon().unwrap(); // crash: the reused file's tail is replayed at open
     }
     let store = SegmentStore::open(cfg).unwrap();
     assert_eq!(
@@ -383,8 +387,8 @@ fn recycled_journal_files_are_reused_and_their_stale_records_never_resurface() {
         vec![fresh],
         "the deleted segment must not come back"
     );
-    assert_eq!(store.segment(fresh).unwrap().entries, 700);
-    for e in 0..700 {
+    assert_eq!(store.segment(fresh).unwrap().entries, FRESH);
+    for e in 0..FRESH {
         assert_eq!(store.read(fresh, e).unwrap(), payload(fresh, e, 1500));
     }
     store.close().unwrap();
@@ -399,15 +403,17 @@ fn recovery_replays_only_what_follows_the_last_checkpoint() {
         seg = store.create_segment_blocking().unwrap();
         fill(&store, seg, 4000, 2000); // ~8 MB: eight 1 MiB journal files
         assert!(store.stats().journal_files >= 8);
-        std::mem::forget(store); // crash: no final checkpoint
+        // The checkpointer seals in the background and may lag by several
+        // files on a busy machine; the property is about what it had written.
+        store.wait_checkpointed(Duration::from_secs(30));
+        store.abandon().unwrap(); // crash: no final checkpoint
     }
     let store = SegmentStore::open(config(dir.path())).unwrap();
     let stats = store.stats();
-    // The checkpointed files were loaded from their indexes. Scanned at most: the
-    // file the checkpointer was still sealing (it works in the background), the
-    // file being written, and the one prepared after it.
-    assert!(stats.recovery_replayed_files <= 3, "{stats:?}");
-    assert!(stats.recovery_replayed_bytes <= 3 << 20, "{stats:?}");
+    // The checkpointed files were loaded from their indexes. Scanned: the file
+    // being written and the one prepared after it.
+    assert!(stats.recovery_replayed_files <= 2, "{stats:?}");
+    assert!(stats.recovery_replayed_bytes <= 2 << 20, "{stats:?}");
     assert_eq!(store.segment(seg).unwrap().entries, 4000);
     for e in (0..4000).step_by(97) {
         assert_eq!(store.read(seg, e).unwrap(), payload(seg, e, 2000));
