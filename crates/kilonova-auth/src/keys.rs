@@ -1,0 +1,168 @@
+//! Where keys come from and what they are.
+//!
+//! A key value is written as Pulsar writes `tokenSecretKey` / `tokenPublicKey`:
+//! `file:///path`, `file:path`, `data:;base64,…` (or `data:,raw`), a path to an
+//! existing file, or else the key itself in base64. Public and private keys may
+//! be DER (what `pulsar tokens create-key-pair` and `kilonova tokens
+//! create-key-pair` write) or PEM; secret keys are the raw bytes.
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+
+use crate::error::KeyError;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The bytes a key value names.
+pub fn read_key(value: &str) -> Result<Vec<u8>, KeyError> {
+    let value = value.trim();
+    if let Some(rest) = value.strip_prefix("data:") {
+        let (meta, data) = rest
+            .split_once(',')
+            .ok_or_else(|| KeyError::Invalid("a data: key needs a ',' before its data".into()))?;
+        return if meta.split(';').any(|m| m == "base64") {
+            B64.decode(data.trim())
+                .map_err(|_| KeyError::Invalid("a data:;base64 key is not valid base64".into()))
+        } else {
+            Ok(data.as_bytes().to_vec())
+        };
+    }
+    let path = if let Some(p) = value.strip_prefix("file://") {
+        Some(p)
+    } else if let Some(p) = value.strip_prefix("file:") {
+        Some(p)
+    } else if std::path::Path::new(value).is_file() {
+        Some(value)
+    } else {
+        None
+    };
+    match path {
+        Some(p) => std::fs::read(p).map_err(|error| KeyError::Read {
+            path: p.to_owned(),
+            error,
+        }),
+        None => B64.decode(value).map_err(|_| {
+            KeyError::Invalid(
+                "a key is file:PATH, data:;base64,… or base64, and this is none of them".into(),
+            )
+        }),
+    }
+}
+
+/// The family of a public or private key, which fixes the algorithms it signs
+/// and verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFamily {
+    /// A shared secret: HS256, HS384, HS512.
+    Secret,
+    /// RS256, RS384, RS512, PS256, PS384, PS512.
+    Rsa,
+    /// ES256 (P-256) and ES384 (P-384).
+    Ec,
+    /// EdDSA (Ed25519).
+    Ed,
+}
+
+impl KeyFamily {
+    /// The algorithms a token signed with this family's keys may name.
+    pub fn algorithms(self) -> Vec<Algorithm> {
+        match self {
+            KeyFamily::Secret => vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+            KeyFamily::Rsa => vec![
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ],
+            KeyFamily::Ec => vec![Algorithm::ES256, Algorithm::ES384],
+            KeyFamily::Ed => vec![Algorithm::EdDSA],
+        }
+    }
+}
+
+/// PEM text for DER bytes (so one parser serves both encodings).
+fn as_pem(bytes: &[u8], label: &str) -> Vec<u8> {
+    if bytes.starts_with(b"-----BEGIN") {
+        return bytes.to_vec();
+    }
+    let b64 = B64.encode(bytes);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem.into_bytes()
+}
+
+/// A public key (X.509 SubjectPublicKeyInfo, DER or PEM; PKCS#1 `RSA PUBLIC
+/// KEY` PEM too) for verifying tokens.
+pub fn decoding_key(bytes: &[u8]) -> Result<(DecodingKey, KeyFamily), KeyError> {
+    let pem = as_pem(bytes, "PUBLIC KEY");
+    if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+        return Ok((k, KeyFamily::Rsa));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+        return Ok((k, KeyFamily::Ec));
+    }
+    if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
+        return Ok((k, KeyFamily::Ed));
+    }
+    Err(KeyError::Invalid(
+        "not an RSA, EC or Ed25519 public key (DER or PEM)".into(),
+    ))
+}
+
+/// A private key (PKCS#8, DER or PEM; PKCS#1 `RSA PRIVATE KEY` PEM too) for
+/// signing tokens.
+pub fn encoding_key(bytes: &[u8]) -> Result<(EncodingKey, KeyFamily), KeyError> {
+    let pem = as_pem(bytes, "PRIVATE KEY");
+    if let Ok(k) = EncodingKey::from_rsa_pem(&pem) {
+        return Ok((k, KeyFamily::Rsa));
+    }
+    if let Ok(k) = EncodingKey::from_ec_pem(&pem) {
+        return Ok((k, KeyFamily::Ec));
+    }
+    if let Ok(k) = EncodingKey::from_ed_pem(&pem) {
+        return Ok((k, KeyFamily::Ed));
+    }
+    Err(KeyError::Invalid(
+        "not an RSA, EC or Ed25519 private key (PKCS#8 DER or PEM)".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_are_read_from_data_urls_files_and_base64() {
+        assert_eq!(read_key("data:;base64,AAEC").unwrap(), vec![0, 1, 2]);
+        assert_eq!(read_key("data:base64,AAEC").unwrap(), vec![0, 1, 2]);
+        assert_eq!(read_key("data:,abc").unwrap(), b"abc".to_vec());
+        assert_eq!(read_key("AAEC").unwrap(), vec![0, 1, 2]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, [9, 8, 7]).unwrap();
+        let p = path.display().to_string();
+        assert_eq!(read_key(&format!("file://{p}")).unwrap(), vec![9, 8, 7]);
+        assert_eq!(read_key(&format!("file:{p}")).unwrap(), vec![9, 8, 7]);
+        assert_eq!(read_key(&p).unwrap(), vec![9, 8, 7]);
+    }
+
+    #[test]
+    fn bad_key_values_are_errors_that_do_not_echo_the_value() {
+        let e = read_key("data:;base64,!!not-base64!!")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("not-base64"), "{e}");
+        let e = read_key("file:/nonexistent/kilonova.key").unwrap_err();
+        assert!(matches!(e, KeyError::Read { .. }));
+        assert!(read_key("data:no-comma").is_err());
+        assert!(read_key("%%%").is_err());
+        assert!(decoding_key(b"garbage").is_err());
+        assert!(encoding_key(b"garbage").is_err());
+    }
+}

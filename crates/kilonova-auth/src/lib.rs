@@ -1,0 +1,29 @@
+//! Kilonova's security layer, shared by every edge (Pulsar protocol, admin
+//! HTTP, later Kafka):
+//! - **authentication**: JWT tokens as Pulsar's token provider issues and
+//!   checks them ([`TokenAuthenticator`]), with keys loaded from `file:` or
+//!   `data:` values ([`keys`]); token and key creation for `kilonova tokens`
+//!   ([`issue`]);
+//! - **authorization**: super-users, tenant admins and per-role permissions on
+//!   namespaces and topics, decided by a pure function ([`authz`]);
+//! - **TLS**: the rustls server configuration of the TLS ports ([`tls`]).
+//!
+//! It does no network I/O and never logs or prints a key or a token: values
+//! that hold one are [`Secret`]s, whose `Debug` masks them.
+
+pub mod authz;
+pub mod config;
+mod error;
+pub mod issue;
+pub mod keys;
+mod secret;
+mod security;
+pub mod tls;
+mod token;
+
+pub use authz::{Authorizer, Need, Want};
+pub use config::AuthConfig;
+pub use error::{AuthError, KeyError};
+pub use secret::Secret;
+pub use security::Security;
+pub use token::{Principal, TokenAuthenticator, TOKEN_METHOD};

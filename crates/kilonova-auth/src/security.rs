@@ -1,0 +1,113 @@
+//! What an edge needs to check a client: the authenticator (if
+//! authentication is on), the authorizer, and how expiring credentials are
+//! handled. Built once from [`AuthConfig`] at start.
+
+use std::time::Duration;
+
+use crate::authz::Authorizer;
+use crate::config::AuthConfig;
+use crate::error::{AuthError, KeyError};
+use crate::token::{Principal, TokenAuthenticator, TOKEN_METHOD};
+
+#[derive(Debug, Default)]
+pub struct Security {
+    authenticator: Option<TokenAuthenticator>,
+    authorizer: Authorizer,
+    anonymous_role: Option<String>,
+    refresh_check: Duration,
+    authenticate_metrics: bool,
+}
+
+impl Security {
+    /// No authentication and no authorization: every client may do everything.
+    pub fn open() -> Self {
+        Security {
+            refresh_check: Duration::from_secs(60),
+            ..Security::default()
+        }
+    }
+
+    pub fn from_config(c: &AuthConfig) -> Result<Self, KeyError> {
+        if c.authorization_enabled && !c.authentication_enabled {
+            return Err(KeyError::Config(
+                "authorization_enabled needs authentication_enabled (roles come from tokens)"
+                    .into(),
+            ));
+        }
+        let authenticator = if c.authentication_enabled {
+            Some(TokenAuthenticator::from_config(c)?)
+        } else {
+            None
+        };
+        Ok(Security {
+            authenticator,
+            authorizer: Authorizer::new(c.authorization_enabled, c.super_user_roles.clone()),
+            anonymous_role: c.anonymous_user_role.clone(),
+            refresh_check: Duration::from_secs(c.auth_refresh_check_secs.max(1)),
+            authenticate_metrics: c.authenticate_metrics_endpoint,
+        })
+    }
+
+    /// Whether clients must authenticate.
+    pub fn authentication_enabled(&self) -> bool {
+        self.authenticator.is_some()
+    }
+
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
+    }
+
+    /// How often connections check their credentials' expiry.
+    pub fn refresh_check(&self) -> Duration {
+        self.refresh_check
+    }
+
+    pub fn authenticate_metrics(&self) -> bool {
+        self.authenticate_metrics
+    }
+
+    /// Who presents `data` with `method` (`None`: no credentials). With
+    /// authentication off, `Ok(None)`: nobody in particular, allowed
+    /// everything.
+    pub fn authenticate(
+        &self,
+        method: Option<&str>,
+        data: Option<&[u8]>,
+    ) -> Result<Option<Principal>, AuthError> {
+        let Some(auth) = &self.authenticator else {
+            return Ok(None);
+        };
+        let method = method.filter(|m| !m.is_empty() && *m != "none");
+        let data = data.filter(|d| !d.is_empty());
+        match (method, data) {
+            (None, None) => match &self.anonymous_role {
+                Some(role) => Ok(Some(Principal {
+                    role: role.clone(),
+                    expires_at_secs: None,
+                })),
+                None => Err(AuthError::Missing),
+            },
+            (Some(m), _) if m != TOKEN_METHOD => Err(AuthError::UnsupportedMethod(m.to_owned())),
+            (_, None) => Err(AuthError::Missing),
+            (_, Some(d)) => {
+                let token = std::str::from_utf8(d).map_err(|_| AuthError::Malformed)?;
+                auth.authenticate(token).map(Some)
+            }
+        }
+    }
+
+    /// Whether `principal` may do `need` (see [`Authorizer::allows`]); with
+    /// authentication off (`None`), yes.
+    pub fn allows(
+        &self,
+        principal: Option<&Principal>,
+        need: crate::Need<'_>,
+        tenant: Option<&kilonova_metadata::policies::TenantInfo>,
+        auth: Option<&kilonova_metadata::policies::AuthPolicies>,
+    ) -> bool {
+        match principal {
+            Some(p) => self.authorizer.allows(&p.role, need, tenant, auth),
+            None => !self.authentication_enabled(),
+        }
+    }
+}
