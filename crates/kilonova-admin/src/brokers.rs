@@ -8,20 +8,25 @@ use axum::Json;
 
 use kilonova_broker::Broker;
 
-use crate::api::Api;
+use crate::api::{Access, Api};
 use crate::error::{ApiError, ApiResult};
 
 pub fn routes(api: Api) -> Api {
     api.route(
         "/admin/v2/brokers/health",
         get(health),
-        &[("GET", "Health check: 200 `ok` while the broker serves")],
+        &[(
+            "GET",
+            Access::SuperUser,
+            "Health check: 200 `ok` while the broker serves",
+        )],
     )
     .route(
         "/admin/v2/brokers/{cluster}",
         get(list),
         &[(
             "GET",
+            Access::SuperUser,
             "The cluster's active brokers (host:port of their HTTP service)",
         )],
     )

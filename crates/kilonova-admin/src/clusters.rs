@@ -9,23 +9,31 @@ use axum::Json;
 use kilonova_broker::Broker;
 use kilonova_metadata::policies::ClusterData;
 
-use crate::api::Api;
+use crate::api::{Access, Api};
 use crate::error::{json_body, ApiResult};
 
 pub fn routes(api: Api) -> Api {
     api.route(
         "/admin/v2/clusters",
         get(list),
-        &[("GET", "List the clusters")],
+        &[("GET", Access::Authenticated, "List the clusters")],
     )
     .route(
         "/admin/v2/clusters/{cluster}",
         get(get_one).put(create).post(update).delete(delete),
         &[
-            ("GET", "Get a cluster's service URLs"),
-            ("PUT", "Create a cluster (409 if it exists)"),
-            ("POST", "Update a cluster"),
-            ("DELETE", "Delete a cluster (412 while a tenant allows it)"),
+            ("GET", Access::SuperUser, "Get a cluster's service URLs"),
+            (
+                "PUT",
+                Access::SuperUser,
+                "Create a cluster (409 if it exists)",
+            ),
+            ("POST", Access::SuperUser, "Update a cluster"),
+            (
+                "DELETE",
+                Access::SuperUser,
+                "Delete a cluster (412 while a tenant allows it)",
+            ),
         ],
     )
 }

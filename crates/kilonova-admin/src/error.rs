@@ -61,6 +61,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
             BrokerError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::Authentication(_) => StatusCode::UNAUTHORIZED,
+            BrokerError::Authorization(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())

@@ -12,7 +12,9 @@ pub mod api;
 mod brokers;
 mod clusters;
 mod error;
+pub mod https;
 mod namespaces;
+mod permissions;
 mod policies;
 mod tenants;
 mod topics;
@@ -25,7 +27,7 @@ use axum::Json;
 
 use kilonova_broker::Broker;
 
-pub use api::{openapi, Api, Operation};
+pub use api::{openapi, Access, Api, Operation};
 pub use error::ApiError;
 
 /// Every admin route, with its documentation.
@@ -37,10 +39,15 @@ pub fn api() -> Api {
     let api = namespaces::routes(api);
     let api = policies::routes(api);
     let api = topics::routes(api);
+    let api = permissions::routes(api);
     api.route(
         "/metrics",
         get(metrics),
-        &[("GET", "Prometheus metrics (text format 0.0.4)")],
+        &[(
+            "GET",
+            Access::Metrics,
+            "Prometheus metrics (text format 0.0.4)",
+        )],
     )
 }
 
@@ -51,10 +58,13 @@ pub fn router(broker: Broker) -> axum::Router {
     router
         .route(
             "/admin/v2/openapi.json",
-            get(move || {
-                let doc = doc.clone();
-                async move { Json(doc) }
-            }),
+            api::guarded(
+                get(move || {
+                    let doc = doc.clone();
+                    async move { Json(doc) }
+                }),
+                vec![("GET", Access::Authenticated)],
+            ),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -63,6 +73,9 @@ pub fn router(broker: Broker) -> axum::Router {
                 "method not allowed on this route",
             )
         })
+        // The access checks find the broker here (they run as route layers,
+        // before the state is attached).
+        .layer(axum::Extension(broker.clone()))
         .with_state(broker)
 }
 

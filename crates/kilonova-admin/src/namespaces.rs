@@ -15,7 +15,7 @@ use kilonova_broker::Broker;
 use kilonova_metadata::policies::{self as p, BacklogQuota, Policies};
 use kilonova_metadata::{Domain, NamespaceName};
 
-use crate::api::Api;
+use crate::api::{Access, Api};
 use crate::error::{json_body, ApiError, ApiResult};
 use crate::topics::delete_topic_everywhere;
 
@@ -23,36 +23,36 @@ pub fn routes(api: Api) -> Api {
     api.route(
         "/admin/v2/namespaces/{tenant}",
         get(list),
-        &[("GET", "List the tenant's namespaces")],
+        &[("GET", Access::TenantAdmin, "List the tenant's namespaces")],
     )
     .route(
         "/admin/v2/namespaces/{tenant}/{namespace}",
         get(policies).put(create).delete(delete),
         &[
-            ("GET", "Get the namespace's policies"),
-            ("PUT", "Create a namespace; body: optional policies, e.g. {\"bundles\":{\"numBundles\":64}}"),
-            ("DELETE", "Delete a namespace (412 while it has topics; ?force=true deletes them)"),
+            ("GET", Access::TenantAdmin, "Get the namespace's policies"),
+            ("PUT", Access::TenantAdmin, "Create a namespace; body: optional policies, e.g. {\"bundles\":{\"numBundles\":64}}"),
+            ("DELETE", Access::TenantAdmin, "Delete a namespace (412 while it has topics; ?force=true deletes them)"),
         ],
     )
     .route(
         "/admin/v2/namespaces/{tenant}/{namespace}/replication",
         get(get_replication).post(set_replication),
         &[
-            ("GET", "Get the namespace's replication clusters"),
-            ("POST", "Set the namespace's replication clusters (each must exist)"),
+            ("GET", Access::TenantAdmin, "Get the namespace's replication clusters"),
+            ("POST", Access::TenantAdmin, "Set the namespace's replication clusters (each must exist)"),
         ],
     )
     .route(
         "/admin/v2/namespaces/{tenant}/{namespace}/backlogQuotaMap",
         get(get_backlog_quotas),
-        &[("GET", "Get the namespace's backlog quotas by type")],
+        &[("GET", Access::TenantAdmin, "Get the namespace's backlog quotas by type")],
     )
     .route(
         "/admin/v2/namespaces/{tenant}/{namespace}/backlogQuota",
         post(set_backlog_quota).delete(remove_backlog_quota),
         &[
-            ("POST", "Set a backlog quota (?backlogQuotaType=destination_storage|message_age)"),
-            ("DELETE", "Remove a backlog quota (?backlogQuotaType=…)"),
+            ("POST", Access::TenantAdmin, "Set a backlog quota (?backlogQuotaType=destination_storage|message_age)"),
+            ("DELETE", Access::TenantAdmin, "Remove a backlog quota (?backlogQuotaType=…)"),
         ],
     )
 }

@@ -16,7 +16,7 @@ use kilonova_broker::Broker;
 use kilonova_metadata::policies::{self as p, Policies, TopicPolicies};
 use kilonova_metadata::{MetadataError, NamespaceName};
 
-use crate::api::Api;
+use crate::api::{Access, Api};
 use crate::error::{json_body, ApiResult};
 use crate::topics::{topic_name, TopicPath};
 
@@ -200,7 +200,7 @@ where
                 .await?;
             ApiResult::Ok(StatusCode::NO_CONTENT)
         }),
-        &[("GET", &get_doc), ("POST", &set_doc), ("DELETE", &del_doc)],
+        &[("GET", Access::TenantAdmin, &get_doc), ("POST", Access::TenantAdmin, &set_doc), ("DELETE", Access::TenantAdmin, &del_doc)],
     )
 }
 
@@ -262,7 +262,11 @@ where
                 ApiResult::Ok(StatusCode::NO_CONTENT)
             },
         ),
-        &[("GET", &get_doc), ("POST", &set_doc), ("DELETE", &del_doc)],
+        &[
+            ("GET", Access::TenantAdmin, &get_doc),
+            ("POST", Access::TenantAdmin, &set_doc),
+            ("DELETE", Access::TenantAdmin, &del_doc),
+        ],
     )
 }
 

@@ -9,26 +9,35 @@ use axum::Json;
 use kilonova_broker::Broker;
 use kilonova_metadata::policies::TenantInfo;
 
-use crate::api::Api;
+use crate::api::{Access, Api};
 use crate::error::{json_body, ApiResult};
 
 pub fn routes(api: Api) -> Api {
     api.route(
         "/admin/v2/tenants",
         get(list),
-        &[("GET", "List the tenants")],
+        &[("GET", Access::SuperUser, "List the tenants")],
     )
     .route(
         "/admin/v2/tenants/{tenant}",
         get(get_one).put(create).post(update).delete(delete),
         &[
-            ("GET", "Get a tenant's admin roles and allowed clusters"),
+            (
+                "GET",
+                Access::TenantAdmin,
+                "Get a tenant's admin roles and allowed clusters",
+            ),
             (
                 "PUT",
+                Access::SuperUser,
                 "Create a tenant (409 if it exists, 412 for an unknown cluster)",
             ),
-            ("POST", "Update a tenant"),
-            ("DELETE", "Delete a tenant (412 while it has namespaces)"),
+            ("POST", Access::SuperUser, "Update a tenant"),
+            (
+                "DELETE",
+                Access::SuperUser,
+                "Delete a tenant (412 while it has namespaces)",
+            ),
         ],
     )
 }

@@ -16,16 +16,17 @@ use kilonova_broker::{AdminReply, AdminRequest, Broker, ResetTo};
 use kilonova_metadata::{Domain, NamespaceName, TopicName};
 use kilonova_storage::Position;
 
-use crate::api::Api;
+use crate::api::{Access, Api};
 use crate::error::{json_body, ApiError, ApiResult};
 use crate::namespaces::Force;
+use kilonova_auth::Want;
 
 #[derive(Deserialize)]
 pub struct TopicPath {
-    domain: String,
-    tenant: String,
-    namespace: String,
-    topic: String,
+    pub domain: String,
+    pub tenant: String,
+    pub namespace: String,
+    pub topic: String,
 }
 
 #[derive(Deserialize)]
@@ -80,19 +81,19 @@ pub fn routes(api: Api) -> Api {
     api.route(
         "/admin/v2/{domain}/{tenant}/{namespace}",
         get(list),
-        &[("GET", "List the namespace's topics (partitions of partitioned topics included); ?limit=N&after=NAME pages through them")],
+        &[("GET", Access::Namespace(Want::Lookup), "List the namespace's topics (partitions of partitioned topics included); ?limit=N&after=NAME pages through them")],
     )
     .route(
         "/admin/v2/{domain}/{tenant}/{namespace}/partitioned",
         get(list_partitioned),
-        &[("GET", "List the namespace's partitioned topics")],
+        &[("GET", Access::Namespace(Want::Lookup), "List the namespace's partitioned topics")],
     )
     .route(
         T,
         put(create).delete(delete),
         &[
-            ("PUT", "Create a non-partitioned topic (409 if it exists)"),
-            ("DELETE", "Delete a topic and its data (412 with connected clients unless ?force=true)"),
+            ("PUT", Access::TenantAdmin, "Create a non-partitioned topic (409 if it exists)"),
+            ("DELETE", Access::TenantAdmin, "Delete a topic and its data (412 with connected clients unless ?force=true)"),
         ],
     )
     .route(
@@ -102,55 +103,55 @@ pub fn routes(api: Api) -> Api {
             .post(update_partitions)
             .delete(delete_partitioned),
         &[
-            ("GET", "Partitioned-topic metadata: {\"partitions\": N} (0: not partitioned)"),
-            ("PUT", "Create a partitioned topic; body: the partition count"),
-            ("POST", "Grow a partitioned topic; body: the new partition count"),
-            ("DELETE", "Delete a partitioned topic and all its partitions (?force=true)"),
+            ("GET", Access::Topic(Want::Lookup), "Partitioned-topic metadata: {\"partitions\": N} (0: not partitioned)"),
+            ("PUT", Access::TenantAdmin, "Create a partitioned topic; body: the partition count"),
+            ("POST", Access::TenantAdmin, "Grow a partitioned topic; body: the new partition count"),
+            ("DELETE", Access::TenantAdmin, "Delete a partitioned topic and all its partitions (?force=true)"),
         ],
     )
-    .route(&format!("{T}/stats"), get(stats), &[("GET", "Topic stats: rates, counters, storage, publishers, subscriptions")])
+    .route(&format!("{T}/stats"), get(stats), &[("GET", Access::Topic(Want::Lookup), "Topic stats: rates, counters, storage, publishers, subscriptions")])
     .route(
         &format!("{T}/partitioned-stats"),
         get(partitioned_stats),
-        &[("GET", "Stats of a partitioned topic, summed over its partitions, with each partition's")],
+        &[("GET", Access::Topic(Want::Lookup), "Stats of a partitioned topic, summed over its partitions, with each partition's")],
     )
-    .route(&format!("{T}/internalStats"), get(internal_stats), &[("GET", "Storage view: ledgers (segments) and cursors")])
-    .route(&format!("{T}/unload"), put(unload), &[("PUT", "Unload the topic (clients reconnect)")])
-    .route(&format!("{T}/subscriptions"), get(subscriptions), &[("GET", "List the topic's subscriptions")])
-    .route(&format!("{T}/lastMessageId"), get(last_message_id), &[("GET", "The last message's id {ledgerId, entryId}")])
+    .route(&format!("{T}/internalStats"), get(internal_stats), &[("GET", Access::Topic(Want::Lookup), "Storage view: ledgers (segments) and cursors")])
+    .route(&format!("{T}/unload"), put(unload), &[("PUT", Access::TenantAdmin, "Unload the topic (clients reconnect)")])
+    .route(&format!("{T}/subscriptions"), get(subscriptions), &[("GET", Access::Topic(Want::Consume), "List the topic's subscriptions")])
+    .route(&format!("{T}/lastMessageId"), get(last_message_id), &[("GET", Access::Topic(Want::Consume), "The last message's id {ledgerId, entryId}")])
     .route(
         S,
         put(create_subscription).delete(delete_subscription),
         &[
-            ("PUT", "Create a durable subscription; body: optional MessageId to start at (default: the end)"),
-            ("DELETE", "Delete a subscription (412 with connected consumers unless ?force=true)"),
+            ("PUT", Access::Topic(Want::Consume), "Create a durable subscription; body: optional MessageId to start at (default: the end)"),
+            ("DELETE", Access::Topic(Want::Consume), "Delete a subscription (412 with connected consumers unless ?force=true)"),
         ],
     )
-    .route(&format!("{S}/skip/{{count}}"), post(skip), &[("POST", "Acknowledge the subscription's next N messages")])
+    .route(&format!("{S}/skip/{{count}}"), post(skip), &[("POST", Access::Topic(Want::Consume), "Acknowledge the subscription's next N messages")])
     .route(
         &format!("{S}/resetcursor/{{timestamp}}"),
         post(reset_to_time),
-        &[("POST", "Move the subscription to the first message published at or after a time (ms)")],
+        &[("POST", Access::Topic(Want::Consume), "Move the subscription to the first message published at or after a time (ms)")],
     )
     .route(
         &format!("{S}/resetcursor"),
         post(reset_to_id),
-        &[("POST", "Move the subscription to a message id; body: {ledgerId, entryId}")],
+        &[("POST", Access::Topic(Want::Consume), "Move the subscription to a message id; body: {ledgerId, entryId}")],
     )
     .route(
         &format!("{S}/expireMessages/{{seconds}}"),
         post(expire),
-        &[("POST", "Acknowledge the subscription's messages older than N seconds")],
+        &[("POST", Access::Topic(Want::Consume), "Acknowledge the subscription's messages older than N seconds")],
     )
     .route(
         &format!("{T}/all_subscription/expireMessages/{{seconds}}"),
         post(expire_all),
-        &[("POST", "Acknowledge every subscription's messages older than N seconds")],
+        &[("POST", Access::Topic(Want::Consume), "Acknowledge every subscription's messages older than N seconds")],
     )
     .route(
         &format!("{S}/position/{{n}}"),
         get(peek),
-        &[("GET", "Peek at the subscription's N-th unacknowledged message (from 1): the payload, with X-Pulsar-* headers")],
+        &[("GET", Access::Topic(Want::Consume), "Peek at the subscription's N-th unacknowledged message (from 1): the payload, with X-Pulsar-* headers")],
     )
 }
 

@@ -22,6 +22,13 @@ pub fn generate_secret_key() -> Result<Vec<u8>, KeyError> {
     Ok(key)
 }
 
+/// A key as standard base64 text, as `create-secret-key --base64` writes it;
+/// a key value (`data:;base64,TEXT` or the bare text) reads it back.
+pub fn base64_text(key: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
 /// The key pair kinds `create-key-pair` makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyPairAlgorithm {
@@ -222,6 +229,17 @@ mod tests {
         for bad in ["", "y", "1x", "-1d", "1.5h", "99999999999999999999y"] {
             assert!(parse_relative_time(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn base64_text_reads_back_as_the_same_key() {
+        let secret = generate_secret_key().unwrap();
+        let text = base64_text(&secret);
+        assert_eq!(keys::read_key(&text).unwrap(), secret);
+        assert_eq!(
+            keys::read_key(&format!("data:;base64,{text}")).unwrap(),
+            secret
+        );
     }
 
     #[test]

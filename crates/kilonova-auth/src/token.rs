@@ -160,7 +160,8 @@ fn numeric_date(v: &Value) -> Option<u64> {
         .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
-pub(crate) fn now_secs() -> u64 {
+/// The wall clock in seconds since the epoch (what JWT expiry is measured in).
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

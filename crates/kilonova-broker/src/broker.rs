@@ -11,7 +11,8 @@ use kilonova_storage::{
     EntryCache, ManagedLog, ManagedLogConfig, Retention, SegmentStore, StateStore, StorageError,
 };
 
-use kilonova_metadata::{Resources, SchemaOutcome, TopicRecord};
+use kilonova_auth::{Need, Principal, Security, Want};
+use kilonova_metadata::{NamespaceName, Resources, SchemaOutcome, TopicRecord};
 use kilonova_pulsar_protocol::proto::Schema;
 
 use crate::config::BrokerConfig;
@@ -27,10 +28,11 @@ struct Inner {
     state: Arc<dyn StateStore>,
     cache: Arc<EntryCache>,
     resources: Resources,
+    security: Security,
     metrics: MetricsRegistry,
     topics: Mutex<TopicMap>,
-    /// `pulsar://host:port` clients are told to connect to (LOOKUP).
-    service_url: String,
+    /// Where clients are told to connect (LOOKUP).
+    urls: ServiceUrls,
     shutting_down: AtomicBool,
     next_producer: AtomicU64,
     next_connection: AtomicU64,
@@ -75,6 +77,42 @@ impl Drop for Closing {
     }
 }
 
+fn want(w: Want) -> &'static str {
+    match w {
+        Want::Produce => "produce",
+        Want::Consume => "consume",
+        Want::Lookup => "look up topics",
+    }
+}
+
+fn ns_name(ns: Option<&NamespaceName>) -> String {
+    ns.map_or_else(|| "?".into(), |n| n.to_string())
+}
+
+fn tenant_name_of(tenant: Option<&str>, ns: Option<&NamespaceName>) -> String {
+    tenant
+        .map(str::to_owned)
+        .or_else(|| ns.map(|n| n.tenant.clone()))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The URLs LOOKUP answers with: `pulsar://host:port` and, with TLS,
+/// `pulsar+ssl://host:port` (at least one).
+#[derive(Clone, Debug, Default)]
+pub struct ServiceUrls {
+    pub plain: Option<String>,
+    pub tls: Option<String>,
+}
+
+impl From<String> for ServiceUrls {
+    fn from(plain: String) -> Self {
+        ServiceUrls {
+            plain: Some(plain),
+            tls: None,
+        }
+    }
+}
+
 /// The broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -83,14 +121,16 @@ pub struct Broker {
 
 impl Broker {
     /// A broker over an open segment store, state store (the logs' small state)
-    /// and metadata resources. `service_url` is what LOOKUP answers
-    /// (`pulsar://127.0.0.1:6650`).
+    /// and metadata resources. `urls` are what LOOKUP answers
+    /// (`pulsar://127.0.0.1:6650`); `security` authenticates and authorizes
+    /// clients of every edge ([`Security::open`]: nobody is checked).
     pub fn new(
         config: BrokerConfig,
         store: SegmentStore,
         state: Arc<dyn StateStore>,
         resources: Resources,
-        service_url: String,
+        urls: impl Into<ServiceUrls>,
+        security: Security,
     ) -> Result<Self, BrokerError> {
         let cache = Arc::new(EntryCache::new(config.entry_cache_bytes));
         Ok(Broker {
@@ -100,9 +140,10 @@ impl Broker {
                 state,
                 cache,
                 resources,
+                security,
                 metrics: MetricsRegistry::default(),
                 topics: Mutex::new(TopicMap::default()),
-                service_url,
+                urls: urls.into(),
                 shutting_down: AtomicBool::new(false),
                 next_producer: AtomicU64::new(0),
                 next_connection: AtomicU64::new(1),
@@ -117,6 +158,75 @@ impl Broker {
 
     pub fn resources(&self) -> &Resources {
         &self.inner.resources
+    }
+
+    pub fn security(&self) -> &Security {
+        &self.inner.security
+    }
+
+    /// Who presents these credentials (`None` with authentication off).
+    pub fn authenticate(
+        &self,
+        method: Option<&str>,
+        data: Option<&[u8]>,
+    ) -> Result<Option<Principal>, BrokerError> {
+        let result = self.inner.security.authenticate(method, data);
+        self.inner.metrics.count_authentication(result.is_ok());
+        Ok(result?)
+    }
+
+    /// Whether `principal` may do what `need` says in `tenant` (and, for
+    /// namespace and topic needs, namespace `ns`): reads the tenant's and the
+    /// namespace's records only when the decision depends on them.
+    pub async fn authorize(
+        &self,
+        principal: Option<&Principal>,
+        need: Need<'_>,
+        tenant: Option<&str>,
+        ns: Option<&NamespaceName>,
+    ) -> Result<(), BrokerError> {
+        let security = &self.inner.security;
+        if !security.authentication_enabled() {
+            return Ok(());
+        }
+        let Some(p) = principal else {
+            return Err(kilonova_auth::AuthError::Missing.into());
+        };
+        let authz = security.authorizer();
+        let cheap = !authz.enabled() || authz.is_super_user(&p.role);
+        let allowed = cheap || {
+            let tenant_name = tenant.or(ns.map(|n| n.tenant.as_str()));
+            let tenant_info = match tenant_name.filter(|_| need.reads_tenant()) {
+                Some(t) => self.resources().tenant(t).await.ok(),
+                None => None,
+            };
+            let policies = match ns.filter(|_| need.reads_namespace()) {
+                Some(n) => self.resources().namespace(n).await.ok(),
+                None => None,
+            };
+            security.allows(
+                Some(p),
+                need,
+                tenant_info.as_ref(),
+                policies.as_ref().map(|p| &p.auth_policies),
+            )
+        };
+        self.inner.metrics.count_authorization(allowed);
+        if allowed {
+            return Ok(());
+        }
+        let what = match need {
+            Need::Authenticated => "do this".to_string(),
+            Need::SuperUser => "do this (super-users only)".to_string(),
+            Need::TenantAdmin => format!("administer tenant {}", tenant_name_of(tenant, ns)),
+            Need::Namespace(w) => format!("{} in namespace {}", want(w), ns_name(ns)),
+            Need::Topic(t, w) => format!("{} on {t}", want(w)),
+        };
+        tracing::debug!(role = %p.role, %what, "authorization refused");
+        Err(BrokerError::Authorization(format!(
+            "role {} is not authorized to {what}",
+            p.role
+        )))
     }
 
     pub fn metrics(&self) -> &MetricsRegistry {
@@ -182,8 +292,8 @@ impl Broker {
         answer.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
-    pub fn service_url(&self) -> &str {
-        &self.inner.service_url
+    pub fn service_urls(&self) -> &ServiceUrls {
+        &self.inner.urls
     }
 
     pub fn is_shutting_down(&self) -> bool {

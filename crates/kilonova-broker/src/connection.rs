@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -23,10 +22,11 @@ use kilonova_pulsar_protocol::frame::{self, Frame};
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, command_get_topics_of_namespace::Mode,
     command_lookup_topic_response::LookupType, command_partitioned_topic_metadata_response,
-    CommandConnected, CommandConsumerStatsResponse, CommandGetOrCreateSchemaResponse,
-    CommandGetSchemaResponse, CommandGetTopicsOfNamespaceResponse, CommandHealthCheckResponse,
-    CommandLookupTopicResponse, CommandNewTxnResponse, CommandPartitionedTopicMetadataResponse,
-    CommandPong, CommandTcClientConnectResponse, KeyValue, Schema, ServerError,
+    AuthData, CommandAuthChallenge, CommandConnected, CommandConsumerStatsResponse,
+    CommandGetOrCreateSchemaResponse, CommandGetSchemaResponse,
+    CommandGetTopicsOfNamespaceResponse, CommandHealthCheckResponse, CommandLookupTopicResponse,
+    CommandNewTxnResponse, CommandPartitionedTopicMetadataResponse, CommandPong,
+    CommandTcClientConnectResponse, KeyValue, Schema, ServerError,
 };
 
 use crate::broker::Broker;
@@ -36,7 +36,9 @@ use crate::outbound::{Out, Outbound};
 use crate::subscription::ConsumerKey;
 use crate::topic::{self, ConnCtx, NewProducer, TopicCommand, TopicHandle};
 use crate::topic_name::{Domain, TopicName};
+use kilonova_auth::{Need, Principal, Want, TOKEN_METHOD};
 use kilonova_metadata::SchemaOutcome;
+use tokio_rustls::rustls;
 
 /// The newest protocol version we speak (v19: the `.proto` we compile).
 const PROTOCOL_VERSION: i32 = 19;
@@ -46,6 +48,10 @@ const READ_CHUNK_BYTES: usize = 8 << 10;
 /// The writer sends up to this much per vectored write.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 const MAX_IO_SLICES: usize = 64;
+
+/// Request id of errors that answer no request (a refused CONNECT), as Pulsar
+/// sends them (-1).
+const NO_REQUEST: u64 = u64::MAX;
 
 /// Why the connection ends.
 enum End {
@@ -61,20 +67,63 @@ struct Connection {
     peer: SocketAddr,
     out: Outbound,
     connected: bool,
+    /// Who the client proved to be (`None` with authentication off).
+    principal: Option<Principal>,
+    /// An AUTH_CHALLENGE went out and no valid AUTH_RESPONSE came back yet.
+    challenged: bool,
+    protocol_version: i32,
     wants_entry_metadata: bool,
     producers: HashMap<u64, TopicHandle>,
     consumers: HashMap<u64, TopicHandle>,
 }
 
-/// Serves one accepted connection until it closes.
-pub(crate) async fn serve(
+/// How long a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one accepted TCP connection (TLS first, with `tls`) until it closes.
+async fn serve_tcp(
     broker: Broker,
     stream: TcpStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
+    match tls {
+        None => {
+            let (reader, writer) = stream.into_split();
+            serve(broker, reader, writer, peer, shutdown).await;
+        }
+        Some(acceptor) => {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let (reader, writer) = tokio::io::split(stream);
+            serve(broker, reader, writer, peer, shutdown).await;
+        }
+    }
+}
+
+/// Serves one connection until it closes.
+async fn serve<R, W>(
+    broker: Broker,
+    mut reader: R,
+    writer: W,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (out, out_rx, queued) = Outbound::new();
     let mut writer = tokio::spawn(write_loop(writer, out_rx, queued));
     let mut conn = Connection {
@@ -83,6 +132,9 @@ pub(crate) async fn serve(
         peer,
         out,
         connected: false,
+        principal: None,
+        challenged: false,
+        protocol_version: 0,
         wants_entry_metadata: false,
         producers: HashMap::new(),
         consumers: HashMap::new(),
@@ -92,6 +144,8 @@ pub(crate) async fn serve(
     let max_frame = conn.broker.config().max_frame_bytes();
     let mut ticker = tokio::time::interval(keep_alive);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut auth_check = tokio::time::interval(conn.broker.security().refresh_check());
+    auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
     let mut buf = BytesMut::new();
     let end = loop {
@@ -121,6 +175,11 @@ pub(crate) async fn serve(
                     conn.out.command(commands::with_type(Type::Ping, |b| b.ping = Some(Default::default())));
                 }
             }
+            _ = auth_check.tick() => {
+                if let Err(end) = conn.check_credentials() {
+                    break end;
+                }
+            }
             _ = shutdown.changed() => break End::Done,
             _ = &mut writer => break End::Done,
         }
@@ -136,6 +195,72 @@ pub(crate) async fn serve(
 }
 
 impl Connection {
+    /// Challenges credentials that expired; closes the connection if they
+    /// expired and the last challenge was not answered (Pulsar's refresh).
+    fn check_credentials(&mut self) -> Result<(), End> {
+        let Some(p) = &self.principal else {
+            return Ok(());
+        };
+        if !p.expired(kilonova_auth::now_secs()) {
+            return Ok(());
+        }
+        if self.challenged {
+            self.out.command(commands::error(
+                NO_REQUEST,
+                ServerError::AuthenticationError,
+                "the token expired and was not refreshed",
+            ));
+            return Err(End::Violation(format!(
+                "role {}'s token expired and was not refreshed",
+                p.role
+            )));
+        }
+        self.challenged = true;
+        tracing::debug!(conn = self.id, role = %p.role, "token expired: challenging");
+        let version = self.protocol_version;
+        self.out
+            .command(commands::with_type(Type::AuthChallenge, |b| {
+                b.auth_challenge = Some(Box::new(CommandAuthChallenge {
+                    server_version: Some(server_version()),
+                    challenge: Some(AuthData {
+                        auth_method_name: Some(TOKEN_METHOD.into()),
+                        auth_data: Some(Bytes::from_static(b"refresh")),
+                    }),
+                    protocol_version: Some(version),
+                }));
+            }));
+        Ok(())
+    }
+
+    /// Refuses the client's credentials: the error, then the connection closes.
+    fn refuse_credentials(&self, e: &BrokerError) -> End {
+        self.out.command(commands::error(
+            NO_REQUEST,
+            ServerError::AuthenticationError,
+            e.to_string(),
+        ));
+        End::Violation(e.to_string())
+    }
+
+    /// Whether this connection's role may do `need` (an error to answer with if not).
+    async fn authorize(
+        &self,
+        need: Need<'_>,
+        ns: &kilonova_metadata::NamespaceName,
+    ) -> Result<(), BrokerError> {
+        self.broker
+            .authorize(self.principal.as_ref(), need, None, Some(ns))
+            .await
+    }
+
+    /// The topic `name`, if this connection's role may do `want` on it.
+    async fn authorized_topic(&self, name: &str, want: Want) -> Result<TopicName, BrokerError> {
+        let topic = TopicName::parse(name)?;
+        self.authorize(Need::Topic(&topic, want), &topic.namespace())
+            .await?;
+        Ok(topic)
+    }
+
     async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<(), End> {
         loop {
             let frame = match frame::decode(buf, max_frame) {
@@ -197,16 +322,23 @@ impl Connection {
                 if self.connected {
                     return Err(End::Violation("second CONNECT".into()));
                 }
+                let method = c.auth_method_name.as_deref();
+                match self.broker.authenticate(method, c.auth_data.as_deref()) {
+                    Ok(p) => self.principal = p,
+                    Err(e) => return Err(self.refuse_credentials(&e)),
+                }
                 self.connected = true;
                 self.wants_entry_metadata = c
                     .feature_flags
                     .and_then(|f| f.supports_broker_entry_metadata)
                     .unwrap_or(false);
                 let version = c.protocol_version.unwrap_or(0).clamp(0, PROTOCOL_VERSION);
-                tracing::debug!(conn = self.id, client = %c.client_version, version, "connected");
+                self.protocol_version = version;
+                let role = self.principal.as_ref().map(|p| p.role.as_str());
+                tracing::debug!(conn = self.id, client = %c.client_version, version, role, "connected");
                 self.out.command(commands::with_type(Type::Connected, |b| {
                     b.connected = Some(Box::new(CommandConnected {
-                        server_version: format!("Kilonova/{}", env!("CARGO_PKG_VERSION")),
+                        server_version: server_version(),
                         protocol_version: Some(version),
                         max_message_size: i32::try_from(self.broker.config().max_message_bytes)
                             .ok(),
@@ -219,7 +351,7 @@ impl Connection {
             Type::Pong => {}
             Type::Lookup => {
                 let l = command.lookup_topic.ok_or_else(missing)?;
-                let result = match TopicName::parse(&l.topic) {
+                let result = match self.authorized_topic(&l.topic, Want::Lookup).await {
                     Ok(n) => match self
                         .broker
                         .resources()
@@ -230,14 +362,15 @@ impl Connection {
                         Ok(false) => Err(BrokerError::NamespaceNotFound(n.namespace_name())),
                         Err(e) => Err(e.into()),
                     },
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(e),
                 };
-                let url = self.broker.service_url().to_string();
+                let urls = self.broker.service_urls().clone();
                 self.out
                     .command(commands::with_type(Type::LookupResponse, |b| {
                         b.lookup_topic_response = Some(match result {
                             Ok(()) => Box::new(CommandLookupTopicResponse {
-                                broker_service_url: Some(url),
+                                broker_service_url: urls.plain.or(urls.tls.clone()),
+                                broker_service_url_tls: urls.tls,
                                 response: Some(LookupType::Connect as i32),
                                 request_id: l.request_id,
                                 authoritative: Some(true),
@@ -255,9 +388,9 @@ impl Connection {
             }
             Type::PartitionedMetadata => {
                 let m = command.partition_metadata.ok_or_else(missing)?;
-                let result = match TopicName::parse(&m.topic) {
+                let result = match self.authorized_topic(&m.topic, Want::Lookup).await {
                     Ok(n) => self.broker.partitions(&n).await,
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(e),
                 };
                 use command_partitioned_topic_metadata_response::LookupType as L;
                 self.out.command(commands::with_type(
@@ -283,14 +416,16 @@ impl Connection {
             }
             Type::Producer => {
                 let p = command.producer.ok_or_else(missing)?;
-                let (topic, schema_version) =
-                    match self.open_topic(&p.topic, p.schema.as_ref()).await {
-                        Ok(t) => t,
-                        Err(e) => {
-                            self.out.command(commands::broker_error(p.request_id, &e));
-                            return Ok(());
-                        }
-                    };
+                let (topic, schema_version) = match self
+                    .open_topic(&p.topic, p.schema.as_ref(), Want::Produce)
+                    .await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.out.command(commands::broker_error(p.request_id, &e));
+                        return Ok(());
+                    }
+                };
                 self.producers.insert(p.producer_id, topic.clone());
                 let access_mode = p.producer_access_mode();
                 let cmd = TopicCommand::AddProducer(NewProducer {
@@ -343,7 +478,10 @@ impl Connection {
             }
             Type::Subscribe => {
                 let s = command.subscribe.ok_or_else(missing)?;
-                let topic = match self.open_topic(&s.topic, s.schema.as_ref()).await {
+                let topic = match self
+                    .open_topic(&s.topic, s.schema.as_ref(), Want::Consume)
+                    .await
+                {
                     Ok((t, _)) => t,
                     Err(e) => {
                         self.out.command(commands::broker_error(s.request_id, &e));
@@ -469,7 +607,7 @@ impl Connection {
                     .as_ref()
                     .filter(|v| v.len() == 8)
                     .map(|v| v.clone().get_u64());
-                let found = match TopicName::parse(&g.topic) {
+                let found = match self.authorized_topic(&g.topic, Want::Lookup).await {
                     Ok(t) => self
                         .broker
                         .resources()
@@ -511,14 +649,14 @@ impl Connection {
             }
             Type::GetOrCreateSchema => {
                 let g = command.get_or_create_schema.ok_or_else(missing)?;
-                let result = match TopicName::parse(&g.topic) {
+                let result = match self.authorized_topic(&g.topic, Want::Produce).await {
                     Ok(t) => self
                         .broker
                         .resources()
                         .get_or_create_schema(&t, topic::schema_record(&g.schema))
                         .await
                         .map_err(BrokerError::from),
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(e),
                 };
                 self.out
                     .command(commands::with_type(Type::GetOrCreateSchemaResponse, |b| {
@@ -591,7 +729,28 @@ impl Connection {
                         }));
                     }));
             }
-            Type::AuthResponse => {}
+            Type::AuthResponse => {
+                let r = command.auth_response.ok_or_else(missing)?;
+                let Some(old) = self.principal.clone() else {
+                    // Authentication is off: nothing was asked.
+                    return Ok(());
+                };
+                let (method, data) = match &r.response {
+                    Some(d) => (d.auth_method_name.as_deref(), d.auth_data.as_deref()),
+                    None => (None, None),
+                };
+                let p = match self.broker.authenticate(method, data) {
+                    Ok(Some(p)) if p.role == old.role => p,
+                    Ok(_) => {
+                        let e = BrokerError::Authentication(kilonova_auth::AuthError::RoleChanged);
+                        return Err(self.refuse_credentials(&e));
+                    }
+                    Err(e) => return Err(self.refuse_credentials(&e)),
+                };
+                tracing::debug!(conn = self.id, role = %p.role, "credentials refreshed");
+                self.principal = Some(p);
+                self.challenged = false;
+            }
             other => {
                 return Err(End::Violation(format!(
                     "unexpected command {other:?} from a client"
@@ -607,8 +766,9 @@ impl Connection {
         &self,
         name: &str,
         schema: Option<&Schema>,
+        want: Want,
     ) -> Result<(TopicHandle, Option<u64>), BrokerError> {
-        let name = TopicName::parse(name)?;
+        let name = self.authorized_topic(name, want).await?;
         let topic = self.broker.topic(&name).await?;
         let version = self.broker.register_schema(&name, schema).await?;
         Ok((topic, version))
@@ -651,7 +811,15 @@ impl Connection {
             Mode::NonPersistent => Some(Domain::NonPersistent),
             Mode::All => None,
         };
-        let result = match kilonova_metadata::NamespaceName::parse(&g.namespace) {
+        let ns = kilonova_metadata::NamespaceName::parse(&g.namespace).map_err(BrokerError::from);
+        let ns = match ns {
+            Ok(ns) => self
+                .authorize(Need::Namespace(Want::Lookup), &ns)
+                .await
+                .map(|()| ns),
+            Err(e) => Err(e),
+        };
+        let result = match ns {
             Ok(ns) => self
                 .broker
                 .resources()
@@ -663,7 +831,7 @@ impl Connection {
                     }
                     e => e.into(),
                 }),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         let reply = match result {
             Err(e) => commands::broker_error(g.request_id, &e),
@@ -696,6 +864,10 @@ impl Connection {
     }
 }
 
+fn server_version() -> String {
+    format!("Kilonova/{}", env!("CARGO_PKG_VERSION"))
+}
+
 /// A client's topic pattern (a Java regex matched against whole names), if our
 /// regex engine accepts it within bounded size; clients filter again themselves.
 fn compile_pattern(p: &str) -> Option<regex::Regex> {
@@ -706,8 +878,8 @@ fn compile_pattern(p: &str) -> Option<regex::Regex> {
 }
 
 /// Writes what is queued for the connection, many frames per vectored write.
-async fn write_loop(
-    mut w: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     queued: Arc<AtomicUsize>,
 ) {
@@ -769,16 +941,19 @@ async fn write_loop(
     let _ = w.shutdown().await;
 }
 
-/// Serves the Pulsar protocol on `listener`: accepts until `stop_accepting` changes,
-/// closes every connection when `close_connections` changes (after the broker closed
-/// its producers and consumers), and returns once all connections are closed.
+/// Serves the Pulsar protocol on `listener` (over TLS with `tls`: the
+/// `pulsar+ssl://` port): accepts until `stop_accepting` changes, closes every
+/// connection when `close_connections` changes (after the broker closed its
+/// producers and consumers), and returns once all connections are closed.
 pub async fn accept_loop(
     broker: Broker,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop_accepting: watch::Receiver<bool>,
     close_connections: watch::Receiver<bool>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -797,8 +972,9 @@ pub async fn accept_loop(
                 }
                 open.fetch_add(1, Ordering::Relaxed);
                 let (b, o, s) = (broker.clone(), open.clone(), close_connections.clone());
+                let tls = tls.clone();
                 tasks.spawn(async move {
-                    serve(b, stream, peer, s).await;
+                    serve_tcp(b, stream, peer, tls, s).await;
                     o.fetch_sub(1, Ordering::Relaxed);
                 });
             }

@@ -43,6 +43,12 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The client's credentials were refused (HTTP 401).
+    #[error("authentication failed: {0}")]
+    Authentication(#[from] kilonova_auth::AuthError),
+    /// The role lacks the permission (HTTP 403).
+    #[error("{0}")]
+    Authorization(String),
 }
 
 impl BrokerError {
@@ -66,6 +72,8 @@ impl BrokerError {
             BrokerError::Metadata(_) => ServerError::MetadataError,
             BrokerError::Storage(_) => ServerError::PersistenceError,
             BrokerError::ShuttingDown => ServerError::ServiceNotReady,
+            BrokerError::Authentication(_) => ServerError::AuthenticationError,
+            BrokerError::Authorization(_) => ServerError::AuthorizationError,
         }
     }
 }
@@ -141,6 +149,14 @@ mod tests {
                 ServerError::PersistenceError,
             ),
             (BrokerError::ShuttingDown, ServerError::ServiceNotReady),
+            (
+                BrokerError::Authentication(kilonova_auth::AuthError::Expired),
+                ServerError::AuthenticationError,
+            ),
+            (
+                BrokerError::Authorization("no".into()),
+                ServerError::AuthorizationError,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(e.server_error(), code, "{e}");

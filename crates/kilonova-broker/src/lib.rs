@@ -21,7 +21,7 @@ mod outbound;
 mod subscription;
 mod topic;
 
-pub use broker::Broker;
+pub use broker::{Broker, ServiceUrls};
 pub use catalog_import::import_old_catalog;
 pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;

@@ -87,9 +87,21 @@ impl TopicMetrics {
 #[derive(Default)]
 pub struct MetricsRegistry {
     topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
+    /// Credentials checked: accepted, refused.
+    authentications: [AtomicU64; 2],
+    /// Authorization decisions: allowed, refused.
+    authorizations: [AtomicU64; 2],
 }
 
 impl MetricsRegistry {
+    pub fn count_authentication(&self, ok: bool) {
+        self.authentications[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_authorization(&self, allowed: bool) {
+        self.authorizations[usize::from(!allowed)].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TopicMetrics>>> {
         // Entries are whole values: a panicking holder leaves the map consistent.
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
@@ -275,6 +287,37 @@ pub fn render(
         escape(cluster),
         topics.len()
     );
+    let counters = [
+        (
+            "pulsar_authentication_success_total",
+            "Credentials accepted (CONNECT, AUTH_RESPONSE, HTTP)",
+            &registry.authentications[0],
+        ),
+        (
+            "pulsar_authentication_failures_total",
+            "Credentials refused",
+            &registry.authentications[1],
+        ),
+        (
+            "kilonova_authorization_allowed_total",
+            "Operations a role was authorized for",
+            &registry.authorizations[0],
+        ),
+        (
+            "kilonova_authorization_denied_total",
+            "Operations refused for lack of permission",
+            &registry.authorizations[1],
+        ),
+    ];
+    for (name, help, v) in counters {
+        header(&mut out, name, "counter", help);
+        let _ = writeln!(
+            out,
+            "{name}{{cluster=\"{}\"}} {}",
+            escape(cluster),
+            v.load(Ordering::Relaxed)
+        );
+    }
     let (fsync, group) = store.histograms();
     histogram(
         &mut out,

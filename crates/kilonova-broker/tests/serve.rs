@@ -45,10 +45,24 @@ async fn start(config: BrokerConfig) -> Server {
         .bootstrap(&config.cluster_name, &Default::default())
         .await
         .unwrap();
-    let broker = Broker::new(config, store, state, resources, format!("pulsar://{addr}")).unwrap();
+    let broker = Broker::new(
+        config,
+        store,
+        state,
+        resources,
+        format!("pulsar://{addr}"),
+        kilonova_auth::Security::open(),
+    )
+    .unwrap();
     let (stop, stop_rx) = watch::channel(false);
     let (close, close_rx) = watch::channel(false);
-    tokio::spawn(accept_loop(broker.clone(), listener, stop_rx, close_rx));
+    tokio::spawn(accept_loop(
+        broker.clone(),
+        listener,
+        None,
+        stop_rx,
+        close_rx,
+    ));
     Server {
         broker,
         addr,

@@ -9,8 +9,10 @@ use anyhow::Context;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use kilonova_auth::tls::TlsConfig;
+use kilonova_auth::{AuthConfig, Security};
 use kilonova_broker::import_old_catalog;
-use kilonova_broker::{accept_loop, Broker, BrokerConfig};
+use kilonova_broker::{accept_loop, Broker, BrokerConfig, ServiceUrls};
 use kilonova_metadata::policies::ClusterData;
 use kilonova_metadata::{EmbeddedStore, Resources, SessionId, DEFAULT_SESSION_TTL};
 use kilonova_storage::{DirStateStore, SegmentStore, StoreConfig};
@@ -32,6 +34,12 @@ pub struct StandaloneArgs {
     /// HTTP port (admin API, health) [default: 8080].
     #[arg(long, env = "KILONOVA_HTTP_PORT")]
     http_port: Option<u16>,
+    /// Pulsar protocol over TLS (`pulsar+ssl://`), when `[tls]` has a certificate [default: 6651].
+    #[arg(long, env = "KILONOVA_PULSAR_TLS_PORT")]
+    pulsar_tls_port: Option<u16>,
+    /// HTTPS port, when `[tls]` has a certificate [default: 8443].
+    #[arg(long, env = "KILONOVA_HTTPS_PORT")]
+    https_port: Option<u16>,
     /// Host name clients are told to connect to [default: the bind address].
     #[arg(long, env = "KILONOVA_ADVERTISED_ADDRESS")]
     advertised_address: Option<String>,
@@ -67,9 +75,15 @@ pub struct StandaloneConfig {
     pub bind_address: String,
     pub pulsar_port: u16,
     pub http_port: u16,
+    pub pulsar_tls_port: u16,
+    pub https_port: u16,
+    /// Serve the plain (non-TLS) ports too; with TLS, `false` leaves only the TLS ones.
+    pub plain_ports_enabled: bool,
     pub advertised_address: Option<String>,
     pub broker: BrokerConfig,
     pub storage: StorageSettings,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
 }
 
 impl Default for StandaloneConfig {
@@ -79,9 +93,14 @@ impl Default for StandaloneConfig {
             bind_address: "127.0.0.1".into(),
             pulsar_port: 6650,
             http_port: 8080,
+            pulsar_tls_port: 6651,
+            https_port: 8443,
+            plain_ports_enabled: true,
             advertised_address: None,
             broker: BrokerConfig::default(),
             storage: StorageSettings::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -107,6 +126,12 @@ fn load_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> {
     if let Some(p) = args.http_port {
         c.http_port = p;
     }
+    if let Some(p) = args.pulsar_tls_port {
+        c.pulsar_tls_port = p;
+    }
+    if let Some(p) = args.https_port {
+        c.https_port = p;
+    }
     if let Some(a) = &args.advertised_address {
         c.advertised_address = Some(a.clone());
     }
@@ -130,45 +155,113 @@ pub fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
+/// A listener bound to `host:port`, with what it is for in errors.
+async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let a = addr(host, port)?;
+    tokio::net::TcpListener::bind(a)
+        .await
+        .with_context(|| format!("binding the {what} port {a}"))
+}
+
+/// The listeners of the ports the configuration serves.
+struct Listeners {
+    pulsar: Option<tokio::net::TcpListener>,
+    http: Option<tokio::net::TcpListener>,
+    pulsar_tls: Option<tokio::net::TcpListener>,
+    https: Option<tokio::net::TcpListener>,
+}
+
+async fn listen(config: &StandaloneConfig) -> anyhow::Result<Listeners> {
+    let host = &config.bind_address;
+    let tls = config.tls.enabled();
+    if !tls && !config.plain_ports_enabled {
+        anyhow::bail!("plain_ports_enabled = false needs [tls] with a certificate: no port would serve");
+    }
+    let plain = config.plain_ports_enabled;
+    Ok(Listeners {
+        pulsar: match plain {
+            true => Some(bind(host, config.pulsar_port, "Pulsar").await?),
+            false => None,
+        },
+        http: match plain {
+            true => Some(bind(host, config.http_port, "HTTP").await?),
+            false => None,
+        },
+        pulsar_tls: match tls {
+            true => Some(bind(host, config.pulsar_tls_port, "Pulsar TLS").await?),
+            false => None,
+        },
+        https: match tls {
+            true => Some(bind(host, config.https_port, "HTTPS").await?),
+            false => None,
+        },
+    })
+}
+
+fn port_of(l: &Option<tokio::net::TcpListener>) -> anyhow::Result<Option<u16>> {
+    Ok(match l {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    })
+}
+
 async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Keys and certificates first: a bad one stops the start before anything opens.
+    let security = Security::from_config(&config.auth).context("the [auth] settings")?;
+    let tls = match config.tls.enabled() {
+        true => Some(
+            kilonova_auth::tls::server_config(&config.tls, &[]).context("the [tls] settings")?,
+        ),
+        false => None,
+    };
+    let https_tls = match config.tls.enabled() {
+        true => Some(
+            kilonova_auth::tls::server_config(&config.tls, &[b"http/1.1"])
+                .context("the [tls] settings")?,
+        ),
+        false => None,
+    };
     // An entry is a whole message plus its headers.
     let max_entry_bytes = config.broker.max_frame_bytes();
     let store = open_store(&config.data_dir, &config.storage, max_entry_bytes)?;
     let state = Arc::new(DirStateStore::open(config.data_dir.join("state"))?);
-    let pulsar_addr = addr(&config.bind_address, config.pulsar_port)?;
-    let http_addr = addr(&config.bind_address, config.http_port)?;
-    let pulsar = tokio::net::TcpListener::bind(pulsar_addr)
-        .await
-        .with_context(|| format!("binding the Pulsar port {pulsar_addr}"))?;
-    let http = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("binding the HTTP port {http_addr}"))?;
+    let listeners = listen(&config).await?;
     let advertised = config
         .advertised_address
         .clone()
         .unwrap_or_else(|| config.bind_address.clone());
-    let pulsar_port = pulsar.local_addr()?.port();
-    let service_url = format!("pulsar://{advertised}:{pulsar_port}");
-    let http_port = http.local_addr()?.port();
+    let (pulsar_port, http_port) = (port_of(&listeners.pulsar)?, port_of(&listeners.http)?);
+    let (pulsar_tls_port, https_port) = (
+        port_of(&listeners.pulsar_tls)?,
+        port_of(&listeners.https)?,
+    );
+    let urls = ServiceUrls {
+        plain: pulsar_port.map(|p| format!("pulsar://{advertised}:{p}")),
+        tls: pulsar_tls_port.map(|p| format!("pulsar+ssl://{advertised}:{p}")),
+    };
+    let http_url = http_port.map(|p| format!("http://{advertised}:{p}"));
+    let https_url = https_port.map(|p| format!("https://{advertised}:{p}"));
     let resources = open_metadata(
         &config.data_dir,
         &config.broker.cluster_name,
         &ClusterData {
-            service_url: format!("http://{advertised}:{http_port}"),
-            broker_service_url: service_url.clone(),
-            ..ClusterData::default()
+            service_url: http_url.clone().or(https_url.clone()).unwrap_or_default(),
+            service_url_tls: https_url.clone(),
+            broker_service_url: urls.plain.clone().or(urls.tls.clone()).unwrap_or_default(),
+            broker_service_url_tls: urls.tls.clone(),
         },
     )
     .await?;
     import_old_catalog(state.as_ref(), &resources, &config.broker.cluster_name).await?;
     // This broker's liveness: an ephemeral key kept alive by a session.
     let session = resources.store().open_session(DEFAULT_SESSION_TTL).await?;
+    let web_port = http_port.or(https_port).unwrap_or_default();
     resources
         .register_broker(
             &config.broker.cluster_name,
-            &format!("{advertised}:{http_port}"),
+            &format!("{advertised}:{web_port}"),
             session,
         )
         .await?;
@@ -178,39 +271,64 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         store.clone(),
         state,
         resources.clone(),
-        service_url.clone(),
+        urls.clone(),
+        security,
     )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
-    let server = tokio::spawn(accept_loop(
-        broker.clone(),
-        pulsar,
-        stop_rx.clone(),
-        close_rx,
-    ));
-    let mut http_stop = stop_rx.clone();
-    let admin = kilonova_admin::router(broker.clone());
-    let http_server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = http_stop.changed().await;
-        };
-        if let Err(e) = axum::serve(http, admin)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
+    let mut servers = Vec::new();
+    let pulsar_listeners = [(listeners.pulsar, None), (listeners.pulsar_tls, tls)];
+    for (listener, tls) in pulsar_listeners {
+        if let Some(l) = listener {
+            servers.push(tokio::spawn(accept_loop(
+                broker.clone(),
+                l,
+                tls,
+                stop_rx.clone(),
+                close_rx.clone(),
+            )));
         }
-    });
+    }
+    let admin = kilonova_admin::router(broker.clone());
+    if let Some(http) = listeners.http {
+        let (admin, mut stop) = (admin.clone(), stop_rx.clone());
+        servers.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = axum::serve(http, admin).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+    }
+    if let (Some(https), Some(tls)) = (listeners.https, https_tls) {
+        let listener = kilonova_admin::https::TlsListener::new(https, tls)?;
+        let mut stop = stop_rx.clone();
+        servers.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, admin)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTPS server failed");
+            }
+        }));
+    }
     let gc = tokio::spawn(gc_loop(
         store,
         Duration::from_secs(config.storage.gc_interval_secs.max(1)),
         stop_rx,
     ));
     tracing::info!(
-        pulsar = %pulsar_addr,
-        http = %http_addr,
-        %service_url,
+        pulsar = urls.plain.as_deref().unwrap_or("off"),
+        pulsar_tls = urls.tls.as_deref().unwrap_or("off"),
+        http = http_url.as_deref().unwrap_or("off"),
+        https = https_url.as_deref().unwrap_or("off"),
+        authentication = broker.security().authentication_enabled(),
+        authorization = broker.security().authorizer().enabled(),
         data_dir = %config.data_dir.display(),
         "kilonova standalone is serving"
     );
@@ -220,8 +338,9 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     broker.shutdown().await;
     let _ = close_tx.send(true);
-    let _ = server.await;
-    let _ = http_server.await;
+    for s in servers {
+        let _ = s.await;
+    }
     let _ = gc.await;
     keep_alive.abort();
     if let Err(e) = resources.store().close_session(session).await {
