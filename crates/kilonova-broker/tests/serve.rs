@@ -3,207 +3,21 @@
 //! cannot easily show (what the broker answers to refused requests, what idle
 //! topics and connections cost).
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::io::AsyncWriteExt;
 
-use kilonova_broker::{accept_loop, Broker, BrokerConfig};
-use kilonova_pulsar_protocol::frame::{self, Frame};
+use kilonova_broker::BrokerConfig;
+use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{
-    base_command::Type, command_ack::AckType, command_subscribe::SubType, BaseCommand, CommandAck,
-    CommandConnect, CommandFlow, CommandProducer, CommandSend, CommandSubscribe, MessageIdData,
-    MessageMetadata, ServerError,
+    base_command::Type, command_ack::AckType, command_subscribe::SubType, CommandAck, CommandSend,
+    MessageIdData, MessageMetadata, ServerError,
 };
-use kilonova_storage::{DirStateStore, SegmentStore, StoreConfig};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Server {
-    broker: Broker,
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-    _stop: watch::Sender<bool>,
-    _close: watch::Sender<bool>,
-}
-
-async fn start(config: BrokerConfig) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sc = StoreConfig::new(dir.path().join("storage"));
-    sc.log_file_bytes = 16 << 20;
-    let store = SegmentStore::open(sc).unwrap();
-    let state = Arc::new(DirStateStore::open(dir.path().join("state")).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let metadata =
-        kilonova_metadata::EmbeddedStore::open(&dir.path().join("metadata.redb")).unwrap();
-    let resources = kilonova_metadata::Resources::new(Arc::new(metadata));
-    resources
-        .bootstrap(&config.cluster_name, &Default::default())
-        .await
-        .unwrap();
-    let broker = Broker::new(
-        config,
-        store,
-        state,
-        resources,
-        format!("pulsar://{addr}"),
-        kilonova_auth::Security::open(),
-    )
-    .unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let (close, close_rx) = watch::channel(false);
-    tokio::spawn(accept_loop(
-        broker.clone(),
-        listener,
-        None,
-        stop_rx,
-        close_rx,
-    ));
-    Server {
-        broker,
-        addr,
-        _dir: dir,
-        _stop: stop,
-        _close: close,
-    }
-}
-
-/// A raw protocol client.
-struct Raw {
-    s: TcpStream,
-    buf: BytesMut,
-}
-
-fn cmd(t: Type, f: impl FnOnce(&mut BaseCommand)) -> BaseCommand {
-    let mut c = BaseCommand {
-        r#type: t as i32,
-        ..Default::default()
-    };
-    f(&mut c);
-    c
-}
-
-impl Raw {
-    async fn connect(addr: std::net::SocketAddr) -> Raw {
-        let mut r = Raw {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::new(),
-        };
-        r.send(cmd(Type::Connect, |c| {
-            c.connect = Some(Box::new(CommandConnect {
-                client_version: "raw-test".into(),
-                protocol_version: Some(19),
-                ..Default::default()
-            }))
-        }))
-        .await;
-        let f = r.recv().await;
-        assert_eq!(f.command.r#type, Type::Connected as i32);
-        r
-    }
-
-    async fn send(&mut self, c: BaseCommand) {
-        let mut b = BytesMut::new();
-        frame::encode_command(&c, &mut b);
-        self.s.write_all(&b).await.unwrap();
-    }
-
-    async fn send_message(&mut self, producer_id: u64, seq: u64, data: &[u8]) {
-        let c = cmd(Type::Send, |c| {
-            c.send = Some(Box::new(CommandSend {
-                producer_id,
-                sequence_id: seq,
-                num_messages: Some(1),
-                ..Default::default()
-            }))
-        });
-        let payload = frame::build_payload(
-            &MessageMetadata {
-                producer_name: "raw".into(),
-                sequence_id: seq,
-                publish_time: 1,
-                ..Default::default()
-            },
-            data,
-        );
-        let mut b = BytesMut::new();
-        frame::encode_payload_command(&c, &payload, &mut b);
-        self.s.write_all(&b).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Frame {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(f) = frame::decode(&mut self.buf, 10 << 20).unwrap() {
-                    return f;
-                }
-                let n = self.s.read_buf(&mut self.buf).await.unwrap();
-                assert!(n > 0, "connection closed while waiting for a frame");
-            }
-        })
-        .await
-        .expect("no frame from the broker in time")
-    }
-
-    /// The next frame that is not a PING (answered) or an unrelated notification.
-    async fn recv_type(&mut self, t: Type) -> Frame {
-        loop {
-            let f = self.recv().await;
-            if f.command.r#type == t as i32 {
-                return f;
-            }
-            assert_ne!(
-                f.command.r#type,
-                Type::Error as i32,
-                "unexpected error: {:?}",
-                f.command.error
-            );
-        }
-    }
-
-    async fn producer(&mut self, topic: &str, producer_id: u64) {
-        self.send(cmd(Type::Producer, |c| {
-            c.producer = Some(Box::new(CommandProducer {
-                topic: topic.into(),
-                producer_id,
-                request_id: 100 + producer_id,
-                ..Default::default()
-            }))
-        }))
-        .await;
-        self.recv_type(Type::ProducerSuccess).await;
-    }
-
-    async fn subscribe(&mut self, topic: &str, sub: &str, t: SubType, consumer_id: u64) {
-        self.send(cmd(Type::Subscribe, |c| {
-            c.subscribe = Some(Box::new(CommandSubscribe {
-                topic: topic.into(),
-                subscription: sub.into(),
-                sub_type: t as i32,
-                consumer_id,
-                request_id: 200 + consumer_id,
-                initial_position: Some(1), // earliest
-                ..Default::default()
-            }))
-        }))
-        .await;
-        self.recv_type(Type::Success).await;
-    }
-
-    async fn flow(&mut self, consumer_id: u64, permits: u32) {
-        self.send(cmd(Type::Flow, |c| {
-            c.flow = Some(Box::new(CommandFlow {
-                consumer_id,
-                message_permits: permits,
-            }))
-        }))
-        .await;
-    }
-}
+use common::{cmd, start, Raw, WAIT};
 
 #[tokio::test]
 async fn cumulative_ack_on_shared_subscription_is_refused() {
