@@ -3,6 +3,7 @@
 //! `{"reason": …}` when it gave one).
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -108,15 +109,45 @@ impl fmt::Display for ApiPath {
     }
 }
 
-/// `--admin-url`: an `http://` URL (this build has no TLS).
+/// `--admin-url`: an `http://` or `https://` URL.
 pub fn parse_admin_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
     match url.scheme() {
-        "http" if url.host().is_some() => Ok(url),
-        "http" => Err(format!("invalid URL {s:?}: no host")),
-        "https" => Err("https admin URLs need TLS, which this build does not include".into()),
-        other => Err(format!("unsupported URL scheme {other:?}: expected http")),
+        "http" | "https" if url.host().is_some() => Ok(url),
+        "http" | "https" => Err(format!("invalid URL {s:?}: no host")),
+        other => Err(format!(
+            "unsupported URL scheme {other:?}: expected http or https"
+        )),
     }
+}
+
+/// The TLS client configuration for an `https://` admin URL: the server's
+/// certificate must chain to a CA in `trust_certs` (PEM).
+fn tls_config(trust_certs: Option<&Path>) -> Result<rustls::ClientConfig, AdminError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let Some(path) = trust_certs else {
+        return Err(AdminError::InvalidArgument(
+            "an https admin URL needs --tls-trust-cert-path (the CA that signed the broker's certificate)"
+                .into(),
+        ));
+    };
+    let bad = |e: &dyn fmt::Display| {
+        AdminError::InvalidArgument(format!("--tls-trust-cert-path {}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no certificate in the file"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// `--auth-token`, kept out of `Debug` output.
@@ -165,6 +196,7 @@ impl AdminClient {
     pub fn new(
         base: Url,
         token: Option<&AuthToken>,
+        trust_certs: Option<&Path>,
         request_timeout: Duration,
     ) -> Result<Self, AdminError> {
         let authorization = token
@@ -178,9 +210,13 @@ impl AdminClient {
                 Ok::<_, AdminError>(value)
             })
             .transpose()?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(request_timeout.min(Duration::from_secs(10)))
-            .timeout(request_timeout)
+            .timeout(request_timeout);
+        if base.scheme() == "https" {
+            http = http.tls_backend_preconfigured(tls_config(trust_certs)?);
+        }
+        let http = http
             .build()
             .map_err(|e| AdminError::Local(format!("cannot set up HTTP: {}", root_cause(&e))))?;
         Ok(AdminClient {
@@ -361,14 +397,24 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_admin_urls_are_accepted() {
+    fn only_http_and_https_admin_urls_are_accepted() {
         assert!(parse_admin_url("http://127.0.0.1:8080").is_ok());
-        assert!(parse_admin_url("https://broker:8443")
-            .unwrap_err()
-            .contains("TLS"));
+        assert!(parse_admin_url("https://broker:8443").is_ok());
         assert!(parse_admin_url("127.0.0.1:8080").is_err());
         assert!(parse_admin_url("ftp://x").is_err());
         assert!(parse_admin_url("not a url").is_err());
+    }
+
+    #[test]
+    fn an_https_url_needs_a_readable_trust_file() {
+        let url = parse_admin_url("https://broker:8443").unwrap();
+        let timeout = Duration::from_secs(1);
+        let e = AdminClient::new(url.clone(), None, None, timeout)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--tls-trust-cert-path"), "{e}");
+        let missing = Path::new("/nonexistent/ca.pem");
+        assert!(AdminClient::new(url, None, Some(missing), timeout).is_err());
     }
 
     #[test]

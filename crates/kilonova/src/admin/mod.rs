@@ -19,6 +19,7 @@ mod client;
 mod clusters;
 mod names;
 mod namespaces;
+mod permissions;
 mod tenants;
 mod topics;
 mod units;
@@ -38,6 +39,9 @@ pub struct AdminArgs {
     /// Sent as `Authorization: Bearer TOKEN`.
     #[arg(long, env = "KILONOVA_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<AuthToken>,
+    /// CA certificates (PEM) an `https://` admin URL's certificate must chain to.
+    #[arg(long, env = "KILONOVA_TLS_TRUST_CERT_PATH")]
+    tls_trust_cert_path: Option<std::path::PathBuf>,
     /// `human`: lists one item per line, objects as indented JSON, scalars as
     /// themselves. `json`: exactly one JSON document (`null` when the server
     /// sent nothing).
@@ -160,6 +164,7 @@ async fn execute(args: AdminArgs) -> Result<Output, AdminError> {
     let client = AdminClient::new(
         args.admin_url,
         args.auth_token.as_ref(),
+        args.tls_trust_cert_path.as_deref(),
         Duration::from_secs(args.request_timeout),
     )?;
     match args.group {

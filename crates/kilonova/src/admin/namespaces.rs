@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::{AdminClient, AdminError, ApiPath};
 use super::names::NamespaceName;
-use super::{units, Output};
+use super::{permissions, units, Output};
 
 #[derive(Subcommand)]
 pub enum NamespacesCmd {
@@ -27,6 +27,20 @@ pub enum NamespacesCmd {
     },
     /// Show all of a namespace's policies.
     Policies(Ns),
+    /// Grant a role actions (produce, consume, …) on the namespace.
+    GrantPermission {
+        namespace: NamespaceName,
+        #[command(flatten)]
+        grant: permissions::Grant,
+    },
+    /// Revoke a role's permissions on the namespace.
+    RevokePermission {
+        namespace: NamespaceName,
+        #[command(flatten)]
+        revoke: permissions::Revoke,
+    },
+    /// Show the roles granted permissions on the namespace.
+    Permissions { namespace: NamespaceName },
     #[command(flatten)]
     Policy(PolicyCmd),
 }
@@ -526,6 +540,15 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
                 .await?
         }
         NamespacesCmd::Policies(n) => client.get(&n.namespace.policies_path()).await?,
+        NamespacesCmd::GrantPermission { namespace, grant } => {
+            permissions::grant(client, namespace.policies_path(), &grant).await?
+        }
+        NamespacesCmd::RevokePermission { namespace, revoke } => {
+            permissions::revoke(client, namespace.policies_path(), &revoke).await?
+        }
+        NamespacesCmd::Permissions { namespace } => {
+            permissions::list(client, namespace.policies_path()).await?
+        }
         NamespacesCmd::Policy(verb) => {
             let (namespace, policy, op) = verb.request()?;
             let path = policy.path(namespace, &op);
@@ -581,6 +604,35 @@ mod tests {
             Op::Remove => ("DELETE", None),
         };
         (method, path.to_string(), body)
+    }
+
+    #[test]
+    fn grant_permission_posts_the_actions_under_the_role() {
+        let NamespacesCmd::GrantPermission { namespace, grant } = cmd(&[
+            "grant-permission",
+            "acme/ns",
+            "--role",
+            "app",
+            "--actions",
+            "produce,consume",
+        ]) else {
+            panic!("not grant-permission")
+        };
+        let (path, body) = permissions::grant_request(namespace.policies_path(), &grant);
+        assert_eq!(
+            path.to_string(),
+            "/admin/v2/namespaces/acme/ns/permissions/app"
+        );
+        assert_eq!(body, json!(["produce", "consume"]));
+        assert!(refused(&["grant-permission", "acme/ns", "--role", "app"]));
+        assert!(refused(&[
+            "grant-permission",
+            "acme/ns",
+            "--role",
+            "app",
+            "--actions",
+            "fly"
+        ]));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::client::{AdminClient, AdminError, ApiPath, Reply};
 use super::names::{Domain, NamespaceName, TopicName};
-use super::{units, Output};
+use super::{permissions, units, Output};
 
 #[derive(Subcommand)]
 pub enum TopicsCmd {
@@ -55,6 +55,20 @@ pub enum TopicsCmd {
     PeekMessages(PeekMessages),
     /// The id of the topic's last message.
     LastMessageId { topic: TopicName },
+    /// Grant a role actions (produce, consume, …) on the topic.
+    GrantPermission {
+        topic: TopicName,
+        #[command(flatten)]
+        grant: permissions::Grant,
+    },
+    /// Revoke a role's permissions on the topic.
+    RevokePermission {
+        topic: TopicName,
+        #[command(flatten)]
+        revoke: permissions::Revoke,
+    },
+    /// Show the roles granted permissions on the topic (its namespace's grants included).
+    Permissions { topic: TopicName },
 }
 
 #[derive(Args)]
@@ -238,6 +252,13 @@ impl FromStr for Position {
 pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminError> {
     use TopicsCmd as C;
     let doc = match cmd {
+        C::GrantPermission { topic, grant } => {
+            permissions::grant(client, topic.path(), &grant).await?
+        }
+        C::RevokePermission { topic, revoke } => {
+            permissions::revoke(client, topic.path(), &revoke).await?
+        }
+        C::Permissions { topic } => permissions::list(client, topic.path()).await?,
         C::List(list) => {
             let mut topics = Vec::new();
             for path in list.paths() {
