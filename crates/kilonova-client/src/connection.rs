@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use kilonova_pulsar_protocol::frame::{self, Frame, DEFAULT_MAX_FRAME_BYTES};
 use kilonova_pulsar_protocol::proto::{
-    base_command::Type, command_partitioned_topic_metadata_response::LookupType, BaseCommand,
-    CommandConnect, CommandMessage, CommandPartitionedTopicMetadata, CommandPong, MessageMetadata,
+    base_command::Type, command_partitioned_topic_metadata_response::LookupType, AuthData,
+    BaseCommand, CommandAuthResponse, CommandConnect, CommandMessage,
+    CommandPartitionedTopicMetadata, CommandPong, MessageMetadata,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -50,6 +51,8 @@ pub(crate) struct Conn {
     requests: Mutex<HashMap<u64, Responder>>,
     producers: Mutex<HashMap<u64, Arc<producer::Shared>>>,
     consumers: Mutex<HashMap<u64, mpsc::UnboundedSender<ConsumerEvent>>>,
+    /// The token presented at CONNECT, presented again when challenged.
+    token: Option<String>,
 }
 
 impl Conn {
@@ -152,6 +155,21 @@ impl Conn {
             Type::Ping => self.send(&command(Type::Pong, |b| {
                 b.pong = Some(Box::new(CommandPong {}))
             })),
+            // The broker wants fresh credentials: this client has only the one token.
+            Type::AuthChallenge => {
+                if let Some(t) = &self.token {
+                    self.send(&command(Type::AuthResponse, |b| {
+                        b.auth_response = Some(Box::new(CommandAuthResponse {
+                            client_version: Some(CLIENT_VERSION.into()),
+                            response: Some(AuthData {
+                                auth_method_name: Some("token".into()),
+                                auth_data: Some(Bytes::copy_from_slice(t.as_bytes())),
+                            }),
+                            protocol_version: Some(PROTOCOL_VERSION),
+                        }))
+                    }));
+                }
+            }
             Type::Success => {
                 if let Some(s) = &c.success {
                     self.respond(s.request_id, Ok(c.clone()));
@@ -316,6 +334,14 @@ pub struct Client {
 impl Client {
     /// Connects to `pulsar://host:port` and completes the CONNECT handshake.
     pub async fn connect(service_url: &str) -> Result<Client, ClientError> {
+        Self::connect_with_token(service_url, None).await
+    }
+
+    /// Connects presenting `token` (Pulsar's token authentication), if given.
+    pub async fn connect_with_token(
+        service_url: &str,
+        token: Option<&str>,
+    ) -> Result<Client, ClientError> {
         let addr = service_url
             .strip_prefix("pulsar://")
             .map(|a| a.trim_end_matches('/'))
@@ -335,6 +361,8 @@ impl Client {
                 b.connect = Some(Box::new(CommandConnect {
                     client_version: CLIENT_VERSION.into(),
                     protocol_version: Some(PROTOCOL_VERSION),
+                    auth_method_name: token.map(|_| "token".into()),
+                    auth_data: token.map(|t| Bytes::copy_from_slice(t.as_bytes())),
                     ..Default::default()
                 }))
             }),
@@ -382,6 +410,7 @@ impl Client {
             requests: Mutex::new(HashMap::new()),
             producers: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
+            token: token.map(str::to_owned),
         });
         tokio::spawn(write_loop(conn.clone(), w));
         tokio::spawn(read_loop(conn.clone(), r, buf, max_frame));

@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 
+pub mod connect;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod pulsar;
@@ -19,6 +20,8 @@ pub enum PerfCommand {
     Consume(pulsar::ConsumeCmd),
     /// Publish and consume at once; latency is publish → delivery.
     E2e(pulsar::E2eCmd),
+    /// Open connections as fast as possible (with or without a token): the connect rate.
+    Connect(connect::ConnectArgs),
     /// Create many topics through the admin API (the metadata path), then list them page by page.
     Topics(topics::TopicsArgs),
     /// The same publish load against NATS JetStream (the benchmark suite's peer).
@@ -33,6 +36,7 @@ pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
         PerfCommand::Consume(c) => pulsar::run(pulsar::Mode::Consume(c)),
         PerfCommand::E2e(c) => pulsar::run(pulsar::Mode::E2e(c)),
         PerfCommand::Topics(args) => topics::run(args),
+        PerfCommand::Connect(args) => connect::run(args),
         #[cfg(feature = "nats")]
         PerfCommand::Nats(args) => nats::run(args),
     }
