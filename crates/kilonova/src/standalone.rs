@@ -175,7 +175,9 @@ async fn listen(config: &StandaloneConfig) -> anyhow::Result<Listeners> {
     let host = &config.bind_address;
     let tls = config.tls.enabled();
     if !tls && !config.plain_ports_enabled {
-        anyhow::bail!("plain_ports_enabled = false needs [tls] with a certificate: no port would serve");
+        anyhow::bail!(
+            "plain_ports_enabled = false needs [tls] with a certificate: no port would serve"
+        );
     }
     let plain = config.plain_ports_enabled;
     Ok(Listeners {
@@ -233,10 +235,8 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.bind_address.clone());
     let (pulsar_port, http_port) = (port_of(&listeners.pulsar)?, port_of(&listeners.http)?);
-    let (pulsar_tls_port, https_port) = (
-        port_of(&listeners.pulsar_tls)?,
-        port_of(&listeners.https)?,
-    );
+    let (pulsar_tls_port, https_port) =
+        (port_of(&listeners.pulsar_tls)?, port_of(&listeners.https)?);
     let urls = ServiceUrls {
         plain: pulsar_port.map(|p| format!("pulsar://{advertised}:{p}")),
         tls: pulsar_tls_port.map(|p| format!("pulsar+ssl://{advertised}:{p}")),
@@ -297,7 +297,10 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = axum::serve(http, admin).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = axum::serve(http, admin)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }));

@@ -40,10 +40,14 @@ pub struct Broker {
     child: Option<Child>,
     log_path: PathBuf,
     starts: u32,
+    /// `--config` file, if the test gave one.
+    config: Option<PathBuf>,
+    /// Presented to the health check (a super-user's, with authentication on).
+    admin_token: Option<String>,
 }
 
 /// A port that was free a moment ago (bind port 0, read it, drop the listener).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
     l.local_addr().expect("local_addr of probe listener").port()
 }
@@ -51,6 +55,12 @@ fn free_port() -> u16 {
 impl Broker {
     /// Start a broker on a fresh data directory and wait until it is healthy.
     pub async fn start() -> Broker {
+        Self::start_with(None, None).await
+    }
+
+    /// Start a broker with `config` (TOML, written to a file for `--config`);
+    /// `admin_token` is presented to the health check.
+    pub async fn start_with(config: Option<&str>, admin_token: Option<String>) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("kilonova-e2e-")
             .tempdir()
@@ -63,7 +73,14 @@ impl Broker {
             child: None,
             log_path,
             starts: 0,
+            config: None,
+            admin_token,
         };
+        if let Some(text) = config {
+            let path = broker.dir.path().join("kilonova.toml");
+            std::fs::write(&path, text).expect("write the broker's config file");
+            broker.config = Some(path);
+        }
         // Free ports are only probably free: another test may grab one between
         // the probe and the broker's bind. Retry with new ports in that case.
         for attempt in 1..=3 {
@@ -105,8 +122,12 @@ impl Broker {
         )
         .expect("write broker stderr log");
         let stderr: File = log;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kilonova"))
-            .arg("standalone")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kilonova"));
+        cmd.arg("standalone");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--bind-address", "127.0.0.1"])
@@ -134,7 +155,14 @@ impl Broker {
                 };
                 return Err(format!("broker exited during startup with {status}{clash}"));
             }
-            match http_request(self.http_port, "GET", "/admin/v2/brokers/health", "").await {
+            let health = http_request_as(
+                self.http_port,
+                "GET",
+                "/admin/v2/brokers/health",
+                "",
+                self.admin_token.as_deref(),
+            );
+            match health.await {
                 Ok((200, body)) if body.trim() == "ok" => break,
                 Ok(_) | Err(_) => {}
             }
@@ -246,13 +274,25 @@ pub async fn http_request(
     path: &str,
     body: &str,
 ) -> Result<(u16, String), String> {
+    http_request_as(port, method, path, body, None).await
+}
+
+/// [`http_request`] with `Authorization: Bearer token`.
+pub async fn http_request_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let mut s = TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n{auth}\
              Connection: close\r\n\r\n{body}",
             body.len()
         );
