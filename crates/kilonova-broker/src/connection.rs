@@ -305,7 +305,17 @@ impl Connection {
 
     async fn handle(&mut self, frame: Frame) -> Result<(), End> {
         let Frame { command, payload } = frame;
-        tracing::trace!(conn = self.id, command = ?command, "frame");
+        // CONNECT and AUTH_RESPONSE carry credentials: never logged.
+        let credentials = [Type::Connect as i32, Type::AuthResponse as i32];
+        if credentials.contains(&command.r#type) {
+            tracing::trace!(
+                conn = self.id,
+                command_type = command.r#type,
+                "frame (credentials not shown)"
+            );
+        } else {
+            tracing::trace!(conn = self.id, command = ?command, "frame");
+        }
         let Ok(t) = Type::try_from(command.r#type) else {
             return Err(End::Violation(format!(
                 "unknown command type {}",
