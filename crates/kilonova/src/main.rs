@@ -1,12 +1,14 @@
 //! The `kilonova` binary: one program for every role. Today: `standalone` (the
 //! broker with embedded storage and metadata), `admin` (pulsar-admin's verbs
-//! over the admin REST API) and `perf` (benchmarks).
+//! over the admin REST API), `perf` (benchmarks) and `tokens` (keys and
+//! tokens, as `pulsar tokens`).
 
 use clap::{Parser, Subcommand};
 
 mod admin;
 mod perf;
 mod standalone;
+mod tokens;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         what: perf::PerfCommand,
     },
+    /// Create keys and tokens, show and validate tokens (pulsar tokens' verbs).
+    Tokens {
+        #[command(subcommand)]
+        verb: tokens::TokensCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
     let default_level = match cli.command {
         Command::Standalone(_) => "info",
-        Command::Admin(_) | Command::Perf { .. } => "warn",
+        Command::Admin(_) | Command::Perf { .. } | Command::Tokens { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -50,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Command::Standalone(args) => standalone::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Perf { what } => perf::run(what),
+        Command::Tokens { verb } => tokens::run(verb),
     }
 }
