@@ -170,8 +170,11 @@ impl Broker {
         method: Option<&str>,
         data: Option<&[u8]>,
     ) -> Result<Option<Principal>, BrokerError> {
-        let result = self.inner.security.authenticate(method, data);
-        self.inner.metrics.count_authentication(result.is_ok());
+        let security = &self.inner.security;
+        let result = security.authenticate(method, data);
+        if security.authentication_enabled() {
+            self.inner.metrics.count_authentication(result.is_ok());
+        }
         Ok(result?)
     }
 
