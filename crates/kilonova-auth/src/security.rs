@@ -84,6 +84,7 @@ impl Security {
                 Some(role) => Ok(Some(Principal {
                     role: role.clone(),
                     expires_at_secs: None,
+                    not_before_secs: None,
                 })),
                 None => Err(AuthError::Missing),
             },

@@ -2,6 +2,8 @@
 //! broker's key, whose `exp` (if any) is in the future, and whose role claim
 //! (`sub` unless configured) names the client's role.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -21,6 +23,8 @@ pub struct Principal {
     pub role: String,
     /// When the credentials stop being valid (seconds since the epoch); `None`: never.
     pub expires_at_secs: Option<u64>,
+    /// Before when they are not valid yet (`nbf`).
+    pub not_before_secs: Option<u64>,
 }
 
 impl Principal {
@@ -35,7 +39,14 @@ pub struct TokenAuthenticator {
     key: DecodingKey,
     family: KeyFamily,
     role_claim: String,
+    /// Tokens whose signature verified, with what they proved: clients
+    /// reconnect with the same token, and an RS256/ES256 verification costs
+    /// ~100x a lookup. Keyed by the whole token; expiry is checked on every use.
+    verified: Mutex<HashMap<String, Principal>>,
 }
+
+/// Verified tokens remembered; past this the memory starts over.
+const VERIFIED_CACHE_ENTRIES: usize = 10_000;
 
 impl std::fmt::Debug for TokenAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,6 +90,7 @@ impl TokenAuthenticator {
             key,
             family: KeyFamily::Secret,
             role_claim: role_claim.to_owned(),
+            verified: Mutex::default(),
         })
     }
 
@@ -88,6 +100,7 @@ impl TokenAuthenticator {
             key,
             family,
             role_claim: role_claim.to_owned(),
+            verified: Mutex::default(),
         })
     }
 
@@ -99,6 +112,36 @@ impl TokenAuthenticator {
     /// The principal `token` proves at `now_secs` (seconds since the epoch).
     pub fn authenticate_at(&self, token: &str, now_secs: u64) -> Result<Principal, AuthError> {
         let token = token.trim();
+        let known = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|m| m.get(token).cloned());
+        let p = match known {
+            Some(p) => p,
+            None => {
+                let p = self.verify(token)?;
+                if let Ok(mut m) = self.verified.lock() {
+                    if m.len() >= VERIFIED_CACHE_ENTRIES {
+                        m.clear();
+                    }
+                    m.insert(token.to_owned(), p.clone());
+                }
+                p
+            }
+        };
+        if p.expired(now_secs) {
+            return Err(AuthError::Expired);
+        }
+        if p.not_before_secs.is_some_and(|n| n > now_secs) {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(p)
+    }
+
+    /// Checks `token`'s algorithm and signature and reads its claims (not
+    /// their times: the caller checks those against its clock).
+    fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         // The algorithm must be one of the key's family: a token naming HS256
         // never verifies against a public key (the classic confusion attack).
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
@@ -129,14 +172,10 @@ impl TokenAuthenticator {
             None | Some(Value::Null) => None,
             Some(v) => Some(numeric_date(v).ok_or(AuthError::Malformed)?),
         };
-        if expires_at_secs.is_some_and(|e| e <= now_secs) {
-            return Err(AuthError::Expired);
-        }
-        if let Some(v) = claims.get("nbf") {
-            if numeric_date(v).ok_or(AuthError::Malformed)? > now_secs {
-                return Err(AuthError::NotYetValid);
-            }
-        }
+        let not_before_secs = match claims.get("nbf") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(numeric_date(v).ok_or(AuthError::Malformed)?),
+        };
         let role = claims
             .get(&self.role_claim)
             .and_then(Value::as_str)
@@ -145,6 +184,7 @@ impl TokenAuthenticator {
         Ok(Principal {
             role: role.to_owned(),
             expires_at_secs,
+            not_before_secs,
         })
     }
 
@@ -165,4 +205,28 @@ pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issue::SigningKey;
+
+    #[test]
+    fn a_remembered_token_still_expires_and_another_token_is_still_verified() {
+        let secret = crate::issue::generate_secret_key().unwrap();
+        let key = SigningKey::from_secret(&secret).unwrap();
+        let auth = TokenAuthenticator::with_secret(&secret, "sub").unwrap();
+        let token = key.token("sub", "alice", Some(1_000)).unwrap();
+        assert_eq!(auth.authenticate_at(&token, 999).unwrap().role, "alice");
+        // The same token, now cached, past its expiry.
+        assert_eq!(auth.authenticate_at(&token, 1_000), Err(AuthError::Expired));
+        // A token differing in its signature is verified, not looked up.
+        // (A character well inside the signature: the last one holds padding bits.)
+        let i = token.len() - 10;
+        let c = if &token[i..=i] == "A" { "B" } else { "A" };
+        let forged = format!("{}{c}{}", &token[..i], &token[i + 1..]);
+        assert_ne!(forged, token);
+        assert!(auth.authenticate_at(&forged, 999).is_err());
+    }
 }
