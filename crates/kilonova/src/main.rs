@@ -40,6 +40,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // One TLS provider for every rustls user in the process (the admin and
+    // perf HTTP clients): ring, as the servers' TLS. Fails only if one is
+    // installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse_from(admin::pulsar_style_args(std::env::args_os()));
     // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
     let default_level = match cli.command {

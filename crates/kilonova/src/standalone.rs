@@ -292,33 +292,21 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     }
     let admin = kilonova_admin::router(broker.clone());
     if let Some(http) = listeners.http {
-        let (admin, mut stop) = (admin.clone(), stop_rx.clone());
-        servers.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.changed().await;
-            };
-            if let Err(e) = axum::serve(http, admin)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
+        servers.push(tokio::spawn(serve_admin(
+            http,
+            admin.clone(),
+            stop_rx.clone(),
+            "HTTP",
+        )));
     }
     if let (Some(https), Some(tls)) = (listeners.https, https_tls) {
         let listener = kilonova_admin::https::TlsListener::new(https, tls)?;
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.changed().await;
-            };
-            if let Err(e) = axum::serve(listener, admin)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTPS server failed");
-            }
-        }));
+        servers.push(tokio::spawn(serve_admin(
+            listener,
+            admin,
+            stop_rx.clone(),
+            "HTTPS",
+        )));
     }
     let gc = tokio::spawn(gc_loop(
         store,
@@ -351,6 +339,27 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Serves the admin router on `listener` until `stop` changes.
+async fn serve_admin<L>(
+    listener: L,
+    admin: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    what: &str,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let shutdown = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, admin)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "{what} server failed");
+    }
 }
 
 /// Keeps the broker's metadata session (and so its registration) alive.

@@ -2,34 +2,16 @@
 //! `namespaces` and `topics` (pulsar-admin's flags): `…/permissions/{role}`
 //! under the namespace's or the topic's path.
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+use kilonova_metadata::policies::AuthAction;
 use serde_json::{json, Value};
 
 use super::client::{AdminClient, AdminError, ApiPath};
 
-/// What a role may be granted (`functions`, `sources`, `sinks` and `packages`
-/// are stored; the broker checks `produce` and `consume`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Action {
-    Produce,
-    Consume,
-    Functions,
-    Sources,
-    Sinks,
-    Packages,
-}
-
-impl Action {
-    fn name(self) -> &'static str {
-        match self {
-            Action::Produce => "produce",
-            Action::Consume => "consume",
-            Action::Functions => "functions",
-            Action::Sources => "sources",
-            Action::Sinks => "sinks",
-            Action::Packages => "packages",
-        }
-    }
+/// One action name as the broker takes it (`produce`, `consume`, `functions`,
+/// `sources`, `sinks`, `packages`).
+fn action(s: &str) -> Result<AuthAction, String> {
+    AuthAction::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -38,8 +20,8 @@ pub struct Grant {
     #[arg(long)]
     pub role: String,
     /// Actions to grant, comma-separated (replaces the role's actions).
-    #[arg(long, value_enum, value_delimiter = ',', required = true)]
-    pub actions: Vec<Action>,
+    #[arg(long, value_parser = action, value_delimiter = ',', required = true)]
+    pub actions: Vec<AuthAction>,
 }
 
 #[derive(Args)]
