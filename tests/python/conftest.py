@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -163,12 +164,17 @@ def payloads(messages) -> list[bytes]:
 
 
 def http(method: str, url: str, body: bytes | None = None, content_type: str | None = None,
-         timeout: float = 10.0) -> tuple[int, bytes]:
+         timeout: float = 10.0, headers: dict[str, str] | None = None,
+         context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    """One HTTP(S) request; `headers` are added (e.g. Authorization), `context`
+    is the TLS context for https:// URLs."""
     req = urllib.request.Request(url, data=body, method=method)
     if content_type:
         req.add_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -177,15 +183,43 @@ def http(method: str, url: str, body: bytes | None = None, content_type: str | N
 # ---------------------------------------------------------------- the broker
 
 
-class Broker:
-    """One `kilonova standalone` process on a data dir that outlives restarts."""
+def bearer(token: str | None) -> dict[str, str]:
+    """The Authorization header of `token` (none for `None`)."""
+    return {"Authorization": f"Bearer {token}"} if token is not None else {}
 
-    def __init__(self, binary: Path, data_dir: Path, log_path: Path):
+
+def tls_context(ca_file: Path | str | None) -> ssl.SSLContext:
+    """A client TLS context trusting only `ca_file` (the system's CAs if None)."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=str(ca_file))
+
+
+class Broker:
+    """One `kilonova standalone` process on a data dir that outlives restarts.
+
+    Optional, for security tests: `config` is TOML text written beside the
+    data dir and passed with --config (the TLS ports are then passed as flags
+    too); `admin_token` is sent as a bearer token by the readiness check (and
+    by the admin helpers below); with `plain_ports=False` the readiness check
+    goes to the HTTPS port, trusting `ca_file`.
+    """
+
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path,
+                 config: str | None = None, admin_token: str | None = None,
+                 ca_file: Path | None = None, plain_ports: bool = True):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
         self.pulsar_port = free_port()
         self.http_port = free_port()
+        self.pulsar_tls_port = free_port()
+        self.https_port = free_port()
+        self.config = config
+        self.config_path = data_dir.parent / f"{data_dir.name}.kilonova.toml"
+        self.admin_token = admin_token
+        self.ca_file = ca_file
+        self.plain_ports = plain_ports
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -198,6 +232,14 @@ class Broker:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def tls_service_url(self) -> str:
+        return f"pulsar+ssl://127.0.0.1:{self.pulsar_tls_port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -205,6 +247,14 @@ class Broker:
         assert not self.running, "broker already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
+        extra: list[str] = []
+        if self.config is not None:
+            self.config_path.write_text(self.config)
+            extra = [
+                "--config", str(self.config_path),
+                "--pulsar-tls-port", str(self.pulsar_tls_port),
+                "--https-port", str(self.https_port),
+            ]
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
@@ -216,6 +266,7 @@ class Broker:
                     "--bind-address", "127.0.0.1",
                     "--pulsar-port", str(self.pulsar_port),
                     "--http-port", str(self.http_port),
+                    *extra,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -226,7 +277,10 @@ class Broker:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        url = f"{self.http_url}/admin/v2/brokers/health"
+        base = self.http_url if self.plain_ports else self.https_url
+        url = f"{base}/admin/v2/brokers/health"
+        context = None if self.plain_ports else tls_context(self.ca_file)
+        headers = bearer(self.admin_token)
         last = None
         while True:
             if self.proc.poll() is not None:
@@ -235,7 +289,7 @@ class Broker:
                     + self.log_tail()
                 )
             try:
-                status, body = http("GET", url, timeout=1.0)
+                status, body = http("GET", url, timeout=1.0, headers=headers, context=context)
                 if status == 200 and body.strip() == b"ok":
                     return
                 last = (status, body[:200])
@@ -327,6 +381,49 @@ def kilonova_bin() -> Path:
 
 
 @pytest.fixture
+def make_broker(kilonova_bin, tmp_path, request):
+    """A factory of started brokers with Broker's optional arguments (config,
+    admin_token, ca_file, plain_ports), each on its own data dir; all are
+    stopped at teardown and their log tails attached to a failing report."""
+    made: list[Broker] = []
+    request.node.kilonova_brokers = made
+
+    def make(name: str = "broker", **kwargs) -> Broker:
+        b = Broker(kilonova_bin, tmp_path / f"{name}-data", tmp_path / f"{name}.log", **kwargs)
+        made.append(b)
+        for attempt in range(3):
+            try:
+                b.start()
+                return b
+            except AssertionError:
+                # free_port() races with the kernel's ephemeral ports (a client's
+                # outgoing connection may take the port between our probe and
+                # the broker's bind): on a bind failure, retry on fresh ports.
+                exited = b.proc is not None and b.proc.poll() is not None
+                if not exited or "binding the" not in b.log_tail() or attempt == 2:
+                    raise
+                b.pulsar_port, b.http_port = free_port(), free_port()
+                b.pulsar_tls_port, b.https_port = free_port(), free_port()
+        return b
+
+    yield make
+    failures = []
+    for b in made:
+        if b.running:
+            try:
+                b.stop()
+            except AssertionError as e:
+                b.kill()
+                failures.append(e)
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.passed:
+        for b in made:
+            shutil.rmtree(b.data_dir, ignore_errors=True)
+    if failures:
+        raise failures[0]
+
+
+@pytest.fixture
 def broker(kilonova_bin, tmp_path, request):
     b = Broker(kilonova_bin, tmp_path / "data", tmp_path / "kilonova.log")
     b.start()
@@ -366,3 +463,6 @@ def pytest_runtest_makereport(item, call):
         b = getattr(item, "funcargs", {}).get("broker")
         if isinstance(b, Broker):
             rep.sections.append(("kilonova broker log", b.log_tail()))
+        for other in getattr(item, "kilonova_brokers", []):
+            if other is not b:
+                rep.sections.append((f"kilonova broker log {other.log_path.name}", other.log_tail()))

@@ -129,10 +129,17 @@ fn bearer(req: &Request) -> Result<Option<String>, BrokerError> {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
             Ok(Some(token.trim().to_owned()))
         }
+        // Another scheme (Basic, …) is named; anything else may be a bare
+        // credential and is never echoed.
+        Some((scheme, _))
+            if scheme.len() <= 16 && scheme.bytes().all(|b| b.is_ascii_alphabetic()) =>
+        {
+            Err(BrokerError::Authentication(
+                kilonova_auth::AuthError::UnsupportedMethod(scheme.to_owned()),
+            ))
+        }
         _ => Err(BrokerError::Authentication(
-            kilonova_auth::AuthError::UnsupportedMethod(
-                v.split(' ').next().unwrap_or_default().to_owned(),
-            ),
+            kilonova_auth::AuthError::Malformed,
         )),
     }
 }
