@@ -58,45 +58,43 @@ pub struct KeyPair {
 
 /// A new key pair.
 pub fn generate_key_pair(alg: KeyPairAlgorithm) -> Result<KeyPair, KeyError> {
-    let bad = |e: &dyn std::fmt::Display| KeyError::Invalid(format!("key generation failed: {e}"));
     match alg {
         KeyPairAlgorithm::Rs256 => {
-            use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
             use rsa::Generate;
-            let private = rsa::PrivateKey::try_generate().map_err(|e| bad(&e))?;
+            let private = rsa::PrivateKey::try_generate().map_err(|e| generation_failed(&e))?;
             let public = private.to_public_key();
-            Ok(KeyPair {
-                private_der: private
-                    .to_pkcs8_der()
-                    .map_err(|e| bad(&e))?
-                    .as_bytes()
-                    .to_vec(),
-                public_der: public
-                    .to_public_key_der()
-                    .map_err(|e| bad(&e))?
-                    .as_bytes()
-                    .to_vec(),
-            })
+            der_pair(&private, &public)
         }
         KeyPairAlgorithm::Es256 => {
             use p256::elliptic_curve::Generate;
-            use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
-            let private = p256::SecretKey::try_generate().map_err(|e| bad(&e))?;
+            let private = p256::SecretKey::try_generate().map_err(|e| generation_failed(&e))?;
             let public = private.public_key();
-            Ok(KeyPair {
-                private_der: private
-                    .to_pkcs8_der()
-                    .map_err(|e| bad(&e))?
-                    .as_bytes()
-                    .to_vec(),
-                public_der: public
-                    .to_public_key_der()
-                    .map_err(|e| bad(&e))?
-                    .as_bytes()
-                    .to_vec(),
-            })
+            der_pair(&private, &public)
         }
     }
+}
+
+fn generation_failed(e: &dyn std::fmt::Display) -> KeyError {
+    KeyError::Invalid(format!("key generation failed: {e}"))
+}
+
+/// PKCS#8 and SubjectPublicKeyInfo DER of a pair (both crates encode through `pkcs8`).
+fn der_pair(
+    private: &impl rsa::pkcs8::EncodePrivateKey,
+    public: &impl rsa::pkcs8::EncodePublicKey,
+) -> Result<KeyPair, KeyError> {
+    Ok(KeyPair {
+        private_der: private
+            .to_pkcs8_der()
+            .map_err(|e| generation_failed(&e))?
+            .as_bytes()
+            .to_vec(),
+        public_der: public
+            .to_public_key_der()
+            .map_err(|e| generation_failed(&e))?
+            .as_bytes()
+            .to_vec(),
+    })
 }
 
 /// A key that signs tokens, with the algorithm it signs with.
