@@ -6,7 +6,8 @@
 //! 409 exists, 412 precondition such as not empty, 400 bad name or value).
 //! Every route is declared through [`api::Api`] with its documentation.
 //!
-//! This crate never touches storage or sockets of its own beyond the HTTP router.
+//! This crate never touches storage; its only sockets are the ones the HTTP
+//! router is served on ([`https::TlsListener`] for the HTTPS port).
 
 pub mod api;
 mod brokers;

@@ -96,19 +96,4 @@ impl Security {
             }
         }
     }
-
-    /// Whether `principal` may do `need` (see [`Authorizer::allows`]); with
-    /// authentication off (`None`), yes.
-    pub fn allows(
-        &self,
-        principal: Option<&Principal>,
-        need: crate::Need<'_>,
-        tenant: Option<&kilonova_metadata::policies::TenantInfo>,
-        auth: Option<&kilonova_metadata::policies::AuthPolicies>,
-    ) -> bool {
-        match principal {
-            Some(p) => self.authorizer.allows(&p.role, need, tenant, auth),
-            None => !self.authentication_enabled(),
-        }
-    }
 }

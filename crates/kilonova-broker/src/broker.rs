@@ -207,8 +207,8 @@ impl Broker {
                 Some(n) => self.resources().namespace(n).await.ok(),
                 None => None,
             };
-            security.allows(
-                Some(p),
+            authz.allows(
+                &p.role,
                 need,
                 tenant_info.as_ref(),
                 policies.as_ref().map(|p| &p.auth_policies),
