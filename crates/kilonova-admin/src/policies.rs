@@ -112,6 +112,45 @@ pub static MAX_CONSUMERS: Field<i32> = Field {
     topic: Some(|t| &mut t.max_consumers_per_topic),
 };
 
+pub static MAX_CONSUMERS_PER_SUBSCRIPTION: Field<i32> = Field {
+    path: "maxConsumersPerSubscription",
+    what: "max consumers per subscription",
+    check: check_count,
+    ns_get: |n, _| n.max_consumers_per_subscription,
+    ns_put: |n, _, v| n.max_consumers_per_subscription = v,
+    topic: Some(|t| &mut t.max_consumers_per_subscription),
+};
+
+/// Namespace level only.
+pub static MAX_TOPICS_PER_NAMESPACE: Field<i32> = Field {
+    path: "maxTopicsPerNamespace",
+    what: "max topics per namespace",
+    check: check_count,
+    ns_get: |n, _| n.max_topics_per_namespace,
+    ns_put: |n, _, v| n.max_topics_per_namespace = v,
+    topic: None,
+};
+
+/// Topic level only (the namespace has none in Pulsar either; the broker's
+/// `max_message_bytes` is the default).
+pub static MAX_MESSAGE_SIZE: Field<i32> = Field {
+    path: "maxMessageSize",
+    what: "max message size",
+    check: check_count,
+    ns_get: |_, _| None,
+    ns_put: |_, _, _| {},
+    topic: Some(|t| &mut t.max_message_size),
+};
+
+pub static DELAYED_DELIVERY: Field<p::DelayedDeliveryPolicies> = Field {
+    path: "delayedDelivery",
+    what: "delayed delivery",
+    check: no_check,
+    ns_get: |n, _| n.delayed_delivery_policies,
+    ns_put: |n, _, v| n.delayed_delivery_policies = v,
+    topic: Some(|t| &mut t.delayed_delivery),
+};
+
 pub static DEDUPLICATION: Field<bool> = Field {
     path: "deduplication",
     what: "deduplication",
@@ -280,6 +319,9 @@ pub fn routes(api: Api) -> Api {
     let api = namespace_routes(api, &INACTIVE_TOPIC);
     let api = namespace_routes(api, &MAX_PRODUCERS);
     let api = namespace_routes(api, &MAX_CONSUMERS);
+    let api = namespace_routes(api, &MAX_CONSUMERS_PER_SUBSCRIPTION);
+    let api = namespace_routes(api, &MAX_TOPICS_PER_NAMESPACE);
+    let api = namespace_routes(api, &DELAYED_DELIVERY);
     let api = namespace_routes(api, &DEDUPLICATION);
     let api = namespace_routes(api, &AUTO_TOPIC_CREATION);
     let api = topic_routes(api, &RETENTION);
@@ -290,5 +332,8 @@ pub fn routes(api: Api) -> Api {
     let api = topic_routes(api, &INACTIVE_TOPIC);
     let api = topic_routes(api, &MAX_PRODUCERS);
     let api = topic_routes(api, &MAX_CONSUMERS);
+    let api = topic_routes(api, &MAX_CONSUMERS_PER_SUBSCRIPTION);
+    let api = topic_routes(api, &MAX_MESSAGE_SIZE);
+    let api = topic_routes(api, &DELAYED_DELIVERY);
     topic_routes(api, &DEDUPLICATION)
 }

@@ -270,6 +270,7 @@ async fn create(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<
             format!("{name} is a partition of an existing partitioned topic"),
         ));
     }
+    b.check_topic_quota(&name.namespace(), 1).await?;
     b.resources().create_topic(&name, 0).await?;
     tracing::info!(topic = %name, "topic created");
     Ok(StatusCode::NO_CONTENT)
@@ -359,6 +360,7 @@ async fn create_partitioned(
 ) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
     let n = partition_count(&body)?;
+    b.check_topic_quota(&name.namespace(), n).await?;
     b.resources().create_topic(&name, n).await?;
     tracing::info!(topic = %name, partitions = n, "partitioned topic created");
     Ok(StatusCode::NO_CONTENT)

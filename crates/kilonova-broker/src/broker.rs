@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use kilonova_storage::{
-    EntryCache, ManagedLog, ManagedLogConfig, Retention, SegmentStore, StateStore, StorageError,
+    EntryCache, ManagedLog, ManagedLogConfig, SegmentStore, StateStore, StorageError,
 };
 
 use kilonova_auth::{Need, Principal, Security, Want};
@@ -18,6 +18,7 @@ use kilonova_pulsar_protocol::proto::Schema;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::metrics::MetricsRegistry;
+use crate::policies::{Effective, PolicyCache};
 use crate::topic::{self, Topic, TopicCommand, TopicHandle};
 use crate::topic::{AdminReply, AdminRequest};
 use crate::topic_name::TopicName;
@@ -28,6 +29,7 @@ struct Inner {
     state: Arc<dyn StateStore>,
     cache: Arc<EntryCache>,
     resources: Resources,
+    policies: Arc<PolicyCache>,
     security: Security,
     metrics: MetricsRegistry,
     topics: Mutex<TopicMap>,
@@ -133,6 +135,7 @@ impl Broker {
         security: Security,
     ) -> Result<Self, BrokerError> {
         let cache = Arc::new(EntryCache::new(config.entry_cache_bytes));
+        let policies = PolicyCache::watching(&resources);
         Ok(Broker {
             inner: Arc::new(Inner {
                 config,
@@ -140,6 +143,7 @@ impl Broker {
                 state,
                 cache,
                 resources,
+                policies,
                 security,
                 metrics: MetricsRegistry::default(),
                 topics: Mutex::new(TopicMap::default()),
@@ -204,7 +208,7 @@ impl Broker {
                 None => None,
             };
             let policies = match ns.filter(|_| need.reads_namespace()) {
-                Some(n) => self.resources().namespace(n).await.ok(),
+                Some(n) => self.namespace_policies(n).await.ok(),
                 None => None,
             };
             authz.allows(
@@ -315,8 +319,28 @@ impl Broker {
         )
     }
 
-    pub(crate) fn retention(&self) -> Retention {
-        topic::default_retention()
+    /// The namespace's record, from the policy cache.
+    pub(crate) async fn namespace_policies(
+        &self,
+        ns: &NamespaceName,
+    ) -> Result<Arc<kilonova_metadata::policies::Policies>, kilonova_metadata::MetadataError> {
+        self.inner.policies.namespace(self.resources(), ns).await
+    }
+
+    /// The policies in force on topic `name` now.
+    pub(crate) async fn effective_policies(
+        &self,
+        name: &TopicName,
+    ) -> Result<Effective, BrokerError> {
+        let cache = &self.inner.policies;
+        let ns = cache.namespace(self.resources(), &name.namespace()).await?;
+        let topic = cache.topic(self.resources(), name).await?;
+        Ok(Effective::resolve(self.config(), &ns, &topic))
+    }
+
+    #[allow(dead_code)] // used by deduplication (next commit)
+    pub(crate) fn state_store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.state
     }
 
     /// Topics loaded now (each has a task).
@@ -330,12 +354,18 @@ impl Broker {
     }
 
     pub(crate) async fn open_log(&self, id: u64) -> Result<ManagedLog, StorageError> {
+        let c = self.config();
         ManagedLog::open(
             id,
             self.inner.store.clone(),
             self.inner.state.clone(),
             self.inner.cache.clone(),
-            ManagedLogConfig::default(),
+            ManagedLogConfig {
+                max_segment_entries: c.max_segment_entries.max(1),
+                max_segment_bytes: c.max_segment_bytes.max(1),
+                max_segment_age_ms: c.max_segment_age_secs.saturating_mul(1000).max(1),
+                ..ManagedLogConfig::default()
+            },
             topic::now_ms(),
         )
         .await
@@ -359,6 +389,7 @@ impl Broker {
             && name.partition().is_none()
         {
             let n = auto.default_num_partitions.unwrap_or(1).max(1);
+            self.check_topic_quota(&ns, n).await?;
             return match resources.create_topic(name, n).await {
                 Ok(_) => Ok(n),
                 // Created concurrently: answer what is stored.
@@ -438,10 +469,17 @@ impl Broker {
                 continue;
             }
             let (tx, rx) = mpsc::channel(self.config().topic_queue_depth.max(1));
-            topics.live.insert(key, tx.clone());
+            let handle = TopicHandle::new(tx, Arc::default());
+            topics.live.insert(key, handle.clone());
             drop(topics);
-            tokio::spawn(Topic::run(self.clone(), name.clone(), record, rx));
-            return Ok(tx);
+            tokio::spawn(Topic::run(
+                self.clone(),
+                name.clone(),
+                record,
+                rx,
+                handle.publish_gate.clone(),
+            ));
+            return Ok(handle);
         }
     }
 
@@ -464,7 +502,48 @@ impl Broker {
             return Err(BrokerError::NamespaceNotFound(ns.to_string()));
         };
         let create = parent.is_some() || self.auto_creation(&policies).allow_auto_topic_creation;
+        if create && parent.is_none() {
+            self.check_topic_quota(&ns, 1).await?;
+        }
         Ok(self.resources().get_or_create_topic(name, create).await?)
+    }
+
+    /// Refuses `adding` more topics (a partitioned topic counts its
+    /// partitions) in a namespace at its topic limit (`maxTopicsPerNamespace`,
+    /// else the broker's `max_topics_per_namespace`). Two creations racing
+    /// may both pass the count.
+    pub async fn check_topic_quota(
+        &self,
+        ns: &NamespaceName,
+        adding: u32,
+    ) -> Result<(), BrokerError> {
+        let policies = self.namespace_policies(ns).await?;
+        let max = match policies.max_topics_per_namespace {
+            Some(n) => u32::try_from(n).unwrap_or(0),
+            None => self.config().max_topics_per_namespace,
+        };
+        if max == 0 {
+            return Ok(());
+        }
+        let mut count: u64 = 0;
+        for domain in [
+            kilonova_metadata::Domain::Persistent,
+            kilonova_metadata::Domain::NonPersistent,
+        ] {
+            for (name, record) in self.resources().topics(ns, domain).await? {
+                count += match (record.partitions, name.partition()) {
+                    (0, Some(_)) => 0, // a partition: counted with its partitioned topic
+                    (0, None) => 1,
+                    (n, _) => u64::from(n),
+                };
+            }
+        }
+        if count + u64::from(adding) > u64::from(max) {
+            return Err(BrokerError::Precondition(format!(
+                "Exceed maximum number of topics in namespace {ns}: {count} of {max}"
+            )));
+        }
+        Ok(())
     }
 
     /// The version of `schema` on topic `name` (registering it if new). `None`: no schema.

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use kilonova_metadata::policies::{BacklogQuotaPolicy, InactiveTopicDeleteMode};
+
 /// Which kind of topic auto-creation makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -39,6 +41,67 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Commands queued to one topic before connections wait (backpressure).
     pub topic_queue_depth: usize,
+
+    // ---- storage layout of a topic
+    /// A segment (Pulsar: ledger) is sealed and a new one started after this
+    /// many entries; retention deletes whole sealed segments.
+    pub max_segment_entries: u64,
+    /// ...or after this many bytes.
+    pub max_segment_bytes: u64,
+    /// ...or when it is this old.
+    pub max_segment_age_secs: u64,
+
+    // ---- policy defaults (a namespace's or topic's policy overrides them)
+    /// Messages a topic keeps after every subscription acknowledged them, in minutes
+    /// (-1: forever; 0: none).
+    pub retention_minutes: i64,
+    /// ...and in MiB (-1: unlimited; 0: none).
+    pub retention_size_mb: i64,
+    /// Unacknowledged messages older than this are acknowledged for every
+    /// subscription (0: never).
+    pub message_ttl_secs: u64,
+    /// How often TTLs are applied.
+    pub message_expiry_check_interval_secs: u64,
+    /// Backlog quota, bytes of the largest subscription backlog (-1: unlimited).
+    pub backlog_quota_limit_bytes: i64,
+    /// Backlog quota, age of the oldest unacknowledged message in seconds (-1: unlimited).
+    pub backlog_quota_limit_secs: i64,
+    /// What happens when a backlog quota is exceeded.
+    pub backlog_quota_policy: BacklogQuotaPolicy,
+    /// How often backlog quotas are checked.
+    pub backlog_quota_check_interval_secs: u64,
+    /// Per-topic publish rate limits (0: unlimited).
+    pub max_publish_rate_per_topic_messages: u64,
+    pub max_publish_rate_per_topic_bytes: u64,
+    /// Per-topic and per-subscription dispatch rate limits (0: unlimited).
+    pub dispatch_rate_per_topic_messages: u64,
+    pub dispatch_rate_per_topic_bytes: u64,
+    pub dispatch_rate_per_subscription_messages: u64,
+    pub dispatch_rate_per_subscription_bytes: u64,
+    /// Count limits (0: unlimited).
+    pub max_producers_per_topic: u32,
+    pub max_consumers_per_topic: u32,
+    pub max_consumers_per_subscription: u32,
+    pub max_topics_per_namespace: u32,
+    /// Deduplicate messages by producer name and sequence id.
+    pub deduplication_enabled: bool,
+    /// Producers whose deduplication state a topic keeps (the least recently
+    /// active are forgotten beyond this).
+    pub deduplication_max_producers: usize,
+    /// The deduplication state is snapshotted after this many entries (a load
+    /// replays at most this many entries to rebuild it).
+    pub deduplication_snapshot_interval_entries: u64,
+    /// Hold messages with a delivery time on shared and key_shared subscriptions.
+    pub delayed_delivery_enabled: bool,
+    /// Delayed messages a subscription tracks; reading further stops beyond this.
+    pub max_delayed_messages_per_subscription: usize,
+    /// Delete topics nobody uses (see docs/configuration.md for the rules).
+    pub delete_inactive_topics_enabled: bool,
+    /// How often loaded topics check whether they are inactive.
+    pub delete_inactive_topics_frequency_secs: u64,
+    /// How long a topic must have been inactive to be deleted.
+    pub delete_inactive_topics_max_inactive_secs: u64,
+    pub delete_inactive_topics_mode: InactiveTopicDeleteMode,
 }
 
 impl Default for BrokerConfig {
@@ -57,6 +120,36 @@ impl Default for BrokerConfig {
             max_redelivery_backlog_entries: 10_000,
             max_connections: 10_000,
             topic_queue_depth: 1024,
+            max_segment_entries: 50_000,
+            max_segment_bytes: 256 << 20,
+            max_segment_age_secs: 4 * 3600,
+            retention_minutes: 0,
+            retention_size_mb: 0,
+            message_ttl_secs: 0,
+            message_expiry_check_interval_secs: 60,
+            backlog_quota_limit_bytes: -1,
+            backlog_quota_limit_secs: -1,
+            backlog_quota_policy: BacklogQuotaPolicy::ProducerRequestHold,
+            backlog_quota_check_interval_secs: 60,
+            max_publish_rate_per_topic_messages: 0,
+            max_publish_rate_per_topic_bytes: 0,
+            dispatch_rate_per_topic_messages: 0,
+            dispatch_rate_per_topic_bytes: 0,
+            dispatch_rate_per_subscription_messages: 0,
+            dispatch_rate_per_subscription_bytes: 0,
+            max_producers_per_topic: 0,
+            max_consumers_per_topic: 0,
+            max_consumers_per_subscription: 0,
+            max_topics_per_namespace: 0,
+            deduplication_enabled: false,
+            deduplication_max_producers: 10_000,
+            deduplication_snapshot_interval_entries: 1000,
+            delayed_delivery_enabled: true,
+            max_delayed_messages_per_subscription: 100_000,
+            delete_inactive_topics_enabled: true,
+            delete_inactive_topics_frequency_secs: 60,
+            delete_inactive_topics_max_inactive_secs: 60,
+            delete_inactive_topics_mode: InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::commands;
 use crate::error::BrokerError;
 use crate::outbound::{Out, Outbound};
 use crate::subscription::ConsumerKey;
-use crate::topic::{self, ConnCtx, NewProducer, TopicCommand, TopicHandle};
+use crate::topic::{self, sleep_until, ConnCtx, NewProducer, TopicCommand, TopicHandle};
 use crate::topic_name::{Domain, TopicName};
 use kilonova_auth::{Need, Principal, Want, TOKEN_METHOD};
 use kilonova_metadata::SchemaOutcome;
@@ -75,6 +75,8 @@ struct Connection {
     wants_entry_metadata: bool,
     producers: HashMap<u64, TopicHandle>,
     consumers: HashMap<u64, TopicHandle>,
+    /// A publish rate was reached: stop reading until then.
+    throttled_until: Option<Instant>,
 }
 
 /// How long a client may take to finish its TLS handshake.
@@ -138,6 +140,7 @@ async fn serve<R, W>(
         wants_entry_metadata: false,
         producers: HashMap::new(),
         consumers: HashMap::new(),
+        throttled_until: None,
     };
     tracing::debug!(conn = conn.id, %peer, "connection opened");
     let keep_alive = Duration::from_secs(conn.broker.config().keep_alive_secs.max(1));
@@ -152,8 +155,22 @@ async fn serve<R, W>(
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
             buf.reserve(READ_CHUNK_BYTES);
         }
+        let throttled = conn.throttled_until;
         tokio::select! {
-            read = reader.read_buf(&mut buf) => {
+            // A publish rate was reached: the socket is not read (the client's
+            // sends wait in TCP buffers and then in the client) until it allows.
+            _ = sleep_until(throttled), if throttled.is_some() => {
+                conn.throttled_until = None;
+                if let Some(wait) = conn.still_throttled() {
+                    conn.throttled_until = Some(Instant::now() + wait);
+                    continue;
+                }
+                last_seen = Instant::now();
+                if let Err(end) = conn.drain_frames(&mut buf, max_frame).await {
+                    break end;
+                }
+            }
+            read = reader.read_buf(&mut buf), if throttled.is_none() => {
                 match read {
                     Ok(0) | Err(_) => break End::Done,
                     Ok(_) => last_seen = Instant::now(),
@@ -261,8 +278,23 @@ impl Connection {
         Ok(topic)
     }
 
+    /// How long a connection paused by a publish rate must still wait (the
+    /// longest wait among its producers' topics).
+    fn still_throttled(&self) -> Option<std::time::Duration> {
+        let now = Instant::now();
+        self.producers
+            .values()
+            .map(|h| h.publish_gate.wait(now))
+            .max()
+            .filter(|w| !w.is_zero())
+    }
+
+    /// Handles the frames in `buf`, stopping after a SEND that reached a publish rate.
     async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<(), End> {
         loop {
+            if self.throttled_until.is_some() {
+                return Ok(());
+            }
             let frame = match frame::decode(buf, max_frame) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
@@ -458,6 +490,8 @@ impl Connection {
                         s.producer_id
                     )));
                 };
+                let (messages, bytes) =
+                    (u64::from(payload.message_count()), payload.raw.len() as u64);
                 let cmd = TopicCommand::Send {
                     conn: self.id,
                     producer_id: s.producer_id,
@@ -465,6 +499,12 @@ impl Connection {
                     highest_sequence_id: s.highest_sequence_id.unwrap_or(0).max(s.sequence_id),
                     payload,
                 };
+                let now = Instant::now();
+                let wait = topic.publish_gate.charge(messages, bytes, now);
+                if !wait.is_zero() {
+                    self.broker.metrics().count_publish_throttled();
+                    self.throttled_until = Some(now + wait);
+                }
                 if topic.send(cmd).await.is_err() {
                     self.out.command(commands::send_error(
                         s.producer_id,

@@ -49,6 +49,10 @@ pub enum BrokerError {
     /// The role lacks the permission (HTTP 403).
     #[error("{0}")]
     Authorization(String),
+    /// A backlog quota is exceeded; `hold`: the producer_request_hold policy
+    /// (clients retry), else producer_exception (clients give up).
+    #[error("{message}")]
+    BacklogQuotaExceeded { hold: bool, message: String },
 }
 
 impl BrokerError {
@@ -74,6 +78,12 @@ impl BrokerError {
             BrokerError::ShuttingDown => ServerError::ServiceNotReady,
             BrokerError::Authentication(_) => ServerError::AuthenticationError,
             BrokerError::Authorization(_) => ServerError::AuthorizationError,
+            BrokerError::BacklogQuotaExceeded { hold: true, .. } => {
+                ServerError::ProducerBlockedQuotaExceededError
+            }
+            BrokerError::BacklogQuotaExceeded { hold: false, .. } => {
+                ServerError::ProducerBlockedQuotaExceededException
+            }
         }
     }
 }
@@ -157,6 +167,20 @@ mod tests {
                 BrokerError::Authorization("no".into()),
                 ServerError::AuthorizationError,
             ),
+            (
+                BrokerError::BacklogQuotaExceeded {
+                    hold: true,
+                    message: "x".into(),
+                },
+                ServerError::ProducerBlockedQuotaExceededError,
+            ),
+            (
+                BrokerError::BacklogQuotaExceeded {
+                    hold: false,
+                    message: "x".into(),
+                },
+                ServerError::ProducerBlockedQuotaExceededException,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(e.server_error(), code, "{e}");
@@ -165,5 +189,10 @@ mod tests {
         assert_eq!(ServerError::TopicNotFound as i32, 11);
         assert_eq!(ServerError::ChecksumError as i32, 9);
         assert_eq!(ServerError::NotAllowedError as i32, 22);
+        assert_eq!(ServerError::ProducerBlockedQuotaExceededError as i32, 12);
+        assert_eq!(
+            ServerError::ProducerBlockedQuotaExceededException as i32,
+            13
+        );
     }
 }

@@ -14,10 +14,13 @@ mod catalog_import;
 mod commands;
 pub mod config;
 mod connection;
+mod dedup;
 mod error;
 pub mod key_shared;
 pub mod metrics;
 mod outbound;
+mod policies;
+mod rate_limit;
 mod subscription;
 mod topic;
 

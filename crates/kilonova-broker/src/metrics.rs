@@ -91,6 +91,12 @@ pub struct MetricsRegistry {
     authentications: [AtomicU64; 2],
     /// Authorization decisions: allowed, refused.
     authorizations: [AtomicU64; 2],
+    /// Inactive topics deleted, and deletions that failed.
+    inactive_deletions: [AtomicU64; 2],
+    /// Times a connection stopped reading because of a publish rate.
+    publish_throttled: AtomicU64,
+    /// Messages not stored because deduplication found them stored already.
+    duplicates: AtomicU64,
 }
 
 impl MetricsRegistry {
@@ -100,6 +106,18 @@ impl MetricsRegistry {
 
     pub fn count_authorization(&self, allowed: bool) {
         self.authorizations[usize::from(!allowed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_inactive_deletion(&self, ok: bool) {
+        self.inactive_deletions[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_publish_throttled(&self) {
+        self.publish_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_duplicates(&self, n: u64) {
+        self.duplicates.fetch_add(n, Ordering::Relaxed);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TopicMetrics>>> {
@@ -307,6 +325,26 @@ pub fn render(
             "kilonova_authorization_denied_total",
             "Operations refused for lack of permission",
             &registry.authorizations[1],
+        ),
+        (
+            "kilonova_inactive_topics_deleted_total",
+            "Topics deleted for being inactive (a partitioned topic counts once)",
+            &registry.inactive_deletions[0],
+        ),
+        (
+            "kilonova_inactive_topic_deletion_failures_total",
+            "Inactive-topic deletions that failed",
+            &registry.inactive_deletions[1],
+        ),
+        (
+            "kilonova_publish_throttled_total",
+            "Times a connection stopped reading because a topic's publish rate was reached",
+            &registry.publish_throttled,
+        ),
+        (
+            "kilonova_deduplicated_messages_total",
+            "Messages not stored again because deduplication had stored them",
+            &registry.duplicates,
         ),
     ];
     for (name, help, v) in counters {

@@ -14,7 +14,7 @@
 //!   at until everything before that position is acknowledged: entries of its keys
 //!   may still be in flight at the consumer that owned them before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,6 +28,7 @@ use crate::error::BrokerError;
 use crate::key_shared::{self, Selector};
 use crate::metrics::TopicMetrics;
 use crate::outbound::Outbound;
+use crate::rate_limit::RateLimiter;
 
 /// A consumer, unique in the broker: (connection id, the client's consumer id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,6 +82,45 @@ pub(crate) struct Consumer {
 pub(crate) struct DispatchLimits {
     pub batch_entries: usize,
     pub max_redelivery_backlog: usize,
+    /// Shared / key_shared: hold entries whose delivery time is after `now_ms`.
+    pub delayed_delivery: bool,
+    pub max_delayed: usize,
+    pub now_ms: u64,
+}
+
+/// What a dispatch pass may send under the dispatch rates (`None`: no limit in
+/// that dimension). The entry that crosses a limit still goes; the rate
+/// limiter carries the excess as debt.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Budget {
+    pub messages: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+impl Budget {
+    pub(crate) const UNLIMITED: Budget = Budget {
+        messages: None,
+        bytes: None,
+    };
+
+    fn exhausted(&self) -> bool {
+        self.messages == Some(0) || self.bytes == Some(0)
+    }
+
+    /// Entries worth reading for `want` (one entry may hold several messages).
+    fn cap_entries(&self, want: usize) -> usize {
+        self.messages
+            .map_or(want, |m| want.min(usize::try_from(m).unwrap_or(usize::MAX)))
+    }
+
+    fn spend(&mut self, entry: &Entry) {
+        if let Some(m) = self.messages.as_mut() {
+            *m = m.saturating_sub(u64::from(entry.message_count));
+        }
+        if let Some(b) = self.bytes.as_mut() {
+            *b = b.saturating_sub(entry.data.len() as u64);
+        }
+    }
 }
 
 pub(crate) struct Subscription {
@@ -107,6 +147,11 @@ pub(crate) struct Subscription {
     /// Messages and bytes dispatched (this load of the topic).
     pub msg_out: u64,
     pub bytes_out: u64,
+    /// The subscription's dispatch rate.
+    pub rate: RateLimiter,
+    /// Shared / key_shared: entries read but held until their delivery time
+    /// (ms), not acknowledged, so a restart reads and holds them again.
+    delayed: BTreeSet<(u64, Position)>,
     metrics: Arc<TopicMetrics>,
 }
 
@@ -134,7 +179,31 @@ impl Subscription {
             needs_rewind: false,
             msg_out: 0,
             bytes_out: 0,
+            rate: RateLimiter::default(),
+            delayed: BTreeSet::new(),
             metrics,
+        }
+    }
+
+    /// When the next held entry is due (ms), if any.
+    pub(crate) fn next_delayed_ms(&self) -> Option<u64> {
+        self.delayed.first().map(|(t, _)| *t)
+    }
+
+    pub(crate) fn delayed_count(&self) -> usize {
+        self.delayed.len()
+    }
+
+    /// Held entries whose time has come join the redelivery set (sent first,
+    /// oldest position first).
+    fn release_due(&mut self, now_ms: u64) {
+        while let Some(&(t, p)) = self.delayed.first() {
+            if t > now_ms {
+                break;
+            }
+            self.delayed.pop_first();
+            // The key_shared slot is found when the entry is read again.
+            self.replay.insert(p, None);
         }
     }
 
@@ -337,12 +406,18 @@ impl Subscription {
         log: &mut ManagedLog,
         p: Position,
     ) -> Result<(), StorageError> {
-        let after = Position::new(p.segment, p.entry.saturating_add(1));
-        self.pending = self.pending.split_off(&after);
-        self.redeliveries = self.redeliveries.split_off(&after);
-        self.partial_acks = self.partial_acks.split_off(&after);
-        self.replay = self.replay.split_off(&after);
+        self.forget_before(Position::new(p.segment, p.entry.saturating_add(1)));
         log.ack_cumulative(&self.name, p)
+    }
+
+    /// The cursor's floor moved to `floor` outside of an acknowledgement (TTL,
+    /// backlog eviction): what was in flight before it is settled.
+    pub(crate) fn forget_before(&mut self, floor: Position) {
+        self.delayed.retain(|(_, p)| *p >= floor);
+        self.pending = self.pending.split_off(&floor);
+        self.redeliveries = self.redeliveries.split_off(&floor);
+        self.partial_acks = self.partial_acks.split_off(&floor);
+        self.replay = self.replay.split_off(&floor);
     }
 
     fn forget(&mut self, p: Position) {
@@ -354,6 +429,7 @@ impl Subscription {
 
     /// After the cursor was moved (seek): nothing in flight counts any more.
     pub(crate) fn reset(&mut self) {
+        self.delayed.clear();
         self.pending.clear();
         self.replay.clear();
         self.redeliveries.clear();
@@ -369,23 +445,25 @@ impl Subscription {
         &mut self,
         log: &mut ManagedLog,
         limits: &DispatchLimits,
+        mut budget: Budget,
     ) -> Result<usize, StorageError> {
-        if self.consumers.is_empty() {
+        if self.consumers.is_empty() || budget.exhausted() {
             return Ok(0);
         }
         if self.kind.single_active() {
             if self.needs_rewind {
                 self.rewind(Some(&mut *log));
             }
-            return self.dispatch_single(log, limits);
+            return self.dispatch_single(log, limits, budget);
         }
         let mut sent = 0;
         let floor = first_unacked(log, &self.name);
+        self.release_due(limits.now_ms);
         // Redeliveries first, oldest first.
         let replay: Vec<(Position, Option<u32>)> =
             self.replay.iter().map(|(p, s)| (*p, *s)).collect();
         for (p, slot) in replay {
-            if !self.has_permits() {
+            if !self.has_permits() || budget.exhausted() {
                 break;
             }
             if let Some(slot) = slot {
@@ -405,25 +483,43 @@ impl Subscription {
             if let Some(i) = self.pick(&entry, floor) {
                 self.replay.remove(&p);
                 self.send(i, &entry);
+                budget.spend(&entry);
                 sent += 1;
             }
         }
         // Then new entries.
-        while self.has_permits() && self.replay.len() < limits.max_redelivery_backlog {
-            let want = self
-                .consumers
-                .iter()
-                .map(|c| c.permits.max(0) as usize)
-                .sum::<usize>()
-                .min(limits.batch_entries);
+        while self.has_permits()
+            && !budget.exhausted()
+            && self.replay.len() < limits.max_redelivery_backlog
+            && self.delayed.len() < limits.max_delayed
+        {
+            let want = budget.cap_entries(
+                self.consumers
+                    .iter()
+                    .map(|c| c.permits.max(0) as usize)
+                    .sum::<usize>()
+                    .min(limits.batch_entries),
+            );
             let entries = log.read_next(&self.name, want)?;
             if entries.is_empty() {
                 break;
             }
             for entry in entries {
+                if budget.exhausted() {
+                    // Over the byte rate: what was read goes back to be read again.
+                    log.rewind_read_to(&self.name, entry.position)?;
+                    break;
+                }
+                if limits.delayed_delivery {
+                    if let Some(t) = deliver_at_ms(&entry).filter(|t| *t > limits.now_ms) {
+                        self.delayed.insert((t, entry.position));
+                        continue;
+                    }
+                }
                 match self.pick(&entry, floor) {
                     Some(i) => {
                         self.send(i, &entry);
+                        budget.spend(&entry);
                         sent += 1;
                     }
                     None => {
@@ -440,6 +536,7 @@ impl Subscription {
         &mut self,
         log: &mut ManagedLog,
         limits: &DispatchLimits,
+        mut budget: Budget,
     ) -> Result<usize, StorageError> {
         let Some(i) = self
             .active
@@ -449,13 +546,21 @@ impl Subscription {
         };
         let mut sent = 0;
         while let Some(permits) = self.consumers.get(i).map(|c| c.permits).filter(|p| *p > 0) {
-            let entries =
-                log.read_next(&self.name, (permits as usize).min(limits.batch_entries))?;
+            if budget.exhausted() {
+                break;
+            }
+            let want = budget.cap_entries((permits as usize).min(limits.batch_entries));
+            let entries = log.read_next(&self.name, want)?;
             if entries.is_empty() {
                 break;
             }
             for entry in &entries {
+                if budget.exhausted() {
+                    log.rewind_read_to(&self.name, entry.position)?;
+                    break;
+                }
                 self.send(i, entry);
+                budget.spend(entry);
                 sent += 1;
             }
         }
@@ -562,7 +667,7 @@ impl Subscription {
 }
 
 /// The first entry the subscription has not acknowledged (entries before it all are).
-fn first_unacked(log: &ManagedLog, name: &str) -> Position {
+pub(crate) fn first_unacked(log: &ManagedLog, name: &str) -> Position {
     log.cursor_info(name)
         .ok()
         .and_then(|i| i.mark_delete)
@@ -570,6 +675,15 @@ fn first_unacked(log: &ManagedLog, name: &str) -> Position {
             || Position::new(0, 0),
             |m| Position::new(m.segment, m.entry + 1),
         )
+}
+
+/// When the entry's producer asked it to be delivered (`deliver_at_time`,
+/// ms since the epoch), if it did.
+fn deliver_at_ms(entry: &Entry) -> Option<u64> {
+    let p = frame::decode_payload(entry.data.clone()).ok()?;
+    p.metadata
+        .deliver_at_time
+        .and_then(|t| u64::try_from(t).ok())
 }
 
 /// The key Key_Shared routes by: the ordering key, else the partition key.

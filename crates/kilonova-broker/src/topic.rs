@@ -29,11 +29,10 @@ use kilonova_pulsar_protocol::proto::{
     CommandGetLastMessageIdResponse, CommandProducerSuccess, CommandSubscribe, KeySharedMode,
     MessageIdData, ProducerAccessMode, Schema, ServerError,
 };
-use kilonova_storage::{
-    Completion, Entry, InitialPosition, ManagedLog, Position, Retention, StorageError,
-};
+use kilonova_storage::{Completion, Entry, InitialPosition, ManagedLog, Position, StorageError};
 
 pub mod admin;
+mod policy;
 
 pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
 
@@ -42,6 +41,8 @@ use crate::commands;
 use crate::error::BrokerError;
 use crate::metrics::{Rates, TopicMetrics};
 use crate::outbound::Outbound;
+use crate::policies::Effective;
+use crate::rate_limit::{PublishGate, RateLimiter};
 use crate::subscription::{Consumer, ConsumerKey, DispatchLimits, SubKind, Subscription};
 use crate::topic_name::TopicName;
 use kilonova_metadata::{SchemaRecord, TopicRecord};
@@ -127,7 +128,35 @@ pub(crate) enum TopicCommand {
     },
 }
 
-pub(crate) type TopicHandle = mpsc::Sender<TopicCommand>;
+/// How connections reach a loaded topic: its queue, and its publish rate limit
+/// (drawn from by the connections themselves, so a producer over the limit is
+/// slowed where it reads, before its messages are queued).
+#[derive(Clone)]
+pub(crate) struct TopicHandle {
+    tx: mpsc::Sender<TopicCommand>,
+    pub publish_gate: Arc<PublishGate>,
+}
+
+impl TopicHandle {
+    pub(crate) fn new(tx: mpsc::Sender<TopicCommand>, publish_gate: Arc<PublishGate>) -> Self {
+        TopicHandle { tx, publish_gate }
+    }
+
+    pub(crate) async fn send(
+        &self,
+        cmd: TopicCommand,
+    ) -> Result<(), mpsc::error::SendError<TopicCommand>> {
+        self.tx.send(cmd).await
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub(crate) fn same_channel(&self, other: &TopicHandle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+}
 
 struct Producer {
     name: String,
@@ -223,6 +252,16 @@ pub(crate) struct Topic {
     metrics: Arc<TopicMetrics>,
     /// When rates were last computed, and the totals then.
     rates_since: (Instant, (u64, u64, u64, u64)),
+    /// The policies in force (refreshed from the policy cache every tick).
+    policies: Effective,
+    publish_gate: Arc<PublishGate>,
+    /// The topic's dispatch rate (subscriptions have their own too).
+    dispatch_rate: RateLimiter,
+    /// A dispatch held back by a dispatch rate goes on at this time.
+    dispatch_wake: Option<Instant>,
+    checks: policy::Checks,
+    /// A backlog quota of a producer policy is exceeded: producers are refused.
+    quota_exceeded: Option<policy::Exceeded>,
 }
 
 impl Topic {
@@ -232,6 +271,7 @@ impl Topic {
         name: TopicName,
         record: TopicRecord,
         mut rx: mpsc::Receiver<TopicCommand>,
+        publish_gate: Arc<PublishGate>,
     ) {
         let full_name = name.to_string();
         let log = if name.is_persistent() {
@@ -252,6 +292,10 @@ impl Topic {
             None
         };
         tracing::debug!(topic = %full_name, id = record.id, "topic loaded");
+        let policies = policy::load(&broker, &name).await;
+        let now = Instant::now();
+        publish_gate.set(policies.publish_rate, now);
+        let dispatch_rate = policy::dispatch_limiter(policies.dispatch_rate, now);
         let metrics = broker.metrics().register(&full_name);
         let mut topic = Topic {
             name,
@@ -266,9 +310,15 @@ impl Topic {
             to_dispatch: HashSet::new(),
             appends: FuturesOrdered::new(),
             next_transient_entry: 0,
-            idle_since: Some(Instant::now()),
+            idle_since: Some(now),
             metrics,
-            rates_since: (Instant::now(), (0, 0, 0, 0)),
+            rates_since: (now, (0, 0, 0, 0)),
+            policies,
+            publish_gate,
+            dispatch_rate,
+            dispatch_wake: None,
+            checks: policy::Checks::new(now),
+            quota_exceeded: None,
         };
         topic.serve(rx).await;
         topic
@@ -329,14 +379,28 @@ impl Topic {
                     self.flush_dispatch();
                     self.update_gauges();
                 }
+                _ = sleep_until(self.dispatch_wake), if self.dispatch_wake.is_some() => {
+                    self.dispatch_wake = None;
+                    self.dispatch_all();
+                }
                 _ = tick.tick() => {
                     self.housekeeping().await;
                     self.update_gauges();
                     self.update_backlog_and_rates();
                     if self.is_idle() {
                         let since = *self.idle_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= idle_limit && self.unload(&mut rx).await {
-                            return;
+                        match self.inactive_check(since) {
+                            policy::Inactive::Delete => {
+                                if self.delete_inactive(&mut rx).await {
+                                    return;
+                                }
+                            }
+                            policy::Inactive::Keep => {}
+                            policy::Inactive::Unload => {
+                                if since.elapsed() >= idle_limit && self.unload(&mut rx).await {
+                                    return;
+                                }
+                            }
                         }
                     } else {
                         self.idle_since = None;
@@ -372,15 +436,15 @@ impl Topic {
     }
 
     async fn housekeeping(&mut self) {
+        self.refresh_policies().await;
+        self.enforce_policies();
         let Some(log) = self.log.as_mut() else {
             return;
         };
         if let Err(e) = log.persist_cursors() {
             tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
         }
-        // Pulsar's default retention: acknowledged data is not kept.
-        let retention = self.broker.retention();
-        if let Err(e) = log.trim(now_ms(), retention).await {
+        if let Err(e) = log.trim(now_ms(), self.policies.retention).await {
             tracing::warn!(topic = %self.full_name, error = %e, "trimming failed");
         }
     }
@@ -531,7 +595,7 @@ impl Topic {
     ) -> bool {
         let ends = match &request {
             AdminRequest::Unload => Some(false),
-            AdminRequest::Delete { .. } => Some(true),
+            AdminRequest::Delete { .. } | AdminRequest::DeleteIfInactive { .. } => Some(true),
             _ => None,
         };
         let answer = self.admin(request);
@@ -539,6 +603,18 @@ impl Topic {
             let _ = reply.send(answer);
             return false;
         };
+        let result = self.end(delete, rx).await;
+        tracing::info!(topic = %self.full_name, deleted = delete, ok = result.is_ok(), "topic unloaded by the admin API");
+        let _ = reply.send(result.map(|()| AdminReply::Done));
+        true
+    }
+
+    /// Unloads the topic or deletes it with its data and record; the task ends.
+    async fn end(
+        &mut self,
+        delete: bool,
+        rx: &mut mpsc::Receiver<TopicCommand>,
+    ) -> Result<(), BrokerError> {
         // Leave the broker's map; loads of this topic wait until the log is
         // closed (or deleted with its record), then close every client (they
         // reconnect, as after a Pulsar unload).
@@ -559,9 +635,7 @@ impl Topic {
         while let Ok(cmd) = rx.try_recv() {
             self.broker.forward(&self.name, cmd).await;
         }
-        tracing::info!(topic = %self.full_name, deleted = delete, ok = result.is_ok(), "topic unloaded by the admin API");
-        let _ = reply.send(result.map(|()| AdminReply::Done));
-        true
+        result
     }
 
     /// Deletes the topic's data, then its record.
@@ -626,6 +700,11 @@ impl Topic {
             // A client retrying a create it already got: answer again.
             let name = self.producers.get(&key).map(|x| x.name.clone());
             self.producer_ready(&p, name.unwrap_or_default());
+            return;
+        }
+        if let Err(e) = self.admit_producer() {
+            tracing::debug!(topic = %self.full_name, error = %e, "producer refused");
+            p.conn.out.command(commands::broker_error(p.request_id, &e));
             return;
         }
         let name = p
@@ -763,6 +842,19 @@ impl Topic {
             ));
             return;
         }
+        if payload.raw.len() > self.policies.max_message_bytes {
+            out.command(commands::send_error(
+                producer_id,
+                sequence_id,
+                ServerError::NotAllowedError,
+                format!(
+                    "Exceed maximum message size: {} bytes, the topic's limit is {}",
+                    payload.raw.len(),
+                    self.policies.max_message_bytes
+                ),
+            ));
+            return;
+        }
         let count = payload.message_count();
         let bytes = payload.raw.len() as u64;
         self.metrics.add_in(u64::from(count), bytes);
@@ -874,6 +966,7 @@ impl Topic {
                 cmd.consumer_id
             )));
         }
+        self.admit_consumer(&cmd.subscription)?;
         let durable = cmd.durable.unwrap_or(true) && self.log.is_some();
         tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, durable, start = ?cmd.start_message_id, "subscribe");
         if !self.subscriptions.contains_key(&cmd.subscription) {
@@ -899,16 +992,16 @@ impl Topic {
                 }
                 log.open_cursor(&cmd.subscription, initial, durable)?;
             }
-            self.subscriptions.insert(
+            let mut sub = Subscription::new(
                 cmd.subscription.clone(),
-                Subscription::new(
-                    cmd.subscription.clone(),
-                    kind,
-                    durable,
-                    self.name.partition(),
-                    self.metrics.clone(),
-                ),
+                kind,
+                durable,
+                self.name.partition(),
+                self.metrics.clone(),
             );
+            sub.rate =
+                policy::dispatch_limiter(self.policies.subscription_dispatch_rate, Instant::now());
+            self.subscriptions.insert(cmd.subscription.clone(), sub);
         }
         let read_position = self
             .log
@@ -1164,6 +1257,9 @@ impl Topic {
         DispatchLimits {
             batch_entries: c.dispatch_batch_entries,
             max_redelivery_backlog: c.max_redelivery_backlog_entries,
+            delayed_delivery: self.policies.delayed_delivery,
+            max_delayed: c.max_delayed_messages_per_subscription,
+            now_ms: now_ms(),
         }
     }
 
@@ -1188,12 +1284,23 @@ impl Topic {
             self.to_dispatch.clear();
             return;
         };
+        let now = Instant::now();
         for name in self.to_dispatch.drain() {
             let Some(sub) = self.subscriptions.get_mut(&name) else {
                 continue;
             };
-            if let Err(e) = sub.dispatch(log, &limits) {
-                tracing::warn!(topic = %self.full_name, subscription = %name, error = %e, "dispatch failed");
+            match policy::rated_dispatch(sub, log, &limits, &mut self.dispatch_rate, now) {
+                Ok(wait) => {
+                    wake_after(&mut self.dispatch_wake, now, wait);
+                    wake_after(
+                        &mut self.dispatch_wake,
+                        now,
+                        delayed_wait(sub, limits.now_ms),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %self.full_name, subscription = %name, error = %e, "dispatch failed")
+                }
             }
         }
     }
@@ -1204,11 +1311,46 @@ impl Topic {
         let Some(log) = self.log.as_mut() else {
             return;
         };
+        let now = Instant::now();
         for sub in self.subscriptions.values_mut() {
-            if let Err(e) = sub.dispatch(log, &limits) {
-                tracing::warn!(topic = %self.full_name, subscription = %sub.name, error = %e, "dispatch failed");
+            match policy::rated_dispatch(sub, log, &limits, &mut self.dispatch_rate, now) {
+                Ok(wait) => {
+                    wake_after(&mut self.dispatch_wake, now, wait);
+                    wake_after(
+                        &mut self.dispatch_wake,
+                        now,
+                        delayed_wait(sub, limits.now_ms),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %self.full_name, subscription = %sub.name, error = %e, "dispatch failed")
+                }
             }
         }
+    }
+}
+
+/// How long until the subscription's next delayed entry is due.
+fn delayed_wait(sub: &Subscription, now_ms: u64) -> Option<Duration> {
+    sub.next_delayed_ms()
+        .map(|t| Duration::from_millis(t.saturating_sub(now_ms).max(1)))
+}
+
+/// Keeps the earliest of the dispatch wake-ups asked for.
+fn wake_after(wake: &mut Option<Instant>, now: Instant, wait: Option<Duration>) {
+    if let Some(w) = wait {
+        let at = now + w;
+        if wake.is_none_or(|t| at < t) {
+            *wake = Some(at);
+        }
+    }
+}
+
+/// Sleeps until `at` (forever if `None`; select arms guard on it being set).
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1228,13 +1370,5 @@ pub(crate) fn refuse(cmd: TopicCommand, e: &BrokerError) {
             let _ = done.send(());
         }
         _ => {}
-    }
-}
-
-/// Default retention when no policy says otherwise (Pulsar's: nothing acknowledged is kept).
-pub(crate) fn default_retention() -> Retention {
-    Retention {
-        time_ms: Some(0),
-        size_bytes: Some(0),
     }
 }

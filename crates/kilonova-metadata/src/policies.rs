@@ -168,6 +168,21 @@ fn non_partitioned() -> TopicType {
     TopicType::NonPartitioned
 }
 
+/// Delayed delivery (Pulsar's `DelayedDeliveryPolicies`): whether messages
+/// with a delivery time are held back, and how finely that time is tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DelayedDeliveryPolicies {
+    pub active: bool,
+    /// Milliseconds; accepted and stored (Kilonova tracks delivery times exactly).
+    #[serde(default = "default_tick_time")]
+    pub tick_time: i64,
+}
+
+fn default_tick_time() -> i64 {
+    1000
+}
+
 /// A namespace's record: its bundles and policies (Pulsar's `Policies`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -192,6 +207,12 @@ pub struct Policies {
     pub max_producers_per_topic: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_consumers_per_topic: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_consumers_per_subscription: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_topics_per_namespace: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delayed_delivery_policies: Option<DelayedDeliveryPolicies>,
     #[serde(
         rename = "deduplicationEnabled",
         skip_serializing_if = "Option::is_none"
@@ -298,7 +319,14 @@ pub struct TopicPolicies {
     )]
     pub max_consumers_per_topic: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_consumers_per_subscription: Option<i32>,
+    /// Bytes (metadata + payload) of the largest message a producer may send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_size: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deduplication_enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delayed_delivery: Option<DelayedDeliveryPolicies>,
 }
 
 impl TopicPolicies {

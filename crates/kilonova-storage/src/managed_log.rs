@@ -673,6 +673,48 @@ impl ManagedLog {
         Ok(())
     }
 
+    /// Moves the cursor's read position back to `p` (not before its first
+    /// unacknowledged entry): entries read but not delivered are read again.
+    pub fn rewind_read_to(&mut self, name: &str, p: Position) -> Result<()> {
+        let c = self.cursor_mut(name)?;
+        if p < c.read {
+            c.read = p.max(c.floor);
+        }
+        Ok(())
+    }
+
+    /// Bytes of the entries the cursor has not acknowledged, estimated from
+    /// segment sizes (the first segment pro rata; acknowledged ranges beyond the
+    /// first unacknowledged entry are not subtracted), as Pulsar estimates a
+    /// backlog's size.
+    pub fn backlog_bytes(&self, name: &str) -> Result<u64> {
+        let floor = self.normalize(self.cursor(name)?.floor);
+        Ok(self
+            .segments
+            .iter()
+            .filter(|s| s.id >= floor.segment)
+            .map(|s| {
+                let n = self.confirmed(s.id);
+                let bytes = self.store.segment(s.id).map_or(0, |i| i.bytes);
+                if s.id == floor.segment && n > 0 {
+                    let left = n.saturating_sub(floor.entry);
+                    (bytes as u128 * u128::from(left) / u128::from(n)) as u64
+                } else {
+                    bytes
+                }
+            })
+            .sum())
+    }
+
+    /// Publish time of the cursor's first unacknowledged entry (`None`: nothing unacknowledged).
+    pub fn oldest_unacked_publish_ms(&self, name: &str) -> Result<Option<u64>> {
+        let floor = self.normalize(self.cursor(name)?.floor);
+        if !self.is_readable(floor) {
+            return Ok(None);
+        }
+        Ok(Some(self.read_entry(floor)?.publish_time_ms))
+    }
+
     /// Moves the cursor (acks and read position) to `p`: entries before it count as
     /// acknowledged, entries from it on as not.
     pub fn reset_cursor(&mut self, name: &str, p: Position) -> Result<()> {

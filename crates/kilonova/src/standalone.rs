@@ -55,6 +55,8 @@ pub struct StorageSettings {
     pub group_commit_max_delay_us: u64,
     /// How often dead journal files are reclaimed.
     pub gc_interval_secs: u64,
+    /// Dead journal files kept for reuse (0: deleted at once, so disk space returns).
+    pub recycle_files: usize,
 }
 
 impl Default for StorageSettings {
@@ -63,6 +65,7 @@ impl Default for StorageSettings {
             log_file_mib: 128,
             group_commit_max_delay_us: 0,
             gc_interval_secs: 30,
+            recycle_files: 4,
         }
     }
 }
@@ -400,6 +403,7 @@ fn open_store(
     let mut sc = StoreConfig::new(data_dir.join("storage"));
     sc.max_entry_bytes = sc.max_entry_bytes.max(max_entry_bytes);
     sc.log_file_bytes = s.log_file_mib.max(1) << 20;
+    sc.recycle_files = s.recycle_files;
     sc.group_commit_max_delay_us = s.group_commit_max_delay_us;
     let started = std::time::Instant::now();
     let store = SegmentStore::open(sc).context("opening storage")?;

@@ -55,6 +55,11 @@ pub enum AdminRequest {
     Delete {
         force: bool,
     },
+    /// Deletes the topic if it has been inactive at least this long and its
+    /// inactive-topic policy lets it go (a partitioned topic's deletion).
+    DeleteIfInactive {
+        min_inactive: std::time::Duration,
+    },
 }
 
 /// Where a cursor goes (or a new subscription starts).
@@ -113,6 +118,10 @@ pub struct SubscriptionStats {
     pub kind: String,
     pub is_durable: bool,
     pub msg_backlog: u64,
+    /// Bytes of the backlog (estimated per segment).
+    pub backlog_size: u64,
+    /// Messages held for a later delivery time.
+    pub msg_delayed: u64,
     pub msg_out_counter: u64,
     pub bytes_out_counter: u64,
     pub consumers: Vec<ConsumerStats>,
@@ -327,6 +336,15 @@ impl Topic {
                 }
                 Ok(AdminReply::Done)
             }
+            AdminRequest::DeleteIfInactive { min_inactive } => {
+                if !self.deletable_now(min_inactive) {
+                    return Err(BrokerError::Precondition(format!(
+                        "topic {} is in use",
+                        self.full_name
+                    )));
+                }
+                Ok(AdminReply::Done)
+            }
         }
     }
 
@@ -420,9 +438,17 @@ impl Topic {
                 .as_ref()
                 .and_then(|l| l.cursor_info(&name).ok())
                 .map_or(0, |i| i.backlog_entries);
-            backlog_size = backlog_size.max(backlog);
+            // Bytes, as Pulsar's: the largest subscription backlog.
+            let bytes = self
+                .log
+                .as_ref()
+                .and_then(|l| l.backlog_bytes(&name).ok())
+                .unwrap_or(0);
+            backlog_size = backlog_size.max(bytes);
             let sub = self.subscriptions.get(&name);
-            subscriptions.insert(name, subscription_stats(sub, backlog));
+            let mut stats = subscription_stats(sub, backlog);
+            stats.backlog_size = bytes;
+            subscriptions.insert(name, stats);
         }
         let mut publishers: Vec<PublisherStats> = self
             .producers
@@ -521,6 +547,8 @@ fn subscription_stats(sub: Option<&Subscription>, backlog: u64) -> SubscriptionS
         kind: sub.kind.as_str().into(),
         is_durable: sub.durable,
         msg_backlog: backlog,
+        msg_delayed: sub.delayed_count() as u64,
+        backlog_size: 0,
         msg_out_counter: sub.msg_out,
         bytes_out_counter: sub.bytes_out,
         consumers: sub

@@ -1,0 +1,858 @@
+//! Message deduplication of a topic: Pulsar's "message deduplication" by producer
+//! name and sequence id.
+//!
+//! Per producer name the topic remembers the highest sequence id *pushed* (accepted
+//! for appending, maybe not yet durable) and the highest *persisted* (durable) with
+//! the position of the entry that carried it. A message or batch whose highest
+//! sequence id is at or below what was pushed is a duplicate.
+//!
+//! [`Dedup`] is a pure core: the topic task calls it around its appends. The state
+//! survives a crash through a snapshot in the [`StateStore`] (taken every N persisted
+//! entries and at close) plus a replay of the log entries after the position the
+//! snapshot covers ([`recover`]). Memory is bounded: at most `max_producers` names
+//! are tracked (Pulsar's `brokerDeduplicationMaxNumberOfProducers`); beyond that the
+//! producer updated longest ago is forgotten.
+
+// Wired into topic.rs separately; until then only the tests use this module.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::{BufMut, Bytes};
+use kilonova_pulsar_protocol::frame;
+use kilonova_storage::{ManagedLog, Position, StateStore, StorageError};
+
+/// Pulsar's default `brokerDeduplicationMaxNumberOfProducers`.
+pub(crate) const DEFAULT_MAX_PRODUCERS: usize = 10_000;
+
+/// Entries read from the log per call while replaying.
+const REPLAY_BATCH_ENTRIES: usize = 1024;
+
+const SNAPSHOT_VERSION: u8 = 1;
+/// version, flags, covered position, producer count.
+const SNAPSHOT_HEADER_BYTES: usize = 1 + 1 + 16 + 4;
+/// name length, sequence id, position (the name's bytes come on top).
+const SNAPSHOT_RECORD_MIN_BYTES: usize = 4 + 8 + 16;
+const SNAPSHOT_CRC_BYTES: usize = 4;
+const FLAG_HAS_COVERED: u8 = 1;
+
+/// Errors of loading or storing deduplication state.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DedupError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The stored snapshot is not one this code wrote (truncated, damaged, unknown version).
+    #[error("deduplication snapshot is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Whether a message is to be appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    New,
+    /// Already pushed: the producer is retrying. It may still be in flight; compare
+    /// with [`Dedup::last_persisted`] to know whether it is durable yet.
+    Duplicate,
+}
+
+#[derive(Clone, Debug)]
+struct ProducerState {
+    /// Highest sequence id accepted for appending (`None`: nothing since the last failure).
+    pushed: Option<u64>,
+    /// Highest durable sequence id and the entry that carried it.
+    persisted: Option<(u64, Position)>,
+    /// Logical time of the last update: the key of this producer in `Dedup::by_age`.
+    touched: u64,
+}
+
+/// A topic's deduplication state.
+#[derive(Debug)]
+pub(crate) struct Dedup {
+    producers: HashMap<String, ProducerState>,
+    /// `touched` → producer name, oldest first: the eviction order.
+    by_age: BTreeMap<u64, String>,
+    clock: u64,
+    max_producers: usize,
+    /// The last entry whose effect is in this state (persisted or replayed).
+    covered: Option<Position>,
+    unsnapshotted: u64,
+}
+
+impl Dedup {
+    /// Empty state tracking at most `max_producers` names (at least one, at most `u32::MAX`).
+    pub(crate) fn new(max_producers: usize) -> Self {
+        Dedup {
+            producers: HashMap::new(),
+            by_age: BTreeMap::new(),
+            clock: 0,
+            max_producers: max_producers.clamp(1, u32::MAX as usize),
+            covered: None,
+            unsnapshotted: 0,
+        }
+    }
+
+    /// Whether the message (or batch `sequence_id..=highest_sequence_id`) was already pushed.
+    pub(crate) fn check(
+        &self,
+        producer: &str,
+        sequence_id: u64,
+        highest_sequence_id: u64,
+    ) -> Verdict {
+        let highest = highest_sequence_id.max(sequence_id);
+        match self.producers.get(producer).and_then(|s| s.pushed) {
+            Some(pushed) if highest <= pushed => Verdict::Duplicate,
+            _ => Verdict::New,
+        }
+    }
+
+    /// The message up to `highest_sequence_id` was accepted for appending.
+    pub(crate) fn pushed(&mut self, producer: &str, highest_sequence_id: u64) {
+        self.update(producer, |s| raise(&mut s.pushed, highest_sequence_id));
+    }
+
+    /// An append failed: what was pushed but is not persisted is forgotten (a retry
+    /// must be accepted). Appends complete in order, so nothing of this producer
+    /// pushed before the failed one is still in flight.
+    pub(crate) fn append_failed(&mut self, producer: &str) {
+        let Some(persisted) = self.producers.get(producer).map(|s| s.persisted) else {
+            return;
+        };
+        match persisted {
+            Some((seq, _)) => self.update(producer, |s| s.pushed = Some(seq)),
+            None => self.forget(producer),
+        }
+    }
+
+    /// The entry at `at`, carrying the producer's messages up to `highest_sequence_id`,
+    /// is durable. Called in append order.
+    pub(crate) fn persisted(&mut self, producer: &str, highest_sequence_id: u64, at: Position) {
+        debug_assert!(
+            self.covered.is_none_or(|c| c < at),
+            "entries are persisted in log order: {at} after {:?}",
+            self.covered
+        );
+        self.record(producer, highest_sequence_id, at);
+        self.unsnapshotted += 1;
+    }
+
+    /// The highest durable sequence id of `producer` and where it is stored. A new
+    /// producer of that name gets it as `last_sequence_id` (-1 when `None`).
+    pub(crate) fn last_persisted(&self, producer: &str) -> Option<(u64, Position)> {
+        self.producers.get(producer).and_then(|s| s.persisted)
+    }
+
+    /// The last entry whose effect this state holds.
+    pub(crate) fn covered(&self) -> Option<Position> {
+        self.covered
+    }
+
+    /// Producer names tracked.
+    pub(crate) fn producer_count(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Entries persisted since the last snapshot (the caller snapshots when this
+    /// reaches its interval).
+    pub(crate) fn unsnapshotted(&self) -> u64 {
+        self.unsnapshotted
+    }
+
+    /// The snapshot of the persisted state; counts from zero again.
+    pub(crate) fn encode_snapshot(&mut self) -> Vec<u8> {
+        let b = self.snapshot_bytes();
+        self.unsnapshotted = 0;
+        b
+    }
+
+    /// Snapshot layout (little-endian): `u8 version`, `u8 flags` (bit 0: a covered
+    /// position follows), `u64 segment`, `u64 entry` (covered position, zero if none),
+    /// `u32 count`, then per producer, oldest update first: `u32 name length`, name
+    /// (UTF-8), `u64 sequence id`, `u64 segment`, `u64 entry`; last a `u32` CRC32C of
+    /// everything before it. Producers with nothing persisted are not in it.
+    fn snapshot_bytes(&self) -> Vec<u8> {
+        let records: Vec<(&str, u32, u64, Position)> = self
+            .by_age
+            .values()
+            .filter_map(|name| {
+                let (seq, at) = self.producers.get(name)?.persisted?;
+                // A name longer than 4 GiB cannot have come in a frame.
+                let len = u32::try_from(name.len()).ok()?;
+                Some((name.as_str(), len, seq, at))
+            })
+            .collect();
+        let names: usize = records.iter().map(|(n, ..)| n.len()).sum();
+        let mut b = Vec::with_capacity(
+            SNAPSHOT_HEADER_BYTES
+                + records.len() * SNAPSHOT_RECORD_MIN_BYTES
+                + names
+                + SNAPSHOT_CRC_BYTES,
+        );
+        b.put_u8(SNAPSHOT_VERSION);
+        b.put_u8(if self.covered.is_some() {
+            FLAG_HAS_COVERED
+        } else {
+            0
+        });
+        let covered = self.covered.unwrap_or_default();
+        b.put_u64_le(covered.segment);
+        b.put_u64_le(covered.entry);
+        // At most `max_producers` records, which `new` keeps within u32.
+        b.put_u32_le(u32::try_from(records.len()).unwrap_or(u32::MAX));
+        for (name, len, seq, at) in records {
+            b.put_u32_le(len);
+            b.put_slice(name.as_bytes());
+            b.put_u64_le(seq);
+            b.put_u64_le(at.segment);
+            b.put_u64_le(at.entry);
+        }
+        let crc = crc32c::crc32c(&b);
+        b.put_u32_le(crc);
+        b
+    }
+
+    /// The state a snapshot holds, and the position it covers up to.
+    pub(crate) fn decode_snapshot(
+        bytes: &[u8],
+        max_producers: usize,
+    ) -> Result<(Self, Option<Position>), DedupError> {
+        let corrupt = |what: &str| DedupError::Corrupt(what.to_string());
+        let body_len = bytes
+            .len()
+            .checked_sub(SNAPSHOT_CRC_BYTES)
+            .filter(|n| *n >= SNAPSHOT_HEADER_BYTES)
+            .ok_or_else(|| corrupt("shorter than a header"))?;
+        let (body, crc) = bytes.split_at(body_len);
+        let mut r = Reader(body);
+        if r.u8()? != SNAPSHOT_VERSION {
+            return Err(corrupt("unknown version"));
+        }
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let flags = r.u8()?;
+        if flags & !FLAG_HAS_COVERED != 0 {
+            return Err(corrupt("unknown flags"));
+        }
+        let covered = r.position()?;
+        let covered = (flags & FLAG_HAS_COVERED != 0).then_some(covered);
+        let count = r.u32()? as usize;
+        if count.saturating_mul(SNAPSHOT_RECORD_MIN_BYTES) > r.0.len() {
+            return Err(corrupt("more producers than bytes"));
+        }
+        let mut d = Dedup::new(max_producers);
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            let name = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| corrupt("producer name is not UTF-8"))?;
+            let seq = r.u64()?;
+            let at = r.position()?;
+            if d.producers.contains_key(name) {
+                return Err(corrupt("producer listed twice"));
+            }
+            if covered.is_none_or(|c| at > c) {
+                return Err(corrupt("producer persisted after the covered position"));
+            }
+            // Oldest first: if the limit shrank, the oldest are evicted as in live use.
+            d.update(name, |s| {
+                s.pushed = Some(seq);
+                s.persisted = Some((seq, at));
+            });
+        }
+        if !r.0.is_empty() {
+            return Err(corrupt("trailing bytes"));
+        }
+        d.covered = covered;
+        Ok((d, covered))
+    }
+
+    /// Replays one stored entry (its payload exactly as stored: optional broker entry
+    /// metadata and checksum, then the `MessageMetadata` and data) at `position`.
+    /// Entries at or before what this state covers are skipped; an entry that does
+    /// not decode is skipped with a warning (it deduplicates nothing).
+    pub(crate) fn replay(&mut self, position: Position, payload: &Bytes) {
+        if self.covered.is_some_and(|c| position <= c) {
+            return;
+        }
+        self.unsnapshotted += 1;
+        let meta = match frame::decode_payload(payload.clone()) {
+            Ok(p) => p.metadata,
+            Err(e) => {
+                tracing::warn!(%position, error = %e, "dedup replay: entry without readable metadata");
+                self.covered = Some(position);
+                return;
+            }
+        };
+        if meta.producer_name.is_empty() {
+            self.covered = Some(position);
+            return;
+        }
+        let highest = meta.highest_sequence_id.unwrap_or_else(|| {
+            let n = u64::from(frame::message_count(&meta));
+            meta.sequence_id.saturating_add(n - 1)
+        });
+        self.record(&meta.producer_name, highest.max(meta.sequence_id), position);
+    }
+
+    fn record(&mut self, producer: &str, highest_sequence_id: u64, at: Position) {
+        self.update(producer, |s| {
+            raise(&mut s.pushed, highest_sequence_id);
+            if s.persisted.is_none_or(|(seq, _)| seq < highest_sequence_id) {
+                s.persisted = Some((highest_sequence_id, at));
+            }
+        });
+        self.covered = Some(self.covered.map_or(at, |c| c.max(at)));
+    }
+
+    /// Applies `f` to the producer's state, created if new (evicting the oldest
+    /// beyond the limit), and marks it as updated now.
+    fn update(&mut self, producer: &str, f: impl FnOnce(&mut ProducerState)) {
+        self.clock += 1;
+        let now = self.clock;
+        if let Some(s) = self.producers.get_mut(producer) {
+            let name = self.by_age.remove(&s.touched);
+            debug_assert!(name.is_some(), "every tracked producer is in by_age");
+            self.by_age
+                .insert(now, name.unwrap_or_else(|| producer.to_string()));
+            s.touched = now;
+            f(s);
+            return;
+        }
+        while self.producers.len() >= self.max_producers {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.producers.remove(&oldest);
+        }
+        let mut s = ProducerState {
+            pushed: None,
+            persisted: None,
+            touched: now,
+        };
+        f(&mut s);
+        self.producers.insert(producer.to_string(), s);
+        self.by_age.insert(now, producer.to_string());
+        debug_assert_eq!(self.producers.len(), self.by_age.len());
+        debug_assert!(self.producers.len() <= self.max_producers);
+    }
+
+    fn forget(&mut self, producer: &str) {
+        if let Some(s) = self.producers.remove(producer) {
+            self.by_age.remove(&s.touched);
+        }
+    }
+}
+
+/// Raises `v` to at least `to`.
+fn raise(v: &mut Option<u64>, to: u64) {
+    *v = Some(v.map_or(to, |x| x.max(to)));
+}
+
+/// Bounds-checked little-endian reads over a snapshot.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DedupError> {
+        if n > self.0.len() {
+            return Err(DedupError::Corrupt("truncated".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DedupError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, DedupError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DedupError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DedupError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn position(&mut self) -> Result<Position, DedupError> {
+        Ok(Position::new(self.u64()?, self.u64()?))
+    }
+}
+
+/// The state key of topic `topic_id`'s snapshot.
+pub(crate) fn snapshot_key(topic_id: u64) -> String {
+    format!("dedup/{topic_id}")
+}
+
+/// Loads the snapshot (if any) from `state` under `key`, then replays every entry of
+/// `log` after the position it covers. Reads the disk: run it off the async workers.
+pub(crate) fn recover(
+    state: &dyn StateStore,
+    key: &str,
+    log: &ManagedLog,
+    max_producers: usize,
+) -> Result<Dedup, DedupError> {
+    let (mut d, covered) = match state.load(key)? {
+        Some(b) => Dedup::decode_snapshot(&b, max_producers)?,
+        None => (Dedup::new(max_producers), None),
+    };
+    // `read_from` moves past segment ends and deleted segments by itself.
+    let mut from = covered.map_or_else(
+        || log.first_position(),
+        |c| Position::new(c.segment, c.entry.saturating_add(1)),
+    );
+    loop {
+        let entries = log.read_from(from, REPLAY_BATCH_ENTRIES)?;
+        let Some(last) = entries.last().map(|e| e.position) else {
+            break;
+        };
+        for e in &entries {
+            d.replay(e.position, &e.data);
+        }
+        from = Position::new(last.segment, last.entry.saturating_add(1));
+    }
+    Ok(d)
+}
+
+/// Stores `d`'s snapshot under `key`; its count of unsnapshotted entries restarts
+/// only once the snapshot is durable.
+pub(crate) fn store_snapshot(
+    state: &dyn StateStore,
+    key: &str,
+    d: &mut Dedup,
+) -> Result<(), DedupError> {
+    state.store(key, &d.snapshot_bytes())?;
+    d.unsnapshotted = 0;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kilonova_pulsar_protocol::proto::MessageMetadata;
+    use kilonova_storage::{
+        DirStateStore, EntryCache, ManagedLogConfig, SegmentStore, StoreConfig,
+    };
+    use proptest::prelude::*;
+
+    use super::*;
+
+    type Row = (String, Option<u64>, Option<(u64, Position)>);
+
+    /// Every tracked producer, oldest update first.
+    fn rows(d: &Dedup) -> Vec<Row> {
+        d.by_age
+            .values()
+            .map(|n| {
+                let s = &d.producers[n];
+                (n.clone(), s.pushed, s.persisted)
+            })
+            .collect()
+    }
+
+    fn p(segment: u64, entry: u64) -> Position {
+        Position::new(segment, entry)
+    }
+
+    #[test]
+    fn a_sequence_id_at_or_below_the_pushed_one_is_a_duplicate() {
+        let mut d = Dedup::new(10);
+        assert_eq!(d.check("a", 0, 0), Verdict::New);
+        d.pushed("a", 0);
+        assert_eq!(d.check("a", 0, 0), Verdict::Duplicate);
+        assert_eq!(d.check("a", 1, 1), Verdict::New);
+        d.pushed("a", 5);
+        assert_eq!(d.check("a", 3, 3), Verdict::Duplicate);
+        assert_eq!(d.check("a", 5, 5), Verdict::Duplicate);
+        assert_eq!(d.check("a", 6, 6), Verdict::New);
+        assert_eq!(
+            d.check("b", 0, 0),
+            Verdict::New,
+            "producers are independent"
+        );
+        // A highest below the sequence id (an old client leaving it 0) counts as the sequence id.
+        assert_eq!(d.check("a", 6, 0), Verdict::New);
+        assert_eq!(d.check("a", 4, 0), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn a_batch_is_a_duplicate_only_if_its_highest_sequence_id_was_pushed() {
+        let mut d = Dedup::new(10);
+        d.pushed("a", 9); // batch 0..=9
+        assert_eq!(d.check("a", 0, 9), Verdict::Duplicate);
+        assert_eq!(d.check("a", 5, 9), Verdict::Duplicate);
+        assert_eq!(
+            d.check("a", 5, 14),
+            Verdict::New,
+            "a batch reaching past is new"
+        );
+        assert_eq!(d.check("a", 10, 19), Verdict::New);
+    }
+
+    #[test]
+    fn pushed_counts_for_duplicates_before_it_is_persisted() {
+        let mut d = Dedup::new(10);
+        d.pushed("a", 1);
+        d.pushed("a", 2);
+        assert_eq!(d.check("a", 2, 2), Verdict::Duplicate, "in flight");
+        assert_eq!(d.last_persisted("a"), None);
+        assert_eq!(d.unsnapshotted(), 0);
+        d.persisted("a", 1, p(3, 0));
+        assert_eq!(d.last_persisted("a"), Some((1, p(3, 0))));
+        assert_eq!(d.check("a", 2, 2), Verdict::Duplicate);
+        d.persisted("a", 2, p(3, 1));
+        assert_eq!(d.last_persisted("a"), Some((2, p(3, 1))));
+        assert_eq!(d.unsnapshotted(), 2);
+        assert_eq!(d.covered(), Some(p(3, 1)));
+    }
+
+    #[test]
+    fn after_a_failed_append_a_retry_is_accepted() {
+        let mut d = Dedup::new(10);
+        d.pushed("a", 0);
+        d.persisted("a", 0, p(1, 0));
+        d.pushed("a", 1);
+        d.pushed("a", 2);
+        assert_eq!(d.check("a", 2, 2), Verdict::Duplicate);
+        d.append_failed("a");
+        assert_eq!(d.check("a", 1, 1), Verdict::New);
+        assert_eq!(d.check("a", 2, 2), Verdict::New);
+        assert_eq!(
+            d.check("a", 0, 0),
+            Verdict::Duplicate,
+            "the persisted one stays"
+        );
+        assert_eq!(d.last_persisted("a"), Some((0, p(1, 0))));
+
+        // A producer with nothing persisted is forgotten entirely.
+        d.pushed("b", 7);
+        d.append_failed("b");
+        assert_eq!(d.check("b", 7, 7), Verdict::New);
+        assert_eq!(d.producer_count(), 1);
+        d.append_failed("unknown");
+        assert_eq!(d.producer_count(), 1);
+    }
+
+    #[test]
+    fn last_persisted_keeps_the_highest_and_its_position() {
+        let mut d = Dedup::new(10);
+        assert_eq!(d.last_persisted("a"), None);
+        d.persisted("a", 10, p(1, 0));
+        // A lower id persisted later (dedup was bypassed) does not move it back.
+        d.persisted("a", 4, p(1, 1));
+        assert_eq!(d.last_persisted("a"), Some((10, p(1, 0))));
+        assert_eq!(d.check("a", 10, 10), Verdict::Duplicate);
+        d.persisted("a", 11, p(2, 0));
+        assert_eq!(d.last_persisted("a"), Some((11, p(2, 0))));
+        assert_eq!(d.covered(), Some(p(2, 0)));
+    }
+
+    #[test]
+    fn beyond_max_producers_the_one_updated_longest_ago_is_dropped() {
+        let mut d = Dedup::new(3);
+        d.persisted("a", 1, p(1, 0));
+        d.persisted("b", 1, p(1, 1));
+        d.persisted("c", 1, p(1, 2));
+        d.pushed("a", 2); // a is now the most recent; b the oldest
+        d.pushed("d", 1);
+        assert_eq!(d.producer_count(), 3);
+        assert_eq!(d.last_persisted("b"), None, "b evicted");
+        assert_eq!(d.check("b", 1, 1), Verdict::New);
+        assert_eq!(d.check("a", 2, 2), Verdict::Duplicate);
+        assert_eq!(d.last_persisted("c"), Some((1, p(1, 2))));
+        d.pushed("e", 1);
+        assert_eq!(d.last_persisted("c"), None, "c evicted next");
+        let names: Vec<String> = rows(&d).into_iter().map(|r| r.0).collect();
+        assert_eq!(names, ["a", "d", "e"]);
+        assert_eq!(Dedup::new(0).max_producers, 1);
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_the_persisted_state_in_age_order() {
+        let mut d = Dedup::new(10);
+        let (empty, covered) = Dedup::decode_snapshot(&d.encode_snapshot(), 10).unwrap();
+        assert_eq!((empty.producer_count(), covered), (0, None));
+
+        d.persisted("a", 3, p(1, 0));
+        d.persisted("bé", 7, p(1, 1));
+        d.persisted("", 1, p(2, 0));
+        d.persisted("a", 4, p(2, 1));
+        d.pushed("a", 9); // in flight: not in the snapshot
+        d.pushed("only-pushed", 1);
+        assert_eq!(d.unsnapshotted(), 4);
+        let bytes = d.encode_snapshot();
+        assert_eq!(d.unsnapshotted(), 0);
+        let (back, covered) = Dedup::decode_snapshot(&bytes, 10).unwrap();
+        assert_eq!(covered, Some(p(2, 1)));
+        assert_eq!(back.covered(), covered);
+        assert_eq!(
+            rows(&back),
+            [
+                ("bé".to_string(), Some(7), Some((7, p(1, 1)))),
+                (String::new(), Some(1), Some((1, p(2, 0)))),
+                ("a".to_string(), Some(4), Some((4, p(2, 1)))),
+            ]
+        );
+        // A smaller limit keeps the most recent.
+        let (small, _) = Dedup::decode_snapshot(&bytes, 1).unwrap();
+        assert_eq!(
+            rows(&small),
+            [("a".to_string(), Some(4), Some((4, p(2, 1))))]
+        );
+    }
+
+    fn sample_snapshot() -> Vec<u8> {
+        let mut d = Dedup::new(10);
+        d.persisted("producer-1", 3, p(1, 0));
+        d.persisted("producer-2", 7, p(1, 1));
+        d.encode_snapshot()
+    }
+
+    #[test]
+    fn every_truncation_or_bit_flip_of_a_snapshot_is_an_error() {
+        let good = sample_snapshot();
+        for n in 0..good.len() {
+            assert!(
+                matches!(
+                    Dedup::decode_snapshot(&good[..n], 10),
+                    Err(DedupError::Corrupt(_))
+                ),
+                "truncated to {n} bytes"
+            );
+        }
+        for i in 0..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    Dedup::decode_snapshot(&bad, 10).is_err(),
+                    "byte {i} bit {bit}"
+                );
+            }
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(Dedup::decode_snapshot(&longer, 10).is_err());
+    }
+
+    /// Re-seals a body with a valid checksum, to reach the checks behind it.
+    fn sealed(mut body: Vec<u8>) -> Vec<u8> {
+        let crc = crc32c::crc32c(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn a_well_sealed_but_inconsistent_snapshot_is_an_error() {
+        let good = sample_snapshot();
+        let body = &good[..good.len() - 4];
+        let header = |count: u32| {
+            let mut b = body[..SNAPSHOT_HEADER_BYTES - 4].to_vec();
+            b.extend_from_slice(&count.to_le_bytes());
+            b
+        };
+        // A huge producer count is refused before allocating.
+        assert!(Dedup::decode_snapshot(&sealed(header(u32::MAX)), 10).is_err());
+        // A huge name length.
+        let mut b = header(1);
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        b.extend_from_slice(&[0; 24]);
+        assert!(Dedup::decode_snapshot(&sealed(b), 10).is_err());
+        // The same producer twice.
+        let record = &body[SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES + 4 + 10 + 24];
+        let mut b = header(2);
+        b.extend_from_slice(record);
+        b.extend_from_slice(record);
+        assert!(Dedup::decode_snapshot(&sealed(b), 10).is_err());
+        // An unknown version.
+        let mut b = body.to_vec();
+        b[0] = 2;
+        assert!(Dedup::decode_snapshot(&sealed(b), 10).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Dedup::decode_snapshot(&bytes, 10);
+            let _ = Dedup::decode_snapshot(&sealed(bytes), 10);
+        }
+
+        #[test]
+        fn random_states_round_trip(ops in proptest::collection::vec((0u8..6, 0u64..100), 0..64)) {
+            let mut d = Dedup::new(4);
+            for (entry, (producer, seq)) in (0..).zip(ops) {
+                d.persisted(&format!("p{producer}"), seq, p(1, entry));
+            }
+            let persisted: Vec<Row> = rows(&d).into_iter().filter(|r| r.2.is_some()).collect();
+            let (back, covered) = Dedup::decode_snapshot(&d.encode_snapshot(), 4).unwrap();
+            prop_assert_eq!(covered, d.covered());
+            prop_assert_eq!(rows(&back), persisted);
+        }
+    }
+
+    // ---- recovery from a real log ----
+
+    struct Env {
+        _dir: tempfile::TempDir,
+        store: SegmentStore,
+        state: Arc<DirStateStore>,
+        cache: Arc<EntryCache>,
+    }
+
+    fn env() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = StoreConfig::new(dir.path().join("journal"));
+        c.log_file_bytes = 1 << 20;
+        c.max_entry_bytes = 64 << 10;
+        Env {
+            store: SegmentStore::open(c).unwrap(),
+            state: Arc::new(DirStateStore::open(dir.path().join("state")).unwrap()),
+            cache: Arc::new(EntryCache::new(1 << 20)),
+            _dir: dir,
+        }
+    }
+
+    async fn open_log(e: &Env, id: u64) -> ManagedLog {
+        let config = ManagedLogConfig {
+            max_segment_entries: 4, // replay crosses segments
+            ..Default::default()
+        };
+        let state: Arc<dyn StateStore> = e.state.clone();
+        ManagedLog::open(id, e.store.clone(), state, e.cache.clone(), config, 0)
+            .await
+            .unwrap()
+    }
+
+    async fn close_store(e: Env) {
+        tokio::task::spawn_blocking(move || e.store.close())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A message as a producer sends it: `(producer, sequence id, explicit highest, batch size)`.
+    type Msg = (&'static str, u64, Option<u64>, Option<i32>);
+
+    /// Appends each message through `d` as the topic would, waiting for durability.
+    async fn publish(log: &mut ManagedLog, d: &mut Dedup, msgs: &[Msg]) {
+        for &(producer, seq, highest, batch) in msgs {
+            let meta = MessageMetadata {
+                producer_name: producer.into(),
+                sequence_id: seq,
+                publish_time: 1,
+                highest_sequence_id: highest,
+                num_messages_in_batch: batch,
+                ..Default::default()
+            };
+            let top = highest.unwrap_or(seq + batch.map_or(0, |n| n as u64 - 1));
+            if d.check(producer, seq, top) == Verdict::Duplicate {
+                continue;
+            }
+            d.pushed(producer, top);
+            let payload = frame::build_payload(&meta, b"data");
+            let count = frame::message_count(&meta);
+            let at = log.append(payload, count, 1).await.unwrap().await.unwrap();
+            d.persisted(producer, top, at);
+        }
+    }
+
+    const FIRST: &[Msg] = &[
+        ("a", 0, None, None),
+        ("a", 1, None, None),
+        ("b", 10, None, Some(5)),   // batch 10..=14, no highest in metadata
+        ("a", 1, None, None),       // duplicate: not appended
+        ("c", 0, Some(3), Some(4)), // batch with highest
+    ];
+    const SECOND: &[Msg] = &[
+        ("b", 15, None, None),
+        ("d", 100, None, None),
+        ("a", 3, Some(7), Some(5)),
+        ("c", 4, None, None),
+        ("a", 7, None, None), // duplicate of the batch 3..=7
+        ("b", 16, None, Some(3)),
+    ];
+
+    #[tokio::test]
+    async fn recovery_from_a_mid_log_snapshot_matches_a_full_replay() {
+        let e = env();
+        let key = snapshot_key(1);
+        assert_eq!(key, "dedup/1");
+        let mut log = open_log(&e, 1).await;
+        let mut live = Dedup::new(DEFAULT_MAX_PRODUCERS);
+        publish(&mut log, &mut live, FIRST).await;
+        store_snapshot(e.state.as_ref(), &key, &mut live).unwrap();
+        assert_eq!(live.unsnapshotted(), 0);
+        let at_snapshot = live.covered();
+        // The snapshot covers a segment's last entry: replay starts in the next one.
+        assert_eq!(at_snapshot.map(|p| p.entry), Some(3));
+        // An entry without Pulsar metadata is skipped, not fatal.
+        let junk = log.append(Bytes::from_static(b"junk"), 1, 1).await.unwrap();
+        let junk = junk.await.unwrap();
+        publish(&mut log, &mut live, SECOND).await;
+        assert!(log.segments().len() >= 3, "{:?}", log.segments());
+        assert!(live.covered() > Some(junk));
+
+        let full = recover(
+            e.state.as_ref(),
+            "dedup/absent",
+            &log,
+            DEFAULT_MAX_PRODUCERS,
+        )
+        .unwrap();
+        let from_snapshot = recover(e.state.as_ref(), &key, &log, DEFAULT_MAX_PRODUCERS).unwrap();
+        let expected: Vec<Row> = rows(&live);
+        assert_eq!(rows(&full), expected);
+        assert_eq!(
+            rows(&from_snapshot),
+            expected,
+            "the entries after the snapshot are caught"
+        );
+        assert_eq!(full.covered(), live.covered());
+        assert_eq!(from_snapshot.covered(), live.covered());
+        assert_eq!(from_snapshot.last_persisted("b").map(|x| x.0), Some(18));
+        assert_eq!(from_snapshot.last_persisted("a").map(|x| x.0), Some(7));
+        assert_eq!(from_snapshot.check("d", 100, 100), Verdict::Duplicate);
+        assert!(from_snapshot.unsnapshotted() < full.unsnapshotted());
+
+        // A snapshot covering the whole log replays nothing and still matches.
+        let mut d = from_snapshot;
+        store_snapshot(e.state.as_ref(), &key, &mut d).unwrap();
+        let again = recover(e.state.as_ref(), &key, &log, DEFAULT_MAX_PRODUCERS).unwrap();
+        assert_eq!(rows(&again), expected);
+        assert_eq!(again.unsnapshotted(), 0);
+        assert!(at_snapshot < again.covered());
+
+        // A corrupt stored snapshot is an error, not a silent empty state.
+        e.state.store(&key, b"\x01garbage").unwrap();
+        assert!(matches!(
+            recover(e.state.as_ref(), &key, &log, DEFAULT_MAX_PRODUCERS),
+            Err(DedupError::Corrupt(_))
+        ));
+        log.close().unwrap();
+        close_store(e).await;
+    }
+
+    #[tokio::test]
+    async fn recovery_after_reopening_the_log_continues_numbering() {
+        let e = env();
+        let key = snapshot_key(2);
+        let mut log = open_log(&e, 2).await;
+        let mut live = Dedup::new(DEFAULT_MAX_PRODUCERS);
+        publish(&mut log, &mut live, FIRST).await;
+        store_snapshot(e.state.as_ref(), &key, &mut live).unwrap();
+        publish(&mut log, &mut live, SECOND).await;
+        // Crash: no snapshot at close; the log is reopened (its last segment sealed).
+        drop(log);
+        let log = open_log(&e, 2).await;
+        let d = recover(e.state.as_ref(), &key, &log, DEFAULT_MAX_PRODUCERS).unwrap();
+        assert_eq!(rows(&d), rows(&live));
+        assert_eq!(d.last_persisted("c"), live.last_persisted("c"));
+        log.close().unwrap();
+        close_store(e).await;
+    }
+}

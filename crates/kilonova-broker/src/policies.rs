@@ -1,0 +1,472 @@
+//! The policies in force on a topic: its own overrides, else its namespace's,
+//! else the broker's defaults ([`Effective::resolve`]), and the cache that
+//! keeps namespace and topic policies in memory, kept fresh by a watch on the
+//! metadata store (a change made through any broker's admin API reaches every
+//! broker's topics within one policy check, without a restart).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use kilonova_metadata::policies::{
+    self as p, BacklogQuotaPolicy, InactiveTopicDeleteMode, Policies, TopicPolicies,
+};
+use kilonova_metadata::{MetadataError, NamespaceName, Resources, Watch, Watched};
+use kilonova_storage::Retention;
+
+use crate::config::BrokerConfig;
+use crate::rate_limit::{Rate, RateLimits};
+use crate::topic_name::TopicName;
+
+/// A backlog quota in force: the limit and what happens beyond it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Quota {
+    pub limit: u64,
+    pub policy: BacklogQuotaPolicy,
+}
+
+/// When an unused topic is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InactiveRule {
+    pub mode: InactiveTopicDeleteMode,
+    pub max_inactive: Duration,
+}
+
+/// Every policy a topic applies, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Effective {
+    pub retention: Retention,
+    /// `None`: messages never expire.
+    pub ttl: Option<Duration>,
+    pub publish_rate: RateLimits,
+    pub dispatch_rate: RateLimits,
+    pub subscription_dispatch_rate: RateLimits,
+    /// `None`: the topic is never deleted for being unused.
+    pub inactive: Option<InactiveRule>,
+    pub max_producers: Option<u32>,
+    pub max_consumers: Option<u32>,
+    pub max_consumers_per_subscription: Option<u32>,
+    pub max_message_bytes: usize,
+    /// Largest subscription backlog, in bytes.
+    pub backlog_size: Option<Quota>,
+    /// Age of the oldest unacknowledged message, in seconds.
+    pub backlog_age: Option<Quota>,
+    pub deduplication: bool,
+    pub delayed_delivery: bool,
+}
+
+fn positive(v: i64) -> Option<u64> {
+    u64::try_from(v).ok().filter(|v| *v > 0)
+}
+
+fn count(v: Option<i32>, broker: u32) -> Option<u32> {
+    match v {
+        Some(v) => u32::try_from(v).ok().filter(|v| *v > 0),
+        None => (broker > 0).then_some(broker),
+    }
+}
+
+fn publish_limits(r: &p::PublishRate) -> RateLimits {
+    RateLimits {
+        messages: positive(i64::from(r.publish_throttling_rate_in_msg)).map(Rate::per_second),
+        bytes: positive(r.publish_throttling_rate_in_byte).map(Rate::per_second),
+    }
+}
+
+fn dispatch_limits(r: &p::DispatchRate) -> RateLimits {
+    let period = Duration::from_secs(u64::try_from(r.rate_period_in_second).unwrap_or(1).max(1));
+    let rate = |n| Rate {
+        per_period: n,
+        period,
+    };
+    RateLimits {
+        messages: positive(i64::from(r.dispatch_throttling_rate_in_msg)).map(rate),
+        bytes: positive(r.dispatch_throttling_rate_in_byte).map(rate),
+    }
+}
+
+fn broker_limits(messages: u64, bytes: u64) -> RateLimits {
+    RateLimits {
+        messages: (messages > 0).then(|| Rate::per_second(messages)),
+        bytes: (bytes > 0).then(|| Rate::per_second(bytes)),
+    }
+}
+
+/// Pulsar's retention values: minutes / MiB, -1 unlimited, 0 none.
+fn retention(minutes: i64, mib: i64) -> Retention {
+    let dim = |v: i64, unit: u64| match u64::try_from(v) {
+        Ok(v) => Some(v.saturating_mul(unit)),
+        Err(_) => None,
+    };
+    Retention {
+        time_ms: dim(minutes, 60_000),
+        size_bytes: dim(mib, 1 << 20),
+    }
+}
+
+fn quota(q: Option<&p::BacklogQuota>, pick: fn(&p::BacklogQuota) -> i64) -> Option<Quota> {
+    q.and_then(|q| {
+        positive(pick(q)).map(|limit| Quota {
+            limit,
+            policy: q.policy,
+        })
+    })
+}
+
+impl Effective {
+    /// The topic's policy, else the namespace's, else the broker's.
+    pub(crate) fn resolve(c: &BrokerConfig, ns: &Policies, t: &TopicPolicies) -> Self {
+        let cluster = &c.cluster_name;
+        let retention = match t.retention_policies.or(ns.retention_policies) {
+            Some(r) => retention(
+                i64::from(r.retention_time_in_minutes),
+                r.retention_size_in_mb,
+            ),
+            None => retention(c.retention_minutes, c.retention_size_mb),
+        };
+        let ttl_secs = match t.message_ttl_in_seconds.or(ns.message_ttl_in_seconds) {
+            Some(s) => u64::try_from(s).unwrap_or(0),
+            None => c.message_ttl_secs,
+        };
+        let publish_rate = match t
+            .publish_rate
+            .as_ref()
+            .or(ns.publish_max_message_rate.get(cluster))
+        {
+            Some(r) => publish_limits(r),
+            None => broker_limits(
+                c.max_publish_rate_per_topic_messages,
+                c.max_publish_rate_per_topic_bytes,
+            ),
+        };
+        let dispatch_rate = match t
+            .dispatch_rate
+            .as_ref()
+            .or(ns.topic_dispatch_rate.get(cluster))
+        {
+            Some(r) => dispatch_limits(r),
+            None => broker_limits(
+                c.dispatch_rate_per_topic_messages,
+                c.dispatch_rate_per_topic_bytes,
+            ),
+        };
+        let subscription_dispatch_rate = match t
+            .subscription_dispatch_rate
+            .as_ref()
+            .or(ns.subscription_dispatch_rate.get(cluster))
+        {
+            Some(r) => dispatch_limits(r),
+            None => broker_limits(
+                c.dispatch_rate_per_subscription_messages,
+                c.dispatch_rate_per_subscription_bytes,
+            ),
+        };
+        let inactive = match t.inactive_topic_policies.or(ns.inactive_topic_policies) {
+            Some(i) => i.delete_while_inactive.then(|| InactiveRule {
+                mode: i.inactive_topic_delete_mode,
+                max_inactive: Duration::from_secs(
+                    u64::try_from(i.max_inactive_duration_seconds).unwrap_or(0),
+                ),
+            }),
+            None => c.delete_inactive_topics_enabled.then(|| InactiveRule {
+                mode: c.delete_inactive_topics_mode,
+                max_inactive: Duration::from_secs(c.delete_inactive_topics_max_inactive_secs),
+            }),
+        };
+        let quotas = if t.back_log_quota_map.is_empty() {
+            &ns.backlog_quota_map
+        } else {
+            &t.back_log_quota_map
+        };
+        let default_quota = |limit: i64| {
+            positive(limit).map(|limit| Quota {
+                limit,
+                policy: c.backlog_quota_policy,
+            })
+        };
+        let backlog_size = if quotas.contains_key(p::BACKLOG_DESTINATION_STORAGE) {
+            quota(quotas.get(p::BACKLOG_DESTINATION_STORAGE), |q| q.limit_size)
+        } else {
+            default_quota(c.backlog_quota_limit_bytes)
+        };
+        let backlog_age = if quotas.contains_key(p::BACKLOG_MESSAGE_AGE) {
+            quota(quotas.get(p::BACKLOG_MESSAGE_AGE), |q| {
+                i64::from(q.limit_time)
+            })
+        } else {
+            default_quota(c.backlog_quota_limit_secs)
+        };
+        let max_message_bytes = match t.max_message_size {
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .map_or(c.max_message_bytes, |n| n.min(c.max_message_bytes)),
+            None => c.max_message_bytes,
+        };
+        Effective {
+            retention,
+            ttl: (ttl_secs > 0).then(|| Duration::from_secs(ttl_secs)),
+            publish_rate,
+            dispatch_rate,
+            subscription_dispatch_rate,
+            inactive,
+            max_producers: count(
+                t.max_producers_per_topic.or(ns.max_producers_per_topic),
+                c.max_producers_per_topic,
+            ),
+            max_consumers: count(
+                t.max_consumers_per_topic.or(ns.max_consumers_per_topic),
+                c.max_consumers_per_topic,
+            ),
+            max_consumers_per_subscription: count(
+                t.max_consumers_per_subscription
+                    .or(ns.max_consumers_per_subscription),
+                c.max_consumers_per_subscription,
+            ),
+            max_message_bytes,
+            backlog_size,
+            backlog_age,
+            deduplication: t
+                .deduplication_enabled
+                .or(ns.deduplication_enabled)
+                .unwrap_or(c.deduplication_enabled),
+            delayed_delivery: t
+                .delayed_delivery
+                .or(ns.delayed_delivery_policies)
+                .map_or(c.delayed_delivery_enabled, |d| d.active),
+        }
+    }
+}
+
+/// Namespace records and topic policies, cached; entries are dropped when the
+/// metadata store reports a change to them.
+#[derive(Default)]
+pub(crate) struct PolicyCache {
+    namespaces: Mutex<HashMap<String, Arc<Policies>>>,
+    topics: Mutex<HashMap<String, Arc<TopicPolicies>>>,
+    /// Bumped on every change seen: a read that raced a change does not cache
+    /// what it read.
+    changes: AtomicU64,
+}
+
+/// Cached entries are bounded; beyond this the cache starts over (it only
+/// saves metadata reads).
+const MAX_CACHED: usize = 100_000;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps hold whole values: a panicking holder leaves them consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn insert<T>(map: &Mutex<HashMap<String, Arc<T>>>, key: String, value: Arc<T>) {
+    let mut m = lock(map);
+    if m.len() >= MAX_CACHED {
+        m.clear();
+    }
+    m.insert(key, value);
+}
+
+impl PolicyCache {
+    /// A cache kept fresh by a watch over the namespace and topic records (a
+    /// task on the current runtime; it ends when the store or the cache goes).
+    pub(crate) fn watching(resources: &Resources) -> Arc<Self> {
+        let cache = Arc::new(PolicyCache::default());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let namespaces = resources.store().watch("/namespaces");
+            let topics = resources.store().watch("/topics");
+            rt.spawn(watch(Arc::downgrade(&cache), namespaces, false));
+            rt.spawn(watch(Arc::downgrade(&cache), topics, true));
+        }
+        cache
+    }
+
+    pub(crate) async fn namespace(
+        &self,
+        resources: &Resources,
+        ns: &NamespaceName,
+    ) -> Result<Arc<Policies>, MetadataError> {
+        let key = ns.to_string();
+        if let Some(p) = lock(&self.namespaces).get(&key) {
+            return Ok(p.clone());
+        }
+        let before = self.changes.load(Ordering::Acquire);
+        let p = Arc::new(resources.namespace(ns).await?);
+        if self.changes.load(Ordering::Acquire) == before {
+            insert(&self.namespaces, key, p.clone());
+        }
+        Ok(p)
+    }
+
+    /// The topic-level policies of `name` (of its partitioned topic, for a
+    /// partition); empty if the topic has no record.
+    pub(crate) async fn topic(
+        &self,
+        resources: &Resources,
+        name: &TopicName,
+    ) -> Result<Arc<TopicPolicies>, MetadataError> {
+        let base = name.partitioned_topic();
+        let key = base.to_string();
+        if let Some(p) = lock(&self.topics).get(&key) {
+            return Ok(p.clone());
+        }
+        let before = self.changes.load(Ordering::Acquire);
+        let p = Arc::new(
+            resources
+                .topic(&base)
+                .await?
+                .map(|r| r.policies)
+                .unwrap_or_default(),
+        );
+        if self.changes.load(Ordering::Acquire) == before {
+            insert(&self.topics, key, p.clone());
+        }
+        Ok(p)
+    }
+
+    fn forget(&self, key: &str, topic: bool) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        if topic {
+            // `/topics/{tenant}/{namespace}/{domain}/{local}`
+            let parts: Vec<&str> = key.trim_start_matches('/').split('/').collect();
+            if let [_, tenant, ns, domain, local] = parts.as_slice() {
+                lock(&self.topics).remove(&format!("{domain}://{tenant}/{ns}/{local}"));
+            }
+        } else if let Some(rest) = key.strip_prefix("/namespaces/") {
+            lock(&self.namespaces).remove(rest);
+        }
+    }
+
+    fn clear(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        lock(&self.namespaces).clear();
+        lock(&self.topics).clear();
+    }
+}
+
+async fn watch(cache: Weak<PolicyCache>, mut w: Watch, topics: bool) {
+    while let Some(event) = w.next().await {
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        match event {
+            Watched::Event(e) => cache.forget(&e.key, topics),
+            Watched::Lagged { missed } => {
+                tracing::debug!(missed, "policy watch lagged: dropping the cache");
+                cache.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kilonova_metadata::policies::{
+        BacklogQuota, DispatchRate, InactiveTopicPolicies, PublishRate, RetentionPolicies,
+    };
+
+    #[test]
+    fn broker_defaults_apply_when_nothing_is_set() {
+        let c = BrokerConfig::default();
+        let e = Effective::resolve(&c, &Policies::default(), &TopicPolicies::default());
+        assert_eq!(
+            e.retention,
+            Retention {
+                time_ms: Some(0),
+                size_bytes: Some(0)
+            }
+        );
+        assert_eq!(e.ttl, None);
+        assert!(e.publish_rate.is_unlimited());
+        assert_eq!(e.max_producers, None);
+        assert_eq!(e.max_message_bytes, c.max_message_bytes);
+        assert_eq!(e.backlog_size, None);
+        assert!(!e.deduplication);
+        assert!(e.delayed_delivery);
+        assert_eq!(
+            e.inactive,
+            Some(InactiveRule {
+                mode: InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
+                max_inactive: Duration::from_secs(60)
+            })
+        );
+    }
+
+    #[test]
+    fn topic_beats_namespace_beats_broker() {
+        let c = BrokerConfig::default();
+        let mut ns = Policies::default();
+        ns.publish_max_message_rate.insert(
+            c.cluster_name.clone(),
+            PublishRate {
+                publish_throttling_rate_in_msg: 30,
+                publish_throttling_rate_in_byte: -1,
+            },
+        );
+        ns.max_producers_per_topic = Some(3);
+        ns.retention_policies = Some(RetentionPolicies {
+            retention_time_in_minutes: -1,
+            retention_size_in_mb: 10,
+        });
+        let mut t = TopicPolicies::default();
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.publish_rate.messages, Some(Rate::per_second(30)));
+        assert_eq!(e.publish_rate.bytes, None);
+        assert_eq!(e.max_producers, Some(3));
+        assert_eq!(
+            e.retention,
+            Retention {
+                time_ms: None,
+                size_bytes: Some(10 << 20)
+            }
+        );
+        t.max_producers_per_topic = Some(0);
+        t.dispatch_rate = Some(DispatchRate {
+            dispatch_throttling_rate_in_msg: 10,
+            dispatch_throttling_rate_in_byte: -1,
+            relative_to_publish_rate: false,
+            rate_period_in_second: 5,
+        });
+        t.max_message_size = Some(1024);
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.max_producers, None, "0 at topic level is unlimited");
+        assert_eq!(
+            e.dispatch_rate.messages,
+            Some(Rate {
+                per_period: 10,
+                period: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(e.max_message_bytes, 1024);
+    }
+
+    #[test]
+    fn quotas_and_inactive_rules_resolve() {
+        let c = BrokerConfig::default();
+        let mut ns = Policies::default();
+        ns.backlog_quota_map.insert(
+            p::BACKLOG_DESTINATION_STORAGE.into(),
+            BacklogQuota {
+                limit_size: 1000,
+                limit_time: -1,
+                policy: BacklogQuotaPolicy::ProducerException,
+            },
+        );
+        ns.inactive_topic_policies = Some(InactiveTopicPolicies {
+            inactive_topic_delete_mode: InactiveTopicDeleteMode::DeleteWhenSubscriptionsCaughtUp,
+            max_inactive_duration_seconds: 5,
+            delete_while_inactive: false,
+        });
+        let e = Effective::resolve(&c, &ns, &TopicPolicies::default());
+        assert_eq!(
+            e.backlog_size,
+            Some(Quota {
+                limit: 1000,
+                policy: BacklogQuotaPolicy::ProducerException
+            })
+        );
+        assert_eq!(e.backlog_age, None);
+        assert_eq!(e.inactive, None, "deleteWhileInactive=false keeps topics");
+    }
+}
