@@ -338,7 +338,6 @@ impl Broker {
         Ok(Effective::resolve(self.config(), &ns, &topic))
     }
 
-    #[allow(dead_code)] // used by deduplication (next commit)
     pub(crate) fn state_store(&self) -> &Arc<dyn StateStore> {
         &self.inner.state
     }

@@ -14,7 +14,6 @@
 //! producer updated longest ago is forgotten.
 
 // Wired into topic.rs separately; until then only the tests use this module.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,7 +21,9 @@ use bytes::{BufMut, Bytes};
 use kilonova_pulsar_protocol::frame;
 use kilonova_storage::{ManagedLog, Position, StateStore, StorageError};
 
-/// Pulsar's default `brokerDeduplicationMaxNumberOfProducers`.
+/// Pulsar's default `brokerDeduplicationMaxNumberOfProducers` (the broker's
+/// `deduplication_max_producers` default).
+#[cfg(test)]
 pub(crate) const DEFAULT_MAX_PRODUCERS: usize = 10_000;
 
 /// Entries read from the log per call while replaying.
@@ -142,6 +143,7 @@ impl Dedup {
     }
 
     /// The last entry whose effect this state holds.
+    #[cfg(test)]
     pub(crate) fn covered(&self) -> Option<Position> {
         self.covered
     }
@@ -158,6 +160,7 @@ impl Dedup {
     }
 
     /// The snapshot of the persisted state; counts from zero again.
+    #[cfg(test)]
     pub(crate) fn encode_snapshot(&mut self) -> Vec<u8> {
         let b = self.snapshot_bytes();
         self.unsnapshotted = 0;

@@ -189,10 +189,7 @@ mod tests {
         assert_eq!(ServerError::TopicNotFound as i32, 11);
         assert_eq!(ServerError::ChecksumError as i32, 9);
         assert_eq!(ServerError::NotAllowedError as i32, 22);
-        assert_eq!(ServerError::ProducerBlockedQuotaExceededError as i32, 12);
-        assert_eq!(
-            ServerError::ProducerBlockedQuotaExceededException as i32,
-            13
-        );
+        assert_eq!(ServerError::ProducerBlockedQuotaExceededError as i32, 7);
+        assert_eq!(ServerError::ProducerBlockedQuotaExceededException as i32, 8);
     }
 }

@@ -38,6 +38,7 @@ pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
 
 use crate::broker::Broker;
 use crate::commands;
+use crate::dedup::{self, Dedup};
 use crate::error::BrokerError;
 use crate::metrics::{Rates, TopicMetrics};
 use crate::outbound::Outbound;
@@ -166,27 +167,47 @@ struct Producer {
     bytes_in: u64,
 }
 
-/// An append waiting for durability, and where its receipt goes.
+/// An append waiting for durability, and where its receipt goes. Without a
+/// completion it is a duplicate (deduplication): it resolves at once, but in
+/// append order, so after the original it repeats.
 struct PendingAppend {
-    completion: Completion<Position>,
+    completion: Option<Completion<Position>>,
     out: Outbound,
     producer_id: u64,
     sequence_id: u64,
     highest_sequence_id: u64,
+    /// The producer's name, with deduplication on.
+    producer: Option<String>,
+}
+
+/// A resolved [`PendingAppend`]; `result` is `None` for a duplicate.
+struct Appended {
+    result: Option<Result<Position, StorageError>>,
+    out: Outbound,
+    producer_id: u64,
+    sequence_id: u64,
+    highest_sequence_id: u64,
+    producer: Option<String>,
 }
 
 impl Future for PendingAppend {
-    type Output = (Result<Position, StorageError>, Outbound, u64, u64, u64);
+    type Output = Appended;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        Pin::new(&mut this.completion).poll(cx).map(|r| {
-            (
-                r,
-                this.out.clone(),
-                this.producer_id,
-                this.sequence_id,
-                this.highest_sequence_id,
-            )
+        let result = match this.completion.as_mut() {
+            Some(c) => match Pin::new(c).poll(cx) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => return Poll::Pending,
+            },
+            None => None,
+        };
+        Poll::Ready(Appended {
+            result,
+            out: this.out.clone(),
+            producer_id: this.producer_id,
+            sequence_id: this.sequence_id,
+            highest_sequence_id: this.highest_sequence_id,
+            producer: this.producer.take(),
         })
     }
 }
@@ -262,6 +283,8 @@ pub(crate) struct Topic {
     checks: policy::Checks,
     /// A backlog quota of a producer policy is exceeded: producers are refused.
     quota_exceeded: Option<policy::Exceeded>,
+    /// Producer names and sequence ids seen, with deduplication on.
+    dedup: Option<Dedup>,
 }
 
 impl Topic {
@@ -319,7 +342,9 @@ impl Topic {
             dispatch_wake: None,
             checks: policy::Checks::new(now),
             quota_exceeded: None,
+            dedup: None,
         };
+        topic.set_dedup(topic.policies.deduplication);
         topic.serve(rx).await;
         topic
             .broker
@@ -337,15 +362,13 @@ impl Topic {
         loop {
             tokio::select! {
                 biased;
-                Some((result, out, producer_id, sequence_id, highest)) = self.appends.next(),
-                    if !self.appends.is_empty() =>
-                {
-                    self.complete_append(result, &out, producer_id, sequence_id, highest);
+                Some(appended) = self.appends.next(), if !self.appends.is_empty() => {
+                    self.complete_append(appended);
                     // Drain every completion that is ready before dispatching once.
-                    while let Some(Some((r, o, p, s, h))) =
+                    while let Some(Some(a)) =
                         futures_util::FutureExt::now_or_never(self.appends.next())
                     {
-                        self.complete_append(r, &o, p, s, h);
+                        self.complete_append(a);
                     }
                     self.dispatch_all();
                 }
@@ -420,6 +443,7 @@ impl Topic {
     /// Unloads if no command is queued. Commands that race in after the decision are
     /// forwarded to a fresh load of the topic.
     async fn unload(&mut self, rx: &mut mpsc::Receiver<TopicCommand>) -> bool {
+        self.snapshot_dedup();
         if !self.broker.unload_topic(&self.full_name, rx, &mut self.log) {
             return false;
         }
@@ -473,9 +497,10 @@ impl Topic {
                 c.out.command(commands::close_consumer(c.key.id));
             }
         }
-        while let Some((r, o, p, s, h)) = self.appends.next().await {
-            self.complete_append(r, &o, p, s, h);
+        while let Some(a) = self.appends.next().await {
+            self.complete_append(a);
         }
+        self.snapshot_dedup();
         self.consumer_subs.clear();
         self.drop_transient_cursors_of(None);
         self.subscriptions.clear();
@@ -499,26 +524,36 @@ impl Topic {
         }
     }
 
-    fn complete_append(
-        &mut self,
-        result: Result<Position, StorageError>,
-        out: &Outbound,
-        producer_id: u64,
-        sequence_id: u64,
-        highest: u64,
-    ) {
+    fn complete_append(&mut self, a: Appended) {
+        let result = match a.result {
+            Some(r) => r,
+            None => return self.answer_duplicate(&a),
+        };
         match result {
-            Ok(p) => out.command(commands::send_receipt(
-                producer_id,
-                sequence_id,
-                highest,
-                commands::message_id(p, None),
-            )),
+            Ok(p) => {
+                if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
+                    d.persisted(name, a.highest_sequence_id, p);
+                    if d.unsnapshotted()
+                        >= self.broker.config().deduplication_snapshot_interval_entries
+                    {
+                        self.snapshot_dedup();
+                    }
+                }
+                a.out.command(commands::send_receipt(
+                    a.producer_id,
+                    a.sequence_id,
+                    a.highest_sequence_id,
+                    commands::message_id(p, None),
+                ))
+            }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
-                out.command(commands::send_error(
-                    producer_id,
-                    sequence_id,
+                if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
+                    d.append_failed(name);
+                }
+                a.out.command(commands::send_error(
+                    a.producer_id,
+                    a.sequence_id,
                     ServerError::PersistenceError,
                     e.to_string(),
                 ));
@@ -641,7 +676,10 @@ impl Topic {
     /// Deletes the topic's data, then its record.
     async fn delete_everything(&mut self, log: Option<ManagedLog>) -> Result<(), BrokerError> {
         if let Some(log) = log {
+            let id = log.id();
             log.delete().await?;
+            self.dedup = None;
+            self.broker.state_store().remove(&dedup::snapshot_key(id))?;
         }
         match self.broker.resources().delete_topic(&self.name).await {
             Ok(()) | Err(kilonova_metadata::MetadataError::NotFound(_)) => Ok(()),
@@ -788,11 +826,19 @@ impl Topic {
         ready: bool,
         schema_version: Option<u64>,
     ) -> BaseCommand {
+        // With deduplication, a producer that comes back under its name goes
+        // on from the last sequence id stored (clients number from it).
+        let last_sequence_id = self
+            .dedup
+            .as_ref()
+            .and_then(|d| d.last_persisted(&name))
+            .and_then(|(seq, _)| i64::try_from(seq).ok())
+            .unwrap_or(-1);
         commands::with_type(Type::ProducerSuccess, |b| {
             b.producer_success = Some(Box::new(CommandProducerSuccess {
                 request_id: p.request_id,
                 producer_name: name,
-                last_sequence_id: Some(-1),
+                last_sequence_id: Some(last_sequence_id),
                 schema_version: schema_version.map(schema_version_bytes),
                 topic_epoch: Some(self.topic_epoch),
                 producer_ready: Some(ready),
@@ -866,14 +912,40 @@ impl Topic {
             0 => now_ms(),
             t => t,
         };
+        let producer = match self.dedup.as_mut() {
+            Some(d) => {
+                let name = self
+                    .producers
+                    .get(&(conn, producer_id))
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                if d.check(&name, sequence_id, highest_sequence_id) == dedup::Verdict::Duplicate {
+                    self.broker.metrics().count_duplicates(u64::from(count));
+                    // Answered after the appends before it (the original among them).
+                    self.appends.push_back(PendingAppend {
+                        completion: None,
+                        out,
+                        producer_id,
+                        sequence_id,
+                        highest_sequence_id,
+                        producer: Some(name),
+                    });
+                    return;
+                }
+                d.pushed(&name, highest_sequence_id);
+                Some(name)
+            }
+            None => None,
+        };
         match self.log.as_mut() {
             Some(log) => match log.append(payload.raw, count, publish_time).await {
                 Ok(completion) => self.appends.push_back(PendingAppend {
-                    completion,
+                    completion: Some(completion),
                     out,
                     producer_id,
                     sequence_id,
                     highest_sequence_id,
+                    producer,
                 }),
                 Err(e) => out.command(commands::send_error(
                     producer_id,

@@ -85,6 +85,9 @@ async fn idle_topic_unloads_its_task_and_keeps_its_messages() {
     let config = BrokerConfig {
         topic_unload_idle_secs: 0,
         cursor_persist_interval_ms: 20,
+        // Otherwise this topic (no subscription, no retention) is one that
+        // inactive-topic deletion removes instead of unloading.
+        delete_inactive_topics_enabled: false,
         ..BrokerConfig::default()
     };
     let server = start(config).await;

@@ -5,12 +5,13 @@
 use std::time::{Duration, Instant};
 
 use kilonova_metadata::policies::{BacklogQuotaPolicy, InactiveTopicDeleteMode, Policies};
-use kilonova_storage::{ManagedLog, StorageError};
+use kilonova_storage::{ManagedLog, Position, StorageError};
 use tokio::sync::mpsc;
 
 use super::{now_ms, Topic, TopicCommand};
 use crate::broker::Broker;
 use crate::commands;
+use crate::dedup;
 use crate::error::BrokerError;
 use crate::policies::{Effective, InactiveRule, Quota};
 use crate::rate_limit::{RateLimiter, RateLimits};
@@ -121,7 +122,115 @@ pub(super) fn rated_dispatch(
     Ok((wait > Duration::ZERO).then_some(wait))
 }
 
+/// Entries before a duplicate's last stored one searched for its original.
+const DUPLICATE_SEARCH_ENTRIES: u64 = 1000;
+
 impl Topic {
+    /// Turns deduplication on (rebuilding its state from the snapshot and the
+    /// log after it) or off.
+    pub(super) fn set_dedup(&mut self, on: bool) {
+        let Some(log) = self.log.as_ref().filter(|_| on) else {
+            self.dedup = None;
+            return;
+        };
+        if self.dedup.is_some() {
+            return;
+        }
+        let key = dedup::snapshot_key(log.id());
+        let max = self.broker.config().deduplication_max_producers;
+        // Reads at most a snapshot interval of entries; done on the topic's
+        // task, which serves nothing else until its state is whole.
+        match dedup::recover(self.broker.state_store().as_ref(), &key, log, max) {
+            Ok(d) => {
+                tracing::debug!(topic = %self.full_name, producers = d.producer_count(), "deduplication state recovered");
+                self.dedup = Some(d);
+            }
+            Err(e) => {
+                // Without its state, deduplication would let duplicates through
+                // silently: it stays off, loudly.
+                tracing::error!(topic = %self.full_name, error = %e, "cannot recover the deduplication state: deduplication is off for this load");
+            }
+        }
+    }
+
+    /// Stores the deduplication state (every snapshot interval, and when the
+    /// topic closes), so a load replays few entries.
+    pub(super) fn snapshot_dedup(&mut self) {
+        let (Some(d), Some(log)) = (self.dedup.as_mut(), self.log.as_ref()) else {
+            return;
+        };
+        if d.unsnapshotted() == 0 {
+            return;
+        }
+        let key = dedup::snapshot_key(log.id());
+        if let Err(e) = dedup::store_snapshot(self.broker.state_store().as_ref(), &key, d) {
+            tracing::warn!(topic = %self.full_name, error = %e, "storing the deduplication snapshot failed");
+        }
+    }
+
+    /// Answers a duplicate once what was appended before it resolved: with the
+    /// original's message id if it is stored (Pulsar clients count the message
+    /// as sent), else with an error the client retries on.
+    pub(super) fn answer_duplicate(&mut self, a: &super::Appended) {
+        let name = a.producer.as_deref().unwrap_or_default();
+        let stored = self
+            .dedup
+            .as_ref()
+            .and_then(|d| d.last_persisted(name))
+            .filter(|(seq, _)| *seq >= a.highest_sequence_id.max(a.sequence_id));
+        let Some((last_seq, last_at)) = stored else {
+            a.out.command(commands::send_error(
+                a.producer_id,
+                a.sequence_id,
+                kilonova_pulsar_protocol::proto::ServerError::PersistenceError,
+                "the original of this duplicate was not stored: send it again",
+            ));
+            return;
+        };
+        let original = if last_seq == a.highest_sequence_id.max(a.sequence_id) {
+            Some(last_at)
+        } else {
+            self.find_original(name, a.sequence_id, last_at)
+        };
+        // Pulsar answers a duplicate whose original it cannot name with -1:-1.
+        let id = original.map_or_else(
+            || kilonova_pulsar_protocol::proto::MessageIdData {
+                ledger_id: u64::MAX,
+                entry_id: u64::MAX,
+                ..Default::default()
+            },
+            |p| commands::message_id(p, None),
+        );
+        a.out.command(commands::send_receipt(
+            a.producer_id,
+            a.sequence_id,
+            a.highest_sequence_id,
+            id,
+        ));
+    }
+
+    /// The entry holding `producer`'s message `sequence_id`, searched among
+    /// the entries before `last` in its segment.
+    fn find_original(&self, producer: &str, sequence_id: u64, last: Position) -> Option<Position> {
+        let log = self.log.as_ref()?;
+        let from = Position::new(
+            last.segment,
+            last.entry.saturating_sub(DUPLICATE_SEARCH_ENTRIES),
+        );
+        let span = usize::try_from(last.entry - from.entry + 1).ok()?;
+        let entries = log.read_from(from, span).ok()?;
+        entries.iter().rev().find_map(|e| {
+            let p = kilonova_pulsar_protocol::frame::decode_payload(e.data.clone()).ok()?;
+            let m = &p.metadata;
+            let first = m.sequence_id;
+            let highest = m.highest_sequence_id.unwrap_or(
+                first + u64::try_from(m.num_messages_in_batch.unwrap_or(1).max(1)).unwrap_or(1) - 1,
+            );
+            (m.producer_name == producer && (first..=highest.max(first)).contains(&sequence_id))
+                .then_some(e.position)
+        })
+    }
+
     /// Reads the policies again (from the cache: no metadata read unless they
     /// changed) and applies what changed.
     pub(super) async fn refresh_policies(&mut self) {
@@ -154,7 +263,9 @@ impl Topic {
         if fresh.ttl != self.policies.ttl {
             self.checks.next_expiry = now;
         }
+        let dedup = fresh.deduplication;
         self.policies = fresh;
+        self.set_dedup(dedup);
         // A rate lifted lets a held dispatch go now.
         self.dispatch_wake = Some(now);
     }
