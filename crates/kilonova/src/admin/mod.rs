@@ -1,8 +1,8 @@
 //! `kilonova admin …`: pulsar-admin's verbs over the admin REST API.
 //!
 //! `kilonova admin [--admin-url URL] [--auth-token T] [--output human|json]
-//! GROUP VERB …`. Each group (clusters, tenants, namespaces, topics, brokers)
-//! is a module turning its verbs into requests; [`client`] sends them. A verb
+//! GROUP VERB …`. Each group (clusters, tenants, namespaces, topics,
+//! topicPolicies, brokers) is a module turning its verbs into requests; [`client`] sends them. A verb
 //! returns an [`Output`], printed once it has fully succeeded, so a failure
 //! leaves stdout empty and says `error: <reason>` on stderr (exit code 1).
 
@@ -20,7 +20,9 @@ mod clusters;
 mod names;
 mod namespaces;
 mod permissions;
+mod policies;
 mod tenants;
+mod topic_policies;
 mod topics;
 mod units;
 
@@ -82,6 +84,12 @@ enum Group {
     Topics {
         #[command(subcommand)]
         verb: topics::TopicsCmd,
+    },
+    /// Topic-level policies: the `topics set-…/get-…/remove-…` verbs.
+    #[command(name = "topicPolicies", visible_alias = "topic-policies")]
+    TopicPolicies {
+        #[command(subcommand)]
+        verb: topic_policies::TopicPolicyCmd,
     },
     /// Brokers of a cluster, and this broker's health.
     Brokers {
@@ -172,6 +180,7 @@ async fn execute(args: AdminArgs) -> Result<Output, AdminError> {
         Group::Tenants { verb } => tenants::run(&client, verb).await,
         Group::Namespaces { verb } => namespaces::run(&client, verb).await,
         Group::Topics { verb } => topics::run(&client, verb).await,
+        Group::TopicPolicies { verb } => topic_policies::run(&client, verb).await,
         Group::Brokers { verb } => brokers::run(&client, verb).await,
     }
 }
@@ -251,6 +260,14 @@ mod tests {
         Cli::try_parse_from(pulsar_style_args(argv)).map(|cli| match cli.command {
             Top::Admin(a) => a,
         })
+    }
+
+    #[test]
+    fn every_verb_is_well_formed() {
+        // clap checks a command's flags (clashing names, groups) only when
+        // it is parsed; this checks every verb's.
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Most verbs are a `set-X` / `get-X` / `remove-X` triple over one policy
 //! route, `POST` / `GET` / `DELETE /admin/v2/namespaces/{t}/{ns}/{policy}`;
-//! they share [`Policy`] and one request function. Flags are pulsar-admin's.
+//! they share [`Policy`] and its flag groups with the topic-level verbs
+//! ([`super::policies`]). Flags are pulsar-admin's.
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -10,6 +11,10 @@ use serde_json::{json, Map, Value};
 
 use super::client::{AdminClient, AdminError, ApiPath};
 use super::names::NamespaceName;
+use super::policies::{
+    self, BacklogQuotaType, DelayedDeliveryArgs, DispatchRateArgs, EnableOrDisable,
+    InactiveTopicArgs, Op, Policy, PublishRateArgs, RetentionArgs,
+};
 use super::{permissions, units, Output};
 
 #[derive(Subcommand)]
@@ -64,6 +69,12 @@ pub enum PolicyCmd {
     GetDispatchRate(Ns),
     /// Remove the dispatch rate.
     RemoveDispatchRate(Ns),
+    /// Limit the dispatch rate of each subscription in the namespace.
+    SetSubscriptionDispatchRate(SetDispatchRate),
+    /// Show the subscription dispatch rate.
+    GetSubscriptionDispatchRate(Ns),
+    /// Remove the subscription dispatch rate.
+    RemoveSubscriptionDispatchRate(Ns),
     /// Keep acknowledged messages for a time and/or size.
     SetRetention(SetRetention),
     /// Show the retention policy.
@@ -94,12 +105,30 @@ pub enum PolicyCmd {
     GetMaxConsumersPerTopic(Ns),
     /// Remove the consumer limit.
     RemoveMaxConsumersPerTopic(Ns),
+    /// Limit the consumers of each subscription.
+    SetMaxConsumersPerSubscription(SetMaxConsumersPerSubscription),
+    /// Show the per-subscription consumer limit.
+    GetMaxConsumersPerSubscription(Ns),
+    /// Remove the per-subscription consumer limit.
+    RemoveMaxConsumersPerSubscription(Ns),
+    /// Limit the namespace's topics (a partitioned topic counts its partitions).
+    SetMaxTopicsPerNamespace(SetMaxTopicsPerNamespace),
+    /// Show the topic limit.
+    GetMaxTopicsPerNamespace(Ns),
+    /// Remove the topic limit.
+    RemoveMaxTopicsPerNamespace(Ns),
     /// Turn message deduplication on or off.
     SetDeduplication(SetDeduplication),
     /// Show the deduplication override.
     GetDeduplication(Ns),
     /// Remove the deduplication override.
     RemoveDeduplication(Ns),
+    /// Turn delayed delivery on or off.
+    SetDelayedDelivery(SetDelayedDelivery),
+    /// Show the delayed delivery policy.
+    GetDelayedDelivery(Ns),
+    /// Remove the delayed delivery policy.
+    RemoveDelayedDelivery(Ns),
     /// Delete topics after a time without activity.
     SetInactiveTopicPolicies(SetInactiveTopicPolicies),
     /// Show the inactive-topic policy.
@@ -157,42 +186,22 @@ pub struct SetClusters {
 #[derive(Args)]
 pub struct SetPublishRate {
     namespace: NamespaceName,
-    /// Messages per second per topic (-1: unlimited).
-    #[arg(short = 'm', long, default_value_t = -1, allow_negative_numbers = true)]
-    msg_publish_rate: i64,
-    /// Bytes per second per topic (-1: unlimited).
-    #[arg(short = 'b', long, default_value_t = -1, allow_negative_numbers = true)]
-    byte_publish_rate: i64,
+    #[command(flatten)]
+    rate: PublishRateArgs,
 }
 
 #[derive(Args)]
 pub struct SetDispatchRate {
     namespace: NamespaceName,
-    /// Messages per period (-1: unlimited). pulsar-admin's -md works too.
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    msg_dispatch_rate: i64,
-    /// Bytes per period (-1: unlimited). pulsar-admin's -bd works too.
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    byte_dispatch_rate: i64,
-    /// The period, in seconds. pulsar-admin's -dt works too.
-    #[arg(long, default_value_t = 1)]
-    dispatch_rate_period: u32,
-    /// Add the rates to the publish rate. pulsar-admin's -rp works too.
-    #[arg(long)]
-    relative_to_publish_rate: bool,
+    #[command(flatten)]
+    rate: DispatchRateArgs,
 }
 
 #[derive(Args)]
 pub struct SetRetention {
     namespace: NamespaceName,
-    /// Retention time: seconds or 10m, 3h, 2d, 5w (-1: unlimited).
-    #[arg(short = 't', long, allow_negative_numbers = true,
-          value_parser = units::parse_retention_time_minutes)]
-    time: i64,
-    /// Retention size: bytes or 10K, 512M, 10G, 3T (-1: unlimited).
-    #[arg(short = 's', long, allow_negative_numbers = true,
-          value_parser = units::parse_retention_size_mb)]
-    size: i64,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[derive(Args)]
@@ -202,24 +211,6 @@ pub struct SetMessageTtl {
     #[arg(long = "messageTTL", value_name = "TTL", allow_negative_numbers = true,
           value_parser = units::parse_duration_secs_i32)]
     message_ttl: i32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-#[value(rename_all = "snake_case")]
-pub enum BacklogQuotaType {
-    /// Limits the backlog's size.
-    DestinationStorage,
-    /// Limits the age of the oldest unacknowledged message.
-    MessageAge,
-}
-
-impl BacklogQuotaType {
-    fn as_str(self) -> &'static str {
-        match self {
-            BacklogQuotaType::DestinationStorage => "destination_storage",
-            BacklogQuotaType::MessageAge => "message_age",
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -299,14 +290,22 @@ pub struct SetMaxConsumersPerTopic {
     max_consumers_per_topic: i32,
 }
 
-/// `--enable` or `--disable`, exactly one.
 #[derive(Args)]
-#[group(required = true, multiple = false)]
-pub struct EnableOrDisable {
-    #[arg(short = 'e', long)]
-    enable: bool,
-    #[arg(short = 'd', long)]
-    disable: bool,
+pub struct SetMaxConsumersPerSubscription {
+    namespace: NamespaceName,
+    /// 0: unlimited.
+    #[arg(short = 'c', long, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max_consumers_per_subscription: i32,
+}
+
+#[derive(Args)]
+pub struct SetMaxTopicsPerNamespace {
+    namespace: NamespaceName,
+    /// 0: unlimited.
+    #[arg(short = 't', long, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max_topics_per_namespace: i32,
 }
 
 #[derive(Args)]
@@ -316,34 +315,18 @@ pub struct SetDeduplication {
     switch: EnableOrDisable,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[value(rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum InactiveTopicDeleteMode {
-    DeleteWhenNoSubscriptions,
-    DeleteWhenSubscriptionsCaughtUp,
-}
-
-/// `--enable-delete-while-inactive` or `--disable-delete-while-inactive`.
 #[derive(Args)]
-#[group(required = true, multiple = false)]
-pub struct DeleteWhileInactive {
-    #[arg(short = 'e', long = "enable-delete-while-inactive")]
-    enable: bool,
-    #[arg(short = 'd', long = "disable-delete-while-inactive")]
-    disable: bool,
+pub struct SetDelayedDelivery {
+    namespace: NamespaceName,
+    #[command(flatten)]
+    delayed: DelayedDeliveryArgs,
 }
 
 #[derive(Args)]
 pub struct SetInactiveTopicPolicies {
     namespace: NamespaceName,
     #[command(flatten)]
-    switch: DeleteWhileInactive,
-    /// Seconds or 10m, 1h, 3d.
-    #[arg(short = 't', long, value_parser = units::parse_duration_secs_i32)]
-    max_inactive_duration: i32,
-    #[arg(short = 'm', long, value_enum)]
-    delete_mode: InactiveTopicDeleteMode,
+    policy: InactiveTopicArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -368,7 +351,7 @@ pub struct SetAutoTopicCreation {
 
 impl SetAutoTopicCreation {
     fn body(&self) -> Result<Value, AdminError> {
-        let enable = self.switch.enable;
+        let enable = self.switch.enabled();
         if enable && self.topic_type == TopicType::Partitioned && self.num_partitions.is_none() {
             return Err(AdminError::InvalidArgument(
                 "--type partitioned needs --num-partitions".into(),
@@ -384,54 +367,15 @@ impl SetAutoTopicCreation {
     }
 }
 
-/// A namespace policy with its own route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Policy {
-    Replication,
-    PublishRate,
-    DispatchRate,
-    Retention,
-    MessageTtl,
-    /// Set and removed per type; read as one map of every type.
-    BacklogQuota(BacklogQuotaType),
-    MaxProducersPerTopic,
-    MaxConsumersPerTopic,
-    Deduplication,
-    InactiveTopicPolicies,
-    AutoTopicCreation,
-}
-
-enum Op {
-    Set(Value),
-    Get,
-    Remove,
-}
-
-impl Policy {
-    fn path(self, namespace: &NamespaceName, op: &Op) -> ApiPath {
-        let base = namespace.policies_path();
-        match (self, op) {
-            (Policy::BacklogQuota(_), Op::Get) => base.join("backlogQuotaMap"),
-            (Policy::BacklogQuota(t), _) => base
-                .join("backlogQuota")
-                .query("backlogQuotaType", t.as_str()),
-            (Policy::Replication, _) => base.join("replication"),
-            (Policy::PublishRate, _) => base.join("publishRate"),
-            (Policy::DispatchRate, _) => base.join("dispatchRate"),
-            (Policy::Retention, _) => base.join("retention"),
-            (Policy::MessageTtl, _) => base.join("messageTTL"),
-            (Policy::MaxProducersPerTopic, _) => base.join("maxProducersPerTopic"),
-            (Policy::MaxConsumersPerTopic, _) => base.join("maxConsumersPerTopic"),
-            (Policy::Deduplication, _) => base.join("deduplication"),
-            (Policy::InactiveTopicPolicies, _) => base.join("inactiveTopicPolicies"),
-            (Policy::AutoTopicCreation, _) => base.join("autoTopicCreation"),
-        }
-    }
-}
-
 impl PolicyCmd {
+    /// The policy route and what to do there.
+    fn request(&self) -> Result<(ApiPath, Op), AdminError> {
+        let (namespace, policy, op) = self.policy_op()?;
+        Ok((policy.path(namespace.policies_path(), &op), op))
+    }
+
     /// The namespace, the policy and what to do with it.
-    fn request(&self) -> Result<(&NamespaceName, Policy, Op), AdminError> {
+    fn policy_op(&self) -> Result<(&NamespaceName, Policy, Op), AdminError> {
         use Policy as P;
         use PolicyCmd as C;
         fn get(n: &Ns, p: Policy) -> (&NamespaceName, Policy, Op) {
@@ -443,36 +387,20 @@ impl PolicyCmd {
         Ok(match self {
             C::SetClusters(a) => (&a.namespace, P::Replication, Op::Set(json!(a.clusters))),
             C::GetClusters(n) => get(n, P::Replication),
-            C::SetPublishRate(a) => (
-                &a.namespace,
-                P::PublishRate,
-                Op::Set(json!({
-                    "publishThrottlingRateInMsg": a.msg_publish_rate,
-                    "publishThrottlingRateInByte": a.byte_publish_rate,
-                })),
-            ),
+            C::SetPublishRate(a) => (&a.namespace, P::PublishRate, Op::Set(a.rate.body())),
             C::GetPublishRate(n) => get(n, P::PublishRate),
             C::RemovePublishRate(n) => remove(n, P::PublishRate),
-            C::SetDispatchRate(a) => (
-                &a.namespace,
-                P::DispatchRate,
-                Op::Set(json!({
-                    "dispatchThrottlingRateInMsg": a.msg_dispatch_rate,
-                    "dispatchThrottlingRateInByte": a.byte_dispatch_rate,
-                    "ratePeriodInSecond": a.dispatch_rate_period,
-                    "relativeToPublishRate": a.relative_to_publish_rate,
-                })),
-            ),
+            C::SetDispatchRate(a) => (&a.namespace, P::DispatchRate, Op::Set(a.rate.body())),
             C::GetDispatchRate(n) => get(n, P::DispatchRate),
             C::RemoveDispatchRate(n) => remove(n, P::DispatchRate),
-            C::SetRetention(a) => (
+            C::SetSubscriptionDispatchRate(a) => (
                 &a.namespace,
-                P::Retention,
-                Op::Set(json!({
-                    "retentionTimeInMinutes": a.time,
-                    "retentionSizeInMB": a.size,
-                })),
+                P::SubscriptionDispatchRate,
+                Op::Set(a.rate.body()),
             ),
+            C::GetSubscriptionDispatchRate(n) => get(n, P::SubscriptionDispatchRate),
+            C::RemoveSubscriptionDispatchRate(n) => remove(n, P::SubscriptionDispatchRate),
+            C::SetRetention(a) => (&a.namespace, P::Retention, Op::Set(a.retention.body())),
             C::GetRetention(n) => get(n, P::Retention),
             C::RemoveRetention(n) => remove(n, P::Retention),
             C::SetMessageTtl(a) => (&a.namespace, P::MessageTtl, Op::Set(json!(a.message_ttl))),
@@ -500,21 +428,36 @@ impl PolicyCmd {
             ),
             C::GetMaxConsumersPerTopic(n) => get(n, P::MaxConsumersPerTopic),
             C::RemoveMaxConsumersPerTopic(n) => remove(n, P::MaxConsumersPerTopic),
+            C::SetMaxConsumersPerSubscription(a) => (
+                &a.namespace,
+                P::MaxConsumersPerSubscription,
+                Op::Set(json!(a.max_consumers_per_subscription)),
+            ),
+            C::GetMaxConsumersPerSubscription(n) => get(n, P::MaxConsumersPerSubscription),
+            C::RemoveMaxConsumersPerSubscription(n) => remove(n, P::MaxConsumersPerSubscription),
+            C::SetMaxTopicsPerNamespace(a) => (
+                &a.namespace,
+                P::MaxTopicsPerNamespace,
+                Op::Set(json!(a.max_topics_per_namespace)),
+            ),
+            C::GetMaxTopicsPerNamespace(n) => get(n, P::MaxTopicsPerNamespace),
+            C::RemoveMaxTopicsPerNamespace(n) => remove(n, P::MaxTopicsPerNamespace),
             C::SetDeduplication(a) => (
                 &a.namespace,
                 P::Deduplication,
-                Op::Set(json!(a.switch.enable)),
+                Op::Set(json!(a.switch.enabled())),
             ),
             C::GetDeduplication(n) => get(n, P::Deduplication),
             C::RemoveDeduplication(n) => remove(n, P::Deduplication),
+            C::SetDelayedDelivery(a) => {
+                (&a.namespace, P::DelayedDelivery, Op::Set(a.delayed.body()))
+            }
+            C::GetDelayedDelivery(n) => get(n, P::DelayedDelivery),
+            C::RemoveDelayedDelivery(n) => remove(n, P::DelayedDelivery),
             C::SetInactiveTopicPolicies(a) => (
                 &a.namespace,
                 P::InactiveTopicPolicies,
-                Op::Set(json!({
-                    "deleteWhileInactive": a.switch.enable,
-                    "maxInactiveDurationSeconds": a.max_inactive_duration,
-                    "inactiveTopicDeleteMode": a.delete_mode,
-                })),
+                Op::Set(a.policy.body()),
             ),
             C::GetInactiveTopicPolicies(n) => get(n, P::InactiveTopicPolicies),
             C::RemoveInactiveTopicPolicies(n) => remove(n, P::InactiveTopicPolicies),
@@ -550,13 +493,8 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
             permissions::list(client, namespace.policies_path()).await?
         }
         NamespacesCmd::Policy(verb) => {
-            let (namespace, policy, op) = verb.request()?;
-            let path = policy.path(namespace, &op);
-            match op {
-                Op::Set(body) => client.post(&path, Some(&body)).await?,
-                Op::Get => client.get(&path).await?,
-                Op::Remove => client.delete(&path).await?,
-            }
+            let (path, op) = verb.request()?;
+            policies::send(client, &path, op).await?
         }
     };
     Ok(Output::Document(doc))
@@ -595,14 +533,8 @@ mod tests {
 
     /// The request a policy verb makes: method, path (after /admin/v2), body.
     fn request(args: &[&str]) -> (&'static str, String, Option<Value>) {
-        let c = policy_cmd(args);
-        let (ns, policy, op) = c.request().unwrap();
-        let path = policy.path(ns, &op);
-        let (method, body) = match op {
-            Op::Set(b) => ("POST", Some(b)),
-            Op::Get => ("GET", None),
-            Op::Remove => ("DELETE", None),
-        };
+        let (path, op) = policy_cmd(args).request().unwrap();
+        let (method, body) = op.method_and_body();
         (method, path.to_string(), body)
     }
 
@@ -817,6 +749,142 @@ mod tests {
             "t/ns",
             "-p",
             "-1"
+        ]));
+    }
+
+    #[test]
+    fn subscription_dispatch_rate_takes_the_dispatch_rate_flags() {
+        assert_eq!(
+            request(&[
+                "set-subscription-dispatch-rate",
+                "t/ns",
+                "-md",
+                "50",
+                "--byte-dispatch-rate",
+                "4096",
+            ]),
+            (
+                "POST",
+                "/admin/v2/namespaces/t/ns/subscriptionDispatchRate".into(),
+                Some(json!({
+                    "dispatchThrottlingRateInMsg": 50,
+                    "dispatchThrottlingRateInByte": 4096,
+                    "ratePeriodInSecond": 1,
+                    "relativeToPublishRate": false,
+                }))
+            )
+        );
+        assert_eq!(
+            request(&["get-subscription-dispatch-rate", "t/ns"]),
+            (
+                "GET",
+                "/admin/v2/namespaces/t/ns/subscriptionDispatchRate".into(),
+                None
+            )
+        );
+        assert_eq!(
+            request(&["remove-subscription-dispatch-rate", "t/ns"]),
+            (
+                "DELETE",
+                "/admin/v2/namespaces/t/ns/subscriptionDispatchRate".into(),
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn max_consumers_per_subscription_and_max_topics_are_non_negative_counts() {
+        for flag in ["-c", "--max-consumers-per-subscription"] {
+            assert_eq!(
+                request(&["set-max-consumers-per-subscription", "t/ns", flag, "5"]),
+                (
+                    "POST",
+                    "/admin/v2/namespaces/t/ns/maxConsumersPerSubscription".into(),
+                    Some(json!(5))
+                )
+            );
+        }
+        for flag in ["-t", "--max-topics-per-namespace"] {
+            assert_eq!(
+                request(&["set-max-topics-per-namespace", "t/ns", flag, "100"]),
+                (
+                    "POST",
+                    "/admin/v2/namespaces/t/ns/maxTopicsPerNamespace".into(),
+                    Some(json!(100))
+                )
+            );
+        }
+        for (verb, segment) in [
+            (
+                "max-consumers-per-subscription",
+                "maxConsumersPerSubscription",
+            ),
+            ("max-topics-per-namespace", "maxTopicsPerNamespace"),
+        ] {
+            let path = format!("/admin/v2/namespaces/t/ns/{segment}");
+            assert_eq!(
+                request(&[&format!("get-{verb}"), "t/ns"]),
+                ("GET", path.clone(), None)
+            );
+            assert_eq!(
+                request(&[&format!("remove-{verb}"), "t/ns"]),
+                ("DELETE", path, None)
+            );
+        }
+        assert!(refused(&[
+            "set-max-consumers-per-subscription",
+            "t/ns",
+            "-c",
+            "-1"
+        ]));
+        assert!(refused(&[
+            "set-max-topics-per-namespace",
+            "t/ns",
+            "-t",
+            "-1"
+        ]));
+        assert!(refused(&["set-max-topics-per-namespace", "t/ns"]));
+    }
+
+    #[test]
+    fn delayed_delivery_sends_active_and_the_tick_in_milliseconds() {
+        assert_eq!(
+            request(&["set-delayed-delivery", "t/ns", "--enable", "--time", "2s"]),
+            (
+                "POST",
+                "/admin/v2/namespaces/t/ns/delayedDelivery".into(),
+                Some(json!({"active": true, "tickTime": 2000}))
+            )
+        );
+        assert_eq!(
+            request(&["set-delayed-delivery", "t/ns", "-d"]).2,
+            Some(json!({"active": false, "tickTime": 1000})),
+            "the tick defaults to 1s"
+        );
+        assert_eq!(
+            request(&["get-delayed-delivery", "t/ns"]),
+            (
+                "GET",
+                "/admin/v2/namespaces/t/ns/delayedDelivery".into(),
+                None
+            )
+        );
+        assert_eq!(
+            request(&["remove-delayed-delivery", "t/ns"]),
+            (
+                "DELETE",
+                "/admin/v2/namespaces/t/ns/delayedDelivery".into(),
+                None
+            )
+        );
+        assert!(refused(&["set-delayed-delivery", "t/ns"]));
+        assert!(refused(&["set-delayed-delivery", "t/ns", "-e", "-d"]));
+        assert!(refused(&[
+            "set-delayed-delivery",
+            "t/ns",
+            "-e",
+            "-t",
+            "soon"
         ]));
     }
 

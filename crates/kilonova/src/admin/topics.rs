@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::client::{AdminClient, AdminError, ApiPath, Reply};
 use super::names::{Domain, NamespaceName, TopicName};
-use super::{permissions, units, Output};
+use super::{permissions, topic_policies, units, Output};
 
 #[derive(Subcommand)]
 pub enum TopicsCmd {
@@ -69,6 +69,8 @@ pub enum TopicsCmd {
     },
     /// Show the roles granted permissions on the topic (its namespace's grants included).
     Permissions { topic: TopicName },
+    #[command(flatten)]
+    Policy(topic_policies::TopicPolicyCmd),
 }
 
 #[derive(Args)]
@@ -259,6 +261,7 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
             permissions::revoke(client, topic.path(), &revoke).await?
         }
         C::Permissions { topic } => permissions::list(client, topic.path()).await?,
+        C::Policy(verb) => return topic_policies::run(client, verb).await,
         C::List(list) => {
             let mut topics = Vec::new();
             for path in list.paths() {

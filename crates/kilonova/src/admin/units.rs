@@ -78,6 +78,22 @@ pub fn parse_duration_secs_i32(s: &str) -> Result<i32, String> {
     i32::try_from(secs).map_err(|_| format!("duration {s:?} is too large"))
 }
 
+/// A duration in milliseconds (delayed delivery's tick time), written in
+/// seconds or with a unit as pulsar-admin's `TimeUnitToMillisConverter`
+/// takes it: `1s` is 1000.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    parse_duration_secs(s)?
+        .checked_mul(1000)
+        .and_then(|ms| i64::try_from(ms).ok())
+        .ok_or_else(|| format!("duration {s:?} is too large"))
+}
+
+/// A non-negative size in bytes that fits an `int` (max message size).
+pub fn parse_size_bytes_i32(s: &str) -> Result<i32, String> {
+    let bytes = parse_size_bytes(s)?;
+    i32::try_from(bytes).map_err(|_| format!("size {s:?} is too large (at most 2G - 1 bytes)"))
+}
+
 fn unlimited_or(s: &str, parse: impl Fn(&str) -> Result<u64, String>) -> Result<i64, String> {
     if s.trim() == "-1" {
         return Ok(-1);
@@ -181,6 +197,24 @@ mod tests {
         assert_eq!(parse_time_limit_secs("1h"), Ok(3600));
         assert!(parse_size_limit_bytes("-2").is_err());
         assert!(parse_retention_time_minutes("-10m").is_err());
+    }
+
+    #[test]
+    fn milliseconds_are_seconds_times_1000() {
+        assert_eq!(parse_duration_ms("1s"), Ok(1000));
+        assert_eq!(parse_duration_ms("10"), Ok(10_000));
+        assert_eq!(parse_duration_ms("1m"), Ok(60_000));
+        assert!(parse_duration_ms("-1").is_err());
+        assert!(parse_duration_ms("99999999999999999y").is_err());
+    }
+
+    #[test]
+    fn int_sizes_take_units_and_refuse_what_an_int_cannot_hold() {
+        assert_eq!(parse_size_bytes_i32("5242880"), Ok(5 << 20));
+        assert_eq!(parse_size_bytes_i32("5M"), Ok(5 << 20));
+        assert_eq!(parse_size_bytes_i32("0"), Ok(0));
+        assert!(parse_size_bytes_i32("2G").is_err());
+        assert!(parse_size_bytes_i32("-1").is_err());
     }
 
     #[test]

@@ -1,0 +1,521 @@
+//! Topic-level policies: `kilonova admin topics set-X / get-X / remove-X`, also
+//! the `topicPolicies` group as pulsar-admin has it →
+//! `POST` / `GET` / `DELETE /admin/v2/{domain}/{t}/{ns}/{topic}/{policy}`.
+//!
+//! A topic's value overrides its namespace's; `get-X` shows the topic's own
+//! value only (nothing when it has none). A partitioned topic takes them on
+//! its base name. Verb and flag names are pulsar-admin's, which differ from
+//! the namespace verbs' in places (`set-max-producers -p`, `set-message-ttl
+//! -t`). pulsar-admin's `--global` and `--applied` are not supported.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::client::{AdminClient, AdminError, ApiPath};
+use super::names::TopicName;
+use super::policies::{
+    self, DelayedDeliveryArgs, DispatchRateArgs, EnableOrDisable, InactiveTopicArgs, Op, Policy,
+    PublishRateArgs, RetentionArgs,
+};
+use super::{units, Output};
+
+#[derive(Subcommand)]
+pub enum TopicPolicyCmd {
+    /// Keep the topic's acknowledged messages for a time and/or size.
+    SetRetention(SetRetention),
+    /// Show the topic's retention policy.
+    GetRetention(Topic),
+    /// Remove the topic's retention policy.
+    RemoveRetention(Topic),
+    /// Expire the topic's unacknowledged messages after a time.
+    SetMessageTtl(SetMessageTtl),
+    /// Show the topic's message TTL.
+    GetMessageTtl(Topic),
+    /// Remove the topic's message TTL.
+    RemoveMessageTtl(Topic),
+    /// Limit the topic's publish rate.
+    SetPublishRate(SetPublishRate),
+    /// Show the topic's publish rate.
+    GetPublishRate(Topic),
+    /// Remove the topic's publish rate.
+    RemovePublishRate(Topic),
+    /// Limit the topic's dispatch rate.
+    SetDispatchRate(SetDispatchRate),
+    /// Show the topic's dispatch rate.
+    GetDispatchRate(Topic),
+    /// Remove the topic's dispatch rate.
+    RemoveDispatchRate(Topic),
+    /// Limit the dispatch rate of each of the topic's subscriptions.
+    SetSubscriptionDispatchRate(SetDispatchRate),
+    /// Show the topic's subscription dispatch rate.
+    GetSubscriptionDispatchRate(Topic),
+    /// Remove the topic's subscription dispatch rate.
+    RemoveSubscriptionDispatchRate(Topic),
+    /// Limit the topic's producers.
+    SetMaxProducers(SetMaxProducers),
+    /// Show the topic's producer limit.
+    GetMaxProducers(Topic),
+    /// Remove the topic's producer limit.
+    RemoveMaxProducers(Topic),
+    /// Limit the topic's consumers.
+    SetMaxConsumers(SetMaxConsumers),
+    /// Show the topic's consumer limit.
+    GetMaxConsumers(Topic),
+    /// Remove the topic's consumer limit.
+    RemoveMaxConsumers(Topic),
+    /// Limit the consumers of each of the topic's subscriptions.
+    SetMaxConsumersPerSubscription(SetMaxConsumersPerSubscription),
+    /// Show the topic's per-subscription consumer limit.
+    GetMaxConsumersPerSubscription(Topic),
+    /// Remove the topic's per-subscription consumer limit.
+    RemoveMaxConsumersPerSubscription(Topic),
+    /// Limit the size of the messages producers may send to the topic.
+    SetMaxMessageSize(SetMaxMessageSize),
+    /// Show the topic's message size limit.
+    GetMaxMessageSize(Topic),
+    /// Remove the topic's message size limit.
+    RemoveMaxMessageSize(Topic),
+    /// Turn message deduplication on or off for the topic.
+    SetDeduplication(SetDeduplication),
+    /// Show the topic's deduplication override.
+    GetDeduplication(Topic),
+    /// Remove the topic's deduplication override.
+    RemoveDeduplication(Topic),
+    /// Turn delayed delivery on or off for the topic.
+    SetDelayedDelivery(SetDelayedDelivery),
+    /// Show the topic's delayed delivery policy.
+    GetDelayedDelivery(Topic),
+    /// Remove the topic's delayed delivery policy.
+    RemoveDelayedDelivery(Topic),
+    /// Delete the topic after a time without activity.
+    SetInactiveTopicPolicies(SetInactiveTopicPolicies),
+    /// Show the topic's inactive-topic policy.
+    GetInactiveTopicPolicies(Topic),
+    /// Remove the topic's inactive-topic policy.
+    RemoveInactiveTopicPolicies(Topic),
+}
+
+// Just the topic (no doc comment: clap would show it as every verb's help).
+#[derive(Args)]
+pub struct Topic {
+    /// persistent://tenant/namespace/topic
+    topic: TopicName,
+}
+
+#[derive(Args)]
+pub struct SetRetention {
+    topic: TopicName,
+    #[command(flatten)]
+    retention: RetentionArgs,
+}
+
+#[derive(Args)]
+pub struct SetMessageTtl {
+    topic: TopicName,
+    /// Seconds or 10m, 3h, 2d (0: no TTL).
+    #[arg(short = 't', long, allow_negative_numbers = true,
+          value_parser = units::parse_duration_secs_i32)]
+    ttl: i32,
+}
+
+#[derive(Args)]
+pub struct SetPublishRate {
+    topic: TopicName,
+    #[command(flatten)]
+    rate: PublishRateArgs,
+}
+
+#[derive(Args)]
+pub struct SetDispatchRate {
+    topic: TopicName,
+    #[command(flatten)]
+    rate: DispatchRateArgs,
+}
+
+#[derive(Args)]
+pub struct SetMaxProducers {
+    topic: TopicName,
+    /// 0: unlimited.
+    #[arg(short = 'p', long, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max_producers: i32,
+}
+
+#[derive(Args)]
+pub struct SetMaxConsumers {
+    topic: TopicName,
+    /// 0: unlimited.
+    #[arg(short = 'c', long, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max_consumers: i32,
+}
+
+#[derive(Args)]
+pub struct SetMaxConsumersPerSubscription {
+    topic: TopicName,
+    /// 0: unlimited.
+    #[arg(short = 'c', long, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max_consumers_per_subscription: i32,
+}
+
+#[derive(Args)]
+pub struct SetMaxMessageSize {
+    topic: TopicName,
+    /// Bytes (metadata and payload), or 512K, 5M; at most the broker's
+    /// max_message_bytes (0: the broker's).
+    #[arg(short = 'm', long, allow_negative_numbers = true,
+          value_parser = units::parse_size_bytes_i32)]
+    max_message_size: i32,
+}
+
+#[derive(Args)]
+pub struct SetDeduplication {
+    topic: TopicName,
+    #[command(flatten)]
+    switch: EnableOrDisable,
+}
+
+#[derive(Args)]
+pub struct SetDelayedDelivery {
+    topic: TopicName,
+    #[command(flatten)]
+    delayed: DelayedDeliveryArgs,
+}
+
+#[derive(Args)]
+pub struct SetInactiveTopicPolicies {
+    topic: TopicName,
+    #[command(flatten)]
+    policy: InactiveTopicArgs,
+}
+
+impl TopicPolicyCmd {
+    /// The policy route and what to do there.
+    fn request(&self) -> (ApiPath, Op) {
+        let (topic, policy, op) = self.policy_op();
+        (policy.path(topic.path(), &op), op)
+    }
+
+    /// The topic, the policy and what to do with it.
+    fn policy_op(&self) -> (&TopicName, Policy, Op) {
+        use Policy as P;
+        use TopicPolicyCmd as C;
+        fn get(t: &Topic, p: Policy) -> (&TopicName, Policy, Op) {
+            (&t.topic, p, Op::Get)
+        }
+        fn remove(t: &Topic, p: Policy) -> (&TopicName, Policy, Op) {
+            (&t.topic, p, Op::Remove)
+        }
+        fn set(t: &TopicName, p: Policy, body: Value) -> (&TopicName, Policy, Op) {
+            (t, p, Op::Set(body))
+        }
+        match self {
+            C::SetRetention(a) => set(&a.topic, P::Retention, a.retention.body()),
+            C::GetRetention(t) => get(t, P::Retention),
+            C::RemoveRetention(t) => remove(t, P::Retention),
+            C::SetMessageTtl(a) => set(&a.topic, P::MessageTtl, json!(a.ttl)),
+            C::GetMessageTtl(t) => get(t, P::MessageTtl),
+            C::RemoveMessageTtl(t) => remove(t, P::MessageTtl),
+            C::SetPublishRate(a) => set(&a.topic, P::PublishRate, a.rate.body()),
+            C::GetPublishRate(t) => get(t, P::PublishRate),
+            C::RemovePublishRate(t) => remove(t, P::PublishRate),
+            C::SetDispatchRate(a) => set(&a.topic, P::DispatchRate, a.rate.body()),
+            C::GetDispatchRate(t) => get(t, P::DispatchRate),
+            C::RemoveDispatchRate(t) => remove(t, P::DispatchRate),
+            C::SetSubscriptionDispatchRate(a) => {
+                set(&a.topic, P::SubscriptionDispatchRate, a.rate.body())
+            }
+            C::GetSubscriptionDispatchRate(t) => get(t, P::SubscriptionDispatchRate),
+            C::RemoveSubscriptionDispatchRate(t) => remove(t, P::SubscriptionDispatchRate),
+            C::SetMaxProducers(a) => set(&a.topic, P::MaxProducersPerTopic, json!(a.max_producers)),
+            C::GetMaxProducers(t) => get(t, P::MaxProducersPerTopic),
+            C::RemoveMaxProducers(t) => remove(t, P::MaxProducersPerTopic),
+            C::SetMaxConsumers(a) => set(&a.topic, P::MaxConsumersPerTopic, json!(a.max_consumers)),
+            C::GetMaxConsumers(t) => get(t, P::MaxConsumersPerTopic),
+            C::RemoveMaxConsumers(t) => remove(t, P::MaxConsumersPerTopic),
+            C::SetMaxConsumersPerSubscription(a) => set(
+                &a.topic,
+                P::MaxConsumersPerSubscription,
+                json!(a.max_consumers_per_subscription),
+            ),
+            C::GetMaxConsumersPerSubscription(t) => get(t, P::MaxConsumersPerSubscription),
+            C::RemoveMaxConsumersPerSubscription(t) => remove(t, P::MaxConsumersPerSubscription),
+            C::SetMaxMessageSize(a) => set(&a.topic, P::MaxMessageSize, json!(a.max_message_size)),
+            C::GetMaxMessageSize(t) => get(t, P::MaxMessageSize),
+            C::RemoveMaxMessageSize(t) => remove(t, P::MaxMessageSize),
+            C::SetDeduplication(a) => set(&a.topic, P::Deduplication, json!(a.switch.enabled())),
+            C::GetDeduplication(t) => get(t, P::Deduplication),
+            C::RemoveDeduplication(t) => remove(t, P::Deduplication),
+            C::SetDelayedDelivery(a) => set(&a.topic, P::DelayedDelivery, a.delayed.body()),
+            C::GetDelayedDelivery(t) => get(t, P::DelayedDelivery),
+            C::RemoveDelayedDelivery(t) => remove(t, P::DelayedDelivery),
+            C::SetInactiveTopicPolicies(a) => {
+                set(&a.topic, P::InactiveTopicPolicies, a.policy.body())
+            }
+            C::GetInactiveTopicPolicies(t) => get(t, P::InactiveTopicPolicies),
+            C::RemoveInactiveTopicPolicies(t) => remove(t, P::InactiveTopicPolicies),
+        }
+    }
+}
+
+pub async fn run(client: &AdminClient, cmd: TopicPolicyCmd) -> Result<Output, AdminError> {
+    let (path, op) = cmd.request();
+    Ok(Output::Document(policies::send(client, &path, op).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+    use super::super::{topics::TopicsCmd, Group};
+    use super::*;
+
+    /// `topics <args>` and `topicPolicies <args>`: the same verb either way.
+    fn policy_cmds(args: &[&str]) -> [TopicPolicyCmd; 2] {
+        let parsed = |group: &str| {
+            let mut argv = vec![group];
+            argv.extend_from_slice(args);
+            match parse(&argv) {
+                Ok(a) => a.group,
+                Err(e) => panic!("{argv:?} should parse: {e}"),
+            }
+        };
+        let via_topics = match parsed("topics") {
+            Group::Topics {
+                verb: TopicsCmd::Policy(p),
+            } => p,
+            _ => panic!("{args:?} is not a topic policy verb"),
+        };
+        let via_topic_policies = match parsed("topicPolicies") {
+            Group::TopicPolicies { verb } => verb,
+            _ => panic!("not a topicPolicies verb"),
+        };
+        [via_topics, via_topic_policies]
+    }
+
+    fn refused(args: &[&str]) -> bool {
+        let mut argv = vec!["topics"];
+        argv.extend_from_slice(args);
+        parse(&argv).is_err()
+    }
+
+    /// The request a verb makes: method, path (after /admin/v2), body.
+    fn request(args: &[&str]) -> (&'static str, String, Option<Value>) {
+        let [via_topics, via_topic_policies] = policy_cmds(args).map(|c| {
+            let (path, op) = c.request();
+            let (method, body) = op.method_and_body();
+            (method, path.to_string(), body)
+        });
+        assert_eq!(via_topics, via_topic_policies, "{args:?}");
+        via_topics
+    }
+
+    const T: &str = "/admin/v2/persistent/t/ns/x";
+
+    /// `get-…` and `remove-…` of `segment` on persistent://t/ns/x.
+    fn assert_get_and_remove(verb: &str, segment: &str) {
+        let path = format!("{T}/{segment}");
+        assert_eq!(
+            request(&[&format!("get-{verb}"), "t/ns/x"]),
+            ("GET", path.clone(), None)
+        );
+        assert_eq!(
+            request(&[&format!("remove-{verb}"), "persistent://t/ns/x"]),
+            ("DELETE", path, None)
+        );
+    }
+
+    #[test]
+    fn max_message_size_is_bytes_or_a_size_with_a_unit() {
+        assert_eq!(
+            request(&[
+                "set-max-message-size",
+                "persistent://t/ns/x",
+                "--max-message-size",
+                "1048576"
+            ]),
+            ("POST", format!("{T}/maxMessageSize"), Some(json!(1048576)))
+        );
+        assert_eq!(
+            request(&["set-max-message-size", "t/ns/x", "-m", "5M"]).2,
+            Some(json!(5 << 20))
+        );
+        assert_get_and_remove("max-message-size", "maxMessageSize");
+        assert!(refused(&["set-max-message-size", "t/ns/x", "-m", "-1"]));
+        assert!(refused(&["set-max-message-size", "t/ns/x", "-m", "2G"]));
+        assert!(refused(&["set-max-message-size", "t/ns/x"]));
+    }
+
+    #[test]
+    fn max_consumers_per_subscription_takes_c() {
+        for flag in ["-c", "--max-consumers-per-subscription"] {
+            assert_eq!(
+                request(&["set-max-consumers-per-subscription", "t/ns/x", flag, "2"]),
+                (
+                    "POST",
+                    format!("{T}/maxConsumersPerSubscription"),
+                    Some(json!(2))
+                )
+            );
+        }
+        assert_get_and_remove(
+            "max-consumers-per-subscription",
+            "maxConsumersPerSubscription",
+        );
+        assert!(refused(&[
+            "set-max-consumers-per-subscription",
+            "t/ns/x",
+            "-c",
+            "-1"
+        ]));
+    }
+
+    #[test]
+    fn max_producers_and_consumers_use_pulsar_admins_topic_flag_names() {
+        assert_eq!(
+            request(&["set-max-producers", "t/ns/x", "--max-producers", "3"]),
+            ("POST", format!("{T}/maxProducersPerTopic"), Some(json!(3)))
+        );
+        assert_eq!(
+            request(&["set-max-consumers", "t/ns/x", "-c", "4"]),
+            ("POST", format!("{T}/maxConsumersPerTopic"), Some(json!(4)))
+        );
+        assert_get_and_remove("max-producers", "maxProducersPerTopic");
+        assert_get_and_remove("max-consumers", "maxConsumersPerTopic");
+        assert!(refused(&["set-max-producers", "t/ns/x", "-p", "-1"]));
+    }
+
+    #[test]
+    fn delayed_delivery_sends_active_and_the_tick_in_milliseconds() {
+        assert_eq!(
+            request(&[
+                "set-delayed-delivery",
+                "t/ns/x",
+                "--enable",
+                "--time",
+                "10s"
+            ]),
+            (
+                "POST",
+                format!("{T}/delayedDelivery"),
+                Some(json!({"active": true, "tickTime": 10_000}))
+            )
+        );
+        assert_eq!(
+            request(&["set-delayed-delivery", "t/ns/x", "-d"]).2,
+            Some(json!({"active": false, "tickTime": 1000})),
+            "the tick defaults to 1s"
+        );
+        assert_get_and_remove("delayed-delivery", "delayedDelivery");
+        assert!(refused(&["set-delayed-delivery", "t/ns/x"]));
+        assert!(refused(&["set-delayed-delivery", "t/ns/x", "-e", "-d"]));
+    }
+
+    #[test]
+    fn rates_take_the_namespace_verbs_flags() {
+        assert_eq!(
+            request(&["set-publish-rate", "t/ns/x", "-m", "30"]),
+            (
+                "POST",
+                format!("{T}/publishRate"),
+                Some(json!({"publishThrottlingRateInMsg": 30, "publishThrottlingRateInByte": -1}))
+            )
+        );
+        let dispatch = json!({
+            "dispatchThrottlingRateInMsg": 100,
+            "dispatchThrottlingRateInByte": -1,
+            "ratePeriodInSecond": 2,
+            "relativeToPublishRate": false,
+        });
+        assert_eq!(
+            request(&["set-dispatch-rate", "t/ns/x", "-md", "100", "-dt", "2"]),
+            ("POST", format!("{T}/dispatchRate"), Some(dispatch.clone()))
+        );
+        assert_eq!(
+            request(&[
+                "set-subscription-dispatch-rate",
+                "t/ns/x",
+                "--msg-dispatch-rate",
+                "100",
+                "--dispatch-rate-period",
+                "2"
+            ]),
+            (
+                "POST",
+                format!("{T}/subscriptionDispatchRate"),
+                Some(dispatch)
+            )
+        );
+        assert_get_and_remove("publish-rate", "publishRate");
+        assert_get_and_remove("dispatch-rate", "dispatchRate");
+        assert_get_and_remove("subscription-dispatch-rate", "subscriptionDispatchRate");
+    }
+
+    #[test]
+    fn retention_and_ttl_convert_units() {
+        assert_eq!(
+            request(&["set-retention", "t/ns/x", "-s", "1G", "-t", "2h"]),
+            (
+                "POST",
+                format!("{T}/retention"),
+                Some(json!({"retentionTimeInMinutes": 120, "retentionSizeInMB": 1024}))
+            )
+        );
+        for flag in ["-t", "--ttl"] {
+            assert_eq!(
+                request(&["set-message-ttl", "t/ns/x", flag, "1h"]),
+                ("POST", format!("{T}/messageTTL"), Some(json!(3600)))
+            );
+        }
+        assert_get_and_remove("retention", "retention");
+        assert_get_and_remove("message-ttl", "messageTTL");
+        assert!(refused(&["set-message-ttl", "t/ns/x", "-t", "-5"]));
+    }
+
+    #[test]
+    fn deduplication_and_inactive_topic_policies() {
+        assert_eq!(
+            request(&["set-deduplication", "t/ns/x", "-e"]),
+            ("POST", format!("{T}/deduplication"), Some(json!(true)))
+        );
+        assert!(refused(&["set-deduplication", "t/ns/x"]));
+        assert_eq!(
+            request(&[
+                "set-inactive-topic-policies",
+                "t/ns/x",
+                "-d",
+                "-t",
+                "10m",
+                "-m",
+                "delete_when_subscriptions_caught_up"
+            ]),
+            (
+                "POST",
+                format!("{T}/inactiveTopicPolicies"),
+                Some(json!({
+                    "deleteWhileInactive": false,
+                    "maxInactiveDurationSeconds": 600,
+                    "inactiveTopicDeleteMode": "delete_when_subscriptions_caught_up",
+                }))
+            )
+        );
+        assert_get_and_remove("deduplication", "deduplication");
+        assert_get_and_remove("inactive-topic-policies", "inactiveTopicPolicies");
+    }
+
+    #[test]
+    fn topic_policies_keep_the_topics_domain() {
+        assert_eq!(
+            request(&["get-max-message-size", "non-persistent://t/ns/x"]).1,
+            "/admin/v2/non-persistent/t/ns/x/maxMessageSize"
+        );
+        assert_eq!(
+            request(&["get-retention", "x"]).1,
+            "/admin/v2/persistent/public/default/x/retention"
+        );
+        assert!(
+            refused(&["get-retention", "t/ns"]),
+            "a namespace is no topic"
+        );
+    }
+}
