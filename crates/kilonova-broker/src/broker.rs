@@ -207,8 +207,11 @@ impl Broker {
                 Some(t) => self.resources().tenant(t).await.ok(),
                 None => None,
             };
+            // Read from the store, not the policy cache: a grant revoked
+            // through the admin API must refuse the very next request, and
+            // the cache learns of changes only when its watch delivers them.
             let policies = match ns.filter(|_| need.reads_namespace()) {
-                Some(n) => self.namespace_policies(n).await.ok(),
+                Some(n) => self.resources().namespace(n).await.ok(),
                 None => None,
             };
             authz.allows(
@@ -317,14 +320,6 @@ impl Broker {
             "{}-{}-{n}",
             self.inner.config.cluster_name, self.inner.boot_id
         )
-    }
-
-    /// The namespace's record, from the policy cache.
-    pub(crate) async fn namespace_policies(
-        &self,
-        ns: &NamespaceName,
-    ) -> Result<Arc<kilonova_metadata::policies::Policies>, kilonova_metadata::MetadataError> {
-        self.inner.policies.namespace(self.resources(), ns).await
     }
 
     /// The policies in force on topic `name` now.
@@ -516,7 +511,8 @@ impl Broker {
         ns: &NamespaceName,
         adding: u32,
     ) -> Result<(), BrokerError> {
-        let policies = self.namespace_policies(ns).await?;
+        // From the store: a limit set through the admin API holds for the very next creation.
+        let policies = self.resources().namespace(ns).await?;
         let max = match policies.max_topics_per_namespace {
             Some(n) => u32::try_from(n).unwrap_or(0),
             None => self.config().max_topics_per_namespace,

@@ -1358,21 +1358,17 @@ impl Topic {
         };
         let now = Instant::now();
         for name in self.to_dispatch.drain() {
-            let Some(sub) = self.subscriptions.get_mut(&name) else {
-                continue;
-            };
-            match policy::rated_dispatch(sub, log, &limits, &mut self.dispatch_rate, now) {
-                Ok(wait) => {
-                    wake_after(&mut self.dispatch_wake, now, wait);
-                    wake_after(
-                        &mut self.dispatch_wake,
-                        now,
-                        delayed_wait(sub, limits.now_ms),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %self.full_name, subscription = %name, error = %e, "dispatch failed")
-                }
+            if let Some(sub) = self.subscriptions.get_mut(&name) {
+                let rate = &mut self.dispatch_rate;
+                dispatch_within_rates(
+                    &self.full_name,
+                    sub,
+                    log,
+                    &limits,
+                    rate,
+                    &mut self.dispatch_wake,
+                    now,
+                );
             }
         }
     }
@@ -1385,19 +1381,39 @@ impl Topic {
         };
         let now = Instant::now();
         for sub in self.subscriptions.values_mut() {
-            match policy::rated_dispatch(sub, log, &limits, &mut self.dispatch_rate, now) {
-                Ok(wait) => {
-                    wake_after(&mut self.dispatch_wake, now, wait);
-                    wake_after(
-                        &mut self.dispatch_wake,
-                        now,
-                        delayed_wait(sub, limits.now_ms),
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %self.full_name, subscription = %sub.name, error = %e, "dispatch failed")
-                }
-            }
+            let rate = &mut self.dispatch_rate;
+            dispatch_within_rates(
+                &self.full_name,
+                sub,
+                log,
+                &limits,
+                rate,
+                &mut self.dispatch_wake,
+                now,
+            );
+        }
+    }
+}
+
+/// Dispatches one subscription within the dispatch rates, and keeps in `wake`
+/// when the topic must dispatch again (a rate held it back, or a delayed
+/// message comes due).
+fn dispatch_within_rates(
+    topic: &str,
+    sub: &mut Subscription,
+    log: &mut ManagedLog,
+    limits: &DispatchLimits,
+    topic_rate: &mut RateLimiter,
+    wake: &mut Option<Instant>,
+    now: Instant,
+) {
+    match policy::rated_dispatch(sub, log, limits, topic_rate, now) {
+        Ok(wait) => {
+            wake_after(wake, now, wait);
+            wake_after(wake, now, delayed_wait(sub, limits.now_ms));
+        }
+        Err(e) => {
+            tracing::warn!(topic, subscription = %sub.name, error = %e, "dispatch failed")
         }
     }
 }
