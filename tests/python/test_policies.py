@@ -1205,6 +1205,29 @@ def test_broker_deduplication_setting(make_broker, clients, setting):
                    what=f"with deduplication_enabled={setting}, after {expected} messages")
 
 
+def test_deduplication_keeps_every_chunk_of_a_chunked_message(make_broker, clients):
+    # Every chunk carries the message's sequence id: only the last one may
+    # count the message as stored, or the chunks after the first would be
+    # dropped as duplicates.
+    broker = make_broker(config=toml(broker={"max_message_bytes": 64 * 1024}))
+    ns = create_namespace(broker)
+    set_ns_policy(broker, ns, "deduplication", True)
+    topic = ns_topic(ns, "dedup-chunks")
+    c = clients(broker)
+    consumer = c.subscribe(topic, "s")
+    producer = c.create_producer(topic, producer_name=unique("chunker"), batching_enabled=False,
+                                 chunking_enabled=True)
+    big = bytes(range(256)) * (200 * 1024 // 256)  # 200 KiB: at least 4 chunks of 64 KiB
+    producer.send(big, sequence_id=0)
+    producer.send(b"after", sequence_id=1)
+    got = payloads(receive_n(consumer, 2, timeout=10, what="the chunked message and the next"))
+    assert got == [big, b"after"], [len(g) for g in got]
+    # Sent again, the whole chunked message is a duplicate.
+    producer.send(big, sequence_id=0)
+    producer.send(b"marker", sequence_id=2)
+    assert payloads(receive_n(consumer, 1, timeout=10)) == [b"marker"]
+
+
 def test_deduplication_survives_a_crash(make_broker):
     broker = make_broker()
     ns = create_namespace(broker)

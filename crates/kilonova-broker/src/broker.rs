@@ -36,6 +36,8 @@ struct Inner {
     /// Where clients are told to connect (LOOKUP).
     urls: ServiceUrls,
     shutting_down: AtomicBool,
+    /// Partitioned topics an inactive-topic deletion pass is running for.
+    partitioned_deletions: Mutex<std::collections::HashSet<String>>,
     next_producer: AtomicU64,
     next_connection: AtomicU64,
     /// Distinguishes generated producer names across restarts.
@@ -76,6 +78,23 @@ impl Drop for Closing {
             topics.deletions += 1;
         }
         topics.closing.remove(&self.name);
+    }
+}
+
+/// An inactive-deletion pass over a partitioned topic; ends when dropped.
+pub(crate) struct DeletionPass {
+    broker: Broker,
+    key: String,
+}
+
+impl Drop for DeletionPass {
+    fn drop(&mut self) {
+        self.broker
+            .inner
+            .partitioned_deletions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 
@@ -149,6 +168,7 @@ impl Broker {
                 topics: Mutex::new(TopicMap::default()),
                 urls: urls.into(),
                 shutting_down: AtomicBool::new(false),
+                partitioned_deletions: Mutex::default(),
                 next_producer: AtomicU64::new(0),
                 next_connection: AtomicU64::new(1),
                 boot_id: format!("{:x}", topic::now_ms()),
@@ -612,6 +632,20 @@ impl Broker {
             _done: done,
             deleted: false,
         }
+    }
+
+    /// Marks an inactive-deletion pass over `base` as running (`None`: one is).
+    pub(crate) fn begin_partitioned_deletion(&self, base: &TopicName) -> Option<DeletionPass> {
+        let key = base.to_string();
+        let mut running = self
+            .inner
+            .partitioned_deletions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        running.insert(key.clone()).then(|| DeletionPass {
+            broker: self.clone(),
+            key,
+        })
     }
 
     /// Removes a topic that failed to load (its receiver is closed already).

@@ -79,6 +79,10 @@ struct Connection {
     throttled_until: Option<Instant>,
 }
 
+/// The longest a throttled connection sleeps before it looks again (the
+/// keep-alive clock restarts each time).
+const MAX_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -160,12 +164,13 @@ async fn serve<R, W>(
             // A publish rate was reached: the socket is not read (the client's
             // sends wait in TCP buffers and then in the client) until it allows.
             _ = sleep_until(throttled), if throttled.is_some() => {
+                // A pause of our own making is not the client's silence.
+                last_seen = Instant::now();
                 conn.throttled_until = None;
                 if let Some(wait) = conn.still_throttled() {
-                    conn.throttled_until = Some(Instant::now() + wait);
+                    conn.throttled_until = Some(Instant::now() + wait.min(MAX_THROTTLE_PAUSE));
                     continue;
                 }
-                last_seen = Instant::now();
                 if let Err(end) = conn.drain_frames(&mut buf, max_frame).await {
                     break end;
                 }
@@ -503,7 +508,7 @@ impl Connection {
                 let wait = topic.publish_gate.charge(messages, bytes, now);
                 if !wait.is_zero() {
                     self.broker.metrics().count_publish_throttled();
-                    self.throttled_until = Some(now + wait);
+                    self.throttled_until = Some(now + wait.min(MAX_THROTTLE_PAUSE));
                 }
                 if topic.send(cmd).await.is_err() {
                     self.out.command(commands::send_error(

@@ -285,13 +285,14 @@ impl Dedup {
                 return;
             }
         };
-        if meta.producer_name.is_empty() {
+        if meta.producer_name.is_empty() || !completes_message(&meta) {
+            // A chunk before the last one does not make its message stored.
             self.covered = Some(position);
             return;
         }
         let highest = meta.highest_sequence_id.unwrap_or_else(|| {
             let n = u64::from(frame::message_count(&meta));
-            meta.sequence_id.saturating_add(n - 1)
+            meta.sequence_id.saturating_add(n.saturating_sub(1))
         });
         self.record(&meta.producer_name, highest.max(meta.sequence_id), position);
     }
@@ -383,6 +384,17 @@ impl<'a> Reader<'a> {
 
     fn position(&mut self) -> Result<Position, DedupError> {
         Ok(Position::new(self.u64()?, self.u64()?))
+    }
+}
+
+/// Whether an entry with this metadata completes its message: not a chunk, or
+/// the last chunk of one. Every chunk of a chunked message carries the
+/// message's sequence id, so only the last one may count it as stored (else
+/// the chunks after the first would be taken for duplicates).
+pub(crate) fn completes_message(meta: &kilonova_pulsar_protocol::proto::MessageMetadata) -> bool {
+    match (meta.chunk_id, meta.num_chunks_from_msg) {
+        (Some(id), Some(n)) if n > 1 => id.saturating_add(1) >= n,
+        _ => true,
     }
 }
 
@@ -481,6 +493,34 @@ mod tests {
         // A highest below the sequence id (an old client leaving it 0) counts as the sequence id.
         assert_eq!(d.check("a", 6, 0), Verdict::New);
         assert_eq!(d.check("a", 4, 0), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn only_the_last_chunk_completes_a_chunked_message() {
+        let chunk = |id: i32| MessageMetadata {
+            producer_name: "a".into(),
+            sequence_id: 7,
+            chunk_id: Some(id),
+            num_chunks_from_msg: Some(3),
+            ..Default::default()
+        };
+        assert!(!completes_message(&chunk(0)));
+        assert!(!completes_message(&chunk(1)));
+        assert!(completes_message(&chunk(2)));
+        assert!(completes_message(&MessageMetadata::default()));
+        // Replaying a message cut after two of its chunks leaves it unsent...
+        let mut d = Dedup::new(10);
+        d.replay(p(0, 0), &frame::build_payload(&chunk(0), b"x"));
+        d.replay(p(0, 1), &frame::build_payload(&chunk(1), b"x"));
+        assert_eq!(
+            d.check("a", 7, 7),
+            Verdict::New,
+            "a resend of the cut message is stored"
+        );
+        // ...and its last chunk makes it sent.
+        d.replay(p(0, 2), &frame::build_payload(&chunk(2), b"x"));
+        assert_eq!(d.check("a", 7, 7), Verdict::Duplicate);
+        assert_eq!(d.last_persisted("a"), Some((7, p(0, 2))));
     }
 
     #[test]

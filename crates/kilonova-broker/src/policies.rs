@@ -47,7 +47,9 @@ pub(crate) struct Effective {
     pub max_producers: Option<u32>,
     pub max_consumers: Option<u32>,
     pub max_consumers_per_subscription: Option<u32>,
-    pub max_message_bytes: usize,
+    /// The topic's own message size limit (the broker's is the frame limit,
+    /// told to clients in CONNECTED and checked by the connection).
+    pub max_message_bytes: Option<usize>,
     /// Largest subscription backlog, in bytes.
     pub backlog_size: Option<Quota>,
     /// Age of the oldest unacknowledged message, in seconds.
@@ -197,13 +199,10 @@ impl Effective {
         } else {
             default_quota(c.backlog_quota_limit_secs)
         };
-        let max_message_bytes = match t.max_message_size {
-            Some(n) => usize::try_from(n)
-                .ok()
-                .filter(|n| *n > 0)
-                .map_or(c.max_message_bytes, |n| n.min(c.max_message_bytes)),
-            None => c.max_message_bytes,
-        };
+        let max_message_bytes = t
+            .max_message_size
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0);
         Effective {
             retention,
             ttl: (ttl_secs > 0).then(|| Duration::from_secs(ttl_secs)),
@@ -298,22 +297,20 @@ impl PolicyCache {
         Ok(p)
     }
 
-    /// The topic-level policies of `name` (of its partitioned topic, for a
-    /// partition); empty if the topic has no record.
-    pub(crate) async fn topic(
+    /// The policies kept in `name`'s own record; empty if it has no record.
+    async fn record(
         &self,
         resources: &Resources,
         name: &TopicName,
     ) -> Result<Arc<TopicPolicies>, MetadataError> {
-        let base = name.partitioned_topic();
-        let key = base.to_string();
+        let key = name.to_string();
         if let Some(p) = lock(&self.topics).get(&key) {
             return Ok(p.clone());
         }
         let before = self.changes.load(Ordering::Acquire);
         let p = Arc::new(
             resources
-                .topic(&base)
+                .topic(name)
                 .await?
                 .map(|r| r.policies)
                 .unwrap_or_default(),
@@ -322,6 +319,20 @@ impl PolicyCache {
             insert(&self.topics, key, p.clone());
         }
         Ok(p)
+    }
+
+    /// The topic-level policies of `name`: a partition's own, if any were set
+    /// on it, else its partitioned topic's.
+    pub(crate) async fn topic(
+        &self,
+        resources: &Resources,
+        name: &TopicName,
+    ) -> Result<Arc<TopicPolicies>, MetadataError> {
+        let own = self.record(resources, name).await?;
+        if name.partition().is_none() || !own.is_empty() {
+            return Ok(own);
+        }
+        self.record(resources, &name.partitioned_topic()).await
     }
 
     fn forget(&self, key: &str, topic: bool) {
@@ -380,7 +391,7 @@ mod tests {
         assert_eq!(e.ttl, None);
         assert!(e.publish_rate.is_unlimited());
         assert_eq!(e.max_producers, None);
-        assert_eq!(e.max_message_bytes, c.max_message_bytes);
+        assert_eq!(e.max_message_bytes, None);
         assert_eq!(e.backlog_size, None);
         assert!(!e.deduplication);
         assert!(e.delayed_delivery);
@@ -438,7 +449,7 @@ mod tests {
                 period: Duration::from_secs(5)
             })
         );
-        assert_eq!(e.max_message_bytes, 1024);
+        assert_eq!(e.max_message_bytes, Some(1024));
     }
 
     #[test]

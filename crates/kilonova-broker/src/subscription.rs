@@ -185,8 +185,11 @@ impl Subscription {
         }
     }
 
-    /// When the next held entry is due (ms), if any.
+    /// When the next held entry is due (ms), if one is and a consumer could take it.
     pub(crate) fn next_delayed_ms(&self) -> Option<u64> {
+        if self.consumers.is_empty() || self.kind.single_active() {
+            return None;
+        }
         self.delayed.first().map(|(t, _)| *t)
     }
 
@@ -328,6 +331,8 @@ impl Subscription {
         for p in std::mem::take(&mut self.pending).into_keys() {
             *self.redeliveries.entry(p).or_default() += 1;
         }
+        // The cursor rewinds: held entries are read (and held) again.
+        self.delayed.clear();
         self.replay.clear();
         self.needs_rewind = true;
     }
@@ -447,6 +452,9 @@ impl Subscription {
         limits: &DispatchLimits,
         mut budget: Budget,
     ) -> Result<usize, StorageError> {
+        if !self.kind.single_active() {
+            self.release_due(limits.now_ms);
+        }
         if self.consumers.is_empty() || budget.exhausted() {
             return Ok(0);
         }
@@ -458,7 +466,6 @@ impl Subscription {
         }
         let mut sent = 0;
         let floor = first_unacked(log, &self.name);
-        self.release_due(limits.now_ms);
         // Redeliveries first, oldest first.
         let replay: Vec<(Position, Option<u32>)> =
             self.replay.iter().map(|(p, s)| (*p, *s)).collect();
@@ -491,7 +498,7 @@ impl Subscription {
         while self.has_permits()
             && !budget.exhausted()
             && self.replay.len() < limits.max_redelivery_backlog
-            && self.delayed.len() < limits.max_delayed
+            && (!limits.delayed_delivery || self.delayed.len() < limits.max_delayed.max(1))
         {
             let want = budget.cap_entries(
                 self.consumers

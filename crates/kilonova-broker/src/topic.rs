@@ -167,22 +167,39 @@ struct Producer {
     bytes_in: u64,
 }
 
-/// An append waiting for durability, and where its receipt goes. Without a
-/// completion it is a duplicate (deduplication): it resolves at once, but in
-/// append order, so after the original it repeats.
+/// What a SEND became.
+enum Pending {
+    /// Appended: durable when the completion resolves.
+    Stored(Completion<Position>),
+    /// Already stored (deduplication): answered with the original's id.
+    Duplicate,
+    /// Refused before it was stored.
+    Refused(ServerError, String),
+}
+
+/// What a SEND's answer is waiting for: the append's durability, or (for a
+/// duplicate or a refusal) only the answers to the SENDs before it, so that
+/// a producer's answers go out in the order it sent.
 struct PendingAppend {
-    completion: Option<Completion<Position>>,
+    pending: Option<Pending>,
     out: Outbound,
     producer_id: u64,
     sequence_id: u64,
     highest_sequence_id: u64,
-    /// The producer's name, with deduplication on.
+    /// The producer's name, with deduplication on and a SEND that completes
+    /// its message (not a chunk before the last).
     producer: Option<String>,
 }
 
-/// A resolved [`PendingAppend`]; `result` is `None` for a duplicate.
+enum Outcome {
+    Stored(Result<Position, StorageError>),
+    Duplicate,
+    Refused(ServerError, String),
+}
+
+/// A resolved [`PendingAppend`].
 struct Appended {
-    result: Option<Result<Position, StorageError>>,
+    outcome: Outcome,
     out: Outbound,
     producer_id: u64,
     sequence_id: u64,
@@ -194,15 +211,19 @@ impl Future for PendingAppend {
     type Output = Appended;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let result = match this.completion.as_mut() {
-            Some(c) => match Pin::new(c).poll(cx) {
-                Poll::Ready(r) => Some(r),
+        let outcome = match this.pending.as_mut() {
+            Some(Pending::Stored(c)) => match Pin::new(c).poll(cx) {
+                Poll::Ready(r) => Outcome::Stored(r),
                 Poll::Pending => return Poll::Pending,
             },
-            None => None,
+            Some(Pending::Duplicate) | None => Outcome::Duplicate,
+            Some(Pending::Refused(..)) => match this.pending.take() {
+                Some(Pending::Refused(code, why)) => Outcome::Refused(code, why),
+                _ => Outcome::Duplicate,
+            },
         };
         Poll::Ready(Appended {
-            result,
+            outcome,
             out: this.out.clone(),
             producer_id: this.producer_id,
             sequence_id: this.sequence_id,
@@ -280,6 +301,8 @@ pub(crate) struct Topic {
     dispatch_rate: RateLimiter,
     /// A dispatch held back by a dispatch rate goes on at this time.
     dispatch_wake: Option<Instant>,
+    /// Passes of `dispatch_all` (which subscription goes first under a topic rate).
+    dispatch_round: usize,
     checks: policy::Checks,
     /// A backlog quota of a producer policy is exceeded: producers are refused.
     quota_exceeded: Option<policy::Exceeded>,
@@ -340,6 +363,7 @@ impl Topic {
             publish_gate,
             dispatch_rate,
             dispatch_wake: None,
+            dispatch_round: 0,
             checks: policy::Checks::new(now),
             quota_exceeded: None,
             dedup: None,
@@ -525,9 +549,18 @@ impl Topic {
     }
 
     fn complete_append(&mut self, a: Appended) {
-        let result = match a.result {
-            Some(r) => r,
-            None => return self.answer_duplicate(&a),
+        let result = match a.outcome {
+            Outcome::Stored(r) => r,
+            Outcome::Duplicate => return self.answer_duplicate(&a),
+            Outcome::Refused(code, ref why) => {
+                a.out.command(commands::send_error(
+                    a.producer_id,
+                    a.sequence_id,
+                    code,
+                    why.clone(),
+                ));
+                return;
+            }
         };
         match result {
             Ok(p) => {
@@ -888,17 +921,25 @@ impl Topic {
             ));
             return;
         }
-        if payload.raw.len() > self.policies.max_message_bytes {
-            out.command(commands::send_error(
+        // A topic's own limit; chunks are parts of a larger message that the
+        // client cut to the broker's limit, as in Pulsar they are not checked.
+        let too_big = self
+            .policies
+            .max_message_bytes
+            .filter(|max| payload.raw.len() > *max && payload.metadata.chunk_id.is_none());
+        if let Some(max) = too_big {
+            let why = format!(
+                "Exceed maximum message size: {} bytes, the topic's limit is {max}",
+                payload.raw.len()
+            );
+            self.appends.push_back(PendingAppend {
+                pending: Some(Pending::Refused(ServerError::NotAllowedError, why)),
+                out,
                 producer_id,
                 sequence_id,
-                ServerError::NotAllowedError,
-                format!(
-                    "Exceed maximum message size: {} bytes, the topic's limit is {}",
-                    payload.raw.len(),
-                    self.policies.max_message_bytes
-                ),
-            ));
+                highest_sequence_id,
+                producer: None,
+            });
             return;
         }
         let count = payload.message_count();
@@ -923,7 +964,7 @@ impl Topic {
                     self.broker.metrics().count_duplicates(u64::from(count));
                     // Answered after the appends before it (the original among them).
                     self.appends.push_back(PendingAppend {
-                        completion: None,
+                        pending: Some(Pending::Duplicate),
                         out,
                         producer_id,
                         sequence_id,
@@ -932,27 +973,42 @@ impl Topic {
                     });
                     return;
                 }
-                d.pushed(&name, highest_sequence_id);
-                Some(name)
+                // Chunks before the last carry the message's sequence id too:
+                // only the last one makes the message count as sent.
+                dedup::completes_message(&payload.metadata).then(|| {
+                    d.pushed(&name, highest_sequence_id);
+                    name
+                })
             }
             None => None,
         };
         match self.log.as_mut() {
             Some(log) => match log.append(payload.raw, count, publish_time).await {
                 Ok(completion) => self.appends.push_back(PendingAppend {
-                    completion: Some(completion),
+                    pending: Some(Pending::Stored(completion)),
                     out,
                     producer_id,
                     sequence_id,
                     highest_sequence_id,
                     producer,
                 }),
-                Err(e) => out.command(commands::send_error(
-                    producer_id,
-                    sequence_id,
-                    ServerError::PersistenceError,
-                    e.to_string(),
-                )),
+                Err(e) => {
+                    // In order, and deduplication forgets it was pushed.
+                    if let (Some(d), Some(name)) = (self.dedup.as_mut(), producer.as_deref()) {
+                        d.append_failed(name);
+                    }
+                    self.appends.push_back(PendingAppend {
+                        pending: Some(Pending::Refused(
+                            ServerError::PersistenceError,
+                            e.to_string(),
+                        )),
+                        out,
+                        producer_id,
+                        sequence_id,
+                        highest_sequence_id,
+                        producer: None,
+                    });
+                }
             },
             None => {
                 // Non-persistent: deliver now to consumers with permits, drop otherwise.
@@ -1380,17 +1436,28 @@ impl Topic {
             return;
         };
         let now = Instant::now();
-        for sub in self.subscriptions.values_mut() {
-            let rate = &mut self.dispatch_rate;
-            dispatch_within_rates(
-                &self.full_name,
-                sub,
-                log,
-                &limits,
-                rate,
-                &mut self.dispatch_wake,
-                now,
-            );
+        let (topic, rate, wake) = (
+            &self.full_name,
+            &mut self.dispatch_rate,
+            &mut self.dispatch_wake,
+        );
+        if rate.is_unlimited() || self.subscriptions.len() < 2 {
+            for sub in self.subscriptions.values_mut() {
+                dispatch_within_rates(topic, sub, log, &limits, rate, wake, now);
+            }
+            return;
+        }
+        // The topic's rate is shared: each pass starts with the next
+        // subscription, so that none takes every token.
+        let mut names: Vec<String> = self.subscriptions.keys().cloned().collect();
+        names.sort_unstable();
+        self.dispatch_round = self.dispatch_round.wrapping_add(1);
+        let first = self.dispatch_round % names.len();
+        names.rotate_left(first);
+        for name in names {
+            if let Some(sub) = self.subscriptions.get_mut(&name) {
+                dispatch_within_rates(topic, sub, log, &limits, rate, wake, now);
+            }
         }
     }
 }

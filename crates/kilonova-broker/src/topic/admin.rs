@@ -55,8 +55,13 @@ pub enum AdminRequest {
     Delete {
         force: bool,
     },
-    /// Deletes the topic if it has been inactive at least this long and its
-    /// inactive-topic policy lets it go (a partitioned topic's deletion).
+    /// Answers whether the topic has been inactive at least this long and its
+    /// inactive-topic policy would let it go (a partitioned topic's deletion
+    /// asks every partition before deleting any).
+    InactiveCheck {
+        min_inactive: std::time::Duration,
+    },
+    /// Deletes the topic if [`AdminRequest::InactiveCheck`] holds.
     DeleteIfInactive {
         min_inactive: std::time::Duration,
     },
@@ -336,7 +341,8 @@ impl Topic {
                 }
                 Ok(AdminReply::Done)
             }
-            AdminRequest::DeleteIfInactive { min_inactive } => {
+            AdminRequest::InactiveCheck { min_inactive }
+            | AdminRequest::DeleteIfInactive { min_inactive } => {
                 if !self.deletable_now(min_inactive) {
                     return Err(BrokerError::Precondition(format!(
                         "topic {} is in use",
@@ -406,24 +412,33 @@ impl Topic {
     /// reset, disconnect the consumers so they read again from the cursor
     /// (as Pulsar does); otherwise dispatch what they may now take.
     pub(super) fn after_cursor_moved(&mut self, name: &str, disconnect: bool) {
+        if !disconnect {
+            // Skip / expire moved the floor only: what is in flight or held
+            // after it stays (the read position did not move).
+            let floor = self
+                .log
+                .as_ref()
+                .map(|l| crate::subscription::first_unacked(l, name));
+            if let (Some(sub), Some(floor)) = (self.subscriptions.get_mut(name), floor) {
+                sub.forget_before(floor);
+            }
+            self.dispatch_sub(name);
+            return;
+        }
         let Some(sub) = self.subscriptions.get_mut(name) else {
             return;
         };
         sub.reset();
-        if disconnect {
-            let keys: Vec<_> = sub
-                .consumers
-                .iter()
-                .map(|c| {
-                    c.out.command(commands::close_consumer(c.key.id));
-                    c.key
-                })
-                .collect();
-            for k in keys {
-                self.remove_consumer(k);
-            }
-        } else {
-            self.dispatch_sub(name);
+        let keys: Vec<_> = sub
+            .consumers
+            .iter()
+            .map(|c| {
+                c.out.command(commands::close_consumer(c.key.id));
+                c.key
+            })
+            .collect();
+        for k in keys {
+            self.remove_consumer(k);
         }
     }
 

@@ -138,9 +138,17 @@ impl Topic {
         }
         let key = dedup::snapshot_key(log.id());
         let max = self.broker.config().deduplication_max_producers;
-        // Reads at most a snapshot interval of entries; done on the topic's
-        // task, which serves nothing else until its state is whole.
-        match dedup::recover(self.broker.state_store().as_ref(), &key, log, max) {
+        // Reads the entries after the last snapshot (all of them when
+        // deduplication is turned on for an existing topic): the topic serves
+        // nothing until its state is whole, and on a multi-threaded runtime the
+        // worker is handed over for the blocking reads.
+        let state = self.broker.state_store().clone();
+        let recover = || dedup::recover(state.as_ref(), &key, log, max);
+        let recovered = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(recover),
+            _ => recover(),
+        };
+        match recovered {
             Ok(d) => {
                 tracing::debug!(topic = %self.full_name, producers = d.producer_count(), "deduplication state recovered");
                 self.dedup = Some(d);
@@ -209,26 +217,39 @@ impl Topic {
         ));
     }
 
-    /// The entry holding `producer`'s message `sequence_id`, searched among
-    /// the entries before `last` in its segment.
+    /// The entry holding `producer`'s message `sequence_id`, searched backwards
+    /// from `last` in its segment, a few entries at a time (bounded memory), at
+    /// most [`DUPLICATE_SEARCH_ENTRIES`] back.
     fn find_original(&self, producer: &str, sequence_id: u64, last: Position) -> Option<Position> {
+        const BATCH: u64 = 16;
         let log = self.log.as_ref()?;
-        let from = Position::new(
-            last.segment,
-            last.entry.saturating_sub(DUPLICATE_SEARCH_ENTRIES),
-        );
-        let span = usize::try_from(last.entry - from.entry + 1).ok()?;
-        let entries = log.read_from(from, span).ok()?;
-        entries.iter().rev().find_map(|e| {
-            let p = kilonova_pulsar_protocol::frame::decode_payload(e.data.clone()).ok()?;
-            let m = &p.metadata;
-            let first = m.sequence_id;
-            let highest = m.highest_sequence_id.unwrap_or(
-                first + u64::try_from(m.num_messages_in_batch.unwrap_or(1).max(1)).unwrap_or(1) - 1,
-            );
-            (m.producer_name == producer && (first..=highest.max(first)).contains(&sequence_id))
-                .then_some(e.position)
-        })
+        let floor = last.entry.saturating_sub(DUPLICATE_SEARCH_ENTRIES);
+        let mut hi = last.entry;
+        loop {
+            let lo = hi.saturating_sub(BATCH - 1).max(floor);
+            let n = usize::try_from(hi - lo + 1).ok()?;
+            let entries = log.read_from(Position::new(last.segment, lo), n).ok()?;
+            let found = entries
+                .iter()
+                .rev()
+                .filter(|e| e.position.segment == last.segment && e.position.entry <= hi)
+                .find_map(|e| {
+                    let p = kilonova_pulsar_protocol::frame::decode_payload(e.data.clone()).ok()?;
+                    let m = &p.metadata;
+                    let first = m.sequence_id;
+                    let count = u64::from(kilonova_pulsar_protocol::frame::message_count(m));
+                    let highest = m
+                        .highest_sequence_id
+                        .unwrap_or_else(|| first.saturating_add(count.saturating_sub(1)))
+                        .max(first);
+                    (m.producer_name == producer && (first..=highest).contains(&sequence_id))
+                        .then_some(e.position)
+                });
+            if found.is_some() || lo <= floor {
+                return found;
+            }
+            hi = lo - 1;
+        }
     }
 
     /// Reads the policies again (from the cache: no metadata read unless they
@@ -489,6 +510,9 @@ impl Topic {
         let Some(rule) = self.policies.inactive else {
             return false;
         };
+        if !rx.is_empty() {
+            return false; // a client or request is on its way: not inactive
+        }
         if self.name.partition().is_some() {
             let every = Duration::from_secs(
                 self.broker
@@ -604,20 +628,38 @@ impl Broker {
         base: &TopicName,
         max_inactive: Duration,
     ) {
+        let Some(_pass) = self.begin_partitioned_deletion(base) else {
+            return; // another partition started this pass
+        };
         let partitions = match self.resources().topic(base).await {
             Ok(Some(r)) if r.partitions > 0 => r.partitions,
             _ => return,
         };
-        for i in 0..partitions {
-            let part = base.partition_name(i);
-            let min_inactive = if self.is_loaded(&part) {
-                max_inactive
-            } else {
-                Duration::ZERO
-            };
-            let request = super::AdminRequest::DeleteIfInactive { min_inactive };
-            if let Err(e) = self.topic_admin(&part, request).await {
+        // A partition that was not loaded had been idle long enough to unload.
+        let min_inactive: Vec<Duration> = (0..partitions)
+            .map(|i| {
+                if self.is_loaded(&base.partition_name(i)) {
+                    max_inactive
+                } else {
+                    Duration::ZERO
+                }
+            })
+            .collect();
+        // Every partition must agree before any is deleted (a caught-up
+        // subscription on one partition must not go while another partition
+        // still has a backlog for it).
+        for (i, min) in (0..partitions).zip(&min_inactive) {
+            let request = super::AdminRequest::InactiveCheck { min_inactive: *min };
+            if let Err(e) = self.topic_admin(&base.partition_name(i), request).await {
                 tracing::debug!(topic = %base, partition = i, error = %e, "partitioned topic kept: a partition is in use");
+                return;
+            }
+        }
+        for (i, min) in (0..partitions).zip(&min_inactive) {
+            let request = super::AdminRequest::DeleteIfInactive { min_inactive: *min };
+            if let Err(e) = self.topic_admin(&base.partition_name(i), request).await {
+                // A client came back between the check and the deletion.
+                tracing::info!(topic = %base, partition = i, error = %e, "partitioned topic kept: a partition came back into use during its deletion");
                 return;
             }
         }
