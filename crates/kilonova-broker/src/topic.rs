@@ -177,15 +177,21 @@ enum Pending {
     Refused(ServerError, String),
 }
 
-/// What a SEND's answer is waiting for: the append's durability, or (for a
-/// duplicate or a refusal) only the answers to the SENDs before it, so that
-/// a producer's answers go out in the order it sent.
-struct PendingAppend {
-    pending: Option<Pending>,
+/// Where a SEND's answer goes.
+#[derive(Clone)]
+struct AnswerTo {
     out: Outbound,
     producer_id: u64,
     sequence_id: u64,
     highest_sequence_id: u64,
+}
+
+/// What a SEND's answer is waiting for: the append's durability, or (for a
+/// duplicate or a refusal) only the answers to the SENDs before it, so that
+/// a producer's answers go out in the order it sent.
+struct PendingAppend {
+    pending: Pending,
+    to: AnswerTo,
     /// The producer's name, with deduplication on and a SEND that completes
     /// its message (not a chunk before the last).
     producer: Option<String>,
@@ -200,10 +206,7 @@ enum Outcome {
 /// A resolved [`PendingAppend`].
 struct Appended {
     outcome: Outcome,
-    out: Outbound,
-    producer_id: u64,
-    sequence_id: u64,
-    highest_sequence_id: u64,
+    to: AnswerTo,
     producer: Option<String>,
 }
 
@@ -211,23 +214,17 @@ impl Future for PendingAppend {
     type Output = Appended;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let outcome = match this.pending.as_mut() {
-            Some(Pending::Stored(c)) => match Pin::new(c).poll(cx) {
+        let outcome = match &mut this.pending {
+            Pending::Stored(c) => match Pin::new(c).poll(cx) {
                 Poll::Ready(r) => Outcome::Stored(r),
                 Poll::Pending => return Poll::Pending,
             },
-            Some(Pending::Duplicate) | None => Outcome::Duplicate,
-            Some(Pending::Refused(..)) => match this.pending.take() {
-                Some(Pending::Refused(code, why)) => Outcome::Refused(code, why),
-                _ => Outcome::Duplicate,
-            },
+            Pending::Duplicate => Outcome::Duplicate,
+            Pending::Refused(code, why) => Outcome::Refused(*code, std::mem::take(why)),
         };
         Poll::Ready(Appended {
             outcome,
-            out: this.out.clone(),
-            producer_id: this.producer_id,
-            sequence_id: this.sequence_id,
-            highest_sequence_id: this.highest_sequence_id,
+            to: this.to.clone(),
             producer: this.producer.take(),
         })
     }
@@ -553,9 +550,9 @@ impl Topic {
             Outcome::Stored(r) => r,
             Outcome::Duplicate => return self.answer_duplicate(&a),
             Outcome::Refused(code, ref why) => {
-                a.out.command(commands::send_error(
-                    a.producer_id,
-                    a.sequence_id,
+                a.to.out.command(commands::send_error(
+                    a.to.producer_id,
+                    a.to.sequence_id,
                     code,
                     why.clone(),
                 ));
@@ -565,17 +562,17 @@ impl Topic {
         match result {
             Ok(p) => {
                 if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
-                    d.persisted(name, a.highest_sequence_id, p);
+                    d.persisted(name, a.to.highest_sequence_id, p);
                     if d.unsnapshotted()
                         >= self.broker.config().deduplication_snapshot_interval_entries
                     {
                         self.snapshot_dedup();
                     }
                 }
-                a.out.command(commands::send_receipt(
-                    a.producer_id,
-                    a.sequence_id,
-                    a.highest_sequence_id,
+                a.to.out.command(commands::send_receipt(
+                    a.to.producer_id,
+                    a.to.sequence_id,
+                    a.to.highest_sequence_id,
                     commands::message_id(p, None),
                 ))
             }
@@ -584,9 +581,9 @@ impl Topic {
                 if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
                     d.append_failed(name);
                 }
-                a.out.command(commands::send_error(
-                    a.producer_id,
-                    a.sequence_id,
+                a.to.out.command(commands::send_error(
+                    a.to.producer_id,
+                    a.to.sequence_id,
                     ServerError::PersistenceError,
                     e.to_string(),
                 ));
@@ -921,6 +918,12 @@ impl Topic {
             ));
             return;
         }
+        let to = AnswerTo {
+            out: out.clone(),
+            producer_id,
+            sequence_id,
+            highest_sequence_id,
+        };
         // A topic's own limit; chunks are parts of a larger message that the
         // client cut to the broker's limit, as in Pulsar they are not checked.
         let too_big = self
@@ -932,12 +935,10 @@ impl Topic {
                 "Exceed maximum message size: {} bytes, the topic's limit is {max}",
                 payload.raw.len()
             );
+            let pending = Pending::Refused(ServerError::NotAllowedError, why);
             self.appends.push_back(PendingAppend {
-                pending: Some(Pending::Refused(ServerError::NotAllowedError, why)),
-                out,
-                producer_id,
-                sequence_id,
-                highest_sequence_id,
+                pending,
+                to,
                 producer: None,
             });
             return;
@@ -964,11 +965,8 @@ impl Topic {
                     self.broker.metrics().count_duplicates(u64::from(count));
                     // Answered after the appends before it (the original among them).
                     self.appends.push_back(PendingAppend {
-                        pending: Some(Pending::Duplicate),
-                        out,
-                        producer_id,
-                        sequence_id,
-                        highest_sequence_id,
+                        pending: Pending::Duplicate,
+                        to,
                         producer: Some(name),
                     });
                     return;
@@ -985,11 +983,8 @@ impl Topic {
         match self.log.as_mut() {
             Some(log) => match log.append(payload.raw, count, publish_time).await {
                 Ok(completion) => self.appends.push_back(PendingAppend {
-                    pending: Some(Pending::Stored(completion)),
-                    out,
-                    producer_id,
-                    sequence_id,
-                    highest_sequence_id,
+                    pending: Pending::Stored(completion),
+                    to,
                     producer,
                 }),
                 Err(e) => {
@@ -997,15 +992,10 @@ impl Topic {
                     if let (Some(d), Some(name)) = (self.dedup.as_mut(), producer.as_deref()) {
                         d.append_failed(name);
                     }
+                    let pending = Pending::Refused(ServerError::PersistenceError, e.to_string());
                     self.appends.push_back(PendingAppend {
-                        pending: Some(Pending::Refused(
-                            ServerError::PersistenceError,
-                            e.to_string(),
-                        )),
-                        out,
-                        producer_id,
-                        sequence_id,
-                        highest_sequence_id,
+                        pending,
+                        to,
                         producer: None,
                     });
                 }

@@ -15,7 +15,7 @@ use common::{http_request, within, Broker, STEP};
 use futures::StreamExt;
 use pulsar::consumer::InitialPosition;
 use pulsar::message::proto::command_subscribe::SubType;
-use pulsar::{ConsumerOptions, Pulsar, TokioExecutor};
+use pulsar::{Consumer, ConsumerOptions, Producer, Pulsar, TokioExecutor};
 
 async fn namespace_with(broker: &Broker, ns: &str, policy: &str, body: &str) {
     let port = broker.http_port;
@@ -43,6 +43,40 @@ async fn client(broker: &Broker) -> Pulsar<TokioExecutor> {
     .expect("connect")
 }
 
+/// A consumer of subscription `s` on `topic`, reading from the earliest message.
+async fn consumer(
+    pulsar: &Pulsar<TokioExecutor>,
+    topic: &str,
+    kind: SubType,
+) -> Consumer<String, TokioExecutor> {
+    within(
+        STEP,
+        format!("subscribe ({kind:?})"),
+        pulsar
+            .consumer()
+            .with_topic(topic)
+            .with_subscription("s")
+            .with_subscription_type(kind)
+            .with_options(ConsumerOptions {
+                initial_position: InitialPosition::Earliest,
+                ..Default::default()
+            })
+            .build::<String>(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn producer(pulsar: &Pulsar<TokioExecutor>, topic: &str) -> Producer<TokioExecutor> {
+    within(
+        STEP,
+        "producer",
+        pulsar.producer().with_topic(topic).build(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_publish_rate_slows_the_producer_and_loses_nothing() {
     const RATE: u32 = 20;
@@ -57,24 +91,8 @@ async fn a_publish_rate_slows_the_producer_and_loses_nothing() {
     .await;
     let topic = "persistent://public/rated/t";
     let pulsar = client(&broker).await;
-    let mut consumer = within(
-        STEP,
-        "subscribe",
-        pulsar
-            .consumer()
-            .with_topic(topic)
-            .with_subscription("s")
-            .build::<String>(),
-    )
-    .await
-    .unwrap();
-    let mut producer = within(
-        STEP,
-        "producer",
-        pulsar.producer().with_topic(topic).build(),
-    )
-    .await
-    .unwrap();
+    let mut consumer = consumer(&pulsar, topic, SubType::Exclusive).await;
+    let mut producer = producer(&pulsar, topic).await;
     let started = Instant::now();
     let mut receipts = Vec::new();
     for i in 0..N {
@@ -115,29 +133,8 @@ async fn a_delayed_message_waits_on_a_shared_subscription() {
     let broker = Broker::start().await;
     let pulsar = client(&broker).await;
     let topic = "persistent://public/default/delayed-pulsar-crate";
-    let mut consumer = within(
-        STEP,
-        "subscribe shared",
-        pulsar
-            .consumer()
-            .with_topic(topic)
-            .with_subscription("s")
-            .with_subscription_type(SubType::Shared)
-            .with_options(ConsumerOptions {
-                initial_position: InitialPosition::Earliest,
-                ..Default::default()
-            })
-            .build::<String>(),
-    )
-    .await
-    .unwrap();
-    let mut producer = within(
-        STEP,
-        "producer",
-        pulsar.producer().with_topic(topic).build(),
-    )
-    .await
-    .unwrap();
+    let mut consumer = consumer(&pulsar, topic, SubType::Shared).await;
+    let mut producer = producer(&pulsar, topic).await;
     let sent = Instant::now();
     let delay = Duration::from_secs(2);
     producer

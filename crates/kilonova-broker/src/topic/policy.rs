@@ -185,20 +185,20 @@ impl Topic {
             .dedup
             .as_ref()
             .and_then(|d| d.last_persisted(name))
-            .filter(|(seq, _)| *seq >= a.highest_sequence_id.max(a.sequence_id));
+            .filter(|(seq, _)| *seq >= a.to.highest_sequence_id.max(a.to.sequence_id));
         let Some((last_seq, last_at)) = stored else {
-            a.out.command(commands::send_error(
-                a.producer_id,
-                a.sequence_id,
+            a.to.out.command(commands::send_error(
+                a.to.producer_id,
+                a.to.sequence_id,
                 kilonova_pulsar_protocol::proto::ServerError::PersistenceError,
                 "the original of this duplicate was not stored: send it again",
             ));
             return;
         };
-        let original = if last_seq == a.highest_sequence_id.max(a.sequence_id) {
+        let original = if last_seq == a.to.highest_sequence_id.max(a.to.sequence_id) {
             Some(last_at)
         } else {
-            self.find_original(name, a.sequence_id, last_at)
+            self.find_original(name, a.to.sequence_id, last_at)
         };
         // Pulsar answers a duplicate whose original it cannot name with -1:-1.
         let id = original.map_or_else(
@@ -209,10 +209,10 @@ impl Topic {
             },
             |p| commands::message_id(p, None),
         );
-        a.out.command(commands::send_receipt(
-            a.producer_id,
-            a.sequence_id,
-            a.highest_sequence_id,
+        a.to.out.command(commands::send_receipt(
+            a.to.producer_id,
+            a.to.sequence_id,
+            a.to.highest_sequence_id,
             id,
         ));
     }
