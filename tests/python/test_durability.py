@@ -8,8 +8,10 @@ import threading
 import time
 
 import pulsar
+import pytest
 
 from conftest import (
+    Broker,
     assert_no_more,
     make_client,
     msg_key,
@@ -82,6 +84,48 @@ def test_restart_keeps_messages_and_positions(broker):
 
 KILL_ROUNDS = 20
 MAX_IN_FLIGHT = 500
+
+
+def test_a_second_instance_on_a_live_data_dir_is_refused_and_loses_nothing(broker, tmp_path):
+    # The reproduction of a data loss: a second `standalone` on the same data
+    # dir used to open the segment store (rewriting its checkpoint) before it
+    # failed on the port or the metadata lock; the first one's later
+    # acknowledged messages were then gone after a kill -9.
+    topic = topic_name("two-instances")
+    c = make_client(broker)
+    # A subscription keeps the messages (with no retention, a topic without
+    # one keeps nothing).
+    c.subscribe(topic, "keep", initial_position=pulsar.InitialPosition.Earliest).close()
+    producer = c.create_producer(topic, batching_enabled=False, block_if_queue_full=True)
+    failed = []
+    for i in range(2000):
+        producer.send_async(f"m-{i}".encode(), lambda res, _id: res == pulsar.Result.Ok or failed.append(res))
+    producer.flush()
+    assert not failed, failed
+
+    second = Broker(broker.binary, broker.data_dir, tmp_path / "second.log")
+    with pytest.raises(AssertionError, match="exited with code 1"):
+        second.start(timeout=30)
+    lines = [l for l in (tmp_path / "second.log").read_text().splitlines()
+             if l.strip() and not l.startswith("=====")]
+    assert lines == [f"error: another kilonova (pid {broker.proc.pid}) is using {broker.data_dir}"], lines
+    assert not (tmp_path / "second.log").read_text().count("backtrace")
+
+    acked = 0
+    for i in range(2000, 5000):
+        producer.send(f"m-{i}".encode())
+        acked += 1
+    c.close()
+    broker.kill()
+    broker.restart()
+
+    c = make_client(broker)
+    try:
+        consumer = c.subscribe(topic, "keep")
+        got = payloads(receive_n(consumer, 5000, timeout=60, what="acknowledged messages after kill -9"))
+        assert got == [f"m-{i}".encode() for i in range(5000)]
+    finally:
+        c.close()
 
 
 def _publish_until_killed(broker, topic, rnd, delay_s, batching):

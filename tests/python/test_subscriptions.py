@@ -1,5 +1,6 @@
 """Subscription types: exclusive, failover, shared, key_shared."""
 
+import threading
 from collections import defaultdict
 
 import pulsar
@@ -142,3 +143,47 @@ def test_key_shared_keys_stick_and_order_holds(client):
         want = list(range(2 * per_key)) if owner[key] == 1 else list(range(per_key, 2 * per_key))
         assert seqs[key] == want, f"{key} (first owner {owner[key]}): got {seqs[key]}, want {want}"
     assert_no_more(consumers[0])
+
+
+@pytest.mark.parametrize("joiner_range", [(0, 32767), (32768, 65535)])
+def test_key_shared_second_consumer_gets_its_keys_on_a_topic_not_starting_at_segment_zero(client, joiner_range):
+    # Another topic first, so this topic's first segment id is not 0 (as for
+    # every topic but a broker's first): the newcomer's join position and the
+    # subscription's ack floor must compare as positions of this log.
+    warm = client.create_producer(topic_name("warm-up"))
+    warm.send(b"x")
+    topic = topic_name("keyshared-backlog")
+    sub = unique("sub")
+    other = (32768, 65535) if joiner_range[0] == 0 else (0, 32767)
+    policy = lambda r: pulsar.ConsumerKeySharedPolicy(  # noqa: E731
+        key_shared_mode=pulsar.KeySharedMode.Sticky, sticky_ranges=[r])
+    # Both join before anything is published: the second one's join position
+    # is the first entry, whose key (in one of the two cases) is its own, so
+    # it must not wait for an acknowledgement only it can give.
+    first = client.subscribe(topic, sub, consumer_type=pulsar.ConsumerType.KeyShared,
+                             key_shared_policy=policy(other), consumer_name="first")
+    joiner = client.subscribe(topic, sub, consumer_type=pulsar.ConsumerType.KeyShared,
+                              key_shared_policy=policy(joiner_range), consumer_name="joiner")
+    producer = client.create_producer(topic, batching_enabled=False)
+    total = 60
+    for i in range(total):
+        producer.send(f"{i}".encode(), partition_key=f"key-{i % 20}")
+    got = {"first": [], "joiner": []}
+    def drain(name, consumer):
+        while True:
+            try:
+                m = consumer.receive(timeout_millis=3000)
+            except pulsar.Timeout:
+                return
+            got[name].append(m.data())
+            consumer.acknowledge(m)
+
+    threads = [threading.Thread(target=drain, args=(n, c)) for n, c in
+               (("first", first), ("joiner", joiner))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counts = {n: len(v) for n, v in got.items()}
+    assert sum(counts.values()) == total, f"stalled: {counts} of {total}"
+    assert counts["joiner"] > 0 and counts["first"] > 0, counts

@@ -674,14 +674,9 @@ impl Subscription {
 }
 
 /// The first entry the subscription has not acknowledged (entries before it all are).
+/// A subscription the log does not know has acknowledged nothing: the log's start.
 pub(crate) fn first_unacked(log: &ManagedLog, name: &str) -> Position {
-    log.cursor_info(name)
-        .ok()
-        .and_then(|i| i.mark_delete)
-        .map_or_else(
-            || Position::new(0, 0),
-            |m| Position::new(m.segment, m.entry + 1),
-        )
+    log.ack_floor(name).unwrap_or_else(|_| log.first_position())
 }
 
 /// When the entry's producer asked it to be delivered (`deliver_at_time`,

@@ -47,6 +47,9 @@ pub enum StorageError {
     /// The store (its journal thread) has shut down.
     #[error("the segment store is closed")]
     Closed,
+    /// Another process uses the store's directory (or it cannot be locked).
+    #[error(transparent)]
+    Locked(#[from] crate::dir_lock::DirLockError),
     /// An internal failure (a poisoned lock, an invalid setting) with its description.
     #[error("{0}")]
     Log(String),
@@ -103,6 +106,7 @@ impl StorageError {
             },
             StorageError::NoSuchCursor(n) => StorageError::NoSuchCursor(n.clone()),
             StorageError::Closed => StorageError::Closed,
+            StorageError::Locked(e) => StorageError::Log(e.to_string()),
             StorageError::Log(s) => StorageError::Log(s.clone()),
         }
     }

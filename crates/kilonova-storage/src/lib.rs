@@ -13,6 +13,7 @@
 //! given by the broker, and entries are opaque bytes plus a small header.
 
 mod checkpoint;
+pub mod dir_lock;
 mod entry;
 pub mod entry_cache;
 mod error;
@@ -27,6 +28,7 @@ mod recovery;
 pub mod state_store;
 mod store;
 
+pub use dir_lock::{DirLock, DirLockError};
 pub use entry::{Entry, ENTRY_HEADER_LEN};
 pub use entry_cache::{CacheStats, EntryCache, EvictionStrategy};
 pub use error::{Result, StorageError};

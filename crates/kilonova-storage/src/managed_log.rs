@@ -728,6 +728,14 @@ impl ManagedLog {
         Ok(())
     }
 
+    /// The cursor's first unacknowledged entry (every entry before it is
+    /// acknowledged), normalised like every position this log hands out, so
+    /// it compares correctly with read positions whatever the first segment's
+    /// id and wherever segments end.
+    pub fn ack_floor(&self, name: &str) -> Result<Position> {
+        Ok(self.normalize(self.cursor(name)?.floor))
+    }
+
     pub fn cursor_info(&self, name: &str) -> Result<CursorInfo> {
         let c = self.cursor(name)?;
         let floor = self.normalize(c.floor);

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint;
+use crate::dir_lock::DirLock;
 use crate::error::{Result, StorageError};
 use crate::histogram::{Histogram, HistogramSnapshot, COUNT_BOUNDS, MICROS_BOUNDS};
 use crate::index::{Index, MAX_FILE_BYTES};
@@ -254,14 +255,17 @@ pub struct SegmentStore {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Request>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The directory's lock: held until the store stops (or the last clone drops).
+    lock: Arc<Mutex<Option<DirLock>>>,
 }
 
 impl SegmentStore {
     /// Opens (creating or recovering) the store in `config.dir`.
     pub fn open(config: StoreConfig) -> Result<Self> {
         config.validate()?;
-        fs::create_dir_all(&config.dir)
-            .map_err(|e| StorageError::io("creating the store directory", e))?;
+        // Before anything is read or written: another process's store in this
+        // directory would have its checkpoint rewritten under it.
+        let lock = DirLock::acquire(&config.dir)?;
         let recovered = recovery::recover(&config)?;
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -311,6 +315,7 @@ impl SegmentStore {
             shared,
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
+            lock: Arc::new(Mutex::new(Some(lock))),
         })
     }
 
@@ -702,6 +707,10 @@ impl SegmentStore {
         if let Some(h) = handle {
             h.join()
                 .map_err(|_| StorageError::Log("journal thread panicked".into()))?;
+        }
+        // Nothing touches the directory any more: another opener may have it.
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
         }
         Ok(())
     }

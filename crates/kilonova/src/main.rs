@@ -39,7 +39,18 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line (every cause, outermost first), never a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // One TLS provider for every rustls user in the process (the admin and
     // perf HTTP clients): ring, as the servers' TLS. Fails only if one is
     // installed already, which is as good.

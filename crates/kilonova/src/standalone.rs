@@ -15,7 +15,7 @@ use kilonova_broker::import_old_catalog;
 use kilonova_broker::{accept_loop, Broker, BrokerConfig, ServiceUrls};
 use kilonova_metadata::policies::ClusterData;
 use kilonova_metadata::{EmbeddedStore, Resources, SessionId, DEFAULT_SESSION_TTL};
-use kilonova_storage::{DirStateStore, SegmentStore, StoreConfig};
+use kilonova_storage::{DirLock, DirStateStore, SegmentStore, StoreConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct StandaloneArgs {
@@ -211,8 +211,10 @@ fn port_of(l: &Option<tokio::net::TcpListener>) -> anyhow::Result<Option<u16>> {
 }
 
 async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Before anything in the data directory is read or written, and before any
+    // port is bound: a second process on a live data dir would rewrite the
+    // first one's storage checkpoint and lose what it acknowledged.
+    let _data_dir_lock = DirLock::acquire(&config.data_dir)?;
     // Keys and certificates first: a bad one stops the start before anything opens.
     let security = Security::from_config(&config.auth).context("the [auth] settings")?;
     let tls = match config.tls.enabled() {
