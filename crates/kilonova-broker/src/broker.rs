@@ -180,6 +180,13 @@ impl Broker {
         &self.inner.config
     }
 
+    /// The largest uncompressed size a compressed batch may declare: clients
+    /// batch up to their (compressed) message size limit, and compression
+    /// rarely shrinks more than this.
+    pub(crate) fn max_uncompressed_batch_bytes(&self) -> u64 {
+        16 * self.inner.config.max_frame_bytes() as u64
+    }
+
     pub fn resources(&self) -> &Resources {
         &self.inner.resources
     }

@@ -473,6 +473,19 @@ impl Connection {
                         return Ok(());
                     }
                 };
+                // A producer id names one producer of this connection: reusing
+                // it for another topic would leave the first topic with a
+                // producer nobody can close (it held off every new producer).
+                if let Some(other) = self.producers.get(&p.producer_id) {
+                    if !other.same_channel(&topic) && !other.is_closed() {
+                        let e = BrokerError::ProducerBusy(format!(
+                            "producer id {} is in use on another topic of this connection",
+                            p.producer_id
+                        ));
+                        self.out.command(commands::broker_error(p.request_id, &e));
+                        return Ok(());
+                    }
+                }
                 self.producers.insert(p.producer_id, topic.clone());
                 let access_mode = p.producer_access_mode();
                 let cmd = TopicCommand::AddProducer(NewProducer {
@@ -495,8 +508,12 @@ impl Connection {
                         s.producer_id
                     )));
                 };
-                let (messages, bytes) =
-                    (u64::from(payload.message_count()), payload.raw.len() as u64);
+                // A batch whose count its bytes cannot hold is refused by the
+                // topic; here it costs one message, not the count it claims.
+                let messages = payload
+                    .checked_message_count(self.broker.max_uncompressed_batch_bytes())
+                    .unwrap_or(1);
+                let (messages, bytes) = (u64::from(messages), payload.raw.len() as u64);
                 let cmd = TopicCommand::Send {
                     conn: self.id,
                     producer_id: s.producer_id,

@@ -943,7 +943,19 @@ impl Topic {
             });
             return;
         }
-        let count = payload.message_count();
+        let count = match payload.checked_message_count(self.broker.max_uncompressed_batch_bytes())
+        {
+            Ok(n) => n,
+            Err(e) => {
+                let pending = Pending::Refused(ServerError::NotAllowedError, e.to_string());
+                self.appends.push_back(PendingAppend {
+                    pending,
+                    to,
+                    producer: None,
+                });
+                return;
+            }
+        };
         let bytes = payload.raw.len() as u64;
         self.metrics.add_in(u64::from(count), bytes);
         if let Some(p) = self.producers.get_mut(&(conn, producer_id)) {
