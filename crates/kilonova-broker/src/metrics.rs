@@ -23,6 +23,9 @@ pub struct TopicMetrics {
     /// Entries not yet acknowledged, summed over subscriptions.
     pub backlog: AtomicU64,
     pub storage_bytes: AtomicU64,
+    /// Delayed messages sent before their time because a subscription held
+    /// as many as it may (`max_delayed_messages_per_subscription`).
+    pub delayed_sent_early: AtomicU64,
     /// Rates over the last housekeeping period, as f64 bits.
     rate_in: AtomicU64,
     rate_out: AtomicU64,
@@ -52,6 +55,10 @@ impl TopicMetrics {
     pub fn add_out(&self, messages: u64, bytes: u64) {
         self.msg_out.fetch_add(messages, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn count_delayed_sent_early(&self) {
+        self.delayed_sent_early.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_rates(&self, r: Rates) {
@@ -207,7 +214,7 @@ pub fn render(
         .collect();
     let mut out = String::with_capacity(4096 + topics.len() * 1024);
     type Get = fn(&TopicMetrics) -> f64;
-    let per_topic: [(&str, &str, &str, Get); 13] = [
+    let per_topic: [(&str, &str, &str, Get); 14] = [
         (
             "pulsar_in_messages_total",
             "counter",
@@ -285,6 +292,12 @@ pub fn render(
             "gauge",
             "Bytes the topic stores",
             |m| m.storage_bytes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "kilonova_delayed_messages_sent_early_total",
+            "counter",
+            "Delayed messages sent before their time: the subscription held its maximum",
+            |m| m.delayed_sent_early.load(Ordering::Relaxed) as f64,
         ),
     ];
     for (name, kind, help, get) in per_topic {

@@ -197,6 +197,26 @@ impl Subscription {
         self.delayed.len()
     }
 
+    /// Holds the entry at `p` until `t`, keeping at most `max` entries held:
+    /// when full, the entries due soonest stay held and the one due last is
+    /// sent early, so held messages never stop the subscription from reading
+    /// (100,000 messages due at the end of time used to stall it for good).
+    fn hold(&mut self, t: u64, p: Position, max: usize) -> Held {
+        if self.delayed.len() < max.max(1) {
+            self.delayed.insert((t, p));
+            return Held::Yes;
+        }
+        self.metrics.count_delayed_sent_early();
+        match self.delayed.last().copied() {
+            Some(last) if last.0 > t => {
+                self.delayed.pop_last();
+                self.delayed.insert((t, p));
+                Held::InsteadOf(last.1)
+            }
+            _ => Held::No,
+        }
+    }
+
     /// Held entries whose time has come join the redelivery set (sent first,
     /// oldest position first).
     fn release_due(&mut self, now_ms: u64) {
@@ -498,7 +518,6 @@ impl Subscription {
         while self.has_permits()
             && !budget.exhausted()
             && self.replay.len() < limits.max_redelivery_backlog
-            && (!limits.delayed_delivery || self.delayed.len() < limits.max_delayed.max(1))
         {
             let want = budget.cap_entries(
                 self.consumers
@@ -519,8 +538,15 @@ impl Subscription {
                 }
                 if limits.delayed_delivery {
                     if let Some(t) = deliver_at_ms(&entry).filter(|t| *t > limits.now_ms) {
-                        self.delayed.insert((t, entry.position));
-                        continue;
+                        match self.hold(t, entry.position, limits.max_delayed) {
+                            Held::Yes => continue,
+                            Held::InsteadOf(later) => {
+                                self.replay.insert(later, None);
+                                continue;
+                            }
+                            // Over the cap and due after everything held: sent now.
+                            Held::No => {}
+                        }
                     }
                 }
                 match self.pick(&entry, floor) {
@@ -671,6 +697,15 @@ impl Subscription {
         send_entry(c, entry, redelivery_count.unwrap_or(0), ack_set);
         self.count_out(entry);
     }
+}
+
+/// What [`Subscription::hold`] did with an entry.
+enum Held {
+    Yes,
+    /// Held; the entry at this position, due later, is to be sent now instead.
+    InsteadOf(Position),
+    /// Not held: to be sent now.
+    No,
 }
 
 /// The first entry the subscription has not acknowledged (entries before it all are).
