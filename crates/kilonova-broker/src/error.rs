@@ -43,6 +43,9 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// The topic refuses producers for a moment (fenced after a failed write).
+    #[error("{0}")]
+    TopicFenced(String),
     /// The client's credentials were refused (HTTP 401).
     #[error("authentication failed: {0}")]
     Authentication(#[from] kilonova_auth::AuthError),
@@ -75,7 +78,7 @@ impl BrokerError {
             BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
             BrokerError::Metadata(_) => ServerError::MetadataError,
             BrokerError::Storage(_) => ServerError::PersistenceError,
-            BrokerError::ShuttingDown => ServerError::ServiceNotReady,
+            BrokerError::ShuttingDown | BrokerError::TopicFenced(_) => ServerError::ServiceNotReady,
             BrokerError::Authentication(_) => ServerError::AuthenticationError,
             BrokerError::Authorization(_) => ServerError::AuthorizationError,
             BrokerError::BacklogQuotaExceeded { hold: true, .. } => {
@@ -159,6 +162,10 @@ mod tests {
                 ServerError::PersistenceError,
             ),
             (BrokerError::ShuttingDown, ServerError::ServiceNotReady),
+            (
+                BrokerError::TopicFenced("t".into()),
+                ServerError::ServiceNotReady,
+            ),
             (
                 BrokerError::Authentication(kilonova_auth::AuthError::Expired),
                 ServerError::AuthenticationError,

@@ -104,6 +104,8 @@ pub struct MetricsRegistry {
     publish_throttled: AtomicU64,
     /// Messages not stored because deduplication found them stored already.
     duplicates: AtomicU64,
+    /// Topics fenced after a failed append.
+    topics_fenced: AtomicU64,
 }
 
 impl MetricsRegistry {
@@ -121,6 +123,10 @@ impl MetricsRegistry {
 
     pub fn count_publish_throttled(&self) {
         self.publish_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_topic_fenced(&self) {
+        self.topics_fenced.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_duplicates(&self, n: u64) {
@@ -358,6 +364,11 @@ pub fn render(
             "kilonova_deduplicated_messages_total",
             "Messages not stored again because deduplication had stored them",
             &registry.duplicates,
+        ),
+        (
+            "kilonova_topics_fenced_total",
+            "Times a topic was fenced after a failed append (producers closed until in-flight appends drain)",
+            &registry.topics_fenced,
         ),
     ];
     for (name, help, v) in counters {

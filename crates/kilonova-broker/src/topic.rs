@@ -285,6 +285,12 @@ pub(crate) struct Topic {
     /// (or many ACKs) costs one dispatch pass, not one per command.
     to_dispatch: HashSet<String>,
     appends: FuturesOrdered<PendingAppend>,
+    /// An append failed: every append still in flight is answered with an
+    /// error (stored or not), producers were closed and new ones wait, until
+    /// nothing is in flight (Pulsar fences a topic the same way). Without it,
+    /// a message stored after a failed one would make deduplication drop the
+    /// failed one's resend.
+    fenced: bool,
     /// Non-persistent topics: the next synthetic entry id.
     next_transient_entry: u64,
     idle_since: Option<Instant>,
@@ -352,6 +358,7 @@ impl Topic {
             consumer_subs: HashMap::new(),
             to_dispatch: HashSet::new(),
             appends: FuturesOrdered::new(),
+            fenced: false,
             next_transient_entry: 0,
             idle_since: Some(now),
             metrics,
@@ -391,6 +398,7 @@ impl Topic {
                     {
                         self.complete_append(a);
                     }
+                    self.unfence_when_drained();
                     self.dispatch_all();
                 }
                 cmd = rx.recv() => {
@@ -546,6 +554,20 @@ impl Topic {
     }
 
     fn complete_append(&mut self, a: Appended) {
+        if self.fenced {
+            // Stored or not, its producer resends it (deduplication forgot it).
+            let why = match &a.outcome {
+                Outcome::Refused(_, why) => why.clone(),
+                _ => "the topic is fenced after a failed write: send again".to_string(),
+            };
+            a.to.out.command(commands::send_error(
+                a.to.producer_id,
+                a.to.sequence_id,
+                ServerError::PersistenceError,
+                why,
+            ));
+            return;
+        }
         let result = match a.outcome {
             Outcome::Stored(r) => r,
             Outcome::Duplicate => return self.answer_duplicate(&a),
@@ -578,16 +600,41 @@ impl Topic {
             }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
-                if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
-                    d.append_failed(name);
-                }
                 a.to.out.command(commands::send_error(
                     a.to.producer_id,
                     a.to.sequence_id,
                     ServerError::PersistenceError,
                     e.to_string(),
                 ));
+                self.fence();
             }
+        }
+    }
+
+    /// Fences the topic after a failed append: producers are closed (clients
+    /// reconnect and resend what was not acknowledged), new producers are
+    /// refused as not ready, and what is still in flight is answered with
+    /// errors; [`Self::unfence_when_drained`] lifts it.
+    fn fence(&mut self) {
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        self.broker.metrics().count_topic_fenced();
+        tracing::warn!(topic = %self.full_name, in_flight = self.appends.len(), "fenced after a failed append");
+        for ((_, id), p) in self.producers.drain() {
+            p.out.command(commands::close_producer(id));
+        }
+    }
+
+    /// Lifts the fence once no append is in flight.
+    fn unfence_when_drained(&mut self) {
+        if self.fenced && self.appends.is_empty() {
+            self.fenced = false;
+            if let Some(d) = self.dedup.as_mut() {
+                d.reset_pushed();
+            }
+            tracing::info!(topic = %self.full_name, "fence lifted");
         }
     }
 
@@ -768,6 +815,14 @@ impl Topic {
             // A client retrying a create it already got: answer again.
             let name = self.producers.get(&key).map(|x| x.name.clone());
             self.producer_ready(&p, name.unwrap_or_default());
+            return;
+        }
+        if self.fenced {
+            let e = BrokerError::TopicFenced(format!(
+                "topic {} is fenced after a failed write; retry",
+                self.full_name
+            ));
+            p.conn.out.command(commands::broker_error(p.request_id, &e));
             return;
         }
         if let Err(e) = self.admit_producer() {
@@ -1000,16 +1055,15 @@ impl Topic {
                     producer,
                 }),
                 Err(e) => {
-                    // In order, and deduplication forgets it was pushed.
-                    if let (Some(d), Some(name)) = (self.dedup.as_mut(), producer.as_deref()) {
-                        d.append_failed(name);
-                    }
+                    // Answered in order; everything after it too, by the fence.
+                    tracing::warn!(topic = %self.full_name, error = %e, "append failed");
                     let pending = Pending::Refused(ServerError::PersistenceError, e.to_string());
                     self.appends.push_back(PendingAppend {
                         pending,
                         to,
                         producer: None,
                     });
+                    self.fence();
                 }
             },
             None => {
