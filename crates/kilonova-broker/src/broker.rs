@@ -666,7 +666,9 @@ impl Broker {
     /// Stops taking new work, closes every topic's producers and consumers with the
     /// protocol's close commands, waits for appends in flight, persists cursors,
     /// then closes the storage.
-    pub async fn shutdown(&self) {
+    /// Closes every topic and the store. An error says what could not be
+    /// persisted (the process should then not exit as if all was well).
+    pub async fn shutdown(&self) -> Result<(), BrokerError> {
         self.inner.shutting_down.store(true, Ordering::Release);
         let (handles, closing): (Vec<TopicHandle>, Vec<watch::Receiver<()>>) = {
             let mut topics = self.topics();
@@ -684,14 +686,30 @@ impl Broker {
                 waits.push(wait);
             }
         }
+        let mut failed = 0usize;
         for w in waits {
-            let _ = w.await;
+            if !w.await.unwrap_or(false) {
+                failed += 1;
+            }
         }
         let store = self.inner.store.clone();
-        match tokio::task::spawn_blocking(move || store.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "closing storage failed"),
-            Err(e) => tracing::warn!(error = %e, "closing storage panicked"),
+        let closed = match tokio::task::spawn_blocking(move || store.close()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("closing storage failed: {e}")),
+            Err(e) => Err(format!("closing storage panicked: {e}")),
+        };
+        let mut problems = Vec::new();
+        if failed > 0 {
+            problems.push(format!(
+                "{failed} topic(s) could not persist their cursors (acknowledgements since the last persist will be redelivered)"
+            ));
+        }
+        if let Err(e) = closed {
+            problems.push(e);
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(BrokerError::Shutdown(problems.join("; "))),
         }
     }
 }

@@ -43,6 +43,9 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// Shutting down could not persist everything.
+    #[error("shutdown incomplete: {0}")]
+    Shutdown(String),
     /// The topic refuses producers for a moment (fenced after a failed write).
     #[error("{0}")]
     TopicFenced(String),
@@ -78,7 +81,9 @@ impl BrokerError {
             BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
             BrokerError::Metadata(_) => ServerError::MetadataError,
             BrokerError::Storage(_) => ServerError::PersistenceError,
-            BrokerError::ShuttingDown | BrokerError::TopicFenced(_) => ServerError::ServiceNotReady,
+            BrokerError::ShuttingDown | BrokerError::TopicFenced(_) | BrokerError::Shutdown(_) => {
+                ServerError::ServiceNotReady
+            }
             BrokerError::Authentication(_) => ServerError::AuthenticationError,
             BrokerError::Authorization(_) => ServerError::AuthorizationError,
             BrokerError::BacklogQuotaExceeded { hold: true, .. } => {

@@ -118,9 +118,10 @@ pub(crate) enum TopicCommand {
     RemoveConsumer {
         key: ConsumerKey,
     },
-    /// Close every client with the protocol's close commands, persist, stop.
+    /// Close every client with the protocol's close commands, persist, stop;
+    /// `done` tells whether the topic's state was persisted.
     Shutdown {
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<bool>,
     },
     /// A request of the admin API.
     Admin {
@@ -408,8 +409,8 @@ impl Topic {
                     loop {
                         match cmd {
                             TopicCommand::Shutdown { done } => {
-                                self.shutdown().await;
-                                let _ = done.send(());
+                                let persisted = self.shutdown().await;
+                                let _ = done.send(persisted);
                                 return;
                             }
                             TopicCommand::Admin { request, reply } => {
@@ -502,14 +503,18 @@ impl Topic {
         }
     }
 
-    async fn shutdown(&mut self) {
+    /// Closes the topic; whether its state (cursors) was persisted.
+    async fn shutdown(&mut self) -> bool {
         self.shutdown_keeping_log().await;
+        let mut persisted = true;
         if let Some(log) = self.log.take() {
             if let Err(e) = log.close() {
-                tracing::warn!(topic = %self.full_name, error = %e, "closing the log failed");
+                tracing::error!(topic = %self.full_name, error = %e, "closing the log failed: its cursors were not persisted");
+                persisted = false;
             }
         }
         tracing::debug!(topic = %self.full_name, "topic closed");
+        persisted
     }
 
     /// Closes every producer and consumer with the protocol's close commands,
@@ -1578,7 +1583,8 @@ pub(crate) fn refuse(cmd: TopicCommand, e: &BrokerError) {
             .out
             .command(commands::broker_error(command.request_id, e)),
         TopicCommand::Shutdown { done } => {
-            let _ = done.send(());
+            // Refused before it loaded: nothing of it to persist.
+            let _ = done.send(true);
         }
         _ => {}
     }

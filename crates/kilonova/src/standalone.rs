@@ -332,7 +332,7 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down: closing producers and consumers, persisting cursors");
     let _ = stop_tx.send(true);
-    broker.shutdown().await;
+    let shutdown = broker.shutdown().await;
     let _ = close_tx.send(true);
     for s in servers {
         let _ = s.await;
@@ -342,6 +342,7 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     if let Err(e) = resources.store().close_session(session).await {
         tracing::warn!(error = %e, "closing the metadata session failed");
     }
+    shutdown.context("shutting down")?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
