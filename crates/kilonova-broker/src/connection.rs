@@ -132,6 +132,8 @@ async fn serve<R, W>(
 {
     let (out, out_rx, queued) = Outbound::new();
     let mut writer = tokio::spawn(write_loop(writer, out_rx, queued));
+    // A JoinHandle must not be polled again once it completed (tokio panics).
+    let mut writer_done = false;
     let mut conn = Connection {
         id: broker.next_connection_id(),
         broker,
@@ -203,7 +205,10 @@ async fn serve<R, W>(
                 }
             }
             _ = shutdown.changed() => break End::Done,
-            _ = &mut writer => break End::Done,
+            _ = &mut writer => {
+                writer_done = true;
+                break End::Done;
+            }
         }
     };
     if let End::Violation(why) = &end {
@@ -212,7 +217,9 @@ async fn serve<R, W>(
     conn.release().await;
     conn.out.close();
     // Let the writer flush what topics queued (close commands on shutdown).
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
     tracing::debug!(conn = conn.id, "connection closed");
 }
 

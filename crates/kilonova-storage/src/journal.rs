@@ -349,7 +349,8 @@ impl Writer {
                 }));
                 continue;
             }
-            // Make room before deciding anything, so a failed roll changes no state.
+            // Make room before deciding anything, so a failed roll assigns no
+            // entry id (it fences the appended segment, below).
             // Entries may not use the file's reserve: it keeps room for deletes
             // (which free space) when no new file can be created.
             let size = record::encoded_len(payload_len) as u64;
@@ -369,6 +370,13 @@ impl Writer {
             if !fits {
                 self.write_group(&mut buf, &mut pending);
                 if let Err(e) = self.roll() {
+                    // The entry is not written. Its segment's owner already
+                    // counted it (positions, message index, cache), so the
+                    // segment takes no more entries either: the owner seals it
+                    // and goes on from what is durable, in a new segment.
+                    if let Op::Append { segment, .. } = &req.op {
+                        fence_segment(&self.shared, *segment);
+                    }
                     let _ = req.done.send(Err(e));
                     continue;
                 }
@@ -914,6 +922,14 @@ fn publish(shared: &Shared, sync: &SyncState, run: Vec<Group>) {
 }
 
 /// Fails a group's requests; segments that lost an append take no more (ids stay dense).
+fn fence_segment(shared: &Shared, segment: SegmentId) {
+    if let Ok(mut index) = shared.index.write() {
+        if let Some(seg) = index.segments.get_mut(&segment) {
+            seg.fenced = true;
+        }
+    }
+}
+
 fn fence_and_fail(shared: &Shared, pending: &mut Vec<Pending>, e: &StorageError) {
     if let Ok(mut index) = shared.index.write() {
         for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {

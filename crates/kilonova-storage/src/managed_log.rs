@@ -793,8 +793,11 @@ impl ManagedLog {
             b.put_u64_le(s.entry);
             b.put_u64_le(e.entry);
         }
-        c.dirty = false;
-        self.state.store(&key, &b)
+        // Clean only once stored: a failed store (a full disk) is retried
+        // at the next persist, and a close reports it.
+        self.state.store(&key, &b)?;
+        self.cursor_mut(name)?.dirty = false;
+        Ok(())
     }
 
     fn evict_cache(&self) {

@@ -95,7 +95,14 @@ fn appends_fail_cleanly_when_the_disk_is_full_and_resume_after_space_frees() {
         report.files_removed + report.files_recycled > 0,
         "{report:?}"
     );
-    let (target, start) = (keep, nk);
+    // A segment whose append failed takes no more (its owner counted the
+    // failed entry): appends continue in a new segment.
+    let refused = store.append_blocking(keep, data(keep, nk)).unwrap().wait();
+    assert!(
+        matches!(refused, Err(StorageError::SegmentFenced(s)) if s == keep),
+        "{refused:?}"
+    );
+    let (target, start) = (store.create_segment_blocking().unwrap(), 0);
     for e in start..start + 20 {
         assert_eq!(
             store
