@@ -16,6 +16,8 @@ pub trait StateStore: Send + Sync {
     fn load(&self, key: &str) -> Result<Option<Bytes>>;
     fn store(&self, key: &str, value: &[u8]) -> Result<()>;
     fn remove(&self, key: &str) -> Result<()>;
+    /// Removes `prefix` and every key under it (`prefix/...`).
+    fn remove_all(&self, prefix: &str) -> Result<()>;
     /// The names of the keys directly under `prefix` (`prefix/<name>`), in no order.
     fn children(&self, prefix: &str) -> Result<Vec<String>>;
 }
@@ -74,6 +76,20 @@ impl StateStore for DirStateStore {
         }
     }
 
+    fn remove_all(&self, prefix: &str) -> Result<()> {
+        let path = self.path(prefix)?;
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("removing state", e)),
+        }
+    }
+
     fn children(&self, prefix: &str) -> Result<Vec<String>> {
         let dir = self.path(prefix)?;
         let entries = match std::fs::read_dir(&dir) {
@@ -119,6 +135,11 @@ mod tests {
         assert!(s.children("log/2").unwrap().is_empty());
         s.remove("log/1/cursor/ab").unwrap();
         assert_eq!(s.load("log/1/cursor/ab").unwrap(), None);
+        s.store("log/1/meta", b"m").unwrap();
+        s.remove_all("log/1").unwrap();
+        assert_eq!(s.load("log/1/meta").unwrap(), None);
+        assert!(!dir.path().join("log/1").exists());
+        s.remove_all("log/1").unwrap();
         for bad in ["", "../x", "a//b", "a/../b", "a b"] {
             assert!(s.store(bad, b"x").is_err(), "{bad:?} accepted");
         }
