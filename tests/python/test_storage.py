@@ -69,3 +69,43 @@ def test_a_200_byte_subscription_name_subscribes_acks_survives_a_restart_and_del
     consumer.unsubscribe()
     assert subscriptions(broker, topic) == []
     client.close()
+
+
+def log_dirs(broker) -> set[str]:
+    path = broker.data_dir / "state" / "logs"
+    return {p.name for p in path.iterdir()} if path.exists() else set()
+
+
+def test_deleting_a_partitioned_topic_removes_every_partitions_state(broker):
+    before = log_dirs(broker)
+    local = long_name(40)
+    topic = f"persistent://public/default/{local}"
+    assert broker.create_partitioned_topic(local, 8) == 204
+    client = make_client(broker)
+    consumer = client.subscribe(topic, "sub", consumer_type=pulsar.ConsumerType.Shared)
+    producer = client.create_producer(topic)
+    for i in range(16):
+        producer.send(f"m{i}".encode(), partition_key=str(i))
+    receive_n(consumer, 16)
+    producer.close()
+    consumer.close()
+    client.close()
+    assert len(log_dirs(broker) - before) == 8, "each partition keeps its state while it exists"
+
+    status, body = http(
+        "DELETE", f"{broker.http_url}/admin/v2/persistent/public/default/{local}/partitions?force=true"
+    )
+    assert status == 204, (status, body)
+    assert log_dirs(broker) == before, "a deleted topic's state directories are left behind"
+
+
+def test_start_up_removes_the_state_of_a_log_deleted_part_way(broker):
+    # What a crash in the middle of a topic deletion leaves: a log's state
+    # directory whose metadata is already gone.
+    broker.stop()
+    left = broker.data_dir / "state" / "logs" / "987654321"
+    left.mkdir(parents=True)
+    (left / "cursor-0").write_bytes(b"left behind")
+    broker.restart()
+    assert not left.exists()
+    assert "reclaimed storage no log owns" in broker.log_path.read_text(errors="replace")

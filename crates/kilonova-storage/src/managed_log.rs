@@ -1022,17 +1022,28 @@ impl ManagedLog {
         for s in std::mem::take(&mut self.segments) {
             self.store.delete_segment(s.id).await?;
         }
-        for cid in self.cursors.values().filter_map(|c| c.id) {
-            self.state.remove(&cursor_key(self.id, cid))?;
-        }
         self.cache.evict_log(self.id);
-        self.state.remove(&meta_key(self.id))
+        // The metadata first: a crash part way leaves a directory without it,
+        // which `reclaim_orphans` removes at the next start.
+        self.state.remove(&meta_key(self.id))?;
+        self.state.remove_all(&log_prefix(self.id))
     }
 }
 
+/// The prefix under which logs keep their state: `logs/<log id>/...`.
+pub(crate) const LOGS_PREFIX: &str = "logs";
+
+/// The segments log `id`'s stored metadata lists; `None` if it has none.
+pub(crate) fn stored_segments(state: &dyn StateStore, id: u64) -> Result<Option<Vec<SegmentId>>> {
+    Ok(match state.load(&meta_key(id))? {
+        Some(b) => Some(decode_meta(b)?.segments.iter().map(|s| s.id).collect()),
+        None => None,
+    })
+}
+
 /// Everything a log keeps in the state store is under this prefix.
-fn log_prefix(id: u64) -> String {
-    format!("logs/{id}")
+pub(crate) fn log_prefix(id: u64) -> String {
+    format!("{LOGS_PREFIX}/{id}")
 }
 
 fn meta_key(id: u64) -> String {

@@ -20,6 +20,9 @@ pub trait StateStore: Send + Sync {
     fn remove_all(&self, prefix: &str) -> Result<()>;
     /// The names of the keys directly under `prefix` (`prefix/<name>`), in no order.
     fn children(&self, prefix: &str) -> Result<Vec<String>>;
+    /// The names directly under `prefix` that have keys below them
+    /// (`prefix/<name>/...`), in no order.
+    fn subtrees(&self, prefix: &str) -> Result<Vec<String>>;
 }
 
 /// One file per key under a directory, written atomically with a CRC.
@@ -50,6 +53,28 @@ impl DirStateStore {
             return Err(StorageError::Log(format!("invalid state key {key:?}")));
         }
         Ok(self.dir.join(key))
+    }
+
+    /// Names in `prefix`'s directory whose type `keep` accepts.
+    fn list(&self, prefix: &str, keep: fn(std::fs::FileType) -> bool) -> Result<Vec<String>> {
+        let dir = self.path(prefix)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StorageError::io("listing a state directory", e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("listing a state directory", e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // `write_atomic` leaves `<key>.tmp` behind only if it crashed mid-write.
+            if entry.file_type().is_ok_and(keep) && !name.ends_with(".tmp") {
+                out.push(name);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -91,25 +116,11 @@ impl StateStore for DirStateStore {
     }
 
     fn children(&self, prefix: &str) -> Result<Vec<String>> {
-        let dir = self.path(prefix)?;
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StorageError::io("listing a state directory", e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| StorageError::io("listing a state directory", e))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            // `write_atomic` leaves `<key>.tmp` behind only if it crashed mid-write.
-            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-            if is_file && !name.ends_with(".tmp") {
-                out.push(name);
-            }
-        }
-        Ok(out)
+        self.list(prefix, |t| t.is_file())
+    }
+
+    fn subtrees(&self, prefix: &str) -> Result<Vec<String>> {
+        self.list(prefix, |t| t.is_dir())
     }
 }
 
@@ -133,6 +144,8 @@ mod tests {
         names.sort();
         assert_eq!(names, ["ab", "cd"]);
         assert!(s.children("log/2").unwrap().is_empty());
+        assert_eq!(s.subtrees("log").unwrap(), ["1"]);
+        assert!(s.subtrees("log/1/cursor").unwrap().is_empty());
         s.remove("log/1/cursor/ab").unwrap();
         assert_eq!(s.load("log/1/cursor/ab").unwrap(), None);
         s.store("log/1/meta", b"m").unwrap();

@@ -553,6 +553,9 @@ impl StateStore for FailingCursorWrites {
     fn children(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
         self.0.children(prefix)
     }
+    fn subtrees(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
+        self.0.subtrees(prefix)
+    }
 }
 
 #[tokio::test]
