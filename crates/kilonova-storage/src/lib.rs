@@ -23,6 +23,7 @@ mod journal;
 pub mod managed_log;
 mod position;
 pub mod range_set;
+mod reclaim;
 pub mod record;
 mod recovery;
 pub mod state_store;
@@ -38,5 +39,6 @@ pub use managed_log::{
 };
 pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;
+pub use reclaim::{reclaim_orphans, ReclaimReport};
 pub use state_store::{DirStateStore, StateStore};
 pub use store::{Completion, GcReport, SegmentInfo, SegmentStore, StoreConfig, StoreStats};

@@ -234,6 +234,7 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     let max_entry_bytes = config.broker.max_frame_bytes();
     let store = open_store(&config.data_dir, &config.storage, max_entry_bytes)?;
     let state = Arc::new(DirStateStore::open(config.data_dir.join("state"))?);
+    reclaim_orphans(&store, &state).await;
     let listeners = listen(&config).await?;
     let advertised = config
         .advertised_address
@@ -421,6 +422,23 @@ fn open_store(
 }
 
 /// Reclaims dead journal files now and then (off the async workers: it does file I/O).
+/// Deletes segments no log lists (a crash between creating a segment and
+/// saving its log's metadata), before any log opens. What is reclaimed is
+/// logged by the storage layer; a failure reclaims nothing and stops nothing.
+async fn reclaim_orphans(store: &SegmentStore, state: &Arc<DirStateStore>) {
+    let (store, state) = (store.clone(), state.clone());
+    let reclaimed =
+        tokio::task::spawn_blocking(move || kilonova_storage::reclaim_orphans(&store, &*state))
+            .await;
+    match reclaimed {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "storage not reconciled with the logs: nothing reclaimed")
+        }
+        Err(e) => tracing::warn!(error = %e, "storage reconciliation did not finish"),
+    }
+}
+
 async fn gc_loop(store: SegmentStore, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
