@@ -12,6 +12,7 @@
 //! This crate never knows topic names or protocols: logs are keyed by opaque ids
 //! given by the broker, and entries are opaque bytes plus a small header.
 
+mod byte_rate;
 mod checkpoint;
 pub mod dir_lock;
 mod entry;

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::byte_rate::ByteRate;
 use crate::checkpoint;
 use crate::dir_lock::DirLock;
 use crate::error::{Result, StorageError};
@@ -47,6 +48,10 @@ pub struct StoreConfig {
     /// into a recycled file overwrites blocks the file system has already allocated,
     /// which on ext4 costs about half of appending to fresh space (docs/benchmarks.md).
     pub recycle_files: usize,
+    /// The most compaction copies through the journal per second, so moving
+    /// live entries out of mostly-dead files never takes the appenders'
+    /// bandwidth (0: unlimited). Bursts of a tenth of a second's worth.
+    pub gc_max_bytes_per_sec: u64,
 }
 
 impl StoreConfig {
@@ -60,6 +65,7 @@ impl StoreConfig {
             queue_depth: 16_384,
             compaction_live_ratio: 0.2,
             recycle_files: 4,
+            gc_max_bytes_per_sec: 64 << 20,
         }
     }
 
@@ -196,6 +202,12 @@ pub struct SegmentInfo {
     pub bytes: u64,
 }
 
+/// Compaction's pacing over one GC pass.
+struct Pace {
+    limiter: ByteRate,
+    epoch: Instant,
+}
+
 /// What one GC pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -205,6 +217,10 @@ pub struct GcReport {
     pub files_recycled: u64,
     pub bytes_freed: u64,
     pub entries_moved: u64,
+    /// Bytes compaction copied (records, headers included).
+    pub bytes_moved: u64,
+    /// Time compaction waited to stay within `gc_max_bytes_per_sec`.
+    pub throttled: Duration,
 }
 
 /// Resolves once the journal has made the operation durable (or failed it).
@@ -561,9 +577,14 @@ impl SegmentStore {
                 .map(|(no, _)| *no)
                 .collect()
         };
+        let rate = self.shared.config.gc_max_bytes_per_sec;
+        let mut pace = Pace {
+            limiter: ByteRate::new(rate, rate / 10),
+            epoch: Instant::now(),
+        };
         for no in to_compact {
-            match self.compact_file(no) {
-                Ok(moved) => report.entries_moved += moved,
+            match self.compact_file(no, &mut pace, &mut report) {
+                Ok(()) => {}
                 Err(e) => {
                     // Compaction is an optimisation: the file stays, nothing is lost.
                     tracing::warn!(file = no, error = %e, "journal compaction stopped");
@@ -634,10 +655,10 @@ impl SegmentStore {
         Ok(())
     }
 
-    /// Moves every live entry of journal file `no` to the active file.
-    fn compact_file(&self, no: u32) -> Result<u64> {
+    /// Moves every live entry of journal file `no` to the active file, at the pace `pace` sets.
+    fn compact_file(&self, no: u32, pace: &mut Pace, report: &mut GcReport) -> Result<()> {
         let Some(records) = checkpoint::read_idx(&self.shared.config.dir, no)? else {
-            return Ok(0);
+            return Ok(());
         };
         let mut completions = Vec::new();
         for r in records {
@@ -662,6 +683,8 @@ impl SegmentStore {
                 }
                 Err(e) => return Err(e),
             };
+            let bytes = record::encoded_len(data.len()) as u64;
+            self.wait_for_pace(pace.limiter.charge(pace.epoch.elapsed(), bytes), report)?;
             let rx = self.submit_blocking(Op::Move {
                 segment: r.segment,
                 entry: r.entry,
@@ -669,12 +692,32 @@ impl SegmentStore {
                 data,
             })?;
             completions.push(Completion::new(rx, 0, id));
+            report.bytes_moved += bytes;
         }
-        let moved = completions.len() as u64;
         for c in completions {
             c.wait()?;
+            report.entries_moved += 1;
         }
-        Ok(moved)
+        Ok(())
+    }
+
+    /// Sleeps `wait` (compaction's pacing), in slices so that closing the
+    /// store is not held up by it.
+    fn wait_for_pace(&self, wait: Duration, report: &mut GcReport) -> Result<()> {
+        const SLICE: Duration = Duration::from_millis(100);
+        let until = Instant::now() + wait;
+        loop {
+            if self.tx.is_closed() {
+                return Err(StorageError::Closed);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(SLICE));
+        }
+        report.throttled += wait;
+        Ok(())
     }
 
     /// Stops the journal after everything already enqueued is durable, and writes a
