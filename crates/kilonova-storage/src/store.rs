@@ -19,6 +19,7 @@ use crate::byte_rate::ByteRate;
 use crate::checkpoint;
 use crate::dir_lock::DirLock;
 use crate::error::{Result, StorageError};
+use crate::health::{HealthState, StoreHealth};
 use crate::histogram::{Histogram, HistogramSnapshot, COUNT_BOUNDS, MICROS_BOUNDS};
 use crate::index::{Index, MAX_FILE_BYTES};
 use crate::journal::{Op, Request, Writer};
@@ -151,6 +152,8 @@ pub(crate) struct Shared {
     /// Recycled journal files waiting for reuse: (path, bytes).
     pub spares: Mutex<Vec<(PathBuf, u64)>>,
     pub seals: SealProgress,
+    /// The last write failure, until an append next succeeds.
+    pub health: HealthState,
 }
 
 /// Journal files sealed by the writer and checkpointed (in the background) so
@@ -291,6 +294,7 @@ impl SegmentStore {
             recovery: (recovered.replayed_files, recovered.replayed_bytes),
             spares: Mutex::new(list_spares(&config.dir)?),
             seals: SealProgress::default(),
+            health: HealthState::default(),
         });
         // Cover everything recovery replayed with a checkpoint, so the next start
         // replays only what is written from now on. On a full disk this may fail:
@@ -308,7 +312,15 @@ impl SegmentStore {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not checkpoint after recovery"),
+            Err(e) => {
+                shared.health.failed(&e);
+                tracing::warn!(error = %e, "could not checkpoint after recovery");
+            }
+        }
+        // Room for control records on a disk that fills up (the journal's `RESERVE`).
+        if let Err(e) = crate::journal::ensure_reserve(&config.dir) {
+            shared.health.failed(&e);
+            tracing::warn!(error = %e, "could not set the space reserve aside: deletes may fail if the disk fills");
         }
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer = Writer::new(
@@ -337,6 +349,14 @@ impl SegmentStore {
 
     pub fn config(&self) -> &StoreConfig {
         &self.shared.config
+    }
+
+    /// Whether the store can write: `Ok`, or the trouble (a full disk, an I/O
+    /// error) its last write, fdatasync or journal file creation ran into, with
+    /// when it began, until an append next becomes durable. A store on a full
+    /// disk opens, serves reads and reports `DiskFull` here while appends fail.
+    pub fn health(&self) -> StoreHealth {
+        self.shared.health.get()
     }
 
     async fn submit(&self, op: Op) -> Result<oneshot::Receiver<Result<u64>>> {
