@@ -12,11 +12,13 @@
 //! This crate never knows topic names or protocols: logs are keyed by opaque ids
 //! given by the broker, and entries are opaque bytes plus a small header.
 
+mod byte_rate;
 mod checkpoint;
 pub mod dir_lock;
 mod entry;
 pub mod entry_cache;
 mod error;
+mod health;
 pub mod histogram;
 mod index;
 mod journal;
@@ -33,6 +35,7 @@ pub use dir_lock::{DirLock, DirLockError};
 pub use entry::{Entry, ENTRY_HEADER_LEN};
 pub use entry_cache::{CacheStats, EntryCache, EvictionStrategy};
 pub use error::{Result, StorageError};
+pub use health::{StoreFailure, StoreHealth, StoreTrouble};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
     CursorInfo, InitialPosition, ManagedLog, ManagedLogConfig, Retention, SegmentMeta,

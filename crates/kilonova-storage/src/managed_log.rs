@@ -136,7 +136,8 @@ const CURSOR_VERSION: u8 = 2;
 
 impl ManagedLog {
     /// Opens log `id` (creating it if new). A log left open by a crash gets its last
-    /// segment sealed and continues in a new one.
+    /// segment sealed and continues in a new one. On a full disk (no new segment
+    /// can be listed) it opens all the same, read-only until an append finds space.
     pub async fn open(
         id: u64,
         store: SegmentStore,
@@ -181,7 +182,15 @@ impl ManagedLog {
             log.last_publish_time_ms = e.publish_time_ms;
         }
         log.load_cursors(stored_cursors)?;
-        log.start_segment(now_ms).await?;
+        match log.start_segment(now_ms).await {
+            Ok(()) => {}
+            // Open for reading (and acknowledging, and deleting): on a full disk
+            // that is how space is won back. Appends try again, and fail until then.
+            Err(e @ StorageError::DiskFull { .. }) => {
+                tracing::warn!(log = id, error = %e, "log opened read-only: appends fail until space is freed");
+            }
+            Err(e) => return Err(e),
+        }
         log.remove_stale_cursor_state();
         Ok(log)
     }
@@ -409,7 +418,15 @@ impl ManagedLog {
         });
         self.pending_entries = 0;
         self.pending_bytes = 0;
-        self.save_meta()?;
+        // Appends go only to a segment the stored metadata lists: one it does
+        // not would be lost to a crash (and reclaimed as an orphan at start).
+        if let Err(e) = self.save_meta() {
+            self.segments.pop();
+            if let Err(d) = self.store.delete_segment(id).await {
+                tracing::debug!(log = self.id, segment = id, error = %d, "unlisted segment left for start-up to reclaim");
+            }
+            return Err(e);
+        }
         tracing::debug!(log = self.id, segment = id, "started segment");
         Ok(())
     }

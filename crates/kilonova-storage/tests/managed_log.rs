@@ -576,3 +576,71 @@ async fn a_cursor_that_cannot_be_stored_is_not_left_behind() {
     );
     assert_eq!(log.cursor_count(), 0);
 }
+
+/// A state store whose writes of log metadata fail while `fail` is set.
+struct FlakyMeta {
+    inner: DirStateStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl StateStore for FlakyMeta {
+    fn load(&self, key: &str) -> kilonova_storage::Result<Option<Bytes>> {
+        self.inner.load(key)
+    }
+    fn store(&self, key: &str, value: &[u8]) -> kilonova_storage::Result<()> {
+        if key.ends_with("/meta") && self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kilonova_storage::StorageError::DiskFull { context: "test" });
+        }
+        self.inner.store(key, value)
+    }
+    fn remove(&self, key: &str) -> kilonova_storage::Result<()> {
+        self.inner.remove(key)
+    }
+    fn remove_all(&self, prefix: &str) -> kilonova_storage::Result<()> {
+        self.inner.remove_all(prefix)
+    }
+    fn children(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
+        self.inner.children(prefix)
+    }
+    fn subtrees(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
+        self.inner.subtrees(prefix)
+    }
+}
+
+#[tokio::test]
+async fn appends_never_go_to_a_segment_the_stored_metadata_does_not_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Arc::new(FlakyMeta {
+        inner: DirStateStore::open(dir.path().join("state")).unwrap(),
+        fail: false.into(),
+    });
+    let acked;
+    {
+        let mut e = env(dir.path());
+        e.state = flaky.clone();
+        let mut log = open(&e, 6, small_segments(), 0).await;
+        publish(&mut log, 0, 10).await; // the first segment is full
+        flaky.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let refused = log.append(msg(10), 1, 1010).await;
+        assert!(refused.is_err(), "the roll's metadata could not be saved");
+        flaky.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        acked = publish(&mut log, 10, 3).await;
+        std::mem::forget(log);
+        crash(e).await;
+    }
+    let e = env(dir.path());
+    let log = open(&e, 6, small_segments(), 0).await;
+    for p in &acked {
+        assert!(
+            log.read_entry(*p).is_ok(),
+            "acknowledged entry {p:?} is in a segment the log does not list"
+        );
+    }
+}
+
+async fn crash(e: Env) {
+    tokio::task::spawn_blocking(move || e.store.abandon())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -57,6 +57,8 @@ pub struct StorageSettings {
     pub gc_interval_secs: u64,
     /// Dead journal files kept for reuse (0: deleted at once, so disk space returns).
     pub recycle_files: usize,
+    /// The most GC's compaction copies per second (0: unlimited).
+    pub gc_max_bytes_per_sec: u64,
 }
 
 impl Default for StorageSettings {
@@ -66,6 +68,7 @@ impl Default for StorageSettings {
             group_commit_max_delay_us: 0,
             gc_interval_secs: 30,
             recycle_files: 4,
+            gc_max_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -408,6 +411,7 @@ fn open_store(
     sc.max_entry_bytes = sc.max_entry_bytes.max(max_entry_bytes);
     sc.log_file_bytes = s.log_file_mib.max(1) << 20;
     sc.recycle_files = s.recycle_files;
+    sc.gc_max_bytes_per_sec = s.gc_max_bytes_per_sec;
     sc.group_commit_max_delay_us = s.group_commit_max_delay_us;
     let started = std::time::Instant::now();
     let store = SegmentStore::open(sc).context("opening storage")?;
