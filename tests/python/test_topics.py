@@ -1,6 +1,7 @@
 """Topic kinds and names: partitioned, pattern subscriptions, non-persistent,
 invalid names and namespaces, schemas."""
 
+import json
 import re
 from collections import defaultdict
 
@@ -11,6 +12,7 @@ from pulsar.schema import Integer, JsonSchema, Record, String, StringSchema
 import wire
 from conftest import (
     assert_no_more,
+    http,
     make_client,
     payloads,
     receive_n,
@@ -54,6 +56,89 @@ def test_partitioned_topic(broker, client):
     for m in got:
         consumer.acknowledge(m)
     assert_no_more(consumer)
+
+
+# Pulsar answers a partition count over maxNumPartitionsPerPartitionedTopic
+# with 406 NOT_ACCEPTABLE "Number of partitions should be less than or equal to N".
+OVER_THE_CAP = 406
+DEFAULT_MAX_PARTITIONS = 4096
+
+
+def reason_of(body: bytes) -> str:
+    try:
+        return json.loads(body)["reason"]
+    except (ValueError, KeyError, TypeError):
+        raise AssertionError(f"error body is not {{\"reason\": ...}}: {body[:300]!r}") from None
+
+
+def partitioned_topics(broker) -> list:
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/partitioned")
+    assert status == 200, (status, body[:300])
+    return json.loads(body)
+
+
+@pytest.mark.parametrize("count", [DEFAULT_MAX_PARTITIONS + 1, 2**32 - 1])
+def test_creating_more_partitions_than_the_cap_is_refused(broker, count):
+    local = unique("too-many")
+    path = f"{broker.http_url}/admin/v2/persistent/public/default/{local}/partitions"
+    status, body = http("PUT", path, json.dumps(count).encode(), "application/json")
+    assert status == OVER_THE_CAP, f"PUT {count} partitions: {status} {body[:300]!r}"
+    assert str(DEFAULT_MAX_PARTITIONS) in reason_of(body), body
+    assert f"persistent://public/default/{local}" not in partitioned_topics(broker)
+    # The namespace still lists (the issue: the listing after such a create
+    # aborted the broker on a 343 GB allocation).
+    status, _ = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default")
+    assert status == 200
+
+
+def test_growing_past_the_cap_is_refused(broker):
+    local = unique("grow")
+    assert broker.create_partitioned_topic(local, DEFAULT_MAX_PARTITIONS) == 204
+    path = f"{broker.http_url}/admin/v2/persistent/public/default/{local}/partitions"
+    for count in (DEFAULT_MAX_PARTITIONS + 1, 2**32 - 1):
+        status, body = http("POST", path, json.dumps(count).encode(), "application/json")
+        assert status == OVER_THE_CAP, f"POST {count} partitions: {status} {body[:300]!r}"
+        assert str(DEFAULT_MAX_PARTITIONS) in reason_of(body), body
+    assert broker.get_partitions(local) == (200, {"partitions": DEFAULT_MAX_PARTITIONS})
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default")
+    assert status == 200
+    assert len([t for t in json.loads(body) if f"/{local}-partition-" in t]) == DEFAULT_MAX_PARTITIONS
+
+
+def test_auto_creation_over_the_cap_is_refused(make_broker):
+    b = make_broker(config=(
+        "[broker]\n"
+        "max_num_partitions_per_partitioned_topic = 8\n"
+        "auto_topic_creation_type = \"partitioned\"\n"
+        "default_num_partitions = 16\n"
+    ))
+    topic = f"persistent://public/default/{unique('auto')}"
+    with wire.RawConnection("127.0.0.1", b.pulsar_port) as conn:
+        conn.handshake()
+        conn.send(wire.partitioned_metadata_cmd(topic, request_id=1))
+        f = conn.expect(wire.PARTITIONED_METADATA_RESPONSE)
+        assert wire.first(f.body, 3) == 1, f"expected response=Failed: {f!r}"
+        assert wire.SERVER_ERRORS.get(wire.first(f.body, 4)) == "NotAllowedError", f
+    assert topic not in partitioned_topics(b)
+    # A namespace policy over the cap is refused as well.
+    status, body = http(
+        "POST", f"{b.http_url}/admin/v2/namespaces/public/default/autoTopicCreation",
+        json.dumps({"allowAutoTopicCreation": True, "topicType": "partitioned",
+                    "defaultNumPartitions": 9}).encode(), "application/json")
+    assert status == OVER_THE_CAP, (status, body[:300])
+    assert "8" in reason_of(body), body
+    # Within the cap, auto-creation works.
+    status, body = http(
+        "POST", f"{b.http_url}/admin/v2/namespaces/public/default/autoTopicCreation",
+        json.dumps({"allowAutoTopicCreation": True, "topicType": "partitioned",
+                    "defaultNumPartitions": 8}).encode(), "application/json")
+    assert status == 204, (status, body[:300])
+    c = make_client(b)
+    try:
+        c.create_producer(topic).send(b"x")
+        assert len(c.get_topic_partitions(topic)) == 8
+    finally:
+        c.close()
 
 
 def test_pattern_consumer(client):
