@@ -201,6 +201,11 @@ BAD_TOPICS = [
     pytest.param("persistent://public/default/bad$name", id="invalid-name"),
     pytest.param("persistent://public/default/a/b", id="too-many-parts"),
     pytest.param("persistent://nosuch/ns/t", id="missing-namespace"),
+    # "." and ".." are not names (they would be creatable, then unreachable).
+    pytest.param("persistent://public/default/..", id="dot-dot-topic"),
+    pytest.param("persistent://public/default/.", id="dot-topic"),
+    pytest.param("persistent://public/../t", id="dot-dot-namespace"),
+    pytest.param("persistent://../default/t", id="dot-dot-tenant"),
 ]
 
 
@@ -279,3 +284,56 @@ def test_schema_round_trip(client):
     got = [m.value() for m in receive_n(consumer, 3)]
     assert [(r.sensor, r.value) for r in got] == [(r.sensor, r.value) for r in readings]
     assert all(isinstance(r, Reading) for r in got)
+
+
+DOT_NAMES = [
+    pytest.param(".", id="dot"),
+    pytest.param("..", id="dot-dot"),
+    pytest.param("%2E", id="encoded-dot"),
+    pytest.param("%2E%2E", id="encoded-dot-dot"),
+    pytest.param("%2e%2e", id="encoded-dot-dot-lower"),
+]
+
+
+@pytest.mark.parametrize("name", DOT_NAMES)
+def test_dot_names_are_refused_over_rest(broker, name):
+    """Literal and percent-encoded `.` / `..` as a tenant, namespace or topic
+    (the path is sent as written: urllib does not normalise it)."""
+    base = f"{broker.http_url}/admin/v2"
+    attempts = [
+        ("PUT", f"/tenants/{name}", json.dumps({"allowedClusters": ["standalone"]}).encode()),
+        ("PUT", f"/namespaces/public/{name}", None),
+        ("PUT", f"/persistent/public/default/{name}", None),
+        ("PUT", f"/persistent/public/default/{name}/partitions", b"2"),
+        ("PUT", f"/persistent/public/{name}/t", None),
+    ]
+    for method, path, body in attempts:
+        status, answer = http(method, base + path, body, "application/json")
+        # Pulsar answers 412 to invalid names; Kilonova's bad names are 400.
+        assert status in (400, 412), f"{method} {path}: {status} {answer[:300]!r}"
+        assert "are not names" in reason_of(answer), f"{method} {path}: {answer[:300]!r}"
+
+    def listed(path):
+        status, answer = http("GET", base + path)
+        assert status == 200, (path, status, answer[:300])
+        return json.loads(answer)
+
+    assert not {".", ".."} & set(listed("/tenants"))
+    assert not {"public/.", "public/.."} & set(listed("/namespaces/public"))
+    topics = listed("/persistent/public/default") + listed("/persistent/public/default/partitioned")
+    assert not [t for t in topics if t.rsplit("/", 1)[-1] in (".", "..")], topics
+
+
+def test_dot_topic_names_are_not_created_over_the_protocol(broker):
+    """A producer on `persistent://public/default/..` gets InvalidTopicName
+    and no topic is created."""
+    with wire.RawConnection("127.0.0.1", broker.pulsar_port) as conn:
+        conn.handshake()
+        for i, topic in enumerate(["persistent://public/default/..", "persistent://public/default/."]):
+            conn.send(wire.producer_cmd(topic, producer_id=i, request_id=i))
+            f = conn.expect(wire.ERROR)
+            assert wire.first(f.body, 1) == i, f
+            assert wire.SERVER_ERRORS.get(wire.first(f.body, 2)) == "InvalidTopicName", f
+    status, answer = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default")
+    assert status == 200
+    assert not [t for t in json.loads(answer) if t.rsplit("/", 1)[-1] in (".", "..")]
