@@ -59,6 +59,7 @@ impl From<BrokerError> for ApiError {
             | BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
             BrokerError::Conflict(_) => StatusCode::CONFLICT,
             BrokerError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
+            BrokerError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             BrokerError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BrokerError::ShuttingDown | BrokerError::TopicFenced(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

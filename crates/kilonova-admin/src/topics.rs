@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use kilonova_broker::{AdminReply, AdminRequest, Broker, ResetTo};
+use kilonova_broker::{check_servable, AdminReply, AdminRequest, Broker, ResetTo};
 use kilonova_metadata::{Domain, NamespaceName, TopicName};
 use kilonova_storage::Position;
 
@@ -161,6 +161,7 @@ async fn targets(b: &Broker, name: &TopicName) -> ApiResult<Vec<TopicName>> {
     match b.resources().topic(name).await? {
         None => Err(ApiError::not_found(format!("topic {name} not found"))),
         Some(t) if t.partitions > 0 => {
+            check_servable(name, &t)?;
             Ok((0..t.partitions).map(|i| name.partition_name(i)).collect())
         }
         Some(_) => Ok(vec![name.clone()]),
@@ -222,6 +223,9 @@ async fn list(
             local,
         };
         match r.topic(&name).await? {
+            Some(t) if t.is_oversized() => {
+                tracing::warn!(topic = %name, partitions = t.partitions, "not listing the partitions of an oversized partitioned topic (delete it)");
+            }
             Some(t) if t.partitions > 0 => {
                 out.extend((0..t.partitions).map(|i| name.partition_name(i).to_string()))
             }
@@ -287,8 +291,15 @@ pub async fn delete_topic_everywhere(b: &Broker, name: &TopicName, force: bool) 
         b.topic_admin(name, AdminRequest::Delete { force }).await?;
         return Ok(());
     }
-    let partitions: Vec<TopicName> = (0..record.partitions)
-        .map(|i| name.partition_name(i))
+    // The partitions that were ever used (have a record); the others hold
+    // nothing. Found by paging the store, so an oversized record (more
+    // partitions than the cap, from before it) can be deleted too.
+    let partitions: Vec<TopicName> = b
+        .resources()
+        .partition_records(name, record.partitions)
+        .await?
+        .into_iter()
+        .map(|(i, _)| name.partition_name(i))
         .collect();
     if !force {
         for p in &partitions {
@@ -360,6 +371,7 @@ async fn create_partitioned(
 ) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
     let n = partition_count(&body)?;
+    b.check_partition_count(n)?;
     b.check_topic_quota(&name.namespace(), n).await?;
     b.resources().create_topic(&name, n).await?;
     tracing::info!(topic = %name, partitions = n, "partitioned topic created");
@@ -373,6 +385,7 @@ async fn update_partitions(
 ) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
     let n = partition_count(&body)?;
+    b.check_partition_count(n)?;
     b.resources().update_partitions(&name, n).await?;
     tracing::info!(topic = %name, partitions = n, "partitioned topic grown");
     Ok(StatusCode::NO_CONTENT)

@@ -117,6 +117,19 @@ fn tenant_name_of(tenant: Option<&str>, ns: Option<&NamespaceName>) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Refuses to serve the partitions of an oversized partitioned topic (a record
+/// from before the partition cap): it can only be deleted.
+pub fn check_servable(base: &TopicName, record: &TopicRecord) -> Result<(), BrokerError> {
+    if record.is_oversized() {
+        return Err(BrokerError::Precondition(format!(
+            "{base} has {} partitions, more than the {} a broker serves: it can only be deleted",
+            record.partitions,
+            kilonova_metadata::MAX_PARTITIONS
+        )));
+    }
+    Ok(())
+}
+
 /// The URLs LOOKUP answers with: `pulsar://host:port` and, with TLS,
 /// `pulsar+ssl://host:port` (at least one).
 #[derive(Clone, Debug, Default)]
@@ -153,6 +166,21 @@ impl Broker {
         urls: impl Into<ServiceUrls>,
         security: Security,
     ) -> Result<Self, BrokerError> {
+        let max_partitions = config.max_partitions();
+        if config.max_num_partitions_per_partitioned_topic > max_partitions {
+            tracing::warn!(
+                configured = config.max_num_partitions_per_partitioned_topic,
+                max = max_partitions,
+                "max_num_partitions_per_partitioned_topic is above the hard ceiling: the ceiling applies"
+            );
+        }
+        if config.default_num_partitions > max_partitions {
+            tracing::warn!(
+                default_num_partitions = config.default_num_partitions,
+                max = max_partitions,
+                "default_num_partitions is above the partition cap: partitioned auto-creation will be refused"
+            );
+        }
         let cache = Arc::new(EntryCache::new(config.entry_cache_bytes));
         let policies = PolicyCache::watching(&resources);
         Ok(Broker {
@@ -392,12 +420,25 @@ impl Broker {
         .await
     }
 
+    /// Refuses a partition count above the cap
+    /// (`max_num_partitions_per_partitioned_topic`), with Pulsar's 406 and words.
+    pub fn check_partition_count(&self, partitions: u32) -> Result<(), BrokerError> {
+        let max = self.config().max_partitions();
+        if partitions > max {
+            return Err(BrokerError::NotAcceptable(format!(
+                "Number of partitions should be less than or equal to {max}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Partitions of `name` (0: not partitioned). With partitioned auto-creation, an
     /// unknown topic is created partitioned here, where clients ask first.
     pub async fn partitions(&self, name: &TopicName) -> Result<u32, BrokerError> {
         let base = name.partitioned_topic();
         let resources = self.resources();
         if let Some(t) = resources.topic(&base).await? {
+            check_servable(&base, &t)?;
             return Ok(t.partitions);
         }
         let ns = name.namespace();
@@ -410,6 +451,11 @@ impl Broker {
             && name.partition().is_none()
         {
             let n = auto.default_num_partitions.unwrap_or(1).max(1);
+            self.check_partition_count(n).map_err(|e| {
+                BrokerError::NotAcceptable(format!(
+                    "auto-creating {name} with {n} partitions (the namespace's or broker's default): {e}"
+                ))
+            })?;
             self.check_topic_quota(&ns, n).await?;
             return match resources.create_topic(name, n).await {
                 Ok(_) => Ok(n),
@@ -518,6 +564,9 @@ impl Broker {
                 .filter(|t| i < t.partitions),
             None => None,
         };
+        if let Some(p) = &parent {
+            check_servable(&base, p)?;
+        }
         let ns = name.namespace();
         let Ok(policies) = self.resources().namespace(&ns).await else {
             return Err(BrokerError::NamespaceNotFound(ns.to_string()));

@@ -25,6 +25,10 @@ pub struct BrokerConfig {
     pub auto_topic_creation_type: AutoTopicType,
     /// Partitions of an auto-created partitioned topic.
     pub default_num_partitions: u32,
+    /// Most partitions a partitioned topic may be created or grown to (Pulsar's
+    /// `maxNumPartitionsPerPartitionedTopic`). 0, or anything above
+    /// [`kilonova_metadata::MAX_PARTITIONS`], means that hard ceiling.
+    pub max_num_partitions_per_partitioned_topic: u32,
     /// The broker pings a connection silent this long, and closes it after twice as long.
     pub keep_alive_secs: u64,
     /// A topic with no producers or consumers is unloaded (its task ends) after this long.
@@ -112,6 +116,7 @@ impl Default for BrokerConfig {
             allow_auto_topic_creation: true,
             auto_topic_creation_type: AutoTopicType::NonPartitioned,
             default_num_partitions: 1,
+            max_num_partitions_per_partitioned_topic: 4096,
             keep_alive_secs: 30,
             topic_unload_idle_secs: 60,
             cursor_persist_interval_ms: 1000,
@@ -155,6 +160,14 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The partition cap in force: the configured one, within the hard ceiling.
+    pub fn max_partitions(&self) -> u32 {
+        match self.max_num_partitions_per_partitioned_topic {
+            0 => kilonova_metadata::MAX_PARTITIONS,
+            n => n.min(kilonova_metadata::MAX_PARTITIONS),
+        }
+    }
+
     /// Largest frame accepted: a whole message plus room for the command and headers.
     pub fn max_frame_bytes(&self) -> usize {
         self.max_message_bytes + (10 << 10)

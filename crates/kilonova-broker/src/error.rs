@@ -37,6 +37,10 @@ pub enum BrokerError {
     /// The state forbids the change (HTTP 412).
     #[error("{0}")]
     Precondition(String),
+    /// A value over a configured limit, as Pulsar's 406 answers (e.g. more
+    /// partitions than `max_num_partitions_per_partitioned_topic`).
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("metadata: {0}")]
     Metadata(String),
     #[error("storage: {0}")]
@@ -76,7 +80,8 @@ impl BrokerError {
             BrokerError::NotAllowed(_)
             | BrokerError::Conflict(_)
             | BrokerError::BadRequest(_)
-            | BrokerError::Precondition(_) => ServerError::NotAllowedError,
+            | BrokerError::Precondition(_)
+            | BrokerError::NotAcceptable(_) => ServerError::NotAllowedError,
             BrokerError::IncompatibleSchema(_) => ServerError::IncompatibleSchema,
             BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
             BrokerError::Metadata(_) => ServerError::MetadataError,
@@ -148,6 +153,10 @@ mod tests {
             (BrokerError::ProducerFenced, ServerError::ProducerFenced),
             (
                 BrokerError::NotAllowed("x".into()),
+                ServerError::NotAllowedError,
+            ),
+            (
+                BrokerError::NotAcceptable("x".into()),
                 ServerError::NotAllowedError,
             ),
             (
