@@ -5,6 +5,7 @@
 //! Bad input never takes more than this connection down: a frame over the limit,
 //! bytes that are not a frame, an unknown command or a command before CONNECT
 //! close the connection; bad requests inside valid frames get the protocol's error.
+//! A client that does not read its answers is not read either (see [`crate::outbound`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use kilonova_pulsar_protocol::frame::{self, Frame};
 use kilonova_pulsar_protocol::proto::{
@@ -32,7 +33,7 @@ use kilonova_pulsar_protocol::proto::{
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
-use crate::outbound::{Out, Outbound};
+use crate::outbound::{Out, Outbound, OutboundReceiver};
 use crate::subscription::ConsumerKey;
 use crate::topic::{self, sleep_until, ConnCtx, NewProducer, TopicCommand, TopicHandle};
 use crate::topic_name::{Domain, TopicName};
@@ -130,8 +131,8 @@ async fn serve<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out, out_rx, queued) = Outbound::new();
-    let mut writer = tokio::spawn(write_loop(writer, out_rx, queued));
+    let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
+    let mut writer = tokio::spawn(write_loop(writer, out_rx));
     let mut conn = Connection {
         id: broker.next_connection_id(),
         broker,
@@ -154,13 +155,25 @@ async fn serve<R, W>(
     let mut auth_check = tokio::time::interval(conn.broker.security().refresh_check());
     auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    let mut last_written = 0;
+    // The client does not read its answers: its requests are not read either
+    // until the writer drained the queue to half its bound.
+    let mut unread_answers = false;
     let mut buf = BytesMut::new();
     let end = loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
             buf.reserve(READ_CHUNK_BYTES);
         }
         let throttled = conn.throttled_until;
+        unread_answers = unread_answers || conn.out.is_full();
         tokio::select! {
+            _ = conn.out.drained(), if unread_answers => {
+                // What was read before the pause is decoded first.
+                match conn.drain_frames(&mut buf, max_frame).await {
+                    Ok(paused) => unread_answers = paused,
+                    Err(end) => break end,
+                }
+            }
             // A publish rate was reached: the socket is not read (the client's
             // sends wait in TCP buffers and then in the client) until it allows.
             _ = sleep_until(throttled), if throttled.is_some() => {
@@ -171,17 +184,18 @@ async fn serve<R, W>(
                     conn.throttled_until = Some(Instant::now() + wait.min(MAX_THROTTLE_PAUSE));
                     continue;
                 }
-                if let Err(end) = conn.drain_frames(&mut buf, max_frame).await {
-                    break end;
+                match conn.drain_frames(&mut buf, max_frame).await {
+                    Ok(paused) => unread_answers = paused,
+                    Err(end) => break end,
                 }
             }
-            read = reader.read_buf(&mut buf), if throttled.is_none() => {
+            read = reader.read_buf(&mut buf), if throttled.is_none() && !unread_answers => {
                 match read {
                     Ok(0) | Err(_) => break End::Done,
                     Ok(_) => last_seen = Instant::now(),
                 }
                 match conn.drain_frames(&mut buf, max_frame).await {
-                    Ok(()) => {}
+                    Ok(paused) => unread_answers = paused,
                     Err(end) => break end,
                 }
                 if buf.is_empty() && buf.capacity() > IDLE_READ_BUFFER_BYTES {
@@ -189,9 +203,24 @@ async fn serve<R, W>(
                 }
             }
             _ = ticker.tick() => {
+                // Paused for its unread answers, a client that reads some of
+                // them is alive although its requests wait unread. (Only then:
+                // the kernel takes a few pings for a dead peer too.)
+                let written = conn.out.written_bytes();
+                if unread_answers && written != last_written {
+                    last_seen = Instant::now();
+                }
+                last_written = written;
                 let silent = last_seen.elapsed();
                 if silent >= keep_alive * 2 {
-                    break End::Violation("keep-alive timed out".into());
+                    break End::Violation(match unread_answers {
+                        true => format!(
+                            "it read none of its answers ({} bytes queued) for {}s",
+                            conn.out.queued_bytes(),
+                            silent.as_secs()
+                        ),
+                        false => "keep-alive timed out".into(),
+                    });
                 }
                 if silent >= keep_alive {
                     conn.out.command(commands::with_type(Type::Ping, |b| b.ping = Some(Default::default())));
@@ -294,15 +323,20 @@ impl Connection {
             .filter(|w| !w.is_zero())
     }
 
-    /// Handles the frames in `buf`, stopping after a SEND that reached a publish rate.
-    async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<(), End> {
+    /// Handles the frames in `buf`, stopping after a SEND that reached a
+    /// publish rate, and when the client is not reading its answers (then
+    /// returns true: the rest waits until the answers are drained).
+    async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<bool, End> {
         loop {
+            if self.out.is_full() {
+                return Ok(true);
+            }
             if self.throttled_until.is_some() {
-                return Ok(());
+                return Ok(false);
             }
             let frame = match frame::decode(buf, max_frame) {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(false),
                 Err(e) => return Err(End::Violation(format!("bad frame: {e}"))),
             };
             self.handle(frame).await?;
@@ -933,25 +967,25 @@ fn compile_pattern(p: &str) -> Option<regex::Regex> {
 }
 
 /// Writes what is queued for the connection, many frames per vectored write.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    queued: Arc<AtomicUsize>,
-) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: OutboundReceiver) {
     let mut parts: VecDeque<Bytes> = VecDeque::new();
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        let mut batch = 0usize;
+        let (mut cost, mut bytes) = (0usize, 0usize);
         let mut close = false;
         while let Some(out) = next.take() {
-            batch += out.len();
+            cost += out.cost();
             match out {
-                Out::Frame(b) => parts.push_back(b),
+                Out::Frame(b) => {
+                    bytes += b.len();
+                    parts.push_back(b);
+                }
                 Out::Message {
                     header,
                     prefix,
                     payload,
                 } => {
+                    bytes += header.len() + prefix.as_ref().map_or(0, Bytes::len) + payload.len();
                     parts.push_back(header);
                     parts.extend(prefix);
                     parts.push_back(payload);
@@ -961,8 +995,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     break;
                 }
             }
-            if batch < WRITE_BATCH_BYTES {
-                next = rx.try_recv().ok();
+            if bytes < WRITE_BATCH_BYTES {
+                next = rx.try_recv();
             }
         }
         while !parts.is_empty() {
@@ -988,7 +1022,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        queued.fetch_sub(batch, Ordering::Relaxed);
+        rx.written(cost, bytes);
         if close {
             break;
         }
