@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 
@@ -255,3 +256,51 @@ def test_unread_pongs_stop_the_broker_reading_pings(broker):
             assert f.type == wire.PONG, f
     conn.close()
     sender.join(5)
+
+
+# ---------------------------------------------------------------- before CONNECT
+
+
+def test_frames_before_connect_are_small(broker):
+    watch = RssWatch(broker, "partial 5 MiB frames before CONNECT")
+    body = bytes(5 * MIB - 16)
+    senders = []
+    for _ in range(60):
+        s = socket.create_connection(("127.0.0.1", broker.pulsar_port))
+        sender = Sender(s, struct.pack(">II", 5 * MIB, 8) + body, 1, block_s=30)
+        sender.start()
+        senders.append(sender)
+    for sender in senders:
+        sender.join(60)
+        watch.check()
+    # Each was closed on its frame header, before its body arrived.
+    for sender in senders:
+        sender.sock.settimeout(10)
+        try:
+            while sender.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        sender.sock.close()
+    watch.check()
+    watch.report()
+    assert healthy(broker)
+
+
+def test_a_connection_that_does_not_connect_in_time_is_closed(make_broker):
+    broker = make_broker(config="[broker]\nconnect_timeout_secs = 1\n")
+    silent = wire.RawConnection("127.0.0.1", broker.pulsar_port)
+    partial = wire.RawConnection("127.0.0.1", broker.pulsar_port)
+    partial.send(wire.connect_cmd()[:-3])
+    connected = wire.RawConnection("127.0.0.1", broker.pulsar_port)
+    connected.handshake()
+    for conn, what in ((silent, "a silent connection"), (partial, "a partial CONNECT")):
+        try:
+            conn.wait_closed(timeout=10)
+        except TimeoutError:
+            raise AssertionError(f"{what} stayed open past connect_timeout_secs") from None
+    # A connection that connected in time is not affected.
+    connected.send(ping_cmd())
+    connected.expect(wire.PONG)
+    for conn in (silent, partial, connected):
+        conn.close()

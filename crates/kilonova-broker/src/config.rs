@@ -43,6 +43,8 @@ pub struct BrokerConfig {
     /// to its socket) at which the broker stops reading its requests and stops
     /// dispatching to its consumers, until half of it is written.
     pub max_outbound_bytes_per_connection: usize,
+    /// A connection must complete CONNECT within this long of being accepted.
+    pub connect_timeout_secs: u64,
     /// Commands queued to one topic before connections wait (backpressure).
     pub topic_queue_depth: usize,
 
@@ -124,6 +126,7 @@ impl Default for BrokerConfig {
             max_redelivery_backlog_entries: 10_000,
             max_connections: 10_000,
             max_outbound_bytes_per_connection: 4 << 20,
+            connect_timeout_secs: 10,
             topic_queue_depth: 1024,
             max_segment_entries: 50_000,
             max_segment_bytes: 256 << 20,

@@ -2,8 +2,9 @@
 //! itself (CONNECT, PING, LOOKUP, metadata, schemas) and routes the rest to topic
 //! tasks. A writer task sends everything queued for the connection, vectored.
 //!
-//! Bad input never takes more than this connection down: a frame over the limit,
-//! bytes that are not a frame, an unknown command or a command before CONNECT
+//! Bad input never takes more than this connection down: a frame over the limit
+//! (64 KiB until CONNECT completes), bytes that are not a frame, an unknown
+//! command, a command before CONNECT or no CONNECT within `connect_timeout_secs`
 //! close the connection; bad requests inside valid frames get the protocol's error.
 //! A client that does not read its answers is not read either (see [`crate::outbound`]).
 
@@ -49,6 +50,11 @@ const READ_CHUNK_BYTES: usize = 8 << 10;
 /// The writer sends up to this much per vectored write.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 const MAX_IO_SLICES: usize = 64;
+
+/// Largest frame accepted before CONNECT completes: a CONNECT (even with a
+/// token) is small, and nobody unauthenticated may make the broker buffer a
+/// whole message's worth.
+const MAX_FRAME_BYTES_BEFORE_CONNECT: usize = 64 << 10;
 
 /// Request id of errors that answer no request (a refused CONNECT), as Pulsar
 /// sends them (-1).
@@ -154,6 +160,8 @@ async fn serve<R, W>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut auth_check = tokio::time::interval(conn.broker.security().refresh_check());
     auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let connect_timeout = Duration::from_secs(conn.broker.config().connect_timeout_secs.max(1));
+    let connect_deadline = Some(Instant::now() + connect_timeout);
     let mut last_seen = Instant::now();
     let mut last_written = 0;
     // The client does not read its answers: its requests are not read either
@@ -230,6 +238,9 @@ async fn serve<R, W>(
                 if let Err(end) = conn.check_credentials() {
                     break end;
                 }
+            }
+            _ = sleep_until(connect_deadline), if !conn.connected => {
+                break End::Violation(format!("no CONNECT within {}s", connect_timeout.as_secs()));
             }
             _ = shutdown.changed() => break End::Done,
             _ = &mut writer => break End::Done,
@@ -334,6 +345,10 @@ impl Connection {
             if self.throttled_until.is_some() {
                 return Ok(false);
             }
+            let max_frame = match self.connected {
+                true => max_frame,
+                false => MAX_FRAME_BYTES_BEFORE_CONNECT,
+            };
             let frame = match frame::decode(buf, max_frame) {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(false),
