@@ -43,6 +43,12 @@ pub struct BrokerConfig {
     pub max_redelivery_backlog_entries: usize,
     /// Concurrent connections; more are refused.
     pub max_connections: usize,
+    /// Bytes queued for one connection (answers and messages not yet written
+    /// to its socket) at which the broker stops reading its requests and stops
+    /// dispatching to its consumers, until half of it is written.
+    pub max_outbound_bytes_per_connection: usize,
+    /// A connection must complete CONNECT within this long of being accepted.
+    pub connect_timeout_secs: u64,
     /// Commands queued to one topic before connections wait (backpressure).
     pub topic_queue_depth: usize,
 
@@ -124,6 +130,8 @@ impl Default for BrokerConfig {
             dispatch_batch_entries: 100,
             max_redelivery_backlog_entries: 10_000,
             max_connections: 10_000,
+            max_outbound_bytes_per_connection: 4 << 20,
+            connect_timeout_secs: 10,
             topic_queue_depth: 1024,
             max_segment_entries: 50_000,
             max_segment_bytes: 256 << 20,
@@ -171,5 +179,10 @@ impl BrokerConfig {
     /// Largest frame accepted: a whole message plus room for the command and headers.
     pub fn max_frame_bytes(&self) -> usize {
         self.max_message_bytes + (10 << 10)
+    }
+
+    /// The outbound bound in force (at least 64 KiB, so that answers flow).
+    pub fn max_outbound_bytes(&self) -> usize {
+        self.max_outbound_bytes_per_connection.max(64 << 10)
     }
 }

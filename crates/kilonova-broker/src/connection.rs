@@ -2,9 +2,11 @@
 //! itself (CONNECT, PING, LOOKUP, metadata, schemas) and routes the rest to topic
 //! tasks. A writer task sends everything queued for the connection, vectored.
 //!
-//! Bad input never takes more than this connection down: a frame over the limit,
-//! bytes that are not a frame, an unknown command or a command before CONNECT
+//! Bad input never takes more than this connection down: a frame over the limit
+//! (64 KiB until CONNECT completes), bytes that are not a frame, an unknown
+//! command, a command before CONNECT or no CONNECT within `connect_timeout_secs`
 //! close the connection; bad requests inside valid frames get the protocol's error.
+//! A client that does not read its answers is not read either (see [`crate::outbound`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use kilonova_pulsar_protocol::frame::{self, Frame};
 use kilonova_pulsar_protocol::proto::{
@@ -32,7 +34,7 @@ use kilonova_pulsar_protocol::proto::{
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
-use crate::outbound::{Out, Outbound};
+use crate::outbound::{Out, Outbound, OutboundReceiver};
 use crate::subscription::ConsumerKey;
 use crate::topic::{self, sleep_until, ConnCtx, NewProducer, TopicCommand, TopicHandle};
 use crate::topic_name::{Domain, TopicName};
@@ -48,6 +50,11 @@ const READ_CHUNK_BYTES: usize = 8 << 10;
 /// The writer sends up to this much per vectored write.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 const MAX_IO_SLICES: usize = 64;
+
+/// Largest frame accepted before CONNECT completes: a CONNECT (even with a
+/// token) is small, and nobody unauthenticated may make the broker buffer a
+/// whole message's worth.
+const MAX_FRAME_BYTES_BEFORE_CONNECT: usize = 64 << 10;
 
 /// Request id of errors that answer no request (a refused CONNECT), as Pulsar
 /// sends them (-1).
@@ -130,8 +137,8 @@ async fn serve<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out, out_rx, queued) = Outbound::new();
-    let mut writer = tokio::spawn(write_loop(writer, out_rx, queued));
+    let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
+    let mut writer = tokio::spawn(write_loop(writer, out_rx));
     // A JoinHandle must not be polled again once it completed (tokio panics).
     let mut writer_done = false;
     let mut conn = Connection {
@@ -155,14 +162,28 @@ async fn serve<R, W>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut auth_check = tokio::time::interval(conn.broker.security().refresh_check());
     auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let connect_timeout = Duration::from_secs(conn.broker.config().connect_timeout_secs.max(1));
+    let connect_deadline = Some(Instant::now() + connect_timeout);
     let mut last_seen = Instant::now();
+    let mut last_written = 0;
+    // The client does not read its answers: its requests are not read either
+    // until the writer drained the queue to half its bound.
+    let mut unread_answers = false;
     let mut buf = BytesMut::new();
     let end = loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
             buf.reserve(READ_CHUNK_BYTES);
         }
         let throttled = conn.throttled_until;
+        unread_answers = unread_answers || conn.out.is_full();
         tokio::select! {
+            _ = conn.out.drained(), if unread_answers => {
+                // What was read before the pause is decoded first.
+                match conn.drain_frames(&mut buf, max_frame).await {
+                    Ok(paused) => unread_answers = paused,
+                    Err(end) => break end,
+                }
+            }
             // A publish rate was reached: the socket is not read (the client's
             // sends wait in TCP buffers and then in the client) until it allows.
             _ = sleep_until(throttled), if throttled.is_some() => {
@@ -173,17 +194,18 @@ async fn serve<R, W>(
                     conn.throttled_until = Some(Instant::now() + wait.min(MAX_THROTTLE_PAUSE));
                     continue;
                 }
-                if let Err(end) = conn.drain_frames(&mut buf, max_frame).await {
-                    break end;
+                match conn.drain_frames(&mut buf, max_frame).await {
+                    Ok(paused) => unread_answers = paused,
+                    Err(end) => break end,
                 }
             }
-            read = reader.read_buf(&mut buf), if throttled.is_none() => {
+            read = reader.read_buf(&mut buf), if throttled.is_none() && !unread_answers => {
                 match read {
                     Ok(0) | Err(_) => break End::Done,
                     Ok(_) => last_seen = Instant::now(),
                 }
                 match conn.drain_frames(&mut buf, max_frame).await {
-                    Ok(()) => {}
+                    Ok(paused) => unread_answers = paused,
                     Err(end) => break end,
                 }
                 if buf.is_empty() && buf.capacity() > IDLE_READ_BUFFER_BYTES {
@@ -191,9 +213,24 @@ async fn serve<R, W>(
                 }
             }
             _ = ticker.tick() => {
+                // Paused for its unread answers, a client that reads some of
+                // them is alive although its requests wait unread. (Only then:
+                // the kernel takes a few pings for a dead peer too.)
+                let written = conn.out.written_bytes();
+                if unread_answers && written != last_written {
+                    last_seen = Instant::now();
+                }
+                last_written = written;
                 let silent = last_seen.elapsed();
                 if silent >= keep_alive * 2 {
-                    break End::Violation("keep-alive timed out".into());
+                    break End::Violation(match unread_answers {
+                        true => format!(
+                            "it read none of its answers ({} bytes queued) for {}s",
+                            conn.out.queued_bytes(),
+                            silent.as_secs()
+                        ),
+                        false => "keep-alive timed out".into(),
+                    });
                 }
                 if silent >= keep_alive {
                     conn.out.command(commands::with_type(Type::Ping, |b| b.ping = Some(Default::default())));
@@ -203,6 +240,9 @@ async fn serve<R, W>(
                 if let Err(end) = conn.check_credentials() {
                     break end;
                 }
+            }
+            _ = sleep_until(connect_deadline), if !conn.connected => {
+                break End::Violation(format!("no CONNECT within {}s", connect_timeout.as_secs()));
             }
             _ = shutdown.changed() => break End::Done,
             _ = &mut writer => {
@@ -301,15 +341,24 @@ impl Connection {
             .filter(|w| !w.is_zero())
     }
 
-    /// Handles the frames in `buf`, stopping after a SEND that reached a publish rate.
-    async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<(), End> {
+    /// Handles the frames in `buf`, stopping after a SEND that reached a
+    /// publish rate, and when the client is not reading its answers (then
+    /// returns true: the rest waits until the answers are drained).
+    async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<bool, End> {
         loop {
-            if self.throttled_until.is_some() {
-                return Ok(());
+            if self.out.is_full() {
+                return Ok(true);
             }
+            if self.throttled_until.is_some() {
+                return Ok(false);
+            }
+            let max_frame = match self.connected {
+                true => max_frame,
+                false => MAX_FRAME_BYTES_BEFORE_CONNECT,
+            };
             let frame = match frame::decode(buf, max_frame) {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(false),
                 Err(e) => return Err(End::Violation(format!("bad frame: {e}"))),
             };
             self.handle(frame).await?;
@@ -957,25 +1006,25 @@ fn compile_pattern(p: &str) -> Option<regex::Regex> {
 }
 
 /// Writes what is queued for the connection, many frames per vectored write.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    queued: Arc<AtomicUsize>,
-) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: OutboundReceiver) {
     let mut parts: VecDeque<Bytes> = VecDeque::new();
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        let mut batch = 0usize;
+        let (mut cost, mut bytes) = (0usize, 0usize);
         let mut close = false;
         while let Some(out) = next.take() {
-            batch += out.len();
+            cost += out.cost();
             match out {
-                Out::Frame(b) => parts.push_back(b),
+                Out::Frame(b) => {
+                    bytes += b.len();
+                    parts.push_back(b);
+                }
                 Out::Message {
                     header,
                     prefix,
                     payload,
                 } => {
+                    bytes += header.len() + prefix.as_ref().map_or(0, Bytes::len) + payload.len();
                     parts.push_back(header);
                     parts.extend(prefix);
                     parts.push_back(payload);
@@ -985,8 +1034,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     break;
                 }
             }
-            if batch < WRITE_BATCH_BYTES {
-                next = rx.try_recv().ok();
+            if bytes < WRITE_BATCH_BYTES {
+                next = rx.try_recv();
             }
         }
         while !parts.is_empty() {
@@ -1012,7 +1061,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        queued.fetch_sub(batch, Ordering::Relaxed);
+        rx.written(cost, bytes);
         if close {
             break;
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use kilonova_pulsar_protocol::frame::{self, Payload};
 use kilonova_pulsar_protocol::proto::{
@@ -305,6 +305,9 @@ pub(crate) struct Topic {
     dispatch_rate: RateLimiter,
     /// A dispatch held back by a dispatch rate goes on at this time.
     dispatch_wake: Option<Instant>,
+    /// Notified by a connection's writer when a consumer held back for its
+    /// full outbound queue may take more.
+    drained: Arc<Notify>,
     /// Passes of `dispatch_all` (which subscription goes first under a topic rate).
     dispatch_round: usize,
     checks: policy::Checks,
@@ -368,6 +371,7 @@ impl Topic {
             publish_gate,
             dispatch_rate,
             dispatch_wake: None,
+            drained: Arc::new(Notify::new()),
             dispatch_round: 0,
             checks: policy::Checks::new(now),
             quota_exceeded: None,
@@ -388,6 +392,7 @@ impl Topic {
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_limit = Duration::from_secs(config.topic_unload_idle_secs);
+        let drained = self.drained.clone();
         loop {
             tokio::select! {
                 biased;
@@ -436,6 +441,7 @@ impl Topic {
                     self.dispatch_wake = None;
                     self.dispatch_all();
                 }
+                _ = drained.notified() => self.dispatch_all(),
                 _ = tick.tick() => {
                     self.housekeeping().await;
                     self.update_gauges();
@@ -1220,6 +1226,7 @@ impl Topic {
             sticky_ranges,
             msg_out: 0,
             bytes_out: 0,
+            held: false,
         };
         let sub = self
             .subscriptions
@@ -1449,6 +1456,7 @@ impl Topic {
             delayed_delivery: self.policies.delayed_delivery,
             max_delayed: c.max_delayed_messages_per_subscription,
             now_ms: now_ms(),
+            drained: self.drained.clone(),
         }
     }
 
