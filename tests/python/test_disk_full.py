@@ -90,7 +90,11 @@ def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs):
         wait_until(lambda: metric(broker, "kilonova_topics_fenced_total") >= 1, 30,
                    "the topic fenced after appends failed on the full disk")
         status, body = http("GET", broker.http_url + "/admin/v2/brokers/health")
+        assert status == 503 and b"disk full" in body, (status, body)
         os.remove(tmpfs / "filler")
+        # The health check's own probe write sees the space come back.
+        wait_until(lambda: http("GET", broker.http_url + "/admin/v2/brokers/health") == (200, b"ok"), 10,
+                   "health ok once space returned")
         producer.flush()
         wait_until(lambda: len(results) == 600, 120, "every send answered once space returned")
         acked = {i for i, r in results.items() if r == pulsar.Result.Ok}

@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -153,6 +156,9 @@ pub struct Broker {
     inner: Arc<Inner>,
 }
 
+/// How long the health check's probe write may take.
+const STORAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Broker {
     /// A broker over an open segment store, state store (the logs' small state)
     /// and metadata resources. `urls` are what LOOKUP answers
@@ -206,6 +212,42 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
+    }
+
+    /// Whether storage can write, for the health check: `Err` says why not.
+    /// While the store reports a failed write, the disk must have room for a
+    /// journal file and one probe append (to a segment of its own, deleted at
+    /// once) must succeed, so that a disk that has space again reports
+    /// healthy without waiting for a client's publish.
+    pub async fn storage_health(&self) -> Result<(), String> {
+        let store = &self.inner.store;
+        if let kilonova_storage::StoreHealth::Failing(f) = store.health() {
+            // A small probe could still fit in the current journal file:
+            // what matters is whether the next one can be made.
+            if let Ok((free, needed)) = store.free_bytes() {
+                if free < needed {
+                    return Err(format!(
+                        "storage cannot write: {} ({free} bytes free, a journal file needs {needed})",
+                        f.detail
+                    ));
+                }
+            }
+            let probe = async {
+                let segment = store.create_segment().await?;
+                let written = match store.append(segment, Bytes::from_static(b"health")).await {
+                    Ok(done) => done.await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                let deleted = store.delete_segment(segment).await;
+                written.and(deleted)
+            };
+            return match tokio::time::timeout(STORAGE_PROBE_TIMEOUT, probe).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("storage cannot write: {e} ({} failures since the first, {})", f.count, f.detail)),
+                Err(_) => Err(format!("storage did not answer a probe write within {STORAGE_PROBE_TIMEOUT:?} (last failure: {})", f.detail)),
+            };
+        }
+        Ok(())
     }
 
     /// The largest uncompressed size a compressed batch may declare: clients

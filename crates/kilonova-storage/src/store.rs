@@ -359,6 +359,17 @@ impl SegmentStore {
         self.shared.health.get()
     }
 
+    /// Bytes the file system holding the store can still give it, and the
+    /// size of one journal file (what the next roll needs).
+    pub fn free_bytes(&self) -> Result<(u64, u64)> {
+        let st = rustix::fs::statvfs(&self.shared.config.dir)
+            .map_err(|e| StorageError::io("reading free disk space", e.into()))?;
+        Ok((
+            st.f_bavail.saturating_mul(st.f_frsize),
+            self.shared.config.log_file_bytes,
+        ))
+    }
+
     async fn submit(&self, op: Op) -> Result<oneshot::Receiver<Result<u64>>> {
         let (done, rx) = oneshot::channel();
         self.tx
