@@ -35,6 +35,7 @@ pub use error::{Result, StorageError};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
     CursorInfo, InitialPosition, ManagedLog, ManagedLogConfig, Retention, SegmentMeta,
+    StoredCursor, StoredSummary,
 };
 pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;

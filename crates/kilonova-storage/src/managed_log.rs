@@ -101,6 +101,25 @@ pub struct CursorInfo {
     pub backlog_entries: u64,
 }
 
+/// A log's stored state, read without opening it ([`ManagedLog::stored_summary`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredSummary {
+    pub size_bytes: u64,
+    pub entries: u64,
+    /// Durable cursors, by name, as last persisted.
+    pub cursors: Vec<StoredCursor>,
+}
+
+/// A durable cursor's backlog as last persisted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredCursor {
+    pub name: String,
+    /// Entries not acknowledged.
+    pub backlog_entries: u64,
+    /// Their bytes, estimated as [`ManagedLog::backlog_bytes`] does.
+    pub backlog_bytes: u64,
+}
+
 /// A topic's storage.
 pub struct ManagedLog {
     id: u64,
@@ -130,24 +149,7 @@ impl ManagedLog {
         config: ManagedLogConfig,
         now_ms: u64,
     ) -> Result<Self> {
-        let (mut segments, cursor_names, floor_index) = match state.load(&meta_key(id))? {
-            Some(b) => decode_meta(b)?,
-            None => (Vec::new(), Vec::new(), 0),
-        };
-        segments.retain(|s| store.segment(s.id).is_some());
-        let mut log = ManagedLog {
-            id,
-            store,
-            state,
-            cache,
-            config,
-            segments,
-            pending_entries: 0,
-            pending_bytes: 0,
-            next_message_index: floor_index,
-            last_publish_time_ms: 0,
-            cursors: BTreeMap::new(),
-        };
+        let (mut log, cursor_names) = Self::from_state(id, store, state, cache, config)?;
         if let Some(last) = log.segments.last().copied() {
             log.store.seal(last.id).await?;
         }
@@ -160,11 +162,48 @@ impl ManagedLog {
             log.next_message_index = e.message_index + u64::from(e.message_count);
             log.last_publish_time_ms = e.publish_time_ms;
         }
-        for name in cursor_names {
-            if let Some(b) = log.state.load(&cursor_key(id, &name))? {
+        log.load_cursors(cursor_names)?;
+        log.start_segment(now_ms).await?;
+        Ok(log)
+    }
+
+    /// The log as its stored state describes it (segments still in the
+    /// store), without cursors, touching nothing; and its cursors' names.
+    fn from_state(
+        id: u64,
+        store: SegmentStore,
+        state: Arc<dyn StateStore>,
+        cache: Arc<EntryCache>,
+        config: ManagedLogConfig,
+    ) -> Result<(Self, Vec<String>)> {
+        let (mut segments, cursor_names, floor_index) = match state.load(&meta_key(id))? {
+            Some(b) => decode_meta(b)?,
+            None => (Vec::new(), Vec::new(), 0),
+        };
+        segments.retain(|s| store.segment(s.id).is_some());
+        let log = ManagedLog {
+            id,
+            store,
+            state,
+            cache,
+            config,
+            segments,
+            pending_entries: 0,
+            pending_bytes: 0,
+            next_message_index: floor_index,
+            last_publish_time_ms: 0,
+            cursors: BTreeMap::new(),
+        };
+        Ok((log, cursor_names))
+    }
+
+    /// Loads the persisted state of the durable cursors `names`.
+    fn load_cursors(&mut self, names: Vec<String>) -> Result<()> {
+        for name in names {
+            if let Some(b) = self.state.load(&cursor_key(self.id, &name))? {
                 let (floor, acked) = decode_cursor(&b)?;
-                let floor = log.normalize(floor);
-                log.cursors.insert(
+                let floor = self.normalize(floor);
+                self.cursors.insert(
                     name,
                     Cursor {
                         durable: true,
@@ -176,8 +215,35 @@ impl ManagedLog {
                 );
             }
         }
-        log.start_segment(now_ms).await?;
-        Ok(log)
+        Ok(())
+    }
+
+    /// What log `id`'s stored state says — its size, entries and durable
+    /// cursors' backlogs as last persisted — read without opening the log
+    /// (no segment is sealed or started, nothing is written): the stats of a
+    /// topic that is not loaded. Blocking (small state reads).
+    pub fn stored_summary(
+        id: u64,
+        store: SegmentStore,
+        state: Arc<dyn StateStore>,
+        cache: Arc<EntryCache>,
+    ) -> Result<StoredSummary> {
+        let (mut log, names) =
+            Self::from_state(id, store, state, cache, ManagedLogConfig::default())?;
+        log.load_cursors(names)?;
+        let mut cursors = Vec::with_capacity(log.cursors.len());
+        for name in log.cursors.keys() {
+            cursors.push(StoredCursor {
+                name: name.clone(),
+                backlog_entries: log.cursor_info(name)?.backlog_entries,
+                backlog_bytes: log.backlog_bytes(name)?,
+            });
+        }
+        Ok(StoredSummary {
+            size_bytes: log.size_bytes(),
+            entries: log.entries(),
+            cursors,
+        })
     }
 
     pub fn id(&self) -> u64 {
