@@ -18,6 +18,7 @@ from conftest import (
     receive_n,
     topic_name,
     unique,
+    wait_until,
 )
 
 
@@ -27,6 +28,9 @@ def test_partitioned_topic(broker, client):
     assert broker.create_partitioned_topic(local, 4) == 204
     assert broker.get_partitions(local) == (200, {"partitions": 4})
     assert client.get_topic_partitions(topic) == [f"{topic}-partition-{i}" for i in range(4)]
+    # A partition is a topic of its own, not partitioned (as Pulsar answers).
+    assert broker.get_partitions(f"{local}-partition-1") == (200, {"partitions": 0})
+    assert client.get_topic_partitions(f"{topic}-partition-1") == [f"{topic}-partition-1"]
 
     consumer = client.subscribe(topic, unique("sub"), consumer_type=pulsar.ConsumerType.Shared,
                                 initial_position=pulsar.InitialPosition.Earliest)
@@ -337,3 +341,43 @@ def test_dot_topic_names_are_not_created_over_the_protocol(broker):
     status, answer = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default")
     assert status == 200
     assert not [t for t in json.loads(answer) if t.rsplit("/", 1)[-1] in (".", "..")]
+
+
+def topics_loaded(broker) -> int:
+    status, body = http("GET", f"{broker.http_url}/metrics")
+    assert status == 200
+    m = re.search(r"^pulsar_topics_count\{[^}]*\} (\d+)$", body.decode(), re.M)
+    assert m, "no pulsar_topics_count in /metrics"
+    return int(m.group(1))
+
+
+def test_partitioned_stats_of_2000_partitions_loads_none(broker, client):
+    """partitioned-stats answers from loaded partitions and from the stored
+    state of the others: it loads none (the issue: 20,000 partitions loaded
+    them all, 39 s and 390 MB)."""
+    local = unique("wide")
+    topic = f"persistent://public/default/{local}"
+    assert broker.create_partitioned_topic(local, 2000) == 204
+    # Partition 7 gets a backlog of 5 on subscription "s", then unloads: its
+    # backlog is then only in its stored state.
+    p7 = f"{topic}-partition-7"
+    consumer = client.subscribe(p7, "s")
+    producer = client.create_producer(p7)
+    for i in range(5):
+        producer.send(f"m{i}".encode())
+    producer.close()
+    consumer.close()
+    status, body = http("PUT", f"{broker.http_url}/admin/v2/persistent/public/default/{local}-partition-7/unload")
+    assert status == 204, (status, body[:300])
+    wait_until(lambda: topics_loaded(broker) == 0, 10, "partition 7 to unload")
+
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/{local}/partitioned-stats")
+    assert status == 200, (status, body[:300])
+    stats = json.loads(body)
+    assert topics_loaded(broker) == 0, "partitioned-stats loaded partitions"
+    assert stats["metadata"]["partitions"] == 2000
+    assert len(stats["partitions"]) == 2000
+    assert stats["subscriptions"]["s"]["msgBacklog"] == 5, stats["subscriptions"]
+    p7_stats = stats["partitions"][p7]
+    assert p7_stats["subscriptions"]["s"]["msgBacklog"] == 5
+    assert p7_stats["storageSize"] > 0 and stats["storageSize"] == p7_stats["storageSize"]

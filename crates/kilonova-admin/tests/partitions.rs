@@ -164,3 +164,75 @@ async fn an_oversized_partitioned_topic_is_listed_without_its_partitions_and_can
     assert_eq!(r.topic(&huge).await.unwrap(), None);
     assert_eq!(r.topic(&huge.partition_name(7)).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn partitioned_stats_loads_no_partition() {
+    use kilonova_broker::{AdminRequest, ResetTo};
+    const PARTITIONS: u32 = 2_000;
+    let f = fixture().await;
+    let base = TopicName::parse("persistent://public/default/wide").unwrap();
+    let path = "/admin/v2/persistent/public/default/wide";
+    let req = Request::builder()
+        .method("PUT")
+        .uri(format!("{path}/partitions"))
+        .body(Body::from(PARTITIONS.to_string()))
+        .unwrap();
+    let resp = f.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // Two partitions used: one stays loaded, one is unloaded again (its
+    // subscription then lives only in its stored state).
+    for (i, sub) in [(3, "loaded-sub"), (5, "stored-sub")] {
+        f.broker
+            .topic_admin(
+                &base.partition_name(i),
+                AdminRequest::CreateSubscription {
+                    name: sub.into(),
+                    start: ResetTo::Earliest,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    f.broker
+        .topic_admin(&base.partition_name(5), AdminRequest::Unload)
+        .await
+        .unwrap();
+    assert_eq!(f.broker.loaded_topics(), 1);
+
+    let (status, stats) = call(&f, "GET", &format!("{path}/partitioned-stats")).await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    assert_eq!(
+        f.broker.loaded_topics(),
+        1,
+        "partitioned-stats loaded partitions"
+    );
+    assert_eq!(stats["metadata"]["partitions"], PARTITIONS);
+    let per_partition = stats["partitions"].as_object().unwrap();
+    assert_eq!(per_partition.len(), PARTITIONS as usize);
+    for sub in ["loaded-sub", "stored-sub"] {
+        assert_eq!(
+            stats["subscriptions"][sub]["msgBacklog"], 0,
+            "{sub}: {stats}"
+        );
+    }
+    assert!(
+        per_partition["persistent://public/default/wide-partition-5"]["subscriptions"]
+            .get("stored-sub")
+            .is_some()
+    );
+    assert_eq!(
+        per_partition["persistent://public/default/wide-partition-0"]["storageSize"],
+        0
+    );
+
+    let (status, brief) = call(
+        &f,
+        "GET",
+        &format!("{path}/partitioned-stats?perPartition=false"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(brief["partitions"], serde_json::json!({}));
+    assert_eq!(brief["subscriptions"], stats["subscriptions"]);
+    assert_eq!(f.broker.loaded_topics(), 1);
+}

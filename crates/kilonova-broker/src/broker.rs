@@ -399,6 +399,89 @@ impl Broker {
         answer.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
+    /// The stats of each of partitioned topic `base`'s first `partitions`
+    /// partitions, by index, loading none of them: a loaded partition answers
+    /// from its task; one that is not, from its log's stored state
+    /// ([`crate::topic_admin::TopicStats`] of an idle topic: storage size and
+    /// durable subscriptions' backlogs as last persisted); one never used (no
+    /// record), zeros. `partitions` must be a served count ([`check_servable`]).
+    pub async fn partition_stats(
+        &self,
+        base: &TopicName,
+        partitions: u32,
+    ) -> Result<Vec<topic::admin::TopicStats>, BrokerError> {
+        let stored = self.resources().partition_records(base, partitions).await?;
+        let mut out: Vec<topic::admin::TopicStats> = std::iter::repeat_with(Default::default)
+            .take(partitions as usize)
+            .collect();
+        let mut unloaded = Vec::new();
+        for (i, record) in stored {
+            let name = base.partition_name(i);
+            match self.loaded_stats(&name).await {
+                Some(stats) => {
+                    if let Some(slot) = out.get_mut(i as usize) {
+                        *slot = stats?;
+                    }
+                }
+                None if name.is_persistent() => unloaded.push((i, record.id)),
+                None => {}
+            }
+        }
+        if unloaded.is_empty() {
+            return Ok(out);
+        }
+        // One blocking task reads every unloaded partition's state files.
+        let (store, state, cache) = (
+            self.inner.store.clone(),
+            self.inner.state.clone(),
+            self.inner.cache.clone(),
+        );
+        let summaries = tokio::task::spawn_blocking(move || {
+            unloaded
+                .into_iter()
+                .map(|(i, id)| {
+                    let s =
+                        ManagedLog::stored_summary(id, store.clone(), state.clone(), cache.clone());
+                    (i, s)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| StorageError::Log(format!("reading stored stats failed: {e}")))?;
+        for (i, summary) in summaries {
+            if let Some(slot) = out.get_mut(i as usize) {
+                *slot = topic::admin::stored_stats(&summary?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A loaded topic's stats from its task; `None` if it is not loaded (or
+    /// unloads meanwhile). Never loads it.
+    async fn loaded_stats(
+        &self,
+        name: &TopicName,
+    ) -> Option<Result<topic::admin::TopicStats, BrokerError>> {
+        let handle = self
+            .topics()
+            .live
+            .get(&name.to_string())
+            .filter(|h| !h.is_closed())
+            .cloned()?;
+        let (reply, answer) = oneshot::channel();
+        let request = AdminRequest::Stats;
+        handle
+            .send(TopicCommand::Admin { request, reply })
+            .await
+            .ok()?;
+        match answer.await.ok()? {
+            Ok(AdminReply::Stats(s)) => Some(Ok(*s)),
+            // A topic answers Stats with stats; anything else reads as not loaded.
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     pub fn service_urls(&self) -> &ServiceUrls {
         &self.inner.urls
     }
@@ -474,13 +557,14 @@ impl Broker {
         Ok(())
     }
 
-    /// Partitions of `name` (0: not partitioned). With partitioned auto-creation, an
-    /// unknown topic is created partitioned here, where clients ask first.
+    /// Partitions of `name` (0: not partitioned; a partition of a partitioned
+    /// topic is a topic of its own, as Pulsar answers). With partitioned
+    /// auto-creation, an unknown topic is created partitioned here, where
+    /// clients ask first.
     pub async fn partitions(&self, name: &TopicName) -> Result<u32, BrokerError> {
-        let base = name.partitioned_topic();
         let resources = self.resources();
-        if let Some(t) = resources.topic(&base).await? {
-            check_servable(&base, &t)?;
+        if let Some(t) = resources.topic(name).await? {
+            check_servable(name, &t)?;
             return Ok(t.partitions);
         }
         let ns = name.namespace();

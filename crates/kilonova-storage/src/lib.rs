@@ -39,6 +39,7 @@ pub use health::{StoreFailure, StoreHealth, StoreTrouble};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
     CursorInfo, InitialPosition, ManagedLog, ManagedLogConfig, Retention, SegmentMeta,
+    StoredCursor, StoredSummary,
 };
 pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;

@@ -109,6 +109,25 @@ pub struct CursorInfo {
     pub backlog_entries: u64,
 }
 
+/// A log's stored state, read without opening it ([`ManagedLog::stored_summary`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredSummary {
+    pub size_bytes: u64,
+    pub entries: u64,
+    /// Durable cursors, by name, as last persisted.
+    pub cursors: Vec<StoredCursor>,
+}
+
+/// A durable cursor's backlog as last persisted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredCursor {
+    pub name: String,
+    /// Entries not acknowledged.
+    pub backlog_entries: u64,
+    /// Their bytes, estimated as [`ManagedLog::backlog_bytes`] does.
+    pub backlog_bytes: u64,
+}
+
 /// A topic's storage.
 pub struct ManagedLog {
     id: u64,
@@ -146,29 +165,7 @@ impl ManagedLog {
         config: ManagedLogConfig,
         now_ms: u64,
     ) -> Result<Self> {
-        let Meta {
-            mut segments,
-            next_message_index: floor_index,
-            cursors: stored_cursors,
-        } = match state.load(&meta_key(id))? {
-            Some(b) => decode_meta(b)?,
-            None => Meta::default(),
-        };
-        segments.retain(|s| store.segment(s.id).is_some());
-        let mut log = ManagedLog {
-            id,
-            store,
-            state,
-            cache,
-            config,
-            segments,
-            pending_entries: 0,
-            pending_bytes: 0,
-            next_message_index: floor_index,
-            last_publish_time_ms: 0,
-            cursors: BTreeMap::new(),
-            next_cursor_id: 0,
-        };
+        let (mut log, stored_cursors) = Self::from_state(id, store, state, cache, config)?;
         if let Some(last) = log.segments.last().copied() {
             log.store.seal(last.id).await?;
         }
@@ -181,7 +178,8 @@ impl ManagedLog {
             log.next_message_index = e.message_index + u64::from(e.message_count);
             log.last_publish_time_ms = e.publish_time_ms;
         }
-        log.load_cursors(stored_cursors)?;
+        let to_migrate = log.load_cursors(stored_cursors)?;
+        log.migrate_cursors(&to_migrate)?;
         match log.start_segment(now_ms).await {
             Ok(()) => {}
             // Open for reading (and acknowledging, and deleting): on a full disk
@@ -195,11 +193,46 @@ impl ManagedLog {
         Ok(log)
     }
 
-    /// Loads the durable cursors the metadata lists. Cursors stored by name
-    /// (metadata version 1) are stored again by id and the metadata saved in
-    /// version 2 before anything of the old form is removed, so a crash at
-    /// any point leaves one complete form to open from.
-    fn load_cursors(&mut self, stored: StoredCursors) -> Result<()> {
+    /// The log as its stored state describes it (segments still in the
+    /// store), without cursors, touching nothing; and its stored cursors.
+    fn from_state(
+        id: u64,
+        store: SegmentStore,
+        state: Arc<dyn StateStore>,
+        cache: Arc<EntryCache>,
+        config: ManagedLogConfig,
+    ) -> Result<(Self, StoredCursors)> {
+        let Meta {
+            mut segments,
+            next_message_index: floor_index,
+            cursors: stored_cursors,
+        } = match state.load(&meta_key(id))? {
+            Some(b) => decode_meta(b)?,
+            None => Meta::default(),
+        };
+        segments.retain(|s| store.segment(s.id).is_some());
+        let log = ManagedLog {
+            id,
+            store,
+            state,
+            cache,
+            config,
+            segments,
+            pending_entries: 0,
+            pending_bytes: 0,
+            next_message_index: floor_index,
+            last_publish_time_ms: 0,
+            cursors: BTreeMap::new(),
+            next_cursor_id: 0,
+        };
+        Ok((log, stored_cursors))
+    }
+
+    /// Loads the durable cursors the metadata lists, writing nothing; returns
+    /// the names of cursors stored by name (metadata version 1), which
+    /// [`Self::migrate_cursors`] stores again by id.
+    fn load_cursors(&mut self, stored: StoredCursors) -> Result<Vec<String>> {
+        let mut migrate = Vec::new();
         match stored {
             StoredCursors::ById { next_id, ids } => {
                 self.next_cursor_id = next_id;
@@ -217,28 +250,65 @@ impl ManagedLog {
                 }
             }
             StoredCursors::ByName(names) => {
-                let mut migrated = Vec::new();
                 for name in names {
                     let key = legacy_cursor_key(self.id, &name);
                     if let Some(b) = self.state.load(&key)? {
                         let (floor, acked) = decode_cursor_body(b)?;
                         let cid = self.next_cursor_id;
                         self.insert_loaded_cursor(name.clone(), cid, floor, acked, true);
-                        migrated.push(name);
+                        migrate.push(name);
                     }
                 }
-                for name in &migrated {
-                    self.persist_cursor(name)?;
-                }
-                self.save_meta()?;
-                tracing::info!(
-                    log = self.id,
-                    cursors = migrated.len(),
-                    "cursors stored by id (migrated from storage by name)"
-                );
             }
         }
+        Ok(migrate)
+    }
+
+    /// Stores cursors loaded from storage by name again by id, and the
+    /// metadata in version 2, before anything of the old form is removed, so
+    /// a crash at any point leaves one complete form to open from.
+    fn migrate_cursors(&mut self, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in names {
+            self.persist_cursor(name)?;
+        }
+        self.save_meta()?;
+        tracing::info!(
+            log = self.id,
+            cursors = names.len(),
+            "cursors stored by id (migrated from storage by name)"
+        );
         Ok(())
+    }
+
+    /// What log `id`'s stored state says — its size, entries and durable
+    /// cursors' backlogs as last persisted — read without opening the log
+    /// (no segment is sealed or started, nothing is written): the stats of a
+    /// topic that is not loaded. Blocking (small state reads).
+    pub fn stored_summary(
+        id: u64,
+        store: SegmentStore,
+        state: Arc<dyn StateStore>,
+        cache: Arc<EntryCache>,
+    ) -> Result<StoredSummary> {
+        let (mut log, stored) =
+            Self::from_state(id, store, state, cache, ManagedLogConfig::default())?;
+        log.load_cursors(stored)?;
+        let mut cursors = Vec::with_capacity(log.cursors.len());
+        for name in log.cursors.keys() {
+            cursors.push(StoredCursor {
+                name: name.clone(),
+                backlog_entries: log.cursor_info(name)?.backlog_entries,
+                backlog_bytes: log.backlog_bytes(name)?,
+            });
+        }
+        Ok(StoredSummary {
+            size_bytes: log.size_bytes(),
+            entries: log.entries(),
+            cursors,
+        })
     }
 
     fn insert_loaded_cursor(

@@ -644,3 +644,46 @@ async fn crash(e: Env) {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_closed_logs_stored_summary_matches_it_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 9, small_segments(), 0).await;
+    let positions = publish(&mut log, 0, 25).await;
+    log.open_cursor("behind", InitialPosition::Earliest, true)
+        .unwrap();
+    log.open_cursor("caught-up", InitialPosition::Latest, true)
+        .unwrap();
+    log.ack_cumulative("behind", positions[9]).unwrap();
+    log.ack("behind", positions[15]).unwrap();
+    let (size, entries) = (log.size_bytes(), log.entries());
+    let behind = log.cursor_info("behind").unwrap().backlog_entries;
+    let behind_bytes = log.backlog_bytes("behind").unwrap();
+    assert_eq!(behind, 14);
+    log.close().unwrap();
+    let segments_before = e.store.stats().segments;
+
+    let s =
+        ManagedLog::stored_summary(9, e.store.clone(), e.state.clone(), e.cache.clone()).unwrap();
+    assert_eq!((s.size_bytes, s.entries), (size, entries));
+    let cursors: Vec<_> = s
+        .cursors
+        .iter()
+        .map(|c| (c.name.as_str(), c.backlog_entries, c.backlog_bytes))
+        .collect();
+    assert_eq!(
+        cursors,
+        [("behind", behind, behind_bytes), ("caught-up", 0, 0)]
+    );
+    assert_eq!(
+        e.store.stats().segments,
+        segments_before,
+        "reading the summary started no segment"
+    );
+    // A log never written has an empty summary.
+    let none =
+        ManagedLog::stored_summary(10, e.store.clone(), e.state.clone(), e.cache.clone()).unwrap();
+    assert_eq!(none, Default::default());
+    close_store(e).await;
+}
