@@ -10,13 +10,18 @@ busy machine does not make them flaky.
 from __future__ import annotations
 
 import json
+import resource
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 
+import pytest
+
 import wire
-from conftest import http, make_client, topic_name, unique
+from conftest import http, make_client, topic_name, unique, wait_until
 
 MIB = 1 << 20
 # What an attack may add to the broker's resident memory.
@@ -304,3 +309,127 @@ def test_a_connection_that_does_not_connect_in_time_is_closed(make_broker):
     connected.expect(wire.PONG)
     for conn in (silent, partial, connected):
         conn.close()
+
+
+# ---------------------------------------------------------------- connection limits
+
+
+def log_lines(broker) -> int:
+    with open(broker.log_path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def limit_open_files(n: int):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return apply
+
+
+def test_running_out_of_file_descriptors_keeps_the_broker_serving(make_broker):
+    broker = make_broker(preexec_fn=limit_open_files(256))
+    topic = topic_name("fds")
+    client = make_client(broker)
+    producer = client.create_producer(topic)
+    consumer = client.subscribe(topic, unique("sub"))
+    lines_before = log_lines(broker)
+    conns = []
+    for _ in range(400):
+        try:
+            conns.append(socket.create_connection(("127.0.0.1", broker.pulsar_port), timeout=5))
+        except OSError:
+            break
+    # Every connection beyond what the broker takes is closed at once or
+    # waits in the listen backlog; none makes it spin.
+    time.sleep(3.0)  # the time it took to write 2 million log lines (observing absence)
+    assert healthy(broker), "the health check failed with the file descriptors used up"
+    producer.send(b"still-serving")
+    assert consumer.receive(timeout_millis=10000).data() == b"still-serving"
+    grown = log_lines(broker) - lines_before
+    assert grown < 100, f"the broker wrote {grown} log lines in 3 s"
+    for s in conns:
+        s.close()
+    client.close()
+
+
+def metric(broker, name: str) -> float:
+    status, body = http("GET", f"{broker.http_url}/metrics")
+    assert status == 200
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    """A self-signed certificate and key for localhost (cert, key paths)."""
+    d = tmp_path_factory.mktemp("tls")
+    proc = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        cwd=d, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return d / "cert.pem", d / "key.pem"
+
+
+def test_max_connections_counts_plain_and_tls_ports_together(make_broker, self_signed):
+    cert, key = self_signed
+    config = (
+        "[broker]\nmax_connections = 4\n"
+        f"[tls]\ncert_file = {json.dumps(str(cert))}\nkey_file = {json.dumps(str(key))}\n"
+    )
+    broker = make_broker(config=config)
+    plain = [wire.RawConnection("127.0.0.1", broker.pulsar_port) for _ in range(2)]
+    for c in plain:
+        c.handshake()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tls = []
+    for _ in range(2):
+        s = context.wrap_socket(socket.create_connection(("127.0.0.1", broker.pulsar_tls_port)),
+                                server_hostname="localhost")
+        s.sendall(wire.connect_cmd())
+        s.settimeout(10)
+        assert s.recv(65536), "a TLS connection within the limit was not served"
+        tls.append(s)
+    refused = wire.RawConnection("127.0.0.1", broker.pulsar_port)
+    refused.send(wire.connect_cmd())
+    try:
+        refused.wait_closed(timeout=10)
+    except TimeoutError:
+        raise AssertionError("a 5th connection over plain and TLS ports was served") from None
+    assert metric(broker, "kilonova_connections_refused_total") >= 1
+    for c in plain + [refused]:
+        c.close()
+    for s in tls:
+        s.close()
+
+
+def test_max_connections_per_ip(make_broker):
+    broker = make_broker(config="[broker]\nmax_connections_per_ip = 3\n")
+    kept = [wire.RawConnection("127.0.0.1", broker.pulsar_port) for _ in range(3)]
+    for c in kept:
+        c.handshake()
+    refused = wire.RawConnection("127.0.0.1", broker.pulsar_port)
+    refused.send(wire.connect_cmd())
+    try:
+        refused.wait_closed(timeout=10)
+    except TimeoutError:
+        raise AssertionError("a 4th connection from one address was served") from None
+    refused.close()
+    assert metric(broker, "kilonova_connections_refused_total") >= 1
+    # A slot freed is a slot to take.
+    kept.pop().close()
+    def reconnects():
+        c = wire.RawConnection("127.0.0.1", broker.pulsar_port)
+        c.send(wire.connect_cmd())
+        kind, f = c.outcome(5)
+        c.close()
+        return kind == "frame" and f.type == wire.CONNECTED
+    wait_until(reconnects, 10, "a connection after one closed was refused")
+    for c in kept:
+        c.close()

@@ -18,6 +18,7 @@ use kilonova_auth::{Need, Principal, Security, Want};
 use kilonova_metadata::{NamespaceName, Resources, SchemaOutcome, TopicRecord};
 use kilonova_pulsar_protocol::proto::Schema;
 
+use crate::accept::ConnectionLimits;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::metrics::MetricsRegistry;
@@ -43,6 +44,8 @@ struct Inner {
     partitioned_deletions: Mutex<std::collections::HashSet<String>>,
     next_producer: AtomicU64,
     next_connection: AtomicU64,
+    /// Pulsar connections open, on every port and per client address.
+    connections: Arc<ConnectionLimits>,
     /// Distinguishes generated producer names across restarts.
     boot_id: String,
 }
@@ -99,6 +102,21 @@ impl Drop for DeletionPass {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.key);
     }
+}
+
+/// The connection limits of `config`, within 3/4 of the open-file limit
+/// (the rest is for storage, metadata and the admin port).
+fn connection_limits(config: &BrokerConfig) -> Arc<ConnectionLimits> {
+    let max = crate::accept::within_open_files(config.max_connections, (3, 4));
+    if max < config.max_connections {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            open_files_limit = crate::accept::open_files_limit(),
+            using = max,
+            "max_connections lowered to 3/4 of the open-file limit"
+        );
+    }
+    ConnectionLimits::new(max, config.max_connections_per_ip)
 }
 
 fn want(w: Want) -> &'static str {
@@ -189,6 +207,7 @@ impl Broker {
         }
         let cache = Arc::new(EntryCache::new(config.entry_cache_bytes));
         let policies = PolicyCache::watching(&resources);
+        let connections = connection_limits(&config);
         Ok(Broker {
             inner: Arc::new(Inner {
                 config,
@@ -205,6 +224,7 @@ impl Broker {
                 partitioned_deletions: Mutex::default(),
                 next_producer: AtomicU64::new(0),
                 next_connection: AtomicU64::new(1),
+                connections,
                 boot_id: format!("{:x}", topic::now_ms()),
             }),
         })
@@ -488,6 +508,11 @@ impl Broker {
 
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The broker's Pulsar connections and their limits.
+    pub(crate) fn connection_limits(&self) -> &Arc<ConnectionLimits> {
+        &self.inner.connections
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {

@@ -41,8 +41,11 @@ pub struct BrokerConfig {
     pub dispatch_batch_entries: usize,
     /// Shared / key_shared: entries held for redelivery before reading further stops.
     pub max_redelivery_backlog_entries: usize,
-    /// Concurrent connections; more are refused.
+    /// Concurrent Pulsar-protocol connections, plain and TLS ports together;
+    /// more are refused. At most 3/4 of the process's open-file limit is used.
     pub max_connections: usize,
+    /// Concurrent connections from one IP address (0: no limit but `max_connections`).
+    pub max_connections_per_ip: usize,
     /// Bytes queued for one connection (answers and messages not yet written
     /// to its socket) at which the broker stops reading its requests and stops
     /// dispatching to its consumers, until half of it is written.
@@ -130,6 +133,7 @@ impl Default for BrokerConfig {
             dispatch_batch_entries: 100,
             max_redelivery_backlog_entries: 10_000,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
             max_outbound_bytes_per_connection: 4 << 20,
             connect_timeout_secs: 10,
             topic_queue_depth: 1024,

@@ -11,7 +11,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +30,7 @@ use kilonova_pulsar_protocol::proto::{
     CommandTcClientConnectResponse, KeyValue, Schema, ServerError,
 };
 
+use crate::accept::{AcceptBackoff, LogLimiter};
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
@@ -1073,6 +1073,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: OutboundReceiver) {
 /// `pulsar+ssl://` port): accepts until `stop_accepting` changes, closes every
 /// connection when `close_connections` changes (after the broker closed its
 /// producers and consumers), and returns once all connections are closed.
+///
+/// Connections count against the broker's limits across all its listeners
+/// (`max_connections`, `max_connections_per_ip`); one over a limit is closed
+/// at once. Accept errors (out of file descriptors) pause accepting, with a
+/// back-off, and are logged at most once a second; open connections are
+/// served all along.
 pub async fn accept_loop(
     broker: Broker,
     listener: tokio::net::TcpListener,
@@ -1080,32 +1086,52 @@ pub async fn accept_loop(
     mut stop_accepting: watch::Receiver<bool>,
     close_connections: watch::Receiver<bool>,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut backoff = AcceptBackoff::new("Pulsar");
+    let mut refusals_log = LogLimiter::new(Duration::from_secs(1));
+    let mut paused_until: Option<Instant> = None;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = listener.accept(), if paused_until.is_none() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        let wait = backoff.failed(&e, Instant::now());
+                        if !wait.is_zero() {
+                            paused_until = Some(Instant::now() + wait);
+                        }
                         continue;
                     }
                 };
-                if open.load(Ordering::Relaxed) >= broker.config().max_connections {
-                    tracing::warn!(%peer, "refusing a connection: max_connections reached");
-                    drop(stream);
-                    continue;
-                }
-                open.fetch_add(1, Ordering::Relaxed);
-                let (b, o, s) = (broker.clone(), open.clone(), close_connections.clone());
+                backoff.succeeded();
+                let admitted = match broker.connection_limits().admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        broker.metrics().count_connection_refused(why);
+                        if let Some(suppressed) = refusals_log.allow(Instant::now()) {
+                            tracing::warn!(
+                                %peer,
+                                limit = why.as_str(),
+                                max_connections = broker.connection_limits().max_total(),
+                                suppressed,
+                                "refusing a connection"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
+                let (b, s) = (broker.clone(), close_connections.clone());
                 let tls = tls.clone();
                 tasks.spawn(async move {
-                    serve_tcp(b, stream, peer, tls, s).await;
-                    o.fetch_sub(1, Ordering::Relaxed);
+                    b.metrics().connection_opened();
+                    serve_tcp(b.clone(), stream, peer, tls, s).await;
+                    b.metrics().connection_closed();
+                    drop(admitted);
                 });
             }
+            _ = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = stop_accepting.changed() => break,
         }

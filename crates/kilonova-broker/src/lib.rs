@@ -9,6 +9,7 @@
 //! This crate never encodes frames by hand (the protocol crate does) and never
 //! writes storage files (the storage crate does).
 
+pub mod accept;
 mod broker;
 mod catalog_import;
 mod commands;

@@ -106,6 +106,10 @@ pub struct MetricsRegistry {
     duplicates: AtomicU64,
     /// Topics fenced after a failed append.
     topics_fenced: AtomicU64,
+    /// Pulsar-protocol connections open now.
+    connections: AtomicU64,
+    /// Connections refused: by `max_connections`, by `max_connections_per_ip`.
+    connections_refused: [AtomicU64; 2],
 }
 
 impl MetricsRegistry {
@@ -131,6 +135,22 @@ impl MetricsRegistry {
 
     pub fn count_duplicates(&self, n: u64) {
         self.duplicates.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_connection_refused(&self, why: crate::accept::Refusal) {
+        let i = match why {
+            crate::accept::Refusal::MaxConnections => 0,
+            crate::accept::Refusal::MaxConnectionsPerIp => 1,
+        };
+        self.connections_refused[i].fetch_add(1, Ordering::Relaxed);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TopicMetrics>>> {
@@ -376,6 +396,35 @@ pub fn render(
         let _ = writeln!(
             out,
             "{name}{{cluster=\"{}\"}} {}",
+            escape(cluster),
+            v.load(Ordering::Relaxed)
+        );
+    }
+    header(
+        &mut out,
+        "pulsar_active_connections",
+        "gauge",
+        "Pulsar-protocol connections open (every port)",
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_active_connections{{cluster=\"{}\"}} {}",
+        escape(cluster),
+        registry.connections.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "kilonova_connections_refused_total",
+        "counter",
+        "Pulsar-protocol connections closed at accept, by the limit that refused them",
+    );
+    for (reason, v) in [
+        ("max_connections", &registry.connections_refused[0]),
+        ("max_connections_per_ip", &registry.connections_refused[1]),
+    ] {
+        let _ = writeln!(
+            out,
+            "kilonova_connections_refused_total{{cluster=\"{}\",reason=\"{reason}\"}} {}",
             escape(cluster),
             v.load(Ordering::Relaxed)
         );

@@ -31,9 +31,6 @@ use crate::metrics::TopicMetrics;
 use crate::outbound::Outbound;
 use crate::rate_limit::RateLimiter;
 
-/// What an entry is taken to weigh before a subscription has read any.
-const FIRST_ENTRY_BYTES_GUESS: usize = 64 << 10;
-
 /// A consumer, unique in the broker: (connection id, the client's consumer id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct ConsumerKey {
@@ -177,9 +174,6 @@ pub(crate) struct Subscription {
     /// (ms), not acknowledged, so a restart reads and holds them again.
     delayed: BTreeSet<(u64, Position)>,
     metrics: Arc<TopicMetrics>,
-    /// Average size of the entries of the last read: a read is sized to what
-    /// the consumers' connections can take, not only to their permits.
-    entry_bytes: usize,
 }
 
 impl Subscription {
@@ -209,7 +203,6 @@ impl Subscription {
             rate: RateLimiter::default(),
             delayed: BTreeSet::new(),
             metrics,
-            entry_bytes: FIRST_ENTRY_BYTES_GUESS,
         }
     }
 
@@ -494,28 +487,22 @@ impl Subscription {
         self.consumers.iter().any(Consumer::ready)
     }
 
-    /// Entries worth reading for `want`, given what the ready consumers'
-    /// connections can still take (at least one: a queue may cross its bound
-    /// by one entry).
-    fn cap_to_room(&self, want: usize) -> usize {
+    /// Bytes the ready consumers' connections can still take: a read stops
+    /// there (after one entry at least: a queue may cross its bound by one),
+    /// so what permits allow is never read into memory beyond it.
+    fn room_bytes(&self) -> usize {
         let single = self.kind.single_active();
-        let room: usize = self
-            .consumers
+        self.consumers
             .iter()
             .filter(|c| c.ready() && (!single || self.active == Some(c.key)))
             .map(|c| c.out.room_bytes())
-            .sum();
-        want.min((room / self.entry_bytes.max(1)).max(1))
+            .sum()
     }
 
-    /// Reads up to `want` entries for the cursor, learning their size.
-    fn read_next(&mut self, log: &mut ManagedLog, want: usize) -> Result<Vec<Entry>, StorageError> {
-        let entries = log.read_next(&self.name, self.cap_to_room(want))?;
-        if !entries.is_empty() {
-            let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
-            self.entry_bytes = bytes / entries.len();
-        }
-        Ok(entries)
+    /// Reads up to `want` entries for the cursor, as many as the consumers'
+    /// connections can take.
+    fn read_next(&self, log: &mut ManagedLog, want: usize) -> Result<Vec<Entry>, StorageError> {
+        log.read_next_within(&self.name, want, self.room_bytes())
     }
 
     /// Sends what the consumers have permits for. Returns how many entries went out.

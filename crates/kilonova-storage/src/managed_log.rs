@@ -754,10 +754,22 @@ impl ManagedLog {
     /// Reads up to `max` entries after the cursor's read position, skipping acked ones,
     /// and advances the read position past them.
     pub fn read_next(&mut self, name: &str, max: usize) -> Result<Vec<Entry>> {
+        self.read_next_within(name, max, usize::MAX)
+    }
+
+    /// As [`Self::read_next`], stopping once the entries read hold `max_bytes`
+    /// of data (the entry that reaches it included: at least one is read).
+    pub fn read_next_within(
+        &mut self,
+        name: &str,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>> {
         let c = self.cursor(name)?;
         let (floor, mut p) = (c.floor, self.normalize(c.read.max(c.floor)));
         let mut out = Vec::new();
-        while out.len() < max && self.is_readable(p) {
+        let mut bytes = 0usize;
+        while out.len() < max && (out.is_empty() || bytes < max_bytes) && self.is_readable(p) {
             if p < floor {
                 p = self.normalize(floor);
                 continue;
@@ -766,7 +778,9 @@ impl ManagedLog {
                 p = self.next(end);
                 continue;
             }
-            out.push(self.read_entry(p)?);
+            let e = self.read_entry(p)?;
+            bytes = bytes.saturating_add(e.data.len());
+            out.push(e);
             p = self.next(p);
         }
         self.cursor_mut(name)?.read = p;

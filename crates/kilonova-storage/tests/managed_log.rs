@@ -687,3 +687,23 @@ async fn a_closed_logs_stored_summary_matches_it_and_writes_nothing() {
     assert_eq!(none, Default::default());
     close_store(e).await;
 }
+
+#[tokio::test]
+async fn a_read_stops_once_it_holds_its_byte_budget_and_reads_one_entry_at_least() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 10).await;
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    let len = msg(0).len();
+    let positions =
+        |v: Vec<kilonova_storage::Entry>| v.into_iter().map(|e| e.position).collect::<Vec<_>>();
+    // Two entries hold less than the budget; the third reaches it.
+    let got = log.read_next_within("sub", 100, 2 * len + 1).unwrap();
+    assert_eq!(positions(got), ps[0..3]);
+    let got = log.read_next_within("sub", 100, 0).unwrap();
+    assert_eq!(positions(got), ps[3..4], "one entry even over budget");
+    let got = log.read_next_within("sub", 2, usize::MAX).unwrap();
+    assert_eq!(positions(got), ps[4..6], "the entry count still caps");
+}
