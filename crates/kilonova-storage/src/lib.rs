@@ -17,6 +17,8 @@ pub mod dir_lock;
 mod entry;
 pub mod entry_cache;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod histogram;
 mod index;
 mod journal;

@@ -117,7 +117,7 @@ pub struct ManagedLog {
     cursors: BTreeMap<String, Cursor>,
 }
 
-const META_VERSION: u8 = 1;
+pub(crate) const META_VERSION: u8 = 1;
 
 impl ManagedLog {
     /// Opens log `id` (creating it if new). A log left open by a crash gets its last
@@ -933,9 +933,9 @@ fn bad(what: &str) -> StorageError {
     }
 }
 
-type Meta = (Vec<SegmentMeta>, Vec<String>, u64);
+pub(crate) type Meta = (Vec<SegmentMeta>, Vec<String>, u64);
 
-fn decode_meta(mut b: Bytes) -> Result<Meta> {
+pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
     let err = || bad("managed log metadata");
     if b.remaining() < 13 || b.get_u8() != META_VERSION {
         return Err(err());
@@ -971,7 +971,7 @@ fn decode_meta(mut b: Bytes) -> Result<Meta> {
     Ok((segments, names, next_index))
 }
 
-fn decode_cursor(b: &Bytes) -> Result<(Position, RangeSet)> {
+pub(crate) fn decode_cursor(b: &Bytes) -> Result<(Position, RangeSet)> {
     let mut b = b.clone();
     let err = || bad("cursor state");
     if b.remaining() < 20 {
