@@ -7,7 +7,8 @@ How to run (from the repository root)::
 
 The session builds the binary with ``cargo build -p kilonova`` unless
 ``KILONOVA_BIN`` points at one already built. Every test gets its own broker
-(``kilonova standalone``) on free ports with a fresh data directory under the
+(``kilonova standalone``) on ports the system chooses (port 0, reported back
+through ``--ports-file``) with a fresh data directory under the
 test's tmp dir; the broker's stderr goes to ``kilonova.log`` there, and its tail
 is attached to the report of a failing test. A passing test's data dir is
 deleted (journal files are preallocated); a failing one's is kept.
@@ -56,6 +57,8 @@ CLIENT_LOGGER = pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
 
 
 def free_port() -> int:
+    """A port nothing listens on a moment ago (for checks that need a closed
+    port; brokers get theirs from the system through --ports-file)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -213,10 +216,15 @@ class Broker:
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
-        self.pulsar_port = free_port()
-        self.http_port = free_port()
-        self.pulsar_tls_port = free_port()
-        self.https_port = free_port()
+        # The first start passes port 0 (the system chooses, so no two brokers
+        # race for a "free" port) and reads the chosen ports from the ports
+        # file; restarts pass them again, so clients' URLs stay valid. A port
+        # the broker does not serve is None.
+        self.pulsar_port: int | None = None
+        self.http_port: int | None = None
+        self.pulsar_tls_port: int | None = None
+        self.https_port: int | None = None
+        self.ports_path = log_path.with_name(f"{log_path.stem}.ports.json")
         self.config = config
         self.config_path = data_dir.parent / f"{data_dir.name}.kilonova.toml"
         self.admin_token = admin_token
@@ -250,14 +258,19 @@ class Broker:
         assert not self.running, "broker already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
+
+        def port(p: int | None) -> str:
+            return str(p or 0)
+
         extra: list[str] = []
         if self.config is not None:
             self.config_path.write_text(self.config)
             extra = [
                 "--config", str(self.config_path),
-                "--pulsar-tls-port", str(self.pulsar_tls_port),
-                "--https-port", str(self.https_port),
+                "--pulsar-tls-port", port(self.pulsar_tls_port),
+                "--https-port", port(self.https_port),
             ]
+        self.ports_path.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
@@ -267,8 +280,9 @@ class Broker:
                     "standalone",
                     "--data-dir", str(self.data_dir),
                     "--bind-address", "127.0.0.1",
-                    "--pulsar-port", str(self.pulsar_port),
-                    "--http-port", str(self.http_port),
+                    "--pulsar-port", port(self.pulsar_port),
+                    "--http-port", port(self.http_port),
+                    "--ports-file", str(self.ports_path),
                     *extra,
                 ],
                 stdin=subprocess.DEVNULL,
@@ -277,7 +291,31 @@ class Broker:
                 env={**os.environ, "NO_COLOR": "1"},
                 preexec_fn=self.preexec_fn,
             )
-        self.wait_ready(timeout)
+        deadline = time.monotonic() + timeout
+        self.wait_ports(timeout)
+        self.wait_ready(max(deadline - time.monotonic(), 1.0))
+
+    def wait_ports(self, timeout: float) -> None:
+        """Waits for the ports file (written once the broker serves) and takes
+        the ports from it."""
+        deadline = time.monotonic() + timeout
+        while not self.ports_path.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"broker exited with code {self.proc.returncode} before becoming ready\n"
+                    + self.log_tail()
+                )
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"broker wrote no ports file ({self.ports_path}) within {timeout}s\n"
+                    + self.log_tail()
+                )
+            time.sleep(0.02)
+        ports = json.loads(self.ports_path.read_text())
+        self.pulsar_port = ports["pulsar"]
+        self.http_port = ports["http"]
+        self.pulsar_tls_port = ports["pulsar_tls"]
+        self.https_port = ports["https"]
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -328,7 +366,8 @@ class Broker:
             self.proc.wait()
 
     def restart(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Starts again on the same data dir and ports (after stop() or kill())."""
+        """Starts again on the same data dir and ports (after stop() or kill()):
+        the ports the first start was given are passed explicitly."""
         assert not self.running, "stop() or kill() the broker before restart()"
         self.start(timeout)
 
@@ -395,19 +434,7 @@ def make_broker(kilonova_bin, tmp_path, request):
     def make(name: str = "broker", **kwargs) -> Broker:
         b = Broker(kilonova_bin, tmp_path / f"{name}-data", tmp_path / f"{name}.log", **kwargs)
         made.append(b)
-        for attempt in range(3):
-            try:
-                b.start()
-                return b
-            except AssertionError:
-                # free_port() races with the kernel's ephemeral ports (a client's
-                # outgoing connection may take the port between our probe and
-                # the broker's bind): on a bind failure, retry on fresh ports.
-                exited = b.proc is not None and b.proc.poll() is not None
-                if not exited or "binding the" not in b.log_tail() or attempt == 2:
-                    raise
-                b.pulsar_port, b.http_port = free_port(), free_port()
-                b.pulsar_tls_port, b.https_port = free_port(), free_port()
+        b.start()
         return b
 
     yield make

@@ -306,7 +306,9 @@ pub fn parse_batch(
     data: &Bytes,
     count: u32,
 ) -> Result<Vec<(SingleMessageMetadata, Bytes)>, DecodeError> {
-    let mut out = Vec::with_capacity((count as usize).min(4096));
+    // `count` is the sender's claim: room for what the bytes can hold (each
+    // message starts with a 4-byte size), never for the claim alone.
+    let mut out = Vec::with_capacity((count as usize).min(data.len() / 4).min(4096));
     let mut at = 0usize;
     for _ in 0..count {
         let size = be_u32(data, at).ok_or(DecodeError::Batch("truncated metadata size"))? as usize;

@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{Result, StorageError};
 
@@ -98,6 +98,12 @@ pub(crate) fn read_verified(path: &Path) -> Result<Option<bytes::Bytes>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StorageError::io("reading a checkpoint file", e)),
     };
+    verified_body(&data, path).map(Some)
+}
+
+/// The body of a file written by [`write_atomic`] (`data`: its whole
+/// contents), once its CRC checks out.
+pub(crate) fn verified_body(data: &[u8], path: &Path) -> Result<bytes::Bytes> {
     if data.len() < 4 {
         return Err(invalid(path, "shorter than its checksum"));
     }
@@ -107,7 +113,7 @@ pub(crate) fn read_verified(path: &Path) -> Result<Option<bytes::Bytes>> {
     if crc32c::crc32c(body) != u32::from_le_bytes(c) {
         return Err(invalid(path, "checksum mismatch"));
     }
-    Ok(Some(bytes::Bytes::copy_from_slice(body)))
+    Ok(bytes::Bytes::copy_from_slice(body))
 }
 
 fn need(buf: &impl Buf, n: usize, path: &Path) -> Result<()> {
@@ -118,6 +124,14 @@ fn need(buf: &impl Buf, n: usize, path: &Path) -> Result<()> {
 }
 
 pub(crate) fn write_idx(dir: &Path, no: u32, records: &[IdxRecord]) -> Result<u64> {
+    let b = encode_idx(records);
+    let len = b.len() as u64 + 4;
+    write_atomic(&idx_path(dir, no), b)?;
+    Ok(len)
+}
+
+/// An index file's body (before its CRC).
+pub(crate) fn encode_idx(records: &[IdxRecord]) -> BytesMut {
     let mut b = BytesMut::with_capacity(16 + records.len() * 32);
     b.put_u32_le(IDX_MAGIC);
     b.put_u32_le(VERSION);
@@ -128,25 +142,28 @@ pub(crate) fn write_idx(dir: &Path, no: u32, records: &[IdxRecord]) -> Result<u6
         b.put_u64_le(r.offset);
         b.put_u64_le(r.payload_len);
     }
-    let len = b.len() as u64 + 4;
-    write_atomic(&idx_path(dir, no), b)?;
-    Ok(len)
+    b
 }
 
 /// Reads an index file; `Ok(None)` if it does not exist.
 pub(crate) fn read_idx(dir: &Path, no: u32) -> Result<Option<Vec<IdxRecord>>> {
     let path = idx_path(dir, no);
-    let Some(mut b) = read_verified(&path)? else {
-        return Ok(None);
-    };
-    need(&b, 16, &path)?;
+    match read_verified(&path)? {
+        Some(b) => decode_idx(b, &path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Decodes an index file's body (`path` names it in errors).
+pub(crate) fn decode_idx(mut b: Bytes, path: &Path) -> Result<Vec<IdxRecord>> {
+    need(&b, 16, path)?;
     if b.get_u32_le() != IDX_MAGIC || b.get_u32_le() != VERSION {
-        return Err(invalid(&path, "not a version-1 index file"));
+        return Err(invalid(path, "not a version-1 index file"));
     }
     let n = b.get_u64_le();
-    let n = usize::try_from(n).map_err(|_| invalid(&path, "bad count"))?;
+    let n = usize::try_from(n).map_err(|_| invalid(path, "bad count"))?;
     if b.remaining() != n.saturating_mul(32) {
-        return Err(invalid(&path, "count does not match length"));
+        return Err(invalid(path, "count does not match length"));
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -157,10 +174,15 @@ pub(crate) fn read_idx(dir: &Path, no: u32) -> Result<Option<Vec<IdxRecord>>> {
             payload_len: b.get_u64_le(),
         });
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 pub(crate) fn write_checkpoint(dir: &Path, cp: &Checkpoint) -> Result<()> {
+    write_atomic(&checkpoint_path(dir), encode_checkpoint(cp))
+}
+
+/// A checkpoint file's body (before its CRC).
+pub(crate) fn encode_checkpoint(cp: &Checkpoint) -> BytesMut {
     let mut b = BytesMut::with_capacity(32 + cp.segments.len() * 17);
     b.put_u32_le(CP_MAGIC);
     b.put_u32_le(VERSION);
@@ -173,25 +195,30 @@ pub(crate) fn write_checkpoint(dir: &Path, cp: &Checkpoint) -> Result<()> {
         b.put_u8(u8::from(s.sealed));
         b.put_u64_le(s.entries);
     }
-    write_atomic(&checkpoint_path(dir), b)
+    b
 }
 
 pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
     let path = checkpoint_path(dir);
-    let Some(mut b) = read_verified(&path)? else {
-        return Ok(None);
-    };
-    need(&b, 36, &path)?;
+    match read_verified(&path)? {
+        Some(b) => decode_checkpoint(b, &path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Decodes a checkpoint file's body (`path` names it in errors).
+pub(crate) fn decode_checkpoint(mut b: Bytes, path: &Path) -> Result<Checkpoint> {
+    need(&b, 36, path)?;
     if b.get_u32_le() != CP_MAGIC || b.get_u32_le() != VERSION {
-        return Err(invalid(&path, "not a version-1 checkpoint"));
+        return Err(invalid(path, "not a version-1 checkpoint"));
     }
     let replay_from_file = b.get_u32_le();
     let next_segment_id = b.get_u64_le();
     let next_lsn = b.get_u64_le();
     let n = b.get_u64_le();
-    let n = usize::try_from(n).map_err(|_| invalid(&path, "bad count"))?;
+    let n = usize::try_from(n).map_err(|_| invalid(path, "bad count"))?;
     if b.remaining() != n.saturating_mul(17) {
-        return Err(invalid(&path, "count does not match length"));
+        return Err(invalid(path, "count does not match length"));
     }
     let mut segments = Vec::with_capacity(n);
     for _ in 0..n {
@@ -201,12 +228,12 @@ pub(crate) fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
             entries: b.get_u64_le(),
         });
     }
-    Ok(Some(Checkpoint {
+    Ok(Checkpoint {
         replay_from_file,
         next_segment_id,
         next_lsn,
         segments,
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub mod dir_lock;
 mod entry;
 pub mod entry_cache;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod health;
 pub mod histogram;
 mod index;

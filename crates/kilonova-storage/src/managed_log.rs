@@ -148,10 +148,10 @@ pub struct ManagedLog {
 
 /// Version 1 listed cursors by name (stored under their hex-encoded names);
 /// version 2 by id. Version 1 is migrated when a log opens.
-const META_VERSION_NAMES: u8 = 1;
-const META_VERSION: u8 = 2;
+pub(crate) const META_VERSION_NAMES: u8 = 1;
+pub(crate) const META_VERSION: u8 = 2;
 /// The first byte of a cursor record stored by id (one stored by name has none).
-const CURSOR_VERSION: u8 = 2;
+pub(crate) const CURSOR_VERSION: u8 = 2;
 
 impl ManagedLog {
     /// Opens log `id` (creating it if new). A log left open by a crash gets its last
@@ -1179,15 +1179,15 @@ fn bad(what: &str) -> StorageError {
 
 /// A log's metadata as stored.
 #[derive(Debug, Default)]
-struct Meta {
-    segments: Vec<SegmentMeta>,
-    next_message_index: u64,
-    cursors: StoredCursors,
+pub(crate) struct Meta {
+    pub segments: Vec<SegmentMeta>,
+    pub next_message_index: u64,
+    pub cursors: StoredCursors,
 }
 
 /// How the metadata lists the durable cursors.
 #[derive(Debug)]
-enum StoredCursors {
+pub(crate) enum StoredCursors {
     /// Version 1: by name, each under `legacy_cursor_key`.
     ByName(Vec<String>),
     /// Version 2: by id, each under `cursor_key` with its name inside.
@@ -1203,7 +1203,7 @@ impl Default for StoredCursors {
     }
 }
 
-fn decode_meta(mut b: Bytes) -> Result<Meta> {
+pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
     let err = || bad("managed log metadata");
     if b.remaining() < 13 {
         return Err(err());
@@ -1266,7 +1266,7 @@ fn decode_names(b: &mut Bytes) -> Option<Vec<String>> {
 }
 
 /// A cursor record stored by id: its name, ack floor and acknowledged ranges.
-fn decode_cursor(b: &Bytes) -> Result<(String, Position, RangeSet)> {
+pub(crate) fn decode_cursor(b: &Bytes) -> Result<(String, Position, RangeSet)> {
     let mut b = b.clone();
     let err = || bad("cursor state");
     if b.remaining() < 5 || b.get_u8() != CURSOR_VERSION {
@@ -1282,7 +1282,7 @@ fn decode_cursor(b: &Bytes) -> Result<(String, Position, RangeSet)> {
 }
 
 /// A cursor's ack floor and acknowledged ranges (all of a record stored by name).
-fn decode_cursor_body(mut b: Bytes) -> Result<(Position, RangeSet)> {
+pub(crate) fn decode_cursor_body(mut b: Bytes) -> Result<(Position, RangeSet)> {
     let err = || bad("cursor state");
     if b.remaining() < 20 {
         return Err(err());

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::{self, IdxRecord};
 use crate::error::{Result, StorageError};
-use crate::index::{FileState, Index, Loc, SegmentState};
+use crate::index::{FileState, Index, Loc, SegmentState, MAX_FILE_BYTES, MAX_FILE_NO};
 use crate::record::{self, RecordError, RecordHeader, RecordKind, ALIGN, HEADER_LEN};
 use crate::store::{list_log_files, StoreConfig};
 
@@ -41,13 +41,21 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
     let dir = &config.dir;
     let cp = checkpoint::read_checkpoint(dir)?.unwrap_or_default();
     let logs = list_log_files(dir)?;
+    if let Some((no, path)) = logs.iter().find(|(no, _)| **no > MAX_FILE_NO) {
+        // Locations pack the file number in 24 bits: the writer never makes such a file.
+        return Err(StorageError::InvalidFile {
+            path: path.display().to_string(),
+            detail: format!("journal file number {no} is beyond the largest, {MAX_FILE_NO}"),
+        });
+    }
     let mut index = Index::default();
+    let mut slots = SlotBudget::for_files(&logs);
     let mut expected = Vec::with_capacity(cp.segments.len());
     for row in &cp.segments {
         index.segments.insert(
             row.id,
             SegmentState {
-                locs: Vec::with_capacity(usize::try_from(row.entries).unwrap_or(0)),
+                locs: Vec::with_capacity(slots.capacity_for(row.entries)),
                 sealed: row.sealed,
                 fenced: false,
                 bytes: 0,
@@ -81,7 +89,7 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
         match checkpoint::read_idx(dir, *no) {
             Ok(Some(records)) => {
                 for r in records {
-                    apply_loc(&mut index, *no, r);
+                    apply_loc(&mut index, &mut slots, *no, r);
                 }
             }
             other => {
@@ -99,6 +107,7 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
                     if matches!(h.kind, RecordKind::Entry | RecordKind::Moved) {
                         apply_loc(
                             &mut index,
+                            &mut slots,
                             *no,
                             IdxRecord {
                                 segment: h.segment,
@@ -115,7 +124,7 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
     for (id, entries) in expected {
         if let Some(seg) = index.segments.get_mut(&id) {
             let n = usize::try_from(entries).unwrap_or(usize::MAX);
-            if seg.locs.len() < n {
+            if seg.locs.len() < n && slots.grow(id, seg.locs.len(), entries) {
                 tracing::error!(
                     segment = id,
                     have = seg.locs.len(),
@@ -144,12 +153,12 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
             |h, offset, payload_len| match h.kind {
                 RecordKind::Create => {
                     index.segments.entry(h.segment).or_default();
-                    next_segment_id = next_segment_id.max(h.segment + 1);
+                    next_segment_id = next_segment_id.max(h.segment.saturating_add(1));
                 }
                 RecordKind::Seal => {
                     if let Some(seg) = index.segments.get_mut(&h.segment) {
                         let n = usize::try_from(h.entry).unwrap_or(usize::MAX);
-                        if seg.locs.len() < n {
+                        if seg.locs.len() < n && slots.grow(h.segment, seg.locs.len(), h.entry) {
                             seg.locs.resize(n, Loc::MISSING);
                         }
                         seg.sealed = true;
@@ -166,7 +175,7 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
                     };
                     written += 1;
                     records.push(r);
-                    apply_loc(&mut index, *no, r);
+                    apply_loc(&mut index, &mut slots, *no, r);
                 }
             },
         )?;
@@ -200,19 +209,86 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
         .next_back()
         .map_or(0, |n| n + 1)
         .max(cp.replay_from_file);
+    // Only a damaged (or forged) record could end the sequence: wrapping
+    // around would make every later record look older than it, and replay
+    // would stop before them.
+    let next_lsn = last_lsn
+        .checked_add(1)
+        .ok_or_else(|| StorageError::Log("journal sequence numbers exhausted".into()))?;
     Ok(Recovered {
         replayed_files,
         replayed_bytes,
         index,
         next_file_no,
-        next_lsn: last_lsn + 1,
+        next_lsn,
         next_segment_id,
     })
 }
 
-fn apply_loc(index: &mut Index, no: u32, r: IdxRecord) {
-    if index.segments.contains_key(&r.segment) {
-        index.set_loc(r.segment, r.entry, Loc::new(no, r.offset), r.payload_len);
+fn apply_loc(index: &mut Index, slots: &mut SlotBudget, no: u32, r: IdxRecord) {
+    if r.offset >= MAX_FILE_BYTES {
+        tracing::error!(
+            file = no,
+            segment = r.segment,
+            entry = r.entry,
+            offset = r.offset,
+            "an entry's offset is beyond any journal file: corrupt index ignored"
+        );
+        return;
+    }
+    if let Some(seg) = index.segments.get(&r.segment) {
+        if slots.grow(r.segment, seg.locs.len(), r.entry.saturating_add(1)) {
+            index.set_loc(r.segment, r.entry, Loc::new(no, r.offset), r.payload_len);
+        }
+    }
+}
+
+/// The entry slots recovery may add to the index: no more than the journal
+/// files have room for records (each takes at least a header). Entry ids and
+/// counts come from checksummed records and files, but a larger one is still
+/// corruption (or a bug), and it must not size an allocation: the entry is
+/// left out, logged, and reads as not found.
+struct SlotBudget {
+    left: u64,
+    /// What may still be reserved ahead (capacity, not yet slots).
+    reserve_left: u64,
+}
+
+impl SlotBudget {
+    fn for_files(logs: &std::collections::BTreeMap<u32, std::path::PathBuf>) -> Self {
+        let bytes: u64 = logs
+            .values()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let left = bytes / HEADER_LEN as u64;
+        SlotBudget {
+            left,
+            reserve_left: left,
+        }
+    }
+
+    /// A capacity to reserve for a segment said to hold `entries`.
+    fn capacity_for(&mut self, entries: u64) -> usize {
+        let n = entries.min(self.reserve_left);
+        self.reserve_left -= n;
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    /// Takes the slots for growing `segment` from `len` to `to` entries;
+    /// false (and logged) if the journal cannot hold that many.
+    fn grow(&mut self, segment: u64, len: usize, to: u64) -> bool {
+        let extra = to.saturating_sub(len as u64);
+        if extra > self.left {
+            tracing::error!(
+                segment,
+                entries = to,
+                "the journal cannot hold that many entries: corrupt record or checkpoint ignored"
+            );
+            return false;
+        }
+        self.left -= extra;
+        true
     }
 }
 

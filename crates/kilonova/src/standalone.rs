@@ -43,6 +43,11 @@ pub struct StandaloneArgs {
     /// Host name clients are told to connect to [default: the bind address].
     #[arg(long, env = "KILONOVA_ADVERTISED_ADDRESS")]
     advertised_address: Option<String>,
+    /// Once serving, write the ports it listens on to this file as JSON
+    /// (`{"pulsar":N,"http":N,"pulsar_tls":N|null,"https":N|null}`), atomically:
+    /// with ports given as 0 the system chooses them, and this says which.
+    #[arg(long, env = "KILONOVA_PORTS_FILE")]
+    ports_file: Option<PathBuf>,
 }
 
 /// Storage settings of the standalone process.
@@ -86,6 +91,8 @@ pub struct StandaloneConfig {
     /// Serve the plain (non-TLS) ports too; with TLS, `false` leaves only the TLS ones.
     pub plain_ports_enabled: bool,
     pub advertised_address: Option<String>,
+    /// Where to write the ports once serving (see `--ports-file`).
+    pub ports_file: Option<PathBuf>,
     pub broker: BrokerConfig,
     pub storage: StorageSettings,
     pub auth: AuthConfig,
@@ -103,6 +110,7 @@ impl Default for StandaloneConfig {
             https_port: 8443,
             plain_ports_enabled: true,
             advertised_address: None,
+            ports_file: None,
             broker: BrokerConfig::default(),
             storage: StorageSettings::default(),
             auth: AuthConfig::default(),
@@ -140,6 +148,9 @@ fn load_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> {
     }
     if let Some(a) = &args.advertised_address {
         c.advertised_address = Some(a.clone());
+    }
+    if let Some(p) = &args.ports_file {
+        c.ports_file = Some(p.clone());
     }
     Ok(c)
 }
@@ -211,6 +222,28 @@ fn port_of(l: &Option<tokio::net::TcpListener>) -> anyhow::Result<Option<u16>> {
         Some(l) => Some(l.local_addr()?.port()),
         None => None,
     })
+}
+
+/// The ports a standalone listens on (`None`: that listener is off), as the
+/// ports file holds them.
+#[derive(Debug, serde::Serialize)]
+struct Ports {
+    pulsar: Option<u16>,
+    http: Option<u16>,
+    pulsar_tls: Option<u16>,
+    https: Option<u16>,
+}
+
+/// Writes `ports` to `path` atomically (a temporary file beside it, then a
+/// rename): a reader sees no file or the whole of it, never a part.
+fn write_ports_file(path: &Path, ports: &Ports) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let text = serde_json::to_string(ports)?;
+    std::fs::write(&tmp, text + "\n")
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing the ports file {}", path.display()))
 }
 
 async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
@@ -322,6 +355,15 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         Duration::from_secs(config.storage.gc_interval_secs.max(1)),
         stop_rx,
     ));
+    if let Some(path) = &config.ports_file {
+        let ports = Ports {
+            pulsar: pulsar_port,
+            http: http_port,
+            pulsar_tls: pulsar_tls_port,
+            https: https_port,
+        };
+        write_ports_file(path, &ports)?;
+    }
     tracing::info!(
         pulsar = urls.plain.as_deref().unwrap_or("off"),
         pulsar_tls = urls.tls.as_deref().unwrap_or("off"),
@@ -476,5 +518,35 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ports_file_is_json_with_null_for_listeners_that_are_off_and_no_temp_file_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ports.json");
+        std::fs::write(&path, "stale").unwrap();
+        let ports = Ports {
+            pulsar: Some(6650),
+            http: Some(8080),
+            pulsar_tls: None,
+            https: Some(8443),
+        };
+        write_ports_file(&path, &ports).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"pulsar": 6650, "http": 8080, "pulsar_tls": null, "https": 8443})
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["ports.json"]);
     }
 }

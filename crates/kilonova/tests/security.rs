@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, within, Broker, STEP};
+use common::{within, Broker, STEP};
 use futures::StreamExt;
 use pulsar::consumer::InitialPosition;
 use pulsar::{Authentication, ConsumerOptions, Pulsar, TokioExecutor};
@@ -226,14 +226,14 @@ fn certificates(dir: &std::path::Path) -> (String, String, String) {
 async fn the_pulsar_crate_publishes_and_consumes_over_tls_with_a_token() {
     let certdir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates(certdir.path());
-    let tls_port = free_port();
     let extra = format!("[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n");
-    let extra = format!(
-        "pulsar_tls_port = {tls_port}\nhttps_port = {}\n{extra}",
-        free_port()
-    );
-    // Top-level keys must come before any [section]: put them first.
+    // Top-level keys must come before any [section]: put them first. Port 0:
+    // the system chooses, the harness reads it from the ports file.
+    let extra = format!("pulsar_tls_port = 0\nhttps_port = 0\n{extra}");
     let (broker, keys) = secured_broker(&extra).await;
+    let tls_port = broker
+        .pulsar_tls_port
+        .expect("TLS is configured: the ports file names the Pulsar TLS port");
     let client = within(
         STEP,
         "connect over TLS",

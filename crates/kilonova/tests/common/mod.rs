@@ -2,8 +2,9 @@
 //! binary with third-party Pulsar clients.
 //!
 //! [`Broker::start`] runs `kilonova standalone` in a fresh temporary directory
-//! on free loopback ports, with its stderr captured to a file, and waits for
-//! the health endpoint. Dropping a [`Broker`] kills the process; if the
+//! on loopback ports the system chooses (port 0, read back from
+//! `--ports-file`), with its stderr captured to a file, and waits for the
+//! health endpoint. Dropping a [`Broker`] kills the process; if the
 //! current thread is panicking (a failed assertion) the tail of the broker's
 //! log is printed first, so a failure shows what the broker said.
 
@@ -13,7 +14,6 @@ use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
-use std::net::TcpListener as StdTcpListener;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -35,8 +35,13 @@ const TAIL_LINES: usize = 60;
 /// A running (or stopped) `kilonova standalone` process and its data directory.
 pub struct Broker {
     dir: tempfile::TempDir,
+    /// The ports it serves: 0 before the first start, which lets the system
+    /// choose them; restarts ask for the same ones again.
     pub pulsar_port: u16,
     pub http_port: u16,
+    /// The TLS ports, when the configuration turns TLS on.
+    pub pulsar_tls_port: Option<u16>,
+    pub https_port: Option<u16>,
     child: Option<Child>,
     log_path: PathBuf,
     starts: u32,
@@ -46,10 +51,13 @@ pub struct Broker {
     admin_token: Option<String>,
 }
 
-/// A port that was free a moment ago (bind port 0, read it, drop the listener).
-pub fn free_port() -> u16 {
-    let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    l.local_addr().expect("local_addr of probe listener").port()
+/// What `--ports-file` holds.
+#[derive(serde::Deserialize)]
+struct Ports {
+    pulsar: Option<u16>,
+    http: Option<u16>,
+    pulsar_tls: Option<u16>,
+    https: Option<u16>,
 }
 
 impl Broker {
@@ -70,6 +78,8 @@ impl Broker {
             dir,
             pulsar_port: 0,
             http_port: 0,
+            pulsar_tls_port: None,
+            https_port: None,
             child: None,
             log_path,
             starts: 0,
@@ -81,24 +91,18 @@ impl Broker {
             std::fs::write(&path, text).expect("write the broker's config file");
             broker.config = Some(path);
         }
-        // Free ports are only probably free: another test may grab one between
-        // the probe and the broker's bind. Retry with new ports in that case.
-        for attempt in 1..=3 {
-            broker.pulsar_port = free_port();
-            broker.http_port = free_port();
-            match broker.spawn_and_wait().await {
-                Ok(()) => return broker,
-                Err(e) if attempt < 3 && e.contains("port clash") => {
-                    eprintln!("broker start attempt {attempt} lost a port race, retrying: {e}");
-                }
-                Err(e) => panic!("{e}\n{}", broker.tail_report()),
-            }
+        if let Err(e) = broker.spawn_and_wait().await {
+            panic!("{e}\n{}", broker.tail_report());
         }
-        unreachable!("the loop returns or panics")
+        broker
     }
 
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    fn ports_file(&self) -> PathBuf {
+        self.dir.path().join("ports.json")
     }
 
     /// `pulsar://127.0.0.1:P`
@@ -127,6 +131,19 @@ impl Broker {
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
+        // TLS ports come from the config at the first start, then are kept.
+        if let Some(p) = self.pulsar_tls_port {
+            cmd.arg("--pulsar-tls-port").arg(p.to_string());
+        }
+        if let Some(p) = self.https_port {
+            cmd.arg("--https-port").arg(p.to_string());
+        }
+        let ports_file = self.ports_file();
+        match std::fs::remove_file(&ports_file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("remove {}: {e}", ports_file.display())),
+        }
         let mut child = cmd
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -135,6 +152,8 @@ impl Broker {
             .arg(self.pulsar_port.to_string())
             .arg("--http-port")
             .arg(self.http_port.to_string())
+            .arg("--ports-file")
+            .arg(&ports_file)
             .env_remove("KILONOVA_CONFIG")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -145,6 +164,7 @@ impl Broker {
             .map_err(|e| format!("spawn {}: {e}", env!("CARGO_BIN_EXE_kilonova")))?;
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut have_ports = false;
         loop {
             if let Some(status) = child.try_wait().map_err(|e| format!("try_wait: {e}"))? {
                 let tail = self.stderr_tail(TAIL_LINES).to_lowercase();
@@ -155,21 +175,36 @@ impl Broker {
                 };
                 return Err(format!("broker exited during startup with {status}{clash}"));
             }
-            let health = http_request_as(
-                self.http_port,
-                "GET",
-                "/admin/v2/brokers/health",
-                "",
-                self.admin_token.as_deref(),
-            );
-            match health.await {
-                Ok((200, body)) if body.trim() == "ok" => break,
-                Ok(_) | Err(_) => {}
+            // The ports file appears (whole: it is renamed into place) once
+            // the broker serves; it names the ports it was given or chose.
+            if !have_ports {
+                if let Ok(text) = std::fs::read_to_string(&ports_file) {
+                    let p: Ports = serde_json::from_str(&text)
+                        .map_err(|e| format!("ports file {text:?}: {e}"))?;
+                    self.pulsar_port = p.pulsar.ok_or("the ports file has no Pulsar port")?;
+                    self.http_port = p.http.ok_or("the ports file has no HTTP port")?;
+                    self.pulsar_tls_port = p.pulsar_tls;
+                    self.https_port = p.https;
+                    have_ports = true;
+                }
+            }
+            if have_ports {
+                let health = http_request_as(
+                    self.http_port,
+                    "GET",
+                    "/admin/v2/brokers/health",
+                    "",
+                    self.admin_token.as_deref(),
+                );
+                if matches!(health.await, Ok((200, body)) if body.trim() == "ok") {
+                    break;
+                }
             }
             if Instant::now() >= deadline {
                 let _ = child.start_kill();
                 return Err(format!(
-                    "broker not healthy (GET /admin/v2/brokers/health -> 200 ok) within {STARTUP_TIMEOUT:?}"
+                    "broker not healthy (ports file {}, then GET /admin/v2/brokers/health -> 200 ok) within {STARTUP_TIMEOUT:?}",
+                    ports_file.display()
                 ));
             }
             // Poll interval of the readiness probe (not a synchronisation sleep).
@@ -210,15 +245,17 @@ impl Broker {
         );
         // The old ports are in the ephemeral range: in the moment between exit
         // and restart a client socket (another test's, or a self-connect of a
-        // reconnecting one) may take one. Then restart on fresh ports; clients
-        // are expected to reconnect with `service_url()` after a restart.
+        // reconnecting one) may take one. Then let the system choose again;
+        // clients are expected to reconnect with `service_url()` after a restart.
         for attempt in 1..=3 {
             match self.spawn_and_wait().await {
                 Ok(()) => return,
                 Err(e) if attempt < 3 && e.contains("port clash") => {
                     eprintln!("broker restart attempt {attempt} lost its port, retrying: {e}");
-                    self.pulsar_port = free_port();
-                    self.http_port = free_port();
+                    self.pulsar_port = 0;
+                    self.http_port = 0;
+                    self.pulsar_tls_port = self.pulsar_tls_port.map(|_| 0);
+                    self.https_port = self.https_port.map(|_| 0);
                 }
                 Err(e) => panic!(
                     "broker did not come back after restart: {e}\n{}",
