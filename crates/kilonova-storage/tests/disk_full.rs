@@ -21,6 +21,27 @@ impl Tmpfs {
             .is_ok_and(|s| s.success());
         ok.then_some(Tmpfs(dir))
     }
+
+    /// A 4 MiB tmpfs, or `None` (the test skips) where mounting needs root we lack.
+    fn mount_4_mib() -> Option<Tmpfs> {
+        let fs = Tmpfs::mount(4 << 20);
+        if fs.is_none() {
+            assert!(
+                std::env::var_os("KILONOVA_REQUIRE_TMPFS").is_none(),
+                "could not mount a tmpfs although KILONOVA_REQUIRE_TMPFS is set"
+            );
+            eprintln!("SKIPPED: mounting a tmpfs needs root");
+        }
+        fs
+    }
+
+    /// A store in it with 1 MiB journal files.
+    fn store_config(&self) -> StoreConfig {
+        let mut cfg = StoreConfig::new(self.0.path().join("store"));
+        cfg.log_file_bytes = 1 << 20;
+        cfg.max_entry_bytes = 64 << 10;
+        cfg
+    }
 }
 
 impl Drop for Tmpfs {
@@ -35,18 +56,10 @@ fn data(seg: u64, e: u64) -> Bytes {
 
 #[test]
 fn appends_fail_cleanly_when_the_disk_is_full_and_resume_after_space_frees() {
-    let Some(fs) = Tmpfs::mount(4 << 20) else {
-        assert!(
-            std::env::var_os("KILONOVA_REQUIRE_TMPFS").is_none(),
-            "could not mount a tmpfs although KILONOVA_REQUIRE_TMPFS is set"
-        );
-        eprintln!("SKIPPED: mounting a tmpfs needs root");
+    let Some(fs) = Tmpfs::mount_4_mib() else {
         return;
     };
-    let dir = fs.0.path().join("store");
-    let mut cfg = StoreConfig::new(&dir);
-    cfg.log_file_bytes = 1 << 20;
-    cfg.max_entry_bytes = 64 << 10;
+    let cfg = fs.store_config();
     let store = SegmentStore::open(cfg.clone()).unwrap();
     let keep = store.create_segment_blocking().unwrap();
     let nk = 10;
@@ -145,18 +158,10 @@ fn fill_to_the_last_block(path: &std::path::Path) {
 #[test]
 fn a_store_reopens_on_a_disk_full_to_the_last_block_serves_reads_deletes_and_appends_once_space_is_freed(
 ) {
-    let Some(fs) = Tmpfs::mount(4 << 20) else {
-        assert!(
-            std::env::var_os("KILONOVA_REQUIRE_TMPFS").is_none(),
-            "could not mount a tmpfs although KILONOVA_REQUIRE_TMPFS is set"
-        );
-        eprintln!("SKIPPED: mounting a tmpfs needs root");
+    let Some(fs) = Tmpfs::mount_4_mib() else {
         return;
     };
-    let dir = fs.0.path().join("store");
-    let mut cfg = StoreConfig::new(&dir);
-    cfg.log_file_bytes = 1 << 20;
-    cfg.max_entry_bytes = 64 << 10;
+    let cfg = fs.store_config();
     let store = SegmentStore::open(cfg.clone()).unwrap();
     assert!(store.health().is_ok());
     let keep = store.create_segment_blocking().unwrap();
@@ -230,17 +235,10 @@ async fn a_log_opens_read_only_on_a_full_disk_and_can_be_drained_and_deleted() {
     use kilonova_storage::{DirStateStore, EntryCache, InitialPosition, ManagedLog, StateStore};
     use std::sync::Arc;
 
-    let Some(fs) = Tmpfs::mount(4 << 20) else {
-        assert!(
-            std::env::var_os("KILONOVA_REQUIRE_TMPFS").is_none(),
-            "could not mount a tmpfs although KILONOVA_REQUIRE_TMPFS is set"
-        );
-        eprintln!("SKIPPED: mounting a tmpfs needs root");
+    let Some(fs) = Tmpfs::mount_4_mib() else {
         return;
     };
-    let mut cfg = StoreConfig::new(fs.0.path().join("store"));
-    cfg.log_file_bytes = 1 << 20;
-    cfg.max_entry_bytes = 64 << 10;
+    let cfg = fs.store_config();
     let state: Arc<dyn StateStore> =
         Arc::new(DirStateStore::open(fs.0.path().join("state")).unwrap());
     let cache = Arc::new(EntryCache::new(1 << 20));

@@ -2,51 +2,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use kilonova_storage::state_store::key_component;
 use kilonova_storage::{
-    DirStateStore, EntryCache, InitialPosition, ManagedLog, ManagedLogConfig, Position, Retention,
-    SegmentStore, StateStore, StoreConfig,
+    DirStateStore, InitialPosition, ManagedLog, ManagedLogConfig, Position, Retention, StateStore,
 };
 
-struct Env {
-    store: SegmentStore,
-    state: Arc<dyn StateStore>,
-    cache: Arc<EntryCache>,
-}
-
-fn env(dir: &Path) -> Env {
-    let mut c = StoreConfig::new(dir.join("journal"));
-    c.log_file_bytes = 1 << 20;
-    c.max_entry_bytes = 64 << 10;
-    Env {
-        store: SegmentStore::open(c).unwrap(),
-        state: Arc::new(DirStateStore::open(dir.join("state")).unwrap()),
-        cache: Arc::new(EntryCache::new(1 << 20)),
-    }
-}
-
-fn small_segments() -> ManagedLogConfig {
-    ManagedLogConfig {
-        max_segment_entries: 10,
-        ..Default::default()
-    }
-}
-
-async fn open(e: &Env, id: u64, cfg: ManagedLogConfig, now: u64) -> ManagedLog {
-    ManagedLog::open(
-        id,
-        e.store.clone(),
-        e.state.clone(),
-        e.cache.clone(),
-        cfg,
-        now,
-    )
-    .await
-    .unwrap()
-}
+mod common;
+use common::{crash, env, open, small_segments, Env};
 
 fn msg(i: u64) -> Bytes {
     Bytes::from(format!("message-{i}"))
@@ -531,64 +497,30 @@ async fn cursors_stored_by_name_are_kept_when_a_log_opens_and_stored_by_id() {
     }
 }
 
-/// A state store whose writes of cursor records fail, as "File name too long" did.
-struct FailingCursorWrites(DirStateStore);
-
-impl StateStore for FailingCursorWrites {
-    fn load(&self, key: &str) -> kilonova_storage::Result<Option<Bytes>> {
-        self.0.load(key)
-    }
-    fn store(&self, key: &str, value: &[u8]) -> kilonova_storage::Result<()> {
-        if key.contains("cursor") {
-            return Err(kilonova_storage::StorageError::Log("refused".into()));
-        }
-        self.0.store(key, value)
-    }
-    fn remove(&self, key: &str) -> kilonova_storage::Result<()> {
-        self.0.remove(key)
-    }
-    fn remove_all(&self, prefix: &str) -> kilonova_storage::Result<()> {
-        self.0.remove_all(prefix)
-    }
-    fn children(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
-        self.0.children(prefix)
-    }
-    fn subtrees(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
-        self.0.subtrees(prefix)
-    }
-}
-
-#[tokio::test]
-async fn a_cursor_that_cannot_be_stored_is_not_left_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut e = env(dir.path());
-    e.state = Arc::new(FailingCursorWrites(
-        DirStateStore::open(dir.path().join("state")).unwrap(),
-    ));
-    let mut log = open(&e, 2, small_segments(), 0).await;
-    publish(&mut log, 0, 5).await;
-    assert!(log
-        .open_cursor("sub", InitialPosition::Earliest, true)
-        .is_err());
-    assert!(
-        !log.has_cursor("sub"),
-        "a failed subscribe leaves no cursor"
-    );
-    assert_eq!(log.cursor_count(), 0);
-}
-
-/// A state store whose writes of log metadata fail while `fail` is set.
-struct FlakyMeta {
+/// A state store whose writes of keys containing `part` fail while `fail` is
+/// set, as "File name too long" or a full disk made them fail.
+struct FailingWrites {
     inner: DirStateStore,
-    fail: std::sync::atomic::AtomicBool,
+    part: &'static str,
+    fail: AtomicBool,
 }
 
-impl StateStore for FlakyMeta {
+impl FailingWrites {
+    fn new(dir: &Path, part: &'static str, fail: bool) -> Arc<Self> {
+        Arc::new(FailingWrites {
+            inner: DirStateStore::open(dir.join("state")).unwrap(),
+            part,
+            fail: fail.into(),
+        })
+    }
+}
+
+impl StateStore for FailingWrites {
     fn load(&self, key: &str) -> kilonova_storage::Result<Option<Bytes>> {
         self.inner.load(key)
     }
     fn store(&self, key: &str, value: &[u8]) -> kilonova_storage::Result<()> {
-        if key.ends_with("/meta") && self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+        if key.contains(self.part) && self.fail.load(SeqCst) {
             return Err(kilonova_storage::StorageError::DiskFull { context: "test" });
         }
         self.inner.store(key, value)
@@ -608,22 +540,36 @@ impl StateStore for FlakyMeta {
 }
 
 #[tokio::test]
+async fn a_cursor_that_cannot_be_stored_is_not_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = env(dir.path());
+    e.state = FailingWrites::new(dir.path(), "cursor", true);
+    let mut log = open(&e, 2, small_segments(), 0).await;
+    publish(&mut log, 0, 5).await;
+    assert!(log
+        .open_cursor("sub", InitialPosition::Earliest, true)
+        .is_err());
+    assert!(
+        !log.has_cursor("sub"),
+        "a failed subscribe leaves no cursor"
+    );
+    assert_eq!(log.cursor_count(), 0);
+}
+
+#[tokio::test]
 async fn appends_never_go_to_a_segment_the_stored_metadata_does_not_list() {
     let dir = tempfile::tempdir().unwrap();
-    let flaky = Arc::new(FlakyMeta {
-        inner: DirStateStore::open(dir.path().join("state")).unwrap(),
-        fail: false.into(),
-    });
+    let flaky = FailingWrites::new(dir.path(), "/meta", false);
     let acked;
     {
         let mut e = env(dir.path());
         e.state = flaky.clone();
         let mut log = open(&e, 6, small_segments(), 0).await;
         publish(&mut log, 0, 10).await; // the first segment is full
-        flaky.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        flaky.fail.store(true, SeqCst);
         let refused = log.append(msg(10), 1, 1010).await;
         assert!(refused.is_err(), "the roll's metadata could not be saved");
-        flaky.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        flaky.fail.store(false, SeqCst);
         acked = publish(&mut log, 10, 3).await;
         std::mem::forget(log);
         crash(e).await;
@@ -636,13 +582,6 @@ async fn appends_never_go_to_a_segment_the_stored_metadata_does_not_list() {
             "acknowledged entry {p:?} is in a segment the log does not list"
         );
     }
-}
-
-async fn crash(e: Env) {
-    tokio::task::spawn_blocking(move || e.store.abandon())
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 #[tokio::test]

@@ -3,47 +3,14 @@
 //! reclaimed; nothing a log lists is ever touched.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::sync::Arc;
-
 use bytes::Bytes;
-use kilonova_storage::{
-    reclaim_orphans, DirStateStore, EntryCache, InitialPosition, ManagedLog, ManagedLogConfig,
-    SegmentStore, StateStore, StorageError, StoreConfig,
-};
+use kilonova_storage::{reclaim_orphans, InitialPosition, ManagedLog, StorageError};
 
-struct Env {
-    store: SegmentStore,
-    state: Arc<DirStateStore>,
-    cache: Arc<EntryCache>,
-}
-
-fn env(dir: &Path) -> Env {
-    let mut c = StoreConfig::new(dir.join("journal"));
-    c.log_file_bytes = 1 << 20;
-    c.max_entry_bytes = 64 << 10;
-    Env {
-        store: SegmentStore::open(c).unwrap(),
-        state: Arc::new(DirStateStore::open(dir.join("state")).unwrap()),
-        cache: Arc::new(EntryCache::new(1 << 20)),
-    }
-}
+mod common;
+use common::{crash, env, small_segments, Env};
 
 async fn open(e: &Env, id: u64) -> ManagedLog {
-    let cfg = ManagedLogConfig {
-        max_segment_entries: 10,
-        ..Default::default()
-    };
-    ManagedLog::open(
-        id,
-        e.store.clone(),
-        e.state.clone(),
-        e.cache.clone(),
-        cfg,
-        0,
-    )
-    .await
-    .unwrap()
+    common::open(e, id, small_segments(), 0).await
 }
 
 async fn publish(log: &mut ManagedLog, n: u64) {
@@ -54,14 +21,6 @@ async fn publish(log: &mut ManagedLog, n: u64) {
             .await
             .unwrap();
     }
-}
-
-/// Stops the store as a crash would (no final checkpoint).
-async fn crash(e: Env) {
-    tokio::task::spawn_blocking(move || e.store.abandon())
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 async fn reclaim(e: &Env) -> kilonova_storage::Result<kilonova_storage::ReclaimReport> {

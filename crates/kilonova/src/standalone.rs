@@ -467,7 +467,6 @@ fn open_store(
     Ok(store)
 }
 
-/// Reclaims dead journal files now and then (off the async workers: it does file I/O).
 /// Deletes segments no log lists (a crash between creating a segment and
 /// saving its log's metadata), before any log opens. What is reclaimed is
 /// logged by the storage layer; a failure reclaims nothing and stops nothing.
@@ -485,6 +484,7 @@ async fn reclaim_orphans(store: &SegmentStore, state: &Arc<DirStateStore>) {
     }
 }
 
+/// Reclaims dead journal files now and then (off the async workers: it does file I/O).
 async fn gc_loop(store: SegmentStore, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
