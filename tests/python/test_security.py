@@ -385,6 +385,18 @@ def secret_token(binary: Path, secret: Path, role: str, kid: str | None = None) 
     return run_cli(binary, "tokens", "create", "--secret-key", f"file:{secret}", "--subject", role, *extra)
 
 
+def assert_round_trips(broker, tokens: list[tuple[str, str]]) -> None:
+    """A real client with each (what, token) produces and consumes."""
+    for what, token in tokens:
+        client = token_client(broker, token)
+        try:
+            round_trip(client, topic_name("keys"))
+        except Exception as e:
+            raise AssertionError(f"the {what} token was refused: {e!r}") from e
+        finally:
+            client.close()
+
+
 def test_tokens_of_the_old_and_the_new_key_both_work_during_a_rotation(make_broker, keys, kilonova_bin, tmp_path):
     """Two secret keys at once (token_secret_key and token_secret_keys): real
     clients with a token of either key produce and consume; a third key's
@@ -396,17 +408,10 @@ def test_tokens_of_the_old_and_the_new_key_both_work_during_a_rotation(make_brok
         f"token_secret_keys = [{toml_str('file:' + str(old))}]"
     )
     b = make_broker(config=security_config(key_lines), admin_token=keys.token(SUPER_USER))
-    for what, token in [
+    assert_round_trips(b, [
         ("new key", keys.token(SUPER_USER)),
         ("old key", secret_token(kilonova_bin, old, SUPER_USER)),
-    ]:
-        client = token_client(b, token)
-        try:
-            round_trip(client, topic_name("rotation"))
-        except Exception as e:
-            raise AssertionError(f"a token of the {what} was refused: {e!r}") from e
-        finally:
-            client.close()
+    ])
     with raw(b) as conn:
         conn.send(connect_with(secret_token(kilonova_bin, stranger, SUPER_USER)))
         assert_refused_and_closed(conn, "a third key's token")
@@ -425,18 +430,11 @@ def test_jwks_keys_are_picked_by_kid(make_broker, keys, kilonova_bin, tmp_path):
     ]}))
     key_lines = f"{public_line(keys, 'RS256')}\ntoken_jwks_file = {toml_str(jwks)}"
     b = make_broker(config=security_config(key_lines), admin_token=keys.token(SUPER_USER, alg="RS256"))
-    for what, token in [
+    assert_round_trips(b, [
         ("kid 2024", secret_token(kilonova_bin, k2024, SUPER_USER, kid="2024")),
         ("kid 2025", secret_token(kilonova_bin, k2025, SUPER_USER, kid="2025")),
         ("RS256", keys.token(SUPER_USER, alg="RS256")),
-    ]:
-        client = token_client(b, token)
-        try:
-            round_trip(client, topic_name("jwks"))
-        except Exception as e:
-            raise AssertionError(f"the {what} token was refused: {e!r}") from e
-        finally:
-            client.close()
+    ])
     with raw(b) as conn:
         conn.send(connect_with(secret_token(kilonova_bin, k2025, SUPER_USER, kid="2024")))
         assert_refused_and_closed(conn, "the 2025 key's token naming kid 2024")

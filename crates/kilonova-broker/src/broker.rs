@@ -387,6 +387,12 @@ impl Broker {
         base: &TopicName,
         partitions: u32,
     ) -> Result<Vec<topic::admin::TopicStats>, BrokerError> {
+        if partitions > kilonova_metadata::MAX_PARTITIONS {
+            return Err(BrokerError::Precondition(format!(
+                "{base} has {partitions} partitions, more than the {} a broker serves",
+                kilonova_metadata::MAX_PARTITIONS
+            )));
+        }
         let stored = self.resources().partition_records(base, partitions).await?;
         let mut out: Vec<topic::admin::TopicStats> = std::iter::repeat_with(Default::default)
             .take(partitions as usize)
