@@ -370,6 +370,75 @@ def test_key_pair_token_client_produces_and_consumes(make_broker, keys, alg):
         client.close()
 
 
+# ---------------------------------------------------------------- key rotation
+
+
+def new_secret(binary: Path, directory: Path, name: str) -> Path:
+    path = directory / name
+    run_cli(binary, "tokens", "create-secret-key", "--output", str(path))
+    return path
+
+
+def secret_token(binary: Path, secret: Path, role: str, kid: str | None = None) -> str:
+    extra = ["--key-id", kid] if kid else []
+    return run_cli(binary, "tokens", "create", "--secret-key", f"file:{secret}", "--subject", role, *extra)
+
+
+def assert_round_trips(broker, tokens: list[tuple[str, str]]) -> None:
+    """A real client with each (what, token) produces and consumes."""
+    for what, token in tokens:
+        client = token_client(broker, token)
+        try:
+            round_trip(client, topic_name("keys"))
+        except Exception as e:
+            raise AssertionError(f"the {what} token was refused: {e!r}") from e
+        finally:
+            client.close()
+
+
+def test_tokens_of_the_old_and_the_new_key_both_work_during_a_rotation(make_broker, keys, kilonova_bin, tmp_path):
+    """Two secret keys at once (token_secret_key and token_secret_keys): real
+    clients with a token of either key produce and consume; a third key's
+    token is refused."""
+    old = new_secret(kilonova_bin, tmp_path, "old.key")
+    stranger = new_secret(kilonova_bin, tmp_path, "stranger.key")
+    key_lines = (
+        f"{secret_line(keys)}\n"
+        f"token_secret_keys = [{toml_str('file:' + str(old))}]"
+    )
+    b = make_broker(config=security_config(key_lines), admin_token=keys.token(SUPER_USER))
+    assert_round_trips(b, [
+        ("new key", keys.token(SUPER_USER)),
+        ("old key", secret_token(kilonova_bin, old, SUPER_USER)),
+    ])
+    with raw(b) as conn:
+        conn.send(connect_with(secret_token(kilonova_bin, stranger, SUPER_USER)))
+        assert_refused_and_closed(conn, "a third key's token")
+
+
+def test_jwks_keys_are_picked_by_kid(make_broker, keys, kilonova_bin, tmp_path):
+    """A JWK Set file with two secret keys named by kid, beside an RS256
+    public key: tokens naming either kid verify with real clients, as do
+    RS256 tokens; a token naming the wrong kid is refused."""
+    k2024 = new_secret(kilonova_bin, tmp_path, "2024.key")
+    k2025 = new_secret(kilonova_bin, tmp_path, "2025.key")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [
+        {"kty": "oct", "kid": kid, "alg": "HS256", "k": b64url(path.read_bytes())}
+        for kid, path in (("2024", k2024), ("2025", k2025))
+    ]}))
+    key_lines = f"{public_line(keys, 'RS256')}\ntoken_jwks_file = {toml_str(jwks)}"
+    b = make_broker(config=security_config(key_lines), admin_token=keys.token(SUPER_USER, alg="RS256"))
+    assert_round_trips(b, [
+        ("kid 2024", secret_token(kilonova_bin, k2024, SUPER_USER, kid="2024")),
+        ("kid 2025", secret_token(kilonova_bin, k2025, SUPER_USER, kid="2025")),
+        ("RS256", keys.token(SUPER_USER, alg="RS256")),
+    ])
+    with raw(b) as conn:
+        conn.send(connect_with(secret_token(kilonova_bin, k2025, SUPER_USER, kid="2024")))
+        assert_refused_and_closed(conn, "the 2025 key's token naming kid 2024")
+
+
 def bad_token(kind: str, keys: Keys) -> str | None:
     now = int(time.time())
     if kind == "missing":

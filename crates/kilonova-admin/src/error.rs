@@ -89,3 +89,44 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_errors_map_to_pulsars_statuses() {
+        let cases = [
+            (BrokerError::BadRequest("x".into()), StatusCode::BAD_REQUEST),
+            (
+                BrokerError::TopicNotFound("t".into()),
+                StatusCode::NOT_FOUND,
+            ),
+            (BrokerError::Conflict("x".into()), StatusCode::CONFLICT),
+            (
+                BrokerError::Precondition("x".into()),
+                StatusCode::PRECONDITION_FAILED,
+            ),
+            (
+                BrokerError::NotAcceptable("x".into()),
+                StatusCode::NOT_ACCEPTABLE,
+            ),
+            (
+                BrokerError::Authorization("no".into()),
+                StatusCode::FORBIDDEN,
+            ),
+            // A metadata read failing while authorizing is the server's fault.
+            (
+                BrokerError::Metadata("cannot authorize".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+            (BrokerError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+        ];
+        for (e, status) in cases {
+            let what = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!(api.status, status, "{what}");
+            assert_eq!(api.reason, what);
+        }
+    }
+}

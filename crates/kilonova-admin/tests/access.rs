@@ -22,6 +22,7 @@ use kilonova_storage::{DirStateStore, SegmentStore, StoreConfig};
 struct Fixture {
     router: axum::Router,
     key: SigningKey,
+    resources: Resources,
     _dir: tempfile::TempDir,
 }
 
@@ -65,7 +66,7 @@ async fn fixture(authenticate_metrics: bool) -> Fixture {
         BrokerConfig::default(),
         store,
         state,
-        resources,
+        resources.clone(),
         "pulsar://127.0.0.1:6650".to_string(),
         Security::from_config(&config).unwrap(),
     )
@@ -73,6 +74,7 @@ async fn fixture(authenticate_metrics: bool) -> Fixture {
     Fixture {
         router: kilonova_admin::router(broker),
         key: SigningKey::from_secret(&secret).unwrap(),
+        resources,
         _dir: dir,
     }
 }
@@ -219,5 +221,47 @@ async fn metrics_need_a_token_when_so_configured() {
     assert_eq!(
         status(&f.router, "GET", "/metrics", Some(&any)).await,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_metadata_read_error_during_authorization_is_500_not_403() {
+    let f = fixture(false).await;
+    let stranger = format!("Bearer {}", f.key.token("sub", "stranger", None).unwrap());
+    let admin = format!("Bearer {}", f.key.token("sub", "admin", None).unwrap());
+    let path = "/admin/v2/persistent/acme/ns";
+    assert_eq!(
+        status(&f.router, "GET", path, Some(&stranger)).await,
+        StatusCode::FORBIDDEN
+    );
+    // The namespace's record (its grants) becomes unreadable.
+    f.resources
+        .store()
+        .put(
+            "/namespaces/acme/ns",
+            bytes::Bytes::from_static(b"{not json"),
+            kilonova_metadata::Expect::Any,
+            None,
+        )
+        .await
+        .unwrap();
+    let req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("authorization", &stranger)
+        .body(Body::empty())
+        .unwrap();
+    let resp = f.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let reason: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let reason = reason["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot authorize"), "{reason}");
+    // A super-user's access needs no record: still allowed to try.
+    assert_ne!(
+        status(&f.router, "GET", "/admin/v2/clusters", Some(&admin)).await,
+        StatusCode::FORBIDDEN
     );
 }

@@ -23,6 +23,13 @@ pub struct AuthConfig {
     pub token_secret_key: Option<Secret<String>>,
     /// RS256 / ES256 public key (DER or PEM): `file:PATH` or `data:;base64,…`.
     pub token_public_key: Option<Secret<String>>,
+    /// More secret keys tokens may be signed with (a key rotation: the old
+    /// and the new key both verify).
+    pub token_secret_keys: Vec<Secret<String>>,
+    /// More public keys tokens may be signed with.
+    pub token_public_keys: Vec<Secret<String>>,
+    /// A JWK Set file (RFC 7517) of more keys, picked by a token's `kid`.
+    pub token_jwks_file: Option<std::path::PathBuf>,
     /// The claim naming the role (Pulsar's `tokenAuthClaim`).
     pub token_auth_claim: String,
     /// Role of clients that present no credentials; unset: they are refused.
@@ -47,6 +54,9 @@ impl Default for AuthConfig {
             super_user_roles: BTreeSet::new(),
             token_secret_key: None,
             token_public_key: None,
+            token_secret_keys: Vec::new(),
+            token_public_keys: Vec::new(),
+            token_jwks_file: None,
             token_auth_claim: "sub".into(),
             anonymous_user_role: None,
             auth_refresh_check_secs: 60,

@@ -13,7 +13,7 @@ pub enum AuthError {
     Malformed,
     #[error("the token's signature does not verify")]
     BadSignature,
-    #[error("the token's algorithm {0} is not accepted by this broker's key")]
+    #[error("the token's algorithm {0} is not accepted by this broker's keys")]
     WrongAlgorithm(String),
     #[error("the token has expired")]
     Expired,

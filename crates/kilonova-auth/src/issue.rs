@@ -101,6 +101,8 @@ fn der_pair(
 pub struct SigningKey {
     key: EncodingKey,
     alg: Algorithm,
+    /// The `kid` header of its tokens, naming the key that verifies them.
+    kid: Option<String>,
 }
 
 impl SigningKey {
@@ -114,6 +116,7 @@ impl SigningKey {
         Ok(SigningKey {
             key,
             alg: Algorithm::HS256,
+            kid: None,
         })
     }
 
@@ -133,11 +136,22 @@ impl SigningKey {
                 "{alg:?} cannot be signed with a {family:?} key"
             )));
         }
-        Ok(SigningKey { key, alg })
+        Ok(SigningKey {
+            key,
+            alg,
+            kid: None,
+        })
     }
 
     pub fn algorithm(&self) -> Algorithm {
         self.alg
+    }
+
+    /// Tokens name `kid` in their header (a broker with several keys then
+    /// checks them against the key with that id).
+    pub fn with_key_id(mut self, kid: impl Into<String>) -> Self {
+        self.kid = Some(kid.into());
+        self
     }
 
     /// A token whose `role_claim` (Pulsar: `sub`) is `subject`, expiring at
@@ -154,8 +168,9 @@ impl SigningKey {
             claims.insert("exp".into(), json!(exp));
         }
         let mut header = Header::new(self.alg);
-        // Pulsar's tokens carry only `alg`.
+        // Pulsar's tokens carry only `alg` (and ours a `kid` when asked).
         header.typ = None;
+        header.kid.clone_from(&self.kid);
         jsonwebtoken::encode(&header, &claims, &self.key)
             .map_err(|e| KeyError::Invalid(format!("signing failed: {e}")))
     }

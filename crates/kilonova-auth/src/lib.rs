@@ -26,4 +26,6 @@ pub use config::AuthConfig;
 pub use error::{AuthError, KeyError};
 pub use secret::Secret;
 pub use security::Security;
-pub use token::{now_secs, Principal, TokenAuthenticator, TOKEN_METHOD};
+pub use token::{
+    now_secs, Principal, TokenAuthenticator, VerificationKey, MAX_VERIFICATION_KEYS, TOKEN_METHOD,
+};

@@ -138,6 +138,28 @@ fn tenant_name_of(tenant: Option<&str>, ns: Option<&NamespaceName>) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// A record read to decide an authorization: absent is `None` (the decision
+/// is made without it, so refused unless granted otherwise); a failed read is
+/// a server error (`MetadataError`, HTTP 500) — still refused, but not
+/// reported as "not authorized", which would send the client to check its
+/// grants instead of the broker.
+fn authorization_read<T>(
+    read: Result<T, kilonova_metadata::MetadataError>,
+    what: &str,
+    name: &str,
+) -> Result<Option<T>, BrokerError> {
+    match read {
+        Ok(v) => Ok(Some(v)),
+        Err(kilonova_metadata::MetadataError::NotFound(_)) => Ok(None),
+        Err(e) => {
+            tracing::debug!(%what, %name, error = %e, "reading a record to authorize a request failed");
+            Err(BrokerError::Metadata(format!(
+                "cannot authorize: reading {what} {name} failed: {e}"
+            )))
+        }
+    }
+}
+
 /// Refuses to serve the partitions of an oversized partitioned topic (a record
 /// from before the partition cap): it can only be deleted.
 pub fn check_servable(base: &TopicName, record: &TopicRecord) -> Result<(), BrokerError> {
@@ -321,14 +343,18 @@ impl Broker {
         let allowed = cheap || {
             let tenant_name = tenant.or(ns.map(|n| n.tenant.as_str()));
             let tenant_info = match tenant_name.filter(|_| need.reads_tenant()) {
-                Some(t) => self.resources().tenant(t).await.ok(),
+                Some(t) => authorization_read(self.resources().tenant(t).await, "tenant", t)?,
                 None => None,
             };
             // Read from the store, not the policy cache: a grant revoked
             // through the admin API must refuse the very next request, and
             // the cache learns of changes only when its watch delivers them.
             let policies = match ns.filter(|_| need.reads_namespace()) {
-                Some(n) => self.resources().namespace(n).await.ok(),
+                Some(n) => authorization_read(
+                    self.resources().namespace(n).await,
+                    "namespace",
+                    &n.to_string(),
+                )?,
                 None => None,
             };
             authz.allows(
@@ -430,6 +456,12 @@ impl Broker {
         base: &TopicName,
         partitions: u32,
     ) -> Result<Vec<topic::admin::TopicStats>, BrokerError> {
+        if partitions > kilonova_metadata::MAX_PARTITIONS {
+            return Err(BrokerError::Precondition(format!(
+                "{base} has {partitions} partitions, more than the {} a broker serves",
+                kilonova_metadata::MAX_PARTITIONS
+            )));
+        }
         let stored = self.resources().partition_records(base, partitions).await?;
         let mut out: Vec<topic::admin::TopicStats> = std::iter::repeat_with(Default::default)
             .take(partitions as usize)
@@ -910,6 +942,31 @@ impl Broker {
         match problems.is_empty() {
             true => Ok(()),
             false => Err(BrokerError::Shutdown(problems.join("; "))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kilonova_metadata::MetadataError;
+    use kilonova_pulsar_protocol::proto::ServerError;
+
+    #[test]
+    fn a_failed_read_to_authorize_is_a_metadata_error_and_an_absent_record_is_none() {
+        assert_eq!(authorization_read(Ok(7), "tenant", "t").unwrap(), Some(7));
+        let absent: Result<u8, _> = Err(MetadataError::NotFound("tenant t".into()));
+        assert_eq!(authorization_read(absent, "tenant", "t").unwrap(), None);
+        for failure in [
+            MetadataError::Backend("namespace a/b is unreadable".into()),
+            MetadataError::Closed,
+            MetadataError::SessionExpired(3),
+        ] {
+            let what = failure.to_string();
+            let e = authorization_read::<u8>(Err(failure), "namespace", "a/b").unwrap_err();
+            assert!(matches!(e, BrokerError::Metadata(_)), "{what}: {e:?}");
+            assert_eq!(e.server_error(), ServerError::MetadataError, "{what}");
+            assert!(e.to_string().contains("namespace a/b"), "{e}");
         }
     }
 }

@@ -261,6 +261,53 @@ async fn a_role_without_permissions_is_refused_every_topic_command_until_granted
     );
 }
 
+#[tokio::test]
+async fn a_metadata_read_error_during_authorization_is_a_server_error_not_a_refusal() {
+    let keys = Keys::new();
+    let server = secured(&keys, 60).await;
+    let topic = "persistent://public/default/auth-unreadable";
+    // The namespace's record, read to find alice's grants, cannot be read.
+    server
+        .broker
+        .resources()
+        .store()
+        .put(
+            "/namespaces/public/default",
+            Bytes::from_static(b"{not json"),
+            kilonova_metadata::Expect::Any,
+            None,
+        )
+        .await
+        .unwrap();
+    let (mut c, f) = Raw::connect_with(server.addr, Some(&keys.token("alice", None))).await;
+    assert_eq!(f.command.r#type, Type::Connected as i32, "{f:?}");
+    c.send(producer(topic, 1)).await;
+    let f = c.recv().await;
+    assert_error(&f, ServerError::MetadataError, "PRODUCER");
+    let message = &f.command.error.as_ref().unwrap().message;
+    assert!(message.contains("cannot authorize"), "{message}");
+    c.send(lookup(topic, 2)).await;
+    let r = c
+        .recv_type(Type::LookupResponse)
+        .await
+        .command
+        .lookup_topic_response
+        .unwrap();
+    assert_eq!(
+        r.error,
+        Some(ServerError::MetadataError as i32),
+        "LOOKUP: {r:?}"
+    );
+    // Refused all the same: nothing was created.
+    assert!(server
+        .broker
+        .resources()
+        .topic(&kilonova_metadata::TopicName::parse(topic).unwrap())
+        .await
+        .unwrap()
+        .is_none());
+}
+
 fn auth_response(token: &str) -> kilonova_pulsar_protocol::proto::BaseCommand {
     cmd(Type::AuthResponse, |c| {
         c.auth_response = Some(Box::new(CommandAuthResponse {

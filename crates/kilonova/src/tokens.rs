@@ -73,6 +73,10 @@ pub enum TokensCommand {
         /// for an RSA key, ES256 for a P-256 key, EdDSA for an Ed25519 key.
         #[arg(short, long, alias = "signature-algorithm", value_name = "ALG")]
         algorithm: Option<String>,
+        /// Name the signing key in the token's `kid` header (a broker with
+        /// several keys, e.g. from a JWKS file, checks it with that key).
+        #[arg(long, value_name = "KID")]
+        key_id: Option<String>,
     },
     /// Show a token's header and claims, without verifying it.
     Show {
@@ -187,7 +191,14 @@ fn execute(command: TokensCommand) -> Result<Vec<u8>, Failure> {
             subject,
             expiry_time,
             algorithm,
-        } => create(key, &subject, expiry_time.as_deref(), algorithm.as_deref()),
+            key_id,
+        } => create(
+            key,
+            &subject,
+            expiry_time.as_deref(),
+            algorithm.as_deref(),
+            key_id,
+        ),
         TokensCommand::Show { token } => show(&read_token(token)?),
         TokensCommand::Validate { key, token, claim } => validate(key, &read_token(token)?, &claim),
     }
@@ -231,9 +242,13 @@ fn create(
     subject: &str,
     expiry_time: Option<&str>,
     algorithm: Option<&str>,
+    key_id: Option<String>,
 ) -> Result<Vec<u8>, Failure> {
     if subject.is_empty() {
         return Err(error("--subject is empty: a token names a role"));
+    }
+    if key_id.as_deref().is_some_and(str::is_empty) {
+        return Err(error("--key-id is empty"));
     }
     let signing = match (key.secret_key, key.private_key) {
         (Some(value), _) => {
@@ -257,6 +272,10 @@ fn create(
                 .map_err(|e| key_error("--private-key", e))?
         }
         (None, None) => return Err(error("give --secret-key or --private-key")),
+    };
+    let signing = match key_id {
+        Some(kid) => signing.with_key_id(kid),
+        None => signing,
     };
     let expires_at_secs = match expiry_time {
         None => None,
