@@ -205,12 +205,14 @@ class Broker:
     data dir and passed with --config (the TLS ports are then passed as flags
     too); `admin_token` is sent as a bearer token by the readiness check (and
     by the admin helpers below); with `plain_ports=False` the readiness check
-    goes to the HTTPS port, trusting `ca_file`.
+    goes to the HTTPS port, trusting `ca_file`; `preexec_fn` runs in the
+    child before the broker starts (e.g. to lower its open-file limit).
     """
 
     def __init__(self, binary: Path, data_dir: Path, log_path: Path,
                  config: str | None = None, admin_token: str | None = None,
-                 ca_file: Path | None = None, plain_ports: bool = True):
+                 ca_file: Path | None = None, plain_ports: bool = True,
+                 preexec_fn=None):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
@@ -228,6 +230,7 @@ class Broker:
         self.admin_token = admin_token
         self.ca_file = ca_file
         self.plain_ports = plain_ports
+        self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -286,6 +289,7 @@ class Broker:
                 stdout=log,
                 stderr=log,
                 env={**os.environ, "NO_COLOR": "1"},
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         self.wait_ports(timeout)
@@ -422,7 +426,7 @@ def kilonova_bin() -> Path:
 @pytest.fixture
 def make_broker(kilonova_bin, tmp_path, request):
     """A factory of started brokers with Broker's optional arguments (config,
-    admin_token, ca_file, plain_ports), each on its own data dir; all are
+    admin_token, ca_file, plain_ports, preexec_fn), each on its own data dir; all are
     stopped at teardown and their log tails attached to a failing report."""
     made: list[Broker] = []
     request.node.kilonova_brokers = made

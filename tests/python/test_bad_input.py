@@ -2,15 +2,17 @@
 error or closed, and all the while a well-behaved client on another connection
 keeps publishing and consuming."""
 
+import json
 import random
 import struct
 import threading
+import time
 
 import pulsar
 import pytest
 
 import wire
-from conftest import make_client, payloads, read_n, topic_name, unique
+from conftest import http, make_client, payloads, read_n, receive_n, topic_name, unique
 
 
 class HealthyTraffic:
@@ -202,3 +204,68 @@ def test_send_with_wrong_checksum(broker, healthy):
         raise AssertionError(f"the corrupt message was stored: {m.data()!r}")
     except pulsar.Timeout:
         pass
+
+
+def test_a_batch_claiming_more_messages_than_its_bytes_is_refused(broker, healthy):
+    # num_messages_in_batch = 2^31 - 1 on a one-byte payload used to be stored
+    # and counted as 2^31 messages: permits went negative for good and, under
+    # a publish rate, every connection producing to the topic stopped.
+    topic = topic_name("lying-batch")
+    c = make_client(broker)
+    consumer = c.subscribe(topic, unique("sub"), initial_position=pulsar.InitialPosition.Earliest)
+    with raw(broker) as conn:
+        conn.handshake()
+        conn.send(wire.producer_cmd(topic, producer_id=1, request_id=1))
+        ok = conn.expect(wire.PRODUCER_SUCCESS)
+        name = wire.first(ok.body, 2, b"raw-producer").decode()
+        cmd = wire.base_command(wire.SEND, wire.pb((1, 1), (2, 0), (3, 2**31 - 1)))
+        metadata = wire.pb((1, name), (2, 0), (3, 1), (11, 2**31 - 1))
+        conn.send(wire.payload_frame(cmd, metadata, b"x"))
+        f = conn.expect(wire.SEND_ERROR)
+        assert wire.SERVER_ERRORS.get(wire.first(f.body, 3)) == "NotAllowedError", f
+        # The connection and the producer go on.
+        conn.send(wire.send_cmd(1, 1, name, b"after-the-lie"))
+        conn.expect(wire.SEND_RECEIPT)
+    got = receive_n(consumer, 1, what="the good message after the refused batch")
+    assert payloads(got) == [b"after-the-lie"]
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/{topic.split('/')[-1]}/stats")
+    assert status == 200, body
+    assert json.loads(body)["msgInCounter"] == 1, body
+    c.close()
+    healthy.check("a batch that lies about its size")
+
+
+def test_a_producer_id_reused_on_another_topic_leaves_no_ghost_producer(broker, healthy):
+    # One connection creating producer id 1 on topic A, then again on topic B,
+    # then closing, used to leave A with a producer forever: every new
+    # exclusive producer got ProducerBusy and a non-forced delete was refused.
+    a, b = topic_name("ghost-a"), topic_name("ghost-b")
+    with raw(broker) as conn:
+        conn.handshake()
+        conn.send(wire.producer_cmd(a, producer_id=1, request_id=1))
+        conn.expect(wire.PRODUCER_SUCCESS)
+        conn.send(wire.producer_cmd(b, producer_id=1, request_id=2))
+        f = conn.expect(wire.ERROR)
+        assert wire.SERVER_ERRORS.get(wire.first(f.body, 2)) == "ProducerBusy", f
+    c = make_client(broker)
+    try:
+        p = wait_for_exclusive_producer(c, a)
+        p.close()
+    finally:
+        c.close()
+    local = a.split("/")[-1]
+    status, body = http("DELETE", f"{broker.http_url}/admin/v2/persistent/public/default/{local}")
+    assert status == 204, (status, body)
+    healthy.check("a reused producer id")
+
+
+def wait_for_exclusive_producer(client, topic, timeout=10.0):
+    """The raw connection's close reaches the topic asynchronously: retry the
+    exclusive create until the earlier producer is gone, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive)
+        except pulsar.ProducerBusy:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{topic} still has a producer {timeout}s after its connection closed")

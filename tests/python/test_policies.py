@@ -1291,6 +1291,32 @@ def test_delayed_message_on_shared_subscription_arrives_after_its_delay(make_bro
     assert 1.0 <= arrived <= 6.0, f"the delayed message arrived after {arrived:.2f} s (delay 2 s)"
 
 
+def test_messages_held_until_the_end_of_time_never_stop_later_messages(make_broker, clients):
+    # Messages due at 2^62 ms used to fill the subscription's held set and
+    # stop it from reading: later, deliverable messages never went out.
+    held_max = 50
+    broker = make_broker(config=toml(broker={"max_delayed_messages_per_subscription": held_max}))
+    topic = topic_name("delayed-forever")
+    c = clients(broker)
+    consumer = shared(c, topic)
+    producer = c.create_producer(topic, batching_enabled=False, block_if_queue_full=True)
+    far = 2**62
+    for i in range(3 * held_max):
+        producer.send_async(f"far-{i}".encode(), None, deliver_at=far)
+    producer.send(b"now")
+    got = payloads(receive_n(consumer, 2 * held_max + 1, timeout=15.0,
+                             what="the undelayed message and the far ones over the cap"))
+    assert b"now" in got
+    assert all(p == b"now" or p.startswith(b"far-") for p in got), got
+    assert_no_more(consumer, wait_ms=300, what="a shared consumer after the held set filled")
+    stats = json.loads(api(broker, "GET", f"/admin/v2/persistent/public/default/{topic.split('/')[-1]}/stats")[1])
+    (sub,) = stats["subscriptions"].values()
+    assert sub["msgDelayed"] == held_max, sub
+    text = http("GET", broker.http_url + "/metrics")[1].decode()
+    early = [l for l in text.splitlines() if l.startswith("kilonova_delayed_messages_sent_early_total{") and topic in l]
+    assert early and float(early[0].rsplit(" ", 1)[1]) == 2 * held_max, early
+
+
 def test_delayed_message_on_exclusive_subscription_arrives_at_once(make_broker, clients):
     broker = make_broker()
     topic = topic_name("delayed-excl")

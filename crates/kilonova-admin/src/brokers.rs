@@ -40,6 +40,11 @@ async fn health(State(broker): State<Broker>) -> Response {
         )
         .into_response();
     }
+    // Pulsar's health check writes and reads a message: a broker whose
+    // storage cannot write is not healthy, whatever else still works.
+    if let Err(why) = broker.storage_health().await {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
     (StatusCode::OK, "ok").into_response()
 }
 

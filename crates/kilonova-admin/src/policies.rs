@@ -12,7 +12,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use kilonova_broker::Broker;
+use kilonova_broker::{Broker, BrokerError};
 use kilonova_metadata::policies::{self as p, Policies, TopicPolicies};
 use kilonova_metadata::{MetadataError, NamespaceName};
 
@@ -25,6 +25,8 @@ pub struct Field<T: 'static> {
     pub path: &'static str,
     pub what: &'static str,
     check: fn(&T) -> kilonova_metadata::Result<()>,
+    /// The check against the broker's configuration (its caps).
+    limit: fn(&T, &Broker) -> Result<(), BrokerError>,
     /// The namespace's value (per-cluster policies: this cluster's).
     ns_get: fn(&Policies, &str) -> Option<T>,
     ns_put: fn(&mut Policies, &str, Option<T>),
@@ -36,6 +38,18 @@ fn no_check<T>(_: &T) -> kilonova_metadata::Result<()> {
     Ok(())
 }
 
+fn no_limit<T>(_: &T, _: &Broker) -> Result<(), BrokerError> {
+    Ok(())
+}
+
+/// Auto-created partitioned topics get no more partitions than the cap (Pulsar: 406).
+fn auto_creation_limit(o: &p::AutoTopicCreationOverride, b: &Broker) -> Result<(), BrokerError> {
+    match o.default_num_partitions {
+        Some(n) if o.topic_type == p::TopicType::Partitioned => b.check_partition_count(n),
+        _ => Ok(()),
+    }
+}
+
 fn check_count(v: &i32) -> kilonova_metadata::Result<()> {
     p::check_limit("value", *v)
 }
@@ -44,6 +58,7 @@ pub static RETENTION: Field<p::RetentionPolicies> = Field {
     path: "retention",
     what: "retention",
     check: p::check_retention,
+    limit: no_limit,
     ns_get: |n, _| n.retention_policies,
     ns_put: |n, _, v| n.retention_policies = v,
     topic: Some(|t| &mut t.retention_policies),
@@ -53,6 +68,7 @@ pub static MESSAGE_TTL: Field<i32> = Field {
     path: "messageTTL",
     what: "message TTL",
     check: |v| p::check_ttl(*v),
+    limit: no_limit,
     ns_get: |n, _| n.message_ttl_in_seconds,
     ns_put: |n, _, v| n.message_ttl_in_seconds = v,
     topic: Some(|t| &mut t.message_ttl_in_seconds),
@@ -62,6 +78,7 @@ pub static PUBLISH_RATE: Field<p::PublishRate> = Field {
     path: "publishRate",
     what: "publish rate",
     check: p::check_publish_rate,
+    limit: no_limit,
     ns_get: |n, c| n.publish_max_message_rate.get(c).copied(),
     ns_put: |n, c, v| put_cluster(&mut n.publish_max_message_rate, c, v),
     topic: Some(|t| &mut t.publish_rate),
@@ -71,6 +88,7 @@ pub static DISPATCH_RATE: Field<p::DispatchRate> = Field {
     path: "dispatchRate",
     what: "dispatch rate",
     check: p::check_dispatch_rate,
+    limit: no_limit,
     ns_get: |n, c| n.topic_dispatch_rate.get(c).copied(),
     ns_put: |n, c, v| put_cluster(&mut n.topic_dispatch_rate, c, v),
     topic: Some(|t| &mut t.dispatch_rate),
@@ -80,6 +98,7 @@ pub static SUBSCRIPTION_DISPATCH_RATE: Field<p::DispatchRate> = Field {
     path: "subscriptionDispatchRate",
     what: "subscription dispatch rate",
     check: p::check_dispatch_rate,
+    limit: no_limit,
     ns_get: |n, c| n.subscription_dispatch_rate.get(c).copied(),
     ns_put: |n, c, v| put_cluster(&mut n.subscription_dispatch_rate, c, v),
     topic: Some(|t| &mut t.subscription_dispatch_rate),
@@ -89,6 +108,7 @@ pub static INACTIVE_TOPIC: Field<p::InactiveTopicPolicies> = Field {
     path: "inactiveTopicPolicies",
     what: "inactive topic policies",
     check: p::check_inactive_topic_policies,
+    limit: no_limit,
     ns_get: |n, _| n.inactive_topic_policies,
     ns_put: |n, _, v| n.inactive_topic_policies = v,
     topic: Some(|t| &mut t.inactive_topic_policies),
@@ -98,6 +118,7 @@ pub static MAX_PRODUCERS: Field<i32> = Field {
     path: "maxProducersPerTopic",
     what: "max producers per topic",
     check: check_count,
+    limit: no_limit,
     ns_get: |n, _| n.max_producers_per_topic,
     ns_put: |n, _, v| n.max_producers_per_topic = v,
     topic: Some(|t| &mut t.max_producers_per_topic),
@@ -107,6 +128,7 @@ pub static MAX_CONSUMERS: Field<i32> = Field {
     path: "maxConsumersPerTopic",
     what: "max consumers per topic",
     check: check_count,
+    limit: no_limit,
     ns_get: |n, _| n.max_consumers_per_topic,
     ns_put: |n, _, v| n.max_consumers_per_topic = v,
     topic: Some(|t| &mut t.max_consumers_per_topic),
@@ -116,6 +138,7 @@ pub static MAX_CONSUMERS_PER_SUBSCRIPTION: Field<i32> = Field {
     path: "maxConsumersPerSubscription",
     what: "max consumers per subscription",
     check: check_count,
+    limit: no_limit,
     ns_get: |n, _| n.max_consumers_per_subscription,
     ns_put: |n, _, v| n.max_consumers_per_subscription = v,
     topic: Some(|t| &mut t.max_consumers_per_subscription),
@@ -126,6 +149,7 @@ pub static MAX_TOPICS_PER_NAMESPACE: Field<i32> = Field {
     path: "maxTopicsPerNamespace",
     what: "max topics per namespace",
     check: check_count,
+    limit: no_limit,
     ns_get: |n, _| n.max_topics_per_namespace,
     ns_put: |n, _, v| n.max_topics_per_namespace = v,
     topic: None,
@@ -137,6 +161,7 @@ pub static MAX_MESSAGE_SIZE: Field<i32> = Field {
     path: "maxMessageSize",
     what: "max message size",
     check: check_count,
+    limit: no_limit,
     ns_get: |_, _| None,
     ns_put: |_, _, _| {},
     topic: Some(|t| &mut t.max_message_size),
@@ -146,6 +171,7 @@ pub static DELAYED_DELIVERY: Field<p::DelayedDeliveryPolicies> = Field {
     path: "delayedDelivery",
     what: "delayed delivery",
     check: no_check,
+    limit: no_limit,
     ns_get: |n, _| n.delayed_delivery_policies,
     ns_put: |n, _, v| n.delayed_delivery_policies = v,
     topic: Some(|t| &mut t.delayed_delivery),
@@ -155,6 +181,7 @@ pub static DEDUPLICATION: Field<bool> = Field {
     path: "deduplication",
     what: "deduplication",
     check: no_check,
+    limit: no_limit,
     ns_get: |n, _| n.deduplication_enabled,
     ns_put: |n, _, v| n.deduplication_enabled = v,
     topic: Some(|t| &mut t.deduplication_enabled),
@@ -165,6 +192,7 @@ pub static AUTO_TOPIC_CREATION: Field<p::AutoTopicCreationOverride> = Field {
     path: "autoTopicCreation",
     what: "auto topic creation",
     check: p::check_auto_topic_creation,
+    limit: auto_creation_limit,
     ns_get: |n, _| n.auto_topic_creation_override,
     ns_put: |n, _, v| n.auto_topic_creation_override = v,
     topic: None,
@@ -217,6 +245,7 @@ where
                 let ns = namespace(&t, &n)?;
                 let value: T = json_body(&body)?;
                 (field.check)(&value)?;
+                (field.limit)(&value, &b)?;
                 let cluster = b.config().cluster_name.clone();
                 b.resources()
                     .update_namespace(&ns, |p| {
@@ -279,6 +308,7 @@ where
                 let name = topic_name(&tp)?;
                 let value: T = json_body(&body)?;
                 (field.check)(&value)?;
+                (field.limit)(&value, &b)?;
                 b.resources()
                     .update_topic(&name, |t| {
                         *slot(&mut t.policies) = Some(value.clone());

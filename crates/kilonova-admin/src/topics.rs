@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use kilonova_broker::{AdminReply, AdminRequest, Broker, ResetTo};
+use kilonova_broker::{check_servable, AdminReply, AdminRequest, Broker, ResetTo};
 use kilonova_metadata::{Domain, NamespaceName, TopicName};
 use kilonova_storage::Position;
 
@@ -113,7 +113,7 @@ pub fn routes(api: Api) -> Api {
     .route(
         &format!("{T}/partitioned-stats"),
         get(partitioned_stats),
-        &[("GET", Access::Topic(Want::Lookup), "Stats of a partitioned topic, summed over its partitions, with each partition's")],
+        &[("GET", Access::Topic(Want::Lookup), "Stats of a partitioned topic, summed over its partitions, with each partition's unless ?perPartition=false; loads no partition (one not loaded reports its stored state)")],
     )
     .route(&format!("{T}/internalStats"), get(internal_stats), &[("GET", Access::Topic(Want::Lookup), "Storage view: ledgers (segments) and cursors")])
     .route(&format!("{T}/unload"), put(unload), &[("PUT", Access::TenantAdmin, "Unload the topic (clients reconnect)")])
@@ -161,6 +161,7 @@ async fn targets(b: &Broker, name: &TopicName) -> ApiResult<Vec<TopicName>> {
     match b.resources().topic(name).await? {
         None => Err(ApiError::not_found(format!("topic {name} not found"))),
         Some(t) if t.partitions > 0 => {
+            check_servable(name, &t)?;
             Ok((0..t.partitions).map(|i| name.partition_name(i)).collect())
         }
         Some(_) => Ok(vec![name.clone()]),
@@ -222,6 +223,9 @@ async fn list(
             local,
         };
         match r.topic(&name).await? {
+            Some(t) if t.is_oversized() => {
+                tracing::warn!(topic = %name, partitions = t.partitions, "not listing the partitions of an oversized partitioned topic (delete it)");
+            }
             Some(t) if t.partitions > 0 => {
                 out.extend((0..t.partitions).map(|i| name.partition_name(i).to_string()))
             }
@@ -287,8 +291,15 @@ pub async fn delete_topic_everywhere(b: &Broker, name: &TopicName, force: bool) 
         b.topic_admin(name, AdminRequest::Delete { force }).await?;
         return Ok(());
     }
-    let partitions: Vec<TopicName> = (0..record.partitions)
-        .map(|i| name.partition_name(i))
+    // The partitions that were ever used (have a record); the others hold
+    // nothing. Found by paging the store, so an oversized record (more
+    // partitions than the cap, from before it) can be deleted too.
+    let partitions: Vec<TopicName> = b
+        .resources()
+        .partition_records(name, record.partitions)
+        .await?
+        .into_iter()
+        .map(|(i, _)| name.partition_name(i))
         .collect();
     if !force {
         for p in &partitions {
@@ -360,6 +371,7 @@ async fn create_partitioned(
 ) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
     let n = partition_count(&body)?;
+    b.check_partition_count(n)?;
     b.check_topic_quota(&name.namespace(), n).await?;
     b.resources().create_topic(&name, n).await?;
     tracing::info!(topic = %name, partitions = n, "partitioned topic created");
@@ -373,6 +385,7 @@ async fn update_partitions(
 ) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
     let n = partition_count(&body)?;
+    b.check_partition_count(n)?;
     b.resources().update_partitions(&name, n).await?;
     tracing::info!(topic = %name, partitions = n, "partitioned topic grown");
     Ok(StatusCode::NO_CONTENT)
@@ -423,14 +436,46 @@ fn unexpected() -> ApiError {
     )
 }
 
-/// Sums the counters of the partitions' stats; subscriptions are merged by name.
+#[derive(Deserialize)]
+struct PartitionedStatsQuery {
+    /// Pulsar's `perPartition`: include each partition's stats (default true).
+    #[serde(rename = "perPartition", default = "yes")]
+    per_partition: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Sums the counters of the partitions' stats; subscriptions are merged by
+/// name. Loads no partition: one not loaded reports its stored state
+/// ([`Broker::partition_stats`]).
 async fn partitioned_stats(
     State(b): State<Broker>,
     Path(p): Path<TopicPath>,
+    Query(q): Query<PartitionedStatsQuery>,
 ) -> ApiResult<Json<Value>> {
     let name = topic_name(&p)?;
-    let targets = targets(&b, &name).await?;
-    let mut total = json!({"metadata": {"partitions": targets.len()}, "partitions": {}});
+    let record = b
+        .resources()
+        .topic(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("topic {name} not found")))?;
+    let parts: Vec<(TopicName, Value)> = if record.partitions == 0 {
+        let AdminReply::Stats(s) = b.topic_admin(&name, AdminRequest::Stats).await? else {
+            return Err(unexpected());
+        };
+        vec![(name.clone(), to_json(&s)?)]
+    } else {
+        check_servable(&name, &record)?;
+        let stats = b.partition_stats(&name, record.partitions).await?;
+        let mut parts = Vec::with_capacity(stats.len());
+        for (i, s) in (0..record.partitions).zip(&stats) {
+            parts.push((name.partition_name(i), to_json(s)?));
+        }
+        parts
+    };
+    let mut total = json!({"metadata": {"partitions": parts.len()}, "partitions": {}});
     const SUMS: [&str; 10] = [
         "msgRateIn",
         "msgThroughputIn",
@@ -443,11 +488,8 @@ async fn partitioned_stats(
         "storageSize",
         "backlogSize",
     ];
-    for t in &targets {
-        let AdminReply::Stats(s) = b.topic_admin(t, AdminRequest::Stats).await? else {
-            return Err(unexpected());
-        };
-        let v = to_json(&s)?;
+    let mut publishers = Vec::new();
+    for (t, v) in parts {
         for key in SUMS {
             let add = v.get(key).and_then(Value::as_f64).unwrap_or(0.0);
             let cur = total.get(key).and_then(Value::as_f64).unwrap_or(0.0);
@@ -465,16 +507,13 @@ async fn partitioned_stats(
             entry["msgBacklog"] = json!(before + backlog);
         }
         if let Some(pubs) = v.get("publishers").and_then(Value::as_array) {
-            let mut all = total
-                .get("publishers")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            all.extend(pubs.iter().cloned());
-            total["publishers"] = Value::Array(all);
+            publishers.extend(pubs.iter().cloned());
         }
-        total["partitions"][t.to_string()] = v;
+        if q.per_partition {
+            total["partitions"][t.to_string()] = v;
+        }
     }
+    total["publishers"] = Value::Array(publishers);
     Ok(Json(total))
 }
 

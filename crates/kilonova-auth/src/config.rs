@@ -19,7 +19,7 @@ pub struct AuthConfig {
     pub authorization_enabled: bool,
     /// Roles allowed everything.
     pub super_user_roles: BTreeSet<String>,
-    /// HS256 key: `file:PATH`, `data:;base64,…` or base64.
+    /// HS256 key: `file:PATH`, `data:;base64,…`, a path, or base64.
     pub token_secret_key: Option<Secret<String>>,
     /// RS256 / ES256 public key (DER or PEM): `file:PATH` or `data:;base64,…`.
     pub token_public_key: Option<Secret<String>>,

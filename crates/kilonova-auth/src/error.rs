@@ -32,6 +32,10 @@ pub enum KeyError {
     Read { path: String, error: std::io::Error },
     #[error("cannot write {path}: {error}")]
     Write { path: String, error: std::io::Error },
+    /// A bare key value that looks like a path but names no file (shown only
+    /// when it cannot be a base64 key).
+    #[error("no key file {0}: {forms}", forms = crate::keys::KEY_FORMS)]
+    NoFile(String),
     #[error("invalid key: {0}")]
     Invalid(String),
     #[error("configuration: {0}")]

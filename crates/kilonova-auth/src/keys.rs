@@ -2,9 +2,12 @@
 //!
 //! A key value is written as Pulsar writes `tokenSecretKey` / `tokenPublicKey`:
 //! `file:///path`, `file:path`, `data:;base64,…` (or `data:,raw`), a path to an
-//! existing file, or else the key itself in base64. Public and private keys may
-//! be DER (what `pulsar tokens create-key-pair` and `kilonova tokens
-//! create-key-pair` write) or PEM; secret keys are the raw bytes.
+//! existing file, or else the key itself in base64. A bare value that looks
+//! like a path ([`looks_like_path`]) but names no file is an error, never
+//! base64: a missing key file must not turn its path's text into the key.
+//! Public and private keys may be DER (what `pulsar tokens create-key-pair` and
+//! `kilonova tokens create-key-pair` write) or PEM; secret keys are the raw
+//! bytes.
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
@@ -12,6 +15,24 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use crate::error::KeyError;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The forms of a key value, for error messages.
+pub const KEY_FORMS: &str = "a key is file:PATH, data:;base64,BASE64, the path of an existing \
+file, or BASE64 text (a base64 key starting with '/' is written data:;base64,…)";
+
+/// Whether a bare key value is meant as a path: it starts with `/` or `~`, or
+/// holds a dot or a backslash (base64 has neither).
+pub fn looks_like_path(value: &str) -> bool {
+    value.starts_with(['/', '~']) || value.contains(['.', '\\'])
+}
+
+/// Whether `value` could be a base64 key (then an error must not show it).
+fn could_be_base64(value: &str) -> bool {
+    value.len() % 4 == 0
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+}
 
 /// The bytes a key value names.
 pub fn read_key(value: &str) -> Result<Vec<u8>, KeyError> {
@@ -41,11 +62,14 @@ pub fn read_key(value: &str) -> Result<Vec<u8>, KeyError> {
             path: p.to_owned(),
             error,
         }),
-        None => B64.decode(value).map_err(|_| {
-            KeyError::Invalid(
-                "a key is file:PATH, data:;base64,… or base64, and this is none of them".into(),
-            )
-        }),
+        None if looks_like_path(value) => Err(KeyError::NoFile(if could_be_base64(value) {
+            "at the path given".into()
+        } else {
+            value.to_owned()
+        })),
+        None => B64
+            .decode(value)
+            .map_err(|_| KeyError::Invalid(format!("{KEY_FORMS}; this is none of them"))),
     }
 }
 
@@ -160,6 +184,22 @@ mod tests {
         assert!(!e.contains("not-base64"), "{e}");
         let e = read_key("file:/nonexistent/kilonova.key").unwrap_err();
         assert!(matches!(e, KeyError::Read { .. }));
+        // A missing file's path is never read as base64 (`/no/such/key` is
+        // valid base64), and a value that could be a key is not echoed.
+        for (value, shown) in [
+            ("/no/such/key", false),
+            ("/missing/file", true),
+            ("./k", true),
+            ("../keys/k", true),
+            ("~/k", true),
+            ("keys/secret.key", true),
+        ] {
+            let e = read_key(value).unwrap_err();
+            assert!(matches!(e, KeyError::NoFile(_)), "{value}: {e}");
+            let text = e.to_string();
+            assert_eq!(text.contains(value), shown, "{value}: {text}");
+            assert!(text.contains("data:;base64,"), "{text}");
+        }
         assert!(read_key("data:no-comma").is_err());
         assert!(read_key("%%%").is_err());
         assert!(decoding_key(b"garbage").is_err());

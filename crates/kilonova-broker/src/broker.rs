@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -15,6 +18,7 @@ use kilonova_auth::{Need, Principal, Security, Want};
 use kilonova_metadata::{NamespaceName, Resources, SchemaOutcome, TopicRecord};
 use kilonova_pulsar_protocol::proto::Schema;
 
+use crate::accept::ConnectionLimits;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::metrics::MetricsRegistry;
@@ -40,6 +44,8 @@ struct Inner {
     partitioned_deletions: Mutex<std::collections::HashSet<String>>,
     next_producer: AtomicU64,
     next_connection: AtomicU64,
+    /// Pulsar connections open, on every port and per client address.
+    connections: Arc<ConnectionLimits>,
     /// Distinguishes generated producer names across restarts.
     boot_id: String,
 }
@@ -98,6 +104,21 @@ impl Drop for DeletionPass {
     }
 }
 
+/// The connection limits of `config`, within 3/4 of the open-file limit
+/// (the rest is for storage, metadata and the admin port).
+fn connection_limits(config: &BrokerConfig) -> Arc<ConnectionLimits> {
+    let max = crate::accept::within_open_files(config.max_connections, (3, 4));
+    if max < config.max_connections {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            open_files_limit = crate::accept::open_files_limit(),
+            using = max,
+            "max_connections lowered to 3/4 of the open-file limit"
+        );
+    }
+    ConnectionLimits::new(max, config.max_connections_per_ip)
+}
+
 fn want(w: Want) -> &'static str {
     match w {
         Want::Produce => "produce",
@@ -115,6 +136,19 @@ fn tenant_name_of(tenant: Option<&str>, ns: Option<&NamespaceName>) -> String {
         .map(str::to_owned)
         .or_else(|| ns.map(|n| n.tenant.clone()))
         .unwrap_or_else(|| "?".into())
+}
+
+/// Refuses to serve the partitions of an oversized partitioned topic (a record
+/// from before the partition cap): it can only be deleted.
+pub fn check_servable(base: &TopicName, record: &TopicRecord) -> Result<(), BrokerError> {
+    if record.is_oversized() {
+        return Err(BrokerError::Precondition(format!(
+            "{base} has {} partitions, more than the {} a broker serves: it can only be deleted",
+            record.partitions,
+            kilonova_metadata::MAX_PARTITIONS
+        )));
+    }
+    Ok(())
 }
 
 /// The URLs LOOKUP answers with: `pulsar://host:port` and, with TLS,
@@ -140,6 +174,9 @@ pub struct Broker {
     inner: Arc<Inner>,
 }
 
+/// How long the health check's probe write may take.
+const STORAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Broker {
     /// A broker over an open segment store, state store (the logs' small state)
     /// and metadata resources. `urls` are what LOOKUP answers
@@ -153,8 +190,24 @@ impl Broker {
         urls: impl Into<ServiceUrls>,
         security: Security,
     ) -> Result<Self, BrokerError> {
+        let max_partitions = config.max_partitions();
+        if config.max_num_partitions_per_partitioned_topic > max_partitions {
+            tracing::warn!(
+                configured = config.max_num_partitions_per_partitioned_topic,
+                max = max_partitions,
+                "max_num_partitions_per_partitioned_topic is above the hard ceiling: the ceiling applies"
+            );
+        }
+        if config.default_num_partitions > max_partitions {
+            tracing::warn!(
+                default_num_partitions = config.default_num_partitions,
+                max = max_partitions,
+                "default_num_partitions is above the partition cap: partitioned auto-creation will be refused"
+            );
+        }
         let cache = Arc::new(EntryCache::new(config.entry_cache_bytes));
         let policies = PolicyCache::watching(&resources);
+        let connections = connection_limits(&config);
         Ok(Broker {
             inner: Arc::new(Inner {
                 config,
@@ -171,6 +224,7 @@ impl Broker {
                 partitioned_deletions: Mutex::default(),
                 next_producer: AtomicU64::new(0),
                 next_connection: AtomicU64::new(1),
+                connections,
                 boot_id: format!("{:x}", topic::now_ms()),
             }),
         })
@@ -178,6 +232,49 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
+    }
+
+    /// Whether storage can write, for the health check: `Err` says why not.
+    /// While the store reports a failed write, the disk must have room for a
+    /// journal file and one probe append (to a segment of its own, deleted at
+    /// once) must succeed, so that a disk that has space again reports
+    /// healthy without waiting for a client's publish.
+    pub async fn storage_health(&self) -> Result<(), String> {
+        let store = &self.inner.store;
+        if let kilonova_storage::StoreHealth::Failing(f) = store.health() {
+            // A small probe could still fit in the current journal file:
+            // what matters is whether the next one can be made.
+            if let Ok((free, needed)) = store.free_bytes() {
+                if free < needed {
+                    return Err(format!(
+                        "storage cannot write: {} ({free} bytes free, a journal file needs {needed})",
+                        f.detail
+                    ));
+                }
+            }
+            let probe = async {
+                let segment = store.create_segment().await?;
+                let written = match store.append(segment, Bytes::from_static(b"health")).await {
+                    Ok(done) => done.await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                let deleted = store.delete_segment(segment).await;
+                written.and(deleted)
+            };
+            return match tokio::time::timeout(STORAGE_PROBE_TIMEOUT, probe).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("storage cannot write: {e} ({} failures since the first, {})", f.count, f.detail)),
+                Err(_) => Err(format!("storage did not answer a probe write within {STORAGE_PROBE_TIMEOUT:?} (last failure: {})", f.detail)),
+            };
+        }
+        Ok(())
+    }
+
+    /// The largest uncompressed size a compressed batch may declare: clients
+    /// batch up to their (compressed) message size limit, and compression
+    /// rarely shrinks more than this.
+    pub(crate) fn max_uncompressed_batch_bytes(&self) -> u64 {
+        16 * self.inner.config.max_frame_bytes() as u64
     }
 
     pub fn resources(&self) -> &Resources {
@@ -322,12 +419,100 @@ impl Broker {
         answer.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
+    /// The stats of each of partitioned topic `base`'s first `partitions`
+    /// partitions, by index, loading none of them: a loaded partition answers
+    /// from its task; one that is not, from its log's stored state
+    /// ([`crate::topic_admin::TopicStats`] of an idle topic: storage size and
+    /// durable subscriptions' backlogs as last persisted); one never used (no
+    /// record), zeros. `partitions` must be a served count ([`check_servable`]).
+    pub async fn partition_stats(
+        &self,
+        base: &TopicName,
+        partitions: u32,
+    ) -> Result<Vec<topic::admin::TopicStats>, BrokerError> {
+        let stored = self.resources().partition_records(base, partitions).await?;
+        let mut out: Vec<topic::admin::TopicStats> = std::iter::repeat_with(Default::default)
+            .take(partitions as usize)
+            .collect();
+        let mut unloaded = Vec::new();
+        for (i, record) in stored {
+            let name = base.partition_name(i);
+            match self.loaded_stats(&name).await {
+                Some(stats) => {
+                    if let Some(slot) = out.get_mut(i as usize) {
+                        *slot = stats?;
+                    }
+                }
+                None if name.is_persistent() => unloaded.push((i, record.id)),
+                None => {}
+            }
+        }
+        if unloaded.is_empty() {
+            return Ok(out);
+        }
+        // One blocking task reads every unloaded partition's state files.
+        let (store, state, cache) = (
+            self.inner.store.clone(),
+            self.inner.state.clone(),
+            self.inner.cache.clone(),
+        );
+        let summaries = tokio::task::spawn_blocking(move || {
+            unloaded
+                .into_iter()
+                .map(|(i, id)| {
+                    let s =
+                        ManagedLog::stored_summary(id, store.clone(), state.clone(), cache.clone());
+                    (i, s)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| StorageError::Log(format!("reading stored stats failed: {e}")))?;
+        for (i, summary) in summaries {
+            if let Some(slot) = out.get_mut(i as usize) {
+                *slot = topic::admin::stored_stats(&summary?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A loaded topic's stats from its task; `None` if it is not loaded (or
+    /// unloads meanwhile). Never loads it.
+    async fn loaded_stats(
+        &self,
+        name: &TopicName,
+    ) -> Option<Result<topic::admin::TopicStats, BrokerError>> {
+        let handle = self
+            .topics()
+            .live
+            .get(&name.to_string())
+            .filter(|h| !h.is_closed())
+            .cloned()?;
+        let (reply, answer) = oneshot::channel();
+        let request = AdminRequest::Stats;
+        handle
+            .send(TopicCommand::Admin { request, reply })
+            .await
+            .ok()?;
+        match answer.await.ok()? {
+            Ok(AdminReply::Stats(s)) => Some(Ok(*s)),
+            // A topic answers Stats with stats; anything else reads as not loaded.
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     pub fn service_urls(&self) -> &ServiceUrls {
         &self.inner.urls
     }
 
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The broker's Pulsar connections and their limits.
+    pub(crate) fn connection_limits(&self) -> &Arc<ConnectionLimits> {
+        &self.inner.connections
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
@@ -385,12 +570,26 @@ impl Broker {
         .await
     }
 
-    /// Partitions of `name` (0: not partitioned). With partitioned auto-creation, an
-    /// unknown topic is created partitioned here, where clients ask first.
+    /// Refuses a partition count above the cap
+    /// (`max_num_partitions_per_partitioned_topic`), with Pulsar's 406 and words.
+    pub fn check_partition_count(&self, partitions: u32) -> Result<(), BrokerError> {
+        let max = self.config().max_partitions();
+        if partitions > max {
+            return Err(BrokerError::NotAcceptable(format!(
+                "Number of partitions should be less than or equal to {max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Partitions of `name` (0: not partitioned; a partition of a partitioned
+    /// topic is a topic of its own, as Pulsar answers). With partitioned
+    /// auto-creation, an unknown topic is created partitioned here, where
+    /// clients ask first.
     pub async fn partitions(&self, name: &TopicName) -> Result<u32, BrokerError> {
-        let base = name.partitioned_topic();
         let resources = self.resources();
-        if let Some(t) = resources.topic(&base).await? {
+        if let Some(t) = resources.topic(name).await? {
+            check_servable(name, &t)?;
             return Ok(t.partitions);
         }
         let ns = name.namespace();
@@ -403,6 +602,11 @@ impl Broker {
             && name.partition().is_none()
         {
             let n = auto.default_num_partitions.unwrap_or(1).max(1);
+            self.check_partition_count(n).map_err(|e| {
+                BrokerError::NotAcceptable(format!(
+                    "auto-creating {name} with {n} partitions (the namespace's or broker's default): {e}"
+                ))
+            })?;
             self.check_topic_quota(&ns, n).await?;
             return match resources.create_topic(name, n).await {
                 Ok(_) => Ok(n),
@@ -511,6 +715,9 @@ impl Broker {
                 .filter(|t| i < t.partitions),
             None => None,
         };
+        if let Some(p) = &parent {
+            check_servable(&base, p)?;
+        }
         let ns = name.namespace();
         let Ok(policies) = self.resources().namespace(&ns).await else {
             return Err(BrokerError::NamespaceNotFound(ns.to_string()));
@@ -659,7 +866,9 @@ impl Broker {
     /// Stops taking new work, closes every topic's producers and consumers with the
     /// protocol's close commands, waits for appends in flight, persists cursors,
     /// then closes the storage.
-    pub async fn shutdown(&self) {
+    /// Closes every topic and the store. An error says what could not be
+    /// persisted (the process should then not exit as if all was well).
+    pub async fn shutdown(&self) -> Result<(), BrokerError> {
         self.inner.shutting_down.store(true, Ordering::Release);
         let (handles, closing): (Vec<TopicHandle>, Vec<watch::Receiver<()>>) = {
             let mut topics = self.topics();
@@ -677,14 +886,30 @@ impl Broker {
                 waits.push(wait);
             }
         }
+        let mut failed = 0usize;
         for w in waits {
-            let _ = w.await;
+            if !w.await.unwrap_or(false) {
+                failed += 1;
+            }
         }
         let store = self.inner.store.clone();
-        match tokio::task::spawn_blocking(move || store.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "closing storage failed"),
-            Err(e) => tracing::warn!(error = %e, "closing storage panicked"),
+        let closed = match tokio::task::spawn_blocking(move || store.close()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("closing storage failed: {e}")),
+            Err(e) => Err(format!("closing storage panicked: {e}")),
+        };
+        let mut problems = Vec::new();
+        if failed > 0 {
+            problems.push(format!(
+                "{failed} topic(s) could not persist their cursors (acknowledgements since the last persist will be redelivered)"
+            ));
+        }
+        if let Err(e) = closed {
+            problems.push(e);
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(BrokerError::Shutdown(problems.join("; "))),
         }
     }
 }

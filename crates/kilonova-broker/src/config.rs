@@ -25,6 +25,10 @@ pub struct BrokerConfig {
     pub auto_topic_creation_type: AutoTopicType,
     /// Partitions of an auto-created partitioned topic.
     pub default_num_partitions: u32,
+    /// Most partitions a partitioned topic may be created or grown to (Pulsar's
+    /// `maxNumPartitionsPerPartitionedTopic`). 0, or anything above
+    /// [`kilonova_metadata::MAX_PARTITIONS`], means that hard ceiling.
+    pub max_num_partitions_per_partitioned_topic: u32,
     /// The broker pings a connection silent this long, and closes it after twice as long.
     pub keep_alive_secs: u64,
     /// A topic with no producers or consumers is unloaded (its task ends) after this long.
@@ -37,8 +41,17 @@ pub struct BrokerConfig {
     pub dispatch_batch_entries: usize,
     /// Shared / key_shared: entries held for redelivery before reading further stops.
     pub max_redelivery_backlog_entries: usize,
-    /// Concurrent connections; more are refused.
+    /// Concurrent Pulsar-protocol connections, plain and TLS ports together;
+    /// more are refused. At most 3/4 of the process's open-file limit is used.
     pub max_connections: usize,
+    /// Concurrent connections from one IP address (0: no limit but `max_connections`).
+    pub max_connections_per_ip: usize,
+    /// Bytes queued for one connection (answers and messages not yet written
+    /// to its socket) at which the broker stops reading its requests and stops
+    /// dispatching to its consumers, until half of it is written.
+    pub max_outbound_bytes_per_connection: usize,
+    /// A connection must complete CONNECT within this long of being accepted.
+    pub connect_timeout_secs: u64,
     /// Commands queued to one topic before connections wait (backpressure).
     pub topic_queue_depth: usize,
 
@@ -112,6 +125,7 @@ impl Default for BrokerConfig {
             allow_auto_topic_creation: true,
             auto_topic_creation_type: AutoTopicType::NonPartitioned,
             default_num_partitions: 1,
+            max_num_partitions_per_partitioned_topic: 4096,
             keep_alive_secs: 30,
             topic_unload_idle_secs: 60,
             cursor_persist_interval_ms: 1000,
@@ -119,6 +133,9 @@ impl Default for BrokerConfig {
             dispatch_batch_entries: 100,
             max_redelivery_backlog_entries: 10_000,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
+            max_outbound_bytes_per_connection: 4 << 20,
+            connect_timeout_secs: 10,
             topic_queue_depth: 1024,
             max_segment_entries: 50_000,
             max_segment_bytes: 256 << 20,
@@ -155,8 +172,21 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The partition cap in force: the configured one, within the hard ceiling.
+    pub fn max_partitions(&self) -> u32 {
+        match self.max_num_partitions_per_partitioned_topic {
+            0 => kilonova_metadata::MAX_PARTITIONS,
+            n => n.min(kilonova_metadata::MAX_PARTITIONS),
+        }
+    }
+
     /// Largest frame accepted: a whole message plus room for the command and headers.
     pub fn max_frame_bytes(&self) -> usize {
         self.max_message_bytes + (10 << 10)
+    }
+
+    /// The outbound bound in force (at least 64 KiB, so that answers flow).
+    pub fn max_outbound_bytes(&self) -> usize {
+        self.max_outbound_bytes_per_connection.max(64 << 10)
     }
 }

@@ -2,21 +2,22 @@
 //! itself (CONNECT, PING, LOOKUP, metadata, schemas) and routes the rest to topic
 //! tasks. A writer task sends everything queued for the connection, vectored.
 //!
-//! Bad input never takes more than this connection down: a frame over the limit,
-//! bytes that are not a frame, an unknown command or a command before CONNECT
+//! Bad input never takes more than this connection down: a frame over the limit
+//! (64 KiB until CONNECT completes), bytes that are not a frame, an unknown
+//! command, a command before CONNECT or no CONNECT within `connect_timeout_secs`
 //! close the connection; bad requests inside valid frames get the protocol's error.
+//! A client that does not read its answers is not read either (see [`crate::outbound`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use kilonova_pulsar_protocol::frame::{self, Frame};
 use kilonova_pulsar_protocol::proto::{
@@ -29,10 +30,11 @@ use kilonova_pulsar_protocol::proto::{
     CommandTcClientConnectResponse, KeyValue, Schema, ServerError,
 };
 
+use crate::accept::{AcceptBackoff, LogLimiter};
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
-use crate::outbound::{Out, Outbound};
+use crate::outbound::{Out, Outbound, OutboundReceiver};
 use crate::subscription::ConsumerKey;
 use crate::topic::{self, sleep_until, ConnCtx, NewProducer, TopicCommand, TopicHandle};
 use crate::topic_name::{Domain, TopicName};
@@ -48,6 +50,11 @@ const READ_CHUNK_BYTES: usize = 8 << 10;
 /// The writer sends up to this much per vectored write.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 const MAX_IO_SLICES: usize = 64;
+
+/// Largest frame accepted before CONNECT completes: a CONNECT (even with a
+/// token) is small, and nobody unauthenticated may make the broker buffer a
+/// whole message's worth.
+const MAX_FRAME_BYTES_BEFORE_CONNECT: usize = 64 << 10;
 
 /// Request id of errors that answer no request (a refused CONNECT), as Pulsar
 /// sends them (-1).
@@ -130,8 +137,10 @@ async fn serve<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out, out_rx, queued) = Outbound::new();
-    let mut writer = tokio::spawn(write_loop(writer, out_rx, queued));
+    let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
+    let mut writer = tokio::spawn(write_loop(writer, out_rx));
+    // A JoinHandle must not be polled again once it completed (tokio panics).
+    let mut writer_done = false;
     let mut conn = Connection {
         id: broker.next_connection_id(),
         broker,
@@ -153,14 +162,28 @@ async fn serve<R, W>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut auth_check = tokio::time::interval(conn.broker.security().refresh_check());
     auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let connect_timeout = Duration::from_secs(conn.broker.config().connect_timeout_secs.max(1));
+    let connect_deadline = Some(Instant::now() + connect_timeout);
     let mut last_seen = Instant::now();
+    let mut last_written = 0;
+    // The client does not read its answers: its requests are not read either
+    // until the writer drained the queue to half its bound.
+    let mut unread_answers = false;
     let mut buf = BytesMut::new();
     let end = loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
             buf.reserve(READ_CHUNK_BYTES);
         }
         let throttled = conn.throttled_until;
+        unread_answers = unread_answers || conn.out.is_full();
         tokio::select! {
+            _ = conn.out.drained(), if unread_answers => {
+                // What was read before the pause is decoded first.
+                match conn.drain_frames(&mut buf, max_frame).await {
+                    Ok(paused) => unread_answers = paused,
+                    Err(end) => break end,
+                }
+            }
             // A publish rate was reached: the socket is not read (the client's
             // sends wait in TCP buffers and then in the client) until it allows.
             _ = sleep_until(throttled), if throttled.is_some() => {
@@ -171,17 +194,18 @@ async fn serve<R, W>(
                     conn.throttled_until = Some(Instant::now() + wait.min(MAX_THROTTLE_PAUSE));
                     continue;
                 }
-                if let Err(end) = conn.drain_frames(&mut buf, max_frame).await {
-                    break end;
+                match conn.drain_frames(&mut buf, max_frame).await {
+                    Ok(paused) => unread_answers = paused,
+                    Err(end) => break end,
                 }
             }
-            read = reader.read_buf(&mut buf), if throttled.is_none() => {
+            read = reader.read_buf(&mut buf), if throttled.is_none() && !unread_answers => {
                 match read {
                     Ok(0) | Err(_) => break End::Done,
                     Ok(_) => last_seen = Instant::now(),
                 }
                 match conn.drain_frames(&mut buf, max_frame).await {
-                    Ok(()) => {}
+                    Ok(paused) => unread_answers = paused,
                     Err(end) => break end,
                 }
                 if buf.is_empty() && buf.capacity() > IDLE_READ_BUFFER_BYTES {
@@ -189,9 +213,24 @@ async fn serve<R, W>(
                 }
             }
             _ = ticker.tick() => {
+                // Paused for its unread answers, a client that reads some of
+                // them is alive although its requests wait unread. (Only then:
+                // the kernel takes a few pings for a dead peer too.)
+                let written = conn.out.written_bytes();
+                if unread_answers && written != last_written {
+                    last_seen = Instant::now();
+                }
+                last_written = written;
                 let silent = last_seen.elapsed();
                 if silent >= keep_alive * 2 {
-                    break End::Violation("keep-alive timed out".into());
+                    break End::Violation(match unread_answers {
+                        true => format!(
+                            "it read none of its answers ({} bytes queued) for {}s",
+                            conn.out.queued_bytes(),
+                            silent.as_secs()
+                        ),
+                        false => "keep-alive timed out".into(),
+                    });
                 }
                 if silent >= keep_alive {
                     conn.out.command(commands::with_type(Type::Ping, |b| b.ping = Some(Default::default())));
@@ -202,8 +241,14 @@ async fn serve<R, W>(
                     break end;
                 }
             }
+            _ = sleep_until(connect_deadline), if !conn.connected => {
+                break End::Violation(format!("no CONNECT within {}s", connect_timeout.as_secs()));
+            }
             _ = shutdown.changed() => break End::Done,
-            _ = &mut writer => break End::Done,
+            _ = &mut writer => {
+                writer_done = true;
+                break End::Done;
+            }
         }
     };
     if let End::Violation(why) = &end {
@@ -212,7 +257,9 @@ async fn serve<R, W>(
     conn.release().await;
     conn.out.close();
     // Let the writer flush what topics queued (close commands on shutdown).
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
     tracing::debug!(conn = conn.id, "connection closed");
 }
 
@@ -294,15 +341,24 @@ impl Connection {
             .filter(|w| !w.is_zero())
     }
 
-    /// Handles the frames in `buf`, stopping after a SEND that reached a publish rate.
-    async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<(), End> {
+    /// Handles the frames in `buf`, stopping after a SEND that reached a
+    /// publish rate, and when the client is not reading its answers (then
+    /// returns true: the rest waits until the answers are drained).
+    async fn drain_frames(&mut self, buf: &mut BytesMut, max_frame: usize) -> Result<bool, End> {
         loop {
-            if self.throttled_until.is_some() {
-                return Ok(());
+            if self.out.is_full() {
+                return Ok(true);
             }
+            if self.throttled_until.is_some() {
+                return Ok(false);
+            }
+            let max_frame = match self.connected {
+                true => max_frame,
+                false => MAX_FRAME_BYTES_BEFORE_CONNECT,
+            };
             let frame = match frame::decode(buf, max_frame) {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(false),
                 Err(e) => return Err(End::Violation(format!("bad frame: {e}"))),
             };
             self.handle(frame).await?;
@@ -473,6 +529,19 @@ impl Connection {
                         return Ok(());
                     }
                 };
+                // A producer id names one producer of this connection: reusing
+                // it for another topic would leave the first topic with a
+                // producer nobody can close (it held off every new producer).
+                if let Some(other) = self.producers.get(&p.producer_id) {
+                    if !other.same_channel(&topic) && !other.is_closed() {
+                        let e = BrokerError::ProducerBusy(format!(
+                            "producer id {} is in use on another topic of this connection",
+                            p.producer_id
+                        ));
+                        self.out.command(commands::broker_error(p.request_id, &e));
+                        return Ok(());
+                    }
+                }
                 self.producers.insert(p.producer_id, topic.clone());
                 let access_mode = p.producer_access_mode();
                 let cmd = TopicCommand::AddProducer(NewProducer {
@@ -495,8 +564,12 @@ impl Connection {
                         s.producer_id
                     )));
                 };
-                let (messages, bytes) =
-                    (u64::from(payload.message_count()), payload.raw.len() as u64);
+                // A batch whose count its bytes cannot hold is refused by the
+                // topic; here it costs one message, not the count it claims.
+                let messages = payload
+                    .checked_message_count(self.broker.max_uncompressed_batch_bytes())
+                    .unwrap_or(1);
+                let (messages, bytes) = (u64::from(messages), payload.raw.len() as u64);
                 let cmd = TopicCommand::Send {
                     conn: self.id,
                     producer_id: s.producer_id,
@@ -933,25 +1006,25 @@ fn compile_pattern(p: &str) -> Option<regex::Regex> {
 }
 
 /// Writes what is queued for the connection, many frames per vectored write.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    queued: Arc<AtomicUsize>,
-) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: OutboundReceiver) {
     let mut parts: VecDeque<Bytes> = VecDeque::new();
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        let mut batch = 0usize;
+        let (mut cost, mut bytes) = (0usize, 0usize);
         let mut close = false;
         while let Some(out) = next.take() {
-            batch += out.len();
+            cost += out.cost();
             match out {
-                Out::Frame(b) => parts.push_back(b),
+                Out::Frame(b) => {
+                    bytes += b.len();
+                    parts.push_back(b);
+                }
                 Out::Message {
                     header,
                     prefix,
                     payload,
                 } => {
+                    bytes += header.len() + prefix.as_ref().map_or(0, Bytes::len) + payload.len();
                     parts.push_back(header);
                     parts.extend(prefix);
                     parts.push_back(payload);
@@ -961,8 +1034,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     break;
                 }
             }
-            if batch < WRITE_BATCH_BYTES {
-                next = rx.try_recv().ok();
+            if bytes < WRITE_BATCH_BYTES {
+                next = rx.try_recv();
             }
         }
         while !parts.is_empty() {
@@ -988,7 +1061,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        queued.fetch_sub(batch, Ordering::Relaxed);
+        rx.written(cost, bytes);
         if close {
             break;
         }
@@ -1000,6 +1073,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 /// `pulsar+ssl://` port): accepts until `stop_accepting` changes, closes every
 /// connection when `close_connections` changes (after the broker closed its
 /// producers and consumers), and returns once all connections are closed.
+///
+/// Connections count against the broker's limits across all its listeners
+/// (`max_connections`, `max_connections_per_ip`); one over a limit is closed
+/// at once. Accept errors (out of file descriptors) pause accepting, with a
+/// back-off, and are logged at most once a second; open connections are
+/// served all along.
 pub async fn accept_loop(
     broker: Broker,
     listener: tokio::net::TcpListener,
@@ -1007,32 +1086,52 @@ pub async fn accept_loop(
     mut stop_accepting: watch::Receiver<bool>,
     close_connections: watch::Receiver<bool>,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut backoff = AcceptBackoff::new("Pulsar");
+    let mut refusals_log = LogLimiter::new(Duration::from_secs(1));
+    let mut paused_until: Option<Instant> = None;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = listener.accept(), if paused_until.is_none() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        let wait = backoff.failed(&e, Instant::now());
+                        if !wait.is_zero() {
+                            paused_until = Some(Instant::now() + wait);
+                        }
                         continue;
                     }
                 };
-                if open.load(Ordering::Relaxed) >= broker.config().max_connections {
-                    tracing::warn!(%peer, "refusing a connection: max_connections reached");
-                    drop(stream);
-                    continue;
-                }
-                open.fetch_add(1, Ordering::Relaxed);
-                let (b, o, s) = (broker.clone(), open.clone(), close_connections.clone());
+                backoff.succeeded();
+                let admitted = match broker.connection_limits().admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        broker.metrics().count_connection_refused(why);
+                        if let Some(suppressed) = refusals_log.allow(Instant::now()) {
+                            tracing::warn!(
+                                %peer,
+                                limit = why.as_str(),
+                                max_connections = broker.connection_limits().max_total(),
+                                suppressed,
+                                "refusing a connection"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
+                let (b, s) = (broker.clone(), close_connections.clone());
                 let tls = tls.clone();
                 tasks.spawn(async move {
-                    serve_tcp(b, stream, peer, tls, s).await;
-                    o.fetch_sub(1, Ordering::Relaxed);
+                    b.metrics().connection_opened();
+                    serve_tcp(b.clone(), stream, peer, tls, s).await;
+                    b.metrics().connection_closed();
+                    drop(admitted);
                 });
             }
+            _ = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = stop_accepting.changed() => break,
         }

@@ -111,16 +111,13 @@ impl Dedup {
         self.update(producer, |s| raise(&mut s.pushed, highest_sequence_id));
     }
 
-    /// An append failed: what was pushed but is not persisted is forgotten (a retry
-    /// must be accepted). Appends complete in order, so nothing of this producer
-    /// pushed before the failed one is still in flight.
-    pub(crate) fn append_failed(&mut self, producer: &str) {
-        let Some(persisted) = self.producers.get(producer).map(|s| s.persisted) else {
-            return;
-        };
-        match persisted {
-            Some((seq, _)) => self.update(producer, |s| s.pushed = Some(seq)),
-            None => self.forget(producer),
+    /// The topic was fenced after a failed append and nothing is in flight
+    /// any more: every producer's accepted-for-appending mark goes back to
+    /// what is known durable, so resends of whatever was answered with an
+    /// error are taken as new.
+    pub(crate) fn reset_pushed(&mut self) {
+        for s in self.producers.values_mut() {
+            s.pushed = s.persisted.map(|(seq, _)| seq);
         }
     }
 
@@ -338,12 +335,6 @@ impl Dedup {
         debug_assert_eq!(self.producers.len(), self.by_age.len());
         debug_assert!(self.producers.len() <= self.max_producers);
     }
-
-    fn forget(&mut self, producer: &str) {
-        if let Some(s) = self.producers.remove(producer) {
-            self.by_age.remove(&s.touched);
-        }
-    }
 }
 
 /// Raises `v` to at least `to`.
@@ -555,14 +546,19 @@ mod tests {
     }
 
     #[test]
-    fn after_a_failed_append_a_retry_is_accepted() {
+    fn after_a_fenced_topic_drains_a_resend_of_a_failed_message_is_new_even_if_a_later_one_was_stored(
+    ) {
         let mut d = Dedup::new(10);
         d.pushed("a", 0);
         d.persisted("a", 0, p(1, 0));
-        d.pushed("a", 1);
-        d.pushed("a", 2);
-        assert_eq!(d.check("a", 2, 2), Verdict::Duplicate);
-        d.append_failed("a");
+        d.pushed("a", 1); // fails
+        d.pushed("a", 2); // stored, but answered with an error while fenced
+        assert_eq!(
+            d.check("a", 1, 1),
+            Verdict::Duplicate,
+            "the hole the fence closes"
+        );
+        d.reset_pushed();
         assert_eq!(d.check("a", 1, 1), Verdict::New);
         assert_eq!(d.check("a", 2, 2), Verdict::New);
         assert_eq!(
@@ -572,13 +568,10 @@ mod tests {
         );
         assert_eq!(d.last_persisted("a"), Some((0, p(1, 0))));
 
-        // A producer with nothing persisted is forgotten entirely.
+        // A producer with nothing persisted keeps nothing pushed.
         d.pushed("b", 7);
-        d.append_failed("b");
+        d.reset_pushed();
         assert_eq!(d.check("b", 7, 7), Verdict::New);
-        assert_eq!(d.producer_count(), 1);
-        d.append_failed("unknown");
-        assert_eq!(d.producer_count(), 1);
     }
 
     #[test]

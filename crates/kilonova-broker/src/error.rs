@@ -37,12 +37,22 @@ pub enum BrokerError {
     /// The state forbids the change (HTTP 412).
     #[error("{0}")]
     Precondition(String),
+    /// A value over a configured limit, as Pulsar's 406 answers (e.g. more
+    /// partitions than `max_num_partitions_per_partitioned_topic`).
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("metadata: {0}")]
     Metadata(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// Shutting down could not persist everything.
+    #[error("shutdown incomplete: {0}")]
+    Shutdown(String),
+    /// The topic refuses producers for a moment (fenced after a failed write).
+    #[error("{0}")]
+    TopicFenced(String),
     /// The client's credentials were refused (HTTP 401).
     #[error("authentication failed: {0}")]
     Authentication(#[from] kilonova_auth::AuthError),
@@ -70,12 +80,15 @@ impl BrokerError {
             BrokerError::NotAllowed(_)
             | BrokerError::Conflict(_)
             | BrokerError::BadRequest(_)
-            | BrokerError::Precondition(_) => ServerError::NotAllowedError,
+            | BrokerError::Precondition(_)
+            | BrokerError::NotAcceptable(_) => ServerError::NotAllowedError,
             BrokerError::IncompatibleSchema(_) => ServerError::IncompatibleSchema,
             BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
             BrokerError::Metadata(_) => ServerError::MetadataError,
             BrokerError::Storage(_) => ServerError::PersistenceError,
-            BrokerError::ShuttingDown => ServerError::ServiceNotReady,
+            BrokerError::ShuttingDown | BrokerError::TopicFenced(_) | BrokerError::Shutdown(_) => {
+                ServerError::ServiceNotReady
+            }
             BrokerError::Authentication(_) => ServerError::AuthenticationError,
             BrokerError::Authorization(_) => ServerError::AuthorizationError,
             BrokerError::BacklogQuotaExceeded { hold: true, .. } => {
@@ -143,6 +156,10 @@ mod tests {
                 ServerError::NotAllowedError,
             ),
             (
+                BrokerError::NotAcceptable("x".into()),
+                ServerError::NotAllowedError,
+            ),
+            (
                 BrokerError::IncompatibleSchema("x".into()),
                 ServerError::IncompatibleSchema,
             ),
@@ -159,6 +176,10 @@ mod tests {
                 ServerError::PersistenceError,
             ),
             (BrokerError::ShuttingDown, ServerError::ServiceNotReady),
+            (
+                BrokerError::TopicFenced("t".into()),
+                ServerError::ServiceNotReady,
+            ),
             (
                 BrokerError::Authentication(kilonova_auth::AuthError::Expired),
                 ServerError::AuthenticationError,

@@ -9,6 +9,7 @@
 //! This crate never encodes frames by hand (the protocol crate does) and never
 //! writes storage files (the storage crate does).
 
+pub mod accept;
 mod broker;
 mod catalog_import;
 mod commands;
@@ -24,7 +25,7 @@ mod rate_limit;
 mod subscription;
 mod topic;
 
-pub use broker::{Broker, ServiceUrls};
+pub use broker::{check_servable, Broker, ServiceUrls};
 pub use catalog_import::import_old_catalog;
 pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;

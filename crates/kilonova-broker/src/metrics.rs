@@ -23,6 +23,9 @@ pub struct TopicMetrics {
     /// Entries not yet acknowledged, summed over subscriptions.
     pub backlog: AtomicU64,
     pub storage_bytes: AtomicU64,
+    /// Delayed messages sent before their time because a subscription held
+    /// as many as it may (`max_delayed_messages_per_subscription`).
+    pub delayed_sent_early: AtomicU64,
     /// Rates over the last housekeeping period, as f64 bits.
     rate_in: AtomicU64,
     rate_out: AtomicU64,
@@ -52,6 +55,10 @@ impl TopicMetrics {
     pub fn add_out(&self, messages: u64, bytes: u64) {
         self.msg_out.fetch_add(messages, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn count_delayed_sent_early(&self) {
+        self.delayed_sent_early.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_rates(&self, r: Rates) {
@@ -97,6 +104,12 @@ pub struct MetricsRegistry {
     publish_throttled: AtomicU64,
     /// Messages not stored because deduplication found them stored already.
     duplicates: AtomicU64,
+    /// Topics fenced after a failed append.
+    topics_fenced: AtomicU64,
+    /// Pulsar-protocol connections open now.
+    connections: AtomicU64,
+    /// Connections refused: by `max_connections`, by `max_connections_per_ip`.
+    connections_refused: [AtomicU64; 2],
 }
 
 impl MetricsRegistry {
@@ -116,8 +129,28 @@ impl MetricsRegistry {
         self.publish_throttled.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn count_topic_fenced(&self) {
+        self.topics_fenced.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn count_duplicates(&self, n: u64) {
         self.duplicates.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_connection_refused(&self, why: crate::accept::Refusal) {
+        let i = match why {
+            crate::accept::Refusal::MaxConnections => 0,
+            crate::accept::Refusal::MaxConnectionsPerIp => 1,
+        };
+        self.connections_refused[i].fetch_add(1, Ordering::Relaxed);
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TopicMetrics>>> {
@@ -207,7 +240,7 @@ pub fn render(
         .collect();
     let mut out = String::with_capacity(4096 + topics.len() * 1024);
     type Get = fn(&TopicMetrics) -> f64;
-    let per_topic: [(&str, &str, &str, Get); 13] = [
+    let per_topic: [(&str, &str, &str, Get); 14] = [
         (
             "pulsar_in_messages_total",
             "counter",
@@ -286,6 +319,12 @@ pub fn render(
             "Bytes the topic stores",
             |m| m.storage_bytes.load(Ordering::Relaxed) as f64,
         ),
+        (
+            "kilonova_delayed_messages_sent_early_total",
+            "counter",
+            "Delayed messages sent before their time: the subscription held its maximum",
+            |m| m.delayed_sent_early.load(Ordering::Relaxed) as f64,
+        ),
     ];
     for (name, kind, help, get) in per_topic {
         header(&mut out, name, kind, help);
@@ -346,12 +385,46 @@ pub fn render(
             "Messages not stored again because deduplication had stored them",
             &registry.duplicates,
         ),
+        (
+            "kilonova_topics_fenced_total",
+            "Times a topic was fenced after a failed append (producers closed until in-flight appends drain)",
+            &registry.topics_fenced,
+        ),
     ];
     for (name, help, v) in counters {
         header(&mut out, name, "counter", help);
         let _ = writeln!(
             out,
             "{name}{{cluster=\"{}\"}} {}",
+            escape(cluster),
+            v.load(Ordering::Relaxed)
+        );
+    }
+    header(
+        &mut out,
+        "pulsar_active_connections",
+        "gauge",
+        "Pulsar-protocol connections open (every port)",
+    );
+    let _ = writeln!(
+        out,
+        "pulsar_active_connections{{cluster=\"{}\"}} {}",
+        escape(cluster),
+        registry.connections.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "kilonova_connections_refused_total",
+        "counter",
+        "Pulsar-protocol connections closed at accept, by the limit that refused them",
+    );
+    for (reason, v) in [
+        ("max_connections", &registry.connections_refused[0]),
+        ("max_connections_per_ip", &registry.connections_refused[1]),
+    ] {
+        let _ = writeln!(
+            out,
+            "kilonova_connections_refused_total{{cluster=\"{}\",reason=\"{reason}\"}} {}",
             escape(cluster),
             v.load(Ordering::Relaxed)
         );

@@ -121,6 +121,14 @@ impl RateLimiter {
         }
     }
 
+    /// Forgives debt beyond `max` of rate, so that no single charge (a batch
+    /// that claims absurdly many messages, say) can pause its senders for longer.
+    fn cap_debt(&mut self, max: Duration) {
+        for b in self.buckets() {
+            b.tokens = b.tokens.max(-b.rate_per_sec * max.as_secs_f64());
+        }
+    }
+
     /// How long until nothing is owed any more (zero: something may go now).
     pub(crate) fn wait(&mut self, now: Instant) -> Duration {
         self.buckets()
@@ -167,6 +175,12 @@ pub(crate) struct PublishGate {
 /// after a quiet spell stays within a few percent of the limit over seconds.
 const PUBLISH_BURST: Duration = Duration::from_millis(100);
 
+/// The longest one publish can pause its connections: a SEND's charge beyond
+/// this much of the rate is forgiven (a 5 MiB message under a 1 MiB/s limit
+/// still waits 5 s; a batch claiming 2^31 messages under 50 msg/s no longer
+/// stops its connections for 497 days).
+const MAX_PUBLISH_DEBT: Duration = Duration::from_secs(10);
+
 impl PublishGate {
     fn lock(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
         // A limiter is plain numbers: whatever a panicking holder left is usable.
@@ -189,6 +203,7 @@ impl PublishGate {
             return Duration::ZERO;
         }
         l.consume(messages, bytes, now);
+        l.cap_debt(MAX_PUBLISH_DEBT);
         l.wait(now)
     }
 
@@ -207,6 +222,24 @@ mod tests {
             messages: messages.map(Rate::per_second),
             bytes: bytes.map(Rate::per_second),
         }
+    }
+
+    #[test]
+    fn one_publish_claiming_billions_of_messages_pauses_for_at_most_the_debt_cap() {
+        let now = Instant::now();
+        let gate = PublishGate::default();
+        gate.set(limits(Some(50), None), now);
+        let wait = gate.charge(i32::MAX as u64, 1, now);
+        assert!(wait <= MAX_PUBLISH_DEBT, "{wait:?}");
+        assert!(
+            wait >= MAX_PUBLISH_DEBT - Duration::from_millis(200),
+            "{wait:?}"
+        );
+        // A legitimate charge over the rate still waits its full time.
+        let gate = PublishGate::default();
+        gate.set(limits(None, Some(1 << 20)), now);
+        let wait = gate.charge(1, 5 << 20, now);
+        assert!(wait >= Duration::from_millis(4_800), "{wait:?}");
     }
 
     /// Simulates a sender that sends whenever it is allowed, for `secs` seconds.

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{base_command::Type, BrokerEntryMetadata, CommandMessage};
@@ -76,6 +77,23 @@ pub(crate) struct Consumer {
     /// Messages and bytes dispatched to this consumer.
     pub msg_out: u64,
     pub bytes_out: u64,
+    /// Its connection's outbound queue was full when last looked at (at the
+    /// start of a dispatch pass and after each send): it gets nothing more in
+    /// this pass, and the topic is woken when the queue drains.
+    pub held: bool,
+}
+
+impl Consumer {
+    /// Whether the consumer may be sent an entry now.
+    fn ready(&self) -> bool {
+        self.permits > 0 && !self.held
+    }
+
+    /// Looks whether its connection can take more; if not, `wake` is
+    /// notified once it can.
+    fn check_room(&mut self, wake: &Arc<Notify>) {
+        self.held = self.permits > 0 && !self.out.has_room(wake);
+    }
 }
 
 /// What a subscription needs from the topic to dispatch.
@@ -86,6 +104,9 @@ pub(crate) struct DispatchLimits {
     pub delayed_delivery: bool,
     pub max_delayed: usize,
     pub now_ms: u64,
+    /// Notified when a consumer held back for its connection's full outbound
+    /// queue may take more (the topic then dispatches again).
+    pub drained: Arc<Notify>,
 }
 
 /// What a dispatch pass may send under the dispatch rates (`None`: no limit in
@@ -195,6 +216,26 @@ impl Subscription {
 
     pub(crate) fn delayed_count(&self) -> usize {
         self.delayed.len()
+    }
+
+    /// Holds the entry at `p` until `t`, keeping at most `max` entries held:
+    /// when full, the entries due soonest stay held and the one due last is
+    /// sent early, so held messages never stop the subscription from reading
+    /// (100,000 messages due at the end of time used to stall it for good).
+    fn hold(&mut self, t: u64, p: Position, max: usize) -> Held {
+        if self.delayed.len() < max.max(1) {
+            self.delayed.insert((t, p));
+            return Held::Yes;
+        }
+        self.metrics.count_delayed_sent_early();
+        match self.delayed.last().copied() {
+            Some(last) if last.0 > t => {
+                self.delayed.pop_last();
+                self.delayed.insert((t, p));
+                Held::InsteadOf(last.1)
+            }
+            _ => Held::No,
+        }
     }
 
     /// Held entries whose time has come join the redelivery set (sent first,
@@ -441,8 +482,27 @@ impl Subscription {
         self.partial_acks.clear();
     }
 
+    /// Whether some consumer may be sent an entry now.
     fn has_permits(&self) -> bool {
-        self.consumers.iter().any(|c| c.permits > 0)
+        self.consumers.iter().any(Consumer::ready)
+    }
+
+    /// Bytes the ready consumers' connections can still take: a read stops
+    /// there (after one entry at least: a queue may cross its bound by one),
+    /// so what permits allow is never read into memory beyond it.
+    fn room_bytes(&self) -> usize {
+        let single = self.kind.single_active();
+        self.consumers
+            .iter()
+            .filter(|c| c.ready() && (!single || self.active == Some(c.key)))
+            .map(|c| c.out.room_bytes())
+            .sum()
+    }
+
+    /// Reads up to `want` entries for the cursor, as many as the consumers'
+    /// connections can take.
+    fn read_next(&self, log: &mut ManagedLog, want: usize) -> Result<Vec<Entry>, StorageError> {
+        log.read_next_within(&self.name, want, self.room_bytes())
     }
 
     /// Sends what the consumers have permits for. Returns how many entries went out.
@@ -457,6 +517,12 @@ impl Subscription {
         }
         if self.consumers.is_empty() || budget.exhausted() {
             return Ok(0);
+        }
+        // Whose connection can take more is decided once for the pass (and
+        // after each send), so a queue draining meanwhile cannot let a later
+        // entry of a key pass an earlier one held for redelivery.
+        for c in &mut self.consumers {
+            c.check_room(&limits.drained);
         }
         if self.kind.single_active() {
             if self.needs_rewind {
@@ -489,7 +555,7 @@ impl Subscription {
             };
             if let Some(i) = self.pick(&entry, floor) {
                 self.replay.remove(&p);
-                self.send(i, &entry);
+                self.send(i, &entry, &limits.drained);
                 budget.spend(&entry);
                 sent += 1;
             }
@@ -498,34 +564,42 @@ impl Subscription {
         while self.has_permits()
             && !budget.exhausted()
             && self.replay.len() < limits.max_redelivery_backlog
-            && (!limits.delayed_delivery || self.delayed.len() < limits.max_delayed.max(1))
         {
             let want = budget.cap_entries(
                 self.consumers
                     .iter()
+                    .filter(|c| c.ready())
                     .map(|c| c.permits.max(0) as usize)
                     .sum::<usize>()
                     .min(limits.batch_entries),
             );
-            let entries = log.read_next(&self.name, want)?;
+            let entries = self.read_next(log, want)?;
             if entries.is_empty() {
                 break;
             }
             for entry in entries {
-                if budget.exhausted() {
-                    // Over the byte rate: what was read goes back to be read again.
+                if budget.exhausted() || !self.has_permits() {
+                    // Over the byte rate, or no consumer can take more now:
+                    // what was read goes back to be read again.
                     log.rewind_read_to(&self.name, entry.position)?;
                     break;
                 }
                 if limits.delayed_delivery {
                     if let Some(t) = deliver_at_ms(&entry).filter(|t| *t > limits.now_ms) {
-                        self.delayed.insert((t, entry.position));
-                        continue;
+                        match self.hold(t, entry.position, limits.max_delayed) {
+                            Held::Yes => continue,
+                            Held::InsteadOf(later) => {
+                                self.replay.insert(later, None);
+                                continue;
+                            }
+                            // Over the cap and due after everything held: sent now.
+                            Held::No => {}
+                        }
                     }
                 }
                 match self.pick(&entry, floor) {
                     Some(i) => {
-                        self.send(i, &entry);
+                        self.send(i, &entry, &limits.drained);
                         budget.spend(&entry);
                         sent += 1;
                     }
@@ -552,21 +626,26 @@ impl Subscription {
             return Ok(0);
         };
         let mut sent = 0;
-        while let Some(permits) = self.consumers.get(i).map(|c| c.permits).filter(|p| *p > 0) {
+        while let Some(permits) = self
+            .consumers
+            .get(i)
+            .filter(|c| c.ready())
+            .map(|c| c.permits)
+        {
             if budget.exhausted() {
                 break;
             }
             let want = budget.cap_entries((permits as usize).min(limits.batch_entries));
-            let entries = log.read_next(&self.name, want)?;
+            let entries = self.read_next(log, want)?;
             if entries.is_empty() {
                 break;
             }
             for entry in &entries {
-                if budget.exhausted() {
+                if budget.exhausted() || self.consumers.get(i).is_none_or(|c| c.held) {
                     log.rewind_read_to(&self.name, entry.position)?;
                     break;
                 }
-                self.send(i, entry);
+                self.send(i, entry, &limits.drained);
                 budget.spend(entry);
                 sent += 1;
             }
@@ -587,14 +666,14 @@ impl Subscription {
                 let best = self
                     .consumers
                     .iter()
-                    .filter(|c| c.permits > 0)
+                    .filter(|c| c.ready())
                     .map(|c| c.priority)
                     .min()?;
                 let n = self.consumers.len();
                 for k in 0..n {
                     let i = (self.round_robin + k) % n;
                     let c = self.consumers.get(i)?;
-                    if c.permits > 0 && c.priority == best {
+                    if c.ready() && c.priority == best {
                         self.round_robin = (i + 1) % n;
                         return Some(i);
                     }
@@ -623,7 +702,7 @@ impl Subscription {
                 return None;
             }
         }
-        (c.permits > 0).then_some(i)
+        c.ready().then_some(i)
     }
 
     fn slot_of(&self, entry: &Entry) -> Option<u32> {
@@ -631,12 +710,16 @@ impl Subscription {
     }
 
     /// Non-persistent topics: sends `entry` to the consumer that would get it now, or
-    /// drops it if that consumer has no permits. Nothing is kept for redelivery.
+    /// drops it if that consumer has no permits or its connection's outbound
+    /// queue is full. Nothing is kept for redelivery.
     pub(crate) fn deliver_or_drop(&mut self, entry: &Entry) -> bool {
+        for c in &mut self.consumers {
+            c.held = c.out.is_full();
+        }
         let target = if self.kind.single_active() {
             self.active
                 .and_then(|k| self.consumers.iter().position(|c| c.key == k))
-                .filter(|i| self.consumers.get(*i).is_some_and(|c| c.permits > 0))
+                .filter(|i| self.consumers.get(*i).is_some_and(Consumer::ready))
         } else {
             self.pick(entry, Position::new(u64::MAX, u64::MAX))
         };
@@ -656,7 +739,7 @@ impl Subscription {
         self.metrics.add_out(n, b);
     }
 
-    fn send(&mut self, i: usize, entry: &Entry) {
+    fn send(&mut self, i: usize, entry: &Entry, drained: &Arc<Notify>) {
         let redelivery_count = self.redeliveries.get(&entry.position).copied();
         let ack_set = self
             .partial_acks
@@ -669,8 +752,18 @@ impl Subscription {
         c.permits -= i64::from(entry.message_count);
         self.pending.insert(entry.position, c.key);
         send_entry(c, entry, redelivery_count.unwrap_or(0), ack_set);
+        c.check_room(drained);
         self.count_out(entry);
     }
+}
+
+/// What [`Subscription::hold`] did with an entry.
+enum Held {
+    Yes,
+    /// Held; the entry at this position, due later, is to be sent now instead.
+    InsteadOf(Position),
+    /// Not held: to be sent now.
+    No,
 }
 
 /// The first entry the subscription has not acknowledged (entries before it all are).

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use kilonova_pulsar_protocol::frame::{self, Payload};
 use kilonova_pulsar_protocol::proto::{
@@ -118,9 +118,10 @@ pub(crate) enum TopicCommand {
     RemoveConsumer {
         key: ConsumerKey,
     },
-    /// Close every client with the protocol's close commands, persist, stop.
+    /// Close every client with the protocol's close commands, persist, stop;
+    /// `done` tells whether the topic's state was persisted.
     Shutdown {
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<bool>,
     },
     /// A request of the admin API.
     Admin {
@@ -285,6 +286,12 @@ pub(crate) struct Topic {
     /// (or many ACKs) costs one dispatch pass, not one per command.
     to_dispatch: HashSet<String>,
     appends: FuturesOrdered<PendingAppend>,
+    /// An append failed: every append still in flight is answered with an
+    /// error (stored or not), producers were closed and new ones wait, until
+    /// nothing is in flight (Pulsar fences a topic the same way). Without it,
+    /// a message stored after a failed one would make deduplication drop the
+    /// failed one's resend.
+    fenced: bool,
     /// Non-persistent topics: the next synthetic entry id.
     next_transient_entry: u64,
     idle_since: Option<Instant>,
@@ -298,6 +305,9 @@ pub(crate) struct Topic {
     dispatch_rate: RateLimiter,
     /// A dispatch held back by a dispatch rate goes on at this time.
     dispatch_wake: Option<Instant>,
+    /// Notified by a connection's writer when a consumer held back for its
+    /// full outbound queue may take more.
+    drained: Arc<Notify>,
     /// Passes of `dispatch_all` (which subscription goes first under a topic rate).
     dispatch_round: usize,
     checks: policy::Checks,
@@ -352,6 +362,7 @@ impl Topic {
             consumer_subs: HashMap::new(),
             to_dispatch: HashSet::new(),
             appends: FuturesOrdered::new(),
+            fenced: false,
             next_transient_entry: 0,
             idle_since: Some(now),
             metrics,
@@ -360,6 +371,7 @@ impl Topic {
             publish_gate,
             dispatch_rate,
             dispatch_wake: None,
+            drained: Arc::new(Notify::new()),
             dispatch_round: 0,
             checks: policy::Checks::new(now),
             quota_exceeded: None,
@@ -380,6 +392,7 @@ impl Topic {
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_limit = Duration::from_secs(config.topic_unload_idle_secs);
+        let drained = self.drained.clone();
         loop {
             tokio::select! {
                 biased;
@@ -391,6 +404,7 @@ impl Topic {
                     {
                         self.complete_append(a);
                     }
+                    self.unfence_when_drained();
                     self.dispatch_all();
                 }
                 cmd = rx.recv() => {
@@ -400,8 +414,8 @@ impl Topic {
                     loop {
                         match cmd {
                             TopicCommand::Shutdown { done } => {
-                                self.shutdown().await;
-                                let _ = done.send(());
+                                let persisted = self.shutdown().await;
+                                let _ = done.send(persisted);
                                 return;
                             }
                             TopicCommand::Admin { request, reply } => {
@@ -427,6 +441,7 @@ impl Topic {
                     self.dispatch_wake = None;
                     self.dispatch_all();
                 }
+                _ = drained.notified() => self.dispatch_all(),
                 _ = tick.tick() => {
                     self.housekeeping().await;
                     self.update_gauges();
@@ -494,14 +509,18 @@ impl Topic {
         }
     }
 
-    async fn shutdown(&mut self) {
+    /// Closes the topic; whether its state (cursors) was persisted.
+    async fn shutdown(&mut self) -> bool {
         self.shutdown_keeping_log().await;
+        let mut persisted = true;
         if let Some(log) = self.log.take() {
             if let Err(e) = log.close() {
-                tracing::warn!(topic = %self.full_name, error = %e, "closing the log failed");
+                tracing::error!(topic = %self.full_name, error = %e, "closing the log failed: its cursors were not persisted");
+                persisted = false;
             }
         }
         tracing::debug!(topic = %self.full_name, "topic closed");
+        persisted
     }
 
     /// Closes every producer and consumer with the protocol's close commands,
@@ -546,6 +565,20 @@ impl Topic {
     }
 
     fn complete_append(&mut self, a: Appended) {
+        if self.fenced {
+            // Stored or not, its producer resends it (deduplication forgot it).
+            let why = match &a.outcome {
+                Outcome::Refused(_, why) => why.clone(),
+                _ => "the topic is fenced after a failed write: send again".to_string(),
+            };
+            a.to.out.command(commands::send_error(
+                a.to.producer_id,
+                a.to.sequence_id,
+                ServerError::PersistenceError,
+                why,
+            ));
+            return;
+        }
         let result = match a.outcome {
             Outcome::Stored(r) => r,
             Outcome::Duplicate => return self.answer_duplicate(&a),
@@ -578,16 +611,41 @@ impl Topic {
             }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
-                if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
-                    d.append_failed(name);
-                }
                 a.to.out.command(commands::send_error(
                     a.to.producer_id,
                     a.to.sequence_id,
                     ServerError::PersistenceError,
                     e.to_string(),
                 ));
+                self.fence();
             }
+        }
+    }
+
+    /// Fences the topic after a failed append: producers are closed (clients
+    /// reconnect and resend what was not acknowledged), new producers are
+    /// refused as not ready, and what is still in flight is answered with
+    /// errors; [`Self::unfence_when_drained`] lifts it.
+    fn fence(&mut self) {
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        self.broker.metrics().count_topic_fenced();
+        tracing::warn!(topic = %self.full_name, in_flight = self.appends.len(), "fenced after a failed append");
+        for ((_, id), p) in self.producers.drain() {
+            p.out.command(commands::close_producer(id));
+        }
+    }
+
+    /// Lifts the fence once no append is in flight.
+    fn unfence_when_drained(&mut self) {
+        if self.fenced && self.appends.is_empty() {
+            self.fenced = false;
+            if let Some(d) = self.dedup.as_mut() {
+                d.reset_pushed();
+            }
+            tracing::info!(topic = %self.full_name, "fence lifted");
         }
     }
 
@@ -770,6 +828,14 @@ impl Topic {
             self.producer_ready(&p, name.unwrap_or_default());
             return;
         }
+        if self.fenced {
+            let e = BrokerError::TopicFenced(format!(
+                "topic {} is fenced after a failed write; retry",
+                self.full_name
+            ));
+            p.conn.out.command(commands::broker_error(p.request_id, &e));
+            return;
+        }
         if let Err(e) = self.admit_producer() {
             tracing::debug!(topic = %self.full_name, error = %e, "producer refused");
             p.conn.out.command(commands::broker_error(p.request_id, &e));
@@ -943,7 +1009,19 @@ impl Topic {
             });
             return;
         }
-        let count = payload.message_count();
+        let count = match payload.checked_message_count(self.broker.max_uncompressed_batch_bytes())
+        {
+            Ok(n) => n,
+            Err(e) => {
+                let pending = Pending::Refused(ServerError::NotAllowedError, e.to_string());
+                self.appends.push_back(PendingAppend {
+                    pending,
+                    to,
+                    producer: None,
+                });
+                return;
+            }
+        };
         let bytes = payload.raw.len() as u64;
         self.metrics.add_in(u64::from(count), bytes);
         if let Some(p) = self.producers.get_mut(&(conn, producer_id)) {
@@ -988,16 +1066,15 @@ impl Topic {
                     producer,
                 }),
                 Err(e) => {
-                    // In order, and deduplication forgets it was pushed.
-                    if let (Some(d), Some(name)) = (self.dedup.as_mut(), producer.as_deref()) {
-                        d.append_failed(name);
-                    }
+                    // Answered in order; everything after it too, by the fence.
+                    tracing::warn!(topic = %self.full_name, error = %e, "append failed");
                     let pending = Pending::Refused(ServerError::PersistenceError, e.to_string());
                     self.appends.push_back(PendingAppend {
                         pending,
                         to,
                         producer: None,
                     });
+                    self.fence();
                 }
             },
             None => {
@@ -1149,6 +1226,7 @@ impl Topic {
             sticky_ranges,
             msg_out: 0,
             bytes_out: 0,
+            held: false,
         };
         let sub = self
             .subscriptions
@@ -1378,6 +1456,7 @@ impl Topic {
             delayed_delivery: self.policies.delayed_delivery,
             max_delayed: c.max_delayed_messages_per_subscription,
             now_ms: now_ms(),
+            drained: self.drained.clone(),
         }
     }
 
@@ -1512,7 +1591,8 @@ pub(crate) fn refuse(cmd: TopicCommand, e: &BrokerError) {
             .out
             .command(commands::broker_error(command.request_id, e)),
         TopicCommand::Shutdown { done } => {
-            let _ = done.send(());
+            // Refused before it loaded: nothing of it to persist.
+            let _ = done.send(true);
         }
         _ => {}
     }

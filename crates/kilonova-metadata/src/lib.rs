@@ -17,7 +17,7 @@ mod store;
 pub use embedded::EmbeddedStore;
 pub use error::{MetadataError, Result};
 pub use names::{Domain, NamespaceName, TopicName, TopicNameError};
-pub use resources::{Resources, SchemaOutcome, SchemaRecord, TopicRecord};
+pub use resources::{Resources, SchemaOutcome, SchemaRecord, TopicRecord, MAX_PARTITIONS};
 pub use store::{
     check_key, under, Expect, MetadataStore, Page, SessionId, Stored, Watch, WatchEvent, Watched,
     DEFAULT_SESSION_TTL,

@@ -47,6 +47,10 @@ pub enum TopicNameError {
     NamespaceShape(String),
     #[error("invalid {part} {value:?}: only letters, digits and - _ = : . % are allowed")]
     Characters { part: &'static str, value: String },
+    /// `.` and `..` mean "this" and "the parent" in every path they reach (a
+    /// URL, a file name): as names they would be unreachable.
+    #[error("invalid {part} {value:?}: '.' and '..' are not names")]
+    Dots { part: &'static str, value: String },
 }
 
 /// A validated `tenant/namespace` name.
@@ -91,8 +95,16 @@ pub struct TopicName {
     pub local: String,
 }
 
-/// Checks one name component (tenant, namespace, topic, cluster).
+/// Checks one name component (tenant, namespace, topic, cluster): Pulsar's
+/// characters (`[A-Za-z0-9_=:.-]`, and `%` of URL-encoded names), and not `.`
+/// or `..`.
 pub fn check(part: &'static str, value: &str) -> Result<(), TopicNameError> {
+    if value == "." || value == ".." {
+        return Err(TopicNameError::Dots {
+            part,
+            value: value.to_string(),
+        });
+    }
     let ok = !value.is_empty()
         && value
             .chars()
@@ -250,6 +262,41 @@ mod tests {
     }
 
     #[test]
+    fn dot_and_dot_dot_are_not_names() {
+        for bad in [".", ".."] {
+            for name in [
+                format!("persistent://public/default/{bad}"),
+                format!("non-persistent://public/{bad}/t"),
+                format!("persistent://{bad}/default/t"),
+                format!("{bad}/default/t"),
+                bad.to_string(),
+            ] {
+                assert!(
+                    matches!(TopicName::parse(&name), Err(TopicNameError::Dots { .. })),
+                    "{name} accepted"
+                );
+            }
+            assert!(matches!(
+                NamespaceName::new("public", bad),
+                Err(TopicNameError::Dots { .. })
+            ));
+            assert!(matches!(
+                NamespaceName::parse(&format!("{bad}/default")),
+                Err(TopicNameError::Dots { .. })
+            ));
+            assert!(check("cluster", bad).is_err());
+        }
+        // Dots inside or around a longer name are ordinary characters.
+        for ok in ["...", ".a", "a.", "a..b", "..-partition-0"] {
+            assert!(
+                TopicName::parse(&format!("public/default/{ok}")).is_ok(),
+                "{ok}"
+            );
+            assert!(check("tenant", ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
     fn partitions_are_named_and_recognised() {
         let t = TopicName::parse("persistent://a/b/orders").unwrap();
         let p = t.partition_name(3);
@@ -274,6 +321,7 @@ mod tests {
             d in prop_oneof![Just("persistent"), Just("non-persistent")],
             t in "[a-z0-9_.=:-]{1,12}", n in "[a-z0-9_.=:-]{1,12}", l in "[a-zA-Z0-9_.=:%-]{1,20}",
         ) {
+            prop_assume!([&t, &n, &l].iter().all(|c| *c != "." && *c != ".."));
             let name = TopicName::parse(&format!("{d}://{t}/{n}/{l}")).unwrap();
             prop_assert_eq!(TopicName::parse(&name.to_string()).unwrap(), name);
         }

@@ -423,6 +423,10 @@ pub fn check_auto_topic_creation(o: &AutoTopicCreationOverride) -> Result<()> {
                 "partitioned auto-creation needs defaultNumPartitions > 0".into(),
             ))
         }
+        (_, Some(n)) if n > crate::MAX_PARTITIONS => Err(MetadataError::Invalid(format!(
+            "defaultNumPartitions {n} is more than the {} a partitioned topic may have",
+            crate::MAX_PARTITIONS
+        ))),
         _ => Ok(()),
     }
 }

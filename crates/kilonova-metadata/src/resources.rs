@@ -27,6 +27,13 @@ const TOPIC_IDS: &str = "/counters/topic-id";
 /// Children listed per page when a whole list is wanted.
 const LIST_PAGE: usize = 10_000;
 
+/// The most partitions a partitioned topic may have, whatever the broker's
+/// configured cap (`max_num_partitions_per_partitioned_topic` may only lower
+/// it). Every list of a topic's partitions is at most this long: a record
+/// above it (written before the cap existed) is *oversized*, and its
+/// partitions are neither listed nor served, only deleted.
+pub const MAX_PARTITIONS: u32 = 65_536;
+
 /// A topic's record.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopicRecord {
@@ -37,6 +44,24 @@ pub struct TopicRecord {
     pub partitions: u32,
     #[serde(default, skip_serializing_if = "TopicPolicies::is_empty")]
     pub policies: TopicPolicies,
+}
+
+impl TopicRecord {
+    /// More partitions than [`MAX_PARTITIONS`]: a record from before the cap,
+    /// whose partitions are not served or listed (it can only be deleted).
+    pub fn is_oversized(&self) -> bool {
+        self.partitions > MAX_PARTITIONS
+    }
+}
+
+/// Refuses a partition count above [`MAX_PARTITIONS`].
+fn check_partition_ceiling(partitions: u32) -> Result<()> {
+    if partitions > MAX_PARTITIONS {
+        return Err(MetadataError::Invalid(format!(
+            "{partitions} partitions is more than the {MAX_PARTITIONS} a partitioned topic may have"
+        )));
+    }
+    Ok(())
 }
 
 /// One version of a topic's schema.
@@ -497,6 +522,7 @@ impl Resources {
 
     /// Creates topic `name` with `partitions` (0: non-partitioned).
     pub async fn create_topic(&self, name: &TopicName, partitions: u32) -> Result<TopicRecord> {
+        check_partition_ceiling(partitions)?;
         let ns = name.namespace();
         if !self.namespace_exists(&ns).await? {
             return Err(MetadataError::NotFound(format!("namespace {ns}")));
@@ -547,6 +573,7 @@ impl Resources {
 
     /// Grows partitioned topic `name` to `partitions` (it may only grow, as in Pulsar).
     pub async fn update_partitions(&self, name: &TopicName, partitions: u32) -> Result<()> {
+        check_partition_ceiling(partitions)?;
         let what = format!("topic {name}");
         self.update::<TopicRecord>(&what, &topic_key(name), |t| {
             if t.partitions == 0 {
@@ -622,9 +649,59 @@ impl Resources {
             .await
     }
 
+    /// The stored records of partitioned topic `base`'s partitions (a
+    /// partition has one once it was used), by index. Pages through the
+    /// store's children named `<base>-partition-…`, so the cost follows what is
+    /// stored, never the partition count. Records with an index at or past
+    /// `partitions` are left out.
+    pub async fn partition_records(
+        &self,
+        base: &TopicName,
+        partitions: u32,
+    ) -> Result<Vec<(u32, TopicRecord)>> {
+        let ns = base.namespace();
+        let prefix = topics_prefix(&ns, base.domain);
+        let stem = format!("{}{}", base.local, crate::names::PARTITION_SUFFIX);
+        let mut after = stem.clone();
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .store
+                .children(&prefix, Some(&after), LIST_PAGE)
+                .await?;
+            let mut past_stem = false;
+            for local in &page.names {
+                let Some(index) = local.strip_prefix(&stem) else {
+                    past_stem = true;
+                    break;
+                };
+                // `t-partition-007` is another topic's name, not partition 7.
+                let Some(i) = index
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|i| *i < partitions && i.to_string() == index)
+                else {
+                    continue;
+                };
+                let name = base.partition_name(i);
+                if let Some(record) = self.topic(&name).await? {
+                    out.push((i, record));
+                }
+            }
+            match page.names.last() {
+                Some(last) if page.more && !past_stem => after = last.clone(),
+                _ => break,
+            }
+        }
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out)
+    }
+
     /// The topics clients see in a namespace: non-partitioned topics and every
     /// partition of partitioned ones (as GET_TOPICS_OF_NAMESPACE and Pulsar's
-    /// topic list answer), of one domain or both, sorted.
+    /// topic list answer), of one domain or both, sorted. An oversized
+    /// record's partitions are left out (with a warning): listing them would
+    /// cost memory in proportion to a number a client chose.
     pub async fn topics_of_namespace(
         &self,
         ns: &NamespaceName,
@@ -645,7 +722,14 @@ impl Resources {
                 .map(|(n, r)| (n.local.as_str(), r.partitions))
                 .collect();
             for (name, record) in &records {
-                if record.partitions > 0 {
+                if record.is_oversized() {
+                    tracing::warn!(
+                        topic = %name,
+                        partitions = record.partitions,
+                        max = MAX_PARTITIONS,
+                        "not listing the partitions of an oversized partitioned topic (delete it)"
+                    );
+                } else if record.partitions > 0 {
                     out.extend((0..record.partitions).map(|i| name.partition_name(i).to_string()));
                 } else if name.partition().is_none()
                     || !partitioned.contains_key(name.partitioned_topic().local.as_str())
@@ -784,5 +868,119 @@ fn ignore_exists(r: Result<()>) -> Result<()> {
     match r {
         Err(MetadataError::AlreadyExists(_)) => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmbeddedStore;
+
+    async fn resources() -> (Resources, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("metadata.redb")).unwrap();
+        let r = Resources::new(Arc::new(store));
+        r.bootstrap("standalone", &ClusterData::default())
+            .await
+            .unwrap();
+        (r, dir)
+    }
+
+    fn topic(name: &str) -> TopicName {
+        TopicName::parse(name).unwrap()
+    }
+
+    #[tokio::test]
+    async fn partition_counts_above_the_ceiling_are_refused() {
+        let (r, _dir) = resources().await;
+        let t = topic("persistent://public/default/huge");
+        assert!(matches!(
+            r.create_topic(&t, MAX_PARTITIONS + 1).await,
+            Err(MetadataError::Invalid(_))
+        ));
+        assert!(matches!(
+            r.create_topic(&t, u32::MAX).await,
+            Err(MetadataError::Invalid(_))
+        ));
+        assert_eq!(r.topic(&t).await.unwrap(), None, "nothing stored");
+        r.create_topic(&t, 2).await.unwrap();
+        assert!(matches!(
+            r.update_partitions(&t, u32::MAX).await,
+            Err(MetadataError::Invalid(_))
+        ));
+        assert_eq!(r.topic(&t).await.unwrap().unwrap().partitions, 2);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_record_does_not_crash_the_listing() {
+        // A record written before the cap existed: u32::MAX partitions would
+        // be 4 billion names (the broker aborted on a 343 GB allocation).
+        let (r, _dir) = resources().await;
+        let ns = NamespaceName::new("public", "default").unwrap();
+        let huge = topic("persistent://public/default/huge");
+        let record = TopicRecord {
+            id: 77,
+            partitions: u32::MAX,
+            policies: TopicPolicies::default(),
+        };
+        r.put_topic(&huge, &record).await.unwrap();
+        // A partition used before, and a neighbour.
+        r.put_topic(&huge.partition_name(3), &TopicRecord::default())
+            .await
+            .unwrap();
+        r.create_topic(&topic("persistent://public/default/small"), 2)
+            .await
+            .unwrap();
+        r.create_topic(&topic("persistent://public/default/plain"), 0)
+            .await
+            .unwrap();
+
+        let listed = r.topics_of_namespace(&ns, None).await.unwrap();
+        assert_eq!(
+            listed,
+            [
+                "persistent://public/default/plain",
+                "persistent://public/default/small-partition-0",
+                "persistent://public/default/small-partition-1",
+            ]
+        );
+        // The stored partitions are found without walking u32::MAX indexes.
+        let stored = r.partition_records(&huge, u32::MAX).await.unwrap();
+        assert_eq!(stored.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [3]);
+    }
+
+    #[tokio::test]
+    async fn partition_records_are_the_stored_partitions_only() {
+        let (r, _dir) = resources().await;
+        let base = topic("persistent://public/default/t");
+        r.create_topic(&base, 12).await.unwrap();
+        for i in [0, 2, 10, 11] {
+            r.put_topic(&base.partition_name(i), &TopicRecord::default())
+                .await
+                .unwrap();
+        }
+        // Names that only look like partitions of `t`, and a neighbour.
+        for other in [
+            "t-partition-007",
+            "t-partition-12",
+            "t-partition-x",
+            "t-partitions",
+            "u",
+        ] {
+            r.put_topic(
+                &topic(&format!("persistent://public/default/{other}")),
+                &TopicRecord::default(),
+            )
+            .await
+            .unwrap();
+        }
+        let found: Vec<u32> = r
+            .partition_records(&base, 12)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(found, [0, 2, 10, 11]);
     }
 }

@@ -14,7 +14,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use crate::proto::{BaseCommand, BrokerEntryMetadata, MessageMetadata, SingleMessageMetadata};
+use crate::proto::{
+    BaseCommand, BrokerEntryMetadata, CompressionType, MessageMetadata, SingleMessageMetadata,
+};
 
 pub const MAGIC_CRC32C: u16 = 0x0e01;
 pub const MAGIC_BROKER_ENTRY_METADATA: u16 = 0x0e02;
@@ -72,6 +74,42 @@ pub fn message_count(metadata: &MessageMetadata) -> u32 {
         .and_then(|n| u32::try_from(n).ok())
         .filter(|n| *n > 0)
         .unwrap_or(1)
+}
+
+/// The fewest bytes one message of a batch takes before compression: its
+/// 4-byte metadata size and a `SingleMessageMetadata` holding at least its
+/// required `payload_size` (a tag byte and a one-byte varint).
+pub const MIN_BATCHED_MESSAGE_BYTES: u64 = 6;
+
+impl Payload {
+    /// The entry's message count, if its bytes can hold that many messages:
+    /// a batch's `num_messages_in_batch` is the client's word, and it sizes
+    /// permits, backlogs and rate charges, so a count the payload cannot
+    /// hold (2^31 messages in one byte) is refused. A compressed batch is
+    /// measured by its declared uncompressed size, which may not exceed
+    /// `max_uncompressed_bytes`.
+    pub fn checked_message_count(&self, max_uncompressed_bytes: u64) -> Result<u32, DecodeError> {
+        let count = self.message_count();
+        if count == 1 || self.metadata.chunk_id.is_some() {
+            return Ok(count);
+        }
+        let bytes = match self.metadata.compression() {
+            CompressionType::None => self.data.len() as u64,
+            _ => {
+                let declared = u64::from(self.metadata.uncompressed_size.unwrap_or(0));
+                if declared > max_uncompressed_bytes {
+                    return Err(DecodeError::Batch("uncompressed size over the limit"));
+                }
+                declared
+            }
+        };
+        if u64::from(count) * MIN_BATCHED_MESSAGE_BYTES > bytes {
+            return Err(DecodeError::Batch(
+                "num_messages_in_batch is more than the payload can hold",
+            ));
+        }
+        Ok(count)
+    }
 }
 
 /// One decoded frame.

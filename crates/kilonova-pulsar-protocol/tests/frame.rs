@@ -135,6 +135,55 @@ fn batches_split_into_their_messages_without_copying() {
     );
 }
 
+fn batch_payload(count: i32, data: &[u8], compressed: Option<u32>) -> frame::Payload {
+    let mut meta = metadata(1);
+    meta.num_messages_in_batch = Some(count);
+    if let Some(size) = compressed {
+        meta.set_compression(kilonova_pulsar_protocol::proto::CompressionType::Lz4);
+        meta.uncompressed_size = Some(size);
+    }
+    frame::decode_payload(frame::build_payload(&meta, data)).unwrap()
+}
+
+#[test]
+fn a_batch_claiming_more_messages_than_its_bytes_hold_is_refused() {
+    const MAX: u64 = 1 << 20;
+    // The attack: 2^31 - 1 messages in one byte.
+    assert!(batch_payload(i32::MAX, b"x", None)
+        .checked_message_count(MAX)
+        .is_err());
+    // Compressed: measured by the declared size, which is capped.
+    assert!(batch_payload(i32::MAX, b"x", Some(u32::MAX))
+        .checked_message_count(MAX)
+        .is_err());
+    assert!(batch_payload(1000, b"x", Some(100))
+        .checked_message_count(MAX)
+        .is_err());
+    assert_eq!(
+        batch_payload(1000, b"x", Some(60_000))
+            .checked_message_count(MAX)
+            .unwrap(),
+        1000
+    );
+    // A real batch of empty messages: the smallest each can be.
+    let mut data = BytesMut::new();
+    for _ in 0..3 {
+        frame::push_batch_message(&mut data, &SingleMessageMetadata::default(), b"");
+    }
+    assert_eq!(
+        batch_payload(3, &data, None)
+            .checked_message_count(MAX)
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        batch_payload(1, b"", None)
+            .checked_message_count(MAX)
+            .unwrap(),
+        1
+    );
+}
+
 proptest! {
     #[test]
     fn simple_frames_round_trip(seq: u64, pid: u64) {

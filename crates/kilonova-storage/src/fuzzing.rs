@@ -78,21 +78,58 @@ pub fn idx_file_bytes(records: &[(u64, u64, u64, u64)]) -> Vec<u8> {
     with_crc(checkpoint::encode_idx(&records))
 }
 
-/// Decodes a managed log's metadata file (a state-store value and its CRC);
-/// returns its segment and cursor counts.
+/// Decodes a managed log's metadata file (a state-store value and its CRC,
+/// either version); returns its segment and cursor counts.
 pub fn log_meta(file: &[u8]) -> Result<(usize, usize)> {
     let body = checkpoint::verified_body(file, Path::new("logs/1/meta"))?;
-    let (segments, cursors, _) = managed_log::decode_meta(body.clone())?;
-    // A segment takes 24 bytes, a cursor name at least 4.
-    assert!(segments.len().saturating_mul(24) + cursors.len().saturating_mul(4) <= body.len());
-    Ok((segments.len(), cursors.len()))
+    let meta = managed_log::decode_meta(body.clone())?;
+    let cursors = match &meta.cursors {
+        // A cursor name takes at least 4 bytes, an id 8.
+        managed_log::StoredCursors::ByName(names) => names.len().saturating_mul(4),
+        managed_log::StoredCursors::ById { ids, .. } => ids.len().saturating_mul(8),
+    };
+    // A segment takes 24 bytes.
+    assert!(meta.segments.len().saturating_mul(24) + cursors <= body.len());
+    let count = match meta.cursors {
+        managed_log::StoredCursors::ByName(names) => names.len(),
+        managed_log::StoredCursors::ById { ids, .. } => ids.len(),
+    };
+    Ok((meta.segments.len(), count))
 }
 
-/// A valid managed log metadata file: segments are (id, first message index,
-/// created ms).
-pub fn log_meta_bytes(next_index: u64, segments: &[(u64, u64, u64)], cursors: &[&str]) -> Vec<u8> {
+/// A valid managed log metadata file of the current version: segments are
+/// (id, first message index, created ms), cursors their ids.
+pub fn log_meta_bytes(
+    next_index: u64,
+    segments: &[(u64, u64, u64)],
+    cursor_ids: &[u64],
+) -> Vec<u8> {
     let mut b = BytesMut::new();
     b.put_u8(managed_log::META_VERSION);
+    b.put_u64_le(next_index);
+    b.put_u32_le(segments.len() as u32);
+    for &(id, first, created) in segments {
+        b.put_u64_le(id);
+        b.put_u64_le(first);
+        b.put_u64_le(created);
+    }
+    b.put_u64_le(cursor_ids.iter().max().map_or(0, |m| m.saturating_add(1)));
+    b.put_u32_le(cursor_ids.len() as u32);
+    for id in cursor_ids {
+        b.put_u64_le(*id);
+    }
+    with_crc(b)
+}
+
+/// A valid metadata file of version 1 (cursors listed by name), which a log
+/// migrates when it opens.
+pub fn log_meta_v1_bytes(
+    next_index: u64,
+    segments: &[(u64, u64, u64)],
+    cursors: &[&str],
+) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u8(managed_log::META_VERSION_NAMES);
     b.put_u64_le(next_index);
     b.put_u32_le(segments.len() as u32);
     for &(id, first, created) in segments {
@@ -108,19 +145,26 @@ pub fn log_meta_bytes(next_index: u64, segments: &[(u64, u64, u64)], cursors: &[
     with_crc(b)
 }
 
-/// Decodes a durable cursor's state file; returns its number of acknowledged
-/// ranges.
+/// Decodes a durable cursor's state file (stored by id: version byte and
+/// name first; stored by name: the body alone); returns its number of
+/// acknowledged ranges.
 pub fn cursor_state(file: &[u8]) -> Result<usize> {
     let body = checkpoint::verified_body(file, Path::new("logs/1/cursors/c"))?;
-    let (_, acked) = managed_log::decode_cursor(&body)?;
+    let acked = match managed_log::decode_cursor(&body) {
+        Ok((_, _, acked)) => acked,
+        Err(_) => managed_log::decode_cursor_body(body.clone())?.1,
+    };
     assert!(acked.range_count().saturating_mul(24) <= body.len());
     Ok(acked.range_count())
 }
 
-/// A valid cursor state file: the ack floor and ranges (segment, first, last
-/// entry).
-pub fn cursor_state_bytes(floor: (u64, u64), ranges: &[(u64, u64, u64)]) -> Vec<u8> {
+/// A valid cursor state file as stored by id: its name, the ack floor and
+/// ranges (segment, first, last entry).
+pub fn cursor_state_bytes(name: &str, floor: (u64, u64), ranges: &[(u64, u64, u64)]) -> Vec<u8> {
     let mut b = BytesMut::new();
+    b.put_u8(managed_log::CURSOR_VERSION);
+    b.put_u32_le(name.len() as u32);
+    b.put_slice(name.as_bytes());
     b.put_u64_le(floor.0);
     b.put_u64_le(floor.1);
     b.put_u32_le(ranges.len() as u32);

@@ -349,7 +349,8 @@ impl Writer {
                 }));
                 continue;
             }
-            // Make room before deciding anything, so a failed roll changes no state.
+            // Make room before deciding anything, so a failed roll assigns no
+            // entry id (it fences the appended segment, below).
             // Entries may not use the file's reserve: it keeps room for deletes
             // (which free space) when no new file can be created.
             let size = record::encoded_len(payload_len) as u64;
@@ -357,18 +358,26 @@ impl Writer {
                 Op::Append { .. } | Op::Move { .. } => CONTROL_RESERVE_BYTES,
                 _ => 0,
             };
-            let broken = self
-                .active
-                .as_ref()
-                .is_none_or(|f| f.broken || self.sync.broken_file.load(Ordering::Acquire) == f.no);
-            let fits = !broken
-                && self
-                    .active
-                    .as_ref()
-                    .is_some_and(|f| f.pos + buf.len() as u64 + size + reserve <= f.len);
-            if !fits {
+            if !self.fits(buf.len() as u64 + size + reserve) {
                 self.write_group(&mut buf, &mut pending);
-                if let Err(e) = self.roll() {
+                let rolled = self.roll(reserve > 0).and_then(|()| {
+                    // A file made for control records only (the disk is full) takes no entry.
+                    match self.fits(size + reserve) {
+                        true => Ok(()),
+                        false => Err(StorageError::DiskFull {
+                            context: "creating a journal file",
+                        }),
+                    }
+                });
+                if let Err(e) = rolled {
+                    self.shared.health.failed(&e);
+                    // The entry is not written. Its segment's owner already
+                    // counted it (positions, message index, cache), so the
+                    // segment takes no more entries either: the owner seals it
+                    // and goes on from what is durable, in a new segment.
+                    if let Op::Append { segment, .. } = &req.op {
+                        fence_segment(&self.shared, *segment);
+                    }
                     let _ = req.done.send(Err(e));
                     continue;
                 }
@@ -414,6 +423,15 @@ impl Writer {
             });
         }
         self.write_group(&mut buf, &mut pending);
+    }
+
+    /// Whether `bytes` more fit in the active file (a broken file takes nothing).
+    fn fits(&self, bytes: u64) -> bool {
+        self.active.as_ref().is_some_and(|f| {
+            !f.broken
+                && self.sync.broken_file.load(Ordering::Acquire) != f.no
+                && f.pos + bytes <= f.len
+        })
     }
 
     /// Checks a request against the writer's view of the segments (which includes
@@ -537,6 +555,7 @@ impl Writer {
                 tracing::warn!(error = %e, file = active.no, "journal write failed; rolling to a new file");
                 // After a failed write the file's tail is unknown: never write to it again.
                 active.broken = true;
+                self.shared.health.failed(&e);
                 fence_and_fail(&self.shared, pending, &e);
             }
         }
@@ -545,8 +564,11 @@ impl Writer {
 
     /// Opens the next journal file, then hands the active one to be sealed in the
     /// background. If no new file can be created the active one stays, so control
-    /// records can still use its reserve.
-    fn roll(&mut self) -> Result<()> {
+    /// records can still use its reserve; if it has none left (or there is none,
+    /// as after a start on a full disk), a control record (`for_entries` false)
+    /// gets a file of the reserve's size, so deleting — the way to free space —
+    /// works on a full disk.
+    fn roll(&mut self, for_entries: bool) -> Result<()> {
         let want = self.next_file_no;
         let prepared =
             {
@@ -567,7 +589,13 @@ impl Writer {
         let next = match prepared {
             Some(f) => f,
             // Not prepared (first roll, or preparing failed): create it here.
-            None => create_file(&self.shared, want)?,
+            None => match create_file(&self.shared, want, self.shared.config.log_file_bytes) {
+                Ok(f) => f,
+                Err(StorageError::DiskFull { .. }) if !for_entries => {
+                    create_control_file(&self.shared, want)?
+                }
+                Err(e) => return Err(e),
+            },
         };
         self.next_file_no = want + 1;
         if let (Some(tx), Ok(mut slot)) = (&self.ckpt_tx, self.sync.ready.lock()) {
@@ -599,16 +627,71 @@ impl Writer {
     }
 }
 
-/// Creates (or takes from the recycled spares) journal file `no`, preallocated,
-/// its directory entry durable, registered in the index.
-fn create_file(shared: &Shared, no: u32) -> Result<ActiveFile> {
+/// Journal file `no` of the control reserve's size, for control records only:
+/// what the disk has room for when a whole file does not fit. On a disk full to
+/// the last block the store's reserve file gives its space up for it.
+fn create_control_file(shared: &Shared, no: u32) -> Result<ActiveFile> {
+    let made = match create_file(shared, no, CONTROL_RESERVE_BYTES) {
+        Err(StorageError::DiskFull { .. }) if release_reserve(&shared.config.dir) => {
+            create_file(shared, no, CONTROL_RESERVE_BYTES)
+        }
+        other => other,
+    };
+    if made.is_ok() {
+        tracing::warn!(
+            file = no,
+            "disk full: journal file {no} takes control records (deletes) only"
+        );
+    }
+    made
+}
+
+/// Space the store sets aside (`RESERVE`, the size of a file's control reserve)
+/// while it has room, given up on a disk full to the last block so that a
+/// control file can still be created and segments deleted.
+pub(crate) fn reserve_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("RESERVE")
+}
+
+/// Creates the reserve file if it is missing.
+pub(crate) fn ensure_reserve(dir: &std::path::Path) -> Result<()> {
+    let path = reserve_path(dir);
+    let file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(StorageError::io("creating the space reserve", e)),
+    };
+    if let Err(e) = rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        CONTROL_RESERVE_BYTES,
+    ) {
+        let _ = std::fs::remove_file(&path);
+        let err = std::io::Error::from_raw_os_error(e.raw_os_error());
+        return Err(StorageError::io("preallocating the space reserve", err));
+    }
+    Ok(())
+}
+
+/// Gives the reserve's space back to the file system; whether there was one.
+fn release_reserve(dir: &std::path::Path) -> bool {
+    let released = std::fs::remove_file(reserve_path(dir)).is_ok();
+    if released {
+        tracing::warn!("disk full: released the store's space reserve for control records");
+    }
+    released
+}
+
+/// Creates (or takes from the recycled spares) journal file `no`, preallocated
+/// to `len` bytes, its directory entry durable, registered in the index.
+fn create_file(shared: &Shared, no: u32, len: u64) -> Result<ActiveFile> {
     {
         if no > MAX_FILE_NO {
             return Err(StorageError::Log("journal file numbers exhausted".into()));
         }
         let dir = &shared.config.dir;
         let path = checkpoint::log_path(dir, no);
-        let len = shared.config.log_file_bytes;
         let spare = shared.spares.lock().ok().and_then(|mut s| s.pop());
         let file = match spare {
             // Reuse a recycled file: its blocks are allocated already.
@@ -661,6 +744,12 @@ fn create_file(shared: &Shared, no: u32) -> Result<ActiveFile> {
             );
         }
         tracing::debug!(file = no, bytes = len, "opened journal file");
+        if len == shared.config.log_file_bytes {
+            // Space is back (or never left): set the reserve aside again.
+            if let Err(e) = ensure_reserve(dir) {
+                tracing::debug!(error = %e, "could not set the space reserve aside");
+            }
+        }
         Ok(ActiveFile {
             no,
             handle,
@@ -713,7 +802,7 @@ fn run_checkpointer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Rec
                 shared.seals.checkpointed();
             }
             CkptMsg::Prepare(no) => {
-                let made = create_file(&shared, no);
+                let made = create_file(&shared, no, shared.config.log_file_bytes);
                 if let Ok(mut slot) = sync.ready.lock() {
                     *slot = match made {
                         Ok(f) => ReadySlot::Ready(f),
@@ -802,6 +891,7 @@ fn sync_and_publish(shared: &Shared, sync: &SyncState, groups: Vec<Group>) {
                 publish(shared, sync, run);
             }
             Err(e) => {
+                shared.health.failed(&e);
                 if sync.broken_file.swap(file, Ordering::AcqRel) != file {
                     tracing::warn!(error = %e, file, "journal fdatasync failed; the writer rolls to a new file");
                     shared.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -898,6 +988,9 @@ fn publish(shared: &Shared, sync: &SyncState, run: Vec<Group>) {
         .stats
         .entries_appended
         .fetch_add(appended, Ordering::Relaxed);
+    if appended > 0 {
+        shared.health.succeeded();
+    }
     for (gi, g) in run.into_iter().enumerate() {
         for (pi, p) in g.pending.into_iter().enumerate() {
             if refused.contains(&(gi, pi)) {
@@ -914,6 +1007,14 @@ fn publish(shared: &Shared, sync: &SyncState, run: Vec<Group>) {
 }
 
 /// Fails a group's requests; segments that lost an append take no more (ids stay dense).
+fn fence_segment(shared: &Shared, segment: SegmentId) {
+    if let Ok(mut index) = shared.index.write() {
+        if let Some(seg) = index.segments.get_mut(&segment) {
+            seg.fenced = true;
+        }
+    }
+}
+
 fn fence_and_fail(shared: &Shared, pending: &mut Vec<Pending>, e: &StorageError) {
     if let Ok(mut index) = shared.index.write() {
         for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {

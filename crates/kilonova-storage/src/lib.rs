@@ -12,6 +12,7 @@
 //! This crate never knows topic names or protocols: logs are keyed by opaque ids
 //! given by the broker, and entries are opaque bytes plus a small header.
 
+mod byte_rate;
 mod checkpoint;
 pub mod dir_lock;
 mod entry;
@@ -19,12 +20,14 @@ pub mod entry_cache;
 mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod health;
 pub mod histogram;
 mod index;
 mod journal;
 pub mod managed_log;
 mod position;
 pub mod range_set;
+mod reclaim;
 pub mod record;
 mod recovery;
 pub mod state_store;
@@ -34,11 +37,14 @@ pub use dir_lock::{DirLock, DirLockError};
 pub use entry::{Entry, ENTRY_HEADER_LEN};
 pub use entry_cache::{CacheStats, EntryCache, EvictionStrategy};
 pub use error::{Result, StorageError};
+pub use health::{StoreFailure, StoreHealth, StoreTrouble};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
     CursorInfo, InitialPosition, ManagedLog, ManagedLogConfig, Retention, SegmentMeta,
+    StoredCursor, StoredSummary,
 };
 pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;
+pub use reclaim::{reclaim_orphans, ReclaimReport};
 pub use state_store::{DirStateStore, StateStore};
 pub use store::{Completion, GcReport, SegmentInfo, SegmentStore, StoreConfig, StoreStats};

@@ -78,7 +78,9 @@ pub struct SegmentMeta {
 /// A cursor's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Cursor {
-    durable: bool,
+    /// Where a durable cursor is stored (`logs/<log>/cursor-<id>`, its name
+    /// inside), so any name fits a file name; `None`: not durable.
+    id: Option<u64>,
     /// Every entry before this is acknowledged.
     floor: Position,
     /// Acknowledged entries at or after `floor`.
@@ -86,6 +88,12 @@ struct Cursor {
     /// The next entry to read.
     read: Position,
     dirty: bool,
+}
+
+impl Cursor {
+    fn durable(&self) -> bool {
+        self.id.is_some()
+    }
 }
 
 /// A read-only view of a cursor.
@@ -99,6 +107,25 @@ pub struct CursorInfo {
     pub ack_ranges: usize,
     /// Entries not yet acknowledged.
     pub backlog_entries: u64,
+}
+
+/// A log's stored state, read without opening it ([`ManagedLog::stored_summary`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredSummary {
+    pub size_bytes: u64,
+    pub entries: u64,
+    /// Durable cursors, by name, as last persisted.
+    pub cursors: Vec<StoredCursor>,
+}
+
+/// A durable cursor's backlog as last persisted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredCursor {
+    pub name: String,
+    /// Entries not acknowledged.
+    pub backlog_entries: u64,
+    /// Their bytes, estimated as [`ManagedLog::backlog_bytes`] does.
+    pub backlog_bytes: u64,
 }
 
 /// A topic's storage.
@@ -115,13 +142,21 @@ pub struct ManagedLog {
     next_message_index: u64,
     last_publish_time_ms: u64,
     cursors: BTreeMap<String, Cursor>,
+    /// The id the next durable cursor is stored under.
+    next_cursor_id: u64,
 }
 
-pub(crate) const META_VERSION: u8 = 1;
+/// Version 1 listed cursors by name (stored under their hex-encoded names);
+/// version 2 by id. Version 1 is migrated when a log opens.
+pub(crate) const META_VERSION_NAMES: u8 = 1;
+pub(crate) const META_VERSION: u8 = 2;
+/// The first byte of a cursor record stored by id (one stored by name has none).
+pub(crate) const CURSOR_VERSION: u8 = 2;
 
 impl ManagedLog {
     /// Opens log `id` (creating it if new). A log left open by a crash gets its last
-    /// segment sealed and continues in a new one.
+    /// segment sealed and continues in a new one. On a full disk (no new segment
+    /// can be listed) it opens all the same, read-only until an append finds space.
     pub async fn open(
         id: u64,
         store: SegmentStore,
@@ -130,24 +165,7 @@ impl ManagedLog {
         config: ManagedLogConfig,
         now_ms: u64,
     ) -> Result<Self> {
-        let (mut segments, cursor_names, floor_index) = match state.load(&meta_key(id))? {
-            Some(b) => decode_meta(b)?,
-            None => (Vec::new(), Vec::new(), 0),
-        };
-        segments.retain(|s| store.segment(s.id).is_some());
-        let mut log = ManagedLog {
-            id,
-            store,
-            state,
-            cache,
-            config,
-            segments,
-            pending_entries: 0,
-            pending_bytes: 0,
-            next_message_index: floor_index,
-            last_publish_time_ms: 0,
-            cursors: BTreeMap::new(),
-        };
+        let (mut log, stored_cursors) = Self::from_state(id, store, state, cache, config)?;
         if let Some(last) = log.segments.last().copied() {
             log.store.seal(last.id).await?;
         }
@@ -160,24 +178,185 @@ impl ManagedLog {
             log.next_message_index = e.message_index + u64::from(e.message_count);
             log.last_publish_time_ms = e.publish_time_ms;
         }
-        for name in cursor_names {
-            if let Some(b) = log.state.load(&cursor_key(id, &name))? {
-                let (floor, acked) = decode_cursor(&b)?;
-                let floor = log.normalize(floor);
-                log.cursors.insert(
-                    name,
-                    Cursor {
-                        durable: true,
-                        floor,
-                        acked,
-                        read: floor,
-                        dirty: false,
-                    },
-                );
+        let to_migrate = log.load_cursors(stored_cursors)?;
+        log.migrate_cursors(&to_migrate)?;
+        match log.start_segment(now_ms).await {
+            Ok(()) => {}
+            // Open for reading (and acknowledging, and deleting): on a full disk
+            // that is how space is won back. Appends try again, and fail until then.
+            Err(e @ StorageError::DiskFull { .. }) => {
+                tracing::warn!(log = id, error = %e, "log opened read-only: appends fail until space is freed");
+            }
+            Err(e) => return Err(e),
+        }
+        log.remove_stale_cursor_state();
+        Ok(log)
+    }
+
+    /// The log as its stored state describes it (segments still in the
+    /// store), without cursors, touching nothing; and its stored cursors.
+    fn from_state(
+        id: u64,
+        store: SegmentStore,
+        state: Arc<dyn StateStore>,
+        cache: Arc<EntryCache>,
+        config: ManagedLogConfig,
+    ) -> Result<(Self, StoredCursors)> {
+        let Meta {
+            mut segments,
+            next_message_index: floor_index,
+            cursors: stored_cursors,
+        } = match state.load(&meta_key(id))? {
+            Some(b) => decode_meta(b)?,
+            None => Meta::default(),
+        };
+        segments.retain(|s| store.segment(s.id).is_some());
+        let log = ManagedLog {
+            id,
+            store,
+            state,
+            cache,
+            config,
+            segments,
+            pending_entries: 0,
+            pending_bytes: 0,
+            next_message_index: floor_index,
+            last_publish_time_ms: 0,
+            cursors: BTreeMap::new(),
+            next_cursor_id: 0,
+        };
+        Ok((log, stored_cursors))
+    }
+
+    /// Loads the durable cursors the metadata lists, writing nothing; returns
+    /// the names of cursors stored by name (metadata version 1), which
+    /// [`Self::migrate_cursors`] stores again by id.
+    fn load_cursors(&mut self, stored: StoredCursors) -> Result<Vec<String>> {
+        let mut migrate = Vec::new();
+        match stored {
+            StoredCursors::ById { next_id, ids } => {
+                self.next_cursor_id = next_id;
+                for cid in ids {
+                    let Some(b) = self.state.load(&cursor_key(self.id, cid))? else {
+                        tracing::warn!(
+                            log = self.id,
+                            cursor = cid,
+                            "a listed cursor's state is missing"
+                        );
+                        continue;
+                    };
+                    let (name, floor, acked) = decode_cursor(&b)?;
+                    self.insert_loaded_cursor(name, cid, floor, acked, false);
+                }
+            }
+            StoredCursors::ByName(names) => {
+                for name in names {
+                    let key = legacy_cursor_key(self.id, &name);
+                    if let Some(b) = self.state.load(&key)? {
+                        let (floor, acked) = decode_cursor_body(b)?;
+                        let cid = self.next_cursor_id;
+                        self.insert_loaded_cursor(name.clone(), cid, floor, acked, true);
+                        migrate.push(name);
+                    }
+                }
             }
         }
-        log.start_segment(now_ms).await?;
-        Ok(log)
+        Ok(migrate)
+    }
+
+    /// Stores cursors loaded from storage by name again by id, and the
+    /// metadata in version 2, before anything of the old form is removed, so
+    /// a crash at any point leaves one complete form to open from.
+    fn migrate_cursors(&mut self, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in names {
+            self.persist_cursor(name)?;
+        }
+        self.save_meta()?;
+        tracing::info!(
+            log = self.id,
+            cursors = names.len(),
+            "cursors stored by id (migrated from storage by name)"
+        );
+        Ok(())
+    }
+
+    /// What log `id`'s stored state says — its size, entries and durable
+    /// cursors' backlogs as last persisted — read without opening the log
+    /// (no segment is sealed or started, nothing is written): the stats of a
+    /// topic that is not loaded. Blocking (small state reads).
+    pub fn stored_summary(
+        id: u64,
+        store: SegmentStore,
+        state: Arc<dyn StateStore>,
+        cache: Arc<EntryCache>,
+    ) -> Result<StoredSummary> {
+        let (mut log, stored) =
+            Self::from_state(id, store, state, cache, ManagedLogConfig::default())?;
+        log.load_cursors(stored)?;
+        let mut cursors = Vec::with_capacity(log.cursors.len());
+        for name in log.cursors.keys() {
+            cursors.push(StoredCursor {
+                name: name.clone(),
+                backlog_entries: log.cursor_info(name)?.backlog_entries,
+                backlog_bytes: log.backlog_bytes(name)?,
+            });
+        }
+        Ok(StoredSummary {
+            size_bytes: log.size_bytes(),
+            entries: log.entries(),
+            cursors,
+        })
+    }
+
+    fn insert_loaded_cursor(
+        &mut self,
+        name: String,
+        cid: u64,
+        floor: Position,
+        acked: RangeSet,
+        dirty: bool,
+    ) {
+        let floor = self.normalize(floor);
+        self.next_cursor_id = self.next_cursor_id.max(cid + 1);
+        let cursor = Cursor {
+            id: Some(cid),
+            floor,
+            acked,
+            read: floor,
+            dirty,
+        };
+        if let Some(old) = self.cursors.insert(name, cursor) {
+            // Two records of one name (cannot happen by design): keep the later id.
+            tracing::warn!(log = self.id, cursor = ?old.id, "duplicate cursor record ignored");
+        }
+    }
+
+    /// Removes cursor records the metadata no longer lists (a crash between
+    /// storing a record and the metadata, or between the metadata and a
+    /// removal) and the storage by name left after a migration. Best effort:
+    /// what stays is only a few stale bytes.
+    fn remove_stale_cursor_state(&self) {
+        let live: std::collections::HashSet<u64> =
+            self.cursors.values().filter_map(|c| c.id).collect();
+        let dir = log_prefix(self.id);
+        let result = self.state.children(&dir).and_then(|names| {
+            for name in names {
+                let stale = name
+                    .strip_prefix(CURSOR_KEY_PREFIX)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|cid| !live.contains(&cid));
+                if stale {
+                    self.state.remove(&format!("{dir}/{name}"))?;
+                }
+            }
+            self.state.remove_all(&legacy_cursor_dir(self.id))
+        });
+        if let Err(e) = result {
+            tracing::warn!(log = self.id, error = %e, "could not remove stale cursor state");
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -309,18 +488,21 @@ impl ManagedLog {
         });
         self.pending_entries = 0;
         self.pending_bytes = 0;
-        self.save_meta()?;
+        // Appends go only to a segment the stored metadata lists: one it does
+        // not would be lost to a crash (and reclaimed as an orphan at start).
+        if let Err(e) = self.save_meta() {
+            self.segments.pop();
+            if let Err(d) = self.store.delete_segment(id).await {
+                tracing::debug!(log = self.id, segment = id, error = %d, "unlisted segment left for start-up to reclaim");
+            }
+            return Err(e);
+        }
         tracing::debug!(log = self.id, segment = id, "started segment");
         Ok(())
     }
 
     fn save_meta(&self) -> Result<()> {
-        let names: Vec<&String> = self
-            .cursors
-            .iter()
-            .filter(|(_, c)| c.durable)
-            .map(|(n, _)| n)
-            .collect();
+        let ids: Vec<u64> = self.cursors.values().filter_map(|c| c.id).collect();
         let mut b = BytesMut::new();
         b.put_u8(META_VERSION);
         b.put_u64_le(self.next_message_index);
@@ -330,10 +512,10 @@ impl ManagedLog {
             b.put_u64_le(s.first_message_index);
             b.put_u64_le(s.created_ms);
         }
-        b.put_u32_le(names.len() as u32);
-        for n in names {
-            b.put_u32_le(n.len() as u32);
-            b.put_slice(n.as_bytes());
+        b.put_u64_le(self.next_cursor_id);
+        b.put_u32_le(ids.len() as u32);
+        for id in ids {
+            b.put_u64_le(id);
         }
         self.state.store(&meta_key(self.id), &b)
     }
@@ -508,17 +690,23 @@ impl ManagedLog {
             InitialPosition::Latest => self.end_position(),
             InitialPosition::At(p) => self.normalize(p),
         };
+        let id = durable.then_some(self.next_cursor_id);
         let cursor = Cursor {
-            durable,
+            id,
             floor: start,
             acked: RangeSet::new(),
             read: start,
             dirty: durable,
         };
         self.cursors.insert(name.to_string(), cursor);
-        if durable {
-            self.persist_cursor(name)?;
-            self.save_meta()?;
+        if let Some(cid) = id {
+            self.next_cursor_id += 1;
+            // Stored, then listed: a cursor that could not be stored does not exist.
+            if let Err(e) = self.persist_cursor(name).and_then(|()| self.save_meta()) {
+                self.cursors.remove(name);
+                let _ = self.state.remove(&cursor_key(self.id, cid));
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -550,9 +738,13 @@ impl ManagedLog {
     /// Removes a cursor and its persisted state.
     pub fn delete_cursor(&mut self, name: &str) -> Result<()> {
         if let Some(c) = self.cursors.remove(name) {
-            if c.durable {
-                self.state.remove(&cursor_key(self.id, name))?;
-                self.save_meta()?;
+            if let Some(cid) = c.id {
+                // Unlisted, then removed: the metadata never lists a missing record.
+                if let Err(e) = self.save_meta() {
+                    self.cursors.insert(name.to_string(), c);
+                    return Err(e);
+                }
+                self.state.remove(&cursor_key(self.id, cid))?;
             }
         }
         self.evict_cache();
@@ -562,10 +754,22 @@ impl ManagedLog {
     /// Reads up to `max` entries after the cursor's read position, skipping acked ones,
     /// and advances the read position past them.
     pub fn read_next(&mut self, name: &str, max: usize) -> Result<Vec<Entry>> {
+        self.read_next_within(name, max, usize::MAX)
+    }
+
+    /// As [`Self::read_next`], stopping once the entries read hold `max_bytes`
+    /// of data (the entry that reaches it included: at least one is read).
+    pub fn read_next_within(
+        &mut self,
+        name: &str,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>> {
         let c = self.cursor(name)?;
         let (floor, mut p) = (c.floor, self.normalize(c.read.max(c.floor)));
         let mut out = Vec::new();
-        while out.len() < max && self.is_readable(p) {
+        let mut bytes = 0usize;
+        while out.len() < max && (out.is_empty() || bytes < max_bytes) && self.is_readable(p) {
             if p < floor {
                 p = self.normalize(floor);
                 continue;
@@ -574,7 +778,9 @@ impl ManagedLog {
                 p = self.next(end);
                 continue;
             }
-            out.push(self.read_entry(p)?);
+            let e = self.read_entry(p)?;
+            bytes = bytes.saturating_add(e.data.len());
+            out.push(e);
             p = self.next(p);
         }
         self.cursor_mut(name)?.read = p;
@@ -741,7 +947,7 @@ impl ManagedLog {
         let floor = self.normalize(c.floor);
         Ok(CursorInfo {
             name: name.to_string(),
-            durable: c.durable,
+            durable: c.durable(),
             mark_delete: self.prev(floor),
             read_position: self.normalize(c.read.max(floor)),
             ack_ranges: c.acked.range_count(),
@@ -770,7 +976,7 @@ impl ManagedLog {
         let dirty: Vec<String> = self
             .cursors
             .iter()
-            .filter(|(_, c)| c.durable && c.dirty)
+            .filter(|(_, c)| c.durable() && c.dirty)
             .map(|(n, _)| n.clone())
             .collect();
         for name in &dirty {
@@ -781,9 +987,16 @@ impl ManagedLog {
 
     fn persist_cursor(&mut self, name: &str) -> Result<()> {
         let max = self.config.max_persisted_ack_ranges;
-        let key = cursor_key(self.id, name);
+        let log = self.id;
         let c = self.cursor_mut(name)?;
+        let Some(cid) = c.id else {
+            return Ok(());
+        };
+        let key = cursor_key(log, cid);
         let mut b = BytesMut::new();
+        b.put_u8(CURSOR_VERSION);
+        b.put_u32_le(name.len() as u32);
+        b.put_slice(name.as_bytes());
         b.put_u64_le(c.floor.segment);
         b.put_u64_le(c.floor.entry);
         let ranges: Vec<_> = c.acked.iter().take(max).collect();
@@ -793,8 +1006,11 @@ impl ManagedLog {
             b.put_u64_le(s.entry);
             b.put_u64_le(e.entry);
         }
-        c.dirty = false;
-        self.state.store(&key, &b)
+        // Clean only once stored: a failed store (a full disk) is retried
+        // at the next persist, and a close reports it.
+        self.state.store(&key, &b)?;
+        self.cursor_mut(name)?.dirty = false;
+        Ok(())
     }
 
     fn evict_cache(&self) {
@@ -818,7 +1034,7 @@ impl ManagedLog {
         let slowest = self
             .cursors
             .values()
-            .filter(|c| c.durable)
+            .filter(|c| c.durable())
             .map(|c| self.normalize(c.floor))
             .min()
             .unwrap_or_else(|| self.end_position());
@@ -889,7 +1105,7 @@ impl ManagedLog {
         let names: Vec<String> = self
             .cursors
             .iter()
-            .filter(|(n, c)| c.durable && c.floor < target && only.is_none_or(|o| o == *n))
+            .filter(|(n, c)| c.durable() && c.floor < target && only.is_none_or(|o| o == *n))
             .map(|(n, _)| n.clone())
             .collect();
         for n in &names {
@@ -910,20 +1126,48 @@ impl ManagedLog {
         for s in std::mem::take(&mut self.segments) {
             self.store.delete_segment(s.id).await?;
         }
-        for name in self.cursor_names() {
-            self.state.remove(&cursor_key(self.id, &name))?;
-        }
         self.cache.evict_log(self.id);
-        self.state.remove(&meta_key(self.id))
+        // The metadata first: a crash part way leaves a directory without it,
+        // which `reclaim_orphans` removes at the next start.
+        self.state.remove(&meta_key(self.id))?;
+        self.state.remove_all(&log_prefix(self.id))
     }
+}
+
+/// The prefix under which logs keep their state: `logs/<log id>/...`.
+pub(crate) const LOGS_PREFIX: &str = "logs";
+
+/// The segments log `id`'s stored metadata lists; `None` if it has none.
+pub(crate) fn stored_segments(state: &dyn StateStore, id: u64) -> Result<Option<Vec<SegmentId>>> {
+    Ok(match state.load(&meta_key(id))? {
+        Some(b) => Some(decode_meta(b)?.segments.iter().map(|s| s.id).collect()),
+        None => None,
+    })
+}
+
+/// Everything a log keeps in the state store is under this prefix.
+pub(crate) fn log_prefix(id: u64) -> String {
+    format!("{LOGS_PREFIX}/{id}")
 }
 
 fn meta_key(id: u64) -> String {
     format!("logs/{id}/meta")
 }
 
-fn cursor_key(id: u64, name: &str) -> String {
-    format!("logs/{id}/cursors/{}", key_component(name))
+const CURSOR_KEY_PREFIX: &str = "cursor-";
+
+fn cursor_key(log: u64, cursor: u64) -> String {
+    format!("logs/{log}/{CURSOR_KEY_PREFIX}{cursor}")
+}
+
+/// Where metadata version 1 kept its cursors: one file named after the
+/// hex-encoded cursor name, which fails for names of 126 bytes or more.
+fn legacy_cursor_dir(log: u64) -> String {
+    format!("logs/{log}/cursors")
+}
+
+fn legacy_cursor_key(log: u64, name: &str) -> String {
+    format!("{}/{}", legacy_cursor_dir(log), key_component(name))
 }
 
 fn bad(what: &str) -> StorageError {
@@ -933,14 +1177,42 @@ fn bad(what: &str) -> StorageError {
     }
 }
 
-pub(crate) type Meta = (Vec<SegmentMeta>, Vec<String>, u64);
+/// A log's metadata as stored.
+#[derive(Debug, Default)]
+pub(crate) struct Meta {
+    pub segments: Vec<SegmentMeta>,
+    pub next_message_index: u64,
+    pub cursors: StoredCursors,
+}
+
+/// How the metadata lists the durable cursors.
+#[derive(Debug)]
+pub(crate) enum StoredCursors {
+    /// Version 1: by name, each under `legacy_cursor_key`.
+    ByName(Vec<String>),
+    /// Version 2: by id, each under `cursor_key` with its name inside.
+    ById { next_id: u64, ids: Vec<u64> },
+}
+
+impl Default for StoredCursors {
+    fn default() -> Self {
+        StoredCursors::ById {
+            next_id: 0,
+            ids: Vec::new(),
+        }
+    }
+}
 
 pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
     let err = || bad("managed log metadata");
-    if b.remaining() < 13 || b.get_u8() != META_VERSION {
+    if b.remaining() < 13 {
         return Err(err());
     }
-    let next_index = b.get_u64_le();
+    let version = b.get_u8();
+    if version != META_VERSION && version != META_VERSION_NAMES {
+        return Err(err());
+    }
+    let next_message_index = b.get_u64_le();
     let n = b.get_u32_le() as usize;
     if b.remaining() < n.saturating_mul(24) {
         return Err(err());
@@ -952,27 +1224,65 @@ pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
             created_ms: b.get_u64_le(),
         })
         .collect();
+    let cursors = if version == META_VERSION_NAMES {
+        StoredCursors::ByName(decode_names(&mut b).ok_or_else(err)?)
+    } else {
+        if b.remaining() < 12 {
+            return Err(err());
+        }
+        let next_id = b.get_u64_le();
+        let m = b.get_u32_le() as usize;
+        if b.remaining() != m.saturating_mul(8) {
+            return Err(err());
+        }
+        let ids = (0..m).map(|_| b.get_u64_le()).collect();
+        StoredCursors::ById { next_id, ids }
+    };
+    Ok(Meta {
+        segments,
+        next_message_index,
+        cursors,
+    })
+}
+
+/// The cursor names of a version-1 metadata record.
+fn decode_names(b: &mut Bytes) -> Option<Vec<String>> {
     if b.remaining() < 4 {
-        return Err(err());
+        return None;
     }
     let m = b.get_u32_le() as usize;
     let mut names = Vec::with_capacity(m.min(1024));
     for _ in 0..m {
         if b.remaining() < 4 {
-            return Err(err());
+            return None;
         }
         let len = b.get_u32_le() as usize;
         if b.remaining() < len {
-            return Err(err());
+            return None;
         }
-        let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|_| err())?;
-        names.push(name);
+        names.push(String::from_utf8(b.split_to(len).to_vec()).ok()?);
     }
-    Ok((segments, names, next_index))
+    Some(names)
 }
 
-pub(crate) fn decode_cursor(b: &Bytes) -> Result<(Position, RangeSet)> {
+/// A cursor record stored by id: its name, ack floor and acknowledged ranges.
+pub(crate) fn decode_cursor(b: &Bytes) -> Result<(String, Position, RangeSet)> {
     let mut b = b.clone();
+    let err = || bad("cursor state");
+    if b.remaining() < 5 || b.get_u8() != CURSOR_VERSION {
+        return Err(err());
+    }
+    let len = b.get_u32_le() as usize;
+    if b.remaining() < len {
+        return Err(err());
+    }
+    let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|_| err())?;
+    let (floor, acked) = decode_cursor_body(b)?;
+    Ok((name, floor, acked))
+}
+
+/// A cursor's ack floor and acknowledged ranges (all of a record stored by name).
+pub(crate) fn decode_cursor_body(mut b: Bytes) -> Result<(Position, RangeSet)> {
     let err = || bad("cursor state");
     if b.remaining() < 20 {
         return Err(err());

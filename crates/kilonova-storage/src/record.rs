@@ -152,37 +152,67 @@ pub fn peek_len(buf: &[u8], max_record: usize) -> Result<usize, RecordError> {
     Ok(encoded_len(len as usize - HEADER_LEN))
 }
 
+/// A verified record: its header, the payload's range within the record and
+/// the padded record size.
+pub type Decoded = (RecordHeader, std::ops::Range<usize>, usize);
+
 /// Decodes and verifies the record at the start of `buf`.
 /// Returns the header, the payload range within `buf` and the padded record size.
-pub fn decode(
-    buf: &[u8],
+pub fn decode(buf: &[u8], max_record: usize) -> Result<Decoded, RecordError> {
+    let head = buf.get(..HEADER_LEN.min(buf.len())).unwrap_or_default();
+    let extend = |from: usize, to: usize, crc: u32| {
+        Ok::<_, std::convert::Infallible>(crc32c::crc32c_append(
+            crc,
+            buf.get(from..to).unwrap_or_default(),
+        ))
+    };
+    match decode_streamed(head, buf.len(), max_record, extend) {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// [`decode`] for a record read in pieces, so a reader needs no buffer as large
+/// as the record. `head` holds the record's first bytes (`HEADER_LEN` of them,
+/// or all that `available` — the bytes from the record's start to the end of
+/// what holds it — allows); `extend_crc(from, to, crc)` must extend the CRC32C
+/// `crc` over the record's bytes `[from, to)`, which the caller reads. Same
+/// checks, same errors as [`decode`]; the outer error is the reader's.
+pub fn decode_streamed<E>(
+    head: &[u8],
+    available: usize,
     max_record: usize,
-) -> Result<(RecordHeader, std::ops::Range<usize>, usize), RecordError> {
-    let total = peek_len(buf, max_record)?;
-    let len = u32_at(buf, 4) as usize;
-    if buf.len() < len {
-        return Err(RecordError::Truncated {
+    extend_crc: impl FnOnce(usize, usize, u32) -> Result<u32, E>,
+) -> Result<Result<Decoded, RecordError>, E> {
+    let total = match peek_len(head, max_record) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e)),
+    };
+    let len = u32_at(head, 4) as usize;
+    if available < len {
+        return Ok(Err(RecordError::Truncated {
             needed: len,
-            available: buf.len(),
-        });
+            available,
+        }));
     }
-    let rec = buf.get(..len).ok_or(RecordError::Truncated {
-        needed: len,
-        available: buf.len(),
-    })?;
-    if checksum(rec) != u32_at(rec, 8) {
-        return Err(RecordError::BadChecksum);
+    // `len` is at least HEADER_LEN (peek_len) and available: `head` is whole.
+    let crc = crc32c::crc32c(head.get(4..8).unwrap_or_default());
+    let crc = extend_crc(12, len, crc)?;
+    if crc != u32_at(head, 8) {
+        return Ok(Err(RecordError::BadChecksum));
     }
-    let kind_byte = rec.get(12).copied().unwrap_or_default();
-    let kind = RecordKind::from_u8(kind_byte).ok_or(RecordError::BadKind(kind_byte))?;
+    let kind_byte = head.get(12).copied().unwrap_or_default();
+    let Some(kind) = RecordKind::from_u8(kind_byte) else {
+        return Ok(Err(RecordError::BadKind(kind_byte)));
+    };
     let header = RecordHeader {
         kind,
-        lsn: u64_at(rec, 16),
-        durable_lsn: u64_at(rec, 24),
-        segment: u64_at(rec, 32),
-        entry: u64_at(rec, 40),
+        lsn: u64_at(head, 16),
+        durable_lsn: u64_at(head, 24),
+        segment: u64_at(head, 32),
+        entry: u64_at(head, 40),
     };
-    Ok((header, HEADER_LEN..len, total))
+    Ok(Ok((header, HEADER_LEN..len, total)))
 }
 
 /// Decodes a record held in a `Bytes`, returning the payload without copying.

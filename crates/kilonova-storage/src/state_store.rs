@@ -16,8 +16,13 @@ pub trait StateStore: Send + Sync {
     fn load(&self, key: &str) -> Result<Option<Bytes>>;
     fn store(&self, key: &str, value: &[u8]) -> Result<()>;
     fn remove(&self, key: &str) -> Result<()>;
+    /// Removes `prefix` and every key under it (`prefix/...`).
+    fn remove_all(&self, prefix: &str) -> Result<()>;
     /// The names of the keys directly under `prefix` (`prefix/<name>`), in no order.
     fn children(&self, prefix: &str) -> Result<Vec<String>>;
+    /// The names directly under `prefix` that have keys below them
+    /// (`prefix/<name>/...`), in no order.
+    fn subtrees(&self, prefix: &str) -> Result<Vec<String>>;
 }
 
 /// One file per key under a directory, written atomically with a CRC.
@@ -49,6 +54,28 @@ impl DirStateStore {
         }
         Ok(self.dir.join(key))
     }
+
+    /// Names in `prefix`'s directory whose type `keep` accepts.
+    fn list(&self, prefix: &str, keep: fn(std::fs::FileType) -> bool) -> Result<Vec<String>> {
+        let dir = self.path(prefix)?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StorageError::io("listing a state directory", e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("listing a state directory", e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // `write_atomic` leaves `<key>.tmp` behind only if it crashed mid-write.
+            if entry.file_type().is_ok_and(keep) && !name.ends_with(".tmp") {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl StateStore for DirStateStore {
@@ -74,26 +101,26 @@ impl StateStore for DirStateStore {
         }
     }
 
-    fn children(&self, prefix: &str) -> Result<Vec<String>> {
-        let dir = self.path(prefix)?;
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StorageError::io("listing a state directory", e)),
+    fn remove_all(&self, prefix: &str) -> Result<()> {
+        let path = self.path(prefix)?;
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) => Err(e),
         };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| StorageError::io("listing a state directory", e))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            // `write_atomic` leaves `<key>.tmp` behind only if it crashed mid-write.
-            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-            if is_file && !name.ends_with(".tmp") {
-                out.push(name);
-            }
+        match removed {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::io("removing state", e)),
         }
-        Ok(out)
+    }
+
+    fn children(&self, prefix: &str) -> Result<Vec<String>> {
+        self.list(prefix, |t| t.is_file())
+    }
+
+    fn subtrees(&self, prefix: &str) -> Result<Vec<String>> {
+        self.list(prefix, |t| t.is_dir())
     }
 }
 
@@ -117,8 +144,15 @@ mod tests {
         names.sort();
         assert_eq!(names, ["ab", "cd"]);
         assert!(s.children("log/2").unwrap().is_empty());
+        assert_eq!(s.subtrees("log").unwrap(), ["1"]);
+        assert!(s.subtrees("log/1/cursor").unwrap().is_empty());
         s.remove("log/1/cursor/ab").unwrap();
         assert_eq!(s.load("log/1/cursor/ab").unwrap(), None);
+        s.store("log/1/meta", b"m").unwrap();
+        s.remove_all("log/1").unwrap();
+        assert_eq!(s.load("log/1/meta").unwrap(), None);
+        assert!(!dir.path().join("log/1").exists());
+        s.remove_all("log/1").unwrap();
         for bad in ["", "../x", "a//b", "a/../b", "a b"] {
             assert!(s.store(bad, b"x").is_err(), "{bad:?} accepted");
         }

@@ -10,14 +10,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::byte_rate::ByteRate;
 use crate::checkpoint;
 use crate::dir_lock::DirLock;
 use crate::error::{Result, StorageError};
+use crate::health::{HealthState, StoreHealth};
 use crate::histogram::{Histogram, HistogramSnapshot, COUNT_BOUNDS, MICROS_BOUNDS};
 use crate::index::{Index, MAX_FILE_BYTES};
 use crate::journal::{Op, Request, Writer};
@@ -47,6 +49,10 @@ pub struct StoreConfig {
     /// into a recycled file overwrites blocks the file system has already allocated,
     /// which on ext4 costs about half of appending to fresh space (docs/benchmarks.md).
     pub recycle_files: usize,
+    /// The most compaction copies through the journal per second, so moving
+    /// live entries out of mostly-dead files never takes the appenders'
+    /// bandwidth (0: unlimited). Bursts of a tenth of a second's worth.
+    pub gc_max_bytes_per_sec: u64,
 }
 
 impl StoreConfig {
@@ -60,6 +66,7 @@ impl StoreConfig {
             queue_depth: 16_384,
             compaction_live_ratio: 0.2,
             recycle_files: 4,
+            gc_max_bytes_per_sec: 64 << 20,
         }
     }
 
@@ -145,6 +152,8 @@ pub(crate) struct Shared {
     /// Recycled journal files waiting for reuse: (path, bytes).
     pub spares: Mutex<Vec<(PathBuf, u64)>>,
     pub seals: SealProgress,
+    /// The last write failure, until an append next succeeds.
+    pub health: HealthState,
 }
 
 /// Journal files sealed by the writer and checkpointed (in the background) so
@@ -196,6 +205,12 @@ pub struct SegmentInfo {
     pub bytes: u64,
 }
 
+/// Compaction's pacing over one GC pass.
+struct Pace {
+    limiter: ByteRate,
+    epoch: Instant,
+}
+
 /// What one GC pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -205,6 +220,10 @@ pub struct GcReport {
     pub files_recycled: u64,
     pub bytes_freed: u64,
     pub entries_moved: u64,
+    /// Bytes compaction copied (records, headers included).
+    pub bytes_moved: u64,
+    /// Time compaction waited to stay within `gc_max_bytes_per_sec`.
+    pub throttled: Duration,
 }
 
 /// Resolves once the journal has made the operation durable (or failed it).
@@ -275,6 +294,7 @@ impl SegmentStore {
             recovery: (recovered.replayed_files, recovered.replayed_bytes),
             spares: Mutex::new(list_spares(&config.dir)?),
             seals: SealProgress::default(),
+            health: HealthState::default(),
         });
         // Cover everything recovery replayed with a checkpoint, so the next start
         // replays only what is written from now on. On a full disk this may fail:
@@ -292,7 +312,15 @@ impl SegmentStore {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not checkpoint after recovery"),
+            Err(e) => {
+                shared.health.failed(&e);
+                tracing::warn!(error = %e, "could not checkpoint after recovery");
+            }
+        }
+        // Room for control records on a disk that fills up (the journal's `RESERVE`).
+        if let Err(e) = crate::journal::ensure_reserve(&config.dir) {
+            shared.health.failed(&e);
+            tracing::warn!(error = %e, "could not set the space reserve aside: deletes may fail if the disk fills");
         }
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer = Writer::new(
@@ -321,6 +349,25 @@ impl SegmentStore {
 
     pub fn config(&self) -> &StoreConfig {
         &self.shared.config
+    }
+
+    /// Whether the store can write: `Ok`, or the trouble (a full disk, an I/O
+    /// error) its last write, fdatasync or journal file creation ran into, with
+    /// when it began, until an append next becomes durable. A store on a full
+    /// disk opens, serves reads and reports `DiskFull` here while appends fail.
+    pub fn health(&self) -> StoreHealth {
+        self.shared.health.get()
+    }
+
+    /// Bytes the file system holding the store can still give it, and the
+    /// size of one journal file (what the next roll needs).
+    pub fn free_bytes(&self) -> Result<(u64, u64)> {
+        let st = rustix::fs::statvfs(&self.shared.config.dir)
+            .map_err(|e| StorageError::io("reading free disk space", e.into()))?;
+        Ok((
+            st.f_bavail.saturating_mul(st.f_frsize),
+            self.shared.config.log_file_bytes,
+        ))
     }
 
     async fn submit(&self, op: Op) -> Result<oneshot::Receiver<Result<u64>>> {
@@ -561,9 +608,14 @@ impl SegmentStore {
                 .map(|(no, _)| *no)
                 .collect()
         };
+        let rate = self.shared.config.gc_max_bytes_per_sec;
+        let mut pace = Pace {
+            limiter: ByteRate::new(rate, rate / 10),
+            epoch: Instant::now(),
+        };
         for no in to_compact {
-            match self.compact_file(no) {
-                Ok(moved) => report.entries_moved += moved,
+            match self.compact_file(no, &mut pace, &mut report) {
+                Ok(()) => {}
                 Err(e) => {
                     // Compaction is an optimisation: the file stays, nothing is lost.
                     tracing::warn!(file = no, error = %e, "journal compaction stopped");
@@ -634,10 +686,10 @@ impl SegmentStore {
         Ok(())
     }
 
-    /// Moves every live entry of journal file `no` to the active file.
-    fn compact_file(&self, no: u32) -> Result<u64> {
+    /// Moves every live entry of journal file `no` to the active file, at the pace `pace` sets.
+    fn compact_file(&self, no: u32, pace: &mut Pace, report: &mut GcReport) -> Result<()> {
         let Some(records) = checkpoint::read_idx(&self.shared.config.dir, no)? else {
-            return Ok(0);
+            return Ok(());
         };
         let mut completions = Vec::new();
         for r in records {
@@ -662,6 +714,8 @@ impl SegmentStore {
                 }
                 Err(e) => return Err(e),
             };
+            let bytes = record::encoded_len(data.len()) as u64;
+            self.wait_for_pace(pace.limiter.charge(pace.epoch.elapsed(), bytes), report)?;
             let rx = self.submit_blocking(Op::Move {
                 segment: r.segment,
                 entry: r.entry,
@@ -669,12 +723,32 @@ impl SegmentStore {
                 data,
             })?;
             completions.push(Completion::new(rx, 0, id));
+            report.bytes_moved += bytes;
         }
-        let moved = completions.len() as u64;
         for c in completions {
             c.wait()?;
+            report.entries_moved += 1;
         }
-        Ok(moved)
+        Ok(())
+    }
+
+    /// Sleeps `wait` (compaction's pacing), in slices so that closing the
+    /// store is not held up by it.
+    fn wait_for_pace(&self, wait: Duration, report: &mut GcReport) -> Result<()> {
+        const SLICE: Duration = Duration::from_millis(100);
+        let until = Instant::now() + wait;
+        loop {
+            if self.tx.is_closed() {
+                return Err(StorageError::Closed);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(SLICE));
+        }
+        report.throttled += wait;
+        Ok(())
     }
 
     /// Stops the journal after everything already enqueued is durable, and writes a

@@ -2,50 +2,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kilonova_storage::state_store::key_component;
 use kilonova_storage::{
-    DirStateStore, EntryCache, InitialPosition, ManagedLog, ManagedLogConfig, Position, Retention,
-    SegmentStore, StateStore, StoreConfig,
+    DirStateStore, InitialPosition, ManagedLog, ManagedLogConfig, Position, Retention, StateStore,
 };
 
-struct Env {
-    store: SegmentStore,
-    state: Arc<dyn StateStore>,
-    cache: Arc<EntryCache>,
-}
-
-fn env(dir: &Path) -> Env {
-    let mut c = StoreConfig::new(dir.join("journal"));
-    c.log_file_bytes = 1 << 20;
-    c.max_entry_bytes = 64 << 10;
-    Env {
-        store: SegmentStore::open(c).unwrap(),
-        state: Arc::new(DirStateStore::open(dir.join("state")).unwrap()),
-        cache: Arc::new(EntryCache::new(1 << 20)),
-    }
-}
-
-fn small_segments() -> ManagedLogConfig {
-    ManagedLogConfig {
-        max_segment_entries: 10,
-        ..Default::default()
-    }
-}
-
-async fn open(e: &Env, id: u64, cfg: ManagedLogConfig, now: u64) -> ManagedLog {
-    ManagedLog::open(
-        id,
-        e.store.clone(),
-        e.state.clone(),
-        e.cache.clone(),
-        cfg,
-        now,
-    )
-    .await
-    .unwrap()
-}
+mod common;
+use common::{crash, env, open, small_segments, Env};
 
 fn msg(i: u64) -> Bytes {
     Bytes::from(format!("message-{i}"))
@@ -412,4 +379,270 @@ async fn tailing_reads_are_served_from_the_cache_and_acked_entries_leave_it() {
     // With the default strategy, entries before the slowest reader leave the cache.
     assert_eq!(after.entries, 0, "read entries are evicted: {after:?}");
     let _ = ps;
+}
+
+#[tokio::test]
+async fn a_cursor_with_a_1000_byte_name_survives_close_and_reopen_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Multi-byte characters too: the name is bytes to the store, never a file name.
+    let long: String = "é".repeat(300) + &"s".repeat(400);
+    assert_eq!(long.len(), 1000);
+    let ps;
+    {
+        let e = env(dir.path());
+        let mut log = open(&e, 9, small_segments(), 0).await;
+        ps = publish(&mut log, 0, 20).await;
+        log.open_cursor(&long, InitialPosition::Earliest, true)
+            .unwrap();
+        log.ack_cumulative(&long, ps[6]).unwrap();
+        log.ack(&long, ps[9]).unwrap();
+        log.close().unwrap();
+        close_store(e).await;
+    }
+    {
+        let e = env(dir.path());
+        let mut log = open(&e, 9, small_segments(), 0).await;
+        assert_eq!(log.cursor_names(), vec![long.clone()]);
+        let info = log.cursor_info(&long).unwrap();
+        assert_eq!(info.mark_delete, Some(ps[6]));
+        assert_eq!(info.backlog_entries, 12);
+        let next = log.read_next(&long, 1).unwrap();
+        assert_eq!(next[0].position, ps[7]);
+        log.delete_cursor(&long).unwrap();
+        assert!(!log.has_cursor(&long));
+        log.close().unwrap();
+        close_store(e).await;
+    }
+    let e = env(dir.path());
+    let log = open(&e, 9, small_segments(), 0).await;
+    assert!(log.cursor_names().is_empty(), "{:?}", log.cursor_names());
+    // Nothing of the deleted cursor is left in the log's state.
+    let left = e.state.children("logs/9").unwrap();
+    assert_eq!(left, vec!["meta".to_string()]);
+}
+
+/// A version-1 metadata record: cursors listed by name.
+fn meta_v1(next_index: u64, segments: &[kilonova_storage::SegmentMeta], names: &[&str]) -> Vec<u8> {
+    let mut b = vec![1u8];
+    b.extend_from_slice(&next_index.to_le_bytes());
+    b.extend_from_slice(&(segments.len() as u32).to_le_bytes());
+    for s in segments {
+        b.extend_from_slice(&s.id.to_le_bytes());
+        b.extend_from_slice(&s.first_message_index.to_le_bytes());
+        b.extend_from_slice(&s.created_ms.to_le_bytes());
+    }
+    b.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    for n in names {
+        b.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        b.extend_from_slice(n.as_bytes());
+    }
+    b
+}
+
+/// A cursor record stored by name: ack floor and one acknowledged range.
+fn cursor_v1(floor: Position, acked: Position) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&floor.segment.to_le_bytes());
+    b.extend_from_slice(&floor.entry.to_le_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&acked.segment.to_le_bytes());
+    b.extend_from_slice(&acked.entry.to_le_bytes());
+    b.extend_from_slice(&acked.entry.to_le_bytes());
+    b
+}
+
+#[tokio::test]
+async fn cursors_stored_by_name_are_kept_when_a_log_opens_and_stored_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ps, segments);
+    {
+        let e = env(dir.path());
+        let mut log = open(&e, 4, small_segments(), 0).await;
+        ps = publish(&mut log, 0, 25).await;
+        segments = log.segments().to_vec();
+        log.close().unwrap();
+        close_store(e).await;
+    }
+    // Rewrite the log's state as the previous version stored it.
+    {
+        let state = DirStateStore::open(dir.path().join("state")).unwrap();
+        state
+            .store("logs/4/meta", &meta_v1(25, &segments, &["a", "sub/2"]))
+            .unwrap();
+        for (name, floor, acked) in [("a", ps[3], ps[8]), ("sub/2", ps[12], ps[20])] {
+            let key = format!("logs/4/cursors/{}", key_component(name));
+            state.store(&key, &cursor_v1(floor, acked)).unwrap();
+        }
+    }
+    for round in 0..2 {
+        let e = env(dir.path());
+        let mut log = open(&e, 4, small_segments(), 0).await;
+        assert_eq!(log.cursor_names(), vec!["a".to_string(), "sub/2".into()]);
+        assert_eq!(log.cursor_info("a").unwrap().mark_delete, Some(ps[2]));
+        assert_eq!(log.cursor_info("sub/2").unwrap().mark_delete, Some(ps[11]));
+        let a: Vec<_> = log
+            .read_next("a", 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert!(!a.contains(&ps[8]) && a.contains(&ps[9]), "round {round}");
+        assert_eq!(a.len(), 21, "round {round}");
+        assert!(
+            !dir.path().join("state/logs/4/cursors").exists(),
+            "round {round}: the storage by name is removed once migrated"
+        );
+        log.close().unwrap();
+        close_store(e).await;
+    }
+}
+
+/// A state store whose writes of keys containing `part` fail while `fail` is
+/// set, as "File name too long" or a full disk made them fail.
+struct FailingWrites {
+    inner: DirStateStore,
+    part: &'static str,
+    fail: AtomicBool,
+}
+
+impl FailingWrites {
+    fn new(dir: &Path, part: &'static str, fail: bool) -> Arc<Self> {
+        Arc::new(FailingWrites {
+            inner: DirStateStore::open(dir.join("state")).unwrap(),
+            part,
+            fail: fail.into(),
+        })
+    }
+}
+
+impl StateStore for FailingWrites {
+    fn load(&self, key: &str) -> kilonova_storage::Result<Option<Bytes>> {
+        self.inner.load(key)
+    }
+    fn store(&self, key: &str, value: &[u8]) -> kilonova_storage::Result<()> {
+        if key.contains(self.part) && self.fail.load(SeqCst) {
+            return Err(kilonova_storage::StorageError::DiskFull { context: "test" });
+        }
+        self.inner.store(key, value)
+    }
+    fn remove(&self, key: &str) -> kilonova_storage::Result<()> {
+        self.inner.remove(key)
+    }
+    fn remove_all(&self, prefix: &str) -> kilonova_storage::Result<()> {
+        self.inner.remove_all(prefix)
+    }
+    fn children(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
+        self.inner.children(prefix)
+    }
+    fn subtrees(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
+        self.inner.subtrees(prefix)
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_that_cannot_be_stored_is_not_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = env(dir.path());
+    e.state = FailingWrites::new(dir.path(), "cursor", true);
+    let mut log = open(&e, 2, small_segments(), 0).await;
+    publish(&mut log, 0, 5).await;
+    assert!(log
+        .open_cursor("sub", InitialPosition::Earliest, true)
+        .is_err());
+    assert!(
+        !log.has_cursor("sub"),
+        "a failed subscribe leaves no cursor"
+    );
+    assert_eq!(log.cursor_count(), 0);
+}
+
+#[tokio::test]
+async fn appends_never_go_to_a_segment_the_stored_metadata_does_not_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = FailingWrites::new(dir.path(), "/meta", false);
+    let acked;
+    {
+        let mut e = env(dir.path());
+        e.state = flaky.clone();
+        let mut log = open(&e, 6, small_segments(), 0).await;
+        publish(&mut log, 0, 10).await; // the first segment is full
+        flaky.fail.store(true, SeqCst);
+        let refused = log.append(msg(10), 1, 1010).await;
+        assert!(refused.is_err(), "the roll's metadata could not be saved");
+        flaky.fail.store(false, SeqCst);
+        acked = publish(&mut log, 10, 3).await;
+        std::mem::forget(log);
+        crash(e).await;
+    }
+    let e = env(dir.path());
+    let log = open(&e, 6, small_segments(), 0).await;
+    for p in &acked {
+        assert!(
+            log.read_entry(*p).is_ok(),
+            "acknowledged entry {p:?} is in a segment the log does not list"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_closed_logs_stored_summary_matches_it_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 9, small_segments(), 0).await;
+    let positions = publish(&mut log, 0, 25).await;
+    log.open_cursor("behind", InitialPosition::Earliest, true)
+        .unwrap();
+    log.open_cursor("caught-up", InitialPosition::Latest, true)
+        .unwrap();
+    log.ack_cumulative("behind", positions[9]).unwrap();
+    log.ack("behind", positions[15]).unwrap();
+    let (size, entries) = (log.size_bytes(), log.entries());
+    let behind = log.cursor_info("behind").unwrap().backlog_entries;
+    let behind_bytes = log.backlog_bytes("behind").unwrap();
+    assert_eq!(behind, 14);
+    log.close().unwrap();
+    let segments_before = e.store.stats().segments;
+
+    let s =
+        ManagedLog::stored_summary(9, e.store.clone(), e.state.clone(), e.cache.clone()).unwrap();
+    assert_eq!((s.size_bytes, s.entries), (size, entries));
+    let cursors: Vec<_> = s
+        .cursors
+        .iter()
+        .map(|c| (c.name.as_str(), c.backlog_entries, c.backlog_bytes))
+        .collect();
+    assert_eq!(
+        cursors,
+        [("behind", behind, behind_bytes), ("caught-up", 0, 0)]
+    );
+    assert_eq!(
+        e.store.stats().segments,
+        segments_before,
+        "reading the summary started no segment"
+    );
+    // A log never written has an empty summary.
+    let none =
+        ManagedLog::stored_summary(10, e.store.clone(), e.state.clone(), e.cache.clone()).unwrap();
+    assert_eq!(none, Default::default());
+    close_store(e).await;
+}
+
+#[tokio::test]
+async fn a_read_stops_once_it_holds_its_byte_budget_and_reads_one_entry_at_least() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 10).await;
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    let len = msg(0).len();
+    let positions =
+        |v: Vec<kilonova_storage::Entry>| v.into_iter().map(|e| e.position).collect::<Vec<_>>();
+    // Two entries hold less than the budget; the third reaches it.
+    let got = log.read_next_within("sub", 100, 2 * len + 1).unwrap();
+    assert_eq!(positions(got), ps[0..3]);
+    let got = log.read_next_within("sub", 100, 0).unwrap();
+    assert_eq!(positions(got), ps[3..4], "one entry even over budget");
+    let got = log.read_next_within("sub", 2, usize::MAX).unwrap();
+    assert_eq!(positions(got), ps[4..6], "the entry count still caps");
 }

@@ -179,23 +179,7 @@ fn compaction_moves_live_entries_out_of_mostly_dead_files() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.recycle_files = 0;
-    let store = SegmentStore::open(cfg).unwrap();
-    let dead = store.create_segment_blocking().unwrap();
-    let live = store.create_segment_blocking().unwrap();
-    // Interleave: every file holds ~10% live entries.
-    for e in 0..1500 {
-        for i in 0..9 {
-            store
-                .append_blocking(dead, payload(dead, e * 9 + i, 200))
-                .unwrap();
-        }
-        store
-            .append_blocking(live, payload(live, e, 200))
-            .unwrap()
-            .wait()
-            .unwrap();
-    }
-    store.delete_segment_blocking(dead).unwrap();
+    let (store, live) = mostly_dead_files(cfg);
     let used = store.disk_usage_bytes();
     let first = store.gc().unwrap();
     assert!(first.entries_moved > 0, "{first:?}");
@@ -213,6 +197,65 @@ fn compaction_moves_live_entries_out_of_mostly_dead_files() {
     for e in 0..1500 {
         assert_eq!(store.read(live, e).unwrap(), payload(live, e, 200));
     }
+    store.close().unwrap();
+}
+
+/// A store whose files hold ~10% live entries (interleaved with a deleted segment's): GC compacts them.
+fn mostly_dead_files(cfg: StoreConfig) -> (SegmentStore, u64) {
+    let store = SegmentStore::open(cfg).unwrap();
+    let dead = store.create_segment_blocking().unwrap();
+    let live = store.create_segment_blocking().unwrap();
+    for e in 0..1500 {
+        for i in 0..9 {
+            store
+                .append_blocking(dead, payload(dead, e * 9 + i, 200))
+                .unwrap();
+        }
+        store
+            .append_blocking(live, payload(live, e, 200))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    store.delete_segment_blocking(dead).unwrap();
+    (store, live)
+}
+
+#[test]
+fn compaction_is_paced_to_gc_max_bytes_per_sec() {
+    let rate = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.recycle_files = 0;
+    cfg.gc_max_bytes_per_sec = rate;
+    let (store, live) = mostly_dead_files(cfg);
+    let started = std::time::Instant::now();
+    let report = store.gc().unwrap();
+    let took = started.elapsed();
+    assert!(report.bytes_moved > 200 << 10, "{report:?}");
+    // Sleeps never end early: the pass cannot be faster than the rate allows
+    // (less the burst of a tenth of a second and the last record).
+    let floor = (report.bytes_moved - rate / 10 - 512) as f64 / rate as f64;
+    assert!(
+        took.as_secs_f64() >= floor,
+        "moved {} bytes in {took:?}, at most {rate} B/s allows {floor} s",
+        report.bytes_moved
+    );
+    assert!(report.throttled > std::time::Duration::ZERO);
+    for e in 0..1500 {
+        assert_eq!(store.read(live, e).unwrap(), payload(live, e, 200));
+    }
+    store.close().unwrap();
+
+    // 0: unlimited.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.recycle_files = 0;
+    cfg.gc_max_bytes_per_sec = 0;
+    let (store, _) = mostly_dead_files(cfg);
+    let report = store.gc().unwrap();
+    assert!(report.bytes_moved > 200 << 10, "{report:?}");
+    assert_eq!(report.throttled, std::time::Duration::ZERO);
     store.close().unwrap();
 }
 

@@ -62,6 +62,8 @@ pub struct StorageSettings {
     pub gc_interval_secs: u64,
     /// Dead journal files kept for reuse (0: deleted at once, so disk space returns).
     pub recycle_files: usize,
+    /// The most GC's compaction copies per second (0: unlimited).
+    pub gc_max_bytes_per_sec: u64,
 }
 
 impl Default for StorageSettings {
@@ -71,6 +73,7 @@ impl Default for StorageSettings {
             group_commit_max_delay_us: 0,
             gc_interval_secs: 30,
             recycle_files: 4,
+            gc_max_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -267,6 +270,7 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     let max_entry_bytes = config.broker.max_frame_bytes();
     let store = open_store(&config.data_dir, &config.storage, max_entry_bytes)?;
     let state = Arc::new(DirStateStore::open(config.data_dir.join("state"))?);
+    reclaim_orphans(&store, &state).await;
     let listeners = listen(&config).await?;
     let advertised = config
         .advertised_address
@@ -374,7 +378,7 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down: closing producers and consumers, persisting cursors");
     let _ = stop_tx.send(true);
-    broker.shutdown().await;
+    let shutdown = broker.shutdown().await;
     let _ = close_tx.send(true);
     for s in servers {
         let _ = s.await;
@@ -384,6 +388,7 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     if let Err(e) = resources.store().close_session(session).await {
         tracing::warn!(error = %e, "closing the metadata session failed");
     }
+    shutdown.context("shutting down")?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
@@ -448,6 +453,7 @@ fn open_store(
     sc.max_entry_bytes = sc.max_entry_bytes.max(max_entry_bytes);
     sc.log_file_bytes = s.log_file_mib.max(1) << 20;
     sc.recycle_files = s.recycle_files;
+    sc.gc_max_bytes_per_sec = s.gc_max_bytes_per_sec;
     sc.group_commit_max_delay_us = s.group_commit_max_delay_us;
     let started = std::time::Instant::now();
     let store = SegmentStore::open(sc).context("opening storage")?;
@@ -459,6 +465,23 @@ fn open_store(
         "storage opened"
     );
     Ok(store)
+}
+
+/// Deletes segments no log lists (a crash between creating a segment and
+/// saving its log's metadata), before any log opens. What is reclaimed is
+/// logged by the storage layer; a failure reclaims nothing and stops nothing.
+async fn reclaim_orphans(store: &SegmentStore, state: &Arc<DirStateStore>) {
+    let (store, state) = (store.clone(), state.clone());
+    let reclaimed =
+        tokio::task::spawn_blocking(move || kilonova_storage::reclaim_orphans(&store, &*state))
+            .await;
+    match reclaimed {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "storage not reconciled with the logs: nothing reclaimed")
+        }
+        Err(e) => tracing::warn!(error = %e, "storage reconciliation did not finish"),
+    }
 }
 
 /// Reclaims dead journal files now and then (off the async workers: it does file I/O).

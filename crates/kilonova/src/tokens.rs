@@ -154,6 +154,7 @@ fn error(message: impl Into<String>) -> Failure {
 fn key_error(context: &str, e: KeyError) -> Failure {
     match e {
         KeyError::Invalid(m) | KeyError::Config(m) => error(format!("{context}: {m}")),
+        other @ KeyError::NoFile(_) => error(format!("{context}: {other}")),
         other @ (KeyError::Read { .. } | KeyError::Write { .. }) => error(other.to_string()),
     }
 }
@@ -314,16 +315,10 @@ fn validate(key: VerifyingKeyArgs, token: &str, claim: &str) -> Result<Vec<u8>, 
     Ok(format!("valid: role {}\nexpires: {expires}\n", principal.role).into_bytes())
 }
 
-/// The bytes of a key value, with a clear message for a file that is not there.
+/// The bytes of a key value (a path that names no file is an error saying
+/// which forms a key takes).
 fn read_key(value: &str, flag: &str) -> Result<Vec<u8>, Failure> {
-    let v = value.trim();
-    let bare = !v.starts_with("file:") && !v.starts_with("data:");
-    // Base64 has no '.' and no '~': such a bare value is a path, never a key,
-    // so it may be named; `read_key` would only say it is not base64.
-    if bare && !Path::new(v).is_file() && (v.contains('.') || v.starts_with('~')) {
-        return Err(error(format!("{flag}: no key file {v}")));
-    }
-    keys::read_key(v).map_err(|e| key_error(flag, e))
+    keys::read_key(value).map_err(|e| key_error(flag, e))
 }
 
 /// An algorithm name as JWT headers spell it (`RS256`, `ES256`, `EdDSA`, …),

@@ -235,6 +235,11 @@ async fn exclusive_subscription_receives_batched_messages_in_publish_order() {
 async fn key_shared_keeps_per_key_order_and_sends_each_key_to_one_consumer() {
     let broker = Broker::start().await;
     let client = client(&broker).await;
+    // Another topic first, so this one's first segment id is not 0 (a
+    // newcomer once stalled on such topics: its join position was compared
+    // with a floor of (0, 0)).
+    let warm_up = producer(&client, &topic("warm-up")).await;
+    send(&warm_up, msg("x")).await;
     let t = topic("key-shared");
     let a = consumer(&client, &t, "sub", SubType::KeyShared, "a").await;
     let b = consumer(&client, &t, "sub", SubType::KeyShared, "b").await;

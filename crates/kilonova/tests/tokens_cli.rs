@@ -384,6 +384,60 @@ fn validate_reads_the_role_from_the_claim_it_is_told() {
 }
 
 #[test]
+fn a_key_path_that_names_no_file_is_an_error_not_a_base64_key() {
+    // `/no/such/key` and `/etc/secret/hmac` are valid base64: they used to
+    // sign with their own text as the key and exit 0.
+    let dir = tempdir();
+    let d = dir.path();
+    for path in [
+        "/no/such/key",
+        "/etc/secret/hmac",
+        "/missing/file",
+        "./absent",
+        "~/absent",
+    ] {
+        for flag in ["--secret-key", "--private-key"] {
+            let what = format!("tokens create {flag} {path}");
+            let err = fails(tokens(d, &["create", flag, path, "-s", "x"]), &what);
+            assert!(err.contains("no key file"), "{what}: {err}");
+            for form in [
+                "file:PATH",
+                "data:;base64,",
+                "the path of an existing file",
+                "BASE64",
+            ] {
+                assert!(
+                    err.contains(form),
+                    "{what}: {err:?} does not name the form {form:?}"
+                );
+            }
+        }
+        let what = format!("tokens validate --public-key {path}");
+        let err = fails(
+            tokens(d, &["validate", "--public-key", path, "a.b.c"]),
+            &what,
+        );
+        assert!(err.contains("no key file"), "{what}: {err}");
+    }
+    // The same key as a file, as data: and as bare base64 still signs.
+    ok(
+        tokens(d, &["create-secret-key", "-o", "hmac"]),
+        "create-secret-key",
+    );
+    let raw = std::fs::read(d.join("hmac")).expect("read the key");
+    let b64 = kilonova_auth::issue::base64_text(&raw);
+    let from_file = create(d, "--secret-key", "./hmac", "x", &[]);
+    for value in [
+        format!("data:;base64,{b64}"),
+        b64.clone(),
+        "file:hmac".into(),
+    ] {
+        let token = create(d, "--secret-key", &value, "x", &[]);
+        assert_eq!(token, from_file, "{value} is another key");
+    }
+}
+
+#[test]
 fn bad_inputs_exit_1_with_a_message_and_no_panic() {
     let dir = tempdir();
     let d = dir.path();

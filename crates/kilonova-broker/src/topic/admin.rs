@@ -549,6 +549,32 @@ impl Topic {
     }
 }
 
+/// The stats of a topic that is not loaded, from its log's stored state:
+/// storage size, and each durable subscription's backlog as last persisted.
+/// Counters, rates, publishers and consumers are those of an idle topic: none.
+pub(crate) fn stored_stats(stored: &kilonova_storage::StoredSummary) -> TopicStats {
+    let subscriptions: BTreeMap<String, SubscriptionStats> = stored
+        .cursors
+        .iter()
+        .map(|c| {
+            let mut stats = subscription_stats(None, c.backlog_entries);
+            stats.backlog_size = c.backlog_bytes;
+            (c.name.clone(), stats)
+        })
+        .collect();
+    TopicStats {
+        storage_size: stored.size_bytes,
+        backlog_size: stored
+            .cursors
+            .iter()
+            .map(|c| c.backlog_bytes)
+            .max()
+            .unwrap_or(0),
+        subscriptions,
+        ..TopicStats::default()
+    }
+}
+
 fn subscription_stats(sub: Option<&Subscription>, backlog: u64) -> SubscriptionStats {
     let Some(sub) = sub else {
         return SubscriptionStats {

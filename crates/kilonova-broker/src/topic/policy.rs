@@ -632,7 +632,7 @@ impl Broker {
             return; // another partition started this pass
         };
         let partitions = match self.resources().topic(base).await {
-            Ok(Some(r)) if r.partitions > 0 => r.partitions,
+            Ok(Some(r)) if r.partitions > 0 && !r.is_oversized() => r.partitions,
             _ => return,
         };
         // A partition that was not loaded had been idle long enough to unload.

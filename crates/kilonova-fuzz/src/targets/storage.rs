@@ -228,21 +228,30 @@ fn log_meta_file(rng: &mut Rng, input: &mut Input) {
     let segments: Vec<(u64, u64, u64)> = (0..rng.below(4))
         .map(|i| (i as u64, rng.below(1000) as u64, rng.interesting_u64()))
         .collect();
-    let names: Vec<String> = (0..rng.below(4)).map(|_| rng.text(12)).collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut file = Input::new(fuzzing::log_meta_bytes(
-        rng.below(1000) as u64,
-        &segments,
-        &names,
-    ));
-    file.le_at(9, 4);
+    let next_index = rng.below(1000) as u64;
     let mut at = 13 + 24 * segments.len();
-    file.le_at(at, 4);
-    at += 4;
-    for n in &names {
+    let file = if rng.below(2) == 0 {
+        // Version 1: cursors listed by name (migrated when a log opens).
+        let names: Vec<String> = (0..rng.below(4)).map(|_| rng.text(12)).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut file = Input::new(fuzzing::log_meta_v1_bytes(next_index, &segments, &names));
+        file.le_at(9, 4);
         file.le_at(at, 4);
-        at += 4 + n.len();
-    }
+        at += 4;
+        for n in &names {
+            file.le_at(at, 4);
+            at += 4 + n.len();
+        }
+        file
+    } else {
+        // Version 2: cursors listed by id.
+        let ids: Vec<u64> = (0..rng.below(4)).map(|_| rng.below(100) as u64).collect();
+        let mut file = Input::new(fuzzing::log_meta_bytes(next_index, &segments, &ids));
+        file.le_at(9, 4);
+        file.le_at(at, 8);
+        file.le_at(at + 8, 4);
+        file
+    };
     input.extend(&file.bytes, &file.fields);
 }
 
@@ -253,11 +262,14 @@ fn cursor_file(rng: &mut Rng, input: &mut Input) {
             (i as u64 % 2, s, s + rng.below(10) as u64)
         })
         .collect();
+    let name = rng.text(12);
     let mut file = Input::new(fuzzing::cursor_state_bytes(
+        &name,
         (0, rng.below(100) as u64),
         &ranges,
     ));
-    file.le_at(16, 4);
+    file.le_at(1, 4);
+    file.le_at(5 + name.len() + 16, 4);
     input.extend(&file.bytes, &file.fields);
 }
 

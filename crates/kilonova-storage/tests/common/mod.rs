@@ -1,0 +1,57 @@
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! A segment store, a state store and an entry cache in a temp dir: what the
+//! managed log tests open logs on.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kilonova_storage::{
+    DirStateStore, EntryCache, ManagedLog, ManagedLogConfig, SegmentStore, StateStore, StoreConfig,
+};
+
+pub struct Env {
+    pub store: SegmentStore,
+    pub state: Arc<dyn StateStore>,
+    pub cache: Arc<EntryCache>,
+}
+
+/// Small journal files (1 MiB) and entries up to 64 KiB.
+pub fn env(dir: &Path) -> Env {
+    let mut c = StoreConfig::new(dir.join("journal"));
+    c.log_file_bytes = 1 << 20;
+    c.max_entry_bytes = 64 << 10;
+    Env {
+        store: SegmentStore::open(c).unwrap(),
+        state: Arc::new(DirStateStore::open(dir.join("state")).unwrap()),
+        cache: Arc::new(EntryCache::new(1 << 20)),
+    }
+}
+
+/// Stops the store as a crash would (no final checkpoint).
+pub async fn crash(e: Env) {
+    tokio::task::spawn_blocking(move || e.store.abandon())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Segments of 10 entries.
+pub fn small_segments() -> ManagedLogConfig {
+    ManagedLogConfig {
+        max_segment_entries: 10,
+        ..Default::default()
+    }
+}
+
+pub async fn open(e: &Env, id: u64, cfg: ManagedLogConfig, now: u64) -> ManagedLog {
+    ManagedLog::open(
+        id,
+        e.store.clone(),
+        e.state.clone(),
+        e.cache.clone(),
+        cfg,
+        now,
+    )
+    .await
+    .unwrap()
+}

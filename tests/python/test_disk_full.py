@@ -1,0 +1,151 @@
+"""A full disk under a running broker, end to end: publishes fail with
+PersistenceError and fence the topic, nothing acknowledged is lost, a failed
+message's resend is stored even with deduplication on, publishing resumes once
+space returns, and a SIGTERM that cannot persist state exits non-zero.
+
+Needs a small tmpfs (root); `scripts/test` sets KILONOVA_REQUIRE_TMPFS=1 when
+it runs as root, so there the test cannot silently skip."""
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pulsar
+import pytest
+
+from conftest import http, make_client, receive_n, wait_until
+
+TMPFS_BYTES = 160 << 20
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mnt)],
+                        capture_output=True).returncode == 0
+    if not ok:
+        assert not os.environ.get("KILONOVA_REQUIRE_TMPFS"), \
+            "could not mount a tmpfs although KILONOVA_REQUIRE_TMPFS is set"
+        pytest.skip("mounting a tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Writes `path` until the file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def metric(broker, name: str) -> float:
+    text = http("GET", broker.http_url + "/metrics")[1].decode()
+    values = [float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{")]
+    return sum(values)
+
+
+def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs):
+    from conftest import Broker  # noqa: F401 (the factory builds it)
+    config = "[storage]\nlog_file_mib = 16\nrecycle_files = 0\n[broker]\ndeduplication_enabled = true\n"
+    broker = make_broker(config=config)
+    # make_broker puts the data dir under tmp_path: move this broker onto the small disk.
+    broker.stop()
+    data = tmpfs / "data"
+    broker.data_dir = data
+    broker.start()
+
+    topic = "persistent://public/default/disk-full"
+    c = make_client(broker)
+    try:
+        consumer = c.subscribe(topic, "keep", initial_position=pulsar.InitialPosition.Earliest)
+        producer = c.create_producer(topic, producer_name="writer", batching_enabled=False,
+                                     block_if_queue_full=True, send_timeout_millis=120_000)
+        for i in range(50):
+            producer.send(f"m-{i}".encode())
+
+        fill(tmpfs / "filler")
+        results, ids = {}, {}
+        lock = threading.Lock()
+
+        def done(i):
+            def cb(res, msg_id):
+                with lock:
+                    results[i] = res
+                    ids[i] = (msg_id.ledger_id(), msg_id.entry_id()) if res == pulsar.Result.Ok else None
+            return cb
+
+        payload = b"y" * (64 << 10)  # 600 of them overflow the preallocated journal file
+        for i in range(50, 650):
+            producer.send_async(f"m-{i}".encode() + payload, done(i))
+        wait_until(lambda: metric(broker, "kilonova_topics_fenced_total") >= 1, 30,
+                   "the topic fenced after appends failed on the full disk")
+        status, body = http("GET", broker.http_url + "/admin/v2/brokers/health")
+        assert status == 503 and b"disk full" in body, (status, body)
+        os.remove(tmpfs / "filler")
+        # The health check's own probe write sees the space come back.
+        wait_until(lambda: http("GET", broker.http_url + "/admin/v2/brokers/health") == (200, b"ok"), 10,
+                   "health ok once space returned")
+        producer.flush()
+        wait_until(lambda: len(results) == 600, 120, "every send answered once space returned")
+        acked = {i for i, r in results.items() if r == pulsar.Result.Ok}
+        failed = {i: r for i, r in results.items() if r != pulsar.Result.Ok}
+        # The client resends what failed (PersistenceError closes its connection):
+        # with the fence, no resend is dropped as a duplicate of a later message.
+        assert not failed, f"{len(failed)} sends failed for good: {list(failed.items())[:5]}"
+
+        # Stored at least once: what was stored while fenced is resent too.
+        seen, got = set(), []
+
+        def all_seen():
+            try:
+                while True:
+                    m = consumer.receive(timeout_millis=200)
+                    got.append(m)
+                    seen.add(m.data().split(b"y", 1)[0].decode())
+            except pulsar.Timeout:
+                pass
+            return len(seen) == 650
+
+        try:
+            wait_until(all_seen, 30, "every acknowledged message readable after space returned")
+        except AssertionError:
+            missing = [i for i in range(650) if f"m-{i}" not in seen]
+            stats = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/disk-full/internalStats")[1]
+            dup = sorted(k for k in seen if sum(1 for m in got if m.data().split(b"y", 1)[0].decode() == k) > 1)
+            raise AssertionError(f"missing {len(missing)}: {[(i, ids.get(i)) for i in missing[:20]]}; "
+                                 f"stored twice: {dup[:20]} with ids {[ids.get(int(k[2:])) for k in dup[:20]]}; "
+                                 f"received {len(got)}; {stats[:2000]!r}")
+        for m in got:
+            consumer.acknowledge(m)
+    finally:
+        c.close()
+
+    # SIGTERM while state cannot be written: the exit says so.
+    c = make_client(broker)
+    try:
+        consumer = c.subscribe(topic, "late", initial_position=pulsar.InitialPosition.Earliest)
+        got = receive_n(consumer, 10)
+        fill(tmpfs / "filler")
+        for m in got:
+            consumer.acknowledge(m)
+
+        def backlog():
+            status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/disk-full/stats")
+            return json.loads(body)["subscriptions"]["late"]["msgBacklog"] if status == 200 else None
+
+        wait_until(lambda: backlog() == 640, 10, "the acknowledgements reached the broker")
+        code = broker.stop()
+    finally:
+        c.close()
+    assert code != 0, "a shutdown that could not persist cursors exited 0\n" + broker.log_tail()
+    assert "shutdown incomplete" in broker.log_tail(), broker.log_tail()
