@@ -367,7 +367,7 @@ class Broker:
 
     def restart(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Starts again on the same data dir and ports (after stop() or kill()):
-        the ports the first start was given are passed explicitly."""
+        the ports the system chose at the first start are passed explicitly."""
         assert not self.running, "stop() or kill() the broker before restart()"
         self.start(timeout)
 

@@ -439,6 +439,8 @@ impl Target for RecoveryTarget {
     fn run(&mut self, input: &[u8]) {
         self.runs += 1;
         let dir = self.dir.path().join(format!("store-{}", self.runs));
+        // Removed however the run ends (a panic is a finding, not a leak).
+        let _remove = RemoveOnDrop(dir.clone());
         let written = std::fs::create_dir_all(&dir).is_ok()
             && files(input).iter().all(|(tag, bytes)| {
                 let name = FILE_NAMES[usize::from(*tag) % FILE_NAMES.len()];
@@ -465,6 +467,13 @@ impl Target for RecoveryTarget {
             }
             drop(store);
         }
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
