@@ -261,6 +261,10 @@ def test_unread_pongs_stop_the_broker_reading_pings(broker):
             assert f.type == wire.PONG, f
     conn.close()
     sender.join(5)
+    # Going away while paused releases the connection cleanly.
+    wait_until(lambda: metric(broker, "pulsar_active_connections") == 0, 10,
+               "the connection was not released")
+    assert "panicked" not in broker.log_path.read_text(errors="replace")
 
 
 # ---------------------------------------------------------------- before CONNECT

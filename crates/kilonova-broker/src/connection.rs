@@ -167,6 +167,7 @@ async fn serve<R, W>(
     // The client does not read its answers: its requests are not read either
     // until the writer drained the queue to half its bound.
     let mut unread_answers = false;
+    let mut writer_ended = false;
     let mut buf = BytesMut::new();
     let end = loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
@@ -243,7 +244,10 @@ async fn serve<R, W>(
                 break End::Violation(format!("no CONNECT within {}s", connect_timeout.as_secs()));
             }
             _ = shutdown.changed() => break End::Done,
-            _ = &mut writer => break End::Done,
+            _ = &mut writer => {
+                writer_ended = true;
+                break End::Done;
+            }
         }
     };
     if let End::Violation(why) = &end {
@@ -252,7 +256,10 @@ async fn serve<R, W>(
     conn.release().await;
     conn.out.close();
     // Let the writer flush what topics queued (close commands on shutdown).
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // (A task's handle must not be awaited again once it has answered.)
+    if !writer_ended {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
     tracing::debug!(conn = conn.id, "connection closed");
 }
 
