@@ -261,6 +261,10 @@ def test_unread_pongs_stop_the_broker_reading_pings(broker):
             assert f.type == wire.PONG, f
     conn.close()
     sender.join(5)
+    # Going away while paused releases the connection cleanly.
+    wait_until(lambda: metric(broker, "pulsar_active_connections") == 0, 10,
+               "the connection was not released")
+    assert "panicked" not in broker.log_path.read_text(errors="replace")
 
 
 # ---------------------------------------------------------------- before CONNECT
@@ -309,6 +313,86 @@ def test_a_connection_that_does_not_connect_in_time_is_closed(make_broker):
     connected.expect(wire.PONG)
     for conn in (silent, partial, connected):
         conn.close()
+
+
+# ---------------------------------------------------------------- the admin port
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bool:
+    """Whether the peer closes `sock` within `timeout` (what it sends is skipped)."""
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+def test_idle_admin_connections_are_closed(make_broker):
+    broker = make_broker(config="[broker]\nhttp_header_read_timeout_secs = 1\n")
+    port = broker.http_port
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+    partial = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    for s in partial:
+        s.sendall(b"GET /admin/v2/brokers/health HTTP/1.1\r\nHost: kilonova\r\n")
+    # One request, then an idle keep-alive connection.
+    kept = socket.create_connection(("127.0.0.1", port))
+    kept.sendall(b"GET /admin/v2/brokers/health HTTP/1.1\r\nHost: kilonova\r\n\r\n")
+    kept.settimeout(10)
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+    for s, what in [(s, "an idle connection") for s in idle] + \
+            [(s, "a partial request head") for s in partial] + [(kept, "an idle keep-alive")]:
+        assert read_until_closed(s, 10), f"{what} stayed open past http_header_read_timeout_secs"
+        s.close()
+    assert healthy(broker)
+
+
+def test_idle_admin_connections_cost_little(broker):
+    watch = RssWatch(broker, "300 idle admin connections")
+    idle = [socket.create_connection(("127.0.0.1", broker.http_port)) for _ in range(300)]
+    # Each is accepted: a request on the last one is answered.
+    idle[-1].sendall(b"GET /admin/v2/brokers/health HTTP/1.1\r\nHost: kilonova\r\n\r\n")
+    idle[-1].settimeout(10)
+    assert idle[-1].recv(65536).startswith(b"HTTP/1.1 200")
+    watch.check()
+    watch.report()
+    for s in idle:
+        s.close()
+    assert healthy(broker)
+
+
+def test_admin_connections_are_capped(make_broker):
+    broker = make_broker(config="[broker]\nmax_http_connections = 16\n")
+    port = broker.http_port
+    watch = RssWatch(broker, "116 idle admin connections with a cap of 16")
+    holders = [socket.create_connection(("127.0.0.1", port)) for _ in range(16)]
+    # Served only once one of the 16 closes.
+    waiting = socket.create_connection(("127.0.0.1", port))
+    waiting.sendall(b"GET /admin/v2/brokers/health HTTP/1.1\r\nHost: kilonova\r\n\r\n")
+    waiting.settimeout(1.0)
+    try:
+        answer = waiting.recv(65536)
+        raise AssertionError(f"a 17th connection was served: {answer[:80]!r}")
+    except socket.timeout:
+        pass
+    holders.pop().close()
+    waiting.settimeout(10)
+    assert waiting.recv(65536).startswith(b"HTTP/1.1 200"), "the waiting connection was not served"
+    waiting.close()
+    # More idle connections cost nothing: they wait in the listen backlog
+    # (of 128: beyond it, the kernel drops their SYNs and they retry).
+    more = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    time.sleep(1.0)  # let the broker accept what it would (observing absence)
+    watch.check()
+    watch.report()
+    for s in holders + more:
+        s.close()
+    assert healthy(broker)
 
 
 # ---------------------------------------------------------------- connection limits

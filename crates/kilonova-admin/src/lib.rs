@@ -7,16 +7,16 @@
 //! Every route is declared through [`api::Api`] with its documentation.
 //!
 //! This crate never touches storage; its only sockets are the ones the HTTP
-//! router is served on ([`https::TlsListener`] for the HTTPS port).
+//! router is served on ([`server::AdminServer`], for the HTTP and HTTPS ports).
 
 pub mod api;
 mod brokers;
 mod clusters;
 mod error;
-pub mod https;
 mod namespaces;
 mod permissions;
 mod policies;
+pub mod server;
 mod tenants;
 mod topics;
 

@@ -52,6 +52,12 @@ pub struct BrokerConfig {
     pub max_outbound_bytes_per_connection: usize,
     /// A connection must complete CONNECT within this long of being accepted.
     pub connect_timeout_secs: u64,
+    /// Concurrent connections to the admin HTTP and HTTPS ports together; more
+    /// wait to be accepted. At most 1/8 of the process's open-file limit is used.
+    pub max_http_connections: usize,
+    /// An admin HTTP connection that has not sent a whole request head within
+    /// this long (of opening, or of its previous answer) is closed.
+    pub http_header_read_timeout_secs: u64,
     /// Commands queued to one topic before connections wait (backpressure).
     pub topic_queue_depth: usize,
 
@@ -136,6 +142,8 @@ impl Default for BrokerConfig {
             max_connections_per_ip: 0,
             max_outbound_bytes_per_connection: 4 << 20,
             connect_timeout_secs: 10,
+            max_http_connections: 1024,
+            http_header_read_timeout_secs: 30,
             topic_queue_depth: 1024,
             max_segment_entries: 50_000,
             max_segment_bytes: 256 << 20,

@@ -139,8 +139,6 @@ async fn serve<R, W>(
 {
     let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
     let mut writer = tokio::spawn(write_loop(writer, out_rx));
-    // A JoinHandle must not be polled again once it completed (tokio panics).
-    let mut writer_done = false;
     let mut conn = Connection {
         id: broker.next_connection_id(),
         broker,
@@ -169,6 +167,7 @@ async fn serve<R, W>(
     // The client does not read its answers: its requests are not read either
     // until the writer drained the queue to half its bound.
     let mut unread_answers = false;
+    let mut writer_ended = false;
     let mut buf = BytesMut::new();
     let end = loop {
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
@@ -246,7 +245,7 @@ async fn serve<R, W>(
             }
             _ = shutdown.changed() => break End::Done,
             _ = &mut writer => {
-                writer_done = true;
+                writer_ended = true;
                 break End::Done;
             }
         }
@@ -257,7 +256,8 @@ async fn serve<R, W>(
     conn.release().await;
     conn.out.close();
     // Let the writer flush what topics queued (close commands on shutdown).
-    if !writer_done {
+    // (A task's handle must not be awaited again once it has answered.)
+    if !writer_ended {
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     }
     tracing::debug!(conn = conn.id, "connection closed");

@@ -207,3 +207,46 @@ async fn max_connections_per_ip_refuses_one_address_and_serves_another() {
         .await;
     other.recv_type(Type::Connected).await;
 }
+
+fn active_connections(server: &common::Server) -> u64 {
+    let text = server.broker.render_metrics();
+    text.lines()
+        .find_map(|l| l.strip_prefix("pulsar_active_connections{cluster=\"standalone\"} "))
+        .expect("no pulsar_active_connections in the metrics")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_paused_and_released_when_it_goes_away() {
+    let config = BrokerConfig {
+        max_outbound_bytes_per_connection: 64 << 10,
+        ..BrokerConfig::default()
+    };
+    let server = start(config).await;
+    let mut c = Raw::connect(server.addr).await;
+    let mut pings = BytesMut::new();
+    for _ in 0..(1 << 20) {
+        frame::encode_command(
+            &cmd(Type::Ping, |c| c.ping = Some(Default::default())),
+            &mut pings,
+        );
+    }
+    // The broker stops reading once its answers are not read: the write
+    // stalls when the socket buffers are full.
+    let write = tokio::time::timeout(Duration::from_secs(3), c.s.write_all(&pings)).await;
+    assert!(
+        write.is_err(),
+        "the broker read 1M PINGs without their PONGs being read"
+    );
+    assert_eq!(active_connections(&server), 1);
+    drop(c);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while active_connections(&server) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection of a client that went away was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling a gauge, bounded
+    }
+}

@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use kilonova_admin::server::AdminServer;
 use kilonova_auth::tls::TlsConfig;
 use kilonova_auth::{AuthConfig, Security};
 use kilonova_broker::import_old_catalog;
@@ -332,20 +333,21 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
             )));
         }
     }
-    let admin = kilonova_admin::router(broker.clone());
+    let admin = AdminServer::new(kilonova_admin::router(broker.clone()), broker.config());
     if let Some(http) = listeners.http {
         servers.push(tokio::spawn(serve_admin(
-            http,
             admin.clone(),
+            http,
+            None,
             stop_rx.clone(),
             "HTTP",
         )));
     }
     if let (Some(https), Some(tls)) = (listeners.https, https_tls) {
-        let listener = kilonova_admin::https::TlsListener::new(https, tls)?;
         servers.push(tokio::spawn(serve_admin(
-            listener,
             admin,
+            https,
+            Some(tls),
             stop_rx.clone(),
             "HTTPS",
         )));
@@ -393,25 +395,16 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the admin router on `listener` until `stop` changes.
-async fn serve_admin<L>(
-    listener: L,
-    admin: axum::Router,
-    mut stop: watch::Receiver<bool>,
-    what: &str,
-) where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let shutdown = async move {
-        let _ = stop.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, admin)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "{what} server failed");
-    }
+/// Serves the admin API on `listener` (over TLS with `tls`) until `stop`
+/// changes, within the admin server's connection cap and timeouts.
+async fn serve_admin(
+    admin: AdminServer,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: watch::Receiver<bool>,
+    what: &'static str,
+) {
+    admin.serve(listener, tls, what, stop).await;
 }
 
 /// Keeps the broker's metadata session (and so its registration) alive.
