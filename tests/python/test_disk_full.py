@@ -55,7 +55,6 @@ def metric(broker, name: str) -> float:
 
 
 def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs):
-    from conftest import Broker  # noqa: F401 (the factory builds it)
     config = "[storage]\nlog_file_mib = 16\nrecycle_files = 0\n[broker]\ndeduplication_enabled = true\n"
     broker = make_broker(config=config)
     # make_broker puts the data dir under tmp_path: move this broker onto the small disk.

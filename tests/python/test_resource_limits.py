@@ -480,17 +480,24 @@ def test_max_connections_counts_plain_and_tls_ports_together(make_broker, self_s
         s.settimeout(10)
         assert s.recv(65536), "a TLS connection within the limit was not served"
         tls.append(s)
-    refused = wire.RawConnection("127.0.0.1", broker.pulsar_port)
-    refused.send(wire.connect_cmd())
-    try:
-        refused.wait_closed(timeout=10)
-    except TimeoutError:
-        raise AssertionError("a 5th connection over plain and TLS ports was served") from None
-    assert metric(broker, "kilonova_connections_refused_total") >= 1
-    for c in plain + [refused]:
+    assert_connection_refused(broker, "a 5th connection over plain and TLS ports")
+    for c in plain:
         c.close()
     for s in tls:
         s.close()
+
+
+def assert_connection_refused(broker, what: str) -> None:
+    """A new plain connection is closed without being served, and counted."""
+    refused = wire.RawConnection("127.0.0.1", broker.pulsar_port)
+    try:
+        refused.send(wire.connect_cmd())
+        refused.wait_closed(timeout=10)
+    except TimeoutError:
+        raise AssertionError(f"{what} was served") from None
+    finally:
+        refused.close()
+    assert metric(broker, "kilonova_connections_refused_total") >= 1
 
 
 def test_max_connections_per_ip(make_broker):
@@ -498,14 +505,7 @@ def test_max_connections_per_ip(make_broker):
     kept = [wire.RawConnection("127.0.0.1", broker.pulsar_port) for _ in range(3)]
     for c in kept:
         c.handshake()
-    refused = wire.RawConnection("127.0.0.1", broker.pulsar_port)
-    refused.send(wire.connect_cmd())
-    try:
-        refused.wait_closed(timeout=10)
-    except TimeoutError:
-        raise AssertionError("a 4th connection from one address was served") from None
-    refused.close()
-    assert metric(broker, "kilonova_connections_refused_total") >= 1
+    assert_connection_refused(broker, "a 4th connection from one address")
     # A slot freed is a slot to take.
     kept.pop().close()
     def reconnects():

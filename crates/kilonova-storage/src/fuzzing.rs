@@ -97,15 +97,11 @@ pub fn log_meta(file: &[u8]) -> Result<(usize, usize)> {
     Ok((meta.segments.len(), count))
 }
 
-/// A valid managed log metadata file of the current version: segments are
-/// (id, first message index, created ms), cursors their ids.
-pub fn log_meta_bytes(
-    next_index: u64,
-    segments: &[(u64, u64, u64)],
-    cursor_ids: &[u64],
-) -> Vec<u8> {
+/// A metadata record's version, next message index and segment table
+/// (what both versions share).
+fn meta_head(version: u8, next_index: u64, segments: &[(u64, u64, u64)]) -> BytesMut {
     let mut b = BytesMut::new();
-    b.put_u8(managed_log::META_VERSION);
+    b.put_u8(version);
     b.put_u64_le(next_index);
     b.put_u32_le(segments.len() as u32);
     for &(id, first, created) in segments {
@@ -113,6 +109,17 @@ pub fn log_meta_bytes(
         b.put_u64_le(first);
         b.put_u64_le(created);
     }
+    b
+}
+
+/// A valid managed log metadata file of the current version: segments are
+/// (id, first message index, created ms), cursors their ids.
+pub fn log_meta_bytes(
+    next_index: u64,
+    segments: &[(u64, u64, u64)],
+    cursor_ids: &[u64],
+) -> Vec<u8> {
+    let mut b = meta_head(managed_log::META_VERSION, next_index, segments);
     b.put_u64_le(cursor_ids.iter().max().map_or(0, |m| m.saturating_add(1)));
     b.put_u32_le(cursor_ids.len() as u32);
     for id in cursor_ids {
@@ -128,15 +135,7 @@ pub fn log_meta_v1_bytes(
     segments: &[(u64, u64, u64)],
     cursors: &[&str],
 ) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(managed_log::META_VERSION_NAMES);
-    b.put_u64_le(next_index);
-    b.put_u32_le(segments.len() as u32);
-    for &(id, first, created) in segments {
-        b.put_u64_le(id);
-        b.put_u64_le(first);
-        b.put_u64_le(created);
-    }
+    let mut b = meta_head(managed_log::META_VERSION_NAMES, next_index, segments);
     b.put_u32_le(cursors.len() as u32);
     for c in cursors {
         b.put_u32_le(c.len() as u32);
