@@ -19,13 +19,14 @@ use kilonova_metadata::{NamespaceName, Resources, SchemaOutcome, TopicRecord};
 use kilonova_pulsar_protocol::proto::Schema;
 
 use crate::accept::ConnectionLimits;
+use crate::clock::{self, SharedClock};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::metrics::MetricsRegistry;
 use crate::policies::{Effective, PolicyCache};
 use crate::topic::{self, Topic, TopicCommand, TopicHandle};
 use crate::topic::{AdminReply, AdminRequest};
-use crate::topic_name::TopicName;
+use kilonova_metadata::names::TopicName;
 
 struct Inner {
     config: BrokerConfig,
@@ -48,6 +49,8 @@ struct Inner {
     connections: Arc<ConnectionLimits>,
     /// Distinguishes generated producer names across restarts.
     boot_id: String,
+    /// Where topics, subscriptions, policies and connections read the time.
+    clock: SharedClock,
 }
 
 /// The loaded topics, and those an admin request is unloading or deleting.
@@ -212,6 +215,27 @@ impl Broker {
         urls: impl Into<ServiceUrls>,
         security: Security,
     ) -> Result<Self, BrokerError> {
+        Self::with_clock(
+            config,
+            store,
+            state,
+            resources,
+            urls,
+            security,
+            clock::system(),
+        )
+    }
+
+    /// [`Broker::new`] with the clock its topics and connections read.
+    pub fn with_clock(
+        config: BrokerConfig,
+        store: SegmentStore,
+        state: Arc<dyn StateStore>,
+        resources: Resources,
+        urls: impl Into<ServiceUrls>,
+        security: Security,
+        clock: SharedClock,
+    ) -> Result<Self, BrokerError> {
         let max_partitions = config.max_partitions();
         if config.max_num_partitions_per_partitioned_topic > max_partitions {
             tracing::warn!(
@@ -247,13 +271,19 @@ impl Broker {
                 next_producer: AtomicU64::new(0),
                 next_connection: AtomicU64::new(1),
                 connections,
-                boot_id: format!("{:x}", topic::now_ms()),
+                boot_id: format!("{:x}", clock.now_ms()),
+                clock,
             }),
         })
     }
 
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
+    }
+
+    /// The clock topics, subscriptions, policies and connections read.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
     }
 
     /// Whether storage can write, for the health check: `Err` says why not.
@@ -597,7 +627,7 @@ impl Broker {
                 max_segment_age_ms: c.max_segment_age_secs.saturating_mul(1000).max(1),
                 ..ManagedLogConfig::default()
             },
-            topic::now_ms(),
+            self.inner.clock.now_ms(),
         )
         .await
     }

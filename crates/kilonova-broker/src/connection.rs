@@ -37,8 +37,8 @@ use crate::error::BrokerError;
 use crate::outbound::{Out, Outbound, OutboundReceiver};
 use crate::subscription::ConsumerKey;
 use crate::topic::{self, sleep_until, ConnCtx, NewProducer, TopicCommand, TopicHandle};
-use crate::topic_name::{Domain, TopicName};
 use kilonova_auth::{Need, Principal, Want, TOKEN_METHOD};
+use kilonova_metadata::names::{Domain, TopicName};
 use kilonova_metadata::SchemaOutcome;
 use tokio_rustls::rustls;
 

@@ -4,7 +4,7 @@ use kilonova_metadata::MetadataError;
 use kilonova_pulsar_protocol::proto::ServerError;
 use kilonova_storage::StorageError;
 
-use crate::topic_name::TopicNameError;
+use kilonova_metadata::names::TopicNameError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

@@ -12,6 +12,7 @@
 pub mod accept;
 mod broker;
 mod catalog_import;
+pub mod clock;
 mod commands;
 pub mod config;
 mod connection;
@@ -30,7 +31,6 @@ pub use catalog_import::import_old_catalog;
 pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;
 pub use error::BrokerError;
-pub use kilonova_metadata::names as topic_name;
+pub use kilonova_metadata::names::{Domain, TopicName, TopicNameError};
 pub use topic::admin as topic_admin;
 pub use topic::{AdminReply, AdminRequest, Peeked, ResetTo};
-pub use topic_name::{Domain, TopicName, TopicNameError};

@@ -17,7 +17,7 @@ use kilonova_storage::Retention;
 
 use crate::config::BrokerConfig;
 use crate::rate_limit::{Rate, RateLimits};
-use crate::topic_name::TopicName;
+use kilonova_metadata::names::TopicName;
 
 /// A backlog quota in force: the limit and what happens beyond it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

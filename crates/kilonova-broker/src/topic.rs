@@ -45,7 +45,7 @@ use crate::outbound::Outbound;
 use crate::policies::Effective;
 use crate::rate_limit::{PublishGate, RateLimiter};
 use crate::subscription::{Consumer, ConsumerKey, DispatchLimits, SubKind, Subscription};
-use crate::topic_name::TopicName;
+use kilonova_metadata::names::TopicName;
 use kilonova_metadata::{SchemaRecord, TopicRecord};
 
 /// The connection a producer or consumer lives on.

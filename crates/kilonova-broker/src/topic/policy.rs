@@ -16,7 +16,7 @@ use crate::error::BrokerError;
 use crate::policies::{Effective, InactiveRule, Quota};
 use crate::rate_limit::{RateLimiter, RateLimits};
 use crate::subscription::{first_unacked, Budget, DispatchLimits, Subscription};
-use crate::topic_name::TopicName;
+use kilonova_metadata::names::TopicName;
 
 /// When the periodic checks run next.
 pub(super) struct Checks {
