@@ -10,7 +10,7 @@ use serde::Serialize;
 use kilonova_pulsar_protocol::frame;
 use kilonova_storage::{InitialPosition, Position};
 
-use super::{now_ms, Topic};
+use super::Topic;
 use crate::commands;
 use crate::error::BrokerError;
 use crate::subscription::{SubKind, Subscription};
@@ -276,9 +276,10 @@ impl Topic {
                 if let Some(s) = &subscription {
                     self.check_subscription(s)?;
                 }
+                let now_ms = self.broker.clock().now_ms();
                 let log = self.persistent_log("expiry")?;
                 log.expire_cursors(
-                    now_ms(),
+                    now_ms,
                     seconds.saturating_mul(1000),
                     subscription.as_deref(),
                 )?;

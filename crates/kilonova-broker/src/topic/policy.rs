@@ -5,17 +5,14 @@
 use std::time::{Duration, Instant};
 
 use kilonova_metadata::policies::{BacklogQuotaPolicy, InactiveTopicDeleteMode, Policies};
-use kilonova_storage::{ManagedLog, Position, StorageError};
+use kilonova_storage::{ManagedLog, StorageError};
 use tokio::sync::mpsc;
 
-use super::{now_ms, Topic, TopicCommand};
+use super::{Topic, TopicCommand};
 use crate::broker::Broker;
-use crate::commands;
-use crate::dedup;
 use crate::error::BrokerError;
 use crate::policies::{Effective, InactiveRule, Quota};
-use crate::rate_limit::{RateLimiter, RateLimits};
-use crate::subscription::{first_unacked, Budget, DispatchLimits, Subscription};
+use crate::subscription::first_unacked;
 use kilonova_metadata::names::TopicName;
 
 /// When the periodic checks run next.
@@ -75,183 +72,7 @@ pub(super) async fn load(broker: &Broker, name: &TopicName) -> Effective {
     }
 }
 
-/// A dispatch limiter: up to one period's worth may go at once.
-pub(crate) fn dispatch_limiter(limits: RateLimits, now: Instant) -> RateLimiter {
-    let period = limits
-        .messages
-        .or(limits.bytes)
-        .map_or(Duration::from_secs(1), |r| r.period);
-    RateLimiter::new(limits, period, now)
-}
-
-fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Dispatches `sub` within the topic's and its own dispatch rates. Returns
-/// how long until a rate lets more go, if a rate held the pass back.
-pub(super) fn rated_dispatch(
-    sub: &mut Subscription,
-    log: &mut ManagedLog,
-    limits: &DispatchLimits,
-    topic_rate: &mut RateLimiter,
-    now: Instant,
-) -> Result<Option<Duration>, StorageError> {
-    if topic_rate.is_unlimited() && sub.rate.is_unlimited() {
-        sub.dispatch(log, limits, Budget::UNLIMITED)?;
-        return Ok(None);
-    }
-    let (tm, tb) = topic_rate.available(now);
-    let (sm, sb) = sub.rate.available(now);
-    let budget = Budget {
-        messages: min_limit(tm, sm),
-        bytes: min_limit(tb, sb),
-    };
-    let before = (sub.msg_out, sub.bytes_out);
-    sub.dispatch(log, limits, budget)?;
-    let (m, b) = (sub.msg_out - before.0, sub.bytes_out - before.1);
-    topic_rate.consume(m, b, now);
-    sub.rate.consume(m, b, now);
-    if sub.consumers.is_empty() {
-        return Ok(None);
-    }
-    let wait = topic_rate.wait_for_one(now).max(sub.rate.wait_for_one(now));
-    Ok((wait > Duration::ZERO).then_some(wait))
-}
-
-/// Entries before a duplicate's last stored one searched for its original.
-const DUPLICATE_SEARCH_ENTRIES: u64 = 1000;
-
 impl Topic {
-    /// Turns deduplication on (rebuilding its state from the snapshot and the
-    /// log after it) or off.
-    pub(super) fn set_dedup(&mut self, on: bool) {
-        let Some(log) = self.log.as_ref().filter(|_| on) else {
-            self.dedup = None;
-            return;
-        };
-        if self.dedup.is_some() {
-            return;
-        }
-        let key = dedup::snapshot_key(log.id());
-        let max = self.broker.config().deduplication_max_producers;
-        // Reads the entries after the last snapshot (all of them when
-        // deduplication is turned on for an existing topic): the topic serves
-        // nothing until its state is whole, and on a multi-threaded runtime the
-        // worker is handed over for the blocking reads.
-        let state = self.broker.state_store().clone();
-        let recover = || dedup::recover(state.as_ref(), &key, log, max);
-        let recovered = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(recover),
-            _ => recover(),
-        };
-        match recovered {
-            Ok(d) => {
-                tracing::debug!(topic = %self.full_name, producers = d.producer_count(), "deduplication state recovered");
-                self.dedup = Some(d);
-            }
-            Err(e) => {
-                // Without its state, deduplication would let duplicates through
-                // silently: it stays off, loudly.
-                tracing::error!(topic = %self.full_name, error = %e, "cannot recover the deduplication state: deduplication is off for this load");
-            }
-        }
-    }
-
-    /// Stores the deduplication state (every snapshot interval, and when the
-    /// topic closes), so a load replays few entries.
-    pub(super) fn snapshot_dedup(&mut self) {
-        let (Some(d), Some(log)) = (self.dedup.as_mut(), self.log.as_ref()) else {
-            return;
-        };
-        if d.unsnapshotted() == 0 {
-            return;
-        }
-        let key = dedup::snapshot_key(log.id());
-        if let Err(e) = dedup::store_snapshot(self.broker.state_store().as_ref(), &key, d) {
-            tracing::warn!(topic = %self.full_name, error = %e, "storing the deduplication snapshot failed");
-        }
-    }
-
-    /// Answers a duplicate once what was appended before it resolved: with the
-    /// original's message id if it is stored (Pulsar clients count the message
-    /// as sent), else with an error the client retries on.
-    pub(super) fn answer_duplicate(&mut self, a: &super::Appended) {
-        let name = a.producer.as_deref().unwrap_or_default();
-        let stored = self
-            .dedup
-            .as_ref()
-            .and_then(|d| d.last_persisted(name))
-            .filter(|(seq, _)| *seq >= a.to.highest_sequence_id.max(a.to.sequence_id));
-        let Some((last_seq, last_at)) = stored else {
-            a.to.out.command(commands::send_error(
-                a.to.producer_id,
-                a.to.sequence_id,
-                kilonova_pulsar_protocol::proto::ServerError::PersistenceError,
-                "the original of this duplicate was not stored: send it again",
-            ));
-            return;
-        };
-        let original = if last_seq == a.to.highest_sequence_id.max(a.to.sequence_id) {
-            Some(last_at)
-        } else {
-            self.find_original(name, a.to.sequence_id, last_at)
-        };
-        // Pulsar answers a duplicate whose original it cannot name with -1:-1.
-        let id = original.map_or_else(
-            || kilonova_pulsar_protocol::proto::MessageIdData {
-                ledger_id: u64::MAX,
-                entry_id: u64::MAX,
-                ..Default::default()
-            },
-            |p| commands::message_id(p, None),
-        );
-        a.to.out.command(commands::send_receipt(
-            a.to.producer_id,
-            a.to.sequence_id,
-            a.to.highest_sequence_id,
-            id,
-        ));
-    }
-
-    /// The entry holding `producer`'s message `sequence_id`, searched backwards
-    /// from `last` in its segment, a few entries at a time (bounded memory), at
-    /// most [`DUPLICATE_SEARCH_ENTRIES`] back.
-    fn find_original(&self, producer: &str, sequence_id: u64, last: Position) -> Option<Position> {
-        const BATCH: u64 = 16;
-        let log = self.log.as_ref()?;
-        let floor = last.entry.saturating_sub(DUPLICATE_SEARCH_ENTRIES);
-        let mut hi = last.entry;
-        loop {
-            let lo = hi.saturating_sub(BATCH - 1).max(floor);
-            let n = usize::try_from(hi - lo + 1).ok()?;
-            let entries = log.read_from(Position::new(last.segment, lo), n).ok()?;
-            let found = entries
-                .iter()
-                .rev()
-                .filter(|e| e.position.segment == last.segment && e.position.entry <= hi)
-                .find_map(|e| {
-                    let p = kilonova_pulsar_protocol::frame::decode_payload(e.data.clone()).ok()?;
-                    let m = &p.metadata;
-                    let first = m.sequence_id;
-                    let count = u64::from(kilonova_pulsar_protocol::frame::message_count(m));
-                    let highest = m
-                        .highest_sequence_id
-                        .unwrap_or_else(|| first.saturating_add(count.saturating_sub(1)))
-                        .max(first);
-                    (m.producer_name == producer && (first..=highest).contains(&sequence_id))
-                        .then_some(e.position)
-                });
-            if found.is_some() || lo <= floor {
-                return found;
-            }
-            hi = lo - 1;
-        }
-    }
-
     /// Reads the policies again (from the cache: no metadata read unless they
     /// changed) and applies what changed.
     pub(super) async fn refresh_policies(&mut self) {
@@ -266,14 +87,14 @@ impl Topic {
             return;
         }
         tracing::info!(topic = %self.full_name, "policies changed");
-        let now = Instant::now();
+        let now = self.broker.clock().now();
         self.publish_gate.set(fresh.publish_rate, now);
         if fresh.dispatch_rate != self.policies.dispatch_rate {
-            self.dispatch_rate = dispatch_limiter(fresh.dispatch_rate, now);
+            self.dispatch_rate = super::dispatch::dispatch_limiter(fresh.dispatch_rate, now);
         }
         if fresh.subscription_dispatch_rate != self.policies.subscription_dispatch_rate {
             for sub in self.subscriptions.values_mut() {
-                sub.rate = dispatch_limiter(fresh.subscription_dispatch_rate, now);
+                sub.rate = super::dispatch::dispatch_limiter(fresh.subscription_dispatch_rate, now);
             }
         }
         if (fresh.backlog_size, fresh.backlog_age)
@@ -293,7 +114,7 @@ impl Topic {
 
     /// Message TTL and backlog quotas, each at its interval.
     pub(super) fn enforce_policies(&mut self) {
-        let now = Instant::now();
+        let now = self.broker.clock().now();
         let config = self.broker.config();
         let expiry_every = Duration::from_secs(config.message_expiry_check_interval_secs.max(1));
         let quota_every = Duration::from_secs(config.backlog_quota_check_interval_secs.max(1));
@@ -314,7 +135,7 @@ impl Topic {
             return;
         };
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        match log.expire(now_ms(), ttl_ms) {
+        match log.expire(self.broker.clock().now_ms(), ttl_ms) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!(topic = %self.full_name, subscriptions = n, "messages expired (TTL)");
@@ -358,7 +179,7 @@ impl Topic {
         };
         let mut exceeded = None;
         let mut evicted = false;
-        let now = now_ms();
+        let now = self.broker.clock().now_ms();
         for name in log.cursor_names() {
             if !log.cursor_info(&name).is_ok_and(|i| i.durable) {
                 continue;
@@ -395,9 +216,7 @@ impl Topic {
             // As Pulsar: producers are closed; they reconnect and are refused
             // (producer_request_hold: with a retriable error) until the
             // backlog is back under its quota.
-            for ((_, id), p) in self.producers.drain() {
-                p.out.command(commands::close_producer(id));
-            }
+            self.close_producers();
         }
     }
 
@@ -478,7 +297,7 @@ impl Topic {
         if !self.deletable(rule) {
             return Inactive::Unload;
         }
-        let now = Instant::now();
+        let now = self.broker.clock().now();
         if now < self.checks.next_inactive {
             return Inactive::Keep;
         }
@@ -501,7 +320,9 @@ impl Topic {
         let (Some(rule), Some(since)) = (self.policies.inactive, self.idle_since) else {
             return false;
         };
-        self.is_idle() && self.deletable(rule) && since.elapsed() >= min_inactive
+        self.is_idle()
+            && self.deletable(rule)
+            && self.broker.clock().now().duration_since(since) >= min_inactive
     }
 
     /// Deletes the inactive topic (a partition asks for its whole partitioned
@@ -520,12 +341,13 @@ impl Topic {
                     .delete_inactive_topics_frequency_secs
                     .max(1),
             );
+            let now = self.broker.clock().now();
             let due = self
                 .checks
                 .partitioned_attempt
-                .is_none_or(|t| t.elapsed() >= every);
+                .is_none_or(|t| now.duration_since(t) >= every);
             if due {
-                self.checks.partitioned_attempt = Some(Instant::now());
+                self.checks.partitioned_attempt = Some(now);
                 let broker = self.broker.clone();
                 let base = self.name.partitioned_topic();
                 tokio::spawn(async move {
@@ -614,63 +436,4 @@ fn over_age(
     log.expire_cursors(now_ms, limit_ms, Some(name))?;
     *evicted = true;
     Ok(None)
-}
-
-impl Broker {
-    /// Deletes a partitioned topic whose partitions are all inactive: each
-    /// partition deletes itself if it is (a partition that was not loaded had
-    /// been idle long enough to unload); the partitioned topic's record goes
-    /// once every partition is gone. A partition in use stops it (the
-    /// partitions already deleted held nothing worth keeping, and come back
-    /// empty on use).
-    pub(crate) async fn delete_inactive_partitioned(
-        &self,
-        base: &TopicName,
-        max_inactive: Duration,
-    ) {
-        let Some(_pass) = self.begin_partitioned_deletion(base) else {
-            return; // another partition started this pass
-        };
-        let partitions = match self.resources().topic(base).await {
-            Ok(Some(r)) if r.partitions > 0 && !r.is_oversized() => r.partitions,
-            _ => return,
-        };
-        // A partition that was not loaded had been idle long enough to unload.
-        let min_inactive: Vec<Duration> = (0..partitions)
-            .map(|i| {
-                if self.is_loaded(&base.partition_name(i)) {
-                    max_inactive
-                } else {
-                    Duration::ZERO
-                }
-            })
-            .collect();
-        // Every partition must agree before any is deleted (a caught-up
-        // subscription on one partition must not go while another partition
-        // still has a backlog for it).
-        for (i, min) in (0..partitions).zip(&min_inactive) {
-            let request = super::AdminRequest::InactiveCheck { min_inactive: *min };
-            if let Err(e) = self.topic_admin(&base.partition_name(i), request).await {
-                tracing::debug!(topic = %base, partition = i, error = %e, "partitioned topic kept: a partition is in use");
-                return;
-            }
-        }
-        for (i, min) in (0..partitions).zip(&min_inactive) {
-            let request = super::AdminRequest::DeleteIfInactive { min_inactive: *min };
-            if let Err(e) = self.topic_admin(&base.partition_name(i), request).await {
-                // A client came back between the check and the deletion.
-                tracing::info!(topic = %base, partition = i, error = %e, "partitioned topic kept: a partition came back into use during its deletion");
-                return;
-            }
-        }
-        match self.resources().delete_topic(base).await {
-            Ok(()) => {
-                tracing::info!(topic = %base, partitions, "deleted inactive partitioned topic");
-                self.metrics().count_inactive_deletion(true);
-            }
-            Err(e) => {
-                tracing::warn!(topic = %base, error = %e, "deleting an inactive partitioned topic failed")
-            }
-        }
-    }
 }

@@ -18,6 +18,8 @@ use kilonova_auth::{Need, Principal, Security, Want};
 use kilonova_metadata::{NamespaceName, Resources, SchemaOutcome, TopicRecord};
 use kilonova_pulsar_protocol::proto::Schema;
 
+mod inactive;
+
 use crate::accept::ConnectionLimits;
 use crate::clock::{self, SharedClock};
 use crate::config::BrokerConfig;

@@ -1,0 +1,403 @@
+//! Consuming from a topic: subscribe (creating the cursor), flow permits,
+//! acknowledgements, redelivery requests, seek, the last message id,
+//! unsubscribe and consumers leaving.
+
+use kilonova_pulsar_protocol::frame;
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, command_ack::AckType, command_subscribe::InitialPosition as WireInitial,
+    command_subscribe::SubType, CommandAck, CommandAckResponse, CommandGetLastMessageIdResponse,
+    CommandSubscribe, KeySharedMode, MessageIdData,
+};
+use kilonova_storage::{InitialPosition, Position};
+
+use super::{special_position, ConnCtx, Topic};
+use crate::commands;
+use crate::error::BrokerError;
+use crate::outbound::Outbound;
+use crate::subscription::{Consumer, ConsumerKey, SubKind, Subscription};
+
+impl Topic {
+    pub(super) fn sub_of_mut(&mut self, key: ConsumerKey) -> Option<&mut Subscription> {
+        let name = self.consumer_subs.get(&key)?;
+        self.subscriptions.get_mut(name)
+    }
+
+    pub(super) fn consumer_out(&self, key: ConsumerKey) -> Option<Outbound> {
+        let name = self.consumer_subs.get(&key)?;
+        let sub = self.subscriptions.get(name)?;
+        sub.consumers
+            .iter()
+            .find(|c| c.key == key)
+            .map(|c| c.out.clone())
+    }
+
+    pub(super) fn subscribe(&mut self, conn: ConnCtx, cmd: CommandSubscribe) {
+        let request_id = cmd.request_id;
+        let out = conn.out.clone();
+        match self.try_subscribe(conn, &cmd) {
+            Ok(key) => {
+                out.command(commands::success(request_id));
+                if let Some(sub) = self.subscriptions.get(&cmd.subscription) {
+                    sub.announce_active();
+                }
+                self.dispatch_of(key);
+            }
+            Err(e) => out.command(commands::broker_error(request_id, &e)),
+        }
+    }
+
+    pub(super) fn try_subscribe(
+        &mut self,
+        conn: ConnCtx,
+        cmd: &CommandSubscribe,
+    ) -> Result<ConsumerKey, BrokerError> {
+        let key = ConsumerKey {
+            conn: conn.id,
+            id: cmd.consumer_id,
+        };
+        let kind = match cmd.sub_type() {
+            SubType::Exclusive => SubKind::Exclusive,
+            SubType::Shared => SubKind::Shared,
+            SubType::Failover => SubKind::Failover,
+            SubType::KeyShared => SubKind::KeyShared,
+        };
+        if cmd.subscription.is_empty() {
+            return Err(BrokerError::BadRequest("empty subscription name".into()));
+        }
+        if let Some(existing) = self.consumer_subs.get(&key) {
+            // Pulsar answers a repeated SUBSCRIBE for a live consumer with success:
+            // clients re-send it when a reconnect and a seek race.
+            if *existing == cmd.subscription {
+                return Ok(key);
+            }
+            return Err(BrokerError::ConsumerBusy(format!(
+                "consumer id {} is already subscribed to '{existing}' on this connection",
+                cmd.consumer_id
+            )));
+        }
+        self.admit_consumer(&cmd.subscription)?;
+        let durable = cmd.durable.unwrap_or(true) && self.log.is_some();
+        tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, durable, start = ?cmd.start_message_id, "subscribe");
+        if !self.subscriptions.contains_key(&cmd.subscription) {
+            if let Some(log) = self.log.as_mut() {
+                let initial = match cmd.start_message_id.as_ref().filter(|_| !durable) {
+                    // A reader starts at the given entry; the client skips it unless
+                    // it asked for an inclusive start (and skips, within a batch, the
+                    // messages before the batch index), as Pulsar clients do.
+                    Some(id) => special_position(id).unwrap_or(InitialPosition::At(Position::new(
+                        id.ledger_id,
+                        id.entry_id,
+                    ))),
+                    None => match cmd.initial_position() {
+                        WireInitial::Earliest => InitialPosition::Earliest,
+                        WireInitial::Latest => InitialPosition::Latest,
+                    },
+                };
+                if !durable && log.has_cursor(&cmd.subscription) {
+                    return Err(BrokerError::ConsumerBusy(format!(
+                        "subscription {} exists as a durable subscription",
+                        cmd.subscription
+                    )));
+                }
+                log.open_cursor(&cmd.subscription, initial, durable)?;
+            }
+            let mut sub = Subscription::new(
+                cmd.subscription.clone(),
+                kind,
+                durable,
+                self.name.partition(),
+                self.metrics.clone(),
+            );
+            sub.rate = super::dispatch::dispatch_limiter(
+                self.policies.subscription_dispatch_rate,
+                self.broker.clock().now(),
+            );
+            self.subscriptions.insert(cmd.subscription.clone(), sub);
+        }
+        let read_position = self
+            .log
+            .as_ref()
+            .and_then(|l| l.cursor_info(&cmd.subscription).ok())
+            .map(|i| i.read_position);
+        let sticky_ranges = cmd
+            .key_shared_meta
+            .as_ref()
+            .filter(|m| m.key_shared_mode() == KeySharedMode::Sticky)
+            .map(|m| {
+                m.hash_ranges
+                    .iter()
+                    .map(|r| (r.start.max(0) as u32, r.end.max(0) as u32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let consumer = Consumer {
+            key,
+            name: cmd.consumer_name.clone().unwrap_or_default(),
+            priority: cmd.priority_level.unwrap_or(0),
+            permits: 0,
+            out: conn.out,
+            epoch: cmd.consumer_epoch,
+            wants_entry_metadata: conn.wants_entry_metadata,
+            joined_at: None,
+            sticky_ranges,
+            msg_out: 0,
+            bytes_out: 0,
+            held: false,
+        };
+        let sub = self
+            .subscriptions
+            .get_mut(&cmd.subscription)
+            .ok_or_else(|| BrokerError::SubscriptionNotFound(cmd.subscription.clone()))?;
+        let result = sub.add_consumer(kind, consumer, read_position);
+        if result.is_err() && sub.consumers.is_empty() && !sub.durable {
+            self.drop_transient_cursors_of(Some(&cmd.subscription));
+        }
+        result?;
+        self.consumer_subs.insert(key, cmd.subscription.clone());
+        self.idle_since = None;
+        Ok(key)
+    }
+
+    pub(super) fn remove_consumer(&mut self, key: ConsumerKey) {
+        let Some(name) = self.consumer_subs.remove(&key) else {
+            return;
+        };
+        let Some(sub) = self.subscriptions.get_mut(&name) else {
+            return;
+        };
+        sub.remove_consumer(key);
+        if sub.consumers.is_empty() {
+            if sub.durable {
+                return;
+            }
+            if self.log.is_some() {
+                self.drop_transient_cursors_of(Some(&name));
+            } else {
+                self.subscriptions.remove(&name);
+            }
+            return;
+        }
+        self.dispatch_sub(&name);
+    }
+
+    /// FLOW: the consumer may take `permits` more messages.
+    pub(super) fn flow(&mut self, key: ConsumerKey, permits: u32) {
+        if let Some(sub) = self.sub_of_mut(key) {
+            if let Some(c) = sub.consumer_mut(key) {
+                c.permits = c.permits.saturating_add(i64::from(permits));
+            }
+        }
+        self.dispatch_of(key);
+    }
+
+    /// REDELIVER_UNACKNOWLEDGED_MESSAGES: the listed entries (all of the
+    /// consumer's if none are listed) are sent again.
+    pub(super) fn redeliver(
+        &mut self,
+        key: ConsumerKey,
+        ids: &[MessageIdData],
+        epoch: Option<u64>,
+    ) {
+        let positions: Vec<Position> = ids
+            .iter()
+            .map(|m| Position::new(m.ledger_id, m.entry_id))
+            .collect();
+        if let Some(name) = self.consumer_subs.get(&key).cloned() {
+            if let Some(sub) = self.subscriptions.get_mut(&name) {
+                // A client that counts epochs drops messages stamped with an
+                // older one: what was in flight before this request.
+                if let (Some(e), Some(c)) = (epoch, sub.consumer_mut(key)) {
+                    c.epoch = Some(c.epoch.map_or(e, |old| old.max(e)));
+                }
+                sub.redeliver(key, &positions, self.log.as_mut());
+            }
+        }
+        self.dispatch_of(key);
+    }
+
+    pub(super) fn ack(&mut self, key: ConsumerKey, ack: CommandAck) {
+        let result = self.try_ack(key, &ack);
+        if let Err(e) = &result {
+            tracing::debug!(topic = %self.full_name, error = %e, "ack refused");
+        }
+        if let Some(request_id) = ack.request_id {
+            if let Some(out) = self.consumer_out(key) {
+                let (error, message) = match &result {
+                    Ok(()) => (None, None),
+                    Err(e) => (Some(e.server_error() as i32), Some(e.to_string())),
+                };
+                out.command(commands::with_type(Type::AckResponse, |b| {
+                    b.ack_response = Some(Box::new(CommandAckResponse {
+                        consumer_id: key.id,
+                        request_id: Some(request_id),
+                        error,
+                        message,
+                        ..Default::default()
+                    }));
+                }));
+            }
+        }
+        self.dispatch_of(key);
+    }
+
+    pub(super) fn try_ack(
+        &mut self,
+        key: ConsumerKey,
+        ack: &CommandAck,
+    ) -> Result<(), BrokerError> {
+        let name = self
+            .consumer_subs
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotAllowed("consumer is not subscribed".into()))?;
+        let (Some(sub), Some(log)) = (self.subscriptions.get_mut(&name), self.log.as_mut()) else {
+            return Ok(()); // non-persistent: nothing to acknowledge
+        };
+        let cumulative = ack.ack_type() == AckType::Cumulative;
+        if cumulative && matches!(sub.kind, SubKind::Shared | SubKind::KeyShared) {
+            return Err(BrokerError::NotAllowed(
+                "cumulative acknowledgement is not allowed on shared and key_shared subscriptions"
+                    .into(),
+            ));
+        }
+        for id in &ack.message_id {
+            let p = Position::new(id.ledger_id, id.entry_id);
+            let partial = id.ack_set.iter().any(|w| *w != 0);
+            if cumulative {
+                if partial {
+                    // Up to the batch before, and this batch's acknowledged messages.
+                    if let Some(prev) = p.entry.checked_sub(1) {
+                        sub.ack_cumulative(log, Position::new(p.segment, prev))?;
+                    }
+                    sub.ack(log, p, &id.ack_set)?;
+                } else {
+                    sub.ack_cumulative(log, p)?;
+                }
+            } else {
+                sub.ack(log, p, &id.ack_set)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn seek(
+        &mut self,
+        key: ConsumerKey,
+        request_id: u64,
+        message_id: Option<MessageIdData>,
+        publish_time_ms: Option<u64>,
+    ) {
+        let Some(out) = self.consumer_out(key) else {
+            return;
+        };
+        let Some(name) = self.consumer_subs.get(&key).cloned() else {
+            return;
+        };
+        let result = (|| -> Result<(), BrokerError> {
+            let log = self.log.as_mut().ok_or_else(|| {
+                BrokerError::NotAllowed("seek is not supported on non-persistent topics".into())
+            })?;
+            let target = match (message_id, publish_time_ms) {
+                (Some(id), _) => match special_position(&id) {
+                    Some(InitialPosition::Earliest) => log.first_position(),
+                    Some(_) => log.end_position(),
+                    None => Position::new(id.ledger_id, id.entry_id),
+                },
+                (None, Some(t)) => log.position_of_publish_time(t)?,
+                (None, None) => {
+                    return Err(BrokerError::BadRequest(
+                        "seek needs a message id or a publish time".into(),
+                    ))
+                }
+            };
+            log.reset_cursor(&name, target)?;
+            Ok(())
+        })();
+        match result {
+            Err(e) => out.command(commands::broker_error(request_id, &e)),
+            Ok(()) => {
+                out.command(commands::success(request_id));
+                // As Pulsar does: consumers reconnect and read from the new position.
+                self.after_cursor_moved(&name, true);
+            }
+        }
+    }
+
+    pub(super) fn last_message_id(&mut self, key: ConsumerKey, request_id: u64) {
+        let Some(out) = self.consumer_out(key) else {
+            return;
+        };
+        let name = self.consumer_subs.get(&key).cloned().unwrap_or_default();
+        let (last, mark_delete) = match self.log.as_ref() {
+            Some(log) => {
+                let last = match log.last_position() {
+                    Some(p) => {
+                        let batch_index = log
+                            .read_entry(p)
+                            .ok()
+                            .and_then(|e| frame::decode_payload(e.data).ok())
+                            .and_then(|pl| {
+                                pl.metadata.num_messages_in_batch.map(|n| (n - 1).max(0))
+                            });
+                        commands::message_id(p, batch_index)
+                    }
+                    None => MessageIdData {
+                        ledger_id: log.end_position().segment,
+                        entry_id: u64::MAX, // -1: no entry yet
+                        ..Default::default()
+                    },
+                };
+                let md = log
+                    .cursor_info(&name)
+                    .ok()
+                    .and_then(|i| i.mark_delete)
+                    .map(|p| commands::message_id(p, None));
+                (last, md)
+            }
+            None => (
+                MessageIdData {
+                    ledger_id: 0,
+                    entry_id: self.next_transient_entry.wrapping_sub(1),
+                    ..Default::default()
+                },
+                None,
+            ),
+        };
+        out.command(commands::with_type(Type::GetLastMessageIdResponse, |b| {
+            b.get_last_message_id_response = Some(Box::new(CommandGetLastMessageIdResponse {
+                last_message_id: last,
+                request_id,
+                consumer_mark_delete_position: mark_delete,
+            }));
+        }));
+    }
+
+    pub(super) fn unsubscribe(&mut self, key: ConsumerKey, request_id: u64) {
+        let Some(out) = self.consumer_out(key) else {
+            return;
+        };
+        let Some(name) = self.consumer_subs.get(&key).cloned() else {
+            return;
+        };
+        let others = self
+            .subscriptions
+            .get(&name)
+            .is_some_and(|s| s.consumers.iter().any(|c| c.key != key));
+        if others {
+            let e = BrokerError::NotAllowed(format!(
+                "subscription {name} has other consumers: cannot unsubscribe"
+            ));
+            out.command(commands::broker_error(request_id, &e));
+            return;
+        }
+        self.consumer_subs.remove(&key);
+        self.subscriptions.remove(&name);
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.delete_cursor(&name) {
+                out.command(commands::broker_error(request_id, &BrokerError::from(e)));
+                return;
+            }
+        }
+        out.command(commands::success(request_id));
+    }
+}

@@ -1,0 +1,663 @@
+//! A loaded topic: one task owns its managed log, producers and subscriptions;
+//! connections talk to it through a bounded queue (a full queue makes the
+//! connection stop reading its socket: backpressure, not buffering).
+//!
+//! Publish receipts go out only when the storage completion for the entry
+//! resolves, i.e. after the fdatasync that covers it; completions resolve in
+//! append order, so receipts do too. New entries are dispatched at the same point.
+//!
+//! A topic with no producers, consumers or appends in flight for
+//! `topic_unload_idle_secs` unloads: it persists its cursors and its task ends,
+//! so an idle topic costs no task and no memory beyond its catalog record.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use kilonova_pulsar_protocol::frame::Payload;
+use kilonova_pulsar_protocol::proto::{
+    CommandAck, CommandSubscribe, MessageIdData, ProducerAccessMode, Schema,
+};
+use kilonova_storage::{InitialPosition, ManagedLog};
+
+pub mod admin;
+mod consumers;
+mod dispatch;
+mod policy;
+mod publish;
+
+pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
+
+use crate::broker::Broker;
+use crate::commands;
+use crate::dedup::{self, Dedup};
+use crate::error::BrokerError;
+use crate::metrics::{Rates, TopicMetrics};
+use crate::outbound::Outbound;
+use crate::policies::Effective;
+use crate::rate_limit::{PublishGate, RateLimiter};
+use crate::subscription::{ConsumerKey, Subscription};
+use kilonova_metadata::names::TopicName;
+use kilonova_metadata::{SchemaRecord, TopicRecord};
+use publish::{PendingAppend, Producer};
+
+/// The connection a producer or consumer lives on.
+#[derive(Clone)]
+pub(crate) struct ConnCtx {
+    pub id: u64,
+    pub out: Outbound,
+    pub wants_entry_metadata: bool,
+}
+
+pub(crate) struct NewProducer {
+    pub conn: ConnCtx,
+    pub producer_id: u64,
+    pub request_id: u64,
+    pub name: Option<String>,
+    pub access_mode: ProducerAccessMode,
+    /// The version of the producer's schema (registered by the connection).
+    pub schema_version: Option<u64>,
+}
+
+// `Send` is the largest variant and the hot one: boxing it would cost an allocation
+// per message, so the size difference is accepted.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum TopicCommand {
+    AddProducer(NewProducer),
+    Send {
+        conn: u64,
+        producer_id: u64,
+        sequence_id: u64,
+        highest_sequence_id: u64,
+        payload: Payload,
+    },
+    /// CLOSE_PRODUCER (the connection answers it) or the connection went away.
+    RemoveProducer {
+        conn: u64,
+        producer_id: u64,
+    },
+    Subscribe {
+        conn: ConnCtx,
+        command: Box<CommandSubscribe>,
+    },
+    Flow {
+        key: ConsumerKey,
+        permits: u32,
+    },
+    Ack {
+        key: ConsumerKey,
+        ack: CommandAck,
+    },
+    Redeliver {
+        key: ConsumerKey,
+        ids: Vec<MessageIdData>,
+        epoch: Option<u64>,
+    },
+    Seek {
+        key: ConsumerKey,
+        request_id: u64,
+        message_id: Option<MessageIdData>,
+        publish_time_ms: Option<u64>,
+    },
+    GetLastMessageId {
+        key: ConsumerKey,
+        request_id: u64,
+    },
+    Unsubscribe {
+        key: ConsumerKey,
+        request_id: u64,
+    },
+    /// CLOSE_CONSUMER (the connection answers it) or the connection went away.
+    RemoveConsumer {
+        key: ConsumerKey,
+    },
+    /// Close every client with the protocol's close commands, persist, stop;
+    /// `done` tells whether the topic's state was persisted.
+    Shutdown {
+        done: oneshot::Sender<bool>,
+    },
+    /// A request of the admin API.
+    Admin {
+        request: AdminRequest,
+        reply: oneshot::Sender<Result<AdminReply, BrokerError>>,
+    },
+}
+
+/// How connections reach a loaded topic: its queue, and its publish rate limit
+/// (drawn from by the connections themselves, so a producer over the limit is
+/// slowed where it reads, before its messages are queued).
+#[derive(Clone)]
+pub(crate) struct TopicHandle {
+    tx: mpsc::Sender<TopicCommand>,
+    pub publish_gate: Arc<PublishGate>,
+}
+
+impl TopicHandle {
+    pub(crate) fn new(tx: mpsc::Sender<TopicCommand>, publish_gate: Arc<PublishGate>) -> Self {
+        TopicHandle { tx, publish_gate }
+    }
+
+    pub(crate) async fn send(
+        &self,
+        cmd: TopicCommand,
+    ) -> Result<(), mpsc::error::SendError<TopicCommand>> {
+        self.tx.send(cmd).await
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub(crate) fn same_channel(&self, other: &TopicHandle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+}
+
+/// The most commands a topic handles before it dispatches and looks at its
+/// other duties (append completions, housekeeping).
+const COMMAND_BURST: usize = 256;
+
+/// A schema version on the wire: 8 bytes, big-endian (as Pulsar's).
+pub(crate) fn schema_version_bytes(v: u64) -> Bytes {
+    Bytes::copy_from_slice(&v.to_be_bytes())
+}
+
+pub(crate) fn schema_record(s: &Schema) -> SchemaRecord {
+    SchemaRecord {
+        name: s.name.clone(),
+        kind: s.r#type,
+        data: s.schema_data.to_vec(),
+        properties: s
+            .properties
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect(),
+    }
+}
+
+/// Earliest / latest as clients encode them in a `MessageIdData`.
+fn special_position(id: &MessageIdData) -> Option<InitialPosition> {
+    if id.ledger_id == u64::MAX {
+        Some(InitialPosition::Earliest)
+    } else if id.ledger_id >= i64::MAX as u64 {
+        Some(InitialPosition::Latest)
+    } else {
+        None
+    }
+}
+
+pub(crate) struct Topic {
+    name: TopicName,
+    full_name: String,
+    broker: Broker,
+    /// `None` for a non-persistent topic.
+    log: Option<ManagedLog>,
+    producers: HashMap<(u64, u64), Producer>,
+    waiting_exclusive: VecDeque<NewProducer>,
+    topic_epoch: u64,
+    subscriptions: HashMap<String, Subscription>,
+    consumer_subs: HashMap<ConsumerKey, String>,
+    /// Subscriptions whose consumers may take more entries: dispatched once
+    /// after a burst of commands, so a FLOW followed at once by a REDELIVER
+    /// (or many ACKs) costs one dispatch pass, not one per command.
+    to_dispatch: HashSet<String>,
+    appends: FuturesOrdered<PendingAppend>,
+    /// An append failed: every append still in flight is answered with an
+    /// error (stored or not), producers were closed and new ones wait, until
+    /// nothing is in flight (Pulsar fences a topic the same way). Without it,
+    /// a message stored after a failed one would make deduplication drop the
+    /// failed one's resend.
+    fenced: bool,
+    /// Non-persistent topics: the next synthetic entry id.
+    next_transient_entry: u64,
+    idle_since: Option<Instant>,
+    metrics: Arc<TopicMetrics>,
+    /// When rates were last computed, and the totals then.
+    rates_since: (Instant, (u64, u64, u64, u64)),
+    /// The policies in force (refreshed from the policy cache every tick).
+    policies: Effective,
+    publish_gate: Arc<PublishGate>,
+    /// The topic's dispatch rate (subscriptions have their own too).
+    dispatch_rate: RateLimiter,
+    /// A dispatch held back by a dispatch rate goes on at this time.
+    dispatch_wake: Option<Instant>,
+    /// Notified by a connection's writer when a consumer held back for its
+    /// full outbound queue may take more.
+    drained: Arc<Notify>,
+    /// Passes of `dispatch_all` (which subscription goes first under a topic rate).
+    dispatch_round: usize,
+    checks: policy::Checks,
+    /// A backlog quota of a producer policy is exceeded: producers are refused.
+    quota_exceeded: Option<policy::Exceeded>,
+    /// Producer names and sequence ids seen, with deduplication on.
+    dedup: Option<Dedup>,
+}
+
+impl Topic {
+    /// Loads the topic and serves it until it unloads or the broker shuts down.
+    pub(crate) async fn run(
+        broker: Broker,
+        name: TopicName,
+        record: TopicRecord,
+        mut rx: mpsc::Receiver<TopicCommand>,
+        publish_gate: Arc<PublishGate>,
+    ) {
+        let full_name = name.to_string();
+        let log = if name.is_persistent() {
+            match broker.open_log(record.id).await {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    tracing::error!(topic = %full_name, error = %e, "cannot load topic");
+                    rx.close();
+                    broker.forget_topic(&full_name);
+                    let e = BrokerError::Metadata(format!("cannot load topic: {e}"));
+                    while let Ok(cmd) = rx.try_recv() {
+                        refuse(cmd, &e);
+                    }
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        tracing::debug!(topic = %full_name, id = record.id, "topic loaded");
+        let policies = policy::load(&broker, &name).await;
+        let now = broker.clock().now();
+        publish_gate.set(policies.publish_rate, now);
+        let dispatch_rate = dispatch::dispatch_limiter(policies.dispatch_rate, now);
+        let metrics = broker.metrics().register(&full_name);
+        let mut topic = Topic {
+            name,
+            full_name,
+            broker,
+            log,
+            producers: HashMap::new(),
+            waiting_exclusive: VecDeque::new(),
+            topic_epoch: 0,
+            subscriptions: HashMap::new(),
+            consumer_subs: HashMap::new(),
+            to_dispatch: HashSet::new(),
+            appends: FuturesOrdered::new(),
+            fenced: false,
+            next_transient_entry: 0,
+            idle_since: Some(now),
+            metrics,
+            rates_since: (now, (0, 0, 0, 0)),
+            policies,
+            publish_gate,
+            dispatch_rate,
+            dispatch_wake: None,
+            drained: Arc::new(Notify::new()),
+            dispatch_round: 0,
+            checks: policy::Checks::new(now),
+            quota_exceeded: None,
+            dedup: None,
+        };
+        topic.set_dedup(topic.policies.deduplication);
+        topic.serve(rx).await;
+        topic
+            .broker
+            .metrics()
+            .unregister(&topic.full_name, &topic.metrics);
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::Receiver<TopicCommand>) {
+        let config = self.broker.config().clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            config.cursor_persist_interval_ms.max(10),
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_limit = Duration::from_secs(config.topic_unload_idle_secs);
+        let drained = self.drained.clone();
+        loop {
+            tokio::select! {
+                biased;
+                Some(appended) = self.appends.next(), if !self.appends.is_empty() => {
+                    self.complete_append(appended);
+                    // Drain every completion that is ready before dispatching once.
+                    while let Some(Some(a)) =
+                        futures_util::FutureExt::now_or_never(self.appends.next())
+                    {
+                        self.complete_append(a);
+                    }
+                    self.unfence_when_drained();
+                    self.dispatch_all();
+                }
+                cmd = rx.recv() => {
+                    let Some(mut cmd) = cmd else { break };
+                    // Handle the burst of commands already queued, then dispatch.
+                    let mut handled = 0;
+                    loop {
+                        match cmd {
+                            TopicCommand::Shutdown { done } => {
+                                let persisted = self.shutdown().await;
+                                let _ = done.send(persisted);
+                                return;
+                            }
+                            TopicCommand::Admin { request, reply } => {
+                                if self.admin_request(request, reply, &mut rx).await {
+                                    return;
+                                }
+                            }
+                            cmd => self.handle(cmd).await,
+                        }
+                        handled += 1;
+                        if handled == COMMAND_BURST {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(next) => cmd = next,
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush_dispatch();
+                    self.update_gauges();
+                }
+                _ = sleep_until(self.dispatch_wake), if self.dispatch_wake.is_some() => {
+                    self.dispatch_wake = None;
+                    self.dispatch_all();
+                }
+                _ = drained.notified() => self.dispatch_all(),
+                _ = tick.tick() => {
+                    self.housekeeping().await;
+                    self.update_gauges();
+                    self.update_backlog_and_rates();
+                    if self.is_idle() {
+                        let now = self.broker.clock().now();
+                        let since = *self.idle_since.get_or_insert(now);
+                        match self.inactive_check(since) {
+                            policy::Inactive::Delete => {
+                                if self.delete_inactive(&mut rx).await {
+                                    return;
+                                }
+                            }
+                            policy::Inactive::Keep => {}
+                            policy::Inactive::Unload => {
+                                if now.duration_since(since) >= idle_limit && self.unload(&mut rx).await {
+                                    return;
+                                }
+                            }
+                        }
+                    } else {
+                        self.idle_since = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.producers.is_empty()
+            && self.consumer_subs.is_empty()
+            && self.waiting_exclusive.is_empty()
+            && self.appends.is_empty()
+    }
+
+    /// Unloads if no command is queued. Commands that race in after the decision are
+    /// forwarded to a fresh load of the topic.
+    async fn unload(&mut self, rx: &mut mpsc::Receiver<TopicCommand>) -> bool {
+        self.snapshot_dedup();
+        if !self.broker.unload_topic(&self.full_name, rx, &mut self.log) {
+            return false;
+        }
+        {
+            {
+                tracing::debug!(topic = %self.full_name, "topic unloaded (idle)");
+                rx.close();
+                while let Ok(cmd) = rx.try_recv() {
+                    self.broker.forward(&self.name, cmd).await;
+                }
+                true
+            }
+        }
+    }
+
+    async fn housekeeping(&mut self) {
+        self.refresh_policies().await;
+        self.enforce_policies();
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.persist_cursors() {
+            tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
+        }
+        if let Err(e) = log
+            .trim(self.broker.clock().now_ms(), self.policies.retention)
+            .await
+        {
+            tracing::warn!(topic = %self.full_name, error = %e, "trimming failed");
+        }
+    }
+
+    /// Closes the topic; whether its state (cursors) was persisted.
+    async fn shutdown(&mut self) -> bool {
+        self.shutdown_keeping_log().await;
+        let mut persisted = true;
+        if let Some(log) = self.log.take() {
+            if let Err(e) = log.close() {
+                tracing::error!(topic = %self.full_name, error = %e, "closing the log failed: its cursors were not persisted");
+                persisted = false;
+            }
+        }
+        tracing::debug!(topic = %self.full_name, "topic closed");
+        persisted
+    }
+
+    /// Closes every producer and consumer with the protocol's close commands,
+    /// waits for appends in flight, drops non-durable cursors.
+    async fn shutdown_keeping_log(&mut self) {
+        self.close_producers();
+        for p in self.waiting_exclusive.drain(..) {
+            p.conn.out.command(commands::close_producer(p.producer_id));
+        }
+        for sub in self.subscriptions.values() {
+            for c in &sub.consumers {
+                c.out.command(commands::close_consumer(c.key.id));
+            }
+        }
+        while let Some(a) = self.appends.next().await {
+            self.complete_append(a);
+        }
+        self.snapshot_dedup();
+        self.consumer_subs.clear();
+        self.drop_transient_cursors_of(None);
+        self.subscriptions.clear();
+    }
+
+    fn drop_transient_cursors_of(&mut self, only: Option<&str>) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        let doomed: Vec<String> = self
+            .subscriptions
+            .values()
+            .filter(|s| !s.durable && only.is_none_or(|n| n == s.name))
+            .map(|s| s.name.clone())
+            .collect();
+        for name in doomed {
+            self.subscriptions.remove(&name);
+            if let Err(e) = log.delete_cursor(&name) {
+                tracing::warn!(topic = %self.full_name, error = %e, "deleting a cursor failed");
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: TopicCommand) {
+        match cmd {
+            TopicCommand::AddProducer(p) => self.add_producer(p),
+            TopicCommand::Send {
+                conn,
+                producer_id,
+                sequence_id,
+                highest_sequence_id,
+                payload,
+            } => {
+                self.publish(conn, producer_id, sequence_id, highest_sequence_id, payload)
+                    .await
+            }
+            TopicCommand::RemoveProducer { conn, producer_id } => {
+                self.remove_producer(conn, producer_id)
+            }
+            TopicCommand::Subscribe { conn, command } => self.subscribe(conn, *command),
+            TopicCommand::Flow { key, permits } => self.flow(key, permits),
+            TopicCommand::Ack { key, ack } => self.ack(key, ack),
+            TopicCommand::Redeliver { key, ids, epoch } => self.redeliver(key, &ids, epoch),
+            TopicCommand::Seek {
+                key,
+                request_id,
+                message_id,
+                publish_time_ms,
+            } => self.seek(key, request_id, message_id, publish_time_ms),
+            TopicCommand::GetLastMessageId { key, request_id } => {
+                self.last_message_id(key, request_id)
+            }
+            TopicCommand::Unsubscribe { key, request_id } => self.unsubscribe(key, request_id),
+            TopicCommand::RemoveConsumer { key } => self.remove_consumer(key),
+            // Handled by the serving loop.
+            TopicCommand::Shutdown { .. } | TopicCommand::Admin { .. } => {}
+        }
+    }
+
+    /// Answers an admin request; returns whether the topic's task must end
+    /// (it was unloaded or deleted).
+    async fn admin_request(
+        &mut self,
+        request: AdminRequest,
+        reply: oneshot::Sender<Result<AdminReply, BrokerError>>,
+        rx: &mut mpsc::Receiver<TopicCommand>,
+    ) -> bool {
+        let ends = match &request {
+            AdminRequest::Unload => Some(false),
+            AdminRequest::Delete { .. } | AdminRequest::DeleteIfInactive { .. } => Some(true),
+            _ => None,
+        };
+        let answer = self.admin(request);
+        let Some(delete) = ends.filter(|_| answer.is_ok()) else {
+            let _ = reply.send(answer);
+            return false;
+        };
+        let result = self.end(delete, rx).await;
+        tracing::info!(topic = %self.full_name, deleted = delete, ok = result.is_ok(), "topic unloaded by the admin API");
+        let _ = reply.send(result.map(|()| AdminReply::Done));
+        true
+    }
+
+    /// Unloads the topic or deletes it with its data and record; the task ends.
+    async fn end(
+        &mut self,
+        delete: bool,
+        rx: &mut mpsc::Receiver<TopicCommand>,
+    ) -> Result<(), BrokerError> {
+        // Leave the broker's map; loads of this topic wait until the log is
+        // closed (or deleted with its record), then close every client (they
+        // reconnect, as after a Pulsar unload).
+        let mut closing = self.broker.begin_closing(&self.full_name);
+        rx.close();
+        self.shutdown_keeping_log().await;
+        let result = match (delete, self.log.take()) {
+            (false, Some(log)) => log.close().map_err(BrokerError::from),
+            (false, None) => Ok(()),
+            (true, log) => self.delete_everything(log).await,
+        };
+        if delete && result.is_ok() {
+            closing.deleted();
+        }
+        drop(closing);
+        // Commands that raced in go to a fresh load (for a deleted topic, a
+        // new topic if auto-creation allows, as in Pulsar).
+        while let Ok(cmd) = rx.try_recv() {
+            self.broker.forward(&self.name, cmd).await;
+        }
+        result
+    }
+
+    /// Deletes the topic's data, then its record.
+    async fn delete_everything(&mut self, log: Option<ManagedLog>) -> Result<(), BrokerError> {
+        if let Some(log) = log {
+            let id = log.id();
+            log.delete().await?;
+            self.dedup = None;
+            self.broker.state_store().remove(&dedup::snapshot_key(id))?;
+        }
+        match self.broker.resources().delete_topic(&self.name).await {
+            Ok(()) | Err(kilonova_metadata::MetadataError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.producers
+            .store(self.producers.len() as u64, Ordering::Relaxed);
+        m.consumers
+            .store(self.consumer_subs.len() as u64, Ordering::Relaxed);
+        // Every subscription of a persistent topic has a cursor (readers' too).
+        let subs = match &self.log {
+            Some(log) => log.cursor_count(),
+            None => self.subscriptions.len(),
+        };
+        m.subscriptions.store(subs as u64, Ordering::Relaxed);
+    }
+
+    fn update_backlog_and_rates(&mut self) {
+        if let Some(log) = &self.log {
+            let backlog: u64 = log
+                .cursor_names()
+                .iter()
+                .filter_map(|n| log.cursor_info(n).ok())
+                .map(|i| i.backlog_entries)
+                .sum();
+            self.metrics.backlog.store(backlog, Ordering::Relaxed);
+            self.metrics
+                .storage_bytes
+                .store(log.size_bytes(), Ordering::Relaxed);
+        }
+        let now = self.broker.clock().now();
+        let totals = self.metrics.totals();
+        let (since, before) = self.rates_since;
+        let secs = now.duration_since(since).as_secs_f64();
+        if secs > 0.0 {
+            let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            self.metrics.set_rates(Rates {
+                msg_in: per_sec(totals.0, before.0),
+                bytes_in: per_sec(totals.1, before.1),
+                msg_out: per_sec(totals.2, before.2),
+                bytes_out: per_sec(totals.3, before.3),
+            });
+        }
+        self.rates_since = (now, totals);
+    }
+}
+
+/// Sleeps until `at` (forever if `None`; select arms guard on it being set).
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers a command that reached a topic that could not load (or went away).
+pub(crate) fn refuse(cmd: TopicCommand, e: &BrokerError) {
+    match cmd {
+        TopicCommand::Admin { reply, .. } => {
+            let _ = reply.send(Err(BrokerError::Metadata(format!(
+                "the topic is not available: {e}"
+            ))));
+        }
+        TopicCommand::AddProducer(p) => p.conn.out.command(commands::broker_error(p.request_id, e)),
+        TopicCommand::Subscribe { conn, command } => conn
+            .out
+            .command(commands::broker_error(command.request_id, e)),
+        TopicCommand::Shutdown { done } => {
+            // Refused before it loaded: nothing of it to persist.
+            let _ = done.send(true);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,597 @@
+//! Publishing on a topic: producers (access modes, names, admission), SEND →
+//! append → receipt in the order sent, fencing after a failed append, and
+//! deduplication's wiring (its state is [`crate::dedup`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use kilonova_pulsar_protocol::frame::Payload;
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, BaseCommand, CommandProducerSuccess, ProducerAccessMode, ServerError,
+};
+use kilonova_storage::{Completion, Entry, Position, StorageError};
+
+use super::{NewProducer, Topic};
+use crate::commands;
+use crate::dedup;
+use crate::error::BrokerError;
+use crate::outbound::Outbound;
+
+pub(super) struct Producer {
+    pub(super) name: String,
+    pub(super) out: Outbound,
+    pub(super) exclusive: bool,
+    pub(super) msg_in: u64,
+    pub(super) bytes_in: u64,
+}
+
+/// What a SEND became.
+enum Pending {
+    /// Appended: durable when the completion resolves.
+    Stored(Completion<Position>),
+    /// Already stored (deduplication): answered with the original's id.
+    Duplicate,
+    /// Refused before it was stored.
+    Refused(ServerError, String),
+}
+
+/// Where a SEND's answer goes.
+#[derive(Clone)]
+struct AnswerTo {
+    out: Outbound,
+    producer_id: u64,
+    sequence_id: u64,
+    highest_sequence_id: u64,
+}
+
+/// What a SEND's answer is waiting for: the append's durability, or (for a
+/// duplicate or a refusal) only the answers to the SENDs before it, so that
+/// a producer's answers go out in the order it sent.
+pub(super) struct PendingAppend {
+    pending: Pending,
+    to: AnswerTo,
+    /// The producer's name, with deduplication on and a SEND that completes
+    /// its message (not a chunk before the last).
+    producer: Option<String>,
+}
+
+enum Outcome {
+    Stored(Result<Position, StorageError>),
+    Duplicate,
+    Refused(ServerError, String),
+}
+
+/// A resolved [`PendingAppend`].
+pub(super) struct Appended {
+    outcome: Outcome,
+    to: AnswerTo,
+    producer: Option<String>,
+}
+
+impl Future for PendingAppend {
+    type Output = Appended;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let outcome = match &mut this.pending {
+            Pending::Stored(c) => match Pin::new(c).poll(cx) {
+                Poll::Ready(r) => Outcome::Stored(r),
+                Poll::Pending => return Poll::Pending,
+            },
+            Pending::Duplicate => Outcome::Duplicate,
+            Pending::Refused(code, why) => Outcome::Refused(*code, std::mem::take(why)),
+        };
+        Poll::Ready(Appended {
+            outcome,
+            to: this.to.clone(),
+            producer: this.producer.take(),
+        })
+    }
+}
+
+impl Topic {
+    pub(super) fn complete_append(&mut self, a: Appended) {
+        if self.fenced {
+            // Stored or not, its producer resends it (deduplication forgot it).
+            let why = match &a.outcome {
+                Outcome::Refused(_, why) => why.clone(),
+                _ => "the topic is fenced after a failed write: send again".to_string(),
+            };
+            a.to.out.command(commands::send_error(
+                a.to.producer_id,
+                a.to.sequence_id,
+                ServerError::PersistenceError,
+                why,
+            ));
+            return;
+        }
+        let result = match a.outcome {
+            Outcome::Stored(r) => r,
+            Outcome::Duplicate => return self.answer_duplicate(&a),
+            Outcome::Refused(code, ref why) => {
+                a.to.out.command(commands::send_error(
+                    a.to.producer_id,
+                    a.to.sequence_id,
+                    code,
+                    why.clone(),
+                ));
+                return;
+            }
+        };
+        match result {
+            Ok(p) => {
+                if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
+                    d.persisted(name, a.to.highest_sequence_id, p);
+                    if d.unsnapshotted()
+                        >= self.broker.config().deduplication_snapshot_interval_entries
+                    {
+                        self.snapshot_dedup();
+                    }
+                }
+                a.to.out.command(commands::send_receipt(
+                    a.to.producer_id,
+                    a.to.sequence_id,
+                    a.to.highest_sequence_id,
+                    commands::message_id(p, None),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.full_name, error = %e, "append failed");
+                a.to.out.command(commands::send_error(
+                    a.to.producer_id,
+                    a.to.sequence_id,
+                    ServerError::PersistenceError,
+                    e.to_string(),
+                ));
+                self.fence();
+            }
+        }
+    }
+
+    /// Closes every producer with CLOSE_PRODUCER (clients reconnect).
+    pub(super) fn close_producers(&mut self) {
+        for ((_, id), p) in self.producers.drain() {
+            p.out.command(commands::close_producer(id));
+        }
+    }
+
+    /// Fences the topic after a failed append: producers are closed (clients
+    /// reconnect and resend what was not acknowledged), new producers are
+    /// refused as not ready, and what is still in flight is answered with
+    /// errors; [`Self::unfence_when_drained`] lifts it.
+    pub(super) fn fence(&mut self) {
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        self.broker.metrics().count_topic_fenced();
+        tracing::warn!(topic = %self.full_name, in_flight = self.appends.len(), "fenced after a failed append");
+        self.close_producers();
+    }
+
+    /// Lifts the fence once no append is in flight.
+    pub(super) fn unfence_when_drained(&mut self) {
+        if self.fenced && self.appends.is_empty() {
+            self.fenced = false;
+            if let Some(d) = self.dedup.as_mut() {
+                d.reset_pushed();
+            }
+            tracing::info!(topic = %self.full_name, "fence lifted");
+        }
+    }
+
+    pub(super) fn add_producer(&mut self, p: NewProducer) {
+        let key = (p.conn.id, p.producer_id);
+        if self.producers.contains_key(&key) {
+            // A client retrying a create it already got: answer again.
+            let name = self.producers.get(&key).map(|x| x.name.clone());
+            self.producer_ready(&p, name.unwrap_or_default());
+            return;
+        }
+        if self.fenced {
+            let e = BrokerError::TopicFenced(format!(
+                "topic {} is fenced after a failed write; retry",
+                self.full_name
+            ));
+            p.conn.out.command(commands::broker_error(p.request_id, &e));
+            return;
+        }
+        if let Err(e) = self.admit_producer() {
+            tracing::debug!(topic = %self.full_name, error = %e, "producer refused");
+            p.conn.out.command(commands::broker_error(p.request_id, &e));
+            return;
+        }
+        let name = p
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| self.broker.new_producer_name());
+        if self.producers.values().any(|x| x.name == name) {
+            let e = BrokerError::ProducerBusy(format!(
+                "producer with name '{name}' is already connected to topic {}",
+                self.full_name
+            ));
+            p.conn.out.command(commands::broker_error(p.request_id, &e));
+            return;
+        }
+        let exclusive_held = self.producers.values().any(|x| x.exclusive);
+        match p.access_mode {
+            ProducerAccessMode::Shared if exclusive_held => {
+                let e = BrokerError::ProducerBusy(format!(
+                    "topic {} has an exclusive producer",
+                    self.full_name
+                ));
+                p.conn.out.command(commands::broker_error(p.request_id, &e));
+                return;
+            }
+            ProducerAccessMode::Exclusive if !self.producers.is_empty() => {
+                let e = BrokerError::ProducerBusy(format!(
+                    "topic {} already has producers",
+                    self.full_name
+                ));
+                p.conn.out.command(commands::broker_error(p.request_id, &e));
+                return;
+            }
+            ProducerAccessMode::WaitForExclusive if !self.producers.is_empty() => {
+                // Tell the client it is queued, answer for real when the topic frees up.
+                p.conn
+                    .out
+                    .command(self.producer_success(&p, name.clone(), false, None));
+                let mut p = p;
+                p.name = Some(name);
+                self.waiting_exclusive.push_back(p);
+                return;
+            }
+            ProducerAccessMode::ExclusiveWithFencing => {
+                self.close_producers();
+            }
+            _ => {}
+        }
+        self.producer_ready(&p, name);
+    }
+
+    /// Registers the producer and answers PRODUCER_SUCCESS (or the schema's error).
+    pub(super) fn producer_ready(&mut self, p: &NewProducer, name: String) {
+        let version = p.schema_version;
+        let exclusive = p.access_mode != ProducerAccessMode::Shared;
+        if exclusive {
+            self.topic_epoch += 1;
+        }
+        self.producers.insert(
+            (p.conn.id, p.producer_id),
+            Producer {
+                name: name.clone(),
+                out: p.conn.out.clone(),
+                exclusive,
+                msg_in: 0,
+                bytes_in: 0,
+            },
+        );
+        self.idle_since = None;
+        p.conn
+            .out
+            .command(self.producer_success(p, name, true, version));
+    }
+
+    pub(super) fn producer_success(
+        &self,
+        p: &NewProducer,
+        name: String,
+        ready: bool,
+        schema_version: Option<u64>,
+    ) -> BaseCommand {
+        // With deduplication, a producer that comes back under its name goes
+        // on from the last sequence id stored (clients number from it).
+        let last_sequence_id = self
+            .dedup
+            .as_ref()
+            .and_then(|d| d.last_persisted(&name))
+            .and_then(|(seq, _)| i64::try_from(seq).ok())
+            .unwrap_or(-1);
+        commands::with_type(Type::ProducerSuccess, |b| {
+            b.producer_success = Some(Box::new(CommandProducerSuccess {
+                request_id: p.request_id,
+                producer_name: name,
+                last_sequence_id: Some(last_sequence_id),
+                schema_version: schema_version.map(super::schema_version_bytes),
+                topic_epoch: Some(self.topic_epoch),
+                producer_ready: Some(ready),
+            }));
+        })
+    }
+
+    pub(super) fn remove_producer(&mut self, conn: u64, producer_id: u64) {
+        self.producers.remove(&(conn, producer_id));
+        if let Some(i) = self
+            .waiting_exclusive
+            .iter()
+            .position(|p| p.conn.id == conn && p.producer_id == producer_id)
+        {
+            self.waiting_exclusive.remove(i);
+        }
+        if self.producers.is_empty() {
+            if let Some(next) = self.waiting_exclusive.pop_front() {
+                let name = next.name.clone().unwrap_or_default();
+                self.producer_ready(&next, name);
+            }
+        }
+    }
+
+    pub(super) async fn publish(
+        &mut self,
+        conn: u64,
+        producer_id: u64,
+        sequence_id: u64,
+        highest_sequence_id: u64,
+        payload: Payload,
+    ) {
+        let Some(out) = self
+            .producers
+            .get(&(conn, producer_id))
+            .map(|p| p.out.clone())
+        else {
+            tracing::debug!(topic = %self.full_name, producer_id, "send from an unknown producer");
+            return;
+        };
+        if !payload.checksum_ok {
+            out.command(commands::send_error(
+                producer_id,
+                sequence_id,
+                ServerError::ChecksumError,
+                "checksum failed on the broker",
+            ));
+            return;
+        }
+        let to = AnswerTo {
+            out: out.clone(),
+            producer_id,
+            sequence_id,
+            highest_sequence_id,
+        };
+        // A topic's own limit; chunks are parts of a larger message that the
+        // client cut to the broker's limit, as in Pulsar they are not checked.
+        let too_big = self
+            .policies
+            .max_message_bytes
+            .filter(|max| payload.raw.len() > *max && payload.metadata.chunk_id.is_none());
+        if let Some(max) = too_big {
+            let why = format!(
+                "Exceed maximum message size: {} bytes, the topic's limit is {max}",
+                payload.raw.len()
+            );
+            let pending = Pending::Refused(ServerError::NotAllowedError, why);
+            self.appends.push_back(PendingAppend {
+                pending,
+                to,
+                producer: None,
+            });
+            return;
+        }
+        let count = match payload.checked_message_count(self.broker.max_uncompressed_batch_bytes())
+        {
+            Ok(n) => n,
+            Err(e) => {
+                let pending = Pending::Refused(ServerError::NotAllowedError, e.to_string());
+                self.appends.push_back(PendingAppend {
+                    pending,
+                    to,
+                    producer: None,
+                });
+                return;
+            }
+        };
+        let bytes = payload.raw.len() as u64;
+        self.metrics.add_in(u64::from(count), bytes);
+        if let Some(p) = self.producers.get_mut(&(conn, producer_id)) {
+            p.msg_in += u64::from(count);
+            p.bytes_in += bytes;
+        }
+        let publish_time = match payload.metadata.publish_time {
+            0 => self.broker.clock().now_ms(),
+            t => t,
+        };
+        let producer = match self.dedup.as_mut() {
+            Some(d) => {
+                let name = self
+                    .producers
+                    .get(&(conn, producer_id))
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                if d.check(&name, sequence_id, highest_sequence_id) == dedup::Verdict::Duplicate {
+                    self.broker.metrics().count_duplicates(u64::from(count));
+                    // Answered after the appends before it (the original among them).
+                    self.appends.push_back(PendingAppend {
+                        pending: Pending::Duplicate,
+                        to,
+                        producer: Some(name),
+                    });
+                    return;
+                }
+                // Chunks before the last carry the message's sequence id too:
+                // only the last one makes the message count as sent.
+                dedup::completes_message(&payload.metadata).then(|| {
+                    d.pushed(&name, highest_sequence_id);
+                    name
+                })
+            }
+            None => None,
+        };
+        match self.log.as_mut() {
+            Some(log) => match log.append(payload.raw, count, publish_time).await {
+                Ok(completion) => self.appends.push_back(PendingAppend {
+                    pending: Pending::Stored(completion),
+                    to,
+                    producer,
+                }),
+                Err(e) => {
+                    // Answered in order; everything after it too, by the fence.
+                    tracing::warn!(topic = %self.full_name, error = %e, "append failed");
+                    let pending = Pending::Refused(ServerError::PersistenceError, e.to_string());
+                    self.appends.push_back(PendingAppend {
+                        pending,
+                        to,
+                        producer: None,
+                    });
+                    self.fence();
+                }
+            },
+            None => {
+                // Non-persistent: deliver now to consumers with permits, drop otherwise.
+                let position = Position::new(0, self.next_transient_entry);
+                self.next_transient_entry += 1;
+                let entry = Entry {
+                    position,
+                    publish_time_ms: publish_time,
+                    message_index: 0,
+                    message_count: count,
+                    data: payload.raw,
+                };
+                for sub in self.subscriptions.values_mut() {
+                    sub.deliver_or_drop(&entry);
+                }
+                out.command(commands::send_receipt(
+                    producer_id,
+                    sequence_id,
+                    highest_sequence_id,
+                    commands::message_id(position, None),
+                ));
+            }
+        }
+    }
+}
+
+/// Entries before a duplicate's last stored one searched for its original.
+const DUPLICATE_SEARCH_ENTRIES: u64 = 1000;
+
+impl Topic {
+    /// Turns deduplication on (rebuilding its state from the snapshot and the
+    /// log after it) or off.
+    pub(super) fn set_dedup(&mut self, on: bool) {
+        let Some(log) = self.log.as_ref().filter(|_| on) else {
+            self.dedup = None;
+            return;
+        };
+        if self.dedup.is_some() {
+            return;
+        }
+        let key = dedup::snapshot_key(log.id());
+        let max = self.broker.config().deduplication_max_producers;
+        // Reads the entries after the last snapshot (all of them when
+        // deduplication is turned on for an existing topic): the topic serves
+        // nothing until its state is whole, and on a multi-threaded runtime the
+        // worker is handed over for the blocking reads.
+        let state = self.broker.state_store().clone();
+        let recover = || dedup::recover(state.as_ref(), &key, log, max);
+        let recovered = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(recover),
+            _ => recover(),
+        };
+        match recovered {
+            Ok(d) => {
+                tracing::debug!(topic = %self.full_name, producers = d.producer_count(), "deduplication state recovered");
+                self.dedup = Some(d);
+            }
+            Err(e) => {
+                // Without its state, deduplication would let duplicates through
+                // silently: it stays off, loudly.
+                tracing::error!(topic = %self.full_name, error = %e, "cannot recover the deduplication state: deduplication is off for this load");
+            }
+        }
+    }
+
+    /// Stores the deduplication state (every snapshot interval, and when the
+    /// topic closes), so a load replays few entries.
+    pub(super) fn snapshot_dedup(&mut self) {
+        let (Some(d), Some(log)) = (self.dedup.as_mut(), self.log.as_ref()) else {
+            return;
+        };
+        if d.unsnapshotted() == 0 {
+            return;
+        }
+        let key = dedup::snapshot_key(log.id());
+        if let Err(e) = dedup::store_snapshot(self.broker.state_store().as_ref(), &key, d) {
+            tracing::warn!(topic = %self.full_name, error = %e, "storing the deduplication snapshot failed");
+        }
+    }
+
+    /// Answers a duplicate once what was appended before it resolved: with the
+    /// original's message id if it is stored (Pulsar clients count the message
+    /// as sent), else with an error the client retries on.
+    pub(super) fn answer_duplicate(&mut self, a: &Appended) {
+        let name = a.producer.as_deref().unwrap_or_default();
+        let stored = self
+            .dedup
+            .as_ref()
+            .and_then(|d| d.last_persisted(name))
+            .filter(|(seq, _)| *seq >= a.to.highest_sequence_id.max(a.to.sequence_id));
+        let Some((last_seq, last_at)) = stored else {
+            a.to.out.command(commands::send_error(
+                a.to.producer_id,
+                a.to.sequence_id,
+                kilonova_pulsar_protocol::proto::ServerError::PersistenceError,
+                "the original of this duplicate was not stored: send it again",
+            ));
+            return;
+        };
+        let original = if last_seq == a.to.highest_sequence_id.max(a.to.sequence_id) {
+            Some(last_at)
+        } else {
+            self.find_original(name, a.to.sequence_id, last_at)
+        };
+        // Pulsar answers a duplicate whose original it cannot name with -1:-1.
+        let id = original.map_or_else(
+            || kilonova_pulsar_protocol::proto::MessageIdData {
+                ledger_id: u64::MAX,
+                entry_id: u64::MAX,
+                ..Default::default()
+            },
+            |p| commands::message_id(p, None),
+        );
+        a.to.out.command(commands::send_receipt(
+            a.to.producer_id,
+            a.to.sequence_id,
+            a.to.highest_sequence_id,
+            id,
+        ));
+    }
+
+    /// The entry holding `producer`'s message `sequence_id`, searched backwards
+    /// from `last` in its segment, a few entries at a time (bounded memory), at
+    /// most [`DUPLICATE_SEARCH_ENTRIES`] back.
+    pub(super) fn find_original(
+        &self,
+        producer: &str,
+        sequence_id: u64,
+        last: Position,
+    ) -> Option<Position> {
+        const BATCH: u64 = 16;
+        let log = self.log.as_ref()?;
+        let floor = last.entry.saturating_sub(DUPLICATE_SEARCH_ENTRIES);
+        let mut hi = last.entry;
+        loop {
+            let lo = hi.saturating_sub(BATCH - 1).max(floor);
+            let n = usize::try_from(hi - lo + 1).ok()?;
+            let entries = log.read_from(Position::new(last.segment, lo), n).ok()?;
+            let found = entries
+                .iter()
+                .rev()
+                .filter(|e| e.position.segment == last.segment && e.position.entry <= hi)
+                .find_map(|e| {
+                    let p = kilonova_pulsar_protocol::frame::decode_payload(e.data.clone()).ok()?;
+                    let m = &p.metadata;
+                    let first = m.sequence_id;
+                    let count = u64::from(kilonova_pulsar_protocol::frame::message_count(m));
+                    let highest = m
+                        .highest_sequence_id
+                        .unwrap_or_else(|| first.saturating_add(count.saturating_sub(1)))
+                        .max(first);
+                    (m.producer_name == producer && (first..=highest).contains(&sequence_id))
+                        .then_some(e.position)
+                });
+            if found.is_some() || lo <= floor {
+                return found;
+            }
+            hi = lo - 1;
+        }
+    }
+}
