@@ -90,9 +90,17 @@ def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs):
                    "the topic fenced after appends failed on the full disk")
         # Health reports the full disk (a probe append may have fit in a
         # journal file's last bytes just before: the next check fails).
-        wait_until(lambda: (lambda r: r[0] == 503 and b"disk full" in r[1])(
-            http("GET", broker.http_url + "/admin/v2/brokers/health")), 10,
-            "health 503 with 'disk full' while the disk is full")
+        last = []
+
+        def reports_disk_full():
+            r = http("GET", broker.http_url + "/admin/v2/brokers/health")
+            last[:] = [r]
+            return r[0] == 503 and b"disk full" in r[1]
+        # 30 s: on a loaded 2-core machine a health check's probe takes a while.
+        try:
+            wait_until(reports_disk_full, 30, "health 503 with 'disk full' while the disk is full")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last answer: {last}") from None
         os.remove(tmpfs / "filler")
         # The health check's own probe write sees the space come back.
         wait_until(lambda: http("GET", broker.http_url + "/admin/v2/brokers/health") == (200, b"ok"), 10,

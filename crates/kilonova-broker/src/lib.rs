@@ -17,6 +17,7 @@ mod commands;
 pub mod config;
 mod connection;
 mod dedup;
+mod entry_source;
 mod error;
 pub mod key_shared;
 pub mod metrics;

@@ -419,7 +419,7 @@ impl Topic {
             let floor = self
                 .log
                 .as_ref()
-                .map(|l| crate::subscription::first_unacked(l, name));
+                .map(|l| crate::entry_source::first_unacked(l, name));
             if let (Some(sub), Some(floor)) = (self.subscriptions.get_mut(name), floor) {
                 sub.forget_before(floor);
             }

@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 
 use super::{Topic, TopicCommand};
 use crate::broker::Broker;
+use crate::entry_source::first_unacked;
 use crate::error::BrokerError;
 use crate::policies::{Effective, InactiveRule, Quota};
-use crate::subscription::first_unacked;
 use kilonova_metadata::names::TopicName;
 
 /// When the periodic checks run next.
