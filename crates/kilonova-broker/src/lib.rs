@@ -22,7 +22,7 @@ mod error;
 pub mod key_shared;
 pub mod metrics;
 mod outbound;
-mod policies;
+mod policy_cache;
 mod rate_limit;
 mod subscription;
 mod topic;

@@ -25,7 +25,7 @@ use crate::clock::{self, SharedClock};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::metrics::MetricsRegistry;
-use crate::policies::{Effective, PolicyCache};
+use crate::policy_cache::{Effective, PolicyCache};
 use crate::topic::{self, Topic, TopicCommand, TopicHandle};
 use crate::topic::{AdminReply, AdminRequest};
 use kilonova_metadata::names::TopicName;

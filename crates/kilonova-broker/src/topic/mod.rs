@@ -39,7 +39,7 @@ use crate::dedup::{self, Dedup};
 use crate::error::BrokerError;
 use crate::metrics::{Rates, TopicMetrics};
 use crate::outbound::Outbound;
-use crate::policies::Effective;
+use crate::policy_cache::Effective;
 use crate::rate_limit::{PublishGate, RateLimiter};
 use crate::subscription::{ConsumerKey, Subscription};
 use kilonova_metadata::names::TopicName;

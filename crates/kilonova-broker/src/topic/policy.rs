@@ -12,7 +12,7 @@ use super::{Topic, TopicCommand};
 use crate::broker::Broker;
 use crate::entry_source::first_unacked;
 use crate::error::BrokerError;
-use crate::policies::{Effective, InactiveRule, Quota};
+use crate::policy_cache::{Effective, InactiveRule, Quota};
 use kilonova_metadata::names::TopicName;
 
 /// When the periodic checks run next.
@@ -33,6 +33,56 @@ impl Checks {
             partitioned_attempt: None,
         }
     }
+
+    /// Whether message expiry runs now (every `every`).
+    fn expiry_due(&mut self, now: Instant, every: Duration) -> bool {
+        due(&mut self.next_expiry, now, every)
+    }
+
+    /// Whether the backlog quotas are checked now (every `every`).
+    fn quota_due(&mut self, now: Instant, every: Duration) -> bool {
+        due(&mut self.next_quota, now, every)
+    }
+
+    /// For a deletable idle topic, inactive since `since`: delete it once it
+    /// has been inactive for the rule's time, looking at most every `every`.
+    fn inactive(
+        &mut self,
+        rule: InactiveRule,
+        since: Instant,
+        now: Instant,
+        every: Duration,
+    ) -> Inactive {
+        if !due(&mut self.next_inactive, now, every) {
+            return Inactive::Keep;
+        }
+        if now.duration_since(since) >= rule.max_inactive {
+            Inactive::Delete
+        } else {
+            Inactive::Keep
+        }
+    }
+
+    /// A partition asks for its partitioned topic's deletion at most every `every`.
+    fn partitioned_attempt_due(&mut self, now: Instant, every: Duration) -> bool {
+        let due = self
+            .partitioned_attempt
+            .is_none_or(|t| now.duration_since(t) >= every);
+        if due {
+            self.partitioned_attempt = Some(now);
+        }
+        due
+    }
+}
+
+/// Whether a periodic check planned for `*next` is due at `now`; if it is,
+/// the next one is planned `every` later.
+fn due(next: &mut Instant, now: Instant, every: Duration) -> bool {
+    if now < *next {
+        return false;
+    }
+    *next = now + every;
+    true
 }
 
 /// A backlog quota with a producer policy is exceeded.
@@ -43,6 +93,14 @@ pub(super) struct Exceeded {
 }
 
 impl Exceeded {
+    /// A quota with a producer policy exceeded, `why` (for the client).
+    fn of(q: Quota, why: String) -> Self {
+        Exceeded {
+            hold: q.policy == BacklogQuotaPolicy::ProducerRequestHold,
+            what: format!("Cannot create producer on topic with backlog quota exceeded: {why}"),
+        }
+    }
+
     pub(super) fn error(&self) -> BrokerError {
         BrokerError::BacklogQuotaExceeded {
             hold: self.hold,
@@ -118,14 +176,12 @@ impl Topic {
         let config = self.broker.config();
         let expiry_every = Duration::from_secs(config.message_expiry_check_interval_secs.max(1));
         let quota_every = Duration::from_secs(config.backlog_quota_check_interval_secs.max(1));
-        if now >= self.checks.next_expiry {
-            self.checks.next_expiry = now + expiry_every;
+        if self.checks.expiry_due(now, expiry_every) {
             if let Some(ttl) = self.policies.ttl {
                 self.expire(ttl);
             }
         }
-        if now >= self.checks.next_quota {
-            self.checks.next_quota = now + quota_every;
+        if self.checks.quota_due(now, quota_every) {
             self.check_backlog_quotas();
         }
     }
@@ -297,21 +353,18 @@ impl Topic {
         if !self.deletable(rule) {
             return Inactive::Unload;
         }
-        let now = self.broker.clock().now();
-        if now < self.checks.next_inactive {
-            return Inactive::Keep;
-        }
-        let every = self
-            .broker
-            .config()
-            .delete_inactive_topics_frequency_secs
-            .max(1);
-        self.checks.next_inactive = now + Duration::from_secs(every);
-        if now.duration_since(since) >= rule.max_inactive {
-            Inactive::Delete
-        } else {
-            Inactive::Keep
-        }
+        let every = self.inactive_check_every();
+        self.checks
+            .inactive(rule, since, self.broker.clock().now(), every)
+    }
+
+    fn inactive_check_every(&self) -> Duration {
+        Duration::from_secs(
+            self.broker
+                .config()
+                .delete_inactive_topics_frequency_secs
+                .max(1),
+        )
     }
 
     /// An admin request's check before deleting for inactivity: idle for at
@@ -335,19 +388,11 @@ impl Topic {
             return false; // a client or request is on its way: not inactive
         }
         if self.name.partition().is_some() {
-            let every = Duration::from_secs(
-                self.broker
-                    .config()
-                    .delete_inactive_topics_frequency_secs
-                    .max(1),
-            );
-            let now = self.broker.clock().now();
-            let due = self
+            let every = self.inactive_check_every();
+            if self
                 .checks
-                .partitioned_attempt
-                .is_none_or(|t| now.duration_since(t) >= every);
-            if due {
-                self.checks.partitioned_attempt = Some(now);
+                .partitioned_attempt_due(self.broker.clock().now(), every)
+            {
                 let broker = self.broker.clone();
                 let base = self.name.partitioned_topic();
                 tokio::spawn(async move {
@@ -384,13 +429,13 @@ fn over_size(
         return Ok(None);
     }
     if q.policy != BacklogQuotaPolicy::ConsumerBacklogEviction {
-        return Ok(Some(Exceeded {
-            hold: q.policy == BacklogQuotaPolicy::ProducerRequestHold,
-            what: format!(
-                "Cannot create producer on topic with backlog quota exceeded: subscription {name} holds {bytes} bytes, over the {} byte quota",
+        return Ok(Some(Exceeded::of(
+            q,
+            format!(
+                "subscription {name} holds {bytes} bytes, over the {} byte quota",
                 q.limit
             ),
-        }));
+        )));
     }
     // Skip the oldest entries, in proportion to the excess (a few rounds:
     // sizes are estimated per segment).
@@ -400,9 +445,7 @@ fn over_size(
         if bytes <= q.limit || entries == 0 {
             break;
         }
-        let excess = u128::from(bytes - q.limit);
-        let skip = (u128::from(entries) * excess).div_ceil(u128::from(bytes.max(1)));
-        let skipped = log.skip(name, u64::try_from(skip).unwrap_or(u64::MAX).max(1))?;
+        let skipped = log.skip(name, entries_to_evict(entries, bytes, q.limit))?;
         tracing::debug!(subscription = name, skipped, "backlog evicted (size quota)");
         *evicted = true;
     }
@@ -417,23 +460,39 @@ fn over_age(
     now_ms: u64,
     evicted: &mut bool,
 ) -> Result<Option<Exceeded>, StorageError> {
-    let limit_ms = q.limit.saturating_mul(1000);
     let Some(oldest) = log.oldest_unacked_publish_ms(name)? else {
         return Ok(None);
     };
-    if now_ms.saturating_sub(oldest) <= limit_ms {
+    if !older_than_quota(oldest, now_ms, q) {
         return Ok(None);
     }
     if q.policy != BacklogQuotaPolicy::ConsumerBacklogEviction {
-        return Ok(Some(Exceeded {
-            hold: q.policy == BacklogQuotaPolicy::ProducerRequestHold,
-            what: format!(
-                "Cannot create producer on topic with backlog quota exceeded: subscription {name}'s oldest message is older than {} s",
+        return Ok(Some(Exceeded::of(
+            q,
+            format!(
+                "subscription {name}'s oldest message is older than {} s",
                 q.limit
             ),
-        }));
+        )));
     }
-    log.expire_cursors(now_ms, limit_ms, Some(name))?;
+    log.expire_cursors(now_ms, q.limit.saturating_mul(1000), Some(name))?;
     *evicted = true;
     Ok(None)
 }
+
+/// Entries to skip so that a backlog of `entries` holding `bytes` comes under
+/// `limit` bytes, in proportion to the excess (at least one).
+fn entries_to_evict(entries: u64, bytes: u64, limit: u64) -> u64 {
+    let excess = u128::from(bytes.saturating_sub(limit));
+    let skip = (u128::from(entries) * excess).div_ceil(u128::from(bytes.max(1)));
+    u64::try_from(skip).unwrap_or(u64::MAX).max(1)
+}
+
+/// Whether a message published at `published_ms` is older than the age quota
+/// (`q.limit` seconds) at `now_ms`.
+fn older_than_quota(published_ms: u64, now_ms: u64, q: Quota) -> bool {
+    now_ms.saturating_sub(published_ms) > q.limit.saturating_mul(1000)
+}
+
+#[cfg(test)]
+mod tests;
