@@ -126,9 +126,22 @@ impl Subscription {
             }
             return self.dispatch_single(log, limits, budget);
         }
-        let mut sent = 0;
         let floor = first_unacked(log, &self.name);
-        // Redeliveries first, oldest first.
+        // Redeliveries first, oldest first, then new entries.
+        let sent = self.dispatch_replay(log, limits, &mut budget, floor)?;
+        Ok(sent + self.dispatch_new(log, limits, &mut budget, floor)?)
+    }
+
+    /// Sends entries waiting for redelivery, oldest first, to consumers that
+    /// can take them now.
+    fn dispatch_replay(
+        &mut self,
+        log: &mut impl EntrySource,
+        limits: &DispatchLimits,
+        budget: &mut Budget,
+        floor: Position,
+    ) -> Result<usize, StorageError> {
+        let mut sent = 0;
         let replay: Vec<(Position, Option<u32>)> =
             self.replay.iter().map(|(p, s)| (*p, *s)).collect();
         for (p, slot) in replay {
@@ -156,7 +169,19 @@ impl Subscription {
                 sent += 1;
             }
         }
-        // Then new entries.
+        Ok(sent)
+    }
+
+    /// Reads and sends new entries while consumers have permits (holding
+    /// delayed ones, keeping those a key_shared owner cannot take for later).
+    fn dispatch_new(
+        &mut self,
+        log: &mut impl EntrySource,
+        limits: &DispatchLimits,
+        budget: &mut Budget,
+        floor: Position,
+    ) -> Result<usize, StorageError> {
+        let mut sent = 0;
         while self.has_permits()
             && !budget.exhausted()
             && self.replay.len() < limits.max_redelivery_backlog

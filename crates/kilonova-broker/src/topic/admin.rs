@@ -224,23 +224,7 @@ impl Topic {
             }
             AdminRequest::Subscriptions => Ok(AdminReply::Names(self.subscription_names())),
             AdminRequest::CreateSubscription { name, start } => {
-                if self.subscription_names().contains(&name) {
-                    return Err(BrokerError::Conflict(format!(
-                        "subscription {name} already exists on {}",
-                        self.full_name
-                    )));
-                }
-                let log = self.persistent_log("subscriptions without consumers")?;
-                let initial = match start {
-                    ResetTo::Earliest => InitialPosition::Earliest,
-                    ResetTo::Latest => InitialPosition::Latest,
-                    ResetTo::Position(p) => InitialPosition::At(within_log(log, p)?),
-                    ResetTo::PublishTime(ms) => {
-                        InitialPosition::At(log.position_of_publish_time(ms)?)
-                    }
-                };
-                log.open_cursor(&name, initial, true)?;
-                Ok(AdminReply::Done)
+                self.create_subscription(name, start)
             }
             AdminRequest::DeleteSubscription { name, force } => {
                 self.delete_subscription(&name, force)?;
@@ -256,81 +240,14 @@ impl Topic {
                 self.after_cursor_moved(&subscription, false);
                 Ok(AdminReply::Done)
             }
-            AdminRequest::ResetCursor { subscription, to } => {
-                self.check_subscription(&subscription)?;
-                let log = self.persistent_log("reset-cursor")?;
-                let target = match to {
-                    ResetTo::PublishTime(ms) => log.position_of_publish_time(ms)?,
-                    ResetTo::Position(p) => within_log(log, p)?,
-                    ResetTo::Earliest => log.first_position(),
-                    ResetTo::Latest => log.end_position(),
-                };
-                log.reset_cursor(&subscription, target)?;
-                self.after_cursor_moved(&subscription, true);
-                Ok(AdminReply::Done)
-            }
+            AdminRequest::ResetCursor { subscription, to } => self.reset_cursor(subscription, to),
             AdminRequest::Expire {
                 subscription,
                 seconds,
-            } => {
-                if let Some(s) = &subscription {
-                    self.check_subscription(s)?;
-                }
-                let now_ms = self.broker.clock().now_ms();
-                let log = self.persistent_log("expiry")?;
-                log.expire_cursors(
-                    now_ms,
-                    seconds.saturating_mul(1000),
-                    subscription.as_deref(),
-                )?;
-                let names = match subscription {
-                    Some(s) => vec![s],
-                    None => self.subscriptions.keys().cloned().collect(),
-                };
-                for n in names {
-                    self.after_cursor_moved(&n, false);
-                }
-                Ok(AdminReply::Done)
-            }
-            AdminRequest::Peek { subscription, n } => {
-                self.check_subscription(&subscription)?;
-                let log = self.persistent_log("peek")?;
-                let p = match log.nth_unacked(&subscription, n)? {
-                    Some((p, found)) if found == n => p,
-                    _ => return Ok(AdminReply::Peeked(None)),
-                };
-                let entry = log.read_entry(p)?;
-                let payload = frame::decode_payload(entry.data).map_err(|e| {
-                    BrokerError::Metadata(format!("entry {} is unreadable: {e}", pos(p)))
-                })?;
-                let m = payload.metadata;
-                Ok(AdminReply::Peeked(Some(Peeked {
-                    position: p,
-                    publish_time_ms: entry.publish_time_ms,
-                    producer_name: m.producer_name,
-                    sequence_id: m.sequence_id,
-                    properties: m
-                        .properties
-                        .into_iter()
-                        .map(|kv| (kv.key, kv.value))
-                        .collect(),
-                    batch_size: m.num_messages_in_batch,
-                    data: payload.data,
-                })))
-            }
+            } => self.expire_messages(subscription, seconds),
+            AdminRequest::Peek { subscription, n } => self.peek(subscription, n),
             AdminRequest::LastMessageId => {
-                let (ledger_id, entry_id) = match self.log.as_ref() {
-                    Some(log) => match log.last_position() {
-                        Some(p) => (p.segment as i64, p.entry as i64),
-                        None => (log.end_position().segment as i64, -1),
-                    },
-                    None => (0, self.next_transient_entry as i64 - 1),
-                };
-                Ok(AdminReply::LastMessageId(LastMessageId {
-                    ledger_id,
-                    entry_id,
-                    partition_index: self.name.partition().map_or(-1, |p| p as i32),
-                }))
+                Ok(AdminReply::LastMessageId(self.last_message_id_stats()))
             }
             AdminRequest::Unload => Ok(AdminReply::Done),
             AdminRequest::Delete { force } => {
@@ -352,6 +269,117 @@ impl Topic {
                 }
                 Ok(AdminReply::Done)
             }
+        }
+    }
+
+    /// A durable subscription without consumers, starting at `start`.
+    fn create_subscription(
+        &mut self,
+        name: String,
+        start: ResetTo,
+    ) -> Result<AdminReply, BrokerError> {
+        if self.subscription_names().contains(&name) {
+            return Err(BrokerError::Conflict(format!(
+                "subscription {name} already exists on {}",
+                self.full_name
+            )));
+        }
+        let log = self.persistent_log("subscriptions without consumers")?;
+        let initial = match start {
+            ResetTo::Earliest => InitialPosition::Earliest,
+            ResetTo::Latest => InitialPosition::Latest,
+            ResetTo::Position(p) => InitialPosition::At(within_log(log, p)?),
+            ResetTo::PublishTime(ms) => InitialPosition::At(log.position_of_publish_time(ms)?),
+        };
+        log.open_cursor(&name, initial, true)?;
+        Ok(AdminReply::Done)
+    }
+
+    /// Moves the subscription's cursor; its consumers reconnect and read from there.
+    fn reset_cursor(
+        &mut self,
+        subscription: String,
+        to: ResetTo,
+    ) -> Result<AdminReply, BrokerError> {
+        self.check_subscription(&subscription)?;
+        let log = self.persistent_log("reset-cursor")?;
+        let target = match to {
+            ResetTo::PublishTime(ms) => log.position_of_publish_time(ms)?,
+            ResetTo::Position(p) => within_log(log, p)?,
+            ResetTo::Earliest => log.first_position(),
+            ResetTo::Latest => log.end_position(),
+        };
+        log.reset_cursor(&subscription, target)?;
+        self.after_cursor_moved(&subscription, true);
+        Ok(AdminReply::Done)
+    }
+
+    /// Acknowledges messages older than `seconds` (one subscription's, or all).
+    fn expire_messages(
+        &mut self,
+        subscription: Option<String>,
+        seconds: u64,
+    ) -> Result<AdminReply, BrokerError> {
+        if let Some(s) = &subscription {
+            self.check_subscription(s)?;
+        }
+        let now_ms = self.broker.clock().now_ms();
+        let log = self.persistent_log("expiry")?;
+        log.expire_cursors(
+            now_ms,
+            seconds.saturating_mul(1000),
+            subscription.as_deref(),
+        )?;
+        let names = match subscription {
+            Some(s) => vec![s],
+            None => self.subscriptions.keys().cloned().collect(),
+        };
+        for n in names {
+            self.after_cursor_moved(&n, false);
+        }
+        Ok(AdminReply::Done)
+    }
+
+    /// The subscription's `n`-th unacknowledged message, if there is one.
+    fn peek(&mut self, subscription: String, n: u64) -> Result<AdminReply, BrokerError> {
+        self.check_subscription(&subscription)?;
+        let log = self.persistent_log("peek")?;
+        let p = match log.nth_unacked(&subscription, n)? {
+            Some((p, found)) if found == n => p,
+            _ => return Ok(AdminReply::Peeked(None)),
+        };
+        let entry = log.read_entry(p)?;
+        let payload = frame::decode_payload(entry.data)
+            .map_err(|e| BrokerError::Metadata(format!("entry {} is unreadable: {e}", pos(p))))?;
+        let m = payload.metadata;
+        Ok(AdminReply::Peeked(Some(Peeked {
+            position: p,
+            publish_time_ms: entry.publish_time_ms,
+            producer_name: m.producer_name,
+            sequence_id: m.sequence_id,
+            properties: m
+                .properties
+                .into_iter()
+                .map(|kv| (kv.key, kv.value))
+                .collect(),
+            batch_size: m.num_messages_in_batch,
+            data: payload.data,
+        })))
+    }
+
+    /// The last message's id, as the admin API names it.
+    fn last_message_id_stats(&self) -> LastMessageId {
+        let (ledger_id, entry_id) = match self.log.as_ref() {
+            Some(log) => match log.last_position() {
+                Some(p) => (p.segment as i64, p.entry as i64),
+                None => (log.end_position().segment as i64, -1),
+            },
+            None => (0, self.next_transient_entry as i64 - 1),
+        };
+        LastMessageId {
+            ledger_id,
+            entry_id,
+            partition_index: self.name.partition().map_or(-1, |p| p as i32),
         }
     }
 

@@ -79,71 +79,14 @@ impl Topic {
         let durable = cmd.durable.unwrap_or(true) && self.log.is_some();
         tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, durable, start = ?cmd.start_message_id, "subscribe");
         if !self.subscriptions.contains_key(&cmd.subscription) {
-            if let Some(log) = self.log.as_mut() {
-                let initial = match cmd.start_message_id.as_ref().filter(|_| !durable) {
-                    // A reader starts at the given entry; the client skips it unless
-                    // it asked for an inclusive start (and skips, within a batch, the
-                    // messages before the batch index), as Pulsar clients do.
-                    Some(id) => special_position(id).unwrap_or(InitialPosition::At(Position::new(
-                        id.ledger_id,
-                        id.entry_id,
-                    ))),
-                    None => match cmd.initial_position() {
-                        WireInitial::Earliest => InitialPosition::Earliest,
-                        WireInitial::Latest => InitialPosition::Latest,
-                    },
-                };
-                if !durable && log.has_cursor(&cmd.subscription) {
-                    return Err(BrokerError::ConsumerBusy(format!(
-                        "subscription {} exists as a durable subscription",
-                        cmd.subscription
-                    )));
-                }
-                log.open_cursor(&cmd.subscription, initial, durable)?;
-            }
-            let mut sub = Subscription::new(
-                cmd.subscription.clone(),
-                kind,
-                durable,
-                self.name.partition(),
-                self.metrics.clone(),
-            );
-            sub.rate = super::dispatch::dispatch_limiter(
-                self.policies.subscription_dispatch_rate,
-                self.broker.clock().now(),
-            );
-            self.subscriptions.insert(cmd.subscription.clone(), sub);
+            self.open_subscription(cmd, kind, durable)?;
         }
         let read_position = self
             .log
             .as_ref()
             .and_then(|l| l.cursor_info(&cmd.subscription).ok())
             .map(|i| i.read_position);
-        let sticky_ranges = cmd
-            .key_shared_meta
-            .as_ref()
-            .filter(|m| m.key_shared_mode() == KeySharedMode::Sticky)
-            .map(|m| {
-                m.hash_ranges
-                    .iter()
-                    .map(|r| (r.start.max(0) as u32, r.end.max(0) as u32))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let consumer = Consumer {
-            key,
-            name: cmd.consumer_name.clone().unwrap_or_default(),
-            priority: cmd.priority_level.unwrap_or(0),
-            permits: 0,
-            out: conn.out,
-            epoch: cmd.consumer_epoch,
-            wants_entry_metadata: conn.wants_entry_metadata,
-            joined_at: None,
-            sticky_ranges,
-            msg_out: 0,
-            bytes_out: 0,
-            held: false,
-        };
+        let consumer = new_consumer(key, conn, cmd);
         let sub = self
             .subscriptions
             .get_mut(&cmd.subscription)
@@ -156,6 +99,51 @@ impl Topic {
         self.consumer_subs.insert(key, cmd.subscription.clone());
         self.idle_since = None;
         Ok(key)
+    }
+
+    /// Creates the subscription (and, on a persistent topic, its cursor:
+    /// where a reader asked to start, else the initial position).
+    fn open_subscription(
+        &mut self,
+        cmd: &CommandSubscribe,
+        kind: SubKind,
+        durable: bool,
+    ) -> Result<(), BrokerError> {
+        if let Some(log) = self.log.as_mut() {
+            let initial = match cmd.start_message_id.as_ref().filter(|_| !durable) {
+                // A reader starts at the given entry; the client skips it unless
+                // it asked for an inclusive start (and skips, within a batch, the
+                // messages before the batch index), as Pulsar clients do.
+                Some(id) => special_position(id).unwrap_or(InitialPosition::At(Position::new(
+                    id.ledger_id,
+                    id.entry_id,
+                ))),
+                None => match cmd.initial_position() {
+                    WireInitial::Earliest => InitialPosition::Earliest,
+                    WireInitial::Latest => InitialPosition::Latest,
+                },
+            };
+            if !durable && log.has_cursor(&cmd.subscription) {
+                return Err(BrokerError::ConsumerBusy(format!(
+                    "subscription {} exists as a durable subscription",
+                    cmd.subscription
+                )));
+            }
+            log.open_cursor(&cmd.subscription, initial, durable)?;
+        }
+        let mut sub = Subscription::new(
+            cmd.subscription.clone(),
+            kind,
+            durable,
+            self.name.partition(),
+            self.metrics.clone(),
+        );
+        sub.rate = super::dispatch::dispatch_limiter(
+            self.policies.subscription_dispatch_rate,
+            self.broker.clock().now(),
+        );
+        self.subscriptions.insert(cmd.subscription.clone(), sub);
+        Ok(())
     }
 
     pub(super) fn remove_consumer(&mut self, key: ConsumerKey) {
@@ -399,5 +387,34 @@ impl Topic {
             }
         }
         out.command(commands::success(request_id));
+    }
+}
+
+/// The consumer a SUBSCRIBE describes, with no permits yet.
+fn new_consumer(key: ConsumerKey, conn: ConnCtx, cmd: &CommandSubscribe) -> Consumer {
+    let sticky_ranges = cmd
+        .key_shared_meta
+        .as_ref()
+        .filter(|m| m.key_shared_mode() == KeySharedMode::Sticky)
+        .map(|m| {
+            m.hash_ranges
+                .iter()
+                .map(|r| (r.start.max(0) as u32, r.end.max(0) as u32))
+                .collect()
+        })
+        .unwrap_or_default();
+    Consumer {
+        key,
+        name: cmd.consumer_name.clone().unwrap_or_default(),
+        priority: cmd.priority_level.unwrap_or(0),
+        permits: 0,
+        out: conn.out,
+        epoch: cmd.consumer_epoch,
+        wants_entry_metadata: conn.wants_entry_metadata,
+        joined_at: None,
+        sticky_ranges,
+        msg_out: 0,
+        bytes_out: 0,
+        held: false,
     }
 }

@@ -317,6 +317,9 @@ impl Topic {
         }
     }
 
+    /// SEND: checks the message, counts it, drops a duplicate (answered in
+    /// order with its original's id), appends it; the receipt goes out when
+    /// the append is durable ([`Self::complete_append`]).
     pub(super) async fn publish(
         &mut self,
         conn: u64,
@@ -343,120 +346,130 @@ impl Topic {
             return;
         }
         let to = AnswerTo {
-            out: out.clone(),
+            out,
             producer_id,
             sequence_id,
             highest_sequence_id,
         };
-        // A topic's own limit; chunks are parts of a larger message that the
-        // client cut to the broker's limit, as in Pulsar they are not checked.
+        let count = match self.admit_send(&payload) {
+            Ok(n) => n,
+            Err(why) => {
+                return self.answer_in_order(
+                    to,
+                    Pending::Refused(ServerError::NotAllowedError, why),
+                    None,
+                )
+            }
+        };
+        let bytes = payload.raw.len() as u64;
+        self.metrics.add_in(u64::from(count), bytes);
+        let name = match self.producers.get_mut(&(conn, producer_id)) {
+            Some(p) => {
+                p.msg_in += u64::from(count);
+                p.bytes_in += bytes;
+                p.name.clone()
+            }
+            None => String::new(),
+        };
+        let producer = match self.dedup_check(name, &to, &payload, count) {
+            Ok(producer) => producer,
+            Err(name) => return self.answer_in_order(to, Pending::Duplicate, Some(name)),
+        };
+        let publish_time = match payload.metadata.publish_time {
+            0 => self.broker.clock().now_ms(),
+            t => t,
+        };
+        let Some(log) = self.log.as_mut() else {
+            return self.publish_transient(to, payload, count, publish_time);
+        };
+        match log.append(payload.raw, count, publish_time).await {
+            Ok(completion) => self.answer_in_order(to, Pending::Stored(completion), producer),
+            Err(e) => {
+                // Answered in order; everything after it too, by the fence.
+                tracing::warn!(topic = %self.full_name, error = %e, "append failed");
+                self.answer_in_order(
+                    to,
+                    Pending::Refused(ServerError::PersistenceError, e.to_string()),
+                    None,
+                );
+                self.fence();
+            }
+        }
+    }
+
+    /// The message's count, or why it is refused: over the topic's size limit
+    /// (chunks are parts of a larger message that the client cut to the
+    /// broker's limit: as in Pulsar they are not checked), or a batch whose
+    /// claimed count its bytes cannot hold.
+    fn admit_send(&self, payload: &Payload) -> Result<u32, String> {
         let too_big = self
             .policies
             .max_message_bytes
             .filter(|max| payload.raw.len() > *max && payload.metadata.chunk_id.is_none());
         if let Some(max) = too_big {
-            let why = format!(
+            return Err(format!(
                 "Exceed maximum message size: {} bytes, the topic's limit is {max}",
                 payload.raw.len()
-            );
-            let pending = Pending::Refused(ServerError::NotAllowedError, why);
-            self.appends.push_back(PendingAppend {
-                pending,
-                to,
-                producer: None,
-            });
-            return;
+            ));
         }
-        let count = match payload.checked_message_count(self.broker.max_uncompressed_batch_bytes())
-        {
-            Ok(n) => n,
-            Err(e) => {
-                let pending = Pending::Refused(ServerError::NotAllowedError, e.to_string());
-                self.appends.push_back(PendingAppend {
-                    pending,
-                    to,
-                    producer: None,
-                });
-                return;
-            }
+        payload
+            .checked_message_count(self.broker.max_uncompressed_batch_bytes())
+            .map_err(|e| e.to_string())
+    }
+
+    /// With deduplication on: `Err(name)` if the SEND is a duplicate of
+    /// `name`'s, else the producer name to record once it is stored (`None`
+    /// for a chunk before the last: only the last makes the message sent).
+    fn dedup_check(
+        &mut self,
+        name: String,
+        to: &AnswerTo,
+        payload: &Payload,
+        count: u32,
+    ) -> Result<Option<String>, String> {
+        let Some(d) = self.dedup.as_mut() else {
+            return Ok(None);
         };
-        let bytes = payload.raw.len() as u64;
-        self.metrics.add_in(u64::from(count), bytes);
-        if let Some(p) = self.producers.get_mut(&(conn, producer_id)) {
-            p.msg_in += u64::from(count);
-            p.bytes_in += bytes;
+        if d.check(&name, to.sequence_id, to.highest_sequence_id) == dedup::Verdict::Duplicate {
+            self.broker.metrics().count_duplicates(u64::from(count));
+            return Err(name);
         }
-        let publish_time = match payload.metadata.publish_time {
-            0 => self.broker.clock().now_ms(),
-            t => t,
+        Ok(dedup::completes_message(&payload.metadata).then(|| {
+            d.pushed(&name, to.highest_sequence_id);
+            name
+        }))
+    }
+
+    /// Queues a SEND's answer behind those of the SENDs before it.
+    fn answer_in_order(&mut self, to: AnswerTo, pending: Pending, producer: Option<String>) {
+        self.appends.push_back(PendingAppend {
+            pending,
+            to,
+            producer,
+        });
+    }
+
+    /// Non-persistent: delivered now to consumers with permits, dropped for
+    /// the others; the receipt goes at once.
+    fn publish_transient(&mut self, to: AnswerTo, payload: Payload, count: u32, publish_time: u64) {
+        let position = Position::new(0, self.next_transient_entry);
+        self.next_transient_entry += 1;
+        let entry = Entry {
+            position,
+            publish_time_ms: publish_time,
+            message_index: 0,
+            message_count: count,
+            data: payload.raw,
         };
-        let producer = match self.dedup.as_mut() {
-            Some(d) => {
-                let name = self
-                    .producers
-                    .get(&(conn, producer_id))
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default();
-                if d.check(&name, sequence_id, highest_sequence_id) == dedup::Verdict::Duplicate {
-                    self.broker.metrics().count_duplicates(u64::from(count));
-                    // Answered after the appends before it (the original among them).
-                    self.appends.push_back(PendingAppend {
-                        pending: Pending::Duplicate,
-                        to,
-                        producer: Some(name),
-                    });
-                    return;
-                }
-                // Chunks before the last carry the message's sequence id too:
-                // only the last one makes the message count as sent.
-                dedup::completes_message(&payload.metadata).then(|| {
-                    d.pushed(&name, highest_sequence_id);
-                    name
-                })
-            }
-            None => None,
-        };
-        match self.log.as_mut() {
-            Some(log) => match log.append(payload.raw, count, publish_time).await {
-                Ok(completion) => self.appends.push_back(PendingAppend {
-                    pending: Pending::Stored(completion),
-                    to,
-                    producer,
-                }),
-                Err(e) => {
-                    // Answered in order; everything after it too, by the fence.
-                    tracing::warn!(topic = %self.full_name, error = %e, "append failed");
-                    let pending = Pending::Refused(ServerError::PersistenceError, e.to_string());
-                    self.appends.push_back(PendingAppend {
-                        pending,
-                        to,
-                        producer: None,
-                    });
-                    self.fence();
-                }
-            },
-            None => {
-                // Non-persistent: deliver now to consumers with permits, drop otherwise.
-                let position = Position::new(0, self.next_transient_entry);
-                self.next_transient_entry += 1;
-                let entry = Entry {
-                    position,
-                    publish_time_ms: publish_time,
-                    message_index: 0,
-                    message_count: count,
-                    data: payload.raw,
-                };
-                for sub in self.subscriptions.values_mut() {
-                    sub.deliver_or_drop(&entry);
-                }
-                out.command(commands::send_receipt(
-                    producer_id,
-                    sequence_id,
-                    highest_sequence_id,
-                    commands::message_id(position, None),
-                ));
-            }
+        for sub in self.subscriptions.values_mut() {
+            sub.deliver_or_drop(&entry);
         }
+        to.out.command(commands::send_receipt(
+            to.producer_id,
+            to.sequence_id,
+            to.highest_sequence_id,
+            commands::message_id(position, None),
+        ));
     }
 }
 
