@@ -224,6 +224,15 @@ pub fn render(
     cache: &kilonova_storage::EntryCache,
 ) -> String {
     let topics = registry.snapshot();
+    let mut out = String::with_capacity(4096 + topics.len() * 1024);
+    render_topics(&mut out, cluster, &topics);
+    render_broker(&mut out, cluster, registry);
+    render_storage(&mut out, store, cache);
+    out
+}
+
+/// Per-topic series (Pulsar's names) and the number of topics loaded.
+fn render_topics(out: &mut String, cluster: &str, topics: &[(String, Arc<TopicMetrics>)]) {
     let labels: Vec<String> = topics
         .iter()
         .map(|(name, _)| {
@@ -238,7 +247,6 @@ pub fn render(
             )
         })
         .collect();
-    let mut out = String::with_capacity(4096 + topics.len() * 1024);
     type Get = fn(&TopicMetrics) -> f64;
     let per_topic: [(&str, &str, &str, Get); 14] = [
         (
@@ -327,13 +335,13 @@ pub fn render(
         ),
     ];
     for (name, kind, help, get) in per_topic {
-        header(&mut out, name, kind, help);
+        header(out, name, kind, help);
         for ((_, m), l) in topics.iter().zip(&labels) {
             let _ = writeln!(out, "{name}{{{l}}} {}", get(m));
         }
     }
     header(
-        &mut out,
+        out,
         "pulsar_topics_count",
         "gauge",
         "Topics loaded on this broker",
@@ -344,6 +352,11 @@ pub fn render(
         escape(cluster),
         topics.len()
     );
+}
+
+/// Broker-wide counters: authentication, authorization, deletions,
+/// throttling, deduplication, fencing, connections.
+fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
     let counters = [
         (
             "pulsar_authentication_success_total",
@@ -392,7 +405,7 @@ pub fn render(
         ),
     ];
     for (name, help, v) in counters {
-        header(&mut out, name, "counter", help);
+        header(out, name, "counter", help);
         let _ = writeln!(
             out,
             "{name}{{cluster=\"{}\"}} {}",
@@ -401,7 +414,7 @@ pub fn render(
         );
     }
     header(
-        &mut out,
+        out,
         "pulsar_active_connections",
         "gauge",
         "Pulsar-protocol connections open (every port)",
@@ -413,7 +426,7 @@ pub fn render(
         registry.connections.load(Ordering::Relaxed)
     );
     header(
-        &mut out,
+        out,
         "kilonova_connections_refused_total",
         "counter",
         "Pulsar-protocol connections closed at accept, by the limit that refused them",
@@ -429,16 +442,20 @@ pub fn render(
             v.load(Ordering::Relaxed)
         );
     }
+}
+
+/// The segment store's and the entry cache's series.
+fn render_storage(out: &mut String, store: &SegmentStore, cache: &kilonova_storage::EntryCache) {
     let (fsync, group) = store.histograms();
     histogram(
-        &mut out,
+        out,
         "kilonova_storage_fsync_seconds",
         "Duration of each journal fdatasync",
         &fsync,
         1e-6,
     );
     histogram(
-        &mut out,
+        out,
         "kilonova_storage_group_commit_entries",
         "Entries made durable by one fdatasync (a group commit)",
         &group,
@@ -446,7 +463,7 @@ pub fn render(
     );
     let s = store.stats();
     header(
-        &mut out,
+        out,
         "kilonova_storage_written_bytes_total",
         "counter",
         "Bytes written to the journal",
@@ -457,7 +474,7 @@ pub fn render(
         s.bytes_written
     );
     header(
-        &mut out,
+        out,
         "kilonova_storage_disk_usage_bytes",
         "gauge",
         "Bytes the journal files take on disk",
@@ -469,27 +486,26 @@ pub fn render(
     );
     let c = cache.stats();
     header(
-        &mut out,
+        out,
         "kilonova_entry_cache_hits_total",
         "counter",
         "Reads served by the entry cache",
     );
     let _ = writeln!(out, "kilonova_entry_cache_hits_total {}", c.hits);
     header(
-        &mut out,
+        out,
         "kilonova_entry_cache_misses_total",
         "counter",
         "Reads the entry cache could not serve",
     );
     let _ = writeln!(out, "kilonova_entry_cache_misses_total {}", c.misses);
     header(
-        &mut out,
+        out,
         "kilonova_entry_cache_bytes",
         "gauge",
         "Bytes held by the entry cache",
     );
     let _ = writeln!(out, "kilonova_entry_cache_bytes {}", c.bytes);
-    out
 }
 
 #[cfg(test)]

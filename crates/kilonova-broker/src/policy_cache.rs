@@ -119,7 +119,6 @@ fn quota(q: Option<&p::BacklogQuota>, pick: fn(&p::BacklogQuota) -> i64) -> Opti
 impl Effective {
     /// The topic's policy, else the namespace's, else the broker's.
     pub(crate) fn resolve(c: &BrokerConfig, ns: &Policies, t: &TopicPolicies) -> Self {
-        let cluster = &c.cluster_name;
         let retention = match t.retention_policies.or(ns.retention_policies) {
             Some(r) => retention(
                 i64::from(r.retention_time_in_minutes),
@@ -131,74 +130,9 @@ impl Effective {
             Some(s) => u64::try_from(s).unwrap_or(0),
             None => c.message_ttl_secs,
         };
-        let publish_rate = match t
-            .publish_rate
-            .as_ref()
-            .or(ns.publish_max_message_rate.get(cluster))
-        {
-            Some(r) => publish_limits(r),
-            None => broker_limits(
-                c.max_publish_rate_per_topic_messages,
-                c.max_publish_rate_per_topic_bytes,
-            ),
-        };
-        let dispatch_rate = match t
-            .dispatch_rate
-            .as_ref()
-            .or(ns.topic_dispatch_rate.get(cluster))
-        {
-            Some(r) => dispatch_limits(r),
-            None => broker_limits(
-                c.dispatch_rate_per_topic_messages,
-                c.dispatch_rate_per_topic_bytes,
-            ),
-        };
-        let subscription_dispatch_rate = match t
-            .subscription_dispatch_rate
-            .as_ref()
-            .or(ns.subscription_dispatch_rate.get(cluster))
-        {
-            Some(r) => dispatch_limits(r),
-            None => broker_limits(
-                c.dispatch_rate_per_subscription_messages,
-                c.dispatch_rate_per_subscription_bytes,
-            ),
-        };
-        let inactive = match t.inactive_topic_policies.or(ns.inactive_topic_policies) {
-            Some(i) => i.delete_while_inactive.then(|| InactiveRule {
-                mode: i.inactive_topic_delete_mode,
-                max_inactive: Duration::from_secs(
-                    u64::try_from(i.max_inactive_duration_seconds).unwrap_or(0),
-                ),
-            }),
-            None => c.delete_inactive_topics_enabled.then(|| InactiveRule {
-                mode: c.delete_inactive_topics_mode,
-                max_inactive: Duration::from_secs(c.delete_inactive_topics_max_inactive_secs),
-            }),
-        };
-        let quotas = if t.back_log_quota_map.is_empty() {
-            &ns.backlog_quota_map
-        } else {
-            &t.back_log_quota_map
-        };
-        let default_quota = |limit: i64| {
-            positive(limit).map(|limit| Quota {
-                limit,
-                policy: c.backlog_quota_policy,
-            })
-        };
-        let backlog_size = if quotas.contains_key(p::BACKLOG_DESTINATION_STORAGE) {
-            quota(quotas.get(p::BACKLOG_DESTINATION_STORAGE), |q| q.limit_size)
-        } else {
-            default_quota(c.backlog_quota_limit_bytes)
-        };
-        let backlog_age = if quotas.contains_key(p::BACKLOG_MESSAGE_AGE) {
-            quota(quotas.get(p::BACKLOG_MESSAGE_AGE), |q| {
-                i64::from(q.limit_time)
-            })
-        } else {
-            default_quota(c.backlog_quota_limit_secs)
-        };
+        let (publish_rate, dispatch_rate, subscription_dispatch_rate) = resolve_rates(c, ns, t);
+        let inactive = resolve_inactive(c, ns, t);
+        let (backlog_size, backlog_age) = resolve_quotas(c, ns, t);
         let max_message_bytes = t
             .max_message_size
             .and_then(|n| usize::try_from(n).ok())
@@ -236,6 +170,99 @@ impl Effective {
                 .map_or(c.delayed_delivery_enabled, |d| d.active),
         }
     }
+}
+
+/// Publish, topic dispatch and subscription dispatch rates: the topic's, else
+/// the namespace's for this cluster, else the broker's.
+fn resolve_rates(
+    c: &BrokerConfig,
+    ns: &Policies,
+    t: &TopicPolicies,
+) -> (RateLimits, RateLimits, RateLimits) {
+    let cluster = &c.cluster_name;
+    let publish_rate = match t
+        .publish_rate
+        .as_ref()
+        .or(ns.publish_max_message_rate.get(cluster))
+    {
+        Some(r) => publish_limits(r),
+        None => broker_limits(
+            c.max_publish_rate_per_topic_messages,
+            c.max_publish_rate_per_topic_bytes,
+        ),
+    };
+    let dispatch_rate = match t
+        .dispatch_rate
+        .as_ref()
+        .or(ns.topic_dispatch_rate.get(cluster))
+    {
+        Some(r) => dispatch_limits(r),
+        None => broker_limits(
+            c.dispatch_rate_per_topic_messages,
+            c.dispatch_rate_per_topic_bytes,
+        ),
+    };
+    let subscription_dispatch_rate = match t
+        .subscription_dispatch_rate
+        .as_ref()
+        .or(ns.subscription_dispatch_rate.get(cluster))
+    {
+        Some(r) => dispatch_limits(r),
+        None => broker_limits(
+            c.dispatch_rate_per_subscription_messages,
+            c.dispatch_rate_per_subscription_bytes,
+        ),
+    };
+    (publish_rate, dispatch_rate, subscription_dispatch_rate)
+}
+
+/// When the topic is deleted for inactivity, if it is.
+fn resolve_inactive(c: &BrokerConfig, ns: &Policies, t: &TopicPolicies) -> Option<InactiveRule> {
+    match t.inactive_topic_policies.or(ns.inactive_topic_policies) {
+        Some(i) => i.delete_while_inactive.then(|| InactiveRule {
+            mode: i.inactive_topic_delete_mode,
+            max_inactive: Duration::from_secs(
+                u64::try_from(i.max_inactive_duration_seconds).unwrap_or(0),
+            ),
+        }),
+        None => c.delete_inactive_topics_enabled.then(|| InactiveRule {
+            mode: c.delete_inactive_topics_mode,
+            max_inactive: Duration::from_secs(c.delete_inactive_topics_max_inactive_secs),
+        }),
+    }
+}
+
+/// The backlog quotas (size, age): the topic's map, else the namespace's,
+/// else the broker's defaults.
+fn resolve_quotas(
+    c: &BrokerConfig,
+    ns: &Policies,
+    t: &TopicPolicies,
+) -> (Option<Quota>, Option<Quota>) {
+    let quotas = if t.back_log_quota_map.is_empty() {
+        &ns.backlog_quota_map
+    } else {
+        &t.back_log_quota_map
+    };
+    let default_quota = |limit: i64| {
+        positive(limit).map(|limit| Quota {
+            limit,
+            policy: c.backlog_quota_policy,
+        })
+    };
+    let backlog_size = if quotas.contains_key(p::BACKLOG_DESTINATION_STORAGE) {
+        quota(quotas.get(p::BACKLOG_DESTINATION_STORAGE), |q| q.limit_size)
+    } else {
+        default_quota(c.backlog_quota_limit_bytes)
+    };
+    let backlog_age = if quotas.contains_key(p::BACKLOG_MESSAGE_AGE) {
+        quota(quotas.get(p::BACKLOG_MESSAGE_AGE), |q| {
+            i64::from(q.limit_time)
+        })
+    } else {
+        default_quota(c.backlog_quota_limit_secs)
+    };
+    (backlog_size, backlog_age)
 }
 
 /// Namespace records and topic policies, cached; entries are dropped when the
