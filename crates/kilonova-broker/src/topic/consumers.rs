@@ -10,7 +10,7 @@ use kilonova_pulsar_protocol::proto::{
 };
 use kilonova_storage::{InitialPosition, Position};
 
-use super::{special_position, ConnCtx, Topic};
+use super::{ConnCtx, Topic};
 use crate::commands;
 use crate::error::BrokerError;
 use crate::outbound::Outbound;
@@ -416,5 +416,16 @@ fn new_consumer(key: ConsumerKey, conn: ConnCtx, cmd: &CommandSubscribe) -> Cons
         msg_out: 0,
         bytes_out: 0,
         held: false,
+    }
+}
+
+/// Earliest / latest as clients encode them in a `MessageIdData`.
+fn special_position(id: &MessageIdData) -> Option<InitialPosition> {
+    if id.ledger_id == u64::MAX {
+        Some(InitialPosition::Earliest)
+    } else if id.ledger_id >= i64::MAX as u64 {
+        Some(InitialPosition::Latest)
+    } else {
+        None
     }
 }

@@ -9,6 +9,14 @@
 //! A topic with no producers, consumers or appends in flight for
 //! `topic_unload_idle_secs` unloads: it persists its cursors and its task ends,
 //! so an idle topic costs no task and no memory beyond its catalog record.
+//!
+//! This module holds the task loop, the commands and the handle; the topic's
+//! work is cut by concept: [`publish`] (producers, SEND → append → receipt,
+//! fencing, deduplication), [`consumers`] (subscribe, flow, ack, redeliver,
+//! seek, unsubscribe), [`dispatch`] (when and how much to dispatch, within
+//! the dispatch rates), [`policy`] (TTL, backlog quotas, admission limits,
+//! inactivity) and [`admin`] (admin requests and stats). The topic never
+//! reads the time itself: it asks the broker's clock.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -23,7 +31,7 @@ use kilonova_pulsar_protocol::frame::Payload;
 use kilonova_pulsar_protocol::proto::{
     CommandAck, CommandSubscribe, MessageIdData, ProducerAccessMode, Schema,
 };
-use kilonova_storage::{InitialPosition, ManagedLog};
+use kilonova_storage::ManagedLog;
 
 pub mod admin;
 mod consumers;
@@ -177,17 +185,6 @@ pub(crate) fn schema_record(s: &Schema) -> SchemaRecord {
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect(),
-    }
-}
-
-/// Earliest / latest as clients encode them in a `MessageIdData`.
-fn special_position(id: &MessageIdData) -> Option<InitialPosition> {
-    if id.ledger_id == u64::MAX {
-        Some(InitialPosition::Earliest)
-    } else if id.ledger_id >= i64::MAX as u64 {
-        Some(InitialPosition::Latest)
-    } else {
-        None
     }
 }
 
