@@ -1,6 +1,6 @@
 //! What a subscription's dispatcher needs from a log: entries after a cursor's
 //! read position, one entry by position, moving the read position back, and
-//! acknowledgements. [`ManagedLog`] is the real one; [`memory::MemoryLog`]
+//! acknowledgements. [`ManagedLog`] is the real one; `memory::MemoryLog`
 //! (tests only) keeps entries and cursors in memory, so dispatch, redelivery
 //! and delayed delivery are unit-tested without sockets or disk.
 

@@ -58,7 +58,7 @@ impl Broker {
     /// from its task; one that is not, from its log's stored state
     /// ([`crate::topic_admin::TopicStats`] of an idle topic: storage size and
     /// durable subscriptions' backlogs as last persisted); one never used (no
-    /// record), zeros. `partitions` must be a served count ([`check_servable`]).
+    /// record), zeros. `partitions` must be a served count ([`super::check_servable`]).
     pub async fn partition_stats(
         &self,
         base: &TopicName,
