@@ -11,7 +11,8 @@ use bytes::{BufMut, BytesMut};
 
 use crate::checkpoint::{self, Checkpoint, IdxRecord, SegmentRow};
 use crate::error::Result;
-use crate::managed_log;
+use crate::managed_log::{self, cursor};
+use crate::position::Position;
 
 fn with_crc(mut body: BytesMut) -> Vec<u8> {
     let crc = crc32c::crc32c(&body);
@@ -149,9 +150,9 @@ pub fn log_meta_v1_bytes(
 /// acknowledged ranges.
 pub fn cursor_state(file: &[u8]) -> Result<usize> {
     let body = checkpoint::verified_body(file, Path::new("logs/1/cursors/c"))?;
-    let acked = match managed_log::decode_cursor(&body) {
+    let acked = match cursor::decode_cursor(&body) {
         Ok((_, _, acked)) => acked,
-        Err(_) => managed_log::decode_cursor_body(body.clone())?.1,
+        Err(_) => cursor::decode_cursor_body(body.clone())?.1,
     };
     assert!(acked.range_count().saturating_mul(24) <= body.len());
     Ok(acked.range_count())
@@ -160,17 +161,15 @@ pub fn cursor_state(file: &[u8]) -> Result<usize> {
 /// A valid cursor state file as stored by id: its name, the ack floor and
 /// ranges (segment, first, last entry).
 pub fn cursor_state_bytes(name: &str, floor: (u64, u64), ranges: &[(u64, u64, u64)]) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(managed_log::CURSOR_VERSION);
-    b.put_u32_le(name.len() as u32);
-    b.put_slice(name.as_bytes());
-    b.put_u64_le(floor.0);
-    b.put_u64_le(floor.1);
-    b.put_u32_le(ranges.len() as u32);
-    for &(segment, first, last) in ranges {
-        b.put_u64_le(segment);
-        b.put_u64_le(first);
-        b.put_u64_le(last);
-    }
-    with_crc(b)
+    let ranges: Vec<(Position, Position)> = ranges
+        .iter()
+        .map(|&(segment, first, last)| {
+            (Position::new(segment, first), Position::new(segment, last))
+        })
+        .collect();
+    with_crc(cursor::encode_cursor(
+        name,
+        Position::new(floor.0, floor.1),
+        &ranges,
+    ))
 }
