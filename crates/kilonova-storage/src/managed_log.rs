@@ -10,12 +10,14 @@
 //!   ranges, read position), its stored record, and how the log loads,
 //!   migrates and persists its durable cursors;
 //! * `positions.rs`: positions over the segment list, and reads by position,
-//!   message index or publish time.
+//!   message index or publish time;
+//! * `retention.rs`: retention (deleting consumed segments) and TTL;
+//! * `meta.rs`: where a log keeps its state, and its metadata record.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::entry::{self, Entry};
 use crate::entry_cache::{EntryCache, EvictionStrategy};
@@ -25,11 +27,15 @@ use crate::state_store::StateStore;
 use crate::store::{Completion, SegmentStore};
 
 pub(crate) mod cursor;
+pub(crate) mod meta;
 mod positions;
+mod retention;
 
 use cursor::{named, named_mut, Cursor, Positions};
 pub use cursor::{CursorInfo, InitialPosition, StoredCursor};
+use meta::{log_prefix, meta_key, Meta, StoredCursors};
 use positions::SegmentList;
+pub use retention::Retention;
 
 /// Settings of a managed log. Units are in the names.
 #[derive(Clone, Debug)]
@@ -56,13 +62,6 @@ impl Default for ManagedLogConfig {
             max_persisted_ack_ranges: 10_000,
         }
     }
-}
-
-/// How long acknowledged data is kept. `None` means unlimited in that dimension.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub time_ms: Option<u64>,
-    pub size_bytes: Option<u64>,
 }
 
 /// One segment of the log.
@@ -100,11 +99,6 @@ pub struct ManagedLog {
     /// The id the next durable cursor is stored under.
     next_cursor_id: u64,
 }
-
-/// Version 1 listed cursors by name (stored under their hex-encoded names);
-/// version 2 by id. Version 1 is migrated when a log opens.
-pub(crate) const META_VERSION_NAMES: u8 = 1;
-pub(crate) const META_VERSION: u8 = 2;
 
 impl ManagedLog {
     /// Opens log `id` (creating it if new). A log left open by a crash gets its last
@@ -160,7 +154,7 @@ impl ManagedLog {
             next_message_index: floor_index,
             cursors: stored_cursors,
         } = match state.load(&meta_key(id))? {
-            Some(b) => decode_meta(b)?,
+            Some(b) => meta::decode_meta(b)?,
             None => Meta::default(),
         };
         segments.retain(|s| store.segment(s.id).is_some());
@@ -351,20 +345,12 @@ impl ManagedLog {
 
     fn save_meta(&self) -> Result<()> {
         let ids: Vec<u64> = self.cursors.values().filter_map(|c| c.id()).collect();
-        let mut b = BytesMut::new();
-        b.put_u8(META_VERSION);
-        b.put_u64_le(self.next_message_index);
-        b.put_u32_le(self.segments.len() as u32);
-        for s in &self.segments {
-            b.put_u64_le(s.id);
-            b.put_u64_le(s.first_message_index);
-            b.put_u64_le(s.created_ms);
-        }
-        b.put_u64_le(self.next_cursor_id);
-        b.put_u32_le(ids.len() as u32);
-        for id in ids {
-            b.put_u64_le(id);
-        }
+        let b = meta::encode_meta(
+            self.next_message_index,
+            &self.segments,
+            self.next_cursor_id,
+            &ids,
+        );
         self.state.store(&meta_key(self.id), &b)
     }
 
@@ -620,94 +606,6 @@ impl ManagedLog {
         self.cache.evict_before(self.id, slowest);
     }
 
-    // ---- retention and TTL ----
-
-    /// Deletes segments that every durable cursor has consumed and that retention
-    /// no longer keeps. Never deletes the current segment. Returns the segments deleted.
-    pub async fn trim(&mut self, now_ms: u64, retention: Retention) -> Result<Vec<SegmentId>> {
-        let slowest = self
-            .cursors
-            .values()
-            .filter(|c| c.durable())
-            .map(|c| self.positions().normalize(c.floor()))
-            .min()
-            .unwrap_or_else(|| self.end_position());
-        let mut newer_bytes: u64 = self.size_bytes();
-        let mut doomed = Vec::new();
-        for s in self
-            .segments
-            .iter()
-            .take(self.segments.len().saturating_sub(1))
-        {
-            let info = self.store.segment(s.id);
-            let bytes = info.map_or(0, |i| i.bytes);
-            let n = info.map_or(0, |i| i.entries);
-            let consumed = slowest.segment > s.id;
-            if !consumed {
-                break;
-            }
-            let last_publish = if n > 0 {
-                self.read_entry(Position::new(s.id, n - 1))?.publish_time_ms
-            } else {
-                s.created_ms
-            };
-            let too_old = retention
-                .time_ms
-                .is_some_and(|t| last_publish.saturating_add(t) <= now_ms);
-            let too_big = retention.size_bytes.is_some_and(|max| newer_bytes > max);
-            if !(too_old || too_big) {
-                break;
-            }
-            newer_bytes -= bytes;
-            doomed.push(s.id);
-        }
-        for id in &doomed {
-            self.store.delete_segment(*id).await?;
-            self.segments.retain(|s| s.id != *id);
-            tracing::debug!(log = self.id, segment = id, "deleted segment (retention)");
-        }
-        if !doomed.is_empty() {
-            if let Some(first) = self.segments.first() {
-                self.cache.evict_before(self.id, Position::new(first.id, 0));
-            }
-            self.save_meta()?;
-        }
-        Ok(doomed)
-    }
-
-    /// Message TTL: acknowledges, on every durable cursor, entries published before
-    /// `now_ms - ttl_ms`. Returns how many cursors moved.
-    pub fn expire(&mut self, now_ms: u64, ttl_ms: u64) -> Result<usize> {
-        self.expire_cursors(now_ms, ttl_ms, None)
-    }
-
-    /// [`ManagedLog::expire`] for every durable cursor, or only the one named.
-    pub fn expire_cursors(
-        &mut self,
-        now_ms: u64,
-        ttl_ms: u64,
-        only: Option<&str>,
-    ) -> Result<usize> {
-        if let Some(name) = only {
-            self.cursor(name)?;
-        }
-        let cutoff = now_ms.saturating_sub(ttl_ms);
-        let target = self.position_of_publish_time(cutoff)?;
-        let Some(last_expired) = self.positions().prev(target) else {
-            return Ok(0);
-        };
-        let names: Vec<String> = self
-            .cursors
-            .iter()
-            .filter(|(n, c)| c.durable() && c.floor() < target && only.is_none_or(|o| o == *n))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in &names {
-            self.ack_cumulative(n, last_expired)?;
-        }
-        Ok(names.len())
-    }
-
     /// Persists cursors; the log's segments stay as they are.
     pub fn close(mut self) -> Result<()> {
         self.persist_cursors()?;
@@ -726,120 +624,4 @@ impl ManagedLog {
         self.state.remove(&meta_key(self.id))?;
         self.state.remove_all(&log_prefix(self.id))
     }
-}
-
-/// The prefix under which logs keep their state: `logs/<log id>/...`.
-pub(crate) const LOGS_PREFIX: &str = "logs";
-
-/// The segments log `id`'s stored metadata lists; `None` if it has none.
-pub(crate) fn stored_segments(state: &dyn StateStore, id: u64) -> Result<Option<Vec<SegmentId>>> {
-    Ok(match state.load(&meta_key(id))? {
-        Some(b) => Some(decode_meta(b)?.segments.iter().map(|s| s.id).collect()),
-        None => None,
-    })
-}
-
-/// Everything a log keeps in the state store is under this prefix.
-pub(crate) fn log_prefix(id: u64) -> String {
-    format!("{LOGS_PREFIX}/{id}")
-}
-
-fn meta_key(id: u64) -> String {
-    format!("logs/{id}/meta")
-}
-
-/// A stored record that cannot be decoded.
-pub(super) fn malformed(what: &str) -> StorageError {
-    StorageError::InvalidFile {
-        path: what.into(),
-        detail: "truncated or malformed".into(),
-    }
-}
-
-/// A log's metadata as stored.
-#[derive(Debug, Default)]
-pub(crate) struct Meta {
-    pub segments: Vec<SegmentMeta>,
-    pub next_message_index: u64,
-    pub cursors: StoredCursors,
-}
-
-/// How the metadata lists the durable cursors.
-#[derive(Debug)]
-pub(crate) enum StoredCursors {
-    /// Version 1: by name, each under `legacy_cursor_key`.
-    ByName(Vec<String>),
-    /// Version 2: by id, each under `cursor_key` with its name inside.
-    ById { next_id: u64, ids: Vec<u64> },
-}
-
-impl Default for StoredCursors {
-    fn default() -> Self {
-        StoredCursors::ById {
-            next_id: 0,
-            ids: Vec::new(),
-        }
-    }
-}
-
-pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
-    let err = || malformed("managed log metadata");
-    if b.remaining() < 13 {
-        return Err(err());
-    }
-    let version = b.get_u8();
-    if version != META_VERSION && version != META_VERSION_NAMES {
-        return Err(err());
-    }
-    let next_message_index = b.get_u64_le();
-    let n = b.get_u32_le() as usize;
-    if b.remaining() < n.saturating_mul(24) {
-        return Err(err());
-    }
-    let segments = (0..n)
-        .map(|_| SegmentMeta {
-            id: b.get_u64_le(),
-            first_message_index: b.get_u64_le(),
-            created_ms: b.get_u64_le(),
-        })
-        .collect();
-    let cursors = if version == META_VERSION_NAMES {
-        StoredCursors::ByName(decode_names(&mut b).ok_or_else(err)?)
-    } else {
-        if b.remaining() < 12 {
-            return Err(err());
-        }
-        let next_id = b.get_u64_le();
-        let m = b.get_u32_le() as usize;
-        if b.remaining() != m.saturating_mul(8) {
-            return Err(err());
-        }
-        let ids = (0..m).map(|_| b.get_u64_le()).collect();
-        StoredCursors::ById { next_id, ids }
-    };
-    Ok(Meta {
-        segments,
-        next_message_index,
-        cursors,
-    })
-}
-
-/// The cursor names of a version-1 metadata record.
-fn decode_names(b: &mut Bytes) -> Option<Vec<String>> {
-    if b.remaining() < 4 {
-        return None;
-    }
-    let m = b.get_u32_le() as usize;
-    let mut names = Vec::with_capacity(m.min(1024));
-    for _ in 0..m {
-        if b.remaining() < 4 {
-            return None;
-        }
-        let len = b.get_u32_le() as usize;
-        if b.remaining() < len {
-            return None;
-        }
-        names.push(String::from_utf8(b.split_to(len).to_vec()).ok()?);
-    }
-    Some(names)
 }

@@ -22,7 +22,8 @@ use crate::position::Position;
 use crate::range_set::RangeSet;
 use crate::state_store::key_component;
 
-use super::{log_prefix, malformed, ManagedLog, StoredCursors};
+use super::meta::{log_prefix, malformed, StoredCursors};
+use super::ManagedLog;
 
 /// What a cursor needs to know of its log: which entry a position stands
 /// for, given where segments end and which segments are gone.
