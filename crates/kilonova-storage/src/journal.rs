@@ -12,6 +12,10 @@
 //! So encoding and writing the next group overlaps the fdatasync of the previous
 //! ones (as BookKeeper's journal and force-write threads do), and everything that
 //! arrives during one fdatasync is covered by the next.
+//!
+//! Dependencies point one way: `store` starts the journal and submits requests;
+//! the journal sees the store only through `store_state` (config, index,
+//! counters, health) and knows nothing of `store` or `recovery`.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -29,7 +33,7 @@ use crate::error::{Result, StorageError};
 use crate::index::{FileState, Loc, MAX_FILE_NO};
 use crate::position::SegmentId;
 use crate::record::{self, RecordHeader, RecordKind};
-use crate::store::Shared;
+use crate::store_state::StoreState;
 
 /// Tail bytes of each journal file that only control records may use.
 pub(crate) const CONTROL_RESERVE_BYTES: u64 = 64 << 10;
@@ -187,7 +191,7 @@ enum Decision {
 }
 
 pub(crate) struct Writer {
-    shared: Arc<Shared>,
+    shared: Arc<StoreState>,
     rx: mpsc::Receiver<Request>,
     next_file_no: u32,
     next_lsn: u64,
@@ -203,7 +207,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn new(
-        shared: Arc<Shared>,
+        shared: Arc<StoreState>,
         rx: mpsc::Receiver<Request>,
         next_file_no: u32,
         next_lsn: u64,
@@ -630,7 +634,7 @@ impl Writer {
 /// Journal file `no` of the control reserve's size, for control records only:
 /// what the disk has room for when a whole file does not fit. On a disk full to
 /// the last block the store's reserve file gives its space up for it.
-fn create_control_file(shared: &Shared, no: u32) -> Result<ActiveFile> {
+fn create_control_file(shared: &StoreState, no: u32) -> Result<ActiveFile> {
     let made = match create_file(shared, no, CONTROL_RESERVE_BYTES) {
         Err(StorageError::DiskFull { .. }) if release_reserve(&shared.config.dir) => {
             create_file(shared, no, CONTROL_RESERVE_BYTES)
@@ -685,7 +689,7 @@ fn release_reserve(dir: &std::path::Path) -> bool {
 
 /// Creates (or takes from the recycled spares) journal file `no`, preallocated
 /// to `len` bytes, its directory entry durable, registered in the index.
-fn create_file(shared: &Shared, no: u32, len: u64) -> Result<ActiveFile> {
+fn create_file(shared: &StoreState, no: u32, len: u64) -> Result<ActiveFile> {
     {
         if no > MAX_FILE_NO {
             return Err(StorageError::Log("journal file numbers exhausted".into()));
@@ -764,7 +768,7 @@ fn create_file(shared: &Shared, no: u32, len: u64) -> Result<ActiveFile> {
 /// Sealed files go on to a checkpointer thread, so their index and checkpoint
 /// fsyncs never delay a completion.
 fn run_syncer(
-    shared: Arc<Shared>,
+    shared: Arc<StoreState>,
     sync: Arc<SyncState>,
     rx: std_mpsc::Receiver<SyncMsg>,
     ckpt: std_mpsc::Sender<CkptMsg>,
@@ -791,7 +795,11 @@ fn run_syncer(
 
 /// The checkpointer thread's body: seals files the writer left (index + checkpoint)
 /// and creates the next journal file ahead of need, off the write path.
-fn run_checkpointer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Receiver<CkptMsg>) {
+fn run_checkpointer(
+    shared: Arc<StoreState>,
+    sync: Arc<SyncState>,
+    rx: std_mpsc::Receiver<CkptMsg>,
+) {
     for msg in rx {
         match msg {
             CkptMsg::Seal(job) => {
@@ -824,7 +832,7 @@ fn run_checkpointer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Rec
 ///
 /// The segment table is read from the index now, so it may already include
 /// records of later files; replaying those again is idempotent (ADR 0001).
-fn checkpoint_file(shared: &Shared, sync: &SyncState, job: &SealJob) -> Result<()> {
+fn checkpoint_file(shared: &StoreState, sync: &SyncState, job: &SealJob) -> Result<()> {
     let records = sync
         .records
         .lock()
@@ -849,7 +857,7 @@ fn checkpoint_file(shared: &Shared, sync: &SyncState, job: &SealJob) -> Result<(
     Ok(())
 }
 
-fn sync_and_publish(shared: &Shared, sync: &SyncState, groups: Vec<Group>) {
+fn sync_and_publish(shared: &StoreState, sync: &SyncState, groups: Vec<Group>) {
     // Groups are in write order; consecutive groups of one file share one fdatasync.
     let mut groups = groups.into_iter().peekable();
     while let Some(first) = groups.next() {
@@ -905,7 +913,7 @@ fn sync_and_publish(shared: &Shared, sync: &SyncState, groups: Vec<Group>) {
 }
 
 /// Makes durable groups visible in the shared index, then completes their callers.
-fn publish(shared: &Shared, sync: &SyncState, run: Vec<Group>) {
+fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
     let mut appended = 0u64;
     // Requests refused at publication: appends that would leave a gap in a segment
     // whose earlier append failed (the writer validated them before the fence).
@@ -1007,7 +1015,7 @@ fn publish(shared: &Shared, sync: &SyncState, run: Vec<Group>) {
 }
 
 /// Fails a group's requests; segments that lost an append take no more (ids stay dense).
-fn fence_segment(shared: &Shared, segment: SegmentId) {
+fn fence_segment(shared: &StoreState, segment: SegmentId) {
     if let Ok(mut index) = shared.index.write() {
         if let Some(seg) = index.segments.get_mut(&segment) {
             seg.fenced = true;
@@ -1015,7 +1023,7 @@ fn fence_segment(shared: &Shared, segment: SegmentId) {
     }
 }
 
-fn fence_and_fail(shared: &Shared, pending: &mut Vec<Pending>, e: &StorageError) {
+fn fence_and_fail(shared: &StoreState, pending: &mut Vec<Pending>, e: &StorageError) {
     if let Ok(mut index) = shared.index.write() {
         for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {
             if let Some(seg) = index.segments.get_mut(&p.segment) {
@@ -1028,7 +1036,7 @@ fn fence_and_fail(shared: &Shared, pending: &mut Vec<Pending>, e: &StorageError)
 
 /// Writes a checkpoint of the shared index's segment table.
 pub(crate) fn write_checkpoint(
-    shared: &Shared,
+    shared: &StoreState,
     replay_from_file: u32,
     next_segment_id: u64,
     next_lsn: u64,

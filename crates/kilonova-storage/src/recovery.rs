@@ -16,16 +16,22 @@
 //! What the file system reports as a hole (preallocated space never written)
 //! reads as zeros and holds no record, so a search for the next record skips
 //! it without reading it: the zero tail of a preallocated file costs nothing.
+//!
+//! Dependencies point one way: `store` calls `recover` and builds its
+//! `store_state` from what it returns; recovery reads only the configuration
+//! from `store_state` and uses neither `store` nor `journal`.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::{self, IdxRecord};
 use crate::error::{Result, StorageError};
 use crate::index::{FileState, Index, Loc, SegmentState, MAX_FILE_BYTES, MAX_FILE_NO};
 use crate::record::{self, RecordError, RecordHeader, RecordKind, ALIGN, HEADER_LEN};
-use crate::store::{list_log_files, StoreConfig};
+use crate::store_state::StoreConfig;
 
 pub(crate) struct Recovered {
     /// Journal files scanned record by record, and their bytes (the rest came from indexes).
@@ -223,6 +229,23 @@ pub(crate) fn recover(config: &StoreConfig) -> Result<Recovered> {
         next_lsn,
         next_segment_id,
     })
+}
+
+/// Journal file numbers present in `dir`, ascending.
+fn list_log_files(dir: &Path) -> Result<BTreeMap<u32, PathBuf>> {
+    let mut out = BTreeMap::new();
+    let rd = fs::read_dir(dir).map_err(|e| StorageError::io("listing the store directory", e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| StorageError::io("listing the store directory", e))?;
+        let name = ent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(num) = name.strip_suffix(".log") {
+            if let Ok(no) = num.parse::<u32>() {
+                out.insert(no, ent.path());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn apply_loc(index: &mut Index, slots: &mut SlotBudget, no: u32, r: IdxRecord) {
