@@ -1,7 +1,8 @@
 //! Bounded memory of recent entries, so tailing readers never touch the disk.
 //!
 //! One cache is shared by every managed log of a broker and bounded in bytes.
-//! Entries leave it three ways (DESIGN.md "Entry cache"):
+//! Entries leave it three ways, so that it holds what readers are about to ask
+//! for and never more than its budget:
 //! * the owning log evicts everything before a position — the slowest active
 //!   reader's read position (default) or the slowest mark-delete position,
 //!   chosen by [`EvictionStrategy`];

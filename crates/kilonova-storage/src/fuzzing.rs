@@ -11,7 +11,9 @@ use bytes::{BufMut, BytesMut};
 
 use crate::checkpoint::{self, Checkpoint, IdxRecord, SegmentRow};
 use crate::error::Result;
-use crate::managed_log;
+use crate::managed_log::meta::{self, StoredCursors};
+use crate::managed_log::{cursor, SegmentMeta};
+use crate::position::Position;
 
 fn with_crc(mut body: BytesMut) -> Vec<u8> {
     let crc = crc32c::crc32c(&body);
@@ -82,34 +84,31 @@ pub fn idx_file_bytes(records: &[(u64, u64, u64, u64)]) -> Vec<u8> {
 /// either version); returns its segment and cursor counts.
 pub fn log_meta(file: &[u8]) -> Result<(usize, usize)> {
     let body = checkpoint::verified_body(file, Path::new("logs/1/meta"))?;
-    let meta = managed_log::decode_meta(body.clone())?;
+    let meta = meta::decode_meta(body.clone())?;
     let cursors = match &meta.cursors {
         // A cursor name takes at least 4 bytes, an id 8.
-        managed_log::StoredCursors::ByName(names) => names.len().saturating_mul(4),
-        managed_log::StoredCursors::ById { ids, .. } => ids.len().saturating_mul(8),
+        StoredCursors::ByName(names) => names.len().saturating_mul(4),
+        StoredCursors::ById { ids, .. } => ids.len().saturating_mul(8),
     };
     // A segment takes 24 bytes.
     assert!(meta.segments.len().saturating_mul(24) + cursors <= body.len());
     let count = match meta.cursors {
-        managed_log::StoredCursors::ByName(names) => names.len(),
-        managed_log::StoredCursors::ById { ids, .. } => ids.len(),
+        StoredCursors::ByName(names) => names.len(),
+        StoredCursors::ById { ids, .. } => ids.len(),
     };
     Ok((meta.segments.len(), count))
 }
 
-/// A metadata record's version, next message index and segment table
-/// (what both versions share).
-fn meta_head(version: u8, next_index: u64, segments: &[(u64, u64, u64)]) -> BytesMut {
-    let mut b = BytesMut::new();
-    b.put_u8(version);
-    b.put_u64_le(next_index);
-    b.put_u32_le(segments.len() as u32);
-    for &(id, first, created) in segments {
-        b.put_u64_le(id);
-        b.put_u64_le(first);
-        b.put_u64_le(created);
-    }
-    b
+/// Segments given as (id, first message index, created ms).
+fn segment_table(segments: &[(u64, u64, u64)]) -> Vec<SegmentMeta> {
+    segments
+        .iter()
+        .map(|&(id, first_message_index, created_ms)| SegmentMeta {
+            id,
+            first_message_index,
+            created_ms,
+        })
+        .collect()
 }
 
 /// A valid managed log metadata file of the current version: segments are
@@ -119,13 +118,13 @@ pub fn log_meta_bytes(
     segments: &[(u64, u64, u64)],
     cursor_ids: &[u64],
 ) -> Vec<u8> {
-    let mut b = meta_head(managed_log::META_VERSION, next_index, segments);
-    b.put_u64_le(cursor_ids.iter().max().map_or(0, |m| m.saturating_add(1)));
-    b.put_u32_le(cursor_ids.len() as u32);
-    for id in cursor_ids {
-        b.put_u64_le(*id);
-    }
-    with_crc(b)
+    let next_id = cursor_ids.iter().max().map_or(0, |m| m.saturating_add(1));
+    with_crc(meta::encode_meta(
+        next_index,
+        &segment_table(segments),
+        next_id,
+        cursor_ids,
+    ))
 }
 
 /// A valid metadata file of version 1 (cursors listed by name), which a log
@@ -135,7 +134,8 @@ pub fn log_meta_v1_bytes(
     segments: &[(u64, u64, u64)],
     cursors: &[&str],
 ) -> Vec<u8> {
-    let mut b = meta_head(managed_log::META_VERSION_NAMES, next_index, segments);
+    let segments = segment_table(segments);
+    let mut b = meta::encode_head(meta::META_VERSION_NAMES, next_index, &segments);
     b.put_u32_le(cursors.len() as u32);
     for c in cursors {
         b.put_u32_le(c.len() as u32);
@@ -149,9 +149,9 @@ pub fn log_meta_v1_bytes(
 /// acknowledged ranges.
 pub fn cursor_state(file: &[u8]) -> Result<usize> {
     let body = checkpoint::verified_body(file, Path::new("logs/1/cursors/c"))?;
-    let acked = match managed_log::decode_cursor(&body) {
+    let acked = match cursor::decode_cursor(&body) {
         Ok((_, _, acked)) => acked,
-        Err(_) => managed_log::decode_cursor_body(body.clone())?.1,
+        Err(_) => cursor::decode_cursor_body(body.clone())?.1,
     };
     assert!(acked.range_count().saturating_mul(24) <= body.len());
     Ok(acked.range_count())
@@ -160,17 +160,15 @@ pub fn cursor_state(file: &[u8]) -> Result<usize> {
 /// A valid cursor state file as stored by id: its name, the ack floor and
 /// ranges (segment, first, last entry).
 pub fn cursor_state_bytes(name: &str, floor: (u64, u64), ranges: &[(u64, u64, u64)]) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(managed_log::CURSOR_VERSION);
-    b.put_u32_le(name.len() as u32);
-    b.put_slice(name.as_bytes());
-    b.put_u64_le(floor.0);
-    b.put_u64_le(floor.1);
-    b.put_u32_le(ranges.len() as u32);
-    for &(segment, first, last) in ranges {
-        b.put_u64_le(segment);
-        b.put_u64_le(first);
-        b.put_u64_le(last);
-    }
-    with_crc(b)
+    let ranges: Vec<(Position, Position)> = ranges
+        .iter()
+        .map(|&(segment, first, last)| {
+            (Position::new(segment, first), Position::new(segment, last))
+        })
+        .collect();
+    with_crc(cursor::encode_cursor(
+        name,
+        Position::new(floor.0, floor.1),
+        &ranges,
+    ))
 }

@@ -12,9 +12,16 @@
 //! So encoding and writing the next group overlaps the fdatasync of the previous
 //! ones (as BookKeeper's journal and force-write threads do), and everything that
 //! arrives during one fdatasync is covered by the next.
+//!
+//! The writer is here; the syncer and the checkpointer are in `journal/syncer.rs`,
+//! creating journal files and the space reserve in `journal/files.rs`.
+//!
+//! Dependencies point one way: `store` starts the journal and submits requests;
+//! the journal sees the store only through `store_state` (config, index,
+//! counters, health) and knows nothing of `store` or `recovery`.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
@@ -24,12 +31,17 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::checkpoint::{self, Checkpoint, IdxRecord, SegmentRow};
+use crate::checkpoint::IdxRecord;
 use crate::error::{Result, StorageError};
-use crate::index::{FileState, Loc, MAX_FILE_NO};
 use crate::position::SegmentId;
 use crate::record::{self, RecordHeader, RecordKind};
-use crate::store::Shared;
+use crate::store_state::StoreState;
+
+mod files;
+mod syncer;
+
+pub(crate) use files::ensure_reserve;
+pub(crate) use syncer::write_checkpoint;
 
 /// Tail bytes of each journal file that only control records may use.
 pub(crate) const CONTROL_RESERVE_BYTES: u64 = 64 << 10;
@@ -187,7 +199,7 @@ enum Decision {
 }
 
 pub(crate) struct Writer {
-    shared: Arc<Shared>,
+    shared: Arc<StoreState>,
     rx: mpsc::Receiver<Request>,
     next_file_no: u32,
     next_lsn: u64,
@@ -203,7 +215,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn new(
-        shared: Arc<Shared>,
+        shared: Arc<StoreState>,
         rx: mpsc::Receiver<Request>,
         next_file_no: u32,
         next_lsn: u64,
@@ -235,7 +247,7 @@ impl Writer {
             let (shared, sync) = (shared.clone(), sync.clone());
             std::thread::Builder::new()
                 .name("kilonova-ckpt".into())
-                .spawn(move || run_checkpointer(shared, sync, ckpt_rx))
+                .spawn(move || syncer::run_checkpointer(shared, sync, ckpt_rx))
                 .map_err(|e| StorageError::io("starting the checkpoint thread", e))?
         };
         let (sync_tx, sync_rx) = std_mpsc::sync_channel(SYNC_QUEUE_GROUPS);
@@ -243,7 +255,7 @@ impl Writer {
             let (shared, sync, ckpt) = (shared.clone(), sync.clone(), ckpt_tx.clone());
             std::thread::Builder::new()
                 .name("kilonova-fsync".into())
-                .spawn(move || run_syncer(shared, sync, sync_rx, ckpt))
+                .spawn(move || syncer::run_syncer(shared, sync, sync_rx, ckpt))
                 .map_err(|e| StorageError::io("starting the journal sync thread", e))?
         };
         Ok(Writer {
@@ -589,10 +601,11 @@ impl Writer {
         let next = match prepared {
             Some(f) => f,
             // Not prepared (first roll, or preparing failed): create it here.
-            None => match create_file(&self.shared, want, self.shared.config.log_file_bytes) {
+            None => match files::create_file(&self.shared, want, self.shared.config.log_file_bytes)
+            {
                 Ok(f) => f,
                 Err(StorageError::DiskFull { .. }) if !for_entries => {
-                    create_control_file(&self.shared, want)?
+                    files::create_control_file(&self.shared, want)?
                 }
                 Err(e) => return Err(e),
             },
@@ -627,387 +640,8 @@ impl Writer {
     }
 }
 
-/// Journal file `no` of the control reserve's size, for control records only:
-/// what the disk has room for when a whole file does not fit. On a disk full to
-/// the last block the store's reserve file gives its space up for it.
-fn create_control_file(shared: &Shared, no: u32) -> Result<ActiveFile> {
-    let made = match create_file(shared, no, CONTROL_RESERVE_BYTES) {
-        Err(StorageError::DiskFull { .. }) if release_reserve(&shared.config.dir) => {
-            create_file(shared, no, CONTROL_RESERVE_BYTES)
-        }
-        other => other,
-    };
-    if made.is_ok() {
-        tracing::warn!(
-            file = no,
-            "disk full: journal file {no} takes control records (deletes) only"
-        );
-    }
-    made
-}
-
-/// Space the store sets aside (`RESERVE`, the size of a file's control reserve)
-/// while it has room, given up on a disk full to the last block so that a
-/// control file can still be created and segments deleted.
-pub(crate) fn reserve_path(dir: &std::path::Path) -> std::path::PathBuf {
-    dir.join("RESERVE")
-}
-
-/// Creates the reserve file if it is missing.
-pub(crate) fn ensure_reserve(dir: &std::path::Path) -> Result<()> {
-    let path = reserve_path(dir);
-    let file = match OpenOptions::new().write(true).create_new(true).open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(StorageError::io("creating the space reserve", e)),
-    };
-    if let Err(e) = rustix::fs::fallocate(
-        &file,
-        rustix::fs::FallocateFlags::empty(),
-        0,
-        CONTROL_RESERVE_BYTES,
-    ) {
-        let _ = std::fs::remove_file(&path);
-        let err = std::io::Error::from_raw_os_error(e.raw_os_error());
-        return Err(StorageError::io("preallocating the space reserve", err));
-    }
-    Ok(())
-}
-
-/// Gives the reserve's space back to the file system; whether there was one.
-fn release_reserve(dir: &std::path::Path) -> bool {
-    let released = std::fs::remove_file(reserve_path(dir)).is_ok();
-    if released {
-        tracing::warn!("disk full: released the store's space reserve for control records");
-    }
-    released
-}
-
-/// Creates (or takes from the recycled spares) journal file `no`, preallocated
-/// to `len` bytes, its directory entry durable, registered in the index.
-fn create_file(shared: &Shared, no: u32, len: u64) -> Result<ActiveFile> {
-    {
-        if no > MAX_FILE_NO {
-            return Err(StorageError::Log("journal file numbers exhausted".into()));
-        }
-        let dir = &shared.config.dir;
-        let path = checkpoint::log_path(dir, no);
-        let spare = shared.spares.lock().ok().and_then(|mut s| s.pop());
-        let file = match spare {
-            // Reuse a recycled file: its blocks are allocated already.
-            Some((spare, _)) => {
-                std::fs::rename(&spare, &path)
-                    .map_err(|e| StorageError::io("reusing a recycled journal file", e))?;
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| StorageError::io("opening a recycled journal file", e))?
-            }
-            None => OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| StorageError::io("creating a journal file", e))?,
-        };
-        // Preallocate so appends do not grow the file (a recycled file usually has its size).
-        let size = file
-            .metadata()
-            .map_err(|e| StorageError::io("reading a journal file's size", e))?
-            .len();
-        if size < len {
-            if let Err(e) =
-                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len)
-            {
-                let _ = std::fs::remove_file(&path);
-                let err = std::io::Error::from_raw_os_error(e.raw_os_error());
-                return Err(StorageError::io("preallocating a journal file", err));
-            }
-        }
-        checkpoint::sync_dir(dir)?;
-        let handle = Arc::new(file);
-        {
-            let mut index = shared
-                .index
-                .write()
-                .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
-            index.files.insert(
-                no,
-                FileState {
-                    handle: handle.clone(),
-                    disk_bytes: len,
-                    live_entries: 0,
-                    written_entries: 0,
-                    checkpointed: false,
-                },
-            );
-        }
-        tracing::debug!(file = no, bytes = len, "opened journal file");
-        if len == shared.config.log_file_bytes {
-            // Space is back (or never left): set the reserve aside again.
-            if let Err(e) = ensure_reserve(dir) {
-                tracing::debug!(error = %e, "could not set the space reserve aside");
-            }
-        }
-        Ok(ActiveFile {
-            no,
-            handle,
-            pos: 0,
-            len,
-            broken: false,
-        })
-    }
-}
-
-/// The syncer thread's body: fdatasync, publish, complete — until the writer leaves.
-/// Sealed files go on to a checkpointer thread, so their index and checkpoint
-/// fsyncs never delay a completion.
-fn run_syncer(
-    shared: Arc<Shared>,
-    sync: Arc<SyncState>,
-    rx: std_mpsc::Receiver<SyncMsg>,
-    ckpt: std_mpsc::Sender<CkptMsg>,
-) {
-    while let Ok(first) = rx.recv() {
-        // Everything written so far is covered by the next fdatasync.
-        let mut msgs = vec![first];
-        while let Ok(m) = rx.try_recv() {
-            msgs.push(m);
-        }
-        let mut groups = Vec::new();
-        for m in msgs {
-            match m {
-                SyncMsg::Group(g) => groups.push(g),
-                SyncMsg::Seal(job) => {
-                    sync_and_publish(&shared, &sync, std::mem::take(&mut groups));
-                    let _ = ckpt.send(CkptMsg::Seal(job));
-                }
-            }
-        }
-        sync_and_publish(&shared, &sync, groups);
-    }
-}
-
-/// The checkpointer thread's body: seals files the writer left (index + checkpoint)
-/// and creates the next journal file ahead of need, off the write path.
-fn run_checkpointer(shared: Arc<Shared>, sync: Arc<SyncState>, rx: std_mpsc::Receiver<CkptMsg>) {
-    for msg in rx {
-        match msg {
-            CkptMsg::Seal(job) => {
-                if let Err(e) = checkpoint_file(&shared, &sync, &job) {
-                    // The file keeps no index: recovery scans it instead. Nothing is lost.
-                    tracing::warn!(file = job.file, error = %e, "could not checkpoint a sealed journal file");
-                }
-                shared.seals.checkpointed();
-            }
-            CkptMsg::Prepare(no) => {
-                let made = create_file(&shared, no, shared.config.log_file_bytes);
-                if let Ok(mut slot) = sync.ready.lock() {
-                    *slot = match made {
-                        Ok(f) => ReadySlot::Ready(f),
-                        // The writer creates it itself when it needs it (and reports the error).
-                        Err(e) => {
-                            tracing::debug!(file = no, error = %e, "could not prepare a journal file");
-                            ReadySlot::Empty
-                        }
-                    };
-                }
-                sync.ready_changed.notify_all();
-            }
-        }
-    }
-    // A prepared file never used stays empty: recovery reads it as an empty log.
-}
-
-/// Writes a sealed file's index and a checkpoint that starts replay after it.
-///
-/// The segment table is read from the index now, so it may already include
-/// records of later files; replaying those again is idempotent (ADR 0001).
-fn checkpoint_file(shared: &Shared, sync: &SyncState, job: &SealJob) -> Result<()> {
-    let records = sync
-        .records
-        .lock()
-        .map_err(|_| StorageError::Log("journal records lock poisoned".into()))?
-        .remove(&job.file)
-        .unwrap_or_default();
-    let dir = &shared.config.dir;
-    let idx_bytes = checkpoint::write_idx(dir, job.file, &records)?;
-    if let Ok(mut index) = shared.index.write() {
-        if let Some(f) = index.files.get_mut(&job.file) {
-            f.disk_bytes += idx_bytes;
-        }
-    }
-    write_checkpoint(shared, job.file + 1, job.next_segment_id, job.next_lsn)?;
-    // Only a file a checkpoint covers may be removed by GC: before that, its
-    // control records (creates, deletes) are still needed by replay.
-    if let Ok(mut index) = shared.index.write() {
-        for (_, f) in index.files.range_mut(..=job.file) {
-            f.checkpointed = true;
-        }
-    }
-    Ok(())
-}
-
-fn sync_and_publish(shared: &Shared, sync: &SyncState, groups: Vec<Group>) {
-    // Groups are in write order; consecutive groups of one file share one fdatasync.
-    let mut groups = groups.into_iter().peekable();
-    while let Some(first) = groups.next() {
-        let file = first.file;
-        let mut run = vec![first];
-        while let Some(g) = groups.next_if(|g| g.file == file) {
-            run.push(g);
-        }
-        let result = if sync.broken_file.load(Ordering::Acquire) == file {
-            // After a failed fdatasync a later one may falsely succeed: trust nothing more here.
-            Err(StorageError::io(
-                "fsyncing the journal",
-                std::io::Error::other("an earlier fdatasync of this journal file failed"),
-            ))
-        } else {
-            let t = Instant::now();
-            shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            let r = run[0]
-                .handle
-                .sync_data()
-                .map_err(|e| StorageError::io("fsyncing the journal", e));
-            let took = t.elapsed();
-            shared
-                .stats
-                .sync_ns
-                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-            shared.stats.fsync_us.observe(took.as_micros() as u64);
-            shared
-                .stats
-                .group_commit_entries
-                .observe(run.iter().map(|g| g.pending.len() as u64).sum());
-            r
-        };
-        match result {
-            Ok(()) => {
-                if let Some(last) = run.last() {
-                    sync.durable_lsn.fetch_max(last.last_lsn, Ordering::AcqRel);
-                }
-                publish(shared, sync, run);
-            }
-            Err(e) => {
-                shared.health.failed(&e);
-                if sync.broken_file.swap(file, Ordering::AcqRel) != file {
-                    tracing::warn!(error = %e, file, "journal fdatasync failed; the writer rolls to a new file");
-                    shared.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                }
-                for mut g in run {
-                    fence_and_fail(shared, &mut g.pending, &e);
-                }
-            }
-        }
-    }
-}
-
-/// Makes durable groups visible in the shared index, then completes their callers.
-fn publish(shared: &Shared, sync: &SyncState, run: Vec<Group>) {
-    let mut appended = 0u64;
-    // Requests refused at publication: appends that would leave a gap in a segment
-    // whose earlier append failed (the writer validated them before the fence).
-    let mut refused: Vec<(usize, usize)> = Vec::new();
-    {
-        let Ok(mut index) = shared.index.write() else {
-            for mut g in run {
-                fail_all(
-                    &mut g.pending,
-                    &StorageError::Log("index lock poisoned".into()),
-                );
-            }
-            return;
-        };
-        let Ok(mut records) = sync.records.lock() else {
-            return;
-        };
-        for (gi, g) in run.iter().enumerate() {
-            let file_records = records.entry(g.file).or_default();
-            for (pi, p) in g.pending.iter().enumerate() {
-                match p.kind {
-                    RecordKind::Entry | RecordKind::Moved => {
-                        if p.kind == RecordKind::Entry {
-                            if let Some(seg) = index.segments.get_mut(&p.segment) {
-                                if seg.locs.len() as u64 != p.entry {
-                                    seg.fenced = true;
-                                    refused.push((gi, pi));
-                                    continue;
-                                }
-                            }
-                        }
-                        if p.kind == RecordKind::Moved {
-                            // Only if the entry still lives where compaction copied it from.
-                            let still = index
-                                .segments
-                                .get(&p.segment)
-                                .and_then(|x| x.locs.get(p.entry as usize))
-                                .is_some_and(|l| l.file() == p.from_file);
-                            if !still {
-                                continue;
-                            }
-                        } else {
-                            appended += 1;
-                        }
-                        index.set_loc(
-                            p.segment,
-                            p.entry,
-                            Loc::new(g.file, p.offset),
-                            p.payload_len,
-                        );
-                        if let Some(f) = index.files.get_mut(&g.file) {
-                            f.written_entries += 1;
-                        }
-                        file_records.push(IdxRecord {
-                            segment: p.segment,
-                            entry: p.entry,
-                            offset: p.offset,
-                            payload_len: p.payload_len,
-                        });
-                    }
-                    RecordKind::Create => {
-                        index.segments.insert(p.segment, Default::default());
-                    }
-                    RecordKind::Seal => {
-                        if let Some(s) = index.segments.get_mut(&p.segment) {
-                            s.sealed = true;
-                            s.locs.shrink_to_fit();
-                        }
-                    }
-                    RecordKind::Delete => index.remove_segment(p.segment),
-                }
-            }
-        }
-    }
-    shared
-        .stats
-        .groups
-        .fetch_add(run.len() as u64, Ordering::Relaxed);
-    shared
-        .stats
-        .entries_appended
-        .fetch_add(appended, Ordering::Relaxed);
-    if appended > 0 {
-        shared.health.succeeded();
-    }
-    for (gi, g) in run.into_iter().enumerate() {
-        for (pi, p) in g.pending.into_iter().enumerate() {
-            if refused.contains(&(gi, pi)) {
-                let _ = p.done.send(Err(StorageError::SegmentFenced(p.segment)));
-                continue;
-            }
-            let value = match p.kind {
-                RecordKind::Entry | RecordKind::Moved | RecordKind::Seal => p.entry,
-                _ => p.segment,
-            };
-            let _ = p.done.send(Ok(value));
-        }
-    }
-}
-
 /// Fails a group's requests; segments that lost an append take no more (ids stay dense).
-fn fence_segment(shared: &Shared, segment: SegmentId) {
+fn fence_segment(shared: &StoreState, segment: SegmentId) {
     if let Ok(mut index) = shared.index.write() {
         if let Some(seg) = index.segments.get_mut(&segment) {
             seg.fenced = true;
@@ -1015,7 +649,7 @@ fn fence_segment(shared: &Shared, segment: SegmentId) {
     }
 }
 
-fn fence_and_fail(shared: &Shared, pending: &mut Vec<Pending>, e: &StorageError) {
+fn fence_and_fail(shared: &StoreState, pending: &mut Vec<Pending>, e: &StorageError) {
     if let Ok(mut index) = shared.index.write() {
         for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {
             if let Some(seg) = index.segments.get_mut(&p.segment) {
@@ -1024,41 +658,6 @@ fn fence_and_fail(shared: &Shared, pending: &mut Vec<Pending>, e: &StorageError)
         }
     }
     fail_all(pending, e);
-}
-
-/// Writes a checkpoint of the shared index's segment table.
-pub(crate) fn write_checkpoint(
-    shared: &Shared,
-    replay_from_file: u32,
-    next_segment_id: u64,
-    next_lsn: u64,
-) -> Result<()> {
-    let segments = {
-        let index = shared
-            .index
-            .read()
-            .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
-        let mut rows: Vec<SegmentRow> = index
-            .segments
-            .iter()
-            .map(|(id, s)| SegmentRow {
-                id: *id,
-                sealed: s.sealed,
-                entries: s.locs.len() as u64,
-            })
-            .collect();
-        rows.sort_by_key(|r| r.id);
-        rows
-    };
-    checkpoint::write_checkpoint(
-        &shared.config.dir,
-        &Checkpoint {
-            replay_from_file,
-            next_segment_id,
-            next_lsn,
-            segments,
-        },
-    )
 }
 
 fn fail_all(pending: &mut Vec<Pending>, e: &StorageError) {

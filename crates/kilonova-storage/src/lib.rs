@@ -32,6 +32,7 @@ pub mod record;
 mod recovery;
 pub mod state_store;
 mod store;
+mod store_state;
 
 pub use dir_lock::{DirLock, DirLockError};
 pub use entry::{Entry, ENTRY_HEADER_LEN};
@@ -47,4 +48,5 @@ pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;
 pub use reclaim::{reclaim_orphans, ReclaimReport};
 pub use state_store::{DirStateStore, StateStore};
-pub use store::{Completion, GcReport, SegmentInfo, SegmentStore, StoreConfig, StoreStats};
+pub use store::{Completion, GcReport, SegmentInfo, SegmentStore, StoreStats};
+pub use store_state::StoreConfig;

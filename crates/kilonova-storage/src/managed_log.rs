@@ -4,22 +4,38 @@
 //! is shared. Time comes in as arguments (`now_ms`, `publish_time_ms`): the log
 //! reads no clock, so tests drive it deterministically.
 //!
-//! Cursor state is an *ack floor* — every entry before it is acknowledged — plus
-//! the individually acknowledged entries at or after it as a [`RangeSet`].
-//! Pulsar's mark-delete position is the entry just before the floor.
+//! This file holds the log itself: opening, appends and roll-over, the cursor
+//! operations by name, close and delete. Beside it:
+//! * `cursor.rs`: a cursor's state and bookkeeping (ack floor, acknowledged
+//!   ranges, read position), its stored record, and how the log loads,
+//!   migrates and persists its durable cursors;
+//! * `positions.rs`: positions over the segment list, and reads by position,
+//!   message index or publish time;
+//! * `retention.rs`: retention (deleting consumed segments) and TTL;
+//! * `meta.rs`: where a log keeps its state, and its metadata record.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::entry::{self, Entry};
 use crate::entry_cache::{EntryCache, EvictionStrategy};
 use crate::error::{Result, StorageError};
 use crate::position::{Position, SegmentId};
-use crate::range_set::RangeSet;
-use crate::state_store::{key_component, StateStore};
+use crate::state_store::StateStore;
 use crate::store::{Completion, SegmentStore};
+
+pub(crate) mod cursor;
+pub(crate) mod meta;
+mod positions;
+mod retention;
+
+use cursor::{named, named_mut, Cursor, Positions};
+pub use cursor::{CursorInfo, InitialPosition, StoredCursor};
+use meta::{log_prefix, meta_key, Meta, StoredCursors};
+use positions::SegmentList;
+pub use retention::Retention;
 
 /// Settings of a managed log. Units are in the names.
 #[derive(Clone, Debug)]
@@ -48,24 +64,6 @@ impl Default for ManagedLogConfig {
     }
 }
 
-/// Where a new cursor starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InitialPosition {
-    /// The oldest entry still stored.
-    Earliest,
-    /// After the last durable entry.
-    Latest,
-    /// At this position (its entry is the first one read).
-    At(Position),
-}
-
-/// How long acknowledged data is kept. `None` means unlimited in that dimension.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub time_ms: Option<u64>,
-    pub size_bytes: Option<u64>,
-}
-
 /// One segment of the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentMeta {
@@ -75,40 +73,6 @@ pub struct SegmentMeta {
     pub created_ms: u64,
 }
 
-/// A cursor's state.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Cursor {
-    /// Where a durable cursor is stored (`logs/<log>/cursor-<id>`, its name
-    /// inside), so any name fits a file name; `None`: not durable.
-    id: Option<u64>,
-    /// Every entry before this is acknowledged.
-    floor: Position,
-    /// Acknowledged entries at or after `floor`.
-    acked: RangeSet,
-    /// The next entry to read.
-    read: Position,
-    dirty: bool,
-}
-
-impl Cursor {
-    fn durable(&self) -> bool {
-        self.id.is_some()
-    }
-}
-
-/// A read-only view of a cursor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CursorInfo {
-    pub name: String,
-    pub durable: bool,
-    /// Pulsar's mark-delete position: the last entry before which everything is acked.
-    pub mark_delete: Option<Position>,
-    pub read_position: Position,
-    pub ack_ranges: usize,
-    /// Entries not yet acknowledged.
-    pub backlog_entries: u64,
-}
-
 /// A log's stored state, read without opening it ([`ManagedLog::stored_summary`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredSummary {
@@ -116,16 +80,6 @@ pub struct StoredSummary {
     pub entries: u64,
     /// Durable cursors, by name, as last persisted.
     pub cursors: Vec<StoredCursor>,
-}
-
-/// A durable cursor's backlog as last persisted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoredCursor {
-    pub name: String,
-    /// Entries not acknowledged.
-    pub backlog_entries: u64,
-    /// Their bytes, estimated as [`ManagedLog::backlog_bytes`] does.
-    pub backlog_bytes: u64,
 }
 
 /// A topic's storage.
@@ -145,13 +99,6 @@ pub struct ManagedLog {
     /// The id the next durable cursor is stored under.
     next_cursor_id: u64,
 }
-
-/// Version 1 listed cursors by name (stored under their hex-encoded names);
-/// version 2 by id. Version 1 is migrated when a log opens.
-pub(crate) const META_VERSION_NAMES: u8 = 1;
-pub(crate) const META_VERSION: u8 = 2;
-/// The first byte of a cursor record stored by id (one stored by name has none).
-pub(crate) const CURSOR_VERSION: u8 = 2;
 
 impl ManagedLog {
     /// Opens log `id` (creating it if new). A log left open by a crash gets its last
@@ -207,7 +154,7 @@ impl ManagedLog {
             next_message_index: floor_index,
             cursors: stored_cursors,
         } = match state.load(&meta_key(id))? {
-            Some(b) => decode_meta(b)?,
+            Some(b) => meta::decode_meta(b)?,
             None => Meta::default(),
         };
         segments.retain(|s| store.segment(s.id).is_some());
@@ -226,61 +173,6 @@ impl ManagedLog {
             next_cursor_id: 0,
         };
         Ok((log, stored_cursors))
-    }
-
-    /// Loads the durable cursors the metadata lists, writing nothing; returns
-    /// the names of cursors stored by name (metadata version 1), which
-    /// [`Self::migrate_cursors`] stores again by id.
-    fn load_cursors(&mut self, stored: StoredCursors) -> Result<Vec<String>> {
-        let mut migrate = Vec::new();
-        match stored {
-            StoredCursors::ById { next_id, ids } => {
-                self.next_cursor_id = next_id;
-                for cid in ids {
-                    let Some(b) = self.state.load(&cursor_key(self.id, cid))? else {
-                        tracing::warn!(
-                            log = self.id,
-                            cursor = cid,
-                            "a listed cursor's state is missing"
-                        );
-                        continue;
-                    };
-                    let (name, floor, acked) = decode_cursor(&b)?;
-                    self.insert_loaded_cursor(name, cid, floor, acked, false);
-                }
-            }
-            StoredCursors::ByName(names) => {
-                for name in names {
-                    let key = legacy_cursor_key(self.id, &name);
-                    if let Some(b) = self.state.load(&key)? {
-                        let (floor, acked) = decode_cursor_body(b)?;
-                        let cid = self.next_cursor_id;
-                        self.insert_loaded_cursor(name.clone(), cid, floor, acked, true);
-                        migrate.push(name);
-                    }
-                }
-            }
-        }
-        Ok(migrate)
-    }
-
-    /// Stores cursors loaded from storage by name again by id, and the
-    /// metadata in version 2, before anything of the old form is removed, so
-    /// a crash at any point leaves one complete form to open from.
-    fn migrate_cursors(&mut self, names: &[String]) -> Result<()> {
-        if names.is_empty() {
-            return Ok(());
-        }
-        for name in names {
-            self.persist_cursor(name)?;
-        }
-        self.save_meta()?;
-        tracing::info!(
-            log = self.id,
-            cursors = names.len(),
-            "cursors stored by id (migrated from storage by name)"
-        );
-        Ok(())
     }
 
     /// What log `id`'s stored state says — its size, entries and durable
@@ -311,54 +203,6 @@ impl ManagedLog {
         })
     }
 
-    fn insert_loaded_cursor(
-        &mut self,
-        name: String,
-        cid: u64,
-        floor: Position,
-        acked: RangeSet,
-        dirty: bool,
-    ) {
-        let floor = self.normalize(floor);
-        self.next_cursor_id = self.next_cursor_id.max(cid + 1);
-        let cursor = Cursor {
-            id: Some(cid),
-            floor,
-            acked,
-            read: floor,
-            dirty,
-        };
-        if let Some(old) = self.cursors.insert(name, cursor) {
-            // Two records of one name (cannot happen by design): keep the later id.
-            tracing::warn!(log = self.id, cursor = ?old.id, "duplicate cursor record ignored");
-        }
-    }
-
-    /// Removes cursor records the metadata no longer lists (a crash between
-    /// storing a record and the metadata, or between the metadata and a
-    /// removal) and the storage by name left after a migration. Best effort:
-    /// what stays is only a few stale bytes.
-    fn remove_stale_cursor_state(&self) {
-        let live: std::collections::HashSet<u64> =
-            self.cursors.values().filter_map(|c| c.id).collect();
-        let dir = log_prefix(self.id);
-        let result = self.state.children(&dir).and_then(|names| {
-            for name in names {
-                let stale = name
-                    .strip_prefix(CURSOR_KEY_PREFIX)
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .is_some_and(|cid| !live.contains(&cid));
-                if stale {
-                    self.state.remove(&format!("{dir}/{name}"))?;
-                }
-            }
-            self.state.remove_all(&legacy_cursor_dir(self.id))
-        });
-        if let Err(e) = result {
-            tracing::warn!(log = self.id, error = %e, "could not remove stale cursor state");
-        }
-    }
-
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -381,11 +225,6 @@ impl ManagedLog {
         self.segments.last().copied()
     }
 
-    /// Durable entries of a segment.
-    fn confirmed(&self, segment: SegmentId) -> u64 {
-        self.store.segment(segment).map_or(0, |s| s.entries)
-    }
-
     /// Payload bytes stored for the log.
     pub fn size_bytes(&self) -> u64 {
         self.segments
@@ -397,7 +236,10 @@ impl ManagedLog {
 
     /// Durable entries in the log.
     pub fn entries(&self) -> u64 {
-        self.segments.iter().map(|s| self.confirmed(s.id)).sum()
+        self.segments
+            .iter()
+            .map(|s| self.positions().confirmed(s.id))
+            .sum()
     }
 
     // ---- appends ----
@@ -475,7 +317,7 @@ impl ManagedLog {
     async fn start_segment(&mut self, now_ms: u64) -> Result<()> {
         // An empty sealed segment holds nothing: drop it instead of keeping it listed.
         if let Some(cur) = self.current() {
-            if self.confirmed(cur.id) == 0 && self.segments.len() > 1 {
+            if self.positions().confirmed(cur.id) == 0 && self.segments.len() > 1 {
                 self.store.delete_segment(cur.id).await?;
                 self.segments.pop();
             }
@@ -502,173 +344,14 @@ impl ManagedLog {
     }
 
     fn save_meta(&self) -> Result<()> {
-        let ids: Vec<u64> = self.cursors.values().filter_map(|c| c.id).collect();
-        let mut b = BytesMut::new();
-        b.put_u8(META_VERSION);
-        b.put_u64_le(self.next_message_index);
-        b.put_u32_le(self.segments.len() as u32);
-        for s in &self.segments {
-            b.put_u64_le(s.id);
-            b.put_u64_le(s.first_message_index);
-            b.put_u64_le(s.created_ms);
-        }
-        b.put_u64_le(self.next_cursor_id);
-        b.put_u32_le(ids.len() as u32);
-        for id in ids {
-            b.put_u64_le(id);
-        }
+        let ids: Vec<u64> = self.cursors.values().filter_map(|c| c.id()).collect();
+        let b = meta::encode_meta(
+            self.next_message_index,
+            &self.segments,
+            self.next_cursor_id,
+            &ids,
+        );
         self.state.store(&meta_key(self.id), &b)
-    }
-
-    // ---- positions and reads ----
-
-    /// The last durable entry, if any.
-    pub fn last_position(&self) -> Option<Position> {
-        self.segments.iter().rev().find_map(|s| {
-            let n = self.confirmed(s.id);
-            (n > 0).then(|| Position::new(s.id, n - 1))
-        })
-    }
-
-    /// The first stored entry's position (or the end, if the log is empty).
-    pub fn first_position(&self) -> Position {
-        self.normalize(Position::new(self.segments.first().map_or(0, |s| s.id), 0))
-    }
-
-    /// The position after the last durable entry: where `Latest` starts.
-    pub fn end_position(&self) -> Position {
-        self.current().map_or_else(Position::default, |s| {
-            Position::new(s.id, self.confirmed(s.id))
-        })
-    }
-
-    /// Moves a position past segment ends and deleted segments to the entry it stands for.
-    fn normalize(&self, mut p: Position) -> Position {
-        let Some(first) = self.segments.first() else {
-            return p;
-        };
-        if p.segment < first.id {
-            p = Position::new(first.id, 0);
-        }
-        let start = self.segments.partition_point(|s| s.id < p.segment);
-        for (i, s) in self.segments.iter().enumerate().skip(start) {
-            if s.id != p.segment {
-                // A segment deleted or never in this log: the next one starts there.
-                p = Position::new(s.id, 0);
-            }
-            let is_last = i + 1 == self.segments.len();
-            if is_last || p.entry < self.confirmed(s.id) {
-                return p;
-            }
-            if let Some(next) = self.segments.get(i + 1) {
-                p = Position::new(next.id, 0);
-            }
-        }
-        p
-    }
-
-    fn next(&self, p: Position) -> Position {
-        self.normalize(Position::new(p.segment, p.entry + 1))
-    }
-
-    /// The entry before `p`, if any.
-    fn prev(&self, p: Position) -> Option<Position> {
-        if p.entry > 0 {
-            return Some(Position::new(p.segment, p.entry - 1));
-        }
-        self.segments
-            .iter()
-            .rev()
-            .filter(|s| s.id < p.segment)
-            .find_map(|s| {
-                let n = self.confirmed(s.id);
-                (n > 0).then(|| Position::new(s.id, n - 1))
-            })
-    }
-
-    fn is_readable(&self, p: Position) -> bool {
-        self.segments
-            .binary_search_by_key(&p.segment, |s| s.id)
-            .is_ok()
-            && p.entry < self.confirmed(p.segment)
-    }
-
-    /// Reads one durable entry (from the cache when it is there).
-    pub fn read_entry(&self, p: Position) -> Result<Entry> {
-        if !self.is_readable(p) {
-            return Err(StorageError::NoSuchEntry {
-                segment: p.segment,
-                entry: p.entry,
-            });
-        }
-        if let Some(e) = self.cache.get(self.id, p) {
-            return Ok(e);
-        }
-        let stored = self.store.read(p.segment, p.entry)?;
-        entry::decode(p, stored).ok_or(StorageError::Corrupt {
-            segment: p.segment,
-            entry: p.entry,
-            detail: "shorter than an entry header".into(),
-        })
-    }
-
-    /// Up to `max` durable entries from `from` on.
-    pub fn read_from(&self, from: Position, max: usize) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
-        let mut p = self.normalize(from);
-        while out.len() < max && self.is_readable(p) {
-            out.push(self.read_entry(p)?);
-            p = self.next(p);
-        }
-        Ok(out)
-    }
-
-    /// The position of the entry holding message `index`, if stored.
-    pub fn position_of_message_index(&self, index: u64) -> Result<Option<Position>> {
-        let i = self
-            .segments
-            .partition_point(|s| s.first_message_index <= index);
-        let Some(seg) = i.checked_sub(1).and_then(|i| self.segments.get(i)) else {
-            return Ok(None);
-        };
-        let n = self.confirmed(seg.id);
-        // First entry whose range ends after `index`.
-        let e = self.search(seg.id, n, |e| {
-            e.message_index + u64::from(e.message_count) > index
-        })?;
-        Ok((e < n).then_some(Position::new(seg.id, e)))
-    }
-
-    /// The first entry published at or after `time_ms` (the end position if none).
-    pub fn position_of_publish_time(&self, time_ms: u64) -> Result<Position> {
-        for s in &self.segments {
-            let n = self.confirmed(s.id);
-            if n == 0 {
-                continue;
-            }
-            let last = self.read_entry(Position::new(s.id, n - 1))?;
-            if last.publish_time_ms < time_ms {
-                continue;
-            }
-            let e = self.search(s.id, n, |e| e.publish_time_ms >= time_ms)?;
-            return Ok(Position::new(s.id, e));
-        }
-        Ok(self.end_position())
-    }
-
-    /// Binary search in a segment of `n` entries for the first entry satisfying a
-    /// predicate that is false then true along the segment.
-    fn search(&self, seg: SegmentId, n: u64, pred: impl Fn(&Entry) -> bool) -> Result<u64> {
-        let (mut lo, mut hi) = (0, n);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if pred(&self.read_entry(Position::new(seg, mid))?) {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        Ok(lo)
     }
 
     // ---- cursors ----
@@ -682,29 +365,23 @@ impl ManagedLog {
         durable: bool,
     ) -> Result<()> {
         if let Some(c) = self.cursors.get_mut(name) {
-            c.read = c.floor;
+            c.rewind();
             return Ok(());
         }
         let start = match initial {
             InitialPosition::Earliest => self.first_position(),
             InitialPosition::Latest => self.end_position(),
-            InitialPosition::At(p) => self.normalize(p),
+            InitialPosition::At(p) => self.positions().normalize(p),
         };
         let id = durable.then_some(self.next_cursor_id);
-        let cursor = Cursor {
-            id,
-            floor: start,
-            acked: RangeSet::new(),
-            read: start,
-            dirty: durable,
-        };
-        self.cursors.insert(name.to_string(), cursor);
+        self.cursors
+            .insert(name.to_string(), Cursor::new(id, start));
         if let Some(cid) = id {
             self.next_cursor_id += 1;
             // Stored, then listed: a cursor that could not be stored does not exist.
             if let Err(e) = self.persist_cursor(name).and_then(|()| self.save_meta()) {
                 self.cursors.remove(name);
-                let _ = self.state.remove(&cursor_key(self.id, cid));
+                let _ = self.state.remove(&cursor::cursor_key(self.id, cid));
                 return Err(e);
             }
         }
@@ -723,28 +400,20 @@ impl ManagedLog {
         self.cursors.keys().cloned().collect()
     }
 
-    fn cursor_mut(&mut self, name: &str) -> Result<&mut Cursor> {
-        self.cursors
-            .get_mut(name)
-            .ok_or_else(|| StorageError::NoSuchCursor(name.to_string()))
-    }
-
     fn cursor(&self, name: &str) -> Result<&Cursor> {
-        self.cursors
-            .get(name)
-            .ok_or_else(|| StorageError::NoSuchCursor(name.to_string()))
+        named(&self.cursors, name)
     }
 
     /// Removes a cursor and its persisted state.
     pub fn delete_cursor(&mut self, name: &str) -> Result<()> {
         if let Some(c) = self.cursors.remove(name) {
-            if let Some(cid) = c.id {
+            if let Some(cid) = c.id() {
                 // Unlisted, then removed: the metadata never lists a missing record.
                 if let Err(e) = self.save_meta() {
                     self.cursors.insert(name.to_string(), c);
                     return Err(e);
                 }
-                self.state.remove(&cursor_key(self.id, cid))?;
+                self.state.remove(&cursor::cursor_key(self.id, cid))?;
             }
         }
         self.evict_cache();
@@ -765,25 +434,27 @@ impl ManagedLog {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>> {
+        let positions = self.positions();
         let c = self.cursor(name)?;
-        let (floor, mut p) = (c.floor, self.normalize(c.read.max(c.floor)));
+        let floor = c.floor();
+        let mut p = positions.normalize(c.read_position().max(floor));
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        while out.len() < max && (out.is_empty() || bytes < max_bytes) && self.is_readable(p) {
+        while out.len() < max && (out.is_empty() || bytes < max_bytes) && positions.is_readable(p) {
             if p < floor {
-                p = self.normalize(floor);
+                p = positions.normalize(floor);
                 continue;
             }
-            if let Some((_, end)) = self.cursor(name)?.acked.range_containing(p) {
-                p = self.next(end);
+            if let Some((_, end)) = c.acked().range_containing(p) {
+                p = positions.next(end);
                 continue;
             }
             let e = self.read_entry(p)?;
             bytes = bytes.saturating_add(e.data.len());
             out.push(e);
-            p = self.next(p);
+            p = positions.next(p);
         }
-        self.cursor_mut(name)?.read = p;
+        named_mut(&mut self.cursors, name)?.set_read_position(p);
         self.evict_cache();
         Ok(out)
     }
@@ -792,16 +463,17 @@ impl ManagedLog {
     /// one if there are fewer, with how many were found (at most `n`). Walks
     /// the acknowledged ranges without collecting anything.
     pub fn nth_unacked(&self, name: &str, n: u64) -> Result<Option<(Position, u64)>> {
+        let positions = self.positions();
         let c = self.cursor(name)?;
-        let mut p = self.normalize(c.floor);
+        let mut p = positions.normalize(c.floor());
         let mut found: Option<(Position, u64)> = None;
-        while found.map_or(0, |f| f.1) < n && self.is_readable(p) {
-            if let Some((_, end)) = c.acked.range_containing(p) {
-                p = self.next(end);
+        while found.map_or(0, |f| f.1) < n && positions.is_readable(p) {
+            if let Some((_, end)) = c.acked().range_containing(p) {
+                p = positions.next(end);
                 continue;
             }
             found = Some((p, found.map_or(0, |f| f.1) + 1));
-            p = self.next(p);
+            p = positions.next(p);
         }
         Ok(found)
     }
@@ -820,53 +492,26 @@ impl ManagedLog {
 
     /// Whether the cursor has entries to read now.
     pub fn has_entries_to_read(&self, name: &str) -> bool {
+        let positions = self.positions();
         self.cursor(name)
-            .map(|c| self.is_readable(self.normalize(c.read.max(c.floor))))
+            .map(|c| positions.is_readable(positions.normalize(c.read_position().max(c.floor()))))
             .unwrap_or(false)
     }
 
     /// Acknowledges one entry.
     pub fn ack(&mut self, name: &str, p: Position) -> Result<()> {
-        let c = self.cursor_mut(name)?;
-        if p >= c.floor {
-            c.acked.insert(p);
-            c.dirty = true;
-        }
-        self.advance_floor(name)
+        // The segment list and the cursor are borrowed apart: acks move the
+        // floor across segment ends, which only the list knows.
+        let positions = SegmentList::new(&self.segments, &self.store);
+        named_mut(&mut self.cursors, name)?.ack(p, &positions);
+        self.evict_cache();
+        Ok(())
     }
 
     /// Acknowledges every entry up to and including `p`.
     pub fn ack_cumulative(&mut self, name: &str, p: Position) -> Result<()> {
-        let next = self.next(p);
-        let c = self.cursor_mut(name)?;
-        if next > c.floor {
-            c.floor = next;
-            c.acked.remove_up_to(p);
-            c.dirty = true;
-        }
-        self.advance_floor(name)
-    }
-
-    fn advance_floor(&mut self, name: &str) -> Result<()> {
-        loop {
-            let c = self.cursor(name)?;
-            let floor = self.normalize(c.floor);
-            let step = c.acked.range_starting_at(floor).map(|(_, end)| end);
-            let next = step.map(|end| self.next(end));
-            let c = self.cursor_mut(name)?;
-            c.floor = floor;
-            match (step, next) {
-                (Some(end), Some(next)) => {
-                    c.acked.remove_up_to(end);
-                    c.floor = next;
-                }
-                _ => break,
-            }
-        }
-        let c = self.cursor_mut(name)?;
-        if c.read < c.floor {
-            c.read = c.floor;
-        }
+        let positions = SegmentList::new(&self.segments, &self.store);
+        named_mut(&mut self.cursors, name)?.ack_cumulative(p, &positions);
         self.evict_cache();
         Ok(())
     }
@@ -874,18 +519,14 @@ impl ManagedLog {
     /// Sends the cursor's read position back to its first unacknowledged entry
     /// (every unacked entry is read again).
     pub fn rewind(&mut self, name: &str) -> Result<()> {
-        let c = self.cursor_mut(name)?;
-        c.read = c.floor;
+        named_mut(&mut self.cursors, name)?.rewind();
         Ok(())
     }
 
     /// Moves the cursor's read position back to `p` (not before its first
     /// unacknowledged entry): entries read but not delivered are read again.
     pub fn rewind_read_to(&mut self, name: &str, p: Position) -> Result<()> {
-        let c = self.cursor_mut(name)?;
-        if p < c.read {
-            c.read = p.max(c.floor);
-        }
+        named_mut(&mut self.cursors, name)?.rewind_read_to(p);
         Ok(())
     }
 
@@ -894,13 +535,14 @@ impl ManagedLog {
     /// first unacknowledged entry are not subtracted), as Pulsar estimates a
     /// backlog's size.
     pub fn backlog_bytes(&self, name: &str) -> Result<u64> {
-        let floor = self.normalize(self.cursor(name)?.floor);
+        let positions = self.positions();
+        let floor = positions.normalize(self.cursor(name)?.floor());
         Ok(self
             .segments
             .iter()
             .filter(|s| s.id >= floor.segment)
             .map(|s| {
-                let n = self.confirmed(s.id);
+                let n = positions.confirmed(s.id);
                 let bytes = self.store.segment(s.id).map_or(0, |i| i.bytes);
                 if s.id == floor.segment && n > 0 {
                     let left = n.saturating_sub(floor.entry);
@@ -914,8 +556,8 @@ impl ManagedLog {
 
     /// Publish time of the cursor's first unacknowledged entry (`None`: nothing unacknowledged).
     pub fn oldest_unacked_publish_ms(&self, name: &str) -> Result<Option<u64>> {
-        let floor = self.normalize(self.cursor(name)?.floor);
-        if !self.is_readable(floor) {
+        let floor = self.ack_floor(name)?;
+        if !self.positions().is_readable(floor) {
             return Ok(None);
         }
         Ok(Some(self.read_entry(floor)?.publish_time_ms))
@@ -924,12 +566,8 @@ impl ManagedLog {
     /// Moves the cursor (acks and read position) to `p`: entries before it count as
     /// acknowledged, entries from it on as not.
     pub fn reset_cursor(&mut self, name: &str, p: Position) -> Result<()> {
-        let p = self.normalize(p);
-        let c = self.cursor_mut(name)?;
-        c.floor = p;
-        c.read = p;
-        c.acked.clear();
-        c.dirty = true;
+        let p = self.positions().normalize(p);
+        named_mut(&mut self.cursors, name)?.reset(p);
         self.evict_cache();
         Ok(())
     }
@@ -939,179 +577,33 @@ impl ManagedLog {
     /// it compares correctly with read positions whatever the first segment's
     /// id and wherever segments end.
     pub fn ack_floor(&self, name: &str) -> Result<Position> {
-        Ok(self.normalize(self.cursor(name)?.floor))
+        Ok(self.positions().normalize(self.cursor(name)?.floor()))
     }
 
     pub fn cursor_info(&self, name: &str) -> Result<CursorInfo> {
+        let positions = self.positions();
         let c = self.cursor(name)?;
-        let floor = self.normalize(c.floor);
+        let floor = positions.normalize(c.floor());
         Ok(CursorInfo {
             name: name.to_string(),
             durable: c.durable(),
-            mark_delete: self.prev(floor),
-            read_position: self.normalize(c.read.max(floor)),
-            ack_ranges: c.acked.range_count(),
-            backlog_entries: self.entries_from(floor).saturating_sub(c.acked.len()),
+            mark_delete: positions.prev(floor),
+            read_position: positions.normalize(c.read_position().max(floor)),
+            ack_ranges: c.acked().range_count(),
+            backlog_entries: positions
+                .entries_from(floor)
+                .saturating_sub(c.acked().len()),
         })
-    }
-
-    /// Durable entries at or after `p`.
-    fn entries_from(&self, p: Position) -> u64 {
-        self.segments
-            .iter()
-            .filter(|s| s.id >= p.segment)
-            .map(|s| {
-                let n = self.confirmed(s.id);
-                if s.id == p.segment {
-                    n.saturating_sub(p.entry)
-                } else {
-                    n
-                }
-            })
-            .sum()
-    }
-
-    /// Persists every durable cursor changed since its last persist.
-    pub fn persist_cursors(&mut self) -> Result<usize> {
-        let dirty: Vec<String> = self
-            .cursors
-            .iter()
-            .filter(|(_, c)| c.durable() && c.dirty)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in &dirty {
-            self.persist_cursor(name)?;
-        }
-        Ok(dirty.len())
-    }
-
-    fn persist_cursor(&mut self, name: &str) -> Result<()> {
-        let max = self.config.max_persisted_ack_ranges;
-        let log = self.id;
-        let c = self.cursor_mut(name)?;
-        let Some(cid) = c.id else {
-            return Ok(());
-        };
-        let key = cursor_key(log, cid);
-        let mut b = BytesMut::new();
-        b.put_u8(CURSOR_VERSION);
-        b.put_u32_le(name.len() as u32);
-        b.put_slice(name.as_bytes());
-        b.put_u64_le(c.floor.segment);
-        b.put_u64_le(c.floor.entry);
-        let ranges: Vec<_> = c.acked.iter().take(max).collect();
-        b.put_u32_le(ranges.len() as u32);
-        for (s, e) in ranges {
-            b.put_u64_le(s.segment);
-            b.put_u64_le(s.entry);
-            b.put_u64_le(e.entry);
-        }
-        // Clean only once stored: a failed store (a full disk) is retried
-        // at the next persist, and a close reports it.
-        self.state.store(&key, &b)?;
-        self.cursor_mut(name)?.dirty = false;
-        Ok(())
     }
 
     fn evict_cache(&self) {
         let slowest = self
             .cursors
             .values()
-            .map(|c| match self.config.cache_eviction {
-                EvictionStrategy::SlowestReader => c.read.max(c.floor),
-                EvictionStrategy::SlowestMarkDelete => c.floor,
-            })
+            .map(|c| c.cache_needed_from(self.config.cache_eviction))
             .min()
             .unwrap_or_else(|| self.end_position());
         self.cache.evict_before(self.id, slowest);
-    }
-
-    // ---- retention and TTL ----
-
-    /// Deletes segments that every durable cursor has consumed and that retention
-    /// no longer keeps. Never deletes the current segment. Returns the segments deleted.
-    pub async fn trim(&mut self, now_ms: u64, retention: Retention) -> Result<Vec<SegmentId>> {
-        let slowest = self
-            .cursors
-            .values()
-            .filter(|c| c.durable())
-            .map(|c| self.normalize(c.floor))
-            .min()
-            .unwrap_or_else(|| self.end_position());
-        let mut newer_bytes: u64 = self.size_bytes();
-        let mut doomed = Vec::new();
-        for s in self
-            .segments
-            .iter()
-            .take(self.segments.len().saturating_sub(1))
-        {
-            let info = self.store.segment(s.id);
-            let bytes = info.map_or(0, |i| i.bytes);
-            let n = info.map_or(0, |i| i.entries);
-            let consumed = slowest.segment > s.id;
-            if !consumed {
-                break;
-            }
-            let last_publish = if n > 0 {
-                self.read_entry(Position::new(s.id, n - 1))?.publish_time_ms
-            } else {
-                s.created_ms
-            };
-            let too_old = retention
-                .time_ms
-                .is_some_and(|t| last_publish.saturating_add(t) <= now_ms);
-            let too_big = retention.size_bytes.is_some_and(|max| newer_bytes > max);
-            if !(too_old || too_big) {
-                break;
-            }
-            newer_bytes -= bytes;
-            doomed.push(s.id);
-        }
-        for id in &doomed {
-            self.store.delete_segment(*id).await?;
-            self.segments.retain(|s| s.id != *id);
-            tracing::debug!(log = self.id, segment = id, "deleted segment (retention)");
-        }
-        if !doomed.is_empty() {
-            if let Some(first) = self.segments.first() {
-                self.cache.evict_before(self.id, Position::new(first.id, 0));
-            }
-            self.save_meta()?;
-        }
-        Ok(doomed)
-    }
-
-    /// Message TTL: acknowledges, on every durable cursor, entries published before
-    /// `now_ms - ttl_ms`. Returns how many cursors moved.
-    pub fn expire(&mut self, now_ms: u64, ttl_ms: u64) -> Result<usize> {
-        self.expire_cursors(now_ms, ttl_ms, None)
-    }
-
-    /// [`ManagedLog::expire`] for every durable cursor, or only the one named.
-    pub fn expire_cursors(
-        &mut self,
-        now_ms: u64,
-        ttl_ms: u64,
-        only: Option<&str>,
-    ) -> Result<usize> {
-        if let Some(name) = only {
-            self.cursor(name)?;
-        }
-        let cutoff = now_ms.saturating_sub(ttl_ms);
-        let target = self.position_of_publish_time(cutoff)?;
-        let Some(last_expired) = self.prev(target) else {
-            return Ok(0);
-        };
-        let names: Vec<String> = self
-            .cursors
-            .iter()
-            .filter(|(n, c)| c.durable() && c.floor < target && only.is_none_or(|o| o == *n))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in &names {
-            self.ack_cumulative(n, last_expired)?;
-        }
-        Ok(names.len())
     }
 
     /// Persists cursors; the log's segments stay as they are.
@@ -1132,173 +624,4 @@ impl ManagedLog {
         self.state.remove(&meta_key(self.id))?;
         self.state.remove_all(&log_prefix(self.id))
     }
-}
-
-/// The prefix under which logs keep their state: `logs/<log id>/...`.
-pub(crate) const LOGS_PREFIX: &str = "logs";
-
-/// The segments log `id`'s stored metadata lists; `None` if it has none.
-pub(crate) fn stored_segments(state: &dyn StateStore, id: u64) -> Result<Option<Vec<SegmentId>>> {
-    Ok(match state.load(&meta_key(id))? {
-        Some(b) => Some(decode_meta(b)?.segments.iter().map(|s| s.id).collect()),
-        None => None,
-    })
-}
-
-/// Everything a log keeps in the state store is under this prefix.
-pub(crate) fn log_prefix(id: u64) -> String {
-    format!("{LOGS_PREFIX}/{id}")
-}
-
-fn meta_key(id: u64) -> String {
-    format!("logs/{id}/meta")
-}
-
-const CURSOR_KEY_PREFIX: &str = "cursor-";
-
-fn cursor_key(log: u64, cursor: u64) -> String {
-    format!("logs/{log}/{CURSOR_KEY_PREFIX}{cursor}")
-}
-
-/// Where metadata version 1 kept its cursors: one file named after the
-/// hex-encoded cursor name, which fails for names of 126 bytes or more.
-fn legacy_cursor_dir(log: u64) -> String {
-    format!("logs/{log}/cursors")
-}
-
-fn legacy_cursor_key(log: u64, name: &str) -> String {
-    format!("{}/{}", legacy_cursor_dir(log), key_component(name))
-}
-
-fn bad(what: &str) -> StorageError {
-    StorageError::InvalidFile {
-        path: what.into(),
-        detail: "truncated or malformed".into(),
-    }
-}
-
-/// A log's metadata as stored.
-#[derive(Debug, Default)]
-pub(crate) struct Meta {
-    pub segments: Vec<SegmentMeta>,
-    pub next_message_index: u64,
-    pub cursors: StoredCursors,
-}
-
-/// How the metadata lists the durable cursors.
-#[derive(Debug)]
-pub(crate) enum StoredCursors {
-    /// Version 1: by name, each under `legacy_cursor_key`.
-    ByName(Vec<String>),
-    /// Version 2: by id, each under `cursor_key` with its name inside.
-    ById { next_id: u64, ids: Vec<u64> },
-}
-
-impl Default for StoredCursors {
-    fn default() -> Self {
-        StoredCursors::ById {
-            next_id: 0,
-            ids: Vec::new(),
-        }
-    }
-}
-
-pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
-    let err = || bad("managed log metadata");
-    if b.remaining() < 13 {
-        return Err(err());
-    }
-    let version = b.get_u8();
-    if version != META_VERSION && version != META_VERSION_NAMES {
-        return Err(err());
-    }
-    let next_message_index = b.get_u64_le();
-    let n = b.get_u32_le() as usize;
-    if b.remaining() < n.saturating_mul(24) {
-        return Err(err());
-    }
-    let segments = (0..n)
-        .map(|_| SegmentMeta {
-            id: b.get_u64_le(),
-            first_message_index: b.get_u64_le(),
-            created_ms: b.get_u64_le(),
-        })
-        .collect();
-    let cursors = if version == META_VERSION_NAMES {
-        StoredCursors::ByName(decode_names(&mut b).ok_or_else(err)?)
-    } else {
-        if b.remaining() < 12 {
-            return Err(err());
-        }
-        let next_id = b.get_u64_le();
-        let m = b.get_u32_le() as usize;
-        if b.remaining() != m.saturating_mul(8) {
-            return Err(err());
-        }
-        let ids = (0..m).map(|_| b.get_u64_le()).collect();
-        StoredCursors::ById { next_id, ids }
-    };
-    Ok(Meta {
-        segments,
-        next_message_index,
-        cursors,
-    })
-}
-
-/// The cursor names of a version-1 metadata record.
-fn decode_names(b: &mut Bytes) -> Option<Vec<String>> {
-    if b.remaining() < 4 {
-        return None;
-    }
-    let m = b.get_u32_le() as usize;
-    let mut names = Vec::with_capacity(m.min(1024));
-    for _ in 0..m {
-        if b.remaining() < 4 {
-            return None;
-        }
-        let len = b.get_u32_le() as usize;
-        if b.remaining() < len {
-            return None;
-        }
-        names.push(String::from_utf8(b.split_to(len).to_vec()).ok()?);
-    }
-    Some(names)
-}
-
-/// A cursor record stored by id: its name, ack floor and acknowledged ranges.
-pub(crate) fn decode_cursor(b: &Bytes) -> Result<(String, Position, RangeSet)> {
-    let mut b = b.clone();
-    let err = || bad("cursor state");
-    if b.remaining() < 5 || b.get_u8() != CURSOR_VERSION {
-        return Err(err());
-    }
-    let len = b.get_u32_le() as usize;
-    if b.remaining() < len {
-        return Err(err());
-    }
-    let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|_| err())?;
-    let (floor, acked) = decode_cursor_body(b)?;
-    Ok((name, floor, acked))
-}
-
-/// A cursor's ack floor and acknowledged ranges (all of a record stored by name).
-pub(crate) fn decode_cursor_body(mut b: Bytes) -> Result<(Position, RangeSet)> {
-    let err = || bad("cursor state");
-    if b.remaining() < 20 {
-        return Err(err());
-    }
-    let floor = Position::new(b.get_u64_le(), b.get_u64_le());
-    let n = b.get_u32_le() as usize;
-    if b.remaining() < n.saturating_mul(24) {
-        return Err(err());
-    }
-    let mut acked = RangeSet::new();
-    for _ in 0..n {
-        let seg = b.get_u64_le();
-        let (s, e) = (b.get_u64_le(), b.get_u64_le());
-        if s <= e {
-            acked.insert_range(Position::new(seg, s), Position::new(seg, e));
-        }
-    }
-    Ok((floor, acked))
 }

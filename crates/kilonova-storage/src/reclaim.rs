@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use crate::error::Result;
-use crate::managed_log::{log_prefix, stored_segments, LOGS_PREFIX};
+use crate::managed_log::meta::{log_prefix, stored_segments, LOGS_PREFIX};
 use crate::position::SegmentId;
 use crate::state_store::StateStore;
 use crate::store::SegmentStore;

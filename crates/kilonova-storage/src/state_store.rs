@@ -1,8 +1,10 @@
 //! Where managed logs keep their small durable state (segment lists, cursors).
 //!
-//! A trait so the metadata store can host this state later (DESIGN.md:
-//! "cursor persistence ... ledger lists in the metadata store"); the directory
-//! backend is what standalone and tests use today.
+//! A trait rather than a directory, so that this state can move to the
+//! metadata store later without touching the managed log: there it sits beside
+//! the rest of a topic's metadata, where Pulsar keeps cursor positions and
+//! ledger lists too. The directory backend is what standalone and tests use
+//! today.
 
 use std::path::PathBuf;
 

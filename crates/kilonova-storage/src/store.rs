@@ -1,13 +1,18 @@
 //! The segment store: many segments' entries in one shared, group-committed journal.
+//!
+//! [`SegmentStore`] is the public face: it opens the directory (`recovery`
+//! rebuilds the index), starts the journal's threads (`journal`), serves
+//! reads from the index, and runs GC. Dependencies point one way: this
+//! module uses `journal`, `recovery` and `store_state` (the state they all
+//! share); none of them uses this one.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,105 +25,13 @@ use crate::checkpoint;
 use crate::dir_lock::DirLock;
 use crate::error::{Result, StorageError};
 use crate::health::{HealthState, StoreHealth};
-use crate::histogram::{Histogram, HistogramSnapshot, COUNT_BOUNDS, MICROS_BOUNDS};
-use crate::index::{Index, MAX_FILE_BYTES};
+use crate::histogram::HistogramSnapshot;
+use crate::index::MAX_FILE_BYTES;
 use crate::journal::{Op, Request, Writer};
 use crate::position::{EntryId, SegmentId};
 use crate::record::{self, RecordKind, HEADER_LEN};
 use crate::recovery;
-
-/// Settings of a segment store. Units are in the names.
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    /// Directory holding the journal files, their indexes and the checkpoint.
-    pub dir: PathBuf,
-    /// Size each journal file is preallocated to.
-    pub log_file_bytes: u64,
-    /// Largest entry accepted.
-    pub max_entry_bytes: usize,
-    /// A group closes once it holds this many payload bytes.
-    pub group_commit_max_bytes: usize,
-    /// How long a group may wait for more appends before it is written (0: write at once;
-    /// appends that arrive during an fdatasync still share the next one).
-    pub group_commit_max_delay_us: u64,
-    /// Requests the journal queue holds before appenders wait.
-    pub queue_depth: usize,
-    /// GC compacts a sealed file when its live entries fall below this fraction.
-    pub compaction_live_ratio: f64,
-    /// Dead journal files GC keeps (renamed) for reuse instead of deleting. Writing
-    /// into a recycled file overwrites blocks the file system has already allocated,
-    /// which on ext4 costs about half of appending to fresh space (docs/benchmarks.md).
-    pub recycle_files: usize,
-    /// The most compaction copies through the journal per second, so moving
-    /// live entries out of mostly-dead files never takes the appenders'
-    /// bandwidth (0: unlimited). Bursts of a tenth of a second's worth.
-    pub gc_max_bytes_per_sec: u64,
-}
-
-impl StoreConfig {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        StoreConfig {
-            dir: dir.into(),
-            log_file_bytes: 128 << 20,
-            max_entry_bytes: 8 << 20,
-            group_commit_max_bytes: 4 << 20,
-            group_commit_max_delay_us: 0,
-            queue_depth: 16_384,
-            compaction_live_ratio: 0.2,
-            recycle_files: 4,
-            gc_max_bytes_per_sec: 64 << 20,
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let need = record::encoded_len(self.max_entry_bytes) as u64
-            + crate::journal::CONTROL_RESERVE_BYTES;
-        if self.log_file_bytes < need || self.log_file_bytes >= MAX_FILE_BYTES {
-            return Err(StorageError::Log(format!(
-                "log_file_bytes ({}) must hold one maximal entry plus the control reserve ({} bytes) and stay below {}",
-                self.log_file_bytes, need, MAX_FILE_BYTES
-            )));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn max_record_bytes(&self) -> usize {
-        record::encoded_len(self.max_entry_bytes)
-    }
-}
-
-/// Counters of the store's activity (monotonic).
-#[derive(Debug)]
-pub(crate) struct Stats {
-    pub fsyncs: AtomicU64,
-    pub groups: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub entries_appended: AtomicU64,
-    pub write_errors: AtomicU64,
-    /// Time the journal thread spent in write + fdatasync, and handling groups in all.
-    pub sync_ns: AtomicU64,
-    pub busy_ns: AtomicU64,
-    /// Duration of each journal fdatasync, µs.
-    pub fsync_us: Histogram,
-    /// Entries made durable by each fdatasync (a group commit).
-    pub group_commit_entries: Histogram,
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Stats {
-            fsyncs: AtomicU64::new(0),
-            groups: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-            entries_appended: AtomicU64::new(0),
-            write_errors: AtomicU64::new(0),
-            sync_ns: AtomicU64::new(0),
-            busy_ns: AtomicU64::new(0),
-            fsync_us: Histogram::new(MICROS_BOUNDS),
-            group_commit_entries: Histogram::new(COUNT_BOUNDS),
-        }
-    }
-}
+use crate::store_state::{SealProgress, Stats, StoreConfig, StoreState};
 
 /// A snapshot of the store's counters and sizes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,57 +52,6 @@ pub struct StoreStats {
     pub recovery_replayed_files: u64,
     pub recovery_replayed_bytes: u64,
     pub disk_usage_bytes: u64,
-}
-
-/// State shared by the journal thread and readers.
-pub(crate) struct Shared {
-    pub config: StoreConfig,
-    pub index: RwLock<Index>,
-    pub stats: Stats,
-    pub active_file: AtomicU32,
-    /// What the last open replayed: (journal files, bytes).
-    pub recovery: (u64, u64),
-    /// Recycled journal files waiting for reuse: (path, bytes).
-    pub spares: Mutex<Vec<(PathBuf, u64)>>,
-    pub seals: SealProgress,
-    /// The last write failure, until an append next succeeds.
-    pub health: HealthState,
-}
-
-/// Journal files sealed by the writer and checkpointed (in the background) so
-/// far: GC may only take checkpointed files, so it first lets the
-/// checkpointer catch up with what was sealed before it was called.
-#[derive(Default)]
-pub(crate) struct SealProgress {
-    /// (sealed, checkpointed or given up on)
-    counts: Mutex<(u64, u64)>,
-    changed: Condvar,
-}
-
-impl SealProgress {
-    pub fn sealed(&self) {
-        if let Ok(mut c) = self.counts.lock() {
-            c.0 += 1;
-        }
-    }
-
-    pub fn checkpointed(&self) {
-        if let Ok(mut c) = self.counts.lock() {
-            c.1 += 1;
-        }
-        self.changed.notify_all();
-    }
-
-    /// Waits, at most `limit`, until every file sealed before the call is checkpointed.
-    pub fn wait_caught_up(&self, limit: Duration) {
-        let Ok(counts) = self.counts.lock() else {
-            return;
-        };
-        let target = counts.0;
-        let _ = self
-            .changed
-            .wait_timeout_while(counts, limit, |c| c.1 < target);
-    }
 }
 
 /// What a segment looks like now.
@@ -271,7 +133,7 @@ impl<T> Future for Completion<T> {
 /// fdatasync that covers them. Reads see only durable entries.
 #[derive(Clone)]
 pub struct SegmentStore {
-    shared: Arc<Shared>,
+    shared: Arc<StoreState>,
     tx: mpsc::Sender<Request>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// The directory's lock: held until the store stops (or the last clone drops).
@@ -281,12 +143,12 @@ pub struct SegmentStore {
 impl SegmentStore {
     /// Opens (creating or recovering) the store in `config.dir`.
     pub fn open(config: StoreConfig) -> Result<Self> {
-        config.validate()?;
+        validate(&config)?;
         // Before anything is read or written: another process's store in this
         // directory would have its checkpoint rewritten under it.
         let lock = DirLock::acquire(&config.dir)?;
         let recovered = recovery::recover(&config)?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(StoreState {
             config: config.clone(),
             index: RwLock::new(recovered.index),
             stats: Stats::default(),
@@ -790,6 +652,20 @@ impl SegmentStore {
     }
 }
 
+/// Checks settings the journal could not work with. (Here, not beside
+/// `StoreConfig`, because the bound depends on the journal's control reserve.)
+fn validate(config: &StoreConfig) -> Result<()> {
+    let need =
+        record::encoded_len(config.max_entry_bytes) as u64 + crate::journal::CONTROL_RESERVE_BYTES;
+    if config.log_file_bytes < need || config.log_file_bytes >= MAX_FILE_BYTES {
+        return Err(StorageError::Log(format!(
+            "log_file_bytes ({}) must hold one maximal entry plus the control reserve ({} bytes) and stay below {}",
+            config.log_file_bytes, need, MAX_FILE_BYTES
+        )));
+    }
+    Ok(())
+}
+
 fn id(v: u64, _tag: u64) -> u64 {
     v
 }
@@ -845,23 +721,6 @@ fn list_spares(dir: &std::path::Path) -> Result<Vec<(PathBuf, u64)>> {
         if is_spare {
             let size = ent.metadata().map_or(0, |m| m.len());
             out.push((ent.path(), size));
-        }
-    }
-    Ok(out)
-}
-
-/// Journal file numbers present in `dir`, ascending.
-pub(crate) fn list_log_files(dir: &std::path::Path) -> Result<BTreeMap<u32, PathBuf>> {
-    let mut out = BTreeMap::new();
-    let rd = fs::read_dir(dir).map_err(|e| StorageError::io("listing the store directory", e))?;
-    for ent in rd {
-        let ent = ent.map_err(|e| StorageError::io("listing the store directory", e))?;
-        let name = ent.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(num) = name.strip_suffix(".log") {
-            if let Ok(no) = num.parse::<u32>() {
-                out.insert(no, ent.path());
-            }
         }
     }
     Ok(out)

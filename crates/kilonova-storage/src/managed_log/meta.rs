@@ -1,0 +1,173 @@
+//! A log's stored metadata: where a log keeps its state in the state store,
+//! and the metadata record that lists its segments and durable cursors.
+//!
+//! Everything of log `id` is under `logs/<id>/`: the metadata record at
+//! `logs/<id>/meta`, the cursor records beside it (`cursor.rs`). The record
+//! is version 2 (cursors listed by id); a version-1 record (cursors listed
+//! by name) still decodes, and the log stores it again as version 2 when it
+//! opens.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::{Result, StorageError};
+use crate::position::SegmentId;
+use crate::state_store::StateStore;
+
+use super::SegmentMeta;
+
+/// Version 1 listed cursors by name (stored under their hex-encoded names);
+/// version 2 by id. Version 1 is migrated when a log opens.
+pub(crate) const META_VERSION_NAMES: u8 = 1;
+pub(crate) const META_VERSION: u8 = 2;
+
+/// The prefix under which logs keep their state: `logs/<log id>/...`.
+pub(crate) const LOGS_PREFIX: &str = "logs";
+
+/// The segments log `id`'s stored metadata lists; `None` if it has none.
+pub(crate) fn stored_segments(state: &dyn StateStore, id: u64) -> Result<Option<Vec<SegmentId>>> {
+    Ok(match state.load(&meta_key(id))? {
+        Some(b) => Some(decode_meta(b)?.segments.iter().map(|s| s.id).collect()),
+        None => None,
+    })
+}
+
+/// Everything a log keeps in the state store is under this prefix.
+pub(crate) fn log_prefix(id: u64) -> String {
+    format!("{LOGS_PREFIX}/{id}")
+}
+
+pub(super) fn meta_key(id: u64) -> String {
+    format!("logs/{id}/meta")
+}
+
+/// A stored record that cannot be decoded.
+pub(super) fn malformed(what: &str) -> StorageError {
+    StorageError::InvalidFile {
+        path: what.into(),
+        detail: "truncated or malformed".into(),
+    }
+}
+
+/// A log's metadata as stored.
+#[derive(Debug, Default)]
+pub(crate) struct Meta {
+    pub segments: Vec<SegmentMeta>,
+    pub next_message_index: u64,
+    pub cursors: StoredCursors,
+}
+
+/// How the metadata lists the durable cursors.
+#[derive(Debug)]
+pub(crate) enum StoredCursors {
+    /// Version 1: by name, each under `legacy_cursor_key`.
+    ByName(Vec<String>),
+    /// Version 2: by id, each under `cursor_key` with its name inside.
+    ById { next_id: u64, ids: Vec<u64> },
+}
+
+impl Default for StoredCursors {
+    fn default() -> Self {
+        StoredCursors::ById {
+            next_id: 0,
+            ids: Vec::new(),
+        }
+    }
+}
+
+/// What both versions of the record start with: the version, the next
+/// message index and the segment table.
+pub(crate) fn encode_head(
+    version: u8,
+    next_message_index: u64,
+    segments: &[SegmentMeta],
+) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u8(version);
+    b.put_u64_le(next_message_index);
+    b.put_u32_le(segments.len() as u32);
+    for s in segments {
+        b.put_u64_le(s.id);
+        b.put_u64_le(s.first_message_index);
+        b.put_u64_le(s.created_ms);
+    }
+    b
+}
+
+/// The metadata record (version 2): the head, then the id the next durable
+/// cursor gets and the ids of the durable cursors.
+pub(crate) fn encode_meta(
+    next_message_index: u64,
+    segments: &[SegmentMeta],
+    next_cursor_id: u64,
+    cursor_ids: &[u64],
+) -> BytesMut {
+    let mut b = encode_head(META_VERSION, next_message_index, segments);
+    b.put_u64_le(next_cursor_id);
+    b.put_u32_le(cursor_ids.len() as u32);
+    for id in cursor_ids {
+        b.put_u64_le(*id);
+    }
+    b
+}
+
+pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
+    let err = || malformed("managed log metadata");
+    if b.remaining() < 13 {
+        return Err(err());
+    }
+    let version = b.get_u8();
+    if version != META_VERSION && version != META_VERSION_NAMES {
+        return Err(err());
+    }
+    let next_message_index = b.get_u64_le();
+    let n = b.get_u32_le() as usize;
+    if b.remaining() < n.saturating_mul(24) {
+        return Err(err());
+    }
+    let segments = (0..n)
+        .map(|_| SegmentMeta {
+            id: b.get_u64_le(),
+            first_message_index: b.get_u64_le(),
+            created_ms: b.get_u64_le(),
+        })
+        .collect();
+    let cursors = if version == META_VERSION_NAMES {
+        StoredCursors::ByName(decode_names(&mut b).ok_or_else(err)?)
+    } else {
+        if b.remaining() < 12 {
+            return Err(err());
+        }
+        let next_id = b.get_u64_le();
+        let m = b.get_u32_le() as usize;
+        if b.remaining() != m.saturating_mul(8) {
+            return Err(err());
+        }
+        let ids = (0..m).map(|_| b.get_u64_le()).collect();
+        StoredCursors::ById { next_id, ids }
+    };
+    Ok(Meta {
+        segments,
+        next_message_index,
+        cursors,
+    })
+}
+
+/// The cursor names of a version-1 metadata record.
+fn decode_names(b: &mut Bytes) -> Option<Vec<String>> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let m = b.get_u32_le() as usize;
+    let mut names = Vec::with_capacity(m.min(1024));
+    for _ in 0..m {
+        if b.remaining() < 4 {
+            return None;
+        }
+        let len = b.get_u32_le() as usize;
+        if b.remaining() < len {
+            return None;
+        }
+        names.push(String::from_utf8(b.split_to(len).to_vec()).ok()?);
+    }
+    Some(names)
+}

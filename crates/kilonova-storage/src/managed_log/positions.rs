@@ -1,0 +1,217 @@
+//! Positions in a log and reads by position.
+//!
+//! A position is (segment, entry). The same entry has several names — the
+//! end of one segment is the start of the next, a deleted segment's entries
+//! are the next stored one's first — so every position the log hands out or
+//! compares is first *normalised* to the entry it stands for. [`SegmentList`]
+//! does that over the log's segment list and the store's count of each
+//! segment's durable entries; cursors move along it through [`Positions`].
+
+use crate::entry::{self, Entry};
+use crate::error::{Result, StorageError};
+use crate::position::{Position, SegmentId};
+use crate::store::SegmentStore;
+
+use super::cursor::Positions;
+use super::{ManagedLog, SegmentMeta};
+
+/// A log's segments as its positions see them: the list, in order, and the
+/// durable entries the store holds of each.
+#[derive(Clone, Copy)]
+pub(super) struct SegmentList<'a> {
+    segments: &'a [SegmentMeta],
+    store: &'a SegmentStore,
+}
+
+impl<'a> SegmentList<'a> {
+    pub(super) fn new(segments: &'a [SegmentMeta], store: &'a SegmentStore) -> Self {
+        SegmentList { segments, store }
+    }
+
+    /// Durable entries of a segment.
+    pub(super) fn confirmed(&self, segment: SegmentId) -> u64 {
+        self.store.segment(segment).map_or(0, |s| s.entries)
+    }
+
+    /// The last durable entry, if any.
+    pub(super) fn last_position(&self) -> Option<Position> {
+        self.segments.iter().rev().find_map(|s| {
+            let n = self.confirmed(s.id);
+            (n > 0).then(|| Position::new(s.id, n - 1))
+        })
+    }
+
+    /// The position after the last durable entry.
+    pub(super) fn end_position(&self) -> Position {
+        self.segments.last().map_or_else(Position::default, |s| {
+            Position::new(s.id, self.confirmed(s.id))
+        })
+    }
+
+    /// The entry before `p`, if any.
+    pub(super) fn prev(&self, p: Position) -> Option<Position> {
+        if p.entry > 0 {
+            return Some(Position::new(p.segment, p.entry - 1));
+        }
+        self.segments
+            .iter()
+            .rev()
+            .filter(|s| s.id < p.segment)
+            .find_map(|s| {
+                let n = self.confirmed(s.id);
+                (n > 0).then(|| Position::new(s.id, n - 1))
+            })
+    }
+
+    pub(super) fn is_readable(&self, p: Position) -> bool {
+        self.segments
+            .binary_search_by_key(&p.segment, |s| s.id)
+            .is_ok()
+            && p.entry < self.confirmed(p.segment)
+    }
+
+    /// Durable entries at or after `p`.
+    pub(super) fn entries_from(&self, p: Position) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.id >= p.segment)
+            .map(|s| {
+                let n = self.confirmed(s.id);
+                if s.id == p.segment {
+                    n.saturating_sub(p.entry)
+                } else {
+                    n
+                }
+            })
+            .sum()
+    }
+}
+
+impl Positions for SegmentList<'_> {
+    /// Moves a position past segment ends and deleted segments to the entry it stands for.
+    fn normalize(&self, mut p: Position) -> Position {
+        let Some(first) = self.segments.first() else {
+            return p;
+        };
+        if p.segment < first.id {
+            p = Position::new(first.id, 0);
+        }
+        let start = self.segments.partition_point(|s| s.id < p.segment);
+        for (i, s) in self.segments.iter().enumerate().skip(start) {
+            if s.id != p.segment {
+                // A segment deleted or never in this log: the next one starts there.
+                p = Position::new(s.id, 0);
+            }
+            let is_last = i + 1 == self.segments.len();
+            if is_last || p.entry < self.confirmed(s.id) {
+                return p;
+            }
+            if let Some(next) = self.segments.get(i + 1) {
+                p = Position::new(next.id, 0);
+            }
+        }
+        p
+    }
+}
+
+impl ManagedLog {
+    /// The log's positions: a view of its segments.
+    pub(super) fn positions(&self) -> SegmentList<'_> {
+        SegmentList::new(&self.segments, &self.store)
+    }
+
+    /// The last durable entry, if any.
+    pub fn last_position(&self) -> Option<Position> {
+        self.positions().last_position()
+    }
+
+    /// The first stored entry's position (or the end, if the log is empty).
+    pub fn first_position(&self) -> Position {
+        let first = Position::new(self.segments.first().map_or(0, |s| s.id), 0);
+        self.positions().normalize(first)
+    }
+
+    /// The position after the last durable entry: where `Latest` starts.
+    pub fn end_position(&self) -> Position {
+        self.positions().end_position()
+    }
+
+    /// Reads one durable entry (from the cache when it is there).
+    pub fn read_entry(&self, p: Position) -> Result<Entry> {
+        if !self.positions().is_readable(p) {
+            return Err(StorageError::NoSuchEntry {
+                segment: p.segment,
+                entry: p.entry,
+            });
+        }
+        if let Some(e) = self.cache.get(self.id, p) {
+            return Ok(e);
+        }
+        let stored = self.store.read(p.segment, p.entry)?;
+        entry::decode(p, stored).ok_or(StorageError::Corrupt {
+            segment: p.segment,
+            entry: p.entry,
+            detail: "shorter than an entry header".into(),
+        })
+    }
+
+    /// Up to `max` durable entries from `from` on.
+    pub fn read_from(&self, from: Position, max: usize) -> Result<Vec<Entry>> {
+        let positions = self.positions();
+        let mut out = Vec::new();
+        let mut p = positions.normalize(from);
+        while out.len() < max && positions.is_readable(p) {
+            out.push(self.read_entry(p)?);
+            p = positions.next(p);
+        }
+        Ok(out)
+    }
+
+    /// The position of the entry holding message `index`, if stored.
+    pub fn position_of_message_index(&self, index: u64) -> Result<Option<Position>> {
+        let i = self
+            .segments
+            .partition_point(|s| s.first_message_index <= index);
+        let Some(seg) = i.checked_sub(1).and_then(|i| self.segments.get(i)) else {
+            return Ok(None);
+        };
+        let n = self.positions().confirmed(seg.id);
+        // First entry whose range ends after `index`.
+        let e = self.search(seg.id, n, |e| {
+            e.message_index + u64::from(e.message_count) > index
+        })?;
+        Ok((e < n).then_some(Position::new(seg.id, e)))
+    }
+
+    /// The first entry published at or after `time_ms` (the end position if none).
+    pub fn position_of_publish_time(&self, time_ms: u64) -> Result<Position> {
+        for s in &self.segments {
+            let n = self.positions().confirmed(s.id);
+            if n == 0 {
+                continue;
+            }
+            let last = self.read_entry(Position::new(s.id, n - 1))?;
+            if last.publish_time_ms < time_ms {
+                continue;
+            }
+            let e = self.search(s.id, n, |e| e.publish_time_ms >= time_ms)?;
+            return Ok(Position::new(s.id, e));
+        }
+        Ok(self.end_position())
+    }
+
+    /// Binary search in a segment of `n` entries for the first entry satisfying a
+    /// predicate that is false then true along the segment.
+    fn search(&self, seg: SegmentId, n: u64, pred: impl Fn(&Entry) -> bool) -> Result<u64> {
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(&self.read_entry(Position::new(seg, mid))?) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+}
