@@ -206,6 +206,15 @@ impl fmt::Display for TopicName {
     }
 }
 
+/// The authorizer names a topic's grants by its full name; a partition is
+/// also covered by its partitioned topic's grants.
+impl kilonova_auth::GrantedTopic for TopicName {
+    fn partitioned_name(&self) -> Option<String> {
+        self.partition()
+            .map(|_| self.partitioned_topic().to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +317,19 @@ mod tests {
         let odd = TopicName::parse("a/b/x-partition-y").unwrap();
         assert_eq!(odd.partition(), None);
         assert_eq!(odd.partitioned_topic(), odd);
+    }
+
+    #[test]
+    fn a_partition_shows_the_authorizer_its_partitioned_topic() {
+        use kilonova_auth::GrantedTopic;
+        let t = TopicName::parse("persistent://a/b/orders").unwrap();
+        assert_eq!(t.partitioned_name(), None);
+        assert_eq!(
+            t.partition_name(3).partitioned_name().as_deref(),
+            Some("persistent://a/b/orders")
+        );
+        let odd = TopicName::parse("a/b/x-partition-y").unwrap();
+        assert_eq!(odd.partitioned_name(), None);
     }
 
     proptest! {
