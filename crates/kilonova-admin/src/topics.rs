@@ -12,9 +12,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use kilonova_broker::{check_servable, AdminReply, AdminRequest, Broker, ResetTo};
+use kilonova_broker::{check_servable, AdminReply, AdminRequest, Broker, Position, ResetTo};
 use kilonova_metadata::{Domain, NamespaceName, TopicName};
-use kilonova_storage::Position;
 
 use crate::api::{Access, Api};
 use crate::error::{json_body, ApiError, ApiResult};
