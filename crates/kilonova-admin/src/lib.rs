@@ -7,8 +7,9 @@
 //! Every route is declared through [`api::Api`] with its documentation.
 //!
 //! This crate never touches storage (it does not depend on kilonova-storage;
-//! `scripts/test` checks): the broker does. Its only sockets are the ones the HTTP
-//! router is served on ([`server::AdminServer`], for the HTTP and HTTPS ports).
+//! `scripts/check-layering` checks): the broker does. Its only sockets are the
+//! ones the HTTP router is served on ([`server::AdminServer`], for the HTTP
+//! and HTTPS ports).
 
 pub mod api;
 mod brokers;

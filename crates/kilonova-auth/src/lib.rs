@@ -11,8 +11,9 @@
 //!
 //! It does no network I/O and never logs or prints a key or a token: values
 //! that hold one are [`Secret`]s, whose `Debug` masks them. It depends on no
-//! other Kilonova crate and on no async runtime or store (`scripts/test`
-//! checks): the caller reads the records a decision needs.
+//! other Kilonova crate and on no async runtime or store
+//! (`scripts/check-layering` checks): the caller reads the records a decision
+//! needs.
 
 pub mod authz;
 pub mod config;
