@@ -45,13 +45,8 @@ struct SubPath {
 }
 
 fn domain(d: &str) -> ApiResult<Domain> {
-    match d {
-        "persistent" => Ok(Domain::Persistent),
-        "non-persistent" => Ok(Domain::NonPersistent),
-        other => Err(ApiError::not_found(format!(
-            "no such route: unknown topic domain {other:?}"
-        ))),
-    }
+    d.parse()
+        .map_err(|_| ApiError::not_found(format!("no such route: unknown topic domain {d:?}")))
 }
 
 pub fn topic_name(p: &TopicPath) -> ApiResult<TopicName> {
