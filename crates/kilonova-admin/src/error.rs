@@ -78,6 +78,12 @@ impl From<MetadataError> for ApiError {
     }
 }
 
+impl From<kilonova_auth::UnknownAction> for ApiError {
+    fn from(e: kilonova_auth::UnknownAction) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
 impl From<kilonova_metadata::TopicNameError> for ApiError {
     fn from(e: kilonova_metadata::TopicNameError) -> Self {
         ApiError::bad_request(e.to_string())

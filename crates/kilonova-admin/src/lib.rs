@@ -6,8 +6,10 @@
 //! 409 exists, 412 precondition such as not empty, 400 bad name or value).
 //! Every route is declared through [`api::Api`] with its documentation.
 //!
-//! This crate never touches storage; its only sockets are the ones the HTTP
-//! router is served on ([`server::AdminServer`], for the HTTP and HTTPS ports).
+//! This crate never touches storage (it does not depend on kilonova-storage;
+//! `scripts/check-layering` checks): the broker does. Its only sockets are the
+//! ones the HTTP router is served on ([`server::AdminServer`], for the HTTP
+//! and HTTPS ports).
 
 pub mod api;
 mod brokers;

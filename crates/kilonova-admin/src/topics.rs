@@ -12,9 +12,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use kilonova_broker::{check_servable, AdminReply, AdminRequest, Broker, ResetTo};
+use kilonova_broker::{check_servable, AdminReply, AdminRequest, Broker, Position, ResetTo};
 use kilonova_metadata::{Domain, NamespaceName, TopicName};
-use kilonova_storage::Position;
 
 use crate::api::{Access, Api};
 use crate::error::{json_body, ApiError, ApiResult};
@@ -46,13 +45,8 @@ struct SubPath {
 }
 
 fn domain(d: &str) -> ApiResult<Domain> {
-    match d {
-        "persistent" => Ok(Domain::Persistent),
-        "non-persistent" => Ok(Domain::NonPersistent),
-        other => Err(ApiError::not_found(format!(
-            "no such route: unknown topic domain {other:?}"
-        ))),
-    }
+    d.parse()
+        .map_err(|_| ApiError::not_found(format!("no such route: unknown topic domain {d:?}")))
 }
 
 pub fn topic_name(p: &TopicPath) -> ApiResult<TopicName> {

@@ -1,5 +1,6 @@
 //! Who may do what: a pure decision over a role, what the operation needs,
-//! and the tenant's and namespace's records (the caller reads them).
+//! the tenant's admin roles and the namespace's grants (the caller reads
+//! them from wherever it keeps them; this crate reads nothing).
 //!
 //! As in Pulsar: super-users may do everything; a tenant's admin roles may do
 //! everything in the tenant; other roles need a grant of `produce` or
@@ -7,9 +8,18 @@
 //! partitioned topic's grant). Looking a topic up needs either.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
-use kilonova_metadata::policies::{AuthAction, AuthPolicies, TenantInfo};
-use kilonova_metadata::TopicName;
+use crate::grants::{AuthAction, AuthPolicies};
+
+/// A topic as grants name it: `Display` gives its full name, the key of its
+/// topic-level grants. Implemented by the metadata layer's topic name, which
+/// owns the syntax of names and partitions.
+pub trait GrantedTopic: fmt::Display + fmt::Debug + Sync {
+    /// For a partition, the full name of its partitioned topic, whose grants
+    /// cover the partition; `None` for any other topic.
+    fn partitioned_name(&self) -> Option<String>;
+}
 
 /// The permission an operation on a namespace or topic needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,11 +53,11 @@ pub enum Need<'a> {
     /// ... or a role granted `Want` on the namespace.
     Namespace(Want),
     /// ... or a role granted `Want` on the namespace or on this topic.
-    Topic(&'a TopicName, Want),
+    Topic(&'a dyn GrantedTopic, Want),
 }
 
 impl Need<'_> {
-    /// Whether deciding needs the tenant's record.
+    /// Whether deciding needs the tenant's admin roles.
     pub fn reads_tenant(&self) -> bool {
         !matches!(self, Need::Authenticated | Need::SuperUser)
     }
@@ -82,20 +92,21 @@ impl Authorizer {
         self.super_users.contains(role)
     }
 
-    /// Whether `role` may do what `need` says. `tenant` and `auth` are the
-    /// records of the tenant and namespace concerned (`None`: there is none,
-    /// or the need concerns none).
+    /// Whether `role` may do what `need` says. `tenant_admins` are the admin
+    /// roles of the tenant concerned and `auth` the grants of the namespace
+    /// concerned (`None`: there is no such tenant or namespace, or the need
+    /// concerns none).
     pub fn allows(
         &self,
         role: &str,
         need: Need<'_>,
-        tenant: Option<&TenantInfo>,
+        tenant_admins: Option<&BTreeSet<String>>,
         auth: Option<&AuthPolicies>,
     ) -> bool {
         if !self.enabled || self.is_super_user(role) {
             return true;
         }
-        let tenant_admin = tenant.is_some_and(|t| t.admin_roles.contains(role));
+        let tenant_admin = tenant_admins.is_some_and(|admins| admins.contains(role));
         match need {
             Need::Authenticated => true,
             Need::SuperUser => false,
@@ -118,8 +129,8 @@ impl Authorizer {
                 {
                     return true;
                 }
-                let base = topic.partitioned_topic().to_string();
-                [topic.to_string(), base].iter().any(|name| {
+                let names = [Some(topic.to_string()), topic.partitioned_name()];
+                names.iter().flatten().any(|name| {
                     auth.destination_auth
                         .get(name)
                         .and_then(|roles| roles.get(role))
@@ -138,13 +149,36 @@ mod tests {
         a.iter().copied().collect()
     }
 
-    fn setup() -> (Authorizer, TenantInfo, AuthPolicies, TopicName) {
+    /// A topic name as the metadata layer would give it.
+    #[derive(Debug)]
+    struct Topic {
+        name: &'static str,
+        partitioned: Option<&'static str>,
+    }
+
+    impl fmt::Display for Topic {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.name)
+        }
+    }
+
+    impl GrantedTopic for Topic {
+        fn partitioned_name(&self) -> Option<String> {
+            self.partitioned.map(str::to_string)
+        }
+    }
+
+    fn unpartitioned(name: &'static str) -> Topic {
+        Topic {
+            name,
+            partitioned: None,
+        }
+    }
+
+    fn setup() -> (Authorizer, BTreeSet<String>, AuthPolicies, Topic) {
         let authz = Authorizer::new(true, ["root".to_string()].into());
-        let tenant = TenantInfo {
-            admin_roles: ["ops".to_string()].into(),
-            ..TenantInfo::default()
-        };
-        let topic = TopicName::parse("persistent://acme/ns/t").unwrap();
+        let tenant = ["ops".to_string()].into();
+        let topic = unpartitioned("persistent://acme/ns/t");
         let mut auth = AuthPolicies::default();
         auth.namespace_auth
             .insert("writer".into(), actions(&[AuthAction::Produce]));
@@ -179,7 +213,7 @@ mod tests {
         // Topic grant of consume: that topic only.
         assert!(authz.allows("reader", consume, t, a));
         assert!(!authz.allows("reader", produce, t, a));
-        let other = TopicName::parse("persistent://acme/ns/other").unwrap();
+        let other = unpartitioned("persistent://acme/ns/other");
         assert!(!authz.allows("reader", Need::Topic(&other, Want::Consume), t, a));
         assert!(!authz.allows("reader", Need::Namespace(Want::Lookup), t, a));
         // Nobody else, and everyone authenticated.
@@ -190,7 +224,10 @@ mod tests {
     #[test]
     fn a_partition_is_covered_by_its_partitioned_topics_grant() {
         let (authz, tenant, auth, topic) = setup();
-        let p = TopicName::parse(&format!("{topic}-partition-3")).unwrap();
+        let p = Topic {
+            name: "persistent://acme/ns/t-partition-3",
+            partitioned: Some(topic.name),
+        };
         assert!(authz.allows(
             "reader",
             Need::Topic(&p, Want::Consume),

@@ -5,15 +5,20 @@
 //!   `data:` values ([`keys`]); token and key creation for `kilonova tokens`
 //!   ([`issue`]);
 //! - **authorization**: super-users, tenant admins and per-role permissions on
-//!   namespaces and topics, decided by a pure function ([`authz`]);
+//!   namespaces and topics ([`grants`]), decided by a pure function
+//!   ([`authz`]);
 //! - **TLS**: the rustls server configuration of the TLS ports ([`tls`]).
 //!
 //! It does no network I/O and never logs or prints a key or a token: values
-//! that hold one are [`Secret`]s, whose `Debug` masks them.
+//! that hold one are [`Secret`]s, whose `Debug` masks them. It depends on no
+//! other Kilonova crate and on no async runtime or store
+//! (`scripts/check-layering` checks): the caller reads the records a decision
+//! needs.
 
 pub mod authz;
 pub mod config;
 mod error;
+pub mod grants;
 pub mod issue;
 pub mod keys;
 mod secret;
@@ -21,9 +26,10 @@ mod security;
 pub mod tls;
 mod token;
 
-pub use authz::{Authorizer, Need, Want};
+pub use authz::{Authorizer, GrantedTopic, Need, Want};
 pub use config::AuthConfig;
 pub use error::{AuthError, KeyError};
+pub use grants::{AuthAction, AuthPolicies, UnknownAction};
 pub use secret::Secret;
 pub use security::Security;
 pub use token::{

@@ -33,5 +33,8 @@ pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;
 pub use error::BrokerError;
 pub use kilonova_metadata::names::{Domain, TopicName, TopicNameError};
+/// A message's place in a topic's log, as admin requests name it
+/// ([`ResetTo::Position`]): the broker's callers reach storage only through it.
+pub use kilonova_storage::Position;
 pub use topic::admin as topic_admin;
 pub use topic::{AdminReply, AdminRequest, Peeked, ResetTo};

@@ -9,6 +9,7 @@
 //! Partition `i` of a partitioned topic `t` is the topic `t-partition-i`.
 
 use std::fmt;
+use std::str::FromStr;
 
 pub const DEFAULT_TENANT: &str = "public";
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -28,6 +29,20 @@ impl Domain {
         match self {
             Domain::Persistent => "persistent",
             Domain::NonPersistent => "non-persistent",
+        }
+    }
+}
+
+/// `persistent` or `non-persistent`, as a topic name's scheme and the admin
+/// API's paths spell them.
+impl FromStr for Domain {
+    type Err = TopicNameError;
+
+    fn from_str(s: &str) -> Result<Self, TopicNameError> {
+        match s {
+            "persistent" => Ok(Domain::Persistent),
+            "non-persistent" => Ok(Domain::NonPersistent),
+            other => Err(TopicNameError::UnknownDomain(other.to_string())),
         }
     }
 }
@@ -76,6 +91,14 @@ impl NamespaceName {
             Some((t, ns)) if !ns.contains('/') => Self::new(t, ns),
             _ => Err(TopicNameError::NamespaceShape(name.to_owned())),
         }
+    }
+}
+
+impl FromStr for NamespaceName {
+    type Err = TopicNameError;
+
+    fn from_str(s: &str) -> Result<Self, TopicNameError> {
+        Self::parse(s)
     }
 }
 
@@ -129,9 +152,7 @@ impl TopicName {
             return Err(TopicNameError::TooLong);
         }
         let (domain, rest) = match name.split_once("://") {
-            Some(("persistent", rest)) => (Domain::Persistent, rest),
-            Some(("non-persistent", rest)) => (Domain::NonPersistent, rest),
-            Some((other, _)) => return Err(TopicNameError::UnknownDomain(other.to_string())),
+            Some((domain, rest)) => (domain.parse()?, rest),
             None => (Domain::Persistent, name),
         };
         let parts: Vec<&str> = rest.split('/').collect();
@@ -193,6 +214,14 @@ impl TopicName {
     }
 }
 
+impl FromStr for TopicName {
+    type Err = TopicNameError;
+
+    fn from_str(s: &str) -> Result<Self, TopicNameError> {
+        Self::parse(s)
+    }
+}
+
 impl fmt::Display for TopicName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -203,6 +232,15 @@ impl fmt::Display for TopicName {
             self.namespace,
             self.local
         )
+    }
+}
+
+/// The authorizer names a topic's grants by its full name; a partition is
+/// also covered by its partitioned topic's grants.
+impl kilonova_auth::GrantedTopic for TopicName {
+    fn partitioned_name(&self) -> Option<String> {
+        self.partition()
+            .map(|_| self.partitioned_topic().to_string())
     }
 }
 
@@ -308,6 +346,68 @@ mod tests {
         let odd = TopicName::parse("a/b/x-partition-y").unwrap();
         assert_eq!(odd.partition(), None);
         assert_eq!(odd.partitioned_topic(), odd);
+    }
+
+    #[test]
+    fn names_parse_from_str_as_parse_does() {
+        let t: TopicName = "non-persistent://acme/eu/ticks".parse().unwrap();
+        assert_eq!(
+            t,
+            TopicName::parse("non-persistent://acme/eu/ticks").unwrap()
+        );
+        assert_eq!(t.domain, Domain::NonPersistent);
+        assert_eq!(t.namespace(), "acme/eu".parse().unwrap());
+        assert_eq!(t.local, "ticks");
+        for bad in [
+            "",
+            "a/b",
+            "t/c/ns/x",
+            "persistent://x",
+            "persistent://t/ns",
+            "persistent://t/ns/",
+            "t//x",
+            "kafka://t/ns/x",
+            "persistent://t/c/ns/x",
+        ] {
+            assert!(
+                bad.parse::<TopicName>().is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        let ns: NamespaceName = "acme/eu".parse().unwrap();
+        assert_eq!((ns.tenant.as_str(), ns.namespace.as_str()), ("acme", "eu"));
+        for bad in ["acme", "acme/", "/eu", "acme/eu/x", ""] {
+            assert!(
+                bad.parse::<NamespaceName>().is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn domains_parse_as_schemes_and_admin_paths_spell_them() {
+        assert_eq!("persistent".parse(), Ok(Domain::Persistent));
+        assert_eq!("non-persistent".parse(), Ok(Domain::NonPersistent));
+        for d in [Domain::Persistent, Domain::NonPersistent] {
+            assert_eq!(d.as_str().parse(), Ok(d));
+        }
+        assert_eq!(
+            "durable".parse::<Domain>(),
+            Err(TopicNameError::UnknownDomain("durable".into()))
+        );
+    }
+
+    #[test]
+    fn a_partition_shows_the_authorizer_its_partitioned_topic() {
+        use kilonova_auth::GrantedTopic;
+        let t = TopicName::parse("persistent://a/b/orders").unwrap();
+        assert_eq!(t.partitioned_name(), None);
+        assert_eq!(
+            t.partition_name(3).partitioned_name().as_deref(),
+            Some("persistent://a/b/orders")
+        );
+        let odd = TopicName::parse("a/b/x-partition-y").unwrap();
+        assert_eq!(odd.partitioned_name(), None);
     }
 
     proptest! {

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{MetadataError, Result};
 
+/// Grants are the authorizer's inputs; the namespace's record keeps them.
+pub use kilonova_auth::grants::{AuthAction, AuthPolicies, UnknownAction};
+
 /// A cluster: where its brokers are reached.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -227,64 +230,6 @@ pub struct Policies {
     pub auth_policies: AuthPolicies,
     /// Set while the namespace is being deleted.
     pub deleted: bool,
-}
-
-/// What a role may be granted (Pulsar's `AuthAction`). `functions`, `sources`,
-/// `sinks` and `packages` are accepted and stored; Kilonova checks `produce`
-/// and `consume`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthAction {
-    Produce,
-    Consume,
-    Functions,
-    Sources,
-    Sinks,
-    Packages,
-}
-
-impl AuthAction {
-    pub const ALL: [AuthAction; 6] = [
-        AuthAction::Produce,
-        AuthAction::Consume,
-        AuthAction::Functions,
-        AuthAction::Sources,
-        AuthAction::Sinks,
-        AuthAction::Packages,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AuthAction::Produce => "produce",
-            AuthAction::Consume => "consume",
-            AuthAction::Functions => "functions",
-            AuthAction::Sources => "sources",
-            AuthAction::Sinks => "sinks",
-            AuthAction::Packages => "packages",
-        }
-    }
-
-    /// Parses one action name as the admin API and CLI take it.
-    pub fn parse(s: &str) -> Result<Self> {
-        AuthAction::ALL
-            .into_iter()
-            .find(|a| a.name() == s.trim())
-            .ok_or_else(|| {
-                MetadataError::Invalid(format!(
-                    "unknown action {s:?}: expected produce, consume, functions, sources, sinks or packages"
-                ))
-            })
-    }
-}
-
-/// Roles granted per role at namespace level, and per topic (full name) and
-/// role at topic level (Pulsar's `AuthPolicies`, kept in the namespace's record
-/// as Pulsar keeps them).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AuthPolicies {
-    pub namespace_auth: BTreeMap<String, BTreeSet<AuthAction>>,
-    pub destination_auth: BTreeMap<String, BTreeMap<String, BTreeSet<AuthAction>>>,
 }
 
 /// Topic-level overrides: every field unset falls back to the namespace's.

@@ -337,7 +337,7 @@ impl Broker {
             authz.allows(
                 &p.role,
                 need,
-                tenant_info.as_ref(),
+                tenant_info.as_ref().map(|t| &t.admin_roles),
                 policies.as_ref().map(|p| &p.auth_policies),
             )
         };

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kilonova_metadata::{Domain, NamespaceName, TopicName};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
@@ -92,6 +93,32 @@ impl ApiPath {
             url.query_pairs_mut().extend_pairs(&self.query);
         }
         Ok(url)
+    }
+}
+
+/// Where the admin API serves a named resource.
+pub trait ResourcePath {
+    fn path(&self) -> ApiPath;
+}
+
+/// `/admin/v2/namespaces/{tenant}/{ns}`: the namespace and its policies.
+impl ResourcePath for NamespaceName {
+    fn path(&self) -> ApiPath {
+        ApiPath::new(["namespaces", &self.tenant, &self.namespace])
+    }
+}
+
+/// `/admin/v2/{domain}/{tenant}/{ns}/{topic}`.
+impl ResourcePath for TopicName {
+    fn path(&self) -> ApiPath {
+        ApiPath::topics(&self.namespace(), self.domain).join(&self.local)
+    }
+}
+
+impl ApiPath {
+    /// `/admin/v2/{domain}/{tenant}/{ns}`: the namespace's topics of one domain.
+    pub fn topics(ns: &NamespaceName, domain: Domain) -> ApiPath {
+        ApiPath::new([domain.as_str(), &ns.tenant, &ns.namespace])
     }
 }
 

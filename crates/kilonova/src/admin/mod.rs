@@ -17,7 +17,6 @@ use serde_json::Value;
 mod brokers;
 mod client;
 mod clusters;
-mod names;
 mod namespaces;
 mod permissions;
 mod policies;

@@ -9,8 +9,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::client::{AdminClient, AdminError, ApiPath};
-use super::names::NamespaceName;
+use kilonova_metadata::NamespaceName;
+
+use super::client::{AdminClient, AdminError, ApiPath, ResourcePath};
 use super::policies::{
     self, BacklogQuotaType, DelayedDeliveryArgs, DispatchRateArgs, EnableOrDisable,
     InactiveTopicArgs, Op, Policy, PublishRateArgs, RetentionArgs,
@@ -371,7 +372,7 @@ impl PolicyCmd {
     /// The policy route and what to do there.
     fn request(&self) -> Result<(ApiPath, Op), AdminError> {
         let (namespace, policy, op) = self.policy_op()?;
-        Ok((policy.path(namespace.policies_path(), &op), op))
+        Ok((policy.path(namespace.path(), &op), op))
     }
 
     /// The namespace, the policy and what to do with it.
@@ -474,23 +475,21 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
             client.get(&ApiPath::new(["namespaces", &tenant])).await?
         }
         NamespacesCmd::Create(a) => {
-            let path = a.namespace.policies_path();
+            let path = a.namespace.path();
             client.put(&path, a.body().as_ref()).await?
         }
         NamespacesCmd::Delete { namespace, force } => {
-            client
-                .delete(&namespace.policies_path().force(force))
-                .await?
+            client.delete(&namespace.path().force(force)).await?
         }
-        NamespacesCmd::Policies(n) => client.get(&n.namespace.policies_path()).await?,
+        NamespacesCmd::Policies(n) => client.get(&n.namespace.path()).await?,
         NamespacesCmd::GrantPermission { namespace, grant } => {
-            permissions::grant(client, namespace.policies_path(), &grant).await?
+            permissions::grant(client, namespace.path(), &grant).await?
         }
         NamespacesCmd::RevokePermission { namespace, revoke } => {
-            permissions::revoke(client, namespace.policies_path(), &revoke).await?
+            permissions::revoke(client, namespace.path(), &revoke).await?
         }
         NamespacesCmd::Permissions { namespace } => {
-            permissions::list(client, namespace.policies_path()).await?
+            permissions::list(client, namespace.path()).await?
         }
         NamespacesCmd::Policy(verb) => {
             let (path, op) = verb.request()?;
@@ -550,7 +549,7 @@ mod tests {
         ]) else {
             panic!("not grant-permission")
         };
-        let (path, body) = permissions::grant_request(namespace.policies_path(), &grant);
+        let (path, body) = permissions::grant_request(namespace.path(), &grant);
         assert_eq!(
             path.to_string(),
             "/admin/v2/namespaces/acme/ns/permissions/app"

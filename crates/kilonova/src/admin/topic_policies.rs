@@ -11,8 +11,9 @@
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::client::{AdminClient, AdminError, ApiPath};
-use super::names::TopicName;
+use kilonova_metadata::TopicName;
+
+use super::client::{AdminClient, AdminError, ApiPath, ResourcePath};
 use super::policies::{
     self, DelayedDeliveryArgs, DispatchRateArgs, EnableOrDisable, InactiveTopicArgs, Op, Policy,
     PublishRateArgs, RetentionArgs,

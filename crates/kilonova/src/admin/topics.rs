@@ -8,8 +8,9 @@ use clap::{ArgGroup, Args, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::client::{AdminClient, AdminError, ApiPath, Reply};
-use super::names::{Domain, NamespaceName, TopicName};
+use kilonova_metadata::{Domain, NamespaceName, TopicName, TopicNameError};
+
+use super::client::{AdminClient, AdminError, ApiPath, Reply, ResourcePath};
 use super::{permissions, topic_policies, units, Output};
 
 #[derive(Subcommand)]
@@ -77,7 +78,7 @@ pub enum TopicsCmd {
 pub struct ListTopics {
     namespace: NamespaceName,
     /// persistent or non_persistent. pulsar-admin's -td works too.
-    #[arg(long)]
+    #[arg(long, value_parser = topic_domain)]
     topic_domain: Option<Domain>,
     /// At most this many topics (a Kilonova extension).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
@@ -86,6 +87,15 @@ pub struct ListTopics {
     /// (a Kilonova extension).
     #[arg(long)]
     after: Option<String>,
+}
+
+/// A domain as paths spell it, or `non_persistent` as pulsar-admin's
+/// `--topic-domain` does.
+fn topic_domain(s: &str) -> Result<Domain, TopicNameError> {
+    match s {
+        "non_persistent" => Ok(Domain::NonPersistent),
+        s => s.parse(),
+    }
 }
 
 impl ListTopics {
@@ -100,7 +110,7 @@ impl ListTopics {
         domains
             .into_iter()
             .map(|d| {
-                let mut path = self.namespace.topics_path(d);
+                let mut path = ApiPath::topics(&self.namespace, d);
                 if let Some(limit) = self.limit {
                     path = path.query("limit", limit);
                 }
@@ -274,9 +284,7 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
             Value::Array(topics)
         }
         C::ListPartitionedTopics { namespace } => {
-            let path = namespace
-                .topics_path(Domain::Persistent)
-                .join("partitioned");
+            let path = ApiPath::topics(&namespace, Domain::Persistent).join("partitioned");
             client.get(&path).await?
         }
         C::Create { topic } => client.put(&topic.path(), None).await?,
@@ -531,6 +539,11 @@ mod tests {
         assert_eq!(
             paths(&["list", "t/ns", "-td", "non-persistent", "--after", "y"]),
             ["/admin/v2/non-persistent/t/ns?after=y"]
+        );
+        assert!(refused(&["list", "t/ns", "-td", "durable"]));
+        assert!(
+            refused(&["list", "t/ns/x"]),
+            "a namespace is tenant/namespace"
         );
     }
 

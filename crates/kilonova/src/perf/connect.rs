@@ -11,12 +11,13 @@ use serde::Serialize;
 
 use kilonova_client::Client;
 
+use super::args::{Output, ServiceUrl};
 use super::recorder::{Recorder, Summary};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
-    #[arg(long, default_value = "pulsar://127.0.0.1:6650")]
-    pub service_url: String,
+    #[command(flatten)]
+    pub service: ServiceUrl,
     /// Present this token at CONNECT (method `token`).
     #[arg(long, env = "KILONOVA_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
@@ -26,9 +27,8 @@ pub struct ConnectArgs {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// `text` or `json`.
-    #[arg(long, default_value = "text")]
-    pub output: String,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Serialize)]
@@ -40,19 +40,12 @@ struct Report {
     summary: Summary,
 }
 
-pub fn run(args: ConnectArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(run_async(args))
-}
-
-async fn run_async(args: ConnectArgs) -> anyhow::Result<()> {
+/// Runs the command (on the runtime [`super::run`] starts).
+pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     // One connection first: a wrong URL or token fails here, clearly.
-    Client::connect_with_token(&args.service_url, args.auth_token.as_deref())
+    Client::connect_with_token(&args.service.url, args.auth_token.as_deref())
         .await
-        .with_context(|| format!("connecting to {}", args.service_url))?;
+        .with_context(|| format!("connecting to {}", args.service.url))?;
     let recorder = Recorder::new(Arc::new(AtomicBool::new(true)));
     let started_n = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -63,7 +56,7 @@ async fn run_async(args: ConnectArgs) -> anyhow::Result<()> {
             let mut local = recorder.local();
             while n.fetch_add(1, Ordering::Relaxed) < args.connections {
                 let t = Instant::now();
-                match Client::connect_with_token(&args.service_url, args.auth_token.as_deref())
+                match Client::connect_with_token(&args.service.url, args.auth_token.as_deref())
                     .await
                 {
                     Ok(client) => {
@@ -112,10 +105,8 @@ async fn run_async(args: ConnectArgs) -> anyhow::Result<()> {
         connects_per_sec: summary.msgs_per_sec,
         summary,
     };
-    if args.output == "json" {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!(
+    args.output.print(&report, || {
+        format!(
             "{} connections ({}) in {:.1} s: {:.0} connects/s, latency p50 {} p99 {} p99.9 {} max {}, errors {}",
             report.connections,
             if report.authenticated { "with a token" } else { "no token" },
@@ -126,7 +117,6 @@ async fn run_async(args: ConnectArgs) -> anyhow::Result<()> {
             super::recorder::ms(report.summary.latency_us.p999),
             super::recorder::ms(report.summary.latency_us.max),
             report.summary.errors
-        );
-    }
-    Ok(())
+        )
+    })
 }

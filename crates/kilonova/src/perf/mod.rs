@@ -1,7 +1,11 @@
 //! `kilonova perf …`: benchmarks that print live progress and a final summary.
 
+use std::future::Future;
+
+use anyhow::Context;
 use clap::Subcommand;
 
+pub mod args;
 pub mod connect;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -31,13 +35,168 @@ pub enum PerfCommand {
 
 pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
     match cmd {
-        PerfCommand::Storage(args) => storage::run(args),
-        PerfCommand::Produce(c) => pulsar::run(pulsar::Mode::Produce(c)),
-        PerfCommand::Consume(c) => pulsar::run(pulsar::Mode::Consume(c)),
-        PerfCommand::E2e(c) => pulsar::run(pulsar::Mode::E2e(c)),
-        PerfCommand::Topics(args) => topics::run(args),
-        PerfCommand::Connect(args) => connect::run(args),
+        PerfCommand::Storage(args) => block_on(storage::run(args)),
+        PerfCommand::Produce(c) => block_on(pulsar::run(pulsar::Mode::Produce(c))),
+        PerfCommand::Consume(c) => block_on(pulsar::run(pulsar::Mode::Consume(c))),
+        PerfCommand::E2e(c) => block_on(pulsar::run(pulsar::Mode::E2e(c))),
+        PerfCommand::Topics(args) => block_on(topics::run(args)),
+        PerfCommand::Connect(args) => block_on(connect::run(args)),
         #[cfg(feature = "nats")]
-        PerfCommand::Nats(args) => nats::run(args),
+        PerfCommand::Nats(args) => block_on(nats::run(args)),
+    }
+}
+
+/// Runs a command on a multi-threaded runtime of its own.
+fn block_on(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Perf {
+        #[command(subcommand)]
+        what: PerfCommand,
+    }
+
+    /// Every subcommand's flags as `name --long[=default][ env]`, sorted.
+    fn flags() -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in Perf::command().get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if long == "help" {
+                    continue;
+                }
+                let defaults: Vec<String> = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                let mut line = format!("{} --{long}", sub.get_name());
+                if !defaults.is_empty() {
+                    line += &format!("={}", defaults.join(","));
+                }
+                if let Some(env) = arg.get_env() {
+                    line += &format!(" ${}", env.to_string_lossy());
+                }
+                out.push(line);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The flags and defaults `scripts/bench*`, docs/benchmarks.md and people
+    /// type: sharing their definitions must not change them.
+    const FLAGS: &str = "\
+connect --auth-token $KILONOVA_AUTH_TOKEN
+connect --concurrency=16
+connect --connections=5000
+connect --output=text
+connect --service-url=pulsar://127.0.0.1:6650
+consume --admin-url=http://127.0.0.1:8080
+consume --connections=1
+consume --consumers-per-topic=1
+consume --duration-secs=10
+consume --initial-position=latest
+consume --output=text
+consume --partitions=0
+consume --receiver-queue=1000
+consume --service-url=pulsar://127.0.0.1:6650
+consume --subscription-type=exclusive
+consume --subscription=perf-sub
+consume --topic=persistent://public/default/perf
+consume --topics=1
+consume --warmup-secs=2
+e2e --admin-url=http://127.0.0.1:8080
+e2e --batch-max-bytes=131072
+e2e --batch-max-delay-us=1000
+e2e --batch-max-messages=1000
+e2e --connections=1
+e2e --consumers-per-topic=1
+e2e --duration-secs=10
+e2e --initial-position=latest
+e2e --max-pending=1000
+e2e --messages=0
+e2e --no-batching
+e2e --output=text
+e2e --partitions=0
+e2e --producers-per-topic=1
+e2e --rate=0
+e2e --receiver-queue=1000
+e2e --service-url=pulsar://127.0.0.1:6650
+e2e --size=1024
+e2e --subscription-type=exclusive
+e2e --subscription=perf-sub
+e2e --topic=persistent://public/default/perf
+e2e --topics=1
+e2e --warmup-secs=2
+produce --admin-url=http://127.0.0.1:8080
+produce --batch-max-bytes=131072
+produce --batch-max-delay-us=1000
+produce --batch-max-messages=1000
+produce --connections=1
+produce --duration-secs=10
+produce --max-pending=1000
+produce --messages=0
+produce --no-batching
+produce --output=text
+produce --partitions=0
+produce --producers-per-topic=1
+produce --rate=0
+produce --service-url=pulsar://127.0.0.1:6650
+produce --size=1024
+produce --topic=persistent://public/default/perf
+produce --topics=1
+produce --warmup-secs=2
+storage --appenders=64
+storage --dir=./perf-data
+storage --duration-secs=10
+storage --entry-bytes=1024
+storage --log-file-mib=128
+storage --output=text
+storage --rate=0
+storage --retain-mib=0
+storage --segment-mib=32
+storage --segments=1
+storage --warmup-secs=2
+storage --window=32
+topics --admin-url=http://127.0.0.1:8080
+topics --concurrency=64
+topics --count=10000
+topics --list-only
+topics --namespace=public/default
+topics --output=text
+topics --page=10000
+topics --prefix=idle
+";
+
+    #[cfg(feature = "nats")]
+    const NATS_FLAGS: &str = "\
+nats --duration-secs=10
+nats --in-flight=1000
+nats --output=text
+nats --size=1024
+nats --stream=perf
+nats --url=nats://127.0.0.1:4222
+nats --warmup-secs=2
+";
+
+    #[test]
+    fn perf_flags_and_defaults_are_the_ones_users_type() {
+        #[allow(unused_mut)]
+        let mut expected: Vec<&str> = FLAGS.lines().collect();
+        #[cfg(feature = "nats")]
+        expected.extend(NATS_FLAGS.lines());
+        expected.sort_unstable();
+        assert_eq!(flags(), expected);
     }
 }

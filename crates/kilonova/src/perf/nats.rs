@@ -13,7 +13,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::recorder::{ms, Recorder, Summary};
+use super::args::{Output, Timing};
+use super::recorder::{interval_line, Recorder, Summary};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsArgs {
@@ -28,13 +29,10 @@ pub struct NatsArgs {
     /// Publishes waiting for their ack at once (1: strictly sequential).
     #[arg(long, default_value_t = 1000)]
     pub in_flight: usize,
-    #[arg(long, default_value_t = 10)]
-    pub duration_secs: u64,
-    #[arg(long, default_value_t = 2)]
-    pub warmup_secs: u64,
-    /// `text` or `json`.
-    #[arg(long, default_value = "text")]
-    pub output: String,
+    #[command(flatten)]
+    pub timing: Timing,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Serialize)]
@@ -45,15 +43,8 @@ struct Report {
     main: Summary,
 }
 
-pub fn run(args: NatsArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(run_async(args))
-}
-
-async fn run_async(args: NatsArgs) -> anyhow::Result<()> {
+/// Runs the command (on the runtime [`super::run`] starts).
+pub async fn run(args: NatsArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(&args.url)
         .await
         .with_context(|| format!("connecting to {}", args.url))?;
@@ -110,23 +101,20 @@ async fn run_async(args: NatsArgs) -> anyhow::Result<()> {
 
     eprintln!(
         "nats: stream {}, {} B, {} in flight, warming up for {} s",
-        args.stream, args.size, args.in_flight, args.warmup_secs
+        args.stream, args.size, args.in_flight, args.timing.warmup_secs
     );
-    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+    tokio::time::sleep(args.timing.warmup()).await;
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     let mut last = 0;
-    for sec in 1..=args.duration_secs.max(1) {
+    for sec in 1..=args.timing.duration_secs.max(1) {
         tokio::time::sleep_until((t0 + Duration::from_secs(sec)).into()).await;
         let now = recorder.messages();
         let l = recorder.take_interval();
+        let bytes = (now - last) * args.size as u64;
         eprintln!(
-            "[{sec:>4}s] publish {:>8} msg/s {:>7.1} MB/s p50 {} p99 {} p99.9 {}",
-            now - last,
-            (now - last) as f64 * args.size as f64 / 1e6,
-            ms(l.p50),
-            ms(l.p99),
-            ms(l.p999)
+            "[{sec:>4}s]{}",
+            interval_line("publish", now - last, bytes, l)
         );
         last = now;
     }
@@ -140,10 +128,6 @@ async fn run_async(args: NatsArgs) -> anyhow::Result<()> {
         in_flight: args.in_flight,
         main: Summary::of(&recorder, seconds),
     };
-    if args.output == "json" {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", report.main.line("nats publish"));
-    }
-    Ok(())
+    args.output
+        .print(&report, || report.main.line("nats publish"))
 }

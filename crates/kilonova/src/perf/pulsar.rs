@@ -19,16 +19,16 @@ use kilonova_client::{
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::recorder::{ms, Recorder, Summary};
+use super::args::{AdminUrl, Output, ServiceUrl, Timing};
+use super::recorder::{interval_line, Recorder, Summary};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// The broker's Pulsar service URL.
-    #[arg(long, default_value = "pulsar://127.0.0.1:6650")]
-    pub service_url: String,
-    /// The broker's admin URL (used to create partitioned topics).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub admin_url: String,
+    #[command(flatten)]
+    pub service: ServiceUrl,
+    /// Used to create partitioned topics.
+    #[command(flatten)]
+    pub admin: AdminUrl,
     /// Topic name; with `--topics N` > 1, topics are `<topic>-0` … `<topic>-(N-1)`.
     #[arg(long, default_value = "persistent://public/default/perf")]
     pub topic: String,
@@ -42,15 +42,10 @@ pub struct CommonArgs {
     /// Client connections the topics are spread over.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// Seconds measured, after the warm-up (0: until `--messages`).
-    #[arg(long, default_value_t = 10)]
-    pub duration_secs: u64,
-    /// Seconds of warm-up, not measured.
-    #[arg(long, default_value_t = 2)]
-    pub warmup_secs: u64,
-    /// `text` or `json` (one JSON object on stdout at the end).
-    #[arg(long, default_value = "text")]
-    pub output: String,
+    #[command(flatten)]
+    pub timing: Timing,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -154,14 +149,6 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-pub fn run(mode: Mode) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(run_async(mode))
-}
-
 /// Every topic (or partition) the run uses.
 async fn topic_names(common: &CommonArgs) -> anyhow::Result<Vec<String>> {
     let bases: Vec<String> = if common.topics <= 1 {
@@ -176,7 +163,7 @@ async fn topic_names(common: &CommonArgs) -> anyhow::Result<Vec<String>> {
     }
     let mut names = Vec::new();
     for (i, base) in bases.iter().enumerate() {
-        create_partitioned(&common.admin_url, base, common.partitions).await?;
+        create_partitioned(&common.admin.url, base, common.partitions).await?;
         if common.topics > 100 && i % 1000 == 0 {
             eprintln!("created {i} of {} partitioned topics", bases.len());
         }
@@ -224,9 +211,9 @@ async fn connect_all(common: &CommonArgs) -> anyhow::Result<Vec<Arc<Client>>> {
     let mut clients = Vec::new();
     for _ in 0..common.connections.max(1) {
         clients.push(Arc::new(
-            Client::connect(&common.service_url)
+            Client::connect(&common.service.url)
                 .await
-                .with_context(|| format!("connecting to {}", common.service_url))?,
+                .with_context(|| format!("connecting to {}", common.service.url))?,
         ));
     }
     Ok(clients)
@@ -433,7 +420,8 @@ async fn produce_loop(
     let _ = producer.close().await;
 }
 
-async fn run_async(mode: Mode) -> anyhow::Result<()> {
+/// Runs the command (on the runtime [`super::run`] starts).
+pub async fn run(mode: Mode) -> anyhow::Result<()> {
     let (common, produce, consume, name) = match &mode {
         Mode::Produce(c) => (&c.common, Some(&c.produce), None, "produce"),
         Mode::Consume(c) => (&c.common, None, Some(&c.consume), "consume"),
@@ -463,11 +451,11 @@ async fn run_async(mode: Mode) -> anyhow::Result<()> {
     eprintln!(
         "{name}: {} topic(s)/partition(s), warming up for {} s",
         topics.len(),
-        common.warmup_secs
+        common.timing.warmup_secs
     );
     let limit = produce.map_or(0, |p| p.messages);
     let finished = |run: &Run| limit > 0 && run.sent.load(Ordering::Relaxed) >= limit;
-    let warm_end = Instant::now() + Duration::from_secs(common.warmup_secs);
+    let warm_end = Instant::now() + common.timing.warmup();
     while Instant::now() < warm_end && !finished(&run) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -490,25 +478,12 @@ async fn run_async(mode: Mode) -> anyhow::Result<()> {
         let mut line = format!("[{sec:>4}s]");
         if produce.is_some() {
             let l = publish.take_interval();
-            line += &format!(
-                " publish {:>8} msg/s {:>7.1} MB/s p50 {} p99 {} p99.9 {}",
-                now.0 - last.0,
-                (now.1 - last.1) as f64 / 1e6,
-                ms(l.p50),
-                ms(l.p99),
-                ms(l.p999)
-            );
+            line += &interval_line("publish", now.0 - last.0, now.1 - last.1, l);
         }
         if consume.is_some() {
             let l = deliver.take_interval();
-            line += &format!(
-                " | receive {:>8} msg/s {:>7.1} MB/s p50 {} p99 {} p99.9 {}",
-                now.2 - last.2,
-                (now.3 - last.3) as f64 / 1e6,
-                ms(l.p50),
-                ms(l.p99),
-                ms(l.p999)
-            );
+            line += " |";
+            line += &interval_line("receive", now.2 - last.2, now.3 - last.3, l);
         }
         let errors = publish.errors() + deliver.errors();
         if errors > 0 {
@@ -516,7 +491,7 @@ async fn run_async(mode: Mode) -> anyhow::Result<()> {
         }
         eprintln!("{line}");
         last = now;
-        let timed_out = common.duration_secs > 0 && sec >= common.duration_secs;
+        let timed_out = common.timing.duration_secs > 0 && sec >= common.timing.duration_secs;
         if timed_out || finished(&run) {
             break;
         }
@@ -560,18 +535,15 @@ async fn run_async(mode: Mode) -> anyhow::Result<()> {
             publish: Some(publish_summary),
         },
     };
-    if common.output == "json" {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        if let Some(p) = &report.publish {
-            println!("{}", p.line("publish"));
-        }
+    common.output.print(&report, || {
         let what = match name {
             "produce" => "publish",
             "consume" => "receive",
             _ => "end-to-end",
         };
-        println!("{}", report.main.line(what));
-    }
-    Ok(())
+        match &report.publish {
+            Some(p) => format!("{}\n{}", p.line("publish"), report.main.line(what)),
+            None => report.main.line(what),
+        }
+    })
 }

@@ -26,7 +26,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
         Latency {
             p50: h.value_at_quantile(0.5),
             p99: h.value_at_quantile(0.99),
@@ -209,6 +209,18 @@ impl Summary {
 }
 
 /// Microseconds as milliseconds with three decimals, e.g. "1.234 ms".
+/// One progress interval of one quantity, as the live lines show it:
+/// ` publish    1234 msg/s     1.3 MB/s p50 … p99 … p99.9 …`.
+pub fn interval_line(what: &str, messages: u64, bytes: u64, l: Latency) -> String {
+    format!(
+        " {what} {messages:>8} msg/s {:>7.1} MB/s p50 {} p99 {} p99.9 {}",
+        bytes as f64 / 1e6,
+        ms(l.p50),
+        ms(l.p99),
+        ms(l.p999)
+    )
+}
+
 pub fn ms(us: u64) -> String {
     format!("{:.3} ms", us as f64 / 1000.0)
 }

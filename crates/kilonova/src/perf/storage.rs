@@ -16,6 +16,9 @@ use hdrhistogram::Histogram;
 use kilonova_storage::{SegmentStore, StoreConfig};
 use serde::Serialize;
 
+use super::args::{Output, Timing};
+use super::recorder::Latency;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct StorageArgs {
     /// Directory for the store (a fresh subdirectory is created and removed).
@@ -36,12 +39,8 @@ pub struct StorageArgs {
     /// Total appends per second (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// Seconds measured (after the warm-up).
-    #[arg(long, default_value_t = 10)]
-    pub duration_secs: u64,
-    /// Seconds of warm-up, not measured.
-    #[arg(long, default_value_t = 2)]
-    pub warmup_secs: u64,
+    #[command(flatten)]
+    pub timing: Timing,
     /// Journal file size in MiB.
     #[arg(long, default_value_t = 128)]
     pub log_file_mib: u64,
@@ -53,17 +52,8 @@ pub struct StorageArgs {
     /// Segment size that triggers replacement when `--retain-mib` is set.
     #[arg(long, default_value_t = 32)]
     pub segment_mib: u64,
-    /// `text` or `json` (one JSON object at the end).
-    #[arg(long, default_value = "text")]
-    pub output: String,
-}
-
-#[derive(Serialize, Debug)]
-struct Latency {
-    p50: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Serialize, Debug)]
@@ -149,15 +139,8 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-pub fn run(args: StorageArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(run_async(args))
-}
-
-async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
+/// Runs the command (on the runtime [`super::run`] starts).
+pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.segments > 0 && args.appenders > 0 && args.window > 0,
         "segments, appenders and window must be > 0"
@@ -285,12 +268,12 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
         ))
     });
 
-    tokio::time::sleep(Duration::from_secs(args.warmup_secs)).await;
+    tokio::time::sleep(args.timing.warmup()).await;
     let stats0 = store.stats();
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     let mut last = 0u64;
-    for sec in 1..=args.duration_secs {
+    for sec in 1..=args.timing.duration_secs {
         tokio::time::sleep_until((t0 + Duration::from_secs(sec)).into()).await;
         let now = done.load(Ordering::Relaxed);
         let (p50, p99) = live
@@ -347,21 +330,14 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
         } else {
             0.0
         },
-        latency_us: Latency {
-            p50: h.value_at_quantile(0.5),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        },
+        latency_us: Latency::of(&h),
         schedule_lag_p99_us: lag.lock().map(|l| l.value_at_quantile(0.99)).unwrap_or(0),
         journal_sync_share: sync_share,
         journal_busy_share: busy_share,
         segments_rss_bytes,
     };
-    if args.output == "json" {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        println!(
+    args.output.print(&summary, || {
+        format!(
             "{} B x {} segments: {:.0} appends/s, {:.1} MB/s, {:.1} appends/fsync, latency p50 {} us p99 {} us p99.9 {} us max {} us, errors {}, open-segment RSS {:.1} MB, journal busy {:.0}% (write+fsync {:.0}%), schedule lag p99 {} us",
             summary.entry_bytes,
             summary.segments,
@@ -377,7 +353,6 @@ async fn run_async(args: StorageArgs) -> anyhow::Result<()> {
             summary.journal_busy_share * 100.0,
             summary.journal_sync_share * 100.0,
             summary.schedule_lag_p99_us
-        );
-    }
-    Ok(())
+        )
+    })
 }

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use super::args::{AdminUrl, Output};
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct TopicsArgs {
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub admin_url: String,
+    #[command(flatten)]
+    pub admin: AdminUrl,
     /// `tenant/namespace` to create the topics in (it must exist).
     #[arg(long, default_value = "public/default")]
     pub namespace: String,
@@ -30,9 +32,8 @@ pub struct TopicsArgs {
     /// Topics per page when listing.
     #[arg(long, default_value_t = 10_000)]
     pub page: usize,
-    /// `text` or `json`.
-    #[arg(long, default_value = "text")]
-    pub output: String,
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Serialize)]
@@ -46,21 +47,14 @@ struct Report {
     list_seconds: f64,
 }
 
-pub fn run(args: TopicsArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(run_async(args))
-}
-
-async fn run_async(args: TopicsArgs) -> anyhow::Result<()> {
+/// Runs the command (on the runtime [`super::run`] starts).
+pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
     let Some((tenant, ns)) = args.namespace.split_once('/') else {
         bail!("--namespace must be tenant/namespace");
     };
     let base = format!(
         "{}/admin/v2/persistent/{tenant}/{ns}",
-        args.admin_url.trim_end_matches('/')
+        args.admin.url.trim_end_matches('/')
     );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -86,14 +80,12 @@ async fn run_async(args: TopicsArgs) -> anyhow::Result<()> {
         pages,
         list_seconds,
     };
-    if args.output == "json" {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!(
+    args.output.print(&report, || {
+        format!(
             "created {created} topics in {create_seconds:.1} s ({:.0}/s, {errors} errors); listed {listed} in {pages} pages in {list_seconds:.1} s",
             report.topics_per_sec
-        );
-    }
+        )
+    })?;
     if errors > 0 {
         bail!("{errors} creations failed");
     }
