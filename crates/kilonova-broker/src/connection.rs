@@ -161,8 +161,9 @@ async fn serve<R, W>(
     let mut auth_check = tokio::time::interval(conn.broker.security().refresh_check());
     auth_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let connect_timeout = Duration::from_secs(conn.broker.config().connect_timeout_secs.max(1));
-    let connect_deadline = Some(Instant::now() + connect_timeout);
-    let mut last_seen = Instant::now();
+    let clock = conn.broker.clock().clone();
+    let connect_deadline = Some(clock.now() + connect_timeout);
+    let mut last_seen = clock.now();
     let mut last_written = 0;
     // The client does not read its answers: its requests are not read either
     // until the writer drained the queue to half its bound.
@@ -187,10 +188,10 @@ async fn serve<R, W>(
             // sends wait in TCP buffers and then in the client) until it allows.
             _ = sleep_until(throttled), if throttled.is_some() => {
                 // A pause of our own making is not the client's silence.
-                last_seen = Instant::now();
+                last_seen = clock.now();
                 conn.throttled_until = None;
                 if let Some(wait) = conn.still_throttled() {
-                    conn.throttled_until = Some(Instant::now() + wait.min(MAX_THROTTLE_PAUSE));
+                    conn.throttled_until = Some(clock.now() + wait.min(MAX_THROTTLE_PAUSE));
                     continue;
                 }
                 match conn.drain_frames(&mut buf, max_frame).await {
@@ -201,7 +202,7 @@ async fn serve<R, W>(
             read = reader.read_buf(&mut buf), if throttled.is_none() && !unread_answers => {
                 match read {
                     Ok(0) | Err(_) => break End::Done,
-                    Ok(_) => last_seen = Instant::now(),
+                    Ok(_) => last_seen = clock.now(),
                 }
                 match conn.drain_frames(&mut buf, max_frame).await {
                     Ok(paused) => unread_answers = paused,
@@ -216,11 +217,12 @@ async fn serve<R, W>(
                 // them is alive although its requests wait unread. (Only then:
                 // the kernel takes a few pings for a dead peer too.)
                 let written = conn.out.written_bytes();
+                let now = clock.now();
                 if unread_answers && written != last_written {
-                    last_seen = Instant::now();
+                    last_seen = now;
                 }
                 last_written = written;
-                let silent = last_seen.elapsed();
+                let silent = now.saturating_duration_since(last_seen);
                 if silent >= keep_alive * 2 {
                     break End::Violation(match unread_answers {
                         true => format!(
@@ -270,7 +272,7 @@ impl Connection {
         let Some(p) = &self.principal else {
             return Ok(());
         };
-        if !p.expired(kilonova_auth::now_secs()) {
+        if !p.expired(self.broker.clock().now_ms() / 1000) {
             return Ok(());
         }
         if self.challenged {
@@ -333,7 +335,7 @@ impl Connection {
     /// How long a connection paused by a publish rate must still wait (the
     /// longest wait among its producers' topics).
     fn still_throttled(&self) -> Option<std::time::Duration> {
-        let now = Instant::now();
+        let now = self.broker.clock().now();
         self.producers
             .values()
             .map(|h| h.publish_gate.wait(now))
@@ -577,7 +579,7 @@ impl Connection {
                     highest_sequence_id: s.highest_sequence_id.unwrap_or(0).max(s.sequence_id),
                     payload,
                 };
-                let now = Instant::now();
+                let now = self.broker.clock().now();
                 let wait = topic.publish_gate.charge(messages, bytes, now);
                 if !wait.is_zero() {
                     self.broker.metrics().count_publish_throttled();
@@ -1097,9 +1099,10 @@ pub async fn accept_loop(
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        let wait = backoff.failed(&e, Instant::now());
+                        let now = broker.clock().now();
+                        let wait = backoff.failed(&e, now);
                         if !wait.is_zero() {
-                            paused_until = Some(Instant::now() + wait);
+                            paused_until = Some(now + wait);
                         }
                         continue;
                     }
@@ -1109,7 +1112,7 @@ pub async fn accept_loop(
                     Ok(a) => a,
                     Err(why) => {
                         broker.metrics().count_connection_refused(why);
-                        if let Some(suppressed) = refusals_log.allow(Instant::now()) {
+                        if let Some(suppressed) = refusals_log.allow(broker.clock().now()) {
                             tracing::warn!(
                                 %peer,
                                 limit = why.as_str(),
