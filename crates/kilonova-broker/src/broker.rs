@@ -15,8 +15,7 @@ use kilonova_storage::{
 };
 
 use kilonova_auth::{Need, Principal, Security, Want};
-use kilonova_metadata::{NamespaceName, Resources, SchemaOutcome, TopicRecord};
-use kilonova_pulsar_protocol::proto::Schema;
+use kilonova_metadata::{NamespaceName, Resources, TopicRecord};
 
 use crate::accept::ConnectionLimits;
 use crate::clock::{self, SharedClock};
@@ -828,28 +827,6 @@ impl Broker {
             )));
         }
         Ok(())
-    }
-
-    /// The version of `schema` on topic `name` (registering it if new). `None`: no schema.
-    pub(crate) async fn register_schema(
-        &self,
-        name: &TopicName,
-        schema: Option<&Schema>,
-    ) -> Result<Option<u64>, BrokerError> {
-        let Some(s) = schema.filter(|s| s.r#type != 0) else {
-            return Ok(None);
-        };
-        match self
-            .resources()
-            .get_or_create_schema(name, topic::schema_record(s))
-            .await?
-        {
-            SchemaOutcome::Version(v) => Ok(Some(v)),
-            SchemaOutcome::Incompatible => Err(BrokerError::IncompatibleSchema(format!(
-                "schema of type {} is incompatible with topic {name}'s schema",
-                s.r#type
-            ))),
-        }
     }
 
     /// Sends a command that reached a topic as it unloaded to a fresh load of it.

@@ -27,7 +27,7 @@ use kilonova_pulsar_protocol::proto::{
     base_command::Type, command_ack::AckType, command_subscribe::InitialPosition as WireInitial,
     command_subscribe::SubType, BaseCommand, CommandAck, CommandAckResponse,
     CommandGetLastMessageIdResponse, CommandProducerSuccess, CommandSubscribe, KeySharedMode,
-    MessageIdData, ProducerAccessMode, Schema, ServerError,
+    MessageIdData, ProducerAccessMode, ServerError,
 };
 use kilonova_storage::{Completion, Entry, InitialPosition, ManagedLog, Position, StorageError};
 
@@ -46,7 +46,7 @@ use crate::policies::Effective;
 use crate::rate_limit::{PublishGate, RateLimiter};
 use crate::subscription::{Consumer, ConsumerKey, DispatchLimits, SubKind, Subscription};
 use kilonova_metadata::names::TopicName;
-use kilonova_metadata::{SchemaRecord, TopicRecord};
+use kilonova_metadata::TopicRecord;
 
 /// The connection a producer or consumer lives on.
 #[derive(Clone)]
@@ -244,19 +244,6 @@ pub(crate) fn now_ms() -> u64 {
 /// A schema version on the wire: 8 bytes, big-endian (as Pulsar's).
 pub(crate) fn schema_version_bytes(v: u64) -> Bytes {
     Bytes::copy_from_slice(&v.to_be_bytes())
-}
-
-pub(crate) fn schema_record(s: &Schema) -> SchemaRecord {
-    SchemaRecord {
-        name: s.name.clone(),
-        kind: s.r#type,
-        data: s.schema_data.to_vec(),
-        properties: s
-            .properties
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect(),
-    }
 }
 
 /// Earliest / latest as clients encode them in a `MessageIdData`.
