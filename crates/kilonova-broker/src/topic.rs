@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -37,7 +36,7 @@ mod policy;
 pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
 
 use crate::broker::Broker;
-use crate::commands;
+use crate::commands::{self, schema_version_bytes};
 use crate::dedup::{self, Dedup};
 use crate::error::BrokerError;
 use crate::metrics::{Rates, TopicMetrics};
@@ -239,11 +238,6 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A schema version on the wire: 8 bytes, big-endian (as Pulsar's).
-pub(crate) fn schema_version_bytes(v: u64) -> Bytes {
-    Bytes::copy_from_slice(&v.to_be_bytes())
 }
 
 /// Earliest / latest as clients encode them in a `MessageIdData`.

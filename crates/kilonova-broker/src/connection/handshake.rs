@@ -3,12 +3,8 @@
 //! the client answers with an AUTH_RESPONSE for the same role, or the
 //! connection closes).
 
-use bytes::Bytes;
-use kilonova_auth::{Principal, TOKEN_METHOD};
-use kilonova_pulsar_protocol::proto::{
-    base_command::Type, AuthData, CommandAuthChallenge, CommandAuthResponse, CommandConnect,
-    CommandConnected, ServerError,
-};
+use kilonova_auth::Principal;
+use kilonova_pulsar_protocol::proto::{CommandAuthResponse, CommandConnect, ServerError};
 
 use super::{Connection, End};
 use crate::commands;
@@ -40,13 +36,9 @@ impl Connection {
         self.protocol_version = version;
         let role = self.principal.as_ref().map(|p| p.role.as_str());
         tracing::debug!(conn = self.id, client = %c.client_version, version, role, "connected");
-        self.out.command(commands::with_type(Type::Connected, |b| {
-            b.connected = Some(Box::new(CommandConnected {
-                server_version: server_version(),
-                protocol_version: Some(version),
-                max_message_size: i32::try_from(self.broker.config().max_message_bytes).ok(),
-            }));
-        }));
+        let max_message_size = i32::try_from(self.broker.config().max_message_bytes).ok();
+        self.out
+            .command(commands::connected(version, max_message_size));
         Ok(())
     }
 
@@ -94,18 +86,8 @@ impl Connection {
             Refresh::Challenge => {
                 tracing::debug!(conn = self.id, role = %p.role, "token expired: challenging");
                 self.challenged = true;
-                let version = self.protocol_version;
                 self.out
-                    .command(commands::with_type(Type::AuthChallenge, |b| {
-                        b.auth_challenge = Some(Box::new(CommandAuthChallenge {
-                            server_version: Some(server_version()),
-                            challenge: Some(AuthData {
-                                auth_method_name: Some(TOKEN_METHOD.into()),
-                                auth_data: Some(Bytes::from_static(b"refresh")),
-                            }),
-                            protocol_version: Some(version),
-                        }));
-                    }));
+                    .command(commands::auth_challenge(self.protocol_version));
                 Ok(())
             }
         }
@@ -120,10 +102,6 @@ impl Connection {
         ));
         End::Violation(e.to_string())
     }
-}
-
-fn server_version() -> String {
-    format!("Kilonova/{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// The protocol version a connection speaks: the client's, up to ours.

@@ -6,11 +6,8 @@ use kilonova_auth::{Need, Want};
 use kilonova_metadata::names::Domain;
 use kilonova_metadata::NamespaceName;
 use kilonova_pulsar_protocol::proto::{
-    base_command::Type, command_get_topics_of_namespace::Mode,
-    command_lookup_topic_response::LookupType, command_partitioned_topic_metadata_response,
-    CommandGetTopicsOfNamespace, CommandGetTopicsOfNamespaceResponse, CommandLookupTopic,
-    CommandLookupTopicResponse, CommandPartitionedTopicMetadata,
-    CommandPartitionedTopicMetadataResponse,
+    command_get_topics_of_namespace::Mode, CommandGetTopicsOfNamespace, CommandLookupTopic,
+    CommandPartitionedTopicMetadata,
 };
 
 use super::Connection;
@@ -32,27 +29,9 @@ impl Connection {
             },
             Err(e) => Err(e),
         };
-        let urls = self.broker.service_urls().clone();
+        let urls = result.as_ref().map(|()| self.broker.service_urls());
         self.out
-            .command(commands::with_type(Type::LookupResponse, |b| {
-                b.lookup_topic_response = Some(match result {
-                    Ok(()) => Box::new(CommandLookupTopicResponse {
-                        broker_service_url: urls.plain.or(urls.tls.clone()),
-                        broker_service_url_tls: urls.tls,
-                        response: Some(LookupType::Connect as i32),
-                        request_id: l.request_id,
-                        authoritative: Some(true),
-                        ..Default::default()
-                    }),
-                    Err(e) => Box::new(CommandLookupTopicResponse {
-                        response: Some(LookupType::Failed as i32),
-                        request_id: l.request_id,
-                        error: Some(e.server_error() as i32),
-                        message: Some(e.to_string()),
-                        ..Default::default()
-                    }),
-                });
-            }));
+            .command(commands::lookup_response(l.request_id, urls));
     }
 
     pub(super) async fn partitioned_metadata(&self, m: CommandPartitionedTopicMetadata) {
@@ -60,26 +39,9 @@ impl Connection {
             Ok(n) => self.broker.partitions(&n).await,
             Err(e) => Err(e),
         };
-        use command_partitioned_topic_metadata_response::LookupType as L;
-        self.out.command(commands::with_type(
-            Type::PartitionedMetadataResponse,
-            |b| {
-                b.partition_metadata_response = Some(match result {
-                    Ok(n) => Box::new(CommandPartitionedTopicMetadataResponse {
-                        partitions: Some(n),
-                        request_id: m.request_id,
-                        response: Some(L::Success as i32),
-                        ..Default::default()
-                    }),
-                    Err(e) => Box::new(CommandPartitionedTopicMetadataResponse {
-                        request_id: m.request_id,
-                        response: Some(L::Failed as i32),
-                        error: Some(e.server_error() as i32),
-                        message: Some(e.to_string()),
-                        ..Default::default()
-                    }),
-                });
-            },
+        self.out.command(commands::partitioned_metadata_response(
+            m.request_id,
+            result.as_ref().copied(),
         ));
     }
 
@@ -92,16 +54,13 @@ impl Connection {
                     g.topics_pattern.as_deref(),
                     g.topics_hash.as_deref(),
                 );
-                commands::with_type(Type::GetTopicsOfNamespaceResponse, |b| {
-                    b.get_topics_of_namespace_response =
-                        Some(Box::new(CommandGetTopicsOfNamespaceResponse {
-                            request_id: g.request_id,
-                            topics: l.topics,
-                            filtered: Some(l.filtered),
-                            topics_hash: Some(l.hash),
-                            changed: Some(l.changed),
-                        }));
-                })
+                commands::topics_of_namespace_response(
+                    g.request_id,
+                    l.topics,
+                    l.filtered,
+                    l.hash,
+                    l.changed,
+                )
             }
         };
         self.out.command(reply);

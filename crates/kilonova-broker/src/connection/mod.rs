@@ -33,10 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use kilonova_pulsar_protocol::frame::{self, Frame};
-use kilonova_pulsar_protocol::proto::{
-    base_command::Type, BaseCommand, CommandConsumerStatsResponse, CommandHealthCheckResponse,
-    CommandNewTxnResponse, CommandTcClientConnectResponse, Schema, ServerError,
-};
+use kilonova_pulsar_protocol::proto::{base_command::Type, BaseCommand, Schema, ServerError};
 
 use crate::accept::{AcceptBackoff, LogLimiter};
 use crate::broker::Broker;
@@ -242,7 +239,7 @@ impl Connection {
                     match alive.tick(self.now(), self.out.written_bytes(), unread) {
                         Liveness::Alive => Ok(None),
                         Liveness::Ping => {
-                            self.out.command(commands::with_type(Type::Ping, |b| b.ping = Some(Default::default())));
+                            self.out.command(commands::ping());
                             Ok(None)
                         }
                         Liveness::Dead(why) => Err(End::Violation(why)),
@@ -331,9 +328,7 @@ impl Connection {
         match t {
             Type::Connect => self.connect(*body(t, c.connect)?)?,
             Type::AuthResponse => self.auth_response(*body(t, c.auth_response)?)?,
-            Type::Ping => self.out.command(commands::with_type(Type::Pong, |b| {
-                b.pong = Some(Box::default())
-            })),
+            Type::Ping => self.out.command(commands::pong()),
             Type::Pong => {}
             Type::Lookup => self.lookup(*body(t, c.lookup_topic)?).await,
             Type::PartitionedMetadata => {
@@ -361,16 +356,7 @@ impl Connection {
             Type::ConsumerStats => {
                 let r = body(t, c.consumer_stats)?;
                 self.out
-                    .command(commands::with_type(Type::ConsumerStatsResponse, |b| {
-                        b.consumer_stats_response = Some(Box::new(CommandConsumerStatsResponse {
-                            request_id: r.request_id,
-                            error_code: Some(ServerError::NotAllowedError as i32),
-                            error_message: Some(
-                                "consumer stats are served by the admin API".into(),
-                            ),
-                            ..Default::default()
-                        }));
-                    }));
+                    .command(commands::consumer_stats_refused(r.request_id));
             }
             Type::GetSchema => self.get_schema(*body(t, c.get_schema)?).await,
             Type::GetOrCreateSchema => {
@@ -380,37 +366,16 @@ impl Connection {
             Type::HealthCheck => {
                 let h = body(t, c.health_check)?;
                 self.out
-                    .command(commands::with_type(Type::HealthCheckResponse, |b| {
-                        b.health_check_response = Some(Box::new(CommandHealthCheckResponse {
-                            request_id: h.request_id,
-                            ok: true,
-                            ..Default::default()
-                        }));
-                    }));
+                    .command(commands::health_check_response(h.request_id));
             }
             Type::TcClientConnectRequest => {
                 let r = body(t, c.tc_client_connect_request)?;
                 self.out
-                    .command(commands::with_type(Type::TcClientConnectResponse, |b| {
-                        b.tc_client_connect_response =
-                            Some(Box::new(CommandTcClientConnectResponse {
-                                request_id: r.request_id,
-                                error: Some(ServerError::TransactionCoordinatorNotFound as i32),
-                                message: Some("transactions are not supported".into()),
-                            }));
-                    }));
+                    .command(commands::tc_client_connect_refused(r.request_id));
             }
             Type::NewTxn => {
                 let r = body(t, c.new_txn)?;
-                self.out
-                    .command(commands::with_type(Type::NewTxnResponse, |b| {
-                        b.new_txn_response = Some(Box::new(CommandNewTxnResponse {
-                            request_id: r.request_id,
-                            error: Some(ServerError::TransactionCoordinatorNotFound as i32),
-                            message: Some("transactions are not supported".into()),
-                            ..Default::default()
-                        }));
-                    }));
+                self.out.command(commands::new_txn_refused(r.request_id));
             }
             other => {
                 return Err(End::Violation(format!(

@@ -1,19 +1,14 @@
 //! Schemas: GET_SCHEMA, GET_OR_CREATE_SCHEMA, and the schema a PRODUCER or
 //! SUBSCRIBE carries, registered on its topic before the topic sees it.
 
-use bytes::Bytes;
 use kilonova_auth::Want;
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::{SchemaOutcome, SchemaRecord};
-use kilonova_pulsar_protocol::proto::{
-    base_command::Type, CommandGetOrCreateSchema, CommandGetOrCreateSchemaResponse,
-    CommandGetSchema, CommandGetSchemaResponse, KeyValue, Schema, ServerError,
-};
+use kilonova_pulsar_protocol::proto::{CommandGetOrCreateSchema, CommandGetSchema, Schema};
 
 use super::Connection;
 use crate::commands;
 use crate::error::BrokerError;
-use crate::topic;
 
 impl Connection {
     pub(super) async fn get_schema(&self, g: CommandGetSchema) {
@@ -29,34 +24,7 @@ impl Connection {
             Err(_) => None,
         };
         self.out
-            .command(commands::with_type(Type::GetSchemaResponse, |b| {
-                b.get_schema_response = Some(match found {
-                    Some((v, s)) => Box::new(CommandGetSchemaResponse {
-                        request_id: g.request_id,
-                        schema: Some(Schema {
-                            name: s.name,
-                            schema_data: Bytes::from(s.data),
-                            r#type: s.kind,
-                            properties: s
-                                .properties
-                                .into_iter()
-                                .map(|(key, value)| KeyValue { key, value })
-                                .collect(),
-                        }),
-                        schema_version: Some(topic::schema_version_bytes(v)),
-                        ..Default::default()
-                    }),
-                    None => Box::new(CommandGetSchemaResponse {
-                        request_id: g.request_id,
-                        error_code: Some(ServerError::TopicNotFound as i32),
-                        error_message: Some(format!(
-                            "topic {} not found or has no schema",
-                            g.topic
-                        )),
-                        ..Default::default()
-                    }),
-                });
-            }));
+            .command(commands::schema_response(g.request_id, &g.topic, found));
     }
 
     pub(super) async fn get_or_create_schema(&self, g: CommandGetOrCreateSchema) {
@@ -66,30 +34,14 @@ impl Connection {
                 .resources()
                 .get_or_create_schema(&t, schema_record(&g.schema))
                 .await
-                .map_err(BrokerError::from),
+                .map_err(BrokerError::from)
+                .and_then(|o| created_version(o, || "incompatible schema".into())),
             Err(e) => Err(e),
         };
-        self.out
-            .command(commands::with_type(Type::GetOrCreateSchemaResponse, |b| {
-                let mut r = CommandGetOrCreateSchemaResponse {
-                    request_id: g.request_id,
-                    ..Default::default()
-                };
-                match result {
-                    Ok(SchemaOutcome::Version(v)) => {
-                        r.schema_version = Some(topic::schema_version_bytes(v))
-                    }
-                    Ok(SchemaOutcome::Incompatible) => {
-                        r.error_code = Some(ServerError::IncompatibleSchema as i32);
-                        r.error_message = Some("incompatible schema".into());
-                    }
-                    Err(e) => {
-                        r.error_code = Some(e.server_error() as i32);
-                        r.error_message = Some(e.to_string());
-                    }
-                }
-                b.get_or_create_schema_response = Some(Box::new(r));
-            }));
+        self.out.command(commands::get_or_create_schema_response(
+            g.request_id,
+            result.as_ref().copied(),
+        ));
     }
 
     /// The version of `schema` on topic `name` (registering it if new). `None`: no schema.
@@ -101,18 +53,30 @@ impl Connection {
         let Some(s) = schema.filter(|s| s.r#type != 0) else {
             return Ok(None);
         };
-        match self
+        let outcome = self
             .broker
             .resources()
             .get_or_create_schema(name, schema_record(s))
-            .await?
-        {
-            SchemaOutcome::Version(v) => Ok(Some(v)),
-            SchemaOutcome::Incompatible => Err(BrokerError::IncompatibleSchema(format!(
+            .await?;
+        let version = created_version(outcome, || {
+            format!(
                 "schema of type {} is incompatible with topic {name}'s schema",
                 s.r#type
-            ))),
-        }
+            )
+        })?;
+        Ok(Some(version))
+    }
+}
+
+/// The version a schema was stored with; refused (`incompatible` says why)
+/// if the topic's compatibility rules turned it down.
+fn created_version(
+    outcome: SchemaOutcome,
+    incompatible: impl FnOnce() -> String,
+) -> Result<u64, BrokerError> {
+    match outcome {
+        SchemaOutcome::Version(v) => Ok(v),
+        SchemaOutcome::Incompatible => Err(BrokerError::IncompatibleSchema(incompatible())),
     }
 }
 
