@@ -365,3 +365,151 @@ pub(crate) fn with_type(t: Type, f: impl FnOnce(&mut BaseCommand)) -> BaseComman
     f(&mut c);
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(plain: Option<&str>, tls: Option<&str>) -> ServiceUrls {
+        ServiceUrls {
+            plain: plain.map(String::from),
+            tls: tls.map(String::from),
+        }
+    }
+
+    fn lookup(c: &BaseCommand) -> &CommandLookupTopicResponse {
+        c.lookup_topic_response
+            .as_deref()
+            .unwrap_or_else(|| panic!("no lookup response in {c:?}"))
+    }
+
+    #[test]
+    fn a_lookup_points_at_this_brokers_plain_url_or_else_its_tls_one() {
+        let both = urls(Some("pulsar://h:6650"), Some("pulsar+ssl://h:6651"));
+        let r = lookup_response(7, Ok(&both));
+        let l = lookup(&r);
+        assert_eq!(l.request_id, 7);
+        assert_eq!(l.response, Some(LookupType::Connect as i32));
+        assert_eq!(l.authoritative, Some(true));
+        assert_eq!(l.broker_service_url.as_deref(), Some("pulsar://h:6650"));
+        assert_eq!(
+            l.broker_service_url_tls.as_deref(),
+            Some("pulsar+ssl://h:6651")
+        );
+        let tls_only = urls(None, Some("pulsar+ssl://h:6651"));
+        let r = lookup_response(8, Ok(&tls_only));
+        assert_eq!(
+            lookup(&r).broker_service_url.as_deref(),
+            Some("pulsar+ssl://h:6651")
+        );
+    }
+
+    #[test]
+    fn a_failed_lookup_or_partition_count_carries_the_errors_code_and_message() {
+        let e = BrokerError::NamespaceNotFound("acme/ns".into());
+        let r = lookup_response(3, Err(&e));
+        let l = lookup(&r);
+        assert_eq!(l.response, Some(LookupType::Failed as i32));
+        assert_eq!(l.error, Some(ServerError::TopicNotFound as i32));
+        assert_eq!(
+            l.message.as_deref(),
+            Some("namespace acme/ns does not exist")
+        );
+        assert_eq!(l.broker_service_url, None);
+        let r = partitioned_metadata_response(4, Err(&e));
+        let p = r.partition_metadata_response.as_deref();
+        assert_eq!(
+            p.map(|p| p.response),
+            Some(Some(PartitionsType::Failed as i32))
+        );
+        assert_eq!(p.and_then(|p| p.partitions), None);
+        let r = partitioned_metadata_response(5, Ok(4));
+        let p = r.partition_metadata_response.as_deref();
+        assert_eq!(p.map(|p| (p.request_id, p.partitions)), Some((5, Some(4))));
+    }
+
+    #[test]
+    fn a_stored_schema_is_answered_with_its_version_and_a_missing_one_with_topic_not_found() {
+        let record = SchemaRecord {
+            name: "orders".into(),
+            kind: 4,
+            data: b"{}".to_vec(),
+            properties: vec![("k".into(), "v".into())],
+        };
+        let r = schema_response(9, "t", Some((2, record)));
+        let g = r.get_schema_response.as_deref();
+        let s = g.and_then(|g| g.schema.as_ref());
+        assert_eq!(s.map(|s| (s.name.as_str(), s.r#type)), Some(("orders", 4)));
+        assert_eq!(s.map(|s| &s.schema_data[..]), Some(&b"{}"[..]));
+        let kv = s.and_then(|s| s.properties.first());
+        assert_eq!(
+            kv.map(|kv| (kv.key.as_str(), kv.value.as_str())),
+            Some(("k", "v"))
+        );
+        let version = g.and_then(|g| g.schema_version.as_deref());
+        assert_eq!(version, Some(&[0, 0, 0, 0, 0, 0, 0, 2][..]));
+        let r = schema_response(10, "persistent://a/b/t", None);
+        let g = r.get_schema_response.as_deref();
+        assert_eq!(
+            g.and_then(|g| g.error_code),
+            Some(ServerError::TopicNotFound as i32)
+        );
+        assert_eq!(
+            g.and_then(|g| g.error_message.as_deref()),
+            Some("topic persistent://a/b/t not found or has no schema")
+        );
+    }
+
+    /// Whether `c` carries the body of type `t`.
+    fn has_body(c: &BaseCommand, t: Type) -> bool {
+        match t {
+            Type::Connected => c.connected.is_some(),
+            Type::AuthChallenge => c.auth_challenge.is_some(),
+            Type::Ping => c.ping.is_some(),
+            Type::Pong => c.pong.is_some(),
+            Type::LookupResponse => c.lookup_topic_response.is_some(),
+            Type::PartitionedMetadataResponse => c.partition_metadata_response.is_some(),
+            Type::GetTopicsOfNamespaceResponse => c.get_topics_of_namespace_response.is_some(),
+            Type::GetSchemaResponse => c.get_schema_response.is_some(),
+            Type::GetOrCreateSchemaResponse => c.get_or_create_schema_response.is_some(),
+            Type::HealthCheckResponse => c.health_check_response.is_some(),
+            Type::ConsumerStatsResponse => c.consumer_stats_response.is_some(),
+            Type::TcClientConnectResponse => c.tc_client_connect_response.is_some(),
+            Type::NewTxnResponse => c.new_txn_response.is_some(),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn every_reply_is_of_the_type_whose_body_it_carries() {
+        let e = BrokerError::ShuttingDown;
+        let replies = [
+            (connected(19, Some(5 << 20)), Type::Connected),
+            (auth_challenge(19), Type::AuthChallenge),
+            (ping(), Type::Ping),
+            (pong(), Type::Pong),
+            (lookup_response(1, Err(&e)), Type::LookupResponse),
+            (
+                partitioned_metadata_response(1, Ok(0)),
+                Type::PartitionedMetadataResponse,
+            ),
+            (
+                topics_of_namespace_response(1, Vec::new(), false, "0".into(), true),
+                Type::GetTopicsOfNamespaceResponse,
+            ),
+            (schema_response(1, "t", None), Type::GetSchemaResponse),
+            (
+                get_or_create_schema_response(1, Ok(1)),
+                Type::GetOrCreateSchemaResponse,
+            ),
+            (health_check_response(1), Type::HealthCheckResponse),
+            (consumer_stats_refused(1), Type::ConsumerStatsResponse),
+            (tc_client_connect_refused(1), Type::TcClientConnectResponse),
+            (new_txn_refused(1), Type::NewTxnResponse),
+        ];
+        for (c, t) in replies {
+            assert_eq!(c.r#type, t as i32, "{t:?}");
+            assert!(has_body(&c, t), "{t:?} without its body");
+        }
+    }
+}

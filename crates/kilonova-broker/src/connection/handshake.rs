@@ -136,3 +136,48 @@ fn same_role(old: &Principal, new: Option<Principal>) -> Result<Principal, Broke
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(role: &str, expires_at_secs: Option<u64>) -> Principal {
+        Principal {
+            role: role.into(),
+            expires_at_secs,
+            not_before_secs: None,
+        }
+    }
+
+    #[test]
+    fn the_protocol_version_is_the_clients_up_to_ours() {
+        assert_eq!(negotiated_version(None), 0);
+        assert_eq!(negotiated_version(Some(-3)), 0);
+        assert_eq!(negotiated_version(Some(15)), 15);
+        assert_eq!(negotiated_version(Some(21)), PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn expired_credentials_are_challenged_once_then_the_connection_closes() {
+        let p = principal("alice", Some(1_000));
+        assert_eq!(refresh(&p, false, 999), Refresh::Valid);
+        assert_eq!(refresh(&p, false, 1_000), Refresh::Challenge);
+        assert_eq!(refresh(&p, true, 1_000), Refresh::Close);
+        let forever = principal("alice", None);
+        assert_eq!(refresh(&forever, false, u64::MAX), Refresh::Valid);
+    }
+
+    #[test]
+    fn refreshed_credentials_must_be_for_the_same_role() {
+        let alice = principal("alice", Some(1_000));
+        let renewed = same_role(&alice, Some(principal("alice", Some(2_000))));
+        assert_eq!(renewed.ok().and_then(|p| p.expires_at_secs), Some(2_000));
+        for new in [Some(principal("bob", Some(2_000))), None] {
+            let e = same_role(&alice, new).err();
+            assert_eq!(
+                e.map(|e| e.server_error()),
+                Some(ServerError::AuthenticationError)
+            );
+        }
+    }
+}

@@ -132,3 +132,64 @@ fn compile_pattern(p: &str) -> Option<regex::Regex> {
         .build()
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    const TOPICS: [&str; 3] = [
+        "persistent://public/default/orders-1",
+        "persistent://public/default/payments",
+        "non-persistent://public/default/orders-2",
+    ];
+
+    #[test]
+    fn a_pattern_keeps_the_topics_whose_whole_full_or_short_name_matches() {
+        let short = listing(names(&TOPICS), Some("public/default/orders-.*"), None);
+        assert!(short.filtered);
+        assert_eq!(short.topics, names(&[TOPICS[0], TOPICS[2]]));
+        // Matched whole: "persistent://…" is not found inside "non-persistent://…".
+        let full = listing(names(&TOPICS), Some("persistent://.*/orders-.*"), None);
+        assert_eq!(full.topics, names(&[TOPICS[0]]));
+        let prefix = listing(names(&TOPICS), Some("public/default/orders"), None);
+        assert!(prefix.topics.is_empty(), "{:?}", prefix.topics);
+    }
+
+    #[test]
+    fn a_pattern_the_regex_engine_refuses_filters_nothing() {
+        // Too large compiled (over 1 MiB, under the engine's own 10 MiB
+        // default), and not a regex at all.
+        for p in ["\\w{100}", "orders-("] {
+            assert!(compile_pattern(p).is_none(), "{p}");
+            let l = listing(names(&TOPICS), Some(p), None);
+            assert!(!l.filtered);
+            assert_eq!(l.topics, names(&TOPICS));
+        }
+    }
+
+    #[test]
+    fn a_client_holding_the_current_list_gets_only_its_hash() {
+        let first = listing(names(&TOPICS), None, None);
+        assert!(first.changed && !first.filtered);
+        assert_eq!(first.topics, names(&TOPICS));
+        let expected = crc32c::crc32c(TOPICS.join(",").as_bytes());
+        assert_eq!(first.hash, format!("{expected:08x}"));
+        let again = listing(names(&TOPICS), None, Some(&first.hash));
+        assert!(!again.changed);
+        assert!(again.topics.is_empty());
+        assert_eq!(again.hash, first.hash);
+    }
+
+    #[test]
+    fn the_hash_covers_the_filtered_list() {
+        let all = listing(names(&TOPICS), None, None);
+        let some = listing(names(&TOPICS), Some(".*payments"), Some(&all.hash));
+        assert!(some.changed, "a filtered list is another list");
+        let expected = crc32c::crc32c(TOPICS[1].as_bytes());
+        assert_eq!(some.hash, format!("{expected:08x}"));
+    }
+}

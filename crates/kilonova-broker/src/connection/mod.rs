@@ -690,3 +690,161 @@ pub async fn accept_loop(
     drop(listener);
     while tasks.join_next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::rate_limit::{Rate, RateLimits};
+    use tokio::sync::mpsc;
+
+    fn t0() -> Instant {
+        ManualClock::at_ms(0).now()
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_command_before_connect_closes_the_connection() {
+        let lookup = Type::Lookup as i32;
+        assert_eq!(
+            admitted_type(lookup, false),
+            Err(End::Violation("Lookup before CONNECT".into()))
+        );
+        assert_eq!(
+            admitted_type(Type::Connect as i32, false),
+            Ok(Type::Connect)
+        );
+        assert_eq!(admitted_type(lookup, true), Ok(Type::Lookup));
+    }
+
+    #[test]
+    fn an_unknown_command_type_closes_the_connection() {
+        assert_eq!(
+            admitted_type(9_999, true),
+            Err(End::Violation("unknown command type 9999".into()))
+        );
+    }
+
+    #[test]
+    fn a_command_without_its_body_closes_the_connection() {
+        assert_eq!(
+            body::<u8>(Type::Seek, None),
+            Err(End::Violation("Seek without its body".into()))
+        );
+        assert_eq!(body(Type::Seek, Some(7u8)), Ok(7));
+    }
+
+    #[test]
+    fn frames_before_connect_are_capped_at_64_kib() {
+        let configured = 5 << 20;
+        assert_eq!(frame_limit(false, configured), 64 << 10);
+        assert_eq!(frame_limit(true, configured), configured);
+    }
+
+    #[test]
+    fn a_silent_client_is_pinged_after_the_interval_and_closed_after_twice_it() {
+        let t0 = t0();
+        let mut k = KeepAlive::new(secs(30), t0);
+        assert_eq!(k.tick(t0 + secs(29), 0, None), Liveness::Alive);
+        assert_eq!(k.tick(t0 + secs(30), 0, None), Liveness::Ping);
+        assert_eq!(k.tick(t0 + secs(59), 0, None), Liveness::Ping);
+        assert_eq!(
+            k.tick(t0 + secs(60), 0, None),
+            Liveness::Dead("keep-alive timed out".into())
+        );
+    }
+
+    #[test]
+    fn what_a_client_sends_restarts_its_silence() {
+        let t0 = t0();
+        let mut k = KeepAlive::new(secs(30), t0);
+        k.seen(t0 + secs(50));
+        assert_eq!(k.tick(t0 + secs(60), 0, None), Liveness::Alive);
+        assert_eq!(k.tick(t0 + secs(80), 0, None), Liveness::Ping);
+    }
+
+    #[test]
+    fn pings_written_to_a_silent_client_do_not_keep_it_alive() {
+        // The kernel accepts a few pings for a dead peer too: what the writer
+        // wrote counts only while the client is paused for unread answers.
+        let t0 = t0();
+        let mut k = KeepAlive::new(secs(30), t0);
+        assert_eq!(k.tick(t0 + secs(30), 100, None), Liveness::Ping);
+        assert_eq!(
+            k.tick(t0 + secs(60), 200, None),
+            Liveness::Dead("keep-alive timed out".into())
+        );
+    }
+
+    #[test]
+    fn a_paused_client_is_alive_while_it_reads_its_answers_and_closed_once_it_stops() {
+        let t0 = t0();
+        let mut k = KeepAlive::new(secs(30), t0);
+        let queued = Some(4 << 20);
+        for (i, at) in [30, 60, 90, 120].into_iter().enumerate() {
+            let written = 1_000 * (i as u64 + 1);
+            assert_eq!(k.tick(t0 + secs(at), written, queued), Liveness::Alive);
+        }
+        assert_eq!(k.tick(t0 + secs(150), 4_000, queued), Liveness::Ping);
+        assert_eq!(
+            k.tick(t0 + secs(180), 4_000, queued),
+            Liveness::Dead("it read none of its answers (4194304 bytes queued) for 60s".into())
+        );
+    }
+
+    #[test]
+    fn a_throttled_connection_pauses_at_most_a_second_at_a_time() {
+        let t0 = t0();
+        assert_eq!(pause_until(t0, Duration::ZERO), None);
+        let short = Duration::from_millis(200);
+        assert_eq!(pause_until(t0, short), Some(t0 + short));
+        assert_eq!(pause_until(t0, secs(5)), Some(t0 + MAX_THROTTLE_PAUSE));
+    }
+
+    fn gate(messages_per_sec: Option<u64>, now: Instant) -> PublishGate {
+        let g = PublishGate::default();
+        let limits = RateLimits {
+            messages: messages_per_sec.map(Rate::per_second),
+            bytes: None,
+        };
+        g.set(limits, now);
+        g
+    }
+
+    #[test]
+    fn a_throttled_connection_waits_for_the_slowest_of_its_producers_topics() {
+        let t0 = t0();
+        let (free, slow, slower) = (gate(None, t0), gate(Some(10), t0), gate(Some(1), t0));
+        slow.charge(20, 0, t0);
+        slower.charge(3, 0, t0);
+        let wait = throttle_wait([&free, &slow, &slower].into_iter(), t0);
+        let expected = slower.wait(t0);
+        assert!(expected > slow.wait(t0), "the test's premise");
+        assert_eq!(wait, Some(expected));
+        assert_eq!(throttle_wait([&free].into_iter(), t0), None);
+        assert_eq!(throttle_wait(std::iter::empty(), t0), None);
+    }
+
+    fn handle() -> (TopicHandle, mpsc::Receiver<TopicCommand>) {
+        let (tx, rx) = mpsc::channel(1);
+        (TopicHandle::new(tx, Arc::default()), rx)
+    }
+
+    #[test]
+    fn an_id_live_on_another_topic_of_the_connection_is_in_use() {
+        let (a, a_rx) = handle();
+        let (b, _b_rx) = handle();
+        let producers = HashMap::from([(1, a.clone())]);
+        assert!(in_use_elsewhere(&producers, 1, &b));
+        assert!(!in_use_elsewhere(&producers, 1, &a), "the same topic again");
+        assert!(!in_use_elsewhere(&producers, 2, &b), "an unused id");
+        drop(a_rx);
+        assert!(
+            !in_use_elsewhere(&producers, 1, &b),
+            "the id's topic went away (unloaded): it is free"
+        );
+    }
+}

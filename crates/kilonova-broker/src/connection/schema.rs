@@ -99,3 +99,54 @@ fn schema_record(s: &Schema) -> SchemaRecord {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::schema_version_bytes;
+    use kilonova_pulsar_protocol::proto::{KeyValue, ServerError};
+
+    #[test]
+    fn a_schema_version_is_8_big_endian_bytes_and_other_lengths_name_none() {
+        let v = 0x0102_0304_0506_0708;
+        let wire = schema_version_bytes(v);
+        assert_eq!(&wire[..], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(requested_version(&wire), Some(v));
+        assert_eq!(requested_version(&wire[..7]), None);
+        assert_eq!(requested_version(&[0; 9]), None);
+        assert_eq!(requested_version(&[]), None);
+    }
+
+    #[test]
+    fn a_wire_schema_is_stored_with_its_name_type_data_and_properties() {
+        let wire = Schema {
+            name: "orders".into(),
+            schema_data: bytes::Bytes::from_static(b"{\"type\":\"record\"}"),
+            r#type: 4,
+            properties: vec![KeyValue {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+        };
+        let r = schema_record(&wire);
+        assert_eq!(r.name, "orders");
+        assert_eq!(r.kind, 4);
+        assert_eq!(r.data, b"{\"type\":\"record\"}");
+        assert_eq!(r.properties, vec![("k".to_string(), "v".to_string())]);
+    }
+
+    #[test]
+    fn an_incompatible_schema_is_refused_with_incompatible_schema() {
+        let why = || "not compatible".to_string();
+        assert_eq!(
+            created_version(SchemaOutcome::Version(3), why).ok(),
+            Some(3)
+        );
+        let e = created_version(SchemaOutcome::Incompatible, why).err();
+        assert_eq!(
+            e.as_ref().map(|e| e.server_error()),
+            Some(ServerError::IncompatibleSchema)
+        );
+        assert_eq!(e.map(|e| e.to_string()).as_deref(), Some("not compatible"));
+    }
+}
