@@ -3,39 +3,32 @@
 //! SEEK, GET_LAST_MESSAGE_ID, UNSUBSCRIBE and CLOSE_CONSUMER go to the
 //! consumer's topic, which answers them.
 
-use kilonova_auth::Want;
 use kilonova_pulsar_protocol::proto::{
     CommandAck, CommandCloseConsumer, CommandFlow, CommandGetLastMessageId,
     CommandRedeliverUnacknowledgedMessages, CommandSeek, CommandSubscribe, CommandUnsubscribe,
     ServerError,
 };
 
-use super::{in_use_elsewhere, Connection};
+use super::{Connection, Side};
 use crate::commands;
-use crate::error::BrokerError;
 use crate::subscription::ConsumerKey;
 use crate::topic::TopicCommand;
 
 impl Connection {
     pub(super) async fn subscribe(&mut self, s: Box<CommandSubscribe>) {
-        let topic = match self
-            .open_topic(&s.topic, s.schema.as_ref(), Want::Consume)
-            .await
-        {
-            Ok((t, _)) => t,
-            Err(e) => {
-                self.out.command(commands::broker_error(s.request_id, &e));
-                return;
-            }
-        };
-        if in_use_elsewhere(&self.consumers, s.consumer_id, &topic) {
-            let e = BrokerError::ConsumerBusy(format!(
-                "consumer id {} is in use on another topic of this connection",
-                s.consumer_id
-            ));
-            self.out.command(commands::broker_error(s.request_id, &e));
+        let schema = s.schema.as_ref();
+        let opened = self
+            .open_for(
+                Side::Consumer,
+                s.consumer_id,
+                s.request_id,
+                &s.topic,
+                schema,
+            )
+            .await;
+        let Some((topic, _)) = opened else {
             return;
-        }
+        };
         self.consumers.insert(s.consumer_id, topic.clone());
         let request_id = s.request_id;
         let cmd = TopicCommand::Subscribe {

@@ -405,15 +405,42 @@ impl Connection {
         Ok(topic)
     }
 
-    /// Loads the topic and registers `schema` on it; returns the topic and
-    /// the schema's version.
-    async fn open_topic(
+    /// Opens topic `name` for a new producer or consumer `id` of this
+    /// connection: loads it and registers `schema` on it; returns the topic
+    /// and the schema's version. If the topic cannot be opened, or `id` is
+    /// live on another topic, answers request `request_id` and returns `None`.
+    async fn open_for(
         &self,
+        side: Side,
+        id: u64,
+        request_id: u64,
         name: &str,
         schema: Option<&Schema>,
-        want: Want,
+    ) -> Option<(TopicHandle, Option<u64>)> {
+        let handles = match side {
+            Side::Producer => &self.producers,
+            Side::Consumer => &self.consumers,
+        };
+        let result = match self.open_topic(side, name, schema).await {
+            Ok((topic, _)) if in_use_elsewhere(handles, id, &topic) => Err(side.busy(id)),
+            other => other,
+        };
+        match result {
+            Ok(opened) => Some(opened),
+            Err(e) => {
+                self.out.command(commands::broker_error(request_id, &e));
+                None
+            }
+        }
+    }
+
+    async fn open_topic(
+        &self,
+        side: Side,
+        name: &str,
+        schema: Option<&Schema>,
     ) -> Result<(TopicHandle, Option<u64>), BrokerError> {
-        let name = self.authorized_topic(name, want).await?;
+        let name = self.authorized_topic(name, side.want()).await?;
         let topic = self.broker.topic(&name).await?;
         let version = self.register_schema(&name, schema).await?;
         Ok((topic, version))
@@ -469,6 +496,31 @@ fn frame_limit(connected: bool, max_frame_bytes: usize) -> usize {
     match connected {
         true => max_frame_bytes,
         false => MAX_FRAME_BYTES_BEFORE_CONNECT,
+    }
+}
+
+/// What a client opens on a topic.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Producer,
+    Consumer,
+}
+
+impl Side {
+    fn want(self) -> Want {
+        match self {
+            Side::Producer => Want::Produce,
+            Side::Consumer => Want::Consume,
+        }
+    }
+
+    /// The refusal of an `id` that is live on another topic.
+    fn busy(self, id: u64) -> BrokerError {
+        let why = |what| format!("{what} id {id} is in use on another topic of this connection");
+        match self {
+            Side::Producer => BrokerError::ProducerBusy(why("producer")),
+            Side::Consumer => BrokerError::ConsumerBusy(why("consumer")),
+        }
     }
 }
 

@@ -2,37 +2,30 @@
 //! schema's registration), SEND goes to its topic and charges the topic's
 //! publish rate (a rate reached pauses the reading), CLOSE_PRODUCER detaches it.
 
-use kilonova_auth::Want;
 use kilonova_pulsar_protocol::frame::Payload;
 use kilonova_pulsar_protocol::proto::{
     CommandCloseProducer, CommandProducer, CommandSend, ServerError,
 };
 
-use super::{in_use_elsewhere, pause_until, Connection, End};
+use super::{pause_until, Connection, End, Side};
 use crate::commands;
-use crate::error::BrokerError;
 use crate::topic::{NewProducer, TopicCommand};
 
 impl Connection {
     pub(super) async fn producer(&mut self, p: CommandProducer) {
-        let (topic, schema_version) = match self
-            .open_topic(&p.topic, p.schema.as_ref(), Want::Produce)
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                self.out.command(commands::broker_error(p.request_id, &e));
-                return;
-            }
-        };
-        if in_use_elsewhere(&self.producers, p.producer_id, &topic) {
-            let e = BrokerError::ProducerBusy(format!(
-                "producer id {} is in use on another topic of this connection",
-                p.producer_id
-            ));
-            self.out.command(commands::broker_error(p.request_id, &e));
+        let schema = p.schema.as_ref();
+        let opened = self
+            .open_for(
+                Side::Producer,
+                p.producer_id,
+                p.request_id,
+                &p.topic,
+                schema,
+            )
+            .await;
+        let Some((topic, schema_version)) = opened else {
             return;
-        }
+        };
         self.producers.insert(p.producer_id, topic.clone());
         let access_mode = p.producer_access_mode();
         let cmd = TopicCommand::AddProducer(NewProducer {
