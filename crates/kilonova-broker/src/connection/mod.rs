@@ -8,26 +8,28 @@
 //! close the connection; bad requests inside valid frames get the protocol's error.
 //! A client that does not read its answers is not read either (see [`crate::outbound`]).
 //!
-//! This module is the connection's task (reading, keep-alive, throttling,
-//! writing) and the dispatch of each command to its family: [`handshake`]
+//! This module is the connection's task (reading, throttling, the
+//! keep-alive and credential checks; [`keep_alive`] decides, [`writer`]
+//! writes) and the dispatch of each command to its family: [`handshake`]
 //! (CONNECT, credentials), [`lookup`] (where topics are, which exist),
 //! [`producer`], [`consumer`] and [`schema`]. Replies are built in
 //! [`crate::commands`].
 
 mod consumer;
 mod handshake;
+mod keep_alive;
 mod lookup;
 mod producer;
 mod schema;
+mod writer;
 
-use std::collections::{HashMap, VecDeque};
-use std::io::IoSlice;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,7 +41,7 @@ use crate::accept::{AcceptBackoff, LogLimiter};
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
-use crate::outbound::{Out, Outbound, OutboundReceiver};
+use crate::outbound::Outbound;
 use crate::rate_limit::PublishGate;
 use crate::subscription::ConsumerKey;
 use crate::topic::{sleep_until, ConnCtx, TopicCommand, TopicHandle};
@@ -47,12 +49,12 @@ use kilonova_auth::{Need, Principal, Want};
 use kilonova_metadata::names::TopicName;
 use tokio_rustls::rustls;
 
+use keep_alive::{KeepAlive, Liveness};
+use writer::write_loop;
+
 /// Read buffer kept by an idle connection; a larger one (after a big frame) is dropped.
 const IDLE_READ_BUFFER_BYTES: usize = 16 << 10;
 const READ_CHUNK_BYTES: usize = 8 << 10;
-/// The writer sends up to this much per vectored write.
-const WRITE_BATCH_BYTES: usize = 1 << 20;
-const MAX_IO_SLICES: usize = 64;
 
 /// Largest frame accepted before CONNECT completes: a CONNECT (even with a
 /// token) is small, and nobody unauthenticated may make the broker buffer a
@@ -548,129 +550,6 @@ fn pause_until(now: Instant, wait: Duration) -> Option<Instant> {
     (!wait.is_zero()).then(|| now + wait.min(MAX_THROTTLE_PAUSE))
 }
 
-/// Whether a client is alive. A client silent for the keep-alive interval
-/// gets a PING; one silent for twice the interval is closed.
-#[derive(Debug)]
-struct KeepAlive {
-    every: Duration,
-    last_seen: Instant,
-    /// What the writer had written at the last tick.
-    last_written: u64,
-}
-
-/// What a keep-alive tick decides.
-#[derive(Debug, PartialEq)]
-enum Liveness {
-    Alive,
-    Ping,
-    Dead(String),
-}
-
-impl KeepAlive {
-    fn new(every: Duration, now: Instant) -> Self {
-        KeepAlive {
-            every,
-            last_seen: now,
-            last_written: 0,
-        }
-    }
-
-    /// The client sent something, or the broker paused reading it.
-    fn seen(&mut self, now: Instant) {
-        self.last_seen = now;
-    }
-
-    /// A tick at `now`; `written` is what the writer has written so far and
-    /// `unread` the bytes queued, when reading is paused for unread answers.
-    fn tick(&mut self, now: Instant, written: u64, unread: Option<usize>) -> Liveness {
-        // Paused for its unread answers, a client that reads some of them is
-        // alive although its requests wait unread. (Only then: the kernel
-        // takes a few pings for a dead peer too.)
-        if unread.is_some() && written != self.last_written {
-            self.last_seen = now;
-        }
-        self.last_written = written;
-        let silent = now.saturating_duration_since(self.last_seen);
-        if silent >= self.every * 2 {
-            return Liveness::Dead(match unread {
-                Some(queued) => format!(
-                    "it read none of its answers ({queued} bytes queued) for {}s",
-                    silent.as_secs()
-                ),
-                None => "keep-alive timed out".into(),
-            });
-        }
-        match silent >= self.every {
-            true => Liveness::Ping,
-            false => Liveness::Alive,
-        }
-    }
-}
-
-/// Writes what is queued for the connection, many frames per vectored write.
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: OutboundReceiver) {
-    let mut parts: VecDeque<Bytes> = VecDeque::new();
-    'outer: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let (mut cost, mut bytes) = (0usize, 0usize);
-        let mut close = false;
-        while let Some(out) = next.take() {
-            cost += out.cost();
-            match out {
-                Out::Frame(b) => {
-                    bytes += b.len();
-                    parts.push_back(b);
-                }
-                Out::Message {
-                    header,
-                    prefix,
-                    payload,
-                } => {
-                    bytes += header.len() + prefix.as_ref().map_or(0, Bytes::len) + payload.len();
-                    parts.push_back(header);
-                    parts.extend(prefix);
-                    parts.push_back(payload);
-                }
-                Out::Close => {
-                    close = true;
-                    break;
-                }
-            }
-            if bytes < WRITE_BATCH_BYTES {
-                next = rx.try_recv();
-            }
-        }
-        while !parts.is_empty() {
-            let slices: Vec<IoSlice<'_>> = parts
-                .iter()
-                .take(MAX_IO_SLICES)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            let mut n = match w.write_vectored(&slices).await {
-                Ok(0) | Err(_) => break 'outer,
-                Ok(n) => n,
-            };
-            while n > 0 {
-                let Some(front) = parts.front_mut() else {
-                    break;
-                };
-                if n >= front.len() {
-                    n -= front.len();
-                    parts.pop_front();
-                } else {
-                    front.advance(n);
-                    n = 0;
-                }
-            }
-        }
-        rx.written(cost, bytes);
-        if close {
-            break;
-        }
-    }
-    let _ = w.shutdown().await;
-}
-
 /// Serves the Pulsar protocol on `listener` (over TLS with `tls`: the
 /// `pulsar+ssl://` port): accepts until `stop_accepting` changes, closes every
 /// connection when `close_connections` changes (after the broker closed its
@@ -750,11 +629,12 @@ mod tests {
     use crate::rate_limit::{Rate, RateLimits};
     use tokio::sync::mpsc;
 
-    fn t0() -> Instant {
+    /// A moment for tests to count from.
+    pub(super) fn t0() -> Instant {
         ManualClock::at_ms(0).now()
     }
 
-    fn secs(n: u64) -> Duration {
+    pub(super) fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
 
@@ -794,57 +674,6 @@ mod tests {
         let configured = 5 << 20;
         assert_eq!(frame_limit(false, configured), 64 << 10);
         assert_eq!(frame_limit(true, configured), configured);
-    }
-
-    #[test]
-    fn a_silent_client_is_pinged_after_the_interval_and_closed_after_twice_it() {
-        let t0 = t0();
-        let mut k = KeepAlive::new(secs(30), t0);
-        assert_eq!(k.tick(t0 + secs(29), 0, None), Liveness::Alive);
-        assert_eq!(k.tick(t0 + secs(30), 0, None), Liveness::Ping);
-        assert_eq!(k.tick(t0 + secs(59), 0, None), Liveness::Ping);
-        assert_eq!(
-            k.tick(t0 + secs(60), 0, None),
-            Liveness::Dead("keep-alive timed out".into())
-        );
-    }
-
-    #[test]
-    fn what_a_client_sends_restarts_its_silence() {
-        let t0 = t0();
-        let mut k = KeepAlive::new(secs(30), t0);
-        k.seen(t0 + secs(50));
-        assert_eq!(k.tick(t0 + secs(60), 0, None), Liveness::Alive);
-        assert_eq!(k.tick(t0 + secs(80), 0, None), Liveness::Ping);
-    }
-
-    #[test]
-    fn pings_written_to_a_silent_client_do_not_keep_it_alive() {
-        // The kernel accepts a few pings for a dead peer too: what the writer
-        // wrote counts only while the client is paused for unread answers.
-        let t0 = t0();
-        let mut k = KeepAlive::new(secs(30), t0);
-        assert_eq!(k.tick(t0 + secs(30), 100, None), Liveness::Ping);
-        assert_eq!(
-            k.tick(t0 + secs(60), 200, None),
-            Liveness::Dead("keep-alive timed out".into())
-        );
-    }
-
-    #[test]
-    fn a_paused_client_is_alive_while_it_reads_its_answers_and_closed_once_it_stops() {
-        let t0 = t0();
-        let mut k = KeepAlive::new(secs(30), t0);
-        let queued = Some(4 << 20);
-        for (i, at) in [30, 60, 90, 120].into_iter().enumerate() {
-            let written = 1_000 * (i as u64 + 1);
-            assert_eq!(k.tick(t0 + secs(at), written, queued), Liveness::Alive);
-        }
-        assert_eq!(k.tick(t0 + secs(150), 4_000, queued), Liveness::Ping);
-        assert_eq!(
-            k.tick(t0 + secs(180), 4_000, queued),
-            Liveness::Dead("it read none of its answers (4194304 bytes queued) for 60s".into())
-        );
     }
 
     #[test]
