@@ -228,6 +228,7 @@ impl Drop for Admitted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, SystemClock};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -268,7 +269,7 @@ mod tests {
 
     #[test]
     fn the_log_limiter_lets_one_line_a_second_through_and_counts_the_rest() {
-        let t0 = Instant::now();
+        let t0 = SystemClock.now();
         let mut log = LogLimiter::new(Duration::from_secs(1));
         assert_eq!(log.allow(t0), Some(0));
         for ms in 1..1000 {
@@ -281,7 +282,7 @@ mod tests {
     fn accept_failures_back_off_doubling_to_a_second_and_reset_on_success() {
         let mut b = AcceptBackoff::new("test");
         let emfile = io::Error::from_raw_os_error(24);
-        let now = Instant::now();
+        let now = SystemClock.now();
         let waits: Vec<u64> = (0..10)
             .map(|_| b.failed(&emfile, now).as_millis() as u64)
             .collect();

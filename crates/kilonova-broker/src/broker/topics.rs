@@ -10,8 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::NamespaceName;
-use kilonova_metadata::{SchemaOutcome, TopicRecord};
-use kilonova_pulsar_protocol::proto::Schema;
+use kilonova_metadata::TopicRecord;
 use kilonova_storage::{ManagedLog, ManagedLogConfig, StorageError};
 
 use super::{check_servable, Broker};
@@ -300,28 +299,6 @@ impl Broker {
             )));
         }
         Ok(())
-    }
-
-    /// The version of `schema` on topic `name` (registering it if new). `None`: no schema.
-    pub(crate) async fn register_schema(
-        &self,
-        name: &TopicName,
-        schema: Option<&Schema>,
-    ) -> Result<Option<u64>, BrokerError> {
-        let Some(s) = schema.filter(|s| s.r#type != 0) else {
-            return Ok(None);
-        };
-        match self
-            .resources()
-            .get_or_create_schema(name, topic::schema_record(s))
-            .await?
-        {
-            SchemaOutcome::Version(v) => Ok(Some(v)),
-            SchemaOutcome::Incompatible => Err(BrokerError::IncompatibleSchema(format!(
-                "schema of type {} is incompatible with topic {name}'s schema",
-                s.r#type
-            ))),
-        }
     }
 
     /// Sends a command that reached a topic as it unloaded to a fresh load of it.

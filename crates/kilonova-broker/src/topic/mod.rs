@@ -23,13 +23,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use kilonova_pulsar_protocol::frame::Payload;
 use kilonova_pulsar_protocol::proto::{
-    CommandAck, CommandSubscribe, MessageIdData, ProducerAccessMode, Schema,
+    CommandAck, CommandSubscribe, MessageIdData, ProducerAccessMode,
 };
 use kilonova_storage::ManagedLog;
 
@@ -51,7 +50,7 @@ use crate::policy_cache::Effective;
 use crate::rate_limit::{PublishGate, RateLimiter};
 use crate::subscription::{ConsumerKey, Subscription};
 use kilonova_metadata::names::TopicName;
-use kilonova_metadata::{SchemaRecord, TopicRecord};
+use kilonova_metadata::TopicRecord;
 use publish::{PendingAppend, Producer};
 
 /// The connection a producer or consumer lives on.
@@ -169,24 +168,6 @@ impl TopicHandle {
 /// The most commands a topic handles before it dispatches and looks at its
 /// other duties (append completions, housekeeping).
 const COMMAND_BURST: usize = 256;
-
-/// A schema version on the wire: 8 bytes, big-endian (as Pulsar's).
-pub(crate) fn schema_version_bytes(v: u64) -> Bytes {
-    Bytes::copy_from_slice(&v.to_be_bytes())
-}
-
-pub(crate) fn schema_record(s: &Schema) -> SchemaRecord {
-    SchemaRecord {
-        name: s.name.clone(),
-        kind: s.r#type,
-        data: s.schema_data.to_vec(),
-        properties: s
-            .properties
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect(),
-    }
-}
 
 pub(crate) struct Topic {
     name: TopicName,

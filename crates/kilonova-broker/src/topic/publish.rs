@@ -293,7 +293,7 @@ impl Topic {
                 request_id: p.request_id,
                 producer_name: name,
                 last_sequence_id: Some(last_sequence_id),
-                schema_version: schema_version.map(super::schema_version_bytes),
+                schema_version: schema_version.map(commands::schema_version_bytes),
                 topic_epoch: Some(self.topic_epoch),
                 producer_ready: Some(ready),
             }));

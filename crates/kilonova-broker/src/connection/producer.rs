@@ -1,0 +1,95 @@
+//! Producers: PRODUCER opens one on a topic (after authorization and the
+//! schema's registration), SEND goes to its topic and charges the topic's
+//! publish rate (a rate reached pauses the reading), CLOSE_PRODUCER detaches it.
+
+use kilonova_pulsar_protocol::frame::Payload;
+use kilonova_pulsar_protocol::proto::{
+    CommandCloseProducer, CommandProducer, CommandSend, ServerError,
+};
+
+use super::{pause_until, Connection, End, Side};
+use crate::commands;
+use crate::topic::{NewProducer, TopicCommand};
+
+impl Connection {
+    pub(super) async fn producer(&mut self, p: CommandProducer) {
+        let schema = p.schema.as_ref();
+        let opened = self
+            .open_for(
+                Side::Producer,
+                p.producer_id,
+                p.request_id,
+                &p.topic,
+                schema,
+            )
+            .await;
+        let Some((topic, schema_version)) = opened else {
+            return;
+        };
+        self.producers.insert(p.producer_id, topic.clone());
+        let access_mode = p.producer_access_mode();
+        let cmd = TopicCommand::AddProducer(NewProducer {
+            conn: self.ctx(),
+            producer_id: p.producer_id,
+            request_id: p.request_id,
+            name: p.producer_name,
+            access_mode,
+            schema_version,
+        });
+        self.to_topic(&topic, cmd, Some(p.request_id)).await;
+    }
+
+    pub(super) async fn send(
+        &mut self,
+        s: CommandSend,
+        payload: Option<Payload>,
+    ) -> Result<(), End> {
+        let payload = payload.ok_or_else(|| End::Violation("SEND without a payload".into()))?;
+        let Some(topic) = self.producers.get(&s.producer_id).cloned() else {
+            return Err(End::Violation(format!(
+                "SEND for producer {} that this connection did not create",
+                s.producer_id
+            )));
+        };
+        // A batch whose count its bytes cannot hold is refused by the
+        // topic; here it costs one message, not the count it claims.
+        let messages = payload
+            .checked_message_count(self.broker.max_uncompressed_batch_bytes())
+            .unwrap_or(1);
+        let (messages, bytes) = (u64::from(messages), payload.raw.len() as u64);
+        let cmd = TopicCommand::Send {
+            conn: self.id,
+            producer_id: s.producer_id,
+            sequence_id: s.sequence_id,
+            highest_sequence_id: s.highest_sequence_id.unwrap_or(0).max(s.sequence_id),
+            payload,
+        };
+        let now = self.now();
+        let wait = topic.publish_gate.charge(messages, bytes, now);
+        if let Some(until) = pause_until(now, wait) {
+            self.broker.metrics().count_publish_throttled();
+            self.throttled_until = Some(until);
+        }
+        if topic.send(cmd).await.is_err() {
+            self.out.command(commands::send_error(
+                s.producer_id,
+                s.sequence_id,
+                ServerError::ServiceNotReady,
+                "topic is not available",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn close_producer(&mut self, c: CommandCloseProducer) {
+        // As for CLOSE_CONSUMER: queue the removal, then answer.
+        if let Some(h) = self.producers.remove(&c.producer_id) {
+            let cmd = TopicCommand::RemoveProducer {
+                conn: self.id,
+                producer_id: c.producer_id,
+            };
+            let _ = h.send(cmd).await;
+        }
+        self.out.command(commands::success(c.request_id));
+    }
+}
