@@ -231,6 +231,97 @@ pub fn render(
     out
 }
 
+/// Reads one per-topic figure.
+type Get = fn(&TopicMetrics) -> f64;
+
+/// The per-topic series: name, kind, help, and how to read the figure.
+const TOPIC_SERIES: [(&str, &str, &str, Get); 14] = [
+    (
+        "pulsar_in_messages_total",
+        "counter",
+        "Messages published to the topic",
+        |m| m.msg_in.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_in_bytes_total",
+        "counter",
+        "Bytes published to the topic",
+        |m| m.bytes_in.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_out_messages_total",
+        "counter",
+        "Messages dispatched to the topic's consumers",
+        |m| m.msg_out.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_out_bytes_total",
+        "counter",
+        "Bytes dispatched to the topic's consumers",
+        |m| m.bytes_out.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_rate_in",
+        "gauge",
+        "Messages published per second",
+        |m| m.rates().msg_in,
+    ),
+    (
+        "pulsar_rate_out",
+        "gauge",
+        "Messages dispatched per second",
+        |m| m.rates().msg_out,
+    ),
+    (
+        "pulsar_throughput_in",
+        "gauge",
+        "Bytes published per second",
+        |m| m.rates().bytes_in,
+    ),
+    (
+        "pulsar_throughput_out",
+        "gauge",
+        "Bytes dispatched per second",
+        |m| m.rates().bytes_out,
+    ),
+    (
+        "pulsar_producers_count",
+        "gauge",
+        "Producers connected to the topic",
+        |m| m.producers.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_consumers_count",
+        "gauge",
+        "Consumers connected to the topic",
+        |m| m.consumers.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_subscriptions_count",
+        "gauge",
+        "Subscriptions of the topic",
+        |m| m.subscriptions.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_msg_backlog",
+        "gauge",
+        "Entries not yet acknowledged, summed over subscriptions",
+        |m| m.backlog.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_storage_size",
+        "gauge",
+        "Bytes the topic stores",
+        |m| m.storage_bytes.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "kilonova_delayed_messages_sent_early_total",
+        "counter",
+        "Delayed messages sent before their time: the subscription held its maximum",
+        |m| m.delayed_sent_early.load(Ordering::Relaxed) as f64,
+    ),
+];
+
 /// Per-topic series (Pulsar's names) and the number of topics loaded.
 fn render_topics(out: &mut String, cluster: &str, topics: &[(String, Arc<TopicMetrics>)]) {
     let labels: Vec<String> = topics
@@ -247,94 +338,7 @@ fn render_topics(out: &mut String, cluster: &str, topics: &[(String, Arc<TopicMe
             )
         })
         .collect();
-    type Get = fn(&TopicMetrics) -> f64;
-    let per_topic: [(&str, &str, &str, Get); 14] = [
-        (
-            "pulsar_in_messages_total",
-            "counter",
-            "Messages published to the topic",
-            |m| m.msg_in.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "pulsar_in_bytes_total",
-            "counter",
-            "Bytes published to the topic",
-            |m| m.bytes_in.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "pulsar_out_messages_total",
-            "counter",
-            "Messages dispatched to the topic's consumers",
-            |m| m.msg_out.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "pulsar_out_bytes_total",
-            "counter",
-            "Bytes dispatched to the topic's consumers",
-            |m| m.bytes_out.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "pulsar_rate_in",
-            "gauge",
-            "Messages published per second",
-            |m| m.rates().msg_in,
-        ),
-        (
-            "pulsar_rate_out",
-            "gauge",
-            "Messages dispatched per second",
-            |m| m.rates().msg_out,
-        ),
-        (
-            "pulsar_throughput_in",
-            "gauge",
-            "Bytes published per second",
-            |m| m.rates().bytes_in,
-        ),
-        (
-            "pulsar_throughput_out",
-            "gauge",
-            "Bytes dispatched per second",
-            |m| m.rates().bytes_out,
-        ),
-        (
-            "pulsar_producers_count",
-            "gauge",
-            "Producers connected to the topic",
-            |m| m.producers.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "pulsar_consumers_count",
-            "gauge",
-            "Consumers connected to the topic",
-            |m| m.consumers.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "pulsar_subscriptions_count",
-            "gauge",
-            "Subscriptions of the topic",
-            |m| m.subscriptions.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "pulsar_msg_backlog",
-            "gauge",
-            "Entries not yet acknowledged, summed over subscriptions",
-            |m| m.backlog.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "pulsar_storage_size",
-            "gauge",
-            "Bytes the topic stores",
-            |m| m.storage_bytes.load(Ordering::Relaxed) as f64,
-        ),
-        (
-            "kilonova_delayed_messages_sent_early_total",
-            "counter",
-            "Delayed messages sent before their time: the subscription held its maximum",
-            |m| m.delayed_sent_early.load(Ordering::Relaxed) as f64,
-        ),
-    ];
-    for (name, kind, help, get) in per_topic {
+    for (name, kind, help, get) in TOPIC_SERIES {
         header(out, name, kind, help);
         for ((_, m), l) in topics.iter().zip(&labels) {
             let _ = writeln!(out, "{name}{{{l}}} {}", get(m));
