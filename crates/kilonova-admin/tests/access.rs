@@ -69,6 +69,7 @@ async fn fixture(authenticate_metrics: bool) -> Fixture {
         resources.clone(),
         "pulsar://127.0.0.1:6650".to_string(),
         Security::from_config(&config).unwrap(),
+        kilonova_broker::clock::system(),
     )
     .unwrap();
     Fixture {

@@ -40,6 +40,7 @@ async fn fixture() -> Fixture {
         resources,
         "pulsar://127.0.0.1:6650".to_string(),
         Security::open(),
+        kilonova_broker::clock::system(),
     )
     .unwrap();
     Fixture {

@@ -316,6 +316,7 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         resources.clone(),
         urls.clone(),
         security,
+        kilonova_broker::clock::system(),
     )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -21,7 +21,7 @@ mod topics;
 use topics::TopicMap;
 
 use crate::accept::ConnectionLimits;
-use crate::clock::{self, SharedClock};
+use crate::clock::SharedClock;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::metrics::MetricsRegistry;
@@ -153,28 +153,9 @@ impl Broker {
     /// A broker over an open segment store, state store (the logs' small state)
     /// and metadata resources. `urls` are what LOOKUP answers
     /// (`pulsar://127.0.0.1:6650`); `security` authenticates and authorizes
-    /// clients of every edge ([`Security::open`]: nobody is checked).
+    /// clients of every edge ([`Security::open`]: nobody is checked); `clock`
+    /// is what its topics and connections read ([`crate::clock::system`] in production).
     pub fn new(
-        config: BrokerConfig,
-        store: SegmentStore,
-        state: Arc<dyn StateStore>,
-        resources: Resources,
-        urls: impl Into<ServiceUrls>,
-        security: Security,
-    ) -> Result<Self, BrokerError> {
-        Self::with_clock(
-            config,
-            store,
-            state,
-            resources,
-            urls,
-            security,
-            clock::system(),
-        )
-    }
-
-    /// [`Broker::new`] with the clock its topics and connections read.
-    pub fn with_clock(
         config: BrokerConfig,
         store: SegmentStore,
         state: Arc<dyn StateStore>,

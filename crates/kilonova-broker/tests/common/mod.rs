@@ -56,6 +56,7 @@ pub async fn start_with(config: BrokerConfig, security: Security) -> Server {
         resources,
         format!("pulsar://{addr}"),
         security,
+        kilonova_broker::clock::system(),
     )
     .unwrap();
     let (stop, stop_rx) = watch::channel(false);

@@ -406,6 +406,7 @@ impl AdminTarget {
                 resources,
                 "pulsar://127.0.0.1:6650".to_string(),
                 Security::open(),
+                kilonova_broker::clock::system(),
             )?;
             let router = kilonova_admin::router(broker);
             let sub = Request::builder()
