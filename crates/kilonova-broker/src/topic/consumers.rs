@@ -17,12 +17,12 @@ use crate::outbound::Outbound;
 use crate::subscription::{Consumer, ConsumerKey, SubKind, Subscription};
 
 impl Topic {
-    pub(super) fn sub_of_mut(&mut self, key: ConsumerKey) -> Option<&mut Subscription> {
+    fn sub_of_mut(&mut self, key: ConsumerKey) -> Option<&mut Subscription> {
         let name = self.consumer_subs.get(&key)?;
         self.subscriptions.get_mut(name)
     }
 
-    pub(super) fn consumer_out(&self, key: ConsumerKey) -> Option<Outbound> {
+    fn consumer_out(&self, key: ConsumerKey) -> Option<Outbound> {
         let name = self.consumer_subs.get(&key)?;
         let sub = self.subscriptions.get(name)?;
         sub.consumers
@@ -46,7 +46,7 @@ impl Topic {
         }
     }
 
-    pub(super) fn try_subscribe(
+    fn try_subscribe(
         &mut self,
         conn: ConnCtx,
         cmd: &CommandSubscribe,
@@ -228,11 +228,7 @@ impl Topic {
         self.dispatch_of(key);
     }
 
-    pub(super) fn try_ack(
-        &mut self,
-        key: ConsumerKey,
-        ack: &CommandAck,
-    ) -> Result<(), BrokerError> {
+    fn try_ack(&mut self, key: ConsumerKey, ack: &CommandAck) -> Result<(), BrokerError> {
         let name = self
             .consumer_subs
             .get(&key)

@@ -223,7 +223,7 @@ impl Topic {
     /// Checks every durable subscription's backlog against the quotas: evicts
     /// the oldest messages under `consumer_backlog_eviction`, otherwise marks
     /// the quota exceeded (producers are refused) and disconnects producers.
-    pub(super) fn check_backlog_quotas(&mut self) {
+    fn check_backlog_quotas(&mut self) {
         let (size, age) = (self.policies.backlog_size, self.policies.backlog_age);
         let Some(log) = self
             .log

@@ -159,7 +159,7 @@ impl Topic {
     /// reconnect and resend what was not acknowledged), new producers are
     /// refused as not ready, and what is still in flight is answered with
     /// errors; [`Self::unfence_when_drained`] lifts it.
-    pub(super) fn fence(&mut self) {
+    fn fence(&mut self) {
         if self.fenced {
             return;
         }
@@ -251,7 +251,7 @@ impl Topic {
     }
 
     /// Registers the producer and answers PRODUCER_SUCCESS (or the schema's error).
-    pub(super) fn producer_ready(&mut self, p: &NewProducer, name: String) {
+    fn producer_ready(&mut self, p: &NewProducer, name: String) {
         let version = p.schema_version;
         let exclusive = p.access_mode != ProducerAccessMode::Shared;
         if exclusive {
@@ -273,7 +273,7 @@ impl Topic {
             .command(self.producer_success(p, name, true, version));
     }
 
-    pub(super) fn producer_success(
+    fn producer_success(
         &self,
         p: &NewProducer,
         name: String,
@@ -530,7 +530,7 @@ impl Topic {
     /// Answers a duplicate once what was appended before it resolved: with the
     /// original's message id if it is stored (Pulsar clients count the message
     /// as sent), else with an error the client retries on.
-    pub(super) fn answer_duplicate(&mut self, a: &Appended) {
+    fn answer_duplicate(&mut self, a: &Appended) {
         let name = a.producer.as_deref().unwrap_or_default();
         let stored = self
             .dedup
@@ -571,12 +571,7 @@ impl Topic {
     /// The entry holding `producer`'s message `sequence_id`, searched backwards
     /// from `last` in its segment, a few entries at a time (bounded memory), at
     /// most [`DUPLICATE_SEARCH_ENTRIES`] back.
-    pub(super) fn find_original(
-        &self,
-        producer: &str,
-        sequence_id: u64,
-        last: Position,
-    ) -> Option<Position> {
+    fn find_original(&self, producer: &str, sequence_id: u64, last: Position) -> Option<Position> {
         const BATCH: u64 = 16;
         let log = self.log.as_ref()?;
         let floor = last.entry.saturating_sub(DUPLICATE_SEARCH_ENTRIES);
