@@ -50,6 +50,13 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Colour codes only for a person at a terminal: never into a file, a pipe
+/// or journald, and never when `NO_COLOR` is set (<https://no-color.org>).
+fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn run() -> anyhow::Result<()> {
     // One TLS provider for every rustls user in the process (the admin and
     // perf HTTP clients): ring, as the servers' TLS. Fails only if one is
@@ -67,6 +74,7 @@ fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours())
         .init();
     match cli.command {
         Command::Standalone(args) => standalone::run(args),

@@ -516,6 +516,9 @@ async fn wait_for_signal() {
 }
 
 #[cfg(test)]
+mod example_config;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -155,7 +155,7 @@ impl Broker {
             .arg("--ports-file")
             .arg(&ports_file)
             .env_remove("KILONOVA_CONFIG")
-            .env("NO_COLOR", "1")
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr))
