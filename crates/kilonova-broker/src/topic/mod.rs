@@ -180,6 +180,12 @@ pub(crate) struct Topic {
     topic_epoch: u64,
     subscriptions: HashMap<String, Subscription>,
     consumer_subs: HashMap<ConsumerKey, String>,
+    /// Readers' non-durable subscriptions whose consumers a seek or a cursor
+    /// reset closed, and since when: kept for the reader's return (its
+    /// resubscription takes the moved cursor), dropped by housekeeping if it
+    /// does not come back within [`consumers::READER_RETURN_GRACE`]. At most
+    /// one entry per subscription.
+    parked_readers: HashMap<String, Instant>,
     /// Subscriptions whose consumers may take more entries: dispatched once
     /// after a burst of commands, so a FLOW followed at once by a REDELIVER
     /// (or many ACKs) costs one dispatch pass, not one per command.
@@ -259,6 +265,7 @@ impl Topic {
             topic_epoch: 0,
             subscriptions: HashMap::new(),
             consumer_subs: HashMap::new(),
+            parked_readers: HashMap::new(),
             to_dispatch: HashSet::new(),
             appends: FuturesOrdered::new(),
             fenced: false,
@@ -398,6 +405,7 @@ impl Topic {
     async fn housekeeping(&mut self) {
         self.refresh_policies().await;
         self.enforce_policies();
+        self.drop_unclaimed_readers();
         let Some(log) = self.log.as_mut() else {
             return;
         };
