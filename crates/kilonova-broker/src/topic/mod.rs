@@ -32,6 +32,7 @@ use kilonova_pulsar_protocol::proto::{
 };
 use kilonova_storage::ManagedLog;
 
+mod access;
 pub mod admin;
 mod consumers;
 mod dispatch;
@@ -67,6 +68,9 @@ pub(crate) struct NewProducer {
     pub request_id: u64,
     pub name: Option<String>,
     pub access_mode: ProducerAccessMode,
+    /// The topic epoch the producer last got (a reconnecting client sends
+    /// it): an exclusive producer behind the topic's epoch was fenced out.
+    pub topic_epoch: Option<u64>,
     /// The version of the producer's schema (registered by the connection).
     pub schema_version: Option<u64>,
 }
