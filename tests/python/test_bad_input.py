@@ -266,6 +266,6 @@ def wait_for_exclusive_producer(client, topic, timeout=10.0):
     while True:
         try:
             return client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive)
-        except pulsar.ProducerBusy:
+        except pulsar.ProducerFenced:  # another producer still holds the topic
             if time.monotonic() >= deadline:
                 raise AssertionError(f"{topic} still has a producer {timeout}s after its connection closed")

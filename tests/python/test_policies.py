@@ -1052,8 +1052,56 @@ def test_topic_with_a_connected_producer_is_not_deleted(make_broker, clients):
     wait_until(lambda: topic_gone(broker, topic), 20, "the topic deleted once its producer closed")
 
 
-def test_inactive_partitioned_topic_is_deleted_whole(make_broker, clients):
+def inactive_deletions(broker) -> float:
+    """kilonova_inactive_topics_deleted_total (a partitioned topic counts once)."""
+    text = http("GET", broker.http_url + "/metrics")[1].decode()
+    for line in text.splitlines():
+        if line.startswith("kilonova_inactive_topics_deleted_total"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_inactive_partitioned_topic_loses_its_data_but_stays_partitioned(make_broker, clients):
+    # As Pulsar by default (brokerDeleteInactivePartitionedTopicMetadataEnabled=false):
+    # a partitioned topic created as the README shows must not turn into a
+    # non-partitioned one after a minute of inactivity.
     broker = make_broker(config=inactive_config())
+    ns = create_namespace(broker)
+    set_ns_policy(broker, ns, "inactiveTopicPolicies",
+                  {"inactiveTopicDeleteMode": "delete_when_no_subscriptions",
+                   "maxInactiveDurationSeconds": 1, "deleteWhileInactive": True})
+    local = unique("kept-parted")
+    topic = f"persistent://{ns}/{local}"
+    api(broker, "PUT", f"{topic_path(topic)}/partitions", 4)
+    c = clients(broker)
+    producer = c.create_producer(topic, batching_enabled=False,
+                                 message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution)
+    for i in range(8):
+        producer.send(f"old-{i}".encode())
+    producer.close()
+
+    wait_until(lambda: inactive_deletions(broker) >= 1, 20,
+               "the inactive partitioned topic's partitions deleted (kilonova_inactive_topics_deleted_total)")
+    assert topic in partitioned_list(broker, ns), "the partitioned topic is still listed"
+    _, body = api(broker, "GET", f"{topic_path(topic)}/partitions", expect=(200,))
+    assert json.loads(body).get("partitions") == 4, body
+
+    # The next producer gets the partitioned topic again, its partitions empty.
+    consumer = c.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+    producer = c.create_producer(topic, batching_enabled=False,
+                                 message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution)
+    new = [f"new-{i}".encode() for i in range(8)]
+    for p in new:
+        producer.send(p)
+    got = receive_n(consumer, len(new), what="the messages sent after the deletion")
+    assert sorted(payloads(got)) == sorted(new), "the old messages are gone with the partitions' data"
+    partitions = {m.topic_name() for m in got}
+    assert len(partitions) == 4 and all("-partition-" in t for t in partitions), partitions
+    assert_no_more(consumer, what="a consumer of the emptied partitioned topic")
+
+
+def test_inactive_partitioned_topic_is_deleted_whole_with_metadata_deletion_on(make_broker, clients):
+    broker = make_broker(config=inactive_config(delete_inactive_partitioned_topic_metadata=True))
     local = unique("inactive-parted")
     topic = f"persistent://public/default/{local}"
     assert broker.create_partitioned_topic(local, 3) in (200, 204)

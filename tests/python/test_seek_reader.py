@@ -17,6 +17,7 @@ What the C++ client (4.2) does, which the broker has to fit:
 import time
 
 import pulsar
+import pytest
 
 from conftest import (
     assert_no_more,
@@ -163,3 +164,142 @@ def test_get_last_message_id(client):
     assert entry_key(consumer.get_last_message_id()) == entry_key(ids[-1])
     more = producer.send(b"one-more")
     assert entry_key(consumer.get_last_message_id()) == entry_key(more)
+
+
+# ---------------------------------------------------------------- seek by message id is exclusive
+#
+# After seek(id) the next message is the one after `id` (start_message_id_inclusive
+# reads `id` itself), for readers and consumers, batched or not, wherever `id` is.
+# The broker closes the subscription's consumers *before* answering the seek, as
+# Pulsar does: the C++ client then completes the seek with its reconnection and
+# starts from the sought id. Answered first, it restarted a reader from the last
+# message it had read (a seek to the 34th message returned the 3rd).
+
+SEEK_MESSAGES = 50
+
+
+def publish_for_seek(client, topic, batched):
+    """Publishes SEEK_MESSAGES messages, in batches of 10 if `batched`; returns
+    (payloads, message ids) in publish order."""
+    if batched:
+        producer = client.create_producer(topic, batching_enabled=True, batching_max_messages=10,
+                                          batching_max_publish_delay_ms=10_000)
+    else:
+        producer = client.create_producer(topic, batching_enabled=False)
+    sent = [f"m-{i}".encode() for i in range(SEEK_MESSAGES)]
+    results = []
+    for p in sent:
+        producer.send_async(p, lambda res, mid: results.append((res, mid)))
+    producer.flush()
+    wait_until(lambda: len(results) == len(sent), 10, "every send's receipt")
+    assert all(r == pulsar.Result.Ok for r, _ in results), results
+    ids = [mid for _, mid in results]
+    entries = {entry_key(i) for i in ids}
+    if batched:
+        assert len(entries) >= 5 and any(i.batch_index() > 0 for i in ids), (
+            f"expected several batches, got entries {sorted(entries)}")
+    else:
+        assert len(entries) == len(sent)
+    return producer, sent, ids
+
+
+def open_seeker(client, topic, kind, inclusive=False):
+    """A reader or a consumer from the start of the topic, and its receive function."""
+    if kind == "reader":
+        r = client.create_reader(topic, pulsar.MessageId.earliest, start_message_id_inclusive=inclusive)
+        return r, lambda n: read_n(r, n)
+    c = client.subscribe(topic, unique("sub"), initial_position=pulsar.InitialPosition.Earliest,
+                         start_message_id_inclusive=inclusive)
+    return c, lambda n: receive_n(c, n)
+
+
+def assert_nothing_next(seeker, kind, what):
+    if kind == "reader":
+        try:
+            m = seeker.read_next(timeout_millis=300)
+        except pulsar.Timeout:
+            return
+        raise AssertionError(f"{what}: read an unexpected message {m.data()!r}")
+    assert_no_more(seeker, what=what)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["non-batched", "batched"])
+@pytest.mark.parametrize("kind", ["reader", "consumer"])
+def test_seek_by_message_id_resumes_after_the_sought_message(client, kind, batched):
+    topic = topic_name(f"seek-excl-{kind}")
+    producer, sent, ids = publish_for_seek(client, topic, batched)
+    for k in (0, 33, SEEK_MESSAGES - 1):
+        seeker, take = open_seeker(client, topic, kind)
+        # Read a little first: what the client took before must not decide
+        # where it resumes.
+        assert payloads(take(2)) == sent[:2]
+        seeker.seek(ids[k])
+        expected = sent[k + 1:k + 6]
+        if expected:
+            got = take(len(expected))
+            assert payloads(got) == expected, f"{kind} after seek to message {k}"
+            assert msg_key(got[0].message_id()) == msg_key(ids[k + 1])
+        else:
+            assert_nothing_next(seeker, kind, f"{kind} after seek to the last message")
+        seeker.close()
+    # After a seek to the last message, the next one published is the next read.
+    seeker, take = open_seeker(client, topic, kind)
+    take(2)
+    seeker.seek(ids[-1])
+    producer.send(b"after-the-last")
+    assert payloads(take(1)) == [b"after-the-last"]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["non-batched", "batched"])
+@pytest.mark.parametrize("kind", ["reader", "consumer"])
+def test_seek_with_inclusive_start_resumes_at_the_sought_message(client, kind, batched):
+    topic = topic_name(f"seek-incl-{kind}")
+    _, sent, ids = publish_for_seek(client, topic, batched)
+    for k in (0, 33, SEEK_MESSAGES - 1):
+        seeker, take = open_seeker(client, topic, kind, inclusive=True)
+        assert payloads(take(2)) == sent[:2]
+        seeker.seek(ids[k])
+        expected = sent[k:k + 5]
+        got = take(len(expected))
+        assert payloads(got) == expected, f"inclusive {kind} after seek to message {k}"
+        assert msg_key(got[0].message_id()) == msg_key(ids[k])
+        seeker.close()
+
+
+@pytest.mark.parametrize("kind", ["reader", "consumer"])
+def test_seek_to_earliest_and_latest(client, kind):
+    topic = topic_name(f"seek-ends-{kind}")
+    producer, sent, _ = publish_for_seek(client, topic, batched=True)
+    seeker, take = open_seeker(client, topic, kind)
+    assert payloads(take(5)) == sent[:5]
+    seeker.seek(pulsar.MessageId.latest)
+    assert_nothing_next(seeker, kind, f"{kind} after seek to latest")
+    producer.send(b"new")
+    assert payloads(take(1)) == [b"new"]
+    seeker.seek(pulsar.MessageId.earliest)
+    assert payloads(take(SEEK_MESSAGES + 1)) == sent + [b"new"]
+    assert_nothing_next(seeker, kind, f"{kind} after reading everything again")
+
+
+def test_reader_seek_by_publish_time(client):
+    topic = topic_name("reader-seek-time")
+    producer = client.create_producer(topic, batching_enabled=False)
+    early = [f"early-{i}".encode() for i in range(5)]
+    for p in early:
+        producer.send(p)
+    reader = client.create_reader(topic, pulsar.MessageId.earliest)
+    got = read_n(reader, 5)
+    assert payloads(got) == early
+    last_early = max(m.publish_timestamp() for m in got)
+    wait_until(lambda: time.time() * 1000 > last_early + 2, 5, "the clock to advance")
+    late = [f"late-{i}".encode() for i in range(5)]
+    for p in late:
+        producer.send(p)
+    assert payloads(read_n(reader, 2)) == late[:2]
+
+    # Back to between the batches: the reader resubscribes with no start
+    # position (a seek by time has none); the broker kept its moved cursor.
+    reader.seek(last_early + 1)
+    assert payloads(read_n(reader, 5)) == late
+    reader.seek(0)
+    assert payloads(read_n(reader, 10)) == early + late

@@ -121,6 +121,11 @@ pub struct BrokerConfig {
     /// How long a topic must have been inactive to be deleted.
     pub delete_inactive_topics_max_inactive_secs: u64,
     pub delete_inactive_topics_mode: InactiveTopicDeleteMode,
+    /// When an inactive partitioned topic's partitions are deleted, delete
+    /// its partitioned metadata too (Pulsar's
+    /// `brokerDeleteInactivePartitionedTopicMetadataEnabled`, off by default:
+    /// the topic stays partitioned and its partitions come back empty on use).
+    pub delete_inactive_partitioned_topic_metadata: bool,
 }
 
 impl Default for BrokerConfig {
@@ -175,6 +180,7 @@ impl Default for BrokerConfig {
             delete_inactive_topics_frequency_secs: 60,
             delete_inactive_topics_max_inactive_secs: 60,
             delete_inactive_topics_mode: InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
+            delete_inactive_partitioned_topic_metadata: false,
         }
     }
 }

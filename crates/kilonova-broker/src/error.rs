@@ -20,8 +20,8 @@ pub enum BrokerError {
     ConsumerBusy(String),
     #[error("{0}")]
     ProducerBusy(String),
-    #[error("producer was fenced by an exclusive producer")]
-    ProducerFenced,
+    #[error("{0}")]
+    ProducerFenced(String),
     #[error("{0}")]
     NotAllowed(String),
     #[error("{0}")]
@@ -76,7 +76,7 @@ impl BrokerError {
             BrokerError::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
             BrokerError::ConsumerBusy(_) => ServerError::ConsumerBusy,
             BrokerError::ProducerBusy(_) => ServerError::ProducerBusy,
-            BrokerError::ProducerFenced => ServerError::ProducerFenced,
+            BrokerError::ProducerFenced(_) => ServerError::ProducerFenced,
             BrokerError::NotAllowed(_)
             | BrokerError::Conflict(_)
             | BrokerError::BadRequest(_)
@@ -150,7 +150,10 @@ mod tests {
                 BrokerError::ProducerBusy("x".into()),
                 ServerError::ProducerBusy,
             ),
-            (BrokerError::ProducerFenced, ServerError::ProducerFenced),
+            (
+                BrokerError::ProducerFenced("x".into()),
+                ServerError::ProducerFenced,
+            ),
             (
                 BrokerError::NotAllowed("x".into()),
                 ServerError::NotAllowedError,

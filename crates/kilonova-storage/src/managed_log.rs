@@ -508,9 +508,20 @@ impl ManagedLog {
         Ok(())
     }
 
-    /// Acknowledges every entry up to and including `p`.
+    /// Acknowledges every entry up to and including `p`. An entry id of
+    /// `u64::MAX` is Pulsar's -1, "before the segment's first entry" (a
+    /// client acknowledging the entry before a batch at entry 0 sends it):
+    /// every entry of earlier segments.
     pub fn ack_cumulative(&mut self, name: &str, p: Position) -> Result<()> {
         let positions = SegmentList::new(&self.segments, &self.store);
+        let p = if p.entry == u64::MAX {
+            match positions.prev(Position::new(p.segment, 0)) {
+                Some(before) => before,
+                None => return Ok(()),
+            }
+        } else {
+            p
+        };
         named_mut(&mut self.cursors, name)?.ack_cumulative(p, &positions);
         self.evict_cache();
         Ok(())

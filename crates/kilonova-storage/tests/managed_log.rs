@@ -175,6 +175,26 @@ async fn cursor_skips_acked_entries_and_mark_delete_follows_contiguous_acks() {
 }
 
 #[tokio::test]
+async fn a_cumulative_ack_before_a_segments_first_entry_acks_the_segments_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 25).await;
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    // Pulsar's (segment, -1): before the first segment's first entry, nothing.
+    log.ack_cumulative("sub", Position::new(ps[0].segment, u64::MAX))
+        .unwrap();
+    assert_eq!(log.cursor_info("sub").unwrap().mark_delete, None);
+    // ps[10] starts the second segment: everything before it.
+    assert_eq!(ps[10].entry, 0, "small segments hold 10 entries");
+    log.ack_cumulative("sub", Position::new(ps[10].segment, u64::MAX))
+        .unwrap();
+    assert_eq!(log.cursor_info("sub").unwrap().mark_delete, Some(ps[9]));
+    close_store(e).await;
+}
+
+#[tokio::test]
 async fn cursors_start_latest_earliest_or_at_a_position() {
     let dir = tempfile::tempdir().unwrap();
     let e = env(dir.path());

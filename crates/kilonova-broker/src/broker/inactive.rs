@@ -9,12 +9,13 @@ use kilonova_metadata::names::TopicName;
 use super::Broker;
 
 impl Broker {
-    /// Deletes a partitioned topic whose partitions are all inactive: each
-    /// partition deletes itself if it is (a partition that was not loaded had
-    /// been idle long enough to unload); the partitioned topic's record goes
-    /// once every partition is gone. A partition in use stops it (the
-    /// partitions already deleted held nothing worth keeping, and come back
-    /// empty on use).
+    /// Deletes the partitions of a partitioned topic whose partitions are all
+    /// inactive: each partition deletes itself if it is (a partition that was
+    /// not loaded had been idle long enough to unload). The partitioned
+    /// topic's record stays, unless `delete_inactive_partitioned_topic_metadata`
+    /// is on: then it goes once every partition is gone. A partition in use
+    /// stops it (the partitions already deleted held nothing worth keeping,
+    /// and come back empty on use).
     pub(crate) async fn delete_inactive_partitioned(
         &self,
         base: &TopicName,
@@ -54,6 +55,14 @@ impl Broker {
                 tracing::info!(topic = %base, partition = i, error = %e, "partitioned topic kept: a partition came back into use during its deletion");
                 return;
             }
+        }
+        if !self.config().delete_inactive_partitioned_topic_metadata {
+            // As Pulsar by default: the partitioned topic stays, so a
+            // producer coming back gets its partitions (empty), not a
+            // non-partitioned topic of the same name.
+            tracing::info!(topic = %base, partitions, "deleted the partitions of an inactive partitioned topic; its metadata is kept");
+            self.metrics().count_inactive_deletion(true);
+            return;
         }
         match self.resources().delete_topic(base).await {
             Ok(()) => {

@@ -34,6 +34,7 @@ impl Connection {
             request_id: p.request_id,
             name: p.producer_name,
             access_mode,
+            topic_epoch: p.topic_epoch,
             schema_version,
         });
         self.to_topic(&topic, cmd, Some(p.request_id)).await;

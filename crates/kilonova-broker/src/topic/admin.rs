@@ -454,21 +454,7 @@ impl Topic {
             self.dispatch_sub(name);
             return;
         }
-        let Some(sub) = self.subscriptions.get_mut(name) else {
-            return;
-        };
-        sub.reset();
-        let keys: Vec<_> = sub
-            .consumers
-            .iter()
-            .map(|c| {
-                c.out.command(commands::close_consumer(c.key.id));
-                c.key
-            })
-            .collect();
-        for k in keys {
-            self.remove_consumer(k);
-        }
+        self.disconnect_for_reset(name);
     }
 
     fn stats(&mut self) -> TopicStats {

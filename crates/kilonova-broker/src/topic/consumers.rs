@@ -2,6 +2,8 @@
 //! acknowledgements, redelivery requests, seek, the last message id,
 //! unsubscribe and consumers leaving.
 
+use std::time::Duration;
+
 use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, command_ack::AckType, command_subscribe::InitialPosition as WireInitial,
@@ -96,6 +98,7 @@ impl Topic {
             self.drop_transient_cursors_of(Some(&cmd.subscription));
         }
         result?;
+        self.parked_readers.remove(&cmd.subscription);
         self.consumer_subs.insert(key, cmd.subscription.clone());
         self.idle_since = None;
         Ok(key)
@@ -264,6 +267,17 @@ impl Topic {
         Ok(())
     }
 
+    /// SEEK, by message id or publish time. As Pulsar's broker does, the
+    /// subscription's consumers are closed *before* the cursor moves and the
+    /// answer goes out: a client that hears of the close first treats the
+    /// seek as completing with its reconnection and takes the sought id as
+    /// where it starts, skipping what precedes it (the C++ client, hearing
+    /// the answer first, restarted a reader from the last message it had
+    /// taken instead: a seek to the 34th message returned the 3rd). The
+    /// cursor is left at the sought entry and the client drops the messages
+    /// up to the sought one (all of it, unless it asked for an inclusive
+    /// start); an `ack_set` (the Java client's, for a message inside a batch)
+    /// marks the batch's messages before it as acknowledged.
     pub(super) fn seek(
         &mut self,
         key: ConsumerKey,
@@ -277,32 +291,114 @@ impl Topic {
         let Some(name) = self.consumer_subs.get(&key).cloned() else {
             return;
         };
-        let result = (|| -> Result<(), BrokerError> {
-            let log = self.log.as_mut().ok_or_else(|| {
-                BrokerError::NotAllowed("seek is not supported on non-persistent topics".into())
-            })?;
-            let target = match (message_id, publish_time_ms) {
-                (Some(id), _) => match special_position(&id) {
-                    Some(InitialPosition::Earliest) => log.first_position(),
-                    Some(_) => log.end_position(),
-                    None => Position::new(id.ledger_id, id.entry_id),
-                },
-                (None, Some(t)) => log.position_of_publish_time(t)?,
-                (None, None) => {
-                    return Err(BrokerError::BadRequest(
-                        "seek needs a message id or a publish time".into(),
-                    ))
-                }
-            };
-            log.reset_cursor(&name, target)?;
-            Ok(())
-        })();
-        match result {
+        let target = match self.seek_target(message_id.as_ref(), publish_time_ms) {
+            Ok(t) => t,
+            Err(e) => return out.command(commands::broker_error(request_id, &e)),
+        };
+        self.disconnect_for_reset(&name);
+        let ack_set = message_id
+            .filter(|id| !id.ack_set.is_empty() && special_position(id).is_none())
+            .map(|id| id.ack_set);
+        match self.move_cursor(&name, target, ack_set.as_deref()) {
+            Ok(()) => out.command(commands::success(request_id)),
             Err(e) => out.command(commands::broker_error(request_id, &e)),
-            Ok(()) => {
-                out.command(commands::success(request_id));
-                // As Pulsar does: consumers reconnect and read from the new position.
-                self.after_cursor_moved(&name, true);
+        }
+    }
+
+    /// Where a SEEK sends the cursor: the entry of the message id (earliest
+    /// and latest as clients encode them), or of the first message published
+    /// at or after the time.
+    fn seek_target(
+        &self,
+        message_id: Option<&MessageIdData>,
+        publish_time_ms: Option<u64>,
+    ) -> Result<Position, BrokerError> {
+        let log = self.log.as_ref().ok_or_else(|| {
+            BrokerError::NotAllowed("seek is not supported on non-persistent topics".into())
+        })?;
+        match (message_id, publish_time_ms) {
+            (Some(id), _) => Ok(match special_position(id) {
+                Some(InitialPosition::Earliest) => log.first_position(),
+                Some(_) => log.end_position(),
+                None => Position::new(id.ledger_id, id.entry_id),
+            }),
+            (None, Some(t)) => Ok(log.position_of_publish_time(t)?),
+            (None, None) => Err(BrokerError::BadRequest(
+                "seek needs a message id or a publish time".into(),
+            )),
+        }
+    }
+
+    /// Resets the cursor to `target`; with an `ack_set` (the messages of the
+    /// batch at `target` still unacknowledged), the others count as acknowledged.
+    fn move_cursor(
+        &mut self,
+        name: &str,
+        target: Position,
+        ack_set: Option<&[i64]>,
+    ) -> Result<(), BrokerError> {
+        let log = self.log.as_mut().ok_or_else(|| {
+            BrokerError::NotAllowed("seek is not supported on non-persistent topics".into())
+        })?;
+        log.reset_cursor(name, target)?;
+        // Only on the very entry sought: a target past a segment's end or the
+        // log's is normalised to another entry, which the bits do not describe.
+        if let (Some(bits), Some(sub)) = (ack_set, self.subscriptions.get_mut(name)) {
+            if log.ack_floor(name)? == target {
+                sub.ack(log, target, bits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the subscription's consumers because its cursor moves (seek,
+    /// reset-cursor): they reconnect and read from the new position, with
+    /// nothing of what was in flight counting any more. A reader's
+    /// non-durable subscription is kept for its return, since Pulsar clients
+    /// resubscribe a reader after a seek by time with no start position (a
+    /// Pulsar broker keeps the cursor the same way); it is dropped if the
+    /// reader has not come back within [`READER_RETURN_GRACE`].
+    pub(super) fn disconnect_for_reset(&mut self, name: &str) {
+        let Some(sub) = self.subscriptions.get_mut(name) else {
+            return;
+        };
+        sub.reset();
+        let keys: Vec<ConsumerKey> = sub.consumers.iter().map(|c| c.key).collect();
+        for k in keys {
+            if let Some(out) = sub.consumer_mut(k).map(|c| c.out.clone()) {
+                out.command(commands::close_consumer(k.id));
+            }
+            sub.remove_consumer(k);
+            self.consumer_subs.remove(&k);
+        }
+        if !sub.durable && self.log.is_some() {
+            self.parked_readers
+                .insert(name.to_owned(), self.broker.clock().now());
+        }
+    }
+
+    /// Drops the parked readers' subscriptions (see [`Self::disconnect_for_reset`])
+    /// whose reader did not come back in time.
+    pub(super) fn drop_unclaimed_readers(&mut self) {
+        if self.parked_readers.is_empty() {
+            return;
+        }
+        let now = self.broker.clock().now();
+        let expired: Vec<String> = self
+            .parked_readers
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= READER_RETURN_GRACE)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            self.parked_readers.remove(&name);
+            let unclaimed = self
+                .subscriptions
+                .get(&name)
+                .is_some_and(|s| s.consumers.is_empty() && !s.durable);
+            if unclaimed {
+                tracing::debug!(topic = %self.full_name, subscription = %name, "reader did not come back after a seek: its cursor is dropped");
+                self.drop_transient_cursors_of(Some(&name));
             }
         }
     }
@@ -385,6 +481,12 @@ impl Topic {
         out.command(commands::success(request_id));
     }
 }
+
+/// How long a reader's non-durable subscription outlives a seek that closed
+/// its consumer, waiting for the reader to resubscribe (clients reconnect
+/// within a second or so; their back-off grows to a minute only while the
+/// broker cannot be reached).
+pub(super) const READER_RETURN_GRACE: Duration = Duration::from_secs(30);
 
 /// The consumer a SUBSCRIBE describes, with no permits yet.
 fn new_consumer(key: ConsumerKey, conn: ConnCtx, cmd: &CommandSubscribe) -> Consumer {

@@ -32,6 +32,7 @@ use kilonova_pulsar_protocol::proto::{
 };
 use kilonova_storage::ManagedLog;
 
+mod access;
 pub mod admin;
 mod consumers;
 mod dispatch;
@@ -67,6 +68,9 @@ pub(crate) struct NewProducer {
     pub request_id: u64,
     pub name: Option<String>,
     pub access_mode: ProducerAccessMode,
+    /// The topic epoch the producer last got (a reconnecting client sends
+    /// it): an exclusive producer behind the topic's epoch was fenced out.
+    pub topic_epoch: Option<u64>,
     /// The version of the producer's schema (registered by the connection).
     pub schema_version: Option<u64>,
 }
@@ -180,6 +184,12 @@ pub(crate) struct Topic {
     topic_epoch: u64,
     subscriptions: HashMap<String, Subscription>,
     consumer_subs: HashMap<ConsumerKey, String>,
+    /// Readers' non-durable subscriptions whose consumers a seek or a cursor
+    /// reset closed, and since when: kept for the reader's return (its
+    /// resubscription takes the moved cursor), dropped by housekeeping if it
+    /// does not come back within [`consumers::READER_RETURN_GRACE`]. At most
+    /// one entry per subscription.
+    parked_readers: HashMap<String, Instant>,
     /// Subscriptions whose consumers may take more entries: dispatched once
     /// after a burst of commands, so a FLOW followed at once by a REDELIVER
     /// (or many ACKs) costs one dispatch pass, not one per command.
@@ -259,6 +269,7 @@ impl Topic {
             topic_epoch: 0,
             subscriptions: HashMap::new(),
             consumer_subs: HashMap::new(),
+            parked_readers: HashMap::new(),
             to_dispatch: HashSet::new(),
             appends: FuturesOrdered::new(),
             fenced: false,
@@ -398,6 +409,7 @@ impl Topic {
     async fn housekeeping(&mut self) {
         self.refresh_policies().await;
         self.enforce_policies();
+        self.drop_unclaimed_readers();
         let Some(log) = self.log.as_mut() else {
             return;
         };

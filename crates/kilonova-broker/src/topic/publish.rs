@@ -12,7 +12,7 @@ use kilonova_pulsar_protocol::proto::{
 };
 use kilonova_storage::{Completion, Entry, Position, StorageError};
 
-use super::{NewProducer, Topic};
+use super::{access, NewProducer, Topic};
 use crate::commands;
 use crate::dedup;
 use crate::error::BrokerError;
@@ -214,25 +214,20 @@ impl Topic {
             p.conn.out.command(commands::broker_error(p.request_id, &e));
             return;
         }
-        let exclusive_held = self.producers.values().any(|x| x.exclusive);
-        match p.access_mode {
-            ProducerAccessMode::Shared if exclusive_held => {
-                let e = BrokerError::ProducerBusy(format!(
-                    "topic {} has an exclusive producer",
-                    self.full_name
-                ));
+        let holders = access::Holders {
+            exclusive: self.producers.values().any(|x| x.exclusive),
+            any: !self.producers.is_empty(),
+            waiting: !self.waiting_exclusive.is_empty(),
+            epoch: self.topic_epoch,
+        };
+        match access::admit(p.access_mode, p.topic_epoch, &self.full_name, holders) {
+            access::Admission::Ready => {}
+            access::Admission::Refused(e) => {
+                tracing::debug!(topic = %self.full_name, error = %e, "producer refused by its access mode");
                 p.conn.out.command(commands::broker_error(p.request_id, &e));
                 return;
             }
-            ProducerAccessMode::Exclusive if !self.producers.is_empty() => {
-                let e = BrokerError::ProducerBusy(format!(
-                    "topic {} already has producers",
-                    self.full_name
-                ));
-                p.conn.out.command(commands::broker_error(p.request_id, &e));
-                return;
-            }
-            ProducerAccessMode::WaitForExclusive if !self.producers.is_empty() => {
+            access::Admission::Wait => {
                 // Tell the client it is queued, answer for real when the topic frees up.
                 p.conn
                     .out
@@ -242,12 +237,25 @@ impl Topic {
                 self.waiting_exclusive.push_back(p);
                 return;
             }
-            ProducerAccessMode::ExclusiveWithFencing => {
-                self.close_producers();
-            }
-            _ => {}
+            access::Admission::FenceOthers => self.fence_out_producers(),
         }
         self.producer_ready(&p, name);
+    }
+
+    /// ExclusiveWithFencing takes the topic: producers waiting for it are
+    /// refused as fenced, the connected ones are closed (their clients come
+    /// back with their older epoch and are refused as fenced, or as busy for
+    /// a shared one, as with Pulsar).
+    fn fence_out_producers(&mut self) {
+        for w in self.waiting_exclusive.drain(..) {
+            let e = BrokerError::ProducerFenced(format!(
+                "topic {}: fenced out by an ExclusiveWithFencing producer",
+                self.full_name
+            ));
+            w.conn.out.command(commands::broker_error(w.request_id, &e));
+        }
+        tracing::info!(topic = %self.full_name, producers = self.producers.len(), "producers fenced out by an ExclusiveWithFencing producer");
+        self.close_producers();
     }
 
     /// Registers the producer and answers PRODUCER_SUCCESS (or the schema's error).
@@ -255,7 +263,7 @@ impl Topic {
         let version = p.schema_version;
         let exclusive = p.access_mode != ProducerAccessMode::Shared;
         if exclusive {
-            self.topic_epoch += 1;
+            self.topic_epoch = access::next_epoch(self.topic_epoch, p.topic_epoch);
         }
         self.producers.insert(
             (p.conn.id, p.producer_id),

@@ -31,9 +31,10 @@ pub(super) trait Positions {
     /// The entry `p` stands for (moved past segment ends and deleted segments).
     fn normalize(&self, p: Position) -> Position;
 
-    /// The entry after `p`.
+    /// The entry after `p` (a client's id at the end of the id space
+    /// stands for the end of its segment: it never wraps).
     fn next(&self, p: Position) -> Position {
-        self.normalize(Position::new(p.segment, p.entry + 1))
+        self.normalize(Position::new(p.segment, p.entry.saturating_add(1)))
     }
 }
 
@@ -545,6 +546,16 @@ mod tests {
         c.ack_cumulative(pos(5), &log);
         assert_eq!(c.floor(), pos(8), "the range right after the ack folds in");
         assert!(c.acked().is_empty());
+    }
+
+    #[test]
+    fn acks_at_the_end_of_the_id_space_do_not_overflow() {
+        // Segment 1 holds 3 entries, segment 2 holds 5.
+        let log = Segments(vec![(1, 3), (2, 5)]);
+        let mut c = Cursor::new(None, Position::new(1, 0));
+        c.ack(Position::new(1, u64::MAX), &log);
+        c.ack_cumulative(Position::new(1, u64::MAX), &log);
+        assert_eq!(c.floor(), Position::new(2, 0), "past segment 1's end");
     }
 
     #[test]
