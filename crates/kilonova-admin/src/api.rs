@@ -187,7 +187,9 @@ async fn check(table: &[(&'static str, Access)], req: Request) -> Result<Request
         (Some(t), Some(n)) => Some(NamespaceName::new(t, &n)?),
         _ => None,
     };
-    let topic = match (param("domain"), &ns, param("topic")) {
+    // The schema routes name no domain: their topics are persistent.
+    let domain = param("domain").or_else(|| param("topic").map(|_| "persistent".to_owned()));
+    let topic = match (domain, &ns, param("topic")) {
         (Some(d), Some(ns), Some(t)) => Some(TopicName::parse(&format!("{d}://{ns}/{t}"))?),
         _ => None,
     };

@@ -18,6 +18,7 @@ mod error;
 mod namespaces;
 mod permissions;
 mod policies;
+mod schemas;
 pub mod server;
 mod tenants;
 mod topics;
@@ -43,6 +44,7 @@ pub fn api() -> Api {
     let api = policies::routes(api);
     let api = topics::routes(api);
     let api = permissions::routes(api);
+    let api = schemas::routes(api);
     api.route(
         "/metrics",
         get(metrics),

@@ -435,6 +435,8 @@ mod tests {
             kind: 4,
             data: b"{}".to_vec(),
             properties: vec![("k".into(), "v".into())],
+            timestamp: 0,
+            deleted: false,
         };
         let r = schema_response(9, "t", Some((2, record)));
         let g = r.get_schema_response.as_deref();

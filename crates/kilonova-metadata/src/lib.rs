@@ -12,12 +12,15 @@ mod error;
 pub mod names;
 pub mod policies;
 mod resources;
+pub mod schema;
 mod store;
 
 pub use embedded::EmbeddedStore;
 pub use error::{MetadataError, Result};
 pub use names::{Domain, NamespaceName, TopicName, TopicNameError};
-pub use resources::{Resources, SchemaOutcome, SchemaRecord, TopicRecord, MAX_PARTITIONS};
+pub use resources::{
+    Resources, SchemaOutcome, SchemaRecord, TopicRecord, MAX_PARTITIONS, MAX_SCHEMA_VERSIONS,
+};
 pub use store::{
     check_key, under, Expect, MetadataStore, Page, SessionId, Stored, Watch, WatchEvent, Watched,
     DEFAULT_SESSION_TTL,

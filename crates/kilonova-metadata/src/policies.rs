@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{MetadataError, Result};
 
+pub use crate::schema::CompatibilityStrategy;
 /// Grants are the authorizer's inputs; the namespace's record keeps them.
 pub use kilonova_auth::grants::{AuthAction, AuthPolicies, UnknownAction};
 
@@ -230,6 +231,10 @@ pub struct Policies {
     pub auth_policies: AuthPolicies,
     /// Set while the namespace is being deleted.
     pub deleted: bool,
+    /// How new schema versions of its topics are checked (`UNDEFINED`: the
+    /// broker default, `FULL`).
+    #[serde(skip_serializing_if = "CompatibilityStrategy::is_undefined")]
+    pub schema_compatibility_strategy: CompatibilityStrategy,
 }
 
 /// Topic-level overrides: every field unset falls back to the namespace's.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{MetadataError, Result};
 use crate::names::{check, Domain, NamespaceName, TopicName};
 use crate::policies::{BundlesData, ClusterData, Policies, TenantInfo, TopicPolicies};
+use crate::schema::{self as schema_compat, CompatibilityStrategy};
 use crate::store::{Expect, MetadataStore, Page};
 
 /// Topic ids reserved per write of the counter.
@@ -72,15 +73,42 @@ pub struct SchemaRecord {
     pub kind: i32,
     pub data: Vec<u8>,
     pub properties: Vec<(String, String)>,
+    /// When the version was registered (ms since the epoch; 0 if unknown).
+    #[serde(default)]
+    pub timestamp: u64,
+    /// A deletion marker: the versions before it are deleted, and version
+    /// numbers go on after it (Pulsar's soft delete).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
+/// The most versions (deletion markers included) a topic's schema keeps:
+/// they are one record in the store. Registering past it is refused; a
+/// forced delete starts over.
+pub const MAX_SCHEMA_VERSIONS: usize = 1_000;
+
 /// What creating a schema version answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SchemaOutcome {
     /// The schema is (now) stored as this version.
     Version(u64),
-    /// The schema's type differs from the topic's: refused.
-    Incompatible,
+    /// The topic's compatibility strategy refuses it: why.
+    Incompatible(String),
+}
+
+/// The live versions of a topic's schema: those after its last deletion
+/// marker, with their version numbers, oldest first.
+fn live_versions(versions: &[SchemaRecord]) -> Vec<(u64, &SchemaRecord)> {
+    let start = versions
+        .iter()
+        .rposition(|s| s.deleted)
+        .map_or(0, |i| i + 1);
+    versions
+        .iter()
+        .enumerate()
+        .skip(start)
+        .map(|(i, s)| (i as u64, s))
+        .collect()
 }
 
 struct IdBlock {
@@ -748,7 +776,8 @@ impl Resources {
             .await
     }
 
-    /// The schema of `topic` at `version` (the latest if `None`).
+    /// The schema of `topic` at `version` (the latest if `None`); a deleted
+    /// schema (the latest is a deletion marker) or a marker is none.
     pub async fn schema(
         &self,
         topic: &TopicName,
@@ -767,15 +796,29 @@ impl Resources {
         Ok(usize::try_from(v)
             .ok()
             .and_then(|i| versions.get(i))
+            .filter(|s| !s.deleted)
             .map(|s| (v, s.clone())))
     }
 
-    /// Finds `schema` among the topic's versions or adds it as the next version.
-    /// A schema of another type than the latest version's is incompatible.
+    /// The live versions of `topic`'s schema (after its last deletion), oldest first.
+    pub async fn schemas(&self, topic: &TopicName) -> Result<Vec<(u64, SchemaRecord)>> {
+        let versions = match self.schema_versions(topic).await? {
+            Some((versions, _)) => versions,
+            None => return Ok(Vec::new()),
+        };
+        Ok(live_versions(&versions)
+            .into_iter()
+            .map(|(v, s)| (v, s.clone()))
+            .collect())
+    }
+
+    /// Finds `schema` among the topic's live versions or adds it as the next
+    /// version, if `strategy` allows it against the live versions.
     pub async fn get_or_create_schema(
         &self,
         topic: &TopicName,
         schema: SchemaRecord,
+        strategy: CompatibilityStrategy,
     ) -> Result<SchemaOutcome> {
         let key = schema_key(topic);
         let what = format!("schemas of {topic}");
@@ -784,14 +827,20 @@ impl Resources {
                 Some((v, version)) => (v, Expect::Version(version)),
                 None => (Vec::new(), Expect::Absent),
             };
-            if let Some(v) = versions
+            let live = live_versions(&versions);
+            if let Some((v, _)) = live
                 .iter()
-                .position(|s| s.kind == schema.kind && s.data == schema.data)
+                .find(|(_, s)| s.kind == schema.kind && s.data == schema.data)
             {
-                return Ok(SchemaOutcome::Version(v as u64));
+                return Ok(SchemaOutcome::Version(*v));
             }
-            if versions.last().is_some_and(|s| s.kind != schema.kind) {
-                return Ok(SchemaOutcome::Incompatible);
+            if let Err(why) = schema_compat::check_new_version(&live, &schema, strategy) {
+                return Ok(SchemaOutcome::Incompatible(why));
+            }
+            if versions.len() >= MAX_SCHEMA_VERSIONS {
+                return Err(MetadataError::Precondition(format!(
+                    "{topic} has {MAX_SCHEMA_VERSIONS} schema versions, the most it may keep; delete its schema with force to start over"
+                )));
             }
             versions.push(schema.clone());
             match self
@@ -800,6 +849,103 @@ impl Resources {
                 .await
             {
                 Ok(_) => return Ok(SchemaOutcome::Version(versions.len() as u64 - 1)),
+                Err(MetadataError::BadVersion { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a consumer with `schema` may read `topic` under `strategy`
+    /// (`Err`: why not); `Ok(None)`: the topic has no schema to check against.
+    pub async fn check_reader_schema(
+        &self,
+        topic: &TopicName,
+        schema: &SchemaRecord,
+        strategy: CompatibilityStrategy,
+    ) -> Result<Option<std::result::Result<(), String>>> {
+        let versions = match self.schema_versions(topic).await? {
+            Some((versions, _)) => versions,
+            None => return Ok(None),
+        };
+        let live = live_versions(&versions);
+        if live.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(schema_compat::check_reader(&live, schema, strategy)))
+    }
+
+    /// Whether `schema` could be registered on `topic` under `strategy`.
+    pub async fn check_schema_compatibility(
+        &self,
+        topic: &TopicName,
+        schema: &SchemaRecord,
+        strategy: CompatibilityStrategy,
+    ) -> Result<std::result::Result<(), String>> {
+        let versions = match self.schema_versions(topic).await? {
+            Some((versions, _)) => versions,
+            None => return Ok(Ok(())),
+        };
+        let live = live_versions(&versions);
+        if live
+            .iter()
+            .any(|(_, s)| s.kind == schema.kind && s.data == schema.data)
+        {
+            return Ok(Ok(()));
+        }
+        Ok(schema_compat::check_new_version(&live, schema, strategy))
+    }
+
+    /// Deletes `topic`'s schema: appends a deletion marker (its version is
+    /// returned) so version numbers go on, or with `force` removes every
+    /// version. `None`: there was no live schema.
+    pub async fn delete_schema(
+        &self,
+        topic: &TopicName,
+        force: bool,
+        timestamp: u64,
+    ) -> Result<Option<u64>> {
+        let key = schema_key(topic);
+        let what = format!("schemas of {topic}");
+        loop {
+            let Some((mut versions, version)) = self.schema_versions(topic).await? else {
+                return Ok(None);
+            };
+            let live = live_versions(&versions).len();
+            let last = versions.len() as u64;
+            if force {
+                match self.store.delete(&key, Expect::Version(version)).await {
+                    Ok(_) => return Ok((live > 0).then(|| last.saturating_sub(1))),
+                    Err(MetadataError::BadVersion { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if live == 0 {
+                return Ok(None);
+            }
+            if versions.len() >= MAX_SCHEMA_VERSIONS {
+                return Err(MetadataError::Precondition(format!(
+                    "{topic} has {MAX_SCHEMA_VERSIONS} schema versions, the most it may keep; delete its schema with force"
+                )));
+            }
+            versions.push(SchemaRecord {
+                name: String::new(),
+                kind: 0,
+                data: Vec::new(),
+                properties: Vec::new(),
+                timestamp,
+                deleted: true,
+            });
+            match self
+                .store
+                .put(
+                    &key,
+                    to_json(&what, &versions)?,
+                    Expect::Version(version),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => return Ok(Some(last)),
                 Err(MetadataError::BadVersion { .. }) => continue,
                 Err(e) => return Err(e),
             }

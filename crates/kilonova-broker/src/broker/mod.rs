@@ -390,6 +390,16 @@ impl Broker {
         Ok(Effective::resolve(self.config(), &ns, &topic))
     }
 
+    /// The schema compatibility strategy of namespace `ns` (as set: `UNDEFINED`
+    /// stands for the broker default).
+    pub async fn schema_compatibility_strategy(
+        &self,
+        ns: &kilonova_metadata::NamespaceName,
+    ) -> Result<kilonova_metadata::policies::CompatibilityStrategy, BrokerError> {
+        let policies = self.inner.policies.namespace(self.resources(), ns).await?;
+        Ok(policies.schema_compatibility_strategy)
+    }
+
     pub(crate) fn state_store(&self) -> &Arc<dyn StateStore> {
         &self.inner.state
     }

@@ -444,7 +444,7 @@ impl Connection {
     ) -> Result<(TopicHandle, Option<u64>), BrokerError> {
         let name = self.authorized_topic(name, side.want()).await?;
         let topic = self.broker.topic(&name).await?;
-        let version = self.register_schema(&name, schema).await?;
+        let version = self.register_schema(&name, schema, side).await?;
         Ok((topic, version))
     }
 
@@ -502,7 +502,7 @@ fn frame_limit(connected: bool, max_frame_bytes: usize) -> usize {
 }
 
 /// What a client opens on a topic.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Producer,
     Consumer,

@@ -3,10 +3,11 @@
 
 use kilonova_auth::Want;
 use kilonova_metadata::names::TopicName;
+use kilonova_metadata::schema;
 use kilonova_metadata::{SchemaOutcome, SchemaRecord};
 use kilonova_pulsar_protocol::proto::{CommandGetOrCreateSchema, CommandGetSchema, Schema};
 
-use super::Connection;
+use super::{Connection, Side};
 use crate::commands;
 use crate::error::BrokerError;
 
@@ -29,13 +30,7 @@ impl Connection {
 
     pub(super) async fn get_or_create_schema(&self, g: CommandGetOrCreateSchema) {
         let result = match self.authorized_topic(&g.topic, Want::Produce).await {
-            Ok(t) => self
-                .broker
-                .resources()
-                .get_or_create_schema(&t, schema_record(&g.schema))
-                .await
-                .map_err(BrokerError::from)
-                .and_then(|o| created_version(o, || "incompatible schema".into())),
+            Ok(t) => self.add_schema_version(&t, &g.schema).await,
             Err(e) => Err(e),
         };
         self.out.command(commands::get_or_create_schema_response(
@@ -44,40 +39,79 @@ impl Connection {
         ));
     }
 
-    /// The version of `schema` on topic `name` (registering it if new). `None`: no schema.
+    /// The version of `schema` on topic `name`: a producer's is registered if
+    /// new and the namespace's compatibility strategy allows it; a consumer's
+    /// must be able to read the topic's versions (PIP-44), and is registered
+    /// only when the topic has no schema. `None`: no schema (none sent, or
+    /// a type that names none: BYTES, AUTO_CONSUME).
     pub(super) async fn register_schema(
         &self,
         name: &TopicName,
         schema: Option<&Schema>,
+        side: Side,
     ) -> Result<Option<u64>, BrokerError> {
-        let Some(s) = schema.filter(|s| s.r#type != 0) else {
+        let Some(s) = schema.filter(|s| schema::type_name(s.r#type).is_some()) else {
             return Ok(None);
         };
+        if side == Side::Consumer {
+            let record = checked_record(s)?;
+            let strategy = self
+                .broker
+                .schema_compatibility_strategy(&name.namespace())
+                .await?;
+            let checked = self
+                .broker
+                .resources()
+                .check_reader_schema(name, &record, strategy)
+                .await?;
+            match checked {
+                None => {}
+                Some(Ok(())) => return Ok(None),
+                Some(Err(why)) => {
+                    return Err(BrokerError::IncompatibleSchema(format!(
+                        "the consumer's schema cannot read topic {name}'s: {why}"
+                    )))
+                }
+            }
+        }
+        self.add_schema_version(name, s).await.map(Some)
+    }
+
+    /// Finds `schema` among `name`'s versions or registers it under the
+    /// namespace's compatibility strategy.
+    async fn add_schema_version(&self, name: &TopicName, s: &Schema) -> Result<u64, BrokerError> {
+        let mut record = checked_record(s)?;
+        record.timestamp = self.broker.clock().now_ms();
+        let strategy = self
+            .broker
+            .schema_compatibility_strategy(&name.namespace())
+            .await?;
         let outcome = self
             .broker
             .resources()
-            .get_or_create_schema(name, schema_record(s))
+            .get_or_create_schema(name, record, strategy)
             .await?;
-        let version = created_version(outcome, || {
-            format!(
-                "schema of type {} is incompatible with topic {name}'s schema",
-                s.r#type
-            )
-        })?;
-        Ok(Some(version))
+        created_version(outcome, name)
     }
 }
 
-/// The version a schema was stored with; refused (`incompatible` says why)
-/// if the topic's compatibility rules turned it down.
-fn created_version(
-    outcome: SchemaOutcome,
-    incompatible: impl FnOnce() -> String,
-) -> Result<u64, BrokerError> {
+/// The version a schema was stored with; refused with why the topic's
+/// compatibility strategy turned it down.
+fn created_version(outcome: SchemaOutcome, name: &TopicName) -> Result<u64, BrokerError> {
     match outcome {
         SchemaOutcome::Version(v) => Ok(v),
-        SchemaOutcome::Incompatible => Err(BrokerError::IncompatibleSchema(incompatible())),
+        SchemaOutcome::Incompatible(why) => Err(BrokerError::IncompatibleSchema(format!(
+            "the schema is incompatible with topic {name}'s: {why}"
+        ))),
     }
+}
+
+/// A wire schema as stored, if its definition is valid for its type (an
+/// AVRO or JSON schema must be an Avro definition).
+fn checked_record(s: &Schema) -> Result<SchemaRecord, BrokerError> {
+    schema::validate(s.r#type, &s.schema_data)
+        .map_err(|e| BrokerError::IncompatibleSchema(e.to_string()))?;
+    Ok(schema_record(s))
 }
 
 /// The version a GET_SCHEMA names (`None`: the latest); a version that is
@@ -97,6 +131,8 @@ fn schema_record(s: &Schema) -> SchemaRecord {
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect(),
+        timestamp: 0,
+        deleted: false,
     }
 }
 
@@ -137,16 +173,38 @@ mod tests {
 
     #[test]
     fn an_incompatible_schema_is_refused_with_incompatible_schema() {
-        let why = || "not compatible".to_string();
+        let name = TopicName::parse("persistent://public/default/t").unwrap();
         assert_eq!(
-            created_version(SchemaOutcome::Version(3), why).ok(),
+            created_version(SchemaOutcome::Version(3), &name).ok(),
             Some(3)
         );
-        let e = created_version(SchemaOutcome::Incompatible, why).err();
+        let e = created_version(SchemaOutcome::Incompatible("not compatible".into()), &name).err();
         assert_eq!(
             e.as_ref().map(|e| e.server_error()),
             Some(ServerError::IncompatibleSchema)
         );
-        assert_eq!(e.map(|e| e.to_string()).as_deref(), Some("not compatible"));
+        let why = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            why.contains("not compatible") && why.contains("public/default/t"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_avro_definition_is_refused_with_incompatible_schema() {
+        let wire = Schema {
+            name: "orders".into(),
+            schema_data: bytes::Bytes::from_static(b"{\"type\":\"record\"}"),
+            r#type: schema::AVRO,
+            properties: Vec::new(),
+        };
+        let e = checked_record(&wire).err();
+        assert_eq!(
+            e.as_ref().map(|e| e.server_error()),
+            Some(ServerError::IncompatibleSchema)
+        );
+        // Other types' data is not interpreted.
+        let string = Schema { r#type: 1, ..wire };
+        assert!(checked_record(&string).is_ok());
     }
 }
