@@ -19,6 +19,8 @@ import time
 import pulsar
 import pytest
 
+import wire
+
 from conftest import (
     assert_no_more,
     entry_key,
@@ -303,3 +305,55 @@ def test_reader_seek_by_publish_time(client):
     assert payloads(read_n(reader, 5)) == late
     reader.seek(0)
     assert payloads(read_n(reader, 10)) == early + late
+
+
+# Command types wire.py does not name.
+SEEK = 28
+FLOW = 11
+CLOSE_CONSUMER = 16
+
+
+def test_seek_answers_after_closing_the_consumer_and_applies_the_ack_set(broker, client):
+    # On the wire: CLOSE_CONSUMER goes before the SEEK's SUCCESS (what makes
+    # clients complete the seek with their reconnection), and an ack_set on
+    # the id (the Java client sends one for a message inside a batch, its
+    # bits cleared for the messages before it) comes back on the batch's
+    # MESSAGE, so clients skip those messages.
+    topic = topic_name("seek-ack-set")
+    producer = client.create_producer(topic, batching_enabled=True, batching_max_messages=5,
+                                      batching_max_publish_delay_ms=10_000)
+    results = []
+    for i in range(5):
+        producer.send_async(f"m-{i}".encode(), lambda res, mid: results.append(mid))
+    producer.flush()
+    wait_until(lambda: len(results) == 5, 10, "the batch's receipts")
+    assert len({entry_key(m) for m in results}) == 1, "one batch"
+    ledger, entry = entry_key(results[0])
+    bits = 0b11100  # messages 0 and 1 acknowledged
+
+    with wire.RawConnection("127.0.0.1", broker.pulsar_port) as conn:
+        conn.handshake()
+
+        def subscribe(consumer_id, request_id):
+            conn.send(wire.frame(wire.base_command(wire.SUBSCRIBE, wire.pb(
+                (1, topic), (2, "s"), (3, 0), (4, consumer_id), (5, request_id), (13, 1)))))
+            conn.expect(wire.SUCCESS)
+
+        subscribe(1, 1)
+        message_id = wire.pb((1, ledger), (2, entry), (5, bits))
+        conn.send(wire.frame(wire.base_command(SEEK, wire.pb((1, 1), (2, 2), (3, message_id)))))
+        closed = conn.expect(CLOSE_CONSUMER)
+        assert wire.first(closed.body, 1) == 1
+        answer = conn.expect(wire.SUCCESS)
+        assert wire.first(answer.body, 1) == 2
+
+        subscribe(2, 3)
+        conn.send(wire.frame(wire.base_command(FLOW, wire.pb((1, 2), (2, 100)))))
+        msg = conn.expect(wire.MESSAGE)
+        got_id = wire.unpb(wire.first(msg.body, 2))
+        assert (wire.first(got_id, 1), wire.first(got_id, 2)) == (ledger, entry)
+        ack_set = msg.body.get(4, [])
+        if ack_set and isinstance(ack_set[0], bytes):  # packed
+            ack_set = [wire.read_varint(ack_set[0], 0)[0]]
+        assert ack_set == [bits], msg.body
+
