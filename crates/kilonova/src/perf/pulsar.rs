@@ -257,7 +257,7 @@ async fn start_consumers(
             other => anyhow::bail!("unknown initial position '{other}'"),
         },
         receiver_queue: args.receiver_queue,
-        name: None,
+        ..Default::default()
     };
     let mut tasks = Vec::new();
     for (i, topic) in topics.iter().enumerate() {
@@ -317,6 +317,7 @@ async fn start_producers(
             max_delay: Duration::from_micros(args.batch_max_delay_us.max(1)),
         }),
         max_pending: args.max_pending.max(1),
+        ..Default::default()
     };
     let count = topics.len() * args.producers_per_topic.max(1);
     let interval =
