@@ -64,6 +64,7 @@ fn run() -> anyhow::Result<()> {
     let args = admin::pulsar_style_args(std::env::args_os());
     let args =
         client::args::pulsar_style_args(args, "client", client::args::CLIENT_SINGLE_DASH_FLAGS);
+    let args = client::args::pulsar_style_args(args, "perf", perf::args::PERF_SINGLE_DASH_FLAGS);
     let cli = Cli::parse_from(args);
     // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
     let default_level = match cli.command {
