@@ -1,7 +1,8 @@
 """`kilonova client produce | consume | read` against a real broker, checked
 with the Python pulsar-client (and the reverse): payloads, keys and properties
 round-trip, readers start where asked, acks land, tokens and TLS work, and
-non-UTF-8 payloads survive."""
+non-UTF-8 payloads survive; `kilonova perf` takes the same token and TLS
+flags."""
 
 from __future__ import annotations
 
@@ -35,6 +36,16 @@ def cli(binary: Path, *args: str, ok: bool = True) -> subprocess.CompletedProces
     if ok:
         assert proc.returncode == 0, f"kilonova client {args[0]} failed: {proc.stderr.decode()}"
     return proc
+
+
+def perf(binary: Path, *args: str) -> dict:
+    """Runs a short `kilonova perf ARGS` to its end; its JSON summary."""
+    proc = subprocess.run(
+        [str(binary), "perf", *args, "--warmup-secs", "0", "--duration-secs", "0", "--output", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=CLI_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, f"kilonova perf {args[0]} failed: {proc.stderr.decode()}"
+    return json.loads(proc.stdout)
 
 
 def json_lines(proc: subprocess.CompletedProcess) -> list[dict]:
@@ -235,6 +246,10 @@ def test_token_authentication_with_auth_token_and_auth_params(make_broker, keys,
     out = cli(kilonova_bin, "read", topic, "--url", b.service_url, "--auth-params", f"token:{token}",
               "-m", "earliest", "-n", "2", "--output", "json")
     assert [m["payload"] for m in json_lines(out)] == ["one", "two"]
+    # kilonova perf takes the same flags.
+    summary = perf(kilonova_bin, "produce", "--service-url", b.service_url, "--auth-token", token,
+                   "--topic", topic, "-m", "100")
+    assert summary["messages"] == 100, summary
 
 
 def test_tls_with_a_trusted_ca_and_a_token(make_broker, keys, certs, kilonova_bin):
@@ -245,6 +260,10 @@ def test_tls_with_a_trusted_ca_and_a_token(make_broker, keys, certs, kilonova_bi
     cli(kilonova_bin, "produce", topic, *common, "-m", "secret")
     out = cli(kilonova_bin, "read", topic, *common, "-m", "earliest", "-n", "1", "--output", "json")
     assert json_lines(out)[0]["payload"] == "secret"
+    summary = perf(kilonova_bin, "e2e", "--service-url", b.tls_service_url,
+                   "--tls-trust-cert-path", str(certs.ca), "--auth-token", token,
+                   "--topic", topic_name("perf-tls"), "-m", "100")
+    assert summary["messages"] == 100, summary
     # A CA the broker's certificate does not chain to: refused.
     proc = cli(kilonova_bin, "produce", topic, "--url", b.tls_service_url,
                "--tls-trust-cert-path", str(certs.other_ca), "--auth-token", token, "-m", "x", ok=False)
