@@ -12,13 +12,13 @@ use kilonova_pulsar_protocol::proto::{
     BaseCommand, CommandAuthResponse, CommandConnect, CommandMessage,
     CommandPartitionedTopicMetadata, CommandPong, MessageMetadata,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::consumer::{self, Consumer, ConsumerOptions};
 use crate::producer::{self, Producer, ProducerOptions};
+use crate::tls::{self, ServiceUrl};
 use crate::ClientError;
 
 /// The protocol version this client speaks.
@@ -53,6 +53,8 @@ pub(crate) struct Conn {
     consumers: Mutex<HashMap<u64, mpsc::UnboundedSender<ConsumerEvent>>>,
     /// The token presented at CONNECT, presented again when challenged.
     token: Option<String>,
+    /// The largest frame accepted: also the cap on a payload's uncompressed size.
+    pub max_frame: usize,
 }
 
 impl Conn {
@@ -270,7 +272,7 @@ impl Conn {
     }
 }
 
-async fn write_loop(conn: Arc<Conn>, mut w: OwnedWriteHalf) {
+async fn write_loop<W: AsyncWrite + Unpin>(conn: Arc<Conn>, mut w: W) {
     let mut spare = BytesMut::with_capacity(64 << 10);
     loop {
         if let Ok(mut out) = conn.out.lock() {
@@ -295,7 +297,12 @@ async fn write_loop(conn: Arc<Conn>, mut w: OwnedWriteHalf) {
     let _ = w.shutdown().await;
 }
 
-async fn read_loop(conn: Arc<Conn>, mut r: OwnedReadHalf, mut buf: BytesMut, max_frame: usize) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    conn: Arc<Conn>,
+    mut r: R,
+    mut buf: BytesMut,
+    max_frame: usize,
+) {
     let error = loop {
         loop {
             match frame::decode(&mut buf, max_frame) {
@@ -325,6 +332,84 @@ async fn read_loop(conn: Arc<Conn>, mut r: OwnedReadHalf, mut buf: BytesMut, max
     conn.fail(&error);
 }
 
+/// Sends CONNECT (with `token`, if any) and waits for CONNECTED. Returns the
+/// stream, the bytes read past CONNECTED, and the largest frame to accept (the
+/// broker's max message size and room for metadata).
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    token: Option<&str>,
+    addr: &str,
+) -> Result<(S, BytesMut, usize), ClientError> {
+    let connect_err = |message: String| ClientError::Connect {
+        addr: addr.to_owned(),
+        message,
+    };
+    let mut out = BytesMut::new();
+    frame::encode_command(
+        &command(Type::Connect, |b| {
+            b.connect = Some(Box::new(CommandConnect {
+                client_version: CLIENT_VERSION.into(),
+                protocol_version: Some(PROTOCOL_VERSION),
+                auth_method_name: token.map(|_| "token".into()),
+                auth_data: token.map(|t| Bytes::copy_from_slice(t.as_bytes())),
+                ..Default::default()
+            }))
+        }),
+        &mut out,
+    );
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    loop {
+        match frame::decode(&mut buf, DEFAULT_MAX_FRAME_BYTES) {
+            Ok(Some(f)) => match (f.command.r#type(), f.command.connected, f.command.error) {
+                (Type::Connected, Some(c), _) => {
+                    let max_message = c
+                        .max_message_size
+                        .and_then(|m| usize::try_from(m).ok())
+                        .unwrap_or(5 << 20);
+                    return Ok((stream, buf, max_message + (64 << 10)));
+                }
+                (Type::Error, _, Some(e)) => return Err(ClientError::broker(e.error, e.message)),
+                (t, _, _) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected CONNECTED, got {t:?}"
+                    )))
+                }
+            },
+            Ok(None) => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return Err(connect_err("closed during the handshake".into())),
+            Ok(_) => {}
+            Err(e) => return Err(connect_err(e.to_string())),
+        }
+    }
+}
+
+/// How to reach a broker: credentials and the TLS trust of `pulsar+ssl://` URLs.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// Presented at CONNECT (Pulsar's token authentication), and again when
+    /// the broker challenges the connection.
+    pub token: Option<String>,
+    /// CA certificates (PEM) a `pulsar+ssl://` broker's certificate must chain to.
+    pub tls_trust_certs: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    /// Never shows the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("tls_trust_certs", &self.tls_trust_certs)
+            .finish()
+    }
+}
+
 /// A connection to one broker, shared by the producers and consumers made from it.
 /// Dropping the client closes the connection: keep it while they are in use.
 pub struct Client {
@@ -342,66 +427,54 @@ impl Client {
         service_url: &str,
         token: Option<&str>,
     ) -> Result<Client, ClientError> {
-        let addr = service_url
-            .strip_prefix("pulsar://")
-            .map(|a| a.trim_end_matches('/'))
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| ClientError::BadUrl(service_url.to_owned()))?;
+        let options = ConnectOptions {
+            token: token.map(str::to_owned),
+            tls_trust_certs: None,
+        };
+        Self::connect_with(service_url, &options).await
+    }
+
+    /// Connects to `pulsar://host:port` or `pulsar+ssl://host:port` (the
+    /// broker's certificate checked against `options.tls_trust_certs` and the
+    /// URL's host name) and completes the CONNECT handshake.
+    pub async fn connect_with(
+        service_url: &str,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let url = ServiceUrl::parse(service_url)?;
+        let addr = url.address();
         let connect_err = |message: String| ClientError::Connect {
-            addr: addr.to_owned(),
+            addr: addr.clone(),
             message,
         };
-        let mut stream = TcpStream::connect(addr)
+        let stream = TcpStream::connect((url.host.as_str(), url.port))
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let mut out = BytesMut::new();
-        frame::encode_command(
-            &command(Type::Connect, |b| {
-                b.connect = Some(Box::new(CommandConnect {
-                    client_version: CLIENT_VERSION.into(),
-                    protocol_version: Some(PROTOCOL_VERSION),
-                    auth_method_name: token.map(|_| "token".into()),
-                    auth_data: token.map(|t| Bytes::copy_from_slice(t.as_bytes())),
-                    ..Default::default()
-                }))
-            }),
-            &mut out,
-        );
-        stream
-            .write_all(&out)
+        let token = options.token.as_deref();
+        if !url.tls {
+            let (stream, buf, max_frame) = handshake(stream, token, &addr).await?;
+            let (r, w) = stream.into_split();
+            return Ok(Self::start(r, w, buf, max_frame, token));
+        }
+        let connector = tls::connector(options.tls_trust_certs.as_deref())?;
+        let name = tls::server_name(&url.host)?;
+        let stream = connector
+            .connect(name, stream)
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let mut buf = BytesMut::with_capacity(64 << 10);
-        let max_frame = loop {
-            match frame::decode(&mut buf, DEFAULT_MAX_FRAME_BYTES) {
-                Ok(Some(f)) => match (f.command.r#type(), f.command.connected, f.command.error) {
-                    (Type::Connected, Some(c), _) => {
-                        let max_message = c
-                            .max_message_size
-                            .and_then(|m| usize::try_from(m).ok())
-                            .unwrap_or(5 << 20);
-                        break max_message + (64 << 10);
-                    }
-                    (Type::Error, _, Some(e)) => {
-                        return Err(ClientError::broker(e.error, e.message))
-                    }
-                    (t, _, _) => {
-                        return Err(ClientError::Protocol(format!(
-                            "expected CONNECTED, got {t:?}"
-                        )))
-                    }
-                },
-                Ok(None) => {}
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) => return Err(connect_err("closed during the handshake".into())),
-                Ok(_) => {}
-                Err(e) => return Err(connect_err(e.to_string())),
-            }
-        };
-        let (r, w) = stream.into_split();
+            .map_err(|e| ClientError::Tls(format!("TLS handshake with {addr}: {e}")))?;
+        let (stream, buf, max_frame) = handshake(stream, token, &addr).await?;
+        let (r, w) = tokio::io::split(stream);
+        Ok(Self::start(r, w, buf, max_frame, token))
+    }
+
+    /// Starts the reader and writer tasks of a connection that completed its
+    /// handshake; `buf` holds what was read past the CONNECTED frame.
+    fn start<R, W>(r: R, w: W, buf: BytesMut, max_frame: usize, token: Option<&str>) -> Client
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let conn = Arc::new(Conn {
             out: Mutex::new(BytesMut::with_capacity(64 << 10)),
             wake_writer: Notify::new(),
@@ -411,10 +484,11 @@ impl Client {
             producers: Mutex::new(HashMap::new()),
             consumers: Mutex::new(HashMap::new()),
             token: token.map(str::to_owned),
+            max_frame,
         });
         tokio::spawn(write_loop(conn.clone(), w));
         tokio::spawn(read_loop(conn.clone(), r, buf, max_frame));
-        Ok(Client { conn })
+        Client { conn }
     }
 
     /// The number of partitions of `topic` (0: not partitioned).

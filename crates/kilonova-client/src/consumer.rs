@@ -9,7 +9,7 @@ use bytes::Bytes;
 use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, command_ack::AckType, command_subscribe, CommandAck, CommandCloseConsumer,
-    CommandFlow, CommandMessage, CommandSubscribe, MessageIdData,
+    CommandFlow, CommandMessage, CommandSubscribe, CompressionType, KeyValue, MessageIdData,
 };
 use tokio::sync::mpsc;
 
@@ -30,6 +30,17 @@ pub enum InitialPosition {
     Earliest,
 }
 
+/// Where a reader (a non-durable subscription) starts: at entry
+/// `ledger_id:entry_id`, that entry itself delivered only if `inclusive`
+/// (the broker starts at the entry; the client skips it otherwise, as
+/// Pulsar's clients do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartMessageId {
+    pub ledger_id: u64,
+    pub entry_id: u64,
+    pub inclusive: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct ConsumerOptions {
     pub subscription_type: SubscriptionType,
@@ -37,6 +48,10 @@ pub struct ConsumerOptions {
     /// Messages the broker may send ahead of `receive`.
     pub receiver_queue: u32,
     pub name: Option<String>,
+    /// `false`: a reader's subscription, gone when its consumer closes.
+    pub durable: bool,
+    /// For a non-durable subscription: where it starts (else `initial_position`).
+    pub start_message_id: Option<StartMessageId>,
 }
 
 impl Default for ConsumerOptions {
@@ -46,21 +61,32 @@ impl Default for ConsumerOptions {
             initial_position: InitialPosition::Latest,
             receiver_queue: 1000,
             name: None,
+            durable: true,
+            start_message_id: None,
         }
     }
 }
 
 /// A received message.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Message {
     pub id: MessageId,
     pub payload: Bytes,
     pub key: Option<String>,
+    /// Application properties, in the order the producer set them.
+    pub properties: Vec<(String, String)>,
     /// Milliseconds since the epoch, as the producer stamped it.
     pub publish_time_ms: u64,
     pub redelivery_count: u32,
     /// Messages in the entry this one came in (1: not batched).
     batch_size: u32,
+}
+
+fn pairs(properties: &[KeyValue]) -> Vec<(String, String)> {
+    properties
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect()
 }
 
 /// Acks are sent once this many are waiting, or when `receive` would wait.
@@ -79,6 +105,8 @@ pub struct Consumer {
     batch_left: HashMap<(u64, u64), u32>,
     acks: Vec<MessageIdData>,
     closed: bool,
+    /// A reader's exclusive start: that entry is skipped once.
+    skip_entry: Option<(u64, u64)>,
 }
 
 pub(crate) async fn subscribe(
@@ -113,6 +141,12 @@ pub(crate) async fn subscribe(
                     request_id,
                     consumer_name: options.name.clone(),
                     initial_position: Some(initial as i32),
+                    durable: Some(options.durable),
+                    start_message_id: options.start_message_id.map(|s| MessageIdData {
+                        ledger_id: s.ledger_id,
+                        entry_id: s.entry_id,
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }))
             }),
@@ -139,6 +173,10 @@ pub(crate) async fn subscribe(
         batch_left: HashMap::new(),
         acks: Vec::new(),
         closed: false,
+        skip_entry: options
+            .start_message_id
+            .filter(|s| !s.inclusive)
+            .map(|s| (s.ledger_id, s.entry_id)),
     })
 }
 
@@ -181,6 +219,21 @@ impl Consumer {
         let count = frame::message_count(meta);
         let id = &cmd.message_id;
         let redelivery_count = cmd.redelivery_count.unwrap_or(0);
+        if self.skip_entry == Some((id.ledger_id, id.entry_id)) {
+            // A reader's exclusive start: the broker starts at that entry.
+            self.skip_entry = None;
+            self.consumed += count;
+            return Ok(());
+        }
+        let data = match meta.compression() {
+            CompressionType::None => payload.data.clone(),
+            kind => Bytes::from(crate::compression::decompress(
+                kind,
+                &payload.data,
+                meta.uncompressed_size.unwrap_or(0),
+                self.conn.max_frame,
+            )?),
+        };
         if meta.num_messages_in_batch.is_none() {
             self.queue.push_back(Message {
                 id: MessageId {
@@ -189,16 +242,17 @@ impl Consumer {
                     partition: self.partition,
                     batch_index: -1,
                 },
-                payload: payload.data,
+                payload: data,
                 key: meta.partition_key.clone(),
+                properties: pairs(&meta.properties),
                 publish_time_ms: meta.publish_time,
                 redelivery_count,
                 batch_size: 1,
             });
             return Ok(());
         }
-        let messages = frame::parse_batch(&payload.data, count)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let messages =
+            frame::parse_batch(&data, count).map_err(|e| ClientError::Protocol(e.to_string()))?;
         // A redelivered, partly acknowledged batch: skip what was acknowledged
         // (a set bit in the ack set is a message still to deliver).
         let wanted = |i: usize| match cmd.ack_set.get(i / 64) {
@@ -221,6 +275,7 @@ impl Consumer {
                 },
                 payload: data,
                 key: single.partition_key,
+                properties: pairs(&single.properties),
                 publish_time_ms: meta.publish_time,
                 redelivery_count,
                 batch_size: count,

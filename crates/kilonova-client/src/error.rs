@@ -4,7 +4,7 @@ use kilonova_pulsar_protocol::proto::ServerError;
 /// to every request, send and consumer waiting on it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid service URL '{0}': expected pulsar://host:port")]
+    #[error("invalid service URL '{0}': expected pulsar://host:port or pulsar+ssl://host:port")]
     BadUrl(String),
     #[error("cannot connect to {addr}: {message}")]
     Connect { addr: String, message: String },
@@ -14,6 +14,8 @@ pub enum ClientError {
     Broker { code: ServerError, message: String },
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {

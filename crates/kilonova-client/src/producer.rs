@@ -11,16 +11,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{
-    base_command::Type, CommandCloseProducer, CommandProducer, CommandSend, MessageIdData,
-    MessageMetadata, SingleMessageMetadata,
+    base_command::Type, CommandCloseProducer, CommandProducer, CommandSend, KeyValue,
+    MessageIdData, MessageMetadata, SingleMessageMetadata,
 };
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::connection::{command, Conn};
-use crate::{ClientError, MessageId};
+use crate::{ClientError, Compression, MessageId};
 
 /// Client-side batching: a batch is sent when it holds `max_messages` or
 /// `max_bytes`, or every `max_delay` (a periodic timer, as the Java client's).
+/// A batch holds messages of one key (the Java client's key-based batcher, which
+/// Key_Shared subscriptions need: the broker routes a whole batch by its key), so
+/// a message whose key differs from the batch's sends the batch first.
 #[derive(Clone, Copy, Debug)]
 pub struct Batching {
     pub max_messages: usize,
@@ -47,6 +50,8 @@ pub struct ProducerOptions {
     pub batching: Option<Batching>,
     /// Messages sent and not yet acknowledged by a receipt; `send` waits for room.
     pub max_pending: usize,
+    /// The codec of each entry's payload (a batch is compressed whole).
+    pub compression: Compression,
 }
 
 impl Default for ProducerOptions {
@@ -55,6 +60,7 @@ impl Default for ProducerOptions {
             name: None,
             batching: Some(Batching::default()),
             max_pending: 1000,
+            compression: Compression::None,
         }
     }
 }
@@ -64,12 +70,24 @@ impl Default for ProducerOptions {
 pub struct OutgoingMessage {
     pub payload: Bytes,
     pub key: Option<String>,
+    /// Application properties, in order.
+    pub properties: Vec<(String, String)>,
 }
 
 impl From<Bytes> for OutgoingMessage {
     fn from(payload: Bytes) -> OutgoingMessage {
-        OutgoingMessage { payload, key: None }
+        OutgoingMessage {
+            payload,
+            ..Default::default()
+        }
     }
+}
+
+fn key_values(properties: Vec<(String, String)>) -> Vec<KeyValue> {
+    properties
+        .into_iter()
+        .map(|(key, value)| KeyValue { key, value })
+        .collect()
 }
 
 /// Resolves to the message's id once the broker's receipt arrives (for a
@@ -123,6 +141,8 @@ struct State {
     batch: Vec<Waiter>,
     batch_data: BytesMut,
     batch_first_sequence_id: u64,
+    /// The key every message of the current batch has.
+    batch_key: Option<String>,
     in_flight: VecDeque<InFlight>,
     failed: Option<ClientError>,
 }
@@ -133,6 +153,7 @@ pub(crate) struct Shared {
     name: String,
     partition: i32,
     batching: Option<Batching>,
+    compression: Compression,
     state: Mutex<State>,
 }
 
@@ -148,11 +169,20 @@ impl Shared {
         st.next_sequence_id += 1;
         match self.batching {
             None => {
+                let payload = match self.compression.compress(&msg.payload) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        waiter.done(Err(e));
+                        return;
+                    }
+                };
                 let metadata = MessageMetadata {
                     producer_name: self.name.clone(),
                     sequence_id,
                     publish_time: now_ms(),
                     partition_key: msg.key,
+                    properties: key_values(msg.properties),
+                    compression: Some(self.compression.wire() as i32),
                     uncompressed_size: Some(msg.payload.len() as u32),
                     ..Default::default()
                 };
@@ -162,14 +192,19 @@ impl Shared {
                     batched: false,
                     waiters: vec![waiter],
                 });
-                self.conn.send_message(&cmd, &metadata, &msg.payload);
+                self.conn.send_message(&cmd, &metadata, &payload);
             }
             Some(b) => {
+                if !st.batch.is_empty() && st.batch_key != msg.key {
+                    self.flush_locked(st);
+                }
                 if st.batch.is_empty() {
                     st.batch_first_sequence_id = sequence_id;
+                    st.batch_key.clone_from(&msg.key);
                 }
                 let single = SingleMessageMetadata {
                     partition_key: msg.key,
+                    properties: key_values(msg.properties),
                     sequence_id: Some(sequence_id),
                     ..Default::default()
                 };
@@ -189,19 +224,35 @@ impl Shared {
         let count = st.batch.len();
         let first = st.batch_first_sequence_id;
         let last = first + count as u64 - 1;
+        let waiters = std::mem::take(&mut st.batch);
+        let packed = match self.compression {
+            Compression::None => None,
+            c => match c.compress(&st.batch_data) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    st.batch_data.clear();
+                    for w in waiters {
+                        w.done(Err(e.clone()));
+                    }
+                    return;
+                }
+            },
+        };
         let metadata = MessageMetadata {
             producer_name: self.name.clone(),
             sequence_id: first,
             publish_time: now_ms(),
+            partition_key: st.batch_key.take(),
             num_messages_in_batch: Some(count as i32),
+            compression: Some(self.compression.wire() as i32),
             uncompressed_size: Some(st.batch_data.len() as u32),
             highest_sequence_id: Some(last),
             ..Default::default()
         };
         let cmd = send_command(self.id, first, count as i32, Some(last));
-        self.conn.send_message(&cmd, &metadata, &st.batch_data);
+        let data = packed.as_deref().unwrap_or(&st.batch_data);
+        self.conn.send_message(&cmd, &metadata, data);
         st.batch_data.clear();
-        let waiters = std::mem::take(&mut st.batch);
         st.in_flight.push_back(InFlight {
             sequence_id: first,
             batched: true,
@@ -340,11 +391,13 @@ pub(crate) async fn create(
         name: success.producer_name,
         partition,
         batching: options.batching,
+        compression: options.compression,
         state: Mutex::new(State {
             next_sequence_id,
             batch: Vec::new(),
             batch_data: BytesMut::new(),
             batch_first_sequence_id: 0,
+            batch_key: None,
             in_flight: VecDeque::new(),
             failed: None,
         }),

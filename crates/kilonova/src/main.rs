@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod client;
 mod perf;
 mod standalone;
 mod tokens;
@@ -27,6 +28,11 @@ enum Command {
     Standalone(standalone::StandaloneArgs),
     /// Administer a cluster through the admin REST API (pulsar-admin's verbs).
     Admin(admin::AdminArgs),
+    /// Produce, consume and read messages from the shell (pulsar-client's verbs).
+    Client {
+        #[command(subcommand)]
+        verb: client::ClientCommand,
+    },
     /// Benchmarks.
     Perf {
         #[command(subcommand)]
@@ -62,11 +68,18 @@ fn run() -> anyhow::Result<()> {
     // perf HTTP clients): ring, as the servers' TLS. Fails only if one is
     // installed already, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse_from(admin::pulsar_style_args(std::env::args_os()));
+    let args = admin::pulsar_style_args(std::env::args_os());
+    let args =
+        client::args::pulsar_style_args(args, "client", client::args::CLIENT_SINGLE_DASH_FLAGS);
+    let args = client::args::pulsar_style_args(args, "perf", perf::args::PERF_SINGLE_DASH_FLAGS);
+    let cli = Cli::parse_from(args);
     // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
     let default_level = match cli.command {
         Command::Standalone(_) => "info",
-        Command::Admin(_) | Command::Perf { .. } | Command::Tokens { .. } => "warn",
+        Command::Admin(_)
+        | Command::Client { .. }
+        | Command::Perf { .. }
+        | Command::Tokens { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -79,6 +92,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Standalone(args) => standalone::run(args),
         Command::Admin(args) => admin::run(args),
+        Command::Client { verb } => client::run(verb),
         Command::Perf { what } => perf::run(what),
         Command::Tokens { verb } => tokens::run(verb),
     }

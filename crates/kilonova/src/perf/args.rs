@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::client::args::Credentials;
+
 /// Where the broker serves the Pulsar protocol.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServiceUrl {
     /// The broker's Pulsar service URL.
     #[arg(
         id = "service_url",
+        short = 'u',
         long = "service-url",
         value_name = "SERVICE_URL",
         default_value = "pulsar://127.0.0.1:6650"
@@ -37,7 +40,7 @@ pub struct AdminUrl {
 pub struct Timing {
     /// Seconds measured, after the warm-up (produce, e2e: 0 runs until
     /// `--messages`).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, visible_alias = "test-duration", default_value_t = 10)]
     pub duration_secs: u64,
     /// Seconds of warm-up, not measured.
     #[arg(long, default_value_t = 2)]
@@ -78,3 +81,14 @@ impl Output {
         Ok(())
     }
 }
+
+/// pulsar-perf's single-dash long flags and the long flags they stand for.
+pub const PERF_SINGLE_DASH_FLAGS: &[(&str, &str)] = &[
+    ("-mk", "--message-key-generation-mode"),
+    ("-ns", "--num-subscriptions"),
+    ("-st", "--subscription-type"),
+    ("-sp", "--subscription-position"),
+    ("-time", "--test-duration"),
+    ("-bm", "--batch-max-messages"),
+    ("-bb", "--batch-max-bytes"),
+];

@@ -24,6 +24,8 @@ pub enum PerfCommand {
     Consume(pulsar::ConsumeCmd),
     /// Publish and consume at once; latency is publish → delivery.
     E2e(pulsar::E2eCmd),
+    /// Read with Readers (non-durable subscriptions) from earliest or latest.
+    Read(pulsar::ReadCmd),
     /// Open connections as fast as possible (with or without a token): the connect rate.
     Connect(connect::ConnectArgs),
     /// Create many topics through the admin API (the metadata path), then list them page by page.
@@ -39,6 +41,7 @@ pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
         PerfCommand::Produce(c) => block_on(pulsar::run(pulsar::Mode::Produce(c))),
         PerfCommand::Consume(c) => block_on(pulsar::run(pulsar::Mode::Consume(c))),
         PerfCommand::E2e(c) => block_on(pulsar::run(pulsar::Mode::E2e(c))),
+        PerfCommand::Read(c) => block_on(pulsar::run(pulsar::Mode::Read(c))),
         PerfCommand::Topics(args) => block_on(topics::run(args)),
         PerfCommand::Connect(args) => block_on(connect::run(args)),
         #[cfg(feature = "nats")]
@@ -103,30 +106,44 @@ connect --connections=5000
 connect --output=text
 connect --service-url=pulsar://127.0.0.1:6650
 consume --admin-url=http://127.0.0.1:8080
+consume --auth-params
+consume --auth-plugin
+consume --auth-token $KILONOVA_AUTH_TOKEN
 consume --connections=1
 consume --consumers-per-topic=1
 consume --duration-secs=10
+consume --histogram-file
 consume --initial-position=latest
+consume --num-subscriptions=1
 consume --output=text
 consume --partitions=0
 consume --receiver-queue=1000
 consume --service-url=pulsar://127.0.0.1:6650
 consume --subscription-type=exclusive
 consume --subscription=perf-sub
+consume --tls-trust-cert-path $KILONOVA_TLS_TRUST_CERT_PATH
 consume --topic=persistent://public/default/perf
 consume --topics=1
 consume --warmup-secs=2
 e2e --admin-url=http://127.0.0.1:8080
+e2e --auth-params
+e2e --auth-plugin
+e2e --auth-token $KILONOVA_AUTH_TOKEN
 e2e --batch-max-bytes=131072
 e2e --batch-max-delay-us=1000
 e2e --batch-max-messages=1000
+e2e --batch-time-window
+e2e --compression=none
 e2e --connections=1
 e2e --consumers-per-topic=1
 e2e --duration-secs=10
+e2e --histogram-file
 e2e --initial-position=latest
 e2e --max-pending=1000
+e2e --message-key-generation-mode
 e2e --messages=0
 e2e --no-batching
+e2e --num-subscriptions=1
 e2e --output=text
 e2e --partitions=0
 e2e --producers-per-topic=1
@@ -136,16 +153,24 @@ e2e --service-url=pulsar://127.0.0.1:6650
 e2e --size=1024
 e2e --subscription-type=exclusive
 e2e --subscription=perf-sub
+e2e --tls-trust-cert-path $KILONOVA_TLS_TRUST_CERT_PATH
 e2e --topic=persistent://public/default/perf
 e2e --topics=1
 e2e --warmup-secs=2
 produce --admin-url=http://127.0.0.1:8080
+produce --auth-params
+produce --auth-plugin
+produce --auth-token $KILONOVA_AUTH_TOKEN
 produce --batch-max-bytes=131072
 produce --batch-max-delay-us=1000
 produce --batch-max-messages=1000
+produce --batch-time-window
+produce --compression=none
 produce --connections=1
 produce --duration-secs=10
+produce --histogram-file
 produce --max-pending=1000
+produce --message-key-generation-mode
 produce --messages=0
 produce --no-batching
 produce --output=text
@@ -154,9 +179,26 @@ produce --producers-per-topic=1
 produce --rate=0
 produce --service-url=pulsar://127.0.0.1:6650
 produce --size=1024
+produce --tls-trust-cert-path $KILONOVA_TLS_TRUST_CERT_PATH
 produce --topic=persistent://public/default/perf
 produce --topics=1
 produce --warmup-secs=2
+read --admin-url=http://127.0.0.1:8080
+read --auth-params
+read --auth-plugin
+read --auth-token $KILONOVA_AUTH_TOKEN
+read --connections=1
+read --duration-secs=10
+read --histogram-file
+read --output=text
+read --partitions=0
+read --receiver-queue=1000
+read --service-url=pulsar://127.0.0.1:6650
+read --start-message-id=earliest
+read --tls-trust-cert-path $KILONOVA_TLS_TRUST_CERT_PATH
+read --topic=persistent://public/default/perf
+read --topics=1
+read --warmup-secs=2
 storage --appenders=64
 storage --dir=./perf-data
 storage --duration-secs=10

@@ -93,14 +93,17 @@ impl Recorder {
 
     /// Latency over the interval since the last call (and starts a new one).
     pub fn take_interval(&self) -> Latency {
-        match self.hist.lock() {
-            Ok(mut t) => {
-                let l = Latency::of(&t.interval);
-                t.interval.reset();
-                l
-            }
-            Err(_) => Latency::default(),
-        }
+        self.take_interval_histogram()
+            .map(|h| Latency::of(&h))
+            .unwrap_or_default()
+    }
+
+    /// The histogram of the interval since the last call (and starts a new one).
+    pub fn take_interval_histogram(&self) -> Option<Histogram<u64>> {
+        let mut t = self.hist.lock().ok()?;
+        let h = t.interval.clone();
+        t.interval.reset();
+        Some(h)
     }
 
     pub fn total(&self) -> Latency {
@@ -141,6 +144,12 @@ impl LocalRecorder {
         if self.since.elapsed() >= Duration::from_millis(100) {
             self.merge();
         }
+    }
+
+    /// Hands what was recorded to the shared recorder now: a task that goes
+    /// idle calls it, so the live lines count what it recorded before.
+    pub fn flush(&mut self) {
+        self.merge();
     }
 
     fn merge(&mut self) {
@@ -208,7 +217,6 @@ impl Summary {
     }
 }
 
-/// Microseconds as milliseconds with three decimals, e.g. "1.234 ms".
 /// One progress interval of one quantity, as the live lines show it:
 /// ` publish    1234 msg/s     1.3 MB/s p50 … p99 … p99.9 …`.
 pub fn interval_line(what: &str, messages: u64, bytes: u64, l: Latency) -> String {
@@ -221,6 +229,57 @@ pub fn interval_line(what: &str, messages: u64, bytes: u64, l: Latency) -> Strin
     )
 }
 
+/// Microseconds as milliseconds with three decimals, e.g. "1.234 ms".
 pub fn ms(us: u64) -> String {
     format!("{:.3} ms", us as f64 / 1000.0)
+}
+
+/// `--histogram-file`: an HdrHistogram interval log (the format pulsar-perf
+/// writes and HdrHistogram's tools read), one histogram of latencies in
+/// microseconds per progress interval.
+pub struct HistogramLog {
+    file: std::io::BufWriter<std::fs::File>,
+    serializer: hdrhistogram::serialization::V2DeflateSerializer,
+    started: std::time::SystemTime,
+    wrote_header: bool,
+}
+
+impl HistogramLog {
+    pub fn create(path: &std::path::Path) -> anyhow::Result<HistogramLog> {
+        use anyhow::Context;
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("creating the histogram file {}", path.display()))?;
+        Ok(HistogramLog {
+            file: std::io::BufWriter::new(file),
+            serializer: hdrhistogram::serialization::V2DeflateSerializer::new(),
+            started: std::time::SystemTime::now(),
+            wrote_header: false,
+        })
+    }
+
+    /// Appends the histogram of the interval `[start, start + length)`, times
+    /// counted from the start of the log.
+    pub fn write(
+        &mut self,
+        h: &Histogram<u64>,
+        start: Duration,
+        length: Duration,
+    ) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut builder =
+            hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder::new();
+        // Headers once; a builder without them writes nothing of its own.
+        if !self.wrote_header {
+            builder
+                .add_comment("kilonova perf: latency in microseconds")
+                .with_start_time(self.started)
+                .with_base_time(self.started);
+        }
+        let mut w = builder.begin_log_with(&mut self.file, &mut self.serializer)?;
+        w.write_histogram(h, start, length, None)
+            .map_err(|e| anyhow::anyhow!("writing the histogram file: {e}"))?;
+        self.wrote_header = true;
+        self.file.flush()?;
+        Ok(())
+    }
 }
