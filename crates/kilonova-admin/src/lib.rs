@@ -15,6 +15,7 @@ pub mod api;
 mod brokers;
 mod clusters;
 mod error;
+mod lookup;
 mod namespaces;
 mod permissions;
 mod policies;
@@ -43,6 +44,7 @@ pub fn api() -> Api {
     let api = policies::routes(api);
     let api = topics::routes(api);
     let api = permissions::routes(api);
+    let api = lookup::routes(api);
     api.route(
         "/metrics",
         get(metrics),
