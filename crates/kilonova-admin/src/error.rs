@@ -56,7 +56,10 @@ impl From<BrokerError> for ApiError {
             BrokerError::NamespaceNotFound(_)
             | BrokerError::TopicNotFound(_)
             | BrokerError::SubscriptionNotFound(_)
-            | BrokerError::NotFound(_) => StatusCode::NOT_FOUND,
+            | BrokerError::NotFound(_)
+            // Pulsar answers 500; a listener nobody configured is the
+            // client's mistake, not the server's.
+            | BrokerError::UnknownListener(_) => StatusCode::NOT_FOUND,
             BrokerError::Conflict(_) => StatusCode::CONFLICT,
             BrokerError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
             BrokerError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
@@ -127,6 +130,10 @@ mod tests {
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
             (BrokerError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                BrokerError::UnknownListener("external".into()),
+                StatusCode::NOT_FOUND,
+            ),
         ];
         for (e, status) in cases {
             let what = e.to_string();

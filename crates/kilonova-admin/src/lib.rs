@@ -15,6 +15,7 @@ pub mod api;
 mod brokers;
 mod clusters;
 mod error;
+mod lookup;
 mod namespaces;
 mod permissions;
 mod policies;
@@ -45,6 +46,7 @@ pub fn api() -> Api {
     let api = topics::routes(api);
     let api = permissions::routes(api);
     let api = schemas::routes(api);
+    let api = lookup::routes(api);
     api.route(
         "/metrics",
         get(metrics),

@@ -17,8 +17,8 @@ use kilonova_pulsar_protocol::proto::{
 };
 use kilonova_storage::Position;
 
-use crate::broker::ServiceUrls;
 use crate::error::BrokerError;
+use crate::listeners::ListenerUrls;
 
 fn base(t: Type) -> BaseCommand {
     BaseCommand {
@@ -180,7 +180,7 @@ pub(crate) fn pong() -> BaseCommand {
 /// Where a topic is served: this broker (its plain URL, else its TLS one).
 pub(crate) fn lookup_response(
     request_id: u64,
-    result: Result<&ServiceUrls, &BrokerError>,
+    result: Result<&ListenerUrls, &BrokerError>,
 ) -> BaseCommand {
     let response = match result {
         Ok(urls) => CommandLookupTopicResponse {
@@ -370,8 +370,8 @@ pub(crate) fn with_type(t: Type, f: impl FnOnce(&mut BaseCommand)) -> BaseComman
 mod tests {
     use super::*;
 
-    fn urls(plain: Option<&str>, tls: Option<&str>) -> ServiceUrls {
-        ServiceUrls {
+    fn urls(plain: Option<&str>, tls: Option<&str>) -> ListenerUrls {
+        ListenerUrls {
             plain: plain.map(String::from),
             tls: tls.map(String::from),
         }

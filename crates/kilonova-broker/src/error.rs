@@ -63,6 +63,10 @@ pub enum BrokerError {
     /// (clients retry), else producer_exception (clients give up).
     #[error("{message}")]
     BacklogQuotaExceeded { hold: bool, message: String },
+    /// A lookup named an advertised listener this broker does not have
+    /// (Pulsar's words, which clients match on).
+    #[error("the broker do not have {0} listener")]
+    UnknownListener(String),
 }
 
 impl BrokerError {
@@ -86,9 +90,10 @@ impl BrokerError {
             BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
             BrokerError::Metadata(_) => ServerError::MetadataError,
             BrokerError::Storage(_) => ServerError::PersistenceError,
-            BrokerError::ShuttingDown | BrokerError::TopicFenced(_) | BrokerError::Shutdown(_) => {
-                ServerError::ServiceNotReady
-            }
+            BrokerError::ShuttingDown
+            | BrokerError::TopicFenced(_)
+            | BrokerError::Shutdown(_)
+            | BrokerError::UnknownListener(_) => ServerError::ServiceNotReady,
             BrokerError::Authentication(_) => ServerError::AuthenticationError,
             BrokerError::Authorization(_) => ServerError::AuthorizationError,
             BrokerError::BacklogQuotaExceeded { hold: true, .. } => {
@@ -179,6 +184,10 @@ mod tests {
                 ServerError::PersistenceError,
             ),
             (BrokerError::ShuttingDown, ServerError::ServiceNotReady),
+            (
+                BrokerError::UnknownListener("external".into()),
+                ServerError::ServiceNotReady,
+            ),
             (
                 BrokerError::TopicFenced("t".into()),
                 ServerError::ServiceNotReady,

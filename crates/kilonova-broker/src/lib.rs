@@ -20,6 +20,7 @@ mod dedup;
 mod entry_source;
 mod error;
 pub mod key_shared;
+pub mod listeners;
 pub mod metrics;
 mod outbound;
 mod policy_cache;
@@ -36,5 +37,6 @@ pub use kilonova_metadata::names::{Domain, TopicName, TopicNameError};
 /// A message's place in a topic's log, as admin requests name it
 /// ([`ResetTo::Position`]): the broker's callers reach storage only through it.
 pub use kilonova_storage::Position;
+pub use listeners::{AdvertisedListeners, ListenerError, ListenerUrls};
 pub use topic::admin as topic_admin;
 pub use topic::{AdminReply, AdminRequest, Peeked, ResetTo};

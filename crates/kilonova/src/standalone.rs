@@ -1,5 +1,6 @@
 //! `kilonova standalone`: the broker with embedded storage and metadata in one process.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use kilonova_admin::server::AdminServer;
 use kilonova_auth::tls::TlsConfig;
 use kilonova_auth::{AuthConfig, Security};
 use kilonova_broker::import_old_catalog;
-use kilonova_broker::{accept_loop, Broker, BrokerConfig, ServiceUrls};
+use kilonova_broker::listeners::parse_listener_list;
+use kilonova_broker::{accept_loop, AdvertisedListeners, Broker, BrokerConfig, ServiceUrls};
 use kilonova_metadata::policies::ClusterData;
 use kilonova_metadata::{EmbeddedStore, Resources, SessionId, DEFAULT_SESSION_TTL};
 use kilonova_storage::{DirLock, DirStateStore, SegmentStore, StoreConfig};
@@ -44,6 +46,17 @@ pub struct StandaloneArgs {
     /// Host name clients are told to connect to [default: the bind address].
     #[arg(long, env = "KILONOVA_ADVERTISED_ADDRESS")]
     advertised_address: Option<String>,
+    /// Advertised listeners as Pulsar writes them,
+    /// `name:pulsar://host:port[,name:pulsar+ssl://host:port…]`: a client
+    /// naming a listener is told its URLs (replaces the file's
+    /// `[advertised_listeners]`; the first name is the internal listener
+    /// unless --internal-listener-name).
+    #[arg(long, env = "KILONOVA_ADVERTISED_LISTENERS")]
+    advertised_listeners: Option<String>,
+    /// The advertised listener clients naming none are told [default: the
+    /// only, or first listed, listener].
+    #[arg(long, env = "KILONOVA_INTERNAL_LISTENER_NAME")]
+    internal_listener_name: Option<String>,
     /// Once serving, write the ports it listens on to this file as JSON
     /// (`{"pulsar":N,"http":N,"pulsar_tls":N|null,"https":N|null}`), atomically:
     /// with ports given as 0 the system chooses them, and this says which.
@@ -92,6 +105,11 @@ pub struct StandaloneConfig {
     /// Serve the plain (non-TLS) ports too; with TLS, `false` leaves only the TLS ones.
     pub plain_ports_enabled: bool,
     pub advertised_address: Option<String>,
+    /// Advertised listeners: name → its `pulsar://host:port` and/or
+    /// `pulsar+ssl://host:port` URL (Pulsar's `advertisedListeners`).
+    pub advertised_listeners: BTreeMap<String, Vec<String>>,
+    /// The listener clients naming none are told (Pulsar's `internalListenerName`).
+    pub internal_listener_name: Option<String>,
     /// Where to write the ports once serving (see `--ports-file`).
     pub ports_file: Option<PathBuf>,
     pub broker: BrokerConfig,
@@ -111,6 +129,8 @@ impl Default for StandaloneConfig {
             https_port: 8443,
             plain_ports_enabled: true,
             advertised_address: None,
+            advertised_listeners: BTreeMap::new(),
+            internal_listener_name: None,
             ports_file: None,
             broker: BrokerConfig::default(),
             storage: StorageSettings::default(),
@@ -149,6 +169,14 @@ fn load_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> {
     }
     if let Some(a) = &args.advertised_address {
         c.advertised_address = Some(a.clone());
+    }
+    if let Some(list) = &args.advertised_listeners {
+        let (table, first) = parse_listener_list(list).context("--advertised-listeners")?;
+        c.advertised_listeners = table;
+        c.internal_listener_name = first;
+    }
+    if let Some(n) = &args.internal_listener_name {
+        c.internal_listener_name = Some(n.clone());
     }
     if let Some(p) = &args.ports_file {
         c.ports_file = Some(p.clone());
@@ -267,6 +295,7 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         ),
         false => None,
     };
+    let listener_urls = advertised_listeners(&config)?;
     // An entry is a whole message plus its headers.
     let max_entry_bytes = config.broker.max_frame_bytes();
     let store = open_store(&config.data_dir, &config.storage, max_entry_bytes)?;
@@ -280,20 +309,30 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     let (pulsar_port, http_port) = (port_of(&listeners.pulsar)?, port_of(&listeners.http)?);
     let (pulsar_tls_port, https_port) =
         (port_of(&listeners.pulsar_tls)?, port_of(&listeners.https)?);
+    let http_url = http_port.map(|p| format!("http://{advertised}:{p}"));
+    let https_url = https_port.map(|p| format!("https://{advertised}:{p}"));
     let urls = ServiceUrls {
         plain: pulsar_port.map(|p| format!("pulsar://{advertised}:{p}")),
         tls: pulsar_tls_port.map(|p| format!("pulsar+ssl://{advertised}:{p}")),
+        http: http_url.clone(),
+        https: https_url.clone(),
+        listeners: listener_urls,
     };
-    let http_url = http_port.map(|p| format!("http://{advertised}:{p}"));
-    let https_url = https_port.map(|p| format!("https://{advertised}:{p}"));
+    // What clients naming no listener are told: the internal listener's
+    // URLs when listeners are configured.
+    let default_urls = urls.broker_urls(None)?;
     let resources = open_metadata(
         &config.data_dir,
         &config.broker.cluster_name,
         &ClusterData {
             service_url: http_url.clone().or(https_url.clone()).unwrap_or_default(),
             service_url_tls: https_url.clone(),
-            broker_service_url: urls.plain.clone().or(urls.tls.clone()).unwrap_or_default(),
-            broker_service_url_tls: urls.tls.clone(),
+            broker_service_url: default_urls
+                .plain
+                .clone()
+                .or(default_urls.tls.clone())
+                .unwrap_or_default(),
+            broker_service_url_tls: default_urls.tls.clone(),
         },
     )
     .await?;
@@ -367,6 +406,15 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         };
         write_ports_file(path, &ports)?;
     }
+    for (name, l) in broker.service_urls().listeners.iter() {
+        tracing::info!(
+            listener = name,
+            pulsar = l.plain.as_deref().unwrap_or("none"),
+            pulsar_tls = l.tls.as_deref().unwrap_or("none"),
+            internal = broker.service_urls().listeners.internal().map(|(n, _)| n) == Some(name),
+            "advertised listener"
+        );
+    }
     tracing::info!(
         pulsar = urls.plain.as_deref().unwrap_or("off"),
         pulsar_tls = urls.tls.as_deref().unwrap_or("off"),
@@ -394,6 +442,20 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     shutdown.context("shutting down")?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// The configuration's advertised listeners, checked against the ports it
+/// serves (a listener's URL for a port not served is refused).
+fn advertised_listeners(config: &StandaloneConfig) -> anyhow::Result<AdvertisedListeners> {
+    let listeners = AdvertisedListeners::new(
+        &config.advertised_listeners,
+        config.internal_listener_name.as_deref(),
+    )
+    .context("the advertised listeners")?;
+    listeners
+        .check_served(config.plain_ports_enabled, config.tls.enabled())
+        .context("the advertised listeners")?;
+    Ok(listeners)
 }
 
 /// Serves the admin API on `listener` (over TLS with `tls`) until `stop`

@@ -24,6 +24,7 @@ use crate::accept::ConnectionLimits;
 use crate::clock::SharedClock;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::listeners::{AdvertisedListeners, ListenerUrls};
 use crate::metrics::MetricsRegistry;
 use crate::policy_cache::{Effective, PolicyCache};
 use crate::topic::{TopicCommand, TopicHandle};
@@ -123,20 +124,38 @@ pub fn check_servable(base: &TopicName, record: &TopicRecord) -> Result<(), Brok
     Ok(())
 }
 
-/// The URLs LOOKUP answers with: `pulsar://host:port` and, with TLS,
-/// `pulsar+ssl://host:port` (at least one).
+/// Where clients are told to connect: LOOKUP answers `plain`
+/// (`pulsar://host:port`) and `tls` (`pulsar+ssl://host:port`, with TLS) —
+/// or, with advertised listeners, the URLs of the listener the client names
+/// (the internal listener's when it names none); the HTTP lookup answers the
+/// same and the admin ports' `http` and `https` URLs.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceUrls {
     pub plain: Option<String>,
     pub tls: Option<String>,
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub listeners: AdvertisedListeners,
 }
 
 impl From<String> for ServiceUrls {
     fn from(plain: String) -> Self {
         ServiceUrls {
             plain: Some(plain),
-            tls: None,
+            ..Default::default()
         }
+    }
+}
+
+impl ServiceUrls {
+    /// The Pulsar URLs a client naming `listener` is told (see
+    /// [`AdvertisedListeners::select`]).
+    pub fn broker_urls(&self, listener: Option<&str>) -> Result<ListenerUrls, BrokerError> {
+        let own = ListenerUrls {
+            plain: self.plain.clone(),
+            tls: self.tls.clone(),
+        };
+        self.listeners.select(listener, &own)
     }
 }
 

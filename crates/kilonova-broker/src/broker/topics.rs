@@ -1,6 +1,6 @@
 //! The broker's loaded topics: loading a topic (reading or creating its
 //! record, opening its log, starting its task), routing commands to it,
-//! unloading and deleting it while loads wait, partition counts, topic
+//! unloading and deleting it while loads wait, lookups, partition counts, topic
 //! auto-creation and quotas, and schema registration.
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use kilonova_storage::{ManagedLog, ManagedLogConfig, StorageError};
 
 use super::{check_servable, Broker};
 use crate::error::BrokerError;
+use crate::listeners::ListenerUrls;
 use crate::topic::{self, Topic, TopicCommand, TopicHandle};
 
 /// The loaded topics, and those an admin request is unloading or deleting.
@@ -113,6 +114,22 @@ impl Broker {
             )));
         }
         Ok(())
+    }
+
+    /// Where `name` is served, for LOOKUP and the HTTP lookup: this broker's
+    /// URLs for the advertised `listener` the client names (see
+    /// [`crate::ServiceUrls::broker_urls`]), once the topic's namespace is
+    /// known to exist. The caller has authorized the lookup.
+    pub async fn lookup(
+        &self,
+        name: &TopicName,
+        listener: Option<&str>,
+    ) -> Result<ListenerUrls, BrokerError> {
+        let ns = name.namespace();
+        if !self.resources().namespace_exists(&ns).await? {
+            return Err(BrokerError::NamespaceNotFound(name.namespace_name()));
+        }
+        self.service_urls().broker_urls(listener)
     }
 
     /// Partitions of `name` (0: not partitioned; a partition of a partitioned

@@ -1,4 +1,5 @@
-//! Where topics are and which exist: LOOKUP (this broker serves every topic),
+//! Where topics are and which exist: LOOKUP (this broker serves every topic;
+//! the URLs of the advertised listener the client names),
 //! PARTITIONED_METADATA and GET_TOPICS_OF_NAMESPACE (with the client's topic
 //! pattern and the hash that lets a client skip an unchanged list).
 
@@ -17,21 +18,18 @@ use crate::error::BrokerError;
 impl Connection {
     pub(super) async fn lookup(&self, l: CommandLookupTopic) {
         let result = match self.authorized_topic(&l.topic, Want::Lookup).await {
-            Ok(n) => match self
-                .broker
-                .resources()
-                .namespace_exists(&n.namespace())
-                .await
-            {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(BrokerError::NamespaceNotFound(n.namespace_name())),
-                Err(e) => Err(e.into()),
-            },
+            Ok(n) => {
+                self.broker
+                    .lookup(&n, l.advertised_listener_name.as_deref())
+                    .await
+            }
             Err(e) => Err(e),
         };
-        let urls = result.as_ref().map(|()| self.broker.service_urls());
+        if let Err(e @ BrokerError::UnknownListener(_)) = &result {
+            tracing::debug!(topic = %l.topic, error = %e, "lookup refused");
+        }
         self.out
-            .command(commands::lookup_response(l.request_id, urls));
+            .command(commands::lookup_response(l.request_id, result.as_ref()));
     }
 
     pub(super) async fn partitioned_metadata(&self, m: CommandPartitionedTopicMetadata) {

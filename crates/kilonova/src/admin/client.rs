@@ -46,10 +46,12 @@ impl fmt::Display for AdminError {
 
 impl std::error::Error for AdminError {}
 
-/// A path under `/admin/v2`, its segments kept apart so each is
-/// percent-encoded on its own (a topic's local name may hold any character).
+/// A path under `/admin/v2` (or `/lookup/v2`), its segments kept apart so
+/// each is percent-encoded on its own (a topic's local name may hold any
+/// character).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiPath {
+    root: [&'static str; 2],
     segments: Vec<String>,
     query: Vec<(&'static str, String)>,
 }
@@ -57,7 +59,27 @@ pub struct ApiPath {
 impl ApiPath {
     pub fn new<'a>(segments: impl IntoIterator<Item = &'a str>) -> Self {
         ApiPath {
+            root: ["admin", "v2"],
             segments: segments.into_iter().map(str::to_owned).collect(),
+            query: Vec::new(),
+        }
+    }
+
+    /// `/lookup/v2/topic/{domain}/{tenant}/{ns}/{topic}`: Pulsar's HTTP lookup.
+    pub fn lookup(topic: &TopicName) -> Self {
+        let ns = topic.namespace();
+        ApiPath {
+            root: ["lookup", "v2"],
+            segments: [
+                "topic",
+                topic.domain.as_str(),
+                &ns.tenant,
+                &ns.namespace,
+                &topic.local,
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
             query: Vec::new(),
         }
     }
@@ -87,7 +109,7 @@ impl ApiPath {
         url.path_segments_mut()
             .map_err(|()| AdminError::InvalidArgument(format!("invalid admin URL {base}")))?
             .pop_if_empty()
-            .extend(["admin", "v2"])
+            .extend(self.root)
             .extend(&self.segments);
         if !self.query.is_empty() {
             url.query_pairs_mut().extend_pairs(&self.query);
@@ -125,7 +147,7 @@ impl ApiPath {
 /// `/admin/v2/a/b?k=v`, unencoded: for people, not for requests.
 impl fmt::Display for ApiPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("/admin/v2")?;
+        write!(f, "/{}/{}", self.root[0], self.root[1])?;
         for segment in &self.segments {
             write!(f, "/{segment}")?;
         }
@@ -253,6 +275,11 @@ impl AdminClient {
         })
     }
 
+    /// Whether requests go over TLS (an `https://` admin URL).
+    pub fn is_tls(&self) -> bool {
+        self.base.scheme() == "https"
+    }
+
     /// Sends one request; a non-2xx answer becomes [`AdminError::Http`].
     pub async fn send(
         &self,
@@ -377,6 +404,17 @@ mod tests {
             url(&ApiPath::new(["tenants"]), "http://h:8080/prefix/"),
             "http://h:8080/prefix/admin/v2/tenants"
         );
+    }
+
+    #[test]
+    fn a_lookup_goes_under_lookup_v2() {
+        let topic: TopicName = "non-persistent://t/ns/a%2Fb".parse().unwrap();
+        let p = ApiPath::lookup(&topic);
+        assert_eq!(
+            url(&p, "http://h:8080"),
+            "http://h:8080/lookup/v2/topic/non-persistent/t/ns/a%252Fb"
+        );
+        assert_eq!(p.to_string(), "/lookup/v2/topic/non-persistent/t/ns/a%2Fb");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub enum TopicsCmd {
     PeekMessages(PeekMessages),
     /// The id of the topic's last message.
     LastMessageId { topic: TopicName },
+    /// The broker serving the topic: its Pulsar URL (`pulsar+ssl://…` with
+    /// an https admin URL, as pulsar-admin prints it).
+    Lookup { topic: TopicName },
     /// Grant a role actions (produce, consume, …) on the topic.
     GrantPermission {
         topic: TopicName,
@@ -342,9 +345,30 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
             client.post(&path, None).await?
         }
         C::PeekMessages(p) => return peek(client, &p).await,
+        C::Lookup { topic } => {
+            let doc = client.get(&ApiPath::lookup(&topic)).await?;
+            return Ok(lookup_output(doc, client.is_tls()));
+        }
         C::LastMessageId { topic } => client.get(&topic.path().join("lastMessageId")).await?,
     };
     Ok(Output::Document(doc))
+}
+
+/// A lookup's answer: the broker URL a client of the admin URL's kind
+/// (TLS or not) would use, and the whole `LookupData` for `--output json`.
+fn lookup_output(doc: Value, tls: bool) -> Output {
+    let (first, second) = match tls {
+        true => ("brokerUrlTls", "brokerUrl"),
+        false => ("brokerUrl", "brokerUrlTls"),
+    };
+    let url = [first, second]
+        .iter()
+        .find_map(|k| doc.get(*k).and_then(Value::as_str))
+        .unwrap_or("(no broker URL)");
+    Output::Rendered {
+        human: format!("{url}\n"),
+        json: doc,
+    }
 }
 
 /// Wall-clock milliseconds `secs` ago (0 if that is before the epoch).
@@ -661,6 +685,26 @@ mod tests {
                 "/admin/v2/non-persistent/t/ns/x?force=true"
             ),
             _ => panic!("not delete"),
+        }
+    }
+
+    #[test]
+    fn lookup_prints_the_broker_url_of_the_admin_urls_kind() {
+        let doc = json!({"brokerUrl": "pulsar://h:6650", "brokerUrlTls": "pulsar+ssl://h:6651"});
+        let human = |doc: &Value, tls| match lookup_output(doc.clone(), tls) {
+            Output::Rendered { human, .. } => human,
+            Output::Document(_) => panic!("not rendered"),
+        };
+        assert_eq!(human(&doc, false), "pulsar://h:6650\n");
+        assert_eq!(human(&doc, true), "pulsar+ssl://h:6651\n");
+        let plain_only = json!({"brokerUrl": "pulsar://h:6650", "brokerUrlTls": null});
+        assert_eq!(human(&plain_only, true), "pulsar://h:6650\n");
+        match cmd(&["lookup", "t/ns/x"]) {
+            TopicsCmd::Lookup { topic } => assert_eq!(
+                ApiPath::lookup(&topic).to_string(),
+                "/lookup/v2/topic/persistent/t/ns/x"
+            ),
+            _ => panic!("not lookup"),
         }
     }
 

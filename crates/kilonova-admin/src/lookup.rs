@@ -1,0 +1,157 @@
+//! Pulsar's HTTP lookup, which clients created with an `http://` or
+//! `https://` service URL call instead of the binary LOOKUP:
+//! `GET /lookup/v2/topic/{domain}/{tenant}/{namespace}/{topic}` answers where
+//! the topic is served as Pulsar's `LookupData` (the partition count comes
+//! from the topic routes' `…/partitions`). A client picks an advertised
+//! listener with `?listenerName=` or the `X-Pulsar-ListenerName` header (the
+//! query wins, as in Pulsar). Authorization is the binary lookup's: the
+//! `lookup` permission on the topic or its namespace.
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use kilonova_auth::Want;
+use kilonova_broker::{Broker, ListenerUrls, ServiceUrls};
+
+use crate::api::{Access, Api};
+use crate::error::{ApiError, ApiResult};
+use crate::topics::{topic_name, TopicPath};
+
+/// The header naming a listener (Pulsar's `X-Pulsar-ListenerName`).
+const LISTENER_HEADER: &str = "x-pulsar-listenername";
+
+pub fn routes(api: Api) -> Api {
+    api.route(
+        "/lookup/v2/topic/{domain}/{tenant}/{namespace}/{topic}",
+        get(lookup),
+        &[(
+            "GET",
+            Access::Topic(Want::Lookup),
+            "Where the topic is served: {brokerUrl, brokerUrlTls, httpUrl, httpUrlTls, nativeUrl}; ?listenerName= or X-Pulsar-ListenerName picks an advertised listener",
+        )],
+    )
+}
+
+/// The query of a lookup (`authoritative`, which Pulsar's redirects carry, is
+/// accepted and has no effect: this broker serves every topic).
+#[derive(Deserialize)]
+struct LookupQuery {
+    #[serde(rename = "listenerName")]
+    listener_name: Option<String>,
+}
+
+/// Pulsar's `LookupData`. Every field is present, null when the broker has
+/// no such URL: the C++ client (and so the Python one) refuses an answer
+/// without `brokerUrl` or `brokerUrlTls`. `nativeUrl` is Pulsar's deprecated
+/// copy of `brokerUrl`.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LookupData {
+    pub broker_url: Option<String>,
+    pub broker_url_tls: Option<String>,
+    pub http_url: Option<String>,
+    pub http_url_tls: Option<String>,
+    pub native_url: Option<String>,
+}
+
+impl LookupData {
+    fn new(broker: ListenerUrls, own: &ServiceUrls) -> Self {
+        LookupData {
+            native_url: broker.plain.clone(),
+            broker_url: broker.plain,
+            broker_url_tls: broker.tls,
+            http_url: own.http.clone(),
+            http_url_tls: own.https.clone(),
+        }
+    }
+}
+
+/// The listener a request names: the query's, else the header's (an empty
+/// value is no name).
+fn listener_name(query: Option<String>, headers: &HeaderMap) -> ApiResult<Option<String>> {
+    if let Some(name) = query.filter(|n| !n.is_empty()) {
+        return Ok(Some(name));
+    }
+    match headers.get(LISTENER_HEADER) {
+        None => Ok(None),
+        Some(v) => {
+            let name = v.to_str().map_err(|_| {
+                ApiError::bad_request("the X-Pulsar-ListenerName header is not ASCII text")
+            })?;
+            Ok(Some(name.to_owned()).filter(|n| !n.is_empty()))
+        }
+    }
+}
+
+async fn lookup(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+    Query(q): Query<LookupQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<LookupData>> {
+    let name = topic_name(&p)?;
+    let listener = listener_name(q.listener_name, &headers)?;
+    let urls = b.lookup(&name, listener.as_deref()).await?;
+    Ok(Json(LookupData::new(urls, b.service_urls())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_query_names_the_listener_before_the_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(listener_name(None, &headers).unwrap(), None);
+        headers.insert(LISTENER_HEADER, HeaderValue::from_static("external"));
+        assert_eq!(
+            listener_name(None, &headers).unwrap().as_deref(),
+            Some("external")
+        );
+        assert_eq!(
+            listener_name(Some("internal".into()), &headers)
+                .unwrap()
+                .as_deref(),
+            Some("internal")
+        );
+        assert_eq!(
+            listener_name(Some(String::new()), &headers)
+                .unwrap()
+                .as_deref(),
+            Some("external"),
+            "an empty query value names nothing"
+        );
+        headers.insert(LISTENER_HEADER, HeaderValue::from_static(""));
+        assert_eq!(listener_name(None, &headers).unwrap(), None);
+        headers.insert(LISTENER_HEADER, HeaderValue::from_bytes(b"\xff").unwrap());
+        assert!(listener_name(None, &headers).is_err());
+    }
+
+    #[test]
+    fn lookup_data_has_pulsars_field_names_and_keeps_null_fields() {
+        let own = ServiceUrls {
+            plain: Some("pulsar://h:6650".into()),
+            http: Some("http://h:8080".into()),
+            ..Default::default()
+        };
+        let broker = ListenerUrls {
+            plain: Some("pulsar://e:1".into()),
+            tls: None,
+        };
+        let doc = serde_json::to_value(LookupData::new(broker, &own)).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "brokerUrl": "pulsar://e:1",
+                "brokerUrlTls": null,
+                "httpUrl": "http://h:8080",
+                "httpUrlTls": null,
+                "nativeUrl": "pulsar://e:1",
+            })
+        );
+    }
+}
