@@ -2,7 +2,7 @@
 
 How to run (from the repository root)::
 
-    pip install pulsar-client==3.13.0 pytest
+    pip install pulsar-client==3.13.0 pytest fastavro
     python -m pytest tests/python -q
 
 The session builds the binary with ``cargo build -p kilonova`` unless

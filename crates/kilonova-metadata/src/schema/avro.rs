@@ -5,7 +5,8 @@
 //!
 //! Logical types resolve as their underlying type; documentation, `order` and
 //! other attributes play no part. Named types may refer to themselves, so a
-//! schema is a graph: nodes in a vector, names resolved to indices.
+//! schema is a graph: nodes in a vector, names resolved to indices. Why our
+//! own and not a crate's: docs/adr/0011-schema-compatibility-by-our-own-avro-resolution.md.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};

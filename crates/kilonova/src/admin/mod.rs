@@ -20,6 +20,7 @@ mod clusters;
 mod namespaces;
 mod permissions;
 mod policies;
+mod schemas;
 mod tenants;
 mod topic_policies;
 mod topics;
@@ -94,6 +95,11 @@ enum Group {
     Brokers {
         #[command(subcommand)]
         verb: brokers::BrokersCmd,
+    },
+    /// Topics' schemas: get, upload, delete, compatibility.
+    Schemas {
+        #[command(subcommand)]
+        verb: schemas::SchemasCmd,
     },
 }
 
@@ -181,6 +187,7 @@ async fn execute(args: AdminArgs) -> Result<Output, AdminError> {
         Group::Topics { verb } => topics::run(&client, verb).await,
         Group::TopicPolicies { verb } => topic_policies::run(&client, verb).await,
         Group::Brokers { verb } => brokers::run(&client, verb).await,
+        Group::Schemas { verb } => schemas::run(&client, verb).await,
     }
 }
 

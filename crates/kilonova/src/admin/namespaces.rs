@@ -49,6 +49,8 @@ pub enum NamespacesCmd {
     Permissions { namespace: NamespaceName },
     #[command(flatten)]
     Policy(PolicyCmd),
+    #[command(flatten)]
+    SchemaStrategy(super::schemas::NamespaceSchemaCmd),
 }
 
 /// The verbs that set, get or remove one policy.
@@ -495,6 +497,7 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
             let (path, op) = verb.request()?;
             policies::send(client, &path, op).await?
         }
+        NamespacesCmd::SchemaStrategy(verb) => super::schemas::run_namespace(client, verb).await?,
     };
     Ok(Output::Document(doc))
 }
