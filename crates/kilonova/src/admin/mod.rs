@@ -243,6 +243,9 @@ fn pretty(doc: &Value) -> String {
 }
 
 #[cfg(test)]
+mod verbs_documented;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
