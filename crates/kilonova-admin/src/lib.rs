@@ -15,6 +15,8 @@ pub mod api;
 mod brokers;
 mod clusters;
 mod error;
+mod messages;
+mod namespace_topics;
 mod namespaces;
 mod permissions;
 mod policies;
@@ -43,6 +45,8 @@ pub fn api() -> Api {
     let api = policies::routes(api);
     let api = topics::routes(api);
     let api = permissions::routes(api);
+    let api = messages::routes(api);
+    let api = namespace_topics::routes(api);
     api.route(
         "/metrics",
         get(metrics),

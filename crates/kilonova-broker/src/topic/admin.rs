@@ -48,6 +48,21 @@ pub enum AdminRequest {
         subscription: String,
         n: u64,
     },
+    /// Acknowledges everything published so far on one subscription, or on
+    /// every subscription (Pulsar's `skip_all` / clear-backlog).
+    ClearBacklog {
+        subscription: Option<String>,
+    },
+    /// The `n`-th (from 1) entry of the topic counted from its first
+    /// (`from_latest` false) or its last entry (Pulsar's examinemessage).
+    Examine {
+        from_latest: bool,
+        n: u64,
+    },
+    /// The entry at a position (Pulsar's `ledger/{l}/entry/{e}`).
+    ReadEntry {
+        position: Position,
+    },
     LastMessageId,
     /// Closes every client (they reconnect) and unloads.
     Unload,
@@ -196,6 +211,27 @@ pub struct LastMessageId {
     pub partition_index: i32,
 }
 
+/// The entry at `p` as the admin API shows it: metadata and payload.
+fn peeked_at(log: &kilonova_storage::ManagedLog, p: Position) -> Result<Peeked, BrokerError> {
+    let entry = log.read_entry(p)?;
+    let payload = frame::decode_payload(entry.data)
+        .map_err(|e| BrokerError::Metadata(format!("entry {} is unreadable: {e}", pos(p))))?;
+    let m = payload.metadata;
+    Ok(Peeked {
+        position: p,
+        publish_time_ms: entry.publish_time_ms,
+        producer_name: m.producer_name,
+        sequence_id: m.sequence_id,
+        properties: m
+            .properties
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect(),
+        batch_size: m.num_messages_in_batch,
+        data: payload.data,
+    })
+}
+
 /// A client-given position, refused if it lies past the log's end (a cursor
 /// there would skip every message still to come).
 fn within_log(log: &kilonova_storage::ManagedLog, p: Position) -> Result<Position, BrokerError> {
@@ -246,6 +282,15 @@ impl Topic {
                 seconds,
             } => self.expire_messages(subscription, seconds),
             AdminRequest::Peek { subscription, n } => self.peek(subscription, n),
+            AdminRequest::ClearBacklog { subscription } => self.clear_backlog(subscription),
+            AdminRequest::Examine { from_latest, n } => self.examine(from_latest, n),
+            AdminRequest::ReadEntry { position } => {
+                let log = self.persistent_log("reading a message by id")?;
+                if !log.is_readable(position) {
+                    return Ok(AdminReply::Peeked(None));
+                }
+                Ok(AdminReply::Peeked(Some(peeked_at(log, position)?)))
+            }
             AdminRequest::LastMessageId => {
                 Ok(AdminReply::LastMessageId(self.last_message_id_stats()))
             }
@@ -348,23 +393,41 @@ impl Topic {
             Some((p, found)) if found == n => p,
             _ => return Ok(AdminReply::Peeked(None)),
         };
-        let entry = log.read_entry(p)?;
-        let payload = frame::decode_payload(entry.data)
-            .map_err(|e| BrokerError::Metadata(format!("entry {} is unreadable: {e}", pos(p))))?;
-        let m = payload.metadata;
-        Ok(AdminReply::Peeked(Some(Peeked {
-            position: p,
-            publish_time_ms: entry.publish_time_ms,
-            producer_name: m.producer_name,
-            sequence_id: m.sequence_id,
-            properties: m
-                .properties
-                .into_iter()
-                .map(|kv| (kv.key, kv.value))
-                .collect(),
-            batch_size: m.num_messages_in_batch,
-            data: payload.data,
-        })))
+        Ok(AdminReply::Peeked(Some(peeked_at(log, p)?)))
+    }
+
+    /// Acknowledges every entry published so far, on `subscription` or on
+    /// every subscription; consumers stay connected and get what comes next.
+    fn clear_backlog(&mut self, subscription: Option<String>) -> Result<AdminReply, BrokerError> {
+        if let Some(s) = &subscription {
+            self.check_subscription(s)?;
+        }
+        let names = match subscription {
+            Some(s) => vec![s],
+            None => self.subscription_names(),
+        };
+        let log = self.persistent_log("clear-backlog")?;
+        let Some(last) = log.last_position() else {
+            return Ok(AdminReply::Done);
+        };
+        for name in &names {
+            if log.has_cursor(name) {
+                log.ack_cumulative(name, last)?;
+            }
+        }
+        for name in &names {
+            self.after_cursor_moved(name, false);
+        }
+        Ok(AdminReply::Done)
+    }
+
+    /// The `n`-th entry from the first stored one or back from the last.
+    fn examine(&mut self, from_latest: bool, n: u64) -> Result<AdminReply, BrokerError> {
+        let log = self.persistent_log("examine-message")?;
+        match log.nth_entry(from_latest, n.saturating_sub(1)) {
+            Some(p) if log.is_readable(p) => Ok(AdminReply::Peeked(Some(peeked_at(log, p)?))),
+            _ => Ok(AdminReply::Peeked(None)),
+        }
     }
 
     /// The last message's id, as the admin API names it.

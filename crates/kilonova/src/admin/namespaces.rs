@@ -47,8 +47,32 @@ pub enum NamespacesCmd {
     },
     /// Show the roles granted permissions on the namespace.
     Permissions { namespace: NamespaceName },
+    /// List the namespace's topics.
+    Topics(NsTopics),
+    /// Unload every loaded topic of the namespace (clients reconnect).
+    Unload(Ns),
+    /// Clear the backlog of every topic of the namespace: of every
+    /// subscription, or of one (-s).
+    ClearBacklog(NsClearBacklog),
     #[command(flatten)]
     Policy(PolicyCmd),
+}
+
+#[derive(Args)]
+pub struct NsTopics {
+    namespace: NamespaceName,
+    /// PERSISTENT, NON_PERSISTENT or ALL.
+    #[arg(short = 'm', long, default_value = "PERSISTENT",
+          value_parser = ["PERSISTENT", "NON_PERSISTENT", "ALL"])]
+    mode: String,
+}
+
+#[derive(Args)]
+pub struct NsClearBacklog {
+    namespace: NamespaceName,
+    /// Only this subscription.
+    #[arg(short = 's', long = "sub")]
+    subscription: Option<String>,
 }
 
 /// The verbs that set, get or remove one policy.
@@ -490,6 +514,18 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
         }
         NamespacesCmd::Permissions { namespace } => {
             permissions::list(client, namespace.path()).await?
+        }
+        NamespacesCmd::Topics(t) => {
+            let path = t.namespace.path().join("topics").query("mode", &t.mode);
+            client.get(&path).await?
+        }
+        NamespacesCmd::Unload(n) => client.put(&n.namespace.path().join("unload"), None).await?,
+        NamespacesCmd::ClearBacklog(c) => {
+            let mut path = c.namespace.path().join("clearBacklog");
+            if let Some(sub) = &c.subscription {
+                path = path.join(sub);
+            }
+            client.post(&path, None).await?
         }
         NamespacesCmd::Policy(verb) => {
             let (path, op) = verb.request()?;
