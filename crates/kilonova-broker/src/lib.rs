@@ -23,7 +23,9 @@ pub mod key_shared;
 pub mod metrics;
 mod outbound;
 mod policy_cache;
+mod process_metrics;
 mod rate_limit;
+mod rate_meter;
 mod subscription;
 mod topic;
 

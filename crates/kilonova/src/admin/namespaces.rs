@@ -136,6 +136,18 @@ pub enum PolicyCmd {
     GetMaxConsumersPerSubscription(Ns),
     /// Remove the per-subscription consumer limit.
     RemoveMaxConsumersPerSubscription(Ns),
+    /// Stop dispatching to a consumer while it has this many unacknowledged messages.
+    SetMaxUnackedMessagesPerConsumer(SetMaxUnackedPerConsumer),
+    /// Show the per-consumer unacknowledged-message limit.
+    GetMaxUnackedMessagesPerConsumer(Ns),
+    /// Remove the per-consumer unacknowledged-message limit.
+    RemoveMaxUnackedMessagesPerConsumer(Ns),
+    /// Stop dispatching to a subscription while it has this many unacknowledged messages.
+    SetMaxUnackedMessagesPerSubscription(SetMaxUnackedPerSubscription),
+    /// Show the per-subscription unacknowledged-message limit.
+    GetMaxUnackedMessagesPerSubscription(Ns),
+    /// Remove the per-subscription unacknowledged-message limit.
+    RemoveMaxUnackedMessagesPerSubscription(Ns),
     /// Limit the namespace's topics (a partitioned topic counts its partitions).
     SetMaxTopicsPerNamespace(SetMaxTopicsPerNamespace),
     /// Show the topic limit.
@@ -316,6 +328,24 @@ pub struct SetMaxConsumersPerTopic {
 }
 
 #[derive(Args)]
+pub struct SetMaxUnackedPerConsumer {
+    namespace: NamespaceName,
+    /// 0: unlimited.
+    #[arg(short = 'c', long = "maxUnackedMessagesPerConsumer", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max: i32,
+}
+
+#[derive(Args)]
+pub struct SetMaxUnackedPerSubscription {
+    namespace: NamespaceName,
+    /// 0: unlimited.
+    #[arg(short = 'm', long = "maxUnackedMessagesPerSubscription", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max: i32,
+}
+
+#[derive(Args)]
 pub struct SetMaxConsumersPerSubscription {
     namespace: NamespaceName,
     /// 0: unlimited.
@@ -460,6 +490,22 @@ impl PolicyCmd {
             ),
             C::GetMaxConsumersPerSubscription(n) => get(n, P::MaxConsumersPerSubscription),
             C::RemoveMaxConsumersPerSubscription(n) => remove(n, P::MaxConsumersPerSubscription),
+            C::SetMaxUnackedMessagesPerConsumer(a) => (
+                &a.namespace,
+                P::MaxUnackedPerConsumer,
+                Op::Set(json!(a.max)),
+            ),
+            C::GetMaxUnackedMessagesPerConsumer(n) => get(n, P::MaxUnackedPerConsumer),
+            C::RemoveMaxUnackedMessagesPerConsumer(n) => remove(n, P::MaxUnackedPerConsumer),
+            C::SetMaxUnackedMessagesPerSubscription(a) => (
+                &a.namespace,
+                P::MaxUnackedPerSubscription,
+                Op::Set(json!(a.max)),
+            ),
+            C::GetMaxUnackedMessagesPerSubscription(n) => get(n, P::MaxUnackedPerSubscription),
+            C::RemoveMaxUnackedMessagesPerSubscription(n) => {
+                remove(n, P::MaxUnackedPerSubscription)
+            }
             C::SetMaxTopicsPerNamespace(a) => (
                 &a.namespace,
                 P::MaxTopicsPerNamespace,
