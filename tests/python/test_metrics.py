@@ -305,3 +305,95 @@ def test_topic_metrics_carry_cluster_namespace_and_topic_labels(broker, client, 
     assert labels.get("cluster") == CLUSTER and labels.get("namespace") == "public/default", (
         f"{name} should be labelled cluster={CLUSTER!r}, namespace='public/default': {labels}"
     )
+
+
+# ---------------------------------------------------------------- Pulsar parity (issue #23)
+
+
+def sub_labels(topic: str, sub: str) -> dict:
+    return {**topic_labels(topic), "subscription": sub}
+
+
+def test_subscription_series_count_backlog_unacked_and_rates(broker, client):
+    topic = f"persistent://public/default/{unique('subm')}"
+    consumer = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared)
+    idle = client.subscribe(topic, "idle")
+    producer = client.create_producer(topic, batching_enabled=False)
+    send_all(producer, [f"m{i}".encode() for i in range(6)])
+    got = receive_n(consumer, 6)
+    for m in got[:2]:
+        consumer.acknowledge(m)
+
+    labels = sub_labels(topic, "s")
+    rate_seen = []
+
+    def settled():
+        s = scrape(broker)
+        if (s.value("pulsar_subscription_msg_rate_out", **labels) or 0) > 0:
+            rate_seen.append(True)
+        return (s.value("pulsar_subscription_unacked_messages", **labels) == 4
+                and s.value("pulsar_subscription_back_log", **labels) == 4
+                and s.value("pulsar_subscription_back_log", **sub_labels(topic, "idle")) == 6
+                and bool(rate_seen))
+
+    deadline = time.monotonic() + WAIT_S
+    while not settled():
+        assert time.monotonic() < deadline, f"subscription series did not settle:\n{scrape(broker).text[-4000:]}"
+        time.sleep(0.05)
+    s = scrape(broker)
+    assert s.value("pulsar_subscription_blocked_on_unacked_messages", **labels) == 0
+    assert s.value("pulsar_subscription_consumers_count", **labels) == 1
+    for name in ("pulsar_subscription_msg_throughput_out", "pulsar_subscription_msg_rate_redeliver",
+                 "pulsar_subscription_delayed"):
+        assert s.value(name, **labels) is not None, f"{name} for {labels}"
+    for c in (consumer, idle):
+        c.close()
+    producer.close()
+
+
+def test_write_latency_and_entry_size_buckets_count_appends(broker, client):
+    topic = f"persistent://public/default/{unique('buckets')}"
+    producer = client.create_producer(topic, batching_enabled=False)
+    send_all(producer, [b"x" * 10, b"y" * 10, b"z" * 3000])
+    s = scrape(broker)
+    labels = topic_labels(topic)
+    latency = ["0_5", "1", "5", "10", "20", "50", "100", "200", "1000", "overflow"]
+    sizes = ["128", "512", "1_kb", "2_kb", "4_kb", "16_kb", "100_kb", "1_mb", "overflow"]
+    assert sum(s.value(f"pulsar_storage_write_latency_le_{b}", **labels) for b in latency) == 3
+    by_size = {b: s.value(f"pulsar_entry_size_le_{b}", **labels) for b in sizes}
+    assert by_size["128"] == 2 and by_size["4_kb"] == 1 and sum(by_size.values()) == 3, by_size
+    producer.close()
+
+
+def test_connection_broker_and_process_series(broker, client):
+    topic = f"persistent://public/default/{unique('agg')}"
+    producer = client.create_producer(topic)
+    producer.send(b"x")
+    s = scrape(broker)
+    cluster = {"cluster": CLUSTER}
+    assert s.value("pulsar_connection_created_total_count", **cluster) >= 1
+    assert s.value("pulsar_connection_closed_total_count", **cluster) is not None
+    assert s.value("pulsar_broker_topics_count", **cluster) >= 1
+    assert s.value("pulsar_broker_producers_count", **cluster) >= 1
+    for name in ("pulsar_broker_subscriptions_count", "pulsar_broker_consumers_count",
+                 "pulsar_broker_rate_in", "pulsar_broker_rate_out", "pulsar_broker_throughput_in",
+                 "pulsar_broker_throughput_out", "pulsar_broker_storage_size", "pulsar_broker_msg_backlog"):
+        assert s.value(name, **cluster) is not None, name
+    assert s.value("process_resident_memory_bytes") > 1_000_000
+    assert s.value("process_open_fds") > 3
+    assert s.value("process_cpu_seconds_total") > 0
+    assert abs(s.value("process_start_time_seconds") - time.time()) < 3600
+    producer.close()
+
+
+def test_histogram_bounds_are_written_as_short_decimals(broker, client):
+    producer = client.create_producer(f"persistent://public/default/{unique('le')}")
+    producer.send(b"x")
+    text = scrape(broker).text
+    bounds = [line.split('le="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+              if line.startswith(FSYNC_SECONDS + "_bucket")]
+    assert bounds and bounds[-1] == "+Inf", bounds
+    for b in bounds[:-1]:
+        assert len(b) <= 8 and float(b) > 0, f"le bound {b!r} is not a short decimal: {bounds}"
+    assert "0.00005" in bounds or "0.0001" in bounds, bounds
+    producer.close()

@@ -1,4 +1,5 @@
-//! `/admin/v2/brokers`: the cluster's brokers and the health check.
+//! `/admin/v2/brokers`: the cluster's brokers, the health check, the
+//! version, the leader broker and the runtime configuration.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,6 +20,33 @@ pub fn routes(api: Api) -> Api {
             "GET",
             Access::SuperUser,
             "Health check: 200 `ok` while the broker serves",
+        )],
+    )
+    .route(
+        "/admin/v2/brokers/version",
+        get(version),
+        &[(
+            "GET",
+            Access::SuperUser,
+            "The broker's version, as text",
+        )],
+    )
+    .route(
+        "/admin/v2/brokers/leaderBroker",
+        get(leader_broker),
+        &[(
+            "GET",
+            Access::SuperUser,
+            "The cluster's leader broker: {\"brokerId\", \"serviceUrl\"} (a standalone broker leads itself)",
+        )],
+    )
+    .route(
+        "/admin/v2/brokers/configuration/runtime",
+        get(runtime_config),
+        &[(
+            "GET",
+            Access::SuperUser,
+            "The broker's configuration in effect: every [broker] option, values as strings",
         )],
     )
     .route(
@@ -54,4 +82,48 @@ async fn list(
 ) -> ApiResult<Json<Vec<String>>> {
     b.resources().cluster(&cluster).await?;
     Ok(Json(b.resources().list_brokers(&cluster).await?))
+}
+
+async fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// Pulsar's `LeaderBroker`. Until brokers elect a leader, the first broker
+/// registered in the cluster (by name) leads; a standalone broker is the only
+/// one.
+async fn leader_broker(State(b): State<Broker>) -> ApiResult<Json<serde_json::Value>> {
+    let cluster = &b.config().cluster_name;
+    let mut brokers = b.resources().list_brokers(cluster).await?;
+    brokers.sort();
+    let leader = brokers
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("no broker is registered in {cluster}")))?;
+    Ok(Json(serde_json::json!({
+        "brokerId": leader,
+        "serviceUrl": format!("http://{leader}"),
+    })))
+}
+
+/// Pulsar's `Map<String, String>`: each option by its name in the
+/// configuration file, its value as text (lists and tables as JSON).
+async fn runtime_config(
+    State(b): State<Broker>,
+) -> ApiResult<Json<std::collections::BTreeMap<String, String>>> {
+    let doc = serde_json::to_value(b.config())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let map = match doc {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, text)
+            })
+            .collect(),
+        _ => std::collections::BTreeMap::new(),
+    };
+    Ok(Json(map))
 }

@@ -16,6 +16,8 @@ mod brokers;
 mod clusters;
 mod error;
 mod lookup;
+mod messages;
+mod namespace_topics;
 mod namespaces;
 mod permissions;
 mod policies;
@@ -47,6 +49,8 @@ pub fn api() -> Api {
     let api = permissions::routes(api);
     let api = schemas::routes(api);
     let api = lookup::routes(api);
+    let api = messages::routes(api);
+    let api = namespace_topics::routes(api);
     api.route(
         "/metrics",
         get(metrics),

@@ -144,6 +144,28 @@ pub static MAX_CONSUMERS_PER_SUBSCRIPTION: Field<i32> = Field {
     topic: Some(|t| &mut t.max_consumers_per_subscription),
 };
 
+/// Namespace level only (Pulsar's topic level is `maxUnackedMessagesOnConsumer`).
+pub static MAX_UNACKED_PER_CONSUMER: Field<i32> = Field {
+    path: "maxUnackedMessagesPerConsumer",
+    what: "max unacked messages per consumer",
+    check: check_count,
+    limit: no_limit,
+    ns_get: |n, _| n.max_unacked_messages_per_consumer,
+    ns_put: |n, _, v| n.max_unacked_messages_per_consumer = v,
+    topic: None,
+};
+
+/// Namespace level only.
+pub static MAX_UNACKED_PER_SUBSCRIPTION: Field<i32> = Field {
+    path: "maxUnackedMessagesPerSubscription",
+    what: "max unacked messages per subscription",
+    check: check_count,
+    limit: no_limit,
+    ns_get: |n, _| n.max_unacked_messages_per_subscription,
+    ns_put: |n, _, v| n.max_unacked_messages_per_subscription = v,
+    topic: None,
+};
+
 /// Namespace level only.
 pub static MAX_TOPICS_PER_NAMESPACE: Field<i32> = Field {
     path: "maxTopicsPerNamespace",
@@ -351,6 +373,8 @@ pub fn routes(api: Api) -> Api {
     let api = namespace_routes(api, &MAX_CONSUMERS);
     let api = namespace_routes(api, &MAX_CONSUMERS_PER_SUBSCRIPTION);
     let api = namespace_routes(api, &MAX_TOPICS_PER_NAMESPACE);
+    let api = namespace_routes(api, &MAX_UNACKED_PER_CONSUMER);
+    let api = namespace_routes(api, &MAX_UNACKED_PER_SUBSCRIPTION);
     let api = namespace_routes(api, &DELAYED_DELIVERY);
     let api = namespace_routes(api, &DEDUPLICATION);
     let api = namespace_routes(api, &AUTO_TOPIC_CREATION);

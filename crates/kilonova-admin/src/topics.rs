@@ -121,6 +121,11 @@ pub fn routes(api: Api) -> Api {
             ("DELETE", Access::Topic(Want::Consume), "Delete a subscription (412 with connected consumers unless ?force=true)"),
         ],
     )
+    .route(
+        &format!("{S}/skip_all"),
+        post(skip_all),
+        &[("POST", Access::Topic(Want::Consume), "Acknowledge everything published so far on the subscription (clear its backlog); consumers stay connected")],
+    )
     .route(&format!("{S}/skip/{{count}}"), post(skip), &[("POST", Access::Topic(Want::Consume), "Acknowledge the subscription's next N messages")])
     .route(
         &format!("{S}/resetcursor/{{timestamp}}"),
@@ -162,7 +167,7 @@ async fn targets(b: &Broker, name: &TopicName) -> ApiResult<Vec<TopicName>> {
     }
 }
 
-async fn each(
+pub(crate) async fn each(
     b: &Broker,
     name: &TopicName,
     make: impl Fn() -> AdminRequest,
@@ -174,7 +179,7 @@ async fn each(
     Ok(out)
 }
 
-fn done(_: Vec<AdminReply>) -> StatusCode {
+pub(crate) fn done(_: Vec<AdminReply>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
@@ -423,7 +428,7 @@ async fn stats(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<J
     }
 }
 
-fn unexpected() -> ApiError {
+pub(crate) fn unexpected() -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "the topic answered another request",
@@ -470,11 +475,15 @@ async fn partitioned_stats(
         parts
     };
     let mut total = json!({"metadata": {"partitions": parts.len()}, "partitions": {}});
-    const SUMS: [&str; 10] = [
+    // Rates add up as decimals; counters and sizes stay integers, as
+    // Pulsar's (a client reading `msgInCounter` as a long must not get 3.0).
+    const RATES: [&str; 4] = [
         "msgRateIn",
         "msgThroughputIn",
         "msgRateOut",
         "msgThroughputOut",
+    ];
+    const COUNTERS: [&str; 6] = [
         "msgInCounter",
         "bytesInCounter",
         "msgOutCounter",
@@ -484,10 +493,15 @@ async fn partitioned_stats(
     ];
     let mut publishers = Vec::new();
     for (t, v) in parts {
-        for key in SUMS {
+        for key in RATES {
             let add = v.get(key).and_then(Value::as_f64).unwrap_or(0.0);
             let cur = total.get(key).and_then(Value::as_f64).unwrap_or(0.0);
             total[key] = json!(cur + add);
+        }
+        for key in COUNTERS {
+            let add = v.get(key).and_then(Value::as_u64).unwrap_or(0);
+            let cur = total.get(key).and_then(Value::as_u64).unwrap_or(0);
+            total[key] = json!(cur.saturating_add(add));
         }
         for (sub, sv) in v
             .get("subscriptions")
@@ -628,7 +642,7 @@ struct SkipPath {
     count: String,
 }
 
-fn number<T: std::str::FromStr>(what: &str, v: &str) -> ApiResult<T> {
+pub(crate) fn number<T: std::str::FromStr>(what: &str, v: &str) -> ApiResult<T> {
     v.parse().map_err(|_| {
         ApiError::bad_request(format!("{what} must be a non-negative integer, not {v:?}"))
     })
@@ -659,6 +673,16 @@ async fn skip(State(b): State<Broker>, Path(p): Path<SkipPath>) -> ApiResult<Sta
         count,
     })
     .await?;
+    Ok(done(replies))
+}
+
+async fn skip_all(State(b): State<Broker>, Path(p): Path<SubPath>) -> ApiResult<StatusCode> {
+    let name = sub_topic(&p)?;
+    let replies = each(&b, &name, || AdminRequest::ClearBacklog {
+        subscription: Some(p.subscription.clone()),
+    })
+    .await?;
+    tracing::info!(topic = %name, subscription = %p.subscription, "backlog cleared");
     Ok(done(replies))
 }
 
@@ -801,6 +825,12 @@ async fn peek(State(b): State<Broker>, Path(p): Path<PeekPath>) -> ApiResult<Res
             sp.subscription
         ))
     })?;
+    Ok(message_response(m))
+}
+
+/// An entry as Pulsar's admin API sends a message: the payload as the body,
+/// its metadata as `X-Pulsar-*` headers.
+pub(crate) fn message_response(m: kilonova_broker::Peeked) -> Response {
     let mut headers = HeaderMap::new();
     let mut put_header = |k: &str, v: String| {
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
@@ -821,5 +851,5 @@ async fn peek(State(b): State<Broker>, Path(p): Path<PeekPath>) -> ApiResult<Res
     for (k, v) in &m.properties {
         put_header(&format!("X-Pulsar-PROPERTY-{k}"), v.clone());
     }
-    Ok((StatusCode::OK, headers, m.data).into_response())
+    (StatusCode::OK, headers, m.data).into_response()
 }

@@ -80,6 +80,35 @@ impl Clock for ManualClock {
     }
 }
 
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for non-negative days).
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097; // [0, 146096]
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March first
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Milliseconds since the epoch as an ISO-8601 UTC time with milliseconds,
+/// `2027-12-01T10:00:00.123Z` (how Pulsar's stats write `connectedSince`).
+pub fn utc_time_ms(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +132,14 @@ mod tests {
             .unwrap_or(0);
         let ms = SystemClock.now_ms();
         assert!(ms >= before && ms < before + 60_000, "{ms} vs {before}");
+    }
+
+    #[test]
+    fn utc_times_have_milliseconds() {
+        assert_eq!(super::utc_time_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::utc_time_ms(1_709_210_096_789),
+            "2024-02-29T12:34:56.789Z"
+        );
     }
 }

@@ -102,6 +102,11 @@ pub struct BrokerConfig {
     pub max_consumers_per_topic: u32,
     pub max_consumers_per_subscription: u32,
     pub max_topics_per_namespace: u32,
+    /// A consumer, or a subscription, gets no more messages while it has
+    /// this many unacknowledged (0: unlimited; Pulsar's defaults are 50,000
+    /// and 200,000).
+    pub max_unacked_messages_per_consumer: u32,
+    pub max_unacked_messages_per_subscription: u32,
     /// Deduplicate messages by producer name and sequence id.
     pub deduplication_enabled: bool,
     /// Producers whose deduplication state a topic keeps (the least recently
@@ -171,6 +176,8 @@ impl Default for BrokerConfig {
             max_consumers_per_topic: 0,
             max_consumers_per_subscription: 0,
             max_topics_per_namespace: 0,
+            max_unacked_messages_per_consumer: 0,
+            max_unacked_messages_per_subscription: 0,
             deduplication_enabled: false,
             deduplication_max_producers: 10_000,
             deduplication_snapshot_interval_entries: 1000,

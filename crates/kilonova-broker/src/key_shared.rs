@@ -107,6 +107,45 @@ impl<C: Copy + Ord> Selector<C> {
         self.ranges.retain(|_, (_, o)| *o != owner);
     }
 
+    /// The inclusive slot ranges `owner` holds (its sticky ranges, or what
+    /// the auto-split ring gives it), merged and in order.
+    pub fn ranges_of(&self, owner: C) -> Vec<(u32, u32)> {
+        let sticky: Vec<(u32, u32)> = self
+            .ranges
+            .iter()
+            .filter(|(_, (_, o))| *o == owner)
+            .map(|(s, (e, _))| (*s, *e))
+            .collect();
+        if !sticky.is_empty() {
+            return sticky;
+        }
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        let mut push = |s: u32, e: u32| match out.last_mut() {
+            Some(last) if last.1.checked_add(1) == Some(s) => last.1 = e,
+            _ => out.push((s, e)),
+        };
+        // A ring point owns the slots after the point before it, up to itself;
+        // the first point also owns the slots after the last one (wrapping).
+        let mut prev: Option<u32> = None;
+        let mut first_owner = None;
+        for (point, o) in self.ring.keys() {
+            let start = prev.map_or(0, |p| p.saturating_add(1));
+            if prev.is_none() {
+                first_owner = Some(*o);
+            }
+            if *o == owner && start <= *point && (prev.is_none() || prev != Some(*point)) {
+                push(start, *point);
+            }
+            prev = Some(*point);
+        }
+        if let (Some(last), Some(o)) = (prev, first_owner) {
+            if o == owner && last + 1 < SLOTS {
+                push(last + 1, SLOTS - 1);
+            }
+        }
+        out
+    }
+
     /// The consumer owning `slot`, if any.
     pub fn owner(&self, slot: u32) -> Option<C> {
         if let Some((_, (end, owner))) = self.ranges.range(..=slot).next_back() {
@@ -130,6 +169,28 @@ fn first_of<C: Copy + Ord>(ring: &BTreeMap<(u32, C), ()>) -> Option<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_of_cover_every_slot_once_and_agree_with_owner() {
+        let mut sel = Selector::default();
+        for c in 0..3u32 {
+            sel.add_auto(c, &format!("consumer-{c}"));
+        }
+        let mut covered = 0u64;
+        for c in 0..3u32 {
+            for (s, e) in sel.ranges_of(c) {
+                covered += u64::from(e - s + 1);
+                for slot in [s, e, s + (e - s) / 2] {
+                    assert_eq!(sel.owner(slot), Some(c), "slot {slot}");
+                }
+            }
+        }
+        assert_eq!(covered, u64::from(SLOTS));
+        let mut sticky = Selector::default();
+        sticky.add_sticky(7u32, &[(0, 9), (100, 199)]).unwrap();
+        assert_eq!(sticky.ranges_of(7), vec![(0, 9), (100, 199)]);
+        assert!(sticky.ranges_of(8).is_empty());
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -24,7 +24,9 @@ pub mod listeners;
 pub mod metrics;
 mod outbound;
 mod policy_cache;
+mod process_metrics;
 mod rate_limit;
+mod rate_meter;
 mod subscription;
 mod topic;
 

@@ -26,6 +26,13 @@ pub struct TopicMetrics {
     /// Delayed messages sent before their time because a subscription held
     /// as many as it may (`max_delayed_messages_per_subscription`).
     pub delayed_sent_early: AtomicU64,
+    /// Appends by time from request to durable, in Pulsar's buckets
+    /// ([`WRITE_LATENCY_BUCKETS_MS`], the last one past the largest bound).
+    write_latency: [AtomicU64; WRITE_LATENCY_BUCKETS_MS.len() + 1],
+    /// Appends by entry size ([`ENTRY_SIZE_BUCKETS`], then overflow).
+    entry_size: [AtomicU64; ENTRY_SIZE_BUCKETS.len() + 1],
+    /// The subscriptions as the topic last sampled them.
+    subscription_samples: Mutex<Vec<SubscriptionSample>>,
     /// Rates over the last housekeeping period, as f64 bits.
     rate_in: AtomicU64,
     rate_out: AtomicU64,
@@ -42,6 +49,50 @@ pub struct Rates {
     pub bytes_out: f64,
 }
 
+/// At most this many subscriptions of a topic get series (the first by
+/// name), so a topic with many subscriptions cannot flood a scrape.
+pub const MAX_SUBSCRIPTION_SERIES_PER_TOPIC: usize = 100;
+
+/// Pulsar's `pulsar_storage_write_latency_le_*` bounds (ms) and labels.
+pub const WRITE_LATENCY_BUCKETS_MS: [(f64, &str); 9] = [
+    (0.5, "0_5"),
+    (1.0, "1"),
+    (5.0, "5"),
+    (10.0, "10"),
+    (20.0, "20"),
+    (50.0, "50"),
+    (100.0, "100"),
+    (200.0, "200"),
+    (1000.0, "1000"),
+];
+
+/// Pulsar's `pulsar_entry_size_le_*` bounds (bytes) and labels.
+pub const ENTRY_SIZE_BUCKETS: [(u64, &str); 8] = [
+    (128, "128"),
+    (512, "512"),
+    (1024, "1_kb"),
+    (2 * 1024, "2_kb"),
+    (4 * 1024, "4_kb"),
+    (16 * 1024, "16_kb"),
+    (100 * 1024, "100_kb"),
+    (1024 * 1024, "1_mb"),
+];
+
+/// One subscription as `/metrics` shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubscriptionSample {
+    pub name: String,
+    pub backlog: u64,
+    pub delayed: u64,
+    pub msg_rate_out: f64,
+    pub msg_throughput_out: f64,
+    pub msg_rate_redeliver: f64,
+    pub unacked: u64,
+    pub blocked: bool,
+    pub consumers: u64,
+    pub msg_out: u64,
+}
+
 fn load_f64(a: &AtomicU64) -> f64 {
     f64::from_bits(a.load(Ordering::Relaxed))
 }
@@ -55,6 +106,46 @@ impl TopicMetrics {
     pub fn add_out(&self, messages: u64, bytes: u64) {
         self.msg_out.fetch_add(messages, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// An append became durable `took` after it was asked for.
+    pub fn observe_write_latency(&self, took: std::time::Duration) {
+        let ms = took.as_secs_f64() * 1000.0;
+        let i = WRITE_LATENCY_BUCKETS_MS
+            .iter()
+            .position(|(bound, _)| ms <= *bound)
+            .unwrap_or(WRITE_LATENCY_BUCKETS_MS.len());
+        if let Some(b) = self.write_latency.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An entry of `bytes` was appended.
+    pub fn observe_entry_size(&self, bytes: u64) {
+        let i = ENTRY_SIZE_BUCKETS
+            .iter()
+            .position(|(bound, _)| bytes <= *bound)
+            .unwrap_or(ENTRY_SIZE_BUCKETS.len());
+        if let Some(b) = self.entry_size.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the subscriptions' sample (at most
+    /// [`MAX_SUBSCRIPTION_SERIES_PER_TOPIC`] are kept).
+    pub fn set_subscriptions(&self, mut samples: Vec<SubscriptionSample>) {
+        samples.truncate(MAX_SUBSCRIPTION_SERIES_PER_TOPIC);
+        *self
+            .subscription_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = samples;
+    }
+
+    fn subscriptions(&self) -> Vec<SubscriptionSample> {
+        self.subscription_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn count_delayed_sent_early(&self) {
@@ -108,6 +199,9 @@ pub struct MetricsRegistry {
     topics_fenced: AtomicU64,
     /// Pulsar-protocol connections open now.
     connections: AtomicU64,
+    /// Pulsar-protocol connections opened and closed since the start.
+    connections_created: AtomicU64,
+    connections_closed: AtomicU64,
     /// Connections refused: by `max_connections`, by `max_connections_per_ip`.
     connections_refused: [AtomicU64; 2],
 }
@@ -139,10 +233,12 @@ impl MetricsRegistry {
 
     pub(crate) fn connection_opened(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_created.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_closed(&self) {
         self.connections.fetch_sub(1, Ordering::Relaxed);
+        self.connections_closed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_connection_refused(&self, why: crate::accept::Refusal) {
@@ -202,17 +298,21 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot, scale: f64) {
+/// A histogram whose recorded values are in units of `1/per_unit` of the
+/// exported unit (`1e6` for microseconds exported as seconds). Dividing
+/// (rather than multiplying by `1e-6`) gives the double nearest the decimal
+/// value, so bounds print as `0.00005`, never `0.000049999999999999996`.
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot, per_unit: f64) {
     header(out, name, "histogram", help);
     for (bound, count) in &h.buckets {
         let _ = writeln!(
             out,
             "{name}_bucket{{le=\"{}\"}} {count}",
-            *bound as f64 * scale
+            *bound as f64 / per_unit
         );
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {}", h.sum as f64 * scale);
+    let _ = writeln!(out, "{name}_sum {}", h.sum as f64 / per_unit);
     let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
@@ -226,8 +326,12 @@ pub fn render(
     let topics = registry.snapshot();
     let mut out = String::with_capacity(4096 + topics.len() * 1024);
     render_topics(&mut out, cluster, &topics);
+    render_subscriptions(&mut out, cluster, &topics);
+    render_topic_buckets(&mut out, cluster, &topics);
+    render_broker_totals(&mut out, cluster, &topics);
     render_broker(&mut out, cluster, registry);
     render_storage(&mut out, store, cache);
+    crate::process_metrics::render(&mut out);
     out
 }
 
@@ -326,17 +430,7 @@ const TOPIC_SERIES: [(&str, &str, &str, Get); 14] = [
 fn render_topics(out: &mut String, cluster: &str, topics: &[(String, Arc<TopicMetrics>)]) {
     let labels: Vec<String> = topics
         .iter()
-        .map(|(name, _)| {
-            let namespace = kilonova_metadata::TopicName::parse(name)
-                .map(|t| t.namespace_name())
-                .unwrap_or_default();
-            format!(
-                "cluster=\"{}\",namespace=\"{}\",topic=\"{}\"",
-                escape(cluster),
-                escape(&namespace),
-                escape(name)
-            )
-        })
+        .map(|(name, _)| topic_labels(cluster, name))
         .collect();
     for (name, kind, help, get) in TOPIC_SERIES {
         header(out, name, kind, help);
@@ -429,6 +523,28 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
         escape(cluster),
         registry.connections.load(Ordering::Relaxed)
     );
+    for (name, help, v) in [
+        (
+            "pulsar_connection_created_total_count",
+            "Pulsar-protocol connections accepted since the broker started",
+            &registry.connections_created,
+        ),
+        (
+            "pulsar_connection_closed_total_count",
+            "Pulsar-protocol connections closed since the broker started",
+            &registry.connections_closed,
+        ),
+    ] {
+        // Pulsar declares these as gauges (the name ends in `_count`, not
+        // `_total`, which a counter's must in the OpenMetrics parsers).
+        header(out, name, "gauge", help);
+        let _ = writeln!(
+            out,
+            "{name}{{cluster=\"{}\"}} {}",
+            escape(cluster),
+            v.load(Ordering::Relaxed)
+        );
+    }
     header(
         out,
         "kilonova_connections_refused_total",
@@ -448,6 +564,194 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
     }
 }
 
+/// The labels of a topic's series: cluster, namespace, topic.
+fn topic_labels(cluster: &str, name: &str) -> String {
+    let namespace = kilonova_metadata::TopicName::parse(name)
+        .map(|t| t.namespace_name())
+        .unwrap_or_default();
+    format!(
+        "cluster=\"{}\",namespace=\"{}\",topic=\"{}\"",
+        escape(cluster),
+        escape(&namespace),
+        escape(name)
+    )
+}
+
+/// Reads one per-subscription figure.
+type SubGet = fn(&SubscriptionSample) -> f64;
+
+/// Pulsar's per-subscription series.
+const SUBSCRIPTION_SERIES: [(&str, &str, SubGet); 8] = [
+    (
+        "pulsar_subscription_back_log",
+        "Entries the subscription has not acknowledged",
+        |s| s.backlog as f64,
+    ),
+    (
+        "pulsar_subscription_delayed",
+        "Messages held for a later delivery time",
+        |s| s.delayed as f64,
+    ),
+    (
+        "pulsar_subscription_msg_rate_out",
+        "Messages dispatched per second",
+        |s| s.msg_rate_out,
+    ),
+    (
+        "pulsar_subscription_msg_throughput_out",
+        "Bytes dispatched per second",
+        |s| s.msg_throughput_out,
+    ),
+    (
+        "pulsar_subscription_msg_rate_redeliver",
+        "Messages dispatched again per second",
+        |s| s.msg_rate_redeliver,
+    ),
+    (
+        "pulsar_subscription_unacked_messages",
+        "Messages dispatched and not acknowledged",
+        |s| s.unacked as f64,
+    ),
+    (
+        "pulsar_subscription_blocked_on_unacked_messages",
+        "1 while dispatch waits for acknowledgements (maximum unacknowledged messages reached)",
+        |s| f64::from(u8::from(s.blocked)),
+    ),
+    (
+        "pulsar_subscription_consumers_count",
+        "Consumers connected to the subscription",
+        |s| s.consumers as f64,
+    ),
+];
+
+/// Per-subscription series, labelled cluster, namespace, topic, subscription.
+fn render_subscriptions(out: &mut String, cluster: &str, topics: &[(String, Arc<TopicMetrics>)]) {
+    let subs: Vec<(String, Vec<SubscriptionSample>)> = topics
+        .iter()
+        .map(|(name, m)| (topic_labels(cluster, name), m.subscriptions()))
+        .collect();
+    for (name, help, get) in SUBSCRIPTION_SERIES {
+        header(out, name, "gauge", help);
+        for (labels, samples) in &subs {
+            for s in samples {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{labels},subscription=\"{}\"}} {}",
+                    escape(&s.name),
+                    get(s)
+                );
+            }
+        }
+    }
+}
+
+/// Pulsar's per-topic bucket gauges: appends by write latency and by entry
+/// size (counted since the topic loaded; Pulsar's reset every interval).
+fn render_topic_buckets(out: &mut String, cluster: &str, topics: &[(String, Arc<TopicMetrics>)]) {
+    let labels: Vec<String> = topics
+        .iter()
+        .map(|(name, _)| topic_labels(cluster, name))
+        .collect();
+    let latency = WRITE_LATENCY_BUCKETS_MS
+        .iter()
+        .map(|(_, l)| *l)
+        .chain(["overflow"]);
+    for (i, suffix) in latency.enumerate() {
+        let name = format!("pulsar_storage_write_latency_le_{suffix}");
+        header(
+            out,
+            &name,
+            "gauge",
+            "Appends made durable within this many ms (since the topic loaded)",
+        );
+        for ((_, m), l) in topics.iter().zip(&labels) {
+            let v = m
+                .write_latency
+                .get(i)
+                .map_or(0, |a| a.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}{{{l}}} {v}");
+        }
+    }
+    let sizes = ENTRY_SIZE_BUCKETS
+        .iter()
+        .map(|(_, l)| *l)
+        .chain(["overflow"]);
+    for (i, suffix) in sizes.enumerate() {
+        let name = format!("pulsar_entry_size_le_{suffix}");
+        header(
+            out,
+            &name,
+            "gauge",
+            "Entries appended of at most this size (since the topic loaded)",
+        );
+        for ((_, m), l) in topics.iter().zip(&labels) {
+            let v = m.entry_size.get(i).map_or(0, |a| a.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name}{{{l}}} {v}");
+        }
+    }
+}
+
+/// Pulsar's `pulsar_broker_*` aggregates: the loaded topics' figures summed.
+fn render_broker_totals(out: &mut String, cluster: &str, topics: &[(String, Arc<TopicMetrics>)]) {
+    let sum = |get: Get| topics.iter().map(|(_, m)| get(m)).sum::<f64>();
+    let totals: [(&str, &str, f64); 10] = [
+        (
+            "pulsar_broker_topics_count",
+            "Topics loaded on this broker",
+            topics.len() as f64,
+        ),
+        (
+            "pulsar_broker_subscriptions_count",
+            "Subscriptions of the loaded topics",
+            sum(|m| m.subscriptions.load(Ordering::Relaxed) as f64),
+        ),
+        (
+            "pulsar_broker_producers_count",
+            "Producers of the loaded topics",
+            sum(|m| m.producers.load(Ordering::Relaxed) as f64),
+        ),
+        (
+            "pulsar_broker_consumers_count",
+            "Consumers of the loaded topics",
+            sum(|m| m.consumers.load(Ordering::Relaxed) as f64),
+        ),
+        (
+            "pulsar_broker_rate_in",
+            "Messages published per second, every topic",
+            sum(|m| m.rates().msg_in),
+        ),
+        (
+            "pulsar_broker_rate_out",
+            "Messages dispatched per second, every topic",
+            sum(|m| m.rates().msg_out),
+        ),
+        (
+            "pulsar_broker_throughput_in",
+            "Bytes published per second, every topic",
+            sum(|m| m.rates().bytes_in),
+        ),
+        (
+            "pulsar_broker_throughput_out",
+            "Bytes dispatched per second, every topic",
+            sum(|m| m.rates().bytes_out),
+        ),
+        (
+            "pulsar_broker_storage_size",
+            "Bytes the loaded topics store",
+            sum(|m| m.storage_bytes.load(Ordering::Relaxed) as f64),
+        ),
+        (
+            "pulsar_broker_msg_backlog",
+            "Entries not acknowledged, every subscription of every loaded topic",
+            sum(|m| m.backlog.load(Ordering::Relaxed) as f64),
+        ),
+    ];
+    for (name, help, v) in totals {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", escape(cluster));
+    }
+}
+
 /// The segment store's and the entry cache's series.
 fn render_storage(out: &mut String, store: &SegmentStore, cache: &kilonova_storage::EntryCache) {
     let (fsync, group) = store.histograms();
@@ -456,7 +760,7 @@ fn render_storage(out: &mut String, store: &SegmentStore, cache: &kilonova_stora
         "kilonova_storage_fsync_seconds",
         "Duration of each journal fdatasync",
         &fsync,
-        1e-6,
+        1e6,
     );
     histogram(
         out,

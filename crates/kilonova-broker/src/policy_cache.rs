@@ -47,6 +47,8 @@ pub(crate) struct Effective {
     pub max_producers: Option<u32>,
     pub max_consumers: Option<u32>,
     pub max_consumers_per_subscription: Option<u32>,
+    pub max_unacked_per_consumer: Option<u32>,
+    pub max_unacked_per_subscription: Option<u32>,
     /// The topic's own message size limit (the broker's is the frame limit,
     /// told to clients in CONNECTED and checked by the connection).
     pub max_message_bytes: Option<usize>,
@@ -156,6 +158,14 @@ impl Effective {
                 t.max_consumers_per_subscription
                     .or(ns.max_consumers_per_subscription),
                 c.max_consumers_per_subscription,
+            ),
+            max_unacked_per_consumer: count(
+                ns.max_unacked_messages_per_consumer,
+                c.max_unacked_messages_per_consumer,
+            ),
+            max_unacked_per_subscription: count(
+                ns.max_unacked_messages_per_subscription,
+                c.max_unacked_messages_per_subscription,
             ),
             max_message_bytes,
             backlog_size,

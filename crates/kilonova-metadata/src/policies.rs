@@ -217,6 +217,12 @@ pub struct Policies {
     pub max_topics_per_namespace: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delayed_delivery_policies: Option<DelayedDeliveryPolicies>,
+    /// A consumer gets no more messages while it has this many unacknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unacked_messages_per_consumer: Option<i32>,
+    /// A subscription dispatches nothing while it has this many unacknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unacked_messages_per_subscription: Option<i32>,
     #[serde(
         rename = "deduplicationEnabled",
         skip_serializing_if = "Option::is_none"

@@ -428,6 +428,23 @@ impl Broker {
         self.topics().live.len()
     }
 
+    /// The full names of the loaded topics of namespace `ns`, sorted.
+    pub fn loaded_topics_of(&self, ns: &NamespaceName) -> Vec<String> {
+        let prefix = format!("/{ns}/");
+        let mut names: Vec<String> = self
+            .topics()
+            .live
+            .keys()
+            .filter(|name| {
+                name.split_once("://")
+                    .is_some_and(|(_, rest)| format!("/{rest}").starts_with(&prefix))
+            })
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Stops taking new work, closes every topic's producers and consumers with the
     /// protocol's close commands, waits for appends in flight, persists cursors,
     /// then closes the storage.

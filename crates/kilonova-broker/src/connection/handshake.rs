@@ -28,6 +28,8 @@ impl Connection {
             Err(e) => return Err(self.refuse_credentials(&e)),
         }
         self.connected = true;
+        self.connected_since_ms = self.broker.clock().now_ms();
+        self.client_version = std::sync::Arc::from(capped(&c.client_version));
         self.wants_entry_metadata = c
             .feature_flags
             .and_then(|f| f.supports_broker_entry_metadata)
@@ -135,6 +137,20 @@ fn same_role(old: &Principal, new: Option<Principal>) -> Result<Principal, Broke
             kilonova_auth::AuthError::RoleChanged,
         )),
     }
+}
+
+/// A client-given label kept for stats: at most 128 bytes, cut at a
+/// character boundary.
+fn capped(s: &str) -> &str {
+    const MAX: usize = 128;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]

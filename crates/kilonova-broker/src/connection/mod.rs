@@ -44,7 +44,7 @@ use crate::error::BrokerError;
 use crate::outbound::Outbound;
 use crate::rate_limit::PublishGate;
 use crate::subscription::ConsumerKey;
-use crate::topic::{sleep_until, ConnCtx, TopicCommand, TopicHandle};
+use crate::topic::{sleep_until, ClientInfo, ConnCtx, TopicCommand, TopicHandle};
 use kilonova_auth::{Need, Principal, Want};
 use kilonova_metadata::names::TopicName;
 use tokio_rustls::rustls;
@@ -91,6 +91,10 @@ struct Connection {
     challenged: bool,
     protocol_version: i32,
     wants_entry_metadata: bool,
+    /// What the client said it is in CONNECT (capped), for stats.
+    client_version: std::sync::Arc<str>,
+    /// When CONNECT completed (ms since the epoch, the broker's clock).
+    connected_since_ms: u64,
     producers: HashMap<u64, TopicHandle>,
     consumers: HashMap<u64, TopicHandle>,
     /// A publish rate was reached: stop reading until then.
@@ -172,6 +176,8 @@ impl Connection {
             challenged: false,
             protocol_version: 0,
             wants_entry_metadata: false,
+            client_version: std::sync::Arc::from(""),
+            connected_since_ms: 0,
             producers: HashMap::new(),
             consumers: HashMap::new(),
             throttled_until: None,
@@ -316,6 +322,11 @@ impl Connection {
             id: self.id,
             out: self.out.clone(),
             wants_entry_metadata: self.wants_entry_metadata,
+            client: ClientInfo {
+                address: std::sync::Arc::from(self.peer.to_string()),
+                client_version: self.client_version.clone(),
+                connected_since_ms: self.connected_since_ms,
+            },
         }
     }
 

@@ -36,6 +36,10 @@ pub(crate) struct DispatchLimits {
     /// Notified when a consumer held back for its connection's full outbound
     /// queue may take more (the topic then dispatches again).
     pub drained: Arc<Notify>,
+    /// A consumer, or the subscription, gets nothing while it has this many
+    /// messages unacknowledged (acknowledgements dispatch again).
+    pub max_unacked_per_consumer: Option<u64>,
+    pub max_unacked_per_subscription: Option<u64>,
 }
 
 /// What a dispatch pass may send under the dispatch rates (`None`: no limit in
@@ -117,8 +121,13 @@ impl Subscription {
         // Whose connection can take more is decided once for the pass (and
         // after each send), so a queue draining meanwhile cannot let a later
         // entry of a key pass an earlier one held for redelivery.
+        self.max_unacked = limits.max_unacked_per_subscription;
         for c in &mut self.consumers {
+            c.max_unacked = limits.max_unacked_per_consumer;
             c.check_room(&limits.drained);
+        }
+        if self.blocked_on_unacked() {
+            return Ok(0);
         }
         if self.kind.single_active() {
             if self.needs_rewind {
@@ -367,14 +376,37 @@ impl Subscription {
             .get(&entry.position)
             .cloned()
             .unwrap_or_default();
+        let n = entry.message_count;
+        let Some(key) = self.consumers.get(i).map(|c| c.key) else {
+            return;
+        };
+        // An entry sent again while still pending counts once, at its
+        // latest consumer.
+        if let Some((old, old_n)) = self.pending.insert(entry.position, (key, n)) {
+            self.settle(old, old_n);
+        }
+        if redelivery_count.is_some() {
+            self.msg_redeliver += u64::from(n);
+        }
         let Some(c) = self.consumers.get_mut(i) else {
             return;
         };
-        c.permits -= i64::from(entry.message_count);
-        self.pending.insert(entry.position, c.key);
+        c.permits -= i64::from(n);
+        c.unacked += u64::from(n);
+        if redelivery_count.is_some() {
+            c.msg_redeliver += u64::from(n);
+        }
         send_entry(c, entry, redelivery_count.unwrap_or(0), ack_set);
         c.check_room(drained);
         self.count_out(entry);
+        if self.blocked_on_unacked() {
+            // The subscription reached its maximum: no consumer is ready for
+            // the rest of the pass (the next pass, after acknowledgements,
+            // decides again).
+            for c in &mut self.consumers {
+                c.held = true;
+            }
+        }
     }
 }
 

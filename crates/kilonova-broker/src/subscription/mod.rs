@@ -28,6 +28,8 @@ use crate::key_shared::Selector;
 use crate::metrics::TopicMetrics;
 use crate::outbound::Outbound;
 use crate::rate_limit::RateLimiter;
+use crate::rate_meter::{FlowMeter, RateMeter};
+use crate::topic::ClientInfo;
 
 mod dispatcher;
 #[cfg(test)]
@@ -81,6 +83,17 @@ pub(crate) struct Consumer {
     /// Messages and bytes dispatched to this consumer.
     pub msg_out: u64,
     pub bytes_out: u64,
+    /// Messages dispatched again (after a negative ack, a timeout, a
+    /// consumer leaving).
+    pub msg_redeliver: u64,
+    /// Messages dispatched to it and not acknowledged yet.
+    pub unacked: u64,
+    pub client: ClientInfo,
+    pub meter_out: FlowMeter,
+    pub meter_redeliver: RateMeter,
+    /// The most unacknowledged messages it may have (the last dispatch
+    /// pass's policy).
+    pub max_unacked: Option<u64>,
     /// Its connection's outbound queue was full when last looked at (at the
     /// start of a dispatch pass and after each send): it gets nothing more in
     /// this pass, and the topic is woken when the queue drains.
@@ -90,7 +103,12 @@ pub(crate) struct Consumer {
 impl Consumer {
     /// Whether the consumer may be sent an entry now.
     fn ready(&self) -> bool {
-        self.permits > 0 && !self.held
+        self.permits > 0 && !self.held && !self.blocked_on_unacked()
+    }
+
+    /// Whether it has as many unacknowledged messages as it may.
+    pub(crate) fn blocked_on_unacked(&self) -> bool {
+        self.max_unacked.is_some_and(|max| self.unacked >= max)
     }
 
     /// Looks whether its connection can take more; if not, `wake` is
@@ -108,8 +126,9 @@ pub(crate) struct Subscription {
     /// Partition index of the topic (failover spreads partitions over consumers).
     partition: Option<u32>,
     active: Option<ConsumerKey>,
-    /// Dispatched, not yet acknowledged: entry → consumer.
-    pending: BTreeMap<Position, ConsumerKey>,
+    /// Dispatched, not yet acknowledged: entry → consumer and the entry's
+    /// messages (each consumer's `unacked` is its share).
+    pending: BTreeMap<Position, (ConsumerKey, u32)>,
     /// Entries to send again (shared / key_shared), oldest first, with their key's
     /// slot once known (key_shared skips entries whose owner cannot take them
     /// without reading them again).
@@ -126,6 +145,15 @@ pub(crate) struct Subscription {
     pub bytes_out: u64,
     /// The subscription's dispatch rate.
     pub rate: RateLimiter,
+    /// Messages dispatched again.
+    pub msg_redeliver: u64,
+    pub meter_out: FlowMeter,
+    pub meter_redeliver: RateMeter,
+    /// When a consumer last acknowledged (ms since the epoch).
+    pub last_acked_ms: Option<u64>,
+    /// The most unacknowledged messages it may have (the last dispatch
+    /// pass's policy).
+    max_unacked: Option<u64>,
     /// Shared / key_shared: entries read but held until their delivery time
     /// (ms), not acknowledged, so a restart reads and holds them again.
     delayed: BTreeSet<(u64, Position)>,
@@ -157,6 +185,11 @@ impl Subscription {
             msg_out: 0,
             bytes_out: 0,
             rate: RateLimiter::default(),
+            msg_redeliver: 0,
+            meter_out: FlowMeter::default(),
+            meter_redeliver: RateMeter::default(),
+            last_acked_ms: None,
+            max_unacked: None,
             delayed: BTreeSet::new(),
             metrics,
         }
@@ -264,11 +297,11 @@ impl Subscription {
             let mine: Vec<Position> = self
                 .pending
                 .iter()
-                .filter(|(_, c)| **c == key)
+                .filter(|(_, (c, _))| *c == key)
                 .map(|(p, _)| *p)
                 .collect();
             for p in mine {
-                self.pending.remove(&p);
+                self.unpend(p);
                 self.replay.insert(p, None);
                 *self.redeliveries.entry(p).or_default() += 1;
             }
@@ -328,6 +361,9 @@ impl Subscription {
         for p in std::mem::take(&mut self.pending).into_keys() {
             *self.redeliveries.entry(p).or_default() += 1;
         }
+        for c in &mut self.consumers {
+            c.unacked = 0;
+        }
         // The cursor rewinds: held entries are read (and held) again.
         self.delayed.clear();
         self.replay.clear();
@@ -362,18 +398,18 @@ impl Subscription {
         let chosen: Vec<Position> = if positions.is_empty() {
             self.pending
                 .iter()
-                .filter(|(_, c)| **c == key)
+                .filter(|(_, (c, _))| *c == key)
                 .map(|(p, _)| *p)
                 .collect()
         } else {
             positions
                 .iter()
                 .copied()
-                .filter(|p| self.pending.get(p) == Some(&key))
+                .filter(|p| self.pending.get(p).is_some_and(|(c, _)| *c == key))
                 .collect()
         };
         for p in chosen {
-            self.pending.remove(&p);
+            self.unpend(p);
             self.replay.insert(p, None);
             *self.redeliveries.entry(p).or_default() += 1;
         }
@@ -416,14 +452,17 @@ impl Subscription {
     /// backlog eviction): what was in flight before it is settled.
     pub(crate) fn forget_before(&mut self, floor: Position) {
         self.delayed.retain(|(_, p)| *p >= floor);
-        self.pending = self.pending.split_off(&floor);
+        let kept = self.pending.split_off(&floor);
+        for (_, (key, n)) in std::mem::replace(&mut self.pending, kept) {
+            self.settle(key, n);
+        }
         self.redeliveries = self.redeliveries.split_off(&floor);
         self.partial_acks = self.partial_acks.split_off(&floor);
         self.replay = self.replay.split_off(&floor);
     }
 
     fn forget(&mut self, p: Position) {
-        self.pending.remove(&p);
+        self.unpend(p);
         self.replay.remove(&p);
         self.redeliveries.remove(&p);
         self.partial_acks.remove(&p);
@@ -433,9 +472,68 @@ impl Subscription {
     pub(crate) fn reset(&mut self) {
         self.delayed.clear();
         self.pending.clear();
+        for c in &mut self.consumers {
+            c.unacked = 0;
+        }
         self.replay.clear();
         self.redeliveries.clear();
         self.partial_acks.clear();
+    }
+}
+
+impl Subscription {
+    /// Takes `p` out of the pending entries; its consumer has that many
+    /// fewer unacknowledged messages.
+    fn unpend(&mut self, p: Position) {
+        if let Some((key, n)) = self.pending.remove(&p) {
+            self.settle(key, n);
+        }
+    }
+
+    pub(super) fn settle(&mut self, key: ConsumerKey, n: u32) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.key == key) {
+            c.unacked = c.unacked.saturating_sub(u64::from(n));
+        }
+    }
+
+    /// Messages dispatched and not acknowledged, over every consumer.
+    pub(crate) fn unacked(&self) -> u64 {
+        self.consumers.iter().map(|c| c.unacked).sum()
+    }
+
+    /// Whether the subscription has as many unacknowledged messages as it may.
+    pub(crate) fn blocked_on_unacked(&self) -> bool {
+        self.max_unacked.is_some_and(|max| self.unacked() >= max)
+    }
+
+    /// Every rate over the last `secs` seconds: the subscription's and its
+    /// consumers'.
+    pub(crate) fn tick_meters(&mut self, secs: f64) {
+        self.meter_out.tick(self.msg_out, self.bytes_out, secs);
+        self.meter_redeliver.tick(self.msg_redeliver, secs);
+        for c in &mut self.consumers {
+            c.meter_out.tick(c.msg_out, c.bytes_out, secs);
+            c.meter_redeliver.tick(c.msg_redeliver, secs);
+        }
+    }
+
+    /// Key_Shared: `AUTO_SPLIT`, or `STICKY` when consumers brought ranges.
+    pub(crate) fn key_shared_mode(&self) -> Option<&'static str> {
+        (self.kind == SubKind::KeyShared).then(|| {
+            if self.consumers.iter().any(|c| !c.sticky_ranges.is_empty()) {
+                "STICKY"
+            } else {
+                "AUTO_SPLIT"
+            }
+        })
+    }
+
+    /// Key_Shared: the hash ranges `[start, end]` a consumer owns.
+    pub(crate) fn key_hash_ranges(&self, key: ConsumerKey) -> Vec<(u32, u32)> {
+        if self.kind != SubKind::KeyShared {
+            return Vec::new();
+        }
+        self.selector.ranges_of(key)
     }
 }
 

@@ -105,6 +105,12 @@ fn consumer_with_queue(
         sticky_ranges: Vec::new(),
         msg_out: 0,
         bytes_out: 0,
+        msg_redeliver: 0,
+        unacked: 0,
+        client: Default::default(),
+        meter_out: Default::default(),
+        meter_redeliver: Default::default(),
+        max_unacked: None,
         held: false,
     };
     (c, Client { key, rx })
@@ -122,6 +128,8 @@ fn limits(clock: &ManualClock) -> DispatchLimits {
         max_delayed: 1000,
         now_ms: clock.now_ms(),
         drained: Arc::new(Notify::new()),
+        max_unacked_per_consumer: None,
+        max_unacked_per_subscription: None,
     }
 }
 
@@ -502,4 +510,55 @@ fn a_cumulative_ack_settles_everything_up_to_it() {
     sub.redeliver(a.key, &[], Some(&mut log));
     dispatch(&mut sub, &mut log, &clock);
     assert_eq!(a.received(), vec![(3, 1), (4, 1)]);
+}
+
+#[test]
+fn a_consumer_at_its_unacked_maximum_gets_nothing_until_it_acknowledges() {
+    let clock = ManualClock::at_ms(T0_MS);
+    let mut log = log_with(10, &["a"]);
+    let mut sub = subscription(SubKind::Shared);
+    let (ca, mut a) = consumer(1, "a", 0, 100);
+    let (cb, mut b) = consumer(2, "b", 0, 100);
+    join(&mut sub, &mut log, ca).unwrap();
+    join(&mut sub, &mut log, cb).unwrap();
+    let l = DispatchLimits {
+        max_unacked_per_consumer: Some(2),
+        ..limits(&clock)
+    };
+    sub.dispatch(&mut log, &l, Budget::UNLIMITED).unwrap();
+    let (got_a, got_b) = (a.entries(), b.entries());
+    assert_eq!((got_a.len(), got_b.len()), (2, 2), "{got_a:?} {got_b:?}");
+    assert_eq!(sub.unacked(), 4);
+    assert!(sub.consumers.iter().all(Consumer::blocked_on_unacked));
+    sub.dispatch(&mut log, &l, Budget::UNLIMITED).unwrap();
+    assert!(a.entries().is_empty() && b.entries().is_empty(), "blocked");
+    let first = Position::new(0, got_a[0]);
+    sub.ack(&mut log, first, &[]).unwrap();
+    sub.dispatch(&mut log, &l, Budget::UNLIMITED).unwrap();
+    assert_eq!(
+        a.entries().len(),
+        1,
+        "one acknowledgement makes room for one"
+    );
+    assert!(b.entries().is_empty());
+}
+
+#[test]
+fn a_subscription_at_its_unacked_maximum_stops_within_the_pass() {
+    let clock = ManualClock::at_ms(T0_MS);
+    let mut log = log_with(10, &["a"]);
+    let mut sub = subscription(SubKind::Shared);
+    let (ca, mut a) = consumer(1, "a", 0, 100);
+    let (cb, mut b) = consumer(2, "b", 0, 100);
+    join(&mut sub, &mut log, ca).unwrap();
+    join(&mut sub, &mut log, cb).unwrap();
+    let l = DispatchLimits {
+        max_unacked_per_subscription: Some(3),
+        ..limits(&clock)
+    };
+    sub.dispatch(&mut log, &l, Budget::UNLIMITED).unwrap();
+    assert_eq!(a.entries().len() + b.entries().len(), 3);
+    assert!(sub.blocked_on_unacked());
+    sub.redeliver(a.key, &[], Some(&mut log));
+    assert!(!sub.blocked_on_unacked(), "a redelivery frees the count");
 }

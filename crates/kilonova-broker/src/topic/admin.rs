@@ -48,6 +48,21 @@ pub enum AdminRequest {
         subscription: String,
         n: u64,
     },
+    /// Acknowledges everything published so far on one subscription, or on
+    /// every subscription (Pulsar's `skip_all` / clear-backlog).
+    ClearBacklog {
+        subscription: Option<String>,
+    },
+    /// The `n`-th (from 1) entry of the topic counted from its first
+    /// (`from_latest` false) or its last entry (Pulsar's examinemessage).
+    Examine {
+        from_latest: bool,
+        n: u64,
+    },
+    /// The entry at a position (Pulsar's `ledger/{l}/entry/{e}`).
+    ReadEntry {
+        position: Position,
+    },
     LastMessageId,
     /// Closes every client (they reconnect) and unloads.
     Unload,
@@ -114,6 +129,14 @@ pub struct PublisherStats {
     pub access_mode: String,
     pub msg_in_counter: u64,
     pub bytes_in_counter: u64,
+    pub msg_rate_in: f64,
+    pub msg_throughput_in: f64,
+    pub average_msg_size: f64,
+    /// The client's `ip:port`.
+    pub address: String,
+    /// When its connection was made, ISO-8601 UTC (as Pulsar writes it).
+    pub connected_since: String,
+    pub client_version: String,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -129,6 +152,20 @@ pub struct SubscriptionStats {
     pub msg_delayed: u64,
     pub msg_out_counter: u64,
     pub bytes_out_counter: u64,
+    pub msg_rate_out: f64,
+    pub msg_throughput_out: f64,
+    pub msg_rate_redeliver: f64,
+    /// Messages dispatched to its consumers and not acknowledged yet.
+    pub unacked_messages: u64,
+    /// Whether dispatch stopped because the subscription reached its maximum
+    /// of unacknowledged messages.
+    pub blocked_subscription_on_unacked_msgs: bool,
+    /// When a consumer last acknowledged (ms since the epoch; 0: never
+    /// since the topic loaded).
+    pub last_acked_timestamp: u64,
+    /// Key_Shared only: `AUTO_SPLIT` or `STICKY`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_shared_mode: Option<String>,
     pub consumers: Vec<ConsumerStats>,
 }
 
@@ -139,6 +176,22 @@ pub struct ConsumerStats {
     pub available_permits: i64,
     pub msg_out_counter: u64,
     pub bytes_out_counter: u64,
+    pub msg_rate_out: f64,
+    pub msg_throughput_out: f64,
+    pub msg_rate_redeliver: f64,
+    /// Messages dispatched to it and not acknowledged yet.
+    pub unacked_messages: u64,
+    /// Whether it gets nothing more until it acknowledges (its maximum of
+    /// unacknowledged messages is reached).
+    pub blocked_consumer_on_unacked_msgs: bool,
+    /// The client's `ip:port`.
+    pub address: String,
+    /// When its connection was made, ISO-8601 UTC.
+    pub connected_since: String,
+    pub client_version: String,
+    /// Key_Shared: the hash ranges it owns, `[start, end]` (inclusive).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub key_hash_ranges: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -196,6 +249,27 @@ pub struct LastMessageId {
     pub partition_index: i32,
 }
 
+/// The entry at `p` as the admin API shows it: metadata and payload.
+fn peeked_at(log: &kilonova_storage::ManagedLog, p: Position) -> Result<Peeked, BrokerError> {
+    let entry = log.read_entry(p)?;
+    let payload = frame::decode_payload(entry.data)
+        .map_err(|e| BrokerError::Metadata(format!("entry {} is unreadable: {e}", pos(p))))?;
+    let m = payload.metadata;
+    Ok(Peeked {
+        position: p,
+        publish_time_ms: entry.publish_time_ms,
+        producer_name: m.producer_name,
+        sequence_id: m.sequence_id,
+        properties: m
+            .properties
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect(),
+        batch_size: m.num_messages_in_batch,
+        data: payload.data,
+    })
+}
+
 /// A client-given position, refused if it lies past the log's end (a cursor
 /// there would skip every message still to come).
 fn within_log(log: &kilonova_storage::ManagedLog, p: Position) -> Result<Position, BrokerError> {
@@ -246,6 +320,15 @@ impl Topic {
                 seconds,
             } => self.expire_messages(subscription, seconds),
             AdminRequest::Peek { subscription, n } => self.peek(subscription, n),
+            AdminRequest::ClearBacklog { subscription } => self.clear_backlog(subscription),
+            AdminRequest::Examine { from_latest, n } => self.examine(from_latest, n),
+            AdminRequest::ReadEntry { position } => {
+                let log = self.persistent_log("reading a message by id")?;
+                if !log.is_readable(position) {
+                    return Ok(AdminReply::Peeked(None));
+                }
+                Ok(AdminReply::Peeked(Some(peeked_at(log, position)?)))
+            }
             AdminRequest::LastMessageId => {
                 Ok(AdminReply::LastMessageId(self.last_message_id_stats()))
             }
@@ -348,23 +431,41 @@ impl Topic {
             Some((p, found)) if found == n => p,
             _ => return Ok(AdminReply::Peeked(None)),
         };
-        let entry = log.read_entry(p)?;
-        let payload = frame::decode_payload(entry.data)
-            .map_err(|e| BrokerError::Metadata(format!("entry {} is unreadable: {e}", pos(p))))?;
-        let m = payload.metadata;
-        Ok(AdminReply::Peeked(Some(Peeked {
-            position: p,
-            publish_time_ms: entry.publish_time_ms,
-            producer_name: m.producer_name,
-            sequence_id: m.sequence_id,
-            properties: m
-                .properties
-                .into_iter()
-                .map(|kv| (kv.key, kv.value))
-                .collect(),
-            batch_size: m.num_messages_in_batch,
-            data: payload.data,
-        })))
+        Ok(AdminReply::Peeked(Some(peeked_at(log, p)?)))
+    }
+
+    /// Acknowledges every entry published so far, on `subscription` or on
+    /// every subscription; consumers stay connected and get what comes next.
+    fn clear_backlog(&mut self, subscription: Option<String>) -> Result<AdminReply, BrokerError> {
+        if let Some(s) = &subscription {
+            self.check_subscription(s)?;
+        }
+        let names = match subscription {
+            Some(s) => vec![s],
+            None => self.subscription_names(),
+        };
+        let log = self.persistent_log("clear-backlog")?;
+        let Some(last) = log.last_position() else {
+            return Ok(AdminReply::Done);
+        };
+        for name in &names {
+            if log.has_cursor(name) {
+                log.ack_cumulative(name, last)?;
+            }
+        }
+        for name in &names {
+            self.after_cursor_moved(name, false);
+        }
+        Ok(AdminReply::Done)
+    }
+
+    /// The `n`-th entry from the first stored one or back from the last.
+    fn examine(&mut self, from_latest: bool, n: u64) -> Result<AdminReply, BrokerError> {
+        let log = self.persistent_log("examine-message")?;
+        match log.nth_entry(from_latest, n.saturating_sub(1)) {
+            Some(p) if log.is_readable(p) => Ok(AdminReply::Peeked(Some(peeked_at(log, p)?))),
+            _ => Ok(AdminReply::Peeked(None)),
+        }
     }
 
     /// The last message's id, as the admin API names it.
@@ -489,6 +590,16 @@ impl Topic {
                 access_mode: if p.exclusive { "Exclusive" } else { "Shared" }.into(),
                 msg_in_counter: p.msg_in,
                 bytes_in_counter: p.bytes_in,
+                msg_rate_in: p.meter_in.msgs.rate(),
+                msg_throughput_in: p.meter_in.bytes.rate(),
+                average_msg_size: if p.msg_in > 0 {
+                    p.bytes_in as f64 / p.msg_in as f64
+                } else {
+                    0.0
+                },
+                address: p.client.address.to_string(),
+                connected_since: crate::clock::utc_time_ms(p.client.connected_since_ms),
+                client_version: p.client.client_version.to_string(),
             })
             .collect();
         publishers.sort_by_key(|p| p.producer_id);
@@ -511,6 +622,37 @@ impl Topic {
             publishers,
             subscriptions,
         }
+    }
+
+    /// Refreshes what `/metrics` shows of each subscription (at most
+    /// [`crate::metrics::MAX_SUBSCRIPTION_SERIES_PER_TOPIC`], by name).
+    pub(super) fn sample_subscriptions(&self) {
+        let mut names = self.subscription_names();
+        names.truncate(crate::metrics::MAX_SUBSCRIPTION_SERIES_PER_TOPIC);
+        let samples = names
+            .into_iter()
+            .map(|name| {
+                let backlog = self
+                    .log
+                    .as_ref()
+                    .and_then(|l| l.cursor_info(&name).ok())
+                    .map_or(0, |i| i.backlog_entries);
+                let sub = self.subscriptions.get(&name);
+                crate::metrics::SubscriptionSample {
+                    backlog,
+                    delayed: sub.map_or(0, |s| s.delayed_count() as u64),
+                    msg_rate_out: sub.map_or(0.0, |s| s.meter_out.msgs.rate()),
+                    msg_throughput_out: sub.map_or(0.0, |s| s.meter_out.bytes.rate()),
+                    msg_rate_redeliver: sub.map_or(0.0, |s| s.meter_redeliver.rate()),
+                    unacked: sub.map_or(0, Subscription::unacked),
+                    blocked: sub.is_some_and(Subscription::blocked_on_unacked),
+                    consumers: sub.map_or(0, |s| s.consumers.len() as u64),
+                    msg_out: sub.map_or(0, |s| s.msg_out),
+                    name,
+                }
+            })
+            .collect();
+        self.metrics.set_subscriptions(samples);
     }
 
     fn internal_stats(&self) -> InternalStats {
@@ -607,6 +749,13 @@ fn subscription_stats(sub: Option<&Subscription>, backlog: u64) -> SubscriptionS
         backlog_size: 0,
         msg_out_counter: sub.msg_out,
         bytes_out_counter: sub.bytes_out,
+        msg_rate_out: sub.meter_out.msgs.rate(),
+        msg_throughput_out: sub.meter_out.bytes.rate(),
+        msg_rate_redeliver: sub.meter_redeliver.rate(),
+        unacked_messages: sub.unacked(),
+        blocked_subscription_on_unacked_msgs: sub.blocked_on_unacked(),
+        last_acked_timestamp: sub.last_acked_ms.unwrap_or(0),
+        key_shared_mode: sub.key_shared_mode().map(str::to_owned),
         consumers: sub
             .consumers
             .iter()
@@ -615,6 +764,19 @@ fn subscription_stats(sub: Option<&Subscription>, backlog: u64) -> SubscriptionS
                 available_permits: c.permits,
                 msg_out_counter: c.msg_out,
                 bytes_out_counter: c.bytes_out,
+                msg_rate_out: c.meter_out.msgs.rate(),
+                msg_throughput_out: c.meter_out.bytes.rate(),
+                msg_rate_redeliver: c.meter_redeliver.rate(),
+                unacked_messages: c.unacked,
+                blocked_consumer_on_unacked_msgs: c.blocked_on_unacked(),
+                address: c.client.address.to_string(),
+                connected_since: crate::clock::utc_time_ms(c.client.connected_since_ms),
+                client_version: c.client.client_version.to_string(),
+                key_hash_ranges: sub
+                    .key_hash_ranges(c.key)
+                    .into_iter()
+                    .map(|(s, e)| format!("[{s}, {e}]"))
+                    .collect(),
             })
             .collect(),
     }

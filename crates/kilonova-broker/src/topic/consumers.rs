@@ -237,9 +237,11 @@ impl Topic {
             .get(&key)
             .cloned()
             .ok_or_else(|| BrokerError::NotAllowed("consumer is not subscribed".into()))?;
+        let now_ms = self.broker.clock().now_ms();
         let (Some(sub), Some(log)) = (self.subscriptions.get_mut(&name), self.log.as_mut()) else {
             return Ok(()); // non-persistent: nothing to acknowledge
         };
+        sub.last_acked_ms = Some(now_ms);
         let cumulative = ack.ack_type() == AckType::Cumulative;
         if cumulative && matches!(sub.kind, SubKind::Shared | SubKind::KeyShared) {
             return Err(BrokerError::NotAllowed(
@@ -513,6 +515,12 @@ fn new_consumer(key: ConsumerKey, conn: ConnCtx, cmd: &CommandSubscribe) -> Cons
         sticky_ranges,
         msg_out: 0,
         bytes_out: 0,
+        msg_redeliver: 0,
+        unacked: 0,
+        client: conn.client,
+        meter_out: Default::default(),
+        meter_redeliver: Default::default(),
+        max_unacked: None,
         held: false,
     }
 }

@@ -23,6 +23,8 @@ impl Topic {
             max_delayed: c.max_delayed_messages_per_subscription,
             now_ms: self.broker.clock().now_ms(),
             drained: self.drained.clone(),
+            max_unacked_per_consumer: self.policies.max_unacked_per_consumer.map(u64::from),
+            max_unacked_per_subscription: self.policies.max_unacked_per_subscription.map(u64::from),
         }
     }
 

@@ -60,6 +60,28 @@ pub(crate) struct ConnCtx {
     pub id: u64,
     pub out: Outbound,
     pub wants_entry_metadata: bool,
+    pub client: ClientInfo,
+}
+
+/// Who a producer or consumer is, as its stats show it.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientInfo {
+    /// The client's `ip:port`.
+    pub address: std::sync::Arc<str>,
+    /// What the client announced in CONNECT (at most 128 bytes).
+    pub client_version: std::sync::Arc<str>,
+    /// When its connection completed CONNECT (ms since the epoch).
+    pub connected_since_ms: u64,
+}
+
+impl Default for ClientInfo {
+    fn default() -> Self {
+        ClientInfo {
+            address: std::sync::Arc::from(""),
+            client_version: std::sync::Arc::from(""),
+            connected_since_ms: 0,
+        }
+    }
 }
 
 pub(crate) struct NewProducer {
@@ -611,6 +633,13 @@ impl Topic {
         let totals = self.metrics.totals();
         let (since, before) = self.rates_since;
         let secs = now.duration_since(since).as_secs_f64();
+        for sub in self.subscriptions.values_mut() {
+            sub.tick_meters(secs);
+        }
+        self.sample_subscriptions();
+        for p in self.producers.values_mut() {
+            p.meter_in.tick(p.msg_in, p.bytes_in, secs);
+        }
         if secs > 0.0 {
             let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
             self.metrics.set_rates(Rates {

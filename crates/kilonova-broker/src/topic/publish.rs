@@ -24,6 +24,9 @@ pub(super) struct Producer {
     pub(super) exclusive: bool,
     pub(super) msg_in: u64,
     pub(super) bytes_in: u64,
+    pub(super) client: super::ClientInfo,
+    /// Messages and bytes per second published.
+    pub(super) meter_in: crate::rate_meter::FlowMeter,
 }
 
 /// What a SEND became.
@@ -54,6 +57,8 @@ pub(super) struct PendingAppend {
     /// The producer's name, with deduplication on and a SEND that completes
     /// its message (not a chunk before the last).
     producer: Option<String>,
+    /// When the append was asked for (the broker's clock).
+    started: std::time::Instant,
 }
 
 enum Outcome {
@@ -67,6 +72,7 @@ pub(super) struct Appended {
     outcome: Outcome,
     to: AnswerTo,
     producer: Option<String>,
+    started: std::time::Instant,
 }
 
 impl Future for PendingAppend {
@@ -85,6 +91,7 @@ impl Future for PendingAppend {
             outcome,
             to: this.to.clone(),
             producer: this.producer.take(),
+            started: this.started,
         })
     }
 }
@@ -120,6 +127,12 @@ impl Topic {
         };
         match result {
             Ok(p) => {
+                let took = self
+                    .broker
+                    .clock()
+                    .now()
+                    .saturating_duration_since(a.started);
+                self.metrics.observe_write_latency(took);
                 if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
                     d.persisted(name, a.to.highest_sequence_id, p);
                     if d.unsnapshotted()
@@ -273,6 +286,8 @@ impl Topic {
                 exclusive,
                 msg_in: 0,
                 bytes_in: 0,
+                client: p.conn.client.clone(),
+                meter_in: Default::default(),
             },
         );
         self.idle_since = None;
@@ -390,6 +405,7 @@ impl Topic {
         let Some(log) = self.log.as_mut() else {
             return self.publish_transient(to, payload, count, publish_time);
         };
+        self.metrics.observe_entry_size(payload.raw.len() as u64);
         match log.append(payload.raw, count, publish_time).await {
             Ok(completion) => self.answer_in_order(to, Pending::Stored(completion), producer),
             Err(e) => {
@@ -450,10 +466,12 @@ impl Topic {
 
     /// Queues a SEND's answer behind those of the SENDs before it.
     fn answer_in_order(&mut self, to: AnswerTo, pending: Pending, producer: Option<String>) {
+        let started = self.broker.clock().now();
         self.appends.push_back(PendingAppend {
             pending,
             to,
             producer,
+            started,
         });
     }
 

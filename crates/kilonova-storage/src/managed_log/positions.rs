@@ -136,6 +136,41 @@ impl ManagedLog {
         self.positions().end_position()
     }
 
+    /// Whether `p` is a durable entry still stored.
+    pub fn is_readable(&self, p: Position) -> bool {
+        self.positions().is_readable(p)
+    }
+
+    /// The durable entry `k` entries after the first stored one
+    /// (`from_latest` false) or `k` entries before the last one (true), if
+    /// the log holds that many. Walks the segment list, not the entries.
+    pub fn nth_entry(&self, from_latest: bool, k: u64) -> Option<Position> {
+        let positions = self.positions();
+        let mut left = k;
+        let counted: Vec<(SegmentId, u64)> = self
+            .segments
+            .iter()
+            .map(|s| (s.id, positions.confirmed(s.id)))
+            .collect();
+        let pick = |(id, n): (SegmentId, u64), left: &mut u64| {
+            if *left < n {
+                let entry = if from_latest { n - 1 - *left } else { *left };
+                Some(Position::new(id, entry))
+            } else {
+                *left -= n;
+                None
+            }
+        };
+        if from_latest {
+            counted
+                .into_iter()
+                .rev()
+                .find_map(|seg| pick(seg, &mut left))
+        } else {
+            counted.into_iter().find_map(|seg| pick(seg, &mut left))
+        }
+    }
+
     /// Reads one durable entry (from the cache when it is there).
     pub fn read_entry(&self, p: Position) -> Result<Entry> {
         if !self.positions().is_readable(p) {

@@ -11,12 +11,21 @@ pub enum BrokersCmd {
     List { cluster: String },
     /// Check that the broker is healthy; prints `ok`.
     Healthcheck,
+    /// The broker's version.
+    Version,
+    /// The cluster's leader broker.
+    LeaderBroker,
+    /// The broker's configuration in effect (option → value).
+    GetRuntimeConfig,
 }
 
 pub async fn run(client: &AdminClient, cmd: BrokersCmd) -> Result<Output, AdminError> {
     let path = match &cmd {
         BrokersCmd::List { cluster } => ApiPath::new(["brokers", cluster]),
         BrokersCmd::Healthcheck => ApiPath::new(["brokers", "health"]),
+        BrokersCmd::Version => ApiPath::new(["brokers", "version"]),
+        BrokersCmd::LeaderBroker => ApiPath::new(["brokers", "leaderBroker"]),
+        BrokersCmd::GetRuntimeConfig => ApiPath::new(["brokers", "configuration", "runtime"]),
     };
     Ok(Output::Document(client.get(&path).await?))
 }

@@ -47,10 +47,34 @@ pub enum NamespacesCmd {
     },
     /// Show the roles granted permissions on the namespace.
     Permissions { namespace: NamespaceName },
+    /// List the namespace's topics.
+    Topics(NsTopics),
+    /// Unload every loaded topic of the namespace (clients reconnect).
+    Unload(Ns),
+    /// Clear the backlog of every topic of the namespace: of every
+    /// subscription, or of one (-s).
+    ClearBacklog(NsClearBacklog),
     #[command(flatten)]
     Policy(PolicyCmd),
     #[command(flatten)]
     SchemaStrategy(super::schemas::NamespaceSchemaCmd),
+}
+
+#[derive(Args)]
+pub struct NsTopics {
+    namespace: NamespaceName,
+    /// PERSISTENT, NON_PERSISTENT or ALL.
+    #[arg(short = 'm', long, default_value = "PERSISTENT",
+          value_parser = ["PERSISTENT", "NON_PERSISTENT", "ALL"])]
+    mode: String,
+}
+
+#[derive(Args)]
+pub struct NsClearBacklog {
+    namespace: NamespaceName,
+    /// Only this subscription.
+    #[arg(short = 's', long = "sub")]
+    subscription: Option<String>,
 }
 
 /// The verbs that set, get or remove one policy.
@@ -114,6 +138,18 @@ pub enum PolicyCmd {
     GetMaxConsumersPerSubscription(Ns),
     /// Remove the per-subscription consumer limit.
     RemoveMaxConsumersPerSubscription(Ns),
+    /// Stop dispatching to a consumer while it has this many unacknowledged messages.
+    SetMaxUnackedMessagesPerConsumer(SetMaxUnackedPerConsumer),
+    /// Show the per-consumer unacknowledged-message limit.
+    GetMaxUnackedMessagesPerConsumer(Ns),
+    /// Remove the per-consumer unacknowledged-message limit.
+    RemoveMaxUnackedMessagesPerConsumer(Ns),
+    /// Stop dispatching to a subscription while it has this many unacknowledged messages.
+    SetMaxUnackedMessagesPerSubscription(SetMaxUnackedPerSubscription),
+    /// Show the per-subscription unacknowledged-message limit.
+    GetMaxUnackedMessagesPerSubscription(Ns),
+    /// Remove the per-subscription unacknowledged-message limit.
+    RemoveMaxUnackedMessagesPerSubscription(Ns),
     /// Limit the namespace's topics (a partitioned topic counts its partitions).
     SetMaxTopicsPerNamespace(SetMaxTopicsPerNamespace),
     /// Show the topic limit.
@@ -294,6 +330,24 @@ pub struct SetMaxConsumersPerTopic {
 }
 
 #[derive(Args)]
+pub struct SetMaxUnackedPerConsumer {
+    namespace: NamespaceName,
+    /// 0: unlimited.
+    #[arg(short = 'c', long = "maxUnackedMessagesPerConsumer", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max: i32,
+}
+
+#[derive(Args)]
+pub struct SetMaxUnackedPerSubscription {
+    namespace: NamespaceName,
+    /// 0: unlimited.
+    #[arg(short = 'm', long = "maxUnackedMessagesPerSubscription", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max: i32,
+}
+
+#[derive(Args)]
 pub struct SetMaxConsumersPerSubscription {
     namespace: NamespaceName,
     /// 0: unlimited.
@@ -438,6 +492,22 @@ impl PolicyCmd {
             ),
             C::GetMaxConsumersPerSubscription(n) => get(n, P::MaxConsumersPerSubscription),
             C::RemoveMaxConsumersPerSubscription(n) => remove(n, P::MaxConsumersPerSubscription),
+            C::SetMaxUnackedMessagesPerConsumer(a) => (
+                &a.namespace,
+                P::MaxUnackedPerConsumer,
+                Op::Set(json!(a.max)),
+            ),
+            C::GetMaxUnackedMessagesPerConsumer(n) => get(n, P::MaxUnackedPerConsumer),
+            C::RemoveMaxUnackedMessagesPerConsumer(n) => remove(n, P::MaxUnackedPerConsumer),
+            C::SetMaxUnackedMessagesPerSubscription(a) => (
+                &a.namespace,
+                P::MaxUnackedPerSubscription,
+                Op::Set(json!(a.max)),
+            ),
+            C::GetMaxUnackedMessagesPerSubscription(n) => get(n, P::MaxUnackedPerSubscription),
+            C::RemoveMaxUnackedMessagesPerSubscription(n) => {
+                remove(n, P::MaxUnackedPerSubscription)
+            }
             C::SetMaxTopicsPerNamespace(a) => (
                 &a.namespace,
                 P::MaxTopicsPerNamespace,
@@ -492,6 +562,18 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
         }
         NamespacesCmd::Permissions { namespace } => {
             permissions::list(client, namespace.path()).await?
+        }
+        NamespacesCmd::Topics(t) => {
+            let path = t.namespace.path().join("topics").query("mode", &t.mode);
+            client.get(&path).await?
+        }
+        NamespacesCmd::Unload(n) => client.put(&n.namespace.path().join("unload"), None).await?,
+        NamespacesCmd::ClearBacklog(c) => {
+            let mut path = c.namespace.path().join("clearBacklog");
+            if let Some(sub) = &c.subscription {
+                path = path.join(sub);
+            }
+            client.post(&path, None).await?
         }
         NamespacesCmd::Policy(verb) => {
             let (path, op) = verb.request()?;

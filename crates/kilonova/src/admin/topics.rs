@@ -59,6 +59,20 @@ pub enum TopicsCmd {
     /// The broker serving the topic: its Pulsar URL (`pulsar+ssl://…` with
     /// an https admin URL, as pulsar-admin prints it).
     Lookup { topic: TopicName },
+    /// A partitioned topic's stats, summed over its partitions (with each
+    /// partition's with --per-partition).
+    PartitionedStats(PartitionedStats),
+    /// Acknowledge everything published so far: on one subscription (-s) or,
+    /// without -s, on every subscription of the topic.
+    #[command(visible_alias = "skip-all")]
+    ClearBacklog(ClearBacklog),
+    /// Expire messages older than a time on every subscription of the topic.
+    ExpireMessagesAllSubscriptions(ExpireAll),
+    /// Show the N-th message from the first or back from the last, without a
+    /// subscription.
+    ExamineMessage(ExamineMessage),
+    /// Show the message at ledgerId:entryId.
+    GetMessageById(GetMessageById),
     /// Grant a role actions (produce, consume, …) on the topic.
     GrantPermission {
         topic: TopicName,
@@ -222,6 +236,53 @@ pub struct PeekMessages {
     count: u32,
 }
 
+#[derive(Args)]
+pub struct PartitionedStats {
+    topic: TopicName,
+    /// Include each partition's stats.
+    #[arg(long = "per-partition")]
+    per_partition: bool,
+}
+
+#[derive(Args)]
+pub struct ClearBacklog {
+    topic: TopicName,
+    /// The subscription; every subscription of the topic when absent.
+    #[arg(short = 's', long)]
+    subscription: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ExpireAll {
+    topic: TopicName,
+    /// Expire messages older than this: seconds or 10m, 3h, 2d.
+    #[arg(short = 't', long = "expireTime", value_name = "TIME",
+          value_parser = units::parse_duration_secs)]
+    expire_time: u64,
+}
+
+#[derive(Args)]
+pub struct ExamineMessage {
+    topic: TopicName,
+    /// Count from the first message (earliest) or back from the last (latest).
+    #[arg(short = 'i', long = "initialPosition", default_value = "latest",
+          value_parser = ["earliest", "latest"])]
+    initial_position: String,
+    /// Which message, from 1.
+    #[arg(short = 'm', long = "messagePosition", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    message_position: u64,
+}
+
+#[derive(Args)]
+pub struct GetMessageById {
+    topic: TopicName,
+    #[arg(short = 'l', long = "ledgerId")]
+    ledger_id: u64,
+    #[arg(short = 'e', long = "entryId")]
+    entry_id: u64,
+}
+
 /// A position in a topic, as pulsar-admin's `--messageId` takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Position {
@@ -350,6 +411,66 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
             return Ok(lookup_output(doc, client.is_tls()));
         }
         C::LastMessageId { topic } => client.get(&topic.path().join("lastMessageId")).await?,
+        C::PartitionedStats(p) => {
+            let path = p
+                .topic
+                .path()
+                .join("partitioned-stats")
+                .query("perPartition", p.per_partition);
+            client.get(&path).await?
+        }
+        C::ClearBacklog(c) => {
+            let subs = match c.subscription {
+                Some(s) => vec![s],
+                None => {
+                    let listed = client.get(&c.topic.path().join("subscriptions")).await?;
+                    listed
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                }
+            };
+            for sub in subs {
+                let path = c
+                    .topic
+                    .path()
+                    .join("subscription")
+                    .join(sub)
+                    .join("skip_all");
+                client.post(&path, None).await?;
+            }
+            Value::Null
+        }
+        C::ExpireMessagesAllSubscriptions(e) => {
+            let path = e
+                .topic
+                .path()
+                .join("all_subscription")
+                .join("expireMessages")
+                .join(e.expire_time);
+            client.post(&path, None).await?
+        }
+        C::ExamineMessage(e) => {
+            let path = e
+                .topic
+                .path()
+                .join("examinemessage")
+                .query("initialPosition", &e.initial_position)
+                .query("messagePosition", e.message_position);
+            return one_message(client, &path).await;
+        }
+        C::GetMessageById(g) => {
+            let path = g
+                .topic
+                .path()
+                .join("ledger")
+                .join(g.ledger_id)
+                .join("entry")
+                .join(g.entry_id);
+            return one_message(client, &path).await;
+        }
     };
     Ok(Output::Document(doc))
 }
@@ -401,6 +522,16 @@ async fn peek(client: &AdminClient, p: &PeekMessages) -> Result<Output, AdminErr
     Ok(Output::Rendered {
         human: render_peeked(&messages),
         json: Value::Array(messages.iter().map(Peeked::to_json).collect()),
+    })
+}
+
+/// A message the REST API sends as peek does (payload and `X-Pulsar-*` headers).
+async fn one_message(client: &AdminClient, path: &ApiPath) -> Result<Output, AdminError> {
+    let reply = client.send(Method::GET, path, None).await?;
+    let m = Peeked::from_reply(&reply);
+    Ok(Output::Rendered {
+        human: render_peeked(std::slice::from_ref(&m)),
+        json: m.to_json(),
     })
 }
 

@@ -1,0 +1,126 @@
+//! Operations on every topic of a namespace: list them (`…/topics`), unload
+//! the loaded ones (`…/unload`), clear their backlogs (`…/clearBacklog`, on
+//! every subscription or one).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::Json;
+use serde::Deserialize;
+
+use kilonova_broker::{AdminRequest, Broker, BrokerError};
+use kilonova_metadata::{Domain, NamespaceName, TopicName};
+
+use crate::api::{Access, Api};
+use crate::error::{ApiError, ApiResult};
+
+pub fn routes(api: Api) -> Api {
+    const NS: &str = "/admin/v2/namespaces/{tenant}/{namespace}";
+    api.route(
+        &format!("{NS}/topics"),
+        get(topics),
+        &[("GET", Access::Namespace(kilonova_auth::Want::Lookup), "The namespace's topics (partitions of partitioned topics); ?mode=PERSISTENT (default), NON_PERSISTENT or ALL")],
+    )
+    .route(
+        &format!("{NS}/unload"),
+        put(unload),
+        &[("PUT", Access::TenantAdmin, "Unload every loaded topic of the namespace (clients reconnect)")],
+    )
+    .route(
+        &format!("{NS}/clearBacklog"),
+        post(clear_backlog_all),
+        &[("POST", Access::TenantAdmin, "Clear the backlog of every subscription of every topic of the namespace")],
+    )
+    .route(
+        &format!("{NS}/clearBacklog/{{subscription}}"),
+        post(clear_backlog_one),
+        &[("POST", Access::TenantAdmin, "Clear the backlog of one subscription on every topic of the namespace that has it")],
+    )
+}
+
+fn namespace(tenant: &str, ns: &str) -> ApiResult<NamespaceName> {
+    Ok(NamespaceName::new(tenant, ns)?)
+}
+
+#[derive(Deserialize)]
+struct Mode {
+    mode: Option<String>,
+}
+
+async fn topics(
+    State(b): State<Broker>,
+    Path((t, n)): Path<(String, String)>,
+    Query(q): Query<Mode>,
+) -> ApiResult<Json<Vec<String>>> {
+    let ns = namespace(&t, &n)?;
+    let domain = match q.mode.as_deref() {
+        None | Some("PERSISTENT") => Some(Domain::Persistent),
+        Some("NON_PERSISTENT") => Some(Domain::NonPersistent),
+        Some("ALL") => None,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "mode must be PERSISTENT, NON_PERSISTENT or ALL, not {other:?}"
+            )))
+        }
+    };
+    Ok(Json(b.resources().topics_of_namespace(&ns, domain).await?))
+}
+
+async fn unload(
+    State(b): State<Broker>,
+    Path((t, n)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let ns = namespace(&t, &n)?;
+    if !b.resources().namespace_exists(&ns).await? {
+        return Err(ApiError::not_found(format!("namespace {ns} not found")));
+    }
+    let loaded = b.loaded_topics_of(&ns);
+    for name in &loaded {
+        let topic = TopicName::parse(name)?;
+        match b.topic_admin(&topic, AdminRequest::Unload).await {
+            // Deleted or unloaded meanwhile: nothing left to unload.
+            Ok(_) | Err(BrokerError::TopicNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(namespace = %ns, topics = loaded.len(), "namespace unloaded");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_backlog(b: &Broker, ns: &NamespaceName, sub: Option<&str>) -> ApiResult<()> {
+    let names = b
+        .resources()
+        .topics_of_namespace(ns, Some(Domain::Persistent))
+        .await?;
+    for name in &names {
+        let topic = TopicName::parse(name)?;
+        let request = AdminRequest::ClearBacklog {
+            subscription: sub.map(str::to_owned),
+        };
+        match b.topic_admin(&topic, request).await {
+            // A topic without that subscription, or deleted meanwhile.
+            Ok(_)
+            | Err(BrokerError::SubscriptionNotFound(_))
+            | Err(BrokerError::TopicNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(namespace = %ns, subscription = ?sub, topics = names.len(), "namespace backlog cleared");
+    Ok(())
+}
+
+async fn clear_backlog_all(
+    State(b): State<Broker>,
+    Path((t, n)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    clear_backlog(&b, &namespace(&t, &n)?, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_backlog_one(
+    State(b): State<Broker>,
+    Path((t, n, sub)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    clear_backlog(&b, &namespace(&t, &n)?, Some(&sub)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
