@@ -14,6 +14,7 @@
 pub mod api;
 mod brokers;
 mod clusters;
+mod compaction;
 mod error;
 mod namespaces;
 mod permissions;
@@ -43,6 +44,7 @@ pub fn api() -> Api {
     let api = policies::routes(api);
     let api = topics::routes(api);
     let api = permissions::routes(api);
+    let api = compaction::routes(api);
     api.route(
         "/metrics",
         get(metrics),

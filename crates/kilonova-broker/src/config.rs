@@ -121,6 +121,11 @@ pub struct BrokerConfig {
     /// How long a topic must have been inactive to be deleted.
     pub delete_inactive_topics_max_inactive_secs: u64,
     pub delete_inactive_topics_mode: InactiveTopicDeleteMode,
+    /// How often loaded topics compare their compaction backlog with their
+    /// compaction threshold (Pulsar's `brokerServiceCompactionMonitorIntervalInSeconds`).
+    pub compaction_check_interval_secs: u64,
+    /// Distinct keys one compaction keeps track of; past it the compaction fails.
+    pub compaction_max_keys: usize,
 }
 
 impl Default for BrokerConfig {
@@ -175,6 +180,8 @@ impl Default for BrokerConfig {
             delete_inactive_topics_frequency_secs: 60,
             delete_inactive_topics_max_inactive_secs: 60,
             delete_inactive_topics_mode: InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
+            compaction_check_interval_secs: 60,
+            compaction_max_keys: 1_000_000,
         }
     }
 }

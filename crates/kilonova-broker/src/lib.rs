@@ -14,6 +14,7 @@ mod broker;
 mod catalog_import;
 pub mod clock;
 mod commands;
+mod compaction;
 pub mod config;
 mod connection;
 mod dedup;
@@ -37,4 +38,4 @@ pub use kilonova_metadata::names::{Domain, TopicName, TopicNameError};
 /// ([`ResetTo::Position`]): the broker's callers reach storage only through it.
 pub use kilonova_storage::Position;
 pub use topic::admin as topic_admin;
-pub use topic::{AdminReply, AdminRequest, Peeked, ResetTo};
+pub use topic::{AdminReply, AdminRequest, CompactionStatus, Peeked, ResetTo};

@@ -442,6 +442,31 @@ impl ManagedLog {
         Ok(self.view(self.cursor(name)?.read_compacted()))
     }
 
+    /// The last entry the cursor can read: for a cursor reading compacted
+    /// whose log ends at or before the horizon, the compacted view's last
+    /// entry (Pulsar's last dispatchable position), else the log's.
+    pub fn last_position_for(&self, name: &str) -> Result<Option<Position>> {
+        let last = self.last_position();
+        let Some(view) = self
+            .compacted
+            .as_ref()
+            .filter(|_| self.cursor(name).is_ok_and(|c| c.read_compacted()))
+        else {
+            return Ok(last);
+        };
+        if last.is_some_and(|l| l > view.horizon) {
+            return Ok(last);
+        }
+        Ok(view.positions.last().copied())
+    }
+
+    /// The entry at `p` as the cursor sees it (through the compacted view for
+    /// a cursor reading compacted).
+    pub fn read_entry_for(&self, name: &str, p: Position) -> Result<Entry> {
+        let view = self.cursor_view(name)?;
+        self.read_in(&view, p)
+    }
+
     /// Reads the entry at `p` as `view` sees it (from the compacted view
     /// within its part of the log).
     fn read_in(&self, view: &CursorView<'_>, p: Position) -> Result<Entry> {

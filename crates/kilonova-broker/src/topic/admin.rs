@@ -65,6 +65,10 @@ pub enum AdminRequest {
     DeleteIfInactive {
         min_inactive: std::time::Duration,
     },
+    /// Starts compacting the topic (409 while a compaction runs).
+    Compact,
+    /// How the running or last compaction is doing.
+    CompactionStatus,
 }
 
 /// Where a cursor goes (or a new subscription starts).
@@ -84,6 +88,7 @@ pub enum AdminReply {
     Names(Vec<String>),
     Peeked(Option<Peeked>),
     LastMessageId(LastMessageId),
+    Compaction(super::CompactionStatus),
     Done,
 }
 
@@ -250,6 +255,11 @@ impl Topic {
                 Ok(AdminReply::LastMessageId(self.last_message_id_stats()))
             }
             AdminRequest::Unload => Ok(AdminReply::Done),
+            AdminRequest::Compact => {
+                self.start_compaction()?;
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::CompactionStatus => Ok(AdminReply::Compaction(self.compaction.status())),
             AdminRequest::Delete { force } => {
                 if !force && !self.is_idle() {
                     return Err(BrokerError::Precondition(format!(

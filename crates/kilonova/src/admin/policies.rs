@@ -30,6 +30,7 @@ pub enum Policy {
     DelayedDelivery,
     InactiveTopicPolicies,
     AutoTopicCreation,
+    CompactionThreshold,
 }
 
 /// What a verb does with its policy.
@@ -64,6 +65,7 @@ impl Policy {
             (Policy::DelayedDelivery, _) => "delayedDelivery",
             (Policy::InactiveTopicPolicies, _) => "inactiveTopicPolicies",
             (Policy::AutoTopicCreation, _) => "autoTopicCreation",
+            (Policy::CompactionThreshold, _) => "compactionThreshold",
         };
         base.join(segment)
     }

@@ -56,6 +56,10 @@ pub enum TopicsCmd {
     PeekMessages(PeekMessages),
     /// The id of the topic's last message.
     LastMessageId { topic: TopicName },
+    /// Start compacting the topic (keep the latest message of each key).
+    Compact { topic: TopicName },
+    /// The compaction's status: NOT_RUN, RUNNING, SUCCESS or ERROR.
+    CompactionStatus { topic: TopicName },
     /// Grant a role actions (produce, consume, …) on the topic.
     GrantPermission {
         topic: TopicName,
@@ -343,6 +347,8 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
         }
         C::PeekMessages(p) => return peek(client, &p).await,
         C::LastMessageId { topic } => client.get(&topic.path().join("lastMessageId")).await?,
+        C::Compact { topic } => client.put(&topic.path().join("compaction"), None).await?,
+        C::CompactionStatus { topic } => client.get(&topic.path().join("compaction")).await?,
     };
     Ok(Output::Document(doc))
 }
