@@ -14,6 +14,7 @@
 pub mod api;
 mod brokers;
 mod clusters;
+mod compaction;
 mod error;
 mod lookup;
 mod messages;
@@ -51,6 +52,7 @@ pub fn api() -> Api {
     let api = lookup::routes(api);
     let api = messages::routes(api);
     let api = namespace_topics::routes(api);
+    let api = compaction::routes(api);
     api.route(
         "/metrics",
         get(metrics),

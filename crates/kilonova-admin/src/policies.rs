@@ -209,6 +209,16 @@ pub static DEDUPLICATION: Field<bool> = Field {
     topic: Some(|t| &mut t.deduplication_enabled),
 };
 
+pub static COMPACTION_THRESHOLD: Field<i64> = Field {
+    path: "compactionThreshold",
+    what: "compaction threshold",
+    check: |v| p::check_compaction_threshold(*v),
+    limit: no_limit,
+    ns_get: |n, _| n.compaction_threshold,
+    ns_put: |n, _, v| n.compaction_threshold = v,
+    topic: Some(|t| &mut t.compaction_threshold),
+};
+
 /// Namespace level only (Pulsar has no topic-level override of it).
 pub static AUTO_TOPIC_CREATION: Field<p::AutoTopicCreationOverride> = Field {
     path: "autoTopicCreation",
@@ -378,6 +388,8 @@ pub fn routes(api: Api) -> Api {
     let api = namespace_routes(api, &DELAYED_DELIVERY);
     let api = namespace_routes(api, &DEDUPLICATION);
     let api = namespace_routes(api, &AUTO_TOPIC_CREATION);
+    let api = namespace_routes(api, &COMPACTION_THRESHOLD);
+    let api = topic_routes(api, &COMPACTION_THRESHOLD);
     let api = topic_routes(api, &RETENTION);
     let api = topic_routes(api, &MESSAGE_TTL);
     let api = topic_routes(api, &PUBLISH_RATE);

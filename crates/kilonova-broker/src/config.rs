@@ -131,6 +131,11 @@ pub struct BrokerConfig {
     /// `brokerDeleteInactivePartitionedTopicMetadataEnabled`, off by default:
     /// the topic stays partitioned and its partitions come back empty on use).
     pub delete_inactive_partitioned_topic_metadata: bool,
+    /// How often loaded topics compare their compaction backlog with their
+    /// compaction threshold (Pulsar's `brokerServiceCompactionMonitorIntervalInSeconds`).
+    pub compaction_check_interval_secs: u64,
+    /// Distinct keys one compaction keeps track of; past it the compaction fails.
+    pub compaction_max_keys: usize,
 }
 
 impl Default for BrokerConfig {
@@ -188,6 +193,8 @@ impl Default for BrokerConfig {
             delete_inactive_topics_max_inactive_secs: 60,
             delete_inactive_topics_mode: InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
             delete_inactive_partitioned_topic_metadata: false,
+            compaction_check_interval_secs: 60,
+            compaction_max_keys: 1_000_000,
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct TopicMetrics {
     entry_size: [AtomicU64; ENTRY_SIZE_BUCKETS.len() + 1],
     /// The subscriptions as the topic last sampled them.
     subscription_samples: Mutex<Vec<SubscriptionSample>>,
+    /// Compactions that succeeded and failed (this load of the topic), and
+    /// the entries of the compacted view after the last one.
+    pub compacted_entries: AtomicU64,
+    pub compactions_succeeded: AtomicU64,
+    pub compactions_failed: AtomicU64,
     /// Rates over the last housekeeping period, as f64 bits.
     rate_in: AtomicU64,
     rate_out: AtomicU64,
@@ -150,6 +155,19 @@ impl TopicMetrics {
 
     pub fn count_delayed_sent_early(&self) {
         self.delayed_sent_early.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A compaction ended: with the compacted view's entry count, or failed.
+    pub fn compaction_finished(&self, compacted_entries: Option<u64>) {
+        match compacted_entries {
+            Some(n) => {
+                self.compactions_succeeded.fetch_add(1, Ordering::Relaxed);
+                self.compacted_entries.store(n, Ordering::Relaxed);
+            }
+            None => {
+                self.compactions_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     pub fn set_rates(&self, r: Rates) {
@@ -339,7 +357,7 @@ pub fn render(
 type Get = fn(&TopicMetrics) -> f64;
 
 /// The per-topic series: name, kind, help, and how to read the figure.
-const TOPIC_SERIES: [(&str, &str, &str, Get); 14] = [
+const TOPIC_SERIES: [(&str, &str, &str, Get); 17] = [
     (
         "pulsar_in_messages_total",
         "counter",
@@ -423,6 +441,24 @@ const TOPIC_SERIES: [(&str, &str, &str, Get); 14] = [
         "counter",
         "Delayed messages sent before their time: the subscription held its maximum",
         |m| m.delayed_sent_early.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_compaction_compacted_entries_count",
+        "gauge",
+        "Entries of the topic's compacted view after its last compaction",
+        |m| m.compacted_entries.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_compaction_succeed_count",
+        "counter",
+        "Compactions of the topic that succeeded",
+        |m| m.compactions_succeeded.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_compaction_failed_count",
+        "counter",
+        "Compactions of the topic that failed",
+        |m| m.compactions_failed.load(Ordering::Relaxed) as f64,
     ),
 ];
 

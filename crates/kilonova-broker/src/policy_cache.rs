@@ -58,6 +58,8 @@ pub(crate) struct Effective {
     pub backlog_age: Option<Quota>,
     pub deduplication: bool,
     pub delayed_delivery: bool,
+    /// Uncompacted backlog (bytes) that starts a compaction; `None`: never.
+    pub compaction_threshold_bytes: Option<u64>,
 }
 
 fn positive(v: i64) -> Option<u64> {
@@ -178,6 +180,10 @@ impl Effective {
                 .delayed_delivery
                 .or(ns.delayed_delivery_policies)
                 .map_or(c.delayed_delivery_enabled, |d| d.active),
+            compaction_threshold_bytes: t
+                .compaction_threshold
+                .or(ns.compaction_threshold)
+                .and_then(positive),
         }
     }
 }

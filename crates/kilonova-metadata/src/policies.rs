@@ -241,6 +241,9 @@ pub struct Policies {
     /// broker default, `FULL`).
     #[serde(skip_serializing_if = "CompatibilityStrategy::is_undefined")]
     pub schema_compatibility_strategy: CompatibilityStrategy,
+    /// Bytes of uncompacted backlog that start a compaction (Pulsar's `compaction_threshold`; 0: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_threshold: Option<i64>,
 }
 
 /// Topic-level overrides: every field unset falls back to the namespace's.
@@ -283,6 +286,8 @@ pub struct TopicPolicies {
     pub deduplication_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delayed_delivery: Option<DelayedDeliveryPolicies>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_threshold: Option<i64>,
 }
 
 impl TopicPolicies {
@@ -304,6 +309,18 @@ fn invalid(what: &str, value: impl std::fmt::Display, rule: &str) -> MetadataErr
 pub fn check_limit(what: &str, v: i32) -> Result<()> {
     if v < 0 {
         return Err(invalid(what, v, "must be 0 (no limit) or more"));
+    }
+    Ok(())
+}
+
+/// A compaction threshold: 0 (never) or more bytes.
+pub fn check_compaction_threshold(bytes: i64) -> Result<()> {
+    if bytes < 0 {
+        return Err(invalid(
+            "compaction threshold",
+            bytes,
+            "must be 0 (no automatic compaction) or more bytes",
+        ));
     }
     Ok(())
 }

@@ -12,7 +12,9 @@
 //! * `positions.rs`: positions over the segment list, and reads by position,
 //!   message index or publish time;
 //! * `retention.rs`: retention (deleting consumed segments) and TTL;
-//! * `meta.rs`: where a log keeps its state, and its metadata record.
+//! * `meta.rs`: where a log keeps its state, and its metadata record;
+//! * `compacted.rs`: the compacted view (entries kept by compaction, up to a
+//!   horizon, in a segment of their own) and reading through it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,11 +28,14 @@ use crate::position::{Position, SegmentId};
 use crate::state_store::StateStore;
 use crate::store::{Completion, SegmentStore};
 
+pub(crate) mod compacted;
 pub(crate) mod cursor;
 pub(crate) mod meta;
 mod positions;
 mod retention;
 
+pub use compacted::CompactedWriter;
+use compacted::{CompactedView, CursorView};
 use cursor::{named, named_mut, Cursor, Positions};
 pub use cursor::{CursorInfo, InitialPosition, StoredCursor};
 use meta::{log_prefix, meta_key, Meta, StoredCursors};
@@ -98,6 +103,8 @@ pub struct ManagedLog {
     cursors: BTreeMap<String, Cursor>,
     /// The id the next durable cursor is stored under.
     next_cursor_id: u64,
+    /// What compaction kept, up to its horizon (`compacted.rs`).
+    compacted: Option<CompactedView>,
 }
 
 impl ManagedLog {
@@ -158,6 +165,8 @@ impl ManagedLog {
             None => Meta::default(),
         };
         segments.retain(|s| store.segment(s.id).is_some());
+        let compacted = compacted::load_view(state.as_ref(), id)?
+            .filter(|v| store.segment(v.segment).is_some());
         let log = ManagedLog {
             id,
             store,
@@ -171,6 +180,7 @@ impl ManagedLog {
             last_publish_time_ms: 0,
             cursors: BTreeMap::new(),
             next_cursor_id: 0,
+            compacted,
         };
         Ok((log, stored_cursors))
     }
@@ -364,18 +374,36 @@ impl ManagedLog {
         initial: InitialPosition,
         durable: bool,
     ) -> Result<()> {
+        self.open_cursor_as(name, initial, durable, false)
+    }
+
+    /// [`Self::open_cursor`], the cursor reading through the compacted view
+    /// when `read_compacted` is set (an existing cursor is switched to it or
+    /// back): up to the view's horizon it sees only what compaction kept,
+    /// and `Earliest` is the view's first entry even when the log's segments
+    /// before it were trimmed.
+    pub fn open_cursor_as(
+        &mut self,
+        name: &str,
+        initial: InitialPosition,
+        durable: bool,
+        read_compacted: bool,
+    ) -> Result<()> {
         if let Some(c) = self.cursors.get_mut(name) {
+            c.set_read_compacted(read_compacted);
             c.rewind();
             return Ok(());
         }
+        let view = self.view(read_compacted);
         let start = match initial {
-            InitialPosition::Earliest => self.first_position(),
+            InitialPosition::Earliest => view.normalize(Position::default()),
             InitialPosition::Latest => self.end_position(),
-            InitialPosition::At(p) => self.positions().normalize(p),
+            InitialPosition::At(p) => view.normalize(p),
         };
         let id = durable.then_some(self.next_cursor_id);
-        self.cursors
-            .insert(name.to_string(), Cursor::new(id, start));
+        let mut cursor = Cursor::new(id, start);
+        cursor.set_read_compacted(read_compacted);
+        self.cursors.insert(name.to_string(), cursor);
         if let Some(cid) = id {
             self.next_cursor_id += 1;
             // Stored, then listed: a cursor that could not be stored does not exist.
@@ -402,6 +430,50 @@ impl ManagedLog {
 
     fn cursor(&self, name: &str) -> Result<&Cursor> {
         named(&self.cursors, name)
+    }
+
+    /// The positions a cursor moves along: through the compacted view for a
+    /// cursor reading compacted, else the log's.
+    fn view(&self, read_compacted: bool) -> CursorView<'_> {
+        CursorView::new(self.positions(), self.compacted.as_ref(), read_compacted)
+    }
+
+    fn cursor_view(&self, name: &str) -> Result<CursorView<'_>> {
+        Ok(self.view(self.cursor(name)?.read_compacted()))
+    }
+
+    /// The last entry the cursor can read: for a cursor reading compacted
+    /// whose log ends at or before the horizon, the compacted view's last
+    /// entry (Pulsar's last dispatchable position), else the log's.
+    pub fn last_position_for(&self, name: &str) -> Result<Option<Position>> {
+        let last = self.last_position();
+        let Some(view) = self
+            .compacted
+            .as_ref()
+            .filter(|_| self.cursor(name).is_ok_and(|c| c.read_compacted()))
+        else {
+            return Ok(last);
+        };
+        if last.is_some_and(|l| l > view.horizon) {
+            return Ok(last);
+        }
+        Ok(view.positions.last().copied())
+    }
+
+    /// The entry at `p` as the cursor sees it (through the compacted view for
+    /// a cursor reading compacted).
+    pub fn read_entry_for(&self, name: &str, p: Position) -> Result<Entry> {
+        let view = self.cursor_view(name)?;
+        self.read_in(&view, p)
+    }
+
+    /// Reads the entry at `p` as `view` sees it (from the compacted view
+    /// within its part of the log).
+    fn read_in(&self, view: &CursorView<'_>, p: Position) -> Result<Entry> {
+        match view.view_at(p) {
+            Some(v) => compacted::read_view_position(&self.store, v, p),
+            None => self.read_entry(p),
+        }
     }
 
     /// Removes a cursor and its persisted state.
@@ -434,7 +506,7 @@ impl ManagedLog {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>> {
-        let positions = self.positions();
+        let positions = self.cursor_view(name)?;
         let c = self.cursor(name)?;
         let floor = c.floor();
         let mut p = positions.normalize(c.read_position().max(floor));
@@ -449,7 +521,7 @@ impl ManagedLog {
                 p = positions.next(end);
                 continue;
             }
-            let e = self.read_entry(p)?;
+            let e = self.read_in(&positions, p)?;
             bytes = bytes.saturating_add(e.data.len());
             out.push(e);
             p = positions.next(p);
@@ -492,17 +564,22 @@ impl ManagedLog {
 
     /// Whether the cursor has entries to read now.
     pub fn has_entries_to_read(&self, name: &str) -> bool {
-        let positions = self.positions();
-        self.cursor(name)
-            .map(|c| positions.is_readable(positions.normalize(c.read_position().max(c.floor()))))
-            .unwrap_or(false)
+        let (Ok(positions), Ok(c)) = (self.cursor_view(name), self.cursor(name)) else {
+            return false;
+        };
+        positions.is_readable(positions.normalize(c.read_position().max(c.floor())))
     }
 
     /// Acknowledges one entry.
     pub fn ack(&mut self, name: &str, p: Position) -> Result<()> {
         // The segment list and the cursor are borrowed apart: acks move the
         // floor across segment ends, which only the list knows.
-        let positions = SegmentList::new(&self.segments, &self.store);
+        let through = self.cursor(name)?.read_compacted();
+        let positions = CursorView::new(
+            SegmentList::new(&self.segments, &self.store),
+            self.compacted.as_ref(),
+            through,
+        );
         named_mut(&mut self.cursors, name)?.ack(p, &positions);
         self.evict_cache();
         Ok(())
@@ -513,15 +590,21 @@ impl ManagedLog {
     /// client acknowledging the entry before a batch at entry 0 sends it):
     /// every entry of earlier segments.
     pub fn ack_cumulative(&mut self, name: &str, p: Position) -> Result<()> {
-        let positions = SegmentList::new(&self.segments, &self.store);
         let p = if p.entry == u64::MAX {
-            match positions.prev(Position::new(p.segment, 0)) {
+            let list = SegmentList::new(&self.segments, &self.store);
+            match list.prev(Position::new(p.segment, 0)) {
                 Some(before) => before,
                 None => return Ok(()),
             }
         } else {
             p
         };
+        let through = self.cursor(name)?.read_compacted();
+        let positions = CursorView::new(
+            SegmentList::new(&self.segments, &self.store),
+            self.compacted.as_ref(),
+            through,
+        );
         named_mut(&mut self.cursors, name)?.ack_cumulative(p, &positions);
         self.evict_cache();
         Ok(())
@@ -577,7 +660,7 @@ impl ManagedLog {
     /// Moves the cursor (acks and read position) to `p`: entries before it count as
     /// acknowledged, entries from it on as not.
     pub fn reset_cursor(&mut self, name: &str, p: Position) -> Result<()> {
-        let p = self.positions().normalize(p);
+        let p = self.cursor_view(name)?.normalize(p);
         named_mut(&mut self.cursors, name)?.reset(p);
         self.evict_cache();
         Ok(())
@@ -588,7 +671,9 @@ impl ManagedLog {
     /// it compares correctly with read positions whatever the first segment's
     /// id and wherever segments end.
     pub fn ack_floor(&self, name: &str) -> Result<Position> {
-        Ok(self.positions().normalize(self.cursor(name)?.floor()))
+        Ok(self
+            .cursor_view(name)?
+            .normalize(self.cursor(name)?.floor()))
     }
 
     pub fn cursor_info(&self, name: &str) -> Result<CursorInfo> {
@@ -599,7 +684,9 @@ impl ManagedLog {
             name: name.to_string(),
             durable: c.durable(),
             mark_delete: positions.prev(floor),
-            read_position: positions.normalize(c.read_position().max(floor)),
+            read_position: self
+                .view(c.read_compacted())
+                .normalize(c.read_position().max(floor)),
             ack_ranges: c.acked().range_count(),
             backlog_entries: positions
                 .entries_from(floor)
@@ -629,6 +716,7 @@ impl ManagedLog {
         for s in std::mem::take(&mut self.segments) {
             self.store.delete_segment(s.id).await?;
         }
+        self.delete_compacted().await?;
         self.cache.evict_log(self.id);
         // The metadata first: a crash part way leaves a directory without it,
         // which `reclaim_orphans` removes at the next start.

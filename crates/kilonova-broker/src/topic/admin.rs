@@ -80,6 +80,10 @@ pub enum AdminRequest {
     DeleteIfInactive {
         min_inactive: std::time::Duration,
     },
+    /// Starts compacting the topic (409 while a compaction runs).
+    Compact,
+    /// How the running or last compaction is doing.
+    CompactionStatus,
 }
 
 /// Where a cursor goes (or a new subscription starts).
@@ -99,6 +103,7 @@ pub enum AdminReply {
     Names(Vec<String>),
     Peeked(Option<Peeked>),
     LastMessageId(LastMessageId),
+    Compaction(super::CompactionStatus),
     Done,
 }
 
@@ -333,6 +338,11 @@ impl Topic {
                 Ok(AdminReply::LastMessageId(self.last_message_id_stats()))
             }
             AdminRequest::Unload => Ok(AdminReply::Done),
+            AdminRequest::Compact => {
+                self.start_compaction()?;
+                Ok(AdminReply::Done)
+            }
+            AdminRequest::CompactionStatus => Ok(AdminReply::Compaction(self.compaction.status())),
             AdminRequest::Delete { force } => {
                 if !force && !self.is_idle() {
                     return Err(BrokerError::Precondition(format!(

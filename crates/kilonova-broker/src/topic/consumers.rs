@@ -66,6 +66,13 @@ impl Topic {
         if cmd.subscription.is_empty() {
             return Err(BrokerError::BadRequest("empty subscription name".into()));
         }
+        let read_compacted = cmd.read_compacted.unwrap_or(false);
+        if read_compacted && !matches!(kind, SubKind::Exclusive | SubKind::Failover) {
+            // Pulsar's answer (NotAllowedError), readers being exclusive.
+            return Err(BrokerError::NotAllowed(
+                "readCompacted only allowed on failover or exclusive subscriptions".into(),
+            ));
+        }
         if let Some(existing) = self.consumer_subs.get(&key) {
             // Pulsar answers a repeated SUBSCRIBE for a live consumer with success:
             // clients re-send it when a reconnect and a seek race.
@@ -82,6 +89,20 @@ impl Topic {
         tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, durable, start = ?cmd.start_message_id, "subscribe");
         if !self.subscriptions.contains_key(&cmd.subscription) {
             self.open_subscription(cmd, kind, durable)?;
+        } else if let Some(log) = self.log.as_mut() {
+            if self
+                .subscriptions
+                .get(&cmd.subscription)
+                .is_some_and(|s| s.consumers.is_empty())
+            {
+                // The first consumer decides how the subscription reads.
+                log.open_cursor_as(
+                    &cmd.subscription,
+                    InitialPosition::Earliest,
+                    durable,
+                    read_compacted,
+                )?;
+            }
         }
         let read_position = self
             .log
@@ -132,7 +153,8 @@ impl Topic {
                     cmd.subscription
                 )));
             }
-            log.open_cursor(&cmd.subscription, initial, durable)?;
+            let read_compacted = cmd.read_compacted.unwrap_or(false);
+            log.open_cursor_as(&cmd.subscription, initial, durable, read_compacted)?;
         }
         let mut sub = Subscription::new(
             cmd.subscription.clone(),
@@ -412,10 +434,17 @@ impl Topic {
         let name = self.consumer_subs.get(&key).cloned().unwrap_or_default();
         let (last, mark_delete) = match self.log.as_ref() {
             Some(log) => {
-                let last = match log.last_position() {
+                // A compacted reader's last message is the last it can read
+                // (Pulsar's last dispatchable position): else a reader whose
+                // topic ends with compacted-out messages would wait for them.
+                let last_position = log
+                    .last_position_for(&name)
+                    .unwrap_or_else(|_| log.last_position());
+                let last = match last_position {
                     Some(p) => {
                         let batch_index = log
-                            .read_entry(p)
+                            .read_entry_for(&name, p)
+                            .or_else(|_| log.read_entry(p))
                             .ok()
                             .and_then(|e| frame::decode_payload(e.data).ok())
                             .and_then(|pl| {

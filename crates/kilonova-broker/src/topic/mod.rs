@@ -34,12 +34,14 @@ use kilonova_storage::ManagedLog;
 
 mod access;
 pub mod admin;
+mod compaction;
 mod consumers;
 mod dispatch;
 mod policy;
 mod publish;
 
 pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
+pub use compaction::CompactionStatus;
 
 use crate::broker::Broker;
 use crate::commands;
@@ -246,6 +248,10 @@ pub(crate) struct Topic {
     quota_exceeded: Option<policy::Exceeded>,
     /// Producer names and sequence ids seen, with deduplication on.
     dedup: Option<Dedup>,
+    /// The compaction running, and how the last one ended.
+    compaction: compaction::Compaction,
+    /// When the compaction threshold was last checked.
+    compaction_checked: Instant,
 }
 
 impl Topic {
@@ -308,6 +314,8 @@ impl Topic {
             checks: policy::Checks::new(now),
             quota_exceeded: None,
             dedup: None,
+            compaction: compaction::Compaction::default(),
+            compaction_checked: now,
         };
         topic.set_dedup(topic.policies.deduplication);
         topic.serve(rx).await;
@@ -374,6 +382,11 @@ impl Topic {
                     self.dispatch_all();
                 }
                 _ = drained.notified() => self.dispatch_all(),
+                // Lowest priority: a compaction goes a step at a time between
+                // everything else the topic does.
+                _ = std::future::ready(()), if self.compaction.is_running() => {
+                    self.compaction_step().await;
+                }
                 _ = tick.tick() => {
                     self.housekeeping().await;
                     self.update_gauges();
@@ -407,6 +420,7 @@ impl Topic {
             && self.consumer_subs.is_empty()
             && self.waiting_exclusive.is_empty()
             && self.appends.is_empty()
+            && !self.compaction.is_running()
     }
 
     /// Unloads if no command is queued. Commands that race in after the decision are
@@ -432,6 +446,12 @@ impl Topic {
         self.refresh_policies().await;
         self.enforce_policies();
         self.drop_unclaimed_readers();
+        let now = self.broker.clock().now();
+        let every = Duration::from_secs(self.broker.config().compaction_check_interval_secs);
+        if now.duration_since(self.compaction_checked) >= every {
+            self.compaction_checked = now;
+            self.check_compaction_threshold();
+        }
         let Some(log) = self.log.as_mut() else {
             return;
         };

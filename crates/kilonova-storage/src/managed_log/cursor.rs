@@ -86,6 +86,9 @@ pub(super) struct Cursor {
     read: Position,
     /// Changed since it was last stored.
     dirty: bool,
+    /// Reads through the log's compacted view (a `readCompacted` reader);
+    /// set by whoever opens it, never stored.
+    read_compacted: bool,
 }
 
 impl Cursor {
@@ -97,6 +100,7 @@ impl Cursor {
             acked: RangeSet::new(),
             read: start,
             dirty: id.is_some(),
+            read_compacted: false,
         }
     }
 
@@ -108,6 +112,7 @@ impl Cursor {
             acked,
             read: floor,
             dirty,
+            read_compacted: false,
         }
     }
 
@@ -117,6 +122,15 @@ impl Cursor {
 
     pub(super) fn durable(&self) -> bool {
         self.id.is_some()
+    }
+
+    /// Whether it reads through the compacted view.
+    pub(super) fn read_compacted(&self) -> bool {
+        self.read_compacted
+    }
+
+    pub(super) fn set_read_compacted(&mut self, on: bool) {
+        self.read_compacted = on;
     }
 
     /// A durable cursor changed since it was last stored.

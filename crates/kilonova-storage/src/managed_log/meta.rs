@@ -25,10 +25,15 @@ pub(crate) const LOGS_PREFIX: &str = "logs";
 
 /// The segments log `id`'s stored metadata lists; `None` if it has none.
 pub(crate) fn stored_segments(state: &dyn StateStore, id: u64) -> Result<Option<Vec<SegmentId>>> {
-    Ok(match state.load(&meta_key(id))? {
-        Some(b) => Some(decode_meta(b)?.segments.iter().map(|s| s.id).collect()),
-        None => None,
-    })
+    let Some(b) = state.load(&meta_key(id))? else {
+        return Ok(None);
+    };
+    let mut segments: Vec<SegmentId> = decode_meta(b)?.segments.iter().map(|s| s.id).collect();
+    // The compacted view's segment belongs to the log too.
+    if let Some(view) = super::compacted::load_view(state, id)? {
+        segments.push(view.segment);
+    }
+    Ok(Some(segments))
 }
 
 /// Everything a log keeps in the state store is under this prefix.

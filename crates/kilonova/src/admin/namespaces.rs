@@ -108,6 +108,12 @@ pub enum PolicyCmd {
     GetRetention(Ns),
     /// Remove the retention policy.
     RemoveRetention(Ns),
+    /// Compact each topic once its uncompacted backlog is over a size.
+    SetCompactionThreshold(SetCompactionThreshold),
+    /// Show the compaction threshold.
+    GetCompactionThreshold(Ns),
+    /// Remove the compaction threshold.
+    RemoveCompactionThreshold(Ns),
     /// Expire unacknowledged messages after a time.
     SetMessageTtl(SetMessageTtl),
     /// Show the message TTL.
@@ -241,6 +247,14 @@ pub struct SetRetention {
     namespace: NamespaceName,
     #[command(flatten)]
     retention: RetentionArgs,
+}
+
+#[derive(Args)]
+pub struct SetCompactionThreshold {
+    namespace: NamespaceName,
+    /// Bytes, or 10K, 100M, 1G (0: no automatic compaction).
+    #[arg(short = 't', long = "threshold", value_parser = units::parse_size_bytes)]
+    threshold: u64,
 }
 
 #[derive(Args)]
@@ -460,6 +474,13 @@ impl PolicyCmd {
             C::SetRetention(a) => (&a.namespace, P::Retention, Op::Set(a.retention.body())),
             C::GetRetention(n) => get(n, P::Retention),
             C::RemoveRetention(n) => remove(n, P::Retention),
+            C::SetCompactionThreshold(a) => (
+                &a.namespace,
+                P::CompactionThreshold,
+                Op::Set(json!(a.threshold)),
+            ),
+            C::GetCompactionThreshold(n) => get(n, P::CompactionThreshold),
+            C::RemoveCompactionThreshold(n) => remove(n, P::CompactionThreshold),
             C::SetMessageTtl(a) => (&a.namespace, P::MessageTtl, Op::Set(json!(a.message_ttl))),
             C::GetMessageTtl(n) => get(n, P::MessageTtl),
             C::RemoveMessageTtl(n) => remove(n, P::MessageTtl),

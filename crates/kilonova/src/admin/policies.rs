@@ -32,6 +32,7 @@ pub enum Policy {
     DelayedDelivery,
     InactiveTopicPolicies,
     AutoTopicCreation,
+    CompactionThreshold,
 }
 
 /// What a verb does with its policy.
@@ -68,6 +69,7 @@ impl Policy {
             (Policy::DelayedDelivery, _) => "delayedDelivery",
             (Policy::InactiveTopicPolicies, _) => "inactiveTopicPolicies",
             (Policy::AutoTopicCreation, _) => "autoTopicCreation",
+            (Policy::CompactionThreshold, _) => "compactionThreshold",
         };
         base.join(segment)
     }

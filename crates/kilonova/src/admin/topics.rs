@@ -73,6 +73,10 @@ pub enum TopicsCmd {
     ExamineMessage(ExamineMessage),
     /// Show the message at ledgerId:entryId.
     GetMessageById(GetMessageById),
+    /// Start compacting the topic (keep the latest message of each key).
+    Compact { topic: TopicName },
+    /// The compaction's status: NOT_RUN, RUNNING, SUCCESS or ERROR.
+    CompactionStatus { topic: TopicName },
     /// Grant a role actions (produce, consume, …) on the topic.
     GrantPermission {
         topic: TopicName,
@@ -471,6 +475,8 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
                 .join(g.entry_id);
             return one_message(client, &path).await;
         }
+        C::Compact { topic } => client.put(&topic.path().join("compaction"), None).await?,
+        C::CompactionStatus { topic } => client.get(&topic.path().join("compaction")).await?,
     };
     Ok(Output::Document(doc))
 }
