@@ -126,28 +126,7 @@ const SINGLE_DASH_FLAGS: &[(&str, &str)] = &[
 /// Rewrites pulsar-admin's single-dash long flags (`-ttl 120`, `-ttl=120`)
 /// in an `admin` command line into their `--long` forms, up to a `--`.
 pub fn pulsar_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut args: Vec<OsString> = args.into_iter().collect();
-    if args.get(1).is_none_or(|a| a != "admin") {
-        return args;
-    }
-    for arg in args.iter_mut().skip(2) {
-        if arg == "--" {
-            break;
-        }
-        // A flag is ASCII; an argument that is not UTF-8 is a value.
-        let Some(text) = arg.to_str() else { continue };
-        let (flag, value) = match text.split_once('=') {
-            Some((flag, value)) => (flag, Some(value)),
-            None => (text, None),
-        };
-        if let Some((_, long)) = SINGLE_DASH_FLAGS.iter().find(|(short, _)| *short == flag) {
-            *arg = match value {
-                Some(v) => OsString::from(format!("{long}={v}")),
-                None => OsString::from(long),
-            };
-        }
-    }
-    args
+    crate::client::args::pulsar_style_args(args.into_iter().collect(), "admin", SINGLE_DASH_FLAGS)
 }
 
 /// Runs one admin command. A failure does not return: it prints
