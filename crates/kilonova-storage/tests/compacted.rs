@@ -6,23 +6,7 @@ use bytes::Bytes;
 use kilonova_storage::{reclaim_orphans, Entry, InitialPosition, ManagedLog, Position, Retention};
 
 mod common;
-use common::{env, open, small_segments};
-
-fn msg(i: u64) -> Bytes {
-    Bytes::from(format!("message-{i}"))
-}
-
-async fn publish(log: &mut ManagedLog, from: u64, n: u64) -> Vec<Position> {
-    let mut cs = Vec::new();
-    for i in from..from + n {
-        cs.push(log.append(msg(i), 1, 1000 + i).await.unwrap());
-    }
-    let mut out = Vec::new();
-    for c in cs {
-        out.push(c.await.unwrap());
-    }
-    out
-}
+use common::{env, msg, open, publish, small_segments};
 
 /// Keeps the entries at `keep` (positions of the log) as the view up to `horizon`.
 async fn compact(log: &mut ManagedLog, keep: &[Position], horizon: Position) {

@@ -12,24 +12,7 @@ use kilonova_storage::{
 };
 
 mod common;
-use common::{crash, env, open, small_segments, Env};
-
-fn msg(i: u64) -> Bytes {
-    Bytes::from(format!("message-{i}"))
-}
-
-/// Appends `n` single-message entries published at t = start.., waiting for durability.
-async fn publish(log: &mut ManagedLog, from: u64, n: u64) -> Vec<Position> {
-    let mut cs = Vec::new();
-    for i in from..from + n {
-        cs.push(log.append(msg(i), 1, 1000 + i).await.unwrap());
-    }
-    let mut out = Vec::new();
-    for c in cs {
-        out.push(c.await.unwrap());
-    }
-    out
-}
+use common::{crash, env, msg, open, publish, small_segments, Env};
 
 async fn close_store(e: Env) {
     tokio::task::spawn_blocking(move || e.store.close())

@@ -5,8 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use kilonova_storage::{
-    DirStateStore, EntryCache, ManagedLog, ManagedLogConfig, SegmentStore, StateStore, StoreConfig,
+    DirStateStore, EntryCache, ManagedLog, ManagedLogConfig, Position, SegmentStore, StateStore,
+    StoreConfig,
 };
 
 pub struct Env {
@@ -54,4 +56,21 @@ pub async fn open(e: &Env, id: u64, cfg: ManagedLogConfig, now: u64) -> ManagedL
     )
     .await
     .unwrap()
+}
+
+pub fn msg(i: u64) -> Bytes {
+    Bytes::from(format!("message-{i}"))
+}
+
+/// Appends `n` single-message entries published at t = start.., waiting for durability.
+pub async fn publish(log: &mut ManagedLog, from: u64, n: u64) -> Vec<Position> {
+    let mut cs = Vec::new();
+    for i in from..from + n {
+        cs.push(log.append(msg(i), 1, 1000 + i).await.unwrap());
+    }
+    let mut out = Vec::new();
+    for c in cs {
+        out.push(c.await.unwrap());
+    }
+    out
 }
