@@ -25,6 +25,7 @@ mod policies;
 mod schemas;
 pub mod server;
 mod tenants;
+mod termination;
 mod topics;
 
 use axum::extract::State;
@@ -53,6 +54,7 @@ pub fn api() -> Api {
     let api = messages::routes(api);
     let api = namespace_topics::routes(api);
     let api = compaction::routes(api);
+    let api = termination::routes(api);
     api.route(
         "/metrics",
         get(metrics),

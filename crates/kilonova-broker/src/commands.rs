@@ -11,9 +11,9 @@ use kilonova_pulsar_protocol::proto::{
     CommandCloseProducer, CommandConnected, CommandConsumerStatsResponse, CommandError,
     CommandGetOrCreateSchemaResponse, CommandGetSchemaResponse,
     CommandGetTopicsOfNamespaceResponse, CommandHealthCheckResponse, CommandLookupTopicResponse,
-    CommandNewTxnResponse, CommandPartitionedTopicMetadataResponse, CommandSendError,
-    CommandSendReceipt, CommandSuccess, CommandTcClientConnectResponse, KeyValue, MessageIdData,
-    Schema, ServerError,
+    CommandNewTxnResponse, CommandPartitionedTopicMetadataResponse, CommandReachedEndOfTopic,
+    CommandSendError, CommandSendReceipt, CommandSuccess, CommandTcClientConnectResponse, KeyValue,
+    MessageIdData, Schema, ServerError,
 };
 use kilonova_storage::Position;
 
@@ -114,6 +114,14 @@ pub(crate) fn close_consumer(consumer_id: u64) -> BaseCommand {
             request_id: 0,
         })),
         ..base(Type::CloseConsumer)
+    }
+}
+
+/// The consumer has everything of a terminated topic: no more will come.
+pub(crate) fn reached_end_of_topic(consumer_id: u64) -> BaseCommand {
+    BaseCommand {
+        reached_end_of_topic: Some(Box::new(CommandReachedEndOfTopic { consumer_id })),
+        ..base(Type::ReachedEndOfTopic)
     }
 }
 
@@ -478,6 +486,7 @@ mod tests {
             Type::ConsumerStatsResponse => c.consumer_stats_response.is_some(),
             Type::TcClientConnectResponse => c.tc_client_connect_response.is_some(),
             Type::NewTxnResponse => c.new_txn_response.is_some(),
+            Type::ReachedEndOfTopic => c.reached_end_of_topic.is_some(),
             _ => false,
         }
     }
@@ -508,6 +517,7 @@ mod tests {
             (consumer_stats_refused(1), Type::ConsumerStatsResponse),
             (tc_client_connect_refused(1), Type::TcClientConnectResponse),
             (new_txn_refused(1), Type::NewTxnResponse),
+            (reached_end_of_topic(1), Type::ReachedEndOfTopic),
         ];
         for (c, t) in replies {
             assert_eq!(c.r#type, t as i32, "{t:?}");

@@ -22,6 +22,9 @@ pub enum BrokerError {
     ProducerBusy(String),
     #[error("{0}")]
     ProducerFenced(String),
+    /// The topic was terminated: it takes no more producers or messages.
+    #[error("{0}")]
+    TopicTerminated(String),
     #[error("{0}")]
     NotAllowed(String),
     #[error("{0}")]
@@ -81,6 +84,9 @@ impl BrokerError {
             BrokerError::ConsumerBusy(_) => ServerError::ConsumerBusy,
             BrokerError::ProducerBusy(_) => ServerError::ProducerBusy,
             BrokerError::ProducerFenced(_) => ServerError::ProducerFenced,
+            BrokerError::TopicTerminated(_) | BrokerError::Storage(StorageError::Terminated) => {
+                ServerError::TopicTerminatedError
+            }
             BrokerError::NotAllowed(_)
             | BrokerError::Conflict(_)
             | BrokerError::BadRequest(_)
@@ -158,6 +164,14 @@ mod tests {
             (
                 BrokerError::ProducerFenced("x".into()),
                 ServerError::ProducerFenced,
+            ),
+            (
+                BrokerError::TopicTerminated("x".into()),
+                ServerError::TopicTerminatedError,
+            ),
+            (
+                BrokerError::Storage(StorageError::Terminated),
+                ServerError::TopicTerminatedError,
             ),
             (
                 BrokerError::NotAllowed("x".into()),

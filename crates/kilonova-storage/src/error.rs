@@ -47,6 +47,9 @@ pub enum StorageError {
     /// The store (its journal thread) has shut down.
     #[error("the segment store is closed")]
     Closed,
+    /// The log was terminated: it takes no more appends.
+    #[error("the log is terminated")]
+    Terminated,
     /// Another process uses the store's directory (or it cannot be locked).
     #[error(transparent)]
     Locked(#[from] crate::dir_lock::DirLockError),
@@ -106,6 +109,7 @@ impl StorageError {
             },
             StorageError::NoSuchCursor(n) => StorageError::NoSuchCursor(n.clone()),
             StorageError::Closed => StorageError::Closed,
+            StorageError::Terminated => StorageError::Terminated,
             StorageError::Locked(e) => StorageError::Log(e.to_string()),
             StorageError::Log(s) => StorageError::Log(s.clone()),
         }

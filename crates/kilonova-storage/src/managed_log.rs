@@ -33,6 +33,7 @@ pub(crate) mod cursor;
 pub(crate) mod meta;
 mod positions;
 mod retention;
+mod termination;
 
 pub use compacted::CompactedWriter;
 use compacted::{CompactedView, CursorView};
@@ -105,6 +106,8 @@ pub struct ManagedLog {
     next_cursor_id: u64,
     /// What compaction kept, up to its horizon (`compacted.rs`).
     compacted: Option<CompactedView>,
+    /// Terminated: no more appends (`termination.rs`).
+    terminated: bool,
 }
 
 impl ManagedLog {
@@ -167,6 +170,7 @@ impl ManagedLog {
         segments.retain(|s| store.segment(s.id).is_some());
         let compacted = compacted::load_view(state.as_ref(), id)?
             .filter(|v| store.segment(v.segment).is_some());
+        let terminated = termination::load(state.as_ref(), id)?;
         let log = ManagedLog {
             id,
             store,
@@ -181,6 +185,7 @@ impl ManagedLog {
             cursors: BTreeMap::new(),
             next_cursor_id: 0,
             compacted,
+            terminated,
         };
         Ok((log, stored_cursors))
     }
@@ -262,6 +267,7 @@ impl ManagedLog {
         message_count: u32,
         publish_time_ms: u64,
     ) -> Result<Completion<Position>> {
+        self.check_not_terminated()?;
         if self.needs_roll(publish_time_ms) {
             self.roll(publish_time_ms).await?;
         }

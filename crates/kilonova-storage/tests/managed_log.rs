@@ -649,3 +649,40 @@ async fn a_read_stops_once_it_holds_its_byte_budget_and_reads_one_entry_at_least
     let got = log.read_next_within("sub", 2, usize::MAX).unwrap();
     assert_eq!(positions(got), ps[4..6], "the entry count still caps");
 }
+
+#[tokio::test]
+async fn a_terminated_log_refuses_appends_keeps_its_entries_and_stays_terminated_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps;
+    {
+        let e = env(dir.path());
+        let mut log = open(&e, 9, small_segments(), 0).await;
+        assert!(!log.is_terminated());
+        ps = publish(&mut log, 0, 12).await;
+        assert_eq!(log.terminate().unwrap(), Some(ps[11]));
+        // Idempotent: the same end again.
+        assert_eq!(log.terminate().unwrap(), Some(ps[11]));
+        assert!(matches!(
+            log.append(msg(12), 1, 12).await,
+            Err(kilonova_storage::StorageError::Terminated)
+        ));
+        crash(e).await;
+    }
+    let e = env(dir.path());
+    let mut log = open(&e, 9, small_segments(), 0).await;
+    assert!(log.is_terminated(), "the mark survives a crash");
+    assert_eq!(log.last_position(), Some(ps[11]));
+    assert!(matches!(
+        log.append(msg(12), 1, 12).await,
+        Err(kilonova_storage::StorageError::Terminated)
+    ));
+    let all = log.read_from(log.first_position(), 100).unwrap();
+    assert_eq!(all.len(), 12);
+    // An empty log terminates too, with no last entry.
+    let mut empty = open(&e, 10, small_segments(), 0).await;
+    assert_eq!(empty.terminate().unwrap(), None);
+    // Deleting the log removes the mark with it: a new log under the id is open.
+    log.delete().await.unwrap();
+    let log = open(&e, 9, small_segments(), 0).await;
+    assert!(!log.is_terminated());
+}

@@ -80,6 +80,10 @@ pub enum AdminRequest {
     DeleteIfInactive {
         min_inactive: std::time::Duration,
     },
+    /// Terminates the topic: no more messages, for good; answers the last
+    /// message's id. Handled by the serving loop (it waits for the appends
+    /// in flight).
+    Terminate,
     /// Starts compacting the topic (409 while a compaction runs).
     Compact,
     /// How the running or last compaction is doing.
@@ -338,6 +342,9 @@ impl Topic {
                 Ok(AdminReply::LastMessageId(self.last_message_id_stats()))
             }
             AdminRequest::Unload => Ok(AdminReply::Done),
+            AdminRequest::Terminate => Err(BrokerError::NotAllowed(
+                "termination is answered by the serving loop".into(),
+            )),
             AdminRequest::Compact => {
                 self.start_compaction()?;
                 Ok(AdminReply::Done)
@@ -479,7 +486,7 @@ impl Topic {
     }
 
     /// The last message's id, as the admin API names it.
-    fn last_message_id_stats(&self) -> LastMessageId {
+    pub(super) fn last_message_id_stats(&self) -> LastMessageId {
         let (ledger_id, entry_id) = match self.log.as_ref() {
             Some(log) => match log.last_position() {
                 Some(p) => (p.segment as i64, p.entry as i64),

@@ -42,6 +42,7 @@ impl Topic {
                 if let Some(sub) = self.subscriptions.get(&cmd.subscription) {
                     sub.announce_active();
                 }
+                self.announce_end_of_topic(&cmd.subscription);
                 self.dispatch_of(key);
             }
             Err(e) => out.command(commands::broker_error(request_id, &e)),
@@ -232,6 +233,8 @@ impl Topic {
         let result = self.try_ack(key, &ack);
         if let Err(e) = &result {
             tracing::debug!(topic = %self.full_name, error = %e, "ack refused");
+        } else if let Some(name) = self.consumer_subs.get(&key) {
+            self.announce_end_of_topic(name);
         }
         if let Some(request_id) = ack.request_id {
             if let Some(out) = self.consumer_out(key) {

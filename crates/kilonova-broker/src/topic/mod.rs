@@ -39,6 +39,7 @@ mod consumers;
 mod dispatch;
 mod policy;
 mod publish;
+mod termination;
 
 pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
 pub use compaction::CompactionStatus;
@@ -568,6 +569,11 @@ impl Topic {
             AdminRequest::Delete { .. } | AdminRequest::DeleteIfInactive { .. } => Some(true),
             _ => None,
         };
+        if matches!(request, AdminRequest::Terminate) {
+            let answer = self.terminate().await.map(AdminReply::LastMessageId);
+            let _ = reply.send(answer);
+            return false;
+        }
         let answer = self.admin(request);
         let Some(delete) = ends.filter(|_| answer.is_ok()) else {
             let _ = reply.send(answer);

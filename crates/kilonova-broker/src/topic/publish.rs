@@ -209,6 +209,11 @@ impl Topic {
             p.conn.out.command(commands::broker_error(p.request_id, &e));
             return;
         }
+        if self.is_terminated() {
+            let e = self.terminated_error();
+            p.conn.out.command(commands::broker_error(p.request_id, &e));
+            return;
+        }
         if let Err(e) = self.admit_producer() {
             tracing::debug!(topic = %self.full_name, error = %e, "producer refused");
             p.conn.out.command(commands::broker_error(p.request_id, &e));
@@ -374,6 +379,14 @@ impl Topic {
             sequence_id,
             highest_sequence_id,
         };
+        if self.is_terminated() {
+            let e = self.terminated_error();
+            return self.answer_in_order(
+                to,
+                Pending::Refused(e.server_error(), e.to_string()),
+                None,
+            );
+        }
         let count = match self.admit_send(&payload) {
             Ok(n) => n,
             Err(why) => {

@@ -73,6 +73,11 @@ pub enum TopicsCmd {
     ExamineMessage(ExamineMessage),
     /// Show the message at ledgerId:entryId.
     GetMessageById(GetMessageById),
+    /// Terminate the topic: it takes no more messages, for good (producers
+    /// are refused; consumers are told when they have read everything).
+    Terminate { topic: TopicName },
+    /// Terminate every partition of a partitioned topic.
+    PartitionedTerminate { topic: TopicName },
     /// Start compacting the topic (keep the latest message of each key).
     Compact { topic: TopicName },
     /// The compaction's status: NOT_RUN, RUNNING, SUCCESS or ERROR.
@@ -415,6 +420,16 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
             return Ok(lookup_output(doc, client.is_tls()));
         }
         C::LastMessageId { topic } => client.get(&topic.path().join("lastMessageId")).await?,
+        C::Terminate { topic } => {
+            let doc = client.post(&topic.path().join("terminate"), None).await?;
+            // pulsar-admin's words, with the id as ledgerId:entryId:partitionIndex.
+            let human = format!("Topic successfully terminated at {}", message_id_text(&doc));
+            return Ok(Output::Rendered { human, json: doc });
+        }
+        C::PartitionedTerminate { topic } => {
+            let path = topic.path().join("terminate").join("partitions");
+            client.post(&path, None).await?
+        }
         C::PartitionedStats(p) => {
             let path = p
                 .topic
@@ -643,6 +658,17 @@ fn hex_dump(bytes: &[u8]) -> String {
         let _ = writeln!(out, "{:08x}  {:<47}  |{text}|", row * 16, hex.join(" "));
     }
     out
+}
+
+/// A MessageId document as pulsar-admin prints one: `ledgerId:entryId:partitionIndex`.
+fn message_id_text(doc: &Value) -> String {
+    let field = |k: &str| doc.get(k).and_then(Value::as_i64).unwrap_or(-1);
+    format!(
+        "{}:{}:{}",
+        field("ledgerId"),
+        field("entryId"),
+        field("partitionIndex")
+    )
 }
 
 #[cfg(test)]
