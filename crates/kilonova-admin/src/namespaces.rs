@@ -78,11 +78,15 @@ async fn create(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let ns = namespace(&t, &n)?;
-    let policies: Policies = if body.iter().all(u8::is_ascii_whitespace) {
+    let mut policies: Policies = if body.iter().all(u8::is_ascii_whitespace) {
         Policies::default()
     } else {
         json_body(&body)?
     };
+    if policies.replication_clusters.is_empty() {
+        // As Pulsar: a new namespace is local until `set-clusters` says otherwise.
+        policies.replication_clusters = [b.config().cluster_name.clone()].into();
+    }
     if policies.bundles.num_bundles > p::MAX_BUNDLES {
         return Err(ApiError::bad_request(format!(
             "bundles must be at most {}",

@@ -136,6 +136,23 @@ pub struct BrokerConfig {
     pub compaction_check_interval_secs: u64,
     /// Distinct keys one compaction keeps track of; past it the compaction fails.
     pub compaction_max_keys: usize,
+    /// The token each replicator presents to a remote cluster, by cluster
+    /// name (its role needs `produce` on the namespace there). Kept out of
+    /// the metadata, the admin API (never serialized) and logs.
+    #[serde(skip_serializing)]
+    pub replication_tokens: std::collections::BTreeMap<String, kilonova_auth::Secret<String>>,
+    /// CA certificates (PEM) that remote clusters' `pulsar+ssl://` broker
+    /// certificates must chain to.
+    pub replication_tls_trust_certs: Option<std::path::PathBuf>,
+}
+
+impl BrokerConfig {
+    /// The token the replicator to `cluster` presents, if one is configured.
+    pub fn replication_token(&self, cluster: &str) -> Option<String> {
+        self.replication_tokens
+            .get(cluster)
+            .map(|t| t.expose().clone())
+    }
 }
 
 impl Default for BrokerConfig {
@@ -195,6 +212,8 @@ impl Default for BrokerConfig {
             delete_inactive_partitioned_topic_metadata: false,
             compaction_check_interval_secs: 60,
             compaction_max_keys: 1_000_000,
+            replication_tokens: Default::default(),
+            replication_tls_trust_certs: None,
         }
     }
 }

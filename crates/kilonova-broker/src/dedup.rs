@@ -287,6 +287,11 @@ impl Dedup {
             self.covered = Some(position);
             return;
         }
+        // A replicated message counts for its replicator, under its source position.
+        if let Some((replicator, sequence_id)) = crate::replicator::replicated_source(&meta) {
+            self.record(&replicator, sequence_id, position);
+            return;
+        }
         let highest = meta.highest_sequence_id.unwrap_or_else(|| {
             let n = u64::from(frame::message_count(&meta));
             meta.sequence_id.saturating_add(n.saturating_sub(1))

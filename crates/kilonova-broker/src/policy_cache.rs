@@ -60,6 +60,9 @@ pub(crate) struct Effective {
     pub delayed_delivery: bool,
     /// Uncompacted backlog (bytes) that starts a compaction; `None`: never.
     pub compaction_threshold_bytes: Option<u64>,
+    /// The remote clusters the namespace replicates to (its replication
+    /// clusters but this one).
+    pub replication_clusters: Vec<String>,
 }
 
 fn positive(v: i64) -> Option<u64> {
@@ -184,6 +187,12 @@ impl Effective {
                 .compaction_threshold
                 .or(ns.compaction_threshold)
                 .and_then(positive),
+            replication_clusters: ns
+                .replication_clusters
+                .iter()
+                .filter(|name| **name != c.cluster_name)
+                .cloned()
+                .collect(),
         }
     }
 }

@@ -351,6 +351,9 @@ fn send_command(
 /// A producer on one topic or partition.
 pub struct Producer {
     shared: Arc<Shared>,
+    /// The broker's `last_sequence_id` at creation (deduplication's record
+    /// of this producer name), `None` for -1.
+    last_sequence_id: Option<u64>,
     window: Arc<Semaphore>,
     max_pending: u32,
     timer: Option<tokio::task::JoinHandle<()>>,
@@ -384,7 +387,8 @@ pub(crate) async fn create(
         .rsplit_once("-partition-")
         .and_then(|(_, n)| n.parse().ok())
         .unwrap_or(-1);
-    let next_sequence_id = u64::try_from(success.last_sequence_id.unwrap_or(-1) + 1).unwrap_or(0);
+    let last_sequence_id = success.last_sequence_id.and_then(|s| u64::try_from(s).ok());
+    let next_sequence_id = last_sequence_id.map_or(0, |s| s + 1);
     let shared = Arc::new(Shared {
         conn: conn.clone(),
         id,
@@ -420,6 +424,7 @@ pub(crate) async fn create(
     let max_pending = u32::try_from(options.max_pending.max(1)).unwrap_or(u32::MAX >> 4);
     Ok(Producer {
         shared,
+        last_sequence_id,
         window: Arc::new(Semaphore::new(max_pending as usize)),
         max_pending,
         timer,
@@ -469,6 +474,62 @@ impl Producer {
         };
         self.shared.send_locked(&mut st, msg, waiter);
         Ok(())
+    }
+
+    /// The highest sequence id the broker had stored for this producer's
+    /// name when it was created (with deduplication on), `None` if none.
+    pub fn last_sequence_id(&self) -> Option<u64> {
+        self.last_sequence_id
+    }
+
+    /// Sends one entry exactly as given — its metadata (producer name,
+    /// sequence ids, batch count and all) and its payload (a batch, maybe
+    /// compressed) — under `sequence_id..=highest_sequence_id`, which the
+    /// caller keeps ascending: a geo-replicator forwarding stored entries.
+    /// Only for a producer created without batching.
+    pub async fn send_entry(
+        &self,
+        sequence_id: u64,
+        highest_sequence_id: u64,
+        metadata: MessageMetadata,
+        payload: Bytes,
+    ) -> Result<Receipt, ClientError> {
+        if self.shared.batching.is_some() {
+            return Err(ClientError::Protocol(
+                "send_entry needs a producer without batching".into(),
+            ));
+        }
+        let permit = self
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.shared.state.lock().map_err(|_| ClientError::Closed)?;
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        let count = kilonova_pulsar_protocol::frame::message_count(&metadata);
+        let count = i32::try_from(count).unwrap_or(i32::MAX);
+        let cmd = send_command(
+            self.shared.id,
+            sequence_id,
+            count,
+            Some(highest_sequence_id),
+        );
+        st.in_flight.push_back(InFlight {
+            sequence_id,
+            batched: count > 1,
+            waiters: vec![Waiter {
+                notify: Notify::Receipt(tx),
+                queued: Instant::now(),
+                _permit: permit,
+            }],
+        });
+        st.next_sequence_id = st.next_sequence_id.max(highest_sequence_id + 1);
+        self.shared.conn.send_message(&cmd, &metadata, &payload);
+        Ok(Receipt(rx))
     }
 
     /// Sends the current batch now.

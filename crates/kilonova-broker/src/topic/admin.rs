@@ -128,6 +128,8 @@ pub struct TopicStats {
     pub backlog_size: u64,
     pub publishers: Vec<PublisherStats>,
     pub subscriptions: BTreeMap<String, SubscriptionStats>,
+    /// Per remote cluster, the replicator's state (Pulsar's `replication`).
+    pub replication: BTreeMap<String, super::ReplicatorStatsView>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -514,7 +516,8 @@ impl Topic {
     fn subscription_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.subscriptions.keys().cloned().collect();
         if let Some(log) = &self.log {
-            names.extend(log.cursor_names());
+            let cursors = log.cursor_names().into_iter();
+            names.extend(cursors.filter(|c| super::replication::is_subscription(c)));
         }
         names.sort();
         names.dedup();
@@ -638,6 +641,7 @@ impl Topic {
             backlog_size,
             publishers,
             subscriptions,
+            replication: self.replication_stats(),
         }
     }
 
@@ -730,6 +734,7 @@ pub(crate) fn stored_stats(stored: &kilonova_storage::StoredSummary) -> TopicSta
     let subscriptions: BTreeMap<String, SubscriptionStats> = stored
         .cursors
         .iter()
+        .filter(|c| super::replication::is_subscription(&c.name))
         .map(|c| {
             let mut stats = subscription_stats(None, c.backlog_entries);
             stats.backlog_size = c.backlog_bytes;

@@ -39,10 +39,12 @@ mod consumers;
 mod dispatch;
 mod policy;
 mod publish;
+mod replication;
 mod termination;
 
 pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
 pub use compaction::CompactionStatus;
+pub use replication::ReplicatorStatsView;
 
 use crate::broker::Broker;
 use crate::commands;
@@ -253,6 +255,16 @@ pub(crate) struct Topic {
     compaction: compaction::Compaction,
     /// When the compaction threshold was last checked.
     compaction_checked: Instant,
+    /// Deduplication applies to every producer (the policy); without it,
+    /// only to replicators from other clusters (`replicated_into`).
+    dedup_all: bool,
+    /// A replicator of another cluster produced here in this load: its
+    /// messages are deduplicated whatever the policy.
+    replicated_into: bool,
+    /// Replicators to the namespace's remote clusters, by cluster.
+    replicators: std::collections::BTreeMap<String, replication::Replicator>,
+    /// Where the replicators report (the serving loop reads the other end).
+    replication_reports: mpsc::UnboundedSender<crate::replicator::Report>,
 }
 
 impl Topic {
@@ -288,6 +300,7 @@ impl Topic {
         publish_gate.set(policies.publish_rate, now);
         let dispatch_rate = dispatch::dispatch_limiter(policies.dispatch_rate, now);
         let metrics = broker.metrics().register(&full_name);
+        let (replication_reports, reports) = mpsc::unbounded_channel();
         let mut topic = Topic {
             name,
             full_name,
@@ -317,16 +330,25 @@ impl Topic {
             dedup: None,
             compaction: compaction::Compaction::default(),
             compaction_checked: now,
+            dedup_all: false,
+            replicated_into: false,
+            replicators: Default::default(),
+            replication_reports,
         };
         topic.set_dedup(topic.policies.deduplication);
-        topic.serve(rx).await;
+        topic.sync_replicators();
+        topic.serve(rx, reports).await;
         topic
             .broker
             .metrics()
             .unregister(&topic.full_name, &topic.metrics);
     }
 
-    async fn serve(&mut self, mut rx: mpsc::Receiver<TopicCommand>) {
+    async fn serve(
+        &mut self,
+        mut rx: mpsc::Receiver<TopicCommand>,
+        mut reports: mpsc::UnboundedReceiver<crate::replicator::Report>,
+    ) {
         let config = self.broker.config().clone();
         let mut tick = tokio::time::interval(Duration::from_millis(
             config.cursor_persist_interval_ms.max(10),
@@ -347,7 +369,9 @@ impl Topic {
                     }
                     self.unfence_when_drained();
                     self.dispatch_all();
+                    self.feed_replicators();
                 }
+                Some(report) = reports.recv() => self.on_replication_report(report),
                 cmd = rx.recv() => {
                     let Some(mut cmd) = cmd else { break };
                     // Handle the burst of commands already queued, then dispatch.
@@ -422,6 +446,7 @@ impl Topic {
             && self.waiting_exclusive.is_empty()
             && self.appends.is_empty()
             && !self.compaction.is_running()
+            && self.replication_caught_up()
     }
 
     /// Unloads if no command is queued. Commands that race in after the decision are
@@ -445,6 +470,7 @@ impl Topic {
 
     async fn housekeeping(&mut self) {
         self.refresh_policies().await;
+        self.sync_replicators();
         self.enforce_policies();
         self.drop_unclaimed_readers();
         let now = self.broker.clock().now();
@@ -484,6 +510,7 @@ impl Topic {
     /// Closes every producer and consumer with the protocol's close commands,
     /// waits for appends in flight, drops non-durable cursors.
     async fn shutdown_keeping_log(&mut self) {
+        self.replicators.clear();
         self.close_producers();
         for p in self.waiting_exclusive.drain(..) {
             p.conn.out.command(commands::close_producer(p.producer_id));
@@ -666,6 +693,7 @@ impl Topic {
         for p in self.producers.values_mut() {
             p.meter_in.tick(p.msg_in, p.bytes_in, secs);
         }
+        self.tick_replication_meters(secs);
         if secs > 0.0 {
             let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
             self.metrics.set_rates(Rates {

@@ -232,6 +232,12 @@ impl Topic {
             p.conn.out.command(commands::broker_error(p.request_id, &e));
             return;
         }
+        if crate::replicator::is_replicator(&name) && !self.replicated_into {
+            // Its state must be whole before PRODUCER_SUCCESS tells the
+            // replicator what is stored already.
+            self.replicated_into = true;
+            self.set_dedup(self.dedup_all);
+        }
         let holders = access::Holders {
             exclusive: self.producers.values().any(|x| x.exclusive),
             any: !self.producers.is_empty(),
@@ -464,6 +470,9 @@ impl Topic {
         payload: &Payload,
         count: u32,
     ) -> Result<Option<String>, String> {
+        if !self.dedup_all && !crate::replicator::is_replicator(&name) {
+            return Ok(None);
+        }
         let Some(d) = self.dedup.as_mut() else {
             return Ok(None);
         };
@@ -519,6 +528,9 @@ impl Topic {
     /// Turns deduplication on (rebuilding its state from the snapshot and the
     /// log after it) or off.
     pub(super) fn set_dedup(&mut self, on: bool) {
+        self.dedup_all = on;
+        // Replicators from other clusters are deduplicated whatever the policy.
+        let on = on || self.replicated_into;
         let Some(log) = self.log.as_ref().filter(|_| on) else {
             self.dedup = None;
             return;

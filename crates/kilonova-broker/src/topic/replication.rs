@@ -1,0 +1,271 @@
+//! A topic's replicators: one per remote cluster its namespace replicates
+//! to, each a durable cursor `pulsar.repl.<cluster>` that this task reads
+//! and a [`crate::replicator`] task that sends what it is fed.
+//!
+//! The set follows the policies: replicators start when the topic loads and
+//! when a cluster is added; a removed cluster's replicator stops and its
+//! cursor is deleted. A new cursor starts at the end of the topic (as
+//! Pulsar's): messages published before replication was configured stay
+//! local. At most [`WINDOW_ENTRIES`] entries are fed and not yet confirmed
+//! per replicator, so a slow or absent remote grows the cursor's backlog,
+//! never the broker's memory, and never slows local publishing. A topic
+//! whose replicators are behind stays loaded until they catch up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use kilonova_storage::InitialPosition;
+
+use super::Topic;
+use crate::rate_meter::FlowMeter;
+use crate::replicator::{
+    self, is_replicator, replicator_name, Feed, ReplicatorStats, Report, Spec, WINDOW_ENTRIES,
+};
+
+/// The topic's side of one replicator.
+pub(super) struct Replicator {
+    cursor: String,
+    feed: mpsc::UnboundedSender<Feed>,
+    task: tokio::task::JoinHandle<()>,
+    /// The connection being fed; `None` while the replicator is not connected.
+    epoch: Option<u64>,
+    /// Entries fed and not yet reported done.
+    in_flight: usize,
+    stats: Arc<ReplicatorStats>,
+    meter: FlowMeter,
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A replicator as topic stats show it (Pulsar's `replication` section).
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicatorStatsView {
+    pub msg_rate_out: f64,
+    pub msg_throughput_out: f64,
+    pub msg_out_counter: u64,
+    pub bytes_out_counter: u64,
+    /// Entries not yet confirmed by the remote cluster.
+    pub replication_backlog: u64,
+    pub connected: bool,
+    /// How far behind the remote is: the age of the last entry it confirmed,
+    /// while there is a backlog (0 without one).
+    pub replication_delay_in_seconds: u64,
+}
+
+impl Topic {
+    /// Starts and stops replicators to match the policies' remote clusters.
+    pub(super) fn sync_replicators(&mut self) {
+        let Some(log) = self.log.as_mut() else {
+            return; // non-persistent topics are not replicated
+        };
+        let wanted: BTreeSet<&String> = self.policies.replication_clusters.iter().collect();
+        let gone: Vec<String> = self
+            .replicators
+            .keys()
+            .filter(|c| !wanted.contains(c))
+            .cloned()
+            .collect();
+        for cluster in gone {
+            self.replicators.remove(&cluster);
+            tracing::info!(topic = %self.full_name, remote = %cluster, "replicator stopped: the cluster left the replication clusters");
+        }
+        // Cursors of clusters removed while the topic was not loaded, too.
+        for name in log.cursor_names() {
+            let stale = name
+                .strip_prefix(replicator::REPLICATOR_PREFIX)
+                .is_some_and(|c| !wanted.contains(&c.to_string()));
+            if stale {
+                if let Err(e) = log.delete_cursor(&name) {
+                    tracing::warn!(topic = %self.full_name, cursor = %name, error = %e, "deleting a replicator cursor failed");
+                }
+            }
+        }
+        for cluster in wanted {
+            if self.replicators.contains_key(cluster) {
+                continue;
+            }
+            let cursor = replicator_name(cluster);
+            if !log.has_cursor(&cursor) {
+                if let Err(e) = log.open_cursor(&cursor, InitialPosition::Latest, true) {
+                    tracing::warn!(topic = %self.full_name, remote = %cluster, error = %e, "cannot open the replicator's cursor");
+                    continue;
+                }
+            }
+            let (feed, fed) = mpsc::unbounded_channel();
+            let stats = Arc::new(ReplicatorStats::default());
+            let spec = Spec {
+                broker: self.broker.clone(),
+                topic: self.full_name.clone(),
+                remote: cluster.clone(),
+            };
+            let task = tokio::spawn(replicator::run(
+                spec,
+                fed,
+                self.replication_reports.clone(),
+                stats.clone(),
+            ));
+            tracing::info!(topic = %self.full_name, remote = %cluster, "replicator started");
+            self.replicators.insert(
+                cluster.clone(),
+                Replicator {
+                    cursor,
+                    feed,
+                    task,
+                    epoch: None,
+                    in_flight: 0,
+                    stats,
+                    meter: FlowMeter::default(),
+                },
+            );
+        }
+    }
+
+    /// Feeds each connected replicator what it has room for.
+    pub(super) fn feed_replicators(&mut self) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        let batch = self.broker.config().dispatch_batch_entries.max(1);
+        for (cluster, r) in self.replicators.iter_mut() {
+            let Some(epoch) = r.epoch else {
+                continue;
+            };
+            while r.in_flight < WINDOW_ENTRIES {
+                let room = (WINDOW_ENTRIES - r.in_flight).min(batch);
+                let entries = match log.read_next(&r.cursor, room) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(topic = %self.full_name, remote = %cluster, error = %e, "replicator: reading the topic failed");
+                        break;
+                    }
+                };
+                if entries.is_empty() {
+                    break;
+                }
+                for entry in entries {
+                    r.in_flight += 1;
+                    if r.feed.send(Feed { epoch, entry }).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A replicator's report: connected (feed from what was confirmed),
+    /// entries done (move the cursor), or connection lost (stop feeding).
+    pub(super) fn on_replication_report(&mut self, report: Report) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        match report {
+            Report::Ready { cluster, epoch } => {
+                let Some(r) = self.replicators.get_mut(&cluster) else {
+                    return;
+                };
+                r.epoch = Some(epoch);
+                r.in_flight = 0;
+                // Everything not confirmed goes again; the remote drops what it has.
+                if let Err(e) = log.rewind(&r.cursor) {
+                    tracing::warn!(topic = %self.full_name, remote = %cluster, error = %e, "replicator: rewinding its cursor failed");
+                }
+            }
+            Report::Done {
+                cluster,
+                epoch,
+                upto,
+                entries,
+            } => {
+                let Some(r) = self.replicators.get_mut(&cluster) else {
+                    return;
+                };
+                if r.epoch != Some(epoch) {
+                    return;
+                }
+                r.in_flight = r.in_flight.saturating_sub(entries);
+                if let Err(e) = log.ack_cumulative(&r.cursor, upto) {
+                    tracing::warn!(topic = %self.full_name, remote = %cluster, error = %e, "replicator: moving its cursor failed");
+                }
+            }
+            Report::Lost { cluster, epoch } => {
+                if let Some(r) = self
+                    .replicators
+                    .get_mut(&cluster)
+                    .filter(|r| r.epoch == Some(epoch))
+                {
+                    r.epoch = None;
+                    r.in_flight = 0;
+                }
+            }
+        }
+        self.feed_replicators();
+    }
+
+    /// Whether every replicator has sent everything (an idle topic with a
+    /// replication backlog stays loaded to send it).
+    pub(super) fn replication_caught_up(&self) -> bool {
+        let Some(log) = self.log.as_ref() else {
+            return true;
+        };
+        self.replicators.values().all(|r| {
+            log.cursor_info(&r.cursor)
+                .map_or(true, |i| i.backlog_entries == 0)
+        })
+    }
+
+    /// Ticks the replicators' rate meters.
+    pub(super) fn tick_replication_meters(&mut self, secs: f64) {
+        for r in self.replicators.values_mut() {
+            r.meter.tick(
+                r.stats.msg_out.load(Ordering::Relaxed),
+                r.stats.bytes_out.load(Ordering::Relaxed),
+                secs,
+            );
+        }
+    }
+
+    /// The `replication` section of the topic's stats, by remote cluster.
+    pub(super) fn replication_stats(&self) -> BTreeMap<String, ReplicatorStatsView> {
+        let now_ms = self.broker.clock().now_ms();
+        self.replicators
+            .iter()
+            .map(|(cluster, r)| {
+                let backlog = self
+                    .log
+                    .as_ref()
+                    .and_then(|l| l.cursor_info(&r.cursor).ok())
+                    .map_or(0, |i| i.backlog_entries);
+                let confirmed = r.stats.last_confirmed_publish_ms.load(Ordering::Relaxed);
+                let delay_ms = if backlog > 0 && confirmed > 0 {
+                    now_ms.saturating_sub(confirmed)
+                } else {
+                    0
+                };
+                let view = ReplicatorStatsView {
+                    msg_rate_out: r.meter.msgs.rate(),
+                    msg_throughput_out: r.meter.bytes.rate(),
+                    msg_out_counter: r.stats.msg_out.load(Ordering::Relaxed),
+                    bytes_out_counter: r.stats.bytes_out.load(Ordering::Relaxed),
+                    replication_backlog: backlog,
+                    connected: r.stats.connected.load(Ordering::Relaxed),
+                    replication_delay_in_seconds: delay_ms / 1000,
+                };
+                (cluster.clone(), view)
+            })
+            .collect()
+    }
+}
+
+/// Whether a cursor is a replicator's, not a subscription.
+pub(super) fn is_subscription(cursor: &str) -> bool {
+    !is_replicator(cursor)
+}
