@@ -17,6 +17,7 @@ import time
 
 import pulsar
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import assert_no_more, http, make_client, unique, wait_until
 
@@ -121,7 +122,25 @@ def test_a_full_mesh_delivers_every_message_to_every_cluster_exactly_once(mesh):
                    WAIT_S, "a's replicators caught up")
         stats = rest(a, "GET", path)
         assert sorted(stats["replication"]) == ["b", "c"]
+        assert stats["replication"]["b"]["msgOutCounter"] == per_producer
         assert not any(s.startswith("pulsar.repl.") for s in stats["subscriptions"])
+
+        def replication_series():
+            status, text = http("GET", a.http_url + "/metrics")
+            assert status == 200
+            out = {}
+            for family in text_string_to_metric_families(text.decode()):
+                for s in family.samples:
+                    if s.name.startswith("pulsar_replication_") and s.labels.get("topic") == topic:
+                        out[(s.name, s.labels["remote_cluster"])] = s.value
+            return out
+
+        wait_until(lambda: replication_series().get(("pulsar_replication_connected_count", "c")) == 1,
+                   WAIT_S, "the replication series on /metrics")
+        series = replication_series()
+        for remote in ("b", "c"):
+            assert series[("pulsar_replication_backlog", remote)] == 0
+            assert series[("pulsar_replication_connected_count", remote)] == 1
     finally:
         for c in clients.values():
             c.close()
@@ -199,6 +218,11 @@ def test_kill_9_of_either_side_mid_stream_loses_and_doubles_nothing(mesh, victim
     killed = b if victim == "remote" else a
     total = 3000
     results = []
+    # The subscription that counts in b exists first: without it (and without
+    # retention) b would be free to drop what nobody subscribed to, as Pulsar.
+    cb = make_client(b)
+    cb.subscribe(topic, "count", initial_position=pulsar.InitialPosition.Earliest).close()
+    cb.close()
     ca = make_client(a)
 
     def produce():

@@ -33,6 +33,8 @@ pub struct TopicMetrics {
     entry_size: [AtomicU64; ENTRY_SIZE_BUCKETS.len() + 1],
     /// The subscriptions as the topic last sampled them.
     subscription_samples: Mutex<Vec<SubscriptionSample>>,
+    /// The replicators, by remote cluster, as the topic last sampled them.
+    replication_samples: Mutex<Vec<ReplicationSample>>,
     /// Compactions that succeeded and failed (this load of the topic), and
     /// the entries of the compacted view after the last one.
     pub compacted_entries: AtomicU64,
@@ -98,6 +100,17 @@ pub struct SubscriptionSample {
     pub msg_out: u64,
 }
 
+/// One replicator (towards `remote`) as `/metrics` shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicationSample {
+    pub remote: String,
+    pub backlog: u64,
+    pub rate_out: f64,
+    pub throughput_out: f64,
+    pub connected: bool,
+    pub delay_secs: u64,
+}
+
 fn load_f64(a: &AtomicU64) -> f64 {
     f64::from_bits(a.load(Ordering::Relaxed))
 }
@@ -144,6 +157,21 @@ impl TopicMetrics {
             .subscription_samples
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = samples;
+    }
+
+    /// Replaces the replicators' sample.
+    pub fn set_replication(&self, samples: Vec<ReplicationSample>) {
+        *self
+            .replication_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = samples;
+    }
+
+    fn replication(&self) -> Vec<ReplicationSample> {
+        self.replication_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn subscriptions(&self) -> Vec<SubscriptionSample> {
@@ -345,6 +373,7 @@ pub fn render(
     let mut out = String::with_capacity(4096 + topics.len() * 1024);
     render_topics(&mut out, cluster, &topics);
     render_subscriptions(&mut out, cluster, &topics);
+    render_replication(&mut out, cluster, &topics);
     render_topic_buckets(&mut out, cluster, &topics);
     render_broker_totals(&mut out, cluster, &topics);
     render_broker(&mut out, cluster, registry);
@@ -674,6 +703,60 @@ fn render_subscriptions(out: &mut String, cluster: &str, topics: &[(String, Arc<
                     out,
                     "{name}{{{labels},subscription=\"{}\"}} {}",
                     escape(&s.name),
+                    get(s)
+                );
+            }
+        }
+    }
+}
+
+/// Reads one per-replicator figure.
+type ReplGet = fn(&ReplicationSample) -> f64;
+
+/// Pulsar's per-replicator series (the outbound half).
+const REPLICATION_SERIES: [(&str, &str, ReplGet); 5] = [
+    (
+        "pulsar_replication_backlog",
+        "Entries not yet confirmed by the remote cluster",
+        |s| s.backlog as f64,
+    ),
+    (
+        "pulsar_replication_rate_out",
+        "Messages replicated to the remote cluster per second",
+        |s| s.rate_out,
+    ),
+    (
+        "pulsar_replication_throughput_out",
+        "Bytes replicated to the remote cluster per second",
+        |s| s.throughput_out,
+    ),
+    (
+        "pulsar_replication_connected_count",
+        "1 while the replicator is connected to the remote cluster",
+        |s| f64::from(u8::from(s.connected)),
+    ),
+    (
+        "pulsar_replication_delay_in_seconds",
+        "Age of the last entry the remote confirmed, while there is a backlog",
+        |s| s.delay_secs as f64,
+    ),
+];
+
+/// Per-replicator series, labelled cluster, namespace, topic, remote_cluster.
+fn render_replication(out: &mut String, cluster: &str, topics: &[(String, Arc<TopicMetrics>)]) {
+    let repl: Vec<(String, Vec<ReplicationSample>)> = topics
+        .iter()
+        .map(|(name, m)| (topic_labels(cluster, name), m.replication()))
+        .filter(|(_, samples)| !samples.is_empty())
+        .collect();
+    for (name, help, get) in REPLICATION_SERIES {
+        header(out, name, "gauge", help);
+        for (labels, samples) in &repl {
+            for s in samples {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{labels},remote_cluster=\"{}\"}} {}",
+                    escape(&s.remote),
                     get(s)
                 );
             }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use kilonova_storage::InitialPosition;
 
 use super::Topic;
+use crate::metrics::ReplicationSample;
 use crate::rate_meter::FlowMeter;
 use crate::replicator::{
     self, is_replicator, replicator_name, Feed, ReplicatorStats, Report, Spec, WINDOW_ENTRIES,
@@ -222,7 +223,8 @@ impl Topic {
         })
     }
 
-    /// Ticks the replicators' rate meters.
+    /// Ticks the replicators' rate meters and refreshes what `/metrics`
+    /// shows of them.
     pub(super) fn tick_replication_meters(&mut self, secs: f64) {
         for r in self.replicators.values_mut() {
             r.meter.tick(
@@ -231,6 +233,19 @@ impl Topic {
                 secs,
             );
         }
+        let samples = self
+            .replication_stats()
+            .into_iter()
+            .map(|(remote, s)| ReplicationSample {
+                remote,
+                backlog: s.replication_backlog,
+                rate_out: s.msg_rate_out,
+                throughput_out: s.msg_throughput_out,
+                connected: s.connected,
+                delay_secs: s.replication_delay_in_seconds,
+            })
+            .collect();
+        self.metrics.set_replication(samples);
     }
 
     /// The `replication` section of the topic's stats, by remote cluster.
