@@ -259,3 +259,33 @@ def test_kill_9_of_either_side_mid_stream_loses_and_doubles_nothing(mesh, victim
         assert sorted(counts) == sorted(f"m-{i}" for i in range(total))
     finally:
         cb.close()
+
+
+def test_a_partitioned_topic_replicates_partition_by_partition(mesh):
+    ns = replicated_namespace(mesh, members=["a", "b"])
+    a, b = mesh["a"], mesh["b"]
+    # b keeps what arrives before anyone subscribes there.
+    rest(b, "POST", f"/admin/v2/namespaces/{ns}/retention",
+         {"retentionTimeInMinutes": 60, "retentionSizeInMB": 100})
+    local = unique("parts")
+    topic = f"persistent://{ns}/{local}"
+    # Only a has the partitioned topic: the replicators create it in b.
+    rest(a, "PUT", f"/admin/v2/persistent/{ns}/{local}/partitions", 3)
+    ca, cb = make_client(a), make_client(b)
+    try:
+        producer = ca.create_producer(topic, batching_enabled=False)
+        sent = {}
+        for i in range(30):
+            mid = producer.send(f"m-{i}".encode(), partition_key=f"k{i}")
+            sent[f"m-{i}"] = mid.partition()
+        assert len(set(sent.values())) == 3, "every partition used"
+        wait_until(lambda: http("GET", f"{b.http_url}/admin/v2/persistent/{ns}/{local}/partitions")[0] == 200
+                   and json.loads(http("GET", f"{b.http_url}/admin/v2/persistent/{ns}/{local}/partitions")[1])["partitions"] == 3,
+                   WAIT_S, "the partitioned topic created in b")
+        consumer = cb.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+        got = {m.data().decode(): int(m.topic_name().rsplit("-partition-", 1)[1])
+               for m in drain(consumer, 30)}
+        assert got == sent, "each message in the partition of the same index"
+    finally:
+        ca.close()
+        cb.close()

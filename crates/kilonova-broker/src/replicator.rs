@@ -262,6 +262,7 @@ async fn connect(spec: &Spec) -> Result<(Client, Producer), ClientError> {
         token: spec.broker.config().replication_token(&spec.remote),
         tls_trust_certs: spec.broker.config().replication_tls_trust_certs.clone(),
     };
+    ensure_remote_partitions(spec, &cluster).await?;
     let url = cluster.broker_service_url;
     let attempt = async {
         let client = Client::connect_with(&url, &options).await?;
@@ -287,6 +288,88 @@ async fn connect(spec: &Spec) -> Result<(Client, Producer), ClientError> {
                 message: "timed out".into(),
             })
         })
+}
+
+/// For a partition of a partitioned topic: makes sure the remote cluster has
+/// the partitioned topic, with this cluster's partition count (Pulsar's
+/// `createTopicToRemoteClusterForReplication`), through its admin REST API
+/// (the cluster's `serviceUrl`; an existing topic, 409, is fine). Without
+/// it the remote would take the partition for a topic of its own.
+async fn ensure_remote_partitions(
+    spec: &Spec,
+    cluster: &kilonova_metadata::policies::ClusterData,
+) -> Result<(), ClientError> {
+    let Ok(name) = kilonova_metadata::TopicName::parse(&spec.topic) else {
+        return Ok(());
+    };
+    if name.partition().is_none() {
+        return Ok(());
+    }
+    let base = name.partitioned_topic();
+    let partitions = match spec.broker.resources().topic(&base).await {
+        Ok(Some(t)) if t.partitions > 0 => t.partitions,
+        _ => return Ok(()),
+    };
+    let failed = |message: String| ClientError::Connect {
+        addr: cluster.service_url.clone(),
+        message,
+    };
+    let url = format!(
+        "{}/admin/v2/{}/partitions",
+        cluster.service_url.trim_end_matches('/'),
+        base.to_string().replacen("://", "/", 1)
+    );
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CONNECT_TIMEOUT);
+    if url.starts_with("https://") {
+        http = http.tls_backend_preconfigured(
+            admin_tls(spec.broker.config().replication_tls_trust_certs.as_deref())
+                .map_err(failed)?,
+        );
+    }
+    let http = http.build().map_err(|e| failed(e.to_string()))?;
+    let mut request = http.put(&url).body(partitions.to_string());
+    request = request.header("Content-Type", "application/json");
+    if let Some(token) = spec.broker.config().replication_token(&spec.remote) {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| failed(format!("creating the partitioned topic: {e}")))?;
+    match response.status().as_u16() {
+        200..=299 => {
+            tracing::info!(topic = %base, remote = %spec.remote, partitions, "partitioned topic created on the remote cluster");
+            Ok(())
+        }
+        409 => Ok(()),
+        status => Err(failed(format!(
+            "creating the partitioned topic {base}: HTTP {status}: {}",
+            response.text().await.unwrap_or_default()
+        ))),
+    }
+}
+
+/// TLS for a remote's https admin URL: the configured CA certificates, or
+/// none configured, refused (a private CA is the norm between clusters).
+fn admin_tls(
+    trust_certs: Option<&std::path::Path>,
+) -> Result<tokio_rustls::rustls::ClientConfig, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let path = trust_certs.ok_or("an https serviceUrl needs replication_tls_trust_certs")?;
+    let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| bad(&e))
 }
 
 enum Pump {
