@@ -136,6 +136,11 @@ pub struct BrokerConfig {
     pub compaction_check_interval_secs: u64,
     /// Distinct keys one compaction keeps track of; past it the compaction fails.
     pub compaction_max_keys: usize,
+    /// Entries one analyze-backlog reads at most; past it the answer says
+    /// `aborted` (Pulsar's `subscriptionBacklogScanMaxEntries`).
+    pub subscription_backlog_scan_max_entries: u64,
+    /// Time one analyze-backlog spends at most (Pulsar's `subscriptionBacklogScanMaxTimeMs`).
+    pub subscription_backlog_scan_max_time_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -195,6 +200,8 @@ impl Default for BrokerConfig {
             delete_inactive_partitioned_topic_metadata: false,
             compaction_check_interval_secs: 60,
             compaction_max_keys: 1_000_000,
+            subscription_backlog_scan_max_entries: 10_000,
+            subscription_backlog_scan_max_time_ms: 120_000,
         }
     }
 }

@@ -31,7 +31,7 @@ mod rate_meter;
 mod subscription;
 mod topic;
 
-pub use broker::{check_servable, Broker, ServiceUrls};
+pub use broker::{check_servable, BacklogAnalysis, Broker, ServiceUrls};
 pub use catalog_import::import_old_catalog;
 pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;

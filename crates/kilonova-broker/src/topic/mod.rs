@@ -40,7 +40,7 @@ mod dispatch;
 mod policy;
 mod publish;
 
-pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
+pub use admin::{AdminReply, AdminRequest, BacklogStep, Peeked, ResetTo};
 pub use compaction::CompactionStatus;
 
 use crate::broker::Broker;
