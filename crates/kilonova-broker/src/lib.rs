@@ -11,6 +11,7 @@
 
 pub mod accept;
 mod broker;
+mod cache_metrics;
 mod catalog_import;
 pub mod clock;
 mod commands;

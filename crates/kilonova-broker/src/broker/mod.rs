@@ -372,6 +372,7 @@ impl Broker {
             &self.inner.metrics,
             &self.inner.store,
             &self.inner.cache,
+            self.inner.clock.now(),
         )
     }
 
