@@ -219,3 +219,31 @@ def test_topic_max_unacked_messages_per_consumer_overrides_the_namespaces(broker
     assert_no_more(consumer, what="a consumer at the namespace's limit of 5")
     consumer.close()
     producer.close()
+
+
+def test_topic_max_unacked_messages_per_subscription_blocks_the_subscription(broker, client):
+    from conftest import assert_no_more, collect_from
+    from test_admin_cli import Cli
+    cli = Cli(broker)
+    topic = f"persistent://{new_namespace(cli)}/t"
+    cli.ok("topics", "create", topic)
+    cli.ok("topicPolicies", "set-max-unacked-messages-per-subscription", topic, "--maxNum", "3")
+    a = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared, receiver_queue_size=20)
+    b = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared, receiver_queue_size=20)
+    producer = client.create_producer(topic, batching_enabled=False)
+    for i in range(10):
+        producer.send(f"m{i}".encode())
+
+    def delivered():
+        return sub_stats(broker, topic, "s")["unackedMessages"]
+
+    wait_until(lambda: delivered() == 3, WAIT_S, f"3 messages delivered (last {delivered()})")
+    assert sub_stats(broker, topic, "s")["blockedSubscriptionOnUnackedMsgs"] is True
+    collect_from([a, b], 3)
+    for c in (a, b):
+        assert_no_more(c, what="a consumer of a subscription at the topic's limit")
+    cli.ok("topicPolicies", "remove-max-unacked-messages-per-subscription", topic)
+    collect_from([a, b], 7)
+    for c in (a, b):
+        c.close()
+    producer.close()
