@@ -167,8 +167,7 @@ pub(crate) fn render(
     ];
     let cluster = crate::metrics::escape(cluster);
     for (name, help, v) in series {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
+        crate::metrics::header(out, name, "gauge", help);
         let _ = writeln!(out, "{name}{{cluster=\"{cluster}\"}} {v}");
     }
 }
