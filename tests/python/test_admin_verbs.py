@@ -214,3 +214,25 @@ def test_namespace_topics_clear_backlog_and_unload(cli, broker, client):
     wait_until(lambda: not any(loaded(t) for t in topics), WAIT_S, "the namespace's topics to unload")
     cli.fails("namespaces", "unload", f"{tenant}/missing")
     cli.fails("namespaces", "topics", f"{tenant}/missing")
+
+
+# ---------------------------------------------------------------- topic-level policies
+
+
+@pytest.mark.parametrize("group", ["topics", "topicPolicies"])
+def test_topic_unacked_limits_and_compaction_threshold_round_trip(cli, broker, group):
+    topic = topic_name("topic-policies")
+    cli.ok("topics", "create", topic)
+    path = topic_rest_path(topic)
+    for verb, segment, flag, value, expected in [
+        ("max-unacked-messages-per-consumer", "maxUnackedMessagesOnConsumer", "-m", "7", 7),
+        ("max-unacked-messages-per-subscription", "maxUnackedMessagesOnSubscription", "--maxNum", "9", 9),
+        ("compaction-threshold", "compactionThreshold", "-t", "10M", 10 << 20),
+    ]:
+        assert cli.ok(group, f"get-{verb}", topic).stdout.strip() == "", "nothing set yet"
+        cli.ok(group, f"set-{verb}", topic, flag, value)
+        assert cli.json(group, f"get-{verb}", topic) == expected
+        assert rest_json(broker, f"{path}/{segment}") == expected, "Pulsar's route serves it"
+        cli.ok(group, f"remove-{verb}", topic)
+        assert cli.ok(group, f"get-{verb}", topic).stdout.strip() == ""
+    cli.fails(group, "set-max-unacked-messages-per-consumer", topic, "-m", "-1")

@@ -42,6 +42,34 @@ def wait_compacted(broker, topic: str, timeout: float = 20.0) -> None:
     wait_until(done, timeout, f"compaction of {topic} did not reach SUCCESS")
 
 
+def test_a_topic_compaction_threshold_overrides_the_namespaces(make_broker):
+    from test_admin_cli import Cli
+    broker = make_broker(config=toml({"compaction_check_interval_secs": 1,
+                                      "cursor_persist_interval_ms": 100}))
+    cli = Cli(broker)
+    ns = f"public/{unique('ns')}"
+    cli.ok("namespaces", "create", ns)
+    cli.ok("namespaces", "set-compaction-threshold", ns, "-t", "1G")
+    topic = f"persistent://{ns}/{unique('auto')}"
+    cli.ok("topics", "create", topic)
+    cli.ok("topics", "set-compaction-threshold", topic, "-t", "1K")
+    assert cli.json("topics", "get-compaction-threshold", topic) == 1024
+
+    c = make_client(broker)
+    try:
+        producer = c.create_producer(topic, batching_enabled=False)
+        latest = {}
+        for i in range(40):
+            key = f"k{i % 3}"
+            latest[key] = f"{key}-{i}-{'x' * 40}".encode()
+            producer.send(latest[key], partition_key=key)
+        wait_compacted(broker, topic)  # 40 messages of ~50 bytes: past 1 KiB, far from 1 GiB
+        got = kv(read_all(c, topic, compacted=True))
+        assert sorted(got) == sorted(latest.items())
+    finally:
+        c.close()
+
+
 def read_all(client, topic: str, compacted: bool, timeout_ms: int = 1500) -> list:
     """Everything a reader from the earliest message gets until it is idle."""
     reader = client.create_reader(topic, pulsar.MessageId.earliest, is_read_compacted=compacted)

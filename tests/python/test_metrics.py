@@ -39,6 +39,26 @@ GROUP_COMMIT_ENTRIES = "kilonova_storage_group_commit_entries"  # histogram: ent
 CACHE_HITS = "kilonova_entry_cache_hits_total"  # counter
 CACHE_MISSES = "kilonova_entry_cache_misses_total"  # counter
 
+# Pulsar's entry-cache series (ManagedLedgerCacheMetrics): gauges labelled cluster.
+ML_COUNT = "pulsar_ml_count"
+ML_CACHE_USED_SIZE = "pulsar_ml_cache_used_size"
+ML_CACHE_ENTRIES = "pulsar_ml_cache_entries"
+ML_CACHE_INSERTED = "pulsar_ml_cache_inserted_entries_total"
+ML_CACHE_EVICTED = "pulsar_ml_cache_evicted_entries_total"
+ML_CACHE_EVICTIONS = "pulsar_ml_cache_evictions"
+ML_CACHE_HITS_RATE = "pulsar_ml_cache_hits_rate"
+ML_CACHE_HITS_THROUGHPUT = "pulsar_ml_cache_hits_throughput"
+ML_CACHE_MISSES_RATE = "pulsar_ml_cache_misses_rate"
+ML_CACHE_MISSES_THROUGHPUT = "pulsar_ml_cache_misses_throughput"
+ML_CACHE_POOL = ["pulsar_ml_cache_pool_allocated", "pulsar_ml_cache_pool_used",
+                 "pulsar_ml_cache_pool_active_allocations",
+                 "pulsar_ml_cache_pool_active_allocations_small",
+                 "pulsar_ml_cache_pool_active_allocations_normal",
+                 "pulsar_ml_cache_pool_active_allocations_huge"]
+ML_CACHE_SERIES = [ML_COUNT, ML_CACHE_USED_SIZE, ML_CACHE_ENTRIES, ML_CACHE_INSERTED, ML_CACHE_EVICTED,
+                   ML_CACHE_EVICTIONS, ML_CACHE_HITS_RATE, ML_CACHE_HITS_THROUGHPUT,
+                   ML_CACHE_MISSES_RATE, ML_CACHE_MISSES_THROUGHPUT, *ML_CACHE_POOL]
+
 WAIT_S = 10.0
 
 
@@ -282,6 +302,81 @@ def test_storage_histograms_and_entry_cache_counters(broker, client):
         f"replaying {len(sent)} entries should count cache hits or misses "
         f"({CACHE_HITS} + {CACHE_MISSES}: {lookups_before} -> {lookups_after})"
     )
+
+
+def test_pulsar_entry_cache_series_move_with_publishes_and_reads(broker, client):
+    def ml(s: Scrape, name: str) -> float:
+        v = s.value(name, cluster=CLUSTER)
+        assert v is not None, f"no {name}{{cluster={CLUSTER!r}}} in /metrics"
+        return v
+
+    before = scrape(broker)  # also starts the first rate window
+    for name in ML_CACHE_SERIES:
+        family = before.family_with_sample(name)
+        assert family is not None and family.type == "gauge", f"{name} should be a gauge: {family}"
+    assert ml(before, ML_COUNT) == 0 and ml(before, ML_CACHE_USED_SIZE) == 0
+
+    # A subscription left behind at the start keeps what is published cached;
+    # a consumer waiting at the end gets it from the cache.
+    topic = f"persistent://public/default/{unique('mlcache')}"
+    client.subscribe(topic, "behind").close()
+    consumer = client.subscribe(topic, "tail", consumer_type=pulsar.ConsumerType.Shared)
+    producer = client.create_producer(topic, batching_enabled=False)
+    sent = [f"cached-{i}".encode() * 10 for i in range(20)]
+    send_all(producer, sent)
+    published = scrape(broker)
+    assert ml(published, ML_COUNT) == 1, "one loaded persistent topic, one managed log"
+    assert ml(published, ML_CACHE_INSERTED) >= len(sent)
+    assert ml(published, ML_CACHE_ENTRIES) == len(sent), "the unread entries are cached"
+    assert ml(published, ML_CACHE_USED_SIZE) >= sum(len(p) for p in sent)
+    assert ml(published, "pulsar_ml_cache_pool_used") == ml(published, ML_CACHE_USED_SIZE)
+    assert ml(published, "pulsar_ml_cache_pool_active_allocations") == len(sent)
+    assert ml(published, "pulsar_ml_cache_pool_active_allocations_small") == len(sent)
+
+    got = receive_n(consumer, len(sent))
+    assert sorted(payloads(got)) == sorted(sent)
+    for m in got:
+        consumer.acknowledge(m)
+
+    # Rates are measured over the time between scrapes (at least 1 s).
+    last: dict = {}
+
+    def hits_measured() -> bool:
+        s = scrape(broker)
+        last.update(rate=ml(s, ML_CACHE_HITS_RATE), bytes=ml(s, ML_CACHE_HITS_THROUGHPUT),
+                    hits=s.value(CACHE_HITS))
+        return last["rate"] > 0 and last["bytes"] > 0
+
+    deadline = time.monotonic() + WAIT_S
+    while not hits_measured():
+        assert time.monotonic() < deadline, f"{ML_CACHE_HITS_RATE} stayed 0 after cached reads: {last}"
+        time.sleep(0.2)
+    assert last["hits"] >= len(sent), f"the {len(sent)} dispatched entries were cache hits: {last}"
+
+    # The subscription behind reads and acknowledges them too: the cache lets them go.
+    behind = client.subscribe(topic, "behind", consumer_type=pulsar.ConsumerType.Shared)
+    for m in receive_n(behind, len(sent)):
+        behind.acknowledge(m)
+    deadline = time.monotonic() + WAIT_S
+    while ml(scrape(broker), ML_CACHE_EVICTED) < len(sent):
+        assert time.monotonic() < deadline, f"{ML_CACHE_EVICTED} did not reach {len(sent)}"
+        time.sleep(0.2)
+    assert ml(scrape(broker), ML_CACHE_USED_SIZE) == 0
+
+    # A new subscription from the earliest message reads them from storage: misses.
+    replay = client.subscribe(topic, "replay", initial_position=pulsar.InitialPosition.Earliest)
+    assert sorted(payloads(receive_n(replay, len(sent)))) == sorted(sent)
+
+    def misses_measured() -> bool:
+        s = scrape(broker)
+        return ml(s, ML_CACHE_MISSES_RATE) > 0 and ml(s, ML_CACHE_MISSES_THROUGHPUT) > 0
+
+    deadline = time.monotonic() + WAIT_S
+    while not misses_measured():
+        assert time.monotonic() < deadline, f"{ML_CACHE_MISSES_RATE} stayed 0 after reads from storage"
+        time.sleep(0.2)
+    for c in (consumer, behind, replay, producer):
+        c.close()
 
 
 @pytest.mark.parametrize("name", [IN_MESSAGES, OUT_MESSAGES, PRODUCERS, CONSUMERS, SUBSCRIPTIONS,

@@ -190,3 +190,60 @@ def test_max_unacked_messages_per_subscription_blocks_the_subscription(broker, c
     for c in (a, b):
         c.close()
     producer.close()
+
+
+def test_topic_max_unacked_messages_per_consumer_overrides_the_namespaces(broker, client):
+    from conftest import assert_no_more
+    from test_admin_cli import Cli
+    cli = Cli(broker)
+    ns = new_namespace(cli)
+    cli.ok("namespaces", "set-max-unacked-messages-per-consumer", ns, "-c", "5")
+    topic = f"persistent://{ns}/t"
+    cli.ok("topics", "create", topic)
+    cli.ok("topics", "set-max-unacked-messages-per-consumer", topic, "-m", "2")
+    assert cli.json("topics", "get-max-unacked-messages-per-consumer", topic) == 2
+    assert cli.json("topicPolicies", "get-max-unacked-messages-on-consumer", topic) == 2
+    consumer = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared,
+                                receiver_queue_size=20)
+    producer = client.create_producer(topic, batching_enabled=False)
+    for i in range(8):
+        producer.send(f"m{i}".encode())
+    receive_n(consumer, 2, what="the 2 messages the topic's limit allows")
+    assert_no_more(consumer, what="a consumer at the topic's limit of 2 (the namespace says 5)")
+    c = sub_stats(broker, topic, "s")["consumers"][0]
+    assert c["unackedMessages"] == 2 and c["blockedConsumerOnUnackedMsgs"] is True, c
+
+    cli.ok("topics", "remove-max-unacked-messages-per-consumer", topic)
+    assert cli.ok("topics", "get-max-unacked-messages-per-consumer", topic).stdout.strip() == ""
+    receive_n(consumer, 3, timeout=WAIT_S, what="3 more once the namespace's limit of 5 applies")
+    assert_no_more(consumer, what="a consumer at the namespace's limit of 5")
+    consumer.close()
+    producer.close()
+
+
+def test_topic_max_unacked_messages_per_subscription_blocks_the_subscription(broker, client):
+    from conftest import assert_no_more, collect_from
+    from test_admin_cli import Cli
+    cli = Cli(broker)
+    topic = f"persistent://{new_namespace(cli)}/t"
+    cli.ok("topics", "create", topic)
+    cli.ok("topicPolicies", "set-max-unacked-messages-per-subscription", topic, "--maxNum", "3")
+    a = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared, receiver_queue_size=20)
+    b = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared, receiver_queue_size=20)
+    producer = client.create_producer(topic, batching_enabled=False)
+    for i in range(10):
+        producer.send(f"m{i}".encode())
+
+    def delivered():
+        return sub_stats(broker, topic, "s")["unackedMessages"]
+
+    wait_until(lambda: delivered() == 3, WAIT_S, f"3 messages delivered (last {delivered()})")
+    assert sub_stats(broker, topic, "s")["blockedSubscriptionOnUnackedMsgs"] is True
+    collect_from([a, b], 3)
+    for c in (a, b):
+        assert_no_more(c, what="a consumer of a subscription at the topic's limit")
+    cli.ok("topicPolicies", "remove-max-unacked-messages-per-subscription", topic)
+    collect_from([a, b], 7)
+    for c in (a, b):
+        c.close()
+    producer.close()

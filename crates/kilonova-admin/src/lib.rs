@@ -11,6 +11,7 @@
 //! ones the HTTP router is served on ([`server::AdminServer`], for the HTTP
 //! and HTTPS ports).
 
+mod analyze_backlog;
 pub mod api;
 mod brokers;
 mod clusters;
@@ -55,6 +56,7 @@ pub fn api() -> Api {
     let api = namespace_topics::routes(api);
     let api = compaction::routes(api);
     let api = termination::routes(api);
+    let api = analyze_backlog::routes(api);
     api.route(
         "/metrics",
         get(metrics),

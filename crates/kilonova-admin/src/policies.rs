@@ -144,7 +144,7 @@ pub static MAX_CONSUMERS_PER_SUBSCRIPTION: Field<i32> = Field {
     topic: Some(|t| &mut t.max_consumers_per_subscription),
 };
 
-/// Namespace level only (Pulsar's topic level is `maxUnackedMessagesOnConsumer`).
+/// Namespace level (the topic level is [`MAX_UNACKED_ON_CONSUMER`]).
 pub static MAX_UNACKED_PER_CONSUMER: Field<i32> = Field {
     path: "maxUnackedMessagesPerConsumer",
     what: "max unacked messages per consumer",
@@ -155,7 +155,7 @@ pub static MAX_UNACKED_PER_CONSUMER: Field<i32> = Field {
     topic: None,
 };
 
-/// Namespace level only.
+/// Namespace level (the topic level is [`MAX_UNACKED_ON_SUBSCRIPTION`]).
 pub static MAX_UNACKED_PER_SUBSCRIPTION: Field<i32> = Field {
     path: "maxUnackedMessagesPerSubscription",
     what: "max unacked messages per subscription",
@@ -164,6 +164,29 @@ pub static MAX_UNACKED_PER_SUBSCRIPTION: Field<i32> = Field {
     ns_get: |n, _| n.max_unacked_messages_per_subscription,
     ns_put: |n, _, v| n.max_unacked_messages_per_subscription = v,
     topic: None,
+};
+
+/// Topic level: Pulsar names the topic's route `…OnConsumer`, the namespace's
+/// `…PerConsumer`; the topic's value overrides the namespace's.
+pub static MAX_UNACKED_ON_CONSUMER: Field<i32> = Field {
+    path: "maxUnackedMessagesOnConsumer",
+    what: "max unacked messages per consumer",
+    check: check_count,
+    limit: no_limit,
+    ns_get: |_, _| None,
+    ns_put: |_, _, _| {},
+    topic: Some(|t| &mut t.max_unacked_messages_on_consumer),
+};
+
+/// Topic level (see [`MAX_UNACKED_ON_CONSUMER`]).
+pub static MAX_UNACKED_ON_SUBSCRIPTION: Field<i32> = Field {
+    path: "maxUnackedMessagesOnSubscription",
+    what: "max unacked messages per subscription",
+    check: check_count,
+    limit: no_limit,
+    ns_get: |_, _| None,
+    ns_put: |_, _, _| {},
+    topic: Some(|t| &mut t.max_unacked_messages_on_subscription),
 };
 
 /// Namespace level only.
@@ -401,5 +424,7 @@ pub fn routes(api: Api) -> Api {
     let api = topic_routes(api, &MAX_CONSUMERS_PER_SUBSCRIPTION);
     let api = topic_routes(api, &MAX_MESSAGE_SIZE);
     let api = topic_routes(api, &DELAYED_DELIVERY);
+    let api = topic_routes(api, &MAX_UNACKED_ON_CONSUMER);
+    let api = topic_routes(api, &MAX_UNACKED_ON_SUBSCRIPTION);
     topic_routes(api, &DEDUPLICATION)
 }

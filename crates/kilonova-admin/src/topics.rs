@@ -36,12 +36,12 @@ struct NsPath {
 }
 
 #[derive(Deserialize)]
-struct SubPath {
+pub(crate) struct SubPath {
     domain: String,
     tenant: String,
     namespace: String,
     topic: String,
-    subscription: String,
+    pub(crate) subscription: String,
 }
 
 fn domain(d: &str) -> ApiResult<Domain> {
@@ -60,7 +60,7 @@ pub fn topic_name(p: &TopicPath) -> ApiResult<TopicName> {
     ))?)
 }
 
-fn sub_topic(p: &SubPath) -> ApiResult<TopicName> {
+pub(crate) fn sub_topic(p: &SubPath) -> ApiResult<TopicName> {
     topic_name(&TopicPath {
         domain: p.domain.clone(),
         tenant: p.tenant.clone(),
@@ -573,7 +573,7 @@ async fn last_message_id(
 /// A MessageId body: `{ledgerId, entryId[, partitionIndex]}`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MessageIdBody {
+pub(crate) struct MessageIdBody {
     ledger_id: i64,
     entry_id: i64,
     #[serde(default = "minus_one")]
@@ -586,7 +586,7 @@ fn minus_one() -> i32 {
 
 impl MessageIdBody {
     /// Pulsar's `MessageId.earliest` is (-1, -1), `latest` is (Long.MAX, Long.MAX).
-    fn target(&self) -> ResetTo {
+    pub(crate) fn target(&self) -> ResetTo {
         match (self.ledger_id, self.entry_id) {
             (l, _) if l < 0 => ResetTo::Earliest,
             (i64::MAX, _) => ResetTo::Latest,

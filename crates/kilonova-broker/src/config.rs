@@ -144,6 +144,11 @@ pub struct BrokerConfig {
     /// CA certificates (PEM) that remote clusters' `pulsar+ssl://` broker
     /// certificates must chain to.
     pub replication_tls_trust_certs: Option<std::path::PathBuf>,
+    /// Entries one analyze-backlog reads at most; past it the answer says
+    /// `aborted` (Pulsar's `subscriptionBacklogScanMaxEntries`).
+    pub subscription_backlog_scan_max_entries: u64,
+    /// Time one analyze-backlog spends at most (Pulsar's `subscriptionBacklogScanMaxTimeMs`).
+    pub subscription_backlog_scan_max_time_ms: u64,
 }
 
 impl BrokerConfig {
@@ -214,6 +219,8 @@ impl Default for BrokerConfig {
             compaction_max_keys: 1_000_000,
             replication_tokens: Default::default(),
             replication_tls_trust_certs: None,
+            subscription_backlog_scan_max_entries: 10_000,
+            subscription_backlog_scan_max_time_ms: 120_000,
         }
     }
 }

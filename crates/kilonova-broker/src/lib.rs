@@ -11,6 +11,7 @@
 
 pub mod accept;
 mod broker;
+mod cache_metrics;
 mod catalog_import;
 pub mod clock;
 mod commands;
@@ -32,7 +33,7 @@ mod replicator;
 mod subscription;
 mod topic;
 
-pub use broker::{check_servable, Broker, ServiceUrls};
+pub use broker::{check_servable, BacklogAnalysis, Broker, ServiceUrls};
 pub use catalog_import::import_old_catalog;
 pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;

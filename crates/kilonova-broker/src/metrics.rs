@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use kilonova_storage::{HistogramSnapshot, SegmentStore};
 
+use crate::cache_metrics::{self, CacheMeter};
+
 /// One loaded topic's metrics.
 #[derive(Debug, Default)]
 pub struct TopicMetrics {
@@ -250,6 +252,8 @@ pub struct MetricsRegistry {
     connections_closed: AtomicU64,
     /// Connections refused: by `max_connections`, by `max_connections_per_ip`.
     connections_refused: [AtomicU64; 2],
+    /// The entry cache's rates, measured between scrapes.
+    cache_meter: Mutex<CacheMeter>,
 }
 
 impl MetricsRegistry {
@@ -333,13 +337,13 @@ impl MetricsRegistry {
 }
 
 /// Escapes a label value (backslash, double quote, newline).
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
@@ -362,12 +366,14 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot, pe
     let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
-/// Everything the broker measures, in Prometheus' text format.
+/// Everything the broker measures, in Prometheus' text format, as of `now`
+/// (the end of the entry cache's rate window).
 pub fn render(
     cluster: &str,
     registry: &MetricsRegistry,
     store: &SegmentStore,
     cache: &kilonova_storage::EntryCache,
+    now: std::time::Instant,
 ) -> String {
     let topics = registry.snapshot();
     let mut out = String::with_capacity(4096 + topics.len() * 1024);
@@ -378,6 +384,18 @@ pub fn render(
     render_broker_totals(&mut out, cluster, &topics);
     render_broker(&mut out, cluster, registry);
     render_storage(&mut out, store, cache);
+    let stats = cache.stats();
+    let rates = registry
+        .cache_meter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .rates(&stats, now);
+    // A loaded persistent topic owns one managed log.
+    let managed_logs = topics
+        .iter()
+        .filter(|(name, _)| name.starts_with("persistent://"))
+        .count() as u64;
+    cache_metrics::render(&mut out, cluster, &stats, &rates, managed_logs);
     crate::process_metrics::render(&mut out);
     out
 }

@@ -165,11 +165,13 @@ impl Effective {
                 c.max_consumers_per_subscription,
             ),
             max_unacked_per_consumer: count(
-                ns.max_unacked_messages_per_consumer,
+                t.max_unacked_messages_on_consumer
+                    .or(ns.max_unacked_messages_per_consumer),
                 c.max_unacked_messages_per_consumer,
             ),
             max_unacked_per_subscription: count(
-                ns.max_unacked_messages_per_subscription,
+                t.max_unacked_messages_on_subscription
+                    .or(ns.max_unacked_messages_per_subscription),
                 c.max_unacked_messages_per_subscription,
             ),
             max_message_bytes,
@@ -502,6 +504,43 @@ mod tests {
             })
         );
         assert_eq!(e.max_message_bytes, Some(1024));
+    }
+
+    #[test]
+    fn topic_unacked_limits_and_compaction_threshold_override_the_namespaces() {
+        let c = BrokerConfig {
+            max_unacked_messages_per_consumer: 1000,
+            ..BrokerConfig::default()
+        };
+        let ns = Policies {
+            max_unacked_messages_per_subscription: Some(500),
+            compaction_threshold: Some(1 << 20),
+            ..Policies::default()
+        };
+        let mut t = TopicPolicies::default();
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.max_unacked_per_consumer, Some(1000), "the broker's");
+        assert_eq!(e.max_unacked_per_subscription, Some(500), "the namespace's");
+        assert_eq!(e.compaction_threshold_bytes, Some(1 << 20));
+
+        t.max_unacked_messages_on_consumer = Some(3);
+        t.max_unacked_messages_on_subscription = Some(7);
+        t.compaction_threshold = Some(4096);
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.max_unacked_per_consumer, Some(3));
+        assert_eq!(e.max_unacked_per_subscription, Some(7));
+        assert_eq!(e.compaction_threshold_bytes, Some(4096));
+
+        t.max_unacked_messages_on_consumer = Some(0);
+        t.max_unacked_messages_on_subscription = Some(0);
+        t.compaction_threshold = Some(0);
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.max_unacked_per_consumer, None,
+            "0 at topic level is unlimited"
+        );
+        assert_eq!(e.max_unacked_per_subscription, None);
+        assert_eq!(e.compaction_threshold_bytes, None, "0: never compact");
     }
 
     #[test]

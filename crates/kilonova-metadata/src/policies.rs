@@ -286,8 +286,16 @@ pub struct TopicPolicies {
     pub deduplication_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delayed_delivery: Option<DelayedDeliveryPolicies>,
+    /// Bytes of uncompacted backlog that start a compaction (0: never).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_threshold: Option<i64>,
+    /// A consumer gets no more messages while it has this many unacknowledged
+    /// (Pulsar's topic-level name differs from the namespace's `…PerConsumer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unacked_messages_on_consumer: Option<i32>,
+    /// A subscription dispatches nothing while it has this many unacknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unacked_messages_on_subscription: Option<i32>,
 }
 
 impl TopicPolicies {

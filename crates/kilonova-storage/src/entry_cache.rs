@@ -28,30 +28,72 @@ pub enum EvictionStrategy {
 
 type Key = (u64, Position);
 
+/// Size classes of held entries, as Netty's pooled allocator (which holds
+/// Pulsar's cache) names its allocations: small up to 28 KiB, normal up to a
+/// 16 MiB chunk, huge beyond.
+const SMALL_MAX_BYTES: usize = 28 << 10;
+const NORMAL_MAX_BYTES: usize = 16 << 20;
+
+fn size_class(bytes: usize) -> usize {
+    match bytes {
+        b if b <= SMALL_MAX_BYTES => 0,
+        b if b <= NORMAL_MAX_BYTES => 1,
+        _ => 2,
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     entries: BTreeMap<Key, (u64, Entry)>,
     by_age: BTreeMap<u64, Key>,
     bytes: usize,
     seq: u64,
+    /// Entries held by size class (small, normal, huge).
+    by_class: [u64; 3],
 }
 
 impl Inner {
-    fn remove(&mut self, key: &Key) {
-        if let Some((seq, e)) = self.entries.remove(key) {
-            self.by_age.remove(&seq);
-            self.bytes -= e.size();
-        }
+    /// Removes an entry; whether it was there.
+    fn remove(&mut self, key: &Key) -> bool {
+        let Some((seq, e)) = self.entries.remove(key) else {
+            return false;
+        };
+        self.by_age.remove(&seq);
+        self.bytes -= e.size();
+        let class = size_class(e.size());
+        self.by_class[class] = self.by_class[class].saturating_sub(1);
+        true
+    }
+
+    /// Removes entries as one eviction; how many went.
+    fn evict(&mut self, keys: Vec<Key>) -> u64 {
+        keys.iter().filter(|k| self.remove(k)).count() as u64
     }
 }
 
-/// Counters of a cache.
+/// Counters of a cache: totals since it was made (hits, misses, their
+/// bytes, inserts, evictions) and what it holds now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub hits: u64,
+    /// Bytes of the entries served from the cache.
+    pub hit_bytes: u64,
     pub misses: u64,
+    /// Bytes read from storage after a miss.
+    pub miss_bytes: u64,
+    /// Entries put in the cache.
+    pub inserted: u64,
+    /// Evictions that removed something (a log evicting before a position,
+    /// the time threshold, the byte budget): Pulsar counts eviction runs.
+    pub evictions: u64,
+    /// Entries removed by evictions.
+    pub evicted_entries: u64,
     pub entries: u64,
     pub bytes: u64,
+    /// Entries held by size class: up to 28 KiB, up to 16 MiB, beyond.
+    pub entries_small: u64,
+    pub entries_normal: u64,
+    pub entries_huge: u64,
 }
 
 /// A byte-bounded cache of entries keyed by (log id, position).
@@ -59,7 +101,12 @@ pub struct EntryCache {
     max_bytes: usize,
     inner: Mutex<Inner>,
     hits: AtomicU64,
+    hit_bytes: AtomicU64,
     misses: AtomicU64,
+    miss_bytes: AtomicU64,
+    inserted: AtomicU64,
+    evictions: AtomicU64,
+    evicted_entries: AtomicU64,
 }
 
 impl EntryCache {
@@ -68,7 +115,20 @@ impl EntryCache {
             max_bytes,
             inner: Mutex::new(Inner::default()),
             hits: AtomicU64::new(0),
+            hit_bytes: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            miss_bytes: AtomicU64::new(0),
+            inserted: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            evicted_entries: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one eviction of `n` entries (none: nothing to count).
+    fn count_eviction(&self, n: u64) {
+        if n > 0 {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            self.evicted_entries.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -84,14 +144,20 @@ impl EntryCache {
         inner.seq += 1;
         let seq = inner.seq;
         inner.bytes += entry.size();
+        inner.by_class[size_class(entry.size())] += 1;
         inner.by_age.insert(seq, key);
         inner.entries.insert(key, (seq, entry));
+        self.inserted.fetch_add(1, Ordering::Relaxed);
+        let mut over_budget = 0;
         while inner.bytes > self.max_bytes {
             let Some((_, oldest)) = inner.by_age.first_key_value().map(|(s, k)| (*s, *k)) else {
                 break;
             };
             inner.remove(&oldest);
+            over_budget += 1;
         }
+        drop(inner);
+        self.count_eviction(over_budget);
     }
 
     /// The cached entry, counting a hit or a miss.
@@ -101,13 +167,21 @@ impl EntryCache {
             .lock()
             .ok()
             .and_then(|i| i.entries.get(&(log, position)).map(|(_, e)| e.clone()));
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        match &found {
+            Some(e) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.hit_bytes.fetch_add(e.size() as u64, Ordering::Relaxed);
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         found
+    }
+
+    /// Counts the bytes a reader read from storage after a miss.
+    pub fn count_miss_bytes(&self, bytes: usize) {
+        self.miss_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Drops the log's entries before `position`.
@@ -120,9 +194,9 @@ impl EntryCache {
             .range((log, Position::default())..(log, position))
             .map(|(k, _)| *k)
             .collect();
-        for k in keys {
-            inner.remove(&k);
-        }
+        let n = inner.evict(keys);
+        drop(inner);
+        self.count_eviction(n);
     }
 
     /// Drops every entry of the log.
@@ -141,22 +215,31 @@ impl EntryCache {
             .filter(|(_, (_, e))| e.publish_time_ms < threshold_ms)
             .map(|(k, _)| *k)
             .collect();
-        for k in keys {
-            inner.remove(&k);
-        }
+        let n = inner.evict(keys);
+        drop(inner);
+        self.count_eviction(n);
     }
 
     pub fn stats(&self) -> CacheStats {
-        let (entries, bytes) = self
+        let (entries, bytes, by_class) = self
             .inner
             .lock()
-            .map(|i| (i.entries.len() as u64, i.bytes as u64))
+            .map(|i| (i.entries.len() as u64, i.bytes as u64, i.by_class))
             .unwrap_or_default();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            hits: load(&self.hits),
+            hit_bytes: load(&self.hit_bytes),
+            misses: load(&self.misses),
+            miss_bytes: load(&self.miss_bytes),
+            inserted: load(&self.inserted),
+            evictions: load(&self.evictions),
+            evicted_entries: load(&self.evicted_entries),
             entries,
             bytes,
+            entries_small: by_class[0],
+            entries_normal: by_class[1],
+            entries_huge: by_class[2],
         }
     }
 }
@@ -188,6 +271,50 @@ mod tests {
         assert!(c.get(1, Position::new(1, 19)).is_some());
         assert_eq!(c.stats().hits, 1);
         assert_eq!(c.stats().misses, 1);
+    }
+
+    #[test]
+    fn counts_hit_bytes_inserts_evictions_and_size_classes() {
+        let c = EntryCache::new(1 << 20);
+        for e in 0..4 {
+            c.insert(1, entry(1, e, 100, e));
+        }
+        c.insert(1, entry(1, 4, 64 << 10, 4));
+        let s = c.stats();
+        assert_eq!((s.inserted, s.entries), (5, 5));
+        assert_eq!(
+            (s.entries_small, s.entries_normal, s.entries_huge),
+            (4, 1, 0)
+        );
+        assert!(c.get(1, Position::new(1, 0)).is_some());
+        assert!(c.get(1, Position::new(1, 9)).is_none());
+        c.count_miss_bytes(300);
+        let s = c.stats();
+        assert_eq!(
+            (s.hits, s.hit_bytes),
+            (1, 100 + crate::ENTRY_HEADER_LEN as u64)
+        );
+        assert_eq!((s.misses, s.miss_bytes), (1, 300));
+
+        c.evict_before(1, Position::new(1, 2));
+        c.evict_before(1, Position::new(1, 2));
+        let s = c.stats();
+        assert_eq!(
+            (s.evictions, s.evicted_entries, s.entries),
+            (1, 2, 3),
+            "an eviction that removes nothing is not counted"
+        );
+        c.evict_log(1);
+        let s = c.stats();
+        assert_eq!((s.evictions, s.evicted_entries, s.bytes), (2, 5, 0));
+        assert_eq!((s.entries_small, s.entries_normal), (0, 0));
+
+        let small = EntryCache::new(1000);
+        for e in 0..20 {
+            small.insert(1, entry(1, e, 80, e));
+        }
+        let s = small.stats();
+        assert_eq!(s.evicted_entries, 20 - s.entries, "the byte budget evicts");
     }
 
     #[test]

@@ -41,8 +41,8 @@ pub use error::{Result, StorageError};
 pub use health::{StoreFailure, StoreHealth, StoreTrouble};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
-    CompactedWriter, CursorInfo, InitialPosition, ManagedLog, ManagedLogConfig, Retention,
-    SegmentMeta, StoredCursor, StoredSummary,
+    BacklogCounts, BacklogScan, CompactedWriter, CursorInfo, InitialPosition, ManagedLog,
+    ManagedLogConfig, Retention, SegmentMeta, StoredCursor, StoredSummary,
 };
 pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;

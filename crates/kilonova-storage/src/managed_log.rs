@@ -14,7 +14,8 @@
 //! * `retention.rs`: retention (deleting consumed segments) and TTL;
 //! * `meta.rs`: where a log keeps its state, and its metadata record;
 //! * `compacted.rs`: the compacted view (entries kept by compaction, up to a
-//!   horizon, in a segment of their own) and reading through it.
+//!   horizon, in a segment of their own) and reading through it;
+//! * `backlog_scan.rs`: counting a cursor's backlog by reading it, a step at a time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::position::{Position, SegmentId};
 use crate::state_store::StateStore;
 use crate::store::{Completion, SegmentStore};
 
+mod backlog_scan;
 pub(crate) mod compacted;
 pub(crate) mod cursor;
 pub(crate) mod meta;
@@ -35,6 +37,7 @@ mod positions;
 mod retention;
 mod termination;
 
+pub use backlog_scan::{BacklogCounts, BacklogScan};
 pub use compacted::CompactedWriter;
 use compacted::{CompactedView, CursorView};
 use cursor::{named, named_mut, Cursor, Positions};

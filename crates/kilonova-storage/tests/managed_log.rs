@@ -686,3 +686,71 @@ async fn a_terminated_log_refuses_appends_keeps_its_entries_and_stays_terminated
     let log = open(&e, 9, small_segments(), 0).await;
     assert!(!log.is_terminated());
 }
+
+#[tokio::test]
+async fn backlog_scan_counts_unacked_entries_and_their_messages_a_step_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    // 25 entries over three segments; every fifth is a batch of 4 messages.
+    let mut cs = Vec::new();
+    for i in 0..25u64 {
+        let n = if i % 5 == 0 { 4 } else { 1 };
+        cs.push(log.append(msg(i), n, 1000 + i).await.unwrap());
+    }
+    let mut ps = Vec::new();
+    for c in cs {
+        ps.push(c.await.unwrap());
+    }
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    log.ack_cumulative("sub", ps[2]).unwrap();
+    for i in [5, 11, 12] {
+        log.ack("sub", ps[i]).unwrap();
+    }
+    // Unacked: 3, 4, 6..=10, 13..=24 = 19 entries; batches among them: 10, 15, 20.
+    let mut scan = log.backlog_scan("sub", None).unwrap();
+    let mut steps = 0;
+    while !log.scan_backlog(&mut scan, 4).unwrap() {
+        steps += 1;
+        assert!(steps < 10, "the scan makes progress");
+        assert!(scan.counts().entries <= 4 * steps);
+        // Acknowledging during the scan changes nothing it counts.
+        log.ack("sub", ps[24]).unwrap();
+    }
+    let c = scan.counts();
+    assert_eq!((c.entries, c.messages), (19, 19 + 3 * 3));
+    assert_eq!((c.first, c.last), (Some(ps[3]), Some(ps[24])));
+    assert_eq!(steps, 4, "19 entries, 4 a step: the fifth step ends it");
+
+    // Exactly the remaining count: the step that counts the last one says so.
+    let mut scan = log.backlog_scan("sub", None).unwrap();
+    assert!(
+        log.scan_backlog(&mut scan, 18).unwrap(),
+        "ps[24] is acked now"
+    );
+    assert_eq!(scan.counts().entries, 18);
+
+    // From a start position; one before the floor starts at the floor.
+    let mut scan = log.backlog_scan("sub", Some(ps[20])).unwrap();
+    assert!(log.scan_backlog(&mut scan, 100).unwrap());
+    assert_eq!((scan.counts().entries, scan.counts().messages), (4, 7));
+    let mut scan = log.backlog_scan("sub", Some(ps[0])).unwrap();
+    assert!(log.scan_backlog(&mut scan, 100).unwrap());
+    assert_eq!(scan.counts().first, Some(ps[3]));
+
+    // Nothing published after the scan started is counted.
+    let mut scan = log.backlog_scan("sub", None).unwrap();
+    publish(&mut log, 25, 3).await;
+    assert!(log.scan_backlog(&mut scan, 100).unwrap());
+    assert_eq!(scan.counts().entries, 18);
+
+    log.ack_cumulative("sub", log.last_position().unwrap())
+        .unwrap();
+    let mut scan = log.backlog_scan("sub", None).unwrap();
+    assert!(
+        log.scan_backlog(&mut scan, 0).unwrap(),
+        "an empty backlog is done at once"
+    );
+    assert_eq!(scan.counts(), Default::default());
+}

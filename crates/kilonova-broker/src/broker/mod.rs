@@ -14,6 +14,8 @@ use kilonova_storage::{EntryCache, SegmentStore, StateStore};
 use kilonova_auth::{Need, Principal, Security, Want};
 use kilonova_metadata::{NamespaceName, Resources, TopicRecord};
 
+mod analyze_backlog;
+pub use analyze_backlog::BacklogAnalysis;
 mod inactive;
 mod topic_admin;
 mod topics;
@@ -370,6 +372,7 @@ impl Broker {
             &self.inner.metrics,
             &self.inner.store,
             &self.inner.cache,
+            self.inner.clock.now(),
         )
     }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use kilonova_pulsar_protocol::frame;
-use kilonova_storage::{InitialPosition, Position};
+use kilonova_storage::{BacklogScan, InitialPosition, Position};
 
 use super::Topic;
 use crate::commands;
@@ -84,6 +84,14 @@ pub enum AdminRequest {
     /// message's id. Handled by the serving loop (it waits for the appends
     /// in flight).
     Terminate,
+    /// Counts up to `max_entries` more entries of a subscription's backlog
+    /// (Pulsar's analyze-backlog, a step at a time: see
+    /// [`crate::Broker::analyze_backlog`]).
+    AnalyzeBacklog {
+        subscription: String,
+        step: BacklogStep,
+        max_entries: u64,
+    },
     /// Starts compacting the topic (409 while a compaction runs).
     Compact,
     /// How the running or last compaction is doing.
@@ -99,9 +107,23 @@ pub enum ResetTo {
     Latest,
 }
 
+/// Where a backlog scan step starts.
+#[derive(Debug)]
+pub enum BacklogStep {
+    /// A new scan, from this position or from the first unacknowledged entry.
+    Start(Option<Position>),
+    /// The scan a previous step answered.
+    Continue(Box<BacklogScan>),
+}
+
 /// What a topic answers.
 #[derive(Debug)]
 pub enum AdminReply {
+    /// A backlog scan after a step, and whether it is complete.
+    BacklogScan {
+        scan: Box<BacklogScan>,
+        done: bool,
+    },
     Stats(Box<TopicStats>),
     InternalStats(Box<InternalStats>),
     Names(Vec<String>),
@@ -347,6 +369,11 @@ impl Topic {
             AdminRequest::Terminate => Err(BrokerError::NotAllowed(
                 "termination is answered by the serving loop".into(),
             )),
+            AdminRequest::AnalyzeBacklog {
+                subscription,
+                step,
+                max_entries,
+            } => self.analyze_backlog_step(&subscription, step, max_entries),
             AdminRequest::Compact => {
                 self.start_compaction()?;
                 Ok(AdminReply::Done)
@@ -476,6 +503,24 @@ impl Topic {
             self.after_cursor_moved(name, false);
         }
         Ok(AdminReply::Done)
+    }
+
+    /// One step of a backlog scan: at most `max_entries` entries read before
+    /// the topic serves again.
+    fn analyze_backlog_step(
+        &mut self,
+        subscription: &str,
+        step: BacklogStep,
+        max_entries: u64,
+    ) -> Result<AdminReply, BrokerError> {
+        self.check_subscription(subscription)?;
+        let log = self.persistent_log("analyze-backlog")?;
+        let mut scan = match step {
+            BacklogStep::Start(start) => Box::new(log.backlog_scan(subscription, start)?),
+            BacklogStep::Continue(scan) => scan,
+        };
+        let done = log.scan_backlog(&mut scan, max_entries)?;
+        Ok(AdminReply::BacklogScan { scan, done })
     }
 
     /// The `n`-th entry from the first stored one or back from the last.

@@ -42,7 +42,7 @@ mod publish;
 mod replication;
 mod termination;
 
-pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
+pub use admin::{AdminReply, AdminRequest, BacklogStep, Peeked, ResetTo};
 pub use compaction::CompactionStatus;
 pub use replication::ReplicatorStatsView;
 

@@ -183,6 +183,7 @@ impl ManagedLog {
             return Ok(e);
         }
         let stored = self.store.read(p.segment, p.entry)?;
+        self.cache.count_miss_bytes(stored.len());
         entry::decode(p, stored).ok_or(StorageError::Corrupt {
             segment: p.segment,
             entry: p.entry,

@@ -26,6 +26,10 @@ pub enum Policy {
     MaxConsumersPerSubscription,
     MaxUnackedPerConsumer,
     MaxUnackedPerSubscription,
+    /// The topic-level form of `MaxUnackedPerConsumer` (Pulsar's route name).
+    MaxUnackedOnConsumer,
+    /// The topic-level form of `MaxUnackedPerSubscription`.
+    MaxUnackedOnSubscription,
     MaxTopicsPerNamespace,
     MaxMessageSize,
     Deduplication,
@@ -63,6 +67,8 @@ impl Policy {
             (Policy::MaxConsumersPerSubscription, _) => "maxConsumersPerSubscription",
             (Policy::MaxUnackedPerConsumer, _) => "maxUnackedMessagesPerConsumer",
             (Policy::MaxUnackedPerSubscription, _) => "maxUnackedMessagesPerSubscription",
+            (Policy::MaxUnackedOnConsumer, _) => "maxUnackedMessagesOnConsumer",
+            (Policy::MaxUnackedOnSubscription, _) => "maxUnackedMessagesOnSubscription",
             (Policy::MaxTopicsPerNamespace, _) => "maxTopicsPerNamespace",
             (Policy::MaxMessageSize, _) => "maxMessageSize",
             (Policy::Deduplication, _) => "deduplication",

@@ -94,6 +94,30 @@ pub enum TopicPolicyCmd {
     GetInactiveTopicPolicies(Topic),
     /// Remove the topic's inactive-topic policy.
     RemoveInactiveTopicPolicies(Topic),
+    /// Stop dispatching to a consumer of the topic with this many unacknowledged messages.
+    #[command(alias = "set-max-unacked-messages-on-consumer")]
+    SetMaxUnackedMessagesPerConsumer(SetMaxUnacked),
+    /// Show the topic's per-consumer unacknowledged message limit.
+    #[command(alias = "get-max-unacked-messages-on-consumer")]
+    GetMaxUnackedMessagesPerConsumer(Topic),
+    /// Remove the topic's per-consumer unacknowledged message limit.
+    #[command(alias = "remove-max-unacked-messages-on-consumer")]
+    RemoveMaxUnackedMessagesPerConsumer(Topic),
+    /// Stop dispatching on a subscription of the topic with this many unacknowledged messages.
+    #[command(alias = "set-max-unacked-messages-on-subscription")]
+    SetMaxUnackedMessagesPerSubscription(SetMaxUnacked),
+    /// Show the topic's per-subscription unacknowledged message limit.
+    #[command(alias = "get-max-unacked-messages-on-subscription")]
+    GetMaxUnackedMessagesPerSubscription(Topic),
+    /// Remove the topic's per-subscription unacknowledged message limit.
+    #[command(alias = "remove-max-unacked-messages-on-subscription")]
+    RemoveMaxUnackedMessagesPerSubscription(Topic),
+    /// Compact the topic automatically when its uncompacted backlog reaches a size.
+    SetCompactionThreshold(SetCompactionThreshold),
+    /// Show the topic's compaction threshold.
+    GetCompactionThreshold(Topic),
+    /// Remove the topic's compaction threshold.
+    RemoveCompactionThreshold(Topic),
 }
 
 // Just the topic (no doc comment: clap would show it as every verb's help).
@@ -168,6 +192,23 @@ pub struct SetMaxMessageSize {
     #[arg(short = 'm', long, allow_negative_numbers = true,
           value_parser = units::parse_size_bytes_i32)]
     max_message_size: i32,
+}
+
+#[derive(Args)]
+pub struct SetMaxUnacked {
+    topic: TopicName,
+    /// Messages (0: unlimited).
+    #[arg(short = 'm', long = "maxNum", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    max_num: i32,
+}
+
+#[derive(Args)]
+pub struct SetCompactionThreshold {
+    topic: TopicName,
+    /// Bytes, or 10K, 100M, 1G (0: no automatic compaction).
+    #[arg(short = 't', long = "threshold", value_parser = units::parse_size_bytes)]
+    threshold: u64,
 }
 
 #[derive(Args)]
@@ -256,6 +297,21 @@ impl TopicPolicyCmd {
             }
             C::GetInactiveTopicPolicies(t) => get(t, P::InactiveTopicPolicies),
             C::RemoveInactiveTopicPolicies(t) => remove(t, P::InactiveTopicPolicies),
+            C::SetMaxUnackedMessagesPerConsumer(a) => {
+                set(&a.topic, P::MaxUnackedOnConsumer, json!(a.max_num))
+            }
+            C::GetMaxUnackedMessagesPerConsumer(t) => get(t, P::MaxUnackedOnConsumer),
+            C::RemoveMaxUnackedMessagesPerConsumer(t) => remove(t, P::MaxUnackedOnConsumer),
+            C::SetMaxUnackedMessagesPerSubscription(a) => {
+                set(&a.topic, P::MaxUnackedOnSubscription, json!(a.max_num))
+            }
+            C::GetMaxUnackedMessagesPerSubscription(t) => get(t, P::MaxUnackedOnSubscription),
+            C::RemoveMaxUnackedMessagesPerSubscription(t) => remove(t, P::MaxUnackedOnSubscription),
+            C::SetCompactionThreshold(a) => {
+                set(&a.topic, P::CompactionThreshold, json!(a.threshold))
+            }
+            C::GetCompactionThreshold(t) => get(t, P::CompactionThreshold),
+            C::RemoveCompactionThreshold(t) => remove(t, P::CompactionThreshold),
         }
     }
 }
@@ -502,6 +558,57 @@ mod tests {
         );
         assert_get_and_remove("deduplication", "deduplication");
         assert_get_and_remove("inactive-topic-policies", "inactiveTopicPolicies");
+    }
+
+    #[test]
+    fn max_unacked_limits_use_pulsars_topic_routes_and_max_num_flag() {
+        for (verb, segment) in [
+            (
+                "max-unacked-messages-per-consumer",
+                "maxUnackedMessagesOnConsumer",
+            ),
+            (
+                "max-unacked-messages-per-subscription",
+                "maxUnackedMessagesOnSubscription",
+            ),
+        ] {
+            for flag in ["-m", "--maxNum"] {
+                assert_eq!(
+                    request(&[&format!("set-{verb}"), "t/ns/x", flag, "20"]),
+                    ("POST", format!("{T}/{segment}"), Some(json!(20)))
+                );
+            }
+            assert_get_and_remove(verb, segment);
+            let on = verb.replace("-per-", "-on-");
+            assert_get_and_remove(&on, segment);
+            assert_eq!(
+                request(&[&format!("set-{on}"), "t/ns/x", "-m", "0"]).2,
+                Some(json!(0)),
+                "pulsar-admin's older -on- names work too"
+            );
+            assert!(refused(&[&format!("set-{verb}"), "t/ns/x", "-m", "-1"]));
+            assert!(refused(&[&format!("set-{verb}"), "t/ns/x"]));
+        }
+    }
+
+    #[test]
+    fn compaction_threshold_takes_a_size() {
+        for flag in ["-t", "--threshold"] {
+            assert_eq!(
+                request(&["set-compaction-threshold", "t/ns/x", flag, "10M"]),
+                (
+                    "POST",
+                    format!("{T}/compactionThreshold"),
+                    Some(json!(10 << 20))
+                )
+            );
+        }
+        assert_eq!(
+            request(&["set-compaction-threshold", "t/ns/x", "-t", "0"]).2,
+            Some(json!(0))
+        );
+        assert_get_and_remove("compaction-threshold", "compactionThreshold");
+        assert!(refused(&["set-compaction-threshold", "t/ns/x", "-t", "-1"]));
     }
 
     #[test]

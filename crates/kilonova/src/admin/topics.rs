@@ -54,6 +54,9 @@ pub enum TopicsCmd {
     /// Show messages at the head of a subscription's backlog, without
     /// consuming them.
     PeekMessages(PeekMessages),
+    /// Count a subscription's backlog by reading it: entries, and messages in
+    /// them (stops at the broker's scan limits, saying "aborted": true).
+    AnalyzeBacklog(AnalyzeBacklog),
     /// The id of the topic's last message.
     LastMessageId { topic: TopicName },
     /// The broker serving the topic: its Pulsar URL (`pulsar+ssl://…` with
@@ -246,6 +249,24 @@ pub struct PeekMessages {
 }
 
 #[derive(Args)]
+pub struct AnalyzeBacklog {
+    #[command(flatten)]
+    sub: SubscriptionArgs,
+    /// Start from this message (ledgerId:entryId) instead of the first
+    /// unacknowledged one.
+    #[arg(short = 'p', long)]
+    position: Option<Position>,
+}
+
+impl AnalyzeBacklog {
+    /// The route and its body (none: from the first unacknowledged message).
+    fn request(&self) -> (ApiPath, Option<Value>) {
+        let path = self.sub.path().join("analyzeBacklog");
+        (path, self.position.map(Position::to_json))
+    }
+}
+
+#[derive(Args)]
 pub struct PartitionedStats {
     topic: TopicName,
     /// Include each partition's stats.
@@ -415,6 +436,10 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
             client.post(&path, None).await?
         }
         C::PeekMessages(p) => return peek(client, &p).await,
+        C::AnalyzeBacklog(a) => {
+            let (path, body) = a.request();
+            client.post(&path, body.as_ref()).await?
+        }
         C::Lookup { topic } => {
             let doc = client.get(&ApiPath::lookup(&topic)).await?;
             return Ok(lookup_output(doc, client.is_tls()));
@@ -749,6 +774,33 @@ mod tests {
             }
         }
         assert!(refused(&["skip", "t/ns/x", "-n", "2"]), "-s is required");
+    }
+
+    #[test]
+    fn analyze_backlog_posts_to_the_subscription_with_an_optional_start() {
+        for flag in ["-s", "--subscription"] {
+            match cmd(&["analyze-backlog", "t/ns/x", flag, "sub"]) {
+                TopicsCmd::AnalyzeBacklog(a) => {
+                    let (path, body) = a.request();
+                    assert_eq!(
+                        path.to_string(),
+                        "/admin/v2/persistent/t/ns/x/subscription/sub/analyzeBacklog"
+                    );
+                    assert_eq!(body, None, "from the first unacknowledged message");
+                }
+                _ => panic!("not analyze-backlog"),
+            }
+        }
+        for flag in ["-p", "--position"] {
+            match cmd(&["analyze-backlog", "x", "-s", "s", flag, "3:7"]) {
+                TopicsCmd::AnalyzeBacklog(a) => {
+                    assert_eq!(a.request().1, Some(json!({"ledgerId": 3, "entryId": 7})))
+                }
+                _ => panic!("not analyze-backlog"),
+            }
+        }
+        assert!(refused(&["analyze-backlog", "x"]), "-s is required");
+        assert!(refused(&["analyze-backlog", "x", "-s", "s", "-p", "seven"]));
     }
 
     #[test]
