@@ -57,6 +57,9 @@ def test_terminate_answers_the_last_message_id_and_refuses_producers(broker, cli
 def test_a_terminated_topic_stays_terminated_after_a_restart(broker):
     topic = topic_name("terminate-restart")
     c = make_client(broker)
+    # A subscription keeps the messages (without one and without retention
+    # they are free to go, as in Pulsar).
+    c.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest).close()
     ids = publish(c, topic, 3)
     terminate(broker, topic)
     c.close()
