@@ -19,7 +19,8 @@ import pulsar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import assert_no_more, http, make_client, unique, wait_until
+from conftest import assert_no_more, bearer, http, make_client, unique, wait_until
+from test_security import keys  # noqa: F401 (a fixture)
 
 NAMES = ("a", "b", "c")
 WAIT_S = 30.0
@@ -286,6 +287,76 @@ def test_a_partitioned_topic_replicates_partition_by_partition(mesh):
         got = {m.data().decode(): int(m.topic_name().rsplit("-partition-", 1)[1])
                for m in drain(consumer, 30)}
         assert got == sent, "each message in the partition of the same index"
+    finally:
+        ca.close()
+        cb.close()
+
+
+def test_replication_with_authentication_uses_the_configured_token_and_its_grant(make_broker, keys):
+    from test_security import SUPER_USER, secret_line, security_config
+
+    admin_token = keys.token(SUPER_USER)
+    repl_token = keys.token("replicator")
+
+    def secured(name: str, tokens: dict) -> str:
+        table = ", ".join(f'{k} = "{v}"' for k, v in tokens.items())
+        return (security_config(secret_line(keys))
+                + f'[broker]\ncluster_name = "{name}"\nreplication_tokens = {{ {table} }}\n')
+
+    a = make_broker("a", config=secured("a", {"b": repl_token}), admin_token=admin_token)
+    b = make_broker("b", config=secured("b", {"a": repl_token}), admin_token=admin_token)
+    auth = bearer(admin_token)
+
+    def call(broker, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        status, text = http(method, broker.http_url + path, data,
+                            "application/json" if data is not None else None, headers=auth)
+        assert status in (200, 204), (method, path, status, text)
+        return json.loads(text) if text else None
+
+    for name, broker, other, peer in (("a", a, "b", b), ("b", b, "a", a)):
+        call(broker, "PUT", f"/admin/v2/clusters/{other}",
+             {"serviceUrl": peer.http_url, "brokerServiceUrl": peer.service_url})
+    tenant = unique("fl")
+    ns = f"{tenant}/{unique('ns')}"
+    for broker in (a, b):
+        call(broker, "PUT", f"/admin/v2/tenants/{tenant}", {"adminRoles": [], "allowedClusters": ["a", "b"]})
+        call(broker, "PUT", f"/admin/v2/namespaces/{ns}")
+        call(broker, "POST", f"/admin/v2/namespaces/{ns}/replication", ["a", "b"])
+    # b lets a's replicator produce.
+    call(b, "POST", f"/admin/v2/namespaces/{ns}/permissions/replicator", ["produce"])
+    topic = f"persistent://{ns}/{unique('secure')}"
+    stats_path = "/admin/v2/" + topic.replace("://", "/") + "/stats"
+    ca = make_client(a, authentication=pulsar.AuthenticationToken(admin_token))
+    cb = make_client(b, authentication=pulsar.AuthenticationToken(admin_token))
+    try:
+        consumer = cb.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+        producer = ca.create_producer(topic, batching_enabled=False)
+        producer.send(b"granted")
+        m = consumer.receive(timeout_millis=int(WAIT_S * 1000))
+        assert m.data() == b"granted"
+        consumer.acknowledge(m)
+        # Revoked, and the replicator's connection gone (b unloads the topic):
+        # it cannot come back, and says so in stats and logs.
+        call(b, "DELETE", f"/admin/v2/namespaces/{ns}/permissions/replicator")
+        call(b, "PUT", "/admin/v2/" + topic.replace("://", "/") + "/unload")
+        producer.send(b"while-revoked")
+        wait_until(lambda: not call(a, "GET", stats_path)["replication"]["b"]["connected"],
+                   WAIT_S, "the replicator shown disconnected")
+        assert call(a, "GET", stats_path)["replication"]["b"]["replicationBacklog"] >= 1
+        wait_until(lambda: "AuthorizationError" in a.log_path.read_text(), WAIT_S,
+                   "the refusal in a's log")
+        assert repl_token not in a.log_path.read_text(), "the token never reaches the log"
+        # Granted again: the replicator comes back and sends what waited.
+        call(b, "POST", f"/admin/v2/namespaces/{ns}/permissions/replicator", ["produce"])
+        # ("granted" may come again first: its acknowledgement may not have
+        # reached b before the unload.)
+        m = consumer.receive(timeout_millis=int(WAIT_S * 1000))
+        if m.data() == b"granted":
+            m = consumer.receive(timeout_millis=int(WAIT_S * 1000))
+        assert m.data() == b"while-revoked"
+        runtime = call(a, "GET", "/admin/v2/brokers/configuration/runtime")
+        assert repl_token not in json.dumps(runtime), "the token never reaches the admin API"
     finally:
         ca.close()
         cb.close()
