@@ -28,6 +28,7 @@ mod policy_cache;
 mod process_metrics;
 mod rate_limit;
 mod rate_meter;
+mod subscribe_rate;
 mod subscription;
 mod topic;
 

@@ -39,6 +39,7 @@ mod consumers;
 mod dispatch;
 mod policy;
 mod publish;
+mod subscription_expiry;
 
 pub use admin::{AdminReply, AdminRequest, Peeked, ResetTo};
 pub use compaction::CompactionStatus;
@@ -51,6 +52,7 @@ use crate::metrics::{Rates, TopicMetrics};
 use crate::outbound::Outbound;
 use crate::policy_cache::Effective;
 use crate::rate_limit::{PublishGate, RateLimiter};
+use crate::subscribe_rate::SubscribeRateLimiter;
 use crate::subscription::{ConsumerKey, Subscription};
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::TopicRecord;
@@ -252,6 +254,11 @@ pub(crate) struct Topic {
     compaction: compaction::Compaction,
     /// When the compaction threshold was last checked.
     compaction_checked: Instant,
+    /// SUBSCRIBEs counted per consumer (persistent topics).
+    subscribe_rate: SubscribeRateLimiter,
+    /// When the topic loaded (ms since the epoch): a subscription whose
+    /// cursor holds no last-active time counts as active then.
+    loaded_at_ms: u64,
 }
 
 impl Topic {
@@ -286,6 +293,8 @@ impl Topic {
         let now = broker.clock().now();
         publish_gate.set(policies.publish_rate, now);
         let dispatch_rate = dispatch::dispatch_limiter(policies.dispatch_rate, now);
+        let subscribe_rate = SubscribeRateLimiter::new(policies.subscribe_rate, now);
+        let loaded_at_ms = broker.clock().now_ms();
         let metrics = broker.metrics().register(&full_name);
         let mut topic = Topic {
             name,
@@ -316,8 +325,13 @@ impl Topic {
             dedup: None,
             compaction: compaction::Compaction::default(),
             compaction_checked: now,
+            subscribe_rate,
+            loaded_at_ms,
         };
         topic.set_dedup(topic.policies.deduplication);
+        // Subscriptions that expired while the topic was not loaded go
+        // before any client or admin request sees them.
+        topic.expire_subscriptions();
         topic.serve(rx).await;
         topic
             .broker
