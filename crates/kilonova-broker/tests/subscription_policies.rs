@@ -15,7 +15,7 @@ use kilonova_pulsar_protocol::proto::{
     ServerError,
 };
 
-use common::{cmd, start_with_clock, Raw, WAIT};
+use common::{cmd, start_with_clock, Raw, Server, WAIT};
 
 /// How long an absence check watches (topics tick every 10 ms here).
 const ABSENCE: Duration = Duration::from_millis(300);
@@ -26,6 +26,13 @@ fn config() -> BrokerConfig {
         topic_unload_idle_secs: 3600,
         ..BrokerConfig::default()
     }
+}
+
+/// A broker on `config` whose clock the test moves.
+async fn start_at(config: BrokerConfig) -> (Server, ManualClock) {
+    let clock = ManualClock::at_ms(1_700_000_000_000);
+    let server = start_with_clock(config, Security::open(), Arc::new(clock.clone())).await;
+    (server, clock)
 }
 
 async fn subscriptions(broker: &Broker, topic: &TopicName) -> Vec<String> {
@@ -55,16 +62,11 @@ async fn close_consumer(c: &mut Raw, consumer_id: u64) {
 
 #[tokio::test]
 async fn an_idle_subscription_expires_and_one_with_a_consumer_does_not() {
-    let clock = ManualClock::at_ms(1_700_000_000_000);
-    let server = start_with_clock(
-        BrokerConfig {
-            subscription_expiration_time_minutes: 1,
-            subscription_expiry_check_interval_secs: 1,
-            ..config()
-        },
-        Security::open(),
-        Arc::new(clock.clone()),
-    )
+    let (server, clock) = start_at(BrokerConfig {
+        subscription_expiration_time_minutes: 1,
+        subscription_expiry_check_interval_secs: 1,
+        ..config()
+    })
     .await;
     let topic = "persistent://public/default/expiring";
     let name: TopicName = topic.parse().unwrap();
@@ -103,15 +105,10 @@ async fn an_idle_subscription_expires_and_one_with_a_consumer_does_not() {
 
 #[tokio::test]
 async fn an_expired_subscription_of_an_unloaded_topic_goes_when_it_loads() {
-    let clock = ManualClock::at_ms(1_700_000_000_000);
-    let server = start_with_clock(
-        BrokerConfig {
-            subscription_expiration_time_minutes: 5,
-            ..config()
-        },
-        Security::open(),
-        Arc::new(clock.clone()),
-    )
+    let (server, clock) = start_at(BrokerConfig {
+        subscription_expiration_time_minutes: 5,
+        ..config()
+    })
     .await;
     let topic = "persistent://public/default/expiring-unloaded";
     let name: TopicName = topic.parse().unwrap();
@@ -174,16 +171,11 @@ async fn attempt(
 
 #[tokio::test]
 async fn a_consumer_subscribing_faster_than_the_subscribe_rate_gets_not_allowed() {
-    let clock = ManualClock::at_ms(1_700_000_000_000);
-    let server = start_with_clock(
-        BrokerConfig {
-            subscribe_throttling_rate_per_consumer: 2,
-            subscribe_rate_period_per_consumer_secs: 30,
-            ..config()
-        },
-        Security::open(),
-        Arc::new(clock.clone()),
-    )
+    let (server, clock) = start_at(BrokerConfig {
+        subscribe_throttling_rate_per_consumer: 2,
+        subscribe_rate_period_per_consumer_secs: 30,
+        ..config()
+    })
     .await;
     let topic = "persistent://public/default/subscribe-rate";
     let mut c = Raw::connect(server.addr).await;
