@@ -21,7 +21,7 @@ import pulsar
 import pytest
 
 import wire
-from conftest import make_client, receive_n, unique, wait_until
+from conftest import http, make_client, receive_n, unique, wait_until
 from test_admin_cli import Cli, rest, rest_json, topic_rest_path
 
 WAIT_S = 10.0
@@ -39,6 +39,15 @@ def new_namespace(broker) -> str:
 
 def subscriptions(broker, topic: str) -> list[str]:
     return sorted(rest_json(broker, f"{topic_rest_path(topic)}/subscriptions"))
+
+
+def counter(broker, name: str) -> float:
+    """A broker-wide counter from /metrics (0 if absent)."""
+    text = http("GET", broker.http_url + "/metrics")[1].decode()
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 # ---------------------------------------------------------------- subscription expiration
@@ -70,6 +79,7 @@ def test_an_idle_subscription_expires_and_one_with_a_consumer_stays(make_broker)
         assert idle_for > 59.0, f"deleted after {idle_for:.1f}s, before its minute"
         assert subscriptions(broker, kept_topic) == ["idle"], \
             "a namespace without the policy keeps its idle subscriptions (broker default 0)"
+        assert counter(broker, "kilonova_subscriptions_expired_total") == 1
 
         # The subscription with a consumer still works.
         producer = client.create_producer(topic)
@@ -133,6 +143,7 @@ def test_a_consumer_subscribing_again_faster_than_the_subscribe_rate_gets_not_al
             assert raw_subscribe(conn, topic, 1, "looping", next(rid)) == ("ok", None)
             raw_close(conn, 1, next(rid))
         assert raw_subscribe(conn, topic, 1, "looping", next(rid)) == ("error", (NOT_ALLOWED, THROTTLED))
+        assert counter(broker, "kilonova_subscribe_throttled_total") == 1
         # The allowance is per consumer: another id or another name is another consumer.
         assert raw_subscribe(conn, topic, 2, "looping", next(rid)) == ("ok", None)
         assert raw_subscribe(conn, topic, 3, "other", next(rid)) == ("ok", None)

@@ -340,6 +340,7 @@ impl Topic {
             return Ok(());
         }
         tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, consumer_id = cmd.consumer_id, "subscribe refused by the subscribe rate");
+        self.broker.metrics().count_subscribe_throttled();
         Err(BrokerError::NotAllowed(
             "Subscribe limited by subscribe rate limit per consumer.".into(),
         ))

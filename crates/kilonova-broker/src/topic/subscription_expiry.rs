@@ -89,6 +89,7 @@ impl Topic {
                 Ok(()) => {
                     self.subscriptions.remove(&name);
                     self.to_dispatch.remove(&name);
+                    self.broker.metrics().count_subscription_expired();
                     tracing::info!(topic = %self.full_name, subscription = %name, expiration_secs = expiration.as_secs(), "subscription deleted: expired");
                 }
                 Err(e) => {
