@@ -69,14 +69,6 @@ def healthy(broker) -> bool:
     return status == 200 and body.strip() == b"ok"
 
 
-def subscribe_cmd(topic: str, sub: str, consumer_id: int, request_id: int) -> bytes:
-    # Exclusive (0), from the earliest message (initialPosition 1).
-    return wire.frame(wire.base_command(
-        wire.SUBSCRIBE,
-        wire.pb((1, topic), (2, sub), (3, 0), (4, consumer_id), (5, request_id), (13, 1)),
-    ))
-
-
 def flow_cmd(consumer_id: int, permits: int) -> bytes:
     return wire.frame(wire.base_command(FLOW, wire.pb((1, consumer_id), (2, permits))))
 
@@ -150,7 +142,7 @@ def test_consumers_that_do_not_read_hold_a_bounded_share_of_the_backlog(make_bro
     def subscribe(sub: str) -> wire.RawConnection:
         conn = wire.RawConnection("127.0.0.1", broker.pulsar_port, timeout=30)
         conn.handshake()
-        conn.send(subscribe_cmd(topic, sub, consumer_id=1, request_id=1))
+        conn.send(wire.subscribe_cmd(topic, sub, consumer_id=1, request_id=1, initial_position=1))
         conn.expect(wire.SUCCESS)
         conn.send(flow_cmd(1, 0xFFFFFFFF))
         return conn

@@ -241,11 +241,6 @@ def auth_response(token: str) -> bytes:
     return wire.frame(wire.base_command(AUTH_RESPONSE, body))
 
 
-def subscribe_cmd(topic: str, subscription: str, consumer_id: int, request_id: int) -> bytes:
-    body = wire.pb((1, topic), (2, subscription), (3, 0), (4, consumer_id), (5, request_id))
-    return wire.frame(wire.base_command(wire.SUBSCRIBE, body))
-
-
 def topics_of_namespace_cmd(namespace: str, request_id: int) -> bytes:
     return wire.frame(wire.base_command(GET_TOPICS_OF_NAMESPACE, wire.pb((1, request_id), (2, namespace), (3, 0))))
 
@@ -553,7 +548,7 @@ def test_role_without_grant_is_refused_producer_subscribe_lookup_and_metadata(se
     with raw_connected(secure_broker, keys.token("alice")) as conn:
         conn.send(wire.producer_cmd(topic, 1, 1))
         expect_authorization_error(conn, 1, "PRODUCER")
-        conn.send(subscribe_cmd(topic, "s", 1, 2))
+        conn.send(wire.subscribe_cmd(topic, "s", 1, 2))
         expect_authorization_error(conn, 2, "SUBSCRIBE")
         conn.send(lookup_cmd(topic, 3))
         f = conn.expect(wire.LOOKUP_RESPONSE)
@@ -589,7 +584,7 @@ def test_namespace_grant_of_produce_allows_producing_and_lookup_but_not_subscrib
         assert wire.first(f.body, 3) != LOOKUP_FAILED, f
         conn.send(wire.producer_cmd(topic, 1, 2))
         conn.expect(wire.PRODUCER_SUCCESS)
-        conn.send(subscribe_cmd(topic, "s", 1, 3))
+        conn.send(wire.subscribe_cmd(topic, "s", 1, 3))
         expect_authorization_error(conn, 3, "SUBSCRIBE with only produce")
         conn.send(topics_of_namespace_cmd("public/default", 4))
         conn.expect(GET_TOPICS_OF_NAMESPACE_RESPONSE)

@@ -32,6 +32,7 @@ MESSAGE = 9
 SUCCESS = 13
 ERROR = 14
 CLOSE_PRODUCER = 15
+CLOSE_CONSUMER = 16
 PRODUCER_SUCCESS = 17
 PING = 18
 PONG = 19
@@ -39,6 +40,8 @@ PARTITIONED_METADATA = 21
 PARTITIONED_METADATA_RESPONSE = 22
 LOOKUP = 23
 LOOKUP_RESPONSE = 24
+GET_SCHEMA = 34
+GET_SCHEMA_RESPONSE = 35
 
 TYPE_NAMES = {
     v: k
@@ -219,6 +222,30 @@ def producer_cmd(topic: str, producer_id: int, request_id: int) -> bytes:
     return frame(base_command(PRODUCER, pb((1, topic), (2, producer_id), (3, request_id))))
 
 
+def subscribe_cmd(topic: str, subscription: str, consumer_id: int, request_id: int,
+                  sub_type: int = 0, consumer_name: str | None = None,
+                  initial_position: int | None = None) -> bytes:
+    """CommandSubscribe: topic, subscription, subType (0 Exclusive, 1 Shared),
+    consumer_id, request_id, consumer_name (6), initialPosition (13; 1: earliest)."""
+    return frame(base_command(SUBSCRIBE, pb(
+        (1, topic), (2, subscription), (3, sub_type), (4, consumer_id), (5, request_id),
+        (6, consumer_name), (13, initial_position))))
+
+
+def close_consumer_cmd(consumer_id: int, request_id: int) -> bytes:
+    return frame(base_command(CLOSE_CONSUMER, pb((1, consumer_id), (2, request_id))))
+
+
+def get_schema_cmd(topic: str, request_id: int) -> bytes:
+    """CommandGetSchema of the topic's latest schema."""
+    return frame(base_command(GET_SCHEMA, pb((1, request_id), (2, topic))))
+
+
+def producer_with_schema_cmd(topic: str, producer_id: int, request_id: int, schema: bytes) -> bytes:
+    """CommandProducer carrying `schema`, an encoded `Schema` message (field 7)."""
+    return frame(base_command(PRODUCER, pb((1, topic), (2, producer_id), (3, request_id), (7, schema))))
+
+
 def partitioned_metadata_cmd(topic: str, request_id: int) -> bytes:
     return frame(base_command(PARTITIONED_METADATA, pb((1, topic), (2, request_id))))
 
@@ -230,11 +257,13 @@ def send_cmd(
     payload: bytes,
     publish_time_ms: int | None = None,
     checksum: int | None = None,
+    schema_version: bytes | None = None,
 ) -> bytes:
     cmd = base_command(SEND, pb((1, producer_id), (2, sequence_id), (3, 1)))
     if publish_time_ms is None:
         publish_time_ms = int(time.time() * 1000)
-    metadata = pb((1, producer_name), (2, sequence_id), (3, publish_time_ms))
+    # MessageMetadata: producer_name, sequence_id, publish_time, schema_version (16).
+    metadata = pb((1, producer_name), (2, sequence_id), (3, publish_time_ms), (16, schema_version))
     return payload_frame(cmd, metadata, payload, checksum)
 
 

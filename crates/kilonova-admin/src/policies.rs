@@ -242,6 +242,27 @@ pub static COMPACTION_THRESHOLD: Field<i64> = Field {
     topic: Some(|t| &mut t.compaction_threshold),
 };
 
+pub static SUBSCRIBE_RATE: Field<p::SubscribeRate> = Field {
+    path: "subscribeRate",
+    what: "subscribe rate per consumer",
+    check: p::check_subscribe_rate,
+    limit: no_limit,
+    ns_get: |n, c| n.cluster_subscribe_rate.get(c).copied(),
+    ns_put: |n, c, v| put_cluster(&mut n.cluster_subscribe_rate, c, v),
+    topic: Some(|t| &mut t.subscribe_rate),
+};
+
+/// Namespace level only; minutes, as Pulsar's body.
+pub static SUBSCRIPTION_EXPIRATION_TIME: Field<i32> = Field {
+    path: "subscriptionExpirationTime",
+    what: "subscription expiration time (minutes)",
+    check: |v| p::check_subscription_expiration(*v),
+    limit: no_limit,
+    ns_get: |n, _| n.subscription_expiration_time_minutes,
+    ns_put: |n, _, v| n.subscription_expiration_time_minutes = v,
+    topic: None,
+};
+
 /// Namespace level only (Pulsar has no topic-level override of it).
 pub static AUTO_TOPIC_CREATION: Field<p::AutoTopicCreationOverride> = Field {
     path: "autoTopicCreation",
@@ -412,6 +433,9 @@ pub fn routes(api: Api) -> Api {
     let api = namespace_routes(api, &DEDUPLICATION);
     let api = namespace_routes(api, &AUTO_TOPIC_CREATION);
     let api = namespace_routes(api, &COMPACTION_THRESHOLD);
+    let api = namespace_routes(api, &SUBSCRIBE_RATE);
+    let api = namespace_routes(api, &SUBSCRIPTION_EXPIRATION_TIME);
+    let api = topic_routes(api, &SUBSCRIBE_RATE);
     let api = topic_routes(api, &COMPACTION_THRESHOLD);
     let api = topic_routes(api, &RETENTION);
     let api = topic_routes(api, &MESSAGE_TTL);

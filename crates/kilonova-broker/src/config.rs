@@ -97,6 +97,18 @@ pub struct BrokerConfig {
     pub dispatch_rate_per_topic_bytes: u64,
     pub dispatch_rate_per_subscription_messages: u64,
     pub dispatch_rate_per_subscription_bytes: u64,
+    /// SUBSCRIBEs one consumer (client address, consumer name and id) may
+    /// send to a persistent topic per `subscribe_rate_period_per_consumer_secs`
+    /// (0: unlimited; Pulsar's `subscribeThrottlingRatePerConsumer`).
+    pub subscribe_throttling_rate_per_consumer: u32,
+    /// The period of that rate (Pulsar's `subscribeRatePeriodPerConsumerInSecond`).
+    pub subscribe_rate_period_per_consumer_secs: u64,
+    /// A durable subscription without consumers is deleted once inactive
+    /// this long (0: never; Pulsar's `subscriptionExpirationTimeMinutes`).
+    pub subscription_expiration_time_minutes: u64,
+    /// How often loaded topics look for expired subscriptions (Pulsar's
+    /// `subscriptionExpiryCheckIntervalInMinutes`, 5; in seconds here).
+    pub subscription_expiry_check_interval_secs: u64,
     /// Count limits (0: unlimited).
     pub max_producers_per_topic: u32,
     pub max_consumers_per_topic: u32,
@@ -199,6 +211,10 @@ impl Default for BrokerConfig {
             dispatch_rate_per_topic_bytes: 0,
             dispatch_rate_per_subscription_messages: 0,
             dispatch_rate_per_subscription_bytes: 0,
+            subscribe_throttling_rate_per_consumer: 0,
+            subscribe_rate_period_per_consumer_secs: 30,
+            subscription_expiration_time_minutes: 0,
+            subscription_expiry_check_interval_secs: 300,
             max_producers_per_topic: 0,
             max_consumers_per_topic: 0,
             max_consumers_per_subscription: 0,

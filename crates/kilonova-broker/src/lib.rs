@@ -30,6 +30,7 @@ mod process_metrics;
 mod rate_limit;
 mod rate_meter;
 mod replicator;
+mod subscribe_rate;
 mod subscription;
 mod topic;
 

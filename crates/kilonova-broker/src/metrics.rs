@@ -241,6 +241,10 @@ pub struct MetricsRegistry {
     inactive_deletions: [AtomicU64; 2],
     /// Times a connection stopped reading because of a publish rate.
     publish_throttled: AtomicU64,
+    /// SUBSCRIBEs refused by a subscribe rate.
+    subscribe_throttled: AtomicU64,
+    /// Subscriptions deleted for having expired.
+    subscriptions_expired: AtomicU64,
     /// Messages not stored because deduplication found them stored already.
     duplicates: AtomicU64,
     /// Topics fenced after a failed append.
@@ -271,6 +275,14 @@ impl MetricsRegistry {
 
     pub fn count_publish_throttled(&self) {
         self.publish_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_subscribe_throttled(&self) {
+        self.subscribe_throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_subscription_expired(&self) {
+        self.subscriptions_expired.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_topic_fenced(&self) {
@@ -573,6 +585,16 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             "kilonova_publish_throttled_total",
             "Times a connection stopped reading because a topic's publish rate was reached",
             &registry.publish_throttled,
+        ),
+        (
+            "kilonova_subscribe_throttled_total",
+            "SUBSCRIBEs refused because the consumer reached its topic's subscribe rate",
+            &registry.subscribe_throttled,
+        ),
+        (
+            "kilonova_subscriptions_expired_total",
+            "Subscriptions deleted because they stayed inactive past their subscription expiration time",
+            &registry.subscriptions_expired,
         ),
         (
             "kilonova_deduplicated_messages_total",

@@ -63,6 +63,11 @@ pub(crate) struct Effective {
     /// The remote clusters the namespace replicates to (its replication
     /// clusters but this one).
     pub replication_clusters: Vec<String>,
+    /// SUBSCRIBEs one consumer may send per period; `None`: unlimited.
+    pub subscribe_rate: Option<Rate>,
+    /// A durable subscription without consumers inactive this long is
+    /// deleted; `None`: never.
+    pub subscription_expiration: Option<Duration>,
 }
 
 fn positive(v: i64) -> Option<u64> {
@@ -195,7 +200,34 @@ impl Effective {
                 .filter(|name| **name != c.cluster_name)
                 .cloned()
                 .collect(),
+            subscribe_rate: resolve_subscribe_rate(c, ns, t),
+            subscription_expiration: match ns.subscription_expiration_time_minutes {
+                Some(m) => positive(i64::from(m)),
+                None => positive(
+                    i64::try_from(c.subscription_expiration_time_minutes).unwrap_or(i64::MAX),
+                ),
+            }
+            .map(|m| Duration::from_secs(m.saturating_mul(60))),
         }
+    }
+}
+
+/// The subscribe rate per consumer: the topic's, else the namespace's for
+/// this cluster, else the broker's.
+fn resolve_subscribe_rate(c: &BrokerConfig, ns: &Policies, t: &TopicPolicies) -> Option<Rate> {
+    match t
+        .subscribe_rate
+        .as_ref()
+        .or(ns.cluster_subscribe_rate.get(&c.cluster_name))
+    {
+        Some(r) => positive(i64::from(r.subscribe_throttling_rate_per_consumer)).map(|n| Rate {
+            per_period: n,
+            period: Duration::from_secs(u64::try_from(r.rate_period_in_second).unwrap_or(1).max(1)),
+        }),
+        None => (c.subscribe_throttling_rate_per_consumer > 0).then(|| Rate {
+            per_period: u64::from(c.subscribe_throttling_rate_per_consumer),
+            period: Duration::from_secs(c.subscribe_rate_period_per_consumer_secs.max(1)),
+        }),
     }
 }
 
@@ -570,5 +602,71 @@ mod tests {
         );
         assert_eq!(e.backlog_age, None);
         assert_eq!(e.inactive, None, "deleteWhileInactive=false keeps topics");
+    }
+
+    #[test]
+    fn subscription_expiration_is_the_namespaces_minutes_else_the_brokers() {
+        let mut c = BrokerConfig::default();
+        let mut ns = Policies::default();
+        let t = TopicPolicies::default();
+        assert_eq!(
+            Effective::resolve(&c, &ns, &t).subscription_expiration,
+            None
+        );
+        c.subscription_expiration_time_minutes = 10;
+        assert_eq!(
+            Effective::resolve(&c, &ns, &t).subscription_expiration,
+            Some(Duration::from_secs(600))
+        );
+        ns.subscription_expiration_time_minutes = Some(2);
+        assert_eq!(
+            Effective::resolve(&c, &ns, &t).subscription_expiration,
+            Some(Duration::from_secs(120))
+        );
+        ns.subscription_expiration_time_minutes = Some(0);
+        assert_eq!(
+            Effective::resolve(&c, &ns, &t).subscription_expiration,
+            None,
+            "0 in the namespace turns the broker's default off"
+        );
+    }
+
+    #[test]
+    fn subscribe_rate_is_the_topics_else_the_namespaces_else_the_brokers() {
+        let mut c = BrokerConfig::default();
+        let mut ns = Policies::default();
+        let mut t = TopicPolicies::default();
+        assert_eq!(Effective::resolve(&c, &ns, &t).subscribe_rate, None);
+        c.subscribe_throttling_rate_per_consumer = 5;
+        assert_eq!(
+            Effective::resolve(&c, &ns, &t).subscribe_rate,
+            Some(Rate {
+                per_period: 5,
+                period: Duration::from_secs(30)
+            })
+        );
+        ns.cluster_subscribe_rate.insert(
+            c.cluster_name.clone(),
+            p::SubscribeRate {
+                subscribe_throttling_rate_per_consumer: 2,
+                rate_period_in_second: 10,
+            },
+        );
+        assert_eq!(
+            Effective::resolve(&c, &ns, &t).subscribe_rate,
+            Some(Rate {
+                per_period: 2,
+                period: Duration::from_secs(10)
+            })
+        );
+        t.subscribe_rate = Some(p::SubscribeRate {
+            subscribe_throttling_rate_per_consumer: -1,
+            rate_period_in_second: 30,
+        });
+        assert_eq!(
+            Effective::resolve(&c, &ns, &t).subscribe_rate,
+            None,
+            "-1 at topic level is unlimited"
+        );
     }
 }

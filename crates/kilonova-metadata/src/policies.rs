@@ -136,6 +136,24 @@ fn one() -> i32 {
     1
 }
 
+/// How often one consumer may subscribe (Pulsar's `SubscribeRate`): at most
+/// `subscribe_throttling_rate_per_consumer` SUBSCRIBEs per
+/// `rate_period_in_second` from one consumer (client address, consumer name
+/// and id), to stop a reconnecting consumer from flooding the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribeRate {
+    /// -1 or 0: unlimited.
+    #[serde(default = "minus_one_i32")]
+    pub subscribe_throttling_rate_per_consumer: i32,
+    #[serde(default = "thirty")]
+    pub rate_period_in_second: i32,
+}
+
+fn thirty() -> i32 {
+    30
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InactiveTopicDeleteMode {
@@ -205,6 +223,13 @@ pub struct Policies {
     pub topic_dispatch_rate: BTreeMap<String, DispatchRate>,
     #[serde(rename = "subscriptionDispatchRate")]
     pub subscription_dispatch_rate: BTreeMap<String, DispatchRate>,
+    /// Per cluster, as Pulsar keys it.
+    #[serde(rename = "clusterSubscribeRate")]
+    pub cluster_subscribe_rate: BTreeMap<String, SubscribeRate>,
+    /// A durable subscription without consumers is deleted once it has been
+    /// inactive this long (minutes; 0: never; unset: the broker's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_expiration_time_minutes: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inactive_topic_policies: Option<InactiveTopicPolicies>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,6 +290,8 @@ pub struct TopicPolicies {
     pub dispatch_rate: Option<DispatchRate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription_dispatch_rate: Option<DispatchRate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe_rate: Option<SubscribeRate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inactive_topic_policies: Option<InactiveTopicPolicies>,
     #[serde(
@@ -386,6 +413,21 @@ pub fn check_dispatch_rate(r: &DispatchRate) -> Result<()> {
     Ok(())
 }
 
+pub fn check_subscribe_rate(r: &SubscribeRate) -> Result<()> {
+    if r.subscribe_throttling_rate_per_consumer < -1 || r.rate_period_in_second < 1 {
+        return Err(MetadataError::Invalid(format!(
+            "a subscribe rate must be -1 (unlimited) or more per consumer, over a period of 1 s or more, not {} per {} s",
+            r.subscribe_throttling_rate_per_consumer, r.rate_period_in_second
+        )));
+    }
+    Ok(())
+}
+
+/// A subscription expiration time: 0 (never) or more minutes.
+pub fn check_subscription_expiration(minutes: i32) -> Result<()> {
+    check_limit("subscription expiration time", minutes)
+}
+
 pub fn check_inactive_topic_policies(p: &InactiveTopicPolicies) -> Result<()> {
     if p.max_inactive_duration_seconds < 0 {
         return Err(invalid(
@@ -433,6 +475,35 @@ mod tests {
         );
         let back: Policies = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
+        let p: Policies = serde_json::from_str(
+            r#"{"clusterSubscribeRate":{"standalone":{"subscribeThrottlingRatePerConsumer":2,"ratePeriodInSecond":10}},
+                "subscription_expiration_time_minutes":30}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.cluster_subscribe_rate["standalone"],
+            SubscribeRate {
+                subscribe_throttling_rate_per_consumer: 2,
+                rate_period_in_second: 10
+            }
+        );
+        assert_eq!(p.subscription_expiration_time_minutes, Some(30));
+        let r: SubscribeRate = serde_json::from_str("{}").unwrap();
+        assert_eq!(
+            (
+                r.subscribe_throttling_rate_per_consumer,
+                r.rate_period_in_second
+            ),
+            (-1, 30),
+            "Pulsar's defaults"
+        );
+        assert!(check_subscribe_rate(&r).is_ok());
+        assert!(check_subscribe_rate(&SubscribeRate {
+            subscribe_throttling_rate_per_consumer: 1,
+            rate_period_in_second: 0
+        })
+        .is_err());
+        assert!(check_subscription_expiration(-1).is_err());
         let q: BacklogQuota =
             serde_json::from_str(r#"{"limitSize":10,"policy":"consumer_backlog_eviction"}"#)
                 .unwrap();

@@ -150,7 +150,7 @@ pub fn log_meta_v1_bytes(
 pub fn cursor_state(file: &[u8]) -> Result<usize> {
     let body = checkpoint::verified_body(file, Path::new("logs/1/cursors/c"))?;
     let acked = match cursor::decode_cursor(&body) {
-        Ok((_, _, acked)) => acked,
+        Ok(record) => record.acked,
         Err(_) => cursor::decode_cursor_body(body.clone())?.1,
     };
     assert!(acked.range_count().saturating_mul(24) <= body.len());
@@ -170,5 +170,6 @@ pub fn cursor_state_bytes(name: &str, floor: (u64, u64), ranges: &[(u64, u64, u6
         name,
         Position::new(floor.0, floor.1),
         &ranges,
+        None,
     ))
 }

@@ -700,6 +700,7 @@ impl ManagedLog {
             backlog_entries: positions
                 .entries_from(floor)
                 .saturating_sub(c.acked().len()),
+            last_active_ms: c.last_active_ms(),
         })
     }
 

@@ -245,6 +245,31 @@ async fn durable_cursors_and_entries_survive_reopen_non_durable_do_not() {
 }
 
 #[tokio::test]
+async fn a_cursors_last_active_time_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = env(dir.path());
+        let mut log = open(&e, 8, small_segments(), 0).await;
+        log.open_cursor("touched", InitialPosition::Earliest, true)
+            .unwrap();
+        log.open_cursor("untouched", InitialPosition::Earliest, true)
+            .unwrap();
+        assert_eq!(log.cursor_info("touched").unwrap().last_active_ms, None);
+        log.touch_cursor("touched", 1_234_567).unwrap();
+        assert!(log.touch_cursor("missing", 1).is_err());
+        log.close().unwrap();
+        close_store(e).await;
+    }
+    let e = env(dir.path());
+    let log = open(&e, 8, small_segments(), 0).await;
+    assert_eq!(
+        log.cursor_info("touched").unwrap().last_active_ms,
+        Some(1_234_567)
+    );
+    assert_eq!(log.cursor_info("untouched").unwrap().last_active_ms, None);
+}
+
+#[tokio::test]
 async fn acks_not_yet_persisted_are_redelivered_after_a_crash_never_lost() {
     let dir = tempfile::tempdir().unwrap();
     let ps;

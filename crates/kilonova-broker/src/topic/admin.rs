@@ -421,6 +421,7 @@ impl Topic {
             ResetTo::PublishTime(ms) => InitialPosition::At(log.position_of_publish_time(ms)?),
         };
         log.open_cursor(&name, initial, true)?;
+        self.touch_subscription(&name);
         Ok(AdminReply::Done)
     }
 

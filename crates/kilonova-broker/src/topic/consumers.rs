@@ -85,6 +85,7 @@ impl Topic {
                 cmd.consumer_id
             )));
         }
+        self.admit_subscribe(&conn, cmd)?;
         self.admit_consumer(&cmd.subscription)?;
         let durable = cmd.durable.unwrap_or(true) && self.log.is_some();
         tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, durable, start = ?cmd.start_message_id, "subscribe");
@@ -123,6 +124,7 @@ impl Topic {
         self.parked_readers.remove(&cmd.subscription);
         self.consumer_subs.insert(key, cmd.subscription.clone());
         self.idle_since = None;
+        self.touch_subscription(&cmd.subscription);
         Ok(key)
     }
 
@@ -180,8 +182,12 @@ impl Topic {
             return;
         };
         sub.remove_consumer(key);
-        if sub.consumers.is_empty() {
-            if sub.durable {
+        let (durable, empty) = (sub.durable, sub.consumers.is_empty());
+        if durable {
+            self.touch_subscription(&name);
+        }
+        if empty {
+            if durable {
                 return;
             }
             if self.log.is_some() {

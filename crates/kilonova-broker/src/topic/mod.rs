@@ -40,6 +40,7 @@ mod dispatch;
 mod policy;
 mod publish;
 mod replication;
+mod subscription_expiry;
 mod termination;
 
 pub use admin::{AdminReply, AdminRequest, BacklogStep, Peeked, ResetTo};
@@ -54,6 +55,7 @@ use crate::metrics::{Rates, TopicMetrics};
 use crate::outbound::Outbound;
 use crate::policy_cache::Effective;
 use crate::rate_limit::{PublishGate, RateLimiter};
+use crate::subscribe_rate::SubscribeRateLimiter;
 use crate::subscription::{ConsumerKey, Subscription};
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::TopicRecord;
@@ -265,6 +267,11 @@ pub(crate) struct Topic {
     replicators: std::collections::BTreeMap<String, replication::Replicator>,
     /// Where the replicators report (the serving loop reads the other end).
     replication_reports: mpsc::UnboundedSender<crate::replicator::Report>,
+    /// SUBSCRIBEs counted per consumer (persistent topics).
+    subscribe_rate: SubscribeRateLimiter,
+    /// When the topic loaded (ms since the epoch): a subscription whose
+    /// cursor holds no last-active time counts as active then.
+    loaded_at_ms: u64,
 }
 
 impl Topic {
@@ -299,6 +306,8 @@ impl Topic {
         let now = broker.clock().now();
         publish_gate.set(policies.publish_rate, now);
         let dispatch_rate = dispatch::dispatch_limiter(policies.dispatch_rate, now);
+        let subscribe_rate = SubscribeRateLimiter::new(policies.subscribe_rate, now);
+        let loaded_at_ms = broker.clock().now_ms();
         let metrics = broker.metrics().register(&full_name);
         let (replication_reports, reports) = mpsc::unbounded_channel();
         let mut topic = Topic {
@@ -334,8 +343,13 @@ impl Topic {
             replicated_into: false,
             replicators: Default::default(),
             replication_reports,
+            subscribe_rate,
+            loaded_at_ms,
         };
         topic.set_dedup(topic.policies.deduplication);
+        // Subscriptions that expired while the topic was not loaded go
+        // before any client or admin request sees them.
+        topic.expire_subscriptions();
         topic.sync_replicators();
         topic.serve(rx, reports).await;
         topic

@@ -13,12 +13,14 @@ use crate::broker::Broker;
 use crate::entry_source::first_unacked;
 use crate::error::BrokerError;
 use crate::policy_cache::{Effective, InactiveRule, Quota};
+use crate::subscribe_rate::ConsumerIdentity;
 use kilonova_metadata::names::TopicName;
 
 /// When the periodic checks run next.
 pub(super) struct Checks {
     next_expiry: Instant,
     next_quota: Instant,
+    next_subscription_expiry: Instant,
     next_inactive: Instant,
     /// A partition asked for its partitioned topic's deletion at this time.
     partitioned_attempt: Option<Instant>,
@@ -29,6 +31,7 @@ impl Checks {
         Checks {
             next_expiry: now,
             next_quota: now,
+            next_subscription_expiry: now,
             next_inactive: now,
             partitioned_attempt: None,
         }
@@ -42,6 +45,11 @@ impl Checks {
     /// Whether the backlog quotas are checked now (every `every`).
     fn quota_due(&mut self, now: Instant, every: Duration) -> bool {
         due(&mut self.next_quota, now, every)
+    }
+
+    /// Whether expired subscriptions are looked for now (every `every`).
+    fn subscription_expiry_due(&mut self, now: Instant, every: Duration) -> bool {
+        due(&mut self.next_subscription_expiry, now, every)
     }
 
     /// For a deletable idle topic, inactive since `since`: delete it once it
@@ -163,6 +171,10 @@ impl Topic {
         if fresh.ttl != self.policies.ttl {
             self.checks.next_expiry = now;
         }
+        if fresh.subscription_expiration != self.policies.subscription_expiration {
+            self.checks.next_subscription_expiry = now;
+        }
+        self.subscribe_rate.set_rate(fresh.subscribe_rate, now);
         let dedup = fresh.deduplication;
         self.policies = fresh;
         self.set_dedup(dedup);
@@ -170,12 +182,20 @@ impl Topic {
         self.dispatch_wake = Some(now);
     }
 
-    /// Message TTL and backlog quotas, each at its interval.
+    /// Message TTL, backlog quotas and subscription expiration, each at its interval.
     pub(super) fn enforce_policies(&mut self) {
         let now = self.broker.clock().now();
         let config = self.broker.config();
         let expiry_every = Duration::from_secs(config.message_expiry_check_interval_secs.max(1));
         let quota_every = Duration::from_secs(config.backlog_quota_check_interval_secs.max(1));
+        let subscription_expiry_every =
+            Duration::from_secs(config.subscription_expiry_check_interval_secs.max(1));
+        if self
+            .checks
+            .subscription_expiry_due(now, subscription_expiry_every)
+        {
+            self.expire_subscriptions();
+        }
         if self.checks.expiry_due(now, expiry_every) {
             if let Some(ttl) = self.policies.ttl {
                 self.expire(ttl);
@@ -296,6 +316,34 @@ impl Topic {
             Some(e) => Err(e.error()),
             None => Ok(()),
         }
+    }
+
+    /// The subscribe rate a SUBSCRIBE on a persistent topic must pass (per
+    /// consumer: client host, consumer name and id; Pulsar's answer).
+    pub(super) fn admit_subscribe(
+        &mut self,
+        conn: &super::ConnCtx,
+        cmd: &kilonova_pulsar_protocol::proto::CommandSubscribe,
+    ) -> Result<(), BrokerError> {
+        if self.log.is_none() {
+            return Ok(());
+        }
+        let who = ConsumerIdentity::new(
+            &conn.client.address,
+            cmd.consumer_name.as_deref().unwrap_or(""),
+            cmd.consumer_id,
+        );
+        if self
+            .subscribe_rate
+            .try_acquire(who, self.broker.clock().now())
+        {
+            return Ok(());
+        }
+        tracing::debug!(topic = %self.full_name, subscription = %cmd.subscription, consumer_id = cmd.consumer_id, "subscribe refused by the subscribe rate");
+        self.broker.metrics().count_subscribe_throttled();
+        Err(BrokerError::NotAllowed(
+            "Subscribe limited by subscribe rate limit per consumer.".into(),
+        ))
     }
 
     /// Limits a new consumer of subscription `sub` must pass.

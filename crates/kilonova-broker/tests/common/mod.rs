@@ -35,6 +35,16 @@ pub async fn start(config: BrokerConfig) -> Server {
 
 /// A broker checking clients with `security`.
 pub async fn start_with(config: BrokerConfig, security: Security) -> Server {
+    start_with_clock(config, security, kilonova_broker::clock::system()).await
+}
+
+/// A broker whose topics and connections read `clock` (a test's
+/// `ManualClock`, to drive expirations and rates).
+pub async fn start_with_clock(
+    config: BrokerConfig,
+    security: Security,
+    clock: kilonova_broker::clock::SharedClock,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut sc = StoreConfig::new(dir.path().join("storage"));
     sc.log_file_bytes = 16 << 20;
@@ -56,7 +66,7 @@ pub async fn start_with(config: BrokerConfig, security: Security) -> Server {
         resources,
         format!("pulsar://{addr}"),
         security,
-        kilonova_broker::clock::system(),
+        clock,
     )
     .unwrap();
     let (stop, stop_rx) = watch::channel(false);

@@ -60,6 +60,9 @@ pub struct CursorInfo {
     pub ack_ranges: usize,
     /// Entries not yet acknowledged.
     pub backlog_entries: u64,
+    /// When the cursor was last marked active ([`ManagedLog::touch_cursor`]),
+    /// ms since the epoch; `None`: not since it was stored in version 2.
+    pub last_active_ms: Option<u64>,
 }
 
 /// A durable cursor's backlog as last persisted.
@@ -89,6 +92,11 @@ pub(super) struct Cursor {
     /// Reads through the log's compacted view (a `readCompacted` reader);
     /// set by whoever opens it, never stored.
     read_compacted: bool,
+    /// When its owner last marked it active (ms since the epoch; `None`:
+    /// never, or stored before this was kept). Stored with the cursor, so
+    /// that subscription expiration counts idle time across unloads and
+    /// restarts, as Pulsar's cursor `lastActive` does.
+    last_active_ms: Option<u64>,
 }
 
 impl Cursor {
@@ -101,18 +109,33 @@ impl Cursor {
             read: start,
             dirty: id.is_some(),
             read_compacted: false,
+            last_active_ms: None,
         }
     }
 
     /// A durable cursor as loaded from storage; it reads from its floor on.
-    pub(super) fn loaded(id: u64, floor: Position, acked: RangeSet, dirty: bool) -> Self {
+    pub(super) fn loaded(id: u64, record: CursorRecord, dirty: bool) -> Self {
         Cursor {
             id: Some(id),
-            floor,
-            acked,
-            read: floor,
+            floor: record.floor,
+            acked: record.acked,
+            read: record.floor,
             dirty,
             read_compacted: false,
+            last_active_ms: record.last_active_ms,
+        }
+    }
+
+    /// When the cursor was last marked active (ms since the epoch).
+    pub(super) fn last_active_ms(&self) -> Option<u64> {
+        self.last_active_ms
+    }
+
+    /// Marks the cursor active at `now_ms` (stored at the next persist).
+    pub(super) fn touch(&mut self, now_ms: u64) {
+        if self.last_active_ms != Some(now_ms) {
+            self.last_active_ms = Some(now_ms);
+            self.dirty = true;
         }
     }
 
@@ -232,7 +255,7 @@ impl Cursor {
     /// redelivered after a restart, never lost.
     pub(super) fn encode(&self, name: &str, max_ranges: usize) -> BytesMut {
         let ranges: Vec<_> = self.acked.iter().take(max_ranges).collect();
-        encode_cursor(name, self.floor, &ranges)
+        encode_cursor(name, self.floor, &ranges, self.last_active_ms)
     }
 }
 
@@ -256,14 +279,18 @@ pub(super) fn named_mut<'a>(
 // ---- the stored record ----
 
 /// The first byte of a cursor record stored by id (one stored by name has none).
-pub(crate) const CURSOR_VERSION: u8 = 2;
+pub(crate) const CURSOR_VERSION: u8 = 3;
+/// Version 2 records lack the last-active time; they are read, never written.
+const CURSOR_VERSION_WITHOUT_ACTIVITY: u8 = 2;
 
-/// A cursor record as stored by id: version, name, ack floor, then the
-/// acknowledged ranges, each (segment, first entry, last entry) of one segment.
+/// A cursor record as stored by id: version, name, ack floor, the
+/// acknowledged ranges, each (segment, first entry, last entry) of one
+/// segment, then the last-active time in ms (0: unknown).
 pub(crate) fn encode_cursor(
     name: &str,
     floor: Position,
     ranges: &[(Position, Position)],
+    last_active_ms: Option<u64>,
 ) -> BytesMut {
     let mut b = BytesMut::new();
     b.put_u8(CURSOR_VERSION);
@@ -277,14 +304,29 @@ pub(crate) fn encode_cursor(
         b.put_u64_le(s.entry);
         b.put_u64_le(e.entry);
     }
+    b.put_u64_le(last_active_ms.unwrap_or(0));
     b
 }
 
-/// A cursor record stored by id: its name, ack floor and acknowledged ranges.
-pub(crate) fn decode_cursor(b: &Bytes) -> Result<(String, Position, RangeSet)> {
+/// What a cursor record holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CursorRecord {
+    pub name: String,
+    pub floor: Position,
+    pub acked: RangeSet,
+    pub last_active_ms: Option<u64>,
+}
+
+/// A cursor record stored by id (version 3, or version 2 without the
+/// last-active time).
+pub(crate) fn decode_cursor(b: &Bytes) -> Result<CursorRecord> {
     let mut b = b.clone();
     let err = || malformed("cursor state");
-    if b.remaining() < 5 || b.get_u8() != CURSOR_VERSION {
+    if b.remaining() < 5 {
+        return Err(err());
+    }
+    let version = b.get_u8();
+    if version != CURSOR_VERSION && version != CURSOR_VERSION_WITHOUT_ACTIVITY {
         return Err(err());
     }
     let len = b.get_u32_le() as usize;
@@ -292,12 +334,30 @@ pub(crate) fn decode_cursor(b: &Bytes) -> Result<(String, Position, RangeSet)> {
         return Err(err());
     }
     let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|_| err())?;
-    let (floor, acked) = decode_cursor_body(b)?;
-    Ok((name, floor, acked))
+    let (floor, acked) = read_cursor_body(&mut b)?;
+    let last_active_ms = if version == CURSOR_VERSION {
+        if b.remaining() < 8 {
+            return Err(err());
+        }
+        Some(b.get_u64_le()).filter(|ms| *ms > 0)
+    } else {
+        None
+    };
+    Ok(CursorRecord {
+        name,
+        floor,
+        acked,
+        last_active_ms,
+    })
 }
 
 /// A cursor's ack floor and acknowledged ranges (all of a record stored by name).
 pub(crate) fn decode_cursor_body(mut b: Bytes) -> Result<(Position, RangeSet)> {
+    read_cursor_body(&mut b)
+}
+
+/// Reads an ack floor and acknowledged ranges off the front of `b`.
+fn read_cursor_body(b: &mut Bytes) -> Result<(Position, RangeSet)> {
     let err = || malformed("cursor state");
     if b.remaining() < 20 {
         return Err(err());
@@ -356,8 +416,8 @@ impl ManagedLog {
                         );
                         continue;
                     };
-                    let (name, floor, acked) = decode_cursor(&b)?;
-                    self.insert_loaded_cursor(name, cid, floor, acked, false);
+                    let record = decode_cursor(&b)?;
+                    self.insert_loaded_cursor(cid, record, false);
                 }
             }
             StoredCursors::ByName(names) => {
@@ -366,7 +426,13 @@ impl ManagedLog {
                     if let Some(b) = self.state.load(&key)? {
                         let (floor, acked) = decode_cursor_body(b)?;
                         let cid = self.next_cursor_id;
-                        self.insert_loaded_cursor(name.clone(), cid, floor, acked, true);
+                        let record = CursorRecord {
+                            name: name.clone(),
+                            floor,
+                            acked,
+                            last_active_ms: None,
+                        };
+                        self.insert_loaded_cursor(cid, record, true);
                         migrate.push(name);
                     }
                 }
@@ -394,17 +460,11 @@ impl ManagedLog {
         Ok(())
     }
 
-    fn insert_loaded_cursor(
-        &mut self,
-        name: String,
-        cid: u64,
-        floor: Position,
-        acked: RangeSet,
-        dirty: bool,
-    ) {
-        let floor = self.positions().normalize(floor);
+    fn insert_loaded_cursor(&mut self, cid: u64, mut record: CursorRecord, dirty: bool) {
+        record.floor = self.positions().normalize(record.floor);
         self.next_cursor_id = self.next_cursor_id.max(cid + 1);
-        let cursor = Cursor::loaded(cid, floor, acked, dirty);
+        let name = std::mem::take(&mut record.name);
+        let cursor = Cursor::loaded(cid, record, dirty);
         if let Some(old) = self.cursors.insert(name, cursor) {
             // Two records of one name (cannot happen by design): keep the later id.
             tracing::warn!(log = self.id, cursor = ?old.id, "duplicate cursor record ignored");
@@ -447,6 +507,13 @@ impl ManagedLog {
             self.persist_cursor(name)?;
         }
         Ok(dirty.len())
+    }
+
+    /// Marks a cursor active at `now_ms` (a consumer came or went): the time
+    /// is stored with the cursor at its next persist.
+    pub fn touch_cursor(&mut self, name: &str, now_ms: u64) -> Result<()> {
+        named_mut(&mut self.cursors, name)?.touch(now_ms);
+        Ok(())
     }
 
     pub(super) fn persist_cursor(&mut self, name: &str) -> Result<()> {
@@ -641,7 +708,13 @@ mod tests {
         let mut plain = Cursor::new(None, pos(0));
         plain.ack(pos(0), &log);
         assert!(!plain.needs_persist());
-        let mut loaded = Cursor::loaded(4, pos(3), RangeSet::new(), false);
+        let record = CursorRecord {
+            name: String::new(),
+            floor: pos(3),
+            acked: RangeSet::new(),
+            last_active_ms: None,
+        };
+        let mut loaded = Cursor::loaded(4, record, false);
         assert!(!loaded.needs_persist());
         assert_eq!(
             loaded.read_position(),
@@ -674,9 +747,42 @@ mod tests {
         for e in [5, 6, 9] {
             c.ack(pos(e), &log);
         }
+        c.touch(1_700_000_000_123);
         let name = "sub/ü with a long name ".repeat(20);
-        let (n, floor, acked) = decode_cursor(&c.encode(&name, 100).freeze()).unwrap();
-        assert_eq!((n, floor, &acked), (name, pos(3), c.acked()));
+        let r = decode_cursor(&c.encode(&name, 100).freeze()).unwrap();
+        assert_eq!((r.name, r.floor, &r.acked), (name, pos(3), c.acked()));
+        assert_eq!(r.last_active_ms, Some(1_700_000_000_123));
+    }
+
+    #[test]
+    fn touching_a_cursor_marks_it_for_persisting_once_per_time() {
+        let mut c = Cursor::loaded(
+            1,
+            CursorRecord {
+                name: String::new(),
+                floor: pos(0),
+                acked: RangeSet::new(),
+                last_active_ms: None,
+            },
+            false,
+        );
+        c.touch(5);
+        assert!(c.needs_persist());
+        assert_eq!(c.last_active_ms(), Some(5));
+        c.mark_persisted();
+        c.touch(5);
+        assert!(!c.needs_persist(), "the same time again changes nothing");
+    }
+
+    #[test]
+    fn a_version_2_record_has_no_activity_time() {
+        let mut v2 = encode_cursor("old", pos(1), &[(pos(2), pos(3))], None).to_vec();
+        v2.truncate(v2.len() - 8);
+        v2[0] = CURSOR_VERSION_WITHOUT_ACTIVITY;
+        let r = decode_cursor(&Bytes::from(v2)).unwrap();
+        assert_eq!((r.name.as_str(), r.floor), ("old", pos(1)));
+        assert_eq!(r.acked.iter().collect::<Vec<_>>(), vec![(pos(2), pos(3))]);
+        assert_eq!(r.last_active_ms, None);
     }
 
     #[test]
@@ -686,10 +792,10 @@ mod tests {
         for e in [2, 4, 6, 8] {
             c.ack(pos(e), &log);
         }
-        let (_, floor, acked) = decode_cursor(&c.encode("s", 2).freeze()).unwrap();
-        assert_eq!(floor, pos(0));
+        let r = decode_cursor(&c.encode("s", 2).freeze()).unwrap();
+        assert_eq!(r.floor, pos(0));
         assert_eq!(
-            acked.iter().collect::<Vec<_>>(),
+            r.acked.iter().collect::<Vec<_>>(),
             vec![(pos(2), pos(2)), (pos(4), pos(4))]
         );
     }
@@ -697,7 +803,7 @@ mod tests {
     #[test]
     fn a_truncated_or_foreign_record_is_refused() {
         let ranges = [(pos(2), pos(3))];
-        let full = encode_cursor("name", pos(1), &ranges).freeze();
+        let full = encode_cursor("name", pos(1), &ranges, Some(9)).freeze();
         assert!(decode_cursor(&full).is_ok());
         for len in 0..full.len() {
             assert!(
@@ -713,7 +819,7 @@ mod tests {
 
     #[test]
     fn a_record_stored_by_name_is_the_body_alone() {
-        let full = encode_cursor("name", pos(1), &[(pos(2), pos(3))]).freeze();
+        let full = encode_cursor("name", pos(1), &[(pos(2), pos(3))], None).freeze();
         // Version byte, name length, name.
         let body = full.slice(1 + 4 + 4..);
         let (floor, acked) = decode_cursor_body(body).unwrap();
@@ -723,8 +829,8 @@ mod tests {
 
     #[test]
     fn a_backwards_range_in_a_record_is_skipped() {
-        let full = encode_cursor("n", pos(0), &[(pos(5), pos(3)), (pos(7), pos(8))]).freeze();
-        let (_, _, acked) = decode_cursor(&full).unwrap();
+        let full = encode_cursor("n", pos(0), &[(pos(5), pos(3)), (pos(7), pos(8))], None).freeze();
+        let acked = decode_cursor(&full).unwrap().acked;
         assert_eq!(acked.iter().collect::<Vec<_>>(), vec![(pos(7), pos(8))]);
     }
 
@@ -747,10 +853,10 @@ mod tests {
             for (s, e) in acks {
                 c.ack(Position::new(s, e), &log);
             }
-            let (n, f, acked) = decode_cursor(&c.encode(&name, usize::MAX).freeze()).unwrap();
-            prop_assert_eq!(n, name);
-            prop_assert_eq!(f, c.floor());
-            prop_assert_eq!(&acked, c.acked());
+            let r = decode_cursor(&c.encode(&name, usize::MAX).freeze()).unwrap();
+            prop_assert_eq!(r.name, name);
+            prop_assert_eq!(r.floor, c.floor());
+            prop_assert_eq!(&r.acked, c.acked());
         }
 
         #[test]

@@ -121,6 +121,8 @@ const SINGLE_DASH_FLAGS: &[(&str, &str)] = &[
     ("-rp", "--relative-to-publish-rate"),
     ("-lt", "--limitTime"),
     ("-td", "--topic-domain"),
+    ("-sr", "--subscribe-rate"),
+    ("-st", "--subscribe-rate-period"),
 ];
 
 /// Rewrites pulsar-admin's single-dash long flags (`-ttl 120`, `-ttl=120`)

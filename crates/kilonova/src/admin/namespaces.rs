@@ -14,7 +14,7 @@ use kilonova_metadata::NamespaceName;
 use super::client::{AdminClient, AdminError, ApiPath, ResourcePath};
 use super::policies::{
     self, BacklogQuotaType, DelayedDeliveryArgs, DispatchRateArgs, EnableOrDisable,
-    InactiveTopicArgs, Op, Policy, PublishRateArgs, RetentionArgs,
+    InactiveTopicArgs, Op, Policy, PublishRateArgs, RetentionArgs, SubscribeRateArgs,
 };
 use super::{permissions, units, Output};
 
@@ -102,6 +102,18 @@ pub enum PolicyCmd {
     GetSubscriptionDispatchRate(Ns),
     /// Remove the subscription dispatch rate.
     RemoveSubscriptionDispatchRate(Ns),
+    /// Limit how often one consumer may subscribe to each topic.
+    SetSubscribeRate(SetSubscribeRate),
+    /// Show the subscribe rate.
+    GetSubscribeRate(Ns),
+    /// Remove the subscribe rate.
+    RemoveSubscribeRate(Ns),
+    /// Delete subscriptions without consumers after a time without activity.
+    SetSubscriptionExpirationTime(SetSubscriptionExpirationTime),
+    /// Show the subscription expiration time, in minutes.
+    GetSubscriptionExpirationTime(Ns),
+    /// Remove the subscription expiration time (the broker's default applies).
+    RemoveSubscriptionExpirationTime(Ns),
     /// Keep acknowledged messages for a time and/or size.
     SetRetention(SetRetention),
     /// Show the retention policy.
@@ -240,6 +252,22 @@ pub struct SetDispatchRate {
     namespace: NamespaceName,
     #[command(flatten)]
     rate: DispatchRateArgs,
+}
+
+#[derive(Args)]
+pub struct SetSubscribeRate {
+    namespace: NamespaceName,
+    #[command(flatten)]
+    rate: SubscribeRateArgs,
+}
+
+#[derive(Args)]
+pub struct SetSubscriptionExpirationTime {
+    namespace: NamespaceName,
+    /// Minutes without activity (0: subscriptions never expire).
+    #[arg(short = 't', long = "time", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    minutes: i32,
 }
 
 #[derive(Args)]
@@ -471,6 +499,16 @@ impl PolicyCmd {
             ),
             C::GetSubscriptionDispatchRate(n) => get(n, P::SubscriptionDispatchRate),
             C::RemoveSubscriptionDispatchRate(n) => remove(n, P::SubscriptionDispatchRate),
+            C::SetSubscribeRate(a) => (&a.namespace, P::SubscribeRate, Op::Set(a.rate.body())),
+            C::GetSubscribeRate(n) => get(n, P::SubscribeRate),
+            C::RemoveSubscribeRate(n) => remove(n, P::SubscribeRate),
+            C::SetSubscriptionExpirationTime(a) => (
+                &a.namespace,
+                P::SubscriptionExpirationTime,
+                Op::Set(json!(a.minutes)),
+            ),
+            C::GetSubscriptionExpirationTime(n) => get(n, P::SubscriptionExpirationTime),
+            C::RemoveSubscriptionExpirationTime(n) => remove(n, P::SubscriptionExpirationTime),
             C::SetRetention(a) => (&a.namespace, P::Retention, Op::Set(a.retention.body())),
             C::GetRetention(n) => get(n, P::Retention),
             C::RemoveRetention(n) => remove(n, P::Retention),
@@ -991,6 +1029,60 @@ mod tests {
             "-t",
             "soon"
         ]));
+    }
+
+    #[test]
+    fn subscription_expiration_time_sends_minutes() {
+        assert_eq!(
+            request(&["set-subscription-expiration-time", "t/ns", "-t", "30"]),
+            (
+                "POST",
+                "/admin/v2/namespaces/t/ns/subscriptionExpirationTime".into(),
+                Some(json!(30))
+            )
+        );
+        assert_eq!(
+            request(&["get-subscription-expiration-time", "t/ns"]),
+            (
+                "GET",
+                "/admin/v2/namespaces/t/ns/subscriptionExpirationTime".into(),
+                None
+            )
+        );
+        assert_eq!(
+            request(&["remove-subscription-expiration-time", "t/ns"]).0,
+            "DELETE"
+        );
+        assert!(refused(&["set-subscription-expiration-time", "t/ns"]));
+        assert!(refused(&[
+            "set-subscription-expiration-time",
+            "t/ns",
+            "-t",
+            "-1"
+        ]));
+    }
+
+    #[test]
+    fn subscribe_rate_takes_pulsar_admins_flags_and_defaults() {
+        assert_eq!(
+            request(&["set-subscribe-rate", "t/ns", "-sr", "2", "-st", "10"]),
+            (
+                "POST",
+                "/admin/v2/namespaces/t/ns/subscribeRate".into(),
+                Some(json!({"subscribeThrottlingRatePerConsumer": 2, "ratePeriodInSecond": 10}))
+            )
+        );
+        assert_eq!(
+            request(&["set-subscribe-rate", "t/ns"]).2,
+            Some(json!({"subscribeThrottlingRatePerConsumer": -1, "ratePeriodInSecond": 30})),
+            "pulsar-admin's defaults"
+        );
+        assert_eq!(
+            request(&["get-subscribe-rate", "t/ns"]).1,
+            "/admin/v2/namespaces/t/ns/subscribeRate"
+        );
+        assert_eq!(request(&["remove-subscribe-rate", "t/ns"]).0, "DELETE");
+        assert!(refused(&["set-subscribe-rate", "t/ns", "-st", "0"]));
     }
 
     #[test]

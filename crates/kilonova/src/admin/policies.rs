@@ -37,6 +37,8 @@ pub enum Policy {
     InactiveTopicPolicies,
     AutoTopicCreation,
     CompactionThreshold,
+    SubscribeRate,
+    SubscriptionExpirationTime,
 }
 
 /// What a verb does with its policy.
@@ -76,6 +78,8 @@ impl Policy {
             (Policy::InactiveTopicPolicies, _) => "inactiveTopicPolicies",
             (Policy::AutoTopicCreation, _) => "autoTopicCreation",
             (Policy::CompactionThreshold, _) => "compactionThreshold",
+            (Policy::SubscribeRate, _) => "subscribeRate",
+            (Policy::SubscriptionExpirationTime, _) => "subscriptionExpirationTime",
         };
         base.join(segment)
     }
@@ -153,6 +157,28 @@ impl DispatchRateArgs {
             "dispatchThrottlingRateInByte": self.byte_dispatch_rate,
             "ratePeriodInSecond": self.dispatch_rate_period,
             "relativeToPublishRate": self.relative_to_publish_rate,
+        })
+    }
+}
+
+/// `set-subscribe-rate`'s flags.
+#[derive(Args)]
+pub struct SubscribeRateArgs {
+    /// SUBSCRIBEs one consumer may send per period (-1: unlimited).
+    /// pulsar-admin's -sr works too.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-1..))]
+    subscribe_rate: i32,
+    /// The period, in seconds. pulsar-admin's -st works too.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i32).range(1..))]
+    subscribe_rate_period: i32,
+}
+
+impl SubscribeRateArgs {
+    pub fn body(&self) -> Value {
+        json!({
+            "subscribeThrottlingRatePerConsumer": self.subscribe_rate,
+            "ratePeriodInSecond": self.subscribe_rate_period,
         })
     }
 }
