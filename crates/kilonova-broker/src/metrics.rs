@@ -106,6 +106,8 @@ pub struct SubscriptionSample {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReplicationSample {
     pub remote: String,
+    pub rate_in: f64,
+    pub throughput_in: f64,
     pub backlog: u64,
     pub rate_out: f64,
     pub throughput_out: f64,
@@ -753,8 +755,18 @@ fn render_subscriptions(out: &mut String, cluster: &str, topics: &[(String, Arc<
 /// Reads one per-replicator figure.
 type ReplGet = fn(&ReplicationSample) -> f64;
 
-/// Pulsar's per-replicator series (the outbound half).
-const REPLICATION_SERIES: [(&str, &str, ReplGet); 5] = [
+/// Pulsar's per-replicator series, inbound and outbound.
+const REPLICATION_SERIES: [(&str, &str, ReplGet); 7] = [
+    (
+        "pulsar_replication_rate_in",
+        "Messages the remote cluster's replicator published here per second",
+        |s| s.rate_in,
+    ),
+    (
+        "pulsar_replication_throughput_in",
+        "Bytes the remote cluster's replicator published here per second",
+        |s| s.throughput_in,
+    ),
     (
         "pulsar_replication_backlog",
         "Entries not yet confirmed by the remote cluster",

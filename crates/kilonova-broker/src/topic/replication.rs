@@ -50,6 +50,14 @@ impl Drop for Replicator {
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicatorStatsView {
+    /// Inbound: what the remote cluster's replicator publishes here.
+    pub msg_rate_in: f64,
+    pub msg_throughput_in: f64,
+    /// The remote replicator's producer address, if it is connected here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_connection: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_connected_since: Option<String>,
     pub msg_rate_out: f64,
     pub msg_throughput_out: f64,
     pub msg_out_counter: u64,
@@ -238,6 +246,8 @@ impl Topic {
             .into_iter()
             .map(|(remote, s)| ReplicationSample {
                 remote,
+                rate_in: s.msg_rate_in,
+                throughput_in: s.msg_throughput_in,
                 backlog: s.replication_backlog,
                 rate_out: s.msg_rate_out,
                 throughput_out: s.msg_throughput_out,
@@ -248,10 +258,13 @@ impl Topic {
         self.metrics.set_replication(samples);
     }
 
-    /// The `replication` section of the topic's stats, by remote cluster.
+    /// The `replication` section of the topic's stats, by remote cluster:
+    /// outbound (this topic's replicators) and inbound (remote clusters'
+    /// replicators producing here).
     pub(super) fn replication_stats(&self) -> BTreeMap<String, ReplicatorStatsView> {
         let now_ms = self.broker.clock().now_ms();
-        self.replicators
+        let mut views: BTreeMap<String, ReplicatorStatsView> = self
+            .replicators
             .iter()
             .map(|(cluster, r)| {
                 let backlog = self
@@ -266,6 +279,10 @@ impl Topic {
                     0
                 };
                 let view = ReplicatorStatsView {
+                    msg_rate_in: 0.0,
+                    msg_throughput_in: 0.0,
+                    inbound_connection: None,
+                    inbound_connected_since: None,
                     msg_rate_out: r.meter.msgs.rate(),
                     msg_throughput_out: r.meter.bytes.rate(),
                     msg_out_counter: r.stats.msg_out.load(Ordering::Relaxed),
@@ -276,7 +293,19 @@ impl Topic {
                 };
                 (cluster.clone(), view)
             })
-            .collect()
+            .collect();
+        for p in self.producers.values() {
+            let Some(cluster) = p.name.strip_prefix(replicator::REPLICATOR_PREFIX) else {
+                continue;
+            };
+            let view = views.entry(cluster.to_string()).or_default();
+            view.msg_rate_in += p.meter_in.msgs.rate();
+            view.msg_throughput_in += p.meter_in.bytes.rate();
+            view.inbound_connection = Some(p.client.address.to_string());
+            view.inbound_connected_since =
+                Some(crate::clock::utc_time_ms(p.client.connected_since_ms));
+        }
+        views
     }
 }
 
