@@ -73,9 +73,11 @@ pub enum TopicsCmd {
     ExamineMessage(ExamineMessage),
     /// Show the message at ledgerId:entryId.
     GetMessageById(GetMessageById),
-    /// Start compacting the topic (keep the latest message of each key).
+    /// Start compacting the topic (keep the latest message of each key);
+    /// every partition of a partitioned topic.
     Compact { topic: TopicName },
-    /// The compaction's status: NOT_RUN, RUNNING, SUCCESS or ERROR.
+    /// The compaction's status: NOT_RUN, RUNNING, SUCCESS or ERROR (a
+    /// partitioned topic's: an aggregate, and each partition's).
     CompactionStatus { topic: TopicName },
     /// Grant a role actions (produce, consume, …) on the topic.
     GrantPermission {
