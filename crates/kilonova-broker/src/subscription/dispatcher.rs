@@ -430,9 +430,14 @@ impl Subscription {
     /// A compacted reader's entry from the compacted view whose batch holds
     /// compacted-out messages: the ack set of the messages it keeps, so that
     /// clients that do not look at `compacted_out` (the C++ and Python ones)
-    /// skip the others as they skip acknowledged ones.
+    /// skip the others as they skip acknowledged ones. Readers only (non-durable:
+    /// TableView, `create_reader`): a durable consumer acknowledges, and the
+    /// C++ client acknowledges a batch only once it acknowledged each of its
+    /// messages, so it gets the compacted-out ones too, as from Pulsar.
     fn retained_of_view_entry(&self, entry: &Entry, limits: &DispatchLimits) -> Option<Vec<i64>> {
-        let view = limits.compacted.filter(|_| self.reads_compacted)?;
+        let view = limits
+            .compacted
+            .filter(|_| self.reads_compacted && !self.durable)?;
         if entry.position > view.horizon || entry.message_count < 2 {
             return None;
         }
