@@ -493,6 +493,39 @@ mod tests {
     }
 
     #[test]
+    fn a_null_value_in_a_compressed_batch_deletes_its_key() {
+        let mut data = BytesMut::new();
+        let a = |null| SingleMessageMetadata {
+            partition_key: Some("a".into()),
+            null_value: null,
+            ..Default::default()
+        };
+        frame::push_batch_message(&mut data, &a(None), b"1");
+        frame::push_batch_message(&mut data, &a(Some(true)), b"");
+        let md = MessageMetadata {
+            num_messages_in_batch: Some(2),
+            ..meta()
+        };
+        let e = Entry {
+            position: Position::new(1, 0),
+            publish_time_ms: 1,
+            message_index: 0,
+            message_count: 2,
+            data: frame::build_payload(&md, &data),
+        };
+        for codec in CODECS {
+            let entries = [single(0, Some("b"), "1"), compressed(e.clone(), codec)];
+            let mut entries = entries.to_vec();
+            entries[1].position = Position::new(1, 1);
+            assert_eq!(
+                kept(&entries, 10).unwrap(),
+                vec![(0, Keep::Whole)],
+                "{codec:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_compressed_empty_message_deletes_its_key() {
         for codec in CODECS {
             let e = single(1, Some("a"), "");
