@@ -514,9 +514,9 @@ mod tests {
             data: frame::build_payload(&md, &data),
         };
         for codec in CODECS {
-            let entries = [single(0, Some("b"), "1"), compressed(e.clone(), codec)];
-            let mut entries = entries.to_vec();
-            entries[1].position = Position::new(1, 1);
+            let mut deleting = compressed(e.clone(), codec);
+            deleting.position = Position::new(1, 1);
+            let entries = [single(0, Some("b"), "1"), deleting];
             assert_eq!(
                 kept(&entries, 10).unwrap(),
                 vec![(0, Keep::Whole)],
