@@ -156,7 +156,7 @@ pub fn routes(api: Api) -> Api {
 
 /// The topics an operation on `name` reaches: its partitions if it is
 /// partitioned, else itself. 404 if it does not exist.
-async fn targets(b: &Broker, name: &TopicName) -> ApiResult<Vec<TopicName>> {
+pub(crate) async fn targets(b: &Broker, name: &TopicName) -> ApiResult<Vec<TopicName>> {
     match b.resources().topic(name).await? {
         None => Err(ApiError::not_found(format!("topic {name} not found"))),
         Some(t) if t.partitions > 0 => {

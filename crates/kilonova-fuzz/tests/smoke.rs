@@ -62,6 +62,11 @@ fn recovery() {
 }
 
 #[test]
+fn compression() {
+    smoke("compression", 20_000);
+}
+
+#[test]
 fn token() {
     smoke("token", 2_000);
 }

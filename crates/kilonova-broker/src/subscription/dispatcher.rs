@@ -22,6 +22,7 @@ use kilonova_storage::{Entry, Position, StorageError};
 
 use super::{Consumer, Held, SubKind, Subscription};
 use crate::commands;
+use crate::compaction;
 use crate::entry_source::{first_unacked, EntrySource};
 use crate::key_shared;
 
@@ -40,6 +41,17 @@ pub(crate) struct DispatchLimits {
     /// messages unacknowledged (acknowledgements dispatch again).
     pub max_unacked_per_consumer: Option<u64>,
     pub max_unacked_per_subscription: Option<u64>,
+    /// The topic's compacted view, if it has one: a compacted reader's
+    /// entries up to its horizon come from the view.
+    pub compacted: Option<CompactedLimits>,
+}
+
+/// What a compacted reader's dispatch needs to know of the compacted view.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CompactedLimits {
+    pub horizon: Position,
+    /// The largest batch, uncompressed, looked into for compacted-out messages.
+    pub max_batch_bytes: usize,
 }
 
 /// What a dispatch pass may send under the dispatch rates (`None`: no limit in
@@ -173,7 +185,7 @@ impl Subscription {
             };
             if let Some(i) = self.pick(&entry, floor) {
                 self.replay.remove(&p);
-                self.send(i, &entry, &limits.drained);
+                self.send(i, &entry, limits);
                 budget.spend(&entry);
                 sent += 1;
             }
@@ -229,7 +241,7 @@ impl Subscription {
                 }
                 match self.pick(&entry, floor) {
                     Some(i) => {
-                        self.send(i, &entry, &limits.drained);
+                        self.send(i, &entry, limits);
                         budget.spend(&entry);
                         sent += 1;
                     }
@@ -275,7 +287,7 @@ impl Subscription {
                     log.rewind_read_to(&self.name, entry.position)?;
                     break;
                 }
-                self.send(i, entry, &limits.drained);
+                self.send(i, entry, limits);
                 budget.spend(entry);
                 sent += 1;
             }
@@ -369,13 +381,17 @@ impl Subscription {
         self.metrics.add_out(n, b);
     }
 
-    fn send(&mut self, i: usize, entry: &Entry, drained: &Arc<Notify>) {
+    fn send(&mut self, i: usize, entry: &Entry, limits: &DispatchLimits) {
+        let drained = &limits.drained;
         let redelivery_count = self.redeliveries.get(&entry.position).copied();
-        let ack_set = self
+        let mut ack_set = self
             .partial_acks
             .get(&entry.position)
             .cloned()
             .unwrap_or_default();
+        if let Some(retained) = self.retained_of_view_entry(entry, limits) {
+            ack_set = intersect_ack_sets(&ack_set, &retained);
+        }
         let n = entry.message_count;
         let Some(key) = self.consumers.get(i).map(|c| c.key) else {
             return;
@@ -408,6 +424,33 @@ impl Subscription {
             }
         }
     }
+}
+
+impl Subscription {
+    /// A compacted reader's entry from the compacted view whose batch holds
+    /// compacted-out messages: the ack set of the messages it keeps, so that
+    /// clients that do not look at `compacted_out` (the C++ and Python ones)
+    /// skip the others as they skip acknowledged ones. Readers only (non-durable:
+    /// TableView, `create_reader`): a durable consumer acknowledges, and the
+    /// C++ client acknowledges a batch only once it acknowledged each of its
+    /// messages, so it gets the compacted-out ones too, as from Pulsar.
+    fn retained_of_view_entry(&self, entry: &Entry, limits: &DispatchLimits) -> Option<Vec<i64>> {
+        let view = limits
+            .compacted
+            .filter(|_| self.reads_compacted && !self.durable)?;
+        if entry.position > view.horizon || entry.message_count < 2 {
+            return None;
+        }
+        compaction::retained_ack_set(entry, view.max_batch_bytes)
+    }
+}
+
+/// The messages both ack sets leave unacknowledged (an empty set: all of them).
+fn intersect_ack_sets(a: &[i64], b: &[i64]) -> Vec<i64> {
+    if a.is_empty() {
+        return b.to_vec();
+    }
+    a.iter().zip(b).map(|(x, y)| x & y).collect()
 }
 
 /// When the entry's producer asked it to be delivered (`deliver_at_time`,

@@ -35,7 +35,7 @@ mod dispatcher;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use dispatcher::{Budget, DispatchLimits};
+pub(crate) use dispatcher::{Budget, CompactedLimits, DispatchLimits};
 
 /// A consumer, unique in the broker: (connection id, the client's consumer id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -122,6 +122,9 @@ pub(crate) struct Subscription {
     pub name: String,
     pub kind: SubKind,
     pub durable: bool,
+    /// Its consumers read the compacted view (`readCompacted`; the first
+    /// consumer decides).
+    pub reads_compacted: bool,
     pub consumers: Vec<Consumer>,
     /// Partition index of the topic (failover spreads partitions over consumers).
     partition: Option<u32>,
@@ -172,6 +175,7 @@ impl Subscription {
             name,
             kind,
             durable,
+            reads_compacted: false,
             consumers: Vec::new(),
             partition,
             active: None,

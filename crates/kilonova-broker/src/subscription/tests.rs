@@ -130,6 +130,7 @@ fn limits(clock: &ManualClock) -> DispatchLimits {
         drained: Arc::new(Notify::new()),
         max_unacked_per_consumer: None,
         max_unacked_per_subscription: None,
+        compacted: None,
     }
 }
 

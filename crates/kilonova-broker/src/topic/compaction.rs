@@ -88,6 +88,7 @@ impl Topic {
             ));
         }
         let max_keys = self.broker.config().compaction_max_keys;
+        let max_batch_bytes = self.max_batch_bytes();
         let log = self.log.as_mut().ok_or_else(|| {
             BrokerError::NotAllowed("compaction is not supported on non-persistent topics".into())
         })?;
@@ -101,7 +102,7 @@ impl Topic {
             log.open_cursor(COMPACTION_CURSOR, InitialPosition::Earliest, true)?;
         }
         let previous = log.compacted_horizon();
-        let table = KeyTable::new(max_keys);
+        let table = KeyTable::new(max_keys, max_batch_bytes);
         let phase = if previous.is_some() {
             Phase::View { table, next: 0 }
         } else {
@@ -145,8 +146,15 @@ impl Topic {
         }
     }
 
+    /// The largest batch, uncompressed, that compaction decompresses: the
+    /// bound a publish is held to (`checked_message_count`).
+    pub(super) fn max_batch_bytes(&self) -> usize {
+        usize::try_from(self.broker.max_uncompressed_batch_bytes()).unwrap_or(usize::MAX)
+    }
+
     /// Returns whether the compaction is done.
     async fn step(&mut self, run: &mut Run) -> Result<bool, StepError> {
+        let max_batch_bytes = self.max_batch_bytes();
         let Some(log) = self.log.as_mut() else {
             return Err(StorageError::Log("the topic has no log".into()).into());
         };
@@ -158,7 +166,7 @@ impl Topic {
                 }
                 *next = end;
                 if end == log.compacted_entries() {
-                    let table = std::mem::replace(table, KeyTable::new(0));
+                    let table = std::mem::replace(table, KeyTable::new(0, 0));
                     let after = run.previous.map_or_else(
                         || log.first_position(),
                         |h| Position::new(h.segment, h.entry + 1),
@@ -179,7 +187,11 @@ impl Topic {
                     *next = Position::new(e.position.segment, e.position.entry + 1);
                 }
                 if done || *next > run.horizon {
-                    let table = std::mem::replace(table, KeyTable::new(0));
+                    let table = std::mem::replace(table, KeyTable::new(0, 0));
+                    if let Some((count, first, why)) = table.unreadable() {
+                        tracing::warn!(topic = %self.full_name, count, ?first, reason = %why,
+                            "batches that cannot be read are kept whole in the compacted view");
+                    }
                     run.phase = Phase::Write {
                         plan: table.plan().into_iter(),
                         writer: Some(log.begin_compacted().await?),
@@ -196,7 +208,7 @@ impl Topic {
                         Source::View(i) => log.read_compacted(i)?,
                         Source::Log => log.read_entry(p)?,
                     };
-                    log.append_compacted(w, &compaction::rewrite(&entry, &keep))
+                    log.append_compacted(w, &compaction::rewrite(&entry, &keep, max_batch_bytes))
                         .await?;
                 }
                 if plan.len() > 0 {

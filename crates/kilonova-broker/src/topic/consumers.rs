@@ -14,6 +14,7 @@ use kilonova_storage::{InitialPosition, Position};
 
 use super::{ConnCtx, Topic};
 use crate::commands;
+use crate::compaction;
 use crate::error::BrokerError;
 use crate::outbound::Outbound;
 use crate::subscription::{Consumer, ConsumerKey, SubKind, Subscription};
@@ -104,6 +105,9 @@ impl Topic {
                     durable,
                     read_compacted,
                 )?;
+                if let Some(sub) = self.subscriptions.get_mut(&cmd.subscription) {
+                    sub.reads_compacted = read_compacted;
+                }
             }
         }
         let read_position = self
@@ -136,6 +140,7 @@ impl Topic {
         kind: SubKind,
         durable: bool,
     ) -> Result<(), BrokerError> {
+        let read_compacted = cmd.read_compacted.unwrap_or(false);
         if let Some(log) = self.log.as_mut() {
             let initial = match cmd.start_message_id.as_ref().filter(|_| !durable) {
                 // A reader starts at the given entry; the client skips it unless
@@ -156,7 +161,6 @@ impl Topic {
                     cmd.subscription
                 )));
             }
-            let read_compacted = cmd.read_compacted.unwrap_or(false);
             log.open_cursor_as(&cmd.subscription, initial, durable, read_compacted)?;
         }
         let mut sub = Subscription::new(
@@ -166,6 +170,7 @@ impl Topic {
             self.name.partition(),
             self.metrics.clone(),
         );
+        sub.reads_compacted = read_compacted && self.log.is_some();
         sub.rate = super::dispatch::dispatch_limiter(
             self.policies.subscription_dispatch_rate,
             self.broker.clock().now(),
@@ -441,6 +446,7 @@ impl Topic {
             return;
         };
         let name = self.consumer_subs.get(&key).cloned().unwrap_or_default();
+        let max_batch_bytes = self.max_batch_bytes();
         let (last, mark_delete) = match self.log.as_ref() {
             Some(log) => {
                 // A compacted reader's last message is the last it can read
@@ -451,14 +457,25 @@ impl Topic {
                     .unwrap_or_else(|_| log.last_position());
                 let last = match last_position {
                     Some(p) => {
-                        let batch_index = log
+                        let entry = log
                             .read_entry_for(&name, p)
                             .or_else(|_| log.read_entry(p))
-                            .ok()
-                            .and_then(|e| frame::decode_payload(e.data).ok())
-                            .and_then(|pl| {
-                                pl.metadata.num_messages_in_batch.map(|n| (n - 1).max(0))
-                            });
+                            .ok();
+                        // A batch of the compacted view ends at its last kept
+                        // message (Pulsar's fix for readers waiting forever on
+                        // a compacted-out last message).
+                        let kept = entry
+                            .as_ref()
+                            .filter(|e| log.compacted_horizon().is_some_and(|h| e.position <= h))
+                            .and_then(|e| compaction::retained_ack_set(e, max_batch_bytes))
+                            .and_then(|set| compaction::last_in_ack_set(&set));
+                        let batch_index = kept.or_else(|| {
+                            entry
+                                .and_then(|e| frame::decode_payload(e.data).ok())
+                                .and_then(|pl| {
+                                    pl.metadata.num_messages_in_batch.map(|n| (n - 1).max(0))
+                                })
+                        });
                         commands::message_id(p, batch_index)
                     }
                     None => MessageIdData {

@@ -11,7 +11,7 @@ use kilonova_storage::{ManagedLog, StorageError};
 
 use super::Topic;
 use crate::rate_limit::{RateLimiter, RateLimits};
-use crate::subscription::{Budget, ConsumerKey, DispatchLimits, Subscription};
+use crate::subscription::{Budget, CompactedLimits, ConsumerKey, DispatchLimits, Subscription};
 
 impl Topic {
     pub(super) fn limits(&self) -> DispatchLimits {
@@ -25,6 +25,14 @@ impl Topic {
             drained: self.drained.clone(),
             max_unacked_per_consumer: self.policies.max_unacked_per_consumer.map(u64::from),
             max_unacked_per_subscription: self.policies.max_unacked_per_subscription.map(u64::from),
+            compacted: self
+                .log
+                .as_ref()
+                .and_then(|l| l.compacted_horizon())
+                .map(|horizon| CompactedLimits {
+                    horizon,
+                    max_batch_bytes: self.max_batch_bytes(),
+                }),
         }
     }
 

@@ -2,16 +2,19 @@
 //! ([`frame::decode`] on a stream), a payload's message part
 //! ([`frame::decode_payload`]), batches ([`frame::parse_batch`]) and the
 //! protobuf messages on their own (MessageMetadata, SingleMessageMetadata,
-//! BrokerEntryMetadata, BaseCommand).
+//! BrokerEntryMetadata, BaseCommand), and the payload codecs
+//! ([`compression::decompress`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
+use kilonova_pulsar_protocol::compression;
 use kilonova_pulsar_protocol::frame::{self, MAGIC_BROKER_ENTRY_METADATA, MAGIC_CRC32C};
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, BaseCommand, BrokerEntryMetadata, CommandAck, CommandConnect, CommandFlow,
     CommandLookupTopic, CommandMessage, CommandPing, CommandPong, CommandProducer, CommandSend,
-    CommandSubscribe, KeyValue, MessageIdData, MessageMetadata, SingleMessageMetadata,
+    CommandSubscribe, CompressionType, KeyValue, MessageIdData, MessageMetadata,
+    SingleMessageMetadata,
 };
 
 use super::Target;
@@ -524,6 +527,71 @@ impl Target for BatchTarget {
         };
         let data = Bytes::copy_from_slice(input.get(4..).unwrap_or_default());
         check_batch(&data, count);
+    }
+}
+
+/// A compressed payload as the metadata describes it: `[codec][u32
+/// uncompressed size][compressed bytes]`. The size is the sender's claim:
+/// decompression must refuse one over its cap before allocating, and what it
+/// returns must have exactly that size and compress back to itself.
+pub struct CompressionTarget;
+
+/// The cap [`CompressionTarget`] decompresses with.
+const MAX_UNCOMPRESSED_BYTES: usize = 1 << 20;
+
+const CODECS: [CompressionType; 5] = [
+    CompressionType::None,
+    CompressionType::Lz4,
+    CompressionType::Zlib,
+    CompressionType::Zstd,
+    CompressionType::Snappy,
+];
+
+impl Target for CompressionTarget {
+    fn name(&self) -> &'static str {
+        "compression"
+    }
+
+    fn generate(&mut self, rng: &mut Rng) -> Input {
+        let codec = rng.below(CODECS.len());
+        // Compressible bytes: a few random runs repeated.
+        let run_len = rng.between(1, 32);
+        let run = rng.bytes(run_len);
+        let len = rng.below(4096);
+        let plain: Vec<u8> = run.iter().copied().cycle().take(len).collect();
+        let packed = CODECS
+            .get(codec)
+            .and_then(|c| compression::compress(*c, &plain).ok())
+            .unwrap_or_default();
+        let mut input = Input::default();
+        input.bytes.push(codec as u8);
+        input.u32_be_at(1);
+        input.bytes.put_u32(plain.len() as u32);
+        input.bytes.extend_from_slice(&packed);
+        input
+    }
+
+    fn alloc_limit(&self, input_len: usize) -> usize {
+        // The result, its re-compression and its decompression again.
+        3 * MAX_UNCOMPRESSED_BYTES + proportional(input_len)
+    }
+
+    fn run(&mut self, input: &[u8]) {
+        let (Some(codec), Some(size)) = (input.first(), be_u32(input, 1)) else {
+            return;
+        };
+        let codec = CODECS[usize::from(*codec) % CODECS.len()];
+        let data = input.get(5..).unwrap_or_default();
+        let Ok(out) = compression::decompress(codec, data, size, MAX_UNCOMPRESSED_BYTES) else {
+            return;
+        };
+        assert_eq!(out.len(), size as usize, "{codec:?}: not the declared size");
+        let packed = match compression::compress(codec, &out) {
+            Ok(p) => p,
+            Err(e) => panic!("{codec:?}: cannot compress what it decompressed: {e}"),
+        };
+        let back = compression::decompress(codec, &packed, size, MAX_UNCOMPRESSED_BYTES);
+        assert_eq!(back.as_deref(), Ok(&out[..]), "{codec:?}: no round trip");
     }
 }
 

@@ -81,9 +81,11 @@ pub enum TopicsCmd {
     Terminate { topic: TopicName },
     /// Terminate every partition of a partitioned topic.
     PartitionedTerminate { topic: TopicName },
-    /// Start compacting the topic (keep the latest message of each key).
+    /// Start compacting the topic (keep the latest message of each key);
+    /// every partition of a partitioned topic.
     Compact { topic: TopicName },
-    /// The compaction's status: NOT_RUN, RUNNING, SUCCESS or ERROR.
+    /// The compaction's status: NOT_RUN, RUNNING, SUCCESS or ERROR (a
+    /// partitioned topic's: an aggregate, and each partition's).
     CompactionStatus { topic: TopicName },
     /// Grant a role actions (produce, consume, …) on the topic.
     GrantPermission {
