@@ -156,6 +156,9 @@ pub struct BrokerConfig {
     /// CA certificates (PEM) that remote clusters' `pulsar+ssl://` broker
     /// certificates must chain to.
     pub replication_tls_trust_certs: Option<std::path::PathBuf>,
+    /// A replicator with nothing to send for this long disconnects from its
+    /// remote cluster (it connects again when there is something to send).
+    pub replicator_idle_timeout_secs: u64,
     /// Entries one analyze-backlog reads at most; past it the answer says
     /// `aborted` (Pulsar's `subscriptionBacklogScanMaxEntries`).
     pub subscription_backlog_scan_max_entries: u64,
@@ -235,6 +238,7 @@ impl Default for BrokerConfig {
             compaction_max_keys: 1_000_000,
             replication_tokens: Default::default(),
             replication_tls_trust_certs: None,
+            replicator_idle_timeout_secs: 60,
             subscription_backlog_scan_max_entries: 10_000,
             subscription_backlog_scan_max_time_ms: 120_000,
         }

@@ -416,6 +416,7 @@ pub(crate) fn recover(
         || log.first_position(),
         |c| Position::new(c.segment, c.entry.saturating_add(1)),
     );
+    tracing::debug!(log = log.id(), ?covered, %from, end = %log.end_position(), producers = d.producer_count(), "deduplication: replaying the log after the snapshot");
     loop {
         let entries = log.read_from(from, REPLAY_BATCH_ENTRIES)?;
         let Some(last) = entries.last().map(|e| e.position) else {

@@ -104,6 +104,18 @@ pub(crate) enum Copy {
     Skip,
 }
 
+/// Whether a message with this metadata goes to `remote`.
+fn goes_to(meta: &MessageMetadata, remote: &str) -> bool {
+    meta.replicated_from.is_none()
+        && meta.marker_type.is_none()
+        && (meta.replicate_to.is_empty() || meta.replicate_to.iter().any(|c| c == remote))
+}
+
+/// Whether the stored entry `data` is to be sent to `remote` (see [`copy_for`]).
+pub(crate) fn is_for(data: &Bytes, remote: &str) -> bool {
+    frame::decode_payload(data.clone()).is_ok_and(|p| goes_to(&p.metadata, remote))
+}
+
 /// The copy of the entry at `position` (its stored bytes `data`) that goes
 /// from `local` to `remote`.
 pub(crate) fn copy_for(position: Position, data: &Bytes, local: &str, remote: &str) -> Copy {
@@ -112,10 +124,7 @@ pub(crate) fn copy_for(position: Position, data: &Bytes, local: &str, remote: &s
         return Copy::Skip;
     };
     let mut meta = p.metadata;
-    if meta.replicated_from.is_some()
-        || meta.marker_type.is_some()
-        || (!meta.replicate_to.is_empty() && !meta.replicate_to.iter().any(|c| c == remote))
-    {
+    if !goes_to(&meta, remote) {
         return Copy::Skip;
     }
     meta.replicated_from = Some(local.to_string());
@@ -149,10 +158,12 @@ pub(crate) enum Report {
     Lost { cluster: String, epoch: u64 },
 }
 
-/// An entry the topic feeds under an epoch.
-pub(crate) struct Feed {
-    pub epoch: u64,
-    pub entry: Entry,
+/// What the topic sends its replicator.
+pub(crate) enum Feed {
+    /// There is something to send: connect (if not connected).
+    Connect,
+    /// An entry to send, fed under an epoch.
+    Entry { epoch: u64, entry: Entry },
 }
 
 /// What a replicator shows in stats and metrics.
@@ -181,10 +192,22 @@ pub(crate) async fn run(
     stats: Arc<ReplicatorStats>,
 ) {
     let local = spec.broker.config().cluster_name.clone();
+    let idle = Duration::from_secs(spec.broker.config().replicator_idle_timeout_secs.max(1));
     let mut epoch = 0u64;
     let mut retry = RETRY_FIRST;
     let mut last_error = String::new();
+    let mut wanted = false;
     loop {
+        // Connected only while there is something to send: an idle
+        // replicator holds no producer on the remote, so the remote's copy
+        // of the topic can go inactive (and be deleted there).
+        while !wanted {
+            match feed.recv().await {
+                None => return,
+                Some(Feed::Connect) => wanted = true,
+                Some(Feed::Entry { .. }) => {} // fed for an earlier connection
+            }
+        }
         let (client, producer) = match connect(&spec).await {
             Ok(c) => c,
             Err(e) => {
@@ -220,8 +243,11 @@ pub(crate) async fn run(
         let end = pump(
             &spec,
             &local,
-            epoch,
-            last_stored,
+            Session {
+                epoch,
+                last_stored,
+                idle,
+            },
             &producer,
             &mut feed,
             &reports,
@@ -232,8 +258,13 @@ pub(crate) async fn run(
         client.close();
         match end {
             Pump::TopicGone => return,
-            Pump::Lost(e) => {
-                tracing::warn!(topic = %spec.topic, remote = %spec.remote, error = %e, "replicator lost the remote cluster; reconnecting");
+            Pump::Idle | Pump::Lost(_) => {
+                if let Pump::Lost(e) = &end {
+                    tracing::warn!(topic = %spec.topic, remote = %spec.remote, error = %e, "replicator lost the remote cluster; reconnecting");
+                } else {
+                    tracing::debug!(topic = %spec.topic, remote = %spec.remote, "replicator idle: disconnected");
+                }
+                wanted = matches!(end, Pump::Lost(_));
                 if reports
                     .send(Report::Lost {
                         cluster: spec.remote.clone(),
@@ -375,6 +406,16 @@ fn admin_tls(
 enum Pump {
     TopicGone,
     Lost(ClientError),
+    /// Nothing to send for the idle timeout.
+    Idle,
+}
+
+/// One connection's terms: its epoch, what the remote already had, how
+/// long it may stay idle.
+struct Session {
+    epoch: u64,
+    last_stored: Option<u64>,
+    idle: Duration,
 }
 
 type Confirmation = BoxFuture<'static, Result<(Position, u64, u32), ClientError>>;
@@ -384,19 +425,25 @@ type Confirmation = BoxFuture<'static, Result<(Position, u64, u32), ClientError>
 async fn pump(
     spec: &Spec,
     local: &str,
-    epoch: u64,
-    last_stored: Option<u64>,
+    session: Session,
     producer: &Producer,
     feed: &mut mpsc::UnboundedReceiver<Feed>,
     reports: &mpsc::UnboundedSender<Report>,
     stats: &ReplicatorStats,
 ) -> Pump {
+    let Session {
+        epoch,
+        last_stored,
+        idle,
+    } = session;
     let mut confirmations: FuturesOrdered<Confirmation> = FuturesOrdered::new();
     loop {
         tokio::select! {
             fed = feed.recv() => {
-                let Some(Feed { epoch: e, entry }) = fed else {
-                    return Pump::TopicGone;
+                let (e, entry) = match fed {
+                    None => return Pump::TopicGone,
+                    Some(Feed::Connect) => continue, // connected already
+                    Some(Feed::Entry { epoch, entry }) => (epoch, entry),
                 };
                 if e != epoch {
                     continue; // fed for an earlier connection
@@ -449,6 +496,7 @@ async fn pump(
                     return Pump::TopicGone;
                 }
             }
+            _ = tokio::time::sleep(idle), if confirmations.is_empty() => return Pump::Idle,
         }
     }
 }

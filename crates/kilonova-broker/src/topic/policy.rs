@@ -380,8 +380,13 @@ impl Topic {
                 InactiveTopicDeleteMode::DeleteWhenSubscriptionsCaughtUp => true,
             };
         };
+        // Replicators' cursors are not subscriptions; an idle topic's
+        // replicators have caught up (`is_idle`), and its deletion is local.
         let subscriptions_allow = match rule.mode {
-            InactiveTopicDeleteMode::DeleteWhenNoSubscriptions => log.cursor_count() == 0,
+            InactiveTopicDeleteMode::DeleteWhenNoSubscriptions => !log
+                .cursor_names()
+                .iter()
+                .any(|n| super::replication::is_subscription(n)),
             InactiveTopicDeleteMode::DeleteWhenSubscriptionsCaughtUp => log
                 .cursor_names()
                 .iter()

@@ -34,6 +34,8 @@ pub(super) struct Replicator {
     task: tokio::task::JoinHandle<()>,
     /// The connection being fed; `None` while the replicator is not connected.
     epoch: Option<u64>,
+    /// Asked to connect (there is something to send), not connected yet.
+    connecting: bool,
     /// Entries fed and not yet reported done.
     in_flight: usize,
     stats: Arc<ReplicatorStats>,
@@ -130,15 +132,20 @@ impl Topic {
                     feed,
                     task,
                     epoch: None,
+                    connecting: false,
                     in_flight: 0,
                     stats,
                     meter: FlowMeter::default(),
                 },
             );
         }
+        // A backlog left from before (a restart, an outage) goes now.
+        self.feed_replicators();
     }
 
-    /// Feeds each connected replicator what it has room for.
+    /// Feeds each connected replicator what it has room for; one that is
+    /// not connected moves past what is not for its remote and is asked to
+    /// connect when something is.
     pub(super) fn feed_replicators(&mut self) {
         let Some(log) = self.log.as_mut() else {
             return;
@@ -146,6 +153,9 @@ impl Topic {
         let batch = self.broker.config().dispatch_batch_entries.max(1);
         for (cluster, r) in self.replicators.iter_mut() {
             let Some(epoch) = r.epoch else {
+                if !r.connecting && wants_connection(log, r, cluster, batch) {
+                    r.connecting = r.feed.send(Feed::Connect).is_ok();
+                }
                 continue;
             };
             while r.in_flight < WINDOW_ENTRIES {
@@ -162,7 +172,7 @@ impl Topic {
                 }
                 for entry in entries {
                     r.in_flight += 1;
-                    if r.feed.send(Feed { epoch, entry }).is_err() {
+                    if r.feed.send(Feed::Entry { epoch, entry }).is_err() {
                         break;
                     }
                 }
@@ -182,6 +192,7 @@ impl Topic {
                     return;
                 };
                 r.epoch = Some(epoch);
+                r.connecting = false;
                 r.in_flight = 0;
                 // Everything not confirmed goes again; the remote drops what it has.
                 if let Err(e) = log.rewind(&r.cursor) {
@@ -211,7 +222,9 @@ impl Topic {
                     .get_mut(&cluster)
                     .filter(|r| r.epoch == Some(epoch))
                 {
+                    // Reconnecting after a failure, or idle until there is more.
                     r.epoch = None;
+                    r.connecting = false;
                     r.in_flight = 0;
                 }
             }
@@ -306,6 +319,38 @@ impl Topic {
                 Some(crate::clock::utc_time_ms(p.client.connected_since_ms));
         }
         views
+    }
+}
+
+/// For a replicator not connected: acknowledges the entries after its
+/// cursor that are not for its remote (replicated here from elsewhere, or
+/// sent to other clusters only) and says whether one that is comes next.
+fn wants_connection(
+    log: &mut kilonova_storage::ManagedLog,
+    r: &Replicator,
+    cluster: &str,
+    batch: usize,
+) -> bool {
+    if let Err(e) = log.rewind(&r.cursor) {
+        tracing::warn!(remote = %cluster, error = %e, "replicator: rewinding its cursor failed");
+        return false;
+    }
+    loop {
+        let entries = match log.read_next(&r.cursor, batch) {
+            Ok(e) if !e.is_empty() => e,
+            _ => return false,
+        };
+        for e in entries {
+            if replicator::is_for(&e.data, cluster) {
+                // Read again once connected.
+                let _ = log.rewind(&r.cursor);
+                return true;
+            }
+            if let Err(err) = log.ack_cumulative(&r.cursor, e.position) {
+                tracing::warn!(remote = %cluster, error = %err, "replicator: moving its cursor failed");
+                return false;
+            }
+        }
     }
 }
 
