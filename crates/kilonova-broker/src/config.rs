@@ -97,6 +97,9 @@ pub struct BrokerConfig {
     pub dispatch_rate_per_topic_bytes: u64,
     pub dispatch_rate_per_subscription_messages: u64,
     pub dispatch_rate_per_subscription_bytes: u64,
+    /// Rate limit of each replicator to a remote cluster (0: unlimited).
+    pub dispatch_rate_per_replicator_messages: u64,
+    pub dispatch_rate_per_replicator_bytes: u64,
     /// Count limits (0: unlimited).
     pub max_producers_per_topic: u32,
     pub max_consumers_per_topic: u32,
@@ -199,6 +202,8 @@ impl Default for BrokerConfig {
             dispatch_rate_per_topic_bytes: 0,
             dispatch_rate_per_subscription_messages: 0,
             dispatch_rate_per_subscription_bytes: 0,
+            dispatch_rate_per_replicator_messages: 0,
+            dispatch_rate_per_replicator_bytes: 0,
             max_producers_per_topic: 0,
             max_consumers_per_topic: 0,
             max_consumers_per_subscription: 0,

@@ -205,6 +205,9 @@ pub struct Policies {
     pub topic_dispatch_rate: BTreeMap<String, DispatchRate>,
     #[serde(rename = "subscriptionDispatchRate")]
     pub subscription_dispatch_rate: BTreeMap<String, DispatchRate>,
+    /// What each replicator of the namespace's topics sends to a remote cluster.
+    #[serde(rename = "replicatorDispatchRate")]
+    pub replicator_dispatch_rate: BTreeMap<String, DispatchRate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inactive_topic_policies: Option<InactiveTopicPolicies>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,6 +268,12 @@ pub struct TopicPolicies {
     pub dispatch_rate: Option<DispatchRate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription_dispatch_rate: Option<DispatchRate>,
+    /// What each of the topic's replicators sends to a remote cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicator_dispatch_rate: Option<DispatchRate>,
+    /// The clusters the topic replicates to, instead of its namespace's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_clusters: Option<BTreeSet<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inactive_topic_policies: Option<InactiveTopicPolicies>,
     #[serde(
@@ -381,6 +390,22 @@ pub fn check_dispatch_rate(r: &DispatchRate) -> Result<()> {
     {
         return Err(MetadataError::Invalid(
             "dispatch rates must be -1 (unlimited) or more, over a period of 1 s or more".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A topic's replication clusters: at least one, and not Pulsar's
+/// pseudo-cluster `global` (that they exist is the caller's check).
+pub fn check_replication_clusters(clusters: &BTreeSet<String>) -> Result<()> {
+    if clusters.is_empty() {
+        return Err(MetadataError::Precondition(
+            "ClusterIds should not be null or empty".into(),
+        ));
+    }
+    if clusters.contains("global") {
+        return Err(MetadataError::Precondition(
+            "Cannot specify global in the list of replication clusters".into(),
         ));
     }
     Ok(())

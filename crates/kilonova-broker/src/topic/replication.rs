@@ -10,18 +10,26 @@
 //! per replicator, so a slow or absent remote grows the cursor's backlog,
 //! never the broker's memory, and never slows local publishing. A topic
 //! whose replicators are behind stays loaded until they catch up.
+//!
+//! Each replicator feeds within its own dispatch rate (the policy
+//! `replicatorDispatchRate`): held back, it sets the topic's dispatch wake-up
+//! and goes on then. The rate only delays what the cursor reads, so local
+//! publishing never waits for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use kilonova_storage::InitialPosition;
 
+use super::dispatch::{dispatch_limiter, wake_after};
 use super::Topic;
 use crate::metrics::ReplicationSample;
+use crate::rate_limit::{RateLimiter, RateLimits};
 use crate::rate_meter::FlowMeter;
 use crate::replicator::{
     self, is_replicator, replicator_name, Feed, ReplicatorStats, Report, Spec, WINDOW_ENTRIES,
@@ -38,6 +46,8 @@ pub(super) struct Replicator {
     in_flight: usize,
     stats: Arc<ReplicatorStats>,
     meter: FlowMeter,
+    /// The replicator dispatch rate: what may be fed.
+    rate: RateLimiter,
 }
 
 impl Drop for Replicator {
@@ -115,6 +125,7 @@ impl Topic {
                 stats.clone(),
             ));
             tracing::info!(topic = %self.full_name, remote = %cluster, "replicator started");
+            let now = self.broker.clock().now();
             self.replicators.insert(
                 cluster.clone(),
                 Replicator {
@@ -125,23 +136,40 @@ impl Topic {
                     in_flight: 0,
                     stats,
                     meter: FlowMeter::default(),
+                    rate: dispatch_limiter(self.policies.replicator_dispatch_rate, now),
                 },
             );
         }
     }
 
-    /// Feeds each connected replicator what it has room for.
+    /// Applies a changed replicator dispatch rate to every replicator.
+    pub(super) fn set_replicator_rates(&mut self, limits: RateLimits, now: Instant) {
+        for r in self.replicators.values_mut() {
+            r.rate = dispatch_limiter(limits, now);
+        }
+    }
+
+    /// Feeds each connected replicator what it has room for within its
+    /// dispatch rate; one held back by its rate sets the dispatch wake-up.
     pub(super) fn feed_replicators(&mut self) {
         let Some(log) = self.log.as_mut() else {
             return;
         };
         let batch = self.broker.config().dispatch_batch_entries.max(1);
+        let now = self.broker.clock().now();
         for (cluster, r) in self.replicators.iter_mut() {
             let Some(epoch) = r.epoch else {
                 continue;
             };
             while r.in_flight < WINDOW_ENTRIES {
-                let room = (WINDOW_ENTRIES - r.in_flight).min(batch);
+                let Some(allowed) = rated_room(&mut r.rate, now) else {
+                    wake_after(&mut self.dispatch_wake, now, Some(r.rate.wait_for_one(now)));
+                    break;
+                };
+                // Every entry holds at least one message: no more entries than
+                // messages allowed (a batch may overdraw; the rate then waits
+                // until the debt is paid).
+                let room = (WINDOW_ENTRIES - r.in_flight).min(batch).min(allowed);
                 let entries = match log.read_next(&r.cursor, room) {
                     Ok(e) => e,
                     Err(e) => {
@@ -152,12 +180,16 @@ impl Topic {
                 if entries.is_empty() {
                     break;
                 }
+                let (mut messages, mut bytes) = (0u64, 0u64);
                 for entry in entries {
+                    messages += u64::from(entry.message_count.max(1));
+                    bytes += entry.data.len() as u64;
                     r.in_flight += 1;
                     if r.feed.send(Feed { epoch, entry }).is_err() {
                         break;
                     }
                 }
+                r.rate.consume(messages, bytes, now);
             }
         }
     }
@@ -278,6 +310,19 @@ impl Topic {
             })
             .collect()
     }
+}
+
+/// How many entries a replicator may be fed now under its rate: `None` when
+/// the rate holds it back, `usize::MAX` when it is unlimited.
+fn rated_room(rate: &mut RateLimiter, now: Instant) -> Option<usize> {
+    if rate.is_unlimited() {
+        return Some(usize::MAX);
+    }
+    if rate.wait_for_one(now) > Duration::ZERO {
+        return None;
+    }
+    let (messages, _) = rate.available(now);
+    Some(messages.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)))
 }
 
 /// Whether a cursor is a replicator's, not a subscription.
