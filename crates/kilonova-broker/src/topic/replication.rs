@@ -166,9 +166,8 @@ impl Topic {
                     wake_after(&mut self.dispatch_wake, now, Some(r.rate.wait_for_one(now)));
                     break;
                 };
-                // Every entry holds at least one message: no more entries than
-                // messages allowed (a batch may overdraw; the rate then waits
-                // until the debt is paid).
+                // A batch entry may overdraw the rate; the next feed then
+                // waits until the debt is paid.
                 let room = (WINDOW_ENTRIES - r.in_flight).min(batch).min(allowed);
                 let entries = match log.read_next(&r.cursor, room) {
                     Ok(e) => e,
@@ -313,7 +312,9 @@ impl Topic {
 }
 
 /// How many entries a replicator may be fed now under its rate: `None` when
-/// the rate holds it back, `usize::MAX` when it is unlimited.
+/// the rate holds it back. Every entry holds at least one message, so no more
+/// entries than messages allowed; under a byte limit one at a time (an
+/// entry's size is known once read), so at most one entry overdraws it.
 fn rated_room(rate: &mut RateLimiter, now: Instant) -> Option<usize> {
     if rate.is_unlimited() {
         return Some(usize::MAX);
@@ -321,11 +322,81 @@ fn rated_room(rate: &mut RateLimiter, now: Instant) -> Option<usize> {
     if rate.wait_for_one(now) > Duration::ZERO {
         return None;
     }
-    let (messages, _) = rate.available(now);
-    Some(messages.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)))
+    match rate.available(now) {
+        (_, Some(_)) => Some(1),
+        (Some(messages), None) => Some(usize::try_from(messages).unwrap_or(usize::MAX)),
+        (None, None) => Some(usize::MAX),
+    }
 }
 
 /// Whether a cursor is a replicator's, not a subscription.
 pub(super) fn is_subscription(cursor: &str) -> bool {
     !is_replicator(cursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::Rate;
+
+    fn limiter(messages: Option<u64>, bytes: Option<u64>, now: Instant) -> RateLimiter {
+        dispatch_limiter(
+            RateLimits {
+                messages: messages.map(Rate::per_second),
+                bytes: bytes.map(Rate::per_second),
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn an_unlimited_replicator_is_fed_whatever_its_window_allows() {
+        let now = Instant::now();
+        assert_eq!(
+            rated_room(&mut limiter(None, None, now), now),
+            Some(usize::MAX)
+        );
+    }
+
+    #[test]
+    fn a_message_rate_feeds_one_periods_worth_then_holds_until_it_refills() {
+        let now = Instant::now();
+        let mut rate = limiter(Some(20), None, now);
+        assert_eq!(
+            rated_room(&mut rate, now),
+            Some(20),
+            "one period's worth at once"
+        );
+        rate.consume(20, 2_000, now);
+        assert_eq!(rated_room(&mut rate, now), None, "held back");
+        assert!(
+            rate.wait_for_one(now) > Duration::ZERO,
+            "the wake-up is armed later"
+        );
+        let later = now + Duration::from_millis(500);
+        assert_eq!(
+            rated_room(&mut rate, later),
+            Some(10),
+            "half a second refills half"
+        );
+    }
+
+    #[test]
+    fn a_byte_rate_feeds_one_entry_at_a_time_and_holds_while_in_debt() {
+        let now = Instant::now();
+        let mut rate = limiter(Some(100), Some(1_000), now);
+        assert_eq!(rated_room(&mut rate, now), Some(1));
+        // One entry bigger than a period's worth overdraws the bytes...
+        rate.consume(1, 3_000, now);
+        assert_eq!(rated_room(&mut rate, now), None);
+        // ...and nothing more goes until the debt is paid.
+        assert_eq!(
+            rated_room(&mut rate, now + Duration::from_millis(1_900)),
+            None
+        );
+        assert_eq!(
+            rated_room(&mut rate, now + Duration::from_millis(2_100)),
+            Some(1)
+        );
+    }
 }
