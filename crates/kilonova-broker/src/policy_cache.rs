@@ -4,7 +4,7 @@
 //! metadata store (a change made through any broker's admin API reaches every
 //! broker's topics within one policy check, without a restart).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -216,7 +216,7 @@ struct Rates {
 /// else the namespace's for this cluster, else the broker's.
 fn resolve_rates(c: &BrokerConfig, ns: &Policies, t: &TopicPolicies) -> Rates {
     let cluster = &c.cluster_name;
-    let publish_rate = match t
+    let publish = match t
         .publish_rate
         .as_ref()
         .or(ns.publish_max_message_rate.get(cluster))
@@ -227,44 +227,42 @@ fn resolve_rates(c: &BrokerConfig, ns: &Policies, t: &TopicPolicies) -> Rates {
             c.max_publish_rate_per_topic_bytes,
         ),
     };
-    let dispatch_rate = match t
-        .dispatch_rate
-        .as_ref()
-        .or(ns.topic_dispatch_rate.get(cluster))
-    {
-        Some(r) => dispatch_limits(r),
-        None => broker_limits(
-            c.dispatch_rate_per_topic_messages,
-            c.dispatch_rate_per_topic_bytes,
-        ),
-    };
-    let subscription_dispatch_rate = match t
-        .subscription_dispatch_rate
-        .as_ref()
-        .or(ns.subscription_dispatch_rate.get(cluster))
-    {
-        Some(r) => dispatch_limits(r),
-        None => broker_limits(
-            c.dispatch_rate_per_subscription_messages,
-            c.dispatch_rate_per_subscription_bytes,
-        ),
-    };
-    let replicator_dispatch = match t
-        .replicator_dispatch_rate
-        .as_ref()
-        .or(ns.replicator_dispatch_rate.get(cluster))
-    {
-        Some(r) => dispatch_limits(r),
-        None => broker_limits(
-            c.dispatch_rate_per_replicator_messages,
-            c.dispatch_rate_per_replicator_bytes,
-        ),
+    // A dispatch rate: the topic's, else the namespace's for this cluster,
+    // else the broker's (messages/s, bytes/s).
+    let dispatch = |topic: &Option<p::DispatchRate>,
+                    namespace: &BTreeMap<String, p::DispatchRate>,
+                    broker: (u64, u64)| {
+        match topic.as_ref().or(namespace.get(cluster)) {
+            Some(r) => dispatch_limits(r),
+            None => broker_limits(broker.0, broker.1),
+        }
     };
     Rates {
-        publish: publish_rate,
-        dispatch: dispatch_rate,
-        subscription_dispatch: subscription_dispatch_rate,
-        replicator_dispatch,
+        publish,
+        dispatch: dispatch(
+            &t.dispatch_rate,
+            &ns.topic_dispatch_rate,
+            (
+                c.dispatch_rate_per_topic_messages,
+                c.dispatch_rate_per_topic_bytes,
+            ),
+        ),
+        subscription_dispatch: dispatch(
+            &t.subscription_dispatch_rate,
+            &ns.subscription_dispatch_rate,
+            (
+                c.dispatch_rate_per_subscription_messages,
+                c.dispatch_rate_per_subscription_bytes,
+            ),
+        ),
+        replicator_dispatch: dispatch(
+            &t.replicator_dispatch_rate,
+            &ns.replicator_dispatch_rate,
+            (
+                c.dispatch_rate_per_replicator_messages,
+                c.dispatch_rate_per_replicator_bytes,
+            ),
+        ),
     }
 }
 
