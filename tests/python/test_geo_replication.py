@@ -388,10 +388,14 @@ def test_a_topics_own_replication_clusters_replace_its_namespaces(mesh):
         producer.send(b"one")
         assert in_b.receive(timeout_millis=int(WAIT_S * 1000)).data() == b"one"
 
-        # Pulsar's checks: clusters named, none `global`, each registered.
+        # Pulsar's checks: clusters named, none `global`, each registered
+        # and allowed to the tenant.
         assert status_of(a, "POST", policy, []) == 412
         assert status_of(a, "POST", policy, ["a", "global"]) == 412
         assert status_of(a, "POST", policy, ["a", "nowhere"]) == 403
+        rest(a, "PUT", "/admin/v2/clusters/d",
+             {"serviceUrl": "http://127.0.0.1:1", "brokerServiceUrl": "pulsar://127.0.0.1:1"})
+        assert status_of(a, "POST", policy, ["a", "d"]) == 403, "d is not the tenant's"
         missing = f"/admin/v2/persistent/{ns}/{unique('missing')}/replication"
         assert status_of(a, "POST", missing, ["a"]) == 404
         assert status_of(a, "GET", policy) == 204, "no topic-level value yet"

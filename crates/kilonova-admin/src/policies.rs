@@ -29,8 +29,9 @@ pub struct Field<T: 'static> {
     pub path: &'static str,
     pub what: &'static str,
     check: fn(&T) -> kilonova_metadata::Result<()>,
-    /// The check against the broker: its configuration's caps, what the
-    /// metadata holds (the clusters named exist).
+    /// The check against the broker, for a policy of the namespace given (or
+    /// of one of its topics): its configuration's caps, what the metadata
+    /// holds (the clusters named exist and the tenant may use them).
     limit: Limit<T>,
     /// The namespace's value (per-cluster policies: this cluster's).
     ns_get: fn(&Policies, &str) -> Option<T>,
@@ -40,19 +41,23 @@ pub struct Field<T: 'static> {
 }
 
 /// A check of a value against the broker, which may read the metadata.
-type Limit<T> = for<'a> fn(&'a T, &'a Broker) -> Checking<'a>;
+type Limit<T> = for<'a> fn(&'a T, &'a Broker, &'a NamespaceName) -> Checking<'a>;
 type Checking<'a> = Pin<Box<dyn Future<Output = ApiResult<()>> + Send + 'a>>;
 
 fn no_check<T>(_: &T) -> kilonova_metadata::Result<()> {
     Ok(())
 }
 
-fn no_limit<'a, T>(_: &'a T, _: &'a Broker) -> Checking<'a> {
+fn no_limit<'a, T>(_: &'a T, _: &'a Broker, _: &'a NamespaceName) -> Checking<'a> {
     Box::pin(std::future::ready(Ok(())))
 }
 
 /// Auto-created partitioned topics get no more partitions than the cap (Pulsar: 406).
-fn auto_creation_limit<'a>(o: &'a p::AutoTopicCreationOverride, b: &'a Broker) -> Checking<'a> {
+fn auto_creation_limit<'a>(
+    o: &'a p::AutoTopicCreationOverride,
+    b: &'a Broker,
+    _: &'a NamespaceName,
+) -> Checking<'a> {
     let checked: Result<(), BrokerError> = match o.default_num_partitions {
         Some(n) if o.topic_type == p::TopicType::Partitioned => b.check_partition_count(n),
         _ => Ok(()),
@@ -60,20 +65,33 @@ fn auto_creation_limit<'a>(o: &'a p::AutoTopicCreationOverride, b: &'a Broker) -
     Box::pin(std::future::ready(checked.map_err(ApiError::from)))
 }
 
-/// Every cluster named is registered here (Pulsar: 403 `Invalid cluster id`).
-fn clusters_exist<'a>(clusters: &'a BTreeSet<String>, b: &'a Broker) -> Checking<'a> {
+/// Every cluster named is registered here and allowed to the tenant (Pulsar
+/// answers 403 for either).
+fn clusters_exist<'a>(
+    clusters: &'a BTreeSet<String>,
+    b: &'a Broker,
+    ns: &'a NamespaceName,
+) -> Checking<'a> {
     Box::pin(async move {
+        let forbidden = |reason: String| ApiError::new(StatusCode::FORBIDDEN, reason);
         for c in clusters {
             match b.resources().cluster(c).await {
                 Ok(_) => {}
                 Err(MetadataError::NotFound(_)) => {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        format!("Invalid cluster id: {c}"),
-                    ))
+                    return Err(forbidden(format!("Invalid cluster id: {c}")))
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        let tenant = b.resources().tenant(&ns.tenant).await?;
+        if let Some(c) = clusters
+            .iter()
+            .find(|c| !tenant.allowed_clusters.contains(*c))
+        {
+            return Err(forbidden(format!(
+                "Cluster [{c}] is not in the list of allowed clusters list for tenant [{}]",
+                ns.tenant
+            )));
         }
         Ok(())
     })
@@ -352,7 +370,7 @@ where
                 let ns = namespace(&t, &n)?;
                 let value: T = json_body(&body)?;
                 (field.check)(&value)?;
-                (field.limit)(&value, &b).await?;
+                (field.limit)(&value, &b, &ns).await?;
                 let cluster = b.config().cluster_name.clone();
                 b.resources()
                     .update_namespace(&ns, |p| {
@@ -415,7 +433,7 @@ where
                 let name = topic_name(&tp)?;
                 let value: T = json_body(&body)?;
                 (field.check)(&value)?;
-                (field.limit)(&value, &b).await?;
+                (field.limit)(&value, &b, &name.namespace()).await?;
                 b.resources()
                     .update_topic(&name, |t| {
                         *slot(&mut t.policies) = Some(value.clone());
