@@ -457,14 +457,24 @@ def test_a_replicator_dispatch_rate_paces_replication_not_local_publishing(mesh)
         assert published_s < replicated_s / 2, (published_s, replicated_s)
         print(f"published in {published_s:.2f} s, {replicated_so_far} in b then, "
               f"all replicated in {replicated_s:.2f} s")
-        # The namespace's rate removed; a topic-level one round-trips.
-        cli.ok("namespaces", "remove-replicator-dispatch-rate", ns)
-        assert status_of(a, "GET", f"/admin/v2/namespaces/{ns}/replicatorDispatchRate") == 204
+        # A topic's own rate overrides the namespace's, on the running topic:
+        # 60 more at 5/s take ~11 s (at the namespace's 20/s they would take
+        # 2 s; the topic applies the change within a policy check or so).
         topic_policy = "/admin/v2/" + topic.replace("://", "/") + "/replicatorDispatchRate"
         cli.ok("topics", "set-replicator-dispatch-rate", topic, "-md", "5")
         assert rest(a, "GET", topic_policy)["dispatchThrottlingRateInMsg"] == 5
+        start = time.monotonic()
+        for i in range(60):
+            producer.send_async(f"n-{i}".encode(), None)
+        producer.flush()
+        drain(in_b, 60)
+        slower_s = time.monotonic() - start
+        assert slower_s >= 3.0, f"60 messages at 5/s replicated in {slower_s:.1f} s"
+        print(f"60 more at the topic's 5/s replicated in {slower_s:.2f} s")
         cli.ok("topics", "remove-replicator-dispatch-rate", topic)
         assert status_of(a, "GET", topic_policy) == 204
+        cli.ok("namespaces", "remove-replicator-dispatch-rate", ns)
+        assert status_of(a, "GET", f"/admin/v2/namespaces/{ns}/replicatorDispatchRate") == 204
     finally:
         ca.close()
         cb.close()
