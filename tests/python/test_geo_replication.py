@@ -5,7 +5,9 @@ metadata, driven by the real Python client.
 Every message published in one cluster reaches every cluster its namespace
 (or the message itself) names, exactly once, in per-producer order; a
 replicated message is never sent on (no loops in the full mesh); killing a
-remote or the source with kill -9 loses and doubles nothing.
+remote or the source with kill -9 loses and doubles nothing. A topic's own
+replication clusters replace its namespace's, and a replicator dispatch rate
+paces what a replicator sends without slowing local publishing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import pulsar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import bearer, http, make_client, unique, wait_until
+from conftest import assert_no_more, bearer, http, make_client, unique, wait_until
+from test_admin_cli import Cli
 from test_security import keys  # noqa: F401 (a fixture)
 
 NAMES = ("a", "b", "c")
@@ -406,4 +409,119 @@ def test_an_inactive_replicated_topic_is_deleted_only_once_its_replication_caugh
         consumer = cb.subscribe(topic, "keep")
         assert [m.data() for m in drain(consumer, 5)] == [f"m-{i}".encode() for i in range(5)]
     finally:
+        cb.close()
+
+
+def status_of(broker, method: str, path: str, body=None) -> int:
+    data = None if body is None else json.dumps(body).encode()
+    return http(method, broker.http_url + path, data,
+                "application/json" if data is not None else None)[0]
+
+
+def test_a_topics_own_replication_clusters_replace_its_namespaces(mesh):
+    ns = replicated_namespace(mesh, members=["a", "b"])
+    a, b = mesh["a"], mesh["b"]
+    narrowed = f"persistent://{ns}/{unique('own')}"
+    other = f"persistent://{ns}/{unique('other')}"
+    internal = "/admin/v2/" + narrowed.replace("://", "/") + "/internalStats"
+    policy = "/admin/v2/" + narrowed.replace("://", "/") + "/replication"
+    cli = Cli(a)
+    ca, cb = make_client(a), make_client(b)
+    try:
+        in_b = cb.subscribe(narrowed, "s", initial_position=pulsar.InitialPosition.Earliest)
+        other_in_b = cb.subscribe(other, "s", initial_position=pulsar.InitialPosition.Earliest)
+        producer = ca.create_producer(narrowed, batching_enabled=False)
+        other_producer = ca.create_producer(other, batching_enabled=False)
+        producer.send(b"one")
+        assert in_b.receive(timeout_millis=int(WAIT_S * 1000)).data() == b"one"
+
+        # Pulsar's checks: clusters named, none `global`, each registered
+        # and allowed to the tenant.
+        assert status_of(a, "POST", policy, []) == 412
+        assert status_of(a, "POST", policy, ["a", "global"]) == 412
+        assert status_of(a, "POST", policy, ["a", "nowhere"]) == 403
+        rest(a, "PUT", "/admin/v2/clusters/d",
+             {"serviceUrl": "http://127.0.0.1:1", "brokerServiceUrl": "pulsar://127.0.0.1:1"})
+        assert status_of(a, "POST", policy, ["a", "d"]) == 403, "d is not the tenant's"
+        missing = f"/admin/v2/persistent/{ns}/{unique('missing')}/replication"
+        assert status_of(a, "POST", missing, ["a"]) == 404
+        assert status_of(a, "GET", policy) == 204, "no topic-level value yet"
+
+        cli.ok("topics", "set-replication-clusters", narrowed, "--clusters", "a")
+        assert cli.json("topics", "get-replication-clusters", narrowed) == ["a"]
+        # The running topic applies it at its next policy check.
+        wait_until(lambda: "pulsar.repl.b" not in rest(a, "GET", internal)["cursors"],
+                   WAIT_S, "the topic's replicator to b stopped")
+        producer.send(b"two")
+        # The other topic still replicates; once its marker (sent after
+        # "two") is in b, "two" would have been too.
+        other_producer.send(b"marker")
+        assert other_in_b.receive(timeout_millis=int(WAIT_S * 1000)).data() == b"marker"
+        assert_no_more(in_b, wait_ms=1000, what="b's consumer of the narrowed topic")
+
+        # Removed: the namespace's clusters apply again (a new cursor starts
+        # at the end, so "two" stays in a).
+        cli.ok("topicPolicies", "remove-replication-clusters", narrowed)
+        assert status_of(a, "GET", policy) == 204
+        wait_until(lambda: "pulsar.repl.b" in rest(a, "GET", internal)["cursors"],
+                   WAIT_S, "the topic's replicator to b back")
+        producer.send(b"three")
+        assert in_b.receive(timeout_millis=int(WAIT_S * 1000)).data() == b"three"
+    finally:
+        ca.close()
+        cb.close()
+
+
+def test_a_replicator_dispatch_rate_paces_replication_not_local_publishing(mesh):
+    ns = replicated_namespace(mesh, members=["a", "b"])
+    a, b = mesh["a"], mesh["b"]
+    cli = Cli(a)
+    cli.ok("namespaces", "set-replicator-dispatch-rate", ns,
+           "--msg-dispatch-rate", "20", "--dispatch-rate-period", "1")
+    assert cli.json("namespaces", "get-replicator-dispatch-rate", ns)[
+        "dispatchThrottlingRateInMsg"] == 20
+    topic = f"persistent://{ns}/{unique('paced')}"
+    total = 100
+    ca, cb = make_client(a), make_client(b)
+    try:
+        in_b = cb.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+        local = ca.subscribe(topic, "local", initial_position=pulsar.InitialPosition.Earliest)
+        producer = ca.create_producer(topic, batching_enabled=False)
+        start = time.monotonic()
+        for i in range(total):
+            producer.send_async(f"m-{i}".encode(), None)
+        producer.flush()
+        published_s = time.monotonic() - start
+        # Local consumers are not paced either.
+        assert len(drain(local, total)) == total
+        # 20 may go at once, then 20 a second: at this point (well under 4 s
+        # in) b cannot have them all.
+        replicated_so_far = received(b, topic)
+        assert replicated_so_far < total, (replicated_so_far, published_s)
+        drain(in_b, total)
+        replicated_s = time.monotonic() - start
+        assert replicated_s >= 3.5, f"100 messages at 20/s replicated in {replicated_s:.1f} s"
+        assert published_s < replicated_s / 2, (published_s, replicated_s)
+        print(f"published in {published_s:.2f} s, {replicated_so_far} in b then, "
+              f"all replicated in {replicated_s:.2f} s")
+        # A topic's own rate overrides the namespace's, on the running topic:
+        # 60 more at 5/s take ~11 s (at the namespace's 20/s they would take
+        # 2 s; the topic applies the change within a policy check or so).
+        topic_policy = "/admin/v2/" + topic.replace("://", "/") + "/replicatorDispatchRate"
+        cli.ok("topics", "set-replicator-dispatch-rate", topic, "-md", "5")
+        assert rest(a, "GET", topic_policy)["dispatchThrottlingRateInMsg"] == 5
+        start = time.monotonic()
+        for i in range(60):
+            producer.send_async(f"n-{i}".encode(), None)
+        producer.flush()
+        drain(in_b, 60)
+        slower_s = time.monotonic() - start
+        assert slower_s >= 3.0, f"60 messages at 5/s replicated in {slower_s:.1f} s"
+        print(f"60 more at the topic's 5/s replicated in {slower_s:.2f} s")
+        cli.ok("topics", "remove-replicator-dispatch-rate", topic)
+        assert status_of(a, "GET", topic_policy) == 204
+        cli.ok("namespaces", "remove-replicator-dispatch-rate", ns)
+        assert status_of(a, "GET", f"/admin/v2/namespaces/{ns}/replicatorDispatchRate") == 204
+    finally:
+        ca.close()
         cb.close()

@@ -3,6 +3,10 @@
 //! override (`/admin/v2/{domain}/{tenant}/{namespace}/{topic}/{policy}`).
 //! Each policy is described once ([`Field`]) and served at both levels.
 
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -17,7 +21,7 @@ use kilonova_metadata::policies::{self as p, Policies, TopicPolicies};
 use kilonova_metadata::{MetadataError, NamespaceName};
 
 use crate::api::{Access, Api};
-use crate::error::{json_body, ApiResult};
+use crate::error::{json_body, ApiError, ApiResult};
 use crate::topics::{topic_name, TopicPath};
 
 /// One policy: its path segment, its check, and where it lives at each level.
@@ -25,8 +29,10 @@ pub struct Field<T: 'static> {
     pub path: &'static str,
     pub what: &'static str,
     check: fn(&T) -> kilonova_metadata::Result<()>,
-    /// The check against the broker's configuration (its caps).
-    limit: fn(&T, &Broker) -> Result<(), BrokerError>,
+    /// The check against the broker, for a policy of the namespace given (or
+    /// of one of its topics): its configuration's caps, what the metadata
+    /// holds (the clusters named exist and the tenant may use them).
+    limit: Limit<T>,
     /// The namespace's value (per-cluster policies: this cluster's).
     ns_get: fn(&Policies, &str) -> Option<T>,
     ns_put: fn(&mut Policies, &str, Option<T>),
@@ -34,20 +40,61 @@ pub struct Field<T: 'static> {
     topic: Option<fn(&mut TopicPolicies) -> &mut Option<T>>,
 }
 
+/// A check of a value against the broker, which may read the metadata.
+type Limit<T> = for<'a> fn(&'a T, &'a Broker, &'a NamespaceName) -> Checking<'a>;
+type Checking<'a> = Pin<Box<dyn Future<Output = ApiResult<()>> + Send + 'a>>;
+
 fn no_check<T>(_: &T) -> kilonova_metadata::Result<()> {
     Ok(())
 }
 
-fn no_limit<T>(_: &T, _: &Broker) -> Result<(), BrokerError> {
-    Ok(())
+fn no_limit<'a, T>(_: &'a T, _: &'a Broker, _: &'a NamespaceName) -> Checking<'a> {
+    Box::pin(std::future::ready(Ok(())))
 }
 
 /// Auto-created partitioned topics get no more partitions than the cap (Pulsar: 406).
-fn auto_creation_limit(o: &p::AutoTopicCreationOverride, b: &Broker) -> Result<(), BrokerError> {
-    match o.default_num_partitions {
+fn auto_creation_limit<'a>(
+    o: &'a p::AutoTopicCreationOverride,
+    b: &'a Broker,
+    _: &'a NamespaceName,
+) -> Checking<'a> {
+    let checked: Result<(), BrokerError> = match o.default_num_partitions {
         Some(n) if o.topic_type == p::TopicType::Partitioned => b.check_partition_count(n),
         _ => Ok(()),
-    }
+    };
+    Box::pin(std::future::ready(checked.map_err(ApiError::from)))
+}
+
+/// Every cluster named is registered here and allowed to the tenant (Pulsar
+/// answers 403 for either).
+fn clusters_exist<'a>(
+    clusters: &'a BTreeSet<String>,
+    b: &'a Broker,
+    ns: &'a NamespaceName,
+) -> Checking<'a> {
+    Box::pin(async move {
+        let forbidden = |reason: String| ApiError::new(StatusCode::FORBIDDEN, reason);
+        for c in clusters {
+            match b.resources().cluster(c).await {
+                Ok(_) => {}
+                Err(MetadataError::NotFound(_)) => {
+                    return Err(forbidden(format!("Invalid cluster id: {c}")))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let tenant = b.resources().tenant(&ns.tenant).await?;
+        if let Some(c) = clusters
+            .iter()
+            .find(|c| !tenant.allowed_clusters.contains(*c))
+        {
+            return Err(forbidden(format!(
+                "Cluster [{c}] is not in the list of allowed clusters list for tenant [{}]",
+                ns.tenant
+            )));
+        }
+        Ok(())
+    })
 }
 
 fn check_count(v: &i32) -> kilonova_metadata::Result<()> {
@@ -102,6 +149,29 @@ pub static SUBSCRIPTION_DISPATCH_RATE: Field<p::DispatchRate> = Field {
     ns_get: |n, c| n.subscription_dispatch_rate.get(c).copied(),
     ns_put: |n, c, v| put_cluster(&mut n.subscription_dispatch_rate, c, v),
     topic: Some(|t| &mut t.subscription_dispatch_rate),
+};
+
+/// What each replicator sends to a remote cluster.
+pub static REPLICATOR_DISPATCH_RATE: Field<p::DispatchRate> = Field {
+    path: "replicatorDispatchRate",
+    what: "replicator dispatch rate",
+    check: p::check_dispatch_rate,
+    limit: no_limit,
+    ns_get: |n, c| n.replicator_dispatch_rate.get(c).copied(),
+    ns_put: |n, c, v| put_cluster(&mut n.replicator_dispatch_rate, c, v),
+    topic: Some(|t| &mut t.replicator_dispatch_rate),
+};
+
+/// Topic level only: the namespace's replication clusters have their own
+/// route (`/namespaces/{t}/{ns}/replication`, set but never removed).
+pub static TOPIC_REPLICATION_CLUSTERS: Field<BTreeSet<String>> = Field {
+    path: "replication",
+    what: "replication clusters",
+    check: p::check_replication_clusters,
+    limit: clusters_exist,
+    ns_get: |_, _| None,
+    ns_put: |_, _, _| {},
+    topic: Some(|t| &mut t.replication_clusters),
 };
 
 pub static INACTIVE_TOPIC: Field<p::InactiveTopicPolicies> = Field {
@@ -321,7 +391,7 @@ where
                 let ns = namespace(&t, &n)?;
                 let value: T = json_body(&body)?;
                 (field.check)(&value)?;
-                (field.limit)(&value, &b)?;
+                (field.limit)(&value, &b, &ns).await?;
                 let cluster = b.config().cluster_name.clone();
                 b.resources()
                     .update_namespace(&ns, |p| {
@@ -384,7 +454,7 @@ where
                 let name = topic_name(&tp)?;
                 let value: T = json_body(&body)?;
                 (field.check)(&value)?;
-                (field.limit)(&value, &b)?;
+                (field.limit)(&value, &b, &name.namespace()).await?;
                 b.resources()
                     .update_topic(&name, |t| {
                         *slot(&mut t.policies) = Some(value.clone());
@@ -422,6 +492,7 @@ pub fn routes(api: Api) -> Api {
     let api = namespace_routes(api, &PUBLISH_RATE);
     let api = namespace_routes(api, &DISPATCH_RATE);
     let api = namespace_routes(api, &SUBSCRIPTION_DISPATCH_RATE);
+    let api = namespace_routes(api, &REPLICATOR_DISPATCH_RATE);
     let api = namespace_routes(api, &INACTIVE_TOPIC);
     let api = namespace_routes(api, &MAX_PRODUCERS);
     let api = namespace_routes(api, &MAX_CONSUMERS);
@@ -442,6 +513,8 @@ pub fn routes(api: Api) -> Api {
     let api = topic_routes(api, &PUBLISH_RATE);
     let api = topic_routes(api, &DISPATCH_RATE);
     let api = topic_routes(api, &SUBSCRIPTION_DISPATCH_RATE);
+    let api = topic_routes(api, &REPLICATOR_DISPATCH_RATE);
+    let api = topic_routes(api, &TOPIC_REPLICATION_CLUSTERS);
     let api = topic_routes(api, &INACTIVE_TOPIC);
     let api = topic_routes(api, &MAX_PRODUCERS);
     let api = topic_routes(api, &MAX_CONSUMERS);

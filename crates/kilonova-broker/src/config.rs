@@ -109,6 +109,9 @@ pub struct BrokerConfig {
     /// How often loaded topics look for expired subscriptions (Pulsar's
     /// `subscriptionExpiryCheckIntervalInMinutes`, 5; in seconds here).
     pub subscription_expiry_check_interval_secs: u64,
+    /// Rate limit of each replicator to a remote cluster (0: unlimited).
+    pub dispatch_rate_per_replicator_messages: u64,
+    pub dispatch_rate_per_replicator_bytes: u64,
     /// Count limits (0: unlimited).
     pub max_producers_per_topic: u32,
     pub max_consumers_per_topic: u32,
@@ -218,6 +221,8 @@ impl Default for BrokerConfig {
             subscribe_rate_period_per_consumer_secs: 30,
             subscription_expiration_time_minutes: 0,
             subscription_expiry_check_interval_secs: 300,
+            dispatch_rate_per_replicator_messages: 0,
+            dispatch_rate_per_replicator_bytes: 0,
             max_producers_per_topic: 0,
             max_consumers_per_topic: 0,
             max_consumers_per_subscription: 0,

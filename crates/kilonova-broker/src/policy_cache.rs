@@ -4,7 +4,7 @@
 //! metadata store (a change made through any broker's admin API reaches every
 //! broker's topics within one policy check, without a restart).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -42,6 +42,8 @@ pub(crate) struct Effective {
     pub publish_rate: RateLimits,
     pub dispatch_rate: RateLimits,
     pub subscription_dispatch_rate: RateLimits,
+    /// What each replicator sends to its remote cluster.
+    pub replicator_dispatch_rate: RateLimits,
     /// `None`: the topic is never deleted for being unused.
     pub inactive: Option<InactiveRule>,
     pub max_producers: Option<u32>,
@@ -60,8 +62,8 @@ pub(crate) struct Effective {
     pub delayed_delivery: bool,
     /// Uncompacted backlog (bytes) that starts a compaction; `None`: never.
     pub compaction_threshold_bytes: Option<u64>,
-    /// The remote clusters the namespace replicates to (its replication
-    /// clusters but this one).
+    /// The remote clusters the topic replicates to: its own replication
+    /// clusters, else its namespace's, but this one.
     pub replication_clusters: Vec<String>,
     /// SUBSCRIBEs one consumer may send per period; `None`: unlimited.
     pub subscribe_rate: Option<Rate>,
@@ -142,7 +144,7 @@ impl Effective {
             Some(s) => u64::try_from(s).unwrap_or(0),
             None => c.message_ttl_secs,
         };
-        let (publish_rate, dispatch_rate, subscription_dispatch_rate) = resolve_rates(c, ns, t);
+        let rates = resolve_rates(c, ns, t);
         let inactive = resolve_inactive(c, ns, t);
         let (backlog_size, backlog_age) = resolve_quotas(c, ns, t);
         let max_message_bytes = t
@@ -152,9 +154,10 @@ impl Effective {
         Effective {
             retention,
             ttl: (ttl_secs > 0).then(|| Duration::from_secs(ttl_secs)),
-            publish_rate,
-            dispatch_rate,
-            subscription_dispatch_rate,
+            publish_rate: rates.publish,
+            dispatch_rate: rates.dispatch,
+            subscription_dispatch_rate: rates.subscription_dispatch,
+            replicator_dispatch_rate: rates.replicator_dispatch,
             inactive,
             max_producers: count(
                 t.max_producers_per_topic.or(ns.max_producers_per_topic),
@@ -194,8 +197,10 @@ impl Effective {
                 .compaction_threshold
                 .or(ns.compaction_threshold)
                 .and_then(positive),
-            replication_clusters: ns
+            replication_clusters: t
                 .replication_clusters
+                .as_ref()
+                .unwrap_or(&ns.replication_clusters)
                 .iter()
                 .filter(|name| **name != c.cluster_name)
                 .cloned()
@@ -231,15 +236,19 @@ fn resolve_subscribe_rate(c: &BrokerConfig, ns: &Policies, t: &TopicPolicies) ->
     }
 }
 
-/// Publish, topic dispatch and subscription dispatch rates: the topic's, else
-/// the namespace's for this cluster, else the broker's.
-fn resolve_rates(
-    c: &BrokerConfig,
-    ns: &Policies,
-    t: &TopicPolicies,
-) -> (RateLimits, RateLimits, RateLimits) {
+/// The rates a topic applies, resolved.
+struct Rates {
+    publish: RateLimits,
+    dispatch: RateLimits,
+    subscription_dispatch: RateLimits,
+    replicator_dispatch: RateLimits,
+}
+
+/// Publish, topic, subscription and replicator dispatch rates: the topic's,
+/// else the namespace's for this cluster, else the broker's.
+fn resolve_rates(c: &BrokerConfig, ns: &Policies, t: &TopicPolicies) -> Rates {
     let cluster = &c.cluster_name;
-    let publish_rate = match t
+    let publish = match t
         .publish_rate
         .as_ref()
         .or(ns.publish_max_message_rate.get(cluster))
@@ -250,29 +259,43 @@ fn resolve_rates(
             c.max_publish_rate_per_topic_bytes,
         ),
     };
-    let dispatch_rate = match t
-        .dispatch_rate
-        .as_ref()
-        .or(ns.topic_dispatch_rate.get(cluster))
-    {
-        Some(r) => dispatch_limits(r),
-        None => broker_limits(
-            c.dispatch_rate_per_topic_messages,
-            c.dispatch_rate_per_topic_bytes,
-        ),
+    // A dispatch rate: the topic's, else the namespace's for this cluster,
+    // else the broker's (messages/s, bytes/s).
+    let dispatch = |topic: &Option<p::DispatchRate>,
+                    namespace: &BTreeMap<String, p::DispatchRate>,
+                    broker: (u64, u64)| {
+        match topic.as_ref().or(namespace.get(cluster)) {
+            Some(r) => dispatch_limits(r),
+            None => broker_limits(broker.0, broker.1),
+        }
     };
-    let subscription_dispatch_rate = match t
-        .subscription_dispatch_rate
-        .as_ref()
-        .or(ns.subscription_dispatch_rate.get(cluster))
-    {
-        Some(r) => dispatch_limits(r),
-        None => broker_limits(
-            c.dispatch_rate_per_subscription_messages,
-            c.dispatch_rate_per_subscription_bytes,
+    Rates {
+        publish,
+        dispatch: dispatch(
+            &t.dispatch_rate,
+            &ns.topic_dispatch_rate,
+            (
+                c.dispatch_rate_per_topic_messages,
+                c.dispatch_rate_per_topic_bytes,
+            ),
         ),
-    };
-    (publish_rate, dispatch_rate, subscription_dispatch_rate)
+        subscription_dispatch: dispatch(
+            &t.subscription_dispatch_rate,
+            &ns.subscription_dispatch_rate,
+            (
+                c.dispatch_rate_per_subscription_messages,
+                c.dispatch_rate_per_subscription_bytes,
+            ),
+        ),
+        replicator_dispatch: dispatch(
+            &t.replicator_dispatch_rate,
+            &ns.replicator_dispatch_rate,
+            (
+                c.dispatch_rate_per_replicator_messages,
+                c.dispatch_rate_per_replicator_bytes,
+            ),
+        ),
+    }
 }
 
 /// When the topic is deleted for inactivity, if it is.
@@ -573,6 +596,86 @@ mod tests {
         );
         assert_eq!(e.max_unacked_per_subscription, None);
         assert_eq!(e.compaction_threshold_bytes, None, "0: never compact");
+    }
+
+    #[test]
+    fn topic_replication_clusters_replace_the_namespaces() {
+        let c = BrokerConfig {
+            cluster_name: "a".into(),
+            ..BrokerConfig::default()
+        };
+        let ns = Policies {
+            replication_clusters: ["a", "b", "c"].map(String::from).into(),
+            ..Policies::default()
+        };
+        let mut t = TopicPolicies::default();
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.replication_clusters,
+            ["b", "c"],
+            "the namespace's, less this cluster"
+        );
+        t.replication_clusters = Some(["a".to_string()].into());
+        let e = Effective::resolve(&c, &ns, &t);
+        assert!(
+            e.replication_clusters.is_empty(),
+            "the topic's own: local only"
+        );
+        t.replication_clusters = Some(["c".to_string()].into());
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.replication_clusters, ["c"]);
+    }
+
+    #[test]
+    fn replicator_dispatch_rate_topic_beats_namespace_beats_broker() {
+        let c = BrokerConfig {
+            dispatch_rate_per_replicator_messages: 500,
+            ..BrokerConfig::default()
+        };
+        let rate = |msgs, period| DispatchRate {
+            dispatch_throttling_rate_in_msg: msgs,
+            dispatch_throttling_rate_in_byte: -1,
+            relative_to_publish_rate: false,
+            rate_period_in_second: period,
+        };
+        let mut ns = Policies::default();
+        let mut t = TopicPolicies::default();
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.replicator_dispatch_rate.messages,
+            Some(Rate::per_second(500))
+        );
+        assert_eq!(e.replicator_dispatch_rate.bytes, None);
+        ns.replicator_dispatch_rate
+            .insert("other-cluster".into(), rate(1, 1));
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.replicator_dispatch_rate.messages,
+            Some(Rate::per_second(500)),
+            "another cluster's namespace rate does not apply here"
+        );
+        ns.replicator_dispatch_rate
+            .insert(c.cluster_name.clone(), rate(20, 1));
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.replicator_dispatch_rate.messages,
+            Some(Rate::per_second(20))
+        );
+        t.replicator_dispatch_rate = Some(rate(30, 2));
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.replicator_dispatch_rate.messages,
+            Some(Rate {
+                per_period: 30,
+                period: Duration::from_secs(2)
+            })
+        );
+        t.replicator_dispatch_rate = Some(rate(-1, 1));
+        let e = Effective::resolve(&c, &ns, &t);
+        assert!(
+            e.replicator_dispatch_rate.is_unlimited(),
+            "-1 at topic level lifts it"
+        );
     }
 
     #[test]

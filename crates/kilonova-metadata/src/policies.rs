@@ -230,6 +230,9 @@ pub struct Policies {
     /// inactive this long (minutes; 0: never; unset: the broker's default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription_expiration_time_minutes: Option<i32>,
+    /// What each replicator of the namespace's topics sends to a remote cluster.
+    #[serde(rename = "replicatorDispatchRate")]
+    pub replicator_dispatch_rate: BTreeMap<String, DispatchRate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inactive_topic_policies: Option<InactiveTopicPolicies>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -290,6 +293,12 @@ pub struct TopicPolicies {
     pub dispatch_rate: Option<DispatchRate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscription_dispatch_rate: Option<DispatchRate>,
+    /// What each of the topic's replicators sends to a remote cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicator_dispatch_rate: Option<DispatchRate>,
+    /// The clusters the topic replicates to, instead of its namespace's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_clusters: Option<BTreeSet<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscribe_rate: Option<SubscribeRate>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -419,6 +428,22 @@ pub fn check_subscribe_rate(r: &SubscribeRate) -> Result<()> {
             "a subscribe rate must be -1 (unlimited) or more per consumer, over a period of 1 s or more, not {} per {} s",
             r.subscribe_throttling_rate_per_consumer, r.rate_period_in_second
         )));
+    }
+    Ok(())
+}
+
+/// A topic's replication clusters: at least one, and not Pulsar's
+/// pseudo-cluster `global` (that they exist is the caller's check).
+pub fn check_replication_clusters(clusters: &BTreeSet<String>) -> Result<()> {
+    if clusters.is_empty() {
+        return Err(MetadataError::Precondition(
+            "ClusterIds should not be null or empty".into(),
+        ));
+    }
+    if clusters.contains("global") {
+        return Err(MetadataError::Precondition(
+            "Cannot specify global in the list of replication clusters".into(),
+        ));
     }
     Ok(())
 }

@@ -137,7 +137,7 @@ fn delayed_wait(sub: &Subscription, now_ms: u64) -> Option<Duration> {
 }
 
 /// Keeps the earliest of the dispatch wake-ups asked for.
-fn wake_after(wake: &mut Option<Instant>, now: Instant, wait: Option<Duration>) {
+pub(super) fn wake_after(wake: &mut Option<Instant>, now: Instant, wait: Option<Duration>) {
     if let Some(w) = wait {
         let at = now + w;
         if wake.is_none_or(|t| at < t) {

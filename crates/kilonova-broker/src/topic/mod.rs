@@ -241,7 +241,7 @@ pub(crate) struct Topic {
     publish_gate: Arc<PublishGate>,
     /// The topic's dispatch rate (subscriptions have their own too).
     dispatch_rate: RateLimiter,
-    /// A dispatch held back by a dispatch rate goes on at this time.
+    /// A dispatch (or replicator feed) held back by a rate goes on at this time.
     dispatch_wake: Option<Instant>,
     /// Notified by a connection's writer when a consumer held back for its
     /// full outbound queue may take more.
@@ -419,6 +419,7 @@ impl Topic {
                 _ = sleep_until(self.dispatch_wake), if self.dispatch_wake.is_some() => {
                     self.dispatch_wake = None;
                     self.dispatch_all();
+                    self.feed_replicators();
                 }
                 _ = drained.notified() => self.dispatch_all(),
                 // Lowest priority: a compaction goes a step at a time between

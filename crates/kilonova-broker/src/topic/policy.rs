@@ -163,6 +163,9 @@ impl Topic {
                 sub.rate = super::dispatch::dispatch_limiter(fresh.subscription_dispatch_rate, now);
             }
         }
+        if fresh.replicator_dispatch_rate != self.policies.replicator_dispatch_rate {
+            self.set_replicator_rates(fresh.replicator_dispatch_rate, now);
+        }
         if (fresh.backlog_size, fresh.backlog_age)
             != (self.policies.backlog_size, self.policies.backlog_age)
         {
@@ -178,7 +181,7 @@ impl Topic {
         let dedup = fresh.deduplication;
         self.policies = fresh;
         self.set_dedup(dedup);
-        // A rate lifted lets a held dispatch go now.
+        // A rate lifted lets a held dispatch (or replicator feed) go now.
         self.dispatch_wake = Some(now);
     }
 

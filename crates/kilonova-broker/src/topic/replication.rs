@@ -10,18 +10,26 @@
 //! per replicator, so a slow or absent remote grows the cursor's backlog,
 //! never the broker's memory, and never slows local publishing. A topic
 //! whose replicators are behind stays loaded until they catch up.
+//!
+//! Each replicator feeds within its own dispatch rate (the policy
+//! `replicatorDispatchRate`): held back, it sets the topic's dispatch wake-up
+//! and goes on then. The rate only delays what the cursor reads, so local
+//! publishing never waits for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use kilonova_storage::InitialPosition;
 
+use super::dispatch::{dispatch_limiter, wake_after};
 use super::Topic;
 use crate::metrics::ReplicationSample;
+use crate::rate_limit::{RateLimiter, RateLimits};
 use crate::rate_meter::FlowMeter;
 use crate::replicator::{
     self, is_replicator, replicator_name, Feed, ReplicatorStats, Report, Spec, WINDOW_ENTRIES,
@@ -40,6 +48,8 @@ pub(super) struct Replicator {
     in_flight: usize,
     stats: Arc<ReplicatorStats>,
     meter: FlowMeter,
+    /// The replicator dispatch rate: what may be fed.
+    rate: RateLimiter,
 }
 
 impl Drop for Replicator {
@@ -125,6 +135,7 @@ impl Topic {
                 stats.clone(),
             ));
             tracing::info!(topic = %self.full_name, remote = %cluster, "replicator started");
+            let now = self.broker.clock().now();
             self.replicators.insert(
                 cluster.clone(),
                 Replicator {
@@ -136,6 +147,7 @@ impl Topic {
                     in_flight: 0,
                     stats,
                     meter: FlowMeter::default(),
+                    rate: dispatch_limiter(self.policies.replicator_dispatch_rate, now),
                 },
             );
         }
@@ -143,14 +155,23 @@ impl Topic {
         self.feed_replicators();
     }
 
-    /// Feeds each connected replicator what it has room for; one that is
-    /// not connected moves past what is not for its remote and is asked to
-    /// connect when something is.
+    /// Applies a changed replicator dispatch rate to every replicator.
+    pub(super) fn set_replicator_rates(&mut self, limits: RateLimits, now: Instant) {
+        for r in self.replicators.values_mut() {
+            r.rate = dispatch_limiter(limits, now);
+        }
+    }
+
+    /// Feeds each connected replicator what it has room for within its
+    /// dispatch rate (one held back by its rate sets the dispatch wake-up);
+    /// one that is not connected moves past what is not for its remote and
+    /// is asked to connect when something is.
     pub(super) fn feed_replicators(&mut self) {
         let Some(log) = self.log.as_mut() else {
             return;
         };
         let batch = self.broker.config().dispatch_batch_entries.max(1);
+        let now = self.broker.clock().now();
         for (cluster, r) in self.replicators.iter_mut() {
             let Some(epoch) = r.epoch else {
                 if !r.connecting && wants_connection(log, r, cluster, batch) {
@@ -159,7 +180,13 @@ impl Topic {
                 continue;
             };
             while r.in_flight < WINDOW_ENTRIES {
-                let room = (WINDOW_ENTRIES - r.in_flight).min(batch);
+                let Some(allowed) = rated_room(&mut r.rate, now) else {
+                    wake_after(&mut self.dispatch_wake, now, Some(r.rate.wait_for_one(now)));
+                    break;
+                };
+                // A batch entry may overdraw the rate; the next feed then
+                // waits until the debt is paid.
+                let room = (WINDOW_ENTRIES - r.in_flight).min(batch).min(allowed);
                 let entries = match log.read_next(&r.cursor, room) {
                     Ok(e) => e,
                     Err(e) => {
@@ -170,12 +197,16 @@ impl Topic {
                 if entries.is_empty() {
                     break;
                 }
+                let (mut messages, mut bytes) = (0u64, 0u64);
                 for entry in entries {
+                    messages += u64::from(entry.message_count.max(1));
+                    bytes += entry.data.len() as u64;
                     r.in_flight += 1;
                     if r.feed.send(Feed::Entry { epoch, entry }).is_err() {
                         break;
                     }
                 }
+                r.rate.consume(messages, bytes, now);
             }
         }
     }
@@ -354,7 +385,92 @@ fn wants_connection(
     }
 }
 
+/// How many entries a replicator may be fed now under its rate: `None` when
+/// the rate holds it back. Every entry holds at least one message, so no more
+/// entries than messages allowed; under a byte limit one at a time (an
+/// entry's size is known once read), so at most one entry overdraws it.
+fn rated_room(rate: &mut RateLimiter, now: Instant) -> Option<usize> {
+    if rate.is_unlimited() {
+        return Some(usize::MAX);
+    }
+    if rate.wait_for_one(now) > Duration::ZERO {
+        return None;
+    }
+    match rate.available(now) {
+        (_, Some(_)) => Some(1),
+        (Some(messages), None) => Some(usize::try_from(messages).unwrap_or(usize::MAX)),
+        (None, None) => Some(usize::MAX),
+    }
+}
+
 /// Whether a cursor is a replicator's, not a subscription.
 pub(super) fn is_subscription(cursor: &str) -> bool {
     !is_replicator(cursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::Rate;
+
+    fn limiter(messages: Option<u64>, bytes: Option<u64>, now: Instant) -> RateLimiter {
+        dispatch_limiter(
+            RateLimits {
+                messages: messages.map(Rate::per_second),
+                bytes: bytes.map(Rate::per_second),
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn an_unlimited_replicator_is_fed_whatever_its_window_allows() {
+        let now = Instant::now();
+        assert_eq!(
+            rated_room(&mut limiter(None, None, now), now),
+            Some(usize::MAX)
+        );
+    }
+
+    #[test]
+    fn a_message_rate_feeds_one_periods_worth_then_holds_until_it_refills() {
+        let now = Instant::now();
+        let mut rate = limiter(Some(20), None, now);
+        assert_eq!(
+            rated_room(&mut rate, now),
+            Some(20),
+            "one period's worth at once"
+        );
+        rate.consume(20, 2_000, now);
+        assert_eq!(rated_room(&mut rate, now), None, "held back");
+        assert!(
+            rate.wait_for_one(now) > Duration::ZERO,
+            "the wake-up is armed later"
+        );
+        let later = now + Duration::from_millis(500);
+        assert_eq!(
+            rated_room(&mut rate, later),
+            Some(10),
+            "half a second refills half"
+        );
+    }
+
+    #[test]
+    fn a_byte_rate_feeds_one_entry_at_a_time_and_holds_while_in_debt() {
+        let now = Instant::now();
+        let mut rate = limiter(Some(100), Some(1_000), now);
+        assert_eq!(rated_room(&mut rate, now), Some(1));
+        // One entry bigger than a period's worth overdraws the bytes...
+        rate.consume(1, 3_000, now);
+        assert_eq!(rated_room(&mut rate, now), None);
+        // ...and nothing more goes until the debt is paid.
+        assert_eq!(
+            rated_room(&mut rate, now + Duration::from_millis(1_900)),
+            None
+        );
+        assert_eq!(
+            rated_room(&mut rate, now + Duration::from_millis(2_100)),
+            Some(1)
+        );
+    }
 }

@@ -65,13 +65,14 @@ macro_rules! policy_routes {
     };
 }
 
-const NS_POLICIES: [Route; 13] = policy_routes![
+const NS_POLICIES: [Route; 14] = policy_routes![
     "/admin/v2/namespaces/public/default/",
     ("retention", Retention),
     ("messageTTL", Int),
     ("publishRate", PublishRate),
     ("dispatchRate", DispatchRate),
     ("subscriptionDispatchRate", DispatchRate),
+    ("replicatorDispatchRate", DispatchRate),
     ("inactiveTopicPolicies", InactiveTopic),
     ("maxProducersPerTopic", Int),
     ("maxConsumersPerTopic", Int),
@@ -82,13 +83,15 @@ const NS_POLICIES: [Route; 13] = policy_routes![
     ("autoTopicCreation", AutoTopicCreation),
 ];
 
-const TOPIC_POLICIES: [Route; 11] = policy_routes![
+const TOPIC_POLICIES: [Route; 13] = policy_routes![
     "/admin/v2/persistent/public/default/fz/",
     ("retention", Retention),
     ("messageTTL", Int),
     ("publishRate", PublishRate),
     ("dispatchRate", DispatchRate),
     ("subscriptionDispatchRate", DispatchRate),
+    ("replicatorDispatchRate", DispatchRate),
+    ("replication", ClusterSet),
     ("inactiveTopicPolicies", InactiveTopic),
     ("maxProducersPerTopic", Int),
     ("maxConsumersPerTopic", Int),

@@ -114,6 +114,12 @@ pub enum PolicyCmd {
     GetSubscriptionExpirationTime(Ns),
     /// Remove the subscription expiration time (the broker's default applies).
     RemoveSubscriptionExpirationTime(Ns),
+    /// Limit what each replicator of the namespace's topics sends to a remote cluster.
+    SetReplicatorDispatchRate(SetDispatchRate),
+    /// Show the replicator dispatch rate.
+    GetReplicatorDispatchRate(Ns),
+    /// Remove the replicator dispatch rate.
+    RemoveReplicatorDispatchRate(Ns),
     /// Keep acknowledged messages for a time and/or size.
     SetRetention(SetRetention),
     /// Show the retention policy.
@@ -509,6 +515,13 @@ impl PolicyCmd {
             ),
             C::GetSubscriptionExpirationTime(n) => get(n, P::SubscriptionExpirationTime),
             C::RemoveSubscriptionExpirationTime(n) => remove(n, P::SubscriptionExpirationTime),
+            C::SetReplicatorDispatchRate(a) => (
+                &a.namespace,
+                P::ReplicatorDispatchRate,
+                Op::Set(a.rate.body()),
+            ),
+            C::GetReplicatorDispatchRate(n) => get(n, P::ReplicatorDispatchRate),
+            C::RemoveReplicatorDispatchRate(n) => remove(n, P::ReplicatorDispatchRate),
             C::SetRetention(a) => (&a.namespace, P::Retention, Op::Set(a.retention.body())),
             C::GetRetention(n) => get(n, P::Retention),
             C::RemoveRetention(n) => remove(n, P::Retention),
@@ -932,6 +945,41 @@ mod tests {
                 "/admin/v2/namespaces/t/ns/subscriptionDispatchRate".into(),
                 None
             )
+        );
+    }
+
+    #[test]
+    fn replicator_dispatch_rate_takes_the_dispatch_rate_flags() {
+        let path = "/admin/v2/namespaces/t/ns/replicatorDispatchRate";
+        assert_eq!(
+            request(&[
+                "set-replicator-dispatch-rate",
+                "t/ns",
+                "--msg-dispatch-rate",
+                "20",
+                "-bd",
+                "4096",
+                "--dispatch-rate-period",
+                "2",
+            ]),
+            (
+                "POST",
+                path.into(),
+                Some(json!({
+                    "dispatchThrottlingRateInMsg": 20,
+                    "dispatchThrottlingRateInByte": 4096,
+                    "ratePeriodInSecond": 2,
+                    "relativeToPublishRate": false,
+                }))
+            )
+        );
+        assert_eq!(
+            request(&["get-replicator-dispatch-rate", "t/ns"]),
+            ("GET", path.into(), None)
+        );
+        assert_eq!(
+            request(&["remove-replicator-dispatch-rate", "t/ns"]),
+            ("DELETE", path.into(), None)
         );
     }
 

@@ -17,6 +17,7 @@ pub enum Policy {
     PublishRate,
     DispatchRate,
     SubscriptionDispatchRate,
+    ReplicatorDispatchRate,
     Retention,
     MessageTtl,
     /// Set and removed per type; read as one map of every type.
@@ -62,6 +63,7 @@ impl Policy {
             (Policy::PublishRate, _) => "publishRate",
             (Policy::DispatchRate, _) => "dispatchRate",
             (Policy::SubscriptionDispatchRate, _) => "subscriptionDispatchRate",
+            (Policy::ReplicatorDispatchRate, _) => "replicatorDispatchRate",
             (Policy::Retention, _) => "retention",
             (Policy::MessageTtl, _) => "messageTTL",
             (Policy::MaxProducersPerTopic, _) => "maxProducersPerTopic",
@@ -133,7 +135,8 @@ impl PublishRateArgs {
     }
 }
 
-/// The flags of `set-dispatch-rate` and `set-subscription-dispatch-rate`.
+/// The flags of `set-dispatch-rate`, `set-subscription-dispatch-rate` and
+/// `set-replicator-dispatch-rate`.
 #[derive(Args)]
 pub struct DispatchRateArgs {
     /// Messages per period (-1: unlimited). pulsar-admin's -md works too.

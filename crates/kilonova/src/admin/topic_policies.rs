@@ -52,6 +52,18 @@ pub enum TopicPolicyCmd {
     GetSubscriptionDispatchRate(Topic),
     /// Remove the topic's subscription dispatch rate.
     RemoveSubscriptionDispatchRate(Topic),
+    /// Limit what each of the topic's replicators sends to a remote cluster.
+    SetReplicatorDispatchRate(SetDispatchRate),
+    /// Show the topic's replicator dispatch rate.
+    GetReplicatorDispatchRate(Topic),
+    /// Remove the topic's replicator dispatch rate.
+    RemoveReplicatorDispatchRate(Topic),
+    /// Replicate the topic to these clusters instead of its namespace's.
+    SetReplicationClusters(SetReplicationClusters),
+    /// Show the topic's own replication clusters.
+    GetReplicationClusters(Topic),
+    /// Remove the topic's replication clusters (its namespace's apply again).
+    RemoveReplicationClusters(Topic),
     /// Limit the topic's producers.
     SetMaxProducers(SetMaxProducers),
     /// Show the topic's producer limit.
@@ -155,6 +167,14 @@ pub struct SetDispatchRate {
     topic: TopicName,
     #[command(flatten)]
     rate: DispatchRateArgs,
+}
+
+#[derive(Args)]
+pub struct SetReplicationClusters {
+    topic: TopicName,
+    /// Comma-separated cluster names.
+    #[arg(short = 'c', long, value_delimiter = ',', required = true)]
+    clusters: Vec<String>,
 }
 
 #[derive(Args)]
@@ -270,6 +290,14 @@ impl TopicPolicyCmd {
             }
             C::GetSubscriptionDispatchRate(t) => get(t, P::SubscriptionDispatchRate),
             C::RemoveSubscriptionDispatchRate(t) => remove(t, P::SubscriptionDispatchRate),
+            C::SetReplicatorDispatchRate(a) => {
+                set(&a.topic, P::ReplicatorDispatchRate, a.rate.body())
+            }
+            C::GetReplicatorDispatchRate(t) => get(t, P::ReplicatorDispatchRate),
+            C::RemoveReplicatorDispatchRate(t) => remove(t, P::ReplicatorDispatchRate),
+            C::SetReplicationClusters(a) => set(&a.topic, P::Replication, json!(a.clusters)),
+            C::GetReplicationClusters(t) => get(t, P::Replication),
+            C::RemoveReplicationClusters(t) => remove(t, P::Replication),
             C::SetMaxProducers(a) => set(&a.topic, P::MaxProducersPerTopic, json!(a.max_producers)),
             C::GetMaxProducers(t) => get(t, P::MaxProducersPerTopic),
             C::RemoveMaxProducers(t) => remove(t, P::MaxProducersPerTopic),
@@ -506,6 +534,23 @@ mod tests {
         assert_get_and_remove("publish-rate", "publishRate");
         assert_get_and_remove("dispatch-rate", "dispatchRate");
         assert_get_and_remove("subscription-dispatch-rate", "subscriptionDispatchRate");
+        assert_eq!(
+            request(&["set-replicator-dispatch-rate", "t/ns/x", "-md", "20"]).1,
+            format!("{T}/replicatorDispatchRate")
+        );
+        assert_get_and_remove("replicator-dispatch-rate", "replicatorDispatchRate");
+    }
+
+    #[test]
+    fn replication_clusters_are_a_comma_separated_list() {
+        for flag in ["-c", "--clusters"] {
+            assert_eq!(
+                request(&["set-replication-clusters", "t/ns/x", flag, "a,b"]),
+                ("POST", format!("{T}/replication"), Some(json!(["a", "b"])))
+            );
+        }
+        assert_get_and_remove("replication-clusters", "replication");
+        assert!(refused(&["set-replication-clusters", "t/ns/x"]));
     }
 
     #[test]
