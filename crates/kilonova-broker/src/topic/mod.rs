@@ -310,6 +310,11 @@ impl Topic {
         let loaded_at_ms = broker.clock().now_ms();
         let metrics = broker.metrics().register(&full_name);
         let (replication_reports, reports) = mpsc::unbounded_channel();
+        // A topic of a replicated namespace may be replicated into: its
+        // deduplication state is rebuilt now, before anything is trimmed
+        // (a replicator connecting later would find the entries it needs
+        // gone once consumed).
+        let replicated_into = !policies.replication_clusters.is_empty();
         let mut topic = Topic {
             name,
             full_name,
@@ -340,7 +345,7 @@ impl Topic {
             compaction: compaction::Compaction::default(),
             compaction_checked: now,
             dedup_all: false,
-            replicated_into: false,
+            replicated_into,
             replicators: Default::default(),
             replication_reports,
             subscribe_rate,
@@ -500,6 +505,12 @@ impl Topic {
         if let Err(e) = log.persist_cursors() {
             tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
         }
+        // The deduplication state covers every entry before retention may
+        // delete any: it could not be rebuilt from them afterwards.
+        self.snapshot_dedup();
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
         if let Err(e) = log
             .trim(self.broker.clock().now_ms(), self.policies.retention)
             .await
