@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -456,17 +456,24 @@ impl Producer {
         self.queue(msg.into(), Notify::Callback(callback)).await
     }
 
-    async fn queue(&self, msg: OutgoingMessage, notify: Notify) -> Result<(), ClientError> {
+    /// Waits for room in the in-flight window, then locks the state of a
+    /// producer that has not failed.
+    async fn room(&self) -> Result<(OwnedSemaphorePermit, MutexGuard<'_, State>), ClientError> {
         let permit = self
             .window
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| ClientError::Closed)?;
-        let mut st = self.shared.state.lock().map_err(|_| ClientError::Closed)?;
+        let st = self.shared.state.lock().map_err(|_| ClientError::Closed)?;
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
+        Ok((permit, st))
+    }
+
+    async fn queue(&self, msg: OutgoingMessage, notify: Notify) -> Result<(), ClientError> {
+        let (permit, mut st) = self.room().await?;
         let waiter = Waiter {
             notify,
             queued: Instant::now(),
@@ -499,17 +506,8 @@ impl Producer {
                 "send_entry needs a producer without batching".into(),
             ));
         }
-        let permit = self
-            .window
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let (permit, mut st) = self.room().await?;
         let (tx, rx) = oneshot::channel();
-        let mut st = self.shared.state.lock().map_err(|_| ClientError::Closed)?;
-        if let Some(e) = &st.failed {
-            return Err(e.clone());
-        }
         let count = kilonova_pulsar_protocol::frame::message_count(&metadata);
         let count = i32::try_from(count).unwrap_or(i32::MAX);
         let cmd = send_command(

@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn an_unlimited_replicator_is_fed_whatever_its_window_allows() {
-        let now = Instant::now();
+        let now = crate::clock::Clock::now(&crate::clock::ManualClock::at_ms(0));
         assert_eq!(
             rated_room(&mut limiter(None, None, now), now),
             Some(usize::MAX)
@@ -434,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_message_rate_feeds_one_periods_worth_then_holds_until_it_refills() {
-        let now = Instant::now();
+        let now = crate::clock::Clock::now(&crate::clock::ManualClock::at_ms(0));
         let mut rate = limiter(Some(20), None, now);
         assert_eq!(
             rated_room(&mut rate, now),
@@ -457,7 +457,7 @@ mod tests {
 
     #[test]
     fn a_byte_rate_feeds_one_entry_at_a_time_and_holds_while_in_debt() {
-        let now = Instant::now();
+        let now = crate::clock::Clock::now(&crate::clock::ManualClock::at_ms(0));
         let mut rate = limiter(Some(100), Some(1_000), now);
         assert_eq!(rated_room(&mut rate, now), Some(1));
         // One entry bigger than a period's worth overdraws the bytes...
