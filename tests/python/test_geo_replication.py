@@ -312,18 +312,22 @@ def test_a_partitioned_topic_replicates_partition_by_partition(mesh):
 
 
 def test_replication_with_authentication_uses_the_configured_token_and_its_grant(make_broker, keys):
+    """Three clusters with token authentication and authorization, each
+    presenting a `replicator` role's token to the others, which grant it
+    `produce`. Revoked in b, a's replicator to b stops visibly while c still
+    gets everything; granted again, b gets what waited."""
     from test_security import SUPER_USER, secret_line, security_config
 
     admin_token = keys.token(SUPER_USER)
     repl_token = keys.token("replicator")
 
-    def secured(name: str, tokens: dict) -> str:
-        table = ", ".join(f'{k} = "{v}"' for k, v in tokens.items())
+    def secured(name: str) -> str:
+        table = ", ".join(f'{k} = "{repl_token}"' for k in NAMES if k != name)
         return (security_config(secret_line(keys))
                 + f'[broker]\ncluster_name = "{name}"\nreplication_tokens = {{ {table} }}\n')
 
-    a = make_broker("a", config=secured("a", {"b": repl_token}), admin_token=admin_token)
-    b = make_broker("b", config=secured("b", {"a": repl_token}), admin_token=admin_token)
+    clusters = {n: make_broker(n, config=secured(n), admin_token=admin_token) for n in NAMES}
+    a, b, c = clusters["a"], clusters["b"], clusters["c"]
     auth = bearer(admin_token)
 
     def call(broker, method, path, body=None):
@@ -333,52 +337,58 @@ def test_replication_with_authentication_uses_the_configured_token_and_its_grant
         assert status in (200, 204), (method, path, status, text)
         return json.loads(text) if text else None
 
-    for name, broker, other, peer in (("a", a, "b", b), ("b", b, "a", a)):
-        call(broker, "PUT", f"/admin/v2/clusters/{other}",
-             {"serviceUrl": peer.http_url, "brokerServiceUrl": peer.service_url})
+    for name, broker in clusters.items():
+        for other, peer in clusters.items():
+            if other != name:
+                call(broker, "PUT", f"/admin/v2/clusters/{other}",
+                     {"serviceUrl": peer.http_url, "brokerServiceUrl": peer.service_url})
     tenant = unique("fl")
     ns = f"{tenant}/{unique('ns')}"
-    for broker in (a, b):
-        call(broker, "PUT", f"/admin/v2/tenants/{tenant}", {"adminRoles": [], "allowedClusters": ["a", "b"]})
+    grant = f"/admin/v2/namespaces/{ns}/permissions/replicator"
+    for broker in clusters.values():
+        call(broker, "PUT", f"/admin/v2/tenants/{tenant}", {"adminRoles": [], "allowedClusters": list(NAMES)})
         call(broker, "PUT", f"/admin/v2/namespaces/{ns}")
-        call(broker, "POST", f"/admin/v2/namespaces/{ns}/replication", ["a", "b"])
-    # b lets a's replicator produce.
-    call(b, "POST", f"/admin/v2/namespaces/{ns}/permissions/replicator", ["produce"])
+        call(broker, "POST", f"/admin/v2/namespaces/{ns}/replication", list(NAMES))
+        # The other clusters' replicators may produce here.
+        call(broker, "POST", grant, ["produce"])
     topic = f"persistent://{ns}/{unique('secure')}"
     stats_path = "/admin/v2/" + topic.replace("://", "/") + "/stats"
-    ca = make_client(a, authentication=pulsar.AuthenticationToken(admin_token))
-    cb = make_client(b, authentication=pulsar.AuthenticationToken(admin_token))
+    token_auth = pulsar.AuthenticationToken(admin_token)
+    clients = {n: make_client(br, authentication=token_auth) for n, br in clusters.items()}
     try:
-        consumer = cb.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
-        producer = ca.create_producer(topic, batching_enabled=False)
+        in_b = clients["b"].subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+        in_c = clients["c"].subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+        producer = clients["a"].create_producer(topic, batching_enabled=False)
         producer.send(b"granted")
-        m = consumer.receive(timeout_millis=int(WAIT_S * 1000))
-        assert m.data() == b"granted"
-        consumer.acknowledge(m)
-        # Revoked, and the replicator's connection gone (b unloads the topic):
-        # it cannot come back, and says so in stats and logs.
-        call(b, "DELETE", f"/admin/v2/namespaces/{ns}/permissions/replicator")
+        for consumer in (in_b, in_c):
+            m = consumer.receive(timeout_millis=int(WAIT_S * 1000))
+            assert m.data() == b"granted"
+            consumer.acknowledge(m)
+        # Revoked in b, and the replicator's connection gone (b unloads the
+        # topic): it cannot come back, and says so in stats and logs.
+        call(b, "DELETE", grant)
         call(b, "PUT", "/admin/v2/" + topic.replace("://", "/") + "/unload")
         producer.send(b"while-revoked")
+        assert in_c.receive(timeout_millis=int(WAIT_S * 1000)).data() == b"while-revoked"
         wait_until(lambda: not call(a, "GET", stats_path)["replication"]["b"]["connected"],
-                   WAIT_S, "the replicator shown disconnected")
+                   WAIT_S, "the replicator to b shown disconnected")
         assert call(a, "GET", stats_path)["replication"]["b"]["replicationBacklog"] >= 1
         wait_until(lambda: "AuthorizationError" in a.log_path.read_text(), WAIT_S,
                    "the refusal in a's log")
         assert repl_token not in a.log_path.read_text(), "the token never reaches the log"
         # Granted again: the replicator comes back and sends what waited.
-        call(b, "POST", f"/admin/v2/namespaces/{ns}/permissions/replicator", ["produce"])
+        call(b, "POST", grant, ["produce"])
         # ("granted" may come again first: its acknowledgement may not have
         # reached b before the unload.)
-        m = consumer.receive(timeout_millis=int(WAIT_S * 1000))
+        m = in_b.receive(timeout_millis=int(WAIT_S * 1000))
         if m.data() == b"granted":
-            m = consumer.receive(timeout_millis=int(WAIT_S * 1000))
+            m = in_b.receive(timeout_millis=int(WAIT_S * 1000))
         assert m.data() == b"while-revoked"
         runtime = call(a, "GET", "/admin/v2/brokers/configuration/runtime")
         assert repl_token not in json.dumps(runtime), "the token never reaches the admin API"
     finally:
-        ca.close()
-        cb.close()
+        for cl in clients.values():
+            cl.close()
 
 
 def test_an_inactive_replicated_topic_is_deleted_only_once_its_replication_caught_up(make_broker):
