@@ -353,6 +353,11 @@ impl Topic {
     }
 }
 
+/// Batches of entries one look for something to send reads at most: a long
+/// run of entries not for the remote is moved past over several passes, so
+/// the topic keeps serving between them.
+const SCAN_BATCHES_PER_PASS: usize = 16;
+
 /// For a replicator not connected: acknowledges the entries after its
 /// cursor that are not for its remote (replicated here from elsewhere, or
 /// sent to other clusters only) and says whether one that is comes next.
@@ -366,7 +371,7 @@ fn wants_connection(
         tracing::warn!(remote = %cluster, error = %e, "replicator: rewinding its cursor failed");
         return false;
     }
-    loop {
+    for _ in 0..SCAN_BATCHES_PER_PASS {
         let entries = match log.read_next(&r.cursor, batch) {
             Ok(e) if !e.is_empty() => e,
             _ => return false,
@@ -383,6 +388,7 @@ fn wants_connection(
             }
         }
     }
+    false // more next pass (every housekeeping tick and append)
 }
 
 /// How many entries a replicator may be fed now under its rate: `None` when
