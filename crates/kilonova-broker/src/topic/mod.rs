@@ -505,16 +505,20 @@ impl Topic {
         if let Err(e) = log.persist_cursors() {
             tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
         }
-        // The deduplication state covers every entry before retention may
-        // delete any: it could not be rebuilt from them afterwards.
-        self.snapshot_dedup();
+        let now_ms = self.broker.clock().now_ms();
+        let retention = self.policies.retention;
+        if log
+            .trimmable(now_ms, retention)
+            .map_or(true, |d| !d.is_empty())
+        {
+            // The deduplication state covers every entry before retention
+            // deletes any: it could not be rebuilt from them afterwards.
+            self.snapshot_dedup();
+        }
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        if let Err(e) = log
-            .trim(self.broker.clock().now_ms(), self.policies.retention)
-            .await
-        {
+        if let Err(e) = log.trim(now_ms, retention).await {
             tracing::warn!(topic = %self.full_name, error = %e, "trimming failed");
         }
     }

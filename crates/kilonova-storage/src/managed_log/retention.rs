@@ -22,6 +22,23 @@ impl ManagedLog {
     /// Deletes segments that every durable cursor has consumed and that retention
     /// no longer keeps. Never deletes the current segment. Returns the segments deleted.
     pub async fn trim(&mut self, now_ms: u64, retention: Retention) -> Result<Vec<SegmentId>> {
+        let doomed = self.trimmable(now_ms, retention)?;
+        for id in &doomed {
+            self.store.delete_segment(*id).await?;
+            self.segments.retain(|s| s.id != *id);
+            tracing::debug!(log = self.id, segment = id, "deleted segment (retention)");
+        }
+        if !doomed.is_empty() {
+            if let Some(first) = self.segments.first() {
+                self.cache.evict_before(self.id, Position::new(first.id, 0));
+            }
+            self.save_meta()?;
+        }
+        Ok(doomed)
+    }
+
+    /// The segments [`ManagedLog::trim`] would delete now (it deletes nothing).
+    pub fn trimmable(&self, now_ms: u64, retention: Retention) -> Result<Vec<SegmentId>> {
         let slowest = self
             .cursors
             .values()
@@ -57,17 +74,6 @@ impl ManagedLog {
             }
             newer_bytes -= bytes;
             doomed.push(s.id);
-        }
-        for id in &doomed {
-            self.store.delete_segment(*id).await?;
-            self.segments.retain(|s| s.id != *id);
-            tracing::debug!(log = self.id, segment = id, "deleted segment (retention)");
-        }
-        if !doomed.is_empty() {
-            if let Some(first) = self.segments.first() {
-                self.cache.evict_before(self.id, Position::new(first.id, 0));
-            }
-            self.save_meta()?;
         }
         Ok(doomed)
     }
