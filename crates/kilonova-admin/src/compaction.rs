@@ -22,7 +22,7 @@ use kilonova_broker::{AdminReply, AdminRequest, Broker, CompactionStatus};
 use kilonova_metadata::TopicName;
 
 use crate::api::{Access, Api};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::topics::{targets, topic_name, TopicPath};
 
 pub fn routes(api: Api) -> Api {
@@ -103,10 +103,7 @@ async fn partitions_or_itself(b: &Broker, name: &TopicName) -> ApiResult<Vec<Top
 async fn status_of(b: &Broker, name: &TopicName) -> ApiResult<CompactionStatus> {
     match b.topic_admin(name, AdminRequest::CompactionStatus).await? {
         AdminReply::Compaction(s) => Ok(s),
-        _ => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the topic answered another request",
-        )),
+        _ => Err(crate::topics::unexpected()),
     }
 }
 

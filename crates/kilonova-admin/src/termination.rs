@@ -34,10 +34,7 @@ pub fn routes(api: Api) -> Api {
 async fn terminate_one(b: &Broker, name: &kilonova_broker::TopicName) -> ApiResult<LastMessageId> {
     match b.topic_admin(name, AdminRequest::Terminate).await? {
         AdminReply::LastMessageId(id) => Ok(id),
-        _ => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the topic answered another request",
-        )),
+        _ => Err(crate::topics::unexpected()),
     }
 }
 

@@ -421,7 +421,6 @@ struct Session {
 type Confirmation = BoxFuture<'static, Result<(Position, u64, u32), ClientError>>;
 
 /// Sends what the topic feeds until the connection or the topic goes.
-#[allow(clippy::too_many_arguments)]
 async fn pump(
     spec: &Spec,
     local: &str,

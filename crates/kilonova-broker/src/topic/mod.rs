@@ -260,8 +260,9 @@ pub(crate) struct Topic {
     /// Deduplication applies to every producer (the policy); without it,
     /// only to replicators from other clusters (`replicated_into`).
     dedup_all: bool,
-    /// A replicator of another cluster produced here in this load: its
-    /// messages are deduplicated whatever the policy.
+    /// Replicators of other clusters may produce here (the namespace is
+    /// replicated, or one produced in this load): their messages are
+    /// deduplicated whatever the policy.
     replicated_into: bool,
     /// Replicators to the namespace's remote clusters, by cluster.
     replicators: std::collections::BTreeMap<String, replication::Replicator>,
