@@ -1,10 +1,13 @@
 //! Whether the store can write: the health signal a broker reports.
 //!
 //! The journal records each failure to write or sync (a full disk, an I/O
-//! error) and clears it when an append next becomes durable, so the signal
-//! says what the last attempt found: a store on a full disk serves reads and
-//! reports `DiskFull` until an append succeeds again.
+//! error) and clears it when an append written after it becomes durable, so
+//! the signal says what the last attempt found: a store on a full disk serves
+//! reads and reports `DiskFull` until an append succeeds again. (A group
+//! written just before a failure and synced just after it does not clear it:
+//! each write carries the failure count it saw.)
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -50,6 +53,9 @@ impl StoreHealth {
 #[derive(Debug, Default)]
 pub(crate) struct HealthState {
     failure: Mutex<Option<StoreFailure>>,
+    /// Failures ever recorded: a write stamps itself with this count, and
+    /// clears a failure only if none came after it.
+    failures: AtomicU64,
 }
 
 impl HealthState {
@@ -63,6 +69,7 @@ impl HealthState {
         };
         let now = SystemTime::now();
         if let Ok(mut f) = self.failure.lock() {
+            self.failures.fetch_add(1, Ordering::AcqRel);
             let (since, count) = match f.as_ref() {
                 Some(old) => (old.since, old.count + 1),
                 None => (now, 1),
@@ -77,9 +84,18 @@ impl HealthState {
         }
     }
 
-    /// An append became durable: the store writes again.
-    pub fn succeeded(&self) {
+    /// Failures recorded so far: what a write about to be issued stamps itself with.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Acquire)
+    }
+
+    /// An append written when [`Self::failures`] was `seen` became durable:
+    /// the store writes again, unless something failed after it was written.
+    pub fn succeeded(&self, seen: u64) {
         if let Ok(mut f) = self.failure.lock() {
+            if self.failures.load(Ordering::Acquire) != seen {
+                return;
+            }
             if f.take().is_some() {
                 tracing::info!("storage writes succeed again");
             }
@@ -112,7 +128,22 @@ mod tests {
         assert_eq!((f.trouble, f.count), (StoreTrouble::Io, 2));
         assert!(f.detail.contains("boom"), "{f:?}");
         assert!(f.since <= f.last);
-        h.succeeded();
+        h.succeeded(h.failures());
+        assert!(h.get().is_ok());
+    }
+
+    #[test]
+    fn a_write_issued_before_a_failure_does_not_clear_it() {
+        let h = HealthState::default();
+        let before = h.failures();
+        h.failed(&StorageError::DiskFull { context: "rolling" });
+        h.succeeded(before);
+        assert!(
+            !h.get().is_ok(),
+            "an earlier write's sync cleared a later failure"
+        );
+        let after = h.failures();
+        h.succeeded(after);
         assert!(h.get().is_ok());
     }
 }

@@ -120,6 +120,9 @@ struct Group {
     handle: Arc<File>,
     pending: Vec<Pending>,
     last_lsn: u64,
+    /// The store's failure count when the group was written: its sync clears
+    /// the health failure only if nothing failed since.
+    failures_seen: u64,
 }
 
 enum SyncMsg {
@@ -553,6 +556,7 @@ impl Writer {
                     handle: active.handle.clone(),
                     pending: std::mem::take(pending),
                     last_lsn: self.next_lsn.saturating_sub(1),
+                    failures_seen: self.shared.health.failures(),
                 };
                 let sent = self
                     .sync_tx

@@ -167,6 +167,7 @@ fn sync_and_publish(shared: &StoreState, sync: &SyncState, groups: Vec<Group>) {
 /// Makes durable groups visible in the shared index, then completes their callers.
 fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
     let mut appended = 0u64;
+    let failures_seen = run.last().map_or(0, |g| g.failures_seen);
     // Requests refused at publication: appends that would leave a gap in a segment
     // whose earlier append failed (the writer validated them before the fence).
     let mut refused: Vec<(usize, usize)> = Vec::new();
@@ -249,7 +250,7 @@ fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
         .entries_appended
         .fetch_add(appended, Ordering::Relaxed);
     if appended > 0 {
-        shared.health.succeeded();
+        shared.health.succeeded(failures_seen);
     }
     for (gi, g) in run.into_iter().enumerate() {
         for (pi, p) in g.pending.into_iter().enumerate() {
