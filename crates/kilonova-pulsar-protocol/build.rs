@@ -1,11 +1,13 @@
-//! Compiles proto/PulsarApi.proto with protox (pure Rust): no `protoc` needed.
+//! Compiles proto/PulsarApi.proto and proto/PulsarMarkers.proto with protox
+//! (pure Rust): no `protoc` needed.
 
 /// `FieldDescriptorProto.Type.TYPE_MESSAGE`.
 const TYPE_MESSAGE: i32 = 11;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/PulsarApi.proto");
-    let fds = protox::compile(["PulsarApi.proto"], ["proto"])?;
+    println!("cargo:rerun-if-changed=proto/PulsarMarkers.proto");
+    let fds = protox::compile(["PulsarApi.proto", "PulsarMarkers.proto"], ["proto"])?;
     // BaseCommand has one optional field per command type: inline they make it
     // ~3.8 KB, zeroed and copied on every decode, build and move. Boxed, it is
     // a few hundred bytes and only the command present is allocated.

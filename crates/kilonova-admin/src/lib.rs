@@ -23,6 +23,7 @@ mod namespace_topics;
 mod namespaces;
 mod permissions;
 mod policies;
+mod replicated_subscriptions;
 mod schemas;
 pub mod server;
 mod tenants;
@@ -57,6 +58,7 @@ pub fn api() -> Api {
     let api = compaction::routes(api);
     let api = termination::routes(api);
     let api = analyze_backlog::routes(api);
+    let api = replicated_subscriptions::routes(api);
     api.route(
         "/metrics",
         get(metrics),

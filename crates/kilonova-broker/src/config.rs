@@ -162,6 +162,21 @@ pub struct BrokerConfig {
     /// A replicator with nothing to send for this long disconnects from its
     /// remote cluster (it connects again when there is something to send).
     pub replicator_idle_timeout_secs: u64,
+    /// Replicated subscriptions (Pulsar's `enableReplicatedSubscriptions`):
+    /// a subscription marked replicated keeps its position in step with
+    /// its namesakes in the other replication clusters.
+    pub enable_replicated_subscriptions: bool,
+    /// How often a topic with a replicated subscription and new messages
+    /// takes a snapshot of the clusters' positions (Pulsar's
+    /// `replicatedSubscriptionsSnapshotFrequencyMillis`; at most once per
+    /// `cursor_persist_interval_ms` tick).
+    pub replicated_subscriptions_snapshot_frequency_millis: u64,
+    /// A snapshot whose answers have not all arrived by then is given up
+    /// (Pulsar's `replicatedSubscriptionsSnapshotTimeoutSeconds`).
+    pub replicated_subscriptions_snapshot_timeout_seconds: u64,
+    /// Snapshots a replicated subscription keeps ahead of its position
+    /// (Pulsar's `replicatedSubscriptionsSnapshotMaxCachedPerSubscription`).
+    pub replicated_subscriptions_snapshot_max_cached_per_subscription: usize,
     /// Entries one analyze-backlog reads at most; past it the answer says
     /// `aborted` (Pulsar's `subscriptionBacklogScanMaxEntries`).
     pub subscription_backlog_scan_max_entries: u64,
@@ -244,6 +259,10 @@ impl Default for BrokerConfig {
             replication_tokens: Default::default(),
             replication_tls_trust_certs: None,
             replicator_idle_timeout_secs: 60,
+            enable_replicated_subscriptions: true,
+            replicated_subscriptions_snapshot_frequency_millis: 1_000,
+            replicated_subscriptions_snapshot_timeout_seconds: 30,
+            replicated_subscriptions_snapshot_max_cached_per_subscription: 10,
             subscription_backlog_scan_max_entries: 10_000,
             subscription_backlog_scan_max_time_ms: 120_000,
         }

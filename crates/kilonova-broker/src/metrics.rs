@@ -251,6 +251,10 @@ pub struct MetricsRegistry {
     duplicates: AtomicU64,
     /// Topics fenced after a failed append.
     topics_fenced: AtomicU64,
+    /// Replicated-subscription snapshots: started, completed, given up.
+    snapshots: [AtomicU64; 3],
+    /// Replicated subscriptions moved by another cluster's update.
+    subscription_updates: AtomicU64,
     /// Pulsar-protocol connections open now.
     connections: AtomicU64,
     /// Pulsar-protocol connections opened and closed since the start.
@@ -260,6 +264,14 @@ pub struct MetricsRegistry {
     connections_refused: [AtomicU64; 2],
     /// The entry cache's rates, measured between scrapes.
     cache_meter: Mutex<CacheMeter>,
+}
+
+/// A replicated-subscription snapshot's steps, as counted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SnapshotStep {
+    Started = 0,
+    Completed = 1,
+    TimedOut = 2,
 }
 
 impl MetricsRegistry {
@@ -289,6 +301,14 @@ impl MetricsRegistry {
 
     pub fn count_topic_fenced(&self) {
         self.topics_fenced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_snapshot(&self, step: SnapshotStep) {
+        self.snapshots[step as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_subscription_update(&self) {
+        self.subscription_updates.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_duplicates(&self, n: u64) {
@@ -607,6 +627,26 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             "kilonova_topics_fenced_total",
             "Times a topic was fenced after a failed append (producers closed until in-flight appends drain)",
             &registry.topics_fenced,
+        ),
+        (
+            "kilonova_replicated_subscription_snapshots_started_total",
+            "Replicated-subscription snapshots this cluster started",
+            &registry.snapshots[SnapshotStep::Started as usize],
+        ),
+        (
+            "kilonova_replicated_subscription_snapshots_completed_total",
+            "Replicated-subscription snapshots every other cluster answered",
+            &registry.snapshots[SnapshotStep::Completed as usize],
+        ),
+        (
+            "kilonova_replicated_subscription_snapshots_timed_out_total",
+            "Replicated-subscription snapshots given up because not every cluster answered in time",
+            &registry.snapshots[SnapshotStep::TimedOut as usize],
+        ),
+        (
+            "kilonova_replicated_subscription_updates_total",
+            "Subscriptions moved by another cluster's replicated-subscription update",
+            &registry.subscription_updates,
         ),
     ];
     for (name, help, v) in counters {

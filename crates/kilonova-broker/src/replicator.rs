@@ -100,15 +100,28 @@ pub(crate) enum Copy {
     },
     /// Not for this remote: it came by replication (never sent on, so a full
     /// mesh has no loops), its `replicate_to` leaves the remote out, it is a
-    /// marker, or it cannot be decoded.
+    /// marker that stays local, or it cannot be decoded.
     Skip,
 }
 
-/// Whether a message with this metadata goes to `remote`.
+/// Whether a message with this metadata goes to `remote`. Of markers,
+/// only the replicated-subscription ones travel (to the clusters they name).
 fn goes_to(meta: &MessageMetadata, remote: &str) -> bool {
     meta.replicated_from.is_none()
-        && meta.marker_type.is_none()
+        && meta.marker_type.is_none_or(travels)
         && (meta.replicate_to.is_empty() || meta.replicate_to.iter().any(|c| c == remote))
+}
+
+/// Marker types sent to other clusters: requests, responses and updates
+/// (a completed snapshot stays local; it names the local cluster only).
+fn travels(marker_type: i32) -> bool {
+    use kilonova_pulsar_protocol::proto::MarkerType as M;
+    matches!(
+        M::try_from(marker_type),
+        Ok(M::ReplicatedSubscriptionSnapshotRequest
+            | M::ReplicatedSubscriptionSnapshotResponse
+            | M::ReplicatedSubscriptionUpdate)
+    )
 }
 
 /// Whether the stored entry `data` is to be sent to `remote` (see [`copy_for`]).

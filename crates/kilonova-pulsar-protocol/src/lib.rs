@@ -11,6 +11,7 @@
 
 pub mod compression;
 pub mod frame;
+pub mod markers;
 
 /// Generated wire types (package `pulsar.proto`).
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]

@@ -171,5 +171,6 @@ pub fn cursor_state_bytes(name: &str, floor: (u64, u64), ranges: &[(u64, u64, u6
         Position::new(floor.0, floor.1),
         &ranges,
         None,
+        false,
     ))
 }

@@ -208,10 +208,12 @@ impl ManagedLog {
         log.load_cursors(stored)?;
         let mut cursors = Vec::with_capacity(log.cursors.len());
         for name in log.cursors.keys() {
+            let info = log.cursor_info(name)?;
             cursors.push(StoredCursor {
                 name: name.clone(),
-                backlog_entries: log.cursor_info(name)?.backlog_entries,
+                backlog_entries: info.backlog_entries,
                 backlog_bytes: log.backlog_bytes(name)?,
+                replicated: info.replicated,
             });
         }
         Ok(StoredSummary {
@@ -701,6 +703,7 @@ impl ManagedLog {
                 .entries_from(floor)
                 .saturating_sub(c.acked().len()),
             last_active_ms: c.last_active_ms(),
+            replicated: c.replicated(),
         })
     }
 

@@ -95,3 +95,29 @@ fn sequence_ids_ascend_with_positions() {
         assert!(sequence_id(w[0]) < sequence_id(w[1]), "{:?}", w);
     }
 }
+
+#[test]
+fn replicated_subscription_markers_travel_to_the_clusters_they_name_and_snapshots_stay() {
+    use kilonova_pulsar_protocol::proto::MarkerType as M;
+    let p = Position::new(0, 0);
+    for (kind, travels) in [
+        (M::ReplicatedSubscriptionSnapshotRequest, true),
+        (M::ReplicatedSubscriptionSnapshotResponse, true),
+        (M::ReplicatedSubscriptionUpdate, true),
+        (M::ReplicatedSubscriptionSnapshot, false),
+    ] {
+        let mut m = meta();
+        m.marker_type = Some(kind as i32);
+        m.replicate_to = vec!["b".into()];
+        let to_b = copy_for(p, &stored(&m, b"x"), "a", "b");
+        assert_eq!(matches!(to_b, Copy::Send { .. }), travels, "{kind:?} to b");
+        assert_eq!(
+            copy_for(p, &stored(&m, b"x"), "a", "c"),
+            Copy::Skip,
+            "{kind:?} to c"
+        );
+        // One that came by replication is never sent on.
+        m.replicated_from = Some("c".into());
+        assert_eq!(copy_for(p, &stored(&m, b"x"), "a", "b"), Copy::Skip);
+    }
+}

@@ -17,7 +17,10 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use kilonova_pulsar_protocol::frame;
-use kilonova_pulsar_protocol::proto::{base_command::Type, BrokerEntryMetadata, CommandMessage};
+use kilonova_pulsar_protocol::markers::{self, Marker};
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, BrokerEntryMetadata, CommandMessage, MarkerType,
+};
 use kilonova_storage::{Entry, Position, StorageError};
 
 use super::{Consumer, Held, SubKind, Subscription};
@@ -44,6 +47,8 @@ pub(crate) struct DispatchLimits {
     /// The topic's compacted view, if it has one: a compacted reader's
     /// entries up to its horizon come from the view.
     pub compacted: Option<CompactedLimits>,
+    /// Snapshots a replicated subscription keeps at most.
+    pub max_cached_snapshots: usize,
 }
 
 /// What a compacted reader's dispatch needs to know of the compacted view.
@@ -226,6 +231,9 @@ impl Subscription {
                     log.rewind_read_to(&self.name, entry.position)?;
                     break;
                 }
+                if self.take_marker(log, &entry, limits)? {
+                    continue;
+                }
                 if limits.delayed_delivery {
                     if let Some(t) = deliver_at_ms(&entry).filter(|t| *t > limits.now_ms) {
                         match self.hold(t, entry.position, limits.max_delayed) {
@@ -287,12 +295,39 @@ impl Subscription {
                     log.rewind_read_to(&self.name, entry.position)?;
                     break;
                 }
+                if self.take_marker(log, entry, limits)? {
+                    continue;
+                }
                 self.send(i, entry, limits);
                 budget.spend(entry);
                 sent += 1;
             }
         }
         Ok(sent)
+    }
+
+    /// Whether `entry` is a marker: never sent, acknowledged at once (so it
+    /// holds nothing back), and a snapshot marker read by a replicated
+    /// subscription is kept in its snapshots.
+    fn take_marker(
+        &mut self,
+        log: &mut impl EntrySource,
+        entry: &Entry,
+        limits: &DispatchLimits,
+    ) -> Result<bool, StorageError> {
+        let Some(kind) = markers::marker_type(&entry.data) else {
+            return Ok(false);
+        };
+        if self.replicated && kind == MarkerType::ReplicatedSubscriptionSnapshot as i32 {
+            let snapshot = frame::decode_payload(entry.data.clone())
+                .ok()
+                .and_then(|p| markers::parse(&p).ok().flatten());
+            if let Some(Marker::Snapshot(s)) = snapshot {
+                self.snapshots.add(s, limits.max_cached_snapshots);
+            }
+        }
+        log.ack(&self.name, entry.position)?;
+        Ok(true)
     }
 
     /// Which consumer (index) gets `entry` now, if any.

@@ -32,6 +32,7 @@ use crate::rate_meter::{FlowMeter, RateMeter};
 use crate::topic::ClientInfo;
 
 mod dispatcher;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
@@ -125,6 +126,10 @@ pub(crate) struct Subscription {
     /// Its consumers read the compacted view (`readCompacted`; the first
     /// consumer decides).
     pub reads_compacted: bool,
+    /// Its position is replicated (kept with the cursor; mirrored here).
+    pub replicated: bool,
+    /// A replicated subscription's snapshots read and not yet passed.
+    pub snapshots: snapshots::SnapshotCache,
     pub consumers: Vec<Consumer>,
     /// Partition index of the topic (failover spreads partitions over consumers).
     partition: Option<u32>,
@@ -176,6 +181,8 @@ impl Subscription {
             kind,
             durable,
             reads_compacted: false,
+            replicated: false,
+            snapshots: Default::default(),
             consumers: Vec::new(),
             partition,
             active: None,

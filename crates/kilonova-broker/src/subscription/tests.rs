@@ -131,6 +131,7 @@ fn limits(clock: &ManualClock) -> DispatchLimits {
         max_unacked_per_consumer: None,
         max_unacked_per_subscription: None,
         compacted: None,
+        max_cached_snapshots: 10,
     }
 }
 
@@ -562,4 +563,76 @@ fn a_subscription_at_its_unacked_maximum_stops_within_the_pass() {
     assert!(sub.blocked_on_unacked());
     sub.redeliver(a.key, &[], Some(&mut log));
     assert!(!sub.blocked_on_unacked(), "a redelivery frees the count");
+}
+
+/// A replicated-subscription snapshot marker whose local position is entry `at`.
+fn snapshot_marker(id: &str, at: u64) -> Bytes {
+    use kilonova_pulsar_protocol::markers::{self, cluster_position, Marker};
+    use kilonova_pulsar_protocol::proto::{MarkersMessageIdData, ReplicatedSubscriptionsSnapshot};
+    let snapshot = ReplicatedSubscriptionsSnapshot {
+        snapshot_id: id.into(),
+        local_message_id: Some(MarkersMessageIdData {
+            ledger_id: 0,
+            entry_id: at,
+        }),
+        clusters: vec![cluster_position("b", 7, at * 100)],
+    };
+    markers::build(&Marker::Snapshot(snapshot), T0_MS, vec!["a".into()])
+}
+
+#[test]
+fn markers_are_never_sent_and_hold_no_backlog_for_any_kind_of_subscription() {
+    for kind in [SubKind::Exclusive, SubKind::Shared, SubKind::KeyShared] {
+        let clock = ManualClock::at_ms(T0_MS);
+        let mut log = MemoryLog::default();
+        log.append(payload(Some("k"), None), 1, T0_MS);
+        log.append(snapshot_marker("s1", 0), 1, T0_MS);
+        log.append(payload(Some("k"), None), 1, T0_MS);
+        log.append(snapshot_marker("s2", 2), 1, T0_MS);
+        log.open_cursor(SUB);
+        let mut sub = subscription(kind);
+        let (c, mut a) = consumer(1, "a", 0, 2);
+        join(&mut sub, &mut log, c).unwrap();
+        dispatch(&mut sub, &mut log, &clock);
+        assert_eq!(a.entries(), vec![0, 2], "{kind:?}: markers went out");
+        assert_eq!(
+            sub.unacked(),
+            2,
+            "{kind:?}: markers count as unacknowledged"
+        );
+        sub.ack(&mut log, Position::new(0, 0), &[]).unwrap();
+        sub.ack(&mut log, Position::new(0, 2), &[]).unwrap();
+        // The marker after the last message is read with the next permits.
+        permits(&mut sub, &a, 10);
+        dispatch(&mut sub, &mut log, &clock);
+        assert!(a.entries().is_empty());
+        assert_eq!(
+            log.ack_floor(SUB).unwrap(),
+            Position::new(0, 4),
+            "{kind:?}: the markers were acknowledged when read"
+        );
+        assert_eq!(sub.snapshots.len(), 0, "{kind:?}: not replicated");
+    }
+}
+
+#[test]
+fn a_replicated_subscription_keeps_the_snapshots_it_reads() {
+    let clock = ManualClock::at_ms(T0_MS);
+    let mut log = MemoryLog::default();
+    log.append(payload(None, None), 1, T0_MS);
+    log.append(snapshot_marker("s1", 0), 1, T0_MS);
+    log.open_cursor(SUB);
+    let mut sub = subscription(SubKind::Exclusive);
+    sub.replicated = true;
+    let (c, mut a) = consumer(1, "a", 0, 10);
+    join(&mut sub, &mut log, c).unwrap();
+    dispatch(&mut sub, &mut log, &clock);
+    assert_eq!(a.entries(), vec![0]);
+    assert_eq!(sub.snapshots.len(), 1);
+    assert_eq!(
+        sub.snapshots
+            .passed(Position::new(0, 0))
+            .map(|s| s.snapshot_id),
+        Some("s1".into())
+    );
 }

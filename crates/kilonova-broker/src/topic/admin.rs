@@ -53,6 +53,12 @@ pub enum AdminRequest {
     ClearBacklog {
         subscription: Option<String>,
     },
+    /// Whether a subscription's position is replicated; with `set`, marks
+    /// it so first (Pulsar's replicatedSubscriptionStatus).
+    ReplicatedSubscription {
+        subscription: String,
+        set: Option<bool>,
+    },
     /// The `n`-th (from 1) entry of the topic counted from its first
     /// (`from_latest` false) or its last entry (Pulsar's examinemessage).
     Examine {
@@ -130,6 +136,7 @@ pub enum AdminReply {
     Peeked(Option<Peeked>),
     LastMessageId(LastMessageId),
     Compaction(super::CompactionStatus),
+    Flag(bool),
     Done,
 }
 
@@ -178,6 +185,8 @@ pub struct SubscriptionStats {
     #[serde(rename = "type")]
     pub kind: String,
     pub is_durable: bool,
+    /// Its position is replicated to the other replication clusters.
+    pub is_replicated: bool,
     pub msg_backlog: u64,
     /// Bytes of the backlog (estimated per segment).
     pub backlog_size: u64,
@@ -354,6 +363,9 @@ impl Topic {
             } => self.expire_messages(subscription, seconds),
             AdminRequest::Peek { subscription, n } => self.peek(subscription, n),
             AdminRequest::ClearBacklog { subscription } => self.clear_backlog(subscription),
+            AdminRequest::ReplicatedSubscription { subscription, set } => self
+                .replicated_subscription(&subscription, set)
+                .map(AdminReply::Flag),
             AdminRequest::Examine { from_latest, n } => self.examine(from_latest, n),
             AdminRequest::ReadEntry { position } => {
                 let log = self.persistent_log("reading a message by id")?;
@@ -508,6 +520,35 @@ impl Topic {
 
     /// One step of a backlog scan: at most `max_entries` entries read before
     /// the topic serves again.
+    /// Whether `subscription` is replicated, after marking it `set`.
+    fn replicated_subscription(
+        &mut self,
+        subscription: &str,
+        set: Option<bool>,
+    ) -> Result<bool, BrokerError> {
+        let enabled = self.broker.config().enable_replicated_subscriptions;
+        let log = self.persistent_log("replicated subscriptions")?;
+        if !log.has_cursor(subscription) || !super::replication::is_subscription(subscription) {
+            return Err(BrokerError::SubscriptionNotFound(subscription.to_string()));
+        }
+        if let Some(on) = set {
+            if on && !enabled {
+                return Err(BrokerError::NotAllowed(
+                    "replicated subscriptions are disabled on this broker (enable_replicated_subscriptions)"
+                        .into(),
+                ));
+            }
+            log.set_cursor_replicated(subscription, on)?;
+            log.persist_cursors()?;
+            if let Some(sub) = self.subscriptions.get_mut(subscription) {
+                sub.replicated = on;
+            }
+            tracing::info!(topic = %self.full_name, subscription, replicated = on, "replicated subscription status set");
+        }
+        let log = self.persistent_log("replicated subscriptions")?;
+        Ok(log.cursor_info(subscription)?.replicated)
+    }
+
     fn analyze_backlog_step(
         &mut self,
         subscription: &str,
@@ -630,11 +671,8 @@ impl Topic {
         let mut subscriptions = BTreeMap::new();
         let mut backlog_size = 0;
         for name in self.subscription_names() {
-            let backlog = self
-                .log
-                .as_ref()
-                .and_then(|l| l.cursor_info(&name).ok())
-                .map_or(0, |i| i.backlog_entries);
+            let info = self.log.as_ref().and_then(|l| l.cursor_info(&name).ok());
+            let backlog = info.as_ref().map_or(0, |i| i.backlog_entries);
             // Bytes, as Pulsar's: the largest subscription backlog.
             let bytes = self
                 .log
@@ -645,6 +683,7 @@ impl Topic {
             let sub = self.subscriptions.get(&name);
             let mut stats = subscription_stats(sub, backlog);
             stats.backlog_size = bytes;
+            stats.is_replicated = info.is_some_and(|i| i.replicated);
             subscriptions.insert(name, stats);
         }
         let mut publishers: Vec<PublisherStats> = self
@@ -784,6 +823,7 @@ pub(crate) fn stored_stats(stored: &kilonova_storage::StoredSummary) -> TopicSta
         .map(|c| {
             let mut stats = subscription_stats(None, c.backlog_entries);
             stats.backlog_size = c.backlog_bytes;
+            stats.is_replicated = c.replicated;
             (c.name.clone(), stats)
         })
         .collect();
@@ -812,6 +852,7 @@ fn subscription_stats(sub: Option<&Subscription>, backlog: u64) -> SubscriptionS
     SubscriptionStats {
         kind: sub.kind.as_str().into(),
         is_durable: sub.durable,
+        is_replicated: sub.replicated,
         msg_backlog: backlog,
         msg_delayed: sub.delayed_count() as u64,
         backlog_size: 0,

@@ -110,6 +110,7 @@ impl Topic {
                 }
             }
         }
+        self.replicate_if_asked(cmd, durable)?;
         let read_position = self
             .log
             .as_ref()
@@ -176,6 +177,35 @@ impl Topic {
             self.broker.clock().now(),
         );
         self.subscriptions.insert(cmd.subscription.clone(), sub);
+        Ok(())
+    }
+
+    /// A durable subscription's consumer asking for `replicate_subscription_state`
+    /// marks it replicated (kept with its cursor; as in Pulsar, asking
+    /// again never unmarks it), with replicated subscriptions enabled.
+    /// The subscription mirrors its cursor's mark.
+    fn replicate_if_asked(
+        &mut self,
+        cmd: &CommandSubscribe,
+        durable: bool,
+    ) -> Result<(), BrokerError> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let asked = durable && cmd.replicate_subscription_state == Some(true);
+        if asked {
+            if self.broker.config().enable_replicated_subscriptions {
+                log.set_cursor_replicated(&cmd.subscription, true)?;
+            } else {
+                tracing::warn!(topic = %self.full_name, subscription = %cmd.subscription, "replicated subscription asked for, but replicated subscriptions are disabled");
+            }
+        }
+        let replicated = log
+            .cursor_info(&cmd.subscription)
+            .is_ok_and(|i| i.replicated);
+        if let Some(sub) = self.subscriptions.get_mut(&cmd.subscription) {
+            sub.replicated = replicated;
+        }
         Ok(())
     }
 
@@ -454,7 +484,8 @@ impl Topic {
                 // topic ends with compacted-out messages would wait for them.
                 let last_position = log
                     .last_position_for(&name)
-                    .unwrap_or_else(|_| log.last_position());
+                    .unwrap_or_else(|_| log.last_position())
+                    .and_then(|p| last_dispatchable(log, &name, p));
                 let last = match last_position {
                     Some(p) => {
                         let entry = log
@@ -589,4 +620,29 @@ fn special_position(id: &MessageIdData) -> Option<InitialPosition> {
     } else {
         None
     }
+}
+
+/// Markers at the end of a log looked past at most, for the last message id.
+const MARKERS_LOOKED_PAST: usize = 1_000;
+
+/// The last entry at or before `last` that is not a marker, as the
+/// cursor reads (Pulsar's last dispatchable position): a reader asking
+/// whether a message is available must not wait for a marker it never
+/// gets. `None` when only markers are there.
+fn last_dispatchable(
+    log: &kilonova_storage::ManagedLog,
+    cursor: &str,
+    last: Position,
+) -> Option<Position> {
+    let mut p = last;
+    for _ in 0..MARKERS_LOOKED_PAST {
+        let Ok(entry) = log.read_entry_for(cursor, p).or_else(|_| log.read_entry(p)) else {
+            return Some(p);
+        };
+        if kilonova_pulsar_protocol::markers::marker_type(&entry.data).is_none() {
+            return Some(p);
+        }
+        p = log.previous_position(p)?;
+    }
+    Some(p)
 }

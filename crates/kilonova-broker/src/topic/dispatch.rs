@@ -33,6 +33,7 @@ impl Topic {
                     horizon,
                     max_batch_bytes: self.max_batch_bytes(),
                 }),
+            max_cached_snapshots: c.replicated_subscriptions_snapshot_max_cached_per_subscription,
         }
     }
 

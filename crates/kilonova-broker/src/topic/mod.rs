@@ -39,6 +39,7 @@ mod consumers;
 mod dispatch;
 mod policy;
 mod publish;
+mod replicated_subscriptions;
 mod replication;
 mod subscription_expiry;
 mod termination;
@@ -268,6 +269,8 @@ pub(crate) struct Topic {
     replicators: std::collections::BTreeMap<String, replication::Replicator>,
     /// Where the replicators report (the serving loop reads the other end).
     replication_reports: mpsc::UnboundedSender<crate::replicator::Report>,
+    /// Replicated subscriptions: snapshots asked for, markers to act on.
+    repl_subs: replicated_subscriptions::ReplicatedSubscriptions,
     /// SUBSCRIBEs counted per consumer (persistent topics).
     subscribe_rate: SubscribeRateLimiter,
     /// When the topic loaded (ms since the epoch): a subscription whose
@@ -349,6 +352,7 @@ impl Topic {
             replicated_into,
             replicators: Default::default(),
             replication_reports,
+            repl_subs: Default::default(),
             subscribe_rate,
             loaded_at_ms,
         };
@@ -390,6 +394,14 @@ impl Topic {
                     self.unfence_when_drained();
                     self.dispatch_all();
                     self.feed_replicators();
+                    self.act_on_received_markers().await;
+                }
+                written = self.repl_subs.next_written(), if self.repl_subs.writing() => {
+                    match written {
+                        // Durable: the replicators send it on.
+                        Ok(_) => self.feed_replicators(),
+                        Err(e) => tracing::warn!(topic = %self.full_name, error = %e, "a replicated-subscription marker was not stored"),
+                    }
                 }
                 Some(report) = reports.recv() => self.on_replication_report(report),
                 cmd = rx.recv() => {
@@ -492,6 +504,7 @@ impl Topic {
     async fn housekeeping(&mut self) {
         self.refresh_policies().await;
         self.sync_replicators();
+        self.replicated_subscriptions_tick().await;
         self.enforce_policies();
         self.drop_unclaimed_readers();
         let now = self.broker.clock().now();

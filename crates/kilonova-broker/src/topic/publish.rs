@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use kilonova_pulsar_protocol::frame::Payload;
+use kilonova_pulsar_protocol::markers::{self, Marker};
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, BaseCommand, CommandProducerSuccess, ProducerAccessMode, ServerError,
 };
@@ -31,8 +32,9 @@ pub(super) struct Producer {
 
 /// What a SEND became.
 enum Pending {
-    /// Appended: durable when the completion resolves.
-    Stored(Completion<Position>),
+    /// Appended: durable when the completion resolves; a marker from
+    /// another cluster's replicator is acted on then.
+    Stored(Completion<Position>, Option<Box<Marker>>),
     /// Already stored (deduplication): answered with the original's id.
     Duplicate,
     /// Refused before it was stored.
@@ -62,7 +64,7 @@ pub(super) struct PendingAppend {
 }
 
 enum Outcome {
-    Stored(Result<Position, StorageError>),
+    Stored(Result<Position, StorageError>, Option<Box<Marker>>),
     Duplicate,
     Refused(ServerError, String),
 }
@@ -80,8 +82,8 @@ impl Future for PendingAppend {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let outcome = match &mut this.pending {
-            Pending::Stored(c) => match Pin::new(c).poll(cx) {
-                Poll::Ready(r) => Outcome::Stored(r),
+            Pending::Stored(c, marker) => match Pin::new(c).poll(cx) {
+                Poll::Ready(r) => Outcome::Stored(r, marker.take()),
                 Poll::Pending => return Poll::Pending,
             },
             Pending::Duplicate => Outcome::Duplicate,
@@ -112,8 +114,8 @@ impl Topic {
             ));
             return;
         }
-        let result = match a.outcome {
-            Outcome::Stored(r) => r,
+        let (result, marker) = match a.outcome {
+            Outcome::Stored(r, marker) => (r, marker),
             Outcome::Duplicate => return self.answer_duplicate(&a),
             Outcome::Refused(code, ref why) => {
                 a.to.out.command(commands::send_error(
@@ -133,6 +135,9 @@ impl Topic {
                     .now()
                     .saturating_duration_since(a.started);
                 self.metrics.observe_write_latency(took);
+                if let Some(m) = marker {
+                    self.repl_subs.received(p, *m);
+                }
                 if let (Some(d), Some(name)) = (self.dedup.as_mut(), a.producer.as_deref()) {
                     d.persisted(name, a.to.highest_sequence_id, p);
                     if d.unsnapshotted()
@@ -413,6 +418,7 @@ impl Topic {
             }
             None => String::new(),
         };
+        let marker = self.received_marker(&name, &payload);
         let producer = match self.dedup_check(name, &to, &payload, count) {
             Ok(producer) => producer,
             Err(name) => return self.answer_in_order(to, Pending::Duplicate, Some(name)),
@@ -426,7 +432,9 @@ impl Topic {
         };
         self.metrics.observe_entry_size(payload.raw.len() as u64);
         match log.append(payload.raw, count, publish_time).await {
-            Ok(completion) => self.answer_in_order(to, Pending::Stored(completion), producer),
+            Ok(completion) => {
+                self.answer_in_order(to, Pending::Stored(completion, marker), producer)
+            }
             Err(e) => {
                 // Answered in order; everything after it too, by the fence.
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
@@ -463,6 +471,22 @@ impl Topic {
     /// With deduplication on: `Err(name)` if the SEND is a duplicate of
     /// `name`'s, else the producer name to record once it is stored (`None`
     /// for a chunk before the last: only the last makes the message sent).
+    /// The marker a SEND carries, to act on once stored: only one that
+    /// another cluster's replicator sent. A message tells the
+    /// replicated-subscription snapshots that new data arrived.
+    fn received_marker(&mut self, producer: &str, payload: &Payload) -> Option<Box<Marker>> {
+        let m = &payload.metadata;
+        if m.marker_type.is_none() {
+            let now_ms = self.broker.clock().now_ms();
+            self.repl_subs.data_stored(now_ms);
+            return None;
+        }
+        if !crate::replicator::is_replicator(producer) || m.replicated_from.is_none() {
+            return None;
+        }
+        markers::parse(payload).ok().flatten().map(Box::new)
+    }
+
     fn dedup_check(
         &mut self,
         name: String,

@@ -63,6 +63,8 @@ pub struct CursorInfo {
     /// When the cursor was last marked active ([`ManagedLog::touch_cursor`]),
     /// ms since the epoch; `None`: not since it was stored in version 2.
     pub last_active_ms: Option<u64>,
+    /// Its position is replicated ([`ManagedLog::set_cursor_replicated`]).
+    pub replicated: bool,
 }
 
 /// A durable cursor's backlog as last persisted.
@@ -73,6 +75,8 @@ pub struct StoredCursor {
     pub backlog_entries: u64,
     /// Their bytes, estimated as [`ManagedLog::backlog_bytes`] does.
     pub backlog_bytes: u64,
+    /// Its position is replicated.
+    pub replicated: bool,
 }
 
 /// A cursor's state.
@@ -97,6 +101,10 @@ pub(super) struct Cursor {
     /// that subscription expiration counts idle time across unloads and
     /// restarts, as Pulsar's cursor `lastActive` does.
     last_active_ms: Option<u64>,
+    /// Pulsar's replicated subscription state: the subscription's position
+    /// is kept in step with its namesakes in the replication clusters.
+    /// Stored with the cursor.
+    replicated: bool,
 }
 
 impl Cursor {
@@ -110,6 +118,7 @@ impl Cursor {
             dirty: id.is_some(),
             read_compacted: false,
             last_active_ms: None,
+            replicated: false,
         }
     }
 
@@ -123,6 +132,20 @@ impl Cursor {
             dirty,
             read_compacted: false,
             last_active_ms: record.last_active_ms,
+            replicated: record.replicated,
+        }
+    }
+
+    /// Whether its position is replicated (Pulsar's `replicated` subscription).
+    pub(super) fn replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// Marks its position replicated or not (stored at the next persist).
+    pub(super) fn set_replicated(&mut self, on: bool) {
+        if self.replicated != on {
+            self.replicated = on;
+            self.dirty = true;
         }
     }
 
@@ -255,7 +278,13 @@ impl Cursor {
     /// redelivered after a restart, never lost.
     pub(super) fn encode(&self, name: &str, max_ranges: usize) -> BytesMut {
         let ranges: Vec<_> = self.acked.iter().take(max_ranges).collect();
-        encode_cursor(name, self.floor, &ranges, self.last_active_ms)
+        encode_cursor(
+            name,
+            self.floor,
+            &ranges,
+            self.last_active_ms,
+            self.replicated,
+        )
     }
 }
 
@@ -279,18 +308,25 @@ pub(super) fn named_mut<'a>(
 // ---- the stored record ----
 
 /// The first byte of a cursor record stored by id (one stored by name has none).
-pub(crate) const CURSOR_VERSION: u8 = 3;
-/// Version 2 records lack the last-active time; they are read, never written.
+pub(crate) const CURSOR_VERSION: u8 = 4;
+/// Version 3 records lack the flags byte; they are read, never written.
+const CURSOR_VERSION_WITHOUT_FLAGS: u8 = 3;
+/// Version 2 records lack the last-active time too.
 const CURSOR_VERSION_WITHOUT_ACTIVITY: u8 = 2;
+
+/// [`CursorRecord::replicated`] in the flags byte.
+const FLAG_REPLICATED: u8 = 1;
 
 /// A cursor record as stored by id: version, name, ack floor, the
 /// acknowledged ranges, each (segment, first entry, last entry) of one
-/// segment, then the last-active time in ms (0: unknown).
+/// segment, then the last-active time in ms (0: unknown), then a flags
+/// byte (bit 0: replicated).
 pub(crate) fn encode_cursor(
     name: &str,
     floor: Position,
     ranges: &[(Position, Position)],
     last_active_ms: Option<u64>,
+    replicated: bool,
 ) -> BytesMut {
     let mut b = BytesMut::new();
     b.put_u8(CURSOR_VERSION);
@@ -305,6 +341,7 @@ pub(crate) fn encode_cursor(
         b.put_u64_le(e.entry);
     }
     b.put_u64_le(last_active_ms.unwrap_or(0));
+    b.put_u8(if replicated { FLAG_REPLICATED } else { 0 });
     b
 }
 
@@ -315,10 +352,11 @@ pub(crate) struct CursorRecord {
     pub floor: Position,
     pub acked: RangeSet,
     pub last_active_ms: Option<u64>,
+    pub replicated: bool,
 }
 
-/// A cursor record stored by id (version 3, or version 2 without the
-/// last-active time).
+/// A cursor record stored by id (version 4; version 3 without the flags,
+/// version 2 without the last-active time either).
 pub(crate) fn decode_cursor(b: &Bytes) -> Result<CursorRecord> {
     let mut b = b.clone();
     let err = || malformed("cursor state");
@@ -326,7 +364,10 @@ pub(crate) fn decode_cursor(b: &Bytes) -> Result<CursorRecord> {
         return Err(err());
     }
     let version = b.get_u8();
-    if version != CURSOR_VERSION && version != CURSOR_VERSION_WITHOUT_ACTIVITY {
+    if !matches!(
+        version,
+        CURSOR_VERSION | CURSOR_VERSION_WITHOUT_FLAGS | CURSOR_VERSION_WITHOUT_ACTIVITY
+    ) {
         return Err(err());
     }
     let len = b.get_u32_le() as usize;
@@ -335,7 +376,7 @@ pub(crate) fn decode_cursor(b: &Bytes) -> Result<CursorRecord> {
     }
     let name = String::from_utf8(b.split_to(len).to_vec()).map_err(|_| err())?;
     let (floor, acked) = read_cursor_body(&mut b)?;
-    let last_active_ms = if version == CURSOR_VERSION {
+    let last_active_ms = if version >= CURSOR_VERSION_WITHOUT_FLAGS {
         if b.remaining() < 8 {
             return Err(err());
         }
@@ -343,11 +384,20 @@ pub(crate) fn decode_cursor(b: &Bytes) -> Result<CursorRecord> {
     } else {
         None
     };
+    let flags = if version >= CURSOR_VERSION {
+        if b.remaining() < 1 {
+            return Err(err());
+        }
+        b.get_u8()
+    } else {
+        0
+    };
     Ok(CursorRecord {
         name,
         floor,
         acked,
         last_active_ms,
+        replicated: flags & FLAG_REPLICATED != 0,
     })
 }
 
@@ -431,6 +481,7 @@ impl ManagedLog {
                             floor,
                             acked,
                             last_active_ms: None,
+                            replicated: false,
                         };
                         self.insert_loaded_cursor(cid, record, true);
                         migrate.push(name);
@@ -513,6 +564,13 @@ impl ManagedLog {
     /// is stored with the cursor at its next persist.
     pub fn touch_cursor(&mut self, name: &str, now_ms: u64) -> Result<()> {
         named_mut(&mut self.cursors, name)?.touch(now_ms);
+        Ok(())
+    }
+
+    /// Marks a cursor's position replicated or not (Pulsar's replicated
+    /// subscription state), stored with the cursor at its next persist.
+    pub fn set_cursor_replicated(&mut self, name: &str, on: bool) -> Result<()> {
+        named_mut(&mut self.cursors, name)?.set_replicated(on);
         Ok(())
     }
 
@@ -713,6 +771,7 @@ mod tests {
             floor: pos(3),
             acked: RangeSet::new(),
             last_active_ms: None,
+            replicated: false,
         };
         let mut loaded = Cursor::loaded(4, record, false);
         assert!(!loaded.needs_persist());
@@ -748,10 +807,12 @@ mod tests {
             c.ack(pos(e), &log);
         }
         c.touch(1_700_000_000_123);
+        c.set_replicated(true);
         let name = "sub/ü with a long name ".repeat(20);
         let r = decode_cursor(&c.encode(&name, 100).freeze()).unwrap();
         assert_eq!((r.name, r.floor, &r.acked), (name, pos(3), c.acked()));
         assert_eq!(r.last_active_ms, Some(1_700_000_000_123));
+        assert!(r.replicated);
     }
 
     #[test]
@@ -763,6 +824,7 @@ mod tests {
                 floor: pos(0),
                 acked: RangeSet::new(),
                 last_active_ms: None,
+                replicated: false,
             },
             false,
         );
@@ -775,9 +837,21 @@ mod tests {
     }
 
     #[test]
+    fn a_version_3_record_is_not_replicated() {
+        let mut v3 = encode_cursor("old", pos(1), &[], Some(7), true).to_vec();
+        v3.truncate(v3.len() - 1);
+        v3[0] = CURSOR_VERSION_WITHOUT_FLAGS;
+        let r = decode_cursor(&Bytes::from(v3)).unwrap();
+        assert_eq!(
+            (r.floor, r.last_active_ms, r.replicated),
+            (pos(1), Some(7), false)
+        );
+    }
+
+    #[test]
     fn a_version_2_record_has_no_activity_time() {
-        let mut v2 = encode_cursor("old", pos(1), &[(pos(2), pos(3))], None).to_vec();
-        v2.truncate(v2.len() - 8);
+        let mut v2 = encode_cursor("old", pos(1), &[(pos(2), pos(3))], None, false).to_vec();
+        v2.truncate(v2.len() - 9);
         v2[0] = CURSOR_VERSION_WITHOUT_ACTIVITY;
         let r = decode_cursor(&Bytes::from(v2)).unwrap();
         assert_eq!((r.name.as_str(), r.floor), ("old", pos(1)));
@@ -803,7 +877,7 @@ mod tests {
     #[test]
     fn a_truncated_or_foreign_record_is_refused() {
         let ranges = [(pos(2), pos(3))];
-        let full = encode_cursor("name", pos(1), &ranges, Some(9)).freeze();
+        let full = encode_cursor("name", pos(1), &ranges, Some(9), true).freeze();
         assert!(decode_cursor(&full).is_ok());
         for len in 0..full.len() {
             assert!(
@@ -819,7 +893,7 @@ mod tests {
 
     #[test]
     fn a_record_stored_by_name_is_the_body_alone() {
-        let full = encode_cursor("name", pos(1), &[(pos(2), pos(3))], None).freeze();
+        let full = encode_cursor("name", pos(1), &[(pos(2), pos(3))], None, false).freeze();
         // Version byte, name length, name.
         let body = full.slice(1 + 4 + 4..);
         let (floor, acked) = decode_cursor_body(body).unwrap();
@@ -829,7 +903,14 @@ mod tests {
 
     #[test]
     fn a_backwards_range_in_a_record_is_skipped() {
-        let full = encode_cursor("n", pos(0), &[(pos(5), pos(3)), (pos(7), pos(8))], None).freeze();
+        let full = encode_cursor(
+            "n",
+            pos(0),
+            &[(pos(5), pos(3)), (pos(7), pos(8))],
+            None,
+            false,
+        )
+        .freeze();
         let acked = decode_cursor(&full).unwrap().acked;
         assert_eq!(acked.iter().collect::<Vec<_>>(), vec![(pos(7), pos(8))]);
     }

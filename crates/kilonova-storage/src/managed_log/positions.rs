@@ -125,6 +125,11 @@ impl ManagedLog {
         self.positions().last_position()
     }
 
+    /// The durable entry before `p`, if any (segments left empty are skipped).
+    pub fn previous_position(&self, p: Position) -> Option<Position> {
+        self.positions().prev(p)
+    }
+
     /// The first stored entry's position (or the end, if the log is empty).
     pub fn first_position(&self) -> Position {
         let first = Position::new(self.segments.first().map_or(0, |s| s.id), 0);

@@ -57,6 +57,11 @@ pub enum TopicsCmd {
     /// Count a subscription's backlog by reading it: entries, and messages in
     /// them (stops at the broker's scan limits, saying "aborted": true).
     AnalyzeBacklog(AnalyzeBacklog),
+    /// Mark a subscription replicated (--enable) or not (--disable): its
+    /// position is kept in step across the replication clusters.
+    SetReplicatedSubscriptionStatus(SetReplicatedSubscriptionStatus),
+    /// Whether a subscription is replicated (each partition's).
+    GetReplicatedSubscriptionStatus(SubscriptionArgs),
     /// The id of the topic's last message.
     LastMessageId { topic: TopicName },
     /// The broker serving the topic: its Pulsar URL (`pulsar+ssl://…` with
@@ -269,6 +274,23 @@ impl AnalyzeBacklog {
 }
 
 #[derive(Args)]
+pub struct SetReplicatedSubscriptionStatus {
+    #[command(flatten)]
+    sub: SubscriptionArgs,
+    /// Replicate the subscription's position.
+    #[arg(
+        short = 'e',
+        long,
+        conflicts_with = "disable",
+        required_unless_present = "disable"
+    )]
+    enable: bool,
+    /// Stop replicating it.
+    #[arg(short = 'd', long)]
+    disable: bool,
+}
+
+#[derive(Args)]
 pub struct PartitionedStats {
     topic: TopicName,
     /// Include each partition's stats.
@@ -441,6 +463,15 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
         C::AnalyzeBacklog(a) => {
             let (path, body) = a.request();
             client.post(&path, body.as_ref()).await?
+        }
+        C::SetReplicatedSubscriptionStatus(r) => {
+            let path = r.sub.path().join("replicatedSubscriptionStatus");
+            client.post(&path, Some(&Value::Bool(r.enable))).await?
+        }
+        C::GetReplicatedSubscriptionStatus(sub) => {
+            client
+                .get(&sub.path().join("replicatedSubscriptionStatus"))
+                .await?
         }
         C::Lookup { topic } => {
             let doc = client.get(&ApiPath::lookup(&topic)).await?;
@@ -803,6 +834,39 @@ mod tests {
         }
         assert!(refused(&["analyze-backlog", "x"]), "-s is required");
         assert!(refused(&["analyze-backlog", "x", "-s", "s", "-p", "seven"]));
+    }
+
+    #[test]
+    fn set_replicated_subscription_status_needs_exactly_one_of_enable_and_disable() {
+        for (flag, on) in [
+            ("--enable", true),
+            ("-e", true),
+            ("--disable", false),
+            ("-d", false),
+        ] {
+            match cmd(&["set-replicated-subscription-status", "x", "-s", "s", flag]) {
+                TopicsCmd::SetReplicatedSubscriptionStatus(r) => assert_eq!(r.enable, on, "{flag}"),
+                _ => panic!("not set-replicated-subscription-status"),
+            }
+        }
+        assert!(refused(&[
+            "set-replicated-subscription-status",
+            "x",
+            "-s",
+            "s"
+        ]));
+        assert!(refused(&[
+            "set-replicated-subscription-status",
+            "x",
+            "-s",
+            "s",
+            "-e",
+            "-d"
+        ]));
+        assert!(
+            refused(&["get-replicated-subscription-status", "x"]),
+            "-s is required"
+        );
     }
 
     #[test]
