@@ -398,8 +398,12 @@ impl Topic {
                 }
                 written = self.repl_subs.next_written(), if self.repl_subs.writing() => {
                     match written {
-                        // Durable: the replicators send it on.
-                        Ok(_) => self.feed_replicators(),
+                        // Durable: subscriptions read past it (a replicated
+                        // one keeps a snapshot), the replicators send it on.
+                        Ok(_) => {
+                            self.dispatch_all();
+                            self.feed_replicators();
+                        }
                         Err(e) => tracing::warn!(topic = %self.full_name, error = %e, "a replicated-subscription marker was not stored"),
                     }
                 }
