@@ -113,6 +113,8 @@ pub fn marker_type(entry: &[u8]) -> Option<i32> {
     let size = u32::from_be_bytes(entry.get(at..at + 4)?.try_into().ok()?) as usize;
     let meta = entry.get(at + 4..(at + 4).checked_add(size)?)?;
     let mut rest = meta;
+    // As a protobuf decoder does, the field's last occurrence counts.
+    let mut found = None;
     while !rest.is_empty() {
         let key = varint(&mut rest)?;
         let (field, wire) = (key >> 3, key & 7);
@@ -120,7 +122,7 @@ pub fn marker_type(entry: &[u8]) -> Option<i32> {
             0 => {
                 let v = varint(&mut rest)?;
                 if field == MARKER_TYPE_FIELD {
-                    return Some(v as i32);
+                    found = Some(v as i32);
                 }
             }
             1 => rest = rest.get(8..)?,
@@ -132,7 +134,7 @@ pub fn marker_type(entry: &[u8]) -> Option<i32> {
             _ => return None,
         }
     }
-    None
+    found
 }
 
 /// Reads a base-128 varint off the front of `b`.

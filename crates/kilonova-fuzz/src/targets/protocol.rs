@@ -1,6 +1,7 @@
 //! The Pulsar protocol's decoders: frames as a connection reads them
 //! ([`frame::decode`] on a stream), a payload's message part
-//! ([`frame::decode_payload`]), batches ([`frame::parse_batch`]) and the
+//! ([`frame::decode_payload`], and the marker scan dispatch runs on every
+//! stored entry, [`markers::marker_type`]), batches ([`frame::parse_batch`]) and the
 //! protobuf messages on their own (MessageMetadata, SingleMessageMetadata,
 //! BrokerEntryMetadata, BaseCommand), and the payload codecs
 //! ([`compression::decompress`]).
@@ -9,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use kilonova_pulsar_protocol::compression;
+use kilonova_pulsar_protocol::markers;
 use kilonova_pulsar_protocol::frame::{self, MAGIC_BROKER_ENTRY_METADATA, MAGIC_CRC32C};
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, BaseCommand, BrokerEntryMetadata, CommandAck, CommandConnect, CommandFlow,
@@ -76,7 +78,11 @@ pub fn message_metadata(rng: &mut Rng) -> MessageMetadata {
         partition_key_b64_encoded: some(rng, |r| r.chance(1, 2)),
         ordering_key: some(rng, |r| bytes(r, 8)),
         deliver_at_time: some(rng, Rng::interesting_i64),
-        marker_type: None,
+        // Replicated-subscription markers (10-13) mostly, else anything.
+        marker_type: some(rng, |r| match r.below(2) {
+            0 => 10 + r.below(4) as i32,
+            _ => small_i32(r),
+        }),
         txnid_least_bits: None,
         txnid_most_bits: None,
         highest_sequence_id: some(rng, Rng::interesting_u64),
@@ -492,9 +498,15 @@ impl Target for PayloadTarget {
     }
 
     fn run(&mut self, input: &[u8]) {
+        let scanned = markers::marker_type(input);
         if let Ok(p) = frame::decode_payload(Bytes::copy_from_slice(input)) {
             check_payload(&p);
             assert!(p.raw.len() <= input.len());
+            if p.broker_entry_metadata.is_none() {
+                // Dispatch's scan agrees with the full decode.
+                assert_eq!(scanned, p.metadata.marker_type, "the marker scan disagrees");
+            }
+            let _ = markers::parse(&p);
         }
     }
 }
