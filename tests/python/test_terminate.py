@@ -7,10 +7,14 @@ termination survives a restart.
 
 from __future__ import annotations
 
+import logging
+
 import pulsar
 import pytest
 
-from conftest import make_client, msg_key, payloads, read_n, receive_n, topic_name, unique
+from conftest import (
+    make_client, msg_key, payloads, read_n, receive_n, topic_name, unique, wait_until,
+)
 import wire
 from test_admin_cli import Cli, rest, rest_json, topic_rest_path
 
@@ -113,6 +117,84 @@ def test_consumers_hear_the_end_of_the_topic_once_everything_is_acknowledged(bro
         frame = conn.read_frame()
         assert frame.type == REACHED_END_OF_TOPIC, frame
         assert wire.first(frame.body, 1) == 2
+
+
+def test_clients_that_cannot_handle_it_are_not_told_the_end(broker, client):
+    # The C++ client (under the Python and Node.js ones) announces v20 but
+    # drops the connection on REACHED_END_OF_TOPIC; Pulsar tells from v9 on.
+    topic = topic_name("terminate-untold")
+    publish(client, topic, 1)
+    terminate(broker, topic)
+    status, doc = rest(broker, "PUT", f"{topic_rest_path(topic)}/subscription/late")
+    assert status in (200, 204), (status, doc)
+    for consumer_id, (client_version, protocol_version) in enumerate(
+        [("Pulsar-CPP-v4.2.0", 20), ("an-old-client", 8)], start=1
+    ):
+        with wire.RawConnection("127.0.0.1", broker.pulsar_port) as conn:
+            conn.send(wire.connect_cmd(client_version, protocol_version))
+            conn.expect(wire.CONNECTED)
+            # Nothing left for "late": a client that handles it hears the
+            # end right after SUCCESS (see the test above), before any answer
+            # to a later request.
+            conn.send(wire.frame(wire.base_command(wire.SUBSCRIBE, wire.pb(
+                (1, topic), (2, "late"), (3, 1), (4, consumer_id), (5, 1)))))
+            conn.expect(wire.SUCCESS)
+            conn.send(wire.frame(wire.base_command(
+                GET_LAST_MESSAGE_ID, wire.pb((1, consumer_id), (2, 2)))))
+            frame = conn.read_frame()
+            assert frame.type == GET_LAST_MESSAGE_ID_RESPONSE, (client_version, frame)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_python_clients_keep_their_connection_at_the_end_of_a_terminated_topic(broker):
+    # Told REACHED_END_OF_TOPIC, the C++ client under the Python one logs
+    # "Received invalid message from server" and drops the connection (a
+    # consumer resubscribes, is told again, drops it again); a close racing
+    # with a drop failed with NotConnected.
+    records = _Records()
+    logger = logging.getLogger(unique("terminate-client"))
+    logger.setLevel(logging.INFO)
+    logger.addHandler(records)
+    logger.propagate = False
+
+    def drops():
+        return [m for m in records.messages if "invalid message" in m or "disconnected" in m]
+
+    topic = topic_name("terminate-conn")
+    c = make_client(broker, logger=logger)
+    try:
+        publish(c, topic, 2)
+        terminate(broker, topic)
+        # Nothing left for a subscription at the end: its consumer would be
+        # told at once. A round trip on the connection: what the broker sent
+        # before its answer has been handled.
+        consumer = c.subscribe(topic, "late", initial_position=pulsar.InitialPosition.Latest)
+        consumer.get_last_message_id()
+        assert drops() == []
+        # A reader that reads everything would be told when its
+        # acknowledgement of the last message lands.
+        reader = c.create_reader(topic, pulsar.MessageId.earliest)
+        assert payloads(read_n(reader, 2)) == [b"m-0", b"m-1"]
+
+        def reader_backlog():
+            subs = rest_json(broker, f"{topic_rest_path(topic)}/stats")["subscriptions"]
+            return [s["msgBacklog"] for name, s in subs.items() if name.startswith("reader-")]
+
+        wait_until(lambda: reader_backlog() == [0], 10, "the reader's acknowledgement")
+        assert not reader.has_message_available()
+        assert drops() == []
+        reader.close()
+        consumer.close()
+    finally:
+        c.close()
 
 
 def test_partitioned_topics_are_terminated_per_partition(broker, client):

@@ -13,6 +13,14 @@ use crate::error::BrokerError;
 /// The newest protocol version we speak (v19: the `.proto` we compile).
 const PROTOCOL_VERSION: i32 = 19;
 
+/// The first protocol version with REACHED_END_OF_TOPIC (Pulsar sends it
+/// from this version on).
+const END_OF_TOPIC_VERSION: i32 = 9;
+
+/// How the C++ client (and the Python and Node.js clients built on it) names
+/// itself in CONNECT: `Pulsar-CPP-v4.2.0`.
+const CPP_CLIENT_PREFIX: &str = "Pulsar-CPP-";
+
 /// Request id of errors that answer no request (a refused CONNECT), as Pulsar
 /// sends them (-1).
 const NO_REQUEST: u64 = u64::MAX;
@@ -36,6 +44,7 @@ impl Connection {
             .unwrap_or(false);
         let version = negotiated_version(c.protocol_version);
         self.protocol_version = version;
+        self.hears_end_of_topic = hears_end_of_topic(version, &c.client_version);
         let role = self.principal.as_ref().map(|p| p.role.as_str());
         tracing::debug!(conn = self.id, client = %c.client_version, version, role, "connected");
         let max_message_size = i32::try_from(self.broker.config().max_message_bytes).ok();
@@ -111,6 +120,16 @@ fn negotiated_version(client: Option<i32>) -> i32 {
     client.unwrap_or(0).clamp(0, PROTOCOL_VERSION)
 }
 
+/// Whether a client is told REACHED_END_OF_TOPIC. Pulsar tells every client
+/// of protocol v9 or later. The C++ client announces v20 but has no handler
+/// for the command: it takes it for an invalid message and closes the
+/// connection, with every producer and consumer on it (the requests in
+/// flight fail), then resubscribes and, told again, closes again. So it is
+/// not told; it learns nothing it could use (it has no end-of-topic API).
+fn hears_end_of_topic(version: i32, client_version: &str) -> bool {
+    version >= END_OF_TOPIC_VERSION && !client_version.starts_with(CPP_CLIENT_PREFIX)
+}
+
 /// What a credentials check does.
 #[derive(Debug, PartialEq)]
 enum Refresh {
@@ -171,6 +190,15 @@ mod tests {
         assert_eq!(negotiated_version(Some(-3)), 0);
         assert_eq!(negotiated_version(Some(15)), 15);
         assert_eq!(negotiated_version(Some(21)), PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn the_end_of_topic_is_told_from_v9_except_to_the_cpp_client() {
+        assert!(hears_end_of_topic(19, "Pulsar-Java-v4.0.0"));
+        assert!(hears_end_of_topic(9, "Pulsar Go 0.14.0"));
+        assert!(!hears_end_of_topic(8, "Pulsar-Java-v1.20"));
+        assert!(!hears_end_of_topic(19, "Pulsar-CPP-v4.2.0"));
+        assert!(!hears_end_of_topic(19, "Pulsar-CPP-v3.7.0-my-app"));
     }
 
     #[test]

@@ -91,6 +91,8 @@ struct Connection {
     challenged: bool,
     protocol_version: i32,
     wants_entry_metadata: bool,
+    /// Whether its consumers are told REACHED_END_OF_TOPIC.
+    hears_end_of_topic: bool,
     /// What the client said it is in CONNECT (capped), for stats.
     client_version: std::sync::Arc<str>,
     /// When CONNECT completed (ms since the epoch, the broker's clock).
@@ -176,6 +178,7 @@ impl Connection {
             challenged: false,
             protocol_version: 0,
             wants_entry_metadata: false,
+            hears_end_of_topic: false,
             client_version: std::sync::Arc::from(""),
             connected_since_ms: 0,
             producers: HashMap::new(),
@@ -322,6 +325,7 @@ impl Connection {
             id: self.id,
             out: self.out.clone(),
             wants_entry_metadata: self.wants_entry_metadata,
+            hears_end_of_topic: self.hears_end_of_topic,
             client: ClientInfo {
                 address: std::sync::Arc::from(self.peer.to_string()),
                 client_version: self.client_version.clone(),

@@ -78,6 +78,8 @@ pub(crate) struct Consumer {
     pub epoch: Option<u64>,
     /// Whether the client parses broker entry metadata (`0x0e02`) in front of payloads.
     pub wants_entry_metadata: bool,
+    /// Whether the client is told REACHED_END_OF_TOPIC.
+    pub hears_end_of_topic: bool,
     /// Key_Shared: entries at or after this wait until it is acknowledged up to it.
     pub joined_at: Option<Position>,
     pub sticky_ranges: Vec<(u32, u32)>,

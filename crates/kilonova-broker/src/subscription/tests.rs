@@ -101,6 +101,7 @@ fn consumer_with_queue(
         out,
         epoch: None,
         wants_entry_metadata: false,
+        hears_end_of_topic: true,
         joined_at: None,
         sticky_ranges: Vec::new(),
         msg_out: 0,

@@ -597,6 +597,7 @@ fn new_consumer(key: ConsumerKey, conn: ConnCtx, cmd: &CommandSubscribe) -> Cons
         out: conn.out,
         epoch: cmd.consumer_epoch,
         wants_entry_metadata: conn.wants_entry_metadata,
+        hears_end_of_topic: conn.hears_end_of_topic,
         joined_at: None,
         sticky_ranges,
         msg_out: 0,

@@ -68,6 +68,9 @@ pub(crate) struct ConnCtx {
     pub id: u64,
     pub out: Outbound,
     pub wants_entry_metadata: bool,
+    /// Whether the client is told REACHED_END_OF_TOPIC (see
+    /// `connection::handshake`).
+    pub hears_end_of_topic: bool,
     pub client: ClientInfo,
 }
 

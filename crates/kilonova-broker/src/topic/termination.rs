@@ -6,7 +6,8 @@
 //! `TopicTerminatedError`, which fails what they still had to send), refuses
 //! new ones and any SEND that still arrives, and sends REACHED_END_OF_TOPIC
 //! to the consumers of every subscription with nothing left to acknowledge —
-//! at once, or when the last acknowledgement or a new consumer comes.
+//! at once, or when the last acknowledgement or a new consumer comes — if
+//! their client handles it (see `connection::handshake`).
 
 use super::admin::LastMessageId;
 use super::Topic;
@@ -69,7 +70,7 @@ impl Topic {
         if !done {
             return;
         }
-        for c in &sub.consumers {
+        for c in sub.consumers.iter().filter(|c| c.hears_end_of_topic) {
             c.out.command(commands::reached_end_of_topic(c.key.id));
         }
     }
