@@ -542,3 +542,57 @@ def test_a_replicator_dispatch_rate_paces_replication_not_local_publishing(mesh)
     finally:
         ca.close()
         cb.close()
+
+
+def test_ttl_and_the_backlog_quota_count_a_down_remotes_replication_backlog(make_broker):
+    """A replicator's cursor is a durable cursor like a subscription's (as in
+    Pulsar): while its remote is down, its backlog holds back retention, is
+    expired by the TTL (expired messages are never sent), and counts toward
+    the backlog quota (producers are held)."""
+    fast = "message_expiry_check_interval_secs = 1\nbacklog_quota_check_interval_secs = 1\n"
+    clusters = {n: make_broker(n, config=config(n) + fast) for n in ("a", "b")}
+    register_peers(clusters)
+    a, b = clusters["a"], clusters["b"]
+    ns = replicated_namespace(clusters)
+    topic = f"persistent://{ns}/{unique('ttl')}"
+    stats_path = "/admin/v2/" + topic.replace("://", "/") + "/stats"
+    cb = make_client(b)
+    cb.subscribe(topic, "count", initial_position=pulsar.InitialPosition.Earliest).close()
+    cb.close()
+    b.kill()
+    ca = make_client(a)
+    try:
+        producer = ca.create_producer(topic, batching_enabled=False)
+        for i in range(10):
+            producer.send(f"old-{i}".encode())
+        wait_until(lambda: rest(a, "GET", stats_path)["replication"]["b"]["replicationBacklog"] == 10,
+                   WAIT_S, "the replication backlog grows while b is down")
+        # Over a 1-byte quota the backlog (the replicator's) holds producers.
+        rest(a, "POST", f"/admin/v2/namespaces/{ns}/backlogQuota?backlogQuotaType=destination_storage",
+             {"limitSize": 1, "policy": "producer_request_hold"})
+
+        def refused():
+            try:
+                ca.create_producer(topic, send_timeout_millis=2000).close()
+                return False
+            except (pulsar.ProducerBlockedQuotaExceededException,
+                    pulsar.ProducerBlockedQuotaExceededError, pulsar.Timeout):
+                return True
+        wait_until(refused, WAIT_S, "a new producer held by the replicator's backlog")
+        rest(a, "DELETE", f"/admin/v2/namespaces/{ns}/backlogQuota?backlogQuotaType=destination_storage")
+        # A 1 s TTL expires the replication backlog: those messages never go.
+        rest(a, "POST", f"/admin/v2/namespaces/{ns}/messageTTL", 1)
+        wait_until(lambda: rest(a, "GET", stats_path)["replication"]["b"]["replicationBacklog"] == 0,
+                   WAIT_S, "the TTL expired the replication backlog")
+        rest(a, "DELETE", f"/admin/v2/namespaces/{ns}/messageTTL")
+        b.start()
+        producer.send(b"new")
+    finally:
+        ca.close()
+    cb = make_client(b)
+    try:
+        consumer = cb.subscribe(topic, "count", initial_position=pulsar.InitialPosition.Earliest)
+        assert [m.data() for m in drain(consumer, 1)] == [b"new"]
+        assert_no_more(consumer)
+    finally:
+        cb.close()

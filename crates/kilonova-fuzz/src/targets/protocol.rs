@@ -10,8 +10,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use kilonova_pulsar_protocol::compression;
-use kilonova_pulsar_protocol::markers;
 use kilonova_pulsar_protocol::frame::{self, MAGIC_BROKER_ENTRY_METADATA, MAGIC_CRC32C};
+use kilonova_pulsar_protocol::markers;
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, BaseCommand, BrokerEntryMetadata, CommandAck, CommandConnect, CommandFlow,
     CommandLookupTopic, CommandMessage, CommandPing, CommandPong, CommandProducer, CommandSend,
