@@ -183,6 +183,10 @@ impl SeaweedServer {
             ))
             // Small volumes: a test server needs little space up front.
             .args(["-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0"])
+            // A restart elects its (only) master in a second, not ten.
+            .arg("-master.electionTimeout=1s")
+            // No usage report to SeaweedFS's telemetry server: tests stay on loopback.
+            .arg("-master.telemetry=false")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
