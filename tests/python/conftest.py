@@ -486,6 +486,10 @@ def _sigv4_headers(method: str, url: str, body: bytes, access_key: str, secret_k
     }
 
 
+class _WeedExited(AssertionError):
+    """weed exited while starting (e.g. a probed port was taken meanwhile)."""
+
+
 class Seaweed:
     """A SeaweedFS server (`weed server`: master, volume, filer and S3 gateway
     in one process) on loopback, in its own directory, with one S3 identity
@@ -520,6 +524,21 @@ class Seaweed:
         )
 
     def start(self, timeout: float = SEAWEED_START_TIMEOUT_S) -> None:
+        """Starts weed and waits until S3 takes a write. weed cannot be given
+        port 0 (its gRPC ports are its HTTP ports + 10,000), so the ports are
+        probed: if another process took one first, weed exits, and the first
+        start tries new ports (twice more). Restarts keep the ports."""
+        first = self.proc is None
+        for attempt in range(3 if first else 1):
+            try:
+                self._start_once(timeout)
+                return
+            except _WeedExited:
+                if attempt == 2 or not first:
+                    raise
+                self.master_port, self.volume_port, self.filer_port, self.s3_port = _free_port_pairs(4)
+
+    def _start_once(self, timeout: float) -> None:
         assert not self.running, "weed already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps({"identities": [{
@@ -548,7 +567,7 @@ class Seaweed:
         last = None
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(f"weed exited with code {self.proc.returncode}\n" + self.log_tail())
+                raise _WeedExited(f"weed exited with code {self.proc.returncode}\n" + self.log_tail())
             try:
                 status, body = self.request("PUT", "kilonova-ready", "ready", b"ok", timeout=5.0)
                 if status == 200:

@@ -70,8 +70,13 @@ impl Bucket {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     ObjectStoreError::Config(format!("creating {}: {e}", dir.display()))
                 })?;
+                // fsync: a write that succeeded is durable, as S3 promises (the
+                // caller may delete the local copy next). Cleanup: deleting a
+                // topic's objects leaves no empty directories behind.
                 let fs = LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| ObjectStoreError::Config(format!("{}: {e}", dir.display())))?;
+                    .map_err(|e| ObjectStoreError::Config(format!("{}: {e}", dir.display())))?
+                    .with_fsync(true)
+                    .with_automatic_cleanup(true);
                 (Arc::new(fs), format!("file://{}", dir.display()))
             }
             Driver::S3 => {
