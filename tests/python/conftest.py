@@ -555,7 +555,9 @@ class Seaweed:
                     "-filer", f"-filer.port={self.filer_port}",
                     "-s3", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                     f"-s3.config={self.config_path}",
-                    "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
+                    # Small volumes, as many as the disk holds (each bucket is
+                    # a collection with volumes of its own: a fixed count runs out).
+                    "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
                     # A restart elects its (only) master in a second, not ten.
                     "-master.electionTimeout=1s",
                     # No usage report to SeaweedFS's telemetry server: tests stay on loopback.

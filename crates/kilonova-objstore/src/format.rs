@@ -318,12 +318,18 @@ impl IndexBuilder {
 
     /// Records the next entry (`bytes` are written right after the previous one).
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
-        let length = u32::try_from(bytes.len()).map_err(|_| {
-            FormatError::Malformed(format!("entry of {} bytes (more than 4 GiB)", bytes.len()))
+        self.push_record(bytes.len(), crc32c::crc32c(bytes))
+    }
+
+    /// [`IndexBuilder::push`] for an entry of `len` bytes whose CRC32C the
+    /// caller computed (on another thread).
+    pub fn push_record(&mut self, len: usize, crc: u32) -> Result<(), FormatError> {
+        let length = u32::try_from(len).map_err(|_| {
+            FormatError::Malformed(format!("entry of {len} bytes (more than 4 GiB)"))
         })?;
         self.index.put_u64_le(self.next_offset);
         self.index.put_u32_le(length);
-        self.index.put_u32_le(crc32c::crc32c(bytes));
+        self.index.put_u32_le(crc);
         self.next_offset += u64::from(length);
         self.entries += 1;
         Ok(())

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use kilonova_storage::{EntryId, SegmentId, SegmentStore};
+use kilonova_storage::{EntryId, SegmentId, SegmentStore, StorageError};
 use object_store::PutPayloadMut;
 
 use crate::bucket::{Bucket, ObjectInfo};
@@ -137,7 +137,7 @@ impl Offloader {
     ) -> Result<OffloadedSegment> {
         let info = store
             .segment(segment_id)
-            .ok_or(kilonova_storage::StorageError::NoSuchSegment(segment_id))?;
+            .ok_or(StorageError::NoSuchSegment(segment_id))?;
         if !info.sealed {
             return Err(ObjectStoreError::NotSealed(segment_id));
         }
@@ -167,16 +167,19 @@ impl Offloader {
             let Some(batch) = batches.next().await? else {
                 break;
             };
-            for e in &batch {
-                index.push(e).map_err(|e| corrupt_local(&key, e))?;
+            for (e, crc) in &batch {
+                index
+                    .push_record(e.len(), *crc)
+                    .map_err(|e| corrupt_local(&key, e))?;
             }
-            if first.content_length() + batch.iter().map(Bytes::len).sum::<usize>()
+            let entries: Vec<Bytes> = batch.into_iter().map(|(e, _)| e).collect();
+            if first.content_length() + entries.iter().map(Bytes::len).sum::<usize>()
                 > self.config.part_bytes
             {
-                pending = Some(batch);
+                pending = Some(entries);
                 break;
             }
-            for e in batch {
+            for e in entries {
                 first.push(e);
             }
         }
@@ -201,23 +204,24 @@ impl Offloader {
             .upload(&key, self.config.part_bytes, self.config.upload_concurrency)
             .await?;
         let streamed = async {
-            let mut object_bytes = 0u64;
-            for b in first
+            let start: Vec<Bytes> = first
                 .freeze()
                 .into_iter()
                 .chain(pending.into_iter().flatten())
-            {
-                object_bytes += b.len() as u64;
-                upload.write(b).await?;
-            }
+                .collect();
+            let mut object_bytes: u64 = start.iter().map(|b| b.len() as u64).sum();
+            upload.write_all(start).await?;
             while let Some(batch) = batches.next().await? {
-                for e in &batch {
-                    index.push(e).map_err(|e| corrupt_local(&key, e))?;
-                }
-                for e in batch {
+                let mut entries = Vec::with_capacity(batch.len());
+                for (e, crc) in batch {
+                    index
+                        .push_record(e.len(), crc)
+                        .map_err(|e| corrupt_local(&key, e))?;
                     object_bytes += e.len() as u64;
-                    upload.write(e).await?;
+                    entries.push(e);
                 }
+                // One wait for capacity per batch (a few MiB), not per entry.
+                upload.write_all(entries).await?;
             }
             let data_bytes = index.data_bytes();
             let tail = index.finish().map_err(|e| corrupt_local(&key, e))?;
@@ -336,14 +340,21 @@ fn corrupt_local(key: &str, e: FormatError) -> ObjectStoreError {
     }
 }
 
+/// A batch of entries read from the local store, each with its CRC32C.
+type Batch = Vec<(Bytes, u32)>;
+
 /// A sealed segment's entries, read from the local store in batches of
-/// about `batch_bytes`, each batch on a blocking thread (reads are `pread`s).
+/// about `batch_bytes` on a blocking thread (reads are `pread`s; checksums
+/// are computed there too), one batch ahead of the caller: the next batch
+/// is read while the caller uploads the last one.
 struct Batches {
     store: SegmentStore,
     segment: SegmentId,
+    /// The first entry not yet handed to the caller.
     next: EntryId,
     end: EntryId,
     batch_bytes: usize,
+    ahead: Option<tokio::task::JoinHandle<std::result::Result<Batch, StorageError>>>,
 }
 
 impl Batches {
@@ -354,6 +365,7 @@ impl Batches {
             next: 0,
             end,
             batch_bytes: batch_bytes.max(1),
+            ahead: None,
         }
     }
 
@@ -361,10 +373,7 @@ impl Batches {
         self.next >= self.end
     }
 
-    async fn next(&mut self) -> Result<Option<Vec<Bytes>>> {
-        if self.done() {
-            return Ok(None);
-        }
+    fn spawn_read(&self) -> tokio::task::JoinHandle<std::result::Result<Batch, StorageError>> {
         let (store, segment, from, end, max) = (
             self.store.clone(),
             self.segment,
@@ -372,25 +381,38 @@ impl Batches {
             self.end,
             self.batch_bytes,
         );
-        let batch = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             let mut bytes = 0;
             let mut id = from;
             while id < end && (bytes < max || out.is_empty()) {
                 let e = store.read(segment, id)?;
                 bytes += e.len();
-                out.push(e);
+                let crc = crc32c::crc32c(&e);
+                out.push((e, crc));
                 id += 1;
             }
-            Ok::<_, kilonova_storage::StorageError>(out)
+            Ok(out)
         })
-        .await
-        .map_err(|e| ObjectStoreError::Failed {
+    }
+
+    async fn next(&mut self) -> Result<Option<Batch>> {
+        if self.done() {
+            return Ok(None);
+        }
+        let read = match self.ahead.take() {
+            Some(r) => r,
+            None => self.spawn_read(),
+        };
+        let batch = read.await.map_err(|e| ObjectStoreError::Failed {
             op: "reading the segment",
             key: String::new(),
             detail: e.to_string(),
         })??;
         self.next += batch.len() as u64;
+        if !self.done() {
+            self.ahead = Some(self.spawn_read());
+        }
         Ok(Some(batch))
     }
 }

@@ -181,8 +181,10 @@ impl SeaweedServer {
                 "-s3.config={}",
                 self.dir.path().join("s3.json").display()
             ))
-            // Small volumes: a test server needs little space up front.
-            .args(["-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0"])
+            // Small volumes, as many as the disk holds (each bucket is a
+            // collection with volumes of its own: a fixed count runs out).
+            .args(["-master.volumeSizeLimitMB=64", "-volume.max=0"])
+            .arg("-volume.preStopSeconds=0")
             // A restart elects its (only) master in a second, not ten.
             .arg("-master.electionTimeout=1s")
             // No usage report to SeaweedFS's telemetry server: tests stay on loopback.
