@@ -191,6 +191,14 @@ impl SegmentIndex {
             .map_or(0, |r| r.end().saturating_sub(HEADER_LEN))
     }
 
+    /// Entry `id`'s record.
+    pub fn record(&self, id: u64) -> Option<IndexRecord> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.records.get(i))
+            .copied()
+    }
+
     /// Memory the index takes (for cache accounting).
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.records.len() * std::mem::size_of::<IndexRecord>()

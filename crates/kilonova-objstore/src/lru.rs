@@ -44,17 +44,21 @@ impl<K: Clone + Eq + Hash, V: Clone> ByteLru<K, V> {
         Some(slot.value.clone())
     }
 
-    pub(crate) fn insert(&mut self, key: K, value: V, size: usize) {
+    /// Inserts (replacing `key`'s value); returns what was evicted to make
+    /// room. A value larger than the whole bound is returned at once, not kept.
+    pub(crate) fn insert(&mut self, key: K, value: V, size: usize) -> Vec<(K, V)> {
         self.remove(&key);
         if size > self.max_bytes {
-            return;
+            return vec![(key, value)];
         }
+        let mut evicted = Vec::new();
         while self.bytes + size > self.max_bytes {
             let Some((_, oldest)) = self.order.pop_first() else {
                 break;
             };
             if let Some(s) = self.map.remove(&oldest) {
                 self.bytes -= s.size;
+                evicted.push((oldest, s.value));
             }
         }
         self.tick += 1;
@@ -69,20 +73,13 @@ impl<K: Clone + Eq + Hash, V: Clone> ByteLru<K, V> {
         );
         self.bytes += size;
         debug_assert!(self.bytes <= self.max_bytes, "the bound holds");
+        evicted
     }
 
     pub(crate) fn remove(&mut self, key: &K) {
         if let Some(s) = self.map.remove(key) {
             self.order.remove(&s.tick);
             self.bytes -= s.size;
-        }
-    }
-
-    /// Removes every key `pred` selects.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
-        let gone: Vec<K> = self.map.keys().filter(|k| !keep(k)).cloned().collect();
-        for k in gone {
-            self.remove(&k);
         }
     }
 
@@ -105,7 +102,7 @@ mod tests {
         c.insert("a", 1, 4);
         c.insert("b", 2, 4);
         assert_eq!(c.get(&"a"), Some(1)); // b is now the oldest
-        c.insert("c", 3, 4);
+        assert_eq!(c.insert("c", 3, 4), vec![("b", 2)]);
         assert_eq!(c.get(&"b"), None);
         assert_eq!((c.get(&"a"), c.get(&"c")), (Some(1), Some(3)));
         assert_eq!((c.bytes(), c.len()), (8, 2));
@@ -114,12 +111,12 @@ mod tests {
     #[test]
     fn a_value_larger_than_the_bound_is_not_kept_and_replacing_recounts() {
         let mut c = ByteLru::new(10);
-        c.insert("a", 1, 11);
+        assert_eq!(c.insert("a", 1, 11), vec![("a", 1)]);
         assert_eq!(c.len(), 0);
         c.insert("a", 1, 6);
         c.insert("a", 2, 3);
         assert_eq!((c.get(&"a"), c.bytes()), (Some(2), 3));
-        c.retain(|k| *k != "a");
+        c.remove(&"a");
         assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 }

@@ -9,6 +9,7 @@
 //! forward finds its next entries there. Both caches are the reader's own:
 //! reading old data never evicts the entry cache of tailing consumers.
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -46,7 +47,114 @@ impl Default for ReaderConfig {
     }
 }
 
-type EntryKey = (Arc<str>, EntryId);
+/// The most one range request fetches: a read of more entries than this
+/// spans takes several requests.
+pub const MAX_FETCH_BYTES: u64 = 64 << 20;
+
+/// A run of consecutive entries of one object, fetched by one range
+/// request and verified: the unit the entry cache keeps.
+#[derive(Debug)]
+struct Window {
+    object: Arc<str>,
+    first: EntryId,
+    last: EntryId,
+    /// The object offset `data` starts at.
+    base: u64,
+    data: Bytes,
+}
+
+impl Window {
+    /// Entry `id`'s bytes (`first <= id <= last`, verified when fetched).
+    fn entry(&self, index: &SegmentIndex, id: EntryId) -> Bytes {
+        debug_assert!((self.first..=self.last).contains(&id));
+        match index.record(id) {
+            Some(r) => self
+                .data
+                .slice((r.offset - self.base) as usize..(r.end() - self.base) as usize),
+            None => Bytes::new(),
+        }
+    }
+}
+
+/// Fixed cost counted per cached window besides its bytes.
+const WINDOW_OVERHEAD_BYTES: usize = 128;
+
+/// Fetched windows, least recently used dropped first, found by object and entry.
+#[derive(Debug)]
+struct Windows {
+    lru: ByteLru<u64, Arc<Window>>,
+    /// Per object: first entry → window id.
+    by_object: HashMap<Arc<str>, BTreeMap<EntryId, u64>>,
+    next_id: u64,
+}
+
+impl Windows {
+    fn new(max_bytes: usize) -> Self {
+        Windows {
+            lru: ByteLru::new(max_bytes),
+            by_object: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// The cached window holding entry `id` of `object`, and the first
+    /// entry of the next cached window after `id` (where a fetch should stop).
+    fn find(&mut self, object: &Arc<str>, id: EntryId) -> (Option<Arc<Window>>, Option<EntryId>) {
+        let Some(starts) = self.by_object.get(object) else {
+            return (None, None);
+        };
+        let next = starts
+            .range(id.saturating_add(1)..)
+            .next()
+            .map(|(first, _)| *first);
+        let Some((_, wid)) = starts.range(..=id).next_back() else {
+            return (None, next);
+        };
+        match self.lru.get(wid) {
+            Some(w) if w.last >= id => (Some(w), next),
+            _ => (None, next),
+        }
+    }
+
+    fn insert(&mut self, w: Arc<Window>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let size = w.data.len() + WINDOW_OVERHEAD_BYTES;
+        let starts = self.by_object.entry(w.object.clone()).or_default();
+        if let Some(old) = starts.insert(w.first, id) {
+            self.lru.remove(&old);
+        }
+        for (_, evicted) in self.lru.insert(id, w, size) {
+            self.unlist(&evicted);
+        }
+    }
+
+    /// Removes an evicted window from the per-object lists.
+    fn unlist(&mut self, w: &Window) {
+        if let Some(starts) = self.by_object.get_mut(&w.object) {
+            starts.remove(&w.first);
+            if starts.is_empty() {
+                self.by_object.remove(&w.object);
+            }
+        }
+    }
+
+    fn forget(&mut self, object: &str) {
+        if let Some(starts) = self.by_object.remove(object) {
+            for wid in starts.values() {
+                self.lru.remove(wid);
+            }
+        }
+    }
+}
+
+fn no_such_entry(key: &str, entry: EntryId, index: &SegmentIndex) -> ObjectStoreError {
+    ObjectStoreError::NoSuchEntry {
+        key: key.to_string(),
+        entry,
+        entries: index.entry_count(),
+    }
+}
 
 /// Reads offloaded segments of one [`Bucket`]. Share it (`Arc`) between
 /// the readers of a broker: its caches are shared too.
@@ -55,7 +163,7 @@ pub struct OffloadedReader {
     bucket: Bucket,
     config: ReaderConfig,
     indexes: Mutex<ByteLru<Arc<str>, Arc<SegmentIndex>>>,
-    entries: Mutex<ByteLru<EntryKey, Bytes>>,
+    windows: Mutex<Windows>,
 }
 
 /// The reader's caches, for stats.
@@ -63,15 +171,16 @@ pub struct OffloadedReader {
 pub struct ReaderCacheStats {
     pub indexes: usize,
     pub index_bytes: usize,
-    pub entries: usize,
-    pub entry_bytes: usize,
+    /// Fetched runs of entries (read-ahead included) and their bytes.
+    pub windows: usize,
+    pub window_bytes: usize,
 }
 
 impl OffloadedReader {
     pub fn new(bucket: Bucket, config: ReaderConfig) -> Self {
         OffloadedReader {
             indexes: Mutex::new(ByteLru::new(config.index_cache_bytes)),
-            entries: Mutex::new(ByteLru::new(config.cache_bytes)),
+            windows: Mutex::new(Windows::new(config.cache_bytes)),
             bucket,
             config,
         }
@@ -118,73 +227,84 @@ impl OffloadedReader {
         }
         let k: Arc<str> = key.into();
         let mut out = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
+        let (mut hits, mut misses) = (0, 0);
         let mut next = first;
-        {
-            let mut cache = lock(&self.entries);
-            while next <= last {
-                match cache.get(&(k.clone(), next)) {
-                    Some(b) => out.push(b),
-                    None => break,
+        while next <= last {
+            let (cached, next_cached) = lock(&self.windows).find(&k, next);
+            let window = match cached {
+                Some(w) => {
+                    hits += w.last.min(last) + 1 - next;
+                    w
                 }
-                next += 1;
+                None => match self.fetch(&k, &index, next, last, next_cached).await {
+                    Ok(w) => {
+                        misses += w.last.min(last) + 1 - next;
+                        w
+                    }
+                    Err(e) => {
+                        self.bucket
+                            .metrics()
+                            .read_failed(matches!(e, ObjectStoreError::Corrupt { .. }));
+                        return Err(e);
+                    }
+                },
+            };
+            let upto = window.last.min(last);
+            for id in next..=upto {
+                out.push(window.entry(&index, id));
             }
-        }
-        let hits = out.len() as u64;
-        let misses = (last + 1) - next;
-        if next <= last {
-            match self.fetch(&k, &index, next, last).await {
-                Ok(fetched) => out.extend(fetched),
-                Err(e) => {
-                    self.bucket
-                        .metrics()
-                        .read_failed(matches!(e, ObjectStoreError::Corrupt { .. }));
-                    return Err(e);
-                }
-            }
+            next = upto + 1;
         }
         self.bucket.metrics().cache(hits, misses);
         Ok(out)
     }
 
-    /// Fetches entries `first..=last` and the read-ahead after them in one
-    /// request; verifies, caches and returns `first..=last`.
+    /// Fetches a window from entry `first`: up to entry `last` plus
+    /// `read_ahead_bytes` after it, stopping before `before` (the next
+    /// cached window) and at [`MAX_FETCH_BYTES`]; verifies and caches it.
     async fn fetch(
         &self,
         key: &Arc<str>,
         index: &SegmentIndex,
         first: EntryId,
         last: EntryId,
-    ) -> Result<Vec<Bytes>> {
+        before: Option<EntryId>,
+    ) -> Result<Arc<Window>> {
         let rec = |id: EntryId| {
-            usize::try_from(id)
-                .ok()
-                .and_then(|i| index.records.get(i))
-                .copied()
-                .ok_or_else(|| ObjectStoreError::NoSuchEntry {
-                    key: key.to_string(),
-                    entry: id,
-                    entries: index.entry_count(),
-                })
+            index
+                .record(id)
+                .ok_or_else(|| no_such_entry(key, id, index))
         };
+        let from = rec(first)?.offset;
+        let end_limit = before.unwrap_or(index.entry_count());
         let want_end = rec(last)?.end();
-        let mut fetch_last = last;
-        while fetch_last + 1 < index.entry_count()
-            && rec(fetch_last + 1)?.end() - want_end <= self.config.read_ahead_bytes
-        {
+        let mut fetch_last = first;
+        while fetch_last + 1 < end_limit {
+            let end = rec(fetch_last + 1)?.end();
+            let wanted = fetch_last < last;
+            let within = if wanted {
+                end - from <= MAX_FETCH_BYTES
+            } else {
+                end.saturating_sub(want_end) <= self.config.read_ahead_bytes
+                    && end - from <= MAX_FETCH_BYTES
+            };
+            if !within {
+                break;
+            }
             fetch_last += 1;
         }
-        let from = rec(first)?.offset;
         let to = rec(fetch_last)?.end();
         let data = self.bucket.get_range(key, from..to).await?;
         self.bucket.metrics().read(to - from);
-        let mut fetched = Vec::with_capacity(usize::try_from(fetch_last - first + 1).unwrap_or(0));
+        let mut window_last = fetch_last;
         for id in first..=fetch_last {
             let r = rec(id)?;
-            let bytes = data.slice((r.offset - from) as usize..(r.end() - from) as usize);
-            if let Err(e) = format::verify_entry(&r, &bytes) {
-                if id > last {
+            let bytes = &data[(r.offset - from) as usize..(r.end() - from) as usize];
+            if let Err(e) = format::verify_entry(&r, bytes) {
+                if id > last && id > first {
                     // Only read ahead: the requested entries are sound. The
                     // bad one fails the read that asks for it.
+                    window_last = id - 1;
                     break;
                 }
                 return Err(ObjectStoreError::Corrupt {
@@ -192,31 +312,33 @@ impl OffloadedReader {
                     detail: format!("entry {id}: {e}"),
                 });
             }
-            fetched.push(bytes);
         }
-        let mut cache = lock(&self.entries);
-        for (id, b) in (first..).zip(&fetched) {
-            cache.insert((key.clone(), id), b.clone(), b.len().max(1));
-        }
-        drop(cache);
-        fetched.truncate(usize::try_from(last - first + 1).unwrap_or(0));
-        Ok(fetched)
+        let end = rec(window_last)?.end();
+        let window = Arc::new(Window {
+            object: key.clone(),
+            first,
+            last: window_last,
+            base: from,
+            data: data.slice(..(end - from) as usize),
+        });
+        lock(&self.windows).insert(window.clone());
+        Ok(window)
     }
 
     /// Drops what the caches hold of `key` (its object was deleted).
     pub fn forget(&self, key: &str) {
         lock(&self.indexes).remove(&Arc::from(key));
-        lock(&self.entries).retain(|(k, _)| &**k != key);
+        lock(&self.windows).forget(key);
     }
 
     pub fn cache_stats(&self) -> ReaderCacheStats {
         let i = lock(&self.indexes);
-        let e = lock(&self.entries);
+        let w = lock(&self.windows);
         ReaderCacheStats {
             indexes: i.len(),
             index_bytes: i.bytes(),
-            entries: e.len(),
-            entry_bytes: e.bytes(),
+            windows: w.lru.len(),
+            window_bytes: w.lru.bytes(),
         }
     }
 }

@@ -527,3 +527,41 @@ async fn filesystem_and_s3_hold_identical_objects_for_the_same_segment() {
     assert_eq!(x.len(), y.len());
     assert!(x == y, "the format does not depend on the backend");
 }
+
+/// The reader's cache stays within its bytes while a reader goes through a
+/// segment many times its size, and what it evicts is fetched again intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_cache_stays_within_its_bound() {
+    let b = filesystem_backend().await.unwrap();
+    let want = entries(3000);
+    let seg = sealed_segment(&b.store, &want).await;
+    let o = offloader(&b).offload(&b.store, 8, seg).await.unwrap();
+    let bound = 64 << 10;
+    let r = OffloadedReader::new(
+        b.bucket.clone(),
+        ReaderConfig {
+            read_ahead_bytes: 16 << 10,
+            cache_bytes: bound,
+            ..ReaderConfig::default()
+        },
+    );
+    for pass in 0..2 {
+        for from in (0..3000).step_by(30) {
+            let got = r.read(&o.key, from..=from + 29).await.unwrap();
+            assert!(
+                got == want[from as usize..from as usize + 30],
+                "pass {pass} at {from}"
+            );
+            let s = r.cache_stats();
+            assert!(s.window_bytes <= bound, "{s:?}");
+        }
+    }
+    assert!(
+        o.data_bytes > 20 * bound as u64,
+        "the segment is much larger than the cache"
+    );
+    let m = b.bucket.metrics().snapshot();
+    assert!(m.cache_hits > 0 && m.cache_misses > 0, "{m:?}");
+    r.forget(&o.key);
+    assert_eq!(r.cache_stats().windows, 0);
+}
