@@ -12,6 +12,7 @@
 //! and HTTPS ports).
 
 mod analyze_backlog;
+mod offload;
 pub mod api;
 mod brokers;
 mod clusters;
@@ -58,6 +59,7 @@ pub fn api() -> Api {
     let api = compaction::routes(api);
     let api = termination::routes(api);
     let api = analyze_backlog::routes(api);
+    let api = offload::routes(api);
     let api = replicated_subscriptions::routes(api);
     api.route(
         "/metrics",

@@ -151,6 +151,37 @@ impl ManagedLog {
         out
     }
 
+    /// Sealed, local, not yet offloaded segments whose last entry was
+    /// published before `cutoff_ms` (Pulsar's `offloadThresholdInSeconds`).
+    pub fn offload_candidates_published_before(&self, cutoff_ms: u64) -> Vec<SegmentId> {
+        self.segment_tiers()
+            .into_iter()
+            .filter(|t| t.local && t.sealed && t.offloaded.is_none())
+            .filter(|t| {
+                let n = self.positions().confirmed(t.id);
+                n > 0 && self.last_publish_ms_of(t.id, n).is_ok_and(|ms| ms < cutoff_ms)
+            })
+            .map(|t| t.id)
+            .collect()
+    }
+
+    /// Sealed, local, not yet offloaded segments before segment `before`
+    /// (a manual offload up to a message).
+    pub fn offload_candidates_before(&self, before: SegmentId) -> Vec<SegmentId> {
+        self.segment_tiers()
+            .into_iter()
+            .filter(|t| t.id < before && t.local && t.sealed && t.offloaded.is_none())
+            .filter(|t| self.positions().confirmed(t.id) > 0)
+            .map(|t| t.id)
+            .collect()
+    }
+
+    /// An object nothing references (a copy that could not be recorded):
+    /// released for deletion.
+    pub fn release_object(&mut self, object: String) {
+        self.released_objects.push(object);
+    }
+
     /// Records that sealed segment `segment` is now in the object store
     /// (its metadata is persisted before this returns).
     pub fn mark_offloaded(&mut self, segment: SegmentId, mut record: Offloaded) -> Result<()> {
@@ -233,13 +264,18 @@ impl ManagedLog {
         first: u64,
         stored: Vec<Bytes>,
     ) -> Result<()> {
+        let mut decoded = Vec::with_capacity(stored.len());
         for (i, b) in stored.into_iter().enumerate() {
             let p = Position::new(segment, first + i as u64);
-            let e = entry::decode(p, b).ok_or(StorageError::Corrupt {
+            decoded.push(entry::decode(p, b).ok_or(StorageError::Corrupt {
                 segment,
                 entry: p.entry,
                 detail: "an offloaded entry shorter than an entry header".into(),
-            })?;
+            })?);
+        }
+        // Last first: over the cache's bound the read-ahead goes before the
+        // entry that was asked for.
+        for e in decoded.into_iter().rev() {
             self.offload_cache.insert(e);
         }
         Ok(())
