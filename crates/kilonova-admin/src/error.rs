@@ -64,9 +64,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
             BrokerError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             BrokerError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            BrokerError::ShuttingDown | BrokerError::TopicFenced(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            BrokerError::ShuttingDown
+            | BrokerError::TopicFenced(_)
+            | BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::Authentication(_) => StatusCode::UNAUTHORIZED,
             BrokerError::Authorization(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -21,6 +21,7 @@ mod lookup;
 mod messages;
 mod namespace_topics;
 mod namespaces;
+mod offload;
 mod permissions;
 mod policies;
 mod replicated_subscriptions;
@@ -58,6 +59,7 @@ pub fn api() -> Api {
     let api = compaction::routes(api);
     let api = termination::routes(api);
     let api = analyze_backlog::routes(api);
+    let api = offload::routes(api);
     let api = replicated_subscriptions::routes(api);
     api.route(
         "/metrics",

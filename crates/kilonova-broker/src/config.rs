@@ -162,6 +162,16 @@ pub struct BrokerConfig {
     /// A replicator with nothing to send for this long disconnects from its
     /// remote cluster (it connects again when there is something to send).
     pub replicator_idle_timeout_secs: u64,
+    /// Bytes of a topic kept only locally before its older sealed segments
+    /// are offloaded (Pulsar's `managedLedgerOffloadAutoTriggerSizeThresholdBytes`;
+    /// -1: off, 0: offload every sealed segment); needs `[offload.store]`.
+    pub offload_threshold_bytes: i64,
+    /// Sealed segments older than this (seconds) are offloaded (Pulsar's
+    /// `managedLedgerOffloadThresholdInSeconds`; -1: off).
+    pub offload_threshold_secs: i64,
+    /// How long an offloaded segment's local copy stays (Pulsar's
+    /// `managedLedgerOffloadDeletionLagMs`).
+    pub offload_deletion_lag_ms: u64,
     /// Replicated subscriptions (Pulsar's `enableReplicatedSubscriptions`):
     /// a subscription marked replicated keeps its position in step with
     /// its namesakes in the other replication clusters.
@@ -259,6 +269,9 @@ impl Default for BrokerConfig {
             replication_tokens: Default::default(),
             replication_tls_trust_certs: None,
             replicator_idle_timeout_secs: 60,
+            offload_threshold_bytes: -1,
+            offload_threshold_secs: -1,
+            offload_deletion_lag_ms: 14_400_000,
             enable_replicated_subscriptions: true,
             replicated_subscriptions_snapshot_frequency_millis: 1_000,
             replicated_subscriptions_snapshot_timeout_seconds: 30,

@@ -50,6 +50,9 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// A service the request needs (the object store) cannot be reached now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Shutting down could not persist everything.
     #[error("shutdown incomplete: {0}")]
     Shutdown(String),
@@ -97,6 +100,7 @@ impl BrokerError {
             BrokerError::Metadata(_) => ServerError::MetadataError,
             BrokerError::Storage(_) => ServerError::PersistenceError,
             BrokerError::ShuttingDown
+            | BrokerError::Unavailable(_)
             | BrokerError::TopicFenced(_)
             | BrokerError::Shutdown(_)
             | BrokerError::UnknownListener(_) => ServerError::ServiceNotReady,

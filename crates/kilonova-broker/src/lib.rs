@@ -32,6 +32,7 @@ mod rate_meter;
 mod replicator;
 mod subscribe_rate;
 mod subscription;
+pub mod tiering;
 mod topic;
 
 pub use broker::{check_servable, BacklogAnalysis, Broker, ServiceUrls};
@@ -45,4 +46,4 @@ pub use kilonova_metadata::names::{Domain, TopicName, TopicNameError};
 pub use kilonova_storage::Position;
 pub use listeners::{AdvertisedListeners, ListenerError, ListenerUrls};
 pub use topic::admin as topic_admin;
-pub use topic::{AdminReply, AdminRequest, CompactionStatus, Peeked, ResetTo};
+pub use topic::{AdminReply, AdminRequest, CompactionStatus, OffloadStatus, Peeked, ResetTo};

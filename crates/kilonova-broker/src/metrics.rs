@@ -28,6 +28,8 @@ pub struct TopicMetrics {
     /// Delayed messages sent before their time because a subscription held
     /// as many as it may (`max_delayed_messages_per_subscription`).
     pub delayed_sent_early: AtomicU64,
+    /// Bytes of the topic in the object store (tiered storage).
+    pub offloaded_bytes: AtomicU64,
     /// Appends by time from request to durable, in Pulsar's buckets
     /// ([`WRITE_LATENCY_BUCKETS_MS`], the last one past the largest bound).
     write_latency: [AtomicU64; WRITE_LATENCY_BUCKETS_MS.len() + 1],
@@ -438,7 +440,7 @@ pub fn render(
 type Get = fn(&TopicMetrics) -> f64;
 
 /// The per-topic series: name, kind, help, and how to read the figure.
-const TOPIC_SERIES: [(&str, &str, &str, Get); 17] = [
+const TOPIC_SERIES: [(&str, &str, &str, Get); 18] = [
     (
         "pulsar_in_messages_total",
         "counter",
@@ -516,6 +518,12 @@ const TOPIC_SERIES: [(&str, &str, &str, Get); 17] = [
         "gauge",
         "Bytes the topic stores",
         |m| m.storage_bytes.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "pulsar_storage_offloaded_size",
+        "gauge",
+        "Bytes of the topic offloaded to the object store",
+        |m| m.offloaded_bytes.load(Ordering::Relaxed) as f64,
     ),
     (
         "kilonova_delayed_messages_sent_early_total",

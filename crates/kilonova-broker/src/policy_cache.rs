@@ -62,6 +62,12 @@ pub(crate) struct Effective {
     pub delayed_delivery: bool,
     /// Uncompacted backlog (bytes) that starts a compaction; `None`: never.
     pub compaction_threshold_bytes: Option<u64>,
+    /// Bytes kept only locally before older segments are offloaded; `None`: off.
+    pub offload_threshold_bytes: Option<u64>,
+    /// Segments older than this (seconds) are offloaded; `None`: off.
+    pub offload_threshold_secs: Option<u64>,
+    /// How long an offloaded segment's local copy stays.
+    pub offload_deletion_lag_ms: u64,
     /// The remote clusters the topic replicates to: its own replication
     /// clusters, else its namespace's, but this one.
     pub replication_clusters: Vec<String>,
@@ -193,6 +199,9 @@ impl Effective {
                 .delayed_delivery
                 .or(ns.delayed_delivery_policies)
                 .map_or(c.delayed_delivery_enabled, |d| d.active),
+            offload_threshold_bytes: u64::try_from(c.offload_threshold_bytes).ok(),
+            offload_threshold_secs: u64::try_from(c.offload_threshold_secs).ok(),
+            offload_deletion_lag_ms: c.offload_deletion_lag_ms,
             compaction_threshold_bytes: t
                 .compaction_threshold
                 .or(ns.compaction_threshold)

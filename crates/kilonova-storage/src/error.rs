@@ -22,6 +22,10 @@ pub enum StorageError {
         entry: EntryId,
         detail: String,
     },
+    /// The entry's segment lives in the object store only and the entry is
+    /// not in the log's offload cache: fetch it, then read again.
+    #[error("entry {segment}:{entry} is offloaded: fetch it from the object store")]
+    Offloaded { segment: SegmentId, entry: EntryId },
     /// The segment does not exist (never created, or deleted).
     #[error("segment {0} does not exist")]
     NoSuchSegment(SegmentId),
@@ -93,6 +97,10 @@ impl StorageError {
                 detail: detail.clone(),
             },
             StorageError::NoSuchSegment(s) => StorageError::NoSuchSegment(*s),
+            StorageError::Offloaded { segment, entry } => StorageError::Offloaded {
+                segment: *segment,
+                entry: *entry,
+            },
             StorageError::NoSuchEntry { segment, entry } => StorageError::NoSuchEntry {
                 segment: *segment,
                 entry: *entry,

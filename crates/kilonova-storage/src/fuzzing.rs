@@ -124,6 +124,7 @@ pub fn log_meta_bytes(
         &segment_table(segments),
         next_id,
         cursor_ids,
+        &Default::default(),
     ))
 }
 

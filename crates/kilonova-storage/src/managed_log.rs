@@ -36,6 +36,7 @@ pub(crate) mod meta;
 mod positions;
 mod retention;
 mod termination;
+mod tiering;
 
 pub use backlog_scan::{BacklogCounts, BacklogScan};
 pub use compacted::CompactedWriter;
@@ -45,6 +46,7 @@ pub use cursor::{CursorInfo, InitialPosition, StoredCursor};
 use meta::{log_prefix, meta_key, Meta, StoredCursors};
 use positions::SegmentList;
 pub use retention::Retention;
+pub use tiering::{Offloaded, SegmentTier};
 
 /// Settings of a managed log. Units are in the names.
 #[derive(Clone, Debug)]
@@ -72,6 +74,9 @@ impl Default for ManagedLogConfig {
         }
     }
 }
+
+/// Bytes of offloaded entries a log keeps read back, by default.
+pub const DEFAULT_OFFLOAD_CACHE_BYTES: usize = 16 << 20;
 
 /// One segment of the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +116,12 @@ pub struct ManagedLog {
     compacted: Option<CompactedView>,
     /// Terminated: no more appends (`termination.rs`).
     terminated: bool,
+    /// Segments copied to the object store (`tiering.rs`).
+    offloaded: BTreeMap<SegmentId, Offloaded>,
+    /// Entries of offloaded-only segments read back.
+    offload_cache: tiering::OffloadCache,
+    /// Objects no longer referenced, for the broker to delete.
+    released_objects: Vec<String>,
 }
 
 impl ManagedLog {
@@ -134,9 +145,17 @@ impl ManagedLog {
             .next_message_index
             .max(log.segments.last().map_or(0, |s| s.first_message_index));
         if let Some(p) = log.last_position() {
-            let e = log.read_entry(p)?;
-            log.next_message_index = e.message_index + u64::from(e.message_count);
-            log.last_publish_time_ms = e.publish_time_ms;
+            match log.offloaded.get(&p.segment) {
+                Some(o) if log.store.segment(p.segment).is_none() => {
+                    log.next_message_index = o.end_message_index;
+                    log.last_publish_time_ms = o.last_publish_ms;
+                }
+                _ => {
+                    let e = log.read_entry(p)?;
+                    log.next_message_index = e.message_index + u64::from(e.message_count);
+                    log.last_publish_time_ms = e.publish_time_ms;
+                }
+            }
         }
         let to_migrate = log.load_cursors(stored_cursors)?;
         log.migrate_cursors(&to_migrate)?;
@@ -166,11 +185,13 @@ impl ManagedLog {
             mut segments,
             next_message_index: floor_index,
             cursors: stored_cursors,
+            offloaded,
         } = match state.load(&meta_key(id))? {
             Some(b) => meta::decode_meta(b)?,
             None => Meta::default(),
         };
-        segments.retain(|s| store.segment(s.id).is_some());
+        // A segment only the object store holds is still the log's.
+        segments.retain(|s| store.segment(s.id).is_some() || offloaded.contains_key(&s.id));
         let compacted = compacted::load_view(state.as_ref(), id)?
             .filter(|v| store.segment(v.segment).is_some());
         let terminated = termination::load(state.as_ref(), id)?;
@@ -189,6 +210,9 @@ impl ManagedLog {
             next_cursor_id: 0,
             compacted,
             terminated,
+            offloaded,
+            offload_cache: tiering::OffloadCache::with_max_bytes(DEFAULT_OFFLOAD_CACHE_BYTES),
+            released_objects: Vec::new(),
         };
         Ok((log, stored_cursors))
     }
@@ -371,6 +395,7 @@ impl ManagedLog {
             &self.segments,
             self.next_cursor_id,
             &ids,
+            &self.offloaded,
         );
         self.state.store(&meta_key(self.id), &b)
     }
@@ -587,7 +612,7 @@ impl ManagedLog {
         // floor across segment ends, which only the list knows.
         let through = self.cursor(name)?.read_compacted();
         let positions = CursorView::new(
-            SegmentList::new(&self.segments, &self.store),
+            SegmentList::new(&self.segments, &self.store, &self.offloaded),
             self.compacted.as_ref(),
             through,
         );
@@ -602,7 +627,7 @@ impl ManagedLog {
     /// every entry of earlier segments.
     pub fn ack_cumulative(&mut self, name: &str, p: Position) -> Result<()> {
         let p = if p.entry == u64::MAX {
-            let list = SegmentList::new(&self.segments, &self.store);
+            let list = SegmentList::new(&self.segments, &self.store, &self.offloaded);
             match list.prev(Position::new(p.segment, 0)) {
                 Some(before) => before,
                 None => return Ok(()),
@@ -612,7 +637,7 @@ impl ManagedLog {
         };
         let through = self.cursor(name)?.read_compacted();
         let positions = CursorView::new(
-            SegmentList::new(&self.segments, &self.store),
+            SegmentList::new(&self.segments, &self.store, &self.offloaded),
             self.compacted.as_ref(),
             through,
         );
@@ -724,16 +749,22 @@ impl ManagedLog {
         Ok(())
     }
 
-    /// Deletes the whole log: segments, cursors and state.
-    pub async fn delete(mut self) -> Result<()> {
+    /// Deletes the whole log: segments, cursors and state. Answers the
+    /// objects of its offloaded segments, for the caller to delete.
+    pub async fn delete(mut self) -> Result<Vec<String>> {
         for s in std::mem::take(&mut self.segments) {
-            self.store.delete_segment(s.id).await?;
+            if self.store.segment(s.id).is_some() {
+                self.store.delete_segment(s.id).await?;
+            }
+            self.forget_offloaded(s.id);
         }
+        let released = self.take_released_objects();
         self.delete_compacted().await?;
         self.cache.evict_log(self.id);
         // The metadata first: a crash part way leaves a directory without it,
         // which `reclaim_orphans` removes at the next start.
         self.state.remove(&meta_key(self.id))?;
-        self.state.remove_all(&log_prefix(self.id))
+        self.state.remove_all(&log_prefix(self.id))?;
+        Ok(released)
     }
 }

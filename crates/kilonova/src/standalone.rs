@@ -116,6 +116,8 @@ pub struct StandaloneConfig {
     pub storage: StorageSettings,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    /// Tiered storage: the object store sealed segments are offloaded to.
+    pub offload: kilonova_broker::tiering::OffloadSettings,
 }
 
 impl Default for StandaloneConfig {
@@ -136,6 +138,7 @@ impl Default for StandaloneConfig {
             storage: StorageSettings::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            offload: Default::default(),
         }
     }
 }
@@ -357,6 +360,12 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         security,
         kilonova_broker::clock::system(),
     )?;
+
+    match kilonova_broker::tiering::Tiering::open(&config.offload) {
+        Ok(Some(t)) => broker.enable_tiering(t),
+        Ok(None) => {}
+        Err(e) => anyhow::bail!("the [offload] object store: {e}"),
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);

@@ -55,6 +55,8 @@ struct Inner {
     boot_id: String,
     /// Where topics, subscriptions, policies and connections read the time.
     clock: SharedClock,
+    /// The object store topics offload to, once configured ([`Broker::enable_tiering`]).
+    tiering: std::sync::OnceLock<Arc<crate::tiering::Tiering>>,
 }
 
 /// The connection limits of `config`, within 3/4 of the open-file limit
@@ -222,6 +224,7 @@ impl Broker {
                 connections,
                 boot_id: format!("{:x}", clock.now_ms()),
                 clock,
+                tiering: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -240,6 +243,23 @@ impl Broker {
     /// journal file and one probe append (to a segment of its own, deleted at
     /// once) must succeed, so that a disk that has space again reports
     /// healthy without waiting for a client's publish.
+    /// Offloads to `tiering` from now on (set once, at start-up).
+    pub fn enable_tiering(&self, tiering: Arc<crate::tiering::Tiering>) {
+        if self.inner.tiering.set(tiering).is_err() {
+            tracing::warn!("tiered storage was enabled already: the first object store stays");
+        }
+    }
+
+    /// The object store topics offload to, if one is configured.
+    pub(crate) fn tiering(&self) -> Option<Arc<crate::tiering::Tiering>> {
+        self.inner.tiering.get().cloned()
+    }
+
+    /// The local segment store (offloads copy from it).
+    pub(crate) fn segment_store(&self) -> kilonova_storage::SegmentStore {
+        self.inner.store.clone()
+    }
+
     pub async fn storage_health(&self) -> Result<(), String> {
         let store = &self.inner.store;
         if let kilonova_storage::StoreHealth::Failing(f) = store.health() {

@@ -53,6 +53,13 @@ pub enum AdminRequest {
     ClearBacklog {
         subscription: Option<String>,
     },
+    /// Offload every sealed segment before the one holding this position
+    /// to the object store (Pulsar's `triggerOffload`).
+    Offload {
+        before: Position,
+    },
+    /// How the last offload went (Pulsar's `offloadStatus`).
+    OffloadStatus,
     /// Whether a subscription's position is replicated; with `set`, marks
     /// it so first (Pulsar's replicatedSubscriptionStatus).
     ReplicatedSubscription {
@@ -137,6 +144,7 @@ pub enum AdminReply {
     LastMessageId(LastMessageId),
     Compaction(super::CompactionStatus),
     Flag(bool),
+    Offload(super::OffloadStatus),
     Done,
 }
 
@@ -153,6 +161,8 @@ pub struct TopicStats {
     pub bytes_out_counter: u64,
     pub average_msg_size: f64,
     pub storage_size: u64,
+    /// Bytes in the object store (tiered storage).
+    pub offloaded_storage_size: u64,
     /// Entries not acknowledged by the slowest subscription.
     pub backlog_size: u64,
     pub publishers: Vec<PublisherStats>,
@@ -255,6 +265,11 @@ pub struct LedgerInfo {
     pub size: u64,
     pub first_message_index: u64,
     pub created_ms: u64,
+    /// In the object store (Pulsar's `offloaded`).
+    pub offloaded: bool,
+    /// Its entries are in the local store too (false once the local copy
+    /// is dropped after the deletion lag).
+    pub local: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -363,6 +378,10 @@ impl Topic {
             } => self.expire_messages(subscription, seconds),
             AdminRequest::Peek { subscription, n } => self.peek(subscription, n),
             AdminRequest::ClearBacklog { subscription } => self.clear_backlog(subscription),
+            AdminRequest::Offload { before } => {
+                self.offload_before(before).map(|()| AdminReply::Done)
+            }
+            AdminRequest::OffloadStatus => Ok(AdminReply::Offload(self.offload_status())),
             AdminRequest::ReplicatedSubscription { subscription, set } => self
                 .replicated_subscription(&subscription, set)
                 .map(AdminReply::Flag),
@@ -723,6 +742,7 @@ impl Topic {
                 0.0
             },
             storage_size: self.log.as_ref().map_or(0, |l| l.size_bytes()),
+            offloaded_storage_size: self.log.as_ref().map_or(0, |l| l.offloaded_bytes()),
             backlog_size,
             publishers,
             subscriptions,
@@ -770,12 +790,23 @@ impl Topic {
             .iter()
             .map(|s| {
                 let info = log.segment_info(s.id);
+                let offloaded = log.offloaded(s.id);
                 LedgerInfo {
                     ledger_id: s.id,
-                    entries: info.as_ref().map_or(0, |i| i.entries),
-                    size: info.as_ref().map_or(0, |i| i.bytes),
+                    entries: info
+                        .as_ref()
+                        .map(|i| i.entries)
+                        .or(offloaded.map(|o| o.entries))
+                        .unwrap_or(0),
+                    size: info
+                        .as_ref()
+                        .map(|i| i.bytes)
+                        .or(offloaded.map(|o| o.bytes))
+                        .unwrap_or(0),
                     first_message_index: s.first_message_index,
                     created_ms: s.created_ms,
+                    offloaded: offloaded.is_some(),
+                    local: info.is_some(),
                 }
             })
             .collect();

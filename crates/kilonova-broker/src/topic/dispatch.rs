@@ -59,20 +59,18 @@ impl Topic {
             return;
         };
         let now = self.broker.clock().now();
+        let mut failed = Vec::new();
         for name in self.to_dispatch.drain() {
             if let Some(sub) = self.subscriptions.get_mut(&name) {
                 let rate = &mut self.dispatch_rate;
-                dispatch_within_rates(
-                    &self.full_name,
-                    sub,
-                    log,
-                    &limits,
-                    rate,
-                    &mut self.dispatch_wake,
-                    now,
-                );
+                if let Err(e) =
+                    dispatch_within_rates(sub, log, &limits, rate, &mut self.dispatch_wake, now)
+                {
+                    failed.push((name, e));
+                }
             }
         }
+        self.dispatch_failed(failed);
     }
 
     pub(super) fn dispatch_all(&mut self) {
@@ -82,16 +80,15 @@ impl Topic {
             return;
         };
         let now = self.broker.clock().now();
-        let (topic, rate, wake) = (
-            &self.full_name,
-            &mut self.dispatch_rate,
-            &mut self.dispatch_wake,
-        );
+        let (rate, wake) = (&mut self.dispatch_rate, &mut self.dispatch_wake);
+        let mut failed = Vec::new();
         if rate.is_unlimited() || self.subscriptions.len() < 2 {
-            for sub in self.subscriptions.values_mut() {
-                dispatch_within_rates(topic, sub, log, &limits, rate, wake, now);
+            for (name, sub) in self.subscriptions.iter_mut() {
+                if let Err(e) = dispatch_within_rates(sub, log, &limits, rate, wake, now) {
+                    failed.push((name.clone(), e));
+                }
             }
-            return;
+            return self.dispatch_failed(failed);
         }
         // The topic's rate is shared: each pass starts with the next
         // subscription, so that none takes every token.
@@ -102,9 +99,24 @@ impl Topic {
         names.rotate_left(first);
         for name in names {
             if let Some(sub) = self.subscriptions.get_mut(&name) {
-                dispatch_within_rates(topic, sub, log, &limits, rate, wake, now);
+                if let Err(e) = dispatch_within_rates(sub, log, &limits, rate, wake, now) {
+                    failed.push((name, e));
+                }
             }
         }
+        self.dispatch_failed(failed);
+    }
+
+    /// Dispatches that failed: an entry only the object store holds is
+    /// fetched (the subscription is dispatched again once it is here);
+    /// anything else is logged.
+    fn dispatch_failed(&mut self, failed: Vec<(String, StorageError)>) {
+        for (name, e) in failed {
+            if !self.offload.want(&e) {
+                tracing::warn!(topic = %self.full_name, subscription = %name, error = %e, "dispatch failed");
+            }
+        }
+        self.start_fetches();
     }
 }
 
@@ -112,23 +124,17 @@ impl Topic {
 /// when the topic must dispatch again (a rate held it back, or a delayed
 /// message comes due).
 fn dispatch_within_rates(
-    topic: &str,
     sub: &mut Subscription,
     log: &mut ManagedLog,
     limits: &DispatchLimits,
     topic_rate: &mut RateLimiter,
     wake: &mut Option<Instant>,
     now: Instant,
-) {
-    match rated_dispatch(sub, log, limits, topic_rate, now) {
-        Ok(wait) => {
-            wake_after(wake, now, wait);
-            wake_after(wake, now, delayed_wait(sub, limits.now_ms));
-        }
-        Err(e) => {
-            tracing::warn!(topic, subscription = %sub.name, error = %e, "dispatch failed")
-        }
-    }
+) -> Result<(), StorageError> {
+    let wait = rated_dispatch(sub, log, limits, topic_rate, now)?;
+    wake_after(wake, now, wait);
+    wake_after(wake, now, delayed_wait(sub, limits.now_ms));
+    Ok(())
 }
 
 /// How long until the subscription's next delayed entry is due.

@@ -37,6 +37,7 @@ pub mod admin;
 mod compaction;
 mod consumers;
 mod dispatch;
+mod offload;
 mod policy;
 mod publish;
 mod replicated_subscriptions;
@@ -46,6 +47,7 @@ mod termination;
 
 pub use admin::{AdminReply, AdminRequest, BacklogStep, Peeked, ResetTo};
 pub use compaction::CompactionStatus;
+pub use offload::OffloadStatus;
 pub use replication::ReplicatorStatsView;
 
 use crate::broker::Broker;
@@ -274,6 +276,8 @@ pub(crate) struct Topic {
     replication_reports: mpsc::UnboundedSender<crate::replicator::Report>,
     /// Replicated subscriptions: snapshots asked for, markers to act on.
     repl_subs: replicated_subscriptions::ReplicatedSubscriptions,
+    /// Tiered storage: copies to the object store, fetches back.
+    offload: offload::OffloadState,
     /// SUBSCRIBEs counted per consumer (persistent topics).
     subscribe_rate: SubscribeRateLimiter,
     /// When the topic loaded (ms since the epoch): a subscription whose
@@ -317,6 +321,7 @@ impl Topic {
         let loaded_at_ms = broker.clock().now_ms();
         let metrics = broker.metrics().register(&full_name);
         let (replication_reports, reports) = mpsc::unbounded_channel();
+        let (offload_events, offloaded) = mpsc::unbounded_channel();
         // A topic of a replicated namespace may be replicated into: its
         // deduplication state is rebuilt now, before anything is trimmed
         // (a replicator connecting later would find the entries it needs
@@ -356,6 +361,7 @@ impl Topic {
             replicators: Default::default(),
             replication_reports,
             repl_subs: Default::default(),
+            offload: offload::OffloadState::new(offload_events),
             subscribe_rate,
             loaded_at_ms,
         };
@@ -364,7 +370,10 @@ impl Topic {
         // before any client or admin request sees them.
         topic.expire_subscriptions();
         topic.sync_replicators();
-        topic.serve(rx, reports).await;
+        if let (Some(log), Some(t)) = (topic.log.as_mut(), topic.broker.tiering()) {
+            log.set_offload_cache_bytes(t.settings().topic_cache_mib << 20);
+        }
+        topic.serve(rx, reports, offloaded).await;
         topic
             .broker
             .metrics()
@@ -375,6 +384,7 @@ impl Topic {
         &mut self,
         mut rx: mpsc::Receiver<TopicCommand>,
         mut reports: mpsc::UnboundedReceiver<crate::replicator::Report>,
+        mut offloaded: mpsc::UnboundedReceiver<offload::OffloadEvent>,
     ) {
         let config = self.broker.config().clone();
         let mut tick = tokio::time::interval(Duration::from_millis(
@@ -411,6 +421,7 @@ impl Topic {
                     }
                 }
                 Some(report) = reports.recv() => self.on_replication_report(report),
+                Some(event) = offloaded.recv() => self.on_offload_event(event),
                 cmd = rx.recv() => {
                     let Some(mut cmd) = cmd else { break };
                     // Handle the burst of commands already queued, then dispatch.
@@ -512,6 +523,7 @@ impl Topic {
         self.refresh_policies().await;
         self.sync_replicators();
         self.replicated_subscriptions_tick().await;
+        self.warm_ttl_search().await;
         self.enforce_policies();
         self.drop_unclaimed_readers();
         let now = self.broker.clock().now();
@@ -542,6 +554,7 @@ impl Topic {
         if let Err(e) = log.trim(now_ms, retention).await {
             tracing::warn!(topic = %self.full_name, error = %e, "trimming failed");
         }
+        self.offload_tick().await;
     }
 
     /// Closes the topic; whether its state (cursors) was persisted.
@@ -623,7 +636,13 @@ impl Topic {
                 request_id,
                 message_id,
                 publish_time_ms,
-            } => self.seek(key, request_id, message_id, publish_time_ms),
+            } => {
+                if let Some(t) = publish_time_ms {
+                    // The search may read offloaded entries: fetched first.
+                    let _ = self.read_through(|l| l.position_of_publish_time(t)).await;
+                }
+                self.seek(key, request_id, message_id, publish_time_ms)
+            }
             TopicCommand::GetLastMessageId { key, request_id } => {
                 self.last_message_id(key, request_id)
             }
@@ -696,7 +715,8 @@ impl Topic {
     async fn delete_everything(&mut self, log: Option<ManagedLog>) -> Result<(), BrokerError> {
         if let Some(log) = log {
             let id = log.id();
-            log.delete().await?;
+            let objects = log.delete().await?;
+            self.delete_objects(objects);
             self.dedup = None;
             self.broker.state_store().remove(&dedup::snapshot_key(id))?;
         }
@@ -732,6 +752,9 @@ impl Topic {
             self.metrics
                 .storage_bytes
                 .store(log.size_bytes(), Ordering::Relaxed);
+            self.metrics
+                .offloaded_bytes
+                .store(log.offloaded_bytes(), Ordering::Relaxed);
         }
         let now = self.broker.clock().now();
         let totals = self.metrics.totals();

@@ -190,7 +190,10 @@ impl Topic {
                 let entries = match log.read_next(&r.cursor, room) {
                     Ok(e) => e,
                     Err(e) => {
-                        tracing::warn!(topic = %self.full_name, remote = %cluster, error = %e, "replicator: reading the topic failed");
+                        // An offloaded entry is fetched; the feed goes on then.
+                        if !self.offload.want(&e) {
+                            tracing::warn!(topic = %self.full_name, remote = %cluster, error = %e, "replicator: reading the topic failed");
+                        }
                         break;
                     }
                 };
@@ -209,6 +212,7 @@ impl Topic {
                 r.rate.consume(messages, bytes, now);
             }
         }
+        self.start_fetches();
     }
 
     /// A replicator's report: connected (feed from what was confirmed),

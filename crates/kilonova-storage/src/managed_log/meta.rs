@@ -3,9 +3,11 @@
 //!
 //! Everything of log `id` is under `logs/<id>/`: the metadata record at
 //! `logs/<id>/meta`, the cursor records beside it (`cursor.rs`). The record
-//! is version 2 (cursors listed by id); a version-1 record (cursors listed
-//! by name) still decodes, and the log stores it again as version 2 when it
-//! opens.
+//! is version 3 (cursors listed by id, then the offloaded segments); version
+//! 2 (no offloaded segments) and version 1 (cursors listed by name) still
+//! decode, and the log stores them again as version 3 when it next saves.
+
+use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -13,12 +15,16 @@ use crate::error::{Result, StorageError};
 use crate::position::SegmentId;
 use crate::state_store::StateStore;
 
+use super::tiering::Offloaded;
 use super::SegmentMeta;
 
 /// Version 1 listed cursors by name (stored under their hex-encoded names);
 /// version 2 by id. Version 1 is migrated when a log opens.
 pub(crate) const META_VERSION_NAMES: u8 = 1;
-pub(crate) const META_VERSION: u8 = 2;
+/// Version 2: cursors by id, nothing offloaded.
+pub(crate) const META_VERSION_IDS: u8 = 2;
+/// Version 3: version 2, then the offloaded segments.
+pub(crate) const META_VERSION: u8 = 3;
 
 /// The prefix under which logs keep their state: `logs/<log id>/...`.
 pub(crate) const LOGS_PREFIX: &str = "logs";
@@ -59,6 +65,7 @@ pub(crate) struct Meta {
     pub segments: Vec<SegmentMeta>,
     pub next_message_index: u64,
     pub cursors: StoredCursors,
+    pub offloaded: BTreeMap<SegmentId, Offloaded>,
 }
 
 /// How the metadata lists the durable cursors.
@@ -98,19 +105,33 @@ pub(crate) fn encode_head(
     b
 }
 
-/// The metadata record (version 2): the head, then the id the next durable
-/// cursor gets and the ids of the durable cursors.
+/// The metadata record (version 3): the head, then the id the next durable
+/// cursor gets and the ids of the durable cursors, then the offloaded
+/// segments: each its id, entries, bytes, last publish time, end message
+/// index, when it was offloaded, and its object's key (length, UTF-8).
 pub(crate) fn encode_meta(
     next_message_index: u64,
     segments: &[SegmentMeta],
     next_cursor_id: u64,
     cursor_ids: &[u64],
+    offloaded: &BTreeMap<SegmentId, Offloaded>,
 ) -> BytesMut {
     let mut b = encode_head(META_VERSION, next_message_index, segments);
     b.put_u64_le(next_cursor_id);
     b.put_u32_le(cursor_ids.len() as u32);
     for id in cursor_ids {
         b.put_u64_le(*id);
+    }
+    b.put_u32_le(offloaded.len() as u32);
+    for (id, o) in offloaded {
+        b.put_u64_le(*id);
+        b.put_u64_le(o.entries);
+        b.put_u64_le(o.bytes);
+        b.put_u64_le(o.last_publish_ms);
+        b.put_u64_le(o.end_message_index);
+        b.put_u64_le(o.offloaded_at_ms);
+        b.put_u32_le(o.object.len() as u32);
+        b.put_slice(o.object.as_bytes());
     }
     b
 }
@@ -121,7 +142,10 @@ pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
         return Err(err());
     }
     let version = b.get_u8();
-    if version != META_VERSION && version != META_VERSION_NAMES {
+    if !matches!(
+        version,
+        META_VERSION | META_VERSION_IDS | META_VERSION_NAMES
+    ) {
         return Err(err());
     }
     let next_message_index = b.get_u64_le();
@@ -144,17 +168,67 @@ pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
         }
         let next_id = b.get_u64_le();
         let m = b.get_u32_le() as usize;
-        if b.remaining() != m.saturating_mul(8) {
+        let ids_end = m.saturating_mul(8);
+        let exact = version == META_VERSION_IDS;
+        if b.remaining() < ids_end || (exact && b.remaining() != ids_end) {
             return Err(err());
         }
         let ids = (0..m).map(|_| b.get_u64_le()).collect();
         StoredCursors::ById { next_id, ids }
     };
+    let offloaded = if version == META_VERSION {
+        decode_offloaded(&mut b).ok_or_else(err)?
+    } else {
+        BTreeMap::new()
+    };
+    if version == META_VERSION && b.has_remaining() {
+        return Err(err());
+    }
     Ok(Meta {
         segments,
         next_message_index,
         cursors,
+        offloaded,
     })
+}
+
+/// The offloaded segments of a version-3 record.
+fn decode_offloaded(b: &mut Bytes) -> Option<BTreeMap<SegmentId, Offloaded>> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = b.get_u32_le() as usize;
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        if b.remaining() < 52 {
+            return None;
+        }
+        let id = b.get_u64_le();
+        let (entries, bytes, last_publish_ms, end_message_index, offloaded_at_ms) = (
+            b.get_u64_le(),
+            b.get_u64_le(),
+            b.get_u64_le(),
+            b.get_u64_le(),
+            b.get_u64_le(),
+        );
+        let len = b.get_u32_le() as usize;
+        if b.remaining() < len {
+            return None;
+        }
+        let object = String::from_utf8(b.split_to(len).to_vec()).ok()?;
+        out.insert(
+            id,
+            Offloaded {
+                object,
+                entries,
+                bytes,
+                last_publish_ms,
+                end_message_index,
+                offloaded_at_ms,
+            },
+        );
+    }
+    Some(out)
 }
 
 /// The cursor names of a version-1 metadata record.

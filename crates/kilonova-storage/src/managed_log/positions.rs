@@ -12,7 +12,10 @@ use crate::error::{Result, StorageError};
 use crate::position::{Position, SegmentId};
 use crate::store::SegmentStore;
 
+use std::collections::BTreeMap;
+
 use super::cursor::Positions;
+use super::tiering::Offloaded;
 use super::{ManagedLog, SegmentMeta};
 
 /// A log's segments as its positions see them: the list, in order, and the
@@ -21,16 +24,28 @@ use super::{ManagedLog, SegmentMeta};
 pub(super) struct SegmentList<'a> {
     segments: &'a [SegmentMeta],
     store: &'a SegmentStore,
+    offloaded: &'a BTreeMap<SegmentId, Offloaded>,
 }
 
 impl<'a> SegmentList<'a> {
-    pub(super) fn new(segments: &'a [SegmentMeta], store: &'a SegmentStore) -> Self {
-        SegmentList { segments, store }
+    pub(super) fn new(
+        segments: &'a [SegmentMeta],
+        store: &'a SegmentStore,
+        offloaded: &'a BTreeMap<SegmentId, Offloaded>,
+    ) -> Self {
+        SegmentList {
+            segments,
+            store,
+            offloaded,
+        }
     }
 
-    /// Durable entries of a segment.
+    /// Durable entries of a segment (an offloaded-only one's, as recorded).
     pub(super) fn confirmed(&self, segment: SegmentId) -> u64 {
-        self.store.segment(segment).map_or(0, |s| s.entries)
+        match self.store.segment(segment) {
+            Some(s) => s.entries,
+            None => self.offloaded.get(&segment).map_or(0, |o| o.entries),
+        }
     }
 
     /// The last durable entry, if any.
@@ -117,7 +132,7 @@ impl Positions for SegmentList<'_> {
 impl ManagedLog {
     /// The log's positions: a view of its segments.
     pub(super) fn positions(&self) -> SegmentList<'_> {
-        SegmentList::new(&self.segments, &self.store)
+        SegmentList::new(&self.segments, &self.store, &self.offloaded)
     }
 
     /// The last durable entry, if any.
@@ -176,7 +191,9 @@ impl ManagedLog {
         }
     }
 
-    /// Reads one durable entry (from the cache when it is there).
+    /// Reads one durable entry (from the cache when it is there). An entry
+    /// of an offloaded-only segment comes from the offload cache, else the
+    /// read fails with [`StorageError::Offloaded`] (fetch it, then retry).
     pub fn read_entry(&self, p: Position) -> Result<Entry> {
         if !self.positions().is_readable(p) {
             return Err(StorageError::NoSuchEntry {
@@ -186,6 +203,9 @@ impl ManagedLog {
         }
         if let Some(e) = self.cache.get(self.id, p) {
             return Ok(e);
+        }
+        if self.store.segment(p.segment).is_none() && self.offloaded.contains_key(&p.segment) {
+            return self.read_offloaded(p);
         }
         let stored = self.store.read(p.segment, p.entry)?;
         self.cache.count_miss_bytes(stored.len());
@@ -231,14 +251,22 @@ impl ManagedLog {
             if n == 0 {
                 continue;
             }
-            let last = self.read_entry(Position::new(s.id, n - 1))?;
-            if last.publish_time_ms < time_ms {
+            if self.last_publish_ms_of(s.id, n)? < time_ms {
                 continue;
             }
             let e = self.search(s.id, n, |e| e.publish_time_ms >= time_ms)?;
             return Ok(Position::new(s.id, e));
         }
         Ok(self.end_position())
+    }
+
+    /// When segment `seg` (of `n` entries) last got an entry: from its
+    /// offload record when only the object store holds it.
+    pub(super) fn last_publish_ms_of(&self, seg: SegmentId, n: u64) -> Result<u64> {
+        match self.offloaded.get(&seg) {
+            Some(o) if self.store.segment(seg).is_none() => Ok(o.last_publish_ms),
+            _ => Ok(self.read_entry(Position::new(seg, n - 1))?.publish_time_ms),
+        }
     }
 
     /// Binary search in a segment of `n` entries for the first entry satisfying a

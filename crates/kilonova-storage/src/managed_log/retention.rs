@@ -24,8 +24,11 @@ impl ManagedLog {
     pub async fn trim(&mut self, now_ms: u64, retention: Retention) -> Result<Vec<SegmentId>> {
         let doomed = self.trimmable(now_ms, retention)?;
         for id in &doomed {
-            self.store.delete_segment(*id).await?;
+            if self.store.segment(*id).is_some() {
+                self.store.delete_segment(*id).await?;
+            }
             self.segments.retain(|s| s.id != *id);
+            self.forget_offloaded(*id);
             tracing::debug!(log = self.id, segment = id, "deleted segment (retention)");
         }
         if !doomed.is_empty() {
@@ -46,22 +49,26 @@ impl ManagedLog {
             .map(|c| self.positions().normalize(c.floor()))
             .min()
             .unwrap_or_else(|| self.end_position());
-        let mut newer_bytes: u64 = self.size_bytes();
+        // Sizes across tiers: an offloaded-only segment counts its object's entries.
+        let seg_bytes = |id: SegmentId| match self.store.segment(id) {
+            Some(i) => i.bytes,
+            None => self.offloaded.get(&id).map_or(0, |o| o.bytes),
+        };
+        let mut newer_bytes: u64 = self.segments.iter().map(|s| seg_bytes(s.id)).sum();
         let mut doomed = Vec::new();
         for s in self
             .segments
             .iter()
             .take(self.segments.len().saturating_sub(1))
         {
-            let info = self.store.segment(s.id);
-            let bytes = info.map_or(0, |i| i.bytes);
-            let n = info.map_or(0, |i| i.entries);
+            let bytes = seg_bytes(s.id);
+            let n = self.positions().confirmed(s.id);
             let consumed = slowest.segment > s.id;
             if !consumed {
                 break;
             }
             let last_publish = if n > 0 {
-                self.read_entry(Position::new(s.id, n - 1))?.publish_time_ms
+                self.last_publish_ms_of(s.id, n)?
             } else {
                 s.created_ms
             };

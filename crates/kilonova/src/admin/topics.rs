@@ -62,6 +62,12 @@ pub enum TopicsCmd {
     SetReplicatedSubscriptionStatus(SetReplicatedSubscriptionStatus),
     /// Whether a subscription is replicated (each partition's).
     GetReplicatedSubscriptionStatus(SubscriptionArgs),
+    /// Offload the topic's older segments to the object store, keeping at
+    /// most --size-threshold bytes only locally (as pulsar-admin: the broker
+    /// is asked to offload everything before the newest segments that fit).
+    Offload(OffloadArgs),
+    /// How the topic's last offload went.
+    OffloadStatus { topic: TopicName },
     /// The id of the topic's last message.
     LastMessageId { topic: TopicName },
     /// The broker serving the topic: its Pulsar URL (`pulsar+ssl://…` with
@@ -274,6 +280,33 @@ impl AnalyzeBacklog {
 }
 
 #[derive(Args)]
+pub struct OffloadArgs {
+    topic: TopicName,
+    /// Bytes to keep in the local store (e.g. 10M, 1G): older segments go.
+    #[arg(short = 's', long = "size-threshold", value_parser = units::parse_size_bytes)]
+    size_threshold: u64,
+}
+
+/// Where an offload keeping `keep` bytes locally starts keeping: the first
+/// ledger (segment) of the newest ones whose sizes add up to at most
+/// `keep` — as pulsar-admin computes it from the internal stats' ledgers
+/// (oldest first, each `{ledgerId, size}`). `None`: nothing to offload.
+fn offload_target(ledgers: &[Value], keep: u64) -> Option<u64> {
+    let mut kept = 0u64;
+    let mut first_kept = None;
+    for l in ledgers.iter().rev() {
+        let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let id = l.get("ledgerId").and_then(Value::as_u64)?;
+        if kept.saturating_add(size) > keep && first_kept.is_some() {
+            return first_kept;
+        }
+        kept = kept.saturating_add(size);
+        first_kept = Some(id);
+    }
+    None
+}
+
+#[derive(Args)]
 pub struct SetReplicatedSubscriptionStatus {
     #[command(flatten)]
     sub: SubscriptionArgs,
@@ -478,6 +511,32 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
             return Ok(lookup_output(doc, client.is_tls()));
         }
         C::LastMessageId { topic } => client.get(&topic.path().join("lastMessageId")).await?,
+        C::Offload(o) => {
+            let stats = client.get(&o.topic.path().join("internalStats")).await?;
+            let ledgers = stats
+                .get("ledgers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let Some(ledger) = offload_target(&ledgers, o.size_threshold) else {
+                return Ok(Output::Rendered {
+                    human: "Nothing to offload".into(),
+                    json: Value::Null,
+                });
+            };
+            let body = json!({"ledgerId": ledger, "entryId": 0});
+            client
+                .put(&o.topic.path().join("offload"), Some(&body))
+                .await?;
+            return Ok(Output::Rendered {
+                human: format!(
+                    "Offload triggered for {} for messages before {ledger}:0:-1",
+                    o.topic
+                ),
+                json: body,
+            });
+        }
+        C::OffloadStatus { topic } => client.get(&topic.path().join("offload")).await?,
         C::Terminate { topic } => {
             let doc = client.post(&topic.path().join("terminate"), None).await?;
             // pulsar-admin's words, with the id as ledgerId:entryId:partitionIndex.
@@ -834,6 +893,35 @@ mod tests {
         }
         assert!(refused(&["analyze-backlog", "x"]), "-s is required");
         assert!(refused(&["analyze-backlog", "x", "-s", "s", "-p", "seven"]));
+    }
+
+    #[test]
+    fn offload_keeps_the_newest_ledgers_that_fit_the_threshold() {
+        let ledgers: Vec<Value> = [(1, 100), (2, 100), (3, 100), (4, 10)]
+            .iter()
+            .map(|(id, size)| json!({"ledgerId": id, "size": size}))
+            .collect();
+        assert_eq!(
+            offload_target(&ledgers, 150),
+            Some(3),
+            "4 and 3 fit, 2 does not"
+        );
+        assert_eq!(
+            offload_target(&ledgers, 0),
+            Some(4),
+            "the newest stays: it is being written"
+        );
+        assert_eq!(
+            offload_target(&ledgers, 1000),
+            None,
+            "everything fits: nothing to offload"
+        );
+        assert_eq!(offload_target(&[], 0), None);
+        match cmd(&["offload", "t/ns/x", "-s", "10M"]) {
+            TopicsCmd::Offload(o) => assert_eq!(o.size_threshold, 10 << 20),
+            _ => panic!("not offload"),
+        }
+        assert!(refused(&["offload", "x"]), "--size-threshold is required");
     }
 
     #[test]

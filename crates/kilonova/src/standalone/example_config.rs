@@ -93,12 +93,16 @@ fn the_example_config_parses_and_holds_exactly_the_defaults() {
 #[test]
 fn the_example_config_names_every_option_of_every_section() {
     let shown = keys_by_section(EXAMPLE);
-    let sections: [(&str, Vec<&str>); 5] = [
+    let sections: [(&str, Vec<&str>); 6] = [
         ("", field_names::<StandaloneConfig>()),
         ("broker", field_names::<BrokerConfig>()),
         ("storage", field_names::<StorageSettings>()),
         ("auth", field_names::<AuthConfig>()),
         ("tls", field_names::<TlsConfig>()),
+        (
+            "offload",
+            field_names::<kilonova_broker::tiering::OffloadSettings>(),
+        ),
     ];
     let subsections: Vec<&str> = sections[1..].iter().map(|(s, _)| *s).collect();
     for (section, fields) in &sections {

@@ -1,0 +1,120 @@
+//! Tiered storage in the broker: the object store topics offload their
+//! sealed segments to (`[offload]` in the configuration), shared by every
+//! topic. What a topic offloads and when is the topic's business
+//! (`topic/offload.rs`); this holds the store, and does each piece of work
+//! off the topic's task: copying a segment, fetching offloaded entries,
+//! deleting objects no longer referenced.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use kilonova_objstore::{
+    Bucket, ObjectStoreConfig, ObjectStoreError, OffloadConfig, OffloadedReader, OffloadedSegment,
+    Offloader, ReaderConfig,
+};
+use kilonova_storage::{SegmentId, SegmentStore};
+
+/// The `[offload]` section: the object store, and how it is read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffloadSettings {
+    /// The object store (`[offload.store]`); without it, nothing is offloaded.
+    pub store: Option<ObjectStoreConfig>,
+    /// A read of offloaded entries fetches this many more after them.
+    pub read_ahead_entries: u64,
+    /// Memory for offloaded entries read back, per topic (MiB).
+    pub topic_cache_mib: usize,
+    /// Memory for offloaded entries the object-store reader keeps (MiB), shared.
+    pub reader_cache_mib: usize,
+}
+
+impl Default for OffloadSettings {
+    fn default() -> Self {
+        OffloadSettings {
+            store: None,
+            read_ahead_entries: 100,
+            topic_cache_mib: 16,
+            reader_cache_mib: 64,
+        }
+    }
+}
+
+/// The object store topics offload to.
+pub struct Tiering {
+    offloader: Offloader,
+    reader: OffloadedReader,
+    settings: OffloadSettings,
+}
+
+impl std::fmt::Debug for Tiering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiering")
+            .field("store", &self.offloader.bucket().describe())
+            .finish()
+    }
+}
+
+impl Tiering {
+    /// The configured object store, if one is (`None` without `[offload.store]`).
+    pub fn open(settings: &OffloadSettings) -> Result<Option<Arc<Tiering>>, ObjectStoreError> {
+        let Some(store) = settings.store.as_ref() else {
+            return Ok(None);
+        };
+        let bucket = Bucket::open(store)?;
+        let reader = OffloadedReader::new(
+            bucket.clone(),
+            ReaderConfig {
+                cache_bytes: settings.reader_cache_mib << 20,
+                ..ReaderConfig::default()
+            },
+        );
+        let offloader = Offloader::new(bucket, OffloadConfig::default())?;
+        tracing::info!(store = %offloader.bucket().describe(), "tiered storage: offloading to an object store");
+        Ok(Some(Arc::new(Tiering {
+            offloader,
+            reader,
+            settings: settings.clone(),
+        })))
+    }
+
+    pub fn settings(&self) -> &OffloadSettings {
+        &self.settings
+    }
+
+    /// What the object store is, for logs and stats (no secrets).
+    pub fn describe(&self) -> &str {
+        self.offloader.bucket().describe()
+    }
+
+    /// Copies sealed segment `segment` of log `log` into a new object.
+    pub async fn offload(
+        &self,
+        store: &SegmentStore,
+        log: u64,
+        segment: SegmentId,
+    ) -> Result<OffloadedSegment, ObjectStoreError> {
+        self.offloader.offload(store, log, segment).await
+    }
+
+    /// Entries `first..` (up to the read-ahead, within `entries`) of the
+    /// offloaded segment at `object`, as the local store held them.
+    pub async fn fetch(
+        &self,
+        object: &str,
+        first: u64,
+        entries: u64,
+    ) -> Result<Vec<Bytes>, ObjectStoreError> {
+        let last = first
+            .saturating_add(self.settings.read_ahead_entries)
+            .min(entries.saturating_sub(1));
+        self.reader.read(object, first..=last).await
+    }
+
+    /// Deletes an object no longer referenced.
+    pub async fn delete(&self, object: &str) -> Result<(), ObjectStoreError> {
+        self.reader.forget(object);
+        self.offloader.delete(object).await
+    }
+}

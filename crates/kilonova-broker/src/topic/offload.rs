@@ -1,0 +1,455 @@
+//! Tiered storage on a topic: which sealed segments go to the object store
+//! and when, when their local copies go, and reading offloaded entries back.
+//!
+//! Every housekeeping tick, with an object store configured
+//! ([`crate::tiering`]): local copies offloaded longer ago than the
+//! deletion lag are dropped; objects no longer referenced (segments trimmed
+//! by retention) are deleted; and if no copy is running, the oldest segment
+//! due is copied (the size threshold, the age threshold, or a manual
+//! offload up to a message), in a task of its own, the topic recording it
+//! when the copy is complete (a crash before that leaves an unreferenced
+//! object, never a reference to a missing one).
+//!
+//! Reads never wait on the object store in the topic's task: a dispatch
+//! that meets an entry only the object store holds asks for it
+//! ([`kilonova_storage::StorageError::Offloaded`]), a task fetches it (and
+//! the entries after it), and the topic dispatches again once it is in the
+//! log's offload cache. A failed fetch is retried after a pause, so a slow
+//! or absent object store slows only the readers of offloaded data. Seeks
+//! by time, TTL and resets by time, which search entries, wait for their
+//! fetches ([`Topic::read_through`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use kilonova_objstore::{ObjectStoreError, OffloadedSegment};
+use kilonova_storage::{ManagedLog, Offloaded, Position, SegmentId, StorageError};
+
+use super::Topic;
+use crate::error::BrokerError;
+use crate::tiering::Tiering;
+
+/// A finished piece of offload work, back to the topic's task.
+pub(super) enum OffloadEvent {
+    Copied {
+        segment: SegmentId,
+        result: Result<OffloadedSegment, ObjectStoreError>,
+    },
+    Fetched {
+        segment: SegmentId,
+        first: u64,
+        result: Result<Vec<Bytes>, ObjectStoreError>,
+    },
+}
+
+/// After a failure, the object store is asked again this much later.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Fetches in flight per topic at most.
+const MAX_FETCHES: usize = 4;
+
+/// Pulsar's offload status, as `offload-status` shows it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OffloadStatus {
+    /// `NOT_RUN`, `RUNNING`, `SUCCESS` or `ERROR`.
+    pub status: String,
+    pub last_error: String,
+    /// The first message not offloaded (`ledgerId:entryId`): where the
+    /// local-only part of the topic starts.
+    pub first_unoffloaded_message: String,
+}
+
+/// A topic's offload bookkeeping.
+pub(super) struct OffloadState {
+    events: mpsc::UnboundedSender<OffloadEvent>,
+    /// The segment being copied.
+    copying: Option<SegmentId>,
+    /// Offloaded entries being fetched: (segment, first entry).
+    fetching: HashSet<(SegmentId, u64)>,
+    /// Entries reads asked for since the last look.
+    wanted: Vec<(SegmentId, u64)>,
+    /// Segments whose fetch failed: not asked for again before then.
+    fetch_retry: HashMap<SegmentId, Instant>,
+    /// No copy starts before then (the last one failed).
+    copy_retry: Option<Instant>,
+    /// A manual offload: every sealed segment before this one.
+    manual_before: Option<SegmentId>,
+    status: OffloadStatus,
+}
+
+impl OffloadState {
+    pub(super) fn new(events: mpsc::UnboundedSender<OffloadEvent>) -> Self {
+        OffloadState {
+            events,
+            copying: None,
+            fetching: HashSet::new(),
+            wanted: Vec::new(),
+            fetch_retry: HashMap::new(),
+            copy_retry: None,
+            manual_before: None,
+            status: OffloadStatus {
+                status: "NOT_RUN".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A read met an entry only the object store holds.
+    pub(super) fn want(&mut self, e: &StorageError) -> bool {
+        match e {
+            StorageError::Offloaded { segment, entry } => {
+                self.wanted.push((*segment, *entry));
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Topic {
+    fn tiering(&self) -> Option<Arc<Tiering>> {
+        self.broker.tiering()
+    }
+
+    /// Every housekeeping tick: drops local copies past the deletion lag,
+    /// deletes released objects, and starts the next copy that is due.
+    pub(super) async fn offload_tick(&mut self) {
+        let Some(tiering) = self.tiering() else {
+            return;
+        };
+        let now_ms = self.broker.clock().now_ms();
+        let lag = self.policies.offload_deletion_lag_ms;
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        for segment in log.local_copies_to_drop(now_ms, lag) {
+            if let Err(e) = log.drop_local_copy(segment).await {
+                tracing::warn!(topic = %self.full_name, segment, error = %e, "dropping an offloaded segment's local copy failed");
+            }
+        }
+        self.delete_released_objects(&tiering);
+        self.start_copy(&tiering);
+        self.start_fetches();
+    }
+
+    /// Deletes the objects the log no longer references.
+    fn delete_released_objects(&mut self, _tiering: &Arc<Tiering>) {
+        let released = self
+            .log
+            .as_mut()
+            .map(|log| log.take_released_objects())
+            .unwrap_or_default();
+        self.delete_objects(released);
+    }
+
+    /// Deletes objects nothing references any more (in tasks of their own).
+    pub(super) fn delete_objects(&self, objects: Vec<String>) {
+        let Some(tiering) = self.tiering() else {
+            if !objects.is_empty() {
+                tracing::warn!(topic = %self.full_name, objects = objects.len(), "offloaded objects left behind: no object store is configured any more");
+            }
+            return;
+        };
+        for object in objects {
+            let (tiering, topic) = (tiering.clone(), self.full_name.clone());
+            tokio::spawn(async move {
+                match tiering.delete(&object).await {
+                    Ok(()) => tracing::debug!(topic = %topic, %object, "offloaded object deleted"),
+                    // Left behind: an orphan, which the store's orphan sweep removes.
+                    Err(e) => {
+                        tracing::warn!(topic = %topic, %object, error = %e, "deleting an offloaded object failed")
+                    }
+                }
+            });
+        }
+    }
+
+    /// The sealed segments due for the object store, oldest first.
+    fn due_for_offload(&self, log: &ManagedLog) -> Vec<SegmentId> {
+        let now_ms = self.broker.clock().now_ms();
+        let mut due: Vec<SegmentId> = Vec::new();
+        if let Some(keep) = self.policies.offload_threshold_bytes {
+            due.extend(log.offload_candidates(keep));
+        }
+        if let Some(secs) = self.policies.offload_threshold_secs {
+            let cutoff = now_ms.saturating_sub(secs.saturating_mul(1000));
+            due.extend(log.offload_candidates_published_before(cutoff));
+        }
+        if let Some(before) = self.offload.manual_before {
+            due.extend(log.offload_candidates_before(before));
+        }
+        due.sort_unstable();
+        due.dedup();
+        due
+    }
+
+    /// Starts copying the next segment due, unless a copy is running or the
+    /// last one failed moments ago.
+    fn start_copy(&mut self, tiering: &Arc<Tiering>) {
+        let now = self.broker.clock().now();
+        if self.offload.copying.is_some() || self.offload.copy_retry.is_some_and(|t| now < t) {
+            return;
+        }
+        let Some(log) = self.log.as_ref() else {
+            return;
+        };
+        let Some(&segment) = self.due_for_offload(log).first() else {
+            if self.offload.manual_before.take().is_some() {
+                self.offload.status.status = "SUCCESS".into();
+            }
+            return;
+        };
+        let (tiering, store, id) = (tiering.clone(), self.broker.segment_store(), log.id());
+        let events = self.offload.events.clone();
+        self.offload.copying = Some(segment);
+        self.offload.status.status = "RUNNING".into();
+        tokio::spawn(async move {
+            let result = tiering.offload(&store, id, segment).await;
+            let _ = events.send(OffloadEvent::Copied { segment, result });
+        });
+    }
+
+    /// Fetches what reads asked for (a few at a time), each from the entry
+    /// asked for on, with read-ahead.
+    pub(super) fn start_fetches(&mut self) {
+        if self.offload.wanted.is_empty() {
+            return;
+        }
+        let Some(tiering) = self.tiering() else {
+            self.offload.wanted.clear();
+            return;
+        };
+        let now = self.broker.clock().now();
+        let wanted = std::mem::take(&mut self.offload.wanted);
+        let Some(log) = self.log.as_ref() else {
+            return;
+        };
+        for (segment, first) in wanted {
+            if self.offload.fetching.len() >= MAX_FETCHES
+                || self
+                    .offload
+                    .fetching
+                    .iter()
+                    .any(|(s, f)| *s == segment && *f <= first)
+                || self
+                    .offload
+                    .fetch_retry
+                    .get(&segment)
+                    .is_some_and(|t| now < *t)
+            {
+                continue;
+            }
+            let Some(o) = log.offloaded(segment) else {
+                continue;
+            };
+            let (object, entries) = (o.object.clone(), o.entries);
+            self.offload.fetching.insert((segment, first));
+            let (tiering, events) = (tiering.clone(), self.offload.events.clone());
+            tokio::spawn(async move {
+                let result = tiering.fetch(&object, first, entries).await;
+                let _ = events.send(OffloadEvent::Fetched {
+                    segment,
+                    first,
+                    result,
+                });
+            });
+        }
+    }
+
+    /// A copy or a fetch finished.
+    pub(super) fn on_offload_event(&mut self, event: OffloadEvent) {
+        let now = self.broker.clock().now();
+        match event {
+            OffloadEvent::Copied { segment, result } => {
+                self.offload.copying = None;
+                let recorded = match result {
+                    Ok(copy) => self.record_copy(segment, copy),
+                    Err(e) => Err(e.to_string()),
+                };
+                match recorded {
+                    Ok(()) => {
+                        self.offload.status.status = "SUCCESS".into();
+                        self.offload.status.last_error.clear();
+                        self.offload.copy_retry = None;
+                        if let Some(tiering) = self.tiering() {
+                            self.start_copy(&tiering);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %self.full_name, segment, error = %e, "offloading a segment failed; retried later");
+                        self.offload.status.status = "ERROR".into();
+                        self.offload.status.last_error = e;
+                        self.offload.copy_retry = Some(now + RETRY_AFTER);
+                    }
+                }
+                self.offload.status.first_unoffloaded_message = self.first_unoffloaded();
+            }
+            OffloadEvent::Fetched {
+                segment,
+                first,
+                result,
+            } => {
+                self.offload.fetching.remove(&(segment, first));
+                let inserted = match result {
+                    Ok(entries) => self.log.as_mut().map_or(Ok(()), |log| {
+                        log.insert_offloaded(segment, first, entries)
+                            .map_err(|e| e.to_string())
+                    }),
+                    Err(e) => Err(e.to_string()),
+                };
+                match inserted {
+                    Ok(()) => {
+                        self.offload.fetch_retry.remove(&segment);
+                        self.dispatch_all();
+                        self.feed_replicators();
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %self.full_name, segment, first, error = %e, "reading offloaded entries failed; retried later");
+                        self.offload.fetch_retry.insert(segment, now + RETRY_AFTER);
+                        // Readers waiting for it try again then.
+                        super::dispatch::wake_after(
+                            &mut self.dispatch_wake,
+                            now,
+                            Some(RETRY_AFTER),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a finished copy in the log's metadata.
+    fn record_copy(&mut self, segment: SegmentId, copy: OffloadedSegment) -> Result<(), String> {
+        let now_ms = self.broker.clock().now_ms();
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let record = Offloaded {
+            object: copy.key.clone(),
+            entries: copy.entries,
+            bytes: copy.data_bytes,
+            last_publish_ms: 0,
+            end_message_index: 0,
+            offloaded_at_ms: now_ms,
+        };
+        match log.mark_offloaded(segment, record) {
+            Ok(()) => {
+                tracing::info!(topic = %self.full_name, segment, object = %copy.key, entries = copy.entries, "segment offloaded");
+                Ok(())
+            }
+            Err(e) => {
+                // The object is referenced by nothing: delete it.
+                log.release_object(copy.key);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Where the local-only part of the log starts, as `ledgerId:entryId`.
+    fn first_unoffloaded(&self) -> String {
+        let Some(log) = self.log.as_ref() else {
+            return String::new();
+        };
+        let first_local = log
+            .segment_tiers()
+            .into_iter()
+            .find(|t| t.offloaded.is_none())
+            .map_or_else(|| log.end_position(), |t| Position::new(t.id, 0));
+        format!("{}:{}", first_local.segment, first_local.entry)
+    }
+
+    /// With a TTL and offloaded entries, the TTL's search by publish time
+    /// (at the next policy check) finds its entries fetched already.
+    pub(super) async fn warm_ttl_search(&mut self) {
+        let Some(ttl) = self.policies.ttl else {
+            return;
+        };
+        if self.tiering().is_none() || self.log.as_ref().is_none_or(|l| l.offloaded_bytes() == 0) {
+            return;
+        }
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = self.broker.clock().now_ms().saturating_sub(ttl_ms);
+        if let Err(e) = self
+            .read_through(|l| l.position_of_publish_time(cutoff))
+            .await
+        {
+            tracing::debug!(topic = %self.full_name, error = %e, "the TTL's search could not read offloaded entries");
+        }
+    }
+
+    /// `topics offload`: every sealed segment before the one holding
+    /// `before` goes to the object store.
+    pub(super) fn offload_before(&mut self, before: Position) -> Result<(), BrokerError> {
+        let Some(tiering) = self.tiering() else {
+            return Err(BrokerError::NotAllowed(
+                "no object store is configured ([offload.store])".into(),
+            ));
+        };
+        if self.log.is_none() {
+            return Err(BrokerError::NotAllowed(
+                "offload is not supported on non-persistent topics".into(),
+            ));
+        }
+        if self.offload.copying.is_some() || self.offload.manual_before.is_some() {
+            return Err(BrokerError::Conflict(
+                "an offload is running already".into(),
+            ));
+        }
+        self.offload.manual_before = Some(before.segment);
+        self.offload.copy_retry = None;
+        self.offload.status = OffloadStatus {
+            status: "RUNNING".into(),
+            ..Default::default()
+        };
+        self.start_copy(&tiering);
+        Ok(())
+    }
+
+    /// `topics offload-status`.
+    pub(super) fn offload_status(&self) -> OffloadStatus {
+        let mut s = self.offload.status.clone();
+        s.first_unoffloaded_message = self.first_unoffloaded();
+        s
+    }
+
+    /// Runs `read` over the log, fetching (and waiting for) what it finds
+    /// only in the object store, until it answers: for searches by time,
+    /// which may read several offloaded entries.
+    pub(super) async fn read_through<T>(
+        &mut self,
+        read: impl Fn(&ManagedLog) -> Result<T, StorageError>,
+    ) -> Result<T, BrokerError> {
+        const MAX_FETCHES_PER_READ: usize = 64;
+        for _ in 0..MAX_FETCHES_PER_READ {
+            let Some(log) = self.log.as_ref() else {
+                return Err(BrokerError::NotAllowed("not a persistent topic".into()));
+            };
+            let (segment, first) = match read(log) {
+                Err(StorageError::Offloaded { segment, entry }) => (segment, entry),
+                other => return other.map_err(BrokerError::from),
+            };
+            let (Some(tiering), Some(o)) = (self.tiering(), log.offloaded(segment)) else {
+                return Err(BrokerError::Storage(StorageError::Offloaded {
+                    segment,
+                    entry: first,
+                }));
+            };
+            let entries = tiering
+                .fetch(&o.object.clone(), first, o.entries)
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            if let Some(log) = self.log.as_mut() {
+                log.insert_offloaded(segment, first, entries)?;
+            }
+        }
+        Err(BrokerError::Unavailable(
+            "reading offloaded entries took too many fetches".into(),
+        ))
+    }
+}

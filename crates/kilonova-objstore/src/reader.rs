@@ -1,0 +1,379 @@
+//! [`OffloadedReader`]: reads entries of offloaded segments with range
+//! requests, verifying every entry's checksum.
+//!
+//! An object's index is fetched once (one suffix request for the tail;
+//! a second only for an index larger than the prefetch) and kept in a
+//! byte-bounded LRU. A read fetches the requested entries plus up to
+//! `read_ahead_bytes` of the entries after them in one range request; what
+//! it fetched is kept in a second byte-bounded LRU, so a reader going
+//! forward finds its next entries there. Both caches are the reader's own:
+//! reading old data never evicts the entry cache of tailing consumers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use kilonova_storage::EntryId;
+
+use crate::bucket::Bucket;
+use crate::error::{ObjectStoreError, Result};
+use crate::format::{self, SegmentIndex, Tail};
+use crate::lru::ByteLru;
+
+/// How offloaded data is read. Units are in the names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReaderConfig {
+    /// A read also fetches the entries after the requested ones, up to this
+    /// many bytes more, in the same request.
+    pub read_ahead_bytes: u64,
+    /// Memory for fetched entries (read-ahead included), least recently used dropped first.
+    pub cache_bytes: usize,
+    /// Memory for objects' indexes (16 bytes per entry).
+    pub index_cache_bytes: usize,
+    /// The first request for an index fetches this many bytes from the end
+    /// of the object: indexes of up to (this − 56) / 16 entries need no second request.
+    pub index_prefetch_bytes: u64,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            read_ahead_bytes: 4 << 20,
+            cache_bytes: 64 << 20,
+            index_cache_bytes: 16 << 20,
+            index_prefetch_bytes: 256 << 10,
+        }
+    }
+}
+
+/// The most one range request fetches: a read of more entries than this
+/// spans takes several requests.
+pub const MAX_FETCH_BYTES: u64 = 64 << 20;
+
+/// A run of consecutive entries of one object, fetched by one range
+/// request and verified: the unit the entry cache keeps.
+#[derive(Debug)]
+struct Window {
+    object: Arc<str>,
+    first: EntryId,
+    last: EntryId,
+    /// The object offset `data` starts at.
+    base: u64,
+    data: Bytes,
+}
+
+impl Window {
+    /// Entry `id`'s bytes (`first <= id <= last`, verified when fetched).
+    fn entry(&self, index: &SegmentIndex, id: EntryId) -> Bytes {
+        debug_assert!((self.first..=self.last).contains(&id));
+        match index.record(id) {
+            Some(r) => self
+                .data
+                .slice((r.offset - self.base) as usize..(r.end() - self.base) as usize),
+            None => Bytes::new(),
+        }
+    }
+}
+
+/// Fixed cost counted per cached window besides its bytes.
+const WINDOW_OVERHEAD_BYTES: usize = 128;
+
+/// Fetched windows, least recently used dropped first, found by object and entry.
+#[derive(Debug)]
+struct Windows {
+    lru: ByteLru<u64, Arc<Window>>,
+    /// Per object: first entry → window id.
+    by_object: HashMap<Arc<str>, BTreeMap<EntryId, u64>>,
+    next_id: u64,
+}
+
+impl Windows {
+    fn new(max_bytes: usize) -> Self {
+        Windows {
+            lru: ByteLru::new(max_bytes),
+            by_object: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// The cached window holding entry `id` of `object`, and the first
+    /// entry of the next cached window after `id` (where a fetch should stop).
+    fn find(&mut self, object: &Arc<str>, id: EntryId) -> (Option<Arc<Window>>, Option<EntryId>) {
+        let Some(starts) = self.by_object.get(object) else {
+            return (None, None);
+        };
+        let next = starts
+            .range(id.saturating_add(1)..)
+            .next()
+            .map(|(first, _)| *first);
+        let Some((_, wid)) = starts.range(..=id).next_back() else {
+            return (None, next);
+        };
+        match self.lru.get(wid) {
+            Some(w) if w.last >= id => (Some(w), next),
+            _ => (None, next),
+        }
+    }
+
+    fn insert(&mut self, w: Arc<Window>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let size = w.data.len() + WINDOW_OVERHEAD_BYTES;
+        let starts = self.by_object.entry(w.object.clone()).or_default();
+        if let Some(old) = starts.insert(w.first, id) {
+            self.lru.remove(&old);
+        }
+        for (_, evicted) in self.lru.insert(id, w, size) {
+            self.unlist(&evicted);
+        }
+    }
+
+    /// Removes an evicted window from the per-object lists.
+    fn unlist(&mut self, w: &Window) {
+        if let Some(starts) = self.by_object.get_mut(&w.object) {
+            starts.remove(&w.first);
+            if starts.is_empty() {
+                self.by_object.remove(&w.object);
+            }
+        }
+    }
+
+    fn forget(&mut self, object: &str) {
+        if let Some(starts) = self.by_object.remove(object) {
+            for wid in starts.values() {
+                self.lru.remove(wid);
+            }
+        }
+    }
+}
+
+fn no_such_entry(key: &str, entry: EntryId, index: &SegmentIndex) -> ObjectStoreError {
+    ObjectStoreError::NoSuchEntry {
+        key: key.to_string(),
+        entry,
+        entries: index.entry_count(),
+    }
+}
+
+/// Reads offloaded segments of one [`Bucket`]. Share it (`Arc`) between
+/// the readers of a broker: its caches are shared too.
+#[derive(Debug)]
+pub struct OffloadedReader {
+    bucket: Bucket,
+    config: ReaderConfig,
+    indexes: Mutex<ByteLru<Arc<str>, Arc<SegmentIndex>>>,
+    windows: Mutex<Windows>,
+}
+
+/// The reader's caches, for stats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderCacheStats {
+    pub indexes: usize,
+    pub index_bytes: usize,
+    /// Fetched runs of entries (read-ahead included) and their bytes.
+    pub windows: usize,
+    pub window_bytes: usize,
+}
+
+impl OffloadedReader {
+    pub fn new(bucket: Bucket, config: ReaderConfig) -> Self {
+        OffloadedReader {
+            indexes: Mutex::new(ByteLru::new(config.index_cache_bytes)),
+            windows: Mutex::new(Windows::new(config.cache_bytes)),
+            bucket,
+            config,
+        }
+    }
+
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
+    /// The index of the object at `key` (cached after the first fetch).
+    pub async fn index(&self, key: &str) -> Result<Arc<SegmentIndex>> {
+        let k: Arc<str> = key.into();
+        if let Some(i) = lock(&self.indexes).get(&k) {
+            return Ok(i);
+        }
+        let index = match fetch_index(&self.bucket, key, self.config.index_prefetch_bytes).await {
+            Ok(i) => Arc::new(i),
+            Err(e) => {
+                self.bucket
+                    .metrics()
+                    .read_failed(matches!(e, ObjectStoreError::Corrupt { .. }));
+                return Err(e);
+            }
+        };
+        lock(&self.indexes).insert(k, index.clone(), index.memory_bytes());
+        Ok(index)
+    }
+
+    /// Entries `range` of the offloaded segment at `key`, each verified
+    /// against its checksum. An empty range reads nothing.
+    pub async fn read(&self, key: &str, range: RangeInclusive<EntryId>) -> Result<Vec<Bytes>> {
+        let (first, last) = (*range.start(), *range.end());
+        let index = self.index(key).await?;
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let entries = index.entry_count();
+        if last >= entries {
+            return Err(ObjectStoreError::NoSuchEntry {
+                key: key.to_string(),
+                entry: last,
+                entries,
+            });
+        }
+        let k: Arc<str> = key.into();
+        let mut out = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
+        let (mut hits, mut misses) = (0, 0);
+        let mut next = first;
+        while next <= last {
+            let (cached, next_cached) = lock(&self.windows).find(&k, next);
+            let window = match cached {
+                Some(w) => {
+                    hits += w.last.min(last) + 1 - next;
+                    w
+                }
+                None => match self.fetch(&k, &index, next, last, next_cached).await {
+                    Ok(w) => {
+                        misses += w.last.min(last) + 1 - next;
+                        w
+                    }
+                    Err(e) => {
+                        self.bucket
+                            .metrics()
+                            .read_failed(matches!(e, ObjectStoreError::Corrupt { .. }));
+                        return Err(e);
+                    }
+                },
+            };
+            let upto = window.last.min(last);
+            for id in next..=upto {
+                out.push(window.entry(&index, id));
+            }
+            next = upto + 1;
+        }
+        self.bucket.metrics().cache(hits, misses);
+        Ok(out)
+    }
+
+    /// Fetches a window from entry `first`: up to entry `last` plus
+    /// `read_ahead_bytes` after it, stopping before `before` (the next
+    /// cached window) and at [`MAX_FETCH_BYTES`]; verifies and caches it.
+    async fn fetch(
+        &self,
+        key: &Arc<str>,
+        index: &SegmentIndex,
+        first: EntryId,
+        last: EntryId,
+        before: Option<EntryId>,
+    ) -> Result<Arc<Window>> {
+        let rec = |id: EntryId| {
+            index
+                .record(id)
+                .ok_or_else(|| no_such_entry(key, id, index))
+        };
+        let from = rec(first)?.offset;
+        let end_limit = before.unwrap_or(index.entry_count());
+        let want_end = rec(last)?.end();
+        let mut fetch_last = first;
+        while fetch_last + 1 < end_limit {
+            let end = rec(fetch_last + 1)?.end();
+            let wanted = fetch_last < last;
+            let within = if wanted {
+                end - from <= MAX_FETCH_BYTES
+            } else {
+                end.saturating_sub(want_end) <= self.config.read_ahead_bytes
+                    && end - from <= MAX_FETCH_BYTES
+            };
+            if !within {
+                break;
+            }
+            fetch_last += 1;
+        }
+        let to = rec(fetch_last)?.end();
+        let data = self.bucket.get_range(key, from..to).await?;
+        self.bucket.metrics().read(to - from);
+        let mut window_last = fetch_last;
+        for id in first..=fetch_last {
+            let r = rec(id)?;
+            let bytes = &data[(r.offset - from) as usize..(r.end() - from) as usize];
+            if let Err(e) = format::verify_entry(&r, bytes) {
+                if id > last && id > first {
+                    // Only read ahead: the requested entries are sound. The
+                    // bad one fails the read that asks for it.
+                    window_last = id - 1;
+                    break;
+                }
+                return Err(ObjectStoreError::Corrupt {
+                    key: key.to_string(),
+                    detail: format!("entry {id}: {e}"),
+                });
+            }
+        }
+        let end = rec(window_last)?.end();
+        let window = Arc::new(Window {
+            object: key.clone(),
+            first,
+            last: window_last,
+            base: from,
+            data: data.slice(..(end - from) as usize),
+        });
+        lock(&self.windows).insert(window.clone());
+        Ok(window)
+    }
+
+    /// Drops what the caches hold of `key` (its object was deleted).
+    pub fn forget(&self, key: &str) {
+        lock(&self.indexes).remove(&Arc::from(key));
+        lock(&self.windows).forget(key);
+    }
+
+    pub fn cache_stats(&self) -> ReaderCacheStats {
+        let i = lock(&self.indexes);
+        let w = lock(&self.windows);
+        ReaderCacheStats {
+            indexes: i.len(),
+            index_bytes: i.bytes(),
+            windows: w.lru.len(),
+            window_bytes: w.lru.bytes(),
+        }
+    }
+}
+
+/// Caches hold no invariant a panic elsewhere could break halfway: a
+/// poisoned lock is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Fetches and verifies the index of the object at `key`: the last
+/// `prefetch` bytes, then the start of the index if it begins before them.
+pub(crate) async fn fetch_index(bucket: &Bucket, key: &str, prefetch: u64) -> Result<SegmentIndex> {
+    let corrupt = |e: format::FormatError| ObjectStoreError::Corrupt {
+        key: key.to_string(),
+        detail: e.to_string(),
+    };
+    let (tail, size) = bucket
+        .get_suffix(key, prefetch.max(format::FOOTER_LEN))
+        .await?;
+    match format::decode_tail(&tail, size).map_err(corrupt)? {
+        Tail::Index(i) => Ok(i),
+        Tail::NeedFrom { offset } => {
+            let tail_start = size - tail.len() as u64;
+            let head = bucket.get_range(key, offset..tail_start).await?;
+            let mut joined = BytesMut::with_capacity(head.len() + tail.len());
+            joined.extend_from_slice(&head);
+            joined.extend_from_slice(&tail);
+            match format::decode_tail(&joined, size).map_err(corrupt)? {
+                Tail::Index(i) => Ok(i),
+                Tail::NeedFrom { .. } => Err(ObjectStoreError::Corrupt {
+                    key: key.to_string(),
+                    detail: "the index moved between two reads".into(),
+                }),
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Tiered storage's side of a managed log: offloaded segments recorded in
+//! its metadata, local copies dropped, reads of offloaded-only entries
+//! answered from what the caller fetched, retention across tiers, and all of
+//! it across a reopen. The object store itself is the object-store crate's
+//! (tested against SeaweedFS there): here the "objects" are the segments'
+//! stored entries kept in memory, which is what an offload copies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kilonova_storage::{
+    InitialPosition, ManagedLog, Offloaded, Retention, SegmentId, StorageError,
+};
+
+mod common;
+use common::{env, msg, open, publish, small_segments, Env};
+
+/// The entries of each offloaded segment, by object key.
+type Objects = BTreeMap<String, Vec<Bytes>>;
+
+/// Offloads every candidate segment as the broker would: copy, record.
+fn offload_all(
+    e: &Env,
+    log: &mut ManagedLog,
+    objects: &mut Objects,
+    now_ms: u64,
+) -> Vec<SegmentId> {
+    let candidates = log.offload_candidates(0);
+    for &seg in &candidates {
+        let info = e.store.segment(seg).unwrap();
+        let copy: Vec<Bytes> = (0..info.entries)
+            .map(|i| e.store.read(seg, i).unwrap())
+            .collect();
+        let key = format!("objects/{seg}");
+        objects.insert(key.clone(), copy);
+        log.mark_offloaded(
+            seg,
+            Offloaded {
+                object: key,
+                entries: info.entries,
+                bytes: info.bytes,
+                last_publish_ms: 0,
+                end_message_index: 0,
+                offloaded_at_ms: now_ms,
+            },
+        )
+        .unwrap();
+    }
+    candidates
+}
+
+/// Runs `read`, fetching what it says is offloaded (a block of entries from
+/// the one asked for, as a read-ahead would) until it succeeds.
+fn fetching<T>(
+    log: &mut ManagedLog,
+    objects: &Objects,
+    mut read: impl FnMut(&mut ManagedLog) -> Result<T, StorageError>,
+) -> (T, usize) {
+    let mut fetches = 0;
+    loop {
+        match read(log) {
+            Err(StorageError::Offloaded { segment, entry }) => {
+                let key = log.offloaded(segment).unwrap().object.clone();
+                let all = &objects[&key];
+                let block: Vec<Bytes> = all.iter().skip(entry as usize).take(4).cloned().collect();
+                log.insert_offloaded(segment, entry, block).unwrap();
+                fetches += 1;
+                assert!(fetches < 1000, "no progress");
+            }
+            other => return (other.unwrap(), fetches),
+        }
+    }
+}
+
+#[tokio::test]
+async fn offloaded_segments_read_back_after_their_local_copies_go_and_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let positions = publish(&mut log, 0, 35).await;
+    let mut objects = Objects::new();
+    let offloaded = offload_all(&e, &mut log, &mut objects, 100);
+    assert_eq!(
+        offloaded.len(),
+        3,
+        "the sealed segments, not the one appended to"
+    );
+    assert_eq!(
+        log.offload_candidates(0),
+        Vec::<SegmentId>::new(),
+        "offloaded once"
+    );
+    assert!(log.offloaded_bytes() > 0);
+
+    // Within the deletion lag the local copies stay; after it they go.
+    assert!(log.local_copies_to_drop(150, 100).is_empty());
+    let drop = log.local_copies_to_drop(200, 100);
+    assert_eq!(drop, offloaded);
+    for seg in drop {
+        log.drop_local_copy(seg).await.unwrap();
+        assert!(e.store.segment(seg).is_none());
+    }
+    // Positions, counts and the end stay as they were.
+    assert_eq!(log.entries(), 35);
+    assert_eq!(log.last_position(), Some(positions[34]));
+    let first = log.first_position();
+    assert_eq!(first, positions[0]);
+    assert!(matches!(
+        log.read_entry(first),
+        Err(StorageError::Offloaded { entry: 0, .. })
+    ));
+    let (all, fetches) = fetching(&mut log, &objects, |l| l.read_from(first, 100));
+    assert!(fetches >= 8, "read a block at a time: {fetches}");
+    let data: Vec<Bytes> = all.iter().map(|en| en.data.clone()).collect();
+    assert_eq!(data, (0..35).map(msg).collect::<Vec<_>>());
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, en)| en.position == positions[i] && en.message_index == i as u64));
+
+    // A cursor reads through them too; a seek by publish time finds its entry.
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 35 {
+        let (batch, _) = fetching(&mut log, &objects, |l| l.read_next("sub", 7));
+        got.extend(batch.into_iter().map(|en| en.data));
+    }
+    assert_eq!(got, (0..35).map(msg).collect::<Vec<_>>());
+    log.close().unwrap();
+
+    // Reopened: the offloaded segments are still the log's, read the same way.
+    let mut log = open(&e, 1, small_segments(), 300).await;
+    assert_eq!(log.entries(), 35);
+    assert_eq!(
+        log.next_message_index(),
+        35,
+        "the index continues after the offloaded end"
+    );
+    assert_eq!(
+        log.offloaded(offloaded[0]).unwrap().object,
+        format!("objects/{}", offloaded[0])
+    );
+    let (p, _) = fetching(&mut log, &objects, |l| {
+        l.position_of_publish_time(1000 + 12)
+    });
+    assert_eq!(p, positions[12]);
+    let (entry, _) = fetching(&mut log, &objects, |l| l.read_entry(positions[5]));
+    assert_eq!(entry.data, msg(5));
+    let appended = publish(&mut log, 35, 1).await;
+    assert!(appended[0] > positions[34]);
+}
+
+#[tokio::test]
+async fn retention_deletes_offloaded_segments_and_releases_their_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 2, small_segments(), 0).await;
+    let positions = publish(&mut log, 0, 35).await;
+    let mut objects = Objects::new();
+    let offloaded = offload_all(&e, &mut log, &mut objects, 0);
+    // The first keeps only its object; the others keep both copies.
+    log.drop_local_copy(offloaded[0]).await.unwrap();
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    log.ack_cumulative("sub", positions[29]).unwrap();
+    // Everything consumed is older than retention keeps (publish times 1000..).
+    let gone = log
+        .trim(
+            10_000,
+            Retention {
+                time_ms: Some(1),
+                size_bytes: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        gone, offloaded,
+        "consumed segments go, whichever tier holds them"
+    );
+    let mut released = log.take_released_objects();
+    released.sort();
+    let mut keys: Vec<String> = objects.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(released, keys);
+    assert!(log.take_released_objects().is_empty(), "released once");
+    assert_eq!(log.offloaded_bytes(), 0);
+}
+
+#[tokio::test]
+async fn deleting_a_log_answers_its_objects_and_offloading_again_releases_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 3, small_segments(), 0).await;
+    publish(&mut log, 0, 25).await;
+    let mut objects = Objects::new();
+    let offloaded = offload_all(&e, &mut log, &mut objects, 0);
+    let seg = offloaded[0];
+    let info = e.store.segment(seg).unwrap();
+    log.mark_offloaded(
+        seg,
+        Offloaded {
+            object: "objects/again".into(),
+            entries: info.entries,
+            bytes: info.bytes,
+            last_publish_ms: 0,
+            end_message_index: 0,
+            offloaded_at_ms: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(log.take_released_objects(), vec![format!("objects/{seg}")]);
+    // A record that does not match the segment is refused.
+    let wrong = Offloaded {
+        object: "x".into(),
+        entries: info.entries + 1,
+        bytes: 0,
+        last_publish_ms: 0,
+        end_message_index: 0,
+        offloaded_at_ms: 0,
+    };
+    assert!(log.mark_offloaded(seg, wrong).is_err());
+    let mut released = log.delete().await.unwrap();
+    released.sort();
+    let mut expected: Vec<String> = offloaded[1..]
+        .iter()
+        .map(|s| format!("objects/{s}"))
+        .collect();
+    expected.push("objects/again".into());
+    expected.sort();
+    assert_eq!(released, expected, "every object still referenced");
+}
