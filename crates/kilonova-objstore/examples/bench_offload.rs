@@ -118,8 +118,24 @@ async fn raw_ranges(bucket: &Bucket, key: &str, len: u64, range_bytes: u64) -> D
     t.elapsed()
 }
 
+/// Reads every entry of the segment from the local store (what offload reads), on a blocking thread.
+async fn local_read(store: &SegmentStore, seg: SegmentId, entries: u64) -> (u64, Duration) {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut bytes = 0u64;
+        for e in 0..entries {
+            bytes += store.read(seg, e).unwrap().len() as u64;
+        }
+        (bytes, t.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
 #[derive(Default)]
 struct Figures {
+    local: Vec<f64>,
     put: Vec<f64>,
     offload: Vec<f64>,
     get: Vec<f64>,
@@ -152,6 +168,8 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
 
     let mut f = Figures::default();
     for round in 0..a.rounds {
+        let (bytes, d) = local_read(&store, seg, entries).await;
+        f.local.push(mib_per_s(bytes, d));
         let raw_key = bucket.key(&format!("bench/raw-{round}"));
         f.put.push(mib_per_s(
             object_len,
@@ -199,8 +217,8 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
         bucket.delete(&raw_key).await.unwrap();
         offloader.delete(&o.key).await.unwrap();
         eprintln!(
-            "{name} round {round}: put {:.0} offload {:.0} get {:.0} ranges {:.0} read {:.0} put' {:.0} get' {:.0} MiB/s",
-            f.put[round], f.offload[round], f.get[round], f.ranges[round], f.read[round], f.put_after[round], f.get_after[round]
+            "{name} round {round}: local {:.0} put {:.0} offload {:.0} get {:.0} ranges {:.0} read {:.0} put' {:.0} get' {:.0} MiB/s",
+            f.local[round], f.put[round], f.offload[round], f.get[round], f.ranges[round], f.read[round], f.put_after[round], f.get_after[round]
         );
     }
     f
@@ -218,8 +236,8 @@ async fn main() {
         a.read_ahead_mib,
         a.rounds
     );
-    println!("| backend | raw PUT MiB/s (before / after) | offload MiB/s | offload / PUT | raw GET MiB/s (before / after) | raw range GETs MiB/s | read-back MiB/s | read-back / GET | read-back / range GETs |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| backend | local segment read MiB/s | raw PUT MiB/s (before / after) | offload MiB/s | offload / PUT | raw GET MiB/s (before / after) | raw range GETs MiB/s | read-back MiB/s | read-back / GET | read-back / range GETs |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for backend in &a.backends {
         let (bucket, _keep): (Bucket, Box<dyn std::any::Any>) = match backend.as_str() {
             "s3" => {
@@ -248,8 +266,9 @@ async fn main() {
         );
         let put_ref = (put + put2) / 2.0;
         let get_ref = (get + get2) / 2.0;
+        let local = median(f.local);
         println!(
-            "| {backend} | {put:.0} / {put2:.0} | {off:.0} | {:.2} | {get:.0} / {get2:.0} | {ranges:.0} | {read:.0} | {:.2} | {:.2} |",
+            "| {backend} | {local:.0} | {put:.0} / {put2:.0} | {off:.0} | {:.2} | {get:.0} / {get2:.0} | {ranges:.0} | {read:.0} | {:.2} | {:.2} |",
             off / put_ref,
             read / get_ref,
             read / ranges
