@@ -84,6 +84,7 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     many_entries_round_trip_byte_for_byte,
+    a_sequential_reader_is_served_by_prefetch,
     a_small_segment_is_one_put,
     range_reads_in_the_middle_fetch_only_what_they_need,
     an_index_larger_than_the_prefetch_is_read_in_two_requests,
@@ -229,6 +230,8 @@ async fn range_reads_in_the_middle_fetch_only_what_they_need(b: Backend) {
         b.bucket.clone(),
         ReaderConfig {
             read_ahead_bytes: 10_000,
+            // The read-ahead of one request alone (prefetch has its own test).
+            prefetch: false,
             ..ReaderConfig::default()
         },
     );
@@ -271,6 +274,29 @@ async fn range_reads_in_the_middle_fetch_only_what_they_need(b: Backend) {
         cold.read(&o.key, 1500..=1600).await.unwrap(),
         want[1500..=1600]
     );
+}
+
+async fn a_sequential_reader_is_served_by_prefetch(b: Backend) {
+    let want = entries(600);
+    let seg = sealed_segment(&b.store, &want).await;
+    let o = offloader(&b).offload(&b.store, 6, seg).await.unwrap();
+    // Windows of a few entries, so the reader crosses many of them.
+    let r = OffloadedReader::new(
+        b.bucket.clone(),
+        ReaderConfig {
+            read_ahead_bytes: 8_000,
+            ..ReaderConfig::default()
+        },
+    );
+    for id in 0..600 {
+        let got = r.read(&o.key, id..=id).await.unwrap();
+        assert!(got[0] == want[id as usize], "entry {id}");
+    }
+    let m = b.bucket.metrics().snapshot();
+    // Only the first read fetched for itself; every later entry was in a
+    // window fetched in the background (landed, or awaited while under way).
+    assert_eq!((m.cache_misses, m.cache_hits), (1, 599), "{m:?}");
+    assert!(r.cache_stats().windows > 50, "{:?}", r.cache_stats());
 }
 
 async fn an_index_larger_than_the_prefetch_is_read_in_two_requests(b: Backend) {
