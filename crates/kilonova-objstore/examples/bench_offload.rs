@@ -10,7 +10,8 @@
 //! consumer would), then the raw PUT and GET again (the reference after).
 //!
 //! Usage: bench_offload [--segment-mib N] [--entry-bytes N] [--rounds N]
-//!                      [--read-ahead-mib N] [--backend s3|filesystem|both]
+//!                      [--read-ahead-mib N] [--prefetch-windows N] [--read-batch-mib N]
+//!                      [--backend s3|filesystem|both]
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ struct Args {
     entry_bytes: usize,
     rounds: usize,
     read_ahead_mib: u64,
+    prefetch_windows: usize,
+    read_batch_mib: usize,
     backends: Vec<String>,
 }
 
@@ -35,6 +38,8 @@ fn args() -> Args {
         entry_bytes: 4096,
         rounds: 3,
         read_ahead_mib: 4,
+        prefetch_windows: ReaderConfig::default().prefetch_windows,
+        read_batch_mib: OffloadConfig::default().read_batch_bytes >> 20,
         backends: vec!["s3".into(), "filesystem".into()],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +51,8 @@ fn args() -> Args {
             "--entry-bytes" => a.entry_bytes = v.parse().unwrap(),
             "--rounds" => a.rounds = v.parse().unwrap(),
             "--read-ahead-mib" => a.read_ahead_mib = v.parse().unwrap(),
+            "--prefetch-windows" => a.prefetch_windows = v.parse().unwrap(),
+            "--read-batch-mib" => a.read_batch_mib = v.parse().unwrap(),
             "--backend" if v == "both" => {}
             "--backend" => a.backends = vec![v.clone()],
             _ => panic!("unknown flag {flag}"),
@@ -153,7 +160,10 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
     let total = a.segment_mib << 20;
     let seg = segment(&store, total, a.entry_bytes).await;
     let entries = store.segment(seg).unwrap().entries;
-    let cfg = OffloadConfig::default();
+    let cfg = OffloadConfig {
+        read_batch_bytes: a.read_batch_mib << 20,
+        ..OffloadConfig::default()
+    };
     let offloader = Offloader::new(bucket.clone(), cfg.clone()).unwrap();
     // The raw object: the same size as the offloaded one, in 1 MiB buffers.
     let sample = offloader.offload(&store, 1, seg).await.unwrap();
@@ -190,6 +200,7 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
             bucket.clone(),
             ReaderConfig {
                 read_ahead_bytes: a.read_ahead_mib << 20,
+                prefetch_windows: a.prefetch_windows,
                 ..ReaderConfig::default()
             },
         );
@@ -228,12 +239,13 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
 async fn main() {
     let a = args();
     println!(
-        "segment {} MiB in {}-byte entries, parts {} MiB x{} in flight, read-ahead {} MiB, {} rounds (medians)\n",
+        "segment {} MiB in {}-byte entries, parts {} MiB x{} in flight, read windows of {} MiB + {} prefetched, {} rounds (medians; ratios per round, then their median)\n",
         a.segment_mib,
         a.entry_bytes,
         OffloadConfig::default().part_bytes >> 20,
         OffloadConfig::default().upload_concurrency,
         a.read_ahead_mib,
+        a.prefetch_windows,
         a.rounds
     );
     println!("| backend | local segment read MiB/s | raw PUT MiB/s (before / after) | offload MiB/s | offload / PUT | raw GET MiB/s (before / after) | raw range GETs MiB/s | read-back MiB/s | read-back / GET | read-back / range GETs |");
@@ -257,6 +269,19 @@ async fn main() {
             other => panic!("unknown backend {other}"),
         };
         let f = run(backend, bucket, &a).await;
+        // Ratios per round (to the mean of that round's references before
+        // and after), then their median: the store's speed drifts between rounds.
+        let ratio = |x: &[f64], a: &[f64], b: &[f64]| {
+            median(
+                x.iter()
+                    .zip(a.iter().zip(b))
+                    .map(|(x, (a, b))| x / ((a + b) / 2.0))
+                    .collect(),
+            )
+        };
+        let offload_ratio = ratio(&f.offload, &f.put, &f.put_after);
+        let read_ratio = ratio(&f.read, &f.get, &f.get_after);
+        let range_ratio = ratio(&f.read, &f.ranges, &f.ranges);
         let (put, put2, off) = (median(f.put), median(f.put_after), median(f.offload));
         let (get, get2, ranges, read) = (
             median(f.get),
@@ -264,14 +289,9 @@ async fn main() {
             median(f.ranges),
             median(f.read),
         );
-        let put_ref = (put + put2) / 2.0;
-        let get_ref = (get + get2) / 2.0;
         let local = median(f.local);
         println!(
-            "| {backend} | {local:.0} | {put:.0} / {put2:.0} | {off:.0} | {:.2} | {get:.0} / {get2:.0} | {ranges:.0} | {read:.0} | {:.2} | {:.2} |",
-            off / put_ref,
-            read / get_ref,
-            read / ranges
+            "| {backend} | {local:.0} | {put:.0} / {put2:.0} | {off:.0} | {offload_ratio:.2} | {get:.0} / {get2:.0} | {ranges:.0} | {read:.0} | {read_ratio:.2} | {range_ratio:.2} |"
         );
     }
 }

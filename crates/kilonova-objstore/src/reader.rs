@@ -6,10 +6,11 @@
 //! byte-bounded LRU. A read that misses fetches a *window*: the requested
 //! entries plus up to `read_ahead_bytes` after them, in one range request.
 //! Windows are kept in a second byte-bounded LRU. After each read, the
-//! window that follows the one it ended in is fetched in the background
-//! (`prefetch`), so a reader going forward finds it there, or waits for the
-//! request already under way instead of making another: reading overlaps
-//! fetching. Both caches are the reader's own: reading old data never
+//! `prefetch_windows` windows that follow the one it ended in are fetched
+//! in the background, concurrently, so a reader going forward finds them
+//! there, or waits for the request already under way instead of making
+//! another: reading overlaps fetching, and several requests hide each
+//! one's latency. Both caches are the reader's own: reading old data never
 //! evicts the entry cache of tailing consumers.
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,9 +40,10 @@ pub struct ReaderConfig {
     /// The first request for an index fetches this many bytes from the end
     /// of the object: indexes of up to (this − 56) / 16 entries need no second request.
     pub index_prefetch_bytes: u64,
-    /// After a read, fetch the next window in the background (one request
-    /// in flight per object at most).
-    pub prefetch: bool,
+    /// After a read, make sure this many windows after it are fetched or
+    /// being fetched in the background (each its own request, at most this
+    /// many in flight per object); 0: no prefetch.
+    pub prefetch_windows: usize,
 }
 
 impl Default for ReaderConfig {
@@ -51,7 +53,7 @@ impl Default for ReaderConfig {
             cache_bytes: 64 << 20,
             index_cache_bytes: 16 << 20,
             index_prefetch_bytes: 256 << 10,
-            prefetch: true,
+            prefetch_windows: 4,
         }
     }
 }
@@ -197,8 +199,10 @@ pub struct ReaderCacheStats {
 /// Where entry `next` is to be had.
 enum Source {
     Cached(Arc<Window>),
-    /// A background fetch covering it is under way.
-    InFlight,
+    /// A background fetch covering it, through entry `last`, is under way.
+    InFlight {
+        last: EntryId,
+    },
     /// Nowhere yet; the next cached window starts here (a fetch stops before it).
     Missing(Option<EntryId>),
 }
@@ -268,7 +272,7 @@ impl OffloadedReader {
                     hits += w.last.min(last) + 1 - next;
                     w
                 }
-                Source::InFlight => {
+                Source::InFlight { .. } => {
                     landed.await;
                     continue;
                 }
@@ -297,35 +301,57 @@ impl OffloadedReader {
             tail_window = Some(window);
         }
         inner.bucket.metrics().cache(hits, misses);
-        if let (true, Some(w)) = (inner.config.prefetch, tail_window) {
+        if let Some(w) = tail_window {
             self.prefetch_after(&k, &index, &w);
         }
         Ok(out)
     }
 
-    /// Starts fetching the window after `w` in the background, unless it is
-    /// cached, under way, or past the end.
+    /// Makes sure the `prefetch_windows` windows after `w` are cached or
+    /// under way, starting background fetches for those that are neither
+    /// (at most `prefetch_windows` per object in flight).
     fn prefetch_after(&self, key: &Arc<str>, index: &Arc<SegmentIndex>, w: &Window) {
         let inner = &self.inner;
-        let first = w.last + 1;
-        if first >= index.entry_count() {
-            return;
-        }
-        let before = match inner.source(key, first) {
-            Source::Missing(before) => before,
-            Source::Cached(_) | Source::InFlight => return,
-        };
-        let Ok(last) = inner.plan(index, first, first, before) else {
-            return;
-        };
-        {
-            let mut inflight = lock(&inner.inflight);
-            let mine = inflight.entry(key.clone()).or_default();
-            if !mine.is_empty() {
-                return; // one background fetch per object at a time
+        let depth = inner.config.prefetch_windows;
+        let mut first = w.last + 1;
+        for _ in 0..depth {
+            if first >= index.entry_count() {
+                return;
             }
-            mine.insert(first, last);
+            let before = match inner.source(key, first) {
+                Source::Cached(c) => {
+                    first = c.last + 1;
+                    continue;
+                }
+                Source::InFlight { last } => {
+                    first = last + 1;
+                    continue;
+                }
+                Source::Missing(before) => before,
+            };
+            let Ok(last) = inner.plan(index, first, first, before) else {
+                return;
+            };
+            {
+                let mut inflight = lock(&inner.inflight);
+                let mine = inflight.entry(key.clone()).or_default();
+                if mine.len() >= depth {
+                    return;
+                }
+                mine.insert(first, last);
+            }
+            self.spawn_fetch(key, index, first, last);
+            first = last + 1;
         }
+    }
+
+    fn spawn_fetch(
+        &self,
+        key: &Arc<str>,
+        index: &Arc<SegmentIndex>,
+        first: EntryId,
+        last: EntryId,
+    ) {
         let (me, key, index) = (self.inner.clone(), key.clone(), index.clone());
         tokio::spawn(async move {
             if let Err(e) = me.load(&key, &index, first, last, None).await {
@@ -369,15 +395,24 @@ impl Inner {
             return Source::Cached(w);
         }
         let inflight = lock(&self.inflight);
-        let covered = inflight.get(key).is_some_and(|m| {
-            m.range(..=id)
-                .next_back()
-                .is_some_and(|(_, last)| *last >= id)
-        });
-        if covered {
-            Source::InFlight
-        } else {
-            Source::Missing(before)
+        let covering = inflight
+            .get(key)
+            .and_then(|m| m.range(..=id).next_back())
+            .map(|(_, last)| *last)
+            .filter(|last| *last >= id);
+        match covering {
+            Some(last) => Source::InFlight { last },
+            // A fetch must also stop before a window under way.
+            None => {
+                let next_inflight = inflight
+                    .get(key)
+                    .and_then(|m| m.range(id..).next())
+                    .map(|(first, _)| *first);
+                Source::Missing(match (before, next_inflight) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                })
+            }
         }
     }
 

@@ -231,7 +231,7 @@ async fn range_reads_in_the_middle_fetch_only_what_they_need(b: Backend) {
         ReaderConfig {
             read_ahead_bytes: 10_000,
             // The read-ahead of one request alone (prefetch has its own test).
-            prefetch: false,
+            prefetch_windows: 0,
             ..ReaderConfig::default()
         },
     );
