@@ -196,6 +196,30 @@ pub struct ReaderCacheStats {
     pub window_bytes: usize,
 }
 
+/// A background fetch's entry in `Inner::inflight`: removed, and waiting
+/// readers woken, when the fetch ends — or when its task is dropped
+/// unfinished (its runtime shut down), so no reader waits for it forever.
+struct InFlight {
+    inner: Arc<Inner>,
+    key: Arc<str>,
+    first: EntryId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        {
+            let mut inflight = lock(&self.inner.inflight);
+            if let Some(m) = inflight.get_mut(&self.key) {
+                m.remove(&self.first);
+                if m.is_empty() {
+                    inflight.remove(&self.key);
+                }
+            }
+        }
+        self.inner.landed.notify_waiters();
+    }
+}
+
 /// Where entry `next` is to be had.
 enum Source {
     Cached(Arc<Window>),
@@ -352,21 +376,18 @@ impl OffloadedReader {
         first: EntryId,
         last: EntryId,
     ) {
-        let (me, key, index) = (self.inner.clone(), key.clone(), index.clone());
+        let guard = InFlight {
+            inner: self.inner.clone(),
+            key: key.clone(),
+            first,
+        };
+        let index = index.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.load(&key, &index, first, last, None).await {
+            let InFlight { inner, key, .. } = &guard;
+            if let Err(e) = inner.load(key, &index, first, last, None).await {
                 tracing::debug!(key = %key, first, error = %e, "prefetch of an offloaded window failed; the read that needs it fetches it again");
             }
-            {
-                let mut inflight = lock(&me.inflight);
-                if let Some(m) = inflight.get_mut(&key) {
-                    m.remove(&first);
-                    if m.is_empty() {
-                        inflight.remove(&key);
-                    }
-                }
-            }
-            me.landed.notify_waiters();
+            drop(guard);
         });
     }
 

@@ -591,3 +591,41 @@ async fn the_reader_cache_stays_within_its_bound() {
     r.forget(&o.key);
     assert_eq!(r.cache_stats().windows, 0);
 }
+
+/// Prefetches cut off by their runtime's shutdown do not leave a reader on
+/// another runtime waiting for them.
+#[test]
+fn prefetches_dropped_with_their_runtime_do_not_block_later_reads() {
+    let rt = |workers| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = rt(1);
+    let (b, key, want, reader) = first.block_on(async {
+        let b = filesystem_backend().await.unwrap();
+        let want = entries(400);
+        let seg = sealed_segment(&b.store, &want).await;
+        let o = offloader(&b).offload(&b.store, 2, seg).await.unwrap();
+        let reader = OffloadedReader::new(
+            b.bucket.clone(),
+            ReaderConfig {
+                read_ahead_bytes: 4_000,
+                ..ReaderConfig::default()
+            },
+        );
+        assert_eq!(reader.read(&o.key, 0..=0).await.unwrap(), want[..1]);
+        (b, o.key, want, reader)
+    });
+    first.shutdown_background(); // prefetches still under way are dropped
+    let second = rt(2);
+    second.block_on(async {
+        let all = tokio::time::timeout(Duration::from_secs(30), reader.read(&key, 0..=399))
+            .await
+            .expect("a read waited for a prefetch that will never land");
+        assert_eq!(all.unwrap(), want);
+    });
+    drop(b);
+}
