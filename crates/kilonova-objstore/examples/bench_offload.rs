@@ -140,8 +140,24 @@ async fn local_read(store: &SegmentStore, seg: SegmentId, entries: u64) -> (u64,
     .unwrap()
 }
 
+/// CPU time this process has used (all threads), from /proc/self/stat (10 ms ticks).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state.
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 #[derive(Default)]
 struct Figures {
+    put_cpu_ms: Vec<f64>,
+    offload_cpu_ms: Vec<f64>,
     local: Vec<f64>,
     put: Vec<f64>,
     offload: Vec<f64>,
@@ -181,13 +197,17 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
         let (bytes, d) = local_read(&store, seg, entries).await;
         f.local.push(mib_per_s(bytes, d));
         let raw_key = bucket.key(&format!("bench/raw-{round}"));
+        let c = cpu_time();
         f.put.push(mib_per_s(
             object_len,
             raw_put(&bucket, &raw_key, &object, &cfg).await,
         ));
-        let t = Instant::now();
+        f.put_cpu_ms.push((cpu_time() - c).as_secs_f64() * 1000.0);
+        let (t, c) = (Instant::now(), cpu_time());
         let o = offloader.offload(&store, 1, seg).await.unwrap();
         f.offload.push(mib_per_s(object_len, t.elapsed()));
+        f.offload_cpu_ms
+            .push((cpu_time() - c).as_secs_f64() * 1000.0);
         f.get.push(mib_per_s(
             object_len,
             raw_get(&bucket, &raw_key, object_len).await,
@@ -248,8 +268,8 @@ async fn main() {
         a.prefetch_windows,
         a.rounds
     );
-    println!("| backend | local segment read MiB/s | raw PUT MiB/s (before / after) | offload MiB/s | offload / PUT | raw GET MiB/s (before / after) | raw range GETs MiB/s | read-back MiB/s | read-back / GET | read-back / range GETs |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| backend | local segment read MiB/s | raw PUT MiB/s (before / after) | client CPU ms: PUT / offload | offload MiB/s | offload / PUT | raw GET MiB/s (before / after) | raw range GETs MiB/s | read-back MiB/s | read-back / GET | read-back / range GETs |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for backend in &a.backends {
         let (bucket, _keep): (Bucket, Box<dyn std::any::Any>) = match backend.as_str() {
             "s3" => {
@@ -290,8 +310,14 @@ async fn main() {
             median(f.read),
         );
         let local = median(f.local);
+        let (put_cpu, off_cpu) = (
+            median(f.put_cpu_ms.clone()),
+            median(f.offload_cpu_ms.clone()),
+        );
         println!(
-            "| {backend} | {local:.0} | {put:.0} / {put2:.0} | {off:.0} | {offload_ratio:.2} | {get:.0} / {get2:.0} | {ranges:.0} | {read:.0} | {read_ratio:.2} | {range_ratio:.2} |"
+            "| {backend} | {local:.0} | {put:.0} / {put2:.0} | {:.0} / {:.0} | {off:.0} | {offload_ratio:.2} | {get:.0} / {get2:.0} | {ranges:.0} | {read:.0} | {read_ratio:.2} | {range_ratio:.2} |",
+            put_cpu,
+            off_cpu,
         );
     }
 }
