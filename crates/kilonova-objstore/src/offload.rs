@@ -47,8 +47,9 @@ impl Default for OffloadConfig {
 /// The smallest part S3 accepts (all but the last part of an upload).
 pub const MIN_PART_BYTES: usize = 5 << 20;
 
-/// A segment as it now lives in the object store: what the caller records.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A segment as it now lives in the object store: what the caller records
+/// (serialisable, for the log's metadata).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OffloadedSegment {
     /// The object's full key in the bucket.
     pub key: String,
