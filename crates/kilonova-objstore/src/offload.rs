@@ -238,21 +238,47 @@ impl Offloader {
         log_id: u64,
         segment_id: SegmentId,
     ) -> Result<Vec<OffloadedSegment>> {
+        self.find_under(
+            &self.segment_prefix(log_id, segment_id),
+            log_id,
+            Some(segment_id),
+        )
+        .await
+    }
+
+    /// Every complete, readable offloaded segment of log `log_id`, by
+    /// segment id (a segment offloaded twice appears twice): what a bucket
+    /// holds of a topic when its local data and metadata are gone.
+    pub async fn find_log(&self, log_id: u64) -> Result<Vec<OffloadedSegment>> {
+        let mut found = self
+            .find_under(&self.log_prefix(log_id), log_id, None)
+            .await?;
+        found.sort_by(|a, b| (a.segment_id, &a.key).cmp(&(b.segment_id, &b.key)));
+        Ok(found)
+    }
+
+    /// The valid offloaded segments under `prefix` whose footer names log
+    /// `log_id` (and segment `segment_id`, if given); others are logged and skipped.
+    async fn find_under(
+        &self,
+        prefix: &str,
+        log_id: u64,
+        segment_id: Option<SegmentId>,
+    ) -> Result<Vec<OffloadedSegment>> {
         let mut out = Vec::new();
-        for obj in self
-            .bucket
-            .list(&self.segment_prefix(log_id, segment_id))
-            .await?
-        {
+        for obj in self.bucket.list(prefix).await? {
             if !obj.key.ends_with(".seg") {
                 continue;
             }
             match fetch_index(&self.bucket, &obj.key, 64 << 10).await {
-                Ok(index) if index.log_id == log_id && index.segment_id == segment_id => {
+                Ok(index)
+                    if index.log_id == log_id
+                        && segment_id.is_none_or(|s| s == index.segment_id) =>
+                {
                     out.push(OffloadedSegment {
                         key: obj.key,
                         log_id,
-                        segment_id,
+                        segment_id: index.segment_id,
                         entries: index.entry_count(),
                         data_bytes: index.data_bytes(),
                         object_bytes: index.object_len,

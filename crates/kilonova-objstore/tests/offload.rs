@@ -437,7 +437,13 @@ async fn find_offloaded_adopts_complete_objects_and_ignores_others(b: Backend) {
         .await
         .unwrap();
     let found = off.find_offloaded(4, seg).await.unwrap();
-    assert_eq!(found, vec![o]);
+    assert_eq!(found, vec![o.clone()]);
+    // A whole log, as a restore would find it: every segment, by id.
+    let seg2 = sealed_segment(&b.store, &entries(5)).await;
+    let o2 = off.offload(&b.store, 4, seg2).await.unwrap();
+    let other_log = off.offload(&b.store, 40, seg2).await.unwrap();
+    assert_eq!(off.find_log(4).await.unwrap(), vec![o, o2]);
+    assert_eq!(off.find_log(40).await.unwrap(), vec![other_log]);
 }
 
 async fn an_unfinished_upload_leaves_no_object(b: Backend) {
