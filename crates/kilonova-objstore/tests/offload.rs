@@ -689,3 +689,46 @@ async fn a_managed_logs_segments_read_back_as_the_same_entries() {
         }
     }
 }
+
+/// A start-up probe tells a working store from wrong credentials, a missing
+/// bucket and a store that is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_tells_refusals_from_an_unreachable_store() {
+    let fs = filesystem_backend().await.unwrap();
+    fs.bucket.probe().await.unwrap();
+    let Some(mut server) =
+        SeaweedServer::start_or_skip("a_probe_tells_refusals_from_an_unreachable_store").await
+    else {
+        return;
+    };
+    server.create_bucket("kilonova-probe").await.unwrap();
+    Bucket::open(&server.config("kilonova-probe"))
+        .unwrap()
+        .probe()
+        .await
+        .unwrap();
+
+    let mut wrong = server.config("kilonova-probe");
+    wrong.secret_access_key = Some(kilonova_objstore::Secret::new("not-the-secret"));
+    match Bucket::open(&wrong).unwrap().probe().await {
+        Err(e @ ObjectStoreError::Refused { .. }) => assert!(!e.is_retryable()),
+        other => panic!("wrong credentials: {other:?}"),
+    }
+    match Bucket::open(&server.config("no-such-bucket"))
+        .unwrap()
+        .probe()
+        .await
+    {
+        Err(e @ ObjectStoreError::Refused { .. }) => assert!(!e.is_retryable()),
+        other => panic!("a missing bucket: {other:?}"),
+    }
+    server.kill();
+    match Bucket::open(&server.config("kilonova-probe"))
+        .unwrap()
+        .probe()
+        .await
+    {
+        Err(e) => assert!(e.is_retryable(), "{e:?}"),
+        Ok(()) => panic!("a probe succeeded with the store down"),
+    }
+}
