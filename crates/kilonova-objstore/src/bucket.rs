@@ -13,8 +13,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
-    WriteMultipart,
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 
 use crate::config::{Driver, ObjectStoreConfig};
@@ -165,6 +165,26 @@ impl Bucket {
         let r = self.store.put(&path, payload).await;
         self.metrics.observe(Request::Put, t);
         r.map(|_| ()).map_err(|e| self.write_error("put", key, e))
+    }
+
+    /// Writes a whole object only if there is none under `key` (S3's
+    /// `If-None-Match: *`; the filesystem driver creates the file
+    /// exclusively): `AlreadyExists` otherwise, and the object there is untouched.
+    pub async fn put_if_absent(&self, key: &str, payload: PutPayload) -> Result<()> {
+        let path = self.path(key)?;
+        let t = Instant::now();
+        let r = self
+            .store
+            .put_opts(&path, payload, PutMode::Create.into())
+            .await;
+        self.metrics.observe(Request::Put, t);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                Err(ObjectStoreError::from_store("put", key, e))
+            }
+            Err(e) => Err(self.write_error("put", key, e)),
+        }
     }
 
     /// Starts a multipart upload of `key` in parts of `part_bytes`, at most

@@ -94,6 +94,7 @@ on_every_backend!(
     find_offloaded_adopts_complete_objects_and_ignores_others,
     an_unfinished_upload_leaves_no_object,
     unsealed_and_missing_segments_are_refused,
+    a_create_only_put_never_overwrites,
     deleting_a_log_removes_all_its_objects,
 );
 
@@ -475,6 +476,28 @@ async fn unsealed_and_missing_segments_are_refused(b: Backend) {
     ));
     assert!(off.list_log(1).await.unwrap().is_empty());
     assert_eq!(b.bucket.metrics().snapshot().offload_errors, 2);
+}
+
+async fn a_create_only_put_never_overwrites(b: Backend) {
+    let key = b.bucket.key("cluster/wal/0001");
+    b.bucket
+        .put_if_absent(&key, Bytes::from_static(b"first").into())
+        .await
+        .unwrap();
+    match b
+        .bucket
+        .put_if_absent(&key, Bytes::from_static(b"second").into())
+        .await
+    {
+        Err(ObjectStoreError::AlreadyExists { key: k }) => assert_eq!(k, key),
+        other => panic!("a second create-only put: {other:?}"),
+    }
+    assert_eq!(&b.bucket.get(&key).await.unwrap()[..], b"first");
+    assert_eq!(
+        b.bucket.metrics().snapshot().write_errors,
+        0,
+        "a lost race is no write error"
+    );
 }
 
 async fn deleting_a_log_removes_all_its_objects(b: Backend) {
