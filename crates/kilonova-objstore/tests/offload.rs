@@ -755,3 +755,72 @@ async fn a_probe_tells_refusals_from_an_unreachable_store() {
         Ok(()) => panic!("a probe succeeded with the store down"),
     }
 }
+
+/// Bytes of the files under `dir` (recursively).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// S3 only: the server is killed while a multipart offload is uploading
+/// parts. The offload fails with a retryable error, leaves no object, and
+/// offloading again after the restart succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_killed_during_a_multipart_offload_leaves_nothing_and_a_retry_succeeds() {
+    let Some(mut b) =
+        s3_backend("s3_killed_during_a_multipart_offload_leaves_nothing_and_a_retry_succeeds")
+            .await
+    else {
+        return;
+    };
+    // 80 MiB: sixteen parts of 5 MiB, one at a time (time to kill it mid-way).
+    let want: Vec<Bytes> = (0..80u64)
+        .map(|i| Bytes::from(vec![i as u8; 1 << 20]))
+        .collect();
+    let seg = sealed_segment(&b.store, &want).await;
+    let off = Offloader::new(
+        b.bucket.clone(),
+        OffloadConfig {
+            part_bytes: MIN_PART_BYTES,
+            upload_concurrency: 1,
+            read_batch_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    let data_dir = b.server.as_ref().unwrap().data_dir();
+    let before = dir_bytes(&data_dir);
+    let task = {
+        let (off, store) = (off.clone(), b.store.clone());
+        tokio::spawn(async move { off.offload(&store, 31, seg).await })
+    };
+    // Wait until parts are arriving (the server's files grew by a part).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dir_bytes(&data_dir) < before + MIN_PART_BYTES as u64 {
+        assert!(
+            std::time::Instant::now() < deadline && !task.is_finished(),
+            "no part reached the server within 60 s (or the offload ended first)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.server.as_mut().unwrap().kill();
+    match task.await.unwrap() {
+        Err(e) => assert!(e.is_retryable(), "{e:?}"),
+        Ok(o) => panic!("the offload finished although the server died under it: {o:?}"),
+    }
+    b.server.as_mut().unwrap().restart().await.unwrap();
+    assert!(
+        off.find_offloaded(31, seg).await.unwrap().is_empty(),
+        "no object left behind"
+    );
+    let o = off.offload(&b.store, 31, seg).await.unwrap();
+    let got = reader(&b).read(&o.key, 0..=79).await.unwrap();
+    assert!(got == want, "the retried offload reads back whole");
+}
