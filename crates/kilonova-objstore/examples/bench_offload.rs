@@ -10,7 +10,8 @@
 //! consumer would), then the raw PUT and GET again (the reference after).
 //!
 //! Usage: bench_offload [--segment-mib N] [--entry-bytes N] [--rounds N]
-//!                      [--read-ahead-mib N] [--backend s3|filesystem|both]
+//!                      [--read-ahead-mib N] [--prefetch-windows N] [--read-batch-mib N]
+//!                      [--backend s3|filesystem|both]
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,8 @@ struct Args {
     entry_bytes: usize,
     rounds: usize,
     read_ahead_mib: u64,
+    prefetch_windows: usize,
+    read_batch_mib: usize,
     backends: Vec<String>,
 }
 
@@ -35,6 +38,8 @@ fn args() -> Args {
         entry_bytes: 4096,
         rounds: 3,
         read_ahead_mib: 4,
+        prefetch_windows: ReaderConfig::default().prefetch_windows,
+        read_batch_mib: OffloadConfig::default().read_batch_bytes >> 20,
         backends: vec!["s3".into(), "filesystem".into()],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +51,8 @@ fn args() -> Args {
             "--entry-bytes" => a.entry_bytes = v.parse().unwrap(),
             "--rounds" => a.rounds = v.parse().unwrap(),
             "--read-ahead-mib" => a.read_ahead_mib = v.parse().unwrap(),
+            "--prefetch-windows" => a.prefetch_windows = v.parse().unwrap(),
+            "--read-batch-mib" => a.read_batch_mib = v.parse().unwrap(),
             "--backend" if v == "both" => {}
             "--backend" => a.backends = vec![v.clone()],
             _ => panic!("unknown flag {flag}"),
@@ -118,8 +125,40 @@ async fn raw_ranges(bucket: &Bucket, key: &str, len: u64, range_bytes: u64) -> D
     t.elapsed()
 }
 
+/// Reads every entry of the segment from the local store (what offload reads), on a blocking thread.
+async fn local_read(store: &SegmentStore, seg: SegmentId, entries: u64) -> (u64, Duration) {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let mut bytes = 0u64;
+        for e in 0..entries {
+            bytes += store.read(seg, e).unwrap().len() as u64;
+        }
+        (bytes, t.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
+/// CPU time this process has used (all threads), from /proc/self/stat (10 ms ticks).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state.
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 #[derive(Default)]
 struct Figures {
+    put_cpu_ms: Vec<f64>,
+    offload_cpu_ms: Vec<f64>,
+    local: Vec<f64>,
     put: Vec<f64>,
     offload: Vec<f64>,
     get: Vec<f64>,
@@ -137,7 +176,10 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
     let total = a.segment_mib << 20;
     let seg = segment(&store, total, a.entry_bytes).await;
     let entries = store.segment(seg).unwrap().entries;
-    let cfg = OffloadConfig::default();
+    let cfg = OffloadConfig {
+        read_batch_bytes: a.read_batch_mib << 20,
+        ..OffloadConfig::default()
+    };
     let offloader = Offloader::new(bucket.clone(), cfg.clone()).unwrap();
     // The raw object: the same size as the offloaded one, in 1 MiB buffers.
     let sample = offloader.offload(&store, 1, seg).await.unwrap();
@@ -152,14 +194,20 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
 
     let mut f = Figures::default();
     for round in 0..a.rounds {
+        let (bytes, d) = local_read(&store, seg, entries).await;
+        f.local.push(mib_per_s(bytes, d));
         let raw_key = bucket.key(&format!("bench/raw-{round}"));
+        let c = cpu_time();
         f.put.push(mib_per_s(
             object_len,
             raw_put(&bucket, &raw_key, &object, &cfg).await,
         ));
-        let t = Instant::now();
+        f.put_cpu_ms.push((cpu_time() - c).as_secs_f64() * 1000.0);
+        let (t, c) = (Instant::now(), cpu_time());
         let o = offloader.offload(&store, 1, seg).await.unwrap();
         f.offload.push(mib_per_s(object_len, t.elapsed()));
+        f.offload_cpu_ms
+            .push((cpu_time() - c).as_secs_f64() * 1000.0);
         f.get.push(mib_per_s(
             object_len,
             raw_get(&bucket, &raw_key, object_len).await,
@@ -172,6 +220,7 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
             bucket.clone(),
             ReaderConfig {
                 read_ahead_bytes: a.read_ahead_mib << 20,
+                prefetch_windows: a.prefetch_windows,
                 ..ReaderConfig::default()
             },
         );
@@ -199,8 +248,8 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
         bucket.delete(&raw_key).await.unwrap();
         offloader.delete(&o.key).await.unwrap();
         eprintln!(
-            "{name} round {round}: put {:.0} offload {:.0} get {:.0} ranges {:.0} read {:.0} put' {:.0} get' {:.0} MiB/s",
-            f.put[round], f.offload[round], f.get[round], f.ranges[round], f.read[round], f.put_after[round], f.get_after[round]
+            "{name} round {round}: local {:.0} put {:.0} offload {:.0} get {:.0} ranges {:.0} read {:.0} put' {:.0} get' {:.0} MiB/s",
+            f.local[round], f.put[round], f.offload[round], f.get[round], f.ranges[round], f.read[round], f.put_after[round], f.get_after[round]
         );
     }
     f
@@ -210,16 +259,17 @@ async fn run(name: &str, bucket: Bucket, a: &Args) -> Figures {
 async fn main() {
     let a = args();
     println!(
-        "segment {} MiB in {}-byte entries, parts {} MiB x{} in flight, read-ahead {} MiB, {} rounds (medians)\n",
+        "segment {} MiB in {}-byte entries, parts {} MiB x{} in flight, read windows of {} MiB + {} prefetched, {} rounds (medians; ratios per round, then their median)\n",
         a.segment_mib,
         a.entry_bytes,
         OffloadConfig::default().part_bytes >> 20,
         OffloadConfig::default().upload_concurrency,
         a.read_ahead_mib,
+        a.prefetch_windows,
         a.rounds
     );
-    println!("| backend | raw PUT MiB/s (before / after) | offload MiB/s | offload / PUT | raw GET MiB/s (before / after) | raw range GETs MiB/s | read-back MiB/s | read-back / GET | read-back / range GETs |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| backend | local segment read MiB/s | raw PUT MiB/s (before / after) | client CPU ms: PUT / offload | offload MiB/s | offload / PUT | raw GET MiB/s (before / after) | raw range GETs MiB/s | read-back MiB/s | read-back / GET | read-back / range GETs |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for backend in &a.backends {
         let (bucket, _keep): (Bucket, Box<dyn std::any::Any>) = match backend.as_str() {
             "s3" => {
@@ -239,6 +289,19 @@ async fn main() {
             other => panic!("unknown backend {other}"),
         };
         let f = run(backend, bucket, &a).await;
+        // Ratios per round (to the mean of that round's references before
+        // and after), then their median: the store's speed drifts between rounds.
+        let ratio = |x: &[f64], a: &[f64], b: &[f64]| {
+            median(
+                x.iter()
+                    .zip(a.iter().zip(b))
+                    .map(|(x, (a, b))| x / ((a + b) / 2.0))
+                    .collect(),
+            )
+        };
+        let offload_ratio = ratio(&f.offload, &f.put, &f.put_after);
+        let read_ratio = ratio(&f.read, &f.get, &f.get_after);
+        let range_ratio = ratio(&f.read, &f.ranges, &f.ranges);
         let (put, put2, off) = (median(f.put), median(f.put_after), median(f.offload));
         let (get, get2, ranges, read) = (
             median(f.get),
@@ -246,13 +309,15 @@ async fn main() {
             median(f.ranges),
             median(f.read),
         );
-        let put_ref = (put + put2) / 2.0;
-        let get_ref = (get + get2) / 2.0;
+        let local = median(f.local);
+        let (put_cpu, off_cpu) = (
+            median(f.put_cpu_ms.clone()),
+            median(f.offload_cpu_ms.clone()),
+        );
         println!(
-            "| {backend} | {put:.0} / {put2:.0} | {off:.0} | {:.2} | {get:.0} / {get2:.0} | {ranges:.0} | {read:.0} | {:.2} | {:.2} |",
-            off / put_ref,
-            read / get_ref,
-            read / ranges
+            "| {backend} | {local:.0} | {put:.0} / {put2:.0} | {:.0} / {:.0} | {off:.0} | {offload_ratio:.2} | {get:.0} / {get2:.0} | {ranges:.0} | {read:.0} | {read_ratio:.2} | {range_ratio:.2} |",
+            put_cpu,
+            off_cpu,
         );
     }
 }

@@ -13,8 +13,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
-    WriteMultipart,
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 
 use crate::config::{Driver, ObjectStoreConfig};
@@ -167,6 +167,26 @@ impl Bucket {
         r.map(|_| ()).map_err(|e| self.write_error("put", key, e))
     }
 
+    /// Writes a whole object only if there is none under `key` (S3's
+    /// `If-None-Match: *`; the filesystem driver creates the file
+    /// exclusively): `AlreadyExists` otherwise, and the object there is untouched.
+    pub async fn put_if_absent(&self, key: &str, payload: PutPayload) -> Result<()> {
+        let path = self.path(key)?;
+        let t = Instant::now();
+        let r = self
+            .store
+            .put_opts(&path, payload, PutMode::Create.into())
+            .await;
+        self.metrics.observe(Request::Put, t);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e @ object_store::Error::AlreadyExists { .. }) => {
+                Err(ObjectStoreError::from_store("put", key, e))
+            }
+            Err(e) => Err(self.write_error("put", key, e)),
+        }
+    }
+
     /// Starts a multipart upload of `key` in parts of `part_bytes`, at most
     /// `concurrency` of them in flight. Nothing is visible under `key` until
     /// [`Upload::finish`] succeeds.
@@ -286,6 +306,20 @@ impl Bucket {
         }
     }
 
+    /// Asks the store for (at most) one object under the prefix: `Ok` if it
+    /// answers, `Refused` for wrong credentials or a missing bucket,
+    /// `Unavailable` if it cannot be reached. For a start-up check.
+    pub async fn probe(&self) -> Result<()> {
+        let path = self.path(&self.prefix)?;
+        let t = Instant::now();
+        let first = self.store.list(Some(&path)).next().await;
+        self.metrics.observe(Request::List, t);
+        match first {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(ObjectStoreError::from_store("list", &self.prefix, e)),
+        }
+    }
+
     fn write_error(&self, op: &'static str, key: &str, e: object_store::Error) -> ObjectStoreError {
         self.metrics.write_failed();
         ObjectStoreError::from_store(op, key, e)
@@ -347,5 +381,28 @@ impl Upload {
         if let Err(e) = self.writer.abort().await {
             tracing::debug!(key = %self.key, error = %e, "aborting a multipart upload failed; the bucket's lifecycle rule removes its parts");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn a_bucket_never_shows_its_secret() {
+        let config = ObjectStoreConfig {
+            bucket: "kilonova-offload".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            access_key_id: Some("id".into()),
+            secret_access_key: Some(Secret::new("very-secret-value")),
+            session_token: Some(Secret::new("very-secret-token")),
+            ..ObjectStoreConfig::default()
+        };
+        let b = Bucket::open_with_env(&config, |_| None).unwrap();
+        let shown = format!("{b:?} {}", b.describe());
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert_eq!(b.describe(), "s3://kilonova-offload/kilonova");
+        assert_eq!(b.key("logs/1"), "kilonova/logs/1");
     }
 }

@@ -28,6 +28,9 @@ pub enum ObjectStoreError {
     /// No object under this key.
     #[error("object {key:?} not found")]
     NotFound { key: String },
+    /// A create-only write found an object under the key already.
+    #[error("object {key:?} already exists")]
+    AlreadyExists { key: String },
     /// An offloaded object's bytes do not match its checksums or its format.
     #[error("offloaded object {key:?} is corrupt: {detail}")]
     Corrupt { key: String, detail: String },
@@ -66,8 +69,10 @@ impl ObjectStoreError {
         let key = key.to_string();
         match &e {
             object_store::Error::NotFound { .. } => return ObjectStoreError::NotFound { key },
+            object_store::Error::AlreadyExists { .. } => {
+                return ObjectStoreError::AlreadyExists { key }
+            }
             object_store::Error::Precondition { .. }
-            | object_store::Error::AlreadyExists { .. }
             | object_store::Error::NotSupported { .. }
             | object_store::Error::NotImplemented { .. }
             | object_store::Error::Unauthenticated { .. }

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kilonova_storage::{EntryId, SegmentId, SegmentStore, StorageError};
 use object_store::PutPayloadMut;
 
@@ -47,8 +47,9 @@ impl Default for OffloadConfig {
 /// The smallest part S3 accepts (all but the last part of an upload).
 pub const MIN_PART_BYTES: usize = 5 << 20;
 
-/// A segment as it now lives in the object store: what the caller records.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A segment as it now lives in the object store: what the caller records
+/// (serialisable, for the log's metadata).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OffloadedSegment {
     /// The object's full key in the bucket.
     pub key: String,
@@ -162,26 +163,17 @@ impl Offloader {
         // Buffer the first part's worth: a segment that fits goes in one PUT.
         let mut first = PutPayloadMut::new();
         first.push(header.encode());
-        let mut pending: Option<Vec<Bytes>> = None;
+        let mut pending: Option<Bytes> = None;
         while first.content_length() < self.config.part_bytes {
             let Some(batch) = batches.next().await? else {
                 break;
             };
-            for (e, crc) in &batch {
-                index
-                    .push_record(e.len(), *crc)
-                    .map_err(|e| corrupt_local(&key, e))?;
-            }
-            let entries: Vec<Bytes> = batch.into_iter().map(|(e, _)| e).collect();
-            if first.content_length() + entries.iter().map(Bytes::len).sum::<usize>()
-                > self.config.part_bytes
-            {
-                pending = Some(entries);
+            batch.index_into(&mut index, &key)?;
+            if first.content_length() + batch.data.len() > self.config.part_bytes {
+                pending = Some(batch.data);
                 break;
             }
-            for e in entries {
-                first.push(e);
-            }
+            first.push(batch.data);
         }
         if pending.is_none() && batches.done() {
             let data_bytes = index.data_bytes();
@@ -204,24 +196,13 @@ impl Offloader {
             .upload(&key, self.config.part_bytes, self.config.upload_concurrency)
             .await?;
         let streamed = async {
-            let start: Vec<Bytes> = first
-                .freeze()
-                .into_iter()
-                .chain(pending.into_iter().flatten())
-                .collect();
+            let start: Vec<Bytes> = first.freeze().into_iter().chain(pending).collect();
             let mut object_bytes: u64 = start.iter().map(|b| b.len() as u64).sum();
             upload.write_all(start).await?;
             while let Some(batch) = batches.next().await? {
-                let mut entries = Vec::with_capacity(batch.len());
-                for (e, crc) in batch {
-                    index
-                        .push_record(e.len(), crc)
-                        .map_err(|e| corrupt_local(&key, e))?;
-                    object_bytes += e.len() as u64;
-                    entries.push(e);
-                }
-                // One wait for capacity per batch (a few MiB), not per entry.
-                upload.write_all(entries).await?;
+                batch.index_into(&mut index, &key)?;
+                object_bytes += batch.data.len() as u64;
+                upload.write(batch.data).await?;
             }
             let data_bytes = index.data_bytes();
             let tail = index.finish().map_err(|e| corrupt_local(&key, e))?;
@@ -257,21 +238,47 @@ impl Offloader {
         log_id: u64,
         segment_id: SegmentId,
     ) -> Result<Vec<OffloadedSegment>> {
+        self.find_under(
+            &self.segment_prefix(log_id, segment_id),
+            log_id,
+            Some(segment_id),
+        )
+        .await
+    }
+
+    /// Every complete, readable offloaded segment of log `log_id`, by
+    /// segment id (a segment offloaded twice appears twice): what a bucket
+    /// holds of a topic when its local data and metadata are gone.
+    pub async fn find_log(&self, log_id: u64) -> Result<Vec<OffloadedSegment>> {
+        let mut found = self
+            .find_under(&self.log_prefix(log_id), log_id, None)
+            .await?;
+        found.sort_by(|a, b| (a.segment_id, &a.key).cmp(&(b.segment_id, &b.key)));
+        Ok(found)
+    }
+
+    /// The valid offloaded segments under `prefix` whose footer names log
+    /// `log_id` (and segment `segment_id`, if given); others are logged and skipped.
+    async fn find_under(
+        &self,
+        prefix: &str,
+        log_id: u64,
+        segment_id: Option<SegmentId>,
+    ) -> Result<Vec<OffloadedSegment>> {
         let mut out = Vec::new();
-        for obj in self
-            .bucket
-            .list(&self.segment_prefix(log_id, segment_id))
-            .await?
-        {
+        for obj in self.bucket.list(prefix).await? {
             if !obj.key.ends_with(".seg") {
                 continue;
             }
             match fetch_index(&self.bucket, &obj.key, 64 << 10).await {
-                Ok(index) if index.log_id == log_id && index.segment_id == segment_id => {
+                Ok(index)
+                    if index.log_id == log_id
+                        && segment_id.is_none_or(|s| s == index.segment_id) =>
+                {
                     out.push(OffloadedSegment {
                         key: obj.key,
                         log_id,
-                        segment_id,
+                        segment_id: index.segment_id,
                         entries: index.entry_count(),
                         data_bytes: index.data_bytes(),
                         object_bytes: index.object_len,
@@ -340,8 +347,24 @@ fn corrupt_local(key: &str, e: FormatError) -> ObjectStoreError {
     }
 }
 
-/// A batch of entries read from the local store, each with its CRC32C.
-type Batch = Vec<(Bytes, u32)>;
+/// Consecutive entries read from the local store: their bytes back to
+/// back (one buffer, so uploads move large buffers, not one per entry), and
+/// each entry's length and CRC32C.
+struct Batch {
+    data: Bytes,
+    records: Vec<(usize, u32)>,
+}
+
+impl Batch {
+    fn index_into(&self, index: &mut IndexBuilder, key: &str) -> Result<()> {
+        for &(len, crc) in &self.records {
+            index
+                .push_record(len, crc)
+                .map_err(|e| corrupt_local(key, e))?;
+        }
+        Ok(())
+    }
+}
 
 /// A sealed segment's entries, read from the local store in batches of
 /// about `batch_bytes` on a blocking thread (reads are `pread`s; checksums
@@ -382,17 +405,19 @@ impl Batches {
             self.batch_bytes,
         );
         tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mut bytes = 0;
+            let mut data = BytesMut::with_capacity(max);
+            let mut records = Vec::new();
             let mut id = from;
-            while id < end && (bytes < max || out.is_empty()) {
+            while id < end && (data.len() < max || records.is_empty()) {
                 let e = store.read(segment, id)?;
-                bytes += e.len();
-                let crc = crc32c::crc32c(&e);
-                out.push((e, crc));
+                records.push((e.len(), crc32c::crc32c(&e)));
+                data.extend_from_slice(&e);
                 id += 1;
             }
-            Ok(out)
+            Ok(Batch {
+                data: data.freeze(),
+                records,
+            })
         })
     }
 
@@ -409,7 +434,7 @@ impl Batches {
             key: String::new(),
             detail: e.to_string(),
         })??;
-        self.next += batch.len() as u64;
+        self.next += batch.records.len() as u64;
         if !self.done() {
             self.ahead = Some(self.spawn_read());
         }

@@ -3,15 +3,21 @@
 //!
 //! An object's index is fetched once (one suffix request for the tail;
 //! a second only for an index larger than the prefetch) and kept in a
-//! byte-bounded LRU. A read fetches the requested entries plus up to
-//! `read_ahead_bytes` of the entries after them in one range request; what
-//! it fetched is kept in a second byte-bounded LRU, so a reader going
-//! forward finds its next entries there. Both caches are the reader's own:
-//! reading old data never evicts the entry cache of tailing consumers.
+//! byte-bounded LRU. A read that misses fetches a *window*: the requested
+//! entries plus up to `read_ahead_bytes` after them, in one range request.
+//! Windows are kept in a second byte-bounded LRU. After each read, the
+//! `prefetch_windows` windows that follow the one it ended in are fetched
+//! in the background, concurrently, so a reader going forward finds them
+//! there, or waits for the request already under way instead of making
+//! another: reading overlaps fetching, and several requests hide each
+//! one's latency. Both caches are the reader's own: reading old data never
+//! evicts the entry cache of tailing consumers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
 
 use bytes::{Bytes, BytesMut};
 use kilonova_storage::EntryId;
@@ -34,6 +40,10 @@ pub struct ReaderConfig {
     /// The first request for an index fetches this many bytes from the end
     /// of the object: indexes of up to (this − 56) / 16 entries need no second request.
     pub index_prefetch_bytes: u64,
+    /// After a read, make sure this many windows after it are fetched or
+    /// being fetched in the background (each its own request, at most this
+    /// many in flight per object); 0: no prefetch.
+    pub prefetch_windows: usize,
 }
 
 impl Default for ReaderConfig {
@@ -43,6 +53,7 @@ impl Default for ReaderConfig {
             cache_bytes: 64 << 20,
             index_cache_bytes: 16 << 20,
             index_prefetch_bytes: 256 << 10,
+            prefetch_windows: 4,
         }
     }
 }
@@ -156,14 +167,23 @@ fn no_such_entry(key: &str, entry: EntryId, index: &SegmentIndex) -> ObjectStore
     }
 }
 
-/// Reads offloaded segments of one [`Bucket`]. Share it (`Arc`) between
-/// the readers of a broker: its caches are shared too.
-#[derive(Debug)]
+/// Reads offloaded segments of one [`Bucket`]. Cheap to clone (shared
+/// inside): the readers of a broker share one, and its caches.
+#[derive(Clone, Debug)]
 pub struct OffloadedReader {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     bucket: Bucket,
     config: ReaderConfig,
     indexes: Mutex<ByteLru<Arc<str>, Arc<SegmentIndex>>>,
     windows: Mutex<Windows>,
+    /// Background fetches under way: per object, first entry → last entry.
+    inflight: Mutex<HashMap<Arc<str>, BTreeMap<EntryId, EntryId>>>,
+    /// Woken whenever a background fetch ends (landed or failed).
+    landed: Notify,
 }
 
 /// The reader's caches, for stats.
@@ -176,42 +196,84 @@ pub struct ReaderCacheStats {
     pub window_bytes: usize,
 }
 
+/// A background fetch's entry in `Inner::inflight`: removed, and waiting
+/// readers woken, when the fetch ends — or when its task is dropped
+/// unfinished (its runtime shut down), so no reader waits for it forever.
+struct InFlight {
+    inner: Arc<Inner>,
+    key: Arc<str>,
+    first: EntryId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        {
+            let mut inflight = lock(&self.inner.inflight);
+            if let Some(m) = inflight.get_mut(&self.key) {
+                m.remove(&self.first);
+                if m.is_empty() {
+                    inflight.remove(&self.key);
+                }
+            }
+        }
+        self.inner.landed.notify_waiters();
+    }
+}
+
+/// Where entry `next` is to be had.
+enum Source {
+    Cached(Arc<Window>),
+    /// A background fetch covering it, through entry `last`, is under way.
+    InFlight {
+        last: EntryId,
+    },
+    /// Nowhere yet; the next cached window starts here (a fetch stops before it).
+    Missing(Option<EntryId>),
+}
+
 impl OffloadedReader {
     pub fn new(bucket: Bucket, config: ReaderConfig) -> Self {
         OffloadedReader {
-            indexes: Mutex::new(ByteLru::new(config.index_cache_bytes)),
-            windows: Mutex::new(Windows::new(config.cache_bytes)),
-            bucket,
-            config,
+            inner: Arc::new(Inner {
+                indexes: Mutex::new(ByteLru::new(config.index_cache_bytes)),
+                windows: Mutex::new(Windows::new(config.cache_bytes)),
+                inflight: Mutex::new(HashMap::new()),
+                landed: Notify::new(),
+                bucket,
+                config,
+            }),
         }
     }
 
     pub fn bucket(&self) -> &Bucket {
-        &self.bucket
+        &self.inner.bucket
     }
 
     /// The index of the object at `key` (cached after the first fetch).
     pub async fn index(&self, key: &str) -> Result<Arc<SegmentIndex>> {
+        let inner = &self.inner;
         let k: Arc<str> = key.into();
-        if let Some(i) = lock(&self.indexes).get(&k) {
+        if let Some(i) = lock(&inner.indexes).get(&k) {
             return Ok(i);
         }
-        let index = match fetch_index(&self.bucket, key, self.config.index_prefetch_bytes).await {
+        let index = match fetch_index(&inner.bucket, key, inner.config.index_prefetch_bytes).await {
             Ok(i) => Arc::new(i),
             Err(e) => {
-                self.bucket
+                inner
+                    .bucket
                     .metrics()
                     .read_failed(matches!(e, ObjectStoreError::Corrupt { .. }));
                 return Err(e);
             }
         };
-        lock(&self.indexes).insert(k, index.clone(), index.memory_bytes());
+        lock(&inner.indexes).insert(k, index.clone(), index.memory_bytes());
         Ok(index)
     }
 
     /// Entries `range` of the offloaded segment at `key`, each verified
     /// against its checksum. An empty range reads nothing.
     pub async fn read(&self, key: &str, range: RangeInclusive<EntryId>) -> Result<Vec<Bytes>> {
+        let inner = &self.inner;
         let (first, last) = (*range.start(), *range.end());
         let index = self.index(key).await?;
         if first > last {
@@ -219,56 +281,201 @@ impl OffloadedReader {
         }
         let entries = index.entry_count();
         if last >= entries {
-            return Err(ObjectStoreError::NoSuchEntry {
-                key: key.to_string(),
-                entry: last,
-                entries,
-            });
+            return Err(no_such_entry(key, last, &index));
         }
         let k: Arc<str> = key.into();
         let mut out = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
         let (mut hits, mut misses) = (0, 0);
         let mut next = first;
+        let mut tail_window = None;
         while next <= last {
-            let (cached, next_cached) = lock(&self.windows).find(&k, next);
-            let window = match cached {
-                Some(w) => {
+            // Registered before looking, so a fetch that lands in between still wakes us.
+            let landed = inner.landed.notified();
+            let window = match inner.source(&k, next) {
+                Source::Cached(w) => {
                     hits += w.last.min(last) + 1 - next;
                     w
                 }
-                None => match self.fetch(&k, &index, next, last, next_cached).await {
-                    Ok(w) => {
-                        misses += w.last.min(last) + 1 - next;
-                        w
+                Source::InFlight { .. } => {
+                    landed.await;
+                    continue;
+                }
+                Source::Missing(before) => {
+                    let fetch_last = inner.plan(&index, next, last, before)?;
+                    match inner.load(&k, &index, next, fetch_last, Some(last)).await {
+                        Ok(w) => {
+                            misses += w.last.min(last) + 1 - next;
+                            w
+                        }
+                        Err(e) => {
+                            inner
+                                .bucket
+                                .metrics()
+                                .read_failed(matches!(e, ObjectStoreError::Corrupt { .. }));
+                            return Err(e);
+                        }
                     }
-                    Err(e) => {
-                        self.bucket
-                            .metrics()
-                            .read_failed(matches!(e, ObjectStoreError::Corrupt { .. }));
-                        return Err(e);
-                    }
-                },
+                }
             };
             let upto = window.last.min(last);
             for id in next..=upto {
                 out.push(window.entry(&index, id));
             }
             next = upto + 1;
+            tail_window = Some(window);
         }
-        self.bucket.metrics().cache(hits, misses);
+        inner.bucket.metrics().cache(hits, misses);
+        if let Some(w) = tail_window {
+            self.prefetch_after(&k, &index, &w);
+        }
         Ok(out)
     }
 
-    /// Fetches a window from entry `first`: up to entry `last` plus
-    /// `read_ahead_bytes` after it, stopping before `before` (the next
-    /// cached window) and at [`MAX_FETCH_BYTES`]; verifies and caches it.
-    async fn fetch(
+    /// Makes sure the `prefetch_windows` windows after `w` are cached or
+    /// under way, starting background fetches for those that are neither
+    /// (at most `prefetch_windows` per object in flight).
+    fn prefetch_after(&self, key: &Arc<str>, index: &Arc<SegmentIndex>, w: &Window) {
+        let inner = &self.inner;
+        let depth = inner.config.prefetch_windows;
+        let mut first = w.last + 1;
+        for _ in 0..depth {
+            if first >= index.entry_count() {
+                return;
+            }
+            let before = match inner.source(key, first) {
+                Source::Cached(c) => {
+                    first = c.last + 1;
+                    continue;
+                }
+                Source::InFlight { last } => {
+                    first = last + 1;
+                    continue;
+                }
+                Source::Missing(before) => before,
+            };
+            let Ok(last) = inner.plan(index, first, first, before) else {
+                return;
+            };
+            {
+                let mut inflight = lock(&inner.inflight);
+                let mine = inflight.entry(key.clone()).or_default();
+                if mine.len() >= depth {
+                    return;
+                }
+                mine.insert(first, last);
+            }
+            self.spawn_fetch(key, index, first, last);
+            first = last + 1;
+        }
+    }
+
+    fn spawn_fetch(
         &self,
         key: &Arc<str>,
+        index: &Arc<SegmentIndex>,
+        first: EntryId,
+        last: EntryId,
+    ) {
+        let guard = InFlight {
+            inner: self.inner.clone(),
+            key: key.clone(),
+            first,
+        };
+        let index = index.clone();
+        tokio::spawn(async move {
+            let InFlight { inner, key, .. } = &guard;
+            if let Err(e) = inner.load(key, &index, first, last, None).await {
+                tracing::debug!(key = %key, first, error = %e, "prefetch of an offloaded window failed; the read that needs it fetches it again");
+            }
+            drop(guard);
+        });
+    }
+
+    /// Drops what the caches hold of `key` (its object was deleted).
+    pub fn forget(&self, key: &str) {
+        lock(&self.inner.indexes).remove(&Arc::from(key));
+        lock(&self.inner.windows).forget(key);
+    }
+
+    pub fn cache_stats(&self) -> ReaderCacheStats {
+        let i = lock(&self.inner.indexes);
+        let w = lock(&self.inner.windows);
+        ReaderCacheStats {
+            indexes: i.len(),
+            index_bytes: i.bytes(),
+            windows: w.lru.len(),
+            window_bytes: w.lru.bytes(),
+        }
+    }
+}
+
+impl Inner {
+    fn source(&self, key: &Arc<str>, id: EntryId) -> Source {
+        let (cached, before) = lock(&self.windows).find(key, id);
+        if let Some(w) = cached {
+            return Source::Cached(w);
+        }
+        let inflight = lock(&self.inflight);
+        let covering = inflight
+            .get(key)
+            .and_then(|m| m.range(..=id).next_back())
+            .map(|(_, last)| *last)
+            .filter(|last| *last >= id);
+        match covering {
+            Some(last) => Source::InFlight { last },
+            // A fetch must also stop before a window under way.
+            None => {
+                let next_inflight = inflight
+                    .get(key)
+                    .and_then(|m| m.range(id..).next())
+                    .map(|(first, _)| *first);
+                Source::Missing(match (before, next_inflight) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                })
+            }
+        }
+    }
+
+    /// The last entry of the window to fetch from `first`: through `last`,
+    /// then up to `read_ahead_bytes` more, stopping before `before` (the next
+    /// cached window) and at [`MAX_FETCH_BYTES`] (at least entry `first`).
+    fn plan(
+        &self,
         index: &SegmentIndex,
         first: EntryId,
         last: EntryId,
         before: Option<EntryId>,
+    ) -> Result<EntryId> {
+        let rec = |id: EntryId| index.record(id).ok_or_else(|| no_such_entry("", id, index));
+        let from = rec(first)?.offset;
+        let want_end = rec(last)?.end();
+        let end_limit = before.unwrap_or(index.entry_count());
+        let mut fetch_last = first;
+        while fetch_last + 1 < end_limit {
+            let end = rec(fetch_last + 1)?.end();
+            let within = end - from <= MAX_FETCH_BYTES
+                && (fetch_last < last
+                    || end.saturating_sub(want_end) <= self.config.read_ahead_bytes);
+            if !within {
+                break;
+            }
+            fetch_last += 1;
+        }
+        Ok(fetch_last)
+    }
+
+    /// Fetches entries `first..=fetch_last` in one request, verifies them
+    /// and caches them as a window. Entries through `required` must be
+    /// sound (a bad one is a `Corrupt` error); after it, the window ends
+    /// before the first bad entry.
+    async fn load(
+        &self,
+        key: &Arc<str>,
+        index: &SegmentIndex,
+        first: EntryId,
+        fetch_last: EntryId,
+        required: Option<EntryId>,
     ) -> Result<Arc<Window>> {
         let rec = |id: EntryId| {
             index
@@ -276,23 +483,6 @@ impl OffloadedReader {
                 .ok_or_else(|| no_such_entry(key, id, index))
         };
         let from = rec(first)?.offset;
-        let end_limit = before.unwrap_or(index.entry_count());
-        let want_end = rec(last)?.end();
-        let mut fetch_last = first;
-        while fetch_last + 1 < end_limit {
-            let end = rec(fetch_last + 1)?.end();
-            let wanted = fetch_last < last;
-            let within = if wanted {
-                end - from <= MAX_FETCH_BYTES
-            } else {
-                end.saturating_sub(want_end) <= self.config.read_ahead_bytes
-                    && end - from <= MAX_FETCH_BYTES
-            };
-            if !within {
-                break;
-            }
-            fetch_last += 1;
-        }
         let to = rec(fetch_last)?.end();
         let data = self.bucket.get_range(key, from..to).await?;
         self.bucket.metrics().read(to - from);
@@ -301,9 +491,9 @@ impl OffloadedReader {
             let r = rec(id)?;
             let bytes = &data[(r.offset - from) as usize..(r.end() - from) as usize];
             if let Err(e) = format::verify_entry(&r, bytes) {
-                if id > last && id > first {
-                    // Only read ahead: the requested entries are sound. The
-                    // bad one fails the read that asks for it.
+                if id > first && required.is_none_or(|req| id > req) {
+                    // Only read ahead: what was asked for is sound. The bad
+                    // entry fails the read that asks for it.
                     window_last = id - 1;
                     break;
                 }
@@ -323,23 +513,6 @@ impl OffloadedReader {
         });
         lock(&self.windows).insert(window.clone());
         Ok(window)
-    }
-
-    /// Drops what the caches hold of `key` (its object was deleted).
-    pub fn forget(&self, key: &str) {
-        lock(&self.indexes).remove(&Arc::from(key));
-        lock(&self.windows).forget(key);
-    }
-
-    pub fn cache_stats(&self) -> ReaderCacheStats {
-        let i = lock(&self.indexes);
-        let w = lock(&self.windows);
-        ReaderCacheStats {
-            indexes: i.len(),
-            index_bytes: i.bytes(),
-            windows: w.lru.len(),
-            window_bytes: w.lru.bytes(),
-        }
     }
 }
 

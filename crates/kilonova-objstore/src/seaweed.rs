@@ -87,8 +87,12 @@ impl SeaweedServer {
             match server.spawn_and_wait().await {
                 Ok(()) => return Ok(server),
                 Err(e) => {
+                    let exited = server.exited();
                     last_error = e;
                     server.kill();
+                    if !exited {
+                        break; // it ran but never became ready: other ports will not help
+                    }
                 }
             }
         }
@@ -141,6 +145,13 @@ impl SeaweedServer {
     /// The server's log (its stdout and stderr).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("weed.log")
+    }
+
+    /// Whether the server process has exited by itself.
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// Kills the server (SIGKILL: as a crash or a lost machine) and waits for it to exit.

@@ -84,6 +84,7 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     many_entries_round_trip_byte_for_byte,
+    a_sequential_reader_is_served_by_prefetch,
     a_small_segment_is_one_put,
     range_reads_in_the_middle_fetch_only_what_they_need,
     an_index_larger_than_the_prefetch_is_read_in_two_requests,
@@ -93,6 +94,7 @@ on_every_backend!(
     find_offloaded_adopts_complete_objects_and_ignores_others,
     an_unfinished_upload_leaves_no_object,
     unsealed_and_missing_segments_are_refused,
+    a_create_only_put_never_overwrites,
     deleting_a_log_removes_all_its_objects,
 );
 
@@ -229,6 +231,8 @@ async fn range_reads_in_the_middle_fetch_only_what_they_need(b: Backend) {
         b.bucket.clone(),
         ReaderConfig {
             read_ahead_bytes: 10_000,
+            // The read-ahead of one request alone (prefetch has its own test).
+            prefetch_windows: 0,
             ..ReaderConfig::default()
         },
     );
@@ -271,6 +275,29 @@ async fn range_reads_in_the_middle_fetch_only_what_they_need(b: Backend) {
         cold.read(&o.key, 1500..=1600).await.unwrap(),
         want[1500..=1600]
     );
+}
+
+async fn a_sequential_reader_is_served_by_prefetch(b: Backend) {
+    let want = entries(600);
+    let seg = sealed_segment(&b.store, &want).await;
+    let o = offloader(&b).offload(&b.store, 6, seg).await.unwrap();
+    // Windows of a few entries, so the reader crosses many of them.
+    let r = OffloadedReader::new(
+        b.bucket.clone(),
+        ReaderConfig {
+            read_ahead_bytes: 8_000,
+            ..ReaderConfig::default()
+        },
+    );
+    for id in 0..600 {
+        let got = r.read(&o.key, id..=id).await.unwrap();
+        assert!(got[0] == want[id as usize], "entry {id}");
+    }
+    let m = b.bucket.metrics().snapshot();
+    // Only the first read fetched for itself; every later entry was in a
+    // window fetched in the background (landed, or awaited while under way).
+    assert_eq!((m.cache_misses, m.cache_hits), (1, 599), "{m:?}");
+    assert!(r.cache_stats().windows > 50, "{:?}", r.cache_stats());
 }
 
 async fn an_index_larger_than_the_prefetch_is_read_in_two_requests(b: Backend) {
@@ -411,7 +438,13 @@ async fn find_offloaded_adopts_complete_objects_and_ignores_others(b: Backend) {
         .await
         .unwrap();
     let found = off.find_offloaded(4, seg).await.unwrap();
-    assert_eq!(found, vec![o]);
+    assert_eq!(found, vec![o.clone()]);
+    // A whole log, as a restore would find it: every segment, by id.
+    let seg2 = sealed_segment(&b.store, &entries(5)).await;
+    let o2 = off.offload(&b.store, 4, seg2).await.unwrap();
+    let other_log = off.offload(&b.store, 40, seg2).await.unwrap();
+    assert_eq!(off.find_log(4).await.unwrap(), vec![o, o2]);
+    assert_eq!(off.find_log(40).await.unwrap(), vec![other_log]);
 }
 
 async fn an_unfinished_upload_leaves_no_object(b: Backend) {
@@ -443,6 +476,28 @@ async fn unsealed_and_missing_segments_are_refused(b: Backend) {
     ));
     assert!(off.list_log(1).await.unwrap().is_empty());
     assert_eq!(b.bucket.metrics().snapshot().offload_errors, 2);
+}
+
+async fn a_create_only_put_never_overwrites(b: Backend) {
+    let key = b.bucket.key("cluster/wal/0001");
+    b.bucket
+        .put_if_absent(&key, Bytes::from_static(b"first").into())
+        .await
+        .unwrap();
+    match b
+        .bucket
+        .put_if_absent(&key, Bytes::from_static(b"second").into())
+        .await
+    {
+        Err(ObjectStoreError::AlreadyExists { key: k }) => assert_eq!(k, key),
+        other => panic!("a second create-only put: {other:?}"),
+    }
+    assert_eq!(&b.bucket.get(&key).await.unwrap()[..], b"first");
+    assert_eq!(
+        b.bucket.metrics().snapshot().write_errors,
+        0,
+        "a lost race is no write error"
+    );
 }
 
 async fn deleting_a_log_removes_all_its_objects(b: Backend) {
@@ -564,4 +619,208 @@ async fn the_reader_cache_stays_within_its_bound() {
     assert!(m.cache_hits > 0 && m.cache_misses > 0, "{m:?}");
     r.forget(&o.key);
     assert_eq!(r.cache_stats().windows, 0);
+}
+
+/// Prefetches cut off by their runtime's shutdown do not leave a reader on
+/// another runtime waiting for them.
+#[test]
+fn prefetches_dropped_with_their_runtime_do_not_block_later_reads() {
+    let rt = |workers| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = rt(1);
+    let (b, key, want, reader) = first.block_on(async {
+        let b = filesystem_backend().await.unwrap();
+        let want = entries(400);
+        let seg = sealed_segment(&b.store, &want).await;
+        let o = offloader(&b).offload(&b.store, 2, seg).await.unwrap();
+        let reader = OffloadedReader::new(
+            b.bucket.clone(),
+            ReaderConfig {
+                read_ahead_bytes: 4_000,
+                ..ReaderConfig::default()
+            },
+        );
+        assert_eq!(reader.read(&o.key, 0..=0).await.unwrap(), want[..1]);
+        (b, o.key, want, reader)
+    });
+    first.shutdown_background(); // prefetches still under way are dropped
+    let second = rt(2);
+    second.block_on(async {
+        let all = tokio::time::timeout(Duration::from_secs(30), reader.read(&key, 0..=399))
+            .await
+            .expect("a read waited for a prefetch that will never land");
+        assert_eq!(all.unwrap(), want);
+    });
+    drop(b);
+}
+
+/// A managed log's sealed segments, offloaded and read back, decode to the
+/// same entries (position, publish time, message index and count, bytes)
+/// as the log reads locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_logs_segments_read_back_as_the_same_entries() {
+    use kilonova_storage::{
+        DirStateStore, Entry, EntryCache, ManagedLog, ManagedLogConfig, Position,
+    };
+    let b = filesystem_backend().await.unwrap();
+    let state_dir = TempDir::new().unwrap();
+    let state = std::sync::Arc::new(DirStateStore::open(state_dir.path()).unwrap());
+    let cache = std::sync::Arc::new(EntryCache::new(1 << 20));
+    let config = ManagedLogConfig {
+        max_segment_entries: 100,
+        ..ManagedLogConfig::default()
+    };
+    let mut log = ManagedLog::open(77, b.store.clone(), state, cache, config, 1_000)
+        .await
+        .unwrap();
+    let mut done = Vec::new();
+    for i in 0..350u64 {
+        let c = log
+            .append(entry(i), 1 + (i % 3) as u32, 1_000 + i)
+            .await
+            .unwrap();
+        done.push(c);
+    }
+    for d in done {
+        d.await.unwrap();
+    }
+    let sealed: Vec<_> = log
+        .segments()
+        .iter()
+        .map(|s| s.id)
+        .filter(|id| log.segment_info(*id).is_some_and(|i| i.sealed))
+        .collect();
+    assert_eq!(
+        sealed.len(),
+        3,
+        "350 entries in segments of 100: three sealed"
+    );
+    let off = offloader(&b);
+    let r = reader(&b);
+    for seg in sealed {
+        let o = off.offload(&b.store, log.id(), seg).await.unwrap();
+        let raw = r.read(&o.key, 0..=o.entries - 1).await.unwrap();
+        for (e, stored) in raw.into_iter().enumerate() {
+            let p = Position::new(seg, e as u64);
+            let remote = Entry::from_stored(p, stored).expect("an entry header");
+            assert_eq!(remote, log.read_entry(p).unwrap(), "entry {p}");
+        }
+    }
+}
+
+/// A start-up probe tells a working store from wrong credentials, a missing
+/// bucket and a store that is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_tells_refusals_from_an_unreachable_store() {
+    let fs = filesystem_backend().await.unwrap();
+    fs.bucket.probe().await.unwrap();
+    let Some(mut server) =
+        SeaweedServer::start_or_skip("a_probe_tells_refusals_from_an_unreachable_store").await
+    else {
+        return;
+    };
+    server.create_bucket("kilonova-probe").await.unwrap();
+    Bucket::open(&server.config("kilonova-probe"))
+        .unwrap()
+        .probe()
+        .await
+        .unwrap();
+
+    let mut wrong = server.config("kilonova-probe");
+    wrong.secret_access_key = Some(kilonova_objstore::Secret::new("not-the-secret"));
+    match Bucket::open(&wrong).unwrap().probe().await {
+        Err(e @ ObjectStoreError::Refused { .. }) => assert!(!e.is_retryable()),
+        other => panic!("wrong credentials: {other:?}"),
+    }
+    match Bucket::open(&server.config("no-such-bucket"))
+        .unwrap()
+        .probe()
+        .await
+    {
+        Err(e @ ObjectStoreError::Refused { .. }) => assert!(!e.is_retryable()),
+        other => panic!("a missing bucket: {other:?}"),
+    }
+    server.kill();
+    match Bucket::open(&server.config("kilonova-probe"))
+        .unwrap()
+        .probe()
+        .await
+    {
+        Err(e) => assert!(e.is_retryable(), "{e:?}"),
+        Ok(()) => panic!("a probe succeeded with the store down"),
+    }
+}
+
+/// Bytes of the files under `dir` (recursively).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// S3 only: the server is killed while a multipart offload is uploading
+/// parts. The offload fails with a retryable error, leaves no object, and
+/// offloading again after the restart succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_killed_during_a_multipart_offload_leaves_nothing_and_a_retry_succeeds() {
+    let Some(mut b) =
+        s3_backend("s3_killed_during_a_multipart_offload_leaves_nothing_and_a_retry_succeeds")
+            .await
+    else {
+        return;
+    };
+    // 80 MiB: sixteen parts of 5 MiB, one at a time (time to kill it mid-way).
+    let want: Vec<Bytes> = (0..80u64)
+        .map(|i| Bytes::from(vec![i as u8; 1 << 20]))
+        .collect();
+    let seg = sealed_segment(&b.store, &want).await;
+    let off = Offloader::new(
+        b.bucket.clone(),
+        OffloadConfig {
+            part_bytes: MIN_PART_BYTES,
+            upload_concurrency: 1,
+            read_batch_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    let data_dir = b.server.as_ref().unwrap().data_dir();
+    let before = dir_bytes(&data_dir);
+    let task = {
+        let (off, store) = (off.clone(), b.store.clone());
+        tokio::spawn(async move { off.offload(&store, 31, seg).await })
+    };
+    // Wait until parts are arriving (the server's files grew by a part).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dir_bytes(&data_dir) < before + MIN_PART_BYTES as u64 {
+        assert!(
+            std::time::Instant::now() < deadline && !task.is_finished(),
+            "no part reached the server within 60 s (or the offload ended first)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.server.as_mut().unwrap().kill();
+    match task.await.unwrap() {
+        Err(e) => assert!(e.is_retryable(), "{e:?}"),
+        Ok(o) => panic!("the offload finished although the server died under it: {o:?}"),
+    }
+    b.server.as_mut().unwrap().restart().await.unwrap();
+    assert!(
+        off.find_offloaded(31, seg).await.unwrap().is_empty(),
+        "no object left behind"
+    );
+    let o = off.offload(&b.store, 31, seg).await.unwrap();
+    let got = reader(&b).read(&o.key, 0..=79).await.unwrap();
+    assert!(got == want, "the retried offload reads back whole");
 }

@@ -26,6 +26,13 @@ impl Entry {
     pub fn size(&self) -> usize {
         self.data.len() + ENTRY_HEADER_LEN
     }
+
+    /// The entry whose stored bytes (header, then the producer's bytes) are
+    /// `stored`, as a copy of the segment elsewhere returns them (an
+    /// offloaded segment); `None` if they are too short for a header.
+    pub fn from_stored(position: Position, stored: Bytes) -> Option<Entry> {
+        decode(position, stored)
+    }
 }
 
 pub(crate) fn encode_header(publish_time_ms: u64, message_index: u64, message_count: u32) -> Bytes {
@@ -65,7 +72,8 @@ mod tests {
         fn header_round_trips(t: u64, i: u64, n: u32, data in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut b = BytesMut::from(&encode_header(t, i, n)[..]);
             b.extend_from_slice(&data);
-            let e = decode(Position::new(1, 2), b.freeze()).unwrap();
+            let e = decode(Position::new(1, 2), b.clone().freeze()).unwrap();
+            prop_assert_eq!(Entry::from_stored(Position::new(1, 2), b.freeze()), Some(e.clone()));
             prop_assert_eq!((e.publish_time_ms, e.message_index, e.message_count), (t, i, n));
             prop_assert_eq!(&e.data[..], &data[..]);
         }
