@@ -151,6 +151,18 @@ pub struct BrokerConfig {
     pub compaction_check_interval_secs: u64,
     /// Distinct keys one compaction keeps track of; past it the compaction fails.
     pub compaction_max_keys: usize,
+    /// Bytes of a topic kept locally before older sealed segments are
+    /// offloaded, where no namespace or topic policy says (Pulsar's
+    /// `managedLedgerOffloadAutoTriggerSizeThresholdBytes`; 0: offload every
+    /// sealed segment, negative: never).
+    pub offload_threshold_bytes: i64,
+    /// Age (seconds) past which sealed segments are offloaded, where no
+    /// policy says (Pulsar's `managedLedgerOffloadThresholdInSeconds`;
+    /// negative: never).
+    pub offload_threshold_secs: i64,
+    /// How long the local copy of an offloaded segment is kept, where no
+    /// policy says (Pulsar's `managedLedgerOffloadDeletionLagMs`).
+    pub offload_deletion_lag_ms: u64,
     /// The token each replicator presents to a remote cluster, by cluster
     /// name (its role needs `produce` on the namespace there). Kept out of
     /// the metadata, the admin API (never serialized) and logs.
@@ -256,6 +268,9 @@ impl Default for BrokerConfig {
             delete_inactive_partitioned_topic_metadata: false,
             compaction_check_interval_secs: 60,
             compaction_max_keys: 1_000_000,
+            offload_threshold_bytes: -1,
+            offload_threshold_secs: -1,
+            offload_deletion_lag_ms: 14_400_000,
             replication_tokens: Default::default(),
             replication_tls_trust_certs: None,
             replicator_idle_timeout_secs: 60,

@@ -62,6 +62,13 @@ pub(crate) struct Effective {
     pub delayed_delivery: bool,
     /// Uncompacted backlog (bytes) that starts a compaction; `None`: never.
     pub compaction_threshold_bytes: Option<u64>,
+    /// Bytes of the topic kept locally before older sealed segments are
+    /// offloaded; `Some(0)`: offload every sealed segment; `None`: never.
+    pub offload_threshold_bytes: Option<u64>,
+    /// Age (seconds) past which sealed segments are offloaded; `None`: never.
+    pub offload_threshold_secs: Option<u64>,
+    /// How long the local copy of an offloaded segment is kept.
+    pub offload_deletion_lag_ms: u64,
     /// The remote clusters the topic replicates to: its own replication
     /// clusters, else its namespace's, but this one.
     pub replication_clusters: Vec<String>,
@@ -151,6 +158,7 @@ impl Effective {
             .max_message_size
             .and_then(|n| usize::try_from(n).ok())
             .filter(|n| *n > 0);
+        let topic_offload = t.offload_policies.as_ref();
         Effective {
             retention,
             ttl: (ttl_secs > 0).then(|| Duration::from_secs(ttl_secs)),
@@ -205,6 +213,22 @@ impl Effective {
                 .filter(|name| **name != c.cluster_name)
                 .cloned()
                 .collect(),
+            offload_threshold_bytes: offload_threshold(
+                topic_offload.and_then(|o| o.managed_ledger_offload_threshold_in_bytes),
+                ns.offload_threshold,
+                c.offload_threshold_bytes,
+            ),
+            offload_threshold_secs: offload_threshold(
+                topic_offload.and_then(|o| o.managed_ledger_offload_threshold_in_seconds),
+                ns.offload_threshold_in_seconds,
+                c.offload_threshold_secs,
+            ),
+            offload_deletion_lag_ms: topic_offload
+                .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
+                .or(ns.offload_deletion_lag_ms)
+                .map_or(c.offload_deletion_lag_ms, |ms| {
+                    u64::try_from(ms).unwrap_or(0)
+                }),
             subscribe_rate: resolve_subscribe_rate(c, ns, t),
             subscription_expiration: match ns.subscription_expiration_time_minutes {
                 Some(m) => positive(i64::from(m)),
@@ -215,6 +239,13 @@ impl Effective {
             .map(|m| Duration::from_secs(m.saturating_mul(60))),
         }
     }
+}
+
+/// An offload threshold: the topic's, else the namespace's (whose -1, as in
+/// Pulsar, means unset), else the broker's; negative: never offload.
+fn offload_threshold(topic: Option<i64>, namespace: Option<i64>, broker: i64) -> Option<u64> {
+    let namespace = namespace.filter(|v| *v != p::OFFLOAD_UNSET);
+    u64::try_from(topic.or(namespace).unwrap_or(broker)).ok()
 }
 
 /// The subscribe rate per consumer: the topic's, else the namespace's for
@@ -596,6 +627,70 @@ mod tests {
         );
         assert_eq!(e.max_unacked_per_subscription, None);
         assert_eq!(e.compaction_threshold_bytes, None, "0: never compact");
+    }
+
+    #[test]
+    fn topic_offload_policies_override_the_namespaces_which_override_the_brokers() {
+        let c = BrokerConfig::default();
+        let mut ns = Policies::default();
+        let mut t = TopicPolicies::default();
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.offload_threshold_bytes, None, "the broker's -1: never");
+        assert_eq!(e.offload_threshold_secs, None);
+        assert_eq!(e.offload_deletion_lag_ms, 14_400_000, "the broker's 4 h");
+
+        let c = BrokerConfig {
+            offload_threshold_bytes: 1 << 30,
+            offload_threshold_secs: 3600,
+            offload_deletion_lag_ms: 60_000,
+            ..BrokerConfig::default()
+        };
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.offload_threshold_bytes, Some(1 << 30));
+        assert_eq!(e.offload_threshold_secs, Some(3600));
+        assert_eq!(e.offload_deletion_lag_ms, 60_000);
+
+        ns.offload_threshold = Some(0);
+        ns.offload_threshold_in_seconds = Some(-2);
+        ns.offload_deletion_lag_ms = Some(5_000);
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.offload_threshold_bytes,
+            Some(0),
+            "0: every sealed segment"
+        );
+        assert_eq!(e.offload_threshold_secs, None, "negative: never");
+        assert_eq!(e.offload_deletion_lag_ms, 5_000);
+
+        ns.offload_threshold = Some(-1);
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.offload_threshold_bytes,
+            Some(1 << 30),
+            "a namespace's -1 is Pulsar's unset: the broker's applies"
+        );
+
+        t.offload_policies = Some(p::OffloadPolicies {
+            managed_ledger_offload_threshold_in_bytes: Some(-1),
+            managed_ledger_offload_threshold_in_seconds: Some(60),
+            managed_ledger_offload_deletion_lag_in_millis: Some(0),
+            ..p::OffloadPolicies::default()
+        });
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.offload_threshold_bytes, None, "the topic's -1: never");
+        assert_eq!(e.offload_threshold_secs, Some(60));
+        assert_eq!(e.offload_deletion_lag_ms, 0);
+
+        t.offload_policies = Some(p::OffloadPolicies {
+            managed_ledger_offload_driver: Some("aws-s3".into()),
+            ..p::OffloadPolicies::default()
+        });
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            (e.offload_threshold_bytes, e.offload_deletion_lag_ms),
+            (Some(1 << 30), 5_000),
+            "fields the topic leaves out fall back, field by field"
+        );
     }
 
     #[test]

@@ -272,7 +272,73 @@ pub struct Policies {
     /// Bytes of uncompacted backlog that start a compaction (Pulsar's `compaction_threshold`; 0: never).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_threshold: Option<i64>,
+    /// Bytes of a topic kept in local storage before older sealed segments
+    /// are offloaded (Pulsar's `offload_threshold`; 0: offload every sealed
+    /// segment, negative: never; unset: the broker's default). Pulsar stores
+    /// -1 for "unset", so a -1 from the admin API unsets it ([`OFFLOAD_UNSET`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_threshold: Option<i64>,
+    /// Age (seconds) past which sealed segments are offloaded (Pulsar's
+    /// `offload_threshold_in_seconds`; 0: at once, negative: never; unset:
+    /// the broker's default; -1 unsets, as for `offload_threshold`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_threshold_in_seconds: Option<i64>,
+    /// How long the local copy of an offloaded segment is kept (Pulsar's
+    /// `offload_deletion_lag_ms`; unset: the broker's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_deletion_lag_ms: Option<i64>,
 }
+
+/// The value Pulsar's `Policies` holds for an offload threshold nobody set:
+/// a namespace answers it when unset, and setting it unsets the threshold.
+pub const OFFLOAD_UNSET: i64 = -1;
+
+/// Topic-level offload policies (Pulsar's `OffloadPolicies`, as
+/// `pulsar-admin topics set-offload-policies` sends them). Each field left
+/// out (or `null`) falls back to the namespace's, then the broker's.
+///
+/// Only what Kilonova applies is kept: the thresholds, the deletion lag, and
+/// where offloaded segments go (driver, bucket, region, endpoint). Other
+/// fields Pulsar sends — credentials among them, which come only from the
+/// broker's configuration here — are accepted and dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OffloadPolicies {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_driver: Option<String>,
+    /// Bytes kept locally (0: offload every sealed segment, negative: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_threshold_in_bytes: Option<i64>,
+    /// Seconds (0: at once, negative: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_threshold_in_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_deletion_lag_in_millis: Option<i64>,
+    /// Where the S3 drivers put offloaded segments (Pulsar's names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_managed_ledger_offload_bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_managed_ledger_offload_region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_managed_ledger_offload_service_endpoint: Option<String>,
+    /// The same, under Pulsar's driver-neutral names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_service_endpoint: Option<String>,
+}
+
+/// The offload drivers Pulsar knows (`OffloadPoliciesImpl.DRIVER_NAMES`).
+pub const OFFLOAD_DRIVERS: [&str; 6] = [
+    "S3",
+    "aws-s3",
+    "google-cloud-storage",
+    "filesystem",
+    "azureblob",
+    "aliyun-oss",
+];
 
 /// Topic-level overrides: every field unset falls back to the namespace's.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,6 +398,10 @@ pub struct TopicPolicies {
     /// A subscription dispatches nothing while it has this many unacknowledged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_unacked_messages_on_subscription: Option<i32>,
+    /// The topic's offload thresholds and deletion lag (Pulsar keeps them
+    /// inside the topic's `offloadPolicies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_policies: Option<OffloadPolicies>,
 }
 
 impl TopicPolicies {
@@ -365,6 +435,38 @@ pub fn check_compaction_threshold(bytes: i64) -> Result<()> {
             bytes,
             "must be 0 (no automatic compaction) or more bytes",
         ));
+    }
+    Ok(())
+}
+
+/// An offload deletion lag: 0 (drop the local copy at once) or more milliseconds.
+pub fn check_offload_deletion_lag(ms: i64) -> Result<()> {
+    if ms < 0 {
+        return Err(invalid(
+            "offload deletion lag",
+            ms,
+            "must be 0 or more milliseconds",
+        ));
+    }
+    Ok(())
+}
+
+/// Topic-level offload policies: a driver Pulsar knows (its words, 412),
+/// and a deletion lag of 0 or more.
+pub fn check_offload_policies(o: &OffloadPolicies) -> Result<()> {
+    if let Some(driver) = &o.managed_ledger_offload_driver {
+        if !OFFLOAD_DRIVERS
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(driver))
+        {
+            return Err(MetadataError::Precondition(format!(
+                "The driver is not supported, support value: {}",
+                OFFLOAD_DRIVERS.join(",")
+            )));
+        }
+    }
+    if let Some(ms) = o.managed_ledger_offload_deletion_lag_in_millis {
+        check_offload_deletion_lag(ms)?;
     }
     Ok(())
 }
@@ -539,6 +641,46 @@ mod tests {
         assert!(
             serde_json::from_str::<BacklogQuota>(r#"{"limitSize":1,"policy":"drop_it"}"#).is_err()
         );
+    }
+
+    #[test]
+    fn offload_policies_take_what_pulsar_admin_sends() {
+        // `pulsar-admin topics set-offload-policies -d aws-s3 -b bkt -r eu -oat 10M`
+        // serializes every field of OffloadPoliciesImpl, nulls and secrets included.
+        let o: OffloadPolicies = serde_json::from_str(
+            r#"{"offloadersDirectory":"./offloaders","managedLedgerOffloadDriver":"aws-s3",
+                "managedLedgerOffloadMaxThreads":2,"managedLedgerOffloadThresholdInBytes":10485760,
+                "managedLedgerOffloadThresholdInSeconds":null,
+                "managedLedgerOffloadDeletionLagInMillis":null,
+                "managedLedgerOffloadedReadPriority":"TIERED_STORAGE_FIRST",
+                "s3ManagedLedgerOffloadRegion":"eu","s3ManagedLedgerOffloadBucket":"bkt",
+                "s3ManagedLedgerOffloadServiceEndpoint":null,
+                "s3ManagedLedgerOffloadCredentialId":"id","s3ManagedLedgerOffloadCredentialSecret":"secret",
+                "managedLedgerOffloadBucket":null,"managedLedgerOffloadRegion":null}"#,
+        )
+        .unwrap();
+        assert_eq!(o.managed_ledger_offload_driver.as_deref(), Some("aws-s3"));
+        assert_eq!(o.managed_ledger_offload_threshold_in_bytes, Some(10 << 20));
+        assert_eq!(o.managed_ledger_offload_threshold_in_seconds, None);
+        assert_eq!(o.s3_managed_ledger_offload_bucket.as_deref(), Some("bkt"));
+        let back = serde_json::to_string(&o).unwrap();
+        assert!(!back.contains("secret"), "credentials are not kept: {back}");
+        assert!(check_offload_policies(&o).is_ok());
+
+        let unknown = OffloadPolicies {
+            managed_ledger_offload_driver: Some("tape".into()),
+            ..OffloadPolicies::default()
+        };
+        assert!(matches!(
+            check_offload_policies(&unknown),
+            Err(MetadataError::Precondition(m)) if m.starts_with("The driver is not supported")
+        ));
+        let negative_lag = OffloadPolicies {
+            managed_ledger_offload_deletion_lag_in_millis: Some(-5),
+            ..OffloadPolicies::default()
+        };
+        assert!(check_offload_policies(&negative_lag).is_err());
+        assert!(check_offload_deletion_lag(0).is_ok());
     }
 
     #[test]
