@@ -668,6 +668,36 @@ def test_topic_offload_policies_round_trip_what_pulsar_admin_sends(admin):
     assert is_unset(admin.get(path)), "removed"
 
 
+def test_namespace_offload_policies_as_pulsar_admin_sends_them(admin):
+    ns = create_namespace(admin)
+    base = ns_path(ns)
+    path = f"{base}/offloadPolicies"
+    assert is_unset(admin.get(path)), "no offload policies yet"
+    admin.ok("PUT", f"{base}/offloadDeletionLagMs", 1000)
+
+    admin.ok("POST", path, PULSAR_ADMIN_OFFLOAD_POLICIES)
+    got = admin.get_json(path)
+    assert matches({"managedLedgerOffloadDriver": "aws-s3", "s3ManagedLedgerOffloadBucket": "bkt",
+                    "managedLedgerOffloadThresholdInBytes": 10 << 20}, got), got
+    assert "very-secret" not in json.dumps(admin.get_json(base)), "credentials are never kept"
+    assert admin.get_json(f"{base}/offloadThreshold") == 10 << 20, "the offload policies' threshold is in force"
+    assert admin.get_json(f"{base}/offloadDeletionLagMs") == 3_600_000
+
+    admin.ok("PUT", f"{base}/offloadThreshold", 0)
+    assert admin.get_json(f"{base}/offloadThreshold") == 0, "the last value set is in force"
+    assert "managedLedgerOffloadThresholdInBytes" not in admin.get_json(path)
+
+    reason = expect_error(admin.post(path, {"s3ManagedLedgerOffloadBucket": "bkt"}), 412, "no driver")
+    assert reason.startswith("The driver is not supported"), reason
+    reason = expect_error(admin.post(path, {"managedLedgerOffloadDriver": "aws-s3"}), 412, "no bucket")
+    assert reason == "The bucket must be specified for namespace offload.", reason
+    admin.ok("POST", path, {"managedLedgerOffloadDriver": "filesystem"})
+
+    admin.ok("DELETE", f"{base}/removeOffloadPolicies")
+    assert is_unset(admin.get(path)), "removed at Pulsar's route"
+    assert admin.get_json(f"{base}/offloadDeletionLagMs") == 1000, "the namespace's own lag is back"
+
+
 def test_namespace_replication_clusters(admin):
     other = create_cluster(admin)
     tenant = create_tenant(admin, clusters=(CLUSTER, other))

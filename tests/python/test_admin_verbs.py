@@ -309,3 +309,34 @@ def test_topic_offload_policies_verbs_round_trip(cli, broker, group):
 
     cli.ok(group, "remove-offload-policies", topic)
     assert cli.ok(group, "get-offload-policies", topic).stdout.strip() == ""
+
+
+def test_namespace_offload_policies_verbs_round_trip(cli, broker):
+    tenant = unique("offload")
+    cli.ok("tenants", "create", tenant, "--allowed-clusters", "standalone")
+    ns = f"{tenant}/ns"
+    cli.ok("namespaces", "create", ns)
+    assert cli.ok("namespaces", "get-offload-policies", ns).stdout.strip() == "", "nothing set yet"
+
+    cli.ok("namespaces", "set-offload-policies", ns, "-d", "aws-s3", "-r", "us-east-1", "-b", "cold",
+           "-oat", "10M", "-oats", "1d", "-oae", "1h")
+    expected = {
+        "managedLedgerOffloadDriver": "aws-s3",
+        "s3ManagedLedgerOffloadRegion": "us-east-1",
+        "s3ManagedLedgerOffloadBucket": "cold",
+        "managedLedgerOffloadThresholdInBytes": 10 << 20,
+        "managedLedgerOffloadThresholdInSeconds": 86_400,
+        "managedLedgerOffloadDeletionLagInMillis": 3_600_000,
+    }
+    assert cli.json("namespaces", "get-offload-policies", ns) == expected
+    assert rest_json(broker, f"/admin/v2/namespaces/{ns}/offloadPolicies") == expected
+    assert cli.lines("namespaces", "get-offload-threshold", ns) == [
+        "offloadThresholdInBytes: 10485760", "offloadThresholdInSeconds: 86400"]
+    assert cli.lines("namespaces", "get-offload-deletion-lag", ns) == ["60 minute(s)"]
+
+    failed = cli.fails("namespaces", "set-offload-policies", ns, "-d", "google-cloud-storage")
+    assert "The bucket must be specified" in failed.stderr, failed.stderr
+    cli.ok("namespaces", "remove-offload-policies", ns)
+    assert cli.ok("namespaces", "get-offload-policies", ns).stdout.strip() == ""
+    assert cli.lines("namespaces", "get-offload-threshold", ns) == [
+        "offloadThresholdInBytes: -1", "offloadThresholdInSeconds: -1"]

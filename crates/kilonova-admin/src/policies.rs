@@ -319,8 +319,14 @@ pub static OFFLOAD_THRESHOLD: Field<i64> = Field {
     what: "offload threshold (bytes kept locally; 0: offload every sealed segment, -1: the broker's default, other negatives: never)",
     check: no_check,
     limit: no_limit,
-    ns_get: |n, _| Some(n.offload_threshold.unwrap_or(p::OFFLOAD_UNSET)),
-    ns_put: |n, _, v| n.offload_threshold = v.filter(|v| *v != p::OFFLOAD_UNSET),
+    ns_get: |n, _| Some(n.namespace_offload_threshold_bytes().unwrap_or(p::OFFLOAD_UNSET)),
+    ns_put: |n, _, v| {
+        n.offload_threshold = v.filter(|v| *v != p::OFFLOAD_UNSET);
+        // The last value set is the one in force (Pulsar writes both too).
+        if let Some(o) = &mut n.offload_policies {
+            o.managed_ledger_offload_threshold_in_bytes = None;
+        }
+    },
     topic: None,
 };
 
@@ -330,8 +336,13 @@ pub static OFFLOAD_THRESHOLD_IN_SECONDS: Field<i64> = Field {
     what: "offload threshold in seconds (age of sealed segments offloaded; -1: the broker's default, other negatives: never)",
     check: no_check,
     limit: no_limit,
-    ns_get: |n, _| Some(n.offload_threshold_in_seconds.unwrap_or(p::OFFLOAD_UNSET)),
-    ns_put: |n, _, v| n.offload_threshold_in_seconds = v.filter(|v| *v != p::OFFLOAD_UNSET),
+    ns_get: |n, _| Some(n.namespace_offload_threshold_secs().unwrap_or(p::OFFLOAD_UNSET)),
+    ns_put: |n, _, v| {
+        n.offload_threshold_in_seconds = v.filter(|v| *v != p::OFFLOAD_UNSET);
+        if let Some(o) = &mut n.offload_policies {
+            o.managed_ledger_offload_threshold_in_seconds = None;
+        }
+    },
     topic: None,
 };
 
@@ -341,8 +352,26 @@ pub static OFFLOAD_DELETION_LAG: Field<i64> = Field {
     what: "offload deletion lag (milliseconds the local copy of an offloaded segment is kept)",
     check: |v| p::check_offload_deletion_lag(*v),
     limit: no_limit,
-    ns_get: |n, _| n.offload_deletion_lag_ms,
-    ns_put: |n, _, v| n.offload_deletion_lag_ms = v,
+    ns_get: |n, _| n.namespace_offload_deletion_lag_ms(),
+    ns_put: |n, _, v| {
+        n.offload_deletion_lag_ms = v;
+        if let Some(o) = &mut n.offload_policies {
+            o.managed_ledger_offload_deletion_lag_in_millis = None;
+        }
+    },
+    topic: None,
+};
+
+/// Namespace level: where offloaded segments go, and thresholds and a lag
+/// that take precedence over the three above. Pulsar removes them at
+/// `DELETE …/removeOffloadPolicies` ([`remove_namespace_offload_policies`]).
+pub static NAMESPACE_OFFLOAD_POLICIES: Field<p::OffloadPolicies> = Field {
+    path: "offloadPolicies",
+    what: "offload policies",
+    check: p::check_namespace_offload_policies,
+    limit: no_limit,
+    ns_get: |n, _| n.offload_policies.clone(),
+    ns_put: |n, _, v| n.offload_policies = v,
     topic: None,
 };
 
@@ -560,6 +589,30 @@ where
     )
 }
 
+/// Pulsar's route that removes a namespace's offload policies.
+fn remove_namespace_offload_policies(api: Api) -> Api {
+    api.route(
+        "/admin/v2/namespaces/{tenant}/{namespace}/removeOffloadPolicies",
+        axum::routing::delete(
+            |State(b): State<Broker>, Path((t, n)): Path<(String, String)>| async move {
+                let ns = namespace(&t, &n)?;
+                b.resources()
+                    .update_namespace(&ns, |p| {
+                        p.offload_policies = None;
+                        Ok(())
+                    })
+                    .await?;
+                ApiResult::Ok(StatusCode::NO_CONTENT)
+            },
+        ),
+        &[(
+            "DELETE",
+            Access::TenantAdmin,
+            "Remove the namespace's offload policies (as DELETE …/offloadPolicies)",
+        )],
+    )
+}
+
 /// Every policy's routes at both levels.
 pub fn routes(api: Api) -> Api {
     let api = namespace_routes(api, &RETENTION);
@@ -582,6 +635,8 @@ pub fn routes(api: Api) -> Api {
     let api = namespace_routes_set_with(api, &OFFLOAD_THRESHOLD, SetWith::Put);
     let api = namespace_routes_set_with(api, &OFFLOAD_THRESHOLD_IN_SECONDS, SetWith::Put);
     let api = namespace_routes_set_with(api, &OFFLOAD_DELETION_LAG, SetWith::Put);
+    let api = namespace_routes(api, &NAMESPACE_OFFLOAD_POLICIES);
+    let api = remove_namespace_offload_policies(api);
     let api = namespace_routes(api, &SUBSCRIBE_RATE);
     let api = namespace_routes(api, &SUBSCRIPTION_EXPIRATION_TIME);
     let api = topic_routes(api, &SUBSCRIBE_RATE);

@@ -215,17 +215,17 @@ impl Effective {
                 .collect(),
             offload_threshold_bytes: offload_threshold(
                 topic_offload.and_then(|o| o.managed_ledger_offload_threshold_in_bytes),
-                ns.offload_threshold,
+                ns.namespace_offload_threshold_bytes(),
                 c.offload_threshold_bytes,
             ),
             offload_threshold_secs: offload_threshold(
                 topic_offload.and_then(|o| o.managed_ledger_offload_threshold_in_seconds),
-                ns.offload_threshold_in_seconds,
+                ns.namespace_offload_threshold_secs(),
                 c.offload_threshold_secs,
             ),
             offload_deletion_lag_ms: topic_offload
                 .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
-                .or(ns.offload_deletion_lag_ms)
+                .or(ns.namespace_offload_deletion_lag_ms())
                 .map_or(c.offload_deletion_lag_ms, |ms| {
                     u64::try_from(ms).unwrap_or(0)
                 }),
@@ -241,10 +241,10 @@ impl Effective {
     }
 }
 
-/// An offload threshold: the topic's, else the namespace's (whose -1, as in
-/// Pulsar, means unset), else the broker's; negative: never offload.
+/// An offload threshold: the topic's, else the namespace's
+/// ([`Policies::namespace_offload_threshold_bytes`]), else the broker's;
+/// negative: never offload.
 fn offload_threshold(topic: Option<i64>, namespace: Option<i64>, broker: i64) -> Option<u64> {
-    let namespace = namespace.filter(|v| *v != p::OFFLOAD_UNSET);
     u64::try_from(topic.or(namespace).unwrap_or(broker)).ok()
 }
 
@@ -669,6 +669,17 @@ mod tests {
             Some(1 << 30),
             "a namespace's -1 is Pulsar's unset: the broker's applies"
         );
+        ns.offload_policies = Some(p::OffloadPolicies {
+            managed_ledger_offload_driver: Some("aws-s3".into()),
+            managed_ledger_offload_threshold_in_bytes: Some(4096),
+            ..p::OffloadPolicies::default()
+        });
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            (e.offload_threshold_bytes, e.offload_deletion_lag_ms),
+            (Some(4096), 5_000),
+            "the namespace's offload policies first, then its older fields"
+        );
 
         t.offload_policies = Some(p::OffloadPolicies {
             managed_ledger_offload_threshold_in_bytes: Some(-1),
@@ -688,7 +699,7 @@ mod tests {
         let e = Effective::resolve(&c, &ns, &t);
         assert_eq!(
             (e.offload_threshold_bytes, e.offload_deletion_lag_ms),
-            (Some(1 << 30), 5_000),
+            (Some(4096), 5_000),
             "fields the topic leaves out fall back, field by field"
         );
     }

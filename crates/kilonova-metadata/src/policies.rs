@@ -287,6 +287,42 @@ pub struct Policies {
     /// `offload_deletion_lag_ms`; unset: the broker's default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offload_deletion_lag_ms: Option<i64>,
+    /// The namespace's offload policies (Pulsar's `offload_policies`): where
+    /// offloaded segments go, and thresholds and a deletion lag that take
+    /// precedence over the three fields above, field by field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_policies: Option<OffloadPolicies>,
+}
+
+impl Policies {
+    /// The namespace's offload size threshold: its offload policies', else
+    /// `offload_threshold` (whose -1 is unset, as Pulsar's
+    /// `OffloadPoliciesImpl.oldPoliciesCompatible` reads it).
+    pub fn namespace_offload_threshold_bytes(&self) -> Option<i64> {
+        self.offload_policies
+            .as_ref()
+            .and_then(|o| o.managed_ledger_offload_threshold_in_bytes)
+            .or(self.offload_threshold.filter(|v| *v != OFFLOAD_UNSET))
+    }
+
+    /// The namespace's offload age threshold (as [`Self::namespace_offload_threshold_bytes`]).
+    pub fn namespace_offload_threshold_secs(&self) -> Option<i64> {
+        self.offload_policies
+            .as_ref()
+            .and_then(|o| o.managed_ledger_offload_threshold_in_seconds)
+            .or(self
+                .offload_threshold_in_seconds
+                .filter(|v| *v != OFFLOAD_UNSET))
+    }
+
+    /// The namespace's offload deletion lag: its offload policies', else
+    /// `offload_deletion_lag_ms`.
+    pub fn namespace_offload_deletion_lag_ms(&self) -> Option<i64> {
+        self.offload_policies
+            .as_ref()
+            .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
+            .or(self.offload_deletion_lag_ms)
+    }
 }
 
 /// The value Pulsar's `Policies` holds for an offload threshold nobody set:
@@ -451,6 +487,33 @@ pub fn check_offload_deletion_lag(ms: i64) -> Result<()> {
     Ok(())
 }
 
+/// A namespace's offload policies: as a topic's, and the driver and (but for
+/// the filesystem driver) the bucket must be given — Pulsar's
+/// `validateOffloadPolicies`, with its words and its 412.
+pub fn check_namespace_offload_policies(o: &OffloadPolicies) -> Result<()> {
+    let Some(driver) = &o.managed_ledger_offload_driver else {
+        return Err(driver_not_supported());
+    };
+    check_offload_policies(o)?;
+    let bucket = o
+        .s3_managed_ledger_offload_bucket
+        .as_ref()
+        .or(o.managed_ledger_offload_bucket.as_ref());
+    if !driver.eq_ignore_ascii_case("filesystem") && bucket.is_none_or(|b| b.is_empty()) {
+        return Err(MetadataError::Precondition(
+            "The bucket must be specified for namespace offload.".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn driver_not_supported() -> MetadataError {
+    MetadataError::Precondition(format!(
+        "The driver is not supported, support value: {}",
+        OFFLOAD_DRIVERS.join(",")
+    ))
+}
+
 /// Topic-level offload policies: a driver Pulsar knows (its words, 412),
 /// and a deletion lag of 0 or more.
 pub fn check_offload_policies(o: &OffloadPolicies) -> Result<()> {
@@ -459,10 +522,7 @@ pub fn check_offload_policies(o: &OffloadPolicies) -> Result<()> {
             .iter()
             .any(|d| d.eq_ignore_ascii_case(driver))
         {
-            return Err(MetadataError::Precondition(format!(
-                "The driver is not supported, support value: {}",
-                OFFLOAD_DRIVERS.join(",")
-            )));
+            return Err(driver_not_supported());
         }
     }
     if let Some(ms) = o.managed_ledger_offload_deletion_lag_in_millis {
@@ -681,6 +741,58 @@ mod tests {
         };
         assert!(check_offload_policies(&negative_lag).is_err());
         assert!(check_offload_deletion_lag(0).is_ok());
+
+        let no_driver = OffloadPolicies::default();
+        assert!(
+            check_offload_policies(&no_driver).is_ok(),
+            "a topic may leave it out"
+        );
+        assert!(matches!(
+            check_namespace_offload_policies(&no_driver),
+            Err(MetadataError::Precondition(m)) if m.starts_with("The driver is not supported")
+        ));
+        let no_bucket = OffloadPolicies {
+            managed_ledger_offload_driver: Some("aws-s3".into()),
+            ..OffloadPolicies::default()
+        };
+        assert!(matches!(
+            check_namespace_offload_policies(&no_bucket),
+            Err(MetadataError::Precondition(m)) if m == "The bucket must be specified for namespace offload."
+        ));
+        assert!(check_namespace_offload_policies(&o).is_ok());
+        let filesystem = OffloadPolicies {
+            managed_ledger_offload_driver: Some("filesystem".into()),
+            ..OffloadPolicies::default()
+        };
+        assert!(check_namespace_offload_policies(&filesystem).is_ok());
+    }
+
+    #[test]
+    fn a_namespaces_offload_policies_take_precedence_over_its_older_fields() {
+        let mut p = Policies {
+            offload_threshold: Some(OFFLOAD_UNSET),
+            offload_threshold_in_seconds: Some(60),
+            offload_deletion_lag_ms: Some(1000),
+            ..Policies::default()
+        };
+        assert_eq!(p.namespace_offload_threshold_bytes(), None, "-1 is unset");
+        assert_eq!(p.namespace_offload_threshold_secs(), Some(60));
+        p.offload_policies = Some(OffloadPolicies {
+            managed_ledger_offload_threshold_in_bytes: Some(-1),
+            managed_ledger_offload_deletion_lag_in_millis: Some(0),
+            ..OffloadPolicies::default()
+        });
+        assert_eq!(
+            p.namespace_offload_threshold_bytes(),
+            Some(-1),
+            "in offload policies -1 is a value (never)"
+        );
+        assert_eq!(
+            p.namespace_offload_threshold_secs(),
+            Some(60),
+            "field by field"
+        );
+        assert_eq!(p.namespace_offload_deletion_lag_ms(), Some(0));
     }
 
     #[test]

@@ -126,6 +126,9 @@ const SINGLE_DASH_FLAGS: &[(&str, &str)] = &[
     ("-st", "--subscribe-rate-period"),
     ("-ts", "--offloadThresholdInSeconds"),
     ("-dl", "--offloadDeletionLagInMillis"),
+    ("-oat", "--offloadAfterThreshold"),
+    ("-oats", "--offloadAfterThresholdInSeconds"),
+    ("-oae", "--offloadAfterElapsed"),
 ];
 
 /// Rewrites pulsar-admin's single-dash long flags (`-ttl 120`, `-ttl=120`)

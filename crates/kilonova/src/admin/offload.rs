@@ -2,9 +2,11 @@
 //!
 //! Namespace level: `set-offload-threshold` (`PUT …/offloadThreshold` and
 //! `PUT …/offloadThresholdInSeconds`, both at once, as pulsar-admin does),
-//! `get-offload-threshold`, and the deletion lag (`PUT` / `GET` / `DELETE
-//! …/offloadDeletionLagMs`). Topic level: the flags of `set-offload-policies`,
-//! whose body is Pulsar's `OffloadPolicies` (`POST …/{topic}/offloadPolicies`).
+//! `get-offload-threshold`, the deletion lag (`PUT` / `GET` / `DELETE
+//! …/offloadDeletionLagMs`) and the offload policies (`POST` / `GET
+//! …/offloadPolicies`, `DELETE …/removeOffloadPolicies`). Topic level: the
+//! flags of `set-offload-policies`. Both levels' offload policies are Pulsar's
+//! `OffloadPolicies` body; pulsar-admin names their flags differently.
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
@@ -31,6 +33,12 @@ pub enum NamespaceOffloadCmd {
     GetOffloadDeletionLag(OffloadNs),
     /// Remove the offload deletion lag (the broker's default applies).
     ClearOffloadDeletionLag(OffloadNs),
+    /// Set the namespace's offload policies: driver, bucket, thresholds, deletion lag.
+    SetOffloadPolicies(SetNamespaceOffloadPolicies),
+    /// Show the namespace's offload policies.
+    GetOffloadPolicies(OffloadNs),
+    /// Remove the namespace's offload policies.
+    RemoveOffloadPolicies(OffloadNs),
 }
 
 // Just the namespace (no doc comment: clap would show it as every verb's help).
@@ -64,12 +72,50 @@ pub struct SetOffloadDeletionLag {
     lag: i64,
 }
 
+/// `namespaces set-offload-policies`'s flags (pulsar-admin's; as for the
+/// topic verb, no credential, block-size or read-priority flags).
+#[derive(Args)]
+pub struct SetNamespaceOffloadPolicies {
+    namespace: NamespaceName,
+    #[command(flatten)]
+    place: OffloadPlace,
+    /// Bytes kept locally: bytes or 10M, 16G (0: offload every sealed
+    /// segment, negative: never). pulsar-admin's -oat works too.
+    #[arg(long = "offloadAfterThreshold", allow_negative_numbers = true,
+          value_parser = units::parse_size_or_negative)]
+    threshold_bytes: Option<i64>,
+    /// Age past which sealed segments are offloaded: seconds or 100m, 3h, 2d
+    /// (negative: never). pulsar-admin's -oats works too.
+    #[arg(long = "offloadAfterThresholdInSeconds", allow_negative_numbers = true,
+          value_parser = units::parse_duration_secs_or_negative)]
+    threshold_secs: Option<i64>,
+    /// How long a segment's local copy is kept after its offload: seconds or
+    /// 10s, 100m, 3h, 2d, 5w. pulsar-admin's -oae works too.
+    #[arg(long = "offloadAfterElapsed", value_parser = units::parse_duration_ms)]
+    deletion_lag_ms: Option<i64>,
+}
+
+/// Where offloaded segments go: the flags both levels share.
+#[derive(Args)]
+pub struct OffloadPlace {
+    /// The offload driver: S3, aws-s3, google-cloud-storage, filesystem,
+    /// azureblob or aliyun-oss.
+    #[arg(short = 'd', long, required = true)]
+    driver: String,
+    #[arg(short = 'r', long)]
+    region: Option<String>,
+    #[arg(short = 'b', long)]
+    bucket: Option<String>,
+    #[arg(short = 'e', long)]
+    endpoint: Option<String>,
+}
+
 impl NamespaceOffloadCmd {
     /// The requests the verb makes, in order.
-    fn requests(&self) -> Vec<(super::client::ApiPath, Op)> {
+    fn requests(&self) -> Result<Vec<(super::client::ApiPath, Op)>, AdminError> {
         use NamespaceOffloadCmd as C;
         let at = |n: &NamespaceName, policy: Policy, op: Op| (policy.path(n.path(), &op), op);
-        match self {
+        Ok(match self {
             C::SetOffloadThreshold(a) => vec![
                 at(
                     &a.namespace,
@@ -97,7 +143,20 @@ impl NamespaceOffloadCmd {
             C::ClearOffloadDeletionLag(n) => {
                 vec![at(&n.namespace, Policy::OffloadDeletionLag, Op::Remove)]
             }
-        }
+            C::SetOffloadPolicies(a) => vec![at(
+                &a.namespace,
+                Policy::OffloadPolicies,
+                Op::Set(
+                    a.place
+                        .body(a.threshold_bytes, a.threshold_secs, a.deletion_lag_ms)?,
+                ),
+            )],
+            C::GetOffloadPolicies(n) => vec![at(&n.namespace, Policy::OffloadPolicies, Op::Get)],
+            // Pulsar's route for it is not the one it sets and gets.
+            C::RemoveOffloadPolicies(n) => {
+                vec![(n.namespace.path().join("removeOffloadPolicies"), Op::Remove)]
+            }
+        })
     }
 }
 
@@ -106,7 +165,7 @@ pub async fn run_namespace(
     cmd: NamespaceOffloadCmd,
 ) -> Result<Output, AdminError> {
     let mut answers = Vec::new();
-    for (path, op) in cmd.requests() {
+    for (path, op) in cmd.requests()? {
         answers.push(policies::send(client, &path, op).await?);
     }
     Ok(match (cmd, answers.as_slice()) {
@@ -114,7 +173,8 @@ pub async fn run_namespace(
             thresholds_output(bytes, secs)
         }
         (NamespaceOffloadCmd::GetOffloadDeletionLag(_), [lag]) => deletion_lag_output(lag),
-        _ => Output::Document(Value::Null),
+        // A set or a remove answers nothing; a GET of the offload policies, the document.
+        (_, answers) => Output::Document(answers.last().cloned().unwrap_or(Value::Null)),
     })
 }
 
@@ -150,16 +210,8 @@ fn is_s3_driver(driver: &str) -> bool {
 /// store credentials from the broker's configuration only).
 #[derive(Args)]
 pub struct OffloadPoliciesArgs {
-    /// The offload driver: S3, aws-s3, google-cloud-storage, filesystem,
-    /// azureblob or aliyun-oss.
-    #[arg(short = 'd', long, required = true)]
-    driver: String,
-    #[arg(short = 'r', long)]
-    region: Option<String>,
-    #[arg(short = 'b', long)]
-    bucket: Option<String>,
-    #[arg(short = 'e', long)]
-    endpoint: Option<String>,
+    #[command(flatten)]
+    place: OffloadPlace,
     /// Bytes kept locally: bytes or 10M, 16G (0: offload every sealed
     /// segment, negative: never).
     #[arg(short = 't', long = "offloadThresholdInBytes", allow_negative_numbers = true,
@@ -177,9 +229,24 @@ pub struct OffloadPoliciesArgs {
 }
 
 impl OffloadPoliciesArgs {
+    pub fn body(&self) -> Result<Value, AdminError> {
+        self.place.body(
+            self.threshold_bytes,
+            self.threshold_secs,
+            self.deletion_lag_ms,
+        )
+    }
+}
+
+impl OffloadPlace {
     /// Pulsar's `OffloadPolicies` body, with pulsar-admin's check that an S3
     /// driver is given a region or an endpoint.
-    pub fn body(&self) -> Result<Value, AdminError> {
+    fn body(
+        &self,
+        threshold_bytes: Option<i64>,
+        threshold_secs: Option<i64>,
+        deletion_lag_ms: Option<i64>,
+    ) -> Result<Value, AdminError> {
         let s3 = is_s3_driver(&self.driver);
         if s3 && self.region.is_none() && self.endpoint.is_none() {
             return Err(AdminError::InvalidArgument(
@@ -203,15 +270,9 @@ impl OffloadPoliciesArgs {
             }
         }
         for (name, value) in [
-            ("managedLedgerOffloadThresholdInBytes", self.threshold_bytes),
-            (
-                "managedLedgerOffloadThresholdInSeconds",
-                self.threshold_secs,
-            ),
-            (
-                "managedLedgerOffloadDeletionLagInMillis",
-                self.deletion_lag_ms,
-            ),
+            ("managedLedgerOffloadThresholdInBytes", threshold_bytes),
+            ("managedLedgerOffloadThresholdInSeconds", threshold_secs),
+            ("managedLedgerOffloadDeletionLagInMillis", deletion_lag_ms),
         ] {
             if let Some(v) = value {
                 body.insert(name.into(), json!(v));
@@ -244,6 +305,7 @@ mod tests {
     fn requests(args: &[&str]) -> Vec<(&'static str, String, Option<Value>)> {
         offload_cmd(args)
             .requests()
+            .unwrap()
             .into_iter()
             .map(|(path, op)| {
                 let (method, body) = op.method_and_body();
@@ -319,6 +381,54 @@ mod tests {
             [("DELETE", format!("{NS}/offloadDeletionLagMs"), None)]
         );
         assert!(parse(&["namespaces", "set-offload-deletion-lag", "t/ns", "-l", "-1"]).is_err());
+    }
+
+    #[test]
+    fn namespace_offload_policies_take_pulsar_admins_namespace_flags() {
+        assert_eq!(
+            requests(&[
+                "set-offload-policies",
+                "t/ns",
+                "-d",
+                "aws-s3",
+                "-b",
+                "cold",
+                "-e",
+                "http://127.0.0.1:8333",
+                "-oat",
+                "10M",
+                "-oats",
+                "1h",
+                "-oae",
+                "10s",
+            ]),
+            [(
+                "POST",
+                format!("{NS}/offloadPolicies"),
+                Some(json!({
+                    "managedLedgerOffloadDriver": "aws-s3",
+                    "s3ManagedLedgerOffloadBucket": "cold",
+                    "s3ManagedLedgerOffloadServiceEndpoint": "http://127.0.0.1:8333",
+                    "managedLedgerOffloadThresholdInBytes": 10 << 20,
+                    "managedLedgerOffloadThresholdInSeconds": 3600,
+                    "managedLedgerOffloadDeletionLagInMillis": 10_000,
+                }))
+            )]
+        );
+        assert_eq!(
+            requests(&["get-offload-policies", "t/ns"]),
+            [("GET", format!("{NS}/offloadPolicies"), None)]
+        );
+        assert_eq!(
+            requests(&["remove-offload-policies", "t/ns"]),
+            [("DELETE", format!("{NS}/removeOffloadPolicies"), None)],
+            "Pulsar's route"
+        );
+        assert!(parse(&["namespaces", "set-offload-policies", "t/ns", "-b", "x"]).is_err());
+        assert!(matches!(
+            offload_cmd(&["set-offload-policies", "t/ns", "-d", "S3", "-b", "x"]).requests(),
+            Err(AdminError::InvalidArgument(_))
+        ));
     }
 
     #[test]
