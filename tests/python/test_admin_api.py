@@ -480,6 +480,7 @@ class Policy:
     del_path: str = ""
     expected: object = None  # what GET returns (a subset of it), default: body
     unset: object = field(default=is_unset)
+    set_method: str = "POST"  # Pulsar sets a few policies with PUT
 
     def __post_init__(self):
         self.set_path = self.set_path or self.name
@@ -493,6 +494,11 @@ def backlog_quota_unset(resp: Resp) -> bool:
     if is_unset(resp):
         return True
     return resp.status == 200 and "destination_storage" not in (json.loads(resp.body) or {})
+
+
+def offload_threshold_unset(resp: Resp) -> bool:
+    """Pulsar answers an offload threshold nobody set as -1."""
+    return resp.status == 200 and json.loads(resp.body) == -1
 
 
 BACKLOG_QUOTA = {"limitSize": 1 << 30, "limitTime": 3600, "policy": "producer_request_hold"}
@@ -518,6 +524,10 @@ POLICIES = [
     Policy("deduplication", True),
     Policy("autoTopicCreation", {"allowAutoTopicCreation": True, "topicType": "partitioned",
                                  "defaultNumPartitions": 2}),
+    Policy("offloadThreshold", 10 << 20, set_method="PUT", unset=offload_threshold_unset),
+    Policy("offloadThresholdInSeconds", 3600, set_method="PUT", unset=offload_threshold_unset),
+    Policy("offloadDeletionLagMs", 60_000, set_method="PUT"),
+    Policy("compactionThreshold", 1 << 30, set_method="PUT"),
 ]
 
 
@@ -528,7 +538,7 @@ def test_namespace_policy_set_get_remove(admin, policy):
     before = admin.get(f"{base}/{policy.get_path}")
     assert policy.unset(before), f"{policy.name} of a new namespace should be unset, got {before!r}"
 
-    admin.ok("POST", f"{base}/{policy.set_path}", policy.body)
+    admin.ok(policy.set_method, f"{base}/{policy.set_path}", policy.body)
     got = admin.get_json(f"{base}/{policy.get_path}")
     assert matches(policy.expected, got), (
         f"GET {policy.get_path} after setting {policy.body!r} should match {policy.expected!r}, got {got!r}"
@@ -565,6 +575,8 @@ INVALID_POLICIES = [
     pytest.param("publishRate", None, b"[1, 2", 400, id="publish-rate-bad-json"),
     pytest.param("deduplication", None, b"maybe", 400, id="deduplication-not-bool"),
     pytest.param("messageTTL", None, b'"an hour"', 400, id="ttl-not-int"),
+    pytest.param("offloadDeletionLagMs", -1, None, INVALID_VALUE_STATUS, id="negative-offload-lag"),
+    pytest.param("offloadThreshold", None, b'"10M"', 400, id="offload-threshold-not-int"),
 ]
 
 GET_PATH_OF = {p.set_path: p for p in POLICIES}
@@ -574,14 +586,116 @@ GET_PATH_OF = {p.set_path: p for p in POLICIES}
 def test_namespace_policy_rejects_invalid_value(admin, set_path, body, raw, status):
     ns = create_namespace(admin)
     base = ns_path(ns)
-    if raw is not None:
-        resp = admin.post(f"{base}/{set_path}", raw=raw)
-    else:
-        resp = admin.post(f"{base}/{set_path}", body)
-    expect_error(resp, status, f"POST {set_path} with {raw if raw is not None else body!r}")
     policy = GET_PATH_OF[set_path]
+    send = admin.put if policy.set_method == "PUT" else admin.post
+    if raw is not None:
+        resp = send(f"{base}/{set_path}", raw=raw)
+    else:
+        resp = send(f"{base}/{set_path}", body)
+    expect_error(resp, status, f"{policy.set_method} {set_path} with {raw if raw is not None else body!r}")
     after = admin.get(f"{base}/{policy.get_path}")
     assert policy.unset(after), f"a rejected {policy.name} must not be stored, GET returned {after!r}"
+
+
+def test_namespace_offload_threshold_minus_one_unsets_it_as_in_pulsar(admin):
+    ns = create_namespace(admin)
+    base = ns_path(ns)
+    for segment in ("offloadThreshold", "offloadThresholdInSeconds"):
+        admin.ok("PUT", f"{base}/{segment}", 0)
+        assert admin.get_json(f"{base}/{segment}") == 0, f"{segment} 0: offload every sealed segment"
+        admin.ok("PUT", f"{base}/{segment}", -2)
+        assert admin.get_json(f"{base}/{segment}") == -2, f"{segment}: other negatives are kept (never)"
+        admin.ok("PUT", f"{base}/{segment}", -1)
+        assert admin.get_json(f"{base}/{segment}") == -1
+        policies = admin.get_json(base)
+        field = {"offloadThreshold": "offload_threshold",
+                 "offloadThresholdInSeconds": "offload_threshold_in_seconds"}[segment]
+        assert field not in policies, f"-1 unsets {field} (the broker's default applies): {policies!r}"
+        resp = admin.post(f"{base}/{segment}", 5)
+        assert resp.status == 405, f"Pulsar sets {segment} with PUT only, POST got {resp!r}"
+    admin.ok("PUT", f"{base}/offloadDeletionLagMs", 0)
+    assert admin.get_json(base).get("offload_deletion_lag_ms") == 0, "Pulsar's field name"
+
+
+# What `pulsar-admin topics set-offload-policies -d aws-s3 -b bkt -r eu -oat 10M -oae 1h`
+# sends: every field of Pulsar's OffloadPoliciesImpl, nulls and credentials included.
+PULSAR_ADMIN_OFFLOAD_POLICIES = {
+    "offloadersDirectory": "./offloaders",
+    "managedLedgerOffloadDriver": "aws-s3",
+    "managedLedgerOffloadMaxThreads": 2,
+    "managedLedgerOffloadPrefetchRounds": 1,
+    "managedLedgerOffloadThresholdInBytes": 10 << 20,
+    "managedLedgerOffloadThresholdInSeconds": None,
+    "managedLedgerOffloadDeletionLagInMillis": 3_600_000,
+    "managedLedgerOffloadedReadPriority": "TIERED_STORAGE_FIRST",
+    "s3ManagedLedgerOffloadRegion": "eu",
+    "s3ManagedLedgerOffloadBucket": "bkt",
+    "s3ManagedLedgerOffloadServiceEndpoint": None,
+    "s3ManagedLedgerOffloadMaxBlockSizeInBytes": 67108864,
+    "s3ManagedLedgerOffloadReadBufferSizeInBytes": 1048576,
+    "s3ManagedLedgerOffloadCredentialId": "AKIAEXAMPLE",
+    "s3ManagedLedgerOffloadCredentialSecret": "very-secret",
+    "managedLedgerOffloadBucket": None,
+    "managedLedgerOffloadRegion": None,
+    "managedLedgerOffloadServiceEndpoint": None,
+}
+
+
+def test_topic_offload_policies_round_trip_what_pulsar_admin_sends(admin):
+    ns = create_namespace(admin)
+    topic = f"persistent://{ns}/{unique('offload')}"
+    admin.ok("PUT", topic_path(topic))
+    path = f"{topic_path(topic)}/offloadPolicies"
+    assert is_unset(admin.get(path)), "no topic-level offload policies yet"
+
+    admin.ok("POST", path, PULSAR_ADMIN_OFFLOAD_POLICIES)
+    got = admin.get_json(path)
+    assert matches({"managedLedgerOffloadDriver": "aws-s3",
+                    "managedLedgerOffloadThresholdInBytes": 10 << 20,
+                    "managedLedgerOffloadDeletionLagInMillis": 3_600_000,
+                    "s3ManagedLedgerOffloadRegion": "eu",
+                    "s3ManagedLedgerOffloadBucket": "bkt"}, got), got
+    assert "very-secret" not in json.dumps(got), f"credentials are never answered back: {got!r}"
+
+    reason = expect_error(admin.post(path, {"managedLedgerOffloadDriver": "tape"}), 412,
+                          "an unknown offload driver")
+    assert reason.startswith("The driver is not supported"), reason
+    expect_error(admin.post(path, {"managedLedgerOffloadDeletionLagInMillis": -1}),
+                 INVALID_VALUE_STATUS, "a negative deletion lag")
+    assert admin.get_json(path) == got, "a refused change is not stored"
+
+    admin.ok("DELETE", path)
+    assert is_unset(admin.get(path)), "removed"
+
+
+def test_namespace_offload_policies_as_pulsar_admin_sends_them(admin):
+    ns = create_namespace(admin)
+    base = ns_path(ns)
+    path = f"{base}/offloadPolicies"
+    assert is_unset(admin.get(path)), "no offload policies yet"
+    admin.ok("PUT", f"{base}/offloadDeletionLagMs", 1000)
+
+    admin.ok("POST", path, PULSAR_ADMIN_OFFLOAD_POLICIES)
+    got = admin.get_json(path)
+    assert matches({"managedLedgerOffloadDriver": "aws-s3", "s3ManagedLedgerOffloadBucket": "bkt",
+                    "managedLedgerOffloadThresholdInBytes": 10 << 20}, got), got
+    assert "very-secret" not in json.dumps(admin.get_json(base)), "credentials are never kept"
+    assert admin.get_json(f"{base}/offloadThreshold") == 10 << 20, "the offload policies' threshold is in force"
+    assert admin.get_json(f"{base}/offloadDeletionLagMs") == 3_600_000
+
+    admin.ok("PUT", f"{base}/offloadThreshold", 0)
+    assert admin.get_json(f"{base}/offloadThreshold") == 0, "the last value set is in force"
+    assert "managedLedgerOffloadThresholdInBytes" not in admin.get_json(path)
+
+    reason = expect_error(admin.post(path, {"s3ManagedLedgerOffloadBucket": "bkt"}), 412, "no driver")
+    assert reason.startswith("The driver is not supported"), reason
+    reason = expect_error(admin.post(path, {"managedLedgerOffloadDriver": "aws-s3"}), 412, "no bucket")
+    assert reason == "The bucket must be specified for namespace offload.", reason
+    admin.ok("POST", path, {"managedLedgerOffloadDriver": "filesystem"})
+
+    admin.ok("DELETE", f"{base}/removeOffloadPolicies")
+    assert is_unset(admin.get(path)), "removed at Pulsar's route"
+    assert admin.get_json(f"{base}/offloadDeletionLagMs") == 1000, "the namespace's own lag is back"
 
 
 def test_namespace_replication_clusters(admin):
@@ -624,7 +738,7 @@ def test_metadata_and_policies_persist_across_restart(admin, broker):
     ns = create_namespace(admin, tenant, {"bundles": {"numBundles": 16}})
     base = ns_path(ns)
     for p in POLICIES:
-        admin.ok("POST", f"{base}/{p.set_path}", p.body)
+        admin.ok(p.set_method, f"{base}/{p.set_path}", p.body)
     admin.ok("POST", f"{base}/replication", [CLUSTER, cluster])
     parted = f"persistent://{ns}/{unique('parted')}"
     admin.ok("PUT", f"{topic_path(parted)}/partitions", 3)

@@ -236,3 +236,107 @@ def test_topic_unacked_limits_and_compaction_threshold_round_trip(cli, broker, g
         cli.ok(group, f"remove-{verb}", topic)
         assert cli.ok(group, f"get-{verb}", topic).stdout.strip() == ""
     cli.fails(group, "set-max-unacked-messages-per-consumer", topic, "-m", "-1")
+
+
+# ---------------------------------------------------------------- offload policies
+
+
+def test_namespace_offload_threshold_and_deletion_lag_verbs_as_pulsar_admin(cli, broker):
+    tenant = unique("offload")
+    cli.ok("tenants", "create", tenant, "--allowed-clusters", "standalone")
+    ns = f"{tenant}/ns"
+    cli.ok("namespaces", "create", ns)
+    base = f"/admin/v2/namespaces/{ns}"
+
+    assert cli.lines("namespaces", "get-offload-threshold", ns) == [
+        "offloadThresholdInBytes: -1", "offloadThresholdInSeconds: -1"], "unset, as Pulsar prints it"
+    cli.ok("namespaces", "set-offload-threshold", ns, "--size", "10M", "--time", "1h")
+    assert cli.lines("namespaces", "get-offload-threshold", ns) == [
+        "offloadThresholdInBytes: 10485760", "offloadThresholdInSeconds: 3600"]
+    assert cli.json("namespaces", "get-offload-threshold", ns) == {
+        "offloadThresholdInBytes": 10 << 20, "offloadThresholdInSeconds": 3600}
+    policies = rest_json(broker, base)
+    assert (policies.get("offload_threshold"), policies.get("offload_threshold_in_seconds")) == (
+        10 << 20, 3600), f"Pulsar's field names: {policies!r}"
+
+    cli.ok("namespaces", "set-offload-threshold", ns, "-s", "0")
+    assert rest_json(broker, f"{base}/offloadThreshold") == 0, "0: offload every sealed segment"
+    assert rest_json(broker, f"{base}/offloadThresholdInSeconds") == -1, (
+        "--time left out sends -1, as pulsar-admin does")
+    cli.ok("namespaces", "set-offload-threshold", ns, "-s", "-1")
+    assert "offload_threshold" not in rest_json(broker, base), "-1 unsets it"
+    cli.fails("namespaces", "set-offload-threshold", ns)
+    cli.fails("namespaces", "set-offload-threshold", ns, "-s", "10Q")
+
+    assert cli.lines("namespaces", "get-offload-deletion-lag", ns) == [
+        "Unset for namespace. Defaulting to broker setting."]
+    cli.ok("namespaces", "set-offload-deletion-lag", ns, "--lag", "2h")
+    assert rest_json(broker, f"{base}/offloadDeletionLagMs") == 7_200_000, "sent in milliseconds"
+    assert cli.lines("namespaces", "get-offload-deletion-lag", ns) == ["120 minute(s)"]
+    assert cli.json("namespaces", "get-offload-deletion-lag", ns) == 7_200_000
+    cli.ok("namespaces", "clear-offload-deletion-lag", ns)
+    assert "offload_deletion_lag_ms" not in rest_json(broker, base)
+    cli.fails("namespaces", "set-offload-deletion-lag", ns, "-l", "-5")
+    cli.fails("namespaces", "get-offload-threshold", f"{tenant}/missing")
+
+
+@pytest.mark.parametrize("group", ["topics", "topicPolicies"])
+def test_topic_offload_policies_verbs_round_trip(cli, broker, group):
+    topic = topic_name("offload-policies")
+    cli.ok("topics", "create", topic)
+    path = f"{topic_rest_path(topic)}/offloadPolicies"
+    assert cli.ok(group, "get-offload-policies", topic).stdout.strip() == "", "nothing set yet"
+
+    cli.ok(group, "set-offload-policies", topic, "-d", "aws-s3", "-r", "us-east-1", "-b", "cold",
+           "-e", "http://127.0.0.1:8333", "-t", "1G", "-ts", "1d", "-dl", "0")
+    expected = {
+        "managedLedgerOffloadDriver": "aws-s3",
+        "s3ManagedLedgerOffloadRegion": "us-east-1",
+        "s3ManagedLedgerOffloadBucket": "cold",
+        "s3ManagedLedgerOffloadServiceEndpoint": "http://127.0.0.1:8333",
+        "managedLedgerOffloadThresholdInBytes": 1 << 30,
+        "managedLedgerOffloadThresholdInSeconds": 86_400,
+        "managedLedgerOffloadDeletionLagInMillis": 0,
+    }
+    assert cli.json(group, "get-offload-policies", topic) == expected
+    assert rest_json(broker, path) == expected, "Pulsar's route serves it"
+
+    failed = cli.fails(group, "set-offload-policies", topic, "-d", "S3", "-b", "cold")
+    assert "s3ManagedLedgerOffloadRegion" in failed.stderr, failed.stderr
+    failed = cli.fails(group, "set-offload-policies", topic, "-d", "tape")
+    assert "The driver is not supported" in failed.stderr, failed.stderr
+    assert rest_json(broker, path) == expected, "a refused change is not stored"
+
+    cli.ok(group, "remove-offload-policies", topic)
+    assert cli.ok(group, "get-offload-policies", topic).stdout.strip() == ""
+
+
+def test_namespace_offload_policies_verbs_round_trip(cli, broker):
+    tenant = unique("offload")
+    cli.ok("tenants", "create", tenant, "--allowed-clusters", "standalone")
+    ns = f"{tenant}/ns"
+    cli.ok("namespaces", "create", ns)
+    assert cli.ok("namespaces", "get-offload-policies", ns).stdout.strip() == "", "nothing set yet"
+
+    cli.ok("namespaces", "set-offload-policies", ns, "-d", "aws-s3", "-r", "us-east-1", "-b", "cold",
+           "-oat", "10M", "-oats", "1d", "-oae", "1h")
+    expected = {
+        "managedLedgerOffloadDriver": "aws-s3",
+        "s3ManagedLedgerOffloadRegion": "us-east-1",
+        "s3ManagedLedgerOffloadBucket": "cold",
+        "managedLedgerOffloadThresholdInBytes": 10 << 20,
+        "managedLedgerOffloadThresholdInSeconds": 86_400,
+        "managedLedgerOffloadDeletionLagInMillis": 3_600_000,
+    }
+    assert cli.json("namespaces", "get-offload-policies", ns) == expected
+    assert rest_json(broker, f"/admin/v2/namespaces/{ns}/offloadPolicies") == expected
+    assert cli.lines("namespaces", "get-offload-threshold", ns) == [
+        "offloadThresholdInBytes: 10485760", "offloadThresholdInSeconds: 86400"]
+    assert cli.lines("namespaces", "get-offload-deletion-lag", ns) == ["60 minute(s)"]
+
+    failed = cli.fails("namespaces", "set-offload-policies", ns, "-d", "google-cloud-storage")
+    assert "The bucket must be specified" in failed.stderr, failed.stderr
+    cli.ok("namespaces", "remove-offload-policies", ns)
+    assert cli.ok("namespaces", "get-offload-policies", ns).stdout.strip() == ""
+    assert cli.lines("namespaces", "get-offload-threshold", ns) == [
+        "offloadThresholdInBytes: -1", "offloadThresholdInSeconds: -1"]

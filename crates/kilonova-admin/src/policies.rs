@@ -312,6 +312,81 @@ pub static COMPACTION_THRESHOLD: Field<i64> = Field {
     topic: Some(|t| &mut t.compaction_threshold),
 };
 
+/// Namespace level; Pulsar's `offload_threshold`, which it answers as -1
+/// when unset and unsets when set to -1 (set with PUT, as Pulsar).
+pub static OFFLOAD_THRESHOLD: Field<i64> = Field {
+    path: "offloadThreshold",
+    what: "offload threshold (bytes kept locally; 0: offload every sealed segment, -1: the broker's default, other negatives: never)",
+    check: no_check,
+    limit: no_limit,
+    ns_get: |n, _| Some(n.namespace_offload_threshold_bytes().unwrap_or(p::OFFLOAD_UNSET)),
+    ns_put: |n, _, v| {
+        n.offload_threshold = v.filter(|v| *v != p::OFFLOAD_UNSET);
+        // The last value set is the one in force (Pulsar writes both too).
+        if let Some(o) = &mut n.offload_policies {
+            o.managed_ledger_offload_threshold_in_bytes = None;
+        }
+    },
+    topic: None,
+};
+
+/// Namespace level; as [`OFFLOAD_THRESHOLD`], in seconds.
+pub static OFFLOAD_THRESHOLD_IN_SECONDS: Field<i64> = Field {
+    path: "offloadThresholdInSeconds",
+    what: "offload threshold in seconds (age of sealed segments offloaded; -1: the broker's default, other negatives: never)",
+    check: no_check,
+    limit: no_limit,
+    ns_get: |n, _| Some(n.namespace_offload_threshold_secs().unwrap_or(p::OFFLOAD_UNSET)),
+    ns_put: |n, _, v| {
+        n.offload_threshold_in_seconds = v.filter(|v| *v != p::OFFLOAD_UNSET);
+        if let Some(o) = &mut n.offload_policies {
+            o.managed_ledger_offload_threshold_in_seconds = None;
+        }
+    },
+    topic: None,
+};
+
+/// Namespace level (set with PUT, as Pulsar); unset: the broker's default.
+pub static OFFLOAD_DELETION_LAG: Field<i64> = Field {
+    path: "offloadDeletionLagMs",
+    what: "offload deletion lag (milliseconds the local copy of an offloaded segment is kept)",
+    check: |v| p::check_offload_deletion_lag(*v),
+    limit: no_limit,
+    ns_get: |n, _| n.namespace_offload_deletion_lag_ms(),
+    ns_put: |n, _, v| {
+        n.offload_deletion_lag_ms = v;
+        if let Some(o) = &mut n.offload_policies {
+            o.managed_ledger_offload_deletion_lag_in_millis = None;
+        }
+    },
+    topic: None,
+};
+
+/// Namespace level: where offloaded segments go, and thresholds and a lag
+/// that take precedence over the three above. Pulsar removes them at
+/// `DELETE …/removeOffloadPolicies` ([`remove_namespace_offload_policies`]).
+pub static NAMESPACE_OFFLOAD_POLICIES: Field<p::OffloadPolicies> = Field {
+    path: "offloadPolicies",
+    what: "offload policies",
+    check: p::check_namespace_offload_policies,
+    limit: no_limit,
+    ns_get: |n, _| n.offload_policies.clone(),
+    ns_put: |n, _, v| n.offload_policies = v,
+    topic: None,
+};
+
+/// Topic level: Pulsar keeps a topic's offload thresholds and deletion lag
+/// in its `offloadPolicies`.
+pub static TOPIC_OFFLOAD_POLICIES: Field<p::OffloadPolicies> = Field {
+    path: "offloadPolicies",
+    what: "offload policies",
+    check: p::check_offload_policies,
+    limit: no_limit,
+    ns_get: |_, _| None,
+    ns_put: |_, _, _| {},
+    topic: Some(|t| &mut t.offload_policies),
+};
+
 pub static SUBSCRIBE_RATE: Field<p::SubscribeRate> = Field {
     path: "subscribeRate",
     what: "subscribe rate per consumer",
@@ -367,8 +442,26 @@ fn namespace(tenant: &str, ns: &str) -> ApiResult<NamespaceName> {
     Ok(NamespaceName::new(tenant, ns)?)
 }
 
-/// Adds the namespace-level routes of `field`.
+/// The method that sets a namespace policy: POST for most, PUT for the
+/// few Pulsar sets with PUT.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SetWith {
+    Post,
+    Put,
+    /// Pulsar's PUT, and the POST Kilonova's CLI has sent since before.
+    PutOrPost,
+}
+
+/// Adds the namespace-level routes of `field`, set with POST.
 pub fn namespace_routes<T>(api: Api, field: &'static Field<T>) -> Api
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    namespace_routes_set_with(api, field, SetWith::Post)
+}
+
+/// Adds the namespace-level routes of `field`, set with `set_with`.
+pub fn namespace_routes_set_with<T>(api: Api, field: &'static Field<T>, set_with: SetWith) -> Api
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -379,31 +472,30 @@ where
     let get_doc = format!("Get the namespace's {}", field.what);
     let set_doc = format!("Set the namespace's {}", field.what);
     let del_doc = format!("Remove the namespace's {}", field.what);
-    api.route(
-        &path,
-        get(move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>| async move {
+    let set = move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>, body: Bytes| async move {
+        let ns = namespace(&t, &n)?;
+        let value: T = json_body(&body)?;
+        (field.check)(&value)?;
+        (field.limit)(&value, &b, &ns).await?;
+        let cluster = b.config().cluster_name.clone();
+        b.resources()
+            .update_namespace(&ns, |p| {
+                (field.ns_put)(p, &cluster, Some(value.clone()));
+                Ok(())
+            })
+            .await?;
+        tracing::info!(namespace = %ns, policy = field.path, "namespace policy set");
+        ApiResult::Ok(StatusCode::NO_CONTENT)
+    };
+    let methods = get(
+        move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>| async move {
             let ns = namespace(&t, &n)?;
             let policies = b.resources().namespace(&ns).await?;
             ApiResult::Ok(answer((field.ns_get)(&policies, &b.config().cluster_name)))
-        })
-        .post(
-            move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>, body: Bytes| async move {
-                let ns = namespace(&t, &n)?;
-                let value: T = json_body(&body)?;
-                (field.check)(&value)?;
-                (field.limit)(&value, &b, &ns).await?;
-                let cluster = b.config().cluster_name.clone();
-                b.resources()
-                    .update_namespace(&ns, |p| {
-                        (field.ns_put)(p, &cluster, Some(value.clone()));
-                        Ok(())
-                    })
-                    .await?;
-                tracing::info!(namespace = %ns, policy = field.path, "namespace policy set");
-                ApiResult::Ok(StatusCode::NO_CONTENT)
-            },
-        )
-        .delete(move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>| async move {
+        },
+    )
+    .delete(
+        move |State(b): State<Broker>, Path((t, n)): Path<(String, String)>| async move {
             let ns = namespace(&t, &n)?;
             let cluster = b.config().cluster_name.clone();
             b.resources()
@@ -413,9 +505,21 @@ where
                 })
                 .await?;
             ApiResult::Ok(StatusCode::NO_CONTENT)
-        }),
-        &[("GET", Access::TenantAdmin, &get_doc), ("POST", Access::TenantAdmin, &set_doc), ("DELETE", Access::TenantAdmin, &del_doc)],
-    )
+        },
+    );
+    let (methods, set_methods): (_, &[&'static str]) = match set_with {
+        SetWith::Post => (methods.post(set), &["POST"]),
+        SetWith::Put => (methods.put(set), &["PUT"]),
+        SetWith::PutOrPost => (methods.put(set).post(set), &["PUT", "POST"]),
+    };
+    let mut docs = vec![("GET", Access::TenantAdmin, get_doc.as_str())];
+    docs.extend(
+        set_methods
+            .iter()
+            .map(|m| (*m, Access::TenantAdmin, set_doc.as_str())),
+    );
+    docs.push(("DELETE", Access::TenantAdmin, del_doc.as_str()));
+    api.route(&path, methods, &docs)
 }
 
 /// Adds the topic-level routes of `field` (overrides of the namespace's).
@@ -485,6 +589,30 @@ where
     )
 }
 
+/// Pulsar's route that removes a namespace's offload policies.
+fn remove_namespace_offload_policies(api: Api) -> Api {
+    api.route(
+        "/admin/v2/namespaces/{tenant}/{namespace}/removeOffloadPolicies",
+        axum::routing::delete(
+            |State(b): State<Broker>, Path((t, n)): Path<(String, String)>| async move {
+                let ns = namespace(&t, &n)?;
+                b.resources()
+                    .update_namespace(&ns, |p| {
+                        p.offload_policies = None;
+                        Ok(())
+                    })
+                    .await?;
+                ApiResult::Ok(StatusCode::NO_CONTENT)
+            },
+        ),
+        &[(
+            "DELETE",
+            Access::TenantAdmin,
+            "Remove the namespace's offload policies (as DELETE …/offloadPolicies)",
+        )],
+    )
+}
+
 /// Every policy's routes at both levels.
 pub fn routes(api: Api) -> Api {
     let api = namespace_routes(api, &RETENTION);
@@ -503,11 +631,17 @@ pub fn routes(api: Api) -> Api {
     let api = namespace_routes(api, &DELAYED_DELIVERY);
     let api = namespace_routes(api, &DEDUPLICATION);
     let api = namespace_routes(api, &AUTO_TOPIC_CREATION);
-    let api = namespace_routes(api, &COMPACTION_THRESHOLD);
+    let api = namespace_routes_set_with(api, &COMPACTION_THRESHOLD, SetWith::PutOrPost);
+    let api = namespace_routes_set_with(api, &OFFLOAD_THRESHOLD, SetWith::Put);
+    let api = namespace_routes_set_with(api, &OFFLOAD_THRESHOLD_IN_SECONDS, SetWith::Put);
+    let api = namespace_routes_set_with(api, &OFFLOAD_DELETION_LAG, SetWith::Put);
+    let api = namespace_routes(api, &NAMESPACE_OFFLOAD_POLICIES);
+    let api = remove_namespace_offload_policies(api);
     let api = namespace_routes(api, &SUBSCRIBE_RATE);
     let api = namespace_routes(api, &SUBSCRIPTION_EXPIRATION_TIME);
     let api = topic_routes(api, &SUBSCRIBE_RATE);
     let api = topic_routes(api, &COMPACTION_THRESHOLD);
+    let api = topic_routes(api, &TOPIC_OFFLOAD_POLICIES);
     let api = topic_routes(api, &RETENTION);
     let api = topic_routes(api, &MESSAGE_TTL);
     let api = topic_routes(api, &PUBLISH_RATE);

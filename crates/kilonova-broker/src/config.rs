@@ -151,6 +151,18 @@ pub struct BrokerConfig {
     pub compaction_check_interval_secs: u64,
     /// Distinct keys one compaction keeps track of; past it the compaction fails.
     pub compaction_max_keys: usize,
+    /// Bytes of a topic kept locally before older sealed segments are
+    /// offloaded, where no namespace or topic policy says (Pulsar's
+    /// `managedLedgerOffloadAutoTriggerSizeThresholdBytes`; 0: offload every
+    /// sealed segment, negative: never).
+    pub offload_threshold_bytes: i64,
+    /// Age (seconds) past which sealed segments are offloaded, where no
+    /// policy says (Pulsar's `managedLedgerOffloadThresholdInSeconds`;
+    /// negative: never).
+    pub offload_threshold_secs: i64,
+    /// How long the local copy of an offloaded segment is kept, where no
+    /// policy says (Pulsar's `managedLedgerOffloadDeletionLagMs`).
+    pub offload_deletion_lag_ms: u64,
     /// The token each replicator presents to a remote cluster, by cluster
     /// name (its role needs `produce` on the namespace there). Kept out of
     /// the metadata, the admin API (never serialized) and logs.
@@ -162,16 +174,6 @@ pub struct BrokerConfig {
     /// A replicator with nothing to send for this long disconnects from its
     /// remote cluster (it connects again when there is something to send).
     pub replicator_idle_timeout_secs: u64,
-    /// Bytes of a topic kept only locally before its older sealed segments
-    /// are offloaded (Pulsar's `managedLedgerOffloadAutoTriggerSizeThresholdBytes`;
-    /// -1: off, 0: offload every sealed segment); needs `[offload.store]`.
-    pub offload_threshold_bytes: i64,
-    /// Sealed segments older than this (seconds) are offloaded (Pulsar's
-    /// `managedLedgerOffloadThresholdInSeconds`; -1: off).
-    pub offload_threshold_secs: i64,
-    /// How long an offloaded segment's local copy stays (Pulsar's
-    /// `managedLedgerOffloadDeletionLagMs`).
-    pub offload_deletion_lag_ms: u64,
     /// Replicated subscriptions (Pulsar's `enableReplicatedSubscriptions`):
     /// a subscription marked replicated keeps its position in step with
     /// its namesakes in the other replication clusters.
@@ -266,12 +268,12 @@ impl Default for BrokerConfig {
             delete_inactive_partitioned_topic_metadata: false,
             compaction_check_interval_secs: 60,
             compaction_max_keys: 1_000_000,
-            replication_tokens: Default::default(),
-            replication_tls_trust_certs: None,
-            replicator_idle_timeout_secs: 60,
             offload_threshold_bytes: -1,
             offload_threshold_secs: -1,
             offload_deletion_lag_ms: 14_400_000,
+            replication_tokens: Default::default(),
+            replication_tls_trust_certs: None,
+            replicator_idle_timeout_secs: 60,
             enable_replicated_subscriptions: true,
             replicated_subscriptions_snapshot_frequency_millis: 1_000,
             replicated_subscriptions_snapshot_timeout_seconds: 30,

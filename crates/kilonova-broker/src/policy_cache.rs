@@ -62,11 +62,12 @@ pub(crate) struct Effective {
     pub delayed_delivery: bool,
     /// Uncompacted backlog (bytes) that starts a compaction; `None`: never.
     pub compaction_threshold_bytes: Option<u64>,
-    /// Bytes kept only locally before older segments are offloaded; `None`: off.
+    /// Bytes of the topic kept locally before older sealed segments are
+    /// offloaded; `Some(0)`: offload every sealed segment; `None`: never.
     pub offload_threshold_bytes: Option<u64>,
-    /// Segments older than this (seconds) are offloaded; `None`: off.
+    /// Age (seconds) past which sealed segments are offloaded; `None`: never.
     pub offload_threshold_secs: Option<u64>,
-    /// How long an offloaded segment's local copy stays.
+    /// How long the local copy of an offloaded segment is kept.
     pub offload_deletion_lag_ms: u64,
     /// The remote clusters the topic replicates to: its own replication
     /// clusters, else its namespace's, but this one.
@@ -157,6 +158,7 @@ impl Effective {
             .max_message_size
             .and_then(|n| usize::try_from(n).ok())
             .filter(|n| *n > 0);
+        let topic_offload = t.offload_policies.as_ref();
         Effective {
             retention,
             ttl: (ttl_secs > 0).then(|| Duration::from_secs(ttl_secs)),
@@ -199,9 +201,6 @@ impl Effective {
                 .delayed_delivery
                 .or(ns.delayed_delivery_policies)
                 .map_or(c.delayed_delivery_enabled, |d| d.active),
-            offload_threshold_bytes: u64::try_from(c.offload_threshold_bytes).ok(),
-            offload_threshold_secs: u64::try_from(c.offload_threshold_secs).ok(),
-            offload_deletion_lag_ms: c.offload_deletion_lag_ms,
             compaction_threshold_bytes: t
                 .compaction_threshold
                 .or(ns.compaction_threshold)
@@ -214,6 +213,22 @@ impl Effective {
                 .filter(|name| **name != c.cluster_name)
                 .cloned()
                 .collect(),
+            offload_threshold_bytes: offload_threshold(
+                topic_offload.and_then(|o| o.managed_ledger_offload_threshold_in_bytes),
+                ns.namespace_offload_threshold_bytes(),
+                c.offload_threshold_bytes,
+            ),
+            offload_threshold_secs: offload_threshold(
+                topic_offload.and_then(|o| o.managed_ledger_offload_threshold_in_seconds),
+                ns.namespace_offload_threshold_secs(),
+                c.offload_threshold_secs,
+            ),
+            offload_deletion_lag_ms: topic_offload
+                .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
+                .or(ns.namespace_offload_deletion_lag_ms())
+                .map_or(c.offload_deletion_lag_ms, |ms| {
+                    u64::try_from(ms).unwrap_or(0)
+                }),
             subscribe_rate: resolve_subscribe_rate(c, ns, t),
             subscription_expiration: match ns.subscription_expiration_time_minutes {
                 Some(m) => positive(i64::from(m)),
@@ -224,6 +239,13 @@ impl Effective {
             .map(|m| Duration::from_secs(m.saturating_mul(60))),
         }
     }
+}
+
+/// An offload threshold: the topic's, else the namespace's
+/// ([`Policies::namespace_offload_threshold_bytes`]), else the broker's;
+/// negative: never offload.
+fn offload_threshold(topic: Option<i64>, namespace: Option<i64>, broker: i64) -> Option<u64> {
+    u64::try_from(topic.or(namespace).unwrap_or(broker)).ok()
 }
 
 /// The subscribe rate per consumer: the topic's, else the namespace's for
@@ -605,6 +627,81 @@ mod tests {
         );
         assert_eq!(e.max_unacked_per_subscription, None);
         assert_eq!(e.compaction_threshold_bytes, None, "0: never compact");
+    }
+
+    #[test]
+    fn topic_offload_policies_override_the_namespaces_which_override_the_brokers() {
+        let c = BrokerConfig::default();
+        let mut ns = Policies::default();
+        let mut t = TopicPolicies::default();
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.offload_threshold_bytes, None, "the broker's -1: never");
+        assert_eq!(e.offload_threshold_secs, None);
+        assert_eq!(e.offload_deletion_lag_ms, 14_400_000, "the broker's 4 h");
+
+        let c = BrokerConfig {
+            offload_threshold_bytes: 1 << 30,
+            offload_threshold_secs: 3600,
+            offload_deletion_lag_ms: 60_000,
+            ..BrokerConfig::default()
+        };
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.offload_threshold_bytes, Some(1 << 30));
+        assert_eq!(e.offload_threshold_secs, Some(3600));
+        assert_eq!(e.offload_deletion_lag_ms, 60_000);
+
+        ns.offload_threshold = Some(0);
+        ns.offload_threshold_in_seconds = Some(-2);
+        ns.offload_deletion_lag_ms = Some(5_000);
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.offload_threshold_bytes,
+            Some(0),
+            "0: every sealed segment"
+        );
+        assert_eq!(e.offload_threshold_secs, None, "negative: never");
+        assert_eq!(e.offload_deletion_lag_ms, 5_000);
+
+        ns.offload_threshold = Some(-1);
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            e.offload_threshold_bytes,
+            Some(1 << 30),
+            "a namespace's -1 is Pulsar's unset: the broker's applies"
+        );
+        ns.offload_policies = Some(p::OffloadPolicies {
+            managed_ledger_offload_driver: Some("aws-s3".into()),
+            managed_ledger_offload_threshold_in_bytes: Some(4096),
+            ..p::OffloadPolicies::default()
+        });
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            (e.offload_threshold_bytes, e.offload_deletion_lag_ms),
+            (Some(4096), 5_000),
+            "the namespace's offload policies first, then its older fields"
+        );
+
+        t.offload_policies = Some(p::OffloadPolicies {
+            managed_ledger_offload_threshold_in_bytes: Some(-1),
+            managed_ledger_offload_threshold_in_seconds: Some(60),
+            managed_ledger_offload_deletion_lag_in_millis: Some(0),
+            ..p::OffloadPolicies::default()
+        });
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(e.offload_threshold_bytes, None, "the topic's -1: never");
+        assert_eq!(e.offload_threshold_secs, Some(60));
+        assert_eq!(e.offload_deletion_lag_ms, 0);
+
+        t.offload_policies = Some(p::OffloadPolicies {
+            managed_ledger_offload_driver: Some("aws-s3".into()),
+            ..p::OffloadPolicies::default()
+        });
+        let e = Effective::resolve(&c, &ns, &t);
+        assert_eq!(
+            (e.offload_threshold_bytes, e.offload_deletion_lag_ms),
+            (Some(4096), 5_000),
+            "fields the topic leaves out fall back, field by field"
+        );
     }
 
     #[test]

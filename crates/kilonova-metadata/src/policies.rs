@@ -272,7 +272,109 @@ pub struct Policies {
     /// Bytes of uncompacted backlog that start a compaction (Pulsar's `compaction_threshold`; 0: never).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction_threshold: Option<i64>,
+    /// Bytes of a topic kept in local storage before older sealed segments
+    /// are offloaded (Pulsar's `offload_threshold`; 0: offload every sealed
+    /// segment, negative: never; unset: the broker's default). Pulsar stores
+    /// -1 for "unset", so a -1 from the admin API unsets it ([`OFFLOAD_UNSET`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_threshold: Option<i64>,
+    /// Age (seconds) past which sealed segments are offloaded (Pulsar's
+    /// `offload_threshold_in_seconds`; 0: at once, negative: never; unset:
+    /// the broker's default; -1 unsets, as for `offload_threshold`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_threshold_in_seconds: Option<i64>,
+    /// How long the local copy of an offloaded segment is kept (Pulsar's
+    /// `offload_deletion_lag_ms`; unset: the broker's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_deletion_lag_ms: Option<i64>,
+    /// The namespace's offload policies (Pulsar's `offload_policies`): where
+    /// offloaded segments go, and thresholds and a deletion lag that take
+    /// precedence over the three fields above, field by field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_policies: Option<OffloadPolicies>,
 }
+
+impl Policies {
+    /// The namespace's offload size threshold: its offload policies', else
+    /// `offload_threshold` (whose -1 is unset, as Pulsar's
+    /// `OffloadPoliciesImpl.oldPoliciesCompatible` reads it).
+    pub fn namespace_offload_threshold_bytes(&self) -> Option<i64> {
+        self.offload_policies
+            .as_ref()
+            .and_then(|o| o.managed_ledger_offload_threshold_in_bytes)
+            .or(self.offload_threshold.filter(|v| *v != OFFLOAD_UNSET))
+    }
+
+    /// The namespace's offload age threshold (as [`Self::namespace_offload_threshold_bytes`]).
+    pub fn namespace_offload_threshold_secs(&self) -> Option<i64> {
+        self.offload_policies
+            .as_ref()
+            .and_then(|o| o.managed_ledger_offload_threshold_in_seconds)
+            .or(self
+                .offload_threshold_in_seconds
+                .filter(|v| *v != OFFLOAD_UNSET))
+    }
+
+    /// The namespace's offload deletion lag: its offload policies', else
+    /// `offload_deletion_lag_ms`.
+    pub fn namespace_offload_deletion_lag_ms(&self) -> Option<i64> {
+        self.offload_policies
+            .as_ref()
+            .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
+            .or(self.offload_deletion_lag_ms)
+    }
+}
+
+/// The value Pulsar's `Policies` holds for an offload threshold nobody set:
+/// a namespace answers it when unset, and setting it unsets the threshold.
+pub const OFFLOAD_UNSET: i64 = -1;
+
+/// Topic-level offload policies (Pulsar's `OffloadPolicies`, as
+/// `pulsar-admin topics set-offload-policies` sends them). Each field left
+/// out (or `null`) falls back to the namespace's, then the broker's.
+///
+/// Only what Kilonova applies is kept: the thresholds, the deletion lag, and
+/// where offloaded segments go (driver, bucket, region, endpoint). Other
+/// fields Pulsar sends — credentials among them, which come only from the
+/// broker's configuration here — are accepted and dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OffloadPolicies {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_driver: Option<String>,
+    /// Bytes kept locally (0: offload every sealed segment, negative: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_threshold_in_bytes: Option<i64>,
+    /// Seconds (0: at once, negative: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_threshold_in_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_deletion_lag_in_millis: Option<i64>,
+    /// Where the S3 drivers put offloaded segments (Pulsar's names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_managed_ledger_offload_bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_managed_ledger_offload_region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_managed_ledger_offload_service_endpoint: Option<String>,
+    /// The same, under Pulsar's driver-neutral names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_service_endpoint: Option<String>,
+}
+
+/// The offload drivers Pulsar knows (`OffloadPoliciesImpl.DRIVER_NAMES`).
+pub const OFFLOAD_DRIVERS: [&str; 6] = [
+    "S3",
+    "aws-s3",
+    "google-cloud-storage",
+    "filesystem",
+    "azureblob",
+    "aliyun-oss",
+];
 
 /// Topic-level overrides: every field unset falls back to the namespace's.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,6 +434,10 @@ pub struct TopicPolicies {
     /// A subscription dispatches nothing while it has this many unacknowledged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_unacked_messages_on_subscription: Option<i32>,
+    /// The topic's offload thresholds and deletion lag (Pulsar keeps them
+    /// inside the topic's `offloadPolicies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offload_policies: Option<OffloadPolicies>,
 }
 
 impl TopicPolicies {
@@ -365,6 +471,62 @@ pub fn check_compaction_threshold(bytes: i64) -> Result<()> {
             bytes,
             "must be 0 (no automatic compaction) or more bytes",
         ));
+    }
+    Ok(())
+}
+
+/// An offload deletion lag: 0 (drop the local copy at once) or more milliseconds.
+pub fn check_offload_deletion_lag(ms: i64) -> Result<()> {
+    if ms < 0 {
+        return Err(invalid(
+            "offload deletion lag",
+            ms,
+            "must be 0 or more milliseconds",
+        ));
+    }
+    Ok(())
+}
+
+/// A namespace's offload policies: as a topic's, and the driver and (but for
+/// the filesystem driver) the bucket must be given — Pulsar's
+/// `validateOffloadPolicies`, with its words and its 412.
+pub fn check_namespace_offload_policies(o: &OffloadPolicies) -> Result<()> {
+    let Some(driver) = &o.managed_ledger_offload_driver else {
+        return Err(driver_not_supported());
+    };
+    check_offload_policies(o)?;
+    let bucket = o
+        .s3_managed_ledger_offload_bucket
+        .as_ref()
+        .or(o.managed_ledger_offload_bucket.as_ref());
+    if !driver.eq_ignore_ascii_case("filesystem") && bucket.is_none_or(|b| b.is_empty()) {
+        return Err(MetadataError::Precondition(
+            "The bucket must be specified for namespace offload.".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn driver_not_supported() -> MetadataError {
+    MetadataError::Precondition(format!(
+        "The driver is not supported, support value: {}",
+        OFFLOAD_DRIVERS.join(",")
+    ))
+}
+
+/// Topic-level offload policies: a driver Pulsar knows (its words, 412),
+/// and a deletion lag of 0 or more.
+pub fn check_offload_policies(o: &OffloadPolicies) -> Result<()> {
+    if let Some(driver) = &o.managed_ledger_offload_driver {
+        if !OFFLOAD_DRIVERS
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(driver))
+        {
+            return Err(driver_not_supported());
+        }
+    }
+    if let Some(ms) = o.managed_ledger_offload_deletion_lag_in_millis {
+        check_offload_deletion_lag(ms)?;
     }
     Ok(())
 }
@@ -539,6 +701,98 @@ mod tests {
         assert!(
             serde_json::from_str::<BacklogQuota>(r#"{"limitSize":1,"policy":"drop_it"}"#).is_err()
         );
+    }
+
+    #[test]
+    fn offload_policies_take_what_pulsar_admin_sends() {
+        // `pulsar-admin topics set-offload-policies -d aws-s3 -b bkt -r eu -oat 10M`
+        // serializes every field of OffloadPoliciesImpl, nulls and secrets included.
+        let o: OffloadPolicies = serde_json::from_str(
+            r#"{"offloadersDirectory":"./offloaders","managedLedgerOffloadDriver":"aws-s3",
+                "managedLedgerOffloadMaxThreads":2,"managedLedgerOffloadThresholdInBytes":10485760,
+                "managedLedgerOffloadThresholdInSeconds":null,
+                "managedLedgerOffloadDeletionLagInMillis":null,
+                "managedLedgerOffloadedReadPriority":"TIERED_STORAGE_FIRST",
+                "s3ManagedLedgerOffloadRegion":"eu","s3ManagedLedgerOffloadBucket":"bkt",
+                "s3ManagedLedgerOffloadServiceEndpoint":null,
+                "s3ManagedLedgerOffloadCredentialId":"id","s3ManagedLedgerOffloadCredentialSecret":"secret",
+                "managedLedgerOffloadBucket":null,"managedLedgerOffloadRegion":null}"#,
+        )
+        .unwrap();
+        assert_eq!(o.managed_ledger_offload_driver.as_deref(), Some("aws-s3"));
+        assert_eq!(o.managed_ledger_offload_threshold_in_bytes, Some(10 << 20));
+        assert_eq!(o.managed_ledger_offload_threshold_in_seconds, None);
+        assert_eq!(o.s3_managed_ledger_offload_bucket.as_deref(), Some("bkt"));
+        let back = serde_json::to_string(&o).unwrap();
+        assert!(!back.contains("secret"), "credentials are not kept: {back}");
+        assert!(check_offload_policies(&o).is_ok());
+
+        let unknown = OffloadPolicies {
+            managed_ledger_offload_driver: Some("tape".into()),
+            ..OffloadPolicies::default()
+        };
+        assert!(matches!(
+            check_offload_policies(&unknown),
+            Err(MetadataError::Precondition(m)) if m.starts_with("The driver is not supported")
+        ));
+        let negative_lag = OffloadPolicies {
+            managed_ledger_offload_deletion_lag_in_millis: Some(-5),
+            ..OffloadPolicies::default()
+        };
+        assert!(check_offload_policies(&negative_lag).is_err());
+        assert!(check_offload_deletion_lag(0).is_ok());
+
+        let no_driver = OffloadPolicies::default();
+        assert!(
+            check_offload_policies(&no_driver).is_ok(),
+            "a topic may leave it out"
+        );
+        assert!(matches!(
+            check_namespace_offload_policies(&no_driver),
+            Err(MetadataError::Precondition(m)) if m.starts_with("The driver is not supported")
+        ));
+        let no_bucket = OffloadPolicies {
+            managed_ledger_offload_driver: Some("aws-s3".into()),
+            ..OffloadPolicies::default()
+        };
+        assert!(matches!(
+            check_namespace_offload_policies(&no_bucket),
+            Err(MetadataError::Precondition(m)) if m == "The bucket must be specified for namespace offload."
+        ));
+        assert!(check_namespace_offload_policies(&o).is_ok());
+        let filesystem = OffloadPolicies {
+            managed_ledger_offload_driver: Some("filesystem".into()),
+            ..OffloadPolicies::default()
+        };
+        assert!(check_namespace_offload_policies(&filesystem).is_ok());
+    }
+
+    #[test]
+    fn a_namespaces_offload_policies_take_precedence_over_its_older_fields() {
+        let mut p = Policies {
+            offload_threshold: Some(OFFLOAD_UNSET),
+            offload_threshold_in_seconds: Some(60),
+            offload_deletion_lag_ms: Some(1000),
+            ..Policies::default()
+        };
+        assert_eq!(p.namespace_offload_threshold_bytes(), None, "-1 is unset");
+        assert_eq!(p.namespace_offload_threshold_secs(), Some(60));
+        p.offload_policies = Some(OffloadPolicies {
+            managed_ledger_offload_threshold_in_bytes: Some(-1),
+            managed_ledger_offload_deletion_lag_in_millis: Some(0),
+            ..OffloadPolicies::default()
+        });
+        assert_eq!(
+            p.namespace_offload_threshold_bytes(),
+            Some(-1),
+            "in offload policies -1 is a value (never)"
+        );
+        assert_eq!(
+            p.namespace_offload_threshold_secs(),
+            Some(60),
+            "field by field"
+        );
+        assert_eq!(p.namespace_offload_deletion_lag_ms(), Some(0));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod brokers;
 mod client;
 mod clusters;
 mod namespaces;
+mod offload;
 mod permissions;
 mod policies;
 mod schemas;
@@ -123,6 +124,11 @@ const SINGLE_DASH_FLAGS: &[(&str, &str)] = &[
     ("-td", "--topic-domain"),
     ("-sr", "--subscribe-rate"),
     ("-st", "--subscribe-rate-period"),
+    ("-ts", "--offloadThresholdInSeconds"),
+    ("-dl", "--offloadDeletionLagInMillis"),
+    ("-oat", "--offloadAfterThreshold"),
+    ("-oats", "--offloadAfterThresholdInSeconds"),
+    ("-oae", "--offloadAfterElapsed"),
 ];
 
 /// Rewrites pulsar-admin's single-dash long flags (`-ttl 120`, `-ttl=120`)

@@ -57,6 +57,8 @@ pub enum NamespacesCmd {
     #[command(flatten)]
     Policy(PolicyCmd),
     #[command(flatten)]
+    Offload(super::offload::NamespaceOffloadCmd),
+    #[command(flatten)]
     SchemaStrategy(super::schemas::NamespaceSchemaCmd),
 }
 
@@ -652,6 +654,7 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
             policies::send(client, &path, op).await?
         }
         NamespacesCmd::SchemaStrategy(verb) => super::schemas::run_namespace(client, verb).await?,
+        NamespacesCmd::Offload(verb) => return super::offload::run_namespace(client, verb).await,
     };
     Ok(Output::Document(doc))
 }

@@ -40,11 +40,18 @@ pub enum Policy {
     CompactionThreshold,
     SubscribeRate,
     SubscriptionExpirationTime,
+    OffloadThreshold,
+    OffloadThresholdInSeconds,
+    OffloadDeletionLag,
+    /// The topic-level offload policies (thresholds, lag, driver, bucket).
+    OffloadPolicies,
 }
 
 /// What a verb does with its policy.
 pub enum Op {
     Set(Value),
+    /// Set with PUT, for the few policies Pulsar sets that way.
+    Put(Value),
     Get,
     Remove,
 }
@@ -82,6 +89,10 @@ impl Policy {
             (Policy::CompactionThreshold, _) => "compactionThreshold",
             (Policy::SubscribeRate, _) => "subscribeRate",
             (Policy::SubscriptionExpirationTime, _) => "subscriptionExpirationTime",
+            (Policy::OffloadThreshold, _) => "offloadThreshold",
+            (Policy::OffloadThresholdInSeconds, _) => "offloadThresholdInSeconds",
+            (Policy::OffloadDeletionLag, _) => "offloadDeletionLagMs",
+            (Policy::OffloadPolicies, _) => "offloadPolicies",
         };
         base.join(segment)
     }
@@ -92,6 +103,7 @@ impl Policy {
 pub async fn send(client: &AdminClient, path: &ApiPath, op: Op) -> Result<Value, AdminError> {
     match op {
         Op::Set(body) => client.post(path, Some(&body)).await,
+        Op::Put(body) => client.put(path, Some(&body)).await,
         Op::Get => client.get(path).await,
         Op::Remove => client.delete(path).await,
     }
@@ -289,6 +301,7 @@ impl Op {
     pub fn method_and_body(self) -> (&'static str, Option<Value>) {
         match self {
             Op::Set(body) => ("POST", Some(body)),
+            Op::Put(body) => ("PUT", Some(body)),
             Op::Get => ("GET", None),
             Op::Remove => ("DELETE", None),
         }

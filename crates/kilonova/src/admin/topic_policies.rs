@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use kilonova_metadata::TopicName;
 
 use super::client::{AdminClient, AdminError, ApiPath, ResourcePath};
+use super::offload::OffloadPoliciesArgs;
 use super::policies::{
     self, DelayedDeliveryArgs, DispatchRateArgs, EnableOrDisable, InactiveTopicArgs, Op, Policy,
     PublishRateArgs, RetentionArgs,
@@ -130,6 +131,12 @@ pub enum TopicPolicyCmd {
     GetCompactionThreshold(Topic),
     /// Remove the topic's compaction threshold.
     RemoveCompactionThreshold(Topic),
+    /// Set the topic's offload policies: driver, bucket, thresholds, deletion lag.
+    SetOffloadPolicies(SetOffloadPolicies),
+    /// Show the topic's offload policies.
+    GetOffloadPolicies(Topic),
+    /// Remove the topic's offload policies.
+    RemoveOffloadPolicies(Topic),
 }
 
 // Just the topic (no doc comment: clap would show it as every verb's help).
@@ -232,6 +239,13 @@ pub struct SetCompactionThreshold {
 }
 
 #[derive(Args)]
+pub struct SetOffloadPolicies {
+    topic: TopicName,
+    #[command(flatten)]
+    policies: OffloadPoliciesArgs,
+}
+
+#[derive(Args)]
 pub struct SetDeduplication {
     topic: TopicName,
     #[command(flatten)]
@@ -254,13 +268,13 @@ pub struct SetInactiveTopicPolicies {
 
 impl TopicPolicyCmd {
     /// The policy route and what to do there.
-    fn request(&self) -> (ApiPath, Op) {
-        let (topic, policy, op) = self.policy_op();
-        (policy.path(topic.path(), &op), op)
+    fn request(&self) -> Result<(ApiPath, Op), AdminError> {
+        let (topic, policy, op) = self.policy_op()?;
+        Ok((policy.path(topic.path(), &op), op))
     }
 
     /// The topic, the policy and what to do with it.
-    fn policy_op(&self) -> (&TopicName, Policy, Op) {
+    fn policy_op(&self) -> Result<(&TopicName, Policy, Op), AdminError> {
         use Policy as P;
         use TopicPolicyCmd as C;
         fn get(t: &Topic, p: Policy) -> (&TopicName, Policy, Op) {
@@ -272,7 +286,7 @@ impl TopicPolicyCmd {
         fn set(t: &TopicName, p: Policy, body: Value) -> (&TopicName, Policy, Op) {
             (t, p, Op::Set(body))
         }
-        match self {
+        Ok(match self {
             C::SetRetention(a) => set(&a.topic, P::Retention, a.retention.body()),
             C::GetRetention(t) => get(t, P::Retention),
             C::RemoveRetention(t) => remove(t, P::Retention),
@@ -340,12 +354,15 @@ impl TopicPolicyCmd {
             }
             C::GetCompactionThreshold(t) => get(t, P::CompactionThreshold),
             C::RemoveCompactionThreshold(t) => remove(t, P::CompactionThreshold),
-        }
+            C::SetOffloadPolicies(a) => set(&a.topic, P::OffloadPolicies, a.policies.body()?),
+            C::GetOffloadPolicies(t) => get(t, P::OffloadPolicies),
+            C::RemoveOffloadPolicies(t) => remove(t, P::OffloadPolicies),
+        })
     }
 }
 
 pub async fn run(client: &AdminClient, cmd: TopicPolicyCmd) -> Result<Output, AdminError> {
-    let (path, op) = cmd.request();
+    let (path, op) = cmd.request()?;
     Ok(Output::Document(policies::send(client, &path, op).await?))
 }
 
@@ -387,7 +404,7 @@ mod tests {
     /// The request a verb makes: method, path (after /admin/v2), body.
     fn request(args: &[&str]) -> (&'static str, String, Option<Value>) {
         let [via_topics, via_topic_policies] = policy_cmds(args).map(|c| {
-            let (path, op) = c.request();
+            let (path, op) = c.request().unwrap();
             let (method, body) = op.method_and_body();
             (method, path.to_string(), body)
         });
@@ -407,6 +424,73 @@ mod tests {
         assert_eq!(
             request(&[&format!("remove-{verb}"), "persistent://t/ns/x"]),
             ("DELETE", path, None)
+        );
+    }
+
+    #[test]
+    fn offload_policies_send_pulsars_offload_policies_body() {
+        assert_eq!(
+            request(&[
+                "set-offload-policies",
+                "t/ns/x",
+                "-d",
+                "aws-s3",
+                "-b",
+                "bkt",
+                "-r",
+                "eu",
+                "-t",
+                "10M",
+                "-ts",
+                "1h",
+                "-dl",
+                "0",
+            ]),
+            (
+                "POST",
+                format!("{T}/offloadPolicies"),
+                Some(json!({
+                    "managedLedgerOffloadDriver": "aws-s3",
+                    "s3ManagedLedgerOffloadBucket": "bkt",
+                    "s3ManagedLedgerOffloadRegion": "eu",
+                    "managedLedgerOffloadThresholdInBytes": 10 << 20,
+                    "managedLedgerOffloadThresholdInSeconds": 3600,
+                    "managedLedgerOffloadDeletionLagInMillis": 0,
+                }))
+            )
+        );
+        assert_eq!(
+            request(&[
+                "set-offload-policies",
+                "t/ns/x",
+                "--driver",
+                "filesystem",
+                "--bucket",
+                "b",
+                "--offloadThresholdInBytes",
+                "-1",
+            ])
+            .2,
+            Some(json!({
+                "managedLedgerOffloadDriver": "filesystem",
+                "managedLedgerOffloadBucket": "b",
+                "managedLedgerOffloadThresholdInBytes": -1,
+            })),
+            "driver-neutral names for the other drivers"
+        );
+        assert_get_and_remove("offload-policies", "offloadPolicies");
+        assert!(
+            refused(&["set-offload-policies", "t/ns/x", "-b", "bkt"]),
+            "--driver is required"
+        );
+        assert!(
+            refused(&["set-offload-policies", "t/ns/x", "-d", "S3", "-s", "secret"]),
+            "no credentials"
+        );
+        let [cmd, _] = policy_cmds(&["set-offload-policies", "t/ns/x", "-d", "S3", "-b", "bkt"]);
+        assert!(
+            matches!(cmd.request(), Err(AdminError::InvalidArgument(m)) if m.starts_with("Either s3ManagedLedgerOffloadRegion")),
+            "pulsar-admin's check: an S3 driver needs a region or an endpoint"
         );
     }
 

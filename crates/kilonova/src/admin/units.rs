@@ -88,6 +88,31 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("duration {s:?} is too large"))
 }
 
+/// A size in bytes, or any negative number (offload thresholds: -1 is the
+/// broker's default, other negatives "never").
+pub fn parse_size_or_negative(s: &str) -> Result<i64, String> {
+    negative_or(s, parse_size_bytes)
+}
+
+/// A duration in seconds, or any negative number (as for
+/// [`parse_size_or_negative`]).
+pub fn parse_duration_secs_or_negative(s: &str) -> Result<i64, String> {
+    negative_or(s, parse_duration_secs)
+}
+
+fn negative_or(s: &str, parse: impl Fn(&str) -> Result<u64, String>) -> Result<i64, String> {
+    if let Some(digits) = s.trim().strip_prefix('-') {
+        return match digits.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(-n),
+            _ => Err(format!(
+                "invalid value {s:?}: a negative value is a whole number such as -1"
+            )),
+        };
+    }
+    let value = parse(s)?;
+    i64::try_from(value).map_err(|_| format!("{s:?} is too large"))
+}
+
 /// A non-negative size in bytes that fits an `int` (max message size).
 pub fn parse_size_bytes_i32(s: &str) -> Result<i32, String> {
     let bytes = parse_size_bytes(s)?;
