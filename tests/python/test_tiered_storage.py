@@ -169,3 +169,52 @@ def test_an_object_store_outage_holds_only_readers_of_offloaded_data(make_broker
         assert status == 200
     finally:
         client.close()
+
+
+def metric(broker, name: str) -> float:
+    text = http("GET", broker.http_url + "/metrics")[1].decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{"))
+
+
+def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_loses_nothing(make_broker, seaweed):
+    broker = make_broker(config=broker_config(seaweed).replace("offload_deletion_lag_ms = 0\n", ""))
+    ns = "public/default"
+    admin(broker, "POST", f"/admin/v2/namespaces/{ns}/retention",
+          {"retentionTimeInMinutes": -1, "retentionSizeInMB": -1})
+    topic = f"persistent://{ns}/{unique('auto')}"
+    n = 1500
+    client = make_client(broker)
+    try:
+        client.subscribe(topic, "keep", initial_position=pulsar.InitialPosition.Earliest).close()
+        producer = client.create_producer(topic, batching_enabled=False, block_if_queue_full=True)
+        results = []
+        for i in range(n):
+            producer.send_async(payload(i), lambda r, _id: results.append(r))
+        producer.flush()
+        assert results.count(pulsar.Result.Ok) == n
+    finally:
+        client.close()
+    # Offload everything sealed, keep local copies 0 ms: set by policy, as
+    # an operator would (pulsar-admin sends PUT).
+    admin(broker, "PUT", f"/admin/v2/namespaces/{ns}/offloadDeletionLagMs", 0)
+    admin(broker, "PUT", f"/admin/v2/namespaces/{ns}/offloadThreshold", 0)
+    # Killed while copying: nothing was recorded for the segment being copied.
+    wait_until(lambda: metric(broker, "kilonova_offload_segments_total") >= 2, WAIT_S,
+               "offloading under way")
+    broker.kill()
+    broker.start()
+    wait_until(lambda: all(l["offloaded"] and not l["local"] for l in ledgers(broker, topic)[:-2]),
+               WAIT_S, "the policy offloaded every sealed segment after the restart")
+    # Each offloaded segment has exactly one object: a copy the kill left
+    # unrecorded is deleted as an orphan.
+    offloaded = [l for l in ledgers(broker, topic) if l["offloaded"]]
+    wait_until(lambda: len(seaweed.list_keys(BUCKET, "kilonova/")) == len(offloaded), WAIT_S,
+               "one object per offloaded segment")
+    client = make_client(broker)
+    try:
+        consumer = client.subscribe(topic, "keep")
+        assert [m.data() for m in read_all(consumer, n)] == [payload(i) for i in range(n)]
+    finally:
+        client.close()
+    assert metric(broker, "brk_ledgeroffloader_read_offload_bytes") > 0
+    assert metric(broker, "pulsar_storage_offloaded_size") > 0

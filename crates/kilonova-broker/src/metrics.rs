@@ -388,7 +388,13 @@ pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 /// exported unit (`1e6` for microseconds exported as seconds). Dividing
 /// (rather than multiplying by `1e-6`) gives the double nearest the decimal
 /// value, so bounds print as `0.00005`, never `0.000049999999999999996`.
-fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot, per_unit: f64) {
+pub(crate) fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    h: &HistogramSnapshot,
+    per_unit: f64,
+) {
     header(out, name, "histogram", help);
     for (bound, count) in &h.buckets {
         let _ = writeln!(

@@ -112,6 +112,90 @@ impl Tiering {
         self.reader.read(object, first..=last).await
     }
 
+    /// Deletes, of log `log`'s objects, those its metadata does not list
+    /// (`referenced`) and older than `before`: copies a crash left between
+    /// their upload and their recording.
+    pub async fn delete_orphans(
+        &self,
+        log: u64,
+        referenced: &std::collections::HashSet<String>,
+        before: std::time::SystemTime,
+    ) -> Result<usize, ObjectStoreError> {
+        Ok(self
+            .offloader
+            .delete_orphans(log, referenced, before)
+            .await?
+            .deleted
+            .len())
+    }
+
+    /// The object store's figures, in Prometheus' text format.
+    pub fn render_metrics(&self, out: &mut String, cluster: &str) {
+        use std::fmt::Write;
+        let m = self.offloader.bucket().metrics().snapshot();
+        let cluster = crate::metrics::escape(cluster);
+        let counters = [
+            (
+                "brk_ledgeroffloader_offload_bytes",
+                "Object bytes of completed offloads",
+                m.offloaded_bytes,
+            ),
+            (
+                "kilonova_offload_segments_total",
+                "Segments offloaded",
+                m.offloaded_segments,
+            ),
+            (
+                "brk_ledgeroffloader_offload_error",
+                "Offloads that failed",
+                m.offload_errors,
+            ),
+            (
+                "brk_ledgeroffloader_write_storage_error",
+                "Failed writes to the object store",
+                m.write_errors,
+            ),
+            (
+                "brk_ledgeroffloader_read_offload_bytes",
+                "Bytes read from offloaded objects",
+                m.read_bytes,
+            ),
+            (
+                "brk_ledgeroffloader_read_offload_error",
+                "Reads of offloaded data that failed",
+                m.read_errors,
+            ),
+            (
+                "kilonova_offload_checksum_errors_total",
+                "Reads of offloaded data that found corrupt bytes",
+                m.checksum_errors,
+            ),
+            (
+                "brk_ledgeroffloader_delete_offload_ops",
+                "Offloaded objects deleted",
+                m.deleted_objects,
+            ),
+            (
+                "kilonova_offload_read_cache_hits_total",
+                "Offloaded entries served from the reader's cache",
+                m.cache_hits,
+            ),
+            (
+                "kilonova_offload_read_cache_misses_total",
+                "Offloaded entries fetched from the object store",
+                m.cache_misses,
+            ),
+        ];
+        for (name, help, v) in counters {
+            crate::metrics::header(out, name, "counter", help);
+            let _ = writeln!(out, "{name}{{cluster=\"{cluster}\"}} {v}");
+        }
+        for (op, h) in &m.latency_us {
+            let name = format!("kilonova_offload_request_latency_seconds_{}", op.label());
+            crate::metrics::histogram(out, &name, "Object-store requests by time", h, 1e6);
+        }
+    }
+
     /// Deletes an object no longer referenced.
     pub async fn delete(&self, object: &str) -> Result<(), ObjectStoreError> {
         self.reader.forget(object);

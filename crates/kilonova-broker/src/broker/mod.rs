@@ -387,13 +387,17 @@ impl Broker {
 
     /// Every metric, in Prometheus' text format.
     pub fn render_metrics(&self) -> String {
-        crate::metrics::render(
+        let mut out = crate::metrics::render(
             &self.inner.config.cluster_name,
             &self.inner.metrics,
             &self.inner.store,
             &self.inner.cache,
             self.inner.clock.now(),
-        )
+        );
+        if let Some(t) = self.tiering() {
+            t.render_metrics(&mut out, &self.inner.config.cluster_name);
+        }
+        out
     }
 
     pub fn service_urls(&self) -> &ServiceUrls {

@@ -138,6 +138,36 @@ impl Topic {
         self.start_fetches();
     }
 
+    /// When the topic loads: deletes the log's objects its metadata does
+    /// not reference — copies a crash (or an unload) left between their
+    /// upload and their recording (nothing of this load is copying yet).
+    pub(super) fn sweep_orphans(&self) {
+        let (Some(tiering), Some(log)) = (self.tiering(), self.log.as_ref()) else {
+            return;
+        };
+        let referenced: HashSet<String> = log
+            .segment_tiers()
+            .into_iter()
+            .filter_map(|t| t.offloaded.map(|o| o.object))
+            .collect();
+        let (id, topic, before) = (
+            log.id(),
+            self.full_name.clone(),
+            std::time::SystemTime::now(),
+        );
+        tokio::spawn(async move {
+            match tiering.delete_orphans(id, &referenced, before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(topic = %topic, deleted = n, "unreferenced offloaded objects deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "looking for unreferenced offloaded objects failed")
+                }
+            }
+        });
+    }
+
     /// Deletes the objects the log no longer references.
     fn delete_released_objects(&mut self, _tiering: &Arc<Tiering>) {
         let released = self
