@@ -50,6 +50,10 @@ pub(super) enum OffloadEvent {
 /// After a failure, the object store is asked again this much later.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// The longest a search by time waits for one fetch (the topic's task
+/// waits with it).
+const READ_THROUGH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Fetches in flight per topic at most.
 const MAX_FETCHES: usize = 4;
 
@@ -133,7 +137,7 @@ impl Topic {
                 tracing::warn!(topic = %self.full_name, segment, error = %e, "dropping an offloaded segment's local copy failed");
             }
         }
-        self.delete_released_objects(&tiering);
+        self.delete_released_objects();
         self.start_copy(&tiering);
         self.start_fetches();
     }
@@ -150,11 +154,8 @@ impl Topic {
             .into_iter()
             .filter_map(|t| t.offloaded.map(|o| o.object))
             .collect();
-        let (id, topic, before) = (
-            log.id(),
-            self.full_name.clone(),
-            std::time::SystemTime::now(),
-        );
+        let before = std::time::UNIX_EPOCH + Duration::from_millis(self.broker.clock().now_ms());
+        let (id, topic) = (log.id(), self.full_name.clone());
         tokio::spawn(async move {
             match tiering.delete_orphans(id, &referenced, before).await {
                 Ok(0) => {}
@@ -169,7 +170,7 @@ impl Topic {
     }
 
     /// Deletes the objects the log no longer references.
-    fn delete_released_objects(&mut self, _tiering: &Arc<Tiering>) {
+    fn delete_released_objects(&mut self) {
         let released = self
             .log
             .as_mut()
@@ -464,16 +465,38 @@ impl Topic {
                 Err(StorageError::Offloaded { segment, entry }) => (segment, entry),
                 other => return other.map_err(BrokerError::from),
             };
+            let now = self.broker.clock().now();
             let (Some(tiering), Some(o)) = (self.tiering(), log.offloaded(segment)) else {
                 return Err(BrokerError::Storage(StorageError::Offloaded {
                     segment,
                     entry: first,
                 }));
             };
-            let entries = tiering
-                .fetch(&o.object.clone(), first, o.entries)
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            // The topic waits for this fetch: never long, and not again
+            // right after one failed.
+            if self
+                .offload
+                .fetch_retry
+                .get(&segment)
+                .is_some_and(|t| now < *t)
+            {
+                return Err(BrokerError::Unavailable(
+                    "the object store failed a moment ago: try again later".into(),
+                ));
+            }
+            let (object, count) = (o.object.clone(), o.entries);
+            let fetched =
+                tokio::time::timeout(READ_THROUGH_TIMEOUT, tiering.fetch(&object, first, count))
+                    .await
+                    .map_err(|_| "the object store did not answer in time".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            let entries = match fetched {
+                Ok(entries) => entries,
+                Err(e) => {
+                    self.offload.fetch_retry.insert(segment, now + RETRY_AFTER);
+                    return Err(BrokerError::Unavailable(e));
+                }
+            };
             if let Some(log) = self.log.as_mut() {
                 log.insert_offloaded(segment, first, entries)?;
             }
