@@ -218,3 +218,36 @@ def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_los
         client.close()
     assert metric(broker, "brk_ledgeroffloader_read_offload_bytes") > 0
     assert metric(broker, "pulsar_storage_offloaded_size") > 0
+
+
+def test_a_lost_data_directory_never_costs_the_objects_it_offloaded(make_broker, seaweed, tmp_path):
+    """A broker whose data directory is lost starts again with the same
+    internal ids: its new topics' orphan sweeps must leave the old objects
+    (what a restore would read) alone."""
+    broker = make_broker(config=broker_config(seaweed))
+    topic = f"persistent://public/default/{unique('lost')}"
+    client = make_client(broker)
+    try:
+        client.subscribe(topic, "keep", initial_position=pulsar.InitialPosition.Earliest).close()
+        producer = client.create_producer(topic, batching_enabled=False)
+        for i in range(300):
+            producer.send(payload(i))
+    finally:
+        client.close()
+    offload_everything_sealed(broker, topic)
+    old_objects = sorted(seaweed.list_keys(BUCKET, "kilonova/"))
+    assert old_objects
+    broker.kill()
+
+    fresh = make_broker("fresh", config=broker_config(seaweed))  # a new, empty data directory
+    client = make_client(fresh)
+    try:
+        # The first topic of the new directory gets the same internal id.
+        consumer = client.subscribe(f"persistent://public/default/{unique('new')}", "s")
+        consumer.close()
+        wait_until(lambda: metric(fresh, "kilonova_offload_orphan_sweeps_total") >= 1, WAIT_S,
+                   "the new topic's orphan sweep ran")
+    finally:
+        client.close()
+    fresh.stop()
+    assert sorted(seaweed.list_keys(BUCKET, "kilonova/")) == old_objects

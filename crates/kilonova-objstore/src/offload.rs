@@ -322,9 +322,24 @@ impl Offloader {
         keep: &HashSet<String>,
         modified_before: SystemTime,
     ) -> Result<OrphanReport> {
+        self.delete_orphans_since(log_id, keep, SystemTime::UNIX_EPOCH, modified_before)
+            .await
+    }
+
+    /// [`Self::delete_orphans`], sparing also objects modified before
+    /// `modified_since`: those of an earlier log that had the same id (a
+    /// store whose data directory was lost and started again hands out the
+    /// same ids; its old objects are what a restore reads).
+    pub async fn delete_orphans_since(
+        &self,
+        log_id: u64,
+        keep: &HashSet<String>,
+        modified_since: SystemTime,
+        modified_before: SystemTime,
+    ) -> Result<OrphanReport> {
         let mut report = OrphanReport::default();
         for o in self.list_log(log_id).await? {
-            if keep.contains(&o.key) {
+            if keep.contains(&o.key) || o.last_modified < modified_since {
                 continue;
             }
             if o.last_modified >= modified_before {

@@ -154,10 +154,14 @@ impl Topic {
             .into_iter()
             .filter_map(|t| t.offloaded.map(|o| o.object))
             .collect();
-        let before = std::time::UNIX_EPOCH + Duration::from_millis(self.broker.clock().now_ms());
+        let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        // Objects from before the log's first segment are not its own: an
+        // earlier log with the same id (a lost data directory) left them.
+        let since = at(log.segments().first().map_or(0, |s| s.created_ms));
+        let before = at(self.broker.clock().now_ms());
         let (id, topic) = (log.id(), self.full_name.clone());
         tokio::spawn(async move {
-            match tiering.delete_orphans(id, &referenced, before).await {
+            match tiering.delete_orphans(id, &referenced, since, before).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(topic = %topic, deleted = n, "unreferenced offloaded objects deleted")
