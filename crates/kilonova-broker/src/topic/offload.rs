@@ -74,8 +74,9 @@ pub(super) struct OffloadState {
     events: mpsc::UnboundedSender<OffloadEvent>,
     /// The segment being copied.
     copying: Option<SegmentId>,
-    /// Offloaded entries being fetched: (segment, first entry).
-    fetching: HashSet<(SegmentId, u64)>,
+    /// Offloaded entries being fetched: (segment, first entry), and whether
+    /// a read asked for them (else it is a read-ahead of the next block).
+    fetching: HashMap<(SegmentId, u64), bool>,
     /// Entries reads asked for since the last look.
     wanted: Vec<(SegmentId, u64)>,
     /// Segments whose fetch failed: not asked for again before then.
@@ -92,7 +93,7 @@ impl OffloadState {
         OffloadState {
             events,
             copying: None,
-            fetching: HashSet::new(),
+            fetching: HashMap::new(),
             wanted: Vec::new(),
             fetch_retry: HashMap::new(),
             copy_retry: None,
@@ -262,39 +263,55 @@ impl Topic {
         };
         let now = self.broker.clock().now();
         let wanted = std::mem::take(&mut self.offload.wanted);
+        for (segment, first) in wanted {
+            self.start_fetch(&tiering, segment, first, true, now);
+        }
+    }
+
+    /// Fetches entries `first..` of offloaded segment `segment` in a task,
+    /// unless a fetch of them is running or the last one failed moments ago.
+    fn start_fetch(
+        &mut self,
+        tiering: &Arc<Tiering>,
+        segment: SegmentId,
+        first: u64,
+        asked: bool,
+        now: Instant,
+    ) {
         let Some(log) = self.log.as_ref() else {
             return;
         };
-        for (segment, first) in wanted {
-            if self.offload.fetching.len() >= MAX_FETCHES
-                || self
-                    .offload
-                    .fetching
-                    .iter()
-                    .any(|(s, f)| *s == segment && *f <= first)
-                || self
-                    .offload
-                    .fetch_retry
-                    .get(&segment)
-                    .is_some_and(|t| now < *t)
-            {
-                continue;
-            }
-            let Some(o) = log.offloaded(segment) else {
-                continue;
-            };
-            let (object, entries) = (o.object.clone(), o.entries);
-            self.offload.fetching.insert((segment, first));
-            let (tiering, events) = (tiering.clone(), self.offload.events.clone());
-            tokio::spawn(async move {
-                let result = tiering.fetch(&object, first, entries).await;
-                let _ = events.send(OffloadEvent::Fetched {
-                    segment,
-                    first,
-                    result,
-                });
-            });
+        if self.offload.fetching.len() >= MAX_FETCHES
+            || self
+                .offload
+                .fetching
+                .keys()
+                .any(|(s, f)| *s == segment && *f <= first)
+            || self
+                .offload
+                .fetch_retry
+                .get(&segment)
+                .is_some_and(|t| now < *t)
+        {
+            return;
         }
+        let Some(o) = log.offloaded(segment) else {
+            return;
+        };
+        let (object, entries) = (o.object.clone(), o.entries);
+        if first >= entries {
+            return;
+        }
+        self.offload.fetching.insert((segment, first), asked);
+        let (tiering, events) = (tiering.clone(), self.offload.events.clone());
+        tokio::spawn(async move {
+            let result = tiering.fetch(&object, first, entries).await;
+            let _ = events.send(OffloadEvent::Fetched {
+                segment,
+                first,
+                result,
+            });
+        });
     }
 
     /// A copy or a fetch finished.
@@ -330,17 +347,30 @@ impl Topic {
                 first,
                 result,
             } => {
-                self.offload.fetching.remove(&(segment, first));
+                let asked = self
+                    .offload
+                    .fetching
+                    .remove(&(segment, first))
+                    .unwrap_or(false);
                 let inserted = match result {
-                    Ok(entries) => self.log.as_mut().map_or(Ok(()), |log| {
-                        log.insert_offloaded(segment, first, entries)
+                    Ok(entries) => {
+                        let next = first + entries.len() as u64;
+                        self.log
+                            .as_mut()
+                            .map_or(Ok(()), |log| log.insert_offloaded(segment, first, entries))
+                            .map(|()| next)
                             .map_err(|e| e.to_string())
-                    }),
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 match inserted {
-                    Ok(()) => {
+                    Ok(next) => {
                         self.offload.fetch_retry.remove(&segment);
+                        // A block a reader asked for: the next one is
+                        // fetched while it reads this one.
+                        if let (true, Some(tiering)) = (asked, self.tiering()) {
+                            self.start_fetch(&tiering, segment, next, false, now);
+                        }
                         self.dispatch_all();
                         self.feed_replicators();
                     }
