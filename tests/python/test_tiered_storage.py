@@ -205,13 +205,14 @@ def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_los
     broker.start()
     wait_until(lambda: all(l["offloaded"] and not l["local"] for l in ledgers(broker, topic)[:-2]),
                WAIT_S, "the policy offloaded every sealed segment after the restart")
-    # Each offloaded segment has exactly one object: a copy the kill left
-    # unrecorded is deleted as an orphan.
-    def one_object_per_offloaded_segment():
-        offloaded = sum(1 for l in ledgers(broker, topic) if l["offloaded"])
-        return len(seaweed.list_keys(BUCKET, "kilonova/")) == offloaded
-    # (The segment sealed by the restart may still be going: counted each time.)
-    wait_until(one_object_per_offloaded_segment, WAIT_S, "one object per offloaded segment")
+    # Every offloaded segment's object is there; a copy the kill left
+    # unrecorded may be too (nothing deletes it yet: docs/tiered-storage.md).
+    def objects_of_every_offloaded_segment():
+        offloaded = [l["ledgerId"] for l in ledgers(broker, topic) if l["offloaded"]]
+        keys = seaweed.list_keys(BUCKET, "kilonova/")
+        segments = [int(k.split("/segments/")[1].split("/")[0]) for k in keys]
+        return all(s in segments for s in offloaded) and len(keys) <= len(offloaded) + 1
+    wait_until(objects_of_every_offloaded_segment, WAIT_S, "an object for every offloaded segment")
     client = make_client(broker)
     try:
         consumer = client.subscribe(topic, "keep")
@@ -221,35 +222,3 @@ def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_los
     assert metric(broker, "brk_ledgeroffloader_read_offload_bytes") > 0
     assert metric(broker, "pulsar_storage_offloaded_size") > 0
 
-
-def test_a_lost_data_directory_never_costs_the_objects_it_offloaded(make_broker, seaweed, tmp_path):
-    """A broker whose data directory is lost starts again with the same
-    internal ids: its new topics' orphan sweeps must leave the old objects
-    (what a restore would read) alone."""
-    broker = make_broker(config=broker_config(seaweed))
-    topic = f"persistent://public/default/{unique('lost')}"
-    client = make_client(broker)
-    try:
-        client.subscribe(topic, "keep", initial_position=pulsar.InitialPosition.Earliest).close()
-        producer = client.create_producer(topic, batching_enabled=False)
-        for i in range(300):
-            producer.send(payload(i))
-    finally:
-        client.close()
-    offload_everything_sealed(broker, topic)
-    old_objects = sorted(seaweed.list_keys(BUCKET, "kilonova/"))
-    assert old_objects
-    broker.kill()
-
-    fresh = make_broker("fresh", config=broker_config(seaweed))  # a new, empty data directory
-    client = make_client(fresh)
-    try:
-        # The first topic of the new directory gets the same internal id.
-        consumer = client.subscribe(f"persistent://public/default/{unique('new')}", "s")
-        consumer.close()
-        wait_until(lambda: metric(fresh, "kilonova_offload_orphan_sweeps_total") >= 1, WAIT_S,
-                   "the new topic's orphan sweep ran")
-    finally:
-        client.close()
-    fresh.stop()
-    assert sorted(seaweed.list_keys(BUCKET, "kilonova/")) == old_objects

@@ -46,8 +46,6 @@ pub struct Tiering {
     offloader: Offloader,
     reader: OffloadedReader,
     settings: OffloadSettings,
-    /// Orphan sweeps finished (`kilonova_offload_orphan_sweeps_total`).
-    sweeps: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Tiering {
@@ -78,7 +76,6 @@ impl Tiering {
             offloader,
             reader,
             settings: settings.clone(),
-            sweeps: Default::default(),
         })))
     }
 
@@ -113,27 +110,6 @@ impl Tiering {
             .saturating_add(self.settings.read_ahead_entries)
             .min(entries.saturating_sub(1));
         self.reader.read(object, first..=last).await
-    }
-
-    /// Deletes, of log `log`'s objects, those its metadata does not list
-    /// (`referenced`), written between `since` (the log's start: older
-    /// objects under the same id belong to an earlier log of a lost data
-    /// directory) and `before`: copies a crash left between their upload
-    /// and their recording.
-    pub async fn delete_orphans(
-        &self,
-        log: u64,
-        referenced: &std::collections::HashSet<String>,
-        since: std::time::SystemTime,
-        before: std::time::SystemTime,
-    ) -> Result<usize, ObjectStoreError> {
-        let swept = self
-            .offloader
-            .delete_orphans_since(log, referenced, since, before)
-            .await;
-        self.sweeps
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(swept?.deleted.len())
     }
 
     /// The object store's figures, in Prometheus' text format.
@@ -191,11 +167,6 @@ impl Tiering {
                 "kilonova_offload_read_cache_misses_total",
                 "Offloaded entries fetched from the object store",
                 m.cache_misses,
-            ),
-            (
-                "kilonova_offload_orphan_sweeps_total",
-                "Looks for unreferenced objects of a loading topic (done, whatever they found)",
-                self.sweeps.load(std::sync::atomic::Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in counters {

@@ -372,7 +372,6 @@ impl Topic {
         topic.sync_replicators();
         if let (Some(log), Some(t)) = (topic.log.as_mut(), topic.broker.tiering()) {
             log.set_offload_cache_bytes(t.settings().topic_cache_mib << 20);
-            topic.sweep_orphans();
         }
         topic.serve(rx, reports, offloaded).await;
         topic

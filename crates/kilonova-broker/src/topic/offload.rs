@@ -8,7 +8,9 @@
 //! due is copied (the size threshold, the age threshold, or a manual
 //! offload up to a message), in a task of its own, the topic recording it
 //! when the copy is complete (a crash before that leaves an unreferenced
-//! object, never a reference to a missing one).
+//! object, never a reference to a missing one; such objects are not swept
+//! yet: telling them from a lost data directory's objects, which reuse the
+//! same log ids, needs an incarnation in the keys).
 //!
 //! Reads never wait on the object store in the topic's task: a dispatch
 //! that meets an entry only the object store holds asks for it
@@ -19,7 +21,7 @@
 //! by time, TTL and resets by time, which search entries, wait for their
 //! fetches ([`Topic::read_through`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,37 +145,6 @@ impl Topic {
         self.start_fetches();
     }
 
-    /// When the topic loads: deletes the log's objects its metadata does
-    /// not reference — copies a crash (or an unload) left between their
-    /// upload and their recording (nothing of this load is copying yet).
-    pub(super) fn sweep_orphans(&self) {
-        let (Some(tiering), Some(log)) = (self.tiering(), self.log.as_ref()) else {
-            return;
-        };
-        let referenced: HashSet<String> = log
-            .segment_tiers()
-            .into_iter()
-            .filter_map(|t| t.offloaded.map(|o| o.object))
-            .collect();
-        let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
-        // Objects from before the log's first segment are not its own: an
-        // earlier log with the same id (a lost data directory) left them.
-        let since = at(log.segments().first().map_or(0, |s| s.created_ms));
-        let before = at(self.broker.clock().now_ms());
-        let (id, topic) = (log.id(), self.full_name.clone());
-        tokio::spawn(async move {
-            match tiering.delete_orphans(id, &referenced, since, before).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(topic = %topic, deleted = n, "unreferenced offloaded objects deleted")
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %topic, error = %e, "looking for unreferenced offloaded objects failed")
-                }
-            }
-        });
-    }
-
     /// Deletes the objects the log no longer references.
     fn delete_released_objects(&mut self) {
         let released = self
@@ -197,7 +168,7 @@ impl Topic {
             tokio::spawn(async move {
                 match tiering.delete(&object).await {
                     Ok(()) => tracing::debug!(topic = %topic, %object, "offloaded object deleted"),
-                    // Left behind: an orphan, which the store's orphan sweep removes.
+                    // Left behind: an unreferenced object (not swept yet).
                     Err(e) => {
                         tracing::warn!(topic = %topic, %object, error = %e, "deleting an offloaded object failed")
                     }
