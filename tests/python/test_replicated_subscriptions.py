@@ -22,11 +22,17 @@ def stats(broker, topic: str) -> dict:
     return rest(broker, "GET", "/admin/v2/" + topic.replace("://", "/") + "/stats")
 
 
-def metric(broker, name: str) -> float:
+def metrics(broker, *names: str) -> list[float]:
+    """The named counters, summed over their labels, from one scrape."""
     status, text = http("GET", broker.http_url + "/metrics")
     assert status == 200
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.decode().splitlines()
-               if l.startswith(name + "{"))
+    lines = text.decode().splitlines()
+    return [sum(float(l.rsplit(" ", 1)[1]) for l in lines if l.startswith(name + "{"))
+            for name in names]
+
+
+def metric(broker, name: str) -> float:
+    return metrics(broker, name)[0]
 
 
 def receive_all(consumer, n: int) -> list[str]:
@@ -45,8 +51,9 @@ def wait_for_a_snapshot_started_now(broker) -> None:
     """Waits until a snapshot that started after this call completed (one
     snapshot is pending at a time; one may be under way already)."""
     prefix = "kilonova_replicated_subscription_snapshots_"
-    started, completed, timed_out = (metric(broker, f"{prefix}{k}_total")
-                                     for k in ("started", "completed", "timed_out"))
+    # One scrape: a snapshot completing between two reads would be miscounted.
+    started, completed, timed_out = metrics(
+        broker, *(f"{prefix}{k}_total" for k in ("started", "completed", "timed_out")))
     target = completed + (2 if started > completed + timed_out else 1)
     wait_until(lambda: metric(broker, f"{prefix}completed_total") >= target, WAIT_S,
                "a snapshot taken now completed")

@@ -14,8 +14,8 @@ use kilonova_auth::Want;
 use kilonova_broker::{BacklogAnalysis, Broker, ResetTo};
 
 use crate::api::{Access, Api};
-use crate::error::{json_body, ApiError, ApiResult};
-use crate::topics::{sub_topic, MessageIdBody, SubPath};
+use crate::error::{json_body, ApiResult};
+use crate::topics::{refuse_partitioned, sub_topic, MessageIdBody, SubPath};
 
 pub fn routes(api: Api) -> Api {
     api.route(
@@ -35,16 +35,7 @@ async fn analyze(
     body: Bytes,
 ) -> ApiResult<Json<BacklogAnalysis>> {
     let name = sub_topic(&p)?;
-    if b.resources()
-        .topic(&name)
-        .await?
-        .is_some_and(|t| t.partitions > 0)
-    {
-        return Err(ApiError::new(
-            axum::http::StatusCode::METHOD_NOT_ALLOWED,
-            format!("{name} is a partitioned topic: analyze the backlog of each partition"),
-        ));
-    }
+    refuse_partitioned(&b, &name, "analyze the backlog of each partition").await?;
     let start = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

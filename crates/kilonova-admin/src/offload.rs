@@ -15,8 +15,8 @@ use kilonova_auth::Want;
 use kilonova_broker::{AdminReply, AdminRequest, Broker, OffloadStatus, ResetTo};
 
 use crate::api::{Access, Api};
-use crate::error::{json_body, ApiError, ApiResult};
-use crate::topics::{topic_name, MessageIdBody, TopicPath};
+use crate::error::{json_body, ApiResult};
+use crate::topics::{refuse_partitioned, topic_name, MessageIdBody, TopicPath};
 
 pub fn routes(api: Api) -> Api {
     api.route(
@@ -37,27 +37,13 @@ pub fn routes(api: Api) -> Api {
     )
 }
 
-async fn not_partitioned(b: &Broker, name: &kilonova_broker::TopicName) -> ApiResult<()> {
-    if b.resources()
-        .topic(name)
-        .await?
-        .is_some_and(|t| t.partitions > 0)
-    {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{name} is a partitioned topic: offload each partition"),
-        ));
-    }
-    Ok(())
-}
-
 async fn offload(
     State(b): State<Broker>,
     Path(p): Path<TopicPath>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
-    not_partitioned(&b, &name).await?;
+    refuse_partitioned(&b, &name, "offload each partition").await?;
     let before = match json_body::<MessageIdBody>(&body)?.target() {
         ResetTo::Position(p) => p,
         ResetTo::Latest => kilonova_broker::Position::new(u64::MAX, 0),
@@ -74,7 +60,7 @@ async fn status(
     Path(p): Path<TopicPath>,
 ) -> ApiResult<Json<OffloadStatus>> {
     let name = topic_name(&p)?;
-    not_partitioned(&b, &name).await?;
+    refuse_partitioned(&b, &name, "offload each partition").await?;
     match b.topic_admin(&name, AdminRequest::OffloadStatus).await? {
         AdminReply::Offload(s) => Ok(Json(s)),
         _ => Err(crate::topics::unexpected()),

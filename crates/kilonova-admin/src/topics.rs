@@ -167,6 +167,22 @@ pub(crate) async fn targets(b: &Broker, name: &TopicName) -> ApiResult<Vec<Topic
     }
 }
 
+/// A verb Pulsar serves per partition only: a partitioned topic's base
+/// name is refused (405), `ask` saying what to do instead.
+pub(crate) async fn refuse_partitioned(b: &Broker, name: &TopicName, ask: &str) -> ApiResult<()> {
+    if b.resources()
+        .topic(name)
+        .await?
+        .is_some_and(|t| t.partitions > 0)
+    {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{name} is a partitioned topic: {ask}"),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn each(
     b: &Broker,
     name: &TopicName,

@@ -83,11 +83,6 @@ impl Tiering {
         &self.settings
     }
 
-    /// What the object store is, for logs and stats (no secrets).
-    pub fn describe(&self) -> &str {
-        self.offloader.bucket().describe()
-    }
-
     /// Copies sealed segment `segment` of log `log` into a new object.
     pub async fn offload(
         &self,

@@ -316,30 +316,18 @@ impl Offloader {
     /// keys its metadata records) and that were last modified before
     /// `modified_before`. The cut-off protects an offload that completed but
     /// is not recorded yet: pass a time before any offload still in flight began.
+    /// Beware: a store whose data directory was lost hands out the same log
+    /// ids again, so an earlier log's objects (what a restore reads) count
+    /// as orphans of a new log with the same id.
     pub async fn delete_orphans(
         &self,
         log_id: u64,
         keep: &HashSet<String>,
         modified_before: SystemTime,
     ) -> Result<OrphanReport> {
-        self.delete_orphans_since(log_id, keep, SystemTime::UNIX_EPOCH, modified_before)
-            .await
-    }
-
-    /// [`Self::delete_orphans`], sparing also objects modified before
-    /// `modified_since`: those of an earlier log that had the same id (a
-    /// store whose data directory was lost and started again hands out the
-    /// same ids; its old objects are what a restore reads).
-    pub async fn delete_orphans_since(
-        &self,
-        log_id: u64,
-        keep: &HashSet<String>,
-        modified_since: SystemTime,
-        modified_before: SystemTime,
-    ) -> Result<OrphanReport> {
         let mut report = OrphanReport::default();
         for o in self.list_log(log_id).await? {
-            if keep.contains(&o.key) || o.last_modified < modified_since {
+            if keep.contains(&o.key) {
                 continue;
             }
             if o.last_modified >= modified_before {

@@ -252,12 +252,14 @@ impl Topic {
         let Some(log) = self.log.as_ref() else {
             return;
         };
+        // A fetch in flight brings `read_ahead` entries after its first.
+        let read_ahead = tiering.settings().read_ahead_entries;
         if self.offload.fetching.len() >= MAX_FETCHES
             || self
                 .offload
                 .fetching
                 .keys()
-                .any(|(s, f)| *s == segment && *f <= first)
+                .any(|(s, f)| *s == segment && (*f..=f.saturating_add(read_ahead)).contains(&first))
             || self
                 .offload
                 .fetch_retry

@@ -164,11 +164,7 @@ impl Topic {
         let Some(log) = self.log.as_ref() else {
             return false;
         };
-        !self.replicators.is_empty()
-            && log
-                .cursor_names()
-                .iter()
-                .any(|n| log.cursor_info(n).is_ok_and(|i| i.replicated))
+        !self.replicators.is_empty() && log.any_cursor_replicated()
     }
 
     /// No remote cluster is known to be down (a replicator not connected

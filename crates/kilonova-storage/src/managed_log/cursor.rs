@@ -574,6 +574,11 @@ impl ManagedLog {
         Ok(())
     }
 
+    /// Whether any cursor's position is replicated (without computing backlogs).
+    pub fn any_cursor_replicated(&self) -> bool {
+        self.cursors.values().any(Cursor::replicated)
+    }
+
     pub(super) fn persist_cursor(&mut self, name: &str) -> Result<()> {
         let c = named(&self.cursors, name)?;
         let Some(cid) = c.id else {
