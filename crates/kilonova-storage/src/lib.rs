@@ -42,7 +42,8 @@ pub use health::{StoreFailure, StoreHealth, StoreTrouble};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
     BacklogCounts, BacklogScan, CompactedWriter, CursorInfo, InitialPosition, ManagedLog,
-    ManagedLogConfig, Offloaded, Retention, SegmentMeta, SegmentTier, StoredCursor, StoredSummary,
+    ManagedLogConfig, Offloaded, RestoredSegment, Retention, SegmentMeta, SegmentTier,
+    StoredCursor, StoredSummary,
 };
 pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;

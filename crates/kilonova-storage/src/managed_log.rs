@@ -46,7 +46,7 @@ pub use cursor::{CursorInfo, InitialPosition, StoredCursor};
 use meta::{log_prefix, meta_key, Meta, StoredCursors};
 use positions::SegmentList;
 pub use retention::Retention;
-pub use tiering::{Offloaded, SegmentTier};
+pub use tiering::{Offloaded, RestoredSegment, SegmentTier};
 
 /// Settings of a managed log. Units are in the names.
 #[derive(Clone, Debug)]
@@ -137,7 +137,12 @@ impl ManagedLog {
         now_ms: u64,
     ) -> Result<Self> {
         let (mut log, stored_cursors) = Self::from_state(id, store, state, cache, config)?;
-        if let Some(last) = log.segments.last().copied() {
+        // (A restored log's last segment may be in the object store only.)
+        if let Some(last) = log
+            .segments
+            .last()
+            .filter(|s| log.store.segment(s.id).is_some())
+        {
             log.store.seal(last.id).await?;
         }
         // Where the message index and publish time continue from.

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kilonova_storage::{
-    InitialPosition, ManagedLog, Offloaded, Retention, SegmentId, StorageError,
+    InitialPosition, ManagedLog, Offloaded, Position, RestoredSegment, Retention, SegmentId,
+    StorageError,
 };
 
 mod common;
@@ -231,4 +232,91 @@ async fn deleting_a_log_answers_its_objects_and_offloading_again_releases_the_ol
     expected.push("objects/again".into());
     expected.sort();
     assert_eq!(released, expected, "every object still referenced");
+}
+
+#[tokio::test]
+async fn a_log_restored_from_its_offloaded_segments_alone_reads_them_and_continues_after_them() {
+    // The data directory that offloaded them.
+    let lost = tempfile::tempdir().unwrap();
+    let e = env(lost.path());
+    let mut log = open(&e, 4, small_segments(), 0).await;
+    let positions = publish(&mut log, 0, 35).await;
+    let mut objects = Objects::new();
+    let offloaded = offload_all(&e, &mut log, &mut objects, 0);
+    let restored: Vec<RestoredSegment> = log
+        .segments()
+        .iter()
+        .filter_map(|s| {
+            log.offloaded(s.id).map(|o| RestoredSegment {
+                first_message_index: s.first_message_index,
+                created_ms: s.created_ms,
+                offloaded: o.clone(),
+            })
+        })
+        .collect();
+    let history = offloaded
+        .iter()
+        .map(|s| e.store.segment(*s).unwrap().entries)
+        .sum::<u64>();
+    assert_eq!(restored.len(), offloaded.len());
+    log.close().unwrap();
+    drop(e);
+
+    // A new, empty data directory whose store hands out the same ids.
+    let fresh = tempfile::tempdir().unwrap();
+    let e = env(fresh.path());
+    let mut other = open(&e, 1, small_segments(), 0).await;
+    publish(&mut other, 0, 3).await;
+    let ids = ManagedLog::restore(9, &e.store, e.state.as_ref(), restored.clone())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), restored.len());
+    assert!(
+        ids.iter()
+            .all(|id| e.store.segment(*id).is_none()
+                && !other.segments().iter().any(|s| s.id == *id)),
+        "fresh ids, held by no local segment"
+    );
+    assert!(
+        ManagedLog::restore(9, &e.store, e.state.as_ref(), restored)
+            .await
+            .is_err(),
+        "only a new log is restored into"
+    );
+
+    let mut log = open(&e, 9, small_segments(), 500).await;
+    assert_eq!(log.entries(), history);
+    assert_eq!(log.next_message_index(), history);
+    let first = log.first_position();
+    let (all, _) = fetching(&mut log, &objects, |l| l.read_from(first, 100));
+    let data: Vec<Bytes> = all.iter().map(|en| en.data.clone()).collect();
+    assert_eq!(data, (0..history).map(msg).collect::<Vec<_>>());
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, en)| en.message_index == i as u64
+            && en.publish_time_ms == 1000 + i as u64
+            && ids.contains(&en.position.segment)));
+    let (p, _) = fetching(&mut log, &objects, |l| {
+        l.position_of_publish_time(1000 + 12)
+    });
+    assert_eq!(p.entry, positions[12].entry);
+    let appended = publish(&mut log, history, 2).await;
+    assert!(appended[0] > all[all.len() - 1].position);
+    log.close().unwrap();
+
+    // The ids stay burnt after a restart: new segments never take them.
+    other.close().unwrap();
+    drop(e);
+    let e = env(fresh.path());
+    let report = kilonova_storage::reclaim_orphans(&e.store, e.state.as_ref()).unwrap();
+    assert!(report.orphan_segments.is_empty());
+    let mut log = open(&e, 9, small_segments(), 600).await;
+    assert_eq!(log.entries(), history + 2);
+    let more = publish(&mut log, history + 2, 25).await;
+    assert!(more.iter().all(|p| !ids.contains(&p.segment)));
+    let (entry, _) = fetching(&mut log, &objects, |l| {
+        l.read_entry(Position::new(ids[1], 0))
+    });
+    assert_eq!(entry.data, msg(entry.message_index));
 }

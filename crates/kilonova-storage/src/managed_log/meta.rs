@@ -47,7 +47,7 @@ pub(crate) fn log_prefix(id: u64) -> String {
     format!("{LOGS_PREFIX}/{id}")
 }
 
-pub(super) fn meta_key(id: u64) -> String {
+pub(crate) fn meta_key(id: u64) -> String {
     format!("logs/{id}/meta")
 }
 

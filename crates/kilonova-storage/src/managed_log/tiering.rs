@@ -24,8 +24,11 @@ use bytes::Bytes;
 use crate::entry::{self, Entry};
 use crate::error::{Result, StorageError};
 use crate::position::{Position, SegmentId};
+use crate::state_store::StateStore;
+use crate::store::SegmentStore;
 
-use super::ManagedLog;
+use super::meta::{self, meta_key};
+use super::{ManagedLog, SegmentMeta};
 
 /// Where an offloaded segment lives, as the log's metadata records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +60,17 @@ pub struct SegmentTier {
     pub sealed: bool,
     /// Local bytes (0 once the local copy is dropped).
     pub local_bytes: u64,
+}
+
+/// A segment of a log rebuilt from the object store alone
+/// ([`ManagedLog::restore`]): where it is and what it held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredSegment {
+    /// Message index of its first message.
+    pub first_message_index: u64,
+    /// When the segment was started (ms), for retention by age.
+    pub created_ms: u64,
+    pub offloaded: Offloaded,
 }
 
 /// Entries of offloaded-only segments read back, bounded in bytes; the
@@ -115,6 +129,44 @@ impl OffloadCache {
 }
 
 impl ManagedLog {
+    /// Writes the metadata of new log `id` whose history is `segments`
+    /// (oldest first), all offloaded-only: a topic restored from the object
+    /// store after its data directory was lost. Each segment gets a fresh id
+    /// from `store` (created and deleted at once, so no segment of this store
+    /// ever has it); the ids it had where it was offloaded from mean nothing
+    /// here. [`ManagedLog::open`] then opens the log like any other, appends
+    /// continuing after the restored end. Refused if log `id` has metadata.
+    /// Returns the new segment ids, in order.
+    pub async fn restore(
+        id: u64,
+        store: &SegmentStore,
+        state: &dyn StateStore,
+        segments: Vec<RestoredSegment>,
+    ) -> Result<Vec<SegmentId>> {
+        if state.load(&meta_key(id))?.is_some() {
+            return Err(StorageError::Log(format!(
+                "log {id} exists: only a new log can be restored into"
+            )));
+        }
+        let mut metas = Vec::with_capacity(segments.len());
+        let mut offloaded = BTreeMap::new();
+        let mut next_message_index = 0;
+        for s in segments.into_iter().filter(|s| s.offloaded.entries > 0) {
+            let segment = store.create_segment().await?;
+            store.delete_segment(segment).await?;
+            metas.push(SegmentMeta {
+                id: segment,
+                first_message_index: s.first_message_index,
+                created_ms: s.created_ms,
+            });
+            next_message_index = next_message_index.max(s.offloaded.end_message_index);
+            offloaded.insert(segment, s.offloaded);
+        }
+        let record = meta::encode_meta(next_message_index, &metas, 0, &[], &offloaded);
+        state.store(&meta_key(id), &record)?;
+        Ok(metas.iter().map(|m| m.id).collect())
+    }
+
     /// Every segment with where it lives, oldest first.
     pub fn segment_tiers(&self) -> Vec<SegmentTier> {
         let last = self.segments.last().map(|s| s.id);
