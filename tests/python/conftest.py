@@ -727,6 +727,37 @@ def seaweed(tmp_path, request):
         shutil.rmtree(root, ignore_errors=True)
 
 
+class DirectoryStore:
+    """The object store's filesystem driver: a directory of objects, with
+    the S3 server's test interface (the bucket is ignored)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def offload_config(self, bucket: str, prefix: str = "kilonova") -> str:
+        return f'driver = "filesystem"\ndirectory = "{self.root}"\nprefix = "{prefix}"\n'
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        if not self.root.exists():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        # The driver writes a staging file (`…#N`) and renames it.
+        return [k for k in keys if k.startswith(prefix) and "#" not in k]
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+
+@pytest.fixture(params=["s3", "filesystem"])
+def object_store(request, tmp_path):
+    """Each object-store driver in turn: SeaweedFS's S3 (the `seaweed`
+    fixture) and the filesystem driver (a directory)."""
+    if request.param == "s3":
+        yield request.getfixturevalue("seaweed")
+    else:
+        yield DirectoryStore(tmp_path / "objects")
+
+
 def make_client(broker: Broker, **kwargs) -> pulsar.Client:
     kwargs.setdefault("operation_timeout_seconds", 10)
     kwargs.setdefault("logger", CLIENT_LOGGER)

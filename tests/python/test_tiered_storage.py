@@ -1,7 +1,7 @@
-"""Tiered storage (issue #25), end to end with the real Python client and a
-real SeaweedFS: sealed segments offloaded to the object store, their local
-copies dropped, and everything read back unchanged — by a consumer, a
-reader, a seek by message id and by publish time — across a kill -9 of the
+"""Tiered storage (issue #25), end to end with the real Python client,
+against a real SeaweedFS (S3) and the filesystem driver: sealed segments
+offloaded to the object store, their local copies dropped, and everything
+read back unchanged — by a consumer, a reader, a seek by message id and by publish time — across a kill -9 of the
 broker; the object store going down slows only the readers that need it;
 deleting the topic deletes its objects.
 
@@ -24,7 +24,7 @@ WAIT_S = 60.0
 BUCKET = "kilonova-offload"
 
 
-def broker_config(seaweed) -> str:
+def broker_config(store) -> str:
     return (
         "[broker]\n"
         "max_segment_entries = 100\n"
@@ -32,7 +32,7 @@ def broker_config(seaweed) -> str:
         "cursor_persist_interval_ms = 100\n"
         "[offload]\n"
         "read_ahead_entries = 20\n"
-        "[offload.store]\n" + seaweed.offload_config(BUCKET)
+        "[offload.store]\n" + store.offload_config(BUCKET)
     )
 
 
@@ -75,8 +75,9 @@ def read_all(consumer_or_reader, n: int, reader: bool = False) -> list:
     return got
 
 
-def test_offloaded_segments_read_back_unchanged_after_their_local_copies_go(make_broker, seaweed):
-    broker = make_broker(config=broker_config(seaweed))
+def test_offloaded_segments_read_back_unchanged_after_their_local_copies_go(make_broker, object_store):
+    store = object_store
+    broker = make_broker(config=broker_config(store))
     # Kept after it is consumed: read again by a reader and after a restart.
     admin(broker, "POST", "/admin/v2/namespaces/public/default/retention",
           {"retentionTimeInMinutes": -1, "retentionSizeInMB": -1})
@@ -93,7 +94,7 @@ def test_offloaded_segments_read_back_unchanged_after_their_local_copies_go(make
         offload_everything_sealed(broker, topic)
         stats = admin(broker, "GET", f"/admin/v2/{topic.replace('://', '/')}/stats")
         assert stats["offloadedStorageSize"] > (COUNT // 2) * PAYLOAD
-        objects = seaweed.list_keys(BUCKET, "kilonova/")
+        objects = store.list_keys(BUCKET, "kilonova/")
         assert len(objects) >= len(ledgers(broker, topic)) - 1, objects
 
         got = read_all(consumer, COUNT)
@@ -133,7 +134,7 @@ def test_offloaded_segments_read_back_unchanged_after_their_local_copies_go(make
 
     # Deleting the topic deletes its objects.
     admin(broker, "DELETE", f"/admin/v2/{topic.replace('://', '/')}?force=true")
-    wait_until(lambda: not seaweed.list_keys(BUCKET, "kilonova/"), WAIT_S,
+    wait_until(lambda: not store.list_keys(BUCKET, "kilonova/"), WAIT_S,
                "the deleted topic's objects are deleted")
 
 
@@ -176,8 +177,9 @@ def metric(broker, name: str) -> float:
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + "{"))
 
 
-def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_loses_nothing(make_broker, seaweed):
-    broker = make_broker(config=broker_config(seaweed).replace("offload_deletion_lag_ms = 0\n", ""))
+def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_loses_nothing(make_broker, object_store):
+    store = object_store
+    broker = make_broker(config=broker_config(store).replace("offload_deletion_lag_ms = 0\n", ""))
     ns = "public/default"
     admin(broker, "POST", f"/admin/v2/namespaces/{ns}/retention",
           {"retentionTimeInMinutes": -1, "retentionSizeInMB": -1})
@@ -209,7 +211,7 @@ def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_los
     # unrecorded may be too (nothing deletes it yet: docs/tiered-storage.md).
     def objects_of_every_offloaded_segment():
         offloaded = [l["ledgerId"] for l in ledgers(broker, topic) if l["offloaded"]]
-        keys = seaweed.list_keys(BUCKET, "kilonova/")
+        keys = store.list_keys(BUCKET, "kilonova/logs/")
         segments = [int(k.split("/segments/")[1].split("/")[0]) for k in keys]
         return all(s in segments for s in offloaded) and len(keys) <= len(offloaded) + 1
     wait_until(objects_of_every_offloaded_segment, WAIT_S, "an object for every offloaded segment")

@@ -4,15 +4,18 @@
 //! `GET …/{topic}/offload` answers how the last offload went
 //! (`{status, lastError, firstUnoffloadedMessage}`). A partitioned topic's
 //! base name is refused (405): ask each partition, as pulsar-admin does.
+//! `POST …/{topic}/restore` (Kilonova's own; Pulsar has no such verb)
+//! re-creates a topic lost with the broker's data directory from its
+//! manifest and objects in the object store.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::put;
+use axum::routing::{post, put};
 use axum::Json;
 
 use kilonova_auth::Want;
-use kilonova_broker::{AdminReply, AdminRequest, Broker, OffloadStatus, ResetTo};
+use kilonova_broker::{AdminReply, AdminRequest, Broker, OffloadStatus, ResetTo, RestoreReport};
 
 use crate::api::{Access, Api};
 use crate::error::{json_body, ApiResult};
@@ -20,6 +23,15 @@ use crate::topics::{refuse_partitioned, topic_name, MessageIdBody, TopicPath};
 
 pub fn routes(api: Api) -> Api {
     api.route(
+        "/admin/v2/{domain}/{tenant}/{namespace}/{topic}/restore",
+        post(restore),
+        &[(
+            "POST",
+            Access::TenantAdmin,
+            "Re-create a topic that does not exist (or a partitioned topic and its partitions) from its manifest and offloaded segments in the object store: {topic, partitions, restored: [{topic, segments, entries, bytes, exportedAtMs, firstMessageId}]}",
+        )],
+    )
+    .route(
         "/admin/v2/{domain}/{tenant}/{namespace}/{topic}/offload",
         put(offload).get(status),
         &[
@@ -65,4 +77,14 @@ async fn status(
         AdminReply::Offload(s) => Ok(Json(s)),
         _ => Err(crate::topics::unexpected()),
     }
+}
+
+async fn restore(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+) -> ApiResult<Json<RestoreReport>> {
+    let name = topic_name(&p)?;
+    let report = b.restore_topic(&name).await?;
+    tracing::info!(topic = %name, restored = report.restored.len(), "topic restored from the object store");
+    Ok(Json(report))
 }

@@ -35,7 +35,9 @@ mod subscription;
 pub mod tiering;
 mod topic;
 
-pub use broker::{check_servable, BacklogAnalysis, Broker, ServiceUrls};
+pub use broker::{
+    check_servable, BacklogAnalysis, Broker, RestoreReport, RestoredTopic, ServiceUrls,
+};
 pub use catalog_import::import_old_catalog;
 pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;

@@ -776,6 +776,16 @@ impl Resources {
             .await
     }
 
+    /// Every stored version of `topic`'s schema, deletion markers included,
+    /// oldest first (exports; [`Self::put_schemas`] stores them back).
+    pub async fn schema_history(&self, topic: &TopicName) -> Result<Vec<SchemaRecord>> {
+        Ok(self
+            .schema_versions(topic)
+            .await?
+            .map(|(versions, _)| versions)
+            .unwrap_or_default())
+    }
+
     /// The schema of `topic` at `version` (the latest if `None`); a deleted
     /// schema (the latest is a deletion marker) or a marker is none.
     pub async fn schema(

@@ -16,7 +16,9 @@ use kilonova_metadata::{NamespaceName, Resources, TopicRecord};
 
 mod analyze_backlog;
 pub use analyze_backlog::BacklogAnalysis;
+pub use restore::{RestoreReport, RestoredTopic};
 mod inactive;
+mod restore;
 mod topic_admin;
 mod topics;
 

@@ -372,6 +372,7 @@ impl Topic {
         topic.sync_replicators();
         if let (Some(log), Some(t)) = (topic.log.as_mut(), topic.broker.tiering()) {
             log.set_offload_cache_bytes(t.settings().topic_cache_mib << 20);
+            topic.offload.loaded(log);
         }
         topic.serve(rx, reports, offloaded).await;
         topic
@@ -504,6 +505,7 @@ impl Topic {
     /// forwarded to a fresh load of the topic.
     async fn unload(&mut self, rx: &mut mpsc::Receiver<TopicCommand>) -> bool {
         self.snapshot_dedup();
+        self.export_before_unload();
         if !self.broker.unload_topic(&self.full_name, rx, &mut self.log) {
             return false;
         }
@@ -694,6 +696,9 @@ impl Topic {
         let mut closing = self.broker.begin_closing(&self.full_name);
         rx.close();
         self.shutdown_keeping_log().await;
+        if !delete {
+            self.export_before_unload();
+        }
         let result = match (delete, self.log.take()) {
             (false, Some(log)) => log.close().map_err(BrokerError::from),
             (false, None) => Ok(()),
@@ -716,7 +721,7 @@ impl Topic {
         if let Some(log) = log {
             let id = log.id();
             let objects = log.delete().await?;
-            self.delete_objects(objects);
+            self.delete_offloaded(objects);
             self.dedup = None;
             self.broker.state_store().remove(&dedup::snapshot_key(id))?;
         }

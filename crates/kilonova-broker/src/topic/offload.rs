@@ -32,9 +32,12 @@ use tokio::sync::mpsc;
 use kilonova_objstore::{ObjectStoreError, OffloadedSegment};
 use kilonova_storage::{ManagedLog, Offloaded, Position, SegmentId, StorageError};
 
+use kilonova_metadata::names::TopicName;
+
 use super::Topic;
+use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::tiering::Tiering;
+use crate::tiering::{ManifestSegment, Tiering, TopicManifest, MANIFEST_VERSION};
 
 /// A finished piece of offload work, back to the topic's task.
 pub(super) enum OffloadEvent {
@@ -47,6 +50,10 @@ pub(super) enum OffloadEvent {
         first: u64,
         result: Result<Vec<Bytes>, ObjectStoreError>,
     },
+    /// The manifest export failed: these objects, released, wait for the next.
+    ExportFailed { error: String, objects: Vec<String> },
+    /// The manifest is exported (and the objects it no longer lists deleted).
+    Exported,
 }
 
 /// After a failure, the object store is asked again this much later.
@@ -88,6 +95,18 @@ pub(super) struct OffloadState {
     /// A manual offload: every sealed segment before this one.
     manual_before: Option<SegmentId>,
     status: OffloadStatus,
+    /// The manifest (`tiering/manifest.rs`) no longer matches the log.
+    manifest_dirty: bool,
+    /// A manifest export is running.
+    exporting: bool,
+    /// No export starts before then (the last one failed).
+    export_retry: Option<Instant>,
+    /// A manifest may exist (one was written, or the log had offloaded
+    /// segments when it loaded): deleting the topic deletes it.
+    manifest_maybe: bool,
+    /// Objects released by the log: deleted once a manifest that no longer
+    /// lists them is written.
+    awaiting_export: Vec<String>,
 }
 
 impl OffloadState {
@@ -104,7 +123,20 @@ impl OffloadState {
                 status: "NOT_RUN".into(),
                 ..Default::default()
             },
+            manifest_dirty: false,
+            exporting: false,
+            export_retry: None,
+            manifest_maybe: false,
+            awaiting_export: Vec::new(),
         }
+    }
+
+    /// The log as it loaded: with offloaded segments, its manifest is
+    /// written again (a crash may have come between an offload and its export).
+    pub(super) fn loaded(&mut self, log: &ManagedLog) {
+        let offloaded = log.segment_tiers().iter().any(|t| t.offloaded.is_some());
+        self.manifest_dirty = offloaded;
+        self.manifest_maybe = offloaded;
     }
 
     /// A read met an entry only the object store holds.
@@ -125,7 +157,8 @@ impl Topic {
     }
 
     /// Every housekeeping tick: drops local copies past the deletion lag,
-    /// deletes released objects, and starts the next copy that is due.
+    /// exports the manifest if it changed (deleting the objects it no
+    /// longer lists), and starts the next copy that is due.
     pub(super) async fn offload_tick(&mut self) {
         let Some(tiering) = self.tiering() else {
             return;
@@ -140,41 +173,92 @@ impl Topic {
                 tracing::warn!(topic = %self.full_name, segment, error = %e, "dropping an offloaded segment's local copy failed");
             }
         }
-        self.delete_released_objects();
+        self.take_released_objects();
+        self.start_export(&tiering);
         self.start_copy(&tiering);
         self.start_fetches();
     }
 
-    /// Deletes the objects the log no longer references.
-    fn delete_released_objects(&mut self) {
+    /// Objects the log no longer references wait for the manifest to stop
+    /// listing them.
+    fn take_released_objects(&mut self) {
         let released = self
             .log
             .as_mut()
             .map(|log| log.take_released_objects())
             .unwrap_or_default();
-        self.delete_objects(released);
+        if !released.is_empty() {
+            self.offload.awaiting_export.extend(released);
+            self.offload.manifest_dirty = true;
+        }
     }
 
-    /// Deletes objects nothing references any more (in tasks of their own).
-    pub(super) fn delete_objects(&self, objects: Vec<String>) {
+    /// Writes the manifest again if the offloaded segments changed (one
+    /// export at a time, so an older one never lands last), then deletes
+    /// the objects it no longer lists; in a task of its own.
+    pub(super) fn start_export(&mut self, tiering: &Arc<Tiering>) {
+        let now = self.broker.clock().now();
+        if !self.offload.manifest_dirty
+            || self.offload.exporting
+            || self.offload.export_retry.is_some_and(|t| now < t)
+        {
+            return;
+        }
+        let Some(log) = self.log.as_ref() else {
+            return;
+        };
+        let segments = manifest_segments(log);
+        self.offload.manifest_maybe |= !segments.is_empty();
+        let objects = std::mem::take(&mut self.offload.awaiting_export);
+        self.offload.manifest_dirty = false;
+        self.offload.exporting = true;
+        let (broker, tiering, name) = (self.broker.clone(), tiering.clone(), self.name.clone());
+        let (log_id, events) = (log.id(), self.offload.events.clone());
+        tokio::spawn(async move {
+            let event = match export_manifest(&broker, &tiering, &name, log_id, segments).await {
+                Ok(()) => {
+                    delete_objects(&tiering, &name, objects).await;
+                    OffloadEvent::Exported
+                }
+                Err(error) => OffloadEvent::ExportFailed { error, objects },
+            };
+            if let Err(e) = events.send(event) {
+                if let OffloadEvent::ExportFailed { objects, .. } = e.0 {
+                    tracing::warn!(topic = %name, objects = objects.len(), "the topic unloaded before its manifest was exported: objects it released are left behind");
+                }
+            }
+        });
+    }
+
+    /// The topic unloads: a manifest export still due starts now (its task
+    /// outlives the topic's).
+    pub(super) fn export_before_unload(&mut self) {
+        if let Some(tiering) = self.tiering() {
+            self.take_released_objects();
+            self.start_export(&tiering);
+        }
+    }
+
+    /// The topic is deleted: its manifest goes, then every object it
+    /// referenced (in a task of its own).
+    pub(super) fn delete_offloaded(&mut self, mut objects: Vec<String>) {
+        objects.append(&mut self.offload.awaiting_export);
         let Some(tiering) = self.tiering() else {
             if !objects.is_empty() {
                 tracing::warn!(topic = %self.full_name, objects = objects.len(), "offloaded objects left behind: no object store is configured any more");
             }
             return;
         };
-        for object in objects {
-            let (tiering, topic) = (tiering.clone(), self.full_name.clone());
-            tokio::spawn(async move {
-                match tiering.delete(&object).await {
-                    Ok(()) => tracing::debug!(topic = %topic, %object, "offloaded object deleted"),
-                    // Left behind: an unreferenced object (not swept yet).
-                    Err(e) => {
-                        tracing::warn!(topic = %topic, %object, error = %e, "deleting an offloaded object failed")
-                    }
-                }
-            });
+        if objects.is_empty() && !self.offload.manifest_maybe {
+            return;
         }
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tiering.delete_manifest(&name).await {
+                tracing::warn!(topic = %name, error = %e, "deleting a deleted topic's manifest failed");
+            }
+            delete_objects(&tiering, &name, objects).await;
+        });
     }
 
     /// The sealed segments due for the object store, oldest first.
@@ -299,10 +383,12 @@ impl Topic {
                 };
                 match recorded {
                     Ok(()) => {
+                        self.offload.manifest_dirty = true;
                         self.offload.status.status = "SUCCESS".into();
                         self.offload.status.last_error.clear();
                         self.offload.copy_retry = None;
                         if let Some(tiering) = self.tiering() {
+                            self.start_export(&tiering);
                             self.start_copy(&tiering);
                         }
                     }
@@ -314,6 +400,20 @@ impl Topic {
                     }
                 }
                 self.offload.status.first_unoffloaded_message = self.first_unoffloaded();
+            }
+            OffloadEvent::Exported => {
+                self.offload.exporting = false;
+                self.offload.export_retry = None;
+                if let Some(tiering) = self.tiering() {
+                    self.start_export(&tiering);
+                }
+            }
+            OffloadEvent::ExportFailed { error, objects } => {
+                tracing::warn!(topic = %self.full_name, error = %error, "exporting the topic's manifest failed; retried later");
+                self.offload.exporting = false;
+                self.offload.manifest_dirty = true;
+                self.offload.awaiting_export.extend(objects);
+                self.offload.export_retry = Some(now + RETRY_AFTER);
             }
             OffloadEvent::Fetched {
                 segment,
@@ -511,5 +611,81 @@ impl Topic {
         Err(BrokerError::Unavailable(
             "reading offloaded entries took too many fetches".into(),
         ))
+    }
+}
+
+/// The log's offloaded segments as the manifest lists them, oldest first.
+fn manifest_segments(log: &ManagedLog) -> Vec<ManifestSegment> {
+    log.segments()
+        .iter()
+        .filter_map(|s| {
+            let o = log.offloaded(s.id)?;
+            Some(ManifestSegment {
+                segment_id: s.id,
+                object: o.object.clone(),
+                entries: o.entries,
+                bytes: o.bytes,
+                first_message_index: s.first_message_index,
+                end_message_index: o.end_message_index,
+                created_ms: s.created_ms,
+                last_publish_ms: o.last_publish_ms,
+            })
+        })
+        .collect()
+}
+
+/// Writes `name`'s manifest: `segments`, with its record and schema as the
+/// metadata store holds them now.
+async fn export_manifest(
+    broker: &Broker,
+    tiering: &Tiering,
+    name: &TopicName,
+    log_id: u64,
+    segments: Vec<ManifestSegment>,
+) -> Result<(), String> {
+    let resources = broker.resources();
+    let policies = match resources.topic(name).await {
+        Ok(Some(record)) => record.policies,
+        // Deleted meanwhile: its deletion removes the manifest.
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let partitioned_topic_partitions = match name.partition() {
+        Some(_) => resources
+            .topic(&name.partitioned_topic())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_or(0, |r| r.partitions),
+        None => 0,
+    };
+    let manifest = TopicManifest {
+        version: MANIFEST_VERSION,
+        topic: name.to_string(),
+        log_id,
+        exported_at_ms: broker.clock().now_ms(),
+        partitioned_topic_partitions,
+        policies,
+        schemas: resources
+            .schema_history(name)
+            .await
+            .map_err(|e| e.to_string())?,
+        segments,
+    };
+    tiering
+        .export_manifest(name, &manifest)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Deletes objects nothing references any more.
+async fn delete_objects(tiering: &Tiering, topic: &TopicName, objects: Vec<String>) {
+    for object in objects {
+        match tiering.delete(&object).await {
+            Ok(()) => tracing::debug!(topic = %topic, %object, "offloaded object deleted"),
+            // Left behind: an unreferenced object (not swept yet).
+            Err(e) => {
+                tracing::warn!(topic = %topic, %object, error = %e, "deleting an offloaded object failed")
+            }
+        }
     }
 }

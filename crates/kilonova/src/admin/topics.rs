@@ -68,6 +68,10 @@ pub enum TopicsCmd {
     Offload(OffloadArgs),
     /// How the topic's last offload went.
     OffloadStatus { topic: TopicName },
+    /// Re-create a topic lost with the broker's data directory (or a
+    /// partitioned topic and its partitions) from its manifest and
+    /// offloaded segments in the object store. Kilonova's own verb.
+    Restore { topic: TopicName },
     /// The id of the topic's last message.
     LastMessageId { topic: TopicName },
     /// The broker serving the topic: its Pulsar URL (`pulsar+ssl://…` with
@@ -285,6 +289,39 @@ pub struct OffloadArgs {
     /// Bytes to keep in the local store (e.g. 10M, 1G): older segments go.
     #[arg(short = 's', long = "size-threshold", value_parser = units::parse_size_bytes)]
     size_threshold: u64,
+}
+
+/// What `topics restore` printed: one line per topic restored.
+fn restore_text(doc: &Value) -> String {
+    let restored = doc
+        .get("restored")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut lines = Vec::with_capacity(restored.len() + 1);
+    if let Some(n) = doc
+        .get("partitions")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+    {
+        let topic = doc.get("topic").and_then(Value::as_str).unwrap_or("");
+        lines.push(format!(
+            "Restored partitioned topic {topic} with {n} partitions"
+        ));
+    }
+    for t in restored {
+        let field = |k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
+        lines.push(format!(
+            "Restored {}: {} segments, {} entries, {} bytes, as exported at {} ms; its first message is now {}",
+            t.get("topic").and_then(Value::as_str).unwrap_or(""),
+            field("segments"),
+            field("entries"),
+            field("bytes"),
+            field("exportedAtMs"),
+            t.get("firstMessageId").and_then(Value::as_str).unwrap_or(""),
+        ));
+    }
+    lines.join("\n")
 }
 
 /// Where an offload keeping `keep` bytes locally starts keeping: the first
@@ -537,6 +574,13 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
             });
         }
         C::OffloadStatus { topic } => client.get(&topic.path().join("offload")).await?,
+        C::Restore { topic } => {
+            let doc = client.post(&topic.path().join("restore"), None).await?;
+            return Ok(Output::Rendered {
+                human: restore_text(&doc),
+                json: doc,
+            });
+        }
         C::Terminate { topic } => {
             let doc = client.post(&topic.path().join("terminate"), None).await?;
             // pulsar-admin's words, with the id as ledgerId:entryId:partitionIndex.

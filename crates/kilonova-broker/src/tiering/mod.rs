@@ -3,8 +3,14 @@
 //! topic. What a topic offloads and when is the topic's business
 //! (`topic/offload.rs`); this holds the store, and does each piece of work
 //! off the topic's task: copying a segment, fetching offloaded entries,
-//! deleting objects no longer referenced.
+//! deleting objects no longer referenced, exporting a topic's manifest
+//! (`manifest.rs`).
 
+mod manifest;
+
+pub use manifest::{manifest_key, ManifestSegment, TopicManifest, MANIFEST_VERSION};
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -46,6 +52,15 @@ pub struct Tiering {
     offloader: Offloader,
     reader: OffloadedReader,
     settings: OffloadSettings,
+    counters: Counters,
+}
+
+/// Tiered storage's own counts (the object store's are the bucket's).
+#[derive(Debug, Default)]
+struct Counters {
+    manifest_exports: AtomicU64,
+    manifest_export_errors: AtomicU64,
+    restored_topics: AtomicU64,
 }
 
 impl std::fmt::Debug for Tiering {
@@ -76,11 +91,30 @@ impl Tiering {
             offloader,
             reader,
             settings: settings.clone(),
+            counters: Counters::default(),
         })))
     }
 
     pub fn settings(&self) -> &OffloadSettings {
         &self.settings
+    }
+
+    pub fn bucket(&self) -> &Bucket {
+        self.offloader.bucket()
+    }
+
+    /// Checks that the object at `object` is a whole offloaded segment of
+    /// `entries` entries holding `bytes` bytes (its index read and verified).
+    pub async fn verify(&self, object: &str, entries: u64, bytes: u64) -> Result<(), String> {
+        let index = self.reader.index(object).await.map_err(|e| e.to_string())?;
+        if index.entry_count() != entries || index.data_bytes() != bytes {
+            return Err(format!(
+                "{object} holds {} entries of {} bytes, not the {entries} entries of {bytes} bytes recorded",
+                index.entry_count(),
+                index.data_bytes()
+            ));
+        }
+        Ok(())
     }
 
     /// Copies sealed segment `segment` of log `log` into a new object.
@@ -163,6 +197,21 @@ impl Tiering {
                 "Offloaded entries fetched from the object store",
                 m.cache_misses,
             ),
+            (
+                "kilonova_offload_manifest_exports_total",
+                "Topic manifests written (or deleted, with nothing offloaded)",
+                self.counters.manifest_exports.load(Ordering::Relaxed),
+            ),
+            (
+                "kilonova_offload_manifest_export_errors_total",
+                "Topic manifest exports that failed",
+                self.counters.manifest_export_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "kilonova_offload_restored_topics_total",
+                "Topics restored from the object store",
+                self.counters.restored_topics.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, v) in counters {
             crate::metrics::header(out, name, "counter", help);
@@ -172,6 +221,13 @@ impl Tiering {
             let name = format!("kilonova_offload_request_latency_seconds_{}", op.label());
             crate::metrics::histogram(out, &name, "Object-store requests by time", h, 1e6);
         }
+    }
+
+    /// Counts a topic restored from the object store.
+    pub fn count_restore(&self) {
+        self.counters
+            .restored_topics
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Deletes an object no longer referenced.
