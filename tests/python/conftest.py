@@ -738,9 +738,9 @@ class DirectoryStore:
         return f'driver = "filesystem"\ndirectory = "{self.root}"\nprefix = "{prefix}"\n'
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
-        if not self.root.exists():
-            return []
-        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        # os.walk skips what is deleted while it walks (a topic's deletion).
+        keys = (Path(d, f).relative_to(self.root).as_posix()
+                for d, _, files in os.walk(self.root) for f in files)
         # The driver writes a staging file (`…#N`) and renames it.
         return [k for k in keys if k.startswith(prefix) and "#" not in k]
 

@@ -2,7 +2,8 @@
 against a real SeaweedFS (S3) and the filesystem driver: sealed segments
 offloaded to the object store, their local copies dropped, and everything
 read back unchanged — by a consumer, a reader, a seek by message id and by publish time — across a kill -9 of the
-broker; the object store going down slows only the readers that need it;
+broker; the object store going down slows only the readers that need it
+and fails offloads until it is back;
 deleting the topic deletes its objects.
 
 `KILONOVA_OFFLOAD_MIB` (default 4) sets how much is published; the issue's
@@ -97,6 +98,15 @@ def test_offloaded_segments_read_back_unchanged_after_their_local_copies_go(make
         objects = store.list_keys(BUCKET, "kilonova/")
         assert len(objects) >= len(ledgers(broker, topic)) - 1, objects
 
+        # Peek, examine and get-by-id read offloaded entries too.
+        base = f"{broker.http_url}/admin/v2/{topic.replace('://', '/')}"
+        first = ledgers(broker, topic)[0]["ledgerId"]
+        for path, want in ((f"/subscription/all/position/3", payload(2)),
+                           ("/examinemessage?initialPosition=earliest&messagePosition=1", payload(0)),
+                           (f"/ledger/{first}/entry/5", payload(5))):
+            status, body = http("GET", base + path)
+            assert (status, body) == (200, want), (path, status, body[:80])
+
         got = read_all(consumer, COUNT)
         assert [m.data() for m in got] == [payload(i) for i in range(COUNT)], "byte for byte, in order"
         times = [m.publish_timestamp() for m in got]
@@ -162,10 +172,25 @@ def test_an_object_store_outage_holds_only_readers_of_offloaded_data(make_broker
             raise AssertionError(f"read {m.data()[:20]!r} while the object store was down")
         except pulsar.Timeout:
             pass
-        # ...and gets everything once the store is back.
+        # An offload while the store is down fails, clearly, and is retried.
+        more = [payload(n + i) for i in range(250)]
+        for m in more:
+            producer.send(m)
+        path = f"/admin/v2/{topic.replace('://', '/')}/offload"
+        offloaded_before = sum(1 for l in ledgers(broker, topic) if l["offloaded"])
+        admin(broker, "PUT", path, {"ledgerId": ledgers(broker, topic)[-1]["ledgerId"], "entryId": 0})
+        wait_until(lambda: admin(broker, "GET", path)["status"] == "ERROR", WAIT_S,
+                   "the offload failed while the store was down")
+        assert admin(broker, "GET", path)["lastError"], "the error is told"
+        # ...and once the store is back, the offload completes and the
+        # reader gets everything.
         seaweed.restart()
-        got = read_all(old, n + 1)
-        assert [m.data() for m in got] == [payload(i) for i in range(n)] + [b"while-the-store-is-down"]
+        wait_until(lambda: admin(broker, "GET", path)["status"] == "SUCCESS", WAIT_S,
+                   "the offload completed after the store came back")
+        assert sum(1 for l in ledgers(broker, topic) if l["offloaded"]) >= offloaded_before + 2
+        got = read_all(old, n + 1 + len(more))
+        assert [m.data() for m in got] == ([payload(i) for i in range(n)]
+                                           + [b"while-the-store-is-down"] + more)
         status, _ = http("GET", broker.http_url + "/admin/v2/brokers/health")
         assert status == 200
     finally:

@@ -120,6 +120,27 @@ pub enum ResetTo {
     Latest,
 }
 
+impl AdminRequest {
+    /// A copy of a read-only request that reads one entry (peek, examine,
+    /// get by id), to ask again once the entry is fetched; `None` for others.
+    pub(super) fn entry_read_copy(&self) -> Option<AdminRequest> {
+        match self {
+            AdminRequest::Peek { subscription, n } => Some(AdminRequest::Peek {
+                subscription: subscription.clone(),
+                n: *n,
+            }),
+            AdminRequest::Examine { from_latest, n } => Some(AdminRequest::Examine {
+                from_latest: *from_latest,
+                n: *n,
+            }),
+            AdminRequest::ReadEntry { position } => Some(AdminRequest::ReadEntry {
+                position: *position,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Where a backlog scan step starts.
 #[derive(Debug)]
 pub enum BacklogStep {

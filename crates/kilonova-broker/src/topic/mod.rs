@@ -673,7 +673,11 @@ impl Topic {
             let _ = reply.send(answer);
             return false;
         }
-        let answer = self.admin(request);
+        // A read of one entry, which the object store may hold, waits for it.
+        let answer = match request.entry_read_copy() {
+            Some(_) => self.admin_read(request).await,
+            None => self.admin(request),
+        };
         let Some(delete) = ends.filter(|_| answer.is_ok()) else {
             let _ = reply.send(answer);
             return false;

@@ -34,6 +34,7 @@ use kilonova_storage::{ManagedLog, Offloaded, Position, SegmentId, StorageError}
 
 use kilonova_metadata::names::TopicName;
 
+use super::admin::{AdminReply, AdminRequest};
 use super::Topic;
 use crate::broker::Broker;
 use crate::error::BrokerError;
@@ -554,6 +555,29 @@ impl Topic {
         let mut s = self.offload.status.clone();
         s.first_unoffloaded_message = self.first_unoffloaded();
         s
+    }
+
+    /// A read-only admin request that reads an entry (peek, examine, get
+    /// by id): an entry only the object store holds is fetched, and the
+    /// request answered again.
+    pub(super) async fn admin_read(
+        &mut self,
+        request: AdminRequest,
+    ) -> Result<AdminReply, BrokerError> {
+        const MAX_FETCHES_PER_REQUEST: usize = 4;
+        for _ in 0..MAX_FETCHES_PER_REQUEST {
+            let Some(copy) = request.entry_read_copy() else {
+                break;
+            };
+            match self.admin(copy) {
+                Err(BrokerError::Storage(StorageError::Offloaded { segment, entry })) => {
+                    self.read_through(|l| l.read_entry(Position::new(segment, entry)))
+                        .await?;
+                }
+                answer => return answer,
+            }
+        }
+        self.admin(request)
     }
 
     /// Runs `read` over the log, fetching (and waiting for) what it finds
