@@ -186,12 +186,17 @@ impl EntryCache {
 
     /// Drops the log's entries before `position`.
     pub fn evict_before(&self, log: u64, position: Position) {
+        self.evict_range(log, Position::default(), position);
+    }
+
+    /// Drops the log's entries from `from` up to (not including) `to`.
+    pub fn evict_range(&self, log: u64, from: Position, to: Position) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
         let keys: Vec<Key> = inner
             .entries
-            .range((log, Position::default())..(log, position))
+            .range((log, from)..(log, to.max(from)))
             .map(|(k, _)| *k)
             .collect();
         let n = inner.evict(keys);

@@ -98,10 +98,19 @@ async fn offloaded_segments_read_back_after_their_local_copies_go_and_after_a_re
     assert!(log.local_copies_to_drop(150, 100).is_empty());
     let drop = log.local_copies_to_drop(200, 100);
     assert_eq!(drop, offloaded);
+    assert!(
+        e.cache.get(1, positions[34]).is_some(),
+        "the tail is cached"
+    );
     for seg in drop {
         log.drop_local_copy(seg).await.unwrap();
         assert!(e.store.segment(seg).is_none());
+        assert!(e.cache.get(1, Position::new(seg, 0)).is_none());
     }
+    assert!(
+        e.cache.get(1, positions[34]).is_some(),
+        "dropping old segments leaves the tail's cached entries"
+    );
     // Positions, counts and the end stay as they were.
     assert_eq!(log.entries(), 35);
     assert_eq!(log.last_position(), Some(positions[34]));

@@ -302,7 +302,12 @@ impl ManagedLog {
             return Ok(());
         }
         self.store.delete_segment(segment).await?;
-        self.cache.evict_log(self.id);
+        // Only its own entries: what tailing readers have cached stays.
+        self.cache.evict_range(
+            self.id,
+            Position::new(segment, 0),
+            Position::new(segment.saturating_add(1), 0),
+        );
         tracing::debug!(
             log = self.id,
             segment,
