@@ -678,7 +678,11 @@ impl ManagedLog {
             .filter(|s| s.id >= floor.segment)
             .map(|s| {
                 let n = positions.confirmed(s.id);
-                let bytes = self.store.segment(s.id).map_or(0, |i| i.bytes);
+                // An offloaded-only segment's bytes are its record's.
+                let bytes = match self.store.segment(s.id) {
+                    Some(i) => i.bytes,
+                    None => self.offloaded.get(&s.id).map_or(0, |o| o.bytes),
+                };
                 if s.id == floor.segment && n > 0 {
                     let left = n.saturating_sub(floor.entry);
                     (bytes as u128 * u128::from(left) / u128::from(n)) as u64

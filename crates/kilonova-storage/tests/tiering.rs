@@ -102,6 +102,7 @@ async fn offloaded_segments_read_back_after_their_local_copies_go_and_after_a_re
         e.cache.get(1, positions[34]).is_some(),
         "the tail is cached"
     );
+    let all_bytes = log.size_bytes();
     for seg in drop {
         log.drop_local_copy(seg).await.unwrap();
         assert!(e.store.segment(seg).is_none());
@@ -132,6 +133,11 @@ async fn offloaded_segments_read_back_after_their_local_copies_go_and_after_a_re
     // A cursor reads through them too; a seek by publish time finds its entry.
     log.open_cursor("sub", InitialPosition::Earliest, true)
         .unwrap();
+    assert_eq!(
+        log.backlog_bytes("sub").unwrap(),
+        all_bytes,
+        "offloaded segments count in the backlog's bytes"
+    );
     let mut got = Vec::new();
     while got.len() < 35 {
         let (batch, _) = fetching(&mut log, &objects, |l| l.read_next("sub", 7));
