@@ -249,3 +249,35 @@ def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_los
     assert metric(broker, "brk_ledgeroffloader_read_offload_bytes") > 0
     assert metric(broker, "pulsar_storage_offloaded_size") > 0
 
+
+
+def test_an_inactive_topic_leaves_no_offloaded_data_behind(make_broker, object_store):
+    store = object_store
+    config = broker_config(store).replace("[broker]\n", (
+        "[broker]\ndelete_inactive_topics_enabled = true\n"
+        "delete_inactive_topics_frequency_secs = 1\ndelete_inactive_topics_max_inactive_secs = 2\n"))
+    broker = make_broker(config=config)
+    admin(broker, "POST", "/admin/v2/namespaces/public/default/retention",
+          {"retentionTimeInMinutes": -1, "retentionSizeInMB": -1})
+    topic = f"persistent://public/default/{unique('inactive')}"
+    client = make_client(broker)
+    try:
+        # The producer keeps the topic active while its segments are offloaded.
+        producer = client.create_producer(topic, batching_enabled=False)
+        for i in range(350):
+            producer.send(payload(i))
+        offload_everything_sealed(broker, topic)
+        wait_until(lambda: any(k.endswith("/manifest.json") for k in store.list_keys(BUCKET, "kilonova/")),
+                   WAIT_S, "the manifest is exported")
+        assert any("/segments/" in k for k in store.list_keys(BUCKET, "kilonova/"))
+        # Retention kept the data (and the topic: retained data is not
+        # inactive, as in Pulsar); without it, nothing holds either.
+        admin(broker, "POST", "/admin/v2/namespaces/public/default/retention",
+              {"retentionTimeInMinutes": 0, "retentionSizeInMB": 0})
+    finally:
+        client.close()
+    # No producer, no subscription: deleted, with its objects and manifest.
+    stats = f"{broker.http_url}/admin/v2/{topic.replace('://', '/')}/stats"
+    wait_until(lambda: http("GET", stats)[0] == 404, WAIT_S, "the inactive topic is deleted")
+    wait_until(lambda: not store.list_keys(BUCKET, "kilonova/"), WAIT_S,
+               "the inactive topic's offloaded data and manifest are deleted")
