@@ -2,10 +2,12 @@
 //! delete, paged children, watches, ephemeral keys bound to sessions), its
 //! embedded backend ([`EmbeddedStore`], one `redb` file with group commit),
 //! the conformance suite every backend must pass, and typed resources on top
-//! (clusters, tenants, namespaces with policies, topics with ids).
+//! (clusters, tenants, namespaces with policies, topics with ids), and
+//! bundles with their ownership for a cluster of brokers ([`bundles`]).
 //!
 //! This crate knows nothing of storage files, sockets or protocols.
 
+pub mod bundles;
 pub mod conformance;
 mod embedded;
 mod error;
