@@ -11,6 +11,7 @@ through the REST API or a real Pulsar client.
 from __future__ import annotations
 
 import urllib.parse
+import zlib
 
 import pytest
 
@@ -64,6 +65,28 @@ def test_brokers_version_leader_broker_and_runtime_config(cli, broker):
 
 
 # ---------------------------------------------------------------- topics
+
+
+def test_bundle_range_is_the_bundle_holding_the_crc32_of_the_topic_name(cli, broker):
+    ns = f"public/{unique('bundles')}"
+    status, body = http("PUT", f"{broker.http_url}/admin/v2/namespaces/{ns}",
+                        b'{"bundles":{"numBundles":16}}', "application/json")
+    assert status in (200, 204), (status, body)
+    bundles = rest_json(broker, f"/admin/v2/namespaces/{ns}/bundles")
+    bounds = [int(b, 16) for b in bundles["boundaries"]]
+    assert bundles["numBundles"] == 16 and len(bounds) == 17
+    assert bounds[0] == 0 and bounds[-1] == 0xFFFFFFFF
+    seen = set()
+    for i in range(40):
+        topic = f"persistent://{ns}/t-{i}"
+        (line,) = cli.lines("topics", "bundle-range", topic)
+        lower, upper = (int(x, 16) for x in line.split("_"))
+        assert (lower, upper) in zip(bounds, bounds[1:]), line
+        # Pulsar places a topic by the CRC-32 of its full name: zlib's is the same function.
+        h = zlib.crc32(topic.encode())
+        assert lower <= h < upper or (h == upper == 0xFFFFFFFF), (topic, hex(h), line)
+        seen.add(line)
+    assert len(seen) > 4, "forty topics spread over the bundles"
 
 
 def test_partitioned_stats_sums_counters_as_integers(cli, broker, client):

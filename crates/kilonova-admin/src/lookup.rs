@@ -4,7 +4,9 @@
 //! the topic is served as Pulsar's `LookupData` (the partition count comes
 //! from the topic routes' `…/partitions`). A client picks an advertised
 //! listener with `?listenerName=` or the `X-Pulsar-ListenerName` header (the
-//! query wins, as in Pulsar). Authorization is the binary lookup's: the
+//! query wins, as in Pulsar). `…/{topic}/bundle` answers the namespace
+//! bundle the topic belongs to (`0x40000000_0x80000000`, pulsar-admin's
+//! `topics bundle-range`). Authorization is the binary lookup's: the
 //! `lookup` permission on the topic or its namespace.
 
 use axum::extract::{Path, Query, State};
@@ -31,6 +33,15 @@ pub fn routes(api: Api) -> Api {
             "GET",
             Access::Topic(Want::Lookup),
             "Where the topic is served: {brokerUrl, brokerUrlTls, httpUrl, httpUrlTls, nativeUrl}; ?listenerName= or X-Pulsar-ListenerName picks an advertised listener",
+        )],
+    )
+    .route(
+        "/lookup/v2/topic/{domain}/{tenant}/{namespace}/{topic}/bundle",
+        get(bundle),
+        &[(
+            "GET",
+            Access::Topic(Want::Lookup),
+            "The namespace bundle the topic belongs to, as text: 0x40000000_0x80000000 (by the CRC-32 of its full name, as Pulsar places it)",
         )],
     )
 }
@@ -96,6 +107,12 @@ async fn lookup(
     let listener = listener_name(q.listener_name, &headers)?;
     let urls = b.lookup(&name, listener.as_deref()).await?;
     Ok(Json(LookupData::new(urls, b.service_urls())))
+}
+
+async fn bundle(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<String> {
+    let name = topic_name(&p)?;
+    let policies = b.resources().namespace(&name.namespace()).await?;
+    Ok(kilonova_metadata::bundles::bundle_of(&policies.bundles, &name)?.to_string())
 }
 
 #[cfg(test)]

@@ -35,6 +35,11 @@ pub fn routes(api: Api) -> Api {
         ],
     )
     .route(
+        "/admin/v2/namespaces/{tenant}/{namespace}/bundles",
+        get(bundles),
+        &[("GET", Access::TenantAdmin, "Get the namespace's bundles: {boundaries: [\"0x00000000\", …, \"0xffffffff\"], numBundles}")],
+    )
+    .route(
         "/admin/v2/namespaces/{tenant}/{namespace}/replication",
         get(get_replication).post(set_replication),
         &[
@@ -70,6 +75,15 @@ async fn policies(
     Path((t, n)): Path<(String, String)>,
 ) -> ApiResult<Json<Policies>> {
     Ok(Json(b.resources().namespace(&namespace(&t, &n)?).await?))
+}
+
+async fn bundles(
+    State(b): State<Broker>,
+    Path((t, n)): Path<(String, String)>,
+) -> ApiResult<Json<kilonova_metadata::policies::BundlesData>> {
+    Ok(Json(
+        b.resources().namespace(&namespace(&t, &n)?).await?.bundles,
+    ))
 }
 
 async fn create(

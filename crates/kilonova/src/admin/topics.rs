@@ -74,6 +74,8 @@ pub enum TopicsCmd {
     Restore { topic: TopicName },
     /// The id of the topic's last message.
     LastMessageId { topic: TopicName },
+    /// The namespace bundle the topic belongs to (`0x…_0x…`).
+    BundleRange { topic: TopicName },
     /// The broker serving the topic: its Pulsar URL (`pulsar+ssl://…` with
     /// an https admin URL, as pulsar-admin prints it).
     Lookup { topic: TopicName },
@@ -543,6 +545,7 @@ pub async fn run(client: &AdminClient, cmd: TopicsCmd) -> Result<Output, AdminEr
                 .get(&sub.path().join("replicatedSubscriptionStatus"))
                 .await?
         }
+        C::BundleRange { topic } => client.get(&ApiPath::lookup(&topic).join("bundle")).await?,
         C::Lookup { topic } => {
             let doc = client.get(&ApiPath::lookup(&topic)).await?;
             return Ok(lookup_output(doc, client.is_tls()));
