@@ -281,3 +281,25 @@ def test_an_inactive_topic_leaves_no_offloaded_data_behind(make_broker, object_s
     wait_until(lambda: http("GET", stats)[0] == 404, WAIT_S, "the inactive topic is deleted")
     wait_until(lambda: not store.list_keys(BUCKET, "kilonova/"), WAIT_S,
                "the inactive topic's offloaded data and manifest are deleted")
+
+
+def test_a_message_age_quota_sees_a_backlog_in_the_object_store(make_broker, seaweed):
+    broker = make_broker(config=broker_config(seaweed).replace(
+        "[broker]\n", "[broker]\nbacklog_quota_check_interval_secs = 1\n"))
+    topic = f"persistent://public/default/{unique('age')}"
+    client = make_client(broker)
+    try:
+        client.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest).close()
+        producer = client.create_producer(topic, batching_enabled=False)
+        for i in range(300):
+            producer.send(payload(i))
+    finally:
+        client.close()
+    offload_everything_sealed(broker, topic)
+    stats = f"/admin/v2/{topic.replace('://', '/')}/stats"
+    assert admin(broker, "GET", stats)["subscriptions"]["s"]["msgBacklog"] == 300
+    # Its oldest messages are only in the object store: the quota reads them there.
+    admin(broker, "POST", "/admin/v2/namespaces/public/default/backlogQuota?backlogQuotaType=message_age",
+          {"limitSize": -1, "limitTime": 2, "policy": "consumer_backlog_eviction"})
+    wait_until(lambda: admin(broker, "GET", stats)["subscriptions"]["s"]["msgBacklog"] == 0, WAIT_S,
+               "messages older than the 2 s message_age quota evicted, offloaded ones too")

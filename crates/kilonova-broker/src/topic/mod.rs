@@ -525,7 +525,7 @@ impl Topic {
         self.refresh_policies().await;
         self.sync_replicators();
         self.replicated_subscriptions_tick().await;
-        self.warm_ttl_search().await;
+        self.warm_policy_reads().await;
         self.enforce_policies();
         self.drop_unclaimed_readers();
         let now = self.broker.clock().now();

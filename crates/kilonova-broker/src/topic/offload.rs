@@ -503,22 +503,43 @@ impl Topic {
         format!("{}:{}", first_local.segment, first_local.entry)
     }
 
-    /// With a TTL and offloaded entries, the TTL's search by publish time
-    /// (at the next policy check) finds its entries fetched already.
-    pub(super) async fn warm_ttl_search(&mut self) {
-        let Some(ttl) = self.policies.ttl else {
-            return;
-        };
+    /// With offloaded entries, the policy checks that read entries by
+    /// publish time — the TTL's search, a message-age backlog quota's look
+    /// at each subscription's oldest unacknowledged message and its
+    /// eviction's search — find them fetched already (at the next check).
+    pub(super) async fn warm_policy_reads(&mut self) {
         if self.tiering().is_none() || self.log.as_ref().is_none_or(|l| l.offloaded_bytes() == 0) {
             return;
         }
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = self.broker.clock().now_ms().saturating_sub(ttl_ms);
-        if let Err(e) = self
-            .read_through(|l| l.position_of_publish_time(cutoff))
-            .await
-        {
-            tracing::debug!(topic = %self.full_name, error = %e, "the TTL's search could not read offloaded entries");
+        let now_ms = self.broker.clock().now_ms();
+        let mut cutoffs = Vec::with_capacity(2);
+        if let Some(ttl) = self.policies.ttl {
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            cutoffs.push(now_ms.saturating_sub(ttl_ms));
+        }
+        if let Some(q) = self.policies.backlog_age {
+            cutoffs.push(now_ms.saturating_sub(q.limit.saturating_mul(1000)));
+            let names = self
+                .log
+                .as_ref()
+                .map(|l| l.cursor_names())
+                .unwrap_or_default();
+            for name in names {
+                if let Err(e) = self
+                    .read_through(|l| l.oldest_unacked_publish_ms(&name))
+                    .await
+                {
+                    tracing::debug!(topic = %self.full_name, subscription = %name, error = %e, "the backlog quota's look could not read offloaded entries");
+                }
+            }
+        }
+        for cutoff in cutoffs {
+            if let Err(e) = self
+                .read_through(|l| l.position_of_publish_time(cutoff))
+                .await
+            {
+                tracing::debug!(topic = %self.full_name, error = %e, "a search by publish time could not read offloaded entries");
+            }
         }
     }
 
