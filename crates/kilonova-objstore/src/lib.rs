@@ -10,6 +10,9 @@
 //!   offloaded objects (orphans included).
 //! * [`OffloadedReader`]: reads entries back with range requests, read-ahead
 //!   and byte-bounded caches, verifying every entry's CRC32C.
+//! * [`WalWriter`]: groups appends of many logs into write-ahead objects, one
+//!   per flush, each append resolving once its object is durable ([`wal`];
+//!   cluster mode's write path).
 //!
 //! It sits beside the storage crate, not in it: the S3 client brings sockets
 //! and an HTTP stack, which the storage crate must not (scripts/check-layering).
@@ -27,6 +30,7 @@ mod offload;
 mod reader;
 #[cfg(feature = "test-support")]
 pub mod seaweed;
+pub mod wal;
 
 pub use bucket::{Bucket, ObjectInfo, Upload};
 pub use config::{validate_bucket, Credentials, Driver, ObjectStoreConfig, Secret, MASK};
@@ -34,3 +38,4 @@ pub use error::{ObjectStoreError, Result};
 pub use metrics::{Metrics, MetricsSnapshot, Request};
 pub use offload::{OffloadConfig, OffloadedSegment, Offloader, OrphanReport, MIN_PART_BYTES};
 pub use reader::{OffloadedReader, ReaderCacheStats, ReaderConfig};
+pub use wal::{WalConfig, WalPosition, WalStats, WalWriter};

@@ -1,0 +1,258 @@
+//! Write-ahead objects: a cluster broker's appends, of every log it serves,
+//! grouped into one object per flush (issue #26's write path, ADR 0006).
+//!
+//! [`WalWriter::append`] queues an entry and resolves once the object
+//! holding it is durable in the object store — the moment a publish may be
+//! acknowledged. A flush writes everything queued when the first queued
+//! entry has waited `flush_interval`, or as soon as `max_object_bytes` are
+//! queued, whichever comes first; one flush is in flight at a time, and
+//! what arrives meanwhile goes in the next. So requests to the store grow
+//! with the flush rate (at most one per interval at low load, one per
+//! `max_object_bytes` at high load), never with the message rate or the
+//! number of logs.
+//!
+//! Each object is created only if absent, under
+//! `<prefix>/<writer incarnation>/<sequence>.wal` (a random incarnation per
+//! writer, sequence numbers from 1): nothing ever overwrites an object. A
+//! failed flush fails every append it held (the store's own retries have
+//! run by then); the caller decides what its publishes get. Appends queued
+//! behind it go in the next flush. Which objects a log's entries are in is
+//! the caller's to record (the flush commit in the metadata store).
+
+pub mod format;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::PutPayload;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::bucket::Bucket;
+use crate::error::{ObjectStoreError, Result};
+
+/// How a [`WalWriter`] groups appends.
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    /// The longest an append waits for its flush to start.
+    pub flush_interval: Duration,
+    /// A flush starts once this many bytes are queued.
+    pub max_object_bytes: usize,
+    /// Appends queued at most (then [`WalWriter::append`] waits).
+    pub queue_entries: usize,
+    /// Key prefix of this writer's objects (relative to the bucket's).
+    pub prefix: String,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            flush_interval: Duration::from_millis(5),
+            max_object_bytes: 8 << 20,
+            queue_entries: 65_536,
+            prefix: "wal".into(),
+        }
+    }
+}
+
+/// Where an appended entry is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalPosition {
+    /// The object's key.
+    pub object: Arc<str>,
+    /// The object's sequence number (per writer, from 1).
+    pub sequence: u64,
+    /// The entry's place in the object (0-based).
+    pub index: u32,
+}
+
+/// A writer's counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    pub appends: u64,
+    pub flushes: u64,
+    pub failed_flushes: u64,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appends: AtomicU64,
+    flushes: AtomicU64,
+    failed_flushes: AtomicU64,
+    bytes: AtomicU64,
+}
+
+struct Append {
+    log: u64,
+    data: Bytes,
+    queued: Instant,
+    done: oneshot::Sender<Result<WalPosition>>,
+}
+
+/// Groups appends into write-ahead objects. Cheap to clone; the flushing
+/// task ends when every clone is dropped (after flushing what is queued).
+#[derive(Clone)]
+pub struct WalWriter {
+    tx: mpsc::Sender<Append>,
+    counters: Arc<Counters>,
+    incarnation: Arc<str>,
+}
+
+impl WalWriter {
+    /// Starts a writer (its flushing task) on the current tokio runtime.
+    pub fn start(bucket: Bucket, config: WalConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue_entries.max(1));
+        let counters = Arc::new(Counters::default());
+        let incarnation: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let flusher = Flusher {
+            bucket,
+            config,
+            counters: counters.clone(),
+            incarnation: incarnation.clone(),
+            sequence: 0,
+            next: None,
+        };
+        tokio::spawn(flusher.run(rx));
+        WalWriter {
+            tx,
+            counters,
+            incarnation,
+        }
+    }
+
+    /// Queues `data` for log `log`; resolves once it is durable (or its flush failed).
+    pub async fn append(&self, log: u64, data: Bytes) -> Result<WalPosition> {
+        let (done, answer) = oneshot::channel();
+        let closed = || ObjectStoreError::Failed {
+            op: "wal append",
+            key: String::new(),
+            detail: "the write-ahead writer stopped".into(),
+        };
+        self.tx
+            .send(Append {
+                log,
+                data,
+                queued: Instant::now(),
+                done,
+            })
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// This writer's random id, part of every key it writes.
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let c = &self.counters;
+        WalStats {
+            appends: c.appends.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            failed_flushes: c.failed_flushes.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Flusher {
+    bucket: Bucket,
+    config: WalConfig,
+    counters: Arc<Counters>,
+    incarnation: Arc<str>,
+    sequence: u64,
+    /// An append taken from the queue that did not fit the last flush.
+    next: Option<Append>,
+}
+
+impl Flusher {
+    async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        loop {
+            let first = match self.next.take() {
+                Some(a) => a,
+                None => match rx.recv().await {
+                    Some(a) => a,
+                    None => return,
+                },
+            };
+            let deadline = first.queued + self.config.flush_interval;
+            let mut bytes = first.data.len();
+            let mut batch = vec![first];
+            while bytes < self.config.max_object_bytes {
+                let next = match rx.try_recv() {
+                    Ok(a) => Some(a),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // `None` once the interval is up (or the queue closed).
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                };
+                let Some(a) = next else { break };
+                if bytes + a.data.len() > self.config.max_object_bytes {
+                    self.next = Some(a);
+                    break;
+                }
+                bytes += a.data.len();
+                batch.push(a);
+            }
+            self.flush(batch, bytes).await;
+        }
+    }
+
+    async fn flush(&mut self, batch: Vec<Append>, bytes: usize) {
+        self.sequence += 1;
+        let sequence = self.sequence;
+        let key = self.bucket.key(&format!(
+            "{}/{}/{sequence:020}.wal",
+            self.config.prefix, self.incarnation
+        ));
+        let entries: Vec<(u64, Bytes)> = batch.iter().map(|a| (a.log, a.data.clone())).collect();
+        let result = match format::encode_wal(sequence, &entries) {
+            Ok(parts) => {
+                self.bucket
+                    .put_if_absent(&key, PutPayload::from_iter(parts))
+                    .await
+            }
+            Err(e) => Err(ObjectStoreError::Failed {
+                op: "wal encode",
+                key: key.clone(),
+                detail: e.to_string(),
+            }),
+        };
+        let c = &self.counters;
+        c.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                c.flushes.fetch_add(1, Ordering::Relaxed);
+                c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                let object: Arc<str> = key.into();
+                for (i, a) in batch.into_iter().enumerate() {
+                    let _ = a.done.send(Ok(WalPosition {
+                        object: object.clone(),
+                        sequence,
+                        index: i as u32,
+                    }));
+                }
+            }
+            Err(e) => {
+                c.failed_flushes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%key, entries = batch.len(), error = %e, "a write-ahead flush failed: its appends fail");
+                let detail = e.to_string();
+                for a in batch {
+                    let _ = a.done.send(Err(ObjectStoreError::Failed {
+                        op: "wal flush",
+                        key: key.clone(),
+                        detail: detail.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}

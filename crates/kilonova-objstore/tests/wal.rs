@@ -1,0 +1,196 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Write-ahead objects against a local directory and a real SeaweedFS S3
+//! server: appends of many logs grouped into few objects, each append
+//! resolved once its object is durable, read back byte for byte and in
+//! order; size-triggered flushes; a failed flush fails its appends and the
+//! writer goes on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kilonova_objstore::seaweed::SeaweedServer;
+use kilonova_objstore::wal::format::decode_wal;
+use kilonova_objstore::{Bucket, ObjectStoreConfig, WalConfig, WalWriter};
+use tempfile::TempDir;
+
+const BUCKET: &str = "kilonova-wal-test";
+
+async fn filesystem() -> (Bucket, TempDir) {
+    let dir = TempDir::new().unwrap();
+    (
+        Bucket::open(&ObjectStoreConfig::filesystem(dir.path())).unwrap(),
+        dir,
+    )
+}
+
+async fn s3(test: &str) -> Option<(Bucket, SeaweedServer)> {
+    let server = SeaweedServer::start_or_skip(test).await?;
+    server.create_bucket(BUCKET).await.unwrap();
+    let mut config = server.config(BUCKET);
+    // A store that is down fails a flush in about a second.
+    config.max_retries = 1;
+    config.retry_timeout_ms = 1_000;
+    config.request_timeout_ms = 2_000;
+    config.connect_timeout_ms = 500;
+    Some((Bucket::open(&config).unwrap(), server))
+}
+
+fn data(task: u64, i: u64) -> Bytes {
+    Bytes::from(format!("task-{task}-message-{i:05}-").repeat(3))
+}
+
+/// Every object the writer wrote, decoded, in sequence order: `(log, bytes)`.
+async fn written(bucket: &Bucket, w: &WalWriter) -> Vec<Vec<(u64, Bytes)>> {
+    let prefix = bucket.key(&format!("wal/{}", w.incarnation()));
+    let mut objects: BTreeMap<u64, Vec<(u64, Bytes)>> = BTreeMap::new();
+    for o in bucket.list(&prefix).await.unwrap() {
+        let (seq, entries) = decode_wal(&bucket.get(&o.key).await.unwrap()).unwrap();
+        objects.insert(seq, entries);
+    }
+    objects.into_values().collect()
+}
+
+async fn many_logs_share_few_objects_and_read_back_in_order(bucket: Bucket) {
+    let w = WalWriter::start(
+        bucket.clone(),
+        WalConfig {
+            flush_interval: Duration::from_millis(20),
+            ..WalConfig::default()
+        },
+    );
+    let (tasks, per_task) = (20u64, 50u64);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let w = w.clone();
+        // Each task appends in order, one at a time, as a producer's
+        // publishes of one topic are acknowledged in order.
+        handles.push(tokio::spawn(async move {
+            let mut positions = Vec::new();
+            for i in 0..per_task {
+                positions.push(w.append(t % 10, data(t, i)).await.unwrap());
+            }
+            positions
+        }));
+    }
+    let mut positions = Vec::new();
+    for h in handles {
+        positions.push(h.await.unwrap());
+    }
+    let stats = w.stats();
+    assert_eq!(stats.appends, tasks * per_task);
+    assert_eq!(stats.failed_flushes, 0);
+    assert!(
+        stats.flushes * 5 <= stats.appends,
+        "requests follow the flushes, not the messages: {stats:?}"
+    );
+    let objects = written(&bucket, &w).await;
+    assert_eq!(objects.len() as u64, stats.flushes);
+    // Each position names the object and place holding exactly that entry.
+    for (t, ps) in positions.iter().enumerate() {
+        for (i, p) in ps.iter().enumerate() {
+            let (log, bytes) = &objects[(p.sequence - 1) as usize][p.index as usize];
+            assert_eq!((*log, bytes), (t as u64 % 10, &data(t as u64, i as u64)));
+        }
+    }
+    // In sequence order, each task's entries come back in the order appended.
+    for t in 0..tasks {
+        let mine: Vec<Bytes> = objects
+            .iter()
+            .flatten()
+            .filter(|(log, b)| *log == t % 10 && b.starts_with(format!("task-{t}-").as_bytes()))
+            .map(|(_, b)| b.clone())
+            .collect();
+        assert_eq!(mine, (0..per_task).map(|i| data(t, i)).collect::<Vec<_>>());
+    }
+}
+
+async fn a_flush_starts_once_max_object_bytes_are_queued(bucket: Bucket) {
+    // An interval no test waits for: only the size starts flushes.
+    let w = WalWriter::start(
+        bucket.clone(),
+        WalConfig {
+            flush_interval: Duration::from_secs(3600),
+            max_object_bytes: 64 << 10,
+            ..WalConfig::default()
+        },
+    );
+    let entry = Bytes::from(vec![7u8; 8 << 10]);
+    let mut handles = Vec::new();
+    for i in 0..64u64 {
+        let (w, e) = (w.clone(), entry.clone());
+        handles.push(tokio::spawn(async move { w.append(i, e).await }));
+    }
+    // 64 entries of 8 KiB, 8 to an object: all eight flushes run at once
+    // by size (the last one is full too).
+    let all = async {
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("size-triggered flushes");
+    let objects = written(&bucket, &w).await;
+    assert_eq!(objects.len(), 8);
+    assert!(objects
+        .iter()
+        .all(|o| o.len() == 8 && o.iter().all(|(_, b)| *b == entry)));
+}
+
+mod filesystem {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_logs_share_few_objects_and_read_back_in_order() {
+        let (b, _dir) = super::filesystem().await;
+        super::many_logs_share_few_objects_and_read_back_in_order(b).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_starts_once_max_object_bytes_are_queued() {
+        let (b, _dir) = super::filesystem().await;
+        super::a_flush_starts_once_max_object_bytes_are_queued(b).await;
+    }
+}
+
+mod s3 {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_logs_share_few_objects_and_read_back_in_order() {
+        if let Some((b, _server)) = s3("wal_many_logs").await {
+            super::many_logs_share_few_objects_and_read_back_in_order(b).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_starts_once_max_object_bytes_are_queued() {
+        if let Some((b, _server)) = s3("wal_by_size").await {
+            super::a_flush_starts_once_max_object_bytes_are_queued(b).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_flush_fails_its_appends_and_the_writer_goes_on() {
+        let Some((b, mut server)) = s3("wal_outage").await else {
+            return;
+        };
+        let w = WalWriter::start(b.clone(), WalConfig::default());
+        let first = w.append(1, Bytes::from_static(b"before")).await.unwrap();
+        server.kill();
+        let failed = w.append(1, Bytes::from_static(b"while-down")).await;
+        assert!(
+            failed.is_err(),
+            "an append whose flush failed is not acknowledged"
+        );
+        server.restart().await.unwrap();
+        let after = w.append(1, Bytes::from_static(b"after")).await.unwrap();
+        assert!(after.sequence > first.sequence);
+        let objects = written(&b, &w).await;
+        let entries: Vec<Bytes> = objects.into_iter().flatten().map(|(_, d)| d).collect();
+        assert_eq!(
+            entries,
+            vec![Bytes::from_static(b"before"), Bytes::from_static(b"after")]
+        );
+        assert_eq!(w.stats().failed_flushes, 1);
+    }
+}
