@@ -129,6 +129,7 @@ impl From<MetadataError> for BrokerError {
             }
             MetadataError::SessionExpired(_)
             | MetadataError::Backend(_)
+            | MetadataError::Unavailable(_)
             | MetadataError::Closed => BrokerError::Metadata(e.to_string()),
         }
     }

@@ -1,0 +1,158 @@
+//! A watch: one etcd watch stream over a prefix's key range, from a
+//! revision, forwarded in order to the [`Watch`] the caller holds.
+//!
+//! etcd delivers a stream's events in revision order. When the stream breaks
+//! (etcd restarting, a member lost), the task opens another from the revision
+//! after the last one it forwarded, so nothing is lost or repeated. When etcd
+//! has compacted past that revision, the events in between are gone: the
+//! watcher gets [`Watched::Lagged`] and the watch goes on from the oldest
+//! revision etcd still has.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kilonova_metadata::{Watch, WatchEvent, Watched};
+use tokio::sync::mpsc;
+
+use crate::gateway::{b64, Gateway, WatchResponse};
+use crate::key::Layout;
+
+/// Changes buffered per watcher; past it the stream is read no further until
+/// the watcher catches up (etcd keeps the rest).
+const WATCH_BUFFER: usize = 4096;
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Starts watching `prefix` (and every key below it) from revision `start`.
+pub(crate) fn spawn(
+    runtime: &tokio::runtime::Handle,
+    gateway: Arc<Gateway>,
+    layout: Layout,
+    prefix: &str,
+    start: u64,
+) -> Watch {
+    let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+    let (from, end) = layout.subtree(prefix);
+    let follower = Follower {
+        gateway,
+        layout,
+        from,
+        end,
+        next: start,
+        tx,
+    };
+    runtime.spawn(follower.run());
+    Watch::from_channel(rx)
+}
+
+/// Why a stream ended.
+enum Ended {
+    /// The watcher dropped its [`Watch`].
+    Dropped,
+    /// The stream failed or was cancelled: open another after a pause.
+    Broken(String),
+    /// etcd no longer has the revisions from `next` on.
+    Compacted { compact_revision: u64 },
+}
+
+struct Follower {
+    gateway: Arc<Gateway>,
+    layout: Layout,
+    from: Vec<u8>,
+    end: Vec<u8>,
+    /// The revision the next stream starts at: one past the last forwarded.
+    next: u64,
+    tx: mpsc::Sender<Watched>,
+}
+
+impl Follower {
+    async fn run(mut self) {
+        let tx = self.tx.clone();
+        tokio::select! {
+            () = tx.closed() => {}
+            () = self.follow_forever() => {}
+        }
+    }
+
+    async fn follow_forever(&mut self) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.follow(&mut backoff).await {
+                Ended::Dropped => return,
+                Ended::Broken(why) => {
+                    tracing::debug!(revision = self.next, reason = %why, "etcd watch stream broke; reopening");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Ended::Compacted { compact_revision } => {
+                    // An upper bound: the revisions skipped, not all under the prefix.
+                    let missed = compact_revision.saturating_sub(self.next).max(1);
+                    tracing::info!(
+                        revision = self.next,
+                        compact_revision,
+                        "etcd compacted past a watch; the watcher must re-read"
+                    );
+                    if self.tx.send(Watched::Lagged { missed }).await.is_err() {
+                        return;
+                    }
+                    self.next = compact_revision;
+                }
+            }
+        }
+    }
+
+    /// Follows one stream until it ends.
+    async fn follow(&mut self, backoff: &mut Duration) -> Ended {
+        let body = serde_json::json!({"create_request": {
+            "key": b64(&self.from),
+            "range_end": b64(&self.end),
+            "start_revision": self.next.to_string(),
+        }});
+        let mut lines = match self.gateway.stream("/v3/watch", &body, None).await {
+            Ok(lines) => lines,
+            Err(e) => return Ended::Broken(e.to_string()),
+        };
+        loop {
+            let message = match lines.next::<WatchResponse>().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ended::Broken("the stream ended".into()),
+                Err(e) => return Ended::Broken(e.to_string()),
+            };
+            if let Some(error) = message.error {
+                return Ended::Broken(error.to_string());
+            }
+            let Some(r) = message.result else { continue };
+            if let Ok(compact_revision @ 1..) = u64::try_from(r.compact_revision) {
+                return Ended::Compacted { compact_revision };
+            }
+            if r.canceled {
+                return Ended::Broken(format!("cancelled: {}", r.cancel_reason));
+            }
+            if r.created {
+                *backoff = MIN_BACKOFF;
+            }
+            self.gateway.saw(&r.header);
+            for event in r.events {
+                let Some(key) = self.layout.decode(&event.kv.key) else {
+                    continue; // bytes under the root that are no key of ours
+                };
+                let Ok(revision) = u64::try_from(event.kv.mod_revision) else {
+                    return Ended::Broken("an event without a revision".into());
+                };
+                let value = match event.kind.as_deref() {
+                    Some("DELETE") => None,
+                    _ => Some(event.kv.value),
+                };
+                let e = WatchEvent {
+                    key,
+                    revision,
+                    value,
+                };
+                if self.tx.send(Watched::Event(e)).await.is_err() {
+                    return Ended::Dropped;
+                }
+                self.next = revision + 1;
+            }
+        }
+    }
+}
