@@ -1,0 +1,249 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! What only a remote store has to show: sessions lost when keep-alives stop,
+//! clear errors while etcd is down and recovery after it restarts, watches
+//! resumed past a compaction, endpoints that do not answer skipped, and keys
+//! with the layout's special bytes stored and listed as they are.
+//! Without an `etcd` binary these skip, or fail with KILONOVA_REQUIRE_ETCD=1.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kilonova_etcd::server::EtcdServer;
+use kilonova_etcd::{EtcdConfig, EtcdStore};
+use kilonova_metadata::{Expect, MetadataError, MetadataStore, Watch, WatchEvent, Watched};
+
+const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+async fn next(w: &mut Watch, what: &str) -> Watched {
+    match tokio::time::timeout(EVENT_TIMEOUT, w.next()).await {
+        Ok(Some(x)) => x,
+        Ok(None) => panic!("watch ended waiting for {what}"),
+        Err(_) => panic!("nothing within {EVENT_TIMEOUT:?}: {what}"),
+    }
+}
+
+async fn next_event(w: &mut Watch, what: &str) -> WatchEvent {
+    match next(w, what).await {
+        Watched::Event(e) => e,
+        Watched::Lagged { missed } => panic!("lagged by {missed} waiting for {what}"),
+    }
+}
+
+fn unavailable<T: std::fmt::Debug>(r: Result<T, MetadataError>, what: &str) {
+    match r {
+        Err(MetadataError::Unavailable(msg)) => {
+            assert!(!msg.is_empty(), "{what}: an unavailable error says why")
+        }
+        other => panic!("{what} with etcd down: expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_keep_alives_loses_its_keys_and_reports_it() {
+    let Some(server) = EtcdServer::start_or_skip("session loss").await else {
+        return;
+    };
+    let s = EtcdStore::connect(&server.config()).await.unwrap();
+    let session = s.open_session(Duration::from_secs(1)).await.unwrap();
+    s.put("/brokers/b1", b("here"), Expect::Absent, Some(session))
+        .await
+        .unwrap();
+    s.put("/brokers-config", b("stays"), Expect::Absent, None)
+        .await
+        .unwrap();
+    let mut w = s.watch("/brokers");
+    // Keep-alives work while the lease lives...
+    s.keep_alive(session).await.unwrap();
+    // ...then stop: the lease expires and etcd deletes the key.
+    let started = Instant::now();
+    let e = next_event(&mut w, "the ephemeral key's deletion at expiry").await;
+    assert_eq!((e.key.as_str(), e.value), ("/brokers/b1", None));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "not deleted before its ttl"
+    );
+    assert_eq!(s.get("/brokers/b1").await.unwrap(), None);
+    assert!(s.get("/brokers-config").await.unwrap().is_some());
+    match s.keep_alive(session).await {
+        Err(MetadataError::SessionExpired(id)) => assert_eq!(id, session.0),
+        other => panic!("keep-alive of a lost session: {other:?}"),
+    }
+    match s
+        .put("/brokers/b1", b("again"), Expect::Any, Some(session))
+        .await
+    {
+        Err(MetadataError::SessionExpired(_)) => {}
+        other => panic!("a write bound to a lost session: {other:?}"),
+    }
+    match s.close_session(session).await {
+        Err(MetadataError::SessionExpired(_)) => {}
+        other => panic!("closing a lost session: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_gives_unavailable_errors_and_everything_recovers_after_restart() {
+    let Some(mut server) = EtcdServer::start_or_skip("etcd restart").await else {
+        return;
+    };
+    let s = EtcdStore::connect(&server.config()).await.unwrap();
+    let session = s.open_session(Duration::from_secs(30)).await.unwrap();
+    let v1 = s
+        .put("/r/durable", b("one"), Expect::Absent, None)
+        .await
+        .unwrap();
+    s.put("/r/ephemeral", b("mine"), Expect::Absent, Some(session))
+        .await
+        .unwrap();
+    let mut w = s.watch("/r");
+
+    server.kill();
+    let started = Instant::now();
+    unavailable(s.get("/r/durable").await, "get");
+    unavailable(
+        s.put("/r/durable", b("two"), Expect::Version(v1), None)
+            .await,
+        "put",
+    );
+    unavailable(s.delete("/r/durable", Expect::Any).await, "delete");
+    unavailable(s.children("/r", None, 10).await, "children");
+    unavailable(s.keep_alive(session).await, "keep-alive");
+    unavailable(s.open_session(Duration::from_secs(5)).await, "open session");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "errors come quickly, not after long hangs ({:?})",
+        started.elapsed()
+    );
+    match EtcdStore::connect(&server.config()).await {
+        Err(MetadataError::Unavailable(_)) => {}
+        Err(e) => panic!("connecting to a stopped etcd: {e}"),
+        Ok(_) => panic!("connected to a stopped etcd"),
+    }
+
+    server.restart().await.unwrap();
+    // The first calls after a restart may still find no leader: poll.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        match s.get("/r/durable").await {
+            Ok(got) => break got,
+            Err(MetadataError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("etcd did not come back: {e}"),
+        }
+    };
+    let got = got.expect("the durable key survived the restart");
+    assert_eq!((got.value, got.version), (b("one"), v1));
+    s.keep_alive(session)
+        .await
+        .expect("the lease outlived a short outage");
+    assert!(s.get("/r/ephemeral").await.unwrap().is_some());
+    let v2 = s
+        .put("/r/durable", b("two"), Expect::Version(v1), None)
+        .await
+        .unwrap();
+    // The watch opened before the outage reconnected and sees the write.
+    let e = next_event(&mut w, "a write after the restart").await;
+    assert_eq!(
+        (e.key.as_str(), e.revision, e.value),
+        ("/r/durable", v2, Some(b("two")))
+    );
+    s.close_session(session).await.unwrap();
+    let e = next_event(&mut w, "the ephemeral key's deletion").await;
+    assert_eq!((e.key.as_str(), e.value), ("/r/ephemeral", None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_compacted_revision_lags_then_goes_on() {
+    let Some(server) = EtcdServer::start_or_skip("compacted watch").await else {
+        return;
+    };
+    let s = EtcdStore::connect(&server.config()).await.unwrap();
+    let first = s.put("/w/k", b("1"), Expect::Any, None).await.unwrap();
+    s.put("/w/k", b("2"), Expect::Any, None).await.unwrap();
+    let last = s.put("/w/k", b("3"), Expect::Any, None).await.unwrap();
+
+    // Not compacted: a watch from the past replays every change in order.
+    let mut replay = s.watch_from("/w", first);
+    for (value, what) in [("1", "first"), ("2", "second"), ("3", "third")] {
+        let e = next_event(&mut replay, what).await;
+        assert_eq!(e.value, Some(b(value)));
+    }
+
+    s.compact(last).await.unwrap();
+    let mut w = s.watch_from("/w", first);
+    match next(&mut w, "the lag").await {
+        Watched::Lagged { missed } => assert!(missed >= 1),
+        Watched::Event(e) => panic!("an event from compacted history: {e:?}"),
+    }
+    // From the compaction point on nothing is lost: the last write (kept at
+    // the compaction revision) and everything after.
+    let e = next_event(&mut w, "the write at the compaction revision").await;
+    assert_eq!((e.revision, e.value), (last, Some(b("3"))));
+    let v = s.put("/w/k", b("4"), Expect::Any, None).await.unwrap();
+    let e = next_event(&mut w, "a later write").await;
+    assert_eq!((e.revision, e.value), (v, Some(b("4"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_does_not_answer_is_skipped() {
+    let Some(server) = EtcdServer::start_or_skip("endpoint failover").await else {
+        return;
+    };
+    // A port nothing listens on (bound, then released).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let config = EtcdConfig {
+        endpoints: vec![dead, server.endpoint()],
+        ..server.config()
+    };
+    let s = EtcdStore::connect(&config).await.unwrap();
+    let v = s.put("/f/k", b("x"), Expect::Absent, None).await.unwrap();
+    assert_eq!(s.get("/f/k").await.unwrap().unwrap().version, v);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_the_layouts_special_bytes_are_kept_apart() {
+    let Some(server) = EtcdServer::start_or_skip("special bytes").await else {
+        return;
+    };
+    let s = EtcdStore::connect(&server.config()).await.unwrap();
+    let mut w = s.watch("/s");
+    // NUL and 0x01 are the layout's separator and escape: keys holding them
+    // must not be confused with deeper keys or with each other.
+    let names = ["a", "a\u{0}", "a\u{0}b", "a\u{1}", "a-b", "b"];
+    for n in names {
+        s.put(&format!("/s/{n}"), b(n), Expect::Absent, None)
+            .await
+            .unwrap();
+    }
+    s.put("/s/a/deeper", b("d"), Expect::Absent, None)
+        .await
+        .unwrap();
+    for n in names {
+        let got = s.get(&format!("/s/{n}")).await.unwrap().unwrap();
+        assert_eq!(got.value, b(n), "key {n:?}");
+        let e = next_event(&mut w, n).await;
+        assert_eq!(e.key, format!("/s/{n}"));
+    }
+    let page = s.children("/s", None, 100).await.unwrap();
+    let mut expected: Vec<&str> = names.to_vec();
+    expected.sort_unstable();
+    assert_eq!(page.names, expected, "each once, in byte order");
+    assert_eq!(
+        s.children("/s/a", None, 10).await.unwrap().names,
+        ["deeper"]
+    );
+    assert!(s
+        .children("/s/a\u{0}", None, 10)
+        .await
+        .unwrap()
+        .names
+        .is_empty());
+}
