@@ -8,7 +8,8 @@ use serde::Deserialize;
 #[serde(default, deny_unknown_fields)]
 pub struct EtcdConfig {
     /// Client URLs of the etcd cluster's members (`http://host:2379`); calls
-    /// go to the first that answers.
+    /// go to the one that answered last, and on to the next when it cannot
+    /// be reached.
     pub endpoints: Vec<String>,
     /// Every key is stored under this root, so that several Kilonova clusters
     /// (or other users) can share one etcd.
@@ -44,13 +45,10 @@ impl EtcdConfig {
         if self.endpoints.is_empty() {
             return Err("no etcd endpoints".into());
         }
-        if let Some(bad) = self
-            .endpoints
-            .iter()
-            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
-        {
+        // TLS to etcd (client certificates, https endpoints) comes with cluster mode.
+        if let Some(bad) = self.endpoints.iter().find(|e| !e.starts_with("http://")) {
             return Err(format!(
-                "etcd endpoint {bad:?} is not an http:// or https:// URL"
+                "etcd endpoint {bad:?} is not an http:// URL (TLS to etcd is not supported yet)"
             ));
         }
         // The key layout separates components with 0x00 and escapes with 0x01.

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::EtcdConfig;
+use crate::rpc::pb::kv_client::KvClient;
 
 /// How long a start (or restart) may take before it is a failure.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -161,21 +162,12 @@ impl EtcdServer {
             .map_err(|e| format!("spawning {}: {e}", self.bin.display()))?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
-        crate::gateway::install_tls_provider();
-        let http = reqwest::Client::new();
         loop {
             if self.exited() {
                 return Err(format!("etcd exited; its log: {}", self.log_tail()));
             }
             // Ready once a linearizable read succeeds (a leader is elected).
-            let ready = http
-                .post(format!("{client}/v3/kv/range"))
-                .body(r#"{"key":"AA=="}"#)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
+            if self.answers().await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -186,6 +178,25 @@ impl EtcdServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    async fn answers(&self) -> bool {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(self.endpoint()) else {
+            return false;
+        };
+        let Ok(channel) = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(1))
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        let read = crate::rpc::pb::RangeRequest {
+            key: bytes::Bytes::from_static(b"\0"),
+            ..Default::default()
+        };
+        KvClient::new(channel).range(read).await.is_ok()
     }
 
     fn log_tail(&self) -> String {

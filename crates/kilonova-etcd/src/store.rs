@@ -21,75 +21,106 @@ use bytes::Bytes;
 use kilonova_metadata::{
     check_key, Expect, MetadataError, MetadataStore, Page, Result, SessionId, Stored, Watch,
 };
-use serde_json::json;
+use tonic::Code;
 
 use crate::config::EtcdConfig;
-use crate::gateway::{
-    b64, Gateway, GatewayError, KeyValue, LeaseResponse, RangeResponse, TxnResponse,
-    DEADLINE_EXCEEDED, NOT_FOUND, UNAVAILABLE,
-};
 use crate::key::{ChildScan, Layout};
+use crate::rpc::pb::kv_client::KvClient;
+use crate::rpc::pb::lease_client::LeaseClient;
+use crate::rpc::pb::{self, compare, request_op, response_op};
+use crate::rpc::{Rpc, RpcError};
 
 /// The metadata store on an etcd cluster.
 pub struct EtcdStore {
-    gateway: Arc<Gateway>,
+    rpc: Arc<Rpc>,
     layout: Layout,
     /// Where watch tasks run (the runtime that connected the store).
     runtime: tokio::runtime::Handle,
 }
 
-fn unavailable_or_backend(e: GatewayError) -> MetadataError {
+fn unavailable_or_backend(e: RpcError) -> MetadataError {
     match e {
-        GatewayError::Unreachable(m) => MetadataError::Unavailable(m),
-        GatewayError::Status {
-            code: UNAVAILABLE | DEADLINE_EXCEEDED,
-            message,
-        } => MetadataError::Unavailable(format!("etcd: {message}")),
-        e @ (GatewayError::Status { .. } | GatewayError::Decode(_)) => {
-            MetadataError::Backend(e.to_string())
-        }
+        RpcError::Unreachable(m) => MetadataError::Unavailable(m),
+        e @ RpcError::Status { .. } => MetadataError::Backend(e.to_string()),
     }
 }
 
 /// As [`unavailable_or_backend`], but etcd's "lease not found" is the session's end.
-fn session_error(e: GatewayError, session: Option<SessionId>) -> MetadataError {
+fn session_error(e: RpcError, session: Option<SessionId>) -> MetadataError {
     match (&e, session) {
-        (GatewayError::Status { code, message }, Some(s))
-            if *code == NOT_FOUND && message.contains("lease not found") =>
-        {
-            MetadataError::SessionExpired(s.0)
-        }
+        (
+            RpcError::Status {
+                code: Code::NotFound,
+                message,
+            },
+            Some(s),
+        ) if message.contains("lease not found") => MetadataError::SessionExpired(s.0),
         _ => unavailable_or_backend(e),
     }
 }
 
-fn version(kv: &KeyValue) -> Result<u64> {
+fn revision_of(header: Option<&pb::ResponseHeader>) -> Result<u64> {
+    header
+        .and_then(|h| u64::try_from(h.revision).ok())
+        .filter(|&r| r > 0)
+        .ok_or_else(|| MetadataError::Backend("an etcd answer without a revision".into()))
+}
+
+fn version(kv: &pb::KeyValue) -> Result<u64> {
     u64::try_from(kv.mod_revision)
         .ok()
         .filter(|&v| v > 0)
         .ok_or_else(|| MetadataError::Backend(format!("a key at revision {}", kv.mod_revision)))
 }
 
-/// The compare clauses of a transaction expecting `expect` of `key` (base64).
-fn compare(key: &str, expect: Expect) -> serde_json::Value {
-    match expect {
-        Expect::Any => json!([]),
-        Expect::Absent => json!([{
-            "key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0",
-        }]),
-        Expect::Version(v) => json!([{
-            "key": key, "target": "MOD", "result": "EQUAL", "mod_revision": v.to_string(),
-        }]),
-    }
+/// A revision as etcd's signed field; above `i64::MAX` is no revision etcd has.
+fn signed(revision: u64) -> i64 {
+    i64::try_from(revision).unwrap_or(i64::MAX)
+}
+
+/// The compare clauses of a transaction expecting `expect` of `key`.
+fn compare(key: &Bytes, expect: Expect) -> Vec<pb::Compare> {
+    let (target, union) = match expect {
+        Expect::Any => return Vec::new(),
+        Expect::Absent => (
+            compare::CompareTarget::Create,
+            compare::TargetUnion::CreateRevision(0),
+        ),
+        Expect::Version(v) => (
+            compare::CompareTarget::Mod,
+            compare::TargetUnion::ModRevision(signed(v)),
+        ),
+    };
+    vec![pb::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: target as i32,
+        key: key.clone(),
+        target_union: Some(union),
+        range_end: Bytes::new(),
+    }]
+}
+
+/// A transaction's branch reading `key` (the failure branch: a conflict says
+/// what it found).
+fn read_back(key: &Bytes) -> Vec<pb::RequestOp> {
+    vec![pb::RequestOp {
+        request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.clone(),
+            keys_only: true,
+            ..pb::RangeRequest::default()
+        })),
+    }]
 }
 
 /// The conflict a failed transaction reports, from its failure branch's read.
-fn bad_version(key: &str, expect: Expect, r: &TxnResponse) -> MetadataError {
+fn bad_version(key: &str, expect: Expect, r: &pb::TxnResponse) -> MetadataError {
     let found = r
         .responses
         .first()
-        .and_then(|op| op.response_range.as_ref())
-        .and_then(|range| range.kvs.first())
+        .and_then(|op| match &op.response {
+            Some(response_op::Response::ResponseRange(range)) => range.kvs.first(),
+            _ => None,
+        })
         .map_or_else(
             || "no key".to_owned(),
             |kv| format!("version {}", kv.mod_revision),
@@ -107,9 +138,9 @@ fn bad_version(key: &str, expect: Expect, r: &TxnResponse) -> MetadataError {
 
 /// A lease's time-to-live in etcd's whole seconds, rounded up (etcd raises
 /// it further to its own minimum, 1.5 election timeouts).
-fn lease_ttl_seconds(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis().div_ceil(1000))
-        .unwrap_or(u64::MAX)
+fn lease_ttl_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis().div_ceil(1000))
+        .unwrap_or(i64::MAX)
         .max(1)
 }
 
@@ -117,9 +148,9 @@ impl EtcdStore {
     /// Connects to the etcd cluster of `config`, checking that it answers.
     pub async fn connect(config: &EtcdConfig) -> Result<Self> {
         config.check().map_err(MetadataError::Invalid)?;
-        let gateway = Gateway::new(config).map_err(unavailable_or_backend)?;
+        let rpc = Rpc::new(config).map_err(unavailable_or_backend)?;
         let store = EtcdStore {
-            gateway: Arc::new(gateway),
+            rpc: Arc::new(rpc),
             layout: Layout::new(&config.root),
             runtime: tokio::runtime::Handle::current(),
         };
@@ -129,18 +160,9 @@ impl EtcdStore {
 
     /// etcd's current revision (every change of any key raises it).
     pub async fn revision(&self) -> Result<u64> {
-        let root = self.layout.encode("");
-        let r: RangeResponse = self
-            .gateway
-            .call(
-                "/v3/kv/range",
-                &json!({"key": b64(&root), "keys_only": true, "limit": 1}),
-            )
-            .await
-            .map_err(unavailable_or_backend)?;
-        self.gateway.saw(&r.header);
-        u64::try_from(r.header.revision)
-            .map_err(|_| MetadataError::Backend("a negative revision".into()))
+        let root = Bytes::from(self.layout.encode(""));
+        let r = self.range(root, Bytes::new(), 1, true, 0).await?;
+        revision_of(r.header.as_ref())
     }
 
     /// Changes to `prefix` and below from revision `revision` on (which may
@@ -150,7 +172,7 @@ impl EtcdStore {
     pub fn watch_from(&self, prefix: &str, revision: u64) -> Watch {
         crate::watch::spawn(
             &self.runtime,
-            self.gateway.clone(),
+            self.rpc.clone(),
             self.layout.clone(),
             prefix,
             revision,
@@ -160,36 +182,62 @@ impl EtcdStore {
     /// Discards the history before `revision` (etcd's compaction; operators
     /// usually let etcd's `--auto-compaction-retention` do it).
     pub async fn compact(&self, revision: u64) -> Result<()> {
-        let _: serde_json::Value = self
-            .gateway
-            .call(
-                "/v3/kv/compaction",
-                &json!({"revision": revision.to_string(), "physical": true}),
-            )
+        let req = pb::CompactionRequest {
+            revision: signed(revision),
+            physical: true,
+        };
+        self.rpc
+            .call("compact", |ch| async move {
+                KvClient::new(ch).compact(req).await
+            })
             .await
             .map_err(unavailable_or_backend)?;
         Ok(())
     }
 
-    async fn txn(
+    async fn range(
         &self,
-        body: &serde_json::Value,
-        session: Option<SessionId>,
-    ) -> Result<TxnResponse> {
-        let r: TxnResponse = self
-            .gateway
-            .call("/v3/kv/txn", body)
+        key: Bytes,
+        range_end: Bytes,
+        limit: usize,
+        keys_only: bool,
+        revision: i64,
+    ) -> Result<pb::RangeResponse> {
+        let req = pb::RangeRequest {
+            key,
+            range_end,
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            revision,
+            keys_only,
+            ..pb::RangeRequest::default()
+        };
+        let r = self
+            .rpc
+            .call("range", |ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).range(req).await }
+            })
             .await
-            .map_err(|e| session_error(e, session))?;
-        self.gateway.saw(&r.header);
+            .map_err(unavailable_or_backend)?;
+        self.rpc.saw(r.header.as_ref());
         Ok(r)
     }
 
-    async fn lease_call(&self, path: &str, session: SessionId) -> Result<LeaseResponse> {
-        self.gateway
-            .call(path, &json!({"ID": session.0.to_string()}))
+    async fn txn(
+        &self,
+        req: pb::TxnRequest,
+        session: Option<SessionId>,
+    ) -> Result<pb::TxnResponse> {
+        let r = self
+            .rpc
+            .call("txn", |ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).txn(req).await }
+            })
             .await
-            .map_err(|e| session_error(e, Some(session)))
+            .map_err(|e| session_error(e, session))?;
+        self.rpc.saw(r.header.as_ref());
+        Ok(r)
     }
 }
 
@@ -197,13 +245,8 @@ impl EtcdStore {
 impl MetadataStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Stored>> {
         check_key(key)?;
-        let k = b64(&self.layout.encode(key));
-        let r: RangeResponse = self
-            .gateway
-            .call("/v3/kv/range", &json!({ "key": k }))
-            .await
-            .map_err(unavailable_or_backend)?;
-        self.gateway.saw(&r.header);
+        let k = Bytes::from(self.layout.encode(key));
+        let r = self.range(k, Bytes::new(), 0, false, 0).await?;
         let Some(kv) = r.kvs.into_iter().next() else {
             return Ok(None);
         };
@@ -225,43 +268,50 @@ impl MetadataStore for EtcdStore {
         session: Option<SessionId>,
     ) -> Result<u64> {
         check_key(key)?;
-        let k = b64(&self.layout.encode(key));
-        let mut put = json!({"key": k, "value": b64(&value)});
-        if let Some(s) = session {
-            put["lease"] = json!(s.0.to_string());
-        }
-        let body = json!({
-            "compare": compare(&k, expect),
-            "success": [{"request_put": put}],
-            "failure": [{"request_range": {"key": k, "keys_only": true}}],
-        });
-        let r = self.txn(&body, session).await?;
+        let k = Bytes::from(self.layout.encode(key));
+        let put = pb::PutRequest {
+            key: k.clone(),
+            value,
+            lease: session.map_or(0, |s| signed(s.0)),
+            prev_kv: false,
+        };
+        let req = pb::TxnRequest {
+            compare: compare(&k, expect),
+            success: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestPut(put)),
+            }],
+            failure: read_back(&k),
+        };
+        let r = self.txn(req, session).await?;
         if !r.succeeded {
             return Err(bad_version(key, expect, &r));
         }
-        u64::try_from(r.header.revision)
-            .ok()
-            .filter(|&v| v > 0)
-            .ok_or_else(|| MetadataError::Backend("a write without a revision".into()))
+        revision_of(r.header.as_ref())
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool> {
         check_key(key)?;
-        let k = b64(&self.layout.encode(key));
-        let body = json!({
-            "compare": compare(&k, expect),
-            "success": [{"request_delete_range": {"key": k}}],
-            "failure": [{"request_range": {"key": k, "keys_only": true}}],
-        });
-        let r = self.txn(&body, None).await?;
+        let k = Bytes::from(self.layout.encode(key));
+        let req = pb::TxnRequest {
+            compare: compare(&k, expect),
+            success: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: k.clone(),
+                        ..pb::DeleteRangeRequest::default()
+                    },
+                )),
+            }],
+            failure: read_back(&k),
+        };
+        let r = self.txn(req, None).await?;
         if !r.succeeded {
             return Err(bad_version(key, expect, &r));
         }
-        let deleted = r
-            .responses
-            .first()
-            .and_then(|op| op.response_delete_range.as_ref())
-            .map_or(0, |d| d.deleted);
+        let deleted = r.responses.first().map_or(0, |op| match &op.response {
+            Some(response_op::Response::ResponseDeleteRange(d)) => d.deleted,
+            _ => 0,
+        });
         Ok(deleted > 0)
     }
 
@@ -284,22 +334,21 @@ impl MetadataStore for EtcdStore {
         let mut scan = ChildScan::new(&self.layout, trimmed, start_after, limit);
         // Every scan of one page reads at the first one's revision: a page is
         // one snapshot, as the embedded store's.
-        let mut revision: Option<i64> = None;
+        let mut revision = 0;
         loop {
             let (from, end, want) = scan.next_range();
-            let mut body = json!({
-                "key": b64(from), "range_end": b64(end), "limit": want, "keys_only": true,
-            });
-            if let Some(rev) = revision {
-                body["revision"] = json!(rev.to_string());
+            let r = self
+                .range(
+                    Bytes::copy_from_slice(from),
+                    Bytes::copy_from_slice(end),
+                    want,
+                    true,
+                    revision,
+                )
+                .await?;
+            if revision == 0 {
+                revision = r.header.as_ref().map_or(0, |h| h.revision);
             }
-            let r: RangeResponse = self
-                .gateway
-                .call("/v3/kv/range", &body)
-                .await
-                .map_err(unavailable_or_backend)?;
-            self.gateway.saw(&r.header);
-            revision.get_or_insert(r.header.revision);
             let keys: Vec<Vec<u8>> = r.kvs.into_iter().map(|kv| kv.key.to_vec()).collect();
             if let Some(page) = scan.feed(&keys, r.more) {
                 return Ok(page);
@@ -310,19 +359,28 @@ impl MetadataStore for EtcdStore {
     fn watch(&self, prefix: &str) -> Watch {
         // From the revision after every answer this store has had: a change a
         // call returned before this is not reported, every later one is.
-        self.watch_from(prefix, self.gateway.seen() + 1)
+        self.watch_from(prefix, self.rpc.seen() + 1)
     }
 
     async fn open_session(&self, ttl: Duration) -> Result<SessionId> {
-        let r: LeaseResponse = self
-            .gateway
-            .call(
-                "/v3/lease/grant",
-                &json!({"TTL": lease_ttl_seconds(ttl).to_string()}),
-            )
+        let req = pb::LeaseGrantRequest {
+            ttl: lease_ttl_seconds(ttl),
+            id: 0,
+        };
+        let r = self
+            .rpc
+            .call("lease grant", |ch| async move {
+                LeaseClient::new(ch).lease_grant(req).await
+            })
             .await
             .map_err(unavailable_or_backend)?;
-        self.gateway.saw(&r.header);
+        self.rpc.saw(r.header.as_ref());
+        if !r.error.is_empty() {
+            return Err(MetadataError::Backend(format!(
+                "etcd refused a lease: {}",
+                r.error
+            )));
+        }
         u64::try_from(r.id)
             .ok()
             .filter(|&id| id > 0)
@@ -331,42 +389,56 @@ impl MetadataStore for EtcdStore {
     }
 
     async fn keep_alive(&self, session: SessionId) -> Result<()> {
-        // The gateway's keep-alive is a stream: one request, one answer, then
-        // the end of the request body ends it.
-        let mut lines = self
-            .gateway
-            .stream(
-                "/v3/lease/keepalive",
-                &json!({"ID": session.0.to_string()}),
-                Some(self.gateway.request_timeout()),
-            )
+        // One request on a keep-alive stream, one answer; the end of the
+        // request stream then ends it.
+        let req = pb::LeaseKeepAliveRequest {
+            id: signed(session.0),
+        };
+        let answer = async {
+            let mut stream = self
+                .rpc
+                .call("lease keep-alive", |ch| async move {
+                    LeaseClient::new(ch)
+                        .lease_keep_alive(tokio_stream::iter([req]))
+                        .await
+                })
+                .await?;
+            Ok::<_, RpcError>(stream.message().await?)
+        };
+        let answer = tokio::time::timeout(self.rpc.request_timeout(), answer)
             .await
+            .map_err(|_| {
+                MetadataError::Unavailable(format!(
+                    "etcd did not answer a keep-alive within {:?}",
+                    self.rpc.request_timeout()
+                ))
+            })?
             .map_err(|e| session_error(e, Some(session)))?;
-        let message = lines
-            .next::<LeaseResponse>()
-            .await
-            .map_err(|e| session_error(e, Some(session)))?
-            .ok_or_else(|| {
-                MetadataError::Unavailable("etcd ended a keep-alive unanswered".into())
-            })?;
-        if let Some(error) = message.error {
-            return Err(MetadataError::Unavailable(format!(
-                "etcd keep-alive: {error}"
-            )));
-        }
-        match message.result {
+        match answer {
             // etcd answers an expired (or unknown) lease with a TTL of 0.
             Some(r) if r.ttl > 0 => {
-                self.gateway.saw(&r.header);
+                self.rpc.saw(r.header.as_ref());
                 Ok(())
             }
-            _ => Err(MetadataError::SessionExpired(session.0)),
+            Some(_) => Err(MetadataError::SessionExpired(session.0)),
+            None => Err(MetadataError::Unavailable(
+                "etcd ended a keep-alive unanswered".into(),
+            )),
         }
     }
 
     async fn close_session(&self, session: SessionId) -> Result<()> {
-        let r = self.lease_call("/v3/lease/revoke", session).await?;
-        self.gateway.saw(&r.header);
+        let req = pb::LeaseRevokeRequest {
+            id: signed(session.0),
+        };
+        let r = self
+            .rpc
+            .call("lease revoke", |ch| async move {
+                LeaseClient::new(ch).lease_revoke(req).await
+            })
+            .await
+            .map_err(|e| session_error(e, Some(session)))?;
+        self.rpc.saw(r.header.as_ref());
         Ok(())
     }
 }
@@ -385,26 +457,28 @@ mod tests {
 
     #[test]
     fn lost_leases_are_expired_sessions_and_outages_are_unavailable() {
-        let lease = GatewayError::Status {
-            code: NOT_FOUND,
+        let lease = RpcError::Status {
+            code: Code::NotFound,
             message: "etcdserver: requested lease not found".into(),
         };
         assert!(matches!(
             session_error(lease, Some(SessionId(7))),
             MetadataError::SessionExpired(7)
         ));
-        let down = GatewayError::Unreachable("connection refused".into());
+        let down = RpcError::Unreachable("connection refused".into());
         assert!(matches!(
             session_error(down, Some(SessionId(7))),
             MetadataError::Unavailable(_)
         ));
-        let no_leader = GatewayError::Status {
-            code: UNAVAILABLE,
-            message: "etcdserver: no leader".into(),
-        };
+        let no_leader = RpcError::from(tonic::Status::unavailable("etcdserver: no leader"));
         assert!(matches!(
             unavailable_or_backend(no_leader),
             MetadataError::Unavailable(_)
+        ));
+        let other = RpcError::from(tonic::Status::invalid_argument("bad"));
+        assert!(matches!(
+            unavailable_or_backend(other),
+            MetadataError::Backend(_)
         ));
     }
 }

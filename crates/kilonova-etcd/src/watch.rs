@@ -14,8 +14,10 @@ use std::time::Duration;
 use kilonova_metadata::{Watch, WatchEvent, Watched};
 use tokio::sync::mpsc;
 
-use crate::gateway::{b64, Gateway, WatchResponse};
 use crate::key::Layout;
+use crate::rpc::pb::watch_client::WatchClient;
+use crate::rpc::pb::{self, event::EventType, watch_request};
+use crate::rpc::Rpc;
 
 /// Changes buffered per watcher; past it the stream is read no further until
 /// the watcher catches up (etcd keeps the rest).
@@ -26,7 +28,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Starts watching `prefix` (and every key below it) from revision `start`.
 pub(crate) fn spawn(
     runtime: &tokio::runtime::Handle,
-    gateway: Arc<Gateway>,
+    rpc: Arc<Rpc>,
     layout: Layout,
     prefix: &str,
     start: u64,
@@ -34,7 +36,7 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(WATCH_BUFFER);
     let (from, end) = layout.subtree(prefix);
     let follower = Follower {
-        gateway,
+        rpc,
         layout,
         from,
         end,
@@ -56,7 +58,7 @@ enum Ended {
 }
 
 struct Follower {
-    gateway: Arc<Gateway>,
+    rpc: Arc<Rpc>,
     layout: Layout,
     from: Vec<u8>,
     end: Vec<u8>,
@@ -103,25 +105,39 @@ impl Follower {
 
     /// Follows one stream until it ends.
     async fn follow(&mut self, backoff: &mut Duration) -> Ended {
-        let body = serde_json::json!({"create_request": {
-            "key": b64(&self.from),
-            "range_end": b64(&self.end),
-            "start_revision": self.next.to_string(),
-        }});
-        let mut lines = match self.gateway.stream("/v3/watch", &body, None).await {
-            Ok(lines) => lines,
+        let create = pb::WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: self.from.clone().into(),
+                    range_end: self.end.clone().into(),
+                    start_revision: i64::try_from(self.next).unwrap_or(i64::MAX),
+                    ..pb::WatchCreateRequest::default()
+                },
+            )),
+        };
+        // The request stream ends after the create: etcd keeps the watch
+        // (only the response stream matters from then on).
+        let opened = self
+            .rpc
+            .call("watch", |ch| {
+                let create = create.clone();
+                async move {
+                    WatchClient::new(ch)
+                        .watch(tokio_stream::iter([create]))
+                        .await
+                }
+            })
+            .await;
+        let mut stream = match opened {
+            Ok(stream) => stream,
             Err(e) => return Ended::Broken(e.to_string()),
         };
         loop {
-            let message = match lines.next::<WatchResponse>().await {
-                Ok(Some(m)) => m,
+            let r = match stream.message().await {
+                Ok(Some(r)) => r,
                 Ok(None) => return Ended::Broken("the stream ended".into()),
                 Err(e) => return Ended::Broken(e.to_string()),
             };
-            if let Some(error) = message.error {
-                return Ended::Broken(error.to_string());
-            }
-            let Some(r) = message.result else { continue };
             if let Ok(compact_revision @ 1..) = u64::try_from(r.compact_revision) {
                 return Ended::Compacted { compact_revision };
             }
@@ -131,18 +147,18 @@ impl Follower {
             if r.created {
                 *backoff = MIN_BACKOFF;
             }
-            self.gateway.saw(&r.header);
+            self.rpc.saw(r.header.as_ref());
             for event in r.events {
-                let Some(key) = self.layout.decode(&event.kv.key) else {
+                let Some(kv) = event.kv else {
+                    return Ended::Broken("an event without a key".into());
+                };
+                let Some(key) = self.layout.decode(&kv.key) else {
                     continue; // bytes under the root that are no key of ours
                 };
-                let Ok(revision) = u64::try_from(event.kv.mod_revision) else {
+                let Ok(revision) = u64::try_from(kv.mod_revision) else {
                     return Ended::Broken("an event without a revision".into());
                 };
-                let value = match event.kind.as_deref() {
-                    Some("DELETE") => None,
-                    _ => Some(event.kv.value),
-                };
+                let value = (event.r#type != EventType::Delete as i32).then_some(kv.value);
                 let e = WatchEvent {
                     key,
                     revision,

@@ -1,0 +1,150 @@
+//! etcd's v3 gRPC API: the generated messages and clients (from
+//! proto/etcd.proto), and [`Rpc`], which sends calls to the first endpoint
+//! that answers.
+//!
+//! Each endpoint is one HTTP/2 connection (made on first use, remade after
+//! it breaks) that carries every call, watch and keep-alive. A call that
+//! could not connect moves on to the next endpoint: it never reached etcd, so
+//! trying it elsewhere is safe.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::config::EtcdConfig;
+
+/// The generated messages and clients.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub(crate) mod pb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// What a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RpcError {
+    /// No endpoint could be reached, or none answered in time.
+    #[error("{0}")]
+    Unreachable(String),
+    /// etcd answered with an error status.
+    #[error("etcd error ({code:?}): {message}")]
+    Status { code: Code, message: String },
+}
+
+impl From<Status> for RpcError {
+    fn from(s: Status) -> Self {
+        match s.code() {
+            // A connection that broke mid-call, or etcd without a leader.
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                RpcError::Unreachable(format!("etcd: {}", s.message()))
+            }
+            code => RpcError::Status {
+                code,
+                message: s.message().to_owned(),
+            },
+        }
+    }
+}
+
+/// Whether a failed call never left this process (it could not connect).
+fn never_sent(s: &Status) -> bool {
+    if s.code() != Code::Unavailable {
+        return false;
+    }
+    let mut source = std::error::Error::source(s);
+    let mut text = s.message().to_owned();
+    while let Some(e) = source {
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text.contains("connect")
+}
+
+/// Clients of one etcd cluster.
+pub(crate) struct Rpc {
+    endpoints: Vec<(String, Channel)>,
+    /// The endpoint that answered last.
+    current: AtomicUsize,
+    request_timeout: Duration,
+    /// The highest revision any answer carried: a watch opened now starts
+    /// after it, so it sees no change that a call returned before it.
+    seen: AtomicU64,
+}
+
+impl Rpc {
+    pub(crate) fn new(config: &EtcdConfig) -> Result<Self, RpcError> {
+        let mut endpoints = Vec::new();
+        for url in &config.endpoints {
+            let channel = Endpoint::from_shared(url.clone())
+                .map_err(|e| RpcError::Unreachable(format!("etcd endpoint {url:?}: {e}")))?
+                .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+                .tcp_nodelay(true)
+                // Finds a dead connection (a member gone without a FIN) while idle.
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+            endpoints.push((url.clone(), channel));
+        }
+        Ok(Rpc {
+            endpoints,
+            current: AtomicUsize::new(0),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            seen: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn saw(&self, header: Option<&pb::ResponseHeader>) {
+        if let Some(r) = header.and_then(|h| u64::try_from(h.revision).ok()) {
+            self.seen.fetch_max(r, Ordering::AcqRel);
+        }
+    }
+
+    /// Runs `call` on the endpoints in turn, from the one that answered
+    /// last, until one is reached; each attempt has the request timeout (for
+    /// a stream: until its first answer's headers).
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, RpcError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let idx = (first + i) % n;
+            let Some((url, channel)) = self.endpoints.get(idx) else {
+                break;
+            };
+            match tokio::time::timeout(self.request_timeout, call(channel.clone())).await {
+                Ok(Ok(r)) => {
+                    self.current.store(idx, Ordering::Relaxed);
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s)) if never_sent(&s) => failures.push(format!("{url}: {}", s.message())),
+                Ok(Err(s)) => return Err(s.into()),
+                Err(_) => {
+                    return Err(RpcError::Unreachable(format!(
+                        "{url} did not answer {what} within {:?} (a write may or may not have happened)",
+                        self.request_timeout
+                    )))
+                }
+            }
+        }
+        Err(RpcError::Unreachable(format!(
+            "no etcd endpoint reachable for {what} ({})",
+            failures.join("; ")
+        )))
+    }
+
+    /// The per-call timeout.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+}
