@@ -1,6 +1,6 @@
 //! The metadata layer's errors. Edges map them: `NotFound` → 404,
 //! `AlreadyExists` / `BadVersion` → 409, `Precondition` → 412, `Invalid` → 400,
-//! `Unavailable` → 503.
+//! `Unavailable` → 503 (Pulsar's ServiceNotReady: clients retry).
 
 use thiserror::Error;
 
