@@ -36,6 +36,8 @@ pub struct EtcdStore {
     layout: Layout,
     /// Where watch tasks run (the runtime that connected the store).
     runtime: tokio::runtime::Handle,
+    /// Dropped with the store, which ends its watches.
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 fn unavailable_or_backend(e: RpcError) -> MetadataError {
@@ -153,6 +155,7 @@ impl EtcdStore {
             rpc: Arc::new(rpc),
             layout: Layout::new(&config.root),
             runtime: tokio::runtime::Handle::current(),
+            alive: tokio::sync::watch::Sender::new(()),
         };
         store.revision().await?;
         Ok(store)
@@ -172,6 +175,7 @@ impl EtcdStore {
     pub fn watch_from(&self, prefix: &str, revision: u64) -> Watch {
         crate::watch::spawn(
             &self.runtime,
+            self.alive.subscribe(),
             self.rpc.clone(),
             self.layout.clone(),
             prefix,

@@ -25,9 +25,12 @@ const WATCH_BUFFER: usize = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Starts watching `prefix` (and every key below it) from revision `start`.
+/// Starts watching `prefix` (and every key below it) from revision `start`,
+/// until the watcher drops its [`Watch`] or the store goes (`store_gone`'s
+/// sender is dropped): then the watcher's `next` gives `None`.
 pub(crate) fn spawn(
     runtime: &tokio::runtime::Handle,
+    store_gone: tokio::sync::watch::Receiver<()>,
     rpc: Arc<Rpc>,
     layout: Layout,
     prefix: &str,
@@ -43,7 +46,7 @@ pub(crate) fn spawn(
         next: start,
         tx,
     };
-    runtime.spawn(follower.run());
+    runtime.spawn(follower.run(store_gone));
     Watch::from_channel(rx)
 }
 
@@ -68,10 +71,12 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self) {
+    async fn run(mut self, mut store_gone: tokio::sync::watch::Receiver<()>) {
         let tx = self.tx.clone();
         tokio::select! {
             () = tx.closed() => {}
+            // Nothing is ever sent: this returns when the store is dropped.
+            _ = store_gone.changed() => {}
             () = self.follow_forever() => {}
         }
     }

@@ -247,3 +247,20 @@ async fn keys_with_the_layouts_special_bytes_are_kept_apart() {
         .names
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_end_when_their_store_goes() {
+    let Some(server) = EtcdServer::start_or_skip("store dropped").await else {
+        return;
+    };
+    let s = EtcdStore::connect(&server.config()).await.unwrap();
+    let mut w = s.watch("/d");
+    s.put("/d/k", b("x"), Expect::Any, None).await.unwrap();
+    next_event(&mut w, "the put").await;
+    drop(s);
+    match tokio::time::timeout(EVENT_TIMEOUT, w.next()).await {
+        Ok(None) => {}
+        Ok(Some(x)) => panic!("a watch of a dropped store yielded {x:?}"),
+        Err(_) => panic!("a watch of a dropped store did not end within {EVENT_TIMEOUT:?}"),
+    }
+}
