@@ -202,6 +202,32 @@ pub async fn watch_sees_changes_in_order(s: Arc<dyn MetadataStore>) {
     }
 }
 
+/// A watch reports the changes made after it was opened, none from before:
+/// not even writes whose events a backend may still be delivering.
+pub async fn watch_starts_after_returned_writes(s: Arc<dyn MetadataStore>) {
+    let p = prefix("watch-start");
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = s.clone();
+        let k = format!("{p}/before/{i}");
+        tasks.push(tokio::spawn(async move {
+            s.put(&k, b("old"), Expect::Any, None).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut w = s.watch(&p);
+    let after = format!("{p}/after");
+    let v = s.put(&after, b("new"), Expect::Any, None).await.unwrap();
+    let e = next_event(&mut w, "the write after the watch").await;
+    assert_eq!(
+        (e.key.as_str(), e.revision),
+        (after.as_str(), v),
+        "the first event is the first write after the watch opened"
+    );
+}
+
 /// Closing a session deletes its ephemeral keys (watchers see it) and the
 /// session can bind no more keys.
 pub async fn ephemeral_keys_die_with_their_session(s: Arc<dyn MetadataStore>) {
@@ -376,6 +402,7 @@ macro_rules! conformance_tests {
             conditional_writes_conflict,
             concurrent_increments_lose_nothing,
             watch_sees_changes_in_order,
+            watch_starts_after_returned_writes,
             ephemeral_keys_die_with_their_session,
             expired_sessions_lose_their_keys,
             kept_alive_sessions_keep_their_keys,
