@@ -94,5 +94,38 @@ async fn main() -> anyhow::Result<()> {
         times,
         start.elapsed(),
     );
+
+    // Paging children: 'ops' leaf children of one prefix, in pages of 1,000.
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..ops).step_by(writers) {
+                let key = format!("/many/c{i:08}");
+                store.put(&key, value.clone(), Expect::Any, None).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    let mut after: Option<String> = None;
+    let mut listed = 0;
+    loop {
+        let t = Instant::now();
+        let page = store.children("/many", after.as_deref(), 1000).await?;
+        times.push(t.elapsed());
+        listed += page.names.len();
+        if !page.more {
+            break;
+        }
+        after = page.names.last().cloned();
+    }
+    let total = start.elapsed();
+    summary(&format!("children, pages of 1000 ({listed})"), times, total);
     Ok(())
 }
