@@ -35,11 +35,15 @@ pub(crate) enum RpcError {
 
 impl From<Status> for RpcError {
     fn from(s: Status) -> Self {
+        // A status with a source is this side's transport failing (a
+        // connection refused, reset or closed), not an answer from etcd.
+        let local = std::error::Error::source(&s).is_some();
         match s.code() {
-            // A connection that broke mid-call, or etcd without a leader.
+            // A connection lost mid-call, or etcd without a leader.
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                RpcError::Unreachable(format!("etcd: {}", s.message()))
+                RpcError::Unreachable(format!("etcd: {}", reason(&s)))
             }
+            _ if local => RpcError::Unreachable(format!("etcd: {}", reason(&s))),
             code => RpcError::Status {
                 code,
                 message: s.message().to_owned(),
@@ -48,18 +52,25 @@ impl From<Status> for RpcError {
     }
 }
 
-/// Whether a failed call never left this process (it could not connect).
-fn never_sent(s: &Status) -> bool {
-    if s.code() != Code::Unavailable {
-        return false;
-    }
-    let mut source = std::error::Error::source(s);
+/// A status's message with its causes.
+fn reason(s: &Status) -> String {
     let mut text = s.message().to_owned();
+    let mut source = std::error::Error::source(s);
     while let Some(e) = source {
-        text.push_str(&e.to_string());
+        let cause = e.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = e.source();
     }
-    text.contains("connect")
+    text
+}
+
+/// Whether a failed call never left this process: it could not connect
+/// (tonic's words for it; a connection reset or closed mid-call is not this).
+fn never_sent(s: &Status) -> bool {
+    s.code() == Code::Unavailable && reason(s).contains("tcp connect error")
 }
 
 /// Clients of one etcd cluster.
@@ -127,7 +138,7 @@ impl Rpc {
                     self.current.store(idx, Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
-                Ok(Err(s)) if never_sent(&s) => failures.push(format!("{url}: {}", s.message())),
+                Ok(Err(s)) if never_sent(&s) => failures.push(format!("{url}: {}", reason(&s))),
                 Ok(Err(s)) => return Err(s.into()),
                 Err(_) => {
                     return Err(RpcError::Unreachable(format!(
@@ -146,5 +157,42 @@ impl Rpc {
     /// The per-call timeout.
     pub(crate) fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures_are_unreachable_and_answers_are_statuses() {
+        let reset = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(matches!(RpcError::from(reset), RpcError::Unreachable(_)));
+        let no_leader = Status::unavailable("etcdserver: no leader");
+        assert!(matches!(
+            RpcError::from(no_leader),
+            RpcError::Unreachable(_)
+        ));
+        let answer = Status::not_found("etcdserver: requested lease not found");
+        assert!(matches!(
+            RpcError::from(answer),
+            RpcError::Status {
+                code: Code::NotFound,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn only_a_refused_connection_counts_as_never_sent() {
+        assert!(never_sent(&Status::unavailable(
+            "tcp connect error: Connection refused (os error 111)"
+        )));
+        assert!(!never_sent(&Status::unavailable(
+            "transport error: connection reset"
+        )));
+        assert!(!never_sent(&Status::unavailable("etcdserver: no leader")));
     }
 }

@@ -1,5 +1,6 @@
-//! A real etcd for tests (feature `test-support`): one member on loopback
-//! ports, in a temporary data directory, killed when dropped.
+//! A real etcd for tests (feature `test-support`): one member, or a cluster
+//! of several, on loopback ports, in a temporary directory, killed when
+//! dropped; members can be killed and restarted one by one.
 //!
 //! The binary is `$KILONOVA_ETCD_BIN`, else `etcd` on `PATH` (Debian's
 //! `etcd-server`; `scripts/test` installs it). Without it a test skips with a
@@ -20,13 +21,41 @@ use crate::rpc::pb::kv_client::KvClient;
 /// How long a start (or restart) may take before it is a failure.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A running etcd (killed when dropped).
+/// A running etcd of one or more members (killed when dropped).
 pub struct EtcdServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+struct Member {
+    name: String,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
 }
 
 impl EtcdServer {
@@ -41,10 +70,15 @@ impl EtcdServer {
             .find(|p| p.is_file())
     }
 
-    /// Starts a server; `None` (after saying why on stderr) when there is no
-    /// `etcd` binary and `KILONOVA_REQUIRE_ETCD` is not set. Panics if it
-    /// cannot start, or if the binary is missing but required.
+    /// Starts a one-member etcd; `None` (after saying why on stderr) when
+    /// there is no `etcd` binary and `KILONOVA_REQUIRE_ETCD` is not set.
+    /// Panics if it cannot start, or if the binary is missing but required.
     pub async fn start_or_skip(test: &str) -> Option<EtcdServer> {
+        Self::start_cluster_or_skip(test, 1).await
+    }
+
+    /// As [`EtcdServer::start_or_skip`], with `members` members.
+    pub async fn start_cluster_or_skip(test: &str, members: usize) -> Option<EtcdServer> {
         let Some(bin) = Self::binary() else {
             if std::env::var_os("KILONOVA_REQUIRE_ETCD").is_some() {
                 panic!("{test}: KILONOVA_REQUIRE_ETCD is set but there is no `etcd` binary (apt-get install etcd-server, or set KILONOVA_ETCD_BIN)");
@@ -52,14 +86,15 @@ impl EtcdServer {
             eprintln!("SKIPPED {test}: no `etcd` binary on PATH (apt-get install etcd-server; set KILONOVA_REQUIRE_ETCD=1 to make this a failure)");
             return None;
         };
-        match Self::start(bin).await {
+        match Self::start(bin, members).await {
             Ok(s) => Some(s),
             Err(e) => panic!("{test}: etcd did not start: {e}"),
         }
     }
 
-    /// Starts `bin` as a one-member etcd and waits until it serves requests.
-    pub async fn start(bin: PathBuf) -> Result<EtcdServer, String> {
+    /// Starts `bin` as an etcd cluster of `members` members and waits until
+    /// every member serves requests.
+    pub async fn start(bin: PathBuf, members: usize) -> Result<EtcdServer, String> {
         let dir = tempfile::Builder::new()
             .prefix("kilonova-etcd-")
             .tempdir()
@@ -67,21 +102,31 @@ impl EtcdServer {
         let mut server = EtcdServer {
             bin,
             dir,
-            client_port: 0,
-            peer_port: 0,
-            child: None,
+            members: Vec::new(),
         };
         let mut last_error = String::new();
         // Ports are free when chosen, but another process may take one before
-        // etcd binds it: then etcd exits, and we try other ports.
+        // etcd binds it: then a member exits, and we try other ports.
         for _ in 0..3 {
-            [server.client_port, server.peer_port] = free_ports()?;
-            // A failed first start may leave a member directory for other ports.
-            let _ = std::fs::remove_dir_all(server.data_dir());
-            match server.spawn_and_wait().await {
+            let ports = free_ports(2 * members.max(1))?;
+            server.members = ports
+                .chunks(2)
+                .enumerate()
+                .map(|(i, p)| Member {
+                    name: format!("m{i}"),
+                    client_port: p.first().copied().unwrap_or_default(),
+                    peer_port: p.get(1).copied().unwrap_or_default(),
+                    child: None,
+                })
+                .collect();
+            // A failed start may leave member directories for other ports.
+            for i in 0..server.members.len() {
+                let _ = std::fs::remove_dir_all(server.data_dir(i));
+            }
+            match server.spawn_all_and_wait().await {
                 Ok(()) => return Ok(server),
                 Err(e) => {
-                    let exited = server.exited();
+                    let exited = server.members.iter_mut().any(Member::exited);
                     last_error = e;
                     server.kill();
                     if !exited {
@@ -93,65 +138,103 @@ impl EtcdServer {
         Err(last_error)
     }
 
-    /// The client URL (`http://127.0.0.1:<port>`).
+    /// The first member's client URL (`http://127.0.0.1:<port>`).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.members
+            .first()
+            .map(Member::client_url)
+            .unwrap_or_default()
     }
 
-    /// Settings for a store on this server, with short timeouts so tests of
-    /// failures end quickly.
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// Settings for a store on this etcd (every member), with short timeouts
+    /// so tests of failures end quickly.
     pub fn config(&self) -> EtcdConfig {
         EtcdConfig {
+            endpoints: self.endpoints(),
             request_timeout_ms: 2_000,
             connect_timeout_ms: 500,
-            ..EtcdConfig::new(self.endpoint())
+            ..EtcdConfig::default()
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+    fn data_dir(&self, member: usize) -> PathBuf {
+        self.dir.path().join(format!("data-m{member}"))
     }
 
-    /// Kills the server (SIGKILL) and waits for it to exit; its data stays.
+    /// Kills every member (SIGKILL) and waits for them to exit; data stays.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for m in &mut self.members {
+            m.kill();
         }
     }
 
-    /// Starts the server again on the same ports and data directory.
+    /// Starts every member again on the same ports and data directories.
     pub async fn restart(&mut self) -> Result<(), String> {
         self.kill();
-        self.spawn_and_wait().await
+        self.spawn_all_and_wait().await
     }
 
-    fn exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    /// Kills member `i` (SIGKILL); its data stays.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(m) = self.members.get_mut(i) {
+            m.kill();
+        }
     }
 
-    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+    /// Starts member `i` again and waits until it serves requests.
+    pub async fn restart_member(&mut self, i: usize) -> Result<(), String> {
+        self.kill_member(i);
+        self.spawn(i)?;
+        self.wait_ready(i).await
+    }
+
+    async fn spawn_all_and_wait(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            self.spawn(i)?;
+        }
+        for i in 0..self.members.len() {
+            self.wait_ready(i).await?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let initial_cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data_dir = self.data_dir(i);
+        let log_path = self.dir.path().join(format!("etcd-m{i}.log"));
+        let bin = self.bin.clone();
+        let Some(m) = self.members.get_mut(i) else {
+            return Err(format!("no member {i}"));
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("etcd.log"))
+            .open(log_path)
             .map_err(|e| format!("etcd log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.bin)
-            .arg("--name")
-            .arg("kilonova-test")
+        let (client, peer) = (m.client_url(), m.peer_url());
+        let child = Command::new(&bin)
+            .args(["--name", &m.name])
             .arg("--data-dir")
-            .arg(self.data_dir())
+            .arg(data_dir)
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("kilonova-test={peer}")])
-            // Short raft timers: a lone member elects itself at once, and the
+            .args(["--initial-cluster", &initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "kilonova-test"])
+            // Short raft timers: a leader is elected at once, and the
             // shortest lease (1.5 election timeouts) is well under a second.
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .args(["--log-level", "warn"])
@@ -159,51 +242,63 @@ impl EtcdServer {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .spawn()
-            .map_err(|e| format!("spawning {}: {e}", self.bin.display()))?;
-        self.child = Some(child);
+            .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, i: usize) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if self.exited() {
-                return Err(format!("etcd exited; its log: {}", self.log_tail()));
+            let Some(m) = self.members.get_mut(i) else {
+                return Err(format!("no member {i}"));
+            };
+            if m.exited() {
+                return Err(format!(
+                    "etcd member {i} exited; its log: {}",
+                    self.log_tail(i)
+                ));
             }
-            // Ready once a linearizable read succeeds (a leader is elected).
-            if self.answers().await {
+            // Ready once a linearizable read succeeds (the member has a leader).
+            if answers(&m.client_url()).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "etcd not ready within {START_TIMEOUT:?}; its log: {}",
-                    self.log_tail()
+                    "etcd member {i} not ready within {START_TIMEOUT:?}; its log: {}",
+                    self.log_tail(i)
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    async fn answers(&self) -> bool {
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(self.endpoint()) else {
-            return false;
-        };
-        let Ok(channel) = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(1))
-            .connect()
-            .await
-        else {
-            return false;
-        };
-        let read = crate::rpc::pb::RangeRequest {
-            key: bytes::Bytes::from_static(b"\0"),
-            ..Default::default()
-        };
-        KvClient::new(channel).range(read).await.is_ok()
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+    fn log_tail(&self, i: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join(format!("etcd-m{i}.log")))
+            .unwrap_or_default();
         let start = log.len().saturating_sub(2000);
         log.get(start..).unwrap_or(&log).to_owned()
     }
+}
+
+/// Whether the member at `url` answers a linearizable read.
+async fn answers(url: &str) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_owned()) else {
+        return false;
+    };
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let read = crate::rpc::pb::RangeRequest {
+        key: bytes::Bytes::from_static(b"\0"),
+        ..Default::default()
+    };
+    KvClient::new(channel).range(read).await.is_ok()
 }
 
 impl Drop for EtcdServer {
@@ -212,14 +307,15 @@ impl Drop for EtcdServer {
     }
 }
 
-fn free_ports() -> Result<[u16; 2], String> {
-    let bind = || {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| Ok((l.local_addr()?.port(), l)))
-            .map_err(|e| format!("no free port: {e}"))
-    };
-    // Both listeners live until both ports are chosen, so they differ.
-    let (a, _la) = bind()?;
-    let (b, _lb) = bind()?;
-    Ok([a, b])
+/// `n` distinct free ports (every listener lives until all are chosen).
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let mut held = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..n {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| format!("no free port: {e}"))?;
+        ports.push(l.local_addr().map_err(|e| e.to_string())?.port());
+        held.push(l);
+    }
+    Ok(ports)
 }

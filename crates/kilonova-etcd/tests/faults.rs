@@ -264,3 +264,66 @@ async fn watches_end_when_their_store_goes() {
         Err(_) => panic!("a watch of a dropped store did not end within {EVENT_TIMEOUT:?}"),
     }
 }
+
+/// Retries `f` while it fails with `Unavailable` (a member lost, a new
+/// leader being elected), up to a deadline.
+async fn until_available<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, MetadataError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(MetadataError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_member_of_three_moves_calls_watches_and_sessions_to_the_others() {
+    let Some(mut cluster) = EtcdServer::start_cluster_or_skip("etcd member loss", 3).await else {
+        return;
+    };
+    let s = EtcdStore::connect(&cluster.config()).await.unwrap();
+    let session = s.open_session(Duration::from_secs(30)).await.unwrap();
+    s.put("/m/owner", b("b1"), Expect::Absent, Some(session))
+        .await
+        .unwrap();
+    let mut w = s.watch("/m");
+    let mut expected = 0u64;
+    // Each member in turn: the store was talking to it (the first answers
+    // first; afterwards whichever took over), and it goes away.
+    for lost in 0..3 {
+        cluster.kill_member(lost);
+        let key = format!("/m/k{lost}");
+        let v = until_available("a write with a member down", || {
+            s.put(&key, b("v"), Expect::Absent, None)
+        })
+        .await;
+        let e = next_event(&mut w, "the write with a member down").await;
+        assert_eq!(
+            (e.key.as_str(), e.revision),
+            (key.as_str(), v),
+            "the watch moved to another member and lost nothing"
+        );
+        assert!(e.revision > expected, "revisions still increase");
+        expected = e.revision;
+        until_available("a keep-alive with a member down", || s.keep_alive(session)).await;
+        let page = until_available("a listing with a member down", || {
+            s.children("/m", None, 10)
+        })
+        .await;
+        assert!(page.names.contains(&format!("k{lost}")));
+        cluster.restart_member(lost).await.unwrap();
+    }
+    assert_eq!(
+        s.get("/m/owner").await.unwrap().map(|v| v.session),
+        Some(Some(session)),
+        "the ephemeral key outlived every member's loss"
+    );
+}
