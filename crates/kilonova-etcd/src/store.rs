@@ -43,6 +43,13 @@ pub struct EtcdStore {
 fn unavailable_or_backend(e: RpcError) -> MetadataError {
     match e {
         RpcError::Unreachable(m) => MetadataError::Unavailable(m),
+        // What etcd refuses as the caller's fault: a request over its size
+        // limit (`--max-request-bytes`, 1.5 MiB by default: InvalidArgument;
+        // 512 KiB more and gRPC itself refuses it: ResourceExhausted).
+        RpcError::Status {
+            code: Code::InvalidArgument | Code::ResourceExhausted,
+            message,
+        } => MetadataError::Invalid(format!("etcd refused the request: {message}")),
         e @ RpcError::Status { .. } => MetadataError::Backend(e.to_string()),
     }
 }

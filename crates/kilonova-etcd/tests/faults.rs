@@ -327,3 +327,26 @@ async fn losing_a_member_of_three_moves_calls_watches_and_sessions_to_the_others
         "the ephemeral key outlived every member's loss"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_over_etcds_request_limit_is_refused_as_invalid() {
+    let Some(server) = EtcdServer::start_or_skip("request limit").await else {
+        return;
+    };
+    let s = EtcdStore::connect(&server.config()).await.unwrap();
+    // Over etcd's limit (1.5 MiB), and over gRPC's (etcd's + 512 KiB).
+    for size in [7 << 18, 3 << 20] {
+        let big = Bytes::from(vec![b'x'; size]);
+        match s.put("/big", big, Expect::Any, None).await {
+            Err(MetadataError::Invalid(msg)) => assert!(msg.contains("large"), "{msg}"),
+            other => panic!("a value of {size} bytes: {other:?}"),
+        }
+    }
+    let fits = Bytes::from(vec![b'x'; 1 << 20]);
+    let v = s
+        .put("/big", fits.clone(), Expect::Any, None)
+        .await
+        .unwrap();
+    let got = s.get("/big").await.unwrap().unwrap();
+    assert_eq!((got.value, got.version), (fits, v));
+}
