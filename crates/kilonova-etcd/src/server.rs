@@ -237,6 +237,8 @@ impl EtcdServer {
             // Short raft timers: a leader is elected at once, and the
             // shortest lease (1.5 election timeouts) is well under a second.
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            // Watch progress reports every 100 ms, not every 10 minutes.
+            .args(["--experimental-watch-progress-notify-interval", "100ms"])
             .args(["--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

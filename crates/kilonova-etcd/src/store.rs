@@ -486,7 +486,14 @@ mod tests {
             unavailable_or_backend(no_leader),
             MetadataError::Unavailable(_)
         ));
-        let other = RpcError::from(tonic::Status::invalid_argument("bad"));
+        let too_large = RpcError::from(tonic::Status::invalid_argument(
+            "etcdserver: request is too large",
+        ));
+        assert!(matches!(
+            unavailable_or_backend(too_large),
+            MetadataError::Invalid(_)
+        ));
+        let other = RpcError::from(tonic::Status::internal("mvcc: database space exceeded"));
         assert!(matches!(
             unavailable_or_backend(other),
             MetadataError::Backend(_)

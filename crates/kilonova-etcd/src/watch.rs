@@ -116,6 +116,10 @@ impl Follower {
                     key: self.from.clone().into(),
                     range_end: self.end.clone().into(),
                     start_revision: i64::try_from(self.next).unwrap_or(i64::MAX),
+                    // Progress reports while nothing under the prefix changes
+                    // move `next` on, so a stream reopened after a long quiet
+                    // spell does not start from a revision compacted since.
+                    progress_notify: true,
                     ..pb::WatchCreateRequest::default()
                 },
             )),
@@ -149,10 +153,18 @@ impl Follower {
             if r.canceled {
                 return Ended::Broken(format!("cancelled: {}", r.cancel_reason));
             }
+            self.rpc.saw(r.header.as_ref());
             if r.created {
                 *backoff = MIN_BACKOFF;
+            } else if r.events.is_empty() {
+                // A progress report: every later event of this stream is
+                // above its revision (the created answer's revision is not
+                // one: events from before it may still come).
+                if let Some(r) = r.header.and_then(|h| u64::try_from(h.revision).ok()) {
+                    self.next = self.next.max(r + 1);
+                }
+                continue;
             }
-            self.rpc.saw(r.header.as_ref());
             for event in r.events {
                 let Some(kv) = event.kv else {
                     return Ended::Broken("an event without a key".into());
