@@ -33,13 +33,14 @@ fn escape_into(out: &mut Vec<u8>, component: &str) {
     }
 }
 
-/// A component back from its escaped form; `None` if it is not one.
+/// A component back from its escaped form; `None` if it is not one (a
+/// component never holds a `/`: keys are split there).
 fn unescape(raw: &[u8]) -> Option<String> {
     let mut out = Vec::with_capacity(raw.len());
     let mut bytes = raw.iter();
     while let Some(&b) = bytes.next() {
         match b {
-            SEP => return None,
+            SEP | b'/' => return None,
             ESC => match bytes.next() {
                 Some(0x01) => out.push(SEP),
                 Some(0x02) => out.push(ESC),
@@ -266,6 +267,7 @@ mod tests {
         assert_eq!(l.decode(b"/kn2\0a"), None, "another root");
         assert_eq!(l.decode(b"/kn\0a\x01"), None, "a dangling escape");
         assert_eq!(l.decode(b"/kn\0\0a"), None, "an empty component");
+        assert_eq!(l.decode(b"/kn\0a/b"), None, "a slash inside a component");
     }
 
     proptest! {
@@ -273,6 +275,37 @@ mod tests {
         fn keys_round_trip(k in key()) {
             let l = Layout::new("/root");
             prop_assert_eq!(l.decode(&l.encode(&k)), Some(k));
+        }
+
+        #[test]
+        fn any_bytes_decode_to_a_key_that_encodes_back_or_to_none(
+            raw in prop::collection::vec(
+                prop::sample::select(vec![0u8, 1, 2, b'/', b'a', b'r', 0xff]),
+                0..24,
+            ),
+            rooted in any::<bool>(),
+        ) {
+            let l = Layout::new("/r");
+            // Mostly bytes under the root, as etcd's answers hold.
+            let raw = if rooted { [b"/r\0".as_slice(), &raw].concat() } else { raw };
+            if let Some(key) = l.decode(&raw) {
+                prop_assert_eq!(l.encode(&key), raw, "{:?}", key);
+            }
+        }
+
+        #[test]
+        fn scans_fed_any_bytes_never_panic(
+            keys in prop::collection::vec(
+                prop::collection::vec(prop::sample::select(vec![0u8, 1, 2, b'a', 0xff]), 0..8),
+                0..10,
+            ),
+            more in any::<bool>(),
+        ) {
+            let l = Layout::new("");
+            let mut scan = ChildScan::new(&l, "", None, 3);
+            if let Some(page) = scan.feed(&keys, more) {
+                prop_assert!(page.names.len() <= 3);
+            }
         }
 
         #[test]
