@@ -67,10 +67,13 @@ fn reason(s: &Status) -> String {
     text
 }
 
-/// Whether a failed call never left this process: it could not connect
-/// (tonic's words for it; a connection reset or closed mid-call is not this).
+/// Whether a failed call never left this process: the endpoint's name did
+/// not resolve or its connection could not be made (hyper's words for these;
+/// a connection reset or closed mid-call is not this).
 fn never_sent(s: &Status) -> bool {
-    s.code() == Code::Unavailable && reason(s).contains("tcp connect error")
+    let why = reason(s);
+    s.code() == Code::Unavailable
+        && (why.contains("tcp connect error") || why.contains("dns error"))
 }
 
 /// Clients of one etcd cluster.
@@ -189,6 +192,9 @@ mod tests {
     fn only_a_refused_connection_counts_as_never_sent() {
         assert!(never_sent(&Status::unavailable(
             "tcp connect error: Connection refused (os error 111)"
+        )));
+        assert!(never_sent(&Status::unavailable(
+            "dns error: failed to lookup address information"
         )));
         assert!(!never_sent(&Status::unavailable(
             "transport error: connection reset"

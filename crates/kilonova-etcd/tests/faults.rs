@@ -200,7 +200,11 @@ async fn an_endpoint_that_does_not_answer_is_skipped() {
         format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
     };
     let config = EtcdConfig {
-        endpoints: vec![dead, server.endpoint()],
+        endpoints: vec![
+            dead,
+            "http://no-such-etcd.invalid:2379".into(),
+            server.endpoint(),
+        ],
         ..server.config()
     };
     let s = EtcdStore::connect(&config).await.unwrap();
