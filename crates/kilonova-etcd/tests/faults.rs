@@ -387,3 +387,79 @@ async fn a_quiet_watch_is_not_lagged_by_a_compaction_of_what_it_never_watched() 
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_across_an_etcd_restart_loses_and_doubles_nothing() {
+    const TASKS: usize = 8;
+    const EACH: usize = 15;
+    let Some(mut server) = EtcdServer::start_or_skip("CAS across a restart").await else {
+        return;
+    };
+    let s = std::sync::Arc::new(EtcdStore::connect(&server.config()).await.unwrap());
+    s.put("/c", b(""), Expect::Absent, None).await.unwrap();
+    // Each task appends its own tokens with compare-and-set. A write that
+    // fails as Unavailable may or may not have happened: the task re-reads
+    // and looks for its token before trying again.
+    let outages = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let s = s.clone();
+        let outages = outages.clone();
+        tasks.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for n in 0..EACH {
+                let token = format!("t{t}-{n};");
+                loop {
+                    assert!(Instant::now() < deadline, "task {t} made no progress");
+                    let cur = match s.get("/c").await {
+                        Ok(v) => v.expect("the key stays"),
+                        Err(MetadataError::Unavailable(_)) => {
+                            outages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        Err(e) => panic!("read: {e}"),
+                    };
+                    let value = String::from_utf8(cur.value.to_vec()).unwrap();
+                    if value.contains(&token) {
+                        break; // an earlier attempt that failed as Unavailable did happen
+                    }
+                    let next = Bytes::from(format!("{value}{token}"));
+                    match s.put("/c", next, Expect::Version(cur.version), None).await {
+                        Ok(_) => break,
+                        Err(MetadataError::BadVersion { .. }) => {}
+                        Err(MetadataError::Unavailable(_)) => {
+                            outages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
+                        Err(e) => panic!("write: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    // Restart etcd once the writers are under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = s.get("/c").await.unwrap().unwrap();
+        if v.value.len() >= 20 * "t0-0;".len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the writers made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill();
+    server.restart().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let value = String::from_utf8(s.get("/c").await.unwrap().unwrap().value.to_vec()).unwrap();
+    let tokens: Vec<&str> = value.split_terminator(';').collect();
+    let unique: std::collections::BTreeSet<&str> = tokens.iter().copied().collect();
+    assert_eq!(tokens.len(), unique.len(), "no token twice: {value}");
+    assert_eq!(tokens.len(), TASKS * EACH, "every token once: {value}");
+    assert!(
+        outages.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the restart happened while the writers wrote"
+    );
+}
