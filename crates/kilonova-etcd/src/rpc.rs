@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::config::EtcdConfig;
@@ -25,6 +25,9 @@ pub(crate) mod pb {
 /// What a call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RpcError {
+    /// The settings cannot work (a bad URL, an unreadable certificate).
+    #[error("{0}")]
+    Config(String),
     /// No endpoint could be reached, or none answered in time.
     #[error("{0}")]
     Unreachable(String),
@@ -76,6 +79,28 @@ fn never_sent(s: &Status) -> bool {
         && (why.contains("tcp connect error") || why.contains("dns error"))
 }
 
+/// The TLS settings of https endpoints: the CA of the members' certificates
+/// and, if etcd asks for one, this client's certificate.
+fn tls_config(config: &EtcdConfig) -> Result<Option<ClientTlsConfig>, RpcError> {
+    if !config.tls() {
+        return Ok(None);
+    }
+    // rustls needs a crypto provider chosen: ring, as everywhere in
+    // Kilonova. Installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| RpcError::Config(format!("{}: {e}", path.display())))
+    };
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &config.ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
 /// Clients of one etcd cluster.
 pub(crate) struct Rpc {
     endpoints: Vec<(String, Channel)>,
@@ -89,10 +114,17 @@ pub(crate) struct Rpc {
 
 impl Rpc {
     pub(crate) fn new(config: &EtcdConfig) -> Result<Self, RpcError> {
+        let tls = tls_config(config)?;
         let mut endpoints = Vec::new();
         for url in &config.endpoints {
-            let channel = Endpoint::from_shared(url.clone())
-                .map_err(|e| RpcError::Unreachable(format!("etcd endpoint {url:?}: {e}")))?
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| RpcError::Config(format!("etcd endpoint {url:?}: {e}")))?;
+            if let (true, Some(tls)) = (url.starts_with("https://"), &tls) {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| RpcError::Config(format!("etcd endpoint {url:?}: {e}")))?;
+            }
+            let channel = endpoint
                 .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
                 .tcp_nodelay(true)
                 // Finds a dead connection (a member gone without a FIN) while idle.

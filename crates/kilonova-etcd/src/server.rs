@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::EtcdConfig;
 use crate::rpc::pb::kv_client::KvClient;
+use crate::rpc::Rpc;
 
 /// How long a start (or restart) may take before it is a failure.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,6 +27,59 @@ pub struct EtcdServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// Clients speak TLS and present certificates (one CA for everything).
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files of a test CA, the members' certificate and a client's.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A new CA and certificates signed by it, written to `dir`: the
+    /// members' for 127.0.0.1 and localhost, and a client's.
+    pub fn create(dir: &std::path::Path) -> Result<TlsFiles, String> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let err = |e: rcgen::Error| format!("test certificates: {e}");
+        let ca_key = KeyPair::generate().map_err(err)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "kilonova test etcd CA");
+        let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().map_err(err)?;
+            let mut params = CertificateParams::new(names).map_err(err)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &issuer).map_err(err)?;
+            Ok::<_, String>((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            "kilonova test etcd",
+        )?;
+        let (client_cert, client_key) = leaf(vec!["kilonova".into()], "kilonova")?;
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text)
+                .map(|()| p)
+                .map_err(|e| format!("writing {name}: {e}"))
+        };
+        Ok(TlsFiles {
+            ca: write("ca.pem", &ca_cert.pem())?,
+            server_cert: write("server.pem", &server_cert)?,
+            server_key: write("server.key", &server_key)?,
+            client_cert: write("client.pem", &client_cert)?,
+            client_key: write("client.key", &client_key)?,
+        })
+    }
 }
 
 struct Member {
@@ -33,11 +87,13 @@ struct Member {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -77,8 +133,18 @@ impl EtcdServer {
         Self::start_cluster_or_skip(test, 1).await
     }
 
+    /// As [`EtcdServer::start_or_skip`], with clients on TLS presenting
+    /// certificates (`--client-cert-auth`); [`EtcdServer::config`] has them.
+    pub async fn start_tls_or_skip(test: &str) -> Option<EtcdServer> {
+        Self::start_with_or_skip(test, 1, true).await
+    }
+
     /// As [`EtcdServer::start_or_skip`], with `members` members.
     pub async fn start_cluster_or_skip(test: &str, members: usize) -> Option<EtcdServer> {
+        Self::start_with_or_skip(test, members, false).await
+    }
+
+    async fn start_with_or_skip(test: &str, members: usize, tls: bool) -> Option<EtcdServer> {
         let Some(bin) = Self::binary() else {
             if std::env::var_os("KILONOVA_REQUIRE_ETCD").is_some() {
                 panic!("{test}: KILONOVA_REQUIRE_ETCD is set but there is no `etcd` binary (apt-get install etcd-server, or set KILONOVA_ETCD_BIN)");
@@ -86,23 +152,29 @@ impl EtcdServer {
             eprintln!("SKIPPED {test}: no `etcd` binary on PATH (apt-get install etcd-server; set KILONOVA_REQUIRE_ETCD=1 to make this a failure)");
             return None;
         };
-        match Self::start(bin, members).await {
+        match Self::start(bin, members, tls).await {
             Ok(s) => Some(s),
             Err(e) => panic!("{test}: etcd did not start: {e}"),
         }
     }
 
-    /// Starts `bin` as an etcd cluster of `members` members and waits until
-    /// every member serves requests.
-    pub async fn start(bin: PathBuf, members: usize) -> Result<EtcdServer, String> {
+    /// Starts `bin` as an etcd cluster of `members` members (clients on TLS
+    /// with certificates if `tls`) and waits until every member serves requests.
+    pub async fn start(bin: PathBuf, members: usize, tls: bool) -> Result<EtcdServer, String> {
         let dir = tempfile::Builder::new()
             .prefix("kilonova-etcd-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
+        let tls = if tls {
+            Some(TlsFiles::create(dir.path())?)
+        } else {
+            None
+        };
         let mut server = EtcdServer {
             bin,
             dir,
             members: Vec::new(),
+            tls,
         };
         let mut last_error = String::new();
         // Ports are free when chosen, but another process may take one before
@@ -117,6 +189,7 @@ impl EtcdServer {
                     client_port: p.first().copied().unwrap_or_default(),
                     peer_port: p.get(1).copied().unwrap_or_default(),
                     child: None,
+                    tls: server.tls.is_some(),
                 })
                 .collect();
             // A failed start may leave member directories for other ports.
@@ -152,14 +225,27 @@ impl EtcdServer {
     }
 
     /// Settings for a store on this etcd (every member), with short timeouts
-    /// so tests of failures end quickly.
+    /// so tests of failures end quickly, and the client certificate if the
+    /// members ask for one.
     pub fn config(&self) -> EtcdConfig {
+        self.config_for(self.endpoints())
+    }
+
+    fn config_for(&self, endpoints: Vec<String>) -> EtcdConfig {
         EtcdConfig {
-            endpoints: self.endpoints(),
+            endpoints,
             request_timeout_ms: 2_000,
             connect_timeout_ms: 500,
+            ca_file: self.tls.as_ref().map(|t| t.ca.clone()),
+            cert_file: self.tls.as_ref().map(|t| t.client_cert.clone()),
+            key_file: self.tls.as_ref().map(|t| t.client_key.clone()),
             ..EtcdConfig::default()
         }
+    }
+
+    /// The test certificates, if clients speak TLS.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     fn data_dir(&self, member: usize) -> PathBuf {
@@ -213,6 +299,18 @@ impl EtcdServer {
         let data_dir = self.data_dir(i);
         let log_path = self.dir.path().join(format!("etcd-m{i}.log"));
         let bin = self.bin.clone();
+        let mut tls_args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(t) = &self.tls {
+            for (flag, path) in [
+                ("--cert-file", &t.server_cert),
+                ("--key-file", &t.server_key),
+                ("--trusted-ca-file", &t.ca),
+            ] {
+                tls_args.push(flag.into());
+                tls_args.push(path.into());
+            }
+            tls_args.push("--client-cert-auth".into());
+        }
         let Some(m) = self.members.get_mut(i) else {
             return Err(format!("no member {i}"));
         };
@@ -240,6 +338,7 @@ impl EtcdServer {
             // Watch progress reports every 100 ms, not every 10 minutes.
             .args(["--experimental-watch-progress-notify-interval", "100ms"])
             .args(["--log-level", "warn"])
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -262,7 +361,8 @@ impl EtcdServer {
                 ));
             }
             // Ready once a linearizable read succeeds (the member has a leader).
-            if answers(&m.client_url()).await {
+            let url = m.client_url();
+            if answers(&self.config_for(vec![url])).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -283,24 +383,21 @@ impl EtcdServer {
     }
 }
 
-/// Whether the member at `url` answers a linearizable read.
-async fn answers(url: &str) -> bool {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_owned()) else {
-        return false;
-    };
-    let Ok(channel) = endpoint
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(1))
-        .connect()
-        .await
-    else {
+/// Whether the member `config` names answers a linearizable read.
+async fn answers(config: &EtcdConfig) -> bool {
+    let Ok(rpc) = Rpc::new(config) else {
         return false;
     };
     let read = crate::rpc::pb::RangeRequest {
         key: bytes::Bytes::from_static(b"\0"),
         ..Default::default()
     };
-    KvClient::new(channel).range(read).await.is_ok()
+    rpc.call("range", |ch| {
+        let read = read.clone();
+        async move { KvClient::new(ch).range(read).await }
+    })
+    .await
+    .is_ok()
 }
 
 impl Drop for EtcdServer {

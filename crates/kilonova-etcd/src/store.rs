@@ -42,6 +42,7 @@ pub struct EtcdStore {
 
 fn unavailable_or_backend(e: RpcError) -> MetadataError {
     match e {
+        RpcError::Config(m) => MetadataError::Invalid(m),
         RpcError::Unreachable(m) => MetadataError::Unavailable(m),
         // What etcd refuses as the caller's fault: a request over its size
         // limit (`--max-request-bytes`, 1.5 MiB by default: InvalidArgument;
