@@ -127,5 +127,25 @@ async fn main() -> anyhow::Result<()> {
     }
     let total = start.elapsed();
     summary(&format!("children, pages of 1000 ({listed})"), times, total);
+
+    // Watch delay: from a write's start until a watcher of its prefix has it.
+    let mut watch = store.watch("/watched");
+    let mut times = Vec::with_capacity(ops);
+    let start = Instant::now();
+    for i in 0..ops {
+        let t = Instant::now();
+        let v = store
+            .put("/watched/k", value.clone(), Expect::Any, None)
+            .await?;
+        loop {
+            match watch.next().await {
+                Some(kilonova_metadata::Watched::Event(e)) if e.revision == v => break,
+                Some(_) => {}
+                None => anyhow::bail!("the watch ended at write {i}"),
+            }
+        }
+        times.push(t.elapsed());
+    }
+    summary("put, then its watch event", times, start.elapsed());
     Ok(())
 }
