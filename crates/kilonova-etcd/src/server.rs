@@ -265,6 +265,31 @@ impl EtcdServer {
         self.spawn_all_and_wait().await
     }
 
+    /// Pauses every member (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) -> Result<(), String> {
+        self.signal("-STOP")
+    }
+
+    /// Resumes every member paused by [`EtcdServer::pause`] (SIGCONT).
+    pub fn resume(&self) -> Result<(), String> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), String> {
+        for m in &self.members {
+            if let Some(c) = &m.child {
+                let status = Command::new("kill")
+                    .args([signal, &c.id().to_string()])
+                    .status()
+                    .map_err(|e| format!("kill {signal}: {e}"))?;
+                if !status.success() {
+                    return Err(format!("kill {signal} {} failed", c.id()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Kills member `i` (SIGKILL); its data stays.
     pub fn kill_member(&mut self, i: usize) {
         if let Some(m) = self.members.get_mut(i) {

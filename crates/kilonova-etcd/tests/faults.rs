@@ -463,3 +463,51 @@ async fn compare_and_set_across_an_etcd_restart_loses_and_doubles_nothing() {
         "the restart happened while the writers wrote"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_etcd_gives_unavailable_within_the_request_timeout_and_recovers() {
+    let Some(server) = EtcdServer::start_or_skip("hung etcd").await else {
+        return;
+    };
+    let config = server.config();
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let s = EtcdStore::connect(&config).await.unwrap();
+    let session = s.open_session(Duration::from_secs(30)).await.unwrap();
+    let v1 = s.put("/h/k", b("1"), Expect::Absent, None).await.unwrap();
+    let mut w = s.watch("/h");
+
+    server.pause().unwrap();
+    let started = Instant::now();
+    unavailable(s.get("/h/k").await, "get from a hung etcd");
+    unavailable(
+        s.put("/h/k", b("2"), Expect::Version(v1), None).await,
+        "put to a hung etcd",
+    );
+    unavailable(s.keep_alive(session).await, "keep-alive with a hung etcd");
+    let took = started.elapsed();
+    assert!(
+        took >= timeout && took < 3 * timeout + Duration::from_secs(2),
+        "each call waits its timeout ({timeout:?}), no longer: {took:?} for three"
+    );
+    server.resume().unwrap();
+
+    // The put that timed out may or may not have happened: re-read.
+    let cur = until_available("a read after resuming", || s.get("/h/k"))
+        .await
+        .unwrap();
+    let v = s
+        .put("/h/k", b("3"), Expect::Version(cur.version), None)
+        .await
+        .unwrap();
+    s.keep_alive(session).await.unwrap();
+    // The watch stream lived through the pause: it has every change, in order.
+    loop {
+        let e = next_event(&mut w, "the write after resuming").await;
+        assert!(e.revision <= v, "no event past the last write");
+        if e.revision == v {
+            assert_eq!(e.value, Some(b("3")));
+            break;
+        }
+        assert_eq!(e.value, Some(b("2")), "only the timed-out put came before");
+    }
+}
