@@ -50,7 +50,8 @@ pub enum BrokerError {
     Storage(#[from] StorageError),
     #[error("the broker is shutting down")]
     ShuttingDown,
-    /// A service the request needs (the object store) cannot be reached now.
+    /// A service the request needs (the object store, a remote metadata
+    /// store) cannot be reached now.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// Shutting down could not persist everything.
@@ -127,6 +128,8 @@ impl From<MetadataError> for BrokerError {
             MetadataError::Invalid(_) | MetadataError::InvalidKey(_) => {
                 BrokerError::BadRequest(e.to_string())
             }
+            // A remote store that is down: clients retry (ServiceNotReady, HTTP 503).
+            MetadataError::Unavailable(_) => BrokerError::Unavailable(e.to_string()),
             MetadataError::SessionExpired(_)
             | MetadataError::Backend(_)
             | MetadataError::Closed => BrokerError::Metadata(e.to_string()),
@@ -137,6 +140,15 @@ impl From<MetadataError> for BrokerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_metadata_store_is_service_not_ready() {
+        let e = BrokerError::from(MetadataError::Unavailable("etcd down".into()));
+        assert!(matches!(e, BrokerError::Unavailable(_)), "{e:?}");
+        assert_eq!(e.server_error(), ServerError::ServiceNotReady);
+        let e = BrokerError::from(MetadataError::Backend("corrupt".into()));
+        assert_eq!(e.server_error(), ServerError::MetadataError);
+    }
 
     #[test]
     fn each_error_maps_to_its_stable_server_error() {

@@ -1,5 +1,6 @@
 //! The metadata layer's errors. Edges map them: `NotFound` → 404,
-//! `AlreadyExists` / `BadVersion` → 409, `Precondition` → 412, `Invalid` → 400.
+//! `AlreadyExists` / `BadVersion` → 409, `Precondition` → 412, `Invalid` → 400,
+//! `Unavailable` → 503 (Pulsar's ServiceNotReady: clients retry).
 
 use thiserror::Error;
 
@@ -26,9 +27,14 @@ pub enum MetadataError {
     /// A value out of range or of the wrong form.
     #[error("{0}")]
     Invalid(String),
-    /// The backend failed (I/O, corruption, connection).
+    /// The backend failed (I/O, corruption, an answer it cannot read).
     #[error("metadata store: {0}")]
     Backend(String),
+    /// The backend cannot be reached now (a remote store down, partitioned
+    /// away or not answering in time): worth retrying later. A write that
+    /// failed this way may or may not have happened.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
     #[error("the metadata store is closed")]
     Closed,
 }

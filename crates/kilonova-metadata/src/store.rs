@@ -72,8 +72,18 @@ pub enum Watched {
 
 /// A stream of changes to keys under a prefix. Dropping it stops the watch.
 pub struct Watch {
-    prefix: String,
-    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<WatchEvent>>,
+    source: Source,
+}
+
+enum Source {
+    /// Every change of the store, filtered here by prefix (the embedded store).
+    Broadcast {
+        prefix: String,
+        rx: tokio::sync::broadcast::Receiver<std::sync::Arc<WatchEvent>>,
+    },
+    /// Changes sent by a backend's own task, already filtered and in order
+    /// (etcd's watch streams).
+    Channel(tokio::sync::mpsc::Receiver<Watched>),
 }
 
 impl Watch {
@@ -83,17 +93,32 @@ impl Watch {
         rx: tokio::sync::broadcast::Receiver<std::sync::Arc<WatchEvent>>,
     ) -> Self {
         Watch {
-            prefix: prefix.to_owned(),
-            rx,
+            source: Source::Broadcast {
+                prefix: prefix.to_owned(),
+                rx,
+            },
+        }
+    }
+
+    /// A watch fed by a backend's task, which sends only the changes under
+    /// the watched prefix, in revision order, and stops once the receiver is
+    /// dropped (the channel closes).
+    pub fn from_channel(rx: tokio::sync::mpsc::Receiver<Watched>) -> Self {
+        Watch {
+            source: Source::Channel(rx),
         }
     }
 
     /// The next change under the prefix; `None` once the store is gone.
     pub async fn next(&mut self) -> Option<Watched> {
         use tokio::sync::broadcast::error::RecvError;
+        let (prefix, rx) = match &mut self.source {
+            Source::Broadcast { prefix, rx } => (prefix, rx),
+            Source::Channel(rx) => return rx.recv().await,
+        };
         loop {
-            match self.rx.recv().await {
-                Ok(e) if under(&e.key, &self.prefix) => {
+            match rx.recv().await {
+                Ok(e) if under(&e.key, prefix) => {
                     return Some(Watched::Event(WatchEvent::clone(&e)))
                 }
                 Ok(_) => {}
