@@ -621,6 +621,10 @@ class Seaweed:
         assert status == 200, f"GET {bucket}/{key}: {status} {body[:300]!r}"
         return body
 
+    def delete_object(self, bucket: str, key: str) -> None:
+        status, body = self.request("DELETE", bucket, key)
+        assert status in (200, 204), f"DELETE {bucket}/{key}: {status} {body[:300]!r}"
+
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Keys under `prefix` (one page of up to 1,000)."""
         query = urllib.parse.urlencode({"list-type": "2", "prefix": prefix})
@@ -746,6 +750,9 @@ class DirectoryStore:
 
     def get_object(self, bucket: str, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        (self.root / key).unlink()
 
 
 @pytest.fixture(params=["s3", "filesystem"])

@@ -62,6 +62,7 @@ def test_a_topic_comes_back_from_the_object_store_after_its_data_directory_is_lo
     topic_path = f"/admin/v2/persistent/{tenant}/{ns}/orders"
     topic_retention = {"retentionTimeInMinutes": 600, "retentionSizeInMB": 512}
     parted = f"persistent://{tenant}/{ns}/events"
+    lost = f"persistent://{tenant}/{ns}/lost"  # partitioned; one object goes missing
     client = make_client(broker)
     try:
         producer = client.create_producer(topic, batching_enabled=False)
@@ -73,14 +74,23 @@ def test_a_topic_comes_back_from_the_object_store_after_its_data_directory_is_lo
                                         message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution)
         for i in range(2 * COUNT):
             events.send(f"event-{i}")
+        admin(broker, "PUT", f"/admin/v2/persistent/{tenant}/{ns}/lost/partitions", 2)
+        lost_producer = client.create_producer(lost, batching_enabled=False,
+                                               message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution)
+        for i in range(2 * COUNT):
+            lost_producer.send(payload(i))
     finally:
         client.close()
     offload_everything_sealed(broker, topic)
     for p in range(2):
         offload_everything_sealed(broker, f"{parted}-partition-{p}")
+        offload_everything_sealed(broker, f"{lost}-partition-{p}")
     kept = exported(object_store, broker, topic)
     assert 0 < kept < COUNT, "the sealed segments are offloaded, the tail is not"
     kept_events = sum(exported(object_store, broker, f"{parted}-partition-{p}") for p in range(2))
+    for p in range(2):
+        exported(object_store, broker, f"{lost}-partition-{p}")
+    lost_object = manifest(object_store, f"{lost}-partition-1")["segments"][1]["object"]
 
     # The disaster: killed, and its data directory (storage and metadata) gone.
     broker.kill()
@@ -96,6 +106,13 @@ def test_a_topic_comes_back_from_the_object_store_after_its_data_directory_is_lo
     admin(broker, "POST", f"/admin/v2/namespaces/{tenant}/{ns}/retention", retention)
     status, text = call(broker, "POST", f"/admin/v2/persistent/{tenant}/{ns}/never-was/restore")
     assert status == 404 and "no manifest" in text, (status, text)
+    # An object a manifest lists is gone: refused, and nothing is created
+    # (not even the partition whose objects are all there).
+    object_store.delete_object(BUCKET, lost_object)
+    status, text = call(broker, "POST", f"/admin/v2/persistent/{tenant}/{ns}/lost/restore")
+    assert status == 412 and "not whole" in text, (status, text)
+    assert not admin(broker, "GET", f"/admin/v2/persistent/{tenant}/{ns}/partitioned"), "nothing created"
+    assert not admin(broker, "GET", f"/admin/v2/persistent/{tenant}/{ns}"), "nothing created"
 
     # The command a user runs.
     out = subprocess.run([str(kilonova_bin), "admin", "--admin-url", broker.http_url,

@@ -68,7 +68,8 @@ impl Broker {
             BrokerError::Unavailable(format!("reading {name}'s manifest: {e}"))
         };
         if let Some(manifest) = tiering.read_manifest(name).await.map_err(unavailable)? {
-            let restored = self.restore_one(&tiering, name, manifest).await?;
+            verify_objects(&tiering, name, &manifest).await?;
+            let restored = self.restore_one(name, manifest).await?;
             return Ok(RestoreReport {
                 topic: name.to_string(),
                 partitions: 0,
@@ -123,7 +124,7 @@ impl Broker {
         }
         let mut restored = Vec::with_capacity(manifests.len());
         for (partition, manifest) in manifests {
-            restored.push(self.restore_one(&tiering, &partition, manifest).await?);
+            restored.push(self.restore_one(&partition, manifest).await?);
         }
         Ok(RestoreReport {
             topic: name.to_string(),
@@ -132,23 +133,14 @@ impl Broker {
         })
     }
 
-    /// Restores one (non-partitioned) topic from its manifest: checks every
-    /// object it lists, then creates the topic's record and a log of those
+    /// Restores one (non-partitioned) topic from its manifest, whose
+    /// objects were checked: creates the topic's record and a log of those
     /// segments. Loads of the topic wait meanwhile.
     async fn restore_one(
         &self,
-        tiering: &Tiering,
         name: &TopicName,
         manifest: TopicManifest,
     ) -> Result<RestoredTopic, BrokerError> {
-        for s in &manifest.segments {
-            tiering.verify(&s.object, s.entries, s.bytes).await.map_err(|e| {
-                BrokerError::Precondition(format!(
-                    "cannot restore {name}: its manifest lists segment {} in an object that is not whole: {e}",
-                    s.segment_id
-                ))
-            })?;
-        }
         let resources = self.resources();
         let closing = self.begin_closing(&name.to_string());
         let record = match resources.create_topic(name, 0).await {
@@ -189,7 +181,9 @@ impl Broker {
             }
         };
         drop(closing);
-        tiering.count_restore();
+        if let Some(tiering) = self.tiering() {
+            tiering.count_restore();
+        }
         let report = RestoredTopic {
             topic: name.to_string(),
             segments: ids.len() as u64,
@@ -230,4 +224,25 @@ impl Broker {
         )
         .await?)
     }
+}
+
+/// Checks that every object `manifest` lists is there and whole (its footer
+/// and index read and matching the manifest).
+async fn verify_objects(
+    tiering: &Tiering,
+    name: &TopicName,
+    manifest: &TopicManifest,
+) -> Result<(), BrokerError> {
+    for s in &manifest.segments {
+        tiering
+            .verify(&s.object, s.entries, s.bytes)
+            .await
+            .map_err(|e| {
+                BrokerError::Precondition(format!(
+                    "cannot restore {name}: its manifest lists segment {} in an object that is not whole: {e}",
+                    s.segment_id
+                ))
+            })?;
+    }
+    Ok(())
 }
