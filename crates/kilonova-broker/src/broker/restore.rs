@@ -89,7 +89,8 @@ impl Broker {
                 tiering.bucket().describe()
             )));
         }
-        // Every partition's manifest first: nothing is created unless all read.
+        // Every partition's manifest and objects first: nothing is created
+        // unless all of them are there.
         let mut manifests = Vec::with_capacity(found.len());
         for i in found {
             let partition = name.partition_name(i);
@@ -98,6 +99,7 @@ impl Broker {
                 .await
                 .map_err(unavailable)?
             {
+                verify_objects(&tiering, &partition, &m).await?;
                 manifests.push((partition, m));
             }
         }
