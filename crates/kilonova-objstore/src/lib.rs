@@ -38,4 +38,4 @@ pub use error::{ObjectStoreError, Result};
 pub use metrics::{Metrics, MetricsSnapshot, Request};
 pub use offload::{OffloadConfig, OffloadedSegment, Offloader, OrphanReport, MIN_PART_BYTES};
 pub use reader::{OffloadedReader, ReaderCacheStats, ReaderConfig};
-pub use wal::{WalConfig, WalPosition, WalStats, WalWriter};
+pub use wal::{WalConfig, WalPosition, WalReader, WalStats, WalWriter};

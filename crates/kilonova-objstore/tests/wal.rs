@@ -3,15 +3,18 @@
 //! server: appends of many logs grouped into few objects, each append
 //! resolved once its object is durable, read back byte for byte and in
 //! order; size-triggered flushes; a failed flush fails its appends and the
-//! writer goes on.
+//! writer goes on; a reader gets an index (a large one too) and a log's
+//! entries back, and a flipped byte as an error.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kilonova_objstore::seaweed::SeaweedServer;
-use kilonova_objstore::wal::format::decode_wal;
-use kilonova_objstore::{Bucket, ObjectStoreConfig, WalConfig, WalWriter};
+use kilonova_objstore::wal::format::{decode_wal, decode_wal_index};
+use kilonova_objstore::{
+    Bucket, ObjectStoreConfig, ObjectStoreError, WalConfig, WalReader, WalWriter,
+};
 use tempfile::TempDir;
 
 const BUCKET: &str = "kilonova-wal-test";
@@ -138,7 +141,84 @@ async fn a_flush_starts_once_max_object_bytes_are_queued(bucket: Bucket) {
         .all(|o| o.len() == 8 && o.iter().all(|(_, b)| *b == entry)));
 }
 
+async fn a_reader_reads_an_index_and_a_logs_entries_back(bucket: Bucket) {
+    // 4,000 entries of 7 bytes in one object (it is flushed when its last
+    // entry is queued): an index of 96,000 bytes, larger than the reader's
+    // first suffix request, so its start is read with a second one.
+    let n = 4_000u64;
+    let w = WalWriter::start(
+        bucket.clone(),
+        WalConfig {
+            flush_interval: Duration::from_secs(3600),
+            max_object_bytes: (n * 7) as usize,
+            ..WalConfig::default()
+        },
+    );
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let w = w.clone();
+        handles.push(tokio::spawn(async move {
+            w.append(i % 7, Bytes::from(format!("e-{i:05}"))).await
+        }));
+    }
+    let mut positions = Vec::new();
+    let all = async {
+        for h in handles {
+            positions.push(h.await.unwrap().unwrap());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("one size-triggered flush");
+    let key = positions[0].object.to_string();
+    assert!(positions.iter().all(|p| *p.object == *key), "one object");
+    let whole = bucket.get(&key).await.unwrap();
+    let reader = WalReader::new(bucket.clone());
+    let index = reader.index(&key).await.unwrap();
+    assert_eq!(index, decode_wal_index(&whole).unwrap());
+    assert_eq!(index.records.len() as u64, n);
+    let (_, entries) = decode_wal(&whole).unwrap();
+    for log in 0..7 {
+        let expected: Vec<Bytes> = entries
+            .iter()
+            .filter(|(l, _)| *l == log)
+            .map(|(_, b)| b.clone())
+            .collect();
+        assert_eq!(reader.read_log(&key, &index, log).await.unwrap(), expected);
+    }
+    assert!(reader.read_log(&key, &index, 99).await.unwrap().is_empty());
+    let p = &positions[1234];
+    assert_eq!(
+        reader.read(&key, &index, p.index).await.unwrap(),
+        Bytes::from("e-01234")
+    );
+    assert!(matches!(
+        reader.read(&key, &index, n as u32).await,
+        Err(ObjectStoreError::NoSuchEntry { .. })
+    ));
+
+    // A flipped entry byte is a Corrupt error, never wrong bytes.
+    let mut bad = whole.to_vec();
+    let r = index.records[10];
+    bad[r.offset as usize] ^= 0x20;
+    bucket.put(&key, Bytes::from(bad).into()).await.unwrap();
+    assert!(matches!(
+        reader.read_log(&key, &index, r.log).await,
+        Err(ObjectStoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        reader.read(&key, &index, 10).await,
+        Err(ObjectStoreError::Corrupt { .. })
+    ));
+}
+
 mod filesystem {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_reads_an_index_and_a_logs_entries_back() {
+        let (b, _dir) = super::filesystem().await;
+        super::a_reader_reads_an_index_and_a_logs_entries_back(b).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_logs_share_few_objects_and_read_back_in_order() {
         let (b, _dir) = super::filesystem().await;
@@ -154,6 +234,13 @@ mod filesystem {
 
 mod s3 {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_reads_an_index_and_a_logs_entries_back() {
+        if let Some((b, _server)) = s3("wal_reader").await {
+            super::a_reader_reads_an_index_and_a_logs_entries_back(b).await;
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_logs_share_few_objects_and_read_back_in_order() {

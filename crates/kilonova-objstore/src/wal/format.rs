@@ -101,6 +101,84 @@ pub struct WalIndex {
     pub records: Vec<WalRecord>,
 }
 
+/// What a write-ahead object's footer says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalFooter {
+    pub index_offset: u64,
+    pub entries: usize,
+    pub index_crc: u32,
+    pub sequence: u64,
+}
+
+impl WalFooter {
+    /// Where the index is in the object.
+    pub fn index_range(&self) -> std::ops::Range<u64> {
+        self.index_offset..self.index_offset + (self.entries * WAL_INDEX_RECORD_LEN) as u64
+    }
+}
+
+/// Reads and checks the footer (the object's last [`WAL_FOOTER_LEN`] bytes)
+/// of an object of `object_len` bytes.
+pub fn decode_wal_footer(footer: &[u8], object_len: u64) -> Result<WalFooter, WalFormatError> {
+    if footer.len() != WAL_FOOTER_LEN || object_len < (WAL_HEADER_LEN + WAL_FOOTER_LEN) as u64 {
+        return Err(bad("too short for a header and a footer"));
+    }
+    let mut f = footer;
+    let index_offset = f.get_u64_le();
+    let (entries, index_crc, sequence) = (f.get_u32_le() as usize, f.get_u32_le(), f.get_u64_le());
+    if f != END_MAGIC {
+        return Err(bad("no footer magic"));
+    }
+    if entries > MAX_WAL_ENTRIES {
+        return Err(bad(format!("{entries} entries")));
+    }
+    let end = index_offset
+        .checked_add((entries * WAL_INDEX_RECORD_LEN) as u64)
+        .and_then(|e| e.checked_add(WAL_FOOTER_LEN as u64));
+    if end != Some(object_len) || index_offset < WAL_HEADER_LEN as u64 {
+        return Err(bad("the index does not end where the footer starts"));
+    }
+    Ok(WalFooter {
+        index_offset,
+        entries,
+        index_crc,
+        sequence,
+    })
+}
+
+/// Reads and checks the index `footer` describes.
+pub fn decode_wal_records(
+    index: &[u8],
+    footer: &WalFooter,
+) -> Result<Vec<WalRecord>, WalFormatError> {
+    if index.len() != footer.entries * WAL_INDEX_RECORD_LEN {
+        return Err(bad("index length"));
+    }
+    if crc32c::crc32c(index) != footer.index_crc {
+        return Err(bad("index checksum"));
+    }
+    let mut records = Vec::with_capacity(footer.entries);
+    let mut next = WAL_HEADER_LEN as u64;
+    let mut i = index;
+    for _ in 0..footer.entries {
+        let r = WalRecord {
+            log: i.get_u64_le(),
+            offset: i.get_u64_le(),
+            len: i.get_u32_le(),
+            crc: i.get_u32_le(),
+        };
+        if r.offset != next {
+            return Err(bad("entries are not back to back"));
+        }
+        next += u64::from(r.len);
+        records.push(r);
+    }
+    if next != footer.index_offset {
+        return Err(bad("the entries do not end where the index starts"));
+    }
+    Ok(records)
+}
+
 /// Reads and checks a whole object's header, footer and index (not the
 /// entries' checksums: [`entry`] checks each one it returns).
 pub fn decode_wal_index(object: &[u8]) -> Result<WalIndex, WalFormatError> {
@@ -127,47 +205,12 @@ pub fn decode_wal_index(object: &[u8]) -> Result<WalIndex, WalFormatError> {
     let _flags = h.get_u16_le();
     let n = h.get_u32_le() as usize;
     let sequence = h.get_u64_le();
-    let mut f = &object[len - WAL_FOOTER_LEN..];
-    let index_offset = f.get_u64_le();
-    let (fn_, index_crc, fseq) = (f.get_u32_le() as usize, f.get_u32_le(), f.get_u64_le());
-    if f != END_MAGIC {
-        return Err(bad("no footer magic"));
-    }
-    if fn_ != n || fseq != sequence || n > MAX_WAL_ENTRIES {
+    let footer = decode_wal_footer(&object[len - WAL_FOOTER_LEN..], len as u64)?;
+    if footer.entries != n || footer.sequence != sequence {
         return Err(bad("header and footer disagree"));
     }
-    let index_len = n * WAL_INDEX_RECORD_LEN;
-    let index_start = usize::try_from(index_offset).map_err(|_| bad("index offset"))?;
-    if index_start
-        .checked_add(index_len)
-        .and_then(|e| e.checked_add(WAL_FOOTER_LEN))
-        != Some(len)
-    {
-        return Err(bad("the index does not end where the footer starts"));
-    }
-    let index = &object[index_start..index_start + index_len];
-    if crc32c::crc32c(index) != index_crc {
-        return Err(bad("index checksum"));
-    }
-    let mut records = Vec::with_capacity(n);
-    let mut next = WAL_HEADER_LEN as u64;
-    let mut i = index;
-    for _ in 0..n {
-        let r = WalRecord {
-            log: i.get_u64_le(),
-            offset: i.get_u64_le(),
-            len: i.get_u32_le(),
-            crc: i.get_u32_le(),
-        };
-        if r.offset != next {
-            return Err(bad("entries are not back to back"));
-        }
-        next += u64::from(r.len);
-        records.push(r);
-    }
-    if next != index_offset {
-        return Err(bad("the entries do not end where the index starts"));
-    }
+    let r = footer.index_range();
+    let records = decode_wal_records(&object[r.start as usize..r.end as usize], &footer)?;
     Ok(WalIndex { sequence, records })
 }
 
@@ -257,6 +300,17 @@ mod tests {
             let entries: Vec<(u64, Bytes)> = entries.into_iter().map(|(l, d)| (l, Bytes::from(d))).collect();
             let object = join(encode_wal(seq, &entries).unwrap());
             prop_assert_eq!(decode_wal(&object).unwrap(), (seq, entries));
+        }
+
+        #[test]
+        fn arbitrary_footers_and_indexes_never_panic(
+            footer in proptest::collection::vec(any::<u8>(), WAL_FOOTER_LEN),
+            len in any::<u64>(),
+            index in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            if let Ok(f) = decode_wal_footer(&footer, len) {
+                let _ = decode_wal_records(&index, &f);
+            }
         }
 
         #[test]

@@ -20,6 +20,9 @@
 //! the caller's to record (the flush commit in the metadata store).
 
 pub mod format;
+mod reader;
+
+pub use reader::WalReader;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,103 @@
+//! Reading write-ahead objects back (recovering a log's tail, compacting):
+//! an object's index from one suffix request (a second one for an index
+//! larger than the first guess), a log's entries from one range request,
+//! every entry checked against its CRC32C.
+
+use bytes::Bytes;
+
+use super::format::{self, WalIndex, WalRecord, WAL_FOOTER_LEN};
+use crate::bucket::Bucket;
+use crate::error::{ObjectStoreError, Result};
+
+/// Bytes the first suffix request asks for: the footer and the index of
+/// objects of up to ~2,700 entries.
+const TAIL_GUESS: u64 = 64 << 10;
+
+/// Reads write-ahead objects. Cheap to clone.
+#[derive(Clone)]
+pub struct WalReader {
+    bucket: Bucket,
+}
+
+fn corrupt(key: &str, e: impl std::fmt::Display) -> ObjectStoreError {
+    ObjectStoreError::Corrupt {
+        key: key.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+impl WalReader {
+    pub fn new(bucket: Bucket) -> Self {
+        WalReader { bucket }
+    }
+
+    /// The object's sequence number and index, checked.
+    pub async fn index(&self, key: &str) -> Result<WalIndex> {
+        let (tail, len) = self.bucket.get_suffix(key, TAIL_GUESS).await?;
+        if tail.len() < WAL_FOOTER_LEN {
+            return Err(corrupt(key, "shorter than a footer"));
+        }
+        let footer = format::decode_wal_footer(&tail[tail.len() - WAL_FOOTER_LEN..], len)
+            .map_err(|e| corrupt(key, e))?;
+        let range = footer.index_range();
+        let tail_start = len - tail.len() as u64;
+        let index = if range.start >= tail_start {
+            let from = (range.start - tail_start) as usize;
+            tail.slice(from..from + (range.end - range.start) as usize)
+        } else {
+            self.bucket.get_range(key, range).await?
+        };
+        let records = format::decode_wal_records(&index, &footer).map_err(|e| corrupt(key, e))?;
+        Ok(WalIndex {
+            sequence: footer.sequence,
+            records,
+        })
+    }
+
+    /// Entry `i` of the object whose index is `index`.
+    pub async fn read(&self, key: &str, index: &WalIndex, i: u32) -> Result<Bytes> {
+        let r = index
+            .records
+            .get(i as usize)
+            .ok_or_else(|| ObjectStoreError::NoSuchEntry {
+                key: key.to_string(),
+                entry: u64::from(i),
+                entries: index.records.len() as u64,
+            })?;
+        let bytes = self
+            .bucket
+            .get_range(key, r.offset..r.offset + u64::from(r.len))
+            .await?;
+        check(key, r, bytes)
+    }
+
+    /// Every entry of log `log` in the object, in the order appended (one
+    /// range request from its first entry to its last).
+    pub async fn read_log(&self, key: &str, index: &WalIndex, log: u64) -> Result<Vec<Bytes>> {
+        let mine: Vec<&WalRecord> = index.records.iter().filter(|r| r.log == log).collect();
+        let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
+            return Ok(Vec::new());
+        };
+        let start = first.offset;
+        let span = self
+            .bucket
+            .get_range(key, start..last.offset + u64::from(last.len))
+            .await?;
+        mine.into_iter()
+            .map(|r| {
+                let from = (r.offset - start) as usize;
+                check(key, r, span.slice(from..from + r.len as usize))
+            })
+            .collect()
+    }
+}
+
+fn check(key: &str, r: &WalRecord, bytes: Bytes) -> Result<Bytes> {
+    if bytes.len() != r.len as usize || crc32c::crc32c(&bytes) != r.crc {
+        return Err(corrupt(
+            key,
+            format!("the entry at {} does not match its checksum", r.offset),
+        ));
+    }
+    Ok(bytes)
+}
