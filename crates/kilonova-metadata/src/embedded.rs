@@ -14,6 +14,7 @@
 //!
 //! Keys are stored with `/` replaced by NUL, so that every key below `/a` sorts
 //! before a sibling such as `/a-b`: a key's children are then contiguous ranges.
+//! `check_key` refuses keys holding NUL, so no two keys share a stored form.
 //!
 //! Why redb and group commit: docs/adr/0002-embedded-metadata-store.md.
 
