@@ -638,8 +638,8 @@ pub async fn txn_watch_sees_one_revision_in_op_order(s: Arc<dyn MetadataStore>) 
 }
 
 /// Ephemeral keys put in a transaction belong to their session and die
-/// with it; a transaction binding a key to a closed session applies nothing
-/// (a failing condition is reported before a dead session).
+/// with it; a transaction binding a key to a closed or unknown session
+/// applies nothing (a failing condition is reported before a dead session).
 pub async fn txn_ephemeral_puts_die_with_their_session(s: Arc<dyn MetadataStore>) {
     let p = prefix("txn-ephemeral");
     let (e1, e2, durable, other) = (
@@ -699,12 +699,25 @@ pub async fn txn_ephemeral_puts_die_with_their_session(s: Arc<dyn MetadataStore>
         Err(MetadataError::SessionExpired(id)) => assert_eq!(id, session.0),
         other => panic!("a closed session bound a key: {other:?}"),
     }
+    // A session never opened is refused as well.
+    let unknown = SessionId(0x7fff_ffff_0000_0001);
+    match s
+        .txn(vec![
+            put_op(&other, "no", Expect::Absent),
+            eph(&e2, unknown),
+        ])
+        .await
+    {
+        Err(MetadataError::SessionExpired(id)) => assert_eq!(id, unknown.0),
+        other => panic!("an unknown session bound a key: {other:?}"),
+    }
     let conflicted = s
         .txn(vec![eph(&e1, session), check_op(&durable, Expect::Absent)])
         .await;
     conflict_on(conflicted, &durable, "a conflict and a closed session");
     assert_eq!(s.get(&other).await.unwrap(), None, "nothing applied");
     assert_eq!(s.get(&e1).await.unwrap(), None, "nothing applied");
+    assert_eq!(s.get(&e2).await.unwrap(), None, "nothing applied");
 }
 
 /// A key may be deleted and another created in one step, and a key checked
