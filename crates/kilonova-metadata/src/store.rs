@@ -285,7 +285,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     ///   failed, with what it found. Then a [`TxnOp::Put`] bound to a session
     ///   that is closed or expired fails the whole transaction with
     ///   [`crate::MetadataError::SessionExpired`] (etcd checks leases only on
-    ///   the branch it takes: a conflict wins over a dead session).
+    ///   the branch it takes: a conflict wins over a dead session). With
+    ///   puts bound to several sessions, etcd does not say whose lease is
+    ///   gone: its backend names the first put's session.
     /// - All writes of a transaction that changes anything take one new
     ///   revision: every key put gets it as its version; a delete of an
     ///   absent key changes nothing. Watches see the changes under that one
