@@ -1,6 +1,8 @@
 //! Measures the etcd backend against a running etcd: get latency, sequential
 //! compare-and-set latency and throughput, and compare-and-set throughput
-//! with concurrent writers. The figures in docs/adr/0014-metadata-on-etcd.md.
+//! with concurrent writers; and transactions shaped like a flush commit (an
+//! ownership check and 16 records). The figures in
+//! docs/adr/0014-metadata-on-etcd.md.
 //!
 //! `cargo run --release -p kilonova-etcd --example etcd_measure -- http://127.0.0.1:2379 [ops] [writers]`
 
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kilonova_etcd::{EtcdConfig, EtcdStore};
-use kilonova_metadata::{Expect, MetadataStore};
+use kilonova_metadata::{Expect, MetadataStore, TxnOp};
 
 fn summary(what: &str, mut times: Vec<Duration>, total: Duration) {
     times.sort_unstable();
@@ -147,5 +149,62 @@ async fn main() -> anyhow::Result<()> {
         times.push(t.elapsed());
     }
     summary("put, then its watch event", times, start.elapsed());
+
+    // Flush-commit-shaped transactions: a check of an ownership key at its
+    // version and `records` new keys, sequential and with concurrent writers.
+    let owner = store
+        .put("/ownership", value.clone(), Expect::Any, None)
+        .await?;
+    for records in [1, 16] {
+        let txn = |w: usize, i: usize| {
+            let mut ops = vec![TxnOp::Check {
+                key: "/ownership".into(),
+                expect: Expect::Version(owner),
+            }];
+            ops.extend((0..records).map(|r| TxnOp::Put {
+                key: format!("/flushes/{records}/{w}/{i}/{r}"),
+                value: value.clone(),
+                expect: Expect::Absent,
+                session: None,
+            }));
+            ops
+        };
+        let mut times = Vec::with_capacity(ops);
+        let start = Instant::now();
+        for i in 0..ops {
+            let t = Instant::now();
+            store.txn(txn(writers, i)).await?;
+            times.push(t.elapsed());
+        }
+        summary(
+            &format!("txn check+{records} puts, 1 writer"),
+            times,
+            start.elapsed(),
+        );
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let store = store.clone();
+            let ops: Vec<Vec<TxnOp>> = (0..ops / writers).map(|i| txn(w, i)).collect();
+            tasks.push(tokio::spawn(async move {
+                let mut times = Vec::new();
+                for t_ops in ops {
+                    let t = Instant::now();
+                    store.txn(t_ops).await?;
+                    times.push(t.elapsed());
+                }
+                anyhow::Ok(times)
+            }));
+        }
+        let mut times = Vec::new();
+        for t in tasks {
+            times.extend(t.await??);
+        }
+        summary(
+            &format!("txn check+{records} puts, {writers} writers"),
+            times,
+            start.elapsed(),
+        );
+    }
     Ok(())
 }

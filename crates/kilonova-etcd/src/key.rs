@@ -15,6 +15,11 @@
 //!   next sibling (at least `n 0x00` → `n 1 1`) starts at or after it: a scan
 //!   that has seen child `n` resumes there, skipping `n`'s subtree in one step.
 //!
+//!
+//! `check_key` refuses NUL in keys (the embedded store's separator), so the
+//! 0x00 escape only keeps this layout total over any string; 0x01 is a
+//! key's byte like any other.
+//!
 //! [`ChildScan`] is the paging logic over such scans, free of I/O.
 
 use kilonova_metadata::Page;

@@ -6,6 +6,14 @@
 //! - `Expect::Absent` is a transaction comparing `create_revision == 0`,
 //!   `Expect::Version(v)` one comparing `mod_revision == v`; the failure
 //!   branch reads the key, so a conflict says what it found;
+//! - a put, a delete and a multi-key transaction are each one etcd `Txn`:
+//!   the compares of every operation's `expect`, the writes as the success
+//!   branch (etcd gives them one revision and its watches report them in
+//!   operation order). etcd does not say which compare failed, so the
+//!   failure branch reads every key that has a condition (keys only), at
+//!   the revision the compares saw, and the conditions are evaluated again
+//!   here on what it read: the first that fails, in the caller's order, is
+//!   the one reported (no race with later writes: it is the same snapshot);
 //! - children are range scans over the key layout of [`crate::key`];
 //! - a watch is an etcd watch over the prefix's key range (see [`crate::watch`]);
 //! - a session is a lease: ephemeral keys are put with it, keep-alive renews
@@ -19,7 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kilonova_metadata::{
-    check_key, Expect, MetadataError, MetadataStore, Page, Result, SessionId, Stored, Watch,
+    check_child_name, check_key, check_txn, Expect, MetadataError, MetadataStore, Page, Result,
+    SessionId, Stored, TxnOp, Watch,
 };
 use tonic::Code;
 
@@ -88,10 +97,10 @@ fn signed(revision: u64) -> i64 {
     i64::try_from(revision).unwrap_or(i64::MAX)
 }
 
-/// The compare clauses of a transaction expecting `expect` of `key`.
-fn compare(key: &Bytes, expect: Expect) -> Vec<pb::Compare> {
+/// The compare clause of a transaction expecting `expect` of `key`.
+fn compare(key: &Bytes, expect: Expect) -> Option<pb::Compare> {
     let (target, union) = match expect {
-        Expect::Any => return Vec::new(),
+        Expect::Any => return None,
         Expect::Absent => (
             compare::CompareTarget::Create,
             compare::TargetUnion::CreateRevision(0),
@@ -101,49 +110,92 @@ fn compare(key: &Bytes, expect: Expect) -> Vec<pb::Compare> {
             compare::TargetUnion::ModRevision(signed(v)),
         ),
     };
-    vec![pb::Compare {
+    Some(pb::Compare {
         result: compare::CompareResult::Equal as i32,
         target: target as i32,
         key: key.clone(),
         target_union: Some(union),
         range_end: Bytes::new(),
-    }]
+    })
 }
 
-/// A transaction's branch reading `key` (the failure branch: a conflict says
-/// what it found).
-fn read_back(key: &Bytes) -> Vec<pb::RequestOp> {
-    vec![pb::RequestOp {
-        request: Some(request_op::Request::RequestRange(pb::RangeRequest {
-            key: key.clone(),
-            keys_only: true,
-            ..pb::RangeRequest::default()
-        })),
-    }]
+/// The etcd transaction of `ops` (checked by `check_txn`): the compares of
+/// every condition, the writes as the success branch, and as the failure
+/// branch a keys-only read of every key with a condition, each once.
+fn request(layout: &Layout, ops: &[TxnOp]) -> pb::TxnRequest {
+    let mut req = pb::TxnRequest::default();
+    let mut read = std::collections::HashSet::new();
+    for op in ops {
+        let key = Bytes::from(layout.encode(op.key()));
+        if let Some(c) = compare(&key, op.expect()) {
+            req.compare.push(c);
+            if read.insert(key.clone()) {
+                req.failure.push(pb::RequestOp {
+                    request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                        key: key.clone(),
+                        keys_only: true,
+                        ..pb::RangeRequest::default()
+                    })),
+                });
+            }
+        }
+        let write = match op {
+            TxnOp::Check { .. } => continue,
+            TxnOp::Put { value, session, .. } => request_op::Request::RequestPut(pb::PutRequest {
+                key,
+                value: value.clone(),
+                lease: session.map_or(0, |s| signed(s.0)),
+                prev_kv: false,
+            }),
+            TxnOp::Delete { .. } => {
+                request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                    key,
+                    ..pb::DeleteRangeRequest::default()
+                })
+            }
+        };
+        req.success.push(pb::RequestOp {
+            request: Some(write),
+        });
+    }
+    req
 }
 
-/// The conflict a failed transaction reports, from its failure branch's read.
-fn bad_version(key: &str, expect: Expect, r: &pb::TxnResponse) -> MetadataError {
-    let found = r
+/// The conflict a failed transaction reports: its conditions evaluated, in
+/// order, on what its failure branch read (the snapshot the compares saw).
+fn first_conflict(layout: &Layout, ops: &[TxnOp], r: &pb::TxnResponse) -> MetadataError {
+    let found: std::collections::HashMap<&[u8], u64> = r
         .responses
-        .first()
-        .and_then(|op| match &op.response {
+        .iter()
+        .filter_map(|op| match &op.response {
             Some(response_op::Response::ResponseRange(range)) => range.kvs.first(),
             _ => None,
         })
-        .map_or_else(
-            || "no key".to_owned(),
-            |kv| format!("version {}", kv.mod_revision),
-        );
-    MetadataError::BadVersion {
-        key: key.to_owned(),
-        expected: match expect {
-            Expect::Any => "anything".into(),
-            Expect::Absent => "no key".into(),
-            Expect::Version(v) => format!("version {v}"),
-        },
-        found,
+        .map(|kv| {
+            let version = u64::try_from(kv.mod_revision).unwrap_or(0);
+            (kv.key.as_ref(), version)
+        })
+        .collect();
+    for op in ops {
+        let key = layout.encode(op.key());
+        if let Err(e) = op
+            .expect()
+            .check(op.key(), found.get(key.as_slice()).copied())
+        {
+            return e;
+        }
     }
+    MetadataError::Backend(
+        "etcd refused a transaction whose conditions all hold on what it read".into(),
+    )
+}
+
+/// The session a transaction's "lease not found" is about: its first put's.
+fn first_session(ops: &[TxnOp]) -> Option<SessionId> {
+    ops.iter().find_map(|op| match op {
+        TxnOp::Put { session, .. } => *session,
+        _ => None,
+    })
 }
 
 /// A lease's time-to-live in etcd's whole seconds, rounded up (etcd raises
@@ -235,11 +287,10 @@ impl EtcdStore {
         Ok(r)
     }
 
-    async fn txn(
-        &self,
-        req: pb::TxnRequest,
-        session: Option<SessionId>,
-    ) -> Result<pb::TxnResponse> {
+    /// Runs `ops` (checked) as one etcd transaction; a failed one is the
+    /// first condition that does not hold.
+    async fn run(&self, ops: &[TxnOp]) -> Result<pb::TxnResponse> {
+        let req = request(&self.layout, ops);
         let r = self
             .rpc
             .call("txn", |ch| {
@@ -247,8 +298,11 @@ impl EtcdStore {
                 async move { KvClient::new(ch).txn(req).await }
             })
             .await
-            .map_err(|e| session_error(e, session))?;
+            .map_err(|e| session_error(e, first_session(ops)))?;
         self.rpc.saw(r.header.as_ref());
+        if !r.succeeded {
+            return Err(first_conflict(&self.layout, ops, &r));
+        }
         Ok(r)
     }
 }
@@ -280,51 +334,34 @@ impl MetadataStore for EtcdStore {
         session: Option<SessionId>,
     ) -> Result<u64> {
         check_key(key)?;
-        let k = Bytes::from(self.layout.encode(key));
-        let put = pb::PutRequest {
-            key: k.clone(),
+        let ops = [TxnOp::Put {
+            key: key.to_owned(),
             value,
-            lease: session.map_or(0, |s| signed(s.0)),
-            prev_kv: false,
-        };
-        let req = pb::TxnRequest {
-            compare: compare(&k, expect),
-            success: vec![pb::RequestOp {
-                request: Some(request_op::Request::RequestPut(put)),
-            }],
-            failure: read_back(&k),
-        };
-        let r = self.txn(req, session).await?;
-        if !r.succeeded {
-            return Err(bad_version(key, expect, &r));
-        }
+            expect,
+            session,
+        }];
+        let r = self.run(&ops).await?;
         revision_of(r.header.as_ref())
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool> {
         check_key(key)?;
-        let k = Bytes::from(self.layout.encode(key));
-        let req = pb::TxnRequest {
-            compare: compare(&k, expect),
-            success: vec![pb::RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(
-                    pb::DeleteRangeRequest {
-                        key: k.clone(),
-                        ..pb::DeleteRangeRequest::default()
-                    },
-                )),
-            }],
-            failure: read_back(&k),
-        };
-        let r = self.txn(req, None).await?;
-        if !r.succeeded {
-            return Err(bad_version(key, expect, &r));
-        }
+        let ops = [TxnOp::Delete {
+            key: key.to_owned(),
+            expect,
+        }];
+        let r = self.run(&ops).await?;
         let deleted = r.responses.first().map_or(0, |op| match &op.response {
             Some(response_op::Response::ResponseDeleteRange(d)) => d.deleted,
             _ => 0,
         });
         Ok(deleted > 0)
+    }
+
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<u64> {
+        check_txn(&ops)?;
+        let r = self.run(&ops).await?;
+        revision_of(r.header.as_ref())
     }
 
     async fn children(
@@ -337,11 +374,8 @@ impl MetadataStore for EtcdStore {
         if !trimmed.is_empty() {
             check_key(trimmed)?;
         }
-        if start_after.is_some_and(|s| s.is_empty() || s.contains('/')) {
-            return Err(MetadataError::InvalidKey(format!(
-                "{prefix}/{}",
-                start_after.unwrap_or_default()
-            )));
+        if let Some(name) = start_after {
+            check_child_name(trimmed, name)?;
         }
         let mut scan = ChildScan::new(&self.layout, trimmed, start_after, limit);
         // Every scan of one page reads at the first one's revision: a page is

@@ -219,9 +219,18 @@ async fn keys_with_the_layouts_special_bytes_are_kept_apart() {
     };
     let s = EtcdStore::connect(&server.config()).await.unwrap();
     let mut w = s.watch("/s");
-    // NUL and 0x01 are the layout's separator and escape: keys holding them
-    // must not be confused with deeper keys or with each other.
-    let names = ["a", "a\u{0}", "a\u{0}b", "a\u{1}", "a-b", "b"];
+    // 0x01 is the layout's escape (and 0x02 follows it in an escape): keys
+    // holding them must not be confused with deeper keys or with each
+    // other. NUL, the separator, is no key's byte: refused.
+    let names = [
+        "a",
+        "a\u{1}",
+        "a\u{1}b",
+        "a\u{1}\u{1}",
+        "a\u{2}",
+        "a-b",
+        "b",
+    ];
     for n in names {
         s.put(&format!("/s/{n}"), b(n), Expect::Absent, None)
             .await
@@ -245,11 +254,20 @@ async fn keys_with_the_layouts_special_bytes_are_kept_apart() {
         ["deeper"]
     );
     assert!(s
-        .children("/s/a\u{0}", None, 10)
+        .children("/s/a\u{1}", None, 10)
         .await
         .unwrap()
         .names
         .is_empty());
+    for nul in ["/s/a\u{0}", "/s/a\u{0}b"] {
+        assert!(
+            matches!(
+                s.put(nul, b("x"), Expect::Any, None).await,
+                Err(MetadataError::InvalidKey(_))
+            ),
+            "{nul:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

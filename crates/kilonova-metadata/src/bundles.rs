@@ -16,7 +16,10 @@
 //! every earlier one's, and it comes with the creation itself (no second
 //! write can leave them apart). A broker that lost its ownership (session
 //! expired, partitioned away) holds an epoch that is no longer the key's —
-//! what writes guarded by ownership check (fencing).
+//! what writes guarded by ownership check (fencing):
+//! [`Resources::commit_if_owner`] applies writes in one metadata transaction
+//! with a check that each bundle's ownership key is still at the epoch held,
+//! so a deposed owner's writes never land (docs/adr/0015-bundle-ownership-and-epochs.md).
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,7 +30,7 @@ use crate::error::{MetadataError, Result};
 use crate::names::{NamespaceName, TopicName};
 use crate::policies::BundlesData;
 use crate::resources::Resources;
-use crate::store::{Expect, SessionId};
+use crate::store::{Expect, SessionId, TxnOp};
 
 /// The top of the hash space (Pulsar's last boundary).
 pub const HASH_MAX: u32 = 0xffff_ffff;
@@ -149,6 +152,28 @@ pub enum Acquired {
     OwnedBy(BundleOwner),
 }
 
+/// A bundle's ownership that a guarded write relies on: the epoch its owner
+/// was given ([`Acquired::Owned`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub ns: NamespaceName,
+    pub range: BundleRange,
+    pub epoch: u64,
+}
+
+/// What a write guarded by ownership did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Every write applied, at this revision.
+    Committed { revision: u64 },
+    /// The caller no longer owns this bundle at the epoch it held (the
+    /// first such in the order given): nothing was written.
+    Deposed {
+        ns: NamespaceName,
+        range: BundleRange,
+    },
+}
+
 fn ownership_key(ns: &NamespaceName, range: BundleRange) -> String {
     format!("/ownership/{}/{}/{range}", ns.tenant, ns.namespace)
 }
@@ -239,8 +264,64 @@ impl Resources {
         }
     }
 
+    /// Applies `writes` in one metadata transaction if every bundle of
+    /// `held` is still owned at the epoch held, else applies nothing and
+    /// says which bundle was lost ([`Commit::Deposed`]). The building block
+    /// of a broker's flush commit: its records land only while it owns the
+    /// bundles they belong to, however late the commit arrives.
+    ///
+    /// The epoch alone identifies the ownership: it is the version of the
+    /// ownership key's creation, which named the owner, and a key keeps a
+    /// version until it is changed or deleted. So a check of the version is
+    /// a check of owner and ownership together, and it is the store's
+    /// (etcd's compare), atomic with the writes. Up to
+    /// [`crate::MAX_TXN_OPS`] ownerships and writes together; a write's own
+    /// failing condition is [`MetadataError::BadVersion`], as
+    /// [`crate::MetadataStore::txn`] reports it.
+    pub async fn commit_if_owner(&self, held: &[Held], writes: Vec<TxnOp>) -> Result<Commit> {
+        if let Some(w) = writes
+            .iter()
+            .find(|w| crate::store::under(w.key(), "/ownership"))
+        {
+            // A check and a write of one ownership key would leave a
+            // conflict ambiguous; ownership changes only by acquire/release.
+            return Err(MetadataError::Invalid(format!(
+                "a write guarded by ownership may not touch ownership key {}",
+                w.key()
+            )));
+        }
+        let mut ops: Vec<TxnOp> = held
+            .iter()
+            .map(|h| TxnOp::Check {
+                key: ownership_key(&h.ns, h.range),
+                expect: Expect::Version(h.epoch),
+            })
+            .collect();
+        ops.extend(writes);
+        match self.store().txn(ops).await {
+            Ok(revision) => Ok(Commit::Committed { revision }),
+            Err(MetadataError::BadVersion {
+                key,
+                expected,
+                found,
+            }) => match held.iter().find(|h| ownership_key(&h.ns, h.range) == key) {
+                Some(h) => Ok(Commit::Deposed {
+                    ns: h.ns.clone(),
+                    range: h.range,
+                }),
+                None => Err(MetadataError::BadVersion {
+                    key,
+                    expected,
+                    found,
+                }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether `broker` still owns the bundle at `epoch` (a deposed owner
-    /// does not): what a write guarded by ownership checks.
+    /// does not). A read: a write guarded by ownership uses
+    /// [`Resources::commit_if_owner`], which checks in the same step.
     pub async fn holds_bundle(
         &self,
         ns: &NamespaceName,

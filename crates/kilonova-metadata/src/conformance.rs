@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::MetadataError;
-use crate::store::{Expect, MetadataStore, Watch, Watched};
+use crate::store::{Expect, MetadataStore, SessionId, TxnOp, Watch, Watched, MAX_TXN_OPS};
 
 /// How long a case waits for an event before failing.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -379,14 +379,637 @@ pub async fn children_page_over_100k(s: Arc<dyn MetadataStore>) {
     assert_eq!(deeper.names, ["deeper"]);
 }
 
+fn invalid_key<T: std::fmt::Debug>(r: Result<T, MetadataError>, what: &str) {
+    match r {
+        Err(MetadataError::InvalidKey(_)) => {}
+        other => panic!("{what}: expected InvalidKey, got {other:?}"),
+    }
+}
+
 /// Malformed keys are refused with `InvalidKey`.
 pub async fn invalid_keys_are_refused(s: Arc<dyn MetadataStore>) {
-    for bad in ["", "no-slash", "/trailing/", "/a//b"] {
-        match s.put(bad, b("x"), Expect::Any, None).await {
-            Err(MetadataError::InvalidKey(_)) => {}
-            other => panic!("key {bad:?} accepted: {other:?}"),
-        }
+    for bad in ["", "no-slash", "/trailing/", "/a//b", "/a\0b"] {
+        invalid_key(s.put(bad, b("x"), Expect::Any, None).await, "put");
         assert!(s.get(bad).await.is_err(), "get {bad:?}");
+    }
+}
+
+/// A key with a NUL byte is refused everywhere: backends separate a key's
+/// components with NUL internally, so `/a\0b` would alias `/a/b`.
+pub async fn keys_with_nul_are_refused(s: Arc<dyn MetadataStore>) {
+    let p = prefix("nul");
+    let slash = format!("{p}/a/b");
+    let nul = format!("{p}/a\0b");
+    s.put(&slash, b("slash"), Expect::Absent, None)
+        .await
+        .unwrap();
+    invalid_key(s.get(&nul).await, "get of the NUL key");
+    invalid_key(
+        s.put(&nul, b("nul"), Expect::Any, None).await,
+        "put of the NUL key",
+    );
+    invalid_key(s.delete(&nul, Expect::Any).await, "delete of the NUL key");
+    invalid_key(
+        s.txn(vec![TxnOp::Check {
+            key: nul.clone(),
+            expect: Expect::Absent,
+        }])
+        .await,
+        "a transaction checking the NUL key",
+    );
+    invalid_key(s.children(&nul, None, 10).await, "children of the NUL key");
+    invalid_key(
+        s.children(&p, Some("a\0"), 10).await,
+        "children after a name with NUL",
+    );
+    let got = s.get(&slash).await.unwrap().expect("the key with a slash");
+    assert_eq!(got.value, b("slash"), "untouched by the refused writes");
+    assert_eq!(s.children(&p, None, 10).await.unwrap().names, ["a"]);
+}
+
+fn put_op(key: &str, value: &str, expect: Expect) -> TxnOp {
+    TxnOp::Put {
+        key: key.to_owned(),
+        value: b(value),
+        expect,
+        session: None,
+    }
+}
+
+fn check_op(key: &str, expect: Expect) -> TxnOp {
+    TxnOp::Check {
+        key: key.to_owned(),
+        expect,
+    }
+}
+
+fn delete_op(key: &str, expect: Expect) -> TxnOp {
+    TxnOp::Delete {
+        key: key.to_owned(),
+        expect,
+    }
+}
+
+/// A `BadVersion` naming `key`.
+fn conflict_on<T: std::fmt::Debug>(r: Result<T, MetadataError>, key: &str, what: &str) {
+    match r {
+        Err(MetadataError::BadVersion { key: k, .. }) if k == key => {}
+        other => panic!("{what}: expected BadVersion on {key}, got {other:?}"),
+    }
+}
+
+/// What `keys` hold: (value, version) each.
+async fn snapshot(s: &dyn MetadataStore, keys: &[&str]) -> Vec<Option<(Bytes, u64)>> {
+    let mut out = Vec::new();
+    for k in keys {
+        out.push(s.get(k).await.unwrap().map(|v| (v.value, v.version)));
+    }
+    out
+}
+
+/// A transaction with one failing condition, anywhere among its operations,
+/// applies none of its writes; the error names the first failing key in the
+/// caller's order, with what it found.
+pub async fn txn_is_all_or_nothing(s: Arc<dyn MetadataStore>) {
+    let p = prefix("txn-atomic");
+    let (a, bk, c, d) = (
+        format!("{p}/a"),
+        format!("{p}/b"),
+        format!("{p}/c"),
+        format!("{p}/d"),
+    );
+    let va = s.put(&a, b("a1"), Expect::Absent, None).await.unwrap();
+    let vb = s.put(&bk, b("b1"), Expect::Absent, None).await.unwrap();
+    let keys = [a.as_str(), bk.as_str(), c.as_str(), d.as_str()];
+    let before = snapshot(&*s, &keys).await;
+    let stale = Expect::Version(va - 1);
+
+    // A failing check after several puts.
+    let r = s
+        .txn(vec![
+            put_op(&a, "a2", Expect::Version(va)),
+            put_op(&bk, "b2", Expect::Any),
+            put_op(&c, "c1", Expect::Absent),
+            check_op(&d, Expect::Version(vb)),
+        ])
+        .await;
+    conflict_on(r, &d, "a check of a missing key at a version");
+    // A put's own condition failing between two writes.
+    let r = s
+        .txn(vec![
+            put_op(&c, "c1", Expect::Absent),
+            put_op(&a, "a2", stale),
+            delete_op(&bk, Expect::Any),
+        ])
+        .await;
+    match r {
+        Err(MetadataError::BadVersion {
+            key,
+            expected,
+            found,
+        }) => {
+            assert_eq!(key, a, "the failing put's key");
+            assert_eq!(expected, format!("version {}", va - 1));
+            assert_eq!(found, format!("version {va}"), "what it found");
+        }
+        other => panic!("a put at a stale version: expected BadVersion, got {other:?}"),
+    }
+    // A delete's condition failing.
+    let r = s
+        .txn(vec![
+            put_op(&c, "c1", Expect::Any),
+            delete_op(&bk, Expect::Absent),
+        ])
+        .await;
+    conflict_on(r, &bk, "a delete expecting no key");
+    // Two failing conditions: the first in the caller's order is named.
+    for (first, second) in [(&a, &bk), (&bk, &a)] {
+        let r = s
+            .txn(vec![
+                put_op(&c, "c1", Expect::Any),
+                check_op(first, Expect::Absent),
+                check_op(second, Expect::Absent),
+            ])
+            .await;
+        conflict_on(r, first, "two failing checks");
+    }
+    assert_eq!(
+        snapshot(&*s, &keys).await,
+        before,
+        "failed transactions changed nothing"
+    );
+}
+
+/// Every write of a transaction takes the same new revision, which it
+/// returns and which is each key's version; a transaction that changes
+/// nothing takes none.
+pub async fn txn_writes_share_one_revision(s: Arc<dyn MetadataStore>) {
+    let p = prefix("txn-revision");
+    let (a, bk, c, d) = (
+        format!("{p}/a"),
+        format!("{p}/b"),
+        format!("{p}/c"),
+        format!("{p}/d"),
+    );
+    let va = s.put(&a, b("a1"), Expect::Absent, None).await.unwrap();
+    let vc = s.put(&c, b("c1"), Expect::Absent, None).await.unwrap();
+    let rev = s
+        .txn(vec![
+            put_op(&a, "a2", Expect::Version(va)),
+            put_op(&bk, "b1", Expect::Absent),
+            delete_op(&c, Expect::Version(vc)),
+            delete_op(&d, Expect::Any),
+        ])
+        .await
+        .unwrap();
+    assert!(rev > vc, "the transaction's revision {rev} is new");
+    let (ga, gb) = (
+        s.get(&a).await.unwrap().unwrap(),
+        s.get(&bk).await.unwrap().unwrap(),
+    );
+    assert_eq!((ga.value, ga.version), (b("a2"), rev));
+    assert_eq!((gb.value, gb.version), (b("b1"), rev));
+    assert_eq!(s.get(&c).await.unwrap(), None, "deleted in the transaction");
+    assert_eq!(
+        s.get(&d).await.unwrap(),
+        None,
+        "a delete of nothing is no error"
+    );
+
+    // Conditions only, and deletes of absent keys: nothing changes.
+    let idle = s
+        .txn(vec![
+            check_op(&a, Expect::Version(rev)),
+            delete_op(&c, Expect::Absent),
+        ])
+        .await
+        .unwrap();
+    assert!(idle >= rev, "the current revision {idle}, not below {rev}");
+    let next = s
+        .put(&a, b("a3"), Expect::Version(rev), None)
+        .await
+        .unwrap();
+    assert!(next > idle, "a later write {next} is above {idle}");
+    assert!(
+        s.txn(Vec::new()).await.unwrap() >= next,
+        "an empty transaction answers the current revision"
+    );
+}
+
+/// A watch sees a transaction's writes together, under its one revision,
+/// in the order of its operations (a key written at that revision is never
+/// missed, and nothing is reported for checks or deletes of nothing).
+pub async fn txn_watch_sees_one_revision_in_op_order(s: Arc<dyn MetadataStore>) {
+    let p = prefix("txn-watch");
+    let (a, bk, c, x) = (
+        format!("{p}/a"),
+        format!("{p}/b"),
+        format!("{p}/c"),
+        format!("{p}/x"),
+    );
+    let vc = s.put(&c, b("c1"), Expect::Absent, None).await.unwrap();
+    let mut w = s.watch(&p);
+    let rev = s
+        .txn(vec![
+            put_op(&bk, "b1", Expect::Absent),
+            check_op(&x, Expect::Absent),
+            delete_op(&c, Expect::Version(vc)),
+            delete_op(&x, Expect::Any),
+            put_op(&a, "a1", Expect::Any),
+        ])
+        .await
+        .unwrap();
+    let after = s.put(&x, b("x1"), Expect::Absent, None).await.unwrap();
+    let mut seen = Vec::new();
+    for what in ["put of b", "delete of c", "put of a", "the put after"] {
+        let e = next_event(&mut w, what).await;
+        seen.push((e.key, e.revision, e.value));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (bk.clone(), rev, Some(b("b1"))),
+            (c.clone(), rev, None),
+            (a.clone(), rev, Some(b("a1"))),
+            (x.clone(), after, Some(b("x1"))),
+        ],
+        "one revision for the transaction, its writes in operation order"
+    );
+}
+
+/// Ephemeral keys put in a transaction belong to their session and die
+/// with it; a transaction binding a key to a closed or unknown session
+/// applies nothing (a failing condition is reported before a dead session).
+pub async fn txn_ephemeral_puts_die_with_their_session(s: Arc<dyn MetadataStore>) {
+    let p = prefix("txn-ephemeral");
+    let (e1, e2, durable, other) = (
+        format!("{p}/e1"),
+        format!("{p}/e2"),
+        format!("{p}/durable"),
+        format!("{p}/other"),
+    );
+    let session = s.open_session(Duration::from_secs(30)).await.unwrap();
+    let eph = |key: &str, session: SessionId| TxnOp::Put {
+        key: key.to_owned(),
+        value: b("here"),
+        expect: Expect::Absent,
+        session: Some(session),
+    };
+    let rev = s
+        .txn(vec![
+            eph(&e1, session),
+            put_op(&durable, "stays", Expect::Absent),
+            eph(&e2, session),
+        ])
+        .await
+        .unwrap();
+    for k in [&e1, &e2] {
+        let got = s.get(k).await.unwrap().expect("an ephemeral key");
+        assert_eq!((got.version, got.session), (rev, Some(session)), "{k}");
+    }
+    assert_eq!(s.get(&durable).await.unwrap().unwrap().session, None);
+    let mut w = s.watch(&p);
+    s.close_session(session).await.unwrap();
+    let mut gone = [
+        next_event(&mut w, "a deletion").await,
+        next_event(&mut w, "the other deletion").await,
+    ];
+    gone.sort_by(|x, y| x.key.cmp(&y.key));
+    assert_eq!(
+        gone.iter()
+            .map(|e| (e.key.as_str(), e.value.is_none()))
+            .collect::<Vec<_>>(),
+        [(e1.as_str(), true), (e2.as_str(), true)],
+        "both ephemeral keys deleted"
+    );
+    assert_eq!(s.get(&e1).await.unwrap(), None);
+    assert_eq!(s.get(&e2).await.unwrap(), None);
+    assert!(
+        s.get(&durable).await.unwrap().is_some(),
+        "the durable key stays"
+    );
+
+    let closed = s
+        .txn(vec![
+            put_op(&other, "no", Expect::Absent),
+            eph(&e1, session),
+        ])
+        .await;
+    match closed {
+        Err(MetadataError::SessionExpired(id)) => assert_eq!(id, session.0),
+        other => panic!("a closed session bound a key: {other:?}"),
+    }
+    // A session never opened is refused as well.
+    let unknown = SessionId(0x7fff_ffff_0000_0001);
+    match s
+        .txn(vec![
+            put_op(&other, "no", Expect::Absent),
+            eph(&e2, unknown),
+        ])
+        .await
+    {
+        Err(MetadataError::SessionExpired(id)) => assert_eq!(id, unknown.0),
+        other => panic!("an unknown session bound a key: {other:?}"),
+    }
+    let conflicted = s
+        .txn(vec![eph(&e1, session), check_op(&durable, Expect::Absent)])
+        .await;
+    conflict_on(conflicted, &durable, "a conflict and a closed session");
+    assert_eq!(s.get(&other).await.unwrap(), None, "nothing applied");
+    assert_eq!(s.get(&e1).await.unwrap(), None, "nothing applied");
+    assert_eq!(s.get(&e2).await.unwrap(), None, "nothing applied");
+}
+
+/// A key may be deleted and another created in one step, and a key checked
+/// and written in the same transaction.
+pub async fn txn_deletes_and_puts_together(s: Arc<dyn MetadataStore>) {
+    let p = prefix("txn-move");
+    let (old, new) = (format!("{p}/old"), format!("{p}/new"));
+    let v = s
+        .put(&old, b("record"), Expect::Absent, None)
+        .await
+        .unwrap();
+    let rev = s
+        .txn(vec![
+            delete_op(&old, Expect::Version(v)),
+            put_op(&new, "record", Expect::Absent),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(s.get(&old).await.unwrap(), None, "moved away");
+    assert_eq!(s.get(&new).await.unwrap().unwrap().version, rev);
+    // Replaying the move finds the old key gone.
+    let r = s
+        .txn(vec![
+            delete_op(&old, Expect::Version(v)),
+            put_op(&new, "record", Expect::Absent),
+        ])
+        .await;
+    conflict_on(r, &old, "the move replayed");
+    let rev2 = s
+        .txn(vec![
+            check_op(&new, Expect::Version(rev)),
+            put_op(&new, "updated", Expect::Version(rev)),
+            check_op(&old, Expect::Absent),
+        ])
+        .await
+        .unwrap();
+    let got = s.get(&new).await.unwrap().unwrap();
+    assert_eq!((got.value, got.version), (b("updated"), rev2));
+}
+
+/// Checks of absent keys: `Absent` holds, a version does not, and a check
+/// of a present key expecting it absent fails.
+pub async fn txn_checks_on_absent_keys(s: Arc<dyn MetadataStore>) {
+    let p = prefix("txn-absent");
+    let (missing, present, out) = (
+        format!("{p}/missing"),
+        format!("{p}/present"),
+        format!("{p}/out"),
+    );
+    let v = s.put(&present, b("x"), Expect::Absent, None).await.unwrap();
+    let r = s
+        .txn(vec![
+            check_op(&missing, Expect::Version(v)),
+            put_op(&out, "no", Expect::Any),
+        ])
+        .await;
+    match r {
+        Err(MetadataError::BadVersion { key, found, .. }) => {
+            assert_eq!((key, found.as_str()), (missing.clone(), "no key"));
+        }
+        other => panic!("a version of a missing key held: {other:?}"),
+    }
+    let r = s
+        .txn(vec![
+            check_op(&present, Expect::Absent),
+            put_op(&out, "no", Expect::Any),
+        ])
+        .await;
+    conflict_on(r, &present, "a present key expected absent");
+    assert_eq!(s.get(&out).await.unwrap(), None);
+    s.txn(vec![
+        check_op(&missing, Expect::Absent),
+        check_op(&present, Expect::Version(v)),
+        check_op(&present, Expect::Any),
+        put_op(&out, "yes", Expect::Any),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&out).await.unwrap().unwrap().value, b("yes"));
+}
+
+/// At most `MAX_TXN_OPS` operations (etcd's default `--max-txn-ops`); more
+/// are refused with `Invalid` and nothing applies.
+pub async fn txn_op_limit(s: Arc<dyn MetadataStore>) {
+    let p = prefix("txn-limit");
+    let key = |i: usize| format!("{p}/k{i:03}");
+    let full: Vec<TxnOp> = (0..MAX_TXN_OPS)
+        .map(|i| put_op(&key(i), "v", Expect::Absent))
+        .collect();
+    let rev = s.txn(full).await.unwrap();
+    let page = s.children(&p, None, 1000).await.unwrap();
+    assert_eq!(page.names.len(), MAX_TXN_OPS, "every put applied");
+    let last = s.get(&key(MAX_TXN_OPS - 1)).await.unwrap().unwrap();
+    assert_eq!(last.version, rev, "all at one revision");
+    let over: Vec<TxnOp> = (0..=MAX_TXN_OPS)
+        .map(|i| put_op(&key(i + 1000), "v", Expect::Any))
+        .collect();
+    match s.txn(over).await {
+        Err(MetadataError::Invalid(_)) => {}
+        other => panic!("{} operations accepted: {other:?}", MAX_TXN_OPS + 1),
+    }
+    assert_eq!(s.get(&key(1000)).await.unwrap(), None, "nothing applied");
+}
+
+/// A key written twice in one transaction is refused with `Invalid` (as
+/// etcd refuses duplicate keys), and nothing applies.
+pub async fn txn_duplicate_writes_are_refused(s: Arc<dyn MetadataStore>) {
+    let p = prefix("txn-duplicate");
+    let (a, other) = (format!("{p}/a"), format!("{p}/other"));
+    for ops in [
+        vec![
+            put_op(&other, "no", Expect::Any),
+            put_op(&a, "1", Expect::Any),
+            put_op(&a, "2", Expect::Any),
+        ],
+        vec![
+            put_op(&other, "no", Expect::Any),
+            put_op(&a, "1", Expect::Any),
+            delete_op(&a, Expect::Any),
+        ],
+    ] {
+        match s.txn(ops).await {
+            Err(MetadataError::Invalid(_)) => {}
+            other => panic!("a key written twice: {other:?}"),
+        }
+    }
+    assert_eq!(s.get(&other).await.unwrap(), None, "nothing applied");
+    assert_eq!(s.get(&a).await.unwrap(), None, "nothing applied");
+}
+
+/// Concurrent transactions moving units between two counters, each
+/// conditioned on both versions, keep the sum: no transaction applies half.
+pub async fn txn_concurrent_transfers_keep_the_sum(s: Arc<dyn MetadataStore>) {
+    const TASKS: usize = 6;
+    const EACH: usize = 15;
+    let p = prefix("txn-transfer");
+    let (x, y) = (format!("{p}/x"), format!("{p}/y"));
+    s.txn(vec![
+        put_op(&x, "100", Expect::Absent),
+        put_op(&y, "100", Expect::Absent),
+    ])
+    .await
+    .unwrap();
+    let number = |v: &Bytes| -> i64 { std::str::from_utf8(v).unwrap().parse().unwrap() };
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (s, x, y) = (s.clone(), x.clone(), y.clone());
+        tasks.push(tokio::spawn(async move {
+            let (from, to) = if t % 2 == 0 { (x, y) } else { (y, x) };
+            for _ in 0..EACH {
+                loop {
+                    let f = s.get(&from).await.unwrap().unwrap();
+                    let g = s.get(&to).await.unwrap().unwrap();
+                    let ops = vec![
+                        put_op(
+                            &from,
+                            &(number(&f.value) - 1).to_string(),
+                            Expect::Version(f.version),
+                        ),
+                        put_op(
+                            &to,
+                            &(number(&g.value) + 1).to_string(),
+                            Expect::Version(g.version),
+                        ),
+                    ];
+                    match s.txn(ops).await {
+                        Ok(_) => break,
+                        Err(MetadataError::BadVersion { .. }) => {}
+                        Err(e) => panic!("transfer failed: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (gx, gy) = (
+        s.get(&x).await.unwrap().unwrap(),
+        s.get(&y).await.unwrap().unwrap(),
+    );
+    assert_eq!(
+        number(&gx.value) + number(&gy.value),
+        200,
+        "the sum is kept"
+    );
+    assert_eq!(
+        gx.version, gy.version,
+        "the last transfer wrote both at once"
+    );
+    assert_eq!(number(&gx.value), 100, "as many transfers each way");
+}
+
+/// Random transactions over a few keys, run against the store and against
+/// a model of etcd's semantics, agree on every answer and every key's state.
+pub async fn txn_matches_a_model(s: Arc<dyn MetadataStore>) {
+    const KEYS: usize = 5;
+    const ROUNDS: usize = 150;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let mut rng = Rng(seed);
+    let p = prefix("txn-model");
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("{p}/k{i}")).collect();
+    // key -> (value, version)
+    let mut model: std::collections::HashMap<String, (Bytes, u64)> = Default::default();
+    let mut last_revision = 0;
+    for round in 0..ROUNDS {
+        let n = rng.below(5) + 1;
+        let mut ops = Vec::new();
+        for _ in 0..n {
+            let key = keys[rng.below(KEYS)].clone();
+            let now = model.get(&key).map(|(_, v)| *v);
+            // Mostly what the model holds, sometimes something else.
+            let expect = match rng.below(6) {
+                0 => Expect::Any,
+                1 => Expect::Absent,
+                2 => Expect::Version(now.unwrap_or(last_revision).saturating_sub(1).max(1)),
+                _ => now.map_or(Expect::Absent, Expect::Version),
+            };
+            ops.push(match rng.below(3) {
+                0 => TxnOp::Check { key, expect },
+                1 => TxnOp::Put {
+                    key,
+                    value: b(&format!("r{round}")),
+                    expect,
+                    session: None,
+                },
+                _ => TxnOp::Delete { key, expect },
+            });
+        }
+        let what = format!("seed {seed:#x}, round {round}: {ops:?}");
+        let mut written = std::collections::HashSet::new();
+        let duplicate = ops
+            .iter()
+            .any(|op| op.writes() && !written.insert(op.key().to_owned()));
+        let failing = ops.iter().find(|op| {
+            let found = model.get(op.key()).map(|(_, v)| *v);
+            op.expect().check(op.key(), found).is_err()
+        });
+        let r = s.txn(ops.clone()).await;
+        match (duplicate, failing, r) {
+            (true, _, Err(MetadataError::Invalid(_))) => {}
+            (false, Some(op), Err(MetadataError::BadVersion { key, .. })) => {
+                assert_eq!(key, op.key(), "{what}");
+            }
+            (false, None, Ok(rev)) => {
+                let changes = ops.iter().any(|op| match op {
+                    TxnOp::Put { .. } => true,
+                    TxnOp::Delete { key, .. } => model.contains_key(key),
+                    TxnOp::Check { .. } => false,
+                });
+                if changes {
+                    assert!(
+                        rev > last_revision,
+                        "{what}: revision {rev} after {last_revision}"
+                    );
+                    last_revision = rev;
+                }
+                for op in ops {
+                    match op {
+                        TxnOp::Put { key, value, .. } => {
+                            model.insert(key, (value, rev));
+                        }
+                        TxnOp::Delete { key, .. } => {
+                            model.remove(&key);
+                        }
+                        TxnOp::Check { .. } => {}
+                    }
+                }
+            }
+            (duplicate, failing, r) => {
+                panic!("{what}: duplicate {duplicate}, failing {failing:?}, got {r:?}")
+            }
+        }
+        for k in &keys {
+            let got = s.get(k).await.unwrap().map(|v| (v.value, v.version));
+            assert_eq!(got.as_ref(), model.get(k), "{what}: {k}");
+        }
+    }
+}
+
+/// A small xorshift generator: the model test's sequence replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
     }
 }
 
@@ -407,7 +1030,18 @@ macro_rules! conformance_tests {
             expired_sessions_lose_their_keys,
             kept_alive_sessions_keep_their_keys,
             children_page_over_100k,
-            invalid_keys_are_refused
+            invalid_keys_are_refused,
+            keys_with_nul_are_refused,
+            txn_is_all_or_nothing,
+            txn_writes_share_one_revision,
+            txn_watch_sees_one_revision_in_op_order,
+            txn_ephemeral_puts_die_with_their_session,
+            txn_deletes_and_puts_together,
+            txn_checks_on_absent_keys,
+            txn_op_limit,
+            txn_duplicate_writes_are_refused,
+            txn_concurrent_transfers_keep_the_sum,
+            txn_matches_a_model
         );
     };
     (@optional $make:expr; $($case:ident),*) => {

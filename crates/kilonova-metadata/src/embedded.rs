@@ -3,7 +3,10 @@
 //!
 //! Writes go to one writer thread that applies every write waiting for it in
 //! one transaction and commits it with one fsync (group commit), so concurrent
-//! writers share fsyncs. Reads open their own read transaction and never wait
+//! writers share fsyncs. A put or delete is a metadata transaction of one
+//! operation: the writer checks every condition of a transaction, then
+//! applies all its writes under one revision (the single writer makes that
+//! atomic without locks). Reads open their own read transaction and never wait
 //! for the writer. Watches are fed after each commit, in revision order.
 //!
 //! Sessions live in this process: ephemeral keys left by an earlier process are
@@ -11,6 +14,7 @@
 //!
 //! Keys are stored with `/` replaced by NUL, so that every key below `/a` sorts
 //! before a sibling such as `/a-b`: a key's children are then contiguous ranges.
+//! `check_key` refuses keys holding NUL, so no two keys share a stored form.
 //!
 //! Why redb and group commit: docs/adr/0002-embedded-metadata-store.md.
 
@@ -26,7 +30,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::error::{MetadataError, Result};
-use crate::store::{check_key, Expect, MetadataStore, Page, SessionId, Stored, Watch, WatchEvent};
+use crate::store::{
+    check_child_name, check_key, check_txn, Expect, MetadataStore, Page, SessionId, Stored, TxnOp,
+    Watch, WatchEvent,
+};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -80,26 +87,6 @@ fn encode(version: u64, session: Option<SessionId>, value: &[u8]) -> Vec<u8> {
     out
 }
 
-fn check(expect: Expect, key: &str, found: Option<u64>) -> Result<()> {
-    let ok = match expect {
-        Expect::Any => true,
-        Expect::Absent => found.is_none(),
-        Expect::Version(v) => found == Some(v),
-    };
-    if ok {
-        return Ok(());
-    }
-    Err(MetadataError::BadVersion {
-        key: key.to_owned(),
-        expected: match expect {
-            Expect::Any => "anything".into(),
-            Expect::Absent => "no key".into(),
-            Expect::Version(v) => format!("version {v}"),
-        },
-        found: found.map_or("no key".into(), |v| format!("version {v}")),
-    })
-}
-
 struct Session {
     ttl: Duration,
     deadline: Instant,
@@ -112,18 +99,18 @@ struct Sessions {
     live: HashMap<u64, Session>,
 }
 
+/// What a transaction did: the revision it wrote at (the current one if it
+/// changed nothing) and, per operation, whether its key existed before.
+struct Applied {
+    revision: u64,
+    existed: Vec<bool>,
+}
+
 enum Op {
-    Put {
-        key: String,
-        value: Bytes,
-        expect: Expect,
-        session: Option<SessionId>,
-        reply: oneshot::Sender<Result<u64>>,
-    },
-    Delete {
-        key: String,
-        expect: Expect,
-        reply: oneshot::Sender<Result<bool>>,
+    /// A checked transaction (a put or delete is one of one operation).
+    Txn {
+        ops: Vec<TxnOp>,
+        reply: oneshot::Sender<Result<Applied>>,
     },
     CloseSession {
         session: SessionId,
@@ -133,8 +120,7 @@ enum Op {
 
 /// A reply to send once the batch is durable.
 enum Reply {
-    Put(oneshot::Sender<Result<u64>>, Result<u64>),
-    Delete(oneshot::Sender<Result<bool>>, Result<bool>),
+    Txn(oneshot::Sender<Result<Applied>>, Result<Applied>),
     Close(oneshot::Sender<Result<()>>, Result<()>),
 }
 
@@ -142,8 +128,7 @@ impl Reply {
     fn fail(self, e: &MetadataError) -> Reply {
         let e = MetadataError::Backend(e.to_string());
         match self {
-            Reply::Put(tx, _) => Reply::Put(tx, Err(e)),
-            Reply::Delete(tx, _) => Reply::Delete(tx, Err(e)),
+            Reply::Txn(tx, _) => Reply::Txn(tx, Err(e)),
             Reply::Close(tx, _) => Reply::Close(tx, Err(e)),
         }
     }
@@ -151,8 +136,7 @@ impl Reply {
     fn send(self) {
         // A caller that went away does not care about the answer.
         match self {
-            Reply::Put(tx, r) => drop(tx.send(r)),
-            Reply::Delete(tx, r) => drop(tx.send(r)),
+            Reply::Txn(tx, r) => drop(tx.send(r)),
             Reply::Close(tx, r) => drop(tx.send(r)),
         }
     }
@@ -297,21 +281,30 @@ impl MetadataStore for EmbeddedStore {
         session: Option<SessionId>,
     ) -> Result<u64> {
         check_key(key)?;
-        let key = key.to_owned();
-        self.submit(|reply| Op::Put {
-            key,
+        let ops = vec![TxnOp::Put {
+            key: key.to_owned(),
             value,
             expect,
             session,
-            reply,
-        })
-        .await
+        }];
+        let applied = self.submit(|reply| Op::Txn { ops, reply }).await?;
+        Ok(applied.revision)
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool> {
         check_key(key)?;
-        let key = key.to_owned();
-        self.submit(|reply| Op::Delete { key, expect, reply }).await
+        let ops = vec![TxnOp::Delete {
+            key: key.to_owned(),
+            expect,
+        }];
+        let applied = self.submit(|reply| Op::Txn { ops, reply }).await?;
+        Ok(applied.existed.first().copied().unwrap_or(false))
+    }
+
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<u64> {
+        check_txn(&ops)?;
+        let applied = self.submit(|reply| Op::Txn { ops, reply }).await?;
+        Ok(applied.revision)
     }
 
     async fn children(
@@ -324,11 +317,8 @@ impl MetadataStore for EmbeddedStore {
         if !trimmed.is_empty() {
             check_key(trimmed)?;
         }
-        if start_after.is_some_and(|s| s.is_empty() || s.contains('/')) {
-            return Err(MetadataError::InvalidKey(format!(
-                "{prefix}/{}",
-                start_after.unwrap_or_default()
-            )));
+        if let Some(name) = start_after {
+            check_child_name(trimmed, name)?;
         }
         let base = format!("{}\0", internal(trimmed));
         // Everything below child `name` sorts before `base + name + "\x01"`.
@@ -445,6 +435,93 @@ impl Tables<'_, '_> {
         }
         Ok(Some(old))
     }
+}
+
+/// Applies a transaction if every condition holds (see
+/// [`MetadataStore::txn`]): all its writes at one new revision, recorded in
+/// `events` in the order of `ops`. The outer error is the store failing
+/// (the batch fails); the inner one is the transaction's answer.
+fn apply_txn(
+    t: &mut Tables<'_, '_>,
+    revision: &mut u64,
+    ops: Vec<TxnOp>,
+    live: impl Fn(Option<SessionId>) -> Result<()>,
+    events: &mut Vec<WatchEvent>,
+    changes: &mut SessionChanges,
+) -> Result<Result<Applied>> {
+    // Every condition against the store as it was before any write.
+    let mut found = Vec::with_capacity(ops.len());
+    for op in &ops {
+        let old = t.get(op.key())?;
+        if let Err(e) = op.expect().check(op.key(), old.as_ref().map(|o| o.version)) {
+            return Ok(Err(e));
+        }
+        found.push(old);
+    }
+    for op in &ops {
+        if let TxnOp::Put { session, .. } = op {
+            if let Err(e) = live(*session) {
+                return Ok(Err(e));
+            }
+        }
+    }
+    let existed = found.iter().map(Option::is_some).collect();
+    let changes_anything = ops
+        .iter()
+        .zip(&found)
+        .any(|(op, old)| matches!(op, TxnOp::Put { .. }) || (op.writes() && old.is_some()));
+    if !changes_anything {
+        return Ok(Ok(Applied {
+            revision: *revision,
+            existed,
+        }));
+    }
+    *revision += 1;
+    let at = *revision;
+    for (op, old) in ops.into_iter().zip(found) {
+        // A key is written once per transaction (`check_txn`), so what was
+        // read above is still what each write replaces.
+        let old_session = old.as_ref().and_then(|o| o.session);
+        match op {
+            TxnOp::Check { .. } => continue,
+            TxnOp::Put {
+                key,
+                value,
+                session,
+                ..
+            } => {
+                t.put(&key, at, session, &value)?;
+                if let Some(s) = old_session {
+                    changes.unbind.push((s.0, key.clone()));
+                }
+                if let Some(s) = session {
+                    changes.bind.push((s.0, key.clone()));
+                }
+                events.push(WatchEvent {
+                    key,
+                    revision: at,
+                    value: Some(value),
+                });
+            }
+            TxnOp::Delete { key, .. } => {
+                if t.take(&key)?.is_none() {
+                    continue;
+                }
+                if let Some(s) = old_session {
+                    changes.unbind.push((s.0, key.clone()));
+                }
+                events.push(WatchEvent {
+                    key,
+                    revision: at,
+                    value: None,
+                });
+            }
+        }
+    }
+    Ok(Ok(Applied {
+        revision: at,
+        existed,
+    }))
 }
 
 /// Deletes `key`, recording the change; returns what it held.
@@ -589,50 +666,11 @@ impl Writer {
             }
             for op in batch {
                 match op {
-                    Op::Put {
-                        key,
-                        value,
-                        expect,
-                        session,
-                        reply,
-                    } => {
-                        let old = t.get(&key)?;
-                        let result = check(expect, &key, old.as_ref().map(|o| o.version))
-                            .and_then(|()| self.session_is_live(session, changes));
-                        let result = match result {
-                            Ok(()) => {
-                                revision += 1;
-                                t.put(&key, revision, session, &value)?;
-                                if let Some(s) = old.and_then(|o| o.session) {
-                                    changes.unbind.push((s.0, key.clone()));
-                                }
-                                if let Some(s) = session {
-                                    changes.bind.push((s.0, key.clone()));
-                                }
-                                events.push(WatchEvent {
-                                    key,
-                                    revision,
-                                    value: Some(value),
-                                });
-                                Ok(revision)
-                            }
-                            Err(e) => Err(e),
-                        };
-                        replies.push(Reply::Put(reply, result));
-                    }
-                    Op::Delete { key, expect, reply } => {
-                        let found = t.get(&key)?.map(|s| s.version);
-                        let result = match check(expect, &key, found) {
-                            Ok(()) => {
-                                let old = remove(t, &mut revision, &key, events)?;
-                                if let Some(s) = old.as_ref().and_then(|o| o.session) {
-                                    changes.unbind.push((s.0, key));
-                                }
-                                Ok(old.is_some())
-                            }
-                            Err(e) => Err(e),
-                        };
-                        replies.push(Reply::Delete(reply, result));
+                    Op::Txn { ops, reply } => {
+                        let ended = changes.ended.clone();
+                        let live = |s: Option<SessionId>| self.session_is_live(s, &ended);
+                        let result = apply_txn(t, &mut revision, ops, live, events, changes)?;
+                        replies.push(Reply::Txn(reply, result));
                     }
                     Op::CloseSession { session, reply } => {
                         let keys = lock(&self.sessions).live.remove(&session.0).map(|s| s.keys);
@@ -665,9 +703,11 @@ impl Writer {
         Ok(())
     }
 
-    fn session_is_live(&self, session: Option<SessionId>, changes: &SessionChanges) -> Result<()> {
+    /// Whether `session` (if any) may bind keys: open, and not closed
+    /// earlier in this batch (`ended`).
+    fn session_is_live(&self, session: Option<SessionId>, ended: &[u64]) -> Result<()> {
         let Some(s) = session else { return Ok(()) };
-        let live = lock(&self.sessions).live.contains_key(&s.0) && !changes.ended.contains(&s.0);
+        let live = lock(&self.sessions).live.contains_key(&s.0) && !ended.contains(&s.0);
         if live {
             Ok(())
         } else {

@@ -1,7 +1,7 @@
 //! Kilonova's metadata layer: the [`MetadataStore`] trait (get, versioned put,
-//! delete, paged children, watches, ephemeral keys bound to sessions), its
-//! embedded backend ([`EmbeddedStore`], one `redb` file with group commit),
-//! the conformance suite every backend must pass, and typed resources on top
+//! delete, multi-key transactions, paged children, watches, ephemeral keys
+//! bound to sessions), its embedded backend ([`EmbeddedStore`], one `redb`
+//! file with group commit), the conformance suite every backend must pass, and typed resources on top
 //! (clusters, tenants, namespaces with policies, topics with ids), and
 //! bundles with their ownership for a cluster of brokers ([`bundles`]).
 //!
@@ -24,6 +24,6 @@ pub use resources::{
     Resources, SchemaOutcome, SchemaRecord, TopicRecord, MAX_PARTITIONS, MAX_SCHEMA_VERSIONS,
 };
 pub use store::{
-    check_key, under, Expect, MetadataStore, Page, SessionId, Stored, Watch, WatchEvent, Watched,
-    DEFAULT_SESSION_TTL,
+    check_child_name, check_key, check_txn, under, Expect, MetadataStore, Page, SessionId, Stored,
+    TxnOp, Watch, WatchEvent, Watched, DEFAULT_SESSION_TTL, MAX_TXN_OPS,
 };

@@ -5,8 +5,10 @@
 //! have keys below it at the same time. Every change gets the next value of one
 //! store-wide revision counter; a key's version is the revision of its last
 //! change (as etcd's `mod_revision`), so versions only grow, also across a
-//! delete and re-create. The behaviour is pinned down by the conformance suite
-//! (`crate::conformance`), which every backend must pass.
+//! delete and re-create. A transaction ([`MetadataStore::txn`]) writes several
+//! keys in one change: they all get the same revision. The behaviour is
+//! pinned down by the conformance suite (`crate::conformance`), which every
+//! backend must pass.
 
 use std::time::Duration;
 
@@ -36,6 +38,30 @@ pub enum Expect {
     Version(u64),
 }
 
+impl Expect {
+    /// Whether the expectation holds of a key found at `found` (`None`:
+    /// absent); if not, the [`crate::MetadataError::BadVersion`] saying so.
+    pub fn check(self, key: &str, found: Option<u64>) -> Result<()> {
+        let ok = match self {
+            Expect::Any => true,
+            Expect::Absent => found.is_none(),
+            Expect::Version(v) => found == Some(v),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(crate::MetadataError::BadVersion {
+            key: key.to_owned(),
+            expected: match self {
+                Expect::Any => "anything".into(),
+                Expect::Absent => "no key".into(),
+                Expect::Version(v) => format!("version {v}"),
+            },
+            found: found.map_or("no key".into(), |v| format!("version {v}")),
+        })
+    }
+}
+
 /// A session that ephemeral keys are bound to: when it is closed, or not kept
 /// alive within its time-to-live, its keys are deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,7 +80,9 @@ pub struct Page {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchEvent {
     pub key: String,
-    /// The revision of the change; events arrive in increasing revision order.
+    /// The revision of the change; events arrive in revision order. The
+    /// writes of one transaction share a revision: their events come
+    /// together, in the order of the transaction's operations.
     pub revision: u64,
     /// The new value, or `None` if the key was deleted.
     pub value: Option<Bytes>,
@@ -68,6 +96,74 @@ pub enum Watched {
     Lagged {
         missed: u64,
     },
+}
+
+/// One operation of a transaction ([`MetadataStore::txn`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    /// A condition only: `expect` must hold of `key`.
+    Check { key: String, expect: Expect },
+    /// Writes `value` (bound to `session` if given) if `expect` holds.
+    Put {
+        key: String,
+        value: Bytes,
+        expect: Expect,
+        session: Option<SessionId>,
+    },
+    /// Deletes the key (if it exists) if `expect` holds.
+    Delete { key: String, expect: Expect },
+}
+
+impl TxnOp {
+    /// The key the operation is about.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Check { key, .. } | TxnOp::Put { key, .. } | TxnOp::Delete { key, .. } => key,
+        }
+    }
+
+    /// What the operation expects of its key.
+    pub fn expect(&self) -> Expect {
+        match self {
+            TxnOp::Check { expect, .. }
+            | TxnOp::Put { expect, .. }
+            | TxnOp::Delete { expect, .. } => *expect,
+        }
+    }
+
+    /// Whether the operation writes its key.
+    pub fn writes(&self) -> bool {
+        !matches!(self, TxnOp::Check { .. })
+    }
+}
+
+/// Operations in one transaction at most: etcd's default `--max-txn-ops`
+/// (it refuses a transaction with more compares, or more operations in a
+/// branch, than that).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Checks a transaction's form before a backend runs it: at most
+/// [`MAX_TXN_OPS`] operations, every key well formed, no key written twice
+/// (etcd refuses duplicate keys in a transaction's writes, and two writes of
+/// one key in one revision would leave its version ambiguous).
+pub fn check_txn(ops: &[TxnOp]) -> Result<()> {
+    if ops.len() > MAX_TXN_OPS {
+        return Err(crate::MetadataError::Invalid(format!(
+            "a metadata transaction of {} operations (at most {MAX_TXN_OPS})",
+            ops.len()
+        )));
+    }
+    let mut written = std::collections::HashSet::new();
+    for op in ops {
+        check_key(op.key())?;
+        if op.writes() && !written.insert(op.key()) {
+            return Err(crate::MetadataError::Invalid(format!(
+                "a metadata transaction writes {} twice",
+                op.key()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A stream of changes to keys under a prefix. Dropping it stops the watch.
@@ -176,19 +272,61 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Ends the session now, deleting its ephemeral keys.
     async fn close_session(&self, session: SessionId) -> Result<()>;
+
+    /// Applies `ops` atomically, as etcd's `Txn`: every condition is
+    /// evaluated against the store as it is before any of the writes, and
+    /// either all hold and every write applies, or nothing applies.
+    ///
+    /// - The conditions are each operation's `expect` (a [`TxnOp::Check`] is
+    ///   only a condition). Conditions on one key may repeat; a key may be
+    ///   checked and written, but written once only.
+    /// - If a condition fails: [`crate::MetadataError::BadVersion`] naming
+    ///   the first operation's key (in the order given) whose condition
+    ///   failed, with what it found. Then a [`TxnOp::Put`] bound to a session
+    ///   that is closed or expired fails the whole transaction with
+    ///   [`crate::MetadataError::SessionExpired`] (etcd checks leases only on
+    ///   the branch it takes: a conflict wins over a dead session). With
+    ///   puts bound to several sessions, etcd does not say whose lease is
+    ///   gone: its backend names the first put's session.
+    /// - All writes of a transaction that changes anything take one new
+    ///   revision: every key put gets it as its version; a delete of an
+    ///   absent key changes nothing. Watches see the changes under that one
+    ///   revision, in the order of `ops`. Returns the revision the writes
+    ///   took, or, when nothing changed (only checks, or deletes that found
+    ///   nothing), the store's current revision.
+    /// - More than [`MAX_TXN_OPS`] operations, a malformed key or a key
+    ///   written twice are refused before anything is evaluated
+    ///   ([`check_txn`]).
+    ///
+    /// Returns once the writes are durable.
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<u64>;
 }
 
-/// Checks a key's form: starts with `/`, no empty components, no trailing `/`.
+/// Checks a key's form: starts with `/`, no empty components, no trailing
+/// `/`, no NUL byte. The embedded store keeps `/` as NUL (so that a key's
+/// children are one contiguous range), and etcd's key layout separates
+/// components with NUL too: a NUL inside a component would make `/a\0b` the
+/// embedded store's `/a/b`.
 pub fn check_key(key: &str) -> Result<()> {
     let ok = key.len() > 1
         && key.starts_with('/')
         && !key.ends_with('/')
+        && !key.contains('\0')
         && !key[1..].split('/').any(str::is_empty);
     if ok {
         Ok(())
     } else {
         Err(crate::MetadataError::InvalidKey(key.to_owned()))
     }
+}
+
+/// Checks the name a children listing starts after: one component, as
+/// [`check_key`] allows (not empty, no `/`, no NUL).
+pub fn check_child_name(prefix: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(['/', '\0']) {
+        return Err(crate::MetadataError::InvalidKey(format!("{prefix}/{name}")));
+    }
+    Ok(())
 }
 
 /// A default session time-to-live for brokers.
@@ -212,8 +350,52 @@ mod tests {
         for good in ["/a", "/a/b", "/a.b/c-d"] {
             assert!(check_key(good).is_ok(), "{good}");
         }
-        for bad in ["", "/", "a", "/a/", "//a", "/a//b"] {
-            assert!(check_key(bad).is_err(), "{bad}");
+        for bad in [
+            "", "/", "a", "/a/", "//a", "/a//b", "/a\0b", "/\0", "/a/b\0",
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn put(key: &str) -> TxnOp {
+        TxnOp::Put {
+            key: key.into(),
+            value: Bytes::new(),
+            expect: Expect::Any,
+            session: None,
+        }
+    }
+
+    #[test]
+    fn transactions_are_checked() {
+        let check = |key: &str| TxnOp::Check {
+            key: key.into(),
+            expect: Expect::Absent,
+        };
+        let delete = |key: &str| TxnOp::Delete {
+            key: key.into(),
+            expect: Expect::Any,
+        };
+        assert!(check_txn(&[]).is_ok());
+        assert!(check_txn(&[check("/a"), check("/a"), put("/a"), delete("/b")]).is_ok());
+        let many: Vec<TxnOp> = (0..MAX_TXN_OPS).map(|i| put(&format!("/k{i}"))).collect();
+        assert!(check_txn(&many).is_ok());
+        let too_many: Vec<TxnOp> = (0..=MAX_TXN_OPS)
+            .map(|i| check(&format!("/k{i}")))
+            .collect();
+        assert!(matches!(
+            check_txn(&too_many),
+            Err(crate::MetadataError::Invalid(_))
+        ));
+        for twice in [[put("/a"), put("/a")], [put("/a"), delete("/a")]] {
+            assert!(matches!(
+                check_txn(&twice),
+                Err(crate::MetadataError::Invalid(_))
+            ));
+        }
+        assert!(matches!(
+            check_txn(&[check("/a\0b")]),
+            Err(crate::MetadataError::InvalidKey(_))
+        ));
     }
 }

@@ -1,13 +1,17 @@
 //! Bundle ownership on the embedded store: one owner at a time, epochs that
 //! only grow, release and session loss hand the bundle on, and a deposed
-//! owner's epoch no longer holds, even when racing brokers lose.
+//! owner's epoch no longer holds, even when racing brokers lose; and a
+//! deposed owner's guarded writes never land.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kilonova_metadata::bundles::{Acquired, BundleOwner, BundleRange};
-use kilonova_metadata::{EmbeddedStore, MetadataStore, NamespaceName, Resources};
+use bytes::Bytes;
+use kilonova_metadata::bundles::{Acquired, BundleOwner, BundleRange, Commit, Held};
+use kilonova_metadata::{
+    EmbeddedStore, Expect, MetadataError, MetadataStore, NamespaceName, Resources, TxnOp,
+};
 
 fn resources(dir: &std::path::Path) -> Resources {
     let store: Arc<dyn MetadataStore> =
@@ -116,4 +120,119 @@ async fn brokers_racing_for_a_bundle_agree_on_one_owner() {
         told.iter().all(|o| *o == winner),
         "the others are told the winner"
     );
+}
+
+fn record(key: &str, value: &str) -> TxnOp {
+    TxnOp::Put {
+        key: key.into(),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        expect: Expect::Absent,
+        session: None,
+    }
+}
+
+#[tokio::test]
+async fn a_deposed_owners_commit_is_refused_and_the_current_owners_lands() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = resources(dir.path());
+    let ns = NamespaceName::parse("t/ns").unwrap();
+    let (low, high): (BundleRange, BundleRange) = (
+        "0x00000000_0x80000000".parse().unwrap(),
+        "0x80000000_0xffffffff".parse().unwrap(),
+    );
+    let ttl = Duration::from_secs(30);
+    let (sa, sb) = (
+        r.store().open_session(ttl).await.unwrap(),
+        r.store().open_session(ttl).await.unwrap(),
+    );
+    let (a, b) = (broker("a:8080"), broker("b:8080"));
+    let owned = |a: Acquired| match a {
+        Acquired::Owned { epoch } => epoch,
+        other => panic!("not acquired: {other:?}"),
+    };
+    let held = |range: BundleRange, epoch: u64| Held {
+        ns: ns.clone(),
+        range,
+        epoch,
+    };
+
+    // a owns both bundles and commits a flush touching both.
+    let a_low = owned(r.acquire_bundle(&ns, low, &a, sa).await.unwrap());
+    let a_high = owned(r.acquire_bundle(&ns, high, &a, sa).await.unwrap());
+    let a_holds = [held(low, a_low), held(high, a_high)];
+    let first = r
+        .commit_if_owner(&a_holds, vec![record("/flushes/1", "by a")])
+        .await
+        .unwrap();
+    let Commit::Committed { revision } = first else {
+        panic!("the owner's commit was refused: {first:?}");
+    };
+    assert_eq!(
+        r.store().get("/flushes/1").await.unwrap().unwrap().version,
+        revision
+    );
+
+    // a's session ends (lost, partitioned away); b takes the low bundle.
+    r.store().close_session(sa).await.unwrap();
+    let b_low = owned(r.acquire_bundle(&ns, low, &b, sb).await.unwrap());
+    assert!(b_low > a_low);
+    // a still believes it owns both: its commit lands nowhere, and the
+    // first bundle it lost is named.
+    let late = r
+        .commit_if_owner(
+            &a_holds,
+            vec![record("/flushes/2", "by a"), record("/flushes/3", "by a")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        Commit::Deposed {
+            ns: ns.clone(),
+            range: low
+        }
+    );
+    let late_high = r
+        .commit_if_owner(&[held(high, a_high)], vec![record("/flushes/2", "by a")])
+        .await
+        .unwrap();
+    assert_eq!(
+        late_high,
+        Commit::Deposed {
+            ns: ns.clone(),
+            range: high
+        },
+        "a bundle nobody took since is lost too"
+    );
+    for k in ["/flushes/2", "/flushes/3"] {
+        assert_eq!(r.store().get(k).await.unwrap(), None, "{k} not written");
+    }
+
+    // The current owner commits; a write's own conflict is its own error.
+    let b_holds = [held(low, b_low)];
+    assert!(matches!(
+        r.commit_if_owner(&b_holds, vec![record("/flushes/2", "by b")])
+            .await
+            .unwrap(),
+        Commit::Committed { .. }
+    ));
+    let got = r.store().get("/flushes/2").await.unwrap().unwrap();
+    assert_eq!(got.value.as_ref(), b"by b");
+    match r
+        .commit_if_owner(&b_holds, vec![record("/flushes/2", "again")])
+        .await
+    {
+        Err(MetadataError::BadVersion { key, .. }) => assert_eq!(key, "/flushes/2"),
+        other => panic!("a write over an existing record: {other:?}"),
+    }
+    // Ownership keys change only by acquire and release.
+    let sneaky = TxnOp::Delete {
+        key: format!("/ownership/t/ns/{low}"),
+        expect: Expect::Any,
+    };
+    assert!(matches!(
+        r.commit_if_owner(&b_holds, vec![sneaky]).await,
+        Err(MetadataError::Invalid(_))
+    ));
+    assert!(r.holds_bundle(&ns, low, "b:8080", b_low).await.unwrap());
 }

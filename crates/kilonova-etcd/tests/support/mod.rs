@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use kilonova_etcd::server::EtcdServer;
 use kilonova_etcd::EtcdStore;
-use kilonova_metadata::{Expect, MetadataStore, Page, Result, SessionId, Stored, Watch};
+use kilonova_metadata::{Expect, MetadataStore, Page, Result, SessionId, Stored, TxnOp, Watch};
 
 /// A store that keeps its etcd running: dropped, it stops it.
 pub struct WithServer {
@@ -58,5 +58,8 @@ impl MetadataStore for WithServer {
     }
     async fn close_session(&self, session: SessionId) -> Result<()> {
         self.store.close_session(session).await
+    }
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<u64> {
+        self.store.txn(ops).await
     }
 }
