@@ -266,16 +266,19 @@ impl EtcdServer {
     }
 
     /// Pauses every member (SIGSTOP): connections stay open, nothing answers.
+    /// Returns once every thread of every member is stopped (a signal is
+    /// delivered when its threads next run, not when `kill` returns).
     pub fn pause(&self) -> Result<(), String> {
-        self.signal("-STOP")
+        self.signal("-STOP", true)
     }
 
-    /// Resumes every member paused by [`EtcdServer::pause`] (SIGCONT).
+    /// Resumes every member paused by [`EtcdServer::pause`] (SIGCONT), once
+    /// none of their threads is stopped any more.
     pub fn resume(&self) -> Result<(), String> {
-        self.signal("-CONT")
+        self.signal("-CONT", false)
     }
 
-    fn signal(&self, signal: &str) -> Result<(), String> {
+    fn signal(&self, signal: &str, stopped: bool) -> Result<(), String> {
         for m in &self.members {
             if let Some(c) = &m.child {
                 let status = Command::new("kill")
@@ -285,6 +288,7 @@ impl EtcdServer {
                 if !status.success() {
                     return Err(format!("kill {signal} {} failed", c.id()));
                 }
+                wait_stopped(c.id(), stopped)?;
             }
         }
         Ok(())
@@ -442,4 +446,36 @@ fn free_ports(n: usize) -> Result<Vec<u16>, String> {
         held.push(l);
     }
     Ok(ports)
+}
+
+/// Waits until every thread of process `pid` is stopped (`T` in
+/// `/proc/<pid>/task/*/stat`), or none is.
+fn wait_stopped(pid: u32, stopped: bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|e| format!("listing the threads of {pid}: {e}"))?;
+        let mut all = true;
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if (state == Some('T')) != stopped {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "process {pid} is not {} after 10 s",
+                if stopped { "stopped" } else { "running" }
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

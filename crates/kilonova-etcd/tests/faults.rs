@@ -509,14 +509,26 @@ async fn a_hung_etcd_gives_unavailable_within_the_request_timeout_and_recovers()
     );
     server.resume().unwrap();
 
-    // The put that timed out may or may not have happened: re-read.
-    let cur = until_available("a read after resuming", || s.get("/h/k"))
-        .await
-        .unwrap();
-    let v = s
-        .put("/h/k", b("3"), Expect::Version(cur.version), None)
-        .await
-        .unwrap();
+    // The put that timed out may or may not have happened — and may land
+    // only now, after a read: re-read until a conditional write goes in.
+    let mut v = 0;
+    for _ in 0..10 {
+        let cur = until_available("a read after resuming", || s.get("/h/k"))
+            .await
+            .unwrap();
+        match s
+            .put("/h/k", b("3"), Expect::Version(cur.version), None)
+            .await
+        {
+            Ok(version) => {
+                v = version;
+                break;
+            }
+            Err(MetadataError::BadVersion { .. }) => continue,
+            Err(e) => panic!("a write after resuming: {e}"),
+        }
+    }
+    assert!(v > 0, "a conditional write after resuming went in");
     s.keep_alive(session).await.unwrap();
     // The watch stream lived through the pause: it has every change, in order.
     loop {
