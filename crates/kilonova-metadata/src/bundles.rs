@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{MetadataError, Result};
 use crate::names::{NamespaceName, TopicName};
 use crate::policies::BundlesData;
-use crate::resources::Resources;
+use crate::resources::{from_json, to_json, Resources};
 use crate::store::{Expect, SessionId, TxnOp};
 
 /// The top of the hash space (Pulsar's last boundary).
@@ -178,16 +178,6 @@ fn ownership_key(ns: &NamespaceName, range: BundleRange) -> String {
     format!("/ownership/{}/{}/{range}", ns.tenant, ns.namespace)
 }
 
-fn encode<T: Serialize>(what: &str, v: &T) -> Result<bytes::Bytes> {
-    serde_json::to_vec(v)
-        .map(bytes::Bytes::from)
-        .map_err(|e| MetadataError::Backend(format!("encoding {what}: {e}")))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> {
-    serde_json::from_slice(b).map_err(|e| MetadataError::Backend(format!("decoding {what}: {e}")))
-}
-
 impl Resources {
     /// The bundle's owner, if one holds it (with its epoch).
     pub async fn bundle_owner(
@@ -198,7 +188,7 @@ impl Resources {
         match self.store().get(&ownership_key(ns, range)).await? {
             Some(s) => Ok(Some(BundleOwner {
                 epoch: s.version,
-                ..decode("a bundle owner", &s.value)?
+                ..from_json("a bundle owner", &s.value)?
             })),
             None => Ok(None),
         }
@@ -214,7 +204,7 @@ impl Resources {
     ) -> Result<Acquired> {
         const ATTEMPTS: usize = 16;
         let key = ownership_key(ns, range);
-        let value = encode(
+        let value = to_json(
             "a bundle owner",
             &BundleOwner {
                 epoch: 0,

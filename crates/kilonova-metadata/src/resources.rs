@@ -160,13 +160,13 @@ fn schema_key(t: &TopicName) -> String {
     )
 }
 
-fn to_json<T: Serialize>(what: &str, v: &T) -> Result<Bytes> {
+pub(crate) fn to_json<T: Serialize>(what: &str, v: &T) -> Result<Bytes> {
     serde_json::to_vec(v)
         .map(Bytes::from)
         .map_err(|e| MetadataError::Backend(format!("encoding {what}: {e}")))
 }
 
-fn from_json<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> {
+pub(crate) fn from_json<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> {
     serde_json::from_slice(b)
         .map_err(|e| MetadataError::Backend(format!("{what} is unreadable: {e}")))
 }
