@@ -104,15 +104,24 @@ impl Tiering {
     }
 
     /// Checks that the object at `object` is a whole offloaded segment of
-    /// `entries` entries holding `bytes` bytes (its index read and verified).
-    pub async fn verify(&self, object: &str, entries: u64, bytes: u64) -> Result<(), String> {
-        let index = self.reader.index(object).await.map_err(|e| e.to_string())?;
+    /// `entries` entries holding `bytes` bytes (its index read and verified):
+    /// `NotFound` if it is gone, `Corrupt` if it is not that segment.
+    pub async fn verify(
+        &self,
+        object: &str,
+        entries: u64,
+        bytes: u64,
+    ) -> Result<(), ObjectStoreError> {
+        let index = self.reader.index(object).await?;
         if index.entry_count() != entries || index.data_bytes() != bytes {
-            return Err(format!(
-                "{object} holds {} entries of {} bytes, not the {entries} entries of {bytes} bytes recorded",
-                index.entry_count(),
-                index.data_bytes()
-            ));
+            return Err(ObjectStoreError::Corrupt {
+                key: object.to_string(),
+                detail: format!(
+                    "it holds {} entries of {} bytes, not the {entries} entries of {bytes} bytes recorded",
+                    index.entry_count(),
+                    index.data_bytes()
+                ),
+            });
         }
         Ok(())
     }
