@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kilonova_metadata::{
-    check_child_name, check_key, check_txn, Expect, MetadataError, MetadataStore, Page, Result,
+    check_children, check_key, check_txn, Expect, MetadataError, MetadataStore, Page, Result,
     SessionId, Stored, TxnOp, Watch,
 };
 use tonic::Code;
@@ -326,24 +326,6 @@ impl MetadataStore for EtcdStore {
         }))
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Bytes,
-        expect: Expect,
-        session: Option<SessionId>,
-    ) -> Result<u64> {
-        check_key(key)?;
-        let ops = [TxnOp::Put {
-            key: key.to_owned(),
-            value,
-            expect,
-            session,
-        }];
-        let r = self.run(&ops).await?;
-        revision_of(r.header.as_ref())
-    }
-
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool> {
         check_key(key)?;
         let ops = [TxnOp::Delete {
@@ -370,13 +352,7 @@ impl MetadataStore for EtcdStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Page> {
-        let trimmed = prefix.trim_end_matches('/');
-        if !trimmed.is_empty() {
-            check_key(trimmed)?;
-        }
-        if let Some(name) = start_after {
-            check_child_name(trimmed, name)?;
-        }
+        let trimmed = check_children(prefix, start_after)?;
         let mut scan = ChildScan::new(&self.layout, trimmed, start_after, limit);
         // Every scan of one page reads at the first one's revision: a page is
         // one snapshot, as the embedded store's.

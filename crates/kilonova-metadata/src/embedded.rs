@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::error::{MetadataError, Result};
 use crate::store::{
-    check_child_name, check_key, check_txn, Expect, MetadataStore, Page, SessionId, Stored, TxnOp,
+    check_children, check_key, check_txn, Expect, MetadataStore, Page, SessionId, Stored, TxnOp,
     Watch, WatchEvent,
 };
 
@@ -273,24 +273,6 @@ impl MetadataStore for EmbeddedStore {
         })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Bytes,
-        expect: Expect,
-        session: Option<SessionId>,
-    ) -> Result<u64> {
-        check_key(key)?;
-        let ops = vec![TxnOp::Put {
-            key: key.to_owned(),
-            value,
-            expect,
-            session,
-        }];
-        let applied = self.submit(|reply| Op::Txn { ops, reply }).await?;
-        Ok(applied.revision)
-    }
-
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool> {
         check_key(key)?;
         let ops = vec![TxnOp::Delete {
@@ -313,13 +295,7 @@ impl MetadataStore for EmbeddedStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Page> {
-        let trimmed = prefix.trim_end_matches('/');
-        if !trimmed.is_empty() {
-            check_key(trimmed)?;
-        }
-        if let Some(name) = start_after {
-            check_child_name(trimmed, name)?;
-        }
+        let trimmed = check_children(prefix, start_after)?;
         let base = format!("{}\0", internal(trimmed));
         // Everything below child `name` sorts before `base + name + "\x01"`.
         let past = |name: &str| format!("{base}{name}\u{1}");

@@ -24,6 +24,6 @@ pub use resources::{
     Resources, SchemaOutcome, SchemaRecord, TopicRecord, MAX_PARTITIONS, MAX_SCHEMA_VERSIONS,
 };
 pub use store::{
-    check_child_name, check_key, check_txn, under, Expect, MetadataStore, Page, SessionId, Stored,
+    check_children, check_key, check_txn, under, Expect, MetadataStore, Page, SessionId, Stored,
     TxnOp, Watch, WatchEvent, Watched, DEFAULT_SESSION_TTL, MAX_TXN_OPS,
 };

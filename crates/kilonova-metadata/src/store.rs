@@ -243,14 +243,22 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Writes `value` if `expect` holds (else [`crate::MetadataError::BadVersion`]),
     /// bound to `session` if given (an ephemeral key). Returns the new version.
-    /// Returns once the write is durable.
+    /// Returns once the write is durable. A transaction of one write.
     async fn put(
         &self,
         key: &str,
         value: Bytes,
         expect: Expect,
         session: Option<SessionId>,
-    ) -> Result<u64>;
+    ) -> Result<u64> {
+        let put = TxnOp::Put {
+            key: key.to_owned(),
+            value,
+            expect,
+            session,
+        };
+        self.txn(vec![put]).await
+    }
 
     /// Deletes the key if `expect` holds. Returns whether it existed.
     async fn delete(&self, key: &str, expect: Expect) -> Result<bool>;
@@ -320,13 +328,23 @@ pub fn check_key(key: &str) -> Result<()> {
     }
 }
 
-/// Checks the name a children listing starts after: one component, as
-/// [`check_key`] allows (not empty, no `/`, no NUL).
-pub fn check_child_name(prefix: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name.contains(['/', '\0']) {
-        return Err(crate::MetadataError::InvalidKey(format!("{prefix}/{name}")));
+/// Checks a children listing's arguments, as every backend must: the
+/// prefix is a key (or the root) and the name it starts after one component,
+/// as [`check_key`] allows (not empty, no `/`, no NUL). Returns the prefix
+/// without its trailing `/`.
+pub fn check_children<'a>(prefix: &'a str, start_after: Option<&str>) -> Result<&'a str> {
+    let trimmed = prefix.trim_end_matches('/');
+    if !trimmed.is_empty() {
+        check_key(trimmed)?;
     }
-    Ok(())
+    if let Some(name) = start_after {
+        if name.is_empty() || name.contains(['/', '\0']) {
+            return Err(crate::MetadataError::InvalidKey(format!(
+                "{trimmed}/{name}"
+            )));
+        }
+    }
+    Ok(trimmed)
 }
 
 /// A default session time-to-live for brokers.

@@ -64,10 +64,17 @@ impl Broker {
                 "{name} exists: only a topic that does not exist is restored (delete it first)"
             )));
         }
-        let unavailable = |e: kilonova_objstore::ObjectStoreError| {
-            BrokerError::Unavailable(format!("reading {name}'s manifest: {e}"))
+        // The store being down is worth a retry; a manifest that cannot be
+        // read (refused, corrupt) is not.
+        let manifest_error = |e: kilonova_objstore::ObjectStoreError| {
+            let why = format!("reading {name}'s manifest: {e}");
+            if e.is_retryable() {
+                BrokerError::Unavailable(why)
+            } else {
+                BrokerError::Precondition(why)
+            }
         };
-        if let Some(manifest) = tiering.read_manifest(name).await.map_err(unavailable)? {
+        if let Some(manifest) = tiering.read_manifest(name).await.map_err(manifest_error)? {
             verify_objects(&tiering, name, &manifest).await?;
             let restored = self.restore_one(name, manifest).await?;
             return Ok(RestoreReport {
@@ -80,7 +87,7 @@ impl Broker {
             None => tiering
                 .partition_manifests(name)
                 .await
-                .map_err(unavailable)?,
+                .map_err(manifest_error)?,
             Some(_) => Vec::new(),
         };
         if found.is_empty() {
@@ -97,7 +104,7 @@ impl Broker {
             if let Some(m) = tiering
                 .read_manifest(&partition)
                 .await
-                .map_err(unavailable)?
+                .map_err(manifest_error)?
             {
                 verify_objects(&tiering, &partition, &m).await?;
                 manifests.push((partition, m));
