@@ -13,7 +13,14 @@ use kilonova_metadata::MetadataError;
 pub struct ApiError {
     pub status: StatusCode,
     pub reason: String,
+    /// The admin URL of the broker that serves what the request is about
+    /// (a 307 to the same path there: [`redirect_to_owner`]).
+    pub redirect: Option<String>,
 }
+
+/// The base URL a 307 answer sends the client to, for [`redirect_to_owner`].
+#[derive(Clone, Debug)]
+struct RedirectBase(String);
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -22,6 +29,7 @@ impl ApiError {
         ApiError {
             status,
             reason: reason.into(),
+            redirect: None,
         }
     }
 
@@ -39,16 +47,64 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(status = %self.status, reason = %self.reason, "admin request failed");
         }
-        (
+        let mut response = (
             self.status,
             Json(serde_json::json!({ "reason": self.reason })),
         )
-            .into_response()
+            .into_response();
+        if let Some(base) = self.redirect {
+            response.extensions_mut().insert(RedirectBase(base));
+        }
+        response
     }
+}
+
+/// Completes a redirect to the broker serving a topic (in a cluster): the
+/// `Location` of a 307 is the same path and query on that broker, as
+/// Pulsar redirects admin requests (`kilonova admin` and Pulsar's admin
+/// clients follow it).
+pub async fn redirect_to_owner(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let mut response = next.run(req).await;
+    if let Some(RedirectBase(base)) = response.extensions_mut().remove::<RedirectBase>() {
+        let location = format!("{}{path}", base.trim_end_matches('/'));
+        match axum::http::HeaderValue::from_str(&location) {
+            Ok(v) => {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::LOCATION, v);
+            }
+            Err(_) => *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+    response
 }
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
+        if let BrokerError::ServedElsewhere {
+            http_url,
+            https_url,
+            ..
+        } = &e
+        {
+            let base = match http_url.is_empty() {
+                false => Some(http_url.clone()),
+                true => https_url.clone(),
+            };
+            if let Some(base) = base {
+                return ApiError {
+                    redirect: Some(base),
+                    ..ApiError::new(StatusCode::TEMPORARY_REDIRECT, e.to_string())
+                };
+            }
+        }
         let status = match &e {
             BrokerError::InvalidTopicName(_) | BrokerError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
@@ -66,6 +122,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::NotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             BrokerError::ShuttingDown
             | BrokerError::TopicFenced(_)
+            | BrokerError::ServedElsewhere { .. }
             | BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::Authentication(_) => StatusCode::UNAUTHORIZED,
             BrokerError::Authorization(_) => StatusCode::FORBIDDEN,

@@ -94,6 +94,7 @@ pub fn router(broker: Broker) -> axum::Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn(error::redirect_to_owner))
         // The access checks find the broker here (they run as route layers,
         // before the state is attached).
         .layer(axum::Extension(broker.clone()))

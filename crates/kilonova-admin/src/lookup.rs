@@ -16,7 +16,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use kilonova_auth::Want;
-use kilonova_broker::{Broker, ListenerUrls, ServiceUrls};
+use kilonova_broker::{Broker, LookupAnswer};
 
 use crate::api::{Access, Api};
 use crate::error::{ApiError, ApiResult};
@@ -46,12 +46,14 @@ pub fn routes(api: Api) -> Api {
     )
 }
 
-/// The query of a lookup (`authoritative`, which Pulsar's redirects carry, is
-/// accepted and has no effect: this broker serves every topic).
+/// The query of a lookup: the listener, and `authoritative` (this broker
+/// was chosen to serve the topic: it takes the bundle rather than choose again).
 #[derive(Deserialize)]
 struct LookupQuery {
     #[serde(rename = "listenerName")]
     listener_name: Option<String>,
+    #[serde(default)]
+    authoritative: bool,
 }
 
 /// Pulsar's `LookupData`. Every field is present, null when the broker has
@@ -68,14 +70,17 @@ pub struct LookupData {
     pub native_url: Option<String>,
 }
 
-impl LookupData {
-    fn new(broker: ListenerUrls, own: &ServiceUrls) -> Self {
+impl From<LookupAnswer> for LookupData {
+    /// In a cluster, a bundle nobody owns yet is answered with the broker
+    /// chosen for it (no HTTP redirect): that broker takes the bundle when
+    /// the client's producer or consumer arrives.
+    fn from(a: LookupAnswer) -> Self {
         LookupData {
-            native_url: broker.plain.clone(),
-            broker_url: broker.plain,
-            broker_url_tls: broker.tls,
-            http_url: own.http.clone(),
-            http_url_tls: own.https.clone(),
+            native_url: a.urls.plain.clone(),
+            broker_url: a.urls.plain,
+            broker_url_tls: a.urls.tls,
+            http_url: a.http,
+            http_url_tls: a.https,
         }
     }
 }
@@ -105,8 +110,11 @@ async fn lookup(
 ) -> ApiResult<Json<LookupData>> {
     let name = topic_name(&p)?;
     let listener = listener_name(q.listener_name, &headers)?;
-    let urls = b.lookup(&name, listener.as_deref()).await?;
-    Ok(Json(LookupData::new(urls, b.service_urls())))
+    let answer = b
+        .lookup_topic(&name, listener.as_deref(), q.authoritative)
+        .await;
+    b.metrics().lookup_answered(answer.as_ref().ok());
+    Ok(Json(LookupData::from(answer?)))
 }
 
 async fn bundle(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<String> {
@@ -150,16 +158,16 @@ mod tests {
 
     #[test]
     fn lookup_data_has_pulsars_field_names_and_keeps_null_fields() {
-        let own = ServiceUrls {
-            plain: Some("pulsar://h:6650".into()),
+        let answer = LookupAnswer {
+            urls: kilonova_broker::ListenerUrls {
+                plain: Some("pulsar://e:1".into()),
+                tls: None,
+            },
             http: Some("http://h:8080".into()),
-            ..Default::default()
+            https: None,
+            redirect: false,
         };
-        let broker = ListenerUrls {
-            plain: Some("pulsar://e:1".into()),
-            tls: None,
-        };
-        let doc = serde_json::to_value(LookupData::new(broker, &own)).unwrap();
+        let doc = serde_json::to_value(LookupData::from(answer)).unwrap();
         assert_eq!(
             doc,
             serde_json::json!({

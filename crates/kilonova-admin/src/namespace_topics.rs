@@ -1,14 +1,16 @@
 //! Operations on every topic of a namespace: list them (`…/topics`), unload
-//! the loaded ones (`…/unload`), clear their backlogs (`…/clearBacklog`, on
-//! every subscription or one).
+//! its bundles (`…/unload`, or one: `…/{bundle}/unload`; on their owners in
+//! a cluster), clear their backlogs (`…/clearBacklog`, on every
+//! subscription or one).
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
 use axum::Json;
 use serde::Deserialize;
 
 use kilonova_broker::{AdminRequest, Broker, BrokerError};
+use kilonova_metadata::bundles::{self, BundleRange};
 use kilonova_metadata::{Domain, NamespaceName, TopicName};
 
 use crate::api::{Access, Api};
@@ -24,7 +26,12 @@ pub fn routes(api: Api) -> Api {
     .route(
         &format!("{NS}/unload"),
         put(unload),
-        &[("PUT", Access::TenantAdmin, "Unload every loaded topic of the namespace (clients reconnect)")],
+        &[("PUT", Access::TenantAdmin, "Unload every bundle of the namespace on its owner: topics closed (clients look them up again), bundles released")],
+    )
+    .route(
+        &format!("{NS}/{{bundle}}/unload"),
+        put(unload_bundle),
+        &[("PUT", Access::TenantAdmin, "Unload one bundle (0x00000000_0x40000000) on its owner: its topics closed, the bundle released")],
     )
     .route(
         &format!("{NS}/clearBacklog"),
@@ -69,22 +76,39 @@ async fn topics(
 async fn unload(
     State(b): State<Broker>,
     Path((t, n)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     let ns = namespace(&t, &n)?;
-    if !b.resources().namespace_exists(&ns).await? {
-        return Err(ApiError::not_found(format!("namespace {ns} not found")));
-    }
-    let loaded = b.loaded_topics_of(&ns);
-    for name in &loaded {
-        let topic = TopicName::parse(name)?;
-        match b.topic_admin(&topic, AdminRequest::Unload).await {
-            // Deleted or unloaded meanwhile: nothing left to unload.
-            Ok(_) | Err(BrokerError::TopicNotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    tracing::info!(namespace = %ns, topics = loaded.len(), "namespace unloaded");
+    let served = b.unload_namespace(&ns, authorization(&headers)).await?;
+    tracing::info!(namespace = %ns, bundles = served, "namespace unloaded");
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unload_bundle(
+    State(b): State<Broker>,
+    Path((t, n, bundle)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let ns = namespace(&t, &n)?;
+    let range: BundleRange = bundle
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("bundle {bundle:?}: {e}")))?;
+    let policies = b.resources().namespace(&ns).await?;
+    if !bundles::ranges(&policies.bundles)?.contains(&range) {
+        return Err(ApiError::not_found(format!(
+            "namespace {ns} has no bundle {range}"
+        )));
+    }
+    b.unload_bundle_anywhere(&ns, range, authorization(&headers))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's credentials, passed on when a bundle is unloaded on its owner.
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
 }
 
 async fn clear_backlog(b: &Broker, ns: &NamespaceName, sub: Option<&str>) -> ApiResult<()> {

@@ -17,8 +17,8 @@ use kilonova_pulsar_protocol::proto::{
 };
 use kilonova_storage::Position;
 
+use crate::cluster::LookupAnswer;
 use crate::error::BrokerError;
-use crate::listeners::ListenerUrls;
 
 fn base(t: Type) -> BaseCommand {
     BaseCommand {
@@ -188,14 +188,19 @@ pub(crate) fn pong() -> BaseCommand {
 /// Where a topic is served: this broker (its plain URL, else its TLS one).
 pub(crate) fn lookup_response(
     request_id: u64,
-    result: Result<&ListenerUrls, &BrokerError>,
+    result: Result<&LookupAnswer, &BrokerError>,
 ) -> BaseCommand {
     let response = match result {
-        Ok(urls) => CommandLookupTopicResponse {
-            broker_service_url: urls.plain.clone().or_else(|| urls.tls.clone()),
-            broker_service_url_tls: urls.tls.clone(),
-            response: Some(LookupType::Connect as i32),
+        Ok(a) => CommandLookupTopicResponse {
+            broker_service_url: a.urls.plain.clone().or_else(|| a.urls.tls.clone()),
+            broker_service_url_tls: a.urls.tls.clone(),
+            response: Some(match a.redirect {
+                true => LookupType::Redirect,
+                false => LookupType::Connect,
+            } as i32),
             request_id,
+            // A redirect sends the client to the broker chosen to take the
+            // bundle: it must take it, not choose again.
             authoritative: Some(true),
             ..Default::default()
         },
@@ -378,10 +383,15 @@ pub(crate) fn with_type(t: Type, f: impl FnOnce(&mut BaseCommand)) -> BaseComman
 mod tests {
     use super::*;
 
-    fn urls(plain: Option<&str>, tls: Option<&str>) -> ListenerUrls {
-        ListenerUrls {
-            plain: plain.map(String::from),
-            tls: tls.map(String::from),
+    fn urls(plain: Option<&str>, tls: Option<&str>) -> LookupAnswer {
+        LookupAnswer {
+            urls: crate::listeners::ListenerUrls {
+                plain: plain.map(String::from),
+                tls: tls.map(String::from),
+            },
+            http: None,
+            https: None,
+            redirect: false,
         }
     }
 
@@ -410,6 +420,19 @@ mod tests {
             lookup(&r).broker_service_url.as_deref(),
             Some("pulsar+ssl://h:6651")
         );
+    }
+
+    #[test]
+    fn a_redirect_is_authoritative_so_the_broker_asked_next_takes_the_bundle() {
+        let elsewhere = LookupAnswer {
+            redirect: true,
+            ..urls(Some("pulsar://b2:6650"), None)
+        };
+        let r = lookup_response(9, Ok(&elsewhere));
+        let l = lookup(&r);
+        assert_eq!(l.response, Some(LookupType::Redirect as i32));
+        assert_eq!(l.authoritative, Some(true));
+        assert_eq!(l.broker_service_url.as_deref(), Some("pulsar://b2:6650"));
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub enum BrokerError {
     /// (Pulsar's words, which clients match on).
     #[error("the broker do not have {0} listener")]
     UnknownListener(String),
+    /// In a cluster: another broker serves the topic (Pulsar's
+    /// ServiceNotReady, so that clients look it up again; the admin API
+    /// redirects to `http_url`).
+    #[error("{what}")]
+    ServedElsewhere {
+        what: String,
+        http_url: String,
+        https_url: Option<String>,
+    },
 }
 
 impl BrokerError {
@@ -104,7 +113,8 @@ impl BrokerError {
             | BrokerError::Unavailable(_)
             | BrokerError::TopicFenced(_)
             | BrokerError::Shutdown(_)
-            | BrokerError::UnknownListener(_) => ServerError::ServiceNotReady,
+            | BrokerError::UnknownListener(_)
+            | BrokerError::ServedElsewhere { .. } => ServerError::ServiceNotReady,
             BrokerError::Authentication(_) => ServerError::AuthenticationError,
             BrokerError::Authorization(_) => ServerError::AuthorizationError,
             BrokerError::BacklogQuotaExceeded { hold: true, .. } => {

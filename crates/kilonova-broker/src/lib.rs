@@ -14,6 +14,7 @@ mod broker;
 mod cache_metrics;
 mod catalog_import;
 pub mod clock;
+pub mod cluster;
 mod commands;
 mod compaction;
 pub mod config;
@@ -39,6 +40,7 @@ pub use broker::{
     check_servable, BacklogAnalysis, Broker, RestoreReport, RestoredTopic, ServiceUrls,
 };
 pub use catalog_import::import_old_catalog;
+pub use cluster::{ClusterSettings, LookupAnswer};
 pub use config::{AutoTopicType, BrokerConfig};
 pub use connection::accept_loop;
 pub use error::BrokerError;

@@ -166,6 +166,17 @@ impl AdvertisedListeners {
         self.by_name.iter().map(|(n, u)| (n.as_str(), u))
     }
 
+    /// The listeners as configured (name → its URLs): what
+    /// [`AdvertisedListeners::new`] reads, for another broker to rebuild them.
+    pub fn table(&self) -> ListenerTable {
+        self.iter()
+            .map(|(name, urls)| {
+                let list = [&urls.plain, &urls.tls].into_iter().flatten().cloned();
+                (name.to_owned(), list.collect())
+            })
+            .collect()
+    }
+
     /// The URLs a client naming `listener` is told, given the broker's own
     /// (`default`, for clients naming none when no listener is configured).
     /// An empty name is no name, as in Pulsar. An unknown one is refused with

@@ -257,6 +257,8 @@ pub struct MetricsRegistry {
     snapshots: [AtomicU64; 3],
     /// Replicated subscriptions moved by another cluster's update.
     subscription_updates: AtomicU64,
+    /// Lookups answered (connect or redirect), redirected, failed.
+    lookups: [AtomicU64; 3],
     /// Pulsar-protocol connections open now.
     connections: AtomicU64,
     /// Pulsar-protocol connections opened and closed since the start.
@@ -299,6 +301,18 @@ impl MetricsRegistry {
 
     pub fn count_subscription_expired(&self) {
         self.subscriptions_expired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a lookup's answer (`None`: it failed).
+    pub fn lookup_answered(&self, answer: Option<&crate::cluster::LookupAnswer>) {
+        let i = match answer {
+            Some(_) => 0,
+            None => 2,
+        };
+        self.lookups[i].fetch_add(1, Ordering::Relaxed);
+        if answer.is_some_and(|a| a.redirect) {
+            self.lookups[1].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn count_topic_fenced(&self) {
@@ -656,6 +670,21 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             "kilonova_replicated_subscription_snapshots_timed_out_total",
             "Replicated-subscription snapshots given up because not every cluster answered in time",
             &registry.snapshots[SnapshotStep::TimedOut as usize],
+        ),
+        (
+            "pulsar_broker_lookup_answers",
+            "Lookups answered with a broker to connect to or to ask (a redirect)",
+            &registry.lookups[0],
+        ),
+        (
+            "pulsar_broker_lookup_redirects",
+            "Lookups answered with a redirect to the broker chosen to serve the topic",
+            &registry.lookups[1],
+        ),
+        (
+            "pulsar_broker_lookup_failures",
+            "Lookups answered with an error",
+            &registry.lookups[2],
         ),
         (
             "kilonova_replicated_subscription_updates_total",

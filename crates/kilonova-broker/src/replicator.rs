@@ -397,7 +397,7 @@ async fn ensure_remote_partitions(
 
 /// TLS for a remote's https admin URL: the configured CA certificates, or
 /// none configured, refused (a private CA is the norm between clusters).
-fn admin_tls(
+pub(crate) fn admin_tls(
     trust_certs: Option<&std::path::Path>,
 ) -> Result<tokio_rustls::rustls::ClientConfig, String> {
     use tokio_rustls::rustls;

@@ -7,6 +7,7 @@
 //!
 //! This crate knows nothing of storage files, sockets or protocols.
 
+pub mod brokers;
 pub mod bundles;
 pub mod conformance;
 mod embedded;

@@ -252,7 +252,7 @@ impl Resources {
     }
 
     /// Every child of `prefix` (paged through the store).
-    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -973,28 +973,6 @@ impl Resources {
             )
             .await
             .map(drop)
-    }
-
-    // ------------------------------------------------------------ brokers
-
-    /// Registers a live broker of `cluster` as `id` (`host:port` of its HTTP
-    /// service), an ephemeral key that dies with `session`.
-    pub async fn register_broker(
-        &self,
-        cluster: &str,
-        id: &str,
-        session: crate::store::SessionId,
-    ) -> Result<()> {
-        let key = format!("/brokers/{cluster}/{id}");
-        self.store
-            .put(&key, Bytes::from_static(b"{}"), Expect::Any, Some(session))
-            .await
-            .map(drop)
-    }
-
-    /// The cluster's live brokers.
-    pub async fn list_brokers(&self, cluster: &str) -> Result<Vec<String>> {
-        self.list(&format!("/brokers/{cluster}")).await
     }
 
     // ------------------------------------------------------------ bootstrap

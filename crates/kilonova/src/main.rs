@@ -1,5 +1,6 @@
 //! The `kilonova` binary: one program for every role. Today: `standalone` (the
-//! broker with embedded storage and metadata), `admin` (pulsar-admin's verbs
+//! broker with embedded storage and metadata), `broker` (one broker of a
+//! cluster, metadata in etcd), `admin` (pulsar-admin's verbs
 //! over the admin REST API), `perf` (benchmarks) and `tokens` (keys and
 //! tokens, as `pulsar tokens`).
 
@@ -26,6 +27,10 @@ struct Cli {
 enum Command {
     /// Run a broker with embedded storage and metadata on this machine.
     Standalone(standalone::StandaloneArgs),
+    /// Run one broker of a cluster: metadata in etcd ([metadata] backend =
+    /// "etcd"), shared with the cluster's other brokers; the same flags and
+    /// configuration file as standalone (docs/cluster.md).
+    Broker(standalone::StandaloneArgs),
     /// Administer a cluster through the admin REST API (pulsar-admin's verbs).
     Admin(admin::AdminArgs),
     /// Produce, consume and read messages from the shell (pulsar-client's verbs).
@@ -75,7 +80,7 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse_from(args);
     // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
     let default_level = match cli.command {
-        Command::Standalone(_) => "info",
+        Command::Standalone(_) | Command::Broker(_) => "info",
         Command::Admin(_)
         | Command::Client { .. }
         | Command::Perf { .. }
@@ -90,7 +95,8 @@ fn run() -> anyhow::Result<()> {
         .with_ansi(log_colours())
         .init();
     match cli.command {
-        Command::Standalone(args) => standalone::run(args),
+        Command::Standalone(args) => standalone::run(args, standalone::Role::Standalone),
+        Command::Broker(args) => standalone::run(args, standalone::Role::ClusterBroker),
         Command::Admin(args) => admin::run(args),
         Command::Client { verb } => client::run(verb),
         Command::Perf { what } => perf::run(what),

@@ -1,4 +1,7 @@
-//! `kilonova standalone`: the broker with embedded storage and metadata in one process.
+//! `kilonova standalone`: the broker with embedded storage and metadata in
+//! one process; and `kilonova broker`: the same broker as one of a cluster,
+//! with its metadata in etcd (`[metadata]`), shared with the other brokers
+//! (see `kilonova_broker::cluster`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,7 +18,10 @@ use kilonova_auth::tls::TlsConfig;
 use kilonova_auth::{AuthConfig, Security};
 use kilonova_broker::import_old_catalog;
 use kilonova_broker::listeners::parse_listener_list;
-use kilonova_broker::{accept_loop, AdvertisedListeners, Broker, BrokerConfig, ServiceUrls};
+use kilonova_broker::{
+    accept_loop, AdvertisedListeners, Broker, BrokerConfig, ClusterSettings, ServiceUrls,
+};
+use kilonova_metadata::brokers::BrokerRecord;
 use kilonova_metadata::policies::ClusterData;
 use kilonova_metadata::{EmbeddedStore, Resources, SessionId, DEFAULT_SESSION_TTL};
 use kilonova_storage::{DirLock, DirStateStore, SegmentStore, StoreConfig};
@@ -92,6 +98,37 @@ impl Default for StorageSettings {
     }
 }
 
+/// Where the metadata lives: `embedded` (standalone) or `etcd` (a cluster).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    #[default]
+    Embedded,
+    Etcd,
+}
+
+/// The `[metadata]` table.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataSettings {
+    pub backend: MetadataBackend,
+    /// How long the broker's session outlives its last keep-alive: a broker
+    /// that dies loses its bundles (and its registration) after this long.
+    pub session_ttl_secs: u64,
+    /// The etcd cluster (`backend = "etcd"`), as `[metadata.etcd]`.
+    pub etcd: kilonova_etcd::EtcdConfig,
+}
+
+impl Default for MetadataSettings {
+    fn default() -> Self {
+        MetadataSettings {
+            backend: MetadataBackend::Embedded,
+            session_ttl_secs: 10,
+            etcd: kilonova_etcd::EtcdConfig::default(),
+        }
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -113,6 +150,7 @@ pub struct StandaloneConfig {
     /// Where to write the ports once serving (see `--ports-file`).
     pub ports_file: Option<PathBuf>,
     pub broker: BrokerConfig,
+    pub metadata: MetadataSettings,
     pub storage: StorageSettings,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
@@ -135,6 +173,7 @@ impl Default for StandaloneConfig {
             internal_listener_name: None,
             ports_file: None,
             broker: BrokerConfig::default(),
+            metadata: MetadataSettings::default(),
             storage: StorageSettings::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
@@ -195,13 +234,31 @@ fn addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("cannot resolve {host}"))
 }
 
-pub fn run(args: StandaloneArgs) -> anyhow::Result<()> {
+/// Which process this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything embedded; serves every topic.
+    Standalone,
+    /// One broker of a cluster: metadata in etcd, serving the bundles it owns.
+    ClusterBroker,
+}
+
+pub fn run(args: StandaloneArgs, role: Role) -> anyhow::Result<()> {
     let config = load_config(&args)?;
+    match (role, config.metadata.backend) {
+        (Role::Standalone, MetadataBackend::Etcd) => anyhow::bail!(
+            "[metadata] backend = \"etcd\" is for the brokers of a cluster: run `kilonova broker`"
+        ),
+        (Role::ClusterBroker, MetadataBackend::Embedded) => anyhow::bail!(
+            "a cluster broker keeps its metadata in etcd: set [metadata] backend = \"etcd\" and [metadata.etcd] endpoints (see config/cluster-broker.toml)"
+        ),
+        _ => {}
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kilonova")
         .build()?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, role))
 }
 
 /// A listener bound to `host:port`, with what it is for in errors.
@@ -278,7 +335,7 @@ fn write_ports_file(path: &Path, ports: &Ports) -> anyhow::Result<()> {
         .with_context(|| format!("writing the ports file {}", path.display()))
 }
 
-async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
+async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
     // Before anything in the data directory is read or written, and before any
     // port is bound: a second process on a live data dir would rewrite the
     // first one's storage checkpoint and lose what it acknowledged.
@@ -324,33 +381,44 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
     // What clients naming no listener are told: the internal listener's
     // URLs when listeners are configured.
     let default_urls = urls.broker_urls(None)?;
-    let resources = open_metadata(
-        &config.data_dir,
-        &config.broker.cluster_name,
-        &ClusterData {
-            service_url: http_url.clone().or(https_url.clone()).unwrap_or_default(),
-            service_url_tls: https_url.clone(),
-            broker_service_url: default_urls
-                .plain
-                .clone()
-                .or(default_urls.tls.clone())
-                .unwrap_or_default(),
-            broker_service_url_tls: default_urls.tls.clone(),
-        },
-    )
-    .await?;
-    import_old_catalog(state.as_ref(), &resources, &config.broker.cluster_name).await?;
-    // This broker's liveness: an ephemeral key kept alive by a session.
-    let session = resources.store().open_session(DEFAULT_SESSION_TTL).await?;
+    let cluster_data = ClusterData {
+        service_url: http_url.clone().or(https_url.clone()).unwrap_or_default(),
+        service_url_tls: https_url.clone(),
+        broker_service_url: default_urls
+            .plain
+            .clone()
+            .or(default_urls.tls.clone())
+            .unwrap_or_default(),
+        broker_service_url_tls: default_urls.tls.clone(),
+    };
     let web_port = http_port.or(https_port).unwrap_or_default();
-    resources
-        .register_broker(
-            &config.broker.cluster_name,
-            &format!("{advertised}:{web_port}"),
-            session,
-        )
-        .await?;
-    let keep_alive = tokio::spawn(keep_session_alive(resources.clone(), session));
+    let broker_id = format!("{advertised}:{web_port}");
+    let (resources, session) = match role {
+        Role::Standalone => {
+            let resources =
+                open_metadata(&config.data_dir, &config.broker.cluster_name, &cluster_data).await?;
+            import_old_catalog(state.as_ref(), &resources, &config.broker.cluster_name).await?;
+            // This broker's liveness: an ephemeral key kept alive by a session.
+            let session = resources.store().open_session(DEFAULT_SESSION_TTL).await?;
+            let record = BrokerRecord {
+                session: session.0,
+                ..BrokerRecord::default()
+            };
+            resources
+                .register_broker(&config.broker.cluster_name, &broker_id, &record, session)
+                .await?;
+            (resources, Some(session))
+        }
+        Role::ClusterBroker => {
+            let resources = open_etcd(&config.metadata.etcd).await?;
+            resources
+                .bootstrap(&config.broker.cluster_name, &cluster_data)
+                .await
+                .context("creating the cluster, tenant public and namespace public/default")?;
+            (resources, None)
+        }
+    };
+    let keep_alive = session.map(|s| tokio::spawn(keep_session_alive(resources.clone(), s)));
     let broker = Broker::new(
         config.broker,
         store.clone(),
@@ -360,6 +428,17 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         security,
         kilonova_broker::clock::system(),
     )?;
+
+    if role == Role::ClusterBroker {
+        let ttl = Duration::from_secs(config.metadata.session_ttl_secs.max(1));
+        broker
+            .join_cluster(ClusterSettings {
+                broker_id: broker_id.clone(),
+                session_ttl: ttl,
+            })
+            .await
+            .context("joining the cluster")?;
+    }
 
     match kilonova_broker::tiering::Tiering::open(&config.offload) {
         Ok(Some(t)) => broker.enable_tiering(t),
@@ -432,7 +511,11 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         authentication = broker.security().authentication_enabled(),
         authorization = broker.security().authorizer().enabled(),
         data_dir = %config.data_dir.display(),
-        "kilonova standalone is serving"
+        role = match role {
+            Role::Standalone => "standalone",
+            Role::ClusterBroker => "cluster broker",
+        },
+        "kilonova is serving"
     );
 
     wait_for_signal().await;
@@ -444,9 +527,12 @@ async fn serve(config: StandaloneConfig) -> anyhow::Result<()> {
         let _ = s.await;
     }
     let _ = gc.await;
-    keep_alive.abort();
-    if let Err(e) = resources.store().close_session(session).await {
-        tracing::warn!(error = %e, "closing the metadata session failed");
+    broker.leave_cluster().await;
+    if let (Some(keep_alive), Some(session)) = (keep_alive, session) {
+        keep_alive.abort();
+        if let Err(e) = resources.store().close_session(session).await {
+            tracing::warn!(error = %e, "closing the metadata session failed");
+        }
     }
     shutdown.context("shutting down")?;
     tracing::info!("shut down cleanly");
@@ -507,6 +593,14 @@ async fn open_metadata(
         .await
         .context("creating the standalone cluster, tenant and namespace")?;
     Ok(resources)
+}
+
+/// Connects to etcd, where a cluster's brokers share their metadata.
+async fn open_etcd(config: &kilonova_etcd::EtcdConfig) -> anyhow::Result<Resources> {
+    let store = kilonova_etcd::EtcdStore::connect(config)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", config.endpoints.join(",")))?;
+    Ok(Resources::new(Arc::new(store)))
 }
 
 fn open_store(

@@ -59,6 +59,8 @@ struct Inner {
     clock: SharedClock,
     /// The object store topics offload to, once configured ([`Broker::enable_tiering`]).
     tiering: std::sync::OnceLock<Arc<crate::tiering::Tiering>>,
+    /// This broker's part in a cluster (none: a standalone, serving every topic).
+    membership: std::sync::OnceLock<crate::cluster::Membership>,
 }
 
 /// The connection limits of `config`, within 3/4 of the open-file limit
@@ -227,6 +229,7 @@ impl Broker {
                 boot_id: format!("{:x}", clock.now_ms()),
                 clock,
                 tiering: std::sync::OnceLock::new(),
+                membership: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -250,6 +253,22 @@ impl Broker {
         if self.inner.tiering.set(tiering).is_err() {
             tracing::warn!("tiered storage was enabled already: the first object store stays");
         }
+    }
+
+    /// Makes this broker a member of a cluster (once, at start-up).
+    pub(crate) fn set_membership(
+        &self,
+        membership: crate::cluster::Membership,
+    ) -> Result<(), BrokerError> {
+        self.inner
+            .membership
+            .set(membership)
+            .map_err(|_| BrokerError::Conflict("this broker joined a cluster already".into()))
+    }
+
+    /// Its part in a cluster (none: standalone).
+    pub(crate) fn membership(&self) -> Option<&crate::cluster::Membership> {
+        self.inner.membership.get()
     }
 
     /// The object store topics offload to, if one is configured.

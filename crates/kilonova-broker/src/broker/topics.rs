@@ -15,7 +15,6 @@ use kilonova_storage::{ManagedLog, ManagedLogConfig, StorageError};
 
 use super::{check_servable, Broker};
 use crate::error::BrokerError;
-use crate::listeners::ListenerUrls;
 use crate::topic::{self, Topic, TopicCommand, TopicHandle};
 
 /// The loaded topics, and those an admin request is unloading or deleting.
@@ -81,6 +80,11 @@ impl Broker {
             .is_some_and(|h| !h.is_closed())
     }
 
+    /// The task serving `name`, if one is loaded.
+    pub(crate) fn loaded_handle(&self, name: &str) -> Option<TopicHandle> {
+        self.topics().live.get(name).cloned()
+    }
+
     pub(super) fn topics(&self) -> std::sync::MutexGuard<'_, TopicMap> {
         // The map stays consistent even if a holder panicked: entries are whole values.
         self.inner.topics.lock().unwrap_or_else(|p| p.into_inner())
@@ -114,22 +118,6 @@ impl Broker {
             )));
         }
         Ok(())
-    }
-
-    /// Where `name` is served, for LOOKUP and the HTTP lookup: this broker's
-    /// URLs for the advertised `listener` the client names (see
-    /// [`crate::ServiceUrls::broker_urls`]), once the topic's namespace is
-    /// known to exist. The caller has authorized the lookup.
-    pub async fn lookup(
-        &self,
-        name: &TopicName,
-        listener: Option<&str>,
-    ) -> Result<ListenerUrls, BrokerError> {
-        let ns = name.namespace();
-        if !self.resources().namespace_exists(&ns).await? {
-            return Err(BrokerError::NamespaceNotFound(name.namespace_name()));
-        }
-        self.service_urls().broker_urls(listener)
     }
 
     /// Partitions of `name` (0: not partitioned; a partition of a partitioned
@@ -222,6 +210,7 @@ impl Broker {
                 let _ = done.changed().await;
                 continue;
             }
+            self.ensure_owned(name).await?;
             let record = self.read_or_create_record(name).await?;
             if record.partitions > 0 {
                 return Err(BrokerError::NotAllowed(format!(

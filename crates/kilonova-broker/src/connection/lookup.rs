@@ -1,5 +1,6 @@
-//! Where topics are and which exist: LOOKUP (this broker serves every topic;
-//! the URLs of the advertised listener the client names),
+//! Where topics are and which exist: LOOKUP (the serving broker's URLs for
+//! the advertised listener the client names: this broker's in standalone,
+//! the bundle owner's in a cluster, see `crate::cluster::lookup`),
 //! PARTITIONED_METADATA and GET_TOPICS_OF_NAMESPACE (with the client's topic
 //! pattern and the hash that lets a client skip an unchanged list).
 
@@ -19,12 +20,13 @@ impl Connection {
     pub(super) async fn lookup(&self, l: CommandLookupTopic) {
         let result = match self.authorized_topic(&l.topic, Want::Lookup).await {
             Ok(n) => {
-                self.broker
-                    .lookup(&n, l.advertised_listener_name.as_deref())
-                    .await
+                let listener = l.advertised_listener_name.as_deref();
+                let authoritative = l.authoritative.unwrap_or(false);
+                self.broker.lookup_topic(&n, listener, authoritative).await
             }
             Err(e) => Err(e),
         };
+        self.broker.metrics().lookup_answered(result.as_ref().ok());
         if let Err(e @ BrokerError::UnknownListener(_)) = &result {
             tracing::debug!(topic = %l.topic, error = %e, "lookup refused");
         }

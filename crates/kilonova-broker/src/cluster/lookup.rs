@@ -1,0 +1,191 @@
+//! Where a topic is served, in a cluster: any broker answers a lookup.
+//!
+//! As Pulsar answers it: a topic whose bundle a broker owns is served there
+//! (`Connect` to that broker's URLs). A bundle nobody owns is placed on the
+//! live broker owning the fewest bundles (ties spread by the bundle's
+//! hash): this broker takes it itself when it is that broker, or when the
+//! lookup is *authoritative* (a redirect sent it here: it must not send the
+//! client on again); otherwise the answer is a `Redirect` to the chosen
+//! broker, authoritative, and the client asks there, which takes the bundle.
+
+use kilonova_metadata::brokers::BrokerRecord;
+use kilonova_metadata::bundles::Acquired;
+use kilonova_metadata::names::TopicName;
+
+use super::{BundleKey, Membership};
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::listeners::{AdvertisedListeners, ListenerUrls};
+
+/// A lookup's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookupAnswer {
+    /// The Pulsar-protocol URLs of the broker to connect to (or to ask again).
+    pub urls: ListenerUrls,
+    /// Its admin API's URLs.
+    pub http: Option<String>,
+    pub https: Option<String>,
+    /// Ask that broker again, authoritatively (Pulsar's `Redirect`); else connect.
+    pub redirect: bool,
+}
+
+/// Tries a placement this many times when ownership changes under it.
+const ATTEMPTS: usize = 4;
+
+impl Broker {
+    /// Where `name` is served, for LOOKUP and the HTTP lookup, with the URLs
+    /// of the advertised `listener` the client names. The caller has
+    /// authorized the lookup.
+    pub async fn lookup_topic(
+        &self,
+        name: &TopicName,
+        listener: Option<&str>,
+        authoritative: bool,
+    ) -> Result<LookupAnswer, BrokerError> {
+        let ns = name.namespace();
+        if !self.resources().namespace_exists(&ns).await? {
+            return Err(BrokerError::NamespaceNotFound(name.namespace_name()));
+        }
+        let Some(m) = self.membership() else {
+            return self.own_answer(listener);
+        };
+        let key = self.bundle_of(name).await?;
+        for _ in 0..ATTEMPTS {
+            if let Some(owner) = self.resources().bundle_owner(&key.0, key.1).await? {
+                if owner.broker == m.id {
+                    return self.own_answer(listener);
+                }
+                if let Some(answer) = self.answer_for(m, &owner.broker, listener, false).await? {
+                    return Ok(answer);
+                }
+                // Its owner is no longer registered: its session is ending.
+                return Err(BrokerError::Unavailable(format!(
+                    "bundle {}/{} is owned by {}, which is leaving: look {name} up again",
+                    key.0, key.1, owner.broker
+                )));
+            }
+            let target = match authoritative {
+                true => m.id.clone(),
+                false => self.least_loaded(m, &key).await?,
+            };
+            if target != m.id {
+                match self.answer_for(m, &target, listener, true).await? {
+                    Some(answer) => return Ok(answer),
+                    None => continue, // gone meanwhile: choose again
+                }
+            }
+            match self.acquire(&key).await? {
+                Acquired::Owned { .. } => return self.own_answer(listener),
+                // Taken meanwhile: answer its owner on the next pass.
+                Acquired::OwnedBy(_) => continue,
+            }
+        }
+        Err(BrokerError::Unavailable(format!(
+            "bundle {}/{}: ownership kept changing, look {name} up again",
+            key.0, key.1
+        )))
+    }
+
+    /// This broker's answer.
+    fn own_answer(&self, listener: Option<&str>) -> Result<LookupAnswer, BrokerError> {
+        let urls = self.service_urls();
+        Ok(LookupAnswer {
+            urls: urls.broker_urls(listener)?,
+            http: urls.http.clone(),
+            https: urls.https.clone(),
+            redirect: false,
+        })
+    }
+
+    /// The answer naming broker `id` (`None`: it is not registered).
+    async fn answer_for(
+        &self,
+        m: &Membership,
+        id: &str,
+        listener: Option<&str>,
+        redirect: bool,
+    ) -> Result<Option<LookupAnswer>, BrokerError> {
+        let Some(record) = self.resources().broker(&m.cluster, id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(LookupAnswer {
+            urls: record_urls(&record, listener)?,
+            http: record.http_url,
+            https: record.https_url,
+            redirect,
+        }))
+    }
+
+    /// The live broker a new bundle goes to: the fewest bundles owned,
+    /// ties broken by the bundle's hash (so that lookups of many bundles at
+    /// once, all seeing the same loads, spread them).
+    async fn least_loaded(&self, m: &Membership, key: &BundleKey) -> Result<String, BrokerError> {
+        let mut ids = self.resources().list_brokers(&m.cluster).await?;
+        ids.sort();
+        let mut loads = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = self.resources().broker(&m.cluster, &id).await? {
+                loads.push((r.bundles, id));
+            }
+        }
+        let Some(min) = loads.iter().map(|(n, _)| *n).min() else {
+            // Not even this broker is registered: its session is being renewed.
+            return Err(BrokerError::Unavailable(
+                "no broker of the cluster is registered".into(),
+            ));
+        };
+        let least: Vec<String> = loads
+            .into_iter()
+            .filter(|(n, _)| *n == min)
+            .map(|(_, id)| id)
+            .collect();
+        let spread = crc32c::crc32c(format!("{}/{}", key.0, key.1).as_bytes()) as usize;
+        Ok(least[spread % least.len()].clone())
+    }
+}
+
+/// A registered broker's URLs for a client naming `listener`.
+fn record_urls(record: &BrokerRecord, listener: Option<&str>) -> Result<ListenerUrls, BrokerError> {
+    let own = ListenerUrls {
+        plain: record.pulsar_url.clone(),
+        tls: record.pulsar_url_tls.clone(),
+    };
+    let listeners =
+        AdvertisedListeners::new(&record.listeners, record.internal_listener.as_deref())
+            .map_err(|e| BrokerError::Metadata(format!("a broker's advertised listeners: {e}")))?;
+    listeners.select(listener, &own)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_brokers_urls_follow_its_listeners() {
+        let mut record = BrokerRecord {
+            pulsar_url: Some("pulsar://b2:6650".into()),
+            ..BrokerRecord::default()
+        };
+        let plain = record_urls(&record, None).unwrap();
+        assert_eq!(plain.plain.as_deref(), Some("pulsar://b2:6650"));
+        assert!(matches!(
+            record_urls(&record, Some("external")),
+            Err(BrokerError::UnknownListener(_))
+        ));
+        record.listeners.insert(
+            "external".into(),
+            vec!["pulsar://b2.example.com:16650".into()],
+        );
+        record
+            .listeners
+            .insert("internal".into(), vec!["pulsar://10.0.0.2:6650".into()]);
+        record.internal_listener = Some("internal".into());
+        let external = record_urls(&record, Some("external")).unwrap();
+        assert_eq!(
+            external.plain.as_deref(),
+            Some("pulsar://b2.example.com:16650")
+        );
+        let none = record_urls(&record, None).unwrap();
+        assert_eq!(none.plain.as_deref(), Some("pulsar://10.0.0.2:6650"));
+    }
+}

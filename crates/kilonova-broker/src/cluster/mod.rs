@@ -1,0 +1,277 @@
+//! Cluster mode: this broker as one of many sharing a metadata store.
+//!
+//! A broker of a cluster registers itself ([`BrokerRecord`], an ephemeral
+//! key of its metadata session) and serves only the topics of the bundles
+//! it owns ([`kilonova_metadata::bundles`]): it takes a bundle when a lookup
+//! places it here ([`lookup`]) or a client or admin request reaches a
+//! topic of a bundle nobody owns, and gives it up when unloaded
+//! ([`unload`]) or when its session is lost ([`session`]), closing the
+//! bundle's topics so that their clients look them up again.
+//!
+//! A standalone broker has no membership and serves every topic.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kilonova_metadata::brokers::BrokerRecord;
+use kilonova_metadata::bundles::{Acquired, BundleOwner, BundleRange};
+use kilonova_metadata::names::TopicName;
+use kilonova_metadata::{NamespaceName, SessionId};
+
+use crate::broker::Broker;
+use crate::error::BrokerError;
+
+pub mod lookup;
+mod session;
+pub mod unload;
+
+pub use lookup::LookupAnswer;
+
+/// A bundle: its namespace and hash range.
+pub type BundleKey = (NamespaceName, BundleRange);
+
+/// This broker's part in a cluster.
+pub(crate) struct Membership {
+    /// Its id: `host:port` of its HTTP service.
+    pub(crate) id: String,
+    cluster: String,
+    /// What its ownership keys hold.
+    owner: BundleOwner,
+    ttl: Duration,
+    state: Mutex<MemberState>,
+}
+
+/// What changes while the broker runs.
+struct MemberState {
+    session: SessionId,
+    /// Its registration, as last written.
+    record: BrokerRecord,
+    /// Bundles owned, with their ownership's epoch.
+    held: HashMap<BundleKey, u64>,
+    /// Bundles being given up: their topics are closing, loads are refused.
+    releasing: HashSet<BundleKey>,
+}
+
+impl Membership {
+    fn state(&self) -> std::sync::MutexGuard<'_, MemberState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn session(&self) -> SessionId {
+        self.state().session
+    }
+
+    /// The bundles owned now.
+    pub(crate) fn held(&self) -> Vec<(BundleKey, u64)> {
+        let mut held: Vec<_> = self
+            .state()
+            .held
+            .iter()
+            .map(|(k, e)| (k.clone(), *e))
+            .collect();
+        held.sort();
+        held
+    }
+}
+
+/// Settings of a cluster broker.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// This broker's id (`host:port` of its HTTP service).
+    pub broker_id: String,
+    /// How long the metadata session outlives the broker's last keep-alive:
+    /// after a crash, its bundles are free after this long.
+    pub session_ttl: Duration,
+}
+
+impl Broker {
+    /// Joins the cluster the metadata store holds: opens a session, ends a
+    /// predecessor's (this broker restarted before its old session
+    /// expired: the bundles that session owned are free at once), and
+    /// registers. Then keeps the session alive until [`Broker::leave_cluster`]
+    /// ([`session`]).
+    pub async fn join_cluster(&self, settings: ClusterSettings) -> Result<(), BrokerError> {
+        let resources = self.resources();
+        let cluster = self.config().cluster_name.clone();
+        let session = resources.store().open_session(settings.session_ttl).await?;
+        if let Some(old) = resources.broker(&cluster, &settings.broker_id).await? {
+            if old.session != session.0 && old.session != 0 {
+                tracing::info!(
+                    session = old.session,
+                    "ending this broker's previous session (its bundles are free)"
+                );
+                if let Err(e) = resources
+                    .store()
+                    .close_session(SessionId(old.session))
+                    .await
+                {
+                    tracing::debug!(error = %e, "the previous session was gone already");
+                }
+            }
+        }
+        let urls = self.service_urls();
+        let default = urls.broker_urls(None)?;
+        let record = BrokerRecord {
+            pulsar_url: urls.plain.clone(),
+            pulsar_url_tls: urls.tls.clone(),
+            http_url: urls.http.clone(),
+            https_url: urls.https.clone(),
+            listeners: urls.listeners.table(),
+            internal_listener: urls.listeners.internal().map(|(n, _)| n.to_owned()),
+            session: session.0,
+            bundles: 0,
+        };
+        resources
+            .register_broker(&cluster, &settings.broker_id, &record, session)
+            .await?;
+        let owner = BundleOwner {
+            broker: settings.broker_id.clone(),
+            native_url: default
+                .plain
+                .clone()
+                .or(default.tls.clone())
+                .unwrap_or_default(),
+            native_url_tls: default.tls,
+            http_url: urls.http.clone().or(urls.https.clone()).unwrap_or_default(),
+            http_url_tls: urls.https.clone(),
+            epoch: 0,
+        };
+        let membership = Membership {
+            id: settings.broker_id,
+            cluster,
+            owner,
+            ttl: settings.session_ttl,
+            state: Mutex::new(MemberState {
+                session,
+                record,
+                held: HashMap::new(),
+                releasing: HashSet::new(),
+            }),
+        };
+        self.set_membership(membership)?;
+        tokio::spawn(session::keep_alive(self.clone()));
+        tracing::info!(
+            broker = %self.membership().map_or("", |m| m.id.as_str()),
+            session = session.0,
+            ttl_ms = settings.session_ttl.as_millis() as u64,
+            "joined the cluster"
+        );
+        Ok(())
+    }
+
+    /// Leaves the cluster: gives up every bundle and ends the session (its
+    /// registration goes with it). After [`Broker::shutdown`].
+    pub async fn leave_cluster(&self) {
+        let Some(m) = self.membership() else {
+            return;
+        };
+        for ((ns, range), epoch) in m.held() {
+            if let Err(e) = self
+                .resources()
+                .release_bundle(&ns, range, &m.id, epoch)
+                .await
+            {
+                tracing::warn!(bundle = %format!("{ns}/{range}"), error = %e, "releasing a bundle failed (it frees when the session ends)");
+            }
+        }
+        if let Err(e) = self.resources().store().close_session(m.session()).await {
+            tracing::warn!(error = %e, "ending the metadata session failed (it expires after its ttl)");
+        }
+    }
+
+    /// The namespace bundle `name` belongs to.
+    pub async fn bundle_of(&self, name: &TopicName) -> Result<BundleKey, BrokerError> {
+        let ns = name.namespace();
+        let policies = match self.resources().namespace(&ns).await {
+            Ok(p) => p,
+            Err(kilonova_metadata::MetadataError::NotFound(_)) => {
+                return Err(BrokerError::NamespaceNotFound(ns.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let range = kilonova_metadata::bundles::bundle_of(&policies.bundles, name)?;
+        Ok((ns, range))
+    }
+
+    /// Refuses to load `name` unless this broker owns its bundle, taking
+    /// the bundle if nobody does (a client or admin request came here for
+    /// it). In standalone every topic is served here.
+    pub(crate) async fn ensure_owned(&self, name: &TopicName) -> Result<(), BrokerError> {
+        let Some(m) = self.membership() else {
+            return Ok(());
+        };
+        let key = self.bundle_of(name).await?;
+        {
+            let state = m.state();
+            if state.releasing.contains(&key) {
+                return Err(BrokerError::Unavailable(format!(
+                    "bundle {}/{} is being unloaded: look {name} up again",
+                    key.0, key.1
+                )));
+            }
+            if state.held.contains_key(&key) {
+                return Ok(());
+            }
+        }
+        match self.acquire(&key).await? {
+            Acquired::Owned { .. } => Ok(()),
+            Acquired::OwnedBy(o) => Err(BrokerError::ServedElsewhere {
+                what: format!("{name} is served by {}", o.broker),
+                http_url: o.http_url,
+                https_url: o.http_url_tls,
+            }),
+        }
+    }
+
+    /// Takes bundle `key` for this broker if nobody owns it.
+    pub(crate) async fn acquire(&self, key: &BundleKey) -> Result<Acquired, BrokerError> {
+        let Some(m) = self.membership() else {
+            return Err(BrokerError::NotAllowed(
+                "a standalone broker owns no bundles".into(),
+            ));
+        };
+        let session = m.session();
+        let acquired = self
+            .resources()
+            .acquire_bundle(&key.0, key.1, &m.owner, session)
+            .await?;
+        match &acquired {
+            Acquired::Owned { epoch } => {
+                let (record, session) = {
+                    let mut state = m.state();
+                    if state.session != session {
+                        // The session was lost while acquiring: that ownership is gone.
+                        return Err(BrokerError::Unavailable(
+                            "this broker's metadata session changed: look the topic up again"
+                                .into(),
+                        ));
+                    }
+                    state.held.insert(key.clone(), *epoch);
+                    state.record.bundles = state.held.len() as u64;
+                    (state.record.clone(), state.session)
+                };
+                tracing::info!(bundle = %format!("{}/{}", key.0, key.1), epoch, "bundle acquired");
+                self.publish_record(m, &record, session).await;
+            }
+            // Ours from this very session: taken by a concurrent request.
+            Acquired::OwnedBy(o) if o.broker == m.id && m.state().held.contains_key(key) => {
+                return Ok(Acquired::Owned { epoch: o.epoch });
+            }
+            Acquired::OwnedBy(_) => {}
+        }
+        Ok(acquired)
+    }
+
+    /// Rewrites this broker's registration (its load changed). A failure
+    /// leaves the old load in place: placement is only a little off.
+    async fn publish_record(&self, m: &Membership, record: &BrokerRecord, session: SessionId) {
+        if let Err(e) = self
+            .resources()
+            .register_broker(&m.cluster, &m.id, record, session)
+            .await
+        {
+            tracing::warn!(error = %e, "updating this broker's registration failed");
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Unloading: a bundle's topics closed (their clients look them up again)
+//! and, in a cluster, the bundle given up so that the next lookup places it
+//! anew. A namespace unload reaches every bundle's owner: the ones owned
+//! here are unloaded here, the others on their owners through the admin API
+//! (Pulsar's way too).
+
+use std::time::Duration;
+
+use kilonova_metadata::bundles::{self, BundleRange};
+use kilonova_metadata::names::TopicName;
+use kilonova_metadata::NamespaceName;
+use tokio::sync::oneshot;
+
+use super::BundleKey;
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::topic::{AdminRequest, TopicCommand};
+
+/// How long a forwarded bundle unload may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Broker {
+    /// Closes the loaded topics of bundle `key` here (producers and
+    /// consumers get the protocol's close commands). Reads no metadata, so
+    /// it works while the store is unreachable. Returns how many it closed.
+    pub(crate) async fn close_bundle_topics(&self, key: &BundleKey) -> usize {
+        let names: Vec<TopicName> = self
+            .loaded_topics_of(&key.0)
+            .iter()
+            .filter_map(|n| TopicName::parse(n).ok())
+            .filter(|t| key.1.contains(bundles::topic_hash(t)))
+            .collect();
+        let mut closed = 0;
+        for name in &names {
+            let Some(handle) = self.loaded_handle(&name.to_string()) else {
+                continue;
+            };
+            let (reply, answer) = oneshot::channel();
+            let request = TopicCommand::Admin {
+                request: AdminRequest::Unload,
+                reply,
+            };
+            if handle.send(request).await.is_ok() && matches!(answer.await, Ok(Ok(_))) {
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Unloads bundle `range` of `ns` here: closes its topics and, in a
+    /// cluster, gives the bundle up (loads of its topics are refused
+    /// meanwhile). Returns whether this broker served it (a standalone
+    /// serves every bundle).
+    pub async fn unload_bundle(
+        &self,
+        ns: &NamespaceName,
+        range: BundleRange,
+    ) -> Result<bool, BrokerError> {
+        let key = (ns.clone(), range);
+        let Some(m) = self.membership() else {
+            let closed = self.close_bundle_topics(&key).await;
+            tracing::info!(bundle = %format!("{ns}/{range}"), topics = closed, "bundle unloaded");
+            return Ok(true);
+        };
+        let epoch = {
+            let mut state = m.state();
+            let Some(epoch) = state.held.remove(&key) else {
+                return Ok(false);
+            };
+            state.releasing.insert(key.clone());
+            epoch
+        };
+        let closed = self.close_bundle_topics(&key).await;
+        let released = self
+            .resources()
+            .release_bundle(ns, range, &m.id, epoch)
+            .await;
+        let (record, session) = {
+            let mut state = m.state();
+            state.releasing.remove(&key);
+            state.record.bundles = state.held.len() as u64;
+            (state.record.clone(), state.session)
+        };
+        self.publish_record(m, &record, session).await;
+        match released {
+            Ok(_) => {
+                tracing::info!(bundle = %format!("{ns}/{range}"), topics = closed, epoch, "bundle unloaded and released");
+                Ok(true)
+            }
+            // Its topics are closed and the broker no longer serves it; the
+            // key frees with the session if it could not be deleted.
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Unloads bundle `range` of `ns` wherever it is served: here, or on
+    /// its owner through the admin API (with the caller's `authorization`
+    /// header). Returns whether some broker served it.
+    pub async fn unload_bundle_anywhere(
+        &self,
+        ns: &NamespaceName,
+        range: BundleRange,
+        authorization: Option<&str>,
+    ) -> Result<bool, BrokerError> {
+        let Some(m) = self.membership() else {
+            return self.unload_bundle(ns, range).await;
+        };
+        match self.resources().bundle_owner(ns, range).await? {
+            None => Ok(false),
+            Some(o) if o.broker == m.id => self.unload_bundle(ns, range).await,
+            Some(o) => {
+                let base = match (o.http_url.is_empty(), &o.http_url_tls) {
+                    (false, _) => o.http_url.clone(),
+                    (true, Some(tls)) => tls.clone(),
+                    (true, None) => {
+                        return Err(BrokerError::Unavailable(format!(
+                            "{} owns {ns}/{range} but advertises no admin URL",
+                            o.broker
+                        )))
+                    }
+                };
+                let url = format!(
+                    "{}/admin/v2/namespaces/{}/{}/{range}/unload",
+                    base.trim_end_matches('/'),
+                    ns.tenant,
+                    ns.namespace
+                );
+                self.forward_put(&url, authorization).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Unloads every bundle of `ns` on its owner. Returns how many were served.
+    pub async fn unload_namespace(
+        &self,
+        ns: &NamespaceName,
+        authorization: Option<&str>,
+    ) -> Result<usize, BrokerError> {
+        let policies = match self.resources().namespace(ns).await {
+            Ok(p) => p,
+            Err(kilonova_metadata::MetadataError::NotFound(_)) => {
+                return Err(BrokerError::NamespaceNotFound(ns.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut served = 0;
+        for range in bundles::ranges(&policies.bundles)? {
+            if self
+                .unload_bundle_anywhere(ns, range, authorization)
+                .await?
+            {
+                served += 1;
+            }
+        }
+        Ok(served)
+    }
+
+    /// A PUT to another broker's admin API, as the caller.
+    async fn forward_put(&self, url: &str, authorization: Option<&str>) -> Result<(), BrokerError> {
+        let failed = |why: String| BrokerError::Unavailable(format!("PUT {url}: {why}"));
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(FORWARD_TIMEOUT)
+            .timeout(FORWARD_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
+        if url.starts_with("https://") {
+            let trust = self.config().replication_tls_trust_certs.as_deref();
+            http = http
+                .tls_backend_preconfigured(crate::replicator::admin_tls(trust).map_err(failed)?);
+        }
+        let http = http.build().map_err(|e| failed(e.to_string()))?;
+        let mut request = http.put(url);
+        if let Some(a) = authorization {
+            request = request.header("Authorization", a);
+        }
+        let response = request.send().await.map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let why = format!("{status}: {}", body.chars().take(512).collect::<String>());
+        Err(match status.as_u16() {
+            401 | 403 => BrokerError::Authorization(why),
+            404 => BrokerError::NotFound(why),
+            _ => failed(why),
+        })
+    }
+}
