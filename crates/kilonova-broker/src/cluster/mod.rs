@@ -11,8 +11,9 @@
 //! A standalone broker has no membership and serves every topic.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kilonova_metadata::brokers::BrokerRecord;
 use kilonova_metadata::bundles::{Acquired, BundleOwner, BundleRange};
@@ -40,6 +41,12 @@ pub(crate) struct Membership {
     owner: BundleOwner,
     ttl: Duration,
     state: Mutex<MemberState>,
+    /// When the session may have expired in the store, at the latest, in
+    /// ms after `epoch`: the last renewal's *sending* plus the ttl (the
+    /// store counts from its receipt, later). Past it, this broker may no
+    /// longer own anything: it acknowledges no publish.
+    lease_deadline_ms: AtomicU64,
+    epoch: Instant,
 }
 
 /// What changes while the broker runs.
@@ -60,6 +67,18 @@ impl Membership {
 
     pub(crate) fn session(&self) -> SessionId {
         self.state().session
+    }
+
+    /// The session was renewed (or opened) by a request sent at `sent`.
+    fn renewed(&self, sent: Instant) {
+        let deadline = sent.saturating_duration_since(self.epoch) + self.ttl;
+        self.lease_deadline_ms
+            .store(deadline.as_millis() as u64, Ordering::Release);
+    }
+
+    /// Whether the session may have expired by now.
+    fn lapsed(&self) -> bool {
+        self.epoch.elapsed().as_millis() as u64 >= self.lease_deadline_ms.load(Ordering::Acquire)
     }
 
     /// The bundles owned now.
@@ -94,6 +113,7 @@ impl Broker {
     pub async fn join_cluster(&self, settings: ClusterSettings) -> Result<(), BrokerError> {
         let resources = self.resources();
         let cluster = self.config().cluster_name.clone();
+        let opened = Instant::now();
         let session = resources.store().open_session(settings.session_ttl).await?;
         if let Some(old) = resources.broker(&cluster, &settings.broker_id).await? {
             if old.session != session.0 && old.session != 0 {
@@ -148,7 +168,10 @@ impl Broker {
                 held: HashMap::new(),
                 releasing: HashSet::new(),
             }),
+            lease_deadline_ms: AtomicU64::new(0),
+            epoch: opened,
         };
+        membership.renewed(opened);
         self.set_membership(membership)?;
         tokio::spawn(session::keep_alive(self.clone()));
         tracing::info!(
@@ -178,6 +201,13 @@ impl Broker {
         if let Err(e) = self.resources().store().close_session(m.session()).await {
             tracing::warn!(error = %e, "ending the metadata session failed (it expires after its ttl)");
         }
+    }
+
+    /// Whether this broker may have lost its session (and so its bundles)
+    /// without having noticed yet: it then acknowledges nothing. Never in
+    /// standalone.
+    pub(crate) fn ownership_lapsed(&self) -> bool {
+        self.membership().is_some_and(Membership::lapsed)
     }
 
     /// The namespace bundle `name` belongs to.

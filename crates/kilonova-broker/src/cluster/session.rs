@@ -2,9 +2,11 @@
 //!
 //! The session is renewed every third of its ttl. It is lost when the store
 //! says so (expired or unknown), or when no renewal has succeeded for a
-//! whole ttl — a broker that was paused or cut off cannot know whether the
-//! store expired it meanwhile, and another broker may own its bundles
-//! already, so it assumes the worst. Losing it gives up every bundle:
+//! whole ttl (counted from the last successful renewal's sending) — a
+//! broker that was paused or cut off cannot know whether the store expired
+//! it meanwhile, and another broker may own its bundles already, so it
+//! assumes the worst; from that moment it acknowledges no publish
+//! ([`Broker::ownership_lapsed`]), even before this task has run. Losing it gives up every bundle:
 //! their topics are closed (clients look them up again and reach the new
 //! owners) before a new session is opened and the broker registers again.
 //! While the store cannot be reached, renewals are retried.
@@ -21,7 +23,6 @@ pub(super) async fn keep_alive(broker: Broker) {
         return;
     };
     let every = (ttl / 3).max(Duration::from_millis(100));
-    let mut last_renewed = Instant::now();
     loop {
         tokio::time::sleep(every).await;
         if broker.is_shutting_down() {
@@ -32,7 +33,8 @@ pub(super) async fn keep_alive(broker: Broker) {
         };
         // Checked before renewing: after a pause, the renewal might succeed
         // on a session the store already expired and a new one replaced.
-        let lapsed = last_renewed.elapsed() >= ttl;
+        let lapsed = m.lapsed();
+        let sent = Instant::now();
         let renewed = match lapsed {
             true => Err(MetadataError::SessionExpired(m.session().0)),
             false => {
@@ -46,14 +48,13 @@ pub(super) async fn keep_alive(broker: Broker) {
             }
         };
         match renewed {
-            Ok(()) => last_renewed = Instant::now(),
-            Err(MetadataError::Unavailable(why)) if last_renewed.elapsed() < ttl => {
+            Ok(()) => m.renewed(sent),
+            Err(MetadataError::Unavailable(why)) if !m.lapsed() => {
                 tracing::warn!(error = %why, "renewing the metadata session failed; retrying");
             }
             Err(e) => {
                 tracing::error!(error = %e, lapsed, "the broker's metadata session is lost: giving up its bundles");
                 broker.session_lost().await;
-                last_renewed = Instant::now();
             }
         }
     }
@@ -117,6 +118,7 @@ impl Broker {
         if let Ok(Err(e)) = tokio::time::timeout(ttl, store.close_session(old)).await {
             tracing::debug!(session = old.0, error = %e, "the lost session was gone already");
         }
+        let opened = Instant::now();
         let session = store.open_session(ttl).await?;
         let record = {
             let mut state = m.state();
@@ -127,6 +129,7 @@ impl Broker {
         self.resources()
             .register_broker(&m.cluster, &m.id, &record, session)
             .await?;
+        m.renewed(opened);
         Ok(session)
     }
 }

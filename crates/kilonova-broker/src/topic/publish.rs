@@ -128,6 +128,17 @@ impl Topic {
             }
         };
         match result {
+            // Stored, but this broker may no longer own the topic (its
+            // session lapsed: paused or cut off): a deposed owner
+            // acknowledges nothing. The client resends to the new owner.
+            Ok(_) if self.broker.ownership_lapsed() => {
+                a.to.out.command(commands::send_error(
+                    a.to.producer_id,
+                    a.to.sequence_id,
+                    ServerError::ServiceNotReady,
+                    "this broker may have lost the topic's bundle (its metadata session lapsed): look the topic up again",
+                ));
+            }
             Ok(p) => {
                 let took = self
                     .broker
