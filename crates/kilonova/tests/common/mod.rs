@@ -49,6 +49,8 @@ pub struct Broker {
     config: Option<PathBuf>,
     /// Presented to the health check (a super-user's, with authentication on).
     admin_token: Option<String>,
+    /// The subcommand: `standalone`, or `broker` (one of a cluster).
+    role: &'static str,
 }
 
 /// What `--ports-file` holds.
@@ -69,6 +71,19 @@ impl Broker {
     /// Start a broker with `config` (TOML, written to a file for `--config`);
     /// `admin_token` is presented to the health check.
     pub async fn start_with(config: Option<&str>, admin_token: Option<String>) -> Broker {
+        Self::start_as("standalone", config, admin_token).await
+    }
+
+    /// Start `kilonova broker` (one broker of a cluster) with `config`.
+    pub async fn start_cluster_member(config: &str) -> Broker {
+        Self::start_as("broker", Some(config), None).await
+    }
+
+    async fn start_as(
+        role: &'static str,
+        config: Option<&str>,
+        admin_token: Option<String>,
+    ) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("kilonova-e2e-")
             .tempdir()
@@ -85,6 +100,7 @@ impl Broker {
             starts: 0,
             config: None,
             admin_token,
+            role,
         };
         if let Some(text) = config {
             let path = broker.dir.path().join("kilonova.toml");
@@ -127,7 +143,7 @@ impl Broker {
         .expect("write broker stderr log");
         let stderr: File = log;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kilonova"));
-        cmd.arg("standalone");
+        cmd.arg(self.role);
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
@@ -232,6 +248,15 @@ impl Broker {
                 );
             }
         }
+    }
+
+    /// Kill the process (SIGKILL) and wait for it to be gone.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("kill: broker is not running");
+        child.start_kill().expect("send SIGKILL to the broker");
+        within(SHUTDOWN_TIMEOUT, "the killed broker exits", child.wait())
+            .await
+            .expect("wait for the killed broker");
     }
 
     /// SIGTERM, require a clean exit (status 0), then start again on the same
