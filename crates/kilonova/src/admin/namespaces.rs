@@ -49,8 +49,10 @@ pub enum NamespacesCmd {
     Permissions { namespace: NamespaceName },
     /// List the namespace's topics.
     Topics(NsTopics),
-    /// Unload every loaded topic of the namespace (clients reconnect).
-    Unload(Ns),
+    /// Unload the namespace's bundles, or one (-b), on the brokers serving
+    /// them: their topics are closed (clients look them up again) and, in a
+    /// cluster, the bundles released for the next lookup to place.
+    Unload(NsUnload),
     /// Clear the backlog of every topic of the namespace: of every
     /// subscription, or of one (-s).
     ClearBacklog(NsClearBacklog),
@@ -213,6 +215,15 @@ pub enum PolicyCmd {
 pub struct Ns {
     /// tenant/namespace
     namespace: NamespaceName,
+}
+
+#[derive(Args)]
+pub struct NsUnload {
+    /// tenant/namespace
+    namespace: NamespaceName,
+    /// Only this bundle (`0x00000000_0x40000000`, as `namespaces bundles` lists them).
+    #[arg(short = 'b', long)]
+    bundle: Option<String>,
 }
 
 #[derive(Args)]
@@ -641,7 +652,13 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
             let path = t.namespace.path().join("topics").query("mode", &t.mode);
             client.get(&path).await?
         }
-        NamespacesCmd::Unload(n) => client.put(&n.namespace.path().join("unload"), None).await?,
+        NamespacesCmd::Unload(n) => {
+            let path = match &n.bundle {
+                Some(b) => n.namespace.path().join(b).join("unload"),
+                None => n.namespace.path().join("unload"),
+            };
+            client.put(&path, None).await?
+        }
         NamespacesCmd::ClearBacklog(c) => {
             let mut path = c.namespace.path().join("clearBacklog");
             if let Some(sub) = &c.subscription {
