@@ -60,6 +60,14 @@ impl Resources {
             .map(drop)
     }
 
+    /// Removes broker `id`'s registration (it is shutting down).
+    pub async fn deregister_broker(&self, cluster: &str, id: &str) -> Result<()> {
+        self.store()
+            .delete(&broker_key(cluster, id), Expect::Any)
+            .await
+            .map(drop)
+    }
+
     /// The cluster's live brokers' ids.
     pub async fn list_brokers(&self, cluster: &str) -> Result<Vec<String>> {
         self.list(&format!("/brokers/{cluster}")).await

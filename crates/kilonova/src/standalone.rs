@@ -520,6 +520,7 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
 
     wait_for_signal().await;
     tracing::info!("shutting down: closing producers and consumers, persisting cursors");
+    broker.withdraw_from_cluster().await;
     let _ = stop_tx.send(true);
     let shutdown = broker.shutdown().await;
     let _ = close_tx.send(true);

@@ -42,6 +42,8 @@ impl Broker {
             Some(_) => {}
         }
         if matches!(request, AdminRequest::Unload) && !self.is_loaded(name) {
+            // In a cluster, the owner has it loaded (a redirect there).
+            self.served_elsewhere(name).await?;
             return Ok(AdminReply::Done);
         }
         let handle = self.topic(name).await?;

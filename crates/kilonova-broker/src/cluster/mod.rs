@@ -183,6 +183,18 @@ impl Broker {
         Ok(())
     }
 
+    /// Stops being placed on: deletes this broker's registration, so that
+    /// lookups no longer choose it for unowned bundles while it shuts down.
+    /// Before [`Broker::shutdown`].
+    pub async fn withdraw_from_cluster(&self) {
+        let Some(m) = self.membership() else {
+            return;
+        };
+        if let Err(e) = self.resources().deregister_broker(&m.cluster, &m.id).await {
+            tracing::warn!(error = %e, "withdrawing this broker's registration failed");
+        }
+    }
+
     /// Leaves the cluster: gives up every bundle and ends the session (its
     /// registration goes with it). After [`Broker::shutdown`].
     pub async fn leave_cluster(&self) {
@@ -246,11 +258,20 @@ impl Broker {
         }
         match self.acquire(&key).await? {
             Acquired::Owned { .. } => Ok(()),
-            Acquired::OwnedBy(o) => Err(BrokerError::ServedElsewhere {
-                what: format!("{name} is served by {}", o.broker),
-                http_url: o.http_url,
-                https_url: o.http_url_tls,
-            }),
+            Acquired::OwnedBy(o) => Err(served_by(name, o)),
+        }
+    }
+
+    /// Refuses a request about `name` when another broker owns its bundle
+    /// (in a cluster), naming that broker.
+    pub(crate) async fn served_elsewhere(&self, name: &TopicName) -> Result<(), BrokerError> {
+        let Some(m) = self.membership() else {
+            return Ok(());
+        };
+        let (ns, range) = self.bundle_of(name).await?;
+        match self.resources().bundle_owner(&ns, range).await? {
+            Some(o) if o.broker != m.id => Err(served_by(name, o)),
+            _ => Ok(()),
         }
     }
 
@@ -303,5 +324,14 @@ impl Broker {
         {
             tracing::warn!(error = %e, "updating this broker's registration failed");
         }
+    }
+}
+
+/// The refusal of a request for `name`, which `owner` serves.
+fn served_by(name: &TopicName, owner: BundleOwner) -> BrokerError {
+    BrokerError::ServedElsewhere {
+        what: format!("{name} is served by {}", owner.broker),
+        http_url: owner.http_url,
+        https_url: owner.http_url_tls,
     }
 }
