@@ -243,3 +243,63 @@ impl Raw {
         .await;
     }
 }
+
+/// A broker of a cluster whose metadata is `resources` (shared with the
+/// other members), registered as `id` with a session of `ttl`. Its HTTP
+/// URL is `http://<id>` (not served: the tests here use the protocol port).
+pub async fn start_cluster_member(
+    resources: kilonova_metadata::Resources,
+    id: &str,
+    ttl: Duration,
+) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sc = StoreConfig::new(dir.path().join("storage"));
+    sc.log_file_bytes = 16 << 20;
+    let store = SegmentStore::open(sc).unwrap();
+    let state = Arc::new(DirStateStore::open(dir.path().join("state")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = BrokerConfig::default();
+    resources
+        .bootstrap(&config.cluster_name, &Default::default())
+        .await
+        .unwrap();
+    let urls = kilonova_broker::ServiceUrls {
+        plain: Some(format!("pulsar://{addr}")),
+        http: Some(format!("http://{id}")),
+        ..Default::default()
+    };
+    let broker = Broker::new(
+        config,
+        store,
+        state,
+        resources,
+        urls,
+        Security::open(),
+        kilonova_broker::clock::system(),
+    )
+    .unwrap();
+    broker
+        .join_cluster(kilonova_broker::ClusterSettings {
+            broker_id: id.to_owned(),
+            session_ttl: ttl,
+        })
+        .await
+        .unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let (close, close_rx) = watch::channel(false);
+    tokio::spawn(accept_loop(
+        broker.clone(),
+        listener,
+        None,
+        stop_rx,
+        close_rx,
+    ));
+    Server {
+        broker,
+        addr,
+        _dir: dir,
+        _stop: stop,
+        _close: close,
+    }
+}
