@@ -10,7 +10,8 @@
 //! `lookup` permission on the topic or its namespace.
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,7 @@ pub fn routes(api: Api) -> Api {
         &[(
             "GET",
             Access::Topic(Want::Lookup),
-            "Where the topic is served: {brokerUrl, brokerUrlTls, httpUrl, httpUrlTls, nativeUrl}; ?listenerName= or X-Pulsar-ListenerName picks an advertised listener",
+            "Where the topic is served: {brokerUrl, brokerUrlTls, httpUrl, httpUrlTls, nativeUrl}; ?listenerName= or X-Pulsar-ListenerName picks an advertised listener; in a cluster, a 307 to the broker chosen for a bundle nobody owns (authoritative=true: that broker takes it)",
         )],
     )
     .route(
@@ -71,9 +72,6 @@ pub struct LookupData {
 }
 
 impl From<LookupAnswer> for LookupData {
-    /// In a cluster, a bundle nobody owns yet is answered with the broker
-    /// chosen for it (no HTTP redirect): that broker takes the bundle when
-    /// the client's producer or consumer arrives.
     fn from(a: LookupAnswer) -> Self {
         LookupData {
             native_url: a.urls.plain.clone(),
@@ -106,15 +104,45 @@ async fn lookup(
     State(b): State<Broker>,
     Path(p): Path<TopicPath>,
     Query(q): Query<LookupQuery>,
+    uri: Uri,
     headers: HeaderMap,
-) -> ApiResult<Json<LookupData>> {
+) -> ApiResult<Response> {
     let name = topic_name(&p)?;
     let listener = listener_name(q.listener_name, &headers)?;
     let answer = b
         .lookup_topic(&name, listener.as_deref(), q.authoritative)
         .await;
     b.metrics().lookup_answered(answer.as_ref().ok());
-    Ok(Json(LookupData::from(answer?)))
+    let answer = answer?;
+    if !answer.redirect {
+        return Ok(Json(LookupData::from(answer)).into_response());
+    }
+    // As Pulsar: a 307 to the same lookup on the broker chosen for the
+    // bundle, authoritative, so that it takes the bundle.
+    let Some(base) = answer.http.or(answer.https) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker chosen for the topic advertises no admin URL",
+        ));
+    };
+    // The client's own query, but for its `authoritative`.
+    let query: String = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("authoritative"))
+        .map(|kv| format!("{kv}&"))
+        .collect();
+    let location = format!(
+        "{}{}?{query}authoritative=true",
+        base.trim_end_matches('/'),
+        uri.path()
+    );
+    Ok((
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::LOCATION, location)],
+    )
+        .into_response())
 }
 
 async fn bundle(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<String> {

@@ -55,9 +55,15 @@ impl BundlesData {
                 "bundles must be between 1 and {MAX_BUNDLES}, not {n}"
             )));
         }
+        // As Pulsar cuts them: equal steps of 2^32 / n, the last boundary
+        // the top of the hash space whatever the rounding left.
         let step = (1u64 << 32) / u64::from(n);
         let boundaries = (0..=u64::from(n))
-            .map(|i| format!("0x{:08x}", (i * step).min(0xffff_ffff)))
+            .map(|i| match i == u64::from(n) {
+                true => 0xffff_ffff,
+                false => i * step,
+            })
+            .map(|b| format!("0x{b:08x}"))
             .collect();
         Ok(BundlesData {
             boundaries,
@@ -810,6 +816,38 @@ mod tests {
         );
         assert!(BundlesData::even(0).is_err());
         assert!(BundlesData::even(MAX_BUNDLES + 1).is_err());
+    }
+
+    #[test]
+    fn bundles_of_any_count_end_at_the_top_of_the_hash_space() {
+        // 2^32 / 6 leaves a remainder: the last bundle takes it, as in Pulsar.
+        let six = BundlesData::even(6).unwrap();
+        assert_eq!(
+            six.boundaries,
+            [
+                "0x00000000",
+                "0x2aaaaaaa",
+                "0x55555554",
+                "0x7ffffffe",
+                "0xaaaaaaa8",
+                "0xd5555552",
+                "0xffffffff"
+            ]
+        );
+        for n in 1..=MAX_BUNDLES.min(300) {
+            let b = BundlesData::even(n).unwrap();
+            assert_eq!(b.boundaries.len(), n as usize + 1, "{n}");
+            assert_eq!(
+                b.boundaries.last().map(String::as_str),
+                Some("0xffffffff"),
+                "{n}"
+            );
+            assert!(
+                crate::bundles::ranges(&b).is_ok(),
+                "{n}: {:?}",
+                b.boundaries
+            );
+        }
     }
 
     #[test]
