@@ -752,6 +752,8 @@ def etcd(tmp_path_factory):
             pytest.fail("KILONOVA_REQUIRE_ETCD is set but there is no `etcd` binary "
                         "(apt-get install etcd-server, or set KILONOVA_ETCD_BIN)")
         pytest.skip("no `etcd` binary (apt-get install etcd-server)")
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"the etcd binary {binary} is not an executable file")
     e = Etcd(binary, tmp_path_factory.mktemp("etcd"))
     e.start()
     yield e

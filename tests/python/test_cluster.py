@@ -1,0 +1,958 @@
+"""Cluster mode end to end: three `kilonova broker`s on one etcd (cluster.py),
+with the real Pulsar client given ONE broker's URL (broker 0's).
+
+What is checked, as Pulsar behaves:
+  - lookups: any broker answers; an unowned bundle is placed on the least
+    loaded live broker, and a broker that is not that one answers an
+    authoritative Redirect; the chosen broker takes the bundle. So one client
+    reaches topics owned by every broker;
+  - subscriptions of every type on a topic another broker owns;
+  - unloads (a namespace, a bundle): topics are closed on their owners and
+    clients reconnect and carry on;
+  - a broker's death (kill -9) or pause (SIGSTOP past its session ttl): its
+    bundles are free once its session expires and clients carry on through
+    the other brokers; a paused broker that wakes up closes its clients.
+
+Topics keep their data on the broker that served them (the cluster storage
+is not there yet): a moved topic starts empty on its new owner. So the
+tests count only what was sent after the move, and give the namespace an
+infinite retention so that a moved topic keeps what arrives before its
+consumer is back. The tests that need data to follow a topic are written
+and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+
+import pulsar
+import pytest
+
+import wire
+from cluster import bundle_index, bundle_name, split_topic
+from conftest import (CLIENT_LOGGER, assert_no_more, collect_from, payloads, receive_n, unique,
+                      wait_until)
+
+LOOKUP_REDIRECT = 0
+LOOKUP_CONNECT = 1
+LOOKUP_FAILED = 2
+ANSWERS = "pulsar_broker_lookup_answers"
+REDIRECTS = "pulsar_broker_lookup_redirects"
+SHORT_TTL = {"session_ttl_secs": 3}
+DATA_DOES_NOT_FOLLOW = "cluster storage: data does not follow a moved bundle yet (#26)"
+# How long a client may take to get going again once a dead or paused
+# broker's session expired: the C++ client's reconnection backoff doubles
+# from 100 ms, so it may wait ~13 s more after a ~3 s outage.
+RECOVERY_TIMEOUT_S = 40.0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def make_client(cluster, i: int = 0, **kwargs) -> pulsar.Client:
+    kwargs.setdefault("operation_timeout_seconds", 30)
+    kwargs.setdefault("logger", CLIENT_LOGGER)
+    return pulsar.Client(cluster.broker(i).service_url, **kwargs)
+
+
+@pytest.fixture
+def client0(cluster):
+    """A client given broker 0's URL only."""
+    c = make_client(cluster)
+    yield c
+    c.close()
+
+
+def retain_everything(cluster, ns: str = "public/default") -> None:
+    """Infinite retention: a topic that moved to a new owner keeps what
+    arrives there before its consumer subscribes again."""
+    status, body = cluster.rest(0, "POST", f"/admin/v2/namespaces/{ns}/retention",
+                                {"retentionTimeInMinutes": -1, "retentionSizeInMB": -1})
+    assert status in (200, 204), f"setting the retention of {ns}: {status} {body[:300]!r}"
+
+
+def topic_stats(cluster, i: int, topic: str) -> dict | None:
+    """Topic stats as broker `i` answers them (None unless 200)."""
+    _, tenant, ns, local = split_topic(topic)
+    try:
+        status, body = cluster.rest(i, "GET", f"/admin/v2/persistent/{tenant}/{ns}/{local}/stats",
+                                    timeout=3.0)
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None
+
+
+def served_at(cluster, i: int, topic: str, producer: str | None = None, sub: str | None = None) -> bool:
+    """Whether broker `i` serves `topic` with producer `producer` and a
+    consumer on subscription `sub` connected."""
+    stats = topic_stats(cluster, i, topic)
+    if stats is None:
+        return False
+    if producer is not None and producer not in {p.get("producerName") for p in stats.get("publishers", [])}:
+        return False
+    if sub is not None and not stats.get("subscriptions", {}).get(sub, {}).get("consumers"):
+        return False
+    return True
+
+
+def raw_lookup(port: int, topic: str, authoritative: bool = False, request_id: int = 1) -> wire.Frame:
+    """One binary LOOKUP (field 3: authoritative) on a fresh connection."""
+    with wire.RawConnection("127.0.0.1", port) as conn:
+        conn.handshake()
+        conn.send(wire.frame(wire.base_command(
+            wire.LOOKUP, wire.pb((1, topic), (2, request_id), (3, authoritative)))))
+        return conn.expect(wire.LOOKUP_RESPONSE)
+
+
+def spread_topics(cluster, per_bundle: int, prefix: str) -> list[str]:
+    """`per_bundle` fresh topics in each bundle of public/default."""
+    return [t for ts in cluster.topics_in_bundles(per_bundle=per_bundle, prefix=prefix) for t in ts]
+
+
+class Pump(threading.Thread):
+    """Sends `topic|seq` to every producer in turn with send_async, until
+    stopped; records which sequence numbers each topic had acknowledged."""
+
+    def __init__(self, producers: dict, interval: float = 0.02):
+        super().__init__(daemon=True)
+        self.producers = producers
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.next_seq = {t: 0 for t in producers}
+        self.acked = {t: set() for t in producers}
+        self.failed = {t: [] for t in producers}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for t, p in self.producers.items():
+                with self.lock:
+                    seq = self.next_seq[t]
+                    self.next_seq[t] += 1
+                try:
+                    p.send_async(f"{t}|{seq}".encode(), self._callback(t, seq))
+                except pulsar.PulsarException as e:
+                    with self.lock:
+                        self.failed[t].append((seq, str(e)))
+            self.halt.wait(self.interval)
+
+    def _callback(self, topic: str, seq: int):
+        def done(result, _msg_id):
+            with self.lock:
+                if result == pulsar.Result.Ok:
+                    self.acked[topic].add(seq)
+                else:
+                    self.failed[topic].append((seq, str(result)))
+        return done
+
+    def mark(self) -> dict[str, int]:
+        """Each topic's next sequence number: what is sent from now on is at or past it."""
+        with self.lock:
+            return dict(self.next_seq)
+
+    def acked_since(self, topic: str, mark: int) -> set[int]:
+        with self.lock:
+            return {s for s in self.acked[topic] if s >= mark}
+
+    def wait_acked(self, topics, mark: dict[str, int], n: int, timeout: float, what: str) -> None:
+        wait_until(lambda: all(len(self.acked_since(t, mark[t])) >= n for t in topics), timeout,
+                   f"{n} sends acknowledged on each of {len(list(topics))} topics {what} "
+                   f"(acknowledged: { {t: len(self.acked_since(t, mark[t])) for t in topics} }, "
+                   f"last failures: { {t: self.failed[t][-2:] for t in topics if self.failed[t]} })",
+                   interval=0.1)
+
+    def finish(self) -> None:
+        """Stops sending and waits for every send's answer."""
+        self.halt.set()
+        self.join(10)
+        for p in self.producers.values():
+            try:
+                p.flush()
+            except pulsar.PulsarException:
+                pass
+
+
+def receive_payloads_until(consumer, want: set[bytes], timeout: float) -> list[bytes]:
+    """Receives (and acks) until every payload in `want` arrived; returns all received."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while not want <= set(got):
+        left = int((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            raise AssertionError(f"missing {sorted(want - set(got))} after {timeout}s (received {got})")
+        try:
+            m = consumer.receive(timeout_millis=min(left, 500))
+        except pulsar.Timeout:
+            continue
+        got.append(m.data())
+        consumer.acknowledge(m)
+    return got
+
+
+def receive_seqs(consumer, topic: str, want: set[int], timeout: float) -> set[int]:
+    """Receives (and acks) from `consumer` until every sequence number in
+    `want` has arrived; returns every sequence number received."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while not want <= seen:
+        left = int((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            missing = sorted(want - seen)
+            raise AssertionError(f"{len(missing)} of {len(want)} acknowledged messages on {topic} "
+                                 f"not received within {timeout}s: {missing[:20]}")
+        try:
+            m = consumer.receive(timeout_millis=min(left, 500))
+        except pulsar.Timeout:
+            continue
+        name, _, seq = m.data().decode().rpartition("|")
+        assert name == topic, f"{topic}'s consumer received {m.data()!r}"
+        seen.add(int(seq))
+        consumer.acknowledge(m)
+    return seen
+
+
+# ---------------------------------------------------------------- the fixtures themselves
+
+
+def test_the_etcd_fixture_answers_healthy(etcd):
+    from conftest import http
+    status, body = http("GET", f"{etcd.endpoint}/health")
+    assert status == 200 and json.loads(body)["health"] == "true", body
+
+
+def test_every_broker_lists_the_three_brokers(cluster):
+    want = sorted(f"127.0.0.1:{b.http_port}" for b in cluster.brokers)
+    for i in range(3):
+        assert sorted(cluster.listed(i) or []) == want, f"broker {i} lists {cluster.listed(i)}"
+
+
+# ---------------------------------------------------------------- lookups and placement
+
+
+def test_a_lookup_for_an_unowned_bundle_redirects_to_the_least_loaded_broker_which_takes_it(cluster):
+    """Raw LOOKUPs on broker 0, one bundle after the other: each bundle goes
+    to a broker owning fewest bundles; an answer naming another broker is an
+    authoritative Redirect, and that broker, asked authoritatively, takes the
+    bundle and answers Connect to itself."""
+    topics = [ts[0] for ts in cluster.topics_in_bundles(per_bundle=1, prefix="raw")]
+    owned = {0: 0, 1: 0, 2: 0}
+    redirects = 0
+    for n, topic in enumerate(topics):
+        f = raw_lookup(cluster.broker(0).pulsar_port, topic, request_id=n + 1)
+        kind = wire.first(f.body, 3)
+        url = wire.first(f.body, 1, b"").decode()
+        target = cluster.index_of_url(url)
+        assert target is not None, f"lookup of {topic} names no broker of the cluster: {f}"
+        assert owned[target] == min(owned.values()), (
+            f"bundle {n} placed on broker {target}, which owns {owned[target]} bundles (owned: {owned})")
+        if target == 0:
+            assert kind == LOOKUP_CONNECT, f"broker 0 chose itself but answered {f}"
+        else:
+            assert kind == LOOKUP_REDIRECT, f"broker 0 chose broker {target} but answered {f}"
+            assert wire.first(f.body, 5) == 1, f"a redirect must be authoritative: {f}"
+            redirects += 1
+            g = raw_lookup(cluster.broker(target).pulsar_port, topic, authoritative=True)
+            assert wire.first(g.body, 3) == LOOKUP_CONNECT, f"broker {target} asked authoritatively: {g}"
+            assert wire.first(g.body, 1, b"").decode() == cluster.broker(target).service_url, g
+        owned[target] += 1
+        for via in range(3):
+            assert cluster.owner_of(topic, via) == target, f"broker {via}'s HTTP lookup of {topic}"
+    assert sorted(owned.values()) == [1, 1, 2], f"4 bundles over 3 brokers: {owned}"
+    assert redirects >= 2
+    assert cluster.metric(0, REDIRECTS) >= redirects
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def http_lookup_once(cluster, via: int, topic: str) -> tuple[int, str | None, object]:
+    """An HTTP lookup whose redirect is not followed: (status, Location, JSON or body)."""
+    _, tenant, ns, local = split_topic(topic)
+    url = f"{cluster.broker(via).http_url}/lookup/v2/topic/persistent/{tenant}/{ns}/{local}"
+    try:
+        with urllib.request.build_opener(_NoRedirects).open(url, timeout=10) as r:
+            return r.status, None, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Location"), e.read()
+
+
+def test_an_http_lookup_for_an_unowned_bundle_redirects_to_the_chosen_broker_which_takes_it(cluster):
+    """As Pulsar's: a broker that places a bundle elsewhere answers 307 to the
+    chosen broker's lookup URL with authoritative=true; that broker takes
+    the bundle and answers itself. (A 200 naming another broker would be an
+    answer nobody stands behind: the next lookup may place it elsewhere.)"""
+    topics = [ts[0] for ts in cluster.topics_in_bundles(per_bundle=1, prefix="httplookup")]
+    owned = {0: 0, 1: 0, 2: 0}
+    for topic in topics:
+        status, location, doc = http_lookup_once(cluster, 0, topic)
+        if status == 200:
+            assert doc["brokerUrl"] == cluster.broker(0).service_url, (
+                f"broker 0 answered 200 for {topic} naming another broker (no redirect, nobody took "
+                f"the bundle): {doc}")
+            target = 0
+        else:
+            assert status == 307 and location, f"HTTP lookup of {topic} on broker 0: {status} {location} {doc!r}"
+            parts = urllib.parse.urlsplit(location)
+            target = cluster.index_of_url(f"{parts.scheme}://{parts.netloc}")
+            assert target not in (None, 0), f"redirected to {location}"
+            assert urllib.parse.parse_qs(parts.query).get("authoritative") == ["true"], location
+            status, _, doc = http_lookup_once(cluster, target, topic)  # cannot be redirected again
+            assert status == 200 and doc["brokerUrl"] == cluster.broker(target).service_url, (status, doc)
+        owned[target] += 1
+        # It owns it now: a binary lookup anywhere answers Connect to it.
+        for via in range(3):
+            f = raw_lookup(cluster.broker(via).pulsar_port, topic)
+            assert wire.first(f.body, 3) == LOOKUP_CONNECT, f"broker {via}: {f}"
+            assert wire.first(f.body, 1, b"").decode() == cluster.broker(target).service_url, f"broker {via}: {f}"
+    assert sorted(owned.values()) == [1, 1, 2], f"4 bundles over 3 brokers: {owned}"
+
+
+def test_one_client_given_one_broker_serves_topics_owned_by_all_three(cluster, client0):
+    topics = spread_topics(cluster, per_bundle=3, prefix="spread")  # 12 topics, 3 per bundle
+    assert cluster.metric(0, REDIRECTS) == 0, "a fresh cluster has redirected nothing"
+    answers_before = cluster.metric(0, ANSWERS)
+    consumers = {t: client0.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+                 for t in topics}
+    producers = {t: client0.create_producer(t, batching_enabled=False) for t in topics}
+    for t, p in producers.items():
+        for j in range(5):
+            p.send(f"{t}|{j}".encode())
+    for t, c in consumers.items():
+        got = receive_n(c, 5, what=f"messages on {t}")
+        assert payloads(got) == [f"{t}|{j}".encode() for j in range(5)]
+        for m in got:
+            c.acknowledge(m)
+
+    owners = {t: cluster.owner_of(t) for t in topics}
+    assert set(owners.values()) == {0, 1, 2}, f"owners: {owners}"
+    # Each topic is served by its owner: its producer and consumer are there.
+    for t in topics:
+        assert served_at(cluster, owners[t], t, producers[t].producer_name(), "s"), (
+            f"broker {owners[t]} (the owner) does not serve {t}'s producer and consumer: "
+            f"{topic_stats(cluster, owners[t], t)}")
+    # Every broker agrees on the owners.
+    for via in (1, 2):
+        assert {t: cluster.owner_of(t, via) for t in topics} == owners
+    redirects = cluster.metric(0, REDIRECTS)
+    assert redirects >= 2, f"broker 0 redirected {redirects} lookups (2 bundles at least are elsewhere)"
+    assert cluster.metric(0, ANSWERS) - answers_before >= len(topics), "every topic was looked up on broker 0"
+
+
+def test_a_12_partition_topic_spreads_over_the_brokers_and_a_consumer_gets_every_message(cluster, client0):
+    ranges = cluster.bundle_ranges()
+    while True:  # a name whose partitions fall in every bundle
+        local = unique("parts")
+        names = [f"persistent://public/default/{local}-partition-{p}" for p in range(12)]
+        if len({bundle_index(ranges, zlib.crc32(n.encode())) for n in names}) == len(ranges):
+            break
+    topic = f"persistent://public/default/{local}"
+    status, body = cluster.rest(0, "PUT", f"/admin/v2/persistent/public/default/{local}/partitions", 12)
+    assert status in (200, 204), f"creating {topic}: {status} {body[:300]!r}"
+    # Every broker knows the partition count (it is metadata, in etcd).
+    for i in range(3):
+        status, body = cluster.rest(i, "GET", f"/admin/v2/persistent/public/default/{local}/partitions")
+        assert status == 200 and json.loads(body)["partitions"] == 12, f"broker {i}: {status} {body!r}"
+
+    consumer = client0.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+    producer = client0.create_producer(
+        topic, batching_enabled=False,
+        message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution)
+    sent = [f"p-{j}".encode() for j in range(120)]
+    for p in sent:
+        producer.send(p)
+    got = receive_n(consumer, len(sent), timeout=30, what=f"messages on {topic}")
+    assert sorted(payloads(got)) == sorted(sent)
+    partitions = {m.topic_name().rsplit("-partition-", 1)[1] for m in got}
+    assert len(partitions) == 12, f"round robin over 12 partitions reached {sorted(partitions)}"
+    owners = {n: cluster.owner_of(n) for n in names}
+    assert set(owners.values()) == {0, 1, 2}, f"the partitions' owners: {owners}"
+
+
+def elsewhere(cluster, prefix: str, not_on: int = 0) -> tuple[str, int]:
+    """A fresh topic placed (by a client's lookup on broker 0) on a broker other
+    than `not_on`, and that broker. Four bundles over three brokers: two at
+    least are elsewhere."""
+    for topic in [ts[0] for ts in cluster.topics_in_bundles(per_bundle=1, prefix=prefix)]:
+        owner = cluster.client_lookup(topic)
+        assert owner is not None, f"the lookup of {topic} failed"
+        assert cluster.owner_of(topic) == owner, f"the HTTP lookup of {topic} disagrees with the client's"
+        if owner != not_on:
+            return topic, owner
+    raise AssertionError(f"every bundle of public/default was placed on broker {not_on}")
+
+
+@pytest.mark.parametrize("bundles", [6, 8])
+def test_a_namespace_created_on_one_broker_is_served_by_all_with_its_bundles_spread_evenly(
+        cluster, client0, bundles):
+    ns = f"public/{unique('ns')}"
+    cluster.admin_ok(1, "namespaces", "create", ns, "--bundles", bundles)
+    ranges = cluster.bundle_ranges(ns, via=2)
+    assert len(ranges) == bundles, f"{ns} seen from broker 2: {ranges}"
+    # Pulsar's boundaries: i * (2^32 / n), the last one 0xffffffff.
+    step = (1 << 32) // bundles
+    assert ranges == [(i * step, (i + 1) * step if i < bundles - 1 else 0xFFFFFFFF) for i in range(bundles)], (
+        [bundle_name(ranges, i) for i in range(len(ranges))])
+    topics = [ts[0] for ts in cluster.topics_in_bundles(ns, per_bundle=1, prefix="ns")]
+    # The broker puts each where this harness computed (CRC-32 of the full name).
+    for i, t in enumerate(topics):
+        assert cluster.admin_ok(0, "topics", "bundle-range", t).strip() == bundle_name(ranges, i), t
+    for t in topics:  # one after the other: each placement sees the previous ones
+        consumer = client0.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+        client0.create_producer(t).send(t.encode())
+        assert payloads(receive_n(consumer, 1, what=f"the message on {t}")) == [t.encode()]
+    owners = [cluster.owner_of(t) for t in topics]
+    counts = [owners.count(i) for i in range(3)]
+    assert max(counts) - min(counts) <= 1, (
+        f"{bundles} bundles placed one by one on the least loaded broker: owners {owners}")
+
+
+def test_a_producer_or_subscription_on_a_broker_not_owning_the_bundle_is_refused_as_not_ready(cluster):
+    """Pulsar refuses PRODUCER / SUBSCRIBE for a topic whose bundle another
+    broker owns with ServiceNotReady (the client then looks it up again)."""
+    topic, owner = elsewhere(cluster, "notmine")
+    other = next(i for i in range(3) if i != owner)
+    with wire.RawConnection("127.0.0.1", cluster.broker(other).pulsar_port) as conn:
+        conn.handshake()
+        conn.send(wire.producer_cmd(topic, 1, 1))
+        f = conn.expect(wire.ERROR)
+        assert wire.first(f.body, 2) == 6, f"PRODUCER on broker {other} (not the owner): {f}"
+        conn.send(wire.subscribe_cmd(topic, "s", 1, 2))
+        f = conn.expect(wire.ERROR)
+        assert wire.first(f.body, 2) == 6, f"SUBSCRIBE on broker {other} (not the owner): {f}"
+    with wire.RawConnection("127.0.0.1", cluster.broker(owner).pulsar_port) as conn:
+        conn.handshake()
+        conn.send(wire.producer_cmd(topic, 1, 1))
+        conn.expect(wire.PRODUCER_SUCCESS)
+    assert cluster.owner_of(topic) == owner, "the refused requests did not move the bundle"
+
+
+def test_admin_requests_for_a_topic_through_another_broker_reach_its_owner(cluster, client0):
+    """As Pulsar's: a topic's admin request on a broker that does not own it
+    is answered 307 to the owner (the admin CLI follows it)."""
+    topic, owner = elsewhere(cluster, "adminredirect")
+    other = next(i for i in range(3) if i != owner)
+    producer = client0.create_producer(topic, batching_enabled=False)
+    consumer = client0.subscribe(topic, "s")
+    producer.send(b"one")
+    _, tenant, ns, local = split_topic(topic)
+    path = f"/admin/v2/persistent/{tenant}/{ns}/{local}/stats"
+    try:
+        with urllib.request.build_opener(_NoRedirects).open(cluster.broker(other).http_url + path, timeout=10) as r:
+            raise AssertionError(f"stats of {topic} on broker {other} (not the owner) answered {r.status}")
+    except urllib.error.HTTPError as e:
+        assert e.code == 307, f"stats of {topic} on broker {other}: {e.code} {e.read()[:300]!r}"
+        location = urllib.parse.urlsplit(e.headers.get("Location") or "")
+        assert cluster.index_of_url(f"{location.scheme}://{location.netloc}") == owner, e.headers.get("Location")
+    out = cluster.admin_ok(other, "topics", "stats", topic)
+    assert producer.producer_name() in out, f"`topics stats` through broker {other}:\n{out}"
+    # A deletion through the other broker deletes it on its owner.
+    third = next(i for i in range(3) if i not in (owner, other))
+    assert topic in cluster.admin_ok(third, "topics", "list", f"{tenant}/{ns}"), "listed before its deletion"
+    producer.close()
+    consumer.close()
+    cluster.admin_ok(other, "topics", "delete", topic, "--force")
+    assert topic_stats(cluster, owner, topic) is None, f"{topic} still has stats on broker {owner}"
+    listed = cluster.admin_ok(third, "topics", "list", f"{tenant}/{ns}")
+    assert topic not in listed, f"{topic} still listed:\n{listed}"
+
+
+SUB_TYPE_NAMES = {
+    pulsar.ConsumerType.Exclusive: "Exclusive",
+    pulsar.ConsumerType.Shared: "Shared",
+    pulsar.ConsumerType.Failover: "Failover",
+    pulsar.ConsumerType.KeyShared: "Key_Shared",
+}
+
+
+@pytest.mark.parametrize("sub_type", list(SUB_TYPE_NAMES), ids=list(SUB_TYPE_NAMES.values()))
+def test_each_subscription_type_works_on_a_topic_another_broker_owns(cluster, client0, sub_type):
+    topic, owner = elsewhere(cluster, "subtype")
+    sub = unique("sub")
+    producer = client0.create_producer(topic, batching_enabled=False)
+
+    def consumer(name: str, **kw):
+        return client0.subscribe(topic, sub, consumer_type=sub_type, consumer_name=name, **kw)
+
+    if sub_type == pulsar.ConsumerType.Exclusive:
+        first = consumer("a")
+        with pytest.raises(pulsar.ConsumerBusy):
+            consumer("b")
+        sent = [f"x-{j}".encode() for j in range(10)]
+        for p in sent:
+            producer.send(p)
+        assert payloads(receive_n(first, 10)) == sent
+    elif sub_type == pulsar.ConsumerType.Shared:
+        cs = [consumer(f"c{i}", receiver_queue_size=5) for i in range(2)]
+        sent = {f"s-{j:02d}".encode() for j in range(40)}
+        for p in sorted(sent):
+            producer.send(p)
+        got = collect_from(cs, len(sent))
+        data = {i: payloads(ms) for i, ms in got.items()}
+        assert len(data[0]) >= 10 and len(data[1]) >= 10, f"not shared: {len(data[0])} / {len(data[1])}"
+        assert sorted(data[0] + data[1]) == sorted(sent), "each message once, to one consumer"
+    elif sub_type == pulsar.ConsumerType.Failover:
+        b = consumer("b-consumer")
+        a = consumer("a-consumer")  # sorts first: the active one
+        sent = [f"f-{j}".encode() for j in range(10)]
+        for p in sent:
+            producer.send(p)
+        got = receive_n(a, 10, what="messages on the active consumer")
+        assert payloads(got) == sent
+        assert_no_more(b, 300, "inactive failover consumer")
+        for m in got:
+            a.acknowledge(m)
+        a.close()
+        later = [f"f-{j}".encode() for j in range(10, 15)]
+        for p in later:
+            producer.send(p)
+        # b gets the new messages (and perhaps some of the first ten again:
+        # acks are asynchronous, a's last ones may not have reached the broker).
+        taken = receive_payloads_until(b, set(later), timeout=10)
+        assert set(taken) <= set(sent) | set(later), taken
+    else:
+        cs = [consumer(f"k{i}") for i in range(2)]
+        keys = [f"key-{k:02d}" for k in range(16)]
+        for j in range(48):
+            producer.send(f"{keys[j % 16]}|{j}".encode(), partition_key=keys[j % 16])
+        got = collect_from(cs, 48)
+        owner_of_key: dict[str, int] = {}
+        for i, ms in got.items():
+            for m in ms:
+                k = m.partition_key()
+                assert owner_of_key.setdefault(k, i) == i, f"key {k} went to both consumers"
+        assert sorted(p for ms in got.values() for p in payloads(ms)) == sorted(
+            f"{keys[j % 16]}|{j}".encode() for j in range(48))
+
+    stats = topic_stats(cluster, owner, topic)
+    assert stats is not None, f"broker {owner} (the owner) has no stats of {topic}"
+    assert stats["subscriptions"][sub]["type"] == SUB_TYPE_NAMES[sub_type], stats["subscriptions"][sub]
+    assert cluster.owner_of(topic) == owner, "the topic stayed on its owner"
+
+
+# ---------------------------------------------------------------- unloads
+
+
+def unload(cluster, how: str) -> None:
+    if how == "namespace-cli":
+        cluster.admin_ok(0, "namespaces", "unload", "public/default")
+    elif how == "namespace-rest":
+        status, body = cluster.rest(0, "PUT", "/admin/v2/namespaces/public/default/unload")
+        assert status in (200, 204), f"namespace unload: {status} {body[:300]!r}"
+    else:
+        ranges = cluster.bundle_ranges()
+        for i in range(len(ranges)):
+            status, body = cluster.rest(0, "PUT", f"/admin/v2/namespaces/public/default/"
+                                                  f"{bundle_name(ranges, i)}/unload")
+            assert status in (200, 204), f"unloading bundle {bundle_name(ranges, i)}: {status} {body[:300]!r}"
+
+
+@pytest.mark.parametrize("how", ["namespace-cli", "namespace-rest", "every-bundle-rest"])
+def test_producers_and_consumers_carry_on_across_an_unload(cluster, client0, how):
+    retain_everything(cluster)
+    topics = spread_topics(cluster, per_bundle=2, prefix="unload")  # 8 topics, over every broker
+    consumers = {t: client0.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+                 for t in topics}
+    producers = {t: client0.create_producer(t, batching_enabled=False) for t in topics}
+    owners = {t: cluster.owner_of(t) for t in topics}
+    assert set(owners.values()) == {0, 1, 2}, f"owners before the unload: {owners}"
+    pump = Pump(producers)
+    pump.start()
+    try:
+        pump.wait_acked(topics, {t: 0 for t in topics}, 5, 20, "before the unload")
+        answers_before = cluster.metric(0, ANSWERS)
+        unload(cluster, how)
+        mark = pump.mark()
+        pump.wait_acked(topics, mark, 20, 30, "after the unload")
+    finally:
+        pump.finish()
+    # The clients looked every topic up again (on broker 0, the one they know).
+    assert cluster.metric(0, ANSWERS) - answers_before >= len(topics), "no re-lookups after the unload"
+    for t in topics:
+        want = pump.acked_since(t, mark[t])
+        receive_seqs(consumers[t], t, want, timeout=20)
+    # Each topic is served by one broker, which serves its producer and
+    # consumer; every producer registered again (its msgInCounter there
+    # misses what it sent before the unload), wherever its topic was.
+    for t in topics:
+        owner = cluster.owner_of(t)
+        assert served_at(cluster, owner, t, producers[t].producer_name(), "s"), (
+            f"{t} after the unload: broker {owner} (the owner) does not serve its clients: "
+            f"{topic_stats(cluster, owner, t)}")
+        count = producer_msg_in(cluster, owner, t, producers[t].producer_name())
+        acked = len(pump.acked[t])
+        assert count is not None and count < acked, (
+            f"{t} (on broker {owners[t]} before the unload, {owner} after): its producer's msgInCounter "
+            f"is {count} of {acked} acknowledged sends: it was not closed by the unload")
+
+
+def producer_msg_in(cluster, i: int, topic: str, producer: str) -> int | None:
+    """msgInCounter of `producer` on broker `i` (counted from the producer's
+    registration there, as Pulsar's publisher stats: a reconnected producer
+    starts again from 0)."""
+    stats = topic_stats(cluster, i, topic) or {}
+    for p in stats.get("publishers", []):
+        if p.get("producerName") == producer:
+            return p.get("msgInCounter")
+    return None
+
+
+@pytest.mark.parametrize("how", ["rest", "cli"])
+def test_unloading_one_bundle_reconnects_only_its_topics_clients(cluster, client0, how):
+    per_bundle = cluster.topics_in_bundles(per_bundle=2, prefix="onebundle")
+    topics = [t for ts in per_bundle for t in ts]
+    producers = {t: client0.create_producer(t, batching_enabled=False) for t in topics}
+    for t, p in producers.items():
+        for j in range(3):
+            p.send(f"{t}|{j}".encode())
+    owners = {t: cluster.owner_of(t) for t in topics}
+    counts = {t: producer_msg_in(cluster, owners[t], t, producers[t].producer_name()) for t in topics}
+    assert all(c == 3 for c in counts.values()), f"each producer's msgInCounter on its owner: {counts}"
+    ranges = cluster.bundle_ranges()
+    # A bundle broker 0 does not own: the unload is forwarded to its owner.
+    b = next(i for i, ts in enumerate(per_bundle) if owners[ts[0]] != 0)
+    if how == "cli":
+        cluster.admin_ok(0, "namespaces", "unload", "public/default", "--bundle", bundle_name(ranges, b))
+    else:
+        status, body = cluster.rest(0, "PUT", f"/admin/v2/namespaces/public/default/{bundle_name(ranges, b)}/unload")
+        assert status in (200, 204), f"unloading bundle {bundle_name(ranges, b)}: {status} {body[:300]!r}"
+    for t in topics:
+        producers[t].send(f"{t}|3".encode())
+    for bi, ts in enumerate(per_bundle):
+        for t in ts:
+            owner = cluster.owner_of(t)
+            count = producer_msg_in(cluster, owner, t, producers[t].producer_name())
+            if bi == b:
+                assert count == 1, f"{t} (unloaded bundle): its producer, registered again on broker {owner}, " \
+                                   f"has msgInCounter {count}, not 1"
+            else:
+                assert owner == owners[t], f"{t} (another bundle) moved from broker {owners[t]} to {owner}"
+                assert count == 4, f"{t} (another bundle): its producer's msgInCounter is {count}, not 4"
+
+
+def test_a_stopped_broker_gives_its_bundles_up_at_once_and_rejoins_on_restart(cluster, client0):
+    """SIGTERM: the broker closes its clients and releases its bundles as it
+    leaves, so its producers carry on on other brokers well before its
+    session ttl (10 s) could have freed them."""
+    topics = spread_topics(cluster, per_bundle=1, prefix="stop")
+    producers = {t: client0.create_producer(t, batching_enabled=False) for t in topics}
+    owners = {t: cluster.owner_of(t) for t in topics}  # the client's lookups placed them
+    assert set(owners.values()) == {0, 1, 2}, f"owners: {owners}"
+    victim = max((1, 2), key=lambda i: list(owners.values()).count(i))
+    mine = [t for t in topics if owners[t] == victim]
+    started = time.monotonic()
+    assert cluster.stop(victim) == 0, "a broker stopped with SIGTERM exits 0"
+    for t in topics:
+        producers[t].send(f"{t}|after".encode())
+    took = time.monotonic() - started
+    assert took < cluster.session_ttl_secs, (
+        f"sends on the stopped broker's topics resumed after {took:.1f}s: freed by its ttl, not its leaving")
+    for t in mine:
+        assert cluster.owner_of(t) in {0, 1, 2} - {victim}, f"{t} is still owned by the stopped broker"
+    wait_until(lambda: len(cluster.listed(0) or []) == 2, 5, "broker 0 listing 2 brokers")
+    cluster.restart(victim)
+    cluster.wait_members(20)
+    # It answers lookups again.
+    assert cluster.client_lookup(f"persistent://public/default/{unique('back')}", via=victim) is not None
+
+
+# ---------------------------------------------------------------- death and pauses
+
+
+def test_a_broker_restarted_after_kill_9_frees_its_old_bundles_at_once(cluster, client0):
+    """A broker coming back with the same id ends the session it had before
+    the crash, so its old bundles are free at once, not after the ttl (10 s)."""
+    topics = spread_topics(cluster, per_bundle=1, prefix="restart")
+    producers = {t: client0.create_producer(t, batching_enabled=False) for t in topics}
+    owners = {t: cluster.owner_of(t) for t in topics}
+    victim = max((1, 2), key=lambda i: list(owners.values()).count(i))
+    mine = [t for t in topics if owners[t] == victim]
+    assert mine, f"owners: {owners}"
+    started = time.monotonic()
+    cluster.kill(victim)
+    cluster.restart(victim)
+    for t in mine:
+        producers[t].send(f"{t}|after".encode())
+    took = time.monotonic() - started
+    assert took < cluster.session_ttl_secs * 0.8, (
+        f"sends on the restarted broker's topics resumed after {took:.1f}s: the old session was not ended")
+    cluster.wait_members(10)
+    for t in mine:
+        owner = cluster.owner_of(t)
+        assert served_at(cluster, owner, t, producers[t].producer_name()), (
+            f"{t}: broker {owner} (the owner) does not serve its producer: {topic_stats(cluster, owner, t)}")
+
+
+@pytest.mark.parametrize("cluster", [SHORT_TTL], indirect=True, ids=["ttl3"])
+@pytest.mark.parametrize("service_url", ["broker-0", "all-three"])
+def test_after_kill_9_of_a_broker_its_topics_resume_on_the_others_once_its_session_expires(
+        cluster, service_url):
+    """With broker 0's URL, another broker is killed (the client could not
+    look anything up without broker 0); with all three URLs
+    (`pulsar://a,b,c`), broker 0 itself is killed."""
+    retain_everything(cluster)
+    if service_url == "all-three":
+        url = "pulsar://" + ",".join(f"127.0.0.1:{b.pulsar_port}" for b in cluster.brokers)
+        client = pulsar.Client(url, operation_timeout_seconds=30, logger=CLIENT_LOGGER)
+    else:
+        client = make_client(cluster)
+    try:
+        topics = spread_topics(cluster, per_bundle=2, prefix="kill")
+        consumers = {t: client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+                     for t in topics}
+        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
+                     for t in topics}
+        owners = {t: cluster.owner_of(t) for t in topics}
+        assert set(owners.values()) == {0, 1, 2}, f"owners: {owners}"
+        if service_url == "all-three":
+            victim = 0
+        else:
+            victim = max((1, 2), key=lambda i: list(owners.values()).count(i))
+        via = 1 if victim == 0 else 0  # a live broker to ask
+        dead = [t for t in topics if owners[t] == victim]
+        alive = [t for t in topics if owners[t] != victim]
+        pump = Pump(producers)
+        pump.start()
+        try:
+            pump.wait_acked(topics, {t: 0 for t in topics}, 5, 20, "before the kill")
+            cluster.kill(victim)
+            killed_at = time.monotonic()
+            mark = pump.mark()
+            # The other brokers' topics are not disturbed: they carry on within the ttl.
+            pump.wait_acked(alive, mark, 5, cluster.session_ttl_secs,
+                            "on the live brokers' topics while the dead broker's session lives on")
+            # The dead broker's topics resume once its session expired.
+            pump.wait_acked(dead, mark, 5, RECOVERY_TIMEOUT_S, f"on broker {victim}'s topics after its death")
+            recovered_after = time.monotonic() - killed_at
+        finally:
+            pump.finish()
+        assert recovered_after >= cluster.session_ttl_secs * 0.8, (
+            f"broker {victim}'s topics resumed {recovered_after:.1f}s after its death, before its session "
+            f"ttl ({cluster.session_ttl_secs}s) could have freed its bundles")
+        for t in dead:
+            assert cluster.owner_of(t, via) in {0, 1, 2} - {victim}, f"{t} is still owned by the dead broker"
+        wait_until(lambda: sorted(cluster.listed(via) or []) == sorted(
+            f"127.0.0.1:{cluster.broker(i).http_port}" for i in (0, 1, 2) if i != victim), 10,
+            f"broker {via} no longer listing the dead broker {victim}")
+        for t in topics:
+            receive_seqs(consumers[t], t, pump.acked_since(t, mark[t]), timeout=30)
+        print(f"broker {victim}'s {len(dead)} topics resumed {recovered_after:.1f}s after kill -9 "
+              f"(session ttl {cluster.session_ttl_secs}s)")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("cluster", [SHORT_TTL], indirect=True, ids=["ttl3"])
+def test_a_broker_paused_past_its_ttl_closes_its_clients_when_it_wakes_and_they_move_on(cluster):
+    retain_everything(cluster)
+    client = make_client(cluster)
+    try:
+        topics = spread_topics(cluster, per_bundle=2, prefix="pause")
+        consumers = {t: client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+                     for t in topics}
+        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
+                     for t in topics}
+        owners = {t: cluster.owner_of(t) for t in topics}
+        victim = max((1, 2), key=lambda i: list(owners.values()).count(i))
+        mine = [t for t in topics if owners[t] == victim]
+        assert mine, f"owners: {owners}"
+        pump = Pump(producers)
+        pump.start()
+        try:
+            pump.wait_acked(topics, {t: 0 for t in topics}, 5, 20, "before the pause")
+            cluster.pause(victim)
+            paused_at = time.monotonic()
+            # Its session expires; the next lookups place its bundles on the others.
+            wait_until(lambda: all(cluster.client_lookup(t) not in (None, victim) for t in mine),
+                       cluster.session_ttl_secs + 20,
+                       f"paused broker {victim}'s topics placed on another broker")
+            assert time.monotonic() - paused_at >= cluster.session_ttl_secs * 0.8, (
+                "its bundles were placed elsewhere before its session could expire")
+            new_owners = {t: cluster.owner_of(t) for t in mine}
+            cluster.resume(victim)
+            # Awake, it finds its session gone and closes its producers and
+            # consumers: they look their topics up again and reach the new owners.
+            for t in mine:
+                wait_until(lambda: served_at(cluster, new_owners[t], t, producers[t].producer_name(), "s"),
+                           RECOVERY_TIMEOUT_S,
+                           f"{t}'s producer and consumer served by broker {new_owners[t]} after broker "
+                           f"{victim} woke up (there: {topic_stats(cluster, new_owners[t], t)})",
+                           interval=0.2)
+            mark = pump.mark()
+            pump.wait_acked(topics, mark, 10, RECOVERY_TIMEOUT_S, "after the paused broker woke up")
+        finally:
+            pump.finish()
+        # The woken broker knows it no longer owns them.
+        for t in mine:
+            assert cluster.owner_of(t, via=victim) == new_owners[t], f"broker {victim}'s lookup of {t}"
+        # It registered again.
+        cluster.wait_members(20)
+        for t in topics:
+            receive_seqs(consumers[t], t, pump.acked_since(t, mark[t]), timeout=30)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("cluster", [SHORT_TTL], indirect=True, ids=["ttl3"])
+def test_a_pause_shorter_than_the_ttl_moves_nothing(cluster, client0):
+    """A broker stopped for a third of its ttl keeps its session, its
+    bundles and its clients: nothing reconnects."""
+    topics = spread_topics(cluster, per_bundle=1, prefix="blip")
+    producers = {t: client0.create_producer(t, batching_enabled=False) for t in topics}
+    for t, p in producers.items():
+        p.send(f"{t}|0".encode())
+    owners = {t: cluster.owner_of(t) for t in topics}
+    victim = max((1, 2), key=lambda i: list(owners.values()).count(i))
+    cluster.pause(victim)
+    time.sleep(cluster.session_ttl_secs / 3)  # the fault's length, not a synchronisation
+    cluster.resume(victim)
+    for t, p in producers.items():
+        p.send(f"{t}|1".encode())
+    for t in topics:
+        assert cluster.owner_of(t) == owners[t], f"{t} moved from broker {owners[t]} after a short pause"
+        count = producer_msg_in(cluster, owners[t], t, producers[t].producer_name())
+        assert count == 2, f"{t}'s producer on broker {owners[t]} has msgInCounter {count}: it reconnected"
+    assert sorted(cluster.listed(0) or []) == sorted(f"127.0.0.1:{b.http_port}" for b in cluster.brokers)
+
+
+@pytest.mark.parametrize("cluster", [SHORT_TTL], indirect=True, ids=["ttl3"])
+def test_a_broker_woken_after_losing_its_session_acknowledges_no_write_for_the_lost_bundle(cluster):
+    """A SEND that reached a paused broker's socket after its bundle went to
+    another broker must not be acknowledged when it wakes: the new owner
+    serves the topic now (in Pulsar the old owner's write fails on the
+    fenced ledger). It may be refused, or the producer or connection closed."""
+    topic, owner = elsewhere(cluster, "fence")
+    with wire.RawConnection("127.0.0.1", cluster.broker(owner).pulsar_port) as conn:
+        conn.handshake()
+        conn.send(wire.producer_cmd(topic, 1, 1))
+        name = wire.first(conn.expect(wire.PRODUCER_SUCCESS).body, 2).decode()
+        conn.send(wire.send_cmd(1, 0, name, b"before"))
+        conn.expect(wire.SEND_RECEIPT)
+        cluster.pause(owner)
+        wait_until(lambda: cluster.client_lookup(topic) not in (None, owner), cluster.session_ttl_secs + 20,
+                   f"paused broker {owner}'s bundle placed on another broker")
+        new_owner = cluster.owner_of(topic)
+        conn.send(wire.send_cmd(1, 1, name, b"while-paused"))  # waits in the paused broker's socket
+        cluster.resume(owner)
+        seen = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                f = conn.read_frame(max(0.1, deadline - time.monotonic()))
+            except (wire.Closed, TimeoutError):
+                break
+            seen.append(f)
+            if f.type in (wire.SEND_RECEIPT, wire.SEND_ERROR, wire.CLOSE_PRODUCER):
+                break
+        receipts = [f for f in seen if f.type == wire.SEND_RECEIPT]
+        assert not receipts, (
+            f"broker {owner} acknowledged a write to {topic} after broker {new_owner} took its bundle: {seen}")
+    assert cluster.owner_of(topic, via=owner) == new_owner
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_a_lookup_in_a_namespace_that_does_not_exist_answers_an_error_on_every_broker(cluster):
+    for topic in ("persistent://public/no-such-ns/t", "persistent://no-such-tenant/default/t"):
+        for i in range(3):
+            started = time.monotonic()
+            status, doc = cluster.lookup(topic, via=i, timeout=10)
+            assert status == 404, f"HTTP lookup of {topic} on broker {i}: {status} {doc!r}"
+            f = raw_lookup(cluster.broker(i).pulsar_port, topic)
+            assert wire.first(f.body, 3) == LOOKUP_FAILED, f"binary lookup of {topic} on broker {i}: {f}"
+            assert time.monotonic() - started < 5, "answered, not left hanging"
+    client = make_client(cluster, operation_timeout_seconds=5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(pulsar.PulsarException):
+            client.create_producer("persistent://public/no-such-ns/t")
+        assert time.monotonic() - started < 10, "the client got an error, not a hang"
+    finally:
+        client.close()
+    # The brokers keep serving.
+    for i in range(3):
+        assert cluster.owner_of(f"persistent://public/default/{unique('after')}", via=i) in (0, 1, 2)
+
+
+def test_unloading_a_namespace_or_bundle_that_does_not_exist_is_refused(cluster):
+    ranges = cluster.bundle_ranges()
+    lo, hi = ranges[0]
+    cases = [
+        ("/admin/v2/namespaces/public/no-such-ns/unload", "a namespace that does not exist"),
+        (f"/admin/v2/namespaces/public/no-such-ns/{bundle_name(ranges, 0)}/unload", "a bundle of no namespace"),
+        (f"/admin/v2/namespaces/public/default/{lo:#010x}_{(lo + hi) // 2:#010x}/unload", "half a bundle"),
+        ("/admin/v2/namespaces/public/default/nonsense/unload", "a malformed bundle"),
+    ]
+    for path, what in cases:
+        for i in range(3):
+            status, body = cluster.rest(i, "PUT", path, timeout=10)
+            assert 400 <= status < 500, f"unloading {what} on broker {i}: {status} {body[:300]!r}"
+    proc = cluster.admin(0, "namespaces", "unload", "public/no-such-ns")
+    assert proc.returncode != 0 and "no-such-ns" in proc.stderr, (proc.returncode, proc.stdout, proc.stderr)
+    for i in range(3):
+        assert cluster.client_lookup(f"persistent://public/default/{unique('after')}", via=i) is not None
+
+
+# ---------------------------------------------------------------- data following a topic (not yet)
+
+
+@pytest.mark.skip(reason=DATA_DOES_NOT_FOLLOW)
+def test_messages_stored_before_their_broker_stopped_are_delivered_by_the_new_owner(cluster, client0):
+    """Stopping the owner (not an unload, which may place a bundle back on
+    the same broker) makes its topics move. The consumer is away while the
+    topic moves (a connected one would have the messages prefetched)."""
+    topic, owner = elsewhere(cluster, "follow")
+    client0.subscribe(topic, "s").close()  # the subscription keeps what follows
+    producer = client0.create_producer(topic, batching_enabled=False)
+    for j in range(10):
+        producer.send(f"{topic}|{j}".encode())
+    assert cluster.stop(owner) == 0
+    assert cluster.client_lookup(topic, via=0) not in (None, owner)
+    consumer = client0.subscribe(topic, "s")
+    receive_seqs(consumer, topic, set(range(10)), timeout=20)
+
+
+@pytest.mark.skip(reason=DATA_DOES_NOT_FOLLOW)
+def test_a_subscriptions_position_follows_a_moved_topic(cluster, client0):
+    topic, owner = elsewhere(cluster, "cursor")
+    consumer = client0.subscribe(topic, "s")
+    producer = client0.create_producer(topic, batching_enabled=False)
+    for j in range(10):
+        producer.send(f"{topic}|{j}".encode())
+    got = receive_n(consumer, 10)
+    for m in got[:5]:
+        consumer.acknowledge(m)
+    consumer.close()  # its acknowledgements are flushed as it closes
+    assert cluster.stop(owner) == 0
+    assert cluster.client_lookup(topic, via=0) not in (None, owner)
+    consumer = client0.subscribe(topic, "s")
+    want = [f"{topic}|{j}".encode() for j in range(5, 10)]
+    assert payloads(receive_n(consumer, 5)) == want, "the unacknowledged half, and only it"
+    assert_no_more(consumer)
+
+
+@pytest.mark.skip(reason=DATA_DOES_NOT_FOLLOW)
+@pytest.mark.parametrize("cluster", [SHORT_TTL], indirect=True, ids=["ttl3"])
+def test_acknowledged_messages_survive_their_owner_being_killed(cluster):
+    client = make_client(cluster)
+    try:
+        topic, owner = elsewhere(cluster, "survive")
+        client.subscribe(topic, "s").close()  # the subscription keeps what follows
+        producer = client.create_producer(topic, batching_enabled=False)
+        for j in range(20):
+            producer.send(f"{topic}|{j}".encode())
+        cluster.kill(owner)
+        wait_until(lambda: cluster.client_lookup(topic) not in (None, owner), cluster.session_ttl_secs + 20,
+                   f"the killed broker {owner}'s bundle placed on another broker")
+        consumer = client.subscribe(topic, "s")
+        receive_seqs(consumer, topic, set(range(20)), timeout=RECOVERY_TIMEOUT_S)
+    finally:
+        client.close()
