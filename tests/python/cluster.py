@@ -110,9 +110,18 @@ class Etcd:
                     raise
                 self.client_port, self.peer_port = _free_ports(2)
 
-    def _start_once(self, timeout: float) -> None:
+    def restart(self, down_for: float = 0.0, timeout: float = ETCD_START_TIMEOUT_S) -> None:
+        """Kills etcd, keeps it down `down_for` seconds (the length of the
+        fault), then starts it again on the same ports and data (its keys
+        and leases survive) and waits until it is healthy."""
+        self.kill()
+        time.sleep(down_for)
+        self._start_once(timeout, fresh=False)
+
+    def _start_once(self, timeout: float, fresh: bool = True) -> None:
         assert not self.running, "etcd already running"
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if fresh:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
         client, peer = self.endpoint, f"http://127.0.0.1:{self.peer_port}"
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start at {time.strftime('%H:%M:%S')} =====\n".encode())

@@ -860,6 +860,70 @@ def test_a_broker_woken_after_losing_its_session_acknowledges_no_write_for_the_l
 # ---------------------------------------------------------------- bad input
 
 
+@pytest.fixture
+def own_etcd(tmp_path):
+    """An etcd of the test's own (the test restarts it)."""
+    from cluster import Etcd, etcd_binary
+
+    binary = etcd_binary()
+    if binary is None:
+        pytest.skip("no `etcd` binary (apt-get install etcd-server)")
+    (tmp_path / "own-etcd").mkdir()
+    e = Etcd(binary, tmp_path / "own-etcd")
+    e.start()
+    yield e
+    e.kill()
+
+
+@pytest.mark.parametrize("down_s,ttl_s", [(2, 10), (6, 3)], ids=["within-ttl", "past-ttl"])
+def test_clients_carry_on_across_an_etcd_restart(kilonova_bin, tmp_path, own_etcd, request, down_s, ttl_s):
+    """etcd killed and restarted (same data) while producers send to topics
+    on every broker. Down for less than the session ttl: the brokers keep
+    their sessions and bundles and keep acknowledging (publishing needs no
+    metadata). Down for longer: each broker's session lapses, it stops
+    acknowledging and closes its clients, and once etcd is back it registers
+    again; the clients find the topics again and carry on. Either way every
+    producer gets acknowledgements after the restart, and new topics can be
+    created."""
+    from cluster import Cluster
+
+    cluster = Cluster(kilonova_bin, tmp_path, own_etcd, session_ttl_secs=ttl_s)
+    request.node.kilonova_brokers = cluster.brokers
+    request.node.kilonova_etcd = own_etcd
+    cluster.start()
+    client = make_client(cluster)
+    try:
+        retain_everything(cluster)
+        topics = spread_topics(cluster, per_bundle=1, prefix="etcd")
+        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
+                     for t in topics}
+        owners = {t: cluster.owner_of(t) for t in topics}
+        assert set(owners.values()) == {0, 1, 2}, f"owners: {owners}"
+        pump = Pump(producers)
+        pump.start()
+        try:
+            pump.wait_acked(topics, {t: 0 for t in topics}, 5, 20, "before etcd's restart")
+            own_etcd.restart(down_for=down_s)
+            mark = pump.mark()
+            pump.wait_acked(topics, mark, 5, RECOVERY_TIMEOUT_S, "after etcd's restart")
+        finally:
+            pump.finish()
+        lost = [cluster.metric(i, "kilonova_cluster_sessions_lost_total") for i in range(3)]
+        if down_s < ttl_s:
+            assert {t: cluster.owner_of(t) for t in topics} == owners, "no bundle moved"
+            assert lost == [0, 0, 0], f"sessions lost per broker: {lost}"
+        else:
+            assert all(n >= 1 for n in lost), f"every broker's session lapsed: {lost}"
+        # Metadata writes work again: a new topic is created and served.
+        fresh = unique("persistent://public/default/after-etcd")
+        p = client.create_producer(fresh, send_timeout_millis=30_000)
+        p.send(b"after")
+    finally:
+        client.close()
+        failures = cluster.shutdown()
+    assert not failures, failures
+
+
 def test_a_lookup_in_a_namespace_that_does_not_exist_answers_an_error_on_every_broker(cluster):
     for topic in ("persistent://public/no-such-ns/t", "persistent://no-such-tenant/default/t"):
         for i in range(3):

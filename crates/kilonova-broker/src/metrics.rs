@@ -259,6 +259,8 @@ pub struct MetricsRegistry {
     subscription_updates: AtomicU64,
     /// Lookups answered (connect or redirect), redirected, failed.
     lookups: [AtomicU64; 3],
+    /// Metadata sessions lost (a cluster broker gave up its bundles).
+    sessions_lost: AtomicU64,
     /// Pulsar-protocol connections open now.
     connections: AtomicU64,
     /// Pulsar-protocol connections opened and closed since the start.
@@ -313,6 +315,10 @@ impl MetricsRegistry {
         if answer.is_some_and(|a| a.redirect) {
             self.lookups[1].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn count_session_lost(&self) {
+        self.sessions_lost.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_topic_fenced(&self) {
@@ -685,6 +691,11 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             "pulsar_broker_lookup_failures",
             "Lookups answered with an error",
             &registry.lookups[2],
+        ),
+        (
+            "kilonova_cluster_sessions_lost_total",
+            "Times this cluster broker lost (or could no longer vouch for) its metadata session and gave up its bundles",
+            &registry.sessions_lost,
         ),
         (
             "kilonova_replicated_subscription_updates_total",

@@ -67,6 +67,7 @@ impl Broker {
         let Some(m) = self.membership() else {
             return;
         };
+        self.metrics().count_session_lost();
         let lost = {
             let mut state = m.state();
             let held: Vec<_> = state.held.drain().map(|(k, _)| k).collect();
