@@ -19,6 +19,7 @@ use kilonova_storage::Position;
 
 use crate::cluster::LookupAnswer;
 use crate::error::BrokerError;
+use crate::listeners::ListenerUrls;
 
 fn base(t: Type) -> BaseCommand {
     BaseCommand {
@@ -95,23 +96,29 @@ pub(crate) fn send_error(
     }
 }
 
-/// The broker closes a producer; the client reconnects it.
-pub(crate) fn close_producer(producer_id: u64) -> BaseCommand {
+/// The broker closes a producer; the client reconnects it — to `to`, the
+/// topic's new owner, without a lookup, when the broker names one.
+pub(crate) fn close_producer(producer_id: u64, to: Option<&ListenerUrls>) -> BaseCommand {
     BaseCommand {
         close_producer: Some(Box::new(CommandCloseProducer {
             producer_id,
             request_id: 0,
+            assigned_broker_service_url: to.and_then(|u| u.plain.clone()),
+            assigned_broker_service_url_tls: to.and_then(|u| u.tls.clone()),
         })),
         ..base(Type::CloseProducer)
     }
 }
 
-/// The broker closes a consumer; the client reconnects it.
-pub(crate) fn close_consumer(consumer_id: u64) -> BaseCommand {
+/// The broker closes a consumer; the client reconnects it (to `to`, as
+/// [`close_producer`]).
+pub(crate) fn close_consumer(consumer_id: u64, to: Option<&ListenerUrls>) -> BaseCommand {
     BaseCommand {
         close_consumer: Some(Box::new(CommandCloseConsumer {
             consumer_id,
             request_id: 0,
+            assigned_broker_service_url: to.and_then(|u| u.plain.clone()),
+            assigned_broker_service_url_tls: to.and_then(|u| u.tls.clone()),
         })),
         ..base(Type::CloseConsumer)
     }

@@ -54,6 +54,7 @@ async fn close_consumer(c: &mut Raw, consumer_id: u64) {
         c.close_consumer = Some(Box::new(CommandCloseConsumer {
             consumer_id,
             request_id: 900 + consumer_id,
+            ..Default::default()
         }))
     }))
     .await;

@@ -339,6 +339,7 @@ impl Consumer {
                     b.close_consumer = Some(Box::new(CommandCloseConsumer {
                         consumer_id: self.id,
                         request_id,
+                        ..Default::default()
                     }))
                 }),
             )

@@ -549,6 +549,7 @@ impl Producer {
                     b.close_producer = Some(Box::new(CommandCloseProducer {
                         producer_id: self.shared.id,
                         request_id,
+                        ..Default::default()
                     }))
                 }),
             )

@@ -66,7 +66,7 @@ impl Broker {
             }
             let target = match authoritative {
                 true => m.id.clone(),
-                false => self.least_loaded(m, &key).await?,
+                false => self.least_loaded(m, &key, None).await?,
             };
             if target != m.id {
                 match self.answer_for(m, &target, listener, true).await? {
@@ -118,9 +118,15 @@ impl Broker {
 
     /// The live broker a new bundle goes to: the fewest bundles owned,
     /// ties broken by the bundle's hash (so that lookups of many bundles at
-    /// once, all seeing the same loads, spread them).
-    async fn least_loaded(&self, m: &Membership, key: &BundleKey) -> Result<String, BrokerError> {
+    /// once, all seeing the same loads, spread them); never `exclude`.
+    pub(super) async fn least_loaded(
+        &self,
+        m: &Membership,
+        key: &BundleKey,
+        exclude: Option<&str>,
+    ) -> Result<String, BrokerError> {
         let mut ids = self.resources().list_brokers(&m.cluster).await?;
+        ids.retain(|id| Some(id.as_str()) != exclude);
         ids.sort();
         let mut loads = Vec::with_capacity(ids.len());
         for id in ids {
@@ -145,7 +151,10 @@ impl Broker {
 }
 
 /// A registered broker's URLs for a client naming `listener`.
-fn record_urls(record: &BrokerRecord, listener: Option<&str>) -> Result<ListenerUrls, BrokerError> {
+pub(super) fn record_urls(
+    record: &BrokerRecord,
+    listener: Option<&str>,
+) -> Result<ListenerUrls, BrokerError> {
     let own = ListenerUrls {
         plain: record.pulsar_url.clone(),
         tls: record.pulsar_url_tls.clone(),

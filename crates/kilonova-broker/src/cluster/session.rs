@@ -76,7 +76,7 @@ impl Broker {
             held
         };
         for key in &lost {
-            self.close_bundle_topics(key).await;
+            self.close_bundle_topics(key, None).await;
         }
         {
             let mut state = m.state();

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::BundleKey;
 use crate::broker::Broker;
 use crate::error::BrokerError;
+use crate::listeners::ListenerUrls;
 use crate::topic::{AdminRequest, TopicCommand};
 
 /// How long a forwarded bundle unload may take.
@@ -23,7 +24,11 @@ impl Broker {
     /// Closes the loaded topics of bundle `key` here (producers and
     /// consumers get the protocol's close commands). Reads no metadata, so
     /// it works while the store is unreachable. Returns how many it closed.
-    pub(crate) async fn close_bundle_topics(&self, key: &BundleKey) -> usize {
+    pub(crate) async fn close_bundle_topics(
+        &self,
+        key: &BundleKey,
+        next_owner: Option<&ListenerUrls>,
+    ) -> usize {
         let names: Vec<TopicName> = self
             .loaded_topics_of(&key.0)
             .iter()
@@ -37,7 +42,10 @@ impl Broker {
             };
             let (reply, answer) = oneshot::channel();
             let request = TopicCommand::Admin {
-                request: AdminRequest::Unload,
+                request: match next_owner {
+                    Some(to) => AdminRequest::Handover { to: to.clone() },
+                    None => AdminRequest::Unload,
+                },
                 reply,
             };
             if handle.send(request).await.is_ok() && matches!(answer.await, Ok(Ok(_))) {
@@ -58,7 +66,7 @@ impl Broker {
     ) -> Result<bool, BrokerError> {
         let key = (ns.clone(), range);
         let Some(m) = self.membership() else {
-            let closed = self.close_bundle_topics(&key).await;
+            let closed = self.close_bundle_topics(&key, None).await;
             tracing::info!(bundle = %format!("{ns}/{range}"), topics = closed, "bundle unloaded");
             return Ok(true);
         };
@@ -70,11 +78,18 @@ impl Broker {
             state.releasing.insert(key.clone());
             epoch
         };
-        let closed = self.close_bundle_topics(&key).await;
+        // The next owner is chosen now and named to the clients, which
+        // reconnect there at once instead of looking the topics up again
+        // after a backoff; it takes the bundle when they arrive. So the
+        // bundle is released before its topics close. (Appends this broker
+        // still takes meanwhile are refused by the flush commit's epoch
+        // check once storage is shared.)
+        let next = self.next_owner(m, &key).await;
         let released = self
             .resources()
             .release_bundle(ns, range, &m.id, epoch)
             .await;
+        let closed = self.close_bundle_topics(&key, next.as_ref()).await;
         let (record, session) = {
             let mut state = m.state();
             state.releasing.remove(&key);
@@ -90,6 +105,23 @@ impl Broker {
             // Its topics are closed and the broker no longer serves it; the
             // key frees with the session if it could not be deleted.
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The URLs of the broker a bundle given up here should go to next:
+    /// the least loaded other live broker (none: no other broker, or the
+    /// choice failed — clients then look the topics up again).
+    async fn next_owner(&self, m: &super::Membership, key: &BundleKey) -> Option<ListenerUrls> {
+        let next = match self.least_loaded(m, key, Some(&m.id)).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::debug!(error = %e, "no next owner chosen for an unloaded bundle");
+                return None;
+            }
+        };
+        match self.resources().broker(&m.cluster, &next).await {
+            Ok(Some(record)) => super::lookup::record_urls(&record, None).ok(),
+            _ => None,
         }
     }
 

@@ -79,6 +79,11 @@ pub enum AdminRequest {
     LastMessageId,
     /// Closes every client (they reconnect) and unloads.
     Unload,
+    /// Unloads, telling every client to reconnect to `to` (the topic's
+    /// next owner, in a cluster) without looking the topic up again.
+    Handover {
+        to: crate::listeners::ListenerUrls,
+    },
     /// Deletes the topic's data and record; refused with clients unless `force`.
     Delete {
         force: bool,
@@ -417,7 +422,7 @@ impl Topic {
             AdminRequest::LastMessageId => {
                 Ok(AdminReply::LastMessageId(self.last_message_id_stats()))
             }
-            AdminRequest::Unload => Ok(AdminReply::Done),
+            AdminRequest::Unload | AdminRequest::Handover { .. } => Ok(AdminReply::Done),
             AdminRequest::Terminate => Err(BrokerError::NotAllowed(
                 "termination is answered by the serving loop".into(),
             )),
@@ -675,7 +680,7 @@ impl Topic {
             )));
         }
         for (key, out) in consumers {
-            out.command(commands::close_consumer(key.id));
+            out.command(commands::close_consumer(key.id, None));
             self.consumer_subs.remove(&key);
         }
         self.subscriptions.remove(name);

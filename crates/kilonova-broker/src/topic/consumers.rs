@@ -434,7 +434,7 @@ impl Topic {
         let keys: Vec<ConsumerKey> = sub.consumers.iter().map(|c| c.key).collect();
         for k in keys {
             if let Some(out) = sub.consumer_mut(k).map(|c| c.out.clone()) {
-                out.command(commands::close_consumer(k.id));
+                out.command(commands::close_consumer(k.id, None));
             }
             sub.remove_consumer(k);
             self.consumer_subs.remove(&k);

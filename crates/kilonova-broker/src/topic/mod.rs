@@ -236,6 +236,9 @@ pub(crate) struct Topic {
     /// a message stored after a failed one would make deduplication drop the
     /// failed one's resend.
     fenced: bool,
+    /// Where the clients go when the topic closes (its next owner, given
+    /// by a handover); none: they look the topic up again.
+    handover: Option<crate::listeners::ListenerUrls>,
     /// Non-persistent topics: the next synthetic entry id.
     next_transient_entry: u64,
     idle_since: Option<Instant>,
@@ -341,6 +344,7 @@ impl Topic {
             to_dispatch: HashSet::new(),
             appends: FuturesOrdered::new(),
             fenced: false,
+            handover: None,
             next_transient_entry: 0,
             idle_since: Some(now),
             metrics,
@@ -578,12 +582,15 @@ impl Topic {
     async fn shutdown_keeping_log(&mut self) {
         self.replicators.clear();
         self.close_producers();
+        let to = self.handover.as_ref();
         for p in self.waiting_exclusive.drain(..) {
-            p.conn.out.command(commands::close_producer(p.producer_id));
+            p.conn
+                .out
+                .command(commands::close_producer(p.producer_id, to));
         }
         for sub in self.subscriptions.values() {
             for c in &sub.consumers {
-                c.out.command(commands::close_consumer(c.key.id));
+                c.out.command(commands::close_consumer(c.key.id, to));
             }
         }
         while let Some(a) = self.appends.next().await {
@@ -663,8 +670,11 @@ impl Topic {
         reply: oneshot::Sender<Result<AdminReply, BrokerError>>,
         rx: &mut mpsc::Receiver<TopicCommand>,
     ) -> bool {
+        if let AdminRequest::Handover { to } = &request {
+            self.handover = Some(to.clone());
+        }
         let ends = match &request {
-            AdminRequest::Unload => Some(false),
+            AdminRequest::Unload | AdminRequest::Handover { .. } => Some(false),
             AdminRequest::Delete { .. } | AdminRequest::DeleteIfInactive { .. } => Some(true),
             _ => None,
         };

@@ -180,7 +180,8 @@ impl Topic {
     /// Closes every producer with CLOSE_PRODUCER (clients reconnect).
     pub(super) fn close_producers(&mut self) {
         for ((_, id), p) in self.producers.drain() {
-            p.out.command(commands::close_producer(id));
+            p.out
+                .command(commands::close_producer(id, self.handover.as_ref()));
         }
     }
 
