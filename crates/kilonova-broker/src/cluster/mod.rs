@@ -225,15 +225,23 @@ impl Broker {
     /// The namespace bundle `name` belongs to.
     pub async fn bundle_of(&self, name: &TopicName) -> Result<BundleKey, BrokerError> {
         let ns = name.namespace();
-        let policies = match self.resources().namespace(&ns).await {
-            Ok(p) => p,
-            Err(kilonova_metadata::MetadataError::NotFound(_)) => {
-                return Err(BrokerError::NamespaceNotFound(ns.to_string()))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let policies = self.namespace_policies(&ns).await?;
         let range = kilonova_metadata::bundles::bundle_of(&policies.bundles, name)?;
         Ok((ns, range))
+    }
+
+    /// The stored policies of `ns` (its bundles among them).
+    pub(crate) async fn namespace_policies(
+        &self,
+        ns: &NamespaceName,
+    ) -> Result<kilonova_metadata::policies::Policies, BrokerError> {
+        match self.resources().namespace(ns).await {
+            Ok(p) => Ok(p),
+            Err(kilonova_metadata::MetadataError::NotFound(_)) => {
+                Err(BrokerError::NamespaceNotFound(ns.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Refuses to load `name` unless this broker owns its bundle, taking

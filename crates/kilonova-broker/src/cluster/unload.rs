@@ -169,13 +169,7 @@ impl Broker {
         ns: &NamespaceName,
         authorization: Option<&str>,
     ) -> Result<usize, BrokerError> {
-        let policies = match self.resources().namespace(ns).await {
-            Ok(p) => p,
-            Err(kilonova_metadata::MetadataError::NotFound(_)) => {
-                return Err(BrokerError::NamespaceNotFound(ns.to_string()))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let policies = self.namespace_policies(ns).await?;
         let mut served = 0;
         for range in bundles::ranges(&policies.bundles)? {
             if self
