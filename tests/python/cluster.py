@@ -41,7 +41,7 @@ import zlib
 from pathlib import Path
 
 import wire
-from conftest import Broker, http, unique, wait_until
+from conftest import Broker, bearer, http, unique, wait_until
 
 ETCD_START_TIMEOUT_S = 30.0
 ADMIN_TIMEOUT_S = 30.0
@@ -185,8 +185,9 @@ class ClusterBroker(Broker):
 
 
 def cluster_config(etcd_endpoint: str, root: str, cluster_name: str, session_ttl_secs: int,
-                   broker_settings: dict | None = None) -> str:
-    """The TOML of one cluster broker (JSON scalars are valid TOML)."""
+                   broker_settings: dict | None = None, extra_toml: str = "") -> str:
+    """The TOML of one cluster broker (JSON scalars are valid TOML);
+    `extra_toml` is appended (other tables: `[auth]`, …)."""
     broker = {"cluster_name": cluster_name, **(broker_settings or {})}
     lines = ["[broker]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in broker.items()]
@@ -200,7 +201,7 @@ def cluster_config(etcd_endpoint: str, root: str, cluster_name: str, session_ttl
         f"endpoints = [{json.dumps(etcd_endpoint)}]",
         f"root = {json.dumps(root)}",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra_toml
 
 
 def _thread_states(pid: int) -> list[str]:
@@ -229,16 +230,22 @@ class Cluster:
 
     def __init__(self, binary: Path, root: Path, etcd: Etcd, size: int = 3,
                  session_ttl_secs: int = DEFAULT_SESSION_TTL_S,
-                 cluster_name: str = DEFAULT_CLUSTER_NAME, broker_settings: dict | None = None):
+                 cluster_name: str = DEFAULT_CLUSTER_NAME, broker_settings: dict | None = None,
+                 extra_toml: str = "", admin_token: str | None = None):
+        """`admin_token` (with authentication on in `extra_toml`) is sent by
+        every request of the harness: readiness, listings, metrics, REST and
+        `kilonova admin`."""
         self.binary = binary
         self.etcd = etcd
         self.name = cluster_name
         self.session_ttl_secs = session_ttl_secs
         self.metadata_root = f"/kilonova-{uuid.uuid4().hex[:12]}"
         config = cluster_config(etcd.endpoint, self.metadata_root, cluster_name,
-                                session_ttl_secs, broker_settings)
+                                session_ttl_secs, broker_settings, extra_toml)
+        self.admin_token = admin_token
         self.brokers: list[ClusterBroker] = [
-            ClusterBroker(binary, root / f"broker{i}-data", root / f"broker{i}.log", config=config)
+            ClusterBroker(binary, root / f"broker{i}-data", root / f"broker{i}.log", config=config,
+                          admin_token=admin_token)
             for i in range(size)
         ]
         self.paused: set[int] = set()
@@ -332,7 +339,7 @@ class Cluster:
         domain, tenant, ns, local = split_topic(topic)
         path = "/".join(urllib.parse.quote(p, safe="") for p in (tenant, ns, local))
         status, body = http("GET", f"{self.brokers[via].http_url}/lookup/v2/topic/{domain}/{path}",
-                            timeout=timeout)
+                            timeout=timeout, headers=bearer(self.admin_token))
         try:
             return status, json.loads(body)
         except ValueError:
@@ -385,7 +392,7 @@ class Cluster:
         """The brokers broker `i` lists for the cluster (`host:httpport`)."""
         try:
             status, body = http("GET", f"{self.brokers[i].http_url}/admin/v2/brokers/{self.name}",
-                                timeout=3.0)
+                                timeout=3.0, headers=bearer(self.admin_token))
             return json.loads(body) if status == 200 else None
         except (OSError, ValueError):
             return None
@@ -393,7 +400,8 @@ class Cluster:
     def metric(self, i: int, name: str) -> float:
         """The value of counter `name` on broker `i`'s /metrics (summed over
         its label sets); fails if the broker does not expose it."""
-        status, body = http("GET", f"{self.brokers[i].http_url}/metrics")
+        status, body = http("GET", f"{self.brokers[i].http_url}/metrics",
+                            headers=bearer(self.admin_token))
         assert status == 200, f"GET /metrics on broker {i}: {status} {body[:300]!r}"
         total, seen = 0.0, False
         for line in body.decode().splitlines():
@@ -408,7 +416,9 @@ class Cluster:
 
     def admin(self, i: int, *args) -> subprocess.CompletedProcess:
         """`kilonova admin --admin-url <broker i> ARGS…` (text output)."""
-        cmd = [str(self.binary), "admin", "--admin-url", self.brokers[i].http_url, *map(str, args)]
+        token = ["--auth-token", self.admin_token] if self.admin_token else []
+        cmd = [str(self.binary), "admin", "--admin-url", self.brokers[i].http_url, *token,
+               *map(str, args)]
         env = {k: v for k, v in os.environ.items() if k != "KILONOVA_ADMIN_URL"}
         env["NO_COLOR"] = "1"
         try:
@@ -428,7 +438,8 @@ class Cluster:
     def rest(self, i: int, method: str, path: str, body=None, timeout: float = 30.0) -> tuple[int, bytes]:
         data = None if body is None else json.dumps(body).encode()
         return http(method, f"{self.brokers[i].http_url}{path}", data,
-                    "application/json" if data is not None else None, timeout=timeout)
+                    "application/json" if data is not None else None, timeout=timeout,
+                    headers=bearer(self.admin_token))
 
     # Bundles.
 

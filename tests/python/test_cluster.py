@@ -24,6 +24,7 @@ and skipped.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import urllib.error
@@ -36,7 +37,7 @@ import pytest
 
 import wire
 from cluster import bundle_index, bundle_name, split_topic
-from conftest import (CLIENT_LOGGER, assert_no_more, collect_from, payloads, receive_n, unique,
+from conftest import (CLIENT_LOGGER, http, assert_no_more, collect_from, payloads, receive_n, unique,
                       wait_until)
 
 LOOKUP_REDIRECT = 0
@@ -923,6 +924,57 @@ def test_clients_carry_on_across_an_etcd_restart(kilonova_bin, tmp_path, own_etc
         fresh = unique("persistent://public/default/after-etcd")
         p = client.create_producer(fresh, send_timeout_millis=30_000)
         p.send(b"after")
+    finally:
+        client.close()
+        failures = cluster.shutdown()
+    assert not failures, failures
+
+
+def test_a_secured_cluster_sends_admin_requests_on_to_owners_with_their_credentials(
+        kilonova_bin, etcd, tmp_path, request):
+    """Token authentication on every broker: `kilonova admin` given broker
+    0 reaches topics other brokers serve (a 307 it follows with its token),
+    a namespace unload reaches every owner (forwarded with the caller's
+    credentials), and a request without a token is refused, not redirected."""
+    from cluster import Cluster
+
+    def cli(*args):
+        proc = subprocess.run([str(kilonova_bin), *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    secret = tmp_path / "secret.key"
+    cli("tokens", "create-secret-key", "--output", str(secret))
+    token = cli("tokens", "create", "--secret-key", f"file:{secret}", "--subject", "admin")
+    auth = ("[auth]\nauthentication_enabled = true\nsuper_user_roles = [\"admin\"]\n"
+            f"token_secret_key = {json.dumps('file:' + str(secret))}\n")
+    cluster = Cluster(kilonova_bin, tmp_path, etcd, extra_toml=auth, admin_token=token)
+    request.node.kilonova_brokers = cluster.brokers
+    request.node.kilonova_etcd = etcd
+    cluster.start()
+    client = pulsar.Client(cluster.broker(0).service_url, authentication=pulsar.AuthenticationToken(token),
+                           operation_timeout_seconds=30, logger=CLIENT_LOGGER)
+    try:
+        topics = spread_topics(cluster, per_bundle=1, prefix="secure")
+        producers = {t: client.create_producer(t) for t in topics}
+        for p in producers.values():
+            p.send(b"x")
+        owners = {t: cluster.owner_of(t) for t in topics}
+        elsewhere = [t for t in topics if owners[t] != 0]
+        assert elsewhere, f"owners: {owners}"
+        for t in elsewhere:
+            stats = json.loads(cluster.admin_ok(0, "topics", "stats", t))
+            assert stats["msgInCounter"] == 1, f"{t} (on broker {owners[t]}): {stats}"
+        _, tenant, ns, local = split_topic(elsewhere[0])
+        status, _ = http("GET", f"{cluster.broker(0).http_url}/admin/v2/persistent/{tenant}/{ns}/{local}/stats")
+        assert status == 401, f"a request without a token: {status}"
+        cluster.admin_ok(0, "namespaces", "unload", "public/default")
+        # Every owner unloaded its bundles: the producers were handed over
+        # to other brokers, where they send again.
+        for p in producers.values():
+            p.send(b"y")
+        moved = {t: cluster.owner_of(t) for t in topics}
+        assert all(moved[t] != owners[t] for t in topics), f"before {owners}, after {moved}"
     finally:
         client.close()
         failures = cluster.shutdown()

@@ -13,14 +13,18 @@ use kilonova_metadata::MetadataError;
 pub struct ApiError {
     pub status: StatusCode,
     pub reason: String,
-    /// The admin URL of the broker that serves what the request is about
+    /// The admin URLs of the broker that serves what the request is about
     /// (a 307 to the same path there: [`redirect_to_owner`]).
-    pub redirect: Option<String>,
+    pub redirect: Option<RedirectBase>,
 }
 
-/// The base URL a 307 answer sends the client to, for [`redirect_to_owner`].
+/// Where a 307 answer sends the client ([`redirect_to_owner`]): the
+/// owner's `http://` and `https://` admin URLs.
 #[derive(Clone, Debug)]
-struct RedirectBase(String);
+pub struct RedirectBase {
+    pub http: Option<String>,
+    pub https: Option<String>,
+}
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -53,7 +57,7 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if let Some(base) = self.redirect {
-            response.extensions_mut().insert(RedirectBase(base));
+            response.extensions_mut().insert(base);
         }
         response
     }
@@ -71,8 +75,18 @@ pub async fn redirect_to_owner(
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    // A request that came over TLS is sent on over TLS only.
+    let tls = req.extensions().get::<crate::server::OverTls>().is_some();
     let mut response = next.run(req).await;
-    if let Some(RedirectBase(base)) = response.extensions_mut().remove::<RedirectBase>() {
+    if let Some(to) = response.extensions_mut().remove::<RedirectBase>() {
+        let base = match tls {
+            true => to.https,
+            false => to.http.or(to.https),
+        };
+        let Some(base) = base else {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return response;
+        };
         let location = format!("{}{path}", base.trim_end_matches('/'));
         match axum::http::HeaderValue::from_str(&location) {
             Ok(v) => {
@@ -94,16 +108,14 @@ impl From<BrokerError> for ApiError {
             ..
         } = &e
         {
-            let base = match http_url.is_empty() {
-                false => Some(http_url.clone()),
-                true => https_url.clone(),
+            let to = RedirectBase {
+                http: Some(http_url.clone()).filter(|u| !u.is_empty()),
+                https: https_url.clone(),
             };
-            if let Some(base) = base {
-                return ApiError {
-                    redirect: Some(base),
-                    ..ApiError::new(StatusCode::TEMPORARY_REDIRECT, e.to_string())
-                };
-            }
+            return ApiError {
+                redirect: Some(to),
+                ..ApiError::new(StatusCode::TEMPORARY_REDIRECT, e.to_string())
+            };
         }
         let status = match &e {
             BrokerError::InvalidTopicName(_) | BrokerError::BadRequest(_) => {

@@ -26,6 +26,10 @@ use tokio_rustls::TlsAcceptor;
 use kilonova_broker::accept::{within_open_files, AcceptBackoff};
 use kilonova_broker::BrokerConfig;
 
+/// Marks a request that arrived over TLS (a redirect keeps to https).
+#[derive(Clone, Copy, Debug)]
+pub struct OverTls;
+
 /// How long a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,6 +38,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct AdminServer {
     router: axum::Router,
+    /// The same router, its requests marked as arrived over TLS ([`OverTls`]).
+    tls_router: axum::Router,
     slots: Arc<Semaphore>,
     header_read_timeout: Duration,
 }
@@ -51,6 +57,7 @@ impl AdminServer {
             );
         }
         AdminServer {
+            tls_router: router.clone().layer(axum::Extension(OverTls)),
             router,
             slots: Arc::new(Semaphore::new(max)),
             header_read_timeout: Duration::from_secs(config.http_header_read_timeout_secs.max(1)),
@@ -101,12 +108,12 @@ impl AdminServer {
                 let _slot = slot;
                 let _ = tcp.set_nodelay(true);
                 match tls {
-                    None => server.serve_connection(tcp, stop).await,
+                    None => server.serve_connection(tcp, false, stop).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                             .await
                         {
-                            Ok(Ok(stream)) => server.serve_connection(stream, stop).await,
+                            Ok(Ok(stream)) => server.serve_connection(stream, true, stop).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "{what} handshake failed")
                             }
@@ -122,11 +129,15 @@ impl AdminServer {
 
     /// Serves HTTP/1.1 requests on one connection until it closes, or until
     /// `stop` changes and its request in progress (if any) is answered.
-    async fn serve_connection<S>(&self, io: S, mut stop: watch::Receiver<bool>)
+    async fn serve_connection<S>(&self, io: S, tls: bool, mut stop: watch::Receiver<bool>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.router.clone());
+        let router = match tls {
+            true => self.tls_router.clone(),
+            false => self.router.clone(),
+        };
+        let service = TowerToHyperService::new(router);
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout);

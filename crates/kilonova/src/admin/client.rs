@@ -241,6 +241,28 @@ pub struct AdminClient {
     authorization: Option<HeaderValue>,
 }
 
+/// Redirects `send` follows at most.
+const MAX_REDIRECTS: usize = 5;
+
+/// Where a redirect from `from` points (its `Location`, relative to `from`).
+fn redirect_target(from: &Url, headers: &reqwest::header::HeaderMap) -> Result<Url, AdminError> {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            AdminError::Local(format!("{from} answered a redirect without a Location"))
+        })?;
+    let to = from
+        .join(location)
+        .map_err(|e| AdminError::Local(format!("{from} redirected to {location:?}: {e}")))?;
+    if from.scheme() == "https" && to.scheme() != "https" {
+        return Err(AdminError::Local(format!(
+            "{from} redirected to {to}: not following a redirect from https to plain http (credentials would go unencrypted)"
+        )));
+    }
+    Ok(to)
+}
+
 impl AdminClient {
     pub fn new(
         base: Url,
@@ -259,9 +281,12 @@ impl AdminClient {
                 Ok::<_, AdminError>(value)
             })
             .transpose()?;
+        // Redirects are followed by `send`, which keeps the credentials (a
+        // cluster's brokers redirect to a topic's owner, another host).
         let mut http = reqwest::Client::builder()
             .connect_timeout(request_timeout.min(Duration::from_secs(10)))
-            .timeout(request_timeout);
+            .timeout(request_timeout)
+            .redirect(reqwest::redirect::Policy::none());
         if base.scheme() == "https" {
             http = http.tls_backend_preconfigured(tls_config(trust_certs)?);
         }
@@ -281,24 +306,37 @@ impl AdminClient {
     }
 
     /// Sends one request; a non-2xx answer becomes [`AdminError::Http`].
+    /// A 307 or 308 (a cluster broker sending the request to the broker
+    /// that serves the topic, as Pulsar's do) is followed with the same
+    /// method, body and credentials, up to [`MAX_REDIRECTS`] times; never
+    /// from `https://` to `http://`.
     pub async fn send(
         &self,
         method: Method,
         path: &ApiPath,
         body: Option<&Value>,
     ) -> Result<Reply, AdminError> {
-        let url = path.url(&self.base)?;
-        let mut request = self.http.request(method.clone(), url.clone());
-        if let Some(auth) = &self.authorization {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport(&method, &url, &e))?;
+        let mut url = path.url(&self.base)?;
+        let mut hops = 0;
+        let response = loop {
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(auth) = &self.authorization {
+                request = request.header(AUTHORIZATION, auth.clone());
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport(&method, &url, &e))?;
+            let status = response.status();
+            if !matches!(status.as_u16(), 307 | 308) || hops == MAX_REDIRECTS {
+                break response;
+            }
+            hops += 1;
+            url = redirect_target(&url, response.headers())?;
+        };
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
@@ -388,6 +426,34 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn location(l: &str) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::LOCATION, l.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_redirect_goes_to_its_location_but_never_from_https_to_http() {
+        let from = Url::parse("http://b1:8080/admin/v2/persistent/t/ns/x/stats").unwrap();
+        let to = redirect_target(
+            &from,
+            &location("http://b2:8081/admin/v2/persistent/t/ns/x/stats"),
+        )
+        .unwrap();
+        assert_eq!(
+            to.as_str(),
+            "http://b2:8081/admin/v2/persistent/t/ns/x/stats"
+        );
+        let relative = redirect_target(&from, &location("/admin/v2/other")).unwrap();
+        assert_eq!(relative.as_str(), "http://b1:8080/admin/v2/other");
+        let secure = Url::parse("https://b1:8443/admin/v2/x").unwrap();
+        assert!(redirect_target(&secure, &location("https://b2:8443/admin/v2/x")).is_ok());
+        let e = redirect_target(&secure, &location("http://b2:8080/admin/v2/x")).unwrap_err();
+        assert!(e.to_string().contains("https to plain http"), "{e}");
+        let none = redirect_target(&from, &reqwest::header::HeaderMap::new()).unwrap_err();
+        assert!(none.to_string().contains("without a Location"), "{none}");
+    }
 
     fn url(path: &ApiPath, base: &str) -> String {
         path.url(&Url::parse(base).unwrap()).unwrap().to_string()
