@@ -72,6 +72,21 @@ def test_consumer_and_publisher_identity_fields(broker, client):
     assert isinstance(p["msgThroughputIn"], float) and isinstance(p["averageMsgSize"], float), p
     consumer.close()
     producer.close()
+    # connectedSince is when the producer registered, as Pulsar's, not when
+    # its connection was made: one created later on the same client's
+    # connection shows a later time (ISO times of one format sort as text).
+    wait_until(lambda: datetime_now_iso() > p["connectedSince"], WAIT_S, "the clock to move past it")
+    later = client.create_producer(topic, producer_name="p2")
+    [p2] = stats(broker, topic)["publishers"]
+    assert p2["connectedSince"] > p["connectedSince"], (p, p2)
+    later.close()
+
+
+def datetime_now_iso() -> str:
+    """Now, as the broker writes connectedSince (UTC, milliseconds)."""
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 def test_rates_are_measured_per_subscription_consumer_and_publisher(broker, client):

@@ -116,7 +116,7 @@ impl Topic {
             .as_ref()
             .and_then(|l| l.cursor_info(&cmd.subscription).ok())
             .map(|i| i.read_position);
-        let consumer = new_consumer(key, conn, cmd);
+        let consumer = new_consumer(key, conn, cmd, self.broker.clock().now_ms());
         let sub = self
             .subscriptions
             .get_mut(&cmd.subscription)
@@ -576,8 +576,8 @@ impl Topic {
 /// broker cannot be reached).
 pub(super) const READER_RETURN_GRACE: Duration = Duration::from_secs(30);
 
-/// The consumer a SUBSCRIBE describes, with no permits yet.
-fn new_consumer(key: ConsumerKey, conn: ConnCtx, cmd: &CommandSubscribe) -> Consumer {
+/// The consumer a SUBSCRIBE describes, with no permits yet, registered at `now_ms`.
+fn new_consumer(key: ConsumerKey, conn: ConnCtx, cmd: &CommandSubscribe, now_ms: u64) -> Consumer {
     let sticky_ranges = cmd
         .key_shared_meta
         .as_ref()
@@ -604,7 +604,7 @@ fn new_consumer(key: ConsumerKey, conn: ConnCtx, cmd: &CommandSubscribe) -> Cons
         bytes_out: 0,
         msg_redeliver: 0,
         unacked: 0,
-        client: conn.client,
+        client: conn.client.registered_at(now_ms),
         meter_out: Default::default(),
         meter_redeliver: Default::default(),
         max_unacked: None,

@@ -83,8 +83,20 @@ pub(crate) struct ClientInfo {
     pub address: std::sync::Arc<str>,
     /// What the client announced in CONNECT (at most 128 bytes).
     pub client_version: std::sync::Arc<str>,
-    /// When its connection completed CONNECT (ms since the epoch).
+    /// When the producer or consumer registered (ms since the epoch;
+    /// Pulsar's `connectedSince`: a client re-registering on the same
+    /// connection starts again). On the connection: when it completed CONNECT.
     pub connected_since_ms: u64,
+}
+
+impl ClientInfo {
+    /// This client as a producer or consumer registered at `now_ms`.
+    pub(crate) fn registered_at(&self, now_ms: u64) -> ClientInfo {
+        ClientInfo {
+            connected_since_ms: now_ms,
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for ClientInfo {

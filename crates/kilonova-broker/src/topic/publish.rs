@@ -314,7 +314,7 @@ impl Topic {
                 exclusive,
                 msg_in: 0,
                 bytes_in: 0,
-                client: p.conn.client.clone(),
+                client: p.conn.client.registered_at(self.broker.clock().now_ms()),
                 meter_in: Default::default(),
             },
         );
