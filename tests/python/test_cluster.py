@@ -390,6 +390,33 @@ def elsewhere(cluster, prefix: str, not_on: int = 0) -> tuple[str, int]:
     raise AssertionError(f"every bundle of public/default was placed on broker {not_on}")
 
 
+def test_a_policy_set_through_one_broker_applies_on_the_broker_serving_the_topic(cluster, client0):
+    """Policies live in etcd; every broker's policy cache watches them. A
+    namespace's maxProducersPerTopic set through broker 0 holds on a topic
+    another broker serves, and lifting it there lets a second producer in."""
+    topic, owner = elsewhere(cluster, "policy")
+    first = client0.create_producer(topic)
+    status, body = cluster.rest(0, "POST", "/admin/v2/namespaces/public/default/maxProducersPerTopic", 1)
+    assert status in (200, 204), (status, body)
+    wait_until(lambda: second_producer_refused(client0, topic), 10,
+               f"broker {owner} refusing a second producer under maxProducersPerTopic=1 set through broker 0")
+    status, body = cluster.rest(0, "DELETE", "/admin/v2/namespaces/public/default/maxProducersPerTopic")
+    assert status in (200, 204), (status, body)
+    wait_until(lambda: not second_producer_refused(client0, topic), 10,
+               f"broker {owner} letting a second producer in once the policy is removed")
+    first.close()
+
+
+def second_producer_refused(client, topic: str) -> bool:
+    """Whether one more producer on `topic` is refused as busy."""
+    try:
+        p = client.create_producer(topic)
+    except pulsar.ProducerBusy:
+        return True
+    p.close()
+    return False
+
+
 @pytest.mark.parametrize("bundles", [6, 8])
 def test_a_namespace_created_on_one_broker_is_served_by_all_with_its_bundles_spread_evenly(
         cluster, client0, bundles):
