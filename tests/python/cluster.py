@@ -41,7 +41,7 @@ import zlib
 from pathlib import Path
 
 import wire
-from conftest import Broker, bearer, http, unique, wait_until
+from conftest import Broker, bearer, http, unique, wait_process_ready, wait_until
 
 ETCD_START_TIMEOUT_S = 30.0
 ADMIN_TIMEOUT_S = 30.0
@@ -143,24 +143,12 @@ class Etcd:
                 ],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            if self.proc.poll() is not None:
-                raise _EtcdExited(f"etcd exited with code {self.proc.returncode}\n" + self.log_tail())
-            try:
-                status, body = http("GET", f"{self.endpoint}/health", timeout=1.0)
-                if status == 200 and json.loads(body).get("health") == "true":
-                    return
-                last = (status, body[:200])
-            except (OSError, ValueError) as e:
-                last = e
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"etcd on {self.endpoint} not healthy within {timeout}s "
-                    f"(last answer: {last!r})\n" + self.log_tail()
-                )
-            time.sleep(0.05)
+        def healthy():
+            status, body = http("GET", f"{self.endpoint}/health", timeout=1.0)
+            return status == 200 and json.loads(body).get("health") == "true", (status, body[:200])
+
+        wait_process_ready(self.proc, healthy, timeout, f"etcd on {self.endpoint}", self.log_tail,
+                           _EtcdExited, interval=0.05)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

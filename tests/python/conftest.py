@@ -423,6 +423,29 @@ SEAWEED_SECRET_KEY = "kilonova-test-secret"
 SEAWEED_START_TIMEOUT_S = 60.0
 
 
+def wait_process_ready(proc: subprocess.Popen, probe, timeout: float, what: str, log_tail,
+                       exited: type[Exception], interval: float) -> None:
+    """Polls `probe()` — (ready, what it answered); OSError or ValueError
+    count as not ready — every `interval` seconds until it says ready.
+    Raises `exited` if the process ends first, AssertionError past
+    `timeout`; both with `log_tail()`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        if proc.poll() is not None:
+            raise exited(f"{what} exited with code {proc.returncode}\n" + log_tail())
+        try:
+            ready, last = probe()
+            if ready:
+                return
+        except (OSError, ValueError) as e:
+            last = e
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not ready within {timeout}s (last answer: {last!r})\n"
+                                 + log_tail())
+        time.sleep(interval)
+
+
 def weed_binary() -> str | None:
     """The SeaweedFS `weed` binary: $KILONOVA_WEED_BIN, else `weed` on PATH."""
     env = os.environ.get("KILONOVA_WEED_BIN")
@@ -572,24 +595,12 @@ class Seaweed:
                 ],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            if self.proc.poll() is not None:
-                raise _WeedExited(f"weed exited with code {self.proc.returncode}\n" + self.log_tail())
-            try:
-                status, body = self.request("PUT", "kilonova-ready", "ready", b"ok", timeout=5.0)
-                if status == 200:
-                    return
-                last = (status, body[:200])
-            except OSError as e:
-                last = e
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"SeaweedFS S3 on {self.endpoint} took no write within {timeout}s "
-                    f"(last answer: {last!r})\n" + self.log_tail()
-                )
-            time.sleep(0.2)
+        def takes_a_write():
+            status, body = self.request("PUT", "kilonova-ready", "ready", b"ok", timeout=5.0)
+            return status == 200, (status, body[:200])
+
+        wait_process_ready(self.proc, takes_a_write, timeout, f"SeaweedFS S3 on {self.endpoint}",
+                           self.log_tail, _WeedExited, interval=0.2)
 
     def kill(self) -> None:
         """SIGKILL and reap (the store goes down as in a crash)."""

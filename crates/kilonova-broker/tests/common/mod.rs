@@ -46,10 +46,7 @@ pub async fn start_with_clock(
     clock: kilonova_broker::clock::SharedClock,
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut sc = StoreConfig::new(dir.path().join("storage"));
-    sc.log_file_bytes = 16 << 20;
-    let store = SegmentStore::open(sc).unwrap();
-    let state = Arc::new(DirStateStore::open(dir.path().join("state")).unwrap());
+    let (store, state) = storage(&dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metadata =
@@ -69,6 +66,21 @@ pub async fn start_with_clock(
         clock,
     )
     .unwrap();
+    serving(broker, listener, dir)
+}
+
+/// A segment store and state store in `dir`.
+fn storage(dir: &tempfile::TempDir) -> (SegmentStore, Arc<DirStateStore>) {
+    let mut sc = StoreConfig::new(dir.path().join("storage"));
+    sc.log_file_bytes = 16 << 20;
+    let store = SegmentStore::open(sc).unwrap();
+    let state = Arc::new(DirStateStore::open(dir.path().join("state")).unwrap());
+    (store, state)
+}
+
+/// `broker` accepting Pulsar connections on `listener` until the server drops.
+fn serving(broker: Broker, listener: tokio::net::TcpListener, dir: tempfile::TempDir) -> Server {
+    let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = watch::channel(false);
     let (close, close_rx) = watch::channel(false);
     tokio::spawn(accept_loop(
@@ -253,10 +265,7 @@ pub async fn start_cluster_member(
     ttl: Duration,
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut sc = StoreConfig::new(dir.path().join("storage"));
-    sc.log_file_bytes = 16 << 20;
-    let store = SegmentStore::open(sc).unwrap();
-    let state = Arc::new(DirStateStore::open(dir.path().join("state")).unwrap());
+    let (store, state) = storage(&dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = BrokerConfig::default();
@@ -286,20 +295,5 @@ pub async fn start_cluster_member(
         })
         .await
         .unwrap();
-    let (stop, stop_rx) = watch::channel(false);
-    let (close, close_rx) = watch::channel(false);
-    tokio::spawn(accept_loop(
-        broker.clone(),
-        listener,
-        None,
-        stop_rx,
-        close_rx,
-    ));
-    Server {
-        broker,
-        addr,
-        _dir: dir,
-        _stop: stop,
-        _close: close,
-    }
+    serving(broker, listener, dir)
 }
