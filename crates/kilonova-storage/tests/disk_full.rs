@@ -5,21 +5,35 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use kilonova_storage::{SegmentStore, StorageError, StoreConfig, StoreHealth, StoreTrouble};
 
-struct Tmpfs(tempfile::TempDir);
+/// The tests of this file run one at a time. Each forks `mount` and
+/// `umount`, and a forked child shares the parent's open files until it
+/// execs — the lock file of a store among them: a test closing a store and
+/// opening it again at once could find its own released lock still held by
+/// another test's child (flock belongs to the open file, not the process).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A mounted tmpfs, and this test's turn (see [`ONE_AT_A_TIME`]), held
+/// until the tmpfs is unmounted.
+struct Tmpfs(
+    tempfile::TempDir,
+    #[allow(dead_code)] MutexGuard<'static, ()>,
+);
 
 impl Tmpfs {
     fn mount(bytes: u64) -> Option<Tmpfs> {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
-        ok.then_some(Tmpfs(dir))
+        ok.then_some(Tmpfs(dir, turn))
     }
 
     /// A 4 MiB tmpfs, or `None` (the test skips) where mounting needs root we lack.
