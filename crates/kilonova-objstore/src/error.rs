@@ -47,6 +47,16 @@ pub enum ObjectStoreError {
     /// Reading the segment from the local store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A write-ahead object is durable but its flush commit failed
+    /// ([`crate::wal::FlushCommit`]): its appends are not acknowledged.
+    /// [`crate::wal::CommitError::Deposed`] says the writer's broker lost a
+    /// bundle; [`crate::wal::CommitError::Unavailable`] that the metadata
+    /// store could not be reached (the commit may have landed).
+    #[error("the flush commit of write-ahead object {key:?} failed: {error}")]
+    FlushCommit {
+        key: String,
+        error: crate::wal::CommitError,
+    },
     /// Any other failure of the store (an I/O error of the filesystem driver,
     /// an unexpected answer).
     #[error("object store {op} of {key:?} failed: {detail}")]

@@ -16,12 +16,23 @@
 //! writer, sequence numbers from 1): nothing ever overwrites an object. A
 //! failed flush fails every append it held (the store's own retries have
 //! run by then); the caller decides what its publishes get. Appends queued
-//! behind it go in the next flush. Which objects a log's entries are in is
-//! the caller's to record (the flush commit in the metadata store).
+//! behind it go in the next flush.
+//!
+//! Which objects a log's entries are in is the caller's to record: a writer
+//! started with [`WalWriter::start_with_commit`] hands each durable flush
+//! to a [`FlushCommit`] (in cluster mode, one metadata transaction per
+//! flush guarded by the bundles' ownership epochs) and resolves the flush's
+//! appends only once that returned `Ok`; a failed commit fails every append
+//! of the flush ([`ObjectStoreError::FlushCommit`]). The PUT and the commit
+//! of one flush finish before the next flush starts, so commits land in
+//! sequence order. [`tail`] reads a log's committed entries back.
 
+mod commit;
 pub mod format;
 mod reader;
+pub mod tail;
 
+pub use commit::{CommitError, CommitFuture, FlushCommit, FlushEntry, FlushSummary};
 pub use reader::WalReader;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,8 +86,12 @@ pub struct WalPosition {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
     pub appends: u64,
+    /// Flushes whose object is durable and whose commit (if any) returned Ok.
     pub flushes: u64,
+    /// Flushes whose PUT or commit failed.
     pub failed_flushes: u64,
+    /// Commits that failed (a subset of `failed_flushes`).
+    pub failed_commits: u64,
     pub bytes: u64,
 }
 
@@ -85,11 +100,13 @@ struct Counters {
     appends: AtomicU64,
     flushes: AtomicU64,
     failed_flushes: AtomicU64,
+    failed_commits: AtomicU64,
     bytes: AtomicU64,
 }
 
 struct Append {
     log: u64,
+    tag: u64,
     data: Bytes,
     queued: Instant,
     done: oneshot::Sender<Result<WalPosition>>,
@@ -105,8 +122,25 @@ pub struct WalWriter {
 }
 
 impl WalWriter {
-    /// Starts a writer (its flushing task) on the current tokio runtime.
+    /// Starts a writer (its flushing task) on the current tokio runtime; an
+    /// append resolves once its object is durable.
     pub fn start(bucket: Bucket, config: WalConfig) -> Self {
+        Self::spawn(bucket, config, None)
+    }
+
+    /// Starts a writer whose every flush is committed by `committer` after
+    /// its object is durable: an append resolves `Ok` only once both are
+    /// done, and fails with [`ObjectStoreError::FlushCommit`] if the commit
+    /// failed.
+    pub fn start_with_commit(
+        bucket: Bucket,
+        config: WalConfig,
+        committer: Arc<dyn FlushCommit>,
+    ) -> Self {
+        Self::spawn(bucket, config, Some(committer))
+    }
+
+    fn spawn(bucket: Bucket, config: WalConfig, committer: Option<Arc<dyn FlushCommit>>) -> Self {
         let (tx, rx) = mpsc::channel(config.queue_entries.max(1));
         let counters = Arc::new(Counters::default());
         let incarnation: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
@@ -115,6 +149,7 @@ impl WalWriter {
             config,
             counters: counters.clone(),
             incarnation: incarnation.clone(),
+            committer,
             sequence: 0,
             next: None,
         };
@@ -126,8 +161,17 @@ impl WalWriter {
         }
     }
 
-    /// Queues `data` for log `log`; resolves once it is durable (or its flush failed).
+    /// Queues `data` for log `log` (tag 0); resolves once it is durable and
+    /// committed (or its flush failed).
     pub async fn append(&self, log: u64, data: Bytes) -> Result<WalPosition> {
+        self.append_tagged(log, 0, data).await
+    }
+
+    /// Queues `data` for log `log` with the caller's `tag` (its index in the
+    /// log), which the flush commit receives with the entry's place
+    /// ([`FlushEntry`]); resolves once it is durable and committed (or its
+    /// flush failed).
+    pub async fn append_tagged(&self, log: u64, tag: u64, data: Bytes) -> Result<WalPosition> {
         let (done, answer) = oneshot::channel();
         let closed = || ObjectStoreError::Failed {
             op: "wal append",
@@ -137,6 +181,7 @@ impl WalWriter {
         self.tx
             .send(Append {
                 log,
+                tag,
                 data,
                 queued: Instant::now(),
                 done,
@@ -157,6 +202,7 @@ impl WalWriter {
             appends: c.appends.load(Ordering::Relaxed),
             flushes: c.flushes.load(Ordering::Relaxed),
             failed_flushes: c.failed_flushes.load(Ordering::Relaxed),
+            failed_commits: c.failed_commits.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
         }
     }
@@ -167,6 +213,7 @@ struct Flusher {
     config: WalConfig,
     counters: Arc<Counters>,
     incarnation: Arc<str>,
+    committer: Option<Arc<dyn FlushCommit>>,
     sequence: u64,
     /// An append taken from the queue that did not fit the last flush.
     next: Option<Append>,
@@ -229,13 +276,17 @@ impl Flusher {
                 detail: e.to_string(),
             }),
         };
+        let object: Arc<str> = key.into();
+        let result = match result {
+            Ok(()) => self.commit(&object, sequence, &batch).await,
+            Err(e) => Err(e),
+        };
         let c = &self.counters;
         c.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 c.flushes.fetch_add(1, Ordering::Relaxed);
                 c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                let object: Arc<str> = key.into();
                 for (i, a) in batch.into_iter().enumerate() {
                     let _ = a.done.send(Ok(WalPosition {
                         object: object.clone(),
@@ -246,16 +297,64 @@ impl Flusher {
             }
             Err(e) => {
                 c.failed_flushes.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%key, entries = batch.len(), error = %e, "a write-ahead flush failed: its appends fail");
-                let detail = e.to_string();
+                if matches!(e, ObjectStoreError::FlushCommit { .. }) {
+                    c.failed_commits.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(key = %object, entries = batch.len(), error = %e, "a write-ahead flush failed: its appends fail");
                 for a in batch {
-                    let _ = a.done.send(Err(ObjectStoreError::Failed {
-                        op: "wal flush",
-                        key: key.clone(),
-                        detail: detail.clone(),
-                    }));
+                    let _ = a.done.send(Err(for_each_append(&object, &e)));
                 }
             }
         }
+    }
+
+    /// Commits the durable flush `object` (Ok without a committer).
+    async fn commit(&self, object: &Arc<str>, sequence: u64, batch: &[Append]) -> Result<()> {
+        let Some(committer) = &self.committer else {
+            return Ok(());
+        };
+        let summary = FlushSummary {
+            object: object.clone(),
+            incarnation: self.incarnation.clone(),
+            sequence,
+            entries: batch
+                .iter()
+                .enumerate()
+                .map(|(i, a)| FlushEntry {
+                    log: a.log,
+                    tag: a.tag,
+                    index: i as u32,
+                })
+                .collect(),
+        };
+        committer
+            .commit(&summary)
+            .await
+            .map_err(|error| ObjectStoreError::FlushCommit {
+                key: object.to_string(),
+                error,
+            })
+    }
+}
+
+/// A failed flush's error, for each of its appends: a failed commit and an
+/// unavailable store keep their kind (what a caller acts on), the rest say
+/// what failed.
+fn for_each_append(object: &str, e: &ObjectStoreError) -> ObjectStoreError {
+    match e {
+        ObjectStoreError::FlushCommit { key, error } => ObjectStoreError::FlushCommit {
+            key: key.clone(),
+            error: error.clone(),
+        },
+        ObjectStoreError::Unavailable { op, key, detail } => ObjectStoreError::Unavailable {
+            op,
+            key: key.clone(),
+            detail: detail.clone(),
+        },
+        other => ObjectStoreError::Failed {
+            op: "wal flush",
+            key: object.to_string(),
+            detail: other.to_string(),
+        },
     }
 }

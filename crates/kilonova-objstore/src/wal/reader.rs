@@ -75,21 +75,68 @@ impl WalReader {
     /// range request from its first entry to its last).
     pub async fn read_log(&self, key: &str, index: &WalIndex, log: u64) -> Result<Vec<Bytes>> {
         let mine: Vec<&WalRecord> = index.records.iter().filter(|r| r.log == log).collect();
-        let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
-            return Ok(Vec::new());
-        };
-        let start = first.offset;
-        let span = self
-            .bucket
-            .get_range(key, start..last.offset + u64::from(last.len))
-            .await?;
-        mine.into_iter()
-            .map(|r| {
-                let from = (r.offset - start) as usize;
-                check(key, r, span.slice(from..from + r.len as usize))
-            })
-            .collect()
+        read_span(&self.bucket, key, &mine).await
     }
+
+    /// The entries at `positions` of the object (increasing places, each an
+    /// entry of log `log`), with one range request from the first to the
+    /// last. A place outside the object is [`ObjectStoreError::NoSuchEntry`];
+    /// places out of order or an entry of another log is
+    /// [`ObjectStoreError::Corrupt`] (the caller's record does not describe
+    /// this object).
+    pub async fn read_entries(
+        &self,
+        key: &str,
+        index: &WalIndex,
+        log: u64,
+        positions: &[u32],
+    ) -> Result<Vec<Bytes>> {
+        let mut records = Vec::with_capacity(positions.len());
+        for (n, &i) in positions.iter().enumerate() {
+            if n > 0 && positions[n - 1] >= i {
+                return Err(corrupt(key, format!("entry places out of order at {i}")));
+            }
+            let r = index
+                .records
+                .get(i as usize)
+                .ok_or_else(|| ObjectStoreError::NoSuchEntry {
+                    key: key.to_string(),
+                    entry: u64::from(i),
+                    entries: index.records.len() as u64,
+                })?;
+            if r.log != log {
+                return Err(corrupt(
+                    key,
+                    format!("entry {i} is log {}'s, not log {log}'s", r.log),
+                ));
+            }
+            records.push(r);
+        }
+        read_span(&self.bucket, key, &records).await
+    }
+}
+
+/// The entries `records` (in object order) with one range request from the
+/// first to the last, each checked.
+async fn read_span(bucket: &Bucket, key: &str, records: &[&WalRecord]) -> Result<Vec<Bytes>> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Ok(Vec::new());
+    };
+    let start = first.offset;
+    let span = bucket
+        .get_range(key, start..last.offset + u64::from(last.len))
+        .await?;
+    records
+        .iter()
+        .map(|r| {
+            let from = (r.offset - start) as usize;
+            let bytes = span
+                .get(from..from + r.len as usize)
+                .map(|b| span.slice_ref(b))
+                .ok_or_else(|| corrupt(key, "an entry outside the range read"))?;
+            check(key, r, bytes)
+        })
+        .collect()
 }
 
 fn check(key: &str, r: &WalRecord, bytes: Bytes) -> Result<Bytes> {
