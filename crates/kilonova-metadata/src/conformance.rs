@@ -1189,6 +1189,21 @@ pub async fn flush_commits_write_one_record_per_bundle_in_one_transaction(
         r.commit_flush(&many, 3, too_many).await,
         Err(FlushIndexError::TooManyBundles { .. })
     ));
+    let huge = crate::wal_index::FlushRecord {
+        object: "wal/x/3.wal".into(),
+        topics: vec![crate::wal_index::FlushTopic {
+            topic: placed[0].0.to_string(),
+            log: 0,
+            first_index: 3,
+            count: 300_000,
+            positions: (0..300_000).collect(),
+        }],
+    };
+    assert!(matches!(
+        r.commit_flush(&held, 3, vec![(ns.clone(), placed[0].1, huge)])
+            .await,
+        Err(FlushIndexError::TooLarge { .. })
+    ));
     assert!(matches!(
         r.commit_flush(&held[..1], 3, flush::records("wal/x/3.wal", &placed, 3))
             .await,

@@ -38,6 +38,12 @@ const ROOT: &str = "/wal-index";
 /// check and a write in a transaction of at most [`MAX_TXN_OPS`] operations.
 pub const MAX_FLUSH_BUNDLES: usize = MAX_TXN_OPS / 2;
 
+/// The most bytes of records one flush commit writes: etcd refuses a
+/// request over `--max-request-bytes` (1.5 MiB by default), and the
+/// transaction carries keys and checks besides. A writer keeps its flushes
+/// well below (kilonova-objstore's `WalConfig::max_object_entries`).
+pub const MAX_FLUSH_COMMIT_BYTES: usize = 1 << 20;
+
 /// One flush's entries of one bundle's topics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -82,6 +88,10 @@ pub enum FlushIndexError {
     /// flush less at a time (or the broker own fewer bundles).
     #[error("a flush touching {bundles} bundles cannot be committed in one metadata transaction (at most {MAX_FLUSH_BUNDLES})")]
     TooManyBundles { bundles: usize },
+    /// The records together are over [`MAX_FLUSH_COMMIT_BYTES`]. Nothing was
+    /// written; the writer must flush fewer entries at a time.
+    #[error("a flush's records of {bytes} bytes cannot be committed in one metadata transaction (at most {MAX_FLUSH_COMMIT_BYTES})")]
+    TooLarge { bytes: usize },
     /// A record for a bundle the caller does not say it holds.
     #[error("flush record for bundle {ns}/{range}, which is not held")]
     NotHeld {
@@ -215,8 +225,9 @@ impl Resources {
     /// those bundles is still owned at that epoch — [`Commit::Deposed`] and
     /// nothing written if one is not. Bundles in `held` that the flush does
     /// not touch are not checked. At most [`MAX_FLUSH_BUNDLES`] bundles
-    /// ([`FlushIndexError::TooManyBundles`]: refused whole, not split, so a
-    /// flush is recorded entirely or not at all).
+    /// ([`FlushIndexError::TooManyBundles`]) and [`MAX_FLUSH_COMMIT_BYTES`]
+    /// of records ([`FlushIndexError::TooLarge`]): refused whole, not split,
+    /// so a flush is recorded entirely or not at all.
     pub async fn commit_flush(
         &self,
         held: &[Held],
@@ -230,13 +241,19 @@ impl Resources {
         }
         let mut guards = Vec::with_capacity(records.len());
         let mut writes = Vec::with_capacity(records.len());
+        let mut bytes = 0;
         for (ns, range, record) in records {
             let Some(h) = held.iter().find(|h| h.ns == ns && h.range == range) else {
                 return Err(FlushIndexError::NotHeld { ns, range });
             };
+            let value = to_json("a flush record", &record)?;
+            bytes += value.len();
+            if bytes > MAX_FLUSH_COMMIT_BYTES {
+                return Err(FlushIndexError::TooLarge { bytes });
+            }
             writes.push(TxnOp::Put {
                 key: flush_record_key(&ns, range, h.epoch, sequence),
-                value: to_json("a flush record", &record)?,
+                value,
                 expect: Expect::Absent,
                 session: None,
             });

@@ -320,7 +320,47 @@ async fn a_writer_without_a_committer_tags_nothing_and_acknowledges_on_durabilit
     assert_eq!(w.stats().failed_commits, 0);
 }
 
+async fn a_flush_starts_once_max_object_entries_are_queued(bucket: Bucket) {
+    let rec = Recording::new(bucket.clone());
+    let w = WalWriter::start_with_commit(
+        bucket.clone(),
+        WalConfig {
+            flush_interval: Duration::from_secs(3600),
+            max_object_entries: 5,
+            ..WalConfig::default()
+        },
+        rec.clone(),
+    );
+    let mut handles = Vec::new();
+    for i in 0..15u64 {
+        let w = w.clone();
+        handles.push(tokio::spawn(async move {
+            w.append_tagged(i, 0, Bytes::from_static(b"e")).await
+        }));
+    }
+    for h in handles {
+        tokio::time::timeout(WAIT, h)
+            .await
+            .expect("entry-count-triggered flushes")
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        rec.commits()
+            .iter()
+            .map(|c| c.entries.len())
+            .collect::<Vec<_>>(),
+        vec![5, 5, 5]
+    );
+}
+
 mod filesystem {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_starts_once_max_object_entries_are_queued() {
+        let (b, _dir) = super::filesystem().await;
+        super::a_flush_starts_once_max_object_entries_are_queued(b).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_flush_is_committed_once_with_its_entries_in_append_order() {
         let (b, _dir) = super::filesystem().await;

@@ -4,8 +4,8 @@
 //! [`WalWriter::append`] queues an entry and resolves once the object
 //! holding it is durable in the object store — the moment a publish may be
 //! acknowledged. A flush writes everything queued when the first queued
-//! entry has waited `flush_interval`, or as soon as `max_object_bytes` are
-//! queued, whichever comes first; one flush is in flight at a time, and
+//! entry has waited `flush_interval`, or as soon as `max_object_bytes` or
+//! `max_object_entries` are queued, whichever comes first; one flush is in flight at a time, and
 //! what arrives meanwhile goes in the next. So requests to the store grow
 //! with the flush rate (at most one per interval at low load, one per
 //! `max_object_bytes` at high load), never with the message rate or the
@@ -54,6 +54,9 @@ pub struct WalConfig {
     pub flush_interval: Duration,
     /// A flush starts once this many bytes are queued.
     pub max_object_bytes: usize,
+    /// A flush starts once this many entries are queued (it bounds what one
+    /// flush commit records: a metadata transaction has a size limit).
+    pub max_object_entries: usize,
     /// Appends queued at most (then [`WalWriter::append`] waits).
     pub queue_entries: usize,
     /// Key prefix of this writer's objects (relative to the bucket's).
@@ -65,6 +68,7 @@ impl Default for WalConfig {
         WalConfig {
             flush_interval: Duration::from_millis(5),
             max_object_bytes: 8 << 20,
+            max_object_entries: 16_384,
             queue_entries: 65_536,
             prefix: "wal".into(),
         }
@@ -232,7 +236,11 @@ impl Flusher {
             let deadline = first.queued + self.config.flush_interval;
             let mut bytes = first.data.len();
             let mut batch = vec![first];
-            while bytes < self.config.max_object_bytes {
+            let max_entries = self
+                .config
+                .max_object_entries
+                .clamp(1, format::MAX_WAL_ENTRIES);
+            while bytes < self.config.max_object_bytes && batch.len() < max_entries {
                 let next = match rx.try_recv() {
                     Ok(a) => Some(a),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
