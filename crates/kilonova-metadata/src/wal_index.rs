@@ -21,6 +21,8 @@
 //! of a bundle reads them in key order ([`Resources::flush_records`]) to
 //! rebuild its topics' tails; records whose entries are stored elsewhere
 //! (compacted) are deleted with [`Resources::delete_flush_records`].
+//! Why a transaction per flush and a record per bundle:
+//! docs/adr/0016-flush-commit-one-transaction-per-flush.md.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -4,7 +4,8 @@
 //! entries (log, tag, place) in append order, one commit at a time in
 //! sequence order; an append resolves only after its commit returned, and a
 //! failed commit fails exactly its flush's appends, saying whether the
-//! broker was deposed or the metadata store unavailable.
+//! broker was deposed or the metadata store unavailable (a commit that does
+//! not return in time is the latter); a flush starts at an entry count.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -354,7 +355,57 @@ async fn a_flush_starts_once_max_object_entries_are_queued(bucket: Bucket) {
     );
 }
 
+async fn a_commit_that_does_not_return_in_time_fails_its_flush_as_unavailable(bucket: Bucket) {
+    let (called, mut calls) = mpsc::unbounded_channel();
+    let w = WalWriter::start_with_commit(
+        bucket.clone(),
+        WalConfig {
+            flush_interval: Duration::from_millis(1),
+            commit_timeout: Duration::from_millis(200),
+            ..WalConfig::default()
+        },
+        Arc::new(Gated { called }),
+    );
+    // The first commit is never released.
+    let stuck = w.append_tagged(1, 0, Bytes::from_static(b"a"));
+    match tokio::time::timeout(WAIT, stuck).await.unwrap() {
+        Err(ObjectStoreError::FlushCommit {
+            error: CommitError::Unavailable(_),
+            ..
+        }) => {}
+        other => panic!("a stuck commit's append: {other:?}"),
+    }
+    let (_, held) = calls.try_recv().expect("the first commit was called");
+    drop(held);
+    // The writer goes on: the next commit is answered.
+    let next = {
+        let w = w.clone();
+        tokio::spawn(async move { w.append_tagged(1, 0, Bytes::from_static(b"b")).await })
+    };
+    let (sequence, release) = tokio::time::timeout(WAIT, calls.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sequence, 2);
+    release.send(()).unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, next)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .sequence,
+        2
+    );
+}
+
 mod filesystem {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_does_not_return_in_time_fails_its_flush_as_unavailable() {
+        let (b, _dir) = super::filesystem().await;
+        super::a_commit_that_does_not_return_in_time_fails_its_flush_as_unavailable(b).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flush_starts_once_max_object_entries_are_queued() {
         let (b, _dir) = super::filesystem().await;

@@ -5,8 +5,8 @@
 //! holding it is durable in the object store — the moment a publish may be
 //! acknowledged. A flush writes everything queued when the first queued
 //! entry has waited `flush_interval`, or as soon as `max_object_bytes` or
-//! `max_object_entries` are queued, whichever comes first; one flush is in flight at a time, and
-//! what arrives meanwhile goes in the next. So requests to the store grow
+//! `max_object_entries` are queued, whichever comes first; one flush is in
+//! flight at a time, and what arrives meanwhile goes in the next. So requests to the store grow
 //! with the flush rate (at most one per interval at low load, one per
 //! `max_object_bytes` at high load), never with the message rate or the
 //! number of logs.
@@ -57,6 +57,10 @@ pub struct WalConfig {
     /// A flush starts once this many entries are queued (it bounds what one
     /// flush commit records: a metadata transaction has a size limit).
     pub max_object_entries: usize,
+    /// The longest a flush commit may take; past it the flush fails as
+    /// [`CommitError::Unavailable`] (its outcome unknown) and the writer
+    /// goes on.
+    pub commit_timeout: Duration,
     /// Appends queued at most (then [`WalWriter::append`] waits).
     pub queue_entries: usize,
     /// Key prefix of this writer's objects (relative to the bucket's).
@@ -69,6 +73,7 @@ impl Default for WalConfig {
             flush_interval: Duration::from_millis(5),
             max_object_bytes: 8 << 20,
             max_object_entries: 16_384,
+            commit_timeout: Duration::from_secs(10),
             queue_entries: 65_536,
             prefix: "wal".into(),
         }
@@ -335,13 +340,17 @@ impl Flusher {
                 })
                 .collect(),
         };
-        committer
-            .commit(&summary)
-            .await
-            .map_err(|error| ObjectStoreError::FlushCommit {
-                key: object.to_string(),
-                error,
-            })
+        let timeout = self.config.commit_timeout;
+        let outcome = match tokio::time::timeout(timeout, committer.commit(&summary)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(CommitError::Unavailable(format!(
+                "the flush commit took over {timeout:?}"
+            ))),
+        };
+        outcome.map_err(|error| ObjectStoreError::FlushCommit {
+            key: object.to_string(),
+            error,
+        })
     }
 }
 
