@@ -54,7 +54,7 @@ pub enum TailError {
 
 /// The log's entries `(index, bytes)` from `from_index` on, in order, from
 /// `slices` in commit order. Each object's index is read once (one or two
-/// requests), then the log's entries in it with one range request, every
+/// requests), then the log's entries in it with a range request per run, every
 /// entry checked against its CRC32C. The indexes must follow each other
 /// without a gap or an overlap from `from_index` on ([`TailError`]); slices
 /// wholly below `from_index` are skipped unread. The whole tail is returned
