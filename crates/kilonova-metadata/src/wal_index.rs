@@ -46,6 +46,9 @@ pub const MAX_FLUSH_BUNDLES: usize = MAX_TXN_OPS / 2;
 /// well below (kilonova-objstore's `WalConfig::max_object_entries`).
 pub const MAX_FLUSH_COMMIT_BYTES: usize = 1 << 20;
 
+/// Flush records [`Resources::flush_records`] reads at a time.
+pub const FLUSH_READS_IN_FLIGHT: usize = 32;
+
 /// One flush's entries of one bundle's topics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -288,21 +291,46 @@ impl Resources {
 
     /// The bundle's flush records in commit order (key order: epoch, then
     /// sequence), with their keys. A record deleted while listing is left
-    /// out.
+    /// out. The keys are listed page by page, then read
+    /// [`FLUSH_READS_IN_FLIGHT`] at a time (a new owner reads them all
+    /// before serving the bundle's topics: one round trip each, one after
+    /// the other, would take seconds for thousands).
     pub async fn flush_records(
         &self,
         ns: &NamespaceName,
         range: BundleRange,
     ) -> crate::Result<Vec<(String, FlushRecord)>> {
         let prefix = bundle_prefix(ns, range);
-        let mut out = Vec::new();
-        for name in self.list(&prefix).await? {
-            let key = format!("{prefix}/{name}");
-            if let Some(s) = self.store().get(&key).await? {
-                out.push((key, from_json("a flush record", &s.value)?));
+        let keys: Vec<String> = self
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .map(|name| format!("{prefix}/{name}"))
+            .collect();
+        let mut values: Vec<Option<FlushRecord>> = vec![None; keys.len()];
+        let mut reads = tokio::task::JoinSet::new();
+        let mut next = 0;
+        loop {
+            while next < keys.len() && reads.len() < FLUSH_READS_IN_FLIGHT {
+                let (store, key) = (self.store().clone(), keys[next].clone());
+                let at = next;
+                reads.spawn(async move { (at, store.get(&key).await) });
+                next += 1;
+            }
+            let Some(done) = reads.join_next().await else {
+                break;
+            };
+            let (at, got) =
+                done.map_err(|e| MetadataError::Backend(format!("a flush record read: {e}")))?;
+            if let (Some(s), Some(slot)) = (got?, values.get_mut(at)) {
+                *slot = Some(from_json("a flush record", &s.value)?);
             }
         }
-        Ok(out)
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect())
     }
 
     /// Deletes the bundle's flush records up to `up_to_key` (included), in
