@@ -297,8 +297,10 @@ async fn two_owners_in_turn_leave_exactly_the_committed_entries(bucket: Bucket) 
         read_tail(&reader, slices(&records, &t), 40).await.unwrap(),
         vec![(40, entry("b", "t", 40))]
     );
-    // A record naming another log's entries is caught against the index.
+    // A record naming another log's entries is caught against the index
+    // (the gap is found before any read: left out here).
     let mut wrong = slices(&records, &t);
+    wrong.retain(|s| s.first_index < 40);
     if let Some(s) = wrong.first_mut() {
         s.log = 8_000;
     }
