@@ -57,6 +57,11 @@ pub enum ObjectStoreError {
         key: String,
         error: crate::wal::CommitError,
     },
+    /// The log had entries in a failed write-ahead flush (a writer with a
+    /// flush commit): its appends are refused until the caller resumes it
+    /// (`WalWriter::resume_log`), having settled what was committed.
+    #[error("log {log} is halted after a failed write-ahead flush (resume it first)")]
+    LogHalted { log: u64 },
     /// Any other failure of the store (an I/O error of the filesystem driver,
     /// an unexpected answer).
     #[error("object store {op} of {key:?} failed: {detail}")]

@@ -5,7 +5,8 @@
 //! sequence order; an append resolves only after its commit returned, and a
 //! failed commit fails exactly its flush's appends, saying whether the
 //! broker was deposed or the metadata store unavailable (a commit that does
-//! not return in time is the latter); a flush starts at an entry count.
+//! not return in time is the latter) and halts its logs until they are
+//! resumed; a flush starts at an entry count.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -167,6 +168,10 @@ async fn every_flush_is_committed_once_with_its_entries_in_append_order(bucket: 
 async fn rounds(w: &WalWriter, n: u64) -> Vec<Vec<Result<u64, ObjectStoreError>>> {
     let mut out = Vec::new();
     for round in 0..n {
+        // A failed round halted the logs: the caller resumes them.
+        for log in 0..4u64 {
+            w.resume_log(log).await.unwrap();
+        }
         let mut handles = Vec::new();
         for log in 0..4u64 {
             let w = w.clone();
@@ -377,6 +382,7 @@ async fn a_commit_that_does_not_return_in_time_fails_its_flush_as_unavailable(bu
     }
     let (_, held) = calls.try_recv().expect("the first commit was called");
     drop(held);
+    w.resume_log(1).await.unwrap();
     // The writer goes on: the next commit is answered.
     let next = {
         let w = w.clone();
@@ -399,7 +405,70 @@ async fn a_commit_that_does_not_return_in_time_fails_its_flush_as_unavailable(bu
     );
 }
 
+async fn a_failed_flush_halts_its_logs_until_they_are_resumed(bucket: Bucket) {
+    let rec = Recording::new(bucket.clone());
+    rec.fail
+        .lock()
+        .unwrap()
+        .insert(1, CommitError::Deposed("lost".into()));
+    let w = WalWriter::start_with_commit(
+        bucket.clone(),
+        WalConfig {
+            flush_interval: Duration::from_secs(3600),
+            max_object_entries: 2,
+            ..WalConfig::default()
+        },
+        rec.clone(),
+    );
+    // Flush 1 (logs 1 and 2) fails.
+    let (a, b) = tokio::join!(
+        w.append_tagged(1, 10, Bytes::from_static(b"1:10")),
+        w.append_tagged(2, 0, Bytes::from_static(b"2:0"))
+    );
+    assert!(matches!(a, Err(ObjectStoreError::FlushCommit { .. })));
+    assert!(matches!(b, Err(ObjectStoreError::FlushCommit { .. })));
+    // Log 1's next entry is refused, not committed past the failed one;
+    // log 3, not in the failed flush, goes on.
+    let a = w.append_tagged(1, 11, Bytes::from_static(b"1:11")).await;
+    assert!(
+        matches!(a, Err(ObjectStoreError::LogHalted { log: 1 })),
+        "{a:?}"
+    );
+    // (Flush 2 waits for a second entry.)
+    let c = {
+        let w = w.clone();
+        tokio::spawn(async move { w.append_tagged(3, 0, Bytes::from_static(b"3:0")).await })
+    };
+    // Resumed (its caller settled that entry 10 was not committed), log 1
+    // starts again from 10, in the flush with log 3's entry.
+    w.resume_log(1).await.unwrap();
+    let a = w
+        .append_tagged(1, 10, Bytes::from_static(b"1:10 again"))
+        .await
+        .unwrap();
+    assert_eq!(c.await.unwrap().unwrap().sequence, 2);
+    assert_eq!(a.sequence, 2);
+    let mut committed: Vec<(u64, u64)> = rec.commits()[1]
+        .entries
+        .iter()
+        .map(|e| (e.log, e.tag))
+        .collect();
+    committed.sort();
+    assert_eq!(committed, vec![(1, 10), (3, 0)]);
+    // Log 2 stays halted until resumed.
+    assert!(matches!(
+        w.append_tagged(2, 0, Bytes::from_static(b"2:0")).await,
+        Err(ObjectStoreError::LogHalted { log: 2 })
+    ));
+}
+
 mod filesystem {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_flush_halts_its_logs_until_they_are_resumed() {
+        let (b, _dir) = super::filesystem().await;
+        super::a_failed_flush_halts_its_logs_until_they_are_resumed(b).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_that_does_not_return_in_time_fails_its_flush_as_unavailable() {
         let (b, _dir) = super::filesystem().await;

@@ -213,12 +213,22 @@ async fn two_owners_in_turn_leave_exactly_the_committed_entries(bucket: Bucket) 
         .unwrap());
     let b_held = take("b:8080", sb).await;
     assert!(b_held.epoch > a_held.epoch);
-    for result in publish(&a, "a", 7, 20..25, 8).await {
+    // Its first failed flush halts the log: the rest are refused unwritten.
+    let results = publish(&a, "a", 7, 20..25, 8).await;
+    assert!(matches!(
+        &results[0],
+        Err(ObjectStoreError::FlushCommit {
+            error: CommitError::Deposed(_),
+            ..
+        })
+    ));
+    for result in &results[1..] {
         match result {
             Err(ObjectStoreError::FlushCommit {
                 error: CommitError::Deposed(_),
                 ..
-            }) => {}
+            })
+            | Err(ObjectStoreError::LogHalted { log: 7 }) => {}
             other => panic!("a deposed owner's append: {other:?}"),
         }
     }

@@ -25,7 +25,11 @@
 //! appends only once that returned `Ok`; a failed commit fails every append
 //! of the flush ([`ObjectStoreError::FlushCommit`]). The PUT and the commit
 //! of one flush finish before the next flush starts, so commits land in
-//! sequence order. [`tail`] reads a log's committed entries back.
+//! sequence order. After a failed flush (PUT or commit), the logs it held
+//! are halted: their appends fail ([`ObjectStoreError::LogHalted`]) until
+//! the caller resumes each ([`WalWriter::resume_log`]) — otherwise a log's
+//! later entries could be committed after earlier ones that were not,
+//! leaving a gap in its committed history. [`tail`] reads a log's committed entries back.
 
 mod commit;
 pub mod format;
@@ -35,6 +39,7 @@ pub mod tail;
 pub use commit::{CommitError, CommitFuture, FlushCommit, FlushEntry, FlushSummary};
 pub use reader::WalReader;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,11 +126,21 @@ struct Append {
     done: oneshot::Sender<Result<WalPosition>>,
 }
 
+/// What the flushing task is sent, in the order callers send it.
+enum Msg {
+    Append(Append),
+    /// Takes appends of `log` again after a failed flush.
+    Resume {
+        log: u64,
+        done: oneshot::Sender<()>,
+    },
+}
+
 /// Groups appends into write-ahead objects. Cheap to clone; the flushing
 /// task ends when every clone is dropped (after flushing what is queued).
 #[derive(Clone)]
 pub struct WalWriter {
-    tx: mpsc::Sender<Append>,
+    tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
     incarnation: Arc<str>,
 }
@@ -161,6 +176,7 @@ impl WalWriter {
             committer,
             sequence: 0,
             next: None,
+            halted: HashSet::new(),
         };
         tokio::spawn(flusher.run(rx));
         WalWriter {
@@ -188,16 +204,35 @@ impl WalWriter {
             detail: "the write-ahead writer stopped".into(),
         };
         self.tx
-            .send(Append {
+            .send(Msg::Append(Append {
                 log,
                 tag,
                 data,
                 queued: Instant::now(),
                 done,
-            })
+            }))
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
+    }
+
+    /// Takes appends of `log` again after a failed flush halted it (a writer
+    /// with a flush commit only: see [`ObjectStoreError::LogHalted`]).
+    /// Appends sent after this returns are taken; those sent before were
+    /// refused. The caller first settles where the log stands (what was
+    /// committed), so that its next tag follows the last committed one.
+    pub async fn resume_log(&self, log: u64) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        let closed = || ObjectStoreError::Failed {
+            op: "wal resume",
+            key: String::new(),
+            detail: "the write-ahead writer stopped".into(),
+        };
+        self.tx
+            .send(Msg::Resume { log, done })
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())
     }
 
     /// This writer's random id, part of every key it writes.
@@ -226,15 +261,39 @@ struct Flusher {
     sequence: u64,
     /// An append taken from the queue that did not fit the last flush.
     next: Option<Append>,
+    /// Logs with entries in a failed flush (with a committer only): their
+    /// appends are refused until [`WalWriter::resume_log`], so that no later
+    /// entry of theirs is committed after ones that were not.
+    halted: HashSet<u64>,
 }
 
 impl Flusher {
-    async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+    /// The append a message brings, if it is one to write: a resume is
+    /// done here, an append of a halted log refused.
+    fn admit(&mut self, msg: Msg) -> Option<Append> {
+        match msg {
+            Msg::Resume { log, done } => {
+                self.halted.remove(&log);
+                let _ = done.send(());
+                None
+            }
+            Msg::Append(a) if self.halted.contains(&a.log) => {
+                let _ = a.done.send(Err(ObjectStoreError::LogHalted { log: a.log }));
+                None
+            }
+            Msg::Append(a) => Some(a),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         loop {
             let first = match self.next.take() {
                 Some(a) => a,
                 None => match rx.recv().await {
-                    Some(a) => a,
+                    Some(m) => match self.admit(m) {
+                        Some(a) => a,
+                        None => continue,
+                    },
                     None => return,
                 },
             };
@@ -247,7 +306,7 @@ impl Flusher {
                 .clamp(1, format::MAX_WAL_ENTRIES);
             while bytes < self.config.max_object_bytes && batch.len() < max_entries {
                 let next = match rx.try_recv() {
-                    Ok(a) => Some(a),
+                    Ok(m) => Some(m),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         // `None` once the interval is up (or the queue closed).
@@ -257,7 +316,8 @@ impl Flusher {
                             .flatten()
                     }
                 };
-                let Some(a) = next else { break };
+                let Some(m) = next else { break };
+                let Some(a) = self.admit(m) else { continue };
                 if bytes + a.data.len() > self.config.max_object_bytes {
                     self.next = Some(a);
                     break;
@@ -312,6 +372,9 @@ impl Flusher {
                 c.failed_flushes.fetch_add(1, Ordering::Relaxed);
                 if matches!(e, ObjectStoreError::FlushCommit { .. }) {
                     c.failed_commits.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.committer.is_some() {
+                    self.halted.extend(batch.iter().map(|a| a.log));
                 }
                 tracing::warn!(key = %object, entries = batch.len(), error = %e, "a write-ahead flush failed: its appends fail");
                 for a in batch {
