@@ -81,7 +81,7 @@ pub struct FlushTopic {
 impl FlushTopic {
     /// The index after this topic's last entry here.
     pub fn end_index(&self) -> u64 {
-        self.first_index + self.count
+        self.first_index.saturating_add(self.count)
     }
 }
 
