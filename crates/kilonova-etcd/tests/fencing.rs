@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Fencing on a real etcd: a broker whose lease expired (it stopped sending
 //! keep-alives: paused, partitioned away) cannot commit guarded writes once
-//! another broker took its bundle, and the new owner can. Two brokers, two
+//! another broker took its bundle, and the new owner can — its flush
+//! commits included. Two brokers, two
 //! connections. Without an `etcd` binary this skips, or fails with
 //! KILONOVA_REQUIRE_ETCD=1.
 
@@ -12,7 +13,10 @@ use bytes::Bytes;
 use kilonova_etcd::server::EtcdServer;
 use kilonova_etcd::EtcdStore;
 use kilonova_metadata::bundles::{Acquired, BundleOwner, BundleRange, Commit, Held};
-use kilonova_metadata::{Expect, MetadataStore, NamespaceName, Resources, TxnOp, Watched};
+use kilonova_metadata::wal_index::FlushRecords;
+use kilonova_metadata::{
+    Expect, MetadataStore, NamespaceName, Resources, TopicName, TxnOp, Watched,
+};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -120,4 +124,29 @@ async fn a_broker_whose_lease_expired_commits_nothing_after_another_takes_its_bu
     ));
     let got = a.store().get("/flushes/2").await.unwrap().unwrap();
     assert_eq!(got.value.as_ref(), b"by b");
+
+    // The flush index's commit is fenced the same way: a's records (under
+    // its lapsed epoch) are refused, b's land, and only b's are listed.
+    let topic = TopicName::parse("persistent://t/ns/topic").unwrap();
+    let flush = |object: &str, index: u64| {
+        let mut f = FlushRecords::new(object);
+        f.push(&topic, range, 1, index, 0).unwrap();
+        f.finish()
+    };
+    assert!(matches!(
+        a.commit_flush(&a_holds, 1, flush("a/1", 0)).await.unwrap(),
+        Commit::Deposed { .. }
+    ));
+    assert!(matches!(
+        b.commit_flush(&b_holds, 1, flush("b/1", 0)).await.unwrap(),
+        Commit::Committed { .. }
+    ));
+    let objects: Vec<String> = a
+        .flush_records(&ns, range)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r.object)
+        .collect();
+    assert_eq!(objects, vec!["b/1"]);
 }

@@ -1013,6 +1013,364 @@ impl Rng {
     }
 }
 
+// ------------------------------------------------------------ flush commits
+//
+// The flush index (`crate::wal_index`) relies on the backend's transactions:
+// ownership checks and record writes together, all or nothing. Checked here
+// on every backend, through `Resources`.
+
+mod flush {
+    use super::*;
+    use crate::bundles::{Acquired, BundleOwner, BundleRange, Commit, Held};
+    use crate::names::{NamespaceName, TopicName};
+    use crate::wal_index::{FlushRecord, FlushRecords};
+    use crate::Resources;
+
+    /// A namespace of its own for a case (the store may be shared).
+    pub(super) fn namespace(case: &str) -> NamespaceName {
+        let p = prefix(case);
+        let nonce = p.rsplit('-').next().unwrap_or("0");
+        NamespaceName::new(&format!("fc{nonce}"), case).unwrap()
+    }
+
+    pub(super) fn owner(name: &str) -> BundleOwner {
+        BundleOwner {
+            broker: name.into(),
+            native_url: format!("pulsar://{name}"),
+            http_url: format!("http://{name}"),
+            ..Default::default()
+        }
+    }
+
+    pub(super) async fn acquire(
+        r: &Resources,
+        ns: &NamespaceName,
+        range: BundleRange,
+        me: &str,
+        session: SessionId,
+    ) -> Held {
+        match r
+            .acquire_bundle(ns, range, &owner(me), session)
+            .await
+            .unwrap()
+        {
+            Acquired::Owned { epoch } => Held {
+                ns: ns.clone(),
+                range,
+                epoch,
+            },
+            other => panic!("{me} could not take {ns}/{range}: {other:?}"),
+        }
+    }
+
+    /// A flush of `topics` entries, one each, at `index` (and places in order).
+    pub(super) fn records(
+        object: &str,
+        topics: &[(&TopicName, BundleRange)],
+        index: u64,
+    ) -> Vec<(NamespaceName, BundleRange, FlushRecord)> {
+        let mut f = FlushRecords::new(object);
+        for (i, (t, range)) in topics.iter().enumerate() {
+            f.push(t, *range, i as u64, index, i as u32).unwrap();
+        }
+        f.finish()
+    }
+
+    /// A topic of `ns` in bundle `range`.
+    pub(super) fn topic_in(ns: &NamespaceName, range: BundleRange) -> TopicName {
+        (0..10_000)
+            .map(|i| TopicName::parse(&format!("persistent://{ns}/t{i}")).unwrap())
+            .find(|t| range.contains(crate::bundles::topic_hash(t)))
+            .expect("a topic in each half of the hash space")
+    }
+
+    pub(super) fn halves() -> (BundleRange, BundleRange) {
+        (
+            "0x00000000_0x80000000".parse().unwrap(),
+            "0x80000000_0xffffffff".parse().unwrap(),
+        )
+    }
+
+    pub(super) fn committed(c: Commit) {
+        assert!(
+            matches!(c, Commit::Committed { .. }),
+            "not committed: {c:?}"
+        );
+    }
+}
+
+/// A flush touching two bundles writes one record in each, in one
+/// transaction (one revision); a bundle's records read back in commit order
+/// (epoch, then sequence, numerically); more bundles than a transaction
+/// holds, a bundle not held and a flush recorded twice are refused whole.
+pub async fn flush_commits_write_one_record_per_bundle_in_one_transaction(
+    s: Arc<dyn MetadataStore>,
+) {
+    use crate::bundles::{BundleRange, Held};
+    use crate::wal_index::{flush_record_key, FlushIndexError, MAX_FLUSH_BUNDLES};
+    let r = crate::Resources::new(s.clone());
+    let ns = flush::namespace("one-txn");
+    let (low, high) = flush::halves();
+    let session = s.open_session(Duration::from_secs(30)).await.unwrap();
+    let held = vec![
+        flush::acquire(&r, &ns, low, "a:8080", session).await,
+        flush::acquire(&r, &ns, high, "a:8080", session).await,
+    ];
+    // Topics on each side of the hash space.
+    let topics: Vec<crate::TopicName> = (0..40)
+        .map(|i| crate::TopicName::parse(&format!("persistent://{ns}/t{i}")).unwrap())
+        .collect();
+    let placed: Vec<(&crate::TopicName, BundleRange)> = topics
+        .iter()
+        .map(|t| {
+            (
+                t,
+                if low.contains(crate::bundles::topic_hash(t)) {
+                    low
+                } else {
+                    high
+                },
+            )
+        })
+        .collect();
+    assert!(placed.iter().any(|(_, b)| *b == low) && placed.iter().any(|(_, b)| *b == high));
+    for sequence in [1u64, 2, 10] {
+        let records = flush::records(&format!("wal/x/{sequence}.wal"), &placed, sequence);
+        assert_eq!(records.len(), 2, "one record per bundle touched");
+        flush::committed(r.commit_flush(&held, sequence, records).await.unwrap());
+    }
+    let mut versions = Vec::new();
+    for h in &held {
+        let key = flush_record_key(&ns, h.range, h.epoch, 1);
+        versions.push(s.get(&key).await.unwrap().expect("the record").version);
+        let listed = r.flush_records(&ns, h.range).await.unwrap();
+        let sequences: Vec<u64> = listed
+            .iter()
+            .map(|(k, _)| crate::wal_index::parse_flush_record_key(k).unwrap().1)
+            .collect();
+        assert_eq!(sequences, vec![1, 2, 10], "commit order, numerically");
+        let (_, rec) = &listed[2];
+        assert_eq!(rec.object, "wal/x/10.wal");
+        let mine: Vec<_> = placed.iter().filter(|(_, b)| *b == h.range).collect();
+        assert_eq!(rec.topics.len(), mine.len());
+        assert!(rec
+            .topics
+            .iter()
+            .zip(&mine)
+            .all(|(t, (name, _))| t.topic == name.to_string()
+                && t.first_index == 10
+                && t.count == 1));
+    }
+    assert_eq!(versions[0], versions[1], "both records in one transaction");
+
+    // Refused whole: nothing of these is written.
+    match r
+        .commit_flush(&held, 1, flush::records("wal/x/1b.wal", &placed, 1))
+        .await
+    {
+        Err(FlushIndexError::AlreadyRecorded { sequence: 1, .. }) => {}
+        other => panic!("a flush recorded twice: {other:?}"),
+    }
+    let many: Vec<Held> = (0..=MAX_FLUSH_BUNDLES as u32)
+        .map(|i| Held {
+            ns: ns.clone(),
+            range: BundleRange {
+                lower: i * 16,
+                upper: i * 16 + 16,
+            },
+            epoch: 1,
+        })
+        .collect();
+    let too_many = many
+        .iter()
+        .map(|h| (h.ns.clone(), h.range, Default::default()))
+        .collect();
+    assert!(matches!(
+        r.commit_flush(&many, 3, too_many).await,
+        Err(FlushIndexError::TooManyBundles { .. })
+    ));
+    let huge = crate::wal_index::FlushRecord {
+        object: "wal/x/3.wal".into(),
+        topics: vec![crate::wal_index::FlushTopic {
+            topic: placed[0].0.to_string(),
+            log: 0,
+            first_index: 3,
+            count: 300_000,
+            positions: (0..300_000).collect(),
+        }],
+    };
+    assert!(matches!(
+        r.commit_flush(&held, 3, vec![(ns.clone(), placed[0].1, huge)])
+            .await,
+        Err(FlushIndexError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        r.commit_flush(&held[..1], 3, flush::records("wal/x/3.wal", &placed, 3))
+            .await,
+        Err(FlushIndexError::NotHeld { .. })
+    ));
+    for h in &held {
+        assert_eq!(r.flush_records(&ns, h.range).await.unwrap().len(), 3);
+    }
+}
+
+/// A broker that lost a bundle (released, its session gone, or re-acquired
+/// at a higher epoch) commits nothing with its old epoch — not even the
+/// records of the bundles it still holds — and gets `Deposed`; the new
+/// owner's records sort after the old owner's.
+pub async fn a_deposed_owners_flush_commit_writes_nothing(s: Arc<dyn MetadataStore>) {
+    use crate::bundles::Commit;
+    let r = crate::Resources::new(s.clone());
+    let ns = flush::namespace("deposed");
+    let (low, high) = flush::halves();
+    let ttl = Duration::from_secs(30);
+    let (sa, sb) = (
+        s.open_session(ttl).await.unwrap(),
+        s.open_session(ttl).await.unwrap(),
+    );
+    let (tl, th) = (flush::topic_in(&ns, low), flush::topic_in(&ns, high));
+    let a_low = flush::acquire(&r, &ns, low, "a:8080", sa).await;
+    let a_high = flush::acquire(&r, &ns, high, "a:8080", sa).await;
+    let a = vec![a_low.clone(), a_high.clone()];
+    flush::committed(
+        r.commit_flush(&a, 1, flush::records("a/1", &[(&tl, low), (&th, high)], 0))
+            .await
+            .unwrap(),
+    );
+
+    // a gives `low` up, b takes it: a's commit touching both lands nowhere.
+    assert!(r
+        .release_bundle(&ns, low, "a:8080", a_low.epoch)
+        .await
+        .unwrap());
+    let b_low = flush::acquire(&r, &ns, low, "b:8080", sb).await;
+    assert!(b_low.epoch > a_low.epoch);
+    assert_eq!(
+        r.commit_flush(&a, 2, flush::records("a/2", &[(&tl, low), (&th, high)], 1))
+            .await
+            .unwrap(),
+        Commit::Deposed {
+            ns: ns.clone(),
+            range: low
+        }
+    );
+    for range in [low, high] {
+        assert_eq!(
+            r.flush_records(&ns, range).await.unwrap().len(),
+            1,
+            "a's second flush wrote nothing in {range}"
+        );
+    }
+    // a still commits what only touches the bundle it holds.
+    flush::committed(
+        r.commit_flush(&a, 3, flush::records("a/3", &[(&th, high)], 1))
+            .await
+            .unwrap(),
+    );
+    // b's records come after a's.
+    flush::committed(
+        r.commit_flush(
+            std::slice::from_ref(&b_low),
+            1,
+            flush::records("b/1", &[(&tl, low)], 1),
+        )
+        .await
+        .unwrap(),
+    );
+    let objects: Vec<String> = r
+        .flush_records(&ns, low)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, rec)| rec.object)
+        .collect();
+    assert_eq!(objects, vec!["a/1", "b/1"]);
+
+    // b's session ends: its epoch no longer holds, even with nobody owning.
+    s.close_session(sb).await.unwrap();
+    assert_eq!(
+        r.commit_flush(
+            std::slice::from_ref(&b_low),
+            2,
+            flush::records("b/2", &[(&tl, low)], 2)
+        )
+        .await
+        .unwrap(),
+        Commit::Deposed {
+            ns: ns.clone(),
+            range: low
+        }
+    );
+    // a takes it again: a new epoch; a's old one stays deposed.
+    let a_low2 = flush::acquire(&r, &ns, low, "a:8080", sa).await;
+    assert!(a_low2.epoch > b_low.epoch);
+    assert!(matches!(
+        r.commit_flush(
+            std::slice::from_ref(&a_low),
+            4,
+            flush::records("a/4", &[(&tl, low)], 2)
+        )
+        .await
+        .unwrap(),
+        Commit::Deposed { .. }
+    ));
+    flush::committed(
+        r.commit_flush(&[a_low2], 1, flush::records("a2/1", &[(&tl, low)], 2))
+            .await
+            .unwrap(),
+    );
+    let objects: Vec<String> = r
+        .flush_records(&ns, low)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, rec)| rec.object)
+        .collect();
+    assert_eq!(objects, vec!["a/1", "b/1", "a2/1"]);
+}
+
+/// Records are deleted up to a key, in transactions of at most
+/// `MAX_TXN_OPS` deletes; the later ones stay.
+pub async fn flush_records_are_deleted_up_to_a_key(s: Arc<dyn MetadataStore>) {
+    let r = crate::Resources::new(s.clone());
+    let ns = flush::namespace("gc");
+    let range = crate::bundles::BundleRange::FULL;
+    let session = s.open_session(Duration::from_secs(30)).await.unwrap();
+    let held = [flush::acquire(&r, &ns, range, "a:8080", session).await];
+    let t = crate::TopicName::parse(&format!("persistent://{ns}/t")).unwrap();
+    let n = MAX_TXN_OPS as u64 + 5;
+    for sequence in 1..=n {
+        flush::committed(
+            r.commit_flush(
+                &held,
+                sequence,
+                flush::records(&format!("o/{sequence}"), &[(&t, range)], sequence),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let all = r.flush_records(&ns, range).await.unwrap();
+    assert_eq!(all.len() as u64, n);
+    let up_to = &all[all.len() - 3].0;
+    assert_eq!(
+        r.delete_flush_records(&ns, range, up_to).await.unwrap() as u64,
+        n - 2
+    );
+    let left: Vec<String> = r
+        .flush_records(&ns, range)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, rec)| rec.object)
+        .collect();
+    assert_eq!(left, vec![format!("o/{}", n - 1), format!("o/{n}")]);
+    assert!(matches!(
+        r.delete_flush_records(&ns, range, "/elsewhere/x").await,
+        Err(MetadataError::Invalid(_))
+    ));
+}
+
 /// Generates one `#[tokio::test]` per conformance case; `$make` is an
 /// expression giving a future of `Arc<dyn MetadataStore>`. With `optional`
 /// first, the future gives an `Option`, and `None` skips the case (the maker
@@ -1041,7 +1399,10 @@ macro_rules! conformance_tests {
             txn_op_limit,
             txn_duplicate_writes_are_refused,
             txn_concurrent_transfers_keep_the_sum,
-            txn_matches_a_model
+            txn_matches_a_model,
+            flush_commits_write_one_record_per_bundle_in_one_transaction,
+            a_deposed_owners_flush_commit_writes_nothing,
+            flush_records_are_deleted_up_to_a_key
         );
     };
     (@optional $make:expr; $($case:ident),*) => {

@@ -3,7 +3,8 @@
 //! bound to sessions), its embedded backend ([`EmbeddedStore`], one `redb`
 //! file with group commit), the conformance suite every backend must pass, and typed resources on top
 //! (clusters, tenants, namespaces with policies, topics with ids), and
-//! bundles with their ownership for a cluster of brokers ([`bundles`]).
+//! bundles with their ownership for a cluster of brokers ([`bundles`]), and
+//! the flush index of brokers' write-ahead objects ([`wal_index`]).
 //!
 //! This crate knows nothing of storage files, sockets or protocols.
 
@@ -17,6 +18,7 @@ pub mod policies;
 mod resources;
 pub mod schema;
 mod store;
+pub mod wal_index;
 
 pub use embedded::EmbeddedStore;
 pub use error::{MetadataError, Result};

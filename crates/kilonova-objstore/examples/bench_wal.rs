@@ -9,15 +9,33 @@
 //! bytes, spread round-robin over `logs` logs, each in its own task (as
 //! publishes of many producers arrive), for `secs` seconds.
 //!
+//! With `--bundles N,M,…`, a run per count: 0 acknowledges on durability
+//! alone; N > 0 commits every flush in the flush index of an embedded
+//! metadata store (on disk, in a temp dir), the logs being topics of one
+//! namespace spread over N bundles by their names' hash, all owned by this
+//! "broker" — metadata transactions per second beside PUTs per second, and
+//! the commit's latency.
+//!
 //! Usage: bench_wal [--rate N] [--logs N] [--bytes N] [--secs N]
 //!                  [--flush-ms N] [--backend s3|filesystem|both]
+//!                  [--bundles N,M,…]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kilonova_metadata::bundles::{
+    bundle_of, ranges, Acquired, BundleOwner, BundleRange, Commit, Held,
+};
+use kilonova_metadata::policies::BundlesData;
+use kilonova_metadata::wal_index::FlushRecords;
+use kilonova_metadata::{EmbeddedStore, MetadataStore, NamespaceName, Resources, TopicName};
 use kilonova_objstore::seaweed::SeaweedServer;
-use kilonova_objstore::{Bucket, ObjectStoreConfig, WalConfig, WalWriter};
+use kilonova_objstore::wal::CommitFuture;
+use kilonova_objstore::{
+    Bucket, CommitError, FlushCommit, FlushSummary, ObjectStoreConfig, WalConfig, WalWriter,
+};
 use tokio::sync::Mutex;
 
 struct Args {
@@ -27,6 +45,7 @@ struct Args {
     secs: u64,
     flush_ms: u64,
     backends: Vec<String>,
+    bundles: Vec<u32>,
 }
 
 fn args() -> Args {
@@ -37,6 +56,7 @@ fn args() -> Args {
         secs: 10,
         flush_ms: 5,
         backends: vec!["s3".into(), "filesystem".into()],
+        bundles: vec![0],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -50,6 +70,7 @@ fn args() -> Args {
             "--flush-ms" => a.flush_ms = v.parse().unwrap(),
             "--backend" if v == "both" => {}
             "--backend" => a.backends = vec![v.clone()],
+            "--bundles" => a.bundles = v.split(',').map(|n| n.parse().unwrap()).collect(),
             _ => panic!("unknown flag {flag}"),
         }
     }
@@ -77,17 +98,122 @@ async fn raw_puts(bucket: &Bucket, size: usize, n: usize, tag: &str) -> (f64, f6
     (percentile(&ms, 0.5), percentile(&ms, 0.99))
 }
 
-async fn run(bucket: Bucket, backend: &str, a: &Args) {
+/// Commits flushes in an embedded store's flush index, timing each.
+struct Committer {
+    resources: Resources,
+    held: Vec<Held>,
+    /// log → its topic and bundle.
+    logs: Vec<(TopicName, BundleRange)>,
+    /// Each log's next entry index. The bench's appends of one log may
+    /// reach the writer out of order (a task each): the committer numbers
+    /// them as they come, which records the same shape.
+    next: std::sync::Mutex<HashMap<u64, u64>>,
+    commit_ms: std::sync::Mutex<Vec<f64>>,
+    records: std::sync::atomic::AtomicU64,
+    record_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Committer {
+    async fn new(dir: &std::path::Path, logs: u64, bundles: u32) -> Arc<Self> {
+        let store: Arc<dyn MetadataStore> =
+            Arc::new(EmbeddedStore::open(&dir.join("metadata.redb")).unwrap());
+        let resources = Resources::new(store.clone());
+        let ns = NamespaceName::parse("bench/wal").unwrap();
+        let data = BundlesData::even(bundles).unwrap();
+        let session = store.open_session(Duration::from_secs(3600)).await.unwrap();
+        let me = BundleOwner {
+            broker: "bench:8080".into(),
+            ..Default::default()
+        };
+        let mut held = Vec::new();
+        for range in ranges(&data).unwrap() {
+            match resources
+                .acquire_bundle(&ns, range, &me, session)
+                .await
+                .unwrap()
+            {
+                Acquired::Owned { epoch } => held.push(Held {
+                    ns: ns.clone(),
+                    range,
+                    epoch,
+                }),
+                other => panic!("bundle {range} not taken: {other:?}"),
+            }
+        }
+        let logs = (0..logs)
+            .map(|i| {
+                let t = TopicName::parse(&format!("persistent://bench/wal/topic-{i}")).unwrap();
+                let range = bundle_of(&data, &t).unwrap();
+                (t, range)
+            })
+            .collect();
+        Arc::new(Committer {
+            resources,
+            held,
+            logs,
+            next: Default::default(),
+            commit_ms: Default::default(),
+            records: Default::default(),
+            record_bytes: Default::default(),
+        })
+    }
+}
+
+impl FlushCommit for Committer {
+    fn commit<'a>(&'a self, flush: &'a FlushSummary) -> CommitFuture<'a> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            let t = Instant::now();
+            let mut records = FlushRecords::new(&flush.object);
+            {
+                let mut next = self.next.lock().unwrap();
+                for e in &flush.entries {
+                    let (topic, range) = &self.logs[e.log as usize];
+                    let n = next.entry(e.log).or_default();
+                    records.push(topic, *range, e.log, *n, e.index).unwrap();
+                    *n += 1;
+                }
+            }
+            let records = records.finish();
+            self.records.fetch_add(records.len() as u64, Relaxed);
+            let bytes: usize = records
+                .iter()
+                .map(|(_, _, r)| serde_json::to_vec(r).unwrap().len())
+                .sum();
+            self.record_bytes.fetch_add(bytes as u64, Relaxed);
+            let outcome = self
+                .resources
+                .commit_flush(&self.held, flush.sequence, records)
+                .await;
+            self.commit_ms
+                .lock()
+                .unwrap()
+                .push(t.elapsed().as_secs_f64() * 1e3);
+            match outcome {
+                Ok(Commit::Committed { .. }) => Ok(()),
+                other => Err(CommitError::Refused(format!("{other:?}"))),
+            }
+        })
+    }
+}
+
+async fn run(bucket: Bucket, backend: &str, a: &Args, bundles: u32) {
     let per_flush = (a.rate as usize * a.bytes * a.flush_ms as usize / 1000).max(a.bytes);
     let before = raw_puts(&bucket, per_flush, 200, "before").await;
-    let w = WalWriter::start(
-        bucket.clone(),
-        WalConfig {
-            flush_interval: Duration::from_millis(a.flush_ms),
-            prefix: "bench-wal".into(),
-            ..WalConfig::default()
-        },
-    );
+    let config = WalConfig {
+        flush_interval: Duration::from_millis(a.flush_ms),
+        prefix: format!("bench-wal-{bundles}"),
+        ..WalConfig::default()
+    };
+    let metadata_dir = tempfile::tempdir().unwrap();
+    let committer = match bundles {
+        0 => None,
+        n => Some(Committer::new(metadata_dir.path(), a.logs, n).await),
+    };
+    let w = match &committer {
+        None => WalWriter::start(bucket.clone(), config),
+        Some(c) => WalWriter::start_with_commit(bucket.clone(), config, c.clone()),
+    };
     let latencies = Arc::new(Mutex::new(Vec::with_capacity((a.rate * a.secs) as usize)));
     let payload = Bytes::from(vec![0x42u8; a.bytes]);
     let per_tick = (a.rate / 1000).max(1);
@@ -97,7 +223,7 @@ async fn run(bucket: Bucket, backend: &str, a: &Args) {
     let mut tasks = Vec::new();
     let mut sent = 0u64;
     eprintln!(
-        "{backend}: {} msg/s of {} B over {} logs for {} s ...",
+        "{backend}: {} msg/s of {} B over {} logs in {bundles} bundles for {} s ...",
         a.rate, a.bytes, a.logs, a.secs
     );
     while start.elapsed() < Duration::from_secs(a.secs) {
@@ -121,8 +247,25 @@ async fn run(bucket: Bucket, backend: &str, a: &Args) {
     let stats = w.stats();
     let mut lat = latencies.lock().await.clone();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let commits = match &committer {
+        None => "– | – | – | –".to_string(),
+        Some(c) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut ms = c.commit_ms.lock().unwrap().clone();
+            ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let txns = ms.len() as f64;
+            format!(
+                "{:.0} | {:.1} | {:.1} | {:.2} / {:.2}",
+                txns / elapsed,
+                c.records.load(Relaxed) as f64 / txns.max(1.0),
+                c.record_bytes.load(Relaxed) as f64 / txns.max(1.0) / 1024.0,
+                percentile(&ms, 0.5),
+                percentile(&ms, 0.99),
+            )
+        }
+    };
     println!(
-        "| {backend} | {:.0} | {:.0} | {:.1} | {:.0} | {:.2} / {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {:.2} |",
+        "| {backend} | {bundles} | {:.0} | {:.0} | {commits} | {:.1} | {:.0} | {:.2} / {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {:.2} |",
         sent as f64 / elapsed,
         stats.flushes as f64 / elapsed,
         sent as f64 / stats.flushes.max(1) as f64,
@@ -140,8 +283,8 @@ async fn run(bucket: Bucket, backend: &str, a: &Args) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
-    println!("| backend | msg/s | PUTs/s | msgs per PUT | KiB per PUT | raw PUT p50 / p99 ms (before) | append p50 ms | append p99 ms | raw PUT p50 / p99 ms (after) | append p99 / raw PUT p99 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| backend | bundles | msg/s | PUTs/s | metadata txns/s | record keys per txn | KiB of records per txn | commit p50 / p99 ms | msgs per PUT | KiB per PUT | raw PUT p50 / p99 ms (before) | append p50 ms | append p99 ms | raw PUT p50 / p99 ms (after) | append p99 / raw PUT p99 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for backend in &a.backends {
         match backend.as_str() {
             "s3" => {
@@ -150,12 +293,16 @@ async fn main() {
                 };
                 server.create_bucket("kilonova-bench-wal").await.unwrap();
                 let bucket = Bucket::open(&server.config("kilonova-bench-wal")).unwrap();
-                run(bucket, "s3 (SeaweedFS)", &a).await;
+                for &n in &a.bundles {
+                    run(bucket.clone(), "s3 (SeaweedFS)", &a, n).await;
+                }
             }
             "filesystem" => {
                 let dir = tempfile::tempdir().unwrap();
                 let bucket = Bucket::open(&ObjectStoreConfig::filesystem(dir.path())).unwrap();
-                run(bucket, "filesystem", &a).await;
+                for &n in &a.bundles {
+                    run(bucket.clone(), "filesystem", &a, n).await;
+                }
             }
             other => panic!("unknown backend {other}"),
         }

@@ -47,6 +47,21 @@ pub enum ObjectStoreError {
     /// Reading the segment from the local store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A write-ahead object is durable but its flush commit failed
+    /// ([`crate::wal::FlushCommit`]): its appends are not acknowledged.
+    /// [`crate::wal::CommitError::Deposed`] says the writer's broker lost a
+    /// bundle; [`crate::wal::CommitError::Unavailable`] that the metadata
+    /// store could not be reached (the commit may have landed).
+    #[error("the flush commit of write-ahead object {key:?} failed: {error}")]
+    FlushCommit {
+        key: String,
+        error: crate::wal::CommitError,
+    },
+    /// The log had entries in a failed write-ahead flush (a writer with a
+    /// flush commit): its appends are refused until the caller resumes it
+    /// (`WalWriter::resume_log`), having settled what was committed.
+    #[error("log {log} is halted after a failed write-ahead flush (resume it first)")]
+    LogHalted { log: u64 },
     /// Any other failure of the store (an I/O error of the filesystem driver,
     /// an unexpected answer).
     #[error("object store {op} of {key:?} failed: {detail}")]

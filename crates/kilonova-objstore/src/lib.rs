@@ -11,8 +11,9 @@
 //! * [`OffloadedReader`]: reads entries back with range requests, read-ahead
 //!   and byte-bounded caches, verifying every entry's CRC32C.
 //! * [`WalWriter`]: groups appends of many logs into write-ahead objects, one
-//!   per flush, each append resolving once its object is durable ([`wal`];
-//!   cluster mode's write path).
+//!   per flush, each append resolving once its object is durable and its
+//!   flush committed ([`FlushCommit`]) ([`wal`]; cluster mode's write path);
+//!   [`wal::tail`] reads a log's committed entries back.
 //!
 //! It sits beside the storage crate, not in it: the S3 client brings sockets
 //! and an HTTP stack, which the storage crate must not (scripts/check-layering).
@@ -38,4 +39,7 @@ pub use error::{ObjectStoreError, Result};
 pub use metrics::{Metrics, MetricsSnapshot, Request};
 pub use offload::{OffloadConfig, OffloadedSegment, Offloader, OrphanReport, MIN_PART_BYTES};
 pub use reader::{OffloadedReader, ReaderCacheStats, ReaderConfig};
-pub use wal::{WalConfig, WalPosition, WalReader, WalStats, WalWriter};
+pub use wal::{
+    CommitError, FlushCommit, FlushEntry, FlushSummary, WalConfig, WalPosition, WalReader,
+    WalStats, WalWriter,
+};

@@ -4,7 +4,8 @@
 //! resolved once its object is durable, read back byte for byte and in
 //! order; size-triggered flushes; a failed flush fails its appends and the
 //! writer goes on; a reader gets an index (a large one too) and a log's
-//! entries back, and a flipped byte as an error.
+//! entries back (spread-out ones without the bytes between), and a flipped
+//! byte as an error.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use kilonova_objstore::seaweed::SeaweedServer;
 use kilonova_objstore::wal::format::{decode_wal, decode_wal_index};
 use kilonova_objstore::{
-    Bucket, ObjectStoreConfig, ObjectStoreError, WalConfig, WalReader, WalWriter,
+    Bucket, ObjectStoreConfig, ObjectStoreError, Request, WalConfig, WalReader, WalWriter,
 };
 use tempfile::TempDir;
 
@@ -212,7 +213,81 @@ async fn a_reader_reads_an_index_and_a_logs_entries_back(bucket: Bucket) {
     ));
 }
 
+async fn a_logs_spread_out_entries_are_read_without_the_gaps_between(bucket: Bucket) {
+    // Log 1's entries at both ends of an object, 400 KiB of log 2's between.
+    let w = WalWriter::start(
+        bucket.clone(),
+        WalConfig {
+            flush_interval: Duration::from_secs(3600),
+            max_object_entries: 102,
+            ..WalConfig::default()
+        },
+    );
+    let filler = Bytes::from(vec![2u8; 4 << 10]);
+    let mut appends = vec![(1, Bytes::from_static(b"first"))];
+    appends.extend((0..100).map(|_| (2, filler.clone())));
+    appends.push((1, Bytes::from_static(b"last")));
+    // join_all polls them in order the first time: each is queued then.
+    let all =
+        futures_util::future::join_all(appends.into_iter().map(|(log, data)| w.append(log, data)));
+    let positions: Vec<_> = tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("one flush of 102 entries")
+        .into_iter()
+        .map(|p| p.unwrap())
+        .collect();
+    assert_eq!((positions[0].index, positions[101].index), (0, 101));
+    let key = positions[0].object.to_string();
+    let reader = WalReader::new(bucket.clone());
+    let index = reader.index(&key).await.unwrap();
+    let mine: Vec<u32> = index
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.log == 1)
+        .map(|(i, _)| i as u32)
+        .collect();
+    assert_eq!(mine, vec![0, 101]);
+    // GET requests so far.
+    let gets = || {
+        bucket
+            .metrics()
+            .snapshot()
+            .latency_us
+            .iter()
+            .find(|(r, _)| *r == Request::Get)
+            .map_or(0, |(_, h)| h.count)
+    };
+    let before = gets();
+    let entries = reader.read_log(&key, &index, 1).await.unwrap();
+    assert_eq!(
+        entries,
+        vec![Bytes::from_static(b"first"), Bytes::from_static(b"last")]
+    );
+    let by_place = reader.read_entries(&key, &index, 1, &mine).await.unwrap();
+    assert_eq!(by_place, entries);
+    // Two requests each, one per entry: not one through the 400 KiB between.
+    assert_eq!(gets() - before, 4);
+    // Places of another log's entries, or out of order, are refused.
+    assert!(matches!(
+        reader.read_entries(&key, &index, 2, &mine).await,
+        Err(ObjectStoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        reader
+            .read_entries(&key, &index, 1, &[mine[1], mine[0]])
+            .await,
+        Err(ObjectStoreError::Corrupt { .. })
+    ));
+}
+
 mod filesystem {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logs_spread_out_entries_are_read_without_the_gaps_between() {
+        let (b, _dir) = super::filesystem().await;
+        super::a_logs_spread_out_entries_are_read_without_the_gaps_between(b).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_reads_an_index_and_a_logs_entries_back() {
         let (b, _dir) = super::filesystem().await;
@@ -234,6 +309,13 @@ mod filesystem {
 
 mod s3 {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logs_spread_out_entries_are_read_without_the_gaps_between() {
+        if let Some((b, _server)) = s3("wal_spread_out").await {
+            super::a_logs_spread_out_entries_are_read_without_the_gaps_between(b).await;
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_reads_an_index_and_a_logs_entries_back() {

@@ -4,9 +4,9 @@
 //! [`WalWriter::append`] queues an entry and resolves once the object
 //! holding it is durable in the object store — the moment a publish may be
 //! acknowledged. A flush writes everything queued when the first queued
-//! entry has waited `flush_interval`, or as soon as `max_object_bytes` are
-//! queued, whichever comes first; one flush is in flight at a time, and
-//! what arrives meanwhile goes in the next. So requests to the store grow
+//! entry has waited `flush_interval`, or as soon as `max_object_bytes` or
+//! `max_object_entries` are queued, whichever comes first; one flush is in
+//! flight at a time, and what arrives meanwhile goes in the next. So requests to the store grow
 //! with the flush rate (at most one per interval at low load, one per
 //! `max_object_bytes` at high load), never with the message rate or the
 //! number of logs.
@@ -16,14 +16,30 @@
 //! writer, sequence numbers from 1): nothing ever overwrites an object. A
 //! failed flush fails every append it held (the store's own retries have
 //! run by then); the caller decides what its publishes get. Appends queued
-//! behind it go in the next flush. Which objects a log's entries are in is
-//! the caller's to record (the flush commit in the metadata store).
+//! behind it go in the next flush.
+//!
+//! Which objects a log's entries are in is the caller's to record: a writer
+//! started with [`WalWriter::start_with_commit`] hands each durable flush
+//! to a [`FlushCommit`] (in cluster mode, one metadata transaction per
+//! flush guarded by the bundles' ownership epochs) and resolves the flush's
+//! appends only once that returned `Ok`; a failed commit fails every append
+//! of the flush ([`ObjectStoreError::FlushCommit`]). The PUT and the commit
+//! of one flush finish before the next flush starts, so commits land in
+//! sequence order. After a failed flush (PUT or commit), the logs it held
+//! are halted: their appends fail ([`ObjectStoreError::LogHalted`]) until
+//! the caller resumes each ([`WalWriter::resume_log`]) — otherwise a log's
+//! later entries could be committed after earlier ones that were not,
+//! leaving a gap in its committed history. [`tail`] reads a log's committed entries back.
 
+mod commit;
 pub mod format;
 mod reader;
+pub mod tail;
 
+pub use commit::{CommitError, CommitFuture, FlushCommit, FlushEntry, FlushSummary};
 pub use reader::WalReader;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +59,13 @@ pub struct WalConfig {
     pub flush_interval: Duration,
     /// A flush starts once this many bytes are queued.
     pub max_object_bytes: usize,
+    /// A flush starts once this many entries are queued (it bounds what one
+    /// flush commit records: a metadata transaction has a size limit).
+    pub max_object_entries: usize,
+    /// The longest a flush commit may take; past it the flush fails as
+    /// [`CommitError::Unavailable`] (its outcome unknown) and the writer
+    /// goes on.
+    pub commit_timeout: Duration,
     /// Appends queued at most (then [`WalWriter::append`] waits).
     pub queue_entries: usize,
     /// Key prefix of this writer's objects (relative to the bucket's).
@@ -54,6 +77,8 @@ impl Default for WalConfig {
         WalConfig {
             flush_interval: Duration::from_millis(5),
             max_object_bytes: 8 << 20,
+            max_object_entries: 16_384,
+            commit_timeout: Duration::from_secs(10),
             queue_entries: 65_536,
             prefix: "wal".into(),
         }
@@ -75,8 +100,12 @@ pub struct WalPosition {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
     pub appends: u64,
+    /// Flushes whose object is durable and whose commit (if any) returned Ok.
     pub flushes: u64,
+    /// Flushes whose PUT or commit failed.
     pub failed_flushes: u64,
+    /// Commits that failed (a subset of `failed_flushes`).
+    pub failed_commits: u64,
     pub bytes: u64,
 }
 
@@ -85,28 +114,57 @@ struct Counters {
     appends: AtomicU64,
     flushes: AtomicU64,
     failed_flushes: AtomicU64,
+    failed_commits: AtomicU64,
     bytes: AtomicU64,
 }
 
 struct Append {
     log: u64,
+    tag: u64,
     data: Bytes,
     queued: Instant,
     done: oneshot::Sender<Result<WalPosition>>,
+}
+
+/// What the flushing task is sent, in the order callers send it.
+enum Msg {
+    Append(Append),
+    /// Takes appends of `log` again after a failed flush.
+    Resume {
+        log: u64,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Groups appends into write-ahead objects. Cheap to clone; the flushing
 /// task ends when every clone is dropped (after flushing what is queued).
 #[derive(Clone)]
 pub struct WalWriter {
-    tx: mpsc::Sender<Append>,
+    tx: mpsc::Sender<Msg>,
     counters: Arc<Counters>,
     incarnation: Arc<str>,
 }
 
 impl WalWriter {
-    /// Starts a writer (its flushing task) on the current tokio runtime.
+    /// Starts a writer (its flushing task) on the current tokio runtime; an
+    /// append resolves once its object is durable.
     pub fn start(bucket: Bucket, config: WalConfig) -> Self {
+        Self::spawn(bucket, config, None)
+    }
+
+    /// Starts a writer whose every flush is committed by `committer` after
+    /// its object is durable: an append resolves `Ok` only once both are
+    /// done, and fails with [`ObjectStoreError::FlushCommit`] if the commit
+    /// failed.
+    pub fn start_with_commit(
+        bucket: Bucket,
+        config: WalConfig,
+        committer: Arc<dyn FlushCommit>,
+    ) -> Self {
+        Self::spawn(bucket, config, Some(committer))
+    }
+
+    fn spawn(bucket: Bucket, config: WalConfig, committer: Option<Arc<dyn FlushCommit>>) -> Self {
         let (tx, rx) = mpsc::channel(config.queue_entries.max(1));
         let counters = Arc::new(Counters::default());
         let incarnation: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
@@ -115,8 +173,10 @@ impl WalWriter {
             config,
             counters: counters.clone(),
             incarnation: incarnation.clone(),
+            committer,
             sequence: 0,
             next: None,
+            halted: HashSet::new(),
         };
         tokio::spawn(flusher.run(rx));
         WalWriter {
@@ -126,8 +186,17 @@ impl WalWriter {
         }
     }
 
-    /// Queues `data` for log `log`; resolves once it is durable (or its flush failed).
+    /// Queues `data` for log `log` (tag 0); resolves once it is durable and
+    /// committed (or its flush failed).
     pub async fn append(&self, log: u64, data: Bytes) -> Result<WalPosition> {
+        self.append_tagged(log, 0, data).await
+    }
+
+    /// Queues `data` for log `log` with the caller's `tag` (its index in the
+    /// log), which the flush commit receives with the entry's place
+    /// ([`FlushEntry`]); resolves once it is durable and committed (or its
+    /// flush failed).
+    pub async fn append_tagged(&self, log: u64, tag: u64, data: Bytes) -> Result<WalPosition> {
         let (done, answer) = oneshot::channel();
         let closed = || ObjectStoreError::Failed {
             op: "wal append",
@@ -135,15 +204,35 @@ impl WalWriter {
             detail: "the write-ahead writer stopped".into(),
         };
         self.tx
-            .send(Append {
+            .send(Msg::Append(Append {
                 log,
+                tag,
                 data,
                 queued: Instant::now(),
                 done,
-            })
+            }))
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
+    }
+
+    /// Takes appends of `log` again after a failed flush halted it (a writer
+    /// with a flush commit only: see [`ObjectStoreError::LogHalted`]).
+    /// Appends sent after this returns are taken; those sent before were
+    /// refused. The caller first settles where the log stands (what was
+    /// committed), so that its next tag follows the last committed one.
+    pub async fn resume_log(&self, log: u64) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        let closed = || ObjectStoreError::Failed {
+            op: "wal resume",
+            key: String::new(),
+            detail: "the write-ahead writer stopped".into(),
+        };
+        self.tx
+            .send(Msg::Resume { log, done })
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())
     }
 
     /// This writer's random id, part of every key it writes.
@@ -157,6 +246,7 @@ impl WalWriter {
             appends: c.appends.load(Ordering::Relaxed),
             flushes: c.flushes.load(Ordering::Relaxed),
             failed_flushes: c.failed_flushes.load(Ordering::Relaxed),
+            failed_commits: c.failed_commits.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
         }
     }
@@ -167,27 +257,56 @@ struct Flusher {
     config: WalConfig,
     counters: Arc<Counters>,
     incarnation: Arc<str>,
+    committer: Option<Arc<dyn FlushCommit>>,
     sequence: u64,
     /// An append taken from the queue that did not fit the last flush.
     next: Option<Append>,
+    /// Logs with entries in a failed flush (with a committer only): their
+    /// appends are refused until [`WalWriter::resume_log`], so that no later
+    /// entry of theirs is committed after ones that were not.
+    halted: HashSet<u64>,
 }
 
 impl Flusher {
-    async fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+    /// The append a message brings, if it is one to write: a resume is
+    /// done here, an append of a halted log refused.
+    fn admit(&mut self, msg: Msg) -> Option<Append> {
+        match msg {
+            Msg::Resume { log, done } => {
+                self.halted.remove(&log);
+                let _ = done.send(());
+                None
+            }
+            Msg::Append(a) if self.halted.contains(&a.log) => {
+                let _ = a.done.send(Err(ObjectStoreError::LogHalted { log: a.log }));
+                None
+            }
+            Msg::Append(a) => Some(a),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         loop {
             let first = match self.next.take() {
                 Some(a) => a,
                 None => match rx.recv().await {
-                    Some(a) => a,
+                    Some(m) => match self.admit(m) {
+                        Some(a) => a,
+                        None => continue,
+                    },
                     None => return,
                 },
             };
             let deadline = first.queued + self.config.flush_interval;
             let mut bytes = first.data.len();
             let mut batch = vec![first];
-            while bytes < self.config.max_object_bytes {
+            let max_entries = self
+                .config
+                .max_object_entries
+                .clamp(1, format::MAX_WAL_ENTRIES);
+            while bytes < self.config.max_object_bytes && batch.len() < max_entries {
                 let next = match rx.try_recv() {
-                    Ok(a) => Some(a),
+                    Ok(m) => Some(m),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         // `None` once the interval is up (or the queue closed).
@@ -197,7 +316,8 @@ impl Flusher {
                             .flatten()
                     }
                 };
-                let Some(a) = next else { break };
+                let Some(m) = next else { break };
+                let Some(a) = self.admit(m) else { continue };
                 if bytes + a.data.len() > self.config.max_object_bytes {
                     self.next = Some(a);
                     break;
@@ -229,13 +349,17 @@ impl Flusher {
                 detail: e.to_string(),
             }),
         };
+        let object: Arc<str> = key.into();
+        let result = match result {
+            Ok(()) => self.commit(&object, sequence, &batch).await,
+            Err(e) => Err(e),
+        };
         let c = &self.counters;
         c.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 c.flushes.fetch_add(1, Ordering::Relaxed);
                 c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                let object: Arc<str> = key.into();
                 for (i, a) in batch.into_iter().enumerate() {
                     let _ = a.done.send(Ok(WalPosition {
                         object: object.clone(),
@@ -246,16 +370,71 @@ impl Flusher {
             }
             Err(e) => {
                 c.failed_flushes.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%key, entries = batch.len(), error = %e, "a write-ahead flush failed: its appends fail");
-                let detail = e.to_string();
+                if matches!(e, ObjectStoreError::FlushCommit { .. }) {
+                    c.failed_commits.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.committer.is_some() {
+                    self.halted.extend(batch.iter().map(|a| a.log));
+                }
+                tracing::warn!(key = %object, entries = batch.len(), error = %e, "a write-ahead flush failed: its appends fail");
                 for a in batch {
-                    let _ = a.done.send(Err(ObjectStoreError::Failed {
-                        op: "wal flush",
-                        key: key.clone(),
-                        detail: detail.clone(),
-                    }));
+                    let _ = a.done.send(Err(for_each_append(&object, &e)));
                 }
             }
         }
+    }
+
+    /// Commits the durable flush `object` (Ok without a committer).
+    async fn commit(&self, object: &Arc<str>, sequence: u64, batch: &[Append]) -> Result<()> {
+        let Some(committer) = &self.committer else {
+            return Ok(());
+        };
+        let summary = FlushSummary {
+            object: object.clone(),
+            incarnation: self.incarnation.clone(),
+            sequence,
+            entries: batch
+                .iter()
+                .enumerate()
+                .map(|(i, a)| FlushEntry {
+                    log: a.log,
+                    tag: a.tag,
+                    index: i as u32,
+                })
+                .collect(),
+        };
+        let timeout = self.config.commit_timeout;
+        let outcome = match tokio::time::timeout(timeout, committer.commit(&summary)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(CommitError::Unavailable(format!(
+                "the flush commit took over {timeout:?}"
+            ))),
+        };
+        outcome.map_err(|error| ObjectStoreError::FlushCommit {
+            key: object.to_string(),
+            error,
+        })
+    }
+}
+
+/// A failed flush's error, for each of its appends: a failed commit and an
+/// unavailable store keep their kind (what a caller acts on), the rest say
+/// what failed.
+fn for_each_append(object: &str, e: &ObjectStoreError) -> ObjectStoreError {
+    match e {
+        ObjectStoreError::FlushCommit { key, error } => ObjectStoreError::FlushCommit {
+            key: key.clone(),
+            error: error.clone(),
+        },
+        ObjectStoreError::Unavailable { op, key, detail } => ObjectStoreError::Unavailable {
+            op,
+            key: key.clone(),
+            detail: detail.clone(),
+        },
+        other => ObjectStoreError::Failed {
+            op: "wal flush",
+            key: object.to_string(),
+            detail: other.to_string(),
+        },
     }
 }

@@ -1,6 +1,7 @@
 //! Reading write-ahead objects back (recovering a log's tail, compacting):
 //! an object's index from one suffix request (a second one for an index
-//! larger than the first guess), a log's entries from one range request,
+//! larger than the first guess), a log's entries with one range request per
+//! run of them (reading through gaps under 64 KiB),
 //! every entry checked against its CRC32C.
 
 use bytes::Bytes;
@@ -72,24 +73,86 @@ impl WalReader {
     }
 
     /// Every entry of log `log` in the object, in the order appended (one
-    /// range request from its first entry to its last).
+    /// range request per run of its entries, [`MAX_GAP_BYTES`] apart at
+    /// most).
     pub async fn read_log(&self, key: &str, index: &WalIndex, log: u64) -> Result<Vec<Bytes>> {
         let mine: Vec<&WalRecord> = index.records.iter().filter(|r| r.log == log).collect();
-        let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
-            return Ok(Vec::new());
-        };
-        let start = first.offset;
-        let span = self
-            .bucket
-            .get_range(key, start..last.offset + u64::from(last.len))
-            .await?;
-        mine.into_iter()
-            .map(|r| {
-                let from = (r.offset - start) as usize;
-                check(key, r, span.slice(from..from + r.len as usize))
-            })
-            .collect()
+        read_span(&self.bucket, key, &mine).await
     }
+
+    /// The entries at `positions` of the object (increasing places, each an
+    /// entry of log `log`), with one range request per run of them
+    /// ([`MAX_GAP_BYTES`] apart at most). A place outside the object is [`ObjectStoreError::NoSuchEntry`];
+    /// places out of order or an entry of another log is
+    /// [`ObjectStoreError::Corrupt`] (the caller's record does not describe
+    /// this object).
+    pub async fn read_entries(
+        &self,
+        key: &str,
+        index: &WalIndex,
+        log: u64,
+        positions: &[u32],
+    ) -> Result<Vec<Bytes>> {
+        let mut records = Vec::with_capacity(positions.len());
+        for (n, &i) in positions.iter().enumerate() {
+            if n > 0 && positions[n - 1] >= i {
+                return Err(corrupt(key, format!("entry places out of order at {i}")));
+            }
+            let r = index
+                .records
+                .get(i as usize)
+                .ok_or_else(|| ObjectStoreError::NoSuchEntry {
+                    key: key.to_string(),
+                    entry: u64::from(i),
+                    entries: index.records.len() as u64,
+                })?;
+            if r.log != log {
+                return Err(corrupt(
+                    key,
+                    format!("entry {i} is log {}'s, not log {log}'s", r.log),
+                ));
+            }
+            records.push(r);
+        }
+        read_span(&self.bucket, key, &records).await
+    }
+}
+
+/// Bytes of other entries a range request reads through rather than
+/// splitting in two.
+const MAX_GAP_BYTES: u64 = 64 << 10;
+
+/// The entries `records` (in object order), each checked: one range request
+/// per run of entries less than [`MAX_GAP_BYTES`] apart (a log's entries
+/// in an object of many logs' are spread out; reading from its first to its
+/// last could read the whole object for each log).
+async fn read_span(bucket: &Bucket, key: &str, records: &[&WalRecord]) -> Result<Vec<Bytes>> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut rest = records;
+    while let Some(first) = rest.first() {
+        let mut end = first.offset + u64::from(first.len);
+        let mut n = 1;
+        while let Some(r) = rest.get(n) {
+            if r.offset < end || r.offset - end > MAX_GAP_BYTES {
+                break;
+            }
+            end = r.offset + u64::from(r.len);
+            n += 1;
+        }
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        let start = first.offset;
+        let span = bucket.get_range(key, start..end).await?;
+        for r in run {
+            let from = (r.offset - start) as usize;
+            let bytes = span
+                .get(from..from + r.len as usize)
+                .map(|b| span.slice_ref(b))
+                .ok_or_else(|| corrupt(key, "an entry outside the range read"))?;
+            out.push(check(key, r, bytes)?);
+        }
+    }
+    Ok(out)
 }
 
 fn check(key: &str, r: &WalRecord, bytes: Bytes) -> Result<Bytes> {
