@@ -6,10 +6,12 @@
 //! broker that was paused or cut off cannot know whether the store expired
 //! it meanwhile, and another broker may own its bundles already, so it
 //! assumes the worst; from that moment it acknowledges no publish
-//! ([`Broker::ownership_lapsed`]), even before this task has run. Losing it gives up every bundle:
-//! their topics are closed (clients look them up again and reach the new
-//! owners) before a new session is opened and the broker registers again.
-//! While the store cannot be reached, renewals are retried.
+//! ([`Broker::ownership_lapsed`]), even before this task has run.
+//!
+//! Losing it gives up every bundle: their topics are closed (clients look
+//! them up again and reach the new owners), the old session is ended, and
+//! a new one is opened, under which the broker registers again. While the
+//! store cannot be reached, renewals are retried.
 
 use std::time::{Duration, Instant};
 

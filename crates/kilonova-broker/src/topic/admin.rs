@@ -210,7 +210,7 @@ pub struct PublisherStats {
     pub average_msg_size: f64,
     /// The client's `ip:port`.
     pub address: String,
-    /// When its connection was made, ISO-8601 UTC (as Pulsar writes it).
+    /// When the producer registered, ISO-8601 UTC (as Pulsar writes it).
     pub connected_since: String,
     pub client_version: String,
 }
@@ -264,7 +264,7 @@ pub struct ConsumerStats {
     pub blocked_consumer_on_unacked_msgs: bool,
     /// The client's `ip:port`.
     pub address: String,
-    /// When its connection was made, ISO-8601 UTC.
+    /// When the consumer registered, ISO-8601 UTC.
     pub connected_since: String,
     pub client_version: String,
     /// Key_Shared: the hash ranges it owns, `[start, end]` (inclusive).
