@@ -417,6 +417,45 @@ def second_producer_refused(client, topic: str) -> bool:
     return False
 
 
+def test_partitioned_topic_admin_reaches_every_partition_whichever_broker_serves_it(cluster, client0):
+    """A partitioned topic's partitions spread over the brokers; asked of
+    broker 0, each per-partition operation runs on every partition where it
+    is served (repeated on the owners with the caller's request, as Pulsar
+    fans it out): stats add up every partition's, subscriptions are listed,
+    a backlog is cleared, the topic unloaded and deleted."""
+    topic = unique("persistent://public/default/fanout")
+    local = topic.rsplit("/", 1)[1]
+    cluster.admin_ok(0, "topics", "create-partitioned-topic", topic, "-p", "12")
+    consumer = client0.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+    producer = client0.create_producer(topic, batching_enabled=False,
+                                       message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution)
+    for i in range(60):
+        producer.send(f"m{i}".encode())
+    owners = {cluster.owner_of(f"{topic}-partition-{i}") for i in range(12)}
+    assert owners == {0, 1, 2}, f"partitions served by {owners}"
+
+    stats = json.loads(cluster.admin_ok(0, "topics", "partitioned-stats", topic))
+    assert stats["msgInCounter"] == 60, stats
+    assert stats["subscriptions"]["s"]["msgBacklog"] == 60, stats["subscriptions"]
+    assert cluster.admin_ok(0, "topics", "subscriptions", topic).split() == ["s"]
+
+    cluster.admin_ok(0, "topics", "clear-backlog", topic, "-s", "s")
+    stats = json.loads(cluster.admin_ok(0, "topics", "partitioned-stats", topic))
+    assert stats["subscriptions"]["s"]["msgBacklog"] == 0, stats["subscriptions"]
+
+    cluster.admin_ok(0, "topics", "unload", topic)
+    producer.send(b"after the unload")  # the producers found their partitions again
+    # (Messages the consumer had prefetched before the backlog was cleared come first.)
+    wait_until(lambda: consumer.receive(10_000).data() == b"after the unload", 30,
+               "the consumer receiving the message sent after the unload")
+
+    consumer.close()
+    producer.close()
+    cluster.admin_ok(0, "topics", "delete-partitioned-topic", topic, "-f")
+    listed = cluster.admin_ok(1, "topics", "list", "public/default").split()
+    assert not [t for t in listed if local in t], f"left after the delete: {listed}"
+
+
 @pytest.mark.parametrize("bundles", [6, 8])
 def test_a_namespace_created_on_one_broker_is_served_by_all_with_its_bundles_spread_evenly(
         cluster, client0, bundles):

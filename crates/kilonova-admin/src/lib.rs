@@ -17,6 +17,7 @@ mod brokers;
 mod clusters;
 mod compaction;
 mod error;
+mod fan_out;
 mod lookup;
 mod messages;
 mod namespace_topics;

@@ -122,6 +122,7 @@ async fn delete(
     State(b): State<Broker>,
     Path((t, n)): Path<(String, String)>,
     Query(q): Query<Force>,
+    incoming: crate::fan_out::Incoming,
 ) -> ApiResult<StatusCode> {
     let ns = namespace(&t, &n)?;
     let resources = b.resources();
@@ -142,7 +143,7 @@ async fn delete(
                         continue;
                     }
                 }
-                delete_topic_everywhere(&b, &name, true).await?;
+                delete_topic_everywhere(&b, &name, true, &incoming).await?;
             }
         }
     }

@@ -17,6 +17,7 @@ use kilonova_metadata::{Domain, NamespaceName, TopicName};
 
 use crate::api::{Access, Api};
 use crate::error::{json_body, ApiError, ApiResult};
+use crate::fan_out::{each, on_owner, Incoming, PartitionReply};
 use crate::namespaces::Force;
 use kilonova_auth::Want;
 
@@ -183,19 +184,7 @@ pub(crate) async fn refuse_partitioned(b: &Broker, name: &TopicName, ask: &str) 
     Ok(())
 }
 
-pub(crate) async fn each(
-    b: &Broker,
-    name: &TopicName,
-    make: impl Fn() -> AdminRequest,
-) -> ApiResult<Vec<AdminReply>> {
-    let mut out = Vec::new();
-    for t in targets(b, name).await? {
-        out.push(b.topic_admin(&t, make()).await?);
-    }
-    Ok(out)
-}
-
-pub(crate) fn done(_: Vec<AdminReply>) -> StatusCode {
+pub(crate) fn done(_: Vec<PartitionReply>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
@@ -296,15 +285,21 @@ async fn create(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<
 }
 
 /// Deletes a topic (every partition of a partitioned one), data and record.
-pub async fn delete_topic_everywhere(b: &Broker, name: &TopicName, force: bool) -> ApiResult<()> {
+/// Deletes `name` (every partition of a partitioned topic, on the broker
+/// serving each: `incoming` is the caller's request, for its credentials).
+pub async fn delete_topic_everywhere(
+    b: &Broker,
+    name: &TopicName,
+    force: bool,
+    incoming: &Incoming,
+) -> ApiResult<()> {
     let record = b
         .resources()
         .topic(name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("topic {name} not found")))?;
     if record.partitions == 0 {
-        b.topic_admin(name, AdminRequest::Delete { force }).await?;
-        return Ok(());
+        return delete_one(b, name, force, incoming).await;
     }
     // The partitions that were ever used (have a record); the others hold
     // nothing. Found by paging the store, so an oversized record (more
@@ -330,13 +325,41 @@ pub async fn delete_topic_everywhere(b: &Broker, name: &TopicName, force: bool) 
             }
         }
     }
-    for p in &partitions {
+    // Partitions other brokers serve first: each refuses there if its
+    // clients are connected and `force` is not set, before anything here goes.
+    let mut here = Vec::new();
+    for p in partitions {
+        match b.other_owner(&p).await? {
+            Some(_) => delete_one(b, &p, force, incoming).await?,
+            None => here.push(p),
+        }
+    }
+    for p in &here {
         if b.resources().topic(p).await?.is_some() {
-            b.topic_admin(p, AdminRequest::Delete { force: true })
-                .await?;
+            delete_one(b, p, true, incoming).await?;
         }
     }
     b.resources().delete_topic(name).await?;
+    Ok(())
+}
+
+/// Deletes one topic that is not partitioned (or a partition) where it is
+/// served: here, or on its owner (with the caller's credentials).
+async fn delete_one(
+    b: &Broker,
+    name: &TopicName,
+    force: bool,
+    incoming: &Incoming,
+) -> ApiResult<()> {
+    match b.other_owner(name).await? {
+        Some(owner) => {
+            let delete = incoming.about("DELETE", name, "", Some(format!("force={force}")));
+            on_owner(b, &delete, name, owner).await?;
+        }
+        None => {
+            b.topic_admin(name, AdminRequest::Delete { force }).await?;
+        }
+    }
     Ok(())
 }
 
@@ -344,6 +367,7 @@ async fn delete(
     State(b): State<Broker>,
     Path(p): Path<TopicPath>,
     Query(q): Query<Force>,
+    incoming: Incoming,
 ) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
     if b.resources()
@@ -356,7 +380,7 @@ async fn delete(
             format!("{name} is a partitioned topic: delete it with DELETE …/partitions"),
         ));
     }
-    delete_topic_everywhere(&b, &name, q.force).await?;
+    delete_topic_everywhere(&b, &name, q.force, &incoming).await?;
     tracing::info!(topic = %name, force = q.force, "topic deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -410,6 +434,7 @@ async fn delete_partitioned(
     State(b): State<Broker>,
     Path(p): Path<TopicPath>,
     Query(q): Query<Force>,
+    incoming: Incoming,
 ) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
     match b.resources().topic(&name).await? {
@@ -426,7 +451,7 @@ async fn delete_partitioned(
             )))
         }
     }
-    delete_topic_everywhere(&b, &name, q.force).await?;
+    delete_topic_everywhere(&b, &name, q.force, &incoming).await?;
     tracing::info!(topic = %name, force = q.force, "partitioned topic deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -469,6 +494,7 @@ async fn partitioned_stats(
     State(b): State<Broker>,
     Path(p): Path<TopicPath>,
     Query(q): Query<PartitionedStatsQuery>,
+    incoming: Incoming,
 ) -> ApiResult<Json<Value>> {
     let name = topic_name(&p)?;
     let record = b
@@ -486,7 +512,16 @@ async fn partitioned_stats(
         let stats = b.partition_stats(&name, record.partitions).await?;
         let mut parts = Vec::with_capacity(stats.len());
         for (i, s) in (0..record.partitions).zip(&stats) {
-            parts.push((name.partition_name(i), to_json(s)?));
+            let partition = name.partition_name(i);
+            // In a cluster, a partition another broker serves: its stats there.
+            let stats = match b.other_owner(&partition).await? {
+                Some(owner) => {
+                    let get = incoming.about("GET", &partition, "/stats", None);
+                    json_body(&on_owner(&b, &get, &partition, owner).await?)?
+                }
+                None => to_json(s)?,
+            };
+            parts.push((partition, stats));
         }
         parts
     };
@@ -552,9 +587,13 @@ async fn internal_stats(
     }
 }
 
-async fn unload(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<StatusCode> {
+async fn unload(
+    State(b): State<Broker>,
+    Path(p): Path<TopicPath>,
+    incoming: Incoming,
+) -> ApiResult<StatusCode> {
     let name = topic_name(&p)?;
-    let replies = each(&b, &name, || AdminRequest::Unload).await?;
+    let replies = each(&b, &name, &incoming, || AdminRequest::Unload).await?;
     tracing::info!(topic = %name, "topic unloaded");
     Ok(done(replies))
 }
@@ -562,12 +601,15 @@ async fn unload(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<
 async fn subscriptions(
     State(b): State<Broker>,
     Path(p): Path<TopicPath>,
+    incoming: Incoming,
 ) -> ApiResult<Json<Vec<String>>> {
     let name = topic_name(&p)?;
     let mut names = Vec::new();
-    for r in each(&b, &name, || AdminRequest::Subscriptions).await? {
-        if let AdminReply::Names(n) = r {
-            names.extend(n);
+    for r in each(&b, &name, &incoming, || AdminRequest::Subscriptions).await? {
+        match r {
+            PartitionReply::Here(AdminReply::Names(n)) => names.extend(n),
+            PartitionReply::Here(_) => {}
+            PartitionReply::There(body) => names.extend(json_body::<Vec<String>>(&body)?),
         }
     }
     names.sort();
@@ -614,8 +656,10 @@ impl MessageIdBody {
 async fn create_subscription(
     State(b): State<Broker>,
     Path(p): Path<SubPath>,
+    incoming: Incoming,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
+    let incoming = incoming.with_body(body.clone());
     let name = sub_topic(&p)?;
     let start = if body.iter().all(u8::is_ascii_whitespace) {
         ResetTo::Latest
@@ -623,7 +667,7 @@ async fn create_subscription(
         json_body::<MessageIdBody>(&body)?.target()
     };
     let sub = p.subscription.clone();
-    let replies = each(&b, &name, || AdminRequest::CreateSubscription {
+    let replies = each(&b, &name, &incoming, || AdminRequest::CreateSubscription {
         name: sub.clone(),
         start,
     })
@@ -636,10 +680,11 @@ async fn delete_subscription(
     State(b): State<Broker>,
     Path(p): Path<SubPath>,
     Query(q): Query<Force>,
+    incoming: Incoming,
 ) -> ApiResult<StatusCode> {
     let name = sub_topic(&p)?;
     let sub = p.subscription.clone();
-    let replies = each(&b, &name, || AdminRequest::DeleteSubscription {
+    let replies = each(&b, &name, &incoming, || AdminRequest::DeleteSubscription {
         name: sub.clone(),
         force: q.force,
     })
@@ -680,11 +725,15 @@ fn sub_path(
     }
 }
 
-async fn skip(State(b): State<Broker>, Path(p): Path<SkipPath>) -> ApiResult<StatusCode> {
+async fn skip(
+    State(b): State<Broker>,
+    Path(p): Path<SkipPath>,
+    incoming: Incoming,
+) -> ApiResult<StatusCode> {
     let count: u64 = number("the count", &p.count)?;
     let sp = sub_path(p.domain, p.tenant, p.namespace, p.topic, p.subscription);
     let name = sub_topic(&sp)?;
-    let replies = each(&b, &name, || AdminRequest::Skip {
+    let replies = each(&b, &name, &incoming, || AdminRequest::Skip {
         subscription: sp.subscription.clone(),
         count,
     })
@@ -692,9 +741,13 @@ async fn skip(State(b): State<Broker>, Path(p): Path<SkipPath>) -> ApiResult<Sta
     Ok(done(replies))
 }
 
-async fn skip_all(State(b): State<Broker>, Path(p): Path<SubPath>) -> ApiResult<StatusCode> {
+async fn skip_all(
+    State(b): State<Broker>,
+    Path(p): Path<SubPath>,
+    incoming: Incoming,
+) -> ApiResult<StatusCode> {
     let name = sub_topic(&p)?;
-    let replies = each(&b, &name, || AdminRequest::ClearBacklog {
+    let replies = each(&b, &name, &incoming, || AdminRequest::ClearBacklog {
         subscription: Some(p.subscription.clone()),
     })
     .await?;
@@ -712,11 +765,15 @@ struct TimePath {
     timestamp: String,
 }
 
-async fn reset_to_time(State(b): State<Broker>, Path(p): Path<TimePath>) -> ApiResult<StatusCode> {
+async fn reset_to_time(
+    State(b): State<Broker>,
+    Path(p): Path<TimePath>,
+    incoming: Incoming,
+) -> ApiResult<StatusCode> {
     let ms: u64 = number("the timestamp", &p.timestamp)?;
     let sp = sub_path(p.domain, p.tenant, p.namespace, p.topic, p.subscription);
     let name = sub_topic(&sp)?;
-    let replies = each(&b, &name, || AdminRequest::ResetCursor {
+    let replies = each(&b, &name, &incoming, || AdminRequest::ResetCursor {
         subscription: sp.subscription.clone(),
         to: ResetTo::PublishTime(ms),
     })
@@ -766,11 +823,15 @@ struct ExpirePath {
     seconds: String,
 }
 
-async fn expire(State(b): State<Broker>, Path(p): Path<ExpirePath>) -> ApiResult<StatusCode> {
+async fn expire(
+    State(b): State<Broker>,
+    Path(p): Path<ExpirePath>,
+    incoming: Incoming,
+) -> ApiResult<StatusCode> {
     let seconds: u64 = number("the age in seconds", &p.seconds)?;
     let sp = sub_path(p.domain, p.tenant, p.namespace, p.topic, p.subscription);
     let name = sub_topic(&sp)?;
-    let replies = each(&b, &name, || AdminRequest::Expire {
+    let replies = each(&b, &name, &incoming, || AdminRequest::Expire {
         subscription: Some(sp.subscription.clone()),
         seconds,
     })
@@ -790,6 +851,7 @@ struct ExpireAllPath {
 async fn expire_all(
     State(b): State<Broker>,
     Path(p): Path<ExpireAllPath>,
+    incoming: Incoming,
 ) -> ApiResult<StatusCode> {
     let seconds: u64 = number("the age in seconds", &p.seconds)?;
     let name = topic_name(&TopicPath {
@@ -798,7 +860,7 @@ async fn expire_all(
         namespace: p.namespace,
         topic: p.topic,
     })?;
-    let replies = each(&b, &name, || AdminRequest::Expire {
+    let replies = each(&b, &name, &incoming, || AdminRequest::Expire {
         subscription: None,
         seconds,
     })

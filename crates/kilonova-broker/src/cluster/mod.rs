@@ -270,6 +270,24 @@ impl Broker {
         }
     }
 
+    /// The admin URLs (`http://`, `https://`) of the broker serving `name`
+    /// when it is another broker (in a cluster): where a request about it
+    /// is repeated (a partitioned topic's partitions may be on several).
+    pub async fn other_owner(
+        &self,
+        name: &TopicName,
+    ) -> Result<Option<(Option<String>, Option<String>)>, BrokerError> {
+        match self.served_elsewhere(name).await {
+            Ok(()) => Ok(None),
+            Err(BrokerError::ServedElsewhere {
+                http_url,
+                https_url,
+                ..
+            }) => Ok(Some((Some(http_url).filter(|u| !u.is_empty()), https_url))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Refuses a request about `name` when another broker owns its bundle
     /// (in a cluster), naming that broker.
     pub(crate) async fn served_elsewhere(&self, name: &TopicName) -> Result<(), BrokerError> {

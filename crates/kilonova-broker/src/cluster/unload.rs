@@ -157,7 +157,7 @@ impl Broker {
                     ns.tenant,
                     ns.namespace
                 );
-                self.forward_put(&url, authorization).await?;
+                self.forward_admin("PUT", &url, authorization, None).await?;
                 Ok(true)
             }
         }
@@ -182,9 +182,18 @@ impl Broker {
         Ok(served)
     }
 
-    /// A PUT to another broker's admin API, as the caller.
-    async fn forward_put(&self, url: &str, authorization: Option<&str>) -> Result<(), BrokerError> {
-        let failed = |why: String| BrokerError::Unavailable(format!("PUT {url}: {why}"));
+    /// A request to another broker's admin API (`url`), as the caller
+    /// (`authorization`, its Authorization header); the answer's body.
+    pub async fn forward_admin(
+        &self,
+        method: &str,
+        url: &str,
+        authorization: Option<&str>,
+        body: Option<bytes::Bytes>,
+    ) -> Result<bytes::Bytes, BrokerError> {
+        let failed = |why: String| BrokerError::Unavailable(format!("{method} {url}: {why}"));
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| BrokerError::BadRequest(format!("method {method:?}: {e}")))?;
         let mut http = reqwest::Client::builder()
             .connect_timeout(FORWARD_TIMEOUT)
             .timeout(FORWARD_TIMEOUT)
@@ -195,14 +204,17 @@ impl Broker {
                 .tls_backend_preconfigured(crate::replicator::admin_tls(trust).map_err(failed)?);
         }
         let http = http.build().map_err(|e| failed(e.to_string()))?;
-        let mut request = http.put(url);
+        let mut request = http.request(method.clone(), url);
         if let Some(a) = authorization {
             request = request.header("Authorization", a);
+        }
+        if let Some(b) = body {
+            request = request.header("Content-Type", "application/json").body(b);
         }
         let response = request.send().await.map_err(|e| failed(e.to_string()))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(());
+            return response.bytes().await.map_err(|e| failed(e.to_string()));
         }
         let body = response.text().await.unwrap_or_default();
         let why = format!("{status}: {}", body.chars().take(512).collect::<String>());
