@@ -13,31 +13,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use kilonova_objstore::seaweed::SeaweedServer;
 use kilonova_objstore::wal::format::{decode_wal, decode_wal_index};
-use kilonova_objstore::{
-    Bucket, ObjectStoreConfig, ObjectStoreError, Request, WalConfig, WalReader, WalWriter,
-};
-use tempfile::TempDir;
+use kilonova_objstore::{Bucket, ObjectStoreError, Request, WalConfig, WalReader, WalWriter};
 
 const BUCKET: &str = "kilonova-wal-test";
 
-async fn filesystem() -> (Bucket, TempDir) {
-    let dir = TempDir::new().unwrap();
-    (
-        Bucket::open(&ObjectStoreConfig::filesystem(dir.path())).unwrap(),
-        dir,
-    )
-}
+mod common;
+use common::filesystem;
 
 async fn s3(test: &str) -> Option<(Bucket, SeaweedServer)> {
-    let server = SeaweedServer::start_or_skip(test).await?;
-    server.create_bucket(BUCKET).await.unwrap();
-    let mut config = server.config(BUCKET);
-    // A store that is down fails a flush in about a second.
-    config.max_retries = 1;
-    config.retry_timeout_ms = 1_000;
-    config.request_timeout_ms = 2_000;
-    config.connect_timeout_ms = 500;
-    Some((Bucket::open(&config).unwrap(), server))
+    common::s3(test, BUCKET, |config| {
+        // A store that is down fails a flush in about a second.
+        config.max_retries = 1;
+        config.retry_timeout_ms = 1_000;
+        config.request_timeout_ms = 2_000;
+        config.connect_timeout_ms = 500;
+    })
+    .await
 }
 
 fn data(task: u64, i: u64) -> Bytes {

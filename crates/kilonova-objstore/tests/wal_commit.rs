@@ -18,27 +18,18 @@ use kilonova_objstore::seaweed::SeaweedServer;
 use kilonova_objstore::wal::format::decode_wal;
 use kilonova_objstore::wal::CommitFuture;
 use kilonova_objstore::{
-    Bucket, CommitError, FlushCommit, FlushSummary, ObjectStoreConfig, ObjectStoreError, WalConfig,
-    WalWriter,
+    Bucket, CommitError, FlushCommit, FlushSummary, ObjectStoreError, WalConfig, WalWriter,
 };
-use tempfile::TempDir;
 use tokio::sync::{mpsc, oneshot};
 
 const BUCKET: &str = "kilonova-wal-commit-test";
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn filesystem() -> (Bucket, TempDir) {
-    let dir = TempDir::new().unwrap();
-    (
-        Bucket::open(&ObjectStoreConfig::filesystem(dir.path())).unwrap(),
-        dir,
-    )
-}
+mod common;
+use common::filesystem;
 
 async fn s3(test: &str) -> Option<(Bucket, SeaweedServer)> {
-    let server = SeaweedServer::start_or_skip(test).await?;
-    server.create_bucket(BUCKET).await.unwrap();
-    Some((Bucket::open(&server.config(BUCKET)).unwrap(), server))
+    common::s3(test, BUCKET, |_| {}).await
 }
 
 /// Records every commit; fails the sequences told to; notes whether a

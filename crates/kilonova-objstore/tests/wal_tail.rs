@@ -21,25 +21,17 @@ use kilonova_objstore::seaweed::SeaweedServer;
 use kilonova_objstore::wal::tail::{read_tail, TailError, TailSlice};
 use kilonova_objstore::wal::CommitFuture;
 use kilonova_objstore::{
-    Bucket, CommitError, FlushCommit, FlushSummary, ObjectStoreConfig, ObjectStoreError, WalConfig,
-    WalReader, WalWriter,
+    Bucket, CommitError, FlushCommit, FlushSummary, ObjectStoreError, WalConfig, WalReader,
+    WalWriter,
 };
-use tempfile::TempDir;
 
 const BUCKET: &str = "kilonova-wal-tail-test";
 
-async fn filesystem() -> (Bucket, TempDir) {
-    let dir = TempDir::new().unwrap();
-    (
-        Bucket::open(&ObjectStoreConfig::filesystem(dir.path())).unwrap(),
-        dir,
-    )
-}
+mod common;
+use common::filesystem;
 
 async fn s3(test: &str) -> Option<(Bucket, SeaweedServer)> {
-    let server = SeaweedServer::start_or_skip(test).await?;
-    server.create_bucket(BUCKET).await.unwrap();
-    Some((Bucket::open(&server.config(BUCKET)).unwrap(), server))
+    common::s3(test, BUCKET, |_| {}).await
 }
 
 /// A broker's flush commit: its logs' topics, the bundle held, the flush
@@ -149,7 +141,7 @@ async fn publish(
 }
 
 async fn two_owners_in_turn_leave_exactly_the_committed_entries(bucket: Bucket) {
-    let dir = TempDir::new().unwrap();
+    let dir = tempfile::TempDir::new().unwrap();
     let store: Arc<dyn MetadataStore> =
         Arc::new(EmbeddedStore::open(&dir.path().join("metadata.redb")).unwrap());
     let r = Resources::new(store.clone());
