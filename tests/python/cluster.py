@@ -41,7 +41,8 @@ import zlib
 from pathlib import Path
 
 import wire
-from conftest import Broker, bearer, http, unique, wait_process_ready, wait_until
+from conftest import (Broker, ServerProcess, bearer, http, unique, wait_process_ready,
+                      wait_until)
 
 ETCD_START_TIMEOUT_S = 30.0
 ADMIN_TIMEOUT_S = 30.0
@@ -76,26 +77,20 @@ class _EtcdExited(AssertionError):
     """etcd exited while starting (e.g. a probed port was taken meanwhile)."""
 
 
-class Etcd:
+class Etcd(ServerProcess):
     """One etcd member on loopback, in its own directory. The flags are the
     ones crates/kilonova-etcd's test server uses (short raft timers: a
     leader at once, leases as short as a second)."""
 
+    name = "etcd"
+
     def __init__(self, binary: str, root: Path):
-        self.binary = binary
-        self.root = root
-        self.data_dir = root / "data"
-        self.log_path = root / "etcd.log"
+        super().__init__(binary, root)
         self.client_port, self.peer_port = _free_ports(2)
-        self.proc: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = ETCD_START_TIMEOUT_S) -> None:
         """Starts etcd and waits until /health says it is healthy. A port
@@ -150,17 +145,6 @@ class Etcd:
         wait_process_ready(self.proc, healthy, timeout, f"etcd on {self.endpoint}", self.log_tail,
                            _EtcdExited, interval=0.05)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError as e:
-            return f"(no etcd log: {e})"
-        return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
 
 
 # ---------------------------------------------------------------- brokers

@@ -520,29 +520,54 @@ class _WeedExited(AssertionError):
     """weed exited while starting (e.g. a probed port was taken meanwhile)."""
 
 
-class Seaweed:
+class ServerProcess:
+    """A third-party server a test starts (etcd, SeaweedFS): its binary,
+    its directory (data in `data/`, output in `<name>.log`), its process."""
+
+    name = "server"
+
+    def __init__(self, binary: str, root: Path):
+        self.binary = binary
+        self.root = root
+        self.data_dir = root / "data"
+        self.log_path = root / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL and reap (the server goes down as in a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as e:
+            return f"(no {self.name} log: {e})"
+        return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
+
+
+class Seaweed(ServerProcess):
     """A SeaweedFS server (`weed server`: master, volume, filer and S3 gateway
     in one process) on loopback, in its own directory, with one S3 identity
     (SEAWEED_ACCESS_KEY / SEAWEED_SECRET_KEY). Buckets are created on first
     write. kill() and restart() simulate the object store going down and
     coming back (same directory and ports)."""
 
+    name = "weed"
+
     def __init__(self, binary: str, root: Path):
-        self.binary = binary
-        self.root = root
-        self.data_dir = root / "data"
-        self.log_path = root / "weed.log"
+        super().__init__(binary, root)
         self.config_path = root / "s3.json"
         self.master_port, self.volume_port, self.filer_port, self.s3_port = _free_port_pairs(4)
-        self.proc: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def offload_config(self, bucket: str, prefix: str = "kilonova") -> str:
         """TOML for an object store on this server, with the field names of
@@ -602,22 +627,9 @@ class Seaweed:
         wait_process_ready(self.proc, takes_a_write, timeout, f"SeaweedFS S3 on {self.endpoint}",
                            self.log_tail, _WeedExited, interval=0.2)
 
-    def kill(self) -> None:
-        """SIGKILL and reap (the store goes down as in a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
     def restart(self, timeout: float = SEAWEED_START_TIMEOUT_S) -> None:
         self.kill()
         self.start(timeout)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError as e:
-            return f"(no weed log: {e})"
-        return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
 
     # S3, signed with the test identity.
 

@@ -116,6 +116,19 @@ def spread_topics(cluster, per_bundle: int, prefix: str) -> list[str]:
     return [t for ts in cluster.topics_in_bundles(per_bundle=per_bundle, prefix=prefix) for t in ts]
 
 
+def spread_clients(cluster, client, prefix: str):
+    """Two fresh topics in each bundle of public/default, each with a
+    consumer (subscription "s", from the earliest) and an unbatched producer
+    that retries for a minute: (topics, consumers, producers, owners)."""
+    topics = spread_topics(cluster, per_bundle=2, prefix=prefix)
+    consumers = {t: client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+                 for t in topics}
+    producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
+                 for t in topics}
+    owners = {t: cluster.owner_of(t) for t in topics}
+    return topics, consumers, producers, owners
+
+
 class Pump(threading.Thread):
     """Sends `topic|seq` to every producer in turn with send_async, until
     stopped; records which sequence numbers each topic had acknowledged."""
@@ -776,12 +789,7 @@ def test_after_kill_9_of_a_broker_its_topics_resume_on_the_others_once_its_sessi
     else:
         client = make_client(cluster)
     try:
-        topics = spread_topics(cluster, per_bundle=2, prefix="kill")
-        consumers = {t: client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
-                     for t in topics}
-        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
-                     for t in topics}
-        owners = {t: cluster.owner_of(t) for t in topics}
+        topics, consumers, producers, owners = spread_clients(cluster, client, "kill")
         assert set(owners.values()) == {0, 1, 2}, f"owners: {owners}"
         if service_url == "all-three":
             victim = 0
@@ -826,12 +834,7 @@ def test_a_broker_paused_past_its_ttl_closes_its_clients_when_it_wakes_and_they_
     retain_everything(cluster)
     client = make_client(cluster)
     try:
-        topics = spread_topics(cluster, per_bundle=2, prefix="pause")
-        consumers = {t: client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
-                     for t in topics}
-        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
-                     for t in topics}
-        owners = {t: cluster.owner_of(t) for t in topics}
+        topics, consumers, producers, owners = spread_clients(cluster, client, "pause")
         victim = max((1, 2), key=lambda i: list(owners.values()).count(i))
         mine = [t for t in topics if owners[t] == victim]
         assert mine, f"owners: {owners}"

@@ -1097,6 +1097,20 @@ mod flush {
             "not committed: {c:?}"
         );
     }
+
+    /// The objects the bundle's flush records name, in commit order.
+    pub(super) async fn objects(
+        r: &Resources,
+        ns: &NamespaceName,
+        range: BundleRange,
+    ) -> Vec<String> {
+        r.flush_records(ns, range)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, rec)| rec.object)
+            .collect()
+    }
 }
 
 /// A flush touching two bundles writes one record in each, in one
@@ -1277,14 +1291,7 @@ pub async fn a_deposed_owners_flush_commit_writes_nothing(s: Arc<dyn MetadataSto
         .await
         .unwrap(),
     );
-    let objects: Vec<String> = r
-        .flush_records(&ns, low)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, rec)| rec.object)
-        .collect();
-    assert_eq!(objects, vec!["a/1", "b/1"]);
+    assert_eq!(flush::objects(&r, &ns, low).await, vec!["a/1", "b/1"]);
 
     // b's session ends: its epoch no longer holds, even with nobody owning.
     s.close_session(sb).await.unwrap();
@@ -1319,14 +1326,10 @@ pub async fn a_deposed_owners_flush_commit_writes_nothing(s: Arc<dyn MetadataSto
             .await
             .unwrap(),
     );
-    let objects: Vec<String> = r
-        .flush_records(&ns, low)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, rec)| rec.object)
-        .collect();
-    assert_eq!(objects, vec!["a/1", "b/1", "a2/1"]);
+    assert_eq!(
+        flush::objects(&r, &ns, low).await,
+        vec!["a/1", "b/1", "a2/1"]
+    );
 }
 
 /// Records are deleted up to a key, in transactions of at most

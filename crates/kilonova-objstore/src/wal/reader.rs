@@ -38,6 +38,12 @@ impl WalReader {
         if tail.len() < WAL_FOOTER_LEN {
             return Err(corrupt(key, "shorter than a footer"));
         }
+        if tail.len() as u64 > len {
+            return Err(corrupt(
+                key,
+                format!("{} bytes of a suffix of a {len}-byte object", tail.len()),
+            ));
+        }
         let footer = format::decode_wal_footer(&tail[tail.len() - WAL_FOOTER_LEN..], len)
             .map_err(|e| corrupt(key, e))?;
         let range = footer.index_range();
@@ -57,14 +63,7 @@ impl WalReader {
 
     /// Entry `i` of the object whose index is `index`.
     pub async fn read(&self, key: &str, index: &WalIndex, i: u32) -> Result<Bytes> {
-        let r = index
-            .records
-            .get(i as usize)
-            .ok_or_else(|| ObjectStoreError::NoSuchEntry {
-                key: key.to_string(),
-                entry: u64::from(i),
-                entries: index.records.len() as u64,
-            })?;
+        let r = record(key, index, i)?;
         let bytes = self
             .bucket
             .get_range(key, r.offset..r.offset + u64::from(r.len))
@@ -98,14 +97,7 @@ impl WalReader {
             if n > 0 && positions[n - 1] >= i {
                 return Err(corrupt(key, format!("entry places out of order at {i}")));
             }
-            let r = index
-                .records
-                .get(i as usize)
-                .ok_or_else(|| ObjectStoreError::NoSuchEntry {
-                    key: key.to_string(),
-                    entry: u64::from(i),
-                    entries: index.records.len() as u64,
-                })?;
+            let r = record(key, index, i)?;
             if r.log != log {
                 return Err(corrupt(
                     key,
@@ -116,6 +108,18 @@ impl WalReader {
         }
         read_span(&self.bucket, key, &records).await
     }
+}
+
+/// Entry `i`'s record in the index of object `key`.
+fn record<'a>(key: &str, index: &'a WalIndex, i: u32) -> Result<&'a WalRecord> {
+    index
+        .records
+        .get(i as usize)
+        .ok_or_else(|| ObjectStoreError::NoSuchEntry {
+            key: key.to_string(),
+            entry: u64::from(i),
+            entries: index.records.len() as u64,
+        })
 }
 
 /// Bytes of other entries a range request reads through rather than
