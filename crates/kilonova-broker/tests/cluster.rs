@@ -134,6 +134,7 @@ async fn a_producer_on_a_broker_not_owning_the_topic_gets_service_not_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// With no other broker to hand it to, an unloaded bundle is released.
 async fn an_unloaded_bundle_is_released_and_its_producers_closed() {
     let dir = tempfile::tempdir().unwrap();
     let r = shared_metadata(&dir);
@@ -148,6 +149,45 @@ async fn an_unloaded_bundle_is_released_and_its_producers_closed() {
     assert_eq!(r.bundle_owner(&ns, range).await.unwrap(), None);
     // Not served any more: unloading it again finds nothing to do.
     assert!(!a.broker.unload_bundle(&ns, range).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unloaded_bundle_is_handed_to_the_next_broker_before_its_clients_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = shared_metadata(&dir);
+    let a = start_cluster_member(r.clone(), "a:8080", TTL).await;
+    let b = start_cluster_member(r.clone(), "b:8080", TTL).await;
+    let (range, topic) = topic_per_bundle(&r).await.remove(0);
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let ns = default_ns();
+    let before = r.bundle_owner(&ns, range).await.unwrap().unwrap();
+    let mut raw = Raw::connect(a.addr).await;
+    raw.producer(&topic.to_string(), 1).await;
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+    let close = raw.recv_type(Type::CloseProducer).await;
+    let named = close.command.close_producer.unwrap();
+    assert_eq!(
+        named.assigned_broker_service_url,
+        Some(format!("pulsar://{}", b.addr))
+    );
+    // b owns it already, before any client of it arrives: a lookup now,
+    // anywhere, sends the client to b rather than placing the bundle anew.
+    let owner = r.bundle_owner(&ns, range).await.unwrap().unwrap();
+    assert_eq!(owner.broker, "b:8080");
+    assert!(owner.epoch > before.epoch);
+    for via in [&a, &b] {
+        let answer = via.broker.lookup_topic(&topic, None, false).await.unwrap();
+        assert_eq!(answer.urls.plain, Some(format!("pulsar://{}", b.addr)));
+        assert!(!answer.redirect);
+    }
+    // The producer reconnects to b, which serves the bundle as its own:
+    // unloading it there hands it back to a.
+    let mut raw = Raw::connect(b.addr).await;
+    raw.producer(&topic.to_string(), 1).await;
+    assert!(b.broker.unload_bundle(&ns, range).await.unwrap());
+    let back = r.bundle_owner(&ns, range).await.unwrap().unwrap();
+    assert_eq!(back.broker, "a:8080");
+    assert!(back.epoch > owner.epoch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

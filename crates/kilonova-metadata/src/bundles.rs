@@ -141,6 +141,10 @@ pub struct BundleOwner {
     /// the value; [`Resources::bundle_owner`] fills it in).
     #[serde(default, skip_serializing)]
     pub epoch: u64,
+    /// The metadata session the ownership is bound to (0: unknown): the
+    /// key's lease, filled in as the epoch is.
+    #[serde(default, skip_serializing)]
+    pub session: u64,
 }
 
 /// What an acquisition found.
@@ -188,6 +192,7 @@ impl Resources {
         match self.store().get(&ownership_key(ns, range)).await? {
             Some(s) => Ok(Some(BundleOwner {
                 epoch: s.version,
+                session: s.session.map_or(0, |s| s.0),
                 ..from_json("a bundle owner", &s.value)?
             })),
             None => Ok(None),
@@ -208,6 +213,7 @@ impl Resources {
             "a bundle owner",
             &BundleOwner {
                 epoch: 0,
+                session: 0,
                 ..me.clone()
             },
         )?;
@@ -250,6 +256,46 @@ impl Resources {
         {
             Ok(existed) => Ok(existed),
             Err(MetadataError::BadVersion { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hands the bundle from `broker`, which owns it at `epoch`, straight to
+    /// `next` under `next`'s `session` (one conditional write: the bundle is
+    /// never unowned meanwhile, so no lookup can place it elsewhere). The
+    /// new ownership's epoch, or `None` if `broker` no longer owned it at
+    /// `epoch`. [`MetadataError::SessionExpired`] if `next`'s session is gone.
+    pub async fn transfer_bundle(
+        &self,
+        ns: &NamespaceName,
+        range: BundleRange,
+        (broker, epoch): (&str, u64),
+        next: &BundleOwner,
+        session: SessionId,
+    ) -> Result<Option<u64>> {
+        if !self.holds_bundle(ns, range, broker, epoch).await? {
+            return Ok(None);
+        }
+        let value = to_json(
+            "a bundle owner",
+            &BundleOwner {
+                epoch: 0,
+                session: 0,
+                ..next.clone()
+            },
+        )?;
+        match self
+            .store()
+            .put(
+                &ownership_key(ns, range),
+                value,
+                Expect::Version(epoch),
+                Some(session),
+            )
+            .await
+        {
+            Ok(epoch) => Ok(Some(epoch)),
+            Err(MetadataError::BadVersion { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -1228,6 +1228,68 @@ pub async fn flush_commits_write_one_record_per_bundle_in_one_transaction(
     }
 }
 
+/// A bundle handed straight to another broker is never unowned: the new
+/// owner holds it under its own session at a new epoch, the old owner's
+/// epoch is deposed, a second handover with that epoch does nothing, a
+/// handover to a dead session is refused, and the bundle frees when the new
+/// owner's session ends.
+pub async fn a_bundle_handed_over_keeps_an_owner(s: Arc<dyn MetadataStore>) {
+    use crate::bundles::Commit;
+    let r = crate::Resources::new(s.clone());
+    let ns = flush::namespace("handover");
+    let (low, _) = flush::halves();
+    let ttl = Duration::from_secs(30);
+    let (sa, sb, sc) = (
+        s.open_session(ttl).await.unwrap(),
+        s.open_session(ttl).await.unwrap(),
+        s.open_session(ttl).await.unwrap(),
+    );
+    let a = flush::acquire(&r, &ns, low, "a:8080", sa).await;
+    let to_b = r
+        .transfer_bundle(&ns, low, ("a:8080", a.epoch), &flush::owner("b:8080"), sb)
+        .await
+        .unwrap()
+        .expect("a owned the bundle at its epoch");
+    assert!(to_b > a.epoch);
+    let owner = r.bundle_owner(&ns, low).await.unwrap().unwrap();
+    assert_eq!(
+        (owner.broker.as_str(), owner.epoch, owner.session),
+        ("b:8080", to_b, sb.0)
+    );
+    // a's epoch no longer holds: no commit, no second handover.
+    assert!(matches!(
+        r.commit_flush(
+            std::slice::from_ref(&a),
+            1,
+            flush::records("a/1", &[(&flush::topic_in(&ns, low), low)], 0)
+        )
+        .await
+        .unwrap(),
+        Commit::Deposed { .. }
+    ));
+    assert_eq!(
+        r.transfer_bundle(&ns, low, ("a:8080", a.epoch), &flush::owner("c:8080"), sc)
+            .await
+            .unwrap(),
+        None
+    );
+    // A handover to a session that is gone is refused; b keeps the bundle.
+    s.close_session(sc).await.unwrap();
+    assert!(matches!(
+        r.transfer_bundle(&ns, low, ("b:8080", to_b), &flush::owner("c:8080"), sc)
+            .await,
+        Err(MetadataError::SessionExpired(_))
+    ));
+    assert_eq!(
+        r.bundle_owner(&ns, low).await.unwrap().map(|o| o.broker),
+        Some("b:8080".to_owned())
+    );
+    // b's session ends: the bundle is free.
+    s.close_session(sb).await.unwrap();
+    assert_eq!(r.bundle_owner(&ns, low).await.unwrap(), None);
+    s.close_session(sa).await.unwrap();
+}
+
 /// A broker that lost a bundle (released, its session gone, or re-acquired
 /// at a higher epoch) commits nothing with its old epoch — not even the
 /// records of the bundles it still holds — and gets `Deposed`; the new
@@ -1405,6 +1467,7 @@ macro_rules! conformance_tests {
             txn_matches_a_model,
             flush_commits_write_one_record_per_bundle_in_one_transaction,
             a_deposed_owners_flush_commit_writes_nothing,
+            a_bundle_handed_over_keeps_an_owner,
             flush_records_are_deleted_up_to_a_key
         );
     };

@@ -9,7 +9,7 @@
 //! broker, authoritative, and the client asks there, which takes the bundle.
 
 use kilonova_metadata::brokers::BrokerRecord;
-use kilonova_metadata::bundles::Acquired;
+use kilonova_metadata::bundles::{Acquired, BundleOwner};
 use kilonova_metadata::names::TopicName;
 
 use super::{BundleKey, Membership};
@@ -148,6 +148,28 @@ impl Broker {
         let spread = crc32c::crc32c(format!("{}/{}", key.0, key.1).as_bytes()) as usize;
         Ok(least[spread % least.len()].clone())
     }
+}
+
+/// What the ownership keys of broker `id`, registered as `record`, hold.
+pub(super) fn bundle_owner(id: &str, record: &BrokerRecord) -> Result<BundleOwner, BrokerError> {
+    let default = record_urls(record, None)?;
+    Ok(BundleOwner {
+        broker: id.to_owned(),
+        native_url: default
+            .plain
+            .clone()
+            .or(default.tls.clone())
+            .unwrap_or_default(),
+        native_url_tls: default.tls,
+        http_url: record
+            .http_url
+            .clone()
+            .or(record.https_url.clone())
+            .unwrap_or_default(),
+        http_url_tls: record.https_url.clone(),
+        epoch: 0,
+        session: 0,
+    })
 }
 
 /// A registered broker's URLs for a client naming `listener`.

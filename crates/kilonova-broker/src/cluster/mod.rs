@@ -131,7 +131,6 @@ impl Broker {
             }
         }
         let urls = self.service_urls();
-        let default = urls.broker_urls(None)?;
         let record = BrokerRecord {
             pulsar_url: urls.plain.clone(),
             pulsar_url_tls: urls.tls.clone(),
@@ -145,18 +144,7 @@ impl Broker {
         resources
             .register_broker(&cluster, &settings.broker_id, &record, session)
             .await?;
-        let owner = BundleOwner {
-            broker: settings.broker_id.clone(),
-            native_url: default
-                .plain
-                .clone()
-                .or(default.tls.clone())
-                .unwrap_or_default(),
-            native_url_tls: default.tls,
-            http_url: urls.http.clone().or(urls.https.clone()).unwrap_or_default(),
-            http_url_tls: urls.https.clone(),
-            epoch: 0,
-        };
+        let owner = lookup::bundle_owner(&settings.broker_id, &record)?;
         let membership = Membership {
             id: settings.broker_id,
             cluster,
@@ -331,13 +319,35 @@ impl Broker {
                 tracing::info!(bundle = %format!("{}/{}", key.0, key.1), epoch, "bundle acquired");
                 self.publish_record(m, &record, session).await;
             }
-            // Ours from this very session: taken by a concurrent request.
-            Acquired::OwnedBy(o) if o.broker == m.id && m.state().held.contains_key(key) => {
+            // Ours from this very session: taken by a concurrent request,
+            // or handed over here by its previous owner.
+            Acquired::OwnedBy(o) if self.adopt(m, key, o).await => {
                 return Ok(Acquired::Owned { epoch: o.epoch });
             }
             Acquired::OwnedBy(_) => {}
         }
         Ok(acquired)
+    }
+
+    /// Counts bundle `key` among this broker's if `owner`, its ownership
+    /// record, names this broker in its current session (a previous owner
+    /// handed it over: [`unload`]). Returns whether it is held here now.
+    async fn adopt(&self, m: &Membership, key: &BundleKey, owner: &BundleOwner) -> bool {
+        let (record, session) = {
+            let mut state = m.state();
+            if owner.broker != m.id || owner.session != state.session.0 {
+                return false;
+            }
+            if state.held.contains_key(key) {
+                return true;
+            }
+            state.held.insert(key.clone(), owner.epoch);
+            state.record.bundles = state.held.len() as u64;
+            (state.record.clone(), state.session)
+        };
+        tracing::info!(bundle = %format!("{}/{}", key.0, key.1), epoch = owner.epoch, "bundle taken over");
+        self.publish_record(m, &record, session).await;
+        true
     }
 
     /// Rewrites this broker's registration (its load changed). A failure

@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
+use kilonova_metadata::brokers::BrokerRecord;
 use kilonova_metadata::bundles::{self, BundleRange};
 use kilonova_metadata::names::TopicName;
-use kilonova_metadata::NamespaceName;
+use kilonova_metadata::{NamespaceName, SessionId};
 use tokio::sync::oneshot;
 
 use super::BundleKey;
@@ -70,6 +71,13 @@ impl Broker {
             tracing::info!(bundle = %format!("{ns}/{range}"), topics = closed, "bundle unloaded");
             return Ok(true);
         };
+        if !m.state().held.contains_key(&key) {
+            // Handed over here but not yet counted: count it, to unload it.
+            match self.resources().bundle_owner(ns, range).await? {
+                Some(o) if self.adopt(m, &key, &o).await => {}
+                _ => return Ok(false),
+            }
+        }
         let epoch = {
             let mut state = m.state();
             let Some(epoch) = state.held.remove(&key) else {
@@ -78,18 +86,32 @@ impl Broker {
             state.releasing.insert(key.clone());
             epoch
         };
-        // The next owner is chosen now and named to the clients, which
-        // reconnect there at once instead of looking the topics up again
-        // after a backoff; it takes the bundle when they arrive. So the
-        // bundle is released before its topics close. (Appends this broker
-        // still takes meanwhile are refused by the flush commit's epoch
-        // check once storage is shared.)
-        let next = self.next_owner(m, &key).await;
-        let released = self
-            .resources()
-            .release_bundle(ns, range, &m.id, epoch)
-            .await;
-        let closed = self.close_bundle_topics(&key, next.as_ref()).await;
+        // The next owner is chosen now, the bundle handed to it in the
+        // store (never unowned, so a client looking a topic up meanwhile is
+        // sent there too), and named to the clients, which reconnect there
+        // at once instead of looking the topics up again after a backoff.
+        // So the bundle changes hands before its topics close. (Appends this
+        // broker still takes meanwhile are refused by the flush commit's
+        // epoch check once storage is shared.) Without a next owner, or if
+        // the handover fails, the bundle is released for lookups to place.
+        let mut handed_to = None;
+        if let Some((id, record)) = self.next_owner(m, &key).await {
+            if self.hand_over(m, &key, epoch, &id, &record).await {
+                handed_to = Some((id, record));
+            }
+        }
+        let released = match handed_to {
+            Some(_) => Ok(true),
+            None => {
+                self.resources()
+                    .release_bundle(ns, range, &m.id, epoch)
+                    .await
+            }
+        };
+        let urls = handed_to
+            .as_ref()
+            .and_then(|(_, record)| super::lookup::record_urls(record, None).ok());
+        let closed = self.close_bundle_topics(&key, urls.as_ref()).await;
         let (record, session) = {
             let mut state = m.state();
             state.releasing.remove(&key);
@@ -99,7 +121,8 @@ impl Broker {
         self.publish_record(m, &record, session).await;
         match released {
             Ok(_) => {
-                tracing::info!(bundle = %format!("{ns}/{range}"), topics = closed, epoch, "bundle unloaded and released");
+                let to = handed_to.as_ref().map_or("", |(id, _)| id.as_str());
+                tracing::info!(bundle = %format!("{ns}/{range}"), topics = closed, epoch, handed_to = to, "bundle unloaded and given up");
                 Ok(true)
             }
             // Its topics are closed and the broker no longer serves it; the
@@ -108,10 +131,51 @@ impl Broker {
         }
     }
 
-    /// The URLs of the broker a bundle given up here should go to next:
-    /// the least loaded other live broker (none: no other broker, or the
-    /// choice failed — clients then look the topics up again).
-    async fn next_owner(&self, m: &super::Membership, key: &BundleKey) -> Option<ListenerUrls> {
+    /// Hands bundle `key`, held here at `epoch`, to broker `id` (registered
+    /// as `record`). Returns whether it did.
+    async fn hand_over(
+        &self,
+        m: &super::Membership,
+        key: &BundleKey,
+        epoch: u64,
+        id: &str,
+        record: &BrokerRecord,
+    ) -> bool {
+        let owner = match super::lookup::bundle_owner(id, record) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(error = %e, "the next owner's registration is unusable");
+                return false;
+            }
+        };
+        match self
+            .resources()
+            .transfer_bundle(
+                &key.0,
+                key.1,
+                (&m.id, epoch),
+                &owner,
+                SessionId(record.session),
+            )
+            .await
+        {
+            Ok(Some(_)) => true,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, next = id, "handing a bundle over failed");
+                false
+            }
+        }
+    }
+
+    /// The broker a bundle given up here should go to next: the least
+    /// loaded other live broker, with its registration (none: no other
+    /// broker, or the choice failed — clients then look the topics up again).
+    async fn next_owner(
+        &self,
+        m: &super::Membership,
+        key: &BundleKey,
+    ) -> Option<(String, BrokerRecord)> {
         let next = match self.least_loaded(m, key, Some(&m.id)).await {
             Ok(id) => id,
             Err(e) => {
@@ -120,7 +184,7 @@ impl Broker {
             }
         };
         match self.resources().broker(&m.cluster, &next).await {
-            Ok(Some(record)) => super::lookup::record_urls(&record, None).ok(),
+            Ok(Some(record)) => Some((next, record)),
             _ => None,
         }
     }
