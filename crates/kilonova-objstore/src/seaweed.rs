@@ -162,10 +162,25 @@ impl SeaweedServer {
         }
     }
 
-    /// Starts the server again on the same directory and ports (after [`SeaweedServer::kill`]).
+    /// Starts the server again on the same directory and S3 port (after
+    /// [`SeaweedServer::kill`]). Its other ports were free while it ran,
+    /// but another process may have taken one meanwhile: then weed exits,
+    /// and it is started again with new ones (clients know only the S3 port).
     pub async fn restart(&mut self) -> Result<(), String> {
-        self.kill();
-        self.spawn_and_wait().await
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            self.kill();
+            match self.spawn_and_wait().await {
+                Ok(()) => return Ok(()),
+                Err(e) if self.exited() => {
+                    last_error = e;
+                    let [master, volume, filer, _] = free_ports()?;
+                    self.ports = [master, volume, filer, self.ports[3]];
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error)
     }
 
     async fn spawn_and_wait(&mut self) -> Result<(), String> {
