@@ -13,12 +13,13 @@ What is checked, as Pulsar behaves:
     bundles are free once its session expires and clients carry on through
     the other brokers; a paused broker that wakes up closes its clients.
 
-Topics keep their data on the broker that served them (the cluster storage
-is not there yet): a moved topic starts empty on its new owner. So the
-tests count only what was sent after the move, and give the namespace an
-infinite retention so that a moved topic keeps what arrives before its
-consumer is back. The tests that need data to follow a topic are written
-and skipped.
+Most tests run brokers without an object store: topics then keep their data
+on the broker that served them, and a moved topic starts empty on its new
+owner. So they count only what was sent after the move, and give the
+namespace an infinite retention so that a moved topic keeps what arrives
+before its consumer is back. The tests at the end run brokers with an
+object store (`shared_cluster`): messages and subscription positions follow
+a topic to its next owner, and a killed broker loses nothing acknowledged.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import zlib
 
 import pulsar
@@ -46,7 +48,6 @@ LOOKUP_FAILED = 2
 ANSWERS = "pulsar_broker_lookup_answers"
 REDIRECTS = "pulsar_broker_lookup_redirects"
 SHORT_TTL = {"session_ttl_secs": 3}
-DATA_DOES_NOT_FOLLOW = "cluster storage: data does not follow a moved bundle yet (#26)"
 # How long a client may take to get going again once a dead or paused
 # broker's session expired: the C++ client's reconnection backoff doubles
 # from 100 ms, so it may wait ~13 s more after a ~3 s outage.
@@ -1091,47 +1092,76 @@ def test_unloading_a_namespace_or_bundle_that_does_not_exist_is_refused(cluster)
         assert cluster.client_lookup(f"persistent://public/default/{unique('after')}", via=i) is not None
 
 
-# ---------------------------------------------------------------- data following a topic (not yet)
+# ---------------------------------------------------------------- data following a topic (shared storage)
 
 
-@pytest.mark.skip(reason=DATA_DOES_NOT_FOLLOW)
-def test_messages_stored_before_their_broker_stopped_are_delivered_by_the_new_owner(cluster, client0):
+@pytest.fixture
+def shared_cluster(kilonova_bin, etcd, seaweed, tmp_path, request):
+    """A cluster whose brokers keep their topics' data in the object store
+    (a SeaweedFS of the test's own): a topic's messages and subscriptions
+    follow it to its next owner. Parametrized as `cluster` is."""
+    from cluster import Cluster
+
+    settings = dict(getattr(request, "param", None) or {})
+    store = "\n[offload]\n[offload.store]\n" + seaweed.offload_config("kilonova-cluster",
+                                                                      prefix=uuid.uuid4().hex[:12])
+    settings["extra_toml"] = settings.get("extra_toml", "") + store
+    c = Cluster(kilonova_bin, tmp_path, etcd, **settings)
+    request.node.kilonova_brokers = c.brokers
+    request.node.kilonova_etcd = etcd
+    c.start()
+    yield c
+    failures = c.shutdown()
+    if failures:
+        raise failures[0]
+
+
+def test_messages_stored_before_their_broker_stopped_are_delivered_by_the_new_owner(shared_cluster):
     """Stopping the owner (not an unload, which may place a bundle back on
     the same broker) makes its topics move. The consumer is away while the
     topic moves (a connected one would have the messages prefetched)."""
-    topic, owner = elsewhere(cluster, "follow")
-    client0.subscribe(topic, "s").close()  # the subscription keeps what follows
-    producer = client0.create_producer(topic, batching_enabled=False)
-    for j in range(10):
-        producer.send(f"{topic}|{j}".encode())
-    assert cluster.stop(owner) == 0
-    assert cluster.client_lookup(topic, via=0) not in (None, owner)
-    consumer = client0.subscribe(topic, "s")
-    receive_seqs(consumer, topic, set(range(10)), timeout=20)
+    cluster = shared_cluster
+    client0 = make_client(cluster)
+    try:
+        topic, owner = elsewhere(cluster, "follow")
+        client0.subscribe(topic, "s").close()  # the subscription keeps what follows
+        producer = client0.create_producer(topic, batching_enabled=False)
+        for j in range(10):
+            producer.send(f"{topic}|{j}".encode())
+        assert cluster.stop(owner) == 0
+        assert cluster.client_lookup(topic, via=0) not in (None, owner)
+        consumer = client0.subscribe(topic, "s")
+        receive_seqs(consumer, topic, set(range(10)), timeout=20)
+    finally:
+        client0.close()
 
 
-@pytest.mark.skip(reason=DATA_DOES_NOT_FOLLOW)
-def test_a_subscriptions_position_follows_a_moved_topic(cluster, client0):
-    topic, owner = elsewhere(cluster, "cursor")
-    consumer = client0.subscribe(topic, "s")
-    producer = client0.create_producer(topic, batching_enabled=False)
-    for j in range(10):
-        producer.send(f"{topic}|{j}".encode())
-    got = receive_n(consumer, 10)
-    for m in got[:5]:
-        consumer.acknowledge(m)
-    consumer.close()  # its acknowledgements are flushed as it closes
-    assert cluster.stop(owner) == 0
-    assert cluster.client_lookup(topic, via=0) not in (None, owner)
-    consumer = client0.subscribe(topic, "s")
-    want = [f"{topic}|{j}".encode() for j in range(5, 10)]
-    assert payloads(receive_n(consumer, 5)) == want, "the unacknowledged half, and only it"
-    assert_no_more(consumer)
+def test_a_subscriptions_position_follows_a_moved_topic(shared_cluster):
+    cluster = shared_cluster
+    client0 = make_client(cluster)
+    try:
+        topic, owner = elsewhere(cluster, "cursor")
+        consumer = client0.subscribe(topic, "s")
+        producer = client0.create_producer(topic, batching_enabled=False)
+        for j in range(10):
+            producer.send(f"{topic}|{j}".encode())
+        got = receive_n(consumer, 10)
+        for m in got[:5]:
+            consumer.acknowledge(m)
+        consumer.close()  # its acknowledgements are flushed as it closes
+        assert cluster.stop(owner) == 0
+        assert cluster.client_lookup(topic, via=0) not in (None, owner)
+        consumer = client0.subscribe(topic, "s")
+        want = [f"{topic}|{j}".encode() for j in range(5, 10)]
+        assert payloads(receive_n(consumer, 5)) == want, "the unacknowledged half, and only it"
+        assert_no_more(consumer)
+    finally:
+        client0.close()
 
 
-@pytest.mark.skip(reason=DATA_DOES_NOT_FOLLOW)
-@pytest.mark.parametrize("cluster", [SHORT_TTL], indirect=True, ids=["ttl3"])
-def test_acknowledged_messages_survive_their_owner_being_killed(cluster):
+@pytest.mark.parametrize("shared_cluster", [SHORT_TTL], indirect=True, ids=["ttl3"])
+def test_acknowledged_messages_survive_their_owner_being_killed(shared_cluster):
+    cluster = shared_cluster
     client = make_client(cluster)
     try:
         topic, owner = elsewhere(cluster, "survive")

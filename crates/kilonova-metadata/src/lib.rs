@@ -11,6 +11,7 @@
 pub mod brokers;
 pub mod bundles;
 pub mod conformance;
+pub mod cursors;
 mod embedded;
 mod error;
 pub mod names;

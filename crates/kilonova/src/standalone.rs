@@ -441,7 +441,18 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
     }
 
     match kilonova_broker::tiering::Tiering::open(&config.offload) {
-        Ok(Some(t)) => broker.enable_tiering(t),
+        Ok(Some(t)) => {
+            if role == Role::ClusterBroker {
+                broker
+                    .enable_shared_log(t.bucket().clone())
+                    .context("the shared data path")?;
+            }
+            broker.enable_tiering(t)
+        }
+        Ok(None) if role == Role::ClusterBroker => tracing::warn!(
+            "no [offload] object store: this cluster broker keeps its topics' data in its own \
+             journal, so a topic that moves to another broker starts empty there (docs/cluster.md)"
+        ),
         Ok(None) => {}
         Err(e) => anyhow::bail!("the [offload] object store: {e}"),
     }

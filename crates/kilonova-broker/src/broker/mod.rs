@@ -61,6 +61,8 @@ struct Inner {
     tiering: std::sync::OnceLock<Arc<crate::tiering::Tiering>>,
     /// This broker's part in a cluster (none: a standalone, serving every topic).
     membership: std::sync::OnceLock<crate::cluster::Membership>,
+    /// A cluster broker's shared data path ([`Broker::enable_shared_log`]).
+    shared: std::sync::OnceLock<crate::cluster::shared::SharedLog>,
 }
 
 /// The connection limits of `config`, within 3/4 of the open-file limit
@@ -173,6 +175,17 @@ pub struct Broker {
     inner: Arc<Inner>,
 }
 
+/// A [`Broker`] handle that does not keep it alive (background tasks the
+/// broker owns hold one).
+#[derive(Clone)]
+pub(crate) struct WeakBroker(std::sync::Weak<Inner>);
+
+impl WeakBroker {
+    pub(crate) fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|inner| Broker { inner })
+    }
+}
+
 /// How long the health check's probe write may take.
 const STORAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -230,6 +243,7 @@ impl Broker {
                 clock,
                 tiering: std::sync::OnceLock::new(),
                 membership: std::sync::OnceLock::new(),
+                shared: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -264,6 +278,28 @@ impl Broker {
             .membership
             .set(membership)
             .map_err(|_| BrokerError::Conflict("this broker joined a cluster already".into()))
+    }
+
+    /// Sets the shared data path (once, at start-up).
+    pub(crate) fn set_shared_log(
+        &self,
+        shared: crate::cluster::shared::SharedLog,
+    ) -> Result<(), BrokerError> {
+        self.inner
+            .shared
+            .set(shared)
+            .map_err(|_| BrokerError::Conflict("the shared data path is set already".into()))
+    }
+
+    /// The shared data path (none: standalone, or a cluster broker without
+    /// an object store).
+    pub(crate) fn shared_log(&self) -> Option<&crate::cluster::shared::SharedLog> {
+        self.inner.shared.get()
+    }
+
+    /// A handle that does not keep the broker alive.
+    pub(crate) fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.inner))
     }
 
     /// Its part in a cluster (none: standalone).

@@ -10,7 +10,7 @@
 //!
 //! A standalone broker has no membership and serves every topic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use crate::error::BrokerError;
 
 pub mod lookup;
 mod session;
+pub(crate) mod shared;
 pub mod unload;
 
 pub use lookup::LookupAnswer;
@@ -56,8 +57,9 @@ struct MemberState {
     record: BrokerRecord,
     /// Bundles owned, with their ownership's epoch.
     held: HashMap<BundleKey, u64>,
-    /// Bundles being given up: their topics are closing, loads are refused.
-    releasing: HashSet<BundleKey>,
+    /// Bundles being given up, with the epoch they were held at: their
+    /// topics are closing, loads are refused.
+    releasing: HashMap<BundleKey, u64>,
 }
 
 impl Membership {
@@ -154,7 +156,7 @@ impl Broker {
                 session,
                 record,
                 held: HashMap::new(),
-                releasing: HashSet::new(),
+                releasing: HashMap::new(),
             }),
             lease_deadline_ms: AtomicU64::new(0),
             epoch: opened,
@@ -242,7 +244,7 @@ impl Broker {
         let key = self.bundle_of(name).await?;
         {
             let state = m.state();
-            if state.releasing.contains(&key) {
+            if state.releasing.contains_key(&key) {
                 return Err(BrokerError::Unavailable(format!(
                     "bundle {}/{} is being unloaded: look {name} up again",
                     key.0, key.1

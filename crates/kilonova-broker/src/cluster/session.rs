@@ -72,8 +72,9 @@ impl Broker {
         self.metrics().count_session_lost();
         let lost = {
             let mut state = m.state();
-            let held: Vec<_> = state.held.drain().map(|(k, _)| k).collect();
+            let held: Vec<_> = state.held.drain().collect();
             state.releasing.extend(held.iter().cloned());
+            let held: Vec<_> = held.into_iter().map(|(k, _)| k).collect();
             state.record.bundles = 0;
             held
         };

@@ -30,14 +30,8 @@ impl Broker {
         key: &BundleKey,
         next_owner: Option<&ListenerUrls>,
     ) -> usize {
-        let names: Vec<TopicName> = self
-            .loaded_topics_of(&key.0)
-            .iter()
-            .filter_map(|n| TopicName::parse(n).ok())
-            .filter(|t| key.1.contains(bundles::topic_hash(t)))
-            .collect();
         let mut closed = 0;
-        for name in &names {
+        for name in &self.loaded_topics_in(key) {
             let Some(handle) = self.loaded_handle(&name.to_string()) else {
                 continue;
             };
@@ -54,6 +48,33 @@ impl Broker {
             }
         }
         closed
+    }
+
+    /// Asks each loaded topic of bundle `key` to settle before the bundle
+    /// changes hands ([`AdminRequest::PrepareHandover`]).
+    async fn prepare_bundle_handover(&self, key: &BundleKey) {
+        for name in self.loaded_topics_in(key) {
+            let Some(handle) = self.loaded_handle(&name.to_string()) else {
+                continue;
+            };
+            let (reply, answer) = oneshot::channel();
+            let request = TopicCommand::Admin {
+                request: AdminRequest::PrepareHandover,
+                reply,
+            };
+            if handle.send(request).await.is_ok() {
+                let _ = answer.await;
+            }
+        }
+    }
+
+    /// The loaded topics of bundle `key`.
+    fn loaded_topics_in(&self, key: &BundleKey) -> Vec<TopicName> {
+        self.loaded_topics_of(&key.0)
+            .iter()
+            .filter_map(|n| TopicName::parse(n).ok())
+            .filter(|t| key.1.contains(bundles::topic_hash(t)))
+            .collect()
     }
 
     /// Unloads bundle `range` of `ns` here: closes its topics and, in a
@@ -83,7 +104,7 @@ impl Broker {
             let Some(epoch) = state.held.remove(&key) else {
                 return Ok(false);
             };
-            state.releasing.insert(key.clone());
+            state.releasing.insert(key.clone(), epoch);
             epoch
         };
         // The next owner is chosen now, the bundle handed to it in the
@@ -94,6 +115,9 @@ impl Broker {
         // broker still takes meanwhile are refused by the flush commit's
         // epoch check once storage is shared.) Without a next owner, or if
         // the handover fails, the bundle is released for lookups to place.
+        // Its topics settle while the bundle is still this broker's: appends
+        // in flight are committed, subscription positions stored.
+        self.prepare_bundle_handover(&key).await;
         let mut handed_to = None;
         if let Some((id, record)) = self.next_owner(m, &key).await {
             if self.hand_over(m, &key, epoch, &id, &record).await {

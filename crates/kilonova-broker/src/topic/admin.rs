@@ -79,6 +79,10 @@ pub enum AdminRequest {
     LastMessageId,
     /// Closes every client (they reconnect) and unloads.
     Unload,
+    /// Settles the topic before its bundle changes hands (in a cluster):
+    /// appends stop, those in flight are answered, subscription positions
+    /// are stored. An unload follows.
+    PrepareHandover,
     /// Unloads, telling every client to reconnect to `to` (the topic's
     /// next owner, in a cluster) without looking the topic up again.
     Handover {
@@ -423,9 +427,9 @@ impl Topic {
                 Ok(AdminReply::LastMessageId(self.last_message_id_stats()))
             }
             AdminRequest::Unload | AdminRequest::Handover { .. } => Ok(AdminReply::Done),
-            AdminRequest::Terminate => Err(BrokerError::NotAllowed(
-                "termination is answered by the serving loop".into(),
-            )),
+            AdminRequest::Terminate | AdminRequest::PrepareHandover => Err(
+                BrokerError::NotAllowed("answered by the serving loop".into()),
+            ),
             AdminRequest::AnalyzeBacklog {
                 subscription,
                 step,

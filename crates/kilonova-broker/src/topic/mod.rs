@@ -42,6 +42,7 @@ mod policy;
 mod publish;
 mod replicated_subscriptions;
 mod replication;
+mod shared;
 mod subscription_expiry;
 mod termination;
 
@@ -251,6 +252,16 @@ pub(crate) struct Topic {
     /// Where the clients go when the topic closes (its next owner, given
     /// by a handover); none: they look the topic up again.
     handover: Option<crate::listeners::ListenerUrls>,
+    /// In a cluster with shared storage: the topic's appends also go to the
+    /// object store, and its subscription positions to the metadata store
+    /// ([`crate::cluster::shared`]).
+    shared: Option<crate::cluster::shared::SharedTopic>,
+    /// An append failed to reach shared storage: the topic closes once its
+    /// appends in flight are answered, and its next load rebuilds it.
+    shared_failed: bool,
+    /// The topic's bundle is about to change hands: SENDs are left
+    /// unanswered (their producers resend them to the next owner).
+    handing_over: bool,
     /// Non-persistent topics: the next synthetic entry id.
     next_transient_entry: u64,
     idle_since: Option<Instant>,
@@ -310,22 +321,21 @@ impl Topic {
         publish_gate: Arc<PublishGate>,
     ) {
         let full_name = name.to_string();
-        let log = if name.is_persistent() {
-            match broker.open_log(record.id).await {
-                Ok(log) => Some(log),
-                Err(e) => {
-                    tracing::error!(topic = %full_name, error = %e, "cannot load topic");
-                    rx.close();
-                    broker.forget_topic(&full_name);
-                    let e = BrokerError::Metadata(format!("cannot load topic: {e}"));
-                    while let Ok(cmd) = rx.try_recv() {
-                        refuse(cmd, &e);
-                    }
-                    return;
+        let (log, shared) = match Self::open(&broker, &name, &record).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::error!(topic = %full_name, error = %e, "cannot load topic");
+                rx.close();
+                broker.forget_topic(&full_name);
+                let e = match e {
+                    e @ BrokerError::Unavailable(_) => e,
+                    e => BrokerError::Metadata(format!("cannot load topic: {e}")),
+                };
+                while let Ok(cmd) = rx.try_recv() {
+                    refuse(cmd, &e);
                 }
+                return;
             }
-        } else {
-            None
         };
         tracing::debug!(topic = %full_name, id = record.id, "topic loaded");
         let policies = policy::load(&broker, &name).await;
@@ -357,6 +367,9 @@ impl Topic {
             appends: FuturesOrdered::new(),
             fenced: false,
             handover: None,
+            shared,
+            shared_failed: false,
+            handing_over: false,
             next_transient_entry: 0,
             idle_since: Some(now),
             metrics,
@@ -395,6 +408,30 @@ impl Topic {
             .broker
             .metrics()
             .unregister(&topic.full_name, &topic.metrics);
+    }
+
+    /// The topic's log (none: non-persistent) and, in a cluster with shared
+    /// storage, its part in the shared path (the log rebuilt from it).
+    async fn open(
+        broker: &Broker,
+        name: &TopicName,
+        record: &TopicRecord,
+    ) -> Result<
+        (
+            Option<ManagedLog>,
+            Option<crate::cluster::shared::SharedTopic>,
+        ),
+        BrokerError,
+    > {
+        if !name.is_persistent() {
+            return Ok((None, None));
+        }
+        let log = broker.open_log(record.id).await?;
+        if broker.shared_log().is_none() {
+            return Ok((Some(log), None));
+        }
+        let (log, shared) = broker.load_shared(name, log).await?;
+        Ok((Some(log), Some(shared)))
     }
 
     async fn serve(
@@ -522,9 +559,11 @@ impl Topic {
     async fn unload(&mut self, rx: &mut mpsc::Receiver<TopicCommand>) -> bool {
         self.snapshot_dedup();
         self.export_before_unload();
+        self.share_cursors();
         if !self.broker.unload_topic(&self.full_name, rx, &mut self.log) {
             return false;
         }
+        self.finish_shared().await;
         {
             {
                 tracing::debug!(topic = %self.full_name, "topic unloaded (idle)");
@@ -538,6 +577,7 @@ impl Topic {
     }
 
     async fn housekeeping(&mut self) {
+        self.share_cursors();
         self.refresh_policies().await;
         self.sync_replicators();
         self.replicated_subscriptions_tick().await;
@@ -608,6 +648,7 @@ impl Topic {
         while let Some(a) = self.appends.next().await {
             self.complete_append(a);
         }
+        self.finish_shared().await;
         self.snapshot_dedup();
         self.consumer_subs.clear();
         self.drop_transient_cursors_of(None);
@@ -648,7 +689,10 @@ impl Topic {
             TopicCommand::RemoveProducer { conn, producer_id } => {
                 self.remove_producer(conn, producer_id)
             }
-            TopicCommand::Subscribe { conn, command } => self.subscribe(conn, *command),
+            TopicCommand::Subscribe { conn, command } => {
+                self.subscribe(conn, *command);
+                self.share_cursors();
+            }
             TopicCommand::Flow { key, permits } => self.flow(key, permits),
             TopicCommand::Ack { key, ack } => self.ack(key, ack),
             TopicCommand::Redeliver { key, ids, epoch } => self.redeliver(key, &ids, epoch),
@@ -667,7 +711,10 @@ impl Topic {
             TopicCommand::GetLastMessageId { key, request_id } => {
                 self.last_message_id(key, request_id)
             }
-            TopicCommand::Unsubscribe { key, request_id } => self.unsubscribe(key, request_id),
+            TopicCommand::Unsubscribe { key, request_id } => {
+                self.unsubscribe(key, request_id);
+                self.share_cursors();
+            }
             TopicCommand::RemoveConsumer { key } => self.remove_consumer(key),
             // Handled by the serving loop.
             TopicCommand::Shutdown { .. } | TopicCommand::Admin { .. } => {}
@@ -695,12 +742,19 @@ impl Topic {
             let _ = reply.send(answer);
             return false;
         }
+        if matches!(request, AdminRequest::PrepareHandover) {
+            self.prepare_handover().await;
+            let _ = reply.send(Ok(AdminReply::Done));
+            return false;
+        }
         // A read of one entry, which the object store may hold, waits for it.
         let answer = match request.entry_read_copy() {
             Some(_) => self.admin_read(request).await,
             None => self.admin(request),
         };
         let Some(delete) = ends.filter(|_| answer.is_ok()) else {
+            // Subscriptions may have been created, deleted or moved.
+            self.share_cursors();
             let _ = reply.send(answer);
             return false;
         };
@@ -750,6 +804,9 @@ impl Topic {
             self.delete_offloaded(objects);
             self.dedup = None;
             self.broker.state_store().remove(&dedup::snapshot_key(id))?;
+            if self.broker.shared_log().is_some() {
+                self.broker.resources().delete_topic_cursors(id).await?;
+            }
         }
         match self.broker.resources().delete_topic(&self.name).await {
             Ok(()) | Err(kilonova_metadata::MetadataError::NotFound(_)) => Ok(()),

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use kilonova_objstore::wal::WalAppend;
 use kilonova_pulsar_protocol::frame::Payload;
 use kilonova_pulsar_protocol::markers::{self, Marker};
 use kilonova_pulsar_protocol::proto::{
@@ -32,13 +33,27 @@ pub(super) struct Producer {
 
 /// What a SEND became.
 enum Pending {
-    /// Appended: durable when the completion resolves; a marker from
-    /// another cluster's replicator is acted on then.
-    Stored(Completion<Position>, Option<Box<Marker>>),
+    /// Appended: durable when the completion resolves (and, with shared
+    /// storage, once `shared` resolves too); a marker from another
+    /// cluster's replicator is acted on then.
+    Stored {
+        local: Completion<Position>,
+        shared: Shared,
+        marker: Option<Box<Marker>>,
+    },
     /// Already stored (deduplication): answered with the original's id.
     Duplicate,
     /// Refused before it was stored.
     Refused(ServerError, String),
+}
+
+/// An append's part in shared storage (a cluster's object store).
+enum Shared {
+    /// None, or done.
+    Done,
+    Queued(WalAppend),
+    /// Not stored or not committed there, and why.
+    Failed(String),
 }
 
 /// Where a SEND's answer goes.
@@ -65,6 +80,8 @@ pub(super) struct PendingAppend {
 
 enum Outcome {
     Stored(Result<Position, StorageError>, Option<Box<Marker>>),
+    /// Stored locally, but not in shared storage.
+    SharedFailed(String),
     Duplicate,
     Refused(ServerError, String),
 }
@@ -82,10 +99,26 @@ impl Future for PendingAppend {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let outcome = match &mut this.pending {
-            Pending::Stored(c, marker) => match Pin::new(c).poll(cx) {
-                Poll::Ready(r) => Outcome::Stored(r, marker.take()),
-                Poll::Pending => return Poll::Pending,
-            },
+            Pending::Stored {
+                local,
+                shared,
+                marker,
+            } => {
+                if let Shared::Queued(w) = shared {
+                    match Pin::new(w).poll(cx) {
+                        Poll::Ready(Ok(_)) => *shared = Shared::Done,
+                        Poll::Ready(Err(e)) => *shared = Shared::Failed(e.to_string()),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                match Pin::new(local).poll(cx) {
+                    Poll::Ready(r) => match std::mem::replace(shared, Shared::Done) {
+                        Shared::Failed(why) => Outcome::SharedFailed(why),
+                        _ => Outcome::Stored(r, marker.take()),
+                    },
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             Pending::Duplicate => Outcome::Duplicate,
             Pending::Refused(code, why) => Outcome::Refused(*code, std::mem::take(why)),
         };
@@ -100,6 +133,10 @@ impl Future for PendingAppend {
 
 impl Topic {
     pub(super) fn complete_append(&mut self, a: Appended) {
+        if let Outcome::SharedFailed(why) = &a.outcome {
+            let why = why.clone();
+            self.shared_append_failed(&why);
+        }
         if self.fenced {
             // Stored or not, its producer resends it (deduplication forgot it).
             let why = match &a.outcome {
@@ -117,6 +154,15 @@ impl Topic {
         let (result, marker) = match a.outcome {
             Outcome::Stored(r, marker) => (r, marker),
             Outcome::Duplicate => return self.answer_duplicate(&a),
+            Outcome::SharedFailed(ref why) => {
+                a.to.out.command(commands::send_error(
+                    a.to.producer_id,
+                    a.to.sequence_id,
+                    ServerError::PersistenceError,
+                    why.clone(),
+                ));
+                return;
+            }
             Outcome::Refused(code, ref why) => {
                 a.to.out.command(commands::send_error(
                     a.to.producer_id,
@@ -189,7 +235,7 @@ impl Topic {
     /// reconnect and resend what was not acknowledged), new producers are
     /// refused as not ready, and what is still in flight is answered with
     /// errors; [`Self::unfence_when_drained`] lifts it.
-    fn fence(&mut self) {
+    pub(super) fn fence(&mut self) {
         if self.fenced {
             return;
         }
@@ -201,7 +247,8 @@ impl Topic {
 
     /// Lifts the fence once no append is in flight.
     pub(super) fn unfence_when_drained(&mut self) {
-        if self.fenced && self.appends.is_empty() {
+        // A topic whose shared copy failed stays fenced until it unloads.
+        if self.fenced && self.appends.is_empty() && !self.shared_failed {
             self.fenced = false;
             if let Some(d) = self.dedup.as_mut() {
                 d.reset_pushed();
@@ -379,6 +426,10 @@ impl Topic {
         highest_sequence_id: u64,
         payload: Payload,
     ) {
+        if self.handing_over {
+            // Its producer resends it to the next owner after the close.
+            return;
+        }
         let Some(out) = self
             .producers
             .get(&(conn, producer_id))
@@ -439,13 +490,23 @@ impl Topic {
             0 => self.broker.clock().now_ms(),
             t => t,
         };
-        let Some(log) = self.log.as_mut() else {
+        if self.log.is_none() {
             return self.publish_transient(to, payload, count, publish_time);
-        };
+        }
         self.metrics.observe_entry_size(payload.raw.len() as u64);
-        match log.append(payload.raw, count, publish_time).await {
-            Ok(completion) => {
-                self.answer_in_order(to, Pending::Stored(completion, marker), producer)
+        match self.append_entry(payload.raw, count, publish_time).await {
+            Ok((local, shared)) => {
+                let shared = match shared {
+                    None => Shared::Done,
+                    Some(Ok(w)) => Shared::Queued(w),
+                    Some(Err(why)) => Shared::Failed(why),
+                };
+                let pending = Pending::Stored {
+                    local,
+                    shared,
+                    marker,
+                };
+                self.answer_in_order(to, pending, producer)
             }
             Err(e) => {
                 // Answered in order; everything after it too, by the fence.

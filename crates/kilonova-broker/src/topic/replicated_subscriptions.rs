@@ -107,13 +107,15 @@ impl Topic {
     /// Writes one of this topic's markers, for `replicate_to` (the local
     /// cluster alone keeps it here).
     async fn write_marker(&mut self, marker: Marker, replicate_to: Vec<String>) {
-        let Some(log) = self.log.as_mut() else {
+        if self.log.is_none() {
             return;
-        };
+        }
         let now_ms = self.broker.clock().now_ms();
         let data = markers::build(&marker, now_ms, replicate_to);
-        match log.append(data, 1, now_ms).await {
-            Ok(done) => self.repl_subs.writing.push(done),
+        // In shared storage too (so message indexes stay those of the
+        // shared copy); a failure there shows on the next publish.
+        match self.append_entry(data, 1, now_ms).await {
+            Ok((done, _)) => self.repl_subs.writing.push(done),
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "writing a replicated-subscription marker failed")
             }

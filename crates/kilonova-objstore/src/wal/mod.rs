@@ -197,12 +197,15 @@ impl WalWriter {
     /// ([`FlushEntry`]); resolves once it is durable and committed (or its
     /// flush failed).
     pub async fn append_tagged(&self, log: u64, tag: u64, data: Bytes) -> Result<WalPosition> {
+        self.enqueue_tagged(log, tag, data).await?.await
+    }
+
+    /// Queues `data` for log `log` with `tag`, as [`WalWriter::append_tagged`],
+    /// and returns once it is queued (waiting only for room in the queue):
+    /// the [`WalAppend`] resolves once it is durable and committed. So a
+    /// caller can queue a log's entries in order without waiting for each.
+    pub async fn enqueue_tagged(&self, log: u64, tag: u64, data: Bytes) -> Result<WalAppend> {
         let (done, answer) = oneshot::channel();
-        let closed = || ObjectStoreError::Failed {
-            op: "wal append",
-            key: String::new(),
-            detail: "the write-ahead writer stopped".into(),
-        };
         self.tx
             .send(Msg::Append(Append {
                 log,
@@ -212,8 +215,8 @@ impl WalWriter {
                 done,
             }))
             .await
-            .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+            .map_err(|_| writer_stopped("wal append"))?;
+        Ok(WalAppend(answer))
     }
 
     /// Takes appends of `log` again after a failed flush halted it (a writer
@@ -223,11 +226,7 @@ impl WalWriter {
     /// committed), so that its next tag follows the last committed one.
     pub async fn resume_log(&self, log: u64) -> Result<()> {
         let (done, answer) = oneshot::channel();
-        let closed = || ObjectStoreError::Failed {
-            op: "wal resume",
-            key: String::new(),
-            detail: "the write-ahead writer stopped".into(),
-        };
+        let closed = || writer_stopped("wal resume");
         self.tx
             .send(Msg::Resume { log, done })
             .await
@@ -249,6 +248,31 @@ impl WalWriter {
             failed_commits: c.failed_commits.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// An append queued by [`WalWriter::enqueue_tagged`]: resolves once the
+/// entry is durable and committed (or its flush failed).
+pub struct WalAppend(oneshot::Receiver<Result<WalPosition>>);
+
+impl std::future::Future for WalAppend {
+    type Output = Result<WalPosition>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(writer_stopped("wal append"))))
+    }
+}
+
+fn writer_stopped(op: &'static str) -> ObjectStoreError {
+    ObjectStoreError::Failed {
+        op,
+        key: String::new(),
+        detail: "the write-ahead writer stopped".into(),
     }
 }
 

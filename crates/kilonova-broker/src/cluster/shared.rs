@@ -1,0 +1,436 @@
+//! A cluster broker's shared data path (ADR 0017): what makes a topic's
+//! data and subscriptions follow it from broker to broker.
+//!
+//! - **Appends** go to the topic's local log (the broker's journal, a cache
+//!   here: reads and dispatch work on it as in standalone) *and* to the
+//!   broker's write-ahead writer, which groups the appends of every topic
+//!   into one object per flush in the object store. A publish is
+//!   acknowledged only once both are done and the flush is committed.
+//! - **The flush commit** ([`Committer`]): one metadata transaction per
+//!   flush, one record per bundle touched, guarded by the ownership epochs
+//!   of those bundles (`Resources::commit_flush`): a deposed broker's flush
+//!   records nothing and its appends fail.
+//! - **Loading a topic** ([`Broker::load_shared`]): the local log is wiped
+//!   (nothing local is relied on), the topic's committed entries are read
+//!   back from the flush records of its bundle and appended afresh, and its
+//!   subscriptions are opened where the shared positions say.
+//! - **Subscription positions** ([`CursorWriter`]) are stored by message
+//!   index, written by the owner in the background whenever they change
+//!   (latest value wins, one write at a time), guarded by the ownership epoch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kilonova_metadata::bundles::{BundleRange, Commit, Held};
+use kilonova_metadata::cursors::TopicCursors;
+use kilonova_metadata::names::TopicName;
+use kilonova_metadata::wal_index::{FlushIndexError, FlushRecords};
+use kilonova_metadata::MetadataError;
+use kilonova_objstore::wal::tail::{read_tail, TailSlice};
+use kilonova_objstore::wal::{
+    CommitError, CommitFuture, FlushCommit, FlushSummary, WalAppend, WalReader,
+};
+use kilonova_objstore::{Bucket, WalConfig, WalWriter};
+use kilonova_storage::{InitialPosition, ManagedLog};
+use tokio::sync::watch;
+
+use super::BundleKey;
+use crate::broker::{Broker, WeakBroker};
+use crate::error::BrokerError;
+
+/// Topics served here, by the id of their log: what a flush commit needs
+/// to name an entry's topic and bundle.
+type Served = Arc<Mutex<HashMap<u64, (TopicName, BundleRange)>>>;
+
+/// The broker's write-ahead writer and what its commits need.
+pub(crate) struct SharedLog {
+    wal: WalWriter,
+    reader: WalReader,
+    served: Served,
+}
+
+fn lock(served: &Served) -> std::sync::MutexGuard<'_, HashMap<u64, (TopicName, BundleRange)>> {
+    served.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A topic's part in the shared data path while it is served here.
+pub(crate) struct SharedTopic {
+    log: u64,
+    /// The index of the topic's next entry (the write-ahead tag).
+    next_tag: u64,
+    wal: WalWriter,
+    served: Served,
+    cursors: Option<CursorWriter>,
+}
+
+impl Drop for SharedTopic {
+    fn drop(&mut self) {
+        lock(&self.served).remove(&self.log);
+    }
+}
+
+impl SharedTopic {
+    /// The subscription positions of `log` now: written in the background
+    /// if they changed.
+    pub(crate) fn share_cursors(&self, log: &ManagedLog) {
+        if let Some(c) = &self.cursors {
+            c.update(cursor_positions(log));
+        }
+    }
+
+    /// Writes the subscription positions of `log` now and waits for it (a
+    /// handover: the next owner reads them once the bundle is its own).
+    pub(crate) async fn store_cursors_now(&self, broker: &Broker, log: &ManagedLog) {
+        if let Some(c) = &self.cursors {
+            c.store_now(broker, cursor_positions(log)).await;
+        }
+    }
+
+    /// The topic closes: its last subscription positions are written.
+    pub(crate) async fn finish(mut self) {
+        if let Some(c) = self.cursors.take() {
+            c.finish().await;
+        }
+    }
+
+    /// Queues an entry (as the local log was given it) for the object
+    /// store; resolves once it is durable there and committed.
+    pub(crate) async fn append(
+        &mut self,
+        data: &Bytes,
+        message_count: u32,
+        publish_time_ms: u64,
+    ) -> Result<WalAppend, BrokerError> {
+        let entry = encode_entry(publish_time_ms, message_count, data);
+        let queued = self
+            .wal
+            .enqueue_tagged(self.log, self.next_tag, entry)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("the write-ahead writer: {e}")))?;
+        self.next_tag += 1;
+        Ok(queued)
+    }
+}
+
+/// An entry as the write-ahead object holds it: its publish time and
+/// message count (what the local log's entry header holds besides the
+/// message index, which replaying in order gives again), then its bytes.
+fn encode_entry(publish_time_ms: u64, message_count: u32, data: &Bytes) -> Bytes {
+    let mut b = BytesMut::with_capacity(12 + data.len());
+    b.put_u64_le(publish_time_ms);
+    b.put_u32_le(message_count);
+    b.put_slice(data);
+    b.freeze()
+}
+
+fn decode_entry(mut b: Bytes) -> Option<(u64, u32, Bytes)> {
+    if b.len() < 12 {
+        return None;
+    }
+    let time = b.get_u64_le();
+    let count = b.get_u32_le();
+    Some((time, count, b))
+}
+
+/// Records each flush in the metadata store (ADR 0018).
+struct Committer {
+    broker: WeakBroker,
+    served: Served,
+}
+
+impl FlushCommit for Committer {
+    fn commit<'a>(&'a self, flush: &'a FlushSummary) -> CommitFuture<'a> {
+        Box::pin(self.record(flush))
+    }
+}
+
+impl Committer {
+    async fn record(&self, flush: &FlushSummary) -> Result<(), CommitError> {
+        let broker = self
+            .broker
+            .upgrade()
+            .ok_or_else(|| CommitError::Refused("the broker stopped".into()))?;
+        let m = broker
+            .membership()
+            .ok_or_else(|| CommitError::Refused("not a cluster broker".into()))?;
+        let mut records = FlushRecords::new(&flush.object);
+        {
+            let served = lock(&self.served);
+            for e in &flush.entries {
+                let Some((topic, range)) = served.get(&e.log) else {
+                    // Its topic closed with appends in flight: they fail.
+                    return Err(CommitError::Deposed(format!(
+                        "log {} is no longer served here",
+                        e.log
+                    )));
+                };
+                records
+                    .push(topic, *range, e.log, e.tag, e.index)
+                    .map_err(|e| CommitError::Refused(e.to_string()))?;
+            }
+        }
+        let records = records.finish();
+        let mut held = Vec::with_capacity(records.len());
+        {
+            let state = m.state();
+            for (ns, range, _) in &records {
+                let Some(epoch) = state.held.get(&(ns.clone(), *range)) else {
+                    return Err(CommitError::Deposed(format!("{ns}/{range} is not held")));
+                };
+                held.push(Held {
+                    ns: ns.clone(),
+                    range: *range,
+                    epoch: *epoch,
+                });
+            }
+        }
+        match broker
+            .resources()
+            .commit_flush(&held, flush.sequence, records)
+            .await
+        {
+            Ok(Commit::Committed { .. }) => Ok(()),
+            Ok(Commit::Deposed { ns, range }) => {
+                Err(CommitError::Deposed(format!("{ns}/{range} changed owner")))
+            }
+            Err(FlushIndexError::Metadata(MetadataError::Unavailable(e))) => {
+                Err(CommitError::Unavailable(e))
+            }
+            Err(FlushIndexError::Metadata(MetadataError::Backend(e))) => {
+                Err(CommitError::Unavailable(e))
+            }
+            Err(e) => Err(CommitError::Refused(e.to_string())),
+        }
+    }
+}
+
+/// Writes a topic's subscription positions to the metadata store in the
+/// background: the latest positions given win, one write at a time.
+struct CursorWriter {
+    topic_id: u64,
+    key: BundleKey,
+    latest: watch::Sender<TopicCursors>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl CursorWriter {
+    fn start(broker: &Broker, topic_id: u64, key: BundleKey, stored: TopicCursors) -> Self {
+        let (latest, mut changes) = watch::channel(stored);
+        let weak = broker.downgrade();
+        let task_key = key.clone();
+        let task = tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let cursors = changes.borrow_and_update().clone();
+                let Some(broker) = weak.upgrade() else {
+                    return;
+                };
+                broker.store_cursors(topic_id, &task_key, &cursors).await;
+            }
+        });
+        CursorWriter {
+            topic_id,
+            key,
+            latest,
+            task: Some(task),
+        }
+    }
+
+    /// Positions now: written unless they are those written last.
+    fn update(&self, cursors: TopicCursors) {
+        self.latest.send_if_modified(|old| {
+            let changed = *old != cursors;
+            *old = cursors;
+            changed
+        });
+    }
+
+    /// Writes `cursors` now and waits for it (a handover: the next owner
+    /// reads them once the bundle is its own).
+    async fn store_now(&self, broker: &Broker, cursors: TopicCursors) {
+        self.latest.send_replace(cursors.clone());
+        broker
+            .store_cursors(self.topic_id, &self.key, &cursors)
+            .await;
+    }
+
+    /// Writes the last positions given, if they changed, and stops (the
+    /// topic closes).
+    async fn finish(mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let (latest, _) = watch::channel(TopicCursors::default());
+        drop(std::mem::replace(&mut self.latest, latest));
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "the cursor writer failed");
+        }
+    }
+}
+
+/// The subscription positions of `log`, by message index: each durable
+/// cursor's first unacknowledged message.
+fn cursor_positions(log: &ManagedLog) -> TopicCursors {
+    let mut out = TopicCursors::default();
+    for name in log.cursor_names() {
+        if !log.cursor_info(&name).is_ok_and(|i| i.durable) {
+            continue;
+        }
+        let Ok(floor) = log.ack_floor(&name) else {
+            continue;
+        };
+        let index = match log.read_entry(floor) {
+            Ok(e) => e.message_index,
+            // At the end: everything is acknowledged.
+            Err(_) => log.next_message_index(),
+        };
+        out.subscriptions.insert(name, index);
+    }
+    out
+}
+
+impl Broker {
+    /// Makes every append of this cluster broker's topics durable in
+    /// `bucket` too, committed per flush, and every topic load read its
+    /// data back from there (once, at start-up, after joining the cluster).
+    /// A flush every 5 ms at most ([`WalConfig::default`]).
+    pub fn enable_shared_log(&self, bucket: Bucket) -> Result<(), BrokerError> {
+        let config = WalConfig::default();
+        if self.membership().is_none() {
+            return Err(BrokerError::NotAllowed(
+                "the shared data path is for cluster brokers".into(),
+            ));
+        }
+        let served: Served = Arc::default();
+        let committer = Arc::new(Committer {
+            broker: self.downgrade(),
+            served: served.clone(),
+        });
+        let shared = SharedLog {
+            wal: WalWriter::start_with_commit(bucket.clone(), config, committer),
+            reader: WalReader::new(bucket),
+            served,
+        };
+        self.set_shared_log(shared)
+    }
+
+    /// Rebuilds topic `name` (whose local log is `log`) from the shared
+    /// state before it serves: `log` is wiped, the committed entries of the
+    /// topic are appended to it afresh, and its subscriptions are opened
+    /// where they were stored. Returns the log and the topic's part in the
+    /// shared path.
+    pub(crate) async fn load_shared(
+        &self,
+        name: &TopicName,
+        log: ManagedLog,
+    ) -> Result<(ManagedLog, SharedTopic), BrokerError> {
+        let Some(shared) = self.shared_log() else {
+            return Err(BrokerError::NotAllowed("no shared data path".into()));
+        };
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            BrokerError::Unavailable(format!("loading {name}: {what}: {e}"))
+        };
+        let key = self.bundle_of(name).await?;
+        let id = log.id();
+        let topic = name.to_string();
+        let records = self.resources().flush_records(&key.0, key.1).await?;
+        let slices: Vec<TailSlice> = records
+            .into_iter()
+            .flat_map(|(_, r)| {
+                let object = r.object;
+                r.topics
+                    .into_iter()
+                    // A deleted topic's entries are not a new one's of the same name.
+                    .filter(|t| t.topic == topic && t.log == id)
+                    .map(move |t| TailSlice {
+                        object: object.clone(),
+                        log: t.log,
+                        first_index: t.first_index,
+                        positions: t.positions,
+                    })
+            })
+            .collect();
+        let entries = read_tail(&shared.reader, slices, 0)
+            .await
+            .map_err(|e| unavailable("reading its committed entries", &e))?;
+        // What this broker's journal holds of the topic (an earlier
+        // ownership, appends that were never committed) is not relied on.
+        let stale = log.delete().await?;
+        if !stale.is_empty() {
+            tracing::debug!(topic = %name, objects = stale.len(), "a stale local log's offloaded objects are left to the shared copy");
+        }
+        let mut log = self.open_log(id).await?;
+        let mut stored = Vec::with_capacity(entries.len());
+        for (index, bytes) in &entries {
+            let Some((time, count, data)) = decode_entry(bytes.clone()) else {
+                return Err(unavailable(
+                    "its committed entries",
+                    &format!("entry {index} is too short"),
+                ));
+            };
+            stored.push(log.append(data, count, time).await?);
+        }
+        for c in stored {
+            c.await?;
+        }
+        let cursors = self.resources().topic_cursors(id).await?;
+        for (sub, index) in &cursors.subscriptions {
+            let at = match log.position_of_message_index(*index)? {
+                Some(p) => InitialPosition::At(p),
+                None => InitialPosition::Latest,
+            };
+            log.open_cursor(sub, at, true)?;
+        }
+        shared
+            .wal
+            .resume_log(id)
+            .await
+            .map_err(|e| unavailable("the write-ahead writer", &e))?;
+        lock(&shared.served).insert(id, (name.clone(), key.1));
+        tracing::info!(topic = %name, entries = entries.len(), subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
+        let topic = SharedTopic {
+            log: id,
+            next_tag: entries.len() as u64,
+            wal: shared.wal.clone(),
+            served: shared.served.clone(),
+            cursors: Some(CursorWriter::start(self, id, key, cursors)),
+        };
+        Ok((log, topic))
+    }
+
+    /// Stores topic `topic_id`'s subscription positions while this broker
+    /// owns bundle `key` (a failure is logged: the next change writes again).
+    async fn store_cursors(&self, topic_id: u64, key: &BundleKey, cursors: &TopicCursors) {
+        // Held, or being given up (its topics store their last positions
+        // before the bundle changes hands).
+        let Some(epoch) = self.membership().and_then(|m| {
+            let state = m.state();
+            state
+                .held
+                .get(key)
+                .or_else(|| state.releasing.get(key))
+                .copied()
+        }) else {
+            return;
+        };
+        let held = Held {
+            ns: key.0.clone(),
+            range: key.1,
+            epoch,
+        };
+        match self
+            .resources()
+            .put_topic_cursors(topic_id, cursors, &held)
+            .await
+        {
+            Ok(Commit::Committed { .. }) => {}
+            Ok(Commit::Deposed { .. }) => {
+                tracing::debug!(
+                    topic_id,
+                    "subscription positions not stored: the bundle changed owner"
+                )
+            }
+            Err(e) => tracing::warn!(topic_id, error = %e, "storing subscription positions failed"),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! A topic's side of the shared data path in a cluster
+//! ([`crate::cluster::shared`]): every append goes to the object store too,
+//! an append that did not reach it closes the topic (its next load rebuilds
+//! it from what was committed), subscription positions are shared as they
+//! change, and a handover first settles what is in flight.
+
+use bytes::Bytes;
+use kilonova_objstore::wal::WalAppend;
+use kilonova_storage::{Completion, Position, StorageError};
+
+use super::{AdminRequest, Topic, TopicCommand};
+
+impl Topic {
+    /// Appends an entry to the local log and, with shared storage, queues
+    /// it for the object store. `Err` only if the local append failed; the
+    /// shared part's own failure is in the second value (`Err(why)`).
+    pub(super) async fn append_entry(
+        &mut self,
+        data: Bytes,
+        message_count: u32,
+        publish_time_ms: u64,
+    ) -> Result<(Completion<Position>, Option<Result<WalAppend, String>>), StorageError> {
+        let Some(log) = self.log.as_mut() else {
+            return Err(StorageError::Log(
+                "a non-persistent topic has no log".into(),
+            ));
+        };
+        let local = log
+            .append(data.clone(), message_count, publish_time_ms)
+            .await?;
+        let shared = match self.shared.as_mut() {
+            Some(s) => Some(
+                s.append(&data, message_count, publish_time_ms)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
+            None => None,
+        };
+        Ok((local, shared))
+    }
+
+    /// An append did not reach shared storage (or was not committed): the
+    /// local log now holds what the shared copy does not. The topic is
+    /// fenced (producers closed, what is in flight answered with errors)
+    /// and unloaded; its next load rebuilds it from what was committed.
+    pub(super) fn shared_append_failed(&mut self, why: &str) {
+        if self.shared_failed {
+            return;
+        }
+        self.shared_failed = true;
+        tracing::warn!(topic = %self.full_name, error = why, "an append did not reach shared storage: the topic closes and reloads from what was committed");
+        self.fence();
+        let (broker, name) = (self.broker.clone(), self.full_name.clone());
+        tokio::spawn(async move {
+            let Some(handle) = broker.loaded_handle(&name) else {
+                return;
+            };
+            let (reply, _) = tokio::sync::oneshot::channel();
+            let _ = handle
+                .send(TopicCommand::Admin {
+                    request: AdminRequest::Unload,
+                    reply,
+                })
+                .await;
+        });
+    }
+
+    /// Hands the subscription positions to the shared path's writer (it
+    /// writes them if they changed).
+    pub(super) fn share_cursors(&self) {
+        if let (Some(shared), Some(log)) = (self.shared.as_ref(), self.log.as_ref()) {
+            shared.share_cursors(log);
+        }
+    }
+
+    /// Before the topic's bundle changes hands: stops taking appends (SENDs
+    /// from now on are left unanswered; their producers resend them to the
+    /// next owner after the close), waits for the appends in flight to be
+    /// answered, and stores the subscription positions — all while this
+    /// broker still owns the bundle, so that the next owner finds them.
+    pub(super) async fn prepare_handover(&mut self) {
+        self.handing_over = true;
+        while let Some(a) = futures_util::StreamExt::next(&mut self.appends).await {
+            self.complete_append(a);
+        }
+        if let (Some(shared), Some(log)) = (self.shared.as_ref(), self.log.as_ref()) {
+            shared.store_cursors_now(&self.broker, log).await;
+        }
+    }
+
+    /// The topic closes: its last positions (as last shared) are written.
+    pub(super) async fn finish_shared(&mut self) {
+        self.share_cursors();
+        if let Some(shared) = self.shared.take() {
+            shared.finish().await;
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Subscription positions shared by a cluster's brokers (issue #26): where
+//! each subscription of a topic stands, by message index, so that the
+//! broker a topic moves to resumes every subscription where its previous
+//! owner left it. Message indexes are the one numbering every owner of a
+//! topic shares (entry positions are local to a broker's journal).
+//!
+//! One key per topic, `/cursors/<topic id>`, holding every subscription's
+//! first unacknowledged message index (all before it are acknowledged;
+//! individual acknowledgements above it are not kept: they are redelivered
+//! after a move, as Pulsar redelivers after a broker crash). Written by the
+//! topic's owner only while it owns the topic's bundle (a write guarded by
+//! the ownership epoch), so a deposed owner's late write cannot move a
+//! subscription back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundles::{Commit, Held};
+use crate::error::Result;
+use crate::resources::{from_json, to_json, Resources};
+use crate::store::{Expect, TxnOp};
+
+/// A topic's subscriptions and their first unacknowledged message index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicCursors {
+    pub subscriptions: BTreeMap<String, u64>,
+}
+
+fn cursors_key(topic_id: u64) -> String {
+    format!("/cursors/{topic_id}")
+}
+
+impl Resources {
+    /// The stored positions of topic `topic_id`'s subscriptions (none stored: empty).
+    pub async fn topic_cursors(&self, topic_id: u64) -> Result<TopicCursors> {
+        match self.store().get(&cursors_key(topic_id)).await? {
+            Some(s) => from_json("a topic's cursors", &s.value),
+            None => Ok(TopicCursors::default()),
+        }
+    }
+
+    /// Stores topic `topic_id`'s subscription positions if the caller still
+    /// owns the topic's bundle as `held` says ([`Commit::Deposed`] and
+    /// nothing written if not).
+    pub async fn put_topic_cursors(
+        &self,
+        topic_id: u64,
+        cursors: &TopicCursors,
+        held: &Held,
+    ) -> Result<Commit> {
+        let write = TxnOp::Put {
+            key: cursors_key(topic_id),
+            value: to_json("a topic's cursors", cursors)?,
+            expect: Expect::Any,
+            session: None,
+        };
+        self.commit_if_owner(std::slice::from_ref(held), vec![write])
+            .await
+    }
+
+    /// Forgets topic `topic_id`'s subscription positions (the topic was deleted).
+    pub async fn delete_topic_cursors(&self, topic_id: u64) -> Result<()> {
+        self.store()
+            .delete(&cursors_key(topic_id), Expect::Any)
+            .await
+            .map(drop)
+    }
+}
