@@ -25,6 +25,7 @@ a topic to its next owner, and a killed broker loses nothing acknowledged.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -1174,5 +1175,57 @@ def test_acknowledged_messages_survive_their_owner_being_killed(shared_cluster):
                    f"the killed broker {owner}'s bundle placed on another broker")
         consumer = client.subscribe(topic, "s")
         receive_seqs(consumer, topic, set(range(20)), timeout=RECOVERY_TIMEOUT_S)
+    finally:
+        client.close()
+
+# Rounds of kill -9 under load: a few in CI, more behind
+# KILONOVA_CLUSTER_KILL_ROUNDS (docs/cluster.md: `KILONOVA_CLUSTER_KILL_ROUNDS=10`).
+KILL_ROUNDS = int(os.environ.get("KILONOVA_CLUSTER_KILL_ROUNDS", "2"))
+
+
+@pytest.mark.parametrize("shared_cluster", [SHORT_TTL], indirect=True, ids=["ttl3"])
+def test_kill_9_rounds_under_load_lose_no_acknowledged_message(shared_cluster):
+    """Producers send without pause to topics on every broker while, round
+    after round, the broker owning the most of them is killed with SIGKILL
+    and started again. The client knows all three brokers. In the end a
+    subscription created before the first send receives every message that
+    was ever acknowledged, on every topic."""
+    cluster = shared_cluster
+    url = "pulsar://" + ",".join(f"127.0.0.1:{b.pulsar_port}" for b in cluster.brokers)
+    client = pulsar.Client(url, operation_timeout_seconds=30, logger=CLIENT_LOGGER)
+    try:
+        topics = spread_topics(cluster, per_bundle=1, prefix="kill9")
+        for t in topics:
+            client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest).close()
+        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
+                     for t in topics}
+        pump = Pump(producers, interval=0.005)
+        pump.start()
+        try:
+            pump.wait_acked(topics, {t: 0 for t in topics}, 5, 30, "before the first kill")
+            for round_ in range(KILL_ROUNDS):
+                owners = {t: cluster.try_owner_of(t) for t in topics}
+                victim = max(range(len(cluster)), key=lambda i: list(owners.values()).count(i))
+                cluster.kill(victim)
+                mark = pump.mark()
+                # Every topic acknowledges again (those of the victim once its
+                # session expired and another broker rebuilt them).
+                pump.wait_acked(topics, mark, 3, cluster.session_ttl_secs + RECOVERY_TIMEOUT_S,
+                                f"after kill -9 of broker {victim} (round {round_ + 1})")
+                cluster.restart(victim)
+                cluster.wait_members()
+        finally:
+            pump.finish()
+        total = 0
+        for t in topics:
+            with pump.lock:
+                acked = set(pump.acked[t])
+            assert acked, f"nothing acknowledged on {t}"
+            consumer = client.subscribe(t, "s")
+            receive_seqs(consumer, t, acked, timeout=RECOVERY_TIMEOUT_S)
+            consumer.close()
+            total += len(acked)
+        print(f"{KILL_ROUNDS} kill -9 rounds: {total} acknowledged messages on {len(topics)} topics, "
+              "every one received")
     finally:
         client.close()

@@ -434,3 +434,18 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_reads_back_as_it_was_written_and_a_short_one_is_refused() {
+        let data = Bytes::from_static(b"payload");
+        let (time, count, back) = decode_entry(encode_entry(1_700_000_000_123, 7, &data)).unwrap();
+        assert_eq!((time, count, back), (1_700_000_000_123, 7, data));
+        let empty = decode_entry(encode_entry(5, 1, &Bytes::new())).unwrap();
+        assert_eq!(empty, (5, 1, Bytes::new()));
+        assert_eq!(decode_entry(Bytes::from_static(&[0; 11])), None);
+    }
+}
