@@ -85,6 +85,39 @@ impl FlushTopic {
     }
 }
 
+/// A bundle's compacted history: the entries of its topics that flush
+/// records up to `covers` held (and an earlier base), rewritten into one
+/// object without what no subscription or retention needs any more. A new
+/// owner reads it, then the flush records after `covers`.
+/// `/wal-base/<tenant>/<namespace>/<range>`, replaced by each compaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlushBase {
+    /// The key of the last flush record it covers: records up to it are
+    /// superseded (and deleted after it is written).
+    pub covers: String,
+    /// The rewritten object's full key ("" when it holds no entry).
+    pub object: String,
+    /// Every topic the covered records named and that still exists, with
+    /// the entries kept (possibly none).
+    pub topics: Vec<BaseTopic>,
+}
+
+/// A topic's entries in a [`FlushBase`]: its entries from `entries.first_index`
+/// on (those before were dropped), whose first message has index
+/// `first_message_index`. With no entry kept, `first_index` and
+/// `first_message_index` are where the topic continues.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseTopic {
+    pub entries: FlushTopic,
+    pub first_message_index: u64,
+}
+
+fn base_key(ns: &NamespaceName, range: BundleRange) -> String {
+    format!("/wal-base/{}/{}/{range}", ns.tenant, ns.namespace)
+}
+
 /// Why a flush commit cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushIndexError {
@@ -300,12 +333,24 @@ impl Resources {
         ns: &NamespaceName,
         range: BundleRange,
     ) -> crate::Result<Vec<(String, FlushRecord)>> {
+        self.flush_records_after(ns, range, None).await
+    }
+
+    /// [`Resources::flush_records`] with keys after `after` only (the
+    /// records a bundle's base does not cover: [`FlushBase::covers`]).
+    pub async fn flush_records_after(
+        &self,
+        ns: &NamespaceName,
+        range: BundleRange,
+        after: Option<&str>,
+    ) -> crate::Result<Vec<(String, FlushRecord)>> {
         let prefix = bundle_prefix(ns, range);
         let keys: Vec<String> = self
             .list(&prefix)
             .await?
             .into_iter()
             .map(|name| format!("{prefix}/{name}"))
+            .filter(|key| after.is_none_or(|a| key.as_str() > a))
             .collect();
         let mut values: Vec<Option<FlushRecord>> = vec![None; keys.len()];
         let mut reads = tokio::task::JoinSet::new();
@@ -331,6 +376,42 @@ impl Resources {
             .zip(values)
             .filter_map(|(k, v)| Some((k, v?)))
             .collect())
+    }
+
+    /// The bundle's compacted history, with its version (none yet: `None`).
+    pub async fn flush_base(
+        &self,
+        ns: &NamespaceName,
+        range: BundleRange,
+    ) -> crate::Result<Option<(FlushBase, u64)>> {
+        match self.store().get(&base_key(ns, range)).await? {
+            Some(s) => Ok(Some((from_json("a flush base", &s.value)?, s.version))),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the bundle's compacted history with `base` if the caller
+    /// still owns the bundle as `held` says and the base is still at
+    /// `replacing` (its version; `None`: there was none) —
+    /// [`Commit::Deposed`] and nothing written if the bundle changed
+    /// owner; [`MetadataError::BadVersion`] if another base was written
+    /// meanwhile. The flush records it covers are the caller's to delete
+    /// next ([`Resources::delete_flush_records`]); readers skip them
+    /// meanwhile ([`Resources::flush_records_after`]).
+    pub async fn put_flush_base(
+        &self,
+        held: &Held,
+        base: &FlushBase,
+        replacing: Option<u64>,
+    ) -> crate::Result<Commit> {
+        let write = TxnOp::Put {
+            key: base_key(&held.ns, held.range),
+            value: to_json("a flush base", base)?,
+            expect: replacing.map_or(Expect::Absent, Expect::Version),
+            session: None,
+        };
+        self.commit_if_owner(std::slice::from_ref(held), vec![write])
+            .await
     }
 
     /// Deletes the bundle's flush records up to `up_to_key` (included), in

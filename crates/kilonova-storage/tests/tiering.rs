@@ -335,3 +335,32 @@ async fn a_log_restored_from_its_offloaded_segments_alone_reads_them_and_continu
     });
     assert_eq!(entry.data, msg(entry.message_index));
 }
+
+#[tokio::test]
+async fn a_log_created_at_a_message_index_numbers_its_messages_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    ManagedLog::create_at(4, e.state.as_ref(), 100).unwrap();
+    assert!(
+        ManagedLog::create_at(4, e.state.as_ref(), 7).is_err(),
+        "only a new log is created at an index"
+    );
+    let mut log = open(&e, 4, small_segments(), 0).await;
+    assert_eq!((log.entries(), log.next_message_index()), (0, 100));
+    let batch = log.append(msg(0), 3, 1000).await.unwrap().await.unwrap();
+    let single = log.append(msg(1), 1, 1001).await.unwrap().await.unwrap();
+    assert_eq!(log.read_entry(batch).unwrap().message_index, 100);
+    assert_eq!(log.read_entry(single).unwrap().message_index, 103);
+    assert_eq!(log.position_of_message_index(101).unwrap(), Some(batch));
+    assert_eq!(log.position_of_message_index(99).unwrap(), None);
+    log.open_cursor("s", InitialPosition::Earliest, true)
+        .unwrap();
+    let read = log.read_next("s", 10).unwrap();
+    assert_eq!(
+        read.iter().map(|en| en.message_index).collect::<Vec<_>>(),
+        vec![100, 103]
+    );
+    log.close().unwrap();
+    let log = open(&e, 4, small_segments(), 0).await;
+    assert_eq!(log.next_message_index(), 104);
+}

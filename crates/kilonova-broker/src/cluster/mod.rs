@@ -23,6 +23,7 @@ use kilonova_metadata::{NamespaceName, SessionId};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
+pub(crate) mod history;
 pub mod lookup;
 mod session;
 pub(crate) mod shared;

@@ -27,7 +27,7 @@ use kilonova_metadata::cursors::TopicCursors;
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::wal_index::{FlushIndexError, FlushRecords};
 use kilonova_metadata::MetadataError;
-use kilonova_objstore::wal::tail::{read_tail, TailSlice};
+use kilonova_objstore::wal::tail::read_tail;
 use kilonova_objstore::wal::{
     CommitError, CommitFuture, FlushCommit, FlushSummary, WalAppend, WalReader,
 };
@@ -35,7 +35,7 @@ use kilonova_objstore::{Bucket, WalConfig, WalWriter};
 use kilonova_storage::{InitialPosition, ManagedLog};
 use tokio::sync::watch;
 
-use super::BundleKey;
+use super::{history, BundleKey};
 use crate::broker::{Broker, WeakBroker};
 use crate::error::BrokerError;
 
@@ -47,7 +47,29 @@ type Served = Arc<Mutex<HashMap<u64, (TopicName, BundleRange)>>>;
 pub(crate) struct SharedLog {
     wal: WalWriter,
     reader: WalReader,
+    bucket: Bucket,
     served: Served,
+    /// Numbers the objects written besides the writer's (compactions).
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl SharedLog {
+    pub(super) fn reader(&self) -> &WalReader {
+        &self.reader
+    }
+
+    pub(super) fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
+    /// A name no other object of this broker's has: the writer's
+    /// incarnation (random per start) and a number.
+    pub(super) fn unique_name(&self) -> String {
+        let n = self
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n:020}", self.wal.incarnation())
+    }
 }
 
 fn lock(served: &Served) -> std::sync::MutexGuard<'_, HashMap<u64, (TopicName, BundleRange)>> {
@@ -124,13 +146,32 @@ fn encode_entry(publish_time_ms: u64, message_count: u32, data: &Bytes) -> Bytes
     b.freeze()
 }
 
-fn decode_entry(mut b: Bytes) -> Option<(u64, u32, Bytes)> {
+pub(super) fn decode_entry(mut b: Bytes) -> Option<(u64, u32, Bytes)> {
     if b.len() < 12 {
         return None;
     }
     let time = b.get_u64_le();
     let count = b.get_u32_le();
     Some((time, count, b))
+}
+
+/// Compacts the histories of the bundles held here, every
+/// [`history::COMPACT_CHECK_INTERVAL`], while the broker runs.
+async fn compact_histories(broker: WeakBroker) {
+    let mut tick = tokio::time::interval(history::COMPACT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        if broker.is_shutting_down() {
+            return;
+        }
+        broker
+            .compact_held_bundles(history::COMPACT_AFTER_RECORDS)
+            .await;
+    }
 }
 
 /// Records each flush in the metadata store (ADR 0018).
@@ -308,10 +349,14 @@ impl Broker {
         });
         let shared = SharedLog {
             wal: WalWriter::start_with_commit(bucket.clone(), config, committer),
-            reader: WalReader::new(bucket),
+            reader: WalReader::new(bucket.clone()),
+            bucket,
             served,
+            written: Default::default(),
         };
-        self.set_shared_log(shared)
+        self.set_shared_log(shared)?;
+        tokio::spawn(compact_histories(self.downgrade()));
+        Ok(())
     }
 
     /// Rebuilds topic `name` (whose local log is `log`) from the shared
@@ -333,24 +378,10 @@ impl Broker {
         let key = self.bundle_of(name).await?;
         let id = log.id();
         let topic = name.to_string();
-        let records = self.resources().flush_records(&key.0, key.1).await?;
-        let slices: Vec<TailSlice> = records
-            .into_iter()
-            .flat_map(|(_, r)| {
-                let object = r.object;
-                r.topics
-                    .into_iter()
-                    // A deleted topic's entries are not a new one's of the same name.
-                    .filter(|t| t.topic == topic && t.log == id)
-                    .map(move |t| TailSlice {
-                        object: object.clone(),
-                        log: t.log,
-                        first_index: t.first_index,
-                        positions: t.positions,
-                    })
-            })
-            .collect();
-        let entries = read_tail(&shared.reader, slices, 0)
+        let history = super::history::History::read(self, &key)
+            .await?
+            .topic(&topic, id);
+        let entries = read_tail(&shared.reader, history.slices, history.first_index)
             .await
             .map_err(|e| unavailable("reading its committed entries", &e))?;
         // What this broker's journal holds of the topic (an earlier
@@ -358,6 +389,10 @@ impl Broker {
         let stale = log.delete().await?;
         if !stale.is_empty() {
             tracing::debug!(topic = %name, objects = stale.len(), "a stale local log's offloaded objects are left to the shared copy");
+        }
+        if history.first_message_index > 0 {
+            // Its history was compacted: its first messages are gone.
+            ManagedLog::create_at(id, self.state_store().as_ref(), history.first_message_index)?;
         }
         let mut log = self.open_log(id).await?;
         let mut stored = Vec::with_capacity(entries.len());
@@ -377,7 +412,9 @@ impl Broker {
         for (sub, index) in &cursors.subscriptions {
             let at = match log.position_of_message_index(*index)? {
                 Some(p) => InitialPosition::At(p),
-                None => InitialPosition::Latest,
+                None if *index >= log.next_message_index() => InitialPosition::Latest,
+                // Before the first message kept.
+                None => InitialPosition::Earliest,
             };
             log.open_cursor(sub, at, true)?;
         }
@@ -390,7 +427,7 @@ impl Broker {
         tracing::info!(topic = %name, entries = entries.len(), subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
         let topic = SharedTopic {
             log: id,
-            next_tag: entries.len() as u64,
+            next_tag: history.first_index + entries.len() as u64,
             wal: shared.wal.clone(),
             served: shared.served.clone(),
             cursors: Some(CursorWriter::start(self, id, key, cursors)),

@@ -251,6 +251,27 @@ impl WalWriter {
     }
 }
 
+/// Writes `entries` (log id, bytes) as one write-ahead object under
+/// `relative` (a key relative to the bucket's prefix), created only if
+/// absent, outside any writer: what a compaction rewrites from flushed
+/// objects. Returns the object's full key.
+pub async fn write_object(
+    bucket: &Bucket,
+    relative: &str,
+    entries: &[(u64, Bytes)],
+) -> Result<String> {
+    let key = bucket.key(relative);
+    let parts = format::encode_wal(0, entries).map_err(|e| ObjectStoreError::Failed {
+        op: "wal encode",
+        key: key.clone(),
+        detail: e.to_string(),
+    })?;
+    bucket
+        .put_if_absent(&key, PutPayload::from_iter(parts))
+        .await?;
+    Ok(key)
+}
+
 /// An append queued by [`WalWriter::enqueue_tagged`]: resolves once the
 /// entry is durable and committed (or its flush failed).
 pub struct WalAppend(oneshot::Receiver<Result<WalPosition>>);

@@ -167,6 +167,20 @@ impl ManagedLog {
         Ok(metas.iter().map(|m| m.id).collect())
     }
 
+    /// Writes the metadata of new, empty log `id` whose messages are
+    /// numbered from `next_message_index` on (those before are gone: a
+    /// cluster topic rebuilt from a compacted history). Refused if log `id`
+    /// has metadata.
+    pub fn create_at(id: u64, state: &dyn StateStore, next_message_index: u64) -> Result<()> {
+        if state.load(&meta_key(id))?.is_some() {
+            return Err(StorageError::Log(format!(
+                "log {id} exists: only a new log can be created at a message index"
+            )));
+        }
+        let record = meta::encode_meta(next_message_index, &[], 0, &[], &BTreeMap::new());
+        state.store(&meta_key(id), &record)
+    }
+
     /// Every segment with where it lives, oldest first.
     pub fn segment_tiers(&self) -> Vec<SegmentTier> {
         let last = self.segments.last().map(|s| s.id);

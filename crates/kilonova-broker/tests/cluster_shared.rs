@@ -1,0 +1,158 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Shared storage in-process: cluster members with one metadata store (the
+//! embedded one) and one object store (a directory), as `tests/python`
+//! runs them with etcd and SeaweedFS — a topic's messages and subscription
+//! positions follow its bundle, and its compacted history rebuilds it with
+//! the messages still needed and their message indexes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{cmd, start_cluster_member, Raw, Server, WAIT};
+use kilonova_broker::TopicName;
+use kilonova_metadata::bundles::{self, BundleRange};
+use kilonova_metadata::{EmbeddedStore, NamespaceName, Resources};
+use kilonova_objstore::{Bucket, ObjectStoreConfig};
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, command_ack::AckType, command_subscribe::SubType, CommandAck, MessageIdData,
+};
+
+const TTL: Duration = Duration::from_secs(30);
+
+async fn member(r: &Resources, id: &str, objects: &tempfile::TempDir) -> Server {
+    let s = start_cluster_member(r.clone(), id, TTL).await;
+    let bucket = Bucket::open(&ObjectStoreConfig::filesystem(objects.path())).unwrap();
+    s.broker.enable_shared_log(bucket).unwrap();
+    s
+}
+
+fn default_ns() -> NamespaceName {
+    NamespaceName::new("public", "default").unwrap()
+}
+
+/// A topic of `public/default` and its bundle.
+async fn a_topic(r: &Resources) -> (BundleRange, TopicName) {
+    let policies = r.namespace(&default_ns()).await.unwrap();
+    let topic = TopicName::parse("persistent://public/default/follows").unwrap();
+    (
+        bundles::bundle_of(&policies.bundles, &topic).unwrap(),
+        topic,
+    )
+}
+
+/// Receives `n` messages on consumer 1; their payloads and ids.
+async fn receive(c: &mut Raw, n: usize) -> Vec<(String, MessageIdData)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = c.recv_type(Type::Message).await;
+        let id = m.command.message.unwrap().message_id;
+        let data = m.payload.unwrap().data;
+        out.push((String::from_utf8(data.to_vec()).unwrap(), id));
+    }
+    out
+}
+
+/// Waits until the stored position of subscription `sub` of topic `id` is `index`.
+async fn stored_position(r: &Resources, id: u64, sub: &str, index: u64) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let c = r.topic_cursors(id).await.unwrap();
+            if c.subscriptions.get(sub) == Some(&index) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("subscription {sub} never stored at {index}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() {
+    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r = Resources::new(Arc::new(
+        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
+    ));
+    let a = member(&r, "a:8080", &objects).await;
+    let b = member(&r, "b:8080", &objects).await;
+    let ns = default_ns();
+    let (range, topic) = a_topic(&r).await;
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.producer(&topic.to_string(), 1).await;
+    for seq in 0..10 {
+        c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+    c.flow(1, 100).await;
+    let got = receive(&mut c, 10).await;
+    c.send(cmd(Type::Ack, |a| {
+        a.ack = Some(Box::new(CommandAck {
+            consumer_id: 1,
+            ack_type: AckType::Cumulative as i32,
+            message_id: vec![got[5].1.clone()],
+            ..Default::default()
+        }))
+    }))
+    .await;
+    let id = r.topic(&topic).await.unwrap().unwrap().id;
+    stored_position(&r, id, "s", 6).await;
+
+    // Compacted: the six acknowledged messages are dropped, four kept, and
+    // the flush records it covers are gone.
+    a.broker.compact_held_bundles(1).await;
+    let (base, _) = r.flush_base(&ns, range).await.unwrap().expect("a base");
+    let t = base
+        .topics
+        .iter()
+        .find(|t| t.entries.topic == topic.to_string())
+        .unwrap();
+    assert_eq!(
+        (
+            t.first_message_index,
+            t.entries.first_index,
+            t.entries.count
+        ),
+        (6, 6, 4)
+    );
+    assert!(r.flush_records(&ns, range).await.unwrap().is_empty());
+
+    // Two more after the compaction, then the bundle moves to b.
+    for seq in 10..12 {
+        c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+
+    // On b: the subscription resumes at m6; a new one from the earliest
+    // starts there too (m0..m5 are gone); message indexes are kept.
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.flow(1, 100).await;
+    let resumed: Vec<String> = receive(&mut c, 6)
+        .await
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(resumed, ["m6", "m7", "m8", "m9", "m10", "m11"]);
+    let mut e = Raw::connect(b.addr).await;
+    e.subscribe(&topic.to_string(), "earliest", SubType::Exclusive, 2)
+        .await;
+    e.flow(2, 100).await;
+    let m = e.recv_type(Type::Message).await;
+    assert_eq!(&m.payload.unwrap().data[..], b"m6");
+    // b continues the topic's numbering: its next message is m12's index.
+    let mut p = Raw::connect(b.addr).await;
+    p.producer(&topic.to_string(), 1).await;
+    p.send_message(1, 12, b"m12").await;
+    p.recv_type(Type::SendReceipt).await;
+    let next = r.flush_records(&ns, range).await.unwrap();
+    let last = next.last().unwrap().1.topics.last().unwrap().clone();
+    assert_eq!(last.end_index(), 13, "entry indexes go on from a's");
+}
