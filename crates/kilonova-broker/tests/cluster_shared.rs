@@ -110,16 +110,10 @@ async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() 
     let t = base
         .topics
         .iter()
-        .find(|t| t.entries.topic == topic.to_string())
+        .find(|t| t.topic == topic.to_string())
         .unwrap();
-    assert_eq!(
-        (
-            t.first_message_index,
-            t.entries.first_index,
-            t.entries.count
-        ),
-        (6, 6, 4)
-    );
+    let kept: u32 = t.runs.iter().map(|r| r.count).sum();
+    assert_eq!((t.first_message_index, t.first_index, kept), (6, 6, 4));
     assert!(r.flush_records(&ns, range).await.unwrap().is_empty());
 
     // Two more after the compaction, then the bundle moves to b.
@@ -155,4 +149,134 @@ async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() 
     let next = r.flush_records(&ns, range).await.unwrap();
     let last = next.last().unwrap().1.topics.last().unwrap().clone();
     assert_eq!(last.end_index(), 13, "entry indexes go on from a's");
+}
+
+/// The objects of compacted histories in `objects` (the bucket's
+/// directory): `.wal` files under a `wal-base` directory.
+fn base_objects(objects: &tempfile::TempDir) -> usize {
+    fn count(dir: &std::path::Path, in_base: bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| {
+                let path = e.path();
+                match e.file_type().unwrap().is_dir() {
+                    true => count(&path, in_base || e.file_name() == "wal-base"),
+                    false => usize::from(in_base && path.extension().is_some_and(|x| x == "wal")),
+                }
+            })
+            .sum()
+    }
+    count(objects.path(), false)
+}
+
+/// Publishes `m<seq>` on producer 1, then has `server` compact its bundles.
+async fn send_and_compact(c: &mut Raw, server: &Server, seq: u64) {
+    c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
+    c.recv_type(Type::SendReceipt).await;
+    server.broker.compact_held_bundles(1).await;
+}
+
+/// Cumulatively acknowledges `id` on consumer 1.
+async fn ack_up_to(c: &mut Raw, id: &MessageIdData) {
+    c.send(cmd(Type::Ack, |a| {
+        a.ack = Some(Box::new(CommandAck {
+            consumer_id: 1,
+            ack_type: AckType::Cumulative as i32,
+            message_id: vec![id.clone()],
+            ..Default::default()
+        }))
+    }))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compactions_keep_few_runs_and_drop_whole_runs_once_consumed() {
+    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r = Resources::new(Arc::new(
+        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
+    ));
+    let a = member(&r, "a:8080", &objects).await;
+    let b = member(&r, "b:8080", &objects).await;
+    let ns = default_ns();
+    let (range, topic) = a_topic(&r).await;
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.producer(&topic.to_string(), 1).await;
+    let id = r.topic(&topic).await.unwrap().unwrap().id;
+    let runs = |base: &kilonova_metadata::wal_index::FlushBase| -> Vec<u32> {
+        base.topics[0].runs.iter().map(|r| r.count).collect()
+    };
+    let mut seq = 0..;
+    // One entry per compaction: runs as a binary counter.
+    let mut sizes = Vec::new();
+    for _ in 0..8 {
+        send_and_compact(&mut c, &a, seq.next().unwrap()).await;
+        sizes.push(runs(&r.flush_base(&ns, range).await.unwrap().unwrap().0));
+    }
+    assert_eq!(
+        sizes,
+        vec![
+            vec![1],
+            vec![2],
+            vec![2, 1],
+            vec![4],
+            vec![4, 1],
+            vec![4, 2],
+            vec![4, 2, 1],
+            vec![8]
+        ]
+    );
+    assert_eq!(
+        base_objects(&objects),
+        1,
+        "merged runs' objects are deleted"
+    );
+
+    // Half consumed: the run is still partly needed and stays whole.
+    c.flow(1, 100).await;
+    let got = receive(&mut c, 8).await;
+    ack_up_to(&mut c, &got[4].1).await;
+    stored_position(&r, id, "s", 5).await;
+    send_and_compact(&mut c, &a, seq.next().unwrap()).await;
+    let (base, _) = r.flush_base(&ns, range).await.unwrap().unwrap();
+    assert_eq!(
+        (runs(&base), base.topics[0].first_message_index),
+        (vec![8, 1], 0)
+    );
+    // All consumed: both runs go, and their objects.
+    let got = receive(&mut c, 1).await;
+    ack_up_to(&mut c, &got[0].1).await;
+    stored_position(&r, id, "s", 9).await;
+    send_and_compact(&mut c, &a, seq.next().unwrap()).await;
+    let (base, _) = r.flush_base(&ns, range).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            runs(&base),
+            base.topics[0].first_index,
+            base.topics[0].first_message_index
+        ),
+        (vec![1], 9, 9)
+    );
+    assert_eq!(base_objects(&objects), 1);
+
+    // On b, the subscription and a new one from the earliest both start at m9.
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.subscribe(&topic.to_string(), "new", SubType::Exclusive, 2)
+        .await;
+    c.flow(1, 10).await;
+    c.flow(2, 10).await;
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let m = c.recv_type(Type::Message).await;
+        first.push(String::from_utf8(m.payload.unwrap().data.to_vec()).unwrap());
+    }
+    assert_eq!(first, ["m9", "m9"]);
 }

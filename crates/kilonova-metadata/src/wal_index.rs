@@ -86,32 +86,76 @@ impl FlushTopic {
 }
 
 /// A bundle's compacted history: the entries of its topics that flush
-/// records up to `covers` held (and an earlier base), rewritten into one
-/// object without what no subscription or retention needs any more. A new
-/// owner reads it, then the flush records after `covers`.
-/// `/wal-base/<tenant>/<namespace>/<range>`, replaced by each compaction.
+/// records up to `covers` (and earlier bases) held and that are still
+/// needed, in objects of their own. A new owner reads it, then the flush
+/// records after `covers`. `/wal-base/<tenant>/<namespace>/<range>`,
+/// replaced by each compaction; its size grows with topics and runs, not
+/// with entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FlushBase {
     /// The key of the last flush record it covers: records up to it are
     /// superseded (and deleted after it is written).
     pub covers: String,
-    /// The rewritten object's full key ("" when it holds no entry).
-    pub object: String,
-    /// Every topic the covered records named and that still exists, with
-    /// the entries kept (possibly none).
+    /// Every topic the covered records named and that still exists.
     pub topics: Vec<BaseTopic>,
 }
 
-/// A topic's entries in a [`FlushBase`]: its entries from `entries.first_index`
-/// on (those before were dropped), whose first message has index
-/// `first_message_index`. With no entry kept, `first_index` and
-/// `first_message_index` are where the topic continues.
+/// A topic's entries in a [`FlushBase`]: runs of consecutive entries, in
+/// order, from entry `first_index` (message `first_message_index`) on;
+/// those before were dropped. With no run, where the topic continues.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BaseTopic {
-    pub entries: FlushTopic,
+    pub topic: String,
+    /// The log id its entries were written under.
+    pub log: u64,
+    pub first_index: u64,
     pub first_message_index: u64,
+    pub runs: Vec<BaseRun>,
+}
+
+/// Consecutive entries of a topic stored one after the other in an object:
+/// `count` entries from place `first_position`, entry indexes from
+/// `first_index`, their messages numbered `first_message_index` up to
+/// `end_message_index` (excluded).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseRun {
+    pub object: String,
+    pub first_position: u32,
+    pub count: u32,
+    pub first_index: u64,
+    pub first_message_index: u64,
+    pub end_message_index: u64,
+}
+
+impl BaseRun {
+    /// The entry index after its last.
+    pub fn end_index(&self) -> u64 {
+        self.first_index + u64::from(self.count)
+    }
+
+    /// Its entries' places in the object.
+    pub fn positions(&self) -> Vec<u32> {
+        (self.first_position..self.first_position.saturating_add(self.count)).collect()
+    }
+}
+
+impl BaseTopic {
+    /// The entry index after its last kept entry (where it continues).
+    pub fn end_index(&self) -> u64 {
+        self.runs
+            .last()
+            .map_or(self.first_index, BaseRun::end_index)
+    }
+
+    /// The message index after its last kept entry.
+    pub fn end_message_index(&self) -> u64 {
+        self.runs
+            .last()
+            .map_or(self.first_message_index, |r| r.end_message_index)
+    }
 }
 
 fn base_key(ns: &NamespaceName, range: BundleRange) -> String {

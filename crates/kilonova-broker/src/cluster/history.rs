@@ -6,20 +6,31 @@
 //! each topic continues) and the flush records committed after it. Left
 //! alone, the records would grow with every flush, and so would every
 //! load. So the owner compacts each bundle it holds once enough records
-//! piled up: it reads the base and records, drops from each topic the
-//! entries no subscription and no retention needs any more, writes what is
-//! left into a new object, replaces the base (a write guarded by its
-//! ownership epoch and the old base's version), then deletes the records
-//! the new base covers, and the old base's object. Write-ahead objects
-//! hold entries of many bundles: they are not deleted here.
+//! piled up. Each topic's part of a base is a list of *runs* (consecutive
+//! entries stored together in an object). A compaction:
+//! - drops the leading runs whose messages no subscription and no
+//!   retention needs any more (whole runs: a run partly needed is kept);
+//! - reads the entries of the records it covers and writes them, as one
+//!   new run per topic, into one new object (with no run left before them,
+//!   their leading unneeded entries are dropped one by one);
+//! - merges the new run with the runs before it while the last of those is
+//!   no longer than it (size tiers, as a binary counter: O(log n) runs per
+//!   topic, each entry rewritten O(log n) times — not the whole backlog at
+//!   every compaction);
+//! - replaces the base (a write guarded by the ownership epoch and the old
+//!   base's version), then deletes the records it covers and the objects
+//!   of the old base no run refers to any more.
+//!
+//! Write-ahead objects hold entries of many bundles: they are not deleted
+//! here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
 use kilonova_metadata::bundles::{Commit, Held};
 use kilonova_metadata::names::TopicName;
-use kilonova_metadata::wal_index::{BaseTopic, FlushBase, FlushRecord, FlushTopic};
+use kilonova_metadata::wal_index::{BaseRun, BaseTopic, FlushBase, FlushRecord};
 use kilonova_objstore::wal::tail::{read_tail, TailSlice};
 use kilonova_objstore::wal::write_object;
 
@@ -45,7 +56,7 @@ pub(crate) struct History {
 pub(crate) struct TopicHistory {
     /// Its entries' slices, in order.
     pub(crate) slices: Vec<TailSlice>,
-    /// The index (write-ahead tag) of its first entry still kept.
+    /// The index (write-ahead tag) of its first entry kept.
     pub(crate) first_index: u64,
     /// That entry's first message index.
     pub(crate) first_message_index: u64,
@@ -60,31 +71,46 @@ impl History {
         Ok(History { base, records })
     }
 
+    /// Topic `name`'s part of the base, if it has one.
+    fn base_topic(&self, name: &str, log: u64) -> Option<&BaseTopic> {
+        self.base
+            .as_ref()
+            .and_then(|(b, _)| b.topics.iter().find(|t| t.topic == name && t.log == log))
+    }
+
+    /// The slices of topic `name` in the records after the base.
+    fn record_slices(&self, name: &str, log: u64) -> Vec<TailSlice> {
+        self.records
+            .iter()
+            .flat_map(|(_, r)| {
+                r.topics
+                    .iter()
+                    .filter(|t| t.topic == name && t.log == log)
+                    .map(|t| TailSlice {
+                        object: r.object.clone(),
+                        log,
+                        first_index: t.first_index,
+                        positions: t.positions.clone(),
+                    })
+            })
+            .collect()
+    }
+
     /// Topic `name` whose log is `log` (a deleted topic's entries, under
     /// another log id, are not a re-created one's).
     pub(crate) fn topic(&self, name: &str, log: u64) -> TopicHistory {
-        let mut out = TopicHistory {
-            slices: Vec::new(),
-            first_index: 0,
-            first_message_index: 0,
-        };
-        if let Some((base, _)) = &self.base {
-            if let Some(t) = base
-                .topics
-                .iter()
-                .find(|t| t.entries.topic == name && t.entries.log == log)
-            {
-                out.first_index = t.entries.first_index;
-                out.first_message_index = t.first_message_index;
-                out.slices.push(slice(&base.object, &t.entries));
-            }
+        let base = self.base_topic(name, log);
+        let mut slices: Vec<TailSlice> = base
+            .iter()
+            .flat_map(|t| &t.runs)
+            .map(|run| run_slice(run, log))
+            .collect();
+        slices.extend(self.record_slices(name, log));
+        TopicHistory {
+            slices,
+            first_index: base.map_or(0, |t| t.first_index),
+            first_message_index: base.map_or(0, |t| t.first_message_index),
         }
-        for (_, r) in &self.records {
-            for t in r.topics.iter().filter(|t| t.topic == name && t.log == log) {
-                out.slices.push(slice(&r.object, t));
-            }
-        }
-        out
     }
 
     /// Every (topic, log) the history names.
@@ -94,21 +120,35 @@ impl History {
             .base
             .iter()
             .flat_map(|(b, _)| &b.topics)
-            .map(|t| &t.entries);
-        let records = self.records.iter().flat_map(|(_, r)| &r.topics);
+            .map(|t| (t.topic.clone(), t.log));
+        let records = self
+            .records
+            .iter()
+            .flat_map(|(_, r)| &r.topics)
+            .map(|t| (t.topic.clone(), t.log));
         for t in base.chain(records) {
-            all.insert((t.topic.clone(), t.log), ());
+            all.insert(t, ());
         }
         all.into_keys().collect()
     }
+
+    /// The objects the base's runs are in.
+    fn base_objects(&self) -> BTreeSet<String> {
+        self.base
+            .iter()
+            .flat_map(|(b, _)| &b.topics)
+            .flat_map(|t| &t.runs)
+            .map(|r| r.object.clone())
+            .collect()
+    }
 }
 
-fn slice(object: &str, t: &FlushTopic) -> TailSlice {
+fn run_slice(run: &BaseRun, log: u64) -> TailSlice {
     TailSlice {
-        object: object.to_owned(),
-        log: t.log,
-        first_index: t.first_index,
-        positions: t.positions.clone(),
+        object: run.object.clone(),
+        log,
+        first_index: run.first_index,
+        positions: run.positions(),
     }
 }
 
@@ -162,7 +202,15 @@ impl Broker {
         let Some(covers) = history.records.last().map(|(k, _)| k.clone()) else {
             return Ok(None);
         };
-        let mut entries: Vec<(u64, Bytes)> = Vec::new();
+        let relative = format!(
+            "wal-base/{}/{}/{}/{}.wal",
+            key.0.tenant,
+            key.0.namespace,
+            key.1,
+            shared.unique_name()
+        );
+        let object = shared.bucket().key(&relative);
+        let mut written = Vec::new();
         let mut topics = Vec::new();
         let mut report = Compacted {
             records: history.records.len(),
@@ -177,66 +225,30 @@ impl Broker {
                 Some(r) if r.id == log => {}
                 _ => continue,
             }
-            let t = history.topic(&name, log);
-            let read = read_tail(shared.reader(), t.slices, t.first_index)
-                .await
-                .map_err(|e| BrokerError::Unavailable(format!("reading {name}'s history: {e}")))?;
             let keep_from = self.needed_from(&topic, log).await?;
-            // Entries from the first on, dropped while no message of theirs
-            // is needed, kept from the first that is.
-            let (mut first_index, mut first_message_index) = (t.first_index, t.first_message_index);
-            let mut next_message_index = first_message_index;
-            let mut kept = FlushTopic {
-                topic: name.clone(),
-                log,
-                ..FlushTopic::default()
-            };
-            for (index, bytes) in read {
-                let Some((_, count, _)) = decode_entry(bytes.clone()) else {
-                    return Err(BrokerError::Unavailable(format!(
-                        "{name}'s entry {index} is too short"
-                    )));
-                };
-                let end = next_message_index + u64::from(count);
-                if kept.count == 0 && end <= keep_from {
-                    report.dropped += 1;
-                    first_index = index + 1;
-                    first_message_index = end;
-                } else {
-                    kept.count += 1;
-                    kept.positions.push(entries.len() as u32);
-                    entries.push((log, bytes));
-                }
-                next_message_index = end;
-            }
-            kept.first_index = first_index;
-            report.kept += kept.count as usize;
-            topics.push(BaseTopic {
-                entries: kept,
-                first_message_index,
-            });
+            let t = self
+                .compact_topic(
+                    &history,
+                    &name,
+                    log,
+                    keep_from,
+                    &object,
+                    &mut written,
+                    &mut report,
+                )
+                .await?;
+            topics.push(t);
         }
         report.topics = topics.len();
-        let object = match entries.is_empty() {
-            true => String::new(),
-            false => {
-                let name = format!(
-                    "wal-base/{}/{}/{}/{}.wal",
-                    key.0.tenant,
-                    key.0.namespace,
-                    key.1,
-                    shared.unique_name()
-                );
-                write_object(shared.bucket(), &name, &entries)
-                    .await
-                    .map_err(|e| {
-                        BrokerError::Unavailable(format!("writing a compacted history: {e}"))
-                    })?
-            }
-        };
+        if !written.is_empty() {
+            write_object(shared.bucket(), &relative, &written)
+                .await
+                .map_err(|e| {
+                    BrokerError::Unavailable(format!("writing a compacted history: {e}"))
+                })?;
+        }
         let base = FlushBase {
             covers: covers.clone(),
-            object: object.clone(),
             topics,
         };
         let held = Held {
@@ -249,24 +261,141 @@ impl Broker {
             .resources()
             .put_flush_base(&held, &base, replacing)
             .await;
-        match committed {
-            Ok(Commit::Committed { .. }) => {}
+        let unreferenced: Vec<String> = match committed {
+            Ok(Commit::Committed { .. }) => {
+                let now: BTreeSet<String> = base
+                    .topics
+                    .iter()
+                    .flat_map(|t| &t.runs)
+                    .map(|r| r.object.clone())
+                    .collect();
+                history.base_objects().difference(&now).cloned().collect()
+            }
             Ok(Commit::Deposed { .. }) => {
-                self.delete_object(&object).await;
+                self.delete_object(&object, !written.is_empty()).await;
                 return Ok(None);
             }
             Err(e) => {
-                self.delete_object(&object).await;
+                self.delete_object(&object, !written.is_empty()).await;
                 return Err(e.into());
             }
-        }
+        };
         self.resources()
             .delete_flush_records(&key.0, key.1, &covers)
             .await?;
-        if let Some((old, _)) = &history.base {
-            self.delete_object(&old.object).await;
+        for o in unreferenced {
+            self.delete_object(&o, true).await;
         }
         Ok(Some(report))
+    }
+
+    /// Topic `name`'s part of the new base: its base runs no longer
+    /// needed dropped, its entries from the covered records (and the runs
+    /// they merge with) appended to `written` as one run of `object`.
+    #[allow(clippy::too_many_arguments)]
+    async fn compact_topic(
+        &self,
+        history: &History,
+        name: &str,
+        log: u64,
+        keep_from: u64,
+        object: &str,
+        written: &mut Vec<(u64, Bytes)>,
+        report: &mut Compacted,
+    ) -> Result<BaseTopic, BrokerError> {
+        let Some(shared) = self.shared_log() else {
+            return Err(BrokerError::NotAllowed("no shared data path".into()));
+        };
+        let unavailable = |e: &dyn std::fmt::Display| {
+            BrokerError::Unavailable(format!("compacting {name}'s history: {e}"))
+        };
+        let old = history.base_topic(name, log);
+        let mut runs: Vec<BaseRun> = old.map(|t| t.runs.clone()).unwrap_or_default();
+        let (mut first_index, mut first_message_index) =
+            old.map_or((0, 0), |t| (t.first_index, t.first_message_index));
+        // Whole runs no longer needed.
+        while runs
+            .first()
+            .is_some_and(|r| r.end_message_index <= keep_from)
+        {
+            let r = runs.remove(0);
+            report.dropped += r.count as usize;
+            (first_index, first_message_index) = (r.end_index(), r.end_message_index);
+        }
+        // The covered records' entries: the new run.
+        let from = runs.last().map_or(first_index, BaseRun::end_index);
+        let mut message = runs
+            .last()
+            .map_or(first_message_index, |r| r.end_message_index);
+        let read = read_tail(shared.reader(), history.record_slices(name, log), from)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut pending: Vec<Bytes> = Vec::with_capacity(read.len());
+        let (mut pending_index, mut pending_message) = (from, message);
+        for (index, bytes) in read {
+            let Some((_, count, _)) = decode_entry(bytes.clone()) else {
+                return Err(unavailable(&format!("entry {index} is too short")));
+            };
+            let end = message + u64::from(count);
+            if runs.is_empty() && pending.is_empty() && end <= keep_from {
+                // Nothing before it is kept either: dropped one by one.
+                report.dropped += 1;
+                (first_index, first_message_index) = (index + 1, end);
+                (pending_index, pending_message) = (index + 1, end);
+            } else {
+                pending.push(bytes);
+            }
+            message = end;
+        }
+        // Size tiers: the runs before it no longer than it merge into it.
+        while let Some(last) = runs.last() {
+            if pending.is_empty() || (last.count as usize) > pending.len() {
+                break;
+            }
+            let mut merged = self.read_run(last, log).await?;
+            (pending_index, pending_message) = (last.first_index, last.first_message_index);
+            merged.append(&mut pending);
+            pending = merged;
+            runs.pop();
+        }
+        if !pending.is_empty() {
+            let count = u32::try_from(pending.len())
+                .map_err(|_| unavailable(&"a run of more than 2^32 entries"))?;
+            runs.push(BaseRun {
+                object: object.to_owned(),
+                first_position: u32::try_from(written.len())
+                    .map_err(|_| unavailable(&"an object of more than 2^32 entries"))?,
+                count,
+                first_index: pending_index,
+                first_message_index: pending_message,
+                end_message_index: message,
+            });
+            report.kept += pending.len();
+            written.extend(pending.into_iter().map(|b| (log, b)));
+        }
+        Ok(BaseTopic {
+            topic: name.to_owned(),
+            log,
+            first_index,
+            first_message_index,
+            runs,
+        })
+    }
+
+    /// A base run's entries.
+    async fn read_run(&self, run: &BaseRun, log: u64) -> Result<Vec<Bytes>, BrokerError> {
+        let Some(shared) = self.shared_log() else {
+            return Err(BrokerError::NotAllowed("no shared data path".into()));
+        };
+        let failed = |e: kilonova_objstore::ObjectStoreError| {
+            BrokerError::Unavailable(format!("reading a compacted run in {}: {e}", run.object))
+        };
+        let index = shared.reader().index(&run.object).await.map_err(failed)?;
+        shared
+            .reader()
+            .read_entries(&run.object, &index, log, &run.positions())
+            .await
+            .map_err(failed)
     }
 
     /// The first message index of `topic` (log `log`) that must be kept:
@@ -288,12 +417,13 @@ impl Broker {
             .unwrap_or(u64::MAX))
     }
 
-    /// Deletes an object of a compacted history no base refers to any more.
-    async fn delete_object(&self, object: &str) {
+    /// Deletes an object of a compacted history no base refers to (if it
+    /// was `written`).
+    async fn delete_object(&self, object: &str, written: bool) {
         let Some(shared) = self.shared_log() else {
             return;
         };
-        if object.is_empty() {
+        if !written {
             return;
         }
         if let Err(e) = shared.bucket().delete(object).await {
