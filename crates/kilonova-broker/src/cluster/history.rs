@@ -45,6 +45,9 @@ pub(crate) const COMPACT_AFTER_RECORDS: usize = 256;
 /// How often an owner looks for bundles to compact.
 pub(crate) const COMPACT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Every this many checks, a bundle with any record is compacted.
+pub(crate) const COMPACT_ANY_EVERY_PASSES: u64 = 30;
+
 /// A bundle's committed history: its base (with its version) and the
 /// flush records after it, in commit order.
 pub(crate) struct History {

@@ -160,7 +160,7 @@ pub(super) fn decode_entry(mut b: Bytes) -> Option<(u64, u32, Bytes)> {
 async fn compact_histories(broker: WeakBroker) {
     let mut tick = tokio::time::interval(history::COMPACT_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for pass in 1u64.. {
         tick.tick().await;
         let Some(broker) = broker.upgrade() else {
             return;
@@ -168,9 +168,13 @@ async fn compact_histories(broker: WeakBroker) {
         if broker.is_shutting_down() {
             return;
         }
-        broker
-            .compact_held_bundles(history::COMPACT_AFTER_RECORDS)
-            .await;
+        // Busy bundles once enough records piled up; every bundle with any
+        // record now and then, so that a quiet one's records do not linger.
+        let min_records = match pass % history::COMPACT_ANY_EVERY_PASSES {
+            0 => 1,
+            _ => history::COMPACT_AFTER_RECORDS,
+        };
+        broker.compact_held_bundles(min_records).await;
     }
 }
 
