@@ -151,10 +151,10 @@ async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() 
     assert_eq!(last.end_index(), 13, "entry indexes go on from a's");
 }
 
-/// The objects of compacted histories in `objects` (the bucket's
-/// directory): `.wal` files under a `wal-base` directory.
-fn base_objects(objects: &tempfile::TempDir) -> usize {
-    fn count(dir: &std::path::Path, in_base: bool) -> usize {
+/// The objects in `objects` (the bucket's directory) under a directory
+/// named `under`: `wal-base` (compacted histories) or `wal` (flushes).
+fn objects_in(objects: &tempfile::TempDir, under: &str) -> usize {
+    fn count(dir: &std::path::Path, under: &str, in_base: bool) -> usize {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return 0;
         };
@@ -163,13 +163,13 @@ fn base_objects(objects: &tempfile::TempDir) -> usize {
             .map(|e| {
                 let path = e.path();
                 match e.file_type().unwrap().is_dir() {
-                    true => count(&path, in_base || e.file_name() == "wal-base"),
+                    true => count(&path, under, in_base || e.file_name() == under),
                     false => usize::from(in_base && path.extension().is_some_and(|x| x == "wal")),
                 }
             })
             .sum()
     }
-    count(objects.path(), false)
+    count(objects.path(), under, false)
 }
 
 /// Publishes `m<seq>` on producer 1, then has `server` compact its bundles.
@@ -193,7 +193,7 @@ async fn ack_up_to(c: &mut Raw, id: &MessageIdData) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compactions_keep_few_runs_and_drop_whole_runs_once_consumed() {
+async fn compactions_keep_few_runs_drop_consumed_ones_and_the_sweep_deletes_compacted_flushes() {
     let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let r = Resources::new(Arc::new(
         EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
@@ -232,7 +232,7 @@ async fn compactions_keep_few_runs_and_drop_whole_runs_once_consumed() {
         ]
     );
     assert_eq!(
-        base_objects(&objects),
+        objects_in(&objects, "wal-base"),
         1,
         "merged runs' objects are deleted"
     );
@@ -262,7 +262,16 @@ async fn compactions_keep_few_runs_and_drop_whole_runs_once_consumed() {
         ),
         (vec![1], 9, 9)
     );
-    assert_eq!(base_objects(&objects), 1);
+    assert_eq!(objects_in(&objects, "wal-base"), 1);
+
+    // The flushes' objects are swept once no record names them; the last
+    // one, not compacted yet, stays.
+    c.send_message(1, 10, b"m10").await;
+    c.recv_type(Type::SendReceipt).await;
+    assert_eq!(objects_in(&objects, "wal"), 11);
+    let swept = a.broker.sweep_write_ahead_objects(Duration::ZERO).await;
+    assert_eq!(swept.unwrap(), 10);
+    assert_eq!(objects_in(&objects, "wal"), 1);
 
     // On b, the subscription and a new one from the earliest both start at m9.
     assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
@@ -273,10 +282,14 @@ async fn compactions_keep_few_runs_and_drop_whole_runs_once_consumed() {
         .await;
     c.flow(1, 10).await;
     c.flow(2, 10).await;
-    let mut first = Vec::new();
-    for _ in 0..2 {
+    // Each consumer's messages, in order: m9 then m10 for both.
+    let mut seen: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    while seen.values().map(Vec::len).sum::<usize>() < 4 {
         let m = c.recv_type(Type::Message).await;
-        first.push(String::from_utf8(m.payload.unwrap().data.to_vec()).unwrap());
+        let consumer = m.command.message.unwrap().consumer_id;
+        let data = String::from_utf8(m.payload.unwrap().data.to_vec()).unwrap();
+        seen.entry(consumer).or_default().push(data);
     }
-    assert_eq!(first, ["m9", "m9"]);
+    let want = vec!["m9".to_owned(), "m10".to_owned()];
+    assert_eq!(seen, [(1, want.clone()), (2, want)].into());
 }

@@ -24,7 +24,7 @@
 //! Why a transaction per flush and a record per bundle:
 //! docs/adr/0018-flush-commit-one-transaction-per-flush.md.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -420,6 +420,27 @@ impl Resources {
             .zip(values)
             .filter_map(|(k, v)| Some((k, v?)))
             .collect())
+    }
+
+    /// Every object a flush record of any bundle names: what a sweep of
+    /// write-ahead objects must keep. Reads every record (after compaction
+    /// a few hundred per bundle at most).
+    pub async fn flush_record_objects(&self) -> crate::Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for tenant in self.list(ROOT).await? {
+            for namespace in self.list(&format!("{ROOT}/{tenant}")).await? {
+                let ns = NamespaceName::new(&tenant, &namespace).map_err(|e| {
+                    MetadataError::Invalid(format!("a flush record's namespace: {e}"))
+                })?;
+                for range in self.list(&format!("{ROOT}/{tenant}/{namespace}")).await? {
+                    let range: BundleRange = range.parse()?;
+                    for (_, r) in self.flush_records(&ns, range).await? {
+                        out.insert(r.object);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The bundle's compacted history, with its version (none yet: `None`).

@@ -21,8 +21,11 @@
 //!   base's version), then deletes the records it covers and the objects
 //!   of the old base no run refers to any more.
 //!
-//! Write-ahead objects hold entries of many bundles: they are not deleted
-//! here.
+//! Write-ahead objects hold entries of many bundles, so no compaction can
+//! tell when one is no longer needed: a sweep does
+//! ([`Broker::sweep_write_ahead_objects`]), deleting the objects no flush
+//! record of any bundle names any more, once they are older than any flush
+//! still being committed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -45,8 +48,13 @@ pub(crate) const COMPACT_AFTER_RECORDS: usize = 256;
 /// How often an owner looks for bundles to compact.
 pub(crate) const COMPACT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Every this many checks, a bundle with any record is compacted.
+/// Every this many checks, a bundle with any record is compacted, and
+/// write-ahead objects no record names are swept.
 pub(crate) const COMPACT_ANY_EVERY_PASSES: u64 = 30;
+
+/// A write-ahead object younger than this is never swept: its flush may
+/// still be committing (a commit times out well before).
+pub(crate) const SWEEP_MIN_AGE: Duration = Duration::from_secs(600);
 
 /// A bundle's committed history: its base (with its version) and the
 /// flush records after it, in commit order.
@@ -399,6 +407,44 @@ impl Broker {
             .read_entries(&run.object, &index, log, &run.positions())
             .await
             .map_err(failed)
+    }
+
+    /// Deletes the write-ahead objects (of every broker of the cluster)
+    /// older than `min_age` that no flush record names: their entries were
+    /// compacted into bases, or their flush was never committed. Objects are
+    /// listed before records, so an object a record names is kept whatever
+    /// is committed meanwhile. Returns how many were deleted.
+    pub async fn sweep_write_ahead_objects(&self, min_age: Duration) -> Result<usize, BrokerError> {
+        let Some(shared) = self.shared_log() else {
+            return Ok(0);
+        };
+        let failed = |e: kilonova_objstore::ObjectStoreError| {
+            BrokerError::Unavailable(format!("sweeping write-ahead objects: {e}"))
+        };
+        let now = std::time::SystemTime::now();
+        let prefix = shared.bucket().key(shared.write_ahead_prefix());
+        let old: Vec<String> = shared
+            .bucket()
+            .list(&prefix)
+            .await
+            .map_err(failed)?
+            .into_iter()
+            .filter(|o| {
+                now.duration_since(o.last_modified)
+                    .is_ok_and(|age| age >= min_age)
+            })
+            .map(|o| o.key)
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let named = self.resources().flush_record_objects().await?;
+        let mut deleted = 0;
+        for key in old.iter().filter(|k| !named.contains(*k)) {
+            shared.bucket().delete(key).await.map_err(failed)?;
+            deleted += 1;
+        }
+        Ok(deleted)
     }
 
     /// The first message index of `topic` (log `log`) that must be kept:

@@ -51,6 +51,7 @@ pub(crate) struct SharedLog {
     served: Served,
     /// Numbers the objects written besides the writer's (compactions).
     written: std::sync::atomic::AtomicU64,
+    write_ahead_prefix: String,
 }
 
 impl SharedLog {
@@ -60,6 +61,11 @@ impl SharedLog {
 
     pub(super) fn bucket(&self) -> &Bucket {
         &self.bucket
+    }
+
+    /// The key prefix (relative to the bucket's) of the writer's objects.
+    pub(super) fn write_ahead_prefix(&self) -> &str {
+        &self.write_ahead_prefix
     }
 
     /// A name no other object of this broker's has: the writer's
@@ -170,11 +176,27 @@ async fn compact_histories(broker: WeakBroker) {
         }
         // Busy bundles once enough records piled up; every bundle with any
         // record now and then, so that a quiet one's records do not linger.
-        let min_records = match pass % history::COMPACT_ANY_EVERY_PASSES {
-            0 => 1,
-            _ => history::COMPACT_AFTER_RECORDS,
+        let now_and_then = pass % history::COMPACT_ANY_EVERY_PASSES == 0;
+        let min_records = match now_and_then {
+            true => 1,
+            false => history::COMPACT_AFTER_RECORDS,
         };
         broker.compact_held_bundles(min_records).await;
+        if now_and_then {
+            match broker
+                .sweep_write_ahead_objects(history::SWEEP_MIN_AGE)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    objects = n,
+                    "write-ahead objects no flush record names deleted"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeping write-ahead objects failed; tried again later")
+                }
+            }
+        }
     }
 }
 
@@ -341,6 +363,7 @@ impl Broker {
     /// A flush every 5 ms at most ([`WalConfig::default`]).
     pub fn enable_shared_log(&self, bucket: Bucket) -> Result<(), BrokerError> {
         let config = WalConfig::default();
+        let write_ahead_prefix = config.prefix.clone();
         if self.membership().is_none() {
             return Err(BrokerError::NotAllowed(
                 "the shared data path is for cluster brokers".into(),
@@ -357,6 +380,7 @@ impl Broker {
             bucket,
             served,
             written: Default::default(),
+            write_ahead_prefix,
         };
         self.set_shared_log(shared)?;
         tokio::spawn(compact_histories(self.downgrade()));
