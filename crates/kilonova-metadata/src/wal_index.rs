@@ -128,6 +128,9 @@ pub struct BaseRun {
     pub first_index: u64,
     pub first_message_index: u64,
     pub end_message_index: u64,
+    /// Its entries' bytes.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl BaseRun {

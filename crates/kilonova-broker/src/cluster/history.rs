@@ -45,6 +45,14 @@ use crate::error::BrokerError;
 /// A bundle is compacted once this many flush records followed its base.
 pub(crate) const COMPACT_AFTER_RECORDS: usize = 256;
 
+/// The most flush records one compaction covers (what it holds in memory
+/// is their entries of the bundle); a bundle with more is compacted again
+/// at once.
+pub(crate) const MAX_COVERED_RECORDS: usize = 256;
+
+/// Runs are merged only up to this many bytes (what a merge holds in memory).
+pub(crate) const MAX_RUN_BYTES: u64 = 64 << 20;
+
 /// How often an owner looks for bundles to compact.
 pub(crate) const COMPACT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -183,13 +191,19 @@ impl Broker {
             return;
         };
         for (key, epoch) in m.held() {
-            match self.compact_bundle(&key, epoch, min_records).await {
-                Ok(Some(c)) => {
-                    tracing::info!(bundle = %format!("{}/{}", key.0, key.1), records = c.records, topics = c.topics, entries_kept = c.kept, entries_dropped = c.dropped, "bundle history compacted")
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(bundle = %format!("{}/{}", key.0, key.1), error = %e, "compacting a bundle's history failed; tried again later")
+            loop {
+                match self.compact_bundle(&key, epoch, min_records).await {
+                    Ok(Some(c)) => {
+                        tracing::info!(bundle = %format!("{}/{}", key.0, key.1), records = c.records, topics = c.topics, entries_kept = c.kept, entries_dropped = c.dropped, "bundle history compacted");
+                        if c.records < MAX_COVERED_RECORDS {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(bundle = %format!("{}/{}", key.0, key.1), error = %e, "compacting a bundle's history failed; tried again later");
+                        break;
+                    }
                 }
             }
         }
@@ -206,10 +220,11 @@ impl Broker {
         let Some(shared) = self.shared_log() else {
             return Ok(None);
         };
-        let history = History::read(self, key).await?;
+        let mut history = History::read(self, key).await?;
         if history.records.len() < min_records.max(1) {
             return Ok(None);
         }
+        history.records.truncate(MAX_COVERED_RECORDS);
         let Some(covers) = history.records.last().map(|(k, _)| k.clone()) else {
             return Ok(None);
         };
@@ -342,6 +357,7 @@ impl Broker {
             .await
             .map_err(|e| unavailable(&e))?;
         let mut pending: Vec<Bytes> = Vec::with_capacity(read.len());
+        let mut pending_bytes = 0u64;
         let (mut pending_index, mut pending_message) = (from, message);
         for (index, bytes) in read {
             let Some((_, count, _)) = decode_entry(bytes.clone()) else {
@@ -354,15 +370,20 @@ impl Broker {
                 (first_index, first_message_index) = (index + 1, end);
                 (pending_index, pending_message) = (index + 1, end);
             } else {
+                pending_bytes += bytes.len() as u64;
                 pending.push(bytes);
             }
             message = end;
         }
         // Size tiers: the runs before it no longer than it merge into it.
         while let Some(last) = runs.last() {
-            if pending.is_empty() || (last.count as usize) > pending.len() {
+            if pending.is_empty()
+                || (last.count as usize) > pending.len()
+                || last.bytes + pending_bytes > MAX_RUN_BYTES
+            {
                 break;
             }
+            pending_bytes += last.bytes;
             let mut merged = self.read_run(last, log).await?;
             (pending_index, pending_message) = (last.first_index, last.first_message_index);
             merged.append(&mut pending);
@@ -380,6 +401,7 @@ impl Broker {
                 first_index: pending_index,
                 first_message_index: pending_message,
                 end_message_index: message,
+                bytes: pending_bytes,
             });
             report.kept += pending.len();
             written.extend(pending.into_iter().map(|b| (log, b)));

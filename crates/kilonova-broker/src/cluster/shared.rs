@@ -27,7 +27,8 @@ use kilonova_metadata::cursors::TopicCursors;
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::wal_index::{FlushIndexError, FlushRecords};
 use kilonova_metadata::MetadataError;
-use kilonova_objstore::wal::tail::read_tail;
+use kilonova_objstore::wal::format::WalIndex;
+use kilonova_objstore::wal::tail::plan_tail;
 use kilonova_objstore::wal::{
     CommitError, CommitFuture, FlushCommit, FlushSummary, WalAppend, WalReader,
 };
@@ -38,6 +39,9 @@ use tokio::sync::watch;
 use super::{history, BundleKey};
 use crate::broker::{Broker, WeakBroker};
 use crate::error::BrokerError;
+
+/// Entries a topic's load reads and appends at a time.
+const LOAD_CHUNK_ENTRIES: usize = 1024;
 
 /// Topics served here, by the id of their log: what a flush commit needs
 /// to name an entry's topic and bundle.
@@ -409,9 +413,9 @@ impl Broker {
         let history = super::history::History::read(self, &key)
             .await?
             .topic(&topic, id);
-        let entries = read_tail(&shared.reader, history.slices, history.first_index)
-            .await
-            .map_err(|e| unavailable("reading its committed entries", &e))?;
+        // Checked for gaps and overlaps before anything is read or wiped.
+        let plan = plan_tail(history.slices, history.first_index)
+            .map_err(|e| unavailable("its committed entries", &e))?;
         // What this broker's journal holds of the topic (an earlier
         // ownership, appends that were never committed) is not relied on.
         let stale = log.delete().await?;
@@ -423,18 +427,46 @@ impl Broker {
             ManagedLog::create_at(id, self.state_store().as_ref(), history.first_message_index)?;
         }
         let mut log = self.open_log(id).await?;
-        let mut stored = Vec::with_capacity(entries.len());
-        for (index, bytes) in &entries {
-            let Some((time, count, data)) = decode_entry(bytes.clone()) else {
-                return Err(unavailable(
-                    "its committed entries",
-                    &format!("entry {index} is too short"),
-                ));
+        // Read and appended a bounded number of entries at a time: a long
+        // backlog is never held in memory whole.
+        let mut entries = 0u64;
+        let mut index: Option<(String, WalIndex)> = None;
+        for read in plan {
+            let object = &read.slice.object;
+            if index.as_ref().is_none_or(|(o, _)| o != object) {
+                let i = shared
+                    .reader
+                    .index(object)
+                    .await
+                    .map_err(|e| unavailable("reading its committed entries", &e))?;
+                index = Some((object.clone(), i));
+            }
+            let Some((_, object_index)) = index.as_ref() else {
+                continue;
             };
-            stored.push(log.append(data, count, time).await?);
-        }
-        for c in stored {
-            c.await?;
+            let positions = read.slice.positions.get(read.skip..).unwrap_or_default();
+            for chunk in positions.chunks(LOAD_CHUNK_ENTRIES) {
+                let data = shared
+                    .reader
+                    .read_entries(object, object_index, read.slice.log, chunk)
+                    .await
+                    .map_err(|e| unavailable("reading its committed entries", &e))?;
+                let mut stored = Vec::with_capacity(data.len());
+                for bytes in data {
+                    let at = history.first_index + entries;
+                    let Some((time, count, data)) = decode_entry(bytes) else {
+                        return Err(unavailable(
+                            "its committed entries",
+                            &format!("entry {at} is too short"),
+                        ));
+                    };
+                    stored.push(log.append(data, count, time).await?);
+                    entries += 1;
+                }
+                for c in stored {
+                    c.await?;
+                }
+            }
         }
         let cursors = self.resources().topic_cursors(id).await?;
         for (sub, index) in &cursors.subscriptions {
@@ -452,10 +484,10 @@ impl Broker {
             .await
             .map_err(|e| unavailable("the write-ahead writer", &e))?;
         lock(&shared.served).insert(id, (name.clone(), key.1));
-        tracing::info!(topic = %name, entries = entries.len(), subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
+        tracing::info!(topic = %name, entries, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
         let topic = SharedTopic {
             log: id,
-            next_tag: history.first_index + entries.len() as u64,
+            next_tag: history.first_index + entries,
             wal: shared.wal.clone(),
             served: shared.served.clone(),
             cursors: Some(CursorWriter::start(self, id, key, cursors)),
