@@ -35,6 +35,12 @@ pub struct BrokerConfig {
     pub topic_unload_idle_secs: u64,
     /// Acknowledgements are persisted at least this often (and on close).
     pub cursor_persist_interval_ms: u64,
+    /// Cluster brokers with shared storage: the longest an append waits for
+    /// its write-ahead flush to start (the object store's PUT rate at low load).
+    pub cluster_flush_interval_ms: u64,
+    /// Cluster brokers with shared storage: a write-ahead flush starts once
+    /// this many bytes are queued.
+    pub cluster_flush_max_bytes: usize,
     /// Memory for recently written entries, shared by all topics.
     pub entry_cache_bytes: usize,
     /// Entries a subscription reads ahead per dispatch round.
@@ -217,6 +223,8 @@ impl Default for BrokerConfig {
             keep_alive_secs: 30,
             topic_unload_idle_secs: 60,
             cursor_persist_interval_ms: 1000,
+            cluster_flush_interval_ms: 5,
+            cluster_flush_max_bytes: 8 << 20,
             entry_cache_bytes: 256 << 20,
             dispatch_batch_entries: 100,
             max_redelivery_backlog_entries: 10_000,

@@ -364,9 +364,15 @@ impl Broker {
     /// Makes every append of this cluster broker's topics durable in
     /// `bucket` too, committed per flush, and every topic load read its
     /// data back from there (once, at start-up, after joining the cluster).
-    /// A flush every 5 ms at most ([`WalConfig::default`]).
+    /// A flush every `cluster_flush_interval_ms` at most, or at once when
+    /// `cluster_flush_max_bytes` are queued.
     pub fn enable_shared_log(&self, bucket: Bucket) -> Result<(), BrokerError> {
-        let config = WalConfig::default();
+        let c = self.config();
+        let config = WalConfig {
+            flush_interval: std::time::Duration::from_millis(c.cluster_flush_interval_ms.max(1)),
+            max_object_bytes: c.cluster_flush_max_bytes.max(1),
+            ..WalConfig::default()
+        };
         let write_ahead_prefix = config.prefix.clone();
         if self.membership().is_none() {
             return Err(BrokerError::NotAllowed(
