@@ -18,11 +18,21 @@ use pulsar::{Consumer, ConsumerOptions, Pulsar, TokioExecutor};
 
 /// A cluster of `n` brokers on `etcd`, under a root of its own.
 async fn cluster(etcd: &EtcdServer, n: usize, session_ttl_secs: u64) -> Vec<Broker> {
+    cluster_with(etcd, n, session_ttl_secs, "").await
+}
+
+/// [`cluster`], with `extra` appended to every broker's configuration.
+async fn cluster_with(
+    etcd: &EtcdServer,
+    n: usize,
+    session_ttl_secs: u64,
+    extra: &str,
+) -> Vec<Broker> {
     let root = format!("/kilonova-test-{}", uuid_like());
     let config = format!(
         "[broker]\ncluster_name = \"c1\"\n\
          [metadata]\nbackend = \"etcd\"\nsession_ttl_secs = {session_ttl_secs}\n\
-         [metadata.etcd]\nendpoints = [\"{}\"]\nroot = \"{root}\"\n",
+         [metadata.etcd]\nendpoints = [\"{}\"]\nroot = \"{root}\"\n{extra}",
         etcd.endpoint()
     );
     let mut brokers = Vec::new();
@@ -207,4 +217,94 @@ async fn a_killed_brokers_topics_are_served_by_another_once_its_session_expires(
         took >= ttl / 2,
         "the bundles freed only when the session could have expired ({took:?})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_shared_storage_a_killed_brokers_acknowledged_messages_are_delivered_by_the_next_owner(
+) {
+    let Some(etcd) = EtcdServer::start_or_skip("cluster shared storage").await else {
+        return;
+    };
+    let Some(s3) =
+        kilonova_objstore::seaweed::SeaweedServer::start_or_skip("cluster shared storage").await
+    else {
+        return;
+    };
+    let store = format!(
+        "[offload.store]\ndriver = \"s3\"\nbucket = \"cluster\"\nendpoint = \"{}\"\n\
+         region = \"us-east-1\"\npath_style = true\nprefix = \"{}\"\n\
+         access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        s3.endpoint(),
+        uuid_like(),
+        kilonova_objstore::seaweed::ACCESS_KEY,
+        kilonova_objstore::seaweed::SECRET_KEY
+    );
+    let ttl = Duration::from_secs(2);
+    let mut brokers = cluster_with(&etcd, 3, ttl.as_secs(), &store).await;
+    // A topic broker 2 owns (placed by lookups through broker 0).
+    let client0 = client(brokers[0].service_url()).await;
+    let dead_url = brokers[2].service_url();
+    let mut topic = None;
+    for i in 0..32 {
+        let t = format!("kept-{}-{i}", uuid_like());
+        send_one(&client0, &t, "probe").await;
+        if owner(&brokers[0], &t).await == dead_url {
+            topic = Some(t);
+            break;
+        }
+    }
+    let topic = topic.expect("broker 2 owns one of 32 topics");
+    let full = format!("persistent://public/default/{topic}");
+    // The subscription exists before the messages: it keeps them.
+    let subscribe = |client: &Pulsar<TokioExecutor>| {
+        client
+            .consumer()
+            .with_topic(&full)
+            .with_subscription("s")
+            .with_options(ConsumerOptions {
+                initial_position: InitialPosition::Earliest,
+                ..ConsumerOptions::default()
+            })
+            .build::<String>()
+    };
+    let mut consumer: Consumer<String, TokioExecutor> =
+        within(STEP, "subscribe", subscribe(&client0))
+            .await
+            .unwrap();
+    consumer.close().await.unwrap();
+    let mut producer = client0.producer().with_topic(&full).build().await.unwrap();
+    for i in 0..20 {
+        producer
+            .send_non_blocking(format!("m{i}"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    brokers[2].kill().await;
+    // Through broker 1, once the dead broker's session expired: the
+    // subscription, with every acknowledged message after the probe.
+    let client1 = client(brokers[1].service_url()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut consumer: Consumer<String, TokioExecutor> = loop {
+        match tokio::time::timeout(Duration::from_secs(3), subscribe(&client1)).await {
+            Ok(Ok(c)) => break c,
+            _ if Instant::now() < deadline => continue,
+            Ok(Err(e)) => panic!("{full} not served within 30 s of the kill: {e}"),
+            Err(_) => panic!("{full} not served within 30 s of the kill: subscribing timed out"),
+        }
+    };
+    let mut got = Vec::new();
+    while got.len() < 21 {
+        let m = within(STEP, "receive", consumer.next())
+            .await
+            .expect("a message")
+            .unwrap();
+        consumer.ack(&m).await.unwrap();
+        got.push(m.deserialize().unwrap());
+    }
+    let want: Vec<String> = std::iter::once("probe".to_owned())
+        .chain((0..20).map(|i| format!("m{i}")))
+        .collect();
+    assert_eq!(got, want);
 }
