@@ -293,3 +293,61 @@ async fn compactions_keep_few_runs_drop_consumed_ones_and_the_sweep_deletes_comp
     let want = vec!["m9".to_owned(), "m10".to_owned()];
     assert_eq!(seen, [(1, want.clone()), (2, want)].into());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_stay_in_the_shared_history_as_long_as_retention_says() {
+    use kilonova_metadata::policies::{Policies, RetentionPolicies};
+    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r = Resources::new(Arc::new(
+        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
+    ));
+    let a = member(&r, "a:8080", &objects).await;
+    // (namespace, retention minutes, retention MiB, messages kept once all are acknowledged)
+    let cases = [
+        ("forever", -1, -1, 4),
+        ("no-size", -1, 0, 0),
+        ("none", 0, 0, 0),
+    ];
+    for (name, minutes, mib, kept) in cases {
+        let ns = NamespaceName::new("public", name).unwrap();
+        let policies = Policies {
+            retention_policies: Some(RetentionPolicies {
+                retention_time_in_minutes: minutes,
+                retention_size_in_mb: mib,
+            }),
+            ..Policies::default()
+        };
+        r.create_namespace(&ns, policies).await.unwrap();
+        let topic = TopicName::parse(&format!("persistent://public/{name}/t")).unwrap();
+        a.broker.lookup_topic(&topic, None, true).await.unwrap();
+        let mut c = Raw::connect(a.addr).await;
+        c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+            .await;
+        c.producer(&topic.to_string(), 1).await;
+        for seq in 0..4 {
+            c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
+            c.recv_type(Type::SendReceipt).await;
+        }
+        c.flow(1, 10).await;
+        let got = receive(&mut c, 4).await;
+        ack_up_to(&mut c, &got[3].1).await;
+        let id = r.topic(&topic).await.unwrap().unwrap().id;
+        stored_position(&r, id, "s", 4).await;
+        // Compacted twice: the first writes the run, the second may drop it
+        // (a run goes whole, once acknowledged and out of retention).
+        a.broker.compact_held_bundles(1).await;
+        c.send_message(1, 4, b"m4").await;
+        c.recv_type(Type::SendReceipt).await;
+        a.broker.compact_held_bundles(1).await;
+        let policies = r.namespace(&ns).await.unwrap();
+        let range = bundles::bundle_of(&policies.bundles, &topic).unwrap();
+        let (base, _) = r.flush_base(&ns, range).await.unwrap().unwrap();
+        let t = &base.topics[0];
+        let runs: u32 = t.runs.iter().map(|r| r.count).sum();
+        assert_eq!(
+            (t.first_message_index, runs),
+            (4 - kept, kept as u32 + 1),
+            "{name}: retention {minutes} min / {mib} MiB"
+        );
+    }
+}

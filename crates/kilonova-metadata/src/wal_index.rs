@@ -131,6 +131,9 @@ pub struct BaseRun {
     /// Its entries' bytes.
     #[serde(default)]
     pub bytes: u64,
+    /// The latest publish time of its entries (ms since the epoch).
+    #[serde(default)]
+    pub last_publish_ms: u64,
 }
 
 impl BaseRun {

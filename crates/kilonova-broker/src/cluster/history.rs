@@ -8,8 +8,9 @@
 //! load. So the owner compacts each bundle it holds once enough records
 //! piled up. Each topic's part of a base is a list of *runs* (consecutive
 //! entries stored together in an object). A compaction:
-//! - drops the leading runs whose messages no subscription and no
-//!   retention needs any more (whole runs: a run partly needed is kept);
+//! - drops the leading runs whose messages every subscription acknowledged
+//!   and retention no longer keeps (whole runs: a run partly needed is
+//!   kept);
 //! - reads the entries of the records it covers and writes them, as one
 //!   new run per topic, into one new object (with no run left before them,
 //!   their leading unneeded entries are dropped one by one);
@@ -41,6 +42,7 @@ use super::shared::decode_entry;
 use super::BundleKey;
 use crate::broker::Broker;
 use crate::error::BrokerError;
+use kilonova_storage::Retention;
 
 /// A bundle is compacted once this many flush records followed its base.
 pub(crate) const COMPACT_AFTER_RECORDS: usize = 256;
@@ -171,6 +173,37 @@ fn run_slice(run: &BaseRun, log: u64) -> TailSlice {
     }
 }
 
+/// What of a topic a compaction keeps: what a subscription has not
+/// acknowledged (messages from `floor` on), and acknowledged messages as
+/// retention says — Pulsar's rule: acknowledged data goes once it is older
+/// than the retention time or the acknowledged data is larger than the
+/// retention size (`None`: unlimited in that dimension), whole runs at a
+/// time (a segment at a time, in Pulsar).
+struct Needed {
+    floor: u64,
+    retention: Retention,
+    now_ms: u64,
+}
+
+impl Needed {
+    /// Retention keeps no acknowledged message.
+    fn keeps_nothing_acknowledged(&self) -> bool {
+        self.retention.time_ms == Some(0) && self.retention.size_bytes == Some(0)
+    }
+
+    /// Whether leading run `r` goes, `acknowledged` bytes being retained
+    /// from it on.
+    fn drops(&self, r: &BaseRun, acknowledged: u64) -> bool {
+        if r.end_message_index > self.floor {
+            return false;
+        }
+        let age = self.now_ms.saturating_sub(r.last_publish_ms);
+        let too_old = self.retention.time_ms.is_some_and(|t| age >= t);
+        let too_big = self.retention.size_bytes.is_some_and(|s| acknowledged > s);
+        too_old || too_big
+    }
+}
+
 /// What one compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Compacted {
@@ -251,13 +284,13 @@ impl Broker {
                 Some(r) if r.id == log => {}
                 _ => continue,
             }
-            let keep_from = self.needed_from(&topic, log).await?;
+            let needed = self.needed(&topic, log).await?;
             let t = self
                 .compact_topic(
                     &history,
                     &name,
                     log,
-                    keep_from,
+                    &needed,
                     &object,
                     &mut written,
                     &mut report,
@@ -324,7 +357,7 @@ impl Broker {
         history: &History,
         name: &str,
         log: u64,
-        keep_from: u64,
+        needed: &Needed,
         object: &str,
         written: &mut Vec<(u64, Bytes)>,
         report: &mut Compacted,
@@ -339,12 +372,15 @@ impl Broker {
         let mut runs: Vec<BaseRun> = old.map(|t| t.runs.clone()).unwrap_or_default();
         let (mut first_index, mut first_message_index) =
             old.map_or((0, 0), |t| (t.first_index, t.first_message_index));
-        // Whole runs no longer needed.
-        while runs
-            .first()
-            .is_some_and(|r| r.end_message_index <= keep_from)
-        {
+        // Whole runs no longer needed: acknowledged, and out of retention.
+        let mut acknowledged: u64 = runs
+            .iter()
+            .take_while(|r| r.end_message_index <= needed.floor)
+            .map(|r| r.bytes)
+            .sum();
+        while runs.first().is_some_and(|r| needed.drops(r, acknowledged)) {
             let r = runs.remove(0);
+            acknowledged -= r.bytes;
             report.dropped += r.count as usize;
             (first_index, first_message_index) = (r.end_index(), r.end_message_index);
         }
@@ -358,19 +394,22 @@ impl Broker {
             .map_err(|e| unavailable(&e))?;
         let mut pending: Vec<Bytes> = Vec::with_capacity(read.len());
         let mut pending_bytes = 0u64;
+        let mut pending_publish_ms = 0u64;
         let (mut pending_index, mut pending_message) = (from, message);
         for (index, bytes) in read {
-            let Some((_, count, _)) = decode_entry(bytes.clone()) else {
+            let Some((publish_ms, count, _)) = decode_entry(bytes.clone()) else {
                 return Err(unavailable(&format!("entry {index} is too short")));
             };
             let end = message + u64::from(count);
-            if runs.is_empty() && pending.is_empty() && end <= keep_from {
+            let unneeded = needed.keeps_nothing_acknowledged() && end <= needed.floor;
+            if runs.is_empty() && pending.is_empty() && unneeded {
                 // Nothing before it is kept either: dropped one by one.
                 report.dropped += 1;
                 (first_index, first_message_index) = (index + 1, end);
                 (pending_index, pending_message) = (index + 1, end);
             } else {
                 pending_bytes += bytes.len() as u64;
+                pending_publish_ms = pending_publish_ms.max(publish_ms);
                 pending.push(bytes);
             }
             message = end;
@@ -384,6 +423,7 @@ impl Broker {
                 break;
             }
             pending_bytes += last.bytes;
+            pending_publish_ms = pending_publish_ms.max(last.last_publish_ms);
             let mut merged = self.read_run(last, log).await?;
             (pending_index, pending_message) = (last.first_index, last.first_message_index);
             merged.append(&mut pending);
@@ -402,6 +442,7 @@ impl Broker {
                 first_message_index: pending_message,
                 end_message_index: message,
                 bytes: pending_bytes,
+                last_publish_ms: pending_publish_ms,
             });
             report.kept += pending.len();
             written.extend(pending.into_iter().map(|b| (log, b)));
@@ -469,23 +510,21 @@ impl Broker {
         Ok(deleted)
     }
 
-    /// The first message index of `topic` (log `log`) that must be kept:
-    /// every subscription's first unacknowledged message, unless retention
-    /// keeps acknowledged messages (then everything is kept: retention by
-    /// time and size is applied to the local copy only, for now).
-    async fn needed_from(&self, topic: &TopicName, log: u64) -> Result<u64, BrokerError> {
+    /// What of `topic` (log `log`) must be kept: its subscriptions'
+    /// positions and its retention.
+    async fn needed(&self, topic: &TopicName, log: u64) -> Result<Needed, BrokerError> {
         let retention = self.effective_policies(topic).await?.retention;
-        let keeps_acknowledged = retention.time_ms != Some(0) || retention.size_bytes != Some(0);
-        if keeps_acknowledged {
-            return Ok(0);
-        }
         let cursors = self.resources().topic_cursors(log).await?;
-        Ok(cursors
-            .subscriptions
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(u64::MAX))
+        Ok(Needed {
+            floor: cursors
+                .subscriptions
+                .values()
+                .copied()
+                .min()
+                .unwrap_or(u64::MAX),
+            retention,
+            now_ms: self.clock().now_ms(),
+        })
     }
 
     /// Deletes an object of a compacted history no base refers to (if it
