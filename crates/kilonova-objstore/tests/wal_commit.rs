@@ -306,6 +306,85 @@ async fn an_append_resolves_only_after_its_commit_returns(bucket: Bucket) {
     assert_eq!(p.sequence, 2);
 }
 
+/// The writer's objects in the bucket.
+async fn objects_of(bucket: &Bucket, w: &WalWriter) -> usize {
+    let prefix = bucket.key(&format!("wal/{}", w.incarnation()));
+    bucket.list(&prefix).await.unwrap().len()
+}
+
+async fn later_flushes_are_written_while_one_commits_and_a_failure_fails_those_holding_its_logs(
+    bucket: Bucket,
+) {
+    let (called, mut calls) = mpsc::unbounded_channel();
+    let w = WalWriter::start_with_commit(
+        bucket.clone(),
+        WalConfig {
+            flush_interval: Duration::from_millis(1),
+            ..WalConfig::default()
+        },
+        Arc::new(Gated { called }),
+    );
+    let append = |log: u64, tag: u64| {
+        let w = w.clone();
+        tokio::spawn(async move { w.append_tagged(log, tag, data(log, tag)).await })
+    };
+    let first = append(1, 0);
+    let (sequence, release_first) = tokio::time::timeout(WAIT, calls.recv())
+        .await
+        .expect("the first flush's commit")
+        .unwrap();
+    assert_eq!(sequence, 1);
+    // While flush 1 commits, flushes 2 (log 1 again) and 3 (log 2) are
+    // written: their objects are in the store before commit 1 returns.
+    let second = append(1, 1);
+    tokio::time::timeout(WAIT, async {
+        while objects_of(&bucket, &w).await < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("flush 2 written while flush 1 commits");
+    let third = append(2, 0);
+    tokio::time::timeout(WAIT, async {
+        while objects_of(&bucket, &w).await < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("flush 3 written while flush 1 commits");
+    assert!(
+        calls.try_recv().is_err(),
+        "no commit started while flush 1's was in flight"
+    );
+    // Flush 1's commit fails: log 1 halts, so flush 2 (log 1's next entry)
+    // is not committed at all; flush 3 (log 2 only) is, next.
+    drop(release_first);
+    let failed = tokio::time::timeout(WAIT, first).await.unwrap().unwrap();
+    assert!(
+        matches!(failed, Err(ObjectStoreError::FlushCommit { .. })),
+        "{failed:?}"
+    );
+    let second = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+    assert!(
+        matches!(second, Err(ObjectStoreError::LogHalted { log: 1 })),
+        "{second:?}"
+    );
+    let (sequence, release_third) = tokio::time::timeout(WAIT, calls.recv())
+        .await
+        .expect("the third flush's commit")
+        .unwrap();
+    assert_eq!(sequence, 3, "flush 2 was never committed");
+    release_third.send(()).unwrap();
+    let p = tokio::time::timeout(WAIT, third)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.sequence, 3);
+    let stats = w.stats();
+    assert_eq!((stats.flushes, stats.failed_flushes), (1, 2));
+}
+
 async fn a_writer_without_a_committer_tags_nothing_and_acknowledges_on_durability(bucket: Bucket) {
     let w = WalWriter::start(bucket.clone(), WalConfig::default());
     let p = w
@@ -455,6 +534,14 @@ async fn a_failed_flush_halts_its_logs_until_they_are_resumed(bucket: Bucket) {
 
 mod filesystem {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn later_flushes_are_written_while_one_commits_and_a_failure_fails_those_holding_its_logs(
+    ) {
+        let (b, _dir) = super::filesystem().await;
+        super::later_flushes_are_written_while_one_commits_and_a_failure_fails_those_holding_its_logs(b)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_flush_halts_its_logs_until_they_are_resumed() {
         let (b, _dir) = super::filesystem().await;
         super::a_failed_flush_halts_its_logs_until_they_are_resumed(b).await;
@@ -498,6 +585,15 @@ mod filesystem {
 }
 
 mod s3 {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn later_flushes_are_written_while_one_commits_and_a_failure_fails_those_holding_its_logs(
+    ) {
+        if let Some((b, _server)) = super::s3("wal_commit_pipelined").await {
+            super::later_flushes_are_written_while_one_commits_and_a_failure_fails_those_holding_its_logs(b)
+                .await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_flush_is_committed_once_with_its_entries_in_append_order() {
         if let Some((b, _server)) = super::s3("wal_commit_order").await {

@@ -5,11 +5,12 @@
 //! holding it is durable in the object store — the moment a publish may be
 //! acknowledged. A flush writes everything queued when the first queued
 //! entry has waited `flush_interval`, or as soon as `max_object_bytes` or
-//! `max_object_entries` are queued, whichever comes first; one flush is in
-//! flight at a time, and what arrives meanwhile goes in the next. So requests to the store grow
-//! with the flush rate (at most one per interval at low load, one per
-//! `max_object_bytes` at high load), never with the message rate or the
-//! number of logs.
+//! `max_object_entries` are queued, whichever comes first. Up to
+//! `flushes_in_flight` flushes are written at once (the next one's PUT
+//! starts while earlier ones are still being written or committed). So
+//! requests to the store grow with the flush rate (at most one per interval
+//! at low load, one per `max_object_bytes` at high load), never with the
+//! message rate or the number of logs.
 //!
 //! Each object is created only if absent, under
 //! `<prefix>/<writer incarnation>/<sequence>.wal` (a random incarnation per
@@ -23,13 +24,15 @@
 //! to a [`FlushCommit`] (in cluster mode, one metadata transaction per
 //! flush guarded by the bundles' ownership epochs) and resolves the flush's
 //! appends only once that returned `Ok`; a failed commit fails every append
-//! of the flush ([`ObjectStoreError::FlushCommit`]). The PUT and the commit
-//! of one flush finish before the next flush starts, so commits land in
-//! sequence order. After a failed flush (PUT or commit), the logs it held
-//! are halted: their appends fail ([`ObjectStoreError::LogHalted`]) until
-//! the caller resumes each ([`WalWriter::resume_log`]) — otherwise a log's
-//! later entries could be committed after earlier ones that were not,
-//! leaving a gap in its committed history. [`tail`] reads a log's committed entries back.
+//! of the flush ([`ObjectStoreError::FlushCommit`]). A flush's commit
+//! starts only once the previous flush's commit returned (or that flush
+//! failed), so commits land one at a time, in sequence order. After a
+//! failed flush (PUT or commit), the logs it held are halted: their appends
+//! fail ([`ObjectStoreError::LogHalted`]) until the caller resumes each
+//! ([`WalWriter::resume_log`]), and a later flush already in flight that
+//! holds entries of them is not committed (it fails with `LogHalted`) —
+//! otherwise a log's later entries could be committed after earlier ones
+//! that were not, leaving a gap in its committed history. [`tail`] reads a log's committed entries back.
 
 mod commit;
 pub mod format;
@@ -39,9 +42,9 @@ pub mod tail;
 pub use commit::{CommitError, CommitFuture, FlushCommit, FlushEntry, FlushSummary};
 pub use reader::WalReader;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,6 +71,10 @@ pub struct WalConfig {
     pub commit_timeout: Duration,
     /// Appends queued at most (then [`WalWriter::append`] waits).
     pub queue_entries: usize,
+    /// Flushes written at once: the next flush's PUT starts while earlier
+    /// ones are still being written or committed (commits stay one at a
+    /// time, in sequence order). 1: one flush at a time.
+    pub flushes_in_flight: usize,
     /// Key prefix of this writer's objects (relative to the bucket's).
     pub prefix: String,
 }
@@ -80,6 +87,7 @@ impl Default for WalConfig {
             max_object_entries: 16_384,
             commit_timeout: Duration::from_secs(10),
             queue_entries: 65_536,
+            flushes_in_flight: 4,
             prefix: "wal".into(),
         }
     }
@@ -176,7 +184,9 @@ impl WalWriter {
             committer,
             sequence: 0,
             next: None,
-            halted: HashSet::new(),
+            halted: Arc::default(),
+            in_flight: VecDeque::new(),
+            last_done: None,
         };
         tokio::spawn(flusher.run(rx));
         WalWriter {
@@ -308,25 +318,69 @@ struct Flusher {
     next: Option<Append>,
     /// Logs with entries in a failed flush (with a committer only): their
     /// appends are refused until [`WalWriter::resume_log`], so that no later
-    /// entry of theirs is committed after ones that were not.
-    halted: HashSet<u64>,
+    /// entry of theirs is committed after ones that were not. Shared with
+    /// the flushes in flight, which add to it as they fail and check it
+    /// before committing.
+    halted: Arc<Mutex<HashSet<u64>>>,
+    /// Flushes started and not finished, oldest first.
+    in_flight: VecDeque<tokio::task::JoinHandle<()>>,
+    /// Resolves once the last flush started has committed or failed: the
+    /// next one commits only then (commits land in sequence order).
+    last_done: Option<oneshot::Receiver<()>>,
+}
+
+fn halted_logs(halted: &Mutex<HashSet<u64>>) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+    halted.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One flush, as its task runs it.
+struct Flush {
+    bucket: Bucket,
+    committer: Option<Arc<dyn FlushCommit>>,
+    commit_timeout: Duration,
+    counters: Arc<Counters>,
+    incarnation: Arc<str>,
+    halted: Arc<Mutex<HashSet<u64>>>,
+    key: String,
+    sequence: u64,
+    batch: Vec<Append>,
+    bytes: usize,
+    /// The previous flush's end (its commit, or its failure).
+    previous: Option<oneshot::Receiver<()>>,
+    /// Tells the next flush this one ended (dropped at the end).
+    done: oneshot::Sender<()>,
 }
 
 impl Flusher {
     /// The append a message brings, if it is one to write: a resume is
-    /// done here, an append of a halted log refused.
-    fn admit(&mut self, msg: Msg) -> Option<Append> {
+    /// done here (once every flush in flight ended: one of them may hold
+    /// entries of the log queued before it halted), an append of a halted
+    /// log refused.
+    async fn admit(&mut self, msg: Msg) -> Option<Append> {
         match msg {
             Msg::Resume { log, done } => {
-                self.halted.remove(&log);
+                self.wait_in_flight(0).await;
+                halted_logs(&self.halted).remove(&log);
                 let _ = done.send(());
                 None
             }
-            Msg::Append(a) if self.halted.contains(&a.log) => {
+            Msg::Append(a) if halted_logs(&self.halted).contains(&a.log) => {
                 let _ = a.done.send(Err(ObjectStoreError::LogHalted { log: a.log }));
                 None
             }
             Msg::Append(a) => Some(a),
+        }
+    }
+
+    /// Waits until at most `most` flushes are in flight.
+    async fn wait_in_flight(&mut self, most: usize) {
+        self.in_flight.retain(|h| !h.is_finished());
+        while self.in_flight.len() > most {
+            if let Some(h) = self.in_flight.pop_front() {
+                if let Err(e) = h.await {
+                    tracing::error!(error = %e, "a write-ahead flush task failed");
+                }
+            }
         }
     }
 
@@ -335,11 +389,14 @@ impl Flusher {
             let first = match self.next.take() {
                 Some(a) => a,
                 None => match rx.recv().await {
-                    Some(m) => match self.admit(m) {
+                    Some(m) => match self.admit(m).await {
                         Some(a) => a,
                         None => continue,
                     },
-                    None => return,
+                    None => {
+                        self.wait_in_flight(0).await;
+                        return;
+                    }
                 },
             };
             let deadline = first.queued + self.config.flush_interval;
@@ -362,7 +419,9 @@ impl Flusher {
                     }
                 };
                 let Some(m) = next else { break };
-                let Some(a) = self.admit(m) else { continue };
+                let Some(a) = self.admit(m).await else {
+                    continue;
+                };
                 if bytes + a.data.len() > self.config.max_object_bytes {
                     self.next = Some(a);
                     break;
@@ -370,45 +429,77 @@ impl Flusher {
                 bytes += a.data.len();
                 batch.push(a);
             }
-            self.flush(batch, bytes).await;
+            let most = self.config.flushes_in_flight.max(1);
+            self.wait_in_flight(most - 1).await;
+            self.start(batch, bytes);
         }
     }
 
-    async fn flush(&mut self, batch: Vec<Append>, bytes: usize) {
+    /// Starts flushing `batch` (PUT, then commit after the previous
+    /// flush's end) in a task of its own.
+    fn start(&mut self, batch: Vec<Append>, bytes: usize) {
         self.sequence += 1;
         let sequence = self.sequence;
         let key = self.bucket.key(&format!(
             "{}/{}/{sequence:020}.wal",
             self.config.prefix, self.incarnation
         ));
-        let entries: Vec<(u64, Bytes)> = batch.iter().map(|a| (a.log, a.data.clone())).collect();
-        let result = match format::encode_wal(sequence, &entries) {
+        let (done, next_waits) = oneshot::channel();
+        let flush = Flush {
+            bucket: self.bucket.clone(),
+            committer: self.committer.clone(),
+            commit_timeout: self.config.commit_timeout,
+            counters: self.counters.clone(),
+            incarnation: self.incarnation.clone(),
+            halted: self.halted.clone(),
+            key,
+            sequence,
+            batch,
+            bytes,
+            previous: self.last_done.replace(next_waits),
+            done,
+        };
+        self.in_flight.push_back(tokio::spawn(flush.run()));
+    }
+}
+
+impl Flush {
+    async fn run(mut self) {
+        let entries: Vec<(u64, Bytes)> =
+            self.batch.iter().map(|a| (a.log, a.data.clone())).collect();
+        let stored = match format::encode_wal(self.sequence, &entries) {
             Ok(parts) => {
                 self.bucket
-                    .put_if_absent(&key, PutPayload::from_iter(parts))
+                    .put_if_absent(&self.key, PutPayload::from_iter(parts))
                     .await
             }
             Err(e) => Err(ObjectStoreError::Failed {
                 op: "wal encode",
-                key: key.clone(),
+                key: self.key.clone(),
                 detail: e.to_string(),
             }),
         };
-        let object: Arc<str> = key.into();
-        let result = match result {
-            Ok(()) => self.commit(&object, sequence, &batch).await,
+        // Commits land in sequence order: after the previous flush's.
+        if let Some(previous) = self.previous.take() {
+            let _ = previous.await;
+        }
+        let object: Arc<str> = self.key.clone().into();
+        let result = match stored {
+            Ok(()) => self.commit(&object).await,
             Err(e) => Err(e),
         };
         let c = &self.counters;
-        c.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        c.appends
+            .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 c.flushes.fetch_add(1, Ordering::Relaxed);
-                c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                for (i, a) in batch.into_iter().enumerate() {
+                c.bytes.fetch_add(self.bytes as u64, Ordering::Relaxed);
+                let _ = self.done.send(());
+                for (i, a) in self.batch.into_iter().enumerate() {
                     let _ = a.done.send(Ok(WalPosition {
                         object: object.clone(),
-                        sequence,
+                        sequence: self.sequence,
                         index: i as u32,
                     }));
                 }
@@ -418,27 +509,44 @@ impl Flusher {
                 if matches!(e, ObjectStoreError::FlushCommit { .. }) {
                     c.failed_commits.fetch_add(1, Ordering::Relaxed);
                 }
+                // Halted before the next flush may commit, and before any
+                // caller hears of the failure.
                 if self.committer.is_some() {
-                    self.halted.extend(batch.iter().map(|a| a.log));
+                    halted_logs(&self.halted).extend(self.batch.iter().map(|a| a.log));
                 }
-                tracing::warn!(key = %object, entries = batch.len(), error = %e, "a write-ahead flush failed: its appends fail");
-                for a in batch {
+                let _ = self.done.send(());
+                tracing::warn!(key = %object, entries = self.batch.len(), error = %e, "a write-ahead flush failed: its appends fail");
+                for a in self.batch {
                     let _ = a.done.send(Err(for_each_append(&object, &e)));
                 }
             }
         }
     }
 
-    /// Commits the durable flush `object` (Ok without a committer).
-    async fn commit(&self, object: &Arc<str>, sequence: u64, batch: &[Append]) -> Result<()> {
+    /// Commits the durable flush `object` (Ok without a committer). Refused
+    /// if a log of the flush was halted meanwhile (an earlier flush holding
+    /// entries of it failed): its entries here must not be committed after
+    /// ones that were not.
+    async fn commit(&self, object: &Arc<str>) -> Result<()> {
         let Some(committer) = &self.committer else {
             return Ok(());
         };
+        let halted = {
+            let halted = halted_logs(&self.halted);
+            self.batch
+                .iter()
+                .find(|a| halted.contains(&a.log))
+                .map(|a| a.log)
+        };
+        if let Some(log) = halted {
+            return Err(ObjectStoreError::LogHalted { log });
+        }
         let summary = FlushSummary {
             object: object.clone(),
             incarnation: self.incarnation.clone(),
-            sequence,
-            entries: batch
+            sequence: self.sequence,
+            entries: self
+                .batch
                 .iter()
                 .enumerate()
                 .map(|(i, a)| FlushEntry {
@@ -448,7 +556,7 @@ impl Flusher {
                 })
                 .collect(),
         };
-        let timeout = self.config.commit_timeout;
+        let timeout = self.commit_timeout;
         let outcome = match tokio::time::timeout(timeout, committer.commit(&summary)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(CommitError::Unavailable(format!(
@@ -462,15 +570,16 @@ impl Flusher {
     }
 }
 
-/// A failed flush's error, for each of its appends: a failed commit and an
-/// unavailable store keep their kind (what a caller acts on), the rest say
-/// what failed.
+/// A failed flush's error, for each of its appends: a failed commit, a
+/// halted log and an unavailable store keep their kind (what a caller acts
+/// on), the rest say what failed.
 fn for_each_append(object: &str, e: &ObjectStoreError) -> ObjectStoreError {
     match e {
         ObjectStoreError::FlushCommit { key, error } => ObjectStoreError::FlushCommit {
             key: key.clone(),
             error: error.clone(),
         },
+        ObjectStoreError::LogHalted { log } => ObjectStoreError::LogHalted { log: *log },
         ObjectStoreError::Unavailable { op, key, detail } => ObjectStoreError::Unavailable {
             op,
             key: key.clone(),
