@@ -1304,6 +1304,10 @@ def test_the_object_store_down_for_10_s_under_load_loses_no_acknowledged_message
                             "after the object store came back")
         finally:
             pump.finish()
+        # Every broker served topics: each saw its flushes fail, and commits again.
+        for i in range(len(cluster)):
+            assert cluster.metric(i, "kilonova_cluster_wal_flush_failures_total") > 0, f"broker {i}"
+            assert cluster.metric(i, "kilonova_cluster_flush_commits_total") > 0, f"broker {i}"
         total = 0
         for t in topics:
             with pump.lock:

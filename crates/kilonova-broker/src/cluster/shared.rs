@@ -31,7 +31,7 @@ use kilonova_objstore::wal::tail::{read_tail, TailSlice};
 use kilonova_objstore::wal::{
     CommitError, CommitFuture, FlushCommit, FlushSummary, WalAppend, WalReader,
 };
-use kilonova_objstore::{Bucket, WalConfig, WalWriter};
+use kilonova_objstore::{Bucket, WalConfig, WalStats, WalWriter};
 use kilonova_storage::{InitialPosition, ManagedLog};
 use tokio::sync::watch;
 
@@ -48,6 +48,13 @@ pub(crate) struct SharedLog {
     wal: WalWriter,
     reader: WalReader,
     served: Served,
+}
+
+impl SharedLog {
+    /// The write-ahead writer's counts (flushes, commits, failures).
+    pub(crate) fn wal_stats(&self) -> WalStats {
+        self.wal.stats()
+    }
 }
 
 fn lock(served: &Served) -> std::sync::MutexGuard<'_, HashMap<u64, (TopicName, BundleRange)>> {
