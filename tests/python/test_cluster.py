@@ -1186,6 +1186,38 @@ def test_acknowledged_messages_survive_their_owner_being_killed(shared_cluster):
     finally:
         client.close()
 
+def all_brokers_client(cluster) -> pulsar.Client:
+    """A client given every broker's URL."""
+    url = "pulsar://" + ",".join(f"127.0.0.1:{b.pulsar_port}" for b in cluster.brokers)
+    return pulsar.Client(url, operation_timeout_seconds=30, logger=CLIENT_LOGGER)
+
+
+def subscribed_producers(client, topics) -> dict:
+    """Creates each topic's subscription "s" from the earliest (it keeps
+    everything sent from now on) and returns an unbatched producer per
+    topic that retries for a minute."""
+    for t in topics:
+        client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest).close()
+    return {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
+            for t in topics}
+
+
+def receive_every_acknowledged(client, pump: Pump, topics) -> int:
+    """A consumer per topic on subscription "s" receives every sequence
+    number `pump` had acknowledged there (at least one each); returns how
+    many there were in all."""
+    total = 0
+    for t in topics:
+        with pump.lock:
+            acked = set(pump.acked[t])
+        assert acked, f"nothing acknowledged on {t}"
+        consumer = client.subscribe(t, "s")
+        receive_seqs(consumer, t, acked, timeout=RECOVERY_TIMEOUT_S)
+        consumer.close()
+        total += len(acked)
+    return total
+
+
 # Rounds of kill -9 under load: a few in CI, more behind
 # KILONOVA_CLUSTER_KILL_ROUNDS (docs/cluster.md: `KILONOVA_CLUSTER_KILL_ROUNDS=10`).
 KILL_ROUNDS = int(os.environ.get("KILONOVA_CLUSTER_KILL_ROUNDS", "2"))
@@ -1199,15 +1231,10 @@ def test_kill_9_rounds_under_load_lose_no_acknowledged_message(shared_cluster):
     subscription created before the first send receives every message that
     was ever acknowledged, on every topic."""
     cluster = shared_cluster
-    url = "pulsar://" + ",".join(f"127.0.0.1:{b.pulsar_port}" for b in cluster.brokers)
-    client = pulsar.Client(url, operation_timeout_seconds=30, logger=CLIENT_LOGGER)
+    client = all_brokers_client(cluster)
     try:
         topics = spread_topics(cluster, per_bundle=1, prefix="kill9")
-        for t in topics:
-            client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest).close()
-        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
-                     for t in topics}
-        pump = Pump(producers, interval=0.005)
+        pump = Pump(subscribed_producers(client, topics), interval=0.005)
         pump.start()
         try:
             pump.wait_acked(topics, {t: 0 for t in topics}, 5, 30, "before the first kill")
@@ -1224,15 +1251,7 @@ def test_kill_9_rounds_under_load_lose_no_acknowledged_message(shared_cluster):
                 cluster.wait_members()
         finally:
             pump.finish()
-        total = 0
-        for t in topics:
-            with pump.lock:
-                acked = set(pump.acked[t])
-            assert acked, f"nothing acknowledged on {t}"
-            consumer = client.subscribe(t, "s")
-            receive_seqs(consumer, t, acked, timeout=RECOVERY_TIMEOUT_S)
-            consumer.close()
-            total += len(acked)
+        total = receive_every_acknowledged(client, pump, topics)
         print(f"{KILL_ROUNDS} kill -9 rounds: {total} acknowledged messages on {len(topics)} topics, "
               "every one received")
     finally:
@@ -1271,16 +1290,12 @@ def test_the_object_store_down_for_10_s_under_load_loses_no_acknowledged_message
     the first send receives every message that was ever acknowledged, on
     every topic."""
     cluster = shared_cluster
-    url = "pulsar://" + ",".join(f"127.0.0.1:{b.pulsar_port}" for b in cluster.brokers)
-    client = pulsar.Client(url, operation_timeout_seconds=30, logger=CLIENT_LOGGER)
+    client = all_brokers_client(cluster)
     try:
         topics = spread_topics(cluster, per_bundle=2, prefix="s3down")
-        for t in topics:
-            client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest).close()
+        producers = subscribed_producers(client, topics)
         owners = {t: cluster.owner_of(t) for t in topics}
         assert set(owners.values()) == set(range(len(cluster))), f"topics not on every broker: {owners}"
-        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
-                     for t in topics}
         pump = Pump(producers, interval=0.01)
         pump.start()
         try:
@@ -1308,14 +1323,7 @@ def test_the_object_store_down_for_10_s_under_load_loses_no_acknowledged_message
         for i in range(len(cluster)):
             assert cluster.metric(i, "kilonova_cluster_wal_flush_failures_total") > 0, f"broker {i}"
             assert cluster.metric(i, "kilonova_cluster_flush_commits_total") > 0, f"broker {i}"
-        total = 0
-        for t in topics:
-            with pump.lock:
-                acked = set(pump.acked[t])
-            consumer = client.subscribe(t, "s")
-            receive_seqs(consumer, t, acked, timeout=RECOVERY_TIMEOUT_S)
-            consumer.close()
-            total += len(acked)
+        total = receive_every_acknowledged(client, pump, topics)
         print(f"object store down {STORE_DOWN_S:.0f} s: {total} acknowledged messages on {len(topics)} "
               f"topics, every one received; {pump.acks_between(died, died + STORE_DEATH_GRACE_S)} "
               "acknowledged in the grace after the kill")
