@@ -133,7 +133,8 @@ def spread_clients(cluster, client, prefix: str):
 
 class Pump(threading.Thread):
     """Sends `topic|seq` to every producer in turn with send_async, until
-    stopped; records which sequence numbers each topic had acknowledged."""
+    stopped; records which sequence numbers each topic had acknowledged, and
+    when each acknowledgement arrived."""
 
     def __init__(self, producers: dict, interval: float = 0.02):
         super().__init__(daemon=True)
@@ -142,6 +143,7 @@ class Pump(threading.Thread):
         self.lock = threading.Lock()
         self.next_seq = {t: 0 for t in producers}
         self.acked = {t: set() for t in producers}
+        self.ack_times: list[float] = []  # time.monotonic() of each acknowledgement
         self.failed = {t: [] for t in producers}
         self.halt = threading.Event()
 
@@ -163,6 +165,7 @@ class Pump(threading.Thread):
             with self.lock:
                 if result == pulsar.Result.Ok:
                     self.acked[topic].add(seq)
+                    self.ack_times.append(time.monotonic())
                 else:
                     self.failed[topic].append((seq, str(result)))
         return done
@@ -175,6 +178,11 @@ class Pump(threading.Thread):
     def acked_since(self, topic: str, mark: int) -> set[int]:
         with self.lock:
             return {s for s in self.acked[topic] if s >= mark}
+
+    def acks_between(self, start: float, end: float) -> int:
+        """How many acknowledgements (of any topic) arrived within [start, end] (monotonic)."""
+        with self.lock:
+            return sum(1 for at in self.ack_times if start <= at <= end)
 
     def wait_acked(self, topics, mark: dict[str, int], n: int, timeout: float, what: str) -> None:
         wait_until(lambda: all(len(self.acked_since(t, mark[t])) >= n for t in topics), timeout,
@@ -1178,6 +1186,38 @@ def test_acknowledged_messages_survive_their_owner_being_killed(shared_cluster):
     finally:
         client.close()
 
+def all_brokers_client(cluster) -> pulsar.Client:
+    """A client given every broker's URL."""
+    url = "pulsar://" + ",".join(f"127.0.0.1:{b.pulsar_port}" for b in cluster.brokers)
+    return pulsar.Client(url, operation_timeout_seconds=30, logger=CLIENT_LOGGER)
+
+
+def subscribed_producers(client, topics) -> dict:
+    """Creates each topic's subscription "s" from the earliest (it keeps
+    everything sent from now on) and returns an unbatched producer per
+    topic that retries for a minute."""
+    for t in topics:
+        client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest).close()
+    return {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
+            for t in topics}
+
+
+def receive_every_acknowledged(client, pump: Pump, topics) -> int:
+    """A consumer per topic on subscription "s" receives every sequence
+    number `pump` had acknowledged there (at least one each); returns how
+    many there were in all."""
+    total = 0
+    for t in topics:
+        with pump.lock:
+            acked = set(pump.acked[t])
+        assert acked, f"nothing acknowledged on {t}"
+        consumer = client.subscribe(t, "s")
+        receive_seqs(consumer, t, acked, timeout=RECOVERY_TIMEOUT_S)
+        consumer.close()
+        total += len(acked)
+    return total
+
+
 # Rounds of kill -9 under load: a few in CI, more behind
 # KILONOVA_CLUSTER_KILL_ROUNDS (docs/cluster.md: `KILONOVA_CLUSTER_KILL_ROUNDS=10`).
 KILL_ROUNDS = int(os.environ.get("KILONOVA_CLUSTER_KILL_ROUNDS", "2"))
@@ -1191,15 +1231,10 @@ def test_kill_9_rounds_under_load_lose_no_acknowledged_message(shared_cluster):
     subscription created before the first send receives every message that
     was ever acknowledged, on every topic."""
     cluster = shared_cluster
-    url = "pulsar://" + ",".join(f"127.0.0.1:{b.pulsar_port}" for b in cluster.brokers)
-    client = pulsar.Client(url, operation_timeout_seconds=30, logger=CLIENT_LOGGER)
+    client = all_brokers_client(cluster)
     try:
         topics = spread_topics(cluster, per_bundle=1, prefix="kill9")
-        for t in topics:
-            client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest).close()
-        producers = {t: client.create_producer(t, batching_enabled=False, send_timeout_millis=60_000)
-                     for t in topics}
-        pump = Pump(producers, interval=0.005)
+        pump = Pump(subscribed_producers(client, topics), interval=0.005)
         pump.start()
         try:
             pump.wait_acked(topics, {t: 0 for t in topics}, 5, 30, "before the first kill")
@@ -1216,16 +1251,82 @@ def test_kill_9_rounds_under_load_lose_no_acknowledged_message(shared_cluster):
                 cluster.wait_members()
         finally:
             pump.finish()
-        total = 0
-        for t in topics:
-            with pump.lock:
-                acked = set(pump.acked[t])
-            assert acked, f"nothing acknowledged on {t}"
-            consumer = client.subscribe(t, "s")
-            receive_seqs(consumer, t, acked, timeout=RECOVERY_TIMEOUT_S)
-            consumer.close()
-            total += len(acked)
+        total = receive_every_acknowledged(client, pump, topics)
         print(f"{KILL_ROUNDS} kill -9 rounds: {total} acknowledged messages on {len(topics)} topics, "
               "every one received")
+    finally:
+        client.close()
+
+
+# The object store's outage in the test below: its length, and how long an
+# acknowledgement may still arrive after the store died (see the docstring).
+STORE_DOWN_S = 10.0
+STORE_DEATH_GRACE_S = 2.0
+# From the store being back to every producer acknowledged again: topics
+# whose appends failed are fenced and reloaded (reading their committed
+# entries back from the store), and the C++ client's reconnection backoff,
+# doubling from 100 ms through the outage, may wait ~13 s more.
+STORE_RECOVERY_TIMEOUT_S = 60.0
+
+
+def test_the_object_store_down_for_10_s_under_load_loses_no_acknowledged_message(shared_cluster, seaweed):
+    """Producers send without pause to topics on every broker while the
+    object store (SeaweedFS, SIGKILL) is down for 10 s, then back on the same
+    ports and data.
+
+    While it is down nothing new may be acknowledged: a receipt needs the
+    send's write-ahead object durable in the store. Checked two ways:
+      - no send made after the store died (sequence number at or past the
+        mark taken once the kill returned) is acknowledged before it is back:
+        its object cannot have been written;
+      - no acknowledgement at all arrives from STORE_DEATH_GRACE_S after the
+        kill until the restart. Sends from before the kill may be
+        acknowledged just after it, honestly: their object was stored before
+        the kill and only the flush's metadata commit (etcd, still up) and the
+        receipt were still on their way — milliseconds, given 2 s here
+        because this machine's two cores are shared.
+    Once the store is back, every producer is acknowledged again within
+    STORE_RECOVERY_TIMEOUT_S, and in the end a subscription created before
+    the first send receives every message that was ever acknowledged, on
+    every topic."""
+    cluster = shared_cluster
+    client = all_brokers_client(cluster)
+    try:
+        topics = spread_topics(cluster, per_bundle=2, prefix="s3down")
+        producers = subscribed_producers(client, topics)
+        owners = {t: cluster.owner_of(t) for t in topics}
+        assert set(owners.values()) == set(range(len(cluster))), f"topics not on every broker: {owners}"
+        pump = Pump(producers, interval=0.01)
+        pump.start()
+        try:
+            pump.wait_acked(topics, {t: 0 for t in topics}, 5, 30, "before the object store went down")
+            seaweed.kill()
+            died = time.monotonic()
+            mark = pump.mark()
+            time.sleep(STORE_DOWN_S)  # the fault's length: nothing to wait for
+            down_end = time.monotonic()
+            after_death = {t: sorted(pump.acked_since(t, mark[t]))[:10] for t in topics}
+            after_death = {t: s for t, s in after_death.items() if s}
+            assert not after_death, (
+                f"sends made after the object store died were acknowledged while it was down: {after_death}")
+            late = pump.acks_between(died + STORE_DEATH_GRACE_S, down_end)
+            assert late == 0, (
+                f"{late} acknowledgements arrived from {STORE_DEATH_GRACE_S} s after the object store died "
+                f"until it came back ({pump.acks_between(died, down_end)} since it died)")
+            seaweed.restart()
+            back, restarted = pump.mark(), time.monotonic()
+            pump.wait_acked(topics, back, 3, STORE_RECOVERY_TIMEOUT_S,
+                            "after the object store came back")
+            recovered_s = time.monotonic() - restarted
+        finally:
+            pump.finish()
+        # Every broker served topics: each saw its flushes fail, and commits again.
+        for i in range(len(cluster)):
+            assert cluster.metric(i, "kilonova_cluster_wal_flush_failures_total") > 0, f"broker {i}"
+            assert cluster.metric(i, "kilonova_cluster_flush_commits_total") > 0, f"broker {i}"
+        total = receive_every_acknowledged(client, pump, topics)
+        print(f"object store down {STORE_DOWN_S:.0f} s: every producer acknowledged again {recovered_s:.1f} s "
+              f"after it was back; {total} acknowledged messages on {len(topics)} topics, every one received; "
+              f"{pump.acks_between(died, died + STORE_DEATH_GRACE_S)} acknowledged in the grace after the kill")
     finally:
         client.close()

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use kilonova_objstore::WalStats;
 use kilonova_storage::{HistogramSnapshot, SegmentStore};
 
 use crate::cache_metrics::{self, CacheMeter};
@@ -460,6 +461,45 @@ pub fn render(
     cache_metrics::render(&mut out, cluster, &stats, &rates, managed_logs);
     crate::process_metrics::render(&mut out);
     out
+}
+
+/// A cluster broker's shared data path (its write-ahead writer): flushes,
+/// their commits, what they held. One committed flush is one object PUT
+/// and one metadata transaction; the object-store requests themselves are
+/// the `kilonova_offload_request_latency_seconds_*` histograms (the same
+/// bucket).
+pub(crate) fn render_shared_log(out: &mut String, cluster: &str, wal: WalStats) {
+    let counters = [
+        (
+            "kilonova_cluster_flush_commits_total",
+            "Write-ahead flushes durable and recorded in the metadata store (one transaction each); their appends are acknowledged",
+            wal.flushes,
+        ),
+        (
+            "kilonova_cluster_flush_commit_failures_total",
+            "Flush commits that failed after the object was durable: nothing recorded (deposed, refused) or the outcome unknown (metadata store unavailable, timed out); their appends fail",
+            wal.failed_commits,
+        ),
+        (
+            "kilonova_cluster_wal_flush_failures_total",
+            "Write-ahead flushes that failed, at the PUT or at the commit; their appends fail",
+            wal.failed_flushes,
+        ),
+        (
+            "kilonova_cluster_wal_appends_total",
+            "Entries written in write-ahead flushes, failed ones included (an entry is one SEND: one message or one batch)",
+            wal.appends,
+        ),
+        (
+            "kilonova_cluster_wal_bytes_total",
+            "Entry bytes of the write-ahead flushes that succeeded",
+            wal.bytes,
+        ),
+    ];
+    for (name, help, v) in counters {
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {v}", escape(cluster));
+    }
 }
 
 /// Reads one per-topic figure.
@@ -1084,6 +1124,32 @@ fn render_storage(out: &mut String, store: &SegmentStore, cache: &kilonova_stora
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_logs_flushes_and_commits_are_rendered_as_counted() {
+        let mut out = String::new();
+        let wal = WalStats {
+            appends: 700,
+            flushes: 40,
+            failed_flushes: 5,
+            failed_commits: 2,
+            bytes: 716_800,
+        };
+        render_shared_log(&mut out, "c1", wal);
+        for line in [
+            "kilonova_cluster_flush_commits_total{cluster=\"c1\"} 40",
+            "kilonova_cluster_flush_commit_failures_total{cluster=\"c1\"} 2",
+            "kilonova_cluster_wal_flush_failures_total{cluster=\"c1\"} 5",
+            "kilonova_cluster_wal_appends_total{cluster=\"c1\"} 700",
+            "kilonova_cluster_wal_bytes_total{cluster=\"c1\"} 716800",
+            "# TYPE kilonova_cluster_flush_commits_total counter",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line} missing from:\n{out}"
+            );
+        }
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -105,6 +105,56 @@ async fn e2e_receives_every_published_message_batched_and_partitioned() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_given_by_name_are_the_ones_produced_to() {
+    let broker = Broker::start().await;
+    let topics = [
+        "persistent://public/default/perf-named-a",
+        "persistent://public/default/perf-other-b",
+    ];
+    let p = perf(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            topics[0],
+            "--topic",
+            topics[1],
+            "--no-batching",
+            "--messages",
+            "2000",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(p["messages"], 2000, "{p}");
+    let mut total = 0;
+    for topic in topics {
+        let c = perf(
+            &broker,
+            &[
+                "consume",
+                "--topic",
+                topic,
+                "--initial-position",
+                "earliest",
+                "--duration-secs",
+                "2",
+                "--warmup-secs",
+                "0",
+            ],
+        )
+        .await;
+        let n = c["messages"].as_u64().unwrap();
+        assert!(n > 0, "nothing produced to {topic}: {c}");
+        total += n;
+    }
+    assert_eq!(total, 2000, "every message on one of the two topics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_unbatched_then_consume_from_earliest() {
     let broker = Broker::start().await;
     let topic = "persistent://public/default/perf-two-step";

@@ -454,6 +454,13 @@ impl Broker {
         if let Some(t) = self.tiering() {
             t.render_metrics(&mut out, &self.inner.config.cluster_name);
         }
+        if let Some(shared) = self.shared_log() {
+            crate::metrics::render_shared_log(
+                &mut out,
+                &self.inner.config.cluster_name,
+                shared.wal_stats(),
+            );
+        }
         out
     }
 

@@ -32,7 +32,7 @@ use kilonova_objstore::wal::tail::plan_tail;
 use kilonova_objstore::wal::{
     CommitError, CommitFuture, FlushCommit, FlushSummary, WalAppend, WalReader,
 };
-use kilonova_objstore::{Bucket, WalConfig, WalWriter};
+use kilonova_objstore::{Bucket, WalConfig, WalStats, WalWriter};
 use kilonova_storage::{InitialPosition, ManagedLog};
 use tokio::sync::watch;
 
@@ -79,6 +79,13 @@ impl SharedLog {
             .written
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("{}-{n:020}", self.wal.incarnation())
+    }
+}
+
+impl SharedLog {
+    /// The write-ahead writer's counts (flushes, commits, failures).
+    pub(crate) fn wal_stats(&self) -> WalStats {
+        self.wal.stats()
     }
 }
 

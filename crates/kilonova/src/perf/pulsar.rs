@@ -35,8 +35,10 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub admin: AdminUrl,
     /// Topic name; with `--topics N` > 1, topics are `<topic>-0` … `<topic>-(N-1)`.
-    #[arg(long, default_value = "persistent://public/default/perf")]
-    pub topic: String,
+    /// Given several times (pulsar-perf's list of topics), exactly those
+    /// topics (`--topics`, if given, must be their number).
+    #[arg(long, default_value = "persistent://public/default/perf", action = clap::ArgAction::Append)]
+    pub topic: Vec<String>,
     /// Number of topics.
     #[arg(short = 't', long, visible_alias = "num-topics", default_value_t = 1)]
     pub topics: usize,
@@ -257,22 +259,31 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The topics `--topic` and `--topics` name (before partitions): one
+/// topic numbered `-0` … `-(N-1)`, or the list given.
+fn base_names(topic: &[String], topics: usize) -> anyhow::Result<Vec<String>> {
+    match topic {
+        [] => anyhow::bail!("no --topic given"),
+        [one] if topics <= 1 => Ok(vec![one.clone()]),
+        [one] => Ok((0..topics).map(|i| format!("{one}-{i}")).collect()),
+        many if topics <= 1 || topics == many.len() => Ok(many.to_vec()),
+        many => anyhow::bail!(
+            "{} topics given with --topic but --topics {topics}: give one topic to number, or that many",
+            many.len()
+        ),
+    }
+}
+
 /// Every topic (or partition) the run uses.
 async fn topic_names(common: &CommonArgs) -> anyhow::Result<Vec<String>> {
-    let bases: Vec<String> = if common.topics <= 1 {
-        vec![common.topic.clone()]
-    } else {
-        (0..common.topics)
-            .map(|i| format!("{}-{i}", common.topic))
-            .collect()
-    };
+    let bases = base_names(&common.topic, common.topics)?;
     if common.partitions == 0 {
         return Ok(bases);
     }
     let mut names = Vec::new();
     for (i, base) in bases.iter().enumerate() {
         create_partitioned(&common.admin.url, base, common.partitions).await?;
-        if common.topics > 100 && i % 1000 == 0 {
+        if bases.len() > 100 && i % 1000 == 0 {
             eprintln!("created {i} of {} partitioned topics", bases.len());
         }
         names.extend((0..common.partitions).map(|p| format!("{base}-partition-{p}")));
@@ -828,4 +839,24 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
             None => report.main.line(what),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(topic: &[&str], topics: usize) -> anyhow::Result<Vec<String>> {
+        let topic: Vec<String> = topic.iter().map(|t| t.to_string()).collect();
+        base_names(&topic, topics)
+    }
+
+    #[test]
+    fn one_topic_is_numbered_and_a_list_is_taken_as_given() {
+        assert_eq!(names(&["t"], 1).unwrap(), ["t"]);
+        assert_eq!(names(&["t"], 3).unwrap(), ["t-0", "t-1", "t-2"]);
+        assert_eq!(names(&["a", "b"], 1).unwrap(), ["a", "b"]);
+        assert_eq!(names(&["a", "b"], 2).unwrap(), ["a", "b"]);
+        let e = names(&["a", "b"], 3).unwrap_err().to_string();
+        assert!(e.contains("--topics 3"), "{e}");
+    }
 }
