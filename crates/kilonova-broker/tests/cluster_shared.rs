@@ -69,37 +69,66 @@ async fn stored_position(r: &Resources, id: u64, sub: &str, index: u64) {
     .unwrap_or_else(|_| panic!("subscription {sub} never stored at {index}"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() {
+/// Two members, a and b, sharing a metadata store and a directory as
+/// object store; a serves a topic of public/default, with a client
+/// connected to a, subscribed ("s", consumer 1) and producing (producer 1).
+struct Fixture {
+    _meta: tempfile::TempDir,
+    objects: tempfile::TempDir,
+    r: Resources,
+    a: Server,
+    b: Server,
+    ns: NamespaceName,
+    range: BundleRange,
+    topic: TopicName,
+    c: Raw,
+}
+
+async fn fixture() -> Fixture {
     let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let r = Resources::new(Arc::new(
         EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
     ));
     let a = member(&r, "a:8080", &objects).await;
     let b = member(&r, "b:8080", &objects).await;
-    let ns = default_ns();
     let (range, topic) = a_topic(&r).await;
     a.broker.lookup_topic(&topic, None, true).await.unwrap();
-
     let mut c = Raw::connect(a.addr).await;
     c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
         .await;
     c.producer(&topic.to_string(), 1).await;
+    Fixture {
+        _meta: meta,
+        objects,
+        r,
+        a,
+        b,
+        ns: default_ns(),
+        range,
+        topic,
+        c,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() {
+    let Fixture {
+        r,
+        a,
+        b,
+        ns,
+        range,
+        topic,
+        mut c,
+        ..
+    } = fixture().await;
     for seq in 0..10 {
         c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
         c.recv_type(Type::SendReceipt).await;
     }
     c.flow(1, 100).await;
     let got = receive(&mut c, 10).await;
-    c.send(cmd(Type::Ack, |a| {
-        a.ack = Some(Box::new(CommandAck {
-            consumer_id: 1,
-            ack_type: AckType::Cumulative as i32,
-            message_id: vec![got[5].1.clone()],
-            ..Default::default()
-        }))
-    }))
-    .await;
+    ack_up_to(&mut c, &got[5].1).await;
     let id = r.topic(&topic).await.unwrap().unwrap().id;
     stored_position(&r, id, "s", 6).await;
 
@@ -194,19 +223,17 @@ async fn ack_up_to(c: &mut Raw, id: &MessageIdData) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compactions_keep_few_runs_drop_consumed_ones_and_the_sweep_deletes_compacted_flushes() {
-    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let r = Resources::new(Arc::new(
-        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
-    ));
-    let a = member(&r, "a:8080", &objects).await;
-    let b = member(&r, "b:8080", &objects).await;
-    let ns = default_ns();
-    let (range, topic) = a_topic(&r).await;
-    a.broker.lookup_topic(&topic, None, true).await.unwrap();
-    let mut c = Raw::connect(a.addr).await;
-    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
-        .await;
-    c.producer(&topic.to_string(), 1).await;
+    let Fixture {
+        objects,
+        r,
+        a,
+        b,
+        ns,
+        range,
+        topic,
+        mut c,
+        ..
+    } = fixture().await;
     let id = r.topic(&topic).await.unwrap().unwrap().id;
     let runs = |base: &kilonova_metadata::wal_index::FlushBase| -> Vec<u32> {
         base.topics[0].runs.iter().map(|r| r.count).collect()

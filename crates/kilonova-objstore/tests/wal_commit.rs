@@ -254,8 +254,13 @@ impl FlushCommit for Gated {
     }
 }
 
-async fn an_append_resolves_only_after_its_commit_returns(bucket: Bucket) {
-    let (called, mut calls) = mpsc::unbounded_channel();
+/// Commits the test releases one by one.
+type Calls = mpsc::UnboundedReceiver<(u64, oneshot::Sender<()>)>;
+
+/// A writer flushing each append at once (1 ms interval) whose commits
+/// wait for the test ([`Gated`]).
+fn gated_writer(bucket: &Bucket) -> (WalWriter, Calls) {
+    let (called, calls) = mpsc::unbounded_channel();
     let w = WalWriter::start_with_commit(
         bucket.clone(),
         WalConfig {
@@ -264,6 +269,11 @@ async fn an_append_resolves_only_after_its_commit_returns(bucket: Bucket) {
         },
         Arc::new(Gated { called }),
     );
+    (w, calls)
+}
+
+async fn an_append_resolves_only_after_its_commit_returns(bucket: Bucket) {
+    let (w, mut calls) = gated_writer(&bucket);
     let first = {
         let w = w.clone();
         tokio::spawn(async move { w.append_tagged(1, 0, Bytes::from_static(b"a")).await })
@@ -306,24 +316,22 @@ async fn an_append_resolves_only_after_its_commit_returns(bucket: Bucket) {
     assert_eq!(p.sequence, 2);
 }
 
-/// The writer's objects in the bucket.
-async fn objects_of(bucket: &Bucket, w: &WalWriter) -> usize {
+/// Waits until `n` objects of the writer are in the bucket.
+async fn objects_written(bucket: &Bucket, w: &WalWriter, n: usize, what: &str) {
     let prefix = bucket.key(&format!("wal/{}", w.incarnation()));
-    bucket.list(&prefix).await.unwrap().len()
+    tokio::time::timeout(WAIT, async {
+        while bucket.list(&prefix).await.unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"));
 }
 
 async fn later_flushes_are_written_while_one_commits_and_a_failure_fails_those_holding_its_logs(
     bucket: Bucket,
 ) {
-    let (called, mut calls) = mpsc::unbounded_channel();
-    let w = WalWriter::start_with_commit(
-        bucket.clone(),
-        WalConfig {
-            flush_interval: Duration::from_millis(1),
-            ..WalConfig::default()
-        },
-        Arc::new(Gated { called }),
-    );
+    let (w, mut calls) = gated_writer(&bucket);
     let append = |log: u64, tag: u64| {
         let w = w.clone();
         tokio::spawn(async move { w.append_tagged(log, tag, data(log, tag)).await })
@@ -337,21 +345,9 @@ async fn later_flushes_are_written_while_one_commits_and_a_failure_fails_those_h
     // While flush 1 commits, flushes 2 (log 1 again) and 3 (log 2) are
     // written: their objects are in the store before commit 1 returns.
     let second = append(1, 1);
-    tokio::time::timeout(WAIT, async {
-        while objects_of(&bucket, &w).await < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("flush 2 written while flush 1 commits");
+    objects_written(&bucket, &w, 2, "flush 2 written while flush 1 commits").await;
     let third = append(2, 0);
-    tokio::time::timeout(WAIT, async {
-        while objects_of(&bucket, &w).await < 3 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("flush 3 written while flush 1 commits");
+    objects_written(&bucket, &w, 3, "flush 3 written while flush 1 commits").await;
     assert!(
         calls.try_recv().is_err(),
         "no commit started while flush 1's was in flight"
