@@ -12,7 +12,8 @@
 //!   records nothing and its appends fail.
 //! - **Loading a topic** ([`Broker::load_shared`]): the local log is wiped
 //!   (nothing local is relied on), the topic's committed entries are read
-//!   back from the flush records of its bundle and appended afresh, and its
+//!   back from its bundle's history (the compacted base and the flush
+//!   records after it: [`super::history`]) and appended afresh, and its
 //!   subscriptions are opened where the shared positions say.
 //! - **Subscription positions** ([`CursorWriter`]) are stored by message
 //!   index, written by the owner in the background whenever they change
@@ -80,9 +81,7 @@ impl SharedLog {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("{}-{n:020}", self.wal.incarnation())
     }
-}
 
-impl SharedLog {
     /// The write-ahead writer's counts (flushes, commits, failures).
     pub(crate) fn wal_stats(&self) -> WalStats {
         self.wal.stats()
