@@ -378,3 +378,43 @@ async fn acknowledged_messages_stay_in_the_shared_history_as_long_as_retention_s
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_with_a_message_id_from_the_previous_owner_acknowledges_nothing() {
+    let Fixture {
+        a,
+        b,
+        ns,
+        range,
+        topic,
+        mut c,
+        ..
+    } = fixture().await;
+    for seq in 0..10 {
+        c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+    c.flow(1, 100).await;
+    let on_a = receive(&mut c, 10).await;
+    drop(c);
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+    // On b, a client acknowledges with ids a handed out (as a client does
+    // with messages it received before the move): nothing is acknowledged
+    // in their place, every message comes again.
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    ack_up_to(&mut c, &on_a[9].1).await;
+    c.flow(1, 100).await;
+    let on_b = receive(&mut c, 10).await;
+    let payloads: Vec<&str> = on_b.iter().map(|(d, _)| d.as_str()).collect();
+    assert_eq!(
+        payloads,
+        (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert!(
+        on_b.iter()
+            .all(|(_, id)| on_a.iter().all(|(_, old)| old.ledger_id != id.ledger_id)),
+        "b's message ids share no segment with a's"
+    );
+}

@@ -38,7 +38,32 @@ fn broker_key(cluster: &str, id: &str) -> String {
     format!("/brokers/{cluster}/{id}")
 }
 
+/// The counter of broker starts ([`Resources::next_broker_incarnation`]).
+const INCARNATIONS: &str = "/broker-incarnations";
+
 impl Resources {
+    /// A number no broker start on this metadata store got before (from 1):
+    /// what a cluster broker keeps its local ids apart from other brokers'
+    /// with.
+    pub async fn next_broker_incarnation(&self) -> Result<u64> {
+        loop {
+            let current = self.store().get(INCARNATIONS).await?;
+            let (next, expect) = match &current {
+                Some(s) => (
+                    from_json::<u64>("the broker incarnation counter", &s.value)?.saturating_add(1),
+                    Expect::Version(s.version),
+                ),
+                None => (1, Expect::Absent),
+            };
+            let value = to_json("the broker incarnation counter", &next)?;
+            match self.store().put(INCARNATIONS, value, expect, None).await {
+                Ok(_) => return Ok(next),
+                Err(crate::MetadataError::BadVersion { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Registers a live broker of `cluster` as `id` (`host:port` of its HTTP
     /// service), an ephemeral key that dies with `session`; registering
     /// again replaces the record.

@@ -51,7 +51,10 @@ const SYNC_QUEUE_GROUPS: usize = 8;
 
 /// What a caller asks the journal to do.
 pub(crate) enum Op {
-    Create,
+    /// A new segment, its id at least `at_least` (and above every id before).
+    Create {
+        at_least: SegmentId,
+    },
     /// `prefix` and `data` are stored as one entry (the prefix is the managed log's header).
     Append {
         segment: SegmentId,
@@ -460,9 +463,9 @@ impl Writer {
                 .unwrap_or(true)
         };
         Ok(match op {
-            Op::Create => {
-                let id = self.next_segment_id;
-                self.next_segment_id += 1;
+            Op::Create { at_least } => {
+                let id = self.next_segment_id.max(*at_least);
+                self.next_segment_id = id + 1;
                 self.segments.insert(
                     id,
                     SegView {

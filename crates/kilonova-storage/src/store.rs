@@ -11,7 +11,7 @@ use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -134,6 +134,8 @@ impl<T> Future for Completion<T> {
 #[derive(Clone)]
 pub struct SegmentStore {
     shared: Arc<StoreState>,
+    /// New segments get ids from here up ([`SegmentStore::raise_segment_ids`]).
+    segment_id_floor: Arc<AtomicU64>,
     tx: mpsc::Sender<Request>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// The directory's lock: held until the store stops (or the last clone drops).
@@ -203,6 +205,7 @@ impl SegmentStore {
         );
         Ok(SegmentStore {
             shared,
+            segment_id_floor: Arc::default(),
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
             lock: Arc::new(Mutex::new(Some(lock))),
@@ -285,13 +288,27 @@ impl SegmentStore {
 
     /// Creates a segment (durably) and returns its id.
     pub async fn create_segment(&self) -> Result<SegmentId> {
-        let rx = self.submit(Op::Create).await?;
+        let rx = self.submit(self.create_op()).await?;
         Completion::new(rx, 0, id).await
     }
 
     /// [`SegmentStore::create_segment`] for threads outside an async runtime.
     pub fn create_segment_blocking(&self) -> Result<SegmentId> {
-        Completion::new(self.submit_blocking(Op::Create)?, 0, id).wait()
+        Completion::new(self.submit_blocking(self.create_op())?, 0, id).wait()
+    }
+
+    fn create_op(&self) -> Op {
+        Op::Create {
+            at_least: self.segment_id_floor.load(Ordering::Acquire),
+        }
+    }
+
+    /// Segments created from now on get ids of at least `floor` (ids only
+    /// grow: a lower floor changes nothing). A cluster broker raises it to
+    /// a range no other broker's store uses, so that a message id another
+    /// broker handed out never names one of this store's entries.
+    pub fn raise_segment_ids(&self, floor: SegmentId) {
+        self.segment_id_floor.fetch_max(floor, Ordering::AcqRel);
     }
 
     /// Seals a segment: no more appends; returns its entry count. Idempotent.

@@ -471,3 +471,25 @@ fn recovery_replays_only_what_follows_the_last_checkpoint() {
     );
     store.close().unwrap();
 }
+
+#[test]
+fn raised_segment_ids_stay_raised_across_a_reopen_and_never_go_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let floor = 7 << 40;
+    let raised;
+    {
+        let store = SegmentStore::open(config(dir.path())).unwrap();
+        let low = store.create_segment_blocking().unwrap();
+        assert!(low < floor);
+        store.raise_segment_ids(floor);
+        raised = store.create_segment_blocking().unwrap();
+        assert_eq!(raised, floor);
+        // A lower floor changes nothing.
+        store.raise_segment_ids(5);
+        assert_eq!(store.create_segment_blocking().unwrap(), floor + 1);
+        // Dropped without a clean close: the ids come back from the journal.
+    }
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    assert!(store.segment(raised).is_some());
+    assert_eq!(store.create_segment_blocking().unwrap(), floor + 2);
+}

@@ -31,6 +31,10 @@ pub mod unload;
 
 pub use lookup::LookupAnswer;
 
+/// Segment ids a broker start may use: each start of a cluster broker
+/// creates segments from its incarnation times this on.
+const SEGMENT_IDS_PER_INCARNATION: u64 = 1 << 40;
+
 /// A bundle: its namespace and hash range.
 pub type BundleKey = (NamespaceName, BundleRange);
 
@@ -116,6 +120,12 @@ impl Broker {
     pub async fn join_cluster(&self, settings: ClusterSettings) -> Result<(), BrokerError> {
         let resources = self.resources();
         let cluster = self.config().cluster_name.clone();
+        // Segments this broker creates from now on have ids no other
+        // broker's (or earlier start's) have: a message id handed out
+        // elsewhere never names an entry here (topics move between brokers).
+        let incarnation = resources.next_broker_incarnation().await?;
+        self.segment_store()
+            .raise_segment_ids(incarnation.saturating_mul(SEGMENT_IDS_PER_INCARNATION));
         let opened = Instant::now();
         let session = resources.store().open_session(settings.session_ttl).await?;
         if let Some(old) = resources.broker(&cluster, &settings.broker_id).await? {

@@ -304,6 +304,7 @@ impl Topic {
             .cloned()
             .ok_or_else(|| BrokerError::NotAllowed("consumer is not subscribed".into()))?;
         let now_ms = self.broker.clock().now_ms();
+        let shared = self.shared.is_some();
         let (Some(sub), Some(log)) = (self.subscriptions.get_mut(&name), self.log.as_mut()) else {
             return Ok(()); // non-persistent: nothing to acknowledge
         };
@@ -317,6 +318,14 @@ impl Topic {
         }
         for id in &ack.message_id {
             let p = Position::new(id.ledger_id, id.entry_id);
+            if shared && !log.segments().iter().any(|s| s.id == p.segment) {
+                // An id another owner of the topic (or an earlier load of it)
+                // handed out: its segments are no entries here (cluster
+                // brokers' segment ids never meet). Ignored: the message is
+                // delivered again, never another acknowledged in its place.
+                tracing::debug!(topic = %self.full_name, ledger = id.ledger_id, entry = id.entry_id, "acknowledgement of a message id from before the topic moved: ignored");
+                continue;
+            }
             let partial = id.ack_set.iter().any(|w| *w != 0);
             if cumulative {
                 if partial {
