@@ -259,6 +259,8 @@ pub(crate) struct Topic {
     /// An append failed to reach shared storage: the topic closes once its
     /// appends in flight are answered, and its next load rebuilds it.
     shared_failed: bool,
+    /// When subscription positions were last handed to the shared path.
+    cursors_shared_at: std::time::Instant,
     /// The topic's bundle is about to change hands: SENDs are left
     /// unanswered (their producers resend them to the next owner).
     handing_over: bool,
@@ -369,6 +371,7 @@ impl Topic {
             handover: None,
             shared,
             shared_failed: false,
+            cursors_shared_at: now,
             handing_over: false,
             next_transient_entry: 0,
             idle_since: Some(now),
@@ -694,7 +697,12 @@ impl Topic {
                 self.share_cursors();
             }
             TopicCommand::Flow { key, permits } => self.flow(key, permits),
-            TopicCommand::Ack { key, ack } => self.ack(key, ack),
+            TopicCommand::Ack { key, ack } => {
+                self.ack(key, ack);
+                // Under load the housekeeping tick may wait: positions are
+                // shared from here too, at most once per persist interval.
+                self.share_cursors_if_due();
+            }
             TopicCommand::Redeliver { key, ids, epoch } => self.redeliver(key, &ids, epoch),
             TopicCommand::Seek {
                 key,

@@ -67,9 +67,24 @@ impl Topic {
 
     /// Hands the subscription positions to the shared path's writer (it
     /// writes them if they changed).
-    pub(super) fn share_cursors(&self) {
+    pub(super) fn share_cursors(&mut self) {
         if let (Some(shared), Some(log)) = (self.shared.as_ref(), self.log.as_ref()) {
             shared.share_cursors(log);
+            self.cursors_shared_at = self.broker.clock().now();
+        }
+    }
+
+    /// [`Topic::share_cursors`] if `cursor_persist_interval_ms` passed since
+    /// the last time.
+    pub(super) fn share_cursors_if_due(&mut self) {
+        if self.shared.is_none() {
+            return;
+        }
+        let every =
+            std::time::Duration::from_millis(self.broker.config().cursor_persist_interval_ms);
+        let now = self.broker.clock().now();
+        if now.saturating_duration_since(self.cursors_shared_at) >= every {
+            self.share_cursors();
         }
     }
 
