@@ -257,14 +257,16 @@ impl FlushCommit for Gated {
 /// Commits the test releases one by one.
 type Calls = mpsc::UnboundedReceiver<(u64, oneshot::Sender<()>)>;
 
-/// A writer flushing each append at once (1 ms interval) whose commits
-/// wait for the test ([`Gated`]).
-fn gated_writer(bucket: &Bucket) -> (WalWriter, Calls) {
+/// A writer flushing each append after 1 ms (or, with `full`, as soon as
+/// it is queued: one byte fills an object) whose commits wait for the test
+/// ([`Gated`]).
+fn gated_writer(bucket: &Bucket, full: bool) -> (WalWriter, Calls) {
     let (called, calls) = mpsc::unbounded_channel();
     let w = WalWriter::start_with_commit(
         bucket.clone(),
         WalConfig {
             flush_interval: Duration::from_millis(1),
+            max_object_bytes: if full { 1 } else { 8 << 20 },
             ..WalConfig::default()
         },
         Arc::new(Gated { called }),
@@ -273,7 +275,7 @@ fn gated_writer(bucket: &Bucket) -> (WalWriter, Calls) {
 }
 
 async fn an_append_resolves_only_after_its_commit_returns(bucket: Bucket) {
-    let (w, mut calls) = gated_writer(&bucket);
+    let (w, mut calls) = gated_writer(&bucket, false);
     let first = {
         let w = w.clone();
         tokio::spawn(async move { w.append_tagged(1, 0, Bytes::from_static(b"a")).await })
@@ -331,7 +333,8 @@ async fn objects_written(bucket: &Bucket, w: &WalWriter, n: usize, what: &str) {
 async fn later_flushes_are_written_while_one_commits_and_a_failure_fails_those_holding_its_logs(
     bucket: Bucket,
 ) {
-    let (w, mut calls) = gated_writer(&bucket);
+    // Every append fills an object: under load flushes go in parallel.
+    let (w, mut calls) = gated_writer(&bucket, true);
     let append = |log: u64, tag: u64| {
         let w = w.clone();
         tokio::spawn(async move { w.append_tagged(log, tag, data(log, tag)).await })

@@ -333,6 +333,16 @@ fn halted_logs(halted: &Mutex<HashSet<u64>>) -> std::sync::MutexGuard<'_, HashSe
     halted.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Waits for the oldest flush in flight to end (and forgets it).
+async fn first_done(in_flight: &mut VecDeque<tokio::task::JoinHandle<()>>) {
+    if let Some(h) = in_flight.front_mut() {
+        if let Err(e) = h.await {
+            tracing::error!(error = %e, "a write-ahead flush task failed");
+        }
+        in_flight.pop_front();
+    }
+}
+
 /// One flush, as its task runs it.
 struct Flush {
     bucket: Bucket,
@@ -406,16 +416,31 @@ impl Flusher {
                 .config
                 .max_object_entries
                 .clamp(1, format::MAX_WAL_ENTRIES);
+            // While a flush is in flight, a batch waits for it past the
+            // interval unless it reached this many bytes: at low load one
+            // flush at a time, each object as large as the wait made it;
+            // under load several, each a fair share of `max_object_bytes`.
+            let early = self.config.max_object_bytes / self.config.flushes_in_flight.max(1);
             while bytes < self.config.max_object_bytes && batch.len() < max_entries {
                 let next = match rx.try_recv() {
                     Ok(m) => Some(m),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    Err(mpsc::error::TryRecvError::Empty) => {
+                    Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
                         // `None` once the interval is up (or the queue closed).
-                        tokio::time::timeout_at(deadline, rx.recv())
-                            .await
-                            .ok()
-                            .flatten()
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(m) => m,
+                            Err(_) => continue,
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.in_flight.retain(|h| !h.is_finished());
+                        if self.in_flight.is_empty() || bytes >= early {
+                            break;
+                        }
+                        tokio::select! {
+                            m = rx.recv() => m,
+                            () = first_done(&mut self.in_flight) => break,
+                        }
                     }
                 };
                 let Some(m) = next else { break };
