@@ -218,6 +218,11 @@ impl Topic {
                     ServerError::PersistenceError,
                     e.to_string(),
                 ));
+                if self.shared.is_some() {
+                    // Its shared copy may hold the entry the local log
+                    // lost: the topic reloads from the shared copy.
+                    self.shared_append_failed(&e.to_string());
+                }
                 self.fence();
             }
         }
