@@ -122,10 +122,7 @@ async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() 
         mut c,
         ..
     } = fixture().await;
-    for seq in 0..10 {
-        c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
-        c.recv_type(Type::SendReceipt).await;
-    }
+    publish(&mut c, 0..10).await;
     c.flow(1, 100).await;
     let got = receive(&mut c, 10).await;
     ack_up_to(&mut c, &got[5].1).await;
@@ -146,10 +143,7 @@ async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() 
     assert!(r.flush_records(&ns, range).await.unwrap().is_empty());
 
     // Two more after the compaction, then the bundle moves to b.
-    for seq in 10..12 {
-        c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
-        c.recv_type(Type::SendReceipt).await;
-    }
+    publish(&mut c, 10..12).await;
     assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
 
     // On b: the subscription resumes at m6; a new one from the earliest
@@ -201,10 +195,18 @@ fn objects_in(objects: &tempfile::TempDir, under: &str) -> usize {
     count(objects.path(), under, false)
 }
 
+/// Publishes `m<seq>` for each of `seqs` on producer 1, each acknowledged
+/// before the next.
+async fn publish(c: &mut Raw, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+}
+
 /// Publishes `m<seq>` on producer 1, then has `server` compact its bundles.
 async fn send_and_compact(c: &mut Raw, server: &Server, seq: u64) {
-    c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
-    c.recv_type(Type::SendReceipt).await;
+    publish(c, seq..seq + 1).await;
     server.broker.compact_held_bundles(1).await;
 }
 
@@ -351,10 +353,7 @@ async fn acknowledged_messages_stay_in_the_shared_history_as_long_as_retention_s
         c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
             .await;
         c.producer(&topic.to_string(), 1).await;
-        for seq in 0..4 {
-            c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
-            c.recv_type(Type::SendReceipt).await;
-        }
+        publish(&mut c, 0..4).await;
         c.flow(1, 10).await;
         let got = receive(&mut c, 4).await;
         ack_up_to(&mut c, &got[3].1).await;
@@ -390,10 +389,7 @@ async fn an_acknowledgement_with_a_message_id_from_the_previous_owner_acknowledg
         mut c,
         ..
     } = fixture().await;
-    for seq in 0..10 {
-        c.send_message(1, seq, format!("m{seq}").as_bytes()).await;
-        c.recv_type(Type::SendReceipt).await;
-    }
+    publish(&mut c, 0..10).await;
     c.flow(1, 100).await;
     let on_a = receive(&mut c, 10).await;
     drop(c);
