@@ -10,8 +10,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cmd, start_cluster_member, Raw, Server, WAIT};
-use kilonova_broker::TopicName;
+use common::{cmd, start_cluster_member_with, Raw, Server, WAIT};
+use kilonova_broker::{AdminReply, AdminRequest, BrokerConfig, TopicName};
 use kilonova_metadata::bundles::{self, BundleRange};
 use kilonova_metadata::{EmbeddedStore, NamespaceName, Resources};
 use kilonova_objstore::{Bucket, ObjectStoreConfig};
@@ -22,7 +22,16 @@ use kilonova_pulsar_protocol::proto::{
 const TTL: Duration = Duration::from_secs(30);
 
 async fn member(r: &Resources, id: &str, objects: &tempfile::TempDir) -> Server {
-    let s = start_cluster_member(r.clone(), id, TTL).await;
+    member_with(r, id, objects, BrokerConfig::default()).await
+}
+
+async fn member_with(
+    r: &Resources,
+    id: &str,
+    objects: &tempfile::TempDir,
+    config: BrokerConfig,
+) -> Server {
+    let s = start_cluster_member_with(r.clone(), id, TTL, config).await;
     let bucket = Bucket::open(&ObjectStoreConfig::filesystem(objects.path())).unwrap();
     s.broker.enable_shared_log(bucket).unwrap();
     s
@@ -413,4 +422,51 @@ async fn an_acknowledgement_with_a_message_id_from_the_previous_owner_acknowledg
             .all(|(_, id)| on_a.iter().all(|(_, old)| old.ledger_id != id.ledger_id)),
         "b's message ids share no segment with a's"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unload_commits_the_appends_in_flight_before_the_bundle_changes_hands() {
+    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r = Resources::new(Arc::new(
+        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
+    ));
+    // A long flush interval: the append is still waiting for its flush when
+    // the unload starts.
+    let slow = BrokerConfig {
+        cluster_flush_interval_ms: 2_000,
+        ..BrokerConfig::default()
+    };
+    let a = member_with(&r, "a:8080", &objects, slow).await;
+    let b = member(&r, "b:8080", &objects).await;
+    let ns = default_ns();
+    let (range, topic) = a_topic(&r).await;
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.producer(&topic.to_string(), 1).await;
+    c.send_message(1, 0, b"m0").await;
+    // The topic took it (appended, its flush pending).
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(AdminReply::Stats(s)) =
+                a.broker.topic_admin(&topic, AdminRequest::Stats).await
+            {
+                if s.msg_in_counter == 1 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the send reached the topic");
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+    // Acknowledged (committed under a's epoch before the handover), not refused.
+    let receipt = c.recv_type(Type::SendReceipt).await;
+    assert_eq!(receipt.command.send_receipt.unwrap().sequence_id, 0);
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.flow(1, 10).await;
+    let got = receive(&mut c, 1).await;
+    assert_eq!(got[0].0, "m0");
 }

@@ -252,7 +252,11 @@ impl Committer {
         {
             let state = m.state();
             for (ns, range, _) in &records {
-                let Some(epoch) = state.held.get(&(ns.clone(), *range)) else {
+                // Held, or being given up: an unload commits what is in
+                // flight before the bundle changes hands (the store checks
+                // the epoch still holds).
+                let key = (ns.clone(), *range);
+                let Some(epoch) = state.held.get(&key).or_else(|| state.releasing.get(&key)) else {
                     return Err(CommitError::Deposed(format!("{ns}/{range} is not held")));
                 };
                 held.push(Held {

@@ -107,16 +107,15 @@ impl Broker {
             state.releasing.insert(key.clone(), epoch);
             epoch
         };
-        // The next owner is chosen now, the bundle handed to it in the
-        // store (never unowned, so a client looking a topic up meanwhile is
-        // sent there too), and named to the clients, which reconnect there
-        // at once instead of looking the topics up again after a backoff.
-        // So the bundle changes hands before its topics close. (Appends this
-        // broker still takes meanwhile are refused by the flush commit's
-        // epoch check once storage is shared.) Without a next owner, or if
-        // the handover fails, the bundle is released for lookups to place.
-        // Its topics settle while the bundle is still this broker's: appends
-        // in flight are committed, subscription positions stored.
+        // First its topics settle while the bundle is still this broker's
+        // (new SENDs wait for the next owner, appends in flight are
+        // committed, subscription positions stored). Then the next owner is
+        // chosen and the bundle handed to it in the store — never unowned,
+        // so a client looking a topic up meanwhile is sent there too — and
+        // named to the clients, which reconnect there at once instead of
+        // looking the topics up again after a backoff. Without a next
+        // owner, or if the handover fails, the bundle is released for
+        // lookups to place.
         self.prepare_bundle_handover(&key).await;
         let mut handed_to = None;
         if let Some((id, record)) = self.next_owner(m, &key).await {

@@ -264,11 +264,20 @@ pub async fn start_cluster_member(
     id: &str,
     ttl: Duration,
 ) -> Server {
+    start_cluster_member_with(resources, id, ttl, BrokerConfig::default()).await
+}
+
+/// [`start_cluster_member`] with `config`.
+pub async fn start_cluster_member_with(
+    resources: kilonova_metadata::Resources,
+    id: &str,
+    ttl: Duration,
+    config: BrokerConfig,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = storage(&dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = BrokerConfig::default();
     resources
         .bootstrap(&config.cluster_name, &Default::default())
         .await
