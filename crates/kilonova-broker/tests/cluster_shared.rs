@@ -21,6 +21,16 @@ use kilonova_pulsar_protocol::proto::{
 
 const TTL: Duration = Duration::from_secs(30);
 
+/// A metadata store (embedded) and an object store (a directory) for the
+/// members to share: their directories, and the metadata.
+fn stores() -> (tempfile::TempDir, tempfile::TempDir, Resources) {
+    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let r = Resources::new(Arc::new(
+        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
+    ));
+    (meta, objects, r)
+}
+
 async fn member(r: &Resources, id: &str, objects: &tempfile::TempDir) -> Server {
     member_with(r, id, objects, BrokerConfig::default()).await
 }
@@ -94,10 +104,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let r = Resources::new(Arc::new(
-        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
-    ));
+    let (meta, objects, r) = stores();
     let a = member(&r, "a:8080", &objects).await;
     let b = member(&r, "b:8080", &objects).await;
     let (range, topic) = a_topic(&r).await;
@@ -335,10 +342,7 @@ async fn compactions_keep_few_runs_drop_consumed_ones_and_the_sweep_deletes_comp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_stay_in_the_shared_history_as_long_as_retention_says() {
     use kilonova_metadata::policies::{Policies, RetentionPolicies};
-    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let r = Resources::new(Arc::new(
-        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
-    ));
+    let (_meta, objects, r) = stores();
     let a = member(&r, "a:8080", &objects).await;
     // (namespace, retention minutes, retention MiB, messages kept once all are acknowledged)
     let cases = [
@@ -426,10 +430,7 @@ async fn an_acknowledgement_with_a_message_id_from_the_previous_owner_acknowledg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unload_commits_the_appends_in_flight_before_the_bundle_changes_hands() {
-    let (meta, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let r = Resources::new(Arc::new(
-        EmbeddedStore::open(&meta.path().join("metadata.redb")).unwrap(),
-    ));
+    let (_meta, objects, r) = stores();
     // A long flush interval: the append is still waiting for its flush when
     // the unload starts.
     let slow = BrokerConfig {

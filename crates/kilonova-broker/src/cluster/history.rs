@@ -204,6 +204,16 @@ impl Needed {
     }
 }
 
+/// What one compaction writes: one object holding the new run of each
+/// topic, and its report.
+struct Rewrite {
+    /// The object's full key.
+    object: String,
+    /// Its entries (log id, bytes), in place order.
+    entries: Vec<(u64, Bytes)>,
+    report: Compacted,
+}
+
 /// What one compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Compacted {
@@ -268,13 +278,15 @@ impl Broker {
             key.1,
             shared.unique_name()
         );
-        let object = shared.bucket().key(&relative);
-        let mut written = Vec::new();
-        let mut topics = Vec::new();
-        let mut report = Compacted {
-            records: history.records.len(),
-            ..Compacted::default()
+        let mut out = Rewrite {
+            object: shared.bucket().key(&relative),
+            entries: Vec::new(),
+            report: Compacted {
+                records: history.records.len(),
+                ..Compacted::default()
+            },
         };
+        let mut topics = Vec::new();
         for (name, log) in history.topics() {
             let Ok(topic) = TopicName::parse(&name) else {
                 continue;
@@ -286,18 +298,15 @@ impl Broker {
             }
             let needed = self.needed(&topic, log).await?;
             let t = self
-                .compact_topic(
-                    &history,
-                    &name,
-                    log,
-                    &needed,
-                    &object,
-                    &mut written,
-                    &mut report,
-                )
+                .compact_topic(&history, &name, log, &needed, &mut out)
                 .await?;
             topics.push(t);
         }
+        let Rewrite {
+            object,
+            entries: written,
+            mut report,
+        } = out;
         report.topics = topics.len();
         if !written.is_empty() {
             write_object(shared.bucket(), &relative, &written)
@@ -331,11 +340,15 @@ impl Broker {
                 history.base_objects().difference(&now).cloned().collect()
             }
             Ok(Commit::Deposed { .. }) => {
-                self.delete_object(&object, !written.is_empty()).await;
+                if !written.is_empty() {
+                    self.delete_object(&object).await;
+                }
                 return Ok(None);
             }
             Err(e) => {
-                self.delete_object(&object, !written.is_empty()).await;
+                if !written.is_empty() {
+                    self.delete_object(&object).await;
+                }
                 return Err(e.into());
             }
         };
@@ -343,24 +356,21 @@ impl Broker {
             .delete_flush_records(&key.0, key.1, &covers)
             .await?;
         for o in unreferenced {
-            self.delete_object(&o, true).await;
+            self.delete_object(&o).await;
         }
         Ok(Some(report))
     }
 
     /// Topic `name`'s part of the new base: its base runs no longer
     /// needed dropped, its entries from the covered records (and the runs
-    /// they merge with) appended to `written` as one run of `object`.
-    #[allow(clippy::too_many_arguments)]
+    /// they merge with) appended to `out` as one run of its object.
     async fn compact_topic(
         &self,
         history: &History,
         name: &str,
         log: u64,
         needed: &Needed,
-        object: &str,
-        written: &mut Vec<(u64, Bytes)>,
-        report: &mut Compacted,
+        out: &mut Rewrite,
     ) -> Result<BaseTopic, BrokerError> {
         let Some(shared) = self.shared_log() else {
             return Err(BrokerError::NotAllowed("no shared data path".into()));
@@ -381,7 +391,7 @@ impl Broker {
         while runs.first().is_some_and(|r| needed.drops(r, acknowledged)) {
             let r = runs.remove(0);
             acknowledged -= r.bytes;
-            report.dropped += r.count as usize;
+            out.report.dropped += r.count as usize;
             (first_index, first_message_index) = (r.end_index(), r.end_message_index);
         }
         // The covered records' entries: the new run.
@@ -404,7 +414,7 @@ impl Broker {
             let unneeded = needed.keeps_nothing_acknowledged() && end <= needed.floor;
             if runs.is_empty() && pending.is_empty() && unneeded {
                 // Nothing before it is kept either: dropped one by one.
-                report.dropped += 1;
+                out.report.dropped += 1;
                 (first_index, first_message_index) = (index + 1, end);
                 (pending_index, pending_message) = (index + 1, end);
             } else {
@@ -434,8 +444,8 @@ impl Broker {
             let count = u32::try_from(pending.len())
                 .map_err(|_| unavailable(&"a run of more than 2^32 entries"))?;
             runs.push(BaseRun {
-                object: object.to_owned(),
-                first_position: u32::try_from(written.len())
+                object: out.object.clone(),
+                first_position: u32::try_from(out.entries.len())
                     .map_err(|_| unavailable(&"an object of more than 2^32 entries"))?,
                 count,
                 first_index: pending_index,
@@ -444,8 +454,8 @@ impl Broker {
                 bytes: pending_bytes,
                 last_publish_ms: pending_publish_ms,
             });
-            report.kept += pending.len();
-            written.extend(pending.into_iter().map(|b| (log, b)));
+            out.report.kept += pending.len();
+            out.entries.extend(pending.into_iter().map(|b| (log, b)));
         }
         Ok(BaseTopic {
             topic: name.to_owned(),
@@ -527,15 +537,11 @@ impl Broker {
         })
     }
 
-    /// Deletes an object of a compacted history no base refers to (if it
-    /// was `written`).
-    async fn delete_object(&self, object: &str, written: bool) {
+    /// Deletes an object of a compacted history no base refers to.
+    async fn delete_object(&self, object: &str) {
         let Some(shared) = self.shared_log() else {
             return;
         };
-        if !written {
-            return;
-        }
         if let Err(e) = shared.bucket().delete(object).await {
             tracing::debug!(object, error = %e, "deleting an unreferenced history object failed");
         }

@@ -88,6 +88,18 @@ impl Membership {
         self.epoch.elapsed().as_millis() as u64 >= self.lease_deadline_ms.load(Ordering::Acquire)
     }
 
+    /// The epoch bundle `key` is owned at here: held, or being given up
+    /// (its topics settle under it before it changes hands; the store
+    /// checks the epoch still holds).
+    pub(crate) fn owned_epoch(&self, key: &BundleKey) -> Option<u64> {
+        let state = self.state();
+        state
+            .held
+            .get(key)
+            .or_else(|| state.releasing.get(key))
+            .copied()
+    }
+
     /// The bundles owned now.
     pub(crate) fn held(&self) -> Vec<(BundleKey, u64)> {
         let mut held: Vec<_> = self

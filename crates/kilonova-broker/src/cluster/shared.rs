@@ -249,22 +249,15 @@ impl Committer {
         }
         let records = records.finish();
         let mut held = Vec::with_capacity(records.len());
-        {
-            let state = m.state();
-            for (ns, range, _) in &records {
-                // Held, or being given up: an unload commits what is in
-                // flight before the bundle changes hands (the store checks
-                // the epoch still holds).
-                let key = (ns.clone(), *range);
-                let Some(epoch) = state.held.get(&key).or_else(|| state.releasing.get(&key)) else {
-                    return Err(CommitError::Deposed(format!("{ns}/{range} is not held")));
-                };
-                held.push(Held {
-                    ns: ns.clone(),
-                    range: *range,
-                    epoch: *epoch,
-                });
-            }
+        for (ns, range, _) in &records {
+            let Some(epoch) = m.owned_epoch(&(ns.clone(), *range)) else {
+                return Err(CommitError::Deposed(format!("{ns}/{range} is not held")));
+            };
+            held.push(Held {
+                ns: ns.clone(),
+                range: *range,
+                epoch,
+            });
         }
         match broker
             .resources()
@@ -514,16 +507,7 @@ impl Broker {
     /// Stores topic `topic_id`'s subscription positions while this broker
     /// owns bundle `key` (a failure is logged: the next change writes again).
     async fn store_cursors(&self, topic_id: u64, key: &BundleKey, cursors: &TopicCursors) {
-        // Held, or being given up (its topics store their last positions
-        // before the bundle changes hands).
-        let Some(epoch) = self.membership().and_then(|m| {
-            let state = m.state();
-            state
-                .held
-                .get(key)
-                .or_else(|| state.releasing.get(key))
-                .copied()
-        }) else {
+        let Some(epoch) = self.membership().and_then(|m| m.owned_epoch(key)) else {
             return;
         };
         let held = Held {
