@@ -10,8 +10,9 @@ The session builds the binary with ``cargo build -p kilonova`` unless
 (``kilonova standalone``) on ports the system chooses (port 0, reported back
 through ``--ports-file``) with a fresh data directory under the
 test's tmp dir; the broker's stderr goes to ``kilonova.log`` there, and its tail
-is attached to the report of a failing test. A passing test's data dir is
-deleted (journal files are preallocated); a failing one's is kept.
+is attached to the report of a failing test. A passing test's tmp dir is
+deleted at its teardown (journal files are preallocated; pytest.ini's
+``tmp_path_retention_policy``); a failing one's is kept.
 
 Raw-protocol helpers (hand-written protobuf, CRC32C, frames) are in wire.py.
 
@@ -613,6 +614,9 @@ class Seaweed(ServerProcess):
                     # Small volumes, as many as the disk holds (each bucket is
                     # a collection with volumes of its own: a fixed count runs out).
                     "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
+                    # weed's default refuses writes below 1 % free: on a large,
+                    # busy disk that is gigabytes the tests never need.
+                    "-volume.minFreeSpace=256MiB",
                     # A restart elects its (only) master in a second, not ten.
                     "-master.electionTimeout=1s",
                     # No usage report to SeaweedFS's telemetry server: tests stay on loopback.

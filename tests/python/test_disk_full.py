@@ -88,8 +88,9 @@ def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs):
             producer.send_async(f"m-{i}".encode() + payload, done(i))
         wait_until(lambda: metric(broker, "kilonova_topics_fenced_total") >= 1, 30,
                    "the topic fenced after appends failed on the full disk")
-        # Health reports the full disk (a probe append may have fit in a
-        # journal file's last bytes just before: the next check fails).
+        # Health reports the full disk for as long as it is full (probe
+        # appends that still fit in the active journal file's rest do not
+        # clear it: the next file cannot be made).
         last = []
 
         def reports_disk_full():

@@ -411,11 +411,15 @@ impl OffloadedReader {
 
 impl Inner {
     fn source(&self, key: &Arc<str>, id: EntryId) -> Source {
+        // The in-flight set is locked first and held while the cache is
+        // looked at: a fetch caches its window before it leaves the set, so
+        // a fetch landing meanwhile is seen in one or the other, never in
+        // neither (which would fetch the window a second time).
+        let inflight = lock(&self.inflight);
         let (cached, before) = lock(&self.windows).find(key, id);
         if let Some(w) = cached {
             return Source::Cached(w);
         }
-        let inflight = lock(&self.inflight);
         let covering = inflight
             .get(key)
             .and_then(|m| m.range(..=id).next_back())

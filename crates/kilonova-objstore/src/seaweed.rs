@@ -25,6 +25,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// gRPC listens on each HTTP port + 10,000: HTTP ports stay below this.
 const MAX_HTTP_PORT: u16 = 55_535;
+/// The free space below which weed's volume server takes no more writes
+/// (its default, 1 % of the disk, is gigabytes on a large shared disk).
+const MIN_FREE_SPACE_ARG: &str = "-volume.minFreeSpace=256MiB";
 
 /// A running `weed server` (killed when dropped).
 pub struct SeaweedServer {
@@ -210,6 +213,7 @@ impl SeaweedServer {
             // Small volumes, as many as the disk holds (each bucket is a
             // collection with volumes of its own: a fixed count runs out).
             .args(["-master.volumeSizeLimitMB=64", "-volume.max=0"])
+            .arg(MIN_FREE_SPACE_ARG)
             .arg("-volume.preStopSeconds=0")
             // A restart elects its (only) master in a second, not ten.
             .arg("-master.electionTimeout=1s")

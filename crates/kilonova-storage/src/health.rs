@@ -5,9 +5,12 @@
 //! the signal says what the last attempt found: a store on a full disk serves
 //! reads and reports `DiskFull` until an append succeeds again. (A group
 //! written just before a failure and synced just after it does not clear it:
-//! each write carries the failure count it saw.)
+//! each write carries the failure count it saw.) When it was the journal's
+//! next file that could not be made, small appends may still fit in the
+//! active file's rest: their success does not clear the failure, which stays
+//! until a file for entries is made (the disk has room again).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -56,6 +59,9 @@ pub(crate) struct HealthState {
     /// Failures ever recorded: a write stamps itself with this count, and
     /// clears a failure only if none came after it.
     failures: AtomicU64,
+    /// The journal could not make its next file for entries: successes do
+    /// not clear the failure until [`Self::rolled`].
+    roll_blocked: AtomicBool,
 }
 
 impl HealthState {
@@ -84,6 +90,18 @@ impl HealthState {
         }
     }
 
+    /// The journal could not make its next file for entries.
+    pub fn roll_failed(&self, e: &StorageError) {
+        self.roll_blocked.store(true, Ordering::Release);
+        self.failed(e);
+    }
+
+    /// The journal made a file for entries: appends succeeding from now on
+    /// clear the failure again.
+    pub fn rolled(&self) {
+        self.roll_blocked.store(false, Ordering::Release);
+    }
+
     /// Failures recorded so far: what a write about to be issued stamps itself with.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Acquire)
@@ -93,7 +111,9 @@ impl HealthState {
     /// the store writes again, unless something failed after it was written.
     pub fn succeeded(&self, seen: u64) {
         if let Ok(mut f) = self.failure.lock() {
-            if self.failures.load(Ordering::Acquire) != seen {
+            if self.failures.load(Ordering::Acquire) != seen
+                || self.roll_blocked.load(Ordering::Acquire)
+            {
                 return;
             }
             if f.take().is_some() {
@@ -144,6 +164,23 @@ mod tests {
         );
         let after = h.failures();
         h.succeeded(after);
+        assert!(h.get().is_ok());
+    }
+
+    #[test]
+    fn a_failed_roll_is_cleared_by_a_new_file_not_by_appends_that_fit() {
+        let h = HealthState::default();
+        h.roll_failed(&StorageError::DiskFull {
+            context: "creating a journal file",
+        });
+        h.succeeded(h.failures());
+        assert!(
+            !h.get().is_ok(),
+            "a small append into the active file's rest"
+        );
+        h.rolled();
+        assert!(!h.get().is_ok(), "no append has succeeded since");
+        h.succeeded(h.failures());
         assert!(h.get().is_ok());
     }
 }

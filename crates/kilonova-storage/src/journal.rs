@@ -378,7 +378,8 @@ impl Writer {
             };
             if !self.fits(buf.len() as u64 + size + reserve) {
                 self.write_group(&mut buf, &mut pending);
-                let rolled = self.roll(reserve > 0).and_then(|()| {
+                let for_entries = reserve > 0;
+                let rolled = self.roll(for_entries).and_then(|()| {
                     // A file made for control records only (the disk is full) takes no entry.
                     match self.fits(size + reserve) {
                         true => Ok(()),
@@ -387,8 +388,13 @@ impl Writer {
                         }),
                     }
                 });
+                match &rolled {
+                    Ok(()) if for_entries => self.shared.health.rolled(),
+                    Ok(()) => {}
+                    Err(e) if for_entries => self.shared.health.roll_failed(e),
+                    Err(e) => self.shared.health.failed(e),
+                }
                 if let Err(e) = rolled {
-                    self.shared.health.failed(&e);
                     // The entry is not written. Its segment's owner already
                     // counted it (positions, message index, cache), so the
                     // segment takes no more entries either: the owner seals it
