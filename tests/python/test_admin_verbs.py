@@ -1,7 +1,7 @@
 """End-to-end tests of the admin verbs added for Pulsar parity (issue #23):
 `brokers version|leader-broker|get-runtime-config`, `topics partitioned-stats`,
 `topics clear-backlog` (alias `skip-all`), `topics
-expire-messages-all-subscriptions`, `topics examine-message`, `topics
+expire-messages-all-subscriptions` (alias `expire-all`), `topics examine-message`, `topics
 get-message-by-id`, `namespaces topics|unload|clear-backlog`.
 
 Each runs `kilonova admin` against a real broker and checks what it did
@@ -166,7 +166,7 @@ def test_expire_messages_all_subscriptions(cli, broker, client):
     assert backlog_of(broker, topic, "a") == 3, "nothing is an hour old"
 
     def expire_now():
-        cli.ok("topics", "expire-messages-all-subscriptions", topic, "-t", "0")
+        cli.ok("topics", "expire-all", topic, "-t", "0")  # the alias
         return backlog_of(broker, topic, "a") == 0 and backlog_of(broker, topic, "b") == 0
 
     wait_until(expire_now, WAIT_S, "every subscription's messages to expire")

@@ -100,6 +100,9 @@ def test_a_file_of_non_utf8_bytes_round_trips_both_ways(broker, client, kilonova
     consumer = client.subscribe(topic, "py")
     cli(kilonova_bin, "produce", topic, "--url", broker.service_url, "-f", str(f))
     assert receive_n(consumer, 1)[0].data() == payload
+    # --file (the spelling) is an alias of pulsar-client's --files.
+    cli(kilonova_bin, "produce", topic, "--url", broker.service_url, "--file", str(f))
+    assert receive_n(consumer, 1)[0].data() == payload
     # And back: kilonova client consume prints it as hex (JSON) and as hex text.
     out = cli(kilonova_bin, "consume", topic, "--url", broker.service_url, "-s", "cli",
               "-p", "Earliest", "-n", "1", "--output", "json")

@@ -87,6 +87,7 @@ pub enum TopicsCmd {
     #[command(visible_alias = "skip-all")]
     ClearBacklog(ClearBacklog),
     /// Expire messages older than a time on every subscription of the topic.
+    #[command(visible_alias = "expire-all")]
     ExpireMessagesAllSubscriptions(ExpireAll),
     /// Show the N-th message from the first or back from the last, without a
     /// subscription.

@@ -21,7 +21,12 @@ pub struct ProduceArgs {
     #[arg(short = 'm', long = "messages", value_name = "MESSAGE")]
     pub messages: Vec<String>,
     /// A file whose bytes are sent as one message (repeatable).
-    #[arg(short = 'f', long = "files", value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "files",
+        visible_alias = "file",
+        value_name = "FILE"
+    )]
     pub files: Vec<PathBuf>,
     /// Split each `-m` value at this string into several messages (pulsar-client
     /// splits at `,` by default; here nothing is split unless asked).
