@@ -10,7 +10,9 @@
 //! after a move, as Pulsar redelivers after a broker crash). Written by the
 //! topic's owner only while it owns the topic's bundle (a write guarded by
 //! the ownership epoch), so a deposed owner's late write cannot move a
-//! subscription back.
+//! subscription back. Beside them, where the segments of the topic's
+//! owners start in its entry numbering ([`SegmentStart`]): a new owner
+//! translates message ids of earlier owners through them.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,22 @@ use crate::store::{Expect, TxnOp};
 #[serde(rename_all = "camelCase")]
 pub struct TopicCursors {
     pub subscriptions: BTreeMap<String, u64>,
+    /// Where the segments of the topic's owners (this one's and the last
+    /// few before it) start in the topic's entry numbering (the
+    /// write-ahead tags every owner shares): a message id a client got
+    /// from an earlier owner names one of its segments, and a new owner
+    /// finds the entry it meant through these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<SegmentStart>,
+}
+
+/// Segment `segment` of some owner's journal holds the topic's entries from
+/// number `first_entry` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentStart {
+    pub segment: u64,
+    pub first_entry: u64,
 }
 
 fn cursors_key(topic_id: u64) -> String {

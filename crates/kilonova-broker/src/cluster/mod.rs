@@ -25,6 +25,7 @@ use crate::error::BrokerError;
 
 pub(crate) mod history;
 pub mod lookup;
+pub(crate) mod message_ids;
 mod session;
 pub(crate) mod shared;
 pub mod unload;

@@ -19,7 +19,7 @@
 //!   index, written by the owner in the background whenever they change
 //!   (latest value wins, one write at a time), guarded by the ownership epoch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -34,9 +34,10 @@ use kilonova_objstore::wal::{
     CommitError, CommitFuture, FlushCommit, FlushSummary, WalAppend, WalReader,
 };
 use kilonova_objstore::{Bucket, WalConfig, WalStats, WalWriter};
-use kilonova_storage::{InitialPosition, ManagedLog};
+use kilonova_storage::{InitialPosition, ManagedLog, Position};
 use tokio::sync::watch;
 
+use super::message_ids::{local_segments, MessageIds};
 use super::{history, BundleKey};
 use crate::broker::{Broker, WeakBroker};
 use crate::error::BrokerError;
@@ -100,6 +101,8 @@ pub(crate) struct SharedTopic {
     wal: WalWriter,
     served: Served,
     cursors: Option<CursorWriter>,
+    /// Where its segments (and earlier owners') start in its entry numbering.
+    ids: MessageIds,
 }
 
 impl Drop for SharedTopic {
@@ -111,18 +114,39 @@ impl Drop for SharedTopic {
 impl SharedTopic {
     /// The subscription positions of `log` now: written in the background
     /// if they changed.
-    pub(crate) fn share_cursors(&self, log: &ManagedLog) {
+    pub(crate) fn share_cursors(&mut self, log: &ManagedLog) {
+        let cursors = self.cursor_positions(log);
         if let Some(c) = &self.cursors {
-            c.update(cursor_positions(log));
+            c.update(cursors);
         }
     }
 
     /// Writes the subscription positions of `log` now and waits for it (a
     /// handover: the next owner reads them once the bundle is its own).
-    pub(crate) async fn store_cursors_now(&self, broker: &Broker, log: &ManagedLog) {
+    pub(crate) async fn store_cursors_now(&mut self, broker: &Broker, log: &ManagedLog) {
+        let cursors = self.cursor_positions(log);
         if let Some(c) = &self.cursors {
-            c.store_now(broker, cursor_positions(log)).await;
+            c.store_now(broker, cursors).await;
         }
+    }
+
+    /// The subscription positions of `log`, and where its segments start.
+    fn cursor_positions(&mut self, log: &ManagedLog) -> TopicCursors {
+        self.ids.observe(&local_segments(log));
+        TopicCursors {
+            subscriptions: cursor_positions(log),
+            segments: self.ids.stored(),
+        }
+    }
+
+    /// The position in `log` of the entry message id `p` names, which may
+    /// be an id an earlier owner of the topic handed out
+    /// ([`super::message_ids`]); `None` if it names nothing known here.
+    pub(crate) fn translate(&self, p: Position, log: &ManagedLog) -> Option<Position> {
+        if log.segments().iter().any(|s| s.id == p.segment) {
+            return Some(p);
+        }
+        self.ids.translate(p, &local_segments(log), self.next_tag)
     }
 
     /// The topic closes: its last subscription positions are written.
@@ -344,8 +368,8 @@ impl CursorWriter {
 
 /// The subscription positions of `log`, by message index: each durable
 /// cursor's first unacknowledged message.
-fn cursor_positions(log: &ManagedLog) -> TopicCursors {
-    let mut out = TopicCursors::default();
+fn cursor_positions(log: &ManagedLog) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
     for name in log.cursor_names() {
         if !log.cursor_info(&name).is_ok_and(|i| i.durable) {
             continue;
@@ -358,7 +382,7 @@ fn cursor_positions(log: &ManagedLog) -> TopicCursors {
             // At the end: everything is acknowledged.
             Err(_) => log.next_message_index(),
         };
-        out.subscriptions.insert(name, index);
+        out.insert(name, index);
     }
     out
 }
@@ -494,12 +518,18 @@ impl Broker {
             .map_err(|e| unavailable("the write-ahead writer", &e))?;
         lock(&shared.served).insert(id, (name.clone(), key.1));
         tracing::info!(topic = %name, entries, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
+        let ids = MessageIds::new(
+            &cursors.segments,
+            history.first_index,
+            &local_segments(&log),
+        );
         let topic = SharedTopic {
             log: id,
             next_tag: history.first_index + entries,
             wal: shared.wal.clone(),
             served: shared.served.clone(),
             cursors: Some(CursorWriter::start(self, id, key, cursors)),
+            ids,
         };
         Ok((log, topic))
     }

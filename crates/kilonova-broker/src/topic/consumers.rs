@@ -255,7 +255,7 @@ impl Topic {
     ) {
         let positions: Vec<Position> = ids
             .iter()
-            .map(|m| Position::new(m.ledger_id, m.entry_id))
+            .filter_map(|m| self.local_position(Position::new(m.ledger_id, m.entry_id)))
             .collect();
         if let Some(name) = self.consumer_subs.get(&key).cloned() {
             if let Some(sub) = self.subscriptions.get_mut(&name) {
@@ -268,6 +268,17 @@ impl Topic {
             }
         }
         self.dispatch_of(key);
+    }
+
+    /// The position in this broker's log of the entry message id `p`
+    /// names: `p` itself, unless the topic is on shared storage and `p` was
+    /// handed out by an earlier owner ([`crate::cluster::message_ids`];
+    /// `None` if it names nothing known here).
+    fn local_position(&self, p: Position) -> Option<Position> {
+        match (&self.shared, &self.log) {
+            (Some(shared), Some(log)) => shared.translate(p, log),
+            _ => Some(p),
+        }
     }
 
     pub(super) fn ack(&mut self, key: ConsumerKey, ack: CommandAck) {
@@ -304,7 +315,6 @@ impl Topic {
             .cloned()
             .ok_or_else(|| BrokerError::NotAllowed("consumer is not subscribed".into()))?;
         let now_ms = self.broker.clock().now_ms();
-        let shared = self.shared.is_some();
         let (Some(sub), Some(log)) = (self.subscriptions.get_mut(&name), self.log.as_mut()) else {
             return Ok(()); // non-persistent: nothing to acknowledge
         };
@@ -318,14 +328,20 @@ impl Topic {
         }
         for id in &ack.message_id {
             let p = Position::new(id.ledger_id, id.entry_id);
-            if shared && !log.segments().iter().any(|s| s.id == p.segment) {
-                // An id another owner of the topic (or an earlier load of it)
-                // handed out: its segments are no entries here (cluster
-                // brokers' segment ids never meet). Ignored: the message is
-                // delivered again, never another acknowledged in its place.
-                tracing::debug!(topic = %self.full_name, ledger = id.ledger_id, entry = id.entry_id, "acknowledgement of a message id from before the topic moved: ignored");
-                continue;
-            }
+            // With shared storage, an id another owner of the topic handed
+            // out names the same entry here; one naming nothing known here
+            // is ignored (cluster brokers' segment ids never meet): the
+            // message is delivered again, never another acknowledged in its place.
+            let p = match &self.shared {
+                None => p,
+                Some(shared) => match shared.translate(p, log) {
+                    Some(p) => p,
+                    None => {
+                        tracing::debug!(topic = %self.full_name, ledger = id.ledger_id, entry = id.entry_id, "acknowledgement of a message id from before the topic moved, unknown here: ignored");
+                        continue;
+                    }
+                },
+            };
             let partial = id.ack_set.iter().any(|w| *w != 0);
             if cumulative {
                 if partial {
@@ -397,7 +413,13 @@ impl Topic {
             (Some(id), _) => Ok(match special_position(id) {
                 Some(InitialPosition::Earliest) => log.first_position(),
                 Some(_) => log.end_position(),
-                None => Position::new(id.ledger_id, id.entry_id),
+                // An id from before the topic moved that names nothing
+                // here is taken as given: the log places it before or after
+                // its own entries.
+                None => {
+                    let p = Position::new(id.ledger_id, id.entry_id);
+                    self.local_position(p).unwrap_or(p)
+                }
             }),
             (None, Some(t)) => Ok(log.position_of_publish_time(t)?),
             (None, None) => Err(BrokerError::BadRequest(

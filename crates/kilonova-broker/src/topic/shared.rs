@@ -68,7 +68,7 @@ impl Topic {
     /// Hands the subscription positions to the shared path's writer (it
     /// writes them if they changed).
     pub(super) fn share_cursors(&mut self) {
-        if let (Some(shared), Some(log)) = (self.shared.as_ref(), self.log.as_ref()) {
+        if let (Some(shared), Some(log)) = (self.shared.as_mut(), self.log.as_ref()) {
             shared.share_cursors(log);
             self.cursors_shared_at = self.broker.clock().now();
         }
@@ -98,7 +98,7 @@ impl Topic {
         while let Some(a) = futures_util::StreamExt::next(&mut self.appends).await {
             self.complete_append(a);
         }
-        if let (Some(shared), Some(log)) = (self.shared.as_ref(), self.log.as_ref()) {
+        if let (Some(shared), Some(log)) = (self.shared.as_mut(), self.log.as_ref()) {
             shared.store_cursors_now(&self.broker, log).await;
         }
     }
