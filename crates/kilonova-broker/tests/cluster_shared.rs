@@ -15,8 +15,10 @@ use kilonova_broker::{AdminReply, AdminRequest, BrokerConfig, TopicName};
 use kilonova_metadata::bundles::{self, BundleRange};
 use kilonova_metadata::{EmbeddedStore, NamespaceName, Resources};
 use kilonova_objstore::{Bucket, ObjectStoreConfig};
+use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{
-    base_command::Type, command_ack::AckType, command_subscribe::SubType, CommandAck, MessageIdData,
+    base_command::Type, command_ack::AckType, command_subscribe::SubType, CommandAck,
+    CommandProducer, CommandSend, MessageIdData, MessageMetadata,
 };
 
 const TTL: Duration = Duration::from_secs(30);
@@ -503,4 +505,111 @@ async fn an_unload_commits_the_appends_in_flight_before_the_bundle_changes_hands
     c.flow(1, 10).await;
     let got = receive(&mut c, 1).await;
     assert_eq!(got[0].0, "m0");
+}
+
+/// A producer named `name` (id 1): what the broker answers (its last
+/// sequence id, with deduplication on).
+async fn named_producer(c: &mut Raw, topic: &TopicName, name: &str) -> Option<i64> {
+    c.send(cmd(Type::Producer, |p| {
+        p.producer = Some(Box::new(CommandProducer {
+            topic: topic.to_string(),
+            producer_id: 1,
+            request_id: 101,
+            producer_name: Some(name.into()),
+            ..Default::default()
+        }))
+    }))
+    .await;
+    let ok = c.recv_type(Type::ProducerSuccess).await;
+    ok.command.producer_success.unwrap().last_sequence_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deduplication_follows_a_moved_topic() {
+    let (_meta, objects, r) = stores();
+    let config = BrokerConfig {
+        deduplication_enabled: true,
+        ..BrokerConfig::default()
+    };
+    let a = member_with(&r, "a:8080", &objects, config.clone()).await;
+    let b = member_with(&r, "b:8080", &objects, config).await;
+    let (range, topic) = a_topic(&r).await;
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 2)
+        .await;
+    // Named as Raw::send_message names the messages' producer.
+    named_producer(&mut c, &topic, "raw").await;
+    publish(&mut c, 0..5).await;
+    drop(c);
+    assert!(a.broker.unload_bundle(&default_ns(), range).await.unwrap());
+    // On b the producer learns where it stands, and what it sends again (as a
+    // client resends what it had no receipt for) is not stored twice.
+    let mut c = Raw::connect(b.addr).await;
+    assert_eq!(named_producer(&mut c, &topic, "raw").await, Some(4));
+    publish(&mut c, 3..7).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.flow(1, 100).await;
+    let got = receive(&mut c, 7).await;
+    assert_eq!(payloads(&got), ["m0", "m1", "m2", "m3", "m4", "m5", "m6"]);
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// Sends `data` on producer 1 as sequence id `seq`, to be delivered at
+/// `deliver_at_ms` (ms since the epoch), and waits for its receipt.
+async fn send_delayed(c: &mut Raw, seq: u64, data: &str, deliver_at_ms: Option<i64>) {
+    let send = cmd(Type::Send, |c| {
+        c.send = Some(Box::new(CommandSend {
+            producer_id: 1,
+            sequence_id: seq,
+            num_messages: Some(1),
+            ..Default::default()
+        }))
+    });
+    let payload = frame::build_payload(
+        &MessageMetadata {
+            producer_name: "raw".into(),
+            sequence_id: seq,
+            publish_time: u64::try_from(now_ms()).unwrap(),
+            deliver_at_time: deliver_at_ms,
+            ..Default::default()
+        },
+        data.as_bytes(),
+    );
+    c.send_frame(&send, &payload).await;
+    c.recv_type(Type::SendReceipt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_stays_delayed_on_the_next_owner() {
+    let Fixture {
+        a,
+        b,
+        ns,
+        range,
+        topic,
+        mut c,
+        ..
+    } = fixture().await;
+    c.subscribe(&topic.to_string(), "d", SubType::Shared, 2)
+        .await;
+    let at = now_ms() + 2_000;
+    send_delayed(&mut c, 0, "later", Some(at)).await;
+    send_delayed(&mut c, 1, "now", None).await;
+    drop(c);
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&topic.to_string(), "d", SubType::Shared, 1)
+        .await;
+    c.flow(1, 100).await;
+    assert_eq!(payloads(&receive(&mut c, 1).await), ["now"]);
+    assert_eq!(payloads(&receive(&mut c, 1).await), ["later"]);
+    assert!(now_ms() >= at, "delivered before its time");
 }

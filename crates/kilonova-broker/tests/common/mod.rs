@@ -181,8 +181,14 @@ impl Raw {
             },
             data,
         );
+        self.send_frame(&c, &payload).await;
+    }
+
+    /// Sends a command with a payload (metadata and data, as
+    /// `frame::build_payload` makes it).
+    pub async fn send_frame(&mut self, c: &BaseCommand, payload: &[u8]) {
         let mut b = BytesMut::new();
-        frame::encode_payload_command(&c, &payload, &mut b);
+        frame::encode_payload_command(c, payload, &mut b);
         self.s.write_all(&b).await.unwrap();
     }
 
