@@ -562,7 +562,7 @@ async fn compression_flag_shrinks_what_the_broker_stores_and_readers_get_the_pay
                 "--warmup-secs",
                 "0",
                 "--duration-secs",
-                "1",
+                "2",
             ],
         )
         .await;
@@ -692,7 +692,7 @@ async fn consume_with_a_token_on_a_broker_with_authentication() {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kilonova"));
         cmd.args(["perf", "consume", "--topic", topic])
             .args(["--initial-position", "earliest"])
-            .args(["--warmup-secs", "0", "--duration-secs", "1"])
+            .args(["--warmup-secs", "0", "--duration-secs", "2"])
             .args(["--output", "json", "--service-url", &broker.service_url()]);
         if let Some(t) = token {
             cmd.args(["--auth-token", t]);
@@ -756,7 +756,7 @@ async fn consume_with_two_subscriptions_gets_every_message_on_each() {
             "--warmup-secs",
             "0",
             "--duration-secs",
-            "1",
+            "2",
         ],
     )
     .await;
@@ -808,7 +808,7 @@ async fn without_warmup_a_backlog_drained_while_other_topics_subscribe_is_counte
     ] {
         let mut args = mode.to_vec();
         args.extend(["--topic", base, "-t", "20"]);
-        args.extend(["--warmup-secs", "0", "--duration-secs", "1"]);
+        args.extend(["--warmup-secs", "0", "--duration-secs", "2"]);
         let v = perf(&broker, &args).await;
         assert_eq!(v["messages"], 1000, "{mode:?}: {v}");
     }
