@@ -60,6 +60,10 @@ ML_CACHE_SERIES = [ML_COUNT, ML_CACHE_USED_SIZE, ML_CACHE_ENTRIES, ML_CACHE_INSE
                    ML_CACHE_MISSES_RATE, ML_CACHE_MISSES_THROUGHPUT, *ML_CACHE_POOL]
 
 WAIT_S = 10.0
+# Rates are measured over the time between two of a topic's housekeeping ticks
+# (cursor_persist_interval_ms, 1 s): a window is shorter than that when the
+# previous tick's work ran late, so a bound on a rate allows for half of it.
+MIN_RATE_WINDOW_S = 0.5
 
 
 # ---------------------------------------------------------------- scraping
@@ -409,40 +413,122 @@ def sub_labels(topic: str, sub: str) -> dict:
     return {**topic_labels(topic), "subscription": sub}
 
 
+def poll(broker, check, what: str, timeout: float = WAIT_S) -> Scrape:
+    """Scrapes until `check(scrape)` is true (rates and per-subscription
+    series are refreshed once per `cursor_persist_interval_ms` tick, 1 s by
+    default); fails saying `what` did not happen, with the last document's tail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = scrape(broker)
+        if check(s):
+            return s
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{s.text[-4000:]}")
+        time.sleep(0.05)
+
+
+def bytes_per_message(s: Scrape, topic: str, direction: str) -> float:
+    """The topic's bytes per message so far, `in` or `out` (every entry of a
+    test that calls this has the same size, so a rate window's bytes per
+    message must be this)."""
+    labels = topic_labels(topic)
+    return (s.value(f"pulsar_{direction}_bytes_total", **labels)
+            / s.value(f"pulsar_{direction}_messages_total", **labels))
+
+
+def assert_close(actual: float, expected: float, what: str, rel: float = 0.01) -> None:
+    assert abs(actual - expected) <= rel * expected, f"{what}: {actual}, expected {expected}"
+
+
 def test_subscription_series_count_backlog_unacked_and_rates(broker, client):
     topic = f"persistent://public/default/{unique('subm')}"
     consumer = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared)
     idle = client.subscribe(topic, "idle")
+    idle.close()  # no consumer: the subscription only keeps a backlog
     producer = client.create_producer(topic, batching_enabled=False)
-    send_all(producer, [f"m{i}".encode() for i in range(6)])
+    # Entries of one size: a rate window's bytes per message is that size.
+    send_all(producer, [f"message-{i}".encode() * 30 for i in range(6)])
     got = receive_n(consumer, 6)
     for m in got[:2]:
         consumer.acknowledge(m)
 
     labels = sub_labels(topic, "s")
-    rate_seen = []
-
-    def settled():
-        s = scrape(broker)
-        if (s.value("pulsar_subscription_msg_rate_out", **labels) or 0) > 0:
-            rate_seen.append(True)
-        return (s.value("pulsar_subscription_unacked_messages", **labels) == 4
-                and s.value("pulsar_subscription_back_log", **labels) == 4
-                and s.value("pulsar_subscription_back_log", **sub_labels(topic, "idle")) == 6
-                and bool(rate_seen))
-
-    deadline = time.monotonic() + WAIT_S
-    while not settled():
-        assert time.monotonic() < deadline, f"subscription series did not settle:\n{scrape(broker).text[-4000:]}"
-        time.sleep(0.05)
-    s = scrape(broker)
-    assert s.value("pulsar_subscription_blocked_on_unacked_messages", **labels) == 0
+    s = poll(broker, lambda s: (s.value("pulsar_subscription_unacked_messages", **labels) == 4
+                                and s.value("pulsar_subscription_back_log", **labels) == 4
+                                and s.value("pulsar_subscription_back_log", **sub_labels(topic, "idle")) == 6
+                                and (s.value("pulsar_subscription_msg_rate_out", **labels) or 0) > 0),
+             "backlog 4 / 6, 4 unacked and a dispatch rate for the 6 messages sent")
+    rate = s.value("pulsar_subscription_msg_rate_out", **labels)
+    throughput = s.value("pulsar_subscription_msg_throughput_out", **labels)
+    assert 0 < rate <= 6 / MIN_RATE_WINDOW_S, f"6 messages dispatched in one rate window: {rate}/s"
+    entry_bytes = bytes_per_message(s, topic, "out")
+    assert entry_bytes > 300, f"each entry holds a 300-byte payload: {entry_bytes}"
+    assert_close(throughput / rate, entry_bytes, "pulsar_subscription_msg_throughput_out per message")
+    assert s.value("pulsar_subscription_msg_rate_redeliver", **labels) == 0, "nothing was redelivered"
+    assert s.value("pulsar_subscription_blocked_on_unacked_messages", **labels) == 0, "no limit is set"
     assert s.value("pulsar_subscription_consumers_count", **labels) == 1
-    for name in ("pulsar_subscription_msg_throughput_out", "pulsar_subscription_msg_rate_redeliver",
-                 "pulsar_subscription_delayed"):
-        assert s.value(name, **labels) is not None, f"{name} for {labels}"
-    for c in (consumer, idle):
-        c.close()
+    assert s.value("pulsar_subscription_consumers_count", **sub_labels(topic, "idle")) == 0
+    assert s.value("pulsar_subscription_msg_rate_out", **sub_labels(topic, "idle")) == 0
+    assert s.value("pulsar_subscription_delayed", **labels) == 0
+    consumer.close()
+    producer.close()
+
+
+def test_subscription_redeliver_rate_counts_negatively_acknowledged_messages(broker, client):
+    topic = f"persistent://public/default/{unique('redeliver')}"
+    consumer = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared,
+                                negative_ack_redelivery_delay_ms=100)
+    producer = client.create_producer(topic, batching_enabled=False)
+    send_all(producer, [f"r{i}".encode() for i in range(5)])
+    first = receive_n(consumer, 5)
+    labels = sub_labels(topic, "s")
+    s = poll(broker, lambda s: (s.value("pulsar_subscription_msg_rate_out", **labels) or 0) > 0,
+             "a dispatch rate for the first delivery")
+    assert s.value("pulsar_subscription_msg_rate_redeliver", **labels) == 0, (
+        "a first delivery is not a redelivery"
+    )
+
+    for m in first:
+        consumer.negative_acknowledge(m)
+    again = receive_n(consumer, 5, what="the negatively acknowledged messages again")
+    assert all(m.redelivery_count() >= 1 for m in again), [m.redelivery_count() for m in again]
+    s = poll(broker, lambda s: (s.value("pulsar_subscription_msg_rate_redeliver", **labels) or 0) > 0,
+             "pulsar_subscription_msg_rate_redeliver to count the 5 redeliveries")
+    rate = s.value("pulsar_subscription_msg_rate_redeliver", **labels)
+    assert rate <= 5 / MIN_RATE_WINDOW_S, f"5 messages redelivered in one rate window: {rate}/s"
+    for m in again:
+        consumer.acknowledge(m)
+    consumer.close()
+    producer.close()
+
+
+def test_subscription_blocked_gauge_follows_max_unacked_messages(broker, client):
+    from test_admin_cli import Cli
+    from test_topic_stats import new_namespace
+    cli = Cli(broker)
+    ns = new_namespace(cli)
+    cli.ok("namespaces", "set-max-unacked-messages-per-subscription", ns, "-m", "4")
+    topic = f"persistent://{ns}/t"
+    consumer = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared,
+                                receiver_queue_size=20)
+    producer = client.create_producer(topic, batching_enabled=False)
+    send_all(producer, [f"b{i}".encode() for i in range(6)])
+    labels = sub_labels(topic, "s")
+    blocked = "pulsar_subscription_blocked_on_unacked_messages"
+    unacked = "pulsar_subscription_unacked_messages"
+
+    poll(broker, lambda s: s.value(blocked, **labels) == 1 and s.value(unacked, **labels) == 4,
+         f"{blocked} 1 with the subscription's 4 allowed messages unacknowledged")
+    first = receive_n(consumer, 4)
+    for m in first:
+        consumer.acknowledge(m)
+    # The acknowledgements make room: the last 2 are dispatched, under the limit.
+    rest = receive_n(consumer, 2, what="the 2 messages the acknowledgements made room for")
+    poll(broker, lambda s: s.value(blocked, **labels) == 0 and s.value(unacked, **labels) == 2,
+         f"{blocked} back to 0 with 2 of 4 allowed messages unacknowledged")
+    for m in rest:
+        consumer.acknowledge(m)
+    consumer.close()
     producer.close()
 
 
@@ -466,19 +552,85 @@ def test_connection_broker_and_process_series(broker, client):
     producer.send(b"x")
     s = scrape(broker)
     cluster = {"cluster": CLUSTER}
-    assert s.value("pulsar_connection_created_total_count", **cluster) >= 1
-    assert s.value("pulsar_connection_closed_total_count", **cluster) is not None
-    assert s.value("pulsar_broker_topics_count", **cluster) >= 1
-    assert s.value("pulsar_broker_producers_count", **cluster) >= 1
-    for name in ("pulsar_broker_subscriptions_count", "pulsar_broker_consumers_count",
-                 "pulsar_broker_rate_in", "pulsar_broker_rate_out", "pulsar_broker_throughput_in",
-                 "pulsar_broker_throughput_out", "pulsar_broker_storage_size", "pulsar_broker_msg_backlog"):
-        assert s.value(name, **cluster) is not None, name
+    assert s.value("pulsar_broker_topics_count", **cluster) == 1
+    assert s.value("pulsar_broker_producers_count", **cluster) == 1
+    assert s.value("pulsar_broker_consumers_count", **cluster) == 0
     assert s.value("process_resident_memory_bytes") > 1_000_000
     assert s.value("process_open_fds") > 3
     assert s.value("process_cpu_seconds_total") > 0
     assert abs(s.value("process_start_time_seconds") - time.time()) < 3600
     producer.close()
+
+
+def test_broker_totals_sum_the_topics_rates_backlog_and_storage(broker, client):
+    cluster = {"cluster": CLUSTER}
+    counts = {f"persistent://public/default/{unique('brk')}": n for n in (7, 4)}
+    readers, producers = [], []
+    for topic in counts:
+        client.subscribe(topic, "lagging").close()  # keeps a backlog of everything
+        readers.append(client.subscribe(topic, "reading"))
+        producers.append(client.create_producer(topic, batching_enabled=False))
+    payload = b"total-" * 60  # one size: every entry is as big
+    for producer, n in zip(producers, counts.values()):
+        send_all(producer, [payload] * n)
+    for reader, n in zip(readers, counts.values()):
+        for m in receive_n(reader, n):
+            reader.acknowledge(m)
+    total = sum(counts.values())
+    series = ("rate_in", "rate_out", "throughput_in", "throughput_out")
+
+    def summed(s: Scrape, name: str) -> float:
+        return sum(s.value(name, **topic_labels(t)) for t in counts)
+
+    def rated(s: Scrape) -> bool:
+        return all((s.value(f"pulsar_broker_{n}", **cluster) or 0) > 0
+                   and s.value(f"pulsar_broker_{n}", **cluster) == summed(s, f"pulsar_{n}")
+                   for n in series)
+
+    s = poll(broker, rated, "pulsar_broker_rate_in/out and throughput_in/out to be the topics' summed, not 0")
+    for direction in ("in", "out"):
+        rate = s.value(f"pulsar_broker_rate_{direction}", **cluster)
+        assert rate <= total / MIN_RATE_WINDOW_S, f"{total} messages {direction} in one rate window: {rate}/s"
+        per_message = s.value(f"pulsar_broker_throughput_{direction}", **cluster) / rate
+        assert per_message > len(payload), f"{direction}: entries of a {len(payload)}-byte payload: {per_message}"
+        for topic in counts:
+            assert_close(per_message, bytes_per_message(s, topic, direction),
+                         f"pulsar_broker_throughput_{direction} per message")
+
+    # Each "lagging" holds everything, each "reading" acknowledged everything.
+    s = poll(broker, lambda s: s.value("pulsar_broker_msg_backlog", **cluster) == total,
+             f"pulsar_broker_msg_backlog to be the {total} messages the 'lagging' subscriptions hold")
+    for topic, n in counts.items():
+        assert s.value(BACKLOG, **topic_labels(topic)) == n
+    s = poll(broker, lambda s: (s.value("pulsar_broker_storage_size", **cluster) or 0) >= total * len(payload),
+             "pulsar_broker_storage_size to hold the published payloads")
+    assert s.value("pulsar_broker_storage_size", **cluster) == summed(s, STORAGE_SIZE)
+    assert s.value("pulsar_broker_topics_count", **cluster) == len(counts)
+    assert s.value("pulsar_broker_subscriptions_count", **cluster) == 2 * len(counts)
+    assert s.value("pulsar_broker_consumers_count", **cluster) == len(counts)
+    for c in readers + producers:
+        c.close()
+
+
+def test_connection_counts_follow_a_client_that_opens_and_closes(broker):
+    cluster = {"cluster": CLUSTER}
+    created, closed = "pulsar_connection_created_total_count", "pulsar_connection_closed_total_count"
+    before = scrape(broker)
+    other = pulsar.Client(broker.service_url, operation_timeout_seconds=10,
+                          logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn))
+    producer = other.create_producer(f"persistent://public/default/{unique('conn')}")
+    producer.send(b"x")
+    opened = scrape(broker)
+    assert opened.value(created, **cluster) > before.value(created, **cluster)
+    active = opened.value("pulsar_active_connections", **cluster)
+    assert active >= 1
+    assert opened.value(closed, **cluster) == before.value(closed, **cluster)
+
+    other.close()
+    s = poll(broker, lambda s: s.value(closed, **cluster) > opened.value(closed, **cluster),
+             f"{closed} to count the closed client's connection")
+    assert s.value("pulsar_active_connections", **cluster) < active
+    assert s.value(closed, **cluster) <= s.value(created, **cluster)
 
 
 def test_histogram_bounds_are_written_as_short_decimals(broker, client):

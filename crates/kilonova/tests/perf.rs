@@ -469,3 +469,347 @@ async fn ctrl_c_ends_the_run_with_a_summary() {
     assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
     assert!(v["latency_us"]["p99"].as_u64().unwrap() > 0, "{v}");
 }
+
+/// `GET …/{topic}/stats` (as `token`'s role when authentication is on):
+/// `None` while the topic does not exist (404).
+async fn try_topic_stats(
+    broker: &Broker,
+    topic: &str,
+    token: Option<&str>,
+) -> Option<serde_json::Value> {
+    let path = format!("/admin/v2/{}/stats", topic.replacen("://", "/", 1));
+    let (status, body) = common::http_request_as(broker.http_port, "GET", &path, "", token)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    if status == 404 {
+        return None;
+    }
+    assert_eq!(status, 200, "GET {path}: {body}");
+    Some(
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {body}")),
+    )
+}
+
+async fn topic_stats(broker: &Broker, topic: &str, token: Option<&str>) -> serde_json::Value {
+    try_topic_stats(broker, topic, token)
+        .await
+        .unwrap_or_else(|| panic!("{topic} does not exist"))
+}
+
+/// Polls a topic's stats until `ready` holds; fails naming `what` and the
+/// last stats.
+async fn wait_for_stats(
+    broker: &Broker,
+    topic: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + common::STEP;
+    loop {
+        let s = try_topic_stats(broker, topic, None).await;
+        if let Some(s) = s.as_ref().filter(|s| ready(s)) {
+            return s.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {:?} waiting for {what} on {topic}: {s:?}",
+            common::STEP
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_flag_shrinks_what_the_broker_stores_and_readers_get_the_payloads_back() {
+    let broker = Broker::start().await;
+    let mut stored = Vec::new();
+    for codec in ["none", "lz4", "zstd", "zlib", "snappy"] {
+        let topic = format!("persistent://public/default/perf-z-{codec}");
+        // Unbatched: each entry is one message compressed alone; the payload
+        // (a timestamp, then one byte repeated) compresses well.
+        let p = perf(
+            &broker,
+            &[
+                "produce",
+                "--topic",
+                &topic,
+                "-z",
+                codec,
+                "--no-batching",
+                "-s",
+                "1024",
+                "-m",
+                "200",
+                "--warmup-secs",
+                "0",
+                "--duration-secs",
+                "0",
+            ],
+        )
+        .await;
+        assert_eq!(p["messages"], 200, "{codec}: {p}");
+        let size = topic_stats(&broker, &topic, None).await["storageSize"]
+            .as_u64()
+            .unwrap();
+        stored.push((codec, size));
+        let r = perf(
+            &broker,
+            &[
+                "read",
+                "--topic",
+                &topic,
+                "--warmup-secs",
+                "0",
+                "--duration-secs",
+                "2",
+            ],
+        )
+        .await;
+        assert_eq!(r["messages"], 200, "{codec}: {r}");
+        let per_message =
+            r["bytes_per_sec"].as_f64().unwrap() / r["msgs_per_sec"].as_f64().unwrap();
+        assert!(
+            (per_message - 1024.0).abs() < 1e-6,
+            "{codec}: readers get the 1024-byte payloads back, got {per_message} bytes per message"
+        );
+    }
+    let plain = stored[0].1;
+    assert!(
+        plain >= 200 * 1024,
+        "uncompressed, the 200 payloads are stored whole: {stored:?}"
+    );
+    for (codec, size) in &stored[1..] {
+        assert!(
+            size * 4 < plain,
+            "-z {codec} stores less than a quarter of the uncompressed bytes: {stored:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_and_topics_flags_open_that_many_producers_on_that_many_topics() {
+    use std::process::Stdio;
+    let broker = Broker::start().await;
+    let base = "persistent://public/default/perf-nt";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kilonova"))
+        .args(["perf", "produce", "--topic", base, "-t", "2", "-n", "3"])
+        .args(["-r", "60", "--warmup-secs", "0", "--duration-secs", "30"])
+        .args(["--output", "json", "--service-url", &broker.service_url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for topic in [format!("{base}-0"), format!("{base}-1")] {
+        // Every producer of the topic publishes (-r 60 over 6 producers: 10/s each).
+        let s = wait_for_stats(&broker, &topic, "3 publishers, each publishing", |s| {
+            s["publishers"].as_array().is_some_and(|p| {
+                p.len() == 3
+                    && p.iter()
+                        .all(|p| p["msgInCounter"].as_u64().is_some_and(|n| n > 0))
+            })
+        })
+        .await;
+        assert_eq!(s["publishers"].as_array().unwrap().len(), 3, "{s}");
+    }
+    assert!(
+        try_topic_stats(&broker, base, None).await.is_none(),
+        "with -t 2 the topics are {base}-0 and {base}-1, not {base}"
+    );
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = common::within(common::STEP, "perf to exit after Ctrl-C", async {
+        let mut stdout = String::new();
+        tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout)
+            .await
+            .unwrap();
+        (child.wait().await.unwrap(), stdout)
+    })
+    .await;
+    assert!(out.0.success(), "{}", out.0);
+    let v: serde_json::Value = serde_json::from_str(&out.1).expect("a JSON summary");
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_flag_holds_the_publish_rate_over_all_producers() {
+    let broker = Broker::start().await;
+    let topic = "persistent://public/default/perf-rate";
+    let p = perf(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            topic,
+            "-n",
+            "2",
+            "-r",
+            "200",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "2",
+        ],
+    )
+    .await;
+    // 200/s for 2 s (the rate is the total over the 2 producers); unlimited,
+    // a producer publishes thousands a second.
+    let published = topic_stats(&broker, topic, None).await["msgInCounter"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (300..=500).contains(&published),
+        "-r 200 for 2 s published {published} messages: {p}"
+    );
+    assert!(p["messages"].as_u64().unwrap() <= published, "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_with_a_token_on_a_broker_with_authentication() {
+    let (broker, keys) = common::secured_broker("").await;
+    let admin = common::token(&keys, "admin");
+    let topic = "persistent://public/default/perf-auth";
+    let p = perf(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            topic,
+            "--auth-token",
+            &admin,
+            "-m",
+            "300",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(p["messages"], 300, "{p}");
+    let consume = |token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kilonova"));
+        cmd.args(["perf", "consume", "--topic", topic])
+            .args(["--initial-position", "earliest"])
+            .args(["--warmup-secs", "0", "--duration-secs", "2"])
+            .args(["--output", "json", "--service-url", &broker.service_url()]);
+        if let Some(t) = token {
+            cmd.args(["--auth-token", t]);
+        }
+        cmd.output()
+    };
+    let refused = common::within(common::STEP, "perf consume without a token", consume(None))
+        .await
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a consumer without a token was let in: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    let out = common::within(
+        common::STEP,
+        "perf consume with a token",
+        consume(Some(&admin)),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "perf consume with a token: {stderr}");
+    assert!(!stderr.contains(&admin), "the token was printed: {stderr}");
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["messages"], 300, "every message, with the token: {c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_with_two_subscriptions_gets_every_message_on_each() {
+    let broker = Broker::start().await;
+    let topic = "persistent://public/default/perf-ns";
+    let p = perf(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            topic,
+            "-m",
+            "400",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(p["messages"], 400, "{p}");
+    let c = perf(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            topic,
+            "-ns",
+            "2",
+            "-s",
+            "twice",
+            "--initial-position",
+            "earliest",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(c["messages"], 800, "400 on each of 2 subscriptions: {c}");
+    let s = wait_for_stats(&broker, topic, "both subscriptions acknowledged all", |s| {
+        ["twice-0", "twice-1"]
+            .iter()
+            .all(|n| s["subscriptions"][n]["msgBacklog"].as_u64() == Some(0))
+    })
+    .await;
+    let subs = s["subscriptions"].as_object().unwrap();
+    assert_eq!(subs.len(), 2, "{s}");
+    for name in ["twice-0", "twice-1"] {
+        assert_eq!(
+            s["subscriptions"][name]["msgOutCounter"], 400,
+            "{name}: {s}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_warmup_a_backlog_drained_while_other_topics_subscribe_is_counted() {
+    let broker = Broker::start().await;
+    let base = "persistent://public/default/perf-drained";
+    let p = perf(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            base,
+            "-t",
+            "20",
+            "-m",
+            "1000",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(p["messages"], 1000, "{p}");
+    // The first topics' readers and consumers drain their backlog while the
+    // last ones subscribe, before the measurement loop starts: with no
+    // warm-up, those messages count (they were all lost before).
+    for mode in [
+        &["read"][..],
+        &["consume", "--initial-position", "earliest"][..],
+    ] {
+        let mut args = mode.to_vec();
+        args.extend(["--topic", base, "-t", "20"]);
+        args.extend(["--warmup-secs", "0", "--duration-secs", "2"]);
+        let v = perf(&broker, &args).await;
+        assert_eq!(v["messages"], 1000, "{mode:?}: {v}");
+    }
+}

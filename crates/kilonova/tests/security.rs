@@ -4,41 +4,12 @@
 
 mod common;
 
-use common::{within, Broker, STEP};
+use common::{secured_broker, token, within, STEP};
 use futures::StreamExt;
 use pulsar::consumer::InitialPosition;
 use pulsar::{Authentication, ConsumerOptions, Pulsar, TokioExecutor};
 
 use kilonova_auth::issue::{self, SigningKey};
-
-struct Keys {
-    key: SigningKey,
-    config: String,
-    _dir: tempfile::TempDir,
-}
-
-/// A secret key in a file and the `[auth]` section naming it.
-fn keys() -> Keys {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = issue::generate_secret_key().unwrap();
-    let path = dir.path().join("secret.key");
-    std::fs::write(&path, &secret).unwrap();
-    let config = "[auth]\n\
-         authentication_enabled = true\n\
-         authorization_enabled = true\n\
-         super_user_roles = [\"admin\"]\n\
-         token_secret_key = \"file:{path}\"\n"
-        .replace("{path}", &path.display().to_string());
-    Keys {
-        key: SigningKey::from_secret(&secret).unwrap(),
-        config,
-        _dir: dir,
-    }
-}
-
-fn token(keys: &Keys, role: &str) -> String {
-    keys.key.token("sub", role, None).unwrap()
-}
 
 fn auth(token: &str) -> Authentication {
     Authentication {
@@ -90,20 +61,6 @@ async fn round_trip(client: &Pulsar<TokioExecutor>, topic: &str, n: usize) {
         assert_eq!(msg.payload.data, format!("m{i}").into_bytes());
         consumer.ack(&msg).await.unwrap();
     }
-}
-
-/// A broker with authentication on (its secret key in a directory of the
-/// test's own, which must exist before the broker starts); `top` is more
-/// TOML: top-level keys, then sections.
-async fn secured_broker(top: &str) -> (Broker, Keys) {
-    let k = keys();
-    let (head, sections) = match top.find("\n[") {
-        Some(i) => top.split_at(i + 1),
-        None => (top, ""),
-    };
-    let config = format!("{head}{}{sections}", k.config);
-    let broker = Broker::start_with(Some(&config), Some(token(&k, "admin"))).await;
-    (broker, k)
 }
 
 #[tokio::test]

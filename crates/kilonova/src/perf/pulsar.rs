@@ -685,7 +685,10 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
     let topics = topic_names(common).await?;
     let clients = connect_all(common).await?;
     let run = Run {
-        measuring: Arc::new(AtomicBool::new(false)),
+        // Without a warm-up every message counts, those that arrive while
+        // the other consumers and producers are still being set up too (a
+        // reader can drain a backlog before the measurement loop starts).
+        measuring: Arc::new(AtomicBool::new(common.timing.warmup_secs == 0)),
         stop_producers: Arc::new(AtomicBool::new(false)),
         stop_consumers: Arc::new(AtomicBool::new(false)),
         sent: Arc::new(AtomicU64::new(0)),

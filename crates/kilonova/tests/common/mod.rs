@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use kilonova_auth::issue::{self, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -327,6 +328,52 @@ impl Drop for Broker {
             let _ = child.start_kill();
         }
     }
+}
+
+/// A token secret key in a file of its own and the `[auth]` section naming
+/// it (authentication and authorization on, `admin` a super-user).
+pub struct Keys {
+    pub key: SigningKey,
+    pub config: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A fresh secret key and its `[auth]` section.
+pub fn keys() -> Keys {
+    let dir = tempfile::tempdir().expect("a temp dir for the secret key");
+    let secret = issue::generate_secret_key().expect("a secret key");
+    let path = dir.path().join("secret.key");
+    std::fs::write(&path, &secret).expect("write the secret key");
+    let config = "[auth]\n\
+         authentication_enabled = true\n\
+         authorization_enabled = true\n\
+         super_user_roles = [\"admin\"]\n\
+         token_secret_key = \"file:{path}\"\n"
+        .replace("{path}", &path.display().to_string());
+    Keys {
+        key: SigningKey::from_secret(&secret).expect("the key just made"),
+        config,
+        _dir: dir,
+    }
+}
+
+/// A token for `role` signed with `keys`.
+pub fn token(keys: &Keys, role: &str) -> String {
+    keys.key.token("sub", role, None).expect("a token")
+}
+
+/// A broker with authentication on (its secret key in a directory of the
+/// test's own, which must exist before the broker starts); `top` is more
+/// TOML: top-level keys, then sections.
+pub async fn secured_broker(top: &str) -> (Broker, Keys) {
+    let k = keys();
+    let (head, sections) = match top.find("\n[") {
+        Some(i) => top.split_at(i + 1),
+        None => (top, ""),
+    };
+    let config = format!("{head}{}{sections}", k.config);
+    let broker = Broker::start_with(Some(&config), Some(token(&k, "admin"))).await;
+    (broker, k)
 }
 
 /// A minimal HTTP/1.1 exchange over raw TCP: returns (status, body).
