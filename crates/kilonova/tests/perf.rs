@@ -654,12 +654,13 @@ async fn rate_flag_holds_the_publish_rate_over_all_producers() {
     )
     .await;
     // 200/s for 2 s (the rate is the total over the 2 producers); unlimited,
-    // a producer publishes thousands a second.
+    // a producer publishes thousands a second. The upper bound is the
+    // limit; the lower one leaves room for a loaded machine falling behind.
     let published = topic_stats(&broker, topic, None).await["msgInCounter"]
         .as_u64()
         .unwrap();
     assert!(
-        (300..=500).contains(&published),
+        (100..=500).contains(&published),
         "-r 200 for 2 s published {published} messages: {p}"
     );
     assert!(p["messages"].as_u64().unwrap() <= published, "{p}");
