@@ -5,9 +5,10 @@
 //! topic shares (entry positions are local to a broker's journal).
 //!
 //! One key per topic, `/cursors/<topic id>`, holding every subscription's
-//! first unacknowledged message index (all before it are acknowledged;
-//! individual acknowledgements above it are not kept: they are redelivered
-//! after a move, as Pulsar redelivers after a broker crash). Written by the
+//! first unacknowledged message index (all before it are acknowledged) and
+//! the ranges acknowledged above it (by entry number, at most
+//! [`MAX_SHARED_ACK_RANGES`]; what is left out is redelivered after a move,
+//! as Pulsar redelivers what it could not persist). Written by the
 //! topic's owner only while it owns the topic's bundle (a write guarded by
 //! the ownership epoch), so a deposed owner's late write cannot move a
 //! subscription back. Beside them, where the segments of the topic's
@@ -28,6 +29,11 @@ use crate::store::{Expect, TxnOp};
 #[serde(rename_all = "camelCase")]
 pub struct TopicCursors {
     pub subscriptions: BTreeMap<String, u64>,
+    /// Per subscription, the entries acknowledged after its first
+    /// unacknowledged message: closed ranges of entry numbers (the
+    /// write-ahead tags), the first [`MAX_SHARED_ACK_RANGES`] of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub acked: BTreeMap<String, Vec<[u64; 2]>>,
     /// Where the segments of the topic's owners (this one's and the last
     /// few before it) start in the topic's entry numbering (the
     /// write-ahead tags every owner shares): a message id a client got
@@ -36,6 +42,11 @@ pub struct TopicCursors {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<SegmentStart>,
 }
+
+/// Acknowledged ranges kept per subscription (Pulsar keeps up to 1,000 in
+/// its metadata store too, `managedLedgerMaxUnackedRangesToPersistInMetadataStore`):
+/// the messages of ranges beyond are delivered again after a move.
+pub const MAX_SHARED_ACK_RANGES: usize = 1000;
 
 /// Segment `segment` of some owner's journal holds the topic's entries from
 /// number `first_entry` on.

@@ -626,6 +626,26 @@ impl ManagedLog {
         Ok(())
     }
 
+    /// Acknowledges entries `start..=end` of one segment (a cursor's
+    /// acknowledged ranges, as [`ManagedLog::acked_ranges`] gives them).
+    pub fn ack_range(&mut self, name: &str, start: Position, end: Position) -> Result<()> {
+        let through = self.cursor(name)?.read_compacted();
+        let positions = CursorView::new(
+            SegmentList::new(&self.segments, &self.store, &self.offloaded),
+            self.compacted.as_ref(),
+            through,
+        );
+        named_mut(&mut self.cursors, name)?.ack_range(start, end, &positions);
+        self.evict_cache();
+        Ok(())
+    }
+
+    /// The entries cursor `name` has acknowledged at or after its first
+    /// unacknowledged one: closed ranges, one segment each, in order.
+    pub fn acked_ranges(&self, name: &str) -> Result<Vec<(Position, Position)>> {
+        Ok(self.cursor(name)?.acked().iter().collect())
+    }
+
     /// Acknowledges every entry up to and including `p`. An entry id of
     /// `u64::MAX` is Pulsar's -1, "before the segment's first entry" (a
     /// client acknowledging the entry before a batch at entry 0 sends it):

@@ -158,6 +158,47 @@ async fn cursor_skips_acked_entries_and_mark_delete_follows_contiguous_acks() {
 }
 
 #[tokio::test]
+async fn acked_ranges_given_back_by_ack_range_make_the_same_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 25).await;
+    log.open_cursor("a", InitialPosition::Earliest, true)
+        .unwrap();
+    log.open_cursor("b", InitialPosition::Earliest, true)
+        .unwrap();
+    for i in [3, 4, 5, 9, 10, 17] {
+        log.ack("a", ps[i]).unwrap();
+    }
+    let ranges = log.acked_ranges("a").unwrap();
+    // Ranges stay within a segment (ps[9] ends segment 1, ps[10] starts 2).
+    assert_eq!(
+        ranges,
+        vec![
+            (ps[3], ps[5]),
+            (ps[9], ps[9]),
+            (ps[10], ps[10]),
+            (ps[17], ps[17])
+        ]
+    );
+    for (start, end) in &ranges {
+        log.ack_range("b", *start, *end).unwrap();
+    }
+    assert_eq!(log.acked_ranges("b").unwrap(), ranges);
+    assert_eq!(
+        log.cursor_info("b").unwrap().backlog_entries,
+        log.cursor_info("a").unwrap().backlog_entries
+    );
+    // A range starting at the first unacknowledged entry moves it.
+    log.ack_range("b", ps[0], ps[2]).unwrap();
+    assert_eq!(log.cursor_info("b").unwrap().mark_delete, Some(ps[5]));
+    // Ranges before the floor, or across segments, acknowledge nothing more.
+    log.ack_range("b", ps[0], ps[1]).unwrap();
+    log.ack_range("b", ps[6], ps[12]).unwrap();
+    assert_eq!(log.cursor_info("b").unwrap().backlog_entries, 25 - 6 - 3);
+}
+
+#[tokio::test]
 async fn a_cumulative_ack_before_a_segments_first_entry_acks_the_segments_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let e = env(dir.path());

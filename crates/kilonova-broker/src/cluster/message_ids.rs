@@ -114,6 +114,39 @@ impl MessageIds {
         all
     }
 
+    /// The entry number of this owner's position `p`, if its segment's
+    /// start is known.
+    pub(crate) fn entry_of(&self, p: Position) -> Option<u64> {
+        let start = self.own.iter().find(|s| s.segment == p.segment)?;
+        start.first_entry.checked_add(p.entry)
+    }
+
+    /// Entries `first..=last` (those before `end`, the log's next entry) as
+    /// closed ranges of this owner's positions, one segment each.
+    pub(crate) fn local_ranges(
+        &self,
+        first: u64,
+        last: u64,
+        end: u64,
+    ) -> Vec<(Position, Position)> {
+        let last = last.min(end.saturating_sub(1));
+        let mut out = Vec::new();
+        for (k, start) in self.own.iter().enumerate() {
+            let next = self.own.get(k + 1).map_or(u64::MAX, |n| n.first_entry);
+            let (from, to) = (
+                first.max(start.first_entry),
+                last.min(next.saturating_sub(1)),
+            );
+            if from <= to && first <= last {
+                out.push((
+                    Position::new(start.segment, from - start.first_entry),
+                    Position::new(start.segment, to - start.first_entry),
+                ));
+            }
+        }
+        out
+    }
+
     /// The position in this owner's log of the entry message id `p` names,
     /// `p` itself if it is one of this log's; `None` if it names nothing
     /// known here (or an entry no longer kept, or not yet written: `end`
@@ -197,6 +230,27 @@ mod tests {
         assert_eq!(t(9, 0), None, "a segment nobody recorded");
         assert_eq!(t(51, 1), Some(Position::new(51, 1)), "this log's own");
         assert_eq!(t(8, u64::MAX), None);
+    }
+
+    #[test]
+    fn entry_ranges_become_ranges_of_this_owners_segments() {
+        let log = [seg(50, Some(8)), seg(51, Some(5)), seg(52, None)];
+        let ids = MessageIds::new(&[], 4, &log);
+        assert_eq!(ids.entry_of(Position::new(51, 2)), Some(14));
+        assert_eq!(ids.entry_of(Position::new(7, 2)), None);
+        let p = Position::new;
+        assert_eq!(
+            ids.local_ranges(10, 18, 100),
+            vec![
+                (p(50, 6), p(50, 7)),
+                (p(51, 0), p(51, 4)),
+                (p(52, 0), p(52, 1))
+            ]
+        );
+        assert_eq!(ids.local_ranges(0, 5, 100), vec![(p(50, 0), p(50, 1))]);
+        assert_eq!(ids.local_ranges(20, 30, 22), vec![(p(52, 3), p(52, 4))]);
+        assert_eq!(ids.local_ranges(30, 40, 22), vec![]);
+        assert_eq!(ids.local_ranges(9, 8, 100), vec![]);
     }
 
     #[test]

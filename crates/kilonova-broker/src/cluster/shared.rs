@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kilonova_metadata::bundles::{BundleRange, Commit, Held};
-use kilonova_metadata::cursors::TopicCursors;
+use kilonova_metadata::cursors::{TopicCursors, MAX_SHARED_ACK_RANGES};
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::wal_index::{FlushIndexError, FlushRecords};
 use kilonova_metadata::MetadataError;
@@ -130,11 +130,27 @@ impl SharedTopic {
         }
     }
 
-    /// The subscription positions of `log`, and where its segments start.
+    /// The subscription positions of `log` (first unacknowledged message,
+    /// ranges acknowledged after it), and where its segments start.
     fn cursor_positions(&mut self, log: &ManagedLog) -> TopicCursors {
         self.ids.observe(&local_segments(log));
+        let subscriptions = cursor_positions(log);
+        let acked = subscriptions
+            .keys()
+            .filter_map(|name| {
+                let ranges: Vec<[u64; 2]> = log
+                    .acked_ranges(name)
+                    .ok()?
+                    .into_iter()
+                    .filter_map(|(a, b)| Some([self.ids.entry_of(a)?, self.ids.entry_of(b)?]))
+                    .take(MAX_SHARED_ACK_RANGES)
+                    .collect();
+                (!ranges.is_empty()).then(|| (name.clone(), ranges))
+            })
+            .collect();
         TopicCursors {
-            subscriptions: cursor_positions(log),
+            subscriptions,
+            acked,
             segments: self.ids.stored(),
         }
     }
@@ -502,6 +518,12 @@ impl Broker {
             }
         }
         let cursors = self.resources().topic_cursors(id).await?;
+        let end = history.first_index + entries;
+        let ids = MessageIds::new(
+            &cursors.segments,
+            history.first_index,
+            &local_segments(&log),
+        );
         for (sub, index) in &cursors.subscriptions {
             let at = match log.position_of_message_index(*index)? {
                 Some(p) => InitialPosition::At(p),
@@ -510,6 +532,11 @@ impl Broker {
                 None => InitialPosition::Earliest,
             };
             log.open_cursor(sub, at, true)?;
+            for [first, last] in cursors.acked.get(sub).into_iter().flatten() {
+                for (from, to) in ids.local_ranges(*first, *last, end) {
+                    log.ack_range(sub, from, to)?;
+                }
+            }
         }
         shared
             .wal
@@ -518,14 +545,9 @@ impl Broker {
             .map_err(|e| unavailable("the write-ahead writer", &e))?;
         lock(&shared.served).insert(id, (name.clone(), key.1));
         tracing::info!(topic = %name, entries, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
-        let ids = MessageIds::new(
-            &cursors.segments,
-            history.first_index,
-            &local_segments(&log),
-        );
         let topic = SharedTopic {
             log: id,
-            next_tag: history.first_index + entries,
+            next_tag: end,
             wal: shared.wal.clone(),
             served: shared.served.clone(),
             cursors: Some(CursorWriter::start(self, id, key, cursors)),

@@ -238,6 +238,21 @@ impl Cursor {
         self.advance_floor(log);
     }
 
+    /// Acknowledges entries `start..=end` of one segment (those before the
+    /// floor are acknowledged already).
+    pub(super) fn ack_range(&mut self, start: Position, end: Position, log: &impl Positions) {
+        if start.segment == end.segment && start <= end && end >= self.floor {
+            let from = if start < self.floor && self.floor.segment == start.segment {
+                self.floor
+            } else {
+                start
+            };
+            self.acked.insert_range(from, end);
+            self.dirty = true;
+        }
+        self.advance_floor(log);
+    }
+
     /// Acknowledges every entry up to and including `p`.
     pub(super) fn ack_cumulative(&mut self, p: Position, log: &impl Positions) {
         let next = log.next(p);
