@@ -134,6 +134,49 @@ async fn a_producer_on_a_broker_not_owning_the_topic_gets_service_not_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_naming_a_listener_the_chosen_broker_lacks_is_refused_and_places_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = shared_metadata(&dir);
+    // Neither member has advertised listeners: every name is unknown.
+    let a = start_cluster_member(r.clone(), "a:8080", TTL).await;
+    let b = start_cluster_member(r.clone(), "b:8080", TTL).await;
+    let ns = default_ns();
+    for (range, topic) in topic_per_bundle(&r).await {
+        // Placed on a or redirected to b, and a taking it itself when asked
+        // authoritatively: each is refused with Pulsar's error.
+        for authoritative in [false, true] {
+            match a
+                .broker
+                .lookup_topic(&topic, Some("nope"), authoritative)
+                .await
+            {
+                Err(e @ BrokerError::UnknownListener(_)) => {
+                    assert_eq!(e.to_string(), "the broker do not have nope listener");
+                    assert_eq!(e.server_error(), ServerError::ServiceNotReady);
+                }
+                other => panic!("expected UnknownListener, got {other:?}"),
+            }
+            assert_eq!(
+                r.bundle_owner(&ns, range).await.unwrap(),
+                None,
+                "a refused lookup (authoritative: {authoritative}) took bundle {range}"
+            );
+        }
+    }
+    // Owned by b: refused on a too (b's registered listeners decide).
+    let (range, topic) = topic_per_bundle(&r).await.remove(0);
+    b.broker.lookup_topic(&topic, None, true).await.unwrap();
+    assert!(matches!(
+        a.broker.lookup_topic(&topic, Some("nope"), false).await,
+        Err(BrokerError::UnknownListener(_))
+    ));
+    assert_eq!(
+        r.bundle_owner(&ns, range).await.unwrap().unwrap().broker,
+        "b:8080"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// With no other broker to hand it to, an unloaded bundle is released.
 async fn an_unloaded_bundle_is_released_and_its_producers_closed() {
     let dir = tempfile::tempdir().unwrap();

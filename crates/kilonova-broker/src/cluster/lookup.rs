@@ -7,6 +7,11 @@
 //! lookup is *authoritative* (a redirect sent it here: it must not send the
 //! client on again); otherwise the answer is a `Redirect` to the chosen
 //! broker, authoritative, and the client asks there, which takes the bundle.
+//!
+//! Every answer carries the URLs of the advertised listener the client names,
+//! as the broker it names registered them (`record_urls`): a listener that
+//! broker lacks fails the lookup (Pulsar's ServiceNotReady, "the broker do not
+//! have NAME listener"), and nothing is placed for a refused lookup.
 
 use kilonova_metadata::brokers::BrokerRecord;
 use kilonova_metadata::bundles::{Acquired, BundleOwner};
@@ -74,8 +79,11 @@ impl Broker {
                     None => continue, // gone meanwhile: choose again
                 }
             }
+            // A listener this broker lacks is refused before it takes the
+            // bundle: a refused lookup places nothing.
+            let answer = self.own_answer(listener)?;
             match self.acquire(&key).await? {
-                Acquired::Owned { .. } => return self.own_answer(listener),
+                Acquired::Owned { .. } => return Ok(answer),
                 // Taken meanwhile: answer its owner on the next pass.
                 Acquired::OwnedBy(_) => continue,
             }
