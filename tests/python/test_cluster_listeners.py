@@ -34,7 +34,7 @@ import wire
 from cluster import split_topic
 from conftest import CLIENT_LOGGER, http, receive_n
 from port_forward import PortForward
-from test_cluster import LOOKUP_REDIRECT, http_lookup_once
+from test_cluster import LOOKUP_REDIRECT, http_lookup_once, receive_payloads_until, retain_everything
 from test_lookup import (LOOKUP_CONNECT, LOOKUP_FAILED, REFUSED_OP_TIMEOUT_S, SERVICE_NOT_READY,
                          raw_lookup)
 from test_security import Certs, toml_str
@@ -285,6 +285,45 @@ def test_a_client_naming_a_listener_reaches_every_owner_through_its_urls(listeni
                 f"({sorted(forwarded)})")
         owners = {c.owner_of(t) for t in topics}
         assert owners == {0, 1}, f"the topics' owners: {owners}"
+    finally:
+        client.close()
+
+
+def test_clients_naming_a_listener_follow_an_unload_through_the_next_owners_urls(listening):
+    """A namespace unload hands every bundle to the other broker; the
+    client's producers and consumers reconnect there through its external
+    forward: a close command names the next owner's URLs of the listener
+    the client's connection looked up with, or none when the broker cannot
+    tell which it uses (the client then looks the topic up, naming its
+    listener), never URLs the client did not ask for."""
+    l, c = listening, listening.cluster
+    retain_everything(c)
+    topics = [t for [t] in c.topics_in_bundles(per_bundle=1, prefix="unload")]
+    for t in topics[:2]:
+        c.owner_of(t)  # placed beforehand: the client's lookups answer Connect
+    client = pulsar.Client(l.external(0), listener_name="external", operation_timeout_seconds=30,
+                           logger=CLIENT_LOGGER)
+    try:
+        consumers = {t: client.subscribe(t, "s", initial_position=pulsar.InitialPosition.Earliest)
+                     for t in topics}
+        producers = {t: client.create_producer(t, batching_enabled=False) for t in topics}
+        for t in topics:
+            producers[t].send(b"before")
+            receive_payloads_until(consumers[t], {b"before"}, timeout=20)
+        owners = {t: c.owner_of(t) for t in topics}
+        c.admin_ok(0, "namespaces", "unload", "public/default")
+        for t in topics:
+            producers[t].send(b"after")
+            receive_payloads_until(consumers[t], {b"after"}, timeout=30)
+        for t in topics:
+            owner = c.owner_of(t)
+            assert owner != owners[t], f"{t} stayed on broker {owner} across the unload"
+            forwarded = l.forwards[owner][0].upstream_addresses()
+            publishers, subscribers = client_addresses(c, owner, t)
+            assert publishers and subscribers and publishers | subscribers <= forwarded, (
+                f"{t} (moved from broker {owners[t]} to {owner}): its producer comes from "
+                f"{publishers} and its consumer from {subscribers}, not all through broker "
+                f"{owner}'s external forward ({sorted(forwarded)})")
     finally:
         client.close()
 

@@ -185,6 +185,14 @@ pub(super) fn record_urls(
     record: &BrokerRecord,
     listener: Option<&str>,
 ) -> Result<ListenerUrls, BrokerError> {
+    let (listeners, own) = record_listeners(record)?;
+    listeners.select(listener, &own)
+}
+
+/// A registered broker's advertised listeners, and its URLs without them.
+pub(super) fn record_listeners(
+    record: &BrokerRecord,
+) -> Result<(AdvertisedListeners, ListenerUrls), BrokerError> {
     let own = ListenerUrls {
         plain: record.pulsar_url.clone(),
         tls: record.pulsar_url_tls.clone(),
@@ -192,7 +200,7 @@ pub(super) fn record_urls(
     let listeners =
         AdvertisedListeners::new(&record.listeners, record.internal_listener.as_deref())
             .map_err(|e| BrokerError::Metadata(format!("a broker's advertised listeners: {e}")))?;
-    listeners.select(listener, &own)
+    Ok((listeners, own))
 }
 
 #[cfg(test)]
