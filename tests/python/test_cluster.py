@@ -297,15 +297,25 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def http_lookup_once(cluster, via: int, topic: str) -> tuple[int, str | None, object]:
-    """An HTTP lookup whose redirect is not followed: (status, Location, JSON or body)."""
+def http_lookup_once(cluster, via: int, topic: str, query: dict | None = None,
+                     headers: dict | None = None) -> tuple[int, str | None, object]:
+    """An HTTP lookup on broker `via` (with `query` parameters and `headers`)
+    whose redirect is not followed: (status, Location, JSON or body)."""
     _, tenant, ns, local = split_topic(topic)
-    url = f"{cluster.broker(via).http_url}/lookup/v2/topic/persistent/{tenant}/{ns}/{local}"
+    path = "/".join(urllib.parse.quote(p, safe="") for p in (tenant, ns, local))
+    url = f"{cluster.broker(via).http_url}/lookup/v2/topic/persistent/{path}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.build_opener(_NoRedirects).open(url, timeout=10) as r:
+        with urllib.request.build_opener(_NoRedirects).open(req, timeout=10) as r:
             return r.status, None, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Location"), e.read()
+        body = e.read()
+        try:
+            return e.code, e.headers.get("Location"), json.loads(body)
+        except ValueError:
+            return e.code, e.headers.get("Location"), body
 
 
 def test_an_http_lookup_for_an_unowned_bundle_redirects_to_the_chosen_broker_which_takes_it(cluster):

@@ -78,9 +78,12 @@ def get_json(url: str, headers=None, context=None) -> tuple[int, object]:
 
 
 def raw_lookup(port: int, topic: str, listener: str | None, request_id: int = 1,
-               conn: wire.RawConnection | None = None) -> wire.Frame:
-    """A binary LOOKUP naming `listener` (field 7, advertised_listener_name)."""
+               conn: wire.RawConnection | None = None, authoritative: bool = False) -> wire.Frame:
+    """A binary LOOKUP naming `listener` (field 7, advertised_listener_name),
+    authoritative (field 3) if asked."""
     fields = [(1, topic), (2, request_id)]
+    if authoritative:
+        fields.append((3, True))
     if listener is not None:
         fields.append((7, listener))
     own = conn is None

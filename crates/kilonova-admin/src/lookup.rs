@@ -125,24 +125,37 @@ async fn lookup(
             "the broker chosen for the topic advertises no admin URL",
         ));
     };
-    // The client's own query, but for its `authoritative`.
-    let query: String = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("authoritative"))
-        .map(|kv| format!("{kv}&"))
-        .collect();
     let location = format!(
-        "{}{}?{query}authoritative=true",
+        "{}{}?{}",
         base.trim_end_matches('/'),
-        uri.path()
+        uri.path(),
+        redirect_query(uri.query(), listener.as_deref())
     );
     Ok((
         StatusCode::TEMPORARY_REDIRECT,
         [(header::LOCATION, location)],
     )
         .into_response())
+}
+
+/// The query of a redirected lookup: the client's own, with
+/// `authoritative=true` (the broker asked takes the bundle) and the listener
+/// as `listenerName`, as Pulsar writes it — also when the client named it in
+/// the `X-Pulsar-ListenerName` header, which an HTTP client following the
+/// redirect may not send again.
+fn redirect_query(client: Option<&str>, listener: Option<&str>) -> String {
+    let kept = client
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != "authoritative" && k != "listenerName");
+    let ours = listener
+        .map(|l| ("listenerName".to_owned(), l.to_owned()))
+        .into_iter()
+        .chain([("authoritative".to_owned(), "true".to_owned())]);
+    let pairs: Vec<(String, String)> = kept.chain(ours).collect();
+    // Encoding a list of string pairs cannot fail.
+    serde_urlencoded::to_string(pairs).unwrap_or_else(|_| "authoritative=true".to_owned())
 }
 
 async fn bundle(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<String> {
@@ -182,6 +195,29 @@ mod tests {
         assert_eq!(listener_name(None, &headers).unwrap(), None);
         headers.insert(LISTENER_HEADER, HeaderValue::from_bytes(b"\xff").unwrap());
         assert!(listener_name(None, &headers).is_err());
+    }
+
+    #[test]
+    fn a_redirect_names_the_listener_and_is_authoritative() {
+        assert_eq!(redirect_query(None, None), "authoritative=true");
+        // The header's listener goes into the query, as Pulsar writes it.
+        assert_eq!(
+            redirect_query(None, Some("external")),
+            "listenerName=external&authoritative=true"
+        );
+        // The client's other parameters are kept; its own authoritative
+        // and listenerName are replaced.
+        assert_eq!(
+            redirect_query(
+                Some("authoritative=false&x=1&listenerName=external"),
+                Some("external")
+            ),
+            "x=1&listenerName=external&authoritative=true"
+        );
+        assert_eq!(
+            redirect_query(Some("x=a%20b"), Some("a&b=c")),
+            "x=a+b&listenerName=a%26b%3Dc&authoritative=true"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! one listener, and the internal listener is one of them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::error::BrokerError;
 
@@ -195,6 +196,63 @@ impl AdvertisedListeners {
                 .internal()
                 .map_or_else(|| default.clone(), |(_, urls)| urls.clone())),
         }
+    }
+}
+
+/// The advertised listener a connection's client uses, as far as the broker
+/// can tell: what its lookups on that connection named. A client often
+/// reaches a topic's owner with no lookup there (another broker answered
+/// `Connect` to it), and its traffic does not say which URL it dialled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClientListener {
+    /// Nothing looked up on this connection.
+    #[default]
+    Unknown,
+    /// Its lookups named this listener (`None`: none, so the internal one).
+    Named(Option<Arc<str>>),
+}
+
+/// The broker a topic is handed to, as its clients are told it in
+/// CLOSE_PRODUCER / CLOSE_CONSUMER (Pulsar's assigned broker URLs), which
+/// they reconnect to without looking the topic up.
+#[derive(Clone, Debug)]
+pub struct NextOwner {
+    listeners: AdvertisedListeners,
+    /// Its URLs when it has no listeners.
+    own: ListenerUrls,
+    /// The broker handing the topic over has several listeners, so a
+    /// client whose listener is unknown may use any of them.
+    several_here: bool,
+}
+
+impl NextOwner {
+    /// The broker registered with `listeners` and `own` URLs, named by a
+    /// broker with `listeners_here`.
+    pub fn new(
+        listeners: AdvertisedListeners,
+        own: ListenerUrls,
+        listeners_here: &AdvertisedListeners,
+    ) -> Self {
+        NextOwner {
+            listeners,
+            own,
+            several_here: listeners_here.iter().nth(1).is_some(),
+        }
+    }
+
+    /// The URLs named to a client using `listener`: the next owner's URLs
+    /// of that listener (as Pulsar names them: the listener of the client's
+    /// connection). None when the broker cannot tell which listener the
+    /// client uses, or the next owner lacks it: the client then looks the
+    /// topic up, naming its listener, rather than be sent to an address it
+    /// may not reach.
+    pub fn urls_for(&self, listener: &ClientListener) -> Option<ListenerUrls> {
+        let name = match listener {
+            ClientListener::Named(name) => name.as_deref(),
+            ClientListener::Unknown if self.several_here => return None,
+            ClientListener::Unknown => None,
+        };
+        self.listeners.select(name, &self.own).ok()
     }
 }
 
@@ -397,6 +455,47 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_handed_over_client_is_named_the_next_owners_urls_of_its_listener_when_known() {
+        let next = AdvertisedListeners::new(
+            &table(&[
+                ("internal", &["pulsar://10.0.0.6:6650"]),
+                ("external", &["pulsar://b2.example.com:16650"]),
+            ]),
+            Some("internal"),
+        )
+        .unwrap();
+        let own = urls(Some("pulsar://10.0.0.6:6650"), None);
+        let named = |n: Option<&str>| ClientListener::Named(n.map(Arc::from));
+        let several_here = AdvertisedListeners::new(
+            &table(&[
+                ("internal", &["pulsar://i:1"]),
+                ("external", &["pulsar://e:1"]),
+            ]),
+            Some("internal"),
+        )
+        .unwrap();
+        let to = NextOwner::new(next.clone(), own.clone(), &several_here);
+        assert_eq!(
+            to.urls_for(&named(Some("external"))),
+            Some(urls(Some("pulsar://b2.example.com:16650"), None))
+        );
+        assert_eq!(
+            to.urls_for(&named(None)),
+            Some(urls(Some("pulsar://10.0.0.6:6650"), None))
+        );
+        // Unknown here, where clients may use either listener: none named.
+        assert_eq!(to.urls_for(&ClientListener::Unknown), None);
+        // A listener the next owner lacks: none (its lookup refuses it).
+        assert_eq!(to.urls_for(&named(Some("edge"))), None);
+        // Here with no listeners (or one), every client uses the default.
+        let to = NextOwner::new(next, own, &AdvertisedListeners::default());
+        assert_eq!(
+            to.urls_for(&ClientListener::Unknown),
+            Some(urls(Some("pulsar://10.0.0.6:6650"), None))
+        );
     }
 
     #[test]

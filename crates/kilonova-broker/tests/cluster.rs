@@ -9,11 +9,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cmd, start_cluster_member, Raw, Server, WAIT};
+use common::{cmd, start_cluster_member, start_cluster_member_listening, Raw, Server, WAIT};
 use kilonova_broker::{BrokerError, TopicName};
 use kilonova_metadata::bundles::{self, BundleRange};
 use kilonova_metadata::{EmbeddedStore, NamespaceName, Resources};
-use kilonova_pulsar_protocol::proto::{base_command::Type, CommandProducer, ServerError};
+use kilonova_pulsar_protocol::proto::{
+    base_command::Type, CommandLookupTopic, CommandProducer, ServerError,
+};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -134,6 +136,49 @@ async fn a_producer_on_a_broker_not_owning_the_topic_gets_service_not_ready() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_naming_a_listener_the_chosen_broker_lacks_is_refused_and_places_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = shared_metadata(&dir);
+    // Neither member has advertised listeners: every name is unknown.
+    let a = start_cluster_member(r.clone(), "a:8080", TTL).await;
+    let b = start_cluster_member(r.clone(), "b:8080", TTL).await;
+    let ns = default_ns();
+    for (range, topic) in topic_per_bundle(&r).await {
+        // Placed on a or redirected to b, and a taking it itself when asked
+        // authoritatively: each is refused with Pulsar's error.
+        for authoritative in [false, true] {
+            match a
+                .broker
+                .lookup_topic(&topic, Some("nope"), authoritative)
+                .await
+            {
+                Err(e @ BrokerError::UnknownListener(_)) => {
+                    assert_eq!(e.to_string(), "the broker do not have nope listener");
+                    assert_eq!(e.server_error(), ServerError::ServiceNotReady);
+                }
+                other => panic!("expected UnknownListener, got {other:?}"),
+            }
+            assert_eq!(
+                r.bundle_owner(&ns, range).await.unwrap(),
+                None,
+                "a refused lookup (authoritative: {authoritative}) took bundle {range}"
+            );
+        }
+    }
+    // Owned by b: refused on a too (b's registered listeners decide).
+    let (range, topic) = topic_per_bundle(&r).await.remove(0);
+    b.broker.lookup_topic(&topic, None, true).await.unwrap();
+    assert!(matches!(
+        a.broker.lookup_topic(&topic, Some("nope"), false).await,
+        Err(BrokerError::UnknownListener(_))
+    ));
+    assert_eq!(
+        r.bundle_owner(&ns, range).await.unwrap().unwrap().broker,
+        "b:8080"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// With no other broker to hand it to, an unloaded bundle is released.
 async fn an_unloaded_bundle_is_released_and_its_producers_closed() {
     let dir = tempfile::tempdir().unwrap();
@@ -188,6 +233,68 @@ async fn an_unloaded_bundle_is_handed_to_the_next_broker_before_its_clients_arri
     let back = r.bundle_owner(&ns, range).await.unwrap().unwrap();
     assert_eq!(back.broker, "a:8080");
     assert!(back.epoch > owner.epoch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_names_the_next_owners_urls_of_the_listener_a_connection_looked_up_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = shared_metadata(&dir);
+    let a =
+        start_cluster_member_listening(r.clone(), "a:8080", TTL, "pulsar://a.example:16650").await;
+    let b =
+        start_cluster_member_listening(r.clone(), "b:8080", TTL, "pulsar://b.example:16650").await;
+    let (range, topic) = topic_per_bundle(&r).await.remove(0);
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    // One client looks the topic up here naming `external`, one names
+    // none, one looks nothing up (another broker sent it here).
+    let mut clients = Vec::new();
+    for listener in [Some("external"), Some(""), None] {
+        let mut raw = Raw::connect(a.addr).await;
+        if let Some(name) = listener {
+            raw.send(cmd(Type::Lookup, |c| {
+                c.lookup_topic = Some(Box::new(CommandLookupTopic {
+                    topic: topic.to_string(),
+                    request_id: 1,
+                    advertised_listener_name: Some(name.to_owned()),
+                    ..Default::default()
+                }))
+            }))
+            .await;
+            raw.recv_type(Type::LookupResponse).await;
+        }
+        raw.producer(&topic.to_string(), 1).await;
+        clients.push(raw);
+    }
+    assert!(a.broker.unload_bundle(&default_ns(), range).await.unwrap());
+    assert_eq!(
+        r.bundle_owner(&default_ns(), range)
+            .await
+            .unwrap()
+            .unwrap()
+            .broker,
+        "b:8080"
+    );
+    let mut named = Vec::new();
+    for raw in &mut clients {
+        let close = raw.recv_type(Type::CloseProducer).await;
+        named.push(
+            close
+                .command
+                .close_producer
+                .unwrap()
+                .assigned_broker_service_url,
+        );
+    }
+    assert_eq!(
+        named,
+        [
+            Some("pulsar://b.example:16650".to_owned()),
+            Some(format!("pulsar://{}", b.addr)),
+            // a has two listeners: which one this client uses is unknown,
+            // so it is named none and looks the topic up again.
+            None,
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

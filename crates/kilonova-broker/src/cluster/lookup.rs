@@ -7,6 +7,11 @@
 //! lookup is *authoritative* (a redirect sent it here: it must not send the
 //! client on again); otherwise the answer is a `Redirect` to the chosen
 //! broker, authoritative, and the client asks there, which takes the bundle.
+//!
+//! Every answer carries the URLs of the advertised listener the client names,
+//! as the broker it names registered them (`record_urls`): a listener that
+//! broker lacks fails the lookup (Pulsar's ServiceNotReady, "the broker do not
+//! have NAME listener"), and nothing is placed for a refused lookup.
 
 use kilonova_metadata::brokers::BrokerRecord;
 use kilonova_metadata::bundles::{Acquired, BundleOwner};
@@ -74,8 +79,11 @@ impl Broker {
                     None => continue, // gone meanwhile: choose again
                 }
             }
+            // A listener this broker lacks is refused before it takes the
+            // bundle: a refused lookup places nothing.
+            let answer = self.own_answer(listener)?;
             match self.acquire(&key).await? {
-                Acquired::Owned { .. } => return self.own_answer(listener),
+                Acquired::Owned { .. } => return Ok(answer),
                 // Taken meanwhile: answer its owner on the next pass.
                 Acquired::OwnedBy(_) => continue,
             }
@@ -177,6 +185,14 @@ pub(super) fn record_urls(
     record: &BrokerRecord,
     listener: Option<&str>,
 ) -> Result<ListenerUrls, BrokerError> {
+    let (listeners, own) = record_listeners(record)?;
+    listeners.select(listener, &own)
+}
+
+/// A registered broker's advertised listeners, and its URLs without them.
+pub(super) fn record_listeners(
+    record: &BrokerRecord,
+) -> Result<(AdvertisedListeners, ListenerUrls), BrokerError> {
     let own = ListenerUrls {
         plain: record.pulsar_url.clone(),
         tls: record.pulsar_url_tls.clone(),
@@ -184,7 +200,7 @@ pub(super) fn record_urls(
     let listeners =
         AdvertisedListeners::new(&record.listeners, record.internal_listener.as_deref())
             .map_err(|e| BrokerError::Metadata(format!("a broker's advertised listeners: {e}")))?;
-    listeners.select(listener, &own)
+    Ok((listeners, own))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::BundleKey;
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use crate::listeners::ListenerUrls;
+use crate::listeners::NextOwner;
 use crate::topic::{AdminRequest, TopicCommand};
 
 /// How long a forwarded bundle unload may take.
@@ -28,7 +28,7 @@ impl Broker {
     pub(crate) async fn close_bundle_topics(
         &self,
         key: &BundleKey,
-        next_owner: Option<&ListenerUrls>,
+        next_owner: Option<&NextOwner>,
     ) -> usize {
         let mut closed = 0;
         for name in &self.loaded_topics_in(key) {
@@ -131,10 +131,15 @@ impl Broker {
                     .await
             }
         };
-        let urls = handed_to
-            .as_ref()
-            .and_then(|(_, record)| super::lookup::record_urls(record, None).ok());
-        let closed = self.close_bundle_topics(&key, urls.as_ref()).await;
+        let next = handed_to.as_ref().and_then(|(_, record)| {
+            let (listeners, own) = super::lookup::record_listeners(record).ok()?;
+            Some(NextOwner::new(
+                listeners,
+                own,
+                &self.service_urls().listeners,
+            ))
+        });
+        let closed = self.close_bundle_topics(&key, next.as_ref()).await;
         let (record, session) = {
             let mut state = m.state();
             state.releasing.remove(&key);

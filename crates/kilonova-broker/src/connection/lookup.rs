@@ -15,9 +15,10 @@ use kilonova_pulsar_protocol::proto::{
 use super::Connection;
 use crate::commands;
 use crate::error::BrokerError;
+use crate::listeners::ClientListener;
 
 impl Connection {
-    pub(super) async fn lookup(&self, l: CommandLookupTopic) {
+    pub(super) async fn lookup(&mut self, l: CommandLookupTopic) {
         let result = match self.authorized_topic(&l.topic, Want::Lookup).await {
             Ok(n) => {
                 let listener = l.advertised_listener_name.as_deref();
@@ -27,6 +28,15 @@ impl Connection {
             Err(e) => Err(e),
         };
         self.broker.metrics().lookup_answered(result.as_ref().ok());
+        if result.is_ok() {
+            // The client uses this listener: a handover names it the next
+            // owner's URLs of it (producers and consumers made from now on).
+            let name = l
+                .advertised_listener_name
+                .as_deref()
+                .filter(|n| !n.is_empty());
+            self.listener = ClientListener::Named(name.map(Into::into));
+        }
         if let Err(e @ BrokerError::UnknownListener(_)) = &result {
             tracing::debug!(topic = %l.topic, error = %e, "lookup refused");
         }

@@ -41,6 +41,7 @@ use crate::accept::{AcceptBackoff, LogLimiter};
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
+use crate::listeners::ClientListener;
 use crate::outbound::Outbound;
 use crate::rate_limit::PublishGate;
 use crate::subscription::ConsumerKey;
@@ -97,6 +98,8 @@ struct Connection {
     client_version: std::sync::Arc<str>,
     /// When CONNECT completed (ms since the epoch, the broker's clock).
     connected_since_ms: u64,
+    /// The advertised listener the client's lookups here named.
+    listener: ClientListener,
     producers: HashMap<u64, TopicHandle>,
     consumers: HashMap<u64, TopicHandle>,
     /// A publish rate was reached: stop reading until then.
@@ -181,6 +184,7 @@ impl Connection {
             hears_end_of_topic: false,
             client_version: std::sync::Arc::from(""),
             connected_since_ms: 0,
+            listener: ClientListener::Unknown,
             producers: HashMap::new(),
             consumers: HashMap::new(),
             throttled_until: None,
@@ -330,6 +334,7 @@ impl Connection {
                 address: std::sync::Arc::from(self.peer.to_string()),
                 client_version: self.client_version.clone(),
                 connected_since_ms: self.connected_since_ms,
+                listener: self.listener.clone(),
             },
         }
     }

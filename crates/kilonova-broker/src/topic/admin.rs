@@ -84,9 +84,10 @@ pub enum AdminRequest {
     /// are stored. An unload follows.
     PrepareHandover,
     /// Unloads, telling every client to reconnect to `to` (the topic's
-    /// next owner, in a cluster) without looking the topic up again.
+    /// next owner, in a cluster, at the URLs of the client's listener)
+    /// without looking the topic up again.
     Handover {
-        to: crate::listeners::ListenerUrls,
+        to: crate::listeners::NextOwner,
     },
     /// Deletes the topic's data and record; refused with clients unless `force`.
     Delete {

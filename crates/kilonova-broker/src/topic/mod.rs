@@ -88,6 +88,9 @@ pub(crate) struct ClientInfo {
     /// Pulsar's `connectedSince`: a client re-registering on the same
     /// connection starts again). On the connection: when it completed CONNECT.
     pub connected_since_ms: u64,
+    /// The advertised listener its connection looked topics up with: what
+    /// a handover names to it.
+    pub listener: crate::listeners::ClientListener,
 }
 
 impl ClientInfo {
@@ -106,6 +109,7 @@ impl Default for ClientInfo {
             address: std::sync::Arc::from(""),
             client_version: std::sync::Arc::from(""),
             connected_since_ms: 0,
+            listener: Default::default(),
         }
     }
 }
@@ -250,8 +254,9 @@ pub(crate) struct Topic {
     /// failed one's resend.
     fenced: bool,
     /// Where the clients go when the topic closes (its next owner, given
-    /// by a handover); none: they look the topic up again.
-    handover: Option<crate::listeners::ListenerUrls>,
+    /// by a handover, at the URLs of each client's listener); none: they
+    /// look the topic up again.
+    handover: Option<crate::listeners::NextOwner>,
     /// In a cluster with shared storage: the topic's appends also go to the
     /// object store, and its subscription positions to the metadata store
     /// ([`crate::cluster::shared`]).
@@ -637,15 +642,18 @@ impl Topic {
     async fn shutdown_keeping_log(&mut self) {
         self.replicators.clear();
         self.close_producers();
-        let to = self.handover.as_ref();
+        let handover = self.handover.as_ref();
         for p in self.waiting_exclusive.drain(..) {
+            let to = handover.and_then(|n| n.urls_for(&p.conn.client.listener));
             p.conn
                 .out
-                .command(commands::close_producer(p.producer_id, to));
+                .command(commands::close_producer(p.producer_id, to.as_ref()));
         }
         for sub in self.subscriptions.values() {
             for c in &sub.consumers {
-                c.out.command(commands::close_consumer(c.key.id, to));
+                let to = handover.and_then(|n| n.urls_for(&c.client.listener));
+                c.out
+                    .command(commands::close_consumer(c.key.id, to.as_ref()));
             }
         }
         while let Some(a) = self.appends.next().await {

@@ -230,9 +230,10 @@ impl Topic {
 
     /// Closes every producer with CLOSE_PRODUCER (clients reconnect).
     pub(super) fn close_producers(&mut self) {
+        let handover = self.handover.as_ref();
         for ((_, id), p) in self.producers.drain() {
-            p.out
-                .command(commands::close_producer(id, self.handover.as_ref()));
+            let to = handover.and_then(|n| n.urls_for(&p.client.listener));
+            p.out.command(commands::close_producer(id, to.as_ref()));
         }
     }
 

@@ -280,6 +280,27 @@ pub async fn start_cluster_member_with(
     ttl: Duration,
     config: BrokerConfig,
 ) -> Server {
+    start_member(resources, id, ttl, config, None).await
+}
+
+/// [`start_cluster_member`] with advertised listeners `internal` (its
+/// address, the internal listener) and `external` (the URL given).
+pub async fn start_cluster_member_listening(
+    resources: kilonova_metadata::Resources,
+    id: &str,
+    ttl: Duration,
+    external: &str,
+) -> Server {
+    start_member(resources, id, ttl, BrokerConfig::default(), Some(external)).await
+}
+
+async fn start_member(
+    resources: kilonova_metadata::Resources,
+    id: &str,
+    ttl: Duration,
+    config: BrokerConfig,
+    external: Option<&str>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (store, state) = storage(&dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -288,9 +309,24 @@ pub async fn start_cluster_member_with(
         .bootstrap(&config.cluster_name, &Default::default())
         .await
         .unwrap();
+    let listeners = match external {
+        None => Default::default(),
+        Some(url) => {
+            let table = [
+                ("internal".to_owned(), vec![format!("pulsar://{addr}")]),
+                ("external".to_owned(), vec![url.to_owned()]),
+            ];
+            kilonova_broker::AdvertisedListeners::new(
+                &table.into_iter().collect(),
+                Some("internal"),
+            )
+            .unwrap()
+        }
+    };
     let urls = kilonova_broker::ServiceUrls {
         plain: Some(format!("pulsar://{addr}")),
         http: Some(format!("http://{id}")),
+        listeners,
         ..Default::default()
     };
     let broker = Broker::new(
