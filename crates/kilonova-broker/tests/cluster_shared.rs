@@ -15,10 +15,9 @@ use kilonova_broker::{AdminReply, AdminRequest, BrokerConfig, TopicName};
 use kilonova_metadata::bundles::{self, BundleRange};
 use kilonova_metadata::{EmbeddedStore, NamespaceName, Resources};
 use kilonova_objstore::{Bucket, ObjectStoreConfig};
-use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, command_ack::AckType, command_subscribe::SubType, CommandAck,
-    CommandProducer, CommandSend, MessageIdData, MessageMetadata,
+    CommandProducer, MessageIdData, MessageMetadata,
 };
 
 const TTL: Duration = Duration::from_secs(30);
@@ -143,7 +142,7 @@ async fn a_compacted_history_rebuilds_a_moved_topic_with_what_is_still_needed() 
     publish(&mut c, 0..10).await;
     c.flow(1, 100).await;
     let got = receive(&mut c, 10).await;
-    ack_up_to(&mut c, &got[5].1).await;
+    ack(&mut c, &got[5].1, AckType::Cumulative).await;
     let id = r.topic(&topic).await.unwrap().unwrap().id;
     stored_position(&r, id, "s", 6).await;
 
@@ -228,12 +227,12 @@ async fn send_and_compact(c: &mut Raw, server: &Server, seq: u64) {
     server.broker.compact_held_bundles(1).await;
 }
 
-/// Cumulatively acknowledges `id` on consumer 1.
-async fn ack_up_to(c: &mut Raw, id: &MessageIdData) {
+/// Acknowledges `id` on consumer 1 (cumulatively: it and all before it).
+async fn ack(c: &mut Raw, id: &MessageIdData, ack_type: AckType) {
     c.send(cmd(Type::Ack, |a| {
         a.ack = Some(Box::new(CommandAck {
             consumer_id: 1,
-            ack_type: AckType::Cumulative as i32,
+            ack_type: ack_type as i32,
             message_id: vec![id.clone()],
             ..Default::default()
         }))
@@ -287,7 +286,7 @@ async fn compactions_keep_few_runs_drop_consumed_ones_and_the_sweep_deletes_comp
     // Half consumed: the run is still partly needed and stays whole.
     c.flow(1, 100).await;
     let got = receive(&mut c, 8).await;
-    ack_up_to(&mut c, &got[4].1).await;
+    ack(&mut c, &got[4].1, AckType::Cumulative).await;
     stored_position(&r, id, "s", 5).await;
     send_and_compact(&mut c, &a, seq.next().unwrap()).await;
     let (base, _) = r.flush_base(&ns, range).await.unwrap().unwrap();
@@ -297,7 +296,7 @@ async fn compactions_keep_few_runs_drop_consumed_ones_and_the_sweep_deletes_comp
     );
     // All consumed: both runs go, and their objects.
     let got = receive(&mut c, 1).await;
-    ack_up_to(&mut c, &got[0].1).await;
+    ack(&mut c, &got[0].1, AckType::Cumulative).await;
     stored_position(&r, id, "s", 9).await;
     send_and_compact(&mut c, &a, seq.next().unwrap()).await;
     let (base, _) = r.flush_base(&ns, range).await.unwrap().unwrap();
@@ -371,7 +370,7 @@ async fn acknowledged_messages_stay_in_the_shared_history_as_long_as_retention_s
         publish(&mut c, 0..4).await;
         c.flow(1, 10).await;
         let got = receive(&mut c, 4).await;
-        ack_up_to(&mut c, &got[3].1).await;
+        ack(&mut c, &got[3].1, AckType::Cumulative).await;
         let id = r.topic(&topic).await.unwrap().unwrap().id;
         stored_position(&r, id, "s", 4).await;
         // Compacted twice: the first writes the run, the second may drop it
@@ -391,19 +390,6 @@ async fn acknowledged_messages_stay_in_the_shared_history_as_long_as_retention_s
             "{name}: retention {minutes} min / {mib} MiB"
         );
     }
-}
-
-/// Acknowledges `id` alone on consumer 1.
-async fn ack_one(c: &mut Raw, id: &MessageIdData) {
-    c.send(cmd(Type::Ack, |a| {
-        a.ack = Some(Box::new(CommandAck {
-            consumer_id: 1,
-            ack_type: AckType::Individual as i32,
-            message_id: vec![id.clone()],
-            ..Default::default()
-        }))
-    }))
-    .await;
 }
 
 fn payloads(got: &[(String, MessageIdData)]) -> Vec<&str> {
@@ -435,9 +421,9 @@ async fn message_ids_from_earlier_owners_acknowledge_the_same_messages() {
         .await;
     let mut unknown = on_a[9].1.clone();
     unknown.ledger_id += 1 << 20;
-    ack_up_to(&mut c, &unknown).await;
-    ack_up_to(&mut c, &on_a[4].1).await;
-    ack_one(&mut c, &on_a[7].1).await;
+    ack(&mut c, &unknown, AckType::Cumulative).await;
+    ack(&mut c, &on_a[4].1, AckType::Cumulative).await;
+    ack(&mut c, &on_a[7].1, AckType::Individual).await;
     c.flow(1, 100).await;
     let on_b = receive(&mut c, 4).await;
     assert_eq!(payloads(&on_b), ["m5", "m6", "m8", "m9"]);
@@ -453,8 +439,8 @@ async fn message_ids_from_earlier_owners_acknowledge_the_same_messages() {
     c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
         .await;
     c.producer(&topic.to_string(), 1).await;
-    ack_one(&mut c, &on_b[2].1).await; // m8, as b numbered it
-    ack_one(&mut c, &on_a[9].1).await; // m9, as a numbered it first
+    ack(&mut c, &on_b[2].1, AckType::Individual).await; // m8, as b numbered it
+    ack(&mut c, &on_a[9].1, AckType::Individual).await; // m9, as a numbered it first
     publish(&mut c, 10..11).await;
     c.flow(1, 100).await;
     // m7, acknowledged alone on b with a's id, stays acknowledged too: the
@@ -566,25 +552,14 @@ fn now_ms() -> i64 {
 /// Sends `data` on producer 1 as sequence id `seq`, to be delivered at
 /// `deliver_at_ms` (ms since the epoch), and waits for its receipt.
 async fn send_delayed(c: &mut Raw, seq: u64, data: &str, deliver_at_ms: Option<i64>) {
-    let send = cmd(Type::Send, |c| {
-        c.send = Some(Box::new(CommandSend {
-            producer_id: 1,
-            sequence_id: seq,
-            num_messages: Some(1),
-            ..Default::default()
-        }))
-    });
-    let payload = frame::build_payload(
-        &MessageMetadata {
-            producer_name: "raw".into(),
-            sequence_id: seq,
-            publish_time: u64::try_from(now_ms()).unwrap(),
-            deliver_at_time: deliver_at_ms,
-            ..Default::default()
-        },
-        data.as_bytes(),
-    );
-    c.send_frame(&send, &payload).await;
+    let metadata = MessageMetadata {
+        producer_name: "raw".into(),
+        sequence_id: seq,
+        publish_time: u64::try_from(now_ms()).unwrap(),
+        deliver_at_time: deliver_at_ms,
+        ..Default::default()
+    };
+    c.send_message_with(1, &metadata, data.as_bytes()).await;
     c.recv_type(Type::SendReceipt).await;
 }
 

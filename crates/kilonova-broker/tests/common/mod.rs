@@ -164,31 +164,33 @@ impl Raw {
     }
 
     pub async fn send_message(&mut self, producer_id: u64, seq: u64, data: &[u8]) {
+        let metadata = MessageMetadata {
+            producer_name: "raw".into(),
+            sequence_id: seq,
+            publish_time: 1,
+            ..Default::default()
+        };
+        self.send_message_with(producer_id, &metadata, data).await;
+    }
+
+    /// Sends one message with `metadata` (its sequence id is the SEND's).
+    pub async fn send_message_with(
+        &mut self,
+        producer_id: u64,
+        metadata: &MessageMetadata,
+        data: &[u8],
+    ) {
         let c = cmd(Type::Send, |c| {
             c.send = Some(Box::new(CommandSend {
                 producer_id,
-                sequence_id: seq,
+                sequence_id: metadata.sequence_id,
                 num_messages: Some(1),
                 ..Default::default()
             }))
         });
-        let payload = frame::build_payload(
-            &MessageMetadata {
-                producer_name: "raw".into(),
-                sequence_id: seq,
-                publish_time: 1,
-                ..Default::default()
-            },
-            data,
-        );
-        self.send_frame(&c, &payload).await;
-    }
-
-    /// Sends a command with a payload (metadata and data, as
-    /// `frame::build_payload` makes it).
-    pub async fn send_frame(&mut self, c: &BaseCommand, payload: &[u8]) {
+        let payload = frame::build_payload(metadata, data);
         let mut b = BytesMut::new();
-        frame::encode_payload_command(c, payload, &mut b);
+        frame::encode_payload_command(&c, &payload, &mut b);
         self.s.write_all(&b).await.unwrap();
     }
 
