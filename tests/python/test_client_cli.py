@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import http, receive_n, topic_name, wait_until
 from test_security import (  # noqa: F401  (keys and certs are fixtures)
     SUPER_USER,
@@ -129,6 +131,31 @@ def test_python_produced_messages_are_printed_and_acknowledged(broker, client, k
     assert all(line["topic"] == topic for line in lines)
     # What was printed was acknowledged.
     wait_until(lambda: backlog(broker, topic, "sub") == 0, 10, "the printed messages acknowledged")
+
+
+@pytest.mark.parametrize("sub_type", ["Exclusive", "Failover", "Key_Shared"])
+def test_consume_subscribes_with_the_type_asked(broker, client, kilonova_bin, sub_type):
+    topic = topic_name(f"cli-type-{sub_type.lower()}")
+    producer = client.create_producer(topic)
+    for i in range(3):
+        producer.send(f"m{i}".encode(), partition_key=f"k{i}")
+    out = cli(kilonova_bin, "consume", topic, "--url", broker.service_url, "-s", "typed",
+              "-t", sub_type, "-p", "Earliest", "-n", "3", "--output", "json")
+    assert sorted(line["payload"] for line in json_lines(out)) == ["m0", "m1", "m2"]
+    assert subscriptions(broker, topic)["typed"]["type"] == sub_type
+
+
+def test_produce_holds_the_rate_asked(broker, client, kilonova_bin):
+    topic = topic_name("cli-rate")
+    consumer = client.subscribe(topic, "py")
+    started = time.monotonic()
+    cli(kilonova_bin, "produce", topic, "--url", broker.service_url, "-m", "x", "-n", "20",
+        "-r", "10")
+    took = time.monotonic() - started
+    assert len(receive_n(consumer, 20)) == 20
+    # 20 messages at 10/s: the 20th leaves 19 intervals of 100 ms after the
+    # first (unlimited, the whole run takes a fraction of that).
+    assert took >= 1.8, f"-r 10 sent 20 messages in {took:.3f} s"
 
 
 def test_text_output_is_pulsar_clients(broker, client, kilonova_bin):
