@@ -149,6 +149,11 @@ async fn delete(
     }
     resources.delete_namespace(&ns).await?;
     tracing::info!(namespace = %ns, force = q.force, "namespace deleted");
+    // Its history in shared storage (a cluster): the namespace is gone
+    // already, so a failure here only leaves data behind.
+    if let Err(e) = b.forget_namespace_history(&ns).await {
+        tracing::warn!(namespace = %ns, error = %e, "forgetting a deleted namespace's shared history failed");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

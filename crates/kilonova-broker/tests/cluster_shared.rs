@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::{cmd, start_cluster_member_with, Raw, Server, WAIT};
 use kilonova_broker::{AdminReply, AdminRequest, BrokerConfig, TopicName};
 use kilonova_metadata::bundles::{self, BundleRange};
+use kilonova_metadata::policies::Policies;
 use kilonova_metadata::{EmbeddedStore, NamespaceName, Resources};
 use kilonova_objstore::{Bucket, ObjectStoreConfig};
 use kilonova_pulsar_protocol::proto::{
@@ -342,7 +343,7 @@ async fn compactions_keep_few_runs_drop_consumed_ones_and_the_sweep_deletes_comp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_stay_in_the_shared_history_as_long_as_retention_says() {
-    use kilonova_metadata::policies::{Policies, RetentionPolicies};
+    use kilonova_metadata::policies::RetentionPolicies;
     let (_meta, objects, r) = stores();
     let a = member(&r, "a:8080", &objects).await;
     // (namespace, retention minutes, retention MiB, messages kept once all are acknowledged)
@@ -588,4 +589,61 @@ async fn a_delayed_message_stays_delayed_on_the_next_owner() {
     assert_eq!(payloads(&receive(&mut c, 1).await), ["now"]);
     assert_eq!(payloads(&receive(&mut c, 1).await), ["later"]);
     assert!(now_ms() >= at, "delivered before its time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespaces_history_is_forgotten_unless_it_was_created_again() {
+    let (_meta, objects, r) = stores();
+    let a = member(&r, "a:8080", &objects).await;
+    let ns = NamespaceName::new("public", "gone").unwrap();
+    // One bundle: its records and base are the namespace's history.
+    let policies = || Policies {
+        bundles: kilonova_metadata::policies::BundlesData::even(1).unwrap(),
+        ..Policies::default()
+    };
+    let history = || async {
+        (
+            r.flush_records(&ns, BundleRange::FULL).await.unwrap().len(),
+            r.flush_base(&ns, BundleRange::FULL)
+                .await
+                .unwrap()
+                .is_some(),
+        )
+    };
+    for round in 0..2 {
+        // A topic of its own per round (the broker still has the first loaded).
+        let topic = TopicName::parse(&format!("persistent://public/gone/t{round}")).unwrap();
+        r.create_namespace(&ns, policies()).await.unwrap();
+        a.broker.lookup_topic(&topic, None, true).await.unwrap();
+        let mut c = Raw::connect(a.addr).await;
+        // A subscription that keeps every message in the history.
+        c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+            .await;
+        c.producer(&topic.to_string(), 1).await;
+        // A compacted base, then records after it.
+        publish(&mut c, 0..4).await;
+        a.broker.compact_held_bundles(1).await;
+        publish(&mut c, 4..6).await;
+        drop(c);
+        let (records, base) = history().await;
+        assert!(
+            records > 0 && base,
+            "round {round}: {records} records, base {base}"
+        );
+        let base_objects = objects_in(&objects, "wal-base");
+        assert!(base_objects > 0);
+        r.delete_topic(&topic).await.unwrap();
+        r.delete_namespace(&ns).await.unwrap();
+        if round == 0 {
+            a.broker.forget_namespace_history(&ns).await.unwrap();
+            assert_eq!(history().await, (0, false));
+            assert_eq!(objects_in(&objects, "wal-base"), 0);
+        } else {
+            // Created again before its history was forgotten: it keeps it.
+            r.create_namespace(&ns, policies()).await.unwrap();
+            assert!(a.broker.forget_namespace_history(&ns).await.is_err());
+            assert_eq!(history().await, (records, true));
+            assert_eq!(objects_in(&objects, "wal-base"), base_objects);
+        }
+    }
 }

@@ -131,7 +131,7 @@ fn tenant_key(name: &str) -> String {
     format!("/tenants/{name}")
 }
 
-fn namespace_key(ns: &NamespaceName) -> String {
+pub(crate) fn namespace_key(ns: &NamespaceName) -> String {
     format!("/namespaces/{}/{}", ns.tenant, ns.namespace)
 }
 

@@ -524,6 +524,61 @@ impl Resources {
     }
 }
 
+/// What [`Resources::forget_namespace_history`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForgottenHistory {
+    pub records: usize,
+    pub bases: usize,
+    /// The objects the bases' runs were in (the caller deletes them; the
+    /// write-ahead objects the records named go with the next sweep).
+    pub base_objects: BTreeSet<String>,
+}
+
+impl Resources {
+    /// Forgets deleted namespace `ns`'s shared history: every flush record
+    /// and compacted base of its bundles. Each transaction checks that the
+    /// namespace is still absent: if it was created again meanwhile,
+    /// nothing more is deleted and the answer is
+    /// [`MetadataError::BadVersion`] (its new topics' records are kept).
+    pub async fn forget_namespace_history(
+        &self,
+        ns: &NamespaceName,
+    ) -> crate::Result<ForgottenHistory> {
+        let mut out = ForgottenHistory::default();
+        let mut keys = Vec::new();
+        let records = format!("{ROOT}/{}/{}", ns.tenant, ns.namespace);
+        for range in self.list(&records).await? {
+            let bundle = format!("{records}/{range}");
+            let names = self.list(&bundle).await?;
+            out.records += names.len();
+            keys.extend(names.into_iter().map(|n| format!("{bundle}/{n}")));
+        }
+        let bases = format!("/wal-base/{}/{}", ns.tenant, ns.namespace);
+        for range in self.list(&bases).await? {
+            let key = format!("{bases}/{range}");
+            if let Some(stored) = self.store().get(&key).await? {
+                let base: FlushBase = from_json("a flush base", &stored.value)?;
+                let runs = base.topics.into_iter().flat_map(|t| t.runs);
+                out.base_objects.extend(runs.map(|r| r.object));
+                out.bases += 1;
+                keys.push(key);
+            }
+        }
+        for chunk in keys.chunks(MAX_TXN_OPS - 1) {
+            let mut ops = vec![TxnOp::Check {
+                key: crate::resources::namespace_key(ns),
+                expect: Expect::Absent,
+            }];
+            ops.extend(chunk.iter().map(|key| TxnOp::Delete {
+                key: key.clone(),
+                expect: Expect::Any,
+            }));
+            self.store().txn(ops).await?;
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kilonova_metadata::bundles::{Commit, Held};
-use kilonova_metadata::names::TopicName;
+use kilonova_metadata::names::{NamespaceName, TopicName};
 use kilonova_metadata::wal_index::{BaseRun, BaseTopic, FlushBase, FlushRecord};
 use kilonova_objstore::wal::tail::{read_tail, TailSlice};
 use kilonova_objstore::wal::write_object;
@@ -520,6 +520,24 @@ impl Broker {
         Ok(deleted)
     }
 
+    /// Forgets deleted namespace `ns`'s shared history (a cluster broker
+    /// with shared storage; nothing otherwise): its bundles' flush records
+    /// and bases in the metadata store, and the objects of the bases. The
+    /// write-ahead objects the records named go with a later sweep, once
+    /// no record of another bundle names them. A namespace created again
+    /// meanwhile keeps what it wrote (a metadata error says so).
+    pub async fn forget_namespace_history(&self, ns: &NamespaceName) -> Result<(), BrokerError> {
+        if self.shared_log().is_none() {
+            return Ok(());
+        }
+        let forgotten = self.resources().forget_namespace_history(ns).await?;
+        for object in &forgotten.base_objects {
+            self.delete_object(object).await;
+        }
+        tracing::info!(namespace = %ns, records = forgotten.records, bases = forgotten.bases, objects = forgotten.base_objects.len(), "a deleted namespace's shared history forgotten");
+        Ok(())
+    }
+
     /// What of `topic` (log `log`) must be kept: its subscriptions'
     /// positions and its retention.
     async fn needed(&self, topic: &TopicName, log: u64) -> Result<Needed, BrokerError> {
@@ -537,7 +555,8 @@ impl Broker {
         })
     }
 
-    /// Deletes an object of a compacted history no base refers to.
+    /// Deletes an object of a compacted history no base refers to (or of
+    /// a deleted namespace's).
     async fn delete_object(&self, object: &str) {
         let Some(shared) = self.shared_log() else {
             return;
