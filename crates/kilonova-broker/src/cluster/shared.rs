@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use kilonova_metadata::bundles::{BundleRange, Commit, Held};
 use kilonova_metadata::cursors::{TopicCursors, MAX_SHARED_ACK_RANGES};
 use kilonova_metadata::names::TopicName;
@@ -42,8 +43,15 @@ use super::{history, BundleKey};
 use crate::broker::{Broker, WeakBroker};
 use crate::error::BrokerError;
 
-/// Entries a topic's load reads and appends at a time.
-const LOAD_CHUNK_ENTRIES: usize = 1024;
+/// Entries a topic's load reads in one request.
+const LOAD_CHUNK_ENTRIES: usize = 64;
+
+/// Chunks a topic's load reads at once: with [`LOAD_CHUNK_ENTRIES`], at
+/// most 1,024 entries in memory.
+const LOAD_READS_IN_FLIGHT: usize = 16;
+
+/// Entries a topic's load appends to its local log before it waits for them.
+const LOAD_APPENDS_UNWAITED: usize = 1024;
 
 /// Topics served here, by the id of their log: what a flush commit needs
 /// to name an entry's topic and bundle.
@@ -476,46 +484,55 @@ impl Broker {
             ManagedLog::create_at(id, self.state_store().as_ref(), history.first_message_index)?;
         }
         let mut log = self.open_log(id).await?;
-        // Read and appended a bounded number of entries at a time: a long
-        // backlog is never held in memory whole.
-        let mut entries = 0u64;
-        let mut index: Option<(String, WalIndex)> = None;
-        for read in plan {
+        // Read in chunks of a bounded number of entries, several chunks in
+        // flight (each a request or two to the object store: one after the
+        // other, a history of many flushes took seconds), appended in order;
+        // a long backlog is never held in memory whole. The local appends
+        // are a cache: waited for in groups, not one fdatasync per chunk.
+        // The chunks of one object share its index, fetched once.
+        let mut indexes: HashMap<String, Arc<tokio::sync::OnceCell<WalIndex>>> = HashMap::new();
+        let mut chunks = Vec::new();
+        for read in &plan {
             let object = &read.slice.object;
-            if index.as_ref().is_none_or(|(o, _)| o != object) {
-                let i = shared
-                    .reader
-                    .index(object)
-                    .await
-                    .map_err(|e| unavailable("reading its committed entries", &e))?;
-                index = Some((object.clone(), i));
-            }
-            let Some((_, object_index)) = index.as_ref() else {
-                continue;
-            };
+            let index = indexes.entry(object.clone()).or_default().clone();
             let positions = read.slice.positions.get(read.skip..).unwrap_or_default();
-            for chunk in positions.chunks(LOAD_CHUNK_ENTRIES) {
-                let data = shared
-                    .reader
-                    .read_entries(object, object_index, read.slice.log, chunk)
-                    .await
-                    .map_err(|e| unavailable("reading its committed entries", &e))?;
-                let mut stored = Vec::with_capacity(data.len());
-                for bytes in data {
-                    let at = history.first_index + entries;
-                    let Some((time, count, data)) = decode_entry(bytes) else {
-                        return Err(unavailable(
-                            "its committed entries",
-                            &format!("entry {at} is too short"),
-                        ));
-                    };
-                    stored.push(log.append(data, count, time).await?);
-                    entries += 1;
+            for c in positions.chunks(LOAD_CHUNK_ENTRIES) {
+                chunks.push((object.clone(), index.clone(), read.slice.log, c.to_vec()));
+            }
+        }
+        let reader = shared.reader.clone();
+        let mut fetched = futures_util::stream::iter(chunks)
+            .map(move |(object, index, log, chunk)| {
+                let reader = reader.clone();
+                async move {
+                    let index = index.get_or_try_init(|| reader.index(&object)).await?;
+                    reader.read_entries(&object, index, log, &chunk).await
                 }
-                for c in stored {
+            })
+            .buffered(LOAD_READS_IN_FLIGHT);
+        let mut entries = 0u64;
+        let mut appended = Vec::new();
+        while let Some(data) = fetched.next().await {
+            let data = data.map_err(|e| unavailable("reading its committed entries", &e))?;
+            for bytes in data {
+                let at = history.first_index + entries;
+                let Some((time, count, data)) = decode_entry(bytes) else {
+                    return Err(unavailable(
+                        "its committed entries",
+                        &format!("entry {at} is too short"),
+                    ));
+                };
+                appended.push(log.append(data, count, time).await?);
+                entries += 1;
+            }
+            if appended.len() >= LOAD_APPENDS_UNWAITED {
+                for c in appended.drain(..) {
                     c.await?;
                 }
             }
+        }
+        for c in appended {
+            c.await?;
         }
         let cursors = self.resources().topic_cursors(id).await?;
         let end = history.first_index + entries;
