@@ -41,6 +41,13 @@ pub struct BrokerConfig {
     /// Cluster brokers with shared storage: a write-ahead flush starts once
     /// this many bytes are queued.
     pub cluster_flush_max_bytes: usize,
+    /// Cluster brokers with shared storage: a bundle's history is compacted
+    /// once this many flush records followed its last compaction.
+    pub cluster_compact_after_records: usize,
+    /// Cluster brokers with shared storage: how often the bundles held are
+    /// looked at for compaction (also those whose records another broker
+    /// wrote); a bundle this broker wrote enough records to is compacted at once.
+    pub cluster_compaction_interval_ms: u64,
     /// Memory for recently written entries, shared by all topics.
     pub entry_cache_bytes: usize,
     /// Entries a subscription reads ahead per dispatch round.
@@ -225,6 +232,8 @@ impl Default for BrokerConfig {
             cursor_persist_interval_ms: 1000,
             cluster_flush_interval_ms: 5,
             cluster_flush_max_bytes: 8 << 20,
+            cluster_compact_after_records: 256,
+            cluster_compaction_interval_ms: 10_000,
             entry_cache_bytes: 256 << 20,
             dispatch_batch_entries: 100,
             max_redelivery_backlog_entries: 10_000,

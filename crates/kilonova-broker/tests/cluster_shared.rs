@@ -647,3 +647,34 @@ async fn a_deleted_namespaces_history_is_forgotten_unless_it_was_created_again()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_records() {
+    let (_meta, objects, r) = stores();
+    // Looked at once an hour: only the count of records committed here
+    // can start the compaction within the test.
+    let config = BrokerConfig {
+        cluster_compact_after_records: 8,
+        cluster_compaction_interval_ms: 3_600_000,
+        ..BrokerConfig::default()
+    };
+    let a = member_with(&r, "a:8080", &objects, config).await;
+    let (range, topic) = a_topic(&r).await;
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.producer(&topic.to_string(), 1).await;
+    // One at a time: a flush, and a record, each.
+    publish(&mut c, 0..10).await;
+    let ns = default_ns();
+    tokio::time::timeout(WAIT, async {
+        while r.flush_base(&ns, range).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no compaction after 10 records committed (the threshold is 8)");
+    let records = r.flush_records(&ns, range).await.unwrap().len();
+    assert!(records < 10, "{records} records left after the compaction");
+}

@@ -44,9 +44,6 @@ use crate::broker::Broker;
 use crate::error::BrokerError;
 use kilonova_storage::Retention;
 
-/// A bundle is compacted once this many flush records followed its base.
-pub(crate) const COMPACT_AFTER_RECORDS: usize = 256;
-
 /// The most flush records one compaction covers (what it holds in memory
 /// is their entries of the bundle); a bundle with more is compacted again
 /// at once.
@@ -54,9 +51,6 @@ pub(crate) const MAX_COVERED_RECORDS: usize = 256;
 
 /// Runs are merged only up to this many bytes (what a merge holds in memory).
 pub(crate) const MAX_RUN_BYTES: u64 = 64 << 20;
-
-/// How often an owner looks for bundles to compact.
-pub(crate) const COMPACT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Every this many checks, a bundle with any record is compacted, and
 /// write-ahead objects no record names are swept.
@@ -226,14 +220,22 @@ pub(crate) struct Compacted {
 impl Broker {
     /// Compacts the history of every bundle held here that has at least
     /// `min_records` flush records after its base (a cluster broker with
-    /// shared storage does it every [`COMPACT_CHECK_INTERVAL`] with
-    /// [`COMPACT_AFTER_RECORDS`]). Failures are logged (the next pass tries
+    /// shared storage does it every `cluster_compaction_interval_ms` with
+    /// `cluster_compact_after_records`). Failures are logged (the next pass tries
     /// again).
     pub async fn compact_held_bundles(&self, min_records: usize) {
+        self.compact_held(min_records, None).await;
+    }
+
+    /// [`Broker::compact_held_bundles`], of `only` these bundles if given.
+    pub(crate) async fn compact_held(&self, min_records: usize, only: Option<&[BundleKey]>) {
         let Some(m) = self.membership() else {
             return;
         };
         for (key, epoch) in m.held() {
+            if only.is_some_and(|keys| !keys.contains(&key)) {
+                continue;
+            }
             loop {
                 match self.compact_bundle(&key, epoch, min_records).await {
                     Ok(Some(c)) => {

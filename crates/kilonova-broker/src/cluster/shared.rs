@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -219,25 +220,87 @@ pub(super) fn decode_entry(mut b: Bytes) -> Option<(u64, u32, Bytes)> {
     Some((time, count, b))
 }
 
-/// Compacts the histories of the bundles held here, every
-/// [`history::COMPACT_CHECK_INTERVAL`], while the broker runs.
-async fn compact_histories(broker: WeakBroker) {
-    let mut tick = tokio::time::interval(history::COMPACT_CHECK_INTERVAL);
+/// Flush records this broker committed per bundle since the bundle was
+/// last looked at for compaction: a bundle reaching `threshold`
+/// (`cluster_compact_after_records`) is compacted at once, not at the next
+/// look (a bundle that moved every few seconds was never compacted, and
+/// each next owner read a longer history).
+struct BusyBundles {
+    threshold: usize,
+    committed: Mutex<HashMap<BundleKey, usize>>,
+    due: tokio::sync::Notify,
+}
+
+impl BusyBundles {
+    fn new(threshold: usize) -> Self {
+        BusyBundles {
+            threshold: threshold.max(1),
+            committed: Mutex::default(),
+            due: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn committed(&self, bundles: impl IntoIterator<Item = BundleKey>) {
+        let mut due = false;
+        let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        for key in bundles {
+            let n = c.entry(key).or_default();
+            *n += 1;
+            due |= *n >= self.threshold;
+        }
+        if due {
+            self.due.notify_one();
+        }
+    }
+
+    /// The bundles due for compaction (`all`: every bundle counted); their
+    /// counts start again.
+    fn take_due(&self, all: bool) -> Vec<BundleKey> {
+        let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let due: Vec<BundleKey> = c
+            .iter()
+            .filter(|(_, n)| all || **n >= self.threshold)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &due {
+            c.remove(k);
+        }
+        due
+    }
+}
+
+/// Compacts the histories of the bundles held here while the broker runs:
+/// a bundle as soon as this broker committed enough records to it, and
+/// every `cluster_compaction_interval_ms` those with enough records
+/// whoever wrote them.
+async fn compact_histories(broker: WeakBroker, busy: Arc<BusyBundles>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for pass in 1u64.. {
-        tick.tick().await;
+    let mut pass = 0u64;
+    loop {
+        let on_tick = tokio::select! {
+            _ = tick.tick() => true,
+            () = busy.due.notified() => false,
+        };
         let Some(broker) = broker.upgrade() else {
             return;
         };
         if broker.is_shutting_down() {
             return;
         }
+        if !on_tick {
+            let due = busy.take_due(false);
+            broker.compact_held(busy.threshold, Some(&due)).await;
+            continue;
+        }
+        pass += 1;
+        busy.take_due(true);
         // Busy bundles once enough records piled up; every bundle with any
         // record now and then, so that a quiet one's records do not linger.
         let now_and_then = pass % history::COMPACT_ANY_EVERY_PASSES == 0;
         let min_records = match now_and_then {
             true => 1,
-            false => history::COMPACT_AFTER_RECORDS,
+            false => busy.threshold,
         };
         broker.compact_held_bundles(min_records).await;
         if now_and_then {
@@ -262,6 +325,7 @@ async fn compact_histories(broker: WeakBroker) {
 struct Committer {
     broker: WeakBroker,
     served: Served,
+    busy: Arc<BusyBundles>,
 }
 
 impl FlushCommit for Committer {
@@ -296,6 +360,10 @@ impl Committer {
             }
         }
         let records = records.finish();
+        let bundles: Vec<BundleKey> = records
+            .iter()
+            .map(|(ns, range, _)| (ns.clone(), *range))
+            .collect();
         let mut held = Vec::with_capacity(records.len());
         for (ns, range, _) in &records {
             let Some(epoch) = m.owned_epoch(&(ns.clone(), *range)) else {
@@ -312,7 +380,10 @@ impl Committer {
             .commit_flush(&held, flush.sequence, records)
             .await
         {
-            Ok(Commit::Committed { .. }) => Ok(()),
+            Ok(Commit::Committed { .. }) => {
+                self.busy.committed(bundles);
+                Ok(())
+            }
             Ok(Commit::Deposed { ns, range }) => {
                 Err(CommitError::Deposed(format!("{ns}/{range} changed owner")))
             }
@@ -431,9 +502,11 @@ impl Broker {
             ));
         }
         let served: Served = Arc::default();
+        let busy = Arc::new(BusyBundles::new(c.cluster_compact_after_records));
         let committer = Arc::new(Committer {
             broker: self.downgrade(),
             served: served.clone(),
+            busy: busy.clone(),
         });
         let shared = SharedLog {
             wal: WalWriter::start_with_commit(bucket.clone(), config, committer),
@@ -444,7 +517,8 @@ impl Broker {
             write_ahead_prefix,
         };
         self.set_shared_log(shared)?;
-        tokio::spawn(compact_histories(self.downgrade()));
+        let every = Duration::from_millis(c.cluster_compaction_interval_ms.max(1));
+        tokio::spawn(compact_histories(self.downgrade(), busy, every));
         Ok(())
     }
 
