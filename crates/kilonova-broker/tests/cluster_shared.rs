@@ -678,3 +678,38 @@ async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_records()
     let records = r.flush_records(&ns, range).await.unwrap().len();
     assert!(records < 10, "{records} records left after the compaction");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_owner_counts_the_records_it_found_towards_a_compaction() {
+    let (_meta, objects, r) = stores();
+    let config = BrokerConfig {
+        cluster_compact_after_records: 8,
+        cluster_compaction_interval_ms: 3_600_000,
+        ..BrokerConfig::default()
+    };
+    let a = member_with(&r, "a:8080", &objects, config.clone()).await;
+    let b = member_with(&r, "b:8080", &objects, config).await;
+    let (range, topic) = a_topic(&r).await;
+    let ns = default_ns();
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.producer(&topic.to_string(), 1).await;
+    // Six records on a (below the threshold of 8), then three on b: b
+    // found six at its load, so its third makes nine.
+    publish(&mut c, 0..6).await;
+    drop(c);
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+    let mut c = Raw::connect(b.addr).await;
+    c.producer(&topic.to_string(), 1).await;
+    assert!(r.flush_base(&ns, range).await.unwrap().is_none());
+    publish(&mut c, 6..9).await;
+    tokio::time::timeout(WAIT, async {
+        while r.flush_base(&ns, range).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("b did not compact the 9 records after its load (the threshold is 8)");
+}

@@ -31,7 +31,8 @@ pub struct TopicCursors {
     pub subscriptions: BTreeMap<String, u64>,
     /// Per subscription, the entries acknowledged after its first
     /// unacknowledged message: closed ranges of entry numbers (the
-    /// write-ahead tags), the first [`MAX_SHARED_ACK_RANGES`] of them.
+    /// write-ahead tags), the first [`MAX_SHARED_ACK_RANGES`] of them (fewer
+    /// when many subscriptions share [`MAX_TOPIC_ACK_RANGES`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub acked: BTreeMap<String, Vec<[u64; 2]>>,
     /// Where the segments of the topic's owners (this one's and the last
@@ -47,6 +48,20 @@ pub struct TopicCursors {
 /// its metadata store too, `managedLedgerMaxUnackedRangesToPersistInMetadataStore`):
 /// the messages of ranges beyond are delivered again after a move.
 pub const MAX_SHARED_ACK_RANGES: usize = 1000;
+
+/// Acknowledged ranges kept per topic, over all its subscriptions (each
+/// keeps at least [`MIN_SHARED_ACK_RANGES`]): the record stays far below
+/// etcd's request limit (1.5 MiB) however many subscriptions there are.
+pub const MAX_TOPIC_ACK_RANGES: usize = 10_000;
+
+/// Acknowledged ranges a subscription keeps however many share the topic.
+pub const MIN_SHARED_ACK_RANGES: usize = 16;
+
+/// Acknowledged ranges each of a topic's `subscriptions` keeps.
+pub fn ack_ranges_per_subscription(subscriptions: usize) -> usize {
+    (MAX_TOPIC_ACK_RANGES / subscriptions.max(1))
+        .clamp(MIN_SHARED_ACK_RANGES, MAX_SHARED_ACK_RANGES)
+}
 
 /// Segment `segment` of some owner's journal holds the topic's entries from
 /// number `first_entry` on.
@@ -95,5 +110,22 @@ impl Resources {
             .delete(&cursors_key(topic_id), Expect::Any)
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topics_acknowledged_ranges_are_bounded_whatever_its_subscriptions() {
+        assert_eq!(ack_ranges_per_subscription(0), MAX_SHARED_ACK_RANGES);
+        assert_eq!(ack_ranges_per_subscription(1), MAX_SHARED_ACK_RANGES);
+        assert_eq!(ack_ranges_per_subscription(10), 1000);
+        assert_eq!(ack_ranges_per_subscription(40), 250);
+        for subs in [1, 7, 100, 625] {
+            assert!(subs * ack_ranges_per_subscription(subs) <= MAX_TOPIC_ACK_RANGES);
+        }
+        assert_eq!(ack_ranges_per_subscription(5000), MIN_SHARED_ACK_RANGES);
     }
 }

@@ -87,6 +87,11 @@ impl History {
     }
 
     /// Topic `name`'s part of the base, if it has one.
+    /// Flush records after the base.
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
     fn base_topic(&self, name: &str, log: u64) -> Option<&BaseTopic> {
         self.base
             .as_ref()

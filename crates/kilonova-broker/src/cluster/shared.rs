@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use kilonova_metadata::bundles::{BundleRange, Commit, Held};
-use kilonova_metadata::cursors::{TopicCursors, MAX_SHARED_ACK_RANGES};
+use kilonova_metadata::cursors::{ack_ranges_per_subscription, TopicCursors};
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::wal_index::{FlushIndexError, FlushRecords};
 use kilonova_metadata::MetadataError;
@@ -67,6 +67,8 @@ pub(crate) struct SharedLog {
     /// Numbers the objects written besides the writer's (compactions).
     written: std::sync::atomic::AtomicU64,
     write_ahead_prefix: String,
+    /// Flush records per bundle, for compactions as soon as they are due.
+    busy: Arc<BusyBundles>,
 }
 
 impl SharedLog {
@@ -144,6 +146,7 @@ impl SharedTopic {
     fn cursor_positions(&mut self, log: &ManagedLog) -> TopicCursors {
         self.ids.observe(&local_segments(log));
         let subscriptions = cursor_positions(log);
+        let per_subscription = ack_ranges_per_subscription(subscriptions.len());
         let acked = subscriptions
             .keys()
             .filter_map(|name| {
@@ -152,7 +155,7 @@ impl SharedTopic {
                     .ok()?
                     .into_iter()
                     .filter_map(|(a, b)| Some([self.ids.entry_of(a)?, self.ids.entry_of(b)?]))
-                    .take(MAX_SHARED_ACK_RANGES)
+                    .take(per_subscription)
                     .collect();
                 (!ranges.is_empty()).then(|| (name.clone(), ranges))
             })
@@ -237,6 +240,17 @@ impl BusyBundles {
             threshold: threshold.max(1),
             committed: Mutex::default(),
             due: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A load of a topic of bundle `key` found `records` flush records
+    /// after its base: at least as many are due.
+    fn found(&self, key: &BundleKey, records: usize) {
+        let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(key.clone()).or_default();
+        *n = (*n).max(records);
+        if *n >= self.threshold {
+            self.due.notify_one();
         }
     }
 
@@ -515,6 +529,7 @@ impl Broker {
             served,
             written: Default::default(),
             write_ahead_prefix,
+            busy: busy.clone(),
         };
         self.set_shared_log(shared)?;
         let every = Duration::from_millis(c.cluster_compaction_interval_ms.max(1));
@@ -541,9 +556,9 @@ impl Broker {
         let key = self.bundle_of(name).await?;
         let id = log.id();
         let topic = name.to_string();
-        let history = super::history::History::read(self, &key)
-            .await?
-            .topic(&topic, id);
+        let history = super::history::History::read(self, &key).await?;
+        let records = history.record_count();
+        let history = history.topic(&topic, id);
         // Checked for gaps and overlaps before anything is read or wiped.
         let plan = plan_tail(history.slices, history.first_index)
             .map_err(|e| unavailable("its committed entries", &e))?;
@@ -635,6 +650,10 @@ impl Broker {
             .await
             .map_err(|e| unavailable("the write-ahead writer", &e))?;
         lock(&shared.served).insert(id, (name.clone(), key.1));
+        // A long history is compacted now, while the topic serves, so that
+        // the next load is short too (each owner of a bundle that moves
+        // every few seconds commits too few records to start one).
+        shared.busy.found(&key, records);
         tracing::info!(topic = %name, entries, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
         let topic = SharedTopic {
             log: id,
