@@ -223,8 +223,9 @@ pub(super) fn decode_entry(mut b: Bytes) -> Option<(u64, u32, Bytes)> {
     Some((time, count, b))
 }
 
-/// Flush records this broker committed per bundle since the bundle was
-/// last looked at for compaction: a bundle reaching `threshold`
+/// Flush records per bundle since the bundle was last looked at for
+/// compaction, as this broker knows them (committed here, or found by a
+/// topic's load): a bundle reaching `threshold`
 /// (`cluster_compact_after_records`) is compacted at once, not at the next
 /// look (a bundle that moved every few seconds was never compacted, and
 /// each next owner read a longer history).
@@ -284,7 +285,7 @@ impl BusyBundles {
 }
 
 /// Compacts the histories of the bundles held here while the broker runs:
-/// a bundle as soon as this broker committed enough records to it, and
+/// a bundle as soon as enough records are known to follow its base, and
 /// every `cluster_compaction_interval_ms` those with enough records
 /// whoever wrote them.
 async fn compact_histories(broker: WeakBroker, busy: Arc<BusyBundles>, every: Duration) {
