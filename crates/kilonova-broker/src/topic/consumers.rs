@@ -315,6 +315,15 @@ impl Topic {
             .cloned()
             .ok_or_else(|| BrokerError::NotAllowed("consumer is not subscribed".into()))?;
         let now_ms = self.broker.clock().now_ms();
+        // With shared storage, an id another owner of the topic handed out
+        // names the same entry here; one naming nothing known here is
+        // ignored (cluster brokers' segment ids never meet): the message is
+        // delivered again, never another acknowledged in its place.
+        let local: Vec<Option<Position>> = ack
+            .message_id
+            .iter()
+            .map(|id| self.local_position(Position::new(id.ledger_id, id.entry_id)))
+            .collect();
         let (Some(sub), Some(log)) = (self.subscriptions.get_mut(&name), self.log.as_mut()) else {
             return Ok(()); // non-persistent: nothing to acknowledge
         };
@@ -326,21 +335,10 @@ impl Topic {
                     .into(),
             ));
         }
-        for id in &ack.message_id {
-            let p = Position::new(id.ledger_id, id.entry_id);
-            // With shared storage, an id another owner of the topic handed
-            // out names the same entry here; one naming nothing known here
-            // is ignored (cluster brokers' segment ids never meet): the
-            // message is delivered again, never another acknowledged in its place.
-            let p = match &self.shared {
-                None => p,
-                Some(shared) => match shared.translate(p, log) {
-                    Some(p) => p,
-                    None => {
-                        tracing::debug!(topic = %self.full_name, ledger = id.ledger_id, entry = id.entry_id, "acknowledgement of a message id from before the topic moved, unknown here: ignored");
-                        continue;
-                    }
-                },
+        for (id, p) in ack.message_id.iter().zip(local) {
+            let Some(p) = p else {
+                tracing::debug!(topic = %self.full_name, ledger = id.ledger_id, entry = id.entry_id, "acknowledgement of a message id from before the topic moved, unknown here: ignored");
+                continue;
             };
             let partial = id.ack_set.iter().any(|w| *w != 0);
             if cumulative {
