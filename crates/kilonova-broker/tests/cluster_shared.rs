@@ -648,6 +648,17 @@ async fn a_deleted_namespaces_history_is_forgotten_unless_it_was_created_again()
     }
 }
 
+/// Waits until bundle `range` of `ns` has a compacted base.
+async fn compacted(r: &Resources, ns: &NamespaceName, range: BundleRange, when: &str) {
+    tokio::time::timeout(WAIT, async {
+        while r.flush_base(ns, range).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no compaction {when}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_records() {
     let (_meta, objects, r) = stores();
@@ -668,13 +679,13 @@ async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_records()
     // One at a time: a flush, and a record, each.
     publish(&mut c, 0..10).await;
     let ns = default_ns();
-    tokio::time::timeout(WAIT, async {
-        while r.flush_base(&ns, range).await.unwrap().is_none() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("no compaction after 10 records committed (the threshold is 8)");
+    compacted(
+        &r,
+        &ns,
+        range,
+        "after 10 records committed (the threshold is 8)",
+    )
+    .await;
     let records = r.flush_records(&ns, range).await.unwrap().len();
     assert!(records < 10, "{records} records left after the compaction");
 }
@@ -705,11 +716,11 @@ async fn a_next_owner_counts_the_records_it_found_towards_a_compaction() {
     c.producer(&topic.to_string(), 1).await;
     assert!(r.flush_base(&ns, range).await.unwrap().is_none());
     publish(&mut c, 6..9).await;
-    tokio::time::timeout(WAIT, async {
-        while r.flush_base(&ns, range).await.unwrap().is_none() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("b did not compact the 9 records after its load (the threshold is 8)");
+    compacted(
+        &r,
+        &ns,
+        range,
+        "by b, 9 records after its load (the threshold is 8)",
+    )
+    .await;
 }
