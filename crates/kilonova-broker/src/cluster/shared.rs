@@ -31,11 +31,11 @@ use kilonova_metadata::names::TopicName;
 use kilonova_metadata::wal_index::{FlushIndexError, FlushRecords};
 use kilonova_metadata::MetadataError;
 use kilonova_objstore::wal::format::WalIndex;
-use kilonova_objstore::wal::tail::plan_tail;
+use kilonova_objstore::wal::tail::{plan_tail, TailError};
 use kilonova_objstore::wal::{
     CommitError, CommitFuture, FlushCommit, FlushSummary, WalAppend, WalReader,
 };
-use kilonova_objstore::{Bucket, WalConfig, WalStats, WalWriter};
+use kilonova_objstore::{Bucket, ObjectStoreError, WalConfig, WalStats, WalWriter};
 use kilonova_storage::{InitialPosition, ManagedLog, Position};
 use tokio::sync::watch;
 
@@ -53,6 +53,36 @@ const LOAD_READS_IN_FLIGHT: usize = 16;
 
 /// Entries a topic's load appends to its local log before it waits for them.
 const LOAD_APPENDS_UNWAITED: usize = 1024;
+
+/// Reads of a topic's history a load makes when a compaction replaces it
+/// meanwhile.
+const LOAD_ATTEMPTS: u32 = 3;
+
+/// A topic's local log rebuilt from its bundle's history.
+struct Rebuilt {
+    log: ManagedLog,
+    /// The entry number of its first entry.
+    first_index: u64,
+    /// Entries appended.
+    entries: u64,
+    /// The bundle's flush records after its base.
+    records: usize,
+}
+
+/// Why a rebuild did not finish.
+enum Rebuild {
+    /// An object of the history was gone, or records were missing between
+    /// the base and the records after it: a compaction replaced the base
+    /// while it was read (read it again).
+    Replaced(String),
+    Failed(BrokerError),
+}
+
+impl<E: Into<BrokerError>> From<E> for Rebuild {
+    fn from(e: E) -> Self {
+        Rebuild::Failed(e.into())
+    }
+}
 
 /// Topics served here, by the id of their log: what a flush commit needs
 /// to name an entry's topic and bundle.
@@ -556,15 +586,96 @@ impl Broker {
         };
         let key = self.bundle_of(name).await?;
         let id = log.id();
-        let topic = name.to_string();
-        let history = super::history::History::read(self, &key).await?;
+        // A compaction of the bundle (by this broker, while another of its
+        // topics serves) may replace the base being read and delete its
+        // objects: the history is read again.
+        let mut log = Some(log);
+        let mut attempt = 1;
+        let rebuilt = loop {
+            let current = match log.take() {
+                Some(l) => l,
+                None => self.open_log(id).await?,
+            };
+            match self.rebuild_from_history(shared, name, &key, current).await {
+                Ok(r) => break r,
+                Err(Rebuild::Replaced(e)) if attempt < LOAD_ATTEMPTS => {
+                    tracing::debug!(topic = %name, attempt, error = %e, "the history changed while it was read: reading it again");
+                    attempt += 1;
+                }
+                Err(Rebuild::Replaced(e)) => {
+                    return Err(unavailable("reading its committed entries", &e))
+                }
+                Err(Rebuild::Failed(e)) => return Err(e),
+            }
+        };
+        let Rebuilt {
+            mut log,
+            first_index,
+            entries,
+            records,
+        } = rebuilt;
+        let cursors = self.resources().topic_cursors(id).await?;
+        let end = first_index + entries;
+        let ids = MessageIds::new(&cursors.segments, first_index, &local_segments(&log));
+        for (sub, index) in &cursors.subscriptions {
+            let at = match log.position_of_message_index(*index)? {
+                Some(p) => InitialPosition::At(p),
+                None if *index >= log.next_message_index() => InitialPosition::Latest,
+                // Before the first message kept.
+                None => InitialPosition::Earliest,
+            };
+            log.open_cursor(sub, at, true)?;
+            for [first, last] in cursors.acked.get(sub).into_iter().flatten() {
+                for (from, to) in ids.local_ranges(*first, *last, end) {
+                    log.ack_range(sub, from, to)?;
+                }
+            }
+        }
+        shared
+            .wal
+            .resume_log(id)
+            .await
+            .map_err(|e| unavailable("the write-ahead writer", &e))?;
+        lock(&shared.served).insert(id, (name.clone(), key.1));
+        // A long history is compacted now, while the topic serves, so that
+        // the next load is short too (each owner of a bundle that moves
+        // every few seconds commits too few records to start one).
+        shared.busy.found(&key, records);
+        tracing::info!(topic = %name, entries, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
+        let topic = SharedTopic {
+            log: id,
+            next_tag: end,
+            wal: shared.wal.clone(),
+            served: shared.served.clone(),
+            cursors: Some(CursorWriter::start(self, id, key, cursors)),
+            ids,
+        };
+        Ok((log, topic))
+    }
+
+    /// Wipes the topic's local log (what this broker's journal holds of it
+    /// — an earlier ownership, appends never committed — is not relied on)
+    /// and appends its committed entries again from the bundle's history.
+    async fn rebuild_from_history(
+        &self,
+        shared: &SharedLog,
+        name: &TopicName,
+        key: &BundleKey,
+        log: ManagedLog,
+    ) -> Result<Rebuilt, Rebuild> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            BrokerError::Unavailable(format!("loading {name}: {what}: {e}"))
+        };
+        let id = log.id();
+        let history = super::history::History::read(self, key).await?;
         let records = history.record_count();
-        let history = history.topic(&topic, id);
+        let history = history.topic(&name.to_string(), id);
         // Checked for gaps and overlaps before anything is read or wiped.
-        let plan = plan_tail(history.slices, history.first_index)
-            .map_err(|e| unavailable("its committed entries", &e))?;
-        // What this broker's journal holds of the topic (an earlier
-        // ownership, appends that were never committed) is not relied on.
+        let plan = match plan_tail(history.slices, history.first_index) {
+            Ok(p) => p,
+            Err(e @ TailError::Gap { .. }) => return Err(Rebuild::Replaced(e.to_string())),
+            Err(e) => return Err(unavailable("its committed entries", &e).into()),
+        };
         let stale = log.delete().await?;
         if !stale.is_empty() {
             tracing::debug!(topic = %name, objects = stale.len(), "a stale local log's offloaded objects are left to the shared copy");
@@ -603,14 +714,21 @@ impl Broker {
         let mut entries = 0u64;
         let mut appended = Vec::new();
         while let Some(data) = fetched.next().await {
-            let data = data.map_err(|e| unavailable("reading its committed entries", &e))?;
+            let data = match data {
+                Ok(d) => d,
+                Err(e @ ObjectStoreError::NotFound { .. }) => {
+                    return Err(Rebuild::Replaced(e.to_string()))
+                }
+                Err(e) => return Err(unavailable("reading its committed entries", &e).into()),
+            };
             for bytes in data {
                 let at = history.first_index + entries;
                 let Some((time, count, data)) = decode_entry(bytes) else {
                     return Err(unavailable(
                         "its committed entries",
                         &format!("entry {at} is too short"),
-                    ));
+                    )
+                    .into());
                 };
                 appended.push(log.append(data, count, time).await?);
                 entries += 1;
@@ -624,47 +742,12 @@ impl Broker {
         for c in appended {
             c.await?;
         }
-        let cursors = self.resources().topic_cursors(id).await?;
-        let end = history.first_index + entries;
-        let ids = MessageIds::new(
-            &cursors.segments,
-            history.first_index,
-            &local_segments(&log),
-        );
-        for (sub, index) in &cursors.subscriptions {
-            let at = match log.position_of_message_index(*index)? {
-                Some(p) => InitialPosition::At(p),
-                None if *index >= log.next_message_index() => InitialPosition::Latest,
-                // Before the first message kept.
-                None => InitialPosition::Earliest,
-            };
-            log.open_cursor(sub, at, true)?;
-            for [first, last] in cursors.acked.get(sub).into_iter().flatten() {
-                for (from, to) in ids.local_ranges(*first, *last, end) {
-                    log.ack_range(sub, from, to)?;
-                }
-            }
-        }
-        shared
-            .wal
-            .resume_log(id)
-            .await
-            .map_err(|e| unavailable("the write-ahead writer", &e))?;
-        lock(&shared.served).insert(id, (name.clone(), key.1));
-        // A long history is compacted now, while the topic serves, so that
-        // the next load is short too (each owner of a bundle that moves
-        // every few seconds commits too few records to start one).
-        shared.busy.found(&key, records);
-        tracing::info!(topic = %name, entries, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
-        let topic = SharedTopic {
-            log: id,
-            next_tag: end,
-            wal: shared.wal.clone(),
-            served: shared.served.clone(),
-            cursors: Some(CursorWriter::start(self, id, key, cursors)),
-            ids,
-        };
-        Ok((log, topic))
+        Ok(Rebuilt {
+            log,
+            first_index: history.first_index,
+            entries,
+            records,
+        })
     }
 
     /// Stores topic `topic_id`'s subscription positions while this broker
