@@ -468,7 +468,12 @@ pub fn render(
 /// and one metadata transaction; the object-store requests themselves are
 /// the `kilonova_offload_request_latency_seconds_*` histograms (the same
 /// bucket).
-pub(crate) fn render_shared_log(out: &mut String, cluster: &str, wal: WalStats) {
+pub(crate) fn render_shared_log(
+    out: &mut String,
+    cluster: &str,
+    wal: WalStats,
+    history: crate::cluster::shared::HistoryStats,
+) {
     let counters = [
         (
             "kilonova_cluster_flush_commits_total",
@@ -494,6 +499,26 @@ pub(crate) fn render_shared_log(out: &mut String, cluster: &str, wal: WalStats) 
             "kilonova_cluster_wal_bytes_total",
             "Entry bytes of the write-ahead flushes that succeeded",
             wal.bytes,
+        ),
+        (
+            "kilonova_cluster_history_compactions_total",
+            "Compactions of a bundle's history (flush records rewritten into its base) done here",
+            history.compactions,
+        ),
+        (
+            "kilonova_cluster_history_compaction_failures_total",
+            "Compactions of a bundle's history that failed (tried again later)",
+            history.compaction_failures,
+        ),
+        (
+            "kilonova_cluster_topic_loads_total",
+            "Topics rebuilt here from their bundle's history (each load of a topic)",
+            history.loads,
+        ),
+        (
+            "kilonova_cluster_topic_load_retries_total",
+            "Topic loads that read the history again because a compaction replaced it meanwhile",
+            history.load_retries,
         ),
     ];
     for (name, help, v) in counters {
@@ -1135,13 +1160,23 @@ mod tests {
             failed_commits: 2,
             bytes: 716_800,
         };
-        render_shared_log(&mut out, "c1", wal);
+        let history = crate::cluster::shared::HistoryStats {
+            compactions: 3,
+            compaction_failures: 1,
+            loads: 7,
+            load_retries: 2,
+        };
+        render_shared_log(&mut out, "c1", wal, history);
         for line in [
             "kilonova_cluster_flush_commits_total{cluster=\"c1\"} 40",
             "kilonova_cluster_flush_commit_failures_total{cluster=\"c1\"} 2",
             "kilonova_cluster_wal_flush_failures_total{cluster=\"c1\"} 5",
             "kilonova_cluster_wal_appends_total{cluster=\"c1\"} 700",
             "kilonova_cluster_wal_bytes_total{cluster=\"c1\"} 716800",
+            "kilonova_cluster_history_compactions_total{cluster=\"c1\"} 3",
+            "kilonova_cluster_history_compaction_failures_total{cluster=\"c1\"} 1",
+            "kilonova_cluster_topic_loads_total{cluster=\"c1\"} 7",
+            "kilonova_cluster_topic_load_retries_total{cluster=\"c1\"} 2",
             "# TYPE kilonova_cluster_flush_commits_total counter",
         ] {
             assert!(

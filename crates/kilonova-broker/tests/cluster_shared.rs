@@ -688,6 +688,15 @@ async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_records()
     .await;
     let records = r.flush_records(&ns, range).await.unwrap().len();
     assert!(records < 10, "{records} records left after the compaction");
+    let metrics = a.broker.render_metrics();
+    let counted = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.split(' ').nth(1)?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    assert!(counted("kilonova_cluster_history_compactions_total{") >= 1);
+    assert_eq!(counted("kilonova_cluster_topic_loads_total{"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -459,6 +459,7 @@ impl Broker {
                 &mut out,
                 &self.inner.config.cluster_name,
                 shared.wal_stats(),
+                shared.history_stats(),
             );
         }
         out

@@ -242,7 +242,16 @@ impl Broker {
                 continue;
             }
             loop {
-                match self.compact_bundle(&key, epoch, min_records).await {
+                let result = self.compact_bundle(&key, epoch, min_records).await;
+                if let Some(shared) = self.shared_log() {
+                    let counts = shared.counts();
+                    match &result {
+                        Ok(Some(_)) => super::shared::HistoryCounts::add(&counts.compactions),
+                        Err(_) => super::shared::HistoryCounts::add(&counts.compaction_failures),
+                        Ok(None) => {}
+                    }
+                }
+                match result {
                     Ok(Some(c)) => {
                         tracing::info!(bundle = %format!("{}/{}", key.0, key.1), records = c.records, topics = c.topics, entries_kept = c.kept, entries_dropped = c.dropped, "bundle history compacted");
                         if c.records < MAX_COVERED_RECORDS {

@@ -99,6 +99,41 @@ pub(crate) struct SharedLog {
     write_ahead_prefix: String,
     /// Flush records per bundle, for compactions as soon as they are due.
     busy: Arc<BusyBundles>,
+    counts: HistoryCounts,
+}
+
+/// What happened to bundle histories here (counters for `/metrics`).
+#[derive(Default)]
+pub(crate) struct HistoryCounts {
+    pub(crate) compactions: std::sync::atomic::AtomicU64,
+    pub(crate) compaction_failures: std::sync::atomic::AtomicU64,
+    pub(crate) loads: std::sync::atomic::AtomicU64,
+    pub(crate) load_retries: std::sync::atomic::AtomicU64,
+}
+
+/// [`HistoryCounts`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    pub compactions: u64,
+    pub compaction_failures: u64,
+    pub loads: u64,
+    pub load_retries: u64,
+}
+
+impl HistoryCounts {
+    pub(crate) fn add(counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> HistoryStats {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        HistoryStats {
+            compactions: get(&self.compactions),
+            compaction_failures: get(&self.compaction_failures),
+            loads: get(&self.loads),
+            load_retries: get(&self.load_retries),
+        }
+    }
 }
 
 impl SharedLog {
@@ -127,6 +162,15 @@ impl SharedLog {
     /// The write-ahead writer's counts (flushes, commits, failures).
     pub(crate) fn wal_stats(&self) -> WalStats {
         self.wal.stats()
+    }
+
+    /// Compactions and loads of bundle histories here.
+    pub(crate) fn history_stats(&self) -> HistoryStats {
+        self.counts.snapshot()
+    }
+
+    pub(crate) fn counts(&self) -> &HistoryCounts {
+        &self.counts
     }
 }
 
@@ -561,6 +605,7 @@ impl Broker {
             written: Default::default(),
             write_ahead_prefix,
             busy: busy.clone(),
+            counts: HistoryCounts::default(),
         };
         self.set_shared_log(shared)?;
         let every = Duration::from_millis(c.cluster_compaction_interval_ms.max(1));
@@ -600,6 +645,7 @@ impl Broker {
                 Ok(r) => break r,
                 Err(Rebuild::Replaced(e)) if attempt < LOAD_ATTEMPTS => {
                     tracing::debug!(topic = %name, attempt, error = %e, "the history changed while it was read: reading it again");
+                    HistoryCounts::add(&shared.counts.load_retries);
                     attempt += 1;
                 }
                 Err(Rebuild::Replaced(e)) => {
@@ -641,6 +687,7 @@ impl Broker {
         // the next load is short too (each owner of a bundle that moves
         // every few seconds commits too few records to start one).
         shared.busy.found(&key, records);
+        HistoryCounts::add(&shared.counts.loads);
         tracing::info!(topic = %name, entries, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
         let topic = SharedTopic {
             log: id,
