@@ -33,6 +33,24 @@ impl Entry {
     pub fn from_stored(position: Position, stored: Bytes) -> Option<Entry> {
         decode(position, stored)
     }
+
+    /// The stored bytes of an entry (header, then `data`): what a managed
+    /// log's segment holds, and what copies elsewhere hold of it.
+    pub fn encode_stored(
+        publish_time_ms: u64,
+        message_index: u64,
+        message_count: u32,
+        data: &[u8],
+    ) -> Bytes {
+        let mut b = BytesMut::with_capacity(ENTRY_HEADER_LEN + data.len());
+        b.put_slice(&encode_header(
+            publish_time_ms,
+            message_index,
+            message_count,
+        ));
+        b.put_slice(data);
+        b.freeze()
+    }
 }
 
 pub(crate) fn encode_header(publish_time_ms: u64, message_index: u64, message_count: u32) -> Bytes {
@@ -72,6 +90,7 @@ mod tests {
         fn header_round_trips(t: u64, i: u64, n: u32, data in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut b = BytesMut::from(&encode_header(t, i, n)[..]);
             b.extend_from_slice(&data);
+            prop_assert_eq!(Entry::encode_stored(t, i, n, &data), b.clone().freeze());
             let e = decode(Position::new(1, 2), b.clone().freeze()).unwrap();
             prop_assert_eq!(Entry::from_stored(Position::new(1, 2), b.freeze()), Some(e.clone()));
             prop_assert_eq!((e.publish_time_ms, e.message_index, e.message_count), (t, i, n));

@@ -44,6 +44,7 @@ fn offload_all(
                 last_publish_ms: 0,
                 end_message_index: 0,
                 offloaded_at_ms: now_ms,
+                shared_at: None,
             },
         )
         .unwrap();
@@ -224,6 +225,7 @@ async fn deleting_a_log_answers_its_objects_and_offloading_again_releases_the_ol
             last_publish_ms: 0,
             end_message_index: 0,
             offloaded_at_ms: 0,
+            shared_at: None,
         },
     )
     .unwrap();
@@ -236,6 +238,7 @@ async fn deleting_a_log_answers_its_objects_and_offloading_again_releases_the_ol
         last_publish_ms: 0,
         end_message_index: 0,
         offloaded_at_ms: 0,
+        shared_at: None,
     };
     assert!(log.mark_offloaded(seg, wrong).is_err());
     let mut released = log.delete().await.unwrap();
@@ -334,6 +337,72 @@ async fn a_log_restored_from_its_offloaded_segments_alone_reads_them_and_continu
         l.read_entry(Position::new(ids[1], 0))
     });
     assert_eq!(entry.data, msg(entry.message_index));
+}
+
+#[tokio::test]
+async fn segments_in_shared_objects_keep_their_place_across_a_reopen_and_their_objects_are_never_released(
+) {
+    let lost = tempfile::tempdir().unwrap();
+    let e = env(lost.path());
+    let mut log = open(&e, 4, small_segments(), 0).await;
+    publish(&mut log, 0, 35).await;
+    let mut objects = Objects::new();
+    offload_all(&e, &mut log, &mut objects, 0);
+    // Each segment's entries as if they sat at place 7.. of one object
+    // holding other logs' entries too (the reads below fetch by segment).
+    let restored: Vec<RestoredSegment> = log
+        .segments()
+        .iter()
+        .filter_map(|s| {
+            log.offloaded(s.id).map(|o| RestoredSegment {
+                first_message_index: s.first_message_index,
+                created_ms: s.created_ms,
+                offloaded: Offloaded {
+                    shared_at: Some(7),
+                    ..o.clone()
+                },
+            })
+        })
+        .collect();
+    let history: u64 = restored.iter().map(|r| r.offloaded.entries).sum();
+    log.close().unwrap();
+    drop(e);
+
+    let fresh = tempfile::tempdir().unwrap();
+    let e = env(fresh.path());
+    let ids = ManagedLog::restore(9, &e.store, e.state.as_ref(), restored.clone())
+        .await
+        .unwrap();
+    let mut log = open(&e, 9, small_segments(), 500).await;
+    assert!(
+        ids.iter()
+            .zip(&restored)
+            .all(|(id, r)| log.offloaded(*id) == Some(&r.offloaded)),
+        "the place in the shared object survives the metadata record"
+    );
+    let first = log.first_position();
+    let (all, _) = fetching(&mut log, &objects, |l| l.read_from(first, 100));
+    assert_eq!(all.len() as u64, history);
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    log.ack_cumulative("sub", all[all.len() - 1].position)
+        .unwrap();
+    let gone = log
+        .trim(
+            10_000,
+            Retention {
+                time_ms: Some(1),
+                size_bytes: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!gone.is_empty(), "consumed shared segments leave the log");
+    assert!(
+        log.take_released_objects().is_empty(),
+        "but their objects are not the log's to delete"
+    );
+    assert!(log.delete().await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -174,6 +174,7 @@ impl Broker {
                     last_publish_ms: s.last_publish_ms,
                     end_message_index: s.end_message_index,
                     offloaded_at_ms: self.clock().now_ms(),
+                    shared_at: None,
                 },
             })
             .collect();

@@ -38,11 +38,10 @@ use kilonova_metadata::wal_index::{BaseRun, BaseTopic, FlushBase, FlushRecord};
 use kilonova_objstore::wal::tail::{read_tail, TailSlice};
 use kilonova_objstore::wal::write_object;
 
-use super::shared::decode_entry;
 use super::BundleKey;
 use crate::broker::Broker;
 use crate::error::BrokerError;
-use kilonova_storage::Retention;
+use kilonova_storage::{Entry, Position, Retention};
 
 /// The most flush records one compaction covers (what it holds in memory
 /// is their entries of the bundle); a bundle with more is compacted again
@@ -51,6 +50,10 @@ pub(crate) const MAX_COVERED_RECORDS: usize = 256;
 
 /// Runs are merged only up to this many bytes (what a merge holds in memory).
 pub(crate) const MAX_RUN_BYTES: u64 = 64 << 20;
+
+/// How long a compaction waits for a loaded topic to move to its new runs
+/// before it deletes the objects of the old ones.
+const MOVE_RUNS_WAIT: Duration = Duration::from_secs(30);
 
 /// Every this many checks, a bundle with any record is compacted, and
 /// write-ahead objects no record names are swept.
@@ -69,12 +72,36 @@ pub(crate) struct History {
 
 /// One topic's part of a bundle's history.
 pub(crate) struct TopicHistory {
-    /// Its entries' slices, in order.
-    pub(crate) slices: Vec<TailSlice>,
+    /// Its runs in the base, in order.
+    pub(crate) runs: Vec<BaseRun>,
+    /// Its slices in the flush records after the base, in order.
+    pub(crate) records: Vec<TailSlice>,
     /// The index (write-ahead tag) of its first entry kept.
     pub(crate) first_index: u64,
     /// That entry's first message index.
     pub(crate) first_message_index: u64,
+}
+
+impl TopicHistory {
+    /// Its base runs, when they hold its entries from the first kept on,
+    /// one after the other (a compaction writes them so): a load can
+    /// leave them in the object store, read on demand.
+    pub(crate) fn contiguous_runs(&self) -> Option<&[BaseRun]> {
+        let mut next = self.first_index;
+        for r in &self.runs {
+            if r.first_index != next || r.count == 0 {
+                return None;
+            }
+            next = r.end_index();
+        }
+        (!self.runs.is_empty()).then_some(&self.runs[..])
+    }
+
+    /// Every slice of its entries (the base's runs, then the records'), in order.
+    pub(crate) fn slices(&self, log: u64) -> Vec<TailSlice> {
+        let runs = self.runs.iter().map(|r| run_slice(r, log));
+        runs.chain(self.records.iter().cloned()).collect()
+    }
 }
 
 impl History {
@@ -120,14 +147,9 @@ impl History {
     /// another log id, are not a re-created one's).
     pub(crate) fn topic(&self, name: &str, log: u64) -> TopicHistory {
         let base = self.base_topic(name, log);
-        let mut slices: Vec<TailSlice> = base
-            .iter()
-            .flat_map(|t| &t.runs)
-            .map(|run| run_slice(run, log))
-            .collect();
-        slices.extend(self.record_slices(name, log));
         TopicHistory {
-            slices,
+            runs: base.map(|t| t.runs.clone()).unwrap_or_default(),
+            records: self.record_slices(name, log),
             first_index: base.map_or(0, |t| t.first_index),
             first_message_index: base.map_or(0, |t| t.first_message_index),
         }
@@ -368,6 +390,11 @@ impl Broker {
                 return Err(e.into());
             }
         };
+        // Topics loaded here read their compacted runs from the old objects:
+        // they move to the new runs before those objects go.
+        for t in &base.topics {
+            self.move_shared_runs(&t.topic, &t.runs).await;
+        }
         self.resources()
             .delete_flush_records(&key.0, key.1, &covers)
             .await?;
@@ -375,6 +402,39 @@ impl Broker {
             self.delete_object(&o).await;
         }
         Ok(Some(report))
+    }
+
+    /// Tells topic `name`, if loaded here, that its compacted runs are now
+    /// `runs`, and waits until it moved its segments to them (or a while:
+    /// a topic still loading answers once it serves; one that stops or
+    /// does not answer reads its next load from the new base anyway).
+    async fn move_shared_runs(&self, name: &str, runs: &[BaseRun]) {
+        let Some(handle) = self.loaded_handle(name) else {
+            return;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = crate::topic::AdminRequest::MoveSharedRuns {
+            runs: runs.to_vec(),
+        };
+        let asked = async {
+            handle
+                .send(crate::topic::TopicCommand::Admin { request, reply })
+                .await
+                .ok()?;
+            answer.await.ok()
+        };
+        match tokio::time::timeout(MOVE_RUNS_WAIT, asked).await {
+            Ok(Some(Err(e))) => {
+                tracing::warn!(topic = name, error = %e, "a loaded topic could not move to its compacted runs");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    topic = name,
+                    "a loaded topic did not move to its compacted runs in time"
+                );
+            }
+            Ok(_) => {}
+        }
     }
 
     /// Topic `name`'s part of the new base: its base runs no longer
@@ -423,7 +483,12 @@ impl Broker {
         let mut pending_publish_ms = 0u64;
         let (mut pending_index, mut pending_message) = (from, message);
         for (index, bytes) in read {
-            let Some((publish_ms, count, _)) = decode_entry(bytes.clone()) else {
+            let Some(Entry {
+                publish_time_ms: publish_ms,
+                message_count: count,
+                ..
+            }) = Entry::from_stored(Position::default(), bytes.clone())
+            else {
                 return Err(unavailable(&format!("entry {index} is too short")));
             };
             let end = message + u64::from(count);

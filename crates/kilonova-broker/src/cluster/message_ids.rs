@@ -30,16 +30,17 @@ pub(crate) struct LocalSegment {
     pub sealed_entries: Option<u64>,
 }
 
-/// The segments of `log`, in order.
+/// The segments of `log`, in order (those left in the object store are
+/// sealed, with the entries their record counts).
 pub(crate) fn local_segments(log: &ManagedLog) -> Vec<LocalSegment> {
     log.segments()
         .iter()
         .map(|s| LocalSegment {
             id: s.id,
-            sealed_entries: log
-                .segment_info(s.id)
-                .filter(|i| i.sealed)
-                .map(|i| i.entries),
+            sealed_entries: match log.segment_info(s.id) {
+                Some(i) => i.sealed.then_some(i.entries),
+                None => log.offloaded(s.id).map(|o| o.entries),
+            },
         })
         .collect()
 }

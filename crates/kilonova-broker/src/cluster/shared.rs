@@ -23,12 +23,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use kilonova_metadata::bundles::{BundleRange, Commit, Held};
 use kilonova_metadata::cursors::{ack_ranges_per_subscription, TopicCursors};
 use kilonova_metadata::names::TopicName;
-use kilonova_metadata::wal_index::{FlushIndexError, FlushRecords};
+use kilonova_metadata::wal_index::{BaseRun, FlushIndexError, FlushRecords};
 use kilonova_metadata::MetadataError;
 use kilonova_objstore::wal::format::WalIndex;
 use kilonova_objstore::wal::tail::{plan_tail, TailError};
@@ -36,7 +36,9 @@ use kilonova_objstore::wal::{
     CommitError, CommitFuture, FlushCommit, FlushSummary, WalAppend, WalReader,
 };
 use kilonova_objstore::{Bucket, ObjectStoreError, WalConfig, WalStats, WalWriter};
-use kilonova_storage::{InitialPosition, ManagedLog, Position};
+use kilonova_storage::{
+    Entry, InitialPosition, ManagedLog, Offloaded, Position, RestoredSegment, StorageError,
+};
 use tokio::sync::watch;
 
 use super::message_ids::{local_segments, MessageIds};
@@ -53,6 +55,18 @@ const LOAD_READS_IN_FLIGHT: usize = 16;
 
 /// Entries a topic's load appends to its local log before it waits for them.
 const LOAD_APPENDS_UNWAITED: usize = 1024;
+
+/// Memory for the indexes of compacted histories' objects that reads of
+/// segments left there keep (24 bytes an entry).
+const SHARED_INDEX_CACHE_BYTES: usize = 16 << 20;
+
+/// Entries a read of a segment left in the object store fetches after the
+/// one asked for (as tiered storage's `read_ahead_entries`).
+pub(crate) const SHARED_READ_AHEAD_ENTRIES: u64 = 100;
+
+/// Fetches one search of a load may make in runs left in the object store
+/// (a binary search: one per halving, each with the read-ahead).
+const LOAD_MAX_FETCHES_PER_READ: usize = 64;
 
 /// Reads of a topic's history a load makes when a compaction replaces it
 /// meanwhile.
@@ -241,6 +255,12 @@ impl SharedTopic {
         }
     }
 
+    /// The entry number (write-ahead tag) of this owner's position `p`, if
+    /// its segment's start is known.
+    pub(crate) fn entry_of(&self, p: Position) -> Option<u64> {
+        self.ids.entry_of(p)
+    }
+
     /// The position in `log` of the entry message id `p` names, which may
     /// be an id an earlier owner of the topic handed out
     /// ([`super::message_ids`]); `None` if it names nothing known here.
@@ -258,43 +278,18 @@ impl SharedTopic {
         }
     }
 
-    /// Queues an entry (as the local log was given it) for the object
-    /// store; resolves once it is durable there and committed.
-    pub(crate) async fn append(
-        &mut self,
-        data: &Bytes,
-        message_count: u32,
-        publish_time_ms: u64,
-    ) -> Result<WalAppend, BrokerError> {
-        let entry = encode_entry(publish_time_ms, message_count, data);
+    /// Queues an entry (its stored form, as the local log holds it:
+    /// [`Entry::encode_stored`]) for the object store; resolves once it is
+    /// durable there and committed.
+    pub(crate) async fn append(&mut self, stored: Bytes) -> Result<WalAppend, BrokerError> {
         let queued = self
             .wal
-            .enqueue_tagged(self.log, self.next_tag, entry)
+            .enqueue_tagged(self.log, self.next_tag, stored)
             .await
             .map_err(|e| BrokerError::Unavailable(format!("the write-ahead writer: {e}")))?;
         self.next_tag += 1;
         Ok(queued)
     }
-}
-
-/// An entry as the write-ahead object holds it: its publish time and
-/// message count (what the local log's entry header holds besides the
-/// message index, which replaying in order gives again), then its bytes.
-fn encode_entry(publish_time_ms: u64, message_count: u32, data: &Bytes) -> Bytes {
-    let mut b = BytesMut::with_capacity(12 + data.len());
-    b.put_u64_le(publish_time_ms);
-    b.put_u32_le(message_count);
-    b.put_slice(data);
-    b.freeze()
-}
-
-pub(super) fn decode_entry(mut b: Bytes) -> Option<(u64, u32, Bytes)> {
-    if b.len() < 12 {
-        return None;
-    }
-    let time = b.get_u64_le();
-    let count = b.get_u32_le();
-    Some((time, count, b))
 }
 
 /// Flush records per bundle since the bundle was last looked at for
@@ -599,7 +594,7 @@ impl Broker {
         });
         let shared = SharedLog {
             wal: WalWriter::start_with_commit(bucket.clone(), config, committer),
-            reader: WalReader::new(bucket.clone()),
+            reader: WalReader::with_index_cache(bucket.clone(), SHARED_INDEX_CACHE_BYTES),
             bucket,
             served,
             written: Default::default(),
@@ -614,14 +609,17 @@ impl Broker {
     }
 
     /// Rebuilds topic `name` (whose local log is `log`) from the shared
-    /// state before it serves: `log` is wiped, the committed entries of the
-    /// topic are appended to it afresh, and its subscriptions are opened
+    /// state before it serves: `log` is wiped and built again from the
+    /// topic's history (its compacted runs left in the object store when
+    /// `lazy`, read on demand; the rest appended afresh:
+    /// [`Broker::rebuild_from_history`]), and its subscriptions are opened
     /// where they were stored. Returns the log and the topic's part in the
     /// shared path.
     pub(crate) async fn load_shared(
         &self,
         name: &TopicName,
         log: ManagedLog,
+        lazy: bool,
     ) -> Result<(ManagedLog, SharedTopic), BrokerError> {
         let Some(shared) = self.shared_log() else {
             return Err(BrokerError::NotAllowed("no shared data path".into()));
@@ -641,7 +639,10 @@ impl Broker {
                 Some(l) => l,
                 None => self.open_log(id).await?,
             };
-            match self.rebuild_from_history(shared, name, &key, current).await {
+            match self
+                .rebuild_from_history(shared, name, &key, current, lazy)
+                .await
+            {
                 Ok(r) => break r,
                 Err(Rebuild::Replaced(e)) if attempt < LOAD_ATTEMPTS => {
                     tracing::debug!(topic = %name, attempt, error = %e, "the history changed while it was read: reading it again");
@@ -664,7 +665,10 @@ impl Broker {
         let end = first_index + entries;
         let ids = MessageIds::new(&cursors.segments, first_index, &local_segments(&log));
         for (sub, index) in &cursors.subscriptions {
-            let at = match log.position_of_message_index(*index)? {
+            let found = self
+                .read_through_log(&mut log, |l| l.position_of_message_index(*index))
+                .await?;
+            let at = match found {
                 Some(p) => InitialPosition::At(p),
                 None if *index >= log.next_message_index() => InitialPosition::Latest,
                 // Before the first message kept.
@@ -700,15 +704,83 @@ impl Broker {
         Ok((log, topic))
     }
 
+    /// Entries `first..` (up to a read-ahead) of log `log`'s segment `o`
+    /// left in the object store: from its own object (tiered storage) or
+    /// from its place in a compacted history's object.
+    pub(crate) async fn fetch_offloaded(
+        &self,
+        log: u64,
+        o: &Offloaded,
+        first: u64,
+    ) -> Result<Vec<Bytes>, ObjectStoreError> {
+        match (o.shared_at, self.shared_log(), self.tiering()) {
+            (Some(place), Some(shared), _) => {
+                let last = first
+                    .saturating_add(SHARED_READ_AHEAD_ENTRIES)
+                    .min(o.entries.saturating_sub(1));
+                shared
+                    .reader
+                    .read_run(&o.object, log, place, first, last)
+                    .await
+            }
+            (None, _, Some(tiering)) => tiering.fetch(&o.object, first, o.entries).await,
+            _ => Err(ObjectStoreError::Config(format!(
+                "{} is in an object store this broker is not configured with",
+                o.object
+            ))),
+        }
+    }
+
+    /// Runs `read` over `log`, fetching what it finds only in the object
+    /// store (a load's searches in segments left there) until it answers.
+    async fn read_through_log<T>(
+        &self,
+        log: &mut ManagedLog,
+        read: impl Fn(&ManagedLog) -> Result<T, StorageError>,
+    ) -> Result<T, BrokerError> {
+        for _ in 0..LOAD_MAX_FETCHES_PER_READ {
+            let (segment, first) = match read(log) {
+                Err(StorageError::Offloaded { segment, entry }) => (segment, entry),
+                other => return other.map_err(BrokerError::from),
+            };
+            let Some(o) = log.offloaded(segment).cloned() else {
+                return Err(StorageError::Offloaded {
+                    segment,
+                    entry: first,
+                }
+                .into());
+            };
+            let fetched = self
+                .fetch_offloaded(log.id(), &o, first)
+                .await
+                .map_err(|e| {
+                    BrokerError::Unavailable(format!(
+                        "reading a compacted run in {}: {e}",
+                        o.object
+                    ))
+                })?;
+            log.insert_offloaded(segment, first, fetched)?;
+        }
+        Err(BrokerError::Unavailable(
+            "reading compacted runs took too many fetches".into(),
+        ))
+    }
+
     /// Wipes the topic's local log (what this broker's journal holds of it
     /// — an earlier ownership, appends never committed — is not relied on)
-    /// and appends its committed entries again from the bundle's history.
+    /// and builds it again from the bundle's history: the base's runs
+    /// become segments left in the object store, read on demand (`lazy`;
+    /// nothing of them is read now), and the entries of the flush records
+    /// after the base are read and appended. Without `lazy`, the runs' entries
+    /// are read and appended too (what replays every entry at the load —
+    /// deduplication — needs them local).
     async fn rebuild_from_history(
         &self,
         shared: &SharedLog,
         name: &TopicName,
         key: &BundleKey,
         log: ManagedLog,
+        lazy: bool,
     ) -> Result<Rebuilt, Rebuild> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             BrokerError::Unavailable(format!("loading {name}: {what}: {e}"))
@@ -717,8 +789,20 @@ impl Broker {
         let history = super::history::History::read(self, key).await?;
         let records = history.record_count();
         let history = history.topic(&name.to_string(), id);
+        let left = if lazy {
+            history.contiguous_runs()
+        } else {
+            None
+        };
+        let (slices, from) = match left {
+            Some(runs) => (
+                history.records.clone(),
+                runs.last().map_or(history.first_index, BaseRun::end_index),
+            ),
+            None => (history.slices(id), history.first_index),
+        };
         // Checked for gaps and overlaps before anything is read or wiped.
-        let plan = match plan_tail(history.slices, history.first_index) {
+        let plan = match plan_tail(slices, from) {
             Ok(p) => p,
             Err(e @ TailError::Gap { .. }) => return Err(Rebuild::Replaced(e.to_string())),
             Err(e) => return Err(unavailable("its committed entries", &e).into()),
@@ -727,7 +811,34 @@ impl Broker {
         if !stale.is_empty() {
             tracing::debug!(topic = %name, objects = stale.len(), "a stale local log's offloaded objects are left to the shared copy");
         }
-        if history.first_message_index > 0 {
+        let left_entries: u64 = left
+            .iter()
+            .flat_map(|r| r.iter())
+            .map(|r| u64::from(r.count))
+            .sum();
+        if let Some(runs) = left {
+            let now_ms = self.clock().now_ms();
+            let segments = runs.iter().map(|r| RestoredSegment {
+                first_message_index: r.first_message_index,
+                created_ms: r.last_publish_ms,
+                offloaded: Offloaded {
+                    object: r.object.clone(),
+                    entries: u64::from(r.count),
+                    bytes: r.bytes,
+                    last_publish_ms: r.last_publish_ms,
+                    end_message_index: r.end_message_index,
+                    offloaded_at_ms: now_ms,
+                    shared_at: Some(r.first_position),
+                },
+            });
+            ManagedLog::restore(
+                id,
+                &self.segment_store(),
+                self.state_store().as_ref(),
+                segments.collect(),
+            )
+            .await?;
+        } else if history.first_message_index > 0 {
             // Its history was compacted: its first messages are gone.
             ManagedLog::create_at(id, self.state_store().as_ref(), history.first_message_index)?;
         }
@@ -769,15 +880,20 @@ impl Broker {
                 Err(e) => return Err(unavailable("reading its committed entries", &e).into()),
             };
             for bytes in data {
-                let at = history.first_index + entries;
-                let Some((time, count, data)) = decode_entry(bytes) else {
-                    return Err(unavailable(
-                        "its committed entries",
-                        &format!("entry {at} is too short"),
-                    )
-                    .into());
-                };
-                appended.push(log.append(data, count, time).await?);
+                let at = from + entries;
+                let expected = log.next_message_index();
+                let entry = Entry::from_stored(Position::default(), bytes)
+                    .filter(|e| e.message_index == expected)
+                    .ok_or_else(|| {
+                        unavailable(
+                            "its committed entries",
+                            &format!("entry {at} is not message {expected}'s"),
+                        )
+                    })?;
+                appended.push(
+                    log.append(entry.data, entry.message_count, entry.publish_time_ms)
+                        .await?,
+                );
                 entries += 1;
             }
             if appended.len() >= LOAD_APPENDS_UNWAITED {
@@ -792,7 +908,7 @@ impl Broker {
         Ok(Rebuilt {
             log,
             first_index: history.first_index,
-            entries,
+            entries: left_entries + entries,
             records,
         })
     }
@@ -822,20 +938,5 @@ impl Broker {
             }
             Err(e) => tracing::warn!(topic_id, error = %e, "storing subscription positions failed"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_entry_reads_back_as_it_was_written_and_a_short_one_is_refused() {
-        let data = Bytes::from_static(b"payload");
-        let (time, count, back) = decode_entry(encode_entry(1_700_000_000_123, 7, &data)).unwrap();
-        assert_eq!((time, count, back), (1_700_000_000_123, 7, data));
-        let empty = decode_entry(encode_entry(5, 1, &Bytes::new())).unwrap();
-        assert_eq!(empty, (5, 1, Bytes::new()));
-        assert_eq!(decode_entry(Bytes::from_static(&[0; 11])), None);
     }
 }

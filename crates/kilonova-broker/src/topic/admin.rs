@@ -83,6 +83,12 @@ pub enum AdminRequest {
     /// appends stop, those in flight are answered, subscription positions
     /// are stored. An unload follows.
     PrepareHandover,
+    /// The topic's history was compacted again (in a cluster): its
+    /// segments left in the object store are now in these runs (the same
+    /// entries, other objects), which the old objects are deleted after.
+    MoveSharedRuns {
+        runs: Vec<kilonova_metadata::wal_index::BaseRun>,
+    },
     /// Unloads, telling every client to reconnect to `to` (the topic's
     /// next owner, in a cluster, at the URLs of the client's listener)
     /// without looking the topic up again.
@@ -413,6 +419,9 @@ impl Topic {
                 self.offload_before(before).map(|()| AdminReply::Done)
             }
             AdminRequest::OffloadStatus => Ok(AdminReply::Offload(self.offload_status())),
+            AdminRequest::MoveSharedRuns { runs } => {
+                self.move_shared_runs(&runs).map(|()| AdminReply::Done)
+            }
             AdminRequest::ReplicatedSubscription { subscription, set } => self
                 .replicated_subscription(&subscription, set)
                 .map(AdminReply::Flag),

@@ -328,7 +328,15 @@ impl Topic {
         publish_gate: Arc<PublishGate>,
     ) {
         let full_name = name.to_string();
-        let (log, shared) = match Self::open(&broker, &name, &record).await {
+        let policies = policy::load(&broker, &name).await;
+        // A topic of a replicated namespace may be replicated into: its
+        // deduplication state is rebuilt now, before anything is trimmed
+        // (a replicator connecting later would find the entries it needs
+        // gone once consumed).
+        let replicated_into = !policies.replication_clusters.is_empty();
+        // Deduplication replays every entry at the load: they must be local.
+        let lazy = !(policies.deduplication || replicated_into);
+        let (log, shared) = match Self::open(&broker, &name, &record, lazy).await {
             Ok(opened) => opened,
             Err(e) => {
                 tracing::error!(topic = %full_name, error = %e, "cannot load topic");
@@ -345,7 +353,6 @@ impl Topic {
             }
         };
         tracing::debug!(topic = %full_name, id = record.id, "topic loaded");
-        let policies = policy::load(&broker, &name).await;
         let now = broker.clock().now();
         publish_gate.set(policies.publish_rate, now);
         let dispatch_rate = dispatch::dispatch_limiter(policies.dispatch_rate, now);
@@ -354,11 +361,6 @@ impl Topic {
         let metrics = broker.metrics().register(&full_name);
         let (replication_reports, reports) = mpsc::unbounded_channel();
         let (offload_events, offloaded) = mpsc::unbounded_channel();
-        // A topic of a replicated namespace may be replicated into: its
-        // deduplication state is rebuilt now, before anything is trimmed
-        // (a replicator connecting later would find the entries it needs
-        // gone once consumed).
-        let replicated_into = !policies.replication_clusters.is_empty();
         let mut topic = Topic {
             name,
             full_name,
@@ -419,11 +421,13 @@ impl Topic {
     }
 
     /// The topic's log (none: non-persistent) and, in a cluster with shared
-    /// storage, its part in the shared path (the log rebuilt from it).
+    /// storage, its part in the shared path (the log rebuilt from it, its
+    /// compacted runs left in the object store when `lazy`).
     async fn open(
         broker: &Broker,
         name: &TopicName,
         record: &TopicRecord,
+        lazy: bool,
     ) -> Result<
         (
             Option<ManagedLog>,
@@ -438,7 +442,7 @@ impl Topic {
         if broker.shared_log().is_none() {
             return Ok((Some(log), None));
         }
-        let (log, shared) = broker.load_shared(name, log).await?;
+        let (log, shared) = broker.load_shared(name, log, lazy).await?;
         Ok((Some(log), Some(shared)))
     }
 

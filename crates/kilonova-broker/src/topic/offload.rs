@@ -157,6 +157,14 @@ impl Topic {
         self.broker.tiering()
     }
 
+    /// Entries a fetch brings after the one asked for.
+    fn read_ahead_entries(&self) -> u64 {
+        self.tiering()
+            .map_or(crate::cluster::shared::SHARED_READ_AHEAD_ENTRIES, |t| {
+                t.settings().read_ahead_entries
+            })
+    }
+
     /// Every housekeeping tick: drops local copies past the deletion lag,
     /// exports the manifest if it changed (deleting the objects it no
     /// longer lists), and starts the next copy that is due.
@@ -313,32 +321,21 @@ impl Topic {
         if self.offload.wanted.is_empty() {
             return;
         }
-        let Some(tiering) = self.tiering() else {
-            self.offload.wanted.clear();
-            return;
-        };
         let now = self.broker.clock().now();
         let wanted = std::mem::take(&mut self.offload.wanted);
         for (segment, first) in wanted {
-            self.start_fetch(&tiering, segment, first, true, now);
+            self.start_fetch(segment, first, true, now);
         }
     }
 
     /// Fetches entries `first..` of offloaded segment `segment` in a task,
     /// unless a fetch of them is running or the last one failed moments ago.
-    fn start_fetch(
-        &mut self,
-        tiering: &Arc<Tiering>,
-        segment: SegmentId,
-        first: u64,
-        asked: bool,
-        now: Instant,
-    ) {
+    fn start_fetch(&mut self, segment: SegmentId, first: u64, asked: bool, now: Instant) {
         let Some(log) = self.log.as_ref() else {
             return;
         };
         // A fetch in flight brings `read_ahead` entries after its first.
-        let read_ahead = tiering.settings().read_ahead_entries;
+        let read_ahead = self.read_ahead_entries();
         if self.offload.fetching.len() >= MAX_FETCHES
             || self
                 .offload
@@ -356,14 +353,14 @@ impl Topic {
         let Some(o) = log.offloaded(segment) else {
             return;
         };
-        let (object, entries) = (o.object.clone(), o.entries);
-        if first >= entries {
+        if first >= o.entries {
             return;
         }
+        let (o, id) = (o.clone(), log.id());
         self.offload.fetching.insert((segment, first), asked);
-        let (tiering, events) = (tiering.clone(), self.offload.events.clone());
+        let (broker, events) = (self.broker.clone(), self.offload.events.clone());
         tokio::spawn(async move {
-            let result = tiering.fetch(&object, first, entries).await;
+            let result = broker.fetch_offloaded(id, &o, first).await;
             let _ = events.send(OffloadEvent::Fetched {
                 segment,
                 first,
@@ -442,8 +439,8 @@ impl Topic {
                         self.offload.fetch_retry.remove(&segment);
                         // A block a reader asked for: the next one is
                         // fetched while it reads this one.
-                        if let (true, Some(tiering)) = (asked, self.tiering()) {
-                            self.start_fetch(&tiering, segment, next, false, now);
+                        if asked {
+                            self.start_fetch(segment, next, false, now);
                         }
                         self.dispatch_all();
                         self.feed_replicators();
@@ -476,6 +473,7 @@ impl Topic {
             last_publish_ms: 0,
             end_message_index: 0,
             offloaded_at_ms: now_ms,
+            shared_at: None,
         };
         match log.mark_offloaded(segment, record) {
             Ok(()) => {
@@ -618,7 +616,7 @@ impl Topic {
                 other => return other.map_err(BrokerError::from),
             };
             let now = self.broker.clock().now();
-            let (Some(tiering), Some(o)) = (self.tiering(), log.offloaded(segment)) else {
+            let Some(o) = log.offloaded(segment) else {
                 return Err(BrokerError::Storage(StorageError::Offloaded {
                     segment,
                     entry: first,
@@ -636,12 +634,12 @@ impl Topic {
                     "the object store failed a moment ago: try again later".into(),
                 ));
             }
-            let (object, count) = (o.object.clone(), o.entries);
-            let fetched =
-                tokio::time::timeout(READ_THROUGH_TIMEOUT, tiering.fetch(&object, first, count))
-                    .await
-                    .map_err(|_| "the object store did not answer in time".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+            let (o, id) = (o.clone(), log.id());
+            let fetched = self.broker.fetch_offloaded(id, &o, first);
+            let fetched = tokio::time::timeout(READ_THROUGH_TIMEOUT, fetched)
+                .await
+                .map_err(|_| "the object store did not answer in time".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
             let entries = match fetched {
                 Ok(entries) => entries,
                 Err(e) => {
@@ -664,7 +662,9 @@ fn manifest_segments(log: &ManagedLog) -> Vec<ManifestSegment> {
     log.segments()
         .iter()
         .filter_map(|s| {
-            let o = log.offloaded(s.id)?;
+            // A segment in a shared object (a cluster's compacted history)
+            // is the cluster's, not this topic's to restore from.
+            let o = log.offloaded(s.id).filter(|o| o.is_own_object())?;
             Some(ManifestSegment {
                 segment_id: s.id,
                 object: o.object.clone(),

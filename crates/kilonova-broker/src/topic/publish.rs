@@ -658,6 +658,15 @@ impl Topic {
                 tracing::debug!(topic = %self.full_name, producers = d.producer_count(), "deduplication state recovered");
                 self.dedup = Some(d);
             }
+            Err(dedup::DedupError::Storage(StorageError::Offloaded { .. }))
+                if self.shared.is_some() =>
+            {
+                // Loaded with its compacted runs left in the object store
+                // (deduplication was off): the next load, with it on,
+                // brings every entry local.
+                tracing::info!(topic = %self.full_name, "deduplication needs the whole history local: the topic reloads");
+                self.unload_soon();
+            }
             Err(e) => {
                 // Without its state, deduplication would let duplicates through
                 // silently: it stays off, loudly.

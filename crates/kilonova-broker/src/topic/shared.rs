@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use kilonova_objstore::wal::WalAppend;
-use kilonova_storage::{Completion, Position, StorageError};
+use kilonova_storage::{Completion, Entry, Position, StorageError};
 
 use super::{AdminRequest, Topic, TopicCommand};
 
@@ -25,15 +25,16 @@ impl Topic {
                 "a non-persistent topic has no log".into(),
             ));
         };
+        let message_index = log.next_message_index();
         let local = log
             .append(data.clone(), message_count, publish_time_ms)
             .await?;
         let shared = match self.shared.as_mut() {
-            Some(s) => Some(
-                s.append(&data, message_count, publish_time_ms)
-                    .await
-                    .map_err(|e| e.to_string()),
-            ),
+            Some(s) => {
+                let stored =
+                    Entry::encode_stored(publish_time_ms, message_index, message_count, &data);
+                Some(s.append(stored).await.map_err(|e| e.to_string()))
+            }
             None => None,
         };
         Ok((local, shared))
@@ -50,6 +51,12 @@ impl Topic {
         self.shared_failed = true;
         tracing::warn!(topic = %self.full_name, error = why, "an append did not reach shared storage: the topic closes and reloads from what was committed");
         self.fence();
+        self.unload_soon();
+    }
+
+    /// Asks the topic's own task to unload (clients reconnect; the next
+    /// load rebuilds it from the shared state).
+    pub(super) fn unload_soon(&self) {
         let (broker, name) = (self.broker.clone(), self.full_name.clone());
         tokio::spawn(async move {
             let Some(handle) = broker.loaded_handle(&name) else {
@@ -109,5 +116,46 @@ impl Topic {
         if let Some(shared) = self.shared.take() {
             shared.finish().await;
         }
+    }
+
+    /// Points each of the log's segments left in the object store at the
+    /// run of `runs` (the topic's part of its bundle's new base) that holds
+    /// its entries now. A segment whose entries no run holds (every
+    /// subscription acknowledged them and retention let them go) stays as
+    /// it is: reading it fails once its old object is deleted.
+    pub(super) fn move_shared_runs(
+        &mut self,
+        runs: &[kilonova_metadata::wal_index::BaseRun],
+    ) -> Result<(), crate::error::BrokerError> {
+        let (Some(log), Some(shared)) = (self.log.as_mut(), self.shared.as_ref()) else {
+            return Ok(());
+        };
+        let left: Vec<(kilonova_storage::SegmentId, u64)> = log
+            .segments()
+            .iter()
+            .filter_map(|s| {
+                let o = log.offloaded(s.id).filter(|o| !o.is_own_object())?;
+                Some((s.id, o.entries))
+            })
+            .collect();
+        for (segment, entries) in left {
+            let Some(first) = shared.entry_of(Position::new(segment, 0)) else {
+                continue;
+            };
+            let Some(run) = runs
+                .iter()
+                .find(|r| r.first_index <= first && first + entries <= r.end_index())
+            else {
+                continue;
+            };
+            let place = u32::try_from(first - run.first_index)
+                .ok()
+                .and_then(|d| run.first_position.checked_add(d));
+            let Some(place) = place else {
+                continue;
+            };
+            log.move_shared(segment, run.object.clone(), place)?;
+        }
+        Ok(())
     }
 }

@@ -4,20 +4,25 @@
 //! run of them (reading through gaps under 64 KiB),
 //! every entry checked against its CRC32C.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 
-use super::format::{self, WalIndex, WalRecord, WAL_FOOTER_LEN};
+use super::format::{self, WalIndex, WalRecord, WAL_FOOTER_LEN, WAL_INDEX_RECORD_LEN};
 use crate::bucket::Bucket;
 use crate::error::{ObjectStoreError, Result};
+use crate::lru::ByteLru;
 
 /// Bytes the first suffix request asks for: the footer and the index of
 /// objects of up to ~2,700 entries.
 const TAIL_GUESS: u64 = 64 << 10;
 
-/// Reads write-ahead objects. Cheap to clone.
+/// Reads write-ahead objects. Cheap to clone (clones share the index cache).
 #[derive(Clone)]
 pub struct WalReader {
     bucket: Bucket,
+    /// Indexes read by [`WalReader::cached_index`], bounded in bytes.
+    indexes: Arc<Mutex<ByteLru<String, Arc<WalIndex>>>>,
 }
 
 fn corrupt(key: &str, e: impl std::fmt::Display) -> ObjectStoreError {
@@ -28,8 +33,65 @@ fn corrupt(key: &str, e: impl std::fmt::Display) -> ObjectStoreError {
 }
 
 impl WalReader {
+    /// A reader without an index cache.
     pub fn new(bucket: Bucket) -> Self {
-        WalReader { bucket }
+        Self::with_index_cache(bucket, 0)
+    }
+
+    /// A reader whose [`WalReader::cached_index`] keeps indexes of up to
+    /// `max_bytes` in all (objects are written once: an index never changes).
+    pub fn with_index_cache(bucket: Bucket, max_bytes: usize) -> Self {
+        WalReader {
+            bucket,
+            indexes: Arc::new(Mutex::new(ByteLru::new(max_bytes))),
+        }
+    }
+
+    fn indexes(&self) -> std::sync::MutexGuard<'_, ByteLru<String, Arc<WalIndex>>> {
+        self.indexes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`WalReader::index`], from the cache when it holds it.
+    pub async fn cached_index(&self, key: &str) -> Result<Arc<WalIndex>> {
+        let key = key.to_string();
+        if let Some(index) = self.indexes().get(&key) {
+            return Ok(index);
+        }
+        let index = Arc::new(self.index(&key).await?);
+        let size = index.records.len() * WAL_INDEX_RECORD_LEN + key.len();
+        self.indexes().insert(key, index.clone(), size);
+        Ok(index)
+    }
+
+    /// Entries `first..=last` of a run of log `log`'s entries stored
+    /// one after the other from place `place` of object `key` (a compacted
+    /// history's run), its index from the cache.
+    pub async fn read_run(
+        &self,
+        key: &str,
+        log: u64,
+        place: u32,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<Bytes>> {
+        let out_of_range = || ObjectStoreError::NoSuchEntry {
+            key: key.to_string(),
+            entry: last,
+            entries: u64::from(u32::MAX),
+        };
+        let from = u64::from(place)
+            .checked_add(first)
+            .ok_or_else(out_of_range)?;
+        let to = u64::from(place)
+            .checked_add(last)
+            .ok_or_else(out_of_range)?;
+        let (from, to) = (
+            u32::try_from(from).map_err(|_| out_of_range())?,
+            u32::try_from(to).map_err(|_| out_of_range())?,
+        );
+        let index = self.cached_index(key).await?;
+        let places: Vec<u32> = (from..=to).collect();
+        self.read_entries(key, &index, log, &places).await
     }
 
     /// The object's sequence number and index, checked.

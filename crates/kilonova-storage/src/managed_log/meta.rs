@@ -3,9 +3,11 @@
 //!
 //! Everything of log `id` is under `logs/<id>/`: the metadata record at
 //! `logs/<id>/meta`, the cursor records beside it (`cursor.rs`). The record
-//! is version 3 (cursors listed by id, then the offloaded segments); version
-//! 2 (no offloaded segments) and version 1 (cursors listed by name) still
-//! decode, and the log stores them again as version 3 when it next saves.
+//! is version 4 (cursors listed by id, then the offloaded segments, each
+//! saying whether its object is its own); version 3 (offloaded segments,
+//! all in objects of their own), version 2 (no offloaded segments) and
+//! version 1 (cursors listed by name) still decode, and the log stores them
+//! again as version 4 when it next saves.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +26,11 @@ pub(crate) const META_VERSION_NAMES: u8 = 1;
 /// Version 2: cursors by id, nothing offloaded.
 pub(crate) const META_VERSION_IDS: u8 = 2;
 /// Version 3: version 2, then the offloaded segments.
-pub(crate) const META_VERSION: u8 = 3;
+pub(crate) const META_VERSION_OFFLOADED: u8 = 3;
+/// Version 4: version 3, each offloaded segment followed by where its
+/// entries start in an object shared with other logs (a flag byte, then
+/// the place when it is 1).
+pub(crate) const META_VERSION: u8 = 4;
 
 /// The prefix under which logs keep their state: `logs/<log id>/...`.
 pub(crate) const LOGS_PREFIX: &str = "logs";
@@ -105,10 +111,11 @@ pub(crate) fn encode_head(
     b
 }
 
-/// The metadata record (version 3): the head, then the id the next durable
+/// The metadata record (version 4): the head, then the id the next durable
 /// cursor gets and the ids of the durable cursors, then the offloaded
 /// segments: each its id, entries, bytes, last publish time, end message
-/// index, when it was offloaded, and its object's key (length, UTF-8).
+/// index, when it was offloaded, its object's key (length, UTF-8), and
+/// whether the object is shared (0, or 1 and the place of its first entry).
 pub(crate) fn encode_meta(
     next_message_index: u64,
     segments: &[SegmentMeta],
@@ -132,6 +139,13 @@ pub(crate) fn encode_meta(
         b.put_u64_le(o.offloaded_at_ms);
         b.put_u32_le(o.object.len() as u32);
         b.put_slice(o.object.as_bytes());
+        match o.shared_at {
+            None => b.put_u8(0),
+            Some(place) => {
+                b.put_u8(1);
+                b.put_u32_le(place);
+            }
+        }
     }
     b
 }
@@ -144,7 +158,7 @@ pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
     let version = b.get_u8();
     if !matches!(
         version,
-        META_VERSION | META_VERSION_IDS | META_VERSION_NAMES
+        META_VERSION | META_VERSION_OFFLOADED | META_VERSION_IDS | META_VERSION_NAMES
     ) {
         return Err(err());
     }
@@ -176,12 +190,13 @@ pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
         let ids = (0..m).map(|_| b.get_u64_le()).collect();
         StoredCursors::ById { next_id, ids }
     };
-    let offloaded = if version == META_VERSION {
-        decode_offloaded(&mut b).ok_or_else(err)?
+    let with_offloaded = version >= META_VERSION_OFFLOADED;
+    let offloaded = if with_offloaded {
+        decode_offloaded(&mut b, version == META_VERSION).ok_or_else(err)?
     } else {
         BTreeMap::new()
     };
-    if version == META_VERSION && b.has_remaining() {
+    if with_offloaded && b.has_remaining() {
         return Err(err());
     }
     Ok(Meta {
@@ -192,8 +207,9 @@ pub(crate) fn decode_meta(mut b: Bytes) -> Result<Meta> {
     })
 }
 
-/// The offloaded segments of a version-3 record.
-fn decode_offloaded(b: &mut Bytes) -> Option<BTreeMap<SegmentId, Offloaded>> {
+/// The offloaded segments of a version-3 record, or of a version-4 one
+/// (`with_shared`).
+fn decode_offloaded(b: &mut Bytes, with_shared: bool) -> Option<BTreeMap<SegmentId, Offloaded>> {
     if b.remaining() < 4 {
         return None;
     }
@@ -216,6 +232,11 @@ fn decode_offloaded(b: &mut Bytes) -> Option<BTreeMap<SegmentId, Offloaded>> {
             return None;
         }
         let object = String::from_utf8(b.split_to(len).to_vec()).ok()?;
+        let shared_at = match with_shared.then(|| b.try_get_u8().ok()) {
+            None | Some(Some(0)) => None,
+            Some(Some(1)) => Some(b.try_get_u32_le().ok()?),
+            Some(_) => return None,
+        };
         out.insert(
             id,
             Offloaded {
@@ -225,6 +246,7 @@ fn decode_offloaded(b: &mut Bytes) -> Option<BTreeMap<SegmentId, Offloaded>> {
                 last_publish_ms,
                 end_message_index,
                 offloaded_at_ms,
+                shared_at,
             },
         );
     }

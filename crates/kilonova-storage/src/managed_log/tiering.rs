@@ -47,6 +47,18 @@ pub struct Offloaded {
     /// When the offload was recorded (ms): the local copy goes after the
     /// deletion lag.
     pub offloaded_at_ms: u64,
+    /// `Some(place)`: the entries are places `place..place + entries` of
+    /// an object the log shares with others (a cluster's compacted
+    /// history), not a segment object of its own. The log never releases
+    /// such an object: whoever wrote it deletes it.
+    pub shared_at: Option<u32>,
+}
+
+impl Offloaded {
+    /// Whether the log owns the object (deletes it when the segment goes).
+    pub fn is_own_object(&self) -> bool {
+        self.shared_at.is_none()
+    }
 }
 
 /// A segment's place, as [`ManagedLog::segment_tiers`] lists it.
@@ -284,9 +296,38 @@ impl ManagedLog {
             };
             return Err(e);
         }
-        if let Some(o) = old {
+        if let Some(o) = old.filter(Offloaded::is_own_object) {
             // Offloaded again: the earlier object is no longer referenced.
             self.released_objects.push(o.object);
+        }
+        Ok(())
+    }
+
+    /// Segment `segment`, in a shared object, is now at place `place` of
+    /// object `object`, which holds the same entries (a cluster's history
+    /// compacted again); persisted before this returns. Refused for a
+    /// segment not in a shared object.
+    pub fn move_shared(&mut self, segment: SegmentId, object: String, place: u32) -> Result<()> {
+        let Some(o) = self
+            .offloaded
+            .get_mut(&segment)
+            .filter(|o| !o.is_own_object())
+        else {
+            return Err(StorageError::Log(format!(
+                "segment {segment} is not in a shared object"
+            )));
+        };
+        let old = std::mem::replace(
+            o,
+            Offloaded {
+                object,
+                shared_at: Some(place),
+                ..o.clone()
+            },
+        );
+        if let Err(e) = self.save_meta() {
+            self.offloaded.insert(segment, old);
+            return Err(e);
         }
         Ok(())
     }
@@ -377,10 +418,14 @@ impl ManagedLog {
         std::mem::take(&mut self.released_objects)
     }
 
-    /// A segment leaves the log (retention, deletion): its object, if any,
-    /// is released.
+    /// A segment leaves the log (retention, deletion): its object, if any
+    /// and its own, is released.
     pub(super) fn forget_offloaded(&mut self, segment: SegmentId) {
-        if let Some(o) = self.offloaded.remove(&segment) {
+        if let Some(o) = self
+            .offloaded
+            .remove(&segment)
+            .filter(Offloaded::is_own_object)
+        {
             self.released_objects.push(o.object);
         }
         self.offload_cache.forget_segment(segment);
