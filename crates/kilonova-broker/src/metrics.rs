@@ -520,6 +520,16 @@ pub(crate) fn render_shared_log(
             "Topic loads that read the history again because a compaction replaced it meanwhile",
             history.load_retries,
         ),
+        (
+            "kilonova_cluster_topic_load_entries_read_total",
+            "Entries topic loads here read from the object store and appended to the local log",
+            history.load_entries_read,
+        ),
+        (
+            "kilonova_cluster_topic_load_entries_left_total",
+            "Entries of compacted runs topic loads here left in the object store (read when a reader reaches them)",
+            history.load_entries_left,
+        ),
     ];
     for (name, help, v) in counters {
         header(out, name, "counter", help);
@@ -1165,6 +1175,8 @@ mod tests {
             compaction_failures: 1,
             loads: 7,
             load_retries: 2,
+            load_entries_read: 11,
+            load_entries_left: 13,
         };
         render_shared_log(&mut out, "c1", wal, history);
         for line in [
@@ -1177,6 +1189,8 @@ mod tests {
             "kilonova_cluster_history_compaction_failures_total{cluster=\"c1\"} 1",
             "kilonova_cluster_topic_loads_total{cluster=\"c1\"} 7",
             "kilonova_cluster_topic_load_retries_total{cluster=\"c1\"} 2",
+            "kilonova_cluster_topic_load_entries_read_total{cluster=\"c1\"} 11",
+            "kilonova_cluster_topic_load_entries_left_total{cluster=\"c1\"} 13",
             "# TYPE kilonova_cluster_flush_commits_total counter",
         ] {
             assert!(

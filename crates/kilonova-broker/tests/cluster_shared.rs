@@ -688,15 +688,104 @@ async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_records()
     .await;
     let records = r.flush_records(&ns, range).await.unwrap().len();
     assert!(records < 10, "{records} records left after the compaction");
-    let metrics = a.broker.render_metrics();
-    let counted = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.split(' ').nth(1)?.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    assert!(counted(&a, "kilonova_cluster_history_compactions_total{") >= 1);
+    assert_eq!(counted(&a, "kilonova_cluster_topic_loads_total{"), 1);
+}
+
+/// The value of counter `name` (up to its labels' brace) in `server`'s metrics.
+fn counted(server: &Server, name: &str) -> u64 {
+    let metrics = server.broker.render_metrics();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.split(' ').nth(1)?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+}
+
+/// The objects topic `topic`'s runs are in, in its bundle's base.
+async fn run_objects(r: &Resources, topic: &TopicName) -> Vec<String> {
+    let ns = topic.namespace();
+    let policies = r.namespace(&ns).await.unwrap();
+    let range = bundles::bundle_of(&policies.bundles, topic).unwrap();
+    let (base, _) = r.flush_base(&ns, range).await.unwrap().expect("a base");
+    let t = base.topics.iter().find(|t| t.topic == topic.to_string());
+    t.iter()
+        .flat_map(|t| &t.runs)
+        .map(|r| r.object.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_owner_leaves_compacted_runs_in_the_object_store_and_follows_their_next_compaction()
+{
+    use kilonova_metadata::policies::RetentionPolicies;
+    let (_meta, objects, r) = stores();
+    let a = member(&r, "a:8080", &objects).await;
+    let b = member(&r, "b:8080", &objects).await;
+    // Acknowledged messages are kept (retention without limits), so the
+    // compacted runs hold messages no subscription's position is in.
+    let ns = NamespaceName::new("public", "kept").unwrap();
+    let policies = Policies {
+        retention_policies: Some(RetentionPolicies {
+            retention_time_in_minutes: -1,
+            retention_size_in_mb: -1,
+        }),
+        ..Policies::default()
     };
-    assert!(counted("kilonova_cluster_history_compactions_total{") >= 1);
-    assert_eq!(counted("kilonova_cluster_topic_loads_total{"), 1);
+    r.create_namespace(&ns, policies).await.unwrap();
+    let topic = TopicName::parse("persistent://public/kept/t").unwrap();
+    let name = topic.to_string();
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&name, "s", SubType::Exclusive, 1).await;
+    c.producer(&name, 1).await;
+    publish(&mut c, 0..40).await;
+    c.flow(1, 100).await;
+    let got = receive(&mut c, 40).await;
+    ack(&mut c, &got[39].1, AckType::Cumulative).await;
+    let id = r.topic(&topic).await.unwrap().unwrap().id;
+    stored_position(&r, id, "s", 40).await;
+    a.broker.compact_held_bundles(1).await;
+    let first_objects = run_objects(&r, &topic).await;
+    assert_eq!(first_objects.len(), 1, "40 entries compacted into one run");
+    publish(&mut c, 40..42).await;
+    let range = bundles::bundle_of(&r.namespace(&ns).await.unwrap().bundles, &topic).unwrap();
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+
+    // b loads the topic reading only the two records after the base: the
+    // run stays in the object store until a reader reaches it.
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&name, "s", SubType::Exclusive, 1).await;
+    assert_eq!(
+        counted(&b, "kilonova_cluster_topic_load_entries_left_total{"),
+        40
+    );
+    assert_eq!(
+        counted(&b, "kilonova_cluster_topic_load_entries_read_total{"),
+        2
+    );
+    c.flow(1, 100).await;
+    assert_eq!(payloads(&receive(&mut c, 2).await), ["m40", "m41"]);
+
+    // b publishes more and compacts: the run merges with the new entries
+    // into another object and the old object is deleted while the topic
+    // is loaded here; a reader from the earliest still reads every
+    // message, the first 40 from the new object.
+    c.producer(&name, 1).await;
+    publish(&mut c, 42..82).await;
+    b.broker.compact_held_bundles(1).await;
+    let now = run_objects(&r, &topic).await;
+    assert!(
+        first_objects
+            .iter()
+            .all(|o| !now.contains(o) && !objects.path().join(o).exists()),
+        "the first run's object was rewritten and deleted: {first_objects:?}, now {now:?}"
+    );
+    let mut e = Raw::connect(b.addr).await;
+    e.subscribe(&name, "earliest", SubType::Exclusive, 2).await;
+    e.flow(2, 1000).await;
+    let all = receive(&mut e, 82).await;
+    let expected: Vec<String> = (0..82).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads(&all), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,8 +77,10 @@ struct Rebuilt {
     log: ManagedLog,
     /// The entry number of its first entry.
     first_index: u64,
-    /// Entries appended.
-    entries: u64,
+    /// Entries of compacted runs left in the object store.
+    left: u64,
+    /// Entries read and appended.
+    read: u64,
     /// The bundle's flush records after its base.
     records: usize,
 }
@@ -123,6 +125,8 @@ pub(crate) struct HistoryCounts {
     pub(crate) compaction_failures: std::sync::atomic::AtomicU64,
     pub(crate) loads: std::sync::atomic::AtomicU64,
     pub(crate) load_retries: std::sync::atomic::AtomicU64,
+    pub(crate) load_entries_read: std::sync::atomic::AtomicU64,
+    pub(crate) load_entries_left: std::sync::atomic::AtomicU64,
 }
 
 /// [`HistoryCounts`] at one moment.
@@ -132,11 +136,19 @@ pub struct HistoryStats {
     pub compaction_failures: u64,
     pub loads: u64,
     pub load_retries: u64,
+    /// Entries loads read from the object store and appended locally.
+    pub load_entries_read: u64,
+    /// Entries of compacted runs loads left in the object store.
+    pub load_entries_left: u64,
 }
 
 impl HistoryCounts {
     pub(crate) fn add(counter: &std::sync::atomic::AtomicU64) {
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::add_n(counter, 1);
+    }
+
+    fn add_n(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> HistoryStats {
@@ -146,6 +158,8 @@ impl HistoryCounts {
             compaction_failures: get(&self.compaction_failures),
             loads: get(&self.loads),
             load_retries: get(&self.load_retries),
+            load_entries_read: get(&self.load_entries_read),
+            load_entries_left: get(&self.load_entries_left),
         }
     }
 }
@@ -658,9 +672,11 @@ impl Broker {
         let Rebuilt {
             mut log,
             first_index,
-            entries,
+            left,
+            read,
             records,
         } = rebuilt;
+        let entries = left + read;
         let cursors = self.resources().topic_cursors(id).await?;
         let end = first_index + entries;
         let ids = MessageIds::new(&cursors.segments, first_index, &local_segments(&log));
@@ -692,7 +708,9 @@ impl Broker {
         // every few seconds commits too few records to start one).
         shared.busy.found(&key, records);
         HistoryCounts::add(&shared.counts.loads);
-        tracing::info!(topic = %name, entries, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
+        HistoryCounts::add_n(&shared.counts.load_entries_read, read);
+        HistoryCounts::add_n(&shared.counts.load_entries_left, left);
+        tracing::info!(topic = %name, entries_left = left, entries_read = read, subscriptions = cursors.subscriptions.len(), "topic loaded from the shared state");
         let topic = SharedTopic {
             log: id,
             next_tag: end,
@@ -908,7 +926,8 @@ impl Broker {
         Ok(Rebuilt {
             log,
             first_index: history.first_index,
-            entries: left_entries + entries,
+            left: left_entries,
+            read: entries,
             records,
         })
     }
