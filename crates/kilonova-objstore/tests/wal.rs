@@ -239,17 +239,7 @@ async fn a_logs_spread_out_entries_are_read_without_the_gaps_between(bucket: Buc
         .map(|(i, _)| i as u32)
         .collect();
     assert_eq!(mine, vec![0, 101]);
-    // GET requests so far.
-    let gets = || {
-        bucket
-            .metrics()
-            .snapshot()
-            .latency_us
-            .iter()
-            .find(|(r, _)| *r == Request::Get)
-            .map_or(0, |(_, h)| h.count)
-    };
-    let before = gets();
+    let before = gets(&bucket);
     let entries = reader.read_log(&key, &index, 1).await.unwrap();
     assert_eq!(
         entries,
@@ -258,7 +248,7 @@ async fn a_logs_spread_out_entries_are_read_without_the_gaps_between(bucket: Buc
     let by_place = reader.read_entries(&key, &index, 1, &mine).await.unwrap();
     assert_eq!(by_place, entries);
     // Two requests each, one per entry: not one through the 400 KiB between.
-    assert_eq!(gets() - before, 4);
+    assert_eq!(gets(&bucket) - before, 4);
     // Places of another log's entries, or out of order, are refused.
     assert!(matches!(
         reader.read_entries(&key, &index, 2, &mine).await,
@@ -272,7 +262,58 @@ async fn a_logs_spread_out_entries_are_read_without_the_gaps_between(bucket: Buc
     ));
 }
 
+/// GET requests `bucket` made so far.
+fn gets(bucket: &Bucket) -> u64 {
+    bucket
+        .metrics()
+        .snapshot()
+        .latency_us
+        .iter()
+        .find(|(r, _)| *r == Request::Get)
+        .map_or(0, |(_, h)| h.count)
+}
+
+async fn a_run_is_read_by_place_with_its_index_read_once(bucket: Bucket) {
+    // Log 1's run at places 1..=3, between entries of log 2.
+    let entries: Vec<(u64, Bytes)> = [(2, "a"), (1, "r0"), (1, "r1"), (1, "r2"), (2, "b")]
+        .into_iter()
+        .map(|(log, d)| (log, Bytes::from(d)))
+        .collect();
+    let key = kilonova_objstore::wal::write_object(&bucket, "base/run.wal", &entries)
+        .await
+        .unwrap();
+    let reader = WalReader::with_index_cache(bucket.clone(), 1 << 20);
+    let before = gets(&bucket);
+    let run = reader.read_run(&key, 1, 1, 1, 2).await.unwrap();
+    assert_eq!(run, [Bytes::from("r1"), Bytes::from("r2")]);
+    assert_eq!(gets(&bucket) - before, 2, "the index, then the entries");
+    let first = reader.read_run(&key, 1, 1, 0, 0).await.unwrap();
+    assert_eq!(first, [Bytes::from("r0")]);
+    assert_eq!(gets(&bucket) - before, 3, "the index came from the cache");
+    // Another log's place, or a place past the object, is refused.
+    assert!(matches!(
+        reader.read_run(&key, 1, 1, 0, 3).await,
+        Err(ObjectStoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        reader.read_run(&key, 1, 5, 0, 0).await,
+        Err(ObjectStoreError::NoSuchEntry { .. })
+    ));
+    // Without a cache, every read reads the index again.
+    let uncached = WalReader::new(bucket.clone());
+    let before = gets(&bucket);
+    uncached.read_run(&key, 1, 1, 0, 0).await.unwrap();
+    uncached.read_run(&key, 1, 1, 0, 0).await.unwrap();
+    assert_eq!(gets(&bucket) - before, 4);
+}
+
 mod filesystem {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_is_read_by_place_with_its_index_read_once() {
+        let (b, _dir) = super::filesystem().await;
+        super::a_run_is_read_by_place_with_its_index_read_once(b).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_logs_spread_out_entries_are_read_without_the_gaps_between() {
         let (b, _dir) = super::filesystem().await;
