@@ -534,13 +534,20 @@ async fn deduplication_follows_a_moved_topic() {
     // topic with deduplication loads them all, not leaving them in the
     // object store), and finds the producer's last sequence id there.
     a.broker.compact_held_bundles(1).await;
-    assert!(r.flush_records(&default_ns(), range).await.unwrap().is_empty());
+    assert!(r
+        .flush_records(&default_ns(), range)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(a.broker.unload_bundle(&default_ns(), range).await.unwrap());
     // On b the producer learns where it stands, and what it sends again (as a
     // client resends what it had no receipt for) is not stored twice.
     let mut c = Raw::connect(b.addr).await;
     assert_eq!(named_producer(&mut c, &topic, "raw").await, Some(4));
-    assert_eq!(counted(&b, "kilonova_cluster_topic_load_entries_read_total{"), 5);
+    assert_eq!(
+        counted(&b, "kilonova_cluster_topic_load_entries_read_total{"),
+        5
+    );
     publish(&mut c, 3..7).await;
     c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
         .await;
@@ -705,6 +712,52 @@ fn counted(server: &Server, name: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.split(' ').nth(1)?.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_dropped_by_the_next_owners_compaction_leaves_its_loaded_topic() {
+    let Fixture {
+        r,
+        a,
+        b,
+        ns,
+        range,
+        topic,
+        mut c,
+        objects,
+        ..
+    } = fixture().await;
+    publish(&mut c, 0..40).await;
+    a.broker.compact_held_bundles(1).await;
+    let first_objects = run_objects(&r, &topic).await;
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+
+    // On b (the run left in the object store), everything is consumed.
+    let name = topic.to_string();
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&name, "s", SubType::Exclusive, 1).await;
+    assert_eq!(
+        counted(&b, "kilonova_cluster_topic_load_entries_left_total{"),
+        40
+    );
+    c.flow(1, 100).await;
+    let got = receive(&mut c, 40).await;
+    ack(&mut c, &got[39].1, AckType::Cumulative).await;
+    let id = r.topic(&topic).await.unwrap().unwrap().id;
+    stored_position(&r, id, "s", 40).await;
+    c.producer(&name, 1).await;
+    publish(&mut c, 40..42).await;
+    // b's compaction drops the run (acknowledged, no retention) and its
+    // object; the topic lets go of it too: a reader from the earliest
+    // starts at the first message kept, not at one no object holds.
+    b.broker.compact_held_bundles(1).await;
+    assert!(first_objects
+        .iter()
+        .all(|o| !objects.path().join(o).exists()));
+    let mut e = Raw::connect(b.addr).await;
+    e.subscribe(&name, "earliest", SubType::Exclusive, 2).await;
+    e.flow(2, 100).await;
+    assert_eq!(payloads(&receive(&mut e, 2).await), ["m40", "m41"]);
 }
 
 /// The objects topic `topic`'s runs are in, in its bundle's base.
