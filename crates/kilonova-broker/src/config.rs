@@ -44,6 +44,12 @@ pub struct BrokerConfig {
     /// Cluster brokers with shared storage: a bundle's history is compacted
     /// once this many flush records followed its last compaction.
     pub cluster_compact_after_records: usize,
+    /// Cluster brokers with shared storage: a bundle's history is compacted
+    /// once this broker committed this many bytes of entries to it since
+    /// its last compaction (a topic's load reads what follows the last
+    /// compaction: this bounds it in bytes as the records bound it in
+    /// requests).
+    pub cluster_compact_after_bytes: u64,
     /// Cluster brokers with shared storage: how often the bundles held are
     /// looked at for compaction (also those whose records another broker
     /// wrote); a bundle this broker wrote enough records to is compacted at once.
@@ -233,6 +239,7 @@ impl Default for BrokerConfig {
             cluster_flush_interval_ms: 5,
             cluster_flush_max_bytes: 8 << 20,
             cluster_compact_after_records: 256,
+            cluster_compact_after_bytes: 16 << 20,
             cluster_compaction_interval_ms: 10_000,
             entry_cache_bytes: 256 << 20,
             dispatch_batch_entries: 100,

@@ -673,6 +673,48 @@ async fn compacted(r: &Resources, ns: &NamespaceName, range: BundleRange, when: 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_bytes() {
+    let (_meta, objects, r) = stores();
+    // Records far from their threshold, looked at once an hour: only the
+    // bytes committed here can start the compaction within the test.
+    let config = BrokerConfig {
+        cluster_compact_after_records: 10_000,
+        cluster_compact_after_bytes: 64 << 10,
+        cluster_compaction_interval_ms: 3_600_000,
+        ..BrokerConfig::default()
+    };
+    let a = member_with(&r, "a:8080", &objects, config).await;
+    let (range, topic) = a_topic(&r).await;
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.producer(&topic.to_string(), 1).await;
+    let ns = default_ns();
+    // Three 16 KiB messages: under the bytes threshold, no compaction.
+    let data = vec![b'x'; 16 << 10];
+    for seq in 0..3 {
+        c.send_message(1, seq, &data).await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+    assert_eq!(
+        counted(&a, "kilonova_cluster_history_compactions_total{"),
+        0
+    );
+    assert!(r.flush_base(&ns, range).await.unwrap().is_none());
+    // Two more: over 64 KiB.
+    for seq in 3..5 {
+        c.send_message(1, seq, &data).await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+    compacted(
+        &r,
+        &ns,
+        range,
+        "after 80 KiB committed (the threshold is 64 KiB)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_records() {
     let (_meta, objects, r) = stores();
     // Looked at once an hour: only the count of records committed here
@@ -758,6 +800,45 @@ async fn a_run_dropped_by_the_next_owners_compaction_leaves_its_loaded_topic() {
     e.subscribe(&name, "earliest", SubType::Exclusive, 2).await;
     e.flow(2, 100).await;
     assert_eq!(payloads(&receive(&mut e, 2).await), ["m40", "m41"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_inside_a_run_of_large_entries_is_found_at_the_load() {
+    // 200 entries of 256 KiB: a fetch with the usual read-ahead (100
+    // entries, 25 MiB) is larger than a log's offload cache (16 MiB).
+    let Fixture {
+        r,
+        a,
+        b,
+        ns,
+        range,
+        topic,
+        mut c,
+        ..
+    } = fixture().await;
+    let big = vec![7u8; 256 << 10];
+    for seq in 0..200u64 {
+        let mut data = format!("m{seq:03}:").into_bytes();
+        data.extend_from_slice(&big);
+        c.send_message(1, seq, &data).await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+    c.flow(1, 100).await;
+    let got = receive(&mut c, 100).await;
+    ack(&mut c, &got[99].1, AckType::Cumulative).await;
+    let id = r.topic(&topic).await.unwrap().unwrap().id;
+    stored_position(&r, id, "s", 100).await;
+    a.broker.compact_held_bundles(1).await;
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+    // b finds m100 inside the run left in the object store (a binary
+    // search, each entry it looks at fetched alone) and resumes there.
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    assert!(counted(&b, "kilonova_cluster_topic_load_entries_left_total{") >= 100);
+    c.flow(1, 1).await;
+    let (first, _) = receive(&mut c, 1).await.remove(0);
+    assert!(first.starts_with("m100:"), "resumed at {}", &first[..5]);
 }
 
 /// The objects topic `topic`'s runs are in, in its bundle's base.

@@ -393,7 +393,7 @@ impl Broker {
         // Topics loaded here read their compacted runs from the old objects:
         // they move to the new runs before those objects go.
         for t in &base.topics {
-            self.move_shared_runs(&t.topic, &t.runs).await;
+            self.move_shared_runs(t).await;
         }
         self.resources()
             .delete_flush_records(&key.0, key.1, &covers)
@@ -404,18 +404,18 @@ impl Broker {
         Ok(Some(report))
     }
 
-    /// Tells topic `name`, if loaded here, that its compacted runs are now
-    /// `runs`, and waits until it moved its segments to them (or a while:
-    /// a topic still loading answers once it serves; one that stops or
-    /// does not answer reads its next load from the new base anyway).
-    async fn move_shared_runs(&self, name: &str, runs: &[BaseRun]) {
+    /// Tells topic `base.topic`, if loaded here, that its part of the new
+    /// base is `base`, and waits until it moved its segments to the new
+    /// runs (or a while: a topic still loading answers once it serves; one
+    /// that stops or does not answer reads its next load from the new base
+    /// anyway).
+    async fn move_shared_runs(&self, base: &BaseTopic) {
+        let name = base.topic.as_str();
         let Some(handle) = self.loaded_handle(name) else {
             return;
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let request = crate::topic::AdminRequest::MoveSharedRuns {
-            runs: runs.to_vec(),
-        };
+        let request = crate::topic::AdminRequest::MoveSharedRuns { base: base.clone() };
         let asked = async {
             handle
                 .send(crate::topic::TopicCommand::Admin { request, reply })

@@ -64,10 +64,6 @@ const SHARED_INDEX_CACHE_BYTES: usize = 16 << 20;
 /// one asked for (as tiered storage's `read_ahead_entries`).
 pub(crate) const SHARED_READ_AHEAD_ENTRIES: u64 = 100;
 
-/// Fetches one search of a load may make in runs left in the object store
-/// (a binary search: one per halving, each with the read-ahead).
-const LOAD_MAX_FETCHES_PER_READ: usize = 64;
-
 /// Reads of a topic's history a load makes when a compaction replaces it
 /// meanwhile.
 const LOAD_ATTEMPTS: u32 = 3;
@@ -79,8 +75,9 @@ struct Rebuilt {
     first_index: u64,
     /// Entries of compacted runs left in the object store.
     left: u64,
-    /// Entries read and appended.
+    /// Entries read and appended, and their bytes.
     read: u64,
+    read_bytes: u64,
     /// The bundle's flush records after its base.
     records: usize,
 }
@@ -314,37 +311,46 @@ impl SharedTopic {
 /// each next owner read a longer history).
 struct BusyBundles {
     threshold: usize,
-    committed: Mutex<HashMap<BundleKey, usize>>,
+    byte_threshold: u64,
+    /// Per bundle: flush records and entry bytes since its last compaction.
+    committed: Mutex<HashMap<BundleKey, (usize, u64)>>,
     due: tokio::sync::Notify,
 }
 
 impl BusyBundles {
-    fn new(threshold: usize) -> Self {
+    fn new(threshold: usize, byte_threshold: u64) -> Self {
         BusyBundles {
             threshold: threshold.max(1),
+            byte_threshold: byte_threshold.max(1),
             committed: Mutex::default(),
             due: tokio::sync::Notify::new(),
         }
     }
 
+    fn is_due(&self, (records, bytes): (usize, u64)) -> bool {
+        records >= self.threshold || bytes >= self.byte_threshold
+    }
+
     /// A load of a topic of bundle `key` found `records` flush records
-    /// after its base: at least as many are due.
-    fn found(&self, key: &BundleKey, records: usize) {
+    /// after its base, and read `bytes` of entries from them: at least as
+    /// many are due.
+    fn found(&self, key: &BundleKey, records: usize, bytes: u64) {
         let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
         let n = c.entry(key.clone()).or_default();
-        *n = (*n).max(records);
-        if *n >= self.threshold {
+        *n = (n.0.max(records), n.1.max(bytes));
+        if self.is_due(*n) {
             self.due.notify_one();
         }
     }
 
-    fn committed(&self, bundles: impl IntoIterator<Item = BundleKey>) {
+    /// A flush was committed with `bytes` of entries for each bundle.
+    fn committed(&self, bundles: impl IntoIterator<Item = (BundleKey, u64)>) {
         let mut due = false;
         let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
-        for key in bundles {
+        for (key, bytes) in bundles {
             let n = c.entry(key).or_default();
-            *n += 1;
-            due |= *n >= self.threshold;
+            *n = (n.0 + 1, n.1 + bytes);
+            due |= self.is_due(*n);
         }
         if due {
             self.due.notify_one();
@@ -357,7 +363,7 @@ impl BusyBundles {
         let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
         let due: Vec<BundleKey> = c
             .iter()
-            .filter(|(_, n)| all || **n >= self.threshold)
+            .filter(|(_, n)| all || self.is_due(**n))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &due {
@@ -387,8 +393,10 @@ async fn compact_histories(broker: WeakBroker, busy: Arc<BusyBundles>, every: Du
             return;
         }
         if !on_tick {
+            // Due by their records or by their bytes: compacted whatever
+            // the number of records.
             let due = busy.take_due(false);
-            broker.compact_held(busy.threshold, Some(&due)).await;
+            broker.compact_held(1, Some(&due)).await;
             continue;
         }
         pass += 1;
@@ -442,9 +450,13 @@ impl Committer {
             .membership()
             .ok_or_else(|| CommitError::Refused("not a cluster broker".into()))?;
         let mut records = FlushRecords::new(&flush.object);
+        // Entry bytes per bundle (counted towards its next compaction).
+        let mut bytes: HashMap<BundleKey, u64> = HashMap::new();
         {
             let served = lock(&self.served);
+            let mut by_log: HashMap<u64, u64> = HashMap::new();
             for e in &flush.entries {
+                *by_log.entry(e.log).or_default() += u64::from(e.bytes);
                 let Some((topic, range)) = served.get(&e.log) else {
                     // Its topic closed with appends in flight: they fail.
                     return Err(CommitError::Deposed(format!(
@@ -455,6 +467,11 @@ impl Committer {
                 records
                     .push(topic, *range, e.log, e.tag, e.index)
                     .map_err(|e| CommitError::Refused(e.to_string()))?;
+            }
+            for (log, n) in by_log {
+                if let Some((topic, range)) = served.get(&log) {
+                    *bytes.entry((topic.namespace(), *range)).or_default() += n;
+                }
             }
         }
         let records = records.finish();
@@ -479,7 +496,10 @@ impl Committer {
             .await
         {
             Ok(Commit::Committed { .. }) => {
-                self.busy.committed(bundles);
+                self.busy.committed(bundles.into_iter().map(|k| {
+                    let n = bytes.get(&k).copied().unwrap_or(0);
+                    (k, n)
+                }));
                 Ok(())
             }
             Ok(Commit::Deposed { ns, range }) => {
@@ -600,7 +620,10 @@ impl Broker {
             ));
         }
         let served: Served = Arc::default();
-        let busy = Arc::new(BusyBundles::new(c.cluster_compact_after_records));
+        let busy = Arc::new(BusyBundles::new(
+            c.cluster_compact_after_records,
+            c.cluster_compact_after_bytes,
+        ));
         let committer = Arc::new(Committer {
             broker: self.downgrade(),
             served: served.clone(),
@@ -674,6 +697,7 @@ impl Broker {
             first_index,
             left,
             read,
+            read_bytes,
             records,
         } = rebuilt;
         let entries = left + read;
@@ -681,9 +705,7 @@ impl Broker {
         let end = first_index + entries;
         let ids = MessageIds::new(&cursors.segments, first_index, &local_segments(&log));
         for (sub, index) in &cursors.subscriptions {
-            let found = self
-                .read_through_log(&mut log, |l| l.position_of_message_index(*index))
-                .await?;
+            let found = self.position_of_message_index(&mut log, *index).await?;
             let at = match found {
                 Some(p) => InitialPosition::At(p),
                 None if *index >= log.next_message_index() => InitialPosition::Latest,
@@ -706,7 +728,7 @@ impl Broker {
         // A long history is compacted now, while the topic serves, so that
         // the next load is short too (each owner of a bundle that moves
         // every few seconds commits too few records to start one).
-        shared.busy.found(&key, records);
+        shared.busy.found(&key, records, read_bytes);
         HistoryCounts::add(&shared.counts.loads);
         HistoryCounts::add_n(&shared.counts.load_entries_read, read);
         HistoryCounts::add_n(&shared.counts.load_entries_left, left);
@@ -749,39 +771,82 @@ impl Broker {
         }
     }
 
-    /// Runs `read` over `log`, fetching what it finds only in the object
-    /// store (a load's searches in segments left there) until it answers.
-    async fn read_through_log<T>(
+    /// The position of the entry holding message `index` in `log`, if it
+    /// holds it: [`ManagedLog::position_of_message_index`]'s binary search,
+    /// with each entry it looks at fetched on its own when only the object
+    /// store has it. (Retrying the whole search after each fetch, with a
+    /// read-ahead, thrashed the log's offload cache on large entries: every
+    /// fetch evicted the entries of the probes before it.)
+    async fn position_of_message_index(
         &self,
         log: &mut ManagedLog,
-        read: impl Fn(&ManagedLog) -> Result<T, StorageError>,
-    ) -> Result<T, BrokerError> {
-        for _ in 0..LOAD_MAX_FETCHES_PER_READ {
-            let (segment, first) = match read(log) {
-                Err(StorageError::Offloaded { segment, entry }) => (segment, entry),
-                other => return other.map_err(BrokerError::from),
-            };
-            let Some(o) = log.offloaded(segment).cloned() else {
-                return Err(StorageError::Offloaded {
-                    segment,
-                    entry: first,
-                }
-                .into());
-            };
-            let fetched = self
-                .fetch_offloaded(log.id(), &o, first)
-                .await
-                .map_err(|e| {
-                    BrokerError::Unavailable(format!(
-                        "reading a compacted run in {}: {e}",
-                        o.object
-                    ))
-                })?;
-            log.insert_offloaded(segment, first, fetched)?;
+        index: u64,
+    ) -> Result<Option<Position>, BrokerError> {
+        let segments = log.segments();
+        let i = segments.partition_point(|s| s.first_message_index <= index);
+        let Some(segment) = i.checked_sub(1).and_then(|i| segments.get(i)) else {
+            return Ok(None);
+        };
+        let segment = segment.id;
+        let entries = match log.segment_info(segment) {
+            Some(info) => info.entries,
+            None => log.offloaded(segment).map_or(0, |o| o.entries),
+        };
+        // The first entry whose messages end after `index`.
+        let (mut lo, mut hi) = (0, entries);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let e = self
+                .read_entry_through(log, Position::new(segment, mid))
+                .await?;
+            if e.message_index + u64::from(e.message_count) > index {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
         }
-        Err(BrokerError::Unavailable(
-            "reading compacted runs took too many fetches".into(),
-        ))
+        Ok((lo < entries).then_some(Position::new(segment, lo)))
+    }
+
+    /// Entry `p` of `log`, fetched alone from the object store when only
+    /// the object store has it.
+    async fn read_entry_through(
+        &self,
+        log: &mut ManagedLog,
+        p: Position,
+    ) -> Result<Entry, BrokerError> {
+        match log.read_entry(p) {
+            Err(StorageError::Offloaded { segment, entry }) => {
+                let Some(o) = log.offloaded(segment).cloned() else {
+                    return Err(StorageError::Offloaded { segment, entry }.into());
+                };
+                // Its entries bounded at `entry`: no read-ahead (a search
+                // looks at entries far apart).
+                let one = Offloaded {
+                    entries: entry + 1,
+                    ..o
+                };
+                let fetched = self
+                    .fetch_offloaded(log.id(), &one, entry)
+                    .await
+                    .map_err(|e| {
+                        BrokerError::Unavailable(format!(
+                            "reading a compacted run in {}: {e}",
+                            one.object
+                        ))
+                    })?;
+                let stored = fetched.into_iter().next().ok_or_else(|| {
+                    BrokerError::Unavailable(format!("{} returned no entry {entry}", one.object))
+                })?;
+                Entry::from_stored(p, stored).ok_or_else(|| {
+                    BrokerError::Unavailable(format!(
+                        "entry {entry} in {} is shorter than its header",
+                        one.object
+                    ))
+                })
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Wipes the topic's local log (what this broker's journal holds of it
@@ -887,7 +952,7 @@ impl Broker {
                 }
             })
             .buffered(LOAD_READS_IN_FLIGHT);
-        let mut entries = 0u64;
+        let (mut entries, mut read_bytes) = (0u64, 0u64);
         let mut appended = Vec::new();
         while let Some(data) = fetched.next().await {
             let data = match data {
@@ -898,6 +963,7 @@ impl Broker {
                 Err(e) => return Err(unavailable("reading its committed entries", &e).into()),
             };
             for bytes in data {
+                read_bytes += bytes.len() as u64;
                 let at = from + entries;
                 let expected = log.next_message_index();
                 let entry = Entry::from_stored(Position::default(), bytes)
@@ -928,6 +994,7 @@ impl Broker {
             first_index: history.first_index,
             left: left_entries,
             read: entries,
+            read_bytes,
             records,
         })
     }

@@ -83,11 +83,12 @@ pub enum AdminRequest {
     /// appends stop, those in flight are answered, subscription positions
     /// are stored. An unload follows.
     PrepareHandover,
-    /// The topic's history was compacted again (in a cluster): its
-    /// segments left in the object store are now in these runs (the same
-    /// entries, other objects), which the old objects are deleted after.
+    /// The topic's history was compacted again (in a cluster): its part of
+    /// the new base. Its segments left in the object store are now in these
+    /// runs (the same entries, other objects) or were dropped (those before
+    /// its first kept entry); the old objects are deleted after this.
     MoveSharedRuns {
-        runs: Vec<kilonova_metadata::wal_index::BaseRun>,
+        base: kilonova_metadata::wal_index::BaseTopic,
     },
     /// Unloads, telling every client to reconnect to `to` (the topic's
     /// next owner, in a cluster, at the URLs of the client's listener)
@@ -419,8 +420,8 @@ impl Topic {
                 self.offload_before(before).map(|()| AdminReply::Done)
             }
             AdminRequest::OffloadStatus => Ok(AdminReply::Offload(self.offload_status())),
-            AdminRequest::MoveSharedRuns { runs } => {
-                self.move_shared_runs(&runs).map(|()| AdminReply::Done)
+            AdminRequest::MoveSharedRuns { base } => {
+                self.move_shared_runs(&base).map(|()| AdminReply::Done)
             }
             AdminRequest::ReplicatedSubscription { subscription, set } => self
                 .replicated_subscription(&subscription, set)

@@ -119,13 +119,13 @@ impl Topic {
     }
 
     /// Points each of the log's segments left in the object store at the
-    /// run of `runs` (the topic's part of its bundle's new base) that holds
-    /// its entries now. A segment whose entries no run holds (every
-    /// subscription acknowledged them and retention let them go) stays as
-    /// it is: reading it fails once its old object is deleted.
+    /// run of `base` (the topic's part of its bundle's new base) that holds
+    /// its entries now; those before the base's first kept entry (every
+    /// subscription acknowledged them and retention let them go) leave the
+    /// log, as their objects are about to.
     pub(super) fn move_shared_runs(
         &mut self,
-        runs: &[kilonova_metadata::wal_index::BaseRun],
+        base: &kilonova_metadata::wal_index::BaseTopic,
     ) -> Result<(), crate::error::BrokerError> {
         let (Some(log), Some(shared)) = (self.log.as_mut(), self.shared.as_ref()) else {
             return Ok(());
@@ -142,7 +142,12 @@ impl Topic {
             let Some(first) = shared.entry_of(Position::new(segment, 0)) else {
                 continue;
             };
-            let Some(run) = runs
+            if first + entries <= base.first_index {
+                log.drop_leading_shared(segment)?;
+                continue;
+            }
+            let Some(run) = base
+                .runs
                 .iter()
                 .find(|r| r.first_index <= first && first + entries <= r.end_index())
             else {

@@ -20,6 +20,8 @@ pub struct FlushEntry {
     pub tag: u64,
     /// The entry's place in the object (0-based).
     pub index: u32,
+    /// The entry's bytes.
+    pub bytes: u32,
 }
 
 /// What one flush wrote: the object and every entry in it, in append order

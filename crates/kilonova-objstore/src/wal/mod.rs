@@ -578,6 +578,7 @@ impl Flush {
                     log: a.log,
                     tag: a.tag,
                     index: i as u32,
+                    bytes: u32::try_from(a.data.len()).unwrap_or(u32::MAX),
                 })
                 .collect(),
         };

@@ -332,6 +332,36 @@ impl ManagedLog {
         Ok(())
     }
 
+    /// Drops the log's first segment, `segment`, whose entries were in a
+    /// shared object and are no longer kept there (a cluster's compaction
+    /// dropped them once every subscription had acknowledged them and
+    /// retention let them go); cursors in it move to the next segment.
+    /// Refused for any other segment.
+    pub fn drop_leading_shared(&mut self, segment: SegmentId) -> Result<()> {
+        let leading = self.segments.len() > 1 && self.segments[0].id == segment;
+        if !leading
+            || self
+                .offloaded
+                .get(&segment)
+                .is_none_or(Offloaded::is_own_object)
+        {
+            return Err(StorageError::Log(format!(
+                "segment {segment} is not a leading segment in a shared object"
+            )));
+        }
+        let meta = self.segments.remove(0);
+        let Some(o) = self.offloaded.remove(&segment) else {
+            return Ok(());
+        };
+        if let Err(e) = self.save_meta() {
+            self.segments.insert(0, meta);
+            self.offloaded.insert(segment, o);
+            return Err(e);
+        }
+        self.offload_cache.forget_segment(segment);
+        Ok(())
+    }
+
     /// Offloaded segments whose local copy may go: recorded `lag_ms` or
     /// longer before `now_ms`.
     pub fn local_copies_to_drop(&self, now_ms: u64, lag_ms: u64) -> Vec<SegmentId> {
