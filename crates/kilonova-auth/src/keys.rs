@@ -34,6 +34,11 @@ fn could_be_base64(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
 }
 
+/// Whether `value` is base64 text of at least a secret key's 32 bytes.
+fn decodes_to_a_key(value: &str) -> bool {
+    could_be_base64(value) && B64.decode(value).is_ok_and(|k| k.len() >= 32)
+}
+
 /// The bytes a key value names.
 pub fn read_key(value: &str) -> Result<Vec<u8>, KeyError> {
     let value = value.trim();
@@ -62,11 +67,17 @@ pub fn read_key(value: &str) -> Result<Vec<u8>, KeyError> {
             path: p.to_owned(),
             error,
         }),
-        None if looks_like_path(value) => Err(KeyError::NoFile(if could_be_base64(value) {
-            "at the path given".into()
-        } else {
-            value.to_owned()
-        })),
+        // A generated secret key's base64 text may start with '/': one
+        // that decodes to a whole key (32 bytes or more) is that key, not
+        // a missing file (a path of 43 or more base64 characters with no
+        // '.' in it would be read as a key; it then verifies no token).
+        None if looks_like_path(value) && !decodes_to_a_key(value) => {
+            Err(KeyError::NoFile(if could_be_base64(value) {
+                "at the path given".into()
+            } else {
+                value.to_owned()
+            }))
+        }
         None => B64
             .decode(value)
             .map_err(|_| KeyError::Invalid(format!("{KEY_FORMS}; this is none of them"))),
@@ -174,6 +185,12 @@ mod tests {
         assert_eq!(read_key(&format!("file://{p}")).unwrap(), vec![9, 8, 7]);
         assert_eq!(read_key(&format!("file:{p}")).unwrap(), vec![9, 8, 7]);
         assert_eq!(read_key(&p).unwrap(), vec![9, 8, 7]);
+        // A 32-byte key whose base64 text starts with '/' (one generated
+        // key in 64) is that key, not a missing file.
+        let key: Vec<u8> = std::iter::once(0xfc).chain(1..32).collect();
+        let text = B64.encode(&key);
+        assert!(text.starts_with('/'), "{text}");
+        assert_eq!(read_key(&text).unwrap(), key);
     }
 
     #[test]

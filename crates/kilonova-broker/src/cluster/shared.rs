@@ -705,7 +705,7 @@ impl Broker {
         let end = first_index + entries;
         let ids = MessageIds::new(&cursors.segments, first_index, &local_segments(&log));
         for (sub, index) in &cursors.subscriptions {
-            let found = self.position_of_message_index(&mut log, *index).await?;
+            let found = self.position_of_message_index(&log, *index).await?;
             let at = match found {
                 Some(p) => InitialPosition::At(p),
                 None if *index >= log.next_message_index() => InitialPosition::Latest,
@@ -779,7 +779,7 @@ impl Broker {
     /// fetch evicted the entries of the probes before it.)
     async fn position_of_message_index(
         &self,
-        log: &mut ManagedLog,
+        log: &ManagedLog,
         index: u64,
     ) -> Result<Option<Position>, BrokerError> {
         let segments = log.segments();
@@ -812,7 +812,7 @@ impl Broker {
     /// the object store has it.
     async fn read_entry_through(
         &self,
-        log: &mut ManagedLog,
+        log: &ManagedLog,
         p: Position,
     ) -> Result<Entry, BrokerError> {
         match log.read_entry(p) {
