@@ -13,6 +13,26 @@ pub enum AutoTopicType {
     Partitioned,
 }
 
+/// Which position a topic evicts its cached entries before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheEviction {
+    #[default]
+    SlowestReader,
+    SlowestMarkDelete,
+    TimeOnly,
+}
+
+impl From<CacheEviction> for kilonova_storage::EvictionStrategy {
+    fn from(c: CacheEviction) -> Self {
+        match c {
+            CacheEviction::SlowestReader => Self::SlowestReader,
+            CacheEviction::SlowestMarkDelete => Self::SlowestMarkDelete,
+            CacheEviction::TimeOnly => Self::TimeOnly,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -56,6 +76,20 @@ pub struct BrokerConfig {
     pub cluster_compaction_interval_ms: u64,
     /// Memory for recently written entries, shared by all topics.
     pub entry_cache_bytes: usize,
+    /// Which position a topic evicts its cached entries before: the
+    /// slowest reader's (Pulsar's default), the slowest mark-delete
+    /// position (Pulsar's `cacheEvictionByMarkDeletedPosition`), or none
+    /// (`time-only`: entries leave by age and the byte budget alone).
+    pub cache_eviction: CacheEviction,
+    /// Cached entries older than this leave the cache (0: none leave by
+    /// age); Pulsar's `managedLedgerCacheEvictionTimeThresholdMillis`.
+    pub cache_eviction_time_threshold_ms: u64,
+    /// How often entries are evicted by age.
+    pub cache_eviction_interval_ms: u64,
+    /// A subscription more than this many entries behind its topic's end
+    /// no longer keeps entries cached for itself (0: every one does);
+    /// Pulsar's `managedLedgerCursorBackloggedThreshold`.
+    pub cache_backlogged_cursor_entries: u64,
     /// Entries a subscription reads ahead per dispatch round.
     pub dispatch_batch_entries: usize,
     /// Shared / key_shared: entries held for redelivery before reading further stops.
@@ -242,6 +276,10 @@ impl Default for BrokerConfig {
             cluster_compact_after_bytes: 16 << 20,
             cluster_compaction_interval_ms: 10_000,
             entry_cache_bytes: 256 << 20,
+            cache_eviction: CacheEviction::SlowestReader,
+            cache_eviction_time_threshold_ms: 0,
+            cache_eviction_interval_ms: 10,
+            cache_backlogged_cursor_entries: 1000,
             dispatch_batch_entries: 100,
             max_redelivery_backlog_entries: 10_000,
             max_connections: 10_000,

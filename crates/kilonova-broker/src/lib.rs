@@ -41,7 +41,7 @@ pub use broker::{
 };
 pub use catalog_import::import_old_catalog;
 pub use cluster::{ClusterSettings, LookupAnswer};
-pub use config::{AutoTopicType, BrokerConfig};
+pub use config::{AutoTopicType, BrokerConfig, CacheEviction};
 pub use connection::accept_loop;
 pub use error::BrokerError;
 pub use kilonova_metadata::names::{Domain, TopicName, TopicNameError};

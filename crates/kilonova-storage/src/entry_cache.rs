@@ -5,13 +5,15 @@
 //! for and never more than its budget:
 //! * the owning log evicts everything before a position — the slowest active
 //!   reader's read position (default) or the slowest mark-delete position,
-//!   chosen by [`EvictionStrategy`];
-//! * [`EntryCache::evict_older_than`] drops entries published before a threshold;
+//!   chosen by [`EvictionStrategy`] (or none: [`EvictionStrategy::TimeOnly`]);
+//! * [`EntryCache::evict_cached_before`] drops entries cached longer than a
+//!   time threshold (the broker calls it on a timer);
 //! * when over its byte budget, the oldest-inserted entries go first.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use crate::entry::Entry;
 use crate::position::Position;
@@ -24,6 +26,10 @@ pub enum EvictionStrategy {
     SlowestReader,
     /// Before the slowest mark-delete position: keeps unacked entries for fast redelivery.
     SlowestMarkDelete,
+    /// Never by position: entries leave only by age (the broker's time
+    /// threshold) or the byte budget, so read entries stay for consumers
+    /// that lag or restart and read them again.
+    TimeOnly,
 }
 
 type Key = (u64, Position);
@@ -45,7 +51,8 @@ fn size_class(bytes: usize) -> usize {
 #[derive(Default)]
 struct Inner {
     entries: BTreeMap<Key, (u64, Entry)>,
-    by_age: BTreeMap<u64, Key>,
+    /// Insertion order: each entry's key and when it was inserted.
+    by_age: BTreeMap<u64, (Key, Instant)>,
     bytes: usize,
     seq: u64,
     /// Entries held by size class (small, normal, huge).
@@ -145,12 +152,12 @@ impl EntryCache {
         let seq = inner.seq;
         inner.bytes += entry.size();
         inner.by_class[size_class(entry.size())] += 1;
-        inner.by_age.insert(seq, key);
+        inner.by_age.insert(seq, (key, Instant::now()));
         inner.entries.insert(key, (seq, entry));
         self.inserted.fetch_add(1, Ordering::Relaxed);
         let mut over_budget = 0;
         while inner.bytes > self.max_bytes {
-            let Some((_, oldest)) = inner.by_age.first_key_value().map(|(s, k)| (*s, *k)) else {
+            let Some(oldest) = inner.by_age.first_key_value().map(|(_, (k, _))| *k) else {
                 break;
             };
             inner.remove(&oldest);
@@ -209,18 +216,21 @@ impl EntryCache {
         self.evict_before(log, Position::new(u64::MAX, u64::MAX));
     }
 
-    /// Drops entries published before `threshold_ms`.
-    pub fn evict_older_than(&self, threshold_ms: u64) {
+    /// Drops the entries inserted before `cutoff` (cached longer than the
+    /// broker's time threshold), oldest first: as many steps as entries go.
+    pub fn evict_cached_before(&self, cutoff: Instant) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        let keys: Vec<Key> = inner
-            .entries
-            .iter()
-            .filter(|(_, (_, e))| e.publish_time_ms < threshold_ms)
-            .map(|(k, _)| *k)
-            .collect();
-        let n = inner.evict(keys);
+        let mut n = 0;
+        while let Some((_, (key, at))) = inner.by_age.first_key_value() {
+            if *at >= cutoff {
+                break;
+            }
+            let key = *key;
+            inner.remove(&key);
+            n += 1;
+        }
         drop(inner);
         self.count_eviction(n);
     }
@@ -333,8 +343,27 @@ mod tests {
         assert!(c.get(1, Position::new(5, 5)).is_none());
         assert!(c.get(1, Position::new(5, 6)).is_some());
         assert!(c.get(2, Position::new(5, 0)).is_some());
-        c.evict_older_than(8);
-        assert!(c.get(2, Position::new(5, 7)).is_none());
-        assert!(c.get(2, Position::new(5, 8)).is_some());
+    }
+
+    #[test]
+    fn evicts_what_was_cached_before_a_moment_whatever_its_log() {
+        let c = EntryCache::new(1 << 20);
+        for e in 0..4 {
+            c.insert(1, entry(5, e, 10, e));
+        }
+        let cutoff = Instant::now();
+        while Instant::now() == cutoff {
+            std::hint::spin_loop();
+        }
+        for e in 4..6 {
+            c.insert(2, entry(5, e, 10, e));
+        }
+        // Inserted again after the cutoff: it stays.
+        c.insert(1, entry(5, 3, 10, 3));
+        c.evict_cached_before(cutoff);
+        assert!((0..3).all(|e| c.get(1, Position::new(5, e)).is_none()));
+        assert!(c.get(1, Position::new(5, 3)).is_some());
+        assert!((4..6).all(|e| c.get(2, Position::new(5, e)).is_some()));
+        assert_eq!(c.stats().evicted_entries, 3);
     }
 }

@@ -59,6 +59,10 @@ pub struct ManagedLogConfig {
     pub max_segment_age_ms: u64,
     /// Which position cached entries are evicted before.
     pub cache_eviction: EvictionStrategy,
+    /// A cursor more than this many entries behind the end no longer keeps
+    /// entries cached for itself (0: every cursor does); Pulsar's
+    /// `managedLedgerCursorBackloggedThreshold`.
+    pub backlogged_cursor_entries: u64,
     /// Individually-acked ranges persisted per cursor (the rest may be redelivered after a crash).
     pub max_persisted_ack_ranges: usize,
 }
@@ -70,6 +74,7 @@ impl Default for ManagedLogConfig {
             max_segment_bytes: 256 << 20,
             max_segment_age_ms: 4 * 3600 * 1000,
             cache_eviction: EvictionStrategy::SlowestReader,
+            backlogged_cursor_entries: 1000,
             max_persisted_ack_ranges: 10_000,
         }
     }
@@ -761,11 +766,21 @@ impl ManagedLog {
         })
     }
 
+    /// Evicts the log's cached entries no cursor needs, as the strategy
+    /// says; a cursor more than `backlogged_cursor_entries` behind the end
+    /// needs none (it reads from storage, as Pulsar's inactive cursors do).
     fn evict_cache(&self) {
+        let strategy = self.config.cache_eviction;
+        if strategy == EvictionStrategy::TimeOnly {
+            return;
+        }
+        let positions = self.positions();
+        let threshold = self.config.backlogged_cursor_entries;
         let slowest = self
             .cursors
             .values()
-            .map(|c| c.cache_needed_from(self.config.cache_eviction))
+            .map(|c| c.cache_needed_from(strategy))
+            .filter(|p| threshold == 0 || positions.entries_from(*p) <= threshold)
             .min()
             .unwrap_or_else(|| self.end_position());
         self.cache.evict_before(self.id, slowest);

@@ -451,6 +451,42 @@ async fn tailing_reads_are_served_from_the_cache_and_acked_entries_leave_it() {
 }
 
 #[tokio::test]
+async fn a_backlogged_cursor_does_not_pin_the_cache_and_time_only_evicts_nothing_by_position() {
+    use kilonova_storage::EvictionStrategy;
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    // (strategy, backlogged threshold, entries left cached once the tailing
+    // cursor read all 20 while the other read none)
+    let cases = [
+        (EvictionStrategy::SlowestReader, 0, 20),
+        (EvictionStrategy::SlowestReader, 10, 0),
+        (EvictionStrategy::SlowestReader, 30, 20),
+        (EvictionStrategy::TimeOnly, 10, 20),
+    ];
+    for (i, (strategy, threshold, cached)) in cases.into_iter().enumerate() {
+        let config = kilonova_storage::ManagedLogConfig {
+            cache_eviction: strategy,
+            backlogged_cursor_entries: threshold,
+            ..small_segments()
+        };
+        let id = 20 + i as u64;
+        let mut log = open(&e, id, config, 0).await;
+        log.open_cursor("tail", InitialPosition::Latest, true)
+            .unwrap();
+        log.open_cursor("lagging", InitialPosition::Latest, true)
+            .unwrap();
+        publish(&mut log, 0, 20).await;
+        assert_eq!(log.read_next("tail", 100).unwrap().len(), 20);
+        let left = e.cache.stats().entries;
+        assert_eq!(
+            left, cached,
+            "{strategy:?} with a threshold of {threshold} entries"
+        );
+        log.close().unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_cursor_with_a_1000_byte_name_survives_close_and_reopen_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
     // Multi-byte characters too: the name is bytes to the store, never a file name.

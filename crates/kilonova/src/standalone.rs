@@ -491,6 +491,10 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
             "HTTPS",
         )));
     }
+    if broker.config().cache_eviction_time_threshold_ms > 0 {
+        let every = Duration::from_millis(broker.config().cache_eviction_interval_ms.max(1));
+        tokio::spawn(cache_eviction_loop(broker.clone(), every, stop_rx.clone()));
+    }
     let gc = tokio::spawn(gc_loop(
         store,
         Duration::from_secs(config.storage.gc_interval_secs.max(1)),
@@ -656,6 +660,18 @@ async fn reclaim_orphans(store: &SegmentStore, state: &Arc<DirStateStore>) {
 }
 
 /// Reclaims dead journal files now and then (off the async workers: it does file I/O).
+/// Evicts cached entries by age (`cache_eviction_time_threshold_ms`) every `every`.
+async fn cache_eviction_loop(broker: Broker, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => broker.evict_old_cached_entries(),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 async fn gc_loop(store: SegmentStore, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;

@@ -257,6 +257,22 @@ impl Broker {
         &self.inner.clock
     }
 
+    /// Drops the cached entries older than `cache_eviction_time_threshold_ms`
+    /// (none when it is 0); run every `cache_eviction_interval_ms`.
+    pub fn evict_old_cached_entries(&self) {
+        let age = self.config().cache_eviction_time_threshold_ms;
+        if age == 0 {
+            return;
+        }
+        let cutoff = self
+            .clock()
+            .now()
+            .checked_sub(std::time::Duration::from_millis(age));
+        if let Some(cutoff) = cutoff {
+            self.inner.cache.evict_cached_before(cutoff);
+        }
+    }
+
     /// Whether storage can write, for the health check: `Err` says why not.
     /// While the store reports a failed write, the disk must have room for a
     /// journal file and one probe append (to a segment of its own, deleted at

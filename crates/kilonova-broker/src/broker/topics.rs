@@ -101,6 +101,8 @@ impl Broker {
                 max_segment_entries: c.max_segment_entries.max(1),
                 max_segment_bytes: c.max_segment_bytes.max(1),
                 max_segment_age_ms: c.max_segment_age_secs.saturating_mul(1000).max(1),
+                cache_eviction: c.cache_eviction.into(),
+                backlogged_cursor_entries: c.cache_backlogged_cursor_entries,
                 ..ManagedLogConfig::default()
             },
             self.inner.clock.now_ms(),

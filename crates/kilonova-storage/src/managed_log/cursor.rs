@@ -284,7 +284,9 @@ impl Cursor {
     pub(super) fn cache_needed_from(&self, strategy: EvictionStrategy) -> Position {
         match strategy {
             EvictionStrategy::SlowestReader => self.read.max(self.floor),
-            EvictionStrategy::SlowestMarkDelete => self.floor,
+            // Time-only eviction asks nothing by position: the floor is
+            // what it would keep at most.
+            EvictionStrategy::SlowestMarkDelete | EvictionStrategy::TimeOnly => self.floor,
         }
     }
 
