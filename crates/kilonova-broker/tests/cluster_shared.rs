@@ -841,6 +841,51 @@ async fn a_subscription_inside_a_run_of_large_entries_is_found_at_the_load() {
     assert!(first.starts_with("m100:"), "resumed at {}", &first[..5]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_inside_a_run_left_in_the_object_store_is_stored_as_it_was() {
+    let Fixture {
+        r,
+        a,
+        b,
+        ns,
+        range,
+        topic,
+        mut c,
+        ..
+    } = fixture().await;
+    publish(&mut c, 0..40).await;
+    // Compacted before anything is acknowledged: one run of all 40.
+    a.broker.compact_held_bundles(1).await;
+    c.flow(1, 10).await;
+    let got = receive(&mut c, 10).await;
+    ack(&mut c, &got[9].1, AckType::Cumulative).await;
+    let id = r.topic(&topic).await.unwrap().unwrap().id;
+    stored_position(&r, id, "s", 10).await;
+    assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
+
+    // On b the subscription's position is inside the run b left in the
+    // object store: b stores it again (on subscribe, and as it publishes)
+    // as message 10, not as if everything were acknowledged, so b's own
+    // compaction keeps the run and the next owner resumes at m10.
+    let name = topic.to_string();
+    let mut c = Raw::connect(b.addr).await;
+    c.subscribe(&name, "s", SubType::Exclusive, 1).await;
+    assert_eq!(
+        counted(&b, "kilonova_cluster_topic_load_entries_left_total{"),
+        40
+    );
+    c.producer(&name, 1).await;
+    publish(&mut c, 40..42).await;
+    drop(c);
+    b.broker.compact_held_bundles(1).await;
+    assert!(b.broker.unload_bundle(&ns, range).await.unwrap());
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&name, "s", SubType::Exclusive, 1).await;
+    c.flow(1, 100).await;
+    let expected: Vec<String> = (10..42).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads(&receive(&mut c, 32).await), expected);
+}
+
 /// The objects topic `topic`'s runs are in, in its bundle's base.
 async fn run_objects(r: &Resources, topic: &TopicName) -> Vec<String> {
     let ns = topic.namespace();

@@ -213,6 +213,10 @@ pub(crate) struct SharedTopic {
     cursors: Option<CursorWriter>,
     /// Where its segments (and earlier owners') start in its entry numbering.
     ids: MessageIds,
+    /// Each subscription's position at the load and its message index
+    /// (read from the stored positions): what a position in a segment left
+    /// in the object store stands for, without reading it.
+    loaded_at: HashMap<String, (Position, u64)>,
 }
 
 impl Drop for SharedTopic {
@@ -244,7 +248,7 @@ impl SharedTopic {
     /// ranges acknowledged after it), and where its segments start.
     fn cursor_positions(&mut self, log: &ManagedLog) -> TopicCursors {
         self.ids.observe(&local_segments(log));
-        let subscriptions = cursor_positions(log);
+        let subscriptions = cursor_positions(log, &self.loaded_at);
         let per_subscription = ack_ranges_per_subscription(subscriptions.len());
         let acked = subscriptions
             .keys()
@@ -581,7 +585,15 @@ impl CursorWriter {
 
 /// The subscription positions of `log`, by message index: each durable
 /// cursor's first unacknowledged message.
-fn cursor_positions(log: &ManagedLog) -> BTreeMap<String, u64> {
+/// Each durable subscription's first unacknowledged message index in `log`.
+/// A position in a segment left in the object store is not read: it stands
+/// for at least its segment's first message, or for the index it had at
+/// the load (`loaded_at`) if it has not moved since — never for a later
+/// message, so a move delivers again rather than skips.
+fn cursor_positions(
+    log: &ManagedLog,
+    loaded_at: &HashMap<String, (Position, u64)>,
+) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for name in log.cursor_names() {
         if !log.cursor_info(&name).is_ok_and(|i| i.durable) {
@@ -590,10 +602,24 @@ fn cursor_positions(log: &ManagedLog) -> BTreeMap<String, u64> {
         let Ok(floor) = log.ack_floor(&name) else {
             continue;
         };
-        let index = match log.read_entry(floor) {
-            Ok(e) => e.message_index,
+        let index = if !log.is_readable(floor) {
             // At the end: everything is acknowledged.
-            Err(_) => log.next_message_index(),
+            log.next_message_index()
+        } else {
+            match log.read_entry(floor) {
+                Ok(e) => e.message_index,
+                Err(_) => {
+                    let segment_first = log
+                        .segments()
+                        .iter()
+                        .find(|s| s.id == floor.segment)
+                        .map_or(0, |s| s.first_message_index);
+                    match loaded_at.get(&name) {
+                        Some((at, index)) if *at <= floor => segment_first.max(*index),
+                        _ => segment_first,
+                    }
+                }
+            }
         };
         out.insert(name, index);
     }
@@ -704,10 +730,14 @@ impl Broker {
         let cursors = self.resources().topic_cursors(id).await?;
         let end = first_index + entries;
         let ids = MessageIds::new(&cursors.segments, first_index, &local_segments(&log));
+        let mut loaded_at = HashMap::new();
         for (sub, index) in &cursors.subscriptions {
             let found = self.position_of_message_index(&log, *index).await?;
             let at = match found {
-                Some(p) => InitialPosition::At(p),
+                Some(p) => {
+                    loaded_at.insert(sub.clone(), (p, *index));
+                    InitialPosition::At(p)
+                }
                 None if *index >= log.next_message_index() => InitialPosition::Latest,
                 // Before the first message kept.
                 None => InitialPosition::Earliest,
@@ -740,6 +770,7 @@ impl Broker {
             served: shared.served.clone(),
             cursors: Some(CursorWriter::start(self, id, key, cursors)),
             ids,
+            loaded_at,
         };
         Ok((log, topic))
     }
