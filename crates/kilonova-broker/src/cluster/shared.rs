@@ -802,6 +802,21 @@ impl Broker {
         }
     }
 
+    /// Entry `entry` alone of log `log`'s segment `o` left in the object
+    /// store (no read-ahead: what a search looks at, entries far apart).
+    pub(crate) async fn fetch_offloaded_entry(
+        &self,
+        log: u64,
+        o: &Offloaded,
+        entry: u64,
+    ) -> Result<Vec<Bytes>, ObjectStoreError> {
+        let one = Offloaded {
+            entries: o.entries.min(entry.saturating_add(1)),
+            ..o.clone()
+        };
+        self.fetch_offloaded(log, &one, entry).await
+    }
+
     /// The position of the entry holding message `index` in `log`, if it
     /// holds it: [`ManagedLog::position_of_message_index`]'s binary search,
     /// with each entry it looks at fetched on its own when only the object
@@ -851,28 +866,22 @@ impl Broker {
                 let Some(o) = log.offloaded(segment).cloned() else {
                     return Err(StorageError::Offloaded { segment, entry }.into());
                 };
-                // Its entries bounded at `entry`: no read-ahead (a search
-                // looks at entries far apart).
-                let one = Offloaded {
-                    entries: entry + 1,
-                    ..o
-                };
                 let fetched = self
-                    .fetch_offloaded(log.id(), &one, entry)
+                    .fetch_offloaded_entry(log.id(), &o, entry)
                     .await
                     .map_err(|e| {
                         BrokerError::Unavailable(format!(
                             "reading a compacted run in {}: {e}",
-                            one.object
+                            o.object
                         ))
                     })?;
                 let stored = fetched.into_iter().next().ok_or_else(|| {
-                    BrokerError::Unavailable(format!("{} returned no entry {entry}", one.object))
+                    BrokerError::Unavailable(format!("{} returned no entry {entry}", o.object))
                 })?;
                 Entry::from_stored(p, stored).ok_or_else(|| {
                     BrokerError::Unavailable(format!(
                         "entry {entry} in {} is shorter than its header",
-                        one.object
+                        o.object
                     ))
                 })
             }

@@ -634,8 +634,11 @@ impl Topic {
                     "the object store failed a moment ago: try again later".into(),
                 ));
             }
+            // The entry alone: a search starts again after each fetch and
+            // needs the entries it looked at before still in the offload
+            // cache, which a read-ahead of large entries pushed out.
             let (o, id) = (o.clone(), log.id());
-            let fetched = self.broker.fetch_offloaded(id, &o, first);
+            let fetched = self.broker.fetch_offloaded_entry(id, &o, first);
             let fetched = tokio::time::timeout(READ_THROUGH_TIMEOUT, fetched)
                 .await
                 .map_err(|_| "the object store did not answer in time".to_string())
