@@ -60,10 +60,6 @@ const LOAD_APPENDS_UNWAITED: usize = 1024;
 /// segments left there keep (24 bytes an entry).
 const SHARED_INDEX_CACHE_BYTES: usize = 16 << 20;
 
-/// Entries a read of a segment left in the object store fetches after the
-/// one asked for (as tiered storage's `read_ahead_entries`).
-pub(crate) const SHARED_READ_AHEAD_ENTRIES: u64 = 100;
-
 /// Reads of a topic's history a load makes when a compaction replaces it
 /// meanwhile.
 const LOAD_ATTEMPTS: u32 = 3;
@@ -162,7 +158,7 @@ impl HistoryCounts {
 }
 
 impl SharedLog {
-    pub(super) fn reader(&self) -> &WalReader {
+    pub(crate) fn reader(&self) -> &WalReader {
         &self.reader
     }
 
@@ -773,48 +769,6 @@ impl Broker {
             loaded_at,
         };
         Ok((log, topic))
-    }
-
-    /// Entries `first..` (up to a read-ahead) of log `log`'s segment `o`
-    /// left in the object store: from its own object (tiered storage) or
-    /// from its place in a compacted history's object.
-    pub(crate) async fn fetch_offloaded(
-        &self,
-        log: u64,
-        o: &Offloaded,
-        first: u64,
-    ) -> Result<Vec<Bytes>, ObjectStoreError> {
-        match (o.shared_at, self.shared_log(), self.tiering()) {
-            (Some(place), Some(shared), _) => {
-                let last = first
-                    .saturating_add(SHARED_READ_AHEAD_ENTRIES)
-                    .min(o.entries.saturating_sub(1));
-                shared
-                    .reader
-                    .read_run(&o.object, log, place, first, last)
-                    .await
-            }
-            (None, _, Some(tiering)) => tiering.fetch(&o.object, first, o.entries).await,
-            _ => Err(ObjectStoreError::Config(format!(
-                "{} is in an object store this broker is not configured with",
-                o.object
-            ))),
-        }
-    }
-
-    /// Entry `entry` alone of log `log`'s segment `o` left in the object
-    /// store (no read-ahead: what a search looks at, entries far apart).
-    pub(crate) async fn fetch_offloaded_entry(
-        &self,
-        log: u64,
-        o: &Offloaded,
-        entry: u64,
-    ) -> Result<Vec<Bytes>, ObjectStoreError> {
-        let one = Offloaded {
-            entries: o.entries.min(entry.saturating_add(1)),
-            ..o.clone()
-        };
-        self.fetch_offloaded(log, &one, entry).await
     }
 
     /// The position of the entry holding message `index` in `log`, if it

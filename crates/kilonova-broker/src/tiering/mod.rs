@@ -20,7 +20,7 @@ use kilonova_objstore::{
     Bucket, ObjectStoreConfig, ObjectStoreError, OffloadConfig, OffloadedReader, OffloadedSegment,
     Offloader, ReaderConfig,
 };
-use kilonova_storage::{SegmentId, SegmentStore};
+use kilonova_storage::{Offloaded, SegmentId, SegmentStore};
 
 /// The `[offload]` section: the object store, and how it is read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -243,5 +243,56 @@ impl Tiering {
     pub async fn delete(&self, object: &str) -> Result<(), ObjectStoreError> {
         self.reader.forget(object);
         self.offloader.delete(object).await
+    }
+}
+
+/// Entries a read of a segment in a cluster's compacted history fetches
+/// after the one asked for (as `read_ahead_entries` for tiered storage's).
+pub(crate) const SHARED_READ_AHEAD_ENTRIES: u64 = 100;
+
+/// Reading a topic's segments that only the object store holds: its own
+/// offloaded segments (tiered storage) or the runs of a cluster's compacted
+/// history it was loaded with.
+impl crate::broker::Broker {
+    /// Entries `first..` (up to a read-ahead) of log `log`'s segment `o`
+    /// left in the object store: from its own object (tiered storage) or
+    /// from its place in a compacted history's object.
+    pub(crate) async fn fetch_offloaded(
+        &self,
+        log: u64,
+        o: &Offloaded,
+        first: u64,
+    ) -> Result<Vec<Bytes>, ObjectStoreError> {
+        match (o.shared_at, self.shared_log(), self.tiering()) {
+            (Some(place), Some(shared), _) => {
+                let last = first
+                    .saturating_add(SHARED_READ_AHEAD_ENTRIES)
+                    .min(o.entries.saturating_sub(1));
+                shared
+                    .reader()
+                    .read_run(&o.object, log, place, first, last)
+                    .await
+            }
+            (None, _, Some(tiering)) => tiering.fetch(&o.object, first, o.entries).await,
+            _ => Err(ObjectStoreError::Config(format!(
+                "{} is in an object store this broker is not configured with",
+                o.object
+            ))),
+        }
+    }
+
+    /// Entry `entry` alone of log `log`'s segment `o` left in the object
+    /// store (no read-ahead: what a search looks at, entries far apart).
+    pub(crate) async fn fetch_offloaded_entry(
+        &self,
+        log: u64,
+        o: &Offloaded,
+        entry: u64,
+    ) -> Result<Vec<Bytes>, ObjectStoreError> {
+        let one = Offloaded {
+            entries: o.entries.min(entry.saturating_add(1)),
+            ..o.clone()
+        };
+        self.fetch_offloaded(log, &one, entry).await
     }
 }

@@ -160,7 +160,7 @@ impl Topic {
     /// Entries a fetch brings after the one asked for.
     fn read_ahead_entries(&self) -> u64 {
         self.tiering()
-            .map_or(crate::cluster::shared::SHARED_READ_AHEAD_ENTRIES, |t| {
+            .map_or(crate::tiering::SHARED_READ_AHEAD_ENTRIES, |t| {
                 t.settings().read_ahead_entries
             })
     }
