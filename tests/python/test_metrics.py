@@ -38,6 +38,7 @@ FSYNC_SECONDS = "kilonova_storage_fsync_seconds"  # histogram: duration of each 
 GROUP_COMMIT_ENTRIES = "kilonova_storage_group_commit_entries"  # histogram: entries per group commit
 CACHE_HITS = "kilonova_entry_cache_hits_total"  # counter
 CACHE_MISSES = "kilonova_entry_cache_misses_total"  # counter
+CACHE_MISS_BYTES = "kilonova_entry_cache_miss_bytes_total"  # counter
 
 # Pulsar's entry-cache series (ManagedLedgerCacheMetrics): gauges labelled cluster.
 ML_COUNT = "pulsar_ml_count"
@@ -272,7 +273,8 @@ def test_storage_size_gauge(broker, client):
 def test_storage_histograms_and_entry_cache_counters(broker, client):
     before = scrape(broker)
     for name, kind in ((FSYNC_SECONDS, "histogram"), (GROUP_COMMIT_ENTRIES, "histogram"),
-                       (CACHE_HITS, "counter"), (CACHE_MISSES, "counter")):
+                       (CACHE_HITS, "counter"), (CACHE_MISSES, "counter"),
+                       (CACHE_MISS_BYTES, "counter")):
         sample = f"{name}_count" if kind == "histogram" else name
         family = before.family_with_sample(sample)
         assert family is not None, f"no {kind} {name} in /metrics"

@@ -170,28 +170,6 @@ pub(crate) fn render(
         crate::metrics::header(out, name, "gauge", help);
         let _ = writeln!(out, "{name}{{cluster=\"{cluster}\"}} {v}");
     }
-    // Totals since the broker started, for hit ratios over any window.
-    let totals = [
-        (
-            "kilonova_cache_hits_total",
-            "Reads the entry cache served",
-            s.hits,
-        ),
-        (
-            "kilonova_cache_misses_total",
-            "Reads the entry cache could not serve (read from storage)",
-            s.misses,
-        ),
-        (
-            "kilonova_cache_miss_bytes_total",
-            "Bytes read from storage after a cache miss",
-            s.miss_bytes,
-        ),
-    ];
-    for (name, help, v) in totals {
-        crate::metrics::header(out, name, "counter", help);
-        let _ = writeln!(out, "{name}{{cluster=\"{cluster}\"}} {v}");
-    }
 }
 
 #[cfg(test)]
@@ -248,28 +226,5 @@ mod tests {
             .contains("pulsar_ml_cache_pool_active_allocations_small{cluster=\"standalone\"} 3\n"));
         assert_eq!(out.matches("# TYPE pulsar_ml_").count(), 16);
         assert_eq!(out.matches(" gauge\n").count(), 16);
-    }
-
-    #[test]
-    fn hits_misses_and_miss_bytes_are_counters_of_totals() {
-        let mut out = String::new();
-        let s = CacheStats {
-            hits: 7,
-            misses: 2,
-            miss_bytes: 4096,
-            ..Default::default()
-        };
-        render(&mut out, "c", &s, &CacheRates::default(), 0);
-        for line in [
-            "# TYPE kilonova_cache_hits_total counter",
-            "kilonova_cache_hits_total{cluster=\"c\"} 7",
-            "kilonova_cache_misses_total{cluster=\"c\"} 2",
-            "kilonova_cache_miss_bytes_total{cluster=\"c\"} 4096",
-        ] {
-            assert!(
-                out.lines().any(|l| l == line),
-                "{line} missing from:\n{out}"
-            );
-        }
     }
 }

@@ -1149,6 +1149,17 @@ fn render_storage(out: &mut String, store: &SegmentStore, cache: &kilonova_stora
     let _ = writeln!(out, "kilonova_entry_cache_misses_total {}", c.misses);
     header(
         out,
+        "kilonova_entry_cache_miss_bytes_total",
+        "counter",
+        "Bytes read from storage after an entry cache miss",
+    );
+    let _ = writeln!(
+        out,
+        "kilonova_entry_cache_miss_bytes_total {}",
+        c.miss_bytes
+    );
+    header(
+        out,
         "kilonova_entry_cache_bytes",
         "gauge",
         "Bytes held by the entry cache",
