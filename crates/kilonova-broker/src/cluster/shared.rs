@@ -106,7 +106,7 @@ pub(crate) struct SharedLog {
     /// Numbers the objects written besides the writer's (compactions).
     written: std::sync::atomic::AtomicU64,
     write_ahead_prefix: String,
-    /// Flush records per bundle, for compactions as soon as they are due.
+    /// Flush records and bytes per bundle, for compactions as soon as they are due.
     busy: Arc<BusyBundles>,
     counts: HistoryCounts,
 }
@@ -303,10 +303,11 @@ impl SharedTopic {
     }
 }
 
-/// Flush records per bundle since the bundle was last looked at for
-/// compaction, as this broker knows them (committed here, or found by a
-/// topic's load): a bundle reaching `threshold`
-/// (`cluster_compact_after_records`) is compacted at once, not at the next
+/// Flush records and entry bytes per bundle since the bundle was last
+/// looked at for compaction, as this broker knows them (committed here, or
+/// found by a topic's load): a bundle reaching `threshold`
+/// (`cluster_compact_after_records`) or `byte_threshold`
+/// (`cluster_compact_after_bytes`) is compacted at once, not at the next
 /// look (a bundle that moved every few seconds was never compacted, and
 /// each next owner read a longer history).
 struct BusyBundles {

@@ -246,14 +246,24 @@ impl Tiering {
     }
 }
 
-/// Entries a read of a segment in a cluster's compacted history fetches
-/// after the one asked for (as `read_ahead_entries` for tiered storage's).
-pub(crate) const SHARED_READ_AHEAD_ENTRIES: u64 = 100;
+/// Entries a fetch brings after the one asked for when no `[offload]`
+/// section sets `read_ahead_entries` (a cluster broker reading its compacted
+/// history without tiered storage).
+const DEFAULT_READ_AHEAD_ENTRIES: u64 = 100;
 
 /// Reading a topic's segments that only the object store holds: its own
 /// offloaded segments (tiered storage) or the runs of a cluster's compacted
 /// history it was loaded with.
 impl crate::broker::Broker {
+    /// Entries a fetch of a segment left in the object store brings after
+    /// the one asked for: `[offload] read_ahead_entries`, whatever the
+    /// object (its own, or a compacted history's).
+    pub(crate) fn read_ahead_entries(&self) -> u64 {
+        self.tiering().map_or(DEFAULT_READ_AHEAD_ENTRIES, |t| {
+            t.settings().read_ahead_entries
+        })
+    }
+
     /// Entries `first..` (up to a read-ahead) of log `log`'s segment `o`
     /// left in the object store: from its own object (tiered storage) or
     /// from its place in a compacted history's object.
@@ -266,7 +276,7 @@ impl crate::broker::Broker {
         match (o.shared_at, self.shared_log(), self.tiering()) {
             (Some(place), Some(shared), _) => {
                 let last = first
-                    .saturating_add(SHARED_READ_AHEAD_ENTRIES)
+                    .saturating_add(self.read_ahead_entries())
                     .min(o.entries.saturating_sub(1));
                 shared
                     .reader()

@@ -157,14 +157,6 @@ impl Topic {
         self.broker.tiering()
     }
 
-    /// Entries a fetch brings after the one asked for.
-    fn read_ahead_entries(&self) -> u64 {
-        self.tiering()
-            .map_or(crate::tiering::SHARED_READ_AHEAD_ENTRIES, |t| {
-                t.settings().read_ahead_entries
-            })
-    }
-
     /// Every housekeeping tick: drops local copies past the deletion lag,
     /// exports the manifest if it changed (deleting the objects it no
     /// longer lists), and starts the next copy that is due.
@@ -335,7 +327,7 @@ impl Topic {
             return;
         };
         // A fetch in flight brings `read_ahead` entries after its first.
-        let read_ahead = self.read_ahead_entries();
+        let read_ahead = self.broker.read_ahead_entries();
         if self.offload.fetching.len() >= MAX_FETCHES
             || self
                 .offload
