@@ -8,12 +8,12 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def fio(directory, name, bs, size, seconds):
+def fio(directory, name, bs, size, seconds, engine="sync", extra=()):
     """One fio job: sequential writes, an fdatasync after every write."""
     cmd = ["fio", f"--name={name}", f"--directory={directory}", "--rw=write",
-           "--ioengine=sync", "--fdatasync=1", f"--bs={bs}", f"--size={size}",
+           f"--ioengine={engine}", "--fdatasync=1", f"--bs={bs}", f"--size={size}",
            f"--runtime={seconds}", "--time_based", "--unlink=1",
-           "--output-format=json"]
+           "--output-format=json", *extra]
     log("  $ " + " ".join(cmd))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     job = json.loads(out[out.index("{"):])["jobs"][0]

@@ -39,6 +39,8 @@ GROUP_COMMIT_ENTRIES = "kilonova_storage_group_commit_entries"  # histogram: ent
 CACHE_HITS = "kilonova_entry_cache_hits_total"  # counter
 CACHE_MISSES = "kilonova_entry_cache_misses_total"  # counter
 CACHE_MISS_BYTES = "kilonova_entry_cache_miss_bytes_total"  # counter
+PUBLISH_STAGE = "kilonova_publish_stage_seconds"  # histogram per stage of a persistent SEND
+PUBLISH_STAGES = ("appended", "written", "durable", "answered", "sent")
 
 # Pulsar's entry-cache series (ManagedLedgerCacheMetrics): gauges labelled cluster.
 ML_COUNT = "pulsar_ml_count"
@@ -645,4 +647,38 @@ def test_histogram_bounds_are_written_as_short_decimals(broker, client):
     for b in bounds[:-1]:
         assert len(b) <= 8 and float(b) > 0, f"le bound {b!r} is not a short decimal: {bounds}"
     assert "0.00005" in bounds or "0.0001" in bounds, bounds
+    producer.close()
+
+
+def test_publish_stage_histograms_count_every_stored_send_once_per_stage(broker, client):
+    """Each stage of a persistent SEND (frame read -> append asked -> journal
+    group written -> fdatasync done -> receipt queued -> receipt written) is
+    one series of one histogram family, observed once per SEND."""
+    before = scrape(broker)
+    family = before.family_with_sample(f"{PUBLISH_STAGE}_count")
+    assert family is not None and family.type == "histogram", f"no histogram {PUBLISH_STAGE}"
+
+    def count(s: Scrape, stage: str) -> float:
+        value = s.value(f"{PUBLISH_STAGE}_count", stage=stage)
+        assert value is not None, f"{PUBLISH_STAGE} has no series for stage {stage!r}"
+        return value
+
+    counted = {stage: count(before, stage) for stage in PUBLISH_STAGES}
+    topic = f"persistent://public/default/{unique('stages')}"
+    producer = client.create_producer(topic, batching_enabled=False)
+    n = 25
+    send_all(producer, [f"staged-{i}".encode() for i in range(n)])
+    # The receipt's own stage ends once the writer wrote it: the client may
+    # hold the receipt a moment before the broker counts that stage.
+    after = poll(
+        broker,
+        lambda s: all(count(s, st) - counted[st] >= n for st in PUBLISH_STAGES),
+        f"every stage of {PUBLISH_STAGE} to count the {n} sends",
+    )
+    for stage in PUBLISH_STAGES:
+        inf = after.value(f"{PUBLISH_STAGE}_bucket", stage=stage, le="+Inf")
+        assert inf == count(after, stage), f"stage {stage}: +Inf bucket {inf} != _count"
+    durable = after.value(f"{PUBLISH_STAGE}_sum", stage="durable") - before.value(
+        f"{PUBLISH_STAGE}_sum", stage="durable")
+    assert durable > 0, "an fdatasync takes time: the durable stage's sum must grow"
     producer.close()

@@ -12,8 +12,8 @@ use kilonova_pulsar_protocol::proto::{
     CommandGetOrCreateSchemaResponse, CommandGetSchemaResponse,
     CommandGetTopicsOfNamespaceResponse, CommandHealthCheckResponse, CommandLookupTopicResponse,
     CommandNewTxnResponse, CommandPartitionedTopicMetadataResponse, CommandReachedEndOfTopic,
-    CommandSendError, CommandSendReceipt, CommandSuccess, CommandTcClientConnectResponse, KeyValue,
-    MessageIdData, Schema, ServerError,
+    CommandSendError, CommandSuccess, CommandTcClientConnectResponse, KeyValue, MessageIdData,
+    Schema, ServerError,
 };
 use kilonova_storage::Position;
 
@@ -60,23 +60,6 @@ pub(crate) fn error(request_id: u64, code: ServerError, message: impl Into<Strin
 
 pub(crate) fn broker_error(request_id: u64, e: &BrokerError) -> BaseCommand {
     error(request_id, e.server_error(), e.to_string())
-}
-
-pub(crate) fn send_receipt(
-    producer_id: u64,
-    sequence_id: u64,
-    highest_sequence_id: u64,
-    id: MessageIdData,
-) -> BaseCommand {
-    BaseCommand {
-        send_receipt: Some(Box::new(CommandSendReceipt {
-            producer_id,
-            sequence_id,
-            message_id: Some(id),
-            highest_sequence_id: Some(highest_sequence_id),
-        })),
-        ..base(Type::SendReceipt)
-    }
 }
 
 pub(crate) fn send_error(

@@ -28,6 +28,7 @@ pub mod metrics;
 mod outbound;
 mod policy_cache;
 mod process_metrics;
+mod publish_stages;
 mod rate_limit;
 mod rate_meter;
 mod replicator;

@@ -12,6 +12,7 @@ use kilonova_objstore::WalStats;
 use kilonova_storage::{HistogramSnapshot, SegmentStore};
 
 use crate::cache_metrics::{self, CacheMeter};
+use crate::publish_stages::PublishStages;
 
 /// One loaded topic's metrics.
 #[derive(Debug, Default)]
@@ -271,6 +272,8 @@ pub struct MetricsRegistry {
     connections_refused: [AtomicU64; 2],
     /// The entry cache's rates, measured between scrapes.
     cache_meter: Mutex<CacheMeter>,
+    /// Each stage of a publish.
+    publish_stages: Arc<PublishStages>,
 }
 
 /// A replicated-subscription snapshot's steps, as counted.
@@ -282,6 +285,11 @@ pub(crate) enum SnapshotStep {
 }
 
 impl MetricsRegistry {
+    /// The histograms of a publish's stages (connections' writers share them).
+    pub(crate) fn publish_stages(&self) -> &Arc<PublishStages> {
+        &self.publish_stages
+    }
+
     pub fn count_authentication(&self, ok: bool) {
         self.authentications[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
@@ -417,16 +425,34 @@ pub(crate) fn histogram(
     per_unit: f64,
 ) {
     header(out, name, "histogram", help);
+    histogram_series(out, name, "", h, per_unit);
+}
+
+/// One histogram's series under `labels` (`key="value",…`, or empty), for
+/// a family whose header is written.
+pub(crate) fn histogram_series(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    h: &HistogramSnapshot,
+    per_unit: f64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
     for (bound, count) in &h.buckets {
         let _ = writeln!(
             out,
-            "{name}_bucket{{le=\"{}\"}} {count}",
+            "{name}_bucket{{{labels}{sep}le=\"{}\"}} {count}",
             *bound as f64 / per_unit
         );
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {}", h.sum as f64 / per_unit);
-    let _ = writeln!(out, "{name}_count {}", h.count);
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+    let braced = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braced} {}", h.sum as f64 / per_unit);
+    let _ = writeln!(out, "{name}_count{braced} {}", h.count);
 }
 
 /// Everything the broker measures, in Prometheus' text format, as of `now`
@@ -447,6 +473,7 @@ pub fn render(
     render_broker_totals(&mut out, cluster, &topics);
     render_broker(&mut out, cluster, registry);
     render_storage(&mut out, store, cache);
+    registry.publish_stages.render(&mut out, store);
     let stats = cache.stats();
     let rates = registry
         .cache_meter

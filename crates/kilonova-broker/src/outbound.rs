@@ -42,9 +42,18 @@ pub(crate) enum Out {
         prefix: Option<Bytes>,
         payload: Bytes,
     },
+    /// A SEND_RECEIPT, encoded by the writer into its own buffer (a receipt
+    /// per SEND allocates nothing); `queued_at` times its last stage.
+    Receipt {
+        receipt: frame::SendReceipt,
+        queued_at: std::time::Instant,
+    },
     /// Flush what is queued, then close the connection.
     Close,
 }
+
+/// A receipt's frame: at most 8 + 2 + 1 + 2 + 5 × 10 (five varints) bytes.
+const RECEIPT_FRAME_BYTES: usize = 64;
 
 impl Out {
     /// What the unit counts against the connection's bound.
@@ -61,6 +70,7 @@ impl Out {
                     + payload.len()
                     + FRAME_OVERHEAD_BYTES
             }
+            Out::Receipt { .. } => RECEIPT_FRAME_BYTES + FRAME_OVERHEAD_BYTES,
             Out::Close => 0,
         }
     }
@@ -184,6 +194,14 @@ impl Outbound {
         let mut b = BytesMut::new();
         frame::encode_command(&command, &mut b);
         self.push(Out::Frame(b.freeze()));
+    }
+
+    /// Queues a SEND_RECEIPT (encoded by the writer).
+    pub(crate) fn receipt(&self, receipt: frame::SendReceipt) {
+        self.push(Out::Receipt {
+            receipt,
+            queued_at: std::time::Instant::now(),
+        });
     }
 
     pub(crate) fn message(&self, command: &BaseCommand, prefix: Option<Bytes>, payload: Bytes) {

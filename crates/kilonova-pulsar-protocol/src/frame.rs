@@ -223,6 +223,68 @@ pub fn encode_command(command: &BaseCommand, dst: &mut BytesMut) {
     encode_header(command, 0, dst);
 }
 
+/// A SEND_RECEIPT's fields: the broker answers every stored SEND with one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendReceipt {
+    pub producer_id: u64,
+    pub sequence_id: u64,
+    pub highest_sequence_id: u64,
+    pub ledger_id: u64,
+    pub entry_id: u64,
+}
+
+/// `BaseCommand.type` (field 1) and `BaseCommand.send_receipt` (field 7),
+/// `CommandSendReceipt.message_id` (field 3) of PulsarApi.proto.
+const TYPE_FIELD: u32 = 1;
+const SEND_RECEIPT_FIELD: u32 = 7;
+const SEND_RECEIPT_TYPE: u64 = 7;
+const RECEIPT_MESSAGE_ID_FIELD: u32 = 3;
+
+/// Appends a SEND_RECEIPT frame: the bytes [`encode_command`] writes for the
+/// same receipt (`BaseCommand { type: SEND_RECEIPT, send_receipt }` with
+/// `message_id { ledgerId, entryId }` and `highest_sequence_id`), encoded
+/// field by field so that a receipt — one per SEND — builds no command
+/// struct and allocates nothing beyond `dst`'s growth.
+pub fn encode_send_receipt(r: &SendReceipt, dst: &mut BytesMut) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let key_len = 1; // every field number here is below 16
+    let id_len =
+        key_len + encoded_len_varint(r.ledger_id) + key_len + encoded_len_varint(r.entry_id);
+    let receipt_len = key_len
+        + encoded_len_varint(r.producer_id)
+        + key_len
+        + encoded_len_varint(r.sequence_id)
+        + key_len
+        + encoded_len_varint(id_len as u64)
+        + id_len
+        + key_len
+        + encoded_len_varint(r.highest_sequence_id);
+    let command_len = key_len
+        + encoded_len_varint(SEND_RECEIPT_TYPE)
+        + key_len
+        + encoded_len_varint(receipt_len as u64)
+        + receipt_len;
+    dst.reserve(8 + command_len);
+    dst.put_u32((4 + command_len) as u32);
+    dst.put_u32(command_len as u32);
+    encode_key(TYPE_FIELD, WireType::Varint, dst);
+    encode_varint(SEND_RECEIPT_TYPE, dst);
+    encode_key(SEND_RECEIPT_FIELD, WireType::LengthDelimited, dst);
+    encode_varint(receipt_len as u64, dst);
+    encode_key(1, WireType::Varint, dst);
+    encode_varint(r.producer_id, dst);
+    encode_key(2, WireType::Varint, dst);
+    encode_varint(r.sequence_id, dst);
+    encode_key(RECEIPT_MESSAGE_ID_FIELD, WireType::LengthDelimited, dst);
+    encode_varint(id_len as u64, dst);
+    encode_key(1, WireType::Varint, dst);
+    encode_varint(r.ledger_id, dst);
+    encode_key(2, WireType::Varint, dst);
+    encode_varint(r.entry_id, dst);
+    encode_key(4, WireType::Varint, dst);
+    encode_varint(r.highest_sequence_id, dst);
+}
+
 /// Appends everything of a payload command frame except the `raw` payload span,
 /// so the caller can send `raw` (stored bytes) without copying it.
 pub fn encode_header(command: &BaseCommand, raw_len: usize, dst: &mut BytesMut) {

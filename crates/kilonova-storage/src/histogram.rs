@@ -33,11 +33,19 @@ impl Histogram {
     }
 
     pub fn observe(&self, v: u64) {
+        self.observe_n(v, 1);
+    }
+
+    /// `n` observations of `v`.
+    pub fn observe_n(&self, v: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
         let i = self.bounds.partition_point(|&b| b < v);
         if let Some(c) = self.counts.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
+            c.fetch_add(n, Ordering::Relaxed);
         }
-        self.sum.fetch_add(v, Ordering::Relaxed);
+        self.sum.fetch_add(v.saturating_mul(n), Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -60,6 +68,12 @@ impl Histogram {
 pub const MICROS_BOUNDS: &[u64] = &[
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
     10_000_000,
+];
+
+/// Finer bounds for the stages of a publish, in microseconds: 10 µs to 1 s.
+pub const STAGE_MICROS_BOUNDS: &[u64] = &[
+    10, 25, 50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000,
+    1_000_000,
 ];
 
 /// Bounds for counts per batch: 1 to 16,384.

@@ -37,6 +37,7 @@ use crate::position::SegmentId;
 use crate::record::{self, RecordHeader, RecordKind};
 use crate::store_state::StoreState;
 
+mod direct;
 mod files;
 mod syncer;
 
@@ -83,7 +84,38 @@ pub(crate) enum Op {
 
 pub(crate) struct Request {
     pub op: Op,
-    pub done: oneshot::Sender<Result<u64>>,
+    pub done: oneshot::Sender<Reply>,
+    /// When it was queued (the start of its append stages).
+    pub queued_at: Instant,
+}
+
+impl Request {
+    pub(crate) fn new(op: Op, done: oneshot::Sender<Reply>) -> Self {
+        Request {
+            op,
+            done,
+            queued_at: Instant::now(),
+        }
+    }
+}
+
+/// The journal's answer to a request: a value (an entry id, a segment id, a
+/// count) and when the request was done (for an append: durable).
+pub(crate) type Reply = Result<Done>;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Done {
+    pub value: u64,
+    pub at: Instant,
+}
+
+impl Done {
+    pub(crate) fn now(value: u64) -> Self {
+        Done {
+            value,
+            at: Instant::now(),
+        }
+    }
 }
 
 impl Request {
@@ -100,6 +132,9 @@ impl Request {
 struct ActiveFile {
     no: u32,
     handle: Arc<File>,
+    /// The same file opened for direct writes (`journal/direct.rs`), where
+    /// the store writes past the page cache and the file system allows it.
+    direct: Option<File>,
     pos: u64,
     len: u64,
     /// A write to it failed: its tail is unknown, never write to it again.
@@ -108,7 +143,8 @@ struct ActiveFile {
 
 /// A request written to the journal, waiting for its fdatasync.
 struct Pending {
-    done: oneshot::Sender<Result<u64>>,
+    done: oneshot::Sender<Reply>,
+    queued_at: Instant,
     kind: RecordKind,
     segment: SegmentId,
     entry: u64,
@@ -126,6 +162,18 @@ struct Group {
     /// The store's failure count when the group was written: its sync clears
     /// the health failure only if nothing failed since.
     failures_seen: u64,
+    /// When its write returned.
+    written_at: Instant,
+}
+
+impl Group {
+    /// Entries (appends) it holds, beside control records and moves.
+    fn entries(&self) -> u64 {
+        self.pending
+            .iter()
+            .filter(|p| p.kind == RecordKind::Entry)
+            .count() as u64
+    }
 }
 
 enum SyncMsg {
@@ -217,6 +265,8 @@ pub(crate) struct Writer {
     ckpt_tx: Option<std_mpsc::Sender<CkptMsg>>,
     syncer: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
+    /// Aligns groups for files written with `O_DIRECT`.
+    direct: direct::DirectWriter,
 }
 
 impl Writer {
@@ -265,6 +315,7 @@ impl Writer {
                 .map_err(|e| StorageError::io("starting the journal sync thread", e))?
         };
         Ok(Writer {
+            direct: direct::DirectWriter::default(),
             shared,
             rx,
             next_file_no,
@@ -345,7 +396,7 @@ impl Writer {
             let _ = t.join();
         }
         if let Some(ack) = shutdown_ack {
-            let _ = ack.send(Ok(0));
+            let _ = ack.send(Ok(Done::now(0)));
         }
     }
 
@@ -414,7 +465,7 @@ impl Writer {
                     from_file,
                 }) => (kind, segment, entry, from_file),
                 Ok(Decision::Answer(v)) => {
-                    let _ = req.done.send(Ok(v));
+                    let _ = req.done.send(Ok(Done::now(v)));
                     continue;
                 }
                 Err(e) => {
@@ -438,6 +489,7 @@ impl Writer {
             record::encode_parts(&header, prefix, data, &mut buf);
             pending.push(Pending {
                 done: req.done,
+                queued_at: req.queued_at,
                 kind,
                 segment,
                 entry,
@@ -553,8 +605,22 @@ impl Writer {
             buf.clear();
             return;
         };
-        match active.handle.write_all_at(buf, active.pos) {
+        let wrote = match &active.direct {
+            Some(direct) => self
+                .direct
+                .write_at(direct, &active.handle, buf, active.pos),
+            None => active.handle.write_all_at(buf, active.pos),
+        };
+        match wrote {
             Ok(()) => {
+                let written_at = Instant::now();
+                for p in pending.iter().filter(|p| p.kind == RecordKind::Entry) {
+                    let waited = written_at.saturating_duration_since(p.queued_at);
+                    self.shared
+                        .stats
+                        .append_written_us
+                        .observe(waited.as_micros() as u64);
+                }
                 active.pos += buf.len() as u64;
                 self.shared
                     .stats
@@ -566,6 +632,7 @@ impl Writer {
                     pending: std::mem::take(pending),
                     last_lsn: self.next_lsn.saturating_sub(1),
                     failures_seen: self.shared.health.failures(),
+                    written_at,
                 };
                 let sent = self
                     .sync_tx

@@ -41,9 +41,9 @@ pub use error::{Result, StorageError};
 pub use health::{StoreFailure, StoreHealth, StoreTrouble};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
-    BacklogCounts, BacklogScan, CompactedWriter, CursorInfo, InitialPosition, ManagedLog,
-    ManagedLogConfig, Offloaded, RestoredSegment, Retention, SegmentMeta, SegmentTier,
-    StoredCursor, StoredSummary,
+    BacklogCounts, BacklogScan, CompactedWriter, CursorInfo, CursorWrites, CursorsStored,
+    InitialPosition, ManagedLog, ManagedLogConfig, Offloaded, RestoredSegment, Retention,
+    SegmentMeta, SegmentTier, StoredCursor, StoredSummary,
 };
 pub use position::{EntryId, Position, SegmentId};
 pub use range_set::RangeSet;

@@ -42,7 +42,7 @@ pub use backlog_scan::{BacklogCounts, BacklogScan};
 pub use compacted::CompactedWriter;
 use compacted::{CompactedView, CursorView};
 use cursor::{named, named_mut, Cursor, Positions};
-pub use cursor::{CursorInfo, InitialPosition, StoredCursor};
+pub use cursor::{CursorInfo, CursorWrites, CursorsStored, InitialPosition, StoredCursor};
 use meta::{log_prefix, meta_key, Meta, StoredCursors};
 use positions::SegmentList;
 pub use retention::Retention;
@@ -117,6 +117,8 @@ pub struct ManagedLog {
     cursors: BTreeMap<String, Cursor>,
     /// The id the next durable cursor is stored under.
     next_cursor_id: u64,
+    /// Orders this log's cursor writes, wherever they run.
+    cursor_order: Arc<cursor::CursorWriteOrder>,
     /// What compaction kept, up to its horizon (`compacted.rs`).
     compacted: Option<CompactedView>,
     /// Terminated: no more appends (`termination.rs`).
@@ -218,6 +220,7 @@ impl ManagedLog {
             last_publish_time_ms: 0,
             cursors: BTreeMap::new(),
             next_cursor_id: 0,
+            cursor_order: Arc::default(),
             compacted,
             terminated,
             offloaded,
@@ -455,7 +458,7 @@ impl ManagedLog {
             // Stored, then listed: a cursor that could not be stored does not exist.
             if let Err(e) = self.persist_cursor(name).and_then(|()| self.save_meta()) {
                 self.cursors.remove(name);
-                let _ = self.state.remove(&cursor::cursor_key(self.id, cid));
+                let _ = self.remove_cursor_state(cid);
                 return Err(e);
             }
         }
@@ -531,7 +534,7 @@ impl ManagedLog {
                     self.cursors.insert(name.to_string(), c);
                     return Err(e);
                 }
-                self.state.remove(&cursor::cursor_key(self.id, cid))?;
+                self.remove_cursor_state(cid)?;
             }
         }
         self.evict_cache();

@@ -27,7 +27,7 @@ use crate::error::{Result, StorageError};
 use crate::health::{HealthState, StoreHealth};
 use crate::histogram::HistogramSnapshot;
 use crate::index::MAX_FILE_BYTES;
-use crate::journal::{Op, Request, Writer};
+use crate::journal::{Op, Reply, Request, Writer};
 use crate::position::{EntryId, SegmentId};
 use crate::record::{self, RecordKind, HEADER_LEN};
 use crate::recovery;
@@ -90,15 +90,22 @@ pub struct GcReport {
 
 /// Resolves once the journal has made the operation durable (or failed it).
 pub struct Completion<T> {
-    rx: oneshot::Receiver<Result<u64>>,
+    rx: oneshot::Receiver<Reply>,
     /// Context for `map` (the segment id of an append), so no closure is boxed.
     tag: u64,
     map: fn(u64, u64) -> T,
+    /// Once resolved with success: when the journal made it durable.
+    durable_at: Option<Instant>,
 }
 
 impl<T> Completion<T> {
-    fn new(rx: oneshot::Receiver<Result<u64>>, tag: u64, map: fn(u64, u64) -> T) -> Self {
-        Completion { rx, tag, map }
+    fn new(rx: oneshot::Receiver<Reply>, tag: u64, map: fn(u64, u64) -> T) -> Self {
+        Completion {
+            rx,
+            tag,
+            map,
+            durable_at: None,
+        }
     }
 
     /// The same completion mapped to another value type.
@@ -112,7 +119,13 @@ impl<T> Completion<T> {
         self.rx
             .blocking_recv()
             .map_err(|_| StorageError::Closed)?
-            .map(|v| map(v, tag))
+            .map(|d| map(d.value, tag))
+    }
+
+    /// When the journal made the operation durable, once this resolved
+    /// with success (how long its answer then took is a stage of a publish).
+    pub fn durable_at(&self) -> Option<Instant> {
+        self.durable_at
     }
 }
 
@@ -120,9 +133,14 @@ impl<T> Future for Completion<T> {
     type Output = Result<T>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (map, tag) = (self.map, self.tag);
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            r.map_err(|_| StorageError::Closed)
-                .and_then(|v| v.map(|v| map(v, tag)))
+        let reply = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        Poll::Ready(match reply {
+            Ok(Ok(done)) => {
+                self.durable_at = Some(done.at);
+                Ok(map(done.value, tag))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StorageError::Closed),
         })
     }
 }
@@ -235,19 +253,19 @@ impl SegmentStore {
         ))
     }
 
-    async fn submit(&self, op: Op) -> Result<oneshot::Receiver<Result<u64>>> {
+    async fn submit(&self, op: Op) -> Result<oneshot::Receiver<Reply>> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Request { op, done })
+            .send(Request::new(op, done))
             .await
             .map_err(|_| StorageError::Closed)?;
         Ok(rx)
     }
 
-    fn submit_blocking(&self, op: Op) -> Result<oneshot::Receiver<Result<u64>>> {
+    fn submit_blocking(&self, op: Op) -> Result<oneshot::Receiver<Reply>> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .blocking_send(Request { op, done })
+            .blocking_send(Request::new(op, done))
             .map_err(|_| StorageError::Closed)?;
         Ok(rx)
     }
@@ -424,6 +442,16 @@ impl SegmentStore {
     pub fn histograms(&self) -> (HistogramSnapshot, HistogramSnapshot) {
         let s = &self.shared.stats;
         (s.fsync_us.snapshot(), s.group_commit_entries.snapshot())
+    }
+
+    /// The journal's stages of every append, in µs: queued → its group
+    /// written, and written → the fdatasync covering it done.
+    pub fn append_stages(&self) -> [(&'static str, HistogramSnapshot); 2] {
+        let s = &self.shared.stats;
+        [
+            ("written", s.append_written_us.snapshot()),
+            ("durable", s.append_durable_us.snapshot()),
+        ]
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -648,10 +676,7 @@ impl SegmentStore {
         let (done, rx) = oneshot::channel();
         if self
             .tx
-            .blocking_send(Request {
-                op: Op::Shutdown { checkpoint },
-                done,
-            })
+            .blocking_send(Request::new(Op::Shutdown { checkpoint }, done))
             .is_ok()
         {
             let _ = rx.blocking_recv();

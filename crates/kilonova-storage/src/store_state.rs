@@ -13,7 +13,7 @@ use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::health::HealthState;
-use crate::histogram::{Histogram, COUNT_BOUNDS, MICROS_BOUNDS};
+use crate::histogram::{Histogram, COUNT_BOUNDS, MICROS_BOUNDS, STAGE_MICROS_BOUNDS};
 use crate::index::Index;
 use crate::record;
 
@@ -43,6 +43,9 @@ pub struct StoreConfig {
     /// live entries out of mostly-dead files never takes the appenders'
     /// bandwidth (0: unlimited). Bursts of a tenth of a second's worth.
     pub gc_max_bytes_per_sec: u64,
+    /// Journal writes bypass the page cache (`O_DIRECT`, where the file
+    /// system supports it): no copy of every entry into the page cache.
+    pub direct_io: bool,
 }
 
 impl StoreConfig {
@@ -57,6 +60,7 @@ impl StoreConfig {
             compaction_live_ratio: 0.2,
             recycle_files: 4,
             gc_max_bytes_per_sec: 64 << 20,
+            direct_io: true,
         }
     }
 
@@ -80,6 +84,10 @@ pub(crate) struct Stats {
     pub fsync_us: Histogram,
     /// Entries made durable by each fdatasync (a group commit).
     pub group_commit_entries: Histogram,
+    /// Each append's stages, µs: queued → its group written (queue, encode,
+    /// `pwrite`), and written → the fdatasync covering it done.
+    pub append_written_us: Histogram,
+    pub append_durable_us: Histogram,
 }
 
 impl Default for Stats {
@@ -94,6 +102,8 @@ impl Default for Stats {
             busy_ns: AtomicU64::new(0),
             fsync_us: Histogram::new(MICROS_BOUNDS),
             group_commit_entries: Histogram::new(COUNT_BOUNDS),
+            append_written_us: Histogram::new(STAGE_MICROS_BOUNDS),
+            append_durable_us: Histogram::new(STAGE_MICROS_BOUNDS),
         }
     }
 }

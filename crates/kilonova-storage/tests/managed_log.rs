@@ -341,6 +341,96 @@ async fn acks_not_yet_persisted_are_redelivered_after_a_crash_never_lost() {
     assert_eq!(got.len(), 15);
 }
 
+/// Reopens the log after a crash (no close) and answers the cursor's mark-delete position.
+async fn mark_delete_after_crash(
+    dir: &Path,
+    id: u64,
+    log: ManagedLog,
+    e: Env,
+    cursor: &str,
+) -> Option<Position> {
+    std::mem::forget(log);
+    let store = e.store.clone();
+    tokio::task::spawn_blocking(move || store.abandon())
+        .await
+        .unwrap()
+        .unwrap();
+    let e = env(dir);
+    let log = open(&e, id, small_segments(), 0).await;
+    log.cursor_info(cursor).unwrap().mark_delete
+}
+
+#[tokio::test]
+async fn cursor_writes_taken_off_the_log_store_their_state_and_a_later_change_stays_to_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 11, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 20).await;
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    log.ack_cumulative("sub", ps[4]).unwrap();
+    let writes = log.cursor_writes();
+    assert!(!writes.is_empty());
+    // The log goes on changing while the batch is stored elsewhere.
+    log.ack_cumulative("sub", ps[9]).unwrap();
+    let stored = tokio::task::spawn_blocking(move || writes.store())
+        .await
+        .unwrap();
+    assert_eq!(log.cursor_writes_done(stored).unwrap(), 1);
+    // The change made after the batch was taken is still to be persisted.
+    assert!(!log.cursor_writes().is_empty());
+    assert_eq!(
+        mark_delete_after_crash(dir.path(), 11, log, e, "sub").await,
+        Some(ps[4]),
+        "the batch stored the state it was taken with"
+    );
+}
+
+#[tokio::test]
+async fn an_older_cursor_write_landing_after_a_newer_one_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 12, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 20).await;
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    log.ack_cumulative("sub", ps[4]).unwrap();
+    let older = log.cursor_writes();
+    log.ack_cumulative("sub", ps[9]).unwrap();
+    // A close's persist runs before the batch taken earlier gets its turn.
+    log.persist_cursors().unwrap();
+    let stored = older.store();
+    log.cursor_writes_done(stored).unwrap();
+    assert!(log.cursor_writes().is_empty());
+    assert_eq!(
+        mark_delete_after_crash(dir.path(), 12, log, e, "sub").await,
+        Some(ps[9]),
+        "the newer state stays stored"
+    );
+}
+
+#[tokio::test]
+async fn a_cursor_deleted_while_its_write_is_in_flight_is_not_stored_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 13, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 5).await;
+    log.open_cursor("sub", InitialPosition::Earliest, true)
+        .unwrap();
+    log.ack_cumulative("sub", ps[2]).unwrap();
+    let in_flight = log.cursor_writes();
+    log.delete_cursor("sub").unwrap();
+    log.cursor_writes_done(in_flight.store()).unwrap();
+    let state = e.state.clone();
+    let children = state.children("logs/13").unwrap();
+    assert!(
+        children.iter().all(|c| !c.starts_with("cursor-")),
+        "no cursor record left: {children:?}"
+    );
+    log.close().unwrap();
+    close_store(e).await;
+}
+
 #[tokio::test]
 async fn retention_deletes_only_consumed_segments_beyond_its_limits() {
     let dir = tempfile::tempdir().unwrap();

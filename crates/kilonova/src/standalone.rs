@@ -84,6 +84,9 @@ pub struct StorageSettings {
     pub recycle_files: usize,
     /// The most GC's compaction copies per second (0: unlimited).
     pub gc_max_bytes_per_sec: u64,
+    /// Journal writes bypass the page cache (`O_DIRECT`) where the file
+    /// system allows it.
+    pub direct_io: bool,
 }
 
 impl Default for StorageSettings {
@@ -94,6 +97,7 @@ impl Default for StorageSettings {
             gc_interval_secs: 30,
             recycle_files: 4,
             gc_max_bytes_per_sec: 64 << 20,
+            direct_io: true,
         }
     }
 }
@@ -630,6 +634,7 @@ fn open_store(
     sc.recycle_files = s.recycle_files;
     sc.gc_max_bytes_per_sec = s.gc_max_bytes_per_sec;
     sc.group_commit_max_delay_us = s.group_commit_max_delay_us;
+    sc.direct_io = s.direct_io;
     let started = std::time::Instant::now();
     let store = SegmentStore::open(sc).context("opening storage")?;
     let stats = store.stats();

@@ -45,6 +45,8 @@ impl Connection {
         s: CommandSend,
         payload: Option<Payload>,
     ) -> Result<(), End> {
+        // The frame was decoded just now: a publish's first stage begins.
+        let read_at = std::time::Instant::now();
         let payload = payload.ok_or_else(|| End::Violation("SEND without a payload".into()))?;
         let Some(topic) = self.producers.get(&s.producer_id).cloned() else {
             return Err(End::Violation(format!(
@@ -64,6 +66,7 @@ impl Connection {
             sequence_id: s.sequence_id,
             highest_sequence_id: s.highest_sequence_id.unwrap_or(0).max(s.sequence_id),
             payload,
+            read_at,
         };
         let now = self.now();
         let wait = topic.publish_gate.charge(messages, bytes, now);

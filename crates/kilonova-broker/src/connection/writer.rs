@@ -5,24 +5,40 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::{Buf, Bytes};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use kilonova_pulsar_protocol::frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::outbound::{Out, OutboundReceiver};
+use crate::publish_stages::PublishStages;
 
 /// The writer sends up to this much per vectored write.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 const MAX_IO_SLICES: usize = 64;
 
 /// Writes what is queued for the connection, many frames per vectored write.
-pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: OutboundReceiver) {
+/// Receipts are encoded into one buffer per write and timed once written.
+pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: OutboundReceiver,
+    stages: Arc<PublishStages>,
+) {
     let mut parts: VecDeque<Bytes> = VecDeque::new();
+    let mut receipts = BytesMut::new();
+    let mut receipts_queued: Vec<Instant> = Vec::new();
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let (mut cost, mut bytes) = (0usize, 0usize);
         let mut close = false;
         while let Some(out) = next.take() {
             cost += out.cost();
+            if !matches!(out, Out::Receipt { .. }) && !receipts.is_empty() {
+                // Consecutive receipts go as one part, in queue order.
+                parts.push_back(receipts.split().freeze());
+            }
             match out {
                 Out::Frame(b) => {
                     bytes += b.len();
@@ -38,6 +54,12 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: Outbound
                     parts.extend(prefix);
                     parts.push_back(payload);
                 }
+                Out::Receipt { receipt, queued_at } => {
+                    let before = receipts.len();
+                    frame::encode_send_receipt(&receipt, &mut receipts);
+                    bytes += receipts.len() - before;
+                    receipts_queued.push(queued_at);
+                }
                 Out::Close => {
                     close = true;
                     break;
@@ -46,6 +68,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: Outbound
             if bytes < WRITE_BATCH_BYTES {
                 next = rx.try_recv();
             }
+        }
+        if !receipts.is_empty() {
+            parts.push_back(receipts.split().freeze());
         }
         while !parts.is_empty() {
             let slices: Vec<IoSlice<'_>> = parts
@@ -71,6 +96,15 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: Outbound
             }
         }
         rx.written(cost, bytes);
+        if !receipts_queued.is_empty() {
+            let now = Instant::now();
+            for queued_at in receipts_queued.drain(..) {
+                stages.observe(
+                    crate::publish_stages::Stage::Sent,
+                    now.saturating_duration_since(queued_at),
+                );
+            }
+        }
         if close {
             break;
         }

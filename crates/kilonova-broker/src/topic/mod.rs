@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::stream::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use kilonova_pulsar_protocol::frame::Payload;
@@ -37,6 +37,7 @@ pub mod admin;
 mod compaction;
 mod consumers;
 mod dispatch;
+mod in_order;
 mod offload;
 mod policy;
 mod publish;
@@ -138,6 +139,8 @@ pub(crate) enum TopicCommand {
         sequence_id: u64,
         highest_sequence_id: u64,
         payload: Payload,
+        /// When the connection read its frame (its first stage begins).
+        read_at: std::time::Instant,
     },
     /// CLOSE_PRODUCER (the connection answers it) or the connection went away.
     RemoveProducer {
@@ -246,7 +249,7 @@ pub(crate) struct Topic {
     /// after a burst of commands, so a FLOW followed at once by a REDELIVER
     /// (or many ACKs) costs one dispatch pass, not one per command.
     to_dispatch: HashSet<String>,
-    appends: FuturesOrdered<PendingAppend>,
+    appends: in_order::InOrder<PendingAppend>,
     /// An append failed: every append still in flight is answered with an
     /// error (stored or not), producers were closed and new ones wait, until
     /// nothing is in flight (Pulsar fences a topic the same way). Without it,
@@ -316,6 +319,8 @@ pub(crate) struct Topic {
     /// When the topic loaded (ms since the epoch): a subscription whose
     /// cursor holds no last-active time counts as active then.
     loaded_at_ms: u64,
+    /// Cursor states being stored on the blocking pool (one batch at a time).
+    cursor_writes: Option<tokio::task::JoinHandle<kilonova_storage::CursorsStored>>,
 }
 
 impl Topic {
@@ -373,7 +378,7 @@ impl Topic {
             consumer_subs: HashMap::new(),
             parked_readers: HashMap::new(),
             to_dispatch: HashSet::new(),
-            appends: FuturesOrdered::new(),
+            appends: in_order::InOrder::default(),
             fenced: false,
             handover: None,
             shared,
@@ -403,6 +408,7 @@ impl Topic {
             offload: offload::OffloadState::new(offload_events),
             subscribe_rate,
             loaded_at_ms,
+            cursor_writes: None,
         };
         topic.set_dedup(topic.policies.deduplication);
         // Subscriptions that expired while the topic was not loaded go
@@ -602,12 +608,10 @@ impl Topic {
             self.compaction_checked = now;
             self.check_compaction_threshold();
         }
+        self.write_cursors();
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        if let Err(e) = log.persist_cursors() {
-            tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
-        }
         let now_ms = self.broker.clock().now_ms();
         let retention = self.policies.retention;
         if log
@@ -625,6 +629,36 @@ impl Topic {
             tracing::warn!(topic = %self.full_name, error = %e, "trimming failed");
         }
         self.offload_tick().await;
+    }
+
+    /// Takes in what the last batch of cursor writes stored, and starts the
+    /// next batch on the blocking pool: their fsyncs never hold the topic's
+    /// task (a close still persists on it, after any batch in flight).
+    fn write_cursors(&mut self) {
+        if let Some(running) = self.cursor_writes.take() {
+            if !running.is_finished() {
+                self.cursor_writes = Some(running);
+                return;
+            }
+            let done = futures_util::FutureExt::now_or_never(running);
+            let applied = match (done, self.log.as_mut()) {
+                (Some(Ok(stored)), Some(log)) => log.cursor_writes_done(stored).map(drop),
+                (Some(Err(e)), _) => Err(kilonova_storage::StorageError::Log(format!(
+                    "the cursor writes stopped: {e}"
+                ))),
+                _ => Ok(()),
+            };
+            if let Err(e) = applied {
+                tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
+            }
+        }
+        let Some(log) = self.log.as_ref() else {
+            return;
+        };
+        let writes = log.cursor_writes();
+        if !writes.is_empty() {
+            self.cursor_writes = Some(tokio::task::spawn_blocking(move || writes.store()));
+        }
     }
 
     /// Closes the topic; whether its state (cursors) was persisted.
@@ -697,9 +731,16 @@ impl Topic {
                 sequence_id,
                 highest_sequence_id,
                 payload,
+                read_at,
             } => {
-                self.publish(conn, producer_id, sequence_id, highest_sequence_id, payload)
-                    .await
+                self.publish(
+                    conn,
+                    producer_id,
+                    (sequence_id, highest_sequence_id),
+                    payload,
+                    read_at,
+                )
+                .await
             }
             TopicCommand::RemoveProducer { conn, producer_id } => {
                 self.remove_producer(conn, producer_id)

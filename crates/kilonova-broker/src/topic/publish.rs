@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use kilonova_objstore::wal::WalAppend;
-use kilonova_pulsar_protocol::frame::Payload;
+use kilonova_pulsar_protocol::frame::{Payload, SendReceipt};
 use kilonova_pulsar_protocol::markers::{self, Marker};
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, BaseCommand, CommandProducerSuccess, ProducerAccessMode, ServerError,
@@ -19,6 +19,7 @@ use crate::commands;
 use crate::dedup;
 use crate::error::BrokerError;
 use crate::outbound::Outbound;
+use crate::publish_stages::Stage;
 
 pub(super) struct Producer {
     pub(super) name: String,
@@ -65,6 +66,19 @@ struct AnswerTo {
     highest_sequence_id: u64,
 }
 
+impl AnswerTo {
+    /// Answers the SEND as stored at `at`.
+    fn receipt(&self, at: Position) {
+        self.out.receipt(SendReceipt {
+            producer_id: self.producer_id,
+            sequence_id: self.sequence_id,
+            highest_sequence_id: self.highest_sequence_id,
+            ledger_id: at.segment,
+            entry_id: at.entry,
+        });
+    }
+}
+
 /// What a SEND's answer is waiting for: the append's durability, or (for a
 /// duplicate or a refusal) only the answers to the SENDs before it, so that
 /// a producer's answers go out in the order it sent.
@@ -89,6 +103,8 @@ enum Outcome {
 /// A resolved [`PendingAppend`].
 pub(super) struct Appended {
     outcome: Outcome,
+    /// When the journal made it durable (a stored SEND).
+    durable_at: Option<std::time::Instant>,
     to: AnswerTo,
     producer: Option<String>,
     started: std::time::Instant,
@@ -98,6 +114,7 @@ impl Future for PendingAppend {
     type Output = Appended;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let mut durable_at = None;
         let outcome = match &mut this.pending {
             Pending::Stored {
                 local,
@@ -111,7 +128,7 @@ impl Future for PendingAppend {
                         Poll::Pending => return Poll::Pending,
                     }
                 }
-                match Pin::new(local).poll(cx) {
+                match Pin::new(&mut *local).poll(cx) {
                     Poll::Ready(r) => match std::mem::replace(shared, Shared::Done) {
                         Shared::Failed(why) => Outcome::SharedFailed(why),
                         _ => Outcome::Stored(r, marker.take()),
@@ -122,8 +139,12 @@ impl Future for PendingAppend {
             Pending::Duplicate => Outcome::Duplicate,
             Pending::Refused(code, why) => Outcome::Refused(*code, std::mem::take(why)),
         };
+        if let Pending::Stored { local, .. } = &this.pending {
+            durable_at = local.durable_at();
+        }
         Poll::Ready(Appended {
             outcome,
+            durable_at,
             to: this.to.clone(),
             producer: this.producer.take(),
             started: this.started,
@@ -203,12 +224,13 @@ impl Topic {
                         self.snapshot_dedup();
                     }
                 }
-                a.to.out.command(commands::send_receipt(
-                    a.to.producer_id,
-                    a.to.sequence_id,
-                    a.to.highest_sequence_id,
-                    commands::message_id(p, None),
-                ))
+                if let Some(durable_at) = a.durable_at {
+                    self.broker
+                        .metrics()
+                        .publish_stages()
+                        .observe(Stage::Answered, durable_at.elapsed());
+                }
+                a.to.receipt(p)
             }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
@@ -428,9 +450,9 @@ impl Topic {
         &mut self,
         conn: u64,
         producer_id: u64,
-        sequence_id: u64,
-        highest_sequence_id: u64,
+        (sequence_id, highest_sequence_id): (u64, u64),
         payload: Payload,
+        read_at: std::time::Instant,
     ) {
         if self.handing_over {
             // Its producer resends it to the next owner after the close.
@@ -500,6 +522,10 @@ impl Topic {
             return self.publish_transient(to, payload, count, publish_time);
         }
         self.metrics.observe_entry_size(payload.raw.len() as u64);
+        self.broker
+            .metrics()
+            .publish_stages()
+            .observe(Stage::Appended, read_at.elapsed());
         match self.append_entry(payload.raw, count, publish_time).await {
             Ok((local, shared)) => {
                 let shared = match shared {
@@ -615,12 +641,7 @@ impl Topic {
         for sub in self.subscriptions.values_mut() {
             sub.deliver_or_drop(&entry);
         }
-        to.out.command(commands::send_receipt(
-            to.producer_id,
-            to.sequence_id,
-            to.highest_sequence_id,
-            commands::message_id(position, None),
-        ));
+        to.receipt(position);
     }
 }
 
@@ -715,20 +736,7 @@ impl Topic {
             self.find_original(name, a.to.sequence_id, last_at)
         };
         // Pulsar answers a duplicate whose original it cannot name with -1:-1.
-        let id = original.map_or_else(
-            || kilonova_pulsar_protocol::proto::MessageIdData {
-                ledger_id: u64::MAX,
-                entry_id: u64::MAX,
-                ..Default::default()
-            },
-            |p| commands::message_id(p, None),
-        );
-        a.to.out.command(commands::send_receipt(
-            a.to.producer_id,
-            a.to.sequence_id,
-            a.to.highest_sequence_id,
-            id,
-        ));
+        a.to.receipt(original.unwrap_or(Position::new(u64::MAX, u64::MAX)));
     }
 
     /// The entry holding `producer`'s message `sequence_id`, searched backwards

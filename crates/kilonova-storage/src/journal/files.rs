@@ -135,9 +135,15 @@ pub(super) fn create_file(shared: &StoreState, no: u32, len: u64) -> Result<Acti
                 tracing::debug!(error = %e, "could not set the space reserve aside");
             }
         }
+        let direct = if shared.config.direct_io {
+            super::direct::open(&path)
+        } else {
+            None
+        };
         Ok(ActiveFile {
             no,
             handle,
+            direct,
             pos: 0,
             len,
             broken: false,

@@ -252,7 +252,13 @@ fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
     if appended > 0 {
         shared.health.succeeded(failures_seen);
     }
+    let durable_at = Instant::now();
     for (gi, g) in run.into_iter().enumerate() {
+        let synced = durable_at.saturating_duration_since(g.written_at);
+        shared
+            .stats
+            .append_durable_us
+            .observe_n(synced.as_micros() as u64, g.entries());
         for (pi, p) in g.pending.into_iter().enumerate() {
             if refused.contains(&(gi, pi)) {
                 let _ = p.done.send(Err(StorageError::SegmentFenced(p.segment)));
@@ -262,7 +268,10 @@ fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
                 RecordKind::Entry | RecordKind::Moved | RecordKind::Seal => p.entry,
                 _ => p.segment,
             };
-            let _ = p.done.send(Ok(value));
+            let _ = p.done.send(Ok(super::Done {
+                value,
+                at: durable_at,
+            }));
         }
     }
 }

@@ -91,8 +91,11 @@ pub(super) struct Cursor {
     acked: RangeSet,
     /// The next entry to read.
     read: Position,
-    /// Changed since it was last stored.
-    dirty: bool,
+    /// Changes made to it (counted, so that a write started before a change
+    /// does not mark the change stored)…
+    changes: u64,
+    /// …and how many of them are stored.
+    stored_changes: u64,
     /// Reads through the log's compacted view (a `readCompacted` reader);
     /// set by whoever opens it, never stored.
     read_compacted: bool,
@@ -115,7 +118,8 @@ impl Cursor {
             floor: start,
             acked: RangeSet::new(),
             read: start,
-            dirty: id.is_some(),
+            changes: u64::from(id.is_some()),
+            stored_changes: 0,
             read_compacted: false,
             last_active_ms: None,
             replicated: false,
@@ -129,7 +133,8 @@ impl Cursor {
             floor: record.floor,
             acked: record.acked,
             read: record.floor,
-            dirty,
+            changes: u64::from(dirty),
+            stored_changes: 0,
             read_compacted: false,
             last_active_ms: record.last_active_ms,
             replicated: record.replicated,
@@ -145,7 +150,7 @@ impl Cursor {
     pub(super) fn set_replicated(&mut self, on: bool) {
         if self.replicated != on {
             self.replicated = on;
-            self.dirty = true;
+            self.changed();
         }
     }
 
@@ -158,7 +163,7 @@ impl Cursor {
     pub(super) fn touch(&mut self, now_ms: u64) {
         if self.last_active_ms != Some(now_ms) {
             self.last_active_ms = Some(now_ms);
-            self.dirty = true;
+            self.changed();
         }
     }
 
@@ -181,11 +186,26 @@ impl Cursor {
 
     /// A durable cursor changed since it was last stored.
     pub(super) fn needs_persist(&self) -> bool {
-        self.durable() && self.dirty
+        self.durable() && self.changes != self.stored_changes
     }
 
+    #[cfg(test)]
     pub(super) fn mark_persisted(&mut self) {
-        self.dirty = false;
+        self.stored_changes = self.changes;
+    }
+
+    /// Its changes so far (what a write of its state now covers).
+    pub(super) fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// A write that covered its first `changes` changes is durable.
+    pub(super) fn mark_stored(&mut self, changes: u64) {
+        self.stored_changes = self.stored_changes.max(changes.min(self.changes));
+    }
+
+    fn changed(&mut self) {
+        self.changes += 1;
     }
 
     /// The first entry not acknowledged, as stored (not normalised).
@@ -226,14 +246,14 @@ impl Cursor {
         self.floor = p;
         self.read = p;
         self.acked.clear();
-        self.dirty = true;
+        self.changed();
     }
 
     /// Acknowledges one entry (one before the floor is acknowledged already).
     pub(super) fn ack(&mut self, p: Position, log: &impl Positions) {
         if p >= self.floor {
             self.acked.insert(p);
-            self.dirty = true;
+            self.changed();
         }
         self.advance_floor(log);
     }
@@ -248,7 +268,7 @@ impl Cursor {
                 start
             };
             self.acked.insert_range(from, end);
-            self.dirty = true;
+            self.changed();
         }
         self.advance_floor(log);
     }
@@ -259,7 +279,7 @@ impl Cursor {
         if next > self.floor {
             self.floor = next;
             self.acked.remove_up_to(p);
-            self.dirty = true;
+            self.changed();
         }
         self.advance_floor(log);
     }
@@ -563,18 +583,75 @@ impl ManagedLog {
         }
     }
 
-    /// Persists every durable cursor changed since its last persist.
+    /// Persists every durable cursor changed since its last persist, on
+    /// the calling thread (it blocks on the writes); how many.
     pub fn persist_cursors(&mut self) -> Result<usize> {
-        let dirty: Vec<String> = self
+        let stored = self.cursor_writes().store();
+        self.cursor_writes_done(stored)
+    }
+
+    /// The states of the durable cursors changed since their last persist,
+    /// to be stored by [`CursorWrites::store`] — on a thread that may block,
+    /// so that the caller's task goes on serving meanwhile — and handed back
+    /// to [`ManagedLog::cursor_writes_done`]. The cursors may change in
+    /// between: a change made after this call stays to be persisted. One
+    /// batch at a time per log: two in flight could store a cursor's older
+    /// state over its newer one.
+    pub fn cursor_writes(&self) -> CursorWrites {
+        let writes = self
             .cursors
             .iter()
             .filter(|(_, c)| c.needs_persist())
-            .map(|(n, _)| n.clone())
+            .filter_map(|(name, c)| self.cursor_write(name, c))
             .collect();
-        for name in &dirty {
-            self.persist_cursor(name)?;
+        self.writes_of(writes)
+    }
+
+    fn cursor_write(&self, name: &str, c: &Cursor) -> Option<CursorWrite> {
+        let id = c.id()?;
+        Some(CursorWrite {
+            key: cursor_key(self.id, id),
+            id,
+            name: name.to_string(),
+            changes: c.changes(),
+            bytes: c.encode(name, self.config.max_persisted_ack_ranges),
+        })
+    }
+
+    /// Removes a cursor's stored state; a write of it still in flight
+    /// stores nothing after this.
+    pub(super) fn remove_cursor_state(&self, id: u64) -> Result<()> {
+        let mut covered = self
+            .cursor_order
+            .stored
+            .lock()
+            .map_err(|_| StorageError::Log("cursor write lock poisoned".into()))?;
+        covered.insert(id, u64::MAX);
+        self.state.remove(&cursor_key(self.id, id))
+    }
+
+    fn writes_of(&self, writes: Vec<CursorWrite>) -> CursorWrites {
+        CursorWrites {
+            state: self.state.clone(),
+            order: self.cursor_order.clone(),
+            writes,
         }
-        Ok(dirty.len())
+    }
+
+    /// Marks what a [`CursorWrites::store`] stored as persisted (a cursor
+    /// removed or replaced meanwhile is left alone); how many it stored, or
+    /// the error it stopped at (what it did not store is persisted next time).
+    pub fn cursor_writes_done(&mut self, done: CursorsStored) -> Result<usize> {
+        let n = done.stored.len();
+        for (name, id, changes) in done.stored {
+            if let Some(c) = self.cursors.get_mut(&name).filter(|c| c.id() == Some(id)) {
+                c.mark_stored(changes);
+            }
+        }
+        match done.error {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 
     /// Marks a cursor active at `now_ms` (a consumer came or went): the time
@@ -596,17 +673,83 @@ impl ManagedLog {
         self.cursors.values().any(Cursor::replicated)
     }
 
+    /// Persists one cursor now (on the calling thread). A failed store
+    /// leaves it to be persisted again; a close reports it.
     pub(super) fn persist_cursor(&mut self, name: &str) -> Result<()> {
         let c = named(&self.cursors, name)?;
-        let Some(cid) = c.id else {
-            return Ok(());
+        let writes = self.cursor_write(name, c).into_iter().collect();
+        let stored = self.writes_of(writes).store();
+        self.cursor_writes_done(stored).map(drop)
+    }
+}
+
+/// Cursor states to store, from [`ManagedLog::cursor_writes`].
+pub struct CursorWrites {
+    state: std::sync::Arc<dyn crate::state_store::StateStore>,
+    order: std::sync::Arc<CursorWriteOrder>,
+    writes: Vec<CursorWrite>,
+}
+
+/// One log's cursor writes, one at a time, and the changes each cursor's
+/// stored state covers: a write that would store an older state than the
+/// one stored (a batch written off the topic's task racing the persist of a
+/// close) is dropped as covered.
+#[derive(Default)]
+pub(super) struct CursorWriteOrder {
+    /// Cursor id → the changes its stored state covers.
+    stored: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+struct CursorWrite {
+    key: String,
+    id: u64,
+    name: String,
+    /// The cursor's changes this state covers.
+    changes: u64,
+    bytes: BytesMut,
+}
+
+/// What [`CursorWrites::store`] stored, for [`ManagedLog::cursor_writes_done`].
+pub struct CursorsStored {
+    /// (name, id, changes covered) of each cursor stored.
+    stored: Vec<(String, u64, u64)>,
+    /// The write it stopped at failed.
+    error: Option<StorageError>,
+}
+
+impl CursorWrites {
+    /// No cursor changed.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Stores every state, in turn (each durable before the next begins);
+    /// blocks the calling thread on the writes. Stops at the first failure.
+    pub fn store(self) -> CursorsStored {
+        let mut stored = Vec::with_capacity(self.writes.len());
+        let Ok(mut covered) = self.order.stored.lock() else {
+            return CursorsStored {
+                stored,
+                error: Some(StorageError::Log("cursor write lock poisoned".into())),
+            };
         };
-        let b = c.encode(name, self.config.max_persisted_ack_ranges);
-        // Clean only once stored: a failed store (a full disk) is retried
-        // at the next persist, and a close reports it.
-        self.state.store(&cursor_key(self.id, cid), &b)?;
-        named_mut(&mut self.cursors, name)?.mark_persisted();
-        Ok(())
+        for w in self.writes {
+            let newer_stored = covered.get(&w.id).is_some_and(|&c| c >= w.changes);
+            if !newer_stored {
+                if let Err(e) = self.state.store(&w.key, &w.bytes) {
+                    return CursorsStored {
+                        stored,
+                        error: Some(e),
+                    };
+                }
+                covered.insert(w.id, w.changes);
+            }
+            stored.push((w.name, w.id, w.changes));
+        }
+        CursorsStored {
+            stored,
+            error: None,
+        }
     }
 }
 
