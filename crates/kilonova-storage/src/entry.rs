@@ -53,12 +53,17 @@ impl Entry {
     }
 }
 
-pub(crate) fn encode_header(publish_time_ms: u64, message_index: u64, message_count: u32) -> Bytes {
-    let mut b = BytesMut::with_capacity(ENTRY_HEADER_LEN);
-    b.put_u64_le(publish_time_ms);
-    b.put_u64_le(message_index);
-    b.put_u32_le(message_count);
-    b.freeze()
+/// An entry's header, on the stack (one is encoded per append).
+pub(crate) fn encode_header(
+    publish_time_ms: u64,
+    message_index: u64,
+    message_count: u32,
+) -> [u8; ENTRY_HEADER_LEN] {
+    let mut b = [0u8; ENTRY_HEADER_LEN];
+    b[..8].copy_from_slice(&publish_time_ms.to_le_bytes());
+    b[8..16].copy_from_slice(&message_index.to_le_bytes());
+    b[16..].copy_from_slice(&message_count.to_le_bytes());
+    b
 }
 
 /// Splits stored bytes into an [`Entry`]; `None` if they are too short for a header.

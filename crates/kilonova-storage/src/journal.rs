@@ -59,7 +59,7 @@ pub(crate) enum Op {
     /// `prefix` and `data` are stored as one entry (the prefix is the managed log's header).
     Append {
         segment: SegmentId,
-        prefix: Bytes,
+        prefix: Prefix,
         data: Bytes,
     },
     Seal {
@@ -80,6 +80,44 @@ pub(crate) enum Op {
     Shutdown {
         checkpoint: bool,
     },
+}
+
+/// The most bytes an entry's prefix may have (a managed log's header, 20
+/// bytes; a compacted view's, 36).
+const MAX_PREFIX_BYTES: usize = 40;
+
+/// An entry's prefix, carried inline: an append allocates nothing for it.
+#[derive(Clone, Copy)]
+pub(crate) struct Prefix {
+    len: u8,
+    bytes: [u8; MAX_PREFIX_BYTES],
+}
+
+impl Prefix {
+    pub(crate) fn new(prefix: &[u8]) -> Result<Self> {
+        let mut bytes = [0u8; MAX_PREFIX_BYTES];
+        bytes
+            .get_mut(..prefix.len())
+            .ok_or_else(|| {
+                StorageError::Log(format!(
+                    "an entry prefix of {} bytes (at most {MAX_PREFIX_BYTES})",
+                    prefix.len()
+                ))
+            })?
+            .copy_from_slice(prefix);
+        Ok(Prefix {
+            len: prefix.len() as u8,
+            bytes,
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.len)
+    }
 }
 
 pub(crate) struct Request {
@@ -406,7 +444,7 @@ impl Writer {
         let max_entry = self.shared.config.max_entry_bytes;
         for req in batch {
             let (prefix, data): (&[u8], &[u8]) = match &req.op {
-                Op::Append { prefix, data, .. } => (prefix, data),
+                Op::Append { prefix, data, .. } => (prefix.as_slice(), data),
                 Op::Move { data, .. } => (&[], data),
                 _ => (&[], &[]),
             };

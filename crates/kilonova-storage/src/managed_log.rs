@@ -320,7 +320,7 @@ impl ManagedLog {
         let header = entry::encode_header(t, self.next_message_index, message_count);
         let completion = self
             .store
-            .append_parts(current.id, header, data.clone())
+            .append_parts(current.id, &header, data.clone())
             .await?;
         let position = Position::new(current.id, self.pending_entries);
         self.cache.insert(

@@ -27,7 +27,7 @@ use crate::error::{Result, StorageError};
 use crate::health::{HealthState, StoreHealth};
 use crate::histogram::HistogramSnapshot;
 use crate::index::MAX_FILE_BYTES;
-use crate::journal::{Op, Reply, Request, Writer};
+use crate::journal::{Op, Prefix, Reply, Request, Writer};
 use crate::position::{EntryId, SegmentId};
 use crate::record::{self, RecordKind, HEADER_LEN};
 use crate::recovery;
@@ -274,20 +274,21 @@ impl SegmentStore {
     /// appends is fixed when it returns); the completion resolves once durable,
     /// with the entry's id.
     pub async fn append(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
-        self.append_parts(segment, Bytes::new(), data).await
+        self.append_parts(segment, &[], data).await
     }
 
-    /// Appends `prefix` followed by `data` as one entry (copied once, into the journal's buffer).
+    /// Appends `prefix` (at most 40 bytes, carried inline) followed by `data`
+    /// as one entry (copied once, into the journal's buffer).
     pub async fn append_parts(
         &self,
         segment: SegmentId,
-        prefix: Bytes,
+        prefix: &[u8],
         data: Bytes,
     ) -> Result<Completion<EntryId>> {
         let rx = self
             .submit(Op::Append {
                 segment,
-                prefix,
+                prefix: Prefix::new(prefix)?,
                 data,
             })
             .await?;
@@ -298,7 +299,7 @@ impl SegmentStore {
     pub fn append_blocking(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
         let rx = self.submit_blocking(Op::Append {
             segment,
-            prefix: Bytes::new(),
+            prefix: Prefix::new(&[])?,
             data,
         })?;
         Ok(Completion::new(rx, segment, id))

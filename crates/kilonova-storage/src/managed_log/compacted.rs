@@ -260,7 +260,7 @@ impl ManagedLog {
         ));
         let c = self
             .store
-            .append_parts(w.segment, header.freeze(), e.data.clone())
+            .append_parts(w.segment, &header, e.data.clone())
             .await?;
         w.positions.push(e.position);
         w.bytes += e.data.len() as u64;
