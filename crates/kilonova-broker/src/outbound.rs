@@ -196,11 +196,11 @@ impl Outbound {
         self.push(Out::Frame(b.freeze()));
     }
 
-    /// Queues a SEND_RECEIPT (encoded by the writer).
-    pub(crate) fn receipt(&self, receipt: frame::SendReceipt) {
+    /// Queues a SEND_RECEIPT (encoded by the writer), queued at `now`.
+    pub(crate) fn receipt(&self, receipt: frame::SendReceipt, now: std::time::Instant) {
         self.push(Out::Receipt {
             receipt,
-            queued_at: std::time::Instant::now(),
+            queued_at: now,
         });
     }
 

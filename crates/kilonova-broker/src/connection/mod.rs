@@ -152,7 +152,8 @@ async fn serve<R, W>(
 {
     let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
     let stages = broker.metrics().publish_stages().clone();
-    let mut writer = tokio::spawn(write_loop(writer, out_rx, stages));
+    let clock = broker.clock().clone();
+    let mut writer = tokio::spawn(write_loop(writer, out_rx, stages, clock));
     let mut conn = Connection::new(broker, peer, out);
     tracing::debug!(conn = conn.id, %peer, "connection opened");
     let (end, writer_ended) = conn.read_loop(&mut reader, &mut writer, shutdown).await;

@@ -46,7 +46,7 @@ impl Connection {
         payload: Option<Payload>,
     ) -> Result<(), End> {
         // The frame was decoded just now: a publish's first stage begins.
-        let read_at = std::time::Instant::now();
+        let read_at = self.now();
         let payload = payload.ok_or_else(|| End::Violation("SEND without a payload".into()))?;
         let Some(topic) = self.producers.get(&s.producer_id).cloned() else {
             return Err(End::Violation(format!(

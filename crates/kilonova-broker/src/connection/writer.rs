@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use kilonova_pulsar_protocol::frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::clock::SharedClock;
 use crate::outbound::{Out, OutboundReceiver};
 use crate::publish_stages::PublishStages;
 
@@ -25,6 +26,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: OutboundReceiver,
     stages: Arc<PublishStages>,
+    clock: SharedClock,
 ) {
     let mut parts: VecDeque<Bytes> = VecDeque::new();
     let mut receipts = BytesMut::new();
@@ -97,7 +99,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         rx.written(cost, bytes);
         if !receipts_queued.is_empty() {
-            let now = Instant::now();
+            let now = clock.now();
             for queued_at in receipts_queued.drain(..) {
                 stages.observe(
                     crate::publish_stages::Stage::Sent,

@@ -67,15 +67,18 @@ struct AnswerTo {
 }
 
 impl AnswerTo {
-    /// Answers the SEND as stored at `at`.
-    fn receipt(&self, at: Position) {
-        self.out.receipt(SendReceipt {
-            producer_id: self.producer_id,
-            sequence_id: self.sequence_id,
-            highest_sequence_id: self.highest_sequence_id,
-            ledger_id: at.segment,
-            entry_id: at.entry,
-        });
+    /// Answers the SEND as stored at `at`; `now` begins the receipt's stage.
+    fn receipt(&self, at: Position, now: std::time::Instant) {
+        self.out.receipt(
+            SendReceipt {
+                producer_id: self.producer_id,
+                sequence_id: self.sequence_id,
+                highest_sequence_id: self.highest_sequence_id,
+                ledger_id: at.segment,
+                entry_id: at.entry,
+            },
+            now,
+        );
     }
 }
 
@@ -224,13 +227,14 @@ impl Topic {
                         self.snapshot_dedup();
                     }
                 }
+                // The journal's stamp is the system clock's.
                 if let Some(durable_at) = a.durable_at {
                     self.broker
                         .metrics()
                         .publish_stages()
                         .observe(Stage::Answered, durable_at.elapsed());
                 }
-                a.to.receipt(p)
+                a.to.receipt(p, self.broker.clock().now())
             }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
@@ -522,10 +526,10 @@ impl Topic {
             return self.publish_transient(to, payload, count, publish_time);
         }
         self.metrics.observe_entry_size(payload.raw.len() as u64);
-        self.broker
-            .metrics()
-            .publish_stages()
-            .observe(Stage::Appended, read_at.elapsed());
+        self.broker.metrics().publish_stages().observe(
+            Stage::Appended,
+            self.broker.clock().now().saturating_duration_since(read_at),
+        );
         match self.append_entry(payload.raw, count, publish_time).await {
             Ok((local, shared)) => {
                 let shared = match shared {
@@ -641,7 +645,7 @@ impl Topic {
         for sub in self.subscriptions.values_mut() {
             sub.deliver_or_drop(&entry);
         }
-        to.receipt(position);
+        to.receipt(position, self.broker.clock().now());
     }
 }
 
@@ -736,7 +740,10 @@ impl Topic {
             self.find_original(name, a.to.sequence_id, last_at)
         };
         // Pulsar answers a duplicate whose original it cannot name with -1:-1.
-        a.to.receipt(original.unwrap_or(Position::new(u64::MAX, u64::MAX)));
+        a.to.receipt(
+            original.unwrap_or(Position::new(u64::MAX, u64::MAX)),
+            self.broker.clock().now(),
+        );
     }
 
     /// The entry holding `producer`'s message `sequence_id`, searched backwards
