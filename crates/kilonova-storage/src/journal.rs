@@ -47,6 +47,10 @@ pub(crate) use syncer::write_checkpoint;
 /// Tail bytes of each journal file that only control records may use.
 pub(crate) const CONTROL_RESERVE_BYTES: u64 = 64 << 10;
 
+/// The group buffer is kept for the next group up to this capacity (a group
+/// holding one very large entry does not pin its memory).
+const MAX_KEPT_GROUP_BUFFER: usize = 16 << 20;
+
 /// Written groups the syncer may have queued before the writer waits.
 const SYNC_QUEUE_GROUPS: usize = 8;
 
@@ -305,6 +309,8 @@ pub(crate) struct Writer {
     checkpointer: Option<JoinHandle<()>>,
     /// Aligns groups for files written with `O_DIRECT`.
     direct: direct::DirectWriter,
+    /// The buffer groups are encoded into (empty between groups).
+    group_buf: BytesMut,
 }
 
 impl Writer {
@@ -354,6 +360,7 @@ impl Writer {
         };
         Ok(Writer {
             direct: direct::DirectWriter::default(),
+            group_buf: BytesMut::new(),
             shared,
             rx,
             next_file_no,
@@ -439,7 +446,9 @@ impl Writer {
     }
 
     fn process(&mut self, batch: Vec<Request>) {
-        let mut buf = BytesMut::new();
+        // The group is encoded into the buffer the last one used: no
+        // reallocation (and copy) as it grows, once groups reached their size.
+        let mut buf = std::mem::take(&mut self.group_buf);
         let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
         let max_entry = self.shared.config.max_entry_bytes;
         for req in batch {
@@ -537,6 +546,9 @@ impl Writer {
             });
         }
         self.write_group(&mut buf, &mut pending);
+        if buf.capacity() <= MAX_KEPT_GROUP_BUFFER {
+            self.group_buf = buf;
+        }
     }
 
     /// Whether `bytes` more fit in the active file (a broken file takes nothing).

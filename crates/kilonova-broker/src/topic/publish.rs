@@ -210,12 +210,9 @@ impl Topic {
                 ));
             }
             Ok(p) => {
-                let took = self
-                    .broker
-                    .clock()
-                    .now()
-                    .saturating_duration_since(a.started);
-                self.metrics.observe_write_latency(took);
+                let now = self.broker.clock().now();
+                self.metrics
+                    .observe_write_latency(now.saturating_duration_since(a.started));
                 if let Some(m) = marker {
                     self.repl_subs.received(p, *m);
                 }
@@ -227,14 +224,13 @@ impl Topic {
                         self.snapshot_dedup();
                     }
                 }
-                // The journal's stamp is the system clock's.
                 if let Some(durable_at) = a.durable_at {
                     self.broker
                         .metrics()
                         .publish_stages()
-                        .observe(Stage::Answered, durable_at.elapsed());
+                        .observe(Stage::Answered, now.saturating_duration_since(durable_at));
                 }
-                a.to.receipt(p, self.broker.clock().now())
+                a.to.receipt(p, now)
             }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
@@ -526,9 +522,10 @@ impl Topic {
             return self.publish_transient(to, payload, count, publish_time);
         }
         self.metrics.observe_entry_size(payload.raw.len() as u64);
+        let appended_at = self.broker.clock().now();
         self.broker.metrics().publish_stages().observe(
             Stage::Appended,
-            self.broker.clock().now().saturating_duration_since(read_at),
+            appended_at.saturating_duration_since(read_at),
         );
         match self.append_entry(payload.raw, count, publish_time).await {
             Ok((local, shared)) => {
@@ -542,7 +539,7 @@ impl Topic {
                     shared,
                     marker,
                 };
-                self.answer_in_order(to, pending, producer)
+                self.answer_in_order_from(to, pending, producer, appended_at)
             }
             Err(e) => {
                 // Answered in order; everything after it too, by the fence.
@@ -621,7 +618,18 @@ impl Topic {
 
     /// Queues a SEND's answer behind those of the SENDs before it.
     fn answer_in_order(&mut self, to: AnswerTo, pending: Pending, producer: Option<String>) {
-        let started = self.broker.clock().now();
+        let now = self.broker.clock().now();
+        self.answer_in_order_from(to, pending, producer, now);
+    }
+
+    /// [`Self::answer_in_order`] for a SEND whose append was asked for at `started`.
+    fn answer_in_order_from(
+        &mut self,
+        to: AnswerTo,
+        pending: Pending,
+        producer: Option<String>,
+        started: std::time::Instant,
+    ) {
         self.appends.push_back(PendingAppend {
             pending,
             to,
