@@ -92,12 +92,18 @@ impl DirectWriter {
 
 /// A block-aligned slice of `len` bytes of `mem` (grown as needed).
 fn aligned(mem: &mut Vec<u8>, len: usize) -> &mut [u8] {
-    let off = mem.as_ptr().align_offset(BLOCK);
-    if off + len > mem.len() {
+    if offset_to_block(mem) + len > mem.len() {
         *mem = vec![0u8; len.next_power_of_two().max(BLOCK) + BLOCK];
     }
-    let off = mem.as_ptr().align_offset(BLOCK);
+    let off = offset_to_block(mem);
     &mut mem[off..off + len]
+}
+
+/// Bytes from the start of `mem` to its first block-aligned byte (below
+/// `BLOCK`), from the address itself: `align_offset` may answer "never".
+fn offset_to_block(mem: &[u8]) -> usize {
+    let addr = mem.as_ptr() as usize;
+    (BLOCK - addr % BLOCK) % BLOCK
 }
 
 #[cfg(test)]
