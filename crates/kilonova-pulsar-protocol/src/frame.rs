@@ -247,42 +247,34 @@ const RECEIPT_MESSAGE_ID_FIELD: u32 = 3;
 /// struct and allocates nothing beyond `dst`'s growth.
 pub fn encode_send_receipt(r: &SendReceipt, dst: &mut BytesMut) {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    let key_len = 1; // every field number here is below 16
-    let id_len =
-        key_len + encoded_len_varint(r.ledger_id) + key_len + encoded_len_varint(r.entry_id);
-    let receipt_len = key_len
-        + encoded_len_varint(r.producer_id)
-        + key_len
-        + encoded_len_varint(r.sequence_id)
-        + key_len
-        + encoded_len_varint(id_len as u64)
-        + id_len
-        + key_len
-        + encoded_len_varint(r.highest_sequence_id);
-    let command_len = key_len
-        + encoded_len_varint(SEND_RECEIPT_TYPE)
-        + key_len
-        + encoded_len_varint(receipt_len as u64)
-        + receipt_len;
+    // Every field number here is below 16: its key is one byte.
+    let varint_len = |v: u64| 1 + encoded_len_varint(v);
+    let nested_len = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let id_len = varint_len(r.ledger_id) + varint_len(r.entry_id);
+    let receipt_len = varint_len(r.producer_id)
+        + varint_len(r.sequence_id)
+        + nested_len(id_len)
+        + varint_len(r.highest_sequence_id);
+    let command_len = varint_len(SEND_RECEIPT_TYPE) + nested_len(receipt_len);
     dst.reserve(8 + command_len);
     dst.put_u32((4 + command_len) as u32);
     dst.put_u32(command_len as u32);
-    encode_key(TYPE_FIELD, WireType::Varint, dst);
-    encode_varint(SEND_RECEIPT_TYPE, dst);
-    encode_key(SEND_RECEIPT_FIELD, WireType::LengthDelimited, dst);
-    encode_varint(receipt_len as u64, dst);
-    encode_key(1, WireType::Varint, dst);
-    encode_varint(r.producer_id, dst);
-    encode_key(2, WireType::Varint, dst);
-    encode_varint(r.sequence_id, dst);
-    encode_key(RECEIPT_MESSAGE_ID_FIELD, WireType::LengthDelimited, dst);
-    encode_varint(id_len as u64, dst);
-    encode_key(1, WireType::Varint, dst);
-    encode_varint(r.ledger_id, dst);
-    encode_key(2, WireType::Varint, dst);
-    encode_varint(r.entry_id, dst);
-    encode_key(4, WireType::Varint, dst);
-    encode_varint(r.highest_sequence_id, dst);
+    let varint = |field: u32, v: u64, dst: &mut BytesMut| {
+        encode_key(field, WireType::Varint, dst);
+        encode_varint(v, dst);
+    };
+    let nested = |field: u32, len: usize, dst: &mut BytesMut| {
+        encode_key(field, WireType::LengthDelimited, dst);
+        encode_varint(len as u64, dst);
+    };
+    varint(TYPE_FIELD, SEND_RECEIPT_TYPE, dst);
+    nested(SEND_RECEIPT_FIELD, receipt_len, dst);
+    varint(1, r.producer_id, dst);
+    varint(2, r.sequence_id, dst);
+    nested(RECEIPT_MESSAGE_ID_FIELD, id_len, dst);
+    varint(1, r.ledger_id, dst);
+    varint(2, r.entry_id, dst);
+    varint(4, r.highest_sequence_id, dst);
 }
 
 /// Appends everything of a payload command frame except the `raw` payload span,
