@@ -52,8 +52,11 @@ pub(crate) enum Out {
     Close,
 }
 
-/// A receipt's frame: at most 8 + 2 + 1 + 2 + 5 × 10 (five varints) bytes.
-const RECEIPT_FRAME_BYTES: usize = 64;
+/// A receipt's frame at its largest: the 8-byte frame header, the command's
+/// type (2) and receipt key and length (2), and the receipt's 57 bytes
+/// (four one-byte keys with 10-byte varints, and the message id's key and
+/// length around two more).
+const RECEIPT_FRAME_BYTES: usize = 8 + 2 + 2 + 57;
 
 impl Out {
     /// What the unit counts against the connection's bound.
@@ -258,6 +261,20 @@ mod tests {
             pong: Some(Box::default()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_receipt_costs_its_largest_frame() {
+        let mut b = BytesMut::new();
+        let max = frame::SendReceipt {
+            producer_id: u64::MAX,
+            sequence_id: u64::MAX,
+            highest_sequence_id: u64::MAX,
+            ledger_id: u64::MAX,
+            entry_id: u64::MAX,
+        };
+        frame::encode_send_receipt(&max, &mut b);
+        assert_eq!(b.len(), RECEIPT_FRAME_BYTES);
     }
 
     #[test]

@@ -117,7 +117,6 @@ impl Future for PendingAppend {
     type Output = Appended;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut durable_at = None;
         let outcome = match &mut this.pending {
             Pending::Stored {
                 local,
@@ -131,7 +130,7 @@ impl Future for PendingAppend {
                         Poll::Pending => return Poll::Pending,
                     }
                 }
-                match Pin::new(&mut *local).poll(cx) {
+                match Pin::new(local).poll(cx) {
                     Poll::Ready(r) => match std::mem::replace(shared, Shared::Done) {
                         Shared::Failed(why) => Outcome::SharedFailed(why),
                         _ => Outcome::Stored(r, marker.take()),
@@ -142,9 +141,10 @@ impl Future for PendingAppend {
             Pending::Duplicate => Outcome::Duplicate,
             Pending::Refused(code, why) => Outcome::Refused(*code, std::mem::take(why)),
         };
-        if let Pending::Stored { local, .. } = &this.pending {
-            durable_at = local.durable_at();
-        }
+        let durable_at = match &this.pending {
+            Pending::Stored { local, .. } => local.durable_at(),
+            _ => None,
+        };
         Poll::Ready(Appended {
             outcome,
             durable_at,
@@ -224,6 +224,8 @@ impl Topic {
                         self.snapshot_dedup();
                     }
                 }
+                // The journal stamps with the system clock, as the broker's
+                // clock reads outside tests.
                 if let Some(durable_at) = a.durable_at {
                     self.broker
                         .metrics()
