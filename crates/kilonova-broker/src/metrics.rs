@@ -1121,44 +1121,69 @@ fn render_broker_totals(out: &mut String, cluster: &str, topics: &[(String, Arc<
 
 /// The segment store's and the entry cache's series.
 fn render_storage(out: &mut String, store: &SegmentStore, cache: &kilonova_storage::EntryCache) {
-    let (fsync, group) = store.histograms();
-    histogram(
+    // One series per data directory, labelled with its path.
+    let dirs: Vec<(String, &kilonova_storage::DirStore)> = store
+        .dirs()
+        .iter()
+        .map(|d| {
+            (
+                format!("dir=\"{}\"", escape(&d.path().display().to_string())),
+                d,
+            )
+        })
+        .collect();
+    let histograms: Vec<_> = dirs.iter().map(|(l, d)| (l, d.histograms())).collect();
+    header(
         out,
         "kilonova_storage_fsync_seconds",
+        "histogram",
         "Duration of each journal fdatasync",
-        &fsync,
-        1e6,
     );
-    histogram(
+    for (labels, (fsync, _)) in &histograms {
+        histogram_series(out, "kilonova_storage_fsync_seconds", labels, fsync, 1e6);
+    }
+    header(
         out,
         "kilonova_storage_group_commit_entries",
+        "histogram",
         "Entries made durable by one fdatasync (a group commit)",
-        &group,
-        1.0,
     );
-    let s = store.stats();
+    for (labels, (_, group)) in &histograms {
+        histogram_series(
+            out,
+            "kilonova_storage_group_commit_entries",
+            labels,
+            group,
+            1.0,
+        );
+    }
+    let stats: Vec<_> = dirs.iter().map(|(l, d)| (l, d.stats())).collect();
     header(
         out,
         "kilonova_storage_written_bytes_total",
         "counter",
         "Bytes written to the journal",
     );
-    let _ = writeln!(
-        out,
-        "kilonova_storage_written_bytes_total {}",
-        s.bytes_written
-    );
+    for (labels, s) in &stats {
+        let _ = writeln!(
+            out,
+            "kilonova_storage_written_bytes_total{{{labels}}} {}",
+            s.bytes_written
+        );
+    }
     header(
         out,
         "kilonova_storage_disk_usage_bytes",
         "gauge",
         "Bytes the journal files take on disk",
     );
-    let _ = writeln!(
-        out,
-        "kilonova_storage_disk_usage_bytes {}",
-        s.disk_usage_bytes
-    );
+    for (labels, s) in &stats {
+        let _ = writeln!(
+            out,
+            "kilonova_storage_disk_usage_bytes{{{labels}}} {}",
+            s.disk_usage_bytes
+        );
+    }
     let c = cache.stats();
     header(
         out,

@@ -57,6 +57,10 @@ pub enum StorageError {
     /// Another process uses the store's directory (or it cannot be locked).
     #[error(transparent)]
     Locked(#[from] crate::dir_lock::DirLockError),
+    /// The configured data directories do not match what they hold (one
+    /// missing, listed twice, or holding another directory's segments).
+    #[error("data directories: {0}")]
+    DataDirs(String),
     /// An internal failure (a poisoned lock, an invalid setting) with its description.
     #[error("{0}")]
     Log(String),
@@ -119,6 +123,7 @@ impl StorageError {
             StorageError::Closed => StorageError::Closed,
             StorageError::Terminated => StorageError::Terminated,
             StorageError::Locked(e) => StorageError::Log(e.to_string()),
+            StorageError::DataDirs(s) => StorageError::DataDirs(s.clone()),
             StorageError::Log(s) => StorageError::Log(s.clone()),
         }
     }

@@ -22,6 +22,25 @@ pub struct HistogramSnapshot {
     pub sum: u64,
 }
 
+impl HistogramSnapshot {
+    /// Adds another snapshot of a histogram with the same bounds (the same
+    /// series kept per directory, added up): mismatched bounds add nothing
+    /// to the buckets.
+    pub fn add(&mut self, o: &HistogramSnapshot) {
+        if self.buckets.is_empty() {
+            self.buckets = o.buckets.clone();
+        } else if self.buckets.len() == o.buckets.len() {
+            for (b, ob) in self.buckets.iter_mut().zip(&o.buckets) {
+                if b.0 == ob.0 {
+                    b.1 += ob.1;
+                }
+            }
+        }
+        self.count += o.count;
+        self.sum += o.sum;
+    }
+}
+
 impl Histogram {
     pub fn new(bounds: &'static [u64]) -> Self {
         debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "bounds ascend");
@@ -92,5 +111,18 @@ mod tests {
         let s = h.snapshot();
         assert_eq!(s.buckets, vec![(10, 2), (100, 4)]);
         assert_eq!((s.count, s.sum), (5, 1122));
+    }
+
+    #[test]
+    fn snapshots_of_the_same_bounds_add_bucket_by_bucket() {
+        let (a, b) = (Histogram::new(&[10, 100]), Histogram::new(&[10, 100]));
+        a.observe(5);
+        b.observe(50);
+        b.observe(500);
+        let mut total = HistogramSnapshot::default();
+        total.add(&a.snapshot());
+        total.add(&b.snapshot());
+        assert_eq!(total.buckets, vec![(10, 1), (100, 2)]);
+        assert_eq!((total.count, total.sum), (3, 555));
     }
 }

@@ -56,9 +56,11 @@ const SYNC_QUEUE_GROUPS: usize = 8;
 
 /// What a caller asks the journal to do.
 pub(crate) enum Op {
-    /// A new segment, its id at least `at_least` (and above every id before).
+    /// A new segment, its id at least `at_least` (and above every id
+    /// before), refused if it would reach `below` (the directory's ids end).
     Create {
         at_least: SegmentId,
+        below: SegmentId,
     },
     /// `prefix` and `data` are stored as one entry (the prefix is the managed log's header).
     Append {
@@ -571,8 +573,14 @@ impl Writer {
                 .unwrap_or(true)
         };
         Ok(match op {
-            Op::Create { at_least } => {
+            Op::Create { at_least, below } => {
                 let id = self.next_segment_id.max(*at_least);
+                if id >= *below {
+                    return Err(StorageError::Log(format!(
+                        "no segment id left below {below} in {}",
+                        self.shared.config.dir.display()
+                    )));
+                }
                 self.next_segment_id = id + 1;
                 self.segments.insert(
                     id,

@@ -1,7 +1,7 @@
 //! Kilonova's storage layer.
 //!
-//! * [`SegmentStore`]: entries of many segments (ledgers) appended to one shared,
-//!   preallocated, append-only journal with group commit — a completion resolves
+//! * [`SegmentStore`]: entries of many segments (ledgers) appended to a shared,
+//!   preallocated, append-only journal per data directory with group commit — a completion resolves
 //!   only after the `fdatasync` that covers it. Per-file indexes, CRC32C on every
 //!   record, recovery that replays only what follows the last checkpoint, GC that
 //!   removes or compacts dead journal files.
@@ -30,8 +30,10 @@ pub mod range_set;
 mod reclaim;
 pub mod record;
 mod recovery;
+mod segment_store;
 pub mod state_store;
 mod store;
+mod store_dirs;
 mod store_state;
 
 pub use dir_lock::{DirLock, DirLockError};
@@ -45,9 +47,10 @@ pub use managed_log::{
     InitialPosition, ManagedLog, ManagedLogConfig, Offloaded, RestoredSegment, Retention,
     SegmentMeta, SegmentTier, StoredCursor, StoredSummary,
 };
-pub use position::{EntryId, Position, SegmentId};
+pub use position::{dir_of, EntryId, Position, SegmentId, MAX_DIRS};
 pub use range_set::RangeSet;
 pub use reclaim::{reclaim_orphans, ReclaimReport};
+pub use segment_store::SegmentStore;
 pub use state_store::{DirStateStore, StateStore};
-pub use store::{Completion, GcReport, SegmentInfo, SegmentStore, StoreStats};
+pub use store::{Completion, DirStore, GcReport, SegmentInfo, StoreStats};
 pub use store_state::StoreConfig;

@@ -26,8 +26,9 @@ use crate::entry::{self, Entry};
 use crate::entry_cache::{EntryCache, EvictionStrategy};
 use crate::error::{Result, StorageError};
 use crate::position::{Position, SegmentId};
+use crate::segment_store::SegmentStore;
 use crate::state_store::StateStore;
-use crate::store::{Completion, SegmentStore};
+use crate::store::Completion;
 
 mod backlog_scan;
 pub(crate) mod compacted;
@@ -372,6 +373,18 @@ impl ManagedLog {
         self.start_segment(now_ms).await
     }
 
+    /// A new segment of this log, in the data directory of its last local
+    /// segment (or a new log's directory: [`SegmentStore::home_of`]).
+    async fn create_segment(&self) -> Result<SegmentId> {
+        let last = self
+            .segments
+            .iter()
+            .rev()
+            .map(|s| s.id)
+            .find(|id| self.store.segment(*id).is_some());
+        self.store.create_segment_for(self.id, last).await
+    }
+
     async fn start_segment(&mut self, now_ms: u64) -> Result<()> {
         // An empty sealed segment holds nothing: drop it instead of keeping it listed.
         if let Some(cur) = self.current() {
@@ -380,7 +393,7 @@ impl ManagedLog {
                 self.segments.pop();
             }
         }
-        let id = self.store.create_segment().await?;
+        let id = self.create_segment().await?;
         self.segments.push(SegmentMeta {
             id,
             first_message_index: self.next_message_index,

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use crate::error::Result;
 use crate::managed_log::meta::{log_prefix, stored_segments, LOGS_PREFIX};
 use crate::position::SegmentId;
+use crate::segment_store::SegmentStore;
 use crate::state_store::StateStore;
-use crate::store::SegmentStore;
 
 /// What [`reclaim_orphans`] found and removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,17 +1,19 @@
-//! The segment store: many segments' entries in one shared, group-committed journal.
+//! One data directory of the segment store: many segments' entries in one
+//! shared, group-committed journal.
 //!
-//! [`SegmentStore`] is the public face: it opens the directory (`recovery`
-//! rebuilds the index), starts the journal's threads (`journal`), serves
-//! reads from the index, and runs GC. Dependencies point one way: this
-//! module uses `journal`, `recovery` and `store_state` (the state they all
-//! share); none of them uses this one.
+//! [`DirStore`] opens the directory (`recovery` rebuilds the index), starts
+//! the journal's threads (`journal`), serves reads from the index, and runs
+//! GC. [`crate::SegmentStore`] routes to one `DirStore` per configured
+//! directory (`segment_store.rs`). Dependencies point one way: this module
+//! uses `journal`, `recovery` and `store_state` (the state they all share);
+//! none of them uses this one.
 
 use std::fs::{self, File};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -28,7 +30,7 @@ use crate::health::{HealthState, StoreHealth};
 use crate::histogram::HistogramSnapshot;
 use crate::index::MAX_FILE_BYTES;
 use crate::journal::{Op, Prefix, Reply, Request, Writer};
-use crate::position::{EntryId, SegmentId};
+use crate::position::{self, EntryId, SegmentId};
 use crate::record::{self, RecordKind, HEADER_LEN};
 use crate::recovery;
 use crate::store_state::{SealProgress, Stats, StoreConfig, StoreState};
@@ -52,6 +54,26 @@ pub struct StoreStats {
     pub recovery_replayed_files: u64,
     pub recovery_replayed_bytes: u64,
     pub disk_usage_bytes: u64,
+}
+
+impl StoreStats {
+    /// Both stores' counters and sizes added up (one store over several directories).
+    pub(crate) fn plus(&self, o: &StoreStats) -> StoreStats {
+        StoreStats {
+            fsyncs: self.fsyncs + o.fsyncs,
+            groups: self.groups + o.groups,
+            bytes_written: self.bytes_written + o.bytes_written,
+            entries_appended: self.entries_appended + o.entries_appended,
+            write_errors: self.write_errors + o.write_errors,
+            sync_ns: self.sync_ns + o.sync_ns,
+            busy_ns: self.busy_ns + o.busy_ns,
+            segments: self.segments + o.segments,
+            journal_files: self.journal_files + o.journal_files,
+            recovery_replayed_files: self.recovery_replayed_files + o.recovery_replayed_files,
+            recovery_replayed_bytes: self.recovery_replayed_bytes + o.recovery_replayed_bytes,
+            disk_usage_bytes: self.disk_usage_bytes + o.disk_usage_bytes,
+        }
+    }
 }
 
 /// What a segment looks like now.
@@ -86,6 +108,18 @@ pub struct GcReport {
     pub bytes_moved: u64,
     /// Time compaction waited to stay within `gc_max_bytes_per_sec`.
     pub throttled: Duration,
+}
+
+impl GcReport {
+    /// Adds what another pass (another directory's) did.
+    pub(crate) fn add(&mut self, o: &GcReport) {
+        self.files_removed += o.files_removed;
+        self.files_recycled += o.files_recycled;
+        self.bytes_freed += o.bytes_freed;
+        self.entries_moved += o.entries_moved;
+        self.bytes_moved += o.bytes_moved;
+        self.throttled += o.throttled;
+    }
 }
 
 /// Resolves once the journal has made the operation durable (or failed it).
@@ -145,29 +179,42 @@ impl<T> Future for Completion<T> {
     }
 }
 
-/// A durable store of segments. Cheap to share (`Arc` inside); all methods take `&self`.
+/// The segments of one data directory, in its journal. Cheap to share
+/// (`Arc` inside); all methods take `&self`.
 ///
 /// Appends are enqueued in call order per segment and complete only after the
-/// fdatasync that covers them. Reads see only durable entries.
+/// fdatasync that covers them. Reads see only durable entries. The segments'
+/// ids carry the directory's number ([`crate::position::dir_of`]).
 #[derive(Clone)]
-pub struct SegmentStore {
+pub struct DirStore {
     shared: Arc<StoreState>,
-    /// New segments get ids from here up ([`SegmentStore::raise_segment_ids`]).
-    segment_id_floor: Arc<AtomicU64>,
+    /// The directory's number: the top bits of its segments' ids.
+    number: u8,
     tx: mpsc::Sender<Request>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// The directory's lock: held until the store stops (or the last clone drops).
     lock: Arc<Mutex<Option<DirLock>>>,
 }
 
-impl SegmentStore {
-    /// Opens (creating or recovering) the store in `config.dir`.
-    pub fn open(config: StoreConfig) -> Result<Self> {
+impl DirStore {
+    /// Opens (creating or recovering) the store in `config.dir`, whose
+    /// segments' ids carry `number`.
+    /// `lock` is the directory's, taken before anything in it was read.
+    pub(crate) fn open(config: StoreConfig, number: u8, lock: DirLock) -> Result<Self> {
         validate(&config)?;
-        // Before anything is read or written: another process's store in this
-        // directory would have its checkpoint rewritten under it.
-        let lock = DirLock::acquire(&config.dir)?;
         let recovered = recovery::recover(&config)?;
+        if let Some(other) = recovered
+            .index
+            .segments
+            .keys()
+            .find(|id| position::dir_of(**id) != number)
+        {
+            return Err(StorageError::DataDirs(format!(
+                "{} holds segment {other} of directory {}, but is directory {number}",
+                config.dir.display(),
+                position::dir_of(*other)
+            )));
+        }
         let shared = Arc::new(StoreState {
             config: config.clone(),
             index: RwLock::new(recovered.index),
@@ -221,9 +268,9 @@ impl SegmentStore {
             segments = shared.index.read().map(|i| i.segments.len()).unwrap_or(0),
             "segment store open"
         );
-        Ok(SegmentStore {
+        Ok(DirStore {
             shared,
-            segment_id_floor: Arc::default(),
+            number,
             tx,
             thread: Arc::new(Mutex::new(Some(thread))),
             lock: Arc::new(Mutex::new(Some(lock))),
@@ -232,6 +279,16 @@ impl SegmentStore {
 
     pub fn config(&self) -> &StoreConfig {
         &self.shared.config
+    }
+
+    /// The directory this store writes.
+    pub fn path(&self) -> &std::path::Path {
+        &self.shared.config.dir
+    }
+
+    /// The directory's number (the top bits of its segments' ids).
+    pub fn number(&self) -> u8 {
+        self.number
     }
 
     /// Whether the store can write: `Ok`, or the trouble (a full disk, an I/O
@@ -273,13 +330,17 @@ impl SegmentStore {
     /// Enqueues an append. Awaiting this waits only for queue space (the order of
     /// appends is fixed when it returns); the completion resolves once durable,
     /// with the entry's id.
-    pub async fn append(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
+    pub(crate) async fn append(
+        &self,
+        segment: SegmentId,
+        data: Bytes,
+    ) -> Result<Completion<EntryId>> {
         self.append_parts(segment, &[], data).await
     }
 
     /// Appends `prefix` (at most 40 bytes, carried inline) followed by `data`
     /// as one entry (copied once, into the journal's buffer).
-    pub async fn append_parts(
+    pub(crate) async fn append_parts(
         &self,
         segment: SegmentId,
         prefix: &[u8],
@@ -295,8 +356,12 @@ impl SegmentStore {
         Ok(Completion::new(rx, segment, id))
     }
 
-    /// [`SegmentStore::append`] for threads outside an async runtime.
-    pub fn append_blocking(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
+    /// [`DirStore::append`] for threads outside an async runtime.
+    pub(crate) fn append_blocking(
+        &self,
+        segment: SegmentId,
+        data: Bytes,
+    ) -> Result<Completion<EntryId>> {
         let rx = self.submit_blocking(Op::Append {
             segment,
             prefix: Prefix::new(&[])?,
@@ -305,50 +370,45 @@ impl SegmentStore {
         Ok(Completion::new(rx, segment, id))
     }
 
-    /// Creates a segment (durably) and returns its id.
-    pub async fn create_segment(&self) -> Result<SegmentId> {
-        let rx = self.submit(self.create_op()).await?;
+    /// Creates a segment (durably) and returns its id: the directory's
+    /// number in the top bits, at least `floor` in the others.
+    pub(crate) async fn create_segment(&self, floor: SegmentId) -> Result<SegmentId> {
+        let rx = self.submit(self.create_op(floor)).await?;
         Completion::new(rx, 0, id).await
     }
 
-    /// [`SegmentStore::create_segment`] for threads outside an async runtime.
-    pub fn create_segment_blocking(&self) -> Result<SegmentId> {
-        Completion::new(self.submit_blocking(self.create_op())?, 0, id).wait()
+    /// [`DirStore::create_segment`] for threads outside an async runtime.
+    pub(crate) fn create_segment_blocking(&self, floor: SegmentId) -> Result<SegmentId> {
+        Completion::new(self.submit_blocking(self.create_op(floor))?, 0, id).wait()
     }
 
-    fn create_op(&self) -> Op {
+    fn create_op(&self, floor: SegmentId) -> Op {
+        let ids = position::dir_ids(self.number);
         Op::Create {
-            at_least: self.segment_id_floor.load(Ordering::Acquire),
+            at_least: ids.start.saturating_add(floor),
+            below: ids.end,
         }
     }
 
-    /// Segments created from now on get ids of at least `floor` (ids only
-    /// grow: a lower floor changes nothing). A cluster broker raises it to
-    /// a range no other broker's store uses, so that a message id another
-    /// broker handed out never names one of this store's entries.
-    pub fn raise_segment_ids(&self, floor: SegmentId) {
-        self.segment_id_floor.fetch_max(floor, Ordering::AcqRel);
-    }
-
     /// Seals a segment: no more appends; returns its entry count. Idempotent.
-    pub async fn seal(&self, segment: SegmentId) -> Result<u64> {
+    pub(crate) async fn seal(&self, segment: SegmentId) -> Result<u64> {
         let rx = self.submit(Op::Seal { segment }).await?;
         Completion::new(rx, 0, id).await
     }
 
     /// Deletes a segment; its space returns at the next GC.
-    pub async fn delete_segment(&self, segment: SegmentId) -> Result<()> {
+    pub(crate) async fn delete_segment(&self, segment: SegmentId) -> Result<()> {
         let rx = self.submit(Op::Delete { segment }).await?;
         Completion::new(rx, 0, |_, _| ()).await
     }
 
-    /// [`SegmentStore::delete_segment`] for threads outside an async runtime.
-    pub fn delete_segment_blocking(&self, segment: SegmentId) -> Result<()> {
+    /// [`DirStore::delete_segment`] for threads outside an async runtime.
+    pub(crate) fn delete_segment_blocking(&self, segment: SegmentId) -> Result<()> {
         Completion::new(self.submit_blocking(Op::Delete { segment })?, 0, |_, _| ()).wait()
     }
 
     /// The segment's current state, if it exists.
-    pub fn segment(&self, segment: SegmentId) -> Option<SegmentInfo> {
+    pub(crate) fn segment(&self, segment: SegmentId) -> Option<SegmentInfo> {
         let index = self.shared.index.read().ok()?;
         index.segments.get(&segment).map(|s| SegmentInfo {
             id: segment,
@@ -360,7 +420,7 @@ impl SegmentStore {
     }
 
     /// Ids of every live segment, ascending.
-    pub fn segments(&self) -> Vec<SegmentId> {
+    pub(crate) fn segments(&self) -> Vec<SegmentId> {
         let Ok(index) = self.shared.index.read() else {
             return Vec::new();
         };
@@ -370,7 +430,7 @@ impl SegmentStore {
     }
 
     /// Reads one durable entry, verifying its checksum.
-    pub fn read(&self, segment: SegmentId, entry: EntryId) -> Result<Bytes> {
+    pub(crate) fn read(&self, segment: SegmentId, entry: EntryId) -> Result<Bytes> {
         let (loc, handle) = {
             let index = self
                 .shared
@@ -413,7 +473,7 @@ impl SegmentStore {
     }
 
     /// Reads entries `first..=last` of a segment.
-    pub fn read_range(
+    pub(crate) fn read_range(
         &self,
         segment: SegmentId,
         first: EntryId,
@@ -482,7 +542,7 @@ impl SegmentStore {
     /// Waits, at most `limit`, until every journal file sealed so far has its
     /// checkpoint (its index is written): a reopen then loads those files'
     /// indexes instead of replaying them.
-    pub fn wait_checkpointed(&self, limit: Duration) {
+    pub(crate) fn wait_checkpointed(&self, limit: Duration) {
         self.shared.seals.wait_caught_up(limit);
     }
 
@@ -490,7 +550,7 @@ impl SegmentStore {
     /// and compacts sealed files whose live fraction is below
     /// `compaction_live_ratio` by moving their live entries to the active file.
     /// Blocking (file I/O); call it from a blocking thread.
-    pub fn gc(&self) -> Result<GcReport> {
+    pub(crate) fn gc(&self) -> Result<GcReport> {
         let mut report = GcReport::default();
         // Files sealed a moment ago become collectable once their checkpoint is written.
         self.shared.seals.wait_caught_up(Duration::from_secs(5));
@@ -661,7 +721,7 @@ impl SegmentStore {
 
     /// Stops the journal after everything already enqueued is durable, and writes a
     /// checkpoint so the next open replays nothing. Later calls fail with `Closed`.
-    pub fn close(&self) -> Result<()> {
+    pub(crate) fn close(&self) -> Result<()> {
         self.stop(true)
     }
 
@@ -669,7 +729,7 @@ impl SegmentStore {
     /// active file's tail is replayed at the next open) but with every thread
     /// joined, so nothing touches the directory afterwards. For tests that
     /// crash a store in-process; a real crash is the child-process kill test.
-    pub fn abandon(&self) -> Result<()> {
+    pub(crate) fn abandon(&self) -> Result<()> {
         self.stop(false)
     }
 
@@ -697,7 +757,7 @@ impl SegmentStore {
 
 /// Checks settings the journal could not work with. (Here, not beside
 /// `StoreConfig`, because the bound depends on the journal's control reserve.)
-fn validate(config: &StoreConfig) -> Result<()> {
+pub(crate) fn validate(config: &StoreConfig) -> Result<()> {
     let need =
         record::encoded_len(config.max_entry_bytes) as u64 + crate::journal::CONTROL_RESERVE_BYTES;
     if config.log_file_bytes < need || config.log_file_bytes >= MAX_FILE_BYTES {

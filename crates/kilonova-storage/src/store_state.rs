@@ -22,6 +22,9 @@ use crate::record;
 pub struct StoreConfig {
     /// Directory holding the journal files, their indexes and the checkpoint.
     pub dir: PathBuf,
+    /// Further data directories, each with a journal of its own (one per
+    /// disk); a log's segments stay in one of them (`segment_store.rs`).
+    pub more_dirs: Vec<PathBuf>,
     /// Size each journal file is preallocated to.
     pub log_file_bytes: u64,
     /// Largest entry accepted.
@@ -52,6 +55,7 @@ impl StoreConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         StoreConfig {
             dir: dir.into(),
+            more_dirs: Vec::new(),
             log_file_bytes: 128 << 20,
             max_entry_bytes: 8 << 20,
             group_commit_max_bytes: 4 << 20,

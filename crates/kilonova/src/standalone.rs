@@ -74,6 +74,9 @@ pub struct StandaloneArgs {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
+    /// Data directories beside `<data_dir>/storage`, each with a journal of
+    /// its own (one per disk): topics are spread over all of them.
+    pub more_dirs: Vec<PathBuf>,
     /// Size each journal file is preallocated to.
     pub log_file_mib: u64,
     /// How long a group commit may wait for more appends (0: write at once).
@@ -92,6 +95,7 @@ pub struct StorageSettings {
 impl Default for StorageSettings {
     fn default() -> Self {
         StorageSettings {
+            more_dirs: Vec::new(),
             log_file_mib: 128,
             group_commit_max_delay_us: 0,
             gc_interval_secs: 30,
@@ -629,6 +633,7 @@ fn open_store(
     max_entry_bytes: usize,
 ) -> anyhow::Result<SegmentStore> {
     let mut sc = StoreConfig::new(data_dir.join("storage"));
+    sc.more_dirs = s.more_dirs.clone();
     sc.max_entry_bytes = sc.max_entry_bytes.max(max_entry_bytes);
     sc.log_file_bytes = s.log_file_mib.max(1) << 20;
     sc.recycle_files = s.recycle_files;
@@ -639,6 +644,7 @@ fn open_store(
     let store = SegmentStore::open(sc).context("opening storage")?;
     let stats = store.stats();
     tracing::info!(
+        dirs = store.dirs().len(),
         replayed_files = stats.recovery_replayed_files,
         replayed_bytes = stats.recovery_replayed_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -273,11 +273,6 @@ impl Broker {
         }
     }
 
-    /// Whether storage can write, for the health check: `Err` says why not.
-    /// While the store reports a failed write, the disk must have room for a
-    /// journal file and one probe append (to a segment of its own, deleted at
-    /// once) must succeed, so that a disk that has space again reports
-    /// healthy without waiting for a client's publish.
     /// Offloads to `tiering` from now on (set once, at start-up).
     pub fn enable_tiering(&self, tiering: Arc<crate::tiering::Tiering>) {
         if self.inner.tiering.set(tiering).is_err() {
@@ -333,21 +328,37 @@ impl Broker {
         self.inner.store.clone()
     }
 
+    /// Whether storage can write, for the health check: `Err` says why not.
+    /// While the store reports a failed write, the disk must have room for a
+    /// journal file and one probe append (to a segment of its own, deleted at
+    /// once) must succeed, so that a disk that has space again reports
+    /// healthy without waiting for a client's publish. Every data directory
+    /// is checked.
     pub async fn storage_health(&self) -> Result<(), String> {
         let store = &self.inner.store;
-        if let kilonova_storage::StoreHealth::Failing(f) = store.health() {
+        let several = store.dirs().len() > 1;
+        for (i, dir) in store.dirs().iter().enumerate() {
+            let kilonova_storage::StoreHealth::Failing(f) = dir.health() else {
+                continue;
+            };
+            // Which directory, once there are several.
+            let what = if several {
+                format!("storage in {}", dir.path().display())
+            } else {
+                "storage".to_string()
+            };
             // A small probe could still fit in the current journal file:
             // what matters is whether the next one can be made.
-            if let Ok((free, needed)) = store.free_bytes() {
+            if let Ok((free, needed)) = dir.free_bytes() {
                 if free < needed {
                     return Err(format!(
-                        "storage cannot write: {} ({free} bytes free, a journal file needs {needed})",
+                        "{what} cannot write: {} ({free} bytes free, a journal file needs {needed})",
                         f.detail
                     ));
                 }
             }
             let probe = async {
-                let segment = store.create_segment().await?;
+                let segment = store.create_segment_in(i).await?;
                 let written = match store.append(segment, Bytes::from_static(b"health")).await {
                     Ok(done) => done.await.map(|_| ()),
                     Err(e) => Err(e),
@@ -355,11 +366,11 @@ impl Broker {
                 let deleted = store.delete_segment(segment).await;
                 written.and(deleted)
             };
-            return match tokio::time::timeout(STORAGE_PROBE_TIMEOUT, probe).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("storage cannot write: {e} ({} failures since the first, {})", f.count, f.detail)),
-                Err(_) => Err(format!("storage did not answer a probe write within {STORAGE_PROBE_TIMEOUT:?} (last failure: {})", f.detail)),
-            };
+            match tokio::time::timeout(STORAGE_PROBE_TIMEOUT, probe).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("{what} cannot write: {e} ({} failures since the first, {})", f.count, f.detail)),
+                Err(_) => return Err(format!("{what} did not answer a probe write within {STORAGE_PROBE_TIMEOUT:?} (last failure: {})", f.detail)),
+            }
         }
         Ok(())
     }

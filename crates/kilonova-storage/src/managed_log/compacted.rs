@@ -20,8 +20,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::entry::{self, Entry};
 use crate::error::{Result, StorageError};
 use crate::position::{Position, SegmentId};
+use crate::segment_store::SegmentStore;
 use crate::state_store::StateStore;
-use crate::store::{Completion, SegmentStore};
+use crate::store::Completion;
 
 use super::cursor::Positions;
 use super::meta::malformed;
@@ -232,7 +233,7 @@ impl ManagedLog {
 
     /// Starts writing a new compacted view (in a new segment).
     pub async fn begin_compacted(&self) -> Result<CompactedWriter> {
-        let segment = self.store.create_segment().await?;
+        let segment = self.create_segment().await?;
         Ok(CompactedWriter {
             segment,
             positions: Vec::new(),

@@ -10,7 +10,7 @@
 use crate::entry::{self, Entry};
 use crate::error::{Result, StorageError};
 use crate::position::{Position, SegmentId};
-use crate::store::SegmentStore;
+use crate::segment_store::SegmentStore;
 
 use std::collections::BTreeMap;
 

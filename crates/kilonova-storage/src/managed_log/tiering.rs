@@ -24,8 +24,8 @@ use bytes::Bytes;
 use crate::entry::{self, Entry};
 use crate::error::{Result, StorageError};
 use crate::position::{Position, SegmentId};
+use crate::segment_store::SegmentStore;
 use crate::state_store::StateStore;
-use crate::store::SegmentStore;
 
 use super::meta::{self, meta_key};
 use super::{ManagedLog, SegmentMeta};
@@ -164,7 +164,8 @@ impl ManagedLog {
         let mut offloaded = BTreeMap::new();
         let mut next_message_index = 0;
         for s in segments.into_iter().filter(|s| s.offloaded.entries > 0) {
-            let segment = store.create_segment().await?;
+            // (Only its id is kept: in the directory a new log of this id gets.)
+            let segment = store.create_segment_for(id, None).await?;
             store.delete_segment(segment).await?;
             metas.push(SegmentMeta {
                 id: segment,
