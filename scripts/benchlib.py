@@ -23,6 +23,20 @@ def fio(directory, name, bs, size, seconds, engine="sync", extra=()):
             "fdatasync_p99_us": sync_p99 / 1000.0}
 
 
+def fio_parallel(directories, name, bs, size, seconds):
+    """One fio job per directory at once (sequential writes, an fdatasync
+    after every write), reported together: what the disks give side by side."""
+    cmd = ["fio", "--rw=write", "--ioengine=sync", "--fdatasync=1", f"--bs={bs}",
+           f"--size={size}", f"--runtime={seconds}", "--time_based", "--unlink=1",
+           "--group_reporting", "--output-format=json"]
+    for i, d in enumerate(directories):
+        cmd += [f"--name={name}-{i}", f"--directory={d}"]
+    log("  $ " + " ".join(cmd))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    w = json.loads(out[out.index("{"):])["jobs"][0]["write"]
+    return {"cmd": " ".join(cmd), "bytes_per_sec": w["bw_bytes"], "iops": w["iops"]}
+
+
 def free_port():
     """A port that was free a moment ago."""
     import socket
