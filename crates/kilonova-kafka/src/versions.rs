@@ -1,0 +1,63 @@
+//! The APIs and versions Kilonova serves: what ApiVersions answers, and
+//! what a request must be to be decoded at all.
+//!
+//! Only APIs whose every field Kilonova fills are listed; each range is
+//! capped by what the `kafka-protocol` crate can decode. Fetch stops at 12:
+//! from 13 on, fetches name topics by id.
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+
+/// (API, lowest version, highest version) served.
+pub const SERVED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 3),
+];
+
+/// The range of `key` served, if it is served.
+pub fn served(key: ApiKey) -> Option<(i16, i16)> {
+    SERVED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(k, lo, hi)| {
+            let crate_max = k.valid_versions().max;
+            (*lo, (*hi).min(crate_max))
+        })
+}
+
+/// The ApiVersions answer: every API served with its range, and `error_code`.
+pub fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    let api_keys = SERVED
+        .iter()
+        .filter_map(|(k, _, _)| {
+            served(*k).map(|(lo, hi)| {
+                ApiVersion::default()
+                    .with_api_key(*k as i16)
+                    .with_min_version(lo)
+                    .with_max_version(hi)
+            })
+        })
+        .collect();
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(api_keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_range_is_one_the_crate_decodes() {
+        for (k, lo, hi) in SERVED {
+            let valid = k.valid_versions();
+            assert!(*lo >= valid.min && *lo <= *hi, "{k:?}");
+            let (_, served_hi) = served(*k).unwrap_or_default();
+            assert!(served_hi <= valid.max && served_hi >= *lo, "{k:?}");
+        }
+        assert_eq!(api_versions(0).api_keys.len(), SERVED.len());
+    }
+}
