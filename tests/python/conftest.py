@@ -60,6 +60,11 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 LOG_TAIL_LINES = 80
 
+# Every broker a test starts (here, or by a test's own subprocess) takes a
+# free Kafka port, not 9092: several run at once. The Broker class passes the
+# port it got again at restarts.
+os.environ.setdefault("KILONOVA_KAFKA_PORT", "0")
+
 # The C++ client logs at warn level to stdout; pytest captures it and shows it
 # only for failing tests.
 CLIENT_LOGGER = pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
@@ -240,6 +245,7 @@ class Broker:
         self.http_port: int | None = None
         self.pulsar_tls_port: int | None = None
         self.https_port: int | None = None
+        self.kafka_port: int | None = None
         self.ports_path = log_path.with_name(f"{log_path.stem}.ports.json")
         self.config = config
         self.config_path = data_dir.parent / f"{data_dir.name}.kilonova.toml"
@@ -257,6 +263,11 @@ class Broker:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        assert self.kafka_port, "this broker serves no Kafka listener"
+        return f"127.0.0.1:{self.kafka_port}"
 
     @property
     def tls_service_url(self) -> str:
@@ -279,6 +290,8 @@ class Broker:
             return str(p or 0)
 
         extra: list[str] = []
+        if self.kafka_port:
+            extra += ["--kafka-port", str(self.kafka_port)]
         if self.config is not None:
             self.config_path.write_text(self.config)
             extra = [
@@ -332,6 +345,7 @@ class Broker:
         self.http_port = ports["http"]
         self.pulsar_tls_port = ports["pulsar_tls"]
         self.https_port = ports["https"]
+        self.kafka_port = ports.get("kafka")
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

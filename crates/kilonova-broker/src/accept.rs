@@ -1,7 +1,8 @@
 //! Where connections are accepted: admission against the broker's connection
 //! limits (every Pulsar port together, and per client address), and what an
 //! accept loop does when accepting fails (it backs off and logs at a bounded
-//! rate). The admin server uses the same back-off.
+//! rate). The admin server uses the same back-off. [`accept_connections`]
+//! is the loop every protocol's listener runs (Pulsar's, Kafka's).
 //!
 //! Running out of file descriptors makes `accept` fail at once for as long as
 //! a connection waits in the listen backlog: without a back-off an accept
@@ -223,6 +224,83 @@ impl Drop for Admitted {
             }
         }
     }
+}
+
+/// Accepts connections on `listener` until `stop_accepting` changes, each
+/// admitted against the broker's connection limits (one over a limit is
+/// closed at once) and served by `serve` on a task of its own (which must
+/// close it when `close_connections` changes); returns once all are closed.
+/// Accept errors (out of file descriptors) pause accepting, with a
+/// back-off, logged at most once a second. `what` names the protocol in logs.
+pub(crate) async fn accept_connections<F, Fut>(
+    broker: crate::Broker,
+    listener: tokio::net::TcpListener,
+    what: &'static str,
+    mut stop_accepting: tokio::sync::watch::Receiver<bool>,
+    close_connections: tokio::sync::watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(
+        crate::Broker,
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        tokio::sync::watch::Receiver<bool>,
+    ) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut backoff = AcceptBackoff::new(what);
+    let mut refusals_log = LogLimiter::new(Duration::from_secs(1));
+    let mut paused_until: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            accepted = listener.accept(), if paused_until.is_none() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let now = broker.clock().now();
+                        let wait = backoff.failed(&e, now);
+                        if !wait.is_zero() {
+                            paused_until = Some(now + wait);
+                        }
+                        continue;
+                    }
+                };
+                backoff.succeeded();
+                let admitted = match broker.connection_limits().admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        broker.metrics().count_connection_refused(why);
+                        if let Some(suppressed) = refusals_log.allow(broker.clock().now()) {
+                            tracing::warn!(
+                                %peer,
+                                protocol = what,
+                                limit = why.as_str(),
+                                max_connections = broker.connection_limits().max_total(),
+                                suppressed,
+                                "refusing a connection"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
+                let served = serve(broker.clone(), stream, peer, close_connections.clone());
+                let b = broker.clone();
+                tasks.spawn(async move {
+                    b.metrics().connection_opened();
+                    served.await;
+                    b.metrics().connection_closed();
+                    drop(admitted);
+                });
+            }
+            _ = crate::topic::sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = stop_accepting.changed() => break,
+        }
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
 }
 
 #[cfg(test)]

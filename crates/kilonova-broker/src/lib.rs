@@ -1,8 +1,10 @@
-//! Kilonova's serving layer: Pulsar-protocol connections, topics, producers,
-//! subscriptions and their dispatchers, over the storage layer's managed logs.
+//! Kilonova's serving layer: Pulsar-protocol and Kafka-protocol connections,
+//! topics, producers, subscriptions and their dispatchers, over the storage
+//! layer's managed logs.
 //!
 //! Main types: [`Broker`] (shared state: storage, metadata resources, loaded topics),
-//! [`accept_loop`] (serves the Pulsar protocol on a listener), [`BrokerConfig`],
+//! [`accept_loop`] (serves the Pulsar protocol on a listener),
+//! [`kafka_accept_loop`] (the Kafka protocol, over the same topics), [`BrokerConfig`],
 //! [`TopicName`]. One task per connection, one task per loaded topic owning its
 //! state; connections and topics talk through bounded queues.
 //!
@@ -22,6 +24,7 @@ mod connection;
 mod dedup;
 mod entry_source;
 mod error;
+mod kafka;
 pub mod key_shared;
 pub mod listeners;
 pub mod metrics;
@@ -45,6 +48,7 @@ pub use cluster::{ClusterSettings, LookupAnswer};
 pub use config::{AutoTopicType, BrokerConfig, CacheEviction};
 pub use connection::accept_loop;
 pub use error::BrokerError;
+pub use kafka::{kafka_accept_loop, KafkaSettings};
 pub use kilonova_metadata::names::{Domain, TopicName, TopicNameError};
 /// A message's place in a topic's log, as admin requests name it
 /// ([`ResetTo::Position`]): the broker's callers reach storage only through it.

@@ -274,6 +274,22 @@ pub struct MetricsRegistry {
     cache_meter: Mutex<CacheMeter>,
     /// Each stage of a publish.
     publish_stages: Arc<PublishStages>,
+    /// Kafka requests decoded, by API key (keys past the table: the last slot).
+    kafka_requests: KafkaRequests,
+    /// Record-batch bytes Kafka fetches returned.
+    kafka_fetched_bytes: AtomicU64,
+}
+
+/// Kafka API keys counted one by one (0..=74 today; larger ones share the last).
+const KAFKA_API_SLOTS: usize = 80;
+
+/// A counter per Kafka API key.
+struct KafkaRequests([AtomicU64; KAFKA_API_SLOTS]);
+
+impl Default for KafkaRequests {
+    fn default() -> Self {
+        KafkaRequests(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 /// A replicated-subscription snapshot's steps, as counted.
@@ -300,6 +316,17 @@ impl MetricsRegistry {
 
     pub fn count_inactive_deletion(&self, ok: bool) {
         self.inactive_deletions[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a Kafka request of API `key`.
+    pub(crate) fn count_kafka_request(&self, key: i16) {
+        let i = usize::try_from(key).unwrap_or(0).min(KAFKA_API_SLOTS - 1);
+        self.kafka_requests.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts record-batch bytes a Kafka fetch returned.
+    pub(crate) fn count_kafka_fetched(&self, bytes: u64) {
+        self.kafka_fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     pub fn count_publish_throttled(&self) {
@@ -814,6 +841,34 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             v.load(Ordering::Relaxed)
         );
     }
+    header(
+        out,
+        "kilonova_kafka_requests_total",
+        "counter",
+        "Kafka requests decoded, by API key",
+    );
+    for (key, v) in registry.kafka_requests.0.iter().enumerate() {
+        let n = v.load(Ordering::Relaxed);
+        if n > 0 {
+            let _ = writeln!(
+                out,
+                "kilonova_kafka_requests_total{{cluster=\"{}\",api_key=\"{key}\"}} {n}",
+                escape(cluster)
+            );
+        }
+    }
+    header(
+        out,
+        "kilonova_kafka_fetched_bytes_total",
+        "counter",
+        "Record-batch bytes Kafka fetches returned",
+    );
+    let _ = writeln!(
+        out,
+        "kilonova_kafka_fetched_bytes_total{{cluster=\"{}\"}} {}",
+        escape(cluster),
+        registry.kafka_fetched_bytes.load(Ordering::Relaxed)
+    );
     header(
         out,
         "pulsar_active_connections",

@@ -44,13 +44,20 @@ pub(crate) enum Out {
     },
     /// A SEND_RECEIPT, encoded by the writer into its own buffer (a receipt
     /// per SEND allocates nothing); `queued_at` times its last stage.
+    /// `message_index` is the entry's first message index (not on Pulsar's
+    /// wire; the Kafka edge answers with it as the batch's base offset;
+    /// [`UNKNOWN_INDEX`] for a duplicate or a non-persistent topic).
     Receipt {
         receipt: frame::SendReceipt,
+        message_index: u64,
         queued_at: std::time::Instant,
     },
     /// Flush what is queued, then close the connection.
     Close,
 }
+
+/// A receipt's message index when the entry's is not known.
+pub(crate) const UNKNOWN_INDEX: u64 = u64::MAX;
 
 /// A receipt's frame at its largest: the 8-byte frame header, the command's
 /// type (2) and receipt key and length (2), and the receipt's 57 bytes
@@ -199,10 +206,17 @@ impl Outbound {
         self.push(Out::Frame(b.freeze()));
     }
 
-    /// Queues a SEND_RECEIPT (encoded by the writer), queued at `now`.
-    pub(crate) fn receipt(&self, receipt: frame::SendReceipt, now: std::time::Instant) {
+    /// Queues a SEND_RECEIPT (encoded by the writer), queued at `now`, for
+    /// an entry whose first message index is `message_index`.
+    pub(crate) fn receipt(
+        &self,
+        receipt: frame::SendReceipt,
+        message_index: u64,
+        now: std::time::Instant,
+    ) {
         self.push(Out::Receipt {
             receipt,
+            message_index,
             queued_at: now,
         });
     }

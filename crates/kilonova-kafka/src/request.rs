@@ -154,7 +154,7 @@ mod tests {
                 correlation_id: 7
             }
         );
-        let e = decode(encode(ApiKey::Metadata, 0, &MetadataRequest::default())).unwrap_err();
+        let e = decode(encode(ApiKey::Produce, 2, &MetadataRequest::default())).unwrap_err();
         assert!(matches!(
             e,
             RequestError::Unsupported {

@@ -13,7 +13,7 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
-    (ApiKey::Metadata, 1, 12),
+    (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
 ];
 

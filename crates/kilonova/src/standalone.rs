@@ -63,8 +63,11 @@ pub struct StandaloneArgs {
     /// only, or first listed, listener].
     #[arg(long, env = "KILONOVA_INTERNAL_LISTENER_NAME")]
     internal_listener_name: Option<String>,
+    /// Kafka protocol port [default: 9092].
+    #[arg(long, env = "KILONOVA_KAFKA_PORT")]
+    kafka_port: Option<u16>,
     /// Once serving, write the ports it listens on to this file as JSON
-    /// (`{"pulsar":N,"http":N,"pulsar_tls":N|null,"https":N|null}`), atomically:
+    /// (`{"pulsar":N,"http":N,"pulsar_tls":N|null,"https":N|null,"kafka":N|null}`), atomically:
     /// with ports given as 0 the system chooses them, and this says which.
     #[arg(long, env = "KILONOVA_PORTS_FILE")]
     ports_file: Option<PathBuf>,
@@ -164,6 +167,36 @@ pub struct StandaloneConfig {
     pub tls: TlsConfig,
     /// Tiered storage: the object store sealed segments are offloaded to.
     pub offload: kilonova_broker::tiering::OffloadSettings,
+    /// The Kafka listener.
+    pub kafka: KafkaConfig,
+}
+
+/// The `[kafka]` table: the Kafka protocol over the same topics (docs/kafka.md).
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Serve the Kafka protocol (standalone only, and not yet with
+    /// authentication on: Kafka's SASL is to come).
+    pub enabled: bool,
+    pub port: u16,
+    /// Where Kafka topic names live: Kafka topic `t` is
+    /// `persistent://<namespace>/t`.
+    pub namespace: String,
+    /// The retention (minutes, -1 forever) a topic created by a Kafka client
+    /// gets as its own policy: Kafka's `log.retention.hours=168` by default;
+    /// 0 leaves such topics to the namespace's retention.
+    pub retention_minutes: i32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            enabled: true,
+            port: 9092,
+            namespace: "public/default".into(),
+            retention_minutes: 7 * 24 * 60,
+        }
+    }
 }
 
 impl Default for StandaloneConfig {
@@ -186,6 +219,7 @@ impl Default for StandaloneConfig {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             offload: Default::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -230,6 +264,9 @@ fn load_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> {
     }
     if let Some(p) = &args.ports_file {
         c.ports_file = Some(p.clone());
+    }
+    if let Some(p) = args.kafka_port {
+        c.kafka.port = p;
     }
     Ok(c)
 }
@@ -283,9 +320,10 @@ struct Listeners {
     http: Option<tokio::net::TcpListener>,
     pulsar_tls: Option<tokio::net::TcpListener>,
     https: Option<tokio::net::TcpListener>,
+    kafka: Option<tokio::net::TcpListener>,
 }
 
-async fn listen(config: &StandaloneConfig) -> anyhow::Result<Listeners> {
+async fn listen(config: &StandaloneConfig, role: Role) -> anyhow::Result<Listeners> {
     let host = &config.bind_address;
     let tls = config.tls.enabled();
     if !tls && !config.plain_ports_enabled {
@@ -311,7 +349,31 @@ async fn listen(config: &StandaloneConfig) -> anyhow::Result<Listeners> {
             true => Some(bind(host, config.https_port, "HTTPS").await?),
             false => None,
         },
+        kafka: match kafka_served(config, role) {
+            true => Some(bind(host, config.kafka.port, "Kafka").await?),
+            false => None,
+        },
     })
+}
+
+/// Whether the Kafka listener runs: on, standalone (its Metadata names this
+/// broker the leader of every partition, which only a standalone is), and
+/// without authentication (Kafka clients cannot yet present a token).
+fn kafka_served(config: &StandaloneConfig, role: Role) -> bool {
+    if !config.kafka.enabled {
+        return false;
+    }
+    if role != Role::Standalone {
+        tracing::info!("the Kafka listener is not served by cluster brokers yet");
+        return false;
+    }
+    if config.auth.authentication_enabled {
+        tracing::warn!(
+            "the Kafka listener is off: authentication is on and Kafka clients cannot present tokens yet (SASL is to come)"
+        );
+        return false;
+    }
+    true
 }
 
 fn port_of(l: &Option<tokio::net::TcpListener>) -> anyhow::Result<Option<u16>> {
@@ -329,6 +391,7 @@ struct Ports {
     http: Option<u16>,
     pulsar_tls: Option<u16>,
     https: Option<u16>,
+    kafka: Option<u16>,
 }
 
 /// Writes `ports` to `path` atomically (a temporary file beside it, then a
@@ -369,7 +432,7 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
     let store = open_store(&config.data_dir, &config.storage, max_entry_bytes)?;
     let state = Arc::new(DirStateStore::open(config.data_dir.join("state"))?);
     reclaim_orphans(&store, &state).await;
-    let listeners = listen(&config).await?;
+    let listeners = listen(&config, role).await?;
     let advertised = config
         .advertised_address
         .clone()
@@ -468,6 +531,24 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
     let mut servers = Vec::new();
+    let kafka_port = port_of(&listeners.kafka)?;
+    if let (Some(l), Some(port)) = (listeners.kafka, kafka_port) {
+        let settings = kilonova_broker::KafkaSettings {
+            namespace: config.kafka.namespace.clone(),
+            advertised_host: advertised.clone(),
+            advertised_port: port,
+            retention_minutes: (config.kafka.retention_minutes != 0)
+                .then_some(config.kafka.retention_minutes),
+        };
+        tracing::info!(port, namespace = %settings.namespace, "serving Kafka");
+        servers.push(tokio::spawn(kilonova_broker::kafka_accept_loop(
+            broker.clone(),
+            l,
+            settings,
+            stop_rx.clone(),
+            close_rx.clone(),
+        )));
+    }
     let pulsar_listeners = [(listeners.pulsar, None), (listeners.pulsar_tls, tls)];
     for (listener, tls) in pulsar_listeners {
         if let Some(l) = listener {
@@ -514,6 +595,7 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
             http: http_port,
             pulsar_tls: pulsar_tls_port,
             https: https_port,
+            kafka: kafka_port,
         };
         write_ports_file(path, &ports)?;
     }
@@ -736,13 +818,14 @@ mod tests {
             http: Some(8080),
             pulsar_tls: None,
             https: Some(8443),
+            kafka: Some(9092),
         };
         write_ports_file(&path, &ports).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"pulsar": 6650, "http": 8080, "pulsar_tls": null, "https": 8443})
+            serde_json::json!({"pulsar": 6650, "http": 8080, "pulsar_tls": null, "https": 8443, "kafka": 9092})
         );
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

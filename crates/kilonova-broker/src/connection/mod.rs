@@ -37,7 +37,6 @@ use tokio::task::JoinHandle;
 use kilonova_pulsar_protocol::frame::{self, Frame};
 use kilonova_pulsar_protocol::proto::{base_command::Type, BaseCommand, Schema, ServerError};
 
-use crate::accept::{AcceptBackoff, LogLimiter};
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
@@ -586,62 +585,19 @@ pub async fn accept_loop(
     broker: Broker,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    mut stop_accepting: watch::Receiver<bool>,
+    stop_accepting: watch::Receiver<bool>,
     close_connections: watch::Receiver<bool>,
 ) {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut backoff = AcceptBackoff::new("Pulsar");
-    let mut refusals_log = LogLimiter::new(Duration::from_secs(1));
-    let mut paused_until: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            accepted = listener.accept(), if paused_until.is_none() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let now = broker.clock().now();
-                        let wait = backoff.failed(&e, now);
-                        if !wait.is_zero() {
-                            paused_until = Some(now + wait);
-                        }
-                        continue;
-                    }
-                };
-                backoff.succeeded();
-                let admitted = match broker.connection_limits().admit(peer.ip()) {
-                    Ok(a) => a,
-                    Err(why) => {
-                        broker.metrics().count_connection_refused(why);
-                        if let Some(suppressed) = refusals_log.allow(broker.clock().now()) {
-                            tracing::warn!(
-                                %peer,
-                                limit = why.as_str(),
-                                max_connections = broker.connection_limits().max_total(),
-                                suppressed,
-                                "refusing a connection"
-                            );
-                        }
-                        drop(stream);
-                        continue;
-                    }
-                };
-                let (b, s) = (broker.clone(), close_connections.clone());
-                let tls = tls.clone();
-                tasks.spawn(async move {
-                    b.metrics().connection_opened();
-                    serve_tcp(b.clone(), stream, peer, tls, s).await;
-                    b.metrics().connection_closed();
-                    drop(admitted);
-                });
-            }
-            _ = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = stop_accepting.changed() => break,
-        }
-    }
-    drop(listener);
-    while tasks.join_next().await.is_some() {}
+    crate::accept::accept_connections(
+        broker,
+        listener,
+        "Pulsar",
+        stop_accepting,
+        close_connections,
+        move |b, stream, peer, s| serve_tcp(b, stream, peer, tls.clone(), s),
+    )
+    .await
 }
 
 #[cfg(test)]

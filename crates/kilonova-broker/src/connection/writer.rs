@@ -56,7 +56,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     parts.extend(prefix);
                     parts.push_back(payload);
                 }
-                Out::Receipt { receipt, queued_at } => {
+                Out::Receipt {
+                    receipt, queued_at, ..
+                } => {
                     let before = receipts.len();
                     frame::encode_send_receipt(&receipt, &mut receipts);
                     bytes += receipts.len() - before;

@@ -34,6 +34,7 @@ use kilonova_storage::ManagedLog;
 
 mod access;
 pub mod admin;
+pub(crate) mod by_index;
 mod compaction;
 mod consumers;
 mod dispatch;
@@ -192,6 +193,11 @@ pub(crate) enum TopicCommand {
         request: AdminRequest,
         reply: oneshot::Sender<Result<AdminReply, BrokerError>>,
     },
+    /// Entries or offsets by message index (the Kafka edge).
+    ByIndex {
+        query: by_index::IndexQuery,
+        reply: by_index::IndexReply,
+    },
 }
 
 /// How connections reach a loaded topic: its queue, and its publish rate limit
@@ -321,6 +327,8 @@ pub(crate) struct Topic {
     loaded_at_ms: u64,
     /// Cursor states being stored on the blocking pool (one batch at a time).
     cursor_writes: Option<tokio::task::JoinHandle<kilonova_storage::CursorsStored>>,
+    /// Reads by message index waiting for an entry to be stored.
+    index_waiters: Vec<by_index::IndexWaiter>,
 }
 
 impl Topic {
@@ -409,6 +417,7 @@ impl Topic {
             subscribe_rate,
             loaded_at_ms,
             cursor_writes: None,
+            index_waiters: Vec::new(),
         };
         topic.set_dedup(topic.policies.deduplication);
         // Subscriptions that expired while the topic was not loaded go
@@ -479,6 +488,7 @@ impl Topic {
                     self.unfence_when_drained();
                     self.dispatch_all();
                     self.feed_replicators();
+                    self.wake_index_waiters();
                     self.act_on_received_markers().await;
                 }
                 written = self.repl_subs.next_written(), if self.repl_subs.writing() => {
@@ -725,6 +735,7 @@ impl Topic {
     async fn handle(&mut self, cmd: TopicCommand) {
         match cmd {
             TopicCommand::AddProducer(p) => self.add_producer(p),
+            TopicCommand::ByIndex { query, reply } => self.by_index(query, reply),
             TopicCommand::Send {
                 conn,
                 producer_id,
@@ -953,6 +964,11 @@ pub(crate) fn refuse(cmd: TopicCommand, e: &BrokerError) {
         TopicCommand::Shutdown { done } => {
             // Refused before it loaded: nothing of it to persist.
             let _ = done.send(true);
+        }
+        TopicCommand::ByIndex { reply, .. } => {
+            let _ = reply.send(Err(BrokerError::Unavailable(format!(
+                "the topic is not available: {e}"
+            ))));
         }
         _ => {}
     }

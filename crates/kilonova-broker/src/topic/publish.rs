@@ -18,7 +18,7 @@ use super::{access, NewProducer, Topic};
 use crate::commands;
 use crate::dedup;
 use crate::error::BrokerError;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, UNKNOWN_INDEX};
 use crate::publish_stages::Stage;
 
 pub(super) struct Producer {
@@ -67,8 +67,9 @@ struct AnswerTo {
 }
 
 impl AnswerTo {
-    /// Answers the SEND as stored at `at`; `now` begins the receipt's stage.
-    fn receipt(&self, at: Position, now: std::time::Instant) {
+    /// Answers the SEND as stored at `at`, its first message index
+    /// `message_index`; `now` begins the receipt's stage.
+    fn receipt(&self, at: Position, message_index: u64, now: std::time::Instant) {
         self.out.receipt(
             SendReceipt {
                 producer_id: self.producer_id,
@@ -77,6 +78,7 @@ impl AnswerTo {
                 ledger_id: at.segment,
                 entry_id: at.entry,
             },
+            message_index,
             now,
         );
     }
@@ -93,6 +95,8 @@ pub(super) struct PendingAppend {
     producer: Option<String>,
     /// When the append was asked for (the broker's clock).
     started: std::time::Instant,
+    /// The entry's first message index (stored SENDs).
+    message_index: u64,
 }
 
 enum Outcome {
@@ -111,6 +115,7 @@ pub(super) struct Appended {
     to: AnswerTo,
     producer: Option<String>,
     started: std::time::Instant,
+    message_index: u64,
 }
 
 impl Future for PendingAppend {
@@ -151,6 +156,7 @@ impl Future for PendingAppend {
             to: this.to.clone(),
             producer: this.producer.take(),
             started: this.started,
+            message_index: this.message_index,
         })
     }
 }
@@ -232,7 +238,7 @@ impl Topic {
                         .publish_stages()
                         .observe(Stage::Answered, now.saturating_duration_since(durable_at));
                 }
-                a.to.receipt(p, now)
+                a.to.receipt(p, a.message_index, now)
             }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
@@ -529,6 +535,10 @@ impl Topic {
             Stage::Appended,
             appended_at.saturating_duration_since(read_at),
         );
+        let message_index = self
+            .log
+            .as_ref()
+            .map_or(UNKNOWN_INDEX, |l| l.next_message_index());
         match self.append_entry(payload.raw, count, publish_time).await {
             Ok((local, shared)) => {
                 let shared = match shared {
@@ -541,7 +551,7 @@ impl Topic {
                     shared,
                     marker,
                 };
-                self.answer_in_order_from(to, pending, producer, appended_at)
+                self.answer_in_order_from(to, pending, producer, appended_at, message_index)
             }
             Err(e) => {
                 // Answered in order; everything after it too, by the fence.
@@ -621,22 +631,25 @@ impl Topic {
     /// Queues a SEND's answer behind those of the SENDs before it.
     fn answer_in_order(&mut self, to: AnswerTo, pending: Pending, producer: Option<String>) {
         let now = self.broker.clock().now();
-        self.answer_in_order_from(to, pending, producer, now);
+        self.answer_in_order_from(to, pending, producer, now, UNKNOWN_INDEX);
     }
 
-    /// [`Self::answer_in_order`] for a SEND whose append was asked for at `started`.
+    /// [`Self::answer_in_order`] for a SEND whose append (of an entry
+    /// whose first message index is `message_index`) was asked for at `started`.
     fn answer_in_order_from(
         &mut self,
         to: AnswerTo,
         pending: Pending,
         producer: Option<String>,
         started: std::time::Instant,
+        message_index: u64,
     ) {
         self.appends.push_back(PendingAppend {
             pending,
             to,
             producer,
             started,
+            message_index,
         });
     }
 
@@ -655,7 +668,7 @@ impl Topic {
         for sub in self.subscriptions.values_mut() {
             sub.deliver_or_drop(&entry);
         }
-        to.receipt(position, self.broker.clock().now());
+        to.receipt(position, UNKNOWN_INDEX, self.broker.clock().now());
     }
 }
 
@@ -752,6 +765,7 @@ impl Topic {
         // Pulsar answers a duplicate whose original it cannot name with -1:-1.
         a.to.receipt(
             original.unwrap_or(Position::new(u64::MAX, u64::MAX)),
+            UNKNOWN_INDEX,
             self.broker.clock().now(),
         );
     }

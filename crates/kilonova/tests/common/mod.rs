@@ -145,6 +145,8 @@ impl Broker {
         let stderr: File = log;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kilonova"));
         cmd.arg(self.role);
+        // Brokers of parallel tests must not all take Kafka's 9092.
+        cmd.env("KILONOVA_KAFKA_PORT", "0");
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }

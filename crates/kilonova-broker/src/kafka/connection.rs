@@ -1,0 +1,264 @@
+//! One Kafka connection: requests read in order, each answered before the
+//! next is handled (Kafka's ordering), until the client or the broker closes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kilonova_kafka::kafka_protocol::error::ResponseError;
+use kilonova_kafka::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kilonova_kafka::request::{self, Request, RequestError};
+use kilonova_kafka::{frame, names, response, versions};
+use kilonova_metadata::names::TopicName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::KafkaSettings;
+use crate::outbound::{Outbound, OutboundReceiver};
+use crate::topic::TopicHandle;
+use crate::Broker;
+
+/// A connection that sends nothing for this long is closed (Kafka's
+/// `connections.max.idle.ms` default is 10 minutes).
+const IDLE_LIMIT: Duration = Duration::from_secs(600);
+
+/// Room for a request's header and framing beyond the largest message.
+const REQUEST_OVERHEAD_BYTES: usize = 64 << 10;
+
+pub(super) struct KafkaConnection {
+    pub(super) broker: Broker,
+    pub(super) settings: Arc<KafkaSettings>,
+    pub(super) id: u64,
+    pub(super) peer: SocketAddr,
+    pub(super) client_id: Arc<str>,
+    /// Where the topics answer this connection's producers.
+    pub(super) out: Outbound,
+    pub(super) out_rx: OutboundReceiver,
+    /// Producers this connection opened, by topic (full name).
+    pub(super) producers: HashMap<String, (TopicHandle, u64)>,
+    pub(super) next_id: u64,
+    /// Partition counts seen (0: not partitioned), by Kafka topic name.
+    partitions: HashMap<String, u32>,
+    /// What the topics answered the producers, not yet claimed.
+    pub(super) events: super::produce::Events,
+}
+
+pub(super) async fn serve(
+    broker: Broker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    settings: Arc<KafkaSettings>,
+    mut close: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let max_request = broker.config().max_frame_bytes() + REQUEST_OVERHEAD_BYTES;
+    let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
+    let mut conn = KafkaConnection {
+        id: broker.next_connection_id(),
+        broker,
+        settings,
+        peer,
+        client_id: Arc::from(""),
+        out,
+        out_rx,
+        producers: HashMap::new(),
+        next_id: 1,
+        partitions: HashMap::new(),
+        events: Default::default(),
+    };
+    tracing::debug!(conn = conn.id, %peer, "Kafka connection opened");
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    'serve: loop {
+        loop {
+            match frame::next_request(&mut buf, max_request) {
+                Ok(Some(req)) => {
+                    if let Some(answer) = conn.handle(req).await {
+                        if writer.write_all(&answer).await.is_err() {
+                            break 'serve;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(conn = conn.id, %peer, error = %e, "closing Kafka connection");
+                    break 'serve;
+                }
+            }
+        }
+        tokio::select! {
+            read = tokio::time::timeout(IDLE_LIMIT, reader.read_buf(&mut buf)) => match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            },
+            _ = close.changed() => break,
+        }
+    }
+    conn.release().await;
+    tracing::debug!(conn = conn.id, "Kafka connection closed");
+}
+
+impl KafkaConnection {
+    /// The framed answer to one request (none for a produce with acks 0).
+    async fn handle(&mut self, frame: Bytes) -> Option<Bytes> {
+        self.drain_events();
+        let req = match request::decode(frame) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(e),
+        };
+        if let Some(id) = &req.header.client_id {
+            if *self.client_id != **id {
+                self.client_id = Arc::from(id.as_str());
+            }
+        }
+        let (key, version, correlation_id) = (req.api_key, req.version(), req.correlation_id());
+        self.broker.metrics().count_kafka_request(key as i16);
+        let body = self.answer(req).await?;
+        match response::encode(key, version, correlation_id, &body) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(conn = self.id, error = %e, "Kafka response not encoded");
+                Some(response::bare_error(
+                    correlation_id,
+                    ResponseError::UnknownServerError.code(),
+                ))
+            }
+        }
+    }
+
+    async fn answer(&mut self, req: Request) -> Option<ResponseKind> {
+        let version = req.version();
+        Some(match req.body {
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions(0)),
+            RequestKind::Metadata(m) => ResponseKind::Metadata(self.metadata(m, version).await),
+            RequestKind::Produce(p) => return self.produce(p).await.map(ResponseKind::Produce),
+            RequestKind::Fetch(f) => ResponseKind::Fetch(self.fetch(f, version).await),
+            RequestKind::ListOffsets(l) => ResponseKind::ListOffsets(self.list_offsets(l).await),
+            // `request::decode` admits only the APIs served.
+            _ => ResponseKind::ApiVersions(versions::api_versions(
+                ResponseError::UnsupportedVersion.code(),
+            )),
+        })
+    }
+
+    /// The answer to a request that was not decoded. ApiVersions at a version
+    /// not served gets Kafka's answer (version 0, UNSUPPORTED_VERSION and the
+    /// versions served), from which clients pick one; anything else gets the
+    /// correlation id and an error code, or the connection closes if the
+    /// request had no header.
+    fn refuse(&mut self, e: RequestError) -> Option<Bytes> {
+        tracing::debug!(conn = self.id, peer = %self.peer, error = %e, "Kafka request refused");
+        let unsupported = ResponseError::UnsupportedVersion.code();
+        match e {
+            RequestError::Unsupported {
+                api_key: ApiKey::ApiVersions,
+                correlation_id,
+                ..
+            } => response::encode(
+                ApiKey::ApiVersions,
+                0,
+                correlation_id,
+                &ResponseKind::ApiVersions(versions::api_versions(unsupported)),
+            )
+            .ok(),
+            RequestError::Header(_) => None,
+            RequestError::Malformed { correlation_id, .. } => Some(response::bare_error(
+                correlation_id,
+                ResponseError::InvalidRequest.code(),
+            )),
+            e => e
+                .correlation_id()
+                .map(|c| response::bare_error(c, unsupported)),
+        }
+    }
+
+    /// The Kilonova topic serving Kafka topic `name`'s partition `partition`.
+    pub(super) async fn partition_topic(
+        &mut self,
+        name: &str,
+        partition: i32,
+    ) -> Result<TopicName, i16> {
+        let count = match self.partitions.get(name) {
+            Some(n) if partition < (*n).max(1) as i32 => *n,
+            _ => {
+                let n = self.partition_count(name).await?;
+                self.partitions.insert(name.to_string(), n);
+                n
+            }
+        };
+        if partition < 0 || partition >= count.max(1) as i32 {
+            return Err(ResponseError::UnknownTopicOrPartition.code());
+        }
+        let base = self.topic_name(name)?;
+        match count {
+            0 => Ok(base),
+            _ => Ok(base.partition_name(partition as u32)),
+        }
+    }
+
+    /// Kafka topic `name` as a Kilonova topic name.
+    pub(super) fn topic_name(&self, name: &str) -> Result<TopicName, i16> {
+        let full = names::to_topic(&self.settings.namespace, name)
+            .map_err(|_| ResponseError::InvalidTopicException.code())?;
+        TopicName::parse(&full).map_err(|_| ResponseError::InvalidTopicException.code())
+    }
+
+    /// How many partitions Kafka topic `name` has (0: not partitioned);
+    /// a topic that does not exist is created if the broker's auto-creation
+    /// allows it, as a Pulsar producer's would be.
+    pub(super) async fn partition_count(&mut self, name: &str) -> Result<u32, i16> {
+        let topic = self.topic_name(name)?;
+        let existed = self
+            .broker
+            .resources()
+            .topic(&topic)
+            .await
+            .map_err(|e| super::errors::code(&crate::BrokerError::from(e)))?
+            .is_some();
+        let n = self
+            .broker
+            .partitions(&topic)
+            .await
+            .map_err(|e| super::errors::code(&e))?;
+        if n == 0 {
+            // Not partitioned: loading it checks it exists (or creates it).
+            self.broker
+                .topic(&topic)
+                .await
+                .map_err(|e| super::errors::code(&e))?;
+        }
+        if !existed {
+            self.give_kafka_retention(&topic).await;
+        }
+        Ok(n)
+    }
+
+    /// Gives a topic this listener just created Kafka's retention as its
+    /// own policy, unless it has one ([`KafkaSettings::retention_minutes`]).
+    async fn give_kafka_retention(&self, topic: &TopicName) {
+        let Some(minutes) = self.settings.retention_minutes else {
+            return;
+        };
+        let set = self
+            .broker
+            .resources()
+            .update_topic(topic, |t| {
+                if t.policies.retention_policies.is_none() {
+                    t.policies.retention_policies =
+                        Some(kilonova_metadata::policies::RetentionPolicies {
+                            retention_time_in_minutes: minutes,
+                            retention_size_in_mb: -1,
+                        });
+                }
+                Ok(())
+            })
+            .await;
+        match set {
+            Ok(_) => tracing::info!(%topic, minutes, "Kafka topic created with Kafka's retention"),
+            Err(e) => tracing::warn!(%topic, error = %e, "the Kafka retention policy was not set"),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Kilonova's errors as Kafka error codes.
+
+use kilonova_kafka::kafka_protocol::error::ResponseError;
+
+use crate::error::BrokerError;
+
+/// The Kafka error code a client acts on for `e`.
+pub(super) fn code(e: &BrokerError) -> i16 {
+    let r = match e {
+        BrokerError::TopicNotFound(_)
+        | BrokerError::NamespaceNotFound(_)
+        | BrokerError::NotFound(_) => ResponseError::UnknownTopicOrPartition,
+        BrokerError::InvalidTopicName(_) => ResponseError::InvalidTopicException,
+        BrokerError::Authorization(_) | BrokerError::NotAllowed(_) => {
+            ResponseError::TopicAuthorizationFailed
+        }
+        BrokerError::Authentication(_) => ResponseError::SaslAuthenticationFailed,
+        BrokerError::BacklogQuotaExceeded { .. } => ResponseError::PolicyViolation,
+        BrokerError::TopicTerminated(_) => ResponseError::InvalidRecord,
+        BrokerError::Storage(_) => ResponseError::KafkaStorageError,
+        BrokerError::ShuttingDown
+        | BrokerError::Unavailable(_)
+        | BrokerError::ServedElsewhere { .. }
+        | BrokerError::TopicFenced(_)
+        | BrokerError::Metadata(_) => ResponseError::NotLeaderOrFollower,
+        BrokerError::BadRequest(_) | BrokerError::NotAcceptable(_) => ResponseError::InvalidRequest,
+        _ => ResponseError::UnknownServerError,
+    };
+    r.code()
+}
+
+/// A Pulsar SEND_ERROR's server error as a Kafka error code.
+pub(super) fn from_server_error(e: i32) -> i16 {
+    use kilonova_pulsar_protocol::proto::ServerError as S;
+    let r = match S::try_from(e) {
+        Ok(S::PersistenceError) => ResponseError::KafkaStorageError,
+        Ok(S::NotAllowedError) => ResponseError::MessageTooLarge,
+        Ok(S::ChecksumError) => ResponseError::CorruptMessage,
+        Ok(S::ServiceNotReady) | Ok(S::TopicNotFound) => ResponseError::NotLeaderOrFollower,
+        Ok(S::AuthorizationError) => ResponseError::TopicAuthorizationFailed,
+        Ok(S::TopicTerminatedError) => ResponseError::InvalidRecord,
+        Ok(S::ProducerBlockedQuotaExceededError) | Ok(S::ProducerBlockedQuotaExceededException) => {
+            ResponseError::PolicyViolation
+        }
+        _ => ResponseError::UnknownServerError,
+    };
+    r.code()
+}

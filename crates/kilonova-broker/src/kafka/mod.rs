@@ -1,0 +1,66 @@
+//! The Kafka listener: Kafka clients produce to and fetch from the same
+//! topics Pulsar clients use (docs/kafka.md).
+//!
+//! The protocol's bytes are `kilonova-kafka`'s (sans IO); here a connection
+//! reads requests in order and answers each before the next, as Kafka
+//! requires. A Kafka topic `t` is `persistent://<namespace>/t`, its
+//! partition `i` the topic's partition `i` (a non-partitioned topic has the
+//! one partition 0), and an offset the topic's message index.
+//!
+//! * Produce: each partition's record batch becomes one entry, sent through
+//!   a producer this connection opens on the topic — the same path, checks,
+//!   rates and receipts as a Pulsar producer's; the answer (acks 1 or all)
+//!   goes once every entry is durable, with the entry's first index as the
+//!   base offset.
+//! * Fetch and ListOffsets: entries read by message index from the topic's
+//!   task ([`crate::topic::by_index`]), long-polled up to `max_wait_ms`.
+
+mod connection;
+mod errors;
+mod fetch;
+mod metadata;
+mod produce;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::Broker;
+
+/// How the Kafka listener presents itself.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Where Kafka topic names live (`tenant/namespace`).
+    pub namespace: String,
+    /// The host and port Metadata names as this broker (the leader of every
+    /// partition).
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// The retention a topic created through the Kafka listener gets as its
+    /// own policy (Kafka keeps records for a time whether or not anyone
+    /// reads them; a Kilonova topic without a subscription keeps nothing
+    /// unless retention says so). `None`: the namespace's policy applies.
+    pub retention_minutes: Option<i32>,
+}
+
+/// Serves the Kafka protocol on `listener` until `stop_accepting` changes
+/// (connections close when `close_connections` changes), within the
+/// broker's connection limits, which Kafka and Pulsar connections share.
+pub async fn kafka_accept_loop(
+    broker: Broker,
+    listener: tokio::net::TcpListener,
+    settings: KafkaSettings,
+    stop_accepting: watch::Receiver<bool>,
+    close_connections: watch::Receiver<bool>,
+) {
+    let settings = Arc::new(settings);
+    crate::accept::accept_connections(
+        broker,
+        listener,
+        "Kafka",
+        stop_accepting,
+        close_connections,
+        move |b, stream, peer, close| connection::serve(b, stream, peer, settings.clone(), close),
+    )
+    .await
+}
