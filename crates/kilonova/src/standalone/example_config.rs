@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
-use super::{MetadataSettings, StandaloneConfig, StorageSettings};
+use super::{KafkaConfig, MetadataSettings, StandaloneConfig, StorageSettings};
 use kilonova_auth::tls::TlsConfig;
 use kilonova_auth::AuthConfig;
 use kilonova_broker::BrokerConfig;
@@ -93,7 +93,7 @@ fn the_example_config_parses_and_holds_exactly_the_defaults() {
 #[test]
 fn the_example_config_names_every_option_of_every_section() {
     let shown = keys_by_section(EXAMPLE);
-    let sections: [(&str, Vec<&str>); 8] = [
+    let sections: [(&str, Vec<&str>); 9] = [
         ("", field_names::<StandaloneConfig>()),
         ("broker", field_names::<BrokerConfig>()),
         ("metadata", field_names::<MetadataSettings>()),
@@ -105,6 +105,7 @@ fn the_example_config_names_every_option_of_every_section() {
             "offload",
             field_names::<kilonova_broker::tiering::OffloadSettings>(),
         ),
+        ("kafka", field_names::<KafkaConfig>()),
     ];
     let subsections: Vec<&str> = sections[1..].iter().map(|(s, _)| *s).collect();
     for (section, fields) in &sections {
