@@ -158,7 +158,7 @@ mod tests {
         assert!(matches!(
             e,
             RequestError::Unsupported {
-                version: 0,
+                version: 2,
                 correlation_id: 7,
                 ..
             }
