@@ -1,23 +1,31 @@
-//! One Kafka connection: requests read in order, each answered before the
-//! next is handled (Kafka's ordering), until the client or the broker closes.
+//! One Kafka connection: requests read and handled in order, their answers
+//! written in that order (Kafka's rule) by a writer task. A produce's answer
+//! waits for its entries' receipts while the connection reads on, so a
+//! client's pipelined produces share group commits; other requests are
+//! answered when handled. At most [`MAX_IN_FLIGHT`] answers wait at once:
+//! past that the connection stops reading.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kilonova_kafka::kafka_protocol::error::ResponseError;
 use kilonova_kafka::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
-use kilonova_kafka::request::{self, Request, RequestError};
+use kilonova_kafka::request::{self, RequestError};
 use kilonova_kafka::{frame, names, response, versions};
 use kilonova_metadata::names::TopicName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use super::routes::Routes;
 use super::KafkaSettings;
-use crate::outbound::{Outbound, OutboundReceiver};
+use crate::outbound::Outbound;
 use crate::topic::TopicHandle;
 use crate::Broker;
 
@@ -28,22 +36,28 @@ const IDLE_LIMIT: Duration = Duration::from_secs(600);
 /// Room for a request's header and framing beyond the largest message.
 const REQUEST_OVERHEAD_BYTES: usize = 64 << 10;
 
+/// Answers a connection has waiting to be written, at most (Kafka clients
+/// pipeline 5 by default).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// An answer, framed, once ready (none: a produce with acks=0).
+type Answer = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+
 pub(super) struct KafkaConnection {
     pub(super) broker: Broker,
     pub(super) settings: Arc<KafkaSettings>,
     pub(super) id: u64,
     pub(super) peer: SocketAddr,
     pub(super) client_id: Arc<str>,
-    /// Where the topics answer this connection's producers.
+    /// Where the topics answer this connection's producers ([`Routes`]
+    /// hands the answers on).
     pub(super) out: Outbound,
-    pub(super) out_rx: OutboundReceiver,
+    pub(super) routes: Arc<Routes>,
     /// Producers this connection opened, by topic (full name).
     pub(super) producers: HashMap<String, (TopicHandle, u64)>,
     pub(super) next_id: u64,
     /// Partition counts seen (0: not partitioned), by Kafka topic name.
     partitions: HashMap<String, u32>,
-    /// What the topics answered the producers, not yet claimed.
-    pub(super) events: super::produce::Events,
 }
 
 pub(super) async fn serve(
@@ -54,9 +68,13 @@ pub(super) async fn serve(
     mut close: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, writer) = stream.into_split();
     let max_request = broker.config().max_frame_bytes() + REQUEST_OVERHEAD_BYTES;
     let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
+    let routes = Arc::new(Routes::default());
+    let pump = tokio::spawn(super::routes::pump(out_rx, routes.clone()));
+    let (answers, pending) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
+    let mut written = tokio::spawn(write_answers(writer, pending));
     let mut conn = KafkaConnection {
         id: broker.next_connection_id(),
         broker,
@@ -64,11 +82,10 @@ pub(super) async fn serve(
         peer,
         client_id: Arc::from(""),
         out,
-        out_rx,
+        routes,
         producers: HashMap::new(),
         next_id: 1,
         partitions: HashMap::new(),
-        events: Default::default(),
     };
     tracing::debug!(conn = conn.id, %peer, "Kafka connection opened");
     let mut buf = BytesMut::with_capacity(16 << 10);
@@ -76,10 +93,9 @@ pub(super) async fn serve(
         loop {
             match frame::next_request(&mut buf, max_request) {
                 Ok(Some(req)) => {
-                    if let Some(answer) = conn.handle(req).await {
-                        if writer.write_all(&answer).await.is_err() {
-                            break 'serve;
-                        }
+                    let answer = conn.handle(req).await;
+                    if answers.send(answer).await.is_err() {
+                        break 'serve;
                     }
                 }
                 Ok(None) => break,
@@ -95,19 +111,41 @@ pub(super) async fn serve(
                 _ => break,
             },
             _ = close.changed() => break,
+            // The writer stopped (the client went away).
+            _ = &mut written => break,
         }
     }
+    // Answers already due are written (each bounded by its request's timeout).
+    drop(answers);
+    if !written.is_finished() {
+        let _ = written.await;
+    }
     conn.release().await;
+    pump.abort();
     tracing::debug!(conn = conn.id, "Kafka connection closed");
 }
 
+/// Writes the answers in the order their requests came, each once ready.
+async fn write_answers(mut writer: OwnedWriteHalf, mut pending: mpsc::Receiver<Answer>) {
+    while let Some(answer) = pending.recv().await {
+        if let Some(bytes) = answer.await {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn ready(answer: Option<Bytes>) -> Answer {
+    Box::pin(std::future::ready(answer))
+}
+
 impl KafkaConnection {
-    /// The framed answer to one request (none for a produce with acks 0).
-    async fn handle(&mut self, frame: Bytes) -> Option<Bytes> {
-        self.drain_events();
+    /// The answer to one request, framed, once ready.
+    async fn handle(&mut self, frame: Bytes) -> Answer {
         let req = match request::decode(frame) {
             Ok(r) => r,
-            Err(e) => return self.refuse(e),
+            Err(e) => return ready(self.refuse(e)),
         };
         if let Some(id) = &req.header.client_id {
             if *self.client_id != **id {
@@ -116,32 +154,32 @@ impl KafkaConnection {
         }
         let (key, version, correlation_id) = (req.api_key, req.version(), req.correlation_id());
         self.broker.metrics().count_kafka_request(key as i16);
-        let body = self.answer(req).await?;
-        match response::encode(key, version, correlation_id, &body) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!(conn = self.id, error = %e, "Kafka response not encoded");
-                Some(response::bare_error(
-                    correlation_id,
-                    ResponseError::UnknownServerError.code(),
-                ))
-            }
-        }
-    }
-
-    async fn answer(&mut self, req: Request) -> Option<ResponseKind> {
-        let version = req.version();
-        Some(match req.body {
+        let conn = self.id;
+        let frame =
+            move |body: ResponseKind| match response::encode(key, version, correlation_id, &body) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(conn, error = %e, "Kafka response not encoded");
+                    response::bare_error(correlation_id, ResponseError::UnknownServerError.code())
+                }
+            };
+        let body = match req.body {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions(0)),
             RequestKind::Metadata(m) => ResponseKind::Metadata(self.metadata(m, version).await),
-            RequestKind::Produce(p) => return self.produce(p).await.map(ResponseKind::Produce),
+            RequestKind::Produce(p) => {
+                let answer = self.produce(p).await;
+                return Box::pin(
+                    async move { answer.await.map(|r| frame(ResponseKind::Produce(r))) },
+                );
+            }
             RequestKind::Fetch(f) => ResponseKind::Fetch(self.fetch(f, version).await),
             RequestKind::ListOffsets(l) => ResponseKind::ListOffsets(self.list_offsets(l).await),
             // `request::decode` admits only the APIs served.
             _ => ResponseKind::ApiVersions(versions::api_versions(
                 ResponseError::UnsupportedVersion.code(),
             )),
-        })
+        };
+        ready(Some(frame(body)))
     }
 
     /// The answer to a request that was not decoded. ApiVersions at a version

@@ -2,8 +2,8 @@
 //! topics Pulsar clients use (docs/kafka.md).
 //!
 //! The protocol's bytes are `kilonova-kafka`'s (sans IO); here a connection
-//! reads requests in order and answers each before the next, as Kafka
-//! requires. A Kafka topic `t` is `persistent://<namespace>/t`, its
+//! reads requests in order and answers them in that order, as Kafka
+//! requires, with produces in flight while it reads on. A Kafka topic `t` is `persistent://<namespace>/t`, its
 //! partition `i` the topic's partition `i` (a non-partitioned topic has the
 //! one partition 0), and an offset the topic's message index.
 //!
@@ -20,6 +20,7 @@ mod errors;
 mod fetch;
 mod metadata;
 mod produce;
+mod routes;
 
 use std::sync::Arc;
 

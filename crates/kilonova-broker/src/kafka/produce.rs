@@ -3,10 +3,11 @@
 //! (acks 1 or all: Kilonova makes every entry durable before it answers,
 //! so both mean the same) waits for every entry's receipt.
 
-use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kilonova_kafka::entries::{self, Stamp};
 use kilonova_kafka::kafka_protocol::error::ResponseError;
 use kilonova_kafka::kafka_protocol::messages::produce_response::{
@@ -16,11 +17,12 @@ use kilonova_kafka::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kilonova_kafka::kafka_protocol::protocol::StrBytes;
 use kilonova_kafka::records;
 use kilonova_pulsar_protocol::frame;
-use kilonova_pulsar_protocol::proto::{base_command::Type, ProducerAccessMode};
+use kilonova_pulsar_protocol::proto::ProducerAccessMode;
 
 use super::connection::KafkaConnection;
 use super::errors;
-use crate::outbound::{Out, UNKNOWN_INDEX};
+use super::routes::Stored;
+use crate::outbound::UNKNOWN_INDEX;
 use crate::topic::{ClientInfo, ConnCtx, NewProducer, TopicCommand};
 
 /// The longest a produce waits for its receipts when the client gives no
@@ -29,27 +31,25 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What happened to one partition's records.
 enum Sent {
-    /// Sent as entry `sequence_id`: the receipt answers it.
-    Waiting(u64),
+    /// Sent: the receipt answers it.
+    Waiting(Stored),
     Done(Result<i64, i16>),
 }
 
-/// Events a topic sent this connection's producers, not yet claimed.
-#[derive(Default)]
-pub(super) struct Events {
-    /// Producer opened (or refused), by request id.
-    opened: HashMap<u64, Result<(), i16>>,
-    /// Entry stored (its first index) or refused, by sequence id.
-    stored: HashMap<u64, Result<u64, i16>>,
-}
+/// The answer to a produce (none with acks=0), once its entries are durable.
+pub(super) type ProduceAnswer = Pin<Box<dyn Future<Output = Option<ProduceResponse>> + Send>>;
 
 impl KafkaConnection {
-    pub(super) async fn produce(&mut self, p: ProduceRequest) -> Option<ProduceResponse> {
+    /// Sends every partition's records to its topic now (so entries of
+    /// one connection are stored in the order their requests came), and
+    /// returns the answer, which waits for their receipts.
+    pub(super) async fn produce(&mut self, p: ProduceRequest) -> ProduceAnswer {
         let deadline = Instant::now()
             + u64::try_from(p.timeout_ms)
                 .ok()
                 .filter(|t| *t > 0)
                 .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
+        let acks = p.acks != 0;
         let mut sent: Vec<(StrBytes, Vec<(i32, Sent)>)> = Vec::with_capacity(p.topic_data.len());
         let mut throttle = Duration::ZERO;
         for t in &p.topic_data {
@@ -61,6 +61,7 @@ impl KafkaConnection {
                         &name,
                         pd.index,
                         pd.records.as_ref(),
+                        acks,
                         deadline,
                         &mut throttle,
                     )
@@ -69,47 +70,57 @@ impl KafkaConnection {
             }
             sent.push((name, parts));
         }
-        if p.acks == 0 {
-            // No answer at all (Kafka's acks=0); receipts are drained later.
-            return None;
-        }
-        let mut topics = Vec::with_capacity(sent.len());
-        for (name, parts) in sent {
-            let mut partitions = Vec::with_capacity(parts.len());
-            for (index, s) in parts {
-                let result = match s {
-                    Sent::Done(r) => r,
-                    Sent::Waiting(seq) => self.stored(seq, deadline).await,
-                };
-                let (error_code, base_offset) = match result {
-                    Ok(o) => (0, o),
-                    Err(code) => (code, -1),
-                };
-                partitions.push(
-                    PartitionProduceResponse::default()
-                        .with_index(index)
-                        .with_error_code(error_code)
-                        .with_base_offset(base_offset)
-                        .with_log_append_time_ms(-1)
-                        .with_log_start_offset(-1),
+        Box::pin(async move {
+            if !acks {
+                // No answer at all (Kafka's acks=0).
+                return None;
+            }
+            let until = tokio::time::Instant::from_std(deadline);
+            let mut topics = Vec::with_capacity(sent.len());
+            for (name, parts) in sent {
+                let mut partitions = Vec::with_capacity(parts.len());
+                for (index, s) in parts {
+                    let result = match s {
+                        Sent::Done(r) => r,
+                        Sent::Waiting(rx) => match tokio::time::timeout_at(until, rx).await {
+                            Ok(Ok(r)) => r.map(|index| match index {
+                                UNKNOWN_INDEX => -1,
+                                i => i64::try_from(i).unwrap_or(-1),
+                            }),
+                            Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower.code()),
+                            Err(_) => Err(ResponseError::RequestTimedOut.code()),
+                        },
+                    };
+                    let (error_code, base_offset) = match result {
+                        Ok(o) => (0, o),
+                        Err(code) => (code, -1),
+                    };
+                    partitions.push(
+                        PartitionProduceResponse::default()
+                            .with_index(index)
+                            .with_error_code(error_code)
+                            .with_base_offset(base_offset)
+                            .with_log_append_time_ms(-1)
+                            .with_log_start_offset(-1),
+                    );
+                }
+                topics.push(
+                    TopicProduceResponse::default()
+                        .with_name(name.into())
+                        .with_partition_responses(partitions),
                 );
             }
-            topics.push(
-                TopicProduceResponse::default()
-                    .with_name(name.into())
-                    .with_partition_responses(partitions),
-            );
-        }
-        if !throttle.is_zero() {
-            // The topic's publish rate was reached: the answer waits (as a
-            // Pulsar producer's next reads would), and says how long.
-            tokio::time::sleep(throttle).await;
-        }
-        Some(
-            ProduceResponse::default()
-                .with_responses(topics)
-                .with_throttle_time_ms(throttle.as_millis() as i32),
-        )
+            if !throttle.is_zero() {
+                // The topic's publish rate was reached: the answer waits (as a
+                // Pulsar producer's next reads would), and says how long.
+                tokio::time::sleep(throttle).await;
+            }
+            Some(
+                ProduceResponse::default()
+                    .with_responses(topics)
+                    .with_throttle_time_ms(throttle.as_millis() as i32),
+            )
+        })
     }
 
     /// Stores one partition's records as one entry (sent, not yet durable).
@@ -118,6 +129,7 @@ impl KafkaConnection {
         name: &str,
         partition: i32,
         records: Option<&Bytes>,
+        acks: bool,
         deadline: Instant,
         throttle: &mut Duration,
     ) -> Sent {
@@ -167,11 +179,17 @@ impl KafkaConnection {
             payload,
             read_at: now,
         };
+        // Asked for before it is sent: the receipt cannot come first.
+        let stored = acks.then(|| self.routes.expect_stored(sequence_id));
         if handle.send(cmd).await.is_err() {
+            self.routes.forget_stored(sequence_id);
             self.producers.remove(topic.to_string().as_str());
             return Sent::Done(Err(ResponseError::NotLeaderOrFollower.code()));
         }
-        Sent::Waiting(sequence_id)
+        match stored {
+            Some(rx) => Sent::Waiting(rx),
+            None => Sent::Done(Ok(-1)),
+        }
     }
 
     /// This connection's producer on `topic`, opened if needed.
@@ -181,6 +199,10 @@ impl KafkaConnection {
         deadline: Instant,
     ) -> Result<(crate::topic::TopicHandle, u64), i16> {
         let full = topic.to_string();
+        let closed = self.routes.take_closed();
+        if !closed.is_empty() {
+            self.producers.retain(|_, (_, id)| !closed.contains(id));
+        }
         if let Some(p) = self.producers.get(&full) {
             if !p.0.is_closed() {
                 return Ok(p.clone());
@@ -212,109 +234,19 @@ impl KafkaConnection {
             topic_epoch: None,
             schema_version: None,
         });
+        let opened = self.routes.expect_open(request_id);
         handle
             .send(cmd)
             .await
             .map_err(|_| ResponseError::NotLeaderOrFollower.code())?;
-        loop {
-            if let Some(r) = self.events.opened.remove(&request_id) {
-                r?;
-                break;
-            }
-            if !self.next_event(deadline).await {
-                return Err(ResponseError::RequestTimedOut.code());
-            }
+        let until = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(until, opened).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => return Err(ResponseError::NotLeaderOrFollower.code()),
+            Err(_) => return Err(ResponseError::RequestTimedOut.code()),
         }
         self.producers.insert(full, (handle.clone(), producer_id));
         Ok((handle, producer_id))
-    }
-
-    /// Waits for entry `sequence_id`'s receipt: its base offset, or an error code.
-    async fn stored(&mut self, sequence_id: u64, deadline: Instant) -> Result<i64, i16> {
-        loop {
-            if let Some(r) = self.events.stored.remove(&sequence_id) {
-                return r.map(|index| match index {
-                    UNKNOWN_INDEX => -1,
-                    i => i64::try_from(i).unwrap_or(-1),
-                });
-            }
-            if !self.next_event(deadline).await {
-                return Err(ResponseError::RequestTimedOut.code());
-            }
-        }
-    }
-
-    /// Takes the next event the topics sent; false once `deadline` passed.
-    async fn next_event(&mut self, deadline: Instant) -> bool {
-        let until = tokio::time::Instant::from_std(deadline);
-        match tokio::time::timeout_at(until, self.out_rx.recv()).await {
-            Ok(Some(out)) => {
-                self.take(out);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Takes every event already queued (receipts of acks=0 produces).
-    pub(super) fn drain_events(&mut self) {
-        while let Some(out) = self.out_rx.try_recv() {
-            self.take(out);
-        }
-        // Answers nobody waits for any more (acks=0) are not kept.
-        if self.events.stored.len() > MAX_UNCLAIMED {
-            self.events.stored.clear();
-        }
-    }
-
-    fn take(&mut self, out: Out) {
-        self.out_rx.written(out.cost(), 0);
-        match out {
-            Out::Receipt {
-                receipt,
-                message_index,
-                ..
-            } => {
-                self.events
-                    .stored
-                    .insert(receipt.sequence_id, Ok(message_index));
-            }
-            Out::Frame(bytes) => self.take_command(bytes),
-            Out::Message { .. } | Out::Close => {}
-        }
-    }
-
-    fn take_command(&mut self, bytes: Bytes) {
-        let mut b = BytesMut::from(&bytes[..]);
-        let Ok(Some(f)) = frame::decode(&mut b, bytes.len()) else {
-            return;
-        };
-        let c = f.command;
-        match Type::try_from(c.r#type) {
-            Ok(Type::ProducerSuccess) => {
-                if let Some(s) = c.producer_success {
-                    self.events.opened.insert(s.request_id, Ok(()));
-                }
-            }
-            Ok(Type::Error) => {
-                if let Some(e) = c.error {
-                    let code = errors::from_server_error(e.error);
-                    self.events.opened.insert(e.request_id, Err(code));
-                }
-            }
-            Ok(Type::SendError) => {
-                if let Some(e) = c.send_error {
-                    let code = errors::from_server_error(e.error);
-                    self.events.stored.insert(e.sequence_id, Err(code));
-                }
-            }
-            Ok(Type::CloseProducer) => {
-                if let Some(cp) = c.close_producer {
-                    self.producers.retain(|_, (_, id)| *id != cp.producer_id);
-                }
-            }
-            _ => {}
-        }
     }
 
     fn next_id(&mut self) -> u64 {
@@ -334,6 +266,3 @@ impl KafkaConnection {
         }
     }
 }
-
-/// Receipts of acks=0 produces kept before they are dropped unclaimed.
-const MAX_UNCLAIMED: usize = 100_000;

@@ -7,6 +7,8 @@ use clap::Subcommand;
 
 pub mod args;
 pub mod connect;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod pulsar;
@@ -33,6 +35,9 @@ pub enum PerfCommand {
     /// The same publish load against NATS JetStream (the benchmark suite's peer).
     #[cfg(feature = "nats")]
     Nats(nats::NatsArgs),
+    /// Produce to or consume from the Kafka listener with a Kafka client (rskafka).
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaArgs),
 }
 
 pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
@@ -46,6 +51,8 @@ pub fn run(cmd: PerfCommand) -> anyhow::Result<()> {
         PerfCommand::Connect(args) => block_on(connect::run(args)),
         #[cfg(feature = "nats")]
         PerfCommand::Nats(args) => block_on(nats::run(args)),
+        #[cfg(feature = "kafka")]
+        PerfCommand::Kafka(args) => block_on(kafka::run(args)),
     }
 }
 
