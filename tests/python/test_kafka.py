@@ -357,3 +357,108 @@ def test_a_topic_a_kafka_client_creates_keeps_records_for_kafkas_retention(broke
     status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/{topic}/retention")
     assert status == 200, body
     assert json.loads(body) == {"retentionTimeInMinutes": 10080, "retentionSizeInMB": -1}
+
+
+# ---------------------------------------------------------------- consumer groups
+
+
+@pytest.fixture
+def group_broker(kilonova_bin, tmp_path):
+    """A broker whose empty groups wait half a second for more members."""
+    b = Broker(kilonova_bin, tmp_path / "data", tmp_path / "kilonova.log",
+               config="[kafka]\ngroup_initial_rebalance_delay_ms = 500\n")
+    b.start()
+    yield b
+    if b.running:
+        b.stop()
+
+
+def group_consumer(broker, group, **config):
+    return Consumer({"bootstrap.servers": broker.kafka_bootstrap, "group.id": group,
+                     "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                     "heartbeat.interval.ms": 500, "session.timeout.ms": 6000, **config})
+
+
+def poll_until(consumers, seen, want, timeout=60.0):
+    """Polls `consumers` in turn until `seen` ((partition, offset) → count)
+    holds `want` records; commits each consumer's position as it goes."""
+    deadline = time.monotonic() + timeout
+    while sum(seen.values()) < want and time.monotonic() < deadline:
+        for c in consumers:
+            m = c.poll(0.1)
+            if m is None or m.error():
+                continue
+            key = (m.partition(), m.offset())
+            seen[key] = seen.get(key, 0) + 1
+            c.commit(message=m, asynchronous=False)
+    assert sum(seen.values()) >= want, f"received {sum(seen.values())} of {want}"
+
+
+def test_a_group_of_three_shares_the_partitions_and_a_leave_loses_and_repeats_nothing(group_broker):
+    b = group_broker
+    topic = kafka_topic("group")
+    assert b.create_partitioned_topic(topic, 3) == 204
+    def produce(n):
+        for p in range(3):
+            produce_all(b, topic, [(None, f"p{p}-{i}".encode(), None) for i in range(n)],
+                        partition=p)
+
+    produce(30)
+    consumers = [group_consumer(b, "three") for _ in range(3)]
+    for c in consumers:
+        c.subscribe([topic])
+    seen = {}
+    poll_until(consumers, seen, 90)
+    assert all(n == 1 for n in seen.values()), "a record was delivered twice"
+    assignments = [sorted(tp.partition for tp in c.assignment()) for c in consumers]
+    assert sorted(p for a in assignments for p in a) == [0, 1, 2], assignments
+    # One member leaves: the others take its partition from its commits on.
+    consumers[0].close()
+    produce(10)
+    poll_until(consumers[1:], seen, 120)
+    assert all(n == 1 for n in seen.values()), [k for k, n in seen.items() if n > 1][:5]
+    assert sorted(tp.partition for c in consumers[1:] for tp in c.assignment()) == [0, 1, 2]
+    for c in consumers[1:]:
+        c.close()
+
+
+def test_committed_offsets_survive_a_restart(group_broker):
+    b = group_broker
+    topic = kafka_topic("committed")
+    produce_all(b, topic, [(None, f"v{i}".encode(), None) for i in range(10)])
+    c = group_consumer(b, "durable")
+    c.subscribe([topic])
+    seen = {}
+    poll_until([c], seen, 10)
+    c.close()
+    b.stop()
+    b.restart()
+    produce_all(b, topic, [(None, b"after-restart", None)])
+    c = group_consumer(b, "durable")
+    c.subscribe([topic])
+    deadline = time.monotonic() + 30
+    first = None
+    while first is None and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            first = (m.offset(), m.value())
+    c.close()
+    assert first == (10, b"after-restart"), first
+
+
+def test_kafka_python_and_kcat_join_groups(group_broker):
+    from kafka import KafkaConsumer
+    b = group_broker
+    topic = kafka_topic("kpygroup")
+    produce_all(b, topic, [(None, f"v{i}".encode(), None) for i in range(5)])
+    consumer = KafkaConsumer(topic, bootstrap_servers=b.kafka_bootstrap, group_id="kpy",
+                             auto_offset_reset="earliest", consumer_timeout_ms=20_000)
+    got = [m.value for _, m in zip(range(5), consumer)]
+    consumer.commit()
+    consumer.close()
+    assert got == [f"v{i}".encode() for i in range(5)]
+    # kcat's balanced consumer (-G) in the same group starts after the commit.
+    produce_all(b, topic, [(None, b"for-kcat", None)])
+    out = subprocess.run(["kcat", "-b", b.kafka_bootstrap, "-G", "kpy", topic, "-c", "1",
+                          "-f", "%o %s\n"], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "5 for-kcat", (out.stdout, out.stderr[-500:])

@@ -278,6 +278,8 @@ pub struct MetricsRegistry {
     kafka_requests: KafkaRequests,
     /// Record-batch bytes Kafka fetches returned.
     kafka_fetched_bytes: AtomicU64,
+    /// JoinGroup requests (each member's part in a rebalance).
+    kafka_group_joins: AtomicU64,
 }
 
 /// Kafka API keys counted one by one (0..=74 today; larger ones share the last).
@@ -322,6 +324,11 @@ impl MetricsRegistry {
     pub(crate) fn count_kafka_request(&self, key: i16) {
         let i = usize::try_from(key).unwrap_or(0).min(KAFKA_API_SLOTS - 1);
         self.kafka_requests.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a JoinGroup (a member's part in a group's rebalance).
+    pub(crate) fn count_kafka_rebalance_join(&self) {
+        self.kafka_group_joins.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts record-batch bytes a Kafka fetch returned.
@@ -868,6 +875,18 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
         "kilonova_kafka_fetched_bytes_total{{cluster=\"{}\"}} {}",
         escape(cluster),
         registry.kafka_fetched_bytes.load(Ordering::Relaxed)
+    );
+    header(
+        out,
+        "kilonova_kafka_group_joins_total",
+        "counter",
+        "Kafka JoinGroup requests (each member's part in a consumer group's rebalance)",
+    );
+    let _ = writeln!(
+        out,
+        "kilonova_kafka_group_joins_total{{cluster=\"{}\"}} {}",
+        escape(cluster),
+        registry.kafka_group_joins.load(Ordering::Relaxed)
     );
     header(
         out,

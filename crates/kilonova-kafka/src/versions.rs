@@ -3,7 +3,8 @@
 //!
 //! Only APIs whose every field Kilonova fills are listed; each range is
 //! capped by what the `kafka-protocol` crate can decode. Fetch stops at 12:
-//! from 13 on, fetches name topics by id.
+//! from 13 on, fetches name topics by id; OffsetFetch at 7: from 8 on it
+//! batches groups; JoinGroup at 7 (8 adds a reason, 9 skips assignment).
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -14,6 +15,14 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
 ];
 

@@ -14,6 +14,7 @@ pub mod conformance;
 pub mod cursors;
 mod embedded;
 mod error;
+pub mod kafka_groups;
 pub mod names;
 pub mod policies;
 mod resources;

@@ -186,6 +186,9 @@ pub struct KafkaConfig {
     /// gets as its own policy: Kafka's `log.retention.hours=168` by default;
     /// 0 leaves such topics to the namespace's retention.
     pub retention_minutes: i32,
+    /// How long an empty consumer group's first rebalance waits for more
+    /// members (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -195,6 +198,7 @@ impl Default for KafkaConfig {
             port: 9092,
             namespace: "public/default".into(),
             retention_minutes: 7 * 24 * 60,
+            group_initial_rebalance_delay_ms: 3000,
         }
     }
 }
@@ -539,6 +543,9 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
             advertised_port: port,
             retention_minutes: (config.kafka.retention_minutes != 0)
                 .then_some(config.kafka.retention_minutes),
+            group_initial_rebalance_delay: Duration::from_millis(
+                config.kafka.group_initial_rebalance_delay_ms,
+            ),
         };
         tracing::info!(port, namespace = %settings.namespace, "serving Kafka");
         servers.push(tokio::spawn(kilonova_broker::kafka_accept_loop(

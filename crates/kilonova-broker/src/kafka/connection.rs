@@ -23,6 +23,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use super::groups::Coordinator;
 use super::routes::Routes;
 use super::KafkaSettings;
 use crate::outbound::Outbound;
@@ -46,6 +47,8 @@ type Answer = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
 pub(super) struct KafkaConnection {
     pub(super) broker: Broker,
     pub(super) settings: Arc<KafkaSettings>,
+    /// The listener's consumer groups.
+    pub(super) groups: Arc<Coordinator>,
     pub(super) id: u64,
     pub(super) peer: SocketAddr,
     pub(super) client_id: Arc<str>,
@@ -65,6 +68,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     settings: Arc<KafkaSettings>,
+    groups: Arc<Coordinator>,
     mut close: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -79,6 +83,7 @@ pub(super) async fn serve(
         id: broker.next_connection_id(),
         broker,
         settings,
+        groups,
         peer,
         client_id: Arc::from(""),
         out,
@@ -174,6 +179,23 @@ impl KafkaConnection {
             }
             RequestKind::Fetch(f) => ResponseKind::Fetch(self.fetch(f, version).await),
             RequestKind::ListOffsets(l) => ResponseKind::ListOffsets(self.list_offsets(l).await),
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(self.find_coordinator(r))
+            }
+            // Joins and syncs wait for the group: the connection reads on.
+            RequestKind::JoinGroup(r) => {
+                let joined = self.join_group(r, version);
+                return Box::pin(async move { Some(frame(ResponseKind::JoinGroup(joined.await))) });
+            }
+            RequestKind::SyncGroup(r) => {
+                let synced = self.sync_group(r);
+                return Box::pin(async move { Some(frame(ResponseKind::SyncGroup(synced.await))) });
+            }
+            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(self.heartbeat(r)),
+            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(self.leave_group(r, version)),
+            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
+            RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r).await),
+            RequestKind::ListGroups(_) => ResponseKind::ListGroups(self.list_groups()),
             // `request::decode` admits only the APIs served.
             _ => ResponseKind::ApiVersions(versions::api_versions(
                 ResponseError::UnsupportedVersion.code(),

@@ -14,10 +14,14 @@
 //!   base offset.
 //! * Fetch and ListOffsets: entries read by message index from the topic's
 //!   task ([`crate::topic::by_index`]), long-polled up to `max_wait_ms`.
+//! * Consumer groups: the classic protocol's state machine (`groups.rs`),
+//!   committed offsets in the metadata store (`group_api.rs`).
 
 mod connection;
 mod errors;
 mod fetch;
+mod group_api;
+mod groups;
 mod metadata;
 mod produce;
 mod routes;
@@ -42,6 +46,9 @@ pub struct KafkaSettings {
     /// reads them; a Kilonova topic without a subscription keeps nothing
     /// unless retention says so). `None`: the namespace's policy applies.
     pub retention_minutes: Option<i32>,
+    /// How long an empty consumer group's first rebalance waits for more
+    /// members (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay: std::time::Duration,
 }
 
 /// Serves the Kafka protocol on `listener` until `stop_accepting` changes
@@ -54,6 +61,10 @@ pub async fn kafka_accept_loop(
     stop_accepting: watch::Receiver<bool>,
     close_connections: watch::Receiver<bool>,
 ) {
+    let groups = Arc::new(groups::Coordinator::new(
+        settings.group_initial_rebalance_delay,
+    ));
+    let ticker = tokio::spawn(tick_groups(groups.clone()));
     let settings = Arc::new(settings);
     crate::accept::accept_connections(
         broker,
@@ -61,7 +72,20 @@ pub async fn kafka_accept_loop(
         "Kafka",
         stop_accepting,
         close_connections,
-        move |b, stream, peer, close| connection::serve(b, stream, peer, settings.clone(), close),
+        move |b, stream, peer, close| {
+            connection::serve(b, stream, peer, settings.clone(), groups.clone(), close)
+        },
     )
-    .await
+    .await;
+    ticker.abort();
+}
+
+/// Expires silent group members and completes overdue rebalances.
+async fn tick_groups(groups: Arc<groups::Coordinator>) {
+    let mut every = tokio::time::interval(groups::TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        groups.tick(std::time::Instant::now());
+    }
 }
