@@ -26,6 +26,17 @@ use kilonova_storage::{ManagedLog, Position, StateStore, StorageError};
 #[cfg(test)]
 pub(crate) const DEFAULT_MAX_PRODUCERS: usize = 10_000;
 
+/// Producer names the Kafka listener gives idempotent Kafka producers
+/// (`<prefix><producer id>-<epoch>`).
+pub(crate) const KAFKA_IDEMPOTENT_PREFIX: &str = "kafka-idempotent-";
+
+/// Producers deduplicated whatever the topic's policy: other clusters'
+/// replicators, and idempotent Kafka producers (Kafka promises them no
+/// duplicate across retries, reconnects and broker restarts).
+pub(crate) fn always_deduplicated(producer: &str) -> bool {
+    crate::replicator::is_replicator(producer) || producer.starts_with(KAFKA_IDEMPOTENT_PREFIX)
+}
+
 /// Entries read from the log per call while replaying.
 const REPLAY_BATCH_ENTRIES: usize = 1024;
 

@@ -23,6 +23,7 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::LeaveGroup, 0, 4),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::ListGroups, 0, 4),
+    (ApiKey::InitProducerId, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
 ];
 

@@ -196,6 +196,9 @@ impl KafkaConnection {
             RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
             RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r).await),
             RequestKind::ListGroups(_) => ResponseKind::ListGroups(self.list_groups()),
+            RequestKind::InitProducerId(r) => {
+                ResponseKind::InitProducerId(self.init_producer_id(r))
+            }
             // `request::decode` admits only the APIs served.
             _ => ResponseKind::ApiVersions(versions::api_versions(
                 ResponseError::UnsupportedVersion.code(),

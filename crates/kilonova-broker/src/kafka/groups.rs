@@ -447,7 +447,9 @@ impl Coordinator {
 
     /// Whether an OffsetCommit of `member_id` in `generation` is taken: a
     /// commit without a generation (-1) only for a group with no members
-    /// (Kafka's rule for consumers that assign partitions themselves).
+    /// (Kafka's rule for consumers that assign partitions themselves); a
+    /// member's in its current generation, except while that generation's
+    /// assignment is being handed out.
     pub(super) fn commit_allowed(&self, group: &str, generation: i32, member_id: &str) -> i16 {
         let groups = self.groups();
         let Some(g) = groups.get(group) else {
@@ -465,13 +467,17 @@ impl Coordinator {
         if !g.members.contains_key(member_id) {
             return code(ResponseError::UnknownMemberId);
         }
-        if g.state == State::PreparingRebalance {
-            return code(ResponseError::RebalanceInProgress);
-        }
         if generation != g.generation {
             return code(ResponseError::IllegalGeneration);
         }
-        0
+        // While a rebalance is prepared the current generation still holds
+        // its partitions: its commits are taken (a member commits what it
+        // processed before it gives its partitions up, as Kafka allows).
+        // Between the join's answer and the assignment they are not.
+        match g.state {
+            State::CompletingRebalance => code(ResponseError::RebalanceInProgress),
+            _ => 0,
+        }
     }
 
     /// Expires silent members and completes overdue rebalances.
@@ -626,20 +632,27 @@ mod tests {
             code(ResponseError::RebalanceInProgress)
         );
         assert!(rb.try_recv().is_err(), "waits for a to rejoin");
+        // Until it rejoins, a's generation still commits what it processed.
+        assert_eq!(c.commit_allowed("g", 1, &a), 0);
         let mut ra = later(c.join(join("g", &a), t0));
         let (ja, jb) = (ra.try_recv().unwrap(), rb.try_recv().unwrap());
         assert_eq!((ja.generation, jb.generation), (2, 2));
-        // Commits name the generation: an old one is refused.
+        // Commits name the generation: an old one is refused, and the new
+        // one's only once its assignment is handed out.
         assert_eq!(
             c.commit_allowed("g", 1, &a),
             code(ResponseError::IllegalGeneration)
         );
-        assert_eq!(c.commit_allowed("g", 2, &a), 0);
+        assert_eq!(
+            c.commit_allowed("g", 2, &a),
+            code(ResponseError::RebalanceInProgress)
+        );
         // b goes silent past its session timeout: a rebalance drops it.
         let leader = ja.leader.clone();
         let Answer::Now(_) = c.sync("g", 2, &leader, vec![], t0) else {
             panic!()
         };
+        assert_eq!(c.commit_allowed("g", 2, &a), 0);
         let later_t = t0 + Duration::from_secs(11);
         assert_eq!(c.heartbeat("g", 2, &a, later_t - Duration::from_secs(1)), 0);
         c.tick(later_t);

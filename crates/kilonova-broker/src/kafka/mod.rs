@@ -89,3 +89,31 @@ async fn tick_groups(groups: Arc<groups::Coordinator>) {
         groups.tick(std::time::Instant::now());
     }
 }
+
+/// Idempotent producers' ids: the clock's milliseconds times 4,096 plus a
+/// count, so ids handed out after a restart are above the ones before (the
+/// topics deduplicate by id) as long as the clock does not step back.
+fn next_producer_id(now_ms: u64) -> i64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let floor = now_ms.saturating_mul(4096);
+    let id = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |last| Some(last.max(floor - 1) + 1),
+        )
+        .map_or(floor, |last| last.max(floor - 1) + 1);
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn producer_ids_grow_within_a_millisecond_and_across_them() {
+        let a = super::next_producer_id(1_000);
+        let b = super::next_producer_id(1_000);
+        let c = super::next_producer_id(2_000);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert!(c >= 2_000 * 4096);
+    }
+}

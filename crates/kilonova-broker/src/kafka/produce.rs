@@ -13,7 +13,9 @@ use kilonova_kafka::kafka_protocol::error::ResponseError;
 use kilonova_kafka::kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, TopicProduceResponse,
 };
-use kilonova_kafka::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kilonova_kafka::kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+};
 use kilonova_kafka::kafka_protocol::protocol::StrBytes;
 use kilonova_kafka::records;
 use kilonova_pulsar_protocol::frame;
@@ -22,6 +24,7 @@ use kilonova_pulsar_protocol::proto::ProducerAccessMode;
 use super::connection::KafkaConnection;
 use super::errors;
 use super::routes::Stored;
+use crate::dedup::KAFKA_IDEMPOTENT_PREFIX;
 use crate::outbound::UNKNOWN_INDEX;
 use crate::topic::{ClientInfo, ConnCtx, NewProducer, TopicCommand};
 
@@ -147,12 +150,36 @@ impl KafkaConnection {
         if records.iter().any(|r| r.control || r.transactional) {
             return Sent::Done(Err(ResponseError::UnsupportedForMessageFormat.code()));
         }
-        let (handle, producer_id) = match self.producer(&topic, deadline).await {
+        // An idempotent producer's batch: every record of one producer, with
+        // sequences; stored under its name so the topic drops a retry.
+        let idempotent = match records.first() {
+            Some(r) if r.producer_id >= 0 => {
+                let same = records.iter().all(|x| {
+                    (x.producer_id, x.producer_epoch) == (r.producer_id, r.producer_epoch)
+                });
+                match (same, u64::try_from(r.sequence)) {
+                    (true, Ok(base)) => Some((r.producer_id, r.producer_epoch, base)),
+                    _ => return Sent::Done(Err(ResponseError::InvalidRecord.code())),
+                }
+            }
+            _ => None,
+        };
+        let name =
+            idempotent.map(|(id, epoch, _)| format!("{KAFKA_IDEMPOTENT_PREFIX}{id}-{epoch}"));
+        let (handle, producer_id) = match self.producer(&topic, name.clone(), deadline).await {
             Ok(p) => p,
             Err(code) => return Sent::Done(Err(code)),
         };
-        let sequence_id = self.next_id();
-        let producer_name = format!("kafka-{}-{producer_id}", self.id);
+        let (sequence_id, highest_sequence_id) = match idempotent {
+            Some((_, _, base)) => (base, base + records.len() as u64 - 1),
+            None => {
+                let id = self.next_id();
+                (id, id)
+            }
+        };
+        // The entry names its producer and sequence as a Pulsar client's
+        // does: deduplication's state is rebuilt from them after a restart.
+        let producer_name = name.unwrap_or_else(|| format!("kafka-{}-{producer_id}", self.id));
         let now_ms = self.broker.clock().now_ms();
         let entry = entries::to_entry(
             &records,
@@ -175,15 +202,15 @@ impl KafkaConnection {
             conn: self.id,
             producer_id,
             sequence_id,
-            highest_sequence_id: sequence_id,
+            highest_sequence_id,
             payload,
             read_at: now,
         };
         // Asked for before it is sent: the receipt cannot come first.
-        let stored = acks.then(|| self.routes.expect_stored(sequence_id));
+        let stored = acks.then(|| self.routes.expect_stored(producer_id, sequence_id));
         if handle.send(cmd).await.is_err() {
-            self.routes.forget_stored(sequence_id);
-            self.producers.remove(topic.to_string().as_str());
+            self.routes.forget_stored(producer_id, sequence_id);
+            self.producers.retain(|_, (_, id)| *id != producer_id);
             return Sent::Done(Err(ResponseError::NotLeaderOrFollower.code()));
         }
         match stored {
@@ -192,13 +219,18 @@ impl KafkaConnection {
         }
     }
 
-    /// This connection's producer on `topic`, opened if needed.
+    /// This connection's producer on `topic` (named `name`: an idempotent
+    /// Kafka producer's; else the broker names it), opened if needed.
     async fn producer(
         &mut self,
         topic: &kilonova_metadata::names::TopicName,
+        name: Option<String>,
         deadline: Instant,
     ) -> Result<(crate::topic::TopicHandle, u64), i16> {
-        let full = topic.to_string();
+        let full = match &name {
+            Some(n) => format!("{topic}#{n}"),
+            None => topic.to_string(),
+        };
         let closed = self.routes.take_closed();
         if !closed.is_empty() {
             self.producers.retain(|_, (_, id)| !closed.contains(id));
@@ -229,7 +261,7 @@ impl KafkaConnection {
             },
             producer_id,
             request_id,
-            name: None,
+            name,
             access_mode: ProducerAccessMode::Shared,
             topic_epoch: None,
             schema_version: None,
@@ -247,6 +279,23 @@ impl KafkaConnection {
         }
         self.producers.insert(full, (handle.clone(), producer_id));
         Ok((handle, producer_id))
+    }
+
+    /// A producer id for an idempotent producer: unique across this
+    /// broker's restarts (the clock's milliseconds, times 4,096, plus a
+    /// count), with epoch 0. A producer asking again (after an error) gets
+    /// a new id. Transactions are not served.
+    pub(super) fn init_producer_id(&self, r: InitProducerIdRequest) -> InitProducerIdResponse {
+        if r.transactional_id.is_some() {
+            return InitProducerIdResponse::default()
+                .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+        }
+        let id = super::next_producer_id(self.broker.clock().now_ms());
+        InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(0)
     }
 
     fn next_id(&mut self) -> u64 {

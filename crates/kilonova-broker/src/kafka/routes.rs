@@ -25,7 +25,8 @@ pub(super) struct Routes(Mutex<Waiting>);
 #[derive(Default)]
 struct Waiting {
     opened: HashMap<u64, oneshot::Sender<Result<(), i16>>>,
-    stored: HashMap<u64, oneshot::Sender<Result<u64, i16>>>,
+    /// By (producer id, sequence id).
+    stored: HashMap<(u64, u64), oneshot::Sender<Result<u64, i16>>>,
     /// Producers a topic closed (unloaded, deleted): reopened on next use.
     closed: Vec<u64>,
 }
@@ -43,16 +44,17 @@ impl Routes {
         rx
     }
 
-    /// The receipt of entry `sequence_id` (ask before sending it).
-    pub(super) fn expect_stored(&self, sequence_id: u64) -> Stored {
+    /// The receipt of producer `producer_id`'s entry `sequence_id` (ask
+    /// before sending it).
+    pub(super) fn expect_stored(&self, producer_id: u64, sequence_id: u64) -> Stored {
         let (tx, rx) = oneshot::channel();
-        self.waiting().stored.insert(sequence_id, tx);
+        self.waiting().stored.insert((producer_id, sequence_id), tx);
         rx
     }
 
-    /// Forgets entry `sequence_id`'s receipt (it was never sent).
-    pub(super) fn forget_stored(&self, sequence_id: u64) {
-        self.waiting().stored.remove(&sequence_id);
+    /// Forgets an entry's receipt (it was never sent).
+    pub(super) fn forget_stored(&self, producer_id: u64, sequence_id: u64) {
+        self.waiting().stored.remove(&(producer_id, sequence_id));
     }
 
     /// Producers closed by their topics since the last call.
@@ -68,7 +70,8 @@ impl Routes {
                 ..
             } => {
                 // No one waits for an acks=0 produce's receipt: dropped.
-                if let Some(tx) = self.waiting().stored.remove(&receipt.sequence_id) {
+                let key = (receipt.producer_id, receipt.sequence_id);
+                if let Some(tx) = self.waiting().stored.remove(&key) {
                     let _ = tx.send(Ok(message_index));
                 }
             }
@@ -102,7 +105,7 @@ impl Routes {
             }
             Ok(Type::SendError) => {
                 if let Some(e) = c.send_error {
-                    if let Some(tx) = w.stored.remove(&e.sequence_id) {
+                    if let Some(tx) = w.stored.remove(&(e.producer_id, e.sequence_id)) {
                         let _ = tx.send(Err(errors::from_server_error(e.error)));
                     }
                 }

@@ -306,11 +306,12 @@ pub(crate) struct Topic {
     /// When the compaction threshold was last checked.
     compaction_checked: Instant,
     /// Deduplication applies to every producer (the policy); without it,
-    /// only to replicators from other clusters (`replicated_into`).
+    /// only to replicators from other clusters and idempotent Kafka
+    /// producers (`replicated_into`).
     dedup_all: bool,
-    /// Replicators of other clusters may produce here (the namespace is
-    /// replicated, or one produced in this load): their messages are
-    /// deduplicated whatever the policy.
+    /// Replicators of other clusters, or idempotent Kafka producers, may
+    /// produce here (the namespace is replicated, or one produced in this
+    /// load): their messages are deduplicated whatever the policy.
     replicated_into: bool,
     /// Replicators to the namespace's remote clusters, by cluster.
     replicators: std::collections::BTreeMap<String, replication::Replicator>,

@@ -332,9 +332,10 @@ impl Topic {
             p.conn.out.command(commands::broker_error(p.request_id, &e));
             return;
         }
-        if crate::replicator::is_replicator(&name) && !self.replicated_into {
+        if dedup::always_deduplicated(&name) && !self.replicated_into {
             // Its state must be whole before PRODUCER_SUCCESS tells the
-            // replicator what is stored already.
+            // replicator what is stored already (or before an idempotent
+            // Kafka producer's retries arrive).
             self.replicated_into = true;
             self.set_dedup(self.dedup_all);
         }
@@ -612,7 +613,7 @@ impl Topic {
         payload: &Payload,
         count: u32,
     ) -> Result<Option<String>, String> {
-        if !self.dedup_all && !crate::replicator::is_replicator(&name) {
+        if !self.dedup_all && !dedup::always_deduplicated(&name) {
             return Ok(None);
         }
         let Some(d) = self.dedup.as_mut() else {
@@ -762,10 +763,15 @@ impl Topic {
         } else {
             self.find_original(name, a.to.sequence_id, last_at)
         };
+        // The original's first message index (a Kafka producer's retry is
+        // answered with the original's offset).
+        let index = original
+            .and_then(|p| self.log.as_ref()?.read_entry(p).ok())
+            .map_or(UNKNOWN_INDEX, |e| e.message_index);
         // Pulsar answers a duplicate whose original it cannot name with -1:-1.
         a.to.receipt(
             original.unwrap_or(Position::new(u64::MAX, u64::MAX)),
-            UNKNOWN_INDEX,
+            index,
             self.broker.clock().now(),
         );
     }
