@@ -175,8 +175,8 @@ pub struct StandaloneConfig {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// Serve the Kafka protocol (standalone only, and not yet with
-    /// authentication on: Kafka's SASL is to come).
+    /// Serve the Kafka protocol (standalone only; with authentication on,
+    /// clients authenticate with SASL/PLAIN, a token as the password).
     pub enabled: bool,
     pub port: u16,
     /// Where Kafka topic names live: Kafka topic `t` is
@@ -360,21 +360,15 @@ async fn listen(config: &StandaloneConfig, role: Role) -> anyhow::Result<Listene
     })
 }
 
-/// Whether the Kafka listener runs: on, standalone (its Metadata names this
-/// broker the leader of every partition, which only a standalone is), and
-/// without authentication (Kafka clients cannot yet present a token).
+/// Whether the Kafka listener runs: on, and standalone (its Metadata names
+/// this broker the leader of every partition, which only a standalone is).
+/// With authentication on, Kafka clients authenticate with SASL/PLAIN.
 fn kafka_served(config: &StandaloneConfig, role: Role) -> bool {
     if !config.kafka.enabled {
         return false;
     }
     if role != Role::Standalone {
         tracing::info!("the Kafka listener is not served by cluster brokers yet");
-        return false;
-    }
-    if config.auth.authentication_enabled {
-        tracing::warn!(
-            "the Kafka listener is off: authentication is on and Kafka clients cannot present tokens yet (SASL is to come)"
-        );
         return false;
     }
     true

@@ -29,6 +29,7 @@ use super::KafkaSettings;
 use crate::outbound::Outbound;
 use crate::topic::TopicHandle;
 use crate::Broker;
+use kilonova_auth::{Need, Principal, Want};
 
 /// A connection that sends nothing for this long is closed (Kafka's
 /// `connections.max.idle.ms` default is 10 minutes).
@@ -61,6 +62,18 @@ pub(super) struct KafkaConnection {
     pub(super) next_id: u64,
     /// Partition counts seen (0: not partitioned), by Kafka topic name.
     partitions: HashMap<String, u32>,
+    /// Where this connection's Kafka topic names live: the listener's
+    /// namespace, or the one its SASL username named.
+    pub(super) namespace: String,
+    /// Who the client proved to be (SASL), with authentication on.
+    pub(super) principal: Option<Principal>,
+    pub(super) authenticated: bool,
+    /// SaslHandshake chose PLAIN.
+    pub(super) sasl_mechanism_ok: bool,
+    /// SaslHandshake v0 succeeded: the next frame is the raw credentials.
+    pub(super) raw_sasl_next: bool,
+    /// The connection closes once this answer is written.
+    pub(super) closing: bool,
 }
 
 pub(super) async fn serve(
@@ -91,7 +104,14 @@ pub(super) async fn serve(
         producers: HashMap::new(),
         next_id: 1,
         partitions: HashMap::new(),
+        namespace: String::new(),
+        principal: None,
+        authenticated: false,
+        sasl_mechanism_ok: false,
+        raw_sasl_next: false,
+        closing: false,
     };
+    conn.namespace = conn.settings.namespace.clone();
     tracing::debug!(conn = conn.id, %peer, "Kafka connection opened");
     let mut buf = BytesMut::with_capacity(16 << 10);
     'serve: loop {
@@ -99,7 +119,7 @@ pub(super) async fn serve(
             match frame::next_request(&mut buf, max_request) {
                 Ok(Some(req)) => {
                     let answer = conn.handle(req).await;
-                    if answers.send(answer).await.is_err() {
+                    if answers.send(answer).await.is_err() || conn.closing {
                         break 'serve;
                     }
                 }
@@ -148,6 +168,10 @@ fn ready(answer: Option<Bytes>) -> Answer {
 impl KafkaConnection {
     /// The answer to one request, framed, once ready.
     async fn handle(&mut self, frame: Bytes) -> Answer {
+        if self.raw_sasl_next {
+            let answer = self.sasl_raw(frame);
+            return ready(answer);
+        }
         let req = match request::decode(frame) {
             Ok(r) => r,
             Err(e) => return ready(self.refuse(e)),
@@ -159,6 +183,18 @@ impl KafkaConnection {
         }
         let (key, version, correlation_id) = (req.api_key, req.version(), req.correlation_id());
         self.broker.metrics().count_kafka_request(key as i16);
+        let before_auth = matches!(
+            key,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        );
+        if !before_auth && !self.authenticated && self.broker.security().authentication_enabled() {
+            tracing::info!(conn = self.id, peer = %self.peer, api = ?key, "Kafka request before SASL authentication: closing");
+            self.closing = true;
+            return ready(Some(response::bare_error(
+                correlation_id,
+                ResponseError::SaslAuthenticationFailed.code(),
+            )));
+        }
         let conn = self.id;
         let frame =
             move |body: ResponseKind| match response::encode(key, version, correlation_id, &body) {
@@ -170,6 +206,12 @@ impl KafkaConnection {
             };
         let body = match req.body {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions(0)),
+            RequestKind::SaslHandshake(r) => {
+                ResponseKind::SaslHandshake(self.sasl_handshake(r, version))
+            }
+            RequestKind::SaslAuthenticate(r) => {
+                ResponseKind::SaslAuthenticate(self.sasl_authenticate(r))
+            }
             RequestKind::Metadata(m) => ResponseKind::Metadata(self.metadata(m, version).await),
             RequestKind::Produce(p) => {
                 let answer = self.produce(p).await;
@@ -184,20 +226,22 @@ impl KafkaConnection {
             }
             // Joins and syncs wait for the group: the connection reads on.
             RequestKind::JoinGroup(r) => {
-                let joined = self.join_group(r, version);
+                let joined = self.join_group(r, version).await;
                 return Box::pin(async move { Some(frame(ResponseKind::JoinGroup(joined.await))) });
             }
             RequestKind::SyncGroup(r) => {
-                let synced = self.sync_group(r);
+                let synced = self.sync_group(r).await;
                 return Box::pin(async move { Some(frame(ResponseKind::SyncGroup(synced.await))) });
             }
-            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(self.heartbeat(r)),
-            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(self.leave_group(r, version)),
+            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(self.heartbeat(r).await),
+            RequestKind::LeaveGroup(r) => {
+                ResponseKind::LeaveGroup(self.leave_group(r, version).await)
+            }
             RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
             RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r).await),
-            RequestKind::ListGroups(_) => ResponseKind::ListGroups(self.list_groups()),
+            RequestKind::ListGroups(_) => ResponseKind::ListGroups(self.list_groups().await),
             RequestKind::InitProducerId(r) => {
-                ResponseKind::InitProducerId(self.init_producer_id(r))
+                ResponseKind::InitProducerId(self.init_producer_id(r).await)
             }
             // `request::decode` admits only the APIs served.
             _ => ResponseKind::ApiVersions(versions::api_versions(
@@ -243,7 +287,10 @@ impl KafkaConnection {
         &mut self,
         name: &str,
         partition: i32,
+        want: Want,
     ) -> Result<TopicName, i16> {
+        let base = self.topic_name(name)?;
+        self.allowed(&base, want).await?;
         let count = match self.partitions.get(name) {
             Some(n) if partition < (*n).max(1) as i32 => *n,
             _ => {
@@ -255,16 +302,29 @@ impl KafkaConnection {
         if partition < 0 || partition >= count.max(1) as i32 {
             return Err(ResponseError::UnknownTopicOrPartition.code());
         }
-        let base = self.topic_name(name)?;
         match count {
             0 => Ok(base),
             _ => Ok(base.partition_name(partition as u32)),
         }
     }
 
+    /// Whether this connection's role may do `want` on `topic`
+    /// (`TOPIC_AUTHORIZATION_FAILED` if not).
+    pub(super) async fn allowed(&self, topic: &TopicName, want: Want) -> Result<(), i16> {
+        self.broker
+            .authorize(
+                self.principal.as_ref(),
+                Need::Topic(topic, want),
+                None,
+                Some(&topic.namespace()),
+            )
+            .await
+            .map_err(|e| super::errors::code(&e))
+    }
+
     /// Kafka topic `name` as a Kilonova topic name.
     pub(super) fn topic_name(&self, name: &str) -> Result<TopicName, i16> {
-        let full = names::to_topic(&self.settings.namespace, name)
+        let full = names::to_topic(&self.namespace, name)
             .map_err(|_| ResponseError::InvalidTopicException.code())?;
         TopicName::parse(&full).map_err(|_| ResponseError::InvalidTopicException.code())
     }

@@ -36,7 +36,9 @@ pub(super) fn from_server_error(e: i32) -> i16 {
         Ok(S::PersistenceError) => ResponseError::KafkaStorageError,
         Ok(S::NotAllowedError) => ResponseError::MessageTooLarge,
         Ok(S::ChecksumError) => ResponseError::CorruptMessage,
-        Ok(S::ServiceNotReady) | Ok(S::TopicNotFound) => ResponseError::NotLeaderOrFollower,
+        Ok(S::ServiceNotReady) | Ok(S::TopicNotFound) | Ok(S::ProducerBusy) => {
+            ResponseError::NotLeaderOrFollower
+        }
         Ok(S::AuthorizationError) => ResponseError::TopicAuthorizationFailed,
         Ok(S::TopicTerminatedError) => ResponseError::InvalidRecord,
         Ok(S::ProducerBlockedQuotaExceededError) | Ok(S::ProducerBlockedQuotaExceededException) => {

@@ -23,6 +23,7 @@ use super::connection::KafkaConnection;
 use super::errors;
 use crate::topic::by_index::{IndexAnswer, IndexQuery};
 use crate::topic::TopicCommand;
+use kilonova_auth::Want;
 
 /// The longest a fetch waits, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -38,7 +39,11 @@ impl KafkaConnection {
         partition: i32,
         query: IndexQuery,
     ) -> Result<oneshot::Receiver<Result<IndexAnswer, crate::BrokerError>>, i16> {
-        let topic = self.partition_topic(name, partition).await?;
+        let want = match query {
+            IndexQuery::Read { .. } => Want::Consume,
+            IndexQuery::AtTime(_) | IndexQuery::Bounds => Want::Lookup,
+        };
+        let topic = self.partition_topic(name, partition, want).await?;
         let handle = self
             .broker
             .topic(&topic)

@@ -31,6 +31,7 @@ use kilonova_metadata::names::NamespaceName;
 
 use super::connection::KafkaConnection;
 use super::groups::{Answer, Join, Joined, State, Synced};
+use kilonova_auth::{Need, Want};
 
 /// A group answer that may wait (for the generation to form, for the leader).
 pub(super) type Later<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -54,8 +55,28 @@ fn millis(ms: i32) -> Duration {
 
 impl KafkaConnection {
     fn namespace(&self) -> Result<NamespaceName, i16> {
-        NamespaceName::parse(&self.settings.namespace)
+        NamespaceName::parse(&self.namespace)
             .map_err(|_| ResponseError::CoordinatorNotAvailable.code())
+    }
+
+    /// Whether this connection's role may do `want` in its namespace;
+    /// groups and producer ids are the namespace's.
+    pub(super) async fn namespace_allowed(&self, want: Want) -> Result<(), i16> {
+        let ns = self.namespace()?;
+        self.broker
+            .authorize(
+                self.principal.as_ref(),
+                Need::Namespace(want),
+                None,
+                Some(&ns),
+            )
+            .await
+            .map_err(|e| match super::errors::code(&e) {
+                c if c == ResponseError::TopicAuthorizationFailed.code() => {
+                    ResponseError::GroupAuthorizationFailed.code()
+                }
+                c => c,
+            })
     }
 
     /// This broker coordinates every group.
@@ -80,7 +101,17 @@ impl KafkaConnection {
             .with_coordinators(coordinators)
     }
 
-    pub(super) fn join_group(&self, r: JoinGroupRequest, version: i16) -> Later<JoinGroupResponse> {
+    pub(super) async fn join_group(
+        &self,
+        r: JoinGroupRequest,
+        version: i16,
+    ) -> Later<JoinGroupResponse> {
+        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+            let refused = JoinGroupResponse::default()
+                .with_error_code(code)
+                .with_generation_id(-1);
+            return Box::pin(std::future::ready(refused));
+        }
         let session = millis(r.session_timeout_ms);
         // Version 0 has no rebalance timeout: the session timeout stands in.
         let rebalance = match r.rebalance_timeout_ms {
@@ -150,7 +181,12 @@ impl KafkaConnection {
         })
     }
 
-    pub(super) fn sync_group(&self, r: SyncGroupRequest) -> Later<SyncGroupResponse> {
+    pub(super) async fn sync_group(&self, r: SyncGroupRequest) -> Later<SyncGroupResponse> {
+        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+            return Box::pin(std::future::ready(
+                SyncGroupResponse::default().with_error_code(code),
+            ));
+        }
         let assignments: Vec<(String, Bytes)> = r
             .assignments
             .iter()
@@ -182,14 +218,24 @@ impl KafkaConnection {
         })
     }
 
-    pub(super) fn heartbeat(&self, r: HeartbeatRequest) -> HeartbeatResponse {
+    pub(super) async fn heartbeat(&self, r: HeartbeatRequest) -> HeartbeatResponse {
+        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+            return HeartbeatResponse::default().with_error_code(code);
+        }
         let error =
             self.groups
                 .heartbeat(&r.group_id.0, r.generation_id, &r.member_id, Instant::now());
         HeartbeatResponse::default().with_error_code(error)
     }
 
-    pub(super) fn leave_group(&self, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    pub(super) async fn leave_group(
+        &self,
+        r: LeaveGroupRequest,
+        version: i16,
+    ) -> LeaveGroupResponse {
+        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+            return LeaveGroupResponse::default().with_error_code(code);
+        }
         // Version 3 and later name several members; before, one.
         let ids: Vec<String> = match version {
             v if v >= 3 => r.members.iter().map(|m| m.member_id.to_string()).collect(),
@@ -279,6 +325,9 @@ impl KafkaConnection {
     }
 
     pub(super) async fn offset_fetch(&self, r: OffsetFetchRequest) -> OffsetFetchResponse {
+        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+            return OffsetFetchResponse::default().with_error_code(code);
+        }
         let group = r.group_id.0.to_string();
         let stored = match self.namespace() {
             Ok(ns) => {
@@ -338,7 +387,10 @@ impl KafkaConnection {
         OffsetFetchResponse::default().with_topics(topics)
     }
 
-    pub(super) fn list_groups(&self) -> ListGroupsResponse {
+    pub(super) async fn list_groups(&self) -> ListGroupsResponse {
+        if let Err(code) = self.namespace_allowed(Want::Lookup).await {
+            return ListGroupsResponse::default().with_error_code(code);
+        }
         let groups = self
             .groups
             .list()

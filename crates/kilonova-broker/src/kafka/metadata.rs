@@ -12,6 +12,7 @@ use kilonova_kafka::kafka_protocol::protocol::StrBytes;
 use kilonova_metadata::names::{Domain, NamespaceName};
 
 use super::connection::KafkaConnection;
+use kilonova_auth::Want;
 
 /// The node id this broker has in Kafka's eyes.
 const NODE: BrokerId = BrokerId(0);
@@ -31,6 +32,14 @@ impl KafkaConnection {
         for name in names {
             let topic = MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_string(name.clone()))));
+            let allowed = match self.topic_name(&name) {
+                Ok(t) => self.allowed(&t, Want::Lookup).await,
+                Err(code) => Err(code),
+            };
+            if let Err(code) = allowed {
+                topics.push(topic.with_error_code(code));
+                continue;
+            }
             let count = match self.partition_count(&name).await {
                 Ok(n) => n,
                 Err(code) => {
@@ -65,7 +74,7 @@ impl KafkaConnection {
 
     /// The namespace's persistent topics, partitions folded into their topic.
     async fn all_topics(&self) -> Vec<String> {
-        let Ok(ns) = NamespaceName::parse(&self.settings.namespace) else {
+        let Ok(ns) = NamespaceName::parse(&self.namespace) else {
             return Vec::new();
         };
         let listed = self

@@ -25,6 +25,7 @@ mod groups;
 mod metadata;
 mod produce;
 mod routes;
+mod sasl;
 
 use std::sync::Arc;
 

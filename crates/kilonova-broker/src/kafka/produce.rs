@@ -27,6 +27,7 @@ use super::routes::Stored;
 use crate::dedup::KAFKA_IDEMPOTENT_PREFIX;
 use crate::outbound::UNKNOWN_INDEX;
 use crate::topic::{ClientInfo, ConnCtx, NewProducer, TopicCommand};
+use kilonova_auth::Want;
 
 /// The longest a produce waits for its receipts when the client gives no
 /// usable timeout.
@@ -136,7 +137,7 @@ impl KafkaConnection {
         deadline: Instant,
         throttle: &mut Duration,
     ) -> Sent {
-        let topic = match self.partition_topic(name, partition).await {
+        let topic = match self.partition_topic(name, partition, Want::Produce).await {
             Ok(t) => t,
             Err(code) => return Sent::Done(Err(code)),
         };
@@ -285,7 +286,16 @@ impl KafkaConnection {
     /// broker's restarts (the clock's milliseconds, times 4,096, plus a
     /// count), with epoch 0. A producer asking again (after an error) gets
     /// a new id. Transactions are not served.
-    pub(super) fn init_producer_id(&self, r: InitProducerIdRequest) -> InitProducerIdResponse {
+    pub(super) async fn init_producer_id(
+        &self,
+        r: InitProducerIdRequest,
+    ) -> InitProducerIdResponse {
+        if let Err(code) = self.namespace_allowed(Want::Produce).await {
+            return InitProducerIdResponse::default()
+                .with_error_code(code)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+        }
         if r.transactional_id.is_some() {
             return InitProducerIdResponse::default()
                 .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())

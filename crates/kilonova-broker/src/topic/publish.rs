@@ -324,7 +324,18 @@ impl Topic {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| self.broker.new_producer_name());
-        if self.producers.values().any(|x| x.name == name) {
+        let same_name = self
+            .producers
+            .iter()
+            .find(|(_, x)| x.name == name)
+            .map(|(key, _)| *key);
+        if let Some(key) = same_name.filter(|_| name.starts_with(dedup::KAFKA_IDEMPOTENT_PREFIX)) {
+            // A Kafka producer that reconnected: its newer connection takes
+            // over (the older one may not have noticed it is gone yet).
+            if let Some(old) = self.producers.remove(&key) {
+                old.out.command(commands::close_producer(key.1, None));
+            }
+        } else if same_name.is_some() {
             let e = BrokerError::ProducerBusy(format!(
                 "producer with name '{name}' is already connected to topic {}",
                 self.full_name
