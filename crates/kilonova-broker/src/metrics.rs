@@ -838,6 +838,16 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             "Subscriptions moved by another cluster's replicated-subscription update",
             &registry.subscription_updates,
         ),
+        (
+            "kilonova_kafka_fetched_bytes_total",
+            "Record-batch bytes Kafka fetches returned",
+            &registry.kafka_fetched_bytes,
+        ),
+        (
+            "kilonova_kafka_group_joins_total",
+            "Kafka JoinGroup requests (each member's part in a consumer group's rebalance)",
+            &registry.kafka_group_joins,
+        ),
     ];
     for (name, help, v) in counters {
         header(out, name, "counter", help);
@@ -864,30 +874,6 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             );
         }
     }
-    header(
-        out,
-        "kilonova_kafka_fetched_bytes_total",
-        "counter",
-        "Record-batch bytes Kafka fetches returned",
-    );
-    let _ = writeln!(
-        out,
-        "kilonova_kafka_fetched_bytes_total{{cluster=\"{}\"}} {}",
-        escape(cluster),
-        registry.kafka_fetched_bytes.load(Ordering::Relaxed)
-    );
-    header(
-        out,
-        "kilonova_kafka_group_joins_total",
-        "counter",
-        "Kafka JoinGroup requests (each member's part in a consumer group's rebalance)",
-    );
-    let _ = writeln!(
-        out,
-        "kilonova_kafka_group_joins_total{{cluster=\"{}\"}} {}",
-        escape(cluster),
-        registry.kafka_group_joins.load(Ordering::Relaxed)
-    );
     header(
         out,
         "pulsar_active_connections",

@@ -10,10 +10,11 @@
 //! the other way for entries from either protocol; an entry's compression
 //! (a Pulsar producer's) is undone, bounded.
 
+use crate::records;
 use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Record, TimestampType};
+use kafka_protocol::records::Record;
 use kilonova_pulsar_protocol::compression;
 use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{
@@ -126,26 +127,19 @@ pub fn from_entry(
             .filter(|t| *t > 0)
             .and_then(|t| i64::try_from(t).ok())
             .unwrap_or(publish);
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
+        records::plain_record(
             offset,
             // -1 for the first, then counting: one batch (`records::encode_batch`).
-            sequence: (offset - first_offset) as i32 - 1,
+            (offset - first_offset) as i32 - 1,
             timestamp,
-            key: key.map(|k| match b64 {
+            key.map(|k| match b64 {
                 true => {
                     unbase64(k).map_or_else(|| Bytes::copy_from_slice(k.as_bytes()), Bytes::from)
                 }
                 false => Bytes::copy_from_slice(k.as_bytes()),
             }),
-            value: (!null).then_some(value),
-            headers: props
+            (!null).then_some(value),
+            props
                 .iter()
                 .map(|kv| {
                     (
@@ -154,7 +148,7 @@ pub fn from_entry(
                     )
                 })
                 .collect::<IndexMap<_, _>>(),
-        }
+        )
     };
     if m.num_messages_in_batch.is_none() {
         return Ok(vec![record(first_offset, None, body)]);
@@ -222,20 +216,13 @@ mod tests {
     }
 
     fn rec(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, &str)]) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 1_700_000_000_123,
-            key: key.map(Bytes::copy_from_slice),
-            value: value.map(Bytes::copy_from_slice),
-            headers: headers
+        records::plain_record(
+            0,
+            -1,
+            1_700_000_000_123,
+            key.map(Bytes::copy_from_slice),
+            value.map(Bytes::copy_from_slice),
+            headers
                 .iter()
                 .map(|(k, v)| {
                     (
@@ -244,7 +231,7 @@ mod tests {
                     )
                 })
                 .collect(),
-        }
+        )
     }
 
     #[test]

@@ -39,6 +39,34 @@ pub fn decode_batches(
     Ok(sets)
 }
 
+/// A record without a producer (no idempotence, no transaction), stamped
+/// with its creation time. `sequence` is -1 for a batch's first record,
+/// then counts up (see [`encode_batch`]).
+pub fn plain_record(
+    offset: i64,
+    sequence: i32,
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+    headers: indexmap::IndexMap<kafka_protocol::protocol::StrBytes, Option<Bytes>>,
+) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset,
+        sequence,
+        timestamp,
+        key,
+        value,
+        headers,
+    }
+}
+
 /// Appends `records` (their offsets set) as uncompressed v2 batches: one,
 /// if their batch properties agree and `offset - sequence` is the same for
 /// all (the encoder's rule; records without a producer have sequences -1,
@@ -55,27 +83,17 @@ pub fn encode_batch(records: &[Record], out: &mut BytesMut) -> Result<(), Record
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::TimestampType;
     use proptest::prelude::*;
 
-    /// `sequence` is -1 for a batch's first record, then counts up: what
-    /// keeps records without a producer id in one batch (see `encode_batch`).
     fn record(offset: i64, sequence: i32, key: Option<&str>, value: &str) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
+        plain_record(
             offset,
             sequence,
-            timestamp: 1_700_000_000_000 + offset,
-            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            headers: Default::default(),
-        }
+            1_700_000_000_000 + offset,
+            key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            Some(Bytes::copy_from_slice(value.as_bytes())),
+            Default::default(),
+        )
     }
 
     #[test]

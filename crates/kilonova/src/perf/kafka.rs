@@ -16,7 +16,7 @@ use rskafka::record::Record;
 use serde::Serialize;
 
 use super::args::{Output, Timing};
-use super::recorder::{interval_line, Recorder, Summary};
+use super::recorder::{Recorder, Summary};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KafkaMode {
@@ -146,20 +146,7 @@ pub async fn run(args: KafkaArgs) -> anyhow::Result<()> {
         "kafka {what}: {} partition 0, {} B, batches of {}, {} in flight, warming up for {} s",
         args.topic, args.size, args.batch, args.in_flight, args.timing.warmup_secs
     );
-    tokio::time::sleep(args.timing.warmup()).await;
-    measuring.store(true, Ordering::Relaxed);
-    let t0 = Instant::now();
-    let mut last = 0;
-    for sec in 1..=args.timing.duration_secs.max(1) {
-        tokio::time::sleep_until((t0 + Duration::from_secs(sec)).into()).await;
-        let now = recorder.messages();
-        let l = recorder.take_interval();
-        let bytes = (now - last) * args.size as u64;
-        eprintln!("[{sec:>4}s]{}", interval_line(what, now - last, bytes, l));
-        last = now;
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    measuring.store(false, Ordering::Relaxed);
+    let seconds = recorder.measure_window(&args.timing, what, args.size).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;

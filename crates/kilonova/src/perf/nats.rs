@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, stream};
@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::args::{Output, Timing};
-use super::recorder::{interval_line, Recorder, Summary};
+use super::recorder::{Recorder, Summary};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct NatsArgs {
@@ -103,23 +103,9 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<()> {
         "nats: stream {}, {} B, {} in flight, warming up for {} s",
         args.stream, args.size, args.in_flight, args.timing.warmup_secs
     );
-    tokio::time::sleep(args.timing.warmup()).await;
-    measuring.store(true, Ordering::Relaxed);
-    let t0 = Instant::now();
-    let mut last = 0;
-    for sec in 1..=args.timing.duration_secs.max(1) {
-        tokio::time::sleep_until((t0 + Duration::from_secs(sec)).into()).await;
-        let now = recorder.messages();
-        let l = recorder.take_interval();
-        let bytes = (now - last) * args.size as u64;
-        eprintln!(
-            "[{sec:>4}s]{}",
-            interval_line("publish", now - last, bytes, l)
-        );
-        last = now;
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    measuring.store(false, Ordering::Relaxed);
+    let seconds = recorder
+        .measure_window(&args.timing, "publish", args.size)
+        .await;
     stop.store(true, Ordering::Relaxed);
     let _ = sender.await;
     let _ = collector.await;

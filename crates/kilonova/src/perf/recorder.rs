@@ -52,6 +52,32 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Waits out `timing`'s warm-up, then measures for its duration with a
+    /// progress line a second (`what`, messages of `size` bytes); returns
+    /// the measured seconds. Recording stops when it returns.
+    pub async fn measure_window(
+        &self,
+        timing: &super::args::Timing,
+        what: &str,
+        size: usize,
+    ) -> f64 {
+        tokio::time::sleep(timing.warmup()).await;
+        self.measuring.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let mut last = 0;
+        for sec in 1..=timing.duration_secs.max(1) {
+            tokio::time::sleep_until((t0 + Duration::from_secs(sec)).into()).await;
+            let now = self.messages();
+            let l = self.take_interval();
+            let bytes = (now - last) * size as u64;
+            eprintln!("[{sec:>4}s]{}", interval_line(what, now - last, bytes, l));
+            last = now;
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        self.measuring.store(false, Ordering::Relaxed);
+        seconds
+    }
+
     pub fn new(measuring: Arc<AtomicBool>) -> Arc<Recorder> {
         Arc::new(Recorder {
             measuring,
