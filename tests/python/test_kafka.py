@@ -565,3 +565,34 @@ def test_a_retried_idempotent_batch_is_answered_with_its_offset_and_stored_once(
     c = Consumer({"bootstrap.servers": broker.kafka_bootstrap, "group.id": "unused"})
     assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 5)
     c.close()
+
+
+def test_an_admin_client_creates_topics_and_grows_their_partitions(broker):
+    from confluent_kafka.admin import NewPartitions, NewTopic
+    admin = AdminClient({"bootstrap.servers": broker.kafka_bootstrap})
+    t, kept, bad = kafka_topic("admin"), kafka_topic("kept"), kafka_topic("bad")
+    futures = admin.create_topics([
+        NewTopic(t, num_partitions=2, replication_factor=1),
+        NewTopic(kept, num_partitions=1, replication_factor=1, config={"retention.ms": "3600000"}),
+        NewTopic(bad, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"}),
+    ])
+    futures[t].result(10)
+    futures[kept].result(10)
+    with pytest.raises(Exception) as refused:
+        futures[bad].result(10)
+    assert "cleanup.policy" in str(refused.value)
+    # Created as Pulsar sees it: partitioned, with its retention.
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/{t}/partitions")
+    assert status == 200 and json.loads(body)["partitions"] == 2, body
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/{kept}/retention")
+    assert json.loads(body) == {"retentionTimeInMinutes": 60, "retentionSizeInMB": -1}, body
+    with pytest.raises(Exception) as exists:
+        admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1)])[t].result(10)
+    assert "TOPIC_ALREADY_EXISTS" in str(exists.value)
+    # Grown to 4: Metadata and producers see the new partitions.
+    admin.create_partitions([NewPartitions(t, 4)])[t].result(10)
+    assert sorted(admin.list_topics(t, timeout=10).topics[t].partitions) == [0, 1, 2, 3]
+    reports = produce_all(broker, t, [(None, b"to-3", None)], partition=3)
+    assert reports[0][0] is None, reports
+    with pytest.raises(Exception):
+        admin.create_partitions([NewPartitions(t, 2)])[t].result(10)

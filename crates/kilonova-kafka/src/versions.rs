@@ -24,6 +24,8 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::ApiVersions, 0, 3),

@@ -240,6 +240,10 @@ impl KafkaConnection {
             RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
             RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r).await),
             RequestKind::ListGroups(_) => ResponseKind::ListGroups(self.list_groups().await),
+            RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(self.create_topics(r).await),
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(self.create_partitions(r).await)
+            }
             RequestKind::InitProducerId(r) => {
                 ResponseKind::InitProducerId(self.init_producer_id(r).await)
             }
@@ -322,6 +326,11 @@ impl KafkaConnection {
             .map_err(|e| super::errors::code(&e))
     }
 
+    /// Forgets Kafka topic `name`'s partition count (it changed).
+    pub(super) fn forget_partitions(&mut self, name: &str) {
+        self.partitions.remove(name);
+    }
+
     /// Kafka topic `name` as a Kilonova topic name.
     pub(super) fn topic_name(&self, name: &str) -> Result<TopicName, i16> {
         let full = names::to_topic(&self.namespace, name)
@@ -361,7 +370,7 @@ impl KafkaConnection {
 
     /// Gives a topic this listener just created Kafka's retention as its
     /// own policy, unless it has one ([`KafkaSettings::retention_minutes`]).
-    async fn give_kafka_retention(&self, topic: &TopicName) {
+    pub(super) async fn give_kafka_retention(&self, topic: &TopicName) {
         let Some(minutes) = self.settings.retention_minutes else {
             return;
         };

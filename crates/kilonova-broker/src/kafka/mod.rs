@@ -26,6 +26,7 @@ mod metadata;
 mod produce;
 mod routes;
 mod sasl;
+mod topics;
 
 use std::sync::Arc;
 

@@ -54,7 +54,9 @@ pub struct Recorder {
 impl Recorder {
     /// Waits out `timing`'s warm-up, then measures for its duration with a
     /// progress line a second (`what`, messages of `size` bytes); returns
-    /// the measured seconds. Recording stops when it returns.
+    /// the measured seconds. Recording stops when it returns. (The peers'
+    /// commands use it, built with their features.)
+    #[cfg(any(feature = "nats", feature = "kafka"))]
     pub async fn measure_window(
         &self,
         timing: &super::args::Timing,
