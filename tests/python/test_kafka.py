@@ -596,3 +596,20 @@ def test_an_admin_client_creates_topics_and_grows_their_partitions(broker):
     assert reports[0][0] is None, reports
     with pytest.raises(Exception):
         admin.create_partitions([NewPartitions(t, 2)])[t].result(10)
+
+
+def test_a_fetch_asking_for_gigabytes_gets_a_bounded_answer(broker):
+    from kafka.protocol.fetch import FetchRequest
+    topic = kafka_topic("bigfetch")
+    value = b"x" * (100 << 10)
+    produce_all(broker, topic, [(None, value, None)] * 200)  # 20 MiB
+    req = FetchRequest[4](replica_id=-1, max_wait_time=0, min_bytes=0, max_bytes=2**31 - 1,
+                          isolation_level=0, topics=[(topic, [(0, 0, 2**31 - 1)])])
+    body = req.encode()
+    host, port = broker.kafka_bootstrap.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request(1, 4, 7, body))
+        size = struct.unpack(">i", recv_exact(s, 4))[0]
+        # The broker's cap is 16 MiB of records (plus the answer's framing).
+        assert 1 << 20 < size <= (16 << 20) + (1 << 20), size
+        recv_exact(s, size)

@@ -62,6 +62,11 @@ impl RequestError {
     }
 }
 
+/// Whether a framed request (not decoded yet) is a Fetch.
+pub fn is_fetch(frame: &Bytes) -> bool {
+    frame.len() >= 2 && i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Fetch as i16
+}
+
 /// Decodes one framed request (without its size prefix).
 pub fn decode(frame: Bytes) -> Result<Request, RequestError> {
     if frame.len() < 8 {

@@ -45,6 +45,47 @@ const MAX_IN_FLIGHT: usize = 64;
 /// An answer, framed, once ready (none: a produce with acks=0).
 type Answer = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
 
+/// Answers queued and not yet written, and a wake-up when none are left
+/// (or the writer stopped).
+#[derive(Default)]
+struct Outstanding {
+    count: std::sync::atomic::AtomicUsize,
+    stopped: std::sync::atomic::AtomicBool,
+    none_left: tokio::sync::Notify,
+}
+
+impl Outstanding {
+    fn queued(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn written(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.none_left.notify_waiters();
+        }
+    }
+
+    /// The writer stopped: nothing more will be written.
+    fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.none_left.notify_waiters();
+    }
+
+    /// Returns once every queued answer is written (or the writer stopped).
+    async fn drained(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0
+                || self.stopped.load(std::sync::atomic::Ordering::Acquire)
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 pub(super) struct KafkaConnection {
     pub(super) broker: Broker,
     pub(super) settings: Arc<KafkaSettings>,
@@ -91,7 +132,8 @@ pub(super) async fn serve(
     let routes = Arc::new(Routes::default());
     let pump = tokio::spawn(super::routes::pump(out_rx, routes.clone()));
     let (answers, pending) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
-    let mut written = tokio::spawn(write_answers(writer, pending));
+    let outstanding = Arc::new(Outstanding::default());
+    let mut written = tokio::spawn(write_answers(writer, pending, outstanding.clone()));
     let mut conn = KafkaConnection {
         id: broker.next_connection_id(),
         broker,
@@ -118,7 +160,13 @@ pub(super) async fn serve(
         loop {
             match frame::next_request(&mut buf, max_request) {
                 Ok(Some(req)) => {
+                    // A fetch's answer can be large: it is built once every
+                    // earlier answer is out, so one connection holds one.
+                    if request::is_fetch(&req) {
+                        outstanding.drained().await;
+                    }
                     let answer = conn.handle(req).await;
+                    outstanding.queued();
                     if answers.send(answer).await.is_err() || conn.closing {
                         break 'serve;
                     }
@@ -151,14 +199,22 @@ pub(super) async fn serve(
 }
 
 /// Writes the answers in the order their requests came, each once ready.
-async fn write_answers(mut writer: OwnedWriteHalf, mut pending: mpsc::Receiver<Answer>) {
+async fn write_answers(
+    mut writer: OwnedWriteHalf,
+    mut pending: mpsc::Receiver<Answer>,
+    outstanding: Arc<Outstanding>,
+) {
     while let Some(answer) = pending.recv().await {
-        if let Some(bytes) = answer.await {
-            if writer.write_all(&bytes).await.is_err() {
-                return;
-            }
+        let written = match answer.await {
+            Some(bytes) => writer.write_all(&bytes).await.is_ok(),
+            None => true,
+        };
+        outstanding.written();
+        if !written {
+            break;
         }
     }
+    outstanding.stop();
 }
 
 fn ready(answer: Option<Bytes>) -> Answer {

@@ -27,6 +27,9 @@ use kilonova_auth::Want;
 
 /// The longest a fetch waits, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+/// The most record bytes one fetch answer holds, whatever the client asks
+/// (at least one entry is always sent); the client fetches again for more.
+const MAX_FETCH_BYTES: usize = 16 << 20;
 /// ListOffsets' special timestamps.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -105,7 +108,9 @@ impl KafkaConnection {
     }
 
     async fn fetch_once(&mut self, f: &FetchRequest) -> FetchResponse {
-        let mut budget = usize::try_from(f.max_bytes).unwrap_or(0).max(1);
+        let mut budget = usize::try_from(f.max_bytes)
+            .unwrap_or(0)
+            .clamp(1, MAX_FETCH_BYTES);
         let max_uncompressed = self.broker.max_uncompressed_batch_bytes() as usize;
         let mut topics = Vec::with_capacity(f.topics.len());
         for t in &f.topics {

@@ -19,33 +19,47 @@ const NODE: BrokerId = BrokerId(0);
 
 impl KafkaConnection {
     pub(super) async fn metadata(&mut self, m: MetadataRequest, version: i16) -> MetadataResponse {
-        let names: Vec<String> = match &m.topics {
+        // Every topic (its partition count from its record: nothing is
+        // loaded or created), or the ones asked for (created if missing and
+        // auto-creation allows, as a Pulsar lookup would).
+        let every = match &m.topics {
             // Version 0 has no null list: an empty one asks for every topic.
-            Some(ts) if version == 0 && ts.is_empty() => self.all_topics().await,
-            Some(ts) => ts
+            Some(ts) => version == 0 && ts.is_empty(),
+            None => true,
+        };
+        let names: Vec<(String, Option<u32>)> = match &m.topics {
+            Some(ts) if !every => ts
                 .iter()
-                .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+                .filter_map(|t| t.name.as_ref().map(|n| (n.0.to_string(), None)))
                 .collect(),
-            None => self.all_topics().await,
+            _ => self.all_topics().await,
         };
         let mut topics = Vec::with_capacity(names.len());
-        for name in names {
+        for (name, known) in names {
             let topic = MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_string(name.clone()))));
             let allowed = match self.topic_name(&name) {
                 Ok(t) => self.allowed(&t, Want::Lookup).await,
                 Err(code) => Err(code),
             };
-            if let Err(code) = allowed {
-                topics.push(topic.with_error_code(code));
-                continue;
-            }
-            let count = match self.partition_count(&name).await {
-                Ok(n) => n,
+            match allowed {
+                Ok(()) => {}
+                // A listing of every topic leaves out those the role may not see.
+                Err(_) if every => continue,
                 Err(code) => {
                     topics.push(topic.with_error_code(code));
                     continue;
                 }
+            }
+            let count = match known {
+                Some(n) => n,
+                None => match self.partition_count(&name).await {
+                    Ok(n) => n,
+                    Err(code) => {
+                        topics.push(topic.with_error_code(code));
+                        continue;
+                    }
+                },
             };
             let partitions = (0..count.max(1) as i32)
                 .map(|i| {
@@ -72,28 +86,23 @@ impl KafkaConnection {
             .with_topics(topics)
     }
 
-    /// The namespace's persistent topics, partitions folded into their topic.
-    async fn all_topics(&self) -> Vec<String> {
+    /// The namespace's persistent topics with their partition counts, from
+    /// their records (a partition's own record is folded into its topic).
+    async fn all_topics(&self) -> Vec<(String, Option<u32>)> {
         let Ok(ns) = NamespaceName::parse(&self.namespace) else {
             return Vec::new();
         };
-        let listed = self
+        let records = self
             .broker
             .resources()
-            .topics_of_namespace(&ns, Some(Domain::Persistent))
+            .topics(&ns, Domain::Persistent)
             .await
             .unwrap_or_default();
-        let prefix = format!("persistent://{ns}/");
-        let mut names: Vec<String> = listed
-            .iter()
-            .filter_map(|t| t.strip_prefix(&prefix))
-            .map(|local| match local.rsplit_once("-partition-") {
-                Some((base, n)) if n.bytes().all(|b| b.is_ascii_digit()) => base.to_string(),
-                _ => local.to_string(),
-            })
-            .filter(|n| kilonova_kafka::names::check(n).is_ok())
-            .collect();
-        names.dedup();
-        names
+        records
+            .into_iter()
+            .filter(|(name, _)| name.partition().is_none())
+            .filter(|(name, _)| kilonova_kafka::names::check(&name.local).is_ok())
+            .map(|(name, record)| (name.local, Some(record.partitions)))
+            .collect()
     }
 }
