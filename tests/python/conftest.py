@@ -64,6 +64,7 @@ LOG_TAIL_LINES = 80
 # free Kafka port, not 9092: several run at once. The Broker class passes the
 # port it got again at restarts.
 os.environ.setdefault("KILONOVA_KAFKA_PORT", "0")
+os.environ.setdefault("KILONOVA_KAFKA_TLS_PORT", "0")
 
 # The C++ client logs at warn level to stdout; pytest captures it and shows it
 # only for failing tests.
@@ -246,6 +247,7 @@ class Broker:
         self.pulsar_tls_port: int | None = None
         self.https_port: int | None = None
         self.kafka_port: int | None = None
+        self.kafka_tls_port: int | None = None
         self.ports_path = log_path.with_name(f"{log_path.stem}.ports.json")
         self.config = config
         self.config_path = data_dir.parent / f"{data_dir.name}.kilonova.toml"
@@ -292,6 +294,8 @@ class Broker:
         extra: list[str] = []
         if self.kafka_port:
             extra += ["--kafka-port", str(self.kafka_port)]
+        if self.kafka_tls_port:
+            extra += ["--kafka-tls-port", str(self.kafka_tls_port)]
         if self.config is not None:
             self.config_path.write_text(self.config)
             extra = [
@@ -346,6 +350,7 @@ class Broker:
         self.pulsar_tls_port = ports["pulsar_tls"]
         self.https_port = ports["https"]
         self.kafka_port = ports.get("kafka")
+        self.kafka_tls_port = ports.get("kafka_tls")
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

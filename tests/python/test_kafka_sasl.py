@@ -129,3 +129,47 @@ def test_kafka_python_authenticates_too(secured):
     consumer.seek_to_beginning()
     assert [m.value for _, m in zip(range(1), consumer)] == [b"kpy"]
     consumer.close()
+
+
+def test_kafka_over_tls_with_a_token(kilonova_bin, tmp_path):
+    from test_security import Certs
+    certs = Certs(tmp_path)
+    secret = tmp_path / "secret.key"
+    cli(kilonova_bin, "tokens", "create-secret-key", "--output", str(secret))
+    config = "\n".join([
+        "[auth]",
+        "authentication_enabled = true",
+        f'super_user_roles = ["{SUPER}"]',
+        f'token_secret_key = "file:{secret}"',
+        "[tls]",
+        f'cert_file = "{certs.server_cert}"',
+        f'key_file = "{certs.server_key}"',
+    ]) + "\n"
+    admin = cli(kilonova_bin, "tokens", "create", "--secret-key", f"file:{secret}", "--subject", SUPER)
+    b = Broker(kilonova_bin, tmp_path / "data", tmp_path / "kilonova.log", config=config,
+               admin_token=admin, ca_file=certs.ca)
+    b.start()
+    try:
+        # Both ports: a client that came in by TLS must be told the TLS port.
+        assert b.kafka_port and b.kafka_tls_port, (b.kafka_port, b.kafka_tls_port)
+        topic = f"tls-{uuid.uuid4().hex[:8]}"
+        config = {"bootstrap.servers": f"127.0.0.1:{b.kafka_tls_port}",
+                  "security.protocol": "SASL_SSL", "ssl.ca.location": str(certs.ca),
+                  "ssl.endpoint.identification.algorithm": "none",
+                  "sasl.mechanisms": "PLAIN", "sasl.username": "public/default",
+                  "sasl.password": admin}
+        assert produce_one(config, topic) == [None]
+        c = Consumer({**config, "group.id": "tls", "auto.offset.reset": "earliest"})
+        c.subscribe([topic])
+        got, deadline = None, time.monotonic() + 30
+        while got is None and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                got = m.value()
+        c.close()
+        assert got == b"v"
+        # A client trusting another CA is refused at the handshake.
+        wrong = produce_one({**config, "ssl.ca.location": str(certs.other_ca)}, topic)
+        assert wrong and wrong[0] is not None
+    finally:
+        b.stop()

@@ -66,8 +66,11 @@ pub struct StandaloneArgs {
     /// Kafka protocol port [default: 9092].
     #[arg(long, env = "KILONOVA_KAFKA_PORT")]
     kafka_port: Option<u16>,
+    /// Kafka protocol over TLS, when `[tls]` has a certificate [default: 9093].
+    #[arg(long, env = "KILONOVA_KAFKA_TLS_PORT")]
+    kafka_tls_port: Option<u16>,
     /// Once serving, write the ports it listens on to this file as JSON
-    /// (`{"pulsar":N,"http":N,"pulsar_tls":N|null,"https":N|null,"kafka":N|null}`), atomically:
+    /// (`{"pulsar":N,"http":N,"pulsar_tls":N|null,"https":N|null,"kafka":N|null,"kafka_tls":N|null}`), atomically:
     /// with ports given as 0 the system chooses them, and this says which.
     #[arg(long, env = "KILONOVA_PORTS_FILE")]
     ports_file: Option<PathBuf>,
@@ -179,6 +182,8 @@ pub struct KafkaConfig {
     /// clients authenticate with SASL/PLAIN, a token as the password).
     pub enabled: bool,
     pub port: u16,
+    /// Kafka over TLS, when `[tls]` has a certificate.
+    pub tls_port: u16,
     /// Where Kafka topic names live: Kafka topic `t` is
     /// `persistent://<namespace>/t`.
     pub namespace: String,
@@ -196,6 +201,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             enabled: true,
             port: 9092,
+            tls_port: 9093,
             namespace: "public/default".into(),
             retention_minutes: 7 * 24 * 60,
             group_initial_rebalance_delay_ms: 3000,
@@ -272,6 +278,9 @@ fn load_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> {
     if let Some(p) = args.kafka_port {
         c.kafka.port = p;
     }
+    if let Some(p) = args.kafka_tls_port {
+        c.kafka.tls_port = p;
+    }
     Ok(c)
 }
 
@@ -325,6 +334,7 @@ struct Listeners {
     pulsar_tls: Option<tokio::net::TcpListener>,
     https: Option<tokio::net::TcpListener>,
     kafka: Option<tokio::net::TcpListener>,
+    kafka_tls: Option<tokio::net::TcpListener>,
 }
 
 async fn listen(config: &StandaloneConfig, role: Role) -> anyhow::Result<Listeners> {
@@ -353,8 +363,12 @@ async fn listen(config: &StandaloneConfig, role: Role) -> anyhow::Result<Listene
             true => Some(bind(host, config.https_port, "HTTPS").await?),
             false => None,
         },
-        kafka: match kafka_served(config, role) {
+        kafka: match plain && kafka_served(config, role) {
             true => Some(bind(host, config.kafka.port, "Kafka").await?),
+            false => None,
+        },
+        kafka_tls: match tls && kafka_served(config, role) {
+            true => Some(bind(host, config.kafka.tls_port, "Kafka TLS").await?),
             false => None,
         },
     })
@@ -390,6 +404,7 @@ struct Ports {
     pulsar_tls: Option<u16>,
     https: Option<u16>,
     kafka: Option<u16>,
+    kafka_tls: Option<u16>,
 }
 
 /// Writes `ports` to `path` atomically (a temporary file beside it, then a
@@ -529,26 +544,41 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
     let mut servers = Vec::new();
-    let kafka_port = port_of(&listeners.kafka)?;
-    if let (Some(l), Some(port)) = (listeners.kafka, kafka_port) {
+    let (kafka_port, kafka_tls_port) = (port_of(&listeners.kafka)?, port_of(&listeners.kafka_tls)?);
+    if kafka_port.or(kafka_tls_port).is_some() {
         let settings = kilonova_broker::KafkaSettings {
             namespace: config.kafka.namespace.clone(),
             advertised_host: advertised.clone(),
-            advertised_port: port,
             retention_minutes: (config.kafka.retention_minutes != 0)
                 .then_some(config.kafka.retention_minutes),
             group_initial_rebalance_delay: Duration::from_millis(
                 config.kafka.group_initial_rebalance_delay_ms,
             ),
         };
-        tracing::info!(port, namespace = %settings.namespace, "serving Kafka");
-        servers.push(tokio::spawn(kilonova_broker::kafka_accept_loop(
-            broker.clone(),
-            l,
-            settings,
-            stop_rx.clone(),
-            close_rx.clone(),
-        )));
+        tracing::info!(
+            port = kafka_port,
+            tls_port = kafka_tls_port,
+            namespace = %settings.namespace,
+            "serving Kafka"
+        );
+        let service = kilonova_broker::KafkaService::start(settings);
+        let kafka_listeners = [
+            (listeners.kafka, kafka_port, None),
+            (listeners.kafka_tls, kafka_tls_port, tls.clone()),
+        ];
+        for (listener, port, tls) in kafka_listeners {
+            if let (Some(l), Some(port)) = (listener, port) {
+                servers.push(tokio::spawn(kilonova_broker::kafka_accept_loop(
+                    broker.clone(),
+                    l,
+                    port,
+                    service.clone(),
+                    tls,
+                    stop_rx.clone(),
+                    close_rx.clone(),
+                )));
+            }
+        }
     }
     let pulsar_listeners = [(listeners.pulsar, None), (listeners.pulsar_tls, tls)];
     for (listener, tls) in pulsar_listeners {
@@ -597,6 +627,7 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
             pulsar_tls: pulsar_tls_port,
             https: https_port,
             kafka: kafka_port,
+            kafka_tls: kafka_tls_port,
         };
         write_ports_file(path, &ports)?;
     }
@@ -820,13 +851,14 @@ mod tests {
             pulsar_tls: None,
             https: Some(8443),
             kafka: Some(9092),
+            kafka_tls: None,
         };
         write_ports_file(&path, &ports).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"pulsar": 6650, "http": 8080, "pulsar_tls": null, "https": 8443, "kafka": 9092})
+            serde_json::json!({"pulsar": 6650, "http": 8080, "pulsar_tls": null, "https": 8443, "kafka": 9092, "kafka_tls": null})
         );
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -18,8 +18,7 @@ use kilonova_kafka::kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind
 use kilonova_kafka::request::{self, RequestError};
 use kilonova_kafka::{frame, names, response, versions};
 use kilonova_metadata::names::TopicName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -91,6 +90,8 @@ pub(super) struct KafkaConnection {
     pub(super) settings: Arc<KafkaSettings>,
     /// The listener's consumer groups.
     pub(super) groups: Arc<Coordinator>,
+    /// The port clients are told to come back to (this listener's).
+    pub(super) advertised_port: u16,
     pub(super) id: u64,
     pub(super) peer: SocketAddr,
     pub(super) client_id: Arc<str>,
@@ -117,16 +118,56 @@ pub(super) struct KafkaConnection {
     pub(super) closing: bool,
 }
 
+/// How long a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection gets from the listener it came in by.
+pub(super) struct Listener {
+    pub settings: Arc<KafkaSettings>,
+    pub groups: Arc<Coordinator>,
+    /// The port Metadata and FindCoordinator name (this listener's).
+    pub advertised_port: u16,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Serves one accepted connection (TLS first, if the listener is) until it closes.
 pub(super) async fn serve(
     broker: Broker,
     stream: TcpStream,
     peer: SocketAddr,
-    settings: Arc<KafkaSettings>,
-    groups: Arc<Coordinator>,
-    mut close: watch::Receiver<bool>,
+    mut listener: Listener,
+    close: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut reader, writer) = stream.into_split();
+    match listener.tls.take() {
+        None => {
+            let (reader, writer) = stream.into_split();
+            serve_on(broker, reader, writer, peer, listener, close).await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    let (reader, writer) = tokio::io::split(s);
+                    serve_on(broker, reader, writer, peer, listener, close).await
+                }
+                Ok(Err(e)) => tracing::info!(%peer, error = %e, "Kafka TLS handshake failed"),
+                Err(_) => tracing::info!(%peer, "Kafka TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_on<R, W>(
+    broker: Broker,
+    mut reader: R,
+    writer: W,
+    peer: SocketAddr,
+    listener: Listener,
+    mut close: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let max_request = broker.config().max_frame_bytes() + REQUEST_OVERHEAD_BYTES;
     let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
     let routes = Arc::new(Routes::default());
@@ -137,8 +178,9 @@ pub(super) async fn serve(
     let mut conn = KafkaConnection {
         id: broker.next_connection_id(),
         broker,
-        settings,
-        groups,
+        settings: listener.settings,
+        groups: listener.groups,
+        advertised_port: listener.advertised_port,
         peer,
         client_id: Arc::from(""),
         out,
@@ -199,8 +241,8 @@ pub(super) async fn serve(
 }
 
 /// Writes the answers in the order their requests came, each once ready.
-async fn write_answers(
-    mut writer: OwnedWriteHalf,
+async fn write_answers<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut pending: mpsc::Receiver<Answer>,
     outstanding: Arc<Outstanding>,
 ) {

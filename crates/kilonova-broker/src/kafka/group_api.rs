@@ -82,7 +82,7 @@ impl KafkaConnection {
     /// This broker coordinates every group.
     pub(super) fn find_coordinator(&self, r: FindCoordinatorRequest) -> FindCoordinatorResponse {
         let host = str_bytes(&self.settings.advertised_host);
-        let port = i32::from(self.settings.advertised_port);
+        let port = i32::from(self.advertised_port);
         let coordinators = r
             .coordinator_keys
             .iter()

@@ -76,7 +76,7 @@ impl KafkaConnection {
         let broker = MetadataResponseBroker::default()
             .with_node_id(NODE)
             .with_host(StrBytes::from_string(self.settings.advertised_host.clone()))
-            .with_port(i32::from(self.settings.advertised_port));
+            .with_port(i32::from(self.advertised_port));
         MetadataResponse::default()
             .with_brokers(vec![broker])
             .with_cluster_id(Some(StrBytes::from_string(

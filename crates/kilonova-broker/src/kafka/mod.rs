@@ -39,10 +39,9 @@ use crate::Broker;
 pub struct KafkaSettings {
     /// Where Kafka topic names live (`tenant/namespace`).
     pub namespace: String,
-    /// The host and port Metadata names as this broker (the leader of every
-    /// partition).
+    /// The host Metadata names as this broker (the leader of every
+    /// partition), with the port of the listener a client came in by.
     pub advertised_host: String,
-    pub advertised_port: u16,
     /// The retention a topic created through the Kafka listener gets as its
     /// own policy (Kafka keeps records for a time whether or not anyone
     /// reads them; a Kilonova topic without a subscription keeps nothing
@@ -53,41 +52,73 @@ pub struct KafkaSettings {
     pub group_initial_rebalance_delay: std::time::Duration,
 }
 
-/// Serves the Kafka protocol on `listener` until `stop_accepting` changes
+/// The Kafka listener's state, shared by its plain and TLS ports: its
+/// settings and its consumer groups (a ticker expires members while the
+/// service lives).
+pub struct KafkaService {
+    settings: Arc<KafkaSettings>,
+    groups: Arc<groups::Coordinator>,
+}
+
+impl KafkaService {
+    /// Starts the service (its group ticker runs on the current runtime).
+    pub fn start(settings: KafkaSettings) -> Arc<KafkaService> {
+        let groups = Arc::new(groups::Coordinator::new(
+            settings.group_initial_rebalance_delay,
+        ));
+        tokio::spawn(tick_groups(Arc::downgrade(&groups)));
+        Arc::new(KafkaService {
+            settings: Arc::new(settings),
+            groups,
+        })
+    }
+}
+
+/// Serves the Kafka protocol on `listener` (over TLS with `tls`; clients are
+/// told to come back to `advertised_port`) until `stop_accepting` changes
 /// (connections close when `close_connections` changes), within the
 /// broker's connection limits, which Kafka and Pulsar connections share.
 pub async fn kafka_accept_loop(
     broker: Broker,
     listener: tokio::net::TcpListener,
-    settings: KafkaSettings,
+    advertised_port: u16,
+    service: Arc<KafkaService>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     stop_accepting: watch::Receiver<bool>,
     close_connections: watch::Receiver<bool>,
 ) {
-    let groups = Arc::new(groups::Coordinator::new(
-        settings.group_initial_rebalance_delay,
-    ));
-    let ticker = tokio::spawn(tick_groups(groups.clone()));
-    let settings = Arc::new(settings);
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    let what = if tls.is_some() { "Kafka TLS" } else { "Kafka" };
     crate::accept::accept_connections(
         broker,
         listener,
-        "Kafka",
+        what,
         stop_accepting,
         close_connections,
         move |b, stream, peer, close| {
-            connection::serve(b, stream, peer, settings.clone(), groups.clone(), close)
+            let (settings, groups) = (service.settings.clone(), service.groups.clone());
+            let listener = connection::Listener {
+                settings,
+                groups,
+                advertised_port,
+                tls: tls.clone(),
+            };
+            connection::serve(b, stream, peer, listener, close)
         },
     )
     .await;
-    ticker.abort();
 }
 
-/// Expires silent group members and completes overdue rebalances.
-async fn tick_groups(groups: Arc<groups::Coordinator>) {
+/// Expires silent group members and completes overdue rebalances, until
+/// the service is gone.
+async fn tick_groups(groups: std::sync::Weak<groups::Coordinator>) {
     let mut every = tokio::time::interval(groups::TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        let Some(groups) = groups.upgrade() else {
+            return;
+        };
         groups.tick(std::time::Instant::now());
     }
 }

@@ -147,6 +147,7 @@ impl Broker {
         cmd.arg(self.role);
         // Brokers of parallel tests must not all take Kafka's 9092.
         cmd.env("KILONOVA_KAFKA_PORT", "0");
+        cmd.env("KILONOVA_KAFKA_TLS_PORT", "0");
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
