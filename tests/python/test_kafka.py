@@ -615,3 +615,41 @@ def test_a_fetch_asking_for_gigabytes_gets_a_bounded_answer(broker):
         # The broker's cap is 16 MiB of records (plus the answer's framing).
         assert 1 << 20 < size <= (16 << 20) + (1 << 20), size
         recv_exact(s, size)
+
+
+def test_kafka_admin_tools_describe_show_lag_reset_and_delete_groups(group_broker):
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    b = group_broker
+    topic = kafka_topic("adm")
+    produce_all(b, topic, [(None, f"v{i}".encode(), None) for i in range(10)])
+    c = group_consumer(b, "adm")
+    c.subscribe([topic])
+    seen = {}
+    poll_until([c], seen, 5)
+    c.commit(offsets=[TopicPartition(topic, 0, 5)], asynchronous=False)
+    admin = AdminClient({"bootstrap.servers": b.kafka_bootstrap})
+    (desc,) = [f.result(10) for f in admin.describe_consumer_groups(["adm"]).values()]
+    assert desc.state.name == "STABLE" and len(desc.members) == 1, desc
+    assert desc.members[0].host.endswith("127.0.0.1"), desc.members[0].host
+    refused = admin.delete_consumer_groups(["adm"])["adm"]
+    with pytest.raises(Exception) as busy:
+        refused.result(10)
+    assert "NON_EMPTY_GROUP" in str(busy.value)
+    c.close()
+
+    def committed():
+        f = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions("adm")])["adm"]
+        return {tp.partition: tp.offset for tp in f.result(10).topic_partitions}
+
+    # Lag: the end of the partition minus the committed offset.
+    assert committed() == {0: 5}
+    low, high = Consumer({"bootstrap.servers": b.kafka_bootstrap, "group.id": "x"}) \
+        .get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    assert high - committed()[0] == 5
+    # Reset (the group is empty now), then delete.
+    alter = admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions("adm", [TopicPartition(topic, 0, 2)])])["adm"]
+    alter.result(10)
+    assert committed() == {0: 2}
+    admin.delete_consumer_groups(["adm"])["adm"].result(10)
+    assert committed() == {}

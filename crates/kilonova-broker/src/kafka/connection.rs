@@ -338,6 +338,10 @@ impl KafkaConnection {
             RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(self.offset_commit(r).await),
             RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(self.offset_fetch(r).await),
             RequestKind::ListGroups(_) => ResponseKind::ListGroups(self.list_groups().await),
+            RequestKind::DescribeGroups(r) => {
+                ResponseKind::DescribeGroups(self.describe_groups(r).await)
+            }
+            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(self.delete_groups(r).await),
             RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(self.create_topics(r).await),
             RequestKind::CreatePartitions(r) => {
                 ResponseKind::CreatePartitions(self.create_partitions(r).await)

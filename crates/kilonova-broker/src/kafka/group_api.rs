@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kilonova_kafka::kafka_protocol::error::ResponseError;
+use kilonova_kafka::kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kilonova_kafka::kafka_protocol::messages::describe_groups_response::{
+    DescribedGroup, DescribedGroupMember,
+};
 use kilonova_kafka::kafka_protocol::messages::find_coordinator_response::Coordinator as Found;
 use kilonova_kafka::kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kilonova_kafka::kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -20,10 +24,11 @@ use kilonova_kafka::kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kilonova_kafka::kafka_protocol::messages::{
-    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kilonova_kafka::kafka_protocol::protocol::StrBytes;
 use kilonova_metadata::kafka_groups::CommittedOffset;
@@ -47,6 +52,16 @@ fn str_bytes(s: &str) -> StrBytes {
 
 fn opt_str(s: &Option<String>) -> Option<StrBytes> {
     s.as_deref().map(str_bytes)
+}
+
+/// A group state as Kafka names it.
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Empty => "Empty",
+        State::PreparingRebalance => "PreparingRebalance",
+        State::CompletingRebalance => "CompletingRebalance",
+        State::Stable => "Stable",
+    }
 }
 
 fn millis(ms: i32) -> Duration {
@@ -123,6 +138,7 @@ impl KafkaConnection {
             member_id: r.member_id.to_string(),
             instance_id: r.group_instance_id.as_ref().map(|s| s.to_string()),
             client_id: self.client_id.to_string(),
+            client_host: format!("/{}", self.peer.ip()),
             session_timeout: session,
             rebalance_timeout: rebalance,
             protocol_type: r.protocol_type.to_string(),
@@ -387,6 +403,70 @@ impl KafkaConnection {
         OffsetFetchResponse::default().with_topics(topics)
     }
 
+    pub(super) async fn describe_groups(&self, r: DescribeGroupsRequest) -> DescribeGroupsResponse {
+        let allowed = self.namespace_allowed(Want::Lookup).await;
+        let groups = r
+            .groups
+            .iter()
+            .map(|id| {
+                let g = DescribedGroup::default().with_group_id(id.clone());
+                if let Err(code) = allowed {
+                    return g.with_error_code(code);
+                }
+                let Some(d) = self.groups.describe(&id.0) else {
+                    // Unknown to the coordinator: Kafka calls it Dead.
+                    return g.with_group_state(StrBytes::from_static_str("Dead"));
+                };
+                g.with_group_state(StrBytes::from_static_str(state_name(d.state)))
+                    .with_protocol_type(str_bytes(d.protocol_type.as_deref().unwrap_or("")))
+                    .with_protocol_data(str_bytes(d.protocol.as_deref().unwrap_or("")))
+                    .with_members(
+                        d.members
+                            .into_iter()
+                            .map(|m| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(str_bytes(&m.member_id))
+                                    .with_group_instance_id(opt_str(&m.instance_id))
+                                    .with_client_id(str_bytes(&m.client_id))
+                                    .with_client_host(str_bytes(&m.client_host))
+                                    .with_member_metadata(m.metadata)
+                                    .with_member_assignment(m.assignment)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        DescribeGroupsResponse::default().with_groups(groups)
+    }
+
+    /// Deletes groups with no members: their committed offsets go.
+    pub(super) async fn delete_groups(&self, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
+        let allowed = self.namespace_allowed(Want::Consume).await;
+        let mut results = Vec::with_capacity(r.groups_names.len());
+        for id in &r.groups_names {
+            let code = match (allowed, self.namespace()) {
+                (Err(code), _) | (Ok(()), Err(code)) => code,
+                (Ok(()), Ok(ns)) if self.groups.forget_if_empty(&id.0) => {
+                    match self.broker.resources().delete_kafka_group(&ns, &id.0).await {
+                        Ok(true) => 0,
+                        Ok(false) => ResponseError::GroupIdNotFound.code(),
+                        Err(e) => {
+                            tracing::warn!(group = %id.0.as_str(), error = %e, "Kafka group not deleted");
+                            ResponseError::CoordinatorNotAvailable.code()
+                        }
+                    }
+                }
+                (Ok(()), Ok(_)) => ResponseError::NonEmptyGroup.code(),
+            };
+            results.push(
+                DeletableGroupResult::default()
+                    .with_group_id(id.clone())
+                    .with_error_code(code),
+            );
+        }
+        DeleteGroupsResponse::default().with_results(results)
+    }
+
     pub(super) async fn list_groups(&self) -> ListGroupsResponse {
         if let Err(code) = self.namespace_allowed(Want::Lookup).await {
             return ListGroupsResponse::default().with_error_code(code);
@@ -396,16 +476,10 @@ impl KafkaConnection {
             .list()
             .into_iter()
             .map(|(name, state, _, protocol_type)| {
-                let state = match state {
-                    State::Empty => "Empty",
-                    State::PreparingRebalance => "PreparingRebalance",
-                    State::CompletingRebalance => "CompletingRebalance",
-                    State::Stable => "Stable",
-                };
                 ListedGroup::default()
                     .with_group_id(GroupId(str_bytes(&name)))
                     .with_protocol_type(str_bytes(protocol_type.as_deref().unwrap_or("")))
-                    .with_group_state(str_bytes(state))
+                    .with_group_state(str_bytes(state_name(state)))
             })
             .collect();
         ListGroupsResponse::default().with_groups(groups)

@@ -39,6 +39,8 @@ pub(super) struct Join {
     pub member_id: String,
     pub instance_id: Option<String>,
     pub client_id: String,
+    /// The client's address, for DescribeGroups.
+    pub client_host: String,
     pub session_timeout: Duration,
     pub rebalance_timeout: Duration,
     pub protocol_type: String,
@@ -77,6 +79,24 @@ pub(super) enum Answer<T> {
     Later(oneshot::Receiver<T>),
 }
 
+/// A group as DescribeGroups shows it.
+pub(super) struct Described {
+    pub state: State,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub members: Vec<DescribedMember>,
+}
+
+pub(super) struct DescribedMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    /// Its metadata for the group's protocol, and its assignment.
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     Empty,
@@ -87,6 +107,8 @@ pub(super) enum State {
 
 struct Member {
     instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
     session_timeout: Duration,
     rebalance_timeout: Duration,
     protocols: Vec<(String, Bytes)>,
@@ -328,6 +350,8 @@ impl Coordinator {
             member_id.clone(),
             Member {
                 instance_id: j.instance_id.clone(),
+                client_id: j.client_id.clone(),
+                client_host: j.client_host.clone(),
                 session_timeout: j.session_timeout,
                 rebalance_timeout: j.rebalance_timeout,
                 protocols: j.protocols.clone(),
@@ -507,6 +531,48 @@ impl Coordinator {
         });
     }
 
+    /// A group as DescribeGroups shows it (none: the coordinator does not
+    /// know it, so it is Empty or Dead in Kafka's words).
+    pub(super) fn describe(&self, group: &str) -> Option<Described> {
+        let groups = self.groups();
+        let g = groups.get(group)?;
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| DescribedMember {
+                member_id: id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                metadata: g
+                    .protocol
+                    .as_ref()
+                    .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default(),
+                assignment: g.assignment.get(id).cloned().unwrap_or_default(),
+            })
+            .collect();
+        Some(Described {
+            state: g.state,
+            protocol_type: g.protocol_type.clone(),
+            protocol: g.protocol.clone(),
+            members,
+        })
+    }
+
+    /// Forgets a group with no members (DeleteGroups); false if it has some.
+    pub(super) fn forget_if_empty(&self, group: &str) -> bool {
+        let mut groups = self.groups();
+        match groups.get(group) {
+            Some(g) if !g.members.is_empty() || !g.joins.is_empty() => false,
+            _ => {
+                groups.remove(group);
+                true
+            }
+        }
+    }
+
     /// (group, state, members) of every group, for ListGroups and admin.
     pub(super) fn list(&self) -> Vec<(String, State, usize, Option<String>)> {
         self.groups()
@@ -533,6 +599,7 @@ mod tests {
             member_id: member.into(),
             instance_id: None,
             client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(30),
             protocol_type: "consumer".into(),
@@ -607,6 +674,17 @@ mod tests {
             Bytes::from(format!("for {}", followers[0]))
         );
         assert_eq!(c.heartbeat("g", 1, &followers[1], t0), 0);
+        let d = c.describe("g").unwrap();
+        assert_eq!((d.state, d.members.len()), (State::Stable, 3));
+        assert!(d
+            .members
+            .iter()
+            .all(|m| m.assignment == Bytes::from(format!("for {}", m.member_id))));
+        assert!(
+            !c.forget_if_empty("g"),
+            "a group with members is not deleted"
+        );
+        assert!(c.forget_if_empty("unknown"));
     }
 
     #[test]
