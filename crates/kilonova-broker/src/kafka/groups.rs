@@ -679,7 +679,7 @@ mod tests {
         assert!(d
             .members
             .iter()
-            .all(|m| m.assignment == Bytes::from(format!("for {}", m.member_id))));
+            .all(|m| m.assignment == format!("for {}", m.member_id)));
         assert!(
             !c.forget_if_empty("g"),
             "a group with members is not deleted"
