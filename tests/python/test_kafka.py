@@ -653,3 +653,36 @@ def test_kafka_admin_tools_describe_show_lag_reset_and_delete_groups(group_broke
     assert committed() == {0: 2}
     admin.delete_consumer_groups(["adm"])["adm"].result(10)
     assert committed() == {}
+
+
+def test_kilonova_admin_lists_groups_shows_lag_resets_and_deletes(group_broker, kilonova_bin):
+    b = group_broker
+    topic = kafka_topic("cli")
+    produce_all(b, topic, [(None, f"v{i}".encode(), None) for i in range(10)])
+    c = group_consumer(b, "cli-group")
+    c.subscribe([topic])
+    poll_until([c], {}, 3)
+    c.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+
+    def admin(*args, ok=True):
+        p = subprocess.run([str(kilonova_bin), "admin", "--admin-url", b.http_url,
+                            "--output", "json", "kafka-groups", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert (p.returncode == 0) == ok, (args, p.stdout, p.stderr)
+        return json.loads(p.stdout) if ok and p.stdout.strip() else p.stderr
+
+    assert "cli-group" in admin("list", "public/default")
+    d = admin("describe", "public/default", "cli-group")
+    assert (d["state"], d["members"]) == ("Stable", 1), d
+    assert d["partitions"] == [{"topic": topic, "partition": 0, "committed": 3,
+                                "logEnd": 10, "lag": 7}], d
+    # A group with members keeps its offsets.
+    assert "members" in admin("reset", "public/default", "cli-group", "--topic", topic,
+                              "--to", "earliest", ok=False)
+    c.close()
+    admin("reset", "public/default", "cli-group", "--topic", topic, "--to", "latest")
+    assert admin("describe", "public/default", "cli-group")["partitions"][0]["lag"] == 0
+    admin("reset", "public/default", "cli-group", "--topic", topic, "--to", "1")
+    assert admin("describe", "public/default", "cli-group")["partitions"][0]["committed"] == 1
+    admin("delete", "public/default", "cli-group")
+    assert "cli-group" not in admin("list", "public/default")

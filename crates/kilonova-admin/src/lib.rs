@@ -18,6 +18,7 @@ mod clusters;
 mod compaction;
 mod error;
 mod fan_out;
+mod kafka_groups;
 mod lookup;
 mod messages;
 mod namespace_topics;
@@ -62,6 +63,7 @@ pub fn api() -> Api {
     let api = analyze_backlog::routes(api);
     let api = offload::routes(api);
     let api = replicated_subscriptions::routes(api);
+    let api = kafka_groups::routes(api);
     api.route(
         "/metrics",
         get(metrics),

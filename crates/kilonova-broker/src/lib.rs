@@ -48,7 +48,7 @@ pub use cluster::{ClusterSettings, LookupAnswer};
 pub use config::{AutoTopicType, BrokerConfig, CacheEviction};
 pub use connection::accept_loop;
 pub use error::BrokerError;
-pub use kafka::{kafka_accept_loop, KafkaService, KafkaSettings};
+pub use kafka::{kafka_accept_loop, KafkaGroupState, KafkaService, KafkaSettings};
 pub use kilonova_metadata::names::{Domain, TopicName, TopicNameError};
 /// A message's place in a topic's log, as admin requests name it
 /// ([`ResetTo::Position`]): the broker's callers reach storage only through it.

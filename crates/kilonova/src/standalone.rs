@@ -561,7 +561,7 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
             namespace = %settings.namespace,
             "serving Kafka"
         );
-        let service = kilonova_broker::KafkaService::start(settings);
+        let service = kilonova_broker::KafkaService::start(&broker, settings);
         let kafka_listeners = [
             (listeners.kafka, kafka_port, None),
             (listeners.kafka_tls, kafka_tls_port, tls.clone()),

@@ -63,6 +63,9 @@ struct Inner {
     membership: std::sync::OnceLock<crate::cluster::Membership>,
     /// A cluster broker's shared data path ([`Broker::enable_shared_log`]).
     shared: std::sync::OnceLock<crate::cluster::shared::SharedLog>,
+    /// The Kafka listener's consumer groups, once it runs (the admin API
+    /// reads their state).
+    pub(crate) kafka_groups: std::sync::OnceLock<Arc<crate::kafka::groups::Coordinator>>,
 }
 
 /// The connection limits of `config`, within 3/4 of the open-file limit
@@ -244,6 +247,7 @@ impl Broker {
                 tiering: std::sync::OnceLock::new(),
                 membership: std::sync::OnceLock::new(),
                 shared: std::sync::OnceLock::new(),
+                kafka_groups: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -306,6 +310,13 @@ impl Broker {
     /// an object store).
     pub(crate) fn shared_log(&self) -> Option<&crate::cluster::shared::SharedLog> {
         self.inner.shared.get()
+    }
+
+    /// The Kafka listener's consumer groups, once it runs.
+    pub(crate) fn kafka_groups(
+        &self,
+    ) -> &std::sync::OnceLock<Arc<crate::kafka::groups::Coordinator>> {
+        &self.inner.kafka_groups
     }
 
     /// A handle that does not keep the broker alive.

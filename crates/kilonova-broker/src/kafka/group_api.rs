@@ -35,7 +35,7 @@ use kilonova_metadata::kafka_groups::CommittedOffset;
 use kilonova_metadata::names::NamespaceName;
 
 use super::connection::KafkaConnection;
-use super::groups::{Answer, Join, Joined, State, Synced};
+use super::groups::{state_name, Answer, Join, Joined, Synced};
 use kilonova_auth::{Need, Want};
 
 /// A group answer that may wait (for the generation to form, for the leader).
@@ -52,16 +52,6 @@ fn str_bytes(s: &str) -> StrBytes {
 
 fn opt_str(s: &Option<String>) -> Option<StrBytes> {
     s.as_deref().map(str_bytes)
-}
-
-/// A group state as Kafka names it.
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Empty => "Empty",
-        State::PreparingRebalance => "PreparingRebalance",
-        State::CompletingRebalance => "CompletingRebalance",
-        State::Stable => "Stable",
-    }
 }
 
 fn millis(ms: i32) -> Duration {

@@ -80,14 +80,14 @@ pub(super) enum Answer<T> {
 }
 
 /// A group as DescribeGroups shows it.
-pub(super) struct Described {
+pub(crate) struct Described {
     pub state: State,
     pub protocol_type: Option<String>,
     pub protocol: Option<String>,
     pub members: Vec<DescribedMember>,
 }
 
-pub(super) struct DescribedMember {
+pub(crate) struct DescribedMember {
     pub member_id: String,
     pub instance_id: Option<String>,
     pub client_id: String,
@@ -97,8 +97,18 @@ pub(super) struct DescribedMember {
     pub assignment: Bytes,
 }
 
+/// A group state as Kafka names it.
+pub(crate) fn state_name(state: State) -> &'static str {
+    match state {
+        State::Empty => "Empty",
+        State::PreparingRebalance => "PreparingRebalance",
+        State::CompletingRebalance => "CompletingRebalance",
+        State::Stable => "Stable",
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum State {
+pub(crate) enum State {
     Empty,
     PreparingRebalance,
     CompletingRebalance,
@@ -280,7 +290,7 @@ impl Group {
 }
 
 /// Every consumer group of one Kafka listener.
-pub(super) struct Coordinator {
+pub(crate) struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     /// How long an empty group's first rebalance waits for more members
     /// (Kafka's `group.initial.rebalance.delay.ms`).
@@ -533,7 +543,7 @@ impl Coordinator {
 
     /// A group as DescribeGroups shows it (none: the coordinator does not
     /// know it, so it is Empty or Dead in Kafka's words).
-    pub(super) fn describe(&self, group: &str) -> Option<Described> {
+    pub(crate) fn describe(&self, group: &str) -> Option<Described> {
         let groups = self.groups();
         let g = groups.get(group)?;
         let members = g

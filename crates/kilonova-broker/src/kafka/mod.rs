@@ -21,7 +21,7 @@ mod connection;
 mod errors;
 mod fetch;
 mod group_api;
-mod groups;
+pub(crate) mod groups;
 mod metadata;
 mod produce;
 mod routes;
@@ -61,11 +61,17 @@ pub struct KafkaService {
 }
 
 impl KafkaService {
-    /// Starts the service (its group ticker runs on the current runtime).
-    pub fn start(settings: KafkaSettings) -> Arc<KafkaService> {
+    /// Starts the service for `broker` (its group ticker runs on the
+    /// current runtime; the broker's admin API sees its groups).
+    pub fn start(broker: &Broker, settings: KafkaSettings) -> Arc<KafkaService> {
         let groups = Arc::new(groups::Coordinator::new(
             settings.group_initial_rebalance_delay,
         ));
+        if broker.kafka_groups().set(groups.clone()).is_err() {
+            tracing::warn!(
+                "a Kafka service was started already: the admin API sees the first one's groups"
+            );
+        }
         tokio::spawn(tick_groups(Arc::downgrade(&groups)));
         Arc::new(KafkaService {
             settings: Arc::new(settings),
@@ -148,5 +154,50 @@ mod tests {
         let c = super::next_producer_id(2_000);
         assert!(a < b && b < c, "{a} {b} {c}");
         assert!(c >= 2_000 * 4096);
+    }
+}
+
+/// A Kafka consumer group as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KafkaGroupState {
+    /// Kafka's name for its state (`Empty` for a group the listener does
+    /// not know: only committed offsets are left).
+    pub state: &'static str,
+    pub members: usize,
+}
+
+impl Broker {
+    /// Group `group`'s live state in the Kafka listener.
+    pub fn kafka_group_state(&self, group: &str) -> KafkaGroupState {
+        let described = self.kafka_groups().get().and_then(|g| g.describe(group));
+        match described {
+            Some(d) => KafkaGroupState {
+                state: groups::state_name(d.state),
+                members: d.members.len(),
+            },
+            None => KafkaGroupState {
+                state: "Empty",
+                members: 0,
+            },
+        }
+    }
+
+    /// The first stored message index of `topic` and the one after the
+    /// last durable message (a Kafka partition's log start and end offsets).
+    pub async fn message_index_bounds(
+        &self,
+        topic: &kilonova_metadata::names::TopicName,
+    ) -> Result<(u64, u64), crate::BrokerError> {
+        let handle = self.topic(topic).await?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let query = crate::topic::by_index::IndexQuery::Bounds;
+        handle
+            .send(crate::topic::TopicCommand::ByIndex { query, reply })
+            .await
+            .map_err(|_| crate::BrokerError::Unavailable("the topic closed".into()))?;
+        let answer = rx
+            .await
+            .map_err(|_| crate::BrokerError::Unavailable("the topic closed".into()))??;
+        Ok((answer.start, answer.end))
     }
 }

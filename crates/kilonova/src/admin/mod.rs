@@ -17,6 +17,7 @@ use serde_json::Value;
 mod brokers;
 mod client;
 mod clusters;
+mod kafka_groups;
 mod namespaces;
 mod offload;
 mod permissions;
@@ -97,6 +98,12 @@ enum Group {
         #[command(subcommand)]
         verb: brokers::BrokersCmd,
     },
+    /// Kafka consumer groups: list, describe (lag), reset, delete.
+    #[command(name = "kafka-groups")]
+    KafkaGroups {
+        #[command(subcommand)]
+        verb: kafka_groups::KafkaGroupsCmd,
+    },
     /// Topics' schemas: get, upload, delete, compatibility.
     Schemas {
         #[command(subcommand)]
@@ -175,6 +182,7 @@ async fn execute(args: AdminArgs) -> Result<Output, AdminError> {
         Group::TopicPolicies { verb } => topic_policies::run(&client, verb).await,
         Group::Brokers { verb } => brokers::run(&client, verb).await,
         Group::Schemas { verb } => schemas::run(&client, verb).await,
+        Group::KafkaGroups { verb } => kafka_groups::run(&client, verb).await,
     }
 }
 
