@@ -61,11 +61,9 @@ def produce_one(config, topic):
     return reports
 
 
-def test_a_valid_token_produces_and_consumes(secured):
-    b, token = secured
-    topic = f"sasl-{uuid.uuid4().hex[:8]}"
-    assert produce_one(sasl(b, token(SUPER)), topic) == [None]
-    c = Consumer(sasl(b, token(SUPER), **{"group.id": "g", "auto.offset.reset": "earliest"}))
+def first_value(config, topic):
+    """The first record's value a group consumer with `config` gets from `topic`."""
+    c = Consumer({**config, "auto.offset.reset": "earliest"})
     c.subscribe([topic])
     got, deadline = None, time.monotonic() + 30
     while got is None and time.monotonic() < deadline:
@@ -73,7 +71,14 @@ def test_a_valid_token_produces_and_consumes(secured):
         if m is not None and m.error() is None:
             got = m.value()
     c.close()
-    assert got == b"v"
+    return got
+
+
+def test_a_valid_token_produces_and_consumes(secured):
+    b, token = secured
+    topic = f"sasl-{uuid.uuid4().hex[:8]}"
+    assert produce_one(sasl(b, token(SUPER)), topic) == [None]
+    assert first_value(sasl(b, token(SUPER), **{"group.id": "g"}), topic) == b"v"
 
 
 def test_a_bad_token_or_no_sasl_is_refused(secured):
@@ -159,15 +164,7 @@ def test_kafka_over_tls_with_a_token(kilonova_bin, tmp_path):
                   "sasl.mechanisms": "PLAIN", "sasl.username": "public/default",
                   "sasl.password": admin}
         assert produce_one(config, topic) == [None]
-        c = Consumer({**config, "group.id": "tls", "auto.offset.reset": "earliest"})
-        c.subscribe([topic])
-        got, deadline = None, time.monotonic() + 30
-        while got is None and time.monotonic() < deadline:
-            m = c.poll(0.5)
-            if m is not None and m.error() is None:
-                got = m.value()
-        c.close()
-        assert got == b"v"
+        assert first_value({**config, "group.id": "tls"}, topic) == b"v"
         # A client trusting another CA is refused at the handshake.
         wrong = produce_one({**config, "ssl.ca.location": str(certs.other_ca)}, topic)
         assert wrong and wrong[0] is not None
