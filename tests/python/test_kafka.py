@@ -600,6 +600,123 @@ def test_an_admin_client_creates_topics_and_grows_their_partitions(broker):
         admin.create_partitions([NewPartitions(t, 2)])[t].result(10)
 
 
+def kafka_samples(broker, name: str) -> dict:
+    """The broker's samples of metric `name`, by their labels but `cluster`."""
+    from prometheus_client.parser import text_string_to_metric_families
+    status, body = http("GET", f"{broker.http_url}/metrics")
+    assert status == 200
+    return {tuple(sorted((k, v) for k, v in s.labels.items() if k != "cluster")): s.value
+            for f in text_string_to_metric_families(body.decode()) for s in f.samples
+            if s.name == name}
+
+
+def test_a_batch_after_a_sequence_gap_is_refused_out_of_order(broker):
+    topic = kafka_topic("gap")
+    pid = 5151
+    assert idempotent_produce(broker, topic, pid, 0, [b"a", b"b"], 1) == (0, 0)
+    # Sequence 2 is next: 5 means batches 2..4 went missing.
+    error, _ = idempotent_produce(broker, topic, pid, 5, [b"x"], 2)
+    assert error == 45, f"expected OUT_OF_ORDER_SEQUENCE_NUMBER (45), got {error}"
+    # The refused batch left no trace: sequence 2 still follows.
+    assert idempotent_produce(broker, topic, pid, 2, [b"c"], 3) == (0, 2)
+    values = [m.value() for m in consume_from(broker, topic, 3)]
+    assert values == [b"a", b"b", b"c"]
+    errors = kafka_samples(broker, "kilonova_kafka_request_errors_total")
+    assert errors.get((("api", "Produce"), ("error", "OUT_OF_ORDER_SEQUENCE_NUMBER"))) == 1, errors
+    produced = kafka_samples(broker, "kilonova_kafka_produced_records_total")
+    assert produced[()] >= 4, produced
+    took = kafka_samples(broker, "kilonova_kafka_request_seconds_count")
+    assert took[(("api", "Produce"),)] >= 3, took
+
+
+def test_an_admin_client_describes_and_alters_topic_configs(broker):
+    from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       NewTopic, ResourceType)
+    admin = AdminClient({"bootstrap.servers": broker.kafka_bootstrap})
+    t = kafka_topic("configs")
+    admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1,
+                                  config={"retention.ms": "3600000"})])[t].result(10)
+
+    def described():
+        res = ConfigResource(ResourceType.TOPIC, t)
+        return admin.describe_configs([res])[res].result(10)
+
+    configs = described()
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["retention.ms"].source == 1  # TOPIC_CONFIG
+    assert configs["cleanup.policy"].value == "delete" and configs["cleanup.policy"].is_read_only
+
+    # Incremental: one config set, the others kept.
+    res = ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
+        ConfigEntry("retention.bytes", "2097152",
+                    incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([res])[res].result(10)
+    configs = described()
+    assert (configs["retention.ms"].value, configs["retention.bytes"].value) == ("3600000", "2097152")
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/{t}/retention")
+    assert json.loads(body) == {"retentionTimeInMinutes": 60, "retentionSizeInMB": 2}, body
+
+    # Deleting both retention configs gives the topic back its namespace's.
+    res = ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
+        ConfigEntry(n, None, incremental_operation=AlterConfigOpType.DELETE)
+        for n in ("retention.ms", "retention.bytes")])
+    admin.incremental_alter_configs([res])[res].result(10)
+    assert described()["retention.ms"].source != 1
+
+    # A config Kilonova does not have is refused by name, nothing changed.
+    res = ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
+        ConfigEntry("segment.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(KafkaException) as refused:
+        admin.incremental_alter_configs([res])[res].result(10)
+    assert "segment.ms" in str(refused.value)
+
+    # The (deprecated, whole-set) AlterConfigs: what is not named reverts.
+    res = ConfigResource(ResourceType.TOPIC, t, set_config={"max.message.bytes": "65536"})
+    admin.alter_configs([res])[res].result(10)
+    configs = described()
+    assert configs["max.message.bytes"].value == "65536" and configs["max.message.bytes"].source == 1
+    big = produce_all(broker, t, [(None, b"x" * 100_000, None)], partition=0)
+    assert big[0][0] is not None and big[0][0].code() == KafkaError.MSG_SIZE_TOO_LARGE, big
+
+    # The broker's own configs are shown, and read-only.
+    broker_res = ConfigResource(ResourceType.BROKER, "0")
+    shown = admin.describe_configs([broker_res])[broker_res].result(10)
+    assert shown["auto.create.topics.enable"].value == "true" and shown["message.max.bytes"].is_read_only
+    missing = ConfigResource(ResourceType.TOPIC, kafka_topic("nosuch"))
+    with pytest.raises(KafkaException) as unknown:
+        admin.describe_configs([missing])[missing].result(10)
+    assert unknown.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def test_admin_clients_delete_topics(broker):
+    from confluent_kafka.admin import NewTopic
+    from kafka.admin import KafkaAdminClient
+    admin = AdminClient({"bootstrap.servers": broker.kafka_bootstrap})
+    t, auto = kafka_topic("del"), kafka_topic("delauto")
+    admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1)])[t].result(10)
+    produce_all(broker, t, [(None, b"v", None)] * 6)
+    # A consumer attached does not keep it: Kafka deletes regardless.
+    c = Consumer({"bootstrap.servers": broker.kafka_bootstrap, "group.id": "unused"})
+    c.assign([TopicPartition(t, 0, 0)])
+    c.poll(1)
+    admin.delete_topics([t])[t].result(10)
+    c.close()
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default/partitioned")
+    assert status == 200 and f"persistent://public/default/{t}" not in json.loads(body), body
+    with pytest.raises(KafkaException) as gone:
+        admin.delete_topics([t])[t].result(10)
+    assert gone.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    # kafka-python deletes an auto-created (non-partitioned) topic.
+    produce_all(broker, auto, [(None, b"v", None)])
+    kp = KafkaAdminClient(bootstrap_servers=broker.kafka_bootstrap)
+    try:
+        kp.delete_topics([auto], timeout_ms=10_000)
+    finally:
+        kp.close()
+    status, body = http("GET", f"{broker.http_url}/admin/v2/persistent/public/default")
+    assert f"persistent://public/default/{auto}" not in json.loads(body), body
+
+
 def test_a_fetch_asking_for_gigabytes_gets_a_bounded_answer(broker):
     from kafka.protocol.fetch import FetchRequest
     topic = kafka_topic("bigfetch")

@@ -284,7 +284,6 @@ async fn create(State(b): State<Broker>, Path(p): Path<TopicPath>) -> ApiResult<
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Deletes a topic (every partition of a partitioned one), data and record.
 /// Deletes `name` (every partition of a partitioned topic, on the broker
 /// serving each: `incoming` is the caller's request, for its credentials).
 pub async fn delete_topic_everywhere(
@@ -301,28 +300,13 @@ pub async fn delete_topic_everywhere(
     if record.partitions == 0 {
         return delete_one(b, name, force, incoming).await;
     }
-    // The partitions that were ever used (have a record); the others hold
-    // nothing. Found by paging the store, so an oversized record (more
-    // partitions than the cap, from before it) can be deleted too.
-    let partitions: Vec<TopicName> = b
-        .resources()
-        .partition_records(name, record.partitions)
-        .await?
-        .into_iter()
-        .map(|(i, _)| name.partition_name(i))
-        .collect();
+    let partitions = b.used_partitions(name, record.partitions).await?;
     if !force {
-        for p in &partitions {
-            let busy = b.metrics().get(&p.to_string()).is_some_and(|m| {
-                use std::sync::atomic::Ordering::Relaxed;
-                m.producers.load(Relaxed) + m.consumers.load(Relaxed) > 0
-            });
-            if busy {
-                return Err(ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    format!("partition {p} has connected producers or consumers (use force)"),
-                ));
-            }
+        if let Some(p) = partitions.iter().find(|p| b.has_clients(p)) {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("partition {p} has connected producers or consumers (use force)"),
+            ));
         }
     }
     // Partitions other brokers serve first: each refuses there if its

@@ -30,6 +30,10 @@ pub(crate) const DEFAULT_MAX_PRODUCERS: usize = 10_000;
 /// (`<prefix><producer id>-<epoch>`).
 pub(crate) const KAFKA_IDEMPOTENT_PREFIX: &str = "kafka-idempotent-";
 
+/// How a SEND_ERROR's message begins when an idempotent Kafka producer's
+/// batch does not follow its last one (Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER).
+pub(crate) const KAFKA_OUT_OF_ORDER: &str = "out-of-order sequence";
+
 /// Producers deduplicated whatever the topic's policy: other clusters'
 /// replicators, and idempotent Kafka producers (Kafka promises them no
 /// duplicate across retries, reconnects and broker restarts).
@@ -115,6 +119,14 @@ impl Dedup {
             Some(pushed) if highest <= pushed => Verdict::Duplicate,
             _ => Verdict::New,
         }
+    }
+
+    /// The sequence `producer` must send next, if `sequence_id` is past it:
+    /// a gap, for producers whose sequences are dense (Kafka's). Nothing
+    /// is known of a producer with nothing pushed (new, or after a fence).
+    pub(crate) fn gap(&self, producer: &str, sequence_id: u64) -> Option<u64> {
+        let next = self.producers.get(producer)?.pushed?.checked_add(1)?;
+        (sequence_id > next).then_some(next)
     }
 
     /// The message up to `highest_sequence_id` was accepted for appending.

@@ -274,24 +274,8 @@ pub struct MetricsRegistry {
     cache_meter: Mutex<CacheMeter>,
     /// Each stage of a publish.
     publish_stages: Arc<PublishStages>,
-    /// Kafka requests decoded, by API key (keys past the table: the last slot).
-    kafka_requests: KafkaRequests,
-    /// Record-batch bytes Kafka fetches returned.
-    kafka_fetched_bytes: AtomicU64,
-    /// JoinGroup requests (each member's part in a rebalance).
-    kafka_group_joins: AtomicU64,
-}
-
-/// Kafka API keys counted one by one (0..=74 today; larger ones share the last).
-const KAFKA_API_SLOTS: usize = 80;
-
-/// A counter per Kafka API key.
-struct KafkaRequests([AtomicU64; KAFKA_API_SLOTS]);
-
-impl Default for KafkaRequests {
-    fn default() -> Self {
-        KafkaRequests(std::array::from_fn(|_| AtomicU64::new(0)))
-    }
+    /// The Kafka listener's.
+    kafka: crate::kafka::metrics::KafkaMetrics,
 }
 
 /// A replicated-subscription snapshot's steps, as counted.
@@ -320,20 +304,9 @@ impl MetricsRegistry {
         self.inactive_deletions[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a Kafka request of API `key`.
-    pub(crate) fn count_kafka_request(&self, key: i16) {
-        let i = usize::try_from(key).unwrap_or(0).min(KAFKA_API_SLOTS - 1);
-        self.kafka_requests.0[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a JoinGroup (a member's part in a group's rebalance).
-    pub(crate) fn count_kafka_rebalance_join(&self) {
-        self.kafka_group_joins.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts record-batch bytes a Kafka fetch returned.
-    pub(crate) fn count_kafka_fetched(&self, bytes: u64) {
-        self.kafka_fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// The Kafka listener's metrics.
+    pub(crate) fn kafka(&self) -> &crate::kafka::metrics::KafkaMetrics {
+        &self.kafka
     }
 
     pub fn count_publish_throttled(&self) {
@@ -838,16 +811,6 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             "Subscriptions moved by another cluster's replicated-subscription update",
             &registry.subscription_updates,
         ),
-        (
-            "kilonova_kafka_fetched_bytes_total",
-            "Record-batch bytes Kafka fetches returned",
-            &registry.kafka_fetched_bytes,
-        ),
-        (
-            "kilonova_kafka_group_joins_total",
-            "Kafka JoinGroup requests (each member's part in a consumer group's rebalance)",
-            &registry.kafka_group_joins,
-        ),
     ];
     for (name, help, v) in counters {
         header(out, name, "counter", help);
@@ -858,22 +821,7 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             v.load(Ordering::Relaxed)
         );
     }
-    header(
-        out,
-        "kilonova_kafka_requests_total",
-        "counter",
-        "Kafka requests decoded, by API key",
-    );
-    for (key, v) in registry.kafka_requests.0.iter().enumerate() {
-        let n = v.load(Ordering::Relaxed);
-        if n > 0 {
-            let _ = writeln!(
-                out,
-                "kilonova_kafka_requests_total{{cluster=\"{}\",api_key=\"{key}\"}} {n}",
-                escape(cluster)
-            );
-        }
-    }
+    registry.kafka.render(out, cluster);
     header(
         out,
         "pulsar_active_connections",

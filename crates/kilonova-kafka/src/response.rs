@@ -50,6 +50,80 @@ pub fn bare_error(correlation_id: i32, error_code: i16) -> Bytes {
     b.freeze()
 }
 
+/// Every error code in `body` but NONE, top level and per topic,
+/// partition, group or member, as Kafka's per-request error counts take them.
+pub fn error_codes(body: &ResponseKind) -> Vec<i16> {
+    let mut codes = Vec::new();
+    let mut add = |c: i16| {
+        if c != 0 {
+            codes.push(c)
+        }
+    };
+    match body {
+        ResponseKind::Produce(r) => r
+            .responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .for_each(|p| add(p.error_code)),
+        ResponseKind::Fetch(r) => {
+            add(r.error_code);
+            r.responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .for_each(|p| add(p.error_code));
+        }
+        ResponseKind::ListOffsets(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| add(p.error_code)),
+        ResponseKind::Metadata(r) => r.topics.iter().for_each(|t| {
+            add(t.error_code);
+            t.partitions.iter().for_each(|p| add(p.error_code));
+        }),
+        ResponseKind::OffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| add(p.error_code)),
+        ResponseKind::OffsetFetch(r) => {
+            add(r.error_code);
+            r.topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .for_each(|p| add(p.error_code));
+        }
+        ResponseKind::FindCoordinator(r) => {
+            add(r.error_code);
+            r.coordinators.iter().for_each(|c| add(c.error_code));
+        }
+        ResponseKind::JoinGroup(r) => add(r.error_code),
+        ResponseKind::SyncGroup(r) => add(r.error_code),
+        ResponseKind::Heartbeat(r) => add(r.error_code),
+        ResponseKind::LeaveGroup(r) => {
+            add(r.error_code);
+            r.members.iter().for_each(|m| add(m.error_code));
+        }
+        ResponseKind::ListGroups(r) => add(r.error_code),
+        ResponseKind::DescribeGroups(r) => r.groups.iter().for_each(|g| add(g.error_code)),
+        ResponseKind::DeleteGroups(r) => r.results.iter().for_each(|g| add(g.error_code)),
+        ResponseKind::InitProducerId(r) => add(r.error_code),
+        ResponseKind::CreateTopics(r) => r.topics.iter().for_each(|t| add(t.error_code)),
+        ResponseKind::CreatePartitions(r) => r.results.iter().for_each(|t| add(t.error_code)),
+        ResponseKind::DeleteTopics(r) => r.responses.iter().for_each(|t| add(t.error_code)),
+        ResponseKind::DescribeConfigs(r) => r.results.iter().for_each(|t| add(t.error_code)),
+        ResponseKind::AlterConfigs(r) => r.responses.iter().for_each(|t| add(t.error_code)),
+        ResponseKind::IncrementalAlterConfigs(r) => {
+            r.responses.iter().for_each(|t| add(t.error_code))
+        }
+        ResponseKind::SaslHandshake(r) => add(r.error_code),
+        ResponseKind::SaslAuthenticate(r) => add(r.error_code),
+        ResponseKind::ApiVersions(r) => add(r.error_code),
+        _ => {}
+    }
+    codes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +147,23 @@ mod tests {
         assert_eq!(&out[4..8], &42i32.to_be_bytes());
         let mut rest = out.slice(8..);
         assert_eq!(ApiVersionsResponse::decode(&mut rest, 3).unwrap(), body);
+    }
+
+    #[test]
+    fn error_codes_are_every_nonzero_code_at_every_level() {
+        use kafka_protocol::messages::metadata_response::{
+            MetadataResponsePartition, MetadataResponseTopic,
+        };
+        use kafka_protocol::messages::MetadataResponse;
+        let partition = |code| MetadataResponsePartition::default().with_error_code(code);
+        let body = MetadataResponse::default().with_topics(vec![
+            MetadataResponseTopic::default()
+                .with_error_code(3)
+                .with_partitions(vec![partition(0), partition(6), partition(6)]),
+            MetadataResponseTopic::default(),
+        ]);
+        assert_eq!(error_codes(&ResponseKind::Metadata(body)), vec![3, 6, 6]);
+        let fine = crate::versions::api_versions(0);
+        assert!(error_codes(&ResponseKind::ApiVersions(fine)).is_empty());
     }
 }

@@ -55,6 +55,69 @@ impl Broker {
         answer.await.map_err(|_| BrokerError::ShuttingDown)?
     }
 
+    /// Partitioned topic `base`'s partitions that were ever used (have a
+    /// record; the others hold nothing), found by paging the store, so an
+    /// oversized record (more partitions than the cap, from before it) is
+    /// covered too.
+    pub async fn used_partitions(
+        &self,
+        base: &TopicName,
+        partitions: u32,
+    ) -> Result<Vec<TopicName>, BrokerError> {
+        Ok(self
+            .resources()
+            .partition_records(base, partitions)
+            .await?
+            .into_iter()
+            .map(|(i, _)| base.partition_name(i))
+            .collect())
+    }
+
+    /// Whether `topic` is loaded here with producers or consumers attached.
+    pub fn has_clients(&self, topic: &TopicName) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics()
+            .get(&topic.to_string())
+            .is_some_and(|m| m.producers.load(Relaxed) + m.consumers.load(Relaxed) > 0)
+    }
+
+    /// Deletes `name` — data and record; every partition of a partitioned
+    /// topic — when this broker serves all of it (the admin API forwards a
+    /// cluster's other owners their parts). Without `force`, a topic with
+    /// producers or consumers is refused.
+    pub async fn delete_topic_here(
+        &self,
+        name: &TopicName,
+        force: bool,
+    ) -> Result<(), BrokerError> {
+        let record = self
+            .resources()
+            .topic(name)
+            .await?
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        if record.partitions == 0 {
+            self.topic_admin(name, AdminRequest::Delete { force })
+                .await?;
+            return Ok(());
+        }
+        let partitions = self.used_partitions(name, record.partitions).await?;
+        if !force {
+            if let Some(p) = partitions.iter().find(|p| self.has_clients(p)) {
+                return Err(BrokerError::Precondition(format!(
+                    "partition {p} has connected producers or consumers (use force)"
+                )));
+            }
+        }
+        for p in &partitions {
+            if self.resources().topic(p).await?.is_some() {
+                self.topic_admin(p, AdminRequest::Delete { force: true })
+                    .await?;
+            }
+        }
+        self.resources().delete_topic(name).await?;
+        Ok(())
+    }
+
     /// The stats of each of partitioned topic `base`'s first `partitions`
     /// partitions, by index, loading none of them: a loaded partition answers
     /// from its task; one that is not, from its log's stored state

@@ -48,6 +48,18 @@ fn a_sequence_id_at_or_below_the_pushed_one_is_a_duplicate() {
 }
 
 #[test]
+fn a_gap_is_past_the_next_sequence_and_unknown_without_a_pushed_one() {
+    let mut d = Dedup::new(10);
+    assert_eq!(d.gap("k", 7), None, "nothing known of a new producer");
+    d.pushed("k", 4);
+    assert_eq!(d.gap("k", 5), None);
+    assert_eq!(d.gap("k", 3), None, "a duplicate is not a gap");
+    assert_eq!(d.gap("k", 6), Some(5));
+    d.reset_pushed();
+    assert_eq!(d.gap("k", 9), None, "after a fence nothing is pushed");
+}
+
+#[test]
 fn only_the_last_chunk_completes_a_chunked_message() {
     let chunk = |id: i32| MessageMetadata {
         producer_name: "a".into(),

@@ -280,7 +280,9 @@ impl KafkaConnection {
             }
         }
         let (key, version, correlation_id) = (req.api_key, req.version(), req.correlation_id());
-        self.broker.metrics().count_kafka_request(key as i16);
+        self.broker.metrics().kafka().count_request(key as i16);
+        let broker = self.broker.clone();
+        let started = std::time::Instant::now();
         let before_auth = matches!(
             key,
             ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
@@ -294,14 +296,20 @@ impl KafkaConnection {
             )));
         }
         let conn = self.id;
-        let frame =
-            move |body: ResponseKind| match response::encode(key, version, correlation_id, &body) {
+        let frame = move |body: ResponseKind| {
+            let errors = response::error_codes(&body);
+            broker
+                .metrics()
+                .kafka()
+                .answered(key as i16, started.elapsed(), &errors);
+            match response::encode(key, version, correlation_id, &body) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(conn, error = %e, "Kafka response not encoded");
                     response::bare_error(correlation_id, ResponseError::UnknownServerError.code())
                 }
-            };
+            }
+        };
         let body = match req.body {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(versions::api_versions(0)),
             RequestKind::SaslHandshake(r) => {
@@ -343,6 +351,14 @@ impl KafkaConnection {
             }
             RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(self.delete_groups(r).await),
             RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(self.create_topics(r).await),
+            RequestKind::DescribeConfigs(r) => {
+                ResponseKind::DescribeConfigs(self.describe_configs(r).await)
+            }
+            RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(self.alter_configs(r).await),
+            RequestKind::IncrementalAlterConfigs(r) => {
+                ResponseKind::IncrementalAlterConfigs(self.incremental_alter_configs(r).await)
+            }
+            RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(self.delete_topics(r).await),
             RequestKind::CreatePartitions(r) => {
                 ResponseKind::CreatePartitions(self.create_partitions(r).await)
             }
@@ -389,6 +405,9 @@ impl KafkaConnection {
     }
 
     /// The Kilonova topic serving Kafka topic `name`'s partition `partition`.
+    /// Only a produce creates a missing topic (as a Kafka producer's
+    /// metadata request would): a fetch of a deleted topic does not bring
+    /// it back.
     pub(super) async fn partition_topic(
         &mut self,
         name: &str,
@@ -397,10 +416,23 @@ impl KafkaConnection {
     ) -> Result<TopicName, i16> {
         let base = self.topic_name(name)?;
         self.allowed(&base, want).await?;
-        let count = match self.partitions.get(name) {
-            Some(n) if partition < (*n).max(1) as i32 => *n,
-            _ => {
-                let n = self.partition_count(name).await?;
+        let serving = |count: u32| match count {
+            0 => base.clone(),
+            _ => base.partition_name(partition as u32),
+        };
+        // A count seen before holds while its partition is loaded; one that
+        // is not loaded may have been deleted since: its record is read again.
+        let cached = self
+            .partitions
+            .get(name)
+            .copied()
+            .filter(|n| partition < (*n).max(1) as i32 && self.broker.is_loaded(&serving(*n)));
+        let count = match cached {
+            Some(n) => n,
+            None => {
+                let n = self
+                    .partition_count(name, matches!(want, Want::Produce))
+                    .await?;
                 self.partitions.insert(name.to_string(), n);
                 n
             }
@@ -408,10 +440,7 @@ impl KafkaConnection {
         if partition < 0 || partition >= count.max(1) as i32 {
             return Err(ResponseError::UnknownTopicOrPartition.code());
         }
-        match count {
-            0 => Ok(base),
-            _ => Ok(base.partition_name(partition as u32)),
-        }
+        Ok(serving(count))
     }
 
     /// Whether this connection's role may do `want` on `topic`
@@ -441,9 +470,10 @@ impl KafkaConnection {
     }
 
     /// How many partitions Kafka topic `name` has (0: not partitioned);
-    /// a topic that does not exist is created if the broker's auto-creation
-    /// allows it, as a Pulsar producer's would be.
-    pub(super) async fn partition_count(&mut self, name: &str) -> Result<u32, i16> {
+    /// a topic that does not exist is `UNKNOWN_TOPIC_OR_PARTITION`, or with
+    /// `create` is created if the broker's auto-creation allows it, as a
+    /// Pulsar producer's would be.
+    pub(super) async fn partition_count(&mut self, name: &str, create: bool) -> Result<u32, i16> {
         let topic = self.topic_name(name)?;
         let existed = self
             .broker
@@ -452,6 +482,9 @@ impl KafkaConnection {
             .await
             .map_err(|e| super::errors::code(&crate::BrokerError::from(e)))?
             .is_some();
+        if !existed && !create {
+            return Err(ResponseError::UnknownTopicOrPartition.code());
+        }
         let n = self
             .broker
             .partitions(&topic)

@@ -169,7 +169,10 @@ impl KafkaConnection {
                     }
                 }
                 budget = budget.saturating_sub(out.len()).max(1);
-                self.broker.metrics().count_kafka_fetched(out.len() as u64);
+                self.broker
+                    .metrics()
+                    .kafka()
+                    .count_fetched(out.len() as u64);
                 partitions.push(data.with_records(Some(out.freeze())));
             }
             topics.push(

@@ -141,7 +141,7 @@ impl KafkaConnection {
         };
         let member = join.member_id.clone();
         let answer = self.groups.join(join, Instant::now());
-        self.broker.metrics().count_kafka_rebalance_join();
+        self.broker.metrics().kafka().count_join();
         Box::pin(async move {
             let joined = match answer {
                 Answer::Now(j) => j,

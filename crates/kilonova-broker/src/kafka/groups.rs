@@ -11,7 +11,8 @@
 //! listener runs [`Coordinator::tick`] every [`TICK`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -139,11 +140,14 @@ struct Group {
     joins: HashMap<String, oneshot::Sender<Joined>>,
     syncs: HashMap<String, oneshot::Sender<Synced>>,
     assignment: HashMap<String, Bytes>,
+    /// Rebalances completed with members, counted for every group.
+    rebalances: Arc<AtomicU64>,
 }
 
 impl Group {
-    fn new() -> Self {
+    fn new(rebalances: Arc<AtomicU64>) -> Self {
         Group {
+            rebalances,
             state: State::Empty,
             generation: 0,
             protocol_type: None,
@@ -208,6 +212,7 @@ impl Group {
             self.protocol = None;
             return;
         }
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         if !self
             .leader
             .as_ref()
@@ -296,13 +301,17 @@ pub(crate) struct Coordinator {
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     initial_delay: Duration,
     next_member: std::sync::atomic::AtomicU64,
+    /// Rebalances completed with members, over every group.
+    rebalances: Arc<AtomicU64>,
 }
 
 impl Coordinator {
-    pub(super) fn new(initial_delay: Duration) -> Self {
+    /// Groups that count their rebalances in `rebalances`.
+    pub(super) fn new(initial_delay: Duration, rebalances: Arc<AtomicU64>) -> Self {
         Coordinator {
             groups: Mutex::new(HashMap::new()),
             initial_delay,
+            rebalances,
             next_member: std::sync::atomic::AtomicU64::new(1),
         }
     }
@@ -327,7 +336,9 @@ impl Coordinator {
         if !groups.contains_key(&j.group) && groups.len() >= MAX_GROUPS {
             return refuse(ResponseError::CoordinatorNotAvailable, &j.member_id);
         }
-        let g = groups.entry(j.group.clone()).or_insert_with(Group::new);
+        let g = groups
+            .entry(j.group.clone())
+            .or_insert_with(|| Group::new(self.rebalances.clone()));
         if g.protocol_type
             .as_ref()
             .is_some_and(|t| *t != j.protocol_type)
@@ -643,7 +654,7 @@ mod tests {
     #[test]
     fn three_members_form_one_generation_after_the_initial_delay() {
         let t0 = Instant::now();
-        let c = Coordinator::new(Duration::from_secs(3));
+        let c = Coordinator::new(Duration::from_secs(3), Default::default());
         let mut waiting: Vec<_> = (0..3).map(|_| join_new(&c, "g", t0)).collect();
         // Within the delay nobody is answered: more may come.
         c.tick(t0 + Duration::from_secs(1));
@@ -700,7 +711,7 @@ mod tests {
     #[test]
     fn a_new_member_makes_the_others_rejoin_and_a_silent_one_is_dropped() {
         let t0 = Instant::now();
-        let c = Coordinator::new(Duration::ZERO);
+        let c = Coordinator::new(Duration::ZERO, Default::default());
         let (a, mut ra) = join_new(&c, "g", t0);
         c.tick(t0);
         assert_eq!(ra.try_recv().unwrap().generation, 1);
@@ -762,7 +773,7 @@ mod tests {
     #[test]
     fn leaving_unknown_members_and_free_commits() {
         let t0 = Instant::now();
-        let c = Coordinator::new(Duration::ZERO);
+        let c = Coordinator::new(Duration::ZERO, Default::default());
         assert_eq!(
             c.heartbeat("none", 1, "x", t0),
             code(ResponseError::UnknownMemberId)

@@ -20,8 +20,9 @@ const NODE: BrokerId = BrokerId(0);
 impl KafkaConnection {
     pub(super) async fn metadata(&mut self, m: MetadataRequest, version: i16) -> MetadataResponse {
         // Every topic (its partition count from its record: nothing is
-        // loaded or created), or the ones asked for (created if missing and
-        // auto-creation allows, as a Pulsar lookup would).
+        // loaded or created), or the ones asked for (created if missing, the
+        // request allows it and the broker's auto-creation does, as a Pulsar
+        // lookup would).
         let every = match &m.topics {
             // Version 0 has no null list: an empty one asks for every topic.
             Some(ts) => version == 0 && ts.is_empty(),
@@ -34,6 +35,8 @@ impl KafkaConnection {
                 .collect(),
             _ => self.all_topics().await,
         };
+        // Before version 4 a request could not say: topics were created.
+        let create = version < 4 || m.allow_auto_topic_creation;
         let mut topics = Vec::with_capacity(names.len());
         for (name, known) in names {
             let topic = MetadataResponseTopic::default()
@@ -53,7 +56,7 @@ impl KafkaConnection {
             }
             let count = match known {
                 Some(n) => n,
-                None => match self.partition_count(&name).await {
+                None => match self.partition_count(&name, create).await {
                     Ok(n) => n,
                     Err(code) => {
                         topics.push(topic.with_error_code(code));

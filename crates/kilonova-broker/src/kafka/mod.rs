@@ -17,12 +17,14 @@
 //! * Consumer groups: the classic protocol's state machine (`groups.rs`),
 //!   committed offsets in the metadata store (`group_api.rs`).
 
+mod configs;
 mod connection;
 mod errors;
 mod fetch;
 mod group_api;
 pub(crate) mod groups;
 mod metadata;
+pub(crate) mod metrics;
 mod produce;
 mod routes;
 mod sasl;
@@ -66,6 +68,7 @@ impl KafkaService {
     pub fn start(broker: &Broker, settings: KafkaSettings) -> Arc<KafkaService> {
         let groups = Arc::new(groups::Coordinator::new(
             settings.group_initial_rebalance_delay,
+            broker.metrics().kafka().rebalances.clone(),
         ));
         if broker.kafka_groups().set(groups.clone()).is_err() {
             tracing::warn!(

@@ -142,12 +142,14 @@ impl KafkaConnection {
             Err(code) => return Sent::Done(Err(code)),
         };
         let max = self.broker.max_uncompressed_batch_bytes() as usize;
+        let raw_bytes = records.map_or(0, |r| r.len() as u64);
         let sets = match records.map(|r| records::decode_batches(r, max)) {
             Some(Ok(sets)) if sets.iter().any(|s| !s.records.is_empty()) => sets,
             Some(Ok(_)) | None => return Sent::Done(Err(ResponseError::InvalidRecord.code())),
             Some(Err(_)) => return Sent::Done(Err(ResponseError::CorruptMessage.code())),
         };
         let records: Vec<_> = sets.into_iter().flat_map(|s| s.records).collect();
+        (self.broker.metrics().kafka()).count_produced(records.len() as u64, raw_bytes);
         if records.iter().any(|r| r.control || r.transactional) {
             return Sent::Done(Err(ResponseError::UnsupportedForMessageFormat.code()));
         }

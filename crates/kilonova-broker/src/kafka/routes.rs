@@ -11,6 +11,8 @@ use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::base_command::Type;
 use tokio::sync::oneshot;
 
+use kilonova_kafka::kafka_protocol::error::ResponseError;
+
 use super::errors;
 use crate::outbound::{Out, OutboundReceiver};
 
@@ -106,7 +108,12 @@ impl Routes {
             Ok(Type::SendError) => {
                 if let Some(e) = c.send_error {
                     if let Some(tx) = w.stored.remove(&(e.producer_id, e.sequence_id)) {
-                        let _ = tx.send(Err(errors::from_server_error(e.error)));
+                        let code = if e.message.starts_with(crate::dedup::KAFKA_OUT_OF_ORDER) {
+                            ResponseError::OutOfOrderSequenceNumber.code()
+                        } else {
+                            errors::from_server_error(e.error)
+                        };
+                        let _ = tx.send(Err(code));
                     }
                 }
             }

@@ -1,21 +1,25 @@
-//! CreateTopics and CreatePartitions: a Kafka admin client makes topics.
-//! A topic created here is a partitioned topic (so CreatePartitions can
-//! grow it, as in Kafka), with Kafka's retention unless its configs say
-//! otherwise (`retention.ms`, `retention.bytes`; other configs are refused
-//! with `INVALID_CONFIG`). Creating needs the tenant's admin role.
+//! CreateTopics, CreatePartitions and DeleteTopics: a Kafka admin client
+//! makes and removes topics. A topic created here is a partitioned topic
+//! (so CreatePartitions can grow it, as in Kafka), with Kafka's retention
+//! unless its configs say otherwise (the configs of `configs.rs`; others
+//! are refused with `INVALID_CONFIG`). A deletion takes the
+//! topic whatever is attached to it, as Kafka's does. Each needs the
+//! tenant's admin role.
 
 use kilonova_auth::Need;
 use kilonova_kafka::kafka_protocol::error::ResponseError;
 use kilonova_kafka::kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kilonova_kafka::kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kilonova_kafka::kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kilonova_kafka::kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse,
 };
 use kilonova_kafka::kafka_protocol::protocol::StrBytes;
 use kilonova_metadata::names::TopicName;
-use kilonova_metadata::policies::RetentionPolicies;
 use kilonova_metadata::MetadataError;
 
+use super::configs::{Change, TopicConfigs};
 use super::connection::KafkaConnection;
 use super::errors;
 
@@ -24,55 +28,6 @@ type Refusal = (i16, String);
 
 fn refusal(e: ResponseError, why: impl Into<String>) -> Refusal {
     (e.code(), why.into())
-}
-
-/// The retention `configs` ask for (none: the listener's default applies).
-fn retention_of(
-    configs: &[(String, Option<String>)],
-) -> Result<Option<RetentionPolicies>, Refusal> {
-    let mut minutes = None;
-    let mut mb = None;
-    for (name, value) in configs {
-        let number = |v: &Option<String>| -> Result<i64, Refusal> {
-            v.as_deref()
-                .and_then(|v| v.parse::<i64>().ok())
-                .ok_or_else(|| {
-                    refusal(
-                        ResponseError::InvalidConfig,
-                        format!("{name} must be a number"),
-                    )
-                })
-        };
-        match name.as_str() {
-            // -1: forever, as Kafka's; milliseconds rounded up to minutes.
-            "retention.ms" => {
-                let ms = number(value)?;
-                minutes = Some(if ms < 0 {
-                    -1
-                } else {
-                    i32::try_from((ms + 59_999) / 60_000).unwrap_or(i32::MAX)
-                });
-            }
-            "retention.bytes" => {
-                let b = number(value)?;
-                mb = Some(if b < 0 { -1 } else { (b + (1 << 20) - 1) >> 20 });
-            }
-            other => {
-                return Err(refusal(
-                    ResponseError::InvalidConfig,
-                    format!(
-                        "config {other} is not supported (retention.ms and retention.bytes are)"
-                    ),
-                ))
-            }
-        }
-    }
-    Ok(
-        (minutes.is_some() || mb.is_some()).then(|| RetentionPolicies {
-            retention_time_in_minutes: minutes.unwrap_or(-1),
-            retention_size_in_mb: mb.unwrap_or(-1),
-        }),
-    )
 }
 
 impl KafkaConnection {
@@ -139,7 +94,13 @@ impl KafkaConnection {
                     "partitions must be positive",
                 )
             })?;
-        let retention = retention_of(configs)?;
+        let mut settings = TopicConfigs::default();
+        for (name, value) in configs {
+            match value {
+                Some(v) => settings.apply(name, Change::Set(v))?,
+                None => settings.apply(name, Change::Reset)?,
+            }
+        }
         self.may_administer(&topic).await?;
         let failed = |e: crate::BrokerError| (errors::code(&e), e.to_string());
         self.broker.check_partition_count(n).map_err(failed)?;
@@ -173,19 +134,13 @@ impl KafkaConnection {
             Err(e) => return Err(failed(e.into())),
         }
         tracing::info!(%topic, partitions = n, "Kafka client created a topic");
-        match retention {
-            Some(policy) => {
-                let set = resources
-                    .update_topic(&topic, |t| {
-                        t.policies.retention_policies = Some(policy);
-                        Ok(())
-                    })
-                    .await;
-                if let Err(e) = set {
-                    tracing::warn!(%topic, error = %e, "the topic's retention was not set");
-                }
+        if settings != TopicConfigs::default() {
+            if let Err((_, why)) = self.store_configs(&topic, &settings).await {
+                tracing::warn!(%topic, error = why, "the topic's configs were not set");
             }
-            None => self.give_kafka_retention(&topic).await,
+        }
+        if !settings.sets_retention() {
+            self.give_kafka_retention(&topic).await;
         }
         Ok(())
     }
@@ -258,43 +213,53 @@ impl KafkaConnection {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(pairs: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
-            .collect()
+impl KafkaConnection {
+    /// Deletes the topics named (v6 may name them by id: Kilonova topics
+    /// have none, so those are `UNKNOWN_TOPIC_ID`).
+    pub(super) async fn delete_topics(&mut self, r: DeleteTopicsRequest) -> DeleteTopicsResponse {
+        let named = r.topic_names.iter().map(|n| (Some(n.clone()), None));
+        let by_state = r.topics.iter().map(|t| (t.name.clone(), Some(t.topic_id)));
+        let mut results = Vec::with_capacity(r.topic_names.len() + r.topics.len());
+        for (name, id) in named.chain(by_state).collect::<Vec<_>>() {
+            let result = match &name {
+                Some(n) => self.delete_topic(&n.0).await,
+                None => Err(refusal(
+                    ResponseError::UnknownTopicId,
+                    "topics are deleted by name here: Kilonova topics have no ids",
+                )),
+            };
+            let (code, message) = match result {
+                Ok(()) => (0, None),
+                Err((code, why)) => (code, Some(StrBytes::from_string(why))),
+            };
+            results.push(
+                DeletableTopicResult::default()
+                    .with_name(name)
+                    .with_topic_id(id.unwrap_or_default())
+                    .with_error_code(code)
+                    .with_error_message(message),
+            );
+        }
+        DeleteTopicsResponse::default().with_responses(results)
     }
 
-    #[test]
-    fn retention_configs_become_a_policy_and_others_are_refused() {
-        assert_eq!(retention_of(&[]), Ok(None));
-        let r = retention_of(&cfg(&[
-            ("retention.ms", "90000"),
-            ("retention.bytes", "1048577"),
-        ]));
-        assert_eq!(
-            r,
-            Ok(Some(RetentionPolicies {
-                retention_time_in_minutes: 2,
-                retention_size_in_mb: 2
-            }))
-        );
-        let forever = retention_of(&cfg(&[("retention.ms", "-1")]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (
-                forever.retention_time_in_minutes,
-                forever.retention_size_in_mb
-            ),
-            (-1, -1)
-        );
-        let bad = retention_of(&cfg(&[("cleanup.policy", "compact")])).unwrap_err();
-        assert_eq!(bad.0, ResponseError::InvalidConfig.code());
-        assert!(retention_of(&cfg(&[("retention.ms", "soon")])).is_err());
+    async fn delete_topic(&mut self, name: &str) -> Result<(), Refusal> {
+        let topic = self
+            .topic_name(name)
+            .map_err(|code| (code, format!("{name:?} is not a valid topic name")))?;
+        self.may_administer(&topic).await?;
+        match self.broker.delete_topic_here(&topic, true).await {
+            Ok(()) => {}
+            Err(crate::BrokerError::TopicNotFound(_)) => {
+                return Err(refusal(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("{topic} does not exist"),
+                ))
+            }
+            Err(e) => return Err((errors::code(&e), e.to_string())),
+        }
+        self.forget_partitions(name);
+        tracing::info!(%topic, "Kafka client deleted a topic");
+        Ok(())
     }
 }

@@ -532,7 +532,16 @@ impl Topic {
         let marker = self.received_marker(&name, &payload);
         let producer = match self.dedup_check(name, &to, &payload, count) {
             Ok(producer) => producer,
-            Err(name) => return self.answer_in_order(to, Pending::Duplicate, Some(name)),
+            Err(NotNew::Duplicate(name)) => {
+                return self.answer_in_order(to, Pending::Duplicate, Some(name))
+            }
+            Err(NotNew::OutOfOrder(why)) => {
+                return self.answer_in_order(
+                    to,
+                    Pending::Refused(ServerError::NotAllowedError, why),
+                    None,
+                )
+            }
         };
         let publish_time = match payload.metadata.publish_time {
             0 => self.broker.clock().now_ms(),
@@ -623,7 +632,7 @@ impl Topic {
         to: &AnswerTo,
         payload: &Payload,
         count: u32,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, NotNew> {
         if !self.dedup_all && !dedup::always_deduplicated(&name) {
             return Ok(None);
         }
@@ -632,7 +641,18 @@ impl Topic {
         };
         if d.check(&name, to.sequence_id, to.highest_sequence_id) == dedup::Verdict::Duplicate {
             self.broker.metrics().count_duplicates(u64::from(count));
-            return Err(name);
+            return Err(NotNew::Duplicate(name));
+        }
+        if name.starts_with(dedup::KAFKA_IDEMPOTENT_PREFIX) {
+            // Kafka's sequences are dense: a batch after a gap is refused
+            // (a batch before it failed), as Kafka does.
+            if let Some(expected) = d.gap(&name, to.sequence_id) {
+                return Err(NotNew::OutOfOrder(format!(
+                    "{}: {name} sent {} where {expected} was expected",
+                    dedup::KAFKA_OUT_OF_ORDER,
+                    to.sequence_id
+                )));
+            }
         }
         Ok(dedup::completes_message(&payload.metadata).then(|| {
             d.pushed(&name, to.highest_sequence_id);
@@ -682,6 +702,14 @@ impl Topic {
         }
         to.receipt(position, UNKNOWN_INDEX, self.broker.clock().now());
     }
+}
+
+/// Why deduplication does not take a SEND as new.
+enum NotNew {
+    /// Producer `.0` sent it already.
+    Duplicate(String),
+    /// An idempotent Kafka producer's batch after a gap (why, for the client).
+    OutOfOrder(String),
 }
 
 /// Entries before a duplicate's last stored one searched for its original.
