@@ -32,6 +32,12 @@ pub struct BrokerRecord {
     pub session: u64,
     /// Bundles owned: the load a new bundle is placed by.
     pub bundles: u64,
+    /// `host:port` of its Kafka listener, and of the Kafka TLS listener
+    /// (none: not served).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_tls: Option<String>,
 }
 
 fn broker_key(cluster: &str, id: &str) -> String {

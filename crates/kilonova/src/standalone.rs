@@ -178,7 +178,7 @@ pub struct StandaloneConfig {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// Serve the Kafka protocol (standalone only; with authentication on,
+    /// Serve the Kafka protocol (standalone and cluster brokers; with authentication on,
     /// clients authenticate with SASL/PLAIN, a token as the password).
     pub enabled: bool,
     pub port: u16,
@@ -337,7 +337,7 @@ struct Listeners {
     kafka_tls: Option<tokio::net::TcpListener>,
 }
 
-async fn listen(config: &StandaloneConfig, role: Role) -> anyhow::Result<Listeners> {
+async fn listen(config: &StandaloneConfig) -> anyhow::Result<Listeners> {
     let host = &config.bind_address;
     let tls = config.tls.enabled();
     if !tls && !config.plain_ports_enabled {
@@ -363,29 +363,15 @@ async fn listen(config: &StandaloneConfig, role: Role) -> anyhow::Result<Listene
             true => Some(bind(host, config.https_port, "HTTPS").await?),
             false => None,
         },
-        kafka: match plain && kafka_served(config, role) {
+        kafka: match plain && config.kafka.enabled {
             true => Some(bind(host, config.kafka.port, "Kafka").await?),
             false => None,
         },
-        kafka_tls: match tls && kafka_served(config, role) {
+        kafka_tls: match tls && config.kafka.enabled {
             true => Some(bind(host, config.kafka.tls_port, "Kafka TLS").await?),
             false => None,
         },
     })
-}
-
-/// Whether the Kafka listener runs: on, and standalone (its Metadata names
-/// this broker the leader of every partition, which only a standalone is).
-/// With authentication on, Kafka clients authenticate with SASL/PLAIN.
-fn kafka_served(config: &StandaloneConfig, role: Role) -> bool {
-    if !config.kafka.enabled {
-        return false;
-    }
-    if role != Role::Standalone {
-        tracing::info!("the Kafka listener is not served by cluster brokers yet");
-        return false;
-    }
-    true
 }
 
 fn port_of(l: &Option<tokio::net::TcpListener>) -> anyhow::Result<Option<u16>> {
@@ -445,7 +431,7 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
     let store = open_store(&config.data_dir, &config.storage, max_entry_bytes)?;
     let state = Arc::new(DirStateStore::open(config.data_dir.join("state"))?);
     reclaim_orphans(&store, &state).await;
-    let listeners = listen(&config, role).await?;
+    let listeners = listen(&config).await?;
     let advertised = config
         .advertised_address
         .clone()
@@ -455,7 +441,10 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
         (port_of(&listeners.pulsar_tls)?, port_of(&listeners.https)?);
     let http_url = http_port.map(|p| format!("http://{advertised}:{p}"));
     let https_url = https_port.map(|p| format!("https://{advertised}:{p}"));
+    let (kafka_port, kafka_tls_port) = (port_of(&listeners.kafka)?, port_of(&listeners.kafka_tls)?);
     let urls = ServiceUrls {
+        kafka: kafka_port.map(|p| format!("{advertised}:{p}")),
+        kafka_tls: kafka_tls_port.map(|p| format!("{advertised}:{p}")),
         plain: pulsar_port.map(|p| format!("pulsar://{advertised}:{p}")),
         tls: pulsar_tls_port.map(|p| format!("pulsar+ssl://{advertised}:{p}")),
         http: http_url.clone(),
@@ -544,7 +533,6 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
     let mut servers = Vec::new();
-    let (kafka_port, kafka_tls_port) = (port_of(&listeners.kafka)?, port_of(&listeners.kafka_tls)?);
     if kafka_port.or(kafka_tls_port).is_some() {
         let settings = kilonova_broker::KafkaSettings {
             namespace: config.kafka.namespace.clone(),

@@ -149,6 +149,9 @@ pub struct ServiceUrls {
     pub http: Option<String>,
     pub https: Option<String>,
     pub listeners: AdvertisedListeners,
+    /// `host:port` of the Kafka listener and of its TLS port (none: off).
+    pub kafka: Option<String>,
+    pub kafka_tls: Option<String>,
 }
 
 impl From<String> for ServiceUrls {

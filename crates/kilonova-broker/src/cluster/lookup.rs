@@ -94,6 +94,58 @@ impl Broker {
         )))
     }
 
+    /// The id of the cluster broker serving `name` and its ownership's
+    /// epoch (it grows each time the bundle changes hands), placing the
+    /// bundle as a lookup does if nobody owns it: this broker takes it when
+    /// it is the least loaded; another broker is named, and takes it when a
+    /// client comes to it, with the store's current revision as the epoch:
+    /// newer than any earlier owner's and older than the ownership to come
+    /// (clients that saw an owner take a leader with an older epoch as
+    /// stale). `None` outside a cluster: this broker serves everything.
+    pub async fn serving_broker(
+        &self,
+        name: &TopicName,
+    ) -> Result<Option<(String, i64)>, BrokerError> {
+        let Some(m) = self.membership() else {
+            return Ok(None);
+        };
+        let key = self.bundle_of(name).await?;
+        if let Some(owner) = self.resources().bundle_owner(&key.0, key.1).await? {
+            return Ok(Some((owner.broker, owner.epoch as i64)));
+        }
+        let target = self.least_loaded(m, &key, None).await?;
+        if target != m.id {
+            // An empty transaction answers the store's current revision.
+            let now = self.resources().store().txn(Vec::new()).await?;
+            return Ok(Some((target, now as i64)));
+        }
+        match self.acquire(&key).await? {
+            Acquired::Owned { epoch } => Ok(Some((m.id.clone(), epoch as i64))),
+            Acquired::OwnedBy(o) => Ok(Some((o.broker, o.epoch as i64))),
+        }
+    }
+
+    /// The cluster's registered brokers, by id (empty outside a cluster).
+    pub async fn cluster_brokers(&self) -> Result<Vec<(String, BrokerRecord)>, BrokerError> {
+        let Some(m) = self.membership() else {
+            return Ok(Vec::new());
+        };
+        let mut ids = self.resources().list_brokers(&m.cluster).await?;
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = self.resources().broker(&m.cluster, &id).await? {
+                out.push((id, r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// This broker's id in its cluster, if it is a cluster broker.
+    pub fn cluster_broker_id(&self) -> Option<&str> {
+        self.membership().map(|m| m.id.as_str())
+    }
+
     /// This broker's answer.
     fn own_answer(&self, listener: Option<&str>) -> Result<LookupAnswer, BrokerError> {
         let urls = self.service_urls();

@@ -166,6 +166,8 @@ impl Broker {
             internal_listener: urls.listeners.internal().map(|(n, _)| n.to_owned()),
             session: session.0,
             bundles: 0,
+            kafka: urls.kafka.clone(),
+            kafka_tls: urls.kafka_tls.clone(),
         };
         resources
             .register_broker(&cluster, &settings.broker_id, &record, session)

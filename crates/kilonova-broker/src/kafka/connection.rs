@@ -116,6 +116,9 @@ pub(super) struct KafkaConnection {
     pub(super) raw_sasl_next: bool,
     /// The connection closes once this answer is written.
     pub(super) closing: bool,
+    /// It came in by the TLS listener (Metadata names TLS addresses).
+    pub(super) over_tls: bool,
+    pub(super) nodes: super::nodes::NodeCache,
 }
 
 /// How long a client may take to finish its TLS handshake.
@@ -142,13 +145,13 @@ pub(super) async fn serve(
     match listener.tls.take() {
         None => {
             let (reader, writer) = stream.into_split();
-            serve_on(broker, reader, writer, peer, listener, close).await
+            serve_on(broker, reader, writer, peer, listener, false, close).await
         }
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
                     let (reader, writer) = tokio::io::split(s);
-                    serve_on(broker, reader, writer, peer, listener, close).await
+                    serve_on(broker, reader, writer, peer, listener, true, close).await
                 }
                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "Kafka TLS handshake failed"),
                 Err(_) => tracing::info!(%peer, "Kafka TLS handshake timed out"),
@@ -163,6 +166,7 @@ async fn serve_on<R, W>(
     writer: W,
     peer: SocketAddr,
     listener: Listener,
+    over_tls: bool,
     mut close: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -194,6 +198,8 @@ async fn serve_on<R, W>(
         sasl_mechanism_ok: false,
         raw_sasl_next: false,
         closing: false,
+        over_tls,
+        nodes: Default::default(),
     };
     conn.namespace = conn.settings.namespace.clone();
     tracing::debug!(conn = conn.id, %peer, "Kafka connection opened");
@@ -328,7 +334,7 @@ impl KafkaConnection {
             RequestKind::Fetch(f) => ResponseKind::Fetch(self.fetch(f, version).await),
             RequestKind::ListOffsets(l) => ResponseKind::ListOffsets(self.list_offsets(l).await),
             RequestKind::FindCoordinator(r) => {
-                ResponseKind::FindCoordinator(self.find_coordinator(r))
+                ResponseKind::FindCoordinator(self.find_coordinator(r, version).await)
             }
             // Joins and syncs wait for the group: the connection reads on.
             RequestKind::JoinGroup(r) => {

@@ -84,34 +84,72 @@ impl KafkaConnection {
             })
     }
 
-    /// This broker coordinates every group.
-    pub(super) fn find_coordinator(&self, r: FindCoordinatorRequest) -> FindCoordinatorResponse {
-        let host = str_bytes(&self.settings.advertised_host);
-        let port = i32::from(self.advertised_port);
-        let coordinators = r
-            .coordinator_keys
-            .iter()
-            .map(|k| {
-                Found::default()
-                    .with_key(k.clone())
-                    .with_node_id(BrokerId(0))
-                    .with_host(host.clone())
-                    .with_port(port)
-            })
-            .collect();
+    /// Group `group`'s key among the coordinators: groups are the namespace's.
+    fn group_key(&self, group: &str) -> String {
+        format!("{}/{group}", self.namespace)
+    }
+
+    /// Whether this connection's role may do `want` with group `group`
+    /// here: allowed in the namespace, and this broker coordinates it.
+    async fn group_allowed(&mut self, want: Want, group: &str) -> Result<(), i16> {
+        self.namespace_allowed(want).await?;
+        let key = self.group_key(group);
+        self.coordinates(&key).await
+    }
+
+    /// Each group's coordinator ([`super::nodes`]): this broker, standalone.
+    pub(super) async fn find_coordinator(
+        &mut self,
+        r: FindCoordinatorRequest,
+        version: i16,
+    ) -> FindCoordinatorResponse {
+        // Version 4 asks for several keys; before, for one.
+        let keys: Vec<StrBytes> = match version {
+            v if v >= 4 => r.coordinator_keys.clone(),
+            _ => vec![r.key.clone()],
+        };
+        let mut coordinators = Vec::with_capacity(keys.len());
+        for k in keys {
+            let found = match r.key_type {
+                0 => {
+                    let key = self.group_key(&k);
+                    self.coordinator_of(&key).await
+                }
+                // Transactions are not served.
+                _ => Err(ResponseError::CoordinatorNotAvailable.code()),
+            };
+            coordinators.push(match found {
+                Ok(n) => Found::default()
+                    .with_key(k)
+                    .with_node_id(BrokerId(n.id))
+                    .with_host(str_bytes(&n.host))
+                    .with_port(n.port),
+                Err(code) => Found::default()
+                    .with_key(k)
+                    .with_node_id(BrokerId(-1))
+                    .with_host(str_bytes(""))
+                    .with_port(-1)
+                    .with_error_code(code),
+            });
+        }
+        // Version 4 answers in the list only; before, in the top-level fields.
+        if version >= 4 {
+            return FindCoordinatorResponse::default().with_coordinators(coordinators);
+        }
+        let first = coordinators.pop().unwrap_or_default();
         FindCoordinatorResponse::default()
-            .with_node_id(BrokerId(0))
-            .with_host(host)
-            .with_port(port)
-            .with_coordinators(coordinators)
+            .with_error_code(first.error_code)
+            .with_node_id(first.node_id)
+            .with_host(first.host)
+            .with_port(first.port)
     }
 
     pub(super) async fn join_group(
-        &self,
+        &mut self,
         r: JoinGroupRequest,
         version: i16,
     ) -> Later<JoinGroupResponse> {
-        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+        if let Err(code) = self.group_allowed(Want::Consume, &r.group_id.0).await {
             let refused = JoinGroupResponse::default()
                 .with_error_code(code)
                 .with_generation_id(-1);
@@ -187,8 +225,8 @@ impl KafkaConnection {
         })
     }
 
-    pub(super) async fn sync_group(&self, r: SyncGroupRequest) -> Later<SyncGroupResponse> {
-        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+    pub(super) async fn sync_group(&mut self, r: SyncGroupRequest) -> Later<SyncGroupResponse> {
+        if let Err(code) = self.group_allowed(Want::Consume, &r.group_id.0).await {
             return Box::pin(std::future::ready(
                 SyncGroupResponse::default().with_error_code(code),
             ));
@@ -224,8 +262,8 @@ impl KafkaConnection {
         })
     }
 
-    pub(super) async fn heartbeat(&self, r: HeartbeatRequest) -> HeartbeatResponse {
-        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+    pub(super) async fn heartbeat(&mut self, r: HeartbeatRequest) -> HeartbeatResponse {
+        if let Err(code) = self.group_allowed(Want::Consume, &r.group_id.0).await {
             return HeartbeatResponse::default().with_error_code(code);
         }
         let error =
@@ -235,11 +273,11 @@ impl KafkaConnection {
     }
 
     pub(super) async fn leave_group(
-        &self,
+        &mut self,
         r: LeaveGroupRequest,
         version: i16,
     ) -> LeaveGroupResponse {
-        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+        if let Err(code) = self.group_allowed(Want::Consume, &r.group_id.0).await {
             return LeaveGroupResponse::default().with_error_code(code);
         }
         // Version 3 and later name several members; before, one.
@@ -270,9 +308,13 @@ impl KafkaConnection {
 
     pub(super) async fn offset_commit(&mut self, r: OffsetCommitRequest) -> OffsetCommitResponse {
         let group = r.group_id.0.to_string();
-        let allowed =
-            self.groups
-                .commit_allowed(&group, r.generation_id_or_member_epoch, &r.member_id);
+        let allowed = match self.group_allowed(Want::Consume, &group).await {
+            Ok(()) => {
+                self.groups
+                    .commit_allowed(&group, r.generation_id_or_member_epoch, &r.member_id)
+            }
+            Err(code) => code,
+        };
         let error = match (allowed, self.namespace()) {
             (0, Ok(ns)) => {
                 let now_ms = self.broker.clock().now_ms();
@@ -330,8 +372,8 @@ impl KafkaConnection {
         OffsetCommitResponse::default().with_topics(topics)
     }
 
-    pub(super) async fn offset_fetch(&self, r: OffsetFetchRequest) -> OffsetFetchResponse {
-        if let Err(code) = self.namespace_allowed(Want::Consume).await {
+    pub(super) async fn offset_fetch(&mut self, r: OffsetFetchRequest) -> OffsetFetchResponse {
+        if let Err(code) = self.group_allowed(Want::Consume, &r.group_id.0).await {
             return OffsetFetchResponse::default().with_error_code(code);
         }
         let group = r.group_id.0.to_string();
@@ -393,12 +435,19 @@ impl KafkaConnection {
         OffsetFetchResponse::default().with_topics(topics)
     }
 
-    pub(super) async fn describe_groups(&self, r: DescribeGroupsRequest) -> DescribeGroupsResponse {
-        let allowed = self.namespace_allowed(Want::Lookup).await;
+    pub(super) async fn describe_groups(
+        &mut self,
+        r: DescribeGroupsRequest,
+    ) -> DescribeGroupsResponse {
+        let mut allowed = Vec::with_capacity(r.groups.len());
+        for id in &r.groups {
+            allowed.push(self.group_allowed(Want::Lookup, &id.0).await);
+        }
         let groups = r
             .groups
             .iter()
-            .map(|id| {
+            .zip(allowed)
+            .map(|(id, allowed)| {
                 let g = DescribedGroup::default().with_group_id(id.clone());
                 if let Err(code) = allowed {
                     return g.with_error_code(code);
@@ -430,10 +479,10 @@ impl KafkaConnection {
     }
 
     /// Deletes groups with no members: their committed offsets go.
-    pub(super) async fn delete_groups(&self, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
-        let allowed = self.namespace_allowed(Want::Consume).await;
+    pub(super) async fn delete_groups(&mut self, r: DeleteGroupsRequest) -> DeleteGroupsResponse {
         let mut results = Vec::with_capacity(r.groups_names.len());
         for id in &r.groups_names {
+            let allowed = self.group_allowed(Want::Consume, &id.0).await;
             let code = match (allowed, self.namespace()) {
                 (Err(code), _) | (Ok(()), Err(code)) => code,
                 (Ok(()), Ok(ns)) if self.groups.forget_if_empty(&id.0) => {

@@ -1,7 +1,8 @@
-//! Metadata: this broker is the only one and the leader of every partition;
-//! topics are the namespace's (partitions of partitioned topics folded into
-//! their topic).
+//! Metadata: the Kafka nodes ([`super::nodes`]) and each partition's
+//! leader (a standalone broker leads every partition); topics are the
+//! namespace's (partitions of partitioned topics folded into their topic).
 
+use kilonova_kafka::kafka_protocol::error::ResponseError;
 use kilonova_kafka::kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
@@ -13,9 +14,6 @@ use kilonova_metadata::names::{Domain, NamespaceName};
 
 use super::connection::KafkaConnection;
 use kilonova_auth::Want;
-
-/// The node id this broker has in Kafka's eyes.
-const NODE: BrokerId = BrokerId(0);
 
 impl KafkaConnection {
     pub(super) async fn metadata(&mut self, m: MetadataRequest, version: i16) -> MetadataResponse {
@@ -35,6 +33,7 @@ impl KafkaConnection {
                 .collect(),
             _ => self.all_topics().await,
         };
+        let nodes = self.nodes().await.unwrap_or_default();
         // Before version 4 a request could not say: topics were created.
         let create = version < 4 || m.allow_auto_topic_creation;
         let mut topics = Vec::with_capacity(names.len());
@@ -64,28 +63,57 @@ impl KafkaConnection {
                     }
                 },
             };
-            let partitions = (0..count.max(1) as i32)
-                .map(|i| {
+            let base = self.topic_name(&name).ok();
+            let mut partitions = Vec::with_capacity(count.max(1) as usize);
+            for i in 0..count.max(1) as i32 {
+                let serving = match (&base, count) {
+                    (Some(b), 0) => Some(b.clone()),
+                    (Some(b), _) => Some(b.partition_name(i as u32)),
+                    (None, _) => None,
+                };
+                let leader = match serving {
+                    Some(t) => self.leader_of(&t).await,
+                    None => Err(ResponseError::InvalidTopicException.code()),
+                };
+                // A leader that serves no Kafka listener of this kind is
+                // not one the client can reach.
+                let (leader, epoch, error) = match leader {
+                    Ok((id, epoch)) if nodes.iter().any(|n| n.id == id) => (id, epoch, 0),
+                    Ok(_) => (-1, -1, ResponseError::LeaderNotAvailable.code()),
+                    Err(code) => (-1, -1, code),
+                };
+                let replicas = if leader >= 0 {
+                    vec![BrokerId(leader)]
+                } else {
+                    Vec::new()
+                };
+                partitions.push(
                     MetadataResponsePartition::default()
                         .with_partition_index(i)
-                        .with_leader_id(NODE)
-                        .with_leader_epoch(0)
-                        .with_replica_nodes(vec![NODE])
-                        .with_isr_nodes(vec![NODE])
-                })
-                .collect();
+                        .with_error_code(error)
+                        .with_leader_id(BrokerId(leader))
+                        .with_leader_epoch(epoch)
+                        .with_replica_nodes(replicas.clone())
+                        .with_isr_nodes(replicas),
+                );
+            }
             topics.push(topic.with_partitions(partitions));
         }
-        let broker = MetadataResponseBroker::default()
-            .with_node_id(NODE)
-            .with_host(StrBytes::from_string(self.settings.advertised_host.clone()))
-            .with_port(i32::from(self.advertised_port));
+        let brokers = nodes
+            .iter()
+            .map(|n| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(n.id))
+                    .with_host(StrBytes::from_string(n.host.clone()))
+                    .with_port(n.port)
+            })
+            .collect();
         MetadataResponse::default()
-            .with_brokers(vec![broker])
+            .with_brokers(brokers)
             .with_cluster_id(Some(StrBytes::from_string(
                 self.broker.config().cluster_name.clone(),
             )))
-            .with_controller_id(NODE)
+            .with_controller_id(BrokerId(self.own_node()))
             .with_topics(topics)
     }
 

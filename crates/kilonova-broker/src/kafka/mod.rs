@@ -25,6 +25,7 @@ mod group_api;
 pub(crate) mod groups;
 mod metadata;
 pub(crate) mod metrics;
+mod nodes;
 mod produce;
 mod routes;
 mod sasl;

@@ -70,6 +70,9 @@ impl KafkaConnection {
                         &mut throttle,
                     )
                     .await;
+                if let Sent::Done(Err(code)) = &outcome {
+                    tracing::debug!(conn = self.id, topic = %name.as_str(), partition = pd.index, code, "Kafka produce refused");
+                }
                 parts.push((pd.index, outcome));
             }
             sent.push((name, parts));
@@ -92,7 +95,10 @@ impl KafkaConnection {
                                 i => i64::try_from(i).unwrap_or(-1),
                             }),
                             Ok(Err(_)) => Err(ResponseError::NotLeaderOrFollower.code()),
-                            Err(_) => Err(ResponseError::RequestTimedOut.code()),
+                            Err(_) => {
+                                tracing::debug!(topic = %name.as_str(), partition = index, "Kafka produce timed out waiting for its receipt");
+                                Err(ResponseError::RequestTimedOut.code())
+                            }
                         },
                     };
                     let (error_code, base_offset) = match result {
@@ -243,11 +249,10 @@ impl KafkaConnection {
                 return Ok(p.clone());
             }
         }
-        let handle = self
-            .broker
-            .topic(topic)
-            .await
-            .map_err(|e| errors::code(&e))?;
+        let handle = self.broker.topic(topic).await.map_err(|e| {
+            tracing::debug!(conn = self.id, %topic, error = %e, "Kafka producer not opened");
+            errors::code(&e)
+        })?;
         let (producer_id, request_id) = (self.next_id(), self.next_id());
         let cmd = TopicCommand::AddProducer(NewProducer {
             conn: ConnCtx {
