@@ -10,7 +10,7 @@
 //! Altering needs the tenant's admin role; describing, a produce or consume
 //! permission on the topic.
 
-use kilonova_auth::{Need, Want};
+use kilonova_auth::Want;
 use kilonova_kafka::kafka_protocol::error::ResponseError;
 use kilonova_kafka::kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
@@ -25,7 +25,7 @@ use kilonova_metadata::names::TopicName;
 use kilonova_metadata::policies::{Policies, RetentionPolicies, TopicPolicies};
 
 use super::connection::KafkaConnection;
-use super::errors;
+use super::errors::{outcome, refusal, refused, Refusal};
 
 /// Kafka's resource types.
 const RESOURCE_TOPIC: i8 = 2;
@@ -48,14 +48,8 @@ const TYPE_LIST: i8 = 7;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
-/// The broker's node id in Metadata.
-const NODE_ID: &str = "0";
-
-/// A refusal: the Kafka error code and what to tell the client.
-type Refusal = (i16, String);
-
 fn invalid(why: impl Into<String>) -> Refusal {
-    (ResponseError::InvalidConfig.code(), why.into())
+    refusal(ResponseError::InvalidConfig, why)
 }
 
 /// What a topic sets itself, as Kafka configs (`None`: inherited).
@@ -355,14 +349,6 @@ fn broker_configs(c: &crate::config::BrokerConfig) -> Vec<Shown> {
     ]
 }
 
-/// A resource's outcome: its error code and message.
-fn outcome(r: Result<(), Refusal>) -> (i16, Option<StrBytes>) {
-    match r {
-        Ok(()) => (0, None),
-        Err((code, why)) => (code, Some(StrBytes::from_string(why))),
-    }
-}
-
 impl KafkaConnection {
     pub(super) async fn describe_configs(
         &mut self,
@@ -403,7 +389,7 @@ impl KafkaConnection {
 
     /// Kafka topic `name`'s configs, if it exists and this role may see it.
     async fn described_topic(&mut self, name: &str) -> Result<Vec<Shown>, Refusal> {
-        let topic = self.config_topic(name)?;
+        let topic = self.named_topic(name)?;
         self.allowed(&topic, Want::Lookup)
             .await
             .map_err(|code| (code, format!("not allowed to see {topic}")))?;
@@ -516,29 +502,15 @@ impl KafkaConnection {
             RESOURCE_TOPIC => {}
             RESOURCE_BROKER => {
                 self.this_broker(name)?;
-                return Err((
-                    ResponseError::InvalidRequest.code(),
-                    "broker configs come from the broker's config file and cannot be altered"
-                        .into(),
+                return Err(refusal(
+                    ResponseError::InvalidRequest,
+                    "broker configs come from the broker's config file and cannot be altered",
                 ));
             }
             t => return Err(unsupported_resource(t)),
         }
-        let topic = self.config_topic(name)?;
-        self.broker
-            .authorize(
-                self.principal.as_ref(),
-                Need::TenantAdmin,
-                Some(&topic.tenant),
-                Some(&topic.namespace()),
-            )
-            .await
-            .map_err(|e| {
-                (
-                    ResponseError::TopicAuthorizationFailed.code(),
-                    e.to_string(),
-                )
-            })?;
+        let topic = self.named_topic(name)?;
+        self.may_administer(&topic).await?;
         let mut configs = TopicConfigs::of(&self.topic_policies(&topic).await?);
         edit(&mut configs)?;
         if validate_only {
@@ -562,33 +534,21 @@ impl KafkaConnection {
                 Ok(())
             })
             .await
-            .map_err(|e| {
-                let e = crate::BrokerError::from(e);
-                (errors::code(&e), e.to_string())
-            })?;
+            .map_err(refused)?;
         Ok(())
-    }
-
-    fn config_topic(&self, name: &str) -> Result<TopicName, Refusal> {
-        self.topic_name(name)
-            .map_err(|code| (code, format!("{name:?} is not a valid topic name")))
     }
 
     /// `topic`'s own policies, if it exists.
     async fn topic_policies(&self, topic: &TopicName) -> Result<TopicPolicies, Refusal> {
-        let failed = |e: kilonova_metadata::MetadataError| {
-            let e = crate::BrokerError::from(e);
-            (errors::code(&e), e.to_string())
-        };
         self.broker
             .resources()
             .topic(topic)
             .await
-            .map_err(failed)?
+            .map_err(refused)?
             .map(|r| r.policies)
             .ok_or_else(|| {
-                (
-                    ResponseError::UnknownTopicOrPartition.code(),
+                refusal(
+                    ResponseError::UnknownTopicOrPartition,
                     format!("{topic} does not exist"),
                 )
             })
@@ -599,28 +559,26 @@ impl KafkaConnection {
             .resources()
             .namespace(&topic.namespace())
             .await
-            .map_err(|e| {
-                let e = crate::BrokerError::from(e);
-                (errors::code(&e), e.to_string())
-            })
+            .map_err(refused)
     }
 
-    /// Whether broker resource `name` is this broker (node 0).
+    /// Whether broker resource `name` is this broker (its node id).
     fn this_broker(&self, name: &str) -> Result<(), Refusal> {
-        if name == NODE_ID {
+        let own = self.own_node();
+        if name == own.to_string() {
             Ok(())
         } else {
-            Err((
-                ResponseError::InvalidRequest.code(),
-                format!("broker {name:?} is not this broker (node {NODE_ID})"),
+            Err(refusal(
+                ResponseError::InvalidRequest,
+                format!("broker {name:?} is not this broker (node {own})"),
             ))
         }
     }
 }
 
 fn unsupported_resource(t: i8) -> Refusal {
-    (
-        ResponseError::InvalidRequest.code(),
+    refusal(
+        ResponseError::InvalidRequest,
         format!("resource type {t} is not supported (topics and brokers are)"),
     )
 }

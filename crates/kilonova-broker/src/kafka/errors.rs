@@ -4,6 +4,37 @@ use kilonova_kafka::kafka_protocol::error::ResponseError;
 
 use crate::error::BrokerError;
 
+/// A refusal of one topic's or resource's part of a request: the Kafka
+/// error code and what to tell the client (the answers with a message).
+pub(super) type Refusal = (i16, String);
+
+/// A refusal with Kafka error `e`.
+pub(super) fn refusal(e: ResponseError, why: impl Into<String>) -> Refusal {
+    (e.code(), why.into())
+}
+
+/// A refusal for Kilonova's error `e`.
+pub(super) fn refused(e: impl Into<BrokerError>) -> Refusal {
+    let e = e.into();
+    (code(&e), e.to_string())
+}
+
+/// A part's outcome as its answer carries it: an error code and message.
+pub(super) fn outcome(
+    r: Result<(), Refusal>,
+) -> (
+    i16,
+    Option<kilonova_kafka::kafka_protocol::protocol::StrBytes>,
+) {
+    match r {
+        Ok(()) => (0, None),
+        Err((code, why)) => (
+            code,
+            Some(kilonova_kafka::kafka_protocol::protocol::StrBytes::from_string(why)),
+        ),
+    }
+}
+
 /// The Kafka error code a client acts on for `e`.
 pub(super) fn code(e: &BrokerError) -> i16 {
     let r = match e {

@@ -15,24 +15,22 @@ use kilonova_kafka::kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse,
 };
-use kilonova_kafka::kafka_protocol::protocol::StrBytes;
 use kilonova_metadata::names::TopicName;
 use kilonova_metadata::MetadataError;
 
 use super::configs::{Change, TopicConfigs};
 use super::connection::KafkaConnection;
-use super::errors;
-
-/// A refusal: the Kafka error code and what to tell the client.
-type Refusal = (i16, String);
-
-fn refusal(e: ResponseError, why: impl Into<String>) -> Refusal {
-    (e.code(), why.into())
-}
+use super::errors::{outcome, refusal, refused, Refusal};
 
 impl KafkaConnection {
+    /// Kafka topic `name` as a Kilonova topic, or why it cannot be one.
+    pub(super) fn named_topic(&self, name: &str) -> Result<TopicName, Refusal> {
+        self.topic_name(name)
+            .map_err(|code| (code, format!("{name:?} is not a valid topic name")))
+    }
+
     /// Whether this connection's role administers `topic`'s tenant.
-    async fn may_administer(&self, topic: &TopicName) -> Result<(), Refusal> {
+    pub(super) async fn may_administer(&self, topic: &TopicName) -> Result<(), Refusal> {
         self.broker
             .authorize(
                 self.principal.as_ref(),
@@ -59,10 +57,7 @@ impl KafkaConnection {
             let result = self
                 .create_topic(&t.name.0, partitions, &configs, r.validate_only)
                 .await;
-            let (code, message) = match result {
-                Ok(()) => (0, None),
-                Err((code, why)) => (code, Some(StrBytes::from_string(why))),
-            };
+            let (code, message) = outcome(result);
             results.push(
                 CreatableTopicResult::default()
                     .with_name(t.name.clone())
@@ -82,9 +77,7 @@ impl KafkaConnection {
         configs: &[(String, Option<String>)],
         validate_only: bool,
     ) -> Result<(), Refusal> {
-        let topic = self
-            .topic_name(name)
-            .map_err(|code| (code, format!("{name:?} is not a valid topic name")))?;
+        let topic = self.named_topic(name)?;
         let n = u32::try_from(partitions)
             .ok()
             .filter(|n| *n > 0)
@@ -102,19 +95,13 @@ impl KafkaConnection {
             }
         }
         self.may_administer(&topic).await?;
-        let failed = |e: crate::BrokerError| (errors::code(&e), e.to_string());
-        self.broker.check_partition_count(n).map_err(failed)?;
+        self.broker.check_partition_count(n).map_err(refused)?;
         self.broker
             .check_topic_quota(&topic.namespace(), n)
             .await
-            .map_err(failed)?;
+            .map_err(refused)?;
         let resources = self.broker.resources();
-        if resources
-            .topic(&topic)
-            .await
-            .map_err(|e| failed(e.into()))?
-            .is_some()
-        {
+        if resources.topic(&topic).await.map_err(refused)?.is_some() {
             return Err(refusal(
                 ResponseError::TopicAlreadyExists,
                 format!("{topic} exists"),
@@ -131,7 +118,7 @@ impl KafkaConnection {
                     format!("{topic} exists"),
                 ))
             }
-            Err(e) => return Err(failed(e.into())),
+            Err(e) => return Err(refused(e)),
         }
         tracing::info!(%topic, partitions = n, "Kafka client created a topic");
         if settings != TopicConfigs::default() {
@@ -152,10 +139,7 @@ impl KafkaConnection {
         let mut results = Vec::with_capacity(r.topics.len());
         for t in &r.topics {
             let result = self.grow(&t.name.0, t.count, r.validate_only).await;
-            let (code, message) = match result {
-                Ok(()) => (0, None),
-                Err((code, why)) => (code, Some(StrBytes::from_string(why))),
-            };
+            let (code, message) = outcome(result);
             results.push(
                 CreatePartitionsTopicResult::default()
                     .with_name(t.name.clone())
@@ -167,16 +151,13 @@ impl KafkaConnection {
     }
 
     async fn grow(&mut self, name: &str, count: i32, validate_only: bool) -> Result<(), Refusal> {
-        let topic = self
-            .topic_name(name)
-            .map_err(|code| (code, format!("{name:?} is not a valid topic name")))?;
+        let topic = self.named_topic(name)?;
         self.may_administer(&topic).await?;
-        let failed = |e: crate::BrokerError| (errors::code(&e), e.to_string());
         let resources = self.broker.resources();
         let record = resources
             .topic(&topic)
             .await
-            .map_err(|e| failed(e.into()))?
+            .map_err(refused)?
             .ok_or_else(|| {
                 refusal(
                     ResponseError::UnknownTopicOrPartition,
@@ -199,14 +180,14 @@ impl KafkaConnection {
                 ),
             ));
         }
-        self.broker.check_partition_count(n).map_err(failed)?;
+        self.broker.check_partition_count(n).map_err(refused)?;
         if validate_only {
             return Ok(());
         }
         resources
             .update_partitions(&topic, n)
             .await
-            .map_err(|e| failed(e.into()))?;
+            .map_err(refused)?;
         self.forget_partitions(name);
         tracing::info!(%topic, partitions = n, "Kafka client grew a topic");
         Ok(())
@@ -228,10 +209,7 @@ impl KafkaConnection {
                     "topics are deleted by name here: Kilonova topics have no ids",
                 )),
             };
-            let (code, message) = match result {
-                Ok(()) => (0, None),
-                Err((code, why)) => (code, Some(StrBytes::from_string(why))),
-            };
+            let (code, message) = outcome(result);
             results.push(
                 DeletableTopicResult::default()
                     .with_name(name)
@@ -244,9 +222,7 @@ impl KafkaConnection {
     }
 
     async fn delete_topic(&mut self, name: &str) -> Result<(), Refusal> {
-        let topic = self
-            .topic_name(name)
-            .map_err(|code| (code, format!("{name:?} is not a valid topic name")))?;
+        let topic = self.named_topic(name)?;
         self.may_administer(&topic).await?;
         match self.broker.delete_topic_here(&topic, true).await {
             Ok(()) => {}
@@ -256,7 +232,7 @@ impl KafkaConnection {
                     format!("{topic} does not exist"),
                 ))
             }
-            Err(e) => return Err((errors::code(&e), e.to_string())),
+            Err(e) => return Err(refused(e)),
         }
         self.forget_partitions(name);
         tracing::info!(%topic, "Kafka client deleted a topic");
