@@ -94,7 +94,7 @@ impl Broker {
         )))
     }
 
-    /// The id of the cluster broker serving `name` and its ownership's
+    /// The id of the cluster broker serving bundle `key` and its ownership's
     /// epoch (it grows each time the bundle changes hands), placing the
     /// bundle as a lookup does if nobody owns it: this broker takes it when
     /// it is the least loaded; another broker is named, and takes it when a
@@ -102,24 +102,23 @@ impl Broker {
     /// newer than any earlier owner's and older than the ownership to come
     /// (clients that saw an owner take a leader with an older epoch as
     /// stale). `None` outside a cluster: this broker serves everything.
-    pub async fn serving_broker(
+    pub async fn bundle_server(
         &self,
-        name: &TopicName,
+        key: &BundleKey,
     ) -> Result<Option<(String, i64)>, BrokerError> {
         let Some(m) = self.membership() else {
             return Ok(None);
         };
-        let key = self.bundle_of(name).await?;
         if let Some(owner) = self.resources().bundle_owner(&key.0, key.1).await? {
             return Ok(Some((owner.broker, owner.epoch as i64)));
         }
-        let target = self.least_loaded(m, &key, None).await?;
+        let target = self.least_loaded(m, key, None).await?;
         if target != m.id {
             // An empty transaction answers the store's current revision.
             let now = self.resources().store().txn(Vec::new()).await?;
             return Ok(Some((target, now as i64)));
         }
-        match self.acquire(&key).await? {
+        match self.acquire(key).await? {
             Acquired::Owned { epoch } => Ok(Some((m.id.clone(), epoch as i64))),
             Acquired::OwnedBy(o) => Ok(Some((o.broker, o.epoch as i64))),
         }

@@ -63,18 +63,17 @@ impl KafkaConnection {
                     }
                 },
             };
-            let base = self.topic_name(&name).ok();
-            let mut partitions = Vec::with_capacity(count.max(1) as usize);
-            for i in 0..count.max(1) as i32 {
-                let serving = match (&base, count) {
-                    (Some(b), 0) => Some(b.clone()),
-                    (Some(b), _) => Some(b.partition_name(i as u32)),
-                    (None, _) => None,
-                };
-                let leader = match serving {
-                    Some(t) => self.leader_of(&t).await,
-                    None => Err(ResponseError::InvalidTopicException.code()),
-                };
+            let Ok(base) = self.topic_name(&name) else {
+                topics.push(topic.with_error_code(ResponseError::InvalidTopicException.code()));
+                continue;
+            };
+            let serving: Vec<_> = match count {
+                0 => vec![base],
+                n => (0..n).map(|i| base.partition_name(i)).collect(),
+            };
+            let leaders = self.leaders_of(&serving).await;
+            let mut partitions = Vec::with_capacity(leaders.len());
+            for (i, leader) in leaders.into_iter().enumerate() {
                 // A leader that serves no Kafka listener of this kind is
                 // not one the client can reach.
                 let (leader, epoch, error) = match leader {
@@ -89,7 +88,7 @@ impl KafkaConnection {
                 };
                 partitions.push(
                     MetadataResponsePartition::default()
-                        .with_partition_index(i)
+                        .with_partition_index(i as i32)
                         .with_error_code(error)
                         .with_leader_id(BrokerId(leader))
                         .with_leader_epoch(epoch)

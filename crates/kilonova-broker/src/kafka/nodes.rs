@@ -5,6 +5,7 @@
 //! serving its topic (placed as a Pulsar lookup places it), and a consumer
 //! group's coordinator the node the group's name hashes to.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kilonova_kafka::kafka_protocol::error::ResponseError;
@@ -112,16 +113,44 @@ impl KafkaConnection {
             .map_or(STANDALONE_NODE, node_id)
     }
 
-    /// The node id leading `topic` (a partition, or a non-partitioned
-    /// topic) and its leader epoch: the bundle ownership's, which grows
-    /// each time the bundle changes hands (clients take a leader with an
-    /// older epoch than one they saw as stale).
-    pub(super) async fn leader_of(&self, topic: &TopicName) -> Result<(i32, i32), i16> {
-        match self.broker.serving_broker(topic).await {
-            Ok(None) => Ok((STANDALONE_NODE, 0)),
-            Ok(Some((id, epoch))) => Ok((node_id(&id), leader_epoch(epoch))),
-            Err(e) => Err(errors::code(&e)),
+    /// The node id leading each of `topics` (partitions, or a
+    /// non-partitioned topic, of one namespace) and its leader epoch: the
+    /// bundle ownership's, which grows each time the bundle changes hands
+    /// (clients take a leader with an older epoch than one they saw as
+    /// stale). Each bundle is asked about once.
+    pub(super) async fn leaders_of(&self, topics: &[TopicName]) -> Vec<Result<(i32, i32), i16>> {
+        let Some(first) = topics.first() else {
+            return Vec::new();
+        };
+        if self.broker.cluster_broker_id().is_none() {
+            return vec![Ok((STANDALONE_NODE, 0)); topics.len()];
         }
+        let ns = first.namespace();
+        let policies = match self.broker.namespace_policies(&ns).await {
+            Ok(p) => p,
+            Err(e) => return vec![Err(errors::code(&e)); topics.len()],
+        };
+        let mut by_bundle = HashMap::new();
+        let mut out = Vec::with_capacity(topics.len());
+        for t in topics {
+            let range = match kilonova_metadata::bundles::bundle_of(&policies.bundles, t) {
+                Ok(r) => r,
+                Err(e) => {
+                    out.push(Err(errors::code(&e.into())));
+                    continue;
+                }
+            };
+            if !by_bundle.contains_key(&range) {
+                let served = match self.broker.bundle_server(&(ns.clone(), range)).await {
+                    Ok(Some((id, epoch))) => Ok((node_id(&id), leader_epoch(epoch))),
+                    Ok(None) => Ok((STANDALONE_NODE, 0)),
+                    Err(e) => Err(errors::code(&e)),
+                };
+                by_bundle.insert(range, served);
+            }
+            out.push(by_bundle[&range]);
+        }
+        out
     }
 
     /// The node coordinating group `group`.
