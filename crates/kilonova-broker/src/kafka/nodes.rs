@@ -5,7 +5,7 @@
 //! serving its topic (placed as a Pulsar lookup places it), and a consumer
 //! group's coordinator the node the group's name hashes to.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::time::{Duration, Instant};
 
 use kilonova_kafka::kafka_protocol::error::ResponseError;
@@ -140,13 +140,13 @@ impl KafkaConnection {
                     continue;
                 }
             };
-            if !by_bundle.contains_key(&range) {
+            if let Entry::Vacant(slot) = by_bundle.entry(range) {
                 let served = match self.broker.bundle_server(&(ns.clone(), range)).await {
                     Ok(Some((id, epoch))) => Ok((node_id(&id), leader_epoch(epoch))),
                     Ok(None) => Ok((STANDALONE_NODE, 0)),
                     Err(e) => Err(errors::code(&e)),
                 };
-                by_bundle.insert(range, served);
+                slot.insert(served);
             }
             out.push(by_bundle[&range]);
         }
