@@ -28,6 +28,7 @@ pub mod lookup;
 pub(crate) mod message_ids;
 mod session;
 pub(crate) mod shared;
+pub mod shedding;
 pub mod unload;
 
 pub use lookup::LookupAnswer;

@@ -651,16 +651,8 @@ impl Topic {
                 self.cursor_writes = Some(running);
                 return;
             }
-            let done = futures_util::FutureExt::now_or_never(running);
-            let applied = match (done, self.log.as_mut()) {
-                (Some(Ok(stored)), Some(log)) => log.cursor_writes_done(stored).map(drop),
-                (Some(Err(e)), _) => Err(kilonova_storage::StorageError::Log(format!(
-                    "the cursor writes stopped: {e}"
-                ))),
-                _ => Ok(()),
-            };
-            if let Err(e) = applied {
-                tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
+            if let Some(done) = futures_util::FutureExt::now_or_never(running) {
+                self.cursor_writes_done(done);
             }
         }
         let Some(log) = self.log.as_ref() else {
@@ -713,6 +705,35 @@ impl Topic {
         self.consumer_subs.clear();
         self.drop_transient_cursors_of(None);
         self.subscriptions.clear();
+        self.finish_cursor_writes().await;
+    }
+
+    /// Waits for the batch of cursor writes in flight on the blocking pool,
+    /// if any, and takes in what it stored: a close persists after it, and
+    /// a deletion must not remove the state directory while it writes there
+    /// (the removal failed with "Directory not empty").
+    async fn finish_cursor_writes(&mut self) {
+        if let Some(running) = self.cursor_writes.take() {
+            let done = running.await;
+            self.cursor_writes_done(done);
+        }
+    }
+
+    /// Takes in what a batch of cursor writes stored.
+    fn cursor_writes_done(
+        &mut self,
+        done: Result<kilonova_storage::CursorsStored, tokio::task::JoinError>,
+    ) {
+        let applied = match (done, self.log.as_mut()) {
+            (Ok(stored), Some(log)) => log.cursor_writes_done(stored).map(drop),
+            (Err(e), _) => Err(kilonova_storage::StorageError::Log(format!(
+                "the cursor writes stopped: {e}"
+            ))),
+            (Ok(_), None) => Ok(()),
+        };
+        if let Err(e) = applied {
+            tracing::warn!(topic = %self.full_name, error = %e, "persisting cursors failed");
+        }
     }
 
     fn drop_transient_cursors_of(&mut self, only: Option<&str>) {
