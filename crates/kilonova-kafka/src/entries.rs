@@ -37,8 +37,24 @@ pub struct Stamp {
 
 /// Kafka records as one entry's payload (Pulsar's batch format,
 /// uncompressed), as a client would send it.
-pub fn to_entry(records: &[Record], stamp: &Stamp) -> Bytes {
-    let mut batch = BytesMut::new();
+pub fn to_entry(records: &[Record], stamp: &Stamp) -> frame::Payload {
+    // Room for every record at once: growing the buffer record by record
+    // copied the batch over and over.
+    let room: usize = records
+        .iter()
+        .map(|r| {
+            let headers: usize = r
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 8)
+                .sum();
+            r.value.as_ref().map_or(0, |v| v.len())
+                + r.key.as_ref().map_or(0, |k| k.len() * 2)
+                + headers
+                + 32
+        })
+        .sum();
+    let mut batch = BytesMut::with_capacity(room);
     for r in records {
         let mut meta = SingleMessageMetadata::default();
         if let Some(k) = &r.key {
@@ -77,7 +93,7 @@ pub fn to_entry(records: &[Record], stamp: &Stamp) -> Bytes {
         uncompressed_size: Some(u32::try_from(batch.len()).unwrap_or(u32::MAX)),
         ..Default::default()
     };
-    frame::build_payload(&metadata, &batch)
+    frame::built_payload(metadata, &batch)
 }
 
 /// The records of a stored entry whose first message has offset
@@ -241,7 +257,7 @@ mod tests {
             rec(None, Some(b"b"), &[]),
             rec(Some(&[0xff, 0x00, 0x80]), None, &[("x", "y"), ("z", "")]),
         ];
-        let entry = to_entry(&records, &stamp());
+        let entry = to_entry(&records, &stamp()).raw;
         let back = from_entry(&entry, 100, 1 << 20).unwrap();
         assert_eq!(back.len(), 3);
         for (i, (a, b)) in records.iter().zip(&back).enumerate() {

@@ -331,6 +331,21 @@ pub fn build_payload(metadata: &MessageMetadata, data: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// [`build_payload`], kept as the [`Payload`] it decodes to: a broker that
+/// builds an entry itself need not check the checksum it just computed nor
+/// decode the metadata it just encoded.
+pub fn built_payload(metadata: MessageMetadata, data: &[u8]) -> Payload {
+    let raw = build_payload(&metadata, data);
+    let data = raw.slice(raw.len() - data.len()..);
+    Payload {
+        raw,
+        checksum_ok: true,
+        metadata,
+        data,
+        broker_entry_metadata: None,
+    }
+}
+
 /// Builds the `[0x0e02][size][BrokerEntryMetadata]` prefix a broker puts before a
 /// stored payload for clients that asked for it.
 pub fn broker_entry_metadata_prefix(meta: &BrokerEntryMetadata) -> Bytes {

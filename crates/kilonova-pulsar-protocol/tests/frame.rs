@@ -329,3 +329,13 @@ proptest! {
         prop_assert_eq!(receipt.message_id.unwrap().entry_id, entry_id);
     }
 }
+
+#[test]
+fn a_built_payload_is_what_decoding_its_bytes_gives() {
+    let built = frame::built_payload(metadata(7), b"hello");
+    let decoded = frame::decode_payload(built.raw.clone()).unwrap();
+    assert!(decoded.checksum_ok);
+    assert_eq!(decoded.metadata, built.metadata);
+    assert_eq!(decoded.data, built.data);
+    assert_eq!(&built.data[..], b"hello");
+}

@@ -18,7 +18,6 @@ use kilonova_kafka::kafka_protocol::messages::{
 };
 use kilonova_kafka::kafka_protocol::protocol::StrBytes;
 use kilonova_kafka::records;
-use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::ProducerAccessMode;
 
 use super::connection::KafkaConnection;
@@ -190,7 +189,7 @@ impl KafkaConnection {
         // does: deduplication's state is rebuilt from them after a restart.
         let producer_name = name.unwrap_or_else(|| format!("kafka-{}-{producer_id}", self.id));
         let now_ms = self.broker.clock().now_ms();
-        let entry = entries::to_entry(
+        let payload = entries::to_entry(
             &records,
             &Stamp {
                 producer_name,
@@ -198,10 +197,6 @@ impl KafkaConnection {
                 publish_time_ms: now_ms,
             },
         );
-        let payload = match frame::decode_payload(entry) {
-            Ok(p) => p,
-            Err(_) => return Sent::Done(Err(ResponseError::CorruptMessage.code())),
-        };
         let now = self.broker.clock().now();
         let wait = handle
             .publish_gate
