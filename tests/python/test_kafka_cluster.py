@@ -6,6 +6,7 @@ they ask."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -53,7 +54,6 @@ def test_kafka_clients_use_every_broker_of_a_cluster(cluster):
     c.subscribe([topic])
     got = []
     try:
-        import time
         deadline = time.monotonic() + 60
         while len(got) < 240 and time.monotonic() < deadline:
             m = c.poll(0.5)
