@@ -36,6 +36,7 @@ impl KafkaConnection {
         let nodes = self.nodes().await.unwrap_or_default();
         // Before version 4 a request could not say: topics were created.
         let create = version < 4 || m.allow_auto_topic_creation;
+        let mut asked = super::nodes::Leaders::default();
         let mut topics = Vec::with_capacity(names.len());
         for (name, known) in names {
             let topic = MetadataResponseTopic::default()
@@ -71,7 +72,7 @@ impl KafkaConnection {
                 0 => vec![base],
                 n => (0..n).map(|i| base.partition_name(i)).collect(),
             };
-            let leaders = self.leaders_of(&serving).await;
+            let leaders = self.leaders_of(&serving, &mut asked).await;
             let mut partitions = Vec::with_capacity(leaders.len());
             for (i, leader) in leaders.into_iter().enumerate() {
                 // A leader that serves no Kafka listener of this kind is

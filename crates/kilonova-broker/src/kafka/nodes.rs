@@ -62,6 +62,14 @@ pub(super) fn coordinator_among<'a>(nodes: &'a [Node], key: &str) -> Option<&'a 
     nodes.get(i)
 }
 
+/// What one Metadata request learned of namespaces' bundles and of who
+/// serves each bundle (by namespace name).
+#[derive(Default)]
+pub(super) struct Leaders {
+    bundles: HashMap<String, Result<kilonova_metadata::policies::BundlesData, i16>>,
+    served: HashMap<(String, kilonova_metadata::bundles::BundleRange), Result<(i32, i32), i16>>,
+}
+
 /// A connection's view of the nodes, read at most every [`NODES_FRESH_FOR`].
 #[derive(Default)]
 pub(super) struct NodeCache(Option<(Instant, Vec<Node>)>);
@@ -117,8 +125,13 @@ impl KafkaConnection {
     /// non-partitioned topic, of one namespace) and its leader epoch: the
     /// bundle ownership's, which grows each time the bundle changes hands
     /// (clients take a leader with an older epoch than one they saw as
-    /// stale). Each bundle is asked about once.
-    pub(super) async fn leaders_of(&self, topics: &[TopicName]) -> Vec<Result<(i32, i32), i16>> {
+    /// stale). `asked` keeps what one request learned, so each namespace
+    /// and bundle is asked about once per request however many topics it has.
+    pub(super) async fn leaders_of(
+        &self,
+        topics: &[TopicName],
+        asked: &mut Leaders,
+    ) -> Vec<Result<(i32, i32), i16>> {
         let Some(first) = topics.first() else {
             return Vec::new();
         };
@@ -126,21 +139,29 @@ impl KafkaConnection {
             return vec![Ok((STANDALONE_NODE, 0)); topics.len()];
         }
         let ns = first.namespace();
-        let policies = match self.broker.namespace_policies(&ns).await {
-            Ok(p) => p,
-            Err(e) => return vec![Err(errors::code(&e)); topics.len()],
+        let key = ns.to_string();
+        if !asked.bundles.contains_key(&key) {
+            let bundles = match self.broker.namespace_policies(&ns).await {
+                Ok(p) => Ok(p.bundles),
+                Err(e) => Err(errors::code(&e)),
+            };
+            asked.bundles.insert(key.clone(), bundles);
+        }
+        let bundles = match &asked.bundles[&key] {
+            Ok(b) => b,
+            Err(code) => return vec![Err(*code); topics.len()],
         };
-        let mut by_bundle = HashMap::new();
         let mut out = Vec::with_capacity(topics.len());
         for t in topics {
-            let range = match kilonova_metadata::bundles::bundle_of(&policies.bundles, t) {
+            let range = match kilonova_metadata::bundles::bundle_of(bundles, t) {
                 Ok(r) => r,
                 Err(e) => {
                     out.push(Err(errors::code(&e.into())));
                     continue;
                 }
             };
-            if let Entry::Vacant(slot) = by_bundle.entry(range) {
+            let bundle = (key.clone(), range);
+            if let Entry::Vacant(slot) = asked.served.entry(bundle.clone()) {
                 let served = match self.broker.bundle_server(&(ns.clone(), range)).await {
                     Ok(Some((id, epoch))) => Ok((node_id(&id), leader_epoch(epoch))),
                     Ok(None) => Ok((STANDALONE_NODE, 0)),
@@ -148,7 +169,7 @@ impl KafkaConnection {
                 };
                 slot.insert(served);
             }
-            out.push(by_bundle[&range]);
+            out.push(asked.served[&bundle]);
         }
         out
     }
