@@ -403,29 +403,21 @@ impl KafkaConnection {
     pub(super) async fn alter_configs(&mut self, r: AlterConfigsRequest) -> AlterConfigsResponse {
         let mut responses = Vec::with_capacity(r.resources.len());
         for res in &r.resources {
-            let changes: Vec<(String, Option<String>)> = res
+            let edits = Ok(res
                 .configs
                 .iter()
                 .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
-                .collect();
-            let result = self
+                .collect());
+            let altered = self
                 .alter(
                     res.resource_type,
                     &res.resource_name,
                     r.validate_only,
-                    |t| {
-                        *t = TopicConfigs::default();
-                        for (name, value) in &changes {
-                            match value {
-                                Some(v) => t.apply(name, Change::Set(v))?,
-                                None => t.apply(name, Change::Reset)?,
-                            }
-                        }
-                        Ok(())
-                    },
+                    true,
+                    edits,
                 )
                 .await;
-            let (code, message) = outcome(result);
+            let (code, message) = outcome(altered);
             responses.push(
                 alter_configs_response::AlterConfigsResourceResponse::default()
                     .with_error_code(code)
@@ -446,38 +438,31 @@ impl KafkaConnection {
     ) -> IncrementalAlterConfigsResponse {
         let mut responses = Vec::with_capacity(r.resources.len());
         for res in &r.resources {
-            let changes: Vec<(String, i8, Option<String>)> = res
+            let edits = res
                 .configs
                 .iter()
                 .map(|c| {
-                    let value = c.value.as_ref().map(|v| v.to_string());
-                    (c.name.to_string(), c.config_operation, value)
+                    let name = c.name.to_string();
+                    match (c.config_operation, &c.value) {
+                        (OP_SET, Some(v)) => Ok((name, Some(v.to_string()))),
+                        (OP_SET, None) => Err(invalid(format!("{name}: no value"))),
+                        (OP_DELETE, _) => Ok((name, None)),
+                        (op, _) => Err(invalid(format!(
+                            "{name}: operation {op} is not supported (SET and DELETE are)"
+                        ))),
+                    }
                 })
                 .collect();
-            let result = self
+            let altered = self
                 .alter(
                     res.resource_type,
                     &res.resource_name,
                     r.validate_only,
-                    |t| {
-                        for (name, op, value) in &changes {
-                            let change = match (*op, value) {
-                                (OP_SET, Some(v)) => Change::Set(v),
-                                (OP_SET, None) => return Err(invalid(format!("{name}: no value"))),
-                                (OP_DELETE, _) => Change::Reset,
-                                (op, _) => {
-                                    return Err(invalid(format!(
-                                    "{name}: operation {op} is not supported (SET and DELETE are)"
-                                )))
-                                }
-                            };
-                            t.apply(name, change)?;
-                        }
-                        Ok(())
-                    },
+                    false,
+                    edits,
                 )
                 .await;
-            let (code, message) = outcome(result);
+            let (code, message) = outcome(altered);
             responses.push(
                 incremental_alter_configs_response::AlterConfigsResourceResponse::default()
                     .with_error_code(code)
@@ -489,14 +474,17 @@ impl KafkaConnection {
         IncrementalAlterConfigsResponse::default().with_responses(responses)
     }
 
-    /// Changes a topic's configs with `edit` and stores them (unless only
-    /// validating). Broker configs are read-only.
+    /// Gives a topic's configs the values in `edits` (`None`: back to the
+    /// namespace's or the broker's), all others first going back too with
+    /// `replace`, and stores them (unless only validating). Broker configs
+    /// are read-only.
     async fn alter(
         &mut self,
         resource_type: i8,
         name: &str,
         validate_only: bool,
-        edit: impl FnOnce(&mut TopicConfigs) -> Result<(), Refusal>,
+        replace: bool,
+        edits: Result<Vec<(String, Option<String>)>, Refusal>,
     ) -> Result<(), Refusal> {
         match resource_type {
             RESOURCE_TOPIC => {}
@@ -511,8 +499,14 @@ impl KafkaConnection {
         }
         let topic = self.named_topic(name)?;
         self.may_administer(&topic).await?;
-        let mut configs = TopicConfigs::of(&self.topic_policies(&topic).await?);
-        edit(&mut configs)?;
+        let own = self.topic_policies(&topic).await?;
+        let mut configs = match replace {
+            true => TopicConfigs::default(),
+            false => TopicConfigs::of(&own),
+        };
+        for (config, value) in edits? {
+            configs.apply(&config, value.as_deref().map_or(Change::Reset, Change::Set))?;
+        }
         if validate_only {
             return Ok(());
         }

@@ -140,14 +140,14 @@ impl KafkaConnection {
         }
         let ns = first.namespace();
         let key = ns.to_string();
-        if !asked.bundles.contains_key(&key) {
-            let bundles = match self.broker.namespace_policies(&ns).await {
+        let bundles = match asked.bundles.entry(key.clone()) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(match self.broker.namespace_policies(&ns).await {
                 Ok(p) => Ok(p.bundles),
                 Err(e) => Err(errors::code(&e)),
-            };
-            asked.bundles.insert(key.clone(), bundles);
-        }
-        let bundles = match &asked.bundles[&key] {
+            }),
+        };
+        let bundles = match bundles {
             Ok(b) => b,
             Err(code) => return vec![Err(*code); topics.len()],
         };
@@ -160,16 +160,17 @@ impl KafkaConnection {
                     continue;
                 }
             };
-            let bundle = (key.clone(), range);
-            if let Entry::Vacant(slot) = asked.served.entry(bundle.clone()) {
-                let served = match self.broker.bundle_server(&(ns.clone(), range)).await {
-                    Ok(Some((id, epoch))) => Ok((node_id(&id), leader_epoch(epoch))),
-                    Ok(None) => Ok((STANDALONE_NODE, 0)),
-                    Err(e) => Err(errors::code(&e)),
-                };
-                slot.insert(served);
-            }
-            out.push(asked.served[&bundle]);
+            let served = match asked.served.entry((key.clone(), range)) {
+                Entry::Occupied(o) => *o.get(),
+                Entry::Vacant(v) => *v.insert(
+                    match self.broker.bundle_server(&(ns.clone(), range)).await {
+                        Ok(Some((id, epoch))) => Ok((node_id(&id), leader_epoch(epoch))),
+                        Ok(None) => Ok((STANDALONE_NODE, 0)),
+                        Err(e) => Err(errors::code(&e)),
+                    },
+                ),
+            };
+            out.push(served);
         }
         out
     }

@@ -154,7 +154,10 @@ impl KafkaConnection {
             Some(Err(_)) => return Sent::Done(Err(ResponseError::CorruptMessage.code())),
         };
         let records: Vec<_> = sets.into_iter().flat_map(|s| s.records).collect();
-        (self.broker.metrics().kafka()).count_produced(records.len() as u64, raw_bytes);
+        self.broker
+            .metrics()
+            .kafka()
+            .count_produced(records.len() as u64, raw_bytes);
         if records.iter().any(|r| r.control || r.transactional) {
             return Sent::Done(Err(ResponseError::UnsupportedForMessageFormat.code()));
         }

@@ -89,10 +89,7 @@ impl KafkaConnection {
             })?;
         let mut settings = TopicConfigs::default();
         for (name, value) in configs {
-            match value {
-                Some(v) => settings.apply(name, Change::Set(v))?,
-                None => settings.apply(name, Change::Reset)?,
-            }
+            settings.apply(name, value.as_deref().map_or(Change::Reset, Change::Set))?;
         }
         self.may_administer(&topic).await?;
         self.broker.check_partition_count(n).map_err(refused)?;
