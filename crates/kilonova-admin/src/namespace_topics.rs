@@ -31,7 +31,7 @@ pub fn routes(api: Api) -> Api {
     .route(
         &format!("{NS}/{{bundle}}/unload"),
         put(unload_bundle),
-        &[("PUT", Access::TenantAdmin, "Unload one bundle (0x00000000_0x40000000) on its owner: its topics closed, the bundle released")],
+        &[("PUT", Access::TenantAdmin, "Unload one bundle (0x00000000_0x40000000) on its owner: its topics closed, the bundle handed to `?destinationBroker=ID` if given, else to the least loaded other broker")],
     )
     .route(
         &format!("{NS}/clearBacklog"),
@@ -84,9 +84,17 @@ async fn unload(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `?destinationBroker=ID`: the broker to hand the bundle to.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Destination {
+    destination_broker: Option<String>,
+}
+
 async fn unload_bundle(
     State(b): State<Broker>,
     Path((t, n, bundle)): Path<(String, String, String)>,
+    Query(d): Query<Destination>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     let ns = namespace(&t, &n)?;
@@ -99,7 +107,8 @@ async fn unload_bundle(
             "namespace {ns} has no bundle {range}"
         )));
     }
-    b.unload_bundle_anywhere(&ns, range, authorization(&headers))
+    let to = d.destination_broker.as_deref().filter(|d| !d.is_empty());
+    b.unload_bundle_anywhere(&ns, range, authorization(&headers), to)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -24,6 +24,7 @@ use crate::broker::Broker;
 use crate::error::BrokerError;
 
 pub(crate) mod history;
+pub mod load_manager;
 pub mod lookup;
 pub(crate) mod message_ids;
 mod session;
