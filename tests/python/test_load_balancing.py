@@ -4,6 +4,7 @@ and threshold shedding that spreads a skewed load and then stops moving
 (docs/load-balancing.md)."""
 
 import json
+import subprocess
 import threading
 import time
 import zlib
@@ -12,7 +13,7 @@ import pulsar
 import pytest
 
 from cluster import bundle_index, bundle_name
-from conftest import CLIENT_LOGGER, unique, wait_until
+from conftest import CLIENT_LOGGER, http, unique, wait_until
 
 # Reports every 300 ms; bandwidth measured against a 10 Mbit/s "NIC" so that
 # a few hundred KB/s of publishing is most of a broker's load.
@@ -176,3 +177,114 @@ def test_shedding_spreads_a_skewed_load_and_then_stops(cluster):
         client.close()
     assert not errors, f"{len(errors)} sends failed: {errors[:5]}"
     assert sent[0] > 0
+
+
+def ns_bundles(cluster, ns: str, via: int = 0) -> list[str]:
+    ranges = cluster.bundle_ranges(ns, via)
+    return [bundle_name(ranges, i) for i in range(len(ranges))]
+
+
+@pytest.mark.parametrize("cluster", [{"broker_settings": {
+    **LB_SETTINGS, "load_balancer_shedding_enabled": False,
+    "load_balancer_auto_bundle_split_enabled": False}}], indirect=True)
+def test_split_bundle_keeps_clients_on_the_owner(cluster):
+    ns = f"public/{unique('split')}"
+    cluster.admin_ok(0, "namespaces", "create", ns, "--bundles", "2")
+    before = ns_bundles(cluster, ns)
+    ranges = cluster.bundle_ranges(ns)
+    # Topics of the first bundle, on both sides of its middle hash.
+    lo, hi = ranges[0]
+    mid = lo + (hi - lo) // 2
+    low = high = None
+    while low is None or high is None:
+        t = f"persistent://{ns}/{unique('s')}"
+        h = zlib.crc32(t.encode())
+        if lo <= h < mid and low is None:
+            low = t
+        elif mid <= h < hi and high is None:
+            high = t
+    client = pulsar.Client(cluster.broker(0).service_url, operation_timeout_seconds=10,
+                           logger=CLIENT_LOGGER)
+    try:
+        producers = [client.create_producer(t, batching_enabled=False) for t in (low, high)]
+        owner = cluster.owner_of(low)
+        assert cluster.owner_of(high) == owner
+        consumer = client.subscribe(low, "s")
+        for p in producers:
+            p.send(b"before")
+        # Asked of another broker: forwarded to the owner.
+        cluster.admin_ok((owner + 1) % 3, "namespaces", "split-bundle", ns, "-b", before[0])
+        after = ns_bundles(cluster, ns)
+        assert after == [f"{lo:#010x}_{mid:#010x}", f"{mid:#010x}_{hi:#010x}", before[1]], after
+        # Both halves stay on the owner; its clients go on without a reconnection.
+        assert cluster.owner_of(low) == owner and cluster.owner_of(high) == owner
+        for p in producers:
+            p.send(b"after")
+        assert [consumer.receive(10_000).data() for _ in range(2)] == [b"before", b"after"]
+        assert cluster.metric(owner, "pulsar_lb_bundles_split_total") == 1
+        report = wait_until(
+            lambda: (lambda r: r if r and f"{ns}/{after[0]}" in r["bundles"] else None)(
+                stored_report(cluster, 0, owner)), 10, "the halves in the owner's report")
+        assert f"{ns}/{before[0]}" not in report["bundles"], report["bundles"]
+
+        # Split with --unload: the halves go to the least loaded brokers;
+        # the producers follow.
+        cluster.admin_ok(0, "namespaces", "split-bundle", ns, "-b", after[0], "--unload")
+        assert len(ns_bundles(cluster, ns)) == 4
+        for p in producers:
+            p.send(b"moved")
+        assert consumer.receive(10_000).data() == b"moved"
+        # Bad input: a range that is not a bundle, a garbage range.
+        assert cluster.rest(0, "PUT", f"/admin/v2/namespaces/{ns}/{before[0]}/split")[0] == 404
+        assert cluster.rest(0, "PUT", f"/admin/v2/namespaces/{ns}/nonsense/split")[0] == 400
+        status, _ = cluster.rest(
+            0, "PUT", f"/admin/v2/namespaces/{ns}/{before[1]}/split?splitAlgorithmName=topic_count_equally_divide")
+        assert status == 400
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("cluster", [{"broker_settings": {
+    **LB_SETTINGS, "load_balancer_shedding_enabled": False,
+    "load_balancer_namespace_bundle_max_topics": 4}}], indirect=True)
+def test_the_leader_splits_a_bundle_with_too_many_topics_and_stops(cluster):
+    ns = f"public/{unique('autosplit')}"
+    cluster.admin_ok(0, "namespaces", "create", ns, "--bundles", "1")
+    client = pulsar.Client(cluster.broker(0).service_url, operation_timeout_seconds=10,
+                           logger=CLIENT_LOGGER)
+    try:
+        topics = [f"persistent://{ns}/t{i}" for i in range(10)]
+        producers = [client.create_producer(t, batching_enabled=False) for t in topics]
+
+        def settled():
+            ranges = cluster.bundle_ranges(ns)
+            per = [0] * len(ranges)
+            for t in topics:
+                per[bundle_index(ranges, zlib.crc32(t.encode()))] += 1
+            return per if max(per) <= 4 else None
+        per = wait_until(settled, 30, "every bundle of the namespace at 4 topics or fewer")
+        splits = sum(cluster.metric(i, "pulsar_lb_bundles_split_total") for i in range(3))
+        assert splits == len(per) - 1, (splits, per)
+        # Ten topics in bundles of at most four: a handful of splits, not a storm.
+        assert len(per) <= 8, per
+        time.sleep(3)  # an absence over a window: three more rounds
+        assert len(cluster.bundle_ranges(ns)) == len(per), "splitting went on"
+        for p in producers:
+            p.send(b"still here")
+    finally:
+        client.close()
+
+
+def test_split_bundle_on_a_standalone_broker(broker):
+    ns = f"public/{unique('sa')}"
+
+    def admin(*args):
+        proc = subprocess.run([str(broker.binary), "admin", "--admin-url", broker.http_url, *args],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+    admin("namespaces", "create", ns, "--bundles", "1")
+    admin("namespaces", "split-bundle", ns, "-b", "0x00000000_0xffffffff")
+    status, body = http("GET", f"{broker.http_url}/admin/v2/namespaces/{ns}/bundles")
+    assert status == 200
+    assert json.loads(body)["boundaries"] == ["0x00000000", "0x7fffffff", "0xffffffff"], body

@@ -288,6 +288,21 @@ pub struct BrokerConfig {
     /// New bundles are not placed on a broker serving this many topics
     /// while another serves fewer (Pulsar's `loadBalancerBrokerMaxTopics`).
     pub load_balancer_broker_max_topics: u64,
+    /// The leader splits bundles past a threshold below, every shedding
+    /// interval (Pulsar's `loadBalancerAutoBundleSplitEnabled`).
+    pub load_balancer_auto_bundle_split_enabled: bool,
+    /// A bundle with more topics, producers + consumers, messages per
+    /// second (in + out) or MB per second (in + out) than these splits
+    /// (Pulsar's `loadBalancerNamespaceBundleMax*`).
+    pub load_balancer_namespace_bundle_max_topics: u64,
+    pub load_balancer_namespace_bundle_max_sessions: u64,
+    pub load_balancer_namespace_bundle_max_msg_rate: f64,
+    pub load_balancer_namespace_bundle_max_bandwidth_mbytes: f64,
+    /// A namespace is not split past this many bundles (Pulsar's
+    /// `loadBalancerNamespaceMaximumBundles`).
+    pub load_balancer_namespace_maximum_bundles: usize,
+    /// Splits per round at most (Pulsar's `loadBalancerMaxNumberOfBundlesToSplitPerCycle`).
+    pub load_balancer_max_bundles_to_split_per_round: usize,
 }
 
 impl BrokerConfig {
@@ -399,6 +414,13 @@ impl Default for BrokerConfig {
             load_balancer_nic_speed_gbps: 10.0,
             load_balancer_memory_limit_mb: 0,
             load_balancer_broker_max_topics: 50_000,
+            load_balancer_auto_bundle_split_enabled: true,
+            load_balancer_namespace_bundle_max_topics: 1000,
+            load_balancer_namespace_bundle_max_sessions: 1000,
+            load_balancer_namespace_bundle_max_msg_rate: 30_000.0,
+            load_balancer_namespace_bundle_max_bandwidth_mbytes: 100.0,
+            load_balancer_namespace_maximum_bundles: 128,
+            load_balancer_max_bundles_to_split_per_round: 10,
         }
     }
 }

@@ -56,6 +56,8 @@ pub(crate) struct LoadMetrics {
     pub(crate) rounds: AtomicU64,
     /// Whether this broker leads (0 or 1).
     pub(crate) leader: AtomicU64,
+    /// Bundles split here.
+    splits: AtomicU64,
 }
 
 impl LoadMetrics {
@@ -116,6 +118,11 @@ impl LoadMetrics {
                 "Shedding rounds run (this broker leading)",
                 &self.rounds,
             ),
+            (
+                "pulsar_lb_bundles_split_total",
+                "Bundles split on this broker (the leader's decision or an admin's)",
+                &self.splits,
+            ),
         ];
         for (name, help, v) in counters {
             crate::metrics::header(out, name, "counter", help);
@@ -125,6 +132,10 @@ impl LoadMetrics {
                 v.load(Ordering::Relaxed)
             );
         }
+    }
+
+    pub(crate) fn count_split(&self) {
+        self.splits.fetch_add(1, Ordering::Relaxed);
     }
 
     fn set_usage(&self, r: &LoadReport) {
@@ -375,7 +386,15 @@ impl Broker {
             // A new leader starts from fresh loads and no remembered moves.
             *lm.shedder.lock().await = None;
         }
-        if !leads || !shed || !self.config().load_balancer_shedding_enabled {
+        if !leads || !shed {
+            return Vec::new();
+        }
+        if self.config().load_balancer_auto_bundle_split_enabled {
+            if let Err(e) = self.split_once().await {
+                tracing::warn!(error = %e, "a bundle-split round failed");
+            }
+        }
+        if !self.config().load_balancer_shedding_enabled {
             return Vec::new();
         }
         match self.shed_once().await {
@@ -396,14 +415,11 @@ impl Broker {
             ));
         };
         let c = self.config();
-        let stale_ms = u64::from(STALE_REPORTS) * c.load_balancer_report_interval_ms.max(1);
         let now = now_ms();
         let reports: Vec<BrokerReport> = self
-            .resources()
-            .load_reports(&m.cluster)
+            .fresh_reports(&m.cluster)
             .await?
             .iter()
-            .filter(|(_, r)| now.saturating_sub(r.last_update) <= stale_ms)
             .map(|(id, r)| shedder_report(id, r))
             .collect();
         let lm = self.inner_load();
@@ -487,13 +503,85 @@ impl Broker {
     /// admin API as this broker) with `mv.to` as the next owner.
     async fn move_bundle(&self, mv: &Move) -> Result<(), BrokerError> {
         let (ns, range) = parse_bundle_name(&mv.bundle)?;
-        let authorization = self
-            .security()
-            .broker_client_token()
-            .map(|t| format!("Bearer {t}"));
+        let authorization = self.broker_authorization();
         self.unload_bundle_anywhere(&ns, range, authorization.as_deref(), Some(&mv.to))
             .await
             .map(drop)
+    }
+
+    /// The Authorization header this broker's own admin requests to other
+    /// brokers carry (its `broker_client_auth_token`).
+    fn broker_authorization(&self) -> Option<String> {
+        self.security()
+            .broker_client_token()
+            .map(|t| format!("Bearer {t}"))
+    }
+
+    /// The reports of the cluster's brokers that are no older than
+    /// [`STALE_REPORTS`] intervals, by broker id.
+    async fn fresh_reports(&self, cluster: &str) -> Result<Vec<(String, LoadReport)>, BrokerError> {
+        let stale_ms =
+            u64::from(STALE_REPORTS) * self.config().load_balancer_report_interval_ms.max(1);
+        let now = now_ms();
+        let mut reports = self.resources().load_reports(cluster).await?;
+        reports.retain(|(_, r)| now.saturating_sub(r.last_update) <= stale_ms);
+        Ok(reports)
+    }
+
+    /// The leader's split round: each bundle past a threshold
+    /// ([`shedding::split_reason`]) split on its owner, at most
+    /// `load_balancer_max_bundles_to_split_per_round`. Returns how many.
+    pub(crate) async fn split_once(&self) -> Result<usize, BrokerError> {
+        let Some(m) = self.membership() else {
+            return Ok(0);
+        };
+        if self.shared_log().is_some() {
+            return Ok(0);
+        }
+        let c = self.config();
+        let limits = shedding::SplitConfig {
+            max_topics: c.load_balancer_namespace_bundle_max_topics,
+            max_sessions: c.load_balancer_namespace_bundle_max_sessions,
+            max_msg_rate: c.load_balancer_namespace_bundle_max_msg_rate,
+            max_bandwidth: c.load_balancer_namespace_bundle_max_bandwidth_mbytes * 1024.0 * 1024.0,
+            max_bundles: c.load_balancer_namespace_maximum_bundles,
+        };
+        let authorization = self.broker_authorization();
+        let mut bundle_counts: BTreeMap<NamespaceName, usize> = BTreeMap::new();
+        let mut split = 0;
+        for (id, report) in self.fresh_reports(&m.cluster).await? {
+            for load in shedder_report(&id, &report).bundles {
+                if split >= c.load_balancer_max_bundles_to_split_per_round {
+                    return Ok(split);
+                }
+                let (ns, range) = parse_bundle_name(&load.name)?;
+                let count = match bundle_counts.get(&ns) {
+                    Some(n) => *n,
+                    None => {
+                        let policies = self.namespace_policies(&ns).await?;
+                        bundles::ranges(&policies.bundles)?.len()
+                    }
+                };
+                bundle_counts.insert(ns.clone(), count);
+                let Some(reason) = shedding::split_reason(&load, count, &limits) else {
+                    continue;
+                };
+                tracing::info!(bundle = %load.name, broker = %id, ?reason, "splitting a bundle");
+                match self
+                    .split_bundle_anywhere(&ns, range, false, authorization.as_deref())
+                    .await
+                {
+                    Ok(()) => {
+                        split += 1;
+                        bundle_counts.insert(ns, count + 1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(bundle = %load.name, error = %e, "splitting a bundle failed")
+                    }
+                }
+            }
+        }
+        Ok(split)
     }
 }
 
@@ -527,16 +615,11 @@ pub(crate) type Loads = BTreeMap<String, (f64, u64)>;
 impl Broker {
     /// Each reporting broker's load (the largest weighted usage) and topics.
     pub(crate) async fn broker_loads(&self, cluster: &str) -> Result<Loads, BrokerError> {
-        let c = self.config();
-        let weights = shedder_config(c).weights;
-        let stale_ms = u64::from(STALE_REPORTS) * c.load_balancer_report_interval_ms.max(1);
-        let now = now_ms();
+        let weights = shedder_config(self.config()).weights;
         Ok(self
-            .resources()
-            .load_reports(cluster)
+            .fresh_reports(cluster)
             .await?
             .into_iter()
-            .filter(|(_, r)| now.saturating_sub(r.last_update) <= stale_ms)
             .map(|(id, r)| (id, (usage_of(&r).load(&weights), r.num_topics)))
             .collect())
     }

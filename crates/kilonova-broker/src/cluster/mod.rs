@@ -30,6 +30,7 @@ pub(crate) mod message_ids;
 mod session;
 pub(crate) mod shared;
 pub mod shedding;
+mod split;
 pub mod unload;
 
 pub use lookup::LookupAnswer;
