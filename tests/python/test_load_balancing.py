@@ -288,3 +288,39 @@ def test_split_bundle_on_a_standalone_broker(broker):
     status, body = http("GET", f"{broker.http_url}/admin/v2/namespaces/{ns}/bundles")
     assert status == 200
     assert json.loads(body)["boundaries"] == ["0x00000000", "0x7fffffff", "0xffffffff"], body
+
+
+@pytest.mark.parametrize("cluster", [{"broker_settings": {
+    "load_balancer_report_interval_ms": 500, "load_balancer_shedding_interval_secs": 2,
+    "topic_queue_depth": 64}}], indirect=True)
+def test_two_thousand_topics_at_once_connect_and_barely_move(cluster):
+    from concurrent.futures import ThreadPoolExecutor
+    ns = f"public/{unique('burst')}"
+    cluster.admin_ok(0, "namespaces", "create", ns)
+    topics = [f"persistent://{ns}/t{i}" for i in range(2000)]
+    # Three clients, one per broker's URL, as an application's instances.
+    clients = [pulsar.Client(cluster.broker(i).service_url, operation_timeout_seconds=30,
+                             logger=CLIENT_LOGGER) for i in range(3)]
+    try:
+        def open_and_send(i):
+            p = clients[i % 3].create_producer(topics[i], batching_enabled=False)
+            p.send(b"hello")
+            return p
+        started = time.monotonic()
+        with ThreadPoolExecutor(48) as pool:
+            producers = list(pool.map(open_and_send, range(len(topics))))
+        took = time.monotonic() - started
+        # Everyone in; then each sends again after the load manager's rounds.
+        time.sleep(4)  # two shedding rounds with the load those topics made
+        for p in producers:
+            p.send(b"again")
+        moves = sum(cluster.metric(i, "pulsar_lb_unload_bundle_total") for i in range(3))
+        splits = sum(cluster.metric(i, "pulsar_lb_bundles_split_total") for i in range(3))
+        spread = [sum(1 for t in topics[:200] if cluster.try_owner_of(t) == i) for i in range(3)]
+        print(f"2000 topics: {took:.1f} s to open and publish; {moves:.0f} moves, "
+              f"{splits:.0f} splits; first 200 topics per broker: {spread}")
+        assert moves <= 4 and splits == 0, (moves, splits)
+        assert all(n > 0 for n in spread), spread
+    finally:
+        for c in clients:
+            c.close()
