@@ -288,6 +288,10 @@ pub struct BrokerConfig {
     /// New bundles are not placed on a broker serving this many topics
     /// while another serves fewer (Pulsar's `loadBalancerBrokerMaxTopics`).
     pub load_balancer_broker_max_topics: u64,
+    /// An unload hands the bundle to its next owner before the topics close
+    /// and names it to the clients (Pulsar's `loadBalancerTransferEnabled`);
+    /// off, the bundle is released and clients look their topics up again.
+    pub load_balancer_transfer_enabled: bool,
     /// The leader splits bundles past a threshold below, every shedding
     /// interval (Pulsar's `loadBalancerAutoBundleSplitEnabled`).
     pub load_balancer_auto_bundle_split_enabled: bool,
@@ -414,6 +418,7 @@ impl Default for BrokerConfig {
             load_balancer_nic_speed_gbps: 10.0,
             load_balancer_memory_limit_mb: 0,
             load_balancer_broker_max_topics: 50_000,
+            load_balancer_transfer_enabled: true,
             load_balancer_auto_bundle_split_enabled: true,
             load_balancer_namespace_bundle_max_topics: 1000,
             load_balancer_namespace_bundle_max_sessions: 1000,

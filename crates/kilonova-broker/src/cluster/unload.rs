@@ -130,7 +130,11 @@ impl Broker {
         // lookups to place.
         self.prepare_bundle_handover(&key).await;
         let mut handed_to = None;
-        if let Some((id, record)) = self.next_owner(m, &key, to).await {
+        let chosen = match self.config().load_balancer_transfer_enabled {
+            true => self.next_owner(m, &key, to).await,
+            false => None,
+        };
+        if let Some((id, record)) = chosen {
             if self.hand_over(m, &key, epoch, &id, &record).await {
                 handed_to = Some((id, record));
             }
