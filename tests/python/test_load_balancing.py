@@ -55,6 +55,7 @@ def test_reports_leader_and_takeover(cluster):
     assert leader in ids
     flags = [cluster.metric(i, "kilonova_lb_leader") for i in range(3)]
     assert sorted(flags) == [0, 0, 1] and flags[ids.index(leader)] == 1, flags
+    assert cluster.metric(ids.index(leader), "kilonova_lb_overloaded_brokers") == 0
 
     # A topic with traffic shows in its broker's report, in its bundle's stats.
     topic = f"persistent://public/default/{unique('lb-report')}"

@@ -58,6 +58,8 @@ pub(crate) struct LoadMetrics {
     pub(crate) leader: AtomicU64,
     /// Bundles split here.
     splits: AtomicU64,
+    /// Brokers above the overloaded threshold at the last round (leader).
+    overloaded: AtomicU64,
 }
 
 impl LoadMetrics {
@@ -96,6 +98,11 @@ impl LoadMetrics {
                 "kilonova_lb_leader",
                 "1 while this broker leads the load manager",
                 self.leader.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "kilonova_lb_overloaded_brokers",
+                "Brokers above the overloaded threshold at the last shedding round (on the leader)",
+                self.overloaded.load(Ordering::Relaxed) as f64,
             ),
         ];
         for (name, help, v) in gauges {
@@ -432,7 +439,16 @@ impl Broker {
                 )
             });
             let at = Duration::from_millis(now);
-            shedder.round(&reports, &shedder_config(c), at, choices)
+            let config = shedder_config(c);
+            let moves = shedder.round(&reports, &config, at, choices);
+            let overloaded = shedder.overloaded(&config);
+            if !overloaded.is_empty() {
+                tracing::warn!(brokers = ?overloaded, threshold = config.overloaded_threshold_percent, "brokers overloaded");
+            }
+            lm.metrics
+                .overloaded
+                .store(overloaded.len() as u64, Ordering::Relaxed);
+            moves
         };
         lm.metrics.rounds.fetch_add(1, Ordering::Relaxed);
         let mut from: Vec<&str> = moves.iter().map(|mv| mv.from.as_str()).collect();
