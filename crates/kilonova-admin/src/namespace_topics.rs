@@ -36,7 +36,7 @@ pub fn routes(api: Api) -> Api {
     .route(
         &format!("{NS}/{{bundle}}/split"),
         put(split_bundle),
-        &[("PUT", Access::TenantAdmin, "Split one bundle in two at its middle hash on the broker serving it, which keeps both halves (`?unload=true`: both unloaded after); answers 412 with shared storage")],
+        &[("PUT", Access::TenantAdmin, "Split one bundle in two at its middle hash on the broker serving it, which keeps both halves (`?unload=true`: both unloaded after); with shared storage the bundle's history is carried to the halves and its topics reload")],
     )
     .route(
         &format!("{NS}/clearBacklog"),

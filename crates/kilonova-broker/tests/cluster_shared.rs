@@ -1007,3 +1007,102 @@ async fn a_next_owner_counts_the_records_it_found_towards_a_compaction() {
     )
     .await;
 }
+
+/// A topic of bundle `range` of public/default whose hash is on the other
+/// side of the range's middle from `of`'s.
+fn a_neighbour_across_the_middle(range: BundleRange, of: &TopicName) -> TopicName {
+    let mid = range.lower + (range.upper - range.lower) / 2;
+    let side = |t: &TopicName| bundles::topic_hash(t) < mid;
+    (0..10_000)
+        .map(|i| TopicName::parse(&format!("persistent://public/default/n{i}")).unwrap())
+        .find(|t| range.contains(bundles::topic_hash(t)) && side(t) != side(of))
+        .expect("a topic across the middle")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_carries_each_topics_history_to_its_half_and_keeps_shared_objects() {
+    let Fixture {
+        r,
+        a,
+        b,
+        ns,
+        range,
+        topic,
+        mut c,
+        ..
+    } = fixture().await;
+    let other = a_neighbour_across_the_middle(range, &topic);
+    let mut d = Raw::connect(a.addr).await;
+    d.subscribe(&other.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    d.producer(&other.to_string(), 1).await;
+    // Both topics' histories: a compacted base, then records after it.
+    publish(&mut c, 0..5).await;
+    publish(&mut d, 0..5).await;
+    a.broker.compact_held_bundles(1).await;
+    publish(&mut c, 5..8).await;
+    publish(&mut d, 5..8).await;
+    assert!(!r.flush_records(&ns, range).await.unwrap().is_empty());
+
+    let (lo, hi) = a.broker.split_bundle(&ns, range, false).await.unwrap();
+    assert!(r.flush_base(&ns, range).await.unwrap().is_none());
+    assert!(r.flush_records(&ns, range).await.unwrap().is_empty());
+    let policies = r.namespace(&ns).await.unwrap();
+    let (mine, theirs) = match bundles::bundle_of(&policies.bundles, &topic).unwrap() {
+        h if h == lo => (lo, hi),
+        _ => (hi, lo),
+    };
+    assert_eq!(
+        bundles::bundle_of(&policies.bundles, &other).unwrap(),
+        theirs
+    );
+    for (half, t) in [(mine, &topic), (theirs, &other)] {
+        let (base, _) = r
+            .flush_base(&ns, half)
+            .await
+            .unwrap()
+            .expect("a half's base");
+        let names: Vec<&str> = base.topics.iter().map(|t| t.topic.as_str()).collect();
+        assert_eq!(names, [t.to_string().as_str()], "{half}");
+    }
+
+    // The first topic's half moves to b: its subscription finds all eight.
+    assert!(a
+        .broker
+        .unload_bundle_to(&ns, mine, Some("b:8080"))
+        .await
+        .unwrap());
+    let mut e = Raw::connect(b.addr).await;
+    e.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    e.flow(1, 100).await;
+    let got = receive(&mut e, 8).await;
+    assert_eq!(
+        payloads(&got),
+        ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"]
+    );
+    // Everything acknowledged and compacted away on b: the runs b's half
+    // drops name the object the other half's base still names — it stays.
+    ack(&mut e, &got[7].1, AckType::Cumulative).await;
+    let id = r.topic(&topic).await.unwrap().unwrap().id;
+    stored_position(&r, id, "s", 8).await;
+    e.producer(&topic.to_string(), 1).await;
+    publish(&mut e, 8..9).await;
+    b.broker.compact_held_bundles(1).await;
+
+    // The other topic stays on a (its half did not move); loaded again on
+    // b, its history is whole.
+    assert!(a
+        .broker
+        .unload_bundle_to(&ns, theirs, Some("b:8080"))
+        .await
+        .unwrap());
+    let mut f = Raw::connect(b.addr).await;
+    f.subscribe(&other.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    f.flow(1, 100).await;
+    assert_eq!(
+        payloads(&receive(&mut f, 8).await),
+        ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"]
+    );
+}

@@ -524,6 +524,99 @@ impl Resources {
     }
 }
 
+impl FlushBase {
+    /// This base cut at a split of its bundle into `halves` (by each
+    /// topic's hash): each half's base holds its topics' runs (naming the
+    /// same objects) and covers the same record, spelled as a key of the
+    /// half's own records so that the half's later records sort after it.
+    pub fn split(
+        &self,
+        ns: &NamespaceName,
+        halves: [BundleRange; 2],
+    ) -> crate::Result<[FlushBase; 2]> {
+        let (epoch, sequence) = parse_flush_record_key(&self.covers).ok_or_else(|| {
+            MetadataError::Invalid(format!("{} is not a flush record key", self.covers))
+        })?;
+        let mut out = halves.map(|range| FlushBase {
+            covers: flush_record_key(ns, range, epoch, sequence),
+            topics: Vec::new(),
+        });
+        for t in &self.topics {
+            let name = TopicName::parse(&t.topic)
+                .map_err(|e| MetadataError::Invalid(format!("a base's topic {}: {e}", t.topic)))?;
+            let hash = crate::bundles::topic_hash(&name);
+            if let Some(i) = halves.iter().position(|h| h.contains(hash)) {
+                out[i].topics.push(t.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Resources {
+    /// Writes the bases of a split bundle's halves (`held`, the bundle
+    /// split, still owned at its epoch: [`Commit::Deposed`] and nothing
+    /// written otherwise). The bundle's own base is the caller's to delete
+    /// once the split is in the namespace's policies ([`Resources::delete_flush_base`]).
+    pub async fn put_split_bases(
+        &self,
+        held: &Held,
+        halves: &[(BundleRange, FlushBase)],
+    ) -> crate::Result<Commit> {
+        let mut writes = Vec::with_capacity(halves.len());
+        for (range, base) in halves {
+            writes.push(TxnOp::Put {
+                key: base_key(&held.ns, *range),
+                value: to_json("a flush base", base)?,
+                expect: Expect::Any,
+                session: None,
+            });
+        }
+        self.commit_if_owner(std::slice::from_ref(held), writes)
+            .await
+    }
+
+    /// Deletes the bundle's base (it was split: its halves have theirs),
+    /// if the caller still owns it at the epoch held.
+    pub async fn delete_flush_base(&self, held: &Held) -> crate::Result<Commit> {
+        let delete = TxnOp::Delete {
+            key: base_key(&held.ns, held.range),
+            expect: Expect::Any,
+        };
+        self.commit_if_owner(std::slice::from_ref(held), vec![delete])
+            .await
+    }
+
+    /// The objects the bases of `ns`'s bundles other than `except` name:
+    /// a compaction keeps them (halves of a split bundle share objects
+    /// until each has compacted its part away).
+    pub async fn objects_of_other_bases(
+        &self,
+        ns: &NamespaceName,
+        except: BundleRange,
+    ) -> crate::Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for range in self
+            .list(&format!("/wal-base/{}/{}", ns.tenant, ns.namespace))
+            .await?
+        {
+            let range: BundleRange = range.parse()?;
+            if range == except {
+                continue;
+            }
+            if let Some((base, _)) = self.flush_base(ns, range).await? {
+                out.extend(
+                    base.topics
+                        .iter()
+                        .flat_map(|t| &t.runs)
+                        .map(|r| r.object.clone()),
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// What [`Resources::forget_namespace_history`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForgottenHistory {
@@ -585,6 +678,51 @@ mod tests {
 
     fn topic(name: &str) -> TopicName {
         TopicName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_split_base_parts_topics_by_hash_and_covers_as_the_halves_records() {
+        let ns = NamespaceName::new("t", "ns").unwrap();
+        let whole = BundleRange::FULL;
+        let run = |o: &str| BaseRun {
+            object: o.into(),
+            count: 1,
+            end_message_index: 1,
+            ..BaseRun::default()
+        };
+        let names: Vec<String> = (0..40).map(|i| format!("persistent://t/ns/x{i}")).collect();
+        let base = FlushBase {
+            covers: flush_record_key(&ns, whole, 7, 9),
+            topics: names
+                .iter()
+                .map(|n| BaseTopic {
+                    topic: n.clone(),
+                    runs: vec![run("obj")],
+                    ..BaseTopic::default()
+                })
+                .collect(),
+        };
+        let lo = BundleRange {
+            lower: 0,
+            upper: 0x8000_0000,
+        };
+        let hi = BundleRange {
+            lower: 0x8000_0000,
+            upper: crate::bundles::HASH_MAX,
+        };
+        let [a, b] = base.split(&ns, [lo, hi]).unwrap();
+        assert_eq!(a.topics.len() + b.topics.len(), 40);
+        assert!(!a.topics.is_empty() && !b.topics.is_empty());
+        for (half, part) in [(lo, &a), (hi, &b)] {
+            for t in &part.topics {
+                let h = crate::bundles::topic_hash(&topic(&t.topic));
+                assert!(half.contains(h), "{} in {half}", t.topic);
+            }
+            assert_eq!(part.covers, flush_record_key(&ns, half, 7, 9));
+            // A later record of the half sorts after what the base covers.
+            assert!(flush_record_key(&ns, half, 7, 10) > part.covers);
+            assert!(flush_record_key(&ns, half, 8, 0) > part.covers);
+        }
     }
 
     #[test]

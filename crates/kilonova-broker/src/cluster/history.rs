@@ -398,8 +398,20 @@ impl Broker {
         self.resources()
             .delete_flush_records(&key.0, key.1, &covers)
             .await?;
+        // The halves of a split bundle share its base's objects until each
+        // compacted its part away: an object another base names stays (the
+        // last base to let it go deletes it). Unreadable: everything stays.
+        let elsewhere = match self.resources().objects_of_other_bases(&key.0, key.1).await {
+            Ok(named) => Some(named),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the namespace's other bases failed: a compaction's old objects are kept");
+                None
+            }
+        };
         for o in unreferenced {
-            self.delete_object(&o).await;
+            if elsewhere.as_ref().is_some_and(|named| !named.contains(&o)) {
+                self.delete_object(&o).await;
+            }
         }
         Ok(Some(report))
     }

@@ -551,9 +551,6 @@ impl Broker {
         let Some(m) = self.membership() else {
             return Ok(0);
         };
-        if self.shared_log().is_some() {
-            return Ok(0);
-        }
         let c = self.config();
         let limits = shedding::SplitConfig {
             max_topics: c.load_balancer_namespace_bundle_max_topics,

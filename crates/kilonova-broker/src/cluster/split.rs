@@ -12,14 +12,22 @@
 //! `unload`, both halves are then unloaded (handed to the least loaded
 //! other brokers), as Pulsar's `unload=true`.
 //!
-//! Not with shared storage: a topic's history in the object store is kept
-//! per bundle, so a split must carry it to the halves first (not built).
+//! With shared storage a topic's history in the object store is kept per
+//! bundle, so the split first carries it to the halves: the bundle's topics
+//! settle (as before an unload), its history is compacted until its base
+//! holds everything, and the base is cut in two by topic hash, each half's
+//! base naming the same objects (a compaction deletes an object only once
+//! no other base of the namespace names it). Then the topics are closed
+//! and load again, on this broker, from their half's history: their
+//! clients reconnect (an unload's gap), where without shared storage they
+//! notice nothing.
 
 use std::time::Duration;
 
-use kilonova_metadata::bundles::{self, Acquired, BundleRange};
+use kilonova_metadata::bundles::{self, Acquired, BundleRange, Commit, Held};
 use kilonova_metadata::NamespaceName;
 
+use super::{BundleKey, Membership};
 use crate::broker::Broker;
 use crate::error::BrokerError;
 
@@ -37,11 +45,6 @@ impl Broker {
         range: BundleRange,
         unload: bool,
     ) -> Result<(BundleRange, BundleRange), BrokerError> {
-        if self.shared_log().is_some() {
-            return Err(BrokerError::Precondition(
-                "bundles cannot be split with shared storage yet: a topic's history is kept per bundle".into(),
-            ));
-        }
         let policies = self.namespace_policies(ns).await?;
         let (lo, hi) = bundles::split(&mut policies.bundles.clone(), range, None)?;
         let Some(m) = self.membership() else {
@@ -66,6 +69,19 @@ impl Broker {
                 "bundle {ns}/{range} is owned by another broker: split it there"
             )));
         };
+        let shared = self.shared_log().is_some();
+        if shared {
+            {
+                let mut state = m.state();
+                state.held.remove(&key);
+                state.releasing.insert(key.clone(), epoch);
+            }
+            self.prepare_bundle_handover(&key).await;
+            if let Err(e) = self.carry_history(&key, epoch, [lo, hi]).await {
+                self.abandon_split(m, &key, epoch).await;
+                return Err(e);
+            }
+        }
         let session = m.session();
         let mut halves = Vec::with_capacity(2);
         for half in [lo, hi] {
@@ -77,6 +93,9 @@ impl Broker {
                 Ok(Acquired::Owned { epoch }) => halves.push((half, epoch)),
                 other => {
                     self.release_halves(ns, &halves).await;
+                    if shared {
+                        self.abandon_split(m, &key, epoch).await;
+                    }
                     return Err(match other {
                         Err(e) => e.into(),
                         _ => BrokerError::Conflict(format!(
@@ -94,11 +113,15 @@ impl Broker {
             .await
         {
             self.release_halves(ns, &halves).await;
+            if shared {
+                self.abandon_split(m, &key, epoch).await;
+            }
             return Err(e.into());
         }
         let (record, session) = {
             let mut state = m.state();
             state.held.remove(&key);
+            state.releasing.remove(&key);
             for (half, e) in &halves {
                 state.held.insert((ns.clone(), *half), *e);
             }
@@ -106,6 +129,18 @@ impl Broker {
             (state.record.clone(), state.session)
         };
         self.publish_record(m, &record, session).await;
+        if shared {
+            // The topics load again from their half's history.
+            self.close_bundle_topics(&key, None).await;
+            let held = Held {
+                ns: ns.clone(),
+                range,
+                epoch,
+            };
+            if let Err(e) = self.resources().delete_flush_base(&held).await {
+                tracing::warn!(error = %e, "deleting a split bundle's base failed (its halves have theirs)");
+            }
+        }
         self.inner_load().metrics.count_split();
         tracing::info!(bundle = %format!("{ns}/{range}"), halves = %format!("{lo}, {hi}"), unload, "bundle split");
         let (resources, id, retired) = (self.resources().clone(), m.id.clone(), ns.clone());
@@ -121,6 +156,59 @@ impl Broker {
             }
         }
         Ok((lo, hi))
+    }
+
+    /// Carries the history of bundle `key` (held here at `epoch`, its
+    /// topics settled) to `halves`: compacted until its base holds all of
+    /// it, the base cut in two and written as the halves' bases.
+    async fn carry_history(
+        &self,
+        key: &BundleKey,
+        epoch: u64,
+        halves: [BundleRange; 2],
+    ) -> Result<(), BrokerError> {
+        while self.compact_bundle(key, epoch, 1).await?.is_some() {}
+        let held = Held {
+            ns: key.0.clone(),
+            range: key.1,
+            epoch,
+        };
+        let Some((base, _)) = self.resources().flush_base(&key.0, key.1).await? else {
+            return Ok(()); // nothing was ever written to it
+        };
+        let [a, b] = base.split(&key.0, halves)?;
+        match self
+            .resources()
+            .put_split_bases(&held, &[(halves[0], a), (halves[1], b)])
+            .await?
+        {
+            Commit::Committed { .. } => Ok(()),
+            Commit::Deposed { .. } => Err(BrokerError::Unavailable(format!(
+                "bundle {}/{} changed hands during its split",
+                key.0, key.1
+            ))),
+        }
+    }
+
+    /// A split that failed after its topics settled: the bundle is unloaded
+    /// instead (topics closed, ownership released) — its history is whole,
+    /// and the next owner loads it.
+    async fn abandon_split(&self, m: &Membership, key: &BundleKey, epoch: u64) {
+        self.close_bundle_topics(key, None).await;
+        if let Err(e) = self
+            .resources()
+            .release_bundle(&key.0, key.1, &m.id, epoch)
+            .await
+        {
+            tracing::debug!(error = %e, "releasing a bundle after a failed split (it frees with the session)");
+        }
+        let (record, session) = {
+            let mut state = m.state();
+            state.releasing.remove(key);
+            state.record.bundles = state.held.len() as u64;
+            (state.record.clone(), state.session)
+        };
+        self.publish_record(m, &record, session).await;
     }
 
     async fn release_halves(&self, ns: &NamespaceName, halves: &[(BundleRange, u64)]) {

@@ -52,7 +52,7 @@ impl Broker {
 
     /// Asks each loaded topic of bundle `key` to settle before the bundle
     /// changes hands ([`AdminRequest::PrepareHandover`]).
-    async fn prepare_bundle_handover(&self, key: &BundleKey) {
+    pub(super) async fn prepare_bundle_handover(&self, key: &BundleKey) {
         for name in self.loaded_topics_in(key) {
             let Some(handle) = self.loaded_handle(&name.to_string()) else {
                 continue;
