@@ -1433,3 +1433,41 @@ def test_the_object_store_down_for_10_s_under_load_loses_no_acknowledged_message
               f"{pump.acks_between(died, died + STORE_DEATH_GRACE_S)} acknowledged in the grace after the kill")
     finally:
         client.close()
+
+
+def test_a_split_with_shared_storage_loses_nothing_and_clients_follow(shared_cluster):
+    """A bundle split on its owner carries each topic's history to its half:
+    the producer and consumer reconnect and go on, every message once, and
+    the history read by another broker after the half moves is whole."""
+    c = shared_cluster
+    ns = f"public/{unique('split')}"
+    c.admin_ok(0, "namespaces", "create", ns, "--bundles", "1")
+    topic = f"persistent://{ns}/{unique('t')}"
+    client = pulsar.Client(c.broker(0).service_url, operation_timeout_seconds=30,
+                           logger=CLIENT_LOGGER)
+    try:
+        consumer = client.subscribe(topic, "s")
+        # A subscription that holds every message (read after the move).
+        client.subscribe(topic, "late").close()
+        producer = client.create_producer(topic, batching_enabled=False)
+        for i in range(20):
+            producer.send(f"m{i}".encode())
+        owner = c.owner_of(topic)
+        c.admin_ok((owner + 1) % 3, "namespaces", "split-bundle", ns, "-b",
+                   "0x00000000_0xffffffff")
+        assert len(c.bundle_ranges(ns)) == 2
+        for i in range(20, 30):
+            producer.send(f"m{i}".encode())
+        got = payloads(receive_n(consumer, 30, timeout=30))
+        assert got == [f"m{i}".encode() for i in range(30)], got
+        consumer.close()
+        # The topic's half moves elsewhere: its history there is whole.
+        ranges = c.bundle_ranges(ns)
+        half = bundle_name(ranges, bundle_index(ranges, zlib.crc32(topic.encode())))
+        status, body = c.rest(0, "PUT", f"/admin/v2/namespaces/{ns}/{half}/unload")
+        assert status == 204, body
+        late = client.subscribe(topic, "late")
+        got = payloads(receive_n(late, 30, timeout=30))
+        assert got == [f"m{i}".encode() for i in range(30)], got
+    finally:
+        client.close()
