@@ -805,7 +805,7 @@ async fn gc_loop(store: SegmentStore, every: Duration, mut stop: watch::Receiver
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
