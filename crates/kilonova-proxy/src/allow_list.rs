@@ -29,7 +29,10 @@ pub struct BrokerAddress {
 }
 
 impl BrokerAddress {
-    /// Parses `pulsar://host[:port][/]` or `pulsar+ssl://…`.
+    /// Parses `pulsar://host[:port][/]`, `pulsar+ssl://…`, or `host:port`
+    /// (how clients name the broker in CONNECT's `proxy_to_broker_url`:
+    /// Pulsar's Java and C++ clients send the lookup's URL without its
+    /// scheme).
     pub fn parse(url: &str) -> Result<Self, ProxyError> {
         let bad = |why| ProxyError::BadUrl {
             url: url.chars().take(MAX_URL_BYTES).collect(),
@@ -42,8 +45,12 @@ impl BrokerAddress {
             (false, r)
         } else if let Some(r) = strip_prefix_ignore_case(url, TLS_SCHEME) {
             (true, r)
-        } else {
+        } else if url.contains("://") {
             return Err(bad("not a pulsar:// or pulsar+ssl:// URL"));
+        } else if url.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && !p.ends_with(']')) {
+            (false, url)
+        } else {
+            return Err(bad("neither a pulsar:// URL nor host:port"));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '@', '?', '#', ',']) || rest.chars().any(char::is_whitespace) {
@@ -197,6 +204,9 @@ mod tests {
         assert_eq!(a("pulsar://[::1]:7000").authority(), "[::1]:7000");
         assert_eq!(a("pulsar://[::1]").port, 6650);
         assert_eq!(a("pulsar://h:7000").to_string(), "pulsar://h:7000");
+        // What clients send in proxy_to_broker_url.
+        assert_eq!(a("127.0.0.1:41303"), a("pulsar://127.0.0.1:41303"));
+        assert_eq!(a("[::1]:7000"), a("pulsar://[::1]:7000"));
     }
 
     #[test]
@@ -204,6 +214,10 @@ mod tests {
         for url in [
             "",
             "http://h:8080",
+            "h",
+            "h:",
+            "[::1]",
+            "user@h:6650",
             "pulsar://",
             "pulsar://:6650",
             "pulsar://h:0",
