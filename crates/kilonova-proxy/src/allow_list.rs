@@ -47,7 +47,10 @@ impl BrokerAddress {
             (true, r)
         } else if url.contains("://") {
             return Err(bad("not a pulsar:// or pulsar+ssl:// URL"));
-        } else if url.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && !p.ends_with(']')) {
+        } else if url
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && !p.ends_with(']'))
+        {
             (false, url)
         } else {
             return Err(bad("neither a pulsar:// URL nor host:port"));
@@ -197,7 +200,10 @@ mod tests {
 
     #[test]
     fn spellings_of_one_broker_compare_equal() {
-        assert_eq!(a("pulsar://Broker-1.example:6650"), a("pulsar://broker-1.example"));
+        assert_eq!(
+            a("pulsar://Broker-1.example:6650"),
+            a("pulsar://broker-1.example")
+        );
         assert_eq!(a("PULSAR://127.0.0.1:6650/"), a("pulsar://127.0.0.1"));
         assert_eq!(a("pulsar+ssl://h"), a("pulsar+ssl://h:6651"));
         assert_ne!(a("pulsar://h:6651"), a("pulsar+ssl://h:6651"));
@@ -242,7 +248,10 @@ mod tests {
         let list = AllowList::new([a("pulsar://b1:6650")], 2);
         assert!(list.allows(&a("pulsar://B1")));
         assert!(!list.allows(&a("pulsar://b2:6650")));
-        assert!(!list.allows(&a("pulsar://b1:22")), "another port of a broker's host");
+        assert!(
+            !list.allows(&a("pulsar://b1:22")),
+            "another port of a broker's host"
+        );
         list.learn(&a("pulsar://b2:6650"));
         assert!(list.allows(&a("pulsar://b2:6650")));
     }
@@ -258,7 +267,11 @@ mod tests {
         assert!(list.allows(&a("pulsar://b2")));
         assert!(list.allows(&a("pulsar://b3")));
         list.learn(&a("pulsar://b0"));
-        assert_eq!(list.learned_count(), 2, "configured brokers take no learned slot");
+        assert_eq!(
+            list.learned_count(),
+            2,
+            "configured brokers take no learned slot"
+        );
     }
 
     proptest! {

@@ -272,11 +272,21 @@ mod tests {
         let f = failure(Type::Lookup, 5, ServerError::ServiceNotReady, "m".into());
         assert_eq!(f.r#type, Type::LookupResponse as i32);
         assert_eq!(request_id(&f), Some(5));
-        let f = failure(Type::PartitionedMetadata, 5, ServerError::ServiceNotReady, "m".into());
+        let f = failure(
+            Type::PartitionedMetadata,
+            5,
+            ServerError::ServiceNotReady,
+            "m".into(),
+        );
         assert_eq!(f.r#type, Type::PartitionedMetadataResponse as i32);
         let f = failure(Type::GetSchema, 5, ServerError::ServiceNotReady, "m".into());
         assert_eq!(f.r#type, Type::GetSchemaResponse as i32);
-        let f = failure(Type::GetTopicsOfNamespace, 5, ServerError::ServiceNotReady, "m".into());
+        let f = failure(
+            Type::GetTopicsOfNamespace,
+            5,
+            ServerError::ServiceNotReady,
+            "m".into(),
+        );
         assert_eq!(f.r#type, Type::Error as i32);
     }
 
@@ -303,7 +313,10 @@ mod tests {
         assert_eq!(connect.auth_method_name.as_deref(), Some("token"));
         assert_eq!(connect.original_principal.as_deref(), Some("app"));
         assert_eq!(connect.original_auth_data, None);
-        assert_eq!(connect.proxy_to_broker_url, None, "the broker is not asked to proxy");
+        assert_eq!(
+            connect.proxy_to_broker_url, None,
+            "the broker is not asked to proxy"
+        );
         assert_eq!(connect.protocol_version, Some(20));
         assert_eq!(connect.client_version, "Pulsar-CPP-v3.7.0");
         let forwarding = Credentials {
@@ -313,7 +326,9 @@ mod tests {
         let c = broker_connect(None, &forwarding);
         let connect = c.connect.map(|c| *c);
         assert_eq!(
-            connect.as_ref().and_then(|c| c.original_auth_method.as_deref()),
+            connect
+                .as_ref()
+                .and_then(|c| c.original_auth_method.as_deref()),
             Some("token")
         );
         assert!(!format!("{forwarding:?}").contains("token"));

@@ -113,12 +113,21 @@ mod tests {
 
     #[test]
     fn a_token_is_taken_as_given_or_read_from_a_file() {
-        assert_eq!(read_token(" abc.def.ghi\n").ok().as_deref(), Some("abc.def.ghi"));
+        assert_eq!(
+            read_token(" abc.def.ghi\n").ok().as_deref(),
+            Some("abc.def.ghi")
+        );
         let dir = std::env::temp_dir().join(format!("kilonova-proxy-token-{}", std::process::id()));
         std::fs::write(&dir, "tok.en\n").ok();
         let path = dir.display().to_string();
-        assert_eq!(read_token(&format!("file:{path}")).ok().as_deref(), Some("tok.en"));
-        assert_eq!(read_token(&format!("file://{path}")).ok().as_deref(), Some("tok.en"));
+        assert_eq!(
+            read_token(&format!("file:{path}")).ok().as_deref(),
+            Some("tok.en")
+        );
+        assert_eq!(
+            read_token(&format!("file://{path}")).ok().as_deref(),
+            Some("tok.en")
+        );
         std::fs::remove_file(&dir).ok();
         assert!(read_token("file:/nonexistent/kilonova/token").is_err());
     }

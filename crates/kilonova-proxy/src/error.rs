@@ -12,10 +12,7 @@ pub enum ProxyError {
     #[error("{0} is not a broker of this cluster: the proxy relays only to its brokers")]
     NotABroker(String),
     #[error("cannot reach broker {addr}: {error}")]
-    Unreachable {
-        addr: String,
-        error: std::io::Error,
-    },
+    Unreachable { addr: String, error: std::io::Error },
     #[error("broker {0} did not answer in time")]
     Timeout(String),
     #[error("broker {addr} refused the proxy's connection: {message}")]
@@ -69,7 +66,10 @@ mod tests {
     fn each_error_maps_to_a_stable_server_error() {
         let io = || std::io::Error::other("x");
         let cases = [
-            (ProxyError::NotABroker("a".into()), ServerError::NotAllowedError),
+            (
+                ProxyError::NotABroker("a".into()),
+                ServerError::NotAllowedError,
+            ),
             (
                 ProxyError::BadUrl {
                     url: "x".into(),
@@ -96,7 +96,10 @@ mod tests {
                 },
                 ServerError::ServiceNotReady,
             ),
-            (ProxyError::Timeout("a".into()), ServerError::ServiceNotReady),
+            (
+                ProxyError::Timeout("a".into()),
+                ServerError::ServiceNotReady,
+            ),
             (ProxyError::NoBroker, ServerError::ServiceNotReady),
         ];
         for (e, code) in cases {

@@ -29,7 +29,11 @@ const RETURNED_HEADERS: [header::HeaderName; 3] = [
     header::WWW_AUTHENTICATE,
 ];
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let app = axum::Router::new().fallback(handle).with_state(shared);
     let stopped = async move {
         let _ = stop.changed().await;
@@ -188,9 +192,10 @@ fn respond(r: reqwest::Response) -> Response {
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     if !response.headers().contains_key(header::CONTENT_TYPE) {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
     response
 }

@@ -112,7 +112,11 @@ pub(crate) async fn serve(
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
                 let _ = tx
-                    .send(commands::error(NO_REQUEST, ServerError::UnknownError, e.to_string()))
+                    .send(commands::error(
+                        NO_REQUEST,
+                        ServerError::UnknownError,
+                        e.to_string(),
+                    ))
                     .await;
                 break;
             }
@@ -230,24 +234,33 @@ async fn lookup(
 ) -> Result<BaseCommand, ProxyError> {
     let mut answer = ask_any(shared, creds, request.clone()).await?;
     for _ in 0..=shared.config.max_lookup_redirects {
-        let (from, r) = match &answer.lookup_topic_response {
-            Some(r) => (answer.r#type, r),
-            None => {
-                return Err(ProxyError::Unexpected {
-                    addr: "a broker".into(),
-                    what: format!("command type {} answering a LOOKUP", answer.r#type),
-                })
+        let r = match &answer.lookup_topic_response {
+            Some(r) if answer.r#type == Type::LookupResponse as i32 => r,
+            // A broker's ERROR (or anything else) answering the LOOKUP: the
+            // client gets a failed lookup with the broker's code and reason.
+            _ => {
+                let (code, message) = match &answer.error {
+                    Some(e) => (
+                        ServerError::try_from(e.error).unwrap_or(ServerError::UnknownError),
+                        e.message.clone(),
+                    ),
+                    None => (
+                        ServerError::UnknownError,
+                        format!("command type {} answering a LOOKUP", answer.r#type),
+                    ),
+                };
+                return Ok(commands::failure(Type::Lookup, 0, code, message));
             }
         };
-        debug_assert_eq!(from, Type::LookupResponse as i32);
         let owner = match r.response.and_then(|t| LookupType::try_from(t).ok()) {
             Some(t @ (LookupType::Connect | LookupType::Redirect)) => {
-                let url = r.broker_service_url.as_deref().ok_or_else(|| {
-                    ProxyError::Unexpected {
-                        addr: "a broker".into(),
-                        what: "a lookup answer without a pulsar:// URL".into(),
-                    }
-                })?;
+                let url =
+                    r.broker_service_url
+                        .as_deref()
+                        .ok_or_else(|| ProxyError::Unexpected {
+                            addr: "a broker".into(),
+                            what: "a lookup answer without a pulsar:// URL".into(),
+                        })?;
                 (t, BrokerAddress::parse(url)?, r.authoritative)
             }
             // Failed (or a type we do not know): the client is told as is.

@@ -126,8 +126,17 @@ mod tests {
         drop(a);
         drop(b);
         let text = m.render();
-        assert!(text.contains("\npulsar_proxy_active_connections 0\n"), "{text}");
-        assert!(text.contains("\npulsar_proxy_new_connections 2\n"), "{text}");
-        assert!(text.contains("\npulsar_proxy_rejected_connections 1\n"), "{text}");
+        assert!(
+            text.contains("\npulsar_proxy_active_connections 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\npulsar_proxy_new_connections 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\npulsar_proxy_rejected_connections 1\n"),
+            "{text}"
+        );
     }
 }

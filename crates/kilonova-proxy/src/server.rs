@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 
 /// How long a refused client's error may take to write before it is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stopping waits for the listeners' tasks.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a failed accept (out of file descriptors, …).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -83,10 +85,7 @@ pub enum StartError {
     #[error("no broker_service_urls (--broker-url pulsar://host:port): the proxy needs a broker to send lookups to")]
     NoBrokers,
     #[error("cannot listen on {addr}: {error}")]
-    Bind {
-        addr: String,
-        error: std::io::Error,
-    },
+    Bind { addr: String, error: std::io::Error },
     #[error("the HTTP client: {0}")]
     Http(reqwest::Error),
 }
@@ -107,6 +106,9 @@ impl Proxy {
         if brokers.is_empty() {
             return Err(StartError::NoBrokers);
         }
+        // reqwest's client panics without a process-wide rustls provider;
+        // this fails only if one is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(config.broker_timeout_secs.max(1)))
@@ -170,10 +172,13 @@ impl Proxy {
     }
 
     /// Stops accepting; connections being served end with the process.
+    /// The HTTP port finishes the requests it is answering, for at most
+    /// `SHUTDOWN_TIMEOUT` (an idle keep-alive connection must not hold
+    /// the process).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
-            let _ = t.await;
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, t).await;
         }
     }
 }
@@ -235,7 +240,11 @@ async fn serve_client(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAd
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "bad first frame");
             let msg = format!("invalid frame: {e}");
-            refuse(&mut stream, commands::error(NO_REQUEST, ServerError::UnknownError, msg)).await;
+            refuse(
+                &mut stream,
+                commands::error(NO_REQUEST, ServerError::UnknownError, msg),
+            )
+            .await;
             return;
         }
         Err(_) => {
@@ -247,18 +256,23 @@ async fn serve_client(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAd
         (Ok(Type::Connect), Some(c)) => *c,
         (t, _) => {
             let msg = format!("the first command must be CONNECT, not {t:?}");
-            refuse(&mut stream, commands::error(NO_REQUEST, ServerError::UnknownError, msg)).await;
+            refuse(
+                &mut stream,
+                commands::error(NO_REQUEST, ServerError::UnknownError, msg),
+            )
+            .await;
             return;
         }
     };
-    let principal = match shared
-        .security
-        .authenticate(connect.auth_method_name.as_deref(), connect.auth_data.as_deref())
-    {
+    let principal = match shared.security.authenticate(
+        connect.auth_method_name.as_deref(),
+        connect.auth_data.as_deref(),
+    ) {
         Ok(p) => p,
         Err(e) => {
             tracing::info!(%peer, error = %e, "client authentication failed");
-            let refusal = commands::error(NO_REQUEST, ServerError::AuthenticationError, e.to_string());
+            let refusal =
+                commands::error(NO_REQUEST, ServerError::AuthenticationError, e.to_string());
             refuse(&mut stream, refusal).await;
             return;
         }

@@ -23,11 +23,19 @@ pub struct ProxyArgs {
     http_port: Option<u16>,
     /// A broker's Pulsar service URL, `pulsar://host:port` (repeat for
     /// several; replaces the file's broker_service_urls).
-    #[arg(long = "broker-url", env = "KILONOVA_PROXY_BROKER_URLS", value_delimiter = ',')]
+    #[arg(
+        long = "broker-url",
+        env = "KILONOVA_PROXY_BROKER_URLS",
+        value_delimiter = ','
+    )]
     broker_urls: Vec<String>,
     /// A broker's web service URL, `http://host:port` (repeat for several;
     /// replaces the file's broker_web_service_urls).
-    #[arg(long = "broker-web-url", env = "KILONOVA_PROXY_BROKER_WEB_URLS", value_delimiter = ',')]
+    #[arg(
+        long = "broker-web-url",
+        env = "KILONOVA_PROXY_BROKER_WEB_URLS",
+        value_delimiter = ','
+    )]
     broker_web_urls: Vec<String>,
     /// Client connections served at once; more are refused [default: 10000].
     #[arg(long, env = "KILONOVA_PROXY_MAX_CONNECTIONS")]
