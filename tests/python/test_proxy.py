@@ -30,6 +30,7 @@ from conftest import (
     bearer,
     http,
     receive_n,
+    tls_context,
     topic_name,
     unique,
 )
@@ -38,6 +39,7 @@ from test_security import (
     AUTHORIZATION_ERROR,
     NO_REQUEST,
     SUPER_USER,
+    Certs,
     Keys,
     error_name,
     grant,
@@ -73,6 +75,8 @@ class Proxy:
         self.proc: subprocess.Popen | None = None
         self.pulsar_port: int | None = None
         self.http_port: int | None = None
+        self.pulsar_tls_port: int | None = None
+        self.https_port: int | None = None
 
     @property
     def service_url(self) -> str:
@@ -88,6 +92,8 @@ class Proxy:
             "--bind-address", "127.0.0.1",
             "--pulsar-port", "0",
             "--http-port", "0",
+            "--pulsar-tls-port", "0",
+            "--https-port", "0",
             "--ports-file", str(self.ports_path),
         ]
         for u in self.broker_urls:
@@ -111,6 +117,7 @@ class Proxy:
             time.sleep(0.02)
         ports = json.loads(self.ports_path.read_text())
         self.pulsar_port, self.http_port = ports["pulsar"], ports["http"]
+        self.pulsar_tls_port, self.https_port = ports["pulsar_tls"], ports["https"]
 
     def stop(self) -> int:
         if self.proc is not None and self.proc.poll() is None:
@@ -169,9 +176,20 @@ def keys(kilonova_bin, tmp_path_factory) -> Keys:
     return Keys(kilonova_bin, tmp_path_factory.mktemp("proxy-keys"))
 
 
-def proxy_config(keys: Keys) -> str:
-    """Token authentication with the brokers' key; the proxy's own token."""
-    return "\n".join([
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Certs:
+    return Certs(tmp_path_factory.mktemp("proxy-certs"))
+
+
+def proxy_config(keys: Keys, certs: Certs | None = None) -> str:
+    """Token authentication with the brokers' key; the proxy's own token;
+    with `certs`, the TLS ports too."""
+    tls = [] if certs is None else [
+        "[tls]",
+        f"cert_file = {toml_str(certs.server_cert)}",
+        f"key_file = {toml_str(certs.server_key)}",
+    ]
+    return "\n".join(tls + [
         "[auth]",
         "authentication_enabled = true",
         secret_line(keys),
@@ -390,6 +408,26 @@ def test_the_broker_refuses_original_principal_from_other_roles_and_demands_it_f
         conn.expect(wire.CONNECTED)
     with connect_direct(keys.token("app"), None) as conn:
         conn.expect(wire.CONNECTED)
+
+
+def test_tls_clients_reach_the_broker_through_the_proxys_tls_ports(make_broker, make_proxy, keys, certs):
+    """pulsar+ssl:// and https:// on the proxy, plain between proxy and
+    broker: the lookup's TLS URL names the broker to be relayed to."""
+    b = make_broker(config=broker_config(keys), admin_token=keys.token(SUPER_USER))
+    p = make_proxy([b.service_url], [b.http_url], proxy_config(keys, certs))
+    assert p.pulsar_tls_port and p.https_port
+    grant(b, "app", ["produce", "consume"])
+    client = pulsar.Client(f"pulsar+ssl://127.0.0.1:{p.pulsar_tls_port}",
+                           authentication=pulsar.AuthenticationToken(keys.token("app")),
+                           tls_trust_certs_file_path=str(certs.ca), operation_timeout_seconds=10,
+                           logger=CLIENT_LOGGER)
+    try:
+        round_trip(client, topic_name("tls-via-proxy"), n=5)
+    finally:
+        client.close()
+    status, body = http("GET", f"https://127.0.0.1:{p.https_port}/admin/v2/tenants",
+                        headers=bearer(keys.token(SUPER_USER)), context=tls_context(certs.ca))
+    assert status == 200 and "public" in json.loads(body), (status, body)
 
 
 def test_connections_beyond_max_connections_are_refused(make_broker, make_proxy):

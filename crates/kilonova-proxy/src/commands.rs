@@ -65,11 +65,15 @@ pub fn pong() -> BaseCommand {
 
 /// A LOOKUP's answer to a client of the proxy: connect to `broker_url`,
 /// through the proxy (the client opens a connection to the proxy's address
-/// naming `broker_url` in `proxy_to_broker_url`).
+/// naming `broker_url` in `proxy_to_broker_url`). The URL is also the TLS
+/// one: a client on the proxy's TLS port takes `brokerServiceUrlTls`, but
+/// only as the name of the broker to be relayed to; its own connection is
+/// to the proxy, and the proxy reaches the broker on its plain port.
 pub fn lookup_through_proxy(request_id: u64, broker_url: &str) -> BaseCommand {
     BaseCommand {
         lookup_topic_response: Some(Box::new(CommandLookupTopicResponse {
             broker_service_url: Some(broker_url.into()),
+            broker_service_url_tls: Some(broker_url.into()),
             response: Some(LookupType::Connect as i32),
             request_id,
             authoritative: Some(true),

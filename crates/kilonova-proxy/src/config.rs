@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use kilonova_auth::tls::TlsConfig;
 use kilonova_auth::AuthConfig;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -15,14 +16,29 @@ pub struct ProxyConfig {
     pub pulsar_port: u16,
     /// HTTP port: `/admin/*` and `/lookup/*` forwarded, `/metrics`.
     pub http_port: u16,
+    /// Pulsar protocol over TLS (`pulsar+ssl://`), when `[tls]` has a
+    /// certificate.
+    pub pulsar_tls_port: u16,
+    /// HTTPS port, when `[tls]` has a certificate.
+    pub https_port: u16,
+    /// Whether the plain ports listen (false: only the TLS ports; needs
+    /// `[tls]`).
+    pub plain_ports_enabled: bool,
     /// The brokers' Pulsar service URLs (`pulsar://host:port`): where
     /// lookups go (in turn), and brokers relays may go to.
     pub broker_service_urls: Vec<String>,
     /// The brokers' web service URLs (`http://host:port`): where admin
     /// requests go (the first that answers).
     pub broker_web_service_urls: Vec<String>,
-    /// Client connections served at once; more are refused (closed at once).
+    /// Client connections served at once on the Pulsar ports (plain and
+    /// TLS together); more are refused (closed at once).
     pub max_connections: usize,
+    /// HTTP(S) connections served at once; at the cap the server stops
+    /// accepting and new connections wait in the listen backlog.
+    pub max_http_connections: usize,
+    /// An HTTP connection that has not sent a whole request head within this
+    /// (of opening, or of its previous answer) is closed.
+    pub http_header_read_timeout_secs: u64,
     /// Lookup-connection requests (LOOKUP, PARTITIONED_METADATA,
     /// GET_TOPICS_OF_NAMESPACE, GET_SCHEMA) in flight at once over all
     /// clients; a client with requests waiting is not read from (Pulsar's
@@ -62,6 +78,8 @@ pub struct ProxyConfig {
     /// The largest admin request body forwarded (it is kept to resend on a
     /// redirect).
     pub max_http_body_bytes: usize,
+    /// The TLS ports' certificate (the broker's `[tls]` options).
+    pub tls: TlsConfig,
     /// Client authentication (the broker's `[auth]` options); the proxy's
     /// own token to brokers is `broker_client_auth_token`, its role must be
     /// in the brokers' `proxy_roles`.
@@ -74,9 +92,14 @@ impl Default for ProxyConfig {
             bind_address: "127.0.0.1".into(),
             pulsar_port: 6650,
             http_port: 8080,
+            pulsar_tls_port: 6651,
+            https_port: 8443,
+            plain_ports_enabled: true,
             broker_service_urls: Vec::new(),
             broker_web_service_urls: Vec::new(),
             max_connections: 10_000,
+            max_http_connections: 1_024,
+            http_header_read_timeout_secs: 30,
             max_concurrent_lookup_requests: 50_000,
             max_lookup_redirects: 10,
             max_lookup_links: 64,
@@ -89,6 +112,7 @@ impl Default for ProxyConfig {
             keep_alive_secs: 30,
             forward_authorization_credentials: false,
             max_http_body_bytes: 8 << 20,
+            tls: TlsConfig::default(),
             auth: AuthConfig::default(),
         }
     }

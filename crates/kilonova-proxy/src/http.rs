@@ -10,10 +10,20 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use std::time::Duration;
 
-use crate::server::Shared;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::server::{Shared, TLS_HANDSHAKE_TIMEOUT};
+
+/// The pause after a failed accept (out of file descriptors, …).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Request headers passed to the broker (hop-by-hop and host headers are not).
 const FORWARDED_HEADERS: [header::HeaderName; 4] = [
@@ -29,20 +39,104 @@ const RETURNED_HEADERS: [header::HeaderName; 3] = [
     header::WWW_AUTHENTICATE,
 ];
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let app = axum::Router::new().fallback(handle).with_state(shared);
-    let stopped = async move {
-        let _ = stop.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped)
-        .await
+/// The HTTP and HTTPS ports' server: one connection cap for both
+/// (`max_http_connections`; at the cap nothing more is accepted and new
+/// connections wait in the listen backlog), a request head due within
+/// `http_header_read_timeout_secs`, TLS handshakes in the connection's task.
+#[derive(Clone)]
+pub(crate) struct HttpServer {
+    router: axum::Router,
+    slots: Arc<Semaphore>,
+    header_read_timeout: Duration,
+}
+
+impl HttpServer {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        HttpServer {
+            slots: Arc::new(Semaphore::new(shared.config.max_http_connections.max(1))),
+            header_read_timeout: Duration::from_secs(
+                shared.config.http_header_read_timeout_secs.max(1),
+            ),
+            router: axum::Router::new().fallback(handle).with_state(shared),
+        }
+    }
+
+    /// Serves `listener` until `stop` changes; then lets the requests in
+    /// progress finish.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut connections = JoinSet::new();
+        loop {
+            let slot = tokio::select! {
+                slot = self.slots.clone().acquire_owned() => match slot {
+                    Ok(s) => s,
+                    Err(_) => break, // never closed
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                _ = stop.changed() => break,
+            };
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "HTTP accept failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                            _ = stop.changed() => break,
+                        }
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                _ = stop.changed() => break,
+            };
+            let (server, tls, stop) = (self.clone(), tls.clone(), stop.clone());
+            connections.spawn(async move {
+                let _slot = slot;
+                let _ = tcp.set_nodelay(true);
+                match tls {
+                    None => server.serve_connection(tcp, stop).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => server.serve_connection(s, stop).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "HTTPS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+        drop(listener);
+        while connections.join_next().await.is_some() {}
+    }
+
+    async fn serve_connection<S>(&self, io: S, mut stop: watch::Receiver<bool>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        tracing::warn!(error = %e, "the HTTP port stopped");
+        let service = TowerToHyperService::new(self.router.clone());
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        let conn = http.serve_connection(TokioIo::new(io), service);
+        let mut conn = std::pin::pin!(conn);
+        let end = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = end {
+            tracing::debug!(error = %e, "HTTP connection ended");
+        }
     }
 }
 

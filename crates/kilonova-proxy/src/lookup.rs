@@ -22,9 +22,7 @@ use kilonova_pulsar_protocol::proto::{
     base_command::Type, command_lookup_topic_response::LookupType, BaseCommand, CommandConnect,
     ServerError,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 
 use crate::allow_list::BrokerAddress;
@@ -66,14 +64,16 @@ fn classify(c: &BaseCommand) -> Action {
     }
 }
 
-pub(crate) async fn serve(
+pub(crate) async fn serve<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
     mut buf: BytesMut,
     connect: CommandConnect,
     creds: Credentials,
-) {
-    let (mut reader, writer) = stream.into_split();
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
     let mut writer = tokio::spawn(write_loop(writer, rx, shared.relay_write_timeout()));
     let version = connect
@@ -155,8 +155,8 @@ pub(crate) async fn serve(
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, writer).await;
 }
 
-async fn write_loop(
-    mut writer: OwnedWriteHalf,
+async fn write_loop<S: AsyncWrite>(
+    mut writer: WriteHalf<S>,
     mut rx: mpsc::Receiver<BaseCommand>,
     write_timeout: Duration,
 ) {

@@ -17,7 +17,6 @@ use bytes::BytesMut;
 use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{base_command::Type, BaseCommand, CommandConnect};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::allow_list::BrokerAddress;
 use crate::commands::{self, Credentials, NO_REQUEST};
@@ -26,14 +25,16 @@ use crate::link::handshake;
 use crate::metrics::Metrics;
 use crate::server::{refuse, Shared};
 
-pub(crate) async fn serve(
+pub(crate) async fn serve<S>(
     shared: &Arc<Shared>,
-    mut client: TcpStream,
+    mut client: S,
     client_leftover: BytesMut,
     connect: CommandConnect,
     creds: Credentials,
     url: &str,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let broker = match target(shared, url) {
         Ok(a) => a,
         Err(e) => {
@@ -69,7 +70,7 @@ pub(crate) async fn serve(
     frame::encode_command(&connected, &mut first);
     first.extend_from_slice(&h.leftover);
     let mut upstream = h.stream;
-    let (cr, cw) = client.split();
+    let (cr, cw) = tokio::io::split(client);
     let (br, bw) = upstream.split();
     let limits = Limits {
         buffer_bytes: shared.config.relay_buffer_bytes.max(1024),

@@ -11,9 +11,10 @@ use bytes::BytesMut;
 use kilonova_auth::Security;
 use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{base_command::Type, BaseCommand, ServerError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::allow_list::{AllowList, BrokerAddress};
 use crate::commands::{self, Credentials, NO_REQUEST};
@@ -24,6 +25,8 @@ use crate::metrics::Metrics;
 
 /// How long a refused client's error may take to write before it is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to finish its TLS handshake.
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long stopping waits for the listeners' tasks.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pause after a failed accept (out of file descriptors, …).
@@ -58,11 +61,14 @@ impl Shared {
     }
 }
 
-/// The ports a started proxy listens on (the system's choice for port 0).
+/// The ports a started proxy listens on (the system's choice for port 0);
+/// `None` for a port that is off.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct ProxyPorts {
-    pub pulsar: u16,
-    pub http: u16,
+    pub pulsar: Option<u16>,
+    pub http: Option<u16>,
+    pub pulsar_tls: Option<u16>,
+    pub https: Option<u16>,
 }
 
 /// A started proxy: listening, serving until [`Proxy::shutdown`].
@@ -88,6 +94,10 @@ pub enum StartError {
     Bind { addr: String, error: std::io::Error },
     #[error("the HTTP client: {0}")]
     Http(reqwest::Error),
+    #[error("the [tls] settings: {0}")]
+    Tls(#[from] kilonova_auth::tls::TlsError),
+    #[error("plain_ports_enabled = false needs [tls] with a certificate: no port would serve")]
+    NoPort,
 }
 
 impl Proxy {
@@ -114,19 +124,47 @@ impl Proxy {
             .connect_timeout(Duration::from_secs(config.broker_timeout_secs.max(1)))
             .build()
             .map_err(StartError::Http)?;
-        let bind = |port: u16| {
-            let addr = format!("{}:{port}", config.bind_address);
+        let tls = config.tls.enabled();
+        if !tls && !config.plain_ports_enabled {
+            return Err(StartError::NoPort);
+        }
+        let (pulsar_tls, https_tls) = match tls {
+            true => (
+                Some(TlsAcceptor::from(kilonova_auth::tls::server_config(
+                    &config.tls,
+                    &[],
+                )?)),
+                Some(TlsAcceptor::from(kilonova_auth::tls::server_config(
+                    &config.tls,
+                    &[b"http/1.1"],
+                )?)),
+            ),
+            false => (None, None),
+        };
+        let host = config.bind_address.clone();
+        let bind = |port: u16, on: bool| {
+            let addr = format!("{host}:{port}");
             async move {
+                if !on {
+                    return Ok(None);
+                }
                 TcpListener::bind(&addr)
                     .await
+                    .map(Some)
                     .map_err(|error| StartError::Bind { addr, error })
             }
         };
-        let pulsar = bind(config.pulsar_port).await?;
-        let http_listener = bind(config.http_port).await?;
+        let plain = config.plain_ports_enabled;
+        let pulsar = bind(config.pulsar_port, plain).await?;
+        let http_listener = bind(config.http_port, plain).await?;
+        let pulsar_tls_listener = bind(config.pulsar_tls_port, tls).await?;
+        let https_listener = bind(config.https_port, tls).await?;
+        let port = |l: &Option<TcpListener>| l.as_ref().map(local_port);
         let ports = ProxyPorts {
-            pulsar: local_port(&pulsar),
-            http: local_port(&http_listener),
+            pulsar: port(&pulsar),
+            http: port(&http_listener),
+            pulsar_tls: port(&pulsar_tls_listener),
+            https: port(&https_listener),
         };
         let shared = Arc::new(Shared {
             allow: AllowList::new(brokers.iter().cloned(), config.max_learned_brokers),
@@ -145,13 +183,34 @@ impl Proxy {
             config,
         });
         let (stop, stopped) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(accept_loop(pulsar, shared.clone(), stopped.clone())),
-            tokio::spawn(crate::http::serve(http_listener, shared.clone(), stopped)),
-        ];
+        // One cap for each kind of port, plain and TLS together.
+        let pulsar_slots = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+        let http_server = crate::http::HttpServer::new(shared.clone());
+        let mut tasks = Vec::new();
+        for (listener, acceptor) in [(pulsar, None), (pulsar_tls_listener, pulsar_tls)] {
+            if let Some(l) = listener {
+                tasks.push(tokio::spawn(accept_loop(
+                    l,
+                    acceptor,
+                    shared.clone(),
+                    pulsar_slots.clone(),
+                    stopped.clone(),
+                )));
+            }
+        }
+        for (listener, acceptor) in [(http_listener, None), (https_listener, https_tls)] {
+            if let Some(l) = listener {
+                let (server, stopped) = (http_server.clone(), stopped.clone());
+                tasks.push(tokio::spawn(async move {
+                    server.serve(l, acceptor, stopped).await
+                }));
+            }
+        }
         tracing::info!(
-            pulsar_port = ports.pulsar,
-            http_port = ports.http,
+            pulsar_port = ?ports.pulsar,
+            http_port = ?ports.http,
+            pulsar_tls_port = ?ports.pulsar_tls,
+            https_port = ?ports.https,
             brokers = ?shared.config.broker_service_urls,
             "proxy serving"
         );
@@ -187,8 +246,13 @@ fn local_port(l: &TcpListener) -> u16 {
     l.local_addr().map(|a| a.port()).unwrap_or(0)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut last_refusal_log: Option<tokio::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -198,10 +262,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         match accepted {
             Ok((stream, peer)) => match slots.clone().try_acquire_owned() {
                 Ok(slot) => {
-                    let shared = shared.clone();
+                    let (shared, tls) = (shared.clone(), tls.clone());
                     tokio::spawn(async move {
                         let _active = shared.metrics.connection_opened();
-                        serve_client(shared.clone(), stream, peer).await;
+                        let _ = stream.set_nodelay(true);
+                        match tls {
+                            None => serve_client(shared.clone(), stream, peer).await,
+                            Some(acceptor) => {
+                                let handshake = acceptor.accept(stream);
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                                    Ok(Ok(s)) => serve_client(shared.clone(), s, peer).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                    }
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                }
+                            }
+                        }
                         drop(slot);
                     });
                 }
@@ -226,8 +303,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 
 /// Reads the client's CONNECT, authenticates it, and serves the connection
 /// as a lookup connection or a relay.
-async fn serve_client(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+async fn serve_client<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = BytesMut::with_capacity(1024);
     let first = tokio::time::timeout(
         shared.keep_alive(),

@@ -21,6 +21,12 @@ pub struct ProxyArgs {
     /// HTTP port: /admin/* and /lookup/* forwarded, /metrics [default: 8080].
     #[arg(long, env = "KILONOVA_PROXY_HTTP_PORT")]
     http_port: Option<u16>,
+    /// Pulsar protocol over TLS, when `[tls]` has a certificate [default: 6651].
+    #[arg(long, env = "KILONOVA_PROXY_PULSAR_TLS_PORT")]
+    pulsar_tls_port: Option<u16>,
+    /// HTTPS port, when `[tls]` has a certificate [default: 8443].
+    #[arg(long, env = "KILONOVA_PROXY_HTTPS_PORT")]
+    https_port: Option<u16>,
     /// A broker's Pulsar service URL, `pulsar://host:port` (repeat for
     /// several; replaces the file's broker_service_urls).
     #[arg(
@@ -41,7 +47,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "KILONOVA_PROXY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Once serving, write the ports it listens on to this file as JSON
-    /// (`{"pulsar":N,"http":N}`), atomically: with ports given as 0 the
+    /// (`{"pulsar":N,"http":N,"pulsar_tls":N|null,"https":N|null}`), atomically: with ports given as 0 the
     /// system chooses them, and this says which.
     #[arg(long, env = "KILONOVA_PROXY_PORTS_FILE")]
     ports_file: Option<PathBuf>,
@@ -64,6 +70,12 @@ fn load_config(args: &ProxyArgs) -> anyhow::Result<ProxyConfig> {
     }
     if let Some(p) = args.http_port {
         c.http_port = p;
+    }
+    if let Some(p) = args.pulsar_tls_port {
+        c.pulsar_tls_port = p;
+    }
+    if let Some(p) = args.https_port {
+        c.https_port = p;
     }
     if !args.broker_urls.is_empty() {
         c.broker_service_urls = args.broker_urls.clone();
