@@ -365,6 +365,33 @@ def test_a_bad_token_is_refused_by_the_proxy(secured, keys):
         client.close()
 
 
+def test_connections_close_when_the_clients_token_expires(secured, keys):
+    """The proxy checks a token at CONNECT only: its lookup and relay
+    connections must not outlive it."""
+    broker, proxy = secured
+    grant(broker, "app", ["produce"])
+    token = keys.token("app", expiry="3s")
+    lookup_conn, relay_conn = proxy.raw(), proxy.raw()
+    try:
+        lookup_conn.send(connect_cmd(token))
+        lookup_conn.expect(wire.CONNECTED)
+        relay_conn.send(connect_cmd(token, proxy_to_broker_url=broker.service_url))
+        relay_conn.expect(wire.CONNECTED)
+        # Both stay usable until then (PINGs answered), and close after.
+        for conn in (lookup_conn, relay_conn):
+            conn.wait_closed(timeout=15.0)
+    finally:
+        lookup_conn.close()
+        relay_conn.close()
+    log = proxy.log_path.read_text()
+    assert "relay closed: the client's token expired" in log, proxy.log_tail()
+    assert "lookup connection closed: the client's token expired" in log, proxy.log_tail()
+    # The expired token opens nothing any more.
+    with proxy.raw() as conn:
+        conn.send(connect_cmd(token))
+        assert_refused(conn, AUTHENTICATION_ERROR, "an expired token")
+
+
 def test_a_relay_to_an_address_that_is_not_a_broker_is_refused(secured, keys):
     broker, proxy = secured
     # Something listening that is not a broker (what an attacker would reach).

@@ -368,15 +368,39 @@ where
             _ => None,
         },
     };
+    let expiry = principal
+        .as_ref()
+        .and_then(|p| p.expires_at_secs)
+        .map(|at| Duration::from_secs(at.saturating_sub(kilonova_auth::now_secs())));
     let role = creds.original_principal.as_deref();
     match connect.proxy_to_broker_url.clone() {
         Some(url) if !url.is_empty() => {
             tracing::debug!(%peer, role, broker = %url, "relay connection");
-            crate::relay::serve(&shared, stream, buf, connect, creds, &url).await;
+            let relay = crate::relay::serve(&shared, stream, buf, connect, creds, &url);
+            until_expiry(relay, expiry, "relay").await;
         }
         _ => {
             tracing::debug!(%peer, role, "lookup connection");
-            crate::lookup::serve(shared, stream, buf, connect, creds).await;
+            let lookups = crate::lookup::serve(shared, stream, buf, connect, creds);
+            until_expiry(lookups, expiry, "lookup connection").await;
+        }
+    }
+}
+
+/// Serves `connection` until it ends or the client's token expires (then it
+/// is closed: the proxy checks credentials at CONNECT only, so a connection
+/// must not outlive them; clients reconnect with a fresh token).
+async fn until_expiry(
+    connection: impl std::future::Future<Output = ()>,
+    expiry: Option<Duration>,
+    what: &str,
+) {
+    match expiry {
+        None => connection.await,
+        Some(left) => {
+            if tokio::time::timeout(left, connection).await.is_err() {
+                tracing::info!("{what} closed: the client's token expired");
+            }
         }
     }
 }

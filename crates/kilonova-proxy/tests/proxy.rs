@@ -148,7 +148,10 @@ async fn a_redirected_lookup_is_followed_and_the_owner_is_reached_through_the_pr
     let (first_url, mut first_connects) =
         fake_broker(move |_, id| lookup_answer(LookupType::Redirect, &redirect_to, id)).await;
     let proxy = start_proxy(&first_url).await;
-    let proxy_addr = format!("127.0.0.1:{}", proxy.ports().pulsar.expect("the plain port"));
+    let proxy_addr = format!(
+        "127.0.0.1:{}",
+        proxy.ports().pulsar.expect("the plain port")
+    );
 
     // Lookup connection: CONNECTED from the proxy, LOOKUP answered Connect
     // to the owner (the broker the redirect named), through the proxy.
@@ -234,7 +237,10 @@ async fn garbage_instead_of_connect_is_answered_and_closed_and_the_proxy_keeps_s
     let (url, _connects) =
         fake_broker(|_, id| lookup_answer(LookupType::Connect, "pulsar://b:6650", id)).await;
     let proxy = start_proxy(&url).await;
-    let addr = format!("127.0.0.1:{}", proxy.ports().pulsar.expect("the plain port"));
+    let addr = format!(
+        "127.0.0.1:{}",
+        proxy.ports().pulsar.expect("the plain port")
+    );
     for garbage in [
         &b"\xff\xff\xff\xff"[..],
         &b"\x00\x00\x00\x08\x00\x00\x00\x04\xff\xff\xff\xff"[..],

@@ -131,4 +131,30 @@ mod tests {
         let defaults = kilonova_proxy::ProxyConfig::default();
         assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
     }
+
+    #[test]
+    fn the_example_configuration_names_every_option() {
+        // The fields of ProxyConfig and of its sections, from their Debug
+        // output (4 spaces: top level; 8: [tls] and [auth]).
+        let debug = format!("{:#?}", kilonova_proxy::ProxyConfig::default());
+        let names: Vec<&str> = debug
+            .lines()
+            .filter(|l| l.starts_with("    ") && !l.starts_with("            "))
+            .filter_map(|l| l.trim_start().split_once(": ").map(|(name, _)| name))
+            .collect();
+        assert!(names.len() > 30, "{names:?}");
+        let missing: Vec<&str> = names
+            .into_iter()
+            .filter(|n| {
+                !EXAMPLE.lines().any(|l| {
+                    l.trim_start_matches("# ").starts_with(&format!("{n} = "))
+                        || l == format!("[{n}]")
+                })
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "config/proxy.toml does not name {missing:?}"
+        );
+    }
 }
