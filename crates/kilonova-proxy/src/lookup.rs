@@ -76,6 +76,9 @@ pub(crate) async fn serve<S>(
     let (mut reader, writer) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
     let mut writer = tokio::spawn(write_loop(writer, rx, shared.relay_write_timeout()));
+    // Dropped early (the client's token expired), the connection closes at
+    // once: its writer must not wait for the answers still in flight.
+    let _abort_writer = AbortOnDrop(writer.abort_handle());
     let version = connect
         .protocol_version
         .unwrap_or(0)
@@ -153,6 +156,15 @@ pub(crate) async fn serve<S>(
     }
     drop(tx);
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, writer).await;
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn write_loop<S: AsyncWrite>(
