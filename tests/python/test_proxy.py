@@ -38,6 +38,7 @@ from conftest import (
 from test_security import (
     AUTHENTICATION_ERROR,
     AUTHORIZATION_ERROR,
+    GET_TOPICS_OF_NAMESPACE_RESPONSE,
     NO_REQUEST,
     SUPER_USER,
     Certs,
@@ -48,6 +49,7 @@ from test_security import (
     secret_line,
     security_config,
     toml_str,
+    topics_of_namespace_cmd,
 )
 
 PROXY_ROLE = "proxy"
@@ -293,6 +295,17 @@ def test_a_lookup_on_the_proxy_answers_connect_through_the_proxy_to_the_owner(se
         assert wire.first(f.body, 3) == LOOKUP_CONNECT, f
         assert wire.first(f.body, 8) == 1, "proxy_through_service_url"
         assert wire.first(f.body, 1).decode() == broker.service_url
+        # The other discovery requests are forwarded too, answered with the
+        # client's request ids.
+        conn.send(wire.partitioned_metadata_cmd(topic_name("lk"), 79))
+        f = conn.expect(wire.PARTITIONED_METADATA_RESPONSE)
+        assert wire.first(f.body, 2) == 79 and wire.first(f.body, 1, 0) == 0, f
+        conn.send(wire.get_schema_cmd(topic_name("lk"), 80))
+        f = conn.expect(wire.GET_SCHEMA_RESPONSE)
+        assert wire.first(f.body, 1) == 80, f
+        conn.send(topics_of_namespace_cmd("public/default", 81))
+        f = conn.expect(GET_TOPICS_OF_NAMESPACE_RESPONSE)
+        assert wire.first(f.body, 1) == 81, f
         # Commands that belong on a relayed connection are a protocol error here.
         conn.send(wire.producer_cmd(topic_name("lk"), 1, 78))
         kind, err = conn.outcome(timeout=5.0)
