@@ -264,21 +264,21 @@ async fn lookup(
                 return Ok(commands::failure(Type::Lookup, 0, code, message));
             }
         };
-        let owner = match r.response.and_then(|t| LookupType::try_from(t).ok()) {
-            Some(t @ (LookupType::Connect | LookupType::Redirect)) => {
-                let url =
-                    r.broker_service_url
-                        .as_deref()
-                        .ok_or_else(|| ProxyError::Unexpected {
-                            addr: "a broker".into(),
-                            what: "a lookup answer without a pulsar:// URL".into(),
-                        })?;
-                (t, BrokerAddress::parse(url)?, r.authoritative)
-            }
-            // Failed (or a type we do not know): the client is told as is.
-            _ => return Ok(answer),
-        };
-        let (kind, addr, authoritative) = owner;
+        let (kind, addr, authoritative) =
+            match r.response.and_then(|t| LookupType::try_from(t).ok()) {
+                Some(t @ (LookupType::Connect | LookupType::Redirect)) => {
+                    let url =
+                        r.broker_service_url
+                            .as_deref()
+                            .ok_or_else(|| ProxyError::Unexpected {
+                                addr: "a broker".into(),
+                                what: "a lookup answer without a pulsar:// URL".into(),
+                            })?;
+                    (t, BrokerAddress::parse(url)?, r.authoritative)
+                }
+                // Failed (or a type we do not know): the client is told as is.
+                _ => return Ok(answer),
+            };
         // A broker named it: relays to it are allowed from now on.
         shared.allow.learn(&addr);
         if kind == LookupType::Connect {

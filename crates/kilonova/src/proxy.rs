@@ -2,7 +2,7 @@
 //! (kilonova_proxy; docs/proxy.md). Settings come from `--config`
 //! (config/proxy.toml), then flags and `KILONOVA_PROXY_*` variables.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use kilonova_proxy::{Proxy, ProxyConfig};
@@ -98,24 +98,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let proxy = Proxy::start(config).await?;
         if let Some(path) = &args.ports_file {
-            write_ports_file(path, &proxy.ports())?;
+            crate::standalone::write_ports_file(path, &proxy.ports())?;
         }
         crate::standalone::wait_for_signal().await;
         tracing::info!("proxy stopping");
         proxy.shutdown().await;
         Ok(())
     })
-}
-
-/// Writes the ports atomically (a temporary file, then a rename).
-fn write_ports_file(path: &Path, ports: &kilonova_proxy::ProxyPorts) -> anyhow::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let text = serde_json::to_string(ports)?;
-    std::fs::write(&tmp, text + "\n")
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| format!("writing the ports file {}", path.display()))
 }
 
 #[cfg(test)]
