@@ -232,6 +232,23 @@ pub fn set_request_id(c: &mut BaseCommand, id: u64) -> bool {
 mod tests {
     use super::*;
     use kilonova_pulsar_protocol::proto::{CommandGetTopicsOfNamespace, CommandLookupTopic};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    proptest! {
+        /// Whatever a peer sends that decodes as a command, reading and
+        /// rewriting its request id never panics, and a rewritten id reads back.
+        #[test]
+        fn request_ids_of_arbitrary_commands_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), id: u64) {
+            if let Ok(mut c) = BaseCommand::decode(&bytes[..]) {
+                let had = request_id(&c).is_some();
+                prop_assert_eq!(set_request_id(&mut c, id), had);
+                if had {
+                    prop_assert_eq!(request_id(&c), Some(id));
+                }
+            }
+        }
+    }
 
     #[test]
     fn request_ids_of_forwarded_requests_and_answers_are_read_and_rewritten() {
