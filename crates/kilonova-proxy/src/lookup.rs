@@ -23,7 +23,7 @@ use kilonova_pulsar_protocol::proto::{
     ServerError,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::allow_list::BrokerAddress;
 use crate::commands::{self, Credentials, NO_REQUEST, PROTOCOL_VERSION};
@@ -32,6 +32,10 @@ use crate::server::{read_frame, Shared};
 
 /// Answers queued for a client's writer.
 const CLIENT_QUEUE: usize = 64;
+/// Requests of one connection in flight at once: with the answers queued,
+/// what one client that does not read can make the proxy hold (answers are
+/// at most `max_broker_frame_bytes` each).
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
 /// How long the writer may take to flush after the connection ends.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,6 +91,7 @@ pub(crate) async fn serve<S>(
         return;
     }
     let creds = Arc::new(creds);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     let keep_alive = shared.keep_alive();
     let mut pinged = false;
     loop {
@@ -141,15 +146,19 @@ pub(crate) async fn serve<S>(
                 break;
             }
             Action::Forward => {
-                // Room for one more request, or wait (not reading meanwhile).
-                let Ok(permit) = shared.lookups.clone().acquire_owned().await else {
+                // Room for one more request of this connection and of all,
+                // or wait (not reading meanwhile).
+                let Ok(mine) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                let Ok(global) = shared.lookups.clone().acquire_owned().await else {
                     break;
                 };
                 let (shared, creds, tx) = (shared.clone(), creds.clone(), tx.clone());
                 tokio::spawn(async move {
                     let answer = forward(&shared, &creds, command).await;
                     let _ = tx.send(answer).await;
-                    drop(permit);
+                    drop((mine, global));
                 });
             }
         }
