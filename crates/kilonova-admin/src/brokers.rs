@@ -2,9 +2,10 @@
 //! version, the leader broker and the runtime configuration.
 
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
 
 use kilonova_broker::Broker;
@@ -38,6 +39,33 @@ pub fn routes(api: Api) -> Api {
             "GET",
             Access::SuperUser,
             "The cluster's leader broker: {\"brokerId\", \"serviceUrl\"} (a standalone broker leads itself)",
+        )],
+    )
+    .route(
+        "/admin/v2/brokers/shed",
+        post(shed),
+        &[(
+            "POST",
+            Access::SuperUser,
+            "Run one shedding round now on the load manager's leader (also with shedding switched off); answers the bundles moved: [{\"bundle\", \"from\", \"to\"}]",
+        )],
+    )
+    .route(
+        "/admin/v2/broker-stats/load-report",
+        get(load_report),
+        &[(
+            "GET",
+            Access::SuperUser,
+            "This broker's last load report (Pulsar's LocalBrokerData: cpu, memory, bandwidthIn/Out as {usage, limit}, rates, counts, lastStats per bundle)",
+        )],
+    )
+    .route(
+        "/admin/v2/broker-stats/load-report/{broker}",
+        get(stored_load_report),
+        &[(
+            "GET",
+            Access::SuperUser,
+            "The last load report broker BROKER (host:port) stored in the cluster's metadata",
         )],
     )
     .route(
@@ -88,21 +116,39 @@ async fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
-/// Pulsar's `LeaderBroker`. Until brokers elect a leader, the first broker
-/// registered in the cluster (by name) leads; a standalone broker is the only
-/// one.
+/// Pulsar's `LeaderBroker`: the broker leading the load manager (elected
+/// through the metadata store); a standalone broker leads itself.
 async fn leader_broker(State(b): State<Broker>) -> ApiResult<Json<serde_json::Value>> {
-    let cluster = &b.config().cluster_name;
-    let mut brokers = b.resources().list_brokers(cluster).await?;
-    brokers.sort();
-    let leader = brokers
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::not_found(format!("no broker is registered in {cluster}")))?;
+    let leader = b.load_manager_leader().await?.ok_or_else(|| {
+        ApiError::not_found("no broker leads the load manager yet: try again in a few seconds")
+    })?;
     Ok(Json(serde_json::json!({
-        "brokerId": leader,
-        "serviceUrl": format!("http://{leader}"),
+        "brokerId": leader.broker_id,
+        "serviceUrl": leader.service_url,
     })))
+}
+
+async fn shed(State(b): State<Broker>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    Ok(Json(b.shed_on_leader(authorization).await?))
+}
+
+async fn load_report(State(b): State<Broker>) -> Json<kilonova_metadata::load::LoadReport> {
+    Json(b.load_report())
+}
+
+async fn stored_load_report(
+    State(b): State<Broker>,
+    Path(broker): Path<String>,
+) -> ApiResult<Json<kilonova_metadata::load::LoadReport>> {
+    match b.stored_load_report(&broker).await? {
+        Some(r) => Ok(Json(r)),
+        None => Err(ApiError::not_found(format!(
+            "broker {broker} has no load report (not a live broker of this cluster)"
+        ))),
+    }
 }
 
 /// Pulsar's `Map<String, String>`: each option by its name in the

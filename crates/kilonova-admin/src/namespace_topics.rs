@@ -31,7 +31,12 @@ pub fn routes(api: Api) -> Api {
     .route(
         &format!("{NS}/{{bundle}}/unload"),
         put(unload_bundle),
-        &[("PUT", Access::TenantAdmin, "Unload one bundle (0x00000000_0x40000000) on its owner: its topics closed, the bundle released")],
+        &[("PUT", Access::TenantAdmin, "Unload one bundle (0x00000000_0x40000000) on its owner: its topics closed, the bundle handed to `?destinationBroker=ID` if given, else to the least loaded other broker")],
+    )
+    .route(
+        &format!("{NS}/{{bundle}}/split"),
+        put(split_bundle),
+        &[("PUT", Access::TenantAdmin, "Split one bundle in two at its middle hash on the broker serving it, which keeps both halves (`?unload=true`: both unloaded after); answers 412 with shared storage")],
     )
     .route(
         &format!("{NS}/clearBacklog"),
@@ -84,9 +89,17 @@ async fn unload(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `?destinationBroker=ID`: the broker to hand the bundle to.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Destination {
+    destination_broker: Option<String>,
+}
+
 async fn unload_bundle(
     State(b): State<Broker>,
     Path((t, n, bundle)): Path<(String, String, String)>,
+    Query(d): Query<Destination>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     let ns = namespace(&t, &n)?;
@@ -99,7 +112,41 @@ async fn unload_bundle(
             "namespace {ns} has no bundle {range}"
         )));
     }
-    b.unload_bundle_anywhere(&ns, range, authorization(&headers))
+    let to = d.destination_broker.as_deref().filter(|d| !d.is_empty());
+    b.unload_bundle_anywhere(&ns, range, authorization(&headers), to)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?unload=`, and Pulsar's `splitAlgorithmName` (only its default is served).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SplitOptions {
+    #[serde(default)]
+    unload: bool,
+    split_algorithm_name: Option<String>,
+}
+
+async fn split_bundle(
+    State(b): State<Broker>,
+    Path((t, n, bundle)): Path<(String, String, String)>,
+    Query(o): Query<SplitOptions>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let ns = namespace(&t, &n)?;
+    if let Some(a) = o
+        .split_algorithm_name
+        .as_deref()
+        .filter(|a| *a != "range_equally_divide")
+    {
+        return Err(ApiError::bad_request(format!(
+            "split algorithm {a:?} is not served: only range_equally_divide"
+        )));
+    }
+    let range: BundleRange = bundle
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("bundle {bundle:?}: {e}")))?;
+    b.split_bundle_anywhere(&ns, range, o.unload, authorization(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,6 +19,8 @@ pub struct Security {
     refresh_check: Duration,
     authenticate_metrics: bool,
     proxy_roles: BTreeSet<String>,
+    /// The token the broker presents to other brokers (`broker_client_auth_token`).
+    broker_client_token: Option<String>,
 }
 
 impl Security {
@@ -49,7 +51,18 @@ impl Security {
             refresh_check: Duration::from_secs(c.auth_refresh_check_secs.max(1)),
             authenticate_metrics: c.authenticate_metrics_endpoint,
             proxy_roles: c.proxy_roles.clone(),
+            broker_client_token: c
+                .broker_client_auth_token
+                .as_ref()
+                .map(|t| read_token(t.expose()))
+                .transpose()?,
         })
+    }
+
+    /// The token this broker presents to other brokers' admin APIs (the
+    /// load manager's unloads), if one is configured.
+    pub fn broker_client_token(&self) -> Option<&str> {
+        self.broker_client_token.as_deref()
     }
 
     /// Whether clients must authenticate.
@@ -114,5 +127,23 @@ impl Security {
                 auth.authenticate(token).map(Some)
             }
         }
+    }
+}
+
+/// A token given as `file:PATH` (or `file://PATH`: the file's text,
+/// trimmed) or as itself.
+fn read_token(value: &str) -> Result<String, KeyError> {
+    let value = value.trim();
+    let path = value
+        .strip_prefix("file://")
+        .or_else(|| value.strip_prefix("file:"));
+    match path {
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| t.trim().to_owned())
+            .map_err(|error| KeyError::Read {
+                path: p.to_owned(),
+                error,
+            }),
+        None => Ok(value.to_owned()),
     }
 }

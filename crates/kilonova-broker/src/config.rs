@@ -247,6 +247,66 @@ pub struct BrokerConfig {
     pub subscription_backlog_scan_max_entries: u64,
     /// Time one analyze-backlog spends at most (Pulsar's `subscriptionBacklogScanMaxTimeMs`).
     pub subscription_backlog_scan_max_time_ms: u64,
+
+    // ---- load balancing (cluster brokers; docs/load-balancing.md)
+    /// Measure this broker's load every `load_balancer_report_interval_ms`;
+    /// in a cluster, report it and take part in the leader's election
+    /// (Pulsar's `loadBalancerEnabled`).
+    pub load_balancer_enabled: bool,
+    /// How often the load is measured and reported.
+    pub load_balancer_report_interval_ms: u64,
+    /// The leader moves bundles off brokers above the average load
+    /// (Pulsar's `loadBalancerSheddingEnabled`); off, `kilonova admin
+    /// brokers shed` still runs a round on demand.
+    pub load_balancer_shedding_enabled: bool,
+    /// How often the leader sheds (Pulsar's `loadBalancerSheddingIntervalMinutes`, 1).
+    pub load_balancer_shedding_interval_secs: u64,
+    /// A broker more than this many points above the average load sheds
+    /// (Pulsar's `loadBalancerBrokerThresholdShedderPercentage`).
+    pub load_balancer_shedding_threshold_percent: f64,
+    /// A broker above this load is overloaded (logged and exported).
+    pub load_balancer_overloaded_threshold_percent: f64,
+    /// How much of the previous smoothed load each report keeps (Pulsar's
+    /// `loadBalancerHistoryResourcePercentage`).
+    pub load_balancer_history_resource_percentage: f64,
+    /// A bundle moved is not moved again for this long (Pulsar's
+    /// `loadBalancerSheddingGracePeriodMinutes`, 30).
+    pub load_balancer_shedding_grace_period_secs: u64,
+    /// A broker sheds nothing when what it would shed is less than this
+    /// many MB/s (Pulsar's `loadBalancerBundleUnloadMinThroughputThreshold`).
+    pub load_balancer_min_unload_throughput_mb: f64,
+    /// How much each resource counts in a broker's load (Pulsar's
+    /// `loadBalancer*ResourceWeight`).
+    pub load_balancer_cpu_resource_weight: f64,
+    pub load_balancer_memory_resource_weight: f64,
+    pub load_balancer_bandwidth_in_resource_weight: f64,
+    pub load_balancer_bandwidth_out_resource_weight: f64,
+    /// The bandwidth limit, each way (Pulsar's `loadBalancerOverrideBrokerNicSpeedGbps`).
+    pub load_balancer_nic_speed_gbps: f64,
+    /// The memory limit (0: the machine's memory).
+    pub load_balancer_memory_limit_mb: u64,
+    /// New bundles are not placed on a broker serving this many topics
+    /// while another serves fewer (Pulsar's `loadBalancerBrokerMaxTopics`).
+    pub load_balancer_broker_max_topics: u64,
+    /// An unload hands the bundle to its next owner before the topics close
+    /// and names it to the clients (Pulsar's `loadBalancerTransferEnabled`);
+    /// off, the bundle is released and clients look their topics up again.
+    pub load_balancer_transfer_enabled: bool,
+    /// The leader splits bundles past a threshold below, every shedding
+    /// interval (Pulsar's `loadBalancerAutoBundleSplitEnabled`).
+    pub load_balancer_auto_bundle_split_enabled: bool,
+    /// A bundle with more topics, producers + consumers, messages per
+    /// second (in + out) or MB per second (in + out) than these splits
+    /// (Pulsar's `loadBalancerNamespaceBundleMax*`).
+    pub load_balancer_namespace_bundle_max_topics: u64,
+    pub load_balancer_namespace_bundle_max_sessions: u64,
+    pub load_balancer_namespace_bundle_max_msg_rate: f64,
+    pub load_balancer_namespace_bundle_max_bandwidth_mbytes: f64,
+    /// A namespace is not split past this many bundles (Pulsar's
+    /// `loadBalancerNamespaceMaximumBundles`).
+    pub load_balancer_namespace_maximum_bundles: usize,
+    /// Splits per round at most (Pulsar's `loadBalancerMaxNumberOfBundlesToSplitPerCycle`).
+    pub load_balancer_max_bundles_to_split_per_round: usize,
 }
 
 impl BrokerConfig {
@@ -342,6 +402,30 @@ impl Default for BrokerConfig {
             replicated_subscriptions_snapshot_max_cached_per_subscription: 10,
             subscription_backlog_scan_max_entries: 10_000,
             subscription_backlog_scan_max_time_ms: 120_000,
+            load_balancer_enabled: true,
+            load_balancer_report_interval_ms: 5_000,
+            load_balancer_shedding_enabled: true,
+            load_balancer_shedding_interval_secs: 60,
+            load_balancer_shedding_threshold_percent: 10.0,
+            load_balancer_overloaded_threshold_percent: 70.0,
+            load_balancer_history_resource_percentage: 0.9,
+            load_balancer_shedding_grace_period_secs: 30 * 60,
+            load_balancer_min_unload_throughput_mb: 10.0,
+            load_balancer_cpu_resource_weight: 1.0,
+            load_balancer_memory_resource_weight: 1.0,
+            load_balancer_bandwidth_in_resource_weight: 1.0,
+            load_balancer_bandwidth_out_resource_weight: 1.0,
+            load_balancer_nic_speed_gbps: 10.0,
+            load_balancer_memory_limit_mb: 0,
+            load_balancer_broker_max_topics: 50_000,
+            load_balancer_transfer_enabled: true,
+            load_balancer_auto_bundle_split_enabled: true,
+            load_balancer_namespace_bundle_max_topics: 1000,
+            load_balancer_namespace_bundle_max_sessions: 1000,
+            load_balancer_namespace_bundle_max_msg_rate: 30_000.0,
+            load_balancer_namespace_bundle_max_bandwidth_mbytes: 100.0,
+            load_balancer_namespace_maximum_bundles: 128,
+            load_balancer_max_bundles_to_split_per_round: 10,
         }
     }
 }

@@ -397,6 +397,16 @@ impl MetricsRegistry {
         self.map().get(topic).cloned()
     }
 
+    /// Every loaded topic's metrics, by name.
+    pub(crate) fn topic_snapshot(&self) -> Vec<(String, Arc<TopicMetrics>)> {
+        self.snapshot()
+    }
+
+    /// Pulsar-protocol connections open now.
+    pub(crate) fn open_connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
     fn snapshot(&self) -> Vec<(String, Arc<TopicMetrics>)> {
         let mut v: Vec<_> = self
             .map()

@@ -48,6 +48,34 @@ fn sample() -> Option<Sample> {
     })
 }
 
+/// This process's CPU time so far (user and system), in seconds.
+pub(crate) fn cpu_seconds() -> Option<f64> {
+    sample().map(|s| s.cpu_seconds)
+}
+
+/// This process's resident memory, in bytes.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    sample().map(|s| s.resident_bytes)
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let kb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// The machine's memory, in bytes.
+pub(crate) fn total_memory_bytes() -> Option<u64> {
+    parse_mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
 /// Open file descriptors: the entries of `/proc/self/fd`.
 fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
@@ -119,6 +147,15 @@ mod tests {
             Some(1_700_000_000)
         );
         assert_eq!(parse_boot_time("cpu 1 2\n"), None);
+    }
+
+    #[test]
+    fn mem_total_is_read_in_kilobytes() {
+        assert_eq!(
+            parse_mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
+            Some(24_576_000 * 1024)
+        );
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
     }
 
     #[test]

@@ -309,7 +309,9 @@ async fn connect(spec: &Spec) -> Result<(Client, Producer), ClientError> {
     ensure_remote_partitions(spec, &cluster).await?;
     let url = cluster.broker_service_url;
     let attempt = async {
-        let client = Client::connect_with(&url, &options).await?;
+        // Whichever broker of the remote cluster serves the topic, or through
+        // the remote cluster's proxy.
+        let client = Client::connect_to_owner(&url, &spec.topic, &options).await?;
         let local = &spec.broker.config().cluster_name;
         let producer = client
             .create_producer(

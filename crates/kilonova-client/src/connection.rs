@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use kilonova_pulsar_protocol::frame::{self, Frame, DEFAULT_MAX_FRAME_BYTES};
 use kilonova_pulsar_protocol::proto::{
-    base_command::Type, command_partitioned_topic_metadata_response::LookupType, AuthData,
-    BaseCommand, CommandAuthResponse, CommandConnect, CommandMessage,
+    base_command::Type, command_lookup_topic_response::LookupType as TopicLookupType,
+    command_partitioned_topic_metadata_response::LookupType, AuthData, BaseCommand,
+    CommandAuthResponse, CommandConnect, CommandLookupTopic, CommandMessage,
     CommandPartitionedTopicMetadata, CommandPong, MessageMetadata,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -200,6 +201,19 @@ impl Conn {
                     self.respond(r.request_id, answer);
                 }
             }
+            Type::LookupResponse => {
+                if let Some(r) = &c.lookup_topic_response {
+                    let answer = if r.response() == TopicLookupType::Failed {
+                        Err(ClientError::broker(
+                            r.error.unwrap_or_default(),
+                            r.message.clone().unwrap_or_default(),
+                        ))
+                    } else {
+                        Ok(c.clone())
+                    };
+                    self.respond(r.request_id, answer);
+                }
+            }
             Type::GetLastMessageIdResponse => {
                 if let Some(r) = &c.get_last_message_id_response {
                     self.respond(r.request_id, Ok(c.clone()));
@@ -338,6 +352,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     token: Option<&str>,
+    proxy_to: Option<&str>,
     addr: &str,
 ) -> Result<(S, BytesMut, usize), ClientError> {
     let connect_err = |message: String| ClientError::Connect {
@@ -352,6 +367,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 protocol_version: Some(PROTOCOL_VERSION),
                 auth_method_name: token.map(|_| "token".into()),
                 auth_data: token.map(|t| Bytes::copy_from_slice(t.as_bytes())),
+                proxy_to_broker_url: proxy_to.map(str::to_owned),
                 ..Default::default()
             }))
         }),
@@ -441,6 +457,91 @@ impl Client {
         service_url: &str,
         options: &ConnectOptions,
     ) -> Result<Client, ClientError> {
+        Self::open(service_url, options, None).await
+    }
+
+    /// Connects to the broker serving `topic`, found by LOOKUP from
+    /// `service_url` as Pulsar's clients find it: a `Redirect` is asked
+    /// again (authoritatively), a `Connect` is followed — through the
+    /// service URL, naming the broker in CONNECT's `proxy_to_broker_url`,
+    /// when the answer says so (the service URL is a proxy: `kilonova
+    /// proxy`, Pulsar's proxy).
+    pub async fn connect_to_owner(
+        service_url: &str,
+        topic: &str,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        /// Redirects followed at most.
+        const HOPS: usize = 8;
+        let tls = ServiceUrl::parse(service_url)?.tls;
+        let mut at = Self::open(service_url, options, None).await?;
+        let mut at_url = service_url.to_owned();
+        let mut authoritative = false;
+        for _ in 0..HOPS {
+            let request_id = at.conn.next_id();
+            let answer = at
+                .conn
+                .request(
+                    request_id,
+                    command(Type::Lookup, |b| {
+                        b.lookup_topic = Some(Box::new(CommandLookupTopic {
+                            topic: topic.into(),
+                            request_id,
+                            authoritative: Some(authoritative),
+                            ..Default::default()
+                        }))
+                    }),
+                )
+                .await?;
+            let Some(r) = answer.lookup_topic_response else {
+                return Err(ClientError::Protocol(
+                    "a LOOKUP answered without its response".into(),
+                ));
+            };
+            let url = match tls {
+                true => r
+                    .broker_service_url_tls
+                    .clone()
+                    .or(r.broker_service_url.clone()),
+                false => r.broker_service_url.clone(),
+            }
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("the lookup of {topic} named no broker"))
+            })?;
+            match r.response() {
+                TopicLookupType::Connect if r.proxy_through_service_url() => {
+                    at.close();
+                    return Self::open(service_url, options, Some(&url)).await;
+                }
+                TopicLookupType::Connect if url == at_url => return Ok(at),
+                TopicLookupType::Connect => {
+                    at.close();
+                    return Self::open(&url, options, None).await;
+                }
+                _ => {
+                    // Redirect: ask the broker named, as it said.
+                    authoritative = r.authoritative();
+                    at.close();
+                    at = match r.proxy_through_service_url() {
+                        true => Self::open(service_url, options, Some(&url)).await?,
+                        false => Self::open(&url, options, None).await?,
+                    };
+                    at_url = url;
+                }
+            }
+        }
+        Err(ClientError::Protocol(format!(
+            "the lookup of {topic} was redirected more than {HOPS} times"
+        )))
+    }
+
+    /// Opens a connection to `service_url`; with `proxy_to`, CONNECT asks
+    /// the proxy there to relay it to that broker.
+    async fn open(
+        service_url: &str,
+        options: &ConnectOptions,
+        proxy_to: Option<&str>,
+    ) -> Result<Client, ClientError> {
         let url = ServiceUrl::parse(service_url)?;
         let addr = url.address();
         let connect_err = |message: String| ClientError::Connect {
@@ -453,7 +554,7 @@ impl Client {
         let _ = stream.set_nodelay(true);
         let token = options.token.as_deref();
         if !url.tls {
-            let (stream, buf, max_frame) = handshake(stream, token, &addr).await?;
+            let (stream, buf, max_frame) = handshake(stream, token, proxy_to, &addr).await?;
             let (r, w) = stream.into_split();
             return Ok(Self::start(r, w, buf, max_frame, token));
         }
@@ -463,7 +564,7 @@ impl Client {
             .connect(name, stream)
             .await
             .map_err(|e| ClientError::Tls(format!("TLS handshake with {addr}: {e}")))?;
-        let (stream, buf, max_frame) = handshake(stream, token, &addr).await?;
+        let (stream, buf, max_frame) = handshake(stream, token, proxy_to, &addr).await?;
         let (r, w) = tokio::io::split(stream);
         Ok(Self::start(r, w, buf, max_frame, token))
     }

@@ -116,6 +116,45 @@ pub fn ranges(bundles: &BundlesData) -> Result<Vec<BundleRange>> {
         .collect()
 }
 
+/// Splits bundle `range` of `bundles` in two at hash `at` (`lower < at <
+/// upper`; the middle when `None`, Pulsar's `range_equally_divide`).
+/// Returns the two halves. Refuses a range that is not one of the bundles,
+/// one too narrow to split, or a namespace at [`crate::policies::MAX_BUNDLES`].
+pub fn split(
+    bundles: &mut BundlesData,
+    range: BundleRange,
+    at: Option<u32>,
+) -> Result<(BundleRange, BundleRange)> {
+    let current = ranges(bundles)?;
+    let Some(i) = current.iter().position(|r| *r == range) else {
+        return Err(MetadataError::NotFound(format!("bundle {range}")));
+    };
+    if current.len() >= crate::policies::MAX_BUNDLES as usize {
+        return Err(MetadataError::Invalid(format!(
+            "the namespace has {} bundles already, the most there may be",
+            current.len()
+        )));
+    }
+    let mid = at.unwrap_or(range.lower + (range.upper - range.lower) / 2);
+    if mid <= range.lower || mid >= range.upper {
+        return Err(MetadataError::Invalid(format!(
+            "bundle {range} cannot be split at {mid:#010x}"
+        )));
+    }
+    bundles.boundaries.insert(i + 1, format!("0x{mid:08x}"));
+    bundles.num_bundles = current.len() as u32 + 1;
+    Ok((
+        BundleRange {
+            lower: range.lower,
+            upper: mid,
+        },
+        BundleRange {
+            lower: mid,
+            upper: range.upper,
+        },
+    ))
+}
+
 /// The bundle of `bundles` that `topic` belongs to.
 pub fn bundle_of(bundles: &BundlesData, topic: &TopicName) -> Result<BundleRange> {
     let hash = topic_hash(topic);
@@ -440,6 +479,43 @@ mod tests {
         let b = BundlesData::even(16).unwrap();
         let r = bundle_of(&b, &t).unwrap();
         assert!(r.contains(!crc));
+    }
+
+    #[test]
+    fn a_split_cuts_one_bundle_in_two_and_keeps_every_hash_in_one_bundle() {
+        let mut b = BundlesData::even(4).unwrap();
+        let second = ranges(&b).unwrap()[1];
+        let (lo, hi) = split(&mut b, second, None).unwrap();
+        assert_eq!(lo.to_string(), "0x40000000_0x60000000");
+        assert_eq!(hi.to_string(), "0x60000000_0x80000000");
+        assert_eq!(b.num_bundles, 5);
+        let after = ranges(&b).unwrap();
+        assert_eq!(after.len(), 5);
+        assert_eq!(&after[1..3], &[lo, hi]);
+        // The last bundle holds the top hash, also after a split.
+        let last = *after.last().unwrap();
+        let (_, top) = split(&mut b, last, None).unwrap();
+        assert!(top.contains(HASH_MAX));
+        // Not a bundle (any more), or too narrow.
+        assert!(matches!(
+            split(&mut b, second, None),
+            Err(MetadataError::NotFound(_))
+        ));
+        let narrow = BundleRange { lower: 0, upper: 1 };
+        let mut b = BundlesData {
+            boundaries: vec![
+                "0x00000000".into(),
+                "0x00000001".into(),
+                "0xffffffff".into(),
+            ],
+            num_bundles: 2,
+        };
+        assert!(matches!(
+            split(&mut b, narrow, None),
+            Err(MetadataError::Invalid(_))
+        ));
+        let wide = ranges(&b).unwrap()[1];
+        assert!(split(&mut b, wide, Some(0x10)).is_ok());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod cursors;
 mod embedded;
 mod error;
 pub mod kafka_groups;
+pub mod load;
 pub mod names;
 pub mod policies;
 mod resources;

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::allow_list::{AllowList, BrokerAddress};
 use crate::commands::{self, Credentials, NO_REQUEST};
-use crate::config::{read_token, ProxyConfig};
+use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::link::LinkPool;
 use crate::metrics::Metrics;
@@ -84,8 +84,6 @@ pub struct Proxy {
 pub enum StartError {
     #[error("the [auth] settings: {0}")]
     Auth(#[from] kilonova_auth::KeyError),
-    #[error("broker_client_auth_token: {0}")]
-    Token(std::io::Error),
     #[error(transparent)]
     BrokerUrl(#[from] ProxyError),
     #[error("no broker_service_urls (--broker-url pulsar://host:port): the proxy needs a broker to send lookups to")]
@@ -104,10 +102,8 @@ impl Proxy {
     /// Checks the configuration, binds both ports and starts serving.
     pub async fn start(config: ProxyConfig) -> Result<Proxy, StartError> {
         let security = Security::from_config(&config.auth)?;
-        let proxy_token = match &config.auth.broker_client_auth_token {
-            Some(t) => Some(read_token(t.expose()).map_err(StartError::Token)?),
-            None => None,
-        };
+        // `broker_client_auth_token`, read (a `file:` value) by Security.
+        let proxy_token = security.broker_client_token().map(str::to_owned);
         let brokers = config
             .broker_service_urls
             .iter()

@@ -512,6 +512,9 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
             .await
             .context("joining the cluster")?;
     }
+    // Measures the load (standalone too: `pulsar_lb_*`, the load report);
+    // in a cluster, reports it and takes part in the leader's election.
+    tokio::spawn(kilonova_broker::cluster::load_manager::run(broker.clone()));
 
     match kilonova_broker::tiering::Tiering::open(&config.offload) {
         Ok(Some(t)) => {

@@ -61,6 +61,8 @@ struct Inner {
     tiering: std::sync::OnceLock<Arc<crate::tiering::Tiering>>,
     /// This broker's part in a cluster (none: a standalone, serving every topic).
     membership: std::sync::OnceLock<crate::cluster::Membership>,
+    /// The load manager's measures and, as the leader, its memory.
+    load: crate::cluster::load_manager::LoadManager,
     /// A cluster broker's shared data path ([`Broker::enable_shared_log`]).
     shared: std::sync::OnceLock<crate::cluster::shared::SharedLog>,
     /// The Kafka listener's consumer groups, once it runs (the admin API
@@ -249,6 +251,7 @@ impl Broker {
                 clock,
                 tiering: std::sync::OnceLock::new(),
                 membership: std::sync::OnceLock::new(),
+                load: Default::default(),
                 shared: std::sync::OnceLock::new(),
                 kafka_groups: std::sync::OnceLock::new(),
             }),
@@ -330,6 +333,10 @@ impl Broker {
     /// Its part in a cluster (none: standalone).
     pub(crate) fn membership(&self) -> Option<&crate::cluster::Membership> {
         self.inner.membership.get()
+    }
+
+    pub(crate) fn inner_load(&self) -> &crate::cluster::load_manager::LoadManager {
+        &self.inner.load
     }
 
     /// The object store topics offload to, if one is configured.
@@ -495,6 +502,10 @@ impl Broker {
         if let Some(t) = self.tiering() {
             t.render_metrics(&mut out, &self.inner.config.cluster_name);
         }
+        self.inner
+            .load
+            .metrics
+            .render(&mut out, &self.inner.config.cluster_name);
         if let Some(shared) = self.shared_log() {
             crate::metrics::render_shared_log(
                 &mut out,

@@ -1,12 +1,13 @@
 //! Where a topic is served, in a cluster: any broker answers a lookup.
 //!
 //! As Pulsar answers it: a topic whose bundle a broker owns is served there
-//! (`Connect` to that broker's URLs). A bundle nobody owns is placed on the
-//! live broker owning the fewest bundles (ties spread by the bundle's
-//! hash): this broker takes it itself when it is that broker, or when the
-//! lookup is *authoritative* (a redirect sent it here: it must not send the
-//! client on again); otherwise the answer is a `Redirect` to the chosen
-//! broker, authoritative, and the client asks there, which takes the bundle.
+//! (`Connect` to that broker's URLs). A bundle nobody owns is placed on a
+//! live broker at or below the average load, the one of those owning the
+//! fewest bundles (ties spread by the bundle's hash; `least_loaded`): this
+//! broker takes it itself when it is that broker, or when the lookup is
+//! *authoritative* (a redirect sent it here: it must not send the client on
+//! again); otherwise the answer is a `Redirect` to the chosen broker,
+//! authoritative, and the client asks there, which takes the bundle.
 //!
 //! Every answer carries the URLs of the advertised listener the client names,
 //! as the broker it names registered them (`record_urls`): a listener that
@@ -175,9 +176,14 @@ impl Broker {
         }))
     }
 
-    /// The live broker a new bundle goes to: the fewest bundles owned,
-    /// ties broken by the bundle's hash (so that lookups of many bundles at
-    /// once, all seeing the same loads, spread them); never `exclude`.
+    /// The live broker a new bundle goes to (never `exclude`): one at or
+    /// below the cluster's average load by the brokers' last reports (a
+    /// broker yet to report counts as unloaded) and serving fewer than
+    /// `load_balancer_broker_max_topics` topics — all of them if none is;
+    /// among those, the fewest bundles owned, ties broken by the bundle's
+    /// hash. Reports are seconds old while bundle counts change with every
+    /// placement, so lookups of many new bundles at once (all seeing the
+    /// same reports) still spread them.
     pub(super) async fn least_loaded(
         &self,
         m: &Membership,
@@ -185,24 +191,41 @@ impl Broker {
         exclude: Option<&str>,
     ) -> Result<String, BrokerError> {
         let mut ids = self.resources().list_brokers(&m.cluster).await?;
-        ids.retain(|id| Some(id.as_str()) != exclude);
         ids.sort();
-        let mut loads = Vec::with_capacity(ids.len());
+        let reports = match self.config().load_balancer_enabled {
+            true => self.broker_loads(&m.cluster).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "reading the load reports failed: placing by bundles owned");
+                Default::default()
+            }),
+            false => Default::default(),
+        };
+        let mut candidates = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(r) = self.resources().broker(&m.cluster, &id).await? {
-                loads.push((r.bundles, id));
+                let (load, topics) = reports.get(&id).copied().unwrap_or((0.0, 0));
+                candidates.push((id, r.bundles, load, topics));
             }
         }
-        let Some(min) = loads.iter().map(|(n, _)| *n).min() else {
+        let average = match candidates.is_empty() {
+            true => 0.0,
+            false => candidates.iter().map(|c| c.2).sum::<f64>() / candidates.len() as f64,
+        };
+        candidates.retain(|c| Some(c.0.as_str()) != exclude);
+        let max_topics = self.config().load_balancer_broker_max_topics;
+        let fits = |c: &(String, u64, f64, u64)| c.2 <= average && c.3 < max_topics;
+        if candidates.iter().any(fits) {
+            candidates.retain(fits);
+        }
+        let Some(min) = candidates.iter().map(|c| c.1).min() else {
             // Not even this broker is registered: its session is being renewed.
             return Err(BrokerError::Unavailable(
                 "no broker of the cluster is registered".into(),
             ));
         };
-        let least: Vec<String> = loads
+        let least: Vec<String> = candidates
             .into_iter()
-            .filter(|(n, _)| *n == min)
-            .map(|(_, id)| id)
+            .filter(|c| c.1 == min)
+            .map(|c| c.0)
             .collect();
         let spread = crc32c::crc32c(format!("{}/{}", key.0, key.1).as_bytes()) as usize;
         Ok(least[spread % least.len()].clone())

@@ -24,11 +24,13 @@ use crate::broker::Broker;
 use crate::error::BrokerError;
 
 pub(crate) mod history;
+pub mod load_manager;
 pub mod lookup;
 pub(crate) mod message_ids;
 mod session;
 pub(crate) mod shared;
 pub mod shedding;
+mod split;
 pub mod unload;
 
 pub use lookup::LookupAnswer;

@@ -11,8 +11,10 @@
 //! first. Two rules keep it from ping-ponging, the failure operators report
 //! with Pulsar:
 //! - a bundle goes to a broker **below the average load**, chosen at random
-//!   among them, and only if it stays below the average with the bundle
-//!   (never to a broker that merely has fewer messages but more load);
+//!   among them, and only if it ends no more than a quarter of the
+//!   threshold above the average with the bundle — far from the shedding line, so it never
+//!   sheds the bundle back (never to a broker that merely has fewer
+//!   messages but more load);
 //! - a bundle moved within `grace_period` is not moved again.
 
 use std::collections::HashMap;
@@ -245,8 +247,15 @@ impl Shedder {
                 }
                 // The bundle's part of this broker's load, in load points.
                 let share = loads[i] * b.throughput / total;
+                // A receiver is below the average now, and ends no more than
+                // a quarter of the threshold above it: never near the shedding line
+                // (average + threshold), so it never sheds the bundle back,
+                // while bundles of equal size can still even out.
+                let ceiling = average + c.shedding_threshold_percent / 4.0;
                 let below: Vec<usize> = (0..reports.len())
-                    .filter(|j| *j != i && expected[*j] + share <= average)
+                    .filter(|j| {
+                        *j != i && expected[*j] < average && expected[*j] + share <= ceiling
+                    })
                     .collect();
                 if below.is_empty() {
                     // Too big for any broker below the average: a smaller one may fit.

@@ -86,6 +86,18 @@ impl Broker {
         ns: &NamespaceName,
         range: BundleRange,
     ) -> Result<bool, BrokerError> {
+        self.unload_bundle_to(ns, range, None).await
+    }
+
+    /// [`Broker::unload_bundle`], handing the bundle to broker `to` when it
+    /// is given and registered (Pulsar's `destinationBroker`; the load
+    /// manager's moves), else to the least loaded other broker.
+    pub async fn unload_bundle_to(
+        &self,
+        ns: &NamespaceName,
+        range: BundleRange,
+        to: Option<&str>,
+    ) -> Result<bool, BrokerError> {
         let key = (ns.clone(), range);
         let Some(m) = self.membership() else {
             let closed = self.close_bundle_topics(&key, None).await;
@@ -118,7 +130,11 @@ impl Broker {
         // lookups to place.
         self.prepare_bundle_handover(&key).await;
         let mut handed_to = None;
-        if let Some((id, record)) = self.next_owner(m, &key).await {
+        let chosen = match self.config().load_balancer_transfer_enabled {
+            true => self.next_owner(m, &key, to).await,
+            false => None,
+        };
+        if let Some((id, record)) = chosen {
             if self.hand_over(m, &key, epoch, &id, &record).await {
                 handed_to = Some((id, record));
             }
@@ -203,7 +219,17 @@ impl Broker {
         &self,
         m: &super::Membership,
         key: &BundleKey,
+        to: Option<&str>,
     ) -> Option<(String, BrokerRecord)> {
+        if let Some(to) = to.filter(|to| *to != m.id) {
+            match self.resources().broker(&m.cluster, to).await {
+                Ok(Some(record)) => return Some((to.to_owned(), record)),
+                _ => tracing::info!(
+                    destination = to,
+                    "the destination broker is not registered: choosing another"
+                ),
+            }
+        }
         let next = match self.least_loaded(m, key, Some(&m.id)).await {
             Ok(id) => id,
             Err(e) => {
@@ -219,19 +245,20 @@ impl Broker {
 
     /// Unloads bundle `range` of `ns` wherever it is served: here, or on
     /// its owner through the admin API (with the caller's `authorization`
-    /// header). Returns whether some broker served it.
+    /// header), to broker `to` if given. Returns whether some broker served it.
     pub async fn unload_bundle_anywhere(
         &self,
         ns: &NamespaceName,
         range: BundleRange,
         authorization: Option<&str>,
+        to: Option<&str>,
     ) -> Result<bool, BrokerError> {
         let Some(m) = self.membership() else {
             return self.unload_bundle(ns, range).await;
         };
         match self.resources().bundle_owner(ns, range).await? {
             None => Ok(false),
-            Some(o) if o.broker == m.id => self.unload_bundle(ns, range).await,
+            Some(o) if o.broker == m.id => self.unload_bundle_to(ns, range, to).await,
             Some(o) => {
                 let base = match (o.http_url.is_empty(), &o.http_url_tls) {
                     (false, _) => o.http_url.clone(),
@@ -243,12 +270,21 @@ impl Broker {
                         )))
                     }
                 };
-                let url = format!(
+                let mut url = format!(
                     "{}/admin/v2/namespaces/{}/{}/{range}/unload",
                     base.trim_end_matches('/'),
                     ns.tenant,
                     ns.namespace
                 );
+                if let Some(to) = to {
+                    url.push_str("?destinationBroker=");
+                    for b in to.bytes() {
+                        match b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+                            true => url.push(char::from(b)),
+                            false => url.push_str(&format!("%{b:02X}")),
+                        }
+                    }
+                }
                 self.forward_admin("PUT", &url, authorization, None).await?;
                 Ok(true)
             }
@@ -265,7 +301,7 @@ impl Broker {
         let mut served = 0;
         for range in bundles::ranges(&policies.bundles)? {
             if self
-                .unload_bundle_anywhere(ns, range, authorization)
+                .unload_bundle_anywhere(ns, range, authorization, None)
                 .await?
             {
                 served += 1;

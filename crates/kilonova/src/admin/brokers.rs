@@ -17,6 +17,12 @@ pub enum BrokersCmd {
     LeaderBroker,
     /// The broker's configuration in effect (option → value).
     GetRuntimeConfig,
+    /// A broker's load report: the broker asked (none given), or the one
+    /// BROKER (host:port) stored in the cluster's metadata.
+    LoadReport { broker: Option<String> },
+    /// Run one shedding round now on the load manager's leader; prints the
+    /// bundles moved.
+    Shed,
 }
 
 pub async fn run(client: &AdminClient, cmd: BrokersCmd) -> Result<Output, AdminError> {
@@ -26,6 +32,14 @@ pub async fn run(client: &AdminClient, cmd: BrokersCmd) -> Result<Output, AdminE
         BrokersCmd::Version => ApiPath::new(["brokers", "version"]),
         BrokersCmd::LeaderBroker => ApiPath::new(["brokers", "leaderBroker"]),
         BrokersCmd::GetRuntimeConfig => ApiPath::new(["brokers", "configuration", "runtime"]),
+        BrokersCmd::LoadReport { broker: None } => ApiPath::new(["broker-stats", "load-report"]),
+        BrokersCmd::LoadReport {
+            broker: Some(broker),
+        } => ApiPath::new(["broker-stats", "load-report", broker.as_str()]),
+        BrokersCmd::Shed => {
+            let path = ApiPath::new(["brokers", "shed"]);
+            return Ok(Output::Document(client.post(&path, None).await?));
+        }
     };
     Ok(Output::Document(client.get(&path).await?))
 }

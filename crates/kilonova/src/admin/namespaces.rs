@@ -53,6 +53,9 @@ pub enum NamespacesCmd {
     /// them: their topics are closed (clients look them up again) and, in a
     /// cluster, the bundles released for the next lookup to place.
     Unload(NsUnload),
+    /// Split one bundle in two at its middle hash, on the broker serving
+    /// it (which keeps both halves unless --unload).
+    SplitBundle(NsSplitBundle),
     /// Clear the backlog of every topic of the namespace: of every
     /// subscription, or of one (-s).
     ClearBacklog(NsClearBacklog),
@@ -224,6 +227,18 @@ pub struct NsUnload {
     /// Only this bundle (`0x00000000_0x40000000`, as `namespaces bundles` lists them).
     #[arg(short = 'b', long)]
     bundle: Option<String>,
+}
+
+#[derive(Args)]
+pub struct NsSplitBundle {
+    /// tenant/namespace
+    namespace: NamespaceName,
+    /// The bundle (`0x00000000_0x40000000`, as `namespaces bundles` lists them).
+    #[arg(short = 'b', long)]
+    bundle: String,
+    /// Unload both halves after the split (the least loaded brokers take them).
+    #[arg(short = 'u', long)]
+    unload: bool,
 }
 
 #[derive(Args)]
@@ -657,6 +672,15 @@ pub async fn run(client: &AdminClient, cmd: NamespacesCmd) -> Result<Output, Adm
                 Some(b) => n.namespace.path().join(b).join("unload"),
                 None => n.namespace.path().join("unload"),
             };
+            client.put(&path, None).await?
+        }
+        NamespacesCmd::SplitBundle(n) => {
+            let path = n
+                .namespace
+                .path()
+                .join(&n.bundle)
+                .join("split")
+                .query("unload", n.unload);
             client.put(&path, None).await?
         }
         NamespacesCmd::ClearBacklog(c) => {

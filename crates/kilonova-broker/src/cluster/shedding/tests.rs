@@ -200,6 +200,13 @@ fn no_bundle_moves_twice_within_the_grace_period_and_noise_does_not_ping_pong() 
             "seed {seed}: the skewed start shed nothing"
         );
         total_after_settling += moves.iter().filter(|(r, _)| *r >= 60).count();
+        // A broker the first rounds left just under the shedding line may
+        // cross it once on noise a little later; after four hours nothing moves.
+        let late: Vec<_> = moves.iter().filter(|(r, _)| *r >= 240).collect();
+        assert!(
+            late.is_empty(),
+            "seed {seed}: still moving after 4 hours: {late:?}"
+        );
         let loads = sim.loads();
         let avg = loads.iter().sum::<f64>() / loads.len() as f64;
         assert!(
@@ -210,7 +217,7 @@ fn no_bundle_moves_twice_within_the_grace_period_and_noise_does_not_ping_pong() 
         );
     }
     assert!(
-        total_after_settling == 0,
+        total_after_settling <= 1,
         "{total_after_settling} moves after the first hour over 5 weeks"
     );
 }
@@ -275,4 +282,30 @@ fn bundles_split_past_any_threshold_until_the_namespace_has_enough() {
         ..b
     };
     assert_eq!(split_reason(&one, 4, &c), None);
+}
+
+#[test]
+fn equal_bundles_even_out_when_the_receivers_are_not_quite_idle() {
+    // Six bundles of 16 % on one of three brokers, each other broker with a
+    // trickle of its own (1 %): the average is 32.7 %, and a receiver with
+    // two bundles ends at 33 % — just above it. "Stays at or below the
+    // average" stopped a real cluster at [4, 1, 1] that way; a receiver
+    // below the average may end up to a quarter of the threshold above it
+    // (well below the shedding line, so it never sheds the bundle back).
+    let mut sim = Sim::new(&[&[16.0; 6], &[1.0], &[1.0]]);
+    let c = ShedderConfig {
+        min_throughput_to_shed: 0.0,
+        ..ShedderConfig::default()
+    };
+    let mut shedder = Shedder::default();
+    let moves = run(&mut sim, &mut shedder, &c, 30, 0.0, 3);
+    let loads = sim.loads();
+    let avg = loads.iter().sum::<f64>() / 3.0;
+    assert!(
+        loads
+            .iter()
+            .all(|l| (l - avg).abs() <= c.shedding_threshold_percent / 2.0),
+        "{loads:?} after {moves:?}"
+    );
+    assert_eq!(moves.len(), 4, "{moves:?}");
 }
