@@ -10,6 +10,7 @@ through one proxy that was told only one broker's URL.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -43,6 +44,7 @@ from test_security import (
     SUPER_USER,
     Certs,
     Keys,
+    craft_jwt,
     error_name,
     grant,
     round_trip,
@@ -519,3 +521,66 @@ def test_topics_on_every_broker_of_a_cluster_through_one_proxy_address(cluster, 
                                    f"{urllib.parse.quote(local)}/stats")
         assert status == 200, f"stats of {t} through the proxy: {status} {body[:300]!r}"
         assert "s" in json.loads(body)["subscriptions"]
+
+
+# The secured cluster's key is fixed at import: the cluster fixture's
+# parameters are known before any test runs.
+CLUSTER_SECRET = os.urandom(32)
+CLUSTER_KEY_LINE = f'token_secret_key = "data:;base64,{base64.b64encode(CLUSTER_SECRET).decode()}"'
+
+
+def cluster_token(role: str) -> str:
+    return craft_jwt(CLUSTER_SECRET, {"sub": role})
+
+
+SECURED_CLUSTER = {
+    "extra_toml": "\n".join([
+        "",
+        "[auth]",
+        "authentication_enabled = true",
+        "authorization_enabled = true",
+        f"super_user_roles = [{toml_str(SUPER_USER)}, {toml_str(PROXY_ROLE)}]",
+        f"proxy_roles = [{toml_str(PROXY_ROLE)}]",
+        CLUSTER_KEY_LINE,
+        f"broker_client_auth_token = {toml_str(cluster_token(SUPER_USER))}",
+    ]) + "\n",
+    "admin_token": cluster_token(SUPER_USER),
+}
+
+
+@pytest.mark.parametrize("cluster", [SECURED_CLUSTER], indirect=True)
+def test_a_secured_cluster_authorizes_each_client_through_one_proxy(cluster, make_proxy):
+    """Token authentication on the proxy, authorization on every broker: the
+    proxy's links to each owner act for the client's role, so a granted role
+    reaches topics on every broker and a role without a grant reaches none."""
+    b0 = cluster.broker(0)
+    config = "\n".join([
+        "[auth]",
+        "authentication_enabled = true",
+        CLUSTER_KEY_LINE,
+        f"broker_client_auth_token = {toml_str(cluster_token(PROXY_ROLE))}",
+    ]) + "\n"
+    proxy = make_proxy([b0.service_url], [b0.http_url], config)
+    admin = bearer(cluster_token(SUPER_USER))
+    status, body = http("POST", f"{proxy.http_url}/admin/v2/namespaces/public/default/permissions/app",
+                        json.dumps(["produce", "consume"]).encode(), "application/json", headers=admin)
+    assert status in (200, 204), f"grant through the proxy: {status} {body!r}"
+    topics = [ts[0] for ts in cluster.topics_in_bundles(per_bundle=1)]
+    client = pulsar.Client(proxy.service_url, authentication=pulsar.AuthenticationToken(cluster_token("app")),
+                           operation_timeout_seconds=20, logger=CLIENT_LOGGER)
+    try:
+        for t in topics:
+            round_trip(client, t, n=3)
+    finally:
+        client.close()
+    owners = {cluster.owner_of(t) for t in topics}
+    assert len(owners) > 1, f"every topic landed on one broker ({owners}): the test proves nothing"
+    stranger = pulsar.Client(proxy.service_url, authentication=pulsar.AuthenticationToken(cluster_token("nobody")),
+                             operation_timeout_seconds=REFUSED_OP_TIMEOUT_S, logger=CLIENT_LOGGER)
+    try:
+        for t in topics:
+            with pytest.raises(Exception) as e:
+                stranger.create_producer(t)
+            assert "Authoriz" in type(e.value).__name__ + str(e.value), repr(e.value)
+    finally:
+        stranger.close()
