@@ -67,9 +67,9 @@ pub struct ProxyConfig {
     /// Connecting to a broker and its CONNECTED answer, and each forwarded
     /// request, time out after this.
     pub broker_timeout_secs: u64,
-    /// A client that sent CONNECT on neither kind of connection within this
-    /// time is closed; a lookup connection idle this long is pinged, and
-    /// closed if idle twice as long.
+    /// A client must send CONNECT within this, or it is closed; a lookup
+    /// connection idle this long is pinged, and closed if idle twice as long
+    /// (relayed connections are kept alive by the broker's own PINGs).
     pub keep_alive_secs: u64,
     /// Send the client's credentials to the broker too
     /// (`original_auth_data`, `original_auth_method`; Pulsar's
