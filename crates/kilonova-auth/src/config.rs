@@ -44,6 +44,11 @@ pub struct AuthConfig {
     /// Require a token on `GET /metrics` too (Pulsar's
     /// `authenticateMetricsEndpoint`).
     pub authenticate_metrics_endpoint: bool,
+    /// Roles of `kilonova proxy` (Pulsar's `proxyRoles`): a connection
+    /// authenticated as one of them acts for the `original_principal` its
+    /// CONNECT names, and both roles must be allowed what it does
+    /// ([`crate::proxy_roles`]).
+    pub proxy_roles: BTreeSet<String>,
 }
 
 impl Default for AuthConfig {
@@ -62,6 +67,7 @@ impl Default for AuthConfig {
             auth_refresh_check_secs: 60,
             broker_client_auth_token: None,
             authenticate_metrics_endpoint: false,
+            proxy_roles: BTreeSet::new(),
         }
     }
 }

@@ -21,6 +21,7 @@ mod error;
 pub mod grants;
 pub mod issue;
 pub mod keys;
+pub mod proxy_roles;
 mod secret;
 mod security;
 pub mod tls;
@@ -30,6 +31,7 @@ pub use authz::{Authorizer, GrantedTopic, Need, Want};
 pub use config::AuthConfig;
 pub use error::{AuthError, KeyError};
 pub use grants::{AuthAction, AuthPolicies, UnknownAction};
+pub use proxy_roles::OriginalPrincipalError;
 pub use secret::Secret;
 pub use security::Security;
 pub use token::{

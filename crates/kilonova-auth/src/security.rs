@@ -2,11 +2,13 @@
 //! authentication is on), the authorizer, and how expiring credentials are
 //! handled. Built once from [`AuthConfig`] at start.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::authz::Authorizer;
 use crate::config::AuthConfig;
 use crate::error::{AuthError, KeyError};
+use crate::proxy_roles::{self, OriginalPrincipalError};
 use crate::token::{Principal, TokenAuthenticator, TOKEN_METHOD};
 
 #[derive(Debug, Default)]
@@ -16,6 +18,7 @@ pub struct Security {
     anonymous_role: Option<String>,
     refresh_check: Duration,
     authenticate_metrics: bool,
+    proxy_roles: BTreeSet<String>,
     /// The token the broker presents to other brokers (`broker_client_auth_token`).
     broker_client_token: Option<String>,
 }
@@ -47,6 +50,7 @@ impl Security {
             anonymous_role: c.anonymous_user_role.clone(),
             refresh_check: Duration::from_secs(c.auth_refresh_check_secs.max(1)),
             authenticate_metrics: c.authenticate_metrics_endpoint,
+            proxy_roles: c.proxy_roles.clone(),
             broker_client_token: c
                 .broker_client_auth_token
                 .as_ref()
@@ -77,6 +81,21 @@ impl Security {
 
     pub fn authenticate_metrics(&self) -> bool {
         self.authenticate_metrics
+    }
+
+    /// Whether `role` is a proxy's (`proxy_roles`).
+    pub fn is_proxy_role(&self, role: &str) -> bool {
+        self.proxy_roles.contains(role)
+    }
+
+    /// Whether a connection authenticated as `role` may name
+    /// `original_principal` (Pulsar's rule: see [`proxy_roles::check`]).
+    pub fn check_original_principal(
+        &self,
+        role: &str,
+        original_principal: Option<&str>,
+    ) -> Result<(), OriginalPrincipalError> {
+        proxy_roles::check(&self.proxy_roles, role, original_principal)
     }
 
     /// Who presents `data` with `method` (`None`: no credentials). With

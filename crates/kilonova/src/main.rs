@@ -1,6 +1,7 @@
 //! The `kilonova` binary: one program for every role. Today: `standalone` (the
 //! broker with embedded storage and metadata), `broker` (one broker of a
-//! cluster, metadata in etcd), `admin` (pulsar-admin's verbs
+//! cluster, metadata in etcd), `proxy` (the gateway in front of a
+//! cluster's brokers), `admin` (pulsar-admin's verbs
 //! over the admin REST API), `perf` (benchmarks) and `tokens` (keys and
 //! tokens, as `pulsar tokens`).
 
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod admin;
 mod client;
 mod perf;
+mod proxy;
 mod standalone;
 mod tokens;
 
@@ -31,6 +33,9 @@ enum Command {
     /// "etcd"), shared with the cluster's other brokers; the same flags and
     /// configuration file as standalone (docs/cluster.md).
     Broker(standalone::StandaloneArgs),
+    /// Run the proxy in front of a cluster's brokers: clients reach the
+    /// cluster through its one address (docs/proxy.md).
+    Proxy(proxy::ProxyArgs),
     /// Administer a cluster through the admin REST API (pulsar-admin's verbs).
     Admin(admin::AdminArgs),
     /// Produce, consume and read messages from the shell (pulsar-client's verbs).
@@ -80,7 +85,7 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse_from(args);
     // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
     let default_level = match cli.command {
-        Command::Standalone(_) | Command::Broker(_) => "info",
+        Command::Standalone(_) | Command::Broker(_) | Command::Proxy(_) => "info",
         Command::Admin(_)
         | Command::Client { .. }
         | Command::Perf { .. }
@@ -97,6 +102,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Standalone(args) => standalone::run(args, standalone::Role::Standalone),
         Command::Broker(args) => standalone::run(args, standalone::Role::ClusterBroker),
+        Command::Proxy(args) => proxy::run(args),
         Command::Admin(args) => admin::run(args),
         Command::Client { verb } => client::run(verb),
         Command::Perf { what } => perf::run(what),

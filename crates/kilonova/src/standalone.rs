@@ -395,7 +395,7 @@ struct Ports {
 
 /// Writes `ports` to `path` atomically (a temporary file beside it, then a
 /// rename): a reader sees no file or the whole of it, never a part.
-fn write_ports_file(path: &Path, ports: &Ports) -> anyhow::Result<()> {
+pub(crate) fn write_ports_file(path: &Path, ports: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
@@ -808,7 +808,7 @@ async fn gc_loop(store: SegmentStore, every: Duration, mut stop: watch::Receiver
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -35,6 +35,7 @@ impl Connection {
             Ok(p) => self.principal = p,
             Err(e) => return Err(self.refuse_credentials(&e)),
         }
+        self.original_principal = self.acting_for(c.original_principal.as_deref())?;
         self.connected = true;
         self.connected_since_ms = self.broker.clock().now_ms();
         self.client_version = std::sync::Arc::from(capped(&c.client_version));
@@ -46,11 +47,43 @@ impl Connection {
         self.protocol_version = version;
         self.hears_end_of_topic = hears_end_of_topic(version, &c.client_version);
         let role = self.principal.as_ref().map(|p| p.role.as_str());
-        tracing::debug!(conn = self.id, client = %c.client_version, version, role, "connected");
+        let for_role = self.original_principal.as_ref().map(|p| p.role.as_str());
+        tracing::debug!(conn = self.id, client = %c.client_version, version, role, for_role, "connected");
         let max_message_size = i32::try_from(self.broker.config().max_message_bytes).ok();
         self.out
             .command(commands::connected(version, max_message_size));
         Ok(())
+    }
+
+    /// The client a proxy connects for (CONNECT's `original_principal`),
+    /// checked as Pulsar's brokers check it with authorization on: only a
+    /// proxy role names one, and it must (kilonova_auth::proxy_roles).
+    /// `None` for every other connection.
+    fn acting_for(&self, original: Option<&str>) -> Result<Option<Principal>, End> {
+        let Some(p) = &self.principal else {
+            // Authentication is off: nobody is anybody in particular.
+            return Ok(None);
+        };
+        let security = self.broker.security();
+        if security.authorizer().enabled() {
+            if let Err(e) = security.check_original_principal(&p.role, original) {
+                self.out.command(commands::error(
+                    NO_REQUEST,
+                    ServerError::AuthorizationError,
+                    e.to_string(),
+                ));
+                return Err(End::Violation(format!("role {}: {e}", p.role)));
+            }
+        }
+        let original = original.filter(|o| !o.trim().is_empty());
+        Ok(match original {
+            Some(o) if security.is_proxy_role(&p.role) => Some(Principal {
+                role: o.to_owned(),
+                expires_at_secs: None,
+                not_before_secs: None,
+            }),
+            _ => None,
+        })
     }
 
     /// The client's answer to an AUTH_CHALLENGE: new credentials for the same role.

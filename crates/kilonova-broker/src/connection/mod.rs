@@ -87,6 +87,9 @@ struct Connection {
     connected: bool,
     /// Who the client proved to be (`None` with authentication off).
     principal: Option<Principal>,
+    /// On a proxy's connection, the client it relays for: what the
+    /// connection does must be allowed to it as well as to `principal`.
+    original_principal: Option<Principal>,
     /// An AUTH_CHALLENGE went out and no valid AUTH_RESPONSE came back yet.
     challenged: bool,
     protocol_version: i32,
@@ -179,6 +182,7 @@ impl Connection {
             out,
             connected: false,
             principal: None,
+            original_principal: None,
             challenged: false,
             protocol_version: 0,
             wants_entry_metadata: false,
@@ -409,7 +413,9 @@ impl Connection {
         Ok(())
     }
 
-    /// Whether this connection's role may do `need` (an error to answer with if not).
+    /// Whether this connection's role may do `need` (an error to answer with
+    /// if not); on a proxy's connection, both the proxy's role and the
+    /// client's it relays for must be allowed (Pulsar's rule).
     async fn authorize(
         &self,
         need: Need<'_>,
@@ -417,7 +423,13 @@ impl Connection {
     ) -> Result<(), BrokerError> {
         self.broker
             .authorize(self.principal.as_ref(), need, None, Some(ns))
-            .await
+            .await?;
+        if let Some(original) = &self.original_principal {
+            self.broker
+                .authorize(Some(original), need, None, Some(ns))
+                .await?;
+        }
+        Ok(())
     }
 
     /// The topic `name`, if this connection's role may do `want` on it.
