@@ -584,3 +584,34 @@ def test_a_secured_cluster_authorizes_each_client_through_one_proxy(cluster, mak
             assert "Authoriz" in type(e.value).__name__ + str(e.value), repr(e.value)
     finally:
         stranger.close()
+
+
+def test_geo_replication_reaches_a_remote_cluster_through_its_proxy(make_broker, make_proxy):
+    """Cluster "east" registers "west" by its proxy's address only: the
+    replicator looks its topic up there and is relayed to west's broker."""
+    from test_geo_replication import config as geo_config, replicated_namespace, rest
+    east = make_broker("east", config=geo_config("east"))
+    west = make_broker("west", config=geo_config("west"))
+    west_proxy = make_proxy([west.service_url], [west.http_url])
+    rest(east, "PUT", "/admin/v2/clusters/west",
+         {"serviceUrl": west_proxy.http_url, "brokerServiceUrl": west_proxy.service_url})
+    rest(west, "PUT", "/admin/v2/clusters/east",
+         {"serviceUrl": east.http_url, "brokerServiceUrl": east.service_url})
+    ns = replicated_namespace({"east": east, "west": west})
+    topic = f"persistent://{ns}/{unique('geo')}"
+    west_client = pulsar.Client(west.service_url, operation_timeout_seconds=10,
+                                logger=CLIENT_LOGGER)
+    east_client = pulsar.Client(east.service_url, operation_timeout_seconds=10,
+                                logger=CLIENT_LOGGER)
+    try:
+        consumer = west_client.subscribe(topic, "s")
+        producer = east_client.create_producer(topic)
+        for i in range(5):
+            producer.send(f"m{i}".encode())
+        got = [m.data() for m in receive_n(consumer, 5, timeout=20)]
+        assert got == [f"m{i}".encode() for i in range(5)]
+    finally:
+        east_client.close()
+        west_client.close()
+    # The messages went through the proxy: it relayed a connection.
+    assert west_proxy.metric("pulsar_proxy_new_connections") >= 2

@@ -20,7 +20,7 @@ pub struct Security {
     authenticate_metrics: bool,
     proxy_roles: BTreeSet<String>,
     /// The token the broker presents to other brokers (`broker_client_auth_token`).
-    broker_client_token: Option<String>,
+    broker_client_token: Option<crate::Secret<String>>,
 }
 
 impl Security {
@@ -54,7 +54,7 @@ impl Security {
             broker_client_token: c
                 .broker_client_auth_token
                 .as_ref()
-                .map(|t| read_token(t.expose()))
+                .map(|t| read_token(t.expose()).map(crate::Secret::new))
                 .transpose()?,
         })
     }
@@ -62,7 +62,9 @@ impl Security {
     /// The token this broker presents to other brokers' admin APIs (the
     /// load manager's unloads), if one is configured.
     pub fn broker_client_token(&self) -> Option<&str> {
-        self.broker_client_token.as_deref()
+        self.broker_client_token
+            .as_ref()
+            .map(|t| t.expose().as_str())
     }
 
     /// Whether clients must authenticate.
@@ -145,5 +147,32 @@ fn read_token(value: &str) -> Result<String, KeyError> {
                 error,
             }),
         None => Ok(value.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_broker_client_token_is_read_from_a_file_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.token");
+        std::fs::write(&path, "tok-from-file\n").unwrap();
+        let c = AuthConfig {
+            broker_client_auth_token: Some(crate::Secret::new(format!("file:{}", path.display()))),
+            ..AuthConfig::default()
+        };
+        let s = Security::from_config(&c).unwrap();
+        assert_eq!(s.broker_client_token(), Some("tok-from-file"));
+        assert!(!format!("{s:?}").contains("tok-from-file"));
+        let c = AuthConfig {
+            broker_client_auth_token: Some(crate::Secret::new("tok-inline".into())),
+            ..AuthConfig::default()
+        };
+        assert_eq!(
+            Security::from_config(&c).unwrap().broker_client_token(),
+            Some("tok-inline")
+        );
     }
 }

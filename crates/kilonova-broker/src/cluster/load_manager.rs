@@ -345,18 +345,27 @@ impl Broker {
         Ok(self.resources().load_report(&m.cluster, id).await?)
     }
 
-    /// Who leads the load manager: this broker outside a cluster.
+    /// Who leads the load manager: outside a cluster, the broker itself
+    /// (as it registered in its metadata: `host:port`).
     pub async fn load_manager_leader(&self) -> Result<Option<Leader>, BrokerError> {
         let Some(m) = self.membership() else {
-            return Ok(Some(self.own_leader_record(None)));
+            let mut ids = self
+                .resources()
+                .list_brokers(&self.config().cluster_name)
+                .await?;
+            ids.sort();
+            return Ok(ids.into_iter().next().map(|id| Leader {
+                service_url: format!("http://{id}"),
+                broker_id: id,
+            }));
         };
         Ok(self.resources().leader(&m.cluster).await?)
     }
 
-    fn own_leader_record(&self, id: Option<&str>) -> Leader {
+    fn own_leader_record(&self, id: &str) -> Leader {
         let urls = self.service_urls();
         Leader {
-            broker_id: id.unwrap_or("standalone").to_owned(),
+            broker_id: id.to_owned(),
             service_url: urls.http.clone().or(urls.https.clone()).unwrap_or_default(),
         }
     }
@@ -378,7 +387,7 @@ impl Broker {
             tracing::debug!(error = %e, "writing the load report failed");
             return Vec::new();
         }
-        let me = self.own_leader_record(Some(&m.id));
+        let me = self.own_leader_record(&m.id);
         let leads = match self.resources().try_lead(&m.cluster, &me, session).await {
             Ok(l) => l.broker_id == m.id,
             Err(e) => {
