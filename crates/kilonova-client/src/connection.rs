@@ -190,27 +190,15 @@ impl Conn {
             }
             Type::PartitionedMetadataResponse => {
                 if let Some(r) = &c.partition_metadata_response {
-                    let answer = if r.response() == LookupType::Failed {
-                        Err(ClientError::broker(
-                            r.error.unwrap_or_default(),
-                            r.message.clone().unwrap_or_default(),
-                        ))
-                    } else {
-                        Ok(c.clone())
-                    };
+                    let failed = r.response() == LookupType::Failed;
+                    let answer = lookup_answer(&c, failed, r.error, &r.message);
                     self.respond(r.request_id, answer);
                 }
             }
             Type::LookupResponse => {
                 if let Some(r) = &c.lookup_topic_response {
-                    let answer = if r.response() == TopicLookupType::Failed {
-                        Err(ClientError::broker(
-                            r.error.unwrap_or_default(),
-                            r.message.clone().unwrap_or_default(),
-                        ))
-                    } else {
-                        Ok(c.clone())
-                    };
+                    let failed = r.response() == TopicLookupType::Failed;
+                    let answer = lookup_answer(&c, failed, r.error, &r.message);
                     self.respond(r.request_id, answer);
                 }
             }
@@ -349,6 +337,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// Sends CONNECT (with `token`, if any) and waits for CONNECTED. Returns the
 /// stream, the bytes read past CONNECTED, and the largest frame to accept (the
 /// broker's max message size and room for metadata).
+/// A lookup's (or partitioned metadata's) answer: the command, or the
+/// error it reports when it failed.
+fn lookup_answer(
+    c: &BaseCommand,
+    failed: bool,
+    error: Option<i32>,
+    message: &Option<String>,
+) -> Result<BaseCommand, ClientError> {
+    match failed {
+        true => Err(ClientError::broker(
+            error.unwrap_or_default(),
+            message.clone().unwrap_or_default(),
+        )),
+        false => Ok(c.clone()),
+    }
+}
+
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     token: Option<&str>,

@@ -86,6 +86,30 @@ pub struct LoadReport {
     pub load_report_type: String,
 }
 
+impl BundleStats {
+    /// Adds `o`'s rates and counts to these.
+    pub fn add(&mut self, o: &BundleStats) {
+        self.msg_rate_in += o.msg_rate_in;
+        self.msg_throughput_in += o.msg_throughput_in;
+        self.msg_rate_out += o.msg_rate_out;
+        self.msg_throughput_out += o.msg_throughput_out;
+        self.consumer_count += o.consumer_count;
+        self.producer_count += o.producer_count;
+        self.topics += o.topics;
+    }
+}
+
+impl LoadReport {
+    /// Sets the broker's totals: every topic's rates and counts, summed.
+    pub fn set_totals(&mut self, t: &BundleStats) {
+        (self.msg_rate_in, self.msg_rate_out) = (t.msg_rate_in, t.msg_rate_out);
+        (self.msg_throughput_in, self.msg_throughput_out) =
+            (t.msg_throughput_in, t.msg_throughput_out);
+        (self.num_producers, self.num_consumers) = (t.producer_count, t.consumer_count);
+        self.num_topics = t.topics;
+    }
+}
+
 fn report_key(cluster: &str, id: &str) -> String {
     format!("/loadbalance/brokers/{cluster}/{id}")
 }

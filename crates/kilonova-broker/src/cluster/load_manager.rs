@@ -284,17 +284,19 @@ impl Broker {
                 .last_stats
                 .insert(name.clone(), BundleStats::default());
         }
+        let mut totals = BundleStats::default();
         for (name, m) in self.metrics().topic_snapshot() {
             let rates = m.rates();
-            let producers = m.producers.load(Ordering::Relaxed);
-            let consumers = m.consumers.load(Ordering::Relaxed);
-            report.num_topics += 1;
-            report.msg_rate_in += rates.msg_in;
-            report.msg_rate_out += rates.msg_out;
-            report.msg_throughput_in += rates.bytes_in;
-            report.msg_throughput_out += rates.bytes_out;
-            report.num_producers += producers;
-            report.num_consumers += consumers;
+            let topic_stats = BundleStats {
+                msg_rate_in: rates.msg_in,
+                msg_throughput_in: rates.bytes_in,
+                msg_rate_out: rates.msg_out,
+                msg_throughput_out: rates.bytes_out,
+                consumer_count: m.consumers.load(Ordering::Relaxed),
+                producer_count: m.producers.load(Ordering::Relaxed),
+                topics: 1,
+            };
+            totals.add(&topic_stats);
             let Ok(topic) = TopicName::parse(&name) else {
                 continue;
             };
@@ -304,15 +306,10 @@ impl Broker {
                 continue;
             };
             if let Some(s) = report.last_stats.get_mut(&bundle_name(key)) {
-                s.topics += 1;
-                s.msg_rate_in += rates.msg_in;
-                s.msg_rate_out += rates.msg_out;
-                s.msg_throughput_in += rates.bytes_in;
-                s.msg_throughput_out += rates.bytes_out;
-                s.producer_count += producers;
-                s.consumer_count += consumers;
+                s.add(&topic_stats);
             }
         }
+        report.set_totals(&totals);
         report.bandwidth_in = ResourceUsage {
             usage: report.msg_throughput_in / 1024.0,
             limit: nic_kb,
