@@ -3,11 +3,12 @@
 //! As Pulsar answers it: a topic whose bundle a broker owns is served there
 //! (`Connect` to that broker's URLs). A bundle nobody owns is placed on a
 //! live broker at or below the average load, the one of those owning the
-//! fewest bundles (ties spread by the bundle's hash; `least_loaded`): this
-//! broker takes it itself when it is that broker, or when the lookup is
-//! *authoritative* (a redirect sent it here: it must not send the client on
-//! again); otherwise the answer is a `Redirect` to the chosen broker,
-//! authoritative, and the client asks there, which takes the bundle.
+//! fewest bundles (ties spread by the bundle's place in its namespace;
+//! `least_loaded`): this broker takes it itself when it is that broker, or
+//! when the lookup is *authoritative* (a redirect sent it here: it must not
+//! send the client on again); otherwise the answer is a `Redirect` to the
+//! chosen broker, authoritative, and the client asks there, which takes the
+//! bundle.
 //!
 //! Every answer carries the URLs of the advertised listener the client names,
 //! as the broker it names registered them (`record_urls`): a listener that
@@ -181,9 +182,9 @@ impl Broker {
     /// broker yet to report counts as unloaded) and serving fewer than
     /// `load_balancer_broker_max_topics` topics — all of them if none is;
     /// among those, the fewest bundles owned, ties broken by the bundle's
-    /// hash. Reports are seconds old while bundle counts change with every
-    /// placement, so lookups of many new bundles at once (all seeing the
-    /// same reports) still spread them.
+    /// place in its namespace ([`Broker::spread`]). Reports are seconds old
+    /// while bundle counts change with every placement, so lookups of many
+    /// new bundles at once (all seeing the same reports) still spread them.
     pub(super) async fn least_loaded(
         &self,
         m: &Membership,
@@ -227,8 +228,25 @@ impl Broker {
             .filter(|c| c.1 == min)
             .map(|c| c.0)
             .collect();
-        let spread = crc32c::crc32c(format!("{}/{}", key.0, key.1).as_bytes()) as usize;
-        Ok(least[spread % least.len()].clone())
+        Ok(least[self.spread(key).await % least.len()].clone())
+    }
+
+    /// Where bundle `key` falls among equally loaded brokers: its place in
+    /// its namespace's bundles, from an offset of the namespace's own —
+    /// bundles of one namespace placed at once (their lookups all reading
+    /// the same counts) go round the brokers instead of colliding as hashes
+    /// would, and namespaces start at different brokers.
+    async fn spread(&self, key: &BundleKey) -> usize {
+        let offset = crc32c::crc32c(key.0.to_string().as_bytes()) as usize;
+        let place = match self.namespace_policies(&key.0).await {
+            Ok(p) => kilonova_metadata::bundles::ranges(&p.bundles)
+                .ok()
+                .and_then(|r| r.iter().position(|r| *r == key.1)),
+            Err(_) => None,
+        };
+        // A bundle no longer in the policies (split meanwhile): its hash.
+        let place = place.unwrap_or(key.1.lower as usize);
+        offset.wrapping_add(place)
     }
 }
 
