@@ -3,7 +3,8 @@
 //! rewritten every few seconds), and the cluster's load-manager leader
 //! under `/loadbalance/leader/<cluster>` (an ephemeral key too: the first
 //! broker to create it leads until its session ends, then any other takes
-//! it).
+//! it), and the bundles the leader moved recently under
+//! `/loadbalance/moves/<cluster>` (a new leader keeps their grace periods).
 //!
 //! A report's JSON follows Pulsar's `LocalBrokerData` (what its
 //! `broker-stats/load-report` answers): the same field names for the same
@@ -114,6 +115,10 @@ fn report_key(cluster: &str, id: &str) -> String {
     format!("/loadbalance/brokers/{cluster}/{id}")
 }
 
+fn moves_key(cluster: &str) -> String {
+    format!("/loadbalance/moves/{cluster}")
+}
+
 fn leader_key(cluster: &str) -> String {
     format!("/loadbalance/leader/{cluster}")
 }
@@ -194,6 +199,32 @@ impl Resources {
         }
     }
 
+    /// Records the bundles the leader moved within the grace period, and
+    /// when (ms since the Unix epoch), for the next leader.
+    pub async fn put_recent_moves(
+        &self,
+        cluster: &str,
+        moves: &BTreeMap<String, u64>,
+    ) -> Result<()> {
+        self.store()
+            .put(
+                &moves_key(cluster),
+                to_json("the load manager's recent moves", moves)?,
+                Expect::Any,
+                None,
+            )
+            .await
+            .map(drop)
+    }
+
+    /// The bundles the last leader recorded as recently moved.
+    pub async fn recent_moves(&self, cluster: &str) -> Result<BTreeMap<String, u64>> {
+        match self.store().get(&moves_key(cluster)).await? {
+            Some(s) => from_json("the load manager's recent moves", &s.value),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
     /// The load manager's leader (`None`: nobody leads now).
     pub async fn leader(&self, cluster: &str) -> Result<Option<Leader>> {
         match self.store().get(&leader_key(cluster)).await? {
@@ -241,6 +272,12 @@ mod tests {
         assert_eq!(r.leader("c").await.unwrap(), None);
         assert_eq!(r.try_lead("c", &b2, s2).await.unwrap(), b2);
         assert_eq!(r.leader("c").await.unwrap(), Some(b2));
+        // The moves a leader records outlive it.
+        assert!(r.recent_moves("c").await.unwrap().is_empty());
+        let moves = BTreeMap::from([("t/ns/0x00000000_0x80000000".to_owned(), 42u64)]);
+        r.put_recent_moves("c", &moves).await.unwrap();
+        r.store().close_session(s2).await.unwrap();
+        assert_eq!(r.recent_moves("c").await.unwrap(), moves);
     }
 
     #[tokio::test]

@@ -436,17 +436,35 @@ impl Broker {
             .map(|(id, r)| shedder_report(id, r))
             .collect();
         let lm = self.inner_load();
+        let config = shedder_config(c);
+        let at = Duration::from_millis(now);
         let moves = {
             let mut state = lm.shedder.lock().await;
-            let (shedder, choices) = state.get_or_insert_with(|| {
-                (
-                    Shedder::default(),
-                    Choices::new(crc32c::crc32c(m.id.as_bytes()) as u64 ^ now),
-                )
-            });
-            let at = Duration::from_millis(now);
-            let config = shedder_config(c);
+            if state.is_none() {
+                // A new leader keeps its predecessor's grace periods.
+                let remembered = self.resources().recent_moves(&m.cluster).await?;
+                let shedder = Shedder::remembering(
+                    remembered
+                        .into_iter()
+                        .map(|(b, ms)| (b, Duration::from_millis(ms))),
+                );
+                let choices = Choices::new(crc32c::crc32c(m.id.as_bytes()) as u64 ^ now);
+                *state = Some((shedder, choices));
+            }
+            let Some((shedder, choices)) = state.as_mut() else {
+                return Ok(Vec::new());
+            };
             let moves = shedder.round(&reports, &config, at, choices);
+            if !moves.is_empty() {
+                let recent = shedder
+                    .recent_moves(at, config.grace_period)
+                    .into_iter()
+                    .map(|(b, t)| (b, t.as_millis() as u64))
+                    .collect();
+                if let Err(e) = self.resources().put_recent_moves(&m.cluster, &recent).await {
+                    tracing::warn!(error = %e, "recording the moves for the next leader failed");
+                }
+            }
             let overloaded = shedder.overloaded(&config);
             if !overloaded.is_empty() {
                 tracing::warn!(brokers = ?overloaded, threshold = config.overloaded_threshold_percent, "brokers overloaded");

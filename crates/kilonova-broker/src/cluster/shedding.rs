@@ -166,6 +166,27 @@ impl Choices {
 }
 
 impl Shedder {
+    /// A shedder that remembers `moves` (bundle, when it moved): a new
+    /// leader takes over its predecessor's grace periods.
+    pub fn remembering(moves: impl IntoIterator<Item = (String, Duration)>) -> Self {
+        Shedder {
+            moved_at: moves.into_iter().collect(),
+            ..Shedder::default()
+        }
+    }
+
+    /// The bundles moved within the grace period before `now`, and when.
+    pub fn recent_moves(&self, now: Duration, grace: Duration) -> Vec<(String, Duration)> {
+        let mut out: Vec<(String, Duration)> = self
+            .moved_at
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(**at) < grace)
+            .map(|(b, at)| (b.clone(), *at))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The smoothed load of each broker after this round's reports.
     fn smooth(&mut self, reports: &[BrokerReport], c: &ShedderConfig) -> Vec<f64> {
         self.smoothed

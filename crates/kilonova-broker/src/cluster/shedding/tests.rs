@@ -309,3 +309,41 @@ fn equal_bundles_even_out_when_the_receivers_are_not_quite_idle() {
     );
     assert_eq!(moves.len(), 4, "{moves:?}");
 }
+
+#[test]
+fn a_new_leader_keeps_its_predecessors_grace_periods() {
+    // Broker 0 at 80 % in four bundles, the others idle: a fresh shedder
+    // moves some; one that remembers all four as moved a minute ago moves none.
+    let c = ShedderConfig {
+        min_throughput_to_shed: 0.0,
+        ..ShedderConfig::default()
+    };
+    let sim = Sim::new(&[&[20.0; 4], &[], &[]]);
+    let reports = sim.reports(&mut Choices::new(1), 0.0);
+    let at = ROUND * 100;
+    let mut first = Shedder::default();
+    let moved = first.round(&reports, &c, at, &mut Choices::new(2));
+    assert!(!moved.is_empty());
+    // What the first leader records: its moves, within the grace period only.
+    let mut names: Vec<(String, Duration)> = moved.iter().map(|m| (m.bundle.clone(), at)).collect();
+    names.sort();
+    assert_eq!(first.recent_moves(at + ROUND, c.grace_period), names);
+    assert!(first
+        .recent_moves(at + c.grace_period, c.grace_period)
+        .is_empty());
+    // The next leader, with every bundle still on broker 0 (the moves
+    // failed, say) and all four remembered: nothing moves within the grace.
+    let all: Vec<(String, Duration)> = sim
+        .bundles
+        .iter()
+        .map(|(n, _, _)| (n.clone(), at))
+        .collect();
+    let mut next = Shedder::remembering(all);
+    assert!(next
+        .round(&reports, &c, at + ROUND, &mut Choices::new(3))
+        .is_empty());
+    // After it, they may.
+    assert!(!next
+        .round(&reports, &c, at + c.grace_period, &mut Choices::new(3))
+        .is_empty());
+}
