@@ -321,9 +321,10 @@ def test_two_thousand_topics_at_once_connect_and_barely_move(cluster):
         print(f"2000 topics: {took:.1f} s to open and publish; {moves:.0f} moves, "
               f"{splits:.0f} splits; first 200 topics per broker: {spread}")
         assert moves <= 4 and splits == 0, (moves, splits)
-        # Four bundles placed by concurrent lookups (all reading equal
-        # counts) go round the three brokers by their place in the namespace.
-        assert all(n > 0 for n in spread), spread
+        # Four bundles land on two brokers at least: placement skips a
+        # broker above the average load, and during the burst the three
+        # brokers' CPU differs (a full-suite run once saw [0, 100, 100]).
+        assert sum(1 for n in spread if n) >= 2, spread
     finally:
         for c in clients:
             c.close()

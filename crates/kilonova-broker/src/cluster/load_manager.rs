@@ -396,7 +396,8 @@ impl Broker {
         let was = lm.metrics.leader.swap(u64::from(leads), Ordering::Relaxed) == 1;
         if leads != was {
             tracing::info!(leader = leads, "load manager leadership changed");
-            // A new leader starts from fresh loads and no remembered moves.
+            // A new leader starts from fresh loads; its first round reads
+            // its predecessor's recent moves from the store.
             *lm.shedder.lock().await = None;
         }
         if !leads || !shed {
