@@ -13,6 +13,7 @@
 //!   message index or publish time;
 //! * `retention.rs`: retention (deleting consumed segments) and TTL;
 //! * `meta.rs`: where a log keeps its state, and its metadata record;
+//! * `spare.rs`: the next segment, created and listed before a roll-over;
 //! * `compacted.rs`: the compacted view (entries kept by compaction, up to a
 //!   horizon, in a segment of their own) and reading through it;
 //! * `backlog_scan.rs`: counting a cursor's backlog by reading it, a step at a time.
@@ -36,6 +37,7 @@ pub(crate) mod cursor;
 pub(crate) mod meta;
 mod positions;
 mod retention;
+mod spare;
 mod termination;
 mod tiering;
 
@@ -44,7 +46,7 @@ pub use compacted::CompactedWriter;
 use compacted::{CompactedView, CursorView};
 use cursor::{named, named_mut, Cursor, Positions};
 pub use cursor::{CursorInfo, CursorWrites, CursorsStored, InitialPosition, StoredCursor};
-use meta::{log_prefix, meta_key, Meta, StoredCursors};
+use meta::{log_prefix, meta_key, Meta, MetaOrder, StoredCursors};
 use positions::SegmentList;
 pub use retention::Retention;
 pub use tiering::{Offloaded, RestoredSegment, SegmentTier};
@@ -130,6 +132,15 @@ pub struct ManagedLog {
     offload_cache: tiering::OffloadCache,
     /// Objects no longer referenced, for the broker to delete.
     released_objects: Vec<String>,
+    /// Orders this log's metadata writes, wherever they run.
+    meta_order: Arc<MetaOrder>,
+    /// The newest metadata record left to the blocking pool.
+    meta_written_later: u64,
+    /// The record that first says where the current segment starts (a
+    /// spare switched to is listed with an earlier index).
+    current_listed_in: u64,
+    /// The next segment, ready before the current one fills (`spare.rs`).
+    spare: spare::Spare,
 }
 
 impl ManagedLog {
@@ -145,13 +156,17 @@ impl ManagedLog {
         now_ms: u64,
     ) -> Result<Self> {
         let (mut log, stored_cursors) = Self::from_state(id, store, state, cache, config)?;
-        // (A restored log's last segment may be in the object store only.)
-        if let Some(last) = log
+        // Its last segment (and the one before, when the last was a spare
+        // listed ahead) may be open. (A restored log's last segment may be in
+        // the object store only.)
+        let open: Vec<SegmentId> = log
             .segments
-            .last()
-            .filter(|s| log.store.segment(s.id).is_some())
-        {
-            log.store.seal(last.id).await?;
+            .iter()
+            .filter(|s| log.store.segment(s.id).is_some_and(|i| !i.sealed))
+            .map(|s| s.id)
+            .collect();
+        for id in open {
+            log.store.seal(id).await?;
         }
         // Where the message index and publish time continue from.
         log.next_message_index = log
@@ -227,7 +242,13 @@ impl ManagedLog {
             offloaded,
             offload_cache: tiering::OffloadCache::with_max_bytes(DEFAULT_OFFLOAD_CACHE_BYTES),
             released_objects: Vec::new(),
+            meta_order: Arc::default(),
+            meta_written_later: 0,
+            current_listed_in: 0,
+            spare: spare::Spare::None,
         };
+        let mut log = log;
+        log.start_of_last_segment();
         Ok((log, stored_cursors))
     }
 
@@ -338,6 +359,9 @@ impl ManagedLog {
         self.pending_bytes += data.len() as u64;
         self.next_message_index += u64::from(message_count);
         self.last_publish_time_ms = t;
+        if !matches!(self.spare, spare::Spare::Created { .. }) {
+            self.prepare_spare(publish_time_ms);
+        }
         Ok(completion.remap(|entry, segment| Position::new(segment, entry)))
     }
 
@@ -370,7 +394,22 @@ impl ManagedLog {
                 }
             }
         }
-        self.start_segment(now_ms).await
+        match self.spare_for_roll().await {
+            Some((id, true)) => {
+                self.drop_empty_current().await?;
+                self.push_segment(id, now_ms);
+                // Where it starts, stored off the task (start-up reads it
+                // from its first entry meanwhile).
+                self.current_listed_in = self.save_meta_later();
+                tracing::debug!(log = self.id, segment = id, "switched to the spare segment");
+                Ok(())
+            }
+            Some((id, false)) => {
+                self.drop_empty_current().await?;
+                self.list_segment(id, now_ms).await
+            }
+            None => self.start_segment(now_ms).await,
+        }
     }
 
     /// A new segment of this log, in the data directory of its last local
@@ -385,15 +424,19 @@ impl ManagedLog {
         self.store.create_segment_for(self.id, last).await
     }
 
-    async fn start_segment(&mut self, now_ms: u64) -> Result<()> {
-        // An empty sealed segment holds nothing: drop it instead of keeping it listed.
+    /// An empty sealed segment holds nothing: dropped instead of kept listed.
+    async fn drop_empty_current(&mut self) -> Result<()> {
         if let Some(cur) = self.current() {
             if self.positions().confirmed(cur.id) == 0 && self.segments.len() > 1 {
                 self.store.delete_segment(cur.id).await?;
                 self.segments.pop();
             }
         }
-        let id = self.create_segment().await?;
+        Ok(())
+    }
+
+    /// Appends go to segment `id` from now on.
+    fn push_segment(&mut self, id: SegmentId, now_ms: u64) {
         self.segments.push(SegmentMeta {
             id,
             first_message_index: self.next_message_index,
@@ -401,6 +444,17 @@ impl ManagedLog {
         });
         self.pending_entries = 0;
         self.pending_bytes = 0;
+    }
+
+    async fn start_segment(&mut self, now_ms: u64) -> Result<()> {
+        self.drop_empty_current().await?;
+        let id = self.create_segment().await?;
+        self.list_segment(id, now_ms).await
+    }
+
+    /// Appends go to segment `id` once the stored metadata lists it.
+    async fn list_segment(&mut self, id: SegmentId, now_ms: u64) -> Result<()> {
+        self.push_segment(id, now_ms);
         // Appends go only to a segment the stored metadata lists: one it does
         // not would be lost to a crash (and reclaimed as an orphan at start).
         if let Err(e) = self.save_meta() {
@@ -414,16 +468,90 @@ impl ManagedLog {
         Ok(())
     }
 
-    fn save_meta(&self) -> Result<()> {
+    /// The metadata record as the log stands, and its number
+    /// ([`MetaOrder`]); a spare is listed after the current segment.
+    fn meta_record(&self) -> (u64, bytes::BytesMut) {
         let ids: Vec<u64> = self.cursors.values().filter_map(|c| c.id()).collect();
-        let b = meta::encode_meta(
+        let number = self.meta_order.next();
+        let segments = match self.spare_listing() {
+            Some(spare) => std::borrow::Cow::Owned([self.segments.as_slice(), &[spare]].concat()),
+            None => std::borrow::Cow::Borrowed(self.segments.as_slice()),
+        };
+        let record = meta::encode_meta(
             self.next_message_index,
-            &self.segments,
+            &segments,
             self.next_cursor_id,
             &ids,
             &self.offloaded,
         );
-        self.state.store(&meta_key(self.id), &b)
+        (number, record)
+    }
+
+    /// Stores the metadata record; returns once it is durable.
+    fn save_meta(&self) -> Result<()> {
+        let (number, record) = self.meta_record();
+        self.meta_order
+            .store(self.state.as_ref(), self.id, number, &record)
+    }
+
+    /// Stores the metadata record on the blocking pool (in line outside a
+    /// runtime), for changes that a crash may lose: the stored record then
+    /// lists a segment retention deleted (start-up skips it) or a spare
+    /// without its start (start-up reads it). Returns the record's number.
+    fn save_meta_later(&mut self) -> u64 {
+        let (number, record) = self.meta_record();
+        self.meta_written_later = number;
+        let (order, state, id) = (self.meta_order.clone(), self.state.clone(), self.id);
+        let write = move || {
+            if let Err(e) = order.store(state.as_ref(), id, number, &record) {
+                tracing::warn!(log = id, error = %e, "storing the log's metadata failed: the next change stores it");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(write)),
+            Err(_) => write(),
+        }
+        number
+    }
+
+    /// Whether every metadata record left to the blocking pool is stored
+    /// (or a newer one).
+    pub fn metadata_stored(&self) -> bool {
+        self.meta_order.stored() >= self.meta_written_later
+    }
+
+    /// Waits for metadata writes left to the blocking pool, storing the
+    /// record in line if they failed; none stored later replaces it (a log
+    /// opened again, or deleted, must not see an older record land).
+    fn retire_meta(&self) -> Result<()> {
+        if !self.metadata_stored() {
+            self.save_meta()?;
+        }
+        self.meta_order.retire()
+    }
+
+    /// The last listed segment may have been listed ahead of its use (a
+    /// spare, `spare.rs`): its first entry says where it starts.
+    fn start_of_last_segment(&mut self) {
+        let Some(last) = self.segments.last().copied() else {
+            return;
+        };
+        if self.store.segment(last.id).is_none_or(|s| s.entries == 0) {
+            return;
+        }
+        let first = Position::new(last.id, 0);
+        let Some(e) = self
+            .store
+            .read(last.id, 0)
+            .ok()
+            .and_then(|b| entry::decode(first, b))
+        else {
+            return;
+        };
+        if let Some(s) = self.segments.last_mut() {
+            s.first_message_index = e.message_index;
+            s.created_ms = e.publish_time_ms;
+        }
     }
 
     // ---- cursors ----
@@ -805,6 +933,7 @@ impl ManagedLog {
     /// Persists cursors; the log's segments stay as they are.
     pub fn close(mut self) -> Result<()> {
         self.persist_cursors()?;
+        self.retire_meta()?;
         self.cache.evict_log(self.id);
         Ok(())
     }
@@ -818,9 +947,11 @@ impl ManagedLog {
             }
             self.forget_offloaded(s.id);
         }
+        self.delete_spare().await?;
         let released = self.take_released_objects();
         self.delete_compacted().await?;
         self.cache.evict_log(self.id);
+        self.meta_order.retire()?;
         // The metadata first: a crash part way leaves a directory without it,
         // which `reclaim_orphans` removes at the next start.
         self.state.remove(&meta_key(self.id))?;

@@ -10,6 +10,8 @@
 //! again as version 4 when it next saves.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -55,6 +57,64 @@ pub(crate) fn log_prefix(id: u64) -> String {
 
 pub(crate) fn meta_key(id: u64) -> String {
     format!("logs/{id}/meta")
+}
+
+/// Orders one log's metadata writes, wherever they run (on the log's task
+/// or the blocking pool): each record is numbered when it is encoded, and a
+/// record older than the one stored is dropped — the stored one already says
+/// everything it would.
+#[derive(Debug, Default)]
+pub(crate) struct MetaOrder {
+    /// The number the last record encoded got.
+    issued: AtomicU64,
+    /// The number of the record stored; the lock is held while one is written.
+    stored: Mutex<u64>,
+    /// `stored`, readable without the lock.
+    stored_seen: AtomicU64,
+}
+
+impl MetaOrder {
+    /// The number of the record about to be encoded.
+    pub(crate) fn next(&self) -> u64 {
+        self.issued.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The number of the newest record stored.
+    pub(crate) fn stored(&self) -> u64 {
+        self.stored_seen.load(Ordering::Acquire)
+    }
+
+    /// Stores record `number` of log `id`, unless a newer one is stored;
+    /// returns once it is durable (or dropped).
+    pub(crate) fn store(
+        &self,
+        state: &dyn StateStore,
+        id: u64,
+        number: u64,
+        record: &[u8],
+    ) -> Result<()> {
+        let mut stored = self
+            .stored
+            .lock()
+            .map_err(|_| StorageError::Log("a metadata write panicked".into()))?;
+        if *stored >= number {
+            return Ok(());
+        }
+        state.store(&meta_key(id), record)?;
+        *stored = number;
+        self.stored_seen.store(number, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits for a write under way; every later one is dropped.
+    pub(crate) fn retire(&self) -> Result<()> {
+        let mut stored = self
+            .stored
+            .lock()
+            .map_err(|_| StorageError::Log("a metadata write panicked".into()))?;
+        *stored = u64::MAX;
+        Ok(())
+    }
 }
 
 /// A stored record that cannot be decoded.
@@ -271,4 +331,26 @@ fn decode_names(b: &mut Bytes) -> Option<Vec<String>> {
         names.push(String::from_utf8(b.split_to(len).to_vec()).ok()?);
     }
     Some(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_store::DirStateStore;
+
+    #[test]
+    fn an_older_record_never_replaces_a_newer_one_and_none_lands_after_retiring() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = DirStateStore::open(dir.path()).unwrap();
+        let order = MetaOrder::default();
+        let (older, newer) = (order.next(), order.next());
+        order.store(&state, 7, newer, b"newer").unwrap();
+        order.store(&state, 7, older, b"older").unwrap();
+        assert_eq!(state.load(&meta_key(7)).unwrap().unwrap(), &b"newer"[..]);
+        assert_eq!(order.stored(), newer);
+        order.retire().unwrap();
+        let later = order.next();
+        order.store(&state, 7, later, b"later").unwrap();
+        assert_eq!(state.load(&meta_key(7)).unwrap().unwrap(), &b"newer"[..]);
+    }
 }

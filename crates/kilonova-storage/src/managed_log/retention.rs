@@ -22,6 +22,12 @@ impl ManagedLog {
     /// Deletes segments that every durable cursor has consumed and that retention
     /// no longer keeps. Never deletes the current segment. Returns the segments deleted.
     pub async fn trim(&mut self, now_ms: u64, retention: Retention) -> Result<Vec<SegmentId>> {
+        // Not before the stored metadata says where the current segment
+        // starts: with every older segment gone, start-up could take the
+        // message index from nowhere else.
+        if self.meta_order.stored() < self.current_listed_in {
+            return Ok(Vec::new());
+        }
         let doomed = self.trimmable(now_ms, retention)?;
         for id in &doomed {
             if self.store.segment(*id).is_some() {
@@ -35,7 +41,9 @@ impl ManagedLog {
             if let Some(first) = self.segments.first() {
                 self.cache.evict_before(self.id, Position::new(first.id, 0));
             }
-            self.save_meta()?;
+            // Off the task: a crash before it lands leaves a record listing
+            // deleted segments, which start-up skips.
+            self.save_meta_later();
         }
         Ok(doomed)
     }
