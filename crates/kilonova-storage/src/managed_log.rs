@@ -141,6 +141,8 @@ pub struct ManagedLog {
     current_listed_in: u64,
     /// The next segment, ready before the current one fills (`spare.rs`).
     spare: spare::Spare,
+    /// Someone reads this log by message index (no cursor: the Kafka edge).
+    index_readers: bool,
 }
 
 impl ManagedLog {
@@ -246,6 +248,7 @@ impl ManagedLog {
             meta_written_later: 0,
             current_listed_in: 0,
             spare: spare::Spare::None,
+            index_readers: false,
         };
         let mut log = log;
         log.start_of_last_segment();
@@ -345,16 +348,18 @@ impl ManagedLog {
             .append_parts(current.id, &header, data.clone())
             .await?;
         let position = Position::new(current.id, self.pending_entries);
-        self.cache.insert(
-            self.id,
-            Entry {
-                position,
-                publish_time_ms: t,
-                message_index: self.next_message_index,
-                message_count,
-                data: data.clone(),
-            },
-        );
+        if self.index_readers || !self.cursors.is_empty() {
+            self.cache.insert(
+                self.id,
+                Entry {
+                    position,
+                    publish_time_ms: t,
+                    message_index: self.next_message_index,
+                    message_count,
+                    data: data.clone(),
+                },
+            );
+        }
         self.pending_entries += 1;
         self.pending_bytes += data.len() as u64;
         self.next_message_index += u64::from(message_count);
@@ -512,6 +517,14 @@ impl ManagedLog {
             Err(_) => write(),
         }
         number
+    }
+
+    /// Someone reads this log by message index, without a cursor: appended
+    /// entries are cached from now on, as they are while the log has a
+    /// cursor. (A log nobody reads keeps none: they went only at retention
+    /// or by the cache's budget, a segment's worth in one eviction.)
+    pub fn note_index_reader(&mut self) {
+        self.index_readers = true;
     }
 
     /// Whether every metadata record left to the blocking pool is stored

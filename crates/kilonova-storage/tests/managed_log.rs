@@ -946,3 +946,23 @@ async fn backlog_scan_counts_unacked_entries_and_their_messages_a_step_at_a_time
     );
     assert_eq!(scan.counts(), Default::default());
 }
+
+#[tokio::test]
+async fn appended_entries_are_cached_only_while_something_reads_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    publish(&mut log, 0, 5).await;
+    assert_eq!(e.cache.stats().inserted, 0, "nobody reads: nothing cached");
+    log.open_cursor("sub", InitialPosition::Latest, false)
+        .unwrap();
+    publish(&mut log, 5, 3).await;
+    assert_eq!(e.cache.stats().inserted, 3, "a cursor reads");
+    // Read back all the same, from the store.
+    assert_eq!(log.read_entry(Position::new(0, 0)).unwrap().data, msg(0));
+
+    let mut by_index = open(&e, 2, small_segments(), 0).await;
+    by_index.note_index_reader();
+    publish(&mut by_index, 0, 2).await;
+    assert_eq!(e.cache.stats().inserted, 5, "a reader by message index");
+}

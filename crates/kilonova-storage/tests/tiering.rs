@@ -80,6 +80,9 @@ async fn offloaded_segments_read_back_after_their_local_copies_go_and_after_a_re
     let dir = tempfile::tempdir().unwrap();
     let e = env(dir.path());
     let mut log = open(&e, 1, small_segments(), 0).await;
+    // A reader: appended entries are cached.
+    log.open_cursor("reader", InitialPosition::Earliest, false)
+        .unwrap();
     let positions = publish(&mut log, 0, 35).await;
     let mut objects = Objects::new();
     let offloaded = offload_all(&e, &mut log, &mut objects, 100);

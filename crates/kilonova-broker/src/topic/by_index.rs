@@ -53,6 +53,9 @@ const MAX_WAITERS: usize = 1024;
 
 impl Topic {
     pub(super) fn by_index(&mut self, query: IndexQuery, reply: IndexReply) {
+        if let Some(log) = self.log.as_mut() {
+            log.note_index_reader();
+        }
         let Some(log) = self.log.as_ref() else {
             let _ = reply.send(Err(BrokerError::NotAllowed(
                 "a non-persistent topic keeps no messages to read by offset".into(),
