@@ -225,7 +225,7 @@ impl ManagedLog {
         let compacted = compacted::load_view(state.as_ref(), id)?
             .filter(|v| store.segment(v.segment).is_some());
         let terminated = termination::load(state.as_ref(), id)?;
-        let log = ManagedLog {
+        let mut log = ManagedLog {
             id,
             store,
             state,
@@ -250,7 +250,6 @@ impl ManagedLog {
             spare: spare::Spare::None,
             index_readers: false,
         };
-        let mut log = log;
         log.start_of_last_segment();
         Ok((log, stored_cursors))
     }
@@ -970,5 +969,17 @@ impl ManagedLog {
         self.state.remove(&meta_key(self.id))?;
         self.state.remove_all(&log_prefix(self.id))?;
         Ok(released)
+    }
+}
+
+impl Drop for ManagedLog {
+    /// A log dropped without `close` or `delete` (a load that failed half
+    /// way, then opened again) lets no metadata record it left to the
+    /// blocking pool land over its next instance's: a write under way is
+    /// waited for, a later one dropped — as a crash would have.
+    fn drop(&mut self) {
+        if let Err(e) = self.meta_order.retire() {
+            tracing::debug!(log = self.id, error = %e, "metadata writes not retired");
+        }
     }
 }

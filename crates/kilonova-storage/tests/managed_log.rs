@@ -2,8 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 
 use bytes::Bytes;
 use kilonova_storage::state_store::key_component;
@@ -12,7 +11,7 @@ use kilonova_storage::{
 };
 
 mod common;
-use common::{crash, env, msg, open, publish, small_segments, Env};
+use common::{crash, env, msg, open, publish, small_segments, Env, FailingWrites};
 
 async fn close_store(e: Env) {
     tokio::task::spawn_blocking(move || e.store.close())
@@ -689,48 +688,6 @@ async fn cursors_stored_by_name_are_kept_when_a_log_opens_and_stored_by_id() {
         );
         log.close().unwrap();
         close_store(e).await;
-    }
-}
-
-/// A state store whose writes of keys containing `part` fail while `fail` is
-/// set, as "File name too long" or a full disk made them fail.
-struct FailingWrites {
-    inner: DirStateStore,
-    part: &'static str,
-    fail: AtomicBool,
-}
-
-impl FailingWrites {
-    fn new(dir: &Path, part: &'static str, fail: bool) -> Arc<Self> {
-        Arc::new(FailingWrites {
-            inner: DirStateStore::open(dir.join("state")).unwrap(),
-            part,
-            fail: fail.into(),
-        })
-    }
-}
-
-impl StateStore for FailingWrites {
-    fn load(&self, key: &str) -> kilonova_storage::Result<Option<Bytes>> {
-        self.inner.load(key)
-    }
-    fn store(&self, key: &str, value: &[u8]) -> kilonova_storage::Result<()> {
-        if key.contains(self.part) && self.fail.load(SeqCst) {
-            return Err(kilonova_storage::StorageError::DiskFull { context: "test" });
-        }
-        self.inner.store(key, value)
-    }
-    fn remove(&self, key: &str) -> kilonova_storage::Result<()> {
-        self.inner.remove(key)
-    }
-    fn remove_all(&self, prefix: &str) -> kilonova_storage::Result<()> {
-        self.inner.remove_all(prefix)
-    }
-    fn children(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
-        self.inner.children(prefix)
-    }
-    fn subtrees(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
-        self.inner.subtrees(prefix)
     }
 }
 

@@ -3,47 +3,14 @@
 //! with its message index, and a spare nobody wrote to is not kept.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kilonova_storage::{
-    reclaim_orphans, DirStateStore, InitialPosition, ManagedLog, StateStore, StorageError,
-};
+use kilonova_storage::{reclaim_orphans, InitialPosition, ManagedLog};
 
 mod common;
-use common::{crash, env, small_segments, Env};
-
-/// A state store whose writes can be lost (as to a crash before they land).
-struct LosingState {
-    inner: DirStateStore,
-    losing: AtomicBool,
-}
-
-impl StateStore for LosingState {
-    fn load(&self, key: &str) -> kilonova_storage::Result<Option<Bytes>> {
-        self.inner.load(key)
-    }
-    fn store(&self, key: &str, value: &[u8]) -> kilonova_storage::Result<()> {
-        if self.losing.load(Ordering::SeqCst) {
-            return Err(StorageError::Log("lost".into()));
-        }
-        self.inner.store(key, value)
-    }
-    fn remove(&self, key: &str) -> kilonova_storage::Result<()> {
-        self.inner.remove(key)
-    }
-    fn remove_all(&self, prefix: &str) -> kilonova_storage::Result<()> {
-        self.inner.remove_all(prefix)
-    }
-    fn children(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
-        self.inner.children(prefix)
-    }
-    fn subtrees(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
-        self.inner.subtrees(prefix)
-    }
-}
+use common::{crash, env, small_segments, Env, FailingWrites};
 
 /// Waits until the metadata writes left to the blocking pool are stored.
 async fn settled(log: &ManagedLog) {
@@ -152,17 +119,14 @@ async fn entries_in_a_spare_whose_start_was_never_stored_keep_their_index() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut e = env(dir.path());
-        let state = Arc::new(LosingState {
-            inner: DirStateStore::open(dir.path().join("state")).unwrap(),
-            losing: AtomicBool::new(false),
-        });
+        let state = FailingWrites::new(dir.path(), "/meta", false);
         e.state = state.clone();
         let mut log = open(&e).await;
         publish(&mut log, 0, 9).await;
         settled(&log).await; // the spare is listed, at message index 5 or so
                              // The roll-over's record of where the spare starts (index 10) is
                              // lost; appends to the spare are acknowledged all the same.
-        state.losing.store(true, Ordering::SeqCst);
+        state.fail.store(true, Ordering::SeqCst);
         publish(&mut log, 9, 14).await;
         assert_eq!(log.segments().len(), 2);
         std::mem::forget(log);

@@ -93,10 +93,7 @@ impl MetaOrder {
         number: u64,
         record: &[u8],
     ) -> Result<()> {
-        let mut stored = self
-            .stored
-            .lock()
-            .map_err(|_| StorageError::Log("a metadata write panicked".into()))?;
+        let mut stored = self.lock()?;
         if *stored >= number {
             return Ok(());
         }
@@ -108,12 +105,14 @@ impl MetaOrder {
 
     /// Waits for a write under way; every later one is dropped.
     pub(crate) fn retire(&self) -> Result<()> {
-        let mut stored = self
-            .stored
-            .lock()
-            .map_err(|_| StorageError::Log("a metadata write panicked".into()))?;
-        *stored = u64::MAX;
+        *self.lock()? = u64::MAX;
         Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, u64>> {
+        self.stored
+            .lock()
+            .map_err(|_| StorageError::Log("a metadata write panicked".into()))
     }
 }
 

@@ -3,6 +3,7 @@
 //! managed log tests open logs on.
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -73,4 +74,46 @@ pub async fn publish(log: &mut ManagedLog, from: u64, n: u64) -> Vec<Position> {
         out.push(c.await.unwrap());
     }
     out
+}
+
+/// A state store whose writes of keys containing `part` fail while `fail` is
+/// set, as "File name too long" or a full disk made them fail.
+pub struct FailingWrites {
+    inner: DirStateStore,
+    part: &'static str,
+    pub fail: AtomicBool,
+}
+
+impl FailingWrites {
+    pub fn new(dir: &Path, part: &'static str, fail: bool) -> Arc<Self> {
+        Arc::new(FailingWrites {
+            inner: DirStateStore::open(dir.join("state")).unwrap(),
+            part,
+            fail: fail.into(),
+        })
+    }
+}
+
+impl StateStore for FailingWrites {
+    fn load(&self, key: &str) -> kilonova_storage::Result<Option<Bytes>> {
+        self.inner.load(key)
+    }
+    fn store(&self, key: &str, value: &[u8]) -> kilonova_storage::Result<()> {
+        if key.contains(self.part) && self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kilonova_storage::StorageError::DiskFull { context: "test" });
+        }
+        self.inner.store(key, value)
+    }
+    fn remove(&self, key: &str) -> kilonova_storage::Result<()> {
+        self.inner.remove(key)
+    }
+    fn remove_all(&self, prefix: &str) -> kilonova_storage::Result<()> {
+        self.inner.remove_all(prefix)
+    }
+    fn children(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
+        self.inner.children(prefix)
+    }
+    fn subtrees(&self, prefix: &str) -> kilonova_storage::Result<Vec<String>> {
+        self.inner.subtrees(prefix)
+    }
 }
