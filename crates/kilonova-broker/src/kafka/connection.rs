@@ -22,13 +22,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::groups::Coordinator;
 use super::routes::Routes;
 use super::KafkaSettings;
 use crate::outbound::Outbound;
 use crate::topic::TopicHandle;
 use crate::Broker;
 use kilonova_auth::{Need, Principal, Want};
+use kilonova_kafka::groups::Coordinator;
 
 /// A connection that sends nothing for this long is closed (Kafka's
 /// `connections.max.idle.ms` default is 10 minutes).

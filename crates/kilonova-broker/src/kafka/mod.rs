@@ -14,7 +14,8 @@
 //!   base offset.
 //! * Fetch and ListOffsets: entries read by message index from the topic's
 //!   task ([`crate::topic::by_index`]), long-polled up to `max_wait_ms`.
-//! * Consumer groups: the classic protocol's state machine (`groups.rs`),
+//! * Consumer groups: the classic protocol's state machine
+//!   (`kilonova_kafka::groups`),
 //!   committed offsets in the metadata store (`group_api.rs`).
 
 mod configs;
@@ -22,7 +23,6 @@ mod connection;
 mod errors;
 mod fetch;
 mod group_api;
-pub(crate) mod groups;
 mod metadata;
 pub(crate) mod metrics;
 mod nodes;
@@ -34,6 +34,8 @@ mod topics;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+
+use kilonova_kafka::groups;
 
 use crate::Broker;
 

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kilonova_kafka::kafka_protocol::error::ResponseError;
+use kafka_protocol::error::ResponseError;
 use tokio::sync::oneshot;
 
 /// How often the coordinator looks for expired members and overdue rebalances.
-pub(super) const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// The most groups and members kept: past them a join is refused
 /// (`GROUP_MAX_SIZE_REACHED` / `COORDINATOR_NOT_AVAILABLE`), so a client
@@ -34,7 +34,7 @@ fn code(e: ResponseError) -> i16 {
 
 /// A JoinGroup, as the machine needs it.
 #[derive(Debug, Clone)]
-pub(super) struct Join {
+pub struct Join {
     pub group: String,
     /// Empty: a new member.
     pub member_id: String,
@@ -54,7 +54,7 @@ pub(super) struct Join {
 
 /// The answer to a join.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(super) struct Joined {
+pub struct Joined {
     pub error: i16,
     pub generation: i32,
     pub protocol_type: Option<String>,
@@ -67,7 +67,7 @@ pub(super) struct Joined {
 
 /// The answer to a sync.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(super) struct Synced {
+pub struct Synced {
     pub error: i16,
     pub protocol_type: Option<String>,
     pub protocol: Option<String>,
@@ -75,20 +75,20 @@ pub(super) struct Synced {
 }
 
 /// An answer now, or one to wait for.
-pub(super) enum Answer<T> {
+pub enum Answer<T> {
     Now(T),
     Later(oneshot::Receiver<T>),
 }
 
 /// A group as DescribeGroups shows it.
-pub(crate) struct Described {
+pub struct Described {
     pub state: State,
     pub protocol_type: Option<String>,
     pub protocol: Option<String>,
     pub members: Vec<DescribedMember>,
 }
 
-pub(crate) struct DescribedMember {
+pub struct DescribedMember {
     pub member_id: String,
     pub instance_id: Option<String>,
     pub client_id: String,
@@ -99,7 +99,7 @@ pub(crate) struct DescribedMember {
 }
 
 /// A group state as Kafka names it.
-pub(crate) fn state_name(state: State) -> &'static str {
+pub fn state_name(state: State) -> &'static str {
     match state {
         State::Empty => "Empty",
         State::PreparingRebalance => "PreparingRebalance",
@@ -109,7 +109,7 @@ pub(crate) fn state_name(state: State) -> &'static str {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum State {
+pub enum State {
     Empty,
     PreparingRebalance,
     CompletingRebalance,
@@ -295,7 +295,7 @@ impl Group {
 }
 
 /// Every consumer group of one Kafka listener.
-pub(crate) struct Coordinator {
+pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     /// How long an empty group's first rebalance waits for more members
     /// (Kafka's `group.initial.rebalance.delay.ms`).
@@ -307,7 +307,7 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     /// Groups that count their rebalances in `rebalances`.
-    pub(super) fn new(initial_delay: Duration, rebalances: Arc<AtomicU64>) -> Self {
+    pub fn new(initial_delay: Duration, rebalances: Arc<AtomicU64>) -> Self {
         Coordinator {
             groups: Mutex::new(HashMap::new()),
             initial_delay,
@@ -321,7 +321,7 @@ impl Coordinator {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn join(&self, j: Join, now: Instant) -> Answer<Joined> {
+    pub fn join(&self, j: Join, now: Instant) -> Answer<Joined> {
         let refuse = |e: ResponseError, member_id: &str| {
             Answer::Now(Joined {
                 error: code(e),
@@ -395,7 +395,7 @@ impl Coordinator {
         Answer::Later(rx)
     }
 
-    pub(super) fn sync(
+    pub fn sync(
         &self,
         group: &str,
         generation: i32,
@@ -450,13 +450,7 @@ impl Coordinator {
         }
     }
 
-    pub(super) fn heartbeat(
-        &self,
-        group: &str,
-        generation: i32,
-        member_id: &str,
-        now: Instant,
-    ) -> i16 {
+    pub fn heartbeat(&self, group: &str, generation: i32, member_id: &str, now: Instant) -> i16 {
         let mut groups = self.groups();
         let Some(g) = groups.get_mut(group) else {
             return code(ResponseError::UnknownMemberId);
@@ -473,7 +467,7 @@ impl Coordinator {
     }
 
     /// Members leave; one error code per member id given.
-    pub(super) fn leave(&self, group: &str, member_ids: &[String], now: Instant) -> Vec<i16> {
+    pub fn leave(&self, group: &str, member_ids: &[String], now: Instant) -> Vec<i16> {
         let mut groups = self.groups();
         let Some(g) = groups.get_mut(group) else {
             return vec![code(ResponseError::UnknownMemberId); member_ids.len()];
@@ -495,7 +489,7 @@ impl Coordinator {
     /// (Kafka's rule for consumers that assign partitions themselves); a
     /// member's in its current generation, except while that generation's
     /// assignment is being handed out.
-    pub(super) fn commit_allowed(&self, group: &str, generation: i32, member_id: &str) -> i16 {
+    pub fn commit_allowed(&self, group: &str, generation: i32, member_id: &str) -> i16 {
         let groups = self.groups();
         let Some(g) = groups.get(group) else {
             return match generation < 0 {
@@ -526,7 +520,7 @@ impl Coordinator {
     }
 
     /// Expires silent members and completes overdue rebalances.
-    pub(super) fn tick(&self, now: Instant) {
+    pub fn tick(&self, now: Instant) {
         let delay = self.initial_delay;
         let mut groups = self.groups();
         for g in groups.values_mut() {
@@ -554,7 +548,7 @@ impl Coordinator {
 
     /// A group as DescribeGroups shows it (none: the coordinator does not
     /// know it, so it is Empty or Dead in Kafka's words).
-    pub(crate) fn describe(&self, group: &str) -> Option<Described> {
+    pub fn describe(&self, group: &str) -> Option<Described> {
         let groups = self.groups();
         let g = groups.get(group)?;
         let members = g
@@ -583,7 +577,7 @@ impl Coordinator {
     }
 
     /// Forgets a group with no members (DeleteGroups); false if it has some.
-    pub(super) fn forget_if_empty(&self, group: &str) -> bool {
+    pub fn forget_if_empty(&self, group: &str) -> bool {
         let mut groups = self.groups();
         match groups.get(group) {
             Some(g) if !g.members.is_empty() || !g.joins.is_empty() => false,
@@ -595,7 +589,7 @@ impl Coordinator {
     }
 
     /// (group, state, members) of every group, for ListGroups and admin.
-    pub(super) fn list(&self) -> Vec<(String, State, usize, Option<String>)> {
+    pub fn list(&self) -> Vec<(String, State, usize, Option<String>)> {
         self.groups()
             .iter()
             .map(|(name, g)| {
