@@ -50,6 +50,39 @@ pub fn bare_error(correlation_id: i32, error_code: i16) -> Bytes {
     b.freeze()
 }
 
+/// The answer to a request that was not decoded. ApiVersions at a version
+/// not served gets Kafka's answer (version 0, UNSUPPORTED_VERSION and the
+/// versions served, `versions`), from which clients pick one; anything
+/// else gets the correlation id and an error code; `None` if the request
+/// had no header (the connection closes).
+pub fn refusal(
+    e: crate::request::RequestError,
+    versions: impl FnOnce(i16) -> kafka_protocol::messages::ApiVersionsResponse,
+) -> Option<Bytes> {
+    use crate::request::RequestError;
+    use kafka_protocol::error::ResponseError;
+    let unsupported = ResponseError::UnsupportedVersion.code();
+    match e {
+        RequestError::Unsupported {
+            api_key: ApiKey::ApiVersions,
+            correlation_id,
+            ..
+        } => encode(
+            ApiKey::ApiVersions,
+            0,
+            correlation_id,
+            &ResponseKind::ApiVersions(versions(unsupported)),
+        )
+        .ok(),
+        RequestError::Header(_) => None,
+        RequestError::Malformed { correlation_id, .. } => Some(bare_error(
+            correlation_id,
+            ResponseError::InvalidRequest.code(),
+        )),
+        e => e.correlation_id().map(|c| bare_error(c, unsupported)),
+    }
+}
+
 /// Every error code in `body` but NONE, top level and per topic,
 /// partition, group or member, as Kafka's per-request error counts take them.
 pub fn error_codes(body: &ResponseKind) -> Vec<i16> {

@@ -50,9 +50,16 @@ pub fn served(key: ApiKey) -> Option<(i16, i16)> {
 
 /// The ApiVersions answer: every API served with its range, and `error_code`.
 pub fn api_versions(error_code: i16) -> ApiVersionsResponse {
-    let api_keys = SERVED
+    let every: Vec<ApiKey> = SERVED.iter().map(|(k, _, _)| *k).collect();
+    api_versions_of(&every, error_code)
+}
+
+/// The ApiVersions answer of a server that serves only `keys` (of those
+/// Kilonova decodes), each with its range.
+pub fn api_versions_of(keys: &[ApiKey], error_code: i16) -> ApiVersionsResponse {
+    let api_keys = keys
         .iter()
-        .filter_map(|(k, _, _)| {
+        .filter_map(|k| {
             served(*k).map(|(lo, hi)| {
                 ApiVersion::default()
                     .with_api_key(*k as i16)

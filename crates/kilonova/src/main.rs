@@ -1,7 +1,8 @@
 //! The `kilonova` binary: one program for every role. Today: `standalone` (the
 //! broker with embedded storage and metadata), `broker` (one broker of a
 //! cluster, metadata in etcd), `proxy` (the gateway in front of a
-//! cluster's brokers), `admin` (pulsar-admin's verbs
+//! cluster's brokers), `federation` (a Kafka federation's controller,
+//! proxies and verbs), `admin` (pulsar-admin's verbs
 //! over the admin REST API), `perf` (benchmarks) and `tokens` (keys and
 //! tokens, as `pulsar tokens`).
 
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod admin;
 mod client;
+mod federation;
 mod perf;
 mod proxy;
 mod standalone;
@@ -36,6 +38,12 @@ enum Command {
     /// Run the proxy in front of a cluster's brokers: clients reach the
     /// cluster through its one address (docs/proxy.md).
     Proxy(proxy::ProxyArgs),
+    /// Kafka federation: one logical Kafka cluster over many physical ones
+    /// (docs/federation.md).
+    Federation {
+        #[command(subcommand)]
+        role: federation::FederationCommand,
+    },
     /// Administer a cluster through the admin REST API (pulsar-admin's verbs).
     Admin(admin::AdminArgs),
     /// Produce, consume and read messages from the shell (pulsar-client's verbs).
@@ -86,6 +94,11 @@ fn run() -> anyhow::Result<()> {
     // Servers log their lifecycle; tools stay quiet unless asked (RUST_LOG).
     let default_level = match cli.command {
         Command::Standalone(_) | Command::Broker(_) | Command::Proxy(_) => "info",
+        Command::Federation {
+            role:
+                federation::FederationCommand::Controller(_) | federation::FederationCommand::Proxy(_),
+        } => "info",
+        Command::Federation { .. } => "warn",
         Command::Admin(_)
         | Command::Client { .. }
         | Command::Perf { .. }
@@ -103,6 +116,7 @@ fn run() -> anyhow::Result<()> {
         Command::Standalone(args) => standalone::run(args, standalone::Role::Standalone),
         Command::Broker(args) => standalone::run(args, standalone::Role::ClusterBroker),
         Command::Proxy(args) => proxy::run(args),
+        Command::Federation { role } => federation::run(role),
         Command::Admin(args) => admin::run(args),
         Command::Client { verb } => client::run(verb),
         Command::Perf { what } => perf::run(what),

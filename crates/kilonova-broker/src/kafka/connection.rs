@@ -379,35 +379,10 @@ impl KafkaConnection {
         ready(Some(frame(body)))
     }
 
-    /// The answer to a request that was not decoded. ApiVersions at a version
-    /// not served gets Kafka's answer (version 0, UNSUPPORTED_VERSION and the
-    /// versions served), from which clients pick one; anything else gets the
-    /// correlation id and an error code, or the connection closes if the
-    /// request had no header.
+    /// The answer to a request that was not decoded ([`response::refusal`]).
     fn refuse(&mut self, e: RequestError) -> Option<Bytes> {
         tracing::debug!(conn = self.id, peer = %self.peer, error = %e, "Kafka request refused");
-        let unsupported = ResponseError::UnsupportedVersion.code();
-        match e {
-            RequestError::Unsupported {
-                api_key: ApiKey::ApiVersions,
-                correlation_id,
-                ..
-            } => response::encode(
-                ApiKey::ApiVersions,
-                0,
-                correlation_id,
-                &ResponseKind::ApiVersions(versions::api_versions(unsupported)),
-            )
-            .ok(),
-            RequestError::Header(_) => None,
-            RequestError::Malformed { correlation_id, .. } => Some(response::bare_error(
-                correlation_id,
-                ResponseError::InvalidRequest.code(),
-            )),
-            e => e
-                .correlation_id()
-                .map(|c| response::bare_error(c, unsupported)),
-        }
+        response::refusal(e, versions::api_versions)
     }
 
     /// The Kilonova topic serving Kafka topic `name`'s partition `partition`.

@@ -1,0 +1,223 @@
+//! One client connection to a proxy: requests read and handled in order
+//! (so what each sends upstream goes out in the client's order), their
+//! answers awaited side by side and written in request order, as Kafka
+//! requires. At most [`MAX_IN_FLIGHT`] answers wait at once; past that the
+//! connection stops reading.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kilonova_kafka::{frame, request, response, versions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::group_requests::GroupClient;
+use super::{forward, routing, Shared};
+use crate::map::Side;
+
+/// A connection that sends nothing for this long is closed.
+const IDLE_LIMIT: Duration = Duration::from_secs(600);
+/// Answers waiting to be written, at most.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// The APIs a proxy serves (topics are created through the controller;
+/// transactions and idempotent producer ids are not served).
+pub const PROXY_APIS: &[ApiKey] = &[
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+    ApiKey::Metadata,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::SyncGroup,
+    ApiKey::ListGroups,
+    ApiKey::DescribeGroups,
+    ApiKey::DeleteGroups,
+    ApiKey::ApiVersions,
+];
+
+type Answer = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+
+fn ready(a: Option<Bytes>) -> Answer {
+    Box::pin(std::future::ready(a))
+}
+
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, side: Side) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let (answers, pending) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
+    let mut written = tokio::spawn(write_answers(writer, pending));
+    let mut client_id = String::new();
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    let max = shared.config.max_request_bytes;
+    tracing::debug!(%peer, ?side, "federation client connected");
+    'serve: loop {
+        loop {
+            match frame::next_request(&mut buf, max) {
+                Ok(Some(req)) => {
+                    let answer = handle(&shared, req, peer, side, &mut client_id).await;
+                    if answers.send(answer).await.is_err() {
+                        break 'serve;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    shared
+                        .metrics
+                        .request_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, error = %e, "closing federation client connection");
+                    break 'serve;
+                }
+            }
+        }
+        tokio::select! {
+            read = tokio::time::timeout(IDLE_LIMIT, reader.read_buf(&mut buf)) => match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            },
+            _ = &mut written => break,
+        }
+    }
+    drop(answers);
+    if !written.is_finished() {
+        let _ = written.await;
+    }
+    tracing::debug!(%peer, "federation client disconnected");
+}
+
+/// Awaits the answers side by side, writes them in request order.
+async fn write_answers(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut pending: mpsc::Receiver<Answer>,
+) {
+    let mut ordered = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            next = pending.recv(), if open && ordered.len() < MAX_IN_FLIGHT => match next {
+                Some(a) => ordered.push_back(a),
+                None => open = false,
+            },
+            Some(done) = ordered.next(), if !ordered.is_empty() => {
+                if let Some(bytes) = done {
+                    if writer.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// Handles one request: what it sends upstream is sent before this
+/// returns; the answer is the future returned.
+async fn handle(
+    shared: &Arc<Shared>,
+    frame: Bytes,
+    peer: SocketAddr,
+    side: Side,
+    client_id: &mut String,
+) -> Answer {
+    shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let req = match request::decode(frame) {
+        Ok(r) => r,
+        Err(e) => {
+            shared
+                .metrics
+                .request_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "federation request refused");
+            return ready(response::refusal(e, |code| {
+                versions::api_versions_of(PROXY_APIS, code)
+            }));
+        }
+    };
+    if let Some(id) = &req.header.client_id {
+        if client_id.as_str() != id.as_str() {
+            *client_id = id.to_string();
+        }
+    }
+    let (key, version, correlation_id) = (req.api_key, req.version(), req.correlation_id());
+    let frame =
+        move |body: ResponseKind| match response::encode(key, version, correlation_id, &body) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "federation response not encoded");
+                response::bare_error(correlation_id, ResponseError::UnknownServerError.code())
+            }
+        };
+    let groups = GroupClient {
+        shared,
+        client_id,
+        client_host: format!("/{}", peer.ip()),
+        side,
+    };
+    let body = match req.body {
+        RequestKind::ApiVersions(_) => {
+            ResponseKind::ApiVersions(versions::api_versions_of(PROXY_APIS, 0))
+        }
+        RequestKind::Metadata(m) => {
+            let view = shared.view();
+            ResponseKind::Metadata(routing::metadata(
+                shared, &view, &m, version, side, client_id,
+            ))
+        }
+        RequestKind::Produce(p) => {
+            let answer = forward::produce(shared, p, version).await;
+            return Box::pin(async move { answer.await.map(|r| frame(ResponseKind::Produce(r))) });
+        }
+        RequestKind::Fetch(f) => {
+            let answer = forward::fetch(shared, f, version).await;
+            return Box::pin(async move { Some(frame(ResponseKind::Fetch(answer.await))) });
+        }
+        RequestKind::ListOffsets(l) => {
+            let answer = forward::list_offsets(shared, l, version).await;
+            return Box::pin(async move { Some(frame(ResponseKind::ListOffsets(answer.await))) });
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups.find_coordinator(&r, version))
+        }
+        RequestKind::JoinGroup(r) => {
+            let joined = groups.join(r, version);
+            return Box::pin(async move { Some(frame(ResponseKind::JoinGroup(joined.await))) });
+        }
+        RequestKind::SyncGroup(r) => {
+            let synced = groups.sync(r);
+            return Box::pin(async move { Some(frame(ResponseKind::SyncGroup(synced.await))) });
+        }
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups.heartbeat(&r)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups.leave(&r, version)),
+        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(groups.offset_commit(&r).await),
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups.offset_fetch(&r).await),
+        RequestKind::ListGroups(_) => ResponseKind::ListGroups(groups.list()),
+        RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups.describe(&r)),
+        RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(groups.delete_groups(&r).await),
+        _ => {
+            shared
+                .metrics
+                .request_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, api = ?key, "API not served by the federation proxy");
+            return ready(Some(response::bare_error(
+                correlation_id,
+                ResponseError::UnsupportedVersion.code(),
+            )));
+        }
+    };
+    ready(Some(frame(body)))
+}
