@@ -55,9 +55,10 @@ class Load:
         self.failed: list = []
         self.sent = 0
         self._stop = threading.Event()
+        # librdkafka's own metadata refresh (5 minutes): the proxies tell it
+        # to refresh when a topic grows.
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2,
-                                  "acks": "all", "topic.metadata.refresh.interval.ms": 500,
-                                  **config})
+                                  "acks": "all", **config})
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _report(self, err, msg):

@@ -4,6 +4,7 @@
 //! requires. At most [`MAX_IN_FLIGHT`] answers wait at once; past that the
 //! connection stops reading.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -49,6 +50,15 @@ pub const PROXY_APIS: &[ApiKey] = &[
     ApiKey::ApiVersions,
 ];
 
+/// What a connection remembers between requests.
+#[derive(Default)]
+struct ConnState {
+    client_id: String,
+    /// Per topic, the partition count its producer is taken to know
+    /// ([`forward::produce`]).
+    counts: HashMap<String, u32>,
+}
+
 type Answer = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
 
 fn ready(a: Option<Bytes>) -> Answer {
@@ -60,7 +70,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sid
     let (mut reader, writer) = stream.into_split();
     let (answers, pending) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
     let mut written = tokio::spawn(write_answers(writer, pending));
-    let mut client_id = String::new();
+    let mut conn = ConnState::default();
     let mut buf = BytesMut::with_capacity(16 << 10);
     let max = shared.config.max_request_bytes;
     tracing::debug!(%peer, ?side, "federation client connected");
@@ -68,7 +78,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sid
         loop {
             match frame::next_request(&mut buf, max) {
                 Ok(Some(req)) => {
-                    let answer = handle(&shared, req, peer, side, &mut client_id).await;
+                    let answer = handle(&shared, req, peer, side, &mut conn).await;
                     if answers.send(answer).await.is_err() {
                         break 'serve;
                     }
@@ -131,7 +141,7 @@ async fn handle(
     frame: Bytes,
     peer: SocketAddr,
     side: Side,
-    client_id: &mut String,
+    conn: &mut ConnState,
 ) -> Answer {
     shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let req = match request::decode(frame) {
@@ -148,10 +158,11 @@ async fn handle(
         }
     };
     if let Some(id) = &req.header.client_id {
-        if client_id.as_str() != id.as_str() {
-            *client_id = id.to_string();
+        if conn.client_id.as_str() != id.as_str() {
+            conn.client_id = id.to_string();
         }
     }
+    let client_id = conn.client_id.as_str();
     let (key, version, correlation_id) = (req.api_key, req.version(), req.correlation_id());
     let frame =
         move |body: ResponseKind| match response::encode(key, version, correlation_id, &body) {
@@ -178,7 +189,7 @@ async fn handle(
             ))
         }
         RequestKind::Produce(p) => {
-            let answer = forward::produce(shared, p, version).await;
+            let answer = forward::produce(shared, p, version, &mut conn.counts).await;
             return Box::pin(async move { answer.await.map(|r| frame(ResponseKind::Produce(r))) });
         }
         RequestKind::Fetch(f) => {

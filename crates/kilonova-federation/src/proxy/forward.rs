@@ -232,35 +232,56 @@ fn refused_code(route: Route) -> i16 {
 
 /// Forwards a produce; the answer once every leader answered (none with
 /// acks 0).
+///
+/// `counts` holds, per topic, the partition count this connection's
+/// producer is taken to know. When producers of a topic see more
+/// partitions than that (a cluster was added to a spread topic, a keyed
+/// topic rebalanced), the connection's next batches for the topic are
+/// refused unwritten with `NOT_LEADER_OR_FOLLOWER`, once: the client
+/// refreshes its metadata at once and sends them again, instead of using
+/// the new partitions only at its next periodic refresh (librdkafka's is
+/// 5 minutes by default).
 pub async fn produce(
     shared: &Arc<Shared>,
     p: ProduceRequest,
     version: i16,
+    counts: &mut HashMap<String, u32>,
 ) -> Later<Option<ProduceResponse>> {
     let map = shared.view().map;
     let acks = p.acks;
     let timeout = Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(0));
     let names: Vec<TopicName> = p.topic_data.iter().map(|t| t.name.clone()).collect();
-    let asked: Vec<(usize, String, i32, Option<bytes::Bytes>)> = p
-        .topic_data
-        .into_iter()
-        .enumerate()
-        .flat_map(|(ti, t)| {
-            let topic = t.name.0.to_string();
+    let mut answered = Vec::new();
+    let mut asked: Vec<(usize, String, i32, Option<bytes::Bytes>)> = Vec::new();
+    for (ti, t) in p.topic_data.into_iter().enumerate() {
+        let topic = t.name.0.to_string();
+        let now = map
+            .topics
+            .get(&topic)
+            .map_or(0, |lt| map.partition_count(lt, Side::Produce));
+        let known = *counts.entry(topic.clone()).or_insert(now);
+        if now > known {
+            counts.insert(topic.clone(), now);
+            tracing::debug!(topic, known, now, "producer told to refresh its metadata");
+            for d in t.partition_data {
+                answered.push((
+                    ti,
+                    produce_refused(d.index, ResponseError::NotLeaderOrFollower.code()),
+                ));
+            }
+            continue;
+        }
+        asked.extend(
             t.partition_data
                 .into_iter()
-                .map(move |d| (ti, topic.clone(), d.index, d.records))
-        })
-        .collect();
-    let (to, mut answered) = split(shared, &map, Side::Produce, asked, |_, partition, route| {
-        PartitionProduceResponse::default()
-            .with_index(partition)
-            .with_error_code(refused_code(route))
-            .with_base_offset(-1)
-            .with_log_append_time_ms(-1)
-            .with_log_start_offset(-1)
+                .map(|d| (ti, topic.clone(), d.index, d.records)),
+        );
+    }
+    let (to, refused) = split(shared, &map, Side::Produce, asked, |_, partition, route| {
+        produce_refused(partition, refused_code(route))
     })
     .await;
+    answered.extend(refused);
     let mut sent: Vec<(ToLeader<()>, Result<InFlight, i16>)> = Vec::with_capacity(to.len());
     for ((leader, _), group) in to {
         let body = ProduceRequest::default()
@@ -358,6 +379,15 @@ pub async fn produce(
             })),
         )
     })
+}
+
+fn produce_refused(partition: i32, code: i16) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(partition)
+        .with_error_code(code)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
 }
 
 /// The per-topic answers in the request's topic order.
