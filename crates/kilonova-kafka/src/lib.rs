@@ -14,16 +14,10 @@
 //! * [`entries`]: Kafka records as Kilonova stores entries (Pulsar's batch
 //!   format), and back: the same topic serves both protocols.
 //! * [`names`]: Kafka topic names ↔ Kilonova topic names.
-//! * [`groups`]: the classic consumer-group protocol as a state machine;
-//!   [`group_answers`]: its requests and answers in the protocol's types
-//!   (whoever serves groups — the broker's listener, the federation's
-//!   proxy — adds authorization and where committed offsets live).
 
 pub mod codec;
 pub mod entries;
 pub mod frame;
-pub mod group_answers;
-pub mod groups;
 pub mod names;
 pub mod records;
 pub mod request;

@@ -67,7 +67,7 @@ struct Inner {
     shared: std::sync::OnceLock<crate::cluster::shared::SharedLog>,
     /// The Kafka listener's consumer groups, once it runs (the admin API
     /// reads their state).
-    pub(crate) kafka_groups: std::sync::OnceLock<Arc<kilonova_kafka::groups::Coordinator>>,
+    pub(crate) kafka_groups: std::sync::OnceLock<Arc<kilonova_kafka_groups::groups::Coordinator>>,
 }
 
 /// The connection limits of `config`, within 3/4 of the open-file limit
@@ -321,7 +321,7 @@ impl Broker {
     /// The Kafka listener's consumer groups, once it runs.
     pub(crate) fn kafka_groups(
         &self,
-    ) -> &std::sync::OnceLock<Arc<kilonova_kafka::groups::Coordinator>> {
+    ) -> &std::sync::OnceLock<Arc<kilonova_kafka_groups::groups::Coordinator>> {
         &self.inner.kafka_groups
     }
 

@@ -28,7 +28,7 @@ use crate::outbound::Outbound;
 use crate::topic::TopicHandle;
 use crate::Broker;
 use kilonova_auth::{Need, Principal, Want};
-use kilonova_kafka::groups::Coordinator;
+use kilonova_kafka_groups::groups::Coordinator;
 
 /// A connection that sends nothing for this long is closed (Kafka's
 /// `connections.max.idle.ms` default is 10 minutes).

@@ -1,10 +1,9 @@
 //! The consumer-group requests: FindCoordinator (this broker), JoinGroup,
 //! SyncGroup, Heartbeat and LeaveGroup on the listener's coordinator
-//! (`kilonova_kafka::groups`, answered by `kilonova_kafka::group_answers`),
+//! (`kilonova_kafka_groups::groups`, answered by `kilonova_kafka_groups::answers`),
 //! OffsetCommit / OffsetFetch on the metadata store (a group's offsets
 //! survive restarts), ListGroups.
 
-use kilonova_kafka::group_answers::{self as answers, Later};
 use kilonova_kafka::kafka_protocol::error::ResponseError;
 use kilonova_kafka::kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kilonova_kafka::kafka_protocol::messages::{
@@ -14,6 +13,7 @@ use kilonova_kafka::kafka_protocol::messages::{
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
     SyncGroupRequest, SyncGroupResponse,
 };
+use kilonova_kafka_groups::answers::{self, Later};
 use kilonova_metadata::kafka_groups::CommittedOffset;
 use kilonova_metadata::names::NamespaceName;
 

@@ -15,7 +15,7 @@
 //! * Fetch and ListOffsets: entries read by message index from the topic's
 //!   task ([`crate::topic::by_index`]), long-polled up to `max_wait_ms`.
 //! * Consumer groups: the classic protocol's state machine
-//!   (`kilonova_kafka::groups`),
+//!   (`kilonova_kafka_groups::groups`),
 //!   committed offsets in the metadata store (`group_api.rs`).
 
 mod configs;
@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use kilonova_kafka::groups;
+use kilonova_kafka_groups::groups;
 
 use crate::Broker;
 

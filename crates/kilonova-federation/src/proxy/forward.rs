@@ -28,7 +28,7 @@ use kafka_protocol::messages::{
     ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kilonova_kafka::group_answers::Later;
+use kilonova_kafka_groups::answers::Later;
 
 use super::Shared;
 use crate::map::{FederationMap, Seen, Side, WriteRefused};

@@ -15,7 +15,7 @@ use kafka_protocol::messages::{
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
     SyncGroupRequest, SyncGroupResponse,
 };
-use kilonova_kafka::group_answers::{self as answers, Later};
+use kilonova_kafka_groups::answers::{self as answers, Later};
 
 use super::routing::{coordinator_of, nodes_for};
 use super::Shared;

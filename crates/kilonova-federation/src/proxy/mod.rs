@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kilonova_kafka::groups::{Coordinator, TICK};
+use kilonova_kafka_groups::groups::{Coordinator, TICK};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

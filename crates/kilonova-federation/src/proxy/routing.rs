@@ -9,7 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kilonova_kafka::group_answers::Node;
+use kilonova_kafka_groups::answers::Node;
 
 use super::{Shared, View};
 use crate::map::{Seen, Side};

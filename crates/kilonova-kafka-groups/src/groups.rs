@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::error::ResponseError;
+use kilonova_kafka::kafka_protocol::error::ResponseError;
 use tokio::sync::oneshot;
 
 /// How often the coordinator looks for expired members and overdue rebalances.

@@ -11,25 +11,27 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
-use kafka_protocol::messages::find_coordinator_response::Coordinator as Found;
-use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
-use kafka_protocol::messages::leave_group_response::MemberResponse;
-use kafka_protocol::messages::list_groups_response::ListedGroup;
-use kafka_protocol::messages::offset_commit_response::{
+use kilonova_kafka::kafka_protocol::error::ResponseError;
+use kilonova_kafka::kafka_protocol::messages::describe_groups_response::{
+    DescribedGroup, DescribedGroupMember,
+};
+use kilonova_kafka::kafka_protocol::messages::find_coordinator_response::Coordinator as Found;
+use kilonova_kafka::kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kilonova_kafka::kafka_protocol::messages::leave_group_response::MemberResponse;
+use kilonova_kafka::kafka_protocol::messages::list_groups_response::ListedGroup;
+use kilonova_kafka::kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
-use kafka_protocol::messages::offset_fetch_response::{
+use kilonova_kafka::kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
-use kafka_protocol::messages::{
+use kilonova_kafka::kafka_protocol::messages::{
     BrokerId, DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
     OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
+use kilonova_kafka::kafka_protocol::protocol::StrBytes;
 
 use crate::groups::{state_name, Answer, Coordinator, Join, Joined, Synced};
 
