@@ -134,12 +134,13 @@ class Federation:
 
     # Proxies.
 
-    def start_proxy(self, node_id: int, group: str = "default") -> Process:
+    def start_proxy(self, node_id: int, group: str = "default",
+                    controllers: list[str] | None = None) -> Process:
         p = Process(self.binary, [
             "proxy", "--node-id", str(node_id), "--group", group,
             "--producer-listen", "127.0.0.1:0", "--consumer-listen", "127.0.0.1:0",
             "--http-listen", "127.0.0.1:0",
-            "--controller", self.controller_url,
+            "--controller", ",".join(controllers or [self.controller_url]),
             "--group-initial-rebalance-delay-ms", "0",
         ], self.root / f"proxy-{node_id}.log")
         p.start()
@@ -148,7 +149,6 @@ class Federation:
 
     def restart_proxy(self, p: Process) -> None:
         """Again on the same ports (clients hold them)."""
-        p.args = [a for a in p.args]
         for flag, key in (("--producer-listen", "producer"), ("--consumer-listen", "consumer"),
                           ("--http-listen", "http")):
             i = p.args.index(flag)

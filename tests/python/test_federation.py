@@ -2,6 +2,7 @@
 clusters on loopback as the physical clusters, a controller and proxies,
 driven by confluent-kafka and kafka-python through the proxies."""
 
+import json
 import shutil
 import socket
 import struct
@@ -13,8 +14,8 @@ from collections import defaultdict
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from conftest import wait_until
-from federation import Federation
+from conftest import http, wait_until
+from federation import Federation, tail
 
 
 @pytest.fixture
@@ -401,3 +402,66 @@ def test_bad_input_gets_errors_and_the_proxy_serves_on(fed):
     assert p.flush(20) == 0
     got = consume_group(fed.consumers_bootstrap(), topic, "g-bad", 1)
     assert [v for v, _, _ in got] == ["ok:0"]
+
+
+def test_controllers_on_etcd_elect_one_leader_and_a_follower_takes_over(kilonova_bin, etcd,
+                                                                        tmp_path):
+    """Two controllers share an etcd: one leads, the other redirects changes
+    to it; when the leader is killed the other takes over (within the
+    leader session's 10 s), and the proxy, given both URLs, follows."""
+    from federation import Process
+    f = Federation(kilonova_bin, tmp_path)
+    root = f"/federation-test-{uuid.uuid4().hex[:8]}"
+    controllers = [
+        Process(kilonova_bin, ["controller", "--listen", "127.0.0.1:0", "--etcd", etcd.endpoint,
+                               "--etcd-root", root, "--scan-interval-ms", "300"],
+                tmp_path / f"controller-{i}.log")
+        for i in range(2)]
+    try:
+        c1 = f.start_cluster("c1")
+        for c in controllers:
+            c.start()
+        urls = [f"http://127.0.0.1:{c.ports['http']}" for c in controllers]
+        f.controller = controllers[0]
+
+        def status_of(url):
+            code, body = http("GET", url + "/federation/v1/status")
+            assert code == 200, body
+            return json.loads(body)
+
+        wait_until(lambda: status_of(urls[0])["leader"] is not None
+                   and status_of(urls[0])["leader"] == status_of(urls[1])["leader"], 20,
+                   "one leader, known to both")
+        leader_url = status_of(urls[0])["leader"]
+        leader = urls.index(leader_url)
+        follower = 1 - leader
+        # A change sent to the follower is redirected to the leader.
+        f.controller = controllers[follower]
+        f.cli("clusters", "add", "c1", "--bootstrap", c1.kafka_bootstrap)
+        f.cli("topics", "create", "ha", "--partitions-per-cluster", "2")
+        wait_until(lambda: status_of(urls[follower])["version"] == 2, 10,
+                   "the follower sees the leader's change")
+        proxy = f.start_proxy(1, controllers=urls)
+        load = Load(f.producers_bootstrap(), "ha").start()
+        wait_until(lambda: len(load.acked) > 50, 30, "load running")
+        controllers[leader].kill()
+        wait_until(lambda: status_of(urls[follower])["leader"] == urls[follower], 30,
+                   "the follower takes over")
+        f.controller = controllers[follower]
+        c2 = f.start_cluster("c2")
+        f.cli("clusters", "add", "c2", "--bootstrap", c2.kafka_bootstrap)
+        wait_until(lambda: f.proxy_version(proxy) == status_of(urls[follower])["version"], 20,
+                   "the proxy follows the new leader")
+        load.stop()
+        assert not load.failed
+        got = consume_group(f.consumers_bootstrap(), "ha", "g-ha", len(load.acked))
+        assert_each_once_in_key_order(got, load.acked)
+    except BaseException:
+        print(f.logs())
+        for c in controllers:
+            print(tail(c.log))
+        raise
+    finally:
+        for c in controllers:
+            c.stop()
+        f.shutdown()

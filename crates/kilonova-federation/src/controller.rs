@@ -34,6 +34,9 @@ use crate::map::{check_name, ClusterState, FederationMap, MapError, PhysicalPart
 use crate::physical::{self, PhysicalError, EARLIEST, LATEST};
 use crate::upstream::Pool;
 
+/// The most proxies listed: past it a new one is refused (503), so callers
+/// inventing proxy ids cannot grow the controller without bound.
+const MAX_PROXIES: usize = 4096;
 /// A proxy that has not called for this long is gone.
 const PROXY_EXPIRY: Duration = Duration::from_secs(15);
 /// The leader key's session lives this long past its last keep-alive.
@@ -66,6 +69,8 @@ pub enum ControllerError {
     NotEmpty { cluster: String, remaining: usize },
     #[error("this instance does not lead and knows no leader yet")]
     NoLeader,
+    #[error("{MAX_PROXIES} proxies are listed already")]
+    TooManyProxies,
     #[error("{0}")]
     Invalid(String),
 }
@@ -85,9 +90,9 @@ impl IntoResponse for ControllerError {
             | ControllerError::NotEmpty { .. } => StatusCode::CONFLICT,
             ControllerError::Map(_) | ControllerError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControllerError::Physical { .. } => StatusCode::BAD_GATEWAY,
-            ControllerError::Store(_) | ControllerError::NoLeader => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ControllerError::Store(_)
+            | ControllerError::NoLeader
+            | ControllerError::TooManyProxies => StatusCode::SERVICE_UNAVAILABLE,
         };
         let body = ErrorBody {
             error: self.to_string(),
@@ -369,10 +374,10 @@ impl Controller {
             }
             let numbers: Vec<i32> = parts.iter().map(|(_, p)| p.partition).collect();
             let pool = &self.inner.pool;
-            let first =
-                physical::offsets(pool, &bootstrap, &t_topic(parts[0].1), &numbers, EARLIEST).await;
-            let last =
-                physical::offsets(pool, &bootstrap, &t_topic(parts[0].1), &numbers, LATEST).await;
+            // The topic's physical name on the cluster (the logical name).
+            let physical = &parts[0].1.topic;
+            let first = physical::offsets(pool, &bootstrap, physical, &numbers, EARLIEST).await;
+            let last = physical::offsets(pool, &bootstrap, physical, &numbers, LATEST).await;
             let (first, last) = match (first, last) {
                 (Ok(f), Ok(l)) => (f, l),
                 (Err(source), _) | (_, Err(source)) => {
@@ -559,6 +564,9 @@ impl Controller {
         let mut proxies = self.inner.proxies_version.subscribe();
         {
             let mut list = self.inner.proxies.lock().unwrap_or_else(|p| p.into_inner());
+            if !list.contains_key(&hello.id) && list.len() >= MAX_PROXIES {
+                return Err(ControllerError::TooManyProxies);
+            }
             let changed = list.get(&hello.id).is_none_or(|e| {
                 e.hello.producer_addr != hello.producer_addr
                     || e.hello.consumer_addr != hello.consumer_addr
@@ -831,10 +839,6 @@ impl Controller {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
         tokio::net::TcpListener::bind(addr).await
     }
-}
-
-fn t_topic(p: &PhysicalPartition) -> String {
-    p.topic.clone()
 }
 
 fn check_group(group: &str) -> Result<(), ControllerError> {

@@ -433,23 +433,33 @@ impl Pool {
         Ok(up)
     }
 
-    /// A connection to `addr` with nothing in flight, for one fetch (a
+    /// Starts a fetch on a connection to `addr` with nothing in flight (a
     /// new one if every one is busy, up to [`MAX_FETCH_CONNECTIONS`]; past
-    /// that the least busy).
-    pub async fn fetcher(&self, addr: &str) -> Result<Arc<Upstream>, UpstreamError> {
+    /// that the least busy). The pick and the send are one step, so two
+    /// fetches never pick the same idle connection.
+    pub async fn start_fetch(
+        &self,
+        addr: &str,
+        wanted: i16,
+        body: RequestKind,
+    ) -> Result<InFlight, UpstreamError> {
         let mut fetchers = self.fetchers.lock().await;
         let list = fetchers.entry(addr.to_string()).or_default();
         list.retain(|u| !u.is_closed());
-        if let Some(idle) = list.iter().find(|u| u.in_flight() == 0) {
-            return Ok(idle.clone());
-        }
-        if list.len() >= MAX_FETCH_CONNECTIONS {
-            if let Some(least) = list.iter().min_by_key(|u| u.in_flight()) {
-                return Ok(least.clone());
+        let idle = list.iter().find(|u| u.in_flight() == 0).cloned();
+        let up = match idle {
+            Some(up) => up,
+            None if list.len() >= MAX_FETCH_CONNECTIONS => list
+                .iter()
+                .min_by_key(|u| u.in_flight())
+                .cloned()
+                .ok_or_else(|| UpstreamError::Closed(addr.to_string()))?,
+            None => {
+                let up = Upstream::connect(addr).await?;
+                list.push(up.clone());
+                up
             }
-        }
-        let up = Upstream::connect(addr).await?;
-        list.push(up.clone());
-        Ok(up)
+        };
+        up.start(ApiKey::Fetch, wanted, body, true).await
     }
 }

@@ -467,16 +467,10 @@ pub async fn fetch(shared: &Arc<Shared>, f: FetchRequest, version: i16) -> Later
     .await;
     let wait = Duration::from_millis(u64::try_from(f.max_wait_ms).unwrap_or(0)).min(MAX_FETCH_WAIT);
     let mut sent: Vec<(ToLeader<()>, Result<InFlight, i16>)> = Vec::with_capacity(to.len());
-    // With partitions answered here (retired, refused), nobody waits long.
-    let max_wait = if answered.is_empty() {
-        f.max_wait_ms
-    } else {
-        0
-    };
     for ((leader, _), group) in to {
         let body = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait.clamp(0, MAX_FETCH_WAIT.as_millis() as i32))
+            .with_max_wait_ms(wait.as_millis() as i32)
             .with_min_bytes(f.min_bytes)
             .with_max_bytes(f.max_bytes)
             .with_isolation_level(f.isolation_level)
@@ -504,18 +498,21 @@ pub async fn fetch(shared: &Arc<Shared>, f: FetchRequest, version: i16) -> Later
                     })
                     .collect(),
             );
-        let started = match shared.pool.fetcher(&leader).await {
-            Ok(up) => up
-                .start(ApiKey::Fetch, version, RequestKind::Fetch(body), true)
-                .await
-                .map_err(|e| failed(shared, &group.cluster, &e)),
-            Err(e) => Err(failed(shared, &group.cluster, &e)),
-        };
+        let started = shared
+            .pool
+            .start_fetch(&leader, version, RequestKind::Fetch(body))
+            .await
+            .map_err(|e| failed(shared, &group.cluster, &e));
         sent.push((group.sent(), started));
     }
     let shared = shared.clone();
     Box::pin(async move {
         use futures_util::stream::{FuturesUnordered, StreamExt};
+        // Only retired partitions asked: long-poll as a broker would on a
+        // partition that gets nothing, rather than have the client spin.
+        if sent.is_empty() && answered.iter().all(|(_, p)| p.error_code == 0) {
+            tokio::time::sleep(wait).await;
+        }
         let mut answered = answered;
         let mut pending: FuturesUnordered<_> = sent
             .into_iter()
