@@ -20,7 +20,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Why an upstream call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,8 +45,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest response accepted (a fetch's answer is bounded by its
 /// max_bytes; this bounds a broker that misbehaves).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
-/// Requests written but not yet taken by the writer task, at most.
-const QUEUE: usize = 256;
 
 type Reply = oneshot::Sender<Result<ResponseKind, UpstreamError>>;
 
@@ -59,7 +57,10 @@ struct Waiting {
 /// One connection to one broker.
 pub struct Upstream {
     addr: String,
-    frames: mpsc::Sender<Bytes>,
+    /// Requests are written by their senders in turn (no writer task: one
+    /// hand-off less per request); a sender waits while the broker does not
+    /// read.
+    writer: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
     waiting: Arc<Mutex<HashMap<i32, Waiting>>>,
     in_flight: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
@@ -81,11 +82,9 @@ impl Upstream {
             .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.into_split();
-        let (frames, outgoing) = mpsc::channel(QUEUE);
         let waiting: Arc<Mutex<HashMap<i32, Waiting>>> = Arc::default();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_frames(writer, outgoing, closed.clone()));
         tokio::spawn(read_answers(
             addr.to_string(),
             reader,
@@ -95,7 +94,7 @@ impl Upstream {
         ));
         let up = Arc::new(Upstream {
             addr: addr.to_string(),
-            frames,
+            writer: tokio::sync::Mutex::new(writer),
             waiting,
             in_flight,
             closed,
@@ -276,10 +275,13 @@ impl Upstream {
         if self.is_closed() {
             return Err(UpstreamError::Closed(self.addr.clone()));
         }
-        self.frames
-            .send(frame)
-            .await
-            .map_err(|_| UpstreamError::Closed(self.addr.clone()))
+        let mut writer = self.writer.lock().await;
+        if let Err(e) = writer.write_all(&frame).await {
+            self.closed.store(true, Ordering::Release);
+            tracing::debug!(addr = %self.addr, error = %e, "upstream write failed");
+            return Err(UpstreamError::Closed(self.addr.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -311,27 +313,13 @@ impl InFlight {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        // The writer ends when the channel closes; the reader when the
-        // socket does (the writer's half closing ends the peer's read).
+        // The write half's drop shuts it down: the broker closes its end,
+        // which ends the reader.
         self.closed.store(true, Ordering::Release);
     }
 }
 
 use kafka_protocol::protocol::Encodable;
-
-async fn write_frames(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut outgoing: mpsc::Receiver<Bytes>,
-    closed: Arc<AtomicBool>,
-) {
-    while let Some(frame) = outgoing.recv().await {
-        if writer.write_all(&frame).await.is_err() {
-            break;
-        }
-    }
-    closed.store(true, Ordering::Release);
-    let _ = writer.shutdown().await;
-}
 
 async fn read_answers(
     addr: String,

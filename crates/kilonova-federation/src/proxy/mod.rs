@@ -62,7 +62,7 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub map: Arc<FederationMap>,
-    pub proxies: Vec<ProxyInfo>,
+    pub proxies: Arc<Vec<ProxyInfo>>,
     pub proxies_version: u64,
 }
 
@@ -304,7 +304,7 @@ fn apply(shared: &Shared, a: crate::api::WatchAnswer) {
     let version = a.map.version;
     shared.view.send_replace(View {
         map: Arc::new(a.map),
-        proxies: a.proxies,
+        proxies: Arc::new(a.proxies),
         proxies_version: a.proxies_version,
     });
     if version != before {
