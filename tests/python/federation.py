@@ -135,13 +135,13 @@ class Federation:
     # Proxies.
 
     def start_proxy(self, node_id: int, group: str = "default",
-                    controllers: list[str] | None = None) -> Process:
+                    controllers: list[str] | None = None, extra: tuple = ()) -> Process:
         p = Process(self.binary, [
             "proxy", "--node-id", str(node_id), "--group", group,
             "--producer-listen", "127.0.0.1:0", "--consumer-listen", "127.0.0.1:0",
             "--http-listen", "127.0.0.1:0",
             "--controller", ",".join(controllers or [self.controller_url]),
-            "--group-initial-rebalance-delay-ms", "0",
+            "--group-initial-rebalance-delay-ms", "0", *extra,
         ], self.root / f"proxy-{node_id}.log")
         p.start()
         self.proxies.append(p)

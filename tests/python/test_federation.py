@@ -5,6 +5,7 @@ driven by confluent-kafka and kafka-python through the proxies."""
 import json
 import shutil
 import socket
+import subprocess
 import struct
 import threading
 import time
@@ -465,3 +466,58 @@ def test_controllers_on_etcd_elect_one_leader_and_a_follower_takes_over(kilonova
         for c in controllers:
             c.stop()
         f.shutdown()
+
+
+def test_sasl_tokens_at_the_proxy_and_the_name_service_by_identity(fed, tmp_path):
+    """A proxy with authentication on takes SASL/PLAIN with a token as the
+    password (bad or missing ones are refused, everyone else is served),
+    and the name service maps the token's role to the proxy group."""
+    def tokens(*args):
+        p = subprocess.run([str(fed.binary), "tokens", *args], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+
+    secret = tmp_path / "secret.key"
+    tokens("create-secret-key", "--output", str(secret))
+    token = lambda role: tokens("create", "--secret-key", f"file:{secret}", "--subject", role)
+    topic = topic_name("sasl")
+    fed.cli("topics", "create", topic)
+    key = ("--token-secret-key", f"file:{secret}")
+    edge = fed.start_proxy(1, group="edge", extra=key)
+    fed.start_proxy(2, extra=key)
+    fed.cli("names", "set", "app-role", "edge")
+
+    def sasl(bootstrap, password):
+        return {"bootstrap.servers": bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanisms": "PLAIN", "sasl.username": "any",
+                "sasl.password": password}
+
+    # Refused: no SASL, a forged token.
+    for config in ({"bootstrap.servers": fed.producers_bootstrap()},
+                   sasl(fed.producers_bootstrap(), token("app-role")[:-4] + "AAAA")):
+        reports = []
+        p = Producer({**config, "message.timeout.ms": 4000})
+        p.produce(topic, value=b"no", on_delivery=lambda e, m: reports.append(e))
+        p.flush(15)
+        assert reports and reports[0] is not None, config
+    # Served: a valid token; its role's group ("edge") is what Metadata lists.
+    p = Producer(sasl(fed.producers_bootstrap(), token("app-role")))
+    p.produce(topic, value=b"ok:0")
+    assert p.flush(20) == 0
+    md = p.list_topics(topic, timeout=10)
+    assert sorted(b.port for b in md.brokers.values()) == [edge.ports["producer"]]
+    c = Consumer({**sasl(fed.consumers_bootstrap(), token("other")), "group.id": "g-sasl",
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    got = None
+    deadline = time.monotonic() + 30
+    while got is None and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got = m.value()
+    # A role with no group of its own gets the default group's proxies.
+    md = c.list_topics(topic, timeout=10)
+    c.close()
+    assert got == b"ok:0"
+    assert sorted(b.port for b in md.brokers.values()) == [fed.proxies[1].ports["consumer"]]

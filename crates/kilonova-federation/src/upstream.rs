@@ -256,7 +256,13 @@ impl Upstream {
             addr: self.addr.clone(),
             reason: format!("cannot encode {api:?} v{version}: {e:#}"),
         };
-        let mut b = BytesMut::with_capacity(256);
+        // Sized up front for the requests that carry records: no growing
+        // by doubling, no copy per doubling.
+        let body_size = match body {
+            RequestKind::Produce(p) => p.compute_size(version).unwrap_or(0),
+            _ => 0,
+        };
+        let mut b = BytesMut::with_capacity(256 + body_size);
         b.extend_from_slice(&[0; 4]);
         RequestHeader::default()
             .with_request_api_key(api as i16)

@@ -14,6 +14,7 @@
 //! * [`entries`]: Kafka records as Kilonova stores entries (Pulsar's batch
 //!   format), and back: the same topic serves both protocols.
 //! * [`names`]: Kafka topic names ↔ Kilonova topic names.
+//! * [`sasl`]: SASL/PLAIN credentials.
 
 pub mod codec;
 pub mod entries;
@@ -22,6 +23,7 @@ pub mod names;
 pub mod records;
 pub mod request;
 pub mod response;
+pub mod sasl;
 pub mod versions;
 
 pub use kafka_protocol;

@@ -26,7 +26,13 @@ pub fn encode(
         version,
         reason: format!("{e:#}"),
     };
-    let mut b = BytesMut::with_capacity(64);
+    // Sized up front for the answers that carry records (a fetch's can be
+    // megabytes): no growing by doubling, no copy per doubling.
+    let body_size = match body {
+        ResponseKind::Fetch(f) => f.compute_size(version).unwrap_or(0),
+        _ => 0,
+    };
+    let mut b = BytesMut::with_capacity(64 + body_size);
     b.put_i32(0);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)

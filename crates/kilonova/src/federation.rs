@@ -205,6 +205,17 @@ pub struct ProxyArgs {
     /// Once bound, write `{"producer":N,"consumer":N,"http":N|null}` here.
     #[arg(long)]
     ports_file: Option<PathBuf>,
+    /// Require SASL/PLAIN with a token as the password, checked with this
+    /// HS256 secret key (`file:PATH`, `data:;base64,…`, as the broker's
+    /// `token_secret_key`).
+    #[arg(long, env = "KILONOVA_FEDERATION_TOKEN_SECRET_KEY")]
+    token_secret_key: Option<String>,
+    /// Require SASL/PLAIN with a token, checked with this RS256/ES256 public key.
+    #[arg(long, env = "KILONOVA_FEDERATION_TOKEN_PUBLIC_KEY")]
+    token_public_key: Option<String>,
+    /// The token claim naming the role (the name service's SASL identity).
+    #[arg(long, default_value = "sub")]
+    token_auth_claim: String,
 }
 
 pub fn run(command: FederationCommand) -> anyhow::Result<()> {
@@ -267,6 +278,21 @@ async fn controller(a: ControllerArgs) -> anyhow::Result<()> {
 }
 
 async fn proxy(a: ProxyArgs) -> anyhow::Result<()> {
+    let authenticator = match (&a.token_secret_key, &a.token_public_key) {
+        (None, None) => None,
+        (secret, public) => {
+            let auth = kilonova_auth::AuthConfig {
+                authentication_enabled: true,
+                token_secret_key: secret.clone().map(kilonova_auth::Secret::new),
+                token_public_key: public.clone().map(kilonova_auth::Secret::new),
+                token_auth_claim: a.token_auth_claim.clone(),
+                ..Default::default()
+            };
+            let checker = kilonova_auth::TokenAuthenticator::from_config(&auth)
+                .context("loading the token key")?;
+            Some(Arc::new(checker))
+        }
+    };
     let config = ProxyConfig {
         id: a.id.unwrap_or_else(|| format!("proxy-{}", a.node_id)),
         group: a.group,
@@ -281,6 +307,7 @@ async fn proxy(a: ProxyArgs) -> anyhow::Result<()> {
         group_initial_rebalance_delay: Duration::from_millis(a.group_initial_rebalance_delay_ms),
         max_request_bytes: a.max_request_bytes,
         max_connections: a.max_connections,
+        authenticator,
     };
     let proxy = Proxy::bind(config)
         .await

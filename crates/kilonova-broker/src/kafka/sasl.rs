@@ -12,21 +12,10 @@ use kilonova_kafka::kafka_protocol::messages::{
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kilonova_kafka::kafka_protocol::protocol::StrBytes;
+use kilonova_kafka::sasl::{plain_credentials, PLAIN};
 use kilonova_metadata::names::NamespaceName;
 
 use super::connection::KafkaConnection;
-
-/// The one mechanism served.
-const PLAIN: &str = "PLAIN";
-
-/// `[authzid] NUL authcid NUL passwd` (RFC 4616): the username and password.
-fn plain_credentials(bytes: &[u8]) -> Option<(&str, &str)> {
-    let mut parts = bytes.splitn(3, |b| *b == 0);
-    let _authzid = parts.next()?;
-    let user = std::str::from_utf8(parts.next()?).ok()?;
-    let pass = std::str::from_utf8(parts.next()?).ok()?;
-    Some((user, pass))
-}
 
 impl KafkaConnection {
     pub(super) fn sasl_handshake(
@@ -98,22 +87,5 @@ impl KafkaConnection {
                 failed(&format!("authentication failed: {e}"))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_credentials;
-
-    #[test]
-    fn plain_credentials_split_on_nul_and_bad_ones_are_none() {
-        assert_eq!(
-            plain_credentials(b"\0acme/ns\0tok.en"),
-            Some(("acme/ns", "tok.en"))
-        );
-        assert_eq!(plain_credentials(b"z\0u\0p\0q"), Some(("u", "p\0q")));
-        assert_eq!(plain_credentials(b"no-nul"), None);
-        assert_eq!(plain_credentials(b"\0only-user"), None);
-        assert_eq!(plain_credentials(b"\0u\0\xff"), None);
     }
 }

@@ -15,7 +15,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kafka_protocol::messages::{
+    ApiKey, RequestKind, ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kilonova_kafka::sasl::{plain_credentials, PLAIN};
 use kilonova_kafka::{frame, request, response, versions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,6 +52,8 @@ pub const PROXY_APIS: &[ApiKey] = &[
     ApiKey::DescribeGroups,
     ApiKey::DeleteGroups,
     ApiKey::ApiVersions,
+    ApiKey::SaslHandshake,
+    ApiKey::SaslAuthenticate,
 ];
 
 /// What a connection remembers between requests.
@@ -57,6 +63,23 @@ struct ConnState {
     /// Per topic, the partition count its producer is taken to know
     /// ([`forward::produce`]).
     counts: HashMap<String, u32>,
+    /// The role its token proved (SASL/PLAIN), with authentication on.
+    principal: Option<String>,
+    authenticated: bool,
+    /// SaslHandshake chose PLAIN.
+    mechanism_ok: bool,
+    /// SaslHandshake v0 succeeded: the next frame is the raw credentials.
+    raw_sasl_next: bool,
+    /// The connection closes once this answer is written.
+    closing: bool,
+}
+
+impl ConnState {
+    /// Who the name service maps to a proxy group: the SASL identity if
+    /// the client proved one, else its client id.
+    fn identity(&self) -> &str {
+        self.principal.as_deref().unwrap_or(&self.client_id)
+    }
 }
 
 type Answer = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
@@ -79,7 +102,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sid
             match frame::next_request(&mut buf, max) {
                 Ok(Some(req)) => {
                     let answer = handle(&shared, req, peer, side, &mut conn).await;
-                    if answers.send(answer).await.is_err() {
+                    if answers.send(answer).await.is_err() || conn.closing {
                         break 'serve;
                     }
                 }
@@ -134,6 +157,44 @@ async fn write_answers(
     }
 }
 
+/// Checks SASL/PLAIN credentials (the password is a token); on failure
+/// the connection closes after the answer.
+fn authenticate(
+    shared: &Shared,
+    conn: &mut ConnState,
+    auth_bytes: &[u8],
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let refused = |conn: &mut ConnState, why: String| {
+        tracing::info!(%peer, why, "federation client authentication failed");
+        conn.closing = true;
+        Err(why)
+    };
+    let Some(authenticator) = &shared.config.authenticator else {
+        // Authentication off: any credentials do, as a broker without it.
+        conn.authenticated = true;
+        return Ok(());
+    };
+    if !conn.mechanism_ok {
+        return refused(
+            conn,
+            "SaslHandshake with mechanism PLAIN must come first".into(),
+        );
+    }
+    let Some((_user, token)) = plain_credentials(auth_bytes) else {
+        return refused(conn, "malformed PLAIN credentials".into());
+    };
+    match authenticator.authenticate(token) {
+        Ok(principal) => {
+            tracing::debug!(%peer, role = %principal.role, "federation client authenticated");
+            conn.principal = Some(principal.role);
+            conn.authenticated = true;
+            Ok(())
+        }
+        Err(e) => refused(conn, format!("authentication failed: {e}")),
+    }
+}
+
 /// Handles one request: what it sends upstream is sent before this
 /// returns; the answer is the future returned.
 async fn handle(
@@ -144,6 +205,13 @@ async fn handle(
     conn: &mut ConnState,
 ) -> Answer {
     shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if conn.raw_sasl_next {
+        // After SaslHandshake v0 the credentials come as a frame of their
+        // own, answered by an empty frame (or the connection closes).
+        conn.raw_sasl_next = false;
+        let ok = authenticate(shared, conn, &frame, peer).is_ok();
+        return ready(ok.then(|| Bytes::from_static(&[0, 0, 0, 0])));
+    }
     let req = match request::decode(frame) {
         Ok(r) => r,
         Err(e) => {
@@ -162,8 +230,19 @@ async fn handle(
             conn.client_id = id.to_string();
         }
     }
-    let client_id = conn.client_id.as_str();
     let (key, version, correlation_id) = (req.api_key, req.version(), req.correlation_id());
+    let before_auth = matches!(
+        key,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+    );
+    if !before_auth && !conn.authenticated && shared.config.authenticator.is_some() {
+        tracing::info!(%peer, api = ?key, "request before SASL authentication: closing");
+        conn.closing = true;
+        return ready(Some(response::bare_error(
+            correlation_id,
+            ResponseError::SaslAuthenticationFailed.code(),
+        )));
+    }
     let frame =
         move |body: ResponseKind| match response::encode(key, version, correlation_id, &body) {
             Ok(b) => b,
@@ -174,18 +253,46 @@ async fn handle(
         };
     let groups = GroupClient {
         shared,
-        client_id,
+        client_id: &conn.client_id,
+        identity: conn.identity(),
         client_host: format!("/{}", peer.ip()),
         side,
     };
     let body = match req.body {
+        RequestKind::SaslHandshake(r) => {
+            let ok = r.mechanism.as_str() == PLAIN;
+            conn.mechanism_ok = ok;
+            conn.raw_sasl_next = ok && version == 0;
+            ResponseKind::SaslHandshake(
+                SaslHandshakeResponse::default()
+                    .with_error_code(match ok {
+                        true => 0,
+                        false => ResponseError::UnsupportedSaslMechanism.code(),
+                    })
+                    .with_mechanisms(vec![StrBytes::from_static_str(PLAIN)]),
+            )
+        }
+        RequestKind::SaslAuthenticate(r) => {
+            let answer = match authenticate(shared, conn, &r.auth_bytes, peer) {
+                Ok(()) => SaslAuthenticateResponse::default(),
+                Err(why) => SaslAuthenticateResponse::default()
+                    .with_error_code(ResponseError::SaslAuthenticationFailed.code())
+                    .with_error_message(Some(StrBytes::from_string(why))),
+            };
+            ResponseKind::SaslAuthenticate(answer)
+        }
         RequestKind::ApiVersions(_) => {
             ResponseKind::ApiVersions(versions::api_versions_of(PROXY_APIS, 0))
         }
         RequestKind::Metadata(m) => {
             let view = shared.view();
             ResponseKind::Metadata(routing::metadata(
-                shared, &view, &m, version, side, client_id,
+                shared,
+                &view,
+                &m,
+                version,
+                side,
+                conn.identity(),
             ))
         }
         RequestKind::Produce(p) => {

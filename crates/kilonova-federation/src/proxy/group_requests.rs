@@ -26,6 +26,9 @@ use crate::map::Side;
 pub struct GroupClient<'a> {
     pub shared: &'a Arc<Shared>,
     pub client_id: &'a str,
+    /// Whom the name service knows the client as (its SASL identity, or
+    /// its client id).
+    pub identity: &'a str,
     pub client_host: String,
     pub side: Side,
 }
@@ -35,7 +38,7 @@ impl GroupClient<'_> {
     /// the client asks FindCoordinator again).
     fn coordinates(&self, group: &str) -> Result<(), i16> {
         let view = self.shared.view();
-        let nodes = nodes_for(self.shared, &view, self.client_id, self.side);
+        let nodes = nodes_for(self.shared, &view, self.identity, self.side);
         match coordinator_of(&nodes, group) {
             Some(n) if n.id == self.shared.config.node_id => Ok(()),
             _ => Err(ResponseError::NotCoordinator.code()),
@@ -51,7 +54,7 @@ impl GroupClient<'_> {
             return answers::coordinators_refused(r, version);
         };
         let view = self.shared.view();
-        let nodes = nodes_for(self.shared, &view, self.client_id, self.side);
+        let nodes = nodes_for(self.shared, &view, self.identity, self.side);
         let found = keys
             .into_iter()
             .map(|k| {

@@ -56,6 +56,9 @@ pub struct ProxyConfig {
     pub max_request_bytes: usize,
     /// The most client connections at once (past it, new ones are closed).
     pub max_connections: usize,
+    /// With authentication on: what checks the tokens clients present as
+    /// their SASL/PLAIN password.
+    pub authenticator: Option<Arc<kilonova_auth::TokenAuthenticator>>,
 }
 
 /// What the proxy currently serves from: the map and the live proxies.

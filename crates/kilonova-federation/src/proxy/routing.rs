@@ -15,10 +15,10 @@ use super::{Shared, View};
 use crate::map::{Seen, Side};
 
 /// The proxies a client is to use, as Kafka nodes on the client's side:
-/// its group's, or (none live) every live proxy, or (none listed yet) this
+/// its group's (by its SASL identity or client id), or (none live) every live proxy, or (none listed yet) this
 /// one. Sorted by node id.
-pub fn nodes_for(shared: &Shared, view: &View, client_id: &str, side: Side) -> Vec<Node> {
-    let group = view.map.group_of(client_id).unwrap_or(crate::DEFAULT_GROUP);
+pub fn nodes_for(shared: &Shared, view: &View, identity: &str, side: Side) -> Vec<Node> {
+    let group = view.map.group_of(identity).unwrap_or(crate::DEFAULT_GROUP);
     let addr = |p: &crate::api::ProxyInfo| match side {
         Side::Produce => p.producer_addr.clone(),
         Side::Consume => p.consumer_addr.clone(),
@@ -79,9 +79,9 @@ pub fn metadata(
     m: &MetadataRequest,
     version: i16,
     side: Side,
-    client_id: &str,
+    identity: &str,
 ) -> MetadataResponse {
-    let nodes = nodes_for(shared, view, client_id, side);
+    let nodes = nodes_for(shared, view, identity, side);
     let map = &view.map;
     let every = match &m.topics {
         Some(ts) => version == 0 && ts.is_empty(),
