@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::list_offsets_request::ListOffsetsTopic;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_request::TopicProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
@@ -230,6 +230,237 @@ fn refused_code(route: Route) -> i16 {
     }
 }
 
+/// The requests sent to the leaders, each with its answer to come (or the
+/// error code its partitions get).
+type Sent = Vec<(ToLeader<()>, Result<InFlight, i16>)>;
+
+/// Sends each leader its part (`body` builds it): fetches each on a
+/// connection of their own (a long poll holds one), the rest on the
+/// leader's shared connection.
+async fn send_all<T>(
+    shared: &Shared,
+    to: HashMap<(String, usize), ToLeader<T>>,
+    api: ApiKey,
+    version: i16,
+    expect_answer: bool,
+    body: impl Fn(&ToLeader<T>) -> RequestKind,
+) -> Sent {
+    let mut sent = Vec::with_capacity(to.len());
+    for ((leader, _), group) in to {
+        let request = body(&group);
+        let started = match api {
+            ApiKey::Fetch => shared.pool.start_fetch(&leader, version, request).await,
+            _ => match shared.pool.shared(&leader).await {
+                Ok(up) => up.start(api, version, request, expect_answer).await,
+                Err(e) => Err(e),
+            },
+        };
+        let started = started.map_err(|e| failed(shared, &group.cluster, &e));
+        sent.push((group.sent(), started));
+    }
+    sent
+}
+
+/// What differs between the answers of the requests forwarded.
+trait Forwarded {
+    /// One partition's answer.
+    type Answer: Send + 'static;
+    /// A leader's answers: (physical topic, one partition's answer).
+    fn answers(r: ResponseKind) -> Vec<(String, Self::Answer)>;
+    fn partition(a: &Self::Answer) -> i32;
+    fn error(a: &Self::Answer) -> i16;
+    /// The answer with the logical partition's index.
+    fn relabel(a: Self::Answer, logical: i32) -> Self::Answer;
+    fn refused(partition: i32, code: i16) -> Self::Answer;
+    /// Whether this answer is worth answering at once (a fetch's records:
+    /// the other leaders' partitions are fetched again by the client).
+    fn enough(_a: &Self::Answer) -> bool {
+        false
+    }
+}
+
+/// Awaits the leaders' answers into `answered` (as logical partitions),
+/// until all are in or one is [`Forwarded::enough`].
+async fn collect<F: Forwarded>(
+    shared: Arc<Shared>,
+    sent: Sent,
+    wait: Duration,
+    answered: &mut Vec<(usize, F::Answer)>,
+) {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut pending: FuturesUnordered<_> = sent
+        .into_iter()
+        .map(|(group, started)| {
+            let shared = shared.clone();
+            async move {
+                let answer = match started {
+                    Ok(in_flight) => in_flight
+                        .answer(wait)
+                        .await
+                        .map_err(|e| failed(&shared, &group.cluster, &e)),
+                    Err(code) => Err(code),
+                };
+                (group, answer)
+            }
+        })
+        .collect();
+    while let Some((group, answer)) = pending.next().await {
+        let mut enough = false;
+        match answer {
+            Ok(Some(r)) => {
+                for (topic, a) in F::answers(r) {
+                    if leader_moved(F::error(&a)) {
+                        shared.forget_leaders(&group.cluster, &topic);
+                    }
+                    if let Some((ti, lp)) = group.logical(&topic, F::partition(&a)) {
+                        enough |= F::enough(&a);
+                        answered.push((ti, F::relabel(a, lp)));
+                    }
+                }
+            }
+            // A produce with acks 0: nobody answers.
+            Ok(None) => {}
+            Err(code) => {
+                for part in group.parts {
+                    answered.push((part.ti, F::refused(part.logical, code)));
+                }
+            }
+        }
+        if enough {
+            break;
+        }
+    }
+}
+
+struct Produced;
+
+impl Forwarded for Produced {
+    type Answer = PartitionProduceResponse;
+    fn answers(r: ResponseKind) -> Vec<(String, Self::Answer)> {
+        let ResponseKind::Produce(r) = r else {
+            return Vec::new();
+        };
+        r.responses
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.name.0.to_string();
+                t.partition_responses
+                    .into_iter()
+                    .map(move |p| (topic.clone(), p))
+            })
+            .collect()
+    }
+    fn partition(a: &Self::Answer) -> i32 {
+        a.index
+    }
+    fn error(a: &Self::Answer) -> i16 {
+        a.error_code
+    }
+    fn relabel(a: Self::Answer, logical: i32) -> Self::Answer {
+        a.with_index(logical)
+    }
+    fn refused(partition: i32, code: i16) -> Self::Answer {
+        PartitionProduceResponse::default()
+            .with_index(partition)
+            .with_error_code(code)
+            .with_base_offset(-1)
+            .with_log_append_time_ms(-1)
+            .with_log_start_offset(-1)
+    }
+}
+
+struct Fetched;
+
+impl Forwarded for Fetched {
+    type Answer = PartitionData;
+    fn answers(r: ResponseKind) -> Vec<(String, Self::Answer)> {
+        let ResponseKind::Fetch(r) = r else {
+            return Vec::new();
+        };
+        r.responses
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.topic.0.to_string();
+                t.partitions.into_iter().map(move |p| (topic.clone(), p))
+            })
+            .collect()
+    }
+    fn partition(a: &Self::Answer) -> i32 {
+        a.partition_index
+    }
+    fn error(a: &Self::Answer) -> i16 {
+        a.error_code
+    }
+    fn relabel(a: Self::Answer, logical: i32) -> Self::Answer {
+        a.with_partition_index(logical)
+    }
+    fn refused(partition: i32, code: i16) -> Self::Answer {
+        PartitionData::default()
+            .with_partition_index(partition)
+            .with_error_code(code)
+            .with_high_watermark(-1)
+            .with_last_stable_offset(-1)
+            .with_log_start_offset(-1)
+    }
+    fn enough(a: &Self::Answer) -> bool {
+        a.records.as_ref().is_some_and(|r| !r.is_empty())
+    }
+}
+
+struct Listed;
+
+impl Forwarded for Listed {
+    type Answer = ListOffsetsPartitionResponse;
+    fn answers(r: ResponseKind) -> Vec<(String, Self::Answer)> {
+        let ResponseKind::ListOffsets(r) = r else {
+            return Vec::new();
+        };
+        r.topics
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.name.0.to_string();
+                t.partitions.into_iter().map(move |p| (topic.clone(), p))
+            })
+            .collect()
+    }
+    fn partition(a: &Self::Answer) -> i32 {
+        a.partition_index
+    }
+    fn error(a: &Self::Answer) -> i16 {
+        a.error_code
+    }
+    fn relabel(a: Self::Answer, logical: i32) -> Self::Answer {
+        a.with_partition_index(logical).with_leader_epoch(-1)
+    }
+    fn refused(partition: i32, code: i16) -> Self::Answer {
+        ListOffsetsPartitionResponse::default()
+            .with_partition_index(partition)
+            .with_error_code(code)
+            .with_offset(-1)
+            .with_timestamp(-1)
+            .with_leader_epoch(-1)
+    }
+}
+
+/// A request's partitions, each with its logical topic's index and name.
+fn flatten<T, P: Clone>(
+    topics: &[T],
+    parts: impl Fn(&T) -> (&TopicName, &[P]),
+    index: impl Fn(&P) -> i32,
+) -> Vec<(usize, String, i32, P)> {
+    topics
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| {
+            let (name, ps) = parts(t);
+            let name = name.0.to_string();
+            ps.iter()
+                .map(|p| (ti, name.clone(), index(p), p.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Forwards a produce; the answer once every leader answered (none with
 /// acks 0).
 ///
@@ -252,142 +483,79 @@ pub async fn produce(
     let timeout = Duration::from_millis(u64::try_from(p.timeout_ms).unwrap_or(0));
     let names: Vec<TopicName> = p.topic_data.iter().map(|t| t.name.clone()).collect();
     let mut answered = Vec::new();
-    let mut asked: Vec<(usize, String, i32, Option<bytes::Bytes>)> = Vec::new();
-    for (ti, t) in p.topic_data.into_iter().enumerate() {
-        let topic = t.name.0.to_string();
+    let mut asked = Vec::new();
+    for (ti, topic, partition, data) in
+        flatten(&p.topic_data, |t| (&t.name, &t.partition_data), |d| d.index)
+    {
         let now = map
             .topics
             .get(&topic)
             .map_or(0, |lt| map.partition_count(lt, Side::Produce));
         let known = *counts.entry(topic.clone()).or_insert(now);
         if now > known {
-            counts.insert(topic.clone(), now);
             tracing::debug!(topic, known, now, "producer told to refresh its metadata");
-            for d in t.partition_data {
-                answered.push((
-                    ti,
-                    produce_refused(d.index, ResponseError::NotLeaderOrFollower.code()),
-                ));
-            }
+            answered.push((
+                ti,
+                Produced::refused(partition, ResponseError::NotLeaderOrFollower.code()),
+            ));
             continue;
         }
-        asked.extend(
-            t.partition_data
-                .into_iter()
-                .map(|d| (ti, topic.clone(), d.index, d.records)),
-        );
+        asked.push((ti, topic, partition, data));
+    }
+    // Told once per growth: the client refreshes on the first refusal.
+    for t in &p.topic_data {
+        if let Some(lt) = map.topics.get(t.name.0.as_str()) {
+            counts.insert(t.name.0.to_string(), map.partition_count(lt, Side::Produce));
+        }
     }
     let (to, refused) = split(shared, &map, Side::Produce, asked, |_, partition, route| {
-        produce_refused(partition, refused_code(route))
+        Produced::refused(partition, refused_code(route))
     })
     .await;
     answered.extend(refused);
-    let mut sent: Vec<(ToLeader<()>, Result<InFlight, i16>)> = Vec::with_capacity(to.len());
-    for ((leader, _), group) in to {
-        let body = ProduceRequest::default()
-            .with_transactional_id(p.transactional_id.clone())
-            .with_acks(acks)
-            .with_timeout_ms(p.timeout_ms)
-            .with_topic_data(
-                group
-                    .by_topic()
-                    .into_iter()
-                    .map(|(topic, parts)| {
-                        TopicProduceData::default()
-                            .with_name(name(topic))
-                            .with_partition_data(
-                                parts
-                                    .into_iter()
-                                    .map(|part| {
-                                        PartitionProduceData::default()
-                                            .with_index(part.partition)
-                                            .with_records(part.data.clone())
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            );
-        shared
-            .metrics
-            .produced_batches
-            .fetch_add(group.parts.len() as u64, Ordering::Relaxed);
-        let started = match shared.pool.shared(&leader).await {
-            Ok(up) => up
-                .start(
-                    ApiKey::Produce,
-                    version,
-                    RequestKind::Produce(body),
-                    acks != 0,
-                )
-                .await
-                .map_err(|e| failed(shared, &group.cluster, &e)),
-            Err(e) => Err(failed(shared, &group.cluster, &e)),
-        };
-        sent.push((group.sent(), started));
-    }
+    let batches: usize = to.values().map(|g| g.parts.len()).sum();
+    shared
+        .metrics
+        .produced_batches
+        .fetch_add(batches as u64, Ordering::Relaxed);
+    let sent = send_all(shared, to, ApiKey::Produce, version, acks != 0, |group| {
+        RequestKind::Produce(
+            ProduceRequest::default()
+                .with_transactional_id(p.transactional_id.clone())
+                .with_acks(acks)
+                .with_timeout_ms(p.timeout_ms)
+                .with_topic_data(
+                    group
+                        .by_topic()
+                        .into_iter()
+                        .map(|(topic, parts)| {
+                            TopicProduceData::default()
+                                .with_name(name(topic))
+                                .with_partition_data(
+                                    parts
+                                        .into_iter()
+                                        .map(|part| part.data.clone().with_index(part.partition))
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+        )
+    })
+    .await;
     let shared = shared.clone();
     Box::pin(async move {
-        for (group, started) in sent {
-            let answer = match started {
-                Ok(in_flight) => in_flight
-                    .answer(timeout)
-                    .await
-                    .map_err(|e| failed(&shared, &group.cluster, &e)),
-                Err(code) => Err(code),
-            };
-            match answer {
-                Ok(Some(ResponseKind::Produce(r))) => {
-                    for t in r.responses {
-                        for pr in t.partition_responses {
-                            if leader_moved(pr.error_code) {
-                                shared.forget_leaders(&group.cluster, &t.name.0);
-                            }
-                            if let Some((ti, lp)) = group.logical(&t.name.0, pr.index) {
-                                answered.push((ti, pr.with_index(lp)));
-                            }
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(code) => {
-                    for Part {
-                        ti, logical: lp, ..
-                    } in group.parts
-                    {
-                        answered.push((
-                            ti,
-                            PartitionProduceResponse::default()
-                                .with_index(lp)
-                                .with_error_code(code)
-                                .with_base_offset(-1)
-                                .with_log_append_time_ms(-1)
-                                .with_log_start_offset(-1),
-                        ));
-                    }
-                }
-            }
-        }
+        collect::<Produced>(shared, sent, timeout, &mut answered).await;
         if acks == 0 {
             return None;
         }
-        Some(
-            ProduceResponse::default().with_responses(joined(&names, answered, |name, parts| {
-                TopicProduceResponse::default()
-                    .with_name(name)
-                    .with_partition_responses(parts)
-            })),
-        )
+        let topics = joined(&names, answered, |name, parts| {
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(parts)
+        });
+        Some(ProduceResponse::default().with_responses(topics))
     })
-}
-
-fn produce_refused(partition: i32, code: i16) -> PartitionProduceResponse {
-    PartitionProduceResponse::default()
-        .with_index(partition)
-        .with_error_code(code)
-        .with_base_offset(-1)
-        .with_log_append_time_ms(-1)
-        .with_log_start_offset(-1)
 }
 
 /// The per-topic answers in the request's topic order.
@@ -411,15 +579,6 @@ fn joined<A, T>(
     out
 }
 
-fn partition_error(partition: i32, code: i16) -> PartitionData {
-    PartitionData::default()
-        .with_partition_index(partition)
-        .with_error_code(code)
-        .with_high_watermark(-1)
-        .with_last_stable_offset(-1)
-        .with_log_start_offset(-1)
-}
-
 /// Forwards a fetch. Each leader gets the partitions it leads, on a
 /// connection of its own for the fetch (a long poll holds a connection);
 /// the answer goes as soon as one leader answers with records (the others'
@@ -428,16 +587,7 @@ pub async fn fetch(shared: &Arc<Shared>, f: FetchRequest, version: i16) -> Later
     shared.metrics.fetches.fetch_add(1, Ordering::Relaxed);
     let map = shared.view().map;
     let names: Vec<TopicName> = f.topics.iter().map(|t| t.topic.clone()).collect();
-    let asked: Vec<(usize, String, i32, FetchPartition)> = f
-        .topics
-        .iter()
-        .enumerate()
-        .flat_map(|(ti, t)| {
-            t.partitions
-                .iter()
-                .map(move |p| (ti, t.topic.0.to_string(), p.partition, p.clone()))
-        })
-        .collect();
+    let asked = flatten(&f.topics, |t| (&t.topic, &t.partitions), |p| p.partition);
     let offsets: HashMap<(usize, i32), i64> = asked
         .iter()
         .map(|(ti, _, p, fp)| ((*ti, *p), fp.fetch_offset))
@@ -461,112 +611,63 @@ pub async fn fetch(shared: &Arc<Shared>, f: FetchRequest, version: i16) -> Later
                     p.with_error_code(ResponseError::OffsetOutOfRange.code())
                 }
             }
-            other => partition_error(partition, refused_code(other)),
+            other => Fetched::refused(partition, refused_code(other)),
         },
     )
     .await;
     let wait = Duration::from_millis(u64::try_from(f.max_wait_ms).unwrap_or(0)).min(MAX_FETCH_WAIT);
-    let mut sent: Vec<(ToLeader<()>, Result<InFlight, i16>)> = Vec::with_capacity(to.len());
-    for ((leader, _), group) in to {
-        let body = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(wait.as_millis() as i32)
-            .with_min_bytes(f.min_bytes)
-            .with_max_bytes(f.max_bytes)
-            .with_isolation_level(f.isolation_level)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(
-                group
-                    .by_topic()
-                    .into_iter()
-                    .map(|(topic, parts)| {
-                        FetchTopic::default()
-                            .with_topic(name(topic))
-                            .with_partitions(
-                                parts
-                                    .into_iter()
-                                    .map(|part| {
-                                        part.data
-                                            .clone()
-                                            .with_partition(part.partition)
-                                            .with_current_leader_epoch(-1)
-                                            .with_last_fetched_epoch(-1)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            );
-        let started = shared
-            .pool
-            .start_fetch(&leader, version, RequestKind::Fetch(body))
-            .await
-            .map_err(|e| failed(shared, &group.cluster, &e));
-        sent.push((group.sent(), started));
-    }
+    let sent = send_all(shared, to, ApiKey::Fetch, version, true, |group| {
+        RequestKind::Fetch(
+            FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(wait.as_millis() as i32)
+                .with_min_bytes(f.min_bytes)
+                .with_max_bytes(f.max_bytes)
+                .with_isolation_level(f.isolation_level)
+                .with_session_id(0)
+                .with_session_epoch(-1)
+                .with_topics(
+                    group
+                        .by_topic()
+                        .into_iter()
+                        .map(|(topic, parts)| {
+                            FetchTopic::default()
+                                .with_topic(name(topic))
+                                .with_partitions(
+                                    parts
+                                        .into_iter()
+                                        .map(|part| {
+                                            part.data
+                                                .clone()
+                                                .with_partition(part.partition)
+                                                .with_current_leader_epoch(-1)
+                                                .with_last_fetched_epoch(-1)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+        )
+    })
+    .await;
     let shared = shared.clone();
     Box::pin(async move {
-        use futures_util::stream::{FuturesUnordered, StreamExt};
         // Only retired partitions asked: long-poll as a broker would on a
         // partition that gets nothing, rather than have the client spin.
         if sent.is_empty() && answered.iter().all(|(_, p)| p.error_code == 0) {
             tokio::time::sleep(wait).await;
         }
         let mut answered = answered;
-        let mut pending: FuturesUnordered<_> = sent
-            .into_iter()
-            .map(|(group, started)| {
-                let shared = shared.clone();
-                async move {
-                    let answer = match started {
-                        Ok(in_flight) => match in_flight.answer(wait).await {
-                            Ok(Some(ResponseKind::Fetch(r))) => Ok(r),
-                            Ok(_) => Err(ResponseError::UnknownServerError.code()),
-                            Err(e) => Err(failed(&shared, &group.cluster, &e)),
-                        },
-                        Err(code) => Err(code),
-                    };
-                    (group, answer)
-                }
-            })
-            .collect();
-        let mut got_records = false;
-        while let Some((group, answer)) = pending.next().await {
-            match answer {
-                Ok(r) => {
-                    for t in r.responses {
-                        for pd in t.partitions {
-                            if leader_moved(pd.error_code) {
-                                shared.forget_leaders(&group.cluster, &t.topic.0);
-                            }
-                            got_records |= pd.records.as_ref().is_some_and(|r| !r.is_empty());
-                            if let Some((ti, lp)) = group.logical(&t.topic.0, pd.partition_index) {
-                                answered.push((ti, pd.with_partition_index(lp)));
-                            }
-                        }
-                    }
-                }
-                Err(code) => {
-                    for Part {
-                        ti, logical: lp, ..
-                    } in group.parts
-                    {
-                        answered.push((ti, partition_error(lp, code)));
-                    }
-                }
-            }
-            if got_records {
-                break;
-            }
-        }
+        collect::<Fetched>(shared, sent, wait, &mut answered).await;
+        let topics = joined(&names, answered, |topic, parts| {
+            FetchableTopicResponse::default()
+                .with_topic(topic)
+                .with_partitions(parts)
+        });
         FetchResponse::default()
             .with_session_id(0)
-            .with_responses(joined(&names, answered, |topic, parts| {
-                FetchableTopicResponse::default()
-                    .with_topic(topic)
-                    .with_partitions(parts)
-            }))
+            .with_responses(topics)
     })
 }
 
@@ -578,108 +679,59 @@ pub async fn list_offsets(
 ) -> Later<ListOffsetsResponse> {
     let map = shared.view().map;
     let names: Vec<TopicName> = l.topics.iter().map(|t| t.name.clone()).collect();
-    let asked: Vec<(usize, String, i32, ListOffsetsPartition)> = l
-        .topics
-        .iter()
-        .enumerate()
-        .flat_map(|(ti, t)| {
-            t.partitions
-                .iter()
-                .map(move |p| (ti, t.name.0.to_string(), p.partition_index, p.clone()))
-        })
-        .collect();
-    let (to, answered) = split(shared, &map, Side::Consume, asked, |_, partition, route| {
-        let p = ListOffsetsPartitionResponse::default()
-            .with_partition_index(partition)
-            .with_leader_epoch(-1)
-            .with_timestamp(-1);
-        match route {
-            Route::Retired(end) => p.with_offset(end),
-            other => p.with_offset(-1).with_error_code(refused_code(other)),
-        }
+    let asked = flatten(
+        &l.topics,
+        |t| (&t.name, &t.partitions),
+        |p| p.partition_index,
+    );
+    let (to, answered) = split(
+        shared,
+        &map,
+        Side::Consume,
+        asked,
+        |_, partition, route| match route {
+            Route::Retired(end) => ListOffsetsPartitionResponse::default()
+                .with_partition_index(partition)
+                .with_leader_epoch(-1)
+                .with_timestamp(-1)
+                .with_offset(end),
+            other => Listed::refused(partition, refused_code(other)),
+        },
+    )
+    .await;
+    let sent = send_all(shared, to, ApiKey::ListOffsets, version, true, |group| {
+        RequestKind::ListOffsets(
+            ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_isolation_level(l.isolation_level)
+                .with_topics(
+                    group
+                        .by_topic()
+                        .into_iter()
+                        .map(|(topic, parts)| {
+                            ListOffsetsTopic::default()
+                                .with_name(name(topic))
+                                .with_partitions(
+                                    parts
+                                        .into_iter()
+                                        .map(|part| {
+                                            part.data
+                                                .clone()
+                                                .with_partition_index(part.partition)
+                                                .with_current_leader_epoch(-1)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+        )
     })
     .await;
-    let mut sent = Vec::with_capacity(to.len());
-    for ((leader, _), group) in to {
-        let body = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_isolation_level(l.isolation_level)
-            .with_topics(
-                group
-                    .by_topic()
-                    .into_iter()
-                    .map(|(topic, parts)| {
-                        ListOffsetsTopic::default()
-                            .with_name(name(topic))
-                            .with_partitions(
-                                parts
-                                    .into_iter()
-                                    .map(|part| {
-                                        part.data
-                                            .clone()
-                                            .with_partition_index(part.partition)
-                                            .with_current_leader_epoch(-1)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            );
-        let started = match shared.pool.shared(&leader).await {
-            Ok(up) => up
-                .start(
-                    ApiKey::ListOffsets,
-                    version,
-                    RequestKind::ListOffsets(body),
-                    true,
-                )
-                .await
-                .map_err(|e| failed(shared, &group.cluster, &e)),
-            Err(e) => Err(failed(shared, &group.cluster, &e)),
-        };
-        sent.push((group.sent(), started));
-    }
     let shared = shared.clone();
     Box::pin(async move {
         let mut answered = answered;
-        for (group, started) in sent {
-            let answer = match started {
-                Ok(in_flight) => in_flight
-                    .answer(Duration::ZERO)
-                    .await
-                    .map_err(|e| failed(&shared, &group.cluster, &e)),
-                Err(code) => Err(code),
-            };
-            match answer {
-                Ok(Some(ResponseKind::ListOffsets(r))) => {
-                    for t in r.topics {
-                        for p in t.partitions {
-                            if let Some((ti, lp)) = group.logical(&t.name.0, p.partition_index) {
-                                answered
-                                    .push((ti, p.with_partition_index(lp).with_leader_epoch(-1)));
-                            }
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(code) => {
-                    for Part {
-                        ti, logical: lp, ..
-                    } in group.parts
-                    {
-                        answered.push((
-                            ti,
-                            ListOffsetsPartitionResponse::default()
-                                .with_partition_index(lp)
-                                .with_error_code(code)
-                                .with_offset(-1)
-                                .with_timestamp(-1)
-                                .with_leader_epoch(-1),
-                        ));
-                    }
-                }
-            }
-        }
+        collect::<Listed>(shared, sent, Duration::ZERO, &mut answered).await;
         ListOffsetsResponse::default().with_topics(joined(&names, answered, |name, parts| {
             ListOffsetsTopicResponse::default()
                 .with_name(name)
