@@ -165,6 +165,15 @@ class Federation:
         with urllib.request.urlopen(f"http://127.0.0.1:{p.ports['http']}/status", timeout=5) as r:
             return json.loads(r.read())["map_version"]
 
+    def proxy_metrics(self, p: Process) -> dict[str, float]:
+        """The proxy's unlabelled metrics, by name."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{p.ports['http']}/metrics",
+                                    timeout=5) as r:
+            text = r.read().decode()
+        return {name: float(value) for name, value in
+                (line.split() for line in text.splitlines()
+                 if line and not line.startswith("#") and "{" not in line)}
+
     def logs(self) -> str:
         parts = [tail(self.controller.log)] if self.controller else []
         parts += [tail(p.log) for p in self.proxies]

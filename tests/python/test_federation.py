@@ -317,6 +317,13 @@ def test_nothing_acknowledged_is_lost_when_a_proxy_and_a_cluster_are_killed(fed)
     c2.kill()
     before = len(load.acked)
     wait_until(lambda: len(load.acked) > before + 200, 60, "writes go on without c2")
+    # The failure shows: in the proxy's metrics and the controller's status.
+    metrics = fed.proxy_metrics(proxy)
+    assert metrics["kilonova_federation_proxy_failing_clusters"] == 1, metrics
+    assert metrics["kilonova_federation_proxy_upstream_errors_total"] >= 1, metrics
+    wait_until(lambda: not next(c for c in fed.status()["clusters"]
+                                if c["name"] == "c2")["health"]["reachable"], 10,
+               "the controller's scan sees c2 down")
     c2.restart()
     # The proxy dies: clients reconnect once it is back.
     proxy.kill()

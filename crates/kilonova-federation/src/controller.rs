@@ -31,6 +31,7 @@ use crate::api::{
     SetName, WatchAnswer, WATCH_HOLD,
 };
 use crate::map::{check_name, ClusterState, FederationMap, MapError, PhysicalPartition};
+use crate::metrics::Kind;
 use crate::physical::{self, PhysicalError, EARLIEST, LATEST};
 use crate::upstream::Pool;
 
@@ -730,65 +731,64 @@ impl Controller {
         let m = &self.inner.metrics;
         let map = self.map();
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: u64, kind: &str| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        };
-        counter(
-            "kilonova_federation_map_version",
-            "The federation map's version.",
-            map.version,
-            "gauge",
-        );
-        counter(
-            "kilonova_federation_proxies",
-            "Proxies that called within the expiry.",
-            self.proxy_list().len() as u64,
-            "gauge",
-        );
-        counter(
-            "kilonova_federation_leader",
-            "1 if this instance leads.",
-            u64::from(self.is_leader()),
-            "gauge",
-        );
-        counter(
-            "kilonova_federation_changes_total",
-            "Map changes stored.",
-            m.changes.load(Ordering::Relaxed),
-            "counter",
-        );
-        counter(
-            "kilonova_federation_change_failures_total",
-            "Map changes refused.",
-            m.change_failures.load(Ordering::Relaxed),
-            "counter",
-        );
-        counter(
-            "kilonova_federation_scans_total",
-            "Scans of the physical clusters.",
-            m.scans.load(Ordering::Relaxed),
-            "counter",
-        );
-        counter(
-            "kilonova_federation_scan_errors_total",
-            "Clusters a scan could not read.",
-            m.scan_errors.load(Ordering::Relaxed),
-            "counter",
-        );
-        counter(
-            "kilonova_federation_watch_calls_total",
-            "Proxies' watch calls.",
-            m.watch_calls.load(Ordering::Relaxed),
-            "counter",
-        );
-        counter(
-            "kilonova_federation_auto_removals_total",
-            "Drained clusters removed once empty.",
-            m.auto_removals.load(Ordering::Relaxed),
-            "counter",
+        crate::metrics::render(
+            &mut out,
+            &[
+                (
+                    "kilonova_federation_map_version",
+                    "The federation map's version.",
+                    map.version,
+                    Kind::Gauge,
+                ),
+                (
+                    "kilonova_federation_proxies",
+                    "Proxies that called within the expiry.",
+                    self.proxy_list().len() as u64,
+                    Kind::Gauge,
+                ),
+                (
+                    "kilonova_federation_leader",
+                    "1 if this instance leads.",
+                    u64::from(self.is_leader()),
+                    Kind::Gauge,
+                ),
+                (
+                    "kilonova_federation_changes_total",
+                    "Map changes stored.",
+                    m.changes.load(Ordering::Relaxed),
+                    Kind::Counter,
+                ),
+                (
+                    "kilonova_federation_change_failures_total",
+                    "Map changes refused.",
+                    m.change_failures.load(Ordering::Relaxed),
+                    Kind::Counter,
+                ),
+                (
+                    "kilonova_federation_scans_total",
+                    "Scans of the physical clusters.",
+                    m.scans.load(Ordering::Relaxed),
+                    Kind::Counter,
+                ),
+                (
+                    "kilonova_federation_scan_errors_total",
+                    "Clusters a scan could not read.",
+                    m.scan_errors.load(Ordering::Relaxed),
+                    Kind::Counter,
+                ),
+                (
+                    "kilonova_federation_watch_calls_total",
+                    "Proxies' watch calls.",
+                    m.watch_calls.load(Ordering::Relaxed),
+                    Kind::Counter,
+                ),
+                (
+                    "kilonova_federation_auto_removals_total",
+                    "Drained clusters removed once empty.",
+                    m.auto_removals.load(Ordering::Relaxed),
+                    Kind::Counter,
+                ),
+            ],
         );
         let health = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod controller;
 pub mod map;
+pub mod metrics;
 pub mod physical;
 pub mod proxy;
 pub mod upstream;

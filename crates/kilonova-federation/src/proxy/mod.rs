@@ -441,83 +441,81 @@ async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 fn metrics_text(s: &Shared) -> String {
-    use std::fmt::Write as _;
+    use crate::metrics::Kind;
     let m = &s.metrics;
-    let mut out = String::new();
     let v = s.view();
-    let rows: [(&str, &str, u64, &str); 11] = [
-        (
-            "kilonova_federation_proxy_map_version",
-            "The map version served.",
-            v.map.version,
-            "gauge",
-        ),
-        (
-            "kilonova_federation_proxy_requests_total",
-            "Kafka requests handled.",
-            m.requests.load(Ordering::Relaxed),
-            "counter",
-        ),
-        (
-            "kilonova_federation_proxy_request_errors_total",
-            "Kafka requests refused or undecodable.",
-            m.request_errors.load(Ordering::Relaxed),
-            "counter",
-        ),
-        (
-            "kilonova_federation_proxy_produced_batches_total",
-            "Record batches forwarded to physical partitions.",
-            m.produced_batches.load(Ordering::Relaxed),
-            "counter",
-        ),
-        (
-            "kilonova_federation_proxy_fetches_total",
-            "Fetches forwarded.",
-            m.fetches.load(Ordering::Relaxed),
-            "counter",
-        ),
-        (
-            "kilonova_federation_proxy_upstream_errors_total",
-            "Physical clusters not reached.",
-            m.upstream_errors.load(Ordering::Relaxed),
-            "counter",
-        ),
-        (
-            "kilonova_federation_proxy_connections_total",
-            "Client connections accepted.",
-            m.connections.load(Ordering::Relaxed),
-            "counter",
-        ),
-        (
-            "kilonova_federation_proxy_refused_connections_total",
-            "Client connections refused at the limit.",
-            m.refused_connections.load(Ordering::Relaxed),
-            "counter",
-        ),
-        (
-            "kilonova_federation_proxy_map_updates_total",
-            "New map versions received.",
-            m.map_updates.load(Ordering::Relaxed),
-            "counter",
-        ),
-        (
-            "kilonova_federation_proxy_failing_clusters",
-            "Physical clusters not reachable now.",
-            s.failing.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
-            "gauge",
-        ),
-        (
-            "kilonova_federation_proxy_group_rebalances_total",
-            "Rebalances of the groups this proxy coordinates.",
-            s.rebalances.load(Ordering::Relaxed),
-            "counter",
-        ),
-    ];
-    for (name, help, value, kind) in rows {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
+    let failing = s.failing.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+    let mut out = String::new();
+    crate::metrics::render(
+        &mut out,
+        &[
+            (
+                "kilonova_federation_proxy_map_version",
+                "The map version served.",
+                v.map.version,
+                Kind::Gauge,
+            ),
+            (
+                "kilonova_federation_proxy_requests_total",
+                "Kafka requests handled.",
+                m.requests.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+            (
+                "kilonova_federation_proxy_request_errors_total",
+                "Kafka requests refused or undecodable.",
+                m.request_errors.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+            (
+                "kilonova_federation_proxy_produced_batches_total",
+                "Record batches forwarded to physical partitions.",
+                m.produced_batches.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+            (
+                "kilonova_federation_proxy_fetches_total",
+                "Fetches forwarded.",
+                m.fetches.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+            (
+                "kilonova_federation_proxy_upstream_errors_total",
+                "Physical clusters not reached.",
+                m.upstream_errors.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+            (
+                "kilonova_federation_proxy_connections_total",
+                "Client connections accepted.",
+                m.connections.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+            (
+                "kilonova_federation_proxy_refused_connections_total",
+                "Client connections refused at the limit.",
+                m.refused_connections.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+            (
+                "kilonova_federation_proxy_map_updates_total",
+                "New map versions received.",
+                m.map_updates.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+            (
+                "kilonova_federation_proxy_failing_clusters",
+                "Physical clusters not reachable now.",
+                failing,
+                Kind::Gauge,
+            ),
+            (
+                "kilonova_federation_proxy_group_rebalances_total",
+                "Rebalances of the groups this proxy coordinates.",
+                s.rebalances.load(Ordering::Relaxed),
+                Kind::Counter,
+            ),
+        ],
+    );
     out
 }
