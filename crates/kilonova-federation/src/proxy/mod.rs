@@ -4,14 +4,17 @@
 //! A proxy listens on two ports: producers bootstrap from one, consumers
 //! from the other, because the two sides see a topic differently — a keyed
 //! topic's producers keep the partition count they had until it is
-//! rebalanced, and a drained cluster's partitions have no leader for
-//! producers while consumers keep reading them ([`crate::map::Side`]).
+//! rebalanced, while its consumers see every partition — and a Kafka
+//! client's Metadata request does not say which side it is on
+//! ([`crate::map::Side`]). A drained or unreachable cluster's partitions
+//! keep a leader for both: the proxy writes producers' batches for them to
+//! another partition (`FederationMap::write_target`), consumers read them.
 //!
 //! The proxy holds the newest map the controller pushed (a long-polled
 //! watch that doubles as its heartbeat), the live proxies (they are the
 //! brokers Metadata names, partition leadership spread over them), the
 //! leaders of the physical partitions it forwards to, and the consumer
-//! groups it coordinates (the group state machine of `kilonova-kafka`;
+//! groups it coordinates (the group state machine of `kilonova-kafka-groups`;
 //! committed offsets live with the controller, per logical partition).
 
 mod connection;
@@ -110,8 +113,8 @@ impl Shared {
             .contains(cluster)
     }
 
-    /// A cluster could not be reached: producers are shown its partitions
-    /// without a leader until a probe reaches it again.
+    /// A cluster could not be reached: producers' batches for its
+    /// partitions are written elsewhere until a probe reaches it again.
     pub fn mark_failing(&self, cluster: &str, why: &dyn std::fmt::Display) {
         let newly = self
             .failing
