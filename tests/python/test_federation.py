@@ -528,3 +528,59 @@ def test_sasl_tokens_at_the_proxy_and_the_name_service_by_identity(fed, tmp_path
     c.close()
     assert got == b"ok:0"
     assert sorted(b.port for b in md.brokers.values()) == [fed.proxies[1].ports["consumer"]]
+
+
+def fetch_request(correlation_id: int, topic: str, partition: int, offset: int,
+                  max_bytes: int) -> bytes:
+    """A Fetch v4 request, framed (Kafka's protocol guide: replica id,
+    max wait, min bytes, max bytes, isolation level, topics)."""
+    name = topic.encode()
+    client = b"raw"
+    body = struct.pack(">hhih", 1, 4, correlation_id, len(client)) + client
+    body += struct.pack(">iiiib", -1, 100, 1, max_bytes, 0)
+    body += struct.pack(">ih", 1, len(name)) + name
+    body += struct.pack(">iiqi", 1, partition, offset, max_bytes)
+    return struct.pack(">i", len(body)) + body
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_never_reads_holds_only_its_budget_and_others_are_served(fed):
+    topic = topic_name("budget")
+    fed.cli("topics", "create", topic)
+    proxy = fed.start_proxy(1, extra=("--max-connection-bytes", str(4 << 20)))
+    p = Producer({"bootstrap.servers": fed.producers_bootstrap(), "linger.ms": 20})
+    for i in range(4000):
+        p.produce(topic, value=b"x" * 1000, partition=0)
+    assert p.flush(60) == 0
+    baseline = rss_bytes(proxy.proc.pid)
+    fetches_before = fed.proxy_metrics(proxy)["kilonova_federation_proxy_fetches_total"]
+    # 200 fetches of ~4 MB each, their answers never read: unbounded, the
+    # proxy would hold every answer it fetched (hundreds of MB).
+    hostile = socket.create_connection(("127.0.0.1", proxy.ports["consumer"]))
+    hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hostile.settimeout(5)
+    sent = 0
+    try:
+        for i in range(200):
+            hostile.sendall(fetch_request(i, topic, 0, 0, 4 << 20))
+            sent += 1
+    except socket.timeout:
+        pass  # the proxy stopped reading: the requests wait in the socket
+    wait_until(lambda: fed.proxy_metrics(proxy)["kilonova_federation_proxy_fetches_total"]
+               > fetches_before, 10, "the hostile fetches reach the proxy")
+    # Everyone else is served meanwhile, and the proxy stays within bounds.
+    p.produce(topic, value=b"still-served", partition=0)
+    assert p.flush(20) == 0
+    got = consume_group(fed.consumers_bootstrap(), topic, "g-budget", 4001)
+    assert len(got) == 4001
+    held = rss_bytes(proxy.proc.pid) - baseline
+    hostile.close()
+    assert sent >= 1
+    assert held < 64 << 20, f"the proxy grew by {held >> 20} MiB for a client that never reads"

@@ -200,8 +200,13 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
     /// The largest request accepted (bytes).
-    #[arg(long, default_value_t = 100 << 20)]
+    #[arg(long, default_value_t = 8 << 20)]
     max_request_bytes: usize,
+    /// The bytes of requests and answers one connection holds at once (a
+    /// fetch reserves 16 MiB for its answer); past it the connection stops
+    /// reading. Times --max-connections: the most the proxy holds.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_connection_bytes: usize,
     /// Once bound, write `{"producer":N,"consumer":N,"http":N|null}` here.
     #[arg(long)]
     ports_file: Option<PathBuf>,
@@ -216,10 +221,26 @@ pub struct ProxyArgs {
     /// The token claim naming the role (the name service's SASL identity).
     #[arg(long, default_value = "sub")]
     token_auth_claim: String,
+    /// The runtime's worker threads [default: one per core]. Where the
+    /// proxy shares few cores with brokers or clients, fewer threads cost
+    /// fewer hand-offs (docs/benchmarks.md).
+    #[arg(long, env = "KILONOVA_FEDERATION_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 pub fn run(command: FederationCommand) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let workers = match &command {
+        FederationCommand::Proxy(a) => a.worker_threads,
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    let rt = builder
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async move {
         match command {
             FederationCommand::Controller(a) => controller(a).await,
@@ -308,6 +329,7 @@ async fn proxy(a: ProxyArgs) -> anyhow::Result<()> {
         max_request_bytes: a.max_request_bytes,
         max_connections: a.max_connections,
         authenticator,
+        max_connection_bytes: a.max_connection_bytes,
     };
     let proxy = Proxy::bind(config)
         .await

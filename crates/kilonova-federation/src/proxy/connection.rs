@@ -1,7 +1,12 @@
 //! One client connection to a proxy: requests read and handled in order
 //! (so what each sends upstream goes out in the client's order), their
 //! answers awaited side by side and written in request order, as Kafka
-//! requires. At most [`MAX_IN_FLIGHT`] answers wait at once; past that the
+//! requires. At most [`MAX_IN_FLIGHT`] answers wait at once, and every
+//! request holds its share of the connection's memory budget (its own
+//! size; a fetch, its answer's largest size) until its answer is written;
+//! past either the connection stops reading. A client that never reads
+//! stalls only itself, and the proxy holds at most its connection limit
+//! times that budget. Past that the
 //! connection stops reading.
 
 use std::collections::HashMap;
@@ -23,7 +28,7 @@ use kilonova_kafka::sasl::{plain_credentials, PLAIN};
 use kilonova_kafka::{frame, request, response, versions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use super::group_requests::GroupClient;
 use super::{forward, routing, Shared};
@@ -84,6 +89,36 @@ impl ConnState {
 
 type Answer = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
 
+/// A connection's memory budget, in KiB.
+struct Budget {
+    kib: Arc<Semaphore>,
+    total: u32,
+}
+
+impl Budget {
+    fn new(bytes: usize) -> Budget {
+        let total = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS as u32);
+        Budget {
+            kib: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Holds `bytes` (the whole budget, for more) until the permit is
+    /// dropped; waits while the budget is spent.
+    async fn hold(&self, bytes: usize) -> Result<OwnedSemaphorePermit, AcquireError> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        self.kib.clone().acquire_many_owned(kib).await
+    }
+}
+
+/// An answer to write once ready, with the budget its request holds.
+type Queued = Pin<Box<dyn Future<Output = (Option<Bytes>, OwnedSemaphorePermit)> + Send>>;
+
 fn ready(a: Option<Bytes>) -> Answer {
     Box::pin(std::future::ready(a))
 }
@@ -91,9 +126,10 @@ fn ready(a: Option<Bytes>) -> Answer {
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, side: Side) {
     let _ = stream.set_nodelay(true);
     let (mut reader, writer) = stream.into_split();
-    let (answers, pending) = mpsc::channel::<Answer>(MAX_IN_FLIGHT);
+    let (answers, pending) = mpsc::channel::<Queued>(MAX_IN_FLIGHT);
     let mut written = tokio::spawn(write_answers(writer, pending));
     let mut conn = ConnState::default();
+    let budget = Budget::new(shared.config.max_connection_bytes);
     let mut buf = BytesMut::with_capacity(16 << 10);
     let max = shared.config.max_request_bytes;
     tracing::debug!(%peer, ?side, "federation client connected");
@@ -101,8 +137,19 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sid
         loop {
             match frame::next_request(&mut buf, max) {
                 Ok(Some(req)) => {
+                    // A fetch's answer may be as large as its leaders' cap.
+                    let holds = req.len()
+                        + if request::is_fetch(&req) {
+                            forward::MAX_FETCH_BYTES
+                        } else {
+                            0
+                        };
+                    let Ok(permit) = budget.hold(holds).await else {
+                        break 'serve;
+                    };
                     let answer = handle(&shared, req, peer, side, &mut conn).await;
-                    if answers.send(answer).await.is_err() || conn.closing {
+                    let queued: Queued = Box::pin(async move { (answer.await, permit) });
+                    if answers.send(queued).await.is_err() || conn.closing {
                         break 'serve;
                     }
                 }
@@ -135,7 +182,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, sid
 /// Awaits the answers side by side, writes them in request order.
 async fn write_answers(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut pending: mpsc::Receiver<Answer>,
+    mut pending: mpsc::Receiver<Queued>,
 ) {
     let mut ordered = FuturesOrdered::new();
     let mut open = true;
@@ -145,7 +192,8 @@ async fn write_answers(
                 Some(a) => ordered.push_back(a),
                 None => open = false,
             },
-            Some(done) = ordered.next(), if !ordered.is_empty() => {
+            Some((done, _budget)) = ordered.next(), if !ordered.is_empty() => {
+                // The budget goes back once the answer is written.
                 if let Some(bytes) = done {
                     if writer.write_all(&bytes).await.is_err() {
                         return;

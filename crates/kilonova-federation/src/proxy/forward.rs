@@ -36,6 +36,10 @@ use crate::upstream::{InFlight, UpstreamError};
 
 /// The longest a forwarded fetch waits, whatever the client asks.
 const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+/// The most record bytes a forwarded fetch asks each leader for, whatever
+/// the client asks (the client fetches again for more); what the proxy
+/// reserves of its memory budget for a fetch's answer.
+pub const MAX_FETCH_BYTES: usize = 16 << 20;
 
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
@@ -622,7 +626,7 @@ pub async fn fetch(shared: &Arc<Shared>, f: FetchRequest, version: i16) -> Later
                 .with_replica_id(BrokerId(-1))
                 .with_max_wait_ms(wait.as_millis() as i32)
                 .with_min_bytes(f.min_bytes)
-                .with_max_bytes(f.max_bytes)
+                .with_max_bytes(f.max_bytes.clamp(1, MAX_FETCH_BYTES as i32))
                 .with_isolation_level(f.isolation_level)
                 .with_session_id(0)
                 .with_session_epoch(-1)

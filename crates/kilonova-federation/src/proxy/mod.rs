@@ -62,6 +62,11 @@ pub struct ProxyConfig {
     /// With authentication on: what checks the tokens clients present as
     /// their SASL/PLAIN password.
     pub authenticator: Option<Arc<kilonova_auth::TokenAuthenticator>>,
+    /// The bytes of requests and answers one connection holds at once, at
+    /// most (a fetch reserves its answer's largest size); past it the
+    /// connection stops reading. With `max_connections`, what bounds the
+    /// proxy's memory; a client that never reads stalls only itself.
+    pub max_connection_bytes: usize,
 }
 
 /// What the proxy currently serves from: the map and the live proxies.
