@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -325,8 +325,6 @@ impl Drop for Upstream {
     }
 }
 
-use kafka_protocol::protocol::Encodable;
-
 async fn read_answers(
     addr: String,
     mut reader: tokio::net::tcp::OwnedReadHalf,
@@ -338,9 +336,8 @@ async fn read_answers(
     let why = loop {
         while buf.len() >= 4 {
             let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let Ok(size) = usize::try_from(size) else {
-                break;
-            };
+            // Negative or absurd: the stream cannot be followed any more.
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
             if !(4..=MAX_RESPONSE_BYTES).contains(&size) {
                 closed.store(true, Ordering::Release);
                 tracing::warn!(%addr, size, "upstream response size out of bounds: closing");
@@ -409,51 +406,65 @@ fn fail_all(addr: &str, waiting: &Mutex<HashMap<i32, Waiting>>, in_flight: &Atom
 const MAX_FETCH_CONNECTIONS: usize = 64;
 
 /// Connections to the brokers of the physical clusters, by address.
+/// Connecting happens outside the locks: a broker slow to answer holds up
+/// only the requests for it.
 #[derive(Default)]
 pub struct Pool {
-    shared: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
+    shared: Mutex<HashMap<String, Arc<Upstream>>>,
     fetchers: tokio::sync::Mutex<HashMap<String, Vec<Arc<Upstream>>>>,
 }
 
 impl Pool {
     /// The shared connection to `addr` (produces, metadata, offsets).
     pub async fn shared(&self, addr: &str) -> Result<Arc<Upstream>, UpstreamError> {
-        let mut shared = self.shared.lock().await;
-        if let Some(up) = shared.get(addr).filter(|u| !u.is_closed()) {
-            return Ok(up.clone());
+        let live = |shared: &HashMap<String, Arc<Upstream>>| {
+            shared.get(addr).filter(|u| !u.is_closed()).cloned()
+        };
+        if let Some(up) = live(&self.shared.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(up);
         }
         let up = Upstream::connect(addr).await?;
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        // Another caller may have connected meanwhile: the first one stays.
+        if let Some(first) = live(&shared) {
+            return Ok(first);
+        }
         shared.insert(addr.to_string(), up.clone());
         Ok(up)
     }
 
     /// Starts a fetch on a connection to `addr` with nothing in flight (a
-    /// new one if every one is busy, up to [`MAX_FETCH_CONNECTIONS`]; past
-    /// that the least busy). The pick and the send are one step, so two
-    /// fetches never pick the same idle connection.
+    /// new one if every one is busy, up to about [`MAX_FETCH_CONNECTIONS`]:
+    /// fetches connecting at once may each add one; past that the least
+    /// busy). Picking an existing connection and sending on it are one
+    /// step, so two fetches never pick the same idle connection.
     pub async fn start_fetch(
         &self,
         addr: &str,
         wanted: i16,
         body: RequestKind,
     ) -> Result<InFlight, UpstreamError> {
-        let mut fetchers = self.fetchers.lock().await;
-        let list = fetchers.entry(addr.to_string()).or_default();
-        list.retain(|u| !u.is_closed());
-        let idle = list.iter().find(|u| u.in_flight() == 0).cloned();
-        let up = match idle {
-            Some(up) => up,
-            None if list.len() >= MAX_FETCH_CONNECTIONS => list
-                .iter()
-                .min_by_key(|u| u.in_flight())
-                .cloned()
-                .ok_or_else(|| UpstreamError::Closed(addr.to_string()))?,
-            None => {
-                let up = Upstream::connect(addr).await?;
-                list.push(up.clone());
-                up
+        {
+            let mut fetchers = self.fetchers.lock().await;
+            let list = fetchers.entry(addr.to_string()).or_default();
+            list.retain(|u| !u.is_closed());
+            let pick = match list.iter().find(|u| u.in_flight() == 0) {
+                Some(idle) => Some(idle.clone()),
+                None if list.len() >= MAX_FETCH_CONNECTIONS => {
+                    list.iter().min_by_key(|u| u.in_flight()).cloned()
+                }
+                None => None,
+            };
+            if let Some(up) = pick {
+                return up.start(ApiKey::Fetch, wanted, body, true).await;
             }
-        };
+        }
+        let up = Upstream::connect(addr).await?;
+        let mut fetchers = self.fetchers.lock().await;
+        fetchers
+            .entry(addr.to_string())
+            .or_default()
+            .push(up.clone());
         up.start(ApiKey::Fetch, wanted, body, true).await
     }
 }
