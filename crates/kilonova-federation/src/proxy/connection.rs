@@ -6,8 +6,7 @@
 //! size; a fetch, its answer's largest size) until its answer is written;
 //! past either the connection stops reading. A client that never reads
 //! stalls only itself, and the proxy holds at most its connection limit
-//! times that budget. Past that the
-//! connection stops reading.
+//! times that budget.
 
 use std::collections::HashMap;
 use std::future::Future;
