@@ -344,11 +344,14 @@ def test_the_controller_restarted_mid_change_keeps_one_map_and_proxies_serve_thr
     load = Load(fed.producers_bootstrap(), topic).start()
     wait_until(lambda: len(load.acked) > 50, 30, "load running")
     c4 = fed.start_cluster("c4")
-    # The add's request is in flight when the controller is killed.
+    # The controller is killed in the middle of the add: once it has created
+    # the physical topic on c4 (the add's first step), around its commit.
     adder = threading.Thread(target=lambda: fed.cli("clusters", "add", "c4", "--bootstrap",
                                                     c4.kafka_bootstrap, check=False))
     adder.start()
-    time.sleep(0.05)  # not synchronisation: a kill at some point of the add, whichever
+    wait_until(lambda: f"Kafka client created a topic topic=persistent://public/default/{topic}"
+               in c4.log_path.read_text(errors="replace"), 30,
+               "the add created the physical topic on c4")
     fed.controller.kill()
     adder.join(60)
     # Proxies serve the map they hold while no controller answers.

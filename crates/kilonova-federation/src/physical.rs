@@ -99,14 +99,9 @@ async fn leaders_from(
         if t.error_code != 0 {
             continue;
         }
-        let count = t
-            .partitions
-            .iter()
-            .map(|p| p.partition_index + 1)
-            .max()
-            .unwrap_or(0)
-            .max(0) as usize;
-        let mut leaders = vec![None; count];
+        // Partitions are 0..n: an index past the count listed is ignored
+        // (never a table sized by a number the cluster sent).
+        let mut leaders = vec![None; t.partitions.len()];
         for p in &t.partitions {
             if let Some(slot) = leaders.get_mut(p.partition_index as usize) {
                 *slot = (p.error_code == 0)

@@ -14,11 +14,13 @@
 //! * [`entries`]: Kafka records as Kilonova stores entries (Pulsar's batch
 //!   format), and back: the same topic serves both protocols.
 //! * [`names`]: Kafka topic names ↔ Kilonova topic names.
-//! * [`sasl`]: SASL/PLAIN credentials.
+//! * [`sasl`]: SASL/PLAIN credentials; [`metadata`]: a Metadata answer's
+//!   partitions and brokers.
 
 pub mod codec;
 pub mod entries;
 pub mod frame;
+pub mod metadata;
 pub mod names;
 pub mod records;
 pub mod request;

@@ -3,9 +3,7 @@
 //! namespace's (partitions of partitioned topics folded into their topic).
 
 use kilonova_kafka::kafka_protocol::error::ResponseError;
-use kilonova_kafka::kafka_protocol::messages::metadata_response::{
-    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
-};
+use kilonova_kafka::kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kilonova_kafka::kafka_protocol::messages::{
     BrokerId, MetadataRequest, MetadataResponse, TopicName,
 };
@@ -77,36 +75,18 @@ impl KafkaConnection {
             for (i, leader) in leaders.into_iter().enumerate() {
                 // A leader that serves no Kafka listener of this kind is
                 // not one the client can reach.
-                let (leader, epoch, error) = match leader {
-                    Ok((id, epoch)) if nodes.iter().any(|n| n.id == id) => (id, epoch, 0),
-                    Ok(_) => (-1, -1, ResponseError::LeaderNotAvailable.code()),
-                    Err(code) => (-1, -1, code),
+                let led = match leader {
+                    Ok((id, epoch)) if nodes.iter().any(|n| n.id == id) => Ok((id, epoch)),
+                    Ok(_) => Err(ResponseError::LeaderNotAvailable.code()),
+                    Err(code) => Err(code),
                 };
-                let replicas = if leader >= 0 {
-                    vec![BrokerId(leader)]
-                } else {
-                    Vec::new()
-                };
-                partitions.push(
-                    MetadataResponsePartition::default()
-                        .with_partition_index(i as i32)
-                        .with_error_code(error)
-                        .with_leader_id(BrokerId(leader))
-                        .with_leader_epoch(epoch)
-                        .with_replica_nodes(replicas.clone())
-                        .with_isr_nodes(replicas),
-                );
+                partitions.push(kilonova_kafka::metadata::partition(i as i32, led));
             }
             topics.push(topic.with_partitions(partitions));
         }
         let brokers = nodes
             .iter()
-            .map(|n| {
-                MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(n.id))
-                    .with_host(StrBytes::from_string(n.host.clone()))
-                    .with_port(n.port)
-            })
+            .map(|n| kilonova_kafka::metadata::broker(n.id, &n.host, n.port))
             .collect();
         MetadataResponse::default()
             .with_brokers(brokers)

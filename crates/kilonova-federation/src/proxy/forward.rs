@@ -36,9 +36,9 @@ use crate::upstream::{InFlight, UpstreamError};
 
 /// The longest a forwarded fetch waits, whatever the client asks.
 const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
-/// The most record bytes a forwarded fetch asks each leader for, whatever
-/// the client asks (the client fetches again for more); what the proxy
-/// reserves of its memory budget for a fetch's answer.
+/// The most record bytes a forwarded fetch asks its leaders for, all of
+/// them together, whatever the client asks (the client fetches again for
+/// more); what the proxy reserves of its memory budget for a fetch's answer.
 pub const MAX_FETCH_BYTES: usize = 16 << 20;
 
 fn name(s: &str) -> TopicName {
@@ -620,13 +620,16 @@ pub async fn fetch(shared: &Arc<Shared>, f: FetchRequest, version: i16) -> Later
     )
     .await;
     let wait = Duration::from_millis(u64::try_from(f.max_wait_ms).unwrap_or(0)).min(MAX_FETCH_WAIT);
+    // The leaders' answers together stay within what the connection
+    // reserved for this fetch's answer.
+    let per_leader = (MAX_FETCH_BYTES / to.len().max(1)) as i32;
     let sent = send_all(shared, to, ApiKey::Fetch, version, true, |group| {
         RequestKind::Fetch(
             FetchRequest::default()
                 .with_replica_id(BrokerId(-1))
                 .with_max_wait_ms(wait.as_millis() as i32)
                 .with_min_bytes(f.min_bytes)
-                .with_max_bytes(f.max_bytes.clamp(1, MAX_FETCH_BYTES as i32))
+                .with_max_bytes(f.max_bytes.clamp(1, per_leader))
                 .with_isolation_level(f.isolation_level)
                 .with_session_id(0)
                 .with_session_epoch(-1)

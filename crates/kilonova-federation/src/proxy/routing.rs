@@ -4,11 +4,10 @@
 //! over those proxies, and which proxy coordinates a group.
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::metadata_response::{
-    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
-};
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use kilonova_kafka::metadata;
 use kilonova_kafka_groups::answers::Node;
 
 use super::{Shared, View};
@@ -106,26 +105,17 @@ pub fn metadata(
             let count = map.partition_count(t, side) as i32;
             let partitions = (0..count)
                 .map(|i| {
-                    let p = MetadataResponsePartition::default().with_partition_index(i);
-                    let leader = nodes
-                        .get(i as usize % nodes.len().max(1))
-                        .map_or(-1, |n| n.id);
+                    let leader = nodes.get(i as usize % nodes.len().max(1)).map(|n| n.id);
                     // Every partition has a leader: a producer's records for
                     // one on a drained or unreachable cluster are written
                     // elsewhere by the proxy (`FederationMap::write_target`).
-                    match map.seen(t, i) {
-                        Some(Seen::Live(_) | Seen::Retired(_)) if leader >= 0 => p
-                            .with_leader_id(BrokerId(leader))
-                            // No epoch: clients do not validate offsets
-                            // against epochs the physical clusters keep.
-                            .with_leader_epoch(-1)
-                            .with_replica_nodes(vec![BrokerId(leader)])
-                            .with_isr_nodes(vec![BrokerId(leader)]),
-                        _ => p
-                            .with_error_code(ResponseError::LeaderNotAvailable.code())
-                            .with_leader_id(BrokerId(-1))
-                            .with_leader_epoch(-1),
-                    }
+                    // No epoch (-1): clients do not validate offsets against
+                    // epochs the physical clusters keep.
+                    let led = match (map.seen(t, i), leader) {
+                        (Some(Seen::Live(_) | Seen::Retired(_)), Some(id)) => Ok((id, -1)),
+                        _ => Err(ResponseError::LeaderNotAvailable.code()),
+                    };
+                    metadata::partition(i, led)
                 })
                 .collect();
             topic.with_partitions(partitions)
@@ -133,12 +123,7 @@ pub fn metadata(
         .collect();
     let brokers = nodes
         .iter()
-        .map(|n| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(n.id))
-                .with_host(StrBytes::from_string(n.host.clone()))
-                .with_port(n.port)
-        })
+        .map(|n| metadata::broker(n.id, &n.host, n.port))
         .collect();
     MetadataResponse::default()
         .with_brokers(brokers)
