@@ -475,6 +475,12 @@ impl PolicyCache {
         self.record(resources, &name.partitioned_topic()).await
     }
 
+    /// Changes seen so far: while it stays the same, every cached record is
+    /// as it was (a topic re-resolves its policies only when it moves).
+    pub(crate) fn generation(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     fn forget(&self, key: &str, topic: bool) {
         self.changes.fetch_add(1, Ordering::AcqRel);
         if topic {

@@ -284,6 +284,12 @@ pub(crate) struct Topic {
     metrics: Arc<TopicMetrics>,
     /// When rates were last computed, and the totals then.
     rates_since: (Instant, (u64, u64, u64, u64)),
+    /// The policy cache's generation `policies` were last resolved at (none:
+    /// not yet by a tick): ticks skip the resolution while it stays.
+    policies_seen: Option<u64>,
+    /// `/metrics` shows replication of this topic (it had replicators, or
+    /// remote clusters' replicators producing here, at the last tick).
+    replication_shown: bool,
     /// The policies in force (refreshed from the policy cache every tick).
     policies: Effective,
     publish_gate: Arc<PublishGate>,
@@ -399,6 +405,8 @@ impl Topic {
             metrics,
             rates_since: (now, (0, 0, 0, 0)),
             policies,
+            policies_seen: None,
+            replication_shown: false,
             publish_gate,
             dispatch_rate,
             dispatch_wake: None,
@@ -469,12 +477,14 @@ impl Topic {
         mut offloaded: mpsc::UnboundedReceiver<offload::OffloadEvent>,
     ) {
         let config = self.broker.config().clone();
-        let mut tick = tokio::time::interval(Duration::from_millis(
+        let mut tick = housekeeping_ticks(Duration::from_millis(
             config.cursor_persist_interval_ms.max(10),
         ));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_limit = Duration::from_secs(config.topic_unload_idle_secs);
         let drained = self.drained.clone();
+        // Made once and re-armed when it fires (a `Notify` keeps a wake-up
+        // that comes between): not a new future at every turn of the loop.
+        let mut drained_wake = std::pin::pin!(drained.notified());
         loop {
             tokio::select! {
                 biased;
@@ -540,7 +550,10 @@ impl Topic {
                     self.dispatch_all();
                     self.feed_replicators();
                 }
-                _ = drained.notified() => self.dispatch_all(),
+                _ = drained_wake.as_mut() => {
+                    drained_wake.set(drained.notified());
+                    self.dispatch_all();
+                }
                 // Lowest priority: a compaction goes a step at a time between
                 // everything else the topic does.
                 _ = std::future::ready(()), if self.compaction.is_running() => {
@@ -625,6 +638,7 @@ impl Topic {
         };
         let now_ms = self.broker.clock().now_ms();
         let retention = self.policies.retention;
+        // Nothing to trim (most ticks): no snapshot, no second look.
         if log
             .trimmable(now_ms, retention)
             .map_or(true, |d| !d.is_empty())
@@ -632,12 +646,11 @@ impl Topic {
             // The deduplication state covers every entry before retention
             // deletes any: it could not be rebuilt from them afterwards.
             self.snapshot_dedup();
-        }
-        let Some(log) = self.log.as_mut() else {
-            return;
-        };
-        if let Err(e) = log.trim(now_ms, retention).await {
-            tracing::warn!(topic = %self.full_name, error = %e, "trimming failed");
+            if let Some(log) = self.log.as_mut() {
+                if let Err(e) = log.trim(now_ms, retention).await {
+                    tracing::warn!(topic = %self.full_name, error = %e, "trimming failed");
+                }
+            }
         }
         self.offload_tick().await;
     }
@@ -655,7 +668,7 @@ impl Topic {
                 self.cursor_writes_done(done);
             }
         }
-        let Some(log) = self.log.as_ref() else {
+        let Some(log) = self.log.as_ref().filter(|l| l.cursor_count() > 0) else {
             return;
         };
         let writes = log.cursor_writes();
@@ -924,12 +937,15 @@ impl Topic {
 
     fn update_backlog_and_rates(&mut self) {
         if let Some(log) = &self.log {
-            let backlog: u64 = log
-                .cursor_names()
-                .iter()
-                .filter_map(|n| log.cursor_info(n).ok())
-                .map(|i| i.backlog_entries)
-                .sum();
+            let backlog: u64 = match log.cursor_count() {
+                0 => 0,
+                _ => log
+                    .cursor_names()
+                    .iter()
+                    .filter_map(|n| log.cursor_info(n).ok())
+                    .map(|i| i.backlog_entries)
+                    .sum(),
+            };
             self.metrics.backlog.store(backlog, Ordering::Relaxed);
             self.metrics
                 .storage_bytes
@@ -961,6 +977,26 @@ impl Topic {
         }
         self.rates_since = (now, totals);
     }
+}
+
+/// Topics' housekeeping ticks start on a shared grid of this step, so that
+/// the ticks of many topics fire together: 10,000 topics wake the runtime
+/// 100 times a second, not at every millisecond of the timer wheel.
+const TICK_GRID: Duration = Duration::from_millis(10);
+
+/// A topic's housekeeping ticks, every `period`, the first on the next point
+/// of the grid; a tick missed under load is skipped (the ticks stay on the grid).
+fn housekeeping_ticks(period: Duration) -> tokio::time::Interval {
+    static GRID_ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *GRID_ORIGIN.get_or_init(tokio::time::Instant::now);
+    let now = tokio::time::Instant::now();
+    let step = TICK_GRID.as_nanos().max(1);
+    let since = now.saturating_duration_since(origin).as_nanos();
+    let ahead = (step - since % step) % step;
+    let start = now + Duration::from_nanos(u64::try_from(ahead).unwrap_or(0));
+    let mut tick = tokio::time::interval_at(start, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
 }
 
 /// Sleeps until `at` (forever if `None`; select arms guard on it being set).

@@ -142,6 +142,10 @@ impl Topic {
     /// Reads the policies again (from the cache: no metadata read unless they
     /// changed) and applies what changed.
     pub(super) async fn refresh_policies(&mut self) {
+        let generation = self.broker.policies_generation();
+        if self.policies_seen == Some(generation) {
+            return;
+        }
         let fresh = match self.broker.effective_policies(&self.name).await {
             Ok(p) => p,
             Err(e) => {
@@ -149,6 +153,8 @@ impl Topic {
                 return;
             }
         };
+        // Read at `generation` or later: a change after it moves it again.
+        self.policies_seen = Some(generation);
         if fresh == self.policies {
             return;
         }

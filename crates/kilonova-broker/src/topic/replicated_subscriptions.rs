@@ -126,12 +126,14 @@ impl Topic {
     /// starts a new one when due, and sends updates for replicated
     /// subscriptions whose position passed a snapshot.
     pub(super) async fn replicated_subscriptions_tick(&mut self) {
-        let config = self.broker.config().clone();
+        let config = self.broker.config();
         if !config.enable_replicated_subscriptions || self.log.is_none() {
             return;
         }
-        let now = self.broker.clock().now();
         let timeout = Duration::from_secs(config.replicated_subscriptions_snapshot_timeout_seconds);
+        let every =
+            Duration::from_millis(config.replicated_subscriptions_snapshot_frequency_millis);
+        let now = self.broker.clock().now();
         if self
             .repl_subs
             .pending
@@ -144,8 +146,6 @@ impl Topic {
             self.broker.metrics().count_snapshot(SnapshotStep::TimedOut);
         }
         self.send_subscription_updates().await;
-        let every =
-            Duration::from_millis(config.replicated_subscriptions_snapshot_frequency_millis);
         let due = self
             .repl_subs
             .last_started

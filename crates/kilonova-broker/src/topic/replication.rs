@@ -282,6 +282,16 @@ impl Topic {
     /// Ticks the replicators' rate meters and refreshes what `/metrics`
     /// shows of them.
     pub(super) fn tick_replication_meters(&mut self, secs: f64) {
+        let replicating = !self.replicators.is_empty()
+            || self
+                .producers
+                .values()
+                .any(|p| p.name.starts_with(replicator::REPLICATOR_PREFIX));
+        // No replication either way, now or at the last tick: nothing to show.
+        if !replicating && !self.replication_shown {
+            return;
+        }
+        self.replication_shown = replicating;
         for r in self.replicators.values_mut() {
             r.meter.tick(
                 r.stats.msg_out.load(Ordering::Relaxed),

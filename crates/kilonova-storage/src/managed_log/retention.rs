@@ -50,6 +50,10 @@ impl ManagedLog {
 
     /// The segments [`ManagedLog::trim`] would delete now (it deletes nothing).
     pub fn trimmable(&self, now_ms: u64, retention: Retention) -> Result<Vec<SegmentId>> {
+        // The current segment is never deleted: with only it, nothing to look at.
+        if self.segments.len() <= 1 {
+            return Ok(Vec::new());
+        }
         let slowest = self
             .cursors
             .values()
