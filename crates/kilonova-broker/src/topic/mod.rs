@@ -513,7 +513,11 @@ impl Topic {
                         Err(e) => tracing::warn!(topic = %self.full_name, error = %e, "a replicated-subscription marker was not stored"),
                     }
                 }
-                Some(report) = reports.recv() => self.on_replication_report(report),
+                // Reports matter only to replicators (without any, each
+                // would be dropped: the tick drops them).
+                Some(report) = reports.recv(), if !self.replicators.is_empty() => {
+                    self.on_replication_report(report);
+                }
                 Some(event) = offloaded.recv() => self.on_offload_event(event),
                 cmd = rx.recv() => {
                     let Some(mut cmd) = cmd else { break };
@@ -560,6 +564,9 @@ impl Topic {
                     self.compaction_step().await;
                 }
                 _ = tick.tick() => {
+                    if self.replicators.is_empty() {
+                        while reports.try_recv().is_ok() {}
+                    }
                     self.housekeeping().await;
                     self.update_gauges();
                     self.update_backlog_and_rates();
