@@ -35,6 +35,24 @@ impl Clock for SystemClock {
 /// A shared handle on the broker's clock.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// Ticks every `period` on the runtime's timer, the first at the next
+/// multiple of `grid` since the first such ticker of the process, so that
+/// tickers made at different times fire together; a tick missed under load
+/// is skipped, so they stay on the grid. (When a task wakes is the runtime's
+/// time, not the broker's clock: tests that drive the clock drive what the
+/// task does when it wakes.)
+pub(crate) fn ticks_on_grid(period: Duration, grid: Duration) -> tokio::time::Interval {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let now = tokio::time::Instant::now();
+    let origin = *ORIGIN.get_or_init(|| now);
+    let step = grid.as_nanos().max(1);
+    let ahead = (step - now.saturating_duration_since(origin).as_nanos() % step) % step;
+    let start = now + Duration::from_nanos(u64::try_from(ahead).unwrap_or(0));
+    let mut ticks = tokio::time::interval_at(start, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticks
+}
+
 /// The system clock as a [`SharedClock`].
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)
@@ -112,6 +130,25 @@ pub fn utc_time_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tickers_made_at_different_times_tick_on_one_grid() {
+        let (grid, period) = (Duration::from_millis(10), Duration::from_millis(20));
+        let mut a = ticks_on_grid(period, grid);
+        // Made a few milliseconds later (not on the same grid point as a's
+        // start, unless a grid point fell in between).
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let made_b = tokio::time::Instant::now();
+        let mut b = ticks_on_grid(period, grid);
+        let (a1, b1) = (a.tick().await, b.tick().await);
+        assert!(
+            b1 >= made_b && b1 - made_b < grid,
+            "b's first tick is the next grid point"
+        );
+        assert_eq!((b1 - a1).as_nanos() % grid.as_nanos(), 0, "one grid");
+        assert_eq!(a.tick().await, a1 + period);
+        assert_eq!(b.tick().await, b1 + period);
+    }
 
     #[test]
     fn a_manual_clock_moves_both_readings_only_when_advanced() {

@@ -542,12 +542,12 @@ impl Broker {
         )
     }
 
-    /// The policies in force on topic `name` now.
     /// Moves whenever a namespace's or topic's policies may have changed.
     pub(crate) fn policies_generation(&self) -> u64 {
         self.inner.policies.generation()
     }
 
+    /// The policies in force on topic `name` now.
     pub(crate) async fn effective_policies(
         &self,
         name: &TopicName,

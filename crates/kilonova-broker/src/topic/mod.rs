@@ -477,9 +477,10 @@ impl Topic {
         mut offloaded: mpsc::UnboundedReceiver<offload::OffloadEvent>,
     ) {
         let config = self.broker.config().clone();
-        let mut tick = housekeeping_ticks(Duration::from_millis(
-            config.cursor_persist_interval_ms.max(10),
-        ));
+        let mut tick = crate::clock::ticks_on_grid(
+            Duration::from_millis(config.cursor_persist_interval_ms.max(10)),
+            TICK_GRID,
+        );
         let idle_limit = Duration::from_secs(config.topic_unload_idle_secs);
         let drained = self.drained.clone();
         // Made once and re-armed when it fires (a `Notify` keeps a wake-up
@@ -990,21 +991,6 @@ impl Topic {
 /// the ticks of many topics fire together: 10,000 topics wake the runtime
 /// 100 times a second, not at every millisecond of the timer wheel.
 const TICK_GRID: Duration = Duration::from_millis(10);
-
-/// A topic's housekeeping ticks, every `period`, the first on the next point
-/// of the grid; a tick missed under load is skipped (the ticks stay on the grid).
-fn housekeeping_ticks(period: Duration) -> tokio::time::Interval {
-    static GRID_ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let origin = *GRID_ORIGIN.get_or_init(tokio::time::Instant::now);
-    let now = tokio::time::Instant::now();
-    let step = TICK_GRID.as_nanos().max(1);
-    let since = now.saturating_duration_since(origin).as_nanos();
-    let ahead = (step - since % step) % step;
-    let start = now + Duration::from_nanos(u64::try_from(ahead).unwrap_or(0));
-    let mut tick = tokio::time::interval_at(start, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    tick
-}
 
 /// Sleeps until `at` (forever if `None`; select arms guard on it being set).
 pub(crate) async fn sleep_until(at: Option<Instant>) {
