@@ -945,15 +945,12 @@ impl Topic {
 
     fn update_backlog_and_rates(&mut self) {
         if let Some(log) = &self.log {
-            let backlog: u64 = match log.cursor_count() {
-                0 => 0,
-                _ => log
-                    .cursor_names()
-                    .iter()
-                    .filter_map(|n| log.cursor_info(n).ok())
-                    .map(|i| i.backlog_entries)
-                    .sum(),
-            };
+            let backlog: u64 = log
+                .cursor_names()
+                .iter()
+                .filter_map(|n| log.cursor_info(n).ok())
+                .map(|i| i.backlog_entries)
+                .sum();
             self.metrics.backlog.store(backlog, Ordering::Relaxed);
             self.metrics
                 .storage_bytes
