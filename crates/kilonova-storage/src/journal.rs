@@ -41,11 +41,15 @@ mod direct;
 mod files;
 mod syncer;
 
-pub(crate) use files::ensure_reserve;
+pub(crate) use files::{ensure_reserve, remove_dead_files};
 pub(crate) use syncer::write_checkpoint;
 
 /// Tail bytes of each journal file that only control records may use.
 pub(crate) const CONTROL_RESERVE_BYTES: u64 = 64 << 10;
+
+/// How long the writer, on a full disk, waits for the checkpoints that let
+/// dead journal files go before it refuses an append.
+const RECLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// The group buffer is kept for the next group up to this capacity (a group
 /// holding one very large entry does not pin its memory).
@@ -739,8 +743,12 @@ impl Writer {
         let next = match prepared {
             Some(f) => f,
             // Not prepared (first roll, or preparing failed): create it here.
-            None => match files::create_file(&self.shared, want, self.shared.config.log_file_bytes)
-            {
+            None => match files::create_file_reclaiming(
+                &self.shared,
+                want,
+                self.shared.config.log_file_bytes,
+                Some(RECLAIM_WAIT),
+            ) {
                 Ok(f) => f,
                 Err(StorageError::DiskFull { .. }) if !for_entries => {
                     files::create_control_file(&self.shared, want)?

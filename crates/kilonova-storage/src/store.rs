@@ -29,10 +29,11 @@ use crate::error::{Result, StorageError};
 use crate::health::{HealthState, StoreHealth};
 use crate::histogram::HistogramSnapshot;
 use crate::index::MAX_FILE_BYTES;
-use crate::journal::{Op, Prefix, Reply, Request, Writer};
+use crate::journal::{remove_dead_files, Op, Prefix, Reply, Request, Writer};
 use crate::position::{self, EntryId, SegmentId};
 use crate::record::{self, RecordKind, HEADER_LEN};
 use crate::recovery;
+pub use crate::store_state::GcReport;
 use crate::store_state::{SealProgress, Stats, StoreConfig, StoreState};
 
 /// A snapshot of the store's counters and sizes.
@@ -93,33 +94,6 @@ pub struct SegmentInfo {
 struct Pace {
     limiter: ByteRate,
     epoch: Instant,
-}
-
-/// What one GC pass did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GcReport {
-    /// Dead journal files deleted (their space returned to the file system).
-    pub files_removed: u64,
-    /// Dead journal files kept for reuse by the next roll.
-    pub files_recycled: u64,
-    pub bytes_freed: u64,
-    pub entries_moved: u64,
-    /// Bytes compaction copied (records, headers included).
-    pub bytes_moved: u64,
-    /// Time compaction waited to stay within `gc_max_bytes_per_sec`.
-    pub throttled: Duration,
-}
-
-impl GcReport {
-    /// Adds what another pass (another directory's) did.
-    pub(crate) fn add(&mut self, o: &GcReport) {
-        self.files_removed += o.files_removed;
-        self.files_recycled += o.files_recycled;
-        self.bytes_freed += o.bytes_freed;
-        self.entries_moved += o.entries_moved;
-        self.bytes_moved += o.bytes_moved;
-        self.throttled += o.throttled;
-    }
 }
 
 /// Resolves once the journal has made the operation durable (or failed it).
@@ -555,7 +529,7 @@ impl DirStore {
         // Files sealed a moment ago become collectable once their checkpoint is written.
         self.shared.seals.wait_caught_up(Duration::from_secs(5));
         // Free what is already dead first: on a full disk compaction cannot write.
-        self.remove_dead_files(&mut report)?;
+        remove_dead_files(&self.shared, &mut report)?;
         let ratio = self.shared.config.compaction_live_ratio;
         let active = self.shared.active_file.load(Ordering::Acquire);
         let to_compact: Vec<u32> = {
@@ -591,67 +565,8 @@ impl DirStore {
                 }
             }
         }
-        self.remove_dead_files(&mut report)?;
+        remove_dead_files(&self.shared, &mut report)?;
         Ok(report)
-    }
-
-    /// Removes sealed journal files that hold no live entry.
-    fn remove_dead_files(&self, report: &mut GcReport) -> Result<()> {
-        let active = self.shared.active_file.load(Ordering::Acquire);
-        let dead: Vec<(u32, u64)> = {
-            let mut index = self
-                .shared
-                .index
-                .write()
-                .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
-            let dead: Vec<(u32, u64)> = index
-                .files
-                .iter()
-                .filter(|(no, f)| **no != active && f.checkpointed && f.live_entries == 0)
-                .map(|(no, f)| (*no, f.disk_bytes))
-                .collect();
-            for (no, _) in &dead {
-                index.files.remove(no);
-            }
-            dead
-        };
-        let dir = &self.shared.config.dir;
-        let remove = |path: &std::path::Path| match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io("removing a journal file", e)),
-        };
-        for (no, bytes) in dead {
-            // The index goes first: a log without its index is scanned, an index
-            // without its log is ignored; either way nothing stale is trusted.
-            remove(&checkpoint::idx_path(dir, no))?;
-            let log = checkpoint::log_path(dir, no);
-            let keep = self
-                .shared
-                .spares
-                .lock()
-                .map(|s| s.len() < self.shared.config.recycle_files)
-                .unwrap_or(false);
-            if keep {
-                // Its stale records carry older lsns than anything written after
-                // reuse, so a scan of the reused file stops at them (ADR 0001).
-                let spare = spare_path(dir, no);
-                fs::rename(&log, &spare)
-                    .map_err(|e| StorageError::io("recycling a journal file", e))?;
-                let size = fs::metadata(&spare).map_or(bytes, |m| m.len());
-                if let Ok(mut s) = self.shared.spares.lock() {
-                    s.push((spare, size));
-                }
-                report.files_recycled += 1;
-                tracing::debug!(file = no, "recycled dead journal file");
-            } else {
-                remove(&log)?;
-                report.files_removed += 1;
-                report.bytes_freed += bytes;
-                tracing::debug!(file = no, bytes, "removed dead journal file");
-            }
-        }
-        Ok(())
     }
 
     /// Moves every live entry of journal file `no` to the active file, at the pace `pace` sets.
@@ -805,10 +720,6 @@ fn read_record(
         )));
     }
     Ok(payload)
-}
-
-pub(crate) fn spare_path(dir: &std::path::Path, no: u32) -> PathBuf {
-    dir.join(format!("spare-{no:010}.log"))
 }
 
 /// Recycled journal files in `dir`, with their sizes.

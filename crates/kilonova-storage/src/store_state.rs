@@ -49,6 +49,12 @@ pub struct StoreConfig {
     /// Journal writes bypass the page cache (`O_DIRECT`, where the file
     /// system supports it): no copy of every entry into the page cache.
     pub direct_io: bool,
+    /// Below this much free space on the directory's file system, the
+    /// journal reclaims dead journal files at each roll instead of leaving
+    /// them to the next GC pass (a fast writer makes files dead faster than
+    /// a periodic pass returns them). On a full disk it always tries that
+    /// before refusing an append.
+    pub reclaim_below_free_bytes: u64,
 }
 
 impl StoreConfig {
@@ -65,6 +71,7 @@ impl StoreConfig {
             recycle_files: 4,
             gc_max_bytes_per_sec: 64 << 20,
             direct_io: true,
+            reclaim_below_free_bytes: 4 << 30,
         }
     }
 
@@ -160,6 +167,33 @@ impl SealProgress {
         let _ = self
             .changed
             .wait_timeout_while(counts, limit, |c| c.1 < target);
+    }
+}
+
+/// What one GC pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Dead journal files deleted (their space returned to the file system).
+    pub files_removed: u64,
+    /// Dead journal files kept for reuse by the next roll.
+    pub files_recycled: u64,
+    pub bytes_freed: u64,
+    pub entries_moved: u64,
+    /// Bytes compaction copied (records, headers included).
+    pub bytes_moved: u64,
+    /// Time compaction waited to stay within `gc_max_bytes_per_sec`.
+    pub throttled: Duration,
+}
+
+impl GcReport {
+    /// Adds what another pass (another directory's) did.
+    pub(crate) fn add(&mut self, o: &GcReport) {
+        self.files_removed += o.files_removed;
+        self.files_recycled += o.files_recycled;
+        self.bytes_freed += o.bytes_freed;
+        self.entries_moved += o.entries_moved;
+        self.bytes_moved += o.bytes_moved;
+        self.throttled += o.throttled;
     }
 }
 

@@ -1,14 +1,18 @@
 //! Journal files: creating one (or taking a recycled one) preallocated to its
-//! size, and the space reserve that lets a full disk still take the control
-//! records (deletes) that free space.
+//! size, removing (or recycling) the ones no live entry is left in, and the
+//! space reserve that lets a full disk still take the control records
+//! (deletes) that free space.
 
-use std::fs::OpenOptions;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::checkpoint;
 use crate::error::{Result, StorageError};
 use crate::index::{FileState, MAX_FILE_NO};
-use crate::store_state::StoreState;
+use crate::store_state::{GcReport, StoreState};
 
 use super::{ActiveFile, CONTROL_RESERVE_BYTES};
 
@@ -149,4 +153,132 @@ pub(super) fn create_file(shared: &StoreState, no: u32, len: u64) -> Result<Acti
             broken: false,
         })
     }
+}
+
+/// Like [`create_file`], but on a full disk it first gives back the space of
+/// dead journal files (waiting at most `wait` for the checkpoints of files
+/// sealed before, which only then can go) and tries once more: an append is
+/// refused for a full disk only when nothing dead is left to reclaim.
+///
+/// The checkpointer thread passes no wait (it writes those checkpoints itself).
+pub(super) fn create_file_reclaiming(
+    shared: &StoreState,
+    no: u32,
+    len: u64,
+    wait: Option<Duration>,
+) -> Result<ActiveFile> {
+    match create_file(shared, no, len) {
+        Err(full @ StorageError::DiskFull { .. }) => {
+            if let Some(limit) = wait {
+                shared.seals.wait_caught_up(limit);
+            }
+            let mut report = GcReport::default();
+            remove_dead_files(shared, &mut report)?;
+            if report.files_removed + report.files_recycled == 0 {
+                return Err(full);
+            }
+            tracing::info!(
+                file = no,
+                removed = report.files_removed,
+                recycled = report.files_recycled,
+                "disk full: reclaimed dead journal files before making the next one"
+            );
+            create_file(shared, no, len)
+        }
+        other => other,
+    }
+}
+
+/// Reclaims dead journal files now if the directory's file system has less
+/// free space than `reclaim_below_free_bytes`: called at each roll, so a
+/// writer outrunning the periodic GC does not fill the disk with files that
+/// hold nothing live.
+pub(super) fn reclaim_if_short_of_space(shared: &StoreState) {
+    let dir = &shared.config.dir;
+    let Some(free) = free_bytes(dir) else {
+        return;
+    };
+    if free >= shared.config.reclaim_below_free_bytes {
+        return;
+    }
+    let mut report = GcReport::default();
+    match remove_dead_files(shared, &mut report) {
+        Ok(()) if report.files_removed + report.files_recycled > 0 => tracing::info!(
+            free,
+            removed = report.files_removed,
+            recycled = report.files_recycled,
+            "low on disk space: reclaimed dead journal files"
+        ),
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "could not reclaim dead journal files"),
+    }
+}
+
+/// Bytes an unprivileged writer may still allocate on `dir`'s file system.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Removes (or keeps for reuse, up to `recycle_files`) the sealed,
+/// checkpointed journal files that hold no live entry.
+pub(crate) fn remove_dead_files(shared: &StoreState, report: &mut GcReport) -> Result<()> {
+    let active = shared.active_file.load(Ordering::Acquire);
+    let dead: Vec<(u32, u64)> = {
+        let mut index = shared
+            .index
+            .write()
+            .map_err(|_| StorageError::Log("index lock poisoned".into()))?;
+        let dead: Vec<(u32, u64)> = index
+            .files
+            .iter()
+            .filter(|(no, f)| **no != active && f.checkpointed && f.live_entries == 0)
+            .map(|(no, f)| (*no, f.disk_bytes))
+            .collect();
+        for (no, _) in &dead {
+            index.files.remove(no);
+        }
+        dead
+    };
+    let dir = &shared.config.dir;
+    let remove = |path: &Path| match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("removing a journal file", e)),
+    };
+    for (no, bytes) in dead {
+        // The index goes first: a log without its index is scanned, an index
+        // without its log is ignored; either way nothing stale is trusted.
+        remove(&checkpoint::idx_path(dir, no))?;
+        let log = checkpoint::log_path(dir, no);
+        let keep = shared
+            .spares
+            .lock()
+            .map(|s| s.len() < shared.config.recycle_files)
+            .unwrap_or(false);
+        if keep {
+            // Its stale records carry older lsns than anything written after
+            // reuse, so a scan of the reused file stops at them (ADR 0001).
+            let spare = spare_path(dir, no);
+            fs::rename(&log, &spare)
+                .map_err(|e| StorageError::io("recycling a journal file", e))?;
+            let size = fs::metadata(&spare).map_or(bytes, |m| m.len());
+            if let Ok(mut s) = shared.spares.lock() {
+                s.push((spare, size));
+            }
+            report.files_recycled += 1;
+            tracing::debug!(file = no, "recycled dead journal file");
+        } else {
+            remove(&log)?;
+            report.files_removed += 1;
+            report.bytes_freed += bytes;
+            tracing::debug!(file = no, bytes, "removed dead journal file");
+        }
+    }
+    Ok(())
+}
+
+/// Where dead journal file `no` waits for reuse.
+pub(crate) fn spare_path(dir: &Path, no: u32) -> PathBuf {
+    dir.join(format!("spare-{no:010}.log"))
 }

@@ -13,7 +13,7 @@ use crate::index::Loc;
 use crate::record::RecordKind;
 use crate::store_state::StoreState;
 
-use super::files::create_file;
+use super::files::{create_file_reclaiming, reclaim_if_short_of_space};
 use super::{fail_all, fence_and_fail, CkptMsg, Group, ReadySlot, SealJob, SyncMsg, SyncState};
 
 /// The syncer thread's body: fdatasync, publish, complete — until the writer leaves.
@@ -55,6 +55,9 @@ pub(super) fn run_checkpointer(
     for msg in rx {
         match msg {
             CkptMsg::Seal(job) => {
+                // Before the index is written: on a nearly full disk that
+                // write needs room too.
+                reclaim_if_short_of_space(&shared);
                 if let Err(e) = checkpoint_file(&shared, &sync, &job) {
                     // The file keeps no index: recovery scans it instead. Nothing is lost.
                     tracing::warn!(file = job.file, error = %e, "could not checkpoint a sealed journal file");
@@ -62,7 +65,8 @@ pub(super) fn run_checkpointer(
                 shared.seals.checkpointed();
             }
             CkptMsg::Prepare(no) => {
-                let made = create_file(&shared, no, shared.config.log_file_bytes);
+                reclaim_if_short_of_space(&shared);
+                let made = create_file_reclaiming(&shared, no, shared.config.log_file_bytes, None);
                 if let Ok(mut slot) = sync.ready.lock() {
                     *slot = match made {
                         Ok(f) => ReadySlot::Ready(f),
