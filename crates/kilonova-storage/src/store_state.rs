@@ -49,12 +49,6 @@ pub struct StoreConfig {
     /// Journal writes bypass the page cache (`O_DIRECT`, where the file
     /// system supports it): no copy of every entry into the page cache.
     pub direct_io: bool,
-    /// Below this much free space on the directory's file system, the
-    /// journal reclaims dead journal files at each roll instead of leaving
-    /// them to the next GC pass (a fast writer makes files dead faster than
-    /// a periodic pass returns them). On a full disk it always tries that
-    /// before refusing an append.
-    pub reclaim_below_free_bytes: u64,
 }
 
 impl StoreConfig {
@@ -71,7 +65,6 @@ impl StoreConfig {
             recycle_files: 4,
             gc_max_bytes_per_sec: 64 << 20,
             direct_io: true,
-            reclaim_below_free_bytes: 4 << 30,
         }
     }
 

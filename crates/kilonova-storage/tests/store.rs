@@ -156,8 +156,9 @@ fn deleting_segments_gives_disk_space_back() {
     fill(&store, keep, 10, 100);
     let used = store.disk_usage_bytes();
     store.delete_segment_blocking(old).unwrap();
-    let report = store.gc().unwrap();
-    assert!(report.files_removed >= 3, "{report:?}");
+    // GC removes the dead files (unless the journal's reclaim at a roll,
+    // which may run meanwhile, already did).
+    store.gc().unwrap();
     assert!(store.disk_usage_bytes() < used / 2);
     for e in 0..10 {
         assert_eq!(store.read(keep, e).unwrap(), payload(keep, e, 100));
@@ -174,6 +175,46 @@ fn deleting_segments_gives_disk_space_back() {
     store.close().unwrap();
 }
 
+/// Journal files in `dir` (recycled spares not counted), oldest first.
+fn journal_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|n| n.ends_with(".log") && !n.starts_with("spare-"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_journal_reclaims_dead_files_when_it_starts_a_new_one_without_a_gc_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.recycle_files = 0;
+    let store = SegmentStore::open(cfg).unwrap();
+    let old = store.create_segment_blocking().unwrap();
+    fill(&store, old, 2000, 2000); // ~4 MB: several 1 MiB files
+                                   // All but the active file (the next segment's entries go there too) and
+                                   // the one made ahead of need hold `old`'s entries only.
+    let mut only_old = journal_files(dir.path());
+    only_old.truncate(only_old.len().saturating_sub(2));
+    assert!(only_old.len() >= 2, "{only_old:?}");
+    store.delete_segment_blocking(old).unwrap();
+    // Never calling `gc`: the journal's rolls while `new` is written
+    // reclaim them.
+    let new = store.create_segment_blocking().unwrap();
+    fill(&store, new, 3000, 2000);
+    let left: Vec<_> = journal_files(dir.path())
+        .into_iter()
+        .filter(|f| only_old.contains(f))
+        .collect();
+    assert!(left.is_empty(), "dead journal files left: {left:?}");
+    for e in [0, 2999] {
+        assert_eq!(store.read(new, e).unwrap(), payload(new, e, 2000));
+    }
+    store.close().unwrap();
+}
+
 #[test]
 fn compaction_moves_live_entries_out_of_mostly_dead_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,11 +224,9 @@ fn compaction_moves_live_entries_out_of_mostly_dead_files() {
     let used = store.disk_usage_bytes();
     let first = store.gc().unwrap();
     assert!(first.entries_moved > 0, "{first:?}");
-    let second = store.gc().unwrap();
-    assert!(
-        first.files_removed + second.files_removed >= 2,
-        "{first:?} {second:?}"
-    );
+    // Their files, now dead, go (by this pass or the journal's reclaim at
+    // a roll of the compaction's writes).
+    store.gc().unwrap();
     assert!(store.disk_usage_bytes() < used, "disk usage did not fall");
     for e in 0..1500 {
         assert_eq!(store.read(live, e).unwrap(), payload(live, e, 200));
@@ -398,8 +437,8 @@ fn recycled_journal_files_are_reused_and_their_stale_records_never_resurface() {
         old = store.create_segment_blocking().unwrap();
         fill(&store, old, 1500, 2000); // ~3 MB: several files
         store.delete_segment_blocking(old).unwrap();
+        // Recycled, by this pass or already by the journal at a roll.
         let report = store.gc().unwrap();
-        assert!(report.files_recycled >= 2, "{report:?}");
         assert_eq!(report.files_removed, 0);
         let spares = || {
             std::fs::read_dir(dir.path())
@@ -415,7 +454,7 @@ fn recycled_journal_files_are_reused_and_their_stale_records_never_resurface() {
                 .count()
         };
         let before = spares();
-        assert_eq!(before as u64, report.files_recycled);
+        assert!(before >= 2, "{before} spares");
         // New appends reuse the spares (full of the old segment's valid-looking
         // records). ~3 MB: at least two rolls, so the writer has moved into a
         // file prepared after the GC even if the one prepared before it was new.

@@ -87,11 +87,9 @@ pub struct StorageSettings {
     pub log_file_mib: u64,
     /// How long a group commit may wait for more appends (0: write at once).
     pub group_commit_max_delay_us: u64,
-    /// How often dead journal files are reclaimed (and compacted).
+    /// How often GC compacts mostly-dead journal files and reclaims dead
+    /// ones (the journal also reclaims dead files at each roll).
     pub gc_interval_secs: u64,
-    /// Below this much free disk space, dead journal files are reclaimed at
-    /// every journal roll too (`StoreConfig::reclaim_below_free_bytes`).
-    pub reclaim_below_free_mib: u64,
     /// Dead journal files kept for reuse (0: deleted at once, so disk space returns).
     pub recycle_files: usize,
     /// The most GC's compaction copies per second (0: unlimited).
@@ -108,7 +106,6 @@ impl Default for StorageSettings {
             log_file_mib: 128,
             group_commit_max_delay_us: 0,
             gc_interval_secs: 30,
-            reclaim_below_free_mib: 4096,
             recycle_files: 4,
             gc_max_bytes_per_sec: 64 << 20,
             direct_io: true,
@@ -749,7 +746,6 @@ fn open_store(
     sc.gc_max_bytes_per_sec = s.gc_max_bytes_per_sec;
     sc.group_commit_max_delay_us = s.group_commit_max_delay_us;
     sc.direct_io = s.direct_io;
-    sc.reclaim_below_free_bytes = s.reclaim_below_free_mib.saturating_mul(1 << 20);
     let started = std::time::Instant::now();
     let store = SegmentStore::open(sc).context("opening storage")?;
     let stats = store.stats();

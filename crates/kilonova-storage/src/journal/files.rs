@@ -189,35 +189,22 @@ pub(super) fn create_file_reclaiming(
     }
 }
 
-/// Reclaims dead journal files now if the directory's file system has less
-/// free space than `reclaim_below_free_bytes`: called at each roll, so a
+/// Reclaims dead journal files now, before the next file is made: called
+/// at each roll, so the next file can be a recycled one (its blocks already
+/// written: cheaper to write again than fresh preallocated space) and a
 /// writer outrunning the periodic GC does not fill the disk with files that
 /// hold nothing live.
-pub(super) fn reclaim_if_short_of_space(shared: &StoreState) {
-    let dir = &shared.config.dir;
-    let Some(free) = free_bytes(dir) else {
-        return;
-    };
-    if free >= shared.config.reclaim_below_free_bytes {
-        return;
-    }
+pub(super) fn reclaim_dead_files(shared: &StoreState) {
     let mut report = GcReport::default();
     match remove_dead_files(shared, &mut report) {
-        Ok(()) if report.files_removed + report.files_recycled > 0 => tracing::info!(
-            free,
+        Ok(()) if report.files_removed + report.files_recycled > 0 => tracing::debug!(
             removed = report.files_removed,
             recycled = report.files_recycled,
-            "low on disk space: reclaimed dead journal files"
+            "reclaimed dead journal files at a roll"
         ),
         Ok(()) => {}
         Err(e) => tracing::warn!(error = %e, "could not reclaim dead journal files"),
     }
-}
-
-/// Bytes an unprivileged writer may still allocate on `dir`'s file system.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    let st = rustix::fs::statvfs(dir).ok()?;
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Removes (or keeps for reuse, up to `recycle_files`) the sealed,

@@ -13,7 +13,7 @@ use crate::index::Loc;
 use crate::record::RecordKind;
 use crate::store_state::StoreState;
 
-use super::files::{create_file_reclaiming, reclaim_if_short_of_space};
+use super::files::{create_file_reclaiming, reclaim_dead_files};
 use super::{fail_all, fence_and_fail, CkptMsg, Group, ReadySlot, SealJob, SyncMsg, SyncState};
 
 /// The syncer thread's body: fdatasync, publish, complete — until the writer leaves.
@@ -55,9 +55,6 @@ pub(super) fn run_checkpointer(
     for msg in rx {
         match msg {
             CkptMsg::Seal(job) => {
-                // Before the index is written: on a nearly full disk that
-                // write needs room too.
-                reclaim_if_short_of_space(&shared);
                 if let Err(e) = checkpoint_file(&shared, &sync, &job) {
                     // The file keeps no index: recovery scans it instead. Nothing is lost.
                     tracing::warn!(file = job.file, error = %e, "could not checkpoint a sealed journal file");
@@ -65,7 +62,7 @@ pub(super) fn run_checkpointer(
                 shared.seals.checkpointed();
             }
             CkptMsg::Prepare(no) => {
-                reclaim_if_short_of_space(&shared);
+                reclaim_dead_files(&shared);
                 let made = create_file_reclaiming(&shared, no, shared.config.log_file_bytes, None);
                 if let Ok(mut slot) = sync.ready.lock() {
                     *slot = match made {
