@@ -62,7 +62,7 @@ impl StoreConfig {
             group_commit_max_delay_us: 0,
             queue_depth: 16_384,
             compaction_live_ratio: 0.2,
-            recycle_files: 4,
+            recycle_files: 16,
             gc_max_bytes_per_sec: 64 << 20,
             direct_io: true,
         }

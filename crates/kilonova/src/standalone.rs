@@ -106,7 +106,7 @@ impl Default for StorageSettings {
             log_file_mib: 128,
             group_commit_max_delay_us: 0,
             gc_interval_secs: 30,
-            recycle_files: 4,
+            recycle_files: 16,
             gc_max_bytes_per_sec: 64 << 20,
             direct_io: true,
         }
