@@ -163,3 +163,52 @@ def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs):
         c.close()
     assert code != 0, "a shutdown that could not persist cursors exited 0\n" + broker.log_tail()
     assert "shutdown incomplete" in broker.log_tail(), broker.log_tail()
+
+
+def test_a_small_disk_takes_many_times_its_size_when_retention_frees_it(make_broker, tmpfs):
+    """Five times the disk's size through a topic nobody subscribes to:
+    retention deletes each sealed segment, and the journal reclaims the files
+    they lived in as it starts new ones — the GC pass is an hour away — so
+    no publish fails for a full disk."""
+    config = ("[storage]\nlog_file_mib = 16\ngc_interval_secs = 3600\n"
+              f"[broker]\nmax_segment_bytes = {4 << 20}\n")
+    broker = make_broker(config=config)
+    broker.stop()
+    broker.data_dir = tmpfs / "data"
+    broker.start()
+
+    topic = "persistent://public/default/churn"
+    stats_url = broker.http_url + "/admin/v2/persistent/public/default/churn/stats"
+    c = make_client(broker)
+    try:
+        producer = c.create_producer(topic, batching_enabled=False, send_timeout_millis=20_000)
+        payload = b"z" * (64 << 10)
+        chunk = 320  # 20 MiB
+        answers = []
+        lock = threading.Lock()
+
+        def answered(res, _msg_id):
+            with lock:
+                answers.append(res)
+
+        for round_no in range(TMPFS_BYTES * 5 // (chunk * len(payload))):
+            answers.clear()
+            for _ in range(chunk):
+                producer.send_async(payload, answered)
+            wait_until(lambda: len(answers) == chunk, 60, f"round {round_no}: every publish answered")
+            failed = [r for r in answers if r != pulsar.Result.Ok]
+            assert not failed, f"round {round_no}: {len(failed)} publishes failed: {failed[:3]}"
+
+            # Retention keeps nothing without a subscription: wait for it to
+            # delete the sealed segments before the next round (what is on
+            # the disk then is the journal's business).
+            def trimmed():
+                status, body = http("GET", stats_url)
+                return status == 200 and json.loads(body)["storageSize"] < (24 << 20)
+            wait_until(trimmed, 30, f"round {round_no}: retention trimmed the topic")
+        written = (round_no + 1) * chunk * len(payload)
+        assert written >= 5 * TMPFS_BYTES
+        health = http("GET", broker.http_url + "/admin/v2/brokers/health")
+        assert health == (200, b"ok"), health
+    finally:
+        c.close()
