@@ -193,9 +193,10 @@ fn the_journal_reclaims_dead_files_when_it_starts_a_new_one_without_a_gc_pass() 
     cfg.recycle_files = 0;
     let store = SegmentStore::open(cfg).unwrap();
     let old = store.create_segment_blocking().unwrap();
-    fill(&store, old, 2000, 2000); // ~4 MB: several 1 MiB files
-                                   // All but the active file (the next segment's entries go there too) and
-                                   // the one made ahead of need hold `old`'s entries only.
+    // ~4 MB: several 1 MiB files. All but the active file (the next
+    // segment's entries go there too) and the one made ahead of need hold
+    // `old`'s entries only.
+    fill(&store, old, 2000, 2000);
     let mut only_old = journal_files(dir.path());
     only_old.truncate(only_old.len().saturating_sub(2));
     assert!(only_old.len() >= 2, "{only_old:?}");
