@@ -747,7 +747,7 @@ impl Writer {
                 &self.shared,
                 want,
                 self.shared.config.log_file_bytes,
-                Some(RECLAIM_WAIT),
+                RECLAIM_WAIT,
             ) {
                 Ok(f) => f,
                 Err(StorageError::DiskFull { .. }) if !for_entries => {

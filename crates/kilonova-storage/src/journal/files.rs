@@ -160,18 +160,17 @@ pub(super) fn create_file(shared: &StoreState, no: u32, len: u64) -> Result<Acti
 /// sealed before, which only then can go) and tries once more: an append is
 /// refused for a full disk only when nothing dead is left to reclaim.
 ///
-/// The checkpointer thread passes no wait (it writes those checkpoints itself).
+/// For the writer: the checkpointer reclaims before every file it prepares
+/// (and must not wait for the checkpoints it writes itself).
 pub(super) fn create_file_reclaiming(
     shared: &StoreState,
     no: u32,
     len: u64,
-    wait: Option<Duration>,
+    wait: Duration,
 ) -> Result<ActiveFile> {
     match create_file(shared, no, len) {
         Err(full @ StorageError::DiskFull { .. }) => {
-            if let Some(limit) = wait {
-                shared.seals.wait_caught_up(limit);
-            }
+            shared.seals.wait_caught_up(wait);
             let mut report = GcReport::default();
             remove_dead_files(shared, &mut report)?;
             if report.files_removed + report.files_recycled == 0 {

@@ -13,7 +13,7 @@ use crate::index::Loc;
 use crate::record::RecordKind;
 use crate::store_state::StoreState;
 
-use super::files::{create_file_reclaiming, reclaim_dead_files};
+use super::files::{create_file, reclaim_dead_files};
 use super::{fail_all, fence_and_fail, CkptMsg, Group, ReadySlot, SealJob, SyncMsg, SyncState};
 
 /// The syncer thread's body: fdatasync, publish, complete — until the writer leaves.
@@ -63,7 +63,7 @@ pub(super) fn run_checkpointer(
             }
             CkptMsg::Prepare(no) => {
                 reclaim_dead_files(&shared);
-                let made = create_file_reclaiming(&shared, no, shared.config.log_file_bytes, None);
+                let made = create_file(&shared, no, shared.config.log_file_bytes);
                 if let Ok(mut slot) = sync.ready.lock() {
                     *slot = match made {
                         Ok(f) => ReadySlot::Ready(f),
