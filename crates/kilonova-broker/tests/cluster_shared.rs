@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{cmd, start_cluster_member_with, Raw, Server, WAIT};
+use common::{cmd, start_cluster_member_tuned, start_cluster_member_with, Raw, Server, WAIT};
 use kilonova_broker::{AdminReply, AdminRequest, BrokerConfig, TopicName};
 use kilonova_metadata::bundles::{self, BundleRange};
 use kilonova_metadata::policies::Policies;
@@ -44,6 +44,11 @@ async fn member_with(
     config: BrokerConfig,
 ) -> Server {
     let s = start_cluster_member_with(r.clone(), id, TTL, config).await;
+    sharing(s, objects)
+}
+
+/// `s` with the shared data path on, `objects` its object store.
+fn sharing(s: Server, objects: &tempfile::TempDir) -> Server {
     let bucket = Bucket::open(&ObjectStoreConfig::filesystem(objects.path())).unwrap();
     s.broker.enable_shared_log(bucket).unwrap();
     s
@@ -554,6 +559,59 @@ async fn deduplication_follows_a_moved_topic() {
     c.flow(1, 100).await;
     let got = receive(&mut c, 7).await;
     assert_eq!(payloads(&got), ["m0", "m1", "m2", "m3", "m4", "m5", "m6"]);
+}
+
+/// A subscription's position shared while an append is in flight stands
+/// for the last durable message, not for the end the append reached: a
+/// compaction right after the receipt keeps the unacknowledged message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_shared_while_an_append_is_in_flight_does_not_cover_it() {
+    let (_meta, objects, r) = stores();
+    // Each journal group waits a second for more appends: the SEND below
+    // stays in flight while the topic shares its positions.
+    let slow_groups = |c: &mut kilonova_storage::StoreConfig| {
+        c.group_commit_max_delay_us = 1_000_000;
+    };
+    let a = start_cluster_member_tuned(
+        r.clone(),
+        "a:8080",
+        TTL,
+        BrokerConfig::default(),
+        slow_groups,
+    )
+    .await;
+    let a = sharing(a, &objects);
+    let (range, topic) = a_topic(&r).await;
+    a.broker.lookup_topic(&topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.producer(&topic.to_string(), 1).await;
+    let id = r.topic(&topic).await.unwrap().unwrap().id;
+    stored_position(&r, id, "s", 0).await;
+    c.send_message(1, 0, b"m0").await;
+    // Each Stats request shares the positions after answering; the one
+    // that counts the message does so with its append in flight.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(AdminReply::Stats(s)) =
+                a.broker.topic_admin(&topic, AdminRequest::Stats).await
+            {
+                if s.msg_in_counter == 1 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the send reached the topic");
+    c.recv_type(Type::SendReceipt).await;
+    a.broker.compact_held_bundles(1).await;
+    let (base, _) = r.flush_base(&default_ns(), range).await.unwrap().unwrap();
+    let runs: Vec<u32> = base.topics[0].runs.iter().map(|r| r.count).collect();
+    assert_eq!(runs, [1], "the unacknowledged message is kept");
+    assert_eq!(r.topic_cursors(id).await.unwrap().subscriptions["s"], 0);
 }
 
 fn now_ms() -> i64 {

@@ -302,6 +302,40 @@ impl ManagedLog {
         self.next_message_index
     }
 
+    /// The message index after the last *durable* entry:
+    /// [`Self::next_message_index`] less the messages of appends still in
+    /// flight. What a position at the log's end stands for when it is
+    /// stored elsewhere (an in-flight append may yet fail, and nobody has
+    /// read it). If the last durable entry cannot be read, its segment's
+    /// first message index (never a later one).
+    pub fn durable_next_message_index(&self) -> u64 {
+        let Some(current) = self.current() else {
+            return self.next_message_index;
+        };
+        // Appends to one segment are durable in order: all of the current
+        // segment's durable, nothing is in flight.
+        if self.pending_entries > 0
+            && self.end_position() == Position::new(current.id, self.pending_entries)
+        {
+            return self.next_message_index;
+        }
+        match self.last_position() {
+            Some(p) => self.read_entry(p).map_or_else(
+                |_| {
+                    self.segments
+                        .iter()
+                        .find(|s| s.id == p.segment)
+                        .map_or(0, |s| s.first_message_index)
+                },
+                |e| e.message_index + u64::from(e.message_count),
+            ),
+            None => self
+                .segments
+                .first()
+                .map_or(self.next_message_index, |s| s.first_message_index),
+        }
+    }
+
     fn current(&self) -> Option<SegmentMeta> {
         self.segments.last().copied()
     }

@@ -11,7 +11,7 @@ use kilonova_storage::{
 };
 
 mod common;
-use common::{crash, env, msg, open, publish, small_segments, Env, FailingWrites};
+use common::{crash, env, env_with, msg, open, publish, small_segments, Env, FailingWrites};
 
 async fn close_store(e: Env) {
     tokio::task::spawn_blocking(move || e.store.close())
@@ -36,6 +36,37 @@ async fn entries_roll_over_segments_and_read_back_in_order() {
         assert_eq!(entry.position, positions[i]);
     }
     assert_eq!(log.last_position(), Some(positions[34]));
+}
+
+#[tokio::test]
+async fn the_durable_end_leaves_out_appends_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    // A group waits a second for more appends: an append stays in flight
+    // while the test looks at the log.
+    let e = env_with(dir.path(), |c| c.group_commit_max_delay_us = 1_000_000);
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    log.append(msg(0), 3, 1).await.unwrap().await.unwrap();
+    let ends = |log: &ManagedLog| (log.next_message_index(), log.durable_next_message_index());
+    assert_eq!(ends(&log), (3, 3));
+    let in_flight = log.append(msg(1), 2, 2).await.unwrap();
+    assert_eq!(ends(&log), (5, 3), "one append of two messages in flight");
+    in_flight.await.unwrap();
+    assert_eq!(ends(&log), (5, 5));
+    // The first append of a new segment, in flight: the end is the last
+    // segment's.
+    let mut queued = Vec::new();
+    for i in 2..10 {
+        queued.push(log.append(msg(i), 1, i).await.unwrap());
+    }
+    for q in queued {
+        q.await.unwrap();
+    }
+    let segments = log.segments().len();
+    let in_flight = log.append(msg(10), 1, 10).await.unwrap();
+    assert_eq!(log.segments().len(), segments + 1, "rolled");
+    assert_eq!(ends(&log), (14, 13));
+    in_flight.await.unwrap();
+    assert_eq!(ends(&log), (14, 14));
 }
 
 #[tokio::test]

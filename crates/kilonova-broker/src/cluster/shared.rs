@@ -580,8 +580,6 @@ impl CursorWriter {
     }
 }
 
-/// The subscription positions of `log`, by message index: each durable
-/// cursor's first unacknowledged message.
 /// Each durable subscription's first unacknowledged message index in `log`.
 /// A position in a segment left in the object store is not read: it stands
 /// for at least its segment's first message, or for the index it had at
@@ -600,8 +598,10 @@ fn cursor_positions(
             continue;
         };
         let index = if !log.is_readable(floor) {
-            // At the end: everything is acknowledged.
-            log.next_message_index()
+            // At the end: everything durable is acknowledged. Not the end
+            // appends in flight reach: a compaction would take their
+            // messages as acknowledged and drop them.
+            log.durable_next_message_index()
         } else {
             match log.read_entry(floor) {
                 Ok(e) => e.message_index,

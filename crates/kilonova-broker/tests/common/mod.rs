@@ -71,8 +71,17 @@ pub async fn start_with_clock(
 
 /// A segment store and state store in `dir`.
 fn storage(dir: &tempfile::TempDir) -> (SegmentStore, Arc<DirStateStore>) {
+    storage_tuned(dir, |_| {})
+}
+
+/// [`storage`] with `tune` applied to the segment store's configuration.
+fn storage_tuned(
+    dir: &tempfile::TempDir,
+    tune: fn(&mut StoreConfig),
+) -> (SegmentStore, Arc<DirStateStore>) {
     let mut sc = StoreConfig::new(dir.path().join("storage"));
     sc.log_file_bytes = 16 << 20;
+    tune(&mut sc);
     let store = SegmentStore::open(sc).unwrap();
     let state = Arc::new(DirStateStore::open(dir.path().join("state")).unwrap());
     (store, state)
@@ -282,7 +291,19 @@ pub async fn start_cluster_member_with(
     ttl: Duration,
     config: BrokerConfig,
 ) -> Server {
-    start_member(resources, id, ttl, config, None).await
+    start_member(resources, id, ttl, config, None, |_| {}).await
+}
+
+/// [`start_cluster_member_with`] whose segment store's configuration
+/// `tune` changes.
+pub async fn start_cluster_member_tuned(
+    resources: kilonova_metadata::Resources,
+    id: &str,
+    ttl: Duration,
+    config: BrokerConfig,
+    tune: fn(&mut StoreConfig),
+) -> Server {
+    start_member(resources, id, ttl, config, None, tune).await
 }
 
 /// [`start_cluster_member`] with advertised listeners `internal` (its
@@ -293,7 +314,15 @@ pub async fn start_cluster_member_listening(
     ttl: Duration,
     external: &str,
 ) -> Server {
-    start_member(resources, id, ttl, BrokerConfig::default(), Some(external)).await
+    start_member(
+        resources,
+        id,
+        ttl,
+        BrokerConfig::default(),
+        Some(external),
+        |_| {},
+    )
+    .await
 }
 
 async fn start_member(
@@ -302,9 +331,10 @@ async fn start_member(
     ttl: Duration,
     config: BrokerConfig,
     external: Option<&str>,
+    tune: fn(&mut StoreConfig),
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let (store, state) = storage(&dir);
+    let (store, state) = storage_tuned(&dir, tune);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     resources

@@ -20,9 +20,15 @@ pub struct Env {
 
 /// Small journal files (1 MiB) and entries up to 64 KiB.
 pub fn env(dir: &Path) -> Env {
+    env_with(dir, |_| {})
+}
+
+/// [`env`] with `tune` applied to the store's configuration.
+pub fn env_with(dir: &Path, tune: impl FnOnce(&mut StoreConfig)) -> Env {
     let mut c = StoreConfig::new(dir.join("journal"));
     c.log_file_bytes = 1 << 20;
     c.max_entry_bytes = 64 << 10;
+    tune(&mut c);
     Env {
         store: SegmentStore::open(c).unwrap(),
         state: Arc::new(DirStateStore::open(dir.join("state")).unwrap()),
