@@ -239,12 +239,29 @@ nats --url=nats://127.0.0.1:4222
 nats --warmup-secs=2
 ";
 
+    #[cfg(feature = "kafka")]
+    const KAFKA_FLAGS: &str = "\
+kafka --batch=100
+kafka --bootstrap=127.0.0.1:9092
+kafka --duration-secs=10
+kafka --fetch-bytes=4194304
+kafka --from-offset=0
+kafka --in-flight=16
+kafka --mode=produce
+kafka --output=text
+kafka --size=1024
+kafka --topic=perf-kafka
+kafka --warmup-secs=2
+";
+
     #[test]
     fn perf_flags_and_defaults_are_the_ones_users_type() {
         #[allow(unused_mut)]
         let mut expected: Vec<&str> = FLAGS.lines().collect();
         #[cfg(feature = "nats")]
         expected.extend(NATS_FLAGS.lines());
+        #[cfg(feature = "kafka")]
+        expected.extend(KAFKA_FLAGS.lines());
         expected.sort_unstable();
         assert_eq!(flags(), expected);
     }
