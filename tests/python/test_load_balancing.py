@@ -36,6 +36,20 @@ def stored_report(cluster, via: int, of: int):
     return json.loads(body) if status == 200 else None
 
 
+def balance_state(cluster, topics: list[str]) -> str:
+    """Where `topics` are, what each broker reports and how many moves and
+    shedding rounds it counted: what a failed balancing test prints."""
+    parts = [f"owners {[cluster.try_owner_of(t) for t in topics]}"]
+    for i in range(3):
+        r = stored_report(cluster, 0, i) or {}
+        usage = {k: round(r[k]["usage"], 1) for k in ("cpu", "bandwidthIn", "bandwidthOut")
+                 if isinstance(r.get(k), dict) and "usage" in r[k]}
+        parts.append(f"broker {i}: {usage}, unloads "
+                     f"{cluster.metric(i, 'pulsar_lb_unload_bundle_total')}, rounds "
+                     f"{cluster.metric(i, 'kilonova_lb_shedding_rounds_total')}")
+    return "; ".join(parts)
+
+
 def leader_of(cluster, via: int):
     status, body = cluster.rest(via, "GET", "/admin/v2/brokers/leaderBroker")
     return json.loads(body)["brokerId"] if status == 200 else None
@@ -160,7 +174,10 @@ def test_shedding_spreads_a_skewed_load_and_then_stops(cluster):
         def spread():
             where = [cluster.try_owner_of(t) for t in loaded]
             return where if None not in where and len(set(where)) == 3 else None
-        where = wait_until(spread, 60, "the busy bundles spread over the three brokers")
+        try:
+            where = wait_until(spread, 60, "the busy bundles spread over the three brokers")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; {balance_state(cluster, loaded)}") from None
         moved = sum(cluster.metric(i, "pulsar_lb_unload_bundle_total") for i in range(3))
         assert 2 <= moved <= 4, f"{moved} moves to spread 4 bundles: {where}"
 
