@@ -313,6 +313,8 @@ pub(crate) struct Writer {
     ckpt_tx: Option<std_mpsc::Sender<CkptMsg>>,
     syncer: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
+    /// Deletes dead journal files ([`crate::trash`]).
+    deleter: Option<JoinHandle<()>>,
     /// Aligns groups for files written with `O_DIRECT`.
     direct: direct::DirectWriter,
     /// The buffer groups are encoded into (empty between groups).
@@ -356,6 +358,13 @@ impl Writer {
                 .spawn(move || syncer::run_checkpointer(shared, sync, ckpt_rx))
                 .map_err(|e| StorageError::io("starting the checkpoint thread", e))?
         };
+        let deleter = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("kilonova-delete".into())
+                .spawn(move || crate::trash::run_deleter(&shared.trash))
+                .map_err(|e| StorageError::io("starting the journal file deleter", e))?
+        };
         let (sync_tx, sync_rx) = std_mpsc::sync_channel(SYNC_QUEUE_GROUPS);
         let syncer = {
             let (shared, sync, ckpt) = (shared.clone(), sync.clone(), ckpt_tx.clone());
@@ -379,6 +388,7 @@ impl Writer {
             ckpt_tx: Some(ckpt_tx),
             syncer: Some(syncer),
             checkpointer: Some(checkpointer),
+            deleter: Some(deleter),
         })
     }
 
@@ -444,6 +454,10 @@ impl Writer {
         }
         drop(self.ckpt_tx.take());
         if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        self.shared.trash.close();
+        if let Some(t) = self.deleter.take() {
             let _ = t.join();
         }
         if let Some(ack) = shutdown_ack {

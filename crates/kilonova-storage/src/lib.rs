@@ -35,6 +35,7 @@ pub mod state_store;
 mod store;
 mod store_dirs;
 mod store_state;
+mod trash;
 
 pub use dir_lock::{DirLock, DirLockError};
 pub use entry::{Entry, ENTRY_HEADER_LEN};

@@ -189,6 +189,8 @@ impl DirStore {
                 position::dir_of(*other)
             )));
         }
+        // Dead files a crash left half deleted.
+        crate::trash::delete_left_trash(&config.dir)?;
         let shared = Arc::new(StoreState {
             config: config.clone(),
             index: RwLock::new(recovered.index),
@@ -198,6 +200,7 @@ impl DirStore {
             spares: Mutex::new(list_spares(&config.dir)?),
             seals: SealProgress::default(),
             health: HealthState::default(),
+            trash: crate::trash::Trash::default(),
         });
         // Cover everything recovery replayed with a checkpoint, so the next start
         // replays only what is written from now on. On a full disk this may fail:
@@ -470,7 +473,7 @@ impl DirStore {
             .lock()
             .map(|s| s.iter().map(|(_, b)| *b).sum())
             .unwrap_or(0);
-        files + spares
+        files + spares + self.shared.trash.bytes()
     }
 
     /// fdatasync durations (µs) and entries per group commit.
@@ -566,6 +569,8 @@ impl DirStore {
             }
         }
         remove_dead_files(&self.shared, &mut report)?;
+        // What went to the trash, here or at a roll, is deleted by return.
+        self.shared.trash.empty_now()?;
         Ok(report)
     }
 

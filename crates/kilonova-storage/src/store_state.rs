@@ -16,6 +16,7 @@ use crate::health::HealthState;
 use crate::histogram::{Histogram, COUNT_BOUNDS, MICROS_BOUNDS, STAGE_MICROS_BOUNDS};
 use crate::index::Index;
 use crate::record;
+use crate::trash::Trash;
 
 /// Settings of a segment store. Units are in the names.
 #[derive(Clone, Debug)]
@@ -125,6 +126,8 @@ pub(crate) struct StoreState {
     pub seals: SealProgress,
     /// The last write failure, until an append next succeeds.
     pub health: HealthState,
+    /// Dead journal files past the spares, being deleted in the background.
+    pub trash: Trash,
 }
 
 /// Journal files sealed by the writer and checkpointed (in the background) so

@@ -172,8 +172,10 @@ pub(super) fn create_file_reclaiming(
         Err(full @ StorageError::DiskFull { .. }) => {
             shared.seals.wait_caught_up(wait);
             let mut report = GcReport::default();
+            let trashed = shared.trash.bytes();
             remove_dead_files(shared, &mut report)?;
-            if report.files_removed + report.files_recycled == 0 {
+            shared.trash.empty_now()?;
+            if report.files_removed + report.files_recycled == 0 && trashed == 0 {
                 return Err(full);
             }
             tracing::info!(
@@ -207,7 +209,8 @@ pub(super) fn reclaim_dead_files(shared: &StoreState) {
 }
 
 /// Removes (or keeps for reuse, up to `recycle_files`) the sealed,
-/// checkpointed journal files that hold no live entry.
+/// checkpointed journal files that hold no live entry. Removed files go to
+/// the store's trash, deleted in the background ([`crate::trash`]).
 pub(crate) fn remove_dead_files(shared: &StoreState, report: &mut GcReport) -> Result<()> {
     let active = shared.active_file.load(Ordering::Acquire);
     let dead: Vec<(u32, u64)> = {
@@ -255,10 +258,11 @@ pub(crate) fn remove_dead_files(shared: &StoreState, report: &mut GcReport) -> R
             report.files_recycled += 1;
             tracing::debug!(file = no, "recycled dead journal file");
         } else {
-            remove(&log)?;
+            // Deleted in the background, a step at a time (crate::trash).
+            shared.trash.put(&log, no, bytes)?;
             report.files_removed += 1;
             report.bytes_freed += bytes;
-            tracing::debug!(file = no, bytes, "removed dead journal file");
+            tracing::debug!(file = no, bytes, "dead journal file to the trash");
         }
     }
     Ok(())
