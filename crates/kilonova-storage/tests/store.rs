@@ -33,6 +33,24 @@ fn fill(store: &SegmentStore, seg: u64, n: u64, len: usize) {
 }
 
 #[test]
+fn trash_a_crash_left_is_deleted_at_open_and_the_entries_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg;
+    {
+        let store = SegmentStore::open(config(dir.path())).unwrap();
+        seg = store.create_segment_blocking().unwrap();
+        fill(&store, seg, 3, 100);
+        store.close().unwrap();
+    }
+    // A dead file the deleter had shrunk part of when the process died.
+    let trash = dir.path().join("trash-0000000042.log");
+    std::fs::write(&trash, vec![7u8; 4096]).unwrap();
+    let store = SegmentStore::open(config(dir.path())).unwrap();
+    assert!(!trash.exists());
+    assert_eq!(store.read(seg, 2).unwrap(), payload(seg, 2, 100));
+}
+
+#[test]
 fn entries_survive_a_clean_reopen_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b);
