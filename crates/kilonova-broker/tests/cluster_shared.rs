@@ -80,6 +80,26 @@ async fn receive(c: &mut Raw, n: usize) -> Vec<(String, MessageIdData)> {
     out
 }
 
+/// Waits until `server`'s topic took `n` messages (appended them, their
+/// appends perhaps in flight). Each Stats request it makes also shares the
+/// topic's subscription positions.
+async fn took(server: &Server, topic: &TopicName, n: u64) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(AdminReply::Stats(s)) =
+                server.broker.topic_admin(topic, AdminRequest::Stats).await
+            {
+                if s.msg_in_counter == n {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the send reached the topic");
+}
+
 /// Waits until the stored position of subscription `sub` of topic `id` is `index`.
 async fn stored_position(r: &Resources, id: u64, sub: &str, index: u64) {
     tokio::time::timeout(WAIT, async {
@@ -474,20 +494,7 @@ async fn an_unload_commits_the_appends_in_flight_before_the_bundle_changes_hands
     c.producer(&topic.to_string(), 1).await;
     c.send_message(1, 0, b"m0").await;
     // The topic took it (appended, its flush pending).
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(AdminReply::Stats(s)) =
-                a.broker.topic_admin(&topic, AdminRequest::Stats).await
-            {
-                if s.msg_in_counter == 1 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the send reached the topic");
+    took(&a, &topic, 1).await;
     assert!(a.broker.unload_bundle(&ns, range).await.unwrap());
     // Acknowledged (committed under a's epoch before the handover), not refused.
     let receipt = c.recv_type(Type::SendReceipt).await;
@@ -590,22 +597,9 @@ async fn a_position_shared_while_an_append_is_in_flight_does_not_cover_it() {
     let id = r.topic(&topic).await.unwrap().unwrap().id;
     stored_position(&r, id, "s", 0).await;
     c.send_message(1, 0, b"m0").await;
-    // Each Stats request shares the positions after answering; the one
-    // that counts the message does so with its append in flight.
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(AdminReply::Stats(s)) =
-                a.broker.topic_admin(&topic, AdminRequest::Stats).await
-            {
-                if s.msg_in_counter == 1 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the send reached the topic");
+    // The Stats request that counts the message shares the positions with
+    // its append in flight.
+    took(&a, &topic, 1).await;
     c.recv_type(Type::SendReceipt).await;
     a.broker.compact_held_bundles(1).await;
     let (base, _) = r.flush_base(&default_ns(), range).await.unwrap().unwrap();
