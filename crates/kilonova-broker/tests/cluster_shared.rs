@@ -130,16 +130,23 @@ struct Fixture {
     c: Raw,
 }
 
+/// A client of `a`, which serves `topic`: subscribed ("s", consumer 1) and
+/// producing (producer 1).
+async fn subscribed_producer(a: &Server, topic: &TopicName) -> Raw {
+    a.broker.lookup_topic(topic, None, true).await.unwrap();
+    let mut c = Raw::connect(a.addr).await;
+    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
+        .await;
+    c.producer(&topic.to_string(), 1).await;
+    c
+}
+
 async fn fixture() -> Fixture {
     let (meta, objects, r) = stores();
     let a = member(&r, "a:8080", &objects).await;
     let b = member(&r, "b:8080", &objects).await;
     let (range, topic) = a_topic(&r).await;
-    a.broker.lookup_topic(&topic, None, true).await.unwrap();
-    let mut c = Raw::connect(a.addr).await;
-    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
-        .await;
-    c.producer(&topic.to_string(), 1).await;
+    let c = subscribed_producer(&a, &topic).await;
     Fixture {
         _meta: meta,
         objects,
@@ -589,11 +596,7 @@ async fn a_position_shared_while_an_append_is_in_flight_does_not_cover_it() {
     .await;
     let a = sharing(a, &objects);
     let (range, topic) = a_topic(&r).await;
-    a.broker.lookup_topic(&topic, None, true).await.unwrap();
-    let mut c = Raw::connect(a.addr).await;
-    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
-        .await;
-    c.producer(&topic.to_string(), 1).await;
+    let mut c = subscribed_producer(&a, &topic).await;
     let id = r.topic(&topic).await.unwrap().unwrap().id;
     stored_position(&r, id, "s", 0).await;
     c.send_message(1, 0, b"m0").await;
@@ -778,11 +781,7 @@ async fn a_bundle_is_compacted_as_soon_as_this_broker_committed_enough_records()
     };
     let a = member_with(&r, "a:8080", &objects, config).await;
     let (range, topic) = a_topic(&r).await;
-    a.broker.lookup_topic(&topic, None, true).await.unwrap();
-    let mut c = Raw::connect(a.addr).await;
-    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
-        .await;
-    c.producer(&topic.to_string(), 1).await;
+    let mut c = subscribed_producer(&a, &topic).await;
     // One at a time: a flush, and a record, each.
     publish(&mut c, 0..10).await;
     let ns = default_ns();
@@ -1037,11 +1036,7 @@ async fn a_next_owner_counts_the_records_it_found_towards_a_compaction() {
     let b = member_with(&r, "b:8080", &objects, config).await;
     let (range, topic) = a_topic(&r).await;
     let ns = default_ns();
-    a.broker.lookup_topic(&topic, None, true).await.unwrap();
-    let mut c = Raw::connect(a.addr).await;
-    c.subscribe(&topic.to_string(), "s", SubType::Exclusive, 1)
-        .await;
-    c.producer(&topic.to_string(), 1).await;
+    let mut c = subscribed_producer(&a, &topic).await;
     // Six records on a (below the threshold of 8), then three on b: b
     // found six at its load, so its third makes nine.
     publish(&mut c, 0..6).await;
