@@ -132,16 +132,16 @@ impl Prefix {
 
 pub(crate) struct Request {
     pub op: Op,
-    pub done: oneshot::Sender<Reply>,
+    pub done: Answer,
     /// When it was queued (the start of its append stages).
     pub queued_at: Instant,
 }
 
 impl Request {
-    pub(crate) fn new(op: Op, done: oneshot::Sender<Reply>) -> Self {
+    pub(crate) fn new(op: Op, done: impl Into<Answer>) -> Self {
         Request {
             op,
-            done,
+            done: done.into(),
             queued_at: Instant::now(),
         }
     }
@@ -150,6 +150,63 @@ impl Request {
 /// The journal's answer to a request: a value (an entry id, a segment id, a
 /// count) and when the request was done (for an append: durable).
 pub(crate) type Reply = Result<Done>;
+
+/// Where a request's answer goes.
+pub(crate) enum Answer {
+    /// A channel its owner awaits ([`crate::Completion`]).
+    Channel(oneshot::Sender<Reply>),
+    /// A call made on the journal's thread that answers, in the order the
+    /// requests were queued.
+    Call(Call),
+}
+
+/// A request's answer as a call ([`crate::OnDurable`]). It must be short and
+/// must not block: the journal's next group waits for it. Dropped without an
+/// answer (a journal thread that stopped), it is called with
+/// [`StorageError::Closed`], as a dropped channel tells its receiver.
+pub(crate) struct Call(Option<Box<dyn FnOnce(Reply) + Send + Sync>>);
+
+impl Call {
+    pub(crate) fn new(f: impl FnOnce(Reply) + Send + Sync + 'static) -> Self {
+        Call(Some(Box::new(f)))
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(StorageError::Closed));
+        }
+    }
+}
+
+impl Answer {
+    /// Drops the answer without answering (its request was never queued,
+    /// and its owner was told so).
+    pub(crate) fn forget(self) {
+        if let Answer::Call(mut call) = self {
+            call.0 = None;
+        }
+    }
+
+    pub(crate) fn send(self, reply: Reply) {
+        match self {
+            // The owner stopped waiting: nobody to tell.
+            Answer::Channel(tx) => drop(tx.send(reply)),
+            Answer::Call(mut call) => {
+                if let Some(f) = call.0.take() {
+                    f(reply);
+                }
+            }
+        }
+    }
+}
+
+impl From<oneshot::Sender<Reply>> for Answer {
+    fn from(tx: oneshot::Sender<Reply>) -> Self {
+        Answer::Channel(tx)
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Done {
@@ -191,7 +248,7 @@ struct ActiveFile {
 
 /// A request written to the journal, waiting for its fdatasync.
 struct Pending {
-    done: oneshot::Sender<Reply>,
+    done: Answer,
     queued_at: Instant,
     kind: RecordKind,
     segment: SegmentId,
@@ -426,7 +483,7 @@ impl Writer {
                         }
                         shutdown_ack.get_or_insert(r.done);
                     } else {
-                        let _ = r.done.send(Err(StorageError::Closed));
+                        r.done.send(Err(StorageError::Closed));
                     }
                 }
             }
@@ -442,7 +499,7 @@ impl Writer {
         }
         self.rx.close();
         while let Ok(r) = self.rx.try_recv() {
-            let _ = r.done.send(Err(StorageError::Closed));
+            r.done.send(Err(StorageError::Closed));
         }
         // A clean stop leaves a checkpoint that covers everything: restart replays nothing.
         if checkpoint {
@@ -461,7 +518,7 @@ impl Writer {
             let _ = t.join();
         }
         if let Some(ack) = shutdown_ack {
-            let _ = ack.send(Ok(Done::now(0)));
+            ack.send(Ok(Done::now(0)));
         }
     }
 
@@ -479,7 +536,7 @@ impl Writer {
             };
             let payload_len = prefix.len() + data.len();
             if payload_len > max_entry {
-                let _ = req.done.send(Err(StorageError::EntryTooLarge {
+                req.done.send(Err(StorageError::EntryTooLarge {
                     size: payload_len,
                     max: max_entry,
                 }));
@@ -520,7 +577,7 @@ impl Writer {
                     if let Op::Append { segment, .. } = &req.op {
                         fence_segment(&self.shared, *segment);
                     }
-                    let _ = req.done.send(Err(e));
+                    req.done.send(Err(e));
                     continue;
                 }
             }
@@ -532,16 +589,16 @@ impl Writer {
                     from_file,
                 }) => (kind, segment, entry, from_file),
                 Ok(Decision::Answer(v)) => {
-                    let _ = req.done.send(Ok(Done::now(v)));
+                    req.done.send(Ok(Done::now(v)));
                     continue;
                 }
                 Err(e) => {
-                    let _ = req.done.send(Err(e));
+                    req.done.send(Err(e));
                     continue;
                 }
             };
             let Some(active) = self.active.as_ref() else {
-                let _ = req.done.send(Err(StorageError::Closed));
+                req.done.send(Err(StorageError::Closed));
                 continue;
             };
             let offset = active.pos + buf.len() as u64;
@@ -822,6 +879,6 @@ fn fence_and_fail(shared: &StoreState, pending: &mut Vec<Pending>, e: &StorageEr
 
 fn fail_all(pending: &mut Vec<Pending>, e: &StorageError) {
     for p in pending.drain(..) {
-        let _ = p.done.send(Err(e.duplicate()));
+        p.done.send(Err(e.duplicate()));
     }
 }

@@ -367,6 +367,45 @@ impl ManagedLog {
         message_count: u32,
         publish_time_ms: u64,
     ) -> Result<Completion<Position>> {
+        let (segment, header, t) = self.before_append(publish_time_ms, message_count).await?;
+        let completion = self
+            .store
+            .append_parts(segment, &header, data.clone())
+            .await?;
+        self.after_append(segment, data, message_count, t, publish_time_ms);
+        Ok(completion.remap(|entry, segment| Position::new(segment, entry)))
+    }
+
+    /// [`ManagedLog::append`] answered by `then` instead of a completion:
+    /// called on the journal's thread once the entry is durable (or was not
+    /// stored), in the order of the log's appends, with its position and
+    /// when it became durable. `then` must be short and must not block (the
+    /// journal's next group waits for it). `Err` without calling `then` if
+    /// the append was not queued.
+    pub async fn append_then(
+        &mut self,
+        data: Bytes,
+        message_count: u32,
+        publish_time_ms: u64,
+        then: impl FnOnce(Result<(Position, std::time::Instant)>) + Send + Sync + 'static,
+    ) -> Result<()> {
+        let (segment, header, t) = self.before_append(publish_time_ms, message_count).await?;
+        self.store
+            .append_parts_then(segment, &header, data.clone(), move |r| {
+                then(r.map(|(entry, at)| (Position::new(segment, entry), at)))
+            })
+            .await?;
+        self.after_append(segment, data, message_count, t, publish_time_ms);
+        Ok(())
+    }
+
+    /// Rolls over if due; the segment the next entry goes to, its header, and
+    /// its publish time (never before the last entry's).
+    async fn before_append(
+        &mut self,
+        publish_time_ms: u64,
+        message_count: u32,
+    ) -> Result<(SegmentId, [u8; entry::ENTRY_HEADER_LEN], u64)> {
         self.check_not_terminated()?;
         if self.needs_roll(publish_time_ms) {
             self.roll(publish_time_ms).await?;
@@ -376,11 +415,21 @@ impl ManagedLog {
         };
         let t = publish_time_ms.max(self.last_publish_time_ms);
         let header = entry::encode_header(t, self.next_message_index, message_count);
-        let completion = self
-            .store
-            .append_parts(current.id, &header, data.clone())
-            .await?;
-        let position = Position::new(current.id, self.pending_entries);
+        Ok((current.id, header, t))
+    }
+
+    /// Counts an entry queued to `segment` (positions, message index, the
+    /// cache while something reads the log, the next segment's preparation).
+    fn after_append(
+        &mut self,
+        segment: SegmentId,
+        data: Bytes,
+        message_count: u32,
+        t: u64,
+        publish_time_ms: u64,
+    ) {
+        let position = Position::new(segment, self.pending_entries);
+        self.pending_bytes += data.len() as u64;
         if self.index_readers || !self.cursors.is_empty() {
             self.cache.insert(
                 self.id,
@@ -389,18 +438,16 @@ impl ManagedLog {
                     publish_time_ms: t,
                     message_index: self.next_message_index,
                     message_count,
-                    data: data.clone(),
+                    data,
                 },
             );
         }
         self.pending_entries += 1;
-        self.pending_bytes += data.len() as u64;
         self.next_message_index += u64::from(message_count);
         self.last_publish_time_ms = t;
         if !matches!(self.spare, spare::Spare::Created { .. }) {
             self.prepare_spare(publish_time_ms);
         }
-        Ok(completion.remap(|entry, segment| Position::new(segment, entry)))
     }
 
     fn needs_roll(&self, now_ms: u64) -> bool {

@@ -151,6 +151,22 @@ impl SegmentStore {
         self.dir(segment)?.append_parts(segment, prefix, data).await
     }
 
+    /// [`SegmentStore::append_parts`] answered by `then`, called on the
+    /// journal's thread in the order of the appends (it must be short and
+    /// must not block), with the entry's id and when it became durable.
+    /// `Err` without calling `then` if the append was not queued.
+    pub async fn append_parts_then(
+        &self,
+        segment: SegmentId,
+        prefix: &[u8],
+        data: Bytes,
+        then: impl FnOnce(Result<(EntryId, std::time::Instant)>) + Send + Sync + 'static,
+    ) -> Result<()> {
+        self.dir(segment)?
+            .append_parts_then(segment, prefix, data, then)
+            .await
+    }
+
     /// [`SegmentStore::append`] for threads outside an async runtime.
     pub fn append_blocking(&self, segment: SegmentId, data: Bytes) -> Result<Completion<EntryId>> {
         self.dir(segment)?.append_blocking(segment, data)

@@ -29,7 +29,7 @@ use crate::error::{Result, StorageError};
 use crate::health::{HealthState, StoreHealth};
 use crate::histogram::HistogramSnapshot;
 use crate::index::MAX_FILE_BYTES;
-use crate::journal::{remove_dead_files, Op, Prefix, Reply, Request, Writer};
+use crate::journal::{remove_dead_files, Answer, Call, Op, Prefix, Reply, Request, Writer};
 use crate::position::{self, EntryId, SegmentId};
 use crate::record::{self, RecordKind, HEADER_LEN};
 use crate::recovery;
@@ -296,6 +296,18 @@ impl DirStore {
         Ok(rx)
     }
 
+    /// Queues `op`, answered by `call` on the journal's thread. `Err` (the
+    /// journal stopped) without calling it.
+    async fn submit_call(&self, op: Op, call: Call) -> Result<()> {
+        match self.tx.send(Request::new(op, Answer::Call(call))).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(req)) => {
+                req.done.forget();
+                Err(StorageError::Closed)
+            }
+        }
+    }
+
     fn submit_blocking(&self, op: Op) -> Result<oneshot::Receiver<Reply>> {
         let (done, rx) = oneshot::channel();
         self.tx
@@ -331,6 +343,26 @@ impl DirStore {
             })
             .await?;
         Ok(Completion::new(rx, segment, id))
+    }
+
+    /// [`DirStore::append_parts`] answered by a call on the journal's thread
+    /// (in the order of the appends) instead of a completion: `then` gets the
+    /// entry's id and when it became durable, or why it was not stored. `Err`
+    /// (then `then` is not called) if the journal stopped.
+    pub(crate) async fn append_parts_then(
+        &self,
+        segment: SegmentId,
+        prefix: &[u8],
+        data: Bytes,
+        then: impl FnOnce(Result<(EntryId, Instant)>) + Send + Sync + 'static,
+    ) -> Result<()> {
+        let op = Op::Append {
+            segment,
+            prefix: Prefix::new(prefix)?,
+            data,
+        };
+        let call = Call::new(move |reply: Reply| then(reply.map(|d| (d.value, d.at))));
+        self.submit_call(op, call).await
     }
 
     /// [`DirStore::append`] for threads outside an async runtime.

@@ -70,6 +70,49 @@ async fn the_durable_end_leaves_out_appends_in_flight() {
 }
 
 #[tokio::test]
+async fn appends_answered_by_a_call_are_answered_in_order_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..35u64 {
+        let (tx, store) = (tx.clone(), e.store.clone());
+        log.append_then(msg(i), 1, i, move |r| {
+            let (p, _) = r.expect("stored");
+            // Called once readers see it: the segment counts it as durable.
+            let durable = store.segment(p.segment).map_or(0, |s| s.entries);
+            tx.send((i, p, p.entry < durable)).unwrap();
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let answers: Vec<_> = rx.iter().collect();
+    assert_eq!(answers.len(), 35);
+    assert!(answers.iter().all(|(_, _, durable)| *durable), "{answers:?}");
+    let stored = log.read_from(log.first_position(), 100).unwrap();
+    assert!(log.segments().len() >= 4, "rolled over: {:?}", log.segments());
+    for ((i, p, _), entry) in answers.iter().zip(&stored) {
+        assert_eq!((entry.position, &entry.data), (*p, &msg(*i)), "in append order");
+    }
+}
+
+#[tokio::test]
+async fn an_append_the_journal_never_took_is_refused_without_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let called = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    close_store(e).await;
+    let c = called.clone();
+    let r = log
+        .append_then(msg(0), 1, 0, move |_| c.store(true, SeqCst))
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(!called.load(SeqCst), "told twice: by Err and by the call");
+}
+
+#[tokio::test]
 async fn segments_roll_by_bytes_and_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let e = env(dir.path());

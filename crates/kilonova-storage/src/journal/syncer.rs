@@ -262,14 +262,14 @@ fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
             .observe_n(synced.as_micros() as u64, g.entries());
         for (pi, p) in g.pending.into_iter().enumerate() {
             if refused.contains(&(gi, pi)) {
-                let _ = p.done.send(Err(StorageError::SegmentFenced(p.segment)));
+                p.done.send(Err(StorageError::SegmentFenced(p.segment)));
                 continue;
             }
             let value = match p.kind {
                 RecordKind::Entry | RecordKind::Moved | RecordKind::Seal => p.entry,
                 _ => p.segment,
             };
-            let _ = p.done.send(Ok(super::Done {
+            p.done.send(Ok(super::Done {
                 value,
                 at: durable_at,
             }));
