@@ -54,8 +54,12 @@ def metric(broker, name: str) -> float:
     return sum(values)
 
 
-def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs):
-    config = "[storage]\nlog_file_mib = 16\nrecycle_files = 0\n[broker]\ndeduplication_enabled = true\n"
+# With deduplication, receipts are sent by the topic's task; without it, by
+# the journal's call once an entry is durable (ADR 0025): each path fences.
+@pytest.mark.parametrize("dedup", [True, False], ids=["deduplicated", "answered-off-the-task"])
+def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs, dedup):
+    config = ("[storage]\nlog_file_mib = 16\nrecycle_files = 0\n[broker]\n"
+              f"deduplication_enabled = {'true' if dedup else 'false'}\n")
     broker = make_broker(config=config)
     # make_broker puts the data dir under tmp_path: move this broker onto the small disk.
     broker.stop()

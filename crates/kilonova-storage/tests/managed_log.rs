@@ -89,11 +89,22 @@ async fn appends_answered_by_a_call_are_answered_in_order_once_durable() {
     drop(tx);
     let answers: Vec<_> = rx.iter().collect();
     assert_eq!(answers.len(), 35);
-    assert!(answers.iter().all(|(_, _, durable)| *durable), "{answers:?}");
+    assert!(
+        answers.iter().all(|(_, _, durable)| *durable),
+        "{answers:?}"
+    );
     let stored = log.read_from(log.first_position(), 100).unwrap();
-    assert!(log.segments().len() >= 4, "rolled over: {:?}", log.segments());
+    assert!(
+        log.segments().len() >= 4,
+        "rolled over: {:?}",
+        log.segments()
+    );
     for ((i, p, _), entry) in answers.iter().zip(&stored) {
-        assert_eq!((entry.position, &entry.data), (*p, &msg(*i)), "in append order");
+        assert_eq!(
+            (entry.position, &entry.data),
+            (*p, &msg(*i)),
+            "in append order"
+        );
     }
 }
 

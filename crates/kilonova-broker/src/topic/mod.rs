@@ -37,6 +37,7 @@ pub mod admin;
 pub(crate) mod by_index;
 mod compaction;
 mod consumers;
+mod direct_receipts;
 mod dispatch;
 mod in_order;
 mod offload;
@@ -256,6 +257,8 @@ pub(crate) struct Topic {
     /// (or many ACKs) costs one dispatch pass, not one per command.
     to_dispatch: HashSet<String>,
     appends: in_order::InOrder<PendingAppend>,
+    /// Plain SENDs' appends, answered off the task by the journal's call.
+    direct: direct_receipts::DirectReceipts,
     /// An append failed: every append still in flight is answered with an
     /// error (stored or not), producers were closed and new ones wait, until
     /// nothing is in flight (Pulsar fences a topic the same way). Without it,
@@ -394,6 +397,7 @@ impl Topic {
             parked_readers: HashMap::new(),
             to_dispatch: HashSet::new(),
             appends: in_order::InOrder::default(),
+            direct: Default::default(),
             fenced: false,
             handover: None,
             shared,
@@ -497,11 +501,13 @@ impl Topic {
                     {
                         self.complete_append(a);
                     }
-                    self.unfence_when_drained();
-                    self.dispatch_all();
-                    self.feed_replicators();
-                    self.wake_index_waiters();
-                    self.act_on_received_markers().await;
+                    self.appends_completed().await;
+                }
+                failed = self.direct.progress(), if self.direct.is_watched() => {
+                    if failed {
+                        self.fence();
+                    }
+                    self.appends_completed().await;
                 }
                 written = self.repl_subs.next_written(), if self.repl_subs.writing() => {
                     match written {
@@ -592,6 +598,38 @@ impl Topic {
                     }
                 }
             }
+            self.direct.watch(self.wants_every_completion());
+        }
+    }
+
+    /// Work for entries that became durable: readers dispatched to and woken,
+    /// replicators fed, markers acted on, the fence lifted once drained.
+    async fn appends_completed(&mut self) {
+        self.unfence_when_drained();
+        self.dispatch_all();
+        self.feed_replicators();
+        self.wake_index_waiters();
+        self.act_on_received_markers().await;
+    }
+
+    /// Whether the task must hear of every append answered off it: it has
+    /// readers or replicators to serve what became durable, answers queued
+    /// behind those appends, or a fence to lift once they drain.
+    fn wants_every_completion(&self) -> bool {
+        !self.consumer_subs.is_empty()
+            || !self.index_waiters.is_empty()
+            || !self.replicators.is_empty()
+            || !self.appends.is_empty()
+            || self.fenced
+    }
+
+    /// Waits for every append in flight and answers what the task answers.
+    async fn drain_appends(&mut self) {
+        if self.direct.drained().await {
+            self.fence();
+        }
+        while let Some(a) = self.appends.next().await {
+            self.complete_append(a);
         }
     }
 
@@ -600,6 +638,7 @@ impl Topic {
             && self.consumer_subs.is_empty()
             && self.waiting_exclusive.is_empty()
             && self.appends.is_empty()
+            && !self.direct.in_flight()
             && !self.compaction.is_running()
             && self.replication_caught_up()
     }
@@ -718,9 +757,7 @@ impl Topic {
                     .command(commands::close_consumer(c.key.id, to.as_ref()));
             }
         }
-        while let Some(a) = self.appends.next().await {
-            self.complete_append(a);
-        }
+        self.drain_appends().await;
         self.finish_shared().await;
         self.snapshot_dedup();
         self.consumer_subs.clear();

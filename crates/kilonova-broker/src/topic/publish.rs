@@ -14,6 +14,7 @@ use kilonova_pulsar_protocol::proto::{
 };
 use kilonova_storage::{Completion, Entry, Position, StorageError};
 
+use super::direct_receipts::Barrier;
 use super::{access, NewProducer, Topic};
 use crate::commands;
 use crate::dedup;
@@ -82,6 +83,16 @@ impl AnswerTo {
             now,
         );
     }
+
+    /// Answers the SEND with an error.
+    fn error(&self, code: ServerError, why: impl Into<String>) {
+        self.out.command(commands::send_error(
+            self.producer_id,
+            self.sequence_id,
+            code,
+            why,
+        ));
+    }
 }
 
 /// What a SEND's answer is waiting for: the append's durability, or (for a
@@ -97,6 +108,9 @@ pub(super) struct PendingAppend {
     started: std::time::Instant,
     /// The entry's first message index (stored SENDs).
     message_index: u64,
+    /// Appends answered off the task that were queued before it: answered
+    /// first.
+    after: Option<Barrier>,
 }
 
 enum Outcome {
@@ -122,6 +136,10 @@ impl Future for PendingAppend {
     type Output = Appended;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        if let Some(b) = &this.after {
+            std::task::ready!(b.poll_passed(cx));
+            this.after = None;
+        }
         let outcome = match &mut this.pending {
             Pending::Stored {
                 local,
@@ -163,6 +181,10 @@ impl Future for PendingAppend {
 
 impl Topic {
     pub(super) fn complete_append(&mut self, a: Appended) {
+        if self.direct.failed() {
+            // An append answered off the task before this one failed.
+            self.fence();
+        }
         if let Outcome::SharedFailed(why) = &a.outcome {
             let why = why.clone();
             self.shared_append_failed(&why);
@@ -171,50 +193,27 @@ impl Topic {
             // Stored or not, its producer resends it (deduplication forgot it).
             let why = match &a.outcome {
                 Outcome::Refused(_, why) => why.clone(),
-                _ => "the topic is fenced after a failed write: send again".to_string(),
+                _ => FENCED.to_string(),
             };
-            a.to.out.command(commands::send_error(
-                a.to.producer_id,
-                a.to.sequence_id,
-                ServerError::PersistenceError,
-                why,
-            ));
+            a.to.error(ServerError::PersistenceError, why);
             return;
         }
         let (result, marker) = match a.outcome {
             Outcome::Stored(r, marker) => (r, marker),
             Outcome::Duplicate => return self.answer_duplicate(&a),
             Outcome::SharedFailed(ref why) => {
-                a.to.out.command(commands::send_error(
-                    a.to.producer_id,
-                    a.to.sequence_id,
-                    ServerError::PersistenceError,
-                    why.clone(),
-                ));
-                return;
+                return a.to.error(ServerError::PersistenceError, why.clone())
             }
-            Outcome::Refused(code, ref why) => {
-                a.to.out.command(commands::send_error(
-                    a.to.producer_id,
-                    a.to.sequence_id,
-                    code,
-                    why.clone(),
-                ));
-                return;
-            }
+            Outcome::Refused(code, ref why) => return a.to.error(code, why.clone()),
         };
         match result {
             // Stored, but this broker may no longer own the topic (its
             // session lapsed: paused or cut off): a deposed owner
             // acknowledges nothing. The client resends to the new owner.
-            Ok(_) if self.broker.ownership_lapsed() => {
-                a.to.out.command(commands::send_error(
-                    a.to.producer_id,
-                    a.to.sequence_id,
-                    ServerError::ServiceNotReady,
-                    "this broker may have lost the topic's bundle (its metadata session lapsed): look the topic up again",
-                ));
-            }
+            Ok(_) if self.broker.ownership_lapsed() => a.to.error(
+                ServerError::ServiceNotReady,
+                "this broker may have lost the topic's bundle (its metadata session lapsed): look the topic up again",
+            ),
             Ok(p) => {
                 let now = self.broker.clock().now();
                 self.metrics
@@ -242,12 +241,7 @@ impl Topic {
             }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
-                a.to.out.command(commands::send_error(
-                    a.to.producer_id,
-                    a.to.sequence_id,
-                    ServerError::PersistenceError,
-                    e.to_string(),
-                ));
+                a.to.error(ServerError::PersistenceError, e.to_string());
                 if self.shared.is_some() {
                     // Its shared copy may hold the entry the local log
                     // lost: the topic reloads from the shared copy.
@@ -284,8 +278,10 @@ impl Topic {
     /// Lifts the fence once no append is in flight.
     pub(super) fn unfence_when_drained(&mut self) {
         // A topic whose shared copy failed stays fenced until it unloads.
-        if self.fenced && self.appends.is_empty() && !self.shared_failed {
+        let drained = self.appends.is_empty() && !self.direct.in_flight();
+        if self.fenced && drained && !self.shared_failed {
             self.fenced = false;
+            self.direct.clear_failure();
             if let Some(d) = self.dedup.as_mut() {
                 d.reset_pushed();
             }
@@ -560,6 +556,11 @@ impl Topic {
             .log
             .as_ref()
             .map_or(UNKNOWN_INDEX, |l| l.next_message_index());
+        if producer.is_none() && marker.is_none() && self.answers_off_the_task() {
+            return self
+                .append_answered_off_the_task(to, payload.raw, (count, publish_time), appended_at)
+                .await;
+        }
         match self.append_entry(payload.raw, count, publish_time).await {
             Ok((local, shared)) => {
                 let shared = match shared {
@@ -576,6 +577,73 @@ impl Topic {
             }
             Err(e) => {
                 // Answered in order; everything after it too, by the fence.
+                tracing::warn!(topic = %self.full_name, error = %e, "append failed");
+                self.answer_in_order(
+                    to,
+                    Pending::Refused(ServerError::PersistenceError, e.to_string()),
+                    None,
+                );
+                self.fence();
+            }
+        }
+    }
+
+    /// Whether a plain SEND (no deduplication, no marker) is answered by the
+    /// journal's call ([`super::direct_receipts`]): with a local log only,
+    /// outside a cluster (whose owner checks its session before each
+    /// receipt), not fenced, and with no answer of the topic's own queued
+    /// (which would have to go first).
+    fn answers_off_the_task(&self) -> bool {
+        self.shared.is_none()
+            && self.appends.is_empty()
+            && !self.fenced
+            && self.broker.membership().is_none()
+    }
+
+    /// Appends a plain SEND's entry; its receipt (or error) is sent by the
+    /// journal's call once durable, without the topic's task.
+    async fn append_answered_off_the_task(
+        &mut self,
+        to: AnswerTo,
+        data: bytes::Bytes,
+        (count, publish_time): (u32, u64),
+        appended_at: std::time::Instant,
+    ) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        let message_index = log.next_message_index();
+        let answered = self.direct.answer();
+        let metrics = self.metrics.clone();
+        let stages = self.broker.metrics().publish_stages().clone();
+        let clock = self.broker.clock().clone();
+        let answer = to.clone();
+        let queued = log
+            .append_then(data, count, publish_time, move |r| {
+                let failed = match r {
+                    Ok(_) if answered.after_failure() => {
+                        answer.error(ServerError::PersistenceError, FENCED);
+                        false
+                    }
+                    Ok((p, durable_at)) => {
+                        let now = clock.now();
+                        metrics.observe_write_latency(now.saturating_duration_since(appended_at));
+                        stages.observe(Stage::Answered, now.saturating_duration_since(durable_at));
+                        answer.receipt(p, message_index, now);
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "append failed");
+                        answer.error(ServerError::PersistenceError, e.to_string());
+                        true
+                    }
+                };
+                answered.done(failed);
+            })
+            .await;
+        match queued {
+            Ok(()) => self.direct.queued(),
+            Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
                 self.answer_in_order(
                     to,
@@ -682,6 +750,7 @@ impl Topic {
             producer,
             started,
             message_index,
+            after: self.direct.barrier(),
         });
     }
 
@@ -711,6 +780,9 @@ enum NotNew {
     /// An idempotent Kafka producer's batch after a gap (why, for the client).
     OutOfOrder(String),
 }
+
+/// Why a SEND stored (or not) after a failed one is answered with an error.
+const FENCED: &str = "the topic is fenced after a failed write: send again";
 
 /// Entries before a duplicate's last stored one searched for its original.
 const DUPLICATE_SEARCH_ENTRIES: u64 = 1000;

@@ -102,9 +102,7 @@ impl Topic {
     /// broker still owns the bundle, so that the next owner finds them.
     pub(super) async fn prepare_handover(&mut self) {
         self.handing_over = true;
-        while let Some(a) = futures_util::StreamExt::next(&mut self.appends).await {
-            self.complete_append(a);
-        }
+        self.drain_appends().await;
         if let (Some(shared), Some(log)) = (self.shared.as_mut(), self.log.as_ref()) {
             shared.store_cursors_now(&self.broker, log).await;
         }

@@ -23,9 +23,7 @@ impl Topic {
                 "termination of a non-persistent topic is not allowed".into(),
             ));
         }
-        while let Some(a) = futures_util::StreamExt::next(&mut self.appends).await {
-            self.complete_append(a);
-        }
+        self.drain_appends().await;
         self.unfence_when_drained();
         if let Some(log) = self.log.as_mut() {
             log.terminate()?;
