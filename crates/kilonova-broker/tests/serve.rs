@@ -17,7 +17,7 @@ use kilonova_pulsar_protocol::proto::{
     MessageIdData, MessageMetadata, ServerError,
 };
 
-use common::{cmd, start, Raw, WAIT};
+use common::{cmd, start, start_tuned, Raw, WAIT};
 
 #[tokio::test]
 async fn cumulative_ack_on_shared_subscription_is_refused() {
@@ -78,6 +78,63 @@ async fn pipelined_sends_get_every_receipt_in_order() {
         let r = r.command.send_receipt.unwrap();
         assert_eq!(r.sequence_id, seq, "receipts come back in send order");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_behind_appends_in_flight_is_answered_after_their_receipts() {
+    // Group commits wait 300 ms for more appends: the first SEND's append
+    // (answered off the topic's task, by the journal's call) is still in
+    // flight when the refused one and the one after it arrive.
+    let server = start_tuned(BrokerConfig::default(), |c| {
+        c.group_commit_max_delay_us = 300_000
+    })
+    .await;
+    let mut c = Raw::connect(server.addr).await;
+    c.producer("refused-in-between", 1).await;
+    let meta = |seq: u64, batch: Option<i32>| MessageMetadata {
+        producer_name: "raw".into(),
+        sequence_id: seq,
+        publish_time: 1,
+        num_messages_in_batch: batch,
+        ..Default::default()
+    };
+    c.send_message_with(1, &meta(0, None), b"first").await;
+    // A batch whose claimed count its bytes cannot hold: refused at once.
+    c.send_message_with(1, &meta(1, Some(1_000_000)), b"tiny")
+        .await;
+    c.send_message_with(1, &meta(2, None), b"third").await;
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let f = c.recv().await.command;
+        match (&f.send_receipt, &f.send_error) {
+            (Some(r), None) => answers.push((r.sequence_id, "receipt")),
+            (None, Some(e)) => answers.push((e.sequence_id, "error")),
+            _ => panic!("not an answer to a SEND: {f:?}"),
+        }
+    }
+    assert_eq!(answers, [(0, "receipt"), (1, "error"), (2, "receipt")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_consumer_gets_a_message_answered_off_the_topics_task() {
+    // The topic ticks once a minute: only the journal's call waking the
+    // topic (it has a consumer) delivers the message within the wait.
+    let config = BrokerConfig {
+        cursor_persist_interval_ms: 60_000,
+        ..Default::default()
+    };
+    let server = start(config).await;
+    let mut consumer = Raw::connect(server.addr).await;
+    consumer
+        .subscribe("woken", "s", SubType::Exclusive, 1)
+        .await;
+    consumer.flow(1, 10).await;
+    let mut producer = Raw::connect(server.addr).await;
+    producer.producer("woken", 1).await;
+    producer.send_message(1, 0, b"now").await;
+    producer.recv_type(Type::SendReceipt).await;
+    let m = consumer.recv_type(Type::Message).await;
+    assert_eq!(m.payload.unwrap().data.as_ref(), b"now");
 }
 
 #[tokio::test]

@@ -45,8 +45,30 @@ pub async fn start_with_clock(
     security: Security,
     clock: kilonova_broker::clock::SharedClock,
 ) -> Server {
+    start_inner(config, security, clock, |_| {}).await
+}
+
+/// A broker whose segment store's configuration `tune` changed (a test
+/// that holds group commits open, say).
+#[allow(dead_code)] // not every test binary uses it
+pub async fn start_tuned(config: BrokerConfig, tune: fn(&mut StoreConfig)) -> Server {
+    start_inner(
+        config,
+        Security::open(),
+        kilonova_broker::clock::system(),
+        tune,
+    )
+    .await
+}
+
+async fn start_inner(
+    config: BrokerConfig,
+    security: Security,
+    clock: kilonova_broker::clock::SharedClock,
+    tune: fn(&mut StoreConfig),
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let (store, state) = storage(&dir);
+    let (store, state) = storage_tuned(&dir, tune);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metadata =
@@ -69,12 +91,8 @@ pub async fn start_with_clock(
     serving(broker, listener, dir)
 }
 
-/// A segment store and state store in `dir`.
-fn storage(dir: &tempfile::TempDir) -> (SegmentStore, Arc<DirStateStore>) {
-    storage_tuned(dir, |_| {})
-}
-
-/// [`storage`] with `tune` applied to the segment store's configuration.
+/// A segment store and state store in `dir`, `tune` applied to the
+/// segment store's configuration.
 fn storage_tuned(
     dir: &tempfile::TempDir,
     tune: fn(&mut StoreConfig),
