@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: logging and fio reference runs."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ def fio(directory, name, bs, size, seconds, engine="sync", extra=()):
            f"--runtime={seconds}", "--time_based", "--unlink=1",
            "--output-format=json", *extra]
     log("  $ " + " ".join(cmd))
+    if not shutil.which("fio"):
+        sys.exit("fio is not installed: run with --install (or apt-get install fio)")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     job = json.loads(out[out.index("{"):])["jobs"][0]
     w = job["write"]

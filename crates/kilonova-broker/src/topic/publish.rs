@@ -575,27 +575,34 @@ impl Topic {
                 };
                 self.answer_in_order_from(to, pending, producer, appended_at, message_index)
             }
-            Err(e) => {
-                // Answered in order; everything after it too, by the fence.
-                tracing::warn!(topic = %self.full_name, error = %e, "append failed");
-                self.answer_in_order(
-                    to,
-                    Pending::Refused(ServerError::PersistenceError, e.to_string()),
-                    None,
-                );
-                self.fence();
-            }
+            Err(e) => self.append_not_queued(to, &e),
         }
+    }
+
+    /// An append could not be queued: its SEND is refused in order, and
+    /// everything after it too, by the fence.
+    fn append_not_queued(&mut self, to: AnswerTo, e: &StorageError) {
+        tracing::warn!(topic = %self.full_name, error = %e, "append failed");
+        self.answer_in_order(
+            to,
+            Pending::Refused(ServerError::PersistenceError, e.to_string()),
+            None,
+        );
+        self.fence();
     }
 
     /// Whether a plain SEND (no deduplication, no marker) is answered by the
     /// journal's call ([`super::direct_receipts`]): with a local log only,
     /// outside a cluster (whose owner checks its session before each
-    /// receipt), not fenced, and with no answer of the topic's own queued
-    /// (which would have to go first).
+    /// receipt), not fenced, and with nothing of the topic's in flight. A
+    /// topic with appends in flight is busy: one wake-up of its task answers
+    /// a whole group commit of them, and the journal's thread, which makes
+    /// the calls between two fdatasyncs, stays free for the next one (a call
+    /// for every append cost a busy topic 8–15 % of its unbatched rate).
     fn answers_off_the_task(&self) -> bool {
         self.shared.is_none()
             && self.appends.is_empty()
+            && !self.direct.in_flight()
             && !self.fenced
             && self.broker.membership().is_none()
     }
@@ -643,15 +650,7 @@ impl Topic {
             .await;
         match queued {
             Ok(()) => self.direct.queued(),
-            Err(e) => {
-                tracing::warn!(topic = %self.full_name, error = %e, "append failed");
-                self.answer_in_order(
-                    to,
-                    Pending::Refused(ServerError::PersistenceError, e.to_string()),
-                    None,
-                );
-                self.fence();
-            }
+            Err(e) => self.append_not_queued(to, &e),
         }
     }
 
