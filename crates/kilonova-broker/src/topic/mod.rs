@@ -614,12 +614,13 @@ impl Topic {
 
     /// Whether the task must hear of every append answered off it: it has
     /// readers or replicators to serve what became durable, answers queued
-    /// behind those appends, or a fence to lift once they drain.
+    /// behind those appends (their barrier), or a fence to lift once they
+    /// drain.
     fn wants_every_completion(&self) -> bool {
         !self.consumer_subs.is_empty()
             || !self.index_waiters.is_empty()
             || !self.replicators.is_empty()
-            || !self.appends.is_empty()
+            || (!self.appends.is_empty() && self.direct.in_flight())
             || self.fenced
     }
 

@@ -557,8 +557,9 @@ impl Topic {
             .as_ref()
             .map_or(UNKNOWN_INDEX, |l| l.next_message_index());
         if producer.is_none() && marker.is_none() && self.answers_off_the_task() {
+            let entry = (count, publish_time, message_index);
             return self
-                .append_answered_off_the_task(to, payload.raw, (count, publish_time), appended_at)
+                .append_answered_off_the_task(to, payload.raw, entry, appended_at)
                 .await;
         }
         match self.append_entry(payload.raw, count, publish_time).await {
@@ -607,19 +608,20 @@ impl Topic {
             && self.broker.membership().is_none()
     }
 
-    /// Appends a plain SEND's entry; its receipt (or error) is sent by the
-    /// journal's call once durable, without the topic's task.
+    /// Appends a plain SEND's entry (`count` messages published at
+    /// `publish_time`, the first one's index `message_index`); its receipt
+    /// (or error) is sent by the journal's call once durable, without the
+    /// topic's task.
     async fn append_answered_off_the_task(
         &mut self,
         to: AnswerTo,
         data: bytes::Bytes,
-        (count, publish_time): (u32, u64),
+        (count, publish_time, message_index): (u32, u64, u64),
         appended_at: std::time::Instant,
     ) {
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        let message_index = log.next_message_index();
         let answered = self.direct.answer();
         let metrics = self.metrics.clone();
         let stages = self.broker.metrics().publish_stages().clone();
