@@ -160,10 +160,10 @@ pub(crate) enum Answer {
     Call(Call),
 }
 
-/// A request's answer as a call ([`crate::OnDurable`]). It must be short and
-/// must not block: the journal's next group waits for it. Dropped without an
-/// answer (a journal thread that stopped), it is called with
-/// [`StorageError::Closed`], as a dropped channel tells its receiver.
+/// A request's answer as a call ([`crate::ManagedLog::append_then`]). It
+/// must be short and must not block: the journal's next group waits for it.
+/// Dropped without an answer (a journal thread that stopped), it is called
+/// with [`StorageError::Closed`], as a dropped channel tells its receiver.
 pub(crate) struct Call(Option<Box<dyn FnOnce(Reply) + Send + Sync>>);
 
 impl Call {
