@@ -54,8 +54,10 @@ def metric(broker, name: str) -> float:
     return sum(values)
 
 
-# With deduplication, receipts are sent by the topic's task; without it, by
-# the journal's call once an entry is durable (ADR 0025): each path fences.
+# With deduplication, every receipt is sent by the topic's task; without it,
+# a SEND that finds its topic with nothing in flight is answered by the
+# journal's call once durable (ADR 0025), the rest by the task. Nothing
+# acknowledged may be lost either way.
 @pytest.mark.parametrize("dedup", [True, False], ids=["deduplicated", "answered-off-the-task"])
 def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs, dedup):
     config = ("[storage]\nlog_file_mib = 16\nrecycle_files = 0\n[broker]\n"
