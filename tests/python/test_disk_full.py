@@ -171,6 +171,81 @@ def test_a_full_disk_fences_the_topic_and_loses_nothing(make_broker, tmpfs, dedu
     assert "shutdown incomplete" in broker.log_tail(), broker.log_tail()
 
 
+# A topic with a consumer asks to hear of every call (it has readers to
+# serve); one whose subscription has no consumer does not, and must still
+# hear of a failure.
+@pytest.mark.parametrize("reading", [True, False], ids=["consumer-connected", "no-consumer"])
+def test_a_failed_append_answered_off_the_task_fences_the_topic(make_broker, tmpfs, reading):
+    """One SEND at a time, deduplication off: each finds its topic with
+    nothing in flight, so every receipt (and the first failure on the full
+    disk) comes from the journal's call, never from the topic's task. The
+    failed call alone must fence the topic; publishing resumes once space
+    returns and nothing acknowledged is lost."""
+    broker = make_broker(config="[storage]\nlog_file_mib = 16\nrecycle_files = 0\n")
+    broker.stop()
+    broker.data_dir = tmpfs / "data"
+    broker.start()
+
+    topic = "persistent://public/default/disk-full-one-by-one"
+    c = make_client(broker)
+    try:
+        consumer = c.subscribe(topic, "keep", initial_position=pulsar.InitialPosition.Earliest)
+        if not reading:
+            consumer.close()  # the subscription keeps the messages, with no consumer
+        producer = c.create_producer(topic, batching_enabled=False, send_timeout_millis=120_000)
+        fill(tmpfs / "filler")
+        # 800 × 64 KiB overflow the two 16 MiB journal files preallocated
+        # before the disk filled (the active one and the next): some send
+        # meets the full disk.
+        payload = b"y" * (64 << 10)
+        sent, errors = [], []
+
+        def publish_one_by_one():
+            try:
+                for i in range(800):
+                    producer.send(f"m-{i}".encode() + payload)
+                    sent.append(i)
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                errors.append(e)
+
+        writer = threading.Thread(target=publish_one_by_one)
+        writer.start()
+        try:
+            wait_until(lambda: metric(broker, "kilonova_append_failures_total") >= 1 or not writer.is_alive(),
+                       60, "an append failed on the full disk", interval=0.01)
+            assert metric(broker, "kilonova_append_failures_total") >= 1, \
+                f"no append failed; {len(sent)} sent, errors {errors}"
+        finally:
+            # Space comes back at once, before the client resends (it
+            # reconnects first): the resend is stored, and only the fence
+            # the failed call raised may answer it with an error.
+            os.remove(tmpfs / "filler")
+        try:
+            wait_until(lambda: metric(broker, "kilonova_topics_fenced_total") >= 1, 10,
+                       "the topic fenced after the failed append")
+        finally:
+            writer.join(150)
+        assert not writer.is_alive(), f"the sends did not finish once space returned (sent {len(sent)})"
+        assert not errors and len(sent) == 800, f"sent {len(sent)}, errors {errors}"
+
+        if not reading:
+            consumer = c.subscribe(topic, "keep")
+        # At least once: a resend may follow an append the disk took after all.
+        seen = set()
+
+        def all_seen():
+            try:
+                while True:
+                    seen.add(consumer.receive(timeout_millis=200).data().split(b"y", 1)[0].decode())
+            except pulsar.Timeout:
+                pass
+            return len(seen) == 800
+        wait_until(all_seen, 60, "every acknowledged message readable")
+        assert seen == {f"m-{i}" for i in range(800)}
+    finally:
+        c.close()
+
+
 def test_a_small_disk_takes_many_times_its_size_when_retention_frees_it(make_broker, tmpfs):
     """Five times the disk's size through a topic nobody subscribes to:
     retention deletes each sealed segment, and the journal reclaims the files

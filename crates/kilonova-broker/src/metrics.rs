@@ -255,6 +255,9 @@ pub struct MetricsRegistry {
     duplicates: AtomicU64,
     /// Topics fenced after a failed append.
     topics_fenced: AtomicU64,
+    /// Appends the storage refused or failed (shared with the journal's
+    /// calls, which count their own).
+    append_failures: Arc<AtomicU64>,
     /// Replicated-subscription snapshots: started, completed, given up.
     snapshots: [AtomicU64; 3],
     /// Replicated subscriptions moved by another cluster's update.
@@ -339,6 +342,15 @@ impl MetricsRegistry {
 
     pub fn count_topic_fenced(&self) {
         self.topics_fenced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_append_failure(&self) {
+        self.append_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counter of failed appends, for a call made off the broker's tasks.
+    pub(crate) fn append_failures(&self) -> Arc<AtomicU64> {
+        self.append_failures.clone()
     }
 
     pub(crate) fn count_snapshot(&self, step: SnapshotStep) {
@@ -780,6 +792,11 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             "kilonova_topics_fenced_total",
             "Times a topic was fenced after a failed append (producers closed until in-flight appends drain)",
             &registry.topics_fenced,
+        ),
+        (
+            "kilonova_append_failures_total",
+            "Appends the storage refused or failed (a full disk, an I/O error); each fences its topic",
+            registry.append_failures.as_ref(),
         ),
         (
             "kilonova_replicated_subscription_snapshots_started_total",

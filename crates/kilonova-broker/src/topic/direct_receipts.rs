@@ -125,8 +125,10 @@ impl DirectReceipts {
         self.shared.watched.load(SeqCst)
     }
 
-    /// Resolves once calls came since the last look, or a failure the task
-    /// was not told of yet; `true` for that failure (told once).
+    /// Resolves once calls came since the last look while watched, or a
+    /// failure the task was not told of yet, watched or not; `true` for that
+    /// failure (told once). The task polls it always: a failure must reach
+    /// it even when it has nothing to do for a receipt.
     pub(super) fn progress(&mut self) -> impl Future<Output = bool> + '_ {
         std::future::poll_fn(|cx| {
             if let Some(failed) = self.look() {
@@ -140,11 +142,12 @@ impl DirectReceipts {
         })
     }
 
-    /// `Some(new failure)` if something happened since the last look.
+    /// `Some(new failure)` if a failure came, or calls came while watched,
+    /// since the last look.
     fn look(&mut self) -> Option<bool> {
         let answered = self.shared.answered.load(SeqCst);
         let failed = self.shared.failed.load(SeqCst) && !self.failure_seen;
-        if answered == self.seen && !failed {
+        if (answered == self.seen || !self.is_watched()) && !failed {
             return None;
         }
         self.seen = answered;
@@ -210,8 +213,13 @@ mod tests {
         assert_eq!(look(&mut d, &waker), Poll::Pending);
         a.done(false);
         assert_eq!(wakes.0.load(SeqCst), 0, "not watched: no wake-up");
-        assert_eq!(look(&mut d, &waker), Poll::Ready(false), "but counted");
+        assert_eq!(look(&mut d, &waker), Poll::Pending, "nor told");
         d.watch(true);
+        assert_eq!(
+            look(&mut d, &waker),
+            Poll::Ready(false),
+            "told once watched"
+        );
         assert_eq!(look(&mut d, &waker), Poll::Pending, "nothing new");
         b.done(false);
         assert_eq!(wakes.0.load(SeqCst), 1, "watched: woken");
@@ -223,12 +231,12 @@ mod tests {
         assert_eq!(
             look(&mut d, &waker),
             Poll::Ready(true),
-            "the failure is told"
+            "the failure is told, watched or not"
         );
         assert!(e.after_failure(), "appends behind a failure fail too");
         e.done(false);
         assert!(!d.in_flight());
-        assert_eq!(look(&mut d, &waker), Poll::Ready(false), "told once");
+        assert_eq!(look(&mut d, &waker), Poll::Pending, "told once");
         d.clear_failure();
         assert!(!d.answer().after_failure());
     }

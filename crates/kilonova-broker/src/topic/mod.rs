@@ -503,7 +503,9 @@ impl Topic {
                     }
                     self.appends_completed().await;
                 }
-                failed = self.direct.progress(), if self.direct.is_watched() => {
+                // Polled always: a failed append's call wakes the task even
+                // when it watches nothing else (it must fence at once).
+                failed = self.direct.progress() => {
                     if failed {
                         self.fence();
                     }

@@ -241,6 +241,7 @@ impl Topic {
             }
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
+                self.broker.metrics().count_append_failure();
                 a.to.error(ServerError::PersistenceError, e.to_string());
                 if self.shared.is_some() {
                     // Its shared copy may hold the entry the local log
@@ -584,6 +585,7 @@ impl Topic {
     /// everything after it too, by the fence.
     fn append_not_queued(&mut self, to: AnswerTo, e: &StorageError) {
         tracing::warn!(topic = %self.full_name, error = %e, "append failed");
+        self.broker.metrics().count_append_failure();
         self.answer_in_order(
             to,
             Pending::Refused(ServerError::PersistenceError, e.to_string()),
@@ -626,6 +628,7 @@ impl Topic {
         let metrics = self.metrics.clone();
         let stages = self.broker.metrics().publish_stages().clone();
         let clock = self.broker.clock().clone();
+        let failures = self.broker.metrics().append_failures();
         let answer = to.clone();
         let queued = log
             .append_then(data, count, publish_time, move |r| {
@@ -642,7 +645,9 @@ impl Topic {
                         false
                     }
                     Err(e) => {
+                        // The task, woken, logs the fence with the topic's name.
                         tracing::warn!(error = %e, "append failed");
+                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         answer.error(ServerError::PersistenceError, e.to_string());
                         true
                     }
