@@ -167,6 +167,12 @@ pub(crate) fn shedder_config(c: &BrokerConfig) -> ShedderConfig {
         history: c.load_balancer_history_resource_percentage.clamp(0.0, 1.0),
         grace_period: Duration::from_secs(c.load_balancer_shedding_grace_period_secs),
         min_throughput_to_shed: c.load_balancer_min_unload_throughput_mb * 1024.0 * 1024.0,
+        // A moved bundle shows in its receiver's reports a few reports after
+        // it loads there.
+        transit_timeout: Duration::from_millis(
+            c.load_balancer_report_interval_ms.saturating_mul(3),
+        )
+        .max(Duration::from_secs(10)),
     }
 }
 

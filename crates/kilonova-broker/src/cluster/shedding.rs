@@ -16,6 +16,14 @@
 //!   sheds the bundle back (never to a broker that merely has fewer
 //!   messages but more load);
 //! - a bundle moved within `grace_period` is not moved again.
+//!
+//! Reports lag a move (the bundle unloads, loads at its new owner, and its
+//! traffic shows in the next reports' rates): until the receiver reports the
+//! bundle carrying traffic and the sender no longer reports it, or for
+//! `transit_timeout`, a moved bundle's load counts at its receiver and not at
+//! its sender, as Pulsar's leader counts bundles it has just assigned. Else
+//! the next rounds see the receiver still idle (and send it more) and the
+//! sender still overloaded (and shed more).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -101,6 +109,9 @@ pub struct ShedderConfig {
     /// Shed nothing smaller than this many bytes per second in total
     /// (`loadBalancerBundleUnloadMinThroughputThreshold`, 10 MB).
     pub min_throughput_to_shed: f64,
+    /// How long a move's load is counted where it went when the reports do
+    /// not show it there yet.
+    pub transit_timeout: Duration,
 }
 
 impl Default for ShedderConfig {
@@ -112,6 +123,7 @@ impl Default for ShedderConfig {
             history: 0.9,
             grace_period: Duration::from_secs(30 * 60),
             min_throughput_to_shed: 10.0 * 1024.0 * 1024.0,
+            transit_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -128,12 +140,24 @@ pub struct Move {
     pub to: String,
 }
 
-/// The load manager's memory between rounds: smoothed loads, and when each
-/// bundle last moved.
+/// The load manager's memory between rounds: smoothed loads, when each
+/// bundle last moved, and the moves the reports do not show yet.
 #[derive(Debug, Default)]
 pub struct Shedder {
     smoothed: HashMap<String, f64>,
     moved_at: HashMap<String, Duration>,
+    in_transit: Vec<Transit>,
+}
+
+/// A move the reports do not show yet, and its share of the load (in load
+/// points).
+#[derive(Debug)]
+struct Transit {
+    bundle: String,
+    from: String,
+    to: String,
+    share: f64,
+    at: Duration,
 }
 
 /// A small deterministic generator (SplitMix64) for the random choice of a
@@ -187,19 +211,51 @@ impl Shedder {
         out
     }
 
+    /// Each broker's load in this round's reports, with the moves the
+    /// reports do not show yet counted where they went; forgets the moves
+    /// they show (or that are older than the timeout).
+    fn reported(&mut self, reports: &[BrokerReport], c: &ShedderConfig, now: Duration) -> Vec<f64> {
+        let mut loads: Vec<f64> = reports.iter().map(|r| r.usage.load(&c.weights)).collect();
+        let at = |broker: &str| reports.iter().position(|r| r.broker == broker);
+        let carries = |i: Option<usize>, bundle: &str, traffic: bool| {
+            i.is_some_and(|i| {
+                reports[i]
+                    .bundles
+                    .iter()
+                    .any(|b| b.name == bundle && (!traffic || b.throughput > 0.0))
+            })
+        };
+        self.in_transit.retain(|t| {
+            let (from, to) = (at(&t.from), at(&t.to));
+            let arrived = carries(to, &t.bundle, true) && !carries(from, &t.bundle, false);
+            if arrived || now.saturating_sub(t.at) >= c.transit_timeout {
+                return false;
+            }
+            if let Some(to) = to.filter(|to| !carries(Some(*to), &t.bundle, true)) {
+                loads[to] += t.share;
+            }
+            if let Some(from) = from.filter(|from| carries(Some(*from), &t.bundle, false)) {
+                loads[from] = (loads[from] - t.share).max(0.0);
+            }
+            true
+        });
+        loads
+    }
+
     /// The smoothed load of each broker after this round's reports.
-    fn smooth(&mut self, reports: &[BrokerReport], c: &ShedderConfig) -> Vec<f64> {
+    fn smooth(&mut self, reports: &[BrokerReport], c: &ShedderConfig, now: Duration) -> Vec<f64> {
         self.smoothed
             .retain(|b, _| reports.iter().any(|r| &r.broker == b));
+        let reported = self.reported(reports, c, now);
         reports
             .iter()
-            .map(|r| {
-                let now = r.usage.load(&c.weights);
+            .zip(reported)
+            .map(|(r, load)| {
                 let s = self
                     .smoothed
                     .entry(r.broker.clone())
-                    .and_modify(|old| *old = *old * c.history + now * (1.0 - c.history))
-                    .or_insert(now);
+                    .and_modify(|old| *old = *old * c.history + load * (1.0 - c.history))
+                    .or_insert(load);
                 *s
             })
             .collect()
@@ -227,7 +283,7 @@ impl Shedder {
         now: Duration,
         choices: &mut Choices,
     ) -> Vec<Move> {
-        let loads = self.smooth(reports, c);
+        let loads = self.smooth(reports, c, now);
         if reports.len() < 2 {
             return Vec::new();
         }
@@ -288,6 +344,13 @@ impl Shedder {
                 shed += b.throughput;
                 left -= 1;
                 self.moved_at.insert(b.name.clone(), now);
+                self.in_transit.push(Transit {
+                    bundle: b.name.clone(),
+                    from: r.broker.clone(),
+                    to: reports[j].broker.clone(),
+                    share,
+                    at: now,
+                });
                 moves.push(Move {
                     bundle: b.name.clone(),
                     from: r.broker.clone(),

@@ -239,7 +239,7 @@ fn overloaded_brokers_are_those_above_the_threshold() {
     let mut shedder = Shedder::default();
     let sim = Sim::new(&[&[40.0, 40.0], &[10.0]]);
     let reports = sim.reports(&mut Choices::new(0), 0.0);
-    shedder.smooth(&reports, &c);
+    shedder.smooth(&reports, &c, Duration::ZERO);
     assert_eq!(shedder.overloaded(&c), vec!["b0".to_string()]);
 }
 
@@ -346,4 +346,49 @@ fn a_new_leader_keeps_its_predecessors_grace_periods() {
     assert!(!next
         .round(&reports, &c, at + c.grace_period, &mut Choices::new(3))
         .is_empty());
+}
+
+#[test]
+fn a_move_counts_where_it_went_until_the_reports_show_it() {
+    // Four bundles of 16 % on b0, two idle brokers; a round every second,
+    // the reports three rounds behind the moves (the bundle unloads, loads
+    // at its new owner, and its rates show later). Two moves even it out
+    // (32 / 16 / 16). Without counting the moves in transit the next rounds
+    // see b0 still at 64 % and both receivers idle, and shed a third bundle.
+    let c = ShedderConfig {
+        history: 0.5,
+        min_throughput_to_shed: 0.0,
+        grace_period: Duration::from_secs(600),
+        transit_timeout: Duration::from_secs(10),
+        ..ShedderConfig::default()
+    };
+    const LAG: usize = 3;
+    for seed in 0..10u64 {
+        let mut sim = Sim::new(&[&[16.0; 4], &[], &[]]);
+        let mut shedder = Shedder::default();
+        let mut choices = Choices::new(seed);
+        let mut noise = Choices::new(seed ^ 0x55);
+        let mut seen = std::collections::VecDeque::from(vec![sim.bundles.clone(); LAG]);
+        let mut moves = Vec::new();
+        for round in 0..30u32 {
+            let reported = Sim {
+                brokers: sim.brokers.clone(),
+                bundles: seen.pop_front().unwrap_or_default(),
+            };
+            let reports = reported.reports(&mut noise, 0.0);
+            let these = shedder.round(
+                &reports,
+                &c,
+                Duration::from_secs(round.into()),
+                &mut choices,
+            );
+            sim.apply(&these);
+            moves.extend(these);
+            seen.push_back(sim.bundles.clone());
+        }
+        let mut loads = sim.loads();
+        loads.sort_by(f64::total_cmp);
+        assert_eq!(moves.len(), 2, "seed {seed}: {moves:?}");
+        assert_eq!(loads, [16.0, 16.0, 32.0], "seed {seed}: {moves:?}");
+    }
 }
