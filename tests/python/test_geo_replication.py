@@ -145,12 +145,20 @@ def test_a_full_mesh_delivers_every_message_to_every_cluster_exactly_once(mesh):
                         out[(s.name, s.labels["remote_cluster"])] = s.value
             return out
 
-        wait_until(lambda: replication_series().get(("pulsar_replication_connected_count", "c")) == 1,
-                   WAIT_S, "the replication series on /metrics")
-        series = replication_series()
-        for remote in ("b", "c"):
-            assert series[("pulsar_replication_backlog", remote)] == 0
-            assert series[("pulsar_replication_connected_count", remote)] == 1
+        # The series are sampled at the topic's once-a-second tick: they
+        # show the caught-up state the stats above showed, a tick later.
+        caught_up = {(name, remote): value for remote in ("b", "c") for name, value in
+                     (("pulsar_replication_backlog", 0), ("pulsar_replication_connected_count", 1))}
+        series = {}
+
+        def series_caught_up():
+            series.clear()
+            series.update(replication_series())
+            return all(series.get(k) == v for k, v in caught_up.items())
+        try:
+            wait_until(series_caught_up, WAIT_S, "the replication series on /metrics caught up")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {series}") from None
     finally:
         for c in clients.values():
             c.close()

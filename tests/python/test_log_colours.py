@@ -40,7 +40,17 @@ def terminal_log_of_a_start(kilonova_bin, tmp_path, env) -> bytes:
                 out += os.read(master, 65536)
     finally:
         proc.terminate()
-        proc.wait(timeout=WAIT_S)
+        # Go on reading while it shuts down: a terminal nobody reads fills,
+        # and a broker logging to it would block on the write.
+        deadline = time.monotonic() + WAIT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    os.read(master, 65536)
+                except OSError:
+                    break
+        proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
         os.close(master)
     return out
 
