@@ -97,10 +97,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let proxy = Proxy::start(config).await?;
+        let stop = crate::standalone::StopSignals::listen();
         if let Some(path) = &args.ports_file {
             crate::standalone::write_ports_file(path, &proxy.ports())?;
         }
-        crate::standalone::wait_for_signal().await;
+        stop.recv().await;
         tracing::info!("proxy stopping");
         proxy.shutdown().await;
         Ok(())

@@ -612,6 +612,7 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
         Duration::from_secs(config.storage.gc_interval_secs.max(1)),
         stop_rx,
     ));
+    let stop = StopSignals::listen();
     if let Some(path) = &config.ports_file {
         let ports = Ports {
             pulsar: pulsar_port,
@@ -647,7 +648,7 @@ async fn serve(config: StandaloneConfig, role: Role) -> anyhow::Result<()> {
         "kilonova is serving"
     );
 
-    wait_for_signal().await;
+    stop.recv().await;
     tracing::info!("shutting down: closing producers and consumers, persisting cursors");
     broker.withdraw_from_cluster().await;
     let _ = stop_tx.send(true);
@@ -809,19 +810,48 @@ async fn gc_loop(store: SegmentStore, every: Duration, mut stop: watch::Receiver
     }
 }
 
-pub(crate) async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and Ctrl-C (SIGINT), listened for from before the server says
+/// it serves (its ports file): a stop that comes any time after is seen. A
+/// listener made later could miss one — tokio's starts from the signals
+/// already delivered, so a SIGTERM between the handler's installation and
+/// the listener's creation was lost, and a broker stopped right after it
+/// started kept serving.
+pub(crate) struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts listening (inside the runtime).
+    pub(crate) fn listen() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(signal = name, error = %e, "cannot listen for this signal");
+                None
+            }
+        };
+        StopSignals {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    }
+
+    /// Resolves at the first SIGTERM or SIGINT since [`Self::listen`].
+    pub(crate) async fn recv(mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = one(&mut self.term) => {}
+            _ = one(&mut self.int) => {}
+        }
     }
 }
 
