@@ -812,10 +812,10 @@ async fn gc_loop(store: SegmentStore, every: Duration, mut stop: watch::Receiver
 
 /// SIGTERM and Ctrl-C (SIGINT), listened for from before the server says
 /// it serves (its ports file): a stop that comes any time after is seen. A
-/// listener made later could miss one — tokio's starts from the signals
-/// already delivered, so a SIGTERM between the handler's installation and
-/// the listener's creation was lost, and a broker stopped right after it
-/// started kept serving.
+/// listener made later could miss one: tokio installs the handler before it
+/// subscribes the listener, and drops a signal its driver hands on while no
+/// listener is subscribed — a broker stopped right after it started kept
+/// serving.
 pub(crate) struct StopSignals {
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,
