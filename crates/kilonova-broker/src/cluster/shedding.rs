@@ -227,14 +227,15 @@ impl Shedder {
         };
         self.in_transit.retain(|t| {
             let (from, to) = (at(&t.from), at(&t.to));
-            let arrived = carries(to, &t.bundle, true) && !carries(from, &t.bundle, false);
-            if arrived || now.saturating_sub(t.at) >= c.transit_timeout {
+            let at_receiver = carries(to, &t.bundle, true);
+            let at_sender = carries(from, &t.bundle, false);
+            if (at_receiver && !at_sender) || now.saturating_sub(t.at) >= c.transit_timeout {
                 return false;
             }
-            if let Some(to) = to.filter(|to| !carries(Some(*to), &t.bundle, true)) {
+            if let Some(to) = to.filter(|_| !at_receiver) {
                 loads[to] += t.share;
             }
-            if let Some(from) = from.filter(|from| carries(Some(*from), &t.bundle, false)) {
+            if let Some(from) = from.filter(|_| at_sender) {
                 loads[from] = (loads[from] - t.share).max(0.0);
             }
             true
