@@ -12,6 +12,9 @@ import zlib
 import pulsar
 import pytest
 
+# Shedding reads the brokers' load: run alone (scripts/test).
+pytestmark = pytest.mark.serial
+
 from cluster import bundle_index, bundle_name
 from conftest import CLIENT_LOGGER, http, unique, wait_until
 

@@ -19,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import payloads, receive_n, unique
 
+# Rate windows and CPU readings: run alone (scripts/test).
+pytestmark = pytest.mark.serial
+
 METRICS_PATH = "/metrics"
 CLUSTER = "standalone"
 
