@@ -348,13 +348,12 @@ fn a_new_leader_keeps_its_predecessors_grace_periods() {
         .is_empty());
 }
 
-#[test]
-fn a_move_counts_where_it_went_until_the_reports_show_it() {
-    // Four bundles of 16 % on b0, two idle brokers; a round every second,
-    // the reports three rounds behind the moves (the bundle unloads, loads
-    // at its new owner, and its rates show later). Two moves even it out
-    // (32 / 16 / 16). Without counting the moves in transit the next rounds
-    // see b0 still at 64 % and both receivers idle, and shed a third bundle.
+/// Runs the four-bundles case with reports behind the moves: each report
+/// lists the bundles as they were `listing_lag` rounds before and its usage
+/// is as it was `usage_lag` rounds before (a broker's CPU and bandwidth are
+/// averages over a window, so they trail the bundle listing). Returns the
+/// moves and the final loads, sorted.
+fn lagged_run(seed: u64, listing_lag: usize, usage_lag: usize) -> (Vec<Move>, Vec<f64>) {
     let c = ShedderConfig {
         history: 0.5,
         min_throughput_to_shed: 0.0,
@@ -362,33 +361,73 @@ fn a_move_counts_where_it_went_until_the_reports_show_it() {
         transit_timeout: Duration::from_secs(10),
         ..ShedderConfig::default()
     };
-    const LAG: usize = 3;
-    for seed in 0..10u64 {
-        let mut sim = Sim::new(&[&[16.0; 4], &[], &[]]);
-        let mut shedder = Shedder::default();
-        let mut choices = Choices::new(seed);
-        let mut noise = Choices::new(seed ^ 0x55);
-        let mut seen = std::collections::VecDeque::from(vec![sim.bundles.clone(); LAG]);
-        let mut moves = Vec::new();
-        for round in 0..30u32 {
-            let reported = Sim {
-                brokers: sim.brokers.clone(),
-                bundles: seen.pop_front().unwrap_or_default(),
-            };
-            let reports = reported.reports(&mut noise, 0.0);
-            let these = shedder.round(
-                &reports,
-                &c,
-                Duration::from_secs(round.into()),
-                &mut choices,
-            );
-            sim.apply(&these);
-            moves.extend(these);
-            seen.push_back(sim.bundles.clone());
+    let mut sim = Sim::new(&[&[16.0; 4], &[], &[]]);
+    let mut shedder = Shedder::default();
+    let mut choices = Choices::new(seed);
+    let mut noise = Choices::new(seed ^ 0x55);
+    let lag = listing_lag.max(usage_lag);
+    // The last `lag` + 1 states, oldest first.
+    let mut past = std::collections::VecDeque::from(vec![sim.bundles.clone(); lag + 1]);
+    let mut moves = Vec::new();
+    for round in 0..30u32 {
+        let as_of = |rounds_ago: usize| Sim {
+            brokers: sim.brokers.clone(),
+            bundles: past[lag - rounds_ago].clone(),
+        };
+        let mut reports = as_of(listing_lag).reports(&mut noise, 0.0);
+        for (r, u) in reports
+            .iter_mut()
+            .zip(as_of(usage_lag).reports(&mut noise, 0.0))
+        {
+            r.usage = u.usage;
         }
-        let mut loads = sim.loads();
-        loads.sort_by(f64::total_cmp);
+        let these = shedder.round(
+            &reports,
+            &c,
+            Duration::from_secs(round.into()),
+            &mut choices,
+        );
+        sim.apply(&these);
+        moves.extend(these);
+        past.pop_front();
+        past.push_back(sim.bundles.clone());
+    }
+    let mut loads = sim.loads();
+    loads.sort_by(f64::total_cmp);
+    (moves, loads)
+}
+
+#[test]
+fn a_move_counts_where_it_went_until_the_reports_show_it() {
+    // Four bundles of 16 % on b0, two idle brokers; a round every second,
+    // the reports three rounds behind the moves (the bundle unloads, loads
+    // at its new owner, and its rates show later). Two moves even it out
+    // (32 / 16 / 16). Without counting the moves in transit the next rounds
+    // see b0 still at 64 % and both receivers idle, and shed a third bundle.
+    for seed in 0..10u64 {
+        let (moves, loads) = lagged_run(seed, 3, 3);
         assert_eq!(moves.len(), 2, "seed {seed}: {moves:?}");
         assert_eq!(loads, [16.0, 16.0, 32.0], "seed {seed}: {moves:?}");
+    }
+}
+
+#[test]
+fn usage_that_trails_the_bundle_listing_does_not_shed_a_third_bundle() {
+    // As above, but the brokers list a moved bundle a round after the move
+    // while their CPU and bandwidth show it two to five rounds after. The
+    // transit ends on the listing; from then on the receivers look idle and
+    // the sender loaded for a few rounds, but the smoothed loads and each
+    // bundle's share of its (still high) sender's load keep any receiver
+    // from taking a third bundle.
+    for seed in 0..10u64 {
+        for usage_lag in [2, 3, 5] {
+            let (moves, loads) = lagged_run(seed, 1, usage_lag);
+            assert_eq!(
+                moves.len(),
+                2,
+                "seed {seed}, usage {usage_lag} behind: {moves:?}"
+            );
+            assert_eq!(loads, [16.0, 16.0, 32.0], "seed {seed}: {moves:?}");
+        }
     }
 }
