@@ -322,8 +322,8 @@ enum ReadySlot {
 /// Work for the checkpointer thread.
 enum CkptMsg {
     Seal(SealJob),
-    /// Create journal file `no` ahead of need.
-    Prepare(u32),
+    /// Create journal file `no` ahead of need, its space made as said.
+    Prepare(u32, files::Space),
 }
 
 /// The writer's view of a segment, ahead of the shared index by the groups in flight.
@@ -364,6 +364,8 @@ pub(crate) struct Writer {
     next_lsn: u64,
     next_segment_id: u64,
     active: Option<ActiveFile>,
+    /// When the writer began writing to `active`.
+    active_since: Option<Instant>,
     segments: HashMap<SegmentId, SegView>,
     sync: Arc<SyncState>,
     sync_tx: Option<std_mpsc::SyncSender<SyncMsg>>,
@@ -408,6 +410,18 @@ impl Writer {
             ready_changed: Condvar::new(),
         });
         let (ckpt_tx, ckpt_rx) = std_mpsc::channel();
+        // The first file too is made ahead of need (written with zeros, where
+        // the file system has unwritten extents): the first append waits for
+        // it only if it comes before it is ready.
+        let first = match shared.config.zero_fill_after {
+            Some(_) => files::Space::Written,
+            None => files::Space::Allocated,
+        };
+        if let Ok(mut slot) = sync.ready.lock() {
+            if ckpt_tx.send(CkptMsg::Prepare(next_file_no, first)).is_ok() {
+                *slot = ReadySlot::Preparing(next_file_no);
+            }
+        }
         let checkpointer = {
             let (shared, sync) = (shared.clone(), sync.clone());
             std::thread::Builder::new()
@@ -439,6 +453,7 @@ impl Writer {
             next_lsn,
             next_segment_id,
             active: None,
+            active_since: None,
             segments,
             sync,
             sync_tx: Some(sync_tx),
@@ -830,13 +845,25 @@ impl Writer {
         self.next_file_no = want + 1;
         if let (Some(tx), Ok(mut slot)) = (&self.ckpt_tx, self.sync.ready.lock()) {
             *slot = ReadySlot::Preparing(self.next_file_no);
-            if tx.send(CkptMsg::Prepare(self.next_file_no)).is_err() {
+            // Written with zeros only when the file the writer leaves lasted
+            // long enough: the zeros then cost little bandwidth beside the
+            // appends, whose fdatasyncs each save a metadata write. A writer
+            // that fills files fast writes big groups, and the zeros would
+            // double its writes.
+            let lasted = self.active_since.map(|at| at.elapsed());
+            let space = match (self.shared.config.zero_fill_after, lasted) {
+                (Some(min), Some(t)) if t >= min => files::Space::Written,
+                (Some(_), None) => files::Space::Written,
+                _ => files::Space::Allocated,
+            };
+            if tx.send(CkptMsg::Prepare(self.next_file_no, space)).is_err() {
                 *slot = ReadySlot::Empty;
             }
         }
         self.seal_active();
         self.shared.active_file.store(next.no, Ordering::Release);
         self.active = Some(next);
+        self.active_since = Some(Instant::now());
         Ok(())
     }
 

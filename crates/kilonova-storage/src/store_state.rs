@@ -50,6 +50,11 @@ pub struct StoreConfig {
     /// Journal writes bypass the page cache (`O_DIRECT`, where the file
     /// system supports it): no copy of every entry into the page cache.
     pub direct_io: bool,
+    /// A journal file made ahead of need is written with zeros (not only
+    /// allocated, whose unwritten extents cost every fdatasync a metadata
+    /// write) when the file before it lasted at least this long, so the
+    /// zeros stay a small share of the disk's writes. `None`: never.
+    pub zero_fill_after: Option<std::time::Duration>,
 }
 
 impl StoreConfig {
@@ -66,6 +71,7 @@ impl StoreConfig {
             recycle_files: 16,
             gc_max_bytes_per_sec: 64 << 20,
             direct_io: true,
+            zero_fill_after: Some(std::time::Duration::from_secs(10)),
         }
     }
 

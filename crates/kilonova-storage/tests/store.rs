@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -550,4 +550,70 @@ fn raised_segment_ids_stay_raised_across_a_reopen_and_never_go_back() {
     let store = SegmentStore::open(config(dir.path())).unwrap();
     assert!(store.segment(raised).is_some());
     assert_eq!(store.create_segment_blocking().unwrap(), floor + 2);
+}
+
+/// How many of `path`'s extents are allocated but unwritten, as `filefrag
+/// -v` lists them; `None` where it cannot tell (no `filefrag`).
+fn unwritten_extents(path: &Path) -> Option<usize> {
+    let out = std::process::Command::new("filefrag")
+        .arg("-v")
+        .arg(path)
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("unwritten"))
+            .count()
+    })
+}
+
+#[test]
+fn journal_files_made_ahead_of_need_are_written_with_zeros_unless_the_writer_fills_them_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, [0u8; 4096]).unwrap();
+    let direct = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(&probe);
+    if direct.is_err() || unwritten_extents(&probe).is_none() {
+        eprintln!("no O_DIRECT or no filefrag here: journal files are only allocated");
+        return;
+    }
+    std::fs::remove_file(&probe).unwrap();
+    // ~3 MB: the first file (made when the store opened) and those made at
+    // each roll, every file lasting far less than a second.
+    let files_after = |zero_fill_after: Option<Duration>, sub: &str| {
+        let mut cfg = config(&dir.path().join(sub));
+        cfg.recycle_files = 0;
+        cfg.zero_fill_after = zero_fill_after;
+        let store = SegmentStore::open(cfg).unwrap();
+        let seg = store.create_segment_blocking().unwrap();
+        fill(&store, seg, 1500, 2000);
+        store.close().unwrap();
+        let files = journal_files(&dir.path().join(sub));
+        assert!(files.len() >= 3, "{files:?}");
+        files
+            .iter()
+            .map(|f| unwritten_extents(&dir.path().join(sub).join(f)).unwrap())
+            .collect::<Vec<usize>>()
+    };
+    // Every file written with zeros when each may be.
+    let always = files_after(Some(Duration::ZERO), "always");
+    assert!(
+        always.iter().all(|u| *u == 0),
+        "unwritten extents per file: {always:?}"
+    );
+    // The default: the first file written, the next ones (the writer fills
+    // them fast) only allocated.
+    let fast = files_after(Some(Duration::from_secs(10)), "fast");
+    assert_eq!(fast[0], 0, "unwritten extents per file: {fast:?}");
+    assert!(
+        fast[1..].iter().any(|u| *u > 0),
+        "unwritten extents per file: {fast:?}"
+    );
+    // Never: the first file only allocated too.
+    let never = files_after(None, "never");
+    assert!(never[0] > 0, "unwritten extents per file: {never:?}");
 }

@@ -97,6 +97,9 @@ pub struct StorageSettings {
     /// Journal writes bypass the page cache (`O_DIRECT`) where the file
     /// system allows it.
     pub direct_io: bool,
+    /// A journal file made ahead of need is written with zeros when the one
+    /// before it lasted at least this many seconds (0: never).
+    pub zero_fill_after_secs: u64,
 }
 
 impl Default for StorageSettings {
@@ -109,6 +112,7 @@ impl Default for StorageSettings {
             recycle_files: 16,
             gc_max_bytes_per_sec: 64 << 20,
             direct_io: true,
+            zero_fill_after_secs: 10,
         }
     }
 }
@@ -747,6 +751,8 @@ fn open_store(
     sc.gc_max_bytes_per_sec = s.gc_max_bytes_per_sec;
     sc.group_commit_max_delay_us = s.group_commit_max_delay_us;
     sc.direct_io = s.direct_io;
+    sc.zero_fill_after =
+        (s.zero_fill_after_secs > 0).then(|| Duration::from_secs(s.zero_fill_after_secs));
     let started = std::time::Instant::now();
     let store = SegmentStore::open(sc).context("opening storage")?;
     let stats = store.stats();

@@ -20,9 +20,9 @@ use super::{ActiveFile, CONTROL_RESERVE_BYTES};
 /// what the disk has room for when a whole file does not fit. On a disk full to
 /// the last block the store's reserve file gives its space up for it.
 pub(super) fn create_control_file(shared: &StoreState, no: u32) -> Result<ActiveFile> {
-    let made = match create_file(shared, no, CONTROL_RESERVE_BYTES) {
+    let made = match create_file(shared, no, CONTROL_RESERVE_BYTES, Space::Allocated) {
         Err(StorageError::DiskFull { .. }) if release_reserve(&shared.config.dir) => {
-            create_file(shared, no, CONTROL_RESERVE_BYTES)
+            create_file(shared, no, CONTROL_RESERVE_BYTES, Space::Allocated)
         }
         other => other,
     };
@@ -72,9 +72,25 @@ fn release_reserve(dir: &std::path::Path) -> bool {
     released
 }
 
+/// How a new journal file's space is made.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Space {
+    /// `fallocate` only: at once, for a file the writer needs now.
+    Allocated,
+    /// Allocated, then written with zeros ([`super::direct::fill_with_zeros`]):
+    /// for a file made ahead of need, so appends write into written blocks.
+    Written,
+}
+
 /// Creates (or takes from the recycled spares) journal file `no`, preallocated
-/// to `len` bytes, its directory entry durable, registered in the index.
-pub(super) fn create_file(shared: &StoreState, no: u32, len: u64) -> Result<ActiveFile> {
+/// to `len` bytes, its directory entry durable, registered in the index. A
+/// recycled file's blocks are written already.
+pub(super) fn create_file(
+    shared: &StoreState,
+    no: u32,
+    len: u64,
+    space: Space,
+) -> Result<ActiveFile> {
     {
         if no > MAX_FILE_NO {
             return Err(StorageError::Log("journal file numbers exhausted".into()));
@@ -82,6 +98,7 @@ pub(super) fn create_file(shared: &StoreState, no: u32, len: u64) -> Result<Acti
         let dir = &shared.config.dir;
         let path = checkpoint::log_path(dir, no);
         let spare = shared.spares.lock().ok().and_then(|mut s| s.pop());
+        let recycled = spare.is_some();
         let file = match spare {
             // Reuse a recycled file: its blocks are allocated already.
             Some((spare, _)) => {
@@ -112,6 +129,18 @@ pub(super) fn create_file(shared: &StoreState, no: u32, len: u64) -> Result<Acti
                 let _ = std::fs::remove_file(&path);
                 let err = std::io::Error::from_raw_os_error(e.raw_os_error());
                 return Err(StorageError::io("preallocating a journal file", err));
+            }
+        }
+        if space == Space::Written && !recycled && shared.config.direct_io {
+            match super::direct::fill_with_zeros(&path, len) {
+                Ok(true) => {
+                    tracing::debug!(file = no, bytes = len, "journal file written with zeros")
+                }
+                Ok(false) => {}
+                // Appends into unwritten space are slower, not less safe.
+                Err(e) => {
+                    tracing::debug!(file = no, error = %e, "could not write a journal file with zeros")
+                }
             }
         }
         checkpoint::sync_dir(dir)?;
@@ -168,7 +197,7 @@ pub(super) fn create_file_reclaiming(
     len: u64,
     wait: Duration,
 ) -> Result<ActiveFile> {
-    match create_file(shared, no, len) {
+    match create_file(shared, no, len, Space::Allocated) {
         Err(full @ StorageError::DiskFull { .. }) => {
             shared.seals.wait_caught_up(wait);
             let mut report = GcReport::default();
@@ -184,7 +213,7 @@ pub(super) fn create_file_reclaiming(
                 recycled = report.files_recycled,
                 "disk full: reclaimed dead journal files before making the next one"
             );
-            create_file(shared, no, len)
+            create_file(shared, no, len, Space::Allocated)
         }
         other => other,
     }

@@ -61,9 +61,9 @@ pub(super) fn run_checkpointer(
                 }
                 shared.seals.checkpointed();
             }
-            CkptMsg::Prepare(no) => {
+            CkptMsg::Prepare(no, space) => {
                 reclaim_dead_files(&shared);
-                let made = create_file(&shared, no, shared.config.log_file_bytes);
+                let made = create_file(&shared, no, shared.config.log_file_bytes, space);
                 if let Ok(mut slot) = sync.ready.lock() {
                     *slot = match made {
                         Ok(f) => ReadySlot::Ready(f),
