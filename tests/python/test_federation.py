@@ -50,9 +50,11 @@ class Load:
     """A confluent-kafka producer in a thread: keyed records `key:seq` until
     stopped; every delivery report kept."""
 
-    def __init__(self, bootstrap: str, topic: str, keys: int = 8, **config):
+    def __init__(self, bootstrap: str, topic: str, keys: int = 8, pause: float = 0.002,
+                 **config):
         self.topic = topic
         self.keys = keys
+        self.pause = pause
         self.acked: list[tuple[str, int]] = []
         self.failed: list = []
         self.sent = 0
@@ -81,7 +83,10 @@ class Load:
             i += 1
             self.sent += 1
             self.producer.poll(0)
-            time.sleep(0.002)
+            if self.pause:
+                time.sleep(self.pause)
+            elif len(self.producer) > 5000:
+                self.producer.poll(0.01)
 
     def start(self):
         self.thread.start()
@@ -260,6 +265,27 @@ def test_a_cluster_added_under_load_keeps_keys_in_place_until_rebalanced(fed):
     for load, topic in ((keyed_load, keyed), (spread_load, spread)):
         got = consume_group(fed.consumers_bootstrap(), topic, f"g-{topic}", len(load.acked))
         assert_each_once_in_key_order(got, load.acked)
+
+
+def test_a_spread_expansion_keeps_each_partitions_order_with_many_batches_in_flight(fed):
+    # A producer as fast as it can go keeps several requests in flight per
+    # connection. When the topic grows, the proxy refuses its batches so it
+    # refreshes its metadata; a batch in flight behind a refused one, if
+    # written, would put a key's later records before the refused ones'
+    # retry in the same partition.
+    topic = topic_name("burst")
+    fed.cli("topics", "create", topic, "--partitions-per-cluster", "1", "--key-policy", "spread")
+    fed.start_proxy(1)
+    load = Load(fed.producers_bootstrap(), topic, keys=4, pause=0, **{"linger.ms": 0}).start()
+    wait_until(lambda: len(load.acked) > 2000, 30, "load running")
+    c4 = fed.start_cluster("c4")
+    fed.cli("clusters", "add", "c4", "--bootstrap", c4.kafka_bootstrap)
+    wait_until(lambda: records_on(fed, topic).get("c4", 0) > 0, 30, "records on c4")
+    load.stop()
+    assert not load.failed
+    got = consume_group(fed.consumers_bootstrap(), topic, f"g-{topic}", len(load.acked),
+                        timeout=120, commit=False)
+    assert_each_once_in_key_order(got, load.acked)
 
 
 def test_a_drained_cluster_takes_no_more_writes_and_leaves_once_consumed(fed):

@@ -66,7 +66,7 @@ struct ConnState {
     client_id: String,
     /// Per topic, the partition count its producer is taken to know
     /// ([`forward::produce`]).
-    counts: HashMap<String, u32>,
+    counts: HashMap<String, forward::KnownCount>,
     /// The role its token proved (SASL/PLAIN), with authentication on.
     principal: Option<String>,
     authenticated: bool,

@@ -468,19 +468,58 @@ fn flatten<T, P: Clone>(
 /// Forwards a produce; the answer once every leader answered (none with
 /// acks 0).
 ///
+/// How long a connection's batches for a topic are refused once its
+/// producers are to see more partitions ([`produce`]): librdkafka retries a
+/// refused batch after `retry.backoff.ms` (100 ms) and refreshes its
+/// metadata at once, so batches still in flight when it heard of the
+/// refusal arrive well within it.
+pub const REFRESH_WINDOW: Duration = Duration::from_secs(1);
+
+/// A topic's partition count as a producer connection is taken to know it,
+/// and until when its batches are refused after the count grew.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KnownCount {
+    count: u32,
+    refusing_until: Option<tokio::time::Instant>,
+}
+
+impl KnownCount {
+    /// Whether a batch read `now`, with producers to see `count`
+    /// partitions, is refused: from the read that finds the count grown,
+    /// for [`REFRESH_WINDOW`].
+    fn refusing(&mut self, count: u32, now: tokio::time::Instant) -> bool {
+        if count > self.count {
+            self.refusing_until = Some(now + REFRESH_WINDOW);
+        }
+        self.count = count;
+        match self.refusing_until {
+            Some(until) if now < until => true,
+            _ => {
+                self.refusing_until = None;
+                false
+            }
+        }
+    }
+}
+
 /// `counts` holds, per topic, the partition count this connection's
 /// producer is taken to know. When producers of a topic see more
 /// partitions than that (a cluster was added to a spread topic, a keyed
-/// topic rebalanced), the connection's next batches for the topic are
-/// refused unwritten with `NOT_LEADER_OR_FOLLOWER`, once: the client
-/// refreshes its metadata at once and sends them again, instead of using
-/// the new partitions only at its next periodic refresh (librdkafka's is
-/// 5 minutes by default).
+/// topic rebalanced), the connection's batches for the topic are refused
+/// unwritten with `NOT_LEADER_OR_FOLLOWER` for [`REFRESH_WINDOW`]: the
+/// client refreshes its metadata at once and sends them again, instead of
+/// using the new partitions only at its next periodic refresh (librdkafka's
+/// is 5 minutes by default). Not only the first batch: a producer keeps
+/// several requests in flight, and one sent before it heard of the refusal
+/// but written while the refused one waited for its retry would put a
+/// key's later records before its earlier ones (a retried batch goes back
+/// to the head of its partition's queue, so refusing all of them keeps the
+/// order).
 pub async fn produce(
     shared: &Arc<Shared>,
     p: ProduceRequest,
     version: i16,
-    counts: &mut HashMap<String, u32>,
+    counts: &mut HashMap<String, KnownCount>,
 ) -> Later<Option<ProduceResponse>> {
     let map = shared.view().map;
     let acks = p.acks;
@@ -491,13 +530,16 @@ pub async fn produce(
     for (ti, topic, partition, data) in
         flatten(&p.topic_data, |t| (&t.name, &t.partition_data), |d| d.index)
     {
-        let now = map
+        let count = map
             .topics
             .get(&topic)
             .map_or(0, |lt| map.partition_count(lt, Side::Produce));
-        let known = *counts.entry(topic.clone()).or_insert(now);
-        if now > known {
-            tracing::debug!(topic, known, now, "producer told to refresh its metadata");
+        let known = counts.entry(topic.clone()).or_insert(KnownCount {
+            count,
+            refusing_until: None,
+        });
+        if known.refusing(count, tokio::time::Instant::now()) {
+            tracing::debug!(topic, count, "producer told to refresh its metadata");
             answered.push((
                 ti,
                 Produced::refused(partition, ResponseError::NotLeaderOrFollower.code()),
@@ -505,12 +547,6 @@ pub async fn produce(
             continue;
         }
         asked.push((ti, topic, partition, data));
-    }
-    // Told once per growth: the client refreshes on the first refusal.
-    for t in &p.topic_data {
-        if let Some(lt) = map.topics.get(t.name.0.as_str()) {
-            counts.insert(t.name.0.to_string(), map.partition_count(lt, Side::Produce));
-        }
     }
     let (to, refused) = split(shared, &map, Side::Produce, asked, |_, partition, route| {
         Produced::refused(partition, refused_code(route))
@@ -745,4 +781,32 @@ pub async fn list_offsets(
                 .with_partitions(parts)
         }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grown_topic_refuses_every_batch_for_the_window_then_none() {
+        let t0 = tokio::time::Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut known = KnownCount {
+            count: 3,
+            refusing_until: None,
+        };
+        assert!(!known.refusing(3, ms(0)), "nothing grew");
+        // Grown: this batch and every one read within the window, not only
+        // the first (batches in flight behind it would overtake its retry).
+        assert!(known.refusing(4, ms(10)));
+        assert!(known.refusing(4, ms(11)));
+        assert!(known.refusing(4, ms(1009)));
+        assert!(!known.refusing(4, ms(1010)), "the window ended");
+        assert!(!known.refusing(4, ms(5000)));
+        // Fewer partitions (a drain): nothing to refresh for.
+        assert!(!known.refusing(3, ms(5001)));
+        // Grown again: a new window.
+        assert!(known.refusing(5, ms(6000)));
+        assert!(!known.refusing(5, ms(7000)));
+    }
 }
