@@ -465,9 +465,6 @@ fn flatten<T, P: Clone>(
         .collect()
 }
 
-/// Forwards a produce; the answer once every leader answered (none with
-/// acks 0).
-///
 /// How long a connection's batches for a topic are refused once its
 /// producers are to see more partitions ([`produce`]): librdkafka retries a
 /// refused batch after `retry.backoff.ms` (100 ms) and refreshes its
@@ -502,6 +499,9 @@ impl KnownCount {
     }
 }
 
+/// Forwards a produce; the answer once every leader answered (none with
+/// acks 0).
+///
 /// `counts` holds, per topic, the partition count this connection's
 /// producer is taken to know. When producers of a topic see more
 /// partitions than that (a cluster was added to a spread topic, a keyed

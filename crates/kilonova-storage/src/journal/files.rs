@@ -139,7 +139,7 @@ pub(super) fn create_file(
                 Ok(false) => {}
                 // Appends into unwritten space are slower, not less safe.
                 Err(e) => {
-                    tracing::debug!(file = no, error = %e, "could not write a journal file with zeros")
+                    tracing::warn!(file = no, error = %e, "could not write a journal file with zeros: appends into it are slower")
                 }
             }
         }
