@@ -28,7 +28,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::IdxRecord;
@@ -377,7 +377,7 @@ pub(crate) struct Writer {
     /// Aligns groups for files written with `O_DIRECT`.
     direct: direct::DirectWriter,
     /// The buffer groups are encoded into (empty between groups).
-    group_buf: BytesMut,
+    group_buf: direct::GroupBuf,
 }
 
 impl Writer {
@@ -446,7 +446,7 @@ impl Writer {
         };
         Ok(Writer {
             direct: direct::DirectWriter::default(),
-            group_buf: BytesMut::new(),
+            group_buf: direct::GroupBuf::default(),
             shared,
             rx,
             next_file_no,
@@ -616,6 +616,9 @@ impl Writer {
                 req.done.send(Err(StorageError::Closed));
                 continue;
             };
+            if buf.is_empty() {
+                buf.start(active.pos);
+            }
             let offset = active.pos + buf.len() as u64;
             let header = RecordHeader {
                 kind,
@@ -625,7 +628,7 @@ impl Writer {
                 entry,
             };
             self.next_lsn += 1;
-            record::encode_parts(&header, prefix, data, &mut buf);
+            record::encode_parts(&header, prefix, data, buf.encoder());
             pending.push(Pending {
                 done: req.done,
                 queued_at: req.queued_at,
@@ -743,7 +746,7 @@ impl Writer {
     }
 
     /// Writes the encoded group and hands it to the syncer.
-    fn write_group(&mut self, buf: &mut BytesMut, pending: &mut Vec<Pending>) {
+    fn write_group(&mut self, buf: &mut direct::GroupBuf, pending: &mut Vec<Pending>) {
         if pending.is_empty() {
             buf.clear();
             return;
@@ -753,11 +756,13 @@ impl Writer {
             buf.clear();
             return;
         };
+        // Before the write: a direct one pads the buffer to its block's end.
+        let len = buf.len() as u64;
         let wrote = match &active.direct {
             Some(direct) => self
                 .direct
-                .write_at(direct, &active.handle, buf, active.pos),
-            None => active.handle.write_all_at(buf, active.pos),
+                .write_group(direct, &active.handle, buf, active.pos),
+            None => active.handle.write_all_at(buf.records(), active.pos),
         };
         match wrote {
             Ok(()) => {
@@ -769,11 +774,11 @@ impl Writer {
                         .append_written_us
                         .observe(waited.as_micros() as u64);
                 }
-                active.pos += buf.len() as u64;
+                active.pos += len;
                 self.shared
                     .stats
                     .bytes_written
-                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    .fetch_add(len, Ordering::Relaxed);
                 let group = Group {
                     file: active.no,
                     handle: active.handle.clone(),

@@ -19,7 +19,7 @@
 //! once durable, so it is corruption; otherwise it belonged to a write that was
 //! never acknowledged and is a torn tail (ADR 0001).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"KNLG");
 pub const HEADER_LEN: usize = 48;
@@ -85,16 +85,21 @@ pub fn encoded_len(payload_len: usize) -> usize {
 }
 
 /// Appends one record to `dst`.
-pub fn encode(header: &RecordHeader, payload: &[u8], dst: &mut BytesMut) {
+pub fn encode<B: BufMut + AsMut<[u8]>>(header: &RecordHeader, payload: &[u8], dst: &mut B) {
     encode_parts(header, &[], payload, dst)
 }
 
-/// Appends one record whose payload is `prefix` followed by `payload`.
-pub fn encode_parts(header: &RecordHeader, prefix: &[u8], payload: &[u8], dst: &mut BytesMut) {
+/// Appends one record whose payload is `prefix` followed by `payload` to
+/// `dst` (a `BytesMut`, or the journal's group buffer).
+pub fn encode_parts<B: BufMut + AsMut<[u8]>>(
+    header: &RecordHeader,
+    prefix: &[u8],
+    payload: &[u8],
+    dst: &mut B,
+) {
     let len = HEADER_LEN + prefix.len() + payload.len();
     let total = encoded_len(prefix.len() + payload.len());
-    let start = dst.len();
-    dst.reserve(total);
+    let start = dst.as_mut().len();
     dst.put_u32_le(MAGIC);
     dst.put_u32_le(len as u32);
     dst.put_u32_le(0); // crc, patched below
@@ -107,9 +112,9 @@ pub fn encode_parts(header: &RecordHeader, prefix: &[u8], payload: &[u8], dst: &
     dst.put_slice(prefix);
     dst.put_slice(payload);
     dst.put_bytes(0, total - len);
-    let rec = &dst[start..start + len];
+    let rec = &mut dst.as_mut()[start..start + len];
     let crc = checksum(rec);
-    dst[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    rec[8..12].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn checksum(rec: &[u8]) -> u32 {
@@ -224,6 +229,7 @@ pub fn decode_bytes(buf: &Bytes, max_record: usize) -> Result<(RecordHeader, Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
     use proptest::prelude::*;
 
     fn header(kind: RecordKind) -> RecordHeader {

@@ -16,8 +16,14 @@
 //! group rewrites the padded block with the same bytes plus its own, as the
 //! page cache's writeback of a partly written page would.
 //!
-//! The buffer is aligned without `unsafe`: a `Vec` a block longer than needed,
-//! used from its first aligned byte.
+//! The writer encodes a group straight into a [`GroupBuf`] whose records
+//! start as far past a block boundary of its memory as the group's first
+//! byte lies past one in the file: the block's earlier bytes go in front of
+//! them in place and the group is written from where it was encoded, with
+//! no copy (a group that outgrew its buffer while encoded is copied once).
+//!
+//! Buffers are aligned without `unsafe`: a `Vec` longer than needed, used
+//! from its first aligned byte.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -44,6 +50,56 @@ pub(super) fn open(path: &Path) -> Option<File> {
     }
 }
 
+/// A group's records as the journal encodes them, placed for a direct write.
+#[derive(Default)]
+pub(super) struct GroupBuf {
+    mem: Vec<u8>,
+    /// Where the records start in `mem`.
+    at: usize,
+}
+
+impl GroupBuf {
+    /// Empties the buffer for a group that will be written at file offset
+    /// `pos`: its records start `pos % BLOCK` bytes past a block boundary
+    /// of the memory, as they will in the file.
+    pub(super) fn start(&mut self, pos: u64) {
+        let head = (pos % BLOCK as u64) as usize;
+        self.mem.clear();
+        // Room for the alignment, the block's earlier bytes and the padding.
+        self.mem.reserve(3 * BLOCK);
+        self.at = offset_to_block(&self.mem) + head;
+        self.mem.resize(self.at, 0);
+    }
+
+    /// Where records are encoded (appended).
+    pub(super) fn encoder(&mut self) -> &mut Vec<u8> {
+        &mut self.mem
+    }
+
+    /// The records encoded since [`GroupBuf::start`].
+    pub(super) fn records(&self) -> &[u8] {
+        self.mem.get(self.at..).unwrap_or_default()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.mem.len().saturating_sub(self.at)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.mem.capacity()
+    }
+
+    /// Drops the records (the next group calls [`GroupBuf::start`]).
+    pub(super) fn clear(&mut self) {
+        self.mem.clear();
+        self.at = 0;
+    }
+}
+
 /// The writer's aligned buffer and the tail of the file it writes.
 #[derive(Default)]
 pub(super) struct DirectWriter {
@@ -52,13 +108,49 @@ pub(super) struct DirectWriter {
     /// `tail_at` is that block's offset.
     tail: Vec<u8>,
     tail_at: u64,
+    /// Groups that outgrew their buffer and were copied to be written.
+    copied: u64,
 }
 
 impl DirectWriter {
-    /// Writes `data` at `pos` of `file` (opened with `O_DIRECT`); `buffered`
-    /// is a handle of the same file that reads the block's earlier bytes when
-    /// they are not the tail kept from the last write (a file's first write
-    /// at an offset inside a block).
+    /// Writes the group in `group` at `pos` of `file` (opened with
+    /// `O_DIRECT`) from where it was encoded, unless it outgrew the memory
+    /// [`GroupBuf::start`] aligned (then it is copied, as by
+    /// [`DirectWriter::write_at`]). `pos` is the offset `start` was given.
+    pub(super) fn write_group(
+        &mut self,
+        file: &File,
+        buffered: &File,
+        group: &mut GroupBuf,
+        pos: u64,
+    ) -> std::io::Result<()> {
+        let head = (pos % BLOCK as u64) as usize;
+        let used = head + group.len();
+        let padded = used.div_ceil(BLOCK) * BLOCK;
+        let from = group.at.wrapping_sub(head);
+        let in_place = group.at >= head
+            && offset_to_block(&group.mem) == from % BLOCK
+            && group.mem.capacity() >= from + padded;
+        if !in_place {
+            self.copied += 1;
+            return self.write_at(file, buffered, group.records(), pos);
+        }
+        let start = pos - head as u64;
+        self.load_head(buffered, start, head)?;
+        group.mem[from..group.at].copy_from_slice(&self.tail[..head]);
+        // Within the capacity checked above: no reallocation, still aligned.
+        group.mem.resize(from + padded, 0);
+        let buf = &group.mem[from..];
+        file.write_all_at(buf, start)?;
+        keep_tail(&mut self.tail, &mut self.tail_at, buf, start, used);
+        Ok(())
+    }
+
+    /// Writes `data` at `pos` of `file` (opened with `O_DIRECT`) through
+    /// the writer's own aligned buffer; `buffered` is a handle of the same
+    /// file that reads the block's earlier bytes when they are not the tail
+    /// kept from the last write (a file's first write at an offset inside a
+    /// block).
     pub(super) fn write_at(
         &mut self,
         file: &File,
@@ -69,11 +161,7 @@ impl DirectWriter {
         let block = BLOCK as u64;
         let start = pos - pos % block;
         let head = (pos - start) as usize;
-        if head > 0 && (self.tail_at != start || self.tail.len() != head) {
-            let mut earlier = vec![0u8; head];
-            buffered.read_exact_at(&mut earlier, start)?;
-            self.tail = earlier;
-        }
+        self.load_head(buffered, start, head)?;
         let used = head + data.len();
         let padded = used.div_ceil(BLOCK) * BLOCK;
         let buf = aligned(&mut self.mem, padded);
@@ -82,12 +170,29 @@ impl DirectWriter {
         buf[used..].fill(0);
         // On failure the tail is unknown: the caller never writes this file again.
         file.write_all_at(buf, start)?;
-        let last_block = used - used % BLOCK;
-        self.tail_at = start + last_block as u64;
-        self.tail.clear();
-        self.tail.extend_from_slice(&buf[last_block..used]);
+        keep_tail(&mut self.tail, &mut self.tail_at, buf, start, used);
         Ok(())
     }
+
+    /// Makes `tail` hold the `head` bytes of the block at `start` that come
+    /// before the write, reading them from the file unless kept.
+    fn load_head(&mut self, buffered: &File, start: u64, head: usize) -> std::io::Result<()> {
+        if head > 0 && (self.tail_at != start || self.tail.len() != head) {
+            let mut earlier = vec![0u8; head];
+            buffered.read_exact_at(&mut earlier, start)?;
+            self.tail = earlier;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the bytes of `buf` (written at `start`, the first `used` of them
+/// meant) in its last block as the file's tail, for the next write.
+fn keep_tail(tail: &mut Vec<u8>, tail_at: &mut u64, buf: &[u8], start: u64, used: usize) {
+    let last_block = used - used % BLOCK;
+    *tail_at = start + last_block as u64;
+    tail.clear();
+    tail.extend_from_slice(&buf[last_block..used]);
 }
 
 /// The chunk [`fill_with_zeros`] writes at a time.
@@ -179,5 +284,47 @@ mod tests {
             .unwrap();
         expect[pos..pos + 3].copy_from_slice(b"xyz");
         assert_eq!(contents(&path, 5 * BLOCK), expect);
+    }
+
+    #[test]
+    fn groups_written_from_where_they_were_encoded_leave_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        std::fs::write(&path, vec![0xAAu8; 12 * BLOCK]).unwrap();
+        let buffered = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let Some(direct) = open(&path) else {
+            eprintln!("O_DIRECT unsupported here: nothing to test");
+            return;
+        };
+        let mut w = DirectWriter::default();
+        let mut group = GroupBuf::default();
+        let mut expect = vec![0xAAu8; 12 * BLOCK];
+        let mut pos = 0usize;
+        // Groups that cross, fill and stop short of block ends, and one
+        // (20,000 bytes) that outgrows the buffer while it is encoded.
+        for (i, len) in [100usize, 3996, 1, 5000, 4096, 7, 20_000, 300]
+            .into_iter()
+            .enumerate()
+        {
+            group.start(pos as u64);
+            let data = vec![i as u8 + 1; len];
+            group.encoder().extend_from_slice(&data);
+            assert_eq!(group.records(), &data[..]);
+            w.write_group(&direct, &buffered, &mut group, pos as u64)
+                .unwrap();
+            let copied = u64::from(len == 20_000);
+            assert_eq!(w.copied, copied, "group {i}: groups copied");
+            w.copied = 0;
+            group.clear();
+            expect[pos..pos + len].copy_from_slice(&data);
+            pos += len;
+            let pad_end = pos.div_ceil(BLOCK) * BLOCK;
+            expect[pos..pad_end].fill(0);
+            assert_eq!(contents(&path, 12 * BLOCK), expect, "after group {i}");
+        }
     }
 }
