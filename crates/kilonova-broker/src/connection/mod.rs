@@ -20,6 +20,7 @@ mod handshake;
 mod keep_alive;
 mod lookup;
 mod producer;
+mod read_size;
 mod schema;
 mod writer;
 
@@ -51,10 +52,6 @@ use tokio_rustls::rustls;
 
 use keep_alive::{KeepAlive, Liveness};
 use writer::write_loop;
-
-/// Read buffer kept by an idle connection; a larger one (after a big frame) is dropped.
-const IDLE_READ_BUFFER_BYTES: usize = 16 << 10;
-const READ_CHUNK_BYTES: usize = 8 << 10;
 
 /// Largest frame accepted before CONNECT completes: a CONNECT (even with a
 /// token) is small, and nobody unauthenticated may make the broker buffer a
@@ -221,10 +218,12 @@ impl Connection {
         // until the writer drained the queue to half its bound.
         let mut unread_answers = false;
         let mut buf = BytesMut::new();
+        let mut read_size = read_size::ReadSize::default();
         loop {
-            if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
-                buf.reserve(READ_CHUNK_BYTES);
+            if buf.capacity() - buf.len() < read_size.bytes() / 2 {
+                buf.reserve(read_size.bytes());
             }
+            let space = buf.capacity() - buf.len();
             let throttled = self.throttled_until;
             unread_answers = unread_answers || self.out.is_full();
             // Ok(Some(paused)): frames were handled, and `paused` says whether
@@ -244,10 +243,11 @@ impl Connection {
                 read = reader.read_buf(&mut buf), if throttled.is_none() && !unread_answers => {
                     match read {
                         Ok(0) | Err(_) => Err(End::Done),
-                        Ok(_) => {
+                        Ok(n) => {
+                            read_size.after_read(space, n);
                             alive.seen(self.now());
                             let step = self.drain_frames(&mut buf).await.map(Some);
-                            if buf.is_empty() && buf.capacity() > IDLE_READ_BUFFER_BYTES {
+                            if buf.is_empty() && !read_size.keeps(buf.capacity()) {
                                 buf = BytesMut::new();
                             }
                             step
