@@ -249,11 +249,19 @@ mod tests {
         out
     }
 
-    #[test]
-    fn unaligned_writes_leave_the_bytes_a_buffered_write_would() {
+    struct Journal {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        buffered: File,
+        direct: File,
+    }
+
+    /// A file of `blocks` blocks of 0xAA opened both ways; `None` where
+    /// there is no `O_DIRECT` (nothing to test).
+    fn journal(blocks: usize) -> Option<Journal> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        std::fs::write(&path, vec![0xAAu8; 5 * BLOCK]).unwrap();
+        std::fs::write(&path, vec![0xAAu8; blocks * BLOCK]).unwrap();
         let buffered = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -261,45 +269,51 @@ mod tests {
             .unwrap();
         let Some(direct) = open(&path) else {
             eprintln!("O_DIRECT unsupported here: nothing to test");
+            return None;
+        };
+        Some(Journal {
+            _dir: dir,
+            path,
+            buffered,
+            direct,
+        })
+    }
+
+    #[test]
+    fn unaligned_writes_leave_the_bytes_a_buffered_write_would() {
+        let Some(j) = journal(5) else {
             return;
         };
+        let (path, buffered, direct) = (&j.path, &j.buffered, &j.direct);
         let mut w = DirectWriter::default();
         let mut expect = vec![0xAAu8; 5 * BLOCK];
         let mut pos = 0usize;
         // Sizes that cross, fill and stop short of block ends.
         for (i, len) in [100usize, 3996, 1, 5000, 4096, 7].into_iter().enumerate() {
             let data = vec![i as u8 + 1; len];
-            w.write_at(&direct, &buffered, &data, pos as u64).unwrap();
+            w.write_at(direct, buffered, &data, pos as u64).unwrap();
             expect[pos..pos + len].copy_from_slice(&data);
             pos += len;
             // Past the end, up to the end of its block: zeros.
             let pad_end = pos.div_ceil(BLOCK) * BLOCK;
             expect[pos..pad_end].fill(0);
-            assert_eq!(contents(&path, 5 * BLOCK), expect, "after write {i}");
+            assert_eq!(contents(path, 5 * BLOCK), expect, "after write {i}");
         }
         // A fresh writer (a restart) reads the block's earlier bytes back.
         let mut again = DirectWriter::default();
         again
-            .write_at(&direct, &buffered, b"xyz", pos as u64)
+            .write_at(direct, buffered, b"xyz", pos as u64)
             .unwrap();
         expect[pos..pos + 3].copy_from_slice(b"xyz");
-        assert_eq!(contents(&path, 5 * BLOCK), expect);
+        assert_eq!(contents(path, 5 * BLOCK), expect);
     }
 
     #[test]
     fn groups_written_from_where_they_were_encoded_leave_the_same_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j");
-        std::fs::write(&path, vec![0xAAu8; 12 * BLOCK]).unwrap();
-        let buffered = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let Some(direct) = open(&path) else {
-            eprintln!("O_DIRECT unsupported here: nothing to test");
+        let Some(j) = journal(12) else {
             return;
         };
+        let (path, buffered, direct) = (&j.path, &j.buffered, &j.direct);
         let mut w = DirectWriter::default();
         let mut group = GroupBuf::default();
         let mut expect = vec![0xAAu8; 12 * BLOCK];
@@ -314,7 +328,7 @@ mod tests {
             let data = vec![i as u8 + 1; len];
             group.encoder().extend_from_slice(&data);
             assert_eq!(group.records(), &data[..]);
-            w.write_group(&direct, &buffered, &mut group, pos as u64)
+            w.write_group(direct, buffered, &mut group, pos as u64)
                 .unwrap();
             let copied = u64::from(len == 20_000);
             assert_eq!(w.copied, copied, "group {i}: groups copied");
@@ -324,7 +338,7 @@ mod tests {
             pos += len;
             let pad_end = pos.div_ceil(BLOCK) * BLOCK;
             expect[pos..pad_end].fill(0);
-            assert_eq!(contents(&path, 12 * BLOCK), expect, "after group {i}");
+            assert_eq!(contents(path, 12 * BLOCK), expect, "after group {i}");
         }
     }
 }
