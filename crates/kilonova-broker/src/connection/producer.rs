@@ -48,7 +48,9 @@ impl Connection {
         // The frame was decoded just now: a publish's first stage begins.
         let read_at = self.now();
         let payload = payload.ok_or_else(|| End::Violation("SEND without a payload".into()))?;
-        let Some(topic) = self.producers.get(&s.producer_id).cloned() else {
+        // Borrowed, not cloned: a clone and drop of the handle per SEND
+        // touch a cold cache line of each of 10,000 topics.
+        let Some(topic) = self.producers.get(&s.producer_id) else {
             return Err(End::Violation(format!(
                 "SEND for producer {} that this connection did not create",
                 s.producer_id
@@ -68,9 +70,8 @@ impl Connection {
             payload,
             read_at,
         };
-        let now = self.now();
-        let wait = topic.publish_gate.charge(messages, bytes, now);
-        if let Some(until) = pause_until(now, wait) {
+        let wait = topic.publish_gate.charge(messages, bytes, read_at);
+        if let Some(until) = pause_until(read_at, wait) {
             self.broker.metrics().count_publish_throttled();
             self.throttled_until = Some(until);
         }
