@@ -13,6 +13,15 @@
 //! * [`EntryCache::evict_cached_before`] drops entries cached longer than a
 //!   time threshold (the broker calls it on a timer);
 //! * when over its byte budget, the oldest-inserted entries go first.
+//!
+//! The budget counts what the cache holds, so an entry up to
+//! [`COPIED_UP_TO_BYTES`] is copied when it goes in: the bytes it arrived
+//! in are a slice of a connection's read buffer, shared with every other
+//! frame read into it (one connection carries a client's producers of many
+//! topics), and a slice kept would keep that whole buffer alive — a lagging
+//! reader of one topic could hold a hundred times its budget in other
+//! topics' frames. A larger entry came in a buffer about its own size and
+//! is kept as it is.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +60,11 @@ fn size_class(bytes: usize) -> usize {
         _ => 2,
     }
 }
+
+/// Entries up to this size are copied when cached, not kept as slices of
+/// the buffer they arrived in (a connection reads at most 64 KiB at a time,
+/// so a larger entry's buffer is about its own size).
+pub const COPIED_UP_TO_BYTES: usize = 64 << 10;
 
 /// Evicted entries at least this many are freed on the blocking pool.
 const FREE_ELSEWHERE_ENTRIES: usize = 1024;
@@ -231,9 +245,12 @@ impl EntryCache {
         }
     }
 
-    pub fn insert(&self, log: u64, entry: Entry) {
+    pub fn insert(&self, log: u64, mut entry: Entry) {
         if entry.size() > self.max_bytes {
             return;
+        }
+        if entry.data.len() <= COPIED_UP_TO_BYTES {
+            entry.data = bytes::Bytes::copy_from_slice(&entry.data);
         }
         let now = Instant::now();
         let Ok(mut inner) = self.inner.lock() else {
@@ -356,6 +373,53 @@ mod tests {
             message_count: 1,
             data: Bytes::from(vec![0u8; len]),
         }
+    }
+
+    /// Bytes whose buffer says when it is freed.
+    struct Watched(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_small_entry_cached_does_not_keep_the_buffer_it_arrived_in() {
+        let c = EntryCache::new(1 << 20);
+        let freed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A 64 KiB read holding a 100-byte frame among others.
+        let mut read = vec![7u8; 64 << 10];
+        read[1000..1100].fill(9);
+        let buffer = Bytes::from_owner(Watched(read, freed.clone()));
+        let mut e = entry(1, 0, 0, 0);
+        e.data = buffer.slice(1000..1100);
+        c.insert(1, e);
+        drop(buffer);
+        assert!(
+            freed.load(Ordering::SeqCst),
+            "the cache keeps the whole read buffer alive"
+        );
+        let cached = c.get(1, Position::new(1, 0)).expect("cached");
+        assert_eq!(&cached.data[..], &[9u8; 100][..]);
+        assert_eq!(c.stats().bytes as usize, cached.size());
+    }
+
+    #[test]
+    fn a_large_entry_is_cached_without_a_copy() {
+        let c = EntryCache::new(16 << 20);
+        let data = Bytes::from(vec![3u8; COPIED_UP_TO_BYTES + 1]);
+        let mut e = entry(1, 0, 0, 0);
+        e.data = data.clone();
+        c.insert(1, e);
+        let cached = c.get(1, Position::new(1, 0)).expect("cached");
+        assert_eq!(cached.data.as_ptr(), data.as_ptr());
     }
 
     #[test]
