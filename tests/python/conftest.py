@@ -58,6 +58,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
+PORT_TAKEN_RETRY_S = 0.25
 LOG_TAIL_LINES = 80
 
 # Every broker a test starts (here, or by a test's own subprocess) takes a
@@ -257,6 +258,7 @@ class Broker:
         self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.log_start = 0
 
     @property
     def service_url(self) -> str:
@@ -284,7 +286,28 @@ class Broker:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Starts the broker and waits until it is ready. At a restart (the
+        ports are passed again) a port found taken is tried again until
+        `timeout`: while the broker was down, a client connection anywhere on
+        this machine may have got one of its ports as its source port (they
+        lie in the system's ephemeral range), and it gives it back when it
+        closes."""
         assert not self.running, "broker already running"
+        deadline = time.monotonic() + timeout
+        while True:
+            self.launch()
+            try:
+                self.wait_ports(max(deadline - time.monotonic(), 1.0))
+                break
+            except AssertionError:
+                if not (self.port_was_taken() and time.monotonic() < deadline):
+                    raise
+            time.sleep(PORT_TAKEN_RETRY_S)
+        self.wait_ready(max(deadline - time.monotonic(), 1.0))
+
+    def launch(self) -> None:
+        """Spawns the broker process (ports 0 at the first start, the ports it
+        chose then at later ones)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
 
@@ -305,6 +328,7 @@ class Broker:
             ]
         self.ports_path.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
+            self.log_start = log.tell()
             log.write(f"\n===== start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
@@ -324,9 +348,18 @@ class Broker:
                 env={**os.environ, "NO_COLOR": "1"},
                 preexec_fn=self.preexec_fn,
             )
-        deadline = time.monotonic() + timeout
-        self.wait_ports(timeout)
-        self.wait_ready(max(deadline - time.monotonic(), 1.0))
+
+    def port_was_taken(self) -> bool:
+        """Whether the last launch exited because a port it was given is in
+        use (its log since that launch says so)."""
+        if self.proc is None or self.proc.poll() is None:
+            return False
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_start)
+                return b"Address already in use" in log.read()
+        except OSError:
+            return False
 
     def wait_ports(self, timeout: float) -> None:
         """Waits for the ports file (written once the broker serves) and takes

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import Broker, http
+from conftest import Broker, http, wait_until
 
 
 def _wait_file(path: Path, proc: subprocess.Popen, timeout: float, log: Path) -> dict:
@@ -108,6 +108,9 @@ class Federation:
                 "--scan-interval-ms", "300",
             ]
         self.controller.start()
+        # Serving is not leading: a change asked of an instance that knows no
+        # leader yet is refused (503), so wait until it names one.
+        wait_until(self.leader, 30, "the controller naming a leader in its status")
 
     @property
     def controller_url(self) -> str:
@@ -126,6 +129,11 @@ class Federation:
         if check:
             assert p.returncode == 0, f"federation {args}: {p.stderr}"
         return p
+
+    def leader(self) -> str | None:
+        """The leader the controller's status names (None while it knows none)."""
+        status, body = self.api("GET", "/federation/v1/status")
+        return body.get("leader") if status == 200 and body else None
 
     def status(self) -> dict:
         status, body = self.api("GET", "/federation/v1/status")
