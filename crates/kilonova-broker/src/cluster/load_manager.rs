@@ -463,6 +463,19 @@ impl Broker {
             };
             let moves = shedder.round(&reports, &config, at, choices);
             if !moves.is_empty() {
+                // What the round decided on: each broker's load as reported,
+                // and as the shedder expects it once the moves land.
+                let loads: Vec<String> = reports
+                    .iter()
+                    .map(|r| {
+                        let expected = shedder.smoothed(&r.broker).unwrap_or_default();
+                        let reported = r.usage.load(&config.weights);
+                        format!("{} {reported:.1} -> {expected:.1}", r.broker)
+                    })
+                    .collect();
+                tracing::info!(loads = ?loads, "shedding: a round with moves");
+            }
+            if !moves.is_empty() {
                 let recent = shedder
                     .recent_moves(at, config.grace_period)
                     .into_iter()
@@ -571,7 +584,14 @@ impl Broker {
             u64::from(STALE_REPORTS) * self.config().load_balancer_report_interval_ms.max(1);
         let now = now_ms();
         let mut reports = self.resources().load_reports(cluster).await?;
-        reports.retain(|(_, r)| now.saturating_sub(r.last_update) <= stale_ms);
+        reports.retain(|(id, r)| {
+            let age_ms = now.saturating_sub(r.last_update);
+            let fresh = age_ms <= stale_ms;
+            if !fresh {
+                tracing::debug!(broker = %id, age_ms, stale_ms, "a stale load report left out of the round");
+            }
+            fresh
+        });
         Ok(reports)
     }
 

@@ -262,6 +262,11 @@ impl Shedder {
             .collect()
     }
 
+    /// Broker `broker`'s smoothed load (after the last round's moves).
+    pub fn smoothed(&self, broker: &str) -> Option<f64> {
+        self.smoothed.get(broker).copied()
+    }
+
     /// The brokers above the overloaded threshold, by smoothed load.
     pub fn overloaded(&self, c: &ShedderConfig) -> Vec<String> {
         let mut out: Vec<String> = self
@@ -306,13 +311,18 @@ impl Shedder {
             if total <= 0.0 || to_shed < c.min_throughput_to_shed || r.bundles.len() < 2 {
                 continue;
             }
+            // A bundle without traffic in the report sheds nothing by moving
+            // (its traffic may not show yet: a move would only churn it, and
+            // hold it where it went for the grace period).
             let mut candidates: Vec<&BundleLoad> = r
                 .bundles
                 .iter()
                 .filter(|b| {
-                    self.moved_at
-                        .get(&b.name)
-                        .is_none_or(|t| now.saturating_sub(*t) >= c.grace_period)
+                    b.throughput > 0.0
+                        && self
+                            .moved_at
+                            .get(&b.name)
+                            .is_none_or(|t| now.saturating_sub(*t) >= c.grace_period)
                 })
                 .collect();
             // Largest first: the fewest moves that cover the excess.

@@ -234,6 +234,24 @@ fn a_single_bundle_or_a_small_excess_is_not_shed() {
 }
 
 #[test]
+fn bundles_without_traffic_in_the_report_are_not_moved() {
+    // Broker 0's traffic shows in one bundle only so far (the others' rates
+    // are not in its report yet), and that bundle is too big for either
+    // receiver: nothing moves, rather than the quiet bundles at no load each
+    // (which, moved, would sit out the grace period wherever they went).
+    let c = ShedderConfig::default();
+    let mut sim = Sim::new(&[&[60.0, 0.0, 0.0, 0.0], &[], &[]]);
+    let moves = run(&mut sim, &mut Shedder::default(), &c, 1, 0.0, 5);
+    assert!(moves.is_empty(), "{moves:?}");
+    // Once their traffic shows, the round spreads them.
+    let mut sim = Sim::new(&[&[15.0, 15.0, 15.0, 15.0], &[], &[]]);
+    let moves = run(&mut sim, &mut Shedder::default(), &c, 1, 0.0, 5);
+    let receivers: std::collections::BTreeSet<&str> =
+        moves.iter().map(|(_, m)| m.to.as_str()).collect();
+    assert_eq!(receivers.len(), 2, "{moves:?}");
+}
+
+#[test]
 fn overloaded_brokers_are_those_above_the_threshold() {
     let c = ShedderConfig::default();
     let mut shedder = Shedder::default();
