@@ -293,6 +293,9 @@ pub(crate) struct Topic {
     /// `/metrics` shows replication of this topic (it had replicators, or
     /// remote clusters' replicators producing here, at the last tick).
     replication_shown: bool,
+    /// A replicator ran on this topic: reports may arrive (and are dropped
+    /// by the tick while none runs). Until then the channel stays untouched.
+    replicators_ran: bool,
     /// The policies in force (refreshed from the policy cache every tick).
     policies: Effective,
     publish_gate: Arc<PublishGate>,
@@ -411,6 +414,7 @@ impl Topic {
             policies,
             policies_seen: None,
             replication_shown: false,
+            replicators_ran: false,
             publish_gate,
             dispatch_rate,
             dispatch_wake: None,
@@ -527,7 +531,12 @@ impl Topic {
                 Some(report) = reports.recv(), if !self.replicators.is_empty() => {
                     self.on_replication_report(report);
                 }
-                Some(event) = offloaded.recv() => self.on_offload_event(event),
+                // Polled only while a copy, fetch or export is out (each
+                // sends one event): a topic that offloads nothing does not
+                // touch the channel at every turn.
+                Some(event) = offloaded.recv(), if self.offload.awaits_events() => {
+                    self.on_offload_event(event)
+                }
                 cmd = rx.recv() => {
                     let Some(mut cmd) = cmd else { break };
                     // Handle the burst of commands already queued, then dispatch.
@@ -573,7 +582,7 @@ impl Topic {
                     self.compaction_step().await;
                 }
                 _ = tick.tick() => {
-                    if self.replicators.is_empty() {
+                    if self.replicators.is_empty() && self.replicators_ran {
                         while reports.try_recv().is_ok() {}
                     }
                     self.housekeeping().await;

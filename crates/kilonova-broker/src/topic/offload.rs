@@ -111,6 +111,12 @@ pub(super) struct OffloadState {
 }
 
 impl OffloadState {
+    /// Whether a copy, a fetch or an export is out: each sends one event
+    /// when it ends, and its mark here stays until that event is handled.
+    pub(super) fn awaits_events(&self) -> bool {
+        self.copying.is_some() || self.exporting || !self.fetching.is_empty()
+    }
+
     pub(super) fn new(events: mpsc::UnboundedSender<OffloadEvent>) -> Self {
         OffloadState {
             events,

@@ -24,6 +24,8 @@ use crate::publish_stages::Stage;
 
 pub(super) struct Producer {
     pub(super) name: String,
+    /// Another cluster's replicator (its name says so).
+    pub(super) replicator: bool,
     pub(super) out: Outbound,
     pub(super) exclusive: bool,
     pub(super) msg_in: u64,
@@ -401,6 +403,7 @@ impl Topic {
         self.producers.insert(
             (p.conn.id, p.producer_id),
             Producer {
+                replicator: name.starts_with(crate::replicator::REPLICATOR_PREFIX),
                 name: name.clone(),
                 out: p.conn.out.clone(),
                 exclusive,

@@ -134,6 +134,7 @@ impl Topic {
                 self.replication_reports.clone(),
                 stats.clone(),
             ));
+            self.replicators_ran = true;
             tracing::info!(topic = %self.full_name, remote = %cluster, "replicator started");
             let now = self.broker.clock().now();
             self.replicators.insert(
@@ -282,11 +283,8 @@ impl Topic {
     /// Ticks the replicators' rate meters and refreshes what `/metrics`
     /// shows of them.
     pub(super) fn tick_replication_meters(&mut self, secs: f64) {
-        let replicating = !self.replicators.is_empty()
-            || self
-                .producers
-                .values()
-                .any(|p| p.name.starts_with(replicator::REPLICATOR_PREFIX));
+        let replicating =
+            !self.replicators.is_empty() || self.producers.values().any(|p| p.replicator);
         // No replication either way, now or at the last tick: nothing to show.
         if !replicating && !self.replication_shown {
             return;
