@@ -896,6 +896,7 @@ fn fence_segment(shared: &StoreState, segment: SegmentId) {
             seg.fenced = true;
         }
     }
+    shared.segment_closed();
 }
 
 fn fence_and_fail(shared: &StoreState, pending: &mut Vec<Pending>, e: &StorageError) {
@@ -906,6 +907,7 @@ fn fence_and_fail(shared: &StoreState, pending: &mut Vec<Pending>, e: &StorageEr
             }
         }
     }
+    shared.segment_closed();
     fail_all(pending, e);
 }
 

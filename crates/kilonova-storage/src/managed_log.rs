@@ -115,6 +115,10 @@ pub struct ManagedLog {
     /// Entries and bytes enqueued to the current (last) segment, durable or not.
     pending_entries: u64,
     pending_bytes: u64,
+    /// The current segment and the store's [`SegmentStore::segments_closed`]
+    /// when it was last seen open: appends check the store's index again
+    /// only when a segment closed since.
+    seen_open: Option<(SegmentId, u64)>,
     next_message_index: u64,
     last_publish_time_ms: u64,
     cursors: BTreeMap<String, Cursor>,
@@ -234,6 +238,7 @@ impl ManagedLog {
             segments,
             pending_entries: 0,
             pending_bytes: 0,
+            seen_open: None,
             next_message_index: floor_index,
             last_publish_time_ms: 0,
             cursors: BTreeMap::new(),
@@ -450,7 +455,7 @@ impl ManagedLog {
         }
     }
 
-    fn needs_roll(&self, now_ms: u64) -> bool {
+    fn needs_roll(&mut self, now_ms: u64) -> bool {
         let Some(cur) = self.current() else {
             return true;
         };
@@ -458,10 +463,24 @@ impl ManagedLog {
             || self.pending_bytes >= self.config.max_segment_bytes
             || (self.pending_entries > 0
                 && now_ms.saturating_sub(cur.created_ms) >= self.config.max_segment_age_ms)
-            || self
-                .store
-                .segment(cur.id)
-                .is_none_or(|s| s.fenced || s.sealed)
+            || !self.still_open(cur.id)
+    }
+
+    /// Whether `segment` is still open in the store (not sealed, fenced by a
+    /// failed write, or removed). The index is read under its lock only when
+    /// a segment closed since the last look: not at every append.
+    fn still_open(&mut self, segment: SegmentId) -> bool {
+        // Read before the look: a close after it moves the number again.
+        let closed = self.store.segments_closed(segment);
+        if closed.is_some() && self.seen_open == closed.map(|c| (segment, c)) {
+            return true;
+        }
+        let open = self
+            .store
+            .segment(segment)
+            .is_some_and(|s| !s.fenced && !s.sealed);
+        self.seen_open = closed.filter(|_| open).map(|c| (segment, c));
+        open
     }
 
     /// Seals the current segment and starts a new one.

@@ -237,6 +237,13 @@ impl SegmentStore {
         self.dir(segment).ok()?.segment(segment)
     }
 
+    /// A number that moves whenever a segment in `segment`'s directory is
+    /// sealed, fenced or removed (none: no such directory). While it stays,
+    /// a segment seen open is still open, without a look at the index.
+    pub fn segments_closed(&self, segment: SegmentId) -> Option<u64> {
+        Some(self.dir(segment).ok()?.segments_closed())
+    }
+
     /// Ids of every live segment, ascending.
     pub fn segments(&self) -> Vec<SegmentId> {
         // Directories hold disjoint, ascending ranges of ids.

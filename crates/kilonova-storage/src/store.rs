@@ -13,7 +13,7 @@ use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -201,6 +201,7 @@ impl DirStore {
             seals: SealProgress::default(),
             health: HealthState::default(),
             trash: crate::trash::Trash::default(),
+            segments_closed: AtomicU64::new(0),
         });
         // Cover everything recovery replayed with a checkpoint, so the next start
         // replays only what is written from now on. On a full disk this may fail:
@@ -414,6 +415,12 @@ impl DirStore {
     /// [`DirStore::delete_segment`] for threads outside an async runtime.
     pub(crate) fn delete_segment_blocking(&self, segment: SegmentId) -> Result<()> {
         Completion::new(self.submit_blocking(Op::Delete { segment })?, 0, |_, _| ()).wait()
+    }
+
+    /// How many times a segment of this directory was sealed, fenced or
+    /// removed so far ([`StoreState::segment_closed`]).
+    pub(crate) fn segments_closed(&self) -> u64 {
+        self.shared.segments_closed.load(Ordering::Acquire)
     }
 
     /// The segment's current state, if it exists.

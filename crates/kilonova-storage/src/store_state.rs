@@ -8,7 +8,7 @@
 //! them (nor do `journal` and `recovery` use each other).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -134,6 +134,17 @@ pub(crate) struct StoreState {
     pub health: HealthState,
     /// Dead journal files past the spares, being deleted in the background.
     pub trash: Trash,
+    /// Bumped after a segment is sealed, fenced or removed in the index: a
+    /// log checks its current segment's state in the index (under its lock)
+    /// only when this moved since its last look.
+    pub segments_closed: AtomicU64,
+}
+
+impl StoreState {
+    /// A segment was sealed, fenced or removed (call after the index says so).
+    pub fn segment_closed(&self) {
+        self.segments_closed.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// Journal files sealed by the writer and checkpointed (in the background) so

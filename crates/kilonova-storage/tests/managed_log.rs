@@ -124,6 +124,29 @@ async fn an_append_the_journal_never_took_is_refused_without_a_call() {
 }
 
 #[tokio::test]
+async fn an_append_after_the_store_closed_the_current_segment_goes_to_a_new_one() {
+    // The log checks its current segment in the store's index only when a
+    // segment closed since its last look: a seal it did not make must still
+    // move it on, at the very next append.
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, ManagedLogConfig::default(), 0).await;
+    let first = log.append(msg(0), 1, 1).await.unwrap().await.unwrap();
+    let again = log.append(msg(1), 1, 2).await.unwrap().await.unwrap();
+    assert_eq!(again.segment, first.segment, "no reason to roll yet");
+    e.store.seal(first.segment).await.unwrap();
+    let after = log.append(msg(2), 1, 3).await.unwrap().await.unwrap();
+    assert_ne!(after.segment, first.segment, "appended to a sealed segment");
+    let read: Vec<Bytes> = log
+        .read_from(log.first_position(), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    assert_eq!(read, vec![msg(0), msg(1), msg(2)]);
+}
+
+#[tokio::test]
 async fn segments_roll_by_bytes_and_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let e = env(dir.path());

@@ -194,6 +194,7 @@ fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
                             if let Some(seg) = index.segments.get_mut(&p.segment) {
                                 if seg.locs.len() as u64 != p.entry {
                                     seg.fenced = true;
+                                    shared.segment_closed();
                                     refused.push((gi, pi));
                                     continue;
                                 }
@@ -236,8 +237,12 @@ fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
                             s.sealed = true;
                             s.locs.shrink_to_fit();
                         }
+                        shared.segment_closed();
                     }
-                    RecordKind::Delete => index.remove_segment(p.segment),
+                    RecordKind::Delete => {
+                        index.remove_segment(p.segment);
+                        shared.segment_closed();
+                    }
                 }
             }
         }
