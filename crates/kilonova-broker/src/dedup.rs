@@ -411,7 +411,13 @@ impl<'a> Reader<'a> {
 /// message's sequence id, so only the last one may count it as stored (else
 /// the chunks after the first would be taken for duplicates).
 pub(crate) fn completes_message(meta: &kilonova_pulsar_protocol::proto::MessageMetadata) -> bool {
-    match (meta.chunk_id, meta.num_chunks_from_msg) {
+    chunk_completes(meta.chunk_id, meta.num_chunks_from_msg)
+}
+
+/// Whether chunk `chunk_id` of a message of `num_chunks` completes it (a
+/// message that is not chunked does).
+pub(crate) fn chunk_completes(chunk_id: Option<i32>, num_chunks: Option<i32>) -> bool {
+    match (chunk_id, num_chunks) {
         (Some(id), Some(n)) if n > 1 => id.saturating_add(1) >= n,
         _ => true,
     }

@@ -9,7 +9,7 @@ use kilonova_pulsar_protocol::proto::{
 
 use super::{pause_until, Connection, End, Side};
 use crate::commands;
-use crate::topic::{NewProducer, TopicCommand};
+use crate::topic::{NewProducer, SendPayload, TopicCommand};
 
 impl Connection {
     pub(super) async fn producer(&mut self, p: CommandProducer) {
@@ -28,7 +28,7 @@ impl Connection {
         };
         self.producers.insert(p.producer_id, topic.clone());
         let access_mode = p.producer_access_mode();
-        let cmd = TopicCommand::AddProducer(NewProducer {
+        let cmd = TopicCommand::AddProducer(Box::new(NewProducer {
             conn: self.ctx(),
             producer_id: p.producer_id,
             request_id: p.request_id,
@@ -36,7 +36,7 @@ impl Connection {
             access_mode,
             topic_epoch: p.topic_epoch,
             schema_version,
-        });
+        }));
         self.to_topic(&topic, cmd, Some(p.request_id)).await;
     }
 
@@ -56,11 +56,10 @@ impl Connection {
                 s.producer_id
             )));
         };
+        let payload = SendPayload::new(payload, self.broker.max_uncompressed_batch_bytes());
         // A batch whose count its bytes cannot hold is refused by the
         // topic; here it costs one message, not the count it claims.
-        let messages = payload
-            .checked_message_count(self.broker.max_uncompressed_batch_bytes())
-            .unwrap_or(1);
+        let messages = payload.count.clone().unwrap_or(1);
         let (messages, bytes) = (u64::from(messages), payload.raw.len() as u64);
         let cmd = TopicCommand::Send {
             conn: self.id,

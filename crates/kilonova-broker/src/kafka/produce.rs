@@ -25,7 +25,7 @@ use super::errors;
 use super::routes::Stored;
 use crate::dedup::KAFKA_IDEMPOTENT_PREFIX;
 use crate::outbound::UNKNOWN_INDEX;
-use crate::topic::{ClientInfo, ConnCtx, NewProducer, TopicCommand};
+use crate::topic::{ClientInfo, ConnCtx, NewProducer, SendPayload, TopicCommand};
 use kilonova_auth::Want;
 
 /// The longest a produce waits for its receipts when the client gives no
@@ -210,7 +210,7 @@ impl KafkaConnection {
             producer_id,
             sequence_id,
             highest_sequence_id,
-            payload,
+            payload: SendPayload::new(payload, self.broker.max_uncompressed_batch_bytes()),
             read_at: now,
         };
         // Asked for before it is sent: the receipt cannot come first.
@@ -252,7 +252,7 @@ impl KafkaConnection {
             errors::code(&e)
         })?;
         let (producer_id, request_id) = (self.next_id(), self.next_id());
-        let cmd = TopicCommand::AddProducer(NewProducer {
+        let cmd = TopicCommand::AddProducer(Box::new(NewProducer {
             conn: ConnCtx {
                 id: self.id,
                 out: self.out.clone(),
@@ -271,7 +271,7 @@ impl KafkaConnection {
             access_mode: ProducerAccessMode::Shared,
             topic_epoch: None,
             schema_version: None,
-        });
+        }));
         let opened = self.routes.expect_open(request_id);
         handle
             .send(cmd)

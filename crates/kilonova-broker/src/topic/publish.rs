@@ -7,15 +7,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use kilonova_objstore::wal::WalAppend;
-use kilonova_pulsar_protocol::frame::{Payload, SendReceipt};
-use kilonova_pulsar_protocol::markers::{self, Marker};
+use kilonova_pulsar_protocol::frame::SendReceipt;
+use kilonova_pulsar_protocol::markers::Marker;
 use kilonova_pulsar_protocol::proto::{
     base_command::Type, BaseCommand, CommandProducerSuccess, ProducerAccessMode, ServerError,
 };
 use kilonova_storage::{Completion, Entry, Position, StorageError};
 
 use super::direct_receipts::Barrier;
-use super::{access, NewProducer, Topic};
+use super::{access, NewProducer, SendPayload, Topic};
 use crate::commands;
 use crate::dedup;
 use crate::error::BrokerError;
@@ -471,7 +471,7 @@ impl Topic {
         conn: u64,
         producer_id: u64,
         (sequence_id, highest_sequence_id): (u64, u64),
-        payload: Payload,
+        mut payload: SendPayload,
         read_at: std::time::Instant,
     ) {
         if self.handing_over {
@@ -529,7 +529,7 @@ impl Topic {
             }
             None => String::new(),
         };
-        let marker = self.received_marker(&name, &payload);
+        let marker = self.received_marker(&name, &mut payload);
         let producer = match self.dedup_check(name, &to, &payload, count) {
             Ok(producer) => producer,
             Err(NotNew::Duplicate(name)) => {
@@ -543,7 +543,7 @@ impl Topic {
                 )
             }
         };
-        let publish_time = match payload.metadata.publish_time {
+        let publish_time = match payload.publish_time {
             0 => self.broker.clock().now_ms(),
             t => t,
         };
@@ -668,46 +668,47 @@ impl Topic {
     /// (chunks are parts of a larger message that the client cut to the
     /// broker's limit: as in Pulsar they are not checked), or a batch whose
     /// claimed count its bytes cannot hold.
-    fn admit_send(&self, payload: &Payload) -> Result<u32, String> {
+    fn admit_send(&self, payload: &SendPayload) -> Result<u32, String> {
         let too_big = self
             .policies
             .max_message_bytes
-            .filter(|max| payload.raw.len() > *max && payload.metadata.chunk_id.is_none());
+            .filter(|max| payload.raw.len() > *max && payload.chunk_id.is_none());
         if let Some(max) = too_big {
             return Err(format!(
                 "Exceed maximum message size: {} bytes, the topic's limit is {max}",
                 payload.raw.len()
             ));
         }
-        payload
-            .checked_message_count(self.broker.max_uncompressed_batch_bytes())
-            .map_err(|e| e.to_string())
+        payload.count.clone()
+    }
+
+    /// The marker a SEND carries, to act on once stored: only one that
+    /// another cluster's replicator sent. A message tells the
+    /// replicated-subscription snapshots that new data arrived.
+    fn received_marker(
+        &mut self,
+        producer: &str,
+        payload: &mut SendPayload,
+    ) -> Option<Box<Marker>> {
+        if !payload.is_marker {
+            let now_ms = self.broker.clock().now_ms();
+            self.repl_subs.data_stored(now_ms);
+            return None;
+        }
+        if !crate::replicator::is_replicator(producer) {
+            return None;
+        }
+        payload.replicated_marker.take()
     }
 
     /// With deduplication on: `Err(name)` if the SEND is a duplicate of
     /// `name`'s, else the producer name to record once it is stored (`None`
     /// for a chunk before the last: only the last makes the message sent).
-    /// The marker a SEND carries, to act on once stored: only one that
-    /// another cluster's replicator sent. A message tells the
-    /// replicated-subscription snapshots that new data arrived.
-    fn received_marker(&mut self, producer: &str, payload: &Payload) -> Option<Box<Marker>> {
-        let m = &payload.metadata;
-        if m.marker_type.is_none() {
-            let now_ms = self.broker.clock().now_ms();
-            self.repl_subs.data_stored(now_ms);
-            return None;
-        }
-        if !crate::replicator::is_replicator(producer) || m.replicated_from.is_none() {
-            return None;
-        }
-        markers::parse(payload).ok().flatten().map(Box::new)
-    }
-
     fn dedup_check(
         &mut self,
         name: String,
         to: &AnswerTo,
-        payload: &Payload,
+        payload: &SendPayload,
         count: u32,
     ) -> Result<Option<String>, NotNew> {
         if !self.dedup_all && !dedup::always_deduplicated(&name) {
@@ -731,7 +732,7 @@ impl Topic {
                 )));
             }
         }
-        Ok(dedup::completes_message(&payload.metadata).then(|| {
+        Ok(payload.completes_message().then(|| {
             d.pushed(&name, to.highest_sequence_id);
             name
         }))
@@ -765,7 +766,13 @@ impl Topic {
 
     /// Non-persistent: delivered now to consumers with permits, dropped for
     /// the others; the receipt goes at once.
-    fn publish_transient(&mut self, to: AnswerTo, payload: Payload, count: u32, publish_time: u64) {
+    fn publish_transient(
+        &mut self,
+        to: AnswerTo,
+        payload: SendPayload,
+        count: u32,
+        publish_time: u64,
+    ) {
         let position = Position::new(0, self.next_transient_entry);
         self.next_transient_entry += 1;
         let entry = Entry {
