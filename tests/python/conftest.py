@@ -707,6 +707,15 @@ class Seaweed(ServerProcess):
         assert status == 200, f"GET {bucket}/{key}: {status} {body[:300]!r}"
         return body
 
+    def find_object(self, bucket: str, key: str) -> bytes | None:
+        """The object, or None if there is none (one request: no window
+        between a listing and the read for a deletion to fall into)."""
+        status, body = self.request("GET", bucket, key)
+        if status == 404:
+            return None
+        assert status == 200, f"GET {bucket}/{key}: {status} {body[:300]!r}"
+        return body
+
     def delete_object(self, bucket: str, key: str) -> None:
         status, body = self.request("DELETE", bucket, key)
         assert status in (200, 204), f"DELETE {bucket}/{key}: {status} {body[:300]!r}"
@@ -883,6 +892,12 @@ class DirectoryStore:
 
     def get_object(self, bucket: str, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def find_object(self, bucket: str, key: str) -> bytes | None:
+        try:
+            return self.get_object(bucket, key)
+        except FileNotFoundError:
+            return None
 
     def delete_object(self, bucket: str, key: str) -> None:
         (self.root / key).unlink()

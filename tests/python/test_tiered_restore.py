@@ -31,9 +31,8 @@ def call(broker, method: str, path: str, body=None) -> tuple[int, str]:
 
 def manifest(store, topic: str) -> dict | None:
     key = "kilonova/topics/" + topic.replace("://", "/") + "/manifest.json"
-    if key not in store.list_keys(BUCKET, "kilonova/topics/"):
-        return None
-    return json.loads(store.get_object(BUCKET, key))
+    body = store.find_object(BUCKET, key)
+    return None if body is None else json.loads(body)
 
 
 def offloaded_entries(broker, topic: str) -> int:
