@@ -474,8 +474,6 @@ impl Broker {
                     })
                     .collect();
                 tracing::info!(loads = ?loads, "shedding: a round with moves");
-            }
-            if !moves.is_empty() {
                 let recent = shedder
                     .recent_moves(at, config.grace_period)
                     .into_iter()

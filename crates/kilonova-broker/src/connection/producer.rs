@@ -59,7 +59,7 @@ impl Connection {
         let payload = SendPayload::new(payload, self.broker.max_uncompressed_batch_bytes());
         // A batch whose count its bytes cannot hold is refused by the
         // topic; here it costs one message, not the count it claims.
-        let messages = payload.count.clone().unwrap_or(1);
+        let messages = *payload.count.as_ref().unwrap_or(&1);
         let (messages, bytes) = (u64::from(messages), payload.raw.len() as u64);
         let cmd = TopicCommand::Send {
             conn: self.id,

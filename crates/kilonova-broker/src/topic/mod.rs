@@ -1070,6 +1070,7 @@ pub(crate) fn refuse(cmd: TopicCommand, e: &BrokerError) {
         _ => {}
     }
 }
+
 #[cfg(test)]
 mod command_size {
     /// Every slot of a topic's queue is a command's size, and every SEND is
