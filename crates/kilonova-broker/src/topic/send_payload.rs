@@ -62,21 +62,16 @@ impl SendPayload {
 
 #[cfg(test)]
 mod tests {
-    use kilonova_pulsar_protocol::frame::decode_payload;
+    use kilonova_pulsar_protocol::frame::{build_payload, decode_payload};
     use kilonova_pulsar_protocol::proto::{
         MessageMetadata, ReplicatedSubscriptionsSnapshotRequest,
     };
-    use prost::Message;
 
     use super::*;
 
-    /// A payload frame without a checksum: `[metadata size][metadata][data]`.
+    /// A payload as a client sends it, decoded as the connection does.
     fn payload(metadata: MessageMetadata, data: &[u8]) -> Payload {
-        let meta = metadata.encode_to_vec();
-        let mut raw = (meta.len() as u32).to_be_bytes().to_vec();
-        raw.extend_from_slice(&meta);
-        raw.extend_from_slice(data);
-        decode_payload(Bytes::from(raw)).unwrap()
+        decode_payload(build_payload(&metadata, data)).unwrap()
     }
 
     fn metadata() -> MessageMetadata {
