@@ -703,8 +703,8 @@ class Seaweed(ServerProcess):
         assert status == 200, f"PUT {bucket}/{key}: {status} {answer[:300]!r}"
 
     def get_object(self, bucket: str, key: str) -> bytes:
-        status, body = self.request("GET", bucket, key)
-        assert status == 200, f"GET {bucket}/{key}: {status} {body[:300]!r}"
+        body = self.find_object(bucket, key)
+        assert body is not None, f"GET {bucket}/{key}: 404"
         return body
 
     def find_object(self, bucket: str, key: str) -> bytes | None:

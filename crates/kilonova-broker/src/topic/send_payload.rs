@@ -5,7 +5,7 @@
 //! bytes): queued as it is, every SEND copied it into its topic's channel
 //! and out again, and each topic's channel kept blocks of slots that size
 //! (32 slots per block, at least one block per loaded topic). This keeps
-//! the command a fifth of that.
+//! the command a quarter of that.
 
 use bytes::Bytes;
 use kilonova_pulsar_protocol::frame::Payload;
