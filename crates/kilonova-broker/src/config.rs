@@ -113,6 +113,11 @@ pub struct BrokerConfig {
     pub http_header_read_timeout_secs: u64,
     /// Commands queued to one topic before connections wait (backpressure).
     pub topic_queue_depth: usize,
+    /// A plain SEND (no deduplication, marker or replication, a local log,
+    /// outside a cluster) is appended by the connection that read it, not
+    /// by its topic's task (ADR 0026); `false`: every SEND goes through
+    /// the task.
+    pub connection_appends: bool,
 
     // ---- storage layout of a topic
     /// A segment (Pulsar: ledger) is sealed and a new one started after this
@@ -349,6 +354,7 @@ impl Default for BrokerConfig {
             max_http_connections: 1024,
             http_header_read_timeout_secs: 30,
             topic_queue_depth: 1024,
+            connection_appends: true,
             max_segment_entries: 50_000,
             max_segment_bytes: 256 << 20,
             max_segment_age_secs: 4 * 3600,

@@ -19,6 +19,9 @@ use crate::publish_stages::PublishStages;
 pub struct TopicMetrics {
     pub msg_in: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// Entries appended by the connections that read their SENDs, without
+    /// the topic's task (ADR 0026).
+    pub appends_by_connection: AtomicU64,
     pub msg_out: AtomicU64,
     pub bytes_out: AtomicU64,
     pub producers: AtomicU64,
@@ -597,7 +600,7 @@ pub(crate) fn render_shared_log(
 type Get = fn(&TopicMetrics) -> f64;
 
 /// The per-topic series: name, kind, help, and how to read the figure.
-const TOPIC_SERIES: [(&str, &str, &str, Get); 18] = [
+const TOPIC_SERIES: [(&str, &str, &str, Get); 19] = [
     (
         "pulsar_in_messages_total",
         "counter",
@@ -609,6 +612,12 @@ const TOPIC_SERIES: [(&str, &str, &str, Get); 18] = [
         "counter",
         "Bytes published to the topic",
         |m| m.bytes_in.load(Ordering::Relaxed) as f64,
+    ),
+    (
+        "kilonova_appends_by_connection_total",
+        "counter",
+        "Entries of the topic appended by the connections that read their SENDs, without the topic's task",
+        |m| m.appends_by_connection.load(Ordering::Relaxed) as f64,
     ),
     (
         "pulsar_out_messages_total",

@@ -181,14 +181,6 @@ impl Drop for Call {
 }
 
 impl Answer {
-    /// Drops the answer without answering (its request was never queued,
-    /// and its owner was told so).
-    pub(crate) fn forget(self) {
-        if let Answer::Call(mut call) = self {
-            call.0 = None;
-        }
-    }
-
     pub(crate) fn send(self, reply: Reply) {
         match self {
             // The owner stopped waiting: nobody to tell.

@@ -44,14 +44,14 @@ pub use error::{Result, StorageError};
 pub use health::{StoreFailure, StoreHealth, StoreTrouble};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use managed_log::{
-    BacklogCounts, BacklogScan, CompactedWriter, CursorInfo, CursorWrites, CursorsStored,
-    InitialPosition, ManagedLog, ManagedLogConfig, Offloaded, RestoredSegment, Retention,
-    SegmentMeta, SegmentTier, StoredCursor, StoredSummary,
+    AppendLane, BacklogCounts, BacklogScan, CompactedWriter, CursorInfo, CursorWrites,
+    CursorsStored, InitialPosition, LaneClosed, ManagedLog, ManagedLogConfig, Offloaded,
+    RestoredSegment, Retention, SegmentMeta, SegmentTier, StoredCursor, StoredSummary,
 };
 pub use position::{dir_of, EntryId, Position, SegmentId, MAX_DIRS};
 pub use range_set::RangeSet;
 pub use reclaim::{reclaim_orphans, ReclaimReport};
 pub use segment_store::SegmentStore;
 pub use state_store::{DirStateStore, StateStore};
-pub use store::{Completion, DirStore, GcReport, SegmentInfo, StoreStats};
+pub use store::{AppendSlot, Completion, DirStore, GcReport, SegmentInfo, StoreStats};
 pub use store_state::StoreConfig;

@@ -34,6 +34,7 @@ use crate::store::Completion;
 mod backlog_scan;
 pub(crate) mod compacted;
 pub(crate) mod cursor;
+mod lane;
 pub(crate) mod meta;
 mod positions;
 mod retention;
@@ -46,6 +47,8 @@ pub use compacted::CompactedWriter;
 use compacted::{CompactedView, CursorView};
 use cursor::{named, named_mut, Cursor, Positions};
 pub use cursor::{CursorInfo, CursorWrites, CursorsStored, InitialPosition, StoredCursor};
+use lane::AppendSide;
+pub use lane::{AppendLane, LaneClosed};
 use meta::{log_prefix, meta_key, Meta, MetaOrder, StoredCursors};
 use positions::SegmentList;
 pub use retention::Retention;
@@ -112,15 +115,12 @@ pub struct ManagedLog {
     cache: Arc<EntryCache>,
     config: ManagedLogConfig,
     segments: Vec<SegmentMeta>,
-    /// Entries and bytes enqueued to the current (last) segment, durable or not.
-    pending_entries: u64,
-    pending_bytes: u64,
-    /// The current segment and the store's [`SegmentStore::segments_closed`]
-    /// when it was last seen open: appends check the store's index again
-    /// only when a segment closed since.
-    seen_open: Option<(SegmentId, u64)>,
-    next_message_index: u64,
-    last_publish_time_ms: u64,
+    /// What appends queued to the current segment, shared with the log's
+    /// [`AppendLane`] (`lane.rs`).
+    side: Arc<std::sync::Mutex<AppendSide>>,
+    /// The owner lets the lane append ([`Self::open_lane`]): it does so
+    /// whenever the current segment can take appends.
+    lane_wanted: bool,
     cursors: BTreeMap<String, Cursor>,
     /// The id the next durable cursor is stored under.
     next_cursor_id: u64,
@@ -175,24 +175,28 @@ impl ManagedLog {
             log.store.seal(id).await?;
         }
         // Where the message index and publish time continue from.
-        log.next_message_index = log
-            .next_message_index
-            .max(log.segments.last().map_or(0, |s| s.first_message_index));
+        let first_of_last = log.segments.last().map_or(0, |s| s.first_message_index);
+        let (mut index, mut time) = (log.next_message_index().max(first_of_last), 0);
         if let Some(p) = log.last_position() {
             match log.offloaded.get(&p.segment) {
                 Some(o) if log.store.segment(p.segment).is_none() => {
-                    log.next_message_index = o.end_message_index;
-                    log.last_publish_time_ms = o.last_publish_ms;
+                    (index, time) = (o.end_message_index, o.last_publish_ms);
                 }
                 _ => {
                     let e = log.read_entry(p)?;
-                    log.next_message_index = e.message_index + u64::from(e.message_count);
-                    log.last_publish_time_ms = e.publish_time_ms;
+                    index = e.message_index + u64::from(e.message_count);
+                    time = e.publish_time_ms;
                 }
             }
         }
+        {
+            let mut side = log.side();
+            side.next_message_index = index;
+            side.last_publish_time_ms = time;
+        }
         let to_migrate = log.load_cursors(stored_cursors)?;
         log.migrate_cursors(&to_migrate)?;
+        log.readers_changed();
         match log.start_segment(now_ms).await {
             Ok(()) => {}
             // Open for reading (and acknowledging, and deleting): on a full disk
@@ -236,11 +240,8 @@ impl ManagedLog {
             cache,
             config,
             segments,
-            pending_entries: 0,
-            pending_bytes: 0,
-            seen_open: None,
-            next_message_index: floor_index,
-            last_publish_time_ms: 0,
+            side: Arc::new(std::sync::Mutex::new(AppendSide::starting_at(floor_index))),
+            lane_wanted: false,
             cursors: BTreeMap::new(),
             next_cursor_id: 0,
             cursor_order: Arc::default(),
@@ -304,7 +305,57 @@ impl ManagedLog {
 
     /// Messages appended so far (the next message's index).
     pub fn next_message_index(&self) -> u64 {
-        self.next_message_index
+        self.side().next_message_index
+    }
+
+    /// The append side, locked (uncontended but while a lane appends).
+    fn side(&self) -> std::sync::MutexGuard<'_, AppendSide> {
+        lane::lock(&self.side)
+    }
+
+    /// A lane that appends to this log without its owner, while the owner
+    /// lets it ([`Self::open_lane`]). Entries it appends count as the
+    /// owner's own (positions, message indexes, the cache).
+    pub fn lane(&self) -> AppendLane {
+        let c = &self.config;
+        let limits = (
+            c.max_segment_entries,
+            c.max_segment_bytes,
+            c.max_segment_age_ms,
+        );
+        AppendLane::new(
+            self.id,
+            self.side.clone(),
+            self.store.clone(),
+            self.cache.clone(),
+            limits,
+        )
+    }
+
+    /// Lets the log's lanes append whenever the current segment can take
+    /// appends: not during a roll-over, nor once the log is terminated or
+    /// closed, nor while it has no segment (opened read-only).
+    pub fn open_lane(&mut self) {
+        self.lane_wanted = true;
+        self.resume_lane();
+    }
+
+    /// Stops the log's lanes: appends go through the owner only (until
+    /// [`Self::open_lane`]).
+    pub fn close_lane(&mut self) {
+        self.lane_wanted = false;
+        self.side().close_lane();
+    }
+
+    /// Opens the lane on the current segment if the owner wants it and the
+    /// segment takes appends.
+    fn resume_lane(&mut self) {
+        let Some(cur) = self.current() else {
+            return;
+        };
+        if self.lane_wanted && !self.terminated && self.still_open(cur.id) {
+            self.side().open_lane(cur.id, cur.created_ms);
+        }
     }
 
     /// The message index after the last *durable* entry:
@@ -314,15 +365,17 @@ impl ManagedLog {
     /// read it). If the last durable entry cannot be read, its segment's
     /// first message index (never a later one).
     pub fn durable_next_message_index(&self) -> u64 {
+        let (next, pending) = {
+            let side = self.side();
+            (side.next_message_index, side.pending_entries)
+        };
         let Some(current) = self.current() else {
-            return self.next_message_index;
+            return next;
         };
         // Appends to one segment are durable in order: all of the current
         // segment's durable, nothing is in flight.
-        if self.pending_entries > 0
-            && self.end_position() == Position::new(current.id, self.pending_entries)
-        {
-            return self.next_message_index;
+        if pending > 0 && self.end_position() == Position::new(current.id, pending) {
+            return next;
         }
         match self.last_position() {
             Some(p) => self.read_entry(p).map_or_else(
@@ -337,7 +390,7 @@ impl ManagedLog {
             None => self
                 .segments
                 .first()
-                .map_or(self.next_message_index, |s| s.first_message_index),
+                .map_or(next, |s| s.first_message_index),
         }
     }
 
@@ -372,12 +425,16 @@ impl ManagedLog {
         message_count: u32,
         publish_time_ms: u64,
     ) -> Result<Completion<Position>> {
-        let (segment, header, t) = self.before_append(publish_time_ms, message_count).await?;
-        let completion = self
-            .store
-            .append_parts(segment, &header, data.clone())
-            .await?;
-        self.after_append(segment, data, message_count, t, publish_time_ms);
+        let segment = self.before_append(publish_time_ms).await?;
+        let slot = self.store.reserve(segment).await?;
+        let (completion, entry) = self.side().number(
+            segment,
+            data,
+            message_count,
+            publish_time_ms,
+            |header, data| slot.append(header, data),
+        )?;
+        self.after_append(entry, publish_time_ms);
         Ok(completion.remap(|entry, segment| Position::new(segment, entry)))
     }
 
@@ -394,23 +451,26 @@ impl ManagedLog {
         publish_time_ms: u64,
         then: impl FnOnce(Result<(Position, std::time::Instant)>) + Send + Sync + 'static,
     ) -> Result<()> {
-        let (segment, header, t) = self.before_append(publish_time_ms, message_count).await?;
-        self.store
-            .append_parts_then(segment, &header, data.clone(), move |r| {
-                then(r.map(|(entry, at)| (Position::new(segment, entry), at)))
-            })
-            .await?;
-        self.after_append(segment, data, message_count, t, publish_time_ms);
+        let segment = self.before_append(publish_time_ms).await?;
+        let slot = self.store.reserve(segment).await?;
+        let ((), entry) = self.side().number(
+            segment,
+            data,
+            message_count,
+            publish_time_ms,
+            |header, data| {
+                slot.append_then(header, data, move |r| {
+                    then(r.map(|(entry, at)| (Position::new(segment, entry), at)))
+                });
+                Ok(())
+            },
+        )?;
+        self.after_append(entry, publish_time_ms);
         Ok(())
     }
 
-    /// Rolls over if due; the segment the next entry goes to, its header, and
-    /// its publish time (never before the last entry's).
-    async fn before_append(
-        &mut self,
-        publish_time_ms: u64,
-        message_count: u32,
-    ) -> Result<(SegmentId, [u8; entry::ENTRY_HEADER_LEN], u64)> {
+    /// Rolls over if due; the segment the next entry goes to.
+    async fn before_append(&mut self, publish_time_ms: u64) -> Result<SegmentId> {
         self.check_not_terminated()?;
         if self.needs_roll(publish_time_ms) {
             self.roll(publish_time_ms).await?;
@@ -418,50 +478,42 @@ impl ManagedLog {
         let Some(current) = self.current() else {
             return Err(StorageError::Log("managed log has no segment".into()));
         };
-        let t = publish_time_ms.max(self.last_publish_time_ms);
-        let header = entry::encode_header(t, self.next_message_index, message_count);
-        Ok((current.id, header, t))
+        Ok(current.id)
     }
 
-    /// Counts an entry queued to `segment` (positions, message index, the
-    /// cache while something reads the log, the next segment's preparation).
-    fn after_append(
-        &mut self,
-        segment: SegmentId,
-        data: Bytes,
-        message_count: u32,
-        t: u64,
-        publish_time_ms: u64,
-    ) {
-        let position = Position::new(segment, self.pending_entries);
-        self.pending_bytes += data.len() as u64;
-        if self.index_readers || !self.cursors.is_empty() {
-            self.cache.insert(
-                self.id,
-                Entry {
-                    position,
-                    publish_time_ms: t,
-                    message_index: self.next_message_index,
-                    message_count,
-                    data,
-                },
-            );
+    /// After an entry was queued: caches it while something reads the log,
+    /// and moves the next segment's preparation on.
+    fn after_append(&mut self, entry: Option<Entry>, publish_time_ms: u64) {
+        if let Some(e) = entry {
+            self.cache.insert(self.id, e);
         }
-        self.pending_entries += 1;
-        self.next_message_index += u64::from(message_count);
-        self.last_publish_time_ms = t;
         if !matches!(self.spare, spare::Spare::Created { .. }) {
             self.prepare_spare(publish_time_ms);
+            let ready = matches!(
+                self.spare,
+                spare::Spare::Created { .. } | spare::Spare::Failed
+            );
+            self.side().spare_ready = ready;
         }
+    }
+
+    /// Whether appended entries are cached (someone reads the log), for
+    /// the owner's appends and the lane's.
+    fn readers_changed(&self) {
+        self.side().cache_entries = self.index_readers || !self.cursors.is_empty();
     }
 
     fn needs_roll(&mut self, now_ms: u64) -> bool {
         let Some(cur) = self.current() else {
             return true;
         };
-        self.pending_entries >= self.config.max_segment_entries
-            || self.pending_bytes >= self.config.max_segment_bytes
-            || (self.pending_entries > 0
+        let (entries, bytes) = {
+            let side = self.side();
+            (side.pending_entries, side.pending_bytes)
+        };
+        entries >= self.config.max_segment_entries
+            || bytes >= self.config.max_segment_bytes
+            || (entries > 0
                 && now_ms.saturating_sub(cur.created_ms) >= self.config.max_segment_age_ms)
             || !self.still_open(cur.id)
     }
@@ -472,32 +524,44 @@ impl ManagedLog {
     fn still_open(&mut self, segment: SegmentId) -> bool {
         // Read before the look: a close after it moves the number again.
         let closed = self.store.segments_closed(segment);
-        if closed.is_some() && self.seen_open == closed.map(|c| (segment, c)) {
+        let seen = closed.map(|c| (segment, c));
+        if closed.is_some() && self.side().seen_open == seen {
             return true;
         }
         let open = self
             .store
             .segment(segment)
             .is_some_and(|s| !s.fenced && !s.sealed);
-        self.seen_open = closed.filter(|_| open).map(|c| (segment, c));
+        self.side().seen_open = seen.filter(|_| open);
         open
     }
 
     /// Seals the current segment and starts a new one.
     async fn roll(&mut self, now_ms: u64) -> Result<()> {
+        // The lane stays out until the next segment is current.
+        self.side().close_lane();
         if let Some(cur) = self.current() {
             let fenced = self.store.segment(cur.id).is_some_and(|s| s.fenced);
             self.store.seal(cur.id).await?;
             if fenced {
                 // Appends after the failure never happened: continue from what is durable.
                 self.cache.evict_log(self.id);
-                self.next_message_index = cur.first_message_index;
+                let mut next = cur.first_message_index;
                 if let Some(p) = self.last_position() {
                     let e = self.read_entry(p)?;
-                    self.next_message_index = e.message_index + u64::from(e.message_count);
+                    next = e.message_index + u64::from(e.message_count);
                 }
+                self.side().next_message_index = next;
             }
         }
+        self.switch_segment(now_ms).await?;
+        self.resume_lane();
+        Ok(())
+    }
+
+    /// [`Self::roll`] once the current segment is sealed: the spare, a
+    /// segment listed now, or a new one.
+    async fn switch_segment(&mut self, now_ms: u64) -> Result<()> {
         match self.spare_for_roll().await {
             Some((id, true)) => {
                 self.drop_empty_current().await?;
@@ -541,13 +605,15 @@ impl ManagedLog {
 
     /// Appends go to segment `id` from now on.
     fn push_segment(&mut self, id: SegmentId, now_ms: u64) {
+        let mut side = lane::lock(&self.side);
         self.segments.push(SegmentMeta {
             id,
-            first_message_index: self.next_message_index,
+            first_message_index: side.next_message_index,
             created_ms: now_ms,
         });
-        self.pending_entries = 0;
-        self.pending_bytes = 0;
+        side.pending_entries = 0;
+        side.pending_bytes = 0;
+        side.spare_ready = false;
     }
 
     async fn start_segment(&mut self, now_ms: u64) -> Result<()> {
@@ -582,7 +648,7 @@ impl ManagedLog {
             None => std::borrow::Cow::Borrowed(self.segments.as_slice()),
         };
         let record = meta::encode_meta(
-            self.next_message_index,
+            self.next_message_index(),
             &segments,
             self.next_cursor_id,
             &ids,
@@ -624,6 +690,7 @@ impl ManagedLog {
     /// or by the cache's budget, a segment's worth in one eviction.)
     pub fn note_index_reader(&mut self) {
         self.index_readers = true;
+        self.readers_changed();
     }
 
     /// Whether every metadata record left to the blocking pool is stored
@@ -706,6 +773,7 @@ impl ManagedLog {
         let mut cursor = Cursor::new(id, start);
         cursor.set_read_compacted(read_compacted);
         self.cursors.insert(name.to_string(), cursor);
+        self.readers_changed();
         if let Some(cid) = id {
             self.next_cursor_id += 1;
             // Stored, then listed: a cursor that could not be stored does not exist.
@@ -790,6 +858,7 @@ impl ManagedLog {
                 self.remove_cursor_state(cid)?;
             }
         }
+        self.readers_changed();
         self.evict_cache();
         Ok(())
     }
@@ -1044,6 +1113,7 @@ impl ManagedLog {
 
     /// Persists cursors; the log's segments stay as they are.
     pub fn close(mut self) -> Result<()> {
+        self.close_lane();
         self.persist_cursors()?;
         self.retire_meta()?;
         self.cache.evict_log(self.id);
@@ -1053,6 +1123,7 @@ impl ManagedLog {
     /// Deletes the whole log: segments, cursors and state. Answers the
     /// objects of its offloaded segments, for the caller to delete.
     pub async fn delete(mut self) -> Result<Vec<String>> {
+        self.close_lane();
         for s in std::mem::take(&mut self.segments) {
             if self.store.segment(s.id).is_some() {
                 self.store.delete_segment(s.id).await?;
@@ -1078,6 +1149,7 @@ impl Drop for ManagedLog {
     /// blocking pool land over its next instance's: a write under way is
     /// waited for, a later one dropped — as a crash would have.
     fn drop(&mut self) {
+        self.close_lane();
         if let Err(e) = self.meta_order.retire() {
             tracing::debug!(log = self.id, error = %e, "metadata writes not retired");
         }

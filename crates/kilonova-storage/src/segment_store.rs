@@ -19,7 +19,7 @@ use crate::error::{Result, StorageError};
 use crate::health::StoreHealth;
 use crate::histogram::HistogramSnapshot;
 use crate::position::{self, EntryId, SegmentId, MAX_DIRS};
-use crate::store::{Completion, DirStore, GcReport, SegmentInfo, StoreStats};
+use crate::store::{AppendSlot, Completion, DirStore, GcReport, SegmentInfo, StoreStats};
 use crate::store_dirs;
 use crate::store_state::StoreConfig;
 
@@ -151,20 +151,15 @@ impl SegmentStore {
         self.dir(segment)?.append_parts(segment, prefix, data).await
     }
 
-    /// [`SegmentStore::append_parts`] answered by `then`, called on the
-    /// journal's thread in the order of the appends (it must be short and
-    /// must not block), with the entry's id and when it became durable.
-    /// `Err` without calling `then` if the append was not queued.
-    pub async fn append_parts_then(
-        &self,
-        segment: SegmentId,
-        prefix: &[u8],
-        data: Bytes,
-        then: impl FnOnce(Result<(EntryId, std::time::Instant)>) + Send + Sync + 'static,
-    ) -> Result<()> {
-        self.dir(segment)?
-            .append_parts_then(segment, prefix, data, then)
-            .await
+    /// Room for one append to `segment` in its directory's journal queue,
+    /// waited for ([`AppendSlot`]).
+    pub(crate) async fn reserve(&self, segment: SegmentId) -> Result<AppendSlot<'_>> {
+        self.dir(segment)?.reserve(segment).await
+    }
+
+    /// [`SegmentStore::reserve`] without waiting: `None` while the queue is full.
+    pub(crate) fn try_reserve(&self, segment: SegmentId) -> Result<Option<AppendSlot<'_>>> {
+        self.dir(segment)?.try_reserve(segment)
     }
 
     /// [`SegmentStore::append`] for threads outside an async runtime.

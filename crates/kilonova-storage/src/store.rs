@@ -153,6 +153,51 @@ impl<T> Future for Completion<T> {
     }
 }
 
+/// Room for one append in a directory's journal queue, taken before the
+/// entry is numbered: whoever numbers a log's entries under a lock queues
+/// them, in that order, without waiting under it
+/// ([`crate::managed_log::AppendLane`]). Dropped unused, the room is freed.
+pub struct AppendSlot<'a> {
+    permit: mpsc::Permit<'a, Request>,
+    segment: SegmentId,
+}
+
+impl AppendSlot<'_> {
+    /// Queues the append; its completion resolves once durable.
+    pub(crate) fn append(self, prefix: &[u8], data: Bytes) -> Result<Completion<EntryId>> {
+        let (done, rx) = oneshot::channel();
+        let op = Op::Append {
+            segment: self.segment,
+            prefix: Prefix::new(prefix)?,
+            data,
+        };
+        self.permit.send(Request::new(op, done));
+        Ok(Completion::new(rx, self.segment, id))
+    }
+
+    /// Queues the append, answered by `then` on the journal's thread
+    /// ([`crate::ManagedLog::append_then`]); `then` is called once whatever
+    /// happens (at once, for a prefix too long).
+    pub(crate) fn append_then(
+        self,
+        prefix: &[u8],
+        data: Bytes,
+        then: impl FnOnce(Result<(EntryId, Instant)>) + Send + Sync + 'static,
+    ) {
+        let prefix = match Prefix::new(prefix) {
+            Ok(p) => p,
+            Err(e) => return then(Err(e)),
+        };
+        let op = Op::Append {
+            segment: self.segment,
+            prefix,
+            data,
+        };
+        let call = Call::new(move |reply: Reply| then(reply.map(|d| (d.value, d.at))));
+        self.permit.send(Request::new(op, Answer::Call(call)));
+    }
+}
+
 /// The segments of one data directory, in its journal. Cheap to share
 /// (`Arc` inside); all methods take `&self`.
 ///
@@ -297,18 +342,6 @@ impl DirStore {
         Ok(rx)
     }
 
-    /// Queues `op`, answered by `call` on the journal's thread. `Err` (the
-    /// journal stopped) without calling it.
-    async fn submit_call(&self, op: Op, call: Call) -> Result<()> {
-        match self.tx.send(Request::new(op, Answer::Call(call))).await {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendError(req)) => {
-                req.done.forget();
-                Err(StorageError::Closed)
-            }
-        }
-    }
-
     fn submit_blocking(&self, op: Op) -> Result<oneshot::Receiver<Reply>> {
         let (done, rx) = oneshot::channel();
         self.tx
@@ -336,34 +369,22 @@ impl DirStore {
         prefix: &[u8],
         data: Bytes,
     ) -> Result<Completion<EntryId>> {
-        let rx = self
-            .submit(Op::Append {
-                segment,
-                prefix: Prefix::new(prefix)?,
-                data,
-            })
-            .await?;
-        Ok(Completion::new(rx, segment, id))
+        self.reserve(segment).await?.append(prefix, data)
     }
 
-    /// [`DirStore::append_parts`] answered by a call on the journal's thread
-    /// (in the order of the appends) instead of a completion: `then` gets the
-    /// entry's id and when it became durable, or why it was not stored. `Err`
-    /// (then `then` is not called) if the journal stopped.
-    pub(crate) async fn append_parts_then(
-        &self,
-        segment: SegmentId,
-        prefix: &[u8],
-        data: Bytes,
-        then: impl FnOnce(Result<(EntryId, Instant)>) + Send + Sync + 'static,
-    ) -> Result<()> {
-        let op = Op::Append {
-            segment,
-            prefix: Prefix::new(prefix)?,
-            data,
-        };
-        let call = Call::new(move |reply: Reply| then(reply.map(|d| (d.value, d.at))));
-        self.submit_call(op, call).await
+    /// Room in the journal's queue for one append to `segment`, waited for.
+    pub(crate) async fn reserve(&self, segment: SegmentId) -> Result<AppendSlot<'_>> {
+        let permit = self.tx.reserve().await.map_err(|_| StorageError::Closed)?;
+        Ok(AppendSlot { permit, segment })
+    }
+
+    /// [`DirStore::reserve`] without waiting: `None` while the queue is full.
+    pub(crate) fn try_reserve(&self, segment: SegmentId) -> Result<Option<AppendSlot<'_>>> {
+        match self.tx.try_reserve() {
+            Ok(permit) => Ok(Some(AppendSlot { permit, segment })),
+            Err(mpsc::error::TrySendError::Full(())) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(StorageError::Closed),
+        }
     }
 
     /// [`DirStore::append`] for threads outside an async runtime.

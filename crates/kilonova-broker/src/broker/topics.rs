@@ -4,7 +4,6 @@
 //! auto-creation and quotas, and schema registration.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
@@ -228,7 +227,7 @@ impl Broker {
                 continue;
             }
             let (tx, rx) = mpsc::channel(self.config().topic_queue_depth.max(1));
-            let handle = TopicHandle::new(tx, Arc::default());
+            let handle = TopicHandle::new(tx);
             topics.live.insert(key, handle.clone());
             drop(topics);
             tokio::spawn(Topic::run(
@@ -237,6 +236,7 @@ impl Broker {
                 record,
                 rx,
                 handle.publish_gate.clone(),
+                handle.lane.clone(),
             ));
             return Ok(handle);
         }

@@ -51,6 +51,7 @@ use kilonova_metadata::names::TopicName;
 use tokio_rustls::rustls;
 
 use keep_alive::{KeepAlive, Liveness};
+use producer::ProducerOnConn;
 use writer::write_loop;
 
 /// Largest frame accepted before CONNECT completes: a CONNECT (even with a
@@ -99,7 +100,7 @@ struct Connection {
     connected_since_ms: u64,
     /// The advertised listener the client's lookups here named.
     listener: ClientListener,
-    producers: HashMap<u64, TopicHandle>,
+    producers: HashMap<u64, ProducerOnConn>,
     consumers: HashMap<u64, TopicHandle>,
     /// A publish rate was reached: stop reading until then.
     throttled_until: Option<Instant>,
@@ -284,7 +285,7 @@ impl Connection {
     /// producers' topics still wants the connection paused.
     async fn throttle_ended(&mut self, buf: &mut BytesMut) -> Result<Option<bool>, End> {
         let now = self.now();
-        let gates = self.producers.values().map(|h| &*h.publish_gate);
+        let gates = self.producers.values().map(|p| &*p.topic.publish_gate);
         self.throttled_until = throttle_wait(gates, now).and_then(|w| pause_until(now, w));
         if self.throttled_until.is_some() {
             return Ok(None);
@@ -315,8 +316,9 @@ impl Connection {
 
     /// Detaches this connection's producers and consumers from their topics.
     async fn release(&mut self) {
-        for (producer_id, h) in self.producers.drain() {
-            let _ = h
+        for (producer_id, p) in self.producers.drain() {
+            let _ = p
+                .topic
                 .send(TopicCommand::RemoveProducer {
                     conn: self.id,
                     producer_id,
@@ -440,6 +442,14 @@ impl Connection {
         Ok(topic)
     }
 
+    /// The topic this connection's producer or consumer `id` is on.
+    fn topic_of(&self, side: Side, id: u64) -> Option<&TopicHandle> {
+        match side {
+            Side::Producer => self.producers.get(&id).map(|p| &p.topic),
+            Side::Consumer => self.consumers.get(&id),
+        }
+    }
+
     /// Opens topic `name` for a new producer or consumer `id` of this
     /// connection: loads it and registers `schema` on it; returns the topic
     /// and the schema's version. If the topic cannot be opened, or `id` is
@@ -452,12 +462,10 @@ impl Connection {
         name: &str,
         schema: Option<&Schema>,
     ) -> Option<(TopicHandle, Option<u64>)> {
-        let handles = match side {
-            Side::Producer => &self.producers,
-            Side::Consumer => &self.consumers,
-        };
         let result = match self.open_topic(side, name, schema).await {
-            Ok((topic, _)) if in_use_elsewhere(handles, id, &topic) => Err(side.busy(id)),
+            Ok((topic, _)) if in_use_elsewhere(self.topic_of(side, id), &topic) => {
+                Err(side.busy(id))
+            }
             other => other,
         };
         match result {
@@ -562,10 +570,10 @@ impl Side {
 /// Whether `id` names a live producer (or consumer) of this connection on
 /// another topic than `topic`. Such an id is not reused: the first topic
 /// would keep a producer nobody can close (it held off every new producer).
-fn in_use_elsewhere(handles: &HashMap<u64, TopicHandle>, id: u64, topic: &TopicHandle) -> bool {
-    handles
-        .get(&id)
-        .is_some_and(|other| !other.same_channel(topic) && !other.is_closed())
+/// Whether an id of this connection on topic `held` (none: unused) is
+/// live on another topic than `topic`.
+fn in_use_elsewhere(held: Option<&TopicHandle>, topic: &TopicHandle) -> bool {
+    held.is_some_and(|other| !other.same_channel(topic) && !other.is_closed())
 }
 
 /// How long a connection paused by a publish rate must still wait: the
@@ -701,20 +709,19 @@ mod tests {
 
     fn handle() -> (TopicHandle, mpsc::Receiver<TopicCommand>) {
         let (tx, rx) = mpsc::channel(1);
-        (TopicHandle::new(tx, Arc::default()), rx)
+        (TopicHandle::new(tx), rx)
     }
 
     #[test]
     fn an_id_live_on_another_topic_of_the_connection_is_in_use() {
         let (a, a_rx) = handle();
         let (b, _b_rx) = handle();
-        let producers = HashMap::from([(1, a.clone())]);
-        assert!(in_use_elsewhere(&producers, 1, &b));
-        assert!(!in_use_elsewhere(&producers, 1, &a), "the same topic again");
-        assert!(!in_use_elsewhere(&producers, 2, &b), "an unused id");
+        assert!(in_use_elsewhere(Some(&a), &b));
+        assert!(!in_use_elsewhere(Some(&a), &a), "the same topic again");
+        assert!(!in_use_elsewhere(None, &b), "an unused id");
         drop(a_rx);
         assert!(
-            !in_use_elsewhere(&producers, 1, &b),
+            !in_use_elsewhere(Some(&a), &b),
             "the id's topic went away (unloaded): it is free"
         );
     }

@@ -253,6 +253,7 @@ impl KafkaConnection {
         })?;
         let (producer_id, request_id) = (self.next_id(), self.next_id());
         let cmd = TopicCommand::AddProducer(Box::new(NewProducer {
+            lane: None,
             conn: ConnCtx {
                 id: self.id,
                 out: self.out.clone(),

@@ -749,16 +749,17 @@ impl Topic {
         let mut publishers: Vec<PublisherStats> = self
             .producers
             .iter()
-            .map(|((_, id), p)| PublisherStats {
+            .map(|((_, id), p)| (id, p, p.published()))
+            .map(|(id, p, (msg_in, bytes_in))| PublisherStats {
                 producer_id: *id,
                 producer_name: p.name.clone(),
                 access_mode: if p.exclusive { "Exclusive" } else { "Shared" }.into(),
-                msg_in_counter: p.msg_in,
-                bytes_in_counter: p.bytes_in,
+                msg_in_counter: msg_in,
+                bytes_in_counter: bytes_in,
                 msg_rate_in: p.meter_in.msgs.rate(),
                 msg_throughput_in: p.meter_in.bytes.rate(),
-                average_msg_size: if p.msg_in > 0 {
-                    p.bytes_in as f64 / p.msg_in as f64
+                average_msg_size: if msg_in > 0 {
+                    bytes_in as f64 / msg_in as f64
                 } else {
                     0.0
                 },

@@ -12,6 +12,10 @@
 //! dispatch to, answers queued behind these appends, or is draining: it says
 //! so with [`DirectReceipts::watch`] and [`DirectReceipts::progress`] wakes it.
 //! A failed append always wakes it (it fences the topic).
+//!
+//! Appends a connection made through the topic's lane
+//! ([`super::publish_lane`]) are counted here too: they are queued and
+//! answered off the task the same way, only queued from elsewhere.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -21,7 +25,9 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 
 #[derive(Default)]
-struct Shared {
+pub(super) struct Shared {
+    /// Appends queued to be answered by a call (by the task or a lane).
+    queued: AtomicU64,
     /// Calls made so far.
     answered: AtomicU64,
     /// A call answered a failed append (until the topic clears it).
@@ -31,36 +37,38 @@ struct Shared {
     waker: AtomicWaker,
 }
 
-/// The topic's side: what it queued, what it has seen.
+/// The topic's side: what it has seen.
 #[derive(Default)]
 pub(super) struct DirectReceipts {
     shared: Arc<Shared>,
-    /// Appends queued to be answered by a call.
-    queued: u64,
     /// Calls the task has been told of.
     seen: u64,
     /// The task was told of the failure.
     failure_seen: bool,
 }
 
-/// The call's side: one per append, told when it answered.
-pub(super) struct Answered(Arc<Shared>);
-
-impl Answered {
-    /// Whether an append before this one failed: then this one is answered
-    /// with an error too, stored or not (the topic is fenced).
-    pub(super) fn after_failure(&self) -> bool {
-        self.0.failed.load(SeqCst)
+/// The calls' side, shared by every append answered off the task.
+impl Shared {
+    /// An append is about to be queued (its call will come).
+    pub(super) fn queued(&self) {
+        self.queued.fetch_add(1, SeqCst);
     }
 
-    /// The append was answered (`failed`: with a failure of its own).
-    pub(super) fn done(self, failed: bool) {
+    /// Whether an append before this one failed: then this one is answered
+    /// with an error too, stored or not (the topic is fenced); a lane
+    /// queues nothing then.
+    pub(super) fn after_failure(&self) -> bool {
+        self.failed.load(SeqCst)
+    }
+
+    /// An append was answered (`failed`: with a failure of its own).
+    pub(super) fn done(&self, failed: bool) {
         if failed {
-            self.0.failed.store(true, SeqCst);
+            self.failed.store(true, SeqCst);
         }
-        self.0.answered.fetch_add(1, SeqCst);
-        if failed || self.0.watched.load(SeqCst) {
-            self.0.waker.wake();
+        self.answered.fetch_add(1, SeqCst);
+        if failed || self.watched.load(SeqCst) {
+            self.waker.wake();
         }
     }
 }
@@ -85,27 +93,22 @@ impl Barrier {
 }
 
 impl DirectReceipts {
-    /// The handle for the call that answers the next append; counted once
-    /// [`Self::queued`] says the append was queued.
-    pub(super) fn answer(&self) -> Answered {
-        Answered(self.shared.clone())
-    }
-
-    /// The append of the last [`Self::answer`] was queued (its call will come).
-    pub(super) fn queued(&mut self) {
-        self.queued += 1;
+    /// What the calls share ([`Shared::queued`] before each append).
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Appends queued and not answered yet.
     pub(super) fn in_flight(&self) -> bool {
-        self.shared.answered.load(SeqCst) < self.queued
+        self.shared.answered.load(SeqCst) < self.shared.queued.load(SeqCst)
     }
 
     /// A barrier behind every append in flight (none if none is).
     pub(super) fn barrier(&self) -> Option<Barrier> {
-        self.in_flight().then(|| Barrier {
+        let queued = self.shared.queued.load(SeqCst);
+        (self.shared.answered.load(SeqCst) < queued).then(|| Barrier {
             shared: self.shared.clone(),
-            upto: self.queued,
+            upto: queued,
         })
     }
 
@@ -205,13 +208,13 @@ mod tests {
         let wakes = Arc::new(Wakes::default());
         let waker = std::task::Waker::from(wakes.clone());
         let mut d = DirectReceipts::default();
-        let (a, b, c, e) = (d.answer(), d.answer(), d.answer(), d.answer());
+        let calls = d.shared().clone();
         for _ in 0..4 {
-            d.queued();
+            calls.queued();
         }
         assert!(d.in_flight());
         assert_eq!(look(&mut d, &waker), Poll::Pending);
-        a.done(false);
+        calls.done(false);
         assert_eq!(wakes.0.load(SeqCst), 0, "not watched: no wake-up");
         assert_eq!(look(&mut d, &waker), Poll::Pending, "nor told");
         d.watch(true);
@@ -221,44 +224,43 @@ mod tests {
             "told once watched"
         );
         assert_eq!(look(&mut d, &waker), Poll::Pending, "nothing new");
-        b.done(false);
+        calls.done(false);
         assert_eq!(wakes.0.load(SeqCst), 1, "watched: woken");
         assert_eq!(look(&mut d, &waker), Poll::Ready(false));
         d.watch(false);
         assert_eq!(look(&mut d, &waker), Poll::Pending);
-        c.done(true);
+        calls.done(true);
         assert_eq!(wakes.0.load(SeqCst), 2, "a failure wakes, watched or not");
         assert_eq!(
             look(&mut d, &waker),
             Poll::Ready(true),
             "the failure is told, watched or not"
         );
-        assert!(e.after_failure(), "appends behind a failure fail too");
-        e.done(false);
+        assert!(calls.after_failure(), "appends behind a failure fail too");
+        calls.done(false);
         assert!(!d.in_flight());
         assert_eq!(look(&mut d, &waker), Poll::Pending, "told once");
         d.clear_failure();
-        assert!(!d.answer().after_failure());
+        assert!(!calls.after_failure());
     }
 
     #[tokio::test]
     async fn a_barrier_passes_once_the_appends_before_it_are_answered() {
         let mut d = DirectReceipts::default();
+        let calls = d.shared().clone();
         assert!(d.barrier().is_none(), "nothing in flight");
-        let first = d.answer();
-        d.queued();
+        calls.queued();
         let barrier = d.barrier().unwrap();
-        let later = d.answer();
-        d.queued();
+        calls.queued();
         let mut passed = std::pin::pin!(std::future::poll_fn(|cx| barrier.poll_passed(cx)));
         assert!(passed.as_mut().now_or_never().is_none());
-        first.done(false);
+        calls.done(false);
         passed.await;
         assert!(
             d.in_flight(),
             "the barrier waits only for what was before it"
         );
-        later.done(false);
+        calls.done(false);
         assert!(!d.drained().await);
     }
 }

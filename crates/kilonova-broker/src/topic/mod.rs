@@ -42,6 +42,7 @@ mod in_order;
 mod offload;
 mod policy;
 mod publish;
+mod publish_lane;
 mod replicated_subscriptions;
 mod replication;
 mod send_payload;
@@ -52,6 +53,8 @@ mod termination;
 pub use admin::{AdminReply, AdminRequest, BacklogStep, Peeked, ResetTo};
 pub use compaction::CompactionStatus;
 pub use offload::OffloadStatus;
+pub(crate) use publish::AnswerTo;
+pub(crate) use publish_lane::{ProducerLane, PublishLane};
 pub use replication::ReplicatorStatsView;
 pub(crate) use send_payload::SendPayload;
 
@@ -129,6 +132,9 @@ pub(crate) struct NewProducer {
     pub topic_epoch: Option<u64>,
     /// The version of the producer's schema (registered by the connection).
     pub schema_version: Option<u64>,
+    /// Shared with its connection, for SENDs appended by it (none: the
+    /// Kafka edge's producers).
+    pub lane: Option<Arc<ProducerLane>>,
 }
 
 pub(crate) enum TopicCommand {
@@ -208,11 +214,17 @@ pub(crate) enum TopicCommand {
 pub(crate) struct TopicHandle {
     tx: mpsc::Sender<TopicCommand>,
     pub publish_gate: Arc<PublishGate>,
+    /// Plain SENDs appended by their connections (ADR 0026).
+    pub lane: Arc<PublishLane>,
 }
 
 impl TopicHandle {
-    pub(crate) fn new(tx: mpsc::Sender<TopicCommand>, publish_gate: Arc<PublishGate>) -> Self {
-        TopicHandle { tx, publish_gate }
+    pub(crate) fn new(tx: mpsc::Sender<TopicCommand>) -> Self {
+        TopicHandle {
+            tx,
+            publish_gate: Arc::default(),
+            lane: Arc::default(),
+        }
     }
 
     pub(crate) async fn send(
@@ -259,6 +271,11 @@ pub(crate) struct Topic {
     appends: in_order::InOrder<PendingAppend>,
     /// Plain SENDs' appends, answered off the task by the journal's call.
     direct: direct_receipts::DirectReceipts,
+    /// What those calls share.
+    calls: Arc<publish::DurableCall>,
+    /// Plain SENDs appended by their connections while the topic allows it
+    /// ([`Self::lane_allowed`]).
+    lane: Arc<PublishLane>,
     /// An append failed: every append still in flight is answered with an
     /// error (stored or not), producers were closed and new ones wait, until
     /// nothing is in flight (Pulsar fences a topic the same way). Without it,
@@ -352,6 +369,7 @@ impl Topic {
         record: TopicRecord,
         mut rx: mpsc::Receiver<TopicCommand>,
         publish_gate: Arc<PublishGate>,
+        lane: Arc<PublishLane>,
     ) {
         let full_name = name.to_string();
         let policies = policy::load(&broker, &name).await;
@@ -362,7 +380,7 @@ impl Topic {
         let replicated_into = !policies.replication_clusters.is_empty();
         // Deduplication replays every entry at the load: they must be local.
         let lazy = !(policies.deduplication || replicated_into);
-        let (log, shared) = match Self::open(&broker, &name, &record, lazy).await {
+        let (mut log, shared) = match Self::open(&broker, &name, &record, lazy).await {
             Ok(opened) => opened,
             Err(e) => {
                 tracing::error!(topic = %full_name, error = %e, "cannot load topic");
@@ -385,6 +403,18 @@ impl Topic {
         let subscribe_rate = SubscribeRateLimiter::new(policies.subscribe_rate, now);
         let loaded_at_ms = broker.clock().now_ms();
         let metrics = broker.metrics().register(&full_name);
+        let direct = direct_receipts::DirectReceipts::default();
+        let calls = Arc::new(publish::DurableCall {
+            direct: direct.shared().clone(),
+            metrics: metrics.clone(),
+            stages: broker.metrics().publish_stages().clone(),
+            clock: broker.clock().clone(),
+            failures: broker.metrics().append_failures(),
+        });
+        if let Some(log) = log.as_mut() {
+            lane.install(log.lane(), calls.clone());
+            log.open_lane();
+        }
         let (replication_reports, reports) = mpsc::unbounded_channel();
         let (offload_events, offloaded) = mpsc::unbounded_channel();
         let mut topic = Topic {
@@ -400,7 +430,9 @@ impl Topic {
             parked_readers: HashMap::new(),
             to_dispatch: HashSet::new(),
             appends: in_order::InOrder::default(),
-            direct: Default::default(),
+            direct,
+            calls,
+            lane,
             fenced: false,
             handover: None,
             shared,
@@ -495,6 +527,7 @@ impl Topic {
         // that comes between): not a new future at every turn of the loop.
         let mut drained_wake = std::pin::pin!(drained.notified());
         loop {
+            self.refresh_lane();
             tokio::select! {
                 biased;
                 Some(appended) = self.appends.next(), if !self.appends.is_empty() => {
@@ -753,6 +786,7 @@ impl Topic {
     /// Closes every producer and consumer with the protocol's close commands,
     /// waits for appends in flight, drops non-durable cursors.
     async fn shutdown_keeping_log(&mut self) {
+        self.stop_lane();
         self.replicators.clear();
         self.close_producers();
         let handover = self.handover.as_ref();
@@ -1017,7 +1051,8 @@ impl Topic {
         }
         self.sample_subscriptions();
         for p in self.producers.values_mut() {
-            p.meter_in.tick(p.msg_in, p.bytes_in, secs);
+            let (msg_in, bytes_in) = p.published();
+            p.meter_in.tick(msg_in, bytes_in, secs);
         }
         self.tick_replication_meters(secs);
         if secs > 0.0 {

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use kilonova_objstore::wal::WalAppend;
@@ -14,13 +15,16 @@ use kilonova_pulsar_protocol::proto::{
 };
 use kilonova_storage::{Completion, Entry, Position, StorageError};
 
-use super::direct_receipts::Barrier;
+use super::direct_receipts::{self, Barrier};
+use super::publish_lane::ProducerLane;
 use super::{access, NewProducer, SendPayload, Topic};
+use crate::clock::SharedClock;
 use crate::commands;
 use crate::dedup;
 use crate::error::BrokerError;
+use crate::metrics::TopicMetrics;
 use crate::outbound::{Outbound, UNKNOWN_INDEX};
-use crate::publish_stages::Stage;
+use crate::publish_stages::{PublishStages, Stage};
 
 pub(super) struct Producer {
     pub(super) name: String,
@@ -28,11 +32,30 @@ pub(super) struct Producer {
     pub(super) replicator: bool,
     pub(super) out: Outbound,
     pub(super) exclusive: bool,
+    /// Messages and bytes published through the topic's task (the lane
+    /// counts its own: [`Producer::published`]).
     pub(super) msg_in: u64,
     pub(super) bytes_in: u64,
+    /// Shared with its connection (none: the Kafka edge's).
+    pub(super) lane: Option<Arc<ProducerLane>>,
     pub(super) client: super::ClientInfo,
     /// Messages and bytes per second published.
     pub(super) meter_in: crate::rate_meter::FlowMeter,
+}
+
+impl Producer {
+    /// The producer is no longer the topic's: its SENDs keep off the lane.
+    fn leave(&self) {
+        if let Some(lane) = &self.lane {
+            lane.admit(false);
+        }
+    }
+
+    /// Messages and bytes published, both ways.
+    pub(super) fn published(&self) -> (u64, u64) {
+        let (m, b) = self.lane.as_ref().map_or((0, 0), |l| l.published());
+        (self.msg_in + m, self.bytes_in + b)
+    }
 }
 
 /// What a SEND became.
@@ -62,17 +85,21 @@ enum Shared {
 
 /// Where a SEND's answer goes.
 #[derive(Clone)]
-struct AnswerTo {
-    out: Outbound,
-    producer_id: u64,
-    sequence_id: u64,
-    highest_sequence_id: u64,
+pub(crate) struct AnswerTo {
+    pub(crate) out: Outbound,
+    pub(crate) producer_id: u64,
+    pub(crate) sequence_id: u64,
+    pub(crate) highest_sequence_id: u64,
+    /// The SEND was routed to the topic's task: its answer lets the
+    /// producer's next SENDs take the lane again.
+    pub(crate) routed: Option<Arc<ProducerLane>>,
 }
 
 impl AnswerTo {
     /// Answers the SEND as stored at `at`, its first message index
     /// `message_index`; `now` begins the receipt's stage.
     fn receipt(&self, at: Position, message_index: u64, now: std::time::Instant) {
+        self.answered();
         self.out.receipt(
             SendReceipt {
                 producer_id: self.producer_id,
@@ -87,13 +114,71 @@ impl AnswerTo {
     }
 
     /// Answers the SEND with an error.
-    fn error(&self, code: ServerError, why: impl Into<String>) {
+    pub(crate) fn error(&self, code: ServerError, why: impl Into<String>) {
+        self.answered();
         self.out.command(commands::send_error(
             self.producer_id,
             self.sequence_id,
             code,
             why,
         ));
+    }
+
+    /// The answer is queued (next in the producer's order).
+    fn answered(&self) {
+        if let Some(lane) = &self.routed {
+            lane.answered();
+        }
+    }
+}
+
+/// What the journal's calls that answer appends off the task share (one
+/// per topic).
+pub(crate) struct DurableCall {
+    pub(super) direct: Arc<direct_receipts::Shared>,
+    pub(super) metrics: Arc<TopicMetrics>,
+    pub(super) stages: Arc<PublishStages>,
+    pub(super) clock: SharedClock,
+    pub(super) failures: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The call that answers an append off the task once the journal made it
+/// durable (or failed it): the receipt of an entry whose first message
+/// index is `message_index`, asked for at `appended_at`, or an error.
+pub(super) fn durable_call(
+    calls: Arc<DurableCall>,
+    answer: AnswerTo,
+    message_index: u64,
+    appended_at: std::time::Instant,
+) -> impl FnOnce(Result<(Position, std::time::Instant), StorageError>) + Send + Sync + 'static {
+    move |r| {
+        let failed = match r {
+            Ok(_) if calls.direct.after_failure() => {
+                answer.error(ServerError::PersistenceError, FENCED);
+                false
+            }
+            Ok((p, durable_at)) => {
+                let now = calls.clock.now();
+                calls
+                    .metrics
+                    .observe_write_latency(now.saturating_duration_since(appended_at));
+                calls
+                    .stages
+                    .observe(Stage::Answered, now.saturating_duration_since(durable_at));
+                answer.receipt(p, message_index, now);
+                false
+            }
+            Err(e) => {
+                // The task, woken, logs the fence with the topic's name.
+                tracing::warn!(error = %e, "append failed");
+                calls
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                answer.error(ServerError::PersistenceError, e.to_string());
+                true
+            }
+        };
+        calls.direct.done(failed);
     }
 }
 
@@ -244,6 +329,8 @@ impl Topic {
             Err(e) => {
                 tracing::warn!(topic = %self.full_name, error = %e, "append failed");
                 self.broker.metrics().count_append_failure();
+                // Before the answer lets the producer's next SEND take the lane.
+                self.stop_lane();
                 a.to.error(ServerError::PersistenceError, e.to_string());
                 if self.shared.is_some() {
                     // Its shared copy may hold the entry the local log
@@ -259,6 +346,7 @@ impl Topic {
     pub(super) fn close_producers(&mut self) {
         let handover = self.handover.as_ref();
         for ((_, id), p) in self.producers.drain() {
+            p.leave();
             let to = handover.and_then(|n| n.urls_for(&p.client.listener));
             p.out.command(commands::close_producer(id, to.as_ref()));
         }
@@ -273,6 +361,7 @@ impl Topic {
             return;
         }
         self.fenced = true;
+        self.stop_lane();
         self.broker.metrics().count_topic_fenced();
         tracing::warn!(topic = %self.full_name, in_flight = self.appends.len(), "fenced after a failed append");
         self.close_producers();
@@ -332,6 +421,7 @@ impl Topic {
             // A Kafka producer that reconnected: its newer connection takes
             // over (the older one may not have noticed it is gone yet).
             if let Some(old) = self.producers.remove(&key) {
+                old.leave();
                 old.out.command(commands::close_producer(key.1, None));
             }
         } else if same_name.is_some() {
@@ -400,15 +490,20 @@ impl Topic {
         if exclusive {
             self.topic_epoch = access::next_epoch(self.topic_epoch, p.topic_epoch);
         }
+        let replicator = name.starts_with(crate::replicator::REPLICATOR_PREFIX);
+        if let Some(lane) = &p.lane {
+            lane.admit(!replicator && !dedup::always_deduplicated(&name));
+        }
         self.producers.insert(
             (p.conn.id, p.producer_id),
             Producer {
-                replicator: name.starts_with(crate::replicator::REPLICATOR_PREFIX),
+                replicator,
                 name: name.clone(),
                 out: p.conn.out.clone(),
                 exclusive,
                 msg_in: 0,
                 bytes_in: 0,
+                lane: p.lane.clone(),
                 client: p.conn.client.registered_at(self.broker.clock().now_ms()),
                 meter_in: Default::default(),
             },
@@ -447,7 +542,9 @@ impl Topic {
     }
 
     pub(super) fn remove_producer(&mut self, conn: u64, producer_id: u64) {
-        self.producers.remove(&(conn, producer_id));
+        if let Some(p) = self.producers.remove(&(conn, producer_id)) {
+            p.leave();
+        }
         if let Some(i) = self
             .waiting_exclusive
             .iter()
@@ -474,33 +571,26 @@ impl Topic {
         mut payload: SendPayload,
         read_at: std::time::Instant,
     ) {
-        if self.handing_over {
-            // Its producer resends it to the next owner after the close.
-            return;
-        }
-        let Some(out) = self
-            .producers
-            .get(&(conn, producer_id))
-            .map(|p| p.out.clone())
-        else {
+        let Some(p) = self.producers.get(&(conn, producer_id)) else {
+            // (Its lane count stays: the producer's SENDs keep to the task.)
             tracing::debug!(topic = %self.full_name, producer_id, "send from an unknown producer");
             return;
         };
-        if !payload.checksum_ok {
-            out.command(commands::send_error(
-                producer_id,
-                sequence_id,
-                ServerError::ChecksumError,
-                "checksum failed on the broker",
-            ));
-            return;
-        }
         let to = AnswerTo {
-            out,
+            out: p.out.clone(),
             producer_id,
             sequence_id,
             highest_sequence_id,
+            routed: p.lane.clone(),
         };
+        if self.handing_over {
+            // Its producer resends it to the next owner after the close.
+            to.answered();
+            return;
+        }
+        if !payload.checksum_ok {
+            return to.error(ServerError::ChecksumError, "checksum failed on the broker");
+        }
         if self.is_terminated() {
             let e = self.terminated_error();
             return self.answer_in_order(
@@ -627,39 +717,11 @@ impl Topic {
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        let answered = self.direct.answer();
-        let metrics = self.metrics.clone();
-        let stages = self.broker.metrics().publish_stages().clone();
-        let clock = self.broker.clock().clone();
-        let failures = self.broker.metrics().append_failures();
-        let answer = to.clone();
-        let queued = log
-            .append_then(data, count, publish_time, move |r| {
-                let failed = match r {
-                    Ok(_) if answered.after_failure() => {
-                        answer.error(ServerError::PersistenceError, FENCED);
-                        false
-                    }
-                    Ok((p, durable_at)) => {
-                        let now = clock.now();
-                        metrics.observe_write_latency(now.saturating_duration_since(appended_at));
-                        stages.observe(Stage::Answered, now.saturating_duration_since(durable_at));
-                        answer.receipt(p, message_index, now);
-                        false
-                    }
-                    Err(e) => {
-                        // The task, woken, logs the fence with the topic's name.
-                        tracing::warn!(error = %e, "append failed");
-                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        answer.error(ServerError::PersistenceError, e.to_string());
-                        true
-                    }
-                };
-                answered.done(failed);
-            })
-            .await;
-        match queued {
-            Ok(()) => self.direct.queued(),
+        let call = durable_call(self.calls.clone(), to.clone(), message_index, appended_at);
+        // Counted once queued: the task looks at the count only between
+        // its own appends.
+        match log.append_then(data, count, publish_time, call).await {
+            Ok(()) => self.calls.direct.queued(),
             Err(e) => self.append_not_queued(to, &e),
         }
     }

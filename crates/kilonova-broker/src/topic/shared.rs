@@ -102,6 +102,7 @@ impl Topic {
     /// broker still owns the bundle, so that the next owner finds them.
     pub(super) async fn prepare_handover(&mut self) {
         self.handing_over = true;
+        self.stop_lane();
         self.drain_appends().await;
         if let (Some(shared), Some(log)) = (self.shared.as_mut(), self.log.as_ref()) {
             shared.store_cursors_now(&self.broker, log).await;

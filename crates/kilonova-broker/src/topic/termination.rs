@@ -23,10 +23,19 @@ impl Topic {
                 "termination of a non-persistent topic is not allowed".into(),
             ));
         }
+        // No SEND may land between the drain and the end: the log's lane
+        // is closed under its lock, after which none can be queued.
+        self.stop_lane();
+        if let Some(log) = self.log.as_mut() {
+            log.close_lane();
+        }
         self.drain_appends().await;
         self.unfence_when_drained();
         if let Some(log) = self.log.as_mut() {
-            log.terminate()?;
+            if let Err(e) = log.terminate() {
+                log.open_lane();
+                return Err(e.into());
+            }
         }
         tracing::info!(topic = %self.full_name, producers = self.producers.len(), "topic terminated");
         self.close_producers();

@@ -52,8 +52,11 @@ impl ManagedLog {
     pub(super) fn prepare_spare(&mut self, now_ms: u64) {
         match self.spare {
             Spare::None => {
-                let half_full = self.pending_entries >= self.config.max_segment_entries / 2
-                    || self.pending_bytes >= self.config.max_segment_bytes / 2;
+                let half_full = {
+                    let side = self.side();
+                    side.pending_entries >= self.config.max_segment_entries / 2
+                        || side.pending_bytes >= self.config.max_segment_bytes / 2
+                };
                 if !half_full {
                     return;
                 }
@@ -131,7 +134,7 @@ impl ManagedLog {
         match self.spare {
             Spare::Created { id, since_ms, .. } => Some(SegmentMeta {
                 id,
-                first_message_index: self.next_message_index,
+                first_message_index: self.next_message_index(),
                 created_ms: since_ms,
             }),
             _ => None,

@@ -36,6 +36,7 @@ impl ManagedLog {
     /// the end.
     pub fn terminate(&mut self) -> Result<Option<Position>> {
         if !self.terminated {
+            self.side().close_lane();
             self.state
                 .store(&terminated_key(self.id), &[TERMINATED_VERSION])?;
             self.terminated = true;
