@@ -738,7 +738,10 @@ def test_admin_clients_delete_topics(broker):
     assert gone.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
     # kafka-python deletes an auto-created (non-partitioned) topic.
     produce_all(broker, auto, [(None, b"v", None)])
-    kp = KafkaAdminClient(bootstrap_servers=broker.kafka_bootstrap)
+    # Its first request probes the API versions within 2 s by default: two
+    # test workers and a debug build on two cores have taken longer.
+    kp = KafkaAdminClient(bootstrap_servers=broker.kafka_bootstrap,
+                          api_version_auto_timeout_ms=10_000)
     try:
         kp.delete_topics([auto], timeout_ms=10_000)
     finally:
