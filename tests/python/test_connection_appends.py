@@ -4,10 +4,11 @@ their topic's task (ADR 0026), driven by the real Python client.
 What must hold whichever way a SEND goes: every acknowledged message is
 stored, a producer's messages are stored and acknowledged in the order sent
 (its SENDs switch between the two ways mid-stream: the connection's lane
-leaves roll-overs to the topic's task), a termination in the middle of a
-stream ends the topic after every acknowledged message, and
-`connection_appends = false` sends everything through the task.
-`kilonova_appends_by_connection_total` counts the lane's entries per topic.
+leaves roll-overs to the topic's task, and closes while the topic has
+consumers), a termination in the middle of a stream ends the topic after
+every acknowledged message, and `connection_appends = false` sends
+everything through the task. `kilonova_appends_by_connection_total` counts
+the lane's entries per topic.
 """
 
 from __future__ import annotations
@@ -70,16 +71,16 @@ def receive_all(consumer, n: int) -> list[bytes]:
 def test_a_plain_producers_sends_are_appended_by_its_connection_and_acknowledged_in_order(
         broker, client):
     topic = topic_name("lane")
-    consumer = client.subscribe(topic, "s")
     producer = client.create_producer(topic, batching_enabled=False,
                                       max_pending_messages=1000, block_if_queue_full=True)
     sent = [f"m-{i}".encode() for i in range(2000)]
     acked = send_all(producer, sent)
     positions = [position(m) for m in acked]
     assert positions == sorted(set(positions)), "acknowledged in the order sent, each once"
-    assert receive_all(consumer, len(sent)) == sent
     lane = appended_by_connection(broker, topic)
     assert lane > len(sent) / 2, f"most SENDs took the connection's lane: {lane}"
+    consumer = client.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+    assert receive_all(consumer, len(sent)) == sent
     s = stats(broker, topic)
     assert s["msgInCounter"] == len(sent), s
     assert [p["msgInCounter"] for p in s["publishers"]] == [len(sent)], s["publishers"]
@@ -91,7 +92,6 @@ def test_sends_switch_between_the_connection_and_the_topic_across_roll_overs(mak
     broker = make_broker(config="[broker]\nmax_segment_entries = 20\n")
     client = make_client(broker)
     topic = topic_name("lane-roll")
-    consumer = client.subscribe(topic, "s")
     producers = [client.create_producer(topic, batching_enabled=False,
                                         producer_name=unique(f"p{k}"),
                                         max_pending_messages=500, block_if_queue_full=True)
@@ -114,11 +114,12 @@ def test_sends_switch_between_the_connection_and_the_topic_across_roll_overs(mak
         assert positions == sorted(set(positions)), f"producer {k}: acknowledged in order"
         ledgers.update(p[0] for p in positions)
     total = 3 * per_producer
+    lane = appended_by_connection(broker, topic)
+    consumer = client.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
     got = receive_all(consumer, total)
     for k in range(3):
         mine = [g for g in got if g.startswith(f"{k}-".encode())]
         assert mine == [f"{k}-{i}".encode() for i in range(per_producer)], f"producer {k}'s order"
-    lane = appended_by_connection(broker, topic)
     assert len(ledgers) >= total // 20, f"rolled over: {len(ledgers)} segments"
     # Every roll-over was the task's append: both ways were taken.
     assert 0 < lane < total, lane
@@ -173,14 +174,32 @@ def test_a_termination_mid_stream_ends_the_topic_after_every_acknowledged_messag
     assert acked_positions <= read, "every acknowledged message is readable"
 
 
+def test_the_lane_closes_while_the_topic_has_consumers(broker, client):
+    topic = topic_name("lane-consumers")
+    producer = client.create_producer(topic, batching_enabled=False)
+    send_all(producer, [b"before"] * 50)
+    before = appended_by_connection(broker, topic)
+    assert before > 0, "no consumer yet: the lane takes SENDs"
+    consumer = client.subscribe(topic, "s")
+    # Sent one at a time: the topic saw the SUBSCRIBE before these SENDs.
+    for i in range(50):
+        producer.send(f"with-{i}".encode())
+    assert appended_by_connection(broker, topic) == before, "with a consumer: the task's way"
+    assert receive_all(consumer, 50) == [f"with-{i}".encode() for i in range(50)]
+    consumer.close()
+    for i in range(50):
+        producer.send(f"after-{i}".encode())
+    assert appended_by_connection(broker, topic) > before, "the consumer gone: the lane again"
+
+
 def test_with_connection_appends_off_every_send_goes_through_the_topic(make_broker):
     broker = make_broker(config="[broker]\nconnection_appends = false\n")
     client = make_client(broker)
     topic = topic_name("no-lane")
-    consumer = client.subscribe(topic, "s")
     producer = client.create_producer(topic, batching_enabled=False)
     sent = [f"m-{i}".encode() for i in range(200)]
     send_all(producer, sent)
-    assert receive_all(consumer, len(sent)) == sent
     assert appended_by_connection(broker, topic) == 0
+    consumer = client.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+    assert receive_all(consumer, len(sent)) == sent
     client.close()

@@ -40,6 +40,7 @@ use crate::store_state::StoreState;
 mod direct;
 mod files;
 mod syncer;
+pub(crate) mod wake_after;
 
 pub(crate) use files::{ensure_reserve, remove_dead_files};
 pub(crate) use syncer::write_checkpoint;

@@ -128,6 +128,8 @@ impl Topic {
         result?;
         self.parked_readers.remove(&cmd.subscription);
         self.consumer_subs.insert(key, cmd.subscription.clone());
+        // Before the answer: SENDs after it go through the task.
+        self.stop_lane();
         self.idle_since = None;
         self.touch_subscription(&cmd.subscription);
         Ok(key)

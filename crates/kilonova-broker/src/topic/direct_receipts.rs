@@ -68,7 +68,10 @@ impl Shared {
         }
         self.answered.fetch_add(1, SeqCst);
         if failed || self.watched.load(SeqCst) {
-            self.waker.wake();
+            // Once for a whole group commit's answers, not at each.
+            if let Some(w) = self.waker.take() {
+                kilonova_storage::wake_after_answers(w);
+            }
         }
     }
 }

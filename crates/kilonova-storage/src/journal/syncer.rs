@@ -259,6 +259,17 @@ fn publish(shared: &StoreState, sync: &SyncState, run: Vec<Group>) {
         shared.health.succeeded(failures_seen);
     }
     let durable_at = Instant::now();
+    // Tasks woken by the calls are woken once, after the last answer.
+    super::wake_after::answering(|| answer_run(shared, run, &refused, durable_at));
+}
+
+/// Answers a published run's requests, in order.
+fn answer_run(
+    shared: &StoreState,
+    run: Vec<Group>,
+    refused: &[(usize, usize)],
+    durable_at: Instant,
+) {
     for (gi, g) in run.into_iter().enumerate() {
         let synced = durable_at.saturating_duration_since(g.written_at);
         shared
