@@ -84,16 +84,17 @@ impl Connection {
             self.broker.metrics().count_publish_throttled();
             self.throttled_until = Some(until);
         }
-        let to = AnswerTo {
+        let highest_sequence_id = s.highest_sequence_id.unwrap_or(0).max(s.sequence_id);
+        let to = |routed| AnswerTo {
             out: self.out.clone(),
             producer_id: s.producer_id,
             sequence_id: s.sequence_id,
-            highest_sequence_id: s.highest_sequence_id.unwrap_or(0).max(s.sequence_id),
-            routed: None,
+            highest_sequence_id,
+            routed,
         };
         if topic
             .lane
-            .try_append(&producer.lane, &to, &payload, read_at)
+            .try_append(&producer.lane, &payload, read_at, || to(None))
         {
             return Ok(());
         }
@@ -103,17 +104,14 @@ impl Connection {
         let cmd = TopicCommand::Send {
             conn: self.id,
             producer_id: s.producer_id,
-            sequence_id: to.sequence_id,
-            highest_sequence_id: to.highest_sequence_id,
+            sequence_id: s.sequence_id,
+            highest_sequence_id,
             payload,
             read_at,
         };
         if topic.send(cmd).await.is_err() {
-            AnswerTo {
-                routed: Some(producer.lane.clone()),
-                ..to
-            }
-            .error(ServerError::ServiceNotReady, "topic is not available");
+            to(Some(producer.lane.clone()))
+                .error(ServerError::ServiceNotReady, "topic is not available");
         }
         Ok(())
     }

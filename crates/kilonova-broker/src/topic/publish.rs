@@ -939,12 +939,10 @@ impl Topic {
             .and_then(|d| d.last_persisted(name))
             .filter(|(seq, _)| *seq >= a.to.highest_sequence_id.max(a.to.sequence_id));
         let Some((last_seq, last_at)) = stored else {
-            a.to.out.command(commands::send_error(
-                a.to.producer_id,
-                a.to.sequence_id,
-                kilonova_pulsar_protocol::proto::ServerError::PersistenceError,
+            a.to.error(
+                ServerError::PersistenceError,
                 "the original of this duplicate was not stored: send it again",
-            ));
+            );
             return;
         };
         let original = if last_seq == a.to.highest_sequence_id.max(a.to.sequence_id) {

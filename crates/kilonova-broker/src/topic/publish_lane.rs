@@ -97,15 +97,15 @@ impl PublishLane {
         }
     }
 
-    /// Appends `payload` for `producer`, answered to `to`, if the lane
-    /// takes it (`false`: it goes the task's way). `read_at`: when the
-    /// connection read the frame.
+    /// Appends `payload` for `producer` if the lane takes it, answered to
+    /// `to()` (made only then); `false`: it goes the task's way. `read_at`:
+    /// when the connection read the frame.
     pub(crate) fn try_append(
         &self,
         producer: &ProducerLane,
-        to: &AnswerTo,
         payload: &SendPayload,
         read_at: std::time::Instant,
+        to: impl FnOnce() -> AnswerTo,
     ) -> bool {
         let Some(parts) = self.taking(producer, payload) else {
             return false;
@@ -125,7 +125,7 @@ impl PublishLane {
                 .log
                 .try_append_then(payload.raw.clone(), count, publish_time, |index| {
                     calls.direct.queued();
-                    durable_call(calls.clone(), to.clone(), index, appended_at)
+                    durable_call(calls.clone(), to(), index, appended_at)
                 });
         if appended.is_err() {
             return false;
