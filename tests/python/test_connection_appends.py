@@ -19,7 +19,8 @@ import pulsar
 
 from conftest import make_client, topic_name, unique
 from test_metrics import scrape, topic_labels
-from test_policies import stats
+from test_policies import (create_namespace, create_topic, drain, ns_topic, set_ns_policy, stats,
+                           wait_dedup)
 from test_terminate import terminate
 
 APPENDS_BY_CONNECTION = "kilonova_appends_by_connection_total"
@@ -190,6 +191,24 @@ def test_the_lane_closes_while_the_topic_has_consumers(broker, client):
     for i in range(50):
         producer.send(f"after-{i}".encode())
     assert appended_by_connection(broker, topic) > before, "the consumer gone: the lane again"
+
+
+def test_a_deduplicated_topic_keeps_every_send_on_the_task(broker, client):
+    # No consumer attached while publishing: only deduplication keeps the
+    # lane closed, and a resend taking it would be stored twice.
+    ns = create_namespace(broker)
+    topic = ns_topic(ns, "lane-dedup")
+    create_topic(broker, topic)
+    set_ns_policy(broker, ns, "deduplication", True)
+    wait_dedup(client, topic, active=True)
+    producer = client.create_producer(topic, producer_name=unique("writer"),
+                                      batching_enabled=False)
+    for s in list(range(10)) + list(range(5, 10)):
+        producer.send(f"seq-{s}".encode(), sequence_id=s)
+    assert appended_by_connection(broker, topic) == 0
+    consumer = client.subscribe(topic, "s", initial_position=pulsar.InitialPosition.Earliest)
+    stored = [m.data() for m in drain(consumer) if m.data().startswith(b"seq-")]
+    assert stored == [f"seq-{s}".encode() for s in range(10)], stored
 
 
 def test_with_connection_appends_off_every_send_goes_through_the_topic(make_broker):
