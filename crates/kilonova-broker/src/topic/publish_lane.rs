@@ -92,6 +92,10 @@ impl PublishLane {
         if self.max_message_bytes.load(Ordering::Relaxed) != max {
             self.max_message_bytes.store(max, Ordering::SeqCst);
         }
+        self.open_or_close(open);
+    }
+
+    fn open_or_close(&self, open: bool) {
         if self.open.load(Ordering::Relaxed) != open {
             self.open.store(open, Ordering::SeqCst);
         }
@@ -210,6 +214,6 @@ impl super::Topic {
     /// Closes the lane now, whatever the conditions: appends it queued
     /// before are still answered by their calls (counted in flight).
     pub(super) fn stop_lane(&self) {
-        self.lane.set(false, None);
+        self.lane.open_or_close(false);
     }
 }
