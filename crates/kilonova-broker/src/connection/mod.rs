@@ -567,11 +567,10 @@ impl Side {
     }
 }
 
-/// Whether `id` names a live producer (or consumer) of this connection on
-/// another topic than `topic`. Such an id is not reused: the first topic
-/// would keep a producer nobody can close (it held off every new producer).
-/// Whether an id of this connection on topic `held` (none: unused) is
-/// live on another topic than `topic`.
+/// Whether an id of this connection, on topic `held` (none: unused), is
+/// live on another topic than `topic`. Such an id is not reused: the first
+/// topic would keep a producer nobody can close (it held off every new
+/// producer).
 fn in_use_elsewhere(held: Option<&TopicHandle>, topic: &TopicHandle) -> bool {
     held.is_some_and(|other| !other.same_channel(topic) && !other.is_closed())
 }

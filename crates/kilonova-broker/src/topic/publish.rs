@@ -727,15 +727,11 @@ impl Topic {
     }
 
     /// The message's count, or why it is refused: over the topic's size limit
-    /// (chunks are parts of a larger message that the client cut to the
-    /// broker's limit: as in Pulsar they are not checked), or a batch whose
-    /// claimed count its bytes cannot hold.
+    /// ([`SendPayload::over`]), or a batch whose claimed count its bytes
+    /// cannot hold.
     fn admit_send(&self, payload: &SendPayload) -> Result<u32, String> {
-        let too_big = self
-            .policies
-            .max_message_bytes
-            .filter(|max| payload.raw.len() > *max && payload.chunk_id.is_none());
-        if let Some(max) = too_big {
+        let max = self.policies.max_message_bytes;
+        if let Some(max) = max.filter(|_| payload.over(max)) {
             return Err(format!(
                 "Exceed maximum message size: {} bytes, the topic's limit is {max}",
                 payload.raw.len()

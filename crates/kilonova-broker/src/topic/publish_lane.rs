@@ -2,7 +2,7 @@
 //! its topic's task (ADR 0026).
 //!
 //! The topic shares a [`PublishLane`] with its connections: while every
-//! condition for it holds (a local log, outside a cluster, no
+//! condition for it holds (a local log, outside a cluster, no consumers, no
 //! deduplication, no replication, not fenced, terminated or handing over:
 //! [`super::Topic::lane_allowed`]) the topic keeps it open, and a
 //! connection appends a SEND straight to the log's
@@ -165,7 +165,7 @@ impl PublishLane {
             return None;
         }
         let max = self.max_message_bytes.load(Ordering::Relaxed);
-        if max > 0 && payload.raw.len() > max && payload.chunk_id.is_none() {
+        if payload.over(Some(max).filter(|m| *m > 0)) {
             return None;
         }
         let parts = self.parts.get()?;
@@ -206,7 +206,7 @@ impl super::Topic {
 
     /// Opens or closes the lane as the topic stands (at every turn of its
     /// loop, and at once where a change must stop it).
-    pub(super) fn refresh_lane(&mut self) {
+    pub(super) fn refresh_lane(&self) {
         let allowed = self.lane_allowed();
         self.lane.set(allowed, self.policies.max_message_bytes);
     }

@@ -54,6 +54,13 @@ impl SendPayload {
         }
     }
 
+    /// Whether it is over a topic's size limit `max` (none: no limit).
+    /// Chunks are parts of a larger message that the client cut to the
+    /// broker's limit: as in Pulsar they are not checked.
+    pub(crate) fn over(&self, max: Option<usize>) -> bool {
+        max.is_some_and(|max| self.raw.len() > max && self.chunk_id.is_none())
+    }
+
     /// Whether it completes its message: not a chunk before the last.
     pub(crate) fn completes_message(&self) -> bool {
         crate::dedup::chunk_completes(self.chunk_id, self.num_chunks)
@@ -93,6 +100,24 @@ mod tests {
         assert_eq!((s.publish_time, s.count.clone()), (42, Ok(1)));
         assert!(!s.is_marker && s.replicated_marker.is_none() && s.chunk_id.is_none());
         assert!(s.completes_message());
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_over_but_a_chunk_never_is() {
+        let s = SendPayload::new(payload(metadata(), b"hello"), 1 << 20);
+        let len = s.raw.len();
+        assert!(s.over(Some(len - 1)));
+        assert!(!s.over(Some(len)) && !s.over(None));
+        let chunk = MessageMetadata {
+            chunk_id: Some(0),
+            num_chunks_from_msg: Some(2),
+            ..metadata()
+        };
+        let c = SendPayload::new(payload(chunk, b"hello"), 1 << 20);
+        assert!(
+            !c.over(Some(1)),
+            "chunks are the client's cut of a larger message"
+        );
     }
 
     #[test]

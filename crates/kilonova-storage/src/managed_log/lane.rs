@@ -28,7 +28,6 @@ use crate::entry_cache::EntryCache;
 use crate::error::Result;
 use crate::position::{Position, SegmentId};
 use crate::segment_store::SegmentStore;
-use crate::store::AppendSlot;
 
 /// What a log's appends have queued so far (durable or not).
 #[derive(Debug, Default)]
@@ -181,7 +180,7 @@ impl AppendLane {
         if due || closed.is_none() || side.seen_open != closed.map(|c| (segment, c)) {
             return Err(LaneClosed);
         }
-        let slot: AppendSlot<'_> = match self.store.try_reserve(segment) {
+        let slot = match self.store.try_reserve(segment) {
             Ok(Some(slot)) => slot,
             Ok(None) | Err(_) => return Err(LaneClosed),
         };
