@@ -42,15 +42,20 @@ pub type SharedClock = Arc<dyn Clock>;
 /// time, not the broker's clock: tests that drive the clock drive what the
 /// task does when it wakes.)
 pub(crate) fn ticks_on_grid(period: Duration, grid: Duration) -> tokio::time::Interval {
-    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    let now = tokio::time::Instant::now();
-    let origin = *ORIGIN.get_or_init(|| now);
-    let step = grid.as_nanos().max(1);
-    let ahead = (step - now.saturating_duration_since(origin).as_nanos() % step) % step;
-    let start = now + Duration::from_nanos(u64::try_from(ahead).unwrap_or(0));
+    let start = on_grid(tokio::time::Instant::now(), grid);
     let mut ticks = tokio::time::interval_at(start, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     ticks
+}
+
+/// The first multiple of `grid` since the process's first use of the grid
+/// that is not before `at` (the grid [`ticks_on_grid`] starts tickers on).
+pub(crate) fn on_grid(at: tokio::time::Instant, grid: Duration) -> tokio::time::Instant {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| at);
+    let step = grid.as_nanos().max(1);
+    let ahead = (step - at.saturating_duration_since(origin).as_nanos() % step) % step;
+    at + Duration::from_nanos(u64::try_from(ahead).unwrap_or(0))
 }
 
 /// The system clock as a [`SharedClock`].

@@ -53,8 +53,17 @@ pub struct BrokerConfig {
     pub keep_alive_secs: u64,
     /// A topic with no producers or consumers is unloaded (its task ends) after this long.
     pub topic_unload_idle_secs: u64,
-    /// Acknowledgements are persisted at least this often (and on close).
+    /// Acknowledgements are persisted at least this often (and on close);
+    /// a topic's housekeeping (policies, rates, retention, TTL, quotas,
+    /// inactivity) runs at this pace.
     pub cursor_persist_interval_ms: u64,
+    /// A topic that is only written to (producers, no subscription or
+    /// cursor, no replication, deduplication or compaction) runs its
+    /// housekeeping this often instead: rates and storage size in
+    /// `/metrics` and retention's trimming may lag by this much (a policy
+    /// change still reaches it within `cursor_persist_interval_ms`, and
+    /// the stats API computes fresh rates).
+    pub quiet_topic_tick_ms: u64,
     /// Cluster brokers with shared storage: the longest an append waits for
     /// its write-ahead flush to start (the object store's PUT rate at low load).
     pub cluster_flush_interval_ms: u64,
@@ -335,6 +344,7 @@ impl Default for BrokerConfig {
             keep_alive_secs: 30,
             topic_unload_idle_secs: 60,
             cursor_persist_interval_ms: 1000,
+            quiet_topic_tick_ms: 10_000,
             cluster_flush_interval_ms: 5,
             cluster_flush_max_bytes: 8 << 20,
             cluster_compact_after_records: 256,

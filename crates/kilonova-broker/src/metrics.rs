@@ -250,6 +250,8 @@ pub struct MetricsRegistry {
     inactive_deletions: [AtomicU64; 2],
     /// Times a connection stopped reading because of a publish rate.
     publish_throttled: AtomicU64,
+    /// Topics' housekeeping ticks.
+    housekeeping_ticks: AtomicU64,
     /// SUBSCRIBEs refused by a subscribe rate.
     subscribe_throttled: AtomicU64,
     /// Subscriptions deleted for having expired.
@@ -313,6 +315,10 @@ impl MetricsRegistry {
     /// The Kafka listener's metrics.
     pub(crate) fn kafka(&self) -> &crate::kafka::metrics::KafkaMetrics {
         &self.kafka
+    }
+
+    pub fn count_housekeeping_tick(&self) {
+        self.housekeeping_ticks.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_publish_throttled(&self) {
@@ -776,6 +782,11 @@ fn render_broker(out: &mut String, cluster: &str, registry: &MetricsRegistry) {
             "kilonova_inactive_topic_deletion_failures_total",
             "Inactive-topic deletions that failed",
             &registry.inactive_deletions[1],
+        ),
+        (
+            "kilonova_topic_housekeeping_ticks_total",
+            "Housekeeping ticks of loaded topics (each every cursor_persist_interval_ms, or quiet_topic_tick_ms while only written to)",
+            &registry.housekeeping_ticks,
         ),
         (
             "kilonova_publish_throttled_total",

@@ -387,6 +387,8 @@ pub(crate) struct PolicyCache {
     /// Bumped on every change seen: a read that raced a change does not cache
     /// what it read.
     changes: AtomicU64,
+    /// Notified at every change seen: topics that tick slowly wait on it.
+    changed: tokio::sync::Notify,
 }
 
 /// Cached entries are bounded; beyond this the cache starts over (it only
@@ -481,8 +483,14 @@ impl PolicyCache {
         self.changes.load(Ordering::Acquire)
     }
 
+    /// Notified (`notify_waiters`) whenever [`PolicyCache::generation`] moves.
+    pub(crate) fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
+    }
+
     fn forget(&self, key: &str, topic: bool) {
         self.changes.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
         if topic {
             // `/topics/{tenant}/{namespace}/{domain}/{local}`
             let parts: Vec<&str> = key.trim_start_matches('/').split('/').collect();
@@ -496,6 +504,7 @@ impl PolicyCache {
 
     fn clear(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
         lock(&self.namespaces).clear();
         lock(&self.topics).clear();
     }

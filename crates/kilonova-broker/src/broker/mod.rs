@@ -547,6 +547,11 @@ impl Broker {
         self.inner.policies.generation()
     }
 
+    /// Notified whenever [`Broker::policies_generation`] moves.
+    pub(crate) fn policies_changed(&self) -> &tokio::sync::Notify {
+        self.inner.policies.changed()
+    }
+
     /// The policies in force on topic `name` now.
     pub(crate) async fn effective_policies(
         &self,

@@ -726,6 +726,14 @@ impl Topic {
     }
 
     fn stats(&mut self) -> TopicStats {
+        // A topic ticking slowly computes its rates when asked.
+        if self.pace.slowed()
+            && self
+                .pace
+                .stale(self.rates_since.0, self.broker.clock().now())
+        {
+            self.update_backlog_and_rates();
+        }
         let (msg_in, bytes_in, msg_out, bytes_out) = self.metrics.totals();
         let rates = self.metrics.rates();
         let mut subscriptions = BTreeMap::new();

@@ -40,6 +40,7 @@ mod direct_receipts;
 mod dispatch;
 mod in_order;
 mod offload;
+mod pace;
 mod policy;
 mod publish;
 mod publish_lane;
@@ -304,6 +305,8 @@ pub(crate) struct Topic {
     metrics: Arc<TopicMetrics>,
     /// When rates were last computed, and the totals then.
     rates_since: (Instant, (u64, u64, u64, u64)),
+    /// How often the housekeeping tick comes.
+    pace: pace::Pace,
     /// The policy cache's generation `policies` were last resolved at (none:
     /// not yet by a tick): ticks skip the resolution while it stays.
     policies_seen: Option<u64>,
@@ -417,6 +420,7 @@ impl Topic {
         }
         let (replication_reports, reports) = mpsc::unbounded_channel();
         let (offload_events, offloaded) = mpsc::unbounded_channel();
+        let pace = pace::Pace::new(broker.config());
         let mut topic = Topic {
             name,
             full_name,
@@ -443,6 +447,7 @@ impl Topic {
             idle_since: Some(now),
             metrics,
             rates_since: (now, (0, 0, 0, 0)),
+            pace,
             policies,
             policies_seen: None,
             replication_shown: false,
@@ -517,15 +522,15 @@ impl Topic {
         mut offloaded: mpsc::UnboundedReceiver<offload::OffloadEvent>,
     ) {
         let config = self.broker.config().clone();
-        let mut tick = crate::clock::ticks_on_grid(
-            Duration::from_millis(config.cursor_persist_interval_ms.max(10)),
-            TICK_GRID,
-        );
+        let mut tick = self.pace.ticks();
         let idle_limit = Duration::from_secs(config.topic_unload_idle_secs);
         let drained = self.drained.clone();
         // Made once and re-armed when it fires (a `Notify` keeps a wake-up
         // that comes between): not a new future at every turn of the loop.
         let mut drained_wake = std::pin::pin!(drained.notified());
+        // Watched only while the ticks are slowed (`pace.rs`).
+        let broker = self.broker.clone();
+        let mut policy_wake = std::pin::pin!(broker.policies_changed().notified());
         loop {
             self.refresh_lane();
             tokio::select! {
@@ -614,7 +619,12 @@ impl Topic {
                 _ = std::future::ready(()), if self.compaction.is_running() => {
                     self.compaction_step().await;
                 }
+                _ = policy_wake.as_mut(), if self.pace.slowed() => {
+                    policy_wake.set(broker.policies_changed().notified());
+                    self.pace.hurry(&mut tick);
+                }
                 _ = tick.tick() => {
+                    self.broker.metrics().count_housekeeping_tick();
                     if self.replicators.is_empty() && self.replicators_ran {
                         while reports.try_recv().is_ok() {}
                     }
@@ -640,7 +650,18 @@ impl Topic {
                     } else {
                         self.idle_since = None;
                     }
+                    if self.may_tick_slowly() {
+                        // Registered before the generation's last look: a
+                        // change after that look wakes the topic.
+                        policy_wake.as_mut().enable();
+                        if self.may_tick_slowly() {
+                            self.pace.slow(&mut tick);
+                        }
+                    }
                 }
+            }
+            if self.pace.slowed() && !self.may_tick_slowly() {
+                self.pace.hurry(&mut tick);
             }
             self.direct.watch(self.wants_every_completion());
         }
