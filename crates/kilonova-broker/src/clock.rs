@@ -40,12 +40,15 @@ pub type SharedClock = Arc<dyn Clock>;
 /// tickers made at different times fire together; a tick missed under load
 /// is skipped, so they stay on the grid. (When a task wakes is the runtime's
 /// time, not the broker's clock: tests that drive the clock drive what the
-/// task does when it wakes.)
-pub(crate) fn ticks_on_grid(period: Duration, grid: Duration) -> tokio::time::Interval {
+/// task does when it wakes.) Returns the first tick's time with the ticker.
+pub(crate) fn ticks_on_grid(
+    period: Duration,
+    grid: Duration,
+) -> (tokio::time::Instant, tokio::time::Interval) {
     let start = on_grid(tokio::time::Instant::now(), grid);
     let mut ticks = tokio::time::interval_at(start, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    ticks
+    (start, ticks)
 }
 
 /// The first multiple of `grid` since the process's first use of the grid
@@ -141,11 +144,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn tickers_made_at_different_times_tick_on_one_grid() {
         let (grid, period) = (Duration::from_millis(10), Duration::from_millis(20));
-        let mut a = ticks_on_grid(period, grid);
+        let (_, mut a) = ticks_on_grid(period, grid);
         tokio::time::sleep(Duration::from_millis(3)).await;
         let made_b = tokio::time::Instant::now();
-        let mut b = ticks_on_grid(period, grid);
+        let (b_first, mut b) = ticks_on_grid(period, grid);
         let (a1, b1) = (a.tick().await, b.tick().await);
+        assert_eq!(b1, b_first, "the first tick is where it says");
         assert!(
             b1 >= made_b && b1 - made_b < grid,
             "b's first tick is the next grid point"

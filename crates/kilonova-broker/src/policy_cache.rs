@@ -488,9 +488,12 @@ impl PolicyCache {
         &self.changed
     }
 
+    /// Drops a changed record. The generation moves before the removal (a
+    /// read that began earlier does not cache what it read) and again after
+    /// it (a topic that saw the first move may have read the old record),
+    /// then waiting topics are told.
     fn forget(&self, key: &str, topic: bool) {
         self.changes.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
         if topic {
             // `/topics/{tenant}/{namespace}/{domain}/{local}`
             let parts: Vec<&str> = key.trim_start_matches('/').split('/').collect();
@@ -500,13 +503,16 @@ impl PolicyCache {
         } else if let Some(rest) = key.strip_prefix("/namespaces/") {
             lock(&self.namespaces).remove(rest);
         }
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
     }
 
     fn clear(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
         lock(&self.namespaces).clear();
         lock(&self.topics).clear();
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
     }
 }
 

@@ -13,8 +13,8 @@ use tokio::io::AsyncWriteExt;
 use kilonova_broker::BrokerConfig;
 use kilonova_pulsar_protocol::frame;
 use kilonova_pulsar_protocol::proto::{
-    base_command::Type, command_ack::AckType, command_subscribe::SubType, CommandAck, CommandSend,
-    MessageIdData, MessageMetadata, ServerError,
+    base_command::Type, command_ack::AckType, command_subscribe::SubType, CommandAck,
+    CommandProducer, CommandSend, MessageIdData, MessageMetadata, ProducerAccessMode, ServerError,
 };
 
 use common::{cmd, start, start_tuned, Raw, WAIT};
@@ -195,4 +195,54 @@ async fn an_idle_connection_costs_less_than_64_kib() {
         per_connection < 64 << 10,
         "an idle connection costs {per_connection} bytes"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_created_twice_then_fenced_out_stores_nothing_more() {
+    let server = start(BrokerConfig::default()).await;
+    let topic = "created-twice";
+    let mut old = Raw::connect(server.addr).await;
+    old.producer(topic, 1).await;
+    // A client that gave up waiting for PRODUCER_SUCCESS asks again with
+    // the same id: the topic answers again.
+    old.producer(topic, 1).await;
+    old.send_message(1, 0, b"before").await;
+    old.recv_type(Type::SendReceipt).await;
+
+    // An ExclusiveWithFencing producer takes the topic: the old one is closed.
+    let mut new = Raw::connect(server.addr).await;
+    new.send(cmd(Type::Producer, |c| {
+        c.producer = Some(Box::new(CommandProducer {
+            topic: topic.into(),
+            producer_id: 1,
+            request_id: 1,
+            producer_access_mode: Some(ProducerAccessMode::ExclusiveWithFencing as i32),
+            ..Default::default()
+        }))
+    }))
+    .await;
+    new.recv_type(Type::ProducerSuccess).await;
+    old.recv_type(Type::CloseProducer).await;
+
+    // The old client sends on regardless: it is no producer of the topic
+    // any more, whichever way its SEND goes (the PONG comes after the
+    // connection handled the SEND).
+    old.send_message(1, 1, b"after the fence").await;
+    old.send(cmd(Type::Ping, |_| {})).await;
+    old.recv_type(Type::Pong).await;
+    new.send_message(1, 0, b"new").await;
+    new.recv_type(Type::SendReceipt).await;
+
+    let mut reader = Raw::connect(server.addr).await;
+    reader
+        .subscribe(topic, "check", SubType::Exclusive, 1)
+        .await;
+    reader.flow(1, 10).await;
+    let mut stored = Vec::new();
+    for _ in 0..2 {
+        let m = reader.recv_type(Type::Message).await;
+        let payload = m.payload.expect("a message has a payload");
+        stored.push(payload.data.to_vec());
+    }
+    assert_eq!(stored, [b"before".to_vec(), b"new".to_vec()]);
 }

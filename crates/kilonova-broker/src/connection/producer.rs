@@ -35,7 +35,14 @@ impl Connection {
         let Some((topic, schema_version)) = opened else {
             return;
         };
-        let lane = Arc::new(ProducerLane::default());
+        // A PRODUCER retried on this connection (its client stopped waiting
+        // for the answer) keeps the first one's lane: its count of SENDs
+        // routed to the task and not answered goes on (a fresh count of 0
+        // would let a SEND overtake them), and so do its lane's stats.
+        let lane = match self.producers.get(&p.producer_id) {
+            Some(first) if Arc::ptr_eq(&first.topic.lane, &topic.lane) => first.lane.clone(),
+            _ => Arc::new(ProducerLane::default()),
+        };
         let producer = ProducerOnConn {
             topic: topic.clone(),
             lane: lane.clone(),

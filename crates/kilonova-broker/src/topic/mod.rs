@@ -650,10 +650,11 @@ impl Topic {
                     } else {
                         self.idle_since = None;
                     }
-                    if self.may_tick_slowly() {
-                        // Registered before the generation's last look: a
-                        // change after that look wakes the topic.
-                        policy_wake.as_mut().enable();
+                    if self.pace.can_slow() {
+                        // Made before the generation's look: a change after
+                        // that look completes it (`notify_waiters` reaches a
+                        // `Notified` from its creation on).
+                        policy_wake.set(broker.policies_changed().notified());
                         if self.may_tick_slowly() {
                             self.pace.slow(&mut tick);
                         }

@@ -117,6 +117,19 @@ impl OffloadState {
         self.copying.is_some() || self.exporting || !self.fetching.is_empty()
     }
 
+    /// Whether nothing of an offload is out, wanted, waiting for a retry
+    /// or for an export: only then may the topic tick at the quiet pace.
+    pub(super) fn settled(&self) -> bool {
+        !self.awaits_events()
+            && self.wanted.is_empty()
+            && self.fetch_retry.is_empty()
+            && self.copy_retry.is_none()
+            && self.manual_before.is_none()
+            && !self.manifest_dirty
+            && self.export_retry.is_none()
+            && self.awaiting_export.is_empty()
+    }
+
     pub(super) fn new(events: mpsc::UnboundedSender<OffloadEvent>) -> Self {
         OffloadState {
             events,

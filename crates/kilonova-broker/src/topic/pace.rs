@@ -25,6 +25,11 @@ use super::{Topic, TICK_GRID};
 pub(super) struct Pace {
     frequent: Duration,
     quiet: Duration,
+    /// The first tick: every tick, at either pace, comes a whole number of
+    /// frequent periods after it, so that topics keep the places on the
+    /// grid their loads gave them (one policy change does not gather every
+    /// slowed topic's ticks into one instant).
+    first: Instant,
     /// Whether the next tick was put off to the quiet pace.
     slowed: bool,
 }
@@ -35,39 +40,53 @@ impl Pace {
         Pace {
             frequent,
             quiet: Duration::from_millis(config.quiet_topic_tick_ms).max(frequent),
+            first: Instant::now(),
             slowed: false,
         }
     }
 
-    /// The ticker at the frequent pace, on the shared grid.
-    pub(super) fn ticks(&self) -> Interval {
-        crate::clock::ticks_on_grid(self.frequent, TICK_GRID)
+    /// The ticker at the frequent pace, its first tick on the shared grid.
+    pub(super) fn ticks(&mut self) -> Interval {
+        let (first, ticks) = crate::clock::ticks_on_grid(self.frequent, TICK_GRID);
+        self.first = first;
+        ticks
+    }
+
+    /// Whether the quiet pace is slower than the frequent one.
+    pub(super) fn can_slow(&self) -> bool {
+        self.quiet > self.frequent
     }
 
     pub(super) fn slowed(&self) -> bool {
         self.slowed
     }
 
-    /// Puts the next tick off to the quiet pace (on the grid).
+    /// Puts the next tick off to the quiet pace.
     pub(super) fn slow(&mut self, ticks: &mut Interval) {
-        if self.quiet > self.frequent {
-            ticks.reset_at(crate::clock::on_grid(
-                Instant::now() + self.quiet,
-                TICK_GRID,
-            ));
+        if self.can_slow() {
+            ticks.reset_at(self.in_step(Instant::now() + self.quiet));
             self.slowed = true;
         }
     }
 
-    /// Brings the next tick back within the frequent pace.
+    /// Brings the next tick back to the frequent pace: the first of the
+    /// topic's places not before now.
     pub(super) fn hurry(&mut self, ticks: &mut Interval) {
         if self.slowed {
-            ticks.reset_at(crate::clock::on_grid(
-                Instant::now() + self.frequent,
-                TICK_GRID,
-            ));
+            ticks.reset_at(self.in_step(Instant::now()));
             self.slowed = false;
         }
+    }
+
+    /// The first tick place (`first` plus whole frequent periods) not before `at`.
+    fn in_step(&self, at: Instant) -> Instant {
+        let period = self.frequent.as_nanos().max(1);
+        let periods = at
+            .saturating_duration_since(self.first)
+            .as_nanos()
+            .div_ceil(period);
+        let after = u64::try_from(periods * period).unwrap_or(u64::MAX);
+        self.first + Duration::from_nanos(after)
     }
 
     /// Whether rates last sampled at `since` are older than a frequent tick
@@ -80,10 +99,10 @@ impl Pace {
 impl Topic {
     /// Whether the topic's housekeeping may come at the quiet pace: it has
     /// producers (else its inactivity is watched), no subscription, cursor,
-    /// reader or waiter, and neither replication, deduplication, compaction,
-    /// an offload in progress, a cluster's shared log nor a fence or
-    /// handover, and its policies were read at the cache's latest
-    /// generation.
+    /// reader or waiter, no cursor writes out, and neither replication,
+    /// deduplication, compaction, an offload in progress or due, a
+    /// cluster's shared log nor a fence or handover, and its policies were
+    /// read at the cache's latest generation.
     pub(super) fn may_tick_slowly(&self) -> bool {
         !self.producers.is_empty()
             && self.subscriptions.is_empty()
@@ -99,10 +118,60 @@ impl Topic {
             && self.dedup.is_none()
             && !self.dedup_all
             && !self.compaction.is_running()
-            && !self.offload.awaits_events()
+            && self.offload.settled()
+            && self.cursor_writes.is_none()
             && !self.fenced
             && !self.shared_failed
             && !self.handing_over
             && self.policies_seen == Some(self.broker.policies_generation())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(frequent_ms: u64, quiet_ms: u64) -> Pace {
+        let config = crate::config::BrokerConfig {
+            cursor_persist_interval_ms: frequent_ms,
+            quiet_topic_tick_ms: quiet_ms,
+            ..Default::default()
+        };
+        Pace::new(&config)
+    }
+
+    // Paused time: the runtime's clock moves only as timers fire.
+    #[tokio::test(start_paused = true)]
+    async fn slowed_ticks_come_at_the_quiet_pace_and_hurried_ones_at_the_next_place() {
+        let mut p = pace(100, 1_000);
+        let mut ticks = p.ticks();
+        let first = ticks.tick().await;
+        assert_eq!(ticks.tick().await, first + Duration::from_millis(100));
+
+        // Slowed 30 ms after a tick: the next tick is a whole number of
+        // frequent periods after the first, at least the quiet period on.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        p.slow(&mut ticks);
+        assert!(p.slowed());
+        assert_eq!(ticks.tick().await, first + Duration::from_millis(1_200));
+
+        // Hurried 250 ms later: the next of its places, then the frequent pace.
+        p.slow(&mut ticks);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        p.hurry(&mut ticks);
+        assert!(!p.slowed());
+        assert_eq!(ticks.tick().await, first + Duration::from_millis(1_500));
+        assert_eq!(ticks.tick().await, first + Duration::from_millis(1_600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_pace_no_slower_than_the_frequent_one_never_slows() {
+        let mut p = pace(100, 50);
+        let mut ticks = p.ticks();
+        let first = ticks.tick().await;
+        assert!(!p.can_slow());
+        p.slow(&mut ticks);
+        assert!(!p.slowed());
+        assert_eq!(ticks.tick().await, first + Duration::from_millis(100));
     }
 }
