@@ -38,17 +38,47 @@ pub type SharedClock = Arc<dyn Clock>;
 /// Ticks every `period` on the runtime's timer, the first at the next
 /// multiple of `grid` since the first such ticker of the process, so that
 /// tickers made at different times fire together; a tick missed under load
-/// is skipped, so they stay on the grid. (When a task wakes is the runtime's
-/// time, not the broker's clock: tests that drive the clock drive what the
-/// task does when it wakes.) Returns the first tick's time with the ticker.
-pub(crate) fn ticks_on_grid(
+/// is skipped, so they stay on the grid. The next tick may be put off or
+/// brought forward, to a place in step with the first (a whole number of
+/// periods after it). (When a task wakes is the runtime's time, not the
+/// broker's clock: tests that drive the clock drive what the task does when
+/// it wakes.)
+pub(crate) struct SteppedTicks {
+    first: tokio::time::Instant,
     period: Duration,
-    grid: Duration,
-) -> (tokio::time::Instant, tokio::time::Interval) {
-    let start = on_grid(tokio::time::Instant::now(), grid);
-    let mut ticks = tokio::time::interval_at(start, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    (start, ticks)
+    ticks: tokio::time::Interval,
+}
+
+impl SteppedTicks {
+    pub(crate) fn on_grid(period: Duration, grid: Duration) -> Self {
+        let first = on_grid(tokio::time::Instant::now(), grid);
+        let mut ticks = tokio::time::interval_at(first, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        SteppedTicks {
+            first,
+            period,
+            ticks,
+        }
+    }
+
+    /// The next tick (its scheduled time).
+    pub(crate) async fn tick(&mut self) -> tokio::time::Instant {
+        self.ticks.tick().await
+    }
+
+    /// Moves the next tick to the first place in step not before `wait`
+    /// from now; the ticks after it come every period again.
+    pub(crate) fn next_in(&mut self, wait: Duration) {
+        let at = tokio::time::Instant::now() + wait;
+        let period = self.period.as_nanos().max(1);
+        let periods = at
+            .saturating_duration_since(self.first)
+            .as_nanos()
+            .div_ceil(period);
+        let after = u64::try_from(periods * period).unwrap_or(u64::MAX);
+        self.ticks
+            .reset_at(self.first + Duration::from_nanos(after));
+    }
 }
 
 /// The first multiple of `grid` since the process's first use of the grid
@@ -144,12 +174,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn tickers_made_at_different_times_tick_on_one_grid() {
         let (grid, period) = (Duration::from_millis(10), Duration::from_millis(20));
-        let (_, mut a) = ticks_on_grid(period, grid);
+        let mut a = SteppedTicks::on_grid(period, grid);
         tokio::time::sleep(Duration::from_millis(3)).await;
         let made_b = tokio::time::Instant::now();
-        let (b_first, mut b) = ticks_on_grid(period, grid);
+        let mut b = SteppedTicks::on_grid(period, grid);
         let (a1, b1) = (a.tick().await, b.tick().await);
-        assert_eq!(b1, b_first, "the first tick is where it says");
         assert!(
             b1 >= made_b && b1 - made_b < grid,
             "b's first tick is the next grid point"
@@ -157,6 +186,25 @@ mod tests {
         assert_eq!((b1 - a1).as_nanos() % grid.as_nanos(), 0, "one grid");
         assert_eq!(a.tick().await, a1 + period);
         assert_eq!(b.tick().await, b1 + period);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_put_off_or_brought_forward_stays_in_step_with_the_first() {
+        let period = Duration::from_millis(100);
+        let mut t = SteppedTicks::on_grid(period, Duration::from_millis(10));
+        let first = t.tick().await;
+        assert_eq!(t.tick().await, first + period);
+        // 30 ms after a tick, put off by a second: the first place a
+        // second on is 1.2 s after the first tick.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        t.next_in(Duration::from_secs(1));
+        assert_eq!(t.tick().await, first + Duration::from_millis(1_200));
+        // Put off again, then brought forward 250 ms later: the next place.
+        t.next_in(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        t.next_in(Duration::ZERO);
+        assert_eq!(t.tick().await, first + Duration::from_millis(1_500));
+        assert_eq!(t.tick().await, first + Duration::from_millis(1_600));
     }
 
     #[test]

@@ -17,19 +17,13 @@
 
 use std::time::Duration;
 
-use tokio::time::{Instant, Interval};
-
 use super::{Topic, TICK_GRID};
+use crate::clock::SteppedTicks;
 
 /// The pace of one topic's ticks.
 pub(super) struct Pace {
     frequent: Duration,
     quiet: Duration,
-    /// The first tick: every tick, at either pace, comes a whole number of
-    /// frequent periods after it, so that topics keep the places on the
-    /// grid their loads gave them (one policy change does not gather every
-    /// slowed topic's ticks into one instant).
-    first: Instant,
     /// Whether the next tick was put off to the quiet pace.
     slowed: bool,
 }
@@ -40,16 +34,16 @@ impl Pace {
         Pace {
             frequent,
             quiet: Duration::from_millis(config.quiet_topic_tick_ms).max(frequent),
-            first: Instant::now(),
             slowed: false,
         }
     }
 
-    /// The ticker at the frequent pace, its first tick on the shared grid.
-    pub(super) fn ticks(&mut self) -> Interval {
-        let (first, ticks) = crate::clock::ticks_on_grid(self.frequent, TICK_GRID);
-        self.first = first;
-        ticks
+    /// The ticker at the frequent pace, on the shared grid. Every tick, at
+    /// either pace, stays in step with its first, so that topics keep the
+    /// places on the grid their loads gave them (one policy change does not
+    /// gather every slowed topic's ticks into one instant).
+    pub(super) fn ticks(&self) -> SteppedTicks {
+        SteppedTicks::on_grid(self.frequent, TICK_GRID)
     }
 
     /// Whether the quiet pace is slower than the frequent one.
@@ -62,31 +56,20 @@ impl Pace {
     }
 
     /// Puts the next tick off to the quiet pace.
-    pub(super) fn slow(&mut self, ticks: &mut Interval) {
+    pub(super) fn slow(&mut self, ticks: &mut SteppedTicks) {
         if self.can_slow() {
-            ticks.reset_at(self.in_step(Instant::now() + self.quiet));
+            ticks.next_in(self.quiet);
             self.slowed = true;
         }
     }
 
     /// Brings the next tick back to the frequent pace: the first of the
     /// topic's places not before now.
-    pub(super) fn hurry(&mut self, ticks: &mut Interval) {
+    pub(super) fn hurry(&mut self, ticks: &mut SteppedTicks) {
         if self.slowed {
-            ticks.reset_at(self.in_step(Instant::now()));
+            ticks.next_in(Duration::ZERO);
             self.slowed = false;
         }
-    }
-
-    /// The first tick place (`first` plus whole frequent periods) not before `at`.
-    fn in_step(&self, at: Instant) -> Instant {
-        let period = self.frequent.as_nanos().max(1);
-        let periods = at
-            .saturating_duration_since(self.first)
-            .as_nanos()
-            .div_ceil(period);
-        let after = u64::try_from(periods * period).unwrap_or(u64::MAX);
-        self.first + Duration::from_nanos(after)
     }
 
     /// Whether rates last sampled at `since` are older than a frequent tick
@@ -146,22 +129,16 @@ mod tests {
         let mut p = pace(100, 1_000);
         let mut ticks = p.ticks();
         let first = ticks.tick().await;
-        assert_eq!(ticks.tick().await, first + Duration::from_millis(100));
-
-        // Slowed 30 ms after a tick: the next tick is a whole number of
-        // frequent periods after the first, at least the quiet period on.
         tokio::time::sleep(Duration::from_millis(30)).await;
         p.slow(&mut ticks);
         assert!(p.slowed());
-        assert_eq!(ticks.tick().await, first + Duration::from_millis(1_200));
-
-        // Hurried 250 ms later: the next of its places, then the frequent pace.
+        assert_eq!(ticks.tick().await, first + Duration::from_millis(1_100));
         p.slow(&mut ticks);
         tokio::time::sleep(Duration::from_millis(250)).await;
         p.hurry(&mut ticks);
         assert!(!p.slowed());
+        assert_eq!(ticks.tick().await, first + Duration::from_millis(1_400));
         assert_eq!(ticks.tick().await, first + Duration::from_millis(1_500));
-        assert_eq!(ticks.tick().await, first + Duration::from_millis(1_600));
     }
 
     #[tokio::test(start_paused = true)]
