@@ -20,8 +20,8 @@ import time
 
 from conftest import wait_until
 from test_metrics import scrape
-from test_policies import (clients, create_namespace, ns_topic, pumps,  # noqa: F401 (fixtures)
-                           set_ns_policy, stats)
+from test_policies import (clients, create_namespace, ns_topic, produce,  # noqa: F401 (fixtures)
+                           pumps, set_ns_policy, stats, storage_size)
 
 TICKS = "kilonova_topic_housekeeping_ticks_total"
 FREQUENT_S = 0.1
@@ -67,6 +67,22 @@ def test_a_topic_only_written_to_ticks_slowly_until_it_has_a_subscription(make_b
 
     consumer.unsubscribe()
     wait_quiet(broker)
+
+
+def test_a_roll_over_brings_a_quiet_topics_tick_and_retention_trims_at_once(make_broker, clients):
+    broker = make_broker(config=CONFIG + "max_segment_entries = 10\n")
+    ns = create_namespace(broker)
+    set_ns_policy(broker, ns, "retention", {"retentionTimeInMinutes": 0, "retentionSizeInMB": 0})
+    topic = ns_topic(ns, "quiet-trim")
+    c = clients(broker)
+    producer = c.create_producer(topic, batching_enabled=False)
+    produce(producer, 5, size=1000)
+    wait_quiet(broker)
+
+    produce(producer, 100, size=1000, start=5)  # ten roll-overs
+    # Well inside the quiet period (60 s): only the roll-over's tick trims.
+    wait_until(lambda: storage_size(broker, topic) <= 10 * (1000 + 256), 10,
+               "the consumed segments trimmed (retention 0, no subscription)")
 
 
 def test_a_policy_change_reaches_a_quiet_topic_within_the_frequent_pace(make_broker, clients, pumps):

@@ -60,9 +60,9 @@ pub struct BrokerConfig {
     /// A topic that is only written to (producers, no subscription or
     /// cursor, no replication, deduplication or compaction) runs its
     /// housekeeping this often instead: rates and storage size in
-    /// `/metrics` and retention's trimming may lag by this much (a policy
-    /// change still reaches it within `cursor_persist_interval_ms`, and
-    /// the stats API computes fresh rates).
+    /// `/metrics`, and retention by time alone, may lag by this much (a
+    /// policy change or a roll-over still brings the next tick within
+    /// `cursor_persist_interval_ms`, and the stats API computes fresh rates).
     pub quiet_topic_tick_ms: u64,
     /// Cluster brokers with shared storage: the longest an append waits for
     /// its write-ahead flush to start (the object store's PUT rate at low load).

@@ -650,6 +650,8 @@ impl Topic {
                     } else {
                         self.idle_since = None;
                     }
+                    let segment = self.log.as_ref().and_then(pace::current_segment);
+                    self.pace.ticked_at(segment);
                     if self.pace.can_slow() {
                         // Made before the generation's look: a change after
                         // that look completes it (`notify_waiters` reaches a

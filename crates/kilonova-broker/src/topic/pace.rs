@@ -3,7 +3,9 @@
 //! serves (cursors to persist, readers, TTL and quotas, replication,
 //! deduplication, compaction, offloads, inactivity); every
 //! `quiet_topic_tick_ms` while it is only written to, where a tick has only
-//! rates, gauges, retention's trimming and threshold offloads to look at.
+//! rates, gauges, retention's trimming and threshold offloads to look at
+//! (and the last two are worth a look after a roll-over, which brings the
+//! next tick back too).
 //! 10,000 topics each written once a second would otherwise wake 10,000
 //! times a second for housekeeping alone.
 //!
@@ -26,6 +28,9 @@ pub(super) struct Pace {
     quiet: Duration,
     /// Whether the next tick was put off to the quiet pace.
     slowed: bool,
+    /// The log's current segment at the last tick: a roll-over since makes
+    /// retention's trimming and the offload threshold worth a look.
+    segment_at_tick: Option<kilonova_storage::SegmentId>,
 }
 
 impl Pace {
@@ -35,6 +40,7 @@ impl Pace {
             frequent,
             quiet: Duration::from_millis(config.quiet_topic_tick_ms).max(frequent),
             slowed: false,
+            segment_at_tick: None,
         }
     }
 
@@ -72,6 +78,15 @@ impl Pace {
         }
     }
 
+    /// Notes the log's current segment at a tick.
+    pub(super) fn ticked_at(&mut self, segment: Option<kilonova_storage::SegmentId>) {
+        self.segment_at_tick = segment;
+    }
+
+    fn same_segment(&self, segment: Option<kilonova_storage::SegmentId>) -> bool {
+        self.segment_at_tick == segment
+    }
+
     /// Whether rates last sampled at `since` are older than a frequent tick
     /// would leave them (`now` on the broker's clock).
     pub(super) fn stale(&self, since: std::time::Instant, now: std::time::Instant) -> bool {
@@ -82,7 +97,8 @@ impl Pace {
 impl Topic {
     /// Whether the topic's housekeeping may come at the quiet pace: it has
     /// producers (else its inactivity is watched), no subscription, cursor,
-    /// reader or waiter, no cursor writes out, and neither replication,
+    /// reader or waiter, no cursor writes out, no roll-over since the last
+    /// tick (Pulsar, too, trims after a roll-over), and neither replication,
     /// deduplication, compaction, an offload in progress or due, a
     /// cluster's shared log nor a fence or handover, and its policies were
     /// read at the cache's latest generation.
@@ -92,7 +108,9 @@ impl Topic {
             && self.consumer_subs.is_empty()
             && self.waiting_exclusive.is_empty()
             && self.index_waiters.is_empty()
-            && self.log.as_ref().is_some_and(|l| l.cursor_count() == 0)
+            && self.log.as_ref().is_some_and(|l| {
+                l.cursor_count() == 0 && self.pace.same_segment(current_segment(l))
+            })
             && self.shared.is_none()
             && self.broker.membership().is_none()
             && self.replicators.is_empty()
@@ -108,6 +126,13 @@ impl Topic {
             && !self.handing_over
             && self.policies_seen == Some(self.broker.policies_generation())
     }
+}
+
+/// The log's current segment (the last listed).
+pub(super) fn current_segment(
+    log: &kilonova_storage::ManagedLog,
+) -> Option<kilonova_storage::SegmentId> {
+    log.segments().last().map(|s| s.id)
 }
 
 #[cfg(test)]
