@@ -726,11 +726,11 @@ impl Topic {
     }
 
     fn stats(&mut self) -> TopicStats {
-        // A topic ticking slowly computes its rates when asked.
-        if self.pace.slowed()
-            && self
-                .pace
-                .stale(self.rates_since.0, self.broker.clock().now())
+        // Rates older than a frequent tick leaves them (a topic ticking at
+        // the quiet pace, or hurried back from it) are computed when asked.
+        if self
+            .pace
+            .stale(self.rates_since.0, self.broker.clock().now())
         {
             self.update_backlog_and_rates();
         }
