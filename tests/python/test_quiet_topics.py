@@ -4,11 +4,12 @@ by the real Python client.
 
 What must hold: such a topic's ticks slow down (counted by
 `kilonova_topic_housekeeping_ticks_total`), a subscription brings the
-frequent pace back, a namespace policy changed meanwhile reaches it within
-the frequent pace (a publish rate throttles its producer at once, not a
-quiet period later), and the stats API computes its rates when asked (a
-rate over the time since they were last computed, not one a quiet period
-old).
+frequent pace back, so does a roll-over (retention trims what it sealed at
+once, not a quiet period later), a namespace policy changed meanwhile
+reaches it within the frequent pace (a publish rate throttles its producer
+at once, not a quiet period later), and the stats API computes its rates
+when asked (a rate over the time since they were last computed, not one a
+quiet period old).
 
 Each broker ticks every 100 ms while frequent and every 60 s while quiet,
 so that the two paces cannot be mistaken for each other in a test's time.
