@@ -83,7 +83,7 @@ impl SteppedTicks {
 
 /// The first multiple of `grid` since the process's first use of the grid
 /// that is not before `at` (the grid [`SteppedTicks::on_grid`] starts tickers on).
-pub(crate) fn on_grid(at: tokio::time::Instant, grid: Duration) -> tokio::time::Instant {
+fn on_grid(at: tokio::time::Instant, grid: Duration) -> tokio::time::Instant {
     static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let origin = *ORIGIN.get_or_init(|| at);
     let step = grid.as_nanos().max(1);
