@@ -6,10 +6,11 @@ What must hold: such a topic's ticks slow down (counted by
 `kilonova_topic_housekeeping_ticks_total`), a subscription brings the
 frequent pace back, so does a roll-over (retention trims what it sealed at
 once, not a quiet period later), a namespace policy changed meanwhile
-reaches it within the frequent pace (a publish rate throttles its producer
-at once, not a quiet period later), and the stats API computes its rates
-when asked (a rate over the time since they were last computed, not one a
-quiet period old).
+or on the topic itself reaches it within the frequent pace (a publish rate
+throttles its producer at once, not a quiet period later) while changes to
+other topics' records or other namespaces' policies leave it quiet, and the
+stats API computes its rates when asked (a rate over the time since they
+were last computed, not one a quiet period old).
 
 Each broker ticks every 100 ms while frequent and every 60 s while quiet,
 so that the two paces cannot be mistaken for each other in a test's time.
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from conftest import wait_until
 from test_metrics import scrape
-from test_policies import (clients, create_namespace, ns_topic, produce,  # noqa: F401 (fixtures)
-                           pumps, set_ns_policy, stats, storage_size)
+from test_policies import (api, clients, create_namespace, ns_topic, produce,  # noqa: F401
+                           pumps, set_ns_policy, set_policy, stats, storage_size, topic_path)
 
 TICKS = "kilonova_topic_housekeeping_ticks_total"
 FREQUENT_S = 0.1
@@ -86,7 +89,9 @@ def test_a_roll_over_brings_a_quiet_topics_tick_and_retention_trims_at_once(make
                "the consumed segments trimmed (retention 0, no subscription)")
 
 
-def test_a_policy_change_reaches_a_quiet_topic_within_the_frequent_pace(make_broker, clients, pumps):
+@pytest.mark.parametrize("level", ["namespace", "topic"])
+def test_a_policy_change_reaches_a_quiet_topic_within_the_frequent_pace(make_broker, clients, pumps,
+                                                                        level):
     # No roll-over within the test: a roll-over is a turn of the topic's task,
     # which would see the new policies' generation and hurry the tick itself.
     broker = make_broker(config=CONFIG + "max_segment_entries = 100000000\n")
@@ -99,11 +104,34 @@ def test_a_policy_change_reaches_a_quiet_topic_within_the_frequent_pace(make_bro
     pump.settle(lambda r: r > 200, "the producer running unthrottled")
     wait_quiet(broker)
 
-    set_ns_policy(broker, ns, "publishRate",
-                  {"publishThrottlingRateInMsg": 50, "publishThrottlingRateInByte": -1})
+    set_policy(broker, level, topic, "publishRate",
+               {"publishThrottlingRateInMsg": 50, "publishThrottlingRateInByte": -1})
     # Well inside the quiet period (60 s): only the policy's wake-up applies it.
     pump.settle(lambda r: 0 < r <= 100, "the producer throttled near 50 msg/s", timeout=10)
     pump.stop()
+
+
+def test_changes_to_other_topics_and_namespaces_leave_a_quiet_topic_quiet(make_broker, clients):
+    broker = make_broker(config=CONFIG + "max_segment_entries = 100000000\n")
+    ns = create_namespace(broker)
+    other_ns = create_namespace(broker)
+    topic = ns_topic(ns, "quiet-alone")
+    c = clients(broker)
+    producer = c.create_producer(topic, batching_enabled=False)
+    producer.send(b"first")
+    wait_quiet(broker)
+
+    before = ticks(broker)
+    for i in range(5):
+        # Records of other topics of its namespace (metadata only: partitioned
+        # topics' partitions are not loaded), another namespace's policy.
+        api(broker, "PUT", f"{topic_path(ns_topic(ns, 'other'))}/partitions", 2)
+        set_ns_policy(broker, other_ns, "publishRate",
+                      {"publishThrottlingRateInMsg": 50 + i, "publishThrottlingRateInByte": -1})
+    # A wake-up would have brought a tick within one frequent period.
+    time.sleep(3 * FREQUENT_S)
+    assert ticks(broker) - before == 0, "changes elsewhere do not wake a quiet topic"
+    producer.send(b"still served")
 
 
 def test_the_stats_of_a_quiet_topic_have_rates_computed_when_asked(make_broker, clients):

@@ -387,8 +387,88 @@ pub(crate) struct PolicyCache {
     /// Bumped on every change seen: a read that raced a change does not cache
     /// what it read.
     changes: AtomicU64,
-    /// Notified at every change seen: topics that tick slowly wait on it.
+    /// The scopes of the loaded topics, by partitioned topic name: a change
+    /// moves only the scopes it may concern.
+    scopes: Mutex<Scopes>,
+}
+
+/// What one topic's policies depend on — its namespace's record and its own
+/// (or its partitioned topic's) — as a generation that moves whenever either
+/// may have changed, and a notification at every move. A change elsewhere
+/// (another topic's record created, another namespace's policy set) leaves
+/// it alone, so a topic that ticks slowly (ADR 0027) is not woken by it.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyScope {
+    changes: AtomicU64,
     changed: tokio::sync::Notify,
+}
+
+impl PolicyScope {
+    /// Moves whenever the policies of the scope's topics may have changed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Notified (`notify_waiters`) whenever [`PolicyScope::generation`] moves.
+    pub(crate) fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
+    }
+
+    fn moved(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The scopes in use, held weakly (a topic's task holds its scope): dead
+/// entries are dropped when the map has doubled since the last sweep.
+#[derive(Default)]
+struct Scopes {
+    by_topic: HashMap<String, Weak<PolicyScope>>,
+    sweep_at: usize,
+}
+
+impl Scopes {
+    /// The live scopes `changed` selects (by partitioned topic name).
+    fn live(&self, changed: impl Fn(&str) -> bool) -> Vec<Arc<PolicyScope>> {
+        self.by_topic
+            .iter()
+            .filter(|(k, _)| changed(k))
+            .filter_map(|(_, w)| w.upgrade())
+            .collect()
+    }
+}
+
+/// Which scopes a change to the metadata record at `key` concerns.
+enum Concerns {
+    /// `/topics/{tenant}/{namespace}/{domain}/{local}`: that topic's
+    /// partitioned topic (a partition's own record or its parent's).
+    Topic(String),
+    /// `/namespaces/{tenant}/{namespace}`: every topic of it.
+    Namespace(String),
+    /// Anything else: every scope, to be safe.
+    All,
+}
+
+fn concerns(key: &str, topic: bool) -> Concerns {
+    let parts: Vec<&str> = key.trim_start_matches('/').split('/').collect();
+    match (topic, parts.as_slice()) {
+        (true, ["topics", tenant, ns, domain, local]) => {
+            match TopicName::parse(&format!("{domain}://{tenant}/{ns}/{local}")) {
+                Ok(name) => Concerns::Topic(name.partitioned_topic().to_string()),
+                Err(_) => Concerns::All,
+            }
+        }
+        (false, ["namespaces", tenant, ns]) => Concerns::Namespace(format!("{tenant}/{ns}")),
+        _ => Concerns::All,
+    }
+}
+
+/// The `tenant/namespace` of a full topic name (`domain://tenant/ns/local`).
+fn namespace_of(topic: &str) -> Option<&str> {
+    let rest = topic.split_once("://")?.1;
+    let (ns, _) = rest.rsplit_once('/')?;
+    Some(ns)
 }
 
 /// Cached entries are bounded; beyond this the cache starts over (it only
@@ -477,22 +557,32 @@ impl PolicyCache {
         self.record(resources, &name.partitioned_topic()).await
     }
 
-    /// Changes seen so far: while it stays the same, every cached record is
-    /// as it was (a topic re-resolves its policies only when it moves).
-    pub(crate) fn generation(&self) -> u64 {
-        self.changes.load(Ordering::Acquire)
+    /// The scope of topic `name`'s policies (shared by the partitions of a
+    /// partitioned topic): its generation is read before the policies are,
+    /// and a topic re-resolves them only when it moved.
+    pub(crate) fn scope(&self, name: &TopicName) -> Arc<PolicyScope> {
+        let key = name.partitioned_topic().to_string();
+        let mut scopes = lock(&self.scopes);
+        if let Some(scope) = scopes.by_topic.get(&key).and_then(Weak::upgrade) {
+            return scope;
+        }
+        let scope = Arc::new(PolicyScope::default());
+        scopes.by_topic.insert(key, Arc::downgrade(&scope));
+        if scopes.by_topic.len() >= scopes.sweep_at {
+            scopes.by_topic.retain(|_, w| w.strong_count() > 0);
+            scopes.sweep_at = (2 * scopes.by_topic.len()).max(1024);
+        }
+        scope
     }
 
-    /// Notified (`notify_waiters`) whenever [`PolicyCache::generation`] moves.
-    pub(crate) fn changed(&self) -> &tokio::sync::Notify {
-        &self.changed
-    }
-
-    /// Drops a changed record. The generation moves before the removal (a
-    /// read that began earlier does not cache what it read) and again after
-    /// it (a topic that saw the first move may have read the old record),
-    /// then waiting topics are told.
+    /// Drops a changed record. The cache's generation moves before the
+    /// removal (a read that began earlier does not cache what it read); the
+    /// generations of the scopes it concerns move after it (a topic that read
+    /// its scope's generation before may have read the old record; one that
+    /// reads it later finds the record gone), then their waiting topics are
+    /// told.
     fn forget(&self, key: &str, topic: bool) {
+        let concerned = concerns(key, topic);
         self.changes.fetch_add(1, Ordering::AcqRel);
         if topic {
             // `/topics/{tenant}/{namespace}/{domain}/{local}`
@@ -504,15 +594,24 @@ impl PolicyCache {
             lock(&self.namespaces).remove(rest);
         }
         self.changes.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
+        let scopes = lock(&self.scopes);
+        let moved = match &concerned {
+            Concerns::Topic(name) => scopes.live(|k| k == name),
+            Concerns::Namespace(ns) => scopes.live(|k| namespace_of(k) == Some(ns.as_str())),
+            Concerns::All => scopes.live(|_| true),
+        };
+        drop(scopes);
+        moved.iter().for_each(|s| s.moved());
     }
 
+    /// Drops every record (the watch lagged: any may have changed).
     fn clear(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
         lock(&self.namespaces).clear();
         lock(&self.topics).clear();
         self.changes.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
+        let moved = lock(&self.scopes).live(|_| true);
+        moved.iter().for_each(|s| s.moved());
     }
 }
 
@@ -898,5 +997,92 @@ mod tests {
             None,
             "-1 at topic level is unlimited"
         );
+    }
+
+    fn topic(name: &str) -> TopicName {
+        TopicName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_change_moves_only_the_scopes_it_concerns() {
+        let cache = PolicyCache::default();
+        let a = cache.scope(&topic("persistent://t1/ns1/a"));
+        let partition = cache.scope(&topic("persistent://t1/ns1/a-partition-2"));
+        assert!(
+            Arc::ptr_eq(&a, &partition),
+            "partitions share their topic's scope"
+        );
+        let b = cache.scope(&topic("persistent://t1/ns1/b"));
+        let elsewhere = cache.scope(&topic("non-persistent://t1/ns2/a"));
+        let gens = || [a.generation(), b.generation(), elsewhere.generation()];
+
+        let g0 = gens();
+        cache.forget("/topics/t1/ns1/persistent/a-partition-2", true);
+        let g1 = gens();
+        assert!(
+            g1[0] > g0[0],
+            "a partition's own record moves its topic's scope"
+        );
+        assert_eq!(g1[1..], g0[1..], "and no other");
+
+        cache.forget("/topics/t1/ns1/persistent/c", true);
+        cache.forget("/namespaces/t1/ns3", false);
+        assert_eq!(gens(), g1, "another topic's record, another namespace's");
+
+        cache.forget("/namespaces/t1/ns1", false);
+        let g2 = gens();
+        assert!(
+            g2[0] > g1[0] && g2[1] > g1[1],
+            "the namespace's topics move"
+        );
+        assert_eq!(g2[2], g1[2], "another namespace's do not");
+
+        cache.forget("/namespaces/t1", false);
+        let g3 = gens();
+        assert!(
+            g3.iter().zip(g2).all(|(n, o)| *n > o),
+            "a key of another shape moves all"
+        );
+        cache.clear();
+        assert!(
+            gens().iter().zip(g3).all(|(n, o)| *n > o),
+            "so does a lagged watch"
+        );
+    }
+
+    #[test]
+    fn a_change_wakes_the_topics_waiting_on_its_scope() {
+        use futures_util::FutureExt;
+        let cache = PolicyCache::default();
+        let a = cache.scope(&topic("persistent://t1/ns1/a"));
+        let b = cache.scope(&topic("persistent://t1/ns1/b"));
+        let mut on_a = std::pin::pin!(a.changed().notified());
+        let mut on_b = std::pin::pin!(b.changed().notified());
+        on_a.as_mut().enable();
+        on_b.as_mut().enable();
+        cache.forget("/topics/t1/ns1/persistent/a", true);
+        assert!(on_a.now_or_never().is_some(), "a's waiter is woken");
+        assert!(on_b.now_or_never().is_none(), "b's is not");
+    }
+
+    #[test]
+    fn scopes_no_topic_holds_are_swept() {
+        let cache = PolicyCache::default();
+        let kept = cache.scope(&topic("persistent://t1/ns1/kept"));
+        for i in 0..10_000 {
+            drop(cache.scope(&topic(&format!("persistent://t1/ns1/t{i}"))));
+        }
+        let scopes = lock(&cache.scopes);
+        assert!(
+            scopes.by_topic.len() <= 1024,
+            "{} scopes",
+            scopes.by_topic.len()
+        );
+        assert!(scopes.by_topic.contains_key("persistent://t1/ns1/kept"));
+        drop(scopes);
+        assert!(Arc::ptr_eq(
+            &kept,
+            &cache.scope(&topic("persistent://t1/ns1/kept"))
+        ));
     }
 }

@@ -542,14 +542,10 @@ impl Broker {
         )
     }
 
-    /// Moves whenever a namespace's or topic's policies may have changed.
-    pub(crate) fn policies_generation(&self) -> u64 {
-        self.inner.policies.generation()
-    }
-
-    /// Notified whenever [`Broker::policies_generation`] moves.
-    pub(crate) fn policies_changed(&self) -> &tokio::sync::Notify {
-        self.inner.policies.changed()
+    /// What topic `name`'s policies depend on: a generation that moves, and
+    /// a notification, whenever they may have changed.
+    pub(crate) fn policy_scope(&self, name: &TopicName) -> Arc<crate::policy_cache::PolicyScope> {
+        self.inner.policies.scope(name)
     }
 
     /// The policies in force on topic `name` now.

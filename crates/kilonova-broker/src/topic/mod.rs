@@ -65,7 +65,7 @@ use crate::dedup::{self, Dedup};
 use crate::error::BrokerError;
 use crate::metrics::{Rates, TopicMetrics};
 use crate::outbound::Outbound;
-use crate::policy_cache::Effective;
+use crate::policy_cache::{Effective, PolicyScope};
 use crate::rate_limit::{PublishGate, RateLimiter};
 use crate::subscribe_rate::SubscribeRateLimiter;
 use crate::subscription::{ConsumerKey, Subscription};
@@ -307,8 +307,11 @@ pub(crate) struct Topic {
     rates_since: (Instant, (u64, u64, u64, u64)),
     /// How often the housekeeping tick comes.
     pace: pace::Pace,
-    /// The policy cache's generation `policies` were last resolved at (none:
-    /// not yet by a tick): ticks skip the resolution while it stays.
+    /// What `policies` depend on: its generation moves (and it notifies)
+    /// whenever they may have changed.
+    policy_scope: Arc<PolicyScope>,
+    /// The scope's generation `policies` were last resolved at (none: not
+    /// yet by a tick): ticks skip the resolution while it stays.
     policies_seen: Option<u64>,
     /// `/metrics` shows replication of this topic (it had replicators, or
     /// remote clusters' replicators producing here, at the last tick).
@@ -375,6 +378,8 @@ impl Topic {
         lane: Arc<PublishLane>,
     ) {
         let full_name = name.to_string();
+        // Before the policies are read: a change after this moves it.
+        let policy_scope = broker.policy_scope(&name);
         let policies = policy::load(&broker, &name).await;
         // A topic of a replicated namespace may be replicated into: its
         // deduplication state is rebuilt now, before anything is trimmed
@@ -449,6 +454,7 @@ impl Topic {
             rates_since: (now, (0, 0, 0, 0)),
             pace,
             policies,
+            policy_scope,
             policies_seen: None,
             replication_shown: false,
             replicators_ran: false,
@@ -529,8 +535,8 @@ impl Topic {
         // that comes between): not a new future at every turn of the loop.
         let mut drained_wake = std::pin::pin!(drained.notified());
         // Watched only while the ticks are slowed (`pace.rs`).
-        let broker = self.broker.clone();
-        let mut policy_wake = std::pin::pin!(broker.policies_changed().notified());
+        let scope = self.policy_scope.clone();
+        let mut policy_wake = std::pin::pin!(scope.changed().notified());
         loop {
             self.refresh_lane();
             tokio::select! {
@@ -620,7 +626,7 @@ impl Topic {
                     self.compaction_step().await;
                 }
                 _ = policy_wake.as_mut(), if self.pace.slowed() => {
-                    policy_wake.set(broker.policies_changed().notified());
+                    policy_wake.set(scope.changed().notified());
                     self.pace.hurry(&mut tick);
                 }
                 _ = tick.tick() => {
@@ -656,7 +662,7 @@ impl Topic {
                         // Made before the generation's look: a change after
                         // that look completes it (`notify_waiters` reaches a
                         // `Notified` from its creation on).
-                        policy_wake.set(broker.policies_changed().notified());
+                        policy_wake.set(scope.changed().notified());
                         if self.may_tick_slowly() {
                             self.pace.slow(&mut tick);
                         }

@@ -124,7 +124,7 @@ impl Topic {
             && !self.fenced
             && !self.shared_failed
             && !self.handing_over
-            && self.policies_seen == Some(self.broker.policies_generation())
+            && self.policies_seen == Some(self.policy_scope.generation())
     }
 }
 

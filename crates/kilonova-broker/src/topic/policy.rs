@@ -142,7 +142,7 @@ impl Topic {
     /// Reads the policies again (from the cache: no metadata read unless they
     /// changed) and applies what changed.
     pub(super) async fn refresh_policies(&mut self) {
-        let generation = self.broker.policies_generation();
+        let generation = self.policy_scope.generation();
         if self.policies_seen == Some(generation) {
             return;
         }
