@@ -198,6 +198,42 @@ async fn an_idle_connection_costs_less_than_64_kib() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_created_twice_keeps_its_counts() {
+    let server = start(BrokerConfig::default()).await;
+    let topic = "created-twice-counts";
+    let mut c = Raw::connect(server.addr).await;
+    // A subscription with a consumer: SENDs go through the topic's task,
+    // which counts them in the producer's entry.
+    c.subscribe(topic, "s", SubType::Exclusive, 1).await;
+    c.producer(topic, 1).await;
+    for seq in 0..3 {
+        c.send_message(1, seq, b"first").await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+    // The client asks again with the same id (it stopped waiting).
+    c.producer(topic, 1).await;
+    for seq in 3..5 {
+        c.send_message(1, seq, b"again").await;
+        c.recv_type(Type::SendReceipt).await;
+    }
+    let name = kilonova_broker::TopicName::parse(topic).unwrap();
+    let reply = server
+        .broker
+        .topic_admin(&name, kilonova_broker::AdminRequest::Stats)
+        .await
+        .unwrap();
+    let kilonova_broker::AdminReply::Stats(stats) = reply else {
+        panic!("a stats answer");
+    };
+    let [p] = stats.publishers.as_slice() else {
+        panic!("one publisher: {:?}", stats.publishers);
+    };
+    assert_eq!(p.msg_in_counter, 5, "{p:?}");
+    assert_eq!(stats.msg_in_counter, 5, "the topic's own count");
+    assert_eq!(p.bytes_in_counter, stats.bytes_in_counter, "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_created_twice_then_fenced_out_stores_nothing_more() {
     let server = start(BrokerConfig::default()).await;
     let topic = "created-twice";

@@ -494,18 +494,26 @@ impl Topic {
         if let Some(lane) = &p.lane {
             lane.admit(!replicator && !dedup::always_deduplicated(&name));
         }
+        let key = (p.conn.id, p.producer_id);
+        // A PRODUCER retried on its connection (its client stopped waiting
+        // for the answer) goes on with the first one's counts and rates, as
+        // its lane does (the connection keeps the first one's).
+        let (msg_in, bytes_in, meter_in) = match self.producers.remove(&key) {
+            Some(first) => (first.msg_in, first.bytes_in, first.meter_in),
+            None => Default::default(),
+        };
         self.producers.insert(
-            (p.conn.id, p.producer_id),
+            key,
             Producer {
                 replicator,
                 name: name.clone(),
                 out: p.conn.out.clone(),
                 exclusive,
-                msg_in: 0,
-                bytes_in: 0,
+                msg_in,
+                bytes_in,
                 lane: p.lane.clone(),
                 client: p.conn.client.registered_at(self.broker.clock().now_ms()),
-                meter_in: Default::default(),
+                meter_in,
             },
         );
         self.idle_since = None;
