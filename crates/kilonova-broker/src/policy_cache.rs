@@ -596,7 +596,14 @@ impl PolicyCache {
         self.changes.fetch_add(1, Ordering::AcqRel);
         let scopes = lock(&self.scopes);
         let moved = match &concerned {
-            Concerns::Topic(name) => scopes.live(|k| k == name),
+            // One lookup: topic records change far more often than
+            // namespaces (every topic created writes one).
+            Concerns::Topic(name) => scopes
+                .by_topic
+                .get(name)
+                .and_then(Weak::upgrade)
+                .into_iter()
+                .collect(),
             Concerns::Namespace(ns) => scopes.live(|k| namespace_of(k) == Some(ns.as_str())),
             Concerns::All => scopes.live(|_| true),
         };
