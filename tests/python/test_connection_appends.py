@@ -90,7 +90,11 @@ def test_a_plain_producers_sends_are_appended_by_its_connection_and_acknowledged
 def test_sends_switch_between_the_connection_and_the_topic_across_roll_overs(make_broker):
     # Segments of 20 entries: the lane stops half way until the next segment
     # is ready and at the end of each, where the topic's task rolls over.
-    broker = make_broker(config="[broker]\nmax_segment_entries = 20\n")
+    # Everything is retained: the subscription comes after the sends (it
+    # would close the lane), and with the default retention of 0 a tick in
+    # between trims every sealed segment of a topic without subscriptions.
+    broker = make_broker(config="[broker]\nmax_segment_entries = 20\n"
+                                "retention_minutes = -1\nretention_size_mb = -1\n")
     client = make_client(broker)
     topic = topic_name("lane-roll")
     producers = [client.create_producer(topic, batching_enabled=False,

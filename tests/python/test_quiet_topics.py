@@ -53,14 +53,20 @@ def wait_quiet(broker) -> None:
                "the topic's ticks slowed to the quiet pace")
 
 
-def test_a_topic_only_written_to_ticks_slowly_until_it_has_a_subscription(make_broker, clients):
-    broker = make_broker(config=CONFIG)
-    ns = create_namespace(broker)
-    topic = ns_topic(ns, "quiet")
+def quiet_topic(broker, clients, ns: str, prefix: str):
+    """A topic of `ns` with a producer that sent one message, once the
+    broker's topics tick at the quiet pace: (topic, client, producer)."""
+    topic = ns_topic(ns, prefix)
     c = clients(broker)
     producer = c.create_producer(topic, batching_enabled=False)
     producer.send(b"first")
     wait_quiet(broker)
+    return topic, c, producer
+
+
+def test_a_topic_only_written_to_ticks_slowly_until_it_has_a_subscription(make_broker, clients):
+    broker = make_broker(config=CONFIG)
+    topic, c, producer = quiet_topic(broker, clients, create_namespace(broker), "quiet")
     for i in range(20):
         producer.send(f"m-{i}".encode())
     assert ticks_over(broker, 10 * FREQUENT_S) == 0, "a topic only written to ticks at the quiet pace"
@@ -115,11 +121,7 @@ def test_changes_to_other_topics_and_namespaces_leave_a_quiet_topic_quiet(make_b
     broker = make_broker(config=CONFIG + "max_segment_entries = 100000000\n")
     ns = create_namespace(broker)
     other_ns = create_namespace(broker)
-    topic = ns_topic(ns, "quiet-alone")
-    c = clients(broker)
-    producer = c.create_producer(topic, batching_enabled=False)
-    producer.send(b"first")
-    wait_quiet(broker)
+    _, _, producer = quiet_topic(broker, clients, ns, "quiet-alone")
 
     before = ticks(broker)
     for i in range(5):
