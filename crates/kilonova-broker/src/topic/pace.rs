@@ -101,7 +101,7 @@ impl Topic {
     /// tick (Pulsar, too, trims after a roll-over), and neither replication,
     /// deduplication, compaction, an offload in progress or due, a
     /// cluster's shared log nor a fence or handover, and its policies were
-    /// read at the cache's latest generation.
+    /// read at their scope's latest generation (`PolicyScope`).
     pub(super) fn may_tick_slowly(&self) -> bool {
         !self.producers.is_empty()
             && self.subscriptions.is_empty()
