@@ -9,6 +9,11 @@ consumers), a termination in the middle of a stream ends the topic after
 every acknowledged message, and `connection_appends = false` sends
 everything through the task. `kilonova_appends_by_connection_total` counts
 the lane's entries per topic.
+
+The receipts of those SENDs are written to the socket by the journal's
+thread at the end of each group commit's answers when nothing is queued for
+the connection's writer (`kilonova_receipts_sent_by_journal_total`), else by
+the writer; either way each producer's receipts arrive in the order sent.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import threading
 
 import pulsar
 
-from conftest import make_client, topic_name, unique
+from conftest import make_client, payloads, read_n, topic_name, unique
 from test_metrics import scrape, topic_labels
 from test_policies import (create_namespace, create_topic, drain, ns_topic, set_ns_policy, stats,
                            wait_dedup)
 from test_terminate import terminate
 
 APPENDS_BY_CONNECTION = "kilonova_appends_by_connection_total"
+RECEIPTS_BY_JOURNAL = "kilonova_receipts_sent_by_journal_total"
 RECEIVE_MS = 10_000
 
 
@@ -85,6 +91,51 @@ def test_a_plain_producers_sends_are_appended_by_its_connection_and_acknowledged
     s = stats(broker, topic)
     assert s["msgInCounter"] == len(sent), s
     assert [p["msgInCounter"] for p in s["publishers"]] == [len(sent)], s["publishers"]
+
+
+def receipts_by_journal(broker) -> float:
+    value = scrape(broker).value(RECEIPTS_BY_JOURNAL)
+    assert value is not None, f"{RECEIPTS_BY_JOURNAL} is exported"
+    return value
+
+
+def test_receipts_written_by_the_journals_thread_keep_each_producers_order(broker, client):
+    before = receipts_by_journal(broker)
+    topics = [topic_name("by-journal") for _ in range(3)]
+    # One client: its three producers share one connection, so the receipts
+    # of one group commit interleave there with each other's.
+    producers = [client.create_producer(t, batching_enabled=False, max_pending_messages=500,
+                                        block_if_queue_full=True) for t in topics]
+    n = 1500
+    acked: list[list] = [[] for _ in producers]
+    errors: list = []
+    lock = threading.Lock()
+
+    def done_for(i):
+        def done(res, msg_id):
+            with lock:
+                if res == pulsar.Result.Ok:
+                    acked[i].append(msg_id)
+                else:
+                    errors.append(res)
+        return done
+
+    for k in range(n):
+        for i, p in enumerate(producers):
+            p.send_async(f"{i}-{k}".encode(), done_for(i))
+    for p in producers:
+        p.flush()
+    assert not errors, errors[:5]
+    for i, ids in enumerate(acked):
+        assert len(ids) == n, f"producer {i}: {len(ids)} of {n} acknowledged"
+        positions = [position(m) for m in ids]
+        assert positions == sorted(set(positions)), f"producer {i}: acknowledged out of order"
+    written = receipts_by_journal(broker) - before
+    assert written > 0, "no receipt was written by the journal's thread"
+    assert written <= 3 * n
+    for i, t in enumerate(topics):
+        reader = client.create_reader(t, pulsar.MessageId.earliest)
+        assert payloads(read_n(reader, n)) == [f"{i}-{k}".encode() for k in range(n)]
 
 
 def test_sends_switch_between_the_connection_and_the_topic_across_roll_overs(make_broker):

@@ -18,8 +18,13 @@
 //! written and one message per topic dispatching to the connection at that
 //! moment. Each frame counts its bytes plus [`FRAME_OVERHEAD_BYTES`], so a
 //! flood of tiny answers (PONGs) is bounded by the memory it really takes.
+//!
+//! On a plain TCP connection, receipts made by the journal's calls may skip
+//! the writer: see [`direct`].
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+mod direct;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -101,9 +106,18 @@ struct Shared {
     /// Topics that held a consumer back because the queue was full; each is
     /// notified (and forgotten) when it drains. At most one entry per topic.
     topics: Mutex<Vec<Arc<Notify>>>,
+    /// Set while receipts may be written by the journal's thread
+    /// ([`direct`]): every push then goes through `direct`'s lock.
+    direct_on: AtomicBool,
+    direct: Mutex<direct::Direct>,
 }
 
 impl Shared {
+    fn direct(&self) -> std::sync::MutexGuard<'_, direct::Direct> {
+        // Its state stays consistent whatever a panicking holder did.
+        self.direct.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn topics(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Notify>>> {
         // A list of wake-ups stays usable whatever a panicking holder did.
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
@@ -134,6 +148,8 @@ impl Outbound {
             written_bytes: AtomicU64::new(0),
             reader: Notify::new(),
             topics: Mutex::new(Vec::new()),
+            direct_on: AtomicBool::new(false),
+            direct: Mutex::new(direct::Direct::default()),
         });
         (
             Outbound {
@@ -193,6 +209,18 @@ impl Outbound {
     }
 
     fn push(&self, out: Out) {
+        if self.shared.direct_on.load(Ordering::Acquire) {
+            // Behind the receipts the journal's calls made before it, and
+            // never while one of their writes is under way.
+            let mut d = self.shared.direct();
+            d.queue_pending(self);
+            self.enqueue(out);
+            return;
+        }
+        self.enqueue(out);
+    }
+
+    fn enqueue(&self, out: Out) {
         self.shared
             .queued_bytes
             .fetch_add(out.cost(), Ordering::Relaxed);
@@ -233,6 +261,7 @@ impl Outbound {
     }
 
     pub(crate) fn close(&self) {
+        self.stop_direct();
         let _ = self.tx.send(Out::Close);
     }
 }
@@ -244,6 +273,11 @@ impl OutboundReceiver {
 
     pub(crate) fn try_recv(&mut self) -> Option<Out> {
         self.rx.try_recv().ok()
+    }
+
+    /// The writer stopped: nothing may be written past it any more.
+    pub(crate) fn writer_stopped(&self) {
+        direct::stop(&self.shared);
     }
 
     /// The writer wrote units costing `cost` (`bytes` of them on the wire):

@@ -10,12 +10,17 @@
 //!    running when it was written is waited for first);
 //! 4. `answered`: → the topic queued its receipt on the connection (waking
 //!    the topic, receipts in the order sent);
-//! 5. `sent`: → the connection's writer wrote the receipt to the socket.
+//! 5. `sent`: → the receipt was written to the socket: by the connection's
+//!    writer, or by the journal's thread at the end of its run of answers
+//!    (counted in `kilonova_receipts_sent_by_journal_total`, see
+//!    [`crate::outbound`]).
 //!
 //! Stages 2 and 3 are the segment store's ([`SegmentStore::append_stages`]),
 //! the others the broker's. Each is observed once per SEND (per entry for
 //! the store's), so their counts match under a steady load.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kilonova_storage::histogram::STAGE_MICROS_BOUNDS;
@@ -36,6 +41,8 @@ pub(crate) struct PublishStages {
     appended: Histogram,
     answered: Histogram,
     sent: Histogram,
+    /// Receipts the journal's thread wrote to the socket itself.
+    sent_by_journal: AtomicU64,
 }
 
 impl Default for PublishStages {
@@ -44,6 +51,7 @@ impl Default for PublishStages {
             appended: Histogram::new(STAGE_MICROS_BOUNDS),
             answered: Histogram::new(STAGE_MICROS_BOUNDS),
             sent: Histogram::new(STAGE_MICROS_BOUNDS),
+            sent_by_journal: AtomicU64::new(0),
         }
     }
 }
@@ -56,6 +64,17 @@ impl PublishStages {
             Stage::Sent => &self.sent,
         };
         h.observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// A receipt the journal's thread wrote itself, `took` after it was made.
+    pub(crate) fn observe_sent_by_journal(&self, took: Duration) {
+        self.sent_by_journal.fetch_add(1, Ordering::Relaxed);
+        self.observe(Stage::Sent, took);
+    }
+
+    /// Receipts the journal's thread wrote itself so far.
+    pub(crate) fn sent_by_journal(&self) -> u64 {
+        self.sent_by_journal.load(Ordering::Relaxed)
     }
 
     /// Every stage, in a publish's order, as one histogram family.
@@ -78,5 +97,13 @@ impl PublishStages {
         for (stage, h) in &stages {
             histogram_series(out, NAME, &format!("stage=\"{stage}\""), h, 1e6);
         }
+        const BY_JOURNAL: &str = "kilonova_receipts_sent_by_journal_total";
+        header(
+            out,
+            BY_JOURNAL,
+            "counter",
+            "SEND_RECEIPTs the journal's thread wrote to the socket itself at the end of a group commit's answers (the others were written by the connection's writer task)",
+        );
+        let _ = writeln!(out, "{BY_JOURNAL} {}", self.sent_by_journal());
     }
 }

@@ -43,7 +43,7 @@ pub use entry_cache::{CacheStats, EntryCache, EvictionStrategy};
 pub use error::{Result, StorageError};
 pub use health::{StoreFailure, StoreHealth, StoreTrouble};
 pub use histogram::{Histogram, HistogramSnapshot};
-pub use journal::wake_after::wake_after_answers;
+pub use journal::wake_after::{answering, wake_after_answers};
 pub use managed_log::{
     AppendLane, BacklogCounts, BacklogScan, CompactedWriter, CursorInfo, CursorWrites,
     CursorsStored, InitialPosition, LaneClosed, ManagedLog, ManagedLogConfig, Offloaded,

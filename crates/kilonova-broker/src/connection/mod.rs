@@ -117,8 +117,14 @@ async fn serve_tcp(
     let _ = stream.set_nodelay(true);
     match tls {
         None => {
+            // The journal's thread writes receipts through a duplicate of
+            // the socket (`outbound::direct`); without one, the writer does.
+            let direct = std::os::fd::AsFd::as_fd(&stream)
+                .try_clone_to_owned()
+                .ok()
+                .map(std::net::TcpStream::from);
             let (reader, writer) = stream.into_split();
-            serve(broker, reader, writer, peer, shutdown).await;
+            serve(broker, reader, writer, direct, peer, shutdown).await;
         }
         Some(acceptor) => {
             let stream =
@@ -134,16 +140,18 @@ async fn serve_tcp(
                     }
                 };
             let (reader, writer) = tokio::io::split(stream);
-            serve(broker, reader, writer, peer, shutdown).await;
+            serve(broker, reader, writer, None, peer, shutdown).await;
         }
     }
 }
 
-/// Serves one connection until it closes.
+/// Serves one connection until it closes (`direct`: the socket receipts
+/// may be written to by the journal's thread, see [`crate::outbound`]).
 async fn serve<R, W>(
     broker: Broker,
     mut reader: R,
     writer: W,
+    direct: Option<std::net::TcpStream>,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) where
@@ -153,6 +161,9 @@ async fn serve<R, W>(
     let (out, out_rx) = Outbound::new(broker.config().max_outbound_bytes());
     let stages = broker.metrics().publish_stages().clone();
     let clock = broker.clock().clone();
+    if let Some(socket) = direct {
+        out.write_receipts_directly(socket, stages.clone(), clock.clone());
+    }
     let mut writer = tokio::spawn(write_loop(writer, out_rx, stages, clock));
     let mut conn = Connection::new(broker, peer, out);
     tracing::debug!(conn = conn.id, %peer, "connection opened");

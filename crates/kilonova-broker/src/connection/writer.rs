@@ -113,5 +113,6 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             break;
         }
     }
+    rx.writer_stopped();
     let _ = w.shutdown().await;
 }

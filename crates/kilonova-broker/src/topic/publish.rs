@@ -100,17 +100,25 @@ impl AnswerTo {
     /// `message_index`; `now` begins the receipt's stage.
     fn receipt(&self, at: Position, message_index: u64, now: std::time::Instant) {
         self.answered();
-        self.out.receipt(
-            SendReceipt {
-                producer_id: self.producer_id,
-                sequence_id: self.sequence_id,
-                highest_sequence_id: self.highest_sequence_id,
-                ledger_id: at.segment,
-                entry_id: at.entry,
-            },
-            message_index,
-            now,
-        );
+        self.out.receipt(self.send_receipt(at), message_index, now);
+    }
+
+    /// [`Self::receipt`] from one of the journal's calls (the journal's
+    /// thread may write it to the socket itself).
+    fn receipt_from_journal(&self, at: Position, message_index: u64, now: std::time::Instant) {
+        self.answered();
+        self.out
+            .receipt_from_journal(self.send_receipt(at), message_index, now);
+    }
+
+    fn send_receipt(&self, at: Position) -> SendReceipt {
+        SendReceipt {
+            producer_id: self.producer_id,
+            sequence_id: self.sequence_id,
+            highest_sequence_id: self.highest_sequence_id,
+            ledger_id: at.segment,
+            entry_id: at.entry,
+        }
     }
 
     /// Answers the SEND with an error.
@@ -165,7 +173,7 @@ pub(super) fn durable_call(
                 calls
                     .stages
                     .observe(Stage::Answered, now.saturating_duration_since(durable_at));
-                answer.receipt(p, message_index, now);
+                answer.receipt_from_journal(p, message_index, now);
                 false
             }
             Err(e) => {

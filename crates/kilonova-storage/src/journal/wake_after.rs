@@ -33,8 +33,9 @@ pub fn wake_after_answers(waker: Waker) {
 }
 
 /// Runs `answer` (a run of answers), then makes the wake-ups asked for
-/// during it.
-pub(crate) fn answering<R>(answer: impl FnOnce() -> R) -> R {
+/// during it. The syncer's; public so that users of
+/// [`wake_after_answers`] can test what they do within a run.
+pub fn answering<R>(answer: impl FnOnce() -> R) -> R {
     HELD.with(|held| *held.borrow_mut() = Some(Vec::new()));
     let r = answer();
     let wakers = HELD.with(|held| held.borrow_mut().take());
