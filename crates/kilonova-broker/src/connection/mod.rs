@@ -22,6 +22,7 @@ mod lookup;
 mod producer;
 mod read_size;
 mod schema;
+mod shared_write;
 mod writer;
 
 use std::collections::HashMap;
@@ -117,13 +118,12 @@ async fn serve_tcp(
     let _ = stream.set_nodelay(true);
     match tls {
         None => {
-            // The journal's thread writes receipts through a duplicate of
-            // the socket (`outbound::direct`); without one, the writer does.
-            let direct = std::os::fd::AsFd::as_fd(&stream)
-                .try_clone_to_owned()
-                .ok()
-                .map(std::net::TcpStream::from);
+            // The journal's thread writes receipts to the socket too
+            // (`outbound::direct`).
             let (reader, writer) = stream.into_split();
+            let writer = Arc::new(writer);
+            let direct = Some(writer.clone());
+            let writer = shared_write::SharedWriteHalf(writer);
             serve(broker, reader, writer, direct, peer, shutdown).await;
         }
         Some(acceptor) => {
@@ -151,7 +151,7 @@ async fn serve<R, W>(
     broker: Broker,
     mut reader: R,
     writer: W,
-    direct: Option<std::net::TcpStream>,
+    direct: Option<Arc<tokio::net::tcp::OwnedWriteHalf>>,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) where

@@ -7,8 +7,8 @@
 //! thread for it. On a plain TCP connection the calls collect their receipts
 //! here instead, and at the end of the journal's run of answers
 //! ([`kilonova_storage::wake_after_answers`]) the journal's thread writes
-//! them to the socket itself, in one non-blocking `send`, when nothing queued
-//! for the writer is ahead of them. Whatever the socket does not take goes
+//! them to the socket itself (the writer's own, shared), in one non-blocking
+//! `send`, when nothing queued for the writer is ahead of them. Whatever the socket does not take goes
 //! to the writer as before.
 //!
 //! Order: every push onto the connection's queue takes this lock and first
@@ -18,7 +18,6 @@
 //! only once written —, so the writer and the journal's thread never write
 //! at once and nothing is overtaken.
 
-use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Wake, Waker};
@@ -26,6 +25,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use kilonova_pulsar_protocol::frame;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 
 use super::{Out, Outbound, Shared};
 use crate::clock::SharedClock;
@@ -38,9 +39,9 @@ const KEEP_BUFFER_BYTES: usize = 16 << 10;
 /// collected during the current run of answers.
 #[derive(Default)]
 pub(super) struct Direct {
-    /// A duplicate of the connection's socket (non-blocking, like the
-    /// original); `None` once the connection closes.
-    socket: Option<std::net::TcpStream>,
+    /// The connection's socket (shared with its writer); `None` once the
+    /// connection closes.
+    socket: Option<Arc<OwnedWriteHalf>>,
     timing: Option<(Arc<PublishStages>, SharedClock)>,
     pending: Vec<Pending>,
     /// A write is asked for at the end of the current run.
@@ -91,10 +92,10 @@ impl Wake for Flush {
 
 impl Outbound {
     /// Lets the journal's thread write this connection's receipts to
-    /// `socket`, a duplicate of the connection's own.
+    /// `socket`, which its writer writes to too.
     pub(crate) fn write_receipts_directly(
         &self,
-        socket: std::net::TcpStream,
+        socket: Arc<OwnedWriteHalf>,
         stages: Arc<PublishStages>,
         clock: SharedClock,
     ) {
@@ -164,8 +165,8 @@ impl Outbound {
         for p in &d.pending {
             frame::encode_send_receipt(&p.receipt, &mut d.buf);
         }
-        let mut sock: &std::net::TcpStream = socket;
-        let written = match sock.write(&d.buf) {
+        let stream: &TcpStream = (**socket).as_ref();
+        let written = match stream.try_write(&d.buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
@@ -203,7 +204,7 @@ impl Outbound {
 #[cfg(test)]
 mod tests {
     use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpListener;
     use std::time::Duration;
 
     use bytes::BufMut;
@@ -214,13 +215,27 @@ mod tests {
     use super::*;
     use crate::outbound::OutboundReceiver;
 
-    /// A connection's queue whose receipts the "journal" may write to the
-    /// broker's end of a loopback connection; the client's end.
-    fn connection() -> (Outbound, OutboundReceiver, Arc<PublishStages>, TcpStream) {
+    /// The broker's end of a loopback connection (its write half, ready to
+    /// be written) and the client's.
+    async fn socket_pair() -> (Arc<OwnedWriteHalf>, std::net::TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (broker, _) = listener.accept().unwrap();
         broker.set_nonblocking(true).unwrap();
+        let (_, write) = TcpStream::from_std(broker).unwrap().into_split();
+        write.writable().await.unwrap();
+        (Arc::new(write), client)
+    }
+
+    /// A connection's queue whose receipts the "journal" may write to the
+    /// broker's end of a loopback connection; the client's end.
+    async fn connection() -> (
+        Outbound,
+        OutboundReceiver,
+        Arc<PublishStages>,
+        std::net::TcpStream,
+    ) {
+        let (broker, client) = socket_pair().await;
         let (out, rx) = Outbound::new(1 << 20);
         let stages = Arc::new(PublishStages::default());
         out.write_receipts_directly(broker, stages.clone(), crate::clock::system());
@@ -272,7 +287,7 @@ mod tests {
 
     /// Everything the client can read now (it waits a little for the
     /// first bytes when `expect` is set).
-    fn read_now(client: &mut TcpStream, expect: usize) -> BytesMut {
+    fn read_now(client: &mut std::net::TcpStream, expect: usize) -> BytesMut {
         client
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -288,7 +303,7 @@ mod tests {
         got
     }
 
-    fn socket_is_empty(client: &TcpStream) -> bool {
+    fn socket_is_empty(client: &std::net::TcpStream) -> bool {
         client.set_nonblocking(true).unwrap();
         let mut one = [0u8; 1];
         let empty =
@@ -297,9 +312,9 @@ mod tests {
         empty
     }
 
-    #[test]
-    fn a_runs_receipts_are_written_at_its_end_by_the_journal_not_the_writer() {
-        let (out, mut rx, stages, mut client) = connection();
+    #[tokio::test]
+    async fn a_runs_receipts_are_written_at_its_end_by_the_journal_not_the_writer() {
+        let (out, mut rx, stages, mut client) = connection().await;
         answering(|| {
             for seq in 1..=5 {
                 receipt(&out, seq);
@@ -314,9 +329,9 @@ mod tests {
         assert_eq!(stages.sent_by_journal(), 5);
     }
 
-    #[test]
-    fn a_frame_queued_during_a_run_goes_after_the_receipts_made_before_it() {
-        let (out, mut rx, _, client) = connection();
+    #[tokio::test]
+    async fn a_frame_queued_during_a_run_goes_after_the_receipts_made_before_it() {
+        let (out, mut rx, _, client) = connection().await;
         answering(|| {
             receipt(&out, 1);
             receipt(&out, 2);
@@ -332,9 +347,9 @@ mod tests {
         assert!(socket_is_empty(&client));
     }
 
-    #[test]
-    fn with_something_queued_for_the_writer_a_receipt_waits_behind_it() {
-        let (out, mut rx, _, client) = connection();
+    #[tokio::test]
+    async fn with_something_queued_for_the_writer_a_receipt_waits_behind_it() {
+        let (out, mut rx, _, client) = connection().await;
         pong(&out);
         answering(|| receipt(&out, 1));
         let mut bytes = BytesMut::new();
@@ -345,9 +360,9 @@ mod tests {
         assert!(socket_is_empty(&client));
     }
 
-    #[test]
-    fn a_socket_that_takes_no_more_leaves_the_rest_to_the_writer_whole_frames_in_order() {
-        let (out, mut rx, _, mut client) = connection();
+    #[tokio::test]
+    async fn a_socket_that_takes_no_more_leaves_the_rest_to_the_writer_whole_frames_in_order() {
+        let (out, mut rx, _, mut client) = connection().await;
         // The client reads nothing until the socket's buffers are full.
         let mut next = 1;
         while out.queued_bytes() == 0 {
@@ -379,20 +394,18 @@ mod tests {
         assert_eq!(seen, (1..next).collect::<Vec<_>>());
     }
 
-    #[test]
-    fn a_closed_connection_writes_nothing_more_and_lets_its_socket_go() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (broker, _) = listener.accept().unwrap();
+    #[tokio::test]
+    async fn a_closed_connection_writes_nothing_more_and_lets_its_socket_go() {
+        let (broker, mut client) = socket_pair().await;
         let (out, mut rx) = Outbound::new(1 << 20);
         let stages = Arc::new(PublishStages::default());
-        out.write_receipts_directly(broker.try_clone().unwrap(), stages, crate::clock::system());
+        out.write_receipts_directly(broker.clone(), stages, crate::clock::system());
         out.close();
         answering(|| receipt(&out, 1));
         assert!(matches!(rx.try_recv(), Some(Out::Close)));
         assert!(matches!(rx.try_recv(), Some(Out::Receipt { .. })));
-        // The connection's own socket closes: the client sees the end, so
-        // no duplicate is held open.
+        // The writer's hold goes too: the socket's sending side closes, so
+        // the queue held it no more.
         drop(broker);
         assert_eq!(read_now(&mut client, 1).len(), 0);
     }
