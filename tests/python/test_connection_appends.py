@@ -22,7 +22,7 @@ import threading
 
 import pulsar
 
-from conftest import make_client, payloads, read_n, topic_name, unique
+from conftest import make_client, payloads, read_n, topic_name, unique, wait_until
 from test_metrics import scrape, topic_labels
 from test_policies import (create_namespace, create_topic, drain, ns_topic, set_ns_policy, stats,
                            wait_dedup)
@@ -57,6 +57,9 @@ def send_all(producer, payloads: list[bytes]) -> list:
     for p in payloads:
         producer.send_async(p, done)
     producer.flush()
+    # flush() returns once every send is acknowledged, which may be before
+    # the client's thread has run the last callbacks.
+    wait_until(lambda: len(acked) + len(errors) == len(payloads), 10, "every send's callback ran")
     assert not errors, errors[:5]
     assert len(acked) == len(payloads)
     return acked
@@ -125,6 +128,8 @@ def test_receipts_written_by_the_journals_thread_keep_each_producers_order(broke
             p.send_async(f"{i}-{k}".encode(), done_for(i))
     for p in producers:
         p.flush()
+    wait_until(lambda: sum(map(len, acked)) + len(errors) == len(producers) * n, 10,
+               "every send's callback ran")
     assert not errors, errors[:5]
     for i, ids in enumerate(acked):
         assert len(ids) == n, f"producer {i}: {len(ids)} of {n} acknowledged"
@@ -136,6 +141,22 @@ def test_receipts_written_by_the_journals_thread_keep_each_producers_order(broke
     for i, t in enumerate(topics):
         reader = client.create_reader(t, pulsar.MessageId.earliest)
         assert payloads(read_n(reader, n)) == [f"{i}-{k}".encode() for k in range(n)]
+
+
+def test_with_a_consumer_attached_receipts_go_through_the_writer(broker, client):
+    topic = topic_name("by-writer")
+    consumer = client.subscribe(topic, "s")
+    producer = client.create_producer(topic, batching_enabled=False)
+    before = receipts_by_journal(broker)
+    # Sent one at a time: each is answered by the journal's call, which
+    # wakes the task to dispatch; the receipt goes with that, via the writer.
+    for i in range(50):
+        producer.send(f"m-{i}".encode())
+    assert receive_all(consumer, 50) == [f"m-{i}".encode() for i in range(50)]
+    assert receipts_by_journal(broker) == before, "a receipt skipped the writer"
+    consumer.close()
+    producer.send(b"alone")
+    assert receipts_by_journal(broker) > before, "no consumer: the journal writes it"
 
 
 def test_sends_switch_between_the_connection_and_the_topic_across_roll_overs(make_broker):

@@ -61,6 +61,12 @@ impl Shared {
         self.failed.load(SeqCst)
     }
 
+    /// The task asked to hear of every call (it has readers to dispatch
+    /// to, or answers of its own queued).
+    pub(super) fn watched(&self) -> bool {
+        self.watched.load(SeqCst)
+    }
+
     /// An append was answered (`failed`: with a failure of its own).
     pub(super) fn done(&self, failed: bool) {
         if failed {

@@ -173,7 +173,15 @@ pub(super) fn durable_call(
                 calls
                     .stages
                     .observe(Stage::Answered, now.saturating_duration_since(durable_at));
-                answer.receipt_from_journal(p, message_index, now);
+                if calls.direct.watched() {
+                    // The task, woken by this call, sends what it dispatches
+                    // through the connection's writer: the receipt goes with
+                    // it, in the same vectored write where they share a
+                    // connection.
+                    answer.receipt(p, message_index, now);
+                } else {
+                    answer.receipt_from_journal(p, message_index, now);
+                }
                 false
             }
             Err(e) => {
