@@ -21,6 +21,22 @@ impl SharedWriteHalf {
     fn stream(&self) -> &TcpStream {
         (*self.0).as_ref()
     }
+
+    /// Waits until the socket is ready, then `write`s (again after a
+    /// readiness that turned out stale: the `try_` call cleared it).
+    fn poll_ready_then(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream().poll_write_ready(cx))?;
+            match write(self.stream()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
 }
 
 impl AsyncWrite for SharedWriteHalf {
@@ -29,13 +45,7 @@ impl AsyncWrite for SharedWriteHalf {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream().poll_write_ready(cx))?;
-            match self.stream().try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        self.poll_ready_then(cx, |s| s.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -43,13 +53,7 @@ impl AsyncWrite for SharedWriteHalf {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.stream().poll_write_ready(cx))?;
-            match self.stream().try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        self.poll_ready_then(cx, |s| s.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
