@@ -8,8 +8,8 @@
 //! here instead, and at the end of the journal's run of answers
 //! ([`kilonova_storage::wake_after_answers`]) the journal's thread writes
 //! them to the socket itself (the writer's own, shared), in one non-blocking
-//! `send`, when nothing queued for the writer is ahead of them. Whatever the socket does not take goes
-//! to the writer as before.
+//! write, when nothing queued for the writer is ahead of them. Whatever the
+//! socket does not take goes to the writer as before.
 //!
 //! Order: every push onto the connection's queue takes this lock and first
 //! queues the receipts collected before it; the direct write happens under
@@ -285,8 +285,8 @@ mod tests {
         seen
     }
 
-    /// Everything the client can read now (it waits a little for the
-    /// first bytes when `expect` is set).
+    /// Reads until `expect` bytes came or the connection ended; a read
+    /// that waits over 200 ms fails the test.
     fn read_now(client: &mut std::net::TcpStream, expect: usize) -> BytesMut {
         client
             .set_read_timeout(Some(Duration::from_millis(200)))
@@ -404,8 +404,8 @@ mod tests {
         answering(|| receipt(&out, 1));
         assert!(matches!(rx.try_recv(), Some(Out::Close)));
         assert!(matches!(rx.try_recv(), Some(Out::Receipt { .. })));
-        // The writer's hold goes too: the socket's sending side closes, so
-        // the queue held it no more.
+        // With the writer's hold gone too the client sees the end: the
+        // queue let go of the socket when it closed.
         drop(broker);
         assert_eq!(read_now(&mut client, 1).len(), 0);
     }

@@ -35,8 +35,17 @@ pub fn wake_after_answers(waker: Waker) {
 /// Runs `answer` (a run of answers), then makes the wake-ups asked for
 /// during it. The syncer's; public so that users of
 /// [`wake_after_answers`] can test what they do within a run.
+/// A run inside a run is part of it: its wake-ups wait for the outer end.
 pub fn answering<R>(answer: impl FnOnce() -> R) -> R {
-    HELD.with(|held| *held.borrow_mut() = Some(Vec::new()));
+    let outer = HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        let outer = held.is_some();
+        held.get_or_insert_with(Vec::new);
+        outer
+    });
+    if outer {
+        return answer();
+    }
     let r = answer();
     let wakers = HELD.with(|held| held.borrow_mut().take());
     for w in wakers.into_iter().flatten() {
@@ -72,5 +81,22 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "made at its end");
         wake_after_answers(waker);
         assert_eq!(count.0.load(Ordering::SeqCst), 2, "at once outside a run");
+    }
+
+    #[test]
+    fn a_run_inside_a_run_keeps_the_outer_runs_wake_ups_until_its_end() {
+        let (first, second) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        answering(|| {
+            wake_after_answers(Waker::from(first.clone()));
+            answering(|| wake_after_answers(Waker::from(second.clone())));
+            assert_eq!(first.0.load(Ordering::SeqCst), 0, "held past the inner end");
+            assert_eq!(
+                second.0.load(Ordering::SeqCst),
+                0,
+                "held past the inner end"
+            );
+        });
+        assert_eq!(first.0.load(Ordering::SeqCst), 1, "made at the outer end");
+        assert_eq!(second.0.load(Ordering::SeqCst), 1, "made at the outer end");
     }
 }
