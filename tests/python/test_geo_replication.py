@@ -265,6 +265,8 @@ def test_kill_9_of_either_side_mid_stream_loses_and_doubles_nothing(mesh, victim
         killed.restart()
         writer.join(timeout=120 + 3 * OUTAGE_S)
         assert not writer.is_alive()
+        # flush() may return before the client ran the last callbacks.
+        wait_until(lambda: len(results) == total, 10, "every send's callback ran")
         assert results.count(pulsar.Result.Ok) == total, collections.Counter(results)
     finally:
         writer.join(timeout=1)
