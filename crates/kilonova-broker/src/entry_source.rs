@@ -23,8 +23,8 @@ pub(crate) trait EntrySource {
     fn rewind(&mut self, cursor: &str) -> Result<(), StorageError>;
     /// The read position goes back to `p` (not before the first unacknowledged entry).
     fn rewind_read_to(&mut self, cursor: &str, p: Position) -> Result<(), StorageError>;
-    /// Acknowledges one entry.
-    fn ack(&mut self, cursor: &str, p: Position) -> Result<(), StorageError>;
+    /// Acknowledges each of `ps`.
+    fn ack(&mut self, cursor: &str, ps: &[Position]) -> Result<(), StorageError>;
     /// Acknowledges every entry up to and including `p`.
     fn ack_cumulative(&mut self, cursor: &str, p: Position) -> Result<(), StorageError>;
     /// The cursor's first unacknowledged entry.
@@ -51,8 +51,8 @@ impl EntrySource for ManagedLog {
     fn rewind_read_to(&mut self, cursor: &str, p: Position) -> Result<(), StorageError> {
         ManagedLog::rewind_read_to(self, cursor, p)
     }
-    fn ack(&mut self, cursor: &str, p: Position) -> Result<(), StorageError> {
-        ManagedLog::ack(self, cursor, p)
+    fn ack(&mut self, cursor: &str, ps: &[Position]) -> Result<(), StorageError> {
+        ManagedLog::ack_each(self, cursor, ps)
     }
     fn ack_cumulative(&mut self, cursor: &str, p: Position) -> Result<(), StorageError> {
         ManagedLog::ack_cumulative(self, cursor, p)
@@ -209,10 +209,12 @@ pub(crate) mod memory {
             Ok(())
         }
 
-        fn ack(&mut self, cursor: &str, p: Position) -> Result<(), StorageError> {
+        fn ack(&mut self, cursor: &str, ps: &[Position]) -> Result<(), StorageError> {
             let c = self.cursor_mut(cursor)?;
-            if p.entry >= c.floor {
-                c.acked.insert(p.entry);
+            for p in ps {
+                if p.entry >= c.floor {
+                    c.acked.insert(p.entry);
+                }
             }
             Self::settle(c);
             Ok(())

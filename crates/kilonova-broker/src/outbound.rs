@@ -40,10 +40,10 @@ pub(crate) const FRAME_OVERHEAD_BYTES: usize = 128;
 /// One unit for the writer: parts written back to back.
 pub(crate) enum Out {
     Frame(Bytes),
-    /// A payload frame: the encoded header, an optional broker-entry-metadata prefix,
-    /// and the stored payload bytes (sent without copying).
+    /// A MESSAGE frame: its command, an optional broker-entry-metadata
+    /// prefix, and the stored payload bytes (sent without copying).
     Message {
-        header: Bytes,
+        head: MessageHead,
         prefix: Option<Bytes>,
         payload: Bytes,
     },
@@ -61,6 +61,24 @@ pub(crate) enum Out {
     Close,
 }
 
+/// A MESSAGE frame's command: its fields, encoded by the writer into its
+/// own buffer (dispatch's usual case: a MESSAGE per entry allocates
+/// nothing), or already encoded (a MESSAGE carrying an ack set).
+pub(crate) enum MessageHead {
+    Fields(frame::MessageFields),
+    Encoded(Bytes),
+}
+
+impl MessageHead {
+    /// The header's bytes at most.
+    fn len(&self) -> usize {
+        match self {
+            MessageHead::Fields(_) => frame::MESSAGE_HEADER_MAX_BYTES,
+            MessageHead::Encoded(b) => b.len(),
+        }
+    }
+}
+
 /// A receipt's message index when the entry's is not known.
 pub(crate) const UNKNOWN_INDEX: u64 = u64::MAX;
 
@@ -76,11 +94,11 @@ impl Out {
         match self {
             Out::Frame(b) => b.len() + FRAME_OVERHEAD_BYTES,
             Out::Message {
-                header,
+                head,
                 prefix,
                 payload,
             } => {
-                header.len()
+                head.len()
                     + prefix.as_ref().map_or(0, Bytes::len)
                     + payload.len()
                     + FRAME_OVERHEAD_BYTES
@@ -249,12 +267,9 @@ impl Outbound {
         });
     }
 
-    pub(crate) fn message(&self, command: &BaseCommand, prefix: Option<Bytes>, payload: Bytes) {
-        let mut b = BytesMut::new();
-        let len = prefix.as_ref().map_or(0, Bytes::len) + payload.len();
-        frame::encode_header(command, len, &mut b);
+    pub(crate) fn message(&self, head: MessageHead, prefix: Option<Bytes>, payload: Bytes) {
         self.push(Out::Message {
-            header: b.freeze(),
+            head,
             prefix,
             payload,
         });

@@ -943,6 +943,15 @@ impl ManagedLog {
 
     /// Acknowledges one entry.
     pub fn ack(&mut self, name: &str, p: Position) -> Result<()> {
+        self.ack_each(name, &[p])
+    }
+
+    /// Acknowledges each of `ps` (one ACK's entries): the cursor is looked
+    /// up, and the cache evicted, once for all of them.
+    pub fn ack_each(&mut self, name: &str, ps: &[Position]) -> Result<()> {
+        if ps.is_empty() {
+            return Ok(());
+        }
         // The segment list and the cursor are borrowed apart: acks move the
         // floor across segment ends, which only the list knows.
         let through = self.cursor(name)?.read_compacted();
@@ -951,7 +960,10 @@ impl ManagedLog {
             self.compacted.as_ref(),
             through,
         );
-        named_mut(&mut self.cursors, name)?.ack(p, &positions);
+        let cursor = named_mut(&mut self.cursors, name)?;
+        for p in ps {
+            cursor.ack(*p, &positions);
+        }
         self.evict_cache();
         Ok(())
     }

@@ -264,6 +264,43 @@ async fn cursor_skips_acked_entries_and_mark_delete_follows_contiguous_acks() {
     assert_eq!(again, expect);
 }
 
+/// One ACK's entries acknowledged in one call leave the cursor as acking
+/// them one by one does: across a segment's end, out of order, repeated, and
+/// with the entries before the floor moving it.
+#[tokio::test]
+async fn entries_acknowledged_together_make_the_same_cursor_as_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = env(dir.path());
+    let mut log = open(&e, 1, small_segments(), 0).await;
+    let ps = publish(&mut log, 0, 25).await;
+    log.open_cursor("each", InitialPosition::Earliest, true)
+        .unwrap();
+    log.open_cursor("together", InitialPosition::Earliest, true)
+        .unwrap();
+    let acks = [11, 9, 3, 10, 1, 0, 2, 3, 20];
+    for i in acks {
+        log.ack("each", ps[i]).unwrap();
+    }
+    let together: Vec<_> = acks.iter().map(|i| ps[*i]).collect();
+    log.ack_each("together", &together).unwrap();
+    assert_eq!(
+        log.cursor_info("together").unwrap().mark_delete,
+        Some(ps[3])
+    );
+    assert_eq!(
+        log.acked_ranges("together").unwrap(),
+        log.acked_ranges("each").unwrap()
+    );
+    assert_eq!(
+        log.cursor_info("together").unwrap().backlog_entries,
+        log.cursor_info("each").unwrap().backlog_entries
+    );
+    // Nothing to acknowledge is no change, and a cursor that is not there
+    // is an error.
+    log.ack_each("together", &[]).unwrap();
+    assert!(log.ack_each("missing", &[ps[4]]).is_err());
+}
+
 #[tokio::test]
 async fn acked_ranges_given_back_by_ack_range_make_the_same_cursor() {
     let dir = tempfile::tempdir().unwrap();

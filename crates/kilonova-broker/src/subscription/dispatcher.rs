@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use kilonova_pulsar_protocol::frame;
@@ -28,6 +28,7 @@ use crate::commands;
 use crate::compaction;
 use crate::entry_source::{first_unacked, EntrySource};
 use crate::key_shared;
+use crate::outbound::MessageHead;
 
 /// What a subscription needs from the topic to dispatch.
 pub(crate) struct DispatchLimits {
@@ -326,7 +327,7 @@ impl Subscription {
                 self.snapshots.add(s, limits.max_cached_snapshots);
             }
         }
-        log.ack(&self.name, entry.position)?;
+        log.ack(&self.name, &[entry.position])?;
         Ok(true)
     }
 
@@ -518,20 +519,34 @@ pub(crate) fn send_entry(
 ) {
     c.msg_out += u64::from(entry.message_count);
     c.bytes_out += entry.data.len() as u64;
-    let command = commands::with_type(Type::Message, |b| {
-        b.message = Some(Box::new(CommandMessage {
-            consumer_id: c.key.id,
-            message_id: commands::message_id(entry.position, None),
-            redelivery_count: Some(redelivery_count),
-            ack_set,
-            consumer_epoch: c.epoch,
-        }));
-    });
     let prefix = c.wants_entry_metadata.then(|| {
         frame::broker_entry_metadata_prefix(&BrokerEntryMetadata {
             broker_timestamp: Some(entry.publish_time_ms),
             index: Some((entry.message_index + u64::from(entry.message_count)).saturating_sub(1)),
         })
     });
-    c.out.message(&command, prefix, entry.data.clone());
+    let head = if ack_set.is_empty() {
+        MessageHead::Fields(frame::MessageFields {
+            consumer_id: c.key.id,
+            ledger_id: entry.position.segment,
+            entry_id: entry.position.entry,
+            redelivery_count,
+            consumer_epoch: c.epoch,
+        })
+    } else {
+        let command = commands::with_type(Type::Message, |b| {
+            b.message = Some(Box::new(CommandMessage {
+                consumer_id: c.key.id,
+                message_id: commands::message_id(entry.position, None),
+                redelivery_count: Some(redelivery_count),
+                ack_set,
+                consumer_epoch: c.epoch,
+            }));
+        });
+        let raw_len = prefix.as_ref().map_or(0, Bytes::len) + entry.data.len();
+        let mut header = BytesMut::new();
+        frame::encode_header(&command, raw_len, &mut header);
+        MessageHead::Encoded(header.freeze())
+    };
+    c.out.message(head, prefix, entry.data.clone());
 }

@@ -436,20 +436,34 @@ impl Subscription {
         p: Position,
         ack_set: &[i64],
     ) -> Result<(), StorageError> {
-        if !ack_set.is_empty() {
-            let remaining = self
-                .partial_acks
-                .entry(p)
-                .or_insert_with(|| ack_set.to_vec());
-            for (r, a) in remaining.iter_mut().zip(ack_set) {
-                *r &= *a;
+        self.ack_each(log, [(p, ack_set)])
+    }
+
+    /// Individual acknowledgements, as [`Subscription::ack`]: the log hears
+    /// of the entries acknowledged whole in one call.
+    pub(crate) fn ack_each<'a>(
+        &mut self,
+        log: &mut impl EntrySource,
+        acks: impl IntoIterator<Item = (Position, &'a [i64])>,
+    ) -> Result<(), StorageError> {
+        let mut whole = Vec::new();
+        for (p, ack_set) in acks {
+            if !ack_set.is_empty() {
+                let remaining = self
+                    .partial_acks
+                    .entry(p)
+                    .or_insert_with(|| ack_set.to_vec());
+                for (r, a) in remaining.iter_mut().zip(ack_set) {
+                    *r &= *a;
+                }
+                if remaining.iter().any(|w| *w != 0) {
+                    continue;
+                }
             }
-            if remaining.iter().any(|w| *w != 0) {
-                return Ok(());
-            }
+            self.forget(p);
+            whole.push(p);
         }
-        self.forget(p);
-        log.ack(&self.name, p)
+        log.ack(&self.name, &whole)
     }
 
     pub(crate) fn ack_cumulative(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::sync::Notify;
 
@@ -16,7 +16,7 @@ use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::entry_source::memory::MemoryLog;
 use crate::error::BrokerError;
-use crate::outbound::{Out, Outbound, OutboundReceiver, FRAME_OVERHEAD_BYTES};
+use crate::outbound::{MessageHead, Out, Outbound, OutboundReceiver, FRAME_OVERHEAD_BYTES};
 
 const SUB: &str = "sub";
 const T0_MS: u64 = 1_700_000_000_000;
@@ -58,10 +58,15 @@ impl Client {
             let cost = out.cost();
             self.rx
                 .written(cost, cost.saturating_sub(FRAME_OVERHEAD_BYTES));
-            let Out::Message { header, .. } = out else {
+            let Out::Message {
+                head,
+                prefix,
+                payload,
+            } = out
+            else {
                 continue;
             };
-            let cmd = decode_header(&header);
+            let cmd = decode_header(&encoded_head(head, prefix, payload));
             let m = cmd.message.expect("a MESSAGE command");
             assert_eq!(m.consumer_id, self.key.id, "sent to the wrong consumer");
             got.push((m.message_id.entry_id, m.redelivery_count.unwrap_or(0)));
@@ -71,6 +76,19 @@ impl Client {
 
     fn entries(&mut self) -> Vec<u64> {
         self.received().into_iter().map(|(e, _)| e).collect()
+    }
+}
+
+/// A MESSAGE's header as the writer sends it.
+fn encoded_head(head: MessageHead, prefix: Option<Bytes>, payload: Bytes) -> Bytes {
+    match head {
+        MessageHead::Encoded(b) => b,
+        MessageHead::Fields(m) => {
+            let mut b = BytesMut::new();
+            let raw_len = prefix.as_ref().map_or(0, Bytes::len) + payload.len();
+            frame::encode_message_header(&m, raw_len, &mut b);
+            b.freeze()
+        }
     }
 }
 

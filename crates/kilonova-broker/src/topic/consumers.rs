@@ -337,24 +337,25 @@ impl Topic {
                     .into(),
             ));
         }
-        for (id, p) in ack.message_id.iter().zip(local) {
-            let Some(p) = p else {
+        let known = ack.message_id.iter().zip(local).filter_map(|(id, p)| {
+            if p.is_none() {
                 tracing::debug!(topic = %self.full_name, ledger = id.ledger_id, entry = id.entry_id, "acknowledgement of a message id from before the topic moved, unknown here: ignored");
-                continue;
-            };
-            let partial = id.ack_set.iter().any(|w| *w != 0);
-            if cumulative {
-                if partial {
-                    // Up to the batch before, and this batch's acknowledged messages.
-                    if let Some(prev) = p.entry.checked_sub(1) {
-                        sub.ack_cumulative(log, Position::new(p.segment, prev))?;
-                    }
-                    sub.ack(log, p, &id.ack_set)?;
-                } else {
-                    sub.ack_cumulative(log, p)?;
+            }
+            Some((p?, id.ack_set.as_slice()))
+        });
+        if !cumulative {
+            sub.ack_each(log, known)?;
+            return Ok(());
+        }
+        for (p, ack_set) in known {
+            if ack_set.iter().any(|w| *w != 0) {
+                // Up to the batch before, and this batch's acknowledged messages.
+                if let Some(prev) = p.entry.checked_sub(1) {
+                    sub.ack_cumulative(log, Position::new(p.segment, prev))?;
                 }
+                sub.ack(log, p, ack_set)?;
             } else {
-                sub.ack(log, p, &id.ack_set)?;
+                sub.ack_cumulative(log, p)?;
             }
         }
         Ok(())
