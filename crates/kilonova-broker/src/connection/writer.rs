@@ -66,8 +66,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     match head {
                         MessageHead::Fields(m) => {
                             // After the receipts before it, in the same part.
+                            let before = encoded.len();
                             frame::encode_message_header(&m, raw_len, &mut encoded);
-                            bytes += encoded.len();
+                            bytes += encoded.len() - before;
                             parts.push_back(encoded.split().freeze());
                         }
                         MessageHead::Encoded(header) => {
@@ -178,7 +179,7 @@ mod tests {
     /// every frame still reaches the socket whole and in queue order: a
     /// receipt, a MESSAGE by its fields, a command, a MESSAGE with a broker
     /// entry metadata prefix, a MESSAGE encoded before it was queued, and a
-    /// receipt after them.
+    /// receipt after them. The bytes counted as written are the bytes sent.
     #[tokio::test]
     async fn messages_receipts_and_frames_go_out_whole_and_in_queue_order() {
         let (out, rx) = Outbound::new(1 << 20);
@@ -223,6 +224,8 @@ mod tests {
         write_loop(w, rx, stages, crate::clock::system()).await;
         let mut wire = Vec::new();
         r.read_to_end(&mut wire).await.unwrap();
+        // What the queue was told it wrote is what reached the socket.
+        assert_eq!(out.written_bytes(), wire.len() as u64);
         let mut wire = BytesMut::from(&wire[..]);
         let mut seen = Vec::new();
         while let Some(f) = frame::decode(&mut wire, 1 << 20).unwrap() {
