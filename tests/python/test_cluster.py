@@ -204,6 +204,20 @@ class Pump(threading.Thread):
                 p.flush()
             except pulsar.PulsarException:
                 pass
+        # flush() may return before the client ran the last callbacks: every
+        # sequence number sent ends up acknowledged or failed, at the latest
+        # at the client's send timeout (30 s). A send the client never
+        # answers (seen with pulsar-client around a termination) only
+        # counts as not acknowledged: what follows reads `acked` as final,
+        # and a missing entry there can only weaken its checks.
+        deadline = time.monotonic() + 35
+        while not self._all_answered() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _all_answered(self) -> bool:
+        with self.lock:
+            answered = sum(map(len, self.acked.values())) + sum(map(len, self.failed.values()))
+            return answered == sum(self.next_seq.values())
 
 
 def receive_payloads_until(consumer, want: set[bytes], timeout: float) -> list[bytes]:

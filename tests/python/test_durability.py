@@ -17,6 +17,7 @@ from conftest import (
     receive_n,
     topic_name,
     unique,
+    wait_until,
 )
 
 
@@ -94,10 +95,13 @@ def test_a_second_instance_on_a_live_data_dir_is_refused_and_loses_nothing(broke
     # one keeps nothing).
     c.subscribe(topic, "keep", initial_position=pulsar.InitialPosition.Earliest).close()
     producer = c.create_producer(topic, batching_enabled=False, block_if_queue_full=True)
-    failed = []
+    results = []
     for i in range(2000):
-        producer.send_async(f"m-{i}".encode(), lambda res, _id: res == pulsar.Result.Ok or failed.append(res))
+        producer.send_async(f"m-{i}".encode(), lambda res, _id: results.append(res))
     producer.flush()
+    # flush() may return before the client ran the last callbacks.
+    wait_until(lambda: len(results) == 2000, 10, "every send's callback ran")
+    failed = [r for r in results if r != pulsar.Result.Ok]
     assert not failed, failed
 
     first_pid = broker.proc.pid

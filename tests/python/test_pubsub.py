@@ -5,7 +5,8 @@ import time
 import pulsar
 import pytest
 
-from conftest import assert_no_more, entry_key, msg_key, payloads, receive_n, topic_name, unique
+from conftest import (assert_no_more, entry_key, msg_key, payloads, receive_n, topic_name, unique,
+                      wait_until)
 
 
 def test_produce_consume_basic(client):
@@ -43,6 +44,8 @@ def test_batching(client, batching):
     for p in sent:
         producer.send_async(p, lambda res, mid: results.append(res))
     producer.flush()
+    # flush() may return before the client ran the last callbacks.
+    wait_until(lambda: len(results) == len(sent), 10, "every send's callback ran")
     assert len(results) == len(sent) and all(r == pulsar.Result.Ok for r in results), results
 
     got = receive_n(consumer, len(sent))
@@ -105,17 +108,19 @@ def test_per_producer_ordering(client):
         client.create_producer(topic, batching_enabled=True, batching_max_publish_delay_ms=5),
     ]
     n = 200
-    failures = []
+    results = []
 
     def cb(res, _mid):
-        if res != pulsar.Result.Ok:
-            failures.append(res)
+        results.append(res)
 
     for i in range(n):
         for p_idx, p in enumerate(producers):
             p.send_async(f"p{p_idx}-{i}".encode(), cb)
     for p in producers:
         p.flush()
+    # flush() may return before the client ran the last callbacks.
+    wait_until(lambda: len(results) == 2 * n, 10, "every send's callback ran")
+    failures = [r for r in results if r != pulsar.Result.Ok]
     assert not failures, failures
 
     got = receive_n(consumer, 2 * n)

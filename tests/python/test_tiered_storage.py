@@ -218,6 +218,8 @@ def test_the_namespace_threshold_offloads_by_itself_and_a_kill_9_mid_offload_los
         for i in range(n):
             producer.send_async(payload(i), lambda r, _id: results.append(r))
         producer.flush()
+        # flush() may return before the client ran the last callbacks.
+        wait_until(lambda: len(results) == n, 10, "every send's callback ran")
         assert results.count(pulsar.Result.Ok) == n
     finally:
         client.close()
