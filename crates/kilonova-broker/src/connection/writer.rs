@@ -190,7 +190,8 @@ mod tests {
             ledger_id: 9,
             entry_id: sequence_id,
         };
-        out.receipt(receipt(1), 0, Instant::now());
+        let now = crate::clock::system().now();
+        out.receipt(receipt(1), 0, now);
         out.message(fields(10, None), None, payload(b"ten"));
         out.command(BaseCommand {
             r#type: Type::Pong as i32,
@@ -216,7 +217,7 @@ mod tests {
             &mut header,
         );
         out.message(MessageHead::Encoded(header.freeze()), None, encoded_payload);
-        out.receipt(receipt(2), 0, Instant::now());
+        out.receipt(receipt(2), 0, now);
         out.close();
 
         let (w, mut r) = tokio::io::duplex(1 << 16);
