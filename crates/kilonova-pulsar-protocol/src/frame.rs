@@ -240,33 +240,57 @@ const SEND_RECEIPT_FIELD: u32 = 7;
 const SEND_RECEIPT_TYPE: u64 = 7;
 const RECEIPT_MESSAGE_ID_FIELD: u32 = 3;
 
+/// Field-by-field protobuf encoding for the commands sent once per message
+/// (receipts, MESSAGE headers). Every field number they use is below 16, so
+/// a field's key is one byte.
+mod by_field {
+    use bytes::{BufMut, BytesMut};
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+
+    /// A varint field's bytes: key and value.
+    pub(super) fn varint_len(v: u64) -> usize {
+        1 + encoded_len_varint(v)
+    }
+
+    /// A nested message's bytes: key, length and the `len` bytes.
+    pub(super) fn nested_len(len: usize) -> usize {
+        1 + encoded_len_varint(len as u64) + len
+    }
+
+    pub(super) fn varint(field: u32, v: u64, dst: &mut BytesMut) {
+        encode_key(field, WireType::Varint, dst);
+        encode_varint(v, dst);
+    }
+
+    /// A nested message's key and length; its fields follow.
+    pub(super) fn nested(field: u32, len: usize, dst: &mut BytesMut) {
+        encode_key(field, WireType::LengthDelimited, dst);
+        encode_varint(len as u64, dst);
+    }
+
+    /// The frame's total and command sizes, for a command of `command_len`
+    /// bytes and a payload of `raw_len`, with room reserved for the command.
+    pub(super) fn frame_sizes(command_len: usize, raw_len: usize, dst: &mut BytesMut) {
+        dst.reserve(8 + command_len);
+        dst.put_u32((4 + command_len + raw_len) as u32);
+        dst.put_u32(command_len as u32);
+    }
+}
+
 /// Appends a SEND_RECEIPT frame: the bytes [`encode_command`] writes for the
 /// same receipt (`BaseCommand { type: SEND_RECEIPT, send_receipt }` with
 /// `message_id { ledgerId, entryId }` and `highest_sequence_id`), encoded
 /// field by field so that a receipt — one per SEND — builds no command
 /// struct and allocates nothing beyond `dst`'s growth.
 pub fn encode_send_receipt(r: &SendReceipt, dst: &mut BytesMut) {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    // Every field number here is below 16: its key is one byte.
-    let varint_len = |v: u64| 1 + encoded_len_varint(v);
-    let nested_len = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    use by_field::{frame_sizes, nested, nested_len, varint, varint_len};
     let id_len = varint_len(r.ledger_id) + varint_len(r.entry_id);
     let receipt_len = varint_len(r.producer_id)
         + varint_len(r.sequence_id)
         + nested_len(id_len)
         + varint_len(r.highest_sequence_id);
     let command_len = varint_len(SEND_RECEIPT_TYPE) + nested_len(receipt_len);
-    dst.reserve(8 + command_len);
-    dst.put_u32((4 + command_len) as u32);
-    dst.put_u32(command_len as u32);
-    let varint = |field: u32, v: u64, dst: &mut BytesMut| {
-        encode_key(field, WireType::Varint, dst);
-        encode_varint(v, dst);
-    };
-    let nested = |field: u32, len: usize, dst: &mut BytesMut| {
-        encode_key(field, WireType::LengthDelimited, dst);
-        encode_varint(len as u64, dst);
-    };
+    frame_sizes(command_len, 0, dst);
     varint(TYPE_FIELD, SEND_RECEIPT_TYPE, dst);
     nested(SEND_RECEIPT_FIELD, receipt_len, dst);
     varint(1, r.producer_id, dst);
@@ -309,27 +333,14 @@ pub const MESSAGE_HEADER_MAX_BYTES: usize = 8 + 2 + 2 + 11 + 24 + 6 + 11;
 /// with the same fields, encoded field by field so that dispatching an entry
 /// builds no command struct and allocates nothing beyond `dst`'s growth.
 pub fn encode_message_header(m: &MessageFields, raw_len: usize, dst: &mut BytesMut) {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    // Every field number here is below 16: its key is one byte.
-    let varint_len = |v: u64| 1 + encoded_len_varint(v);
-    let nested_len = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    use by_field::{frame_sizes, nested, nested_len, varint, varint_len};
     let id_len = varint_len(m.ledger_id) + varint_len(m.entry_id);
     let message_len = varint_len(m.consumer_id)
         + nested_len(id_len)
         + varint_len(u64::from(m.redelivery_count))
         + m.consumer_epoch.map_or(0, varint_len);
     let command_len = varint_len(MESSAGE_TYPE) + nested_len(message_len);
-    dst.reserve(8 + command_len);
-    dst.put_u32((4 + command_len + raw_len) as u32);
-    dst.put_u32(command_len as u32);
-    let varint = |field: u32, v: u64, dst: &mut BytesMut| {
-        encode_key(field, WireType::Varint, dst);
-        encode_varint(v, dst);
-    };
-    let nested = |field: u32, len: usize, dst: &mut BytesMut| {
-        encode_key(field, WireType::LengthDelimited, dst);
-        encode_varint(len as u64, dst);
-    };
+    frame_sizes(command_len, raw_len, dst);
     varint(TYPE_FIELD, MESSAGE_TYPE, dst);
     nested(MESSAGE_FIELD, message_len, dst);
     varint(1, m.consumer_id, dst);
