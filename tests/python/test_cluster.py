@@ -210,9 +210,10 @@ class Pump(threading.Thread):
         # answers (seen with pulsar-client around a termination) only
         # counts as not acknowledged: what follows reads `acked` as final,
         # and a missing entry there can only weaken its checks.
-        deadline = time.monotonic() + 35
-        while not self._all_answered() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        try:
+            wait_until(self._all_answered, 35, "every send's callback ran")
+        except AssertionError:
+            pass
 
     def _all_answered(self) -> bool:
         with self.lock:
