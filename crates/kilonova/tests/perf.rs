@@ -667,6 +667,37 @@ async fn rate_flag_holds_the_publish_rate_over_all_producers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn even_pacing_holds_a_rate_faster_than_the_timer_ticks() {
+    let broker = Broker::start().await;
+    let topic = "persistent://public/default/perf-even-pacing";
+    // One producer due every 500 µs: shorter than tokio's 1 ms timer, so
+    // its sends are paced by the pacing thread.
+    let p = perf(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            topic,
+            "-r",
+            "2000",
+            "--even-pacing",
+            "--warmup-secs",
+            "0",
+            "--duration-secs",
+            "2",
+        ],
+    )
+    .await;
+    let published = topic_stats(&broker, topic, None).await["msgInCounter"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (1_000..=4_400).contains(&published),
+        "-r 2000 --even-pacing for 2 s published {published} messages: {p}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_with_a_token_on_a_broker_with_authentication() {
     let (broker, keys) = common::secured_broker("").await;
     let admin = common::token(&keys, "admin");

@@ -11,6 +11,7 @@ pub mod connect;
 pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
+mod pacer;
 pub mod pulsar;
 pub mod recorder;
 pub mod storage;

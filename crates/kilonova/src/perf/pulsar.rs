@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::args::{AdminUrl, Credentials, Output, ServiceUrl, Timing};
+use super::pacer::Pacer;
 use super::recorder::{interval_line, HistogramLog, Latency, Recorder, Summary};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -95,6 +96,13 @@ pub struct ProduceArgs {
     /// Total messages per second over all producers (0: as fast as possible).
     #[arg(short = 'r', long, default_value_t = 0)]
     pub rate: u64,
+    /// With `--rate` faster than 1,000 msg/s per producer, space each
+    /// producer's sends within the millisecond (a pacing thread ticking
+    /// every 50 µs, as pulsar-perf's rate limiter spaces them) instead of
+    /// sending each millisecond's messages together on the timer's tick.
+    /// Spread sends cost client and broker more CPU.
+    #[arg(long)]
+    pub even_pacing: bool,
     /// Messages to send in all, warm-up included (0: no limit).
     #[arg(short = 'm', long, visible_alias = "num-messages", default_value_t = 0)]
     pub messages: u64,
@@ -519,6 +527,14 @@ async fn start_producers(
         }
     }
     let filler = Bytes::from(vec![0x4bu8; args.size - 8]);
+    // Only producers due more often than the timer ticks need the pacing
+    // thread (10,000 slow ones waking at each of its ticks would not).
+    let pacer = match interval {
+        Some(iv) if args.even_pacing && iv < Duration::from_millis(1) => {
+            Some(Pacer::start().context("starting the pacing thread")?)
+        }
+        _ => None,
+    };
     let mut tasks = Vec::new();
     for (n, producer) in producers.into_iter().enumerate() {
         let counters = Counters {
@@ -534,9 +550,13 @@ async fn start_producers(
         let local = recorder.local();
         let start = Instant::now();
         // Spread the first sends of fixed-rate producers over one interval.
-        let offset = interval.map(|iv| iv.mul_f64(n as f64 / count as f64));
+        let pace = interval.map(|iv| Pace {
+            every: iv,
+            first: start + iv.mul_f64(n as f64 / count as f64),
+            pacer: pacer.clone(),
+        });
         tasks.push(tokio::spawn(produce_loop(
-            producer, local, counters, filler, interval, start, offset,
+            producer, local, counters, filler, pace,
         )));
     }
     Ok(tasks)
@@ -588,14 +608,30 @@ impl Keys {
     }
 }
 
+/// A fixed-rate producer's schedule: its first send, then one every `every`.
+struct Pace {
+    every: Duration,
+    first: Instant,
+    pacer: Option<Pacer>,
+}
+
+impl Pace {
+    /// Waits for the time of send `n`.
+    async fn until(&self, n: u64) {
+        let deadline = self.first + self.every.mul_f64(n as f64);
+        match &self.pacer {
+            Some(p) => p.until(deadline).await,
+            None => tokio::time::sleep_until(deadline.into()).await,
+        }
+    }
+}
+
 async fn produce_loop(
     producer: Producer,
     local: super::recorder::LocalRecorder,
     counters: Counters,
     filler: Bytes,
-    interval: Option<Duration>,
-    start: Instant,
-    offset: Option<Duration>,
+    pace: Option<Pace>,
 ) {
     // Receipts are recorded where they arrive (the connection's reader task),
     // with the time from queuing the message to its receipt.
@@ -610,8 +646,8 @@ async fn produce_loop(
     } = counters;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        if let (Some(iv), Some(off)) = (interval, offset) {
-            tokio::time::sleep_until((start + off + iv.mul_f64(n as f64)).into()).await;
+        if let Some(pace) = &pace {
+            pace.until(n).await;
         }
         if limit > 0 && sent.fetch_add(1, Ordering::Relaxed) >= limit {
             break;
