@@ -632,33 +632,31 @@ async fn producers_and_topics_flags_open_that_many_producers_on_that_many_topics
     assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
 }
 
+/// Runs `perf produce` on `topic` for 2 s (no warm-up) with `flags`; returns
+/// what the broker counted in and perf's summary.
+async fn produce_for_two_seconds(
+    broker: &Broker,
+    topic: &str,
+    flags: &[&str],
+) -> (u64, serde_json::Value) {
+    let mut args = vec!["produce", "--topic", topic];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--warmup-secs", "0", "--duration-secs", "2"]);
+    let p = perf(broker, &args).await;
+    let published = topic_stats(broker, topic, None).await["msgInCounter"]
+        .as_u64()
+        .unwrap();
+    (published, p)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_flag_holds_the_publish_rate_over_all_producers() {
     let broker = Broker::start().await;
     let topic = "persistent://public/default/perf-rate";
-    let p = perf(
-        &broker,
-        &[
-            "produce",
-            "--topic",
-            topic,
-            "-n",
-            "2",
-            "-r",
-            "200",
-            "--warmup-secs",
-            "0",
-            "--duration-secs",
-            "2",
-        ],
-    )
-    .await;
+    let (published, p) = produce_for_two_seconds(&broker, topic, &["-n", "2", "-r", "200"]).await;
     // 200/s for 2 s (the rate is the total over the 2 producers); unlimited,
     // a producer publishes thousands a second. The upper bound is the
     // limit; the lower one leaves room for a loaded machine falling behind.
-    let published = topic_stats(&broker, topic, None).await["msgInCounter"]
-        .as_u64()
-        .unwrap();
     assert!(
         (100..=500).contains(&published),
         "-r 200 for 2 s published {published} messages: {p}"
@@ -672,25 +670,8 @@ async fn even_pacing_holds_a_rate_faster_than_the_timer_ticks() {
     let topic = "persistent://public/default/perf-even-pacing";
     // One producer due every 500 µs: shorter than tokio's 1 ms timer, so
     // its sends are paced by the pacing thread.
-    let p = perf(
-        &broker,
-        &[
-            "produce",
-            "--topic",
-            topic,
-            "-r",
-            "2000",
-            "--even-pacing",
-            "--warmup-secs",
-            "0",
-            "--duration-secs",
-            "2",
-        ],
-    )
-    .await;
-    let published = topic_stats(&broker, topic, None).await["msgInCounter"]
-        .as_u64()
-        .unwrap();
+    let (published, p) =
+        produce_for_two_seconds(&broker, topic, &["-r", "2000", "--even-pacing"]).await;
     assert!(
         (1_000..=4_400).contains(&published),
         "-r 2000 --even-pacing for 2 s published {published} messages: {p}"

@@ -145,6 +145,7 @@ e2e --compression=none
 e2e --connections=1
 e2e --consumers-per-topic=1
 e2e --duration-secs=10
+e2e --even-pacing
 e2e --histogram-file
 e2e --initial-position=latest
 e2e --max-pending=1000
@@ -176,6 +177,7 @@ produce --batch-time-window
 produce --compression=none
 produce --connections=1
 produce --duration-secs=10
+produce --even-pacing
 produce --histogram-file
 produce --max-pending=1000
 produce --message-key-generation-mode
